@@ -1,0 +1,258 @@
+//! What a function is, and the rules its name and configuration must follow. Every rule
+//! broken is reported with the rule's text, so a user knows what to change.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use ember_runtime::python::reserved_env;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    #[default]
+    Python,
+}
+
+/// A function's configuration as a user gives it (code travels separately).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionConfig {
+    #[serde(default)]
+    pub runtime: Runtime,
+    pub handler: String,
+    #[serde(default)]
+    pub packages: Vec<String>,
+    #[serde(default = "default_memory")]
+    pub memory_mb: u32,
+    #[serde(default = "default_timeout")]
+    pub timeout_s: u32,
+    #[serde(default = "default_max_instances")]
+    pub max_instances: u32,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+pub const DEFAULT_MEMORY_MB: u32 = 512;
+pub const DEFAULT_TIMEOUT_S: u32 = 30;
+pub const DEFAULT_MAX_INSTANCES: u32 = 10;
+
+fn default_memory() -> u32 {
+    DEFAULT_MEMORY_MB
+}
+fn default_timeout() -> u32 {
+    DEFAULT_TIMEOUT_S
+}
+fn default_max_instances() -> u32 {
+    DEFAULT_MAX_INSTANCES
+}
+
+/// A deployed function: its configuration, where its code and packages are, and its version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionRecord {
+    pub name: String,
+    pub version: u64,
+    #[serde(flatten)]
+    pub config: FunctionConfig,
+    /// BLAKE3 of the code tree; the directory under `code/` with this name holds it.
+    pub code_hash: String,
+    /// The package environment serving this function.
+    pub env_key: String,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{field} {value:?} is invalid: {rule}")]
+pub struct InvalidFunction {
+    pub field: &'static str,
+    pub value: String,
+    pub rule: String,
+}
+
+fn invalid(field: &'static str, value: impl Into<String>, rule: impl Into<String>) -> InvalidFunction {
+    InvalidFunction {
+        field,
+        value: value.into(),
+        rule: rule.into(),
+    }
+}
+
+/// `[a-z0-9][a-z0-9-]{0,62}`
+pub fn validate_name(name: &str) -> Result<(), InvalidFunction> {
+    let b = name.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b
+            .iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "name",
+            name,
+            "must match [a-z0-9][a-z0-9-]{0,62}: lowercase letters, digits and '-', at most 63",
+        ))
+    }
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut c = s.chars();
+    matches!(c.next(), Some(f) if f == '_' || f.is_ascii_alphabetic())
+        && c.all(|ch| ch == '_' || ch.is_ascii_alphanumeric())
+}
+
+impl FunctionConfig {
+    pub fn validate(&self) -> Result<(), InvalidFunction> {
+        let h = &self.handler;
+        let parts: Vec<&str> = h.split('.').collect();
+        if h.len() > 128 || parts.len() < 2 || !parts.iter().all(|p| is_identifier(p)) {
+            return Err(invalid(
+                "handler",
+                h,
+                "must be module.function (e.g. main.handler), made of Python identifiers",
+            ));
+        }
+        if !(128..=10240).contains(&self.memory_mb) {
+            return Err(invalid(
+                "memory_mb",
+                self.memory_mb.to_string(),
+                "must be between 128 and 10240",
+            ));
+        }
+        if !(1..=900).contains(&self.timeout_s) {
+            return Err(invalid(
+                "timeout_s",
+                self.timeout_s.to_string(),
+                "must be between 1 and 900 seconds",
+            ));
+        }
+        if !(1..=1000).contains(&self.max_instances) {
+            return Err(invalid(
+                "max_instances",
+                self.max_instances.to_string(),
+                "must be between 1 and 1000",
+            ));
+        }
+        if self.packages.len() > 64 {
+            return Err(invalid(
+                "packages",
+                format!("{} entries", self.packages.len()),
+                "at most 64 requirements",
+            ));
+        }
+        for p in &self.packages {
+            validate_requirement(p)?;
+        }
+        validate_env(&self.env)
+    }
+}
+
+/// A pip requirement: a distribution name, optional extras, version specifiers and an
+/// environment marker. Options (`-r`, `--index-url`), URLs and paths are refused, since they
+/// would let a deploy read files of the host or fetch from anywhere.
+pub fn validate_requirement(req: &str) -> Result<(), InvalidFunction> {
+    const RULE: &str = "must be a pip requirement such as 'numpy' or 'pandas==2.2.3': a name, \
+        optional [extras], version specifiers and a '; marker'; no options, URLs or paths";
+    let t = req.trim();
+    let ok = !t.is_empty()
+        && t.len() <= 200
+        && t.as_bytes()[0].is_ascii_alphanumeric()
+        && t.chars().all(|c| {
+            c.is_ascii_alphanumeric() || " ._-[],<>=!~;:'\"()*+".contains(c)
+        });
+    if ok { Ok(()) } else { Err(invalid("package", req, RULE)) }
+}
+
+fn validate_env(env: &BTreeMap<String, String>) -> Result<(), InvalidFunction> {
+    let total: usize = env.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if env.len() > 64 || total > 4096 {
+        return Err(invalid(
+            "env",
+            format!("{} variables, {total} bytes", env.len()),
+            "at most 64 variables and 4 KiB in all",
+        ));
+    }
+    for (k, v) in env {
+        if !is_identifier(k) {
+            return Err(invalid("env", k, "names must be letters, digits and '_'"));
+        }
+        if reserved_env(k) {
+            return Err(invalid(
+                "env",
+                k,
+                "names starting with EMBER_, AWS_LAMBDA_ or PYTHON are reserved",
+            ));
+        }
+        if v.contains('\0') {
+            return Err(invalid("env", k, "values must not contain NUL"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(handler: &str) -> FunctionConfig {
+        serde_json::from_value(serde_json::json!({ "handler": handler })).unwrap()
+    }
+
+    #[test]
+    fn names_follow_the_pattern() {
+        for ok in ["a", "hello-world", "0x", &"a".repeat(63)] {
+            assert_eq!(validate_name(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "-a", "A", "a_b", "a.b", "a/b", &"a".repeat(64), "é"] {
+            let err = validate_name(bad).unwrap_err();
+            assert!(err.to_string().contains("[a-z0-9][a-z0-9-]{0,62}"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn handlers_are_dotted_identifiers() {
+        assert!(config("main.handler").validate().is_ok());
+        assert!(config("pkg.mod.handler").validate().is_ok());
+        for bad in ["main", "main.", ".h", "ma in.h", "../x.h", "main.h-x", "1m.h"] {
+            let err = config(bad).validate().unwrap_err();
+            assert_eq!(err.field, "handler", "{bad}");
+        }
+    }
+
+    #[test]
+    fn requirements_refuse_options_urls_and_paths() {
+        for ok in ["numpy", "pandas==2.2.3", "requests[socks]>=2,<3", "a; python_version>'3'"] {
+            assert!(validate_requirement(ok).is_ok(), "{ok}");
+        }
+        for bad in ["-r /etc/passwd", "--index-url=x", "pkg @ https://x/y.whl", "./local", "", "a\nb"] {
+            assert!(validate_requirement(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn limits_and_env_are_checked() {
+        let mut c = config("m.h");
+        c.memory_mb = 64;
+        assert_eq!(c.validate().unwrap_err().field, "memory_mb");
+        let mut c = config("m.h");
+        c.timeout_s = 0;
+        assert_eq!(c.validate().unwrap_err().field, "timeout_s");
+        let mut c = config("m.h");
+        c.env.insert("AWS_LAMBDA_X".into(), "1".into());
+        assert!(c.validate().unwrap_err().rule.contains("reserved"));
+        let mut c = config("m.h");
+        c.env.insert("GOOD_NAME".into(), "v".into());
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let r: Result<FunctionConfig, _> =
+            serde_json::from_value(serde_json::json!({"handler": "m.h", "memory": 3}));
+        assert!(r.unwrap_err().to_string().contains("unknown field"));
+    }
+}

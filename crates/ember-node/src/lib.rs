@@ -1,0 +1,19 @@
+//! The node agent: functions and their code, package environments, instance pools and the
+//! start ladder (warm, then cold boot), keep-alive, logs and metrics.
+
+pub mod code;
+pub mod config;
+pub mod envs;
+pub mod function;
+pub mod logs;
+pub mod metrics;
+mod node;
+mod pool;
+pub mod registry;
+mod sys;
+
+pub use config::NodeConfig;
+pub use function::{FunctionConfig, FunctionRecord, InvalidFunction, Runtime};
+pub use node::{
+    FunctionStatus, Invocation, InvokeOutcome, Node, NodeError, NodeErrorKind, StartPath, Timing,
+};

@@ -1,0 +1,151 @@
+//! Function logs: what instances print, plus the node's notes about them, appended to
+//! `logs/<function>.log` and rotated to `<function>.log.1` past a size cap, so a chatty
+//! function costs at most twice the cap on disk.
+//!
+//! Line format: `<RFC 3339 UTC time> <instance> <stream> <text>`.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use ember_runtime::{LogSink, Stream};
+
+pub struct LogStore {
+    dir: PathBuf,
+    max_bytes: u64,
+    open: Mutex<HashMap<String, (File, u64)>>,
+}
+
+impl LogStore {
+    pub fn open(dir: PathBuf, max_bytes: u64) -> std::io::Result<Arc<LogStore>> {
+        fs::create_dir_all(&dir)?;
+        Ok(Arc::new(LogStore {
+            dir,
+            max_bytes: max_bytes.max(4096),
+            open: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn path(&self, function: &str) -> PathBuf {
+        self.dir.join(format!("{function}.log"))
+    }
+
+    /// Appends one line to a function's log.
+    pub fn append(&self, function: &str, instance: &str, stream: &str, text: &[u8]) {
+        let now = humantime::format_rfc3339_millis(SystemTime::now());
+        let mut line = Vec::with_capacity(text.len() + 64);
+        let _ = write!(line, "{now} {instance} {stream} ");
+        line.extend_from_slice(text);
+        line.push(b'\n');
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = self.write_line(&mut open, function, &line) {
+            tracing::warn!(function, "writing the function log failed: {e}");
+            open.remove(function);
+        }
+    }
+
+    fn write_line(
+        &self,
+        open: &mut HashMap<String, (File, u64)>,
+        function: &str,
+        line: &[u8],
+    ) -> std::io::Result<()> {
+        let path = self.path(function);
+        if !open.contains_key(function) {
+            let f = OpenOptions::new().create(true).append(true).open(&path)?;
+            let len = f.metadata()?.len();
+            open.insert(function.to_string(), (f, len));
+        }
+        let Some((f, len)) = open.get_mut(function) else {
+            return Ok(());
+        };
+        if *len + line.len() as u64 > self.max_bytes {
+            fs::rename(&path, path.with_extension("log.1"))?;
+            *f = OpenOptions::new().create(true).append(true).open(&path)?;
+            *len = 0;
+        }
+        f.write_all(line)?;
+        *len += line.len() as u64;
+        Ok(())
+    }
+
+    /// The last `lines` lines of a function's log (at most 1 MiB of text).
+    pub fn tail(&self, function: &str, lines: usize) -> std::io::Result<String> {
+        const WINDOW: u64 = 1 << 20;
+        let path = self.path(function);
+        let mut text = Vec::new();
+        for p in [path.with_extension("log.1"), path] {
+            let Ok(mut f) = File::open(&p) else { continue };
+            let len = f.metadata()?.len();
+            f.seek(SeekFrom::Start(len.saturating_sub(WINDOW)))?;
+            f.read_to_end(&mut text)?;
+        }
+        let text = String::from_utf8_lossy(&text);
+        let all: Vec<&str> = text.lines().collect();
+        let start = all.len().saturating_sub(lines);
+        let mut out = all[start..].join("\n");
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        Ok(out)
+    }
+
+    /// Removes a function's logs.
+    pub fn remove(&self, function: &str) {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(function);
+        let path = self.path(function);
+        let _ = fs::remove_file(path.with_extension("log.1"));
+        let _ = fs::remove_file(path);
+    }
+
+    /// A sink that writes one function's runtime output.
+    pub fn sink(self: &Arc<Self>, function: &str) -> Arc<dyn LogSink> {
+        Arc::new(FunctionSink {
+            store: self.clone(),
+            function: function.to_string(),
+        })
+    }
+}
+
+struct FunctionSink {
+    store: Arc<LogStore>,
+    function: String,
+}
+
+impl LogSink for FunctionSink {
+    fn line(&self, instance: &str, stream: Stream, line: &[u8]) {
+        let s = match stream {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        };
+        self.store.append(&self.function, instance, s, line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_rotate_and_tail() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LogStore::open(d.path().to_path_buf(), 4096).unwrap();
+        for i in 0..200 {
+            s.append("f", "i1", "stdout", format!("line {i}").as_bytes());
+        }
+        let tail = s.tail("f", 3).unwrap();
+        assert!(tail.ends_with("stdout line 199\n"), "{tail}");
+        assert_eq!(tail.lines().count(), 3);
+        let on_disk = fs::metadata(d.path().join("f.log")).unwrap().len()
+            + fs::metadata(d.path().join("f.log.1")).unwrap().len();
+        assert!(on_disk <= 2 * 4096);
+        s.remove("f");
+        assert_eq!(s.tail("f", 10).unwrap(), "");
+    }
+}

@@ -1,0 +1,712 @@
+//! The node: deploys functions and serves invocations through the start ladder.
+//!
+//! ```text
+//! invoke: lookup -> admit (queue or 429) -> warm instance? -> else cold boot -> run -> put back
+//! deploy: check -> code (staged, content-addressed) -> environment -> registry txn -> new pool
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ember_runtime::protocol::FunctionError;
+use ember_runtime::python::{StartError, install_bootstrap};
+use ember_runtime::{Instance, Outcome, StartSpec};
+use serde::Serialize;
+use tracing::{Instrument, info_span};
+
+use crate::code::{CodeError, CodeStore, Limits};
+use crate::config::NodeConfig;
+use crate::envs::{EnvError, EnvManager, PackageEnv};
+use crate::function::{FunctionConfig, FunctionRecord, InvalidFunction, validate_name};
+use crate::logs::LogStore;
+use crate::metrics::{InvokeLabels, Metrics, StartLabels};
+use crate::pool::Pool;
+use crate::registry::{Registry, RegistryError};
+use crate::sys::{FileLock, try_lock_file};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("function {0:?} does not exist (`ember ls` lists deployed functions)")]
+    NotFound(String),
+    #[error(transparent)]
+    Invalid(#[from] InvalidFunction),
+    #[error("function {0:?} does not exist yet, so its first deploy must include code")]
+    CodeRequired(String),
+    #[error(transparent)]
+    Code(#[from] CodeError),
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(
+        "function {function:?} is at its limit of {max_instances} instances and {queue_depth} \
+         queued requests; retry later or raise max_instances"
+    )]
+    Throttled {
+        function: String,
+        max_instances: u32,
+        queue_depth: usize,
+    },
+    #[error("another ember daemon is using {0}; stop it or choose another --home")]
+    HomeLocked(PathBuf),
+    #[error("{what} {path} failed")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How an error should reach a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeErrorKind {
+    NotFound,
+    BadRequest,
+    /// The request was fine but could not be satisfied (e.g. pip failed).
+    Unprocessable,
+    Throttled,
+    Internal,
+}
+
+impl NodeError {
+    pub fn kind(&self) -> NodeErrorKind {
+        match self {
+            NodeError::NotFound(_) => NodeErrorKind::NotFound,
+            NodeError::Invalid(_) | NodeError::CodeRequired(_) => NodeErrorKind::BadRequest,
+            NodeError::Code(e) if e.is_user_error() => NodeErrorKind::BadRequest,
+            NodeError::Env(e) if e.is_user_error() => NodeErrorKind::Unprocessable,
+            NodeError::Throttled { .. } => NodeErrorKind::Throttled,
+            _ => NodeErrorKind::Internal,
+        }
+    }
+}
+
+/// The rung of the start ladder that served an invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartPath {
+    Warm,
+    ColdBoot,
+}
+
+impl StartPath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartPath::Warm => "warm",
+            StartPath::ColdBoot => "cold-boot",
+        }
+    }
+}
+
+/// Time spent in each phase of one invocation; phases that did not happen are `None`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timing {
+    pub queue: Duration,
+    pub spawn: Option<Duration>,
+    pub interpreter: Option<Duration>,
+    pub import_packages: Option<Duration>,
+    pub import_handler: Option<Duration>,
+    pub exec: Option<Duration>,
+    pub total: Duration,
+}
+
+impl Timing {
+    /// `Server-Timing` syntax, milliseconds: `queue;dur=0.012, spawn;dur=1.1, ...`.
+    pub fn header(&self) -> String {
+        let phases = [
+            ("queue", Some(self.queue)),
+            ("spawn", self.spawn),
+            ("interpreter", self.interpreter),
+            ("import_packages", self.import_packages),
+            ("import_handler", self.import_handler),
+            ("exec", self.exec),
+            ("total", Some(self.total)),
+        ];
+        phases
+            .iter()
+            .filter_map(|(n, d)| d.map(|d| format!("{n};dur={:.3}", d.as_secs_f64() * 1e3)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Time to get an instance able to run the event.
+    pub fn init(&self) -> Duration {
+        [
+            self.spawn,
+            self.interpreter,
+            self.import_packages,
+            self.import_handler,
+        ]
+        .iter()
+        .flatten()
+        .sum()
+    }
+}
+
+/// What an invocation ended with.
+#[derive(Debug)]
+pub enum InvokeOutcome {
+    /// The handler's JSON result.
+    Ok(Vec<u8>),
+    /// The handler raised, or returned something that is not JSON.
+    HandlerError(FunctionError),
+    /// Importing the handler raised; the instance was discarded.
+    InitError(FunctionError),
+    /// The handler ran past the function's timeout; the instance was killed.
+    Timeout(Duration),
+    /// The cold boot took longer than the node's init timeout.
+    InitTimeout(Duration),
+    /// The instance died or broke the protocol.
+    Crashed(String),
+}
+
+impl InvokeOutcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            InvokeOutcome::Ok(_) => "ok",
+            InvokeOutcome::HandlerError(_) => "handler-error",
+            InvokeOutcome::InitError(_) => "init-error",
+            InvokeOutcome::Timeout(_) => "timeout",
+            InvokeOutcome::InitTimeout(_) => "init-timeout",
+            InvokeOutcome::Crashed(_) => "crashed",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Invocation {
+    pub request_id: String,
+    pub function: String,
+    pub version: u64,
+    pub start: StartPath,
+    pub instance: String,
+    pub timing: Timing,
+    pub outcome: InvokeOutcome,
+}
+
+/// A deployed function as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionStatus {
+    #[serde(flatten)]
+    pub record: FunctionRecord,
+    /// Versions of every installed distribution in the function's environment.
+    pub installed: std::collections::BTreeMap<String, String>,
+    pub instances_live: usize,
+    pub instances_idle: usize,
+    /// Requests queued for a free instance right now.
+    pub requests_waiting: usize,
+}
+
+struct Deployed {
+    record: FunctionRecord,
+    env: PackageEnv,
+    code_dir: PathBuf,
+    pool: Pool,
+}
+
+pub struct Node {
+    cfg: NodeConfig,
+    registry: Arc<Registry>,
+    code: Arc<CodeStore>,
+    envs: EnvManager,
+    logs: Arc<LogStore>,
+    metrics: Metrics,
+    bootstrap: PathBuf,
+    functions: RwLock<HashMap<String, Arc<Deployed>>>,
+    deploying: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    _home: FileLock,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, NodeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| NodeError::Io {
+            what: "a background task",
+            path: PathBuf::new(),
+            source: std::io::Error::other(e),
+        })?
+}
+
+impl Node {
+    /// Opens (or creates) the node's home, loads the deployed functions and starts the
+    /// keep-alive reaper.
+    pub async fn open(cfg: NodeConfig) -> Result<Arc<Node>, NodeError> {
+        let home = cfg.home.clone();
+        let io = |what: &'static str, path: PathBuf| {
+            move |source| NodeError::Io { what, path, source }
+        };
+        std::fs::create_dir_all(&home).map_err(io("creating", home.clone()))?;
+        let lock_path = home.join("ember.lock");
+        let home_lock = try_lock_file(&lock_path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock => NodeError::HomeLocked(home.clone()),
+            _ => NodeError::Io {
+                what: "locking",
+                path: lock_path.clone(),
+                source: e,
+            },
+        })?;
+        let registry = Arc::new(Registry::open(&home.join("registry.db"))?);
+        let code = Arc::new(CodeStore::open(&home, Limits::default())?);
+        let envs_dir = cfg.envs_dir.clone().unwrap_or_else(|| home.join("envs"));
+        let envs = EnvManager::open(envs_dir, cfg.python.clone()).await?;
+        let logs = LogStore::open(home.join("logs"), cfg.log_max_bytes)
+            .map_err(io("creating the log directory under", home.clone()))?;
+        let bootstrap = install_bootstrap(&home.join("runtime"))
+            .map_err(io("installing the bootstrap under", home.clone()))?;
+        let node = Arc::new(Node {
+            cfg,
+            registry,
+            code,
+            envs,
+            logs,
+            metrics: Metrics::default(),
+            bootstrap,
+            functions: RwLock::new(HashMap::new()),
+            deploying: Mutex::new(HashMap::new()),
+            _home: home_lock,
+        });
+        node.load().await?;
+        tokio::spawn(reaper(Arc::downgrade(&node)));
+        Ok(node)
+    }
+
+    async fn load(&self) -> Result<(), NodeError> {
+        let reg = self.registry.clone();
+        let records = blocking(move || Ok(reg.load_all()?)).await?;
+        let mut keep = HashSet::new();
+        for rec in records {
+            keep.insert(rec.code_hash.clone());
+            let env = match self.envs.load(&rec.env_key) {
+                Ok(env) => env,
+                Err(_) => {
+                    tracing::warn!(function = %rec.name, "package environment missing; rebuilding it");
+                    self.envs.ensure(&rec.config.packages, &|_| {}).await?
+                }
+            };
+            let code_dir = self.code.path(&rec.code_hash);
+            if !code_dir.exists() {
+                tracing::error!(function = %rec.name, code = %rec.code_hash, "stored code is missing; redeploy this function");
+                continue;
+            }
+            self.install(rec, env);
+        }
+        let code = self.code.clone();
+        let removed = blocking(move || Ok(code.retain(&keep)?)).await?;
+        let n = self.read_functions().len();
+        tracing::info!(functions = n, unreferenced_code_removed = removed, "registry loaded");
+        Ok(())
+    }
+
+    fn read_functions(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Deployed>>> {
+        self.functions.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes `rec` the served version; the previous version's instances are stopped.
+    fn install(&self, rec: FunctionRecord, env: PackageEnv) {
+        let name = rec.name.clone();
+        let deployed = Arc::new(Deployed {
+            code_dir: self.code.path(&rec.code_hash),
+            pool: Pool::new(rec.config.max_instances),
+            record: rec,
+            env,
+        });
+        let old = self
+            .functions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, deployed);
+        if let Some(old) = old {
+            self.discard_all(&old, old.pool.retire(), "replaced by a new version");
+        }
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn deploy_gate(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.deploying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Creates or updates a function. `code` is a zip archive; it may be omitted on update.
+    /// Returns the record and whether the function is new.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        config: FunctionConfig,
+        code: Option<Vec<u8>>,
+        progress: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<(FunctionRecord, bool), NodeError> {
+        validate_name(name)?;
+        config.validate()?;
+        let gate = self.deploy_gate(name);
+        let _held = gate.lock().await;
+        let previous = self.read_functions().get(name).map(|d| d.record.clone());
+        let code_hash = match code {
+            Some(zip) => {
+                progress("checking and storing the code");
+                let store = self.code.clone();
+                blocking(move || Ok(store.add_zip(&zip)?)).await?
+            }
+            None => match &previous {
+                Some(p) => p.code_hash.clone(),
+                None => return Err(NodeError::CodeRequired(name.to_string())),
+            },
+        };
+        let env = self
+            .envs
+            .ensure(&config.packages, progress)
+            .instrument(info_span!("deploy.environment", function = name))
+            .await?;
+        let now = now_secs();
+        let reg = self.registry.clone();
+        let rec = FunctionRecord {
+            name: name.to_string(),
+            version: 0,
+            config,
+            code_hash,
+            env_key: env.key.clone(),
+            created_at: previous.as_ref().map_or(now, |p| p.created_at),
+            updated_at: now,
+        };
+        let rec = blocking(move || {
+            let mut rec = rec;
+            rec.version = reg.next_version(&rec.name)?;
+            reg.put(&rec)?;
+            Ok(rec)
+        })
+        .await?;
+        tracing::info!(function = name, version = rec.version, "deployed");
+        self.logs.append(
+            name,
+            "ember",
+            "event",
+            format!("deployed version {}", rec.version).as_bytes(),
+        );
+        self.install(rec.clone(), env);
+        Ok((rec, previous.is_none()))
+    }
+
+    pub fn get(&self, name: &str) -> Result<FunctionStatus, NodeError> {
+        self.read_functions()
+            .get(name)
+            .map(|d| status(d))
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))
+    }
+
+    pub fn list(&self) -> Vec<FunctionStatus> {
+        let mut v: Vec<FunctionStatus> = self.read_functions().values().map(|d| status(d)).collect();
+        v.sort_by(|a, b| a.record.name.cmp(&b.record.name));
+        v
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<(), NodeError> {
+        let gate = self.deploy_gate(name);
+        let _held = gate.lock().await;
+        let reg = self.registry.clone();
+        let n = name.to_string();
+        if !blocking(move || Ok(reg.delete(&n)?)).await? {
+            return Err(NodeError::NotFound(name.to_string()));
+        }
+        let old = self
+            .functions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        if let Some(old) = old {
+            self.discard_all(&old, old.pool.retire(), "function deleted");
+        }
+        self.logs.remove(name);
+        tracing::info!(function = name, "deleted");
+        Ok(())
+    }
+
+    /// Stops a function's instances: idle ones now, busy ones when they finish, so that the
+    /// next invocation cold-boots.
+    pub fn stop_instances(&self, name: &str) -> Result<usize, NodeError> {
+        let d = self.deployed(name)?;
+        let idle = d.pool.flush();
+        let n = idle.len();
+        self.discard_all(&d, idle, "stopped on request");
+        Ok(n)
+    }
+
+    pub fn logs(&self, name: &str, lines: usize) -> Result<String, NodeError> {
+        self.deployed(name)?;
+        self.logs.tail(name, lines).map_err(|source| NodeError::Io {
+            what: "reading the log of",
+            path: PathBuf::from(name),
+            source,
+        })
+    }
+
+    fn deployed(&self, name: &str) -> Result<Arc<Deployed>, NodeError> {
+        self.read_functions()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))
+    }
+
+    fn discard_all(&self, d: &Deployed, instances: Vec<Instance>, why: &str) {
+        for i in instances {
+            self.discard(d, i, why);
+        }
+    }
+
+    fn discard(&self, d: &Deployed, inst: Instance, why: &str) {
+        let name = &d.record.name;
+        self.logs.append(
+            name,
+            inst.id(),
+            "event",
+            format!("instance stopped: {why}").as_bytes(),
+        );
+        tracing::debug!(function = %name, instance = inst.id(), why, "instance stopped");
+        d.pool.live().fetch_sub(1, Ordering::SeqCst);
+        self.metrics.instances.get_or_create(&Metrics::fn_labels(name)).dec();
+        inst.kill();
+    }
+
+    /// Runs one invocation of `name` with the JSON `event`.
+    pub async fn invoke(&self, name: &str, event: &[u8]) -> Result<Invocation, NodeError> {
+        let d = self.deployed(name)?;
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let span = info_span!("invoke", function = name, request_id = %request_id);
+        self.invoke_deployed(&d, request_id, event).instrument(span).await
+    }
+
+    async fn invoke_deployed(
+        &self,
+        d: &Arc<Deployed>,
+        request_id: String,
+        event: &[u8],
+    ) -> Result<Invocation, NodeError> {
+        let t0 = Instant::now();
+        let rec = &d.record;
+        let fn_labels = Metrics::fn_labels(&rec.name);
+        let Some(_permit) = d
+            .pool
+            .admit(self.cfg.queue_depth, self.cfg.queue_timeout)
+            .instrument(info_span!("queue"))
+            .await
+        else {
+            self.metrics.throttled.get_or_create(&fn_labels).inc();
+            return Err(NodeError::Throttled {
+                function: rec.name.clone(),
+                max_instances: rec.config.max_instances,
+                queue_depth: self.cfg.queue_depth,
+            });
+        };
+        let mut timing = Timing {
+            queue: t0.elapsed(),
+            ..Timing::default()
+        };
+        let generation = d.pool.generation();
+        let (warm, dead) = d.pool.take_idle();
+        self.discard_all(d, dead, "found dead while idle");
+        let (mut inst, start) = match warm {
+            Some(i) => (i, StartPath::Warm),
+            None => match self.cold_boot(d, &mut timing).await {
+                Ok(i) => (i, StartPath::ColdBoot),
+                Err(outcome) => {
+                    timing.total = t0.elapsed();
+                    return Ok(self.finish(d, request_id, StartPath::ColdBoot, String::new(), timing, outcome));
+                }
+            },
+        };
+        let instance_id = inst.id().to_string();
+        let limit = Duration::from_secs(u64::from(rec.config.timeout_s));
+        let ran = tokio::time::timeout(limit, inst.invoke(&request_id, SystemTime::now() + limit, event))
+            .instrument(info_span!("exec"))
+            .await;
+        let outcome = match ran {
+            Err(_) => {
+                self.discard(d, inst, &format!("timed out after {} s", rec.config.timeout_s));
+                InvokeOutcome::Timeout(limit)
+            }
+            Ok(Err(e)) => {
+                let msg = e.to_string();
+                self.discard(d, inst, &msg);
+                InvokeOutcome::Crashed(msg)
+            }
+            Ok(Ok(out)) => {
+                if let Some(stale) = d.pool.put_back(inst, generation) {
+                    self.discard(d, stale, "stopped while busy");
+                }
+                match out {
+                    Outcome::Result { payload, exec } => {
+                        timing.exec = Some(exec);
+                        InvokeOutcome::Ok(payload)
+                    }
+                    Outcome::Error(fe) => {
+                        timing.exec = Some(Duration::from_micros(fe.duration_us));
+                        if fe.marshal {
+                            let mut fe = fe;
+                            fe.error_type = "Runtime.MarshalError".into();
+                            fe.message = format!("the handler's result is not JSON: {}", fe.message);
+                            InvokeOutcome::HandlerError(fe)
+                        } else {
+                            InvokeOutcome::HandlerError(fe)
+                        }
+                    }
+                }
+            }
+        };
+        timing.total = t0.elapsed();
+        Ok(self.finish(d, request_id, start, instance_id, timing, outcome))
+    }
+
+    fn finish(
+        &self,
+        d: &Deployed,
+        request_id: String,
+        start: StartPath,
+        instance: String,
+        timing: Timing,
+        outcome: InvokeOutcome,
+    ) -> Invocation {
+        let function = d.record.name.clone();
+        self.metrics
+            .invocations
+            .get_or_create(&InvokeLabels {
+                function: function.clone(),
+                start: start.as_str().to_string(),
+                outcome: outcome.label().to_string(),
+            })
+            .inc();
+        self.metrics
+            .init_seconds
+            .get_or_create(&StartLabels {
+                function: function.clone(),
+                start: start.as_str().to_string(),
+            })
+            .observe(timing.init().as_secs_f64());
+        if let Some(exec) = timing.exec {
+            self.metrics
+                .exec_seconds
+                .get_or_create(&Metrics::fn_labels(&function))
+                .observe(exec.as_secs_f64());
+        }
+        Invocation {
+            request_id,
+            function,
+            version: d.record.version,
+            start,
+            instance,
+            timing,
+            outcome,
+        }
+    }
+
+    async fn cold_boot(&self, d: &Deployed, timing: &mut Timing) -> Result<Instance, InvokeOutcome> {
+        let rec = &d.record;
+        let spec = StartSpec {
+            instance_id: format!("{}-{}", rec.name, &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            function: rec.name.clone(),
+            version: rec.version,
+            handler: rec.config.handler.clone(),
+            memory_mb: rec.config.memory_mb,
+            python: d.env.python(),
+            bootstrap: self.bootstrap.clone(),
+            code_dir: d.code_dir.clone(),
+            imports: d.env.imports.clone(),
+            env: rec.config.env.clone(),
+        };
+        let sink = self.logs.sink(&rec.name);
+        let limit = self.cfg.init_timeout;
+        let started = tokio::time::timeout(limit, Instance::start(&spec, sink))
+            .instrument(info_span!("start.cold_boot", instance = %spec.instance_id))
+            .await;
+        let note = |text: String| self.logs.append(&rec.name, &spec.instance_id, "event", text.as_bytes());
+        match started {
+            Ok(Ok((inst, boot))) => {
+                timing.spawn = Some(boot.spawn);
+                timing.interpreter = Some(boot.interpreter);
+                timing.import_packages = Some(boot.import_packages);
+                timing.import_handler = Some(boot.import_handler);
+                d.pool.live().fetch_add(1, Ordering::SeqCst);
+                self.metrics.instances.get_or_create(&Metrics::fn_labels(&rec.name)).inc();
+                note(format!(
+                    "instance started (cold-boot, pid {}) in {:.1} ms",
+                    inst.pid(),
+                    timing.init().as_secs_f64() * 1e3
+                ));
+                Ok(inst)
+            }
+            Ok(Err(StartError::Handler(fe))) => {
+                note(format!("importing the handler failed: {}: {}", fe.error_type, fe.message));
+                Err(InvokeOutcome::InitError(fe))
+            }
+            Ok(Err(e)) => {
+                let msg = e.to_string();
+                note(format!("instance failed to start: {msg}"));
+                tracing::warn!(function = %rec.name, "cold boot failed: {msg}");
+                Err(InvokeOutcome::Crashed(msg))
+            }
+            Err(_) => {
+                note(format!("instance start timed out after {} s", limit.as_secs()));
+                Err(InvokeOutcome::InitTimeout(limit))
+            }
+        }
+    }
+
+    /// Stops every instance (the daemon is shutting down).
+    pub fn shutdown(&self) {
+        let all: Vec<Arc<Deployed>> = self.read_functions().values().cloned().collect();
+        for d in all {
+            self.discard_all(&d, d.pool.retire(), "daemon shutting down");
+        }
+    }
+
+    fn expire_idle(&self) {
+        let all: Vec<Arc<Deployed>> = self.read_functions().values().cloned().collect();
+        for d in all {
+            let old = d.pool.expire(self.cfg.keep_alive);
+            self.discard_all(&d, old, "idle past the keep-alive time");
+        }
+    }
+}
+
+fn status(d: &Deployed) -> FunctionStatus {
+    FunctionStatus {
+        record: d.record.clone(),
+        installed: d.env.installed.clone(),
+        instances_live: d.pool.live().load(Ordering::SeqCst),
+        instances_idle: d.pool.idle_count(),
+        requests_waiting: d.pool.waiting(),
+    }
+}
+
+async fn reaper(node: Weak<Node>) {
+    let period = match node.upgrade() {
+        Some(n) => (n.cfg.keep_alive / 4).clamp(Duration::from_millis(100), Duration::from_secs(10)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(n) = node.upgrade() else { return };
+        n.expire_idle();
+    }
+}

@@ -1,0 +1,156 @@
+//! One function version's instances: the idle ones (reused most-recent first), a semaphore of
+//! `max_instances` permits for the ones serving, and a bounded count of requests waiting for
+//! a permit. A request that finds the queue full, or waits past the queue timeout, is throttled.
+//!
+//! Flushing bumps the pool's generation: idle instances are handed back for killing at once
+//! and busy ones when they return. Retiring (a new version, or a delete) also stops reuse.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use ember_runtime::Instance;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+struct Idle {
+    inst: Instance,
+    since: Instant,
+    generation: u64,
+}
+
+pub struct Pool {
+    idle: Mutex<Vec<Idle>>,
+    permits: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    live: AtomicUsize,
+    generation: AtomicU64,
+    retired: AtomicBool,
+}
+
+impl Pool {
+    pub fn new(max_instances: u32) -> Pool {
+        Pool {
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(max_instances as usize)),
+            waiting: AtomicUsize::new(0),
+            live: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for a permit to run one invocation; `None` means throttled.
+    pub async fn admit(
+        &self,
+        queue_depth: usize,
+        queue_timeout: Duration,
+    ) -> Option<OwnedSemaphorePermit> {
+        if let Ok(p) = self.permits.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= queue_depth {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        let got = tokio::time::timeout(queue_timeout, self.permits.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        got.ok().and_then(|r| r.ok())
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// The most recently used idle instance that is still alive; dead ones found on the way
+    /// are returned for the caller to discard.
+    pub fn take_idle(&self) -> (Option<Instance>, Vec<Instance>) {
+        let mut dead = Vec::new();
+        let mut idle = self.idle();
+        while let Some(mut i) = idle.pop() {
+            if i.inst.is_gone() {
+                dead.push(i.inst);
+                continue;
+            }
+            return (Some(i.inst), dead);
+        }
+        (None, dead)
+    }
+
+    /// Returns an instance after an invocation; gives it back when it must be discarded
+    /// instead (the pool was flushed or retired meanwhile).
+    pub fn put_back(&self, inst: Instance, generation: u64) -> Option<Instance> {
+        if self.retired.load(Ordering::SeqCst) || generation != self.generation() {
+            return Some(inst);
+        }
+        self.idle().push(Idle {
+            inst,
+            since: Instant::now(),
+            generation,
+        });
+        None
+    }
+
+    /// Stops reuse of everything started so far; returns the idle instances to discard.
+    pub fn flush(&self) -> Vec<Instance> {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.idle().drain(..).map(|i| i.inst).collect()
+    }
+
+    /// Like [`Pool::flush`], and nothing is ever put back again.
+    pub fn retire(&self) -> Vec<Instance> {
+        self.retired.store(true, Ordering::SeqCst);
+        self.flush()
+    }
+
+    /// Idle instances unused for longer than `keep_alive`, or left from an older generation.
+    pub fn expire(&self, keep_alive: Duration) -> Vec<Instance> {
+        let generation = self.generation();
+        let mut idle = self.idle();
+        let (old, keep): (Vec<Idle>, Vec<Idle>) = idle
+            .drain(..)
+            .partition(|i| i.since.elapsed() >= keep_alive || i.generation != generation);
+        *idle = keep;
+        old.into_iter().map(|i| i.inst).collect()
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle().len()
+    }
+
+    pub fn live(&self) -> &AtomicUsize {
+        &self.live
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn admission_queues_then_throttles() {
+        let pool = Arc::new(Pool::new(1));
+        let held = pool.admit(1, Duration::from_secs(5)).await.unwrap();
+        // One waiter fits in the queue; a second is throttled at once.
+        let p2 = pool.clone();
+        let waiter = tokio::spawn(async move { p2.admit(1, Duration::from_secs(5)).await.is_some() });
+        while pool.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(pool.admit(1, Duration::from_secs(5)).await.is_none());
+        drop(held);
+        assert!(waiter.await.unwrap());
+        // A waiter that times out is throttled too.
+        let _held = pool.admit(1, Duration::from_secs(5)).await.unwrap();
+        assert!(pool.admit(1, Duration::from_millis(20)).await.is_none());
+        assert_eq!(pool.waiting(), 0);
+    }
+}

@@ -1,0 +1,141 @@
+"""Ember's Python runtime bootstrap.
+
+Started by the node as `python -I bootstrap.py FD`. It speaks Ember's framed protocol
+(crates/ember-runtime/src/protocol.rs) on the inherited file descriptor FD; stdout and stderr
+are the function's log. Keep the imports here minimal: everything imported before the
+function's packages is paid on every cold boot.
+"""
+
+import os
+import sys
+import time
+
+BOOT, PRELOADED, INIT, READY, INIT_ERROR, INVOKE, RESULT, ERROR = 1, 2, 3, 4, 5, 6, 7, 8
+MAX_FRAME = 64 * 1024 * 1024
+
+
+def _read_exact(fd, n):
+    chunks = []
+    while n:
+        b = os.read(fd, min(n, 1 << 20))
+        if not b:
+            raise EOFError
+        chunks.append(b)
+        n -= len(b)
+    return b"".join(chunks)
+
+
+def read_frame(fd):
+    n = int.from_bytes(_read_exact(fd, 4), "big")
+    if n < 1 or n > MAX_FRAME:
+        raise ValueError("frame length %d out of bounds" % n)
+    body = _read_exact(fd, n)
+    return body[0], body[1:]
+
+
+def write_frame(fd, kind, body):
+    data = (len(body) + 1).to_bytes(4, "big") + bytes((kind,)) + body
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def error_body(json, exc, **extra):
+    import traceback
+
+    doc = {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": traceback.format_exception(type(exc), exc, exc.__traceback__),
+    }
+    doc.update(extra)
+    return json.dumps(doc).encode()
+
+
+class Context:
+    """What AWS Lambda hands a handler as `context`, filled from Ember's invoke header."""
+
+    def __init__(self, init, request_id, deadline_ms):
+        self.aws_request_id = request_id
+        self.request_id = request_id
+        self.function_name = init["function"]
+        self.function_version = str(init.get("version", "$LATEST"))
+        self.memory_limit_in_mb = int(init["memory_mb"])
+        self.invoked_function_arn = "arn:aws:lambda:ember:000000000000:function:" + init["function"]
+        self.log_group_name = "/ember/" + init["function"]
+        self.log_stream_name = init.get("instance", "")
+        self._deadline_ms = deadline_ms
+
+    def get_remaining_time_in_millis(self):
+        return max(0, int(self._deadline_ms - time.time() * 1000))
+
+
+def main():
+    fd = int(sys.argv[1])
+    # What a function prints must reach its log line by line, not when a buffer fills.
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.stderr.reconfigure(line_buffering=True)
+    import json
+
+    kind, body = read_frame(fd)
+    if kind != BOOT:
+        raise SystemExit("ember bootstrap: expected BOOT, got frame kind %d" % kind)
+    boot = json.loads(body)
+    t0 = time.perf_counter()
+    for name in boot.get("imports", []):
+        try:
+            __import__(name)
+        except Exception as exc:  # a broken optional module must not stop the function
+            print("ember: preloading %s failed: %r" % (name, exc), file=sys.stderr)
+    preload_us = int((time.perf_counter() - t0) * 1e6)
+    write_frame(fd, PRELOADED, json.dumps({"import_packages_us": preload_us}).encode())
+
+    kind, body = read_frame(fd)
+    if kind != INIT:
+        raise SystemExit("ember bootstrap: expected INIT, got frame kind %d" % kind)
+    init = json.loads(body)
+    t0 = time.perf_counter()
+    try:
+        sys.path.insert(0, init["code_dir"])
+        os.chdir(init["code_dir"])
+        module_name, _, func_name = init["handler"].rpartition(".")
+        module = __import__(module_name, fromlist=["_"])
+        handler = getattr(module, func_name)
+        if not callable(handler):
+            raise TypeError("%s is not callable" % init["handler"])
+    except BaseException as exc:
+        write_frame(fd, INIT_ERROR, error_body(json, exc))
+        return
+    import_us = int((time.perf_counter() - t0) * 1e6)
+    write_frame(fd, READY, json.dumps({"import_handler_us": import_us}).encode())
+
+    dumps, loads, perf = json.dumps, json.loads, time.perf_counter
+    while True:
+        try:
+            kind, body = read_frame(fd)
+        except EOFError:
+            return
+        if kind != INVOKE:
+            raise SystemExit("ember bootstrap: expected INVOKE, got frame kind %d" % kind)
+        hlen = int.from_bytes(body[:4], "big")
+        header = loads(body[4 : 4 + hlen])
+        t0 = perf()
+        try:
+            event = loads(body[4 + hlen :])
+            result = handler(event, Context(init, header["request_id"], header["deadline_ms"]))
+        except Exception as exc:
+            us = int((perf() - t0) * 1e6)
+            write_frame(fd, ERROR, error_body(json, exc, duration_us=us))
+            continue
+        us = int((perf() - t0) * 1e6)
+        try:
+            payload = dumps(result).encode()
+        except Exception as exc:
+            write_frame(fd, ERROR, error_body(json, exc, duration_us=us, marshal=True))
+            continue
+        meta = dumps({"duration_us": us}).encode()
+        write_frame(fd, RESULT, len(meta).to_bytes(4, "big") + meta + payload)
+
+
+if __name__ == "__main__":
+    main()

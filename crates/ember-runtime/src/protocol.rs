@@ -1,0 +1,260 @@
+//! Ember's runtime wire protocol: length-prefixed frames on a stream socket that the instance
+//! inherits as a file descriptor (stdout and stderr stay free for the function's log).
+//!
+//! ```text
+//! frame   := len:u32be kind:u8 body[len-1]        1 <= len <= MAX_FRAME
+//! BOOT        host -> rt  JSON {"imports": [module, ...]}
+//! PRELOADED   rt -> host  JSON {"import_packages_us": n}
+//! INIT        host -> rt  JSON {"function", "handler", "code_dir", "memory_mb", "version", "instance"}
+//! READY       rt -> host  JSON {"import_handler_us": n}
+//! INIT_ERROR  rt -> host  JSON {"type", "message", "traceback": [line, ...]}
+//! INVOKE      host -> rt  hlen:u32be JSON{"request_id", "deadline_ms"} event-bytes
+//! RESULT      rt -> host  hlen:u32be JSON{"duration_us"} result-bytes (JSON)
+//! ERROR       rt -> host  JSON {"type", "message", "traceback", "duration_us", "marshal"?}
+//! ```
+//!
+//! BOOT and INIT are separate so that a dependency image can be taken between them (packages
+//! imported, no function code yet). The event and the result travel as raw bytes so that the
+//! host never re-encodes a payload.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Largest frame either side accepts; payloads are capped far below this by the API.
+pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Boot = 1,
+    Preloaded = 2,
+    Init = 3,
+    Ready = 4,
+    InitError = 5,
+    Invoke = 6,
+    Result = 7,
+    Error = 8,
+}
+
+impl Kind {
+    fn from_u8(b: u8) -> Option<Kind> {
+        Some(match b {
+            1 => Kind::Boot,
+            2 => Kind::Preloaded,
+            3 => Kind::Init,
+            4 => Kind::Ready,
+            5 => Kind::InitError,
+            6 => Kind::Invoke,
+            7 => Kind::Result,
+            8 => Kind::Error,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("the runtime closed its protocol connection")]
+    Closed,
+    #[error("protocol i/o failed")]
+    Io(#[from] std::io::Error),
+    #[error("frame of {0} bytes is outside 1..={MAX_FRAME}")]
+    BadLength(usize),
+    #[error("unknown frame kind {0}")]
+    BadKind(u8),
+    #[error("expected a {expected:?} frame, got {got:?}")]
+    Unexpected { expected: &'static str, got: Kind },
+    #[error("malformed {what} frame: {detail}")]
+    Malformed { what: &'static str, detail: String },
+}
+
+/// One frame as read off the wire.
+#[derive(Debug)]
+pub struct Frame {
+    pub kind: Kind,
+    pub body: Vec<u8>,
+}
+
+pub async fn write_frame<W: AsyncWriteExt + Unpin>(
+    w: &mut W,
+    kind: Kind,
+    parts: &[&[u8]],
+) -> Result<(), ProtocolError> {
+    let len: usize = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
+    if len > MAX_FRAME {
+        return Err(ProtocolError::BadLength(len));
+    }
+    let mut head = [0u8; 5];
+    head[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    head[4] = kind as u8;
+    w.write_all(&head).await?;
+    for p in parts {
+        w.write_all(p).await?;
+    }
+    w.flush().await?;
+    Ok(())
+}
+
+pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<Frame, ProtocolError> {
+    let mut head = [0u8; 5];
+    match r.read_exact(&mut head[..4]).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(ProtocolError::Closed);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    if len == 0 || len > MAX_FRAME {
+        return Err(ProtocolError::BadLength(len));
+    }
+    r.read_exact(&mut head[4..5]).await.map_err(eof_closed)?;
+    let kind = Kind::from_u8(head[4]).ok_or(ProtocolError::BadKind(head[4]))?;
+    let mut body = vec![0u8; len - 1];
+    r.read_exact(&mut body).await.map_err(eof_closed)?;
+    Ok(Frame { kind, body })
+}
+
+fn eof_closed(e: std::io::Error) -> ProtocolError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        ProtocolError::Closed
+    } else {
+        ProtocolError::Io(e)
+    }
+}
+
+/// Splits a `hlen:u32be header payload` body into its JSON header and raw payload.
+pub fn split_headed<'a, T: Deserialize<'a>>(
+    what: &'static str,
+    body: &'a [u8],
+) -> Result<(T, &'a [u8]), ProtocolError> {
+    let malformed = |detail: String| ProtocolError::Malformed { what, detail };
+    if body.len() < 4 {
+        return Err(malformed("shorter than its header length".into()));
+    }
+    let hlen = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
+    let rest = &body[4..];
+    if hlen > rest.len() {
+        return Err(malformed(format!("header length {hlen} past the frame end")));
+    }
+    let header = serde_json::from_slice(&rest[..hlen]).map_err(|e| malformed(e.to_string()))?;
+    Ok((header, &rest[hlen..]))
+}
+
+pub fn parse_json<'a, T: Deserialize<'a>>(
+    what: &'static str,
+    body: &'a [u8],
+) -> Result<T, ProtocolError> {
+    serde_json::from_slice(body).map_err(|e| ProtocolError::Malformed {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct Boot<'a> {
+    pub imports: &'a [String],
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Preloaded {
+    pub import_packages_us: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Init<'a> {
+    pub function: &'a str,
+    pub handler: &'a str,
+    pub code_dir: &'a str,
+    pub memory_mb: u32,
+    pub version: u64,
+    pub instance: &'a str,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Ready {
+    pub import_handler_us: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InvokeHeader<'a> {
+    pub request_id: &'a str,
+    pub deadline_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ResultHeader {
+    pub duration_us: u64,
+}
+
+/// An exception raised by the function's code, as the runtime reports it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct FunctionError {
+    #[serde(rename = "type")]
+    pub error_type: String,
+    pub message: String,
+    #[serde(default)]
+    pub traceback: Vec<String>,
+    #[serde(default, skip_serializing)]
+    pub duration_us: u64,
+    /// The handler returned, but its result is not JSON-serialisable.
+    #[serde(default, skip_serializing)]
+    pub marshal: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, Kind::Invoke, &[b"ab", b"cd"])
+            .await
+            .unwrap();
+        assert_eq!(buf, [0, 0, 0, 5, 6, b'a', b'b', b'c', b'd']);
+        let f = read_frame(&mut buf.as_slice()).await.unwrap();
+        assert_eq!(f.kind, Kind::Invoke);
+        assert_eq!(f.body, b"abcd");
+    }
+
+    #[tokio::test]
+    async fn hostile_frames_are_refused() {
+        let zero = [0u8, 0, 0, 0];
+        assert!(matches!(
+            read_frame(&mut zero.as_slice()).await,
+            Err(ProtocolError::BadLength(0))
+        ));
+        let huge = [0xffu8, 0xff, 0xff, 0xff, 1];
+        assert!(matches!(
+            read_frame(&mut huge.as_slice()).await,
+            Err(ProtocolError::BadLength(_))
+        ));
+        let kind = [0u8, 0, 0, 1, 99];
+        assert!(matches!(
+            read_frame(&mut kind.as_slice()).await,
+            Err(ProtocolError::BadKind(99))
+        ));
+        let short = [0u8, 0, 0, 9, 7, 1];
+        assert!(matches!(
+            read_frame(&mut short.as_slice()).await,
+            Err(ProtocolError::Closed)
+        ));
+        let empty: [u8; 0] = [];
+        assert!(matches!(
+            read_frame(&mut empty.as_slice()).await,
+            Err(ProtocolError::Closed)
+        ));
+    }
+
+    #[test]
+    fn headed_bodies_are_bounds_checked() {
+        let body = [0u8, 0, 0, 50, b'{', b'}'];
+        assert!(split_headed::<serde_json::Value>("RESULT", &body).is_err());
+        let mut ok = vec![0u8, 0, 0, 17];
+        ok.extend_from_slice(br#"{"duration_us":3}[1,2]"#);
+        let (h, rest): (ResultHeader, _) = split_headed("RESULT", &ok).unwrap();
+        assert_eq!(h.duration_us, 3);
+        assert_eq!(rest, b"[1,2]");
+    }
+}

@@ -1,0 +1,63 @@
+//! Every syscall the runtime crate makes, each in one small wrapper.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// The descriptor number a runtime finds its protocol socket on.
+pub const PROTOCOL_FD: RawFd = 3;
+
+/// Arranges, in a freshly forked child before exec, for `proto` to be inherited as
+/// [`PROTOCOL_FD`] and for the child to die with the daemon.
+///
+/// # Safety
+/// Must only be called between fork and exec (from `CommandExt::pre_exec`): it calls only
+/// async-signal-safe functions and touches no memory shared with other threads.
+pub unsafe fn child_after_fork(proto: RawFd, parent: libc::pid_t) -> io::Result<()> {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointers.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != parent {
+        // The daemon died before the death signal was armed.
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    if proto == PROTOCOL_FD {
+        // dup2 onto itself keeps FD_CLOEXEC: clear it explicitly.
+        // SAFETY: fcntl F_SETFD on a descriptor this process owns; no pointers.
+        if unsafe { libc::fcntl(proto, libc::F_SETFD, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    } else {
+        // SAFETY: dup2 on two descriptor numbers; the new descriptor has no FD_CLOEXEC.
+        if unsafe { libc::dup2(proto, PROTOCOL_FD) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The calling process's pid.
+pub fn own_pid() -> libc::pid_t {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() }
+}
+
+/// Sends SIGKILL to every process in the process group `pgid`; a group already gone is fine.
+pub fn kill_group(pgid: u32) -> io::Result<()> {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    if pgid <= 1 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: kill takes plain integers; a negative pid addresses the process group, and the
+    // check above rules out the "every process" (-1) and own-group (0) meanings.
+    if unsafe { libc::kill(-pgid, libc::SIGKILL) } != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ESRCH) {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
