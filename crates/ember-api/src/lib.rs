@@ -1,14 +1,69 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! Ember's HTTP API (JSON under `/v1`, Prometheus text at `/metrics`) and a client for it.
+//!
+//! Paths are laid out so that a Lambda-compatible surface (`/2015-03-31/functions/...`) can be
+//! mounted beside `/v1` on the same router, sharing the node and the error mapping.
+
+pub mod client;
+mod error;
+pub mod package;
+mod routes;
+pub mod types;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ember_node::Node;
+
+pub use error::ApiError;
+
+/// Limits and access settings of the API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// When set, every request but `/v1/health` needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Largest invoke payload accepted (413 above it).
+    pub max_event_bytes: usize,
+    /// Largest deploy request accepted (the zip travels base64-encoded inside it).
+    pub max_deploy_bytes: usize,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            token: None,
+            max_event_bytes: 6 * 1024 * 1024,
+            max_deploy_bytes: 64 * 1024 * 1024,
+        }
     }
+}
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub node: Arc<Node>,
+    pub cfg: Arc<ApiConfig>,
+}
+
+pub fn router(node: Arc<Node>, cfg: ApiConfig) -> axum::Router {
+    routes::router(AppState {
+        node,
+        cfg: Arc::new(cfg),
+    })
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops every instance.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: Arc<Node>,
+    cfg: ApiConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(node.clone(), cfg);
+    let r = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
+    node.shutdown();
+    r
 }

@@ -1,14 +1,10 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! `ember bench`: workloads (the examples), a load driver over HTTP, order statistics and
+//! reports (a table on the terminal, raw samples as JSON for later plots).
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod driver;
+pub mod report;
+pub mod stats;
+pub mod workloads;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use driver::{BenchOptions, Sample};
+pub use report::Report;

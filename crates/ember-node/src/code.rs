@@ -42,7 +42,9 @@ pub enum CodeError {
     Entry { entry: String, rule: &'static str },
     #[error("the archive has {0} entries; at most {1} are allowed")]
     TooManyEntries(usize, usize),
-    #[error("the archive expands past {limit} bytes ({ratio}x its size of {size} bytes is the limit)")]
+    #[error(
+        "the archive expands past {limit} bytes ({ratio}x its size of {size} bytes is the limit)"
+    )]
     TooLarge { limit: u64, ratio: u64, size: u64 },
     #[error("the archive is empty")]
     Empty,
@@ -248,7 +250,8 @@ fn unpack(zip: &[u8], dest: &Path, limits: Limits) -> Result<(), CodeError> {
         let n = (&mut f)
             .take(budget - (written - declared) + 1)
             .read_to_end(&mut content)
-            .map_err(|e| CodeError::NotZip(format!("entry {shown:?}: {e}")))? as u64;
+            .map_err(|e| CodeError::NotZip(format!("entry {shown:?}: {e}")))?
+            as u64;
         if n > declared {
             // The header lied about the size: count what really came out.
             written = written - declared + n;
@@ -257,7 +260,8 @@ fn unpack(zip: &[u8], dest: &Path, limits: Limits) -> Result<(), CodeError> {
             }
         }
         if kind == S_IFLNK || f.is_symlink() {
-            let target = String::from_utf8(content).map_err(|_| refuse("symlink target is not UTF-8"))?;
+            let target =
+                String::from_utf8(content).map_err(|_| refuse("symlink target is not UTF-8"))?;
             if !link_stays_inside(&rel, &target) {
                 return Err(refuse("symlinks must point inside the archive"));
             }
@@ -391,8 +395,14 @@ mod tests {
         let h2 = s.add_zip(&z).unwrap();
         assert_eq!(h1, h2);
         let p = s.path(&h1);
-        assert_eq!(fs::read_to_string(p.join("lib/util.py")).unwrap(), "X = 1\n");
-        assert_eq!(fs::read_link(p.join("alias.py")).unwrap(), Path::new("lib/util.py"));
+        assert_eq!(
+            fs::read_to_string(p.join("lib/util.py")).unwrap(),
+            "X = 1\n"
+        );
+        assert_eq!(
+            fs::read_link(p.join("alias.py")).unwrap(),
+            Path::new("lib/util.py")
+        );
         assert!(fs::metadata(p.join("run.sh")).unwrap().permissions().mode() & 0o100 != 0);
         assert!(staging_is_empty(&s));
         let other = zip_of(&[("main.py", 0o644, b"changed")]);
@@ -403,7 +413,10 @@ mod tests {
         let (d, s) = store();
         let err = s.add_zip(&zip_of(entries)).unwrap_err();
         assert!(err.is_user_error());
-        assert!(err.to_string().contains(needle), "{err} should mention {needle}");
+        assert!(
+            err.to_string().contains(needle),
+            "{err} should mention {needle}"
+        );
         assert!(staging_is_empty(&s), "staging left behind");
         assert_eq!(fs::read_dir(d.path().join("code")).unwrap().count(), 0);
         assert!(!d.path().join("evil").exists());
@@ -415,8 +428,14 @@ mod tests {
         refused(&[("/etc/evil", 0o644, b"x")], "absolute");
         refused(&[("a/../../evil", 0o644, b"x")], "'..'");
         refused(&[("ok.py", 0o644, b""), ("../evil", 0o644, b"x")], "'..'");
-        refused(&[("l", S_IFLNK | 0o777, b"/etc/passwd")], "symlinks must point inside");
-        refused(&[("d/l", S_IFLNK | 0o777, b"../../evil")], "symlinks must point inside");
+        refused(
+            &[("l", S_IFLNK | 0o777, b"/etc/passwd")],
+            "symlinks must point inside",
+        );
+        refused(
+            &[("d/l", S_IFLNK | 0o777, b"../../evil")],
+            "symlinks must point inside",
+        );
         refused(&[("dev", 0o020644, b"")], "device files");
         refused(&[("fifo", 0o010644, b"")], "device files");
         refused(&[("a\\b", 0o644, b"")], "backslash");
@@ -427,8 +446,10 @@ mod tests {
         let big = vec![0u8; 2 << 20];
         refused(&[("zeros", 0o644, &big)], "expands past");
         let names: Vec<String> = (0..10_001).map(|i| format!("f{i}")).collect();
-        let entries: Vec<(&str, u32, &[u8])> =
-            names.iter().map(|n| (n.as_str(), 0o644, &b""[..])).collect();
+        let entries: Vec<(&str, u32, &[u8])> = names
+            .iter()
+            .map(|n| (n.as_str(), 0o644, &b""[..]))
+            .collect();
         refused(&entries, "10001 entries");
         let (_d, s) = store();
         assert!(matches!(s.add_zip(b"not a zip"), Err(CodeError::NotZip(_))));

@@ -41,7 +41,10 @@ impl PackageEnv {
 #[derive(Debug, thiserror::Error)]
 pub enum EnvError {
     #[error("pip could not install {packages:?}:\n{output}")]
-    Pip { packages: Vec<String>, output: String },
+    Pip {
+        packages: Vec<String>,
+        output: String,
+    },
     #[error("{what} failed for environment {dir}")]
     Io {
         what: &'static str,
@@ -214,7 +217,9 @@ impl EnvManager {
         self.run_tool(
             "python -m venv",
             &dir,
-            Command::new(&self.python).args(["-m", "venv", "--without-pip"]).arg(&dir),
+            Command::new(&self.python)
+                .args(["-m", "venv", "--without-pip"])
+                .arg(&dir),
         )
         .await?;
         let venv_python = dir.join("bin/python");
@@ -277,14 +282,23 @@ impl EnvManager {
             installed: found.installed,
             dir: dir.clone(),
         };
-        let json = serde_json::to_vec_pretty(&env).map_err(|e| io("encoding ember-env.json")(e.into()))?;
+        let json =
+            serde_json::to_vec_pretty(&env).map_err(|e| io("encoding ember-env.json")(e.into()))?;
         crate::sys::write_atomic(&dir.join("ember-env.json"), &json)
             .map_err(io("writing ember-env.json"))?;
-        progress(&format!("environment {key} ready: imports {:?}", env.imports));
+        progress(&format!(
+            "environment {key} ready: imports {:?}",
+            env.imports
+        ));
         Ok(env)
     }
 
-    async fn run_tool(&self, what: &'static str, dir: &Path, cmd: &mut Command) -> Result<(), EnvError> {
+    async fn run_tool(
+        &self,
+        what: &'static str,
+        dir: &Path,
+        cmd: &mut Command,
+    ) -> Result<(), EnvError> {
         let out = cmd.output().await.map_err(|source| EnvError::Io {
             what,
             dir: dir.to_path_buf(),
@@ -309,7 +323,10 @@ enum PipFailure {
 
 /// Runs pip, forwarding each output line to `progress`; on failure returns pip's own
 /// messages (its `ERROR:` lines, or the tail of its output).
-async fn stream_pip(cmd: &mut Command, progress: &(dyn Fn(&str) + Send + Sync)) -> Result<(), PipFailure> {
+async fn stream_pip(
+    cmd: &mut Command,
+    progress: &(dyn Fn(&str) + Send + Sync),
+) -> Result<(), PipFailure> {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -318,7 +335,9 @@ async fn stream_pip(cmd: &mut Command, progress: &(dyn Fn(&str) + Send + Sync)) 
         .spawn()
         .map_err(PipFailure::Io)?;
     let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(PipFailure::Io(std::io::Error::other("pip has no output pipes")));
+        return Err(PipFailure::Io(std::io::Error::other(
+            "pip has no output pipes",
+        )));
     };
     let mut out = BufReader::new(out).lines();
     let mut err = BufReader::new(err).lines();
@@ -352,7 +371,11 @@ async fn stream_pip(cmd: &mut Command, progress: &(dyn Fn(&str) + Send + Sync)) 
     let text = if errors.is_empty() {
         tail.join("\n")
     } else {
-        errors.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+        errors
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
     };
     Err(PipFailure::Failed(text))
 }

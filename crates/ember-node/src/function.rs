@@ -71,7 +71,11 @@ pub struct InvalidFunction {
     pub rule: String,
 }
 
-fn invalid(field: &'static str, value: impl Into<String>, rule: impl Into<String>) -> InvalidFunction {
+fn invalid(
+    field: &'static str,
+    value: impl Into<String>,
+    rule: impl Into<String>,
+) -> InvalidFunction {
     InvalidFunction {
         field,
         value: value.into(),
@@ -85,8 +89,7 @@ pub fn validate_name(name: &str) -> Result<(), InvalidFunction> {
     let ok = !b.is_empty()
         && b.len() <= 63
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b
-            .iter()
+        && b.iter()
             .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
     if ok {
         Ok(())
@@ -161,10 +164,13 @@ pub fn validate_requirement(req: &str) -> Result<(), InvalidFunction> {
     let ok = !t.is_empty()
         && t.len() <= 200
         && t.as_bytes()[0].is_ascii_alphanumeric()
-        && t.chars().all(|c| {
-            c.is_ascii_alphanumeric() || " ._-[],<>=!~;:'\"()*+".contains(c)
-        });
-    if ok { Ok(()) } else { Err(invalid("package", req, RULE)) }
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || " ._-[],<>=!~;:'\"()*+".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid("package", req, RULE))
+    }
 }
 
 fn validate_env(env: &BTreeMap<String, String>) -> Result<(), InvalidFunction> {
@@ -217,7 +223,9 @@ mod tests {
     fn handlers_are_dotted_identifiers() {
         assert!(config("main.handler").validate().is_ok());
         assert!(config("pkg.mod.handler").validate().is_ok());
-        for bad in ["main", "main.", ".h", "ma in.h", "../x.h", "main.h-x", "1m.h"] {
+        for bad in [
+            "main", "main.", ".h", "ma in.h", "../x.h", "main.h-x", "1m.h",
+        ] {
             let err = config(bad).validate().unwrap_err();
             assert_eq!(err.field, "handler", "{bad}");
         }
@@ -225,10 +233,22 @@ mod tests {
 
     #[test]
     fn requirements_refuse_options_urls_and_paths() {
-        for ok in ["numpy", "pandas==2.2.3", "requests[socks]>=2,<3", "a; python_version>'3'"] {
+        for ok in [
+            "numpy",
+            "pandas==2.2.3",
+            "requests[socks]>=2,<3",
+            "a; python_version>'3'",
+        ] {
             assert!(validate_requirement(ok).is_ok(), "{ok}");
         }
-        for bad in ["-r /etc/passwd", "--index-url=x", "pkg @ https://x/y.whl", "./local", "", "a\nb"] {
+        for bad in [
+            "-r /etc/passwd",
+            "--index-url=x",
+            "pkg @ https://x/y.whl",
+            "./local",
+            "",
+            "a\nb",
+        ] {
             assert!(validate_requirement(bad).is_err(), "{bad}");
         }
     }

@@ -53,8 +53,9 @@ impl Default for Metrics {
         let invocations = Family::<InvokeLabels, Counter>::default();
         let init_seconds =
             Family::<StartLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
-        let exec_seconds =
-            Family::<FunctionLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> _);
+        let exec_seconds = Family::<FunctionLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> _,
+        );
         let instances = Family::<FunctionLabels, Gauge>::default();
         let throttled = Family::<FunctionLabels, Counter>::default();
         registry.register(

@@ -195,6 +195,10 @@ pub struct FunctionStatus {
     pub record: FunctionRecord,
     /// Versions of every installed distribution in the function's environment.
     pub installed: std::collections::BTreeMap<String, String>,
+    /// Modules preloaded before the handler (the packages' top-level modules).
+    pub imports: Vec<String>,
+    /// The environment's interpreter, e.g. to time a bare `python -c 'import ...'` beside it.
+    pub python: PathBuf,
     pub instances_live: usize,
     pub instances_idle: usize,
     /// Requests queued for a free instance right now.
@@ -245,9 +249,8 @@ impl Node {
     /// keep-alive reaper.
     pub async fn open(cfg: NodeConfig) -> Result<Arc<Node>, NodeError> {
         let home = cfg.home.clone();
-        let io = |what: &'static str, path: PathBuf| {
-            move |source| NodeError::Io { what, path, source }
-        };
+        let io =
+            |what: &'static str, path: PathBuf| move |source| NodeError::Io { what, path, source };
         std::fs::create_dir_all(&home).map_err(io("creating", home.clone()))?;
         let lock_path = home.join("ember.lock");
         let home_lock = try_lock_file(&lock_path).map_err(|e| match e.kind() {
@@ -306,7 +309,11 @@ impl Node {
         let code = self.code.clone();
         let removed = blocking(move || Ok(code.retain(&keep)?)).await?;
         let n = self.read_functions().len();
-        tracing::info!(functions = n, unreferenced_code_removed = removed, "registry loaded");
+        tracing::info!(
+            functions = n,
+            unreferenced_code_removed = removed,
+            "registry loaded"
+        );
         Ok(())
     }
 
@@ -350,13 +357,20 @@ impl Node {
             .clone()
     }
 
-    /// Creates or updates a function. `code` is a zip archive; it may be omitted on update.
-    /// Returns the record and whether the function is new.
+    /// Checks a zip archive of function code and stores it; returns its content hash for
+    /// [`Node::deploy`]. Code no function refers to is removed at the next start.
+    pub async fn store_code(&self, zip: Vec<u8>) -> Result<String, NodeError> {
+        let store = self.code.clone();
+        blocking(move || Ok(store.add_zip(&zip)?)).await
+    }
+
+    /// Creates or updates a function. `code_hash` comes from [`Node::store_code`]; it may be
+    /// omitted on update. Returns the record and whether the function is new.
     pub async fn deploy(
         &self,
         name: &str,
         config: FunctionConfig,
-        code: Option<Vec<u8>>,
+        code_hash: Option<String>,
         progress: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<(FunctionRecord, bool), NodeError> {
         validate_name(name)?;
@@ -364,12 +378,8 @@ impl Node {
         let gate = self.deploy_gate(name);
         let _held = gate.lock().await;
         let previous = self.read_functions().get(name).map(|d| d.record.clone());
-        let code_hash = match code {
-            Some(zip) => {
-                progress("checking and storing the code");
-                let store = self.code.clone();
-                blocking(move || Ok(store.add_zip(&zip)?)).await?
-            }
+        let code_hash = match code_hash {
+            Some(h) => h,
             None => match &previous {
                 Some(p) => p.code_hash.clone(),
                 None => return Err(NodeError::CodeRequired(name.to_string())),
@@ -417,7 +427,8 @@ impl Node {
     }
 
     pub fn list(&self) -> Vec<FunctionStatus> {
-        let mut v: Vec<FunctionStatus> = self.read_functions().values().map(|d| status(d)).collect();
+        let mut v: Vec<FunctionStatus> =
+            self.read_functions().values().map(|d| status(d)).collect();
         v.sort_by(|a, b| a.record.name.cmp(&b.record.name));
         v
     }
@@ -485,7 +496,10 @@ impl Node {
         );
         tracing::debug!(function = %name, instance = inst.id(), why, "instance stopped");
         d.pool.live().fetch_sub(1, Ordering::SeqCst);
-        self.metrics.instances.get_or_create(&Metrics::fn_labels(name)).dec();
+        self.metrics
+            .instances
+            .get_or_create(&Metrics::fn_labels(name))
+            .dec();
         inst.kill();
     }
 
@@ -494,7 +508,9 @@ impl Node {
         let d = self.deployed(name)?;
         let request_id = uuid::Uuid::new_v4().to_string();
         let span = info_span!("invoke", function = name, request_id = %request_id);
-        self.invoke_deployed(&d, request_id, event).instrument(span).await
+        self.invoke_deployed(&d, request_id, event)
+            .instrument(span)
+            .await
     }
 
     async fn invoke_deployed(
@@ -532,18 +548,32 @@ impl Node {
                 Ok(i) => (i, StartPath::ColdBoot),
                 Err(outcome) => {
                     timing.total = t0.elapsed();
-                    return Ok(self.finish(d, request_id, StartPath::ColdBoot, String::new(), timing, outcome));
+                    return Ok(self.finish(
+                        d,
+                        request_id,
+                        StartPath::ColdBoot,
+                        String::new(),
+                        timing,
+                        outcome,
+                    ));
                 }
             },
         };
         let instance_id = inst.id().to_string();
         let limit = Duration::from_secs(u64::from(rec.config.timeout_s));
-        let ran = tokio::time::timeout(limit, inst.invoke(&request_id, SystemTime::now() + limit, event))
-            .instrument(info_span!("exec"))
-            .await;
+        let ran = tokio::time::timeout(
+            limit,
+            inst.invoke(&request_id, SystemTime::now() + limit, event),
+        )
+        .instrument(info_span!("exec"))
+        .await;
         let outcome = match ran {
             Err(_) => {
-                self.discard(d, inst, &format!("timed out after {} s", rec.config.timeout_s));
+                self.discard(
+                    d,
+                    inst,
+                    &format!("timed out after {} s", rec.config.timeout_s),
+                );
                 InvokeOutcome::Timeout(limit)
             }
             Ok(Err(e)) => {
@@ -565,7 +595,8 @@ impl Node {
                         if fe.marshal {
                             let mut fe = fe;
                             fe.error_type = "Runtime.MarshalError".into();
-                            fe.message = format!("the handler's result is not JSON: {}", fe.message);
+                            fe.message =
+                                format!("the handler's result is not JSON: {}", fe.message);
                             InvokeOutcome::HandlerError(fe)
                         } else {
                             InvokeOutcome::HandlerError(fe)
@@ -620,10 +651,18 @@ impl Node {
         }
     }
 
-    async fn cold_boot(&self, d: &Deployed, timing: &mut Timing) -> Result<Instance, InvokeOutcome> {
+    async fn cold_boot(
+        &self,
+        d: &Deployed,
+        timing: &mut Timing,
+    ) -> Result<Instance, InvokeOutcome> {
         let rec = &d.record;
         let spec = StartSpec {
-            instance_id: format!("{}-{}", rec.name, &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            instance_id: format!(
+                "{}-{}",
+                rec.name,
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            ),
             function: rec.name.clone(),
             version: rec.version,
             handler: rec.config.handler.clone(),
@@ -639,7 +678,10 @@ impl Node {
         let started = tokio::time::timeout(limit, Instance::start(&spec, sink))
             .instrument(info_span!("start.cold_boot", instance = %spec.instance_id))
             .await;
-        let note = |text: String| self.logs.append(&rec.name, &spec.instance_id, "event", text.as_bytes());
+        let note = |text: String| {
+            self.logs
+                .append(&rec.name, &spec.instance_id, "event", text.as_bytes())
+        };
         match started {
             Ok(Ok((inst, boot))) => {
                 timing.spawn = Some(boot.spawn);
@@ -647,7 +689,10 @@ impl Node {
                 timing.import_packages = Some(boot.import_packages);
                 timing.import_handler = Some(boot.import_handler);
                 d.pool.live().fetch_add(1, Ordering::SeqCst);
-                self.metrics.instances.get_or_create(&Metrics::fn_labels(&rec.name)).inc();
+                self.metrics
+                    .instances
+                    .get_or_create(&Metrics::fn_labels(&rec.name))
+                    .inc();
                 note(format!(
                     "instance started (cold-boot, pid {}) in {:.1} ms",
                     inst.pid(),
@@ -656,7 +701,10 @@ impl Node {
                 Ok(inst)
             }
             Ok(Err(StartError::Handler(fe))) => {
-                note(format!("importing the handler failed: {}: {}", fe.error_type, fe.message));
+                note(format!(
+                    "importing the handler failed: {}: {}",
+                    fe.error_type, fe.message
+                ));
                 Err(InvokeOutcome::InitError(fe))
             }
             Ok(Err(e)) => {
@@ -666,7 +714,10 @@ impl Node {
                 Err(InvokeOutcome::Crashed(msg))
             }
             Err(_) => {
-                note(format!("instance start timed out after {} s", limit.as_secs()));
+                note(format!(
+                    "instance start timed out after {} s",
+                    limit.as_secs()
+                ));
                 Err(InvokeOutcome::InitTimeout(limit))
             }
         }
@@ -693,6 +744,8 @@ fn status(d: &Deployed) -> FunctionStatus {
     FunctionStatus {
         record: d.record.clone(),
         installed: d.env.installed.clone(),
+        imports: d.env.imports.clone(),
+        python: d.env.python(),
         instances_live: d.pool.live().load(Ordering::SeqCst),
         instances_idle: d.pool.idle_count(),
         requests_waiting: d.pool.waiting(),
@@ -701,7 +754,9 @@ fn status(d: &Deployed) -> FunctionStatus {
 
 async fn reaper(node: Weak<Node>) {
     let period = match node.upgrade() {
-        Some(n) => (n.cfg.keep_alive / 4).clamp(Duration::from_millis(100), Duration::from_secs(10)),
+        Some(n) => {
+            (n.cfg.keep_alive / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
+        }
         None => return,
     };
     loop {

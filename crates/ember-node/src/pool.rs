@@ -141,7 +141,8 @@ mod tests {
         let held = pool.admit(1, Duration::from_secs(5)).await.unwrap();
         // One waiter fits in the queue; a second is throttled at once.
         let p2 = pool.clone();
-        let waiter = tokio::spawn(async move { p2.admit(1, Duration::from_secs(5)).await.is_some() });
+        let waiter =
+            tokio::spawn(async move { p2.admit(1, Duration::from_secs(5)).await.is_some() });
         while pool.waiting() == 0 {
             tokio::task::yield_now().await;
         }

@@ -42,8 +42,10 @@ impl Registry {
             source,
         };
         let conn = Connection::open(path).map_err(sql)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql)?;
         let found: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(sql)?;
@@ -99,7 +101,9 @@ impl Registry {
             let (name, text) = row.map_err(|e| self.sql(e))?;
             match serde_json::from_str(&text) {
                 Ok(rec) => out.push(rec),
-                Err(e) => tracing::error!(function = %name, "skipping an unreadable registry row: {e}"),
+                Err(e) => {
+                    tracing::error!(function = %name, "skipping an unreadable registry row: {e}")
+                }
             }
         }
         Ok(out)
@@ -109,7 +113,11 @@ impl Registry {
     pub fn next_version(&self, name: &str) -> Result<u64, RegistryError> {
         let v: Option<i64> = self
             .conn()
-            .query_row("SELECT version FROM functions WHERE name = ?1", [name], |r| r.get(0))
+            .query_row(
+                "SELECT version FROM functions WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(|e| self.sql(e))?;
         Ok(v.map_or(1, |v| v as u64 + 1))

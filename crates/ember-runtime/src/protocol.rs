@@ -135,7 +135,9 @@ pub fn split_headed<'a, T: Deserialize<'a>>(
     let hlen = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
     let rest = &body[4..];
     if hlen > rest.len() {
-        return Err(malformed(format!("header length {hlen} past the frame end")));
+        return Err(malformed(format!(
+            "header length {hlen} past the frame end"
+        )));
     }
     let header = serde_json::from_slice(&rest[..hlen]).map_err(|e| malformed(e.to_string()))?;
     Ok((header, &rest[hlen..]))

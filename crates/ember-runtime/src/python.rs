@@ -145,7 +145,10 @@ impl Instance {
             .env("OMP_NUM_THREADS", "1")
             .env("MKL_NUM_THREADS", "1")
             .env("AWS_LAMBDA_FUNCTION_NAME", &spec.function)
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", spec.memory_mb.to_string())
+            .env(
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                spec.memory_mb.to_string(),
+            )
             .env("AWS_LAMBDA_FUNCTION_VERSION", spec.version.to_string())
             .env("EMBER_INSTANCE_ID", &spec.instance_id)
             .envs(&spec.env)
@@ -181,7 +184,12 @@ impl Instance {
             ));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(pump_lines(err, spec.instance_id.clone(), Stream::Stderr, logs));
+            tokio::spawn(pump_lines(
+                err,
+                spec.instance_id.clone(),
+                Stream::Stderr,
+                logs,
+            ));
         }
         let mut inst = Instance {
             id: spec.instance_id.clone(),

@@ -1,0 +1,78 @@
+//! How failures become HTTP responses: a status and `{"error": {"code", "message", ...}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use ember_node::{NodeError, NodeErrorKind};
+
+use crate::types::{ErrorBody, ErrorResponse};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub body: ErrorBody,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            body: ErrorBody {
+                code: code.to_string(),
+                message: message.into(),
+                error_type: None,
+                traceback: Vec::new(),
+            },
+        }
+    }
+
+    pub fn bad_request(code: &str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> ApiError {
+        let code = match &e {
+            NodeError::NotFound(_) => "NotFound",
+            NodeError::Invalid(_) => "InvalidFunction",
+            NodeError::CodeRequired(_) => "CodeRequired",
+            NodeError::Code(_) => "InvalidArchive",
+            NodeError::Env(_) => "PackageInstallFailed",
+            NodeError::Throttled { .. } => "TooManyRequests",
+            _ => "Internal",
+        };
+        let status = match e.kind() {
+            NodeErrorKind::NotFound => StatusCode::NOT_FOUND,
+            NodeErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            NodeErrorKind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+            NodeErrorKind::Throttled => StatusCode::TOO_MANY_REQUESTS,
+            NodeErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = error_chain(&e);
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!("request failed: {message}");
+        }
+        ApiError::new(status, code, message)
+    }
+}
+
+/// An error and its sources, joined with ": ".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let more = c.to_string();
+        if !s.contains(&more) {
+            s.push_str(": ");
+            s.push_str(&more);
+        }
+        src = c.source();
+    }
+    s
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(ErrorResponse { error: self.body })).into_response()
+    }
+}

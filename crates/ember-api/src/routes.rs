@@ -1,0 +1,368 @@
+//! The `/v1` routes.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | /v1/health | liveness (never needs the token) |
+//! | GET | /v1/functions | list |
+//! | PUT | /v1/functions/{name} | create or update (`code_zip`: base64 zip) |
+//! | GET, DELETE | /v1/functions/{name} | describe, delete |
+//! | POST | /v1/functions/{name}/invoke | synchronous invoke; the body is the event |
+//! | DELETE | /v1/functions/{name}/instances | stop the function's instances |
+//! | GET | /v1/functions/{name}/logs?lines=N | tail of the function's log |
+//! | GET | /metrics | Prometheus text |
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use base64::Engine;
+use ember_node::function::validate_name;
+use ember_node::{FunctionConfig, Invocation, InvokeOutcome};
+use serde::Deserialize;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::AppState;
+use crate::error::{ApiError, error_chain};
+use crate::types::{DeployEvent, DeployResult, ErrorBody, StopResult, headers as h};
+
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/functions", get(list))
+        .route(
+            "/v1/functions/{name}",
+            put(deploy).get(describe).delete(remove),
+        )
+        .route("/v1/functions/{name}/invoke", post(invoke))
+        .route("/v1/functions/{name}/instances", delete(stop_instances))
+        .route("/v1/functions/{name}/logs", get(logs))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NoSuchRoute",
+                "no such API route; see docs/api.md",
+            )
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// Compares without an early exit, so response time does not reveal the token.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &s.cfg.token
+        && req.uri().path() != "/v1/health"
+    {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        if !same_secret(given, token.as_bytes()) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "missing or wrong API token: send 'Authorization: Bearer <token>' (the CLI reads --token or EMBER_TOKEN)",
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Reads a body of at most `limit` bytes; more is refused with 413 before it is buffered.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    what: &str,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLarge",
+            format!("the {what} is larger than the limit of {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if error_chain(&e).contains("length limit exceeded") {
+            too_large()
+        } else {
+            ApiError::bad_request("BadBody", format!("reading the request body failed: {e}"))
+        }
+    })
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn list(State(s): State<AppState>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "functions": s.node.list() }))
+}
+
+async fn describe(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(axum::Json(s.node.get(&name)?).into_response())
+}
+
+async fn remove(State(s): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    s.node.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn stop_instances(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let stopped = s.node.stop_instances(&name)?;
+    Ok(axum::Json(StopResult { stopped }).into_response())
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    lines: Option<usize>,
+}
+
+async fn logs(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    let text = s.node.logs(&name, q.lines.unwrap_or(100).min(10_000))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.node.metrics().encode(),
+    )
+}
+
+/// Parses a deploy body: the function's configuration plus an optional `code_zip`.
+fn parse_deploy(body: &[u8]) -> Result<(FunctionConfig, Option<Vec<u8>>), ApiError> {
+    let mut doc: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
+        .map_err(|e| {
+            ApiError::bad_request(
+                "InvalidJson",
+                format!("the request body is not a JSON object: {e}"),
+            )
+        })?;
+    let zip = match doc.remove("code_zip") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(b64)) => Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|e| {
+                    ApiError::bad_request(
+                        "InvalidArchive",
+                        format!("code_zip is not valid base64: {e}"),
+                    )
+                })?,
+        ),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "InvalidArchive",
+                "code_zip must be a base64 string",
+            ));
+        }
+    };
+    let config: FunctionConfig =
+        serde_json::from_value(serde_json::Value::Object(doc)).map_err(|e| {
+            ApiError::bad_request(
+                "InvalidFunction",
+                format!("invalid function configuration: {e}"),
+            )
+        })?;
+    config
+        .validate()
+        .map_err(|e| ApiError::bad_request("InvalidFunction", e.to_string()))?;
+    Ok((config, zip))
+}
+
+async fn deploy(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    validate_name(&name).map_err(|e| ApiError::bad_request("InvalidFunction", e.to_string()))?;
+    let bytes = read_body(&headers, body, s.cfg.max_deploy_bytes, "deploy request").await?;
+    let (config, zip) = parse_deploy(&bytes)?;
+    drop(bytes);
+    let code_hash = match zip {
+        Some(zip) => Some(s.node.store_code(zip).await?),
+        None => None,
+    };
+    let streaming = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-ndjson"));
+    if !streaming {
+        let (_, created) = s.node.deploy(&name, config, code_hash, &|_| {}).await?;
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        return Ok((status, axum::Json(s.node.get(&name)?)).into_response());
+    }
+    // Streamed: progress lines, then one `done` or `error` line. The deploy goes on to the
+    // end even if the client goes away.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Bytes, std::io::Error>>();
+    let send = |tx: &tokio::sync::mpsc::UnboundedSender<_>, ev: &DeployEvent| {
+        let mut line = serde_json::to_vec(ev).unwrap_or_default();
+        line.push(b'\n');
+        let _ = tx.send(Ok(Bytes::from(line)));
+    };
+    let node = s.node.clone();
+    tokio::spawn(async move {
+        let ptx = tx.clone();
+        let progress = move |l: &str| send(&ptx, &DeployEvent::Progress(l.to_string()));
+        let last = match node.deploy(&name, config, code_hash, &progress).await {
+            Ok((_, created)) => match node.get(&name) {
+                Ok(st) => DeployEvent::Done(DeployResult {
+                    created,
+                    function: serde_json::to_value(st).unwrap_or_default(),
+                }),
+                Err(e) => DeployEvent::Error(ApiError::from(e).body),
+            },
+            Err(e) => DeployEvent::Error(ApiError::from(e).body),
+        };
+        send(&tx, &last);
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(UnboundedReceiverStream::new(rx)),
+    )
+        .into_response())
+}
+
+async fn invoke(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, s.cfg.max_event_bytes, "event").await?;
+    let event: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
+            ApiError::bad_request("InvalidJson", format!("the event is not valid JSON: {e}"))
+        })?;
+        &bytes
+    };
+    let inv = s.node.invoke(&name, event).await?;
+    Ok(invocation_response(inv))
+}
+
+fn invocation_response(inv: Invocation) -> Response {
+    let failure = |status,
+                   kind: &str,
+                   code: &str,
+                   message: String,
+                   fe: Option<ember_runtime::protocol::FunctionError>| {
+        let (error_type, traceback) = fe
+            .map(|f| (Some(f.error_type), f.traceback))
+            .unwrap_or_default();
+        let body = ErrorBody {
+            code: code.to_string(),
+            message,
+            error_type,
+            traceback,
+        };
+        (
+            status,
+            kind.to_string(),
+            serde_json::to_vec(&crate::types::ErrorResponse { error: body }).unwrap_or_default(),
+        )
+    };
+    let (status, error_kind, body) = match inv.outcome {
+        InvokeOutcome::Ok(payload) => (StatusCode::OK, String::new(), payload),
+        InvokeOutcome::HandlerError(fe) => {
+            let msg = format!("{}: {}", fe.error_type, fe.message);
+            failure(
+                StatusCode::BAD_GATEWAY,
+                "handler",
+                "HandlerError",
+                msg,
+                Some(fe),
+            )
+        }
+        InvokeOutcome::InitError(fe) => {
+            let msg = format!(
+                "importing the handler failed: {}: {}",
+                fe.error_type, fe.message
+            );
+            failure(StatusCode::BAD_GATEWAY, "init", "InitError", msg, Some(fe))
+        }
+        InvokeOutcome::Timeout(d) => failure(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "Timeout",
+            format!(
+                "the function ran past its timeout of {} s; its instance was stopped",
+                d.as_secs()
+            ),
+            None,
+        ),
+        InvokeOutcome::InitTimeout(d) => failure(
+            StatusCode::GATEWAY_TIMEOUT,
+            "init-timeout",
+            "InitTimeout",
+            format!("starting an instance took longer than {} s", d.as_secs()),
+            None,
+        ),
+        InvokeOutcome::Crashed(msg) => failure(
+            StatusCode::BAD_GATEWAY,
+            "crashed",
+            "InstanceCrashed",
+            format!("the instance stopped during the invocation ({msg}); see `ember logs`"),
+            None,
+        ),
+    };
+    let mut resp = (status, body).into_response();
+    let hs = resp.headers_mut();
+    hs.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let mut put = |name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            hs.insert(name, v);
+        }
+    };
+    put(h::START, inv.start.as_str());
+    put(h::TIMING, &inv.timing.header());
+    put(h::REQUEST_ID, &inv.request_id);
+    put(h::VERSION, &inv.version.to_string());
+    if !inv.instance.is_empty() {
+        put(h::INSTANCE, &inv.instance);
+    }
+    if !error_kind.is_empty() {
+        put(h::ERROR, &error_kind);
+    }
+    resp
+}

@@ -1,0 +1,54 @@
+//! Request and response bodies of the `/v1` API, shared by the server and the client.
+
+use serde::{Deserialize, Serialize};
+
+/// Response headers of an invoke.
+pub mod headers {
+    /// The start-ladder rung that served the request: `warm` or `cold-boot`.
+    pub const START: &str = "ember-start";
+    /// Phase durations in `Server-Timing` syntax (milliseconds).
+    pub const TIMING: &str = "ember-timing";
+    pub const REQUEST_ID: &str = "ember-request-id";
+    pub const INSTANCE: &str = "ember-instance";
+    pub const VERSION: &str = "ember-function-version";
+    /// Present when the invocation failed: `handler`, `init`, `timeout`, `crashed`.
+    pub const ERROR: &str = "ember-error";
+}
+
+/// The `error` member of every error response.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    /// Stable machine-readable code, e.g. `NotFound`, `InvalidArchive`, `HandlerError`.
+    pub code: String,
+    pub message: String,
+    /// The exception type, for handler and init errors.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub error_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traceback: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    pub error: ErrorBody,
+}
+
+/// One line of a streamed (`Accept: application/x-ndjson`) deploy response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployEvent {
+    Progress(String),
+    Done(DeployResult),
+    Error(ErrorBody),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployResult {
+    pub created: bool,
+    pub function: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StopResult {
+    pub stopped: usize,
+}

@@ -1,0 +1,234 @@
+//! The load driver: deploys workloads, forces cold starts by stopping a function's
+//! instances, drives warm invocations at a concurrency, and times a bare interpreter import
+//! of the same packages as the baseline, all in one run.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ember_api::client::{Client, ClientError};
+use serde::Serialize;
+
+use crate::workloads::Workload;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchOptions {
+    /// Cold starts measured per workload.
+    pub cold: usize,
+    /// Warm invocations measured per workload (after one warm-up).
+    pub warm: usize,
+    /// Warm invocations in flight at once.
+    pub concurrency: usize,
+    /// Bare `python -I -c 'import <packages>'` runs per workload (0: skip the baseline).
+    pub baseline: usize,
+}
+
+/// One measured request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub workload: String,
+    /// `warm`, `cold-boot`, or `bare-import` for the baseline.
+    pub path: String,
+    /// `cold` or `warm`: what the driver asked for.
+    pub phase: String,
+    pub status: u16,
+    /// Wall time seen by the client.
+    pub latency_ms: f64,
+    /// The server's `Ember-Timing` header.
+    pub timing: String,
+    /// Handler execution time reported by the runtime.
+    pub exec_ms: Option<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("workload {workload}: {source}")]
+    Client {
+        workload: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("workload {workload}: invocation failed with HTTP {status}: {body}")]
+    Failed {
+        workload: String,
+        status: u16,
+        body: String,
+    },
+    #[error("workload {workload}: baseline {python}: {detail}")]
+    Baseline {
+        workload: String,
+        python: PathBuf,
+        detail: String,
+    },
+}
+
+/// Deploys `w` (showing install progress through `log`).
+pub async fn deploy(
+    client: &Client,
+    w: &Workload,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<(), BenchError> {
+    let cerr = |source| BenchError::Client {
+        workload: w.name.clone(),
+        source,
+    };
+    let mut manifest = w.manifest.clone();
+    // Enough instances that warm runs at any concurrency the driver uses stay warm.
+    manifest.max_instances = Some(manifest.max_instances.unwrap_or(10).max(64));
+    let body = manifest
+        .deploy_body(&w.zip)
+        .map_err(|e| BenchError::Failed {
+            workload: w.name.clone(),
+            status: 0,
+            body: e.to_string(),
+        })?;
+    let mut progress = |l: &str| log(&format!("  [{}] {l}", w.name));
+    client
+        .deploy(&w.name, &body, &mut progress)
+        .await
+        .map_err(cerr)?;
+    Ok(())
+}
+
+async fn one(
+    client: &Client,
+    w: &Workload,
+    event: &[u8],
+    phase: &str,
+) -> Result<Sample, BenchError> {
+    let t0 = Instant::now();
+    let r = client
+        .invoke(&w.name, event.to_vec())
+        .await
+        .map_err(|source| BenchError::Client {
+            workload: w.name.clone(),
+            source,
+        })?;
+    let latency_ms = t0.elapsed().as_secs_f64() * 1e3;
+    if r.status != 200 {
+        return Err(BenchError::Failed {
+            workload: w.name.clone(),
+            status: r.status,
+            body: String::from_utf8_lossy(&r.body).into_owned(),
+        });
+    }
+    Ok(Sample {
+        workload: w.name.clone(),
+        path: r.start.clone(),
+        phase: phase.to_string(),
+        status: r.status,
+        latency_ms,
+        exec_ms: r.phase_ms("exec"),
+        timing: r.timing,
+    })
+}
+
+/// Measures one workload: cold starts, then warm invocations, then the baseline.
+pub async fn measure(
+    client: &Client,
+    w: &Workload,
+    opts: &BenchOptions,
+) -> Result<Vec<Sample>, BenchError> {
+    let event = w.manifest.bench_event();
+    let mut samples = Vec::new();
+    for _ in 0..opts.cold {
+        client
+            .stop_instances(&w.name)
+            .await
+            .map_err(|source| BenchError::Client {
+                workload: w.name.clone(),
+                source,
+            })?;
+        samples.push(one(client, w, &event, "cold").await?);
+    }
+    one(client, w, &event, "warm-up").await?;
+    let conc = opts.concurrency.max(1);
+    let per_task = opts.warm.div_ceil(conc);
+    let shared = Arc::new((client.clone(), w.clone(), event.clone()));
+    let mut tasks = Vec::new();
+    for t in 0..conc {
+        let shared = shared.clone();
+        let n = per_task.min(opts.warm.saturating_sub(t * per_task));
+        tasks.push(tokio::spawn(async move {
+            let (client, w, event) = &*shared;
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                v.push(one(client, w, event, "warm").await?);
+            }
+            Ok::<_, BenchError>(v)
+        }));
+    }
+    for t in tasks {
+        match t.await {
+            Ok(r) => samples.extend(r?),
+            Err(e) => {
+                return Err(BenchError::Failed {
+                    workload: w.name.clone(),
+                    status: 0,
+                    body: format!("a driver task failed: {e}"),
+                });
+            }
+        }
+    }
+    if opts.baseline > 0 {
+        samples.extend(baseline(client, w, opts.baseline).await?);
+    }
+    Ok(samples)
+}
+
+/// Times `<env python> -I -c 'import <packages>'`: the floor a cold boot is compared with.
+async fn baseline(client: &Client, w: &Workload, runs: usize) -> Result<Vec<Sample>, BenchError> {
+    let info = client
+        .get(&w.name)
+        .await
+        .map_err(|source| BenchError::Client {
+            workload: w.name.clone(),
+            source,
+        })?;
+    let python = PathBuf::from(info["python"].as_str().unwrap_or("/usr/bin/python3"));
+    let imports: Vec<String> = info["imports"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let code = if imports.is_empty() {
+        "pass".to_string()
+    } else {
+        format!("import {}", imports.join(", "))
+    };
+    let mut out = Vec::new();
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        let st = tokio::process::Command::new(&python)
+            .args(["-I", "-c", &code])
+            .env_clear()
+            .env("OPENBLAS_NUM_THREADS", "1")
+            .env("OMP_NUM_THREADS", "1")
+            .status()
+            .await;
+        let latency_ms = t0.elapsed().as_secs_f64() * 1e3;
+        match st {
+            Ok(s) if s.success() => {}
+            other => {
+                return Err(BenchError::Baseline {
+                    workload: w.name.clone(),
+                    python,
+                    detail: format!("{other:?}"),
+                });
+            }
+        }
+        out.push(Sample {
+            workload: w.name.clone(),
+            path: "bare-import".into(),
+            phase: "baseline".into(),
+            status: 0,
+            latency_ms,
+            timing: code.clone(),
+            exec_ms: None,
+        });
+    }
+    Ok(out)
+}

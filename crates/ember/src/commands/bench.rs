@@ -1,0 +1,103 @@
+//! `ember bench`: cold and warm latency per workload against a running daemon (`--url`) or
+//! one started in this process, with a bare-import baseline measured in the same run.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ember_api::client::Client;
+use ember_bench::{BenchOptions, Report, driver, workloads};
+
+use crate::daemon;
+use crate::settings::DaemonArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Drive this daemon instead of starting one in this process
+    #[arg(long)]
+    pub url: Option<String>,
+    /// API token of the daemon at --url
+    #[arg(long, env = "EMBER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Workloads to run, comma-separated [default: all examples]
+    #[arg(long, value_delimiter = ',')]
+    pub workloads: Vec<String>,
+    /// Cold starts per workload
+    #[arg(long, default_value_t = 10)]
+    pub cold: usize,
+    /// Warm invocations per workload
+    #[arg(long, default_value_t = 200)]
+    pub warm: usize,
+    /// Warm invocations in flight at once
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Bare `python -c 'import <packages>'` runs per workload (0 skips the baseline)
+    #[arg(long, default_value_t = 10)]
+    pub baseline: usize,
+    /// Where to write the raw samples and summary as JSON [default: bench-results/bench-<time>.json]
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Package environments shared with other daemons, for the embedded daemon
+    #[arg(long, env = "EMBER_ENVS_DIR", default_value = ".ember/envs")]
+    pub envs_dir: PathBuf,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let opts = BenchOptions {
+        cold: args.cold,
+        warm: args.warm,
+        concurrency: args.concurrency,
+        baseline: args.baseline,
+    };
+    let selected = workloads::select(&args.workloads)?;
+    let mut embedded = None;
+    let _home;
+    let client = match &args.url {
+        Some(u) => Client::new(u, args.token.clone()),
+        None => {
+            let home = tempfile::Builder::new().prefix("ember-bench-").tempdir()?;
+            let settings = DaemonArgs {
+                home: Some(home.path().to_path_buf()),
+                listen: Some("127.0.0.1:0".into()),
+                envs_dir: Some(std::path::absolute(&args.envs_dir)?),
+                keep_alive: Some("1h".into()),
+                ..Default::default()
+            }
+            .resolve()?;
+            _home = home;
+            let r = daemon::start(settings).await?;
+            let c = Client::new(&r.url(), None);
+            embedded = Some(r);
+            c
+        }
+    };
+    eprintln!(
+        "bench: {} workloads, {} cold + {} warm (concurrency {}) each, baseline {} runs, against {}",
+        selected.len(),
+        opts.cold,
+        opts.warm,
+        opts.concurrency,
+        opts.baseline,
+        client.base()
+    );
+    let mut samples = Vec::new();
+    for w in &selected {
+        driver::deploy(&client, w, &|l| eprintln!("{l}")).await?;
+        eprintln!("measuring {}", w.name);
+        samples.extend(driver::measure(&client, w, &opts).await?);
+    }
+    let report = Report::new(client.base(), opts, samples, started);
+    print!("{}", report.table());
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from(format!("bench-results/bench-{started}.json")));
+    report.write_json(&out)?;
+    eprintln!("raw samples: {}", out.display());
+    if let Some(r) = embedded {
+        r.stop().await?;
+    }
+    Ok(())
+}

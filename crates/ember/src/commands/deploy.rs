@@ -1,0 +1,89 @@
+//! `ember deploy PATH`: create or update a function from a directory or a zip file.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use ember_api::package;
+
+use super::ClientArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The function's code: a directory (its ember.toml gives defaults) or a .zip file
+    pub path: PathBuf,
+    /// Function name [default: name in ember.toml]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Handler as module.function [default: handler in ember.toml]
+    #[arg(long)]
+    pub handler: Option<String>,
+    /// pip requirements, comma-separated or repeated (e.g. --packages numpy,pandas==2.2.3)
+    #[arg(long, value_delimiter = ',')]
+    pub packages: Option<Vec<String>>,
+    /// Memory limit in MiB
+    #[arg(long)]
+    pub memory: Option<u32>,
+    /// Timeout in seconds
+    #[arg(long)]
+    pub timeout: Option<u32>,
+    /// Most instances running at once
+    #[arg(long)]
+    pub max_instances: Option<u32>,
+    /// Environment variable for the function, KEY=VALUE (repeatable)
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let (zip, mut m) = package::load_code(&args.path)?;
+    if args.name.is_some() {
+        m.name = args.name;
+    }
+    if args.handler.is_some() {
+        m.handler = args.handler;
+    }
+    if let Some(p) = args.packages {
+        m.packages = Some(
+            p.into_iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        );
+    }
+    m.memory_mb = args.memory.or(m.memory_mb);
+    m.timeout_s = args.timeout.or(m.timeout_s);
+    m.max_instances = args.max_instances.or(m.max_instances);
+    for kv in args.env {
+        let Some((k, v)) = kv.split_once('=') else {
+            bail!("--env {kv:?} must be KEY=VALUE");
+        };
+        m.env.insert(k.to_string(), v.to_string());
+    }
+    let Some(name) = m.name.clone() else {
+        bail!(
+            "no function name: pass --name or set name in {}/ember.toml",
+            args.path.display()
+        );
+    };
+    let body = m.deploy_body(&zip)?;
+    let client = args.client.client();
+    eprintln!(
+        "deploying {name} ({} KiB of code)",
+        zip.len().div_ceil(1024)
+    );
+    let result = client
+        .deploy(&name, &body, &mut |line| eprintln!("  {line}"))
+        .await
+        .with_context(|| format!("deploying {name}"))?;
+    let f = &result.function;
+    println!(
+        "{} {name} version {} (handler {}, packages {})",
+        if result.created { "created" } else { "updated" },
+        f["version"],
+        f["handler"].as_str().unwrap_or("?"),
+        f["packages"]
+    );
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! `ember ls`: the deployed functions.
+
+use super::ClientArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print the full JSON description instead of a table
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let fns = args.client.client().list().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&fns)?);
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:>4} {:<20} {:>7} {:>8} {:>5}  PACKAGES",
+        "NAME", "VER", "HANDLER", "MEM MB", "TIMEOUT", "LIVE"
+    );
+    for f in fns {
+        let pkgs: Vec<&str> = f["packages"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        println!(
+            "{:<20} {:>4} {:<20} {:>7} {:>7}s {:>5}  {}",
+            f["name"].as_str().unwrap_or("?"),
+            f["version"].to_string(),
+            f["handler"].as_str().unwrap_or("?"),
+            f["memory_mb"].to_string(),
+            f["timeout_s"].to_string(),
+            f["instances_live"].to_string(),
+            pkgs.join(",")
+        );
+    }
+    Ok(())
+}

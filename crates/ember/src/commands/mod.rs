@@ -1,0 +1,29 @@
+//! One module per CLI verb.
+
+pub mod bench;
+pub mod deploy;
+pub mod invoke;
+pub mod logs;
+pub mod ls;
+pub mod rm;
+pub mod serve;
+pub mod up;
+
+use ember_api::client::Client;
+
+/// Where the CLI finds the API.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// The daemon's address
+    #[arg(long, env = "EMBER_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// API token, if the daemon requires one
+    #[arg(long, env = "EMBER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl ClientArgs {
+    pub fn client(&self) -> Client {
+        Client::new(&self.url, self.token.clone().filter(|t| !t.is_empty()))
+    }
+}

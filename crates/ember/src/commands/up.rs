@@ -1,0 +1,79 @@
+//! `ember up`: serve, deploy the examples, invoke each once cold and once warm, print a
+//! table, then keep serving.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use ember_api::client::Client;
+use ember_bench::{driver, workloads};
+
+use crate::daemon;
+use crate::settings::DaemonArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// Stop after printing the table instead of serving on
+    #[arg(long)]
+    pub exit: bool,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let settings = args.daemon.resolve()?;
+    let token = settings.api.token.clone();
+    let running = daemon::start(settings).await?;
+    let url = running.url();
+    eprintln!(
+        "ember listening on {url}; deploying the examples (the first run installs their packages)"
+    );
+    let client = Client::new(&url, token);
+    let all = workloads::select(&[])?;
+    println!(
+        "{:<11} {:>14} {:>10}  result",
+        "function", "cold-boot ms", "warm ms"
+    );
+    for w in &all {
+        driver::deploy(&client, w, &|l| eprintln!("{l}")).await?;
+        client.stop_instances(&w.name).await?;
+        let event = w.manifest.bench_event();
+        let mut times = Vec::new();
+        let mut last = None;
+        for expect in ["cold-boot", "warm"] {
+            let t0 = Instant::now();
+            let r = client
+                .invoke(&w.name, event.clone())
+                .await
+                .with_context(|| format!("invoking {}", w.name))?;
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+            if r.status != 200 || r.start != expect {
+                anyhow::bail!(
+                    "{}: expected a {expect} answer, got HTTP {} via {}: {}",
+                    w.name,
+                    r.status,
+                    r.start,
+                    String::from_utf8_lossy(&r.body)
+                );
+            }
+            last = Some(r);
+        }
+        let body = last
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .unwrap_or_default();
+        let shown: String = body.chars().take(60).collect();
+        println!(
+            "{:<11} {:>14.1} {:>10.2}  {shown}",
+            w.name, times[0], times[1]
+        );
+    }
+    if args.exit {
+        return running.stop().await;
+    }
+    println!("\nember is serving on {url}. Try:");
+    println!("  cargo run --release -- invoke helloworld --data '{{\"name\": \"you\"}}' --verbose");
+    println!("  curl -s -X POST {url}/v1/functions/numpy/invoke -d '{{\"n\": 100}}' -D -");
+    println!("  cargo run --release -- deploy examples/helloworld --name mine");
+    println!("Ctrl-C stops it.");
+    daemon::signalled().await;
+    running.stop().await
+}

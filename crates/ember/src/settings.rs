@@ -1,0 +1,221 @@
+//! Daemon settings: command-line flags and environment variables override an optional TOML
+//! file, which overrides the embedded defaults.
+//!
+//! ```toml
+//! # <home>/ember.toml, or the file given with --config / EMBER_CONFIG
+//! listen = "127.0.0.1:8080"
+//! token = "secret"
+//! python = "/usr/bin/python3"
+//! envs_dir = "/var/lib/ember/envs"
+//! keep_alive = "10m"
+//! queue_depth = 100
+//! queue_timeout = "10s"
+//! init_timeout = "60s"
+//! max_event_bytes = 6291456
+//! max_deploy_bytes = 67108864
+//! log_max_bytes = 8388608
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ember_api::ApiConfig;
+use ember_node::NodeConfig;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DaemonArgs {
+    /// Directory holding all of the node's state [default: ./.ember]
+    #[arg(long, env = "EMBER_HOME")]
+    pub home: Option<PathBuf>,
+    /// TOML settings file [default: <home>/ember.toml if present]
+    #[arg(long, env = "EMBER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to serve the API on [default: 127.0.0.1:8080]
+    #[arg(long, env = "EMBER_LISTEN")]
+    pub listen: Option<String>,
+    /// Require this bearer token on every API request but /v1/health
+    #[arg(long, env = "EMBER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Base interpreter for package environments [default: /usr/bin/python3]
+    #[arg(long, env = "EMBER_PYTHON")]
+    pub python: Option<PathBuf>,
+    /// Where package environments live [default: <home>/envs]
+    #[arg(long, env = "EMBER_ENVS_DIR")]
+    pub envs_dir: Option<PathBuf>,
+    /// Stop idle instances after this long, e.g. 10m, 30s [default: 10m]
+    #[arg(long, env = "EMBER_KEEP_ALIVE")]
+    pub keep_alive: Option<String>,
+    /// Requests that may queue per function when all its instances are busy [default: 100]
+    #[arg(long, env = "EMBER_QUEUE_DEPTH")]
+    pub queue_depth: Option<usize>,
+    /// How long a queued request waits before 429 [default: 10s]
+    #[arg(long, env = "EMBER_QUEUE_TIMEOUT")]
+    pub queue_timeout: Option<String>,
+    /// Longest a cold boot may take [default: 60s]
+    #[arg(long, env = "EMBER_INIT_TIMEOUT")]
+    pub init_timeout: Option<String>,
+    /// Largest invoke payload in bytes [default: 6 MiB]
+    #[arg(long, env = "EMBER_MAX_EVENT_BYTES")]
+    pub max_event_bytes: Option<usize>,
+    /// Largest deploy request in bytes [default: 64 MiB]
+    #[arg(long, env = "EMBER_MAX_DEPLOY_BYTES")]
+    pub max_deploy_bytes: Option<usize>,
+    /// Size at which a function's log rotates [default: 8 MiB]
+    #[arg(long, env = "EMBER_LOG_MAX_BYTES")]
+    pub log_max_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    home: Option<PathBuf>,
+    listen: Option<String>,
+    token: Option<String>,
+    python: Option<PathBuf>,
+    envs_dir: Option<PathBuf>,
+    keep_alive: Option<String>,
+    queue_depth: Option<usize>,
+    queue_timeout: Option<String>,
+    init_timeout: Option<String>,
+    max_event_bytes: Option<usize>,
+    max_deploy_bytes: Option<usize>,
+    log_max_bytes: Option<u64>,
+}
+
+/// Everything a daemon needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: String,
+    pub node: NodeConfig,
+    pub api: ApiConfig,
+}
+
+fn duration(name: &str, v: Option<String>, default: Duration) -> anyhow::Result<Duration> {
+    match v {
+        None => Ok(default),
+        Some(s) => humantime::parse_duration(&s).with_context(|| {
+            format!("{name} {s:?} is not a duration (write e.g. 10m, 30s, 500ms)")
+        }),
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileSettings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the settings file {}", path.display()))?;
+    toml::from_str(&text)
+        .with_context(|| format!("{} is not a valid settings file", path.display()))
+}
+
+impl DaemonArgs {
+    pub fn resolve(self) -> anyhow::Result<Settings> {
+        let file = match &self.config {
+            Some(p) => read_file(p)?,
+            None => {
+                let home = self.home.clone().unwrap_or_else(|| PathBuf::from(".ember"));
+                let p = home.join("ember.toml");
+                if p.exists() {
+                    read_file(&p)?
+                } else {
+                    FileSettings::default()
+                }
+            }
+        };
+        let d = NodeConfig::default();
+        let a = ApiConfig::default();
+        let node = NodeConfig {
+            home: self.home.or(file.home).unwrap_or(d.home),
+            envs_dir: self.envs_dir.or(file.envs_dir),
+            python: self.python.or(file.python).unwrap_or(d.python),
+            keep_alive: duration(
+                "keep_alive",
+                self.keep_alive.or(file.keep_alive),
+                d.keep_alive,
+            )?,
+            queue_depth: self
+                .queue_depth
+                .or(file.queue_depth)
+                .unwrap_or(d.queue_depth),
+            queue_timeout: duration(
+                "queue_timeout",
+                self.queue_timeout.or(file.queue_timeout),
+                d.queue_timeout,
+            )?,
+            init_timeout: duration(
+                "init_timeout",
+                self.init_timeout.or(file.init_timeout),
+                d.init_timeout,
+            )?,
+            log_max_bytes: self
+                .log_max_bytes
+                .or(file.log_max_bytes)
+                .unwrap_or(d.log_max_bytes),
+        };
+        let api = ApiConfig {
+            token: self.token.or(file.token).filter(|t| !t.is_empty()),
+            max_event_bytes: self
+                .max_event_bytes
+                .or(file.max_event_bytes)
+                .unwrap_or(a.max_event_bytes),
+            max_deploy_bytes: self
+                .max_deploy_bytes
+                .or(file.max_deploy_bytes)
+                .unwrap_or(a.max_deploy_bytes),
+        };
+        if node.keep_alive.is_zero() {
+            bail!("keep_alive must be more than zero");
+        }
+        Ok(Settings {
+            listen: self
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| "127.0.0.1:8080".into()),
+            node,
+            api,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_beats_defaults() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = d.path().join("e.toml");
+        std::fs::write(
+            &cfg,
+            "listen = \"127.0.0.1:9\"\nkeep_alive = \"30s\"\nqueue_depth = 3\n",
+        )
+        .unwrap();
+        let s = DaemonArgs {
+            config: Some(cfg.clone()),
+            queue_depth: Some(7),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(s.listen, "127.0.0.1:9");
+        assert_eq!(s.node.keep_alive, Duration::from_secs(30));
+        assert_eq!(s.node.queue_depth, 7);
+        assert_eq!(s.node.init_timeout, NodeConfig::default().init_timeout);
+        std::fs::write(&cfg, "keep_alive = \"soon\"\n").unwrap();
+        let err = DaemonArgs {
+            config: Some(cfg.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("not a duration"), "{err:#}");
+        std::fs::write(&cfg, "listn = 1\n").unwrap();
+        let err = DaemonArgs {
+            config: Some(cfg),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+    }
+}
