@@ -252,9 +252,11 @@ impl EnvManager {
                 return Err(output);
             }
         }
-        let out = Command::new(&venv_python)
-            .args(["-I", "-c", INSPECT_PY])
-            .args(&packages)
+        let mut inspect = Command::new(&venv_python);
+        inspect.args(["-I", "-c", INSPECT_PY]).args(&packages);
+        ember_runtime::kill_with_daemon(&mut inspect);
+        let out = inspect
+            .kill_on_drop(true)
             .output()
             .await
             .map_err(io("inspecting the environment"))?;
@@ -299,11 +301,16 @@ impl EnvManager {
         dir: &Path,
         cmd: &mut Command,
     ) -> Result<(), EnvError> {
-        let out = cmd.output().await.map_err(|source| EnvError::Io {
-            what,
-            dir: dir.to_path_buf(),
-            source,
-        })?;
+        ember_runtime::kill_with_daemon(cmd);
+        let out = cmd
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|source| EnvError::Io {
+                what,
+                dir: dir.to_path_buf(),
+                source,
+            })?;
         if out.status.success() {
             Ok(())
         } else {
@@ -327,6 +334,7 @@ async fn stream_pip(
     cmd: &mut Command,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<(), PipFailure> {
+    ember_runtime::kill_with_daemon(cmd);
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -7,4 +7,6 @@ pub mod protocol;
 pub mod python;
 mod sys;
 
+pub use sys::kill_with_daemon;
+
 pub use python::{BootTiming, Instance, LogSink, Outcome, StartSpec, Stream};

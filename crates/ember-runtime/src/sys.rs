@@ -13,15 +13,7 @@ pub const PROTOCOL_FD: RawFd = 3;
 /// Must only be called between fork and exec (from `CommandExt::pre_exec`): it calls only
 /// async-signal-safe functions and touches no memory shared with other threads.
 pub unsafe fn child_after_fork(proto: RawFd, parent: libc::pid_t) -> io::Result<()> {
-    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointers.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: getppid has no preconditions.
-    if unsafe { libc::getppid() } != parent {
-        // The daemon died before the death signal was armed.
-        return Err(io::Error::from_raw_os_error(libc::ESRCH));
-    }
+    die_with_parent(parent)?;
     if proto == PROTOCOL_FD {
         // dup2 onto itself keeps FD_CLOEXEC: clear it explicitly.
         // SAFETY: fcntl F_SETFD on a descriptor this process owns; no pointers.
@@ -35,6 +27,32 @@ pub unsafe fn child_after_fork(proto: RawFd, parent: libc::pid_t) -> io::Result<
         }
     }
     Ok(())
+}
+
+/// Arms SIGKILL for when `parent` (the daemon) dies; fails if it already has. Calls only
+/// async-signal-safe functions, so it may run between fork and exec.
+fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointers.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != parent {
+        // The daemon died before the death signal was armed.
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
+}
+
+/// Makes processes started by `cmd` receive SIGKILL when the daemon dies, so that nothing it
+/// started (pip, a runtime) outlives it.
+pub fn kill_with_daemon(cmd: &mut tokio::process::Command) {
+    let parent = own_pid();
+    // SAFETY: the closure runs between fork and exec and only calls `die_with_parent`,
+    // which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || die_with_parent(parent));
+    }
 }
 
 /// The calling process's pid.

@@ -1,0 +1,253 @@
+//! The harness of the end-to-end tests: the real `ember` binary, started on a free loopback
+//! port with its own home, driven over HTTP and through the CLI.
+#![allow(
+    dead_code,
+    reason = "each test file uses a different part of the harness"
+)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+
+pub const EMBER: &str = env!("CARGO_BIN_EXE_ember");
+
+pub fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+/// Package environments shared by every test daemon, so each package set installs once.
+pub fn shared_envs() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("ember-test-envs")
+}
+
+pub struct Daemon {
+    pub child: Child,
+    pub url: String,
+    pub home: PathBuf,
+    args: Vec<String>,
+}
+
+impl Daemon {
+    pub fn start(home: &Path, extra: &[&str]) -> Daemon {
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::start_with(home, args)
+    }
+
+    fn start_with(home: &Path, args: Vec<String>) -> Daemon {
+        let mut cmd = Command::new(EMBER);
+        cmd.arg("serve")
+            .arg("--home")
+            .arg(home)
+            .args(["--listen", "127.0.0.1:0"]);
+        if !args.iter().any(|a| a == "--envs-dir") {
+            cmd.arg("--envs-dir").arg(shared_envs());
+        }
+        let mut child = cmd
+            .args(&args)
+            .env_remove("EMBER_TOKEN")
+            .env_remove("EMBER_URL")
+            .env("EMBER_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ember serve");
+        let out = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(out).read_line(&mut line).unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("ember serve printed {line:?}"))
+            .to_string();
+        Daemon {
+            child,
+            url,
+            home: home.to_path_buf(),
+            args,
+        }
+    }
+
+    /// SIGTERM, wait, start again on the same home.
+    pub fn restart(mut self) -> Daemon {
+        self.terminate();
+        let (home, args) = (self.home.clone(), self.args.clone());
+        Self::start_with(&home, args)
+    }
+
+    pub fn terminate(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Runs the CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        cli_at(&self.url, args)
+    }
+
+    pub fn http(&self) -> reqwest::Client {
+        reqwest::Client::new()
+    }
+
+    pub async fn invoke(&self, name: &str, body: &str) -> Invoked {
+        let r = self
+            .http()
+            .post(format!("{}/v1/functions/{name}/invoke", self.url))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        Invoked::from(r).await
+    }
+
+    /// Deploys through the HTTP API (plain JSON, no streaming).
+    pub async fn deploy_zip(
+        &self,
+        name: &str,
+        config: serde_json::Value,
+        zip: &[u8],
+    ) -> (u16, serde_json::Value) {
+        let mut body = config;
+        body["code_zip"] = base64::engine::general_purpose::STANDARD.encode(zip).into();
+        let r = self
+            .http()
+            .put(format!("{}/v1/functions/{name}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or_default())
+    }
+
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.http()
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Pids of this daemon's instances (found by the home path in their command line).
+    pub fn instance_pids(&self) -> Vec<i32> {
+        instance_pids_under(&self.home)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn instance_pids_under(home: &Path) -> Vec<i32> {
+    let needle = home.join("runtime").to_string_lossy().into_owned();
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmd).contains(&needle) {
+            // A zombie keeps its cmdline empty, so anything found here is alive.
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Polls `f` until it holds or `limit` passes.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+pub struct Invoked {
+    pub status: u16,
+    pub start: String,
+    pub timing: String,
+    pub error: String,
+    pub body: serde_json::Value,
+    pub raw: String,
+}
+
+impl Invoked {
+    async fn from(r: reqwest::Response) -> Invoked {
+        let h = |n: &str| {
+            r.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let (status, start, timing, error) = (
+            r.status().as_u16(),
+            h("ember-start"),
+            h("ember-timing"),
+            h("ember-error"),
+        );
+        let raw = r.text().await.unwrap();
+        Invoked {
+            status,
+            start,
+            timing,
+            error,
+            body: serde_json::from_str(&raw).unwrap_or_default(),
+            raw,
+        }
+    }
+}
+
+pub struct CliOutput {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn cli_at(url: &str, args: &[&str]) -> CliOutput {
+    let out = Command::new(EMBER)
+        .args(args)
+        .env("EMBER_URL", url)
+        .env_remove("EMBER_TOKEN")
+        .output()
+        .unwrap();
+    CliOutput {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A zip of `(name, content)` files, for hand-made functions.
+pub fn zip_files(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, content) in files {
+        w.start_file(*name, zip::write::SimpleFileOptions::default())
+            .unwrap();
+        w.write_all(content.as_bytes()).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
+pub fn py(handler_body: &str) -> Vec<u8> {
+    zip_files(&[("main.py", handler_body)])
+}

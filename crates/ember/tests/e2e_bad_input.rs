@@ -1,0 +1,319 @@
+//! Every bad input of the issue, through HTTP and the CLI: a clear status and message,
+//! nothing written where it should not be, and a daemon that keeps serving.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Daemon, cli_at, eventually, py, zip_files};
+use serde_json::json;
+
+fn cfg(handler: &str) -> serde_json::Value {
+    json!({ "handler": handler, "timeout_s": 1 })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn handler_failures_give_502_504_and_clear_bodies() {
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &[]);
+    let code = py(r#"
+import os, threading, time
+
+def handler(event, context):
+    kind = event.get("kind")
+    if kind == "raise":
+        return 1 / 0
+    if kind == "sleep":
+        time.sleep(30)
+    if kind == "nonjson":
+        return {"x": object()}
+    if kind == "die-later":
+        threading.Timer(0.05, lambda: os._exit(3)).start()
+    if kind == "exit":
+        os._exit(4)
+    return {"pid": os.getpid(), "remaining": context.get_remaining_time_in_millis(),
+            "fn": context.function_name, "mem": context.memory_limit_in_mb}
+"#);
+    let (status, body) = d.deploy_zip("faulty", cfg("main.handler"), &code).await;
+    assert_eq!(status, 201, "{body}");
+
+    let ok = d.invoke("faulty", "{}").await;
+    assert_eq!(ok.status, 200, "{}", ok.raw);
+    assert_eq!(ok.body["fn"], "faulty");
+    assert_eq!(ok.body["mem"], 512);
+    let rem = ok.body["remaining"].as_i64().unwrap();
+    assert!(rem > 0 && rem <= 1000, "{rem}");
+
+    let r = d.invoke("faulty", r#"{"kind": "raise"}"#).await;
+    assert_eq!((r.status, r.error.as_str()), (502, "handler"), "{}", r.raw);
+    assert_eq!(r.body["error"]["code"], "HandlerError");
+    assert_eq!(r.body["error"]["type"], "ZeroDivisionError");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("division by zero")
+    );
+    let tb = r.body["error"]["traceback"].to_string();
+    assert!(tb.contains("main.py") && tb.contains("1 / 0"), "{tb}");
+    // A raising handler does not cost the instance.
+    assert_eq!(d.invoke("faulty", "{}").await.start, "warm");
+
+    let r = d.invoke("faulty", r#"{"kind": "nonjson"}"#).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.body["error"]["type"], "Runtime.MarshalError", "{}", r.raw);
+
+    // Timeout: 504, the instance is killed and never reused.
+    let pid_before = d.invoke("faulty", "{}").await.body["pid"].as_i64().unwrap();
+    let r = d.invoke("faulty", r#"{"kind": "sleep"}"#).await;
+    assert_eq!((r.status, r.error.as_str()), (504, "timeout"), "{}", r.raw);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("timeout of 1 s")
+    );
+    assert!(eventually(Duration::from_secs(2), || {
+        !std::path::Path::new(&format!("/proc/{pid_before}")).exists()
+    }));
+    let next = d.invoke("faulty", "{}").await;
+    assert_eq!((next.status, next.start.as_str()), (200, "cold-boot"));
+
+    // An instance that dies between invocations is replaced without the caller noticing.
+    let r = d.invoke("faulty", r#"{"kind": "die-later"}"#).await;
+    assert_eq!(r.status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let r = d.invoke("faulty", "{}").await;
+    assert_eq!(
+        (r.status, r.start.as_str()),
+        (200, "cold-boot"),
+        "{}",
+        r.raw
+    );
+
+    // One that dies during an invocation gives 502 and is replaced for the next.
+    let r = d.invoke("faulty", r#"{"kind": "exit"}"#).await;
+    assert_eq!((r.status, r.error.as_str()), (502, "crashed"), "{}", r.raw);
+    assert_eq!(d.invoke("faulty", "{}").await.status, 200);
+
+    // A handler whose import fails: 502 InitError with the traceback.
+    let (status, _) = d
+        .deploy_zip("broken", cfg("main.handler"), &py("import not_a_module\n"))
+        .await;
+    assert_eq!(status, 201);
+    let r = d.invoke("broken", "{}").await;
+    assert_eq!((r.status, r.error.as_str()), (502, "init"), "{}", r.raw);
+    assert_eq!(r.body["error"]["type"], "ModuleNotFoundError");
+    let (status, _) = d
+        .deploy_zip("nohandler", cfg("main.missing"), &py("x = 1\n"))
+        .await;
+    assert_eq!(status, 201);
+    let r = d.invoke("nohandler", "{}").await;
+    assert_eq!(r.body["error"]["type"], "AttributeError", "{}", r.raw);
+
+    // The CLI shows the traceback and fails.
+    let out = d.cli(&["invoke", "faulty", "--data", r#"{"kind": "raise"}"#]);
+    assert!(!out.ok);
+    assert!(out.stderr.contains("ZeroDivisionError"), "{}", out.stderr);
+    assert!(out.stderr.contains("HTTP 502"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_are_checked_before_anything_runs() {
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &["--max-event-bytes", "1048576"]);
+    let (status, _) = d
+        .deploy_zip(
+            "echo",
+            cfg("main.handler"),
+            &py("def handler(e, c):\n    return e\n"),
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    let r = d.invoke("echo", "{not json").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body["error"]["code"], "InvalidJson", "{}", r.raw);
+    let r = d.invoke("nope", "{}").await;
+    assert_eq!(r.status, 404);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"nope\" does not exist")
+    );
+    // An empty body is the event {}.
+    assert_eq!(d.invoke("echo", "").await.body, json!({}));
+
+    // Over the limit: 413, whether the length is declared or streamed.
+    let big = format!("\"{}\"", "x".repeat(2 << 20));
+    let r = d.invoke("echo", &big).await;
+    assert_eq!(r.status, 413, "{}", r.raw);
+    assert_eq!(r.body["error"]["code"], "PayloadTooLarge");
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..40).map(|_| Ok(vec![b' '; 64 * 1024])).collect();
+    let r = d
+        .http()
+        .post(format!("{}/v1/functions/echo/invoke", d.url))
+        .body(reqwest::Body::wrap_stream(tokio_stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    // Just under the limit is fine.
+    let fits = format!("\"{}\"", "y".repeat(1_000_000));
+    assert_eq!(d.invoke("echo", &fits).await.status, 200);
+
+    // Invalid names, handlers and settings name the rule.
+    let (status, body) = d.deploy_zip("Bad_Name", cfg("main.handler"), &py("")).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("[a-z0-9][a-z0-9-]{0,62}"),
+        "{body}"
+    );
+    let (status, body) = d.deploy_zip("ok", cfg("main"), &py("")).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("module.function"),
+        "{body}"
+    );
+    let (status, body) = d
+        .deploy_zip(
+            "ok",
+            json!({"handler": "m.h", "packages": ["-r /etc/passwd"]}),
+            &py(""),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = d
+        .deploy_zip("ok", json!({"handler": "m.h", "timeout_s": 0}), &py(""))
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("timeout_s")
+    );
+    let (status, body) = d
+        .deploy_zip("ok", json!({"handler": "m.h", "colour": 1}), &py(""))
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field"),
+        "{body}"
+    );
+    let r = d
+        .http()
+        .put(format!("{}/v1/functions/ok", d.url))
+        .json(&json!({"handler": "m.h"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "a first deploy without code");
+
+    // The CLI reports the same, and what it cannot reach.
+    let out = d.cli(&[
+        "deploy",
+        common::examples().join("noop").to_str().unwrap(),
+        "--name",
+        "Bad",
+    ]);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("[a-z0-9][a-z0-9-]{0,62}"),
+        "{}",
+        out.stderr
+    );
+    let out = d.cli(&["invoke", "nope"]);
+    assert!(
+        !out.ok && out.stderr.contains("does not exist"),
+        "{}",
+        out.stderr
+    );
+    let out = cli_at("http://127.0.0.1:9", &["ls"]);
+    assert!(
+        !out.ok && out.stderr.contains("is `ember serve` running"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_archives_are_refused_and_leave_nothing_behind() {
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &[]);
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "absolute",
+            zip_files(&[("/tmp/evil.py", "x")]),
+            "absolute paths",
+        ),
+        ("dotdot", zip_files(&[("a/../../evil.py", "x")]), "'..'"),
+        ("empty", zip_files(&[]), "empty"),
+        ("notzip", b"PK not really".to_vec(), "not a valid zip"),
+    ];
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    w.add_symlink(
+        "link",
+        "../../../etc/passwd",
+        zip::write::SimpleFileOptions::default(),
+    )
+    .unwrap();
+    cases.push((
+        "symlink",
+        w.finish().unwrap().into_inner(),
+        "symlinks must point inside",
+    ));
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    w.start_file(
+        "dev",
+        zip::write::SimpleFileOptions::default().external_attributes(0o020644 << 16),
+    )
+    .unwrap();
+    cases.push(("device", w.finish().unwrap().into_inner(), "device files"));
+    let names: Vec<String> = (0..10_001).map(|i| format!("f{i}")).collect();
+    let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "")).collect();
+    cases.push(("many", zip_files(&many), "at most 10000"));
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    w.start_file("bomb", zip::write::SimpleFileOptions::default())
+        .unwrap();
+    std::io::Write::write_all(&mut w, &vec![0u8; 8 << 20]).unwrap();
+    cases.push(("bomb", w.finish().unwrap().into_inner(), "expands past"));
+
+    for (what, zip, rule) in cases {
+        let (status, body) = d.deploy_zip("victim", cfg("main.handler"), &zip).await;
+        assert_eq!(status, 400, "{what}: {body}");
+        assert_eq!(body["error"]["code"], "InvalidArchive", "{what}");
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(rule), "{what}: {msg}");
+    }
+    assert!(!std::path::Path::new("/tmp/evil.py").exists());
+    assert!(!home.path().join("evil.py").exists());
+    assert_eq!(
+        std::fs::read_dir(home.path().join("staging"))
+            .unwrap()
+            .count(),
+        0,
+        "staging left behind"
+    );
+    assert_eq!(
+        std::fs::read_dir(home.path().join("code")).unwrap().count(),
+        0,
+        "code stored"
+    );
+    assert_eq!(
+        d.invoke("victim", "{}").await.status,
+        404,
+        "no function was created"
+    );
+}
