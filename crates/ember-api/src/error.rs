@@ -2,6 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+pub use ember_node::error_chain;
 use ember_node::{NodeError, NodeErrorKind};
 
 use crate::types::{ErrorBody, ErrorResponse};
@@ -54,21 +55,6 @@ impl From<NodeError> for ApiError {
         }
         ApiError::new(status, code, message)
     }
-}
-
-/// An error and its sources, joined with ": ".
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let more = c.to_string();
-        if !s.contains(&more) {
-            s.push_str(": ");
-            s.push_str(&more);
-        }
-        src = c.source();
-    }
-    s
 }
 
 impl IntoResponse for ApiError {

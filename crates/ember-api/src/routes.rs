@@ -335,11 +335,18 @@ fn invocation_response(inv: Invocation) -> Response {
             format!("starting an instance took longer than {} s", d.as_secs()),
             None,
         ),
+        InvokeOutcome::StartFailed(msg) => failure(
+            StatusCode::BAD_GATEWAY,
+            "start",
+            "InstanceStartFailed",
+            format!("the node could not start an instance: {msg}"),
+            None,
+        ),
         InvokeOutcome::Crashed(msg) => failure(
             StatusCode::BAD_GATEWAY,
             "crashed",
             "InstanceCrashed",
-            format!("the instance stopped during the invocation ({msg}); see `ember logs`"),
+            format!("the instance died or broke the protocol ({msg}); see `ember logs`"),
             None,
         ),
     };

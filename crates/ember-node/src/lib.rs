@@ -16,4 +16,5 @@ pub use config::NodeConfig;
 pub use function::{FunctionConfig, FunctionRecord, InvalidFunction, Runtime};
 pub use node::{
     FunctionStatus, Invocation, InvokeOutcome, Node, NodeError, NodeErrorKind, StartPath, Timing,
+    error_chain,
 };

@@ -162,6 +162,8 @@ pub enum InvokeOutcome {
     InitTimeout(Duration),
     /// The instance died or broke the protocol.
     Crashed(String),
+    /// The runtime could not be started at all (the node's problem, not the function's).
+    StartFailed(String),
 }
 
 impl InvokeOutcome {
@@ -173,6 +175,7 @@ impl InvokeOutcome {
             InvokeOutcome::Timeout(_) => "timeout",
             InvokeOutcome::InitTimeout(_) => "init-timeout",
             InvokeOutcome::Crashed(_) => "crashed",
+            InvokeOutcome::StartFailed(_) => "start-failed",
         }
     }
 }
@@ -247,11 +250,17 @@ async fn blocking<T: Send + 'static>(
 impl Node {
     /// Opens (or creates) the node's home, loads the deployed functions and starts the
     /// keep-alive reaper.
-    pub async fn open(cfg: NodeConfig) -> Result<Arc<Node>, NodeError> {
-        let home = cfg.home.clone();
+    pub async fn open(mut cfg: NodeConfig) -> Result<Arc<Node>, NodeError> {
         let io =
             |what: &'static str, path: PathBuf| move |source| NodeError::Io { what, path, source };
-        std::fs::create_dir_all(&home).map_err(io("creating", home.clone()))?;
+        std::fs::create_dir_all(&cfg.home).map_err(io("creating", cfg.home.clone()))?;
+        // Instances run with their code directory as cwd: every path handed to them must be
+        // absolute, whatever --home said.
+        cfg.home = std::fs::canonicalize(&cfg.home).map_err(io("resolving", cfg.home.clone()))?;
+        if let Some(dir) = &cfg.envs_dir {
+            cfg.envs_dir = Some(std::path::absolute(dir).map_err(io("resolving", dir.clone()))?);
+        }
+        let home = cfg.home.clone();
         let lock_path = home.join("ember.lock");
         let home_lock = try_lock_file(&lock_path).map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock => NodeError::HomeLocked(home.clone()),
@@ -707,9 +716,15 @@ impl Node {
                 ));
                 Err(InvokeOutcome::InitError(fe))
             }
+            Ok(Err(e @ (StartError::Spawn { .. } | StartError::Socket(_)))) => {
+                let msg = error_chain(&e);
+                note(format!("instance could not be started: {msg}"));
+                tracing::error!(function = %rec.name, "cold boot failed: {msg}");
+                Err(InvokeOutcome::StartFailed(msg))
+            }
             Ok(Err(e)) => {
                 let msg = e.to_string();
-                note(format!("instance failed to start: {msg}"));
+                note(format!("instance failed during start-up: {msg}"));
                 tracing::warn!(function = %rec.name, "cold boot failed: {msg}");
                 Err(InvokeOutcome::Crashed(msg))
             }
@@ -738,6 +753,21 @@ impl Node {
             self.discard_all(&d, old, "idle past the keep-alive time");
         }
     }
+}
+
+/// An error and its sources, joined with ": " (a source already quoted is not repeated).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let more = c.to_string();
+        if !s.contains(&more) {
+            s.push_str(": ");
+            s.push_str(&more);
+        }
+        src = c.source();
+    }
+    s
 }
 
 fn status(d: &Deployed) -> FunctionStatus {

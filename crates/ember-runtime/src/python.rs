@@ -80,6 +80,8 @@ pub enum StartError {
     Socket(#[source] std::io::Error),
     #[error("the runtime failed during start-up (see the function's log): {0}")]
     Protocol(#[from] ProtocolError),
+    #[error("the runtime exited during start-up ({0}); its output is in the function's log")]
+    Exited(String),
     #[error("importing the handler failed: {}: {}", .0.error_type, .0.message)]
     Handler(FunctionError),
 }
@@ -197,8 +199,25 @@ impl Instance {
             conn,
             pid,
         };
-        let timing = inst.boot(spec, spawn, t0).await?;
-        Ok((inst, timing))
+        match inst.boot(spec, spawn, t0).await {
+            Ok(timing) => Ok((inst, timing)),
+            Err(StartError::Protocol(e)) => {
+                // Most often the runtime exited (a broken interpreter, a bad path): say how.
+                let status = tokio::time::timeout(Duration::from_millis(200), inst.child.wait())
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok());
+                let _ = sys::kill_group(inst.pid);
+                Err(match status {
+                    Some(st) => StartError::Exited(st.to_string()),
+                    None => StartError::Protocol(e),
+                })
+            }
+            Err(e) => {
+                let _ = sys::kill_group(inst.pid);
+                Err(e)
+            }
+        }
     }
 
     async fn boot(

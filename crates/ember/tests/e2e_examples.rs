@@ -140,3 +140,31 @@ async fn examples_run_cold_then_warm_and_survive_a_restart() {
         check_result(name, &r.body);
     }
 }
+
+/// The README's first command: `ember up` with its default, relative home.
+#[test]
+fn up_deploys_and_invokes_every_example_from_a_relative_home() {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::EMBER)
+        .args(["up", "--exit", "--listen", "127.0.0.1:0", "--envs-dir"])
+        .arg(common::shared_envs())
+        .current_dir(cwd.path())
+        .env_remove("EMBER_HOME")
+        .env("EMBER_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ALL {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(name)),
+            "{name} missing from:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("hello, ember"), "{stdout}");
+    assert!(cwd.path().join(".ember/registry.db").exists());
+}
