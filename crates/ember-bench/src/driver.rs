@@ -123,7 +123,8 @@ async fn one(
     })
 }
 
-/// Measures one workload: cold starts, then warm invocations, then the baseline.
+/// Measures one workload: cold starts interleaved with baseline runs (so both see the same
+/// machine), then warm invocations.
 pub async fn measure(
     client: &Client,
     w: &Workload,
@@ -131,15 +132,27 @@ pub async fn measure(
 ) -> Result<Vec<Sample>, BenchError> {
     let event = w.manifest.bench_event();
     let mut samples = Vec::new();
-    for _ in 0..opts.cold {
-        client
-            .stop_instances(&w.name)
-            .await
-            .map_err(|source| BenchError::Client {
-                workload: w.name.clone(),
-                source,
-            })?;
-        samples.push(one(client, w, &event, "cold").await?);
+    let bare = if opts.baseline > 0 {
+        Some(bare_import(client, w).await?)
+    } else {
+        None
+    };
+    for i in 0..opts.cold.max(opts.baseline) {
+        if i < opts.cold {
+            client
+                .stop_instances(&w.name)
+                .await
+                .map_err(|source| BenchError::Client {
+                    workload: w.name.clone(),
+                    source,
+                })?;
+            samples.push(one(client, w, &event, "cold").await?);
+        }
+        if let Some((python, code)) = &bare
+            && i < opts.baseline
+        {
+            samples.push(bare_run(w, python, code).await?);
+        }
     }
     one(client, w, &event, "warm-up").await?;
     let conc = opts.concurrency.max(1);
@@ -170,14 +183,12 @@ pub async fn measure(
             }
         }
     }
-    if opts.baseline > 0 {
-        samples.extend(baseline(client, w, opts.baseline).await?);
-    }
     Ok(samples)
 }
 
-/// Times `<env python> -I -c 'import <packages>'`: the floor a cold boot is compared with.
-async fn baseline(client: &Client, w: &Workload, runs: usize) -> Result<Vec<Sample>, BenchError> {
+/// The interpreter and import statement of the bare-import baseline: the function's own
+/// environment, importing its packages' top-level modules.
+async fn bare_import(client: &Client, w: &Workload) -> Result<(PathBuf, String), BenchError> {
     let info = client
         .get(&w.name)
         .await
@@ -199,36 +210,34 @@ async fn baseline(client: &Client, w: &Workload, runs: usize) -> Result<Vec<Samp
     } else {
         format!("import {}", imports.join(", "))
     };
-    let mut out = Vec::new();
-    for _ in 0..runs {
-        let t0 = Instant::now();
-        let st = tokio::process::Command::new(&python)
-            .args(["-I", "-c", &code])
-            .env_clear()
-            .env("OPENBLAS_NUM_THREADS", "1")
-            .env("OMP_NUM_THREADS", "1")
-            .status()
-            .await;
-        let latency_ms = t0.elapsed().as_secs_f64() * 1e3;
-        match st {
-            Ok(s) if s.success() => {}
-            other => {
-                return Err(BenchError::Baseline {
-                    workload: w.name.clone(),
-                    python,
-                    detail: format!("{other:?}"),
-                });
-            }
-        }
-        out.push(Sample {
+    Ok((python, code))
+}
+
+/// Times one `<env python> -I -c 'import <packages>'`: the floor a cold boot is compared with.
+async fn bare_run(w: &Workload, python: &PathBuf, code: &str) -> Result<Sample, BenchError> {
+    let t0 = Instant::now();
+    let st = tokio::process::Command::new(python)
+        .args(["-I", "-c", code])
+        .env_clear()
+        .env("OPENBLAS_NUM_THREADS", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .status()
+        .await;
+    let latency_ms = t0.elapsed().as_secs_f64() * 1e3;
+    match st {
+        Ok(s) if s.success() => Ok(Sample {
             workload: w.name.clone(),
             path: "bare-import".into(),
             phase: "baseline".into(),
             status: 0,
             latency_ms,
-            timing: code.clone(),
+            timing: code.to_string(),
             exec_ms: None,
-        });
+        }),
+        other => Err(BenchError::Baseline {
+            workload: w.name.clone(),
+            python: python.clone(),
+            detail: format!("{other:?}"),
+        }),
     }
-    Ok(out)
 }

@@ -27,6 +27,14 @@ def handler(event, context):
         time.sleep(30)
     if kind == "nonjson":
         return {"x": object()}
+    if kind == "nan":
+        return float("nan")
+    if kind == "circular":
+        a = []
+        a.append(a)
+        return a
+    if kind == "echo":
+        return event
     if kind == "die-later":
         threading.Timer(0.05, lambda: os._exit(3)).start()
     if kind == "exit":
@@ -59,9 +67,20 @@ def handler(event, context):
     // A raising handler does not cost the instance.
     assert_eq!(d.invoke("faulty", "{}").await.start, "warm");
 
-    let r = d.invoke("faulty", r#"{"kind": "nonjson"}"#).await;
-    assert_eq!(r.status, 502);
-    assert_eq!(r.body["error"]["type"], "Runtime.MarshalError", "{}", r.raw);
+    for kind in ["nonjson", "nan", "circular"] {
+        let r = d
+            .invoke("faulty", &format!(r#"{{"kind": "{kind}"}}"#))
+            .await;
+        assert_eq!(r.status, 502, "{kind}");
+        assert_eq!(
+            r.body["error"]["type"], "Runtime.MarshalError",
+            "{kind}: {}",
+            r.raw
+        );
+    }
+    let event = json!({"kind": "echo", "text": "h\u{00e9}llo \u{1F525} \"q\" \\", "n": [1.5, -2, 1e300, null, true], "o": {}});
+    let r = d.invoke("faulty", &event.to_string()).await;
+    assert_eq!((r.status, &r.body), (200, &event), "{}", r.raw);
 
     // Timeout: 504, the instance is killed and never reused.
     let pid_before = d.invoke("faulty", "{}").await.body["pid"].as_i64().unwrap();
