@@ -145,7 +145,7 @@ impl Report {
         if !self.cold_vs_bare.is_empty() {
             let _ = writeln!(
                 t,
-                "(p50 over p50; bare = <env python> -I -c 'import <packages>', same run)"
+                "(p50 over p50; bare = <env python> -I -c 'import <packages>; os._exit(0)', same run)"
             );
         }
         t

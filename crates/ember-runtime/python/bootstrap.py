@@ -1,6 +1,6 @@
 """Ember's Python runtime bootstrap.
 
-Started by the node as `python -I bootstrap.py FD`. It speaks Ember's framed protocol
+Imported by the node's launcher (`python -I -c ... DIR FD`), which then calls main(). It speaks Ember's framed protocol
 (crates/ember-runtime/src/protocol.rs) on the inherited file descriptor FD; stdout and stderr
 are the function's log. Keep the imports here minimal: everything imported before the
 function's packages is paid on every cold boot.

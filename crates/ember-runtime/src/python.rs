@@ -51,6 +51,7 @@ pub struct StartSpec {
     pub memory_mb: u32,
     /// The interpreter of the function's package environment.
     pub python: PathBuf,
+    /// The directory [`install_bootstrap`] returned.
     pub bootstrap: PathBuf,
     pub code_dir: PathBuf,
     /// Top-level modules of the function's packages, imported before the handler.
@@ -134,7 +135,12 @@ impl Instance {
         let conn = UnixStream::from_std(ours).map_err(StartError::Socket)?;
 
         let mut cmd = Command::new(&spec.python);
+        // Imported as a module (not run as a script) so that CPython caches its bytecode:
+        // compiling it at every start would cost ~1 ms. Its directory leaves sys.path again
+        // before any function code runs.
         cmd.arg("-I")
+            .arg("-c")
+            .arg(LAUNCH_PY)
             .arg(&spec.bootstrap)
             .arg(sys::PROTOCOL_FD.to_string())
             .current_dir(&spec.code_dir)
@@ -383,20 +389,24 @@ async fn pump_lines<R: AsyncRead + Unpin>(
     }
 }
 
-/// Writes the bootstrap into `dir` (once per content) and returns its path.
+/// `python -I -c LAUNCH_PY <bootstrap dir> <fd>`: imports the bootstrap from its directory.
+const LAUNCH_PY: &str = "import sys; d = sys.argv.pop(1); sys.path.insert(0, d); \
+    import ember_bootstrap as b; sys.path.remove(d); b.main()";
+
+/// Writes the bootstrap into `dir/<content hash>/ember_bootstrap.py` (once per content) and
+/// returns that directory, which [`StartSpec::bootstrap`] names.
 pub fn install_bootstrap(dir: &Path) -> std::io::Result<PathBuf> {
-    let hash = {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        BOOTSTRAP_PY.hash(&mut h);
-        h.finish()
-    };
-    let path = dir.join(format!("bootstrap-{hash:016x}.py"));
+    // FNV-1a: stable across builds, unlike std's hasher; collisions only cost a rewrite.
+    let hash = BOOTSTRAP_PY.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let home = dir.join(format!("{hash:016x}"));
+    let path = home.join("ember_bootstrap.py");
     if std::fs::read_to_string(&path).ok().as_deref() != Some(BOOTSTRAP_PY) {
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(".bootstrap-{}.tmp", std::process::id()));
+        std::fs::create_dir_all(&home)?;
+        let tmp = home.join(format!(".ember_bootstrap-{}.tmp", std::process::id()));
         std::fs::write(&tmp, BOOTSTRAP_PY)?;
         std::fs::rename(&tmp, &path)?;
     }
-    Ok(path)
+    Ok(home)
 }

@@ -17,7 +17,7 @@ async fn handler_failures_give_502_504_and_clear_bodies() {
     let home = tempfile::tempdir().unwrap();
     let d = Daemon::start(home.path(), &[]);
     let code = py(r#"
-import os, threading, time
+import os, sys, threading, time
 
 def handler(event, context):
     kind = event.get("kind")
@@ -40,7 +40,7 @@ def handler(event, context):
     if kind == "exit":
         os._exit(4)
     return {"pid": os.getpid(), "remaining": context.get_remaining_time_in_millis(),
-            "fn": context.function_name, "mem": context.memory_limit_in_mb}
+            "fn": context.function_name, "mem": context.memory_limit_in_mb, "path": sys.path}
 "#);
     let (status, body) = d.deploy_zip("faulty", cfg("main.handler"), &code).await;
     assert_eq!(status, 201, "{body}");
@@ -51,6 +51,19 @@ def handler(event, context):
     assert_eq!(ok.body["mem"], 512);
     let rem = ok.body["remaining"].as_i64().unwrap();
     assert!(rem > 0 && rem <= 1000, "{rem}");
+    // The function's code comes first on sys.path; Ember's own bootstrap is not on it.
+    let path: Vec<String> = serde_json::from_value(ok.body["path"].clone()).unwrap();
+    assert!(
+        path[0].starts_with(home.path().join("code").to_str().unwrap()),
+        "{path:?}"
+    );
+    let runtime_dir = home.path().join("runtime");
+    assert!(
+        !path
+            .iter()
+            .any(|p| p.starts_with(runtime_dir.to_str().unwrap())),
+        "{path:?}"
+    );
 
     let r = d.invoke("faulty", r#"{"kind": "raise"}"#).await;
     assert_eq!((r.status, r.error.as_str()), (502, "handler"), "{}", r.raw);
