@@ -9,6 +9,7 @@ pub mod logs;
 pub mod metrics;
 mod node;
 mod pool;
+mod ratelimit;
 pub mod registry;
 mod sys;
 

@@ -24,6 +24,7 @@ use crate::function::{FunctionConfig, FunctionRecord, InvalidFunction, validate_
 use crate::logs::LogStore;
 use crate::metrics::{InvokeLabels, Metrics, StartLabels};
 use crate::pool::Pool;
+use crate::ratelimit::RateLimit;
 use crate::registry::{Registry, RegistryError};
 use crate::sys::{FileLock, try_lock_file};
 
@@ -725,7 +726,11 @@ impl Node {
             Ok(Err(e)) => {
                 let msg = e.to_string();
                 note(format!("instance failed during start-up: {msg}"));
-                tracing::warn!(function = %rec.name, "cold boot failed: {msg}");
+                // The function's own doing, possibly at every invocation: rate-limited.
+                static LIMIT: RateLimit = RateLimit::new(Duration::from_secs(10), 5);
+                if let Some(dropped) = LIMIT.allow() {
+                    tracing::warn!(function = %rec.name, dropped, "cold boot failed: {msg}");
+                }
                 Err(InvokeOutcome::Crashed(msg))
             }
             Err(_) => {
