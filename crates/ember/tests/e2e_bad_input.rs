@@ -197,53 +197,37 @@ async fn requests_are_checked_before_anything_runs() {
     assert_eq!(d.invoke("echo", &fits).await.status, 200);
 
     // Invalid names, handlers and settings name the rule.
-    let (status, body) = d.deploy_zip("Bad_Name", cfg("main.handler"), &py("")).await;
-    assert_eq!(status, 400);
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("[a-z0-9][a-z0-9-]{0,62}"),
-        "{body}"
-    );
-    let (status, body) = d.deploy_zip("ok", cfg("main"), &py("")).await;
-    assert_eq!(status, 400);
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("module.function"),
-        "{body}"
-    );
-    let (status, body) = d
-        .deploy_zip(
+    for (name, config, rule) in [
+        ("Bad_Name", cfg("main.handler"), "[a-z0-9][a-z0-9-]{0,62}"),
+        ("ok", cfg("main"), "module.function"),
+        (
             "ok",
             json!({"handler": "m.h", "packages": ["-r /etc/passwd"]}),
-            &py(""),
-        )
-        .await;
-    assert_eq!(status, 400, "{body}");
-    let (status, body) = d
-        .deploy_zip("ok", json!({"handler": "m.h", "timeout_s": 0}), &py(""))
-        .await;
-    assert_eq!(status, 400);
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("timeout_s")
-    );
-    let (status, body) = d
-        .deploy_zip("ok", json!({"handler": "m.h", "colour": 1}), &py(""))
-        .await;
-    assert_eq!(status, 400);
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("unknown field"),
-        "{body}"
-    );
+            "no options, URLs or paths",
+        ),
+        ("ok", json!({"handler": "m.h", "timeout_s": 0}), "timeout_s"),
+        (
+            "ok",
+            json!({"handler": "m.h", "memory_mb": 64}),
+            "between 128 and 10240",
+        ),
+        (
+            "ok",
+            json!({"handler": "m.h", "env": {"AWS_LAMBDA_X": "1"}}),
+            "reserved",
+        ),
+        (
+            "ok",
+            json!({"handler": "m.h", "colour": 1}),
+            "unknown field",
+        ),
+    ] {
+        let message = d.deploy_refused(name, config).await;
+        assert!(
+            message.contains(rule),
+            "{name}: {message} should mention {rule}"
+        );
+    }
     let r = d
         .http()
         .put(format!("{}/v1/functions/ok", d.url))

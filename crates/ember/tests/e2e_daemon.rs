@@ -82,15 +82,7 @@ async fn concurrency_queues_then_throttles_and_idle_instances_expire() {
     let st = d.get_json("/v1/functions/sleepy").await;
     assert_eq!(st["instances_live"], 0, "{st}");
     assert_eq!(d.invoke("sleepy", "{}").await.start, "cold-boot");
-    let metrics = d
-        .http()
-        .get(format!("{}/metrics", d.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.metrics().await;
     assert!(
         metrics.contains(r#"ember_throttled_total{function="sleepy"} 2"#),
         "{metrics}"

@@ -5,15 +5,7 @@ mod common;
 
 use common::{Daemon, examples};
 
-const ALL: [&str; 7] = [
-    "noop",
-    "helloworld",
-    "json",
-    "aes",
-    "chameleon",
-    "numpy",
-    "sklearn",
-];
+use ember_bench::workloads::ORDER as ALL;
 
 fn check_result(name: &str, body: &serde_json::Value) {
     match name {
@@ -101,15 +93,7 @@ async fn examples_run_cold_then_warm_and_survive_a_restart() {
         logs.stdout
     );
     // Metrics count invocations by start path.
-    let metrics = d
-        .http()
-        .get(format!("{}/metrics", d.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = d.metrics().await;
     assert!(
         metrics.contains(
             r#"ember_invocations_total{function="numpy",start="cold-boot",outcome="ok"} 1"#

@@ -128,6 +128,26 @@ impl Daemon {
         (status, r.json().await.unwrap_or_default())
     }
 
+    pub async fn metrics(&self) -> String {
+        let r = self
+            .http()
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap();
+        r.text().await.unwrap()
+    }
+
+    /// Deploys `config` (with a trivial handler file) expecting 400; returns the message.
+    pub async fn deploy_refused(&self, name: &str, config: serde_json::Value) -> String {
+        let (status, body) = self.deploy_zip(name, config, &py("")).await;
+        assert_eq!(status, 400, "{body}");
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     pub async fn get_json(&self, path: &str) -> serde_json::Value {
         self.http()
             .get(format!("{}{path}", self.url))
