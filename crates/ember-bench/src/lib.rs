@@ -1,7 +1,8 @@
 //! `ember bench`: workloads (the examples), a load driver over HTTP, order statistics and
-//! reports (a table on the terminal, raw samples as JSON for later plots).
+//! reports (a table on the terminal, an SVG plot, raw samples as JSON for later experiments).
 
 pub mod driver;
+pub mod plot;
 pub mod report;
 pub mod stats;
 pub mod workloads;

@@ -33,7 +33,8 @@ pub struct Args {
     /// Bare `python -c 'import <packages>'` runs per workload (0 skips the baseline)
     #[arg(long, default_value_t = 10)]
     pub baseline: usize,
-    /// Where to write the raw samples and summary as JSON [default: bench-results/bench-<time>.json]
+    /// Where to write the raw samples and summary as JSON, with the plot beside it as .svg
+    /// [default: bench-results/bench-<time>.json]
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Package environments shared with other daemons, for the embedded daemon
@@ -95,7 +96,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .out
         .unwrap_or_else(|| PathBuf::from(format!("bench-results/bench-{started}.json")));
     report.write_json(&out)?;
-    eprintln!("raw samples: {}", out.display());
+    let svg = out.with_extension("svg");
+    ember_bench::plot::write_svg(&report, &svg)?;
+    eprintln!("raw samples: {}\nplot: {}", out.display(), svg.display());
     if let Some(r) = embedded {
         r.stop().await?;
     }

@@ -1,0 +1,159 @@
+//! The plot of a bench run: per workload, p50 latency of each start path as a bar and p99 as
+//! a whisker, on a log scale (warm invocations take ~0.1 ms, scikit-learn cold boots ~1 s).
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::report::Report;
+
+const PATHS: [(&str, RGBColor); 3] = [
+    ("warm", RGBColor(0x2b, 0x8c, 0xbe)),
+    ("cold-boot", RGBColor(0xe3, 0x4a, 0x33)),
+    ("bare-import", RGBColor(0x99, 0x99, 0x99)),
+];
+
+#[derive(Debug, thiserror::Error)]
+#[error("drawing {path} failed: {detail}")]
+pub struct PlotError {
+    path: String,
+    detail: String,
+}
+
+pub fn write_svg(report: &Report, path: &Path) -> Result<(), PlotError> {
+    let err = |e: &dyn std::fmt::Display| PlotError {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    };
+    let mut workloads: Vec<&str> = Vec::new();
+    for r in &report.rows {
+        if !workloads.contains(&r.workload.as_str()) {
+            workloads.push(&r.workload);
+        }
+    }
+    let values = report
+        .rows
+        .iter()
+        .flat_map(|r| [r.summary.p50_ms, r.summary.p99_ms]);
+    let (lo, hi) = values
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if workloads.is_empty() || lo > hi {
+        return Err(err(&"the report has no samples to plot"));
+    }
+    let (lo, hi) = (lo / 2.0, hi * 2.0);
+    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let n = workloads.len() as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "ember bench: p50 (bar) and p99 (whisker), ms, log scale",
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..n, (lo..hi).log_scale())
+        .map_err(|e| err(&e))?;
+    let names = workloads.clone();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(workloads.len() * 2 + 1)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            if (x - x.floor() - 0.5).abs() < 1e-6 && i < names.len() {
+                names[i].to_string()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("latency (ms)")
+        .draw()
+        .map_err(|e| err(&e))?;
+    let width = 0.8 / PATHS.len() as f64;
+    for (j, (name, color)) in PATHS.iter().enumerate() {
+        let rows: Vec<_> = report.rows.iter().filter(|r| r.path == *name).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let mut bars = Vec::new();
+        let mut whiskers = Vec::new();
+        for r in rows {
+            let Some(i) = workloads.iter().position(|w| *w == r.workload) else {
+                continue;
+            };
+            let x0 = i as f64 + 0.1 + j as f64 * width;
+            let x1 = x0 + width * 0.9;
+            bars.push(Rectangle::new(
+                [(x0, lo), (x1, r.summary.p50_ms)],
+                color.filled(),
+            ));
+            let xm = (x0 + x1) / 2.0;
+            whiskers.push(PathElement::new(
+                vec![(xm, r.summary.p50_ms), (xm, r.summary.p99_ms)],
+                BLACK.stroke_width(1),
+            ));
+        }
+        chart
+            .draw_series(bars)
+            .map_err(|e| err(&e))?
+            .label(*name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+        chart.draw_series(whiskers).map_err(|e| err(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::{BenchOptions, Sample};
+
+    #[test]
+    fn a_report_becomes_an_svg_with_every_workload() {
+        let s = |w: &str, p: &str, ms: f64| Sample {
+            workload: w.into(),
+            path: p.into(),
+            phase: "x".into(),
+            status: 200,
+            latency_ms: ms,
+            timing: String::new(),
+            exec_ms: Some(0.01),
+        };
+        let opts = BenchOptions {
+            cold: 1,
+            warm: 1,
+            concurrency: 1,
+            baseline: 1,
+        };
+        let r = Report::new(
+            "u",
+            opts,
+            vec![
+                s("noop", "warm", 0.1),
+                s("noop", "cold-boot", 12.0),
+                s("numpy", "bare-import", 90.0),
+            ],
+            0,
+        );
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("plot.svg");
+        write_svg(&r, &p).unwrap();
+        let svg = std::fs::read_to_string(&p).unwrap();
+        assert!(svg.starts_with("<svg"), "{}", &svg[..40]);
+        for text in ["noop", "numpy", "cold-boot", "bare-import"] {
+            assert!(svg.contains(text), "{text} missing");
+        }
+        let empty = Report::new("u", r.options.clone(), vec![], 0);
+        assert!(write_svg(&empty, &p).is_err());
+    }
+}
