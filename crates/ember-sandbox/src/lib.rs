@@ -1,0 +1,460 @@
+//! ember-sandbox: every instance in its own namespaces, cgroup, seccomp filter and
+//! filesystem view. Knows nothing of snapshots or functions.
+//!
+//! ```text
+//! daemon ──fork──> C1 (joins the cgroup, unshares mnt/ipc/uts/pid/cgroup[/net]) ──fork──> C2
+//!                  C1 closes its fds and relays C2's exit status       C2 is pid 1 of the new pid namespace:
+//!                                                                      private mounts, tmpfs root with read-only
+//!                                                                      binds, /proc, /dev, /tmp; pivot_root;
+//!                                                                      rlimits; no capabilities; uid/gid;
+//!                                                                      no_new_privs; seccomp; then exec.
+//! ```
+//!
+//! The double fork makes the runtime pid 1 of its namespace (a process cannot move itself into
+//! a new pid namespace), and killing C1 kills C2 (death signal), which takes the whole
+//! namespace down. The daemon's `spawn()` still returns exactly when C2 has exec'd, or with
+//! C2's set-up error, because only C2 keeps the spawn status pipe open.
+
+mod cgroup;
+pub mod seccomp;
+mod sys;
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cgroup::{Cgroup, Hierarchy};
+pub use cgroup::{CgroupError, Events, Limits, Version};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
+    #[error(
+        "the sandbox needs root (to create namespaces and cgroups); run as root or with --no-sandbox"
+    )]
+    NotRoot,
+    #[error("path {0:?} cannot be passed to the kernel (it contains NUL)")]
+    BadPath(PathBuf),
+    #[error("preparing the sandbox root {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Node-wide sandbox settings.
+#[derive(Debug, Clone)]
+pub struct NodeSandbox {
+    /// Normally /sys/fs/cgroup.
+    pub cgroup_root: PathBuf,
+    /// Names this node's cgroups, so daemons sharing a machine stay apart.
+    pub node_id: String,
+    /// An empty directory the instance root is mounted on (inside the instance only).
+    pub mount_point: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub pids_max: u64,
+    pub tmp_bytes: u64,
+}
+
+/// What one instance needs to see and may use.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub id: String,
+    pub memory_bytes: u64,
+    /// Read-only directories mounted at the same path inside (code, environments, bootstrap).
+    pub read_only: Vec<PathBuf>,
+    /// Working directory inside.
+    pub cwd: PathBuf,
+    /// The host's network instead of an empty network namespace.
+    pub host_network: bool,
+}
+
+/// Host paths every runtime needs, mounted read-only when they exist. Symlinks (merged /usr)
+/// are recreated as symlinks.
+const SYSTEM_PATHS: &[&str] = &[
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib64",
+    "/lib32",
+    "/libx32",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/etc/alternatives",
+    "/etc/python3.11",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+];
+/// Added with the host network: name resolution.
+const NETWORK_PATHS: &[&str] = &[
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/nsswitch.conf",
+    "/etc/gai.conf",
+];
+const DEVICES: &[&str] = &["/dev/null", "/dev/zero", "/dev/random", "/dev/urandom"];
+
+/// The node's side of the sandbox: cgroup hierarchy and the compiled seccomp filter.
+pub struct Sandboxes {
+    cfg: NodeSandbox,
+    hierarchy: Hierarchy,
+    bpf: Arc<seccompiler::BpfProgram>,
+}
+
+impl Sandboxes {
+    /// Checks the machine, creates this node's cgroup base and removes what an earlier run
+    /// of this node left behind.
+    pub fn open(cfg: NodeSandbox) -> Result<Sandboxes, SandboxError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(SandboxError::NotRoot);
+        }
+        let hierarchy = Hierarchy::detect(&cfg.cgroup_root, &cfg.node_id)?;
+        hierarchy.init()?;
+        let removed = hierarchy.remove_leftovers()?;
+        if removed > 0 {
+            tracing::info!(removed, "removed cgroups left by an earlier run");
+        }
+        std::fs::create_dir_all(&cfg.mount_point).map_err(|source| SandboxError::Io {
+            path: cfg.mount_point.clone(),
+            source,
+        })?;
+        tracing::info!(cgroup = ?hierarchy.version(), "sandbox ready");
+        Ok(Sandboxes {
+            cfg,
+            hierarchy,
+            bpf: Arc::new(seccomp::program()?),
+        })
+    }
+
+    pub fn cgroup_version(&self) -> Version {
+        self.hierarchy.version()
+    }
+
+    /// Creates the instance's cgroup and the plan its first process carries out.
+    pub fn prepare(&self, spec: &InstanceSpec) -> Result<Sandbox, SandboxError> {
+        let cgroup = self.hierarchy.create(
+            &spec.id,
+            Limits {
+                memory_bytes: spec.memory_bytes,
+                pids: self.cfg.pids_max,
+                // Lambda's rule of thumb: CPU in proportion to memory (1769 MB = 1 vCPU).
+                cpu_weight: (spec.memory_bytes >> 20).div_ceil(18).clamp(1, 10_000),
+            },
+        )?;
+        match self.plan(spec, &cgroup) {
+            Ok(plan) => Ok(Sandbox {
+                cgroup: Some(cgroup),
+                plan: Some(Arc::new(plan)),
+            }),
+            Err(e) => {
+                let _ = cgroup.remove();
+                Err(e)
+            }
+        }
+    }
+
+    fn plan(&self, spec: &InstanceSpec, cgroup: &Cgroup) -> Result<Plan, SandboxError> {
+        let c = |p: &Path| {
+            CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| SandboxError::BadPath(p.to_path_buf()))
+        };
+        let root = &self.cfg.mount_point;
+        let inside = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+        let mut p = Plan {
+            procs_files: cgroup
+                .procs_files()
+                .iter()
+                .map(|f| c(f))
+                .collect::<Result<_, _>>()?,
+            unshare_flags: libc::CLONE_NEWNS
+                | libc::CLONE_NEWIPC
+                | libc::CLONE_NEWUTS
+                | libc::CLONE_NEWPID
+                | libc::CLONE_NEWCGROUP
+                | if spec.host_network {
+                    0
+                } else {
+                    libc::CLONE_NEWNET
+                },
+            root: c(root)?,
+            steps: Vec::new(),
+            old_root: c(&inside(Path::new("/.old")))?,
+            cwd: c(&spec.cwd)?,
+            uid: self.cfg.uid,
+            gid: self.cfg.gid,
+            bpf: self.bpf.clone(),
+        };
+        let mut made = std::collections::BTreeSet::new();
+        let mut mkdirs = |p: &mut Plan, dir: &Path| -> Result<(), SandboxError> {
+            let mut acc = PathBuf::from("/");
+            for comp in dir.strip_prefix("/").unwrap_or(dir).components() {
+                acc.push(comp);
+                if made.insert(acc.clone()) {
+                    p.steps.push(Step::Mkdir(c(&inside(&acc))?));
+                }
+            }
+            Ok(())
+        };
+        for d in ["/proc", "/tmp", "/dev", "/.old"] {
+            mkdirs(&mut p, Path::new(d))?;
+        }
+        // /tmp first: a read-only path below it (a home under /tmp) is bound on top of it.
+        p.steps.push(Step::Mount {
+            fstype: c"tmpfs",
+            dst: c(&inside(Path::new("/tmp")))?,
+            flags: libc::MS_NOSUID | libc::MS_NODEV,
+            opts: Some(
+                CString::new(format!("size={},mode=1777", self.cfg.tmp_bytes)).unwrap_or_default(),
+            ),
+        });
+        p.steps.push(Step::Mount {
+            fstype: c"proc",
+            dst: c(&inside(Path::new("/proc")))?,
+            flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            opts: None,
+        });
+        let extra: Vec<&str> = if spec.host_network {
+            NETWORK_PATHS.to_vec()
+        } else {
+            Vec::new()
+        };
+        let system = SYSTEM_PATHS.iter().chain(&extra).map(PathBuf::from);
+        for path in system.chain(spec.read_only.iter().cloned()) {
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if let Some(parent) = path.parent() {
+                mkdirs(&mut p, parent)?;
+            }
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).map_err(|source| SandboxError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                p.steps.push(Step::Symlink(c(&target)?, c(&inside(&path))?));
+                continue;
+            }
+            if meta.is_dir() {
+                mkdirs(&mut p, &path)?;
+            } else {
+                p.steps.push(Step::Touch(c(&inside(&path))?));
+            }
+            p.steps.push(Step::Bind {
+                src: c(&path)?,
+                dst: c(&inside(&path))?,
+                dev: false,
+            });
+        }
+        for dev in DEVICES {
+            let path = Path::new(dev);
+            p.steps.push(Step::Touch(c(&inside(path))?));
+            p.steps.push(Step::Bind {
+                src: c(path)?,
+                dst: c(&inside(path))?,
+                dev: true,
+            });
+        }
+        for (link, target) in [
+            ("/dev/fd", "/proc/self/fd"),
+            ("/dev/stdin", "/proc/self/fd/0"),
+            ("/dev/stdout", "/proc/self/fd/1"),
+            ("/dev/stderr", "/proc/self/fd/2"),
+        ] {
+            p.steps.push(Step::Symlink(
+                c(Path::new(target))?,
+                c(&inside(Path::new(link)))?,
+            ));
+        }
+        Ok(p)
+    }
+}
+
+enum Step {
+    Mkdir(CString),
+    Touch(CString),
+    Symlink(CString, CString),
+    Bind {
+        src: CString,
+        dst: CString,
+        dev: bool,
+    },
+    Mount {
+        fstype: &'static std::ffi::CStr,
+        dst: CString,
+        flags: libc::c_ulong,
+        opts: Option<CString>,
+    },
+}
+
+/// Everything the instance's first processes do, prepared in the daemon so that nothing is
+/// allocated between fork and exec.
+struct Plan {
+    procs_files: Vec<CString>,
+    unshare_flags: libc::c_int,
+    root: CString,
+    steps: Vec<Step>,
+    old_root: CString,
+    cwd: CString,
+    uid: u32,
+    gid: u32,
+    bpf: Arc<seccompiler::BpfProgram>,
+}
+
+impl Drop for Sandboxes {
+    fn drop(&mut self) {
+        // The node's base cgroups go with it; instances still running keep them (and the
+        // next start of this node removes what is left).
+        self.hierarchy.remove_base();
+    }
+}
+
+/// One instance's sandbox: its cgroup, and the plan attached to the command that starts it.
+pub struct Sandbox {
+    cgroup: Option<Cgroup>,
+    plan: Option<Arc<Plan>>,
+}
+
+/// Why the kernel stopped an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitReason {
+    /// The memory limit was reached and the OOM killer ran.
+    Oom,
+    /// The process limit was reached (a fork bomb, runaway threads).
+    Pids,
+    /// A syscall outside the seccomp allowlist.
+    Seccomp,
+}
+
+impl LimitReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitReason::Oom => "oom",
+            LimitReason::Pids => "pids",
+            LimitReason::Seccomp => "seccomp",
+        }
+    }
+}
+
+/// The exit code with which a sandboxed runtime killed by the seccomp filter ends (its
+/// parent relays 128 + SIGSYS).
+pub const SECCOMP_EXIT_CODE: i32 = 128 + libc::SIGSYS;
+
+impl Sandbox {
+    /// Makes the process `cmd` starts run in this sandbox. The caller's own `pre_exec` steps
+    /// (registered before) run first, outside the namespaces.
+    pub fn attach(&mut self, cmd: &mut tokio::process::Command) {
+        let Some(plan) = self.plan.take() else { return };
+        // SAFETY: `enter` runs between fork and exec; it only makes the async-signal-safe
+        // calls in `sys` and reads `plan`, which was fully built before the fork.
+        unsafe {
+            cmd.pre_exec(move || enter(&plan));
+        }
+    }
+
+    /// Counters of the kernel's interventions so far.
+    pub fn events(&self) -> Events {
+        self.cgroup.as_ref().map(Cgroup::events).unwrap_or_default()
+    }
+
+    /// Kills every process of the instance and removes its cgroup, waiting (at most 2 s) for
+    /// the kernel to reap them.
+    pub async fn destroy(mut self) {
+        let Some(cg) = self.cgroup.take() else { return };
+        for _ in 0..100 {
+            cg.kill_all();
+            if cg.remove().is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::warn!(
+            "an instance cgroup could not be removed; the next start of this node removes it"
+        );
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(cg) = self.cgroup.take() {
+            cg.kill_all();
+            let _ = cg.remove();
+        }
+    }
+}
+
+/// Runs in the forked child: see the module doc.
+fn enter(p: &Plan) -> std::io::Result<()> {
+    for f in &p.procs_files {
+        sys::write_file(f, b"0")?;
+    }
+    sys::unshare(p.unshare_flags)?;
+    let pid = sys::fork()?;
+    if pid > 0 {
+        // C1: keep nothing of the instance open, then mirror how it ends.
+        sys::close_from(3);
+        sys::relay_exit(pid);
+    }
+    // C2: pid 1 of the new namespace.
+    let none = None;
+    sys::mount(none, c"/", none, libc::MS_REC | libc::MS_PRIVATE, none)?;
+    sys::mount(
+        Some(c"tmpfs"),
+        &p.root,
+        Some(c"tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some(c"size=1m,mode=0755"),
+    )?;
+    for step in &p.steps {
+        match step {
+            Step::Mkdir(d) => sys::mkdir(d, 0o755)?,
+            Step::Touch(f) => sys::touch(f)?,
+            Step::Symlink(target, link) => sys::symlink(target, link)?,
+            Step::Bind { src, dst, dev } => {
+                sys::mount(Some(src), dst, none, libc::MS_BIND | libc::MS_REC, none)?;
+                let nodev = if *dev { 0 } else { libc::MS_NODEV };
+                let flags =
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | nodev;
+                sys::mount(none, dst, none, flags, none)?;
+            }
+            Step::Mount {
+                fstype,
+                dst,
+                flags,
+                opts,
+            } => {
+                sys::mount(Some(fstype), dst, Some(fstype), *flags, opts.as_deref())?;
+            }
+        }
+    }
+    sys::pivot_root(&p.root, &p.old_root)?;
+    sys::chdir(c"/")?;
+    sys::umount_detach(c"/.old")?;
+    sys::rmdir(c"/.old")?;
+    sys::mount(
+        none,
+        c"/",
+        none,
+        libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+        none,
+    )?;
+    sys::chdir(&p.cwd)?;
+    sys::sethostname(b"ember")?;
+    sys::setrlimit(libc::RLIMIT_CORE, 0)?;
+    sys::setrlimit(libc::RLIMIT_NOFILE, 1024)?;
+    sys::setrlimit(libc::RLIMIT_FSIZE, 1 << 30)?;
+    sys::drop_bounding_set()?;
+    sys::become_user(p.uid, p.gid)?;
+    sys::die_with_parent()?;
+    // No allocation here, not even for the error: errno says what failed.
+    seccompiler::apply_filter(&p.bpf).map_err(|_| std::io::Error::last_os_error())?;
+    Ok(())
+}

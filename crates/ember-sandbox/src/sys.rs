@@ -1,0 +1,214 @@
+//! Every syscall the sandbox makes, each in one small wrapper. Those marked *child* run
+//! between fork and exec: they call only async-signal-safe functions and never allocate.
+
+use std::ffi::CStr;
+use std::io;
+use std::ptr;
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// SIGKILL to one process; a process already gone is fine.
+pub fn kill(pid: i32) {
+    if pid > 1 {
+        // SAFETY: kill takes plain integers; pid > 1 never addresses a group or everyone.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// *child* Writes `data` to an existing file (joining a cgroup through `cgroup.procs`).
+pub fn write_file(path: &CStr, data: &[u8]) -> io::Result<()> {
+    // SAFETY: `path` is a valid NUL-terminated string; the flags create nothing.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `data` is a valid buffer of `data.len()` bytes; `fd` was just opened.
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    let err = io::Error::last_os_error();
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(fd) };
+    if n < 0 { Err(err) } else { Ok(()) }
+}
+
+/// *child*
+pub fn unshare(flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: unshare takes a flag set and no pointers.
+    check(unsafe { libc::unshare(flags) })
+}
+
+/// *child* fork; returns the child's pid in the parent and 0 in the child.
+pub fn fork() -> io::Result<libc::pid_t> {
+    // SAFETY: called in a single-threaded child between fork and exec, where a second fork
+    // is async-signal-safe; the new process only runs further async-signal-safe code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(pid)
+    }
+}
+
+/// *child* Closes every descriptor from `first` up.
+pub fn close_from(first: libc::c_uint) {
+    // SAFETY: close_range takes integers; closing descriptors this process owns.
+    unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, 0) };
+}
+
+/// *child* Waits for `pid` and ends this process the same way: its exit code, or 128 plus
+/// the signal that killed it (what a shell reports).
+pub fn relay_exit(pid: libc::pid_t) -> ! {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid out-pointer for waitpid.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc == pid {
+            break;
+        }
+        if rc < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            status = 127 << 8;
+            break;
+        }
+    }
+    let code = if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        libc::WEXITSTATUS(status)
+    };
+    // SAFETY: _exit ends the process without running any user-space teardown.
+    unsafe { libc::_exit(code) }
+}
+
+/// *child* mount(2); `None` passes NULL.
+pub fn mount(
+    src: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+    data: Option<&CStr>,
+) -> io::Result<()> {
+    let p = |s: Option<&CStr>| s.map_or(ptr::null(), CStr::as_ptr);
+    // SAFETY: every pointer is NULL or a valid NUL-terminated string that outlives the call.
+    check(unsafe { libc::mount(p(src), target.as_ptr(), p(fstype), flags, p(data).cast()) })
+}
+
+/// *child* mkdir that tolerates an existing directory.
+pub fn mkdir(path: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: `path` is a valid NUL-terminated string.
+    let rc = unsafe { libc::mkdir(path.as_ptr(), mode) };
+    if rc < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// *child* Creates an empty file (a mount point for a file bind).
+pub fn touch(path: &CStr) -> io::Result<()> {
+    // SAFETY: `path` is a valid NUL-terminated string; O_CREAT with a mode.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+/// *child*
+pub fn symlink(target: &CStr, link: &CStr) -> io::Result<()> {
+    // SAFETY: both are valid NUL-terminated strings.
+    check(unsafe { libc::symlink(target.as_ptr(), link.as_ptr()) })
+}
+
+/// *child*
+pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> io::Result<()> {
+    // SAFETY: pivot_root has no libc wrapper; both arguments are valid strings.
+    let rc = unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// *child*
+pub fn umount_detach(target: &CStr) -> io::Result<()> {
+    // SAFETY: `target` is a valid NUL-terminated string.
+    check(unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) })
+}
+
+/// *child*
+pub fn rmdir(path: &CStr) -> io::Result<()> {
+    // SAFETY: `path` is a valid NUL-terminated string.
+    check(unsafe { libc::rmdir(path.as_ptr()) })
+}
+
+/// *child*
+pub fn chdir(path: &CStr) -> io::Result<()> {
+    // SAFETY: `path` is a valid NUL-terminated string.
+    check(unsafe { libc::chdir(path.as_ptr()) })
+}
+
+/// *child*
+pub fn sethostname(name: &[u8]) -> io::Result<()> {
+    // SAFETY: `name` is a valid buffer of `name.len()` bytes.
+    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })
+}
+
+/// *child*
+pub fn setrlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: value,
+        rlim_max: value,
+    };
+    // SAFETY: `lim` is a valid rlimit on the stack.
+    check(unsafe { libc::setrlimit(resource, &lim) })
+}
+
+/// *child* Empties the capability bounding set, so no exec can ever regain a capability.
+pub fn drop_bounding_set() -> io::Result<()> {
+    for cap in 0..64 {
+        // SAFETY: prctl with PR_CAPBSET_DROP takes a capability number.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if rc < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// *child* Becomes `uid:gid` with no supplementary groups; a non-root uid holds no
+/// capabilities afterwards.
+pub fn become_user(uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
+    // SAFETY: setgroups with a zero count reads no pointer.
+    check(unsafe { libc::setgroups(0, ptr::null()) })?;
+    // SAFETY: plain integer arguments.
+    check(unsafe { libc::setresgid(gid, gid, gid) })?;
+    // SAFETY: plain integer arguments.
+    check(unsafe { libc::setresuid(uid, uid, uid) })
+}
+
+/// *child* Dies with its parent (must follow the credential change, which clears it).
+pub fn die_with_parent() -> io::Result<()> {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number.
+    check(unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    })
+}

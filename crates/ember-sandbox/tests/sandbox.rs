@@ -1,0 +1,151 @@
+//! Privileged: a real process in a real sandbox, asserting on what it sees from inside.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use ember_sandbox::{InstanceSpec, NodeSandbox, Sandboxes};
+
+fn privileged() -> bool {
+    if std::env::var_os("EMBER_PRIVILEGED_TESTS").is_none() {
+        eprintln!("skipped: set EMBER_PRIVILEGED_TESTS=1 (as root) to run sandbox tests");
+        return false;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: sandbox tests need root");
+        return false;
+    }
+    true
+}
+
+async fn run_in_sandbox(script: &str, host_network: bool) -> (i32, String, String) {
+    let (code, out, err, _) = run_with_events(script, host_network).await;
+    (code, out, err)
+}
+
+async fn run_with_events(
+    script: &str,
+    host_network: bool,
+) -> (i32, String, String, ember_sandbox::Events) {
+    let home = tempfile::tempdir().unwrap();
+    // Unique per call: opening a node removes that node's leftovers.
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let node = format!("test-{}-{n}", std::process::id());
+    let boxes = Sandboxes::open(NodeSandbox {
+        cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+        node_id: node,
+        mount_point: home.path().join("root"),
+        uid: 65534,
+        gid: 65534,
+        pids_max: 32,
+        tmp_bytes: 1 << 20,
+    })
+    .unwrap();
+    let work = home.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::write(work.join("secret-of-work"), "x").unwrap();
+    let mut sb = boxes
+        .prepare(&InstanceSpec {
+            id: "t1".into(),
+            memory_bytes: 128 << 20,
+            read_only: vec![work.clone()],
+            cwd: work.clone(),
+            host_network,
+        })
+        .unwrap();
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.args(["-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin");
+    sb.attach(&mut cmd);
+    let out = cmd.output().await.unwrap();
+    let events = sb.events();
+    sb.destroy().await;
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        events,
+    )
+}
+
+#[tokio::test]
+async fn a_sandboxed_process_sees_only_its_own_world() {
+    if !privileged() {
+        return;
+    }
+    let script = r#"
+        echo "pid=$$"
+        echo "host=$(cat /proc/sys/kernel/hostname)"
+        echo "uid=$(id -u) gid=$(id -g)"
+        grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\t' ' '
+        echo "procs=$(ls -d /proc/[0-9]* | wc -l)"
+        echo "root=$(ls / | tr '\n' ' ')"
+        ls secret-of-work >/dev/null && echo "code=visible"
+        touch /usr/x 2>/dev/null || echo "usr=readonly"
+        touch secret-of-work 2>/dev/null || echo "code=readonly"
+        echo hi > /tmp/t && echo "tmp=writable"
+        head -c 2000000 /dev/zero > /tmp/big 2>/dev/null || echo "tmp=full"
+        cat /dev/urandom | head -c 4 | wc -c | sed 's/^/urandom=/'
+        ls /home /root /var 2>/dev/null || echo "host=hidden"
+        ip link 2>/dev/null | grep -c '^[0-9]' | sed 's/^/links=/' || true
+    "#;
+    let (code, out, err) = run_in_sandbox(script, false).await;
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    for want in [
+        "pid=1",
+        "host=ember",
+        "uid=65534 gid=65534",
+        "CapEff: 0000000000000000",
+        "CapBnd: 0000000000000000",
+        "NoNewPrivs: 1",
+        "Seccomp: 2",
+        "code=visible",
+        "usr=readonly",
+        "code=readonly",
+        "tmp=writable",
+        "tmp=full",
+        "urandom=4",
+        "host=hidden",
+    ] {
+        assert!(
+            out.contains(want),
+            "{want} missing from:\n{out}\nstderr:\n{err}"
+        );
+    }
+    let procs: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("procs="))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(procs <= 4, "sees {procs} processes:\n{out}");
+}
+
+#[tokio::test]
+async fn limits_are_enforced_and_counted() {
+    if !privileged() {
+        return;
+    }
+    // A syscall outside the allowlist kills the process with SIGSYS (relayed as 128 + 31).
+    let (code, _, err) = run_in_sandbox("exec unshare --user true", false).await;
+    assert_eq!(code, ember_sandbox::SECCOMP_EXIT_CODE, "{err}");
+    // The pids limit (32) stops a fork storm and is counted.
+    let (_, _, _, ev) = run_with_events("for i in $(seq 60); do sleep 2 & done; wait", false).await;
+    assert!(ev.pids_max_hits > 0, "{ev:?}");
+    // Over the memory limit (128 MiB) the OOM killer runs, and is counted.
+    let (code, _, _, ev) =
+        run_with_events("exec python3 -c 'x = b\"x\" * (400 << 20)'", false).await;
+    assert_ne!(code, 0);
+    assert!(ev.oom_kills > 0, "{ev:?}");
+    // Without the host network only a loopback device exists; with it, the host's.
+    let links = "cat /proc/net/dev | tail -n +3 | wc -l";
+    let (_, none, _) = run_in_sandbox(links, false).await;
+    let (_, host, _) = run_in_sandbox(links, true).await;
+    assert_eq!(none.trim(), "1", "{none}");
+    assert!(host.trim().parse::<u32>().unwrap() >= 1, "{host}");
+}
