@@ -22,6 +22,7 @@ impl ApiError {
                 message: message.into(),
                 error_type: None,
                 traceback: Vec::new(),
+                reason: None,
             },
         }
     }

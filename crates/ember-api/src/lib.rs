@@ -64,6 +64,6 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown)
     .await;
-    node.shutdown();
+    node.shutdown().await;
     r
 }

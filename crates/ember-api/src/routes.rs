@@ -21,6 +21,7 @@ use axum::routing::{delete, get, post, put};
 use base64::Engine;
 use ember_node::function::validate_name;
 use ember_node::{FunctionConfig, Invocation, InvokeOutcome};
+use ember_sandbox::LimitReason;
 use serde::Deserialize;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
@@ -287,11 +288,13 @@ fn invocation_response(inv: Invocation) -> Response {
         let (error_type, traceback) = fe
             .map(|f| (Some(f.error_type), f.traceback))
             .unwrap_or_default();
+        let reason = matches!(kind, "oom" | "pids" | "seccomp").then(|| kind.to_string());
         let body = ErrorBody {
             code: code.to_string(),
             message,
             error_type,
             traceback,
+            reason,
         };
         (
             status,
@@ -335,6 +338,29 @@ fn invocation_response(inv: Invocation) -> Response {
             format!("starting an instance took longer than {} s", d.as_secs()),
             None,
         ),
+        InvokeOutcome::Limit(reason) => {
+            let (code, message) = match reason {
+                LimitReason::Oom => (
+                    "OutOfMemory",
+                    "the function ran out of memory (its memory_mb limit); its instance was stopped",
+                ),
+                LimitReason::Pids => (
+                    "TooManyProcesses",
+                    "the function reached its limit of processes and threads; its instance was stopped",
+                ),
+                LimitReason::Seccomp => (
+                    "ForbiddenSyscall",
+                    "the function made a system call the sandbox does not allow; its instance was stopped",
+                ),
+            };
+            failure(
+                StatusCode::BAD_GATEWAY,
+                reason.as_str(),
+                code,
+                message.to_string(),
+                None,
+            )
+        }
         InvokeOutcome::StartFailed(msg) => failure(
             StatusCode::BAD_GATEWAY,
             "start",

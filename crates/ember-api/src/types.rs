@@ -11,7 +11,8 @@ pub mod headers {
     pub const REQUEST_ID: &str = "ember-request-id";
     pub const INSTANCE: &str = "ember-instance";
     pub const VERSION: &str = "ember-function-version";
-    /// Present when the invocation failed: `handler`, `init`, `timeout`, `crashed`.
+    /// Present when the invocation failed: `handler`, `init`, `timeout`, `init-timeout`,
+    /// `crashed`, `start`, or the limit that stopped the instance: `oom`, `pids`, `seccomp`.
     pub const ERROR: &str = "ember-error";
 }
 
@@ -26,6 +27,9 @@ pub struct ErrorBody {
     pub error_type: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub traceback: Vec<String>,
+    /// For instances the sandbox stopped: `oom`, `pids` or `seccomp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -21,6 +21,16 @@ pub struct NodeConfig {
     pub init_timeout: Duration,
     /// Size at which a function's log is rotated.
     pub log_max_bytes: u64,
+    /// Run every instance in a sandbox (namespaces, cgroup, seccomp, unprivileged user).
+    /// Needs root; off means instances run as the daemon's user, unconfined.
+    pub sandbox: bool,
+    /// The user and group instances run as.
+    pub sandbox_uid: u32,
+    pub sandbox_gid: u32,
+    /// Most processes and threads in one instance.
+    pub pids_max: u64,
+    /// Size of an instance's private /tmp (counted in its memory limit).
+    pub tmp_bytes: u64,
 }
 
 impl Default for NodeConfig {
@@ -34,6 +44,11 @@ impl Default for NodeConfig {
             queue_timeout: Duration::from_secs(10),
             init_timeout: Duration::from_secs(60),
             log_max_bytes: 8 << 20,
+            sandbox: true,
+            sandbox_uid: 65534,
+            sandbox_gid: 65534,
+            pids_max: 256,
+            tmp_bytes: 64 << 20,
         }
     }
 }

@@ -7,6 +7,17 @@ use serde::{Deserialize, Serialize};
 
 use ember_runtime::python::reserved_env;
 
+/// What network an instance sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// An empty network namespace: no interface but a loopback that is down.
+    #[default]
+    None,
+    /// The host's network (for functions that call out).
+    Host,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
@@ -31,6 +42,8 @@ pub struct FunctionConfig {
     pub max_instances: u32,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub network: Network,
 }
 
 pub const DEFAULT_MEMORY_MB: u32 = 512;

@@ -5,6 +5,7 @@ pub mod code;
 pub mod config;
 pub mod envs;
 pub mod function;
+mod live;
 pub mod logs;
 pub mod metrics;
 mod node;

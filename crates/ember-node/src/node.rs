@@ -12,15 +12,18 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ember_runtime::protocol::FunctionError;
+use ember_runtime::python::InvokeError;
 use ember_runtime::python::{StartError, install_bootstrap};
 use ember_runtime::{Instance, Outcome, StartSpec};
+use ember_sandbox::{InstanceSpec, LimitReason, NodeSandbox, Sandboxes};
 use serde::Serialize;
 use tracing::{Instrument, info_span};
 
 use crate::code::{CodeError, CodeStore, Limits};
 use crate::config::NodeConfig;
 use crate::envs::{EnvError, EnvManager, PackageEnv};
-use crate::function::{FunctionConfig, FunctionRecord, InvalidFunction, validate_name};
+use crate::function::{FunctionConfig, FunctionRecord, InvalidFunction, Network, validate_name};
+use crate::live::{Live, ended_by_seccomp};
 use crate::logs::LogStore;
 use crate::metrics::{InvokeLabels, Metrics, StartLabels};
 use crate::pool::Pool;
@@ -51,6 +54,8 @@ pub enum NodeError {
         max_instances: u32,
         queue_depth: usize,
     },
+    #[error(transparent)]
+    Sandbox(#[from] ember_sandbox::SandboxError),
     #[error("another ember daemon is using {0}; stop it or choose another --home")]
     HomeLocked(PathBuf),
     #[error("{what} {path} failed")]
@@ -165,6 +170,8 @@ pub enum InvokeOutcome {
     Crashed(String),
     /// The runtime could not be started at all (the node's problem, not the function's).
     StartFailed(String),
+    /// The sandbox stopped the instance: memory, process count or a forbidden syscall.
+    Limit(LimitReason),
 }
 
 impl InvokeOutcome {
@@ -177,6 +184,7 @@ impl InvokeOutcome {
             InvokeOutcome::InitTimeout(_) => "init-timeout",
             InvokeOutcome::Crashed(_) => "crashed",
             InvokeOutcome::StartFailed(_) => "start-failed",
+            InvokeOutcome::Limit(r) => r.as_str(),
         }
     }
 }
@@ -224,6 +232,9 @@ pub struct Node {
     logs: Arc<LogStore>,
     metrics: Metrics,
     bootstrap: PathBuf,
+    sandboxes: Option<Sandboxes>,
+    /// Sandboxes being torn down; shutdown waits for them.
+    reaping: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     functions: RwLock<HashMap<String, Arc<Deployed>>>,
     deploying: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     _home: FileLock,
@@ -279,6 +290,23 @@ impl Node {
             .map_err(io("creating the log directory under", home.clone()))?;
         let bootstrap = install_bootstrap(&home.join("runtime"))
             .map_err(io("installing the bootstrap under", home.clone()))?;
+        precompile(&cfg.python, &bootstrap).await;
+        let sandboxes = if cfg.sandbox {
+            Some(Sandboxes::open(NodeSandbox {
+                cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+                // One name per home: daemons sharing a machine keep to their own cgroups.
+                node_id: blake3::hash(home.as_os_str().as_encoded_bytes()).to_hex()[..12]
+                    .to_string(),
+                mount_point: home.join("sandbox-root"),
+                uid: cfg.sandbox_uid,
+                gid: cfg.sandbox_gid,
+                pids_max: cfg.pids_max,
+                tmp_bytes: cfg.tmp_bytes,
+            })?)
+        } else {
+            tracing::warn!("sandbox off: instances run as this daemon's user, unconfined");
+            None
+        };
         let node = Arc::new(Node {
             cfg,
             registry,
@@ -287,6 +315,8 @@ impl Node {
             logs,
             metrics: Metrics::default(),
             bootstrap,
+            sandboxes,
+            reaping: Mutex::new(Vec::new()),
             functions: RwLock::new(HashMap::new()),
             deploying: Mutex::new(HashMap::new()),
             _home: home_lock,
@@ -490,13 +520,13 @@ impl Node {
             .ok_or_else(|| NodeError::NotFound(name.to_string()))
     }
 
-    fn discard_all(&self, d: &Deployed, instances: Vec<Instance>, why: &str) {
+    fn discard_all(&self, d: &Deployed, instances: Vec<Live>, why: &str) {
         for i in instances {
             self.discard(d, i, why);
         }
     }
 
-    fn discard(&self, d: &Deployed, inst: Instance, why: &str) {
+    fn discard(&self, d: &Deployed, inst: Live, why: &str) {
         let name = &d.record.name;
         self.logs.append(
             name,
@@ -510,7 +540,15 @@ impl Node {
             .instances
             .get_or_create(&Metrics::fn_labels(name))
             .dec();
-        inst.kill();
+        self.reap(inst.kill());
+    }
+
+    fn reap(&self, task: Option<tokio::task::JoinHandle<()>>) {
+        if let Some(t) = task {
+            let mut r = self.reaping.lock().unwrap_or_else(|p| p.into_inner());
+            r.retain(|t| !t.is_finished());
+            r.push(t);
+        }
     }
 
     /// Runs one invocation of `name` with the JSON `event`.
@@ -571,14 +609,11 @@ impl Node {
         };
         let instance_id = inst.id().to_string();
         let limit = Duration::from_secs(u64::from(rec.config.timeout_s));
-        let ran = tokio::time::timeout(
-            limit,
-            inst.invoke(&request_id, SystemTime::now() + limit, event),
-        )
-        .instrument(info_span!("exec"))
-        .await;
+        let ran = watched(&mut inst, &request_id, limit, event)
+            .instrument(info_span!("exec"))
+            .await;
         let outcome = match ran {
-            Err(_) => {
+            Ran::TimedOut => {
                 self.discard(
                     d,
                     inst,
@@ -586,12 +621,36 @@ impl Node {
                 );
                 InvokeOutcome::Timeout(limit)
             }
-            Ok(Err(e)) => {
-                let msg = e.to_string();
-                self.discard(d, inst, &msg);
-                InvokeOutcome::Crashed(msg)
+            Ran::Limit(reason) => {
+                self.discard(d, inst, &format!("limit reached: {}", reason.as_str()));
+                InvokeOutcome::Limit(reason)
             }
-            Ok(Ok(out)) => {
+            Ran::Done(Err(e)) => {
+                let msg = e.to_string();
+                match inst.limit_hit(Duration::from_millis(500)).await {
+                    Some(reason) => {
+                        self.discard(d, inst, &format!("limit reached: {}", reason.as_str()));
+                        InvokeOutcome::Limit(reason)
+                    }
+                    None => {
+                        self.discard(d, inst, &msg);
+                        InvokeOutcome::Crashed(msg)
+                    }
+                }
+            }
+            Ran::Done(Ok(Outcome::Error(fe)))
+                if inst
+                    .sandbox
+                    .as_ref()
+                    .is_some_and(|s| s.events().pids_max_hits > 0) =>
+            {
+                // The handler survived its own fork storm (and reported the failed fork):
+                // the instance still goes, and the caller learns why.
+                timing.exec = Some(Duration::from_micros(fe.duration_us));
+                self.discard(d, inst, "limit reached: pids");
+                InvokeOutcome::Limit(LimitReason::Pids)
+            }
+            Ran::Done(Ok(out)) => {
                 if let Some(stale) = d.pool.put_back(inst, generation) {
                     self.discard(d, stale, "stopped while busy");
                 }
@@ -661,11 +720,7 @@ impl Node {
         }
     }
 
-    async fn cold_boot(
-        &self,
-        d: &Deployed,
-        timing: &mut Timing,
-    ) -> Result<Instance, InvokeOutcome> {
+    async fn cold_boot(&self, d: &Deployed, timing: &mut Timing) -> Result<Live, InvokeOutcome> {
         let rec = &d.record;
         let spec = StartSpec {
             instance_id: format!(
@@ -683,16 +738,47 @@ impl Node {
             imports: d.env.imports.clone(),
             env: rec.config.env.clone(),
         };
-        let sink = self.logs.sink(&rec.name);
-        let limit = self.cfg.init_timeout;
-        let started = tokio::time::timeout(limit, Instance::start(&spec, sink))
-            .instrument(info_span!("start.cold_boot", instance = %spec.instance_id))
-            .await;
         let note = |text: String| {
             self.logs
                 .append(&rec.name, &spec.instance_id, "event", text.as_bytes())
         };
-        match started {
+        let mut sandbox = match &self.sandboxes {
+            None => None,
+            Some(boxes) => {
+                let made = boxes.prepare(&InstanceSpec {
+                    id: spec.instance_id.clone(),
+                    memory_bytes: u64::from(rec.config.memory_mb) << 20,
+                    // Only what this function needs: its code, its packages, the bootstrap.
+                    read_only: vec![
+                        d.code_dir.clone(),
+                        d.env.dir.clone(),
+                        self.bootstrap.clone(),
+                    ],
+                    cwd: d.code_dir.clone(),
+                    host_network: rec.config.network == Network::Host,
+                });
+                match made {
+                    Ok(sb) => Some(sb),
+                    Err(e) => {
+                        let msg = error_chain(&e);
+                        note(format!("the sandbox could not be created: {msg}"));
+                        tracing::error!(function = %rec.name, "creating a sandbox failed: {msg}");
+                        return Err(InvokeOutcome::StartFailed(msg));
+                    }
+                }
+            }
+        };
+        let sink = self.logs.sink(&rec.name);
+        let limit = self.cfg.init_timeout;
+        let start = Instance::start(&spec, sink, |cmd| {
+            if let Some(sb) = sandbox.as_mut() {
+                sb.attach(cmd);
+            }
+        });
+        let started = tokio::time::timeout(limit, start)
+            .instrument(info_span!("start.cold_boot", instance = %spec.instance_id))
+            .await;
+        let outcome = match started {
             Ok(Ok((inst, boot))) => {
                 timing.spawn = Some(boot.spawn);
                 timing.interpreter = Some(boot.interpreter);
@@ -704,26 +790,29 @@ impl Node {
                     .get_or_create(&Metrics::fn_labels(&rec.name))
                     .inc();
                 note(format!(
-                    "instance started (cold-boot, pid {}) in {:.1} ms",
+                    "instance started (cold-boot{}, pid {}) in {:.1} ms",
+                    if sandbox.is_some() { ", sandboxed" } else { "" },
                     inst.pid(),
                     timing.init().as_secs_f64() * 1e3
                 ));
-                Ok(inst)
+                return Ok(Live { inst, sandbox });
             }
             Ok(Err(StartError::Handler(fe))) => {
                 note(format!(
                     "importing the handler failed: {}: {}",
                     fe.error_type, fe.message
                 ));
-                Err(InvokeOutcome::InitError(fe))
+                InvokeOutcome::InitError(fe)
             }
             Ok(Err(e @ (StartError::Spawn { .. } | StartError::Socket(_)))) => {
                 let msg = error_chain(&e);
                 note(format!("instance could not be started: {msg}"));
                 tracing::error!(function = %rec.name, "cold boot failed: {msg}");
-                Err(InvokeOutcome::StartFailed(msg))
+                InvokeOutcome::StartFailed(msg)
             }
             Ok(Err(e)) => {
+                let ev = sandbox.as_ref().map(|s| s.events()).unwrap_or_default();
+                let seccomp = matches!(&e, StartError::Exited(st) if ended_by_seccomp(st));
                 let msg = e.to_string();
                 note(format!("instance failed during start-up: {msg}"));
                 // The function's own doing, possibly at every invocation: rate-limited.
@@ -731,23 +820,45 @@ impl Node {
                 if let Some(dropped) = LIMIT.allow() {
                     tracing::warn!(function = %rec.name, dropped, "cold boot failed: {msg}");
                 }
-                Err(InvokeOutcome::Crashed(msg))
+                if ev.oom_kills > 0 {
+                    InvokeOutcome::Limit(LimitReason::Oom)
+                } else if ev.pids_max_hits > 0 {
+                    InvokeOutcome::Limit(LimitReason::Pids)
+                } else if seccomp {
+                    InvokeOutcome::Limit(LimitReason::Seccomp)
+                } else {
+                    InvokeOutcome::Crashed(msg)
+                }
             }
             Err(_) => {
                 note(format!(
                     "instance start timed out after {} s",
                     limit.as_secs()
                 ));
-                Err(InvokeOutcome::InitTimeout(limit))
+                InvokeOutcome::InitTimeout(limit)
             }
+        };
+        if let Some(sb) = sandbox {
+            self.reap(Some(tokio::spawn(sb.destroy())));
         }
+        Err(outcome)
     }
 
     /// Stops every instance (the daemon is shutting down).
-    pub fn shutdown(&self) {
+    /// Stops every idle instance and waits for their sandboxes to be gone; instances still
+    /// busy end with their requests (or with the daemon, through their death signal, and
+    /// their cgroups are removed at the next start).
+    pub async fn shutdown(&self) {
         let all: Vec<Arc<Deployed>> = self.read_functions().values().cloned().collect();
         for d in all {
             self.discard_all(&d, d.pool.retire(), "daemon shutting down");
+        }
+        let tasks = std::mem::take(&mut *self.reaping.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
+            let _ = t.await;
+        }
+        if let Some(boxes) = &self.sandboxes {
+            boxes.remove_base();
         }
     }
 
@@ -773,6 +884,58 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         src = c.source();
     }
     s
+}
+
+/// Writes the bootstrap's bytecode next to it: instances see that directory read-only, so
+/// they could not cache it themselves. A failure only costs ~1 ms per start.
+async fn precompile(python: &std::path::Path, dir: &std::path::Path) {
+    let file = dir.join("ember_bootstrap.py");
+    let out = tokio::process::Command::new(python)
+        .args(["-I", "-m", "py_compile"])
+        .arg(&file)
+        .output()
+        .await;
+    match out {
+        Ok(o) if o.status.success() => {}
+        other => {
+            tracing::warn!(file = %file.display(), "precompiling the bootstrap failed: {other:?}")
+        }
+    }
+}
+
+enum Ran {
+    Done(Result<Outcome, InvokeError>),
+    TimedOut,
+    Limit(LimitReason),
+}
+
+/// Runs one invocation under the function's timeout, and, when sandboxed, watches the
+/// cgroup's counters so that a fork storm or an OOM in a child process ends it at once
+/// (within 100 ms) rather than at the timeout.
+async fn watched(live: &mut Live, request_id: &str, limit: Duration, event: &[u8]) -> Ran {
+    const TICK: Duration = Duration::from_millis(100);
+    let Live { inst, sandbox } = live;
+    let invoke = inst.invoke(request_id, SystemTime::now() + limit, event);
+    tokio::pin!(invoke);
+    let timeout = tokio::time::sleep(limit);
+    tokio::pin!(timeout);
+    // The first look comes after one tick: short invocations never read a cgroup file.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
+    loop {
+        tokio::select! {
+            r = &mut invoke => return Ran::Done(r),
+            _ = &mut timeout => return Ran::TimedOut,
+            _ = tick.tick(), if sandbox.is_some() => {
+                let ev = sandbox.as_ref().map(|s| s.events()).unwrap_or_default();
+                if ev.oom_kills > 0 {
+                    return Ran::Limit(LimitReason::Oom);
+                }
+                if ev.pids_max_hits > 0 {
+                    return Ran::Limit(LimitReason::Pids);
+                }
+            }
+        }
+    }
 }
 
 fn status(d: &Deployed) -> FunctionStatus {

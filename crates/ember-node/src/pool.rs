@@ -10,11 +10,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ember_runtime::Instance;
+use crate::live::Live;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 struct Idle {
-    inst: Instance,
+    inst: Live,
     since: Instant,
     generation: u64,
 }
@@ -68,7 +68,7 @@ impl Pool {
 
     /// The most recently used idle instance that is still alive; dead ones found on the way
     /// are returned for the caller to discard.
-    pub fn take_idle(&self) -> (Option<Instance>, Vec<Instance>) {
+    pub fn take_idle(&self) -> (Option<Live>, Vec<Live>) {
         let mut dead = Vec::new();
         let mut idle = self.idle();
         while let Some(mut i) = idle.pop() {
@@ -83,7 +83,7 @@ impl Pool {
 
     /// Returns an instance after an invocation; gives it back when it must be discarded
     /// instead (the pool was flushed or retired meanwhile).
-    pub fn put_back(&self, inst: Instance, generation: u64) -> Option<Instance> {
+    pub fn put_back(&self, inst: Live, generation: u64) -> Option<Live> {
         if self.retired.load(Ordering::SeqCst) || generation != self.generation() {
             return Some(inst);
         }
@@ -96,19 +96,19 @@ impl Pool {
     }
 
     /// Stops reuse of everything started so far; returns the idle instances to discard.
-    pub fn flush(&self) -> Vec<Instance> {
+    pub fn flush(&self) -> Vec<Live> {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.idle().drain(..).map(|i| i.inst).collect()
     }
 
     /// Like [`Pool::flush`], and nothing is ever put back again.
-    pub fn retire(&self) -> Vec<Instance> {
+    pub fn retire(&self) -> Vec<Live> {
         self.retired.store(true, Ordering::SeqCst);
         self.flush()
     }
 
     /// Idle instances unused for longer than `keep_alive`, or left from an older generation.
-    pub fn expire(&self, keep_alive: Duration) -> Vec<Instance> {
+    pub fn expire(&self, keep_alive: Duration) -> Vec<Live> {
         let generation = self.generation();
         let mut idle = self.idle();
         let (old, keep): (Vec<Idle>, Vec<Idle>) = idle

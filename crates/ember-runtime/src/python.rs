@@ -82,7 +82,7 @@ pub enum StartError {
     #[error("the runtime failed during start-up (see the function's log): {0}")]
     Protocol(#[from] ProtocolError),
     #[error("the runtime exited during start-up ({0}); its output is in the function's log")]
-    Exited(String),
+    Exited(std::process::ExitStatus),
     #[error("importing the handler failed: {}: {}", .0.error_type, .0.message)]
     Handler(FunctionError),
 }
@@ -125,9 +125,12 @@ pub fn reserved_env(name: &str) -> bool {
 
 impl Instance {
     /// Starts the runtime, preloads the packages and imports the handler.
+    /// `confine` may add steps to the command (a sandbox); they run in the child after the
+    /// runtime's own (the protocol descriptor is in place by then).
     pub async fn start(
         spec: &StartSpec,
         logs: Arc<dyn LogSink>,
+        confine: impl FnOnce(&mut Command),
     ) -> Result<(Instance, BootTiming), StartError> {
         let t0 = Instant::now();
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(StartError::Socket)?;
@@ -173,6 +176,7 @@ impl Instance {
         unsafe {
             cmd.pre_exec(move || sys::child_after_fork(proto, parent));
         }
+        confine(&mut cmd);
         let mut child = {
             let _s = info_span!("runtime.spawn").entered();
             cmd.spawn().map_err(|source| StartError::Spawn {
@@ -215,7 +219,7 @@ impl Instance {
                     .and_then(|r| r.ok());
                 let _ = sys::kill_group(inst.pid);
                 Err(match status {
-                    Some(st) => StartError::Exited(st.to_string()),
+                    Some(st) => StartError::Exited(st),
                     None => StartError::Protocol(e),
                 })
             }
@@ -334,6 +338,14 @@ impl Instance {
             Ok(_) => true,
             Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
         }
+    }
+
+    /// How the process ended, if it has (waiting at most `within`).
+    pub async fn exit_status(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .ok()?
+            .ok()
     }
 
     /// Kills the instance and everything it started, and reaps it in the background.

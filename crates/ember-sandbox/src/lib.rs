@@ -309,11 +309,17 @@ struct Plan {
     bpf: Arc<seccompiler::BpfProgram>,
 }
 
+impl Sandboxes {
+    /// Removes the node's base cgroups once no instance is left in them (a daemon's last
+    /// act); instances still running keep them, and the next start removes what is left.
+    pub fn remove_base(&self) {
+        self.hierarchy.remove_base();
+    }
+}
+
 impl Drop for Sandboxes {
     fn drop(&mut self) {
-        // The node's base cgroups go with it; instances still running keep them (and the
-        // next start of this node removes what is left).
-        self.hierarchy.remove_base();
+        self.remove_base();
     }
 }
 

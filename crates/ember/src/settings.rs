@@ -14,6 +14,11 @@
 //! max_event_bytes = 6291456
 //! max_deploy_bytes = 67108864
 //! log_max_bytes = 8388608
+//! sandbox = true          # false: instances run unconfined as the daemon's user
+//! sandbox_uid = 65534
+//! sandbox_gid = 65534
+//! pids_max = 256
+//! tmp_mb = 64
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -65,6 +70,21 @@ pub struct DaemonArgs {
     /// Size at which a function's log rotates [default: 8 MiB]
     #[arg(long, env = "EMBER_LOG_MAX_BYTES")]
     pub log_max_bytes: Option<u64>,
+    /// Run instances unconfined, as this daemon's user (the sandbox needs root)
+    #[arg(long, env = "EMBER_NO_SANDBOX")]
+    pub no_sandbox: bool,
+    /// User id instances run as [default: 65534]
+    #[arg(long, env = "EMBER_SANDBOX_UID")]
+    pub sandbox_uid: Option<u32>,
+    /// Group id instances run as [default: 65534]
+    #[arg(long, env = "EMBER_SANDBOX_GID")]
+    pub sandbox_gid: Option<u32>,
+    /// Most processes and threads in one instance [default: 256]
+    #[arg(long, env = "EMBER_PIDS_MAX")]
+    pub pids_max: Option<u64>,
+    /// Size of each instance's private /tmp in MiB [default: 64]
+    #[arg(long, env = "EMBER_TMP_MB")]
+    pub tmp_mb: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,6 +102,11 @@ struct FileSettings {
     max_event_bytes: Option<usize>,
     max_deploy_bytes: Option<usize>,
     log_max_bytes: Option<u64>,
+    sandbox: Option<bool>,
+    sandbox_uid: Option<u32>,
+    sandbox_gid: Option<u32>,
+    pids_max: Option<u64>,
+    tmp_mb: Option<u64>,
 }
 
 /// Everything a daemon needs to start.
@@ -151,6 +176,20 @@ impl DaemonArgs {
                 .log_max_bytes
                 .or(file.log_max_bytes)
                 .unwrap_or(d.log_max_bytes),
+            sandbox: !self.no_sandbox && file.sandbox.unwrap_or(d.sandbox),
+            sandbox_uid: self
+                .sandbox_uid
+                .or(file.sandbox_uid)
+                .unwrap_or(d.sandbox_uid),
+            sandbox_gid: self
+                .sandbox_gid
+                .or(file.sandbox_gid)
+                .unwrap_or(d.sandbox_gid),
+            pids_max: self.pids_max.or(file.pids_max).unwrap_or(d.pids_max),
+            tmp_bytes: self
+                .tmp_mb
+                .or(file.tmp_mb)
+                .map_or(d.tmp_bytes, |mb| mb << 20),
         };
         let api = ApiConfig {
             token: self.token.or(file.token).filter(|t| !t.is_empty()),

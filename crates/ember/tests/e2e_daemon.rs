@@ -14,7 +14,7 @@ import os, time
 
 def handler(event, context):
     time.sleep(event.get("sleep", 0))
-    return {"pid": os.getpid(), "greeting": os.environ.get("GREETING")}
+    return {"instance": os.environ["EMBER_INSTANCE_ID"], "greeting": os.environ.get("GREETING")}
 "#;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -63,7 +63,7 @@ async fn concurrency_queues_then_throttles_and_idle_instances_expire() {
     let throttled: Vec<_> = results.iter().filter(|r| r.0 == 429).collect();
     assert_eq!((ok.len(), throttled.len()), (2, 2), "{results:?}");
     assert_ne!(
-        ok[0].1["pid"], ok[1].1["pid"],
+        ok[0].1["instance"], ok[1].1["instance"],
         "two instances served in parallel"
     );
     assert_eq!(

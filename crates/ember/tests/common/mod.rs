@@ -167,7 +167,11 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        self.kill9();
+        // Gracefully, so the daemon removes its instances' cgroups: a test's home is gone
+        // afterwards, so no later start of this node would.
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.terminate();
+        }
     }
 }
 
