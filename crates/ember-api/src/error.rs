@@ -10,20 +10,20 @@ use crate::types::{ErrorBody, ErrorResponse};
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub body: ErrorBody,
+    pub body: Box<ErrorBody>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
-            body: ErrorBody {
+            body: Box::new(ErrorBody {
                 code: code.to_string(),
                 message: message.into(),
                 error_type: None,
                 traceback: Vec::new(),
                 reason: None,
-            },
+            }),
         }
     }
 
@@ -60,6 +60,6 @@ impl From<NodeError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(ErrorResponse { error: self.body })).into_response()
+        (self.status, axum::Json(ErrorResponse { error: *self.body })).into_response()
     }
 }

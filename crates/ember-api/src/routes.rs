@@ -247,9 +247,9 @@ async fn deploy(
                     created,
                     function: serde_json::to_value(st).unwrap_or_default(),
                 }),
-                Err(e) => DeployEvent::Error(ApiError::from(e).body),
+                Err(e) => DeployEvent::Error(*ApiError::from(e).body),
             },
-            Err(e) => DeployEvent::Error(ApiError::from(e).body),
+            Err(e) => DeployEvent::Error(*ApiError::from(e).body),
         };
         send(&tx, &last);
     });
