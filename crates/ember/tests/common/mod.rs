@@ -23,6 +23,20 @@ pub fn shared_envs() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("ember-test-envs")
 }
 
+/// Whether daemons run sandboxed: the test script's privileged switch, as root. Otherwise
+/// they run with --no-sandbox and the sandbox tests skip.
+pub fn sandboxed() -> bool {
+    std::env::var_os("EMBER_PRIVILEGED_TESTS").is_some() && nix::unistd::geteuid().is_root()
+}
+
+/// For tests that need the sandbox: prints why and returns false when it is not available.
+pub fn need_sandbox() -> bool {
+    if !sandboxed() {
+        eprintln!("skipped: needs EMBER_PRIVILEGED_TESTS=1 and root (the sandbox needs both)");
+    }
+    sandboxed()
+}
+
 pub struct Daemon {
     pub child: Child,
     pub url: String,
@@ -44,6 +58,9 @@ impl Daemon {
             .args(["--listen", "127.0.0.1:0"]);
         if !args.iter().any(|a| a == "--envs-dir") {
             cmd.arg("--envs-dir").arg(shared_envs());
+        }
+        if !sandboxed() {
+            cmd.arg("--no-sandbox");
         }
         let mut child = cmd
             .args(&args)
