@@ -4,6 +4,7 @@
 pub mod driver;
 pub mod plot;
 pub mod report;
+pub mod sandbox;
 pub mod stats;
 pub mod workloads;
 

@@ -2,8 +2,10 @@
 //! filesystem view. Knows nothing of snapshots or functions.
 //!
 //! ```text
-//! daemon ──fork──> C1 (joins the cgroup, unshares mnt/ipc/uts/pid/cgroup[/net]) ──fork──> C2
-//!                  C1 closes its fds and relays C2's exit status       C2 is pid 1 of the new pid namespace:
+//! daemon ──fork──> C1 (unshares pid) ────────────────────────────fork──> C2 (unshares mnt/ipc/uts[/net])
+//!                  C1 moves C2 into the cgroup (in parallel with       C2 is pid 1 of the new pid namespace:
+//!                  C2's mounts), says so on a pipe, closes its fds     waits for the cgroup, new cgroup ns,
+//!                  and relays C2's exit status
 //!                                                                      private mounts, tmpfs root with read-only
 //!                                                                      binds, /proc, /dev, /tmp; pivot_root;
 //!                                                                      rlimits; no capabilities; uid/gid;
@@ -178,8 +180,6 @@ impl Sandboxes {
             unshare_flags: libc::CLONE_NEWNS
                 | libc::CLONE_NEWIPC
                 | libc::CLONE_NEWUTS
-                | libc::CLONE_NEWPID
-                | libc::CLONE_NEWCGROUP
                 | if spec.host_network {
                     0
                 } else {
@@ -399,17 +399,32 @@ impl Drop for Sandbox {
 
 /// Runs in the forked child: see the module doc.
 fn enter(p: &Plan) -> std::io::Result<()> {
-    for f in &p.procs_files {
-        sys::write_file(f, b"0")?;
-    }
-    sys::unshare(p.unshare_flags)?;
+    // Only the pid namespace here: C1 stays in the host's mount namespace, where the cgroup
+    // files are (C2's pivot_root would otherwise move C1's root too).
+    sys::unshare(libc::CLONE_NEWPID)?;
+    let (joined_r, joined_w) = sys::pipe()?;
     let pid = sys::fork()?;
     if pid > 0 {
-        // C1: keep nothing of the instance open, then mirror how it ends.
+        // C1 moves C2 into the cgroup while C2 builds its mounts: on cgroup v1 each
+        // migration waits for an RCU grace period (~6 ms here), so doing it in parallel
+        // takes that off the start path as far as the mounts last.
+        sys::close(joined_r);
+        let mut buf = [0u8; 12];
+        let digits = sys::pid_digits(pid, &mut buf);
+        // One byte: 0 when joined, else the errno of the failed write (always < 256).
+        let errno = p
+            .procs_files
+            .iter()
+            .find_map(|f| sys::write_file(f, digits).err())
+            .map_or(0, |e| e.raw_os_error().unwrap_or(libc::EIO));
+        sys::send_byte(joined_w, errno as u8);
+        // Keep nothing of the instance open, then mirror how it ends.
         sys::close_from(3);
         sys::relay_exit(pid);
     }
     // C2: pid 1 of the new namespace.
+    sys::close(joined_w);
+    sys::unshare(p.unshare_flags)?;
     let none = None;
     sys::mount(none, c"/", none, libc::MS_REC | libc::MS_PRIVATE, none)?;
     sys::mount(
@@ -454,6 +469,15 @@ fn enter(p: &Plan) -> std::io::Result<()> {
     )?;
     sys::chdir(&p.cwd)?;
     sys::sethostname(b"ember")?;
+    // Nothing of the function runs before the cgroup holds this process; the cgroup
+    // namespace is made then, so that it is rooted at the instance's own cgroup.
+    match sys::recv_byte(joined_r) {
+        Some(0) => {}
+        Some(errno) => return Err(std::io::Error::from_raw_os_error(i32::from(errno))),
+        None => return Err(std::io::Error::from_raw_os_error(libc::EIO)),
+    }
+    sys::close(joined_r);
+    sys::unshare(libc::CLONE_NEWCGROUP)?;
     sys::setrlimit(libc::RLIMIT_CORE, 0)?;
     sys::setrlimit(libc::RLIMIT_NOFILE, 1024)?;
     sys::setrlimit(libc::RLIMIT_FSIZE, 1 << 30)?;

@@ -36,6 +36,57 @@ pub fn write_file(path: &CStr, data: &[u8]) -> io::Result<()> {
     if n < 0 { Err(err) } else { Ok(()) }
 }
 
+/// *child* A pipe whose ends close on exec: (read, write).
+pub fn pipe() -> io::Result<(libc::c_int, libc::c_int)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    Ok((fds[0], fds[1]))
+}
+
+/// *child* Writes one byte (a signal between the two set-up processes).
+pub fn send_byte(fd: libc::c_int, b: u8) {
+    // SAFETY: writing one byte from a stack variable to a descriptor this process owns.
+    unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
+}
+
+/// *child* Reads one byte; `None` at end of file or on error.
+pub fn recv_byte(fd: libc::c_int) -> Option<u8> {
+    let mut b = 0u8;
+    loop {
+        // SAFETY: reading one byte into a stack variable from a descriptor this process owns.
+        let n = unsafe { libc::read(fd, (&mut b as *mut u8).cast(), 1) };
+        if n == 1 {
+            return Some(b);
+        }
+        if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        return None;
+    }
+}
+
+/// *child*
+pub fn close(fd: libc::c_int) {
+    // SAFETY: closing a descriptor this process owns.
+    unsafe { libc::close(fd) };
+}
+
+/// Formats a pid in decimal into `buf` without allocating; returns the digits.
+pub fn pid_digits(pid: libc::pid_t, buf: &mut [u8; 12]) -> &[u8] {
+    let mut n = pid.unsigned_abs();
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
 /// *child*
 pub fn unshare(flags: libc::c_int) -> io::Result<()> {
     // SAFETY: unshare takes a flag set and no pointers.
@@ -211,4 +262,15 @@ pub fn die_with_parent() -> io::Result<()> {
             0,
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pids_format_without_allocating() {
+        let mut b = [0u8; 12];
+        assert_eq!(super::pid_digits(0, &mut b), b"0");
+        assert_eq!(super::pid_digits(7, &mut b), b"7");
+        assert_eq!(super::pid_digits(4194304, &mut b), b"4194304");
+    }
 }

@@ -10,8 +10,26 @@ use ember_bench::{BenchOptions, Report, driver, workloads};
 use crate::daemon;
 use crate::settings::DaemonArgs;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Experiment {
+    /// Cold and warm invocations of the example workloads over HTTP, with a bare-import baseline
+    Invoke,
+    /// Sandbox creation to a running first process at several parallelism levels, beside a
+    /// plain fork+exec of the same program (needs root)
+    Sandbox,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Which experiment to run
+    #[arg(value_enum, default_value = "invoke")]
+    pub experiment: Experiment,
+    /// sandbox: processes created at once, comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "1,10,40")]
+    pub parallel: Vec<usize>,
+    /// sandbox: rounds per parallelism level
+    #[arg(long, default_value_t = 50)]
+    pub runs: usize,
     /// Drive this daemon instead of starting one in this process
     #[arg(long)]
     pub url: Option<String>,
@@ -43,6 +61,9 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.experiment == Experiment::Sandbox {
+        return sandbox(args).await;
+    }
     let started = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -102,5 +123,38 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(r) = embedded {
         r.stop().await?;
     }
+    Ok(())
+}
+
+async fn sandbox(args: Args) -> anyhow::Result<()> {
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let home = tempfile::Builder::new()
+        .prefix("ember-bench-sandbox-")
+        .tempdir()?;
+    let (program, pargs) = (
+        std::path::Path::new("/usr/bin/python3"),
+        ["-I", "-c", "pass"],
+    );
+    eprintln!(
+        "bench sandbox: {} rounds at parallelism {:?}, sandboxed and plain, starting {} {}",
+        args.runs,
+        args.parallel,
+        program.display(),
+        pargs.join(" ")
+    );
+    let rows =
+        ember_bench::sandbox::run(home.path(), program, &pargs, &args.parallel, args.runs).await?;
+    print!("{}", ember_bench::sandbox::table(&rows));
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from(format!("bench-results/sandbox-{started}.json")));
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, serde_json::to_vec_pretty(&rows)?)?;
+    eprintln!("results: {}", out.display());
     Ok(())
 }
