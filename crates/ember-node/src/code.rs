@@ -8,7 +8,9 @@
 //! last, so no file is ever written through one.
 //!
 //! The tree hash covers, in path order, each entry's kind, path, executable bit and content
-//! (or link target), so the same code always lands in the same directory.
+//! (or link target), so the same code always lands in the same directory. The node then
+//! compiles the Python files in place (hash-checked `.pyc` in `__pycache__`, outside the tree
+//! hash), since instances see their code read-only.
 
 use std::collections::HashSet;
 use std::fs;

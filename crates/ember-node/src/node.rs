@@ -401,7 +401,10 @@ impl Node {
     /// [`Node::deploy`]. Code no function refers to is removed at the next start.
     pub async fn store_code(&self, zip: Vec<u8>) -> Result<String, NodeError> {
         let store = self.code.clone();
-        blocking(move || Ok(store.add_zip(&zip)?)).await
+        let hash = blocking(move || Ok(store.add_zip(&zip)?)).await?;
+        // Instances see their code read-only and could not cache its bytecode themselves.
+        precompile(&self.cfg.python, &self.code.path(&hash)).await;
+        Ok(hash)
     }
 
     /// Creates or updates a function. `code_hash` comes from [`Node::store_code`]; it may be
@@ -886,19 +889,29 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Writes the bootstrap's bytecode next to it: instances see that directory read-only, so
-/// they could not cache it themselves. A failure only costs ~1 ms per start.
+/// Writes the bytecode of the Python files under `dir` next to them (the bootstrap, a
+/// function's code): instances see those directories read-only, so they could not cache it
+/// themselves. A failure only costs a compile (~1 ms) per start.
 async fn precompile(python: &std::path::Path, dir: &std::path::Path) {
-    let file = dir.join("ember_bootstrap.py");
-    let out = tokio::process::Command::new(python)
-        .args(["-I", "-m", "py_compile"])
-        .arg(&file)
-        .output()
-        .await;
-    match out {
-        Ok(o) if o.status.success() => {}
+    // checked-hash: the .pyc records the source's hash, not its mtime, so identical code
+    // compiles identically. A file that does not compile is left for the import to report.
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.args([
+        "-I",
+        "-m",
+        "compileall",
+        "-q",
+        "--invalidation-mode",
+        "checked-hash",
+    ])
+    .arg(dir)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    ember_runtime::kill_with_daemon(&mut cmd);
+    match cmd.status().await {
+        Ok(s) if s.success() => {}
         other => {
-            tracing::warn!(file = %file.display(), "precompiling the bootstrap failed: {other:?}")
+            tracing::debug!(dir = %dir.display(), "precompiling left files uncompiled: {other:?}")
         }
     }
 }

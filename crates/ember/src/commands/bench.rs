@@ -55,6 +55,9 @@ pub struct Args {
     /// [default: bench-results/bench-<time>.json]
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Embedded daemon: run instances without the sandbox (to measure what it costs)
+    #[arg(long)]
+    pub no_sandbox: bool,
     /// Package environments shared with other daemons, for the embedded daemon
     #[arg(long, env = "EMBER_ENVS_DIR", default_value = ".ember/envs")]
     pub envs_dir: PathBuf,
@@ -86,6 +89,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 listen: Some("127.0.0.1:0".into()),
                 envs_dir: Some(std::path::absolute(&args.envs_dir)?),
                 keep_alive: Some("1h".into()),
+                no_sandbox: args.no_sandbox,
                 ..Default::default()
             }
             .resolve()?;
