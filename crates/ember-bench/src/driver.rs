@@ -40,6 +40,27 @@ pub struct Sample {
     pub exec_ms: Option<f64>,
 }
 
+#[cfg(test)]
+impl Sample {
+    /// A sample for report and plot tests.
+    pub(crate) fn fixture(
+        workload: &str,
+        path: &str,
+        latency_ms: f64,
+        exec_ms: Option<f64>,
+    ) -> Sample {
+        Sample {
+            workload: workload.into(),
+            path: path.into(),
+            phase: "test".into(),
+            status: 200,
+            latency_ms,
+            timing: String::new(),
+            exec_ms,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error("workload {workload}: {source}")]

@@ -120,15 +120,7 @@ mod tests {
 
     #[test]
     fn a_report_becomes_an_svg_with_every_workload() {
-        let s = |w: &str, p: &str, ms: f64| Sample {
-            workload: w.into(),
-            path: p.into(),
-            phase: "x".into(),
-            status: 200,
-            latency_ms: ms,
-            timing: String::new(),
-            exec_ms: Some(0.01),
-        };
+        let s = |w: &str, p: &str, ms: f64| Sample::fixture(w, p, ms, Some(0.01));
         let opts = BenchOptions {
             cold: 1,
             warm: 1,

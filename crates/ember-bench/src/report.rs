@@ -165,15 +165,7 @@ mod tests {
     use super::*;
 
     fn s(w: &str, path: &str, ms: f64, exec: Option<f64>) -> Sample {
-        Sample {
-            workload: w.into(),
-            path: path.into(),
-            phase: "x".into(),
-            status: 200,
-            latency_ms: ms,
-            timing: String::new(),
-            exec_ms: exec,
-        }
+        Sample::fixture(w, path, ms, exec)
     }
 
     #[test]

@@ -156,6 +156,9 @@ impl Sandboxes {
             Ok(plan) => Ok(Sandbox {
                 cgroup: Some(cgroup),
                 plan: Some(Arc::new(plan)),
+                uid: self.cfg.uid,
+                gid: self.cfg.gid,
+                bpf: self.bpf.clone(),
             }),
             Err(e) => {
                 let _ = cgroup.remove();
@@ -192,6 +195,7 @@ impl Sandboxes {
             uid: self.cfg.uid,
             gid: self.cfg.gid,
             bpf: self.bpf.clone(),
+            stop_for_restore: false,
         };
         let mut made = std::collections::BTreeSet::new();
         let mut mkdirs = |p: &mut Plan, dir: &Path| -> Result<(), SandboxError> {
@@ -307,6 +311,8 @@ struct Plan {
     uid: u32,
     gid: u32,
     bpf: Arc<seccompiler::BpfProgram>,
+    /// Stop before dropping privileges, for a restore (see [`Sandbox::attach_stopped`]).
+    stop_for_restore: bool,
 }
 
 impl Sandboxes {
@@ -327,6 +333,17 @@ impl Drop for Sandboxes {
 pub struct Sandbox {
     cgroup: Option<Cgroup>,
     plan: Option<Arc<Plan>>,
+    uid: u32,
+    gid: u32,
+    bpf: Arc<seccompiler::BpfProgram>,
+}
+
+/// The credentials and filter a restored process must take on (see [`Sandbox::handoff`]).
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    pub uid: u32,
+    pub gid: u32,
+    pub filter: Arc<seccompiler::BpfProgram>,
 }
 
 /// Why the kernel stopped an instance.
@@ -363,6 +380,47 @@ impl Sandbox {
         // calls in `sys` and reads `plan`, which was fully built before the fork.
         unsafe {
             cmd.pre_exec(move || enter(&plan));
+        }
+    }
+
+    /// The second way to start: like [`Sandbox::attach`], but the instance's first process
+    /// stops itself (SIGSTOP) once it is inside every namespace, its cgroup and its root, with
+    /// its rlimits set, and *before* it drops its capabilities, changes user and installs the
+    /// seccomp filter, so that a snapshot restore can do its privileged steps. `spawn()`
+    /// returns with it stopped; [`Sandbox::first_process`] names it.
+    ///
+    /// A restore replaces the process image and must then make the steps in [`Handoff`]
+    /// itself. Continued (SIGCONT) without a restore, the process drops its privileges,
+    /// installs the filter and execs the command as a cold boot would.
+    pub fn attach_stopped(&mut self, cmd: &mut tokio::process::Command) {
+        if let Some(plan) = self.plan.as_mut().and_then(Arc::get_mut) {
+            plan.stop_for_restore = true;
+        }
+        self.attach(cmd);
+    }
+
+    /// The host pid of the instance's first process (pid 1 inside), once it is running.
+    pub fn first_process(&self) -> Option<i32> {
+        let pids = self.cgroup.as_ref()?.pids();
+        pids.into_iter().find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/status"))
+                .map(|s| {
+                    s.lines()
+                        .any(|l| l.starts_with("NSpid:") && l.trim_end().ends_with("\t1"))
+                })
+                .unwrap_or(false)
+        })
+    }
+
+    /// What a restore must do after replacing the stopped process's image, in this order:
+    /// `setgroups(0)`, `setresgid(gid)`, `setresuid(uid)`, `PR_SET_PDEATHSIG(SIGKILL)`,
+    /// `PR_SET_NO_NEW_PRIVS`, `seccomp(SET_MODE_FILTER, filter)`. (The capability bounding
+    /// set is emptied before the stop.)
+    pub fn handoff(&self) -> Handoff {
+        Handoff {
+            uid: self.uid,
+            gid: self.gid,
+            filter: self.bpf.clone(),
         }
     }
 
@@ -403,6 +461,15 @@ fn enter(p: &Plan) -> std::io::Result<()> {
     // files are (C2's pivot_root would otherwise move C1's root too).
     sys::unshare(libc::CLONE_NEWPID)?;
     let (joined_r, joined_w) = sys::pipe()?;
+    // For a stopped start: C2 asks on `stop`, C1 stops it (an init cannot stop itself: the
+    // kernel drops signals it sends itself), then closes `go`, on which C2 waits.
+    let (stop_r, stop_w, go_r, go_w) = if p.stop_for_restore {
+        let (a, b) = sys::pipe()?;
+        let (c, d) = sys::pipe()?;
+        (a, b, c, d)
+    } else {
+        (-1, -1, -1, -1)
+    };
     let pid = sys::fork()?;
     if pid > 0 {
         // C1 moves C2 into the cgroup while C2 builds its mounts: on cgroup v1 each
@@ -418,12 +485,24 @@ fn enter(p: &Plan) -> std::io::Result<()> {
             .find_map(|f| sys::write_file(f, digits).err())
             .map_or(0, |e| e.raw_os_error().unwrap_or(libc::EIO));
         sys::send_byte(joined_w, errno as u8);
+        if p.stop_for_restore {
+            sys::close(stop_w);
+            sys::close(go_r);
+            if sys::recv_byte(stop_r) == Some(b'S') {
+                sys::signal(pid, libc::SIGSTOP);
+            }
+            sys::close(go_w);
+        }
         // Keep nothing of the instance open, then mirror how it ends.
         sys::close_from(3);
         sys::relay_exit(pid);
     }
     // C2: pid 1 of the new namespace.
     sys::close(joined_w);
+    if p.stop_for_restore {
+        sys::close(stop_r);
+        sys::close(go_w);
+    }
     sys::unshare(p.unshare_flags)?;
     let none = None;
     sys::mount(none, c"/", none, libc::MS_REC | libc::MS_PRIVATE, none)?;
@@ -482,6 +561,16 @@ fn enter(p: &Plan) -> std::io::Result<()> {
     sys::setrlimit(libc::RLIMIT_NOFILE, 1024)?;
     sys::setrlimit(libc::RLIMIT_FSIZE, 1 << 30)?;
     sys::drop_bounding_set()?;
+    if p.stop_for_restore {
+        // Let the daemon's spawn() return (close std's status pipe: every descriptor above
+        // the protocol's but the two pipes), then be stopped, still privileged, until the
+        // restore is done or SIGCONT comes.
+        sys::close_from_except(4, [stop_w, go_r]);
+        sys::send_byte(stop_w, b'S');
+        let _ = sys::recv_byte(go_r);
+        sys::close(stop_w);
+        sys::close(go_r);
+    }
     sys::become_user(p.uid, p.gid)?;
     sys::die_with_parent()?;
     // No allocation here, not even for the error: errno says what failed.

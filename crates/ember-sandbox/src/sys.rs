@@ -250,6 +250,31 @@ pub fn become_user(uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
     check(unsafe { libc::setresuid(uid, uid, uid) })
 }
 
+/// *child* Sends `sig` to `pid`.
+pub fn signal(pid: libc::pid_t, sig: libc::c_int) {
+    // SAFETY: kill takes plain integers; callers pass a child's pid (> 0).
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// *child* Closes every descriptor from `first` up, except the two in `keep`.
+pub fn close_from_except(first: libc::c_uint, keep: [libc::c_int; 2]) {
+    let (a, b) = (
+        keep[0].min(keep[1]) as libc::c_uint,
+        keep[0].max(keep[1]) as libc::c_uint,
+    );
+    let mut from = first;
+    for k in [a, b] {
+        if k >= from {
+            if k > from {
+                // SAFETY: close_range takes integers; closing descriptors this process owns.
+                unsafe { libc::syscall(libc::SYS_close_range, from, k - 1, 0) };
+            }
+            from = k + 1;
+        }
+    }
+    close_from(from);
+}
+
 /// *child* Dies with its parent (must follow the credential change, which clears it).
 pub fn die_with_parent() -> io::Result<()> {
     // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number.

@@ -149,3 +149,88 @@ async fn limits_are_enforced_and_counted() {
     assert_eq!(none.trim(), "1", "{none}");
     assert!(host.trim().parse::<u32>().unwrap() >= 1, "{host}");
 }
+
+fn status_of(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()
+}
+
+fn field<'a>(status: &'a str, key: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim()))
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn the_first_process_can_start_stopped_and_privileged_for_a_restore() {
+    if !privileged() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let boxes = Sandboxes::open(NodeSandbox {
+        cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+        node_id: format!("test-stopped-{}", std::process::id()),
+        mount_point: home.path().join("root"),
+        uid: 65534,
+        gid: 65534,
+        pids_max: 32,
+        tmp_bytes: 1 << 20,
+    })
+    .unwrap();
+    let mut sb = boxes
+        .prepare(&InstanceSpec {
+            id: "stopped".into(),
+            memory_bytes: 64 << 20,
+            read_only: vec![],
+            cwd: PathBuf::from("/"),
+            host_network: false,
+        })
+        .unwrap();
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.args([
+        "-c",
+        "echo uid=$(id -u); grep Seccomp: /proc/self/status | tr -s '\\t' ' '",
+    ])
+    .stdout(Stdio::piped())
+    .env_clear()
+    .env("PATH", "/usr/bin:/bin");
+    sb.attach_stopped(&mut cmd);
+    let child = cmd.spawn().unwrap();
+    // spawn() returned with the first process parked, inside the sandbox, still privileged.
+    let pid = sb
+        .first_process()
+        .expect("the first process is in the instance's cgroup");
+    let st = status_of(pid);
+    assert!(field(&st, "State:").starts_with('T'), "{st}");
+    assert!(
+        field(&st, "NSpid:").ends_with(" 1") || field(&st, "NSpid:").ends_with("\t1"),
+        "{st}"
+    );
+    assert_eq!(
+        field(&st, "Uid:").split_whitespace().next(),
+        Some("0"),
+        "{st}"
+    );
+    assert_ne!(field(&st, "CapEff:"), "0000000000000000", "{st}");
+    assert_eq!(field(&st, "CapBnd:"), "0000000000000000", "{st}");
+    assert_eq!(field(&st, "Seccomp:"), "0", "{st}");
+    let root: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/root"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        root.contains(&"usr".to_string()) && !root.contains(&"home".to_string()),
+        "{root:?}"
+    );
+    let h = sb.handoff();
+    assert_eq!((h.uid, h.gid), (65534, 65534));
+    assert!(!h.filter.is_empty());
+    // Without a restore, continuing it is a cold boot: unprivileged, filtered, exec'd.
+    // SAFETY: kill with a pid found above and SIGCONT.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let out = child.wait_with_output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("uid=65534"), "{text}");
+    assert!(text.contains("Seccomp: 2"), "{text}");
+    sb.destroy().await;
+}
