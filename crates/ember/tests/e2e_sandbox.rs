@@ -103,6 +103,14 @@ async fn an_instance_sees_only_itself_and_cannot_write_outside_tmp() {
         b["api"], 0,
         "the daemon's API is reachable from inside: {b}"
     );
+
+    // A function deployed with the host's network reaches the host's loopback.
+    let config = json!({"handler": "main.handler", "network": "host"});
+    let (status, body) = d.deploy_zip("online", config, &py(PROBE)).await;
+    assert_eq!(status, 201, "{body}");
+    let r = d.invoke("online", &event.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    assert_eq!(r.body["api"], 0, "{}", r.raw);
 }
 
 fn libc_errno(name: &str) -> serde_json::Value {
