@@ -133,7 +133,7 @@ async fn stop_instances(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let stopped = s.node.stop_instances(&name)?;
+    let stopped = s.node.stop_instances(&name).await?;
     Ok(axum::Json(StopResult { stopped }).into_response())
 }
 

@@ -499,11 +499,19 @@ impl Node {
 
     /// Stops a function's instances: idle ones now, busy ones when they finish, so that the
     /// next invocation cold-boots.
-    pub fn stop_instances(&self, name: &str) -> Result<usize, NodeError> {
+    /// Returns once the idle instances and their sandboxes are gone, so that a cold start
+    /// that follows (as in `ember bench`) does not overlap with their teardown.
+    pub async fn stop_instances(&self, name: &str) -> Result<usize, NodeError> {
         let d = self.deployed(name)?;
         let idle = d.pool.flush();
         let n = idle.len();
-        self.discard_all(&d, idle, "stopped on request");
+        let gone: Vec<_> = idle
+            .into_iter()
+            .filter_map(|i| self.stop(&d, i, "stopped on request"))
+            .collect();
+        for g in gone {
+            let _ = g.await;
+        }
         Ok(n)
     }
 
@@ -530,6 +538,12 @@ impl Node {
     }
 
     fn discard(&self, d: &Deployed, inst: Live, why: &str) {
+        let teardown = self.stop(d, inst, why);
+        self.reap(teardown);
+    }
+
+    /// Stops an instance; the removal of its sandbox goes on in the returned task.
+    fn stop(&self, d: &Deployed, inst: Live, why: &str) -> Option<tokio::task::JoinHandle<()>> {
         let name = &d.record.name;
         self.logs.append(
             name,
@@ -543,7 +557,7 @@ impl Node {
             .instances
             .get_or_create(&Metrics::fn_labels(name))
             .dec();
-        self.reap(inst.kill());
+        inst.kill()
     }
 
     fn reap(&self, task: Option<tokio::task::JoinHandle<()>>) {
