@@ -490,6 +490,9 @@ fn enter(p: &Plan) -> std::io::Result<()> {
             sys::close(go_r);
             if sys::recv_byte(stop_r) == Some(b'S') {
                 sys::signal(pid, libc::SIGSTOP);
+                // C1 still holds std's status pipe: the daemon's spawn() returns only when
+                // C1 closes it below, and by then C2 is really stopped.
+                sys::wait_stopped(pid);
             }
             sys::close(go_w);
         }
@@ -562,8 +565,9 @@ fn enter(p: &Plan) -> std::io::Result<()> {
     sys::setrlimit(libc::RLIMIT_FSIZE, 1 << 30)?;
     sys::drop_bounding_set()?;
     if p.stop_for_restore {
-        // Let the daemon's spawn() return (close std's status pipe: every descriptor above
-        // the protocol's but the two pipes), then be stopped, still privileged, until the
+        // Close this copy of std's status pipe (every descriptor above the protocol's but
+        // the two pipes; C1 closes the last copy once this process is stopped, which is when
+        // the daemon's spawn() returns), then be stopped, still privileged, until the
         // restore is done or SIGCONT comes.
         sys::close_from_except(4, [stop_w, go_r]);
         sys::send_byte(stop_w, b'S');

@@ -256,6 +256,18 @@ pub fn signal(pid: libc::pid_t, sig: libc::c_int) {
     unsafe { libc::kill(pid, sig) };
 }
 
+/// *child* Waits until the child `pid` has stopped (or ended).
+pub fn wait_stopped(pid: libc::pid_t) {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid out-pointer for waitpid.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED) };
+        if rc >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
+    }
+}
+
 /// *child* Closes every descriptor from `first` up, except the two in `keep`.
 pub fn close_from_except(first: libc::c_uint, keep: [libc::c_int; 2]) {
     let (a, b) = (
