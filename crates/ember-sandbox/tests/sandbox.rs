@@ -18,6 +18,21 @@ fn privileged() -> bool {
     true
 }
 
+/// A node whose cgroups are named `node` (unique per test: opening a node removes that
+/// node's leftovers), with a 32-process limit and a 1 MiB /tmp.
+fn open_node(home: &std::path::Path, node: &str) -> Sandboxes {
+    Sandboxes::open(NodeSandbox {
+        cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+        node_id: node.to_string(),
+        mount_point: home.join("root"),
+        uid: 65534,
+        gid: 65534,
+        pids_max: 32,
+        tmp_bytes: 1 << 20,
+    })
+    .unwrap()
+}
+
 async fn run_in_sandbox(script: &str, host_network: bool) -> (i32, String, String) {
     let (code, out, err, _) = run_with_events(script, host_network).await;
     (code, out, err)
@@ -31,17 +46,7 @@ async fn run_with_events(
     // Unique per call: opening a node removes that node's leftovers.
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let node = format!("test-{}-{n}", std::process::id());
-    let boxes = Sandboxes::open(NodeSandbox {
-        cgroup_root: PathBuf::from("/sys/fs/cgroup"),
-        node_id: node,
-        mount_point: home.path().join("root"),
-        uid: 65534,
-        gid: 65534,
-        pids_max: 32,
-        tmp_bytes: 1 << 20,
-    })
-    .unwrap();
+    let boxes = open_node(home.path(), &format!("test-{}-{n}", std::process::id()));
     let work = home.path().join("work");
     std::fs::create_dir(&work).unwrap();
     std::fs::write(work.join("secret-of-work"), "x").unwrap();
@@ -167,16 +172,7 @@ async fn the_first_process_can_start_stopped_and_privileged_for_a_restore() {
         return;
     }
     let home = tempfile::tempdir().unwrap();
-    let boxes = Sandboxes::open(NodeSandbox {
-        cgroup_root: PathBuf::from("/sys/fs/cgroup"),
-        node_id: format!("test-stopped-{}", std::process::id()),
-        mount_point: home.path().join("root"),
-        uid: 65534,
-        gid: 65534,
-        pids_max: 32,
-        tmp_bytes: 1 << 20,
-    })
-    .unwrap();
+    let boxes = open_node(home.path(), &format!("test-stopped-{}", std::process::id()));
     let mut sb = boxes
         .prepare(&InstanceSpec {
             id: "stopped".into(),
