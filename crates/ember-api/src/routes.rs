@@ -267,15 +267,27 @@ async fn invoke(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&headers, body, s.cfg.max_event_bytes, "event").await?;
-    let event: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
+    let event = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Bytes::from_static(b"{}")
     } else {
         serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
             ApiError::bad_request("InvalidJson", format!("the event is not valid JSON: {e}"))
         })?;
-        &bytes
+        bytes
     };
-    let inv = s.node.invoke(&name, event).await?;
+    // In a task of its own: a caller that goes away does not cancel the invocation, whose
+    // instance then goes back to the pool (or is stopped) as usual.
+    let node = s.node.clone();
+    let inv = tokio::spawn(async move { node.invoke(&name, &event).await })
+        .await
+        .map_err(|e| {
+            tracing::error!("an invocation task failed: {e}");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal",
+                "the invocation failed inside ember; see the daemon's log",
+            )
+        })??;
     Ok(invocation_response(inv))
 }
 

@@ -676,17 +676,14 @@ impl Node {
                         timing.exec = Some(exec);
                         InvokeOutcome::Ok(payload)
                     }
-                    Outcome::Error(fe) => {
+                    Outcome::Error(mut fe) => {
                         timing.exec = Some(Duration::from_micros(fe.duration_us));
                         if fe.marshal {
-                            let mut fe = fe;
                             fe.error_type = "Runtime.MarshalError".into();
                             fe.message =
                                 format!("the handler's result is not JSON: {}", fe.message);
-                            InvokeOutcome::HandlerError(fe)
-                        } else {
-                            InvokeOutcome::HandlerError(fe)
                         }
+                        InvokeOutcome::HandlerError(fe)
                     }
                 }
             }

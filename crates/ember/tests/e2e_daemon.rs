@@ -286,3 +286,31 @@ async fn a_deploy_killed_midway_leaves_the_previous_version() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invocation_completes_when_its_caller_goes_away() {
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &[]);
+    let (status, _) = d
+        .deploy_zip("sleepy", json!({"handler": "main.handler"}), &py(SLEEPER))
+        .await;
+    assert_eq!(status, 201);
+    let gone = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap()
+        .post(format!("{}/v1/functions/sleepy/invoke", d.url))
+        .body(r#"{"sleep": 0.8}"#)
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client should have given up");
+    // The invocation runs to its end and its instance goes back to the pool.
+    std::thread::sleep(Duration::from_millis(1000));
+    let st = d.get_json("/v1/functions/sleepy").await;
+    assert_eq!(
+        (st["instances_live"].as_u64(), st["instances_idle"].as_u64()),
+        (Some(1), Some(1)),
+        "{st}"
+    );
+    assert_eq!(d.invoke("sleepy", "{}").await.start, "warm");
+}
