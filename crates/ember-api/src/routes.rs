@@ -296,11 +296,12 @@ fn invocation_response(inv: Invocation) -> Response {
                    kind: &str,
                    code: &str,
                    message: String,
-                   fe: Option<ember_runtime::protocol::FunctionError>| {
+                   fe: Option<ember_runtime::protocol::FunctionError>,
+                   reason: Option<LimitReason>| {
         let (error_type, traceback) = fe
             .map(|f| (Some(f.error_type), f.traceback))
             .unwrap_or_default();
-        let reason = matches!(kind, "oom" | "pids" | "seccomp").then(|| kind.to_string());
+        let reason = reason.map(|r| r.as_str().to_string());
         let body = ErrorBody {
             code: code.to_string(),
             message,
@@ -324,6 +325,7 @@ fn invocation_response(inv: Invocation) -> Response {
                 "HandlerError",
                 msg,
                 Some(fe),
+                None,
             )
         }
         InvokeOutcome::InitError(fe) => {
@@ -331,7 +333,14 @@ fn invocation_response(inv: Invocation) -> Response {
                 "importing the handler failed: {}: {}",
                 fe.error_type, fe.message
             );
-            failure(StatusCode::BAD_GATEWAY, "init", "InitError", msg, Some(fe))
+            failure(
+                StatusCode::BAD_GATEWAY,
+                "init",
+                "InitError",
+                msg,
+                Some(fe),
+                None,
+            )
         }
         InvokeOutcome::Timeout(d) => failure(
             StatusCode::GATEWAY_TIMEOUT,
@@ -342,12 +351,14 @@ fn invocation_response(inv: Invocation) -> Response {
                 d.as_secs()
             ),
             None,
+            None,
         ),
         InvokeOutcome::InitTimeout(d) => failure(
             StatusCode::GATEWAY_TIMEOUT,
             "init-timeout",
             "InitTimeout",
             format!("starting an instance took longer than {} s", d.as_secs()),
+            None,
             None,
         ),
         InvokeOutcome::Limit(reason) => {
@@ -371,6 +382,7 @@ fn invocation_response(inv: Invocation) -> Response {
                 code,
                 message.to_string(),
                 None,
+                Some(reason),
             )
         }
         InvokeOutcome::StartFailed(msg) => failure(
@@ -379,12 +391,14 @@ fn invocation_response(inv: Invocation) -> Response {
             "InstanceStartFailed",
             format!("the node could not start an instance: {msg}"),
             None,
+            None,
         ),
         InvokeOutcome::Crashed(msg) => failure(
             StatusCode::BAD_GATEWAY,
             "crashed",
             "InstanceCrashed",
             format!("the instance died or broke the protocol ({msg}); see `ember logs`"),
+            None,
             None,
         ),
     };

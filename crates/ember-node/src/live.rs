@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ember_runtime::Instance;
-use ember_sandbox::{LimitReason, SECCOMP_EXIT_CODE, Sandbox};
+use ember_sandbox::{LimitReason, Sandbox, killed_by_seccomp};
 
 pub struct Live {
     pub inst: Instance,
@@ -23,17 +23,11 @@ impl Live {
     /// The limit the kernel enforced on this instance since it started, if any. Looks at the
     /// cgroup's counters and, for seccomp, at how the process ended (waiting up to `wait`).
     pub async fn limit_hit(&mut self, wait: Duration) -> Option<LimitReason> {
-        if let Some(sb) = &self.sandbox {
-            let ev = sb.events();
-            if ev.oom_kills > 0 {
-                return Some(LimitReason::Oom);
-            }
-            if ev.pids_max_hits > 0 {
-                return Some(LimitReason::Pids);
-            }
+        if let Some(reason) = self.sandbox.as_ref().and_then(|s| s.events().reason()) {
+            return Some(reason);
         }
         let status = self.inst.exit_status(wait).await?;
-        ended_by_seccomp(&status).then_some(LimitReason::Seccomp)
+        killed_by_seccomp(&status).then_some(LimitReason::Seccomp)
     }
 
     /// Kills the instance; the sandbox's removal goes on in the returned task.
@@ -41,12 +35,4 @@ impl Live {
         self.inst.kill();
         self.sandbox.map(|sb| tokio::spawn(sb.destroy()))
     }
-}
-
-/// True when a runtime was killed by the seccomp filter: SIGSYS itself, or the exit code the
-/// sandbox's relaying parent turns it into.
-pub fn ended_by_seccomp(status: &std::process::ExitStatus) -> bool {
-    use std::os::unix::process::ExitStatusExt;
-    status.signal() == Some(nix::sys::signal::Signal::SIGSYS as i32)
-        || status.code() == Some(SECCOMP_EXIT_CODE)
 }

@@ -15,7 +15,7 @@ use ember_runtime::protocol::FunctionError;
 use ember_runtime::python::InvokeError;
 use ember_runtime::python::{StartError, install_bootstrap};
 use ember_runtime::{Instance, Outcome, StartSpec};
-use ember_sandbox::{InstanceSpec, LimitReason, NodeSandbox, Sandboxes};
+use ember_sandbox::{InstanceSpec, LimitReason, NodeSandbox, Sandboxes, killed_by_seccomp};
 use serde::Serialize;
 use tracing::{Instrument, info_span};
 
@@ -23,7 +23,7 @@ use crate::code::{CodeError, CodeStore, Limits};
 use crate::config::NodeConfig;
 use crate::envs::{EnvError, EnvManager, PackageEnv};
 use crate::function::{FunctionConfig, FunctionRecord, InvalidFunction, Network, validate_name};
-use crate::live::{Live, ended_by_seccomp};
+use crate::live::Live;
 use crate::logs::LogStore;
 use crate::metrics::{InvokeLabels, Metrics, StartLabels};
 use crate::pool::Pool;
@@ -92,8 +92,7 @@ impl NodeError {
 }
 
 /// The rung of the start ladder that served an invocation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartPath {
     Warm,
     ColdBoot,
@@ -109,7 +108,7 @@ impl StartPath {
 }
 
 /// Time spent in each phase of one invocation; phases that did not happen are `None`.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct Timing {
     pub queue: Duration,
     pub spawn: Option<Duration>,
@@ -380,10 +379,6 @@ impl Node {
         }
     }
 
-    pub fn config(&self) -> &NodeConfig {
-        &self.cfg
-    }
-
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
@@ -497,10 +492,10 @@ impl Node {
         Ok(())
     }
 
-    /// Stops a function's instances: idle ones now, busy ones when they finish, so that the
-    /// next invocation cold-boots.
-    /// Returns once the idle instances and their sandboxes are gone, so that a cold start
-    /// that follows (as in `ember bench`) does not overlap with their teardown.
+    /// Stops a function's instances, idle ones now and busy ones when they finish, so that
+    /// the next invocation cold-boots. Returns once the idle ones and their sandboxes are
+    /// gone, so that a cold start that follows (as in `ember bench`) does not overlap with
+    /// their teardown.
     pub async fn stop_instances(&self, name: &str) -> Result<usize, NodeError> {
         let d = self.deployed(name)?;
         let idle = d.pool.flush();
@@ -825,8 +820,13 @@ impl Node {
                 InvokeOutcome::StartFailed(msg)
             }
             Ok(Err(e)) => {
-                let ev = sandbox.as_ref().map(|s| s.events()).unwrap_or_default();
-                let seccomp = matches!(&e, StartError::Exited(st) if ended_by_seccomp(st));
+                let limit = sandbox
+                    .as_ref()
+                    .and_then(|s| s.events().reason())
+                    .or_else(|| {
+                        matches!(&e, StartError::Exited(st) if killed_by_seccomp(st))
+                            .then_some(LimitReason::Seccomp)
+                    });
                 let msg = e.to_string();
                 note(format!("instance failed during start-up: {msg}"));
                 // The function's own doing, possibly at every invocation: rate-limited.
@@ -834,15 +834,7 @@ impl Node {
                 if let Some(dropped) = LIMIT.allow() {
                     tracing::warn!(function = %rec.name, dropped, "cold boot failed: {msg}");
                 }
-                if ev.oom_kills > 0 {
-                    InvokeOutcome::Limit(LimitReason::Oom)
-                } else if ev.pids_max_hits > 0 {
-                    InvokeOutcome::Limit(LimitReason::Pids)
-                } else if seccomp {
-                    InvokeOutcome::Limit(LimitReason::Seccomp)
-                } else {
-                    InvokeOutcome::Crashed(msg)
-                }
+                limit.map_or(InvokeOutcome::Crashed(msg), InvokeOutcome::Limit)
             }
             Err(_) => {
                 note(format!(
@@ -858,7 +850,6 @@ impl Node {
         Err(outcome)
     }
 
-    /// Stops every instance (the daemon is shutting down).
     /// Stops every idle instance and waits for their sandboxes to be gone; instances still
     /// busy end with their requests (or with the daemon, through their death signal, and
     /// their cgroups are removed at the next start).
@@ -950,12 +941,8 @@ async fn watched(live: &mut Live, request_id: &str, limit: Duration, event: &[u8
             r = &mut invoke => return Ran::Done(r),
             _ = &mut timeout => return Ran::TimedOut,
             _ = tick.tick(), if sandbox.is_some() => {
-                let ev = sandbox.as_ref().map(|s| s.events()).unwrap_or_default();
-                if ev.oom_kills > 0 {
-                    return Ran::Limit(LimitReason::Oom);
-                }
-                if ev.pids_max_hits > 0 {
-                    return Ran::Limit(LimitReason::Pids);
+                if let Some(reason) = sandbox.as_ref().and_then(|s| s.events().reason()) {
+                    return Ran::Limit(reason);
                 }
             }
         }

@@ -213,10 +213,7 @@ impl Instance {
             Ok(timing) => Ok((inst, timing)),
             Err(StartError::Protocol(e)) => {
                 // Most often the runtime exited (a broken interpreter, a bad path): say how.
-                let status = tokio::time::timeout(Duration::from_millis(200), inst.child.wait())
-                    .await
-                    .ok()
-                    .and_then(|r| r.ok());
+                let status = inst.exit_status(Duration::from_millis(200)).await;
                 let _ = sys::kill_group(inst.pid);
                 Err(match status {
                     Some(st) => StartError::Exited(st),

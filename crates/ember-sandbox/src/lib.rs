@@ -137,10 +137,6 @@ impl Sandboxes {
         })
     }
 
-    pub fn cgroup_version(&self) -> Version {
-        self.hierarchy.version()
-    }
-
     /// Creates the instance's cgroup and the plan its first process carries out.
     pub fn prepare(&self, spec: &InstanceSpec) -> Result<Sandbox, SandboxError> {
         let cgroup = self.hierarchy.create(
@@ -370,6 +366,27 @@ impl LimitReason {
 /// The exit code with which a sandboxed runtime killed by the seccomp filter ends (its
 /// parent relays 128 + SIGSYS).
 pub const SECCOMP_EXIT_CODE: i32 = 128 + libc::SIGSYS;
+
+impl Events {
+    /// The limit these counters show was reached, if any (memory first: an OOM kill can
+    /// also make forks fail).
+    pub fn reason(&self) -> Option<LimitReason> {
+        if self.oom_kills > 0 {
+            Some(LimitReason::Oom)
+        } else if self.pids_max_hits > 0 {
+            Some(LimitReason::Pids)
+        } else {
+            None
+        }
+    }
+}
+
+/// True when a runtime was killed by the seccomp filter: SIGSYS itself, or the exit code the
+/// sandbox's relaying parent turns it into.
+pub fn killed_by_seccomp(status: &std::process::ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal() == Some(libc::SIGSYS) || status.code() == Some(SECCOMP_EXIT_CODE)
+}
 
 impl Sandbox {
     /// Makes the process `cmd` starts run in this sandbox. The caller's own `pre_exec` steps

@@ -81,16 +81,9 @@ async fn examples_run_cold_then_warm_and_survive_a_restart() {
     assert!(out.stdout.contains("hello, cli"), "{}", out.stdout);
     assert!(out.stderr.contains("start: warm"), "{}", out.stderr);
     // What the function printed is in its log.
-    let logs = d.cli(&["logs", "helloworld"]);
-    assert!(
-        logs.stdout.contains("stdout saying hello to cli"),
-        "{}",
-        logs.stdout
-    );
-    assert!(
-        logs.stdout.contains("instance started (cold-boot"),
-        "{}",
-        logs.stdout
+    d.assert_logged(
+        "helloworld",
+        &["stdout saying hello to cli", "instance started (cold-boot"],
     );
     // Metrics count invocations by start path.
     let metrics = d.metrics().await;

@@ -181,17 +181,7 @@ async fn limits_end_the_instance_with_a_reason() {
             "{reason} missing from metrics"
         );
     }
-    let logs = d.cli(&["logs", "probe", "-n", "200"]);
-    assert!(
-        logs.stdout.contains("limit reached: oom"),
-        "{}",
-        logs.stdout
-    );
-    assert!(
-        logs.stdout.contains("limit reached: seccomp"),
-        "{}",
-        logs.stdout
-    );
+    d.assert_logged("probe", &["limit reached: oom", "limit reached: seccomp"]);
 }
 
 fn node_cgroups_named(prefix: &str) -> Vec<String> {

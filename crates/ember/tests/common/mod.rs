@@ -145,6 +145,18 @@ impl Daemon {
         (status, r.json().await.unwrap_or_default())
     }
 
+    /// Asserts that a function's log (last 200 lines) has every one of `lines`.
+    pub fn assert_logged(&self, function: &str, lines: &[&str]) {
+        let logs = self.cli(&["logs", function, "-n", "200"]);
+        for l in lines {
+            assert!(
+                logs.stdout.contains(l),
+                "{l:?} missing from the log:\n{}",
+                logs.stdout
+            );
+        }
+    }
+
     pub async fn metrics(&self) -> String {
         let r = self
             .http()
