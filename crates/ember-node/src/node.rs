@@ -335,7 +335,19 @@ impl Node {
                 Ok(env) => env,
                 Err(_) => {
                     tracing::warn!(function = %rec.name, "package environment missing; rebuilding it");
-                    self.envs.ensure(&rec.config.packages, &|_| {}).await?
+                    match self.envs.ensure(&rec.config.packages, &|_| {}).await {
+                        Ok(env) => env,
+                        // One function's packages must not keep the others from serving.
+                        Err(e) => {
+                            tracing::error!(
+                                function = %rec.name,
+                                "its package environment could not be rebuilt, so it is not served; \
+                                 redeploy it: {}",
+                                error_chain(&e)
+                            );
+                            continue;
+                        }
+                    }
                 }
             };
             let code_dir = self.code.path(&rec.code_hash);

@@ -314,3 +314,32 @@ async fn an_invocation_completes_when_its_caller_goes_away() {
     );
     assert_eq!(d.invoke("sleepy", "{}").await.start, "warm");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_function_whose_environment_cannot_be_rebuilt_does_not_stop_the_daemon() {
+    let home = tempfile::tempdir().unwrap();
+    let envs = home.path().join("envs");
+    let mut d = Daemon::start(home.path(), &["--envs-dir", envs.to_str().unwrap()]);
+    let (status, _) = d
+        .deploy_zip("f", json!({"handler": "main.handler"}), &py(SLEEPER))
+        .await;
+    assert_eq!(status, 201);
+    d.terminate();
+    // The environment is gone, and the interpreter cannot make a new one.
+    std::fs::remove_dir_all(&envs).unwrap();
+    let broken = home.path().join("broken-python");
+    std::fs::write(&broken, "#!/bin/sh\ncase \"$*\" in *venv*) echo 'no venv here' >&2; exit 1;; esac\nexec /usr/bin/python3 \"$@\"\n").unwrap();
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = Daemon::start(
+        home.path(),
+        &[
+            "--envs-dir",
+            envs.to_str().unwrap(),
+            "--python",
+            broken.to_str().unwrap(),
+        ],
+    );
+    let health = d.get_json("/v1/health").await;
+    assert_eq!(health["status"], "ok");
+    assert_eq!(d.invoke("f", "{}").await.status, 404);
+}
