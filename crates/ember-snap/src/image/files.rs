@@ -1,0 +1,192 @@
+//! File identity: what a restore checks before mapping a file the image was built against.
+//!
+//! An ELF file is identified by its GNU build-id; anything else by a BLAKE3 hash of its
+//! content. Size and mtime are checked too. Checking the content costs (a build-id is a few
+//! reads, a hash reads the file), so a verified file is remembered by (device, inode, size,
+//! mtime, ctime): any write changes ctime, which nobody can set back.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::{Mutex, OnceLock};
+
+use object::{Object, read::ReadCache};
+use serde::{Deserialize, Serialize};
+
+/// How a file was identified at dump time.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub enum Ident {
+    BuildId(Vec<u8>),
+    Blake3([u8; 32]),
+}
+
+impl std::fmt::Display for Ident {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ident::BuildId(b) => write!(f, "build-id {}", hexs(b)),
+            Ident::Blake3(h) => write!(f, "blake3 {}", hexs(&h[..8])),
+        }
+    }
+}
+
+pub fn hexs(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileId {
+    pub path: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ident: Ident,
+}
+
+/// Why a file does not match an image.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("{path} changed since the image was taken ({what}); rebuild the image")]
+    Changed { path: String, what: String },
+}
+
+fn io_err(path: &str) -> impl FnOnce(io::Error) -> FileError + '_ {
+    move |source| FileError::Io {
+        path: path.to_string(),
+        source,
+    }
+}
+
+fn mtime_ns(md: &std::fs::Metadata) -> i64 {
+    md.mtime() * 1_000_000_000 + md.mtime_nsec()
+}
+
+/// Identifies `real` (the file as this process reaches it) under the name `path`.
+pub fn identify(path: &str, real: &Path) -> Result<FileId, FileError> {
+    let file = File::open(real).map_err(io_err(path))?;
+    let md = file.metadata().map_err(io_err(path))?;
+    let ident = ident_of(file).map_err(io_err(path))?;
+    Ok(FileId {
+        path: path.to_string(),
+        size: md.len(),
+        mtime_ns: mtime_ns(&md),
+        ident,
+    })
+}
+
+fn ident_of(mut file: File) -> io::Result<Ident> {
+    {
+        let cache = ReadCache::new(&mut file);
+        if let Ok(obj) = object::File::parse(&cache)
+            && let Ok(Some(id)) = obj.build_id()
+            && !id.is_empty()
+        {
+            return Ok(Ident::BuildId(id.to_vec()));
+        }
+    }
+    use std::io::Seek;
+    file.seek(io::SeekFrom::Start(0))?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(Ident::Blake3(*h.finalize().as_bytes()))
+}
+
+type Key = (u64, u64, u64, i64, i64);
+
+fn verified() -> &'static Mutex<HashMap<Key, Ident>> {
+    static V: OnceLock<Mutex<HashMap<Key, Ident>>> = OnceLock::new();
+    V.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Checks that `real` is still the file `want` describes; returns its (device, inode) so
+/// the caller can check the restored process opened the same file.
+pub fn verify(want: &FileId, real: &Path) -> Result<(u64, u64), FileError> {
+    let path = want.path.as_str();
+    let md = std::fs::metadata(real).map_err(io_err(path))?;
+    let changed = |what: String| FileError::Changed {
+        path: path.to_string(),
+        what,
+    };
+    if md.len() != want.size {
+        return Err(changed(format!(
+            "size {} bytes, image has {}",
+            md.len(),
+            want.size
+        )));
+    }
+    if mtime_ns(&md) != want.mtime_ns {
+        return Err(changed("modification time differs".into()));
+    }
+    let key = (
+        md.dev(),
+        md.ino(),
+        md.len(),
+        mtime_ns(&md),
+        md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+    );
+    let cached = verified().lock().ok().and_then(|m| m.get(&key).cloned());
+    let ident = match cached {
+        Some(i) => i,
+        None => {
+            let file = File::open(real).map_err(io_err(path))?;
+            let i = ident_of(file).map_err(io_err(path))?;
+            if let Ok(mut m) = verified().lock() {
+                m.insert(key, i.clone());
+            }
+            i
+        }
+    };
+    if ident != want.ident {
+        return Err(changed(format!("{ident}, image has {}", want.ident)));
+    }
+    Ok((md.dev(), md.ino()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elf_files_use_build_id_and_others_a_hash() {
+        let libc_path = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+        let id = identify(libc_path, Path::new(libc_path)).unwrap();
+        assert!(matches!(id.ident, Ident::BuildId(ref b) if b.len() >= 16), "{id:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("data");
+        std::fs::write(&p, b"hello").unwrap();
+        let id = identify("data", &p).unwrap();
+        assert_eq!(id.ident, Ident::Blake3(*blake3::hash(b"hello").as_bytes()));
+        verify(&id, &p).unwrap();
+    }
+
+    #[test]
+    fn a_changed_file_is_refused_even_with_the_same_size_and_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("data");
+        std::fs::write(&p, b"hello").unwrap();
+        let id = identify("data", &p).unwrap();
+        verify(&id, &p).unwrap();
+        let mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
+        std::fs::write(&p, b"jello").unwrap();
+        File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let err = verify(&id, &p).unwrap_err().to_string();
+        assert!(err.contains("data changed"), "{err}");
+        std::fs::write(&p, b"hello!").unwrap();
+        let err = verify(&id, &p).unwrap_err().to_string();
+        assert!(err.contains("size 6 bytes"), "{err}");
+    }
+}

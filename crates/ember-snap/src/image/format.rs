@@ -1,0 +1,320 @@
+//! The on-disk image: a directory with two files.
+//!
+//! ```text
+//! DIR/meta                                   DIR/pages
+//! 0   "EMBRSNAP"                             0     "EMBRPAGE"
+//! 8   format version   u32 le                8     format version  u32 le
+//! 12  flags (0)        u32 le                12    page size       u32 le (4096)
+//! 16  metadata length  u64 le (<= 16 MiB)    16    image id        [16]  (= Meta::id)
+//! 24  BLAKE3(metadata) [32]                  32    page count      u64 le
+//! 56  reserved         [8]                   4096  page 0, page 1, ... (page-aligned, so
+//! 64  metadata (postcard, see `Meta`)              the file can be mapped)
+//! ```
+//!
+//! All-zero pages are not stored. Each run of [`CHUNK_PAGES`] stored pages has a BLAKE3 hash
+//! in the metadata; [`LoadedImage::load`] checks every one before any page can reach a
+//! process, and checks the metadata for consistency (VMAs sorted and in user space, page runs
+//! inside private VMAs, indices in range), so a corrupted or hostile image is refused by name.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::{FdKind, Meta, PAGE, VmaKind};
+use crate::sys::{self, Mapping};
+
+pub const META_MAGIC: [u8; 8] = *b"EMBRSNAP";
+pub const PAGES_MAGIC: [u8; 8] = *b"EMBRPAGE";
+pub const FORMAT_VERSION: u32 = 1;
+/// Largest metadata accepted (a 1,300-VMA scikit-learn image needs ~100 KiB).
+pub const MAX_META: u64 = 16 << 20;
+/// Largest page count accepted (64 GiB).
+pub const MAX_PAGES: u64 = 16 << 20;
+/// Pages per hashed chunk (64 KiB): the unit a lazy page source fetches and checks.
+pub const CHUNK_PAGES: u64 = 16;
+/// The highest user address on x86_64 with 4-level paging.
+pub const USER_END: u64 = 0x7fff_ffff_f000;
+const META_HEADER: usize = 64;
+
+pub const META_FILE: &str = "meta";
+pub const PAGES_FILE: &str = "pages";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("cannot read image file {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("cannot write image file {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("{path} is not an Ember image: {why}")]
+    Foreign { path: PathBuf, why: String },
+    #[error(
+        "{path} has image format version {found}; this Ember reads version {FORMAT_VERSION}: take the image again"
+    )]
+    Version { path: PathBuf, found: u32 },
+    #[error("{path} is corrupted: {why}")]
+    Corrupt { path: PathBuf, why: String },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn corrupt(path: &Path, why: impl Into<String>) -> ImageError {
+    ImageError::Corrupt {
+        path: path.to_path_buf(),
+        why: why.into(),
+    }
+}
+
+/// Writes `meta` and the stored pages (`meta.pages.count` pages, in order) to `dir`,
+/// filling in the chunk hashes. Each file is written under a temporary name and renamed.
+pub fn write_image(dir: &Path, meta: &mut Meta, pages: &[u8]) -> Result<(), ImageError> {
+    let werr = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ImageError::Write { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(werr(dir))?;
+    meta.pages.count = pages.len() as u64 / PAGE;
+    meta.pages.chunks = pages
+        .chunks((CHUNK_PAGES * PAGE) as usize)
+        .map(|c| *blake3::hash(c).as_bytes())
+        .collect();
+
+    let pages_path = dir.join(PAGES_FILE);
+    let tmp = dir.join(".pages.tmp");
+    let mut header = vec![0u8; PAGE as usize];
+    header[..8].copy_from_slice(&PAGES_MAGIC);
+    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[12..16].copy_from_slice(&(PAGE as u32).to_le_bytes());
+    header[16..32].copy_from_slice(&meta.id);
+    header[32..40].copy_from_slice(&meta.pages.count.to_le_bytes());
+    let mut f = File::create(&tmp).map_err(werr(&tmp))?;
+    f.write_all(&header).map_err(werr(&tmp))?;
+    f.write_all(pages).map_err(werr(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, &pages_path).map_err(werr(&pages_path))?;
+
+    let body = postcard::to_stdvec(meta).map_err(|e| ImageError::Write {
+        path: dir.join(META_FILE),
+        source: io::Error::other(e),
+    })?;
+    let meta_path = dir.join(META_FILE);
+    let tmp = dir.join(".meta.tmp");
+    let mut out = Vec::with_capacity(META_HEADER + body.len());
+    out.extend_from_slice(&META_MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(blake3::hash(&body).as_bytes());
+    out.extend_from_slice(&[0u8; 8]);
+    out.extend_from_slice(&body);
+    std::fs::write(&tmp, &out).map_err(werr(&tmp))?;
+    std::fs::rename(&tmp, &meta_path).map_err(werr(&meta_path))?;
+    Ok(())
+}
+
+/// Reads and checks `dir/meta` (magic, version, size cap, hash, consistency).
+pub fn read_meta(dir: &Path) -> Result<Meta, ImageError> {
+    let path = dir.join(META_FILE);
+    let mut f = File::open(&path).map_err(io_at(&path))?;
+    let mut head = [0u8; META_HEADER];
+    f.read_exact(&mut head).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            corrupt(&path, "truncated header")
+        } else {
+            io_at(&path)(e)
+        }
+    })?;
+    if head[..8] != META_MAGIC {
+        return Err(ImageError::Foreign {
+            path,
+            why: "bad magic".into(),
+        });
+    }
+    let version = u32::from_le_bytes(head[8..12].try_into().unwrap_or_default());
+    if version != FORMAT_VERSION {
+        return Err(ImageError::Version {
+            path,
+            found: version,
+        });
+    }
+    let len = u64::from_le_bytes(head[16..24].try_into().unwrap_or_default());
+    if len > MAX_META {
+        return Err(corrupt(
+            &path,
+            format!("metadata of {len} bytes is over the {MAX_META}-byte limit"),
+        ));
+    }
+    let mut body = Vec::with_capacity(len as usize);
+    Read::by_ref(&mut f)
+        .take(len)
+        .read_to_end(&mut body)
+        .map_err(io_at(&path))?;
+    if body.len() as u64 != len {
+        return Err(corrupt(
+            &path,
+            format!("truncated: {} of {len} metadata bytes", body.len()),
+        ));
+    }
+    if blake3::hash(&body).as_bytes()[..] != head[24..56] {
+        return Err(corrupt(&path, "metadata hash mismatch"));
+    }
+    let meta: Meta =
+        postcard::from_bytes(&body).map_err(|e| corrupt(&path, format!("undecodable: {e}")))?;
+    validate(&meta).map_err(|why| corrupt(&path, why))?;
+    Ok(meta)
+}
+
+/// Consistency rules a restore relies on.
+fn validate(m: &Meta) -> Result<(), String> {
+    let mut prev_end = 0;
+    for (i, v) in m.vmas.iter().enumerate() {
+        let aligned = v.start % PAGE == 0 && v.end % PAGE == 0;
+        if !aligned || v.start >= v.end || v.start < prev_end || v.end > USER_END {
+            return Err(format!("VMA {i} ({:#x}-{:#x}) is out of order or range", v.start, v.end));
+        }
+        prev_end = v.end;
+        if let VmaKind::File { file, offset } = v.kind
+            && (file as usize >= m.files.len() || offset % PAGE != 0)
+        {
+            return Err(format!("VMA {i} names file {file} of {}", m.files.len()));
+        }
+    }
+    let chunks = m.pages.count.div_ceil(CHUNK_PAGES);
+    if m.pages.count > MAX_PAGES || m.pages.chunks.len() as u64 != chunks {
+        return Err(format!(
+            "{} pages with {} chunk hashes",
+            m.pages.count,
+            m.pages.chunks.len()
+        ));
+    }
+    let mut next_page = 0;
+    let mut prev_end = 0;
+    for r in &m.pages.runs {
+        let end = r.addr.checked_add(u64::from(r.pages) * PAGE).unwrap_or(u64::MAX);
+        let inside = m
+            .vmas
+            .iter()
+            .any(|v| !v.shared && v.start <= r.addr && end <= v.end);
+        if r.pages == 0 || r.addr % PAGE != 0 || r.addr < prev_end || !inside {
+            return Err(format!("page run at {:#x} is outside the image's private memory", r.addr));
+        }
+        if r.first != next_page {
+            return Err(format!("page run at {:#x} is out of sequence", r.addr));
+        }
+        next_page += u64::from(r.pages);
+        prev_end = end;
+    }
+    if next_page != m.pages.count {
+        return Err(format!("runs cover {next_page} of {} pages", m.pages.count));
+    }
+    if m.task.regs.len() != 27 || m.task.xstate.len() > sys::XSTATE_MAX {
+        return Err("register state has the wrong size".into());
+    }
+    if m.mm.exe as usize >= m.files.len() && !m.files.is_empty() {
+        return Err("executable index out of range".into());
+    }
+    for f in &m.fds {
+        if f.fd < 0 || f.fd > 1 << 20 {
+            return Err(format!("descriptor number {}", f.fd));
+        }
+        if let FdKind::File { file, .. } = f.kind
+            && file as usize >= m.files.len()
+        {
+            return Err(format!("descriptor {} names file {file}", f.fd));
+        }
+    }
+    if m.mm.auxv.len() > 128 || m.task.sigactions.len() > 64 {
+        return Err("auxv or signal table too long".into());
+    }
+    Ok(())
+}
+
+/// An image whose pages are in memory and verified: restore many instances from it.
+pub struct LoadedImage {
+    pub dir: PathBuf,
+    pub meta: Meta,
+    pages: Mapping,
+}
+
+impl LoadedImage {
+    /// Reads `dir`, checks every chunk hash, and keeps the pages read-only in memory.
+    pub fn load(dir: &Path) -> Result<LoadedImage, ImageError> {
+        let meta = read_meta(dir)?;
+        let path = dir.join(PAGES_FILE);
+        let f = File::open(&path).map_err(io_at(&path))?;
+        let mut head = [0u8; 40];
+        f.read_exact_at(&mut head, 0).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                corrupt(&path, "truncated header")
+            } else {
+                io_at(&path)(e)
+            }
+        })?;
+        if head[..8] != PAGES_MAGIC {
+            return Err(ImageError::Foreign {
+                path,
+                why: "bad magic".into(),
+            });
+        }
+        let version = u32::from_le_bytes(head[8..12].try_into().unwrap_or_default());
+        if version != FORMAT_VERSION {
+            return Err(ImageError::Version {
+                path,
+                found: version,
+            });
+        }
+        if head[16..32] != meta.id {
+            return Err(ImageError::Foreign {
+                path,
+                why: "it belongs to another image (id differs from the metadata's)".into(),
+            });
+        }
+        let count = u64::from_le_bytes(head[32..40].try_into().unwrap_or_default());
+        let size = f.metadata().map_err(io_at(&path))?.len();
+        if count != meta.pages.count || size != PAGE * (1 + count) {
+            return Err(corrupt(
+                &path,
+                format!(
+                    "{size} bytes for {count} pages; the metadata says {} pages",
+                    meta.pages.count
+                ),
+            ));
+        }
+        let len = (count * PAGE) as usize;
+        let mut pages = Mapping::anonymous(len).map_err(io_at(&path))?;
+        f.read_exact_at(pages.as_mut_slice(), PAGE)
+            .map_err(io_at(&path))?;
+        for (i, (chunk, want)) in pages
+            .as_slice()
+            .chunks((CHUNK_PAGES * PAGE) as usize)
+            .zip(&meta.pages.chunks)
+            .enumerate()
+        {
+            if blake3::hash(chunk).as_bytes() != want {
+                return Err(corrupt(
+                    &path,
+                    format!(
+                        "chunk {i} (pages {}..) fails its hash check",
+                        i as u64 * CHUNK_PAGES
+                    ),
+                ));
+            }
+        }
+        pages.seal_read_only().map_err(io_at(&path))?;
+        Ok(LoadedImage {
+            dir: dir.to_path_buf(),
+            meta,
+            pages,
+        })
+    }
+
+    /// The stored pages, in page-file order.
+    pub fn pages(&self) -> &[u8] {
+        self.pages.as_slice()
+    }
+}

@@ -1,0 +1,216 @@
+//! What an image holds. The on-disk layout is in [`format`]; file identities in [`files`].
+//!
+//! Everything here is plain data encoded with postcard (a stable, documented wire format:
+//! <https://postcard.jamesmunns.com/wire-format>); field order is part of the format, so a
+//! change here bumps [`format::FORMAT_VERSION`].
+
+pub mod files;
+pub mod format;
+
+use serde::{Deserialize, Serialize};
+
+pub use files::{FileId, Ident};
+pub use format::{ImageError, LoadedImage, read_meta, write_image};
+
+pub const PAGE: u64 = 4096;
+
+/// The whole metadata of one image.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Meta {
+    /// Random id, also written in the page file's header: the two files belong together.
+    pub id: [u8; 16],
+    /// Unix seconds when the dump was taken.
+    pub created: u64,
+    /// The image this one is a layer over (not used yet: always `None`).
+    pub parent: Option<ParentRef>,
+    pub source: Source,
+    pub requires: Requires,
+    /// Every file the image maps or holds open, referenced by index.
+    pub files: Vec<FileId>,
+    pub vmas: Vec<Vma>,
+    pub pages: PageIndex,
+    pub task: Task,
+    pub mm: MmFields,
+    pub fds: Vec<Fd>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ParentRef {
+    pub id: [u8; 16],
+    pub path: String,
+}
+
+/// Where the image came from (for people; restore does not depend on it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Source {
+    pub pid: i32,
+    pub comm: String,
+    pub exe: String,
+    pub kernel: String,
+}
+
+/// What the machine restoring the image must offer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Requires {
+    /// Sizes of `[vvar]`, `[vvar_vclock]`, `[vdso]` and the vDSO's BLAKE3 hash: glibc keeps
+    /// absolute pointers into the vDSO, so only the same vDSO code can be moved under it.
+    pub vdso: VdsoLayout,
+    /// XCR0 features the XSAVE area uses, and its size.
+    pub xfeatures: u64,
+    pub xstate_size: u32,
+    /// CPU features glibc and libraries may have chosen code paths for at start.
+    pub cpu_features: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VdsoLayout {
+    /// (name, start, end) of each vDSO area, in address order.
+    pub areas: Vec<(String, u64, u64)>,
+    pub vdso_hash: [u8; 32],
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum VmaKind {
+    Anon,
+    Heap,
+    Stack,
+    /// A file mapping: index into [`Meta::files`], offset in the file.
+    File {
+        file: u32,
+        offset: u64,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    pub prot: i32,
+    pub shared: bool,
+    pub kind: VmaKind,
+}
+
+impl Vma {
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+}
+
+/// Where each saved page lives in the page file. Pages are stored in runs of consecutive
+/// addresses; page `i` of the file is at byte `PAGE * (1 + i)` (the first page is the header).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PageIndex {
+    pub runs: Vec<PageRun>,
+    pub count: u64,
+    /// BLAKE3 of each [`format::CHUNK_PAGES`] pages of the file (the last chunk may be short).
+    pub chunks: Vec<[u8; 32]>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PageRun {
+    pub addr: u64,
+    pub pages: u32,
+    /// Index of the run's first page in the page file.
+    pub first: u64,
+}
+
+/// The one thread's state.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Task {
+    /// `user_regs_struct` as 27 words.
+    pub regs: Vec<u64>,
+    pub xstate: Vec<u8>,
+    pub sigmask: u64,
+    /// Every signal whose disposition is not the default.
+    pub sigactions: Vec<SigAction>,
+    pub sigaltstack: AltStack,
+    pub tid_address: u64,
+    pub robust_list: (u64, u64),
+    pub rseq: Option<Rseq>,
+    /// Offset from `fs_base` of glibc's cached thread id (`pd->tid`), when it was found there.
+    pub glibc_tid_offset: Option<u32>,
+    /// Address of a `syscall` instruction in the image's code (the restorer's last step).
+    pub syscall_insn: u64,
+    pub personality: u32,
+    pub umask: u32,
+    pub cwd: String,
+    pub comm: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SigAction {
+    pub sig: u8,
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AltStack {
+    pub sp: u64,
+    pub flags: i32,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Rseq {
+    pub addr: u64,
+    pub len: u32,
+    pub sig: u32,
+}
+
+/// The fields `prctl(PR_SET_MM, PR_SET_MM_MAP)` restores.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MmFields {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    pub auxv: Vec<u64>,
+    /// Index into [`Meta::files`] of the executable.
+    pub exe: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Fd {
+    pub fd: i32,
+    pub cloexec: bool,
+    pub kind: FdKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum FdKind {
+    /// Reopened by path at restore: index into [`Meta::files`], position, `open` flags.
+    File { file: u32, pos: u64, flags: u32 },
+    /// A descriptor the caller declared its own (a protocol pipe, stdio): the restorer's
+    /// caller hands one in at this number.
+    Inherited { what: String },
+}
+
+impl Meta {
+    /// Total bytes of address space the image maps.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.vmas.iter().map(Vma::len).sum()
+    }
+
+    /// The descriptors a restore must be handed.
+    pub fn inherited_fds(&self) -> Vec<i32> {
+        self.fds
+            .iter()
+            .filter(|f| matches!(f.kind, FdKind::Inherited { .. }))
+            .map(|f| f.fd)
+            .collect()
+    }
+}

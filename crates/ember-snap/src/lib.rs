@@ -1,0 +1,24 @@
+//! ember-snap: Ember's own checkpoint/restore engine for Linux x86_64.
+//!
+//! It knows nothing about functions. [`dump`] freezes a single-threaded process, writes an
+//! image directory ([`image::format`] draws the layout) and lets the process go on;
+//! [`LoadedImage::load`] reads an image once and checks every hash; [`restore`] turns a
+//! stopped process (forked by the engine, or created by the caller inside its sandbox) into
+//! the image, as many times and as concurrently as wanted.
+//!
+//! Design notes are in `docs/snap.md`; the kernel facts it relies on are in the project's
+//! RESTORE-NOTES. All syscalls are in [`sys`]; the code that runs inside the restored
+//! process while its memory is replaced is the [`restorer`] blob.
+
+pub mod cpu;
+pub mod dump;
+pub mod image;
+pub mod proc;
+pub mod restore;
+pub mod restorer;
+pub mod sys;
+pub mod tracee;
+
+pub use dump::{DumpError, DumpOptions, DumpStats, dump};
+pub use image::{ImageError, LoadedImage, Meta};
+pub use restore::{RestoreError, RestoreOptions, RestoreStats, Restored, Target, restore};

@@ -1,0 +1,276 @@
+//! Parsers for the `/proc/PID` files a dump reads. Pure functions over text, tested on
+//! fixtures without root; the caller reads the files.
+
+/// One line of `/proc/PID/maps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapEntry {
+    pub start: u64,
+    pub end: u64,
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+    pub shared: bool,
+    pub offset: u64,
+    pub dev: (u32, u32),
+    pub inode: u64,
+    /// The path or pseudo-name (`[heap]`), without a ` (deleted)` suffix.
+    pub name: Option<String>,
+    pub deleted: bool,
+}
+
+impl MapEntry {
+    pub fn prot(&self) -> i32 {
+        (if self.read { libc::PROT_READ } else { 0 })
+            | (if self.write { libc::PROT_WRITE } else { 0 })
+            | (if self.exec { libc::PROT_EXEC } else { 0 })
+    }
+
+    /// `r-xp`-style permissions, as maps prints them.
+    pub fn perms(&self) -> String {
+        format!(
+            "{}{}{}{}",
+            if self.read { 'r' } else { '-' },
+            if self.write { 'w' } else { '-' },
+            if self.exec { 'x' } else { '-' },
+            if self.shared { 's' } else { 'p' }
+        )
+    }
+
+    /// A file on disk (not a pseudo-name, not anonymous).
+    pub fn is_file(&self) -> bool {
+        self.inode != 0 && self.name.as_deref().is_some_and(|n| n.starts_with('/'))
+    }
+}
+
+fn hex(s: &str) -> Option<u64> {
+    u64::from_str_radix(s, 16).ok()
+}
+
+/// Parses `/proc/PID/maps`. A line it cannot read is an error naming it.
+pub fn parse_maps(text: &str) -> Result<Vec<MapEntry>, String> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| parse_maps_line(l).ok_or_else(|| format!("unreadable maps line {l:?}")))
+        .collect()
+}
+
+fn parse_maps_line(line: &str) -> Option<MapEntry> {
+    let mut rest = line;
+    let mut field = || {
+        let t = rest.trim_start();
+        let end = t.find(' ').unwrap_or(t.len());
+        let (f, r) = t.split_at(end);
+        rest = r;
+        f
+    };
+    let range = field();
+    let perms = field().as_bytes().to_vec();
+    let offset = hex(field())?;
+    let dev = field();
+    let inode: u64 = field().parse().ok()?;
+    let name = rest.trim_start();
+    let (lo, hi) = range.split_once('-')?;
+    let (maj, min) = dev.split_once(':')?;
+    if perms.len() != 4 {
+        return None;
+    }
+    let (name, deleted) = match name.strip_suffix(" (deleted)") {
+        Some(n) => (n, true),
+        None => (name, false),
+    };
+    Some(MapEntry {
+        start: hex(lo)?,
+        end: hex(hi)?,
+        read: perms[0] == b'r',
+        write: perms[1] == b'w',
+        exec: perms[2] == b'x',
+        shared: perms[3] == b's',
+        offset,
+        dev: (
+            u32::from_str_radix(maj, 16).ok()?,
+            u32::from_str_radix(min, 16).ok()?,
+        ),
+        inode,
+        name: (!name.is_empty()).then(|| name.to_string()),
+        deleted,
+    })
+}
+
+/// The memory-layout fields of `/proc/PID/stat` (visible to a tracer only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatMm {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_stack: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+pub fn parse_stat_mm(text: &str) -> Option<StatMm> {
+    // Fields after the command name, which may itself contain spaces and parentheses.
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `f[0]` is field 3 (state).
+    let at = |field: usize| -> Option<u64> { f.get(field - 3)?.parse().ok() };
+    Some(StatMm {
+        start_code: at(26)?,
+        end_code: at(27)?,
+        start_stack: at(28)?,
+        start_data: at(45)?,
+        end_data: at(46)?,
+        start_brk: at(47)?,
+        arg_start: at(48)?,
+        arg_end: at(49)?,
+        env_start: at(50)?,
+        env_end: at(51)?,
+    })
+}
+
+/// The fields of `/proc/PID/status` a dump needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    pub umask: u32,
+    pub threads: u32,
+    pub sig_caught: u64,
+    pub sig_ignored: u64,
+    /// The thread id in the innermost pid namespace (what the process itself sees).
+    pub ns_tid: i32,
+}
+
+pub fn parse_status(text: &str) -> Option<Status> {
+    let mut s = Status::default();
+    let mut seen = 0;
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        match k {
+            "Umask" => {
+                s.umask = u32::from_str_radix(v, 8).ok()?;
+                seen += 1;
+            }
+            "Threads" => {
+                s.threads = v.parse().ok()?;
+                seen += 1;
+            }
+            "SigCgt" => {
+                s.sig_caught = u64::from_str_radix(v, 16).ok()?;
+                seen += 1;
+            }
+            "SigIgn" => {
+                s.sig_ignored = u64::from_str_radix(v, 16).ok()?;
+                seen += 1;
+            }
+            "NSpid" => {
+                s.ns_tid = v.split_whitespace().last()?.parse().ok()?;
+                seen += 1;
+            }
+            _ => {}
+        }
+    }
+    (seen == 5).then_some(s)
+}
+
+/// `pos` and `flags` of `/proc/PID/fdinfo/FD`.
+pub fn parse_fdinfo(text: &str) -> Option<(u64, u32)> {
+    let mut pos = None;
+    let mut flags = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("pos:") {
+            pos = v.trim().parse().ok();
+        } else if let Some(v) = line.strip_prefix("flags:") {
+            flags = u32::from_str_radix(v.trim(), 8).ok();
+        }
+    }
+    Some((pos?, flags?))
+}
+
+/// `/proc/PID/auxv` as (type, value) words, up to and including `AT_NULL`.
+pub fn parse_auxv(bytes: &[u8]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for pair in bytes.chunks_exact(16) {
+        let k = u64::from_ne_bytes(pair[..8].try_into().unwrap_or([0; 8]));
+        let v = u64::from_ne_bytes(pair[8..].try_into().unwrap_or([0; 8]));
+        out.push(k);
+        out.push(v);
+        if k == 0 {
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+5564673c1000-5564673c3000 r--p 00000000 fe:00 247030                     /usr/bin/cat
+5564a34a8000-5564a34c9000 rw-p 00000000 00:00 0                          [heap]
+7fbdbfa3b000-7fbdbfa5d000 rw-p 00000000 00:00 0 
+7fbdbfca3000-7fbdbfcaa000 r--s 00000000 fe:00 325745                     /usr/lib/gconv/a b.cache
+7f0000000000-7f0000001000 rw-s 00000000 00:01 1234                       /dev/zero (deleted)
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
+";
+
+    #[test]
+    fn maps_lines_parse_with_spaces_deleted_and_anonymous() {
+        let m = parse_maps(MAPS).unwrap();
+        assert_eq!(m.len(), 6);
+        assert_eq!(m[0].start, 0x5564673c1000);
+        assert_eq!(m[0].perms(), "r--p");
+        assert!(m[0].is_file());
+        assert_eq!(m[1].name.as_deref(), Some("[heap]"));
+        assert!(!m[1].is_file());
+        assert_eq!(m[2].name, None);
+        assert_eq!(m[3].name.as_deref(), Some("/usr/lib/gconv/a b.cache"));
+        assert!(m[3].shared);
+        assert_eq!(m[3].dev, (0xfe, 0));
+        assert!(m[4].deleted);
+        assert_eq!(m[4].name.as_deref(), Some("/dev/zero"));
+        assert_eq!(m[5].prot(), libc::PROT_EXEC);
+        assert!(parse_maps("garbage line").is_err());
+    }
+
+    #[test]
+    fn stat_fields_survive_a_name_with_parentheses() {
+        let mut f: Vec<String> = (3..=52).map(|i| i.to_string()).collect();
+        f[0] = "S".into();
+        let text = format!("42 (a) b) {}", f.join(" "));
+        let mm = parse_stat_mm(&text).unwrap();
+        assert_eq!(mm.start_code, 26);
+        assert_eq!(mm.start_stack, 28);
+        assert_eq!(mm.env_end, 51);
+        assert!(parse_stat_mm("42 (x) S 1 2").is_none());
+    }
+
+    #[test]
+    fn status_fields() {
+        let text = "Name:\tx\nUmask:\t0022\nThreads:\t1\nNSpid:\t4242\t1\nSigIgn:\t0000000000001000\nSigCgt:\t0000000180000002\n";
+        let s = parse_status(text).unwrap();
+        assert_eq!(s.umask, 0o22);
+        assert_eq!(s.ns_tid, 1);
+        assert_eq!(s.sig_caught, 0x180000002);
+        assert_eq!(s.sig_ignored, 0x1000);
+        assert!(parse_status("Umask:\t0022\n").is_none());
+    }
+
+    #[test]
+    fn fdinfo_and_auxv() {
+        assert_eq!(
+            parse_fdinfo("pos:\t12\nflags:\t02100002\nmnt_id:\t1\n"),
+            Some((12, 0o2100002))
+        );
+        let mut raw = Vec::new();
+        for w in [6u64, 4096, 0, 0, 99, 99] {
+            raw.extend_from_slice(&w.to_ne_bytes());
+        }
+        assert_eq!(parse_auxv(&raw), vec![6, 4096, 0, 0]);
+    }
+}

@@ -1,0 +1,743 @@
+//! Eager restore: turn a stopped process into the image, every page in place before it runs.
+//!
+//! ```text
+//!  target stopped ──seize──▶ inject mmap(gadget) ──▶ batch 1 ──▶ fill pages ──▶ batch 2 ──▶ finish
+//!                           (1 single-step)          (blob)     (process_vm_  (blob)      (gadget removed
+//!                                                               writev)                  by the image's own
+//!                                                                                        syscall insn; regs)
+//! batch 1: unregister the old rseq; open every file and park it at a known high fd (fstat
+//!          each for the identity check); close the target's other fds; unmap everything but
+//!          the gadget and the vDSO; move the vDSO to the image's address; map every VMA.
+//! batch 2: final protections; PR_SET_MM_MAP (mm fields, auxv, exe); reopen the image's file
+//!          descriptors; signal handlers, altstack, robust list, TID address, rseq, umask,
+//!          cwd, personality, name.
+//! ```
+//!
+//! Four ptrace round trips whatever the number of VMAs. Any failure kills the target (and
+//! reaps it when the engine forked it): no half-restored process is left behind. Phases are
+//! `tracing` spans: `restore.attach`, `restore.map`, `restore.fill`, `restore.state`,
+//! `restore.finish`.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use tracing::info_span;
+
+use crate::cpu::{self, Mismatch};
+use crate::image::files::{self, FileError};
+use crate::image::{FdKind, LoadedImage, Meta, PAGE, VdsoLayout, VmaKind, format::USER_END};
+use crate::proc::{self, MapEntry};
+use crate::restorer::{self, ALLOW_ERROR, ARG0_FROM_SAVED, Batch, SAVE_RESULT};
+use crate::sys::{self, Regs, Wait};
+use crate::tracee::{self, TraceError, Tracee};
+
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_MAP: u64 = 14;
+const RSEQ_FLAG_UNREGISTER: u64 = 1;
+const MREMAP_MAYMOVE: u64 = 1;
+const MREMAP_FIXED: u64 = 2;
+/// Where the search for a free gadget address starts (above the classic low areas).
+const GAP_SEARCH_FROM: u64 = 0x1_0000_0000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("cannot create the process to restore into: {0}")]
+    Fork(io::Error),
+    #[error("process {pid} cannot be restored into: {why}")]
+    Target { pid: i32, why: String },
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    #[error("image {image}: {source}")]
+    Machine { image: String, source: Mismatch },
+    #[error("image {image}: {source}")]
+    File { image: String, source: FileError },
+    #[error("image {image}: the restored process opened another file at {path} than the one checked")]
+    Swapped { image: String, path: String },
+    #[error("image {image}: no free address range of {size} bytes for the restorer")]
+    NoGap { image: String, size: u64 },
+}
+
+/// The process to restore into.
+pub enum Target {
+    /// The engine forks it. `fds` are (number in the image, descriptor of ours): one for
+    /// every descriptor the image declares inherited.
+    Fork { fds: Vec<(RawFd, RawFd)> },
+    /// A process the caller created and stopped (`kill(getpid(), SIGSTOP)` or a group stop
+    /// while in a syscall), single-threaded, holding every inherited descriptor at its
+    /// number. The caller stays its parent and reaps it.
+    Stopped { pid: i32 },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreOptions {
+    /// Send SIGCONT when done (otherwise the process is left in its group stop).
+    pub resume: bool,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions { resume: true }
+    }
+}
+
+/// Figures of one restore, in microseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreStats {
+    pub attach_us: u64,
+    pub map_us: u64,
+    pub fill_us: u64,
+    pub state_us: u64,
+    pub finish_us: u64,
+    pub total_us: u64,
+    pub pages: u64,
+    pub vmas: usize,
+    /// Syscalls run inside the target, and the ptrace round trips they took.
+    pub injected: usize,
+    pub round_trips: usize,
+}
+
+#[derive(Debug)]
+pub struct Restored {
+    pub pid: i32,
+    pub stats: RestoreStats,
+}
+
+/// Restores `img` into `target`. Blocking: ptrace ties the whole restore to this thread.
+pub fn restore(img: &LoadedImage, target: Target, opts: &RestoreOptions) -> Result<Restored, RestoreError> {
+    let t0 = Instant::now();
+    let (pid, ours) = match target {
+        Target::Fork { fds } => {
+            let missing: Vec<i32> = img
+                .meta
+                .inherited_fds()
+                .into_iter()
+                .filter(|n| !fds.iter().any(|(want, _)| want == n))
+                .collect();
+            if !missing.is_empty() {
+                return Err(RestoreError::Target {
+                    pid: 0,
+                    why: format!("the image needs inherited descriptors {missing:?}; hand them in"),
+                });
+            }
+            let pid = sys::fork_stopped(&fds).map_err(RestoreError::Fork)?;
+            match sys::wait(pid, libc::WUNTRACED) {
+                Ok(Wait::Stopped { .. }) => (pid, true),
+                other => {
+                    sys::kill(pid, libc::SIGKILL);
+                    let _ = sys::wait(pid, 0);
+                    return Err(RestoreError::Target {
+                        pid,
+                        why: format!("the forked child did not stop ({other:?})"),
+                    });
+                }
+            }
+        }
+        Target::Stopped { pid } => (pid, false),
+    };
+    let attached = {
+        let _s = info_span!("restore.attach", pid).entered();
+        Tracee::attach(pid, true)
+    };
+    let result = attached
+        .map_err(RestoreError::from)
+        .and_then(|t| run(img, &t, opts, t0).map(|stats| (t, stats)));
+    match result {
+        Ok((_, stats)) => Ok(Restored { pid, stats }),
+        Err(e) => {
+            sys::kill(pid, libc::SIGKILL);
+            // As tracer (and parent, when ours) collect the death so nothing lingers.
+            let _ = sys::wait(pid, 0);
+            if !ours {
+                tracing::debug!(pid, "restore failed; target killed");
+            }
+            Err(e)
+        }
+    }
+}
+
+struct Plan<'a> {
+    meta: &'a Meta,
+    image: String,
+    /// First of the high descriptor numbers files are parked at.
+    high: i32,
+    /// Descriptors opened for the image's fd table: (image fd, cloexec, pos, high fd).
+    fd_files: Vec<(i32, bool, u64, i32)>,
+    /// (device, inode) each file must have inside the target.
+    ids: Vec<(u64, u64)>,
+    gadget: u64,
+    gadget_len: u64,
+    /// VMA indices that hold saved pages (mapped writable until filled).
+    filled: Vec<bool>,
+    /// Where batch 1 leaves each file's `struct stat`.
+    stat_offsets: Vec<usize>,
+}
+
+fn target_err(pid: i32, why: impl Into<String>) -> RestoreError {
+    RestoreError::Target {
+        pid,
+        why: why.into(),
+    }
+}
+
+fn run(img: &LoadedImage, t: &Tracee, opts: &RestoreOptions, t0: Instant) -> Result<RestoreStats, RestoreError> {
+    let pid = t.pid;
+    let meta = &img.meta;
+    let image = img.dir.display().to_string();
+    let mut stats = RestoreStats {
+        pages: meta.pages.count,
+        vmas: meta.vmas.len(),
+        ..RestoreStats::default()
+    };
+    let read = |f: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/{f}")).map_err(|e| target_err(pid, format!("/proc/{pid}/{f}: {e}")))
+    };
+    let status = proc::parse_status(&read("status")?).ok_or_else(|| target_err(pid, "unreadable status"))?;
+    if status.threads != 1 {
+        return Err(target_err(pid, format!("it has {} threads", status.threads)));
+    }
+    let maps = proc::parse_maps(&read("maps")?).map_err(|e| target_err(pid, e))?;
+    let here = vdso_here(&maps).map_err(|e| target_err(pid, e))?;
+    let xstate = sys::get_xstate(pid).map_err(|e| target_err(pid, format!("reading its xstate: {e}")))?;
+    cpu::check(&meta.requires, &here, &xstate).map_err(|source| RestoreError::Machine {
+        image: image.clone(),
+        source,
+    })?;
+    let root = format!("/proc/{pid}/root");
+    let ids = meta
+        .files
+        .iter()
+        .map(|f| files::verify(f, std::path::Path::new(&format!("{root}{}", f.path))))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| RestoreError::File {
+            image: image.clone(),
+            source,
+        })?;
+    let fds_now = open_fds(pid)?;
+    let inherited = meta.inherited_fds();
+    if let Some(n) = inherited.iter().find(|n| !fds_now.contains(n)) {
+        return Err(target_err(pid, format!("it does not hold inherited descriptor {n} the image needs")));
+    }
+    let high = fds_now
+        .iter()
+        .chain(meta.fds.iter().map(|f| &f.fd))
+        .max()
+        .copied()
+        .unwrap_or(2)
+        + 1;
+    let insn = {
+        let mut two = [0u8; 2];
+        sys::read_mem(pid, t.regs.rip.wrapping_sub(2), &mut two)
+            .map_err(|e| target_err(pid, format!("reading its code: {e}")))?;
+        if two != [0x0f, 0x05] {
+            return Err(target_err(pid, "it is not stopped in a syscall"));
+        }
+        t.regs.rip - 2
+    };
+    let mut filled = vec![false; meta.vmas.len()];
+    for r in &meta.pages.runs {
+        if let Some(i) = meta.vmas.iter().position(|v| v.start <= r.addr && r.addr < v.end) {
+            filled[i] = true;
+        }
+    }
+    let mut plan = Plan {
+        meta,
+        image: image.clone(),
+        high,
+        fd_files: Vec::new(),
+        ids,
+        gadget: 0,
+        gadget_len: 0,
+        filled,
+        stat_offsets: Vec::new(),
+    };
+    let rseq_now = sys::get_rseq(pid).ok().filter(|c| c.abi_pointer != 0);
+
+    // Lay the batches out once at address 0 to learn their size, then for real.
+    let (b1, b2) = plan.batches(&maps, &here, rseq_now, PAGE)?;
+    let need = (PAGE + b1.size().max(b2.size()) as u64).next_multiple_of(PAGE);
+    let mut occupied: Vec<(u64, u64)> = maps.iter().map(|m| (m.start, m.end)).collect();
+    occupied.extend(meta.vmas.iter().map(|v| (v.start, v.end)));
+    occupied.extend(meta.requires.vdso.areas.iter().map(|(_, s, e)| (*s, *e)));
+    plan.gadget = find_gap(&occupied, need, GAP_SEARCH_FROM).ok_or(RestoreError::NoGap {
+        image: image.clone(),
+        size: need,
+    })?;
+    plan.gadget_len = need;
+    occupied.push((plan.gadget, plan.gadget + need));
+    let (b1, b2) = plan.batches(&maps, &here, rseq_now, plan.gadget + PAGE)?;
+    stats.attach_us = t0.elapsed().as_micros() as u64;
+
+    let t1 = Instant::now();
+    {
+        let _s = info_span!("restore.map", vmas = meta.vmas.len()).entered();
+        t.syscall_ok(
+            insn,
+            libc::SYS_mmap,
+            &[
+                plan.gadget,
+                need,
+                (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64,
+                u64::MAX,
+                0,
+            ],
+            "mmap(restorer)",
+        )?;
+        tracee::write(pid, plan.gadget, restorer::code()).map_err(|e| target_err(pid, format!("writing the restorer: {e}")))?;
+        let (_, area) = t.run_batch(plan.gadget, &b1)?;
+        plan.check_opened(&area)?;
+    }
+    stats.map_us = t1.elapsed().as_micros() as u64;
+
+    let t2 = Instant::now();
+    {
+        let _s = info_span!("restore.fill", pages = meta.pages.count).entered();
+        fill(pid, img).map_err(|e| target_err(pid, format!("writing pages: {e}")))?;
+    }
+    stats.fill_us = t2.elapsed().as_micros() as u64;
+
+    let t3 = Instant::now();
+    {
+        let _s = info_span!("restore.state").entered();
+        t.run_batch(plan.gadget, &b2)?;
+        if let Some(off) = meta.task.glibc_tid_offset {
+            let fs_base = words_to_regs(&meta.task.regs).fs_base;
+            tracee::write(pid, fs_base + u64::from(off), &status.ns_tid.to_ne_bytes())
+                .map_err(|e| target_err(pid, format!("writing glibc's thread id: {e}")))?;
+        }
+        sys::set_xstate(pid, &meta.task.xstate).map_err(|e| target_err(pid, format!("setting xstate: {e}")))?;
+    }
+    stats.state_us = t3.elapsed().as_micros() as u64;
+
+    let t4 = Instant::now();
+    {
+        let _s = info_span!("restore.finish").entered();
+        let mut regs = words_to_regs(&meta.task.regs);
+        // The gadget goes last, removed by a syscall instruction of the image's own code.
+        let rc = t.syscall_with(&regs, meta.task.syscall_insn, libc::SYS_munmap, &[plan.gadget, plan.gadget_len])?;
+        if rc != 0 {
+            return Err(target_err(pid, format!("removing the restorer failed: {rc}")));
+        }
+        restart_interrupted(&mut regs);
+        sys::set_regs(pid, &regs).map_err(|e| target_err(pid, format!("PTRACE_SETREGS: {e}")))?;
+        sys::set_sigmask(pid, meta.task.sigmask).map_err(|e| target_err(pid, format!("PTRACE_SETSIGMASK: {e}")))?;
+        sys::detach(pid).map_err(|e| target_err(pid, format!("PTRACE_DETACH: {e}")))?;
+        if opts.resume {
+            sys::kill(pid, libc::SIGCONT);
+        }
+    }
+    stats.finish_us = t4.elapsed().as_micros() as u64;
+    stats.injected = 2 + b1.len() + b2.len();
+    stats.round_trips = 4;
+    stats.total_us = t0.elapsed().as_micros() as u64;
+    Ok(stats)
+}
+
+/// An interrupted syscall (`-ERESTART*` in rax) is restarted by hand: the kernel that
+/// interrupted it is not the one that resumes it. A restart block (nanosleep and friends)
+/// cannot come along; the call returns EINTR, which libc and CPython retry.
+pub fn restart_interrupted(r: &mut Regs) {
+    if (r.orig_rax as i64) >= 0 {
+        match r.rax as i64 {
+            -514..=-512 => {
+                r.rax = r.orig_rax;
+                r.rip -= 2;
+            }
+            -516 => {
+                r.rax = libc::SYS_restart_syscall as u64;
+                r.rip -= 2;
+            }
+            _ => {}
+        }
+    }
+    r.orig_rax = u64::MAX;
+}
+
+pub fn words_to_regs(w: &[u64]) -> Regs {
+    let g = |i: usize| w.get(i).copied().unwrap_or(0);
+    Regs {
+        r15: g(0),
+        r14: g(1),
+        r13: g(2),
+        r12: g(3),
+        rbp: g(4),
+        rbx: g(5),
+        r11: g(6),
+        r10: g(7),
+        r9: g(8),
+        r8: g(9),
+        rax: g(10),
+        rcx: g(11),
+        rdx: g(12),
+        rsi: g(13),
+        rdi: g(14),
+        orig_rax: g(15),
+        rip: g(16),
+        cs: g(17),
+        eflags: g(18),
+        rsp: g(19),
+        ss: g(20),
+        fs_base: g(21),
+        gs_base: g(22),
+        ds: g(23),
+        es: g(24),
+        fs: g(25),
+        gs: g(26),
+    }
+}
+
+fn open_fds(pid: i32) -> Result<Vec<i32>, RestoreError> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).map_err(|e| target_err(pid, format!("listing its fds: {e}")))?;
+    Ok(dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect())
+}
+
+/// The vDSO areas of a process of this kernel, with the vDSO code's hash (the same for
+/// every process of one kernel: read once, from ourselves).
+fn vdso_here(maps: &[MapEntry]) -> Result<VdsoLayout, String> {
+    static HASH: OnceLock<Result<[u8; 32], String>> = OnceLock::new();
+    let hash = HASH
+        .get_or_init(|| {
+            let own = std::fs::read_to_string("/proc/self/maps").map_err(|e| e.to_string())?;
+            let own = proc::parse_maps(&own)?;
+            let v = own
+                .iter()
+                .find(|m| m.name.as_deref() == Some("[vdso]"))
+                .ok_or("this process has no [vdso]")?;
+            let mut buf = vec![0u8; (v.end - v.start) as usize];
+            File::open("/proc/self/mem")
+                .and_then(|f| f.read_exact_at(&mut buf, v.start))
+                .map_err(|e| format!("reading our vDSO: {e}"))?;
+            Ok(*blake3::hash(&buf).as_bytes())
+        })
+        .clone()?;
+    Ok(VdsoLayout {
+        areas: maps
+            .iter()
+            .filter_map(|m| {
+                let n = m.name.as_deref()?;
+                ["[vvar]", "[vvar_vclock]", "[vdso]"]
+                    .contains(&n)
+                    .then(|| (n.to_string(), m.start, m.end))
+            })
+            .collect(),
+        vdso_hash: hash,
+    })
+}
+
+/// The lowest address at or above `from` where `size` bytes touch nothing in `occupied`.
+pub fn find_gap(occupied: &[(u64, u64)], size: u64, from: u64) -> Option<u64> {
+    let mut spans: Vec<(u64, u64)> = occupied.to_vec();
+    spans.sort_unstable();
+    let mut at = from;
+    for (s, e) in spans {
+        if e <= at {
+            continue;
+        }
+        if s >= at + size {
+            break;
+        }
+        at = at.max(e);
+    }
+    (at + size <= USER_END).then_some(at)
+}
+
+/// Every range of user space not in `keep` (sorted, disjoint).
+fn complement(keep: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut keep = keep.to_vec();
+    keep.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = 0;
+    for (s, e) in keep {
+        if s > at {
+            out.push((at, s));
+        }
+        at = at.max(e);
+    }
+    if at < USER_END {
+        out.push((at, USER_END));
+    }
+    out
+}
+
+impl Plan<'_> {
+    fn batches(
+        &mut self,
+        maps: &[MapEntry],
+        here: &VdsoLayout,
+        rseq_now: Option<sys::RseqConfig>,
+        base: u64,
+    ) -> Result<(Batch, Batch), RestoreError> {
+        let meta = self.meta;
+        let mut b1 = Batch::new(base);
+        if let Some(c) = rseq_now {
+            b1.call("rseq(unregister)", libc::SYS_rseq, &[c.abi_pointer, u64::from(c.abi_size), RSEQ_FLAG_UNREGISTER, u64::from(c.signature)], 0);
+        }
+        // Files: the image's files at high + index, its fd files after them.
+        let n = meta.files.len() as i32;
+        let mut stat_at = Vec::new();
+        for (k, f) in meta.files.iter().enumerate() {
+            let path = b1.cstr(&f.path);
+            b1.call(format!("open {}", f.path), libc::SYS_openat, &[libc::AT_FDCWD as u64, path, (libc::O_RDONLY | libc::O_CLOEXEC) as u64], SAVE_RESULT);
+            let (buf, off) = b1.out(size_of::<libc::stat>());
+            stat_at.push(off);
+            b1.call(format!("fstat {}", f.path), libc::SYS_fstat, &[0, buf], ARG0_FROM_SAVED);
+            b1.call(format!("dup3 {}", f.path), libc::SYS_dup3, &[0, (self.high + k as i32) as u64, libc::O_CLOEXEC as u64], ARG0_FROM_SAVED);
+            b1.call("close", libc::SYS_close, &[0], ARG0_FROM_SAVED);
+        }
+        self.fd_files.clear();
+        for f in &meta.fds {
+            if let FdKind::File { file, pos, flags } = f.kind {
+                let Some(fid) = meta.files.get(file as usize) else { continue };
+                let at = self.high + n + self.fd_files.len() as i32;
+                let path = b1.cstr(&fid.path);
+                b1.call(format!("open {} for fd {}", fid.path, f.fd), libc::SYS_openat, &[libc::AT_FDCWD as u64, path, u64::from(flags) | libc::O_CLOEXEC as u64], SAVE_RESULT);
+                b1.call("dup3", libc::SYS_dup3, &[0, at as u64, libc::O_CLOEXEC as u64], ARG0_FROM_SAVED);
+                b1.call("close", libc::SYS_close, &[0], ARG0_FROM_SAVED);
+                self.fd_files.push((f.fd, f.cloexec, pos, at));
+            }
+        }
+        let parked = n + self.fd_files.len() as i32;
+        // Close every descriptor but the inherited ones and the parked files.
+        let mut keep: Vec<i32> = meta.inherited_fds();
+        keep.sort_unstable();
+        let mut next = 0i64;
+        for k in keep.iter().map(|&k| i64::from(k)).chain([i64::from(self.high)]) {
+            if k > next {
+                b1.call("close_range", libc::SYS_close_range, &[next as u64, (k - 1) as u64, 0], 0);
+            }
+            next = k + 1;
+        }
+        b1.call("close_range", libc::SYS_close_range, &[(self.high + parked) as u64, u32::MAX as u64, 0], 0);
+
+        // Address space: keep the gadget and the vDSO, move the vDSO, map the image.
+        let mut keep: Vec<(u64, u64)> = here.areas.iter().map(|(_, s, e)| (*s, *e)).collect();
+        keep.push((self.gadget, self.gadget + self.gadget_len.max(PAGE)));
+        for (s, e) in complement(&keep) {
+            b1.call(format!("munmap {s:#x}-{e:#x}"), libc::SYS_munmap, &[s, e - s], 0);
+        }
+        self.move_vdso(&mut b1, maps, here)?;
+        for (i, v) in meta.vmas.iter().enumerate() {
+            let mut prot = v.prot as u64;
+            if self.filled[i] {
+                prot |= libc::PROT_WRITE as u64;
+            }
+            let mut flags = libc::MAP_FIXED_NOREPLACE as u64;
+            flags |= if v.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE } as u64;
+            let (fd, off) = match v.kind {
+                VmaKind::File { file, offset } => ((self.high + file as i32) as u64, offset),
+                VmaKind::Stack => {
+                    flags |= (libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN) as u64;
+                    (u64::MAX, 0)
+                }
+                VmaKind::Anon | VmaKind::Heap => {
+                    flags |= libc::MAP_ANONYMOUS as u64;
+                    (u64::MAX, 0)
+                }
+            };
+            b1.call(format!("mmap {:#x}-{:#x}", v.start, v.end), libc::SYS_mmap, &[v.start, v.len(), prot, flags, fd, off], 0);
+        }
+        self.stat_offsets = stat_at;
+
+        let mut b2 = Batch::new(base);
+        for (i, v) in meta.vmas.iter().enumerate() {
+            if self.filled[i] && v.prot & libc::PROT_WRITE == 0 {
+                b2.call(format!("mprotect {:#x}", v.start), libc::SYS_mprotect, &[v.start, v.len(), v.prot as u64], 0);
+            }
+        }
+        let m = &meta.mm;
+        let mut auxv = Vec::new();
+        for w in &m.auxv {
+            auxv.extend_from_slice(&w.to_ne_bytes());
+        }
+        let auxv_at = b2.data(&auxv);
+        let mut map = Vec::new();
+        for w in [m.start_code, m.end_code, m.start_data, m.end_data, m.start_brk, m.brk, m.start_stack, m.arg_start, m.arg_end, m.env_start, m.env_end, auxv_at] {
+            map.extend_from_slice(&w.to_ne_bytes());
+        }
+        map.extend_from_slice(&(auxv.len() as u32).to_ne_bytes());
+        map.extend_from_slice(&((self.high + m.exe as i32) as u32).to_ne_bytes());
+        let map_at = b2.data(&map);
+        b2.call("prctl(PR_SET_MM_MAP)", libc::SYS_prctl, &[PR_SET_MM, PR_SET_MM_MAP, map_at, map.len() as u64], 0);
+        for &(fd, cloexec, pos, at) in &self.fd_files {
+            let fl = if cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+            b2.call(format!("dup3 to fd {fd}"), libc::SYS_dup3, &[at as u64, fd as u64, fl], 0);
+            b2.call(format!("lseek fd {fd}"), libc::SYS_lseek, &[fd as u64, pos, libc::SEEK_SET as u64], ALLOW_ERROR);
+        }
+        for f in &meta.fds {
+            if matches!(f.kind, FdKind::Inherited { .. }) {
+                let v = if f.cloexec { libc::FD_CLOEXEC } else { 0 } as u64;
+                b2.call(format!("fcntl fd {}", f.fd), libc::SYS_fcntl, &[f.fd as u64, libc::F_SETFD as u64, v], 0);
+            }
+        }
+        b2.call("close_range(parked)", libc::SYS_close_range, &[self.high as u64, (self.high + parked) as u64, 0], 0);
+        for sig in 1..=64u64 {
+            if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
+                continue;
+            }
+            let a = meta.task.sigactions.iter().find(|a| u64::from(a.sig) == sig);
+            let words = match a {
+                Some(a) => [a.handler, a.flags, a.restorer, a.mask],
+                None => [libc::SIG_DFL as u64, 0, 0, 0],
+            };
+            let mut raw = Vec::new();
+            for w in words {
+                raw.extend_from_slice(&w.to_ne_bytes());
+            }
+            let at = b2.data(&raw);
+            b2.call(format!("rt_sigaction({sig})"), libc::SYS_rt_sigaction, &[sig, at, 0, 8], 0);
+        }
+        let ss = meta.task.sigaltstack;
+        let mut raw = Vec::new();
+        raw.extend_from_slice(&ss.sp.to_ne_bytes());
+        raw.extend_from_slice(&(ss.flags as u64 & !(libc::SS_ONSTACK as u64)).to_ne_bytes());
+        raw.extend_from_slice(&ss.size.to_ne_bytes());
+        let at = b2.data(&raw);
+        b2.call("sigaltstack", libc::SYS_sigaltstack, &[at, 0], 0);
+        let (head, len) = meta.task.robust_list;
+        if head != 0 {
+            b2.call("set_robust_list", libc::SYS_set_robust_list, &[head, len], 0);
+        }
+        b2.call("set_tid_address", libc::SYS_set_tid_address, &[meta.task.tid_address], 0);
+        if let Some(r) = meta.task.rseq {
+            b2.call("rseq(register)", libc::SYS_rseq, &[r.addr, u64::from(r.len), 0, u64::from(r.sig)], 0);
+        }
+        b2.call("umask", libc::SYS_umask, &[u64::from(meta.task.umask)], 0);
+        let cwd = b2.cstr(&meta.task.cwd);
+        b2.call(format!("chdir {}", meta.task.cwd), libc::SYS_chdir, &[cwd], 0);
+        b2.call("personality", libc::SYS_personality, &[u64::from(meta.task.personality)], 0);
+        let comm = b2.cstr(&meta.task.comm);
+        b2.call("prctl(PR_SET_NAME)", libc::SYS_prctl, &[libc::PR_SET_NAME as u64, comm], 0);
+        Ok((b1, b2))
+    }
+
+    /// Moves the target's vDSO areas to the image's addresses, all by one offset; through a
+    /// free spot first when the old and new places overlap.
+    fn move_vdso(&self, b: &mut Batch, maps: &[MapEntry], here: &VdsoLayout) -> Result<(), RestoreError> {
+        let want = &self.meta.requires.vdso.areas;
+        let (Some(first_here), Some(first_want)) = (here.areas.first(), want.first()) else {
+            return Ok(());
+        };
+        if first_here.1 == first_want.1 {
+            return Ok(());
+        }
+        let lo = |v: &[(String, u64, u64)]| v.first().map(|a| a.1).unwrap_or(0);
+        let hi = |v: &[(String, u64, u64)]| v.last().map(|a| a.2).unwrap_or(0);
+        let (hl, hh, wl, wh) = (lo(&here.areas), hi(&here.areas), lo(want), hi(want));
+        let mut from: Vec<(u64, u64)> = here.areas.iter().map(|(_, s, e)| (*s, *e)).collect();
+        if hl < wh && wl < hh {
+            let mut occupied: Vec<(u64, u64)> = maps.iter().map(|m| (m.start, m.end)).collect();
+            occupied.extend(self.meta.vmas.iter().map(|v| (v.start, v.end)));
+            occupied.push((wl, wh));
+            occupied.push((self.gadget, self.gadget + self.gadget_len.max(PAGE)));
+            let tmp = find_gap(&occupied, hh - hl, GAP_SEARCH_FROM).ok_or(RestoreError::NoGap {
+                image: self.image.clone(),
+                size: hh - hl,
+            })?;
+            for (s, e) in &from {
+                b.call("mremap vdso (aside)", libc::SYS_mremap, &[*s, e - s, e - s, MREMAP_MAYMOVE | MREMAP_FIXED, tmp + (s - hl)], 0);
+            }
+            from = from.iter().map(|(s, e)| (tmp + (s - hl), tmp + (e - hl))).collect();
+        }
+        let base = from.first().map(|a| a.0).unwrap_or(0);
+        for (s, e) in from {
+            b.call("mremap vdso", libc::SYS_mremap, &[s, e - s, e - s, MREMAP_MAYMOVE | MREMAP_FIXED, wl + (s - base)], 0);
+        }
+        Ok(())
+    }
+
+    /// Each file the target opened must be the one checked (no swap between check and open).
+    fn check_opened(&self, area: &[u8]) -> Result<(), RestoreError> {
+        for (k, &off) in self.stat_offsets.iter().enumerate() {
+            let Some(raw) = area.get(off..off + size_of::<libc::stat>()) else {
+                continue;
+            };
+            // SAFETY: `raw` holds exactly one `struct stat` as the kernel wrote it; an
+            // unaligned read copies it out.
+            let st: libc::stat = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
+            if (st.st_dev, st.st_ino) != self.ids[k] {
+                return Err(RestoreError::Swapped {
+                    image: self.image.clone(),
+                    path: self.meta.files[k].path.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes every stored page into the target with `process_vm_writev`, up to `IOV_MAX`
+/// runs per call.
+fn fill(pid: i32, img: &LoadedImage) -> io::Result<()> {
+    const IOV_MAX: usize = 1024;
+    let pages = img.pages();
+    for runs in img.meta.pages.runs.chunks(IOV_MAX) {
+        let mut local = Vec::with_capacity(runs.len());
+        let mut remote = Vec::with_capacity(runs.len());
+        let mut want = 0;
+        for r in runs {
+            let len = u64::from(r.pages) * PAGE;
+            let off = (r.first * PAGE) as usize;
+            let src = pages
+                .get(off..off + len as usize)
+                .ok_or_else(|| io::Error::other("page run outside the page data"))?;
+            local.push(libc::iovec {
+                iov_base: src.as_ptr() as *mut libc::c_void,
+                iov_len: src.len(),
+            });
+            remote.push(libc::iovec {
+                iov_base: r.addr as *mut libc::c_void,
+                iov_len: len as usize,
+            });
+            want += len as usize;
+        }
+        let n = sys::write_mem(pid, &local, &remote)?;
+        if n != want {
+            return Err(io::Error::other(format!("wrote {n} of {want} bytes")));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_skip_every_occupied_range() {
+        let occ = [(0x1000, 0x3000), (0x4000, 0x5000), (0x2000, 0x3800)];
+        assert_eq!(find_gap(&occ, 0x1000, 0x1000), Some(0x5000));
+        assert_eq!(find_gap(&occ, 0x800, 0x1000), Some(0x3800));
+        assert_eq!(find_gap(&occ, 0x1000, 0x6000), Some(0x6000));
+        assert_eq!(find_gap(&[], 0x1000, USER_END), None);
+    }
+
+    #[test]
+    fn complement_covers_all_but_kept() {
+        let c = complement(&[(0x2000, 0x3000), (0x1000, 0x2000)]);
+        assert_eq!(c, vec![(0, 0x1000), (0x3000, USER_END)]);
+    }
+
+    #[test]
+    fn interrupted_syscalls_restart_once() {
+        let mut r = words_to_regs(&[0; 27]);
+        r.orig_rax = 0;
+        r.rax = (-512i64) as u64;
+        r.rip = 0x1002;
+        restart_interrupted(&mut r);
+        assert_eq!((r.rax, r.rip, r.orig_rax), (0, 0x1000, u64::MAX));
+        let mut r = words_to_regs(&[0; 27]);
+        r.orig_rax = u64::MAX;
+        r.rax = 7;
+        r.rip = 0x1002;
+        restart_interrupted(&mut r);
+        assert_eq!((r.rax, r.rip), (7, 0x1002));
+        let words = crate::dump::regs_to_words(&r);
+        assert_eq!(words_to_regs(&words).rip, 0x1002);
+    }
+}

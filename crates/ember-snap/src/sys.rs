@@ -1,0 +1,373 @@
+//! Every syscall the engine makes on its own behalf, one small wrapper each, and the only
+//! `unsafe` in the crate besides the restorer blob's symbols. Functions marked *child* run
+//! between `fork` and the child's stop: they only make async-signal-safe calls.
+//!
+//! ptrace requests act on a tracee only from the thread that attached it: callers keep a
+//! whole dump or restore on one thread.
+
+use std::io;
+use std::mem::{MaybeUninit, size_of};
+use std::os::fd::RawFd;
+
+/// `NT_X86_XSTATE`: the regset holding the XSAVE area.
+const NT_X86_XSTATE: libc::c_int = 0x202;
+/// `PTRACE_GET_RSEQ_CONFIGURATION` (Linux 5.13).
+const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+/// Largest XSAVE area we accept (AMX tiles make it ~11 KiB).
+pub const XSTATE_MAX: usize = 16 * 1024;
+
+pub type Regs = libc::user_regs_struct;
+const _: () = assert!(size_of::<Regs>() == 27 * 8);
+
+fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn ptrace(req: libc::c_uint, pid: i32, addr: usize, data: usize) -> io::Result<libc::c_long> {
+    // SAFETY: every caller below passes either plain integers or a pointer to a live local
+    // of the size the request writes or reads; the kernel checks the rest.
+    check(unsafe { libc::ptrace(req, pid, addr, data) })
+}
+
+/// `PTRACE_SEIZE` with options (`PTRACE_O_EXITKILL` ties the tracee's life to ours).
+pub fn seize(pid: i32, exitkill: bool) -> io::Result<()> {
+    let opts = if exitkill { libc::PTRACE_O_EXITKILL } else { 0 };
+    ptrace(libc::PTRACE_SEIZE, pid, 0, opts as usize).map(drop)
+}
+
+pub fn interrupt(pid: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0).map(drop)
+}
+
+/// Resumes the tracee, delivering `sig` (0 for none).
+pub fn cont(pid: i32, sig: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_CONT, pid, 0, sig as usize).map(drop)
+}
+
+pub fn singlestep(pid: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_SINGLESTEP, pid, 0, 0).map(drop)
+}
+
+pub fn detach(pid: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_DETACH, pid, 0, 0).map(drop)
+}
+
+pub fn get_regs(pid: i32) -> io::Result<Regs> {
+    let mut regs = MaybeUninit::<Regs>::zeroed();
+    ptrace(libc::PTRACE_GETREGS, pid, 0, regs.as_mut_ptr() as usize)?;
+    // SAFETY: zero-initialised plain integers, then filled by the kernel.
+    Ok(unsafe { regs.assume_init() })
+}
+
+pub fn set_regs(pid: i32, regs: &Regs) -> io::Result<()> {
+    ptrace(libc::PTRACE_SETREGS, pid, 0, regs as *const Regs as usize).map(drop)
+}
+
+/// The tracee's XSAVE area, as long as the kernel says it is.
+pub fn get_xstate(pid: i32) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; XSTATE_MAX];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    ptrace(
+        libc::PTRACE_GETREGSET,
+        pid,
+        NT_X86_XSTATE as usize,
+        &mut iov as *mut libc::iovec as usize,
+    )?;
+    buf.truncate(iov.iov_len);
+    Ok(buf)
+}
+
+pub fn set_xstate(pid: i32, xstate: &[u8]) -> io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: xstate.as_ptr() as *mut libc::c_void,
+        iov_len: xstate.len(),
+    };
+    ptrace(
+        libc::PTRACE_SETREGSET,
+        pid,
+        NT_X86_XSTATE as usize,
+        &mut iov as *mut libc::iovec as usize,
+    )
+    .map(drop)
+}
+
+pub fn get_sigmask(pid: i32) -> io::Result<u64> {
+    let mut mask = 0u64;
+    ptrace(libc::PTRACE_GETSIGMASK, pid, 8, &mut mask as *mut u64 as usize)?;
+    Ok(mask)
+}
+
+pub fn set_sigmask(pid: i32, mask: u64) -> io::Result<()> {
+    ptrace(libc::PTRACE_SETSIGMASK, pid, 8, &mask as *const u64 as usize).map(drop)
+}
+
+/// `struct ptrace_rseq_configuration`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RseqConfig {
+    pub abi_pointer: u64,
+    pub abi_size: u32,
+    pub signature: u32,
+    pub flags: u32,
+    pub pad: u32,
+}
+const _: () = assert!(size_of::<RseqConfig>() == 24);
+
+pub fn get_rseq(pid: i32) -> io::Result<RseqConfig> {
+    let mut cfg = RseqConfig::default();
+    ptrace(
+        PTRACE_GET_RSEQ_CONFIGURATION,
+        pid,
+        size_of::<RseqConfig>(),
+        &mut cfg as *mut RseqConfig as usize,
+    )?;
+    Ok(cfg)
+}
+
+/// The robust futex list head registered by `pid`: (head, len).
+pub fn get_robust_list(pid: i32) -> io::Result<(u64, u64)> {
+    let mut head: usize = 0;
+    let mut len: libc::size_t = 0;
+    // SAFETY: both out-pointers are live locals of the sizes the syscall writes.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            pid,
+            &mut head as *mut usize,
+            &mut len as *mut libc::size_t,
+        )
+    })?;
+    Ok((head as u64, len as u64))
+}
+
+/// Result of one `waitpid`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    Exited(i32),
+    Signaled(i32),
+    /// A ptrace stop: the signal and the `PTRACE_EVENT_*` (0 for a signal-delivery stop).
+    Stopped { sig: i32, event: i32 },
+}
+
+/// `waitpid(pid, __WALL | flags)`, retried on EINTR.
+pub fn wait(pid: i32, flags: i32) -> io::Result<Wait> {
+    loop {
+        let mut status = 0;
+        // SAFETY: `status` is a live local int.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::__WALL | flags) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok(if libc::WIFEXITED(status) {
+            Wait::Exited(libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            Wait::Signaled(libc::WTERMSIG(status))
+        } else {
+            Wait::Stopped {
+                sig: libc::WSTOPSIG(status),
+                event: status >> 16,
+            }
+        });
+    }
+}
+
+/// Reads `buf.len()` bytes at `addr` of `pid` (the pages must be readable by the process).
+pub fn read_mem(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: `local` describes `buf`, which we own mutably; `remote` is only read by the kernel.
+    let n = check(unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) } as libc::c_long)?;
+    if n as usize != buf.len() {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short read"));
+    }
+    Ok(())
+}
+
+/// Writes scattered local buffers to scattered ranges of `pid` (at most `IOV_MAX` each),
+/// returning the bytes written. The target ranges must be writable by the process.
+pub fn write_mem(pid: i32, local: &[libc::iovec], remote: &[libc::iovec]) -> io::Result<usize> {
+    // SAFETY: the caller's iovecs point at memory it owns for reading; the remote side is
+    // interpreted in the other process by the kernel.
+    let n = unsafe {
+        libc::process_vm_writev(
+            pid,
+            local.as_ptr(),
+            local.len() as libc::c_ulong,
+            remote.as_ptr(),
+            remote.len() as libc::c_ulong,
+            0,
+        )
+    };
+    check(n as libc::c_long).map(|n| n as usize)
+}
+
+/// `kill(pid, sig)`; a process already gone is fine.
+pub fn kill(pid: i32, sig: i32) {
+    if pid > 1 {
+        // SAFETY: plain integers; pid > 1 never addresses a group or everyone.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// `(major, minor)` of a `dev_t`, to compare with `/proc/PID/maps`.
+pub fn dev_parts(dev: u64) -> (u32, u32) {
+    (libc::major(dev), libc::minor(dev))
+}
+
+/// Forks a child that arranges `fds` (`(wanted number, our descriptor)`), closes every other
+/// descriptor, and stops itself with SIGSTOP. Returns its pid.
+pub fn fork_stopped(fds: &[(RawFd, RawFd)]) -> io::Result<i32> {
+    // Above every number involved, so that moving one never overwrites another.
+    let base = fds.iter().map(|&(a, b)| a.max(b)).max().unwrap_or(2) + 1;
+    // SAFETY: the child only makes async-signal-safe calls on integers and then stops or exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid > 0 {
+        return Ok(pid);
+    }
+    child_arrange_and_stop(fds, base)
+}
+
+/// *child* The child side of [`fork_stopped`]; never returns.
+fn child_arrange_and_stop(fds: &[(RawFd, RawFd)], base: RawFd) -> ! {
+    // SAFETY (whole function): async-signal-safe calls on integers; `_exit` on any failure.
+    unsafe {
+        for (i, &(_, ours)) in fds.iter().enumerate() {
+            if libc::dup2(ours, base + i as RawFd) < 0 {
+                libc::_exit(126);
+            }
+        }
+        for (i, &(want, _)) in fds.iter().enumerate() {
+            if libc::dup2(base + i as RawFd, want) < 0 {
+                libc::_exit(126);
+            }
+        }
+        // Close every descriptor that is not wanted (the wanted ones are few and small).
+        let mut wanted: [RawFd; 64] = [-1; 64];
+        let n = fds.len().min(64);
+        for (slot, &(want, _)) in wanted.iter_mut().zip(fds.iter()) {
+            *slot = want;
+        }
+        let wanted = &mut wanted[..n];
+        wanted.sort_unstable();
+        let mut next: libc::c_uint = 0;
+        for &w in wanted.iter() {
+            if w as libc::c_uint > next {
+                libc::syscall(libc::SYS_close_range, next, w as libc::c_uint - 1, 0);
+            }
+            next = w as libc::c_uint + 1;
+        }
+        libc::syscall(libc::SYS_close_range, next, libc::c_uint::MAX, 0);
+        libc::kill(libc::getpid(), libc::SIGSTOP);
+        libc::_exit(127)
+    }
+}
+
+/// An anonymous private mapping of ours (the loaded page data of an image).
+pub struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; shared access is read-only
+// after `seal_read_only`, and mutable access needs `&mut self`.
+unsafe impl Send for Mapping {}
+// SAFETY: see above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    pub fn anonymous(len: usize) -> io::Result<Mapping> {
+        if len == 0 {
+            return Ok(Mapping {
+                ptr: std::ptr::NonNull::dangling().as_ptr(),
+                len: 0,
+            });
+        }
+        // SAFETY: a fresh anonymous mapping at an address the kernel chooses.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// Makes the mapping read-only: nothing in this process can change a verified page.
+    pub fn seal_read_only(&mut self) -> io::Result<()> {
+        if self.len == 0 {
+            return Ok(());
+        }
+        // SAFETY: changing the protection of our own mapping; `&mut self` means no borrow
+        // of its contents is alive.
+        check(unsafe { libc::mprotect(self.ptr.cast(), self.len, libc::PROT_READ) } as libc::c_long)
+            .map(drop)
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr+len` is a live mapping owned by `self` (or empty and dangling).
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` gives exclusive access; writing to a sealed
+        // mapping faults, which is why sealing comes after the last write.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: unmapping the mapping this value owns; no borrow outlives `self`.
+            unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        }
+    }
+}
+
+/// This kernel's release string (`uname -r`).
+pub fn kernel_release() -> String {
+    let mut u = MaybeUninit::<libc::utsname>::zeroed();
+    // SAFETY: `u` is a live, zeroed utsname for the kernel to fill.
+    if unsafe { libc::uname(u.as_mut_ptr()) } != 0 {
+        return String::new();
+    }
+    // SAFETY: filled by uname above (or still zeroed).
+    let u = unsafe { u.assume_init() };
+    let bytes: Vec<u8> = u
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}

@@ -1,0 +1,135 @@
+//! Helpers for ember-snap's privileged tests: targets to dump, and restored instances to
+//! talk to over pipes.
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use ember_snap::{LoadedImage, RestoreOptions, Target};
+
+/// Privileged tests run when the test script says so and we are root; otherwise they
+/// print why they skip.
+pub fn privileged(test: &str) -> bool {
+    let on = std::env::var_os("EMBER_PRIVILEGED_TESTS").is_some_and(|v| v == "1");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !(on && root) {
+        eprintln!("SKIP {test}: needs root and EMBER_PRIVILEGED_TESTS=1 (ptrace of other processes)");
+    }
+    on && root
+}
+
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("snap-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
+}
+
+/// The C test target, compiled once per test binary.
+pub fn testee() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/testee.c");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("testee-{}", std::process::id()));
+        let st = Command::new("cc")
+            .args(["-O1", "-g", "-pie", "-fPIE", "-Wl,-z,relro,-z,now", "-pthread", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("cc runs (the test script installs gcc)");
+        assert!(st.success(), "compiling {src:?}");
+        out
+    })
+}
+
+/// A process talked to over its stdin/stdout.
+pub struct Conv {
+    pub pid: i32,
+    w: std::fs::File,
+    r: BufReader<std::fs::File>,
+    child: Option<Child>,
+}
+
+impl Conv {
+    pub fn spawn(cmd: &mut Command) -> Conv {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let w = std::fs::File::from(OwnedFd::from(child.stdin.take().unwrap()));
+        let r = BufReader::new(std::fs::File::from(OwnedFd::from(child.stdout.take().unwrap())));
+        Conv {
+            pid: child.id() as i32,
+            w,
+            r,
+            child: Some(child),
+        }
+    }
+
+    pub fn line(&mut self) -> String {
+        let mut s = String::new();
+        self.r.read_line(&mut s).unwrap();
+        s.trim_end().to_string()
+    }
+
+    pub fn ask(&mut self, cmd: &str) -> String {
+        writeln!(self.w, "{cmd}").unwrap();
+        self.line()
+    }
+
+    pub fn send(&mut self, cmd: &str) {
+        writeln!(self.w, "{cmd}").unwrap();
+    }
+}
+
+impl Drop for Conv {
+    fn drop(&mut self) {
+        match self.child.take() {
+            Some(mut c) => {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            None => {
+                // SAFETY: plain integers; the pid is a child of ours that we reap below.
+                unsafe { libc::kill(self.pid, libc::SIGKILL) };
+                let mut st = 0;
+                // SAFETY: reaping our own child into a local.
+                unsafe { libc::waitpid(self.pid, &mut st, 0) };
+            }
+        }
+    }
+}
+
+/// Restores `img` into a process the engine forks, wired to fresh pipes on 0 and 1 (and
+/// our stderr on 2).
+pub fn restore(img: &LoadedImage) -> Conv {
+    try_restore(img).unwrap()
+}
+
+pub fn try_restore(img: &LoadedImage) -> Result<Conv, ember_snap::RestoreError> {
+    let (in_r, in_w) = std::io::pipe().unwrap();
+    let (out_r, out_w) = std::io::pipe().unwrap();
+    let fds = vec![(0, in_r.as_raw_fd()), (1, out_w.as_raw_fd()), (2, 2)];
+    let r = ember_snap::restore(img, Target::Fork { fds }, &RestoreOptions::default())?;
+    drop((in_r, out_w));
+    Ok(Conv {
+        pid: r.pid,
+        w: std::fs::File::from(OwnedFd::from(in_w)),
+        r: BufReader::new(std::fs::File::from(OwnedFd::from(out_r))),
+        child: None,
+    })
+}
+
+/// Waits for a restored process to exit; its exit code.
+pub fn wait_exit(pid: i32) -> i32 {
+    let mut st = 0;
+    // SAFETY: reaping our own child into a local.
+    unsafe { libc::waitpid(pid, &mut st, 0) };
+    libc::WEXITSTATUS(st)
+}
