@@ -119,7 +119,7 @@ static void robust_exit(void) {
     if (watcher == 0) {
         char c;
         close(p[1]);
-        if (read(p[0], &c, 1) != 1) _exit(5);
+        if (read(p[0], &c, 1) < 0) _exit(5); /* EOF: the parent is gone */
         /* The restored process has exited holding the mutex: the kernel walked its robust
          * list (restored with set_robust_list) and marked the owner dead. */
         int rc = pthread_mutex_lock(m);
