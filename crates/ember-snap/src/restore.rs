@@ -227,7 +227,8 @@ fn run(img: &LoadedImage, t: &Tracee, opts: &RestoreOptions, t0: Instant) -> Res
         .max()
         .copied()
         .unwrap_or(2)
-        + 1;
+        // One above the lowest number an open can return (at most max + 1).
+        + 2;
     let insn = {
         let mut two = [0u8; 2];
         sys::read_mem(pid, t.regs.rip.wrapping_sub(2), &mut two)

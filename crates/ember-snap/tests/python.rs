@@ -1,0 +1,79 @@
+//! Dump and restore of CPython processes: threads, fork and many concurrent instances.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Conv, privileged, tmp};
+use ember_snap::{DumpOptions, LoadedImage};
+
+/// A Python target that imported `modules`, dumped into `dir/image` and loaded.
+fn python_image(dir: &Path, modules: &[&str]) -> LoadedImage {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/target.py");
+    let mut original = Conv::spawn(
+        Command::new("/usr/bin/python3")
+            .arg("-I")
+            .arg(&script)
+            .args(modules)
+            .env("OPENBLAS_NUM_THREADS", "1")
+            .env("OMP_NUM_THREADS", "1"),
+    );
+    assert_eq!(original.line(), "ready");
+    let out = dir.join("image");
+    ember_snap::dump(
+        original.pid,
+        &out,
+        &DumpOptions {
+            inherited: vec![0, 1, 2],
+        },
+    )
+    .unwrap();
+    LoadedImage::load(&out).unwrap()
+}
+
+#[test]
+fn python_threads_fork_and_heap_work_after_restore() {
+    if !privileged("python_threads_fork_and_heap_work_after_restore") {
+        return;
+    }
+    let dir = tmp();
+    let img = python_image(dir.path(), &["json"]);
+    let mut r = common::restore(&img);
+    assert_eq!(r.ask("ping"), format!("pong {}", r.pid));
+    assert_eq!(r.ask("json"), r#"json {"a": null, "b": [1, 2]}"#);
+    assert_eq!(r.ask("thread"), "thread 45");
+    assert_eq!(r.ask("fork"), "fork 7");
+    assert_eq!(r.ask("alloc"), format!("alloc {}", (50 << 20) + 1));
+    assert_eq!(r.ask("thread"), "thread 45");
+}
+
+#[test]
+fn twenty_concurrent_instances_from_one_image_each_answer() {
+    if !privileged("twenty_concurrent_instances_from_one_image_each_answer") {
+        return;
+    }
+    let dir = tmp();
+    let img = python_image(dir.path(), &["json"]);
+    let answers: Vec<(i32, String, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..20)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut r = common::restore(&img);
+                    let ping = r.ask("ping");
+                    let thread = r.ask("thread");
+                    (r.pid, ping, thread)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut pids: Vec<i32> = answers.iter().map(|a| a.0).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    assert_eq!(pids.len(), 20);
+    for (pid, ping, thread) in answers {
+        assert_eq!(ping, format!("pong {pid}"));
+        assert_eq!(thread, "thread 45");
+    }
+}
