@@ -14,11 +14,43 @@ pub fn features() -> Vec<String> {
         )*};
     }
     probe!(
-        "sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "avx", "avx2", "fma", "bmi1", "bmi2",
-        "lzcnt", "movbe", "f16c", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl",
-        "avx512vnni", "avx512bf16", "avx512vbmi", "avx512vbmi2", "avx512bitalg",
-        "avx512vpopcntdq", "avx512ifma", "avxvnni", "sha", "aes", "pclmulqdq", "vaes",
-        "vpclmulqdq", "gfni", "xsave", "xsavec", "rdrand", "rdseed", "adx"
+        "sse3",
+        "ssse3",
+        "sse4.1",
+        "sse4.2",
+        "popcnt",
+        "avx",
+        "avx2",
+        "fma",
+        "bmi1",
+        "bmi2",
+        "lzcnt",
+        "movbe",
+        "f16c",
+        "avx512f",
+        "avx512cd",
+        "avx512bw",
+        "avx512dq",
+        "avx512vl",
+        "avx512vnni",
+        "avx512bf16",
+        "avx512vbmi",
+        "avx512vbmi2",
+        "avx512bitalg",
+        "avx512vpopcntdq",
+        "avx512ifma",
+        "avxvnni",
+        "sha",
+        "aes",
+        "pclmulqdq",
+        "vaes",
+        "vpclmulqdq",
+        "gfni",
+        "xsave",
+        "xsavec",
+        "rdrand",
+        "rdseed",
+        "adx"
     );
     out
 }
@@ -34,7 +66,9 @@ pub fn xstate_info(xstate: &[u8]) -> (u64, u32) {
         Some(u64::from_le_bytes(w))
     };
     match (word(464, 4), word(472, 8)) {
-        (Some(m), Some(features)) if m as u32 == FP_XSTATE_MAGIC1 => (features, xstate.len() as u32),
+        (Some(m), Some(features)) if m as u32 == FP_XSTATE_MAGIC1 => {
+            (features, xstate.len() as u32)
+        }
         _ => (0, xstate.len() as u32),
     }
 }
@@ -65,7 +99,11 @@ fn vdso_summary(v: &VdsoLayout) -> String {
         .iter()
         .map(|(n, s, e)| format!("{n} {}K", (e - s) / 1024))
         .collect();
-    format!("{} #{}", sizes.join(" "), crate::image::files::hexs(&v.vdso_hash[..4]))
+    format!(
+        "{} #{}",
+        sizes.join(" "),
+        crate::image::files::hexs(&v.vdso_hash[..4])
+    )
 }
 
 /// Checks `req` against this machine: the vDSO (`here`), the XSAVE layout of a process
@@ -108,7 +146,10 @@ mod tests {
 
     fn layout(vdso: u64, hash: u8) -> VdsoLayout {
         VdsoLayout {
-            areas: vec![("[vvar]".into(), 0x1000, 0x5000), ("[vdso]".into(), 0x5000, 0x5000 + vdso)],
+            areas: vec![
+                ("[vvar]".into(), 0x1000, 0x5000),
+                ("[vdso]".into(), 0x5000, 0x5000 + vdso),
+            ],
             vdso_hash: [hash; 32],
         }
     }

@@ -18,7 +18,7 @@ use crate::cpu;
 use crate::image::files::{self, FileError};
 use crate::image::{
     self, AltStack, Fd, FdKind, ImageError, Meta, MmFields, PAGE, PageIndex, PageRun, Requires,
-    Rseq, SigAction, Source, Task, VdsoLayout, Vma, VmaKind,
+    Rseq, SigAction, Source, Task, VdsoArea, VdsoLayout, Vma, VmaKind,
 };
 use crate::proc::{self, MapEntry};
 use crate::sys::{self, Regs};
@@ -28,7 +28,13 @@ use crate::tracee::{TraceError, Tracee};
 /// thread id at every dump, recorded only when it matches).
 const GLIBC_TID_OFFSET: u32 = 0x2d0;
 /// Character devices a dump may reopen by path.
-const SAFE_DEVICES: [&str; 5] = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"];
+const SAFE_DEVICES: [&str; 5] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
@@ -188,7 +194,8 @@ fn capture(t: &Tracee, opts: &DumpOptions) -> Result<(Meta, Vec<u8>, DumpStats),
     };
     let insn = find_syscall(t, &mem, &maps).ok_or(DumpError::NoSyscall { pid })?;
     let q = query(t, insn, status.sig_caught)?;
-    let (head, len) = sys::get_robust_list(pid).map_err(|e| cx.proc_err("robust list", e.to_string()))?;
+    let (head, len) =
+        sys::get_robust_list(pid).map_err(|e| cx.proc_err("robust list", e.to_string()))?;
     let mut tid = [0u8; 4];
     let glibc_tid_offset = (mem
         .read_exact_at(&mut tid, t.regs.fs_base + u64::from(GLIBC_TID_OFFSET))
@@ -304,15 +311,18 @@ pub fn regs_to_words(r: &Regs) -> Vec<u64> {
     ]
 }
 
+/// ((major, minor), inode) of a mapped file, as maps shows it.
+type DevIno = ((u32, u32), u64);
+
 /// Files the image refers to, by path, each with the (device, inode) the process had.
 #[derive(Default)]
 struct FileTable {
-    paths: Vec<(String, Option<((u32, u32), u64)>)>,
+    paths: Vec<(String, Option<DevIno>)>,
     by_path: HashMap<String, u32>,
 }
 
 impl FileTable {
-    fn index(&mut self, path: &str, dev_ino: Option<((u32, u32), u64)>) -> u32 {
+    fn index(&mut self, path: &str, dev_ino: Option<DevIno>) -> u32 {
         if let Some(&i) = self.by_path.get(path) {
             return i;
         }
@@ -357,7 +367,7 @@ fn classify_vmas(
     pid: i32,
     maps: &[MapEntry],
     files: &mut FileTable,
-) -> Result<(Vec<Vma>, Vec<(String, u64, u64)>), DumpError> {
+) -> Result<(Vec<Vma>, Vec<VdsoArea>), DumpError> {
     let mut vmas = Vec::new();
     let mut vdso = Vec::new();
     for m in maps {
@@ -373,13 +383,19 @@ fn classify_vmas(
             why: why.to_string(),
         };
         let name = m.name.as_deref();
+        // Shared anonymous memory shows as the (deleted) /dev/zero it is made of.
+        if m.shared && (name.is_none() || name == Some("/dev/zero")) {
+            return Err(refuse("shared anonymous memory is not supported"));
+        }
         let kind = match name {
             Some(n) if VDSO_NAMES.contains(&n) => {
                 vdso.push((n.to_string(), m.start, m.end));
                 continue;
             }
             Some("[vsyscall]") => continue,
-            Some(n) if n.starts_with("/SYSV") => return Err(refuse("SysV shared memory is not supported")),
+            Some(n) if n.starts_with("/SYSV") => {
+                return Err(refuse("SysV shared memory is not supported"));
+            }
             _ if m.deleted => return Err(refuse("the mapped file was deleted")),
             Some("[heap]") => VmaKind::Heap,
             Some("[stack]") => VmaKind::Stack,
@@ -440,7 +456,8 @@ fn classify_fds(cx: &Ctx, opts: &DumpOptions, files: &mut FileTable) -> Result<V
             what: what.clone(),
             why: why.to_string(),
         };
-        let md = std::fs::metadata(cx.path(&format!("fd/{fd}"))).map_err(|e| refuse(&e.to_string()))?;
+        let md =
+            std::fs::metadata(cx.path(&format!("fd/{fd}"))).map_err(|e| refuse(&e.to_string()))?;
         let ft = md.file_type();
         let reopenable = (ft.is_file() && what.starts_with('/') && !what.ends_with(" (deleted)"))
             || (ft.is_char_device() && SAFE_DEVICES.contains(&what.as_str()));
@@ -449,7 +466,8 @@ fn classify_fds(cx: &Ctx, opts: &DumpOptions, files: &mut FileTable) -> Result<V
                 "only regular files and /dev/null-like devices are supported; declare the caller's own descriptors as inherited",
             ));
         }
-        let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME;
+        let keep =
+            libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME;
         out.push(Fd {
             fd,
             cloexec,
@@ -477,7 +495,8 @@ fn classify_fds(cx: &Ctx, opts: &DumpOptions, files: &mut FileTable) -> Result<V
 /// in the vDSO.
 fn find_syscall(t: &Tracee, mem: &File, maps: &[MapEntry]) -> Option<u64> {
     let mut two = [0u8; 2];
-    if t.regs.rip >= 2 && mem.read_exact_at(&mut two, t.regs.rip - 2).is_ok() && two == [0x0f, 0x05] {
+    if t.regs.rip >= 2 && mem.read_exact_at(&mut two, t.regs.rip - 2).is_ok() && two == [0x0f, 0x05]
+    {
         return Some(t.regs.rip - 2);
     }
     let v = maps.iter().find(|m| m.name.as_deref() == Some("[vdso]"))?;
@@ -522,8 +541,15 @@ fn query(t: &Tracee, insn: u64, caught: u64) -> Result<Queried, DumpError> {
             })?;
             Ok(b)
         };
-        let w = |b: &[u8], i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-        t.syscall_ok(insn, libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, scratch], "prctl(PR_GET_TID_ADDRESS)")?;
+        let w = |b: &[u8], i: usize| {
+            u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]))
+        };
+        t.syscall_ok(
+            insn,
+            libc::SYS_prctl,
+            &[libc::PR_GET_TID_ADDRESS as u64, scratch],
+            "prctl(PR_GET_TID_ADDRESS)",
+        )?;
         let tid_address = w(&read(8)?, 0);
         t.syscall_ok(insn, libc::SYS_sigaltstack, &[0, scratch], "sigaltstack")?;
         let b = read(24)?;
@@ -537,7 +563,12 @@ fn query(t: &Tracee, insn: u64, caught: u64) -> Result<Queried, DumpError> {
             if caught & (1u64 << (sig - 1)) == 0 {
                 continue;
             }
-            t.syscall_ok(insn, libc::SYS_rt_sigaction, &[u64::from(sig), 0, scratch, 8], &format!("rt_sigaction({sig})"))?;
+            t.syscall_ok(
+                insn,
+                libc::SYS_rt_sigaction,
+                &[u64::from(sig), 0, scratch, 8],
+                &format!("rt_sigaction({sig})"),
+            )?;
             let b = read(32)?;
             sigactions.push(SigAction {
                 sig,
@@ -554,7 +585,12 @@ fn query(t: &Tracee, insn: u64, caught: u64) -> Result<Queried, DumpError> {
             sigactions,
         })
     })();
-    let unmapped = t.syscall_ok(insn, libc::SYS_munmap, &[scratch, PAGE], "munmap(scratch page)");
+    let unmapped = t.syscall_ok(
+        insn,
+        libc::SYS_munmap,
+        &[scratch, PAGE],
+        "munmap(scratch page)",
+    );
     let q = result?;
     unmapped?;
     Ok(q)
@@ -573,7 +609,8 @@ fn read_pages(
     maps: &[MapEntry],
     vmas: &[Vma],
 ) -> Result<(Vec<u8>, Vec<PageRun>, u64), DumpError> {
-    let pagemap = File::open(cx.path("pagemap")).map_err(|e| cx.proc_err("pagemap", e.to_string()))?;
+    let pagemap =
+        File::open(cx.path("pagemap")).map_err(|e| cx.proc_err("pagemap", e.to_string()))?;
     let mut out: Vec<u8> = Vec::new();
     let mut runs: Vec<PageRun> = Vec::new();
     let mut zero = 0u64;

@@ -55,7 +55,9 @@ pub enum RestoreError {
     Machine { image: String, source: Mismatch },
     #[error("image {image}: {source}")]
     File { image: String, source: FileError },
-    #[error("image {image}: the restored process opened another file at {path} than the one checked")]
+    #[error(
+        "image {image}: the restored process opened another file at {path} than the one checked"
+    )]
     Swapped { image: String, path: String },
     #[error("image {image}: no free address range of {size} bytes for the restorer")]
     NoGap { image: String, size: u64 },
@@ -107,7 +109,11 @@ pub struct Restored {
 }
 
 /// Restores `img` into `target`. Blocking: ptrace ties the whole restore to this thread.
-pub fn restore(img: &LoadedImage, target: Target, opts: &RestoreOptions) -> Result<Restored, RestoreError> {
+pub fn restore(
+    img: &LoadedImage,
+    target: Target,
+    opts: &RestoreOptions,
+) -> Result<Restored, RestoreError> {
     let t0 = Instant::now();
     let (pid, ours) = match target {
         Target::Fork { fds } => {
@@ -149,8 +155,9 @@ pub fn restore(img: &LoadedImage, target: Target, opts: &RestoreOptions) -> Resu
         Ok((_, stats)) => Ok(Restored { pid, stats }),
         Err(e) => {
             sys::kill(pid, libc::SIGKILL);
-            // As tracer (and parent, when ours) collect the death so nothing lingers.
-            let _ = sys::wait(pid, 0);
+            // As tracer (and parent, when ours) collect the death so nothing lingers; stop
+            // reports still queued come first.
+            while let Ok(Wait::Stopped { .. }) = sys::wait(pid, 0) {}
             if !ours {
                 tracing::debug!(pid, "restore failed; target killed");
             }
@@ -183,7 +190,12 @@ fn target_err(pid: i32, why: impl Into<String>) -> RestoreError {
     }
 }
 
-fn run(img: &LoadedImage, t: &Tracee, opts: &RestoreOptions, t0: Instant) -> Result<RestoreStats, RestoreError> {
+fn run(
+    img: &LoadedImage,
+    t: &Tracee,
+    opts: &RestoreOptions,
+    t0: Instant,
+) -> Result<RestoreStats, RestoreError> {
     let pid = t.pid;
     let meta = &img.meta;
     let image = img.dir.display().to_string();
@@ -193,15 +205,21 @@ fn run(img: &LoadedImage, t: &Tracee, opts: &RestoreOptions, t0: Instant) -> Res
         ..RestoreStats::default()
     };
     let read = |f: &str| {
-        std::fs::read_to_string(format!("/proc/{pid}/{f}")).map_err(|e| target_err(pid, format!("/proc/{pid}/{f}: {e}")))
+        std::fs::read_to_string(format!("/proc/{pid}/{f}"))
+            .map_err(|e| target_err(pid, format!("/proc/{pid}/{f}: {e}")))
     };
-    let status = proc::parse_status(&read("status")?).ok_or_else(|| target_err(pid, "unreadable status"))?;
+    let status =
+        proc::parse_status(&read("status")?).ok_or_else(|| target_err(pid, "unreadable status"))?;
     if status.threads != 1 {
-        return Err(target_err(pid, format!("it has {} threads", status.threads)));
+        return Err(target_err(
+            pid,
+            format!("it has {} threads", status.threads),
+        ));
     }
     let maps = proc::parse_maps(&read("maps")?).map_err(|e| target_err(pid, e))?;
     let here = vdso_here(&maps).map_err(|e| target_err(pid, e))?;
-    let xstate = sys::get_xstate(pid).map_err(|e| target_err(pid, format!("reading its xstate: {e}")))?;
+    let xstate =
+        sys::get_xstate(pid).map_err(|e| target_err(pid, format!("reading its xstate: {e}")))?;
     cpu::check(&meta.requires, &here, &xstate).map_err(|source| RestoreError::Machine {
         image: image.clone(),
         source,
@@ -219,7 +237,10 @@ fn run(img: &LoadedImage, t: &Tracee, opts: &RestoreOptions, t0: Instant) -> Res
     let fds_now = open_fds(pid)?;
     let inherited = meta.inherited_fds();
     if let Some(n) = inherited.iter().find(|n| !fds_now.contains(n)) {
-        return Err(target_err(pid, format!("it does not hold inherited descriptor {n} the image needs")));
+        return Err(target_err(
+            pid,
+            format!("it does not hold inherited descriptor {n} the image needs"),
+        ));
     }
     let high = fds_now
         .iter()
@@ -240,7 +261,11 @@ fn run(img: &LoadedImage, t: &Tracee, opts: &RestoreOptions, t0: Instant) -> Res
     };
     let mut filled = vec![false; meta.vmas.len()];
     for r in &meta.pages.runs {
-        if let Some(i) = meta.vmas.iter().position(|v| v.start <= r.addr && r.addr < v.end) {
+        if let Some(i) = meta
+            .vmas
+            .iter()
+            .position(|v| v.start <= r.addr && r.addr < v.end)
+        {
             filled[i] = true;
         }
     }
@@ -288,7 +313,8 @@ fn run(img: &LoadedImage, t: &Tracee, opts: &RestoreOptions, t0: Instant) -> Res
             ],
             "mmap(restorer)",
         )?;
-        tracee::write(pid, plan.gadget, restorer::code()).map_err(|e| target_err(pid, format!("writing the restorer: {e}")))?;
+        tracee::write(pid, plan.gadget, restorer::code())
+            .map_err(|e| target_err(pid, format!("writing the restorer: {e}")))?;
         let (_, area) = t.run_batch(plan.gadget, &b1)?;
         plan.check_opened(&area)?;
     }
@@ -310,7 +336,8 @@ fn run(img: &LoadedImage, t: &Tracee, opts: &RestoreOptions, t0: Instant) -> Res
             tracee::write(pid, fs_base + u64::from(off), &status.ns_tid.to_ne_bytes())
                 .map_err(|e| target_err(pid, format!("writing glibc's thread id: {e}")))?;
         }
-        sys::set_xstate(pid, &meta.task.xstate).map_err(|e| target_err(pid, format!("setting xstate: {e}")))?;
+        sys::set_xstate(pid, &meta.task.xstate)
+            .map_err(|e| target_err(pid, format!("setting xstate: {e}")))?;
     }
     stats.state_us = t3.elapsed().as_micros() as u64;
 
@@ -319,13 +346,22 @@ fn run(img: &LoadedImage, t: &Tracee, opts: &RestoreOptions, t0: Instant) -> Res
         let _s = info_span!("restore.finish").entered();
         let mut regs = words_to_regs(&meta.task.regs);
         // The gadget goes last, removed by a syscall instruction of the image's own code.
-        let rc = t.syscall_with(&regs, meta.task.syscall_insn, libc::SYS_munmap, &[plan.gadget, plan.gadget_len])?;
+        let rc = t.syscall_with(
+            &regs,
+            meta.task.syscall_insn,
+            libc::SYS_munmap,
+            &[plan.gadget, plan.gadget_len],
+        )?;
         if rc != 0 {
-            return Err(target_err(pid, format!("removing the restorer failed: {rc}")));
+            return Err(target_err(
+                pid,
+                format!("removing the restorer failed: {rc}"),
+            ));
         }
         restart_interrupted(&mut regs);
         sys::set_regs(pid, &regs).map_err(|e| target_err(pid, format!("PTRACE_SETREGS: {e}")))?;
-        sys::set_sigmask(pid, meta.task.sigmask).map_err(|e| target_err(pid, format!("PTRACE_SETSIGMASK: {e}")))?;
+        sys::set_sigmask(pid, meta.task.sigmask)
+            .map_err(|e| target_err(pid, format!("PTRACE_SETSIGMASK: {e}")))?;
         sys::detach(pid).map_err(|e| target_err(pid, format!("PTRACE_DETACH: {e}")))?;
         if opts.resume {
             sys::kill(pid, libc::SIGCONT);
@@ -392,7 +428,8 @@ pub fn words_to_regs(w: &[u64]) -> Regs {
 }
 
 fn open_fds(pid: i32) -> Result<Vec<i32>, RestoreError> {
-    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).map_err(|e| target_err(pid, format!("listing its fds: {e}")))?;
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map_err(|e| target_err(pid, format!("listing its fds: {e}")))?;
     Ok(dir
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect())
@@ -477,28 +514,73 @@ impl Plan<'_> {
         let meta = self.meta;
         let mut b1 = Batch::new(base);
         if let Some(c) = rseq_now {
-            b1.call("rseq(unregister)", libc::SYS_rseq, &[c.abi_pointer, u64::from(c.abi_size), RSEQ_FLAG_UNREGISTER, u64::from(c.signature)], 0);
+            b1.call(
+                "rseq(unregister)",
+                libc::SYS_rseq,
+                &[
+                    c.abi_pointer,
+                    u64::from(c.abi_size),
+                    RSEQ_FLAG_UNREGISTER,
+                    u64::from(c.signature),
+                ],
+                0,
+            );
         }
         // Files: the image's files at high + index, its fd files after them.
         let n = meta.files.len() as i32;
         let mut stat_at = Vec::new();
         for (k, f) in meta.files.iter().enumerate() {
             let path = b1.cstr(&f.path);
-            b1.call(format!("open {}", f.path), libc::SYS_openat, &[libc::AT_FDCWD as u64, path, (libc::O_RDONLY | libc::O_CLOEXEC) as u64], SAVE_RESULT);
+            b1.call(
+                format!("open {}", f.path),
+                libc::SYS_openat,
+                &[
+                    libc::AT_FDCWD as u64,
+                    path,
+                    (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+                ],
+                SAVE_RESULT,
+            );
             let (buf, off) = b1.out(size_of::<libc::stat>());
             stat_at.push(off);
-            b1.call(format!("fstat {}", f.path), libc::SYS_fstat, &[0, buf], ARG0_FROM_SAVED);
-            b1.call(format!("dup3 {}", f.path), libc::SYS_dup3, &[0, (self.high + k as i32) as u64, libc::O_CLOEXEC as u64], ARG0_FROM_SAVED);
+            b1.call(
+                format!("fstat {}", f.path),
+                libc::SYS_fstat,
+                &[0, buf],
+                ARG0_FROM_SAVED,
+            );
+            b1.call(
+                format!("dup3 {}", f.path),
+                libc::SYS_dup3,
+                &[0, (self.high + k as i32) as u64, libc::O_CLOEXEC as u64],
+                ARG0_FROM_SAVED,
+            );
             b1.call("close", libc::SYS_close, &[0], ARG0_FROM_SAVED);
         }
         self.fd_files.clear();
         for f in &meta.fds {
             if let FdKind::File { file, pos, flags } = f.kind {
-                let Some(fid) = meta.files.get(file as usize) else { continue };
+                let Some(fid) = meta.files.get(file as usize) else {
+                    continue;
+                };
                 let at = self.high + n + self.fd_files.len() as i32;
                 let path = b1.cstr(&fid.path);
-                b1.call(format!("open {} for fd {}", fid.path, f.fd), libc::SYS_openat, &[libc::AT_FDCWD as u64, path, u64::from(flags) | libc::O_CLOEXEC as u64], SAVE_RESULT);
-                b1.call("dup3", libc::SYS_dup3, &[0, at as u64, libc::O_CLOEXEC as u64], ARG0_FROM_SAVED);
+                b1.call(
+                    format!("open {} for fd {}", fid.path, f.fd),
+                    libc::SYS_openat,
+                    &[
+                        libc::AT_FDCWD as u64,
+                        path,
+                        u64::from(flags) | libc::O_CLOEXEC as u64,
+                    ],
+                    SAVE_RESULT,
+                );
+                b1.call(
+                    "dup3",
+                    libc::SYS_dup3,
+                    &[0, at as u64, libc::O_CLOEXEC as u64],
+                    ARG0_FROM_SAVED,
+                );
                 b1.call("close", libc::SYS_close, &[0], ARG0_FROM_SAVED);
                 self.fd_files.push((f.fd, f.cloexec, pos, at));
             }
@@ -508,19 +590,38 @@ impl Plan<'_> {
         let mut keep: Vec<i32> = meta.inherited_fds();
         keep.sort_unstable();
         let mut next = 0i64;
-        for k in keep.iter().map(|&k| i64::from(k)).chain([i64::from(self.high)]) {
+        for k in keep
+            .iter()
+            .map(|&k| i64::from(k))
+            .chain([i64::from(self.high)])
+        {
             if k > next {
-                b1.call("close_range", libc::SYS_close_range, &[next as u64, (k - 1) as u64, 0], 0);
+                b1.call(
+                    "close_range",
+                    libc::SYS_close_range,
+                    &[next as u64, (k - 1) as u64, 0],
+                    0,
+                );
             }
             next = k + 1;
         }
-        b1.call("close_range", libc::SYS_close_range, &[(self.high + parked) as u64, u32::MAX as u64, 0], 0);
+        b1.call(
+            "close_range",
+            libc::SYS_close_range,
+            &[(self.high + parked) as u64, u32::MAX as u64, 0],
+            0,
+        );
 
         // Address space: keep the gadget and the vDSO, move the vDSO, map the image.
         let mut keep: Vec<(u64, u64)> = here.areas.iter().map(|(_, s, e)| (*s, *e)).collect();
         keep.push((self.gadget, self.gadget + self.gadget_len.max(PAGE)));
         for (s, e) in complement(&keep) {
-            b1.call(format!("munmap {s:#x}-{e:#x}"), libc::SYS_munmap, &[s, e - s], 0);
+            b1.call(
+                format!("munmap {s:#x}-{e:#x}"),
+                libc::SYS_munmap,
+                &[s, e - s],
+                0,
+            );
         }
         self.move_vdso(&mut b1, maps, here)?;
         for (i, v) in meta.vmas.iter().enumerate() {
@@ -529,7 +630,11 @@ impl Plan<'_> {
                 prot |= libc::PROT_WRITE as u64;
             }
             let mut flags = libc::MAP_FIXED_NOREPLACE as u64;
-            flags |= if v.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE } as u64;
+            flags |= if v.shared {
+                libc::MAP_SHARED
+            } else {
+                libc::MAP_PRIVATE
+            } as u64;
             let (fd, off) = match v.kind {
                 VmaKind::File { file, offset } => ((self.high + file as i32) as u64, offset),
                 VmaKind::Stack => {
@@ -541,14 +646,24 @@ impl Plan<'_> {
                     (u64::MAX, 0)
                 }
             };
-            b1.call(format!("mmap {:#x}-{:#x}", v.start, v.end), libc::SYS_mmap, &[v.start, v.len(), prot, flags, fd, off], 0);
+            b1.call(
+                format!("mmap {:#x}-{:#x}", v.start, v.end),
+                libc::SYS_mmap,
+                &[v.start, v.len(), prot, flags, fd, off],
+                0,
+            );
         }
         self.stat_offsets = stat_at;
 
         let mut b2 = Batch::new(base);
         for (i, v) in meta.vmas.iter().enumerate() {
             if self.filled[i] && v.prot & libc::PROT_WRITE == 0 {
-                b2.call(format!("mprotect {:#x}", v.start), libc::SYS_mprotect, &[v.start, v.len(), v.prot as u64], 0);
+                b2.call(
+                    format!("mprotect {:#x}", v.start),
+                    libc::SYS_mprotect,
+                    &[v.start, v.len(), v.prot as u64],
+                    0,
+                );
             }
         }
         let m = &meta.mm;
@@ -558,30 +673,72 @@ impl Plan<'_> {
         }
         let auxv_at = b2.data(&auxv);
         let mut map = Vec::new();
-        for w in [m.start_code, m.end_code, m.start_data, m.end_data, m.start_brk, m.brk, m.start_stack, m.arg_start, m.arg_end, m.env_start, m.env_end, auxv_at] {
+        for w in [
+            m.start_code,
+            m.end_code,
+            m.start_data,
+            m.end_data,
+            m.start_brk,
+            m.brk,
+            m.start_stack,
+            m.arg_start,
+            m.arg_end,
+            m.env_start,
+            m.env_end,
+            auxv_at,
+        ] {
             map.extend_from_slice(&w.to_ne_bytes());
         }
         map.extend_from_slice(&(auxv.len() as u32).to_ne_bytes());
         map.extend_from_slice(&((self.high + m.exe as i32) as u32).to_ne_bytes());
         let map_at = b2.data(&map);
-        b2.call("prctl(PR_SET_MM_MAP)", libc::SYS_prctl, &[PR_SET_MM, PR_SET_MM_MAP, map_at, map.len() as u64], 0);
+        b2.call(
+            "prctl(PR_SET_MM_MAP)",
+            libc::SYS_prctl,
+            &[PR_SET_MM, PR_SET_MM_MAP, map_at, map.len() as u64],
+            0,
+        );
         for &(fd, cloexec, pos, at) in &self.fd_files {
             let fl = if cloexec { libc::O_CLOEXEC as u64 } else { 0 };
-            b2.call(format!("dup3 to fd {fd}"), libc::SYS_dup3, &[at as u64, fd as u64, fl], 0);
-            b2.call(format!("lseek fd {fd}"), libc::SYS_lseek, &[fd as u64, pos, libc::SEEK_SET as u64], ALLOW_ERROR);
+            b2.call(
+                format!("dup3 to fd {fd}"),
+                libc::SYS_dup3,
+                &[at as u64, fd as u64, fl],
+                0,
+            );
+            b2.call(
+                format!("lseek fd {fd}"),
+                libc::SYS_lseek,
+                &[fd as u64, pos, libc::SEEK_SET as u64],
+                ALLOW_ERROR,
+            );
         }
         for f in &meta.fds {
             if matches!(f.kind, FdKind::Inherited { .. }) {
                 let v = if f.cloexec { libc::FD_CLOEXEC } else { 0 } as u64;
-                b2.call(format!("fcntl fd {}", f.fd), libc::SYS_fcntl, &[f.fd as u64, libc::F_SETFD as u64, v], 0);
+                b2.call(
+                    format!("fcntl fd {}", f.fd),
+                    libc::SYS_fcntl,
+                    &[f.fd as u64, libc::F_SETFD as u64, v],
+                    0,
+                );
             }
         }
-        b2.call("close_range(parked)", libc::SYS_close_range, &[self.high as u64, (self.high + parked) as u64, 0], 0);
+        b2.call(
+            "close_range(parked)",
+            libc::SYS_close_range,
+            &[self.high as u64, (self.high + parked) as u64, 0],
+            0,
+        );
         for sig in 1..=64u64 {
             if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
                 continue;
             }
-            let a = meta.task.sigactions.iter().find(|a| u64::from(a.sig) == sig);
+            let a = meta
+                .task
+                .sigactions
+                .iter()
+                .find(|a| u64::from(a.sig) == sig);
             let words = match a {
                 Some(a) => [a.handler, a.flags, a.restorer, a.mask],
                 None => [libc::SIG_DFL as u64, 0, 0, 0],
@@ -591,7 +748,12 @@ impl Plan<'_> {
                 raw.extend_from_slice(&w.to_ne_bytes());
             }
             let at = b2.data(&raw);
-            b2.call(format!("rt_sigaction({sig})"), libc::SYS_rt_sigaction, &[sig, at, 0, 8], 0);
+            b2.call(
+                format!("rt_sigaction({sig})"),
+                libc::SYS_rt_sigaction,
+                &[sig, at, 0, 8],
+                0,
+            );
         }
         let ss = meta.task.sigaltstack;
         let mut raw = Vec::new();
@@ -602,24 +764,59 @@ impl Plan<'_> {
         b2.call("sigaltstack", libc::SYS_sigaltstack, &[at, 0], 0);
         let (head, len) = meta.task.robust_list;
         if head != 0 {
-            b2.call("set_robust_list", libc::SYS_set_robust_list, &[head, len], 0);
+            b2.call(
+                "set_robust_list",
+                libc::SYS_set_robust_list,
+                &[head, len],
+                0,
+            );
         }
-        b2.call("set_tid_address", libc::SYS_set_tid_address, &[meta.task.tid_address], 0);
+        b2.call(
+            "set_tid_address",
+            libc::SYS_set_tid_address,
+            &[meta.task.tid_address],
+            0,
+        );
         if let Some(r) = meta.task.rseq {
-            b2.call("rseq(register)", libc::SYS_rseq, &[r.addr, u64::from(r.len), 0, u64::from(r.sig)], 0);
+            b2.call(
+                "rseq(register)",
+                libc::SYS_rseq,
+                &[r.addr, u64::from(r.len), 0, u64::from(r.sig)],
+                0,
+            );
         }
         b2.call("umask", libc::SYS_umask, &[u64::from(meta.task.umask)], 0);
         let cwd = b2.cstr(&meta.task.cwd);
-        b2.call(format!("chdir {}", meta.task.cwd), libc::SYS_chdir, &[cwd], 0);
-        b2.call("personality", libc::SYS_personality, &[u64::from(meta.task.personality)], 0);
+        b2.call(
+            format!("chdir {}", meta.task.cwd),
+            libc::SYS_chdir,
+            &[cwd],
+            0,
+        );
+        b2.call(
+            "personality",
+            libc::SYS_personality,
+            &[u64::from(meta.task.personality)],
+            0,
+        );
         let comm = b2.cstr(&meta.task.comm);
-        b2.call("prctl(PR_SET_NAME)", libc::SYS_prctl, &[libc::PR_SET_NAME as u64, comm], 0);
+        b2.call(
+            "prctl(PR_SET_NAME)",
+            libc::SYS_prctl,
+            &[libc::PR_SET_NAME as u64, comm],
+            0,
+        );
         Ok((b1, b2))
     }
 
     /// Moves the target's vDSO areas to the image's addresses, all by one offset; through a
     /// free spot first when the old and new places overlap.
-    fn move_vdso(&self, b: &mut Batch, maps: &[MapEntry], here: &VdsoLayout) -> Result<(), RestoreError> {
+    fn move_vdso(
+        &self,
+        b: &mut Batch,
+        maps: &[MapEntry],
+        here: &VdsoLayout,
+    ) -> Result<(), RestoreError> {
         let want = &self.meta.requires.vdso.areas;
         let (Some(first_here), Some(first_want)) = (here.areas.first(), want.first()) else {
             return Ok(());
@@ -641,13 +838,38 @@ impl Plan<'_> {
                 size: hh - hl,
             })?;
             for (s, e) in &from {
-                b.call("mremap vdso (aside)", libc::SYS_mremap, &[*s, e - s, e - s, MREMAP_MAYMOVE | MREMAP_FIXED, tmp + (s - hl)], 0);
+                b.call(
+                    "mremap vdso (aside)",
+                    libc::SYS_mremap,
+                    &[
+                        *s,
+                        e - s,
+                        e - s,
+                        MREMAP_MAYMOVE | MREMAP_FIXED,
+                        tmp + (s - hl),
+                    ],
+                    0,
+                );
             }
-            from = from.iter().map(|(s, e)| (tmp + (s - hl), tmp + (e - hl))).collect();
+            from = from
+                .iter()
+                .map(|(s, e)| (tmp + (s - hl), tmp + (e - hl)))
+                .collect();
         }
         let base = from.first().map(|a| a.0).unwrap_or(0);
         for (s, e) in from {
-            b.call("mremap vdso", libc::SYS_mremap, &[s, e - s, e - s, MREMAP_MAYMOVE | MREMAP_FIXED, wl + (s - base)], 0);
+            b.call(
+                "mremap vdso",
+                libc::SYS_mremap,
+                &[
+                    s,
+                    e - s,
+                    e - s,
+                    MREMAP_MAYMOVE | MREMAP_FIXED,
+                    wl + (s - base),
+                ],
+                0,
+            );
         }
         Ok(())
     }

@@ -100,12 +100,23 @@ pub fn set_xstate(pid: i32, xstate: &[u8]) -> io::Result<()> {
 
 pub fn get_sigmask(pid: i32) -> io::Result<u64> {
     let mut mask = 0u64;
-    ptrace(libc::PTRACE_GETSIGMASK, pid, 8, &mut mask as *mut u64 as usize)?;
+    ptrace(
+        libc::PTRACE_GETSIGMASK,
+        pid,
+        8,
+        &mut mask as *mut u64 as usize,
+    )?;
     Ok(mask)
 }
 
 pub fn set_sigmask(pid: i32, mask: u64) -> io::Result<()> {
-    ptrace(libc::PTRACE_SETSIGMASK, pid, 8, &mask as *const u64 as usize).map(drop)
+    ptrace(
+        libc::PTRACE_SETSIGMASK,
+        pid,
+        8,
+        &mask as *const u64 as usize,
+    )
+    .map(drop)
 }
 
 /// `struct ptrace_rseq_configuration`.
@@ -153,7 +164,10 @@ pub enum Wait {
     Exited(i32),
     Signaled(i32),
     /// A ptrace stop: the signal and the `PTRACE_EVENT_*` (0 for a signal-delivery stop).
-    Stopped { sig: i32, event: i32 },
+    Stopped {
+        sig: i32,
+        event: i32,
+    },
 }
 
 /// `waitpid(pid, __WALL | flags)`, retried on EINTR.
@@ -193,7 +207,8 @@ pub fn read_mem(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
         iov_len: buf.len(),
     };
     // SAFETY: `local` describes `buf`, which we own mutably; `remote` is only read by the kernel.
-    let n = check(unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) } as libc::c_long)?;
+    let n =
+        check(unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) } as libc::c_long)?;
     if n as usize != buf.len() {
         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short read"));
     }
@@ -249,7 +264,8 @@ pub fn fork_stopped(fds: &[(RawFd, RawFd)]) -> io::Result<i32> {
 
 /// *child* The child side of [`fork_stopped`]; never returns.
 fn child_arrange_and_stop(fds: &[(RawFd, RawFd)], base: RawFd) -> ! {
-    // SAFETY (whole function): async-signal-safe calls on integers; `_exit` on any failure.
+    // SAFETY: only async-signal-safe calls on integers and a stack array; `_exit` on any
+    // failure; the function never returns into the forked copy of the agent.
     unsafe {
         for (i, &(_, ours)) in fds.iter().enumerate() {
             if libc::dup2(ours, base + i as RawFd) < 0 {

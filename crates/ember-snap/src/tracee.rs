@@ -20,11 +20,7 @@ pub enum TraceError {
     #[error("process {pid} stopped unexpectedly (signal {sig}, event {event})")]
     Unexpected { pid: i32, sig: i32, event: i32 },
     #[error("process {pid}: injected {what} failed: {}", io::Error::from_raw_os_error(*errno))]
-    Injected {
-        pid: i32,
-        what: String,
-        errno: i32,
-    },
+    Injected { pid: i32, what: String, errno: i32 },
 }
 
 pub struct Tracee {
@@ -96,7 +92,9 @@ impl Tracee {
                 sys::cont(self.pid, 0).map_err(pt(self.pid, "PTRACE_CONT"))?;
             }
             match self.wait_trap() {
-                Err(TraceError::Unexpected { event, .. }) if event == libc::PTRACE_EVENT_STOP => continue,
+                Err(TraceError::Unexpected { event, .. }) if event == libc::PTRACE_EVENT_STOP => {
+                    continue;
+                }
                 other => return other,
             }
         }
@@ -124,7 +122,13 @@ impl Tracee {
     }
 
     /// [`Self::syscall`] with other registers as the base (segment registers, flags).
-    pub fn syscall_with(&self, base: &Regs, insn: u64, nr: i64, args: &[u64]) -> Result<i64, TraceError> {
+    pub fn syscall_with(
+        &self,
+        base: &Regs,
+        insn: u64,
+        nr: i64,
+        args: &[u64],
+    ) -> Result<i64, TraceError> {
         let mut r = *base;
         r.rip = insn;
         r.rax = nr as u64;
@@ -138,7 +142,13 @@ impl Tracee {
     }
 
     /// [`Self::syscall`], with a failure turned into an error naming `what`.
-    pub fn syscall_ok(&self, insn: u64, nr: i64, args: &[u64], what: &str) -> Result<u64, TraceError> {
+    pub fn syscall_ok(
+        &self,
+        insn: u64,
+        nr: i64,
+        args: &[u64],
+        what: &str,
+    ) -> Result<u64, TraceError> {
         let r = self.syscall(insn, nr, args)?;
         if (-4095..0).contains(&r) {
             return Err(TraceError::Injected {
@@ -186,7 +196,9 @@ impl Tracee {
         let pid = self.pid;
         let r = sys::set_regs(pid, &self.regs)
             .map_err(pt(pid, "PTRACE_SETREGS"))
-            .and_then(|()| sys::set_sigmask(pid, self.sigmask).map_err(pt(pid, "PTRACE_SETSIGMASK")));
+            .and_then(|()| {
+                sys::set_sigmask(pid, self.sigmask).map_err(pt(pid, "PTRACE_SETSIGMASK"))
+            });
         let d = sys::detach(pid).map_err(pt(pid, "PTRACE_DETACH"));
         r.and(d)
     }

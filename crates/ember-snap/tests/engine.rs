@@ -62,7 +62,12 @@ fn restored_process_answers_and_keeps_its_state() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let said: i64 = r.ask("clock").strip_prefix("clock ").unwrap().parse().unwrap();
+    let said: i64 = r
+        .ask("clock")
+        .strip_prefix("clock ")
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((said - now).abs() <= 2, "restored clock {said}, ours {now}");
     // The regular file it held open is reopened at the same position, in append mode.
     assert_eq!(r.ask("log"), "log ok");

@@ -159,7 +159,10 @@ mod tests {
     fn elf_files_use_build_id_and_others_a_hash() {
         let libc_path = "/usr/lib/x86_64-linux-gnu/libc.so.6";
         let id = identify(libc_path, Path::new(libc_path)).unwrap();
-        assert!(matches!(id.ident, Ident::BuildId(ref b) if b.len() >= 16), "{id:?}");
+        assert!(
+            matches!(id.ident, Ident::BuildId(ref b) if b.len() >= 16),
+            "{id:?}"
+        );
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("data");
         std::fs::write(&p, b"hello").unwrap();

@@ -175,7 +175,10 @@ fn validate(m: &Meta) -> Result<(), String> {
     for (i, v) in m.vmas.iter().enumerate() {
         let aligned = v.start % PAGE == 0 && v.end % PAGE == 0;
         if !aligned || v.start >= v.end || v.start < prev_end || v.end > USER_END {
-            return Err(format!("VMA {i} ({:#x}-{:#x}) is out of order or range", v.start, v.end));
+            return Err(format!(
+                "VMA {i} ({:#x}-{:#x}) is out of order or range",
+                v.start, v.end
+            ));
         }
         prev_end = v.end;
         if let VmaKind::File { file, offset } = v.kind
@@ -195,13 +198,16 @@ fn validate(m: &Meta) -> Result<(), String> {
     let mut next_page = 0;
     let mut prev_end = 0;
     for r in &m.pages.runs {
-        let end = r.addr.checked_add(u64::from(r.pages) * PAGE).unwrap_or(u64::MAX);
+        let end = r.addr.saturating_add(u64::from(r.pages) * PAGE);
         let inside = m
             .vmas
             .iter()
             .any(|v| !v.shared && v.start <= r.addr && end <= v.end);
         if r.pages == 0 || r.addr % PAGE != 0 || r.addr < prev_end || !inside {
-            return Err(format!("page run at {:#x} is outside the image's private memory", r.addr));
+            return Err(format!(
+                "page run at {:#x} is outside the image's private memory",
+                r.addr
+            ));
         }
         if r.first != next_page {
             return Err(format!("page run at {:#x} is out of sequence", r.addr));

@@ -62,10 +62,13 @@ pub struct Requires {
     pub cpu_features: Vec<String>,
 }
 
+/// (name, start, end) of one vDSO area.
+pub type VdsoArea = (String, u64, u64);
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VdsoLayout {
-    /// (name, start, end) of each vDSO area, in address order.
-    pub areas: Vec<(String, u64, u64)>,
+    /// Each vDSO area, in address order.
+    pub areas: Vec<VdsoArea>,
     pub vdso_hash: [u8; 32],
 }
 

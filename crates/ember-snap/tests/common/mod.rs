@@ -17,7 +17,9 @@ pub fn privileged(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if !(on && root) {
-        eprintln!("SKIP {test}: needs root and EMBER_PRIVILEGED_TESTS=1 (ptrace of other processes)");
+        eprintln!(
+            "SKIP {test}: needs root and EMBER_PRIVILEGED_TESTS=1 (ptrace of other processes)"
+        );
     }
     on && root
 }
@@ -34,9 +36,18 @@ pub fn testee() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/testee.c");
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("testee-{}", std::process::id()));
+        let out =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("testee-{}", std::process::id()));
         let st = Command::new("cc")
-            .args(["-O1", "-g", "-pie", "-fPIE", "-Wl,-z,relro,-z,now", "-pthread", "-o"])
+            .args([
+                "-O1",
+                "-g",
+                "-pie",
+                "-fPIE",
+                "-Wl,-z,relro,-z,now",
+                "-pthread",
+                "-o",
+            ])
             .arg(&out)
             .arg(&src)
             .status()
@@ -63,7 +74,9 @@ impl Conv {
             .spawn()
             .unwrap();
         let w = std::fs::File::from(OwnedFd::from(child.stdin.take().unwrap()));
-        let r = BufReader::new(std::fs::File::from(OwnedFd::from(child.stdout.take().unwrap())));
+        let r = BufReader::new(std::fs::File::from(OwnedFd::from(
+            child.stdout.take().unwrap(),
+        )));
         Conv {
             pid: child.id() as i32,
             w,
