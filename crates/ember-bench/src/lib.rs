@@ -5,6 +5,7 @@ pub mod driver;
 pub mod plot;
 pub mod report;
 pub mod sandbox;
+pub mod snap;
 pub mod stats;
 pub mod workloads;
 

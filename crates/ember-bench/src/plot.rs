@@ -5,7 +5,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::report::Report;
+use crate::report::{Report, Row};
 
 const PATHS: [(&str, RGBColor); 3] = [
     ("warm", RGBColor(0x2b, 0x8c, 0xbe)),
@@ -21,18 +21,32 @@ pub struct PlotError {
 }
 
 pub fn write_svg(report: &Report, path: &Path) -> Result<(), PlotError> {
+    bars_svg(
+        &report.rows,
+        &PATHS,
+        "ember bench: p50 (bar) and p99 (whisker), ms, log scale",
+        path,
+    )
+}
+
+/// One group of bars per workload, one bar per series (a row's `path`), p99 as a whisker.
+pub fn bars_svg(
+    rows: &[Row],
+    series: &[(&str, RGBColor)],
+    title: &str,
+    path: &Path,
+) -> Result<(), PlotError> {
     let err = |e: &dyn std::fmt::Display| PlotError {
         path: path.display().to_string(),
         detail: e.to_string(),
     };
     let mut workloads: Vec<&str> = Vec::new();
-    for r in &report.rows {
+    for r in rows {
         if !workloads.contains(&r.workload.as_str()) {
             workloads.push(&r.workload);
         }
     }
-    let values = report
-        .rows
+    let values = rows
         .iter()
         .flat_map(|r| [r.summary.p50_ms, r.summary.p99_ms]);
     let (lo, hi) = values
@@ -46,10 +60,7 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<(), PlotError> {
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let n = workloads.len() as f64;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "ember bench: p50 (bar) and p99 (whisker), ms, log scale",
-            ("sans-serif", 20),
-        )
+        .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(36)
         .y_label_area_size(60)
@@ -71,9 +82,9 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<(), PlotError> {
         .y_desc("latency (ms)")
         .draw()
         .map_err(|e| err(&e))?;
-    let width = 0.8 / PATHS.len() as f64;
-    for (j, (name, color)) in PATHS.iter().enumerate() {
-        let rows: Vec<_> = report.rows.iter().filter(|r| r.path == *name).collect();
+    let width = 0.8 / series.len() as f64;
+    for (j, &(name, color)) in series.iter().enumerate() {
+        let rows: Vec<_> = rows.iter().filter(|r| r.path == name).collect();
         if rows.is_empty() {
             continue;
         }
@@ -98,7 +109,7 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<(), PlotError> {
         chart
             .draw_series(bars)
             .map_err(|e| err(&e))?
-            .label(*name)
+            .label(name)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
         chart.draw_series(whiskers).map_err(|e| err(&e))?;
     }

@@ -39,6 +39,8 @@ enum Command {
     Logs(commands::logs::Args),
     /// Measure cold and warm latency of the example workloads
     Bench(commands::bench::Args),
+    /// The checkpoint/restore engine: dump, restore and inspect process images
+    Snap(commands::snap::Args),
 }
 
 fn init_tracing(format: &str) {
@@ -66,6 +68,7 @@ async fn main() -> std::process::ExitCode {
         Command::Rm(a) => commands::rm::run(a).await,
         Command::Logs(a) => commands::logs::run(a).await,
         Command::Bench(a) => commands::bench::run(a).await,
+        Command::Snap(a) => commands::snap::run(a).await,
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -4,11 +4,13 @@
 //! <https://postcard.jamesmunns.com/wire-format>); field order is part of the format, so a
 //! change here bumps [`format::FORMAT_VERSION`].
 
+pub mod describe;
 pub mod files;
 pub mod format;
 
 use serde::{Deserialize, Serialize};
 
+pub use describe::describe;
 pub use files::{FileId, Ident};
 pub use format::{ImageError, LoadedImage, read_meta, write_image};
 

@@ -17,6 +17,9 @@ pub enum Experiment {
     /// Sandbox creation to a running first process at several parallelism levels, beside a
     /// plain fork+exec of the same program (needs root)
     Sandbox,
+    /// The checkpoint/restore engine: dump time, image size and restore to first answer of
+    /// Python processes (json, numpy, sklearn), beside their cold start and fork (needs root)
+    Snap,
 }
 
 #[derive(Debug, clap::Args)]
@@ -27,9 +30,12 @@ pub struct Args {
     /// sandbox: processes created at once, comma-separated
     #[arg(long, value_delimiter = ',', default_value = "1,10,40")]
     pub parallel: Vec<usize>,
-    /// sandbox: rounds per parallelism level
+    /// sandbox: rounds per parallelism level; snap: restores (and cold starts, forks) per workload
     #[arg(long, default_value_t = 50)]
     pub runs: usize,
+    /// snap: dumps per workload
+    #[arg(long, default_value_t = 5)]
+    pub dumps: usize,
     /// Drive this daemon instead of starting one in this process
     #[arg(long)]
     pub url: Option<String>,
@@ -64,8 +70,10 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    if args.experiment == Experiment::Sandbox {
-        return sandbox(args).await;
+    match args.experiment {
+        Experiment::Sandbox => return sandbox(args).await,
+        Experiment::Snap => return snap(args).await,
+        Experiment::Invoke => {}
     }
     let started = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -160,5 +168,57 @@ async fn sandbox(args: Args) -> anyhow::Result<()> {
     }
     std::fs::write(&out, serde_json::to_vec_pretty(&rows)?)?;
     eprintln!("results: {}", out.display());
+    Ok(())
+}
+
+async fn snap(args: Args) -> anyhow::Result<()> {
+    use ember_bench::snap;
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let names: Vec<&str> = if args.workloads.is_empty() {
+        snap::WORKLOADS.iter().map(|w| w.0).collect()
+    } else {
+        args.workloads.iter().map(String::as_str).collect()
+    };
+    let envs = ember_node::envs::EnvManager::open(
+        std::path::absolute(&args.envs_dir)?,
+        PathBuf::from("/usr/bin/python3"),
+    )
+    .await?;
+    let work = tempfile::Builder::new().prefix("ember-bench-snap-").tempdir()?;
+    eprintln!(
+        "bench snap: {} restores, cold starts and forks per workload (interleaved), {} dumps",
+        args.runs, args.dumps
+    );
+    let mut results = Vec::new();
+    for name in names {
+        let Some((_, packages)) = snap::WORKLOADS.iter().find(|w| w.0 == name) else {
+            anyhow::bail!(
+                "unknown snap workload {name:?}; choose from {:?}",
+                snap::WORKLOADS.map(|w| w.0)
+            );
+        };
+        let packages: Vec<String> = packages.iter().map(|p| p.to_string()).collect();
+        let env = envs.ensure(&packages, &|l| eprintln!("{l}")).await?;
+        eprintln!("measuring {name}");
+        let (python, dir, runs, dumps) = (env.python(), work.path().to_path_buf(), args.runs, args.dumps);
+        let name = name.to_string();
+        let r = tokio::task::spawn_blocking(move || snap::measure(&name, &python, &dir, runs, dumps))
+        .await??;
+        results.push(r);
+    }
+    print!("{}", snap::table(&results));
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from(format!("bench-results/snap-{started}.json")));
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, serde_json::to_vec_pretty(&results)?)?;
+    let svg = out.with_extension("svg");
+    snap::write_svg(&results, &svg)?;
+    eprintln!("results: {}\nplot: {}", out.display(), svg.display());
     Ok(())
 }

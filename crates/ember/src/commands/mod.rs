@@ -7,6 +7,7 @@ pub mod logs;
 pub mod ls;
 pub mod rm;
 pub mod serve;
+pub mod snap;
 pub mod up;
 
 use ember_api::client::Client;

@@ -1,0 +1,122 @@
+//! A human summary of an image (`ember snap inspect`).
+
+use std::fmt::Write;
+use std::path::Path;
+
+use super::files::hexs;
+use super::format::{META_FILE, PAGES_FILE};
+use super::{FdKind, Meta, PAGE, VmaKind};
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn prot(p: i32) -> String {
+    format!(
+        "{}{}{}",
+        if p & libc::PROT_READ != 0 { 'r' } else { '-' },
+        if p & libc::PROT_WRITE != 0 { 'w' } else { '-' },
+        if p & libc::PROT_EXEC != 0 { 'x' } else { '-' }
+    )
+}
+
+/// Everything a person wants to know about the image at `dir`, VMA by VMA.
+pub fn describe(dir: &Path, m: &Meta) -> String {
+    let size = |f: &str| std::fs::metadata(dir.join(f)).map(|m| m.len()).unwrap_or(0);
+    let mut o = String::new();
+    let _ = writeln!(o, "image {} (id {})", dir.display(), hexs(&m.id));
+    let _ = writeln!(
+        o,
+        "  taken from pid {} ({}, {}) at unix time {}",
+        m.source.pid, m.source.comm, m.source.exe, m.created
+    );
+    let _ = writeln!(
+        o,
+        "  parent: {}",
+        m.parent
+            .as_ref()
+            .map(|p| format!("{} ({})", p.path, hexs(&p.id)))
+            .unwrap_or_else(|| "none".into())
+    );
+    let _ = writeln!(
+        o,
+        "  memory: {} VMAs mapping {}; {} pages stored ({}); files: {} meta, {} pages",
+        m.vmas.len(),
+        mib(m.mapped_bytes()),
+        m.pages.count,
+        mib(m.pages.count * PAGE),
+        mib(size(META_FILE)),
+        mib(size(PAGES_FILE)),
+    );
+    let vdso: Vec<String> = m
+        .requires
+        .vdso
+        .areas
+        .iter()
+        .map(|(n, s, e)| format!("{n} {}K at {s:#x}", (e - s) / 1024))
+        .collect();
+    let _ = writeln!(
+        o,
+        "  requires: kernel {} layout ({}; vDSO #{}), xstate features {:#x} ({} bytes), CPU {}",
+        m.source.kernel,
+        vdso.join(", "),
+        hexs(&m.requires.vdso.vdso_hash[..4]),
+        m.requires.xfeatures,
+        m.requires.xstate_size,
+        m.requires.cpu_features.join(" ")
+    );
+    let t = &m.task;
+    let _ = writeln!(
+        o,
+        "  task: {} signal handlers, mask {:#x}, rseq {}, robust list {:#x}, cwd {}",
+        t.sigactions.len(),
+        t.sigmask,
+        t.rseq.map(|r| format!("{:#x}", r.addr)).unwrap_or_else(|| "none".into()),
+        t.robust_list.0,
+        t.cwd
+    );
+    let _ = writeln!(o, "  descriptors:");
+    for f in &m.fds {
+        let what = match &f.kind {
+            FdKind::Inherited { what } => format!("inherited from the caller (was {what})"),
+            FdKind::File { file, pos, .. } => format!(
+                "{} at {pos}",
+                m.files.get(*file as usize).map(|f| f.path.as_str()).unwrap_or("?")
+            ),
+        };
+        let _ = writeln!(o, "    {:>3} {what}", f.fd);
+    }
+    let _ = writeln!(o, "  files:");
+    for f in &m.files {
+        let _ = writeln!(o, "    {} ({} bytes, {})", f.path, f.size, f.ident);
+    }
+    let _ = writeln!(o, "  VMAs:                                    perm  pages  what");
+    for v in &m.vmas {
+        let stored: u64 = m
+            .pages
+            .runs
+            .iter()
+            .filter(|r| v.start <= r.addr && r.addr < v.end)
+            .map(|r| u64::from(r.pages))
+            .sum();
+        let what = match v.kind {
+            VmaKind::Anon => String::new(),
+            VmaKind::Heap => "[heap]".into(),
+            VmaKind::Stack => "[stack]".into(),
+            VmaKind::File { file, offset } => format!(
+                "{} @{offset:#x}",
+                m.files.get(file as usize).map(|f| f.path.as_str()).unwrap_or("?")
+            ),
+        };
+        let _ = writeln!(
+            o,
+            "    {:012x}-{:012x} {:>9} {}{} {stored:>6}  {what}",
+            v.start,
+            v.end,
+            format!("{}K", v.len() / 1024),
+            prot(v.prot),
+            if v.shared { 's' } else { 'p' },
+        );
+    }
+    o
+}

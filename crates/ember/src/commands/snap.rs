@@ -1,0 +1,153 @@
+//! `ember snap`: the checkpoint/restore engine on its own (dump, restore, inspect).
+
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use ember_snap::{DumpOptions, LoadedImage, RestoreOptions, Target};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Debug, Subcommand)]
+enum Verb {
+    /// Dump a stopped or running single-threaded process into an image directory
+    Dump {
+        /// The process to dump
+        #[arg(long)]
+        pid: i32,
+        /// Image directory to write
+        #[arg(long)]
+        out: PathBuf,
+        /// Descriptors the caller owns (stdio, a protocol pipe): a restore hands them in
+        #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
+        inherit: Vec<i32>,
+        /// Let the process run on after the dump (by default it is killed)
+        #[arg(long)]
+        leave_running: bool,
+    },
+    /// Restore instances of an image, wired to this command's descriptors; waits for them
+    Restore {
+        /// Image directory
+        dir: PathBuf,
+        /// How many instances, restored at the same time
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+    },
+    /// Print a human summary of an image: VMAs, pages, sizes, requirements, parent
+    Inspect {
+        /// Image directory
+        dir: PathBuf,
+    },
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || match args.verb {
+        Verb::Dump {
+            pid,
+            out,
+            inherit,
+            leave_running,
+        } => dump(pid, out, inherit, leave_running),
+        Verb::Restore { dir, count } => restore(dir, count),
+        Verb::Inspect { dir } => {
+            let meta = ember_snap::image::read_meta(&dir)?;
+            print!("{}", ember_snap::image::describe(&dir, &meta));
+            Ok(())
+        }
+    })
+    .await?
+}
+
+fn dump(pid: i32, out: PathBuf, inherited: Vec<i32>, leave_running: bool) -> anyhow::Result<()> {
+    let stats = ember_snap::dump(pid, &out, &DumpOptions { inherited })?;
+    if !leave_running {
+        // SAFETY: kill takes plain integers; the pid was just dumped and is ours to end.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    eprintln!(
+        "dumped pid {pid} to {}: {} VMAs, {} pages stored ({} zero pages left out), {} files; stopped {:.2} ms, total {:.2} ms",
+        out.display(),
+        stats.vmas,
+        stats.pages,
+        stats.zero_pages,
+        stats.files,
+        stats.frozen_us as f64 / 1000.0,
+        stats.total_us as f64 / 1000.0
+    );
+    Ok(())
+}
+
+fn restore(dir: PathBuf, count: usize) -> anyhow::Result<()> {
+    let t = std::time::Instant::now();
+    let img = LoadedImage::load(&dir)?;
+    let load_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let mut fds: Vec<(RawFd, RawFd)> = Vec::new();
+    for n in img.meta.inherited_fds() {
+        // SAFETY: F_GETFD only asks whether our descriptor `n` is open.
+        if unsafe { libc::fcntl(n, libc::F_GETFD) } < 0 {
+            bail!(
+                "the image needs descriptor {n} from its caller; open it when running this command (for example {n}<>some-file)"
+            );
+        }
+        fds.push((n, n));
+    }
+    eprintln!("loaded {} in {load_ms:.2} ms", dir.display());
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..count.max(1))
+            .map(|_| {
+                let fds = fds.clone();
+                let img = &img;
+                s.spawn(move || ember_snap::restore(img, Target::Fork { fds }, &RestoreOptions::default()))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join()).collect()
+    });
+    let mut pids = Vec::new();
+    let mut first_err = None;
+    for r in results {
+        match r {
+            Ok(Ok(r)) => {
+                let s = r.stats;
+                eprintln!(
+                    "restored pid {} in {:.2} ms (attach {:.2}, map {:.2}, fill {:.2}, state {:.2}, finish {:.2}; {} pages, {} VMAs, {} syscalls in {} round trips)",
+                    r.pid,
+                    s.total_us as f64 / 1000.0,
+                    s.attach_us as f64 / 1000.0,
+                    s.map_us as f64 / 1000.0,
+                    s.fill_us as f64 / 1000.0,
+                    s.state_us as f64 / 1000.0,
+                    s.finish_us as f64 / 1000.0,
+                    s.pages,
+                    s.vmas,
+                    s.injected,
+                    s.round_trips
+                );
+                pids.push(r.pid);
+            }
+            Ok(Err(e)) => first_err = first_err.or(Some(anyhow::Error::from(e))),
+            Err(_) => first_err = first_err.or(Some(anyhow::anyhow!("a restore thread panicked"))),
+        }
+    }
+    let mut failed = 0;
+    for pid in pids {
+        let mut st = 0;
+        // SAFETY: reaping our own child into a local.
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+        if !(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0) {
+            failed += 1;
+            eprintln!("pid {pid} ended with status {st:#x}");
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e).context("restore failed");
+    }
+    if failed > 0 {
+        bail!("{failed} restored process(es) did not exit cleanly");
+    }
+    Ok(())
+}
