@@ -16,6 +16,7 @@ pub mod image;
 pub mod proc;
 pub mod restore;
 pub mod restorer;
+pub mod stopper;
 pub mod sys;
 pub mod tracee;
 

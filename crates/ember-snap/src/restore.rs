@@ -129,7 +129,7 @@ pub fn restore(
                     why: format!("the image needs inherited descriptors {missing:?}; hand them in"),
                 });
             }
-            let pid = sys::fork_stopped(&fds).map_err(RestoreError::Fork)?;
+            let pid = crate::stopper::spawn(&fds).map_err(RestoreError::Fork)?;
             match sys::wait(pid, libc::WUNTRACED) {
                 Ok(Wait::Stopped { .. }) => (pid, true),
                 other => {

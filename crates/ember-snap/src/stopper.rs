@@ -1,0 +1,130 @@
+//! The stopper: a 200-byte static program a restore target is made of.
+//!
+//! Forking the agent to get a target copies the agent's page tables, and the restore then
+//! has to tear them down: with a node holding a gigabyte of images that costs milliseconds
+//! twice. Instead the target is spawned (`posix_spawn`, which is `vfork` + `exec`) from this
+//! program, kept in a sealed memfd: it stops itself at once, with an address space of one
+//! code page, a stack and the vDSO.
+//!
+//! No ELF writer in a maintained crate makes a bare executable from a few bytes of code
+//! without a linker, so the two headers are written here:
+//!
+//! ```text
+//! 0    ELF header (64 bytes): ELFCLASS64, little-endian, ET_EXEC, EM_X86_64, entry = BASE + 120
+//! 64   one PT_LOAD program header (56 bytes): offset 0, vaddr BASE, R+X, the whole file
+//! 120  code: getpid; kill(pid, SIGSTOP); exit(127)
+//! ```
+
+use std::ffi::CString;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::OnceLock;
+
+use crate::sys;
+
+/// Load address: low, away from where images put things (the target's own mappings are
+/// unmapped by the restore anyway).
+const BASE: u64 = 0x20_0000;
+const HEADERS: usize = 64 + 56;
+
+std::arch::global_asm!(
+    ".pushsection .text.ember_stopper,\"ax\",@progbits",
+    ".globl ember_stopper_start",
+    "ember_stopper_start:",
+    "    mov eax, 39",
+    "    syscall",
+    "    mov edi, eax",
+    "    mov esi, 19",
+    "    mov eax, 62",
+    "    syscall",
+    "    mov edi, 127",
+    "    mov eax, 60",
+    "    syscall",
+    ".globl ember_stopper_end",
+    "ember_stopper_end:",
+    ".popsection",
+);
+
+// SAFETY: both symbols are defined by the `global_asm!` above, in a readable text section.
+unsafe extern "C" {
+    static ember_stopper_start: u8;
+    static ember_stopper_end: u8;
+}
+
+fn code() -> &'static [u8] {
+    let start = &raw const ember_stopper_start;
+    let end = &raw const ember_stopper_end;
+    // SAFETY: the two symbols delimit the code's bytes in our own text section, mapped
+    // readable for the life of the process.
+    unsafe { std::slice::from_raw_parts(start, end as usize - start as usize) }
+}
+
+/// The whole executable.
+pub fn elf() -> Vec<u8> {
+    let code = code();
+    let total = (HEADERS + code.len()) as u64;
+    let mut e = Vec::with_capacity(total as usize);
+    e.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    e.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    e.extend_from_slice(&1u32.to_le_bytes()); // EV_CURRENT
+    e.extend_from_slice(&(BASE + HEADERS as u64).to_le_bytes()); // entry
+    e.extend_from_slice(&64u64.to_le_bytes()); // phoff
+    e.extend_from_slice(&0u64.to_le_bytes()); // shoff
+    e.extend_from_slice(&0u32.to_le_bytes()); // flags
+    e.extend_from_slice(&64u16.to_le_bytes()); // ehsize
+    e.extend_from_slice(&56u16.to_le_bytes()); // phentsize
+    e.extend_from_slice(&1u16.to_le_bytes()); // phnum
+    e.extend_from_slice(&[0; 6]); // shentsize, shnum, shstrndx
+    e.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    e.extend_from_slice(&5u32.to_le_bytes()); // PF_R | PF_X
+    e.extend_from_slice(&0u64.to_le_bytes()); // offset
+    e.extend_from_slice(&BASE.to_le_bytes()); // vaddr
+    e.extend_from_slice(&BASE.to_le_bytes()); // paddr
+    e.extend_from_slice(&total.to_le_bytes()); // filesz
+    e.extend_from_slice(&total.to_le_bytes()); // memsz
+    e.extend_from_slice(&0x1000u64.to_le_bytes()); // align
+    debug_assert_eq!(e.len(), HEADERS);
+    e.extend_from_slice(code);
+    e
+}
+
+/// `/proc/self/fd/N` of a sealed memfd holding the stopper, made once per process.
+fn path() -> io::Result<(&'static CString, i32)> {
+    static PATH: OnceLock<Result<(OwnedFd, CString), String>> = OnceLock::new();
+    let r = PATH.get_or_init(|| {
+        let fd = sys::memfd_exec("ember-stopper").map_err(|e| e.to_string())?;
+        std::fs::File::from(fd.try_clone().map_err(|e| e.to_string())?)
+            .write_all(&elf())
+            .map_err(|e| e.to_string())?;
+        sys::seal(&fd).map_err(|e| e.to_string())?;
+        let p = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|e| e.to_string())?;
+        Ok((fd, p))
+    });
+    match r {
+        Ok((fd, p)) => Ok((p, fd.as_raw_fd())),
+        Err(e) => Err(io::Error::other(format!("preparing the stopper program: {e}"))),
+    }
+}
+
+/// Spawns a stopper holding `fds` (`(wanted number, our descriptor)`); returns its pid. It
+/// stops itself right away (wait for that with `WUNTRACED`).
+pub fn spawn(fds: &[(i32, i32)]) -> io::Result<i32> {
+    let (path, fd) = path()?;
+    sys::spawn(path, fd, fds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_program_is_a_tiny_static_executable() {
+        let e = elf();
+        assert!(e.len() < 200, "{} bytes", e.len());
+        assert_eq!(&e[..4], b"\x7fELF");
+        let code = &e[HEADERS..];
+        // getpid, kill, exit: three syscall instructions.
+        assert_eq!(code.windows(2).filter(|w| *w == [0x0f, 0x05]).count(), 3);
+    }
+}
