@@ -191,14 +191,24 @@ pub fn measure(
     let mut frozen = Vec::new();
     for _ in 0..dumps.max(1) {
         let t = Instant::now();
-        let st = ember_snap::dump(live.pid, &image, &DumpOptions { inherited: vec![0, 1, 2] })?;
+        let st = ember_snap::dump(
+            live.pid,
+            &image,
+            &DumpOptions {
+                inherited: vec![0, 1, 2],
+            },
+        )?;
         s.dump_ms.push(ms(t));
         frozen.push(st.frozen_us as f64 / 1e3);
     }
     let t = Instant::now();
     let img = LoadedImage::load(&image)?;
     let load_ms = ms(t);
-    let size = |f: &str| std::fs::metadata(image.join(f)).map(|m| m.len()).unwrap_or(0);
+    let size = |f: &str| {
+        std::fs::metadata(image.join(f))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
     let mut phases: [Vec<f64>; 5] = Default::default();
     let mut last = RestoreStats::default();
     for round in 0..runs {
@@ -212,9 +222,17 @@ pub fn measure(
                     s.restore_ms.push(ms(t));
                     p.end();
                     if answer != expected {
-                        return Err(target_err(format!("restored process answered {answer:?}, not {expected:?}")));
+                        return Err(target_err(format!(
+                            "restored process answered {answer:?}, not {expected:?}"
+                        )));
                     }
-                    for (v, x) in phases.iter_mut().zip([st.attach_us, st.map_us, st.fill_us, st.state_us, st.finish_us]) {
+                    for (v, x) in phases.iter_mut().zip([
+                        st.attach_us,
+                        st.map_us,
+                        st.fill_us,
+                        st.state_us,
+                        st.finish_us,
+                    ]) {
                         v.push(x as f64 / 1e3);
                     }
                     last = st;
@@ -271,7 +289,20 @@ pub fn table(results: &[WorkloadResult]) -> String {
     let _ = writeln!(
         t,
         "{:<8} {:>5} {:>6} {:>8} {:>8} {:>7} | {:>8} {:>8} | {:>8} {:>8} | {:>7} {:>7} | {:>8} {:>8}",
-        "workload", "VMAs", "pages", "img MiB", "dump ms", "load ms", "restore", "p99", "cold", "p99", "fork", "p99", "vs cold", "vs fork"
+        "workload",
+        "VMAs",
+        "pages",
+        "img MiB",
+        "dump ms",
+        "load ms",
+        "restore",
+        "p99",
+        "cold",
+        "p99",
+        "fork",
+        "p99",
+        "vs cold",
+        "vs fork"
     );
     for r in results {
         let _ = writeln!(
@@ -293,13 +324,24 @@ pub fn table(results: &[WorkloadResult]) -> String {
             r.restore.p50_ms / r.fork.p50_ms,
         );
     }
-    let _ = writeln!(t, "(ms, p50 unless marked p99; restore and cold start are to the first answer; vs = restore p50 over the other's p50)");
+    let _ = writeln!(
+        t,
+        "(ms, p50 unless marked p99; restore and cold start are to the first answer; vs = restore p50 over the other's p50)"
+    );
     for r in results {
         let p = r.restore_phases;
         let _ = writeln!(
             t,
             "{:<8} restore phases p50 ms: attach {:.2}, map {:.2}, fill {:.2}, state {:.2}, finish {:.2}; {} syscalls in {} round trips; dump stopped the process {:.2} ms",
-            r.workload, p[0], p[1], p[2], p[3], p[4], r.injected_syscalls, r.round_trips, r.dump_frozen.p50_ms
+            r.workload,
+            p[0],
+            p[1],
+            p[2],
+            p[3],
+            p[4],
+            r.injected_syscalls,
+            r.round_trips,
+            r.dump_frozen.p50_ms
         );
     }
     t

@@ -98,12 +98,15 @@ fn path() -> io::Result<(&'static CString, i32)> {
             .write_all(&elf())
             .map_err(|e| e.to_string())?;
         sys::seal(&fd).map_err(|e| e.to_string())?;
-        let p = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|e| e.to_string())?;
+        let p =
+            CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|e| e.to_string())?;
         Ok((fd, p))
     });
     match r {
         Ok((fd, p)) => Ok((p, fd.as_raw_fd())),
-        Err(e) => Err(io::Error::other(format!("preparing the stopper program: {e}"))),
+        Err(e) => Err(io::Error::other(format!(
+            "preparing the stopper program: {e}"
+        ))),
     }
 }
 

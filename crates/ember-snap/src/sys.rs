@@ -392,7 +392,8 @@ pub fn kernel_release() -> String {
 pub fn memfd_exec(name: &str) -> io::Result<std::os::fd::OwnedFd> {
     let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
     // SAFETY: `name` is a valid NUL-terminated string; the flags create a new descriptor.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -405,7 +406,8 @@ pub fn seal(fd: &std::os::fd::OwnedFd) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
     // SAFETY: fcntl on a descriptor we own, with integer arguments.
-    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } as libc::c_long).map(drop)
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } as libc::c_long)
+        .map(drop)
 }
 
 /// `posix_spawn` (vfork + exec: no copy of our page tables) of `path` with no arguments,
@@ -413,7 +415,13 @@ pub fn seal(fd: &std::os::fd::OwnedFd) -> io::Result<()> {
 /// first temporary up closed (`exe_fd`, the descriptor `path` goes through, stays below).
 /// Returns the pid.
 pub fn spawn(path: &std::ffi::CStr, exe_fd: RawFd, fds: &[(RawFd, RawFd)]) -> io::Result<i32> {
-    let base = fds.iter().map(|&(a, b)| a.max(b)).max().unwrap_or(2).max(exe_fd) + 1;
+    let base = fds
+        .iter()
+        .map(|&(a, b)| a.max(b))
+        .max()
+        .unwrap_or(2)
+        .max(exe_fd)
+        + 1;
     let mut actions = MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
     // SAFETY: initialising the file-actions object we own.
     let rc = unsafe { libc::posix_spawn_file_actions_init(actions.as_mut_ptr()) };
@@ -425,13 +433,25 @@ pub fn spawn(path: &std::ffi::CStr, exe_fd: RawFd, fds: &[(RawFd, RawFd)]) -> io
     for (i, &(_, ours)) in fds.iter().enumerate() {
         if rc == 0 {
             // SAFETY: see above.
-            rc = unsafe { libc::posix_spawn_file_actions_adddup2(actions.as_mut_ptr(), ours, base + i as RawFd) };
+            rc = unsafe {
+                libc::posix_spawn_file_actions_adddup2(
+                    actions.as_mut_ptr(),
+                    ours,
+                    base + i as RawFd,
+                )
+            };
         }
     }
     for (i, &(want, _)) in fds.iter().enumerate() {
         if rc == 0 {
             // SAFETY: see above.
-            rc = unsafe { libc::posix_spawn_file_actions_adddup2(actions.as_mut_ptr(), base + i as RawFd, want) };
+            rc = unsafe {
+                libc::posix_spawn_file_actions_adddup2(
+                    actions.as_mut_ptr(),
+                    base + i as RawFd,
+                    want,
+                )
+            };
         }
     }
     if rc == 0 {
@@ -445,7 +465,14 @@ pub fn spawn(path: &std::ffi::CStr, exe_fd: RawFd, fds: &[(RawFd, RawFd)]) -> io
         // SAFETY: `path`, `argv` and `envp` are valid NUL-terminated for the call; `pid` is
         // a live local; `actions` is initialised.
         rc = unsafe {
-            libc::posix_spawn(&mut pid, path.as_ptr(), actions.as_ptr(), std::ptr::null(), argv.as_ptr(), envp.as_ptr())
+            libc::posix_spawn(
+                &mut pid,
+                path.as_ptr(),
+                actions.as_ptr(),
+                std::ptr::null(),
+                argv.as_ptr(),
+                envp.as_ptr(),
+            )
         };
     }
     // SAFETY: destroying the object initialised above, once.

@@ -71,7 +71,9 @@ pub fn describe(dir: &Path, m: &Meta) -> String {
         "  task: {} signal handlers, mask {:#x}, rseq {}, robust list {:#x}, cwd {}",
         t.sigactions.len(),
         t.sigmask,
-        t.rseq.map(|r| format!("{:#x}", r.addr)).unwrap_or_else(|| "none".into()),
+        t.rseq
+            .map(|r| format!("{:#x}", r.addr))
+            .unwrap_or_else(|| "none".into()),
         t.robust_list.0,
         t.cwd
     );
@@ -81,7 +83,10 @@ pub fn describe(dir: &Path, m: &Meta) -> String {
             FdKind::Inherited { what } => format!("inherited from the caller (was {what})"),
             FdKind::File { file, pos, .. } => format!(
                 "{} at {pos}",
-                m.files.get(*file as usize).map(|f| f.path.as_str()).unwrap_or("?")
+                m.files
+                    .get(*file as usize)
+                    .map(|f| f.path.as_str())
+                    .unwrap_or("?")
             ),
         };
         let _ = writeln!(o, "    {:>3} {what}", f.fd);
@@ -90,7 +95,10 @@ pub fn describe(dir: &Path, m: &Meta) -> String {
     for f in &m.files {
         let _ = writeln!(o, "    {} ({} bytes, {})", f.path, f.size, f.ident);
     }
-    let _ = writeln!(o, "  VMAs:                                    perm  pages  what");
+    let _ = writeln!(
+        o,
+        "  VMAs:                                    perm  pages  what"
+    );
     for v in &m.vmas {
         let stored: u64 = m
             .pages
@@ -105,7 +113,10 @@ pub fn describe(dir: &Path, m: &Meta) -> String {
             VmaKind::Stack => "[stack]".into(),
             VmaKind::File { file, offset } => format!(
                 "{} @{offset:#x}",
-                m.files.get(file as usize).map(|f| f.path.as_str()).unwrap_or("?")
+                m.files
+                    .get(file as usize)
+                    .map(|f| f.path.as_str())
+                    .unwrap_or("?")
             ),
         };
         let _ = writeln!(

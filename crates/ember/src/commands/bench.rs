@@ -187,7 +187,9 @@ async fn snap(args: Args) -> anyhow::Result<()> {
         PathBuf::from("/usr/bin/python3"),
     )
     .await?;
-    let work = tempfile::Builder::new().prefix("ember-bench-snap-").tempdir()?;
+    let work = tempfile::Builder::new()
+        .prefix("ember-bench-snap-")
+        .tempdir()?;
     eprintln!(
         "bench snap: {} restores, cold starts and forks per workload (interleaved), {} dumps",
         args.runs, args.dumps
@@ -203,10 +205,16 @@ async fn snap(args: Args) -> anyhow::Result<()> {
         let packages: Vec<String> = packages.iter().map(|p| p.to_string()).collect();
         let env = envs.ensure(&packages, &|l| eprintln!("{l}")).await?;
         eprintln!("measuring {name}");
-        let (python, dir, runs, dumps) = (env.python(), work.path().to_path_buf(), args.runs, args.dumps);
+        let (python, dir, runs, dumps) = (
+            env.python(),
+            work.path().to_path_buf(),
+            args.runs,
+            args.dumps,
+        );
         let name = name.to_string();
-        let r = tokio::task::spawn_blocking(move || snap::measure(&name, &python, &dir, runs, dumps))
-        .await??;
+        let r =
+            tokio::task::spawn_blocking(move || snap::measure(&name, &python, &dir, runs, dumps))
+                .await??;
         results.push(r);
     }
     print!("{}", snap::table(&results));

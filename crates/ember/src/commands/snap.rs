@@ -102,7 +102,9 @@ fn restore(dir: PathBuf, count: usize) -> anyhow::Result<()> {
             .map(|_| {
                 let fds = fds.clone();
                 let img = &img;
-                s.spawn(move || ember_snap::restore(img, Target::Fork { fds }, &RestoreOptions::default()))
+                s.spawn(move || {
+                    ember_snap::restore(img, Target::Fork { fds }, &RestoreOptions::default())
+                })
             })
             .collect();
         hs.into_iter().map(|h| h.join()).collect()
