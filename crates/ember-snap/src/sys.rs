@@ -482,3 +482,127 @@ pub fn spawn(path: &std::ffi::CStr, exe_fd: RawFd, fds: &[(RawFd, RawFd)]) -> io
     }
     Ok(pid)
 }
+
+/// `pidfd_open(pid, 0)`.
+pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: integer arguments; the result is a new descriptor we own.
+    let fd = check(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) })
+}
+
+/// `pidfd_getfd`: a copy of descriptor `target_fd` of the process behind `pidfd`.
+pub fn pidfd_getfd(
+    pidfd: &std::os::fd::OwnedFd,
+    target_fd: i32,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: integer arguments; the result is a new descriptor we own.
+    let fd =
+        check(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target_fd, 0) })?;
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) })
+}
+
+/// `struct uffdio_api`.
+#[repr(C)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+const _: () = assert!(size_of::<UffdioApi>() == 24);
+
+/// `struct uffdio_range`.
+#[repr(C)]
+struct UffdioRange {
+    start: u64,
+    len: u64,
+}
+const _: () = assert!(size_of::<UffdioRange>() == 16);
+
+/// `struct uffdio_register`.
+#[repr(C)]
+struct UffdioRegister {
+    range: UffdioRange,
+    mode: u64,
+    ioctls: u64,
+}
+const _: () = assert!(size_of::<UffdioRegister>() == 32);
+
+/// `struct uffdio_copy`.
+#[repr(C)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+const _: () = assert!(size_of::<UffdioCopy>() == 40);
+
+const UFFD_API: u64 = 0xaa;
+const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
+const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
+const UFFDIO_UNREGISTER: libc::c_ulong = 0x8010_aa01;
+const UFFDIO_COPY: libc::c_ulong = 0xc028_aa03;
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+const UFFDIO_COPY_MODE_DONTWAKE: u64 = 1;
+
+fn uffd_ioctl<T>(fd: &std::os::fd::OwnedFd, req: libc::c_ulong, arg: &mut T) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `arg` is a live, exclusively borrowed struct of the layout `req` expects
+    // (sizes asserted above); the kernel reads and writes only within it.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), req, arg as *mut T) } as libc::c_long).map(drop)
+}
+
+/// The API handshake on a fresh userfaultfd (no extra features).
+pub fn uffd_api(fd: &std::os::fd::OwnedFd) -> io::Result<()> {
+    let mut a = UffdioApi {
+        api: UFFD_API,
+        features: 0,
+        ioctls: 0,
+    };
+    uffd_ioctl(fd, UFFDIO_API, &mut a)
+}
+
+/// Registers `[start, start+len)` for missing-page handling.
+pub fn uffd_register(fd: &std::os::fd::OwnedFd, start: u64, len: u64) -> io::Result<()> {
+    let mut r = UffdioRegister {
+        range: UffdioRange { start, len },
+        mode: UFFDIO_REGISTER_MODE_MISSING,
+        ioctls: 0,
+    };
+    uffd_ioctl(fd, UFFDIO_REGISTER, &mut r)
+}
+
+pub fn uffd_unregister(fd: &std::os::fd::OwnedFd, start: u64, len: u64) -> io::Result<()> {
+    let mut r = UffdioRange { start, len };
+    uffd_ioctl(fd, UFFDIO_UNREGISTER, &mut r)
+}
+
+/// Installs `src` at `dst` of the registered process: fresh pages, filled without being
+/// zeroed first. Retries partial copies.
+pub fn uffd_copy(fd: &std::os::fd::OwnedFd, dst: u64, src: &[u8]) -> io::Result<()> {
+    let mut done = 0u64;
+    let len = src.len() as u64;
+    while done < len {
+        let mut c = UffdioCopy {
+            dst: dst + done,
+            src: src.as_ptr() as u64 + done,
+            len: len - done,
+            mode: UFFDIO_COPY_MODE_DONTWAKE,
+            copy: 0,
+        };
+        match uffd_ioctl(fd, UFFDIO_COPY, &mut c) {
+            Ok(()) => done = len,
+            Err(e) if c.copy > 0 => {
+                let _ = e;
+                done += c.copy as u64;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

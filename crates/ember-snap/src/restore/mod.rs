@@ -1,0 +1,499 @@
+//! Eager restore: turn a stopped process into the image, every page in place before it runs.
+//!
+//! ```text
+//!  target stopped ──seize──▶ inject mmap(gadget) ──▶ batch 1 ──▶ fill pages ──▶ batch 2 ──▶ finish
+//!                           (1 single-step)          (blob)     (process_vm_  (blob)      (gadget removed
+//!                                                               writev)                  by the image's own
+//!                                                                                        syscall insn; regs)
+//! batch 1: unregister the old rseq; open every file and park it at a known high fd (fstat
+//!          each for the identity check); close the target's other fds; unmap everything but
+//!          the gadget and the vDSO; move the vDSO to the image's address; map every VMA.
+//! batch 2: final protections; PR_SET_MM_MAP (mm fields, auxv, exe); reopen the image's file
+//!          descriptors; signal handlers, altstack, robust list, TID address, rseq, umask,
+//!          cwd, personality, name.
+//! ```
+//!
+//! Four ptrace round trips whatever the number of VMAs. Any failure kills the target (and
+//! reaps it when the engine forked it): no half-restored process is left behind. Phases are
+//! `tracing` spans: `restore.attach`, `restore.map`, `restore.fill`, `restore.state`,
+//! `restore.finish`.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::RawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use tracing::info_span;
+
+mod fill;
+mod plan;
+
+use plan::{Plan, find_gap};
+
+use crate::cpu::{self, Mismatch};
+use crate::image::files::{self, FileError};
+use crate::image::{LoadedImage, PAGE, VdsoLayout};
+use crate::proc::{self, MapEntry};
+use crate::restorer;
+use crate::sys::{self, Regs, Wait};
+use crate::tracee::{self, TraceError, Tracee};
+
+/// Where the search for a free gadget address starts (above the classic low areas).
+const GAP_SEARCH_FROM: u64 = 0x1_0000_0000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("cannot create the process to restore into: {0}")]
+    Fork(io::Error),
+    #[error("process {pid} cannot be restored into: {why}")]
+    Target { pid: i32, why: String },
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+    #[error("image {image}: {source}")]
+    Machine { image: String, source: Mismatch },
+    #[error("image {image}: {source}")]
+    File { image: String, source: FileError },
+    #[error(
+        "image {image}: the restored process opened another file at {path} than the one checked"
+    )]
+    Swapped { image: String, path: String },
+    #[error("image {image}: no free address range of {size} bytes for the restorer")]
+    NoGap { image: String, size: u64 },
+}
+
+/// The process to restore into.
+pub enum Target {
+    /// The engine forks it. `fds` are (number in the image, descriptor of ours): one for
+    /// every descriptor the image declares inherited.
+    Fork { fds: Vec<(RawFd, RawFd)> },
+    /// A process the caller created and stopped (`kill(getpid(), SIGSTOP)` or a group stop
+    /// while in a syscall), single-threaded, holding every inherited descriptor at its
+    /// number. The caller stays its parent and reaps it.
+    Stopped { pid: i32 },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreOptions {
+    /// Send SIGCONT when done (otherwise the process is left in its group stop).
+    pub resume: bool,
+    /// Threads writing pages at once. Filling is bound by the kernel allocating and zeroing
+    /// each 4 KiB page (~1.5 us here), which spreads across cores. 0 picks one per core, up
+    /// to 4, for images of more than [`PARALLEL_FILL_PAGES`] pages.
+    pub fill_threads: usize,
+}
+
+/// Below this many pages one thread fills faster than starting others.
+pub const PARALLEL_FILL_PAGES: u64 = 1024;
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            resume: true,
+            fill_threads: 0,
+        }
+    }
+}
+
+impl RestoreOptions {
+    fn threads_for(&self, pages: u64) -> usize {
+        match self.fill_threads {
+            0 if pages < PARALLEL_FILL_PAGES => 1,
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(4),
+            n => n,
+        }
+    }
+}
+
+/// Figures of one restore, in microseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreStats {
+    pub attach_us: u64,
+    pub map_us: u64,
+    pub fill_us: u64,
+    pub state_us: u64,
+    pub finish_us: u64,
+    pub total_us: u64,
+    pub pages: u64,
+    pub vmas: usize,
+    /// Syscalls run inside the target, and the ptrace round trips they took.
+    pub injected: usize,
+    pub round_trips: usize,
+}
+
+#[derive(Debug)]
+pub struct Restored {
+    pub pid: i32,
+    pub stats: RestoreStats,
+}
+
+/// Restores `img` into `target`. Blocking: ptrace ties the whole restore to this thread.
+pub fn restore(
+    img: &LoadedImage,
+    target: Target,
+    opts: &RestoreOptions,
+) -> Result<Restored, RestoreError> {
+    let t0 = Instant::now();
+    let (pid, ours) = match target {
+        Target::Fork { fds } => {
+            let missing: Vec<i32> = img
+                .meta
+                .inherited_fds()
+                .into_iter()
+                .filter(|n| !fds.iter().any(|(want, _)| want == n))
+                .collect();
+            if !missing.is_empty() {
+                return Err(RestoreError::Target {
+                    pid: 0,
+                    why: format!("the image needs inherited descriptors {missing:?}; hand them in"),
+                });
+            }
+            let pid = crate::stopper::spawn(&fds).map_err(RestoreError::Fork)?;
+            match sys::wait(pid, libc::WUNTRACED) {
+                Ok(Wait::Stopped { .. }) => (pid, true),
+                other => {
+                    sys::kill(pid, libc::SIGKILL);
+                    let _ = sys::wait(pid, 0);
+                    return Err(RestoreError::Target {
+                        pid,
+                        why: format!("the forked child did not stop ({other:?})"),
+                    });
+                }
+            }
+        }
+        Target::Stopped { pid } => (pid, false),
+    };
+    let attached = {
+        let _s = info_span!("restore.attach", pid).entered();
+        Tracee::attach(pid, true)
+    };
+    let result = attached
+        .map_err(RestoreError::from)
+        .and_then(|t| run(img, &t, opts, t0).map(|stats| (t, stats)));
+    match result {
+        Ok((_, stats)) => Ok(Restored { pid, stats }),
+        Err(e) => {
+            sys::kill(pid, libc::SIGKILL);
+            // As tracer (and parent, when ours) collect the death so nothing lingers; stop
+            // reports still queued come first.
+            while let Ok(Wait::Stopped { .. }) = sys::wait(pid, 0) {}
+            if !ours {
+                tracing::debug!(pid, "restore failed; target killed");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn target_err(pid: i32, why: impl Into<String>) -> RestoreError {
+    RestoreError::Target {
+        pid,
+        why: why.into(),
+    }
+}
+
+fn run(
+    img: &LoadedImage,
+    t: &Tracee,
+    opts: &RestoreOptions,
+    t0: Instant,
+) -> Result<RestoreStats, RestoreError> {
+    let pid = t.pid;
+    let meta = &img.meta;
+    let image = img.dir.display().to_string();
+    let mut stats = RestoreStats {
+        pages: meta.pages.count,
+        vmas: meta.vmas.len(),
+        ..RestoreStats::default()
+    };
+    let read = |f: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/{f}"))
+            .map_err(|e| target_err(pid, format!("/proc/{pid}/{f}: {e}")))
+    };
+    let status =
+        proc::parse_status(&read("status")?).ok_or_else(|| target_err(pid, "unreadable status"))?;
+    if status.threads != 1 {
+        return Err(target_err(
+            pid,
+            format!("it has {} threads", status.threads),
+        ));
+    }
+    let maps = proc::parse_maps(&read("maps")?).map_err(|e| target_err(pid, e))?;
+    let here = vdso_here(&maps).map_err(|e| target_err(pid, e))?;
+    let xstate =
+        sys::get_xstate(pid).map_err(|e| target_err(pid, format!("reading its xstate: {e}")))?;
+    cpu::check(&meta.requires, &here, &xstate).map_err(|source| RestoreError::Machine {
+        image: image.clone(),
+        source,
+    })?;
+    let root = format!("/proc/{pid}/root");
+    let ids = meta
+        .files
+        .iter()
+        .map(|f| files::verify(f, std::path::Path::new(&format!("{root}{}", f.path))))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| RestoreError::File {
+            image: image.clone(),
+            source,
+        })?;
+    let fds_now = open_fds(pid)?;
+    let inherited = meta.inherited_fds();
+    if let Some(n) = inherited.iter().find(|n| !fds_now.contains(n)) {
+        return Err(target_err(
+            pid,
+            format!("it does not hold inherited descriptor {n} the image needs"),
+        ));
+    }
+    let high = fds_now
+        .iter()
+        .chain(meta.fds.iter().map(|f| &f.fd))
+        .max()
+        .copied()
+        .unwrap_or(2)
+        // One above the lowest number an open can return (at most max + 1).
+        + 2;
+    let insn = {
+        let mut two = [0u8; 2];
+        sys::read_mem(pid, t.regs.rip.wrapping_sub(2), &mut two)
+            .map_err(|e| target_err(pid, format!("reading its code: {e}")))?;
+        if two != [0x0f, 0x05] {
+            return Err(target_err(pid, "it is not stopped in a syscall"));
+        }
+        t.regs.rip - 2
+    };
+    let mut filled = vec![false; meta.vmas.len()];
+    for r in &meta.pages.runs {
+        if let Some(i) = meta
+            .vmas
+            .iter()
+            .position(|v| v.start <= r.addr && r.addr < v.end)
+        {
+            filled[i] = true;
+        }
+    }
+    let mut plan = Plan {
+        meta,
+        image: image.clone(),
+        high,
+        fd_files: Vec::new(),
+        ids,
+        gadget: 0,
+        gadget_len: 0,
+        filled,
+        stat_offsets: Vec::new(),
+    };
+    let rseq_now = sys::get_rseq(pid).ok().filter(|c| c.abi_pointer != 0);
+
+    // Lay the batches out once at address 0 to learn their size, then for real.
+    let (b1, b2) = plan.batches(&maps, &here, rseq_now, PAGE)?;
+    let need = (PAGE + b1.size().max(b2.size()) as u64).next_multiple_of(PAGE);
+    let mut occupied: Vec<(u64, u64)> = maps.iter().map(|m| (m.start, m.end)).collect();
+    occupied.extend(meta.vmas.iter().map(|v| (v.start, v.end)));
+    occupied.extend(meta.requires.vdso.areas.iter().map(|(_, s, e)| (*s, *e)));
+    plan.gadget = find_gap(&occupied, need, GAP_SEARCH_FROM).ok_or(RestoreError::NoGap {
+        image: image.clone(),
+        size: need,
+    })?;
+    plan.gadget_len = need;
+    occupied.push((plan.gadget, plan.gadget + need));
+    let (b1, b2) = plan.batches(&maps, &here, rseq_now, plan.gadget + PAGE)?;
+    stats.attach_us = t0.elapsed().as_micros() as u64;
+
+    let t1 = Instant::now();
+    {
+        let _s = info_span!("restore.map", vmas = meta.vmas.len()).entered();
+        t.syscall_ok(
+            insn,
+            libc::SYS_mmap,
+            &[
+                plan.gadget,
+                need,
+                (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64,
+                u64::MAX,
+                0,
+            ],
+            "mmap(restorer)",
+        )?;
+        tracee::write(pid, plan.gadget, restorer::code())
+            .map_err(|e| target_err(pid, format!("writing the restorer: {e}")))?;
+        let (_, area) = t.run_batch(plan.gadget, &b1)?;
+        plan.check_opened(&area)?;
+    }
+    stats.map_us = t1.elapsed().as_micros() as u64;
+
+    let t2 = Instant::now();
+    {
+        let _s = info_span!("restore.fill", pages = meta.pages.count).entered();
+        fill::fill(pid, img, opts.threads_for(meta.pages.count))
+            .map_err(|e| target_err(pid, format!("writing pages: {e}")))?;
+    }
+    stats.fill_us = t2.elapsed().as_micros() as u64;
+
+    let t3 = Instant::now();
+    {
+        let _s = info_span!("restore.state").entered();
+        t.run_batch(plan.gadget, &b2)?;
+        if let Some(off) = meta.task.glibc_tid_offset {
+            let fs_base = words_to_regs(&meta.task.regs).fs_base;
+            tracee::write(pid, fs_base + u64::from(off), &status.ns_tid.to_ne_bytes())
+                .map_err(|e| target_err(pid, format!("writing glibc's thread id: {e}")))?;
+        }
+        sys::set_xstate(pid, &meta.task.xstate)
+            .map_err(|e| target_err(pid, format!("setting xstate: {e}")))?;
+    }
+    stats.state_us = t3.elapsed().as_micros() as u64;
+
+    let t4 = Instant::now();
+    {
+        let _s = info_span!("restore.finish").entered();
+        let mut regs = words_to_regs(&meta.task.regs);
+        // The gadget goes last, removed by a syscall instruction of the image's own code.
+        let rc = t.syscall_with(
+            &regs,
+            meta.task.syscall_insn,
+            libc::SYS_munmap,
+            &[plan.gadget, plan.gadget_len],
+        )?;
+        if rc != 0 {
+            return Err(target_err(
+                pid,
+                format!("removing the restorer failed: {rc}"),
+            ));
+        }
+        restart_interrupted(&mut regs);
+        sys::set_regs(pid, &regs).map_err(|e| target_err(pid, format!("PTRACE_SETREGS: {e}")))?;
+        sys::set_sigmask(pid, meta.task.sigmask)
+            .map_err(|e| target_err(pid, format!("PTRACE_SETSIGMASK: {e}")))?;
+        sys::detach(pid).map_err(|e| target_err(pid, format!("PTRACE_DETACH: {e}")))?;
+        if opts.resume {
+            sys::kill(pid, libc::SIGCONT);
+        }
+    }
+    stats.finish_us = t4.elapsed().as_micros() as u64;
+    stats.injected = 2 + b1.len() + b2.len();
+    stats.round_trips = 4;
+    stats.total_us = t0.elapsed().as_micros() as u64;
+    Ok(stats)
+}
+
+/// An interrupted syscall (`-ERESTART*` in rax) is restarted by hand: the kernel that
+/// interrupted it is not the one that resumes it. A restart block (nanosleep and friends)
+/// cannot come along; the call returns EINTR, which libc and CPython retry.
+pub fn restart_interrupted(r: &mut Regs) {
+    if (r.orig_rax as i64) >= 0 {
+        match r.rax as i64 {
+            -514..=-512 => {
+                r.rax = r.orig_rax;
+                r.rip -= 2;
+            }
+            -516 => {
+                r.rax = libc::SYS_restart_syscall as u64;
+                r.rip -= 2;
+            }
+            _ => {}
+        }
+    }
+    r.orig_rax = u64::MAX;
+}
+
+pub fn words_to_regs(w: &[u64]) -> Regs {
+    let g = |i: usize| w.get(i).copied().unwrap_or(0);
+    Regs {
+        r15: g(0),
+        r14: g(1),
+        r13: g(2),
+        r12: g(3),
+        rbp: g(4),
+        rbx: g(5),
+        r11: g(6),
+        r10: g(7),
+        r9: g(8),
+        r8: g(9),
+        rax: g(10),
+        rcx: g(11),
+        rdx: g(12),
+        rsi: g(13),
+        rdi: g(14),
+        orig_rax: g(15),
+        rip: g(16),
+        cs: g(17),
+        eflags: g(18),
+        rsp: g(19),
+        ss: g(20),
+        fs_base: g(21),
+        gs_base: g(22),
+        ds: g(23),
+        es: g(24),
+        fs: g(25),
+        gs: g(26),
+    }
+}
+
+fn open_fds(pid: i32) -> Result<Vec<i32>, RestoreError> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map_err(|e| target_err(pid, format!("listing its fds: {e}")))?;
+    Ok(dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect())
+}
+
+/// The vDSO areas of a process of this kernel, with the vDSO code's hash (the same for
+/// every process of one kernel: read once, from ourselves).
+fn vdso_here(maps: &[MapEntry]) -> Result<VdsoLayout, String> {
+    static HASH: OnceLock<Result<[u8; 32], String>> = OnceLock::new();
+    let hash = HASH
+        .get_or_init(|| {
+            let own = std::fs::read_to_string("/proc/self/maps").map_err(|e| e.to_string())?;
+            let own = proc::parse_maps(&own)?;
+            let v = own
+                .iter()
+                .find(|m| m.name.as_deref() == Some("[vdso]"))
+                .ok_or("this process has no [vdso]")?;
+            let mut buf = vec![0u8; (v.end - v.start) as usize];
+            File::open("/proc/self/mem")
+                .and_then(|f| f.read_exact_at(&mut buf, v.start))
+                .map_err(|e| format!("reading our vDSO: {e}"))?;
+            Ok(*blake3::hash(&buf).as_bytes())
+        })
+        .clone()?;
+    Ok(VdsoLayout {
+        areas: maps
+            .iter()
+            .filter_map(|m| {
+                let n = m.name.as_deref()?;
+                ["[vvar]", "[vvar_vclock]", "[vdso]"]
+                    .contains(&n)
+                    .then(|| (n.to_string(), m.start, m.end))
+            })
+            .collect(),
+        vdso_hash: hash,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interrupted_syscalls_restart_once() {
+        let mut r = words_to_regs(&[0; 27]);
+        r.orig_rax = 0;
+        r.rax = (-512i64) as u64;
+        r.rip = 0x1002;
+        restart_interrupted(&mut r);
+        assert_eq!((r.rax, r.rip, r.orig_rax), (0, 0x1000, u64::MAX));
+        let mut r = words_to_regs(&[0; 27]);
+        r.orig_rax = u64::MAX;
+        r.rax = 7;
+        r.rip = 0x1002;
+        restart_interrupted(&mut r);
+        assert_eq!((r.rax, r.rip), (7, 0x1002));
+        let words = crate::dump::regs_to_words(&r);
+        assert_eq!(words_to_regs(&words).rip, 0x1002);
+    }
+}

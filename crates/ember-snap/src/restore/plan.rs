@@ -1,0 +1,477 @@
+//! The two batches a restore runs in the target, laid out from the image and what the
+//! target looks like now.
+
+use super::{GAP_SEARCH_FROM, RestoreError};
+use crate::image::{FdKind, Meta, PAGE, VdsoLayout, VmaKind, format::USER_END};
+use crate::proc::MapEntry;
+use crate::restorer::{ALLOW_ERROR, ARG0_FROM_SAVED, Batch, SAVE_RESULT};
+use crate::sys;
+
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_MAP: u64 = 14;
+const RSEQ_FLAG_UNREGISTER: u64 = 1;
+const MREMAP_MAYMOVE: u64 = 1;
+const MREMAP_FIXED: u64 = 2;
+
+pub(super) struct Plan<'a> {
+    pub(super) meta: &'a Meta,
+    pub(super) image: String,
+    /// First of the high descriptor numbers files are parked at.
+    pub(super) high: i32,
+    /// Descriptors opened for the image's fd table: (image fd, cloexec, pos, high fd).
+    pub(super) fd_files: Vec<(i32, bool, u64, i32)>,
+    /// (device, inode) each file must have inside the target.
+    pub(super) ids: Vec<(u64, u64)>,
+    pub(super) gadget: u64,
+    pub(super) gadget_len: u64,
+    /// VMA indices that hold saved pages (mapped writable until filled).
+    pub(super) filled: Vec<bool>,
+    /// Where batch 1 leaves each file's `struct stat`.
+    pub(super) stat_offsets: Vec<usize>,
+}
+
+/// The lowest address at or above `from` where `size` bytes touch nothing in `occupied`.
+pub(super) fn find_gap(occupied: &[(u64, u64)], size: u64, from: u64) -> Option<u64> {
+    let mut spans: Vec<(u64, u64)> = occupied.to_vec();
+    spans.sort_unstable();
+    let mut at = from;
+    for (s, e) in spans {
+        if e <= at {
+            continue;
+        }
+        if s >= at + size {
+            break;
+        }
+        at = at.max(e);
+    }
+    (at + size <= USER_END).then_some(at)
+}
+
+/// Every range of user space not in `keep` (sorted, disjoint).
+fn complement(keep: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut keep = keep.to_vec();
+    keep.sort_unstable();
+    let mut out = Vec::new();
+    let mut at = 0;
+    for (s, e) in keep {
+        if s > at {
+            out.push((at, s));
+        }
+        at = at.max(e);
+    }
+    if at < USER_END {
+        out.push((at, USER_END));
+    }
+    out
+}
+
+impl Plan<'_> {
+    pub(super) fn batches(
+        &mut self,
+        maps: &[MapEntry],
+        here: &VdsoLayout,
+        rseq_now: Option<sys::RseqConfig>,
+        base: u64,
+    ) -> Result<(Batch, Batch), RestoreError> {
+        let meta = self.meta;
+        let mut b1 = Batch::new(base);
+        if let Some(c) = rseq_now {
+            b1.call(
+                "rseq(unregister)",
+                libc::SYS_rseq,
+                &[
+                    c.abi_pointer,
+                    u64::from(c.abi_size),
+                    RSEQ_FLAG_UNREGISTER,
+                    u64::from(c.signature),
+                ],
+                0,
+            );
+        }
+        // Files: the image's files at high + index, its fd files after them.
+        let n = meta.files.len() as i32;
+        let mut stat_at = Vec::new();
+        for (k, f) in meta.files.iter().enumerate() {
+            let path = b1.cstr(&f.path);
+            b1.call(
+                format!("open {}", f.path),
+                libc::SYS_openat,
+                &[
+                    libc::AT_FDCWD as u64,
+                    path,
+                    (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+                ],
+                SAVE_RESULT,
+            );
+            let (buf, off) = b1.out(size_of::<libc::stat>());
+            stat_at.push(off);
+            b1.call(
+                format!("fstat {}", f.path),
+                libc::SYS_fstat,
+                &[0, buf],
+                ARG0_FROM_SAVED,
+            );
+            b1.call(
+                format!("dup3 {}", f.path),
+                libc::SYS_dup3,
+                &[0, (self.high + k as i32) as u64, libc::O_CLOEXEC as u64],
+                ARG0_FROM_SAVED,
+            );
+            b1.call("close", libc::SYS_close, &[0], ARG0_FROM_SAVED);
+        }
+        self.fd_files.clear();
+        for f in &meta.fds {
+            if let FdKind::File { file, pos, flags } = f.kind {
+                let Some(fid) = meta.files.get(file as usize) else {
+                    continue;
+                };
+                let at = self.high + n + self.fd_files.len() as i32;
+                let path = b1.cstr(&fid.path);
+                b1.call(
+                    format!("open {} for fd {}", fid.path, f.fd),
+                    libc::SYS_openat,
+                    &[
+                        libc::AT_FDCWD as u64,
+                        path,
+                        u64::from(flags) | libc::O_CLOEXEC as u64,
+                    ],
+                    SAVE_RESULT,
+                );
+                b1.call(
+                    "dup3",
+                    libc::SYS_dup3,
+                    &[0, at as u64, libc::O_CLOEXEC as u64],
+                    ARG0_FROM_SAVED,
+                );
+                b1.call("close", libc::SYS_close, &[0], ARG0_FROM_SAVED);
+                self.fd_files.push((f.fd, f.cloexec, pos, at));
+            }
+        }
+        let parked = n + self.fd_files.len() as i32;
+        // Close every descriptor but the inherited ones and the parked files.
+        let mut keep: Vec<i32> = meta.inherited_fds();
+        keep.sort_unstable();
+        let mut next = 0i64;
+        for k in keep
+            .iter()
+            .map(|&k| i64::from(k))
+            .chain([i64::from(self.high)])
+        {
+            if k > next {
+                b1.call(
+                    "close_range",
+                    libc::SYS_close_range,
+                    &[next as u64, (k - 1) as u64, 0],
+                    0,
+                );
+            }
+            next = k + 1;
+        }
+        b1.call(
+            "close_range",
+            libc::SYS_close_range,
+            &[(self.high + parked) as u64, u32::MAX as u64, 0],
+            0,
+        );
+
+        // Address space: keep the gadget and the vDSO, move the vDSO, map the image.
+        let mut keep: Vec<(u64, u64)> = here.areas.iter().map(|(_, s, e)| (*s, *e)).collect();
+        keep.push((self.gadget, self.gadget + self.gadget_len.max(PAGE)));
+        for (s, e) in complement(&keep) {
+            b1.call(
+                format!("munmap {s:#x}-{e:#x}"),
+                libc::SYS_munmap,
+                &[s, e - s],
+                0,
+            );
+        }
+        self.move_vdso(&mut b1, maps, here)?;
+        for (i, v) in meta.vmas.iter().enumerate() {
+            let mut prot = v.prot as u64;
+            if self.filled[i] {
+                prot |= libc::PROT_WRITE as u64;
+            }
+            let mut flags = libc::MAP_FIXED_NOREPLACE as u64;
+            flags |= if v.shared {
+                libc::MAP_SHARED
+            } else {
+                libc::MAP_PRIVATE
+            } as u64;
+            let (fd, off) = match v.kind {
+                VmaKind::File { file, offset } => ((self.high + file as i32) as u64, offset),
+                VmaKind::Stack => {
+                    flags |= (libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN) as u64;
+                    (u64::MAX, 0)
+                }
+                VmaKind::Anon | VmaKind::Heap => {
+                    flags |= libc::MAP_ANONYMOUS as u64;
+                    (u64::MAX, 0)
+                }
+            };
+            b1.call(
+                format!("mmap {:#x}-{:#x}", v.start, v.end),
+                libc::SYS_mmap,
+                &[v.start, v.len(), prot, flags, fd, off],
+                0,
+            );
+        }
+        self.stat_offsets = stat_at;
+
+        let mut b2 = Batch::new(base);
+        for (i, v) in meta.vmas.iter().enumerate() {
+            if self.filled[i] && v.prot & libc::PROT_WRITE == 0 {
+                b2.call(
+                    format!("mprotect {:#x}", v.start),
+                    libc::SYS_mprotect,
+                    &[v.start, v.len(), v.prot as u64],
+                    0,
+                );
+            }
+        }
+        let m = &meta.mm;
+        let mut auxv = Vec::new();
+        for w in &m.auxv {
+            auxv.extend_from_slice(&w.to_ne_bytes());
+        }
+        let auxv_at = b2.data(&auxv);
+        let mut map = Vec::new();
+        for w in [
+            m.start_code,
+            m.end_code,
+            m.start_data,
+            m.end_data,
+            m.start_brk,
+            m.brk,
+            m.start_stack,
+            m.arg_start,
+            m.arg_end,
+            m.env_start,
+            m.env_end,
+            auxv_at,
+        ] {
+            map.extend_from_slice(&w.to_ne_bytes());
+        }
+        map.extend_from_slice(&(auxv.len() as u32).to_ne_bytes());
+        map.extend_from_slice(&((self.high + m.exe as i32) as u32).to_ne_bytes());
+        let map_at = b2.data(&map);
+        b2.call(
+            "prctl(PR_SET_MM_MAP)",
+            libc::SYS_prctl,
+            &[PR_SET_MM, PR_SET_MM_MAP, map_at, map.len() as u64],
+            0,
+        );
+        for &(fd, cloexec, pos, at) in &self.fd_files {
+            let fl = if cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+            b2.call(
+                format!("dup3 to fd {fd}"),
+                libc::SYS_dup3,
+                &[at as u64, fd as u64, fl],
+                0,
+            );
+            b2.call(
+                format!("lseek fd {fd}"),
+                libc::SYS_lseek,
+                &[fd as u64, pos, libc::SEEK_SET as u64],
+                ALLOW_ERROR,
+            );
+        }
+        for f in &meta.fds {
+            if matches!(f.kind, FdKind::Inherited { .. }) {
+                let v = if f.cloexec { libc::FD_CLOEXEC } else { 0 } as u64;
+                b2.call(
+                    format!("fcntl fd {}", f.fd),
+                    libc::SYS_fcntl,
+                    &[f.fd as u64, libc::F_SETFD as u64, v],
+                    0,
+                );
+            }
+        }
+        b2.call(
+            "close_range(parked)",
+            libc::SYS_close_range,
+            &[self.high as u64, (self.high + parked) as u64, 0],
+            0,
+        );
+        for sig in 1..=64u64 {
+            if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
+                continue;
+            }
+            let a = meta
+                .task
+                .sigactions
+                .iter()
+                .find(|a| u64::from(a.sig) == sig);
+            let words = match a {
+                Some(a) => [a.handler, a.flags, a.restorer, a.mask],
+                None => [libc::SIG_DFL as u64, 0, 0, 0],
+            };
+            let mut raw = Vec::new();
+            for w in words {
+                raw.extend_from_slice(&w.to_ne_bytes());
+            }
+            let at = b2.data(&raw);
+            b2.call(
+                format!("rt_sigaction({sig})"),
+                libc::SYS_rt_sigaction,
+                &[sig, at, 0, 8],
+                0,
+            );
+        }
+        let ss = meta.task.sigaltstack;
+        let mut raw = Vec::new();
+        raw.extend_from_slice(&ss.sp.to_ne_bytes());
+        raw.extend_from_slice(&(ss.flags as u64 & !(libc::SS_ONSTACK as u64)).to_ne_bytes());
+        raw.extend_from_slice(&ss.size.to_ne_bytes());
+        let at = b2.data(&raw);
+        b2.call("sigaltstack", libc::SYS_sigaltstack, &[at, 0], 0);
+        let (head, len) = meta.task.robust_list;
+        if head != 0 {
+            b2.call(
+                "set_robust_list",
+                libc::SYS_set_robust_list,
+                &[head, len],
+                0,
+            );
+        }
+        b2.call(
+            "set_tid_address",
+            libc::SYS_set_tid_address,
+            &[meta.task.tid_address],
+            0,
+        );
+        if let Some(r) = meta.task.rseq {
+            b2.call(
+                "rseq(register)",
+                libc::SYS_rseq,
+                &[r.addr, u64::from(r.len), 0, u64::from(r.sig)],
+                0,
+            );
+        }
+        b2.call("umask", libc::SYS_umask, &[u64::from(meta.task.umask)], 0);
+        let cwd = b2.cstr(&meta.task.cwd);
+        b2.call(
+            format!("chdir {}", meta.task.cwd),
+            libc::SYS_chdir,
+            &[cwd],
+            0,
+        );
+        b2.call(
+            "personality",
+            libc::SYS_personality,
+            &[u64::from(meta.task.personality)],
+            0,
+        );
+        let comm = b2.cstr(&meta.task.comm);
+        b2.call(
+            "prctl(PR_SET_NAME)",
+            libc::SYS_prctl,
+            &[libc::PR_SET_NAME as u64, comm],
+            0,
+        );
+        Ok((b1, b2))
+    }
+
+    /// Moves the target's vDSO areas to the image's addresses, all by one offset; through a
+    /// free spot first when the old and new places overlap.
+    fn move_vdso(
+        &self,
+        b: &mut Batch,
+        maps: &[MapEntry],
+        here: &VdsoLayout,
+    ) -> Result<(), RestoreError> {
+        let want = &self.meta.requires.vdso.areas;
+        let (Some(first_here), Some(first_want)) = (here.areas.first(), want.first()) else {
+            return Ok(());
+        };
+        if first_here.1 == first_want.1 {
+            return Ok(());
+        }
+        let lo = |v: &[(String, u64, u64)]| v.first().map(|a| a.1).unwrap_or(0);
+        let hi = |v: &[(String, u64, u64)]| v.last().map(|a| a.2).unwrap_or(0);
+        let (hl, hh, wl, wh) = (lo(&here.areas), hi(&here.areas), lo(want), hi(want));
+        let mut from: Vec<(u64, u64)> = here.areas.iter().map(|(_, s, e)| (*s, *e)).collect();
+        if hl < wh && wl < hh {
+            let mut occupied: Vec<(u64, u64)> = maps.iter().map(|m| (m.start, m.end)).collect();
+            occupied.extend(self.meta.vmas.iter().map(|v| (v.start, v.end)));
+            occupied.push((wl, wh));
+            occupied.push((self.gadget, self.gadget + self.gadget_len.max(PAGE)));
+            let tmp = find_gap(&occupied, hh - hl, GAP_SEARCH_FROM).ok_or(RestoreError::NoGap {
+                image: self.image.clone(),
+                size: hh - hl,
+            })?;
+            for (s, e) in &from {
+                b.call(
+                    "mremap vdso (aside)",
+                    libc::SYS_mremap,
+                    &[
+                        *s,
+                        e - s,
+                        e - s,
+                        MREMAP_MAYMOVE | MREMAP_FIXED,
+                        tmp + (s - hl),
+                    ],
+                    0,
+                );
+            }
+            from = from
+                .iter()
+                .map(|(s, e)| (tmp + (s - hl), tmp + (e - hl)))
+                .collect();
+        }
+        let base = from.first().map(|a| a.0).unwrap_or(0);
+        for (s, e) in from {
+            b.call(
+                "mremap vdso",
+                libc::SYS_mremap,
+                &[
+                    s,
+                    e - s,
+                    e - s,
+                    MREMAP_MAYMOVE | MREMAP_FIXED,
+                    wl + (s - base),
+                ],
+                0,
+            );
+        }
+        Ok(())
+    }
+
+    /// Each file the target opened must be the one checked (no swap between check and open).
+    pub(super) fn check_opened(&self, area: &[u8]) -> Result<(), RestoreError> {
+        for (k, &off) in self.stat_offsets.iter().enumerate() {
+            let Some(raw) = area.get(off..off + size_of::<libc::stat>()) else {
+                continue;
+            };
+            // SAFETY: `raw` holds exactly one `struct stat` as the kernel wrote it; an
+            // unaligned read copies it out.
+            let st: libc::stat = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
+            if (st.st_dev, st.st_ino) != self.ids[k] {
+                return Err(RestoreError::Swapped {
+                    image: self.image.clone(),
+                    path: self.meta.files[k].path.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_skip_every_occupied_range() {
+        let occ = [(0x1000, 0x3000), (0x4000, 0x5000), (0x2000, 0x3800)];
+        assert_eq!(find_gap(&occ, 0x1000, 0x1000), Some(0x5000));
+        assert_eq!(find_gap(&occ, 0x800, 0x1000), Some(0x3800));
+        assert_eq!(find_gap(&occ, 0x1000, 0x6000), Some(0x6000));
+        assert_eq!(find_gap(&[], 0x1000, USER_END), None);
+    }
+
+    #[test]
+    fn complement_covers_all_but_kept() {
+        let c = complement(&[(0x2000, 0x3000), (0x1000, 0x2000)]);
+        assert_eq!(c, vec![(0, 0x1000), (0x3000, USER_END)]);
+    }
+}
