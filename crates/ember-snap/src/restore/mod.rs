@@ -30,6 +30,7 @@ use tracing::info_span;
 mod fill;
 mod plan;
 
+pub use fill::FillMode;
 use plan::{Plan, find_gap};
 
 use crate::cpu::{self, Mismatch};
@@ -123,6 +124,7 @@ pub struct RestoreStats {
     /// Syscalls run inside the target, and the ptrace round trips they took.
     pub injected: usize,
     pub round_trips: usize,
+    pub fill_mode: FillMode,
 }
 
 #[derive(Debug)]
@@ -329,7 +331,7 @@ fn run(
     let t2 = Instant::now();
     {
         let _s = info_span!("restore.fill", pages = meta.pages.count).entered();
-        fill::fill(pid, img, opts.threads_for(meta.pages.count))
+        stats.fill_mode = fill::fill(pid, img, opts.threads_for(meta.pages.count), plan.uffd_fd())
             .map_err(|e| target_err(pid, format!("writing pages: {e}")))?;
     }
     stats.fill_us = t2.elapsed().as_micros() as u64;

@@ -216,6 +216,15 @@ impl Plan<'_> {
             );
         }
         self.stat_offsets = stat_at;
+        // A userfaultfd of the target's, parked at a known number for the agent to take:
+        // UFFDIO_COPY fills fresh pages without zeroing them first. Optional: without it
+        // the fill writes through process_vm_writev.
+        let uffd = self.uffd_fd() as u64;
+        let uffd_flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
+        let soft = ALLOW_ERROR;
+        b1.call("userfaultfd", libc::SYS_userfaultfd, &[uffd_flags], SAVE_RESULT | soft);
+        b1.call("dup3 userfaultfd", libc::SYS_dup3, &[0, uffd, libc::O_CLOEXEC as u64], ARG0_FROM_SAVED | soft);
+        b1.call("close", libc::SYS_close, &[0], ARG0_FROM_SAVED | soft);
 
         let mut b2 = Batch::new(base);
         for (i, v) in meta.vmas.iter().enumerate() {
@@ -437,6 +446,12 @@ impl Plan<'_> {
     }
 
     /// Each file the target opened must be the one checked (no swap between check and open).
+    /// Where batch 1 parks the target's userfaultfd (just above the parked files; batch 2
+    /// closes it with them).
+    pub(super) fn uffd_fd(&self) -> i32 {
+        self.high + self.meta.files.len() as i32 + self.fd_files.len() as i32
+    }
+
     pub(super) fn check_opened(&self, area: &[u8]) -> Result<(), RestoreError> {
         for (k, &off) in self.stat_offsets.iter().enumerate() {
             let Some(raw) = area.get(off..off + size_of::<libc::stat>()) else {
