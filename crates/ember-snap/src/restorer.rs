@@ -15,8 +15,9 @@
 //!
 //! The blob runs entries in order, writes each result back, and stops with `int3` at the end
 //! marker or at the first failing entry not flagged [`ALLOW_ERROR`]; `rbx` then points at that
-//! entry. [`SAVE_RESULT`] keeps an entry's result in `r12`, and [`ARG0_FROM_SAVED`] passes it
-//! as a later entry's first argument (open a file, then `dup3` it to a known number).
+//! entry. [`SAVE_RESULT`] keeps an entry's result in `r12`, and [`ARG0_FROM_SAVED`] and
+//! [`ARG4_FROM_SAVED`] pass it as a later entry's first or fifth argument (open a file, then
+//! `fstat`, `mmap` and `close` it).
 
 use std::mem::size_of;
 
@@ -26,6 +27,8 @@ pub const ALLOW_ERROR: u64 = 1;
 pub const SAVE_RESULT: u64 = 2;
 /// Replace the first argument by the saved result.
 pub const ARG0_FROM_SAVED: u64 = 4;
+/// Replace the fifth argument (`mmap`'s descriptor) by the saved result.
+pub const ARG4_FROM_SAVED: u64 = 8;
 /// `nr` of the end marker.
 pub const END: u64 = u64::MAX;
 
@@ -58,6 +61,10 @@ std::arch::global_asm!(
     "    mov rdx, qword ptr [rbx + 24]",
     "    mov r10, qword ptr [rbx + 32]",
     "    mov r8, qword ptr [rbx + 40]",
+    "    test qword ptr [rbx + 56], 8",
+    "    jz .Lember_arg5",
+    "    mov r8, r12",
+    ".Lember_arg5:",
     "    mov r9, qword ptr [rbx + 48]",
     "    syscall",
     "    mov qword ptr [rbx + 64], rax",
@@ -94,20 +101,42 @@ pub fn code() -> &'static [u8] {
     unsafe { std::slice::from_raw_parts(start, end as usize - start as usize) }
 }
 
-/// What one entry does, for error messages.
-#[derive(Debug, Clone)]
-pub struct Step(pub String);
+/// What one entry does, for error messages; rendered only when one fails.
+#[derive(Debug, Clone, Copy)]
+pub enum Step<'a> {
+    Call(&'static str),
+    Path(&'static str, &'a str),
+    Addr(&'static str, u64),
+    Fd(&'static str, i32),
+}
+
+impl std::fmt::Display for Step<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Call(s) => write!(f, "{s}"),
+            Step::Path(s, p) => write!(f, "{s} {p}"),
+            Step::Addr(s, a) => write!(f, "{s} at {a:#x}"),
+            Step::Fd(s, n) => write!(f, "{s} of fd {n}"),
+        }
+    }
+}
+
+impl From<&'static str> for Step<'_> {
+    fn from(s: &'static str) -> Self {
+        Step::Call(s)
+    }
+}
 
 /// A batch being laid out for the tracee at `base` (the start of the batch area).
-pub struct Batch {
+pub struct Batch<'a> {
     base: u64,
     data: Vec<u8>,
     entries: Vec<Entry>,
-    steps: Vec<Step>,
+    steps: Vec<Step<'a>>,
 }
 
-impl Batch {
-    pub fn new(base: u64) -> Batch {
+impl<'a> Batch<'a> {
+    pub fn new(base: u64) -> Batch<'a> {
         Batch {
             base,
             data: Vec::new(),
@@ -139,7 +168,7 @@ impl Batch {
         (at, (at - self.base) as usize)
     }
 
-    pub fn call(&mut self, step: impl Into<String>, nr: i64, args: &[u64], flags: u64) {
+    pub fn call(&mut self, step: impl Into<Step<'a>>, nr: i64, args: &[u64], flags: u64) {
         let mut a = [0u64; 6];
         a[..args.len()].copy_from_slice(args);
         self.entries.push(Entry {
@@ -148,7 +177,7 @@ impl Batch {
             flags,
             result: 0,
         });
-        self.steps.push(Step(step.into()));
+        self.steps.push(step.into());
     }
 
     /// Where the batch starts in the tracee.
@@ -209,8 +238,11 @@ impl Batch {
             .collect()
     }
 
-    pub fn step(&self, i: usize) -> &str {
-        self.steps.get(i).map(|s| s.0.as_str()).unwrap_or("end")
+    pub fn step(&self, i: usize) -> String {
+        self.steps
+            .get(i)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "end".into())
     }
 
     /// Index of the entry `rbx` points at.

@@ -107,37 +107,78 @@ fn verified() -> &'static Mutex<HashMap<Key, Ident>> {
     V.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-/// Checks that `real` is still the file `want` describes; returns its (device, inode) so
-/// the caller can check the restored process opened the same file.
-pub fn verify(want: &FileId, real: &Path) -> Result<(u64, u64), FileError> {
+/// What a `stat` of a file says, as far as identity goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observed {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl Observed {
+    pub fn of_metadata(md: &std::fs::Metadata) -> Observed {
+        Observed {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.len(),
+            mtime_ns: mtime_ns(md),
+            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+        }
+    }
+
+    pub fn of_stat(st: &libc::stat) -> Observed {
+        Observed {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size as u64,
+            mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+            ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+        }
+    }
+}
+
+/// Checks that `real` is still the file `want` describes.
+pub fn verify(want: &FileId, real: &Path) -> Result<(), FileError> {
+    let md = std::fs::metadata(real).map_err(io_err(&want.path))?;
+    verify_observed(want, Observed::of_metadata(&md), || File::open(real))
+}
+
+/// Checks that the file a process opened (`seen`, from its `fstat`) is the one `want`
+/// describes. Its content is read (through `open`, which must reach the same inode) only
+/// the first time this (device, inode, size, mtime, ctime) is seen.
+pub fn verify_observed(
+    want: &FileId,
+    seen: Observed,
+    open: impl FnOnce() -> io::Result<File>,
+) -> Result<(), FileError> {
     let path = want.path.as_str();
-    let md = std::fs::metadata(real).map_err(io_err(path))?;
     let changed = |what: String| FileError::Changed {
         path: path.to_string(),
         what,
     };
-    if md.len() != want.size {
+    if seen.size != want.size {
         return Err(changed(format!(
             "size {} bytes, image has {}",
-            md.len(),
-            want.size
+            seen.size, want.size
         )));
     }
-    if mtime_ns(&md) != want.mtime_ns {
+    if seen.mtime_ns != want.mtime_ns {
         return Err(changed("modification time differs".into()));
     }
-    let key = (
-        md.dev(),
-        md.ino(),
-        md.len(),
-        mtime_ns(&md),
-        md.ctime() * 1_000_000_000 + md.ctime_nsec(),
-    );
+    let key = (seen.dev, seen.ino, seen.size, seen.mtime_ns, seen.ctime_ns);
     let cached = verified().lock().ok().and_then(|m| m.get(&key).cloned());
     let ident = match cached {
         Some(i) => i,
         None => {
-            let file = File::open(real).map_err(io_err(path))?;
+            let file = open().map_err(io_err(path))?;
+            let md = file.metadata().map_err(io_err(path))?;
+            if Observed::of_metadata(&md) != seen {
+                return Err(changed(
+                    "it was replaced or written while being checked".into(),
+                ));
+            }
             let i = ident_of(file).map_err(io_err(path))?;
             if let Ok(mut m) = verified().lock() {
                 m.insert(key, i.clone());
@@ -148,7 +189,7 @@ pub fn verify(want: &FileId, real: &Path) -> Result<(u64, u64), FileError> {
     if ident != want.ident {
         return Err(changed(format!("{ident}, image has {}", want.ident)));
     }
-    Ok((md.dev(), md.ino()))
+    Ok(())
 }
 
 #[cfg(test)]

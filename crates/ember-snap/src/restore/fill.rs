@@ -33,8 +33,17 @@ fn take_uffd(pid: i32, target_fd: i32) -> Option<OwnedFd> {
 fn anon_ranges(img: &LoadedImage) -> Vec<(u64, u64)> {
     let m = &img.meta;
     let mut out: Vec<(u64, u64)> = Vec::new();
-    for v in m.vmas.iter().filter(|v| !v.shared && !matches!(v.kind, VmaKind::File { .. })) {
-        if !m.pages.runs.iter().any(|r| v.start <= r.addr && r.addr < v.end) {
+    for v in m
+        .vmas
+        .iter()
+        .filter(|v| !v.shared && !matches!(v.kind, VmaKind::File { .. }))
+    {
+        if !m
+            .pages
+            .runs
+            .iter()
+            .any(|r| v.start <= r.addr && r.addr < v.end)
+        {
             continue;
         }
         match out.last_mut() {
@@ -46,7 +55,12 @@ fn anon_ranges(img: &LoadedImage) -> Vec<(u64, u64)> {
 }
 
 /// Writes every stored page into `pid`, with `threads` threads.
-pub(super) fn fill(pid: i32, img: &LoadedImage, threads: usize, uffd_fd: i32) -> io::Result<FillMode> {
+pub(super) fn fill(
+    pid: i32,
+    img: &LoadedImage,
+    threads: usize,
+    uffd_fd: i32,
+) -> io::Result<FillMode> {
     let mut uffd = take_uffd(pid, uffd_fd);
     let ranges = anon_ranges(img);
     let mut registered = Vec::new();
@@ -103,7 +117,9 @@ pub(super) fn fill(pid: i32, img: &LoadedImage, threads: usize, uffd_fd: i32) ->
         let others: Vec<_> = parts.map(|p| s.spawn(move || work(p))).collect();
         let mut r = first.map(work).unwrap_or(Ok(()));
         for h in others {
-            let o = h.join().unwrap_or_else(|_| Err(io::Error::other("a fill thread panicked")));
+            let o = h
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("a fill thread panicked")));
             r = r.and(o);
         }
         r
@@ -113,7 +129,13 @@ pub(super) fn fill(pid: i32, img: &LoadedImage, threads: usize, uffd_fd: i32) ->
             sys::uffd_unregister(u, s, e - s)?;
         }
     }
-    result.map(|()| if uffd.is_some() { FillMode::UffdCopy } else { FillMode::VmWritev })
+    result.map(|()| {
+        if uffd.is_some() {
+            FillMode::UffdCopy
+        } else {
+            FillMode::VmWritev
+        }
+    })
 }
 
 fn slice<'a>(pages: &'a [u8], r: &PageRun) -> io::Result<&'a [u8]> {

@@ -34,7 +34,7 @@ pub use fill::FillMode;
 use plan::{Plan, find_gap};
 
 use crate::cpu::{self, Mismatch};
-use crate::image::files::{self, FileError};
+use crate::image::files::{self, FileError, Observed};
 use crate::image::{LoadedImage, PAGE, VdsoLayout};
 use crate::proc::{self, MapEntry};
 use crate::restorer;
@@ -232,16 +232,6 @@ fn run(
         image: image.clone(),
         source,
     })?;
-    let root = format!("/proc/{pid}/root");
-    let ids = meta
-        .files
-        .iter()
-        .map(|f| files::verify(f, std::path::Path::new(&format!("{root}{}", f.path))))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| RestoreError::File {
-            image: image.clone(),
-            source,
-        })?;
     let fds_now = open_fds(pid)?;
     let inherited = meta.inherited_fds();
     if let Some(n) = inherited.iter().find(|n| !fds_now.contains(n)) {
@@ -282,7 +272,6 @@ fn run(
         image: image.clone(),
         high,
         fd_files: Vec::new(),
-        ids,
         gadget: 0,
         gadget_len: 0,
         filled,
@@ -324,7 +313,7 @@ fn run(
         tracee::write(pid, plan.gadget, restorer::code())
             .map_err(|e| target_err(pid, format!("writing the restorer: {e}")))?;
         let (_, area) = t.run_batch(plan.gadget, &b1)?;
-        plan.check_opened(&area)?;
+        check_files(&plan, pid, &area)?;
     }
     stats.map_us = t1.elapsed().as_micros() as u64;
 
@@ -475,6 +464,30 @@ fn vdso_here(maps: &[MapEntry]) -> Result<VdsoLayout, String> {
             .collect(),
         vdso_hash: hash,
     })
+}
+
+/// Each file the target opened and mapped must be the one the image was taken with
+/// (checked on what the target's own `fstat` saw, before any of its code runs).
+fn check_files(plan: &Plan, pid: i32, area: &[u8]) -> Result<(), RestoreError> {
+    for (k, off) in plan.stat_offsets.iter().enumerate() {
+        let (Some(off), Some(want)) = (off, plan.meta.files.get(k)) else {
+            continue;
+        };
+        let Some(raw) = area.get(*off..*off + size_of::<libc::stat>()) else {
+            continue;
+        };
+        // SAFETY: `raw` holds exactly one `struct stat` as the kernel wrote it; an unaligned
+        // read copies it out.
+        let st: libc::stat = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
+        let real = format!("/proc/{pid}/root{}", want.path);
+        files::verify_observed(want, Observed::of_stat(&st), || File::open(&real)).map_err(
+            |source| RestoreError::File {
+                image: plan.image.clone(),
+                source,
+            },
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

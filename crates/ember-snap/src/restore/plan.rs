@@ -4,7 +4,7 @@
 use super::{GAP_SEARCH_FROM, RestoreError};
 use crate::image::{FdKind, Meta, PAGE, VdsoLayout, VmaKind, format::USER_END};
 use crate::proc::MapEntry;
-use crate::restorer::{ALLOW_ERROR, ARG0_FROM_SAVED, Batch, SAVE_RESULT};
+use crate::restorer::{ALLOW_ERROR, ARG0_FROM_SAVED, ARG4_FROM_SAVED, Batch, SAVE_RESULT, Step};
 use crate::sys;
 
 const PR_SET_MM: u64 = 35;
@@ -20,14 +20,12 @@ pub(super) struct Plan<'a> {
     pub(super) high: i32,
     /// Descriptors opened for the image's fd table: (image fd, cloexec, pos, high fd).
     pub(super) fd_files: Vec<(i32, bool, u64, i32)>,
-    /// (device, inode) each file must have inside the target.
-    pub(super) ids: Vec<(u64, u64)>,
     pub(super) gadget: u64,
     pub(super) gadget_len: u64,
     /// VMA indices that hold saved pages (mapped writable until filled).
     pub(super) filled: Vec<bool>,
-    /// Where batch 1 leaves each file's `struct stat`.
-    pub(super) stat_offsets: Vec<usize>,
+    /// Where batch 1 leaves each mapped file's `struct stat`.
+    pub(super) stat_offsets: Vec<Option<usize>>,
 }
 
 /// The lowest address at or above `from` where `size` bytes touch nothing in `occupied`.
@@ -65,98 +63,50 @@ fn complement(keep: &[(u64, u64)]) -> Vec<(u64, u64)> {
     out
 }
 
-impl Plan<'_> {
+impl<'m> Plan<'m> {
+    /// Files a restore maps (or execs from): checked against the image; files held only
+    /// as open descriptors are reopened without a content check (a log file grows).
+    fn mapped_files(&self) -> Vec<bool> {
+        let meta = self.meta;
+        let mut used = vec![false; meta.files.len()];
+        for v in &meta.vmas {
+            if let VmaKind::File { file, .. } = v.kind
+                && let Some(u) = used.get_mut(file as usize)
+            {
+                *u = true;
+            }
+        }
+        if let Some(u) = used.get_mut(meta.mm.exe as usize) {
+            *u = true;
+        }
+        used
+    }
+
+    /// Batch 1 (descriptors, address space, files) and batch 2 (everything else), laid out
+    /// for a batch area at `base`.
     pub(super) fn batches(
         &mut self,
         maps: &[MapEntry],
         here: &VdsoLayout,
         rseq_now: Option<sys::RseqConfig>,
         base: u64,
-    ) -> Result<(Batch, Batch), RestoreError> {
+    ) -> Result<(Batch<'m>, Batch<'m>), RestoreError> {
         let meta = self.meta;
         let mut b1 = Batch::new(base);
         if let Some(c) = rseq_now {
-            b1.call(
-                "rseq(unregister)",
-                libc::SYS_rseq,
-                &[
-                    c.abi_pointer,
-                    u64::from(c.abi_size),
-                    RSEQ_FLAG_UNREGISTER,
-                    u64::from(c.signature),
-                ],
-                0,
-            );
+            let args = [
+                c.abi_pointer,
+                u64::from(c.abi_size),
+                RSEQ_FLAG_UNREGISTER,
+                u64::from(c.signature),
+            ];
+            b1.call("rseq(unregister)", libc::SYS_rseq, &args, 0);
         }
-        // Files: the image's files at high + index, its fd files after them.
-        let n = meta.files.len() as i32;
-        let mut stat_at = Vec::new();
-        for (k, f) in meta.files.iter().enumerate() {
-            let path = b1.cstr(&f.path);
-            b1.call(
-                format!("open {}", f.path),
-                libc::SYS_openat,
-                &[
-                    libc::AT_FDCWD as u64,
-                    path,
-                    (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
-                ],
-                SAVE_RESULT,
-            );
-            let (buf, off) = b1.out(size_of::<libc::stat>());
-            stat_at.push(off);
-            b1.call(
-                format!("fstat {}", f.path),
-                libc::SYS_fstat,
-                &[0, buf],
-                ARG0_FROM_SAVED,
-            );
-            b1.call(
-                format!("dup3 {}", f.path),
-                libc::SYS_dup3,
-                &[0, (self.high + k as i32) as u64, libc::O_CLOEXEC as u64],
-                ARG0_FROM_SAVED,
-            );
-            b1.call("close", libc::SYS_close, &[0], ARG0_FROM_SAVED);
-        }
-        self.fd_files.clear();
-        for f in &meta.fds {
-            if let FdKind::File { file, pos, flags } = f.kind {
-                let Some(fid) = meta.files.get(file as usize) else {
-                    continue;
-                };
-                let at = self.high + n + self.fd_files.len() as i32;
-                let path = b1.cstr(&fid.path);
-                b1.call(
-                    format!("open {} for fd {}", fid.path, f.fd),
-                    libc::SYS_openat,
-                    &[
-                        libc::AT_FDCWD as u64,
-                        path,
-                        u64::from(flags) | libc::O_CLOEXEC as u64,
-                    ],
-                    SAVE_RESULT,
-                );
-                b1.call(
-                    "dup3",
-                    libc::SYS_dup3,
-                    &[0, at as u64, libc::O_CLOEXEC as u64],
-                    ARG0_FROM_SAVED,
-                );
-                b1.call("close", libc::SYS_close, &[0], ARG0_FROM_SAVED);
-                self.fd_files.push((f.fd, f.cloexec, pos, at));
-            }
-        }
-        let parked = n + self.fd_files.len() as i32;
-        // Close every descriptor but the inherited ones and the parked files.
+        // Descriptors: close all but the inherited ones.
         let mut keep: Vec<i32> = meta.inherited_fds();
         keep.sort_unstable();
         let mut next = 0i64;
-        for k in keep
-            .iter()
-            .map(|&k| i64::from(k))
-            .chain([i64::from(self.high)])
-        {
+        for k in keep.iter().map(|&k| i64::from(k)) {
             if k > next {
                 b1.call(
                     "close_range",
@@ -170,69 +120,175 @@ impl Plan<'_> {
         b1.call(
             "close_range",
             libc::SYS_close_range,
-            &[(self.high + parked) as u64, u32::MAX as u64, 0],
+            &[next as u64, u32::MAX as u64, 0],
             0,
         );
 
-        // Address space: keep the gadget and the vDSO, move the vDSO, map the image.
+        // Address space: keep the gadget and the vDSO, move the vDSO.
         let mut keep: Vec<(u64, u64)> = here.areas.iter().map(|(_, s, e)| (*s, *e)).collect();
         keep.push((self.gadget, self.gadget + self.gadget_len.max(PAGE)));
         for (s, e) in complement(&keep) {
-            b1.call(
-                format!("munmap {s:#x}-{e:#x}"),
-                libc::SYS_munmap,
-                &[s, e - s],
-                0,
-            );
+            b1.call(Step::Addr("munmap", s), libc::SYS_munmap, &[s, e - s], 0);
         }
         self.move_vdso(&mut b1, maps, here)?;
-        for (i, v) in meta.vmas.iter().enumerate() {
-            let mut prot = v.prot as u64;
-            if self.filled[i] {
-                prot |= libc::PROT_WRITE as u64;
+
+        // Each mapped file: open, fstat (checked after the batch), map its VMAs, park the
+        // executable for PR_SET_MM_MAP, close.
+        let mapped = self.mapped_files();
+        let mut stat_at = vec![None; meta.files.len()];
+        for (k, f) in meta.files.iter().enumerate() {
+            if !mapped[k] {
+                continue;
             }
-            let mut flags = libc::MAP_FIXED_NOREPLACE as u64;
-            flags |= if v.shared {
-                libc::MAP_SHARED
-            } else {
-                libc::MAP_PRIVATE
-            } as u64;
-            let (fd, off) = match v.kind {
-                VmaKind::File { file, offset } => ((self.high + file as i32) as u64, offset),
-                VmaKind::Stack => {
-                    flags |= (libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN) as u64;
-                    (u64::MAX, 0)
-                }
-                VmaKind::Anon | VmaKind::Heap => {
-                    flags |= libc::MAP_ANONYMOUS as u64;
-                    (u64::MAX, 0)
-                }
-            };
+            let path = b1.cstr(&f.path);
+            let open = [
+                libc::AT_FDCWD as u64,
+                path,
+                (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+            ];
             b1.call(
-                format!("mmap {:#x}-{:#x}", v.start, v.end),
-                libc::SYS_mmap,
-                &[v.start, v.len(), prot, flags, fd, off],
-                0,
+                Step::Path("open", &f.path),
+                libc::SYS_openat,
+                &open,
+                SAVE_RESULT,
+            );
+            let (buf, off) = b1.out(size_of::<libc::stat>());
+            stat_at[k] = Some(off);
+            b1.call(
+                Step::Path("fstat", &f.path),
+                libc::SYS_fstat,
+                &[0, buf],
+                ARG0_FROM_SAVED,
+            );
+            for (i, v) in meta.vmas.iter().enumerate() {
+                if matches!(v.kind, VmaKind::File { file, .. } if file as usize == k) {
+                    self.mmap(&mut b1, i, ARG4_FROM_SAVED);
+                }
+            }
+            if k == meta.mm.exe as usize {
+                let args = [0, self.exe_fd() as u64, libc::O_CLOEXEC as u64];
+                b1.call(
+                    Step::Path("dup3", &f.path),
+                    libc::SYS_dup3,
+                    &args,
+                    ARG0_FROM_SAVED,
+                );
+            }
+            b1.call(
+                Step::Path("close", &f.path),
+                libc::SYS_close,
+                &[0],
+                ARG0_FROM_SAVED,
             );
         }
+        for (i, v) in meta.vmas.iter().enumerate() {
+            if !matches!(v.kind, VmaKind::File { .. }) {
+                self.mmap(&mut b1, i, 0);
+            }
+        }
         self.stat_offsets = stat_at;
+        // Files the image held open, reopened with their flags and parked.
+        self.fd_files.clear();
+        for f in &meta.fds {
+            if let FdKind::File { file, pos, flags } = f.kind {
+                let Some(fid) = meta.files.get(file as usize) else {
+                    continue;
+                };
+                let at = self.exe_fd() + 1 + self.fd_files.len() as i32;
+                let path = b1.cstr(&fid.path);
+                let open = [
+                    libc::AT_FDCWD as u64,
+                    path,
+                    u64::from(flags) | libc::O_CLOEXEC as u64,
+                ];
+                b1.call(
+                    Step::Path("open", &fid.path),
+                    libc::SYS_openat,
+                    &open,
+                    SAVE_RESULT,
+                );
+                let dup = [0, at as u64, libc::O_CLOEXEC as u64];
+                b1.call(
+                    Step::Fd("dup3", f.fd),
+                    libc::SYS_dup3,
+                    &dup,
+                    ARG0_FROM_SAVED,
+                );
+                b1.call(
+                    Step::Fd("close", f.fd),
+                    libc::SYS_close,
+                    &[0],
+                    ARG0_FROM_SAVED,
+                );
+                self.fd_files.push((f.fd, f.cloexec, pos, at));
+            }
+        }
         // A userfaultfd of the target's, parked at a known number for the agent to take:
         // UFFDIO_COPY fills fresh pages without zeroing them first. Optional: without it
         // the fill writes through process_vm_writev.
         let uffd = self.uffd_fd() as u64;
-        let uffd_flags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
         let soft = ALLOW_ERROR;
-        b1.call("userfaultfd", libc::SYS_userfaultfd, &[uffd_flags], SAVE_RESULT | soft);
-        b1.call("dup3 userfaultfd", libc::SYS_dup3, &[0, uffd, libc::O_CLOEXEC as u64], ARG0_FROM_SAVED | soft);
-        b1.call("close", libc::SYS_close, &[0], ARG0_FROM_SAVED | soft);
+        let uflags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
+        b1.call(
+            "userfaultfd",
+            libc::SYS_userfaultfd,
+            &[uflags],
+            SAVE_RESULT | soft,
+        );
+        let dup = [0, uffd, libc::O_CLOEXEC as u64];
+        b1.call(
+            "dup3 userfaultfd",
+            libc::SYS_dup3,
+            &dup,
+            ARG0_FROM_SAVED | soft,
+        );
+        b1.call(
+            "close userfaultfd",
+            libc::SYS_close,
+            &[0],
+            ARG0_FROM_SAVED | soft,
+        );
+        Ok((b1, self.batch2(base)))
+    }
 
+    /// One `mmap` of VMA `i` at its address; writable until filled when it holds pages.
+    fn mmap(&self, b: &mut Batch<'m>, i: usize, flags: u64) {
+        let v = &self.meta.vmas[i];
+        let mut prot = v.prot as u64;
+        if self.filled[i] {
+            prot |= libc::PROT_WRITE as u64;
+        }
+        let mut mflags = libc::MAP_FIXED_NOREPLACE as u64;
+        mflags |= if v.shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
+        } as u64;
+        let (fd, off) = match v.kind {
+            VmaKind::File { offset, .. } => (0, offset),
+            VmaKind::Stack => {
+                mflags |= (libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN) as u64;
+                (u64::MAX, 0)
+            }
+            VmaKind::Anon | VmaKind::Heap => {
+                mflags |= libc::MAP_ANONYMOUS as u64;
+                (u64::MAX, 0)
+            }
+        };
+        let args = [v.start, v.len(), prot, mflags, fd, off];
+        b.call(Step::Addr("mmap", v.start), libc::SYS_mmap, &args, flags);
+    }
+
+    fn batch2(&self, base: u64) -> Batch<'m> {
+        let meta = self.meta;
         let mut b2 = Batch::new(base);
         for (i, v) in meta.vmas.iter().enumerate() {
             if self.filled[i] && v.prot & libc::PROT_WRITE == 0 {
+                let args = [v.start, v.len(), v.prot as u64];
                 b2.call(
-                    format!("mprotect {:#x}", v.start),
+                    Step::Addr("mprotect", v.start),
                     libc::SYS_mprotect,
-                    &[v.start, v.len(), v.prot as u64],
+                    &args,
                     0,
                 );
             }
@@ -261,46 +317,30 @@ impl Plan<'_> {
             map.extend_from_slice(&w.to_ne_bytes());
         }
         map.extend_from_slice(&(auxv.len() as u32).to_ne_bytes());
-        map.extend_from_slice(&((self.high + m.exe as i32) as u32).to_ne_bytes());
+        map.extend_from_slice(&(self.exe_fd() as u32).to_ne_bytes());
         let map_at = b2.data(&map);
-        b2.call(
-            "prctl(PR_SET_MM_MAP)",
-            libc::SYS_prctl,
-            &[PR_SET_MM, PR_SET_MM_MAP, map_at, map.len() as u64],
-            0,
-        );
+        let args = [PR_SET_MM, PR_SET_MM_MAP, map_at, map.len() as u64];
+        b2.call("prctl(PR_SET_MM_MAP)", libc::SYS_prctl, &args, 0);
         for &(fd, cloexec, pos, at) in &self.fd_files {
             let fl = if cloexec { libc::O_CLOEXEC as u64 } else { 0 };
             b2.call(
-                format!("dup3 to fd {fd}"),
+                Step::Fd("dup3", fd),
                 libc::SYS_dup3,
                 &[at as u64, fd as u64, fl],
                 0,
             );
-            b2.call(
-                format!("lseek fd {fd}"),
-                libc::SYS_lseek,
-                &[fd as u64, pos, libc::SEEK_SET as u64],
-                ALLOW_ERROR,
-            );
+            let seek = [fd as u64, pos, libc::SEEK_SET as u64];
+            b2.call(Step::Fd("lseek", fd), libc::SYS_lseek, &seek, ALLOW_ERROR);
         }
         for f in &meta.fds {
             if matches!(f.kind, FdKind::Inherited { .. }) {
                 let v = if f.cloexec { libc::FD_CLOEXEC } else { 0 } as u64;
-                b2.call(
-                    format!("fcntl fd {}", f.fd),
-                    libc::SYS_fcntl,
-                    &[f.fd as u64, libc::F_SETFD as u64, v],
-                    0,
-                );
+                let args = [f.fd as u64, libc::F_SETFD as u64, v];
+                b2.call(Step::Fd("fcntl(F_SETFD)", f.fd), libc::SYS_fcntl, &args, 0);
             }
         }
-        b2.call(
-            "close_range(parked)",
-            libc::SYS_close_range,
-            &[self.high as u64, (self.high + parked) as u64, 0],
-            0,
-        );
+        let parked = [self.exe_fd() as u64, self.uffd_fd() as u64, 0];
+        b2.call("close_range(parked)", libc::SYS_close_range, &parked, 0);
         for sig in 1..=64u64 {
             if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
                 continue;
@@ -320,7 +360,7 @@ impl Plan<'_> {
             }
             let at = b2.data(&raw);
             b2.call(
-                format!("rt_sigaction({sig})"),
+                Step::Addr("rt_sigaction", sig),
                 libc::SYS_rt_sigaction,
                 &[sig, at, 0, 8],
                 0,
@@ -342,34 +382,22 @@ impl Plan<'_> {
                 0,
             );
         }
-        b2.call(
-            "set_tid_address",
-            libc::SYS_set_tid_address,
-            &[meta.task.tid_address],
-            0,
-        );
+        let tid = [meta.task.tid_address];
+        b2.call("set_tid_address", libc::SYS_set_tid_address, &tid, 0);
         if let Some(r) = meta.task.rseq {
-            b2.call(
-                "rseq(register)",
-                libc::SYS_rseq,
-                &[r.addr, u64::from(r.len), 0, u64::from(r.sig)],
-                0,
-            );
+            let args = [r.addr, u64::from(r.len), 0, u64::from(r.sig)];
+            b2.call("rseq(register)", libc::SYS_rseq, &args, 0);
         }
         b2.call("umask", libc::SYS_umask, &[u64::from(meta.task.umask)], 0);
         let cwd = b2.cstr(&meta.task.cwd);
         b2.call(
-            format!("chdir {}", meta.task.cwd),
+            Step::Path("chdir", &meta.task.cwd),
             libc::SYS_chdir,
             &[cwd],
             0,
         );
-        b2.call(
-            "personality",
-            libc::SYS_personality,
-            &[u64::from(meta.task.personality)],
-            0,
-        );
+        let pers = [u64::from(meta.task.personality)];
+        b2.call("personality", libc::SYS_personality, &pers, 0);
         let comm = b2.cstr(&meta.task.comm);
         b2.call(
             "prctl(PR_SET_NAME)",
@@ -377,14 +405,14 @@ impl Plan<'_> {
             &[libc::PR_SET_NAME as u64, comm],
             0,
         );
-        Ok((b1, b2))
+        b2
     }
 
     /// Moves the target's vDSO areas to the image's addresses, all by one offset; through a
     /// free spot first when the old and new places overlap.
     fn move_vdso(
         &self,
-        b: &mut Batch,
+        b: &mut Batch<'m>,
         maps: &[MapEntry],
         here: &VdsoLayout,
     ) -> Result<(), RestoreError> {
@@ -446,28 +474,15 @@ impl Plan<'_> {
     }
 
     /// Each file the target opened must be the one checked (no swap between check and open).
-    /// Where batch 1 parks the target's userfaultfd (just above the parked files; batch 2
-    /// closes it with them).
-    pub(super) fn uffd_fd(&self) -> i32 {
-        self.high + self.meta.files.len() as i32 + self.fd_files.len() as i32
+    /// Where batch 1 parks the executable (for PR_SET_MM_MAP).
+    pub(super) fn exe_fd(&self) -> i32 {
+        self.high
     }
 
-    pub(super) fn check_opened(&self, area: &[u8]) -> Result<(), RestoreError> {
-        for (k, &off) in self.stat_offsets.iter().enumerate() {
-            let Some(raw) = area.get(off..off + size_of::<libc::stat>()) else {
-                continue;
-            };
-            // SAFETY: `raw` holds exactly one `struct stat` as the kernel wrote it; an
-            // unaligned read copies it out.
-            let st: libc::stat = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
-            if (st.st_dev, st.st_ino) != self.ids[k] {
-                return Err(RestoreError::Swapped {
-                    image: self.image.clone(),
-                    path: self.meta.files[k].path.clone(),
-                });
-            }
-        }
-        Ok(())
+    /// Where batch 1 parks the target's userfaultfd (above the executable and the reopened
+    /// files; batch 2 closes all of them).
+    pub(super) fn uffd_fd(&self) -> i32 {
+        self.high + 1 + self.fd_files.len() as i32
     }
 }
 
