@@ -72,6 +72,9 @@ pub struct WorkloadResult {
     pub restore: Summary,
     pub cold_start: Summary,
     pub fork: Summary,
+    /// Allocating as many fresh pages as the image stores, in this process: the kernel work
+    /// an eager fill cannot avoid, measured in the same run.
+    pub page_alloc: Summary,
     /// Medians of the restore phases, in ms: attach, map, fill, state, finish.
     pub restore_phases: [f64; 5],
     pub injected_syscalls: usize,
@@ -85,6 +88,7 @@ pub struct Samples {
     pub restore_ms: Vec<f64>,
     pub cold_start_ms: Vec<f64>,
     pub fork_ms: Vec<f64>,
+    pub page_alloc_ms: Vec<f64>,
 }
 
 /// A Python process of ours talked to over pipes.
@@ -157,6 +161,34 @@ fn restore_one(img: &LoadedImage) -> Result<(Proc, RestoreStats), SnapBenchError
     ))
 }
 
+/// Maps `pages` fresh anonymous pages, writes one byte to each, unmaps them; ms taken.
+fn page_alloc_ms(pages: u64) -> f64 {
+    let len = (pages.max(1) * 4096) as usize;
+    let t = Instant::now();
+    // SAFETY: a fresh private anonymous mapping of ours at an address the kernel picks.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return f64::NAN;
+    }
+    for off in (0..len).step_by(4096) {
+        // SAFETY: `off` is inside the `len`-byte writable mapping made above.
+        unsafe { std::ptr::write_volatile(p.cast::<u8>().add(off), 1) };
+    }
+    let took = ms(t);
+    // SAFETY: unmapping the mapping made above; nothing refers to it any more.
+    unsafe { libc::munmap(p, len) };
+    took
+}
+
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
@@ -226,6 +258,7 @@ pub fn measure(
                             "restored process answered {answer:?}, not {expected:?}"
                         )));
                     }
+                    s.page_alloc_ms.push(page_alloc_ms(img.meta.pages.count));
                     for (v, x) in phases.iter_mut().zip([
                         st.attach_us,
                         st.map_us,
@@ -276,6 +309,7 @@ pub fn measure(
         restore: summarize(&s.restore_ms),
         cold_start: summarize(&s.cold_start_ms),
         fork: summarize(&s.fork_ms),
+        page_alloc: summarize(&s.page_alloc_ms),
         restore_phases: phases,
         injected_syscalls: last.injected,
         round_trips: last.round_trips,
@@ -332,11 +366,13 @@ pub fn table(results: &[WorkloadResult]) -> String {
         let p = r.restore_phases;
         let _ = writeln!(
             t,
-            "{:<8} restore phases p50 ms: attach {:.2}, map {:.2}, fill {:.2}, state {:.2}, finish {:.2}; {} syscalls in {} round trips; dump stopped the process {:.2} ms",
+            "{:<8} restore phases p50 ms: attach {:.2}, map {:.2}, fill {:.2} (allocating its {} pages alone: {:.2}), state {:.2}, finish {:.2}; {} syscalls in {} round trips; dump stopped the process {:.2} ms",
             r.workload,
             p[0],
             p[1],
             p[2],
+            r.pages,
+            r.page_alloc.p50_ms,
             p[3],
             p[4],
             r.injected_syscalls,

@@ -105,3 +105,48 @@ fn restored_maps_equal_the_originals() {
     let r = common::restore(&f.image);
     assert_eq!(merged_maps(r.pid), want);
 }
+
+#[test]
+fn restores_into_a_stopped_process_the_caller_created() {
+    if !privileged("restores_into_a_stopped_process_the_caller_created") {
+        return;
+    }
+    let f = fixture();
+    let (in_r, in_w) = std::io::pipe().unwrap();
+    let (out_r, out_w) = std::io::pipe().unwrap();
+    use std::os::fd::AsRawFd;
+    let (a, b) = (in_r.as_raw_fd(), out_w.as_raw_fd());
+    // SAFETY: the child only calls async-signal-safe functions, then stops or exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: async-signal-safe calls in the child on descriptors it inherited.
+        unsafe {
+            libc::dup2(a, 0);
+            libc::dup2(b, 1);
+            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
+            libc::kill(libc::getpid(), libc::SIGSTOP);
+            libc::_exit(1);
+        }
+    }
+    let mut st = 0;
+    // SAFETY: waiting for our own child into a local.
+    unsafe { libc::waitpid(pid, &mut st, libc::WUNTRACED) };
+    assert!(libc::WIFSTOPPED(st));
+    drop((in_r, out_w));
+    let r = ember_snap::restore(
+        &f.image,
+        ember_snap::Target::Stopped { pid },
+        &ember_snap::RestoreOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(r.pid, pid);
+    let mut w = std::fs::File::from(std::os::fd::OwnedFd::from(in_w));
+    let mut rd = std::io::BufReader::new(std::fs::File::from(std::os::fd::OwnedFd::from(out_r)));
+    use std::io::{BufRead, Write};
+    writeln!(w, "ping").unwrap();
+    let mut line = String::new();
+    rd.read_line(&mut line).unwrap();
+    assert_eq!(line.trim_end(), format!("pong {pid}"));
+    writeln!(w, "exit").unwrap();
+    assert_eq!(common::wait_exit(pid), 0);
+}

@@ -80,20 +80,7 @@ pub(super) fn fill(
         }
     }
     let in_uffd = |r: &PageRun| registered.iter().any(|&(s, e)| s <= r.addr && r.addr < e);
-    let runs = &img.meta.pages.runs;
-    let share = img.meta.pages.count.div_ceil(threads.max(1) as u64).max(1);
-    let mut parts: Vec<&[PageRun]> = Vec::new();
-    let (mut start, mut acc) = (0, 0u64);
-    for (i, r) in runs.iter().enumerate() {
-        acc += u64::from(r.pages);
-        if acc >= share {
-            parts.push(&runs[start..=i]);
-            (start, acc) = (i + 1, 0);
-        }
-    }
-    if start < runs.len() {
-        parts.push(&runs[start..]);
-    }
+    let parts = split(&img.meta.pages.runs, img.meta.pages.count, threads);
     let pages = img.pages();
     let result = std::thread::scope(|s| {
         let work = |part: &[PageRun]| -> io::Result<()> {
@@ -112,7 +99,7 @@ pub(super) fn fill(
             }
             write_runs(pid, pages, &via_vm)
         };
-        let mut parts = parts.into_iter();
+        let mut parts = parts.iter().map(Vec::as_slice);
         let first = parts.next();
         let others: Vec<_> = parts.map(|p| s.spawn(move || work(p))).collect();
         let mut r = first.map(work).unwrap_or(Ok(()));
@@ -136,6 +123,33 @@ pub(super) fn fill(
             FillMode::VmWritev
         }
     })
+}
+
+/// Runs cut into `threads` parts of equal page counts (a long run is cut in pieces).
+fn split(runs: &[PageRun], count: u64, threads: usize) -> Vec<Vec<PageRun>> {
+    let share = count.div_ceil(threads.max(1) as u64).max(1);
+    let mut parts = vec![Vec::new()];
+    let mut room = share;
+    for r in runs {
+        let mut r = *r;
+        while r.pages > 0 {
+            if room == 0 {
+                parts.push(Vec::new());
+                room = share;
+            }
+            let take = u64::from(r.pages).min(room) as u32;
+            if let Some(p) = parts.last_mut() {
+                p.push(PageRun { pages: take, ..r });
+            }
+            room -= u64::from(take);
+            r = PageRun {
+                addr: r.addr + u64::from(take) * PAGE,
+                pages: r.pages - take,
+                first: r.first + u64::from(take),
+            };
+        }
+    }
+    parts
 }
 
 fn slice<'a>(pages: &'a [u8], r: &PageRun) -> io::Result<&'a [u8]> {
@@ -171,4 +185,41 @@ fn write_runs(pid: i32, pages: &[u8], runs: &[PageRun]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_have_equal_page_counts_and_cover_every_page_once() {
+        let runs = [
+            PageRun {
+                addr: 0x1000,
+                pages: 10,
+                first: 0,
+            },
+            PageRun {
+                addr: 0x20000,
+                pages: 1,
+                first: 10,
+            },
+        ];
+        let parts = split(&runs, 11, 2);
+        assert_eq!(parts.len(), 2);
+        let pages: Vec<u32> = parts
+            .iter()
+            .map(|p| p.iter().map(|r| r.pages).sum())
+            .collect();
+        assert_eq!(pages, vec![6, 5]);
+        assert_eq!(
+            parts[1][0],
+            PageRun {
+                addr: 0x7000,
+                pages: 4,
+                first: 6
+            }
+        );
+        assert_eq!(split(&runs, 11, 1).len(), 1);
+    }
 }
