@@ -38,7 +38,7 @@ pub fn testee() -> &'static Path {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/testee.c");
         let out =
             Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("testee-{}", std::process::id()));
-        let st = Command::new("cc")
+        let st = Command::new("gcc")
             .args([
                 "-O1",
                 "-g",
@@ -51,7 +51,7 @@ pub fn testee() -> &'static Path {
             .arg(&out)
             .arg(&src)
             .status()
-            .expect("cc runs (the test script installs gcc)");
+            .expect("gcc runs (the test script installs it)");
         assert!(st.success(), "compiling {src:?}");
         out
     })
