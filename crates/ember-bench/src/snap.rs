@@ -35,7 +35,7 @@ const SERIES: [(&str, RGBColor); 3] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapBenchError {
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]

@@ -38,7 +38,7 @@ const SAFE_DEVICES: [&str; 5] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
-    #[error("process {pid} does not exist or cannot be read: {source}")]
+    #[error("process {pid} does not exist or cannot be read")]
     NoProcess { pid: i32, source: io::Error },
     #[error(
         "process {pid} has {threads} threads; only single-threaded processes can be dumped (start it with OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1)"
@@ -59,8 +59,8 @@ pub enum DumpError {
     Proc { pid: i32, file: String, why: String },
     #[error("process {pid}: no syscall instruction found to run queries with")]
     NoSyscall { pid: i32 },
-    #[error("process {pid}: {0}", pid = .1)]
-    File(FileError, i32),
+    #[error("process {1}: a file it maps cannot be identified")]
+    File(#[source] FileError, i32),
     #[error(transparent)]
     Image(#[from] ImageError),
 }

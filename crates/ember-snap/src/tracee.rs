@@ -9,7 +9,7 @@ use crate::sys::{self, Regs, Wait};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
-    #[error("process {pid}: {op} failed: {source}")]
+    #[error("process {pid}: {op} failed")]
     Ptrace {
         pid: i32,
         op: &'static str,

@@ -39,8 +39,8 @@ fn dump_refused(setup: &str, want: &[&str]) {
             inherited: STDIO.to_vec(),
         },
     )
-    .unwrap_err()
-    .to_string();
+    .unwrap_err();
+    let err = common::chain(&err);
     assert!(err.contains(&format!("process {}", c.pid)), "{err}");
     for w in want {
         assert!(err.contains(w), "{err:?} lacks {w:?}");
@@ -110,7 +110,7 @@ fn good_image(dir: &Path) -> std::path::PathBuf {
 fn load_err(dir: &Path) -> String {
     match LoadedImage::load(dir) {
         Ok(_) => panic!("{dir:?} loaded"),
-        Err(e) => e.to_string(),
+        Err(e) => common::chain(&e),
     }
 }
 
@@ -246,7 +246,7 @@ fn stopped_children() -> Vec<i32> {
 fn restore_err(img: &LoadedImage) -> String {
     match common::try_restore(img) {
         Ok(c) => panic!("restored into {}", c.pid),
-        Err(e) => e.to_string(),
+        Err(e) => common::chain(&e),
     }
 }
 
@@ -301,9 +301,9 @@ fn a_changed_file_or_another_machine_is_refused_and_nothing_is_left_behind() {
     let mut st = 0;
     // SAFETY: waiting for our own child into a local.
     unsafe { libc::waitpid(pid, &mut st, libc::WUNTRACED) };
-    let e = ember_snap::restore(&img, Target::Stopped { pid }, &RestoreOptions::default())
-        .unwrap_err()
-        .to_string();
+    let e =
+        ember_snap::restore(&img, Target::Stopped { pid }, &RestoreOptions::default()).unwrap_err();
+    let e = common::chain(&e);
     assert!(e.contains("changed") || e.contains("inherited"), "{e}");
     // The engine killed it and, as its tracer (here also its parent), collected it.
     // SAFETY: reaping our own child into a local.

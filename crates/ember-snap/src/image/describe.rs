@@ -40,11 +40,12 @@ pub fn describe(dir: &Path, m: &Meta) -> String {
     );
     let _ = writeln!(
         o,
-        "  memory: {} VMAs mapping {}; {} pages stored ({}); files: {} meta, {} pages",
+        "  memory: {} VMAs mapping {}; {} pages stored ({}) in {} runs; files: {} meta, {} pages",
         m.vmas.len(),
         mib(m.mapped_bytes()),
         m.pages.count,
         mib(m.pages.count * PAGE),
+        m.pages.runs.len(),
         mib(size(META_FILE)),
         mib(size(PAGES_FILE)),
     );

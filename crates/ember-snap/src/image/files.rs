@@ -46,7 +46,7 @@ pub struct FileId {
 /// Why a file does not match an image.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io { path: String, source: io::Error },
     #[error("{path} changed since the image was taken ({what}); rebuild the image")]
     Changed { path: String, what: String },

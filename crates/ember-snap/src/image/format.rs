@@ -42,9 +42,9 @@ pub const PAGES_FILE: &str = "pages";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("cannot read image file {path}: {source}")]
+    #[error("cannot read image file {path}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("cannot write image file {path}: {source}")]
+    #[error("cannot write image file {path}")]
     Write { path: PathBuf, source: io::Error },
     #[error("{path} is not an Ember image: {why}")]
     Foreign { path: PathBuf, why: String },

@@ -46,15 +46,15 @@ const GAP_SEARCH_FROM: u64 = 0x1_0000_0000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
-    #[error("cannot create the process to restore into: {0}")]
-    Fork(io::Error),
+    #[error("cannot create the process to restore into")]
+    Fork(#[source] io::Error),
     #[error("process {pid} cannot be restored into: {why}")]
     Target { pid: i32, why: String },
     #[error(transparent)]
     Trace(#[from] TraceError),
-    #[error("image {image}: {source}")]
+    #[error("image {image} cannot run on this machine")]
     Machine { image: String, source: Mismatch },
-    #[error("image {image}: {source}")]
+    #[error("image {image} cannot be restored")]
     File { image: String, source: FileError },
     #[error(
         "image {image}: the restored process opened another file at {path} than the one checked"

@@ -10,6 +10,18 @@ use std::sync::OnceLock;
 
 use ember_snap::{LoadedImage, RestoreOptions, Target};
 
+/// An error and its sources, as the CLI prints them.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// Privileged tests run when the test script says so and we are root; otherwise they
 /// print why they skip.
 pub fn privileged(test: &str) -> bool {
