@@ -55,22 +55,15 @@ pub fn features() -> Vec<String> {
     out
 }
 
-/// (XCR0 features, size) from an XSAVE area read by ptrace: the kernel writes its
-/// `_fpx_sw_bytes` at offset 464 (magic `FPXS`, then the size and the feature mask).
+/// (XCR0 features, size) of an XSAVE area read by ptrace: the kernel stores the XCR0 mask in
+/// the software-reserved bytes at offset 464 (the layout gdb reads too).
 pub fn xstate_info(xstate: &[u8]) -> (u64, u32) {
-    const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
-    let word = |at: usize, n: usize| -> Option<u64> {
-        let b = xstate.get(at..at + n)?;
-        let mut w = [0u8; 8];
-        w[..n].copy_from_slice(b);
-        Some(u64::from_le_bytes(w))
-    };
-    match (word(464, 4), word(472, 8)) {
-        (Some(m), Some(features)) if m as u32 == FP_XSTATE_MAGIC1 => {
-            (features, xstate.len() as u32)
-        }
-        _ => (0, xstate.len() as u32),
-    }
+    let xcr0 = xstate
+        .get(464..472)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or(0);
+    (xcr0, xstate.len() as u32)
 }
 
 /// Why this machine cannot run an image.
@@ -156,8 +149,7 @@ mod tests {
 
     fn xstate(features: u64, len: usize) -> Vec<u8> {
         let mut x = vec![0u8; len];
-        x[464..468].copy_from_slice(&0x4650_5853u32.to_le_bytes());
-        x[472..480].copy_from_slice(&features.to_le_bytes());
+        x[464..472].copy_from_slice(&features.to_le_bytes());
         x
     }
 
@@ -195,5 +187,6 @@ mod tests {
     fn xstate_info_reads_the_software_bytes() {
         assert_eq!(xstate_info(&xstate(0x2e7, 2696)), (0x2e7, 2696));
         assert_eq!(xstate_info(&[0u8; 512]), (0, 512));
+        assert_eq!(xstate_info(&[0u8; 100]), (0, 100));
     }
 }
