@@ -78,32 +78,15 @@ fn restored_process_answers_and_keeps_its_state() {
     assert_eq!(r.line(), "robust ownerdead");
 }
 
-/// `/proc/PID/maps` after merging adjacent areas with the same attributes.
-fn merged_maps(pid: i32) -> Vec<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    let maps = ember_snap::proc::parse_maps(&text).unwrap();
-    let mut out: Vec<(u64, u64, String)> = Vec::new();
-    for m in maps {
-        let key = format!("{} {:?} {}", m.perms(), m.name, m.inode);
-        match out.last_mut() {
-            Some((_, end, k)) if *end == m.start && *k == key && m.inode == 0 => *end = m.end,
-            _ => out.push((m.start, m.end, key)),
-        }
-    }
-    out.into_iter()
-        .map(|(s, e, k)| format!("{s:x}-{e:x} {k}"))
-        .collect()
-}
-
 #[test]
 fn restored_maps_equal_the_originals() {
     if !privileged("restored_maps_equal_the_originals") {
         return;
     }
     let f = fixture();
-    let want = merged_maps(f.original.pid);
+    let want = common::merged_maps(f.original.pid);
     let r = common::restore(&f.image);
-    assert_eq!(merged_maps(r.pid), want);
+    assert_eq!(common::merged_maps(r.pid), want);
 }
 
 #[test]

@@ -77,3 +77,69 @@ fn twenty_concurrent_instances_from_one_image_each_answer() {
         assert_eq!(thread, "thread 45");
     }
 }
+
+#[test]
+fn a_stopped_process_is_dumped_left_stopped_and_its_image_restores() {
+    if !privileged("a_stopped_process_is_dumped_left_stopped_and_its_image_restores") {
+        return;
+    }
+    let dir = tmp();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/target.py");
+    let mut original = Conv::spawn(Command::new("/usr/bin/python3").arg("-I").arg(&script));
+    assert_eq!(original.line(), "ready");
+    // SAFETY: plain integers; the pid is our child.
+    unsafe { libc::kill(original.pid, libc::SIGSTOP) };
+    let state = || {
+        let s = std::fs::read_to_string(format!("/proc/{}/stat", original.pid)).unwrap();
+        s[s.rfind(')').unwrap() + 2..].chars().next().unwrap()
+    };
+    while state() != 'T' {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let out = dir.path().join("image");
+    ember_snap::dump(
+        original.pid,
+        &out,
+        &DumpOptions {
+            inherited: vec![0, 1, 2],
+        },
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(state(), 'T', "still stopped after the dump");
+    let img = LoadedImage::load(&out).unwrap();
+    let mut r = common::restore(&img);
+    assert_eq!(r.ask("ping"), format!("pong {}", r.pid));
+    // SAFETY: plain integers; the pid is our child.
+    unsafe { libc::kill(original.pid, libc::SIGCONT) };
+    assert_eq!(original.ask("ping"), format!("pong {}", original.pid));
+}
+
+#[test]
+fn python_maps_equal_the_originals() {
+    if !privileged("python_maps_equal_the_originals") {
+        return;
+    }
+    let dir = tmp();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/target.py");
+    let mut original = Conv::spawn(
+        Command::new("/usr/bin/python3")
+            .arg("-I")
+            .arg(&script)
+            .arg("json"),
+    );
+    assert_eq!(original.line(), "ready");
+    let out = dir.path().join("image");
+    ember_snap::dump(
+        original.pid,
+        &out,
+        &DumpOptions {
+            inherited: vec![0, 1, 2],
+        },
+    )
+    .unwrap();
+    let want = common::merged_maps(original.pid);
+    let img = LoadedImage::load(&out).unwrap();
+    let r = common::restore(&img);
+    assert_eq!(common::merged_maps(r.pid), want);
+}

@@ -158,3 +158,20 @@ pub fn wait_exit(pid: i32) -> i32 {
     unsafe { libc::waitpid(pid, &mut st, 0) };
     libc::WEXITSTATUS(st)
 }
+
+/// `/proc/PID/maps` after merging adjacent areas with the same attributes.
+pub fn merged_maps(pid: i32) -> Vec<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let maps = ember_snap::proc::parse_maps(&text).unwrap();
+    let mut out: Vec<(u64, u64, String)> = Vec::new();
+    for m in maps {
+        let key = format!("{} {:?} {}", m.perms(), m.name, m.inode);
+        match out.last_mut() {
+            Some((_, end, k)) if *end == m.start && *k == key && m.inode == 0 => *end = m.end,
+            _ => out.push((m.start, m.end, key)),
+        }
+    }
+    out.into_iter()
+        .map(|(s, e, k)| format!("{s:x}-{e:x} {k}"))
+        .collect()
+}
