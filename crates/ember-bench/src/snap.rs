@@ -79,6 +79,8 @@ pub struct WorkloadResult {
     pub restore_phases: [f64; 5],
     pub injected_syscalls: usize,
     pub round_trips: usize,
+    /// How pages went in (`UffdCopy` or `VmWritev`) and with how many threads (0: automatic).
+    pub fill: String,
     pub samples: Samples,
 }
 
@@ -146,11 +148,14 @@ fn spawn(python: &Path, script: &Path, workload: &str) -> Result<Proc, SnapBench
     })
 }
 
-fn restore_one(img: &LoadedImage) -> Result<(Proc, RestoreStats), SnapBenchError> {
+fn restore_one(
+    img: &LoadedImage,
+    opts: &RestoreOptions,
+) -> Result<(Proc, RestoreStats), SnapBenchError> {
     let (in_r, in_w) = std::io::pipe().map_err(io("pipe"))?;
     let (out_r, out_w) = std::io::pipe().map_err(io("pipe"))?;
     let fds = vec![(0, in_r.as_raw_fd()), (1, out_w.as_raw_fd()), (2, 2)];
-    let r = ember_snap::restore(img, Target::Fork { fds }, &RestoreOptions::default())?;
+    let r = ember_snap::restore(img, Target::Fork { fds }, opts)?;
     Ok((
         Proc {
             pid: r.pid,
@@ -199,13 +204,21 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Measures one workload with `python` (an interpreter that has its packages).
+/// What one `ember bench snap` run does.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapOptions {
+    pub runs: usize,
+    pub dumps: usize,
+    pub restore: RestoreOptions,
+}
+
 pub fn measure(
     workload: &str,
     python: &Path,
     work_dir: &Path,
-    runs: usize,
-    dumps: usize,
+    opts: &SnapOptions,
 ) -> Result<WorkloadResult, SnapBenchError> {
+    let (runs, dumps) = (opts.runs, opts.dumps);
     let target_err = |what: String| SnapBenchError::Target {
         workload: workload.to_string(),
         what,
@@ -249,7 +262,7 @@ pub fn measure(
             match (round + k) % 3 {
                 0 => {
                     let t = Instant::now();
-                    let (mut p, st) = restore_one(&img)?;
+                    let (mut p, st) = restore_one(&img, &opts.restore)?;
                     let answer = p.ask("work").map_err(io("asking a restored process"))?;
                     s.restore_ms.push(ms(t));
                     p.end();
@@ -313,6 +326,10 @@ pub fn measure(
         restore_phases: phases,
         injected_syscalls: last.injected,
         round_trips: last.round_trips,
+        fill: format!(
+            "{:?}, threads {}",
+            last.fill_mode, opts.restore.fill_threads
+        ),
         samples: s,
     })
 }

@@ -59,9 +59,9 @@ pub(super) fn fill(
     pid: i32,
     img: &LoadedImage,
     threads: usize,
-    uffd_fd: i32,
+    uffd_fd: Option<i32>,
 ) -> io::Result<FillMode> {
-    let mut uffd = take_uffd(pid, uffd_fd);
+    let mut uffd = uffd_fd.and_then(|fd| take_uffd(pid, fd));
     let ranges = anon_ranges(img);
     let mut registered = Vec::new();
     if let Some(u) = &uffd {

@@ -36,6 +36,12 @@ pub struct Args {
     /// snap: dumps per workload
     #[arg(long, default_value_t = 5)]
     pub dumps: usize,
+    /// snap: threads filling pages in a restore (0: one per core, up to 4, for large images)
+    #[arg(long, default_value_t = 0)]
+    pub fill_threads: usize,
+    /// snap: fill every page with process_vm_writev instead of UFFDIO_COPY
+    #[arg(long)]
+    pub no_uffd_fill: bool,
     /// Drive this daemon instead of starting one in this process
     #[arg(long)]
     pub url: Option<String>,
@@ -205,16 +211,19 @@ async fn snap(args: Args) -> anyhow::Result<()> {
         let packages: Vec<String> = packages.iter().map(|p| p.to_string()).collect();
         let env = envs.ensure(&packages, &|l| eprintln!("{l}")).await?;
         eprintln!("measuring {name}");
-        let (python, dir, runs, dumps) = (
-            env.python(),
-            work.path().to_path_buf(),
-            args.runs,
-            args.dumps,
-        );
+        let (python, dir) = (env.python(), work.path().to_path_buf());
+        let opts = snap::SnapOptions {
+            runs: args.runs,
+            dumps: args.dumps,
+            restore: ember_snap::RestoreOptions {
+                fill_threads: args.fill_threads,
+                uffd_fill: !args.no_uffd_fill,
+                ..Default::default()
+            },
+        };
         let name = name.to_string();
-        let r =
-            tokio::task::spawn_blocking(move || snap::measure(&name, &python, &dir, runs, dumps))
-                .await??;
+        let r = tokio::task::spawn_blocking(move || snap::measure(&name, &python, &dir, &opts))
+            .await??;
         results.push(r);
     }
     print!("{}", snap::table(&results));
