@@ -168,29 +168,22 @@ fn restore_one(
 
 /// Maps `pages` fresh anonymous pages, writes one byte to each, unmaps them; ms taken.
 fn page_alloc_ms(pages: u64) -> f64 {
-    let len = (pages.max(1) * 4096) as usize;
     let t = Instant::now();
-    // SAFETY: a fresh private anonymous mapping of ours at an address the kernel picks.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
+    let Ok(mut m) = ember_snap::sys::Mapping::anonymous((pages.max(1) * 4096) as usize) else {
         return f64::NAN;
+    };
+    for page in m.as_mut_slice().chunks_mut(4096) {
+        page[0] = 1;
     }
-    for off in (0..len).step_by(4096) {
-        // SAFETY: `off` is inside the `len`-byte writable mapping made above.
-        unsafe { std::ptr::write_volatile(p.cast::<u8>().add(off), 1) };
-    }
+    // Read back, so no write can be optimised away.
+    let sum: u64 = m
+        .as_slice()
+        .iter()
+        .step_by(4096)
+        .map(|&b| u64::from(b))
+        .sum();
     let took = ms(t);
-    // SAFETY: unmapping the mapping made above; nothing refers to it any more.
-    unsafe { libc::munmap(p, len) };
+    std::hint::black_box(sum);
     took
 }
 

@@ -8,8 +8,8 @@ use std::process::Command;
 use common::{Conv, privileged, tmp};
 use ember_snap::{DumpOptions, LoadedImage};
 
-/// A Python target that imported `modules`, dumped into `dir/image` and loaded.
-fn python_image(dir: &Path, modules: &[&str]) -> LoadedImage {
+/// The Python target, started with `modules` imported, once it is ready.
+fn start(modules: &[&str]) -> Conv {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/target.py");
     let mut original = Conv::spawn(
         Command::new("/usr/bin/python3")
@@ -20,9 +20,14 @@ fn python_image(dir: &Path, modules: &[&str]) -> LoadedImage {
             .env("OMP_NUM_THREADS", "1"),
     );
     assert_eq!(original.line(), "ready");
+    original
+}
+
+/// Dumps `pid` (stdio inherited) into `dir/image` and loads the image.
+fn dump(pid: i32, dir: &Path) -> LoadedImage {
     let out = dir.join("image");
     ember_snap::dump(
-        original.pid,
+        pid,
         &out,
         &DumpOptions {
             inherited: vec![0, 1, 2],
@@ -30,6 +35,12 @@ fn python_image(dir: &Path, modules: &[&str]) -> LoadedImage {
     )
     .unwrap();
     LoadedImage::load(&out).unwrap()
+}
+
+/// A Python target that imported `modules`, dumped into `dir/image` and loaded.
+fn python_image(dir: &Path, modules: &[&str]) -> LoadedImage {
+    let original = start(modules);
+    dump(original.pid, dir)
 }
 
 #[test]
@@ -84,9 +95,7 @@ fn a_stopped_process_is_dumped_left_stopped_and_its_image_restores() {
         return;
     }
     let dir = tmp();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/target.py");
-    let mut original = Conv::spawn(Command::new("/usr/bin/python3").arg("-I").arg(&script));
-    assert_eq!(original.line(), "ready");
+    let mut original = start(&[]);
     // SAFETY: plain integers; the pid is our child.
     unsafe { libc::kill(original.pid, libc::SIGSTOP) };
     let state = || {
@@ -96,18 +105,9 @@ fn a_stopped_process_is_dumped_left_stopped_and_its_image_restores() {
     while state() != 'T' {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    let out = dir.path().join("image");
-    ember_snap::dump(
-        original.pid,
-        &out,
-        &DumpOptions {
-            inherited: vec![0, 1, 2],
-        },
-    )
-    .unwrap();
+    let img = dump(original.pid, dir.path());
     std::thread::sleep(std::time::Duration::from_millis(50));
     assert_eq!(state(), 'T', "still stopped after the dump");
-    let img = LoadedImage::load(&out).unwrap();
     let mut r = common::restore(&img);
     assert_eq!(r.ask("ping"), format!("pong {}", r.pid));
     // SAFETY: plain integers; the pid is our child.
@@ -121,25 +121,9 @@ fn python_maps_equal_the_originals() {
         return;
     }
     let dir = tmp();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/target.py");
-    let mut original = Conv::spawn(
-        Command::new("/usr/bin/python3")
-            .arg("-I")
-            .arg(&script)
-            .arg("json"),
-    );
-    assert_eq!(original.line(), "ready");
-    let out = dir.path().join("image");
-    ember_snap::dump(
-        original.pid,
-        &out,
-        &DumpOptions {
-            inherited: vec![0, 1, 2],
-        },
-    )
-    .unwrap();
+    let original = start(&["json"]);
+    let img = dump(original.pid, dir.path());
     let want = common::merged_maps(original.pid);
-    let img = LoadedImage::load(&out).unwrap();
     let r = common::restore(&img);
     assert_eq!(common::merged_maps(r.pid), want);
 }

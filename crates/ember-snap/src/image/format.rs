@@ -17,7 +17,7 @@
 //! inside private VMAs, indices in range), so a corrupted or hostile image is refused by name.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -117,31 +117,39 @@ pub fn write_image(dir: &Path, meta: &mut Meta, pages: &[u8]) -> Result<(), Imag
     Ok(())
 }
 
-/// Reads and checks `dir/meta` (magic, version, size cap, hash, consistency).
-pub fn read_meta(dir: &Path) -> Result<Meta, ImageError> {
-    let path = dir.join(META_FILE);
-    let mut f = File::open(&path).map_err(io_at(&path))?;
-    let mut head = [0u8; META_HEADER];
-    f.read_exact(&mut head).map_err(|e| {
+/// Reads a file's header into `head` and checks its magic and format version.
+fn read_header(path: &Path, f: &File, head: &mut [u8], magic: &[u8; 8]) -> Result<(), ImageError> {
+    f.read_exact_at(head, 0).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
-            corrupt(&path, "truncated header")
+            corrupt(path, "truncated header")
         } else {
-            io_at(&path)(e)
+            io_at(path)(e)
         }
     })?;
-    if head[..8] != META_MAGIC {
+    if head[..8] != magic[..] {
         return Err(ImageError::Foreign {
-            path,
+            path: path.to_path_buf(),
             why: "bad magic".into(),
         });
     }
     let version = u32::from_le_bytes(head[8..12].try_into().unwrap_or_default());
     if version != FORMAT_VERSION {
         return Err(ImageError::Version {
-            path,
+            path: path.to_path_buf(),
             found: version,
         });
     }
+    Ok(())
+}
+
+/// Reads and checks `dir/meta` (magic, version, size cap, hash, consistency).
+pub fn read_meta(dir: &Path) -> Result<Meta, ImageError> {
+    let path = dir.join(META_FILE);
+    let mut f = File::open(&path).map_err(io_at(&path))?;
+    let mut head = [0u8; META_HEADER];
+    read_header(&path, &f, &mut head, &META_MAGIC)?;
+    f.seek(io::SeekFrom::Start(META_HEADER as u64))
+        .map_err(io_at(&path))?;
     let len = u64::from_le_bytes(head[16..24].try_into().unwrap_or_default());
     if len > MAX_META {
         return Err(corrupt(
@@ -254,26 +262,7 @@ impl LoadedImage {
         let path = dir.join(PAGES_FILE);
         let f = File::open(&path).map_err(io_at(&path))?;
         let mut head = [0u8; 40];
-        f.read_exact_at(&mut head, 0).map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                corrupt(&path, "truncated header")
-            } else {
-                io_at(&path)(e)
-            }
-        })?;
-        if head[..8] != PAGES_MAGIC {
-            return Err(ImageError::Foreign {
-                path,
-                why: "bad magic".into(),
-            });
-        }
-        let version = u32::from_le_bytes(head[8..12].try_into().unwrap_or_default());
-        if version != FORMAT_VERSION {
-            return Err(ImageError::Version {
-                path,
-                found: version,
-            });
-        }
+        read_header(&path, &f, &mut head, &PAGES_MAGIC)?;
         if head[16..32] != meta.id {
             return Err(ImageError::Foreign {
                 path,
