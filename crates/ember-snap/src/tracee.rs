@@ -15,6 +15,8 @@ pub enum TraceError {
         op: &'static str,
         source: io::Error,
     },
+    #[error("not allowed to trace process {pid}: run as root (ptrace needs CAP_SYS_PTRACE)")]
+    NotPermitted { pid: i32 },
     #[error("process {pid} ended while it was being worked on ({how})")]
     Gone { pid: i32, how: String },
     #[error("process {pid} stopped unexpectedly (signal {sig}, event {event})")]
@@ -39,7 +41,10 @@ impl Tracee {
     /// Seizes `pid` and brings it to a ptrace stop (it may be running, sleeping in a
     /// syscall, or in a group stop).
     pub fn attach(pid: i32, exitkill: bool) -> Result<Tracee, TraceError> {
-        sys::seize(pid, exitkill).map_err(pt(pid, "PTRACE_SEIZE"))?;
+        sys::seize(pid, exitkill).map_err(|e| match e.raw_os_error() {
+            Some(libc::EPERM) => TraceError::NotPermitted { pid },
+            _ => pt(pid, "PTRACE_SEIZE")(e),
+        })?;
         let stopped = Self::interrupt(pid);
         let t = match stopped {
             Ok(()) => {

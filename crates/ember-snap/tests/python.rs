@@ -127,3 +127,21 @@ fn python_maps_equal_the_originals() {
     let r = common::restore(&img);
     assert_eq!(common::merged_maps(r.pid), want);
 }
+
+#[test]
+fn a_sleep_interrupted_by_the_dump_finishes_after_restore() {
+    if !privileged("a_sleep_interrupted_by_the_dump_finishes_after_restore") {
+        return;
+    }
+    let dir = tmp();
+    // Asleep in clock_nanosleep at the dump: its restart block stays with the old task, so
+    // the restored call returns EINTR and CPython sleeps what is left (PEP 475).
+    let code = "import os, sys, time\nos.closerange(3, 1 << 16)\nos.write(1, b'ready\\n')\nt = time.monotonic()\ntime.sleep(0.6)\nos.write(1, b'woke %d\\n' % (time.monotonic() - t >= 0.6))\nsys.stdin.buffer.readline()\n";
+    let mut original = Conv::spawn(Command::new("/usr/bin/python3").args(["-I", "-c", code]));
+    assert_eq!(original.line(), "ready");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let img = dump(original.pid, dir.path());
+    let mut r = common::restore(&img);
+    assert_eq!(r.line(), "woke 1");
+    assert_eq!(original.line(), "woke 1");
+}
