@@ -313,3 +313,142 @@ impl LoadedImage {
         self.pages.as_slice()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{
+        AltStack, Fd, FileId, Ident, MmFields, PageIndex, PageRun, Requires, Source, Task,
+        VdsoLayout, Vma,
+    };
+
+    fn sample() -> (Meta, Vec<u8>) {
+        let meta = Meta {
+            id: [7; 16],
+            created: 1,
+            parent: None,
+            source: Source {
+                pid: 1,
+                comm: "t".into(),
+                exe: "/bin/t".into(),
+                kernel: "k".into(),
+            },
+            requires: Requires {
+                vdso: VdsoLayout {
+                    areas: vec![("[vdso]".into(), 0x7000_0000, 0x7000_2000)],
+                    vdso_hash: [1; 32],
+                },
+                xfeatures: 7,
+                xstate_size: 2432,
+                cpu_features: vec!["avx".into()],
+            },
+            files: vec![FileId {
+                path: "/bin/t".into(),
+                size: 10,
+                mtime_ns: 5,
+                ident: Ident::BuildId(vec![1, 2, 3]),
+            }],
+            vmas: vec![
+                Vma {
+                    start: 0x40_0000,
+                    end: 0x40_1000,
+                    prot: 5,
+                    shared: false,
+                    kind: VmaKind::File { file: 0, offset: 0 },
+                },
+                Vma {
+                    start: 0x50_0000,
+                    end: 0x50_2000,
+                    prot: 3,
+                    shared: false,
+                    kind: VmaKind::Heap,
+                },
+            ],
+            pages: PageIndex {
+                runs: vec![PageRun {
+                    addr: 0x50_0000,
+                    pages: 2,
+                    first: 0,
+                }],
+                count: 2,
+                chunks: Vec::new(),
+            },
+            task: Task {
+                regs: vec![0; 27],
+                xstate: vec![0; 64],
+                sigmask: 0,
+                sigactions: Vec::new(),
+                sigaltstack: AltStack::default(),
+                tid_address: 0,
+                robust_list: (0, 0),
+                rseq: None,
+                glibc_tid_offset: None,
+                syscall_insn: 0x40_0010,
+                personality: 0,
+                umask: 0o22,
+                cwd: "/".into(),
+                comm: "t".into(),
+            },
+            mm: MmFields::default(),
+            fds: vec![Fd {
+                fd: 0,
+                cloexec: false,
+                kind: FdKind::Inherited {
+                    what: "pipe".into(),
+                },
+            }],
+        };
+        (meta, vec![0xab; 2 * PAGE as usize])
+    }
+
+    #[test]
+    fn an_image_round_trips() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut m, pages) = sample();
+        write_image(d.path(), &mut m, &pages).unwrap();
+        let img = LoadedImage::load(d.path()).unwrap();
+        assert_eq!(img.meta, m);
+        assert_eq!(img.pages(), &pages[..]);
+    }
+
+    /// Every byte of the metadata flipped, with the hash made to match again (a hostile
+    /// writer, not a disk error): loading refuses or accepts a consistent image, never panics.
+    #[test]
+    fn hostile_metadata_never_panics_the_loader() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut m, pages) = sample();
+        write_image(d.path(), &mut m, &pages).unwrap();
+        let good = std::fs::read(d.path().join(META_FILE)).unwrap();
+        let body_len = good.len() - META_HEADER;
+        let mut refused = 0;
+        for i in 0..body_len {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut bad = good.clone();
+                bad[META_HEADER + i] ^= flip;
+                let hash = *blake3::hash(&bad[META_HEADER..]).as_bytes();
+                bad[24..56].copy_from_slice(&hash);
+                std::fs::write(d.path().join(META_FILE), &bad).unwrap();
+                if LoadedImage::load(d.path()).is_err() {
+                    refused += 1;
+                }
+            }
+        }
+        // Register values, sizes and names may take any value; ids, indices, addresses and
+        // the encoding itself may not.
+        assert!(
+            refused > body_len / 2,
+            "only {refused} of {} refused",
+            3 * body_len
+        );
+    }
+
+    #[test]
+    fn runs_outside_private_memory_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut m, pages) = sample();
+        m.pages.runs[0].addr = 0x40_0000 - PAGE;
+        write_image(d.path(), &mut m, &pages).unwrap();
+        let e = read_meta(d.path()).unwrap_err().to_string();
+        assert!(e.contains("outside the image's private memory"), "{e}");
+    }
+}
