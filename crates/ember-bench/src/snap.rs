@@ -198,7 +198,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Measures one workload with `python` (an interpreter that has its packages).
 /// What one `ember bench snap` run does.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SnapOptions {
     pub runs: usize,
     pub dumps: usize,

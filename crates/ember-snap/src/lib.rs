@@ -22,4 +22,4 @@ pub mod tracee;
 
 pub use dump::{DumpError, DumpOptions, DumpStats, dump};
 pub use image::{ImageError, LoadedImage, Meta};
-pub use restore::{RestoreError, RestoreOptions, RestoreStats, Restored, Target, restore};
+pub use restore::{Handoff, RestoreError, RestoreOptions, RestoreStats, Restored, Target, restore};

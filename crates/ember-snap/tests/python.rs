@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{Conv, privileged, tmp};
-use ember_snap::{DumpOptions, LoadedImage};
+use ember_snap::{DumpOptions, Handoff, LoadedImage, RestoreOptions};
 
 /// The Python target, started with `modules` imported, once it is ready.
 fn start(modules: &[&str]) -> Conv {
@@ -144,4 +144,38 @@ fn a_sleep_interrupted_by_the_dump_finishes_after_restore() {
     let mut r = common::restore(&img);
     assert_eq!(r.line(), "woke 1");
     assert_eq!(original.line(), "woke 1");
+}
+
+#[test]
+fn a_restore_can_end_as_another_user_under_a_seccomp_filter() {
+    if !privileged("a_restore_can_end_as_another_user_under_a_seccomp_filter") {
+        return;
+    }
+    let dir = tmp();
+    let img = python_image(dir.path(), &[]);
+    // A filter that refuses mkdir and mkdirat with EPERM and allows the rest.
+    let f = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let (ld, jeq, ret) = (0x20, 0x15, 0x06);
+    let seccomp = vec![
+        f(ld, 0, 0, 0),
+        f(jeq, 2, 0, libc::SYS_mkdir as u32),
+        f(jeq, 1, 0, libc::SYS_mkdirat as u32),
+        f(ret, 0, 0, 0x7fff_0000),
+        f(ret, 0, 0, 0x0005_0000 | libc::EPERM as u32),
+    ];
+    let opts = RestoreOptions {
+        handoff: Some(Handoff {
+            uid: 65534,
+            gid: 65534,
+            die_with_parent: true,
+            seccomp,
+        }),
+        ..RestoreOptions::default()
+    };
+    let mut r = common::restore_with(&img, &opts);
+    assert_eq!(r.ask("creds"), "creds 65534 65534 Operation not permitted");
+    assert_eq!(r.ask("thread"), "thread 45");
+    // Without the handoff the same image keeps root and may mkdir.
+    let mut plain = common::restore(&img);
+    assert_eq!(plain.ask("creds"), "creds 0 0 made");
 }

@@ -75,7 +75,20 @@ pub enum Target {
     Stopped { pid: i32 },
 }
 
-#[derive(Debug, Clone, Copy)]
+/// What a sandboxed instance must become at the end of a restore (the caller's first
+/// process is stopped privileged, so that the restore can replace its memory).
+#[derive(Debug, Clone, Default)]
+pub struct Handoff {
+    pub uid: u32,
+    pub gid: u32,
+    /// `PR_SET_PDEATHSIG(SIGKILL)`.
+    pub die_with_parent: bool,
+    /// A seccomp filter (classic BPF) installed last; empty for none. `no_new_privs` is set
+    /// either way.
+    pub seccomp: Vec<libc::sock_filter>,
+}
+
+#[derive(Debug, Clone)]
 pub struct RestoreOptions {
     /// Send SIGCONT when done (otherwise the process is left in its group stop).
     pub resume: bool,
@@ -86,6 +99,8 @@ pub struct RestoreOptions {
     /// Fill anonymous memory with `UFFDIO_COPY` when the target can make a userfaultfd
     /// (`false`: `process_vm_writev` for everything, to compare).
     pub uffd_fill: bool,
+    /// Credentials and filter to end with (`None`: the process keeps the target's).
+    pub handoff: Option<Handoff>,
 }
 
 /// Below this many pages (32 MiB) one thread fills as fast as several here: measured with
@@ -99,6 +114,7 @@ impl Default for RestoreOptions {
             resume: true,
             fill_threads: 0,
             uffd_fill: true,
+            handoff: None,
         }
     }
 }
@@ -282,6 +298,7 @@ fn run(
         gadget_len: 0,
         filled,
         stat_offsets: Vec::new(),
+        handoff: opts.handoff.as_ref(),
     };
     let rseq_now = sys::get_rseq(pid).ok().filter(|c| c.abi_pointer != 0);
 

@@ -1,7 +1,7 @@
 //! The two batches a restore runs in the target, laid out from the image and what the
 //! target looks like now.
 
-use super::{GAP_SEARCH_FROM, RestoreError};
+use super::{GAP_SEARCH_FROM, Handoff, RestoreError};
 use crate::image::{FdKind, Meta, PAGE, VdsoLayout, VmaKind, format::USER_END};
 use crate::proc::MapEntry;
 use crate::restorer::{ALLOW_ERROR, ARG0_FROM_SAVED, ARG4_FROM_SAVED, Batch, SAVE_RESULT, Step};
@@ -24,6 +24,8 @@ pub(super) struct Plan<'a> {
     pub(super) gadget_len: u64,
     /// VMA indices that hold saved pages (mapped writable until filled).
     pub(super) filled: Vec<bool>,
+    /// Credentials and filter to end the restore with.
+    pub(super) handoff: Option<&'a Handoff>,
     /// Where batch 1 leaves each mapped file's `struct stat`.
     pub(super) stat_offsets: Vec<Option<usize>>,
 }
@@ -405,6 +407,9 @@ impl<'m> Plan<'m> {
             &[libc::PR_SET_NAME as u64, comm],
             0,
         );
+        if let Some(h) = self.handoff {
+            handoff(&mut b2, h);
+        }
         b2
     }
 
@@ -483,6 +488,38 @@ impl<'m> Plan<'m> {
     /// files; batch 2 closes all of them).
     pub(super) fn uffd_fd(&self) -> i32 {
         self.high + 1 + self.fd_files.len() as i32
+    }
+}
+
+/// The last steps: become the instance's user, tie its life to its parent's, and install
+/// its seccomp filter (after which every later syscall, the restorer's included, is filtered).
+fn handoff(b: &mut Batch<'_>, h: &Handoff) {
+    let (uid, gid) = (u64::from(h.uid), u64::from(h.gid));
+    b.call("setgroups", libc::SYS_setgroups, &[0, 0], 0);
+    b.call("setresgid", libc::SYS_setresgid, &[gid, gid, gid], 0);
+    b.call("setresuid", libc::SYS_setresuid, &[uid, uid, uid], 0);
+    if h.die_with_parent {
+        let args = [libc::PR_SET_PDEATHSIG as u64, libc::SIGKILL as u64];
+        b.call("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, &args, 0);
+    }
+    let nnp = [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0];
+    b.call("prctl(PR_SET_NO_NEW_PRIVS)", libc::SYS_prctl, &nnp, 0);
+    if !h.seccomp.is_empty() {
+        let mut code = Vec::with_capacity(h.seccomp.len() * 8);
+        for f in &h.seccomp {
+            code.extend_from_slice(&f.code.to_ne_bytes());
+            code.push(f.jt);
+            code.push(f.jf);
+            code.extend_from_slice(&f.k.to_ne_bytes());
+        }
+        let at = b.data(&code);
+        // struct sock_fprog: unsigned short len; (padding); struct sock_filter *filter.
+        let mut prog = Vec::with_capacity(16);
+        prog.extend_from_slice(&(h.seccomp.len() as u64).to_ne_bytes());
+        prog.extend_from_slice(&at.to_ne_bytes());
+        let prog = b.data(&prog);
+        let args = [libc::SECCOMP_SET_MODE_FILTER as u64, 0, prog];
+        b.call("seccomp(SET_MODE_FILTER)", libc::SYS_seccomp, &args, 0);
     }
 }
 

@@ -137,11 +137,22 @@ pub fn restore(img: &LoadedImage) -> Conv {
     try_restore(img).unwrap()
 }
 
+pub fn restore_with(img: &LoadedImage, opts: &RestoreOptions) -> Conv {
+    try_restore_with(img, opts).unwrap()
+}
+
 pub fn try_restore(img: &LoadedImage) -> Result<Conv, ember_snap::RestoreError> {
+    try_restore_with(img, &RestoreOptions::default())
+}
+
+pub fn try_restore_with(
+    img: &LoadedImage,
+    opts: &RestoreOptions,
+) -> Result<Conv, ember_snap::RestoreError> {
     let (in_r, in_w) = std::io::pipe().unwrap();
     let (out_r, out_w) = std::io::pipe().unwrap();
     let fds = vec![(0, in_r.as_raw_fd()), (1, out_w.as_raw_fd()), (2, 2)];
-    let r = ember_snap::restore(img, Target::Fork { fds }, &RestoreOptions::default())?;
+    let r = ember_snap::restore(img, Target::Fork { fds }, opts)?;
     drop((in_r, out_w));
     Ok(Conv {
         pid: r.pid,

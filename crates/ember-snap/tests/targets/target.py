@@ -28,6 +28,14 @@ def answer(cmd):
         return f"fork {os.waitstatus_to_exitcode(status)}"
     if cmd == "json":
         return "json " + json.dumps({"b": [1, 2], "a": None}, sort_keys=True)
+    if cmd == "creds":
+        try:
+            os.mkdir("/tmp/ember-snap-handoff-probe")
+            os.rmdir("/tmp/ember-snap-handoff-probe")
+            made = "made"
+        except OSError as e:
+            made = e.strerror
+        return f"creds {os.getuid()} {os.getgid()} {made}"
     if cmd == "alloc":
         b = bytearray(50 << 20)
         b[-1] = 1
