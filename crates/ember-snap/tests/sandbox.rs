@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -98,8 +97,8 @@ async fn restores_into_a_sandboxed_first_process_and_hands_it_over() {
     let stdin = child.stdin.take().unwrap().into_owned_fd().unwrap();
     let stdout = child.stdout.take().unwrap().into_owned_fd().unwrap();
     let answers = tokio::task::spawn_blocking(move || {
-        let mut w = std::fs::File::from(OwnedFd::from(stdin));
-        let mut r = BufReader::new(std::fs::File::from(OwnedFd::from(stdout)));
+        let mut w = std::fs::File::from(stdin);
+        let mut r = BufReader::new(std::fs::File::from(stdout));
         ["ping", "creds", "thread", "fork"]
             .iter()
             .map(|cmd| {
