@@ -13,6 +13,7 @@
 pub mod cpu;
 pub mod dump;
 pub mod image;
+pub mod lazy;
 pub mod proc;
 pub mod restore;
 pub mod restorer;

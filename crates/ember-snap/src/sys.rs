@@ -556,14 +556,110 @@ fn uffd_ioctl<T>(fd: &std::os::fd::OwnedFd, req: libc::c_ulong, arg: &mut T) -> 
     check(unsafe { libc::ioctl(fd.as_raw_fd(), req, arg as *mut T) } as libc::c_long).map(drop)
 }
 
-/// The API handshake on a fresh userfaultfd (no extra features).
-pub fn uffd_api(fd: &std::os::fd::OwnedFd) -> io::Result<()> {
+/// The API handshake on a fresh userfaultfd, asking for `features`.
+pub fn uffd_api(fd: &std::os::fd::OwnedFd, features: u64) -> io::Result<()> {
     let mut a = UffdioApi {
         api: UFFD_API,
-        features: 0,
+        features,
         ioctls: 0,
     };
     uffd_ioctl(fd, UFFDIO_API, &mut a)
+}
+
+pub const UFFD_FEATURE_EVENT_FORK: u64 = 1 << 1;
+pub const UFFD_FEATURE_EVENT_REMAP: u64 = 1 << 2;
+pub const UFFD_FEATURE_EVENT_REMOVE: u64 = 1 << 3;
+pub const UFFD_FEATURE_EVENT_UNMAP: u64 = 1 << 6;
+pub const UFFD_FEATURE_THREAD_ID: u64 = 1 << 8;
+
+pub const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+pub const UFFD_EVENT_FORK: u8 = 0x13;
+pub const UFFD_EVENT_REMAP: u8 = 0x14;
+pub const UFFD_EVENT_REMOVE: u8 = 0x15;
+pub const UFFD_EVENT_UNMAP: u8 = 0x16;
+
+/// One `struct uffd_msg` (32 bytes, packed): the event and its three argument words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UffdMsg {
+    pub event: u8,
+    pub arg: [u64; 3],
+}
+
+/// Reads the events waiting on a non-blocking userfaultfd (none: empty).
+pub fn uffd_read(fd: &std::os::fd::OwnedFd) -> io::Result<Vec<UffdMsg>> {
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 32 * 64];
+    // SAFETY: reading into a live local buffer of the given length.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::WouldBlock {
+            Ok(Vec::new())
+        } else {
+            Err(e)
+        };
+    }
+    Ok(buf[..n as usize]
+        .chunks_exact(32)
+        .map(|m| {
+            let w = |i: usize| {
+                u64::from_ne_bytes(m[8 + 8 * i..16 + 8 * i].try_into().unwrap_or([0; 8]))
+            };
+            UffdMsg {
+                event: m[0],
+                arg: [w(0), w(1), w(2)],
+            }
+        })
+        .collect())
+}
+
+/// `struct uffdio_zeropage`.
+#[repr(C)]
+struct UffdioZeropage {
+    range: UffdioRange,
+    mode: u64,
+    zeropage: i64,
+}
+const _: () = assert!(size_of::<UffdioZeropage>() == 32);
+const UFFDIO_ZEROPAGE: libc::c_ulong = 0xc020_aa04;
+const UFFDIO_WAKE: libc::c_ulong = 0x8010_aa02;
+
+/// Resolves a missing page with zeros (memory the image never had, or discarded).
+pub fn uffd_zeropage(fd: &std::os::fd::OwnedFd, start: u64, len: u64) -> io::Result<()> {
+    let mut z = UffdioZeropage {
+        range: UffdioRange { start, len },
+        mode: 0,
+        zeropage: 0,
+    };
+    uffd_ioctl(fd, UFFDIO_ZEROPAGE, &mut z)
+}
+
+/// Wakes threads waiting on `[start, start+len)`.
+pub fn uffd_wake(fd: &std::os::fd::OwnedFd, start: u64, len: u64) -> io::Result<()> {
+    let mut r = UffdioRange { start, len };
+    uffd_ioctl(fd, UFFDIO_WAKE, &mut r)
+}
+
+/// `poll` on descriptors for input; returns which are ready (or hung up).
+pub fn poll_in(fds: &[RawFd], timeout_ms: i32) -> io::Result<Vec<bool>> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `p` is a live array of `p.len()` pollfd structs.
+    let rc = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(e);
+    }
+    Ok(p.iter().map(|x| x.revents != 0).collect())
 }
 
 /// Registers `[start, start+len)` for missing-page handling.
@@ -582,8 +678,8 @@ pub fn uffd_unregister(fd: &std::os::fd::OwnedFd, start: u64, len: u64) -> io::R
 }
 
 /// Installs `src` at `dst` of the registered process: fresh pages, filled without being
-/// zeroed first. Retries partial copies.
-pub fn uffd_copy(fd: &std::os::fd::OwnedFd, dst: u64, src: &[u8]) -> io::Result<()> {
+/// zeroed first; `wake` wakes a thread waiting on them. Retries partial copies.
+pub fn uffd_copy(fd: &std::os::fd::OwnedFd, dst: u64, src: &[u8], wake: bool) -> io::Result<()> {
     let mut done = 0u64;
     let len = src.len() as u64;
     while done < len {
@@ -591,7 +687,7 @@ pub fn uffd_copy(fd: &std::os::fd::OwnedFd, dst: u64, src: &[u8]) -> io::Result<
             dst: dst + done,
             src: src.as_ptr() as u64 + done,
             len: len - done,
-            mode: UFFDIO_COPY_MODE_DONTWAKE,
+            mode: if wake { 0 } else { UFFDIO_COPY_MODE_DONTWAKE },
             copy: 0,
         };
         match uffd_ioctl(fd, UFFDIO_COPY, &mut c) {

@@ -211,7 +211,7 @@ fn rewrite(dir: &Path, to: &Path, change: impl FnOnce(&mut ember_snap::Meta)) {
     let img = LoadedImage::load(dir).unwrap();
     let mut m = read_meta(dir).unwrap();
     change(&mut m);
-    write_image(to, &mut m, img.pages()).unwrap();
+    write_image(to, &mut m, img.page_data()).unwrap();
 }
 
 /// Children of this process stopped (by a signal or a tracer) now and 200 ms later.

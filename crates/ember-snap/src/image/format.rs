@@ -309,7 +309,7 @@ impl LoadedImage {
     }
 
     /// The stored pages, in page-file order.
-    pub fn pages(&self) -> &[u8] {
+    pub fn page_data(&self) -> &[u8] {
         self.pages.as_slice()
     }
 }
@@ -408,7 +408,7 @@ mod tests {
         write_image(d.path(), &mut m, &pages).unwrap();
         let img = LoadedImage::load(d.path()).unwrap();
         assert_eq!(img.meta, m);
-        assert_eq!(img.pages(), &pages[..]);
+        assert_eq!(img.page_data(), &pages[..]);
     }
 
     /// Every byte of the metadata flipped, with the hash made to match again (a hostile

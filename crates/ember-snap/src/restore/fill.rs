@@ -9,8 +9,11 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use crate::image::{LoadedImage, PAGE, PageRun, VmaKind};
+use crate::lazy::pending::Pending;
+use crate::lazy::{self, Counters, PageServer, PageSource, ServerConfig};
 use crate::sys;
 
 /// How the pages went in.
@@ -25,7 +28,7 @@ pub enum FillMode {
 fn take_uffd(pid: i32, target_fd: i32) -> Option<OwnedFd> {
     let pidfd = sys::pidfd_open(pid).ok()?;
     let fd = sys::pidfd_getfd(&pidfd, target_fd).ok()?;
-    sys::uffd_api(&fd).ok()?;
+    sys::uffd_api(&fd, 0).ok()?;
     Some(fd)
 }
 
@@ -81,7 +84,7 @@ pub(super) fn fill(
     }
     let in_uffd = |r: &PageRun| registered.iter().any(|&(s, e)| s <= r.addr && r.addr < e);
     let parts = split(&img.meta.pages.runs, img.meta.pages.count, threads);
-    let pages = img.pages();
+    let pages = img.page_data();
     let result = std::thread::scope(|s| {
         let work = |part: &[PageRun]| -> io::Result<()> {
             let (mut via_uffd, mut via_vm) = (Vec::new(), Vec::new());
@@ -94,7 +97,7 @@ pub(super) fn fill(
             }
             if let Some(u) = &uffd {
                 for r in &via_uffd {
-                    sys::uffd_copy(u, r.addr, slice(pages, r)?)?;
+                    sys::uffd_copy(u, r.addr, slice(pages, r)?, false)?;
                 }
             }
             write_runs(pid, pages, &via_vm)
@@ -185,6 +188,64 @@ fn write_runs(pid: i32, pages: &[u8], runs: &[PageRun]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Lazy and bulk: register the anonymous memory with the target's userfaultfd (with the
+/// events that keep the pending pages right), install eagerly what cannot wait for a fault,
+/// and start the page server.
+pub(super) fn lazy(
+    pid: i32,
+    img: &LoadedImage,
+    uffd_fd: i32,
+    source: Arc<dyn PageSource>,
+    bulk: bool,
+) -> io::Result<PageServer> {
+    let pidfd = sys::pidfd_open(pid)?;
+    let uffd = sys::pidfd_getfd(&pidfd, uffd_fd)?;
+    let features = sys::UFFD_FEATURE_EVENT_FORK
+        | sys::UFFD_FEATURE_EVENT_REMAP
+        | sys::UFFD_FEATURE_EVENT_REMOVE
+        | sys::UFFD_FEATURE_EVENT_UNMAP
+        | sys::UFFD_FEATURE_THREAD_ID;
+    sys::uffd_api(&uffd, features)?;
+    let ranges = anon_ranges(img);
+    for &(s, e) in &ranges {
+        sys::uffd_register(&uffd, s, e - s)?;
+    }
+    let in_uffd = |r: &PageRun| ranges.iter().any(|&(s, e)| s <= r.addr && r.addr < e);
+    let runs = &img.meta.pages.runs;
+    let file_runs: Vec<PageRun> = runs.iter().filter(|r| !in_uffd(r)).copied().collect();
+    write_runs(pid, img.page_data(), &file_runs)?;
+    let mut pending = Pending::from_runs(runs.iter().filter(|r| in_uffd(r)));
+    // What the kernel reads for others (/proc/PID/cmdline, environ) or the agent patches
+    // (glibc's thread id) cannot be faulted in: reads of an unserved page fail with EIO.
+    let m = &img.meta;
+    let mut early: Vec<(u64, u64)> = vec![(m.mm.arg_start, m.mm.env_end)];
+    if let Some(off) = m.task.glibc_tid_offset {
+        let at = crate::restore::words_to_regs(&m.task.regs).fs_base + u64::from(off);
+        early.push((at, at + 4));
+    }
+    for (s, e) in early {
+        if e <= s {
+            continue;
+        }
+        let (s, e) = (s & !(PAGE - 1), e.next_multiple_of(PAGE));
+        for p in pending.cut(s, e) {
+            let data = source
+                .pages(p.first, p.pages)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            sys::uffd_copy(&uffd, p.addr, &data, false)?;
+        }
+    }
+    lazy::spawn(ServerConfig {
+        uffd,
+        pid: Some((pid, pidfd)),
+        pending,
+        bulk,
+        source,
+        image: img.dir.display().to_string(),
+        counters: Arc::new(Counters::default()),
+    })
 }
 
 #[cfg(test)]

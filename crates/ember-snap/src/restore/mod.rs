@@ -30,8 +30,10 @@ use tracing::info_span;
 mod fill;
 mod plan;
 
+use crate::lazy::{PageServer, PageSource, Policy};
 pub use fill::FillMode;
 use plan::{Plan, find_gap};
+use std::sync::Arc;
 
 use crate::cpu::{self, Mismatch};
 use crate::image::files::{self, FileError, Observed};
@@ -88,7 +90,7 @@ pub struct Handoff {
     pub seccomp: Vec<libc::sock_filter>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RestoreOptions {
     /// Send SIGCONT when done (otherwise the process is left in its group stop).
     pub resume: bool,
@@ -101,6 +103,11 @@ pub struct RestoreOptions {
     pub uffd_fill: bool,
     /// Credentials and filter to end with (`None`: the process keeps the target's).
     pub handoff: Option<Handoff>,
+    /// How pages reach the process.
+    pub policy: Policy,
+    /// Where a lazy or bulk restore's page server gets pages (an `Arc<LoadedImage>` is the
+    /// in-memory source).
+    pub source: Option<Arc<dyn PageSource>>,
 }
 
 /// Below this many pages (32 MiB) one thread fills as fast as several here: measured with
@@ -115,7 +122,32 @@ impl Default for RestoreOptions {
             fill_threads: 0,
             uffd_fill: true,
             handoff: None,
+            policy: Policy::Eager,
+            source: None,
         }
+    }
+}
+
+impl std::fmt::Debug for RestoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoreOptions")
+            .field("resume", &self.resume)
+            .field("fill_threads", &self.fill_threads)
+            .field("uffd_fill", &self.uffd_fill)
+            .field("handoff", &self.handoff.is_some())
+            .field("policy", &self.policy)
+            .field("source", &self.source.as_ref().map(|s| s.describe()))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Restored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Restored")
+            .field("pid", &self.pid)
+            .field("stats", &self.stats)
+            .field("server", &self.server.as_ref().map(|s| s.stats()))
+            .finish()
     }
 }
 
@@ -149,10 +181,11 @@ pub struct RestoreStats {
     pub fill_mode: FillMode,
 }
 
-#[derive(Debug)]
 pub struct Restored {
     pub pid: i32,
     pub stats: RestoreStats,
+    /// The page server of a lazy or bulk restore; it ends by itself.
+    pub server: Option<PageServer>,
 }
 
 /// Restores `img` into `target`. Blocking: ptrace ties the whole restore to this thread.
@@ -195,11 +228,12 @@ pub fn restore(
         let _s = info_span!("restore.attach", pid).entered();
         Tracee::attach(pid, true)
     };
-    let result = attached
-        .map_err(RestoreError::from)
-        .and_then(|t| run(img, &t, opts, t0).map(|stats| (t, stats)));
+    let result = attached.map_err(RestoreError::from).and_then(|t| {
+        let mut server = None;
+        run(img, &t, opts, t0, &mut server).map(|stats| (stats, server))
+    });
     match result {
-        Ok((_, stats)) => Ok(Restored { pid, stats }),
+        Ok((stats, server)) => Ok(Restored { pid, stats, server }),
         Err(e) => {
             sys::kill(pid, libc::SIGKILL);
             // As tracer (and parent, when ours) collect the death so nothing lingers; stop
@@ -225,6 +259,7 @@ fn run(
     t: &Tracee,
     opts: &RestoreOptions,
     t0: Instant,
+    server: &mut Option<PageServer>,
 ) -> Result<RestoreStats, RestoreError> {
     let pid = t.pid;
     let meta = &img.meta;
@@ -343,9 +378,25 @@ fn run(
     let t2 = Instant::now();
     {
         let _s = info_span!("restore.fill", pages = meta.pages.count).entered();
-        let uffd = opts.uffd_fill.then(|| plan.uffd_fd());
-        stats.fill_mode = fill::fill(pid, img, opts.threads_for(meta.pages.count), uffd)
-            .map_err(|e| target_err(pid, format!("writing pages: {e}")))?;
+        match (opts.policy, &opts.source) {
+            (Policy::Eager, _) => {
+                let uffd = opts.uffd_fill.then(|| plan.uffd_fd());
+                stats.fill_mode = fill::fill(pid, img, opts.threads_for(meta.pages.count), uffd)
+                    .map_err(|e| target_err(pid, format!("writing pages: {e}")))?;
+            }
+            (policy, Some(source)) => {
+                let bulk = policy == Policy::Bulk;
+                let s = fill::lazy(pid, img, plan.uffd_fd(), source.clone(), bulk)
+                    .map_err(|e| target_err(pid, format!("starting the page server: {e}")))?;
+                *server = Some(s);
+            }
+            (policy, None) => {
+                return Err(target_err(
+                    pid,
+                    format!("a {policy} restore needs a page source"),
+                ));
+            }
+        }
     }
     stats.fill_us = t2.elapsed().as_micros() as u64;
 

@@ -141,6 +141,15 @@ pub fn restore_with(img: &LoadedImage, opts: &RestoreOptions) -> Conv {
     try_restore_with(img, opts).unwrap()
 }
 
+/// A restore with a page server (lazy or bulk): the process and its server.
+pub fn restore_served(
+    img: &LoadedImage,
+    opts: &RestoreOptions,
+) -> (Conv, ember_snap::lazy::PageServer) {
+    let (c, server) = restore_inner(img, opts).unwrap();
+    (c, server.expect("a lazy or bulk restore has a page server"))
+}
+
 pub fn try_restore(img: &LoadedImage) -> Result<Conv, ember_snap::RestoreError> {
     try_restore_with(img, &RestoreOptions::default())
 }
@@ -149,17 +158,25 @@ pub fn try_restore_with(
     img: &LoadedImage,
     opts: &RestoreOptions,
 ) -> Result<Conv, ember_snap::RestoreError> {
+    restore_inner(img, opts).map(|(c, _)| c)
+}
+
+fn restore_inner(
+    img: &LoadedImage,
+    opts: &RestoreOptions,
+) -> Result<(Conv, Option<ember_snap::lazy::PageServer>), ember_snap::RestoreError> {
     let (in_r, in_w) = std::io::pipe().unwrap();
     let (out_r, out_w) = std::io::pipe().unwrap();
     let fds = vec![(0, in_r.as_raw_fd()), (1, out_w.as_raw_fd()), (2, 2)];
     let r = ember_snap::restore(img, Target::Fork { fds }, opts)?;
     drop((in_r, out_w));
-    Ok(Conv {
+    let conv = Conv {
         pid: r.pid,
         w: std::fs::File::from(OwnedFd::from(in_w)),
         r: BufReader::new(std::fs::File::from(OwnedFd::from(out_r))),
         child: None,
-    })
+    };
+    Ok((conv, r.server))
 }
 
 /// Waits for a restored process to exit; its exit code.

@@ -1,0 +1,309 @@
+//! The page server thread of one restored process (and one per child it forks).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::pending::{Pending, Piece};
+use super::{Counters, LazyStats, PageSource, SourceError};
+use crate::image::PAGE;
+use crate::sys;
+
+/// Pages per background copy in bulk mode (1 MiB).
+const BULK_BATCH: u64 = 256;
+/// How often a server without a pidfd (a forked child's) checks that its process lives.
+const PROBE: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("image {image}: a page from {source} failed; process {pid} was killed")]
+    Source {
+        image: String,
+        pid: i32,
+        #[source]
+        source: SourceError,
+    },
+    #[error("image {image}: the page server of process {pid} failed")]
+    Uffd {
+        image: String,
+        pid: i32,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running page server.
+pub struct PageServer {
+    handle: Option<JoinHandle<Result<(), ServeError>>>,
+    counters: Arc<Counters>,
+}
+
+impl PageServer {
+    pub fn stats(&self) -> LazyStats {
+        self.counters.snapshot()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(|h| h.is_finished())
+    }
+
+    /// Waits for the server to end (every page served, or the process gone).
+    pub fn wait(mut self) -> Result<LazyStats, ServeError> {
+        let r = match self.handle.take().map(|h| h.join()) {
+            Some(Ok(r)) => r,
+            _ => Ok(()),
+        };
+        r.map(|()| self.counters.snapshot())
+    }
+}
+
+pub(crate) struct ServerConfig {
+    pub uffd: OwnedFd,
+    /// The restored process (`None` for a forked child, known only by its uffd).
+    pub pid: Option<(i32, OwnedFd)>,
+    pub pending: Pending,
+    pub bulk: bool,
+    pub source: Arc<dyn PageSource>,
+    pub image: String,
+    pub counters: Arc<Counters>,
+}
+
+pub(crate) fn spawn(cfg: ServerConfig) -> std::io::Result<PageServer> {
+    let counters = cfg.counters.clone();
+    let handle = std::thread::Builder::new()
+        .name("ember-pages".into())
+        .spawn(move || Server::new(cfg).run())?;
+    Ok(PageServer {
+        handle: Some(handle),
+        counters,
+    })
+}
+
+struct Server {
+    cfg: ServerConfig,
+    /// Faults that met a changing address space (EAGAIN): retried after the next events.
+    retry: Vec<(u64, i32)>,
+    started: bool,
+    children: Vec<PageServer>,
+}
+
+impl Server {
+    fn new(cfg: ServerConfig) -> Server {
+        Server {
+            cfg,
+            retry: Vec::new(),
+            started: false,
+            children: Vec::new(),
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.cfg.pid.as_ref().map_or(0, |p| p.0)
+    }
+
+    fn uffd_err(&self, source: std::io::Error) -> ServeError {
+        ServeError::Uffd {
+            image: self.cfg.image.clone(),
+            pid: self.pid(),
+            source,
+        }
+    }
+
+    fn run(mut self) -> Result<(), ServeError> {
+        let r = self.serve();
+        // A server for a forked child ends with its process; wait for those too.
+        for c in self.children.drain(..) {
+            let _ = c.wait();
+        }
+        r
+    }
+
+    fn serve(&mut self) -> Result<(), ServeError> {
+        let mut last_probe = Instant::now();
+        loop {
+            let busy = self.cfg.bulk && self.started && !self.cfg.pending.is_empty();
+            let timeout = if busy { 0 } else { PROBE.as_millis() as i32 };
+            let mut fds = vec![self.cfg.uffd.as_raw_fd()];
+            if let Some((_, pidfd)) = &self.cfg.pid {
+                fds.push(pidfd.as_raw_fd());
+            }
+            let ready = sys::poll_in(&fds, timeout).map_err(|e| self.uffd_err(e))?;
+            if ready.get(1) == Some(&true) {
+                return Ok(()); // the process is gone
+            }
+            if ready[0] {
+                let msgs = sys::uffd_read(&self.cfg.uffd).map_err(|e| self.uffd_err(e))?;
+                for m in msgs {
+                    self.event(m)?;
+                }
+                for (addr, tid) in std::mem::take(&mut self.retry) {
+                    self.fault(addr, tid)?;
+                }
+            } else if self.cfg.pid.is_none() && last_probe.elapsed() >= PROBE {
+                last_probe = Instant::now();
+                if !self.alive() {
+                    return Ok(());
+                }
+            }
+            if busy {
+                self.bulk_step()?;
+            }
+            if self.cfg.pending.is_empty() && self.cfg.pid.is_some() && self.started {
+                self.unregister_all();
+                return Ok(());
+            }
+        }
+    }
+
+    /// A child's server has no pidfd: its address space is gone when the kernel refuses
+    /// to act on it (ESRCH).
+    fn alive(&self) -> bool {
+        !matches!(
+            sys::uffd_zeropage(&self.cfg.uffd, PAGE, PAGE).map_err(|e| e.raw_os_error()),
+            Err(Some(libc::ESRCH))
+        )
+    }
+
+    fn event(&mut self, m: sys::UffdMsg) -> Result<(), ServeError> {
+        let p = &mut self.cfg.pending;
+        match m.event {
+            sys::UFFD_EVENT_PAGEFAULT => {
+                // arg: flags, address, thread id.
+                self.fault(m.arg[1] & !(PAGE - 1), m.arg[2] as u32 as i32)?;
+            }
+            sys::UFFD_EVENT_REMAP => p.remap(m.arg[0], m.arg[1], m.arg[2]),
+            sys::UFFD_EVENT_REMOVE | sys::UFFD_EVENT_UNMAP => {
+                p.cut(m.arg[0], m.arg[1]);
+            }
+            sys::UFFD_EVENT_FORK => {
+                // SAFETY: the kernel installed this descriptor in our table for us to own.
+                let child = unsafe { OwnedFd::from_raw_fd(m.arg[0] as u32 as i32) };
+                let server = spawn(ServerConfig {
+                    uffd: child,
+                    pid: None,
+                    pending: self.cfg.pending.clone(),
+                    bulk: self.cfg.bulk,
+                    source: self.cfg.source.clone(),
+                    image: self.cfg.image.clone(),
+                    counters: self.cfg.counters.clone(),
+                })
+                .map_err(|e| self.uffd_err(e))?;
+                self.children.push(server);
+            }
+            _ => {}
+        }
+        if m.event != sys::UFFD_EVENT_PAGEFAULT {
+            self.cfg.counters.events.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Resolves a fault at `addr` (page-aligned) by thread `tid`.
+    fn fault(&mut self, addr: u64, tid: i32) -> Result<(), ServeError> {
+        let t = Instant::now();
+        self.started = true;
+        let c = self.cfg.counters.clone();
+        let pieces = self.cfg.pending.cut(addr, addr + PAGE);
+        let r = match pieces.first() {
+            Some(piece) => {
+                c.faults.fetch_add(1, Ordering::Relaxed);
+                self.install(*piece, true, tid)?
+            }
+            None => {
+                c.zero_faults.fetch_add(1, Ordering::Relaxed);
+                sys::uffd_zeropage(&self.cfg.uffd, addr, PAGE)
+            }
+        };
+        match r.map_err(|e| e.raw_os_error()) {
+            Ok(()) => {}
+            // Already there (a racing copy), or the memory went away meanwhile: just wake.
+            Err(Some(libc::EEXIST | libc::ENOENT)) => {
+                let _ = sys::uffd_wake(&self.cfg.uffd, addr, PAGE);
+            }
+            // The address space is changing: an event is coming; serve after it.
+            Err(Some(libc::EAGAIN)) => {
+                for p in pieces {
+                    self.cfg.pending.restore(p);
+                }
+                self.retry.push((addr, tid));
+            }
+            Err(Some(libc::ESRCH)) => {}
+            Err(e) => {
+                let e = std::io::Error::from_raw_os_error(e.unwrap_or(libc::EIO));
+                return Err(self.uffd_err(e));
+            }
+        }
+        c.blocked_ns
+            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Fetches `piece` from the source (checked there) and installs it. A source failure
+    /// is fatal (the outer error) and kills the process first: it must never run on a page
+    /// that failed. The inner result is the kernel's answer to the copy.
+    fn install(
+        &mut self,
+        piece: Piece,
+        wake: bool,
+        tid: i32,
+    ) -> Result<std::io::Result<()>, ServeError> {
+        let data = match self.cfg.source.pages(piece.first, piece.pages) {
+            Ok(d) => d,
+            Err(source) => {
+                let pid = self.pid();
+                for victim in [pid, tid] {
+                    sys::kill(victim, libc::SIGKILL);
+                }
+                return Err(ServeError::Source {
+                    image: self.cfg.image.clone(),
+                    pid: if pid > 0 { pid } else { tid },
+                    source,
+                });
+            }
+        };
+        let c = &self.cfg.counters;
+        c.bytes_fetched
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let r = sys::uffd_copy(&self.cfg.uffd, piece.addr, &data, wake);
+        if r.is_ok() {
+            c.pages_installed.fetch_add(piece.pages, Ordering::Relaxed);
+        }
+        Ok(r)
+    }
+
+    fn bulk_step(&mut self) -> Result<(), ServeError> {
+        let Some(piece) = self.cfg.pending.next_batch(BULK_BATCH) else {
+            return Ok(());
+        };
+        match self.install(piece, false, 0)?.map_err(|e| e.raw_os_error()) {
+            Ok(()) | Err(Some(libc::EEXIST | libc::ENOENT | libc::ESRCH)) => Ok(()),
+            // Events first, then this batch again.
+            Err(Some(libc::EAGAIN)) => {
+                self.cfg.pending.restore(piece);
+                Ok(())
+            }
+            Err(e) => Err(self.uffd_err(std::io::Error::from_raw_os_error(e.unwrap_or(libc::EIO)))),
+        }
+    }
+
+    /// Everything is in: stop catching faults in the process's anonymous memory.
+    fn unregister_all(&self) {
+        let Some((pid, _)) = &self.cfg.pid else {
+            return;
+        };
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            return;
+        };
+        let Ok(maps) = crate::proc::parse_maps(&text) else {
+            return;
+        };
+        for m in maps
+            .iter()
+            .filter(|m| !m.shared && !m.is_file() && m.name.as_deref() != Some("[vdso]"))
+        {
+            let _ = sys::uffd_unregister(&self.cfg.uffd, m.start, m.end - m.start);
+        }
+    }
+}
