@@ -24,7 +24,7 @@ mod server;
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use server::PageServer;
+pub use server::{PageServer, ServeError};
 pub(crate) use server::{ServerConfig, spawn};
 
 use crate::image::{LoadedImage, PAGE};

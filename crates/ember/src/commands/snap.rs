@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
+use std::sync::Arc;
+
+use ember_snap::lazy::{PageSource, Policy};
 use ember_snap::{DumpOptions, LoadedImage, RestoreOptions, Target};
 
 #[derive(Debug, clap::Args)]
@@ -37,6 +40,10 @@ enum Verb {
         /// How many instances, restored at the same time
         #[arg(long, default_value_t = 1)]
         count: usize,
+        /// How pages reach the instances: eager (all before they run), lazy (on fault),
+        /// bulk (first fault, then all in the background)
+        #[arg(long, default_value = "eager")]
+        policy: Policy,
     },
     /// Print a human summary of an image: VMAs, pages, sizes, requirements, parent
     Inspect {
@@ -53,7 +60,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             inherit,
             leave_running,
         } => dump(pid, out, inherit, leave_running),
-        Verb::Restore { dir, count } => restore(dir, count),
+        Verb::Restore { dir, count, policy } => restore(dir, count, policy),
         Verb::Inspect { dir } => {
             let meta = ember_snap::image::read_meta(&dir)?;
             print!("{}", ember_snap::image::describe(&dir, &meta));
@@ -82,9 +89,14 @@ fn dump(pid: i32, out: PathBuf, inherited: Vec<i32>, leave_running: bool) -> any
     Ok(())
 }
 
-fn restore(dir: PathBuf, count: usize) -> anyhow::Result<()> {
+fn restore(dir: PathBuf, count: usize, policy: Policy) -> anyhow::Result<()> {
     let t = std::time::Instant::now();
-    let img = LoadedImage::load(&dir)?;
+    let img = Arc::new(LoadedImage::load(&dir)?);
+    let opts = RestoreOptions {
+        policy,
+        source: Some(img.clone() as Arc<dyn PageSource>),
+        ..RestoreOptions::default()
+    };
     let load_ms = t.elapsed().as_secs_f64() * 1000.0;
     let mut fds: Vec<(RawFd, RawFd)> = Vec::new();
     for n in img.meta.inherited_fds() {
@@ -101,10 +113,8 @@ fn restore(dir: PathBuf, count: usize) -> anyhow::Result<()> {
         let hs: Vec<_> = (0..count.max(1))
             .map(|_| {
                 let fds = fds.clone();
-                let img = &img;
-                s.spawn(move || {
-                    ember_snap::restore(img, Target::Fork { fds }, &RestoreOptions::default())
-                })
+                let (img, opts) = (&img, &opts);
+                s.spawn(move || ember_snap::restore(img, Target::Fork { fds }, opts))
             })
             .collect();
         hs.into_iter().map(|h| h.join()).collect()
@@ -129,20 +139,34 @@ fn restore(dir: PathBuf, count: usize) -> anyhow::Result<()> {
                     s.injected,
                     s.round_trips
                 );
-                pids.push(r.pid);
+                pids.push((r.pid, r.server));
             }
             Ok(Err(e)) => first_err = first_err.or(Some(anyhow::Error::from(e))),
             Err(_) => first_err = first_err.or(Some(anyhow::anyhow!("a restore thread panicked"))),
         }
     }
     let mut failed = 0;
-    for pid in pids {
+    for (pid, server) in pids {
         let mut st = 0;
         // SAFETY: reaping our own child into a local.
         unsafe { libc::waitpid(pid, &mut st, 0) };
         if !(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0) {
             failed += 1;
             eprintln!("pid {pid} ended with status {st:#x}");
+        }
+        if let Some(server) = server {
+            match server.wait() {
+                Ok(l) => eprintln!(
+                    "pid {pid} page server: {} faults ({} for zero pages), {} pages installed, {:.1} MiB fetched, blocked {:.2} ms, {} memory events",
+                    l.faults,
+                    l.zero_faults,
+                    l.pages_installed,
+                    l.bytes_fetched as f64 / (1 << 20) as f64,
+                    l.blocked_us as f64 / 1000.0,
+                    l.events
+                ),
+                Err(e) => first_err = first_err.or(Some(anyhow::Error::from(e))),
+            }
         }
     }
     if let Some(e) = first_err {
