@@ -1,10 +1,11 @@
 //! `ember bench snap`: the checkpoint/restore engine against its references, in one run.
 //!
 //! Per workload (a Python process that imported json, numpy, or scikit-learn + pandas):
-//! dump time and image size; then, interleaved round by round so all three see the same
-//! machine, restore-to-first-answer (fork a stopped child, restore the image into it, send a
-//! request, read the answer), the cold start of the same script to its first answer, and
-//! `fork()` of the live process answering the same request (the physical reference).
+//! dump time and image size; then, interleaved round by round so all see the same machine,
+//! for each restore policy: restore to first answer (spawn a target, restore the image into
+//! it, send a request, read the answer) and the second answer of the same instance; the
+//! cold start of the same script to its first answer; and `fork()` of the live process
+//! answering the same request (the physical reference).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -12,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use std::sync::Arc;
+
+use ember_snap::lazy::{LazyStats, PageServer, PageSource, Policy};
 use ember_snap::{DumpOptions, LoadedImage, RestoreOptions, RestoreStats, Target};
 use plotters::style::RGBColor;
 use serde::Serialize;
@@ -27,8 +31,10 @@ pub const WORKLOADS: [(&str, &[&str]); 3] = [
     ("numpy", &["numpy"]),
     ("sklearn", &["scikit-learn", "pandas"]),
 ];
-const SERIES: [(&str, RGBColor); 3] = [
-    ("restore", RGBColor(0x2b, 0x8c, 0xbe)),
+const SERIES: [(&str, RGBColor); 5] = [
+    ("restore-eager", RGBColor(0x2b, 0x8c, 0xbe)),
+    ("restore-lazy", RGBColor(0x7b, 0xcc, 0xc4)),
+    ("restore-bulk", RGBColor(0x4e, 0xb3, 0xd3)),
     ("cold-start", RGBColor(0xe3, 0x4a, 0x33)),
     ("fork", RGBColor(0x99, 0x99, 0x99)),
 ];
@@ -69,28 +75,40 @@ pub struct WorkloadResult {
     pub dump_frozen: Summary,
     /// Reading the image and checking every hash (once per image, not per restore).
     pub load_ms: f64,
-    pub restore: Summary,
+    /// One entry per restore policy measured.
+    pub restores: Vec<PolicyResult>,
     pub cold_start: Summary,
     pub fork: Summary,
     /// Allocating as many fresh pages as the image stores, in this process: the kernel work
     /// an eager fill cannot avoid, measured in the same run.
     pub page_alloc: Summary,
-    /// Medians of the restore phases, in ms: attach, map, fill, state, finish.
-    pub restore_phases: [f64; 5],
-    pub injected_syscalls: usize,
-    pub round_trips: usize,
-    /// How pages went in (`UffdCopy` or `VmWritev`) and with how many threads (0: automatic).
-    pub fill: String,
-    pub samples: Samples,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Samples {
     pub dump_ms: Vec<f64>,
-    pub restore_ms: Vec<f64>,
     pub cold_start_ms: Vec<f64>,
     pub fork_ms: Vec<f64>,
     pub page_alloc_ms: Vec<f64>,
+}
+
+/// Restores of one policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyResult {
+    pub policy: String,
+    /// Restore to the first answer.
+    pub first: Summary,
+    /// The next request to the same instance (warm).
+    pub second: Summary,
+    /// Medians of the restore phases, in ms: attach, map, fill, state, finish.
+    pub phases: [f64; 5],
+    pub injected_syscalls: usize,
+    pub round_trips: usize,
+    /// How pages went in for eager (`UffdCopy` or `VmWritev`).
+    pub fill: String,
+    /// Page server counters over the instance's life (lazy and bulk), medians.
+    pub faults: f64,
+    pub pages_installed: f64,
+    pub blocked_ms: f64,
+    pub first_ms: Vec<f64>,
+    pub second_ms: Vec<f64>,
+    pub servers: Vec<LazyStats>,
 }
 
 /// A Python process of ours talked to over pipes.
@@ -151,7 +169,7 @@ fn spawn(python: &Path, script: &Path, workload: &str) -> Result<Proc, SnapBench
 fn restore_one(
     img: &LoadedImage,
     opts: &RestoreOptions,
-) -> Result<(Proc, RestoreStats), SnapBenchError> {
+) -> Result<(Proc, RestoreStats, Option<PageServer>), SnapBenchError> {
     let (in_r, in_w) = std::io::pipe().map_err(io("pipe"))?;
     let (out_r, out_w) = std::io::pipe().map_err(io("pipe"))?;
     let fds = vec![(0, in_r.as_raw_fd()), (1, out_w.as_raw_fd()), (2, 2)];
@@ -163,6 +181,7 @@ fn restore_one(
             r: BufReader::new(std::fs::File::from(OwnedFd::from(out_r))),
         },
         r.stats,
+        r.server,
     ))
 }
 
@@ -196,22 +215,35 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// Measures one workload with `python` (an interpreter that has its packages).
 /// What one `ember bench snap` run does.
 #[derive(Debug, Clone)]
 pub struct SnapOptions {
     pub runs: usize,
     pub dumps: usize,
+    /// Restore policies to measure, each against the same references.
+    pub policies: Vec<Policy>,
+    /// Everything else about a restore (fill threads, UFFDIO_COPY); policy and source are
+    /// set per series.
     pub restore: RestoreOptions,
 }
 
+/// The samples of one policy while a run goes.
+#[derive(Default)]
+struct Series {
+    first: Vec<f64>,
+    second: Vec<f64>,
+    phases: [Vec<f64>; 5],
+    last: RestoreStats,
+    servers: Vec<LazyStats>,
+}
+
+/// Measures one workload with `python` (an interpreter that has its packages).
 pub fn measure(
     workload: &str,
     python: &Path,
     work_dir: &Path,
     opts: &SnapOptions,
 ) -> Result<WorkloadResult, SnapBenchError> {
-    let (runs, dumps) = (opts.runs, opts.dumps);
     let target_err = |what: String| SnapBenchError::Target {
         workload: workload.to_string(),
         what,
@@ -225,191 +257,217 @@ pub fn measure(
     }
     let expected = live.ask("work").map_err(io("asking the target"))?;
     let image = work_dir.join(format!("{workload}.img"));
-    let mut s = Samples::default();
-    let mut frozen = Vec::new();
-    for _ in 0..dumps.max(1) {
+    let (mut dump_ms, mut frozen) = (Vec::new(), Vec::new());
+    for _ in 0..opts.dumps.max(1) {
         let t = Instant::now();
-        let st = ember_snap::dump(
-            live.pid,
-            &image,
-            &DumpOptions {
-                inherited: vec![0, 1, 2],
-            },
-        )?;
-        s.dump_ms.push(ms(t));
+        let inherited = vec![0, 1, 2];
+        let st = ember_snap::dump(live.pid, &image, &DumpOptions { inherited })?;
+        dump_ms.push(ms(t));
         frozen.push(st.frozen_us as f64 / 1e3);
     }
     let t = Instant::now();
-    let img = LoadedImage::load(&image)?;
+    let img = Arc::new(LoadedImage::load(&image)?);
     let load_ms = ms(t);
     let size = |f: &str| {
         std::fs::metadata(image.join(f))
             .map(|m| m.len())
             .unwrap_or(0)
     };
-    let mut phases: [Vec<f64>; 5] = Default::default();
-    let mut last = RestoreStats::default();
-    for round in 0..runs {
+    let mut series: Vec<Series> = opts.policies.iter().map(|_| Series::default()).collect();
+    let (mut cold, mut forks, mut alloc) = (Vec::new(), Vec::new(), Vec::new());
+    let kinds = opts.policies.len() + 2;
+    for round in 0..opts.runs {
         // Rotate the order so no path always runs right after another.
-        for k in 0..3 {
-            match (round + k) % 3 {
-                0 => {
-                    let t = Instant::now();
-                    let (mut p, st) = restore_one(&img, &opts.restore)?;
-                    let answer = p.ask("work").map_err(io("asking a restored process"))?;
-                    s.restore_ms.push(ms(t));
-                    p.end();
-                    if answer != expected {
-                        return Err(target_err(format!(
-                            "restored process answered {answer:?}, not {expected:?}"
-                        )));
-                    }
-                    s.page_alloc_ms.push(page_alloc_ms(img.meta.pages.count));
-                    for (v, x) in phases.iter_mut().zip([
-                        st.attach_us,
-                        st.map_us,
-                        st.fill_us,
-                        st.state_us,
-                        st.finish_us,
-                    ]) {
-                        v.push(x as f64 / 1e3);
-                    }
-                    last = st;
+        for k in 0..kinds {
+            let which = (round + k) % kinds;
+            if let Some(&policy) = opts.policies.get(which) {
+                let ro = RestoreOptions {
+                    policy,
+                    source: Some(img.clone() as Arc<dyn PageSource>),
+                    ..opts.restore.clone()
+                };
+                let t = Instant::now();
+                let (mut p, st, server) = restore_one(&img, &ro)?;
+                let answer = p.ask("work").map_err(io("asking a restored process"))?;
+                let first = ms(t);
+                let t = Instant::now();
+                let again = p
+                    .ask("work")
+                    .map_err(io("asking a restored process again"))?;
+                let second = ms(t);
+                p.end();
+                if answer != expected || again != expected {
+                    return Err(target_err(format!(
+                        "a {policy} restore answered {answer:?} then {again:?}, not {expected:?}"
+                    )));
                 }
-                1 => {
-                    let t = Instant::now();
-                    let mut p = spawn(python, &script, workload)?;
-                    writeln!(p.w, "work").map_err(io("asking a cold process"))?;
-                    let mut answer = p.line().map_err(io("cold start"))?;
-                    if answer == "ready" {
-                        answer = p.line().map_err(io("cold start"))?;
-                    }
-                    s.cold_start_ms.push(ms(t));
-                    p.end();
-                    if answer != expected {
-                        return Err(target_err(format!("cold start answered {answer:?}")));
-                    }
+                let se = &mut series[which];
+                se.first.push(first);
+                se.second.push(second);
+                let parts = [
+                    st.attach_us,
+                    st.map_us,
+                    st.fill_us,
+                    st.state_us,
+                    st.finish_us,
+                ];
+                for (v, x) in se.phases.iter_mut().zip(parts) {
+                    v.push(x as f64 / 1e3);
                 }
-                _ => {
-                    let t = Instant::now();
-                    let answer = live.ask("fork").map_err(io("fork"))?;
-                    s.fork_ms.push(ms(t));
-                    if answer != expected {
-                        return Err(target_err(format!("forked child answered {answer:?}")));
-                    }
+                se.last = st;
+                if let Some(server) = server {
+                    se.servers
+                        .push(server.wait().map_err(|e| target_err(e.to_string()))?);
+                }
+                if which == 0 {
+                    alloc.push(page_alloc_ms(img.meta.pages.count));
+                }
+            } else if which == opts.policies.len() {
+                let t = Instant::now();
+                let mut p = spawn(python, &script, workload)?;
+                writeln!(p.w, "work").map_err(io("asking a cold process"))?;
+                let mut answer = p.line().map_err(io("cold start"))?;
+                if answer == "ready" {
+                    answer = p.line().map_err(io("cold start"))?;
+                }
+                cold.push(ms(t));
+                p.end();
+                if answer != expected {
+                    return Err(target_err(format!("cold start answered {answer:?}")));
+                }
+            } else {
+                let t = Instant::now();
+                let answer = live.ask("fork").map_err(io("fork"))?;
+                forks.push(ms(t));
+                if answer != expected {
+                    return Err(target_err(format!("forked child answered {answer:?}")));
                 }
             }
         }
     }
     live.end();
-    let phases = phases.map(median);
+    let restores = opts
+        .policies
+        .iter()
+        .zip(series)
+        .map(|(policy, se)| {
+            let m =
+                |f: fn(&LazyStats) -> u64| median(se.servers.iter().map(|s| f(s) as f64).collect());
+            PolicyResult {
+                policy: policy.to_string(),
+                first: summarize(&se.first),
+                second: summarize(&se.second),
+                phases: se.phases.map(median),
+                injected_syscalls: se.last.injected,
+                round_trips: se.last.round_trips,
+                fill: format!("{:?}", se.last.fill_mode),
+                faults: m(|s| s.faults),
+                pages_installed: m(|s| s.pages_installed),
+                blocked_ms: m(|s| s.blocked_us) / 1e3,
+                first_ms: se.first,
+                second_ms: se.second,
+                servers: se.servers,
+            }
+        })
+        .collect();
     Ok(WorkloadResult {
         workload: workload.to_string(),
         python: python.to_path_buf(),
         vmas: img.meta.vmas.len(),
         pages: img.meta.pages.count,
         image_bytes: size("meta") + size("pages"),
-        dump: summarize(&s.dump_ms),
+        dump: summarize(&dump_ms),
         dump_frozen: summarize(&frozen),
         load_ms,
-        restore: summarize(&s.restore_ms),
-        cold_start: summarize(&s.cold_start_ms),
-        fork: summarize(&s.fork_ms),
-        page_alloc: summarize(&s.page_alloc_ms),
-        restore_phases: phases,
-        injected_syscalls: last.injected,
-        round_trips: last.round_trips,
-        fill: format!(
-            "{:?}, threads {}",
-            last.fill_mode, opts.restore.fill_threads
-        ),
-        samples: s,
+        restores,
+        cold_start: summarize(&cold),
+        fork: summarize(&forks),
+        page_alloc: summarize(&alloc),
+        dump_ms,
+        cold_start_ms: cold,
+        fork_ms: forks,
+        page_alloc_ms: alloc,
     })
+}
+
+/// A figure, or `-` where there is none (no page server for eager restores).
+fn dash(v: f64, decimals: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.decimals$}")
+    } else {
+        "-".into()
+    }
 }
 
 pub fn table(results: &[WorkloadResult]) -> String {
     use std::fmt::Write as _;
     let mut t = String::new();
-    let _ = writeln!(
-        t,
-        "{:<8} {:>5} {:>6} {:>8} {:>8} {:>7} | {:>8} {:>8} | {:>8} {:>8} | {:>7} {:>7} | {:>8} {:>8}",
-        "workload",
-        "VMAs",
-        "pages",
-        "img MiB",
-        "dump ms",
-        "load ms",
-        "restore",
-        "p99",
-        "cold",
-        "p99",
-        "fork",
-        "p99",
-        "vs cold",
-        "vs fork"
-    );
     for r in results {
         let _ = writeln!(
             t,
-            "{:<8} {:>5} {:>6} {:>8.1} {:>8.2} {:>7.2} | {:>8.2} {:>8.2} | {:>8.2} {:>8.2} | {:>7.2} {:>7.2} | {:>7.3}x {:>7.2}x",
+            "{}: {} VMAs, {} pages, image {:.1} MiB; dump {:.2} ms (process stopped {:.2}); load {:.2} ms; cold start {:.2} (p99 {:.2}); fork {:.2} (p99 {:.2}); allocating its pages alone {:.2}",
             r.workload,
             r.vmas,
             r.pages,
             r.image_bytes as f64 / (1 << 20) as f64,
             r.dump.p50_ms,
+            r.dump_frozen.p50_ms,
             r.load_ms,
-            r.restore.p50_ms,
-            r.restore.p99_ms,
             r.cold_start.p50_ms,
             r.cold_start.p99_ms,
             r.fork.p50_ms,
             r.fork.p99_ms,
-            r.restore.p50_ms / r.cold_start.p50_ms,
-            r.restore.p50_ms / r.fork.p50_ms,
+            r.page_alloc.p50_ms,
         );
+        let _ = writeln!(
+            t,
+            "  {:<7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>9}  phases (attach/map/fill/state/finish)",
+            "policy", "first", "p99", "second", "vs cold", "vs fork", "faults", "pages", "blocked"
+        );
+        for p in &r.restores {
+            let ph = p.phases;
+            let _ = writeln!(
+                t,
+                "  {:<7} {:>8.2} {:>8.2} {:>8.3} {:>7.3}x {:>7.2}x {:>7} {:>8} {:>9}  {:.2}/{:.2}/{:.2}/{:.2}/{:.2}",
+                p.policy,
+                p.first.p50_ms,
+                p.first.p99_ms,
+                p.second.p50_ms,
+                p.first.p50_ms / r.cold_start.p50_ms,
+                p.first.p50_ms / r.fork.p50_ms,
+                dash(p.faults, 0),
+                dash(p.pages_installed, 0),
+                dash(p.blocked_ms, 2),
+                ph[0],
+                ph[1],
+                ph[2],
+                ph[3],
+                ph[4],
+            );
+        }
     }
     let _ = writeln!(
         t,
-        "(ms, p50 unless marked p99; restore and cold start are to the first answer; vs = restore p50 over the other's p50)"
+        "(ms, p50 unless marked p99; first = restore to the first answer, second = the next request; vs = first p50 over the other's p50; faults, pages installed by the page server and the time the process waited on it: medians per restore)"
     );
-    for r in results {
-        let p = r.restore_phases;
-        let _ = writeln!(
-            t,
-            "{:<8} restore phases p50 ms: attach {:.2}, map {:.2}, fill {:.2} (allocating its {} pages alone: {:.2}), state {:.2}, finish {:.2}; {} syscalls in {} round trips; dump stopped the process {:.2} ms",
-            r.workload,
-            p[0],
-            p[1],
-            p[2],
-            r.pages,
-            r.page_alloc.p50_ms,
-            p[3],
-            p[4],
-            r.injected_syscalls,
-            r.round_trips,
-            r.dump_frozen.p50_ms
-        );
-    }
     t
 }
 
-/// Bars of restore, cold start and fork per workload.
+/// Bars of each restore policy, cold start and fork per workload.
 pub fn write_svg(results: &[WorkloadResult], path: &Path) -> Result<(), crate::plot::PlotError> {
-    let rows: Vec<Row> = results
-        .iter()
-        .flat_map(|r| {
-            [
-                ("restore", r.restore),
-                ("cold-start", r.cold_start),
-                ("fork", r.fork),
-            ]
-            .map(|(p, s)| Row {
-                workload: r.workload.clone(),
-                path: p.to_string(),
-                summary: s,
-            })
-        })
-        .collect();
+    let mut rows = Vec::new();
+    for r in results {
+        let row = |p: String, s: Summary| Row {
+            workload: r.workload.clone(),
+            path: p,
+            summary: s,
+        };
+        for p in &r.restores {
+            rows.push(row(format!("restore-{}", p.policy), p.first));
+        }
+        rows.push(row("cold-start".into(), r.cold_start));
+        rows.push(row("fork".into(), r.fork));
+    }
     crate::plot::bars_svg(
         &rows,
         &SERIES,

@@ -42,6 +42,9 @@ pub struct Args {
     /// snap: fill every page with process_vm_writev instead of UFFDIO_COPY
     #[arg(long)]
     pub no_uffd_fill: bool,
+    /// snap: restore policies to measure, comma-separated (eager, lazy, bulk)
+    #[arg(long, value_delimiter = ',', default_value = "eager,lazy,bulk")]
+    pub policies: Vec<ember_snap::lazy::Policy>,
     /// Drive this daemon instead of starting one in this process
     #[arg(long)]
     pub url: Option<String>,
@@ -215,6 +218,7 @@ async fn snap(args: Args) -> anyhow::Result<()> {
         let opts = snap::SnapOptions {
             runs: args.runs,
             dumps: args.dumps,
+            policies: args.policies.clone(),
             restore: ember_snap::RestoreOptions {
                 fill_threads: args.fill_threads,
                 uffd_fill: !args.no_uffd_fill,
