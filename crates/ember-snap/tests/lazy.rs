@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use common::{Conv, privileged, tmp};
-use ember_snap::lazy::{PageSource, Policy};
+use ember_snap::lazy::{FileSource, PageSource, Policy};
 use ember_snap::{DumpOptions, LoadedImage, RestoreOptions};
 
 /// An image of the memory target, loaded (the in-memory page source).
@@ -94,4 +94,87 @@ fn bulk_restore_fills_everything_then_its_server_ends() {
         img.meta.pages.count
     );
     check_memory(&mut r);
+}
+
+#[test]
+fn lazy_restore_from_the_page_file_checks_chunks_as_it_reads_them() {
+    if !privileged("lazy_restore_from_the_page_file_checks_chunks_as_it_reads_them") {
+        return;
+    }
+    let dir = tmp();
+    let loaded = memory_image(dir.path());
+    let image = dir.path().join("image");
+    let img = Arc::new(LoadedImage::open(&image).unwrap());
+    assert!(!img.is_loaded());
+    let file: Arc<dyn PageSource> = Arc::new(FileSource::open(&image, &img.meta).unwrap());
+    let opts = RestoreOptions {
+        policy: Policy::Lazy,
+        source: Some(file),
+        ..RestoreOptions::default()
+    };
+    let (mut r, server) = common::restore_served(&img, &opts);
+    check_memory(&mut r);
+    drop(r);
+    assert!(server.wait().unwrap().faults > 0);
+    // An eager restore needs the pages in memory.
+    let Err(e) = common::try_restore(&img) else {
+        panic!("an eager restore of an image opened without pages succeeded");
+    };
+    assert!(
+        common::chain(&e).contains("needs its pages in memory"),
+        "{}",
+        common::chain(&e)
+    );
+    drop(loaded);
+}
+
+#[test]
+fn a_corrupted_chunk_is_never_installed_and_its_process_is_killed() {
+    if !privileged("a_corrupted_chunk_is_never_installed_and_its_process_is_killed") {
+        return;
+    }
+    let dir = tmp();
+    let loaded = memory_image(dir.path());
+    let image = dir.path().join("image");
+    let chunks = loaded.meta.pages.chunks.len() as u64;
+    // Spoil one byte in the middle chunk, after the image was checked at open.
+    let img = Arc::new(LoadedImage::open(&image).unwrap());
+    let file: Arc<dyn PageSource> = Arc::new(FileSource::open(&image, &img.meta).unwrap());
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(image.join("pages"))
+            .unwrap();
+        f.write_all_at(b"\xee", 4096 * (1 + chunks / 2 * 16) + 100)
+            .unwrap();
+    }
+    let opts = RestoreOptions {
+        policy: Policy::Bulk,
+        source: Some(file),
+        ..RestoreOptions::default()
+    };
+    let pages = image.join("pages").display().to_string();
+    match common::try_restore_served(&img, &opts) {
+        // The chunk held a page the restore installs itself: refused before running.
+        Err(e) => {
+            let e = common::chain(&e);
+            eprintln!("refused during the restore: {e}");
+            assert!(e.contains(&pages) && e.contains("hash check"), "{e}");
+        }
+        // Otherwise the background fill reaches it: the process dies, the server says why.
+        Ok((mut r, server)) => {
+            let _ = r.ask("ping");
+            let e = server.wait().unwrap_err();
+            let text = common::chain(&e);
+            eprintln!("the page server refused it: {text}");
+            assert!(
+                text.contains(&pages) && text.contains("hash check"),
+                "{text}"
+            );
+            assert!(text.contains(&image.display().to_string()), "{text}");
+            assert_eq!(common::wait_signal(r.pid), libc::SIGKILL);
+            std::mem::forget(r);
+        }
+    }
 }

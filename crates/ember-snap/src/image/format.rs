@@ -253,51 +253,84 @@ pub struct LoadedImage {
     pub dir: PathBuf,
     pub meta: Meta,
     pages: Mapping,
+    loaded: bool,
+}
+
+/// Opens `dir`'s page file and checks its header against `meta` (magic, version, image id,
+/// size).
+pub fn open_pages(dir: &Path, meta: &Meta) -> Result<(File, PathBuf), ImageError> {
+    let path = dir.join(PAGES_FILE);
+    let f = File::open(&path).map_err(io_at(&path))?;
+    let mut head = [0u8; 40];
+    read_header(&path, &f, &mut head, &PAGES_MAGIC)?;
+    if head[16..32] != meta.id {
+        return Err(ImageError::Foreign {
+            path,
+            why: "it belongs to another image (id differs from the metadata's)".into(),
+        });
+    }
+    let count = u64::from_le_bytes(head[32..40].try_into().unwrap_or_default());
+    let size = f.metadata().map_err(io_at(&path))?.len();
+    if count != meta.pages.count || size != PAGE * (1 + count) {
+        return Err(corrupt(
+            &path,
+            format!(
+                "{size} bytes for {count} pages; the metadata says {} pages",
+                meta.pages.count
+            ),
+        ));
+    }
+    Ok((f, path))
+}
+
+/// Whether chunk `i` of a page file matches its hash.
+pub fn chunk_ok(meta: &Meta, i: u64, data: &[u8]) -> bool {
+    meta.pages
+        .chunks
+        .get(i as usize)
+        .is_some_and(|want| blake3::hash(data).as_bytes() == want)
+}
+
+/// What a failed chunk check says.
+pub fn chunk_failed(i: u64) -> String {
+    format!(
+        "chunk {i} (pages {}..) fails its hash check",
+        i * CHUNK_PAGES
+    )
 }
 
 impl LoadedImage {
+    /// The metadata alone (checked), for a restore whose pages come from a page source.
+    pub fn open(dir: &Path) -> Result<LoadedImage, ImageError> {
+        let meta = read_meta(dir)?;
+        Ok(LoadedImage {
+            dir: dir.to_path_buf(),
+            meta,
+            pages: Mapping::anonymous(0).map_err(io_at(dir))?,
+            loaded: false,
+        })
+    }
+
+    /// Whether the pages are in memory (`load`), or only the metadata (`open`).
+    pub fn is_loaded(&self) -> bool {
+        self.loaded
+    }
+
     /// Reads `dir`, checks every chunk hash, and keeps the pages read-only in memory.
     pub fn load(dir: &Path) -> Result<LoadedImage, ImageError> {
         let meta = read_meta(dir)?;
-        let path = dir.join(PAGES_FILE);
-        let f = File::open(&path).map_err(io_at(&path))?;
-        let mut head = [0u8; 40];
-        read_header(&path, &f, &mut head, &PAGES_MAGIC)?;
-        if head[16..32] != meta.id {
-            return Err(ImageError::Foreign {
-                path,
-                why: "it belongs to another image (id differs from the metadata's)".into(),
-            });
-        }
-        let count = u64::from_le_bytes(head[32..40].try_into().unwrap_or_default());
-        let size = f.metadata().map_err(io_at(&path))?.len();
-        if count != meta.pages.count || size != PAGE * (1 + count) {
-            return Err(corrupt(
-                &path,
-                format!(
-                    "{size} bytes for {count} pages; the metadata says {} pages",
-                    meta.pages.count
-                ),
-            ));
-        }
-        let len = (count * PAGE) as usize;
+        let (f, path) = open_pages(dir, &meta)?;
+        let len = (meta.pages.count * PAGE) as usize;
         let mut pages = Mapping::anonymous(len).map_err(io_at(&path))?;
         f.read_exact_at(pages.as_mut_slice(), PAGE)
             .map_err(io_at(&path))?;
-        for (i, (chunk, want)) in pages
+        for (i, chunk) in pages
             .as_slice()
             .chunks((CHUNK_PAGES * PAGE) as usize)
-            .zip(&meta.pages.chunks)
             .enumerate()
         {
-            if blake3::hash(chunk).as_bytes() != want {
-                return Err(corrupt(
-                    &path,
-                    format!(
-                        "chunk {i} (pages {}..) fails its hash check",
-                        i as u64 * CHUNK_PAGES
-                    ),
-                ));
+            if !chunk_ok(&meta, i as u64, chunk) {
+                return Err(corrupt(&path, chunk_failed(i as u64)));
             }
         }
         pages.seal_read_only().map_err(io_at(&path))?;
@@ -305,6 +338,7 @@ impl LoadedImage {
             dir: dir.to_path_buf(),
             meta,
             pages,
+            loaded: true,
         })
     }
 

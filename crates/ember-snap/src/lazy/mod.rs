@@ -20,12 +20,14 @@
 
 pub mod pending;
 mod server;
+pub mod source;
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use server::{PageServer, ServeError};
 pub(crate) use server::{ServerConfig, spawn};
+pub use source::FileSource;
 
 use crate::image::{LoadedImage, PAGE};
 
@@ -89,6 +91,12 @@ impl PageSource for LoadedImage {
     }
 
     fn pages(&self, first: u64, pages: u64) -> Result<Cow<'_, [u8]>, SourceError> {
+        if !self.is_loaded() {
+            return Err(SourceError {
+                source_name: self.describe(),
+                why: "the image was opened without its pages".into(),
+            });
+        }
         let (a, b) = ((first * PAGE) as usize, ((first + pages) * PAGE) as usize);
         self.page_data()
             .get(a..b)

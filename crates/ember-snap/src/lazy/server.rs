@@ -18,7 +18,7 @@ const PROBE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("image {image}: a page from {source} failed; process {pid} was killed")]
+    #[error("image {image}: a page failed at its source; process {pid} was killed")]
     Source {
         image: String,
         pid: i32,

@@ -62,6 +62,10 @@ pub enum RestoreError {
         "image {image}: the restored process opened another file at {path} than the one checked"
     )]
     Swapped { image: String, path: String },
+    #[error(
+        "image {image}: an eager restore needs its pages in memory; load it, or restore lazily from a page source"
+    )]
+    NotLoaded { image: String },
     #[error("image {image}: no free address range of {size} bytes for the restorer")]
     NoGap { image: String, size: u64 },
 }
@@ -195,6 +199,11 @@ pub fn restore(
     opts: &RestoreOptions,
 ) -> Result<Restored, RestoreError> {
     let t0 = Instant::now();
+    if opts.policy == Policy::Eager && !img.is_loaded() {
+        return Err(RestoreError::NotLoaded {
+            image: img.dir.display().to_string(),
+        });
+    }
     let (pid, ours) = match target {
         Target::Fork { fds } => {
             let missing: Vec<i32> = img

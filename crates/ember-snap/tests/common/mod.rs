@@ -146,8 +146,27 @@ pub fn restore_served(
     img: &LoadedImage,
     opts: &RestoreOptions,
 ) -> (Conv, ember_snap::lazy::PageServer) {
-    let (c, server) = restore_inner(img, opts).unwrap();
-    (c, server.expect("a lazy or bulk restore has a page server"))
+    try_restore_served(img, opts).unwrap()
+}
+
+pub fn try_restore_served(
+    img: &LoadedImage,
+    opts: &RestoreOptions,
+) -> Result<(Conv, ember_snap::lazy::PageServer), ember_snap::RestoreError> {
+    let (c, server) = restore_inner(img, opts)?;
+    Ok((c, server.expect("a lazy or bulk restore has a page server")))
+}
+
+/// Waits for a restored process to end; the signal that ended it (0 if it exited).
+pub fn wait_signal(pid: i32) -> i32 {
+    let mut st = 0;
+    // SAFETY: reaping our own child into a local.
+    unsafe { libc::waitpid(pid, &mut st, 0) };
+    if libc::WIFSIGNALED(st) {
+        libc::WTERMSIG(st)
+    } else {
+        0
+    }
 }
 
 pub fn try_restore(img: &LoadedImage) -> Result<Conv, ember_snap::RestoreError> {
