@@ -19,12 +19,14 @@
 //! killed and the server ends with an error naming the image and the source.
 
 pub mod pending;
+pub mod remote;
 mod server;
 pub mod source;
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use remote::RemoteSource;
 pub use server::{PageServer, ServeError};
 pub(crate) use server::{ServerConfig, spawn};
 pub use source::FileSource;

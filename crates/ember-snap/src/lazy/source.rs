@@ -23,6 +23,10 @@ impl ChunkCache {
         }
     }
 
+    pub(crate) fn has(&self, c: u64) -> bool {
+        self.chunks.lock().is_ok_and(|m| m.contains_key(&c))
+    }
+
     /// `pages` pages from `first`, fetching (and checking) each missing chunk with `fetch`.
     pub(crate) fn pages(
         &self,
@@ -65,7 +69,7 @@ impl ChunkCache {
 
 /// Bytes in chunk `c` of an image with `count` pages.
 pub(crate) fn chunk_len(count: u64, c: u64) -> u64 {
-    (count - c * CHUNK_PAGES).min(CHUNK_PAGES) * PAGE
+    count.saturating_sub(c * CHUNK_PAGES).min(CHUNK_PAGES) * PAGE
 }
 
 /// An image's page file on local disk: each 64 KiB chunk read and checked against its

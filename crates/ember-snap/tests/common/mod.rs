@@ -108,6 +108,10 @@ impl Conv {
         self.line()
     }
 
+    pub fn writer(&mut self) -> &mut std::fs::File {
+        &mut self.w
+    }
+
     pub fn send(&mut self, cmd: &str) {
         writeln!(self.w, "{cmd}").unwrap();
     }

@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use std::sync::Arc;
 
-use ember_snap::lazy::{PageSource, Policy};
+use ember_snap::lazy::{FileSource, PageSource, Policy, RemoteSource};
 use ember_snap::{DumpOptions, LoadedImage, RestoreOptions, Target};
 
 #[derive(Debug, clap::Args)]
@@ -44,6 +44,30 @@ enum Verb {
         /// bulk (first fault, then all in the background)
         #[arg(long, default_value = "eager")]
         policy: Policy,
+        /// Where a lazy or bulk restore gets pages: memory (the image loaded here), file
+        /// (its page file, read as needed) or HOST:PORT of an `ember snap serve`
+        #[arg(long, default_value = "memory")]
+        source: String,
+        /// Token of the page server (with a HOST:PORT source)
+        #[arg(
+            long,
+            env = "EMBER_SNAP_TOKEN",
+            hide_env_values = true,
+            default_value = ""
+        )]
+        token: String,
+    },
+    /// Serve images' pages over TCP to lazy restores on other nodes (until killed)
+    Serve {
+        /// Address to listen on
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: String,
+        /// Token clients must present
+        #[arg(long, env = "EMBER_SNAP_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Image directories to serve (loaded and checked into memory)
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
     },
     /// Print a human summary of an image: VMAs, pages, sizes, requirements, parent
     Inspect {
@@ -60,7 +84,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             inherit,
             leave_running,
         } => dump(pid, out, inherit, leave_running),
-        Verb::Restore { dir, count, policy } => restore(dir, count, policy),
+        Verb::Restore {
+            dir,
+            count,
+            policy,
+            source,
+            token,
+        } => restore(dir, count, policy, &source, &token),
+        Verb::Serve {
+            listen,
+            token,
+            dirs,
+        } => {
+            let images = dirs
+                .iter()
+                .map(|d| LoadedImage::load(d).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()?;
+            let listener = std::net::TcpListener::bind(&listen)
+                .with_context(|| format!("cannot listen on {listen}"))?;
+            eprintln!(
+                "serving {} image(s) on {}",
+                images.len(),
+                listener.local_addr()?
+            );
+            ember_snap::lazy::remote::serve(listener, token, images)?;
+            Ok(())
+        }
         Verb::Inspect { dir } => {
             let meta = ember_snap::image::read_meta(&dir)?;
             print!("{}", ember_snap::image::describe(&dir, &meta));
@@ -89,12 +138,28 @@ fn dump(pid: i32, out: PathBuf, inherited: Vec<i32>, leave_running: bool) -> any
     Ok(())
 }
 
-fn restore(dir: PathBuf, count: usize, policy: Policy) -> anyhow::Result<()> {
+fn restore(
+    dir: PathBuf,
+    count: usize,
+    policy: Policy,
+    source: &str,
+    token: &str,
+) -> anyhow::Result<()> {
     let t = std::time::Instant::now();
-    let img = Arc::new(LoadedImage::load(&dir)?);
+    let in_memory = policy == Policy::Eager || source == "memory";
+    let img = Arc::new(if in_memory {
+        LoadedImage::load(&dir)?
+    } else {
+        LoadedImage::open(&dir)?
+    });
+    let source: Arc<dyn PageSource> = match source {
+        "memory" => img.clone(),
+        "file" => Arc::new(FileSource::open(&dir, &img.meta)?),
+        addr => Arc::new(RemoteSource::connect(addr, token, &img.meta)?),
+    };
     let opts = RestoreOptions {
         policy,
-        source: Some(img.clone() as Arc<dyn PageSource>),
+        source: Some(source),
         ..RestoreOptions::default()
     };
     let load_ms = t.elapsed().as_secs_f64() * 1000.0;

@@ -1,0 +1,211 @@
+//! Lazy restore from a page server over TCP: a real one on loopback, an unreachable one, a
+//! refusing one, and hostile ones (test fixtures) that turn bad mid-way.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Conv, privileged, tmp};
+use ember_snap::lazy::remote::{self, MAGIC};
+use ember_snap::lazy::{PageSource, Policy, RemoteSource};
+use ember_snap::{DumpOptions, LoadedImage, RestoreOptions};
+
+const TOKEN: &str = "t0ken";
+
+fn memory_image(dir: &Path) -> Arc<LoadedImage> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/memory.py");
+    let mut original = Conv::spawn(Command::new("/usr/bin/python3").arg("-I").arg(&script));
+    assert_eq!(original.line(), "ready");
+    let out = dir.join("image");
+    ember_snap::dump(
+        original.pid,
+        &out,
+        &DumpOptions {
+            inherited: vec![0, 1, 2],
+        },
+    )
+    .unwrap();
+    Arc::new(LoadedImage::load(&out).unwrap())
+}
+
+fn lazy_from(source: RemoteSource) -> RestoreOptions {
+    RestoreOptions {
+        policy: Policy::Lazy,
+        source: Some(Arc::new(source) as Arc<dyn PageSource>),
+        ..RestoreOptions::default()
+    }
+}
+
+#[test]
+fn a_lazy_restore_from_a_page_server_on_loopback_is_right() {
+    if !privileged("a_lazy_restore_from_a_page_server_on_loopback_is_right") {
+        return;
+    }
+    let dir = tmp();
+    let img = memory_image(dir.path());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let served = vec![img.clone()];
+    std::thread::spawn(move || remote::serve(listener, TOKEN.into(), served));
+    let meta_only = LoadedImage::open(&img.dir).unwrap();
+    let src = RemoteSource::connect(&addr, TOKEN, &meta_only.meta).unwrap();
+    let (mut r, server) = common::restore_served(&meta_only, &lazy_from(src));
+    assert_eq!(r.ask("ping"), format!("pong {}", r.pid));
+    assert_eq!(r.ask("grow"), "grow True");
+    assert_eq!(r.ask("discard"), "discard True True");
+    assert_eq!(r.ask("fork"), "fork 0");
+    drop(r);
+    let s = server.wait().unwrap();
+    assert!(s.faults > 0 && s.bytes_fetched > 0, "{s:?}");
+
+    // The wrong token, or an image it does not have: refused by name.
+    let e = RemoteSource::connect(&addr, "nope", &meta_only.meta)
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string().contains(&addr) && e.to_string().contains("bad token"),
+        "{e}"
+    );
+    let mut other = meta_only.meta.clone();
+    other.id = [9; 16];
+    let e = RemoteSource::connect(&addr, TOKEN, &other).err().unwrap();
+    assert!(e.to_string().contains("no such image"), "{e}");
+}
+
+#[test]
+fn an_unreachable_page_server_fails_fast() {
+    if !privileged("an_unreachable_page_server_fails_fast") {
+        return;
+    }
+    let dir = tmp();
+    let img = memory_image(dir.path());
+    // A port nobody listens on, and an address that drops packets (TEST-NET-1).
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    for addr in [closed.as_str(), "192.0.2.1:7070"] {
+        let t = Instant::now();
+        let e = RemoteSource::connect(addr, TOKEN, &img.meta).err().unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "{addr} took {:?}",
+            t.elapsed()
+        );
+        assert!(e.to_string().contains(addr), "{e}");
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Hostile {
+    Garbage,
+    Short,
+    WrongHash,
+    Disconnect,
+}
+
+/// A page server that answers right until `bad` is set, then misbehaves in `how`.
+fn hostile_server(img: Arc<LoadedImage>, how: Hostile, bad: Arc<AtomicBool>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(s) = conn else { return };
+            let (img, bad) = (img.clone(), bad.clone());
+            std::thread::spawn(move || {
+                let _ = hostile_conn(s, &img, how, &bad);
+            });
+        }
+    });
+    addr
+}
+
+fn hostile_conn(
+    mut s: TcpStream,
+    img: &LoadedImage,
+    how: Hostile,
+    bad: &AtomicBool,
+) -> std::io::Result<()> {
+    let mut head = [0u8; 10];
+    s.read_exact(&mut head)?;
+    assert_eq!(head[..8], MAGIC);
+    let mut rest = vec![0u8; u16::from_le_bytes([head[8], head[9]]) as usize + 16];
+    s.read_exact(&mut rest)?;
+    let mut ok = vec![0u8];
+    ok.extend_from_slice(&img.meta.pages.count.to_le_bytes());
+    ok.extend_from_slice(&(img.meta.pages.chunks.len() as u32).to_le_bytes());
+    s.write_all(&ok)?;
+    loop {
+        let mut n = [0u8; 2];
+        s.read_exact(&mut n)?;
+        let mut idx = vec![0u8; 4 * u16::from_le_bytes(n) as usize];
+        s.read_exact(&mut idx)?;
+        let mut reply = Vec::new();
+        for c in idx.chunks_exact(4) {
+            let c = u32::from_le_bytes(c.try_into().unwrap());
+            let start = c as usize * 16 * 4096;
+            let end = (start + 16 * 4096).min(img.page_data().len());
+            reply.extend_from_slice(&c.to_le_bytes());
+            reply.extend_from_slice(&((end - start) as u32).to_le_bytes());
+            reply.extend_from_slice(&img.page_data()[start..end]);
+        }
+        if bad.load(Ordering::SeqCst) {
+            match how {
+                Hostile::Garbage => reply.iter_mut().for_each(|b| *b = 0x5a),
+                Hostile::Short => reply.truncate(reply.len() / 2),
+                Hostile::WrongHash => {
+                    let last = reply.len() - 1;
+                    reply[last] ^= 1;
+                }
+                Hostile::Disconnect => return Ok(()),
+            }
+            s.write_all(&reply)?;
+            return Ok(()); // and hang up
+        }
+        s.write_all(&reply)?;
+    }
+}
+
+#[test]
+fn a_hostile_page_server_gets_its_process_killed_and_named() {
+    if !privileged("a_hostile_page_server_gets_its_process_killed_and_named") {
+        return;
+    }
+    let dir = tmp();
+    let img = memory_image(dir.path());
+    for how in [
+        Hostile::Garbage,
+        Hostile::Short,
+        Hostile::WrongHash,
+        Hostile::Disconnect,
+    ] {
+        let bad = Arc::new(AtomicBool::new(false));
+        let addr = hostile_server(img.clone(), how, bad.clone());
+        let meta_only = LoadedImage::open(&img.dir).unwrap();
+        let src = RemoteSource::connect(&addr, TOKEN, &meta_only.meta).unwrap();
+        let (mut r, server) = common::restore_served(&meta_only, &lazy_from(src));
+        assert_eq!(r.ask("ping"), format!("pong {}", r.pid), "{how:?}");
+        // From now on every reply is bad: the next fault that needs the server fails.
+        bad.store(true, Ordering::SeqCst);
+        writeln!(r.writer(), "grow").unwrap();
+        let e = server.wait().unwrap_err();
+        let text = common::chain(&e);
+        assert!(
+            text.contains(&addr) && text.contains("was killed"),
+            "{how:?}: {text}"
+        );
+        assert!(
+            text.contains(&img.dir.display().to_string()),
+            "{how:?}: {text}"
+        );
+        assert_eq!(common::wait_signal(r.pid), libc::SIGKILL, "{how:?}");
+        std::mem::forget(r);
+    }
+}
