@@ -41,6 +41,9 @@ fn eq_const(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A chunk's index and its checked bytes.
+type Chunk = (u64, Arc<[u8]>);
+
 /// Pages fetched from a page server, checked, kept.
 pub struct RemoteSource {
     addr: SocketAddr,
@@ -104,7 +107,7 @@ impl RemoteSource {
     }
 
     /// Asks for `chunks` in one request and checks each reply.
-    fn fetch(&self, chunks: &[u64]) -> Result<Vec<(u64, Arc<[u8]>)>, String> {
+    fn fetch(&self, chunks: &[u64]) -> Result<Vec<Chunk>, String> {
         let mut conn = self
             .conn
             .lock()
