@@ -88,10 +88,16 @@ pub struct WorkloadResult {
     pub page_alloc_ms: Vec<f64>,
 }
 
-/// Restores of one policy.
+/// Restores of one policy from one source.
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyResult {
     pub policy: String,
+    pub source: String,
+    /// RSS and PSS summed over `instances` instances restored side by side, each having
+    /// answered one request, in MiB.
+    pub instances: usize,
+    pub rss_mib: f64,
+    pub pss_mib: f64,
     /// Restore to the first answer.
     pub first: Summary,
     /// The next request to the same instance (warm).
@@ -206,6 +212,51 @@ fn page_alloc_ms(pages: u64) -> f64 {
     took
 }
 
+/// Restores `n` instances side by side, has each answer once, and sums their RSS and PSS
+/// (MiB, from `/proc/PID/smaps_rollup`); then ends them.
+fn instances_memory(
+    img: &LoadedImage,
+    opts: &RestoreOptions,
+    n: usize,
+    expected: &str,
+) -> Result<(f64, f64), SnapBenchError> {
+    let mut procs = Vec::new();
+    let mut servers = Vec::new();
+    for _ in 0..n {
+        let (mut p, _, server) = restore_one(img, opts)?;
+        let a = p.ask("work").map_err(io("asking a restored instance"))?;
+        if a != expected {
+            return Err(SnapBenchError::Target {
+                workload: "instances".into(),
+                what: format!("an instance answered {a:?}"),
+            });
+        }
+        procs.push(p);
+        servers.extend(server);
+    }
+    let (mut rss, mut pss) = (0u64, 0u64);
+    for p in &procs {
+        let text =
+            std::fs::read_to_string(format!("/proc/{}/smaps_rollup", p.pid)).unwrap_or_default();
+        let kb = |key: &str| -> u64 {
+            text.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        rss += kb("Rss:");
+        pss += kb("Pss:");
+    }
+    for p in procs {
+        p.end();
+    }
+    for s in servers {
+        let _ = s.wait();
+    }
+    Ok((rss as f64 / 1024.0, pss as f64 / 1024.0))
+}
+
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
@@ -215,6 +266,43 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// Where a lazy or bulk restore's pages come from in the bench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// The image loaded in this process.
+    Memory,
+    /// The image's page file, a fresh source (cold chunk cache) per restore.
+    File,
+    /// A page server on loopback (`ember snap serve`'s code), a fresh connection per restore.
+    Remote,
+}
+
+impl std::str::FromStr for SourceKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<SourceKind, String> {
+        match s {
+            "memory" => Ok(SourceKind::Memory),
+            "file" => Ok(SourceKind::File),
+            "remote" => Ok(SourceKind::Remote),
+            _ => Err(format!(
+                "unknown page source {s:?}: use memory, file or remote"
+            )),
+        }
+    }
+}
+
+impl SourceKind {
+    fn name(self) -> &'static str {
+        match self {
+            SourceKind::Memory => "memory",
+            SourceKind::File => "file",
+            SourceKind::Remote => "remote",
+        }
+    }
+}
+
+const REMOTE_TOKEN: &str = "ember-bench";
+
 /// What one `ember bench snap` run does.
 #[derive(Debug, Clone)]
 pub struct SnapOptions {
@@ -222,6 +310,10 @@ pub struct SnapOptions {
     pub dumps: usize,
     /// Restore policies to measure, each against the same references.
     pub policies: Vec<Policy>,
+    /// Page sources for lazy and bulk restores (eager reads the loaded image).
+    pub sources: Vec<SourceKind>,
+    /// Instances restored side by side per policy and source for the memory figures.
+    pub instances: usize,
     /// Everything else about a restore (fill threads, UFFDIO_COPY); policy and source are
     /// set per series.
     pub restore: RestoreOptions,
@@ -273,17 +365,49 @@ pub fn measure(
             .map(|m| m.len())
             .unwrap_or(0)
     };
-    let mut series: Vec<Series> = opts.policies.iter().map(|_| Series::default()).collect();
+    let combos: Vec<(Policy, SourceKind)> = opts
+        .policies
+        .iter()
+        .flat_map(|&p| match p {
+            Policy::Eager => vec![(p, SourceKind::Memory)],
+            _ => opts.sources.iter().map(|&s| (p, s)).collect(),
+        })
+        .collect();
+    let remote = if combos.iter().any(|c| c.1 == SourceKind::Remote) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("page server"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(io("page server"))?
+            .to_string();
+        let served = vec![img.clone()];
+        std::thread::spawn(move || {
+            ember_snap::lazy::remote::serve(listener, REMOTE_TOKEN.into(), served)
+        });
+        addr
+    } else {
+        String::new()
+    };
+    let source_of = |kind: SourceKind| -> Result<Arc<dyn PageSource>, SnapBenchError> {
+        Ok(match kind {
+            SourceKind::Memory => img.clone(),
+            SourceKind::File => Arc::new(ember_snap::lazy::FileSource::open(&image, &img.meta)?),
+            SourceKind::Remote => Arc::new(
+                ember_snap::lazy::RemoteSource::connect(&remote, REMOTE_TOKEN, &img.meta)
+                    .map_err(|e| target_err(e.to_string()))?,
+            ),
+        })
+    };
+    let mut series: Vec<Series> = combos.iter().map(|_| Series::default()).collect();
     let (mut cold, mut forks, mut alloc) = (Vec::new(), Vec::new(), Vec::new());
-    let kinds = opts.policies.len() + 2;
+    let kinds = combos.len() + 2;
     for round in 0..opts.runs {
         // Rotate the order so no path always runs right after another.
         for k in 0..kinds {
             let which = (round + k) % kinds;
-            if let Some(&policy) = opts.policies.get(which) {
+            if let Some(&(policy, kind)) = combos.get(which) {
                 let ro = RestoreOptions {
                     policy,
-                    source: Some(img.clone() as Arc<dyn PageSource>),
+                    source: Some(source_of(kind)?),
                     ..opts.restore.clone()
                 };
                 let t = Instant::now();
@@ -322,7 +446,7 @@ pub fn measure(
                 if which == 0 {
                     alloc.push(page_alloc_ms(img.meta.pages.count));
                 }
-            } else if which == opts.policies.len() {
+            } else if which == combos.len() {
                 let t = Instant::now();
                 let mut p = spawn(python, &script, workload)?;
                 writeln!(p.w, "work").map_err(io("asking a cold process"))?;
@@ -346,15 +470,28 @@ pub fn measure(
         }
     }
     live.end();
-    let restores = opts
-        .policies
+    let mut memory = Vec::new();
+    for &(policy, kind) in &combos {
+        let ro = RestoreOptions {
+            policy,
+            source: Some(source_of(kind)?),
+            ..opts.restore.clone()
+        };
+        memory.push(instances_memory(&img, &ro, opts.instances, &expected)?);
+    }
+    let restores = combos
         .iter()
         .zip(series)
-        .map(|(policy, se)| {
+        .zip(memory)
+        .map(|((&(policy, kind), se), (rss_mib, pss_mib))| {
             let m =
                 |f: fn(&LazyStats) -> u64| median(se.servers.iter().map(|s| f(s) as f64).collect());
             PolicyResult {
                 policy: policy.to_string(),
+                source: kind.name().to_string(),
+                instances: opts.instances,
+                rss_mib,
+                pss_mib,
                 first: summarize(&se.first),
                 second: summarize(&se.second),
                 phases: se.phases.map(median),
@@ -421,15 +558,27 @@ pub fn table(results: &[WorkloadResult]) -> String {
         );
         let _ = writeln!(
             t,
-            "  {:<7} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>9}  phases (attach/map/fill/state/finish)",
-            "policy", "first", "p99", "second", "vs cold", "vs fork", "faults", "pages", "blocked"
+            "  {:<7} {:<6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>9} {:>9} {:>9}  phases (attach/map/fill/state/finish)",
+            "policy",
+            "source",
+            "first",
+            "p99",
+            "second",
+            "vs cold",
+            "vs fork",
+            "faults",
+            "pages",
+            "blocked",
+            "RSS MiB",
+            "PSS MiB"
         );
         for p in &r.restores {
             let ph = p.phases;
             let _ = writeln!(
                 t,
-                "  {:<7} {:>8.2} {:>8.2} {:>8.3} {:>7.3}x {:>7.2}x {:>7} {:>8} {:>9}  {:.2}/{:.2}/{:.2}/{:.2}/{:.2}",
+                "  {:<7} {:<6} {:>8.2} {:>8.2} {:>8.3} {:>7.3}x {:>7.2}x {:>7} {:>8} {:>9} {:>9.1} {:>9.1}  {:.2}/{:.2}/{:.2}/{:.2}/{:.2}",
                 p.policy,
+                p.source,
                 p.first.p50_ms,
                 p.first.p99_ms,
                 p.second.p50_ms,
@@ -438,6 +587,8 @@ pub fn table(results: &[WorkloadResult]) -> String {
                 dash(p.faults, 0),
                 dash(p.pages_installed, 0),
                 dash(p.blocked_ms, 2),
+                p.rss_mib,
+                p.pss_mib,
                 ph[0],
                 ph[1],
                 ph[2],
@@ -448,7 +599,7 @@ pub fn table(results: &[WorkloadResult]) -> String {
     }
     let _ = writeln!(
         t,
-        "(ms, p50 unless marked p99; first = restore to the first answer, second = the next request; vs = first p50 over the other's p50; faults, pages installed by the page server and the time the process waited on it: medians per restore)"
+        "(ms, p50 unless marked p99; first = restore to the first answer, second = the next request; vs = first p50 over the other's p50; faults, pages installed by the page server and the time the process waited on it: medians per restore; RSS and PSS: summed over the instances restored side by side)"
     );
     t
 }
@@ -462,7 +613,7 @@ pub fn write_svg(results: &[WorkloadResult], path: &Path) -> Result<(), crate::p
             path: p,
             summary: s,
         };
-        for p in &r.restores {
+        for p in r.restores.iter().filter(|p| p.source == "memory") {
             rows.push(row(format!("restore-{}", p.policy), p.first));
         }
         rows.push(row("cold-start".into(), r.cold_start));

@@ -45,6 +45,12 @@ pub struct Args {
     /// snap: restore policies to measure, comma-separated (eager, lazy, bulk)
     #[arg(long, value_delimiter = ',', default_value = "eager,lazy,bulk")]
     pub policies: Vec<ember_snap::lazy::Policy>,
+    /// snap: page sources for lazy and bulk, comma-separated (memory, file, remote)
+    #[arg(long, value_delimiter = ',', default_value = "memory,file,remote")]
+    pub sources: Vec<ember_bench::snap::SourceKind>,
+    /// snap: instances restored side by side per policy and source for RSS/PSS
+    #[arg(long, default_value_t = 10)]
+    pub instances: usize,
     /// Drive this daemon instead of starting one in this process
     #[arg(long)]
     pub url: Option<String>,
@@ -219,6 +225,8 @@ async fn snap(args: Args) -> anyhow::Result<()> {
             runs: args.runs,
             dumps: args.dumps,
             policies: args.policies.clone(),
+            sources: args.sources.clone(),
+            instances: args.instances,
             restore: ember_snap::RestoreOptions {
                 fill_threads: args.fill_threads,
                 uffd_fill: !args.no_uffd_fill,
