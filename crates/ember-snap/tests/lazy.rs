@@ -4,28 +4,15 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use common::{Conv, privileged, tmp};
 use ember_snap::lazy::{FileSource, PageSource, Policy};
-use ember_snap::{DumpOptions, LoadedImage, RestoreOptions};
+use ember_snap::{LoadedImage, RestoreOptions};
 
 /// An image of the memory target, loaded (the in-memory page source).
 fn memory_image(dir: &Path) -> Arc<LoadedImage> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/memory.py");
-    let mut original = Conv::spawn(Command::new("/usr/bin/python3").arg("-I").arg(&script));
-    assert_eq!(original.line(), "ready");
-    let out = dir.join("image");
-    ember_snap::dump(
-        original.pid,
-        &out,
-        &DumpOptions {
-            inherited: vec![0, 1, 2],
-        },
-    )
-    .unwrap();
-    Arc::new(LoadedImage::load(&out).unwrap())
+    Arc::new(common::dump_python("memory.py", &[], Path::new("/"), dir))
 }
 
 fn options(img: &Arc<LoadedImage>, policy: Policy) -> RestoreOptions {

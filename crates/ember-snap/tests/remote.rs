@@ -6,32 +6,19 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Conv, privileged, tmp};
+use common::{privileged, tmp};
 use ember_snap::lazy::remote::{self, MAGIC};
 use ember_snap::lazy::{PageSource, Policy, RemoteSource};
-use ember_snap::{DumpOptions, LoadedImage, RestoreOptions};
+use ember_snap::{LoadedImage, RestoreOptions};
 
 const TOKEN: &str = "t0ken";
 
 fn memory_image(dir: &Path) -> Arc<LoadedImage> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/memory.py");
-    let mut original = Conv::spawn(Command::new("/usr/bin/python3").arg("-I").arg(&script));
-    assert_eq!(original.line(), "ready");
-    let out = dir.join("image");
-    ember_snap::dump(
-        original.pid,
-        &out,
-        &DumpOptions {
-            inherited: vec![0, 1, 2],
-        },
-    )
-    .unwrap();
-    Arc::new(LoadedImage::load(&out).unwrap())
+    Arc::new(common::dump_python("memory.py", &[], Path::new("/"), dir))
 }
 
 fn lazy_from(source: RemoteSource) -> RestoreOptions {

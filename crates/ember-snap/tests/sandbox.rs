@@ -4,12 +4,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Stdio;
 
-use common::{Conv, privileged, tmp};
+use common::{privileged, tmp};
 use ember_sandbox::{InstanceSpec, NodeSandbox, Sandboxes};
-use ember_snap::{DumpOptions, Handoff, LoadedImage, RestoreOptions, Target};
+use ember_snap::{Handoff, RestoreOptions, Target};
 use std::io::{BufRead, BufReader, Write};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -21,25 +21,7 @@ async fn restores_into_a_sandboxed_first_process_and_hands_it_over() {
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     // The image: a Python process started on the host, in the directory the sandbox binds.
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/target.py");
-    let mut original = Conv::spawn(
-        Command::new("/usr/bin/python3")
-            .arg("-I")
-            .arg(&script)
-            .current_dir(&work),
-    );
-    assert_eq!(original.line(), "ready");
-    let out = dir.path().join("image");
-    ember_snap::dump(
-        original.pid,
-        &out,
-        &DumpOptions {
-            inherited: vec![0, 1, 2],
-        },
-    )
-    .unwrap();
-    drop(original);
-    let img = LoadedImage::load(&out).unwrap();
+    let img = common::dump_python("target.py", &[], &work, dir.path());
 
     let boxes = Sandboxes::open(NodeSandbox {
         cgroup_root: PathBuf::from("/sys/fs/cgroup"),

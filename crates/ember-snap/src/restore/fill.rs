@@ -163,22 +163,6 @@ fn slice<'a>(pages: &'a [u8], r: &PageRun) -> io::Result<&'a [u8]> {
         .ok_or_else(|| io::Error::other("page run outside the page data"))
 }
 
-/// `process_vm_writev` of one buffer.
-fn write_at(pid: i32, addr: u64, data: &[u8]) -> io::Result<()> {
-    let local = [libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    }];
-    let remote = [libc::iovec {
-        iov_base: addr as *mut libc::c_void,
-        iov_len: data.len(),
-    }];
-    if sys::write_mem(pid, &local, &remote)? != data.len() {
-        return Err(io::Error::other("short write of a page copy"));
-    }
-    Ok(())
-}
-
 /// `process_vm_writev` of `runs`, up to `IOV_MAX` runs per call.
 fn write_runs(pid: i32, pages: &[u8], runs: &[PageRun]) -> io::Result<()> {
     const IOV_MAX: usize = 1024;
@@ -235,7 +219,7 @@ pub(super) fn lazy(
         let data = source
             .pages(r.first, u64::from(r.pages))
             .map_err(|e| io::Error::other(e.to_string()))?;
-        write_at(pid, r.addr, &data)?;
+        crate::tracee::write(pid, r.addr, &data)?;
     }
     let mut pending = Pending::from_runs(runs.iter().filter(|r| in_uffd(r)));
     // What the kernel reads for others (/proc/PID/cmdline, environ) or the agent patches

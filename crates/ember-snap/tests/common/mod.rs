@@ -226,3 +226,23 @@ pub fn merged_maps(pid: i32) -> Vec<String> {
         .map(|(s, e, k)| format!("{s:x}-{e:x} {k}"))
         .collect()
 }
+
+/// Starts the Python target `script` (under tests/targets) with `args` in `cwd`, waits for
+/// it to say ready, dumps it (stdio inherited) into `dir/image` and loads the image.
+pub fn dump_python(script: &str, args: &[&str], cwd: &Path, dir: &Path) -> LoadedImage {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/targets")
+        .join(script);
+    let mut original = Conv::spawn(
+        Command::new("/usr/bin/python3")
+            .arg("-I")
+            .arg(&script)
+            .args(args)
+            .current_dir(cwd),
+    );
+    assert_eq!(original.line(), "ready");
+    let out = dir.join("image");
+    let inherited = vec![0, 1, 2];
+    ember_snap::dump(original.pid, &out, &ember_snap::DumpOptions { inherited }).unwrap();
+    LoadedImage::load(&out).unwrap()
+}
