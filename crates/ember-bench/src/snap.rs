@@ -31,10 +31,11 @@ pub const WORKLOADS: [(&str, &[&str]); 3] = [
     ("numpy", &["numpy"]),
     ("sklearn", &["scikit-learn", "pandas"]),
 ];
-const SERIES: [(&str, RGBColor); 5] = [
+const SERIES: [(&str, RGBColor); 6] = [
     ("restore-eager", RGBColor(0x2b, 0x8c, 0xbe)),
     ("restore-lazy", RGBColor(0x7b, 0xcc, 0xc4)),
     ("restore-bulk", RGBColor(0x4e, 0xb3, 0xd3)),
+    ("restore-prefetch", RGBColor(0x08, 0x58, 0x9e)),
     ("cold-start", RGBColor(0xe3, 0x4a, 0x33)),
     ("fork", RGBColor(0x99, 0x99, 0x99)),
 ];
@@ -397,6 +398,25 @@ pub fn measure(
             ),
         })
     };
+    // Prefetch replays what the first request after a lazy restore touched: record it once.
+    let working_set = if opts.policies.contains(&Policy::Prefetch) {
+        let ro = RestoreOptions {
+            policy: Policy::Lazy,
+            source: Some(img.clone() as Arc<dyn PageSource>),
+            ..opts.restore.clone()
+        };
+        let (mut p, _, server) = restore_one(&img, &ro)?;
+        p.ask("work").map_err(io("recording the working set"))?;
+        let ws = server.as_ref().map(|s| s.working_set()).unwrap_or_default();
+        p.end();
+        if let Some(s) = server {
+            s.wait().map_err(|e| target_err(e.to_string()))?;
+        }
+        ember_snap::image::write_working_set(&image, &img.meta, &ws)?;
+        Some(Arc::new(ws))
+    } else {
+        None
+    };
     let mut series: Vec<Series> = combos.iter().map(|_| Series::default()).collect();
     let (mut cold, mut forks, mut alloc) = (Vec::new(), Vec::new(), Vec::new());
     let kinds = combos.len() + 2;
@@ -408,6 +428,7 @@ pub fn measure(
                 let ro = RestoreOptions {
                     policy,
                     source: Some(source_of(kind)?),
+                    working_set: working_set.clone(),
                     ..opts.restore.clone()
                 };
                 let t = Instant::now();
@@ -475,6 +496,7 @@ pub fn measure(
         let ro = RestoreOptions {
             policy,
             source: Some(source_of(kind)?),
+            working_set: working_set.clone(),
             ..opts.restore.clone()
         };
         memory.push(instances_memory(&img, &ro, opts.instances, &expected)?);

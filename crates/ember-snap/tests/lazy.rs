@@ -165,3 +165,54 @@ fn a_corrupted_chunk_is_never_installed_and_its_process_is_killed() {
         }
     }
 }
+
+#[test]
+fn a_recorded_working_set_replays_and_spares_the_faults() {
+    if !privileged("a_recorded_working_set_replays_and_spares_the_faults") {
+        return;
+    }
+    let dir = tmp();
+    let img = memory_image(dir.path());
+    // Record: what the first request after a lazy restore touched.
+    let (mut r, server) = common::restore_served(&img, &options(&img, Policy::Lazy));
+    assert_eq!(r.ask("ping"), format!("pong {}", r.pid));
+    let ws = server.working_set();
+    let lazy_faults = server.stats().faults;
+    assert!(
+        !ws.is_empty() && ws.len() as u64 == lazy_faults,
+        "{} of {lazy_faults}",
+        ws.len()
+    );
+    drop(r);
+    server.wait().unwrap();
+    ember_snap::image::write_working_set(&img.dir, &img.meta, &ws).unwrap();
+
+    // Replay: the set goes in before the process runs; the same request faults little.
+    let recorded = ember_snap::image::read_working_set(&img.dir, &img.meta)
+        .unwrap()
+        .unwrap();
+    let opts = RestoreOptions {
+        working_set: Some(Arc::new(recorded)),
+        ..options(&img, Policy::Prefetch)
+    };
+    let (mut r, server) = common::restore_served(&img, &opts);
+    assert_eq!(r.ask("ping"), format!("pong {}", r.pid));
+    let replay_faults = server.stats().faults;
+    assert!(
+        replay_faults * 4 <= lazy_faults,
+        "{replay_faults} faults after prefetch, {lazy_faults} lazily"
+    );
+    check_memory(&mut r);
+    drop(r);
+    server.wait().unwrap();
+
+    // Without a recorded set, prefetch says what to do.
+    let Err(e) = common::try_restore_with(&img, &options(&img, Policy::Prefetch)) else {
+        panic!("a prefetch restore without a working set succeeded");
+    };
+    assert!(
+        common::chain(&e).contains("record one"),
+        "{}",
+        common::chain(&e)
+    );
+}

@@ -248,6 +248,78 @@ fn validate(m: &Meta) -> Result<(), String> {
     Ok(())
 }
 
+pub const WORKING_SET_FILE: &str = "workingset";
+pub const WORKING_SET_MAGIC: [u8; 8] = *b"EMBRWSET";
+
+/// Records `pages` (page-file indices, in touch order; repeats dropped) as the image's
+/// working set: `DIR/workingset` = magic, version u32, count u32, BLAKE3 of the body, then
+/// the indices as u64 le. A prefetch restore installs these before the process resumes.
+pub fn write_working_set(dir: &Path, meta: &Meta, pages: &[u64]) -> Result<(), ImageError> {
+    let path = dir.join(WORKING_SET_FILE);
+    let mut seen = std::collections::HashSet::new();
+    let mut body = Vec::new();
+    for &p in pages.iter().filter(|&&p| p < meta.pages.count) {
+        if seen.insert(p) {
+            body.extend_from_slice(&p.to_le_bytes());
+        }
+    }
+    let mut out = WORKING_SET_MAGIC.to_vec();
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&((body.len() / 8) as u32).to_le_bytes());
+    out.extend_from_slice(blake3::hash(&body).as_bytes());
+    out.extend_from_slice(&body);
+    let tmp = dir.join(".workingset.tmp");
+    let werr = |p: &Path| {
+        let path = p.to_path_buf();
+        move |source| ImageError::Write { path, source }
+    };
+    std::fs::write(&tmp, &out).map_err(werr(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(werr(&path))
+}
+
+/// The image's recorded working set, if it has one (checked: magic, version, hash, every
+/// index inside the image).
+pub fn read_working_set(dir: &Path, meta: &Meta) -> Result<Option<Vec<u64>>, ImageError> {
+    let path = dir.join(WORKING_SET_FILE);
+    let raw = match std::fs::read(&path) {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_at(&path)(e)),
+    };
+    if raw.len() < 48 || raw[..8] != WORKING_SET_MAGIC {
+        return Err(ImageError::Foreign {
+            path,
+            why: "bad magic".into(),
+        });
+    }
+    let version = u32::from_le_bytes(raw[8..12].try_into().unwrap_or_default());
+    if version != FORMAT_VERSION {
+        return Err(ImageError::Version {
+            path,
+            found: version,
+        });
+    }
+    let count = u32::from_le_bytes(raw[12..16].try_into().unwrap_or_default()) as u64;
+    let body = &raw[48..];
+    if body.len() as u64 != count * 8 || count > meta.pages.count {
+        return Err(corrupt(
+            &path,
+            format!("{} bytes for {count} pages", body.len()),
+        ));
+    }
+    if blake3::hash(body).as_bytes()[..] != raw[16..48] {
+        return Err(corrupt(&path, "hash mismatch"));
+    }
+    let pages: Vec<u64> = body
+        .chunks_exact(8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+        .collect();
+    if pages.iter().any(|&p| p >= meta.pages.count) {
+        return Err(corrupt(&path, "a page outside the image"));
+    }
+    Ok(Some(pages))
+}
+
 /// An image whose pages are in memory and verified: restore many instances from it.
 pub struct LoadedImage {
     pub dir: PathBuf,
@@ -473,6 +545,26 @@ mod tests {
             refused > body_len / 2,
             "only {refused} of {} refused",
             3 * body_len
+        );
+    }
+
+    #[test]
+    fn a_working_set_round_trips_and_a_bad_one_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut m, pages) = sample();
+        write_image(d.path(), &mut m, &pages).unwrap();
+        assert_eq!(read_working_set(d.path(), &m).unwrap(), None);
+        write_working_set(d.path(), &m, &[1, 0, 1, 99]).unwrap();
+        assert_eq!(read_working_set(d.path(), &m).unwrap(), Some(vec![1, 0]));
+        let f = d.path().join(WORKING_SET_FILE);
+        let mut raw = std::fs::read(&f).unwrap();
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        std::fs::write(&f, &raw).unwrap();
+        let e = read_working_set(d.path(), &m).unwrap_err().to_string();
+        assert!(
+            e.contains("workingset") && e.contains("hash mismatch"),
+            "{e}"
         );
     }
 

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 
 pub use describe::describe;
 pub use files::{FileId, Ident};
-pub use format::{ImageError, LoadedImage, read_meta, write_image};
+pub use format::{
+    ImageError, LoadedImage, read_meta, read_working_set, write_image, write_working_set,
+};
 
 pub const PAGE: u64 = 4096;
 

@@ -44,6 +44,9 @@ pub enum Policy {
     /// The first fault at once, then everything else in large batches in the background,
     /// faults first; the server ends when all is in.
     Bulk,
+    /// The image's recorded working set (the pages the first request after a restore
+    /// touched: REAP) in one batch before the process resumes, the rest on fault.
+    Prefetch,
 }
 
 impl std::str::FromStr for Policy {
@@ -53,8 +56,9 @@ impl std::str::FromStr for Policy {
             "eager" => Ok(Policy::Eager),
             "lazy" => Ok(Policy::Lazy),
             "bulk" => Ok(Policy::Bulk),
+            "prefetch" => Ok(Policy::Prefetch),
             _ => Err(format!(
-                "unknown restore policy {s:?}: use eager, lazy or bulk"
+                "unknown restore policy {s:?}: use eager, lazy, bulk or prefetch"
             )),
         }
     }
@@ -66,6 +70,7 @@ impl std::fmt::Display for Policy {
             Policy::Eager => "eager",
             Policy::Lazy => "lazy",
             Policy::Bulk => "bulk",
+            Policy::Prefetch => "prefetch",
         })
     }
 }
@@ -120,6 +125,9 @@ pub struct Counters {
     /// Nanoseconds between reading a fault and resolving it: what the process waited.
     pub blocked_ns: AtomicU64,
     pub events: AtomicU64,
+    /// Page-file indices installed on a fault, in the order they were touched (the working
+    /// set a prefetch restore replays).
+    pub touched: std::sync::Mutex<Vec<u64>>,
 }
 
 /// A snapshot of [`Counters`].

@@ -45,6 +45,16 @@ impl PageServer {
         self.counters.snapshot()
     }
 
+    /// The page-file indices faulted in so far, in order: record this after the first
+    /// request as the image's working set ([`crate::image::write_working_set`]).
+    pub fn working_set(&self) -> Vec<u64> {
+        self.counters
+            .touched
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_default()
+    }
+
     pub fn is_finished(&self) -> bool {
         self.handle.as_ref().is_none_or(|h| h.is_finished())
     }
@@ -209,6 +219,9 @@ impl Server {
         let r = match pieces.first() {
             Some(piece) => {
                 c.faults.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut t) = c.touched.lock() {
+                    t.push(piece.first);
+                }
                 self.install(*piece, true, tid)?
             }
             None => {

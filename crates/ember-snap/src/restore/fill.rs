@@ -163,6 +163,44 @@ fn slice<'a>(pages: &'a [u8], r: &PageRun) -> io::Result<&'a [u8]> {
         .ok_or_else(|| io::Error::other("page run outside the page data"))
 }
 
+/// Installs the working set's pages that are still pending, contiguous ones together, before
+/// the process resumes.
+fn prefetch(
+    uffd: &OwnedFd,
+    pending: &mut Pending,
+    runs: &[PageRun],
+    ws: &[u64],
+    source: &dyn PageSource,
+) -> io::Result<()> {
+    let mut idx: Vec<u64> = ws.to_vec();
+    idx.sort_unstable();
+    idx.dedup();
+    let addr_of = |i: u64| -> Option<u64> {
+        let k = runs.partition_point(|r| r.first + u64::from(r.pages) <= i);
+        let r = runs.get(k)?;
+        (r.first <= i).then(|| r.addr + (i - r.first) * PAGE)
+    };
+    let mut pieces: Vec<lazy::pending::Piece> = Vec::new();
+    for i in idx {
+        let Some(a) = addr_of(i) else { continue };
+        for p in pending.cut(a, a + PAGE) {
+            match pieces.last_mut() {
+                Some(l) if l.addr + l.pages * PAGE == p.addr && l.first + l.pages == p.first => {
+                    l.pages += p.pages;
+                }
+                _ => pieces.push(p),
+            }
+        }
+    }
+    for p in pieces {
+        let data = source
+            .pages(p.first, p.pages)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        sys::uffd_copy(uffd, p.addr, &data, false)?;
+    }
+    Ok(())
+}
+
 /// `process_vm_writev` of `runs`, up to `IOV_MAX` runs per call.
 fn write_runs(pid: i32, pages: &[u8], runs: &[PageRun]) -> io::Result<()> {
     const IOV_MAX: usize = 1024;
@@ -199,6 +237,7 @@ pub(super) fn lazy(
     uffd_fd: i32,
     source: Arc<dyn PageSource>,
     bulk: bool,
+    working_set: Option<&[u64]>,
 ) -> io::Result<PageServer> {
     let pidfd = sys::pidfd_open(pid)?;
     let uffd = sys::pidfd_getfd(&pidfd, uffd_fd)?;
@@ -241,6 +280,9 @@ pub(super) fn lazy(
                 .map_err(|e| io::Error::other(e.to_string()))?;
             sys::uffd_copy(&uffd, p.addr, &data, false)?;
         }
+    }
+    if let Some(ws) = working_set {
+        prefetch(&uffd, &mut pending, runs, ws, source.as_ref())?;
     }
     lazy::spawn(ServerConfig {
         uffd,

@@ -112,6 +112,8 @@ pub struct RestoreOptions {
     /// Where a lazy or bulk restore's page server gets pages (an `Arc<LoadedImage>` is the
     /// in-memory source).
     pub source: Option<Arc<dyn PageSource>>,
+    /// The working set a prefetch restore installs first ([`crate::image::read_working_set`]).
+    pub working_set: Option<Arc<Vec<u64>>>,
 }
 
 /// Below this many pages (32 MiB) one thread fills as fast as several here: measured with
@@ -128,6 +130,7 @@ impl Default for RestoreOptions {
             handoff: None,
             policy: Policy::Eager,
             source: None,
+            working_set: None,
         }
     }
 }
@@ -393,9 +396,16 @@ fn run(
                 stats.fill_mode = fill::fill(pid, img, opts.threads_for(meta.pages.count), uffd)
                     .map_err(|e| target_err(pid, format!("writing pages: {e}")))?;
             }
+            (Policy::Prefetch, _) if opts.working_set.is_none() => {
+                return Err(target_err(
+                    pid,
+                    "a prefetch restore needs the image's working set: record one from a lazy restore first",
+                ));
+            }
             (policy, Some(source)) => {
                 let bulk = policy == Policy::Bulk;
-                let s = fill::lazy(pid, img, plan.uffd_fd(), source.clone(), bulk)
+                let ws = opts.working_set.as_deref().map(Vec::as_slice);
+                let s = fill::lazy(pid, img, plan.uffd_fd(), source.clone(), bulk, ws)
                     .map_err(|e| target_err(pid, format!("starting the page server: {e}")))?;
                 *server = Some(s);
             }

@@ -56,6 +56,10 @@ enum Verb {
             default_value = ""
         )]
         token: String,
+        /// Lazy: record the pages the first instance touched as the image's working set
+        /// (DIR/workingset), which `--policy prefetch` installs before resuming
+        #[arg(long)]
+        record_working_set: bool,
     },
     /// Serve images' pages over TCP to lazy restores on other nodes (until killed)
     Serve {
@@ -90,7 +94,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             policy,
             source,
             token,
-        } => restore(dir, count, policy, &source, &token),
+            record_working_set,
+        } => restore(dir, count, policy, &source, &token, record_working_set),
         Verb::Serve {
             listen,
             token,
@@ -144,6 +149,7 @@ fn restore(
     policy: Policy,
     source: &str,
     token: &str,
+    record: bool,
 ) -> anyhow::Result<()> {
     let t = std::time::Instant::now();
     let in_memory = policy == Policy::Eager || source == "memory";
@@ -157,9 +163,21 @@ fn restore(
         "file" => Arc::new(FileSource::open(&dir, &img.meta)?),
         addr => Arc::new(RemoteSource::connect(addr, token, &img.meta)?),
     };
+    let working_set = match policy {
+        Policy::Prefetch => Some(Arc::new(
+            ember_snap::image::read_working_set(&dir, &img.meta)?.with_context(|| {
+                format!(
+                    "{} has no working set: run a lazy restore with --record-working-set first",
+                    dir.display()
+                )
+            })?,
+        )),
+        _ => None,
+    };
     let opts = RestoreOptions {
         policy,
         source: Some(source),
+        working_set,
         ..RestoreOptions::default()
     };
     let load_ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -211,6 +229,7 @@ fn restore(
         }
     }
     let mut failed = 0;
+    let mut recorded = false;
     for (pid, server) in pids {
         let mut st = 0;
         // SAFETY: reaping our own child into a local.
@@ -220,6 +239,16 @@ fn restore(
             eprintln!("pid {pid} ended with status {st:#x}");
         }
         if let Some(server) = server {
+            if record && !recorded {
+                let ws = server.working_set();
+                ember_snap::image::write_working_set(&dir, &img.meta, &ws)?;
+                eprintln!(
+                    "recorded a working set of {} pages in {}",
+                    ws.len(),
+                    dir.display()
+                );
+                recorded = true;
+            }
             match server.wait() {
                 Ok(l) => eprintln!(
                     "pid {pid} page server: {} faults ({} for zero pages), {} pages installed, {:.1} MiB fetched, blocked {:.2} ms, {} memory events",
