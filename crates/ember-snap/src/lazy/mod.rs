@@ -89,6 +89,10 @@ pub trait PageSource: Send + Sync {
     /// For messages: "memory", "file /x/pages", "tcp 10.0.0.2:7070".
     fn describe(&self) -> String;
     fn pages(&self, first: u64, pages: u64) -> Result<Cow<'_, [u8]>, SourceError>;
+    /// A hint: these page-file ranges `(first, pages)` are about to be asked for, one by one.
+    /// A remote source fetches what it lacks in a few batched requests instead of one round
+    /// trip each. Errors show up at the `pages` call that needs the data.
+    fn warm(&self, _ranges: &[(u64, u64)]) {}
 }
 
 /// The node's in-memory copy: verified once at load, read-only since.

@@ -147,6 +147,27 @@ impl PageSource for RemoteSource {
         format!("page server {}", self.addr)
     }
 
+    fn warm(&self, ranges: &[(u64, u64)]) {
+        let mut want: Vec<u64> = ranges
+            .iter()
+            .filter(|&&(_, n)| n > 0)
+            .flat_map(|&(f, n)| f / CHUNK_PAGES..=(f + n - 1) / CHUNK_PAGES)
+            .filter(|&c| c < self.meta.pages.chunks.len() as u64 && !self.cache.has(c))
+            .collect();
+        want.sort_unstable();
+        want.dedup();
+        for batch in want.chunks(MAX_BATCH) {
+            match self.fetch(batch) {
+                Ok(got) => {
+                    for (c, d) in got {
+                        self.cache.put(c, d);
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
     fn pages(&self, first: u64, pages: u64) -> Result<Cow<'_, [u8]>, SourceError> {
         let err = |why: String| SourceError {
             source_name: self.describe(),

@@ -23,6 +23,12 @@ impl ChunkCache {
         }
     }
 
+    pub(crate) fn put(&self, c: u64, data: Arc<[u8]>) {
+        if let Ok(mut m) = self.chunks.lock() {
+            m.insert(c, data);
+        }
+    }
+
     pub(crate) fn has(&self, c: u64) -> bool {
         self.chunks.lock().is_ok_and(|m| m.contains_key(&c))
     }

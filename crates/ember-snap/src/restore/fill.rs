@@ -253,7 +253,15 @@ pub(super) fn lazy(
     }
     let in_uffd = |r: &PageRun| ranges.iter().any(|&(s, e)| s <= r.addr && r.addr < e);
     let runs = &img.meta.pages.runs;
-    // Copies inside private file mappings (no missing-page mode there) go in now.
+    // Copies inside private file mappings (no missing-page mode there) go in now; a remote
+    // source fetches them (and the working set) in a few batches first.
+    let mut warm: Vec<(u64, u64)> = runs
+        .iter()
+        .filter(|r| !in_uffd(r))
+        .map(|r| (r.first, u64::from(r.pages)))
+        .collect();
+    warm.extend(working_set.unwrap_or_default().iter().map(|&i| (i, 1)));
+    source.warm(&warm);
     for r in runs.iter().filter(|r| !in_uffd(r)) {
         let data = source
             .pages(r.first, u64::from(r.pages))

@@ -404,7 +404,10 @@ fn run(
             }
             (policy, Some(source)) => {
                 let bulk = policy == Policy::Bulk;
-                let ws = opts.working_set.as_deref().map(Vec::as_slice);
+                let ws = match policy {
+                    Policy::Prefetch => opts.working_set.as_deref().map(Vec::as_slice),
+                    _ => None,
+                };
                 let s = fill::lazy(pid, img, plan.uffd_fd(), source.clone(), bulk, ws)
                     .map_err(|e| target_err(pid, format!("starting the page server: {e}")))?;
                 *server = Some(s);
