@@ -31,11 +31,12 @@ pub const WORKLOADS: [(&str, &[&str]); 3] = [
     ("numpy", &["numpy"]),
     ("sklearn", &["scikit-learn", "pandas"]),
 ];
-const SERIES: [(&str, RGBColor); 6] = [
+const SERIES: [(&str, RGBColor); 7] = [
     ("restore-eager", RGBColor(0x2b, 0x8c, 0xbe)),
     ("restore-lazy", RGBColor(0x7b, 0xcc, 0xc4)),
     ("restore-bulk", RGBColor(0x4e, 0xb3, 0xd3)),
     ("restore-prefetch", RGBColor(0x08, 0x58, 0x9e)),
+    ("restore-mapped", RGBColor(0x98, 0x5c, 0xb3)),
     ("cold-start", RGBColor(0xe3, 0x4a, 0x33)),
     ("fork", RGBColor(0x99, 0x99, 0x99)),
 ];
@@ -370,7 +371,7 @@ pub fn measure(
         .policies
         .iter()
         .flat_map(|&p| match p {
-            Policy::Eager => vec![(p, SourceKind::Memory)],
+            Policy::Eager | Policy::Mapped => vec![(p, SourceKind::Memory)],
             _ => opts.sources.iter().map(|&s| (p, s)).collect(),
         })
         .collect();

@@ -216,3 +216,67 @@ fn a_recorded_working_set_replays_and_spares_the_faults() {
         common::chain(&e)
     );
 }
+
+/// PSS (KiB) of a process, from smaps_rollup.
+fn pss_kib(pid: i32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    text.lines()
+        .find(|l| l.starts_with("Pss:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn mapped_instances_share_unwritten_pages_and_discard_reads_back_the_image() {
+    if !privileged("mapped_instances_share_unwritten_pages_and_discard_reads_back_the_image") {
+        return;
+    }
+    let dir = tmp();
+    let img = memory_image(dir.path());
+    let mapped = RestoreOptions {
+        policy: Policy::Mapped,
+        ..RestoreOptions::default()
+    };
+    let mut r = common::restore_with(&img, &mapped);
+    assert_eq!(r.ask("ping"), format!("pong {}", r.pid));
+    assert_eq!(r.ask("free"), "free True");
+    // Where mapped differs: MADV_DONTNEED on a private file mapping drops the private copy
+    // and reads the file again, so discarded memory shows the image, not zeros. (And memory
+    // grown in place by mremap maps more of the file: `grow` is not asked here.)
+    assert_eq!(r.ask("discard"), "discard False True");
+    assert_eq!(r.ask("fork"), "fork 0");
+    drop(r);
+
+    // Four instances: unwritten pages are shared, so each one's PSS is well below an
+    // eager instance's.
+    let eager: Vec<Conv> = (0..4).map(|_| common::restore(&img)).collect();
+    let shared: Vec<Conv> = (0..4)
+        .map(|_| common::restore_with(&img, &mapped))
+        .collect();
+    let sum = |v: &[Conv]| v.iter().map(|c| pss_kib(c.pid)).sum::<u64>();
+    let (e, m) = (sum(&eager), sum(&shared));
+    assert!(
+        m * 2 < e,
+        "PSS of 4 mapped instances {m} KiB, of 4 eager ones {e} KiB"
+    );
+    for mut c in shared {
+        assert_eq!(c.ask("ping"), format!("pong {}", c.pid));
+    }
+
+    // A caller-made target cannot take the memfd.
+    // SAFETY: the child only stops itself and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: async-signal-safe calls in the child.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGSTOP);
+            libc::_exit(0);
+        }
+    }
+    let e = ember_snap::restore(&img, ember_snap::Target::Stopped { pid }, &mapped).unwrap_err();
+    assert!(e.to_string().contains("Target::Fork"), "{e}");
+    let mut st = 0;
+    // SAFETY: reaping our own child into a local.
+    unsafe { libc::waitpid(pid, &mut st, 0) };
+}

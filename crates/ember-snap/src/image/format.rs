@@ -326,6 +326,8 @@ pub struct LoadedImage {
     pub meta: Meta,
     pages: Mapping,
     loaded: bool,
+    /// The pages in a sealed memfd, made on first use by a mapped restore.
+    memfd: std::sync::OnceLock<Result<std::os::fd::OwnedFd, String>>,
 }
 
 /// Opens `dir`'s page file and checks its header against `meta` (magic, version, image id,
@@ -380,6 +382,7 @@ impl LoadedImage {
             meta,
             pages: Mapping::anonymous(0).map_err(io_at(dir))?,
             loaded: false,
+            memfd: std::sync::OnceLock::new(),
         })
     }
 
@@ -411,12 +414,33 @@ impl LoadedImage {
             meta,
             pages,
             loaded: true,
+            memfd: std::sync::OnceLock::new(),
         })
     }
 
     /// The stored pages, in page-file order.
     pub fn page_data(&self) -> &[u8] {
         self.pages.as_slice()
+    }
+
+    /// The verified pages in a memfd sealed against any change (page `i` at `i * 4096`),
+    /// made once: what a mapped restore maps copy-on-write into every instance.
+    pub fn memfd(&self) -> Result<std::os::fd::BorrowedFd<'_>, ImageError> {
+        use std::os::fd::AsFd;
+        let made = self.memfd.get_or_init(|| {
+            let fd = sys::memfd_exec("ember-image").map_err(|e| e.to_string())?;
+            let mut f = File::from(fd.try_clone().map_err(|e| e.to_string())?);
+            f.write_all(self.page_data()).map_err(|e| e.to_string())?;
+            sys::seal(&fd).map_err(|e| e.to_string())?;
+            Ok(fd)
+        });
+        match made {
+            Ok(fd) => Ok(fd.as_fd()),
+            Err(e) => Err(ImageError::Io {
+                path: self.dir.join(PAGES_FILE),
+                source: io::Error::other(format!("making the memfd: {e}")),
+            }),
+        }
     }
 }
 

@@ -47,6 +47,9 @@ pub enum Policy {
     /// The image's recorded working set (the pages the first request after a restore
     /// touched: REAP) in one batch before the process resumes, the rest on fault.
     Prefetch,
+    /// The image's pages mapped copy-on-write from a sealed memfd: instances share every
+    /// page they have not written. See docs/snap.md for what it changes.
+    Mapped,
 }
 
 impl std::str::FromStr for Policy {
@@ -57,8 +60,9 @@ impl std::str::FromStr for Policy {
             "lazy" => Ok(Policy::Lazy),
             "bulk" => Ok(Policy::Bulk),
             "prefetch" => Ok(Policy::Prefetch),
+            "mapped" => Ok(Policy::Mapped),
             _ => Err(format!(
-                "unknown restore policy {s:?}: use eager, lazy, bulk or prefetch"
+                "unknown restore policy {s:?}: use eager, lazy, bulk, prefetch or mapped"
             )),
         }
     }
@@ -71,6 +75,7 @@ impl std::fmt::Display for Policy {
             Policy::Lazy => "lazy",
             Policy::Bulk => "bulk",
             Policy::Prefetch => "prefetch",
+            Policy::Mapped => "mapped",
         })
     }
 }

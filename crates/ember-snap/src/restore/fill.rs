@@ -61,6 +61,7 @@ fn anon_ranges(img: &LoadedImage) -> Vec<(u64, u64)> {
 pub(super) fn fill(
     pid: i32,
     img: &LoadedImage,
+    runs: &[PageRun],
     threads: usize,
     uffd_fd: Option<i32>,
 ) -> io::Result<FillMode> {
@@ -83,7 +84,7 @@ pub(super) fn fill(
         }
     }
     let in_uffd = |r: &PageRun| registered.iter().any(|&(s, e)| s <= r.addr && r.addr < e);
-    let parts = split(&img.meta.pages.runs, img.meta.pages.count, threads);
+    let parts = split(runs, runs.iter().map(|r| u64::from(r.pages)).sum(), threads);
     let pages = img.page_data();
     let result = std::thread::scope(|s| {
         let work = |part: &[PageRun]| -> io::Result<()> {

@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 use crate::cpu::{self, Mismatch};
 use crate::image::files::{self, FileError, Observed};
-use crate::image::{LoadedImage, PAGE, VdsoLayout};
+use crate::image::{LoadedImage, PAGE, PageRun, VdsoLayout};
 use crate::proc::{self, MapEntry};
 use crate::restorer;
 use crate::sys::{self, Regs, Wait};
@@ -202,13 +202,23 @@ pub fn restore(
     opts: &RestoreOptions,
 ) -> Result<Restored, RestoreError> {
     let t0 = Instant::now();
-    if opts.policy == Policy::Eager && !img.is_loaded() {
+    let needs_pages = matches!(opts.policy, Policy::Eager | Policy::Mapped);
+    if needs_pages && !img.is_loaded() {
         return Err(RestoreError::NotLoaded {
             image: img.dir.display().to_string(),
         });
     }
     let (pid, ours) = match target {
-        Target::Fork { fds } => {
+        Target::Fork { mut fds } => {
+            // A mapped restore hands the image's sealed memfd to the target, above its fds.
+            let memfd;
+            if opts.policy == Policy::Mapped {
+                use std::os::fd::AsRawFd;
+                memfd = img
+                    .memfd()
+                    .map_err(|e| RestoreError::Fork(std::io::Error::other(e.to_string())))?;
+                fds.push((mapped_fd(img), memfd.as_raw_fd()));
+            }
             let missing: Vec<i32> = img
                 .meta
                 .inherited_fds()
@@ -233,6 +243,15 @@ pub fn restore(
                     });
                 }
             }
+        }
+        Target::Stopped { pid } if opts.policy == Policy::Mapped => {
+            sys::kill(pid, libc::SIGKILL);
+            return Err(RestoreError::Target {
+                pid,
+                why:
+                    "a mapped restore hands the image's memfd to a target it spawns (Target::Fork)"
+                        .into(),
+            });
         }
         Target::Stopped { pid } => (pid, false),
     };
@@ -346,6 +365,7 @@ fn run(
         filled,
         stat_offsets: Vec::new(),
         handoff: opts.handoff.as_ref(),
+        mapped_fd: (opts.policy == Policy::Mapped).then(|| mapped_fd(img)),
     };
     let rseq_now = sys::get_rseq(pid).ok().filter(|c| c.abi_pointer != 0);
 
@@ -391,9 +411,19 @@ fn run(
     {
         let _s = info_span!("restore.fill", pages = meta.pages.count).entered();
         match (opts.policy, &opts.source) {
-            (Policy::Eager, _) => {
-                let uffd = opts.uffd_fill.then(|| plan.uffd_fd());
-                stats.fill_mode = fill::fill(pid, img, opts.threads_for(meta.pages.count), uffd)
+            (Policy::Eager | Policy::Mapped, _) => {
+                let uffd =
+                    (opts.uffd_fill && opts.policy != Policy::Mapped).then(|| plan.uffd_fd());
+                // Mapped: the image's memfd already holds the anonymous runs in place.
+                let runs: Vec<PageRun> = meta
+                    .pages
+                    .runs
+                    .iter()
+                    .filter(|r| opts.policy != Policy::Mapped || !in_mapped_vma(meta, r))
+                    .copied()
+                    .collect();
+                let count = runs.iter().map(|r| u64::from(r.pages)).sum();
+                stats.fill_mode = fill::fill(pid, img, &runs, opts.threads_for(count), uffd)
                     .map_err(|e| target_err(pid, format!("writing pages: {e}")))?;
             }
             (Policy::Prefetch, _) if opts.working_set.is_none() => {
@@ -467,6 +497,19 @@ fn run(
     stats.round_trips = 4;
     stats.total_us = t0.elapsed().as_micros() as u64;
     Ok(stats)
+}
+
+fn in_mapped_vma(meta: &crate::image::Meta, r: &PageRun) -> bool {
+    meta.vmas
+        .iter()
+        .find(|v| v.start <= r.addr && r.addr < v.end)
+        .is_some_and(plan::mapped_kind)
+}
+
+/// Where a mapped restore puts the image's memfd in the target: above every descriptor
+/// the image has.
+fn mapped_fd(img: &LoadedImage) -> i32 {
+    img.meta.fds.iter().map(|f| f.fd).max().unwrap_or(2) + 1
 }
 
 /// An interrupted syscall (`-ERESTART*` in rax) is restarted by hand: the kernel that

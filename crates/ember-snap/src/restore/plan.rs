@@ -26,6 +26,8 @@ pub(super) struct Plan<'a> {
     pub(super) filled: Vec<bool>,
     /// Credentials and filter to end the restore with.
     pub(super) handoff: Option<&'a Handoff>,
+    /// Mapped policy: where the target holds the image's memfd.
+    pub(super) mapped_fd: Option<i32>,
     /// Where batch 1 leaves each mapped file's `struct stat`.
     pub(super) stat_offsets: Vec<Option<usize>>,
 }
@@ -106,6 +108,7 @@ impl<'m> Plan<'m> {
         }
         // Descriptors: close all but the inherited ones.
         let mut keep: Vec<i32> = meta.inherited_fds();
+        keep.extend(self.mapped_fd);
         keep.sort_unstable();
         let mut next = 0i64;
         for k in keep.iter().map(|&k| i64::from(k)) {
@@ -186,6 +189,38 @@ impl<'m> Plan<'m> {
         for (i, v) in meta.vmas.iter().enumerate() {
             if !matches!(v.kind, VmaKind::File { .. }) {
                 self.mmap(&mut b1, i, 0);
+            }
+        }
+        if let Some(fd) = self.mapped_fd {
+            // Each stored run of anonymous memory (the stack aside) becomes a private
+            // mapping of the image's memfd: shared until written.
+            for r in &meta.pages.runs {
+                let Some(v) = meta
+                    .vmas
+                    .iter()
+                    .find(|v| v.start <= r.addr && r.addr < v.end)
+                else {
+                    continue;
+                };
+                if !mapped_kind(v) {
+                    continue;
+                }
+                let prot = (v.prot | libc::PROT_WRITE) as u64;
+                let flags = (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64;
+                let args = [
+                    r.addr,
+                    u64::from(r.pages) * PAGE,
+                    prot,
+                    flags,
+                    fd as u64,
+                    r.first * PAGE,
+                ];
+                b1.call(
+                    Step::Addr("mmap image pages", r.addr),
+                    libc::SYS_mmap,
+                    &args,
+                    0,
+                );
             }
         }
         self.stat_offsets = stat_at;
@@ -343,6 +378,9 @@ impl<'m> Plan<'m> {
         }
         let parked = [self.exe_fd() as u64, self.uffd_fd() as u64, 0];
         b2.call("close_range(parked)", libc::SYS_close_range, &parked, 0);
+        if let Some(fd) = self.mapped_fd {
+            b2.call("close(image memfd)", libc::SYS_close, &[fd as u64], 0);
+        }
         for sig in 1..=64u64 {
             if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
                 continue;
@@ -489,6 +527,12 @@ impl<'m> Plan<'m> {
     pub(super) fn uffd_fd(&self) -> i32 {
         self.high + 1 + self.fd_files.len() as i32
     }
+}
+
+/// VMAs whose stored pages a mapped restore maps from the image (private anonymous memory
+/// but the stack, which must stay one growable anonymous area).
+pub(super) fn mapped_kind(v: &crate::image::Vma) -> bool {
+    !v.shared && matches!(v.kind, VmaKind::Anon | VmaKind::Heap)
 }
 
 /// The last steps: become the instance's user, tie its life to its parent's, and install

@@ -42,11 +42,11 @@ pub struct Args {
     /// snap: fill every page with process_vm_writev instead of UFFDIO_COPY
     #[arg(long)]
     pub no_uffd_fill: bool,
-    /// snap: restore policies to measure, comma-separated (eager, lazy, bulk, prefetch)
+    /// snap: restore policies to measure, comma-separated (eager, lazy, bulk, prefetch, mapped)
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "eager,lazy,bulk,prefetch"
+        default_value = "eager,lazy,bulk,prefetch,mapped"
     )]
     pub policies: Vec<ember_snap::lazy::Policy>,
     /// snap: page sources for lazy and bulk, comma-separated (memory, file, remote)

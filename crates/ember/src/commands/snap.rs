@@ -41,7 +41,8 @@ enum Verb {
         #[arg(long, default_value_t = 1)]
         count: usize,
         /// How pages reach the instances: eager (all before they run), lazy (on fault),
-        /// bulk (first fault, then all in the background)
+        /// bulk (first fault, then all in the background), prefetch (the recorded working
+        /// set first), mapped (copy-on-write from a shared memfd; see docs/snap.md)
         #[arg(long, default_value = "eager")]
         policy: Policy,
         /// Where a lazy or bulk restore gets pages: memory (the image loaded here), file
@@ -152,7 +153,7 @@ fn restore(
     record: bool,
 ) -> anyhow::Result<()> {
     let t = std::time::Instant::now();
-    let in_memory = policy == Policy::Eager || source == "memory";
+    let in_memory = matches!(policy, Policy::Eager | Policy::Mapped) || source == "memory";
     let img = Arc::new(if in_memory {
         LoadedImage::load(&dir)?
     } else {
