@@ -206,6 +206,25 @@ pub fn parse_auxv(bytes: &[u8]) -> Vec<u64> {
     out
 }
 
+/// Areas of `/proc/PID/smaps` registered with a userfaultfd for missing pages (`um` in
+/// VmFlags).
+pub fn parse_smaps_uffd(text: &str) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut current: Option<(u64, u64)> = None;
+    for line in text.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if let Some(range) = current
+                && flags.split_whitespace().any(|f| f == "um")
+            {
+                out.push(range);
+            }
+        } else if let Some(m) = parse_maps_line(line) {
+            current = Some((m.start, m.end));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,6 +278,21 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         assert_eq!(s.sig_caught, 0x180000002);
         assert_eq!(s.sig_ignored, 0x1000);
         assert!(parse_status("Umask:\t0022\n").is_none());
+    }
+
+    #[test]
+    fn smaps_areas_registered_for_missing_pages() {
+        let text = "\
+7f0000000000-7f0000002000 rw-p 00000000 00:00 0 
+Size:                  8 kB
+VmFlags: rd wr mr mw me ac um 
+7f0000002000-7f0000003000 rw-p 00000000 00:00 0 
+VmFlags: rd wr mr mw me ac 
+";
+        assert_eq!(
+            parse_smaps_uffd(text),
+            vec![(0x7f0000000000, 0x7f0000002000)]
+        );
     }
 
     #[test]

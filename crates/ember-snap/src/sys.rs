@@ -678,8 +678,15 @@ pub fn uffd_unregister(fd: &std::os::fd::OwnedFd, start: u64, len: u64) -> io::R
 }
 
 /// Installs `src` at `dst` of the registered process: fresh pages, filled without being
-/// zeroed first; `wake` wakes a thread waiting on them. Retries partial copies.
-pub fn uffd_copy(fd: &std::os::fd::OwnedFd, dst: u64, src: &[u8], wake: bool) -> io::Result<()> {
+/// zeroed first; `wake` wakes a thread waiting on them. Returns the bytes installed and, if
+/// it stopped short, why (EAGAIN: the address space is changing and an event waits to be
+/// read; the caller must read it before trying the rest).
+pub fn uffd_copy(
+    fd: &std::os::fd::OwnedFd,
+    dst: u64,
+    src: &[u8],
+    wake: bool,
+) -> (u64, io::Result<()>) {
     let mut done = 0u64;
     let len = src.len() as u64;
     while done < len {
@@ -692,13 +699,14 @@ pub fn uffd_copy(fd: &std::os::fd::OwnedFd, dst: u64, src: &[u8], wake: bool) ->
         };
         match uffd_ioctl(fd, UFFDIO_COPY, &mut c) {
             Ok(()) => done = len,
-            Err(e) if c.copy > 0 => {
-                let _ = e;
-                done += c.copy as u64;
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => continue,
-            Err(e) => return Err(e),
+            Err(e) => return (done + c.copy.max(0) as u64, Err(e)),
         }
     }
-    Ok(())
+    (done, Ok(()))
+}
+
+/// [`uffd_copy`] where nothing else changes the process meanwhile (it is stopped): stopping
+/// short is an error.
+pub fn uffd_copy_all(fd: &std::os::fd::OwnedFd, dst: u64, src: &[u8]) -> io::Result<()> {
+    uffd_copy(fd, dst, src, false).1
 }

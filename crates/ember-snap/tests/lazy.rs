@@ -280,3 +280,71 @@ fn mapped_instances_share_unwritten_pages_and_discard_reads_back_the_image() {
     // SAFETY: reaping our own child into a local.
     unsafe { libc::waitpid(pid, &mut st, 0) };
 }
+
+/// Threads and descriptors of this test process.
+fn threads_and_fds() -> (usize, usize) {
+    let n = |d: &str| std::fs::read_dir(d).unwrap().count();
+    (n("/proc/self/task"), n("/proc/self/fd"))
+}
+
+#[test]
+fn every_policy_from_every_source_answers_and_leaves_nothing_behind() {
+    if !privileged("every_policy_from_every_source_answers_and_leaves_nothing_behind") {
+        return;
+    }
+    let dir = tmp();
+    let img = memory_image(dir.path());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let served = vec![img.clone()];
+    std::thread::spawn(move || ember_snap::lazy::remote::serve(listener, "t".into(), served));
+    // A working set for prefetch, from one lazy restore.
+    let (mut r, server) = common::restore_served(&img, &options(&img, Policy::Lazy));
+    assert_eq!(r.ask("ping"), format!("pong {}", r.pid));
+    let ws = Arc::new(server.working_set());
+    drop(r);
+    server.wait().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let before = threads_and_fds();
+    let image = img.dir.clone();
+    let meta_only = Arc::new(LoadedImage::open(&image).unwrap());
+    for policy in [Policy::Lazy, Policy::Bulk, Policy::Prefetch] {
+        for source in ["memory", "file", "remote"] {
+            let (target, src): (&Arc<LoadedImage>, Arc<dyn PageSource>) = match source {
+                "memory" => (&img, img.clone()),
+                "file" => (
+                    &meta_only,
+                    Arc::new(FileSource::open(&image, &img.meta).unwrap()),
+                ),
+                _ => (
+                    &meta_only,
+                    Arc::new(
+                        ember_snap::lazy::RemoteSource::connect(&addr, "t", &img.meta).unwrap(),
+                    ),
+                ),
+            };
+            let opts = RestoreOptions {
+                policy,
+                source: Some(src),
+                working_set: Some(ws.clone()),
+                ..RestoreOptions::default()
+            };
+            eprintln!("{policy} from {source}");
+            let (mut r, server) = common::restore_served(target, &opts);
+            check_memory(&mut r);
+            drop(r);
+            server
+                .wait()
+                .unwrap_or_else(|e| panic!("{policy} from {source}: {e}"));
+        }
+    }
+    drop(meta_only);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Page servers, their children's servers, userfaultfds, pidfds, connections: all gone
+    // (the loopback page server's own listener thread stays).
+    let after = threads_and_fds();
+    assert!(
+        after.0 <= before.0 + 1 && after.1 <= before.1,
+        "threads/fds before {before:?}, after {after:?}"
+    );
+}

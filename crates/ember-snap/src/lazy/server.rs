@@ -134,7 +134,13 @@ impl Server {
         let mut last_probe = Instant::now();
         loop {
             let busy = self.cfg.bulk && self.started && !self.cfg.pending.is_empty();
-            let timeout = if busy { 0 } else { PROBE.as_millis() as i32 };
+            let timeout = if busy {
+                0
+            } else if !self.retry.is_empty() {
+                1
+            } else {
+                PROBE.as_millis() as i32
+            };
             let mut fds = vec![self.cfg.uffd.as_raw_fd()];
             if let Some((_, pidfd)) = &self.cfg.pid {
                 fds.push(pidfd.as_raw_fd());
@@ -148,10 +154,13 @@ impl Server {
                 for m in msgs {
                     self.event(m)?;
                 }
-                for (addr, tid) in std::mem::take(&mut self.retry) {
-                    self.fault(addr, tid)?;
-                }
-            } else if self.cfg.pid.is_none() && last_probe.elapsed() >= PROBE {
+            }
+            // Faults that met a changing address space: again, now the events are in (a
+            // thread waits on each).
+            for (addr, tid) in std::mem::take(&mut self.retry) {
+                self.fault(addr, tid)?;
+            }
+            if !ready[0] && self.cfg.pid.is_none() && last_probe.elapsed() >= PROBE {
                 last_probe = Instant::now();
                 if !self.alive() {
                     return Ok(());
@@ -161,8 +170,7 @@ impl Server {
                 self.bulk_step()?;
             }
             if self.cfg.pending.is_empty() && self.cfg.pid.is_some() && self.started {
-                self.unregister_all();
-                return Ok(());
+                return self.unregister_all();
             }
         }
     }
@@ -216,36 +224,35 @@ impl Server {
         self.started = true;
         let c = self.cfg.counters.clone();
         let pieces = self.cfg.pending.cut(addr, addr + PAGE);
-        let r = match pieces.first() {
-            Some(piece) => {
+        let (retry, r) = match pieces.first() {
+            Some(&piece) => {
                 c.faults.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut t) = c.touched.lock() {
                     t.push(piece.first);
                 }
-                self.install(*piece, true, tid)?
+                match self.install(piece, true, tid)? {
+                    (_, Ok(())) => (false, Ok(())),
+                    (done, Err(e)) => (self.put_back(piece, done, &e)?, Err(e)),
+                }
             }
             None => {
                 c.zero_faults.fetch_add(1, Ordering::Relaxed);
-                sys::uffd_zeropage(&self.cfg.uffd, addr, PAGE)
+                let r = sys::uffd_zeropage(&self.cfg.uffd, addr, PAGE);
+                let again = r.as_ref().err().and_then(|e| e.raw_os_error()) == Some(libc::EAGAIN);
+                (again, r)
             }
         };
-        match r.map_err(|e| e.raw_os_error()) {
-            Ok(()) => {}
-            // Already there (a racing copy), or the memory went away meanwhile: just wake.
-            Err(Some(libc::EEXIST | libc::ENOENT)) => {
-                let _ = sys::uffd_wake(&self.cfg.uffd, addr, PAGE);
-            }
-            // The address space is changing: an event is coming; serve after it.
-            Err(Some(libc::EAGAIN)) => {
-                for p in pieces {
-                    self.cfg.pending.restore(p);
+        if retry {
+            // The address space is changing: serve it after the event that says how.
+            self.retry.push((addr, tid));
+        } else if let Err(e) = r {
+            match e.raw_os_error() {
+                // Already there (a racing copy), or the memory went away: just wake.
+                Some(libc::EEXIST | libc::ENOENT) => {
+                    let _ = sys::uffd_wake(&self.cfg.uffd, addr, PAGE);
                 }
-                self.retry.push((addr, tid));
-            }
-            Err(Some(libc::ESRCH)) => {}
-            Err(e) => {
-                let e = std::io::Error::from_raw_os_error(e.unwrap_or(libc::EIO));
-                return Err(self.uffd_err(e));
+                Some(libc::ESRCH) => {}
+                _ => return Err(self.uffd_err(e)),
             }
         }
         c.blocked_ns
@@ -261,7 +268,7 @@ impl Server {
         piece: Piece,
         wake: bool,
         tid: i32,
-    ) -> Result<std::io::Result<()>, ServeError> {
+    ) -> Result<(u64, std::io::Result<()>), ServeError> {
         let data = match self.cfg.source.pages(piece.first, piece.pages) {
             Ok(d) => d,
             Err(source) => {
@@ -279,44 +286,78 @@ impl Server {
         let c = &self.cfg.counters;
         c.bytes_fetched
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        let r = sys::uffd_copy(&self.cfg.uffd, piece.addr, &data, wake);
-        if r.is_ok() {
-            c.pages_installed.fetch_add(piece.pages, Ordering::Relaxed);
+        let (done, r) = sys::uffd_copy(&self.cfg.uffd, piece.addr, &data, wake);
+        c.pages_installed.fetch_add(done / PAGE, Ordering::Relaxed);
+        Ok((done, r))
+    }
+
+    /// After a copy of `piece` stopped at `done` bytes with `err`: what of it must still be
+    /// installed goes back to pending. EAGAIN: all the rest (after the next events); EEXIST:
+    /// the rest after the page that is already there; the area gone (ENOENT) or the process
+    /// gone (ESRCH): nothing. Returns whether to retry after reading events.
+    fn put_back(
+        &mut self,
+        piece: Piece,
+        done: u64,
+        err: &std::io::Error,
+    ) -> Result<bool, ServeError> {
+        let skip = match err.raw_os_error() {
+            Some(libc::EAGAIN) => 0,
+            Some(libc::EEXIST) => 1,
+            Some(libc::ENOENT | libc::ESRCH) => return Ok(false),
+            _ => {
+                let e = std::io::Error::from_raw_os_error(err.raw_os_error().unwrap_or(libc::EIO));
+                return Err(self.uffd_err(e));
+            }
+        };
+        let used = done / PAGE + skip;
+        if used < piece.pages {
+            self.cfg.pending.restore(Piece {
+                addr: piece.addr + used * PAGE,
+                first: piece.first + used,
+                pages: piece.pages - used,
+            });
         }
-        Ok(r)
+        Ok(skip == 0)
     }
 
     fn bulk_step(&mut self) -> Result<(), ServeError> {
         let Some(piece) = self.cfg.pending.next_batch(BULK_BATCH) else {
             return Ok(());
         };
-        match self.install(piece, false, 0)?.map_err(|e| e.raw_os_error()) {
-            Ok(()) | Err(Some(libc::EEXIST | libc::ENOENT | libc::ESRCH)) => Ok(()),
-            // Events first, then this batch again.
-            Err(Some(libc::EAGAIN)) => {
-                self.cfg.pending.restore(piece);
-                Ok(())
-            }
-            Err(e) => Err(self.uffd_err(std::io::Error::from_raw_os_error(e.unwrap_or(libc::EIO)))),
+        let (done, r) = self.install(piece, false, 0)?;
+        if let Err(e) = r {
+            self.put_back(piece, done, &e)?;
         }
+        Ok(())
     }
 
-    /// Everything is in: stop catching faults in the process's anonymous memory.
-    fn unregister_all(&self) {
+    /// Everything is in: stop catching faults in the process's memory. The process runs
+    /// meanwhile and may move a registered area (mremap), so the areas still marked `um` in
+    /// smaps are unregistered until two scans in a row find none, reading events between.
+    fn unregister_all(&mut self) -> Result<(), ServeError> {
         let Some((pid, _)) = &self.cfg.pid else {
-            return;
+            return Ok(());
         };
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-            return;
-        };
-        let Ok(maps) = crate::proc::parse_maps(&text) else {
-            return;
-        };
-        for m in maps
-            .iter()
-            .filter(|m| !m.shared && !m.is_file() && m.name.as_deref() != Some("[vdso]"))
-        {
-            let _ = sys::uffd_unregister(&self.cfg.uffd, m.start, m.end - m.start);
+        let path = format!("/proc/{pid}/smaps");
+        let mut clean = 0;
+        while clean < 2 {
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                return Ok(()); // the process is gone
+            };
+            let registered = crate::proc::parse_smaps_uffd(&text);
+            if registered.is_empty() {
+                clean += 1;
+            } else {
+                clean = 0;
+            }
+            for (start, end) in registered {
+                let _ = sys::uffd_unregister(&self.cfg.uffd, start, end - start);
+            }
+            for m in sys::uffd_read(&self.cfg.uffd).map_err(|e| self.uffd_err(e))? {
+                self.event(m)?;
+            }
         }
+        Ok(())
     }
 }

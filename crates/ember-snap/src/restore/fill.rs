@@ -98,7 +98,7 @@ pub(super) fn fill(
             }
             if let Some(u) = &uffd {
                 for r in &via_uffd {
-                    sys::uffd_copy(u, r.addr, slice(pages, r)?, false)?;
+                    sys::uffd_copy_all(u, r.addr, slice(pages, r)?)?;
                 }
             }
             write_runs(pid, pages, &via_vm)
@@ -197,7 +197,7 @@ fn prefetch(
         let data = source
             .pages(p.first, p.pages)
             .map_err(|e| io::Error::other(e.to_string()))?;
-        sys::uffd_copy(uffd, p.addr, &data, false)?;
+        sys::uffd_copy_all(uffd, p.addr, &data)?;
     }
     Ok(())
 }
@@ -287,7 +287,7 @@ pub(super) fn lazy(
             let data = source
                 .pages(p.first, p.pages)
                 .map_err(|e| io::Error::other(e.to_string()))?;
-            sys::uffd_copy(&uffd, p.addr, &data, false)?;
+            sys::uffd_copy_all(&uffd, p.addr, &data)?;
         }
     }
     if let Some(ws) = working_set {
