@@ -133,8 +133,11 @@ fn a_corrupted_chunk_is_never_installed_and_its_process_is_killed() {
             .write(true)
             .open(image.join("pages"))
             .unwrap();
-        f.write_all_at(b"\xee", 4096 * (1 + chunks / 2 * 16) + 100)
-            .unwrap();
+        f.write_all_at(
+            b"\xee",
+            4096 * (1 + chunks / 2 * ember_snap::image::format::CHUNK_PAGES) + 100,
+        )
+        .unwrap();
     }
     let opts = RestoreOptions {
         policy: Policy::Bulk,

@@ -137,8 +137,9 @@ fn hostile_conn(
         let mut reply = Vec::new();
         for c in idx.chunks_exact(4) {
             let c = u32::from_le_bytes(c.try_into().unwrap());
-            let start = c as usize * 16 * 4096;
-            let end = (start + 16 * 4096).min(img.page_data().len());
+            let chunk = ember_snap::image::format::CHUNK_PAGES as usize * 4096;
+            let start = c as usize * chunk;
+            let end = (start + chunk).min(img.page_data().len());
             reply.extend_from_slice(&c.to_le_bytes());
             reply.extend_from_slice(&((end - start) as u32).to_le_bytes());
             reply.extend_from_slice(&img.page_data()[start..end]);

@@ -26,13 +26,15 @@ use crate::sys::{self, Mapping};
 
 pub const META_MAGIC: [u8; 8] = *b"EMBRSNAP";
 pub const PAGES_MAGIC: [u8; 8] = *b"EMBRPAGE";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Largest metadata accepted (a 1,300-VMA scikit-learn image needs ~100 KiB).
 pub const MAX_META: u64 = 16 << 20;
 /// Largest page count accepted (64 GiB).
 pub const MAX_PAGES: u64 = 16 << 20;
-/// Pages per hashed chunk (64 KiB): the unit a lazy page source fetches and checks.
-pub const CHUNK_PAGES: u64 = 16;
+/// Pages per hashed chunk (16 KiB): the unit a lazy page source fetches and checks. Small,
+/// because a fault on one page fetches its whole chunk (from a remote server too); version 1
+/// had 64 KiB chunks.
+pub const CHUNK_PAGES: u64 = 4;
 /// The highest user address on x86_64 with 4-level paging.
 pub const USER_END: u64 = 0x7fff_ffff_f000;
 const META_HEADER: usize = 64;

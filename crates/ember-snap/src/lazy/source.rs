@@ -78,7 +78,7 @@ pub(crate) fn chunk_len(count: u64, c: u64) -> u64 {
     count.saturating_sub(c * CHUNK_PAGES).min(CHUNK_PAGES) * PAGE
 }
 
-/// An image's page file on local disk: each 64 KiB chunk read and checked against its
+/// An image's page file on local disk: each 16 KiB chunk read and checked against its
 /// hash when first asked for, then kept for every later request (and restore).
 pub struct FileSource {
     meta: Meta,
