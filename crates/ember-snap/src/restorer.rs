@@ -253,10 +253,6 @@ impl<'a> Batch<'a> {
         }
         Some(((rbx - first) / ENTRY_SIZE as u64) as usize)
     }
-
-    pub fn flags(&self, i: usize) -> u64 {
-        self.entries.get(i).map(|e| e.flags).unwrap_or(0)
-    }
 }
 
 #[cfg(test)]

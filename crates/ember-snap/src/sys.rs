@@ -246,58 +246,6 @@ pub fn dev_parts(dev: u64) -> (u32, u32) {
     (libc::major(dev), libc::minor(dev))
 }
 
-/// Forks a child that arranges `fds` (`(wanted number, our descriptor)`), closes every other
-/// descriptor, and stops itself with SIGSTOP. Returns its pid.
-pub fn fork_stopped(fds: &[(RawFd, RawFd)]) -> io::Result<i32> {
-    // Above every number involved, so that moving one never overwrites another.
-    let base = fds.iter().map(|&(a, b)| a.max(b)).max().unwrap_or(2) + 1;
-    // SAFETY: the child only makes async-signal-safe calls on integers and then stops or exits.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid > 0 {
-        return Ok(pid);
-    }
-    child_arrange_and_stop(fds, base)
-}
-
-/// *child* The child side of [`fork_stopped`]; never returns.
-fn child_arrange_and_stop(fds: &[(RawFd, RawFd)], base: RawFd) -> ! {
-    // SAFETY: only async-signal-safe calls on integers and a stack array; `_exit` on any
-    // failure; the function never returns into the forked copy of the agent.
-    unsafe {
-        for (i, &(_, ours)) in fds.iter().enumerate() {
-            if libc::dup2(ours, base + i as RawFd) < 0 {
-                libc::_exit(126);
-            }
-        }
-        for (i, &(want, _)) in fds.iter().enumerate() {
-            if libc::dup2(base + i as RawFd, want) < 0 {
-                libc::_exit(126);
-            }
-        }
-        // Close every descriptor that is not wanted (the wanted ones are few and small).
-        let mut wanted: [RawFd; 64] = [-1; 64];
-        let n = fds.len().min(64);
-        for (slot, &(want, _)) in wanted.iter_mut().zip(fds.iter()) {
-            *slot = want;
-        }
-        let wanted = &mut wanted[..n];
-        wanted.sort_unstable();
-        let mut next: libc::c_uint = 0;
-        for &w in wanted.iter() {
-            if w as libc::c_uint > next {
-                libc::syscall(libc::SYS_close_range, next, w as libc::c_uint - 1, 0);
-            }
-            next = w as libc::c_uint + 1;
-        }
-        libc::syscall(libc::SYS_close_range, next, libc::c_uint::MAX, 0);
-        libc::kill(libc::getpid(), libc::SIGSTOP);
-        libc::_exit(127)
-    }
-}
-
 /// An anonymous private mapping of ours (the loaded page data of an image).
 pub struct Mapping {
     ptr: *mut u8,
