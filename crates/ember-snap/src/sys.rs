@@ -1,6 +1,7 @@
-//! Every syscall the engine makes on its own behalf, one small wrapper each, and the only
-//! `unsafe` in the crate besides the restorer blob's symbols. Functions marked *child* run
-//! between `fork` and the child's stop: they only make async-signal-safe calls.
+//! Every syscall the engine makes on its own behalf, one small wrapper each. The crate's
+//! other `unsafe` blocks: the symbols of the two pieces of assembly (restorer, stopper), a
+//! `struct stat` copied out of a batch area, and the descriptor the kernel hands the page
+//! server on a fork event.
 //!
 //! ptrace requests act on a tracee only from the thread that attached it: callers keep a
 //! whole dump or restore on one thread.
