@@ -440,6 +440,21 @@ pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) })
 }
 
+/// `pidfd_send_signal`: a signal to exactly the process behind `pidfd` (no pid reuse race).
+pub fn pidfd_kill(pidfd: &std::os::fd::OwnedFd, sig: i32) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: integer arguments and a null siginfo, which the syscall allows.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+}
+
 /// `pidfd_getfd`: a copy of descriptor `target_fd` of the process behind `pidfd`.
 pub fn pidfd_getfd(
     pidfd: &std::os::fd::OwnedFd,

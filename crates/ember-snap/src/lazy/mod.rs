@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use remote::RemoteSource;
 pub use server::{PageServer, ServeError};
-pub(crate) use server::{ServerConfig, spawn};
+pub(crate) use server::{ServerConfig, Victim, spawn};
 pub use source::FileSource;
 
 use crate::image::{LoadedImage, PAGE};

@@ -69,6 +69,27 @@ impl PageServer {
     }
 }
 
+/// Whom a page that fails its check kills: the restored process, by pidfd (no pid reuse).
+/// A forked child's server kills the faulting thread's process by the thread id the kernel
+/// reports instead; that id is in the faulting task's own pid namespace, so it is used only
+/// when that is ours. In a sandbox the restored process is the namespace's init, and its
+/// death ends every process in it, the child included.
+pub(crate) struct Victim {
+    pub pidfd: OwnedFd,
+    pub pid: i32,
+    pub same_pidns: bool,
+}
+
+impl Victim {
+    fn kill(&self, tid: i32, child: bool) {
+        if child && self.same_pidns {
+            sys::kill(tid, libc::SIGKILL);
+        } else {
+            sys::pidfd_kill(&self.pidfd, libc::SIGKILL);
+        }
+    }
+}
+
 pub(crate) struct ServerConfig {
     pub uffd: OwnedFd,
     /// The restored process (`None` for a forked child, known only by its uffd).
@@ -78,6 +99,7 @@ pub(crate) struct ServerConfig {
     pub source: Arc<dyn PageSource>,
     pub image: String,
     pub counters: Arc<Counters>,
+    pub victim: Arc<Victim>,
 }
 
 pub(crate) fn spawn(cfg: ServerConfig) -> std::io::Result<PageServer> {
@@ -202,10 +224,13 @@ impl Server {
                     uffd: child,
                     pid: None,
                     pending: self.cfg.pending.clone(),
-                    bulk: self.cfg.bulk,
+                    // A child's server serves faults only: it knows its process by the
+                    // faulting thread's id alone, which a background copy does not have.
+                    bulk: false,
                     source: self.cfg.source.clone(),
                     image: self.cfg.image.clone(),
                     counters: self.cfg.counters.clone(),
+                    victim: self.cfg.victim.clone(),
                 })
                 .map_err(|e| self.uffd_err(e))?;
                 self.children.push(server);
@@ -272,13 +297,15 @@ impl Server {
         let data = match self.cfg.source.pages(piece.first, piece.pages) {
             Ok(d) => d,
             Err(source) => {
-                let pid = self.pid();
-                for victim in [pid, tid] {
-                    sys::kill(victim, libc::SIGKILL);
-                }
+                let child = self.cfg.pid.is_none();
+                self.cfg.victim.kill(tid, child);
                 return Err(ServeError::Source {
                     image: self.cfg.image.clone(),
-                    pid: if pid > 0 { pid } else { tid },
+                    pid: if child && self.cfg.victim.same_pidns {
+                        tid
+                    } else {
+                        self.cfg.victim.pid
+                    },
                     source,
                 });
             }

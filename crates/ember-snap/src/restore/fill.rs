@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::image::{LoadedImage, PAGE, PageRun, VmaKind};
 use crate::lazy::pending::Pending;
-use crate::lazy::{self, Counters, PageServer, PageSource, ServerConfig};
+use crate::lazy::{self, Counters, PageServer, PageSource, ServerConfig, Victim};
 use crate::sys;
 
 /// How the pages went in.
@@ -295,6 +295,12 @@ pub(super) fn lazy(
     }
     lazy::spawn(ServerConfig {
         uffd,
+        victim: Arc::new(Victim {
+            pidfd: pidfd.try_clone()?,
+            pid,
+            same_pidns: std::fs::read_link("/proc/self/ns/pid").ok()
+                == std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok(),
+        }),
         pid: Some((pid, pidfd)),
         pending,
         bulk,

@@ -63,6 +63,10 @@ pub enum RestoreError {
     )]
     Swapped { image: String, path: String },
     #[error(
+        "image {image} needs descriptors {missing:?} from its caller; hand them in at those numbers"
+    )]
+    MissingFds { image: String, missing: Vec<i32> },
+    #[error(
         "image {image}: an eager restore needs its pages in memory; load it, or restore lazily from a page source"
     )]
     NotLoaded { image: String },
@@ -226,9 +230,9 @@ pub fn restore(
                 .filter(|n| !fds.iter().any(|(want, _)| want == n))
                 .collect();
             if !missing.is_empty() {
-                return Err(RestoreError::Target {
-                    pid: 0,
-                    why: format!("the image needs inherited descriptors {missing:?}; hand them in"),
+                return Err(RestoreError::MissingFds {
+                    image: img.dir.display().to_string(),
+                    missing,
                 });
             }
             let pid = crate::stopper::spawn(&fds).map_err(RestoreError::Fork)?;
