@@ -24,12 +24,26 @@ pub enum FillMode {
     UffdCopy,
 }
 
-/// Takes the target's userfaultfd (parked at `target_fd` by batch 1), if it made one.
-fn take_uffd(pid: i32, target_fd: i32) -> Option<OwnedFd> {
-    let pidfd = sys::pidfd_open(pid).ok()?;
-    let fd = sys::pidfd_getfd(&pidfd, target_fd).ok()?;
-    sys::uffd_api(&fd, 0).ok()?;
-    Some(fd)
+/// Takes the target's userfaultfd (parked at `target_fd` by batch 1), agrees on `features`
+/// and registers `ranges` for missing pages (all or none). Returns it with a pidfd of `pid`.
+fn take_uffd(
+    pid: i32,
+    target_fd: i32,
+    features: u64,
+    ranges: &[(u64, u64)],
+) -> io::Result<(OwnedFd, OwnedFd)> {
+    let pidfd = sys::pidfd_open(pid)?;
+    let uffd = sys::pidfd_getfd(&pidfd, target_fd)?;
+    sys::uffd_api(&uffd, features)?;
+    for (i, &(s, e)) in ranges.iter().enumerate() {
+        if let Err(err) = sys::uffd_register(&uffd, s, e - s) {
+            for &(s, e) in &ranges[..i] {
+                let _ = sys::uffd_unregister(&uffd, s, e - s);
+            }
+            return Err(err);
+        }
+    }
+    Ok((pidfd, uffd))
 }
 
 /// Private anonymous areas holding stored pages, adjacent ones merged.
@@ -65,24 +79,12 @@ pub(super) fn fill(
     threads: usize,
     uffd_fd: Option<i32>,
 ) -> io::Result<FillMode> {
-    let mut uffd = uffd_fd.and_then(|fd| take_uffd(pid, fd));
     let ranges = anon_ranges(img);
-    let mut registered = Vec::new();
-    if let Some(u) = &uffd {
-        for &(s, e) in &ranges {
-            if sys::uffd_register(u, s, e - s).is_err() {
-                break;
-            }
-            registered.push((s, e));
-        }
-        if registered.len() != ranges.len() {
-            for &(s, e) in &registered {
-                let _ = sys::uffd_unregister(u, s, e - s);
-            }
-            registered.clear();
-            uffd = None;
-        }
-    }
+    // Without a userfaultfd (or if registering fails) every page goes by process_vm_writev.
+    let uffd = uffd_fd
+        .and_then(|fd| take_uffd(pid, fd, 0, &ranges).ok())
+        .map(|(_, u)| u);
+    let registered: &[(u64, u64)] = if uffd.is_some() { &ranges } else { &[] };
     let in_uffd = |r: &PageRun| registered.iter().any(|&(s, e)| s <= r.addr && r.addr < e);
     let parts = split(runs, runs.iter().map(|r| u64::from(r.pages)).sum(), threads);
     let pages = img.page_data();
@@ -116,7 +118,7 @@ pub(super) fn fill(
         r
     });
     if let Some(u) = &uffd {
-        for &(s, e) in &registered {
+        for &(s, e) in registered {
             sys::uffd_unregister(u, s, e - s)?;
         }
     }
@@ -240,18 +242,13 @@ pub(super) fn lazy(
     bulk: bool,
     working_set: Option<&[u64]>,
 ) -> io::Result<PageServer> {
-    let pidfd = sys::pidfd_open(pid)?;
-    let uffd = sys::pidfd_getfd(&pidfd, uffd_fd)?;
     let features = sys::UFFD_FEATURE_EVENT_FORK
         | sys::UFFD_FEATURE_EVENT_REMAP
         | sys::UFFD_FEATURE_EVENT_REMOVE
         | sys::UFFD_FEATURE_EVENT_UNMAP
         | sys::UFFD_FEATURE_THREAD_ID;
-    sys::uffd_api(&uffd, features)?;
     let ranges = anon_ranges(img);
-    for &(s, e) in &ranges {
-        sys::uffd_register(&uffd, s, e - s)?;
-    }
+    let (pidfd, uffd) = take_uffd(pid, uffd_fd, features, &ranges)?;
     let in_uffd = |r: &PageRun| ranges.iter().any(|&(s, e)| s <= r.addr && r.addr < e);
     let runs = &img.meta.pages.runs;
     // Copies inside private file mappings (no missing-page mode there) go in now; a remote
