@@ -66,6 +66,8 @@ pub enum RestoreError {
         "image {image} needs descriptors {missing:?} from its caller; hand them in at those numbers"
     )]
     MissingFds { image: String, missing: Vec<i32> },
+    #[error("image {image}: {why}")]
+    Options { image: String, why: String },
     #[error(
         "image {image}: an eager restore needs its pages in memory; load it, or restore lazily from a page source"
     )]
@@ -206,12 +208,7 @@ pub fn restore(
     opts: &RestoreOptions,
 ) -> Result<Restored, RestoreError> {
     let t0 = Instant::now();
-    let needs_pages = matches!(opts.policy, Policy::Eager | Policy::Mapped);
-    if needs_pages && !img.is_loaded() {
-        return Err(RestoreError::NotLoaded {
-            image: img.dir.display().to_string(),
-        });
-    }
+    check_options(img, opts)?;
     let (pid, ours) = match target {
         Target::Fork { mut fds } => {
             // A mapped restore hands the image's sealed memfd to the target, above its fds.
@@ -289,21 +286,22 @@ fn target_err(pid: i32, why: impl Into<String>) -> RestoreError {
     }
 }
 
-fn run(
-    img: &LoadedImage,
-    t: &Tracee,
-    opts: &RestoreOptions,
-    t0: Instant,
-    server: &mut Option<PageServer>,
-) -> Result<RestoreStats, RestoreError> {
-    let pid = t.pid;
-    let meta = &img.meta;
-    let image = img.dir.display().to_string();
-    let mut stats = RestoreStats {
-        pages: meta.pages.count,
-        vmas: meta.vmas.len(),
-        ..RestoreStats::default()
-    };
+/// What a restore learns of its target before changing anything.
+struct Checked {
+    /// Its thread id as it sees it (its pid namespace's).
+    ns_tid: i32,
+    maps: Vec<MapEntry>,
+    here: VdsoLayout,
+    /// First of the high descriptor numbers files are parked at.
+    high: i32,
+    /// The `syscall` instruction it is stopped after.
+    insn: u64,
+}
+
+/// The target must be single-threaded, stopped in a syscall, on a machine the image can run
+/// on, and hold the inherited descriptors.
+fn check_target(img: &LoadedImage, t: &Tracee) -> Result<Checked, RestoreError> {
+    let (pid, meta) = (t.pid, &img.meta);
     let read = |f: &str| {
         std::fs::read_to_string(format!("/proc/{pid}/{f}"))
             .map_err(|e| target_err(pid, format!("/proc/{pid}/{f}: {e}")))
@@ -321,34 +319,55 @@ fn run(
     let xstate =
         sys::get_xstate(pid).map_err(|e| target_err(pid, format!("reading its xstate: {e}")))?;
     cpu::check(&meta.requires, &here, &xstate).map_err(|source| RestoreError::Machine {
-        image: image.clone(),
+        image: img.dir.display().to_string(),
         source,
     })?;
     let fds_now = open_fds(pid)?;
-    let inherited = meta.inherited_fds();
-    if let Some(n) = inherited.iter().find(|n| !fds_now.contains(n)) {
+    if let Some(n) = meta.inherited_fds().iter().find(|n| !fds_now.contains(n)) {
         return Err(target_err(
             pid,
             format!("it does not hold inherited descriptor {n} the image needs"),
         ));
     }
+    // One above the lowest number an open can return (at most max + 1).
     let high = fds_now
         .iter()
         .chain(meta.fds.iter().map(|f| &f.fd))
         .max()
         .copied()
         .unwrap_or(2)
-        // One above the lowest number an open can return (at most max + 1).
         + 2;
-    let insn = {
-        let mut two = [0u8; 2];
-        sys::read_mem(pid, t.regs.rip.wrapping_sub(2), &mut two)
-            .map_err(|e| target_err(pid, format!("reading its code: {e}")))?;
-        if two != [0x0f, 0x05] {
-            return Err(target_err(pid, "it is not stopped in a syscall"));
-        }
-        t.regs.rip - 2
+    let mut two = [0u8; 2];
+    sys::read_mem(pid, t.regs.rip.wrapping_sub(2), &mut two)
+        .map_err(|e| target_err(pid, format!("reading its code: {e}")))?;
+    if two != [0x0f, 0x05] {
+        return Err(target_err(pid, "it is not stopped in a syscall"));
+    }
+    Ok(Checked {
+        ns_tid: status.ns_tid,
+        maps,
+        here,
+        high,
+        insn: t.regs.rip - 2,
+    })
+}
+
+fn run(
+    img: &LoadedImage,
+    t: &Tracee,
+    opts: &RestoreOptions,
+    t0: Instant,
+    server: &mut Option<PageServer>,
+) -> Result<RestoreStats, RestoreError> {
+    let pid = t.pid;
+    let meta = &img.meta;
+    let image = img.dir.display().to_string();
+    let mut stats = RestoreStats {
+        pages: meta.pages.count,
+        vmas: meta.vmas.len(),
+        ..RestoreStats::default()
     };
+    let c = check_target(img, t)?;
     let mut filled = vec![false; meta.vmas.len()];
     for r in &meta.pages.runs {
         if let Some(i) = meta
@@ -362,7 +381,7 @@ fn run(
     let mut plan = Plan {
         meta,
         image: image.clone(),
-        high,
+        high: c.high,
         fd_files: Vec::new(),
         gadget: 0,
         gadget_len: 0,
@@ -374,9 +393,9 @@ fn run(
     let rseq_now = sys::get_rseq(pid).ok().filter(|c| c.abi_pointer != 0);
 
     // Lay the batches out once at address 0 to learn their size, then for real.
-    let (b1, b2) = plan.batches(&maps, &here, rseq_now, PAGE)?;
+    let (b1, b2) = plan.batches(&c.maps, &c.here, rseq_now, PAGE)?;
     let need = (PAGE + b1.size().max(b2.size()) as u64).next_multiple_of(PAGE);
-    let mut occupied: Vec<(u64, u64)> = maps.iter().map(|m| (m.start, m.end)).collect();
+    let mut occupied: Vec<(u64, u64)> = c.maps.iter().map(|m| (m.start, m.end)).collect();
     occupied.extend(meta.vmas.iter().map(|v| (v.start, v.end)));
     occupied.extend(meta.requires.vdso.areas.iter().map(|(_, s, e)| (*s, *e)));
     plan.gadget = find_gap(&occupied, need, GAP_SEARCH_FROM).ok_or(RestoreError::NoGap {
@@ -384,26 +403,16 @@ fn run(
         size: need,
     })?;
     plan.gadget_len = need;
-    occupied.push((plan.gadget, plan.gadget + need));
-    let (b1, b2) = plan.batches(&maps, &here, rseq_now, plan.gadget + PAGE)?;
+    let (b1, b2) = plan.batches(&c.maps, &c.here, rseq_now, plan.gadget + PAGE)?;
     stats.attach_us = t0.elapsed().as_micros() as u64;
 
     let t1 = Instant::now();
     {
         let _s = info_span!("restore.map", vmas = meta.vmas.len()).entered();
-        t.syscall_ok(
-            insn,
-            libc::SYS_mmap,
-            &[
-                plan.gadget,
-                need,
-                (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64,
-                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64,
-                u64::MAX,
-                0,
-            ],
-            "mmap(restorer)",
-        )?;
+        let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
+        let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64;
+        let args = [plan.gadget, need, prot, flags, u64::MAX, 0];
+        t.syscall_ok(c.insn, libc::SYS_mmap, &args, "mmap(restorer)")?;
         tracee::write(pid, plan.gadget, restorer::code())
             .map_err(|e| target_err(pid, format!("writing the restorer: {e}")))?;
         let (_, area) = t.run_batch(plan.gadget, &b1)?;
@@ -414,45 +423,7 @@ fn run(
     let t2 = Instant::now();
     {
         let _s = info_span!("restore.fill", pages = meta.pages.count).entered();
-        match (opts.policy, &opts.source) {
-            (Policy::Eager | Policy::Mapped, _) => {
-                let uffd =
-                    (opts.uffd_fill && opts.policy != Policy::Mapped).then(|| plan.uffd_fd());
-                // Mapped: the image's memfd already holds the anonymous runs in place.
-                let runs: Vec<PageRun> = meta
-                    .pages
-                    .runs
-                    .iter()
-                    .filter(|r| opts.policy != Policy::Mapped || !in_mapped_vma(meta, r))
-                    .copied()
-                    .collect();
-                let count = runs.iter().map(|r| u64::from(r.pages)).sum();
-                stats.fill_mode = fill::fill(pid, img, &runs, opts.threads_for(count), uffd)
-                    .map_err(|e| target_err(pid, format!("writing pages: {e}")))?;
-            }
-            (Policy::Prefetch, _) if opts.working_set.is_none() => {
-                return Err(target_err(
-                    pid,
-                    "a prefetch restore needs the image's working set: record one from a lazy restore first",
-                ));
-            }
-            (policy, Some(source)) => {
-                let bulk = policy == Policy::Bulk;
-                let ws = match policy {
-                    Policy::Prefetch => opts.working_set.as_deref().map(Vec::as_slice),
-                    _ => None,
-                };
-                let s = fill::lazy(pid, img, plan.uffd_fd(), source.clone(), bulk, ws)
-                    .map_err(|e| target_err(pid, format!("starting the page server: {e}")))?;
-                *server = Some(s);
-            }
-            (policy, None) => {
-                return Err(target_err(
-                    pid,
-                    format!("a {policy} restore needs a page source"),
-                ));
-            }
-        }
+        fill_pages(img, opts, &plan, pid, &mut stats, server)?;
     }
     stats.fill_us = t2.elapsed().as_micros() as u64;
 
@@ -462,7 +433,7 @@ fn run(
         t.run_batch(plan.gadget, &b2)?;
         if let Some(off) = meta.task.glibc_tid_offset {
             let fs_base = words_to_regs(&meta.task.regs).fs_base;
-            tracee::write(pid, fs_base + u64::from(off), &status.ns_tid.to_ne_bytes())
+            tracee::write(pid, fs_base + u64::from(off), &c.ns_tid.to_ne_bytes())
                 .map_err(|e| target_err(pid, format!("writing glibc's thread id: {e}")))?;
         }
         sys::set_xstate(pid, &meta.task.xstate)
@@ -473,34 +444,109 @@ fn run(
     let t4 = Instant::now();
     {
         let _s = info_span!("restore.finish").entered();
-        let mut regs = words_to_regs(&meta.task.regs);
-        // The gadget goes last, removed by a syscall instruction of the image's own code.
-        let rc = t.syscall_with(
-            &regs,
-            meta.task.syscall_insn,
-            libc::SYS_munmap,
-            &[plan.gadget, plan.gadget_len],
-        )?;
-        if rc != 0 {
-            return Err(target_err(
-                pid,
-                format!("removing the restorer failed: {rc}"),
-            ));
-        }
-        restart_interrupted(&mut regs);
-        sys::set_regs(pid, &regs).map_err(|e| target_err(pid, format!("PTRACE_SETREGS: {e}")))?;
-        sys::set_sigmask(pid, meta.task.sigmask)
-            .map_err(|e| target_err(pid, format!("PTRACE_SETSIGMASK: {e}")))?;
-        sys::detach(pid).map_err(|e| target_err(pid, format!("PTRACE_DETACH: {e}")))?;
-        if opts.resume {
-            sys::kill(pid, libc::SIGCONT);
-        }
+        finish(t, meta, &plan, opts.resume)?;
     }
     stats.finish_us = t4.elapsed().as_micros() as u64;
     stats.injected = 2 + b1.len() + b2.len();
     stats.round_trips = 4;
     stats.total_us = t0.elapsed().as_micros() as u64;
     Ok(stats)
+}
+
+/// The fill phase of each policy: pages written now (eager, mapped's leftovers) or a page
+/// server started (lazy, bulk, prefetch).
+fn fill_pages(
+    img: &LoadedImage,
+    opts: &RestoreOptions,
+    plan: &Plan,
+    pid: i32,
+    stats: &mut RestoreStats,
+    server: &mut Option<PageServer>,
+) -> Result<(), RestoreError> {
+    let meta = &img.meta;
+    match (opts.policy, &opts.source) {
+        (Policy::Eager | Policy::Mapped, _) => {
+            let uffd = (opts.uffd_fill && opts.policy != Policy::Mapped).then(|| plan.uffd_fd());
+            // Mapped: the image's memfd already holds the anonymous runs in place.
+            let runs: Vec<PageRun> = meta
+                .pages
+                .runs
+                .iter()
+                .filter(|r| opts.policy != Policy::Mapped || !in_mapped_vma(meta, r))
+                .copied()
+                .collect();
+            let count = runs.iter().map(|r| u64::from(r.pages)).sum();
+            stats.fill_mode = fill::fill(pid, img, &runs, opts.threads_for(count), uffd)
+                .map_err(|e| target_err(pid, format!("writing pages: {e}")))?;
+        }
+        (policy, Some(source)) => {
+            let ws = match policy {
+                Policy::Prefetch => opts.working_set.as_deref().map(Vec::as_slice),
+                _ => None,
+            };
+            let bulk = policy == Policy::Bulk;
+            let s = fill::lazy(pid, img, plan.uffd_fd(), source.clone(), bulk, ws)
+                .map_err(|e| target_err(pid, format!("starting the page server: {e}")))?;
+            *server = Some(s);
+        }
+        // `check_options` refused this before anything started.
+        (policy, None) => {
+            return Err(target_err(
+                pid,
+                format!("a {policy} restore needs a page source"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The last steps: the gadget goes, removed by a syscall instruction of the image's own
+/// code; then registers, mask, detach, and (with `resume`) SIGCONT.
+fn finish(
+    t: &Tracee,
+    meta: &crate::image::Meta,
+    plan: &Plan,
+    resume: bool,
+) -> Result<(), RestoreError> {
+    let pid = t.pid;
+    let mut regs = words_to_regs(&meta.task.regs);
+    let args = [plan.gadget, plan.gadget_len];
+    let rc = t.syscall_with(&regs, meta.task.syscall_insn, libc::SYS_munmap, &args)?;
+    if rc != 0 {
+        return Err(target_err(
+            pid,
+            format!("removing the restorer failed: {rc}"),
+        ));
+    }
+    restart_interrupted(&mut regs);
+    sys::set_regs(pid, &regs).map_err(|e| target_err(pid, format!("PTRACE_SETREGS: {e}")))?;
+    sys::set_sigmask(pid, meta.task.sigmask)
+        .map_err(|e| target_err(pid, format!("PTRACE_SETSIGMASK: {e}")))?;
+    sys::detach(pid).map_err(|e| target_err(pid, format!("PTRACE_DETACH: {e}")))?;
+    if resume {
+        sys::kill(pid, libc::SIGCONT);
+    }
+    Ok(())
+}
+
+/// Option combinations that cannot work, refused before a target is touched.
+fn check_options(img: &LoadedImage, opts: &RestoreOptions) -> Result<(), RestoreError> {
+    let image = img.dir.display().to_string();
+    let needs_pages = matches!(opts.policy, Policy::Eager | Policy::Mapped);
+    if needs_pages && !img.is_loaded() {
+        return Err(RestoreError::NotLoaded { image });
+    }
+    let why = match opts.policy {
+        Policy::Lazy | Policy::Bulk | Policy::Prefetch if opts.source.is_none() => {
+            format!("a {} restore needs a page source", opts.policy)
+        }
+        Policy::Prefetch if opts.working_set.is_none() => {
+            "a prefetch restore needs the image's working set: record one from a lazy restore first"
+                .into()
+        }
+        _ => return Ok(()),
+    };
+    Err(RestoreError::Options { image, why })
 }
 
 fn in_mapped_vma(meta: &crate::image::Meta, r: &PageRun) -> bool {
