@@ -95,7 +95,6 @@ impl<'m> Plan<'m> {
         rseq_now: Option<sys::RseqConfig>,
         base: u64,
     ) -> Result<(Batch<'m>, Batch<'m>), RestoreError> {
-        let meta = self.meta;
         let mut b1 = Batch::new(base);
         if let Some(c) = rseq_now {
             let args = [
@@ -106,14 +105,31 @@ impl<'m> Plan<'m> {
             ];
             b1.call("rseq(unregister)", libc::SYS_rseq, &args, 0);
         }
-        // Descriptors: close all but the inherited ones.
+        self.close_fds(&mut b1);
+        // Address space: keep the gadget and the vDSO, move the vDSO.
+        let mut keep: Vec<(u64, u64)> = here.areas.iter().map(|(_, s, e)| (*s, *e)).collect();
+        keep.push((self.gadget, self.gadget + self.gadget_len.max(PAGE)));
+        for (s, e) in complement(&keep) {
+            b1.call(Step::Addr("munmap", s), libc::SYS_munmap, &[s, e - s], 0);
+        }
+        self.move_vdso(&mut b1, maps, here)?;
+        self.map_image(&mut b1);
+        self.reopen_fds(&mut b1);
+        self.park_userfaultfd(&mut b1);
+        Ok((b1, self.batch2(base)))
+    }
+
+    /// Closes every descriptor of the target but the inherited ones (and a mapped
+    /// restore's memfd).
+    fn close_fds(&self, b: &mut Batch<'m>) {
+        let meta = self.meta;
         let mut keep: Vec<i32> = meta.inherited_fds();
         keep.extend(self.mapped_fd);
         keep.sort_unstable();
         let mut next = 0i64;
         for k in keep.iter().map(|&k| i64::from(k)) {
             if k > next {
-                b1.call(
+                b.call(
                     "close_range",
                     libc::SYS_close_range,
                     &[next as u64, (k - 1) as u64, 0],
@@ -122,44 +138,40 @@ impl<'m> Plan<'m> {
             }
             next = k + 1;
         }
-        b1.call(
+        b.call(
             "close_range",
             libc::SYS_close_range,
             &[next as u64, u32::MAX as u64, 0],
             0,
         );
+    }
 
-        // Address space: keep the gadget and the vDSO, move the vDSO.
-        let mut keep: Vec<(u64, u64)> = here.areas.iter().map(|(_, s, e)| (*s, *e)).collect();
-        keep.push((self.gadget, self.gadget + self.gadget_len.max(PAGE)));
-        for (s, e) in complement(&keep) {
-            b1.call(Step::Addr("munmap", s), libc::SYS_munmap, &[s, e - s], 0);
-        }
-        self.move_vdso(&mut b1, maps, here)?;
-
-        // Each mapped file: open, fstat (checked after the batch), map its VMAs, park the
-        // executable for PR_SET_MM_MAP, close.
+    /// Maps every VMA: each mapped file opened, `fstat`ed (checked after the batch), its
+    /// VMAs mapped, the executable parked for PR_SET_MM_MAP, closed; then the anonymous VMAs;
+    /// for a mapped restore, the stored runs from the image's memfd over them.
+    fn map_image(&mut self, b: &mut Batch<'m>) {
+        let meta = self.meta;
         let mapped = self.mapped_files();
         let mut stat_at = vec![None; meta.files.len()];
         for (k, f) in meta.files.iter().enumerate() {
             if !mapped[k] {
                 continue;
             }
-            let path = b1.cstr(&f.path);
+            let path = b.cstr(&f.path);
             let open = [
                 libc::AT_FDCWD as u64,
                 path,
                 (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
             ];
-            b1.call(
+            b.call(
                 Step::Path("open", &f.path),
                 libc::SYS_openat,
                 &open,
                 SAVE_RESULT,
             );
-            let (buf, off) = b1.out(size_of::<libc::stat>());
+            let (buf, off) = b.out(size_of::<libc::stat>());
             stat_at[k] = Some(off);
-            b1.call(
+            b.call(
                 Step::Path("fstat", &f.path),
                 libc::SYS_fstat,
                 &[0, buf],
@@ -167,19 +179,19 @@ impl<'m> Plan<'m> {
             );
             for (i, v) in meta.vmas.iter().enumerate() {
                 if matches!(v.kind, VmaKind::File { file, .. } if file as usize == k) {
-                    self.mmap(&mut b1, i, ARG4_FROM_SAVED);
+                    self.mmap(b, i, ARG4_FROM_SAVED);
                 }
             }
             if k == meta.mm.exe as usize {
                 let args = [0, self.exe_fd() as u64, libc::O_CLOEXEC as u64];
-                b1.call(
+                b.call(
                     Step::Path("dup3", &f.path),
                     libc::SYS_dup3,
                     &args,
                     ARG0_FROM_SAVED,
                 );
             }
-            b1.call(
+            b.call(
                 Step::Path("close", &f.path),
                 libc::SYS_close,
                 &[0],
@@ -188,7 +200,7 @@ impl<'m> Plan<'m> {
         }
         for (i, v) in meta.vmas.iter().enumerate() {
             if !matches!(v.kind, VmaKind::File { .. }) {
-                self.mmap(&mut b1, i, 0);
+                self.mmap(b, i, 0);
             }
         }
         if let Some(fd) = self.mapped_fd {
@@ -215,7 +227,7 @@ impl<'m> Plan<'m> {
                     fd as u64,
                     r.first * PAGE,
                 ];
-                b1.call(
+                b.call(
                     Step::Addr("mmap image pages", r.addr),
                     libc::SYS_mmap,
                     &args,
@@ -224,7 +236,11 @@ impl<'m> Plan<'m> {
             }
         }
         self.stat_offsets = stat_at;
-        // Files the image held open, reopened with their flags and parked.
+    }
+
+    /// Files the image held open, reopened with their flags and parked above the executable.
+    fn reopen_fds(&mut self, b: &mut Batch<'m>) {
+        let meta = self.meta;
         self.fd_files.clear();
         for f in &meta.fds {
             if let FdKind::File { file, pos, flags } = f.kind {
@@ -232,26 +248,26 @@ impl<'m> Plan<'m> {
                     continue;
                 };
                 let at = self.exe_fd() + 1 + self.fd_files.len() as i32;
-                let path = b1.cstr(&fid.path);
+                let path = b.cstr(&fid.path);
                 let open = [
                     libc::AT_FDCWD as u64,
                     path,
                     u64::from(flags) | libc::O_CLOEXEC as u64,
                 ];
-                b1.call(
+                b.call(
                     Step::Path("open", &fid.path),
                     libc::SYS_openat,
                     &open,
                     SAVE_RESULT,
                 );
                 let dup = [0, at as u64, libc::O_CLOEXEC as u64];
-                b1.call(
+                b.call(
                     Step::Fd("dup3", f.fd),
                     libc::SYS_dup3,
                     &dup,
                     ARG0_FROM_SAVED,
                 );
-                b1.call(
+                b.call(
                     Step::Fd("close", f.fd),
                     libc::SYS_close,
                     &[0],
@@ -260,32 +276,34 @@ impl<'m> Plan<'m> {
                 self.fd_files.push((f.fd, f.cloexec, pos, at));
             }
         }
-        // A userfaultfd of the target's, parked at a known number for the agent to take:
-        // UFFDIO_COPY fills fresh pages without zeroing them first. Optional: without it
-        // the fill writes through process_vm_writev.
+    }
+
+    /// A userfaultfd of the target's, parked at a known number for the agent to take:
+    /// UFFDIO_COPY fills fresh pages without zeroing them first. Optional: without it the
+    /// fill writes through process_vm_writev.
+    fn park_userfaultfd(&self, b: &mut Batch<'m>) {
         let uffd = self.uffd_fd() as u64;
         let soft = ALLOW_ERROR;
         let uflags = (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64;
-        b1.call(
+        b.call(
             "userfaultfd",
             libc::SYS_userfaultfd,
             &[uflags],
             SAVE_RESULT | soft,
         );
         let dup = [0, uffd, libc::O_CLOEXEC as u64];
-        b1.call(
+        b.call(
             "dup3 userfaultfd",
             libc::SYS_dup3,
             &dup,
             ARG0_FROM_SAVED | soft,
         );
-        b1.call(
+        b.call(
             "close userfaultfd",
             libc::SYS_close,
             &[0],
             ARG0_FROM_SAVED | soft,
         );
-        Ok((b1, self.batch2(base)))
     }
 
     /// One `mmap` of VMA `i` at its address; writable until filled when it holds pages.
