@@ -332,6 +332,156 @@ struct Series {
 }
 
 /// Measures one workload with `python` (an interpreter that has its packages).
+/// What the rounds of one workload share: its image, where its pages can come from, and the
+/// answer every instance must give.
+struct Run<'a> {
+    workload: &'a str,
+    img: Arc<LoadedImage>,
+    image: PathBuf,
+    /// The loopback page server's address, when a remote source is measured.
+    remote: String,
+    working_set: Option<Arc<Vec<u64>>>,
+    restore: &'a RestoreOptions,
+    expected: String,
+}
+
+impl Run<'_> {
+    fn err(&self, what: String) -> SnapBenchError {
+        SnapBenchError::Target {
+            workload: self.workload.to_string(),
+            what,
+        }
+    }
+
+    /// Restore options for `policy` with a fresh source of `kind`.
+    fn options(&self, policy: Policy, kind: SourceKind) -> Result<RestoreOptions, SnapBenchError> {
+        let img = &self.img;
+        let source: Arc<dyn PageSource> = match kind {
+            SourceKind::Memory => img.clone(),
+            SourceKind::File => {
+                Arc::new(ember_snap::lazy::FileSource::open(&self.image, &img.meta)?)
+            }
+            SourceKind::Remote => Arc::new(
+                ember_snap::lazy::RemoteSource::connect(&self.remote, REMOTE_TOKEN, &img.meta)
+                    .map_err(|e| self.err(e.to_string()))?,
+            ),
+        };
+        Ok(RestoreOptions {
+            policy,
+            source: Some(source),
+            working_set: self.working_set.clone(),
+            ..self.restore.clone()
+        })
+    }
+
+    /// One restore: its first and second answers (ms), its stats, its page server's counters.
+    fn restore_once(
+        &self,
+        ro: &RestoreOptions,
+    ) -> Result<(f64, f64, RestoreStats, Option<LazyStats>), SnapBenchError> {
+        let t = Instant::now();
+        let (mut p, st, server) = restore_one(&self.img, ro)?;
+        let answer = p.ask("work").map_err(io("asking a restored process"))?;
+        let first = ms(t);
+        let t = Instant::now();
+        let again = p
+            .ask("work")
+            .map_err(io("asking a restored process again"))?;
+        let second = ms(t);
+        p.end();
+        if answer != self.expected || again != self.expected {
+            return Err(self.err(format!(
+                "a {} restore answered {answer:?} then {again:?}, not {:?}",
+                ro.policy, self.expected
+            )));
+        }
+        let lazy = match server {
+            Some(s) => Some(s.wait().map_err(|e| self.err(e.to_string()))?),
+            None => None,
+        };
+        Ok((first, second, st, lazy))
+    }
+
+    /// Prefetch replays what the first request after a lazy restore touched: record it once
+    /// (and store it with the image).
+    fn record_working_set(&mut self) -> Result<(), SnapBenchError> {
+        let ro = self.options(Policy::Lazy, SourceKind::Memory)?;
+        let (mut p, _, server) = restore_one(&self.img, &ro)?;
+        p.ask("work").map_err(io("recording the working set"))?;
+        let ws = server.as_ref().map(|s| s.working_set()).unwrap_or_default();
+        p.end();
+        if let Some(s) = server {
+            s.wait().map_err(|e| self.err(e.to_string()))?;
+        }
+        ember_snap::image::write_working_set(&self.image, &self.img.meta, &ws)?;
+        self.working_set = Some(Arc::new(ws));
+        Ok(())
+    }
+}
+
+/// A page server on loopback serving `img`; its address.
+fn loopback_page_server(img: &Arc<LoadedImage>) -> Result<String, SnapBenchError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("page server"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(io("page server"))?
+        .to_string();
+    let served = vec![img.clone()];
+    std::thread::spawn(move || {
+        ember_snap::lazy::remote::serve(listener, REMOTE_TOKEN.into(), served)
+    });
+    Ok(addr)
+}
+
+impl Series {
+    fn push(&mut self, (first, second, st, lazy): (f64, f64, RestoreStats, Option<LazyStats>)) {
+        self.first.push(first);
+        self.second.push(second);
+        let parts = [
+            st.attach_us,
+            st.map_us,
+            st.fill_us,
+            st.state_us,
+            st.finish_us,
+        ];
+        for (v, x) in self.phases.iter_mut().zip(parts) {
+            v.push(x as f64 / 1e3);
+        }
+        self.last = st;
+        self.servers.extend(lazy);
+    }
+
+    fn result(
+        self,
+        policy: Policy,
+        kind: SourceKind,
+        instances: usize,
+        (rss_mib, pss_mib): (f64, f64),
+    ) -> PolicyResult {
+        let m =
+            |f: fn(&LazyStats) -> u64| median(self.servers.iter().map(|s| f(s) as f64).collect());
+        PolicyResult {
+            policy: policy.to_string(),
+            source: kind.name().to_string(),
+            instances,
+            rss_mib,
+            pss_mib,
+            first: summarize(&self.first),
+            second: summarize(&self.second),
+            phases: self.phases.clone().map(median),
+            injected_syscalls: self.last.injected,
+            round_trips: self.last.round_trips,
+            fill: format!("{:?}", self.last.fill_mode),
+            faults: m(|s| s.faults),
+            pages_installed: m(|s| s.pages_installed),
+            blocked_ms: m(|s| s.blocked_us) / 1e3,
+            first_ms: self.first,
+            second_ms: self.second,
+            servers: self.servers,
+        }
+    }
+}
+
 pub fn measure(
     workload: &str,
     python: &Path,
@@ -376,48 +526,22 @@ pub fn measure(
         })
         .collect();
     let remote = if combos.iter().any(|c| c.1 == SourceKind::Remote) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("page server"))?;
-        let addr = listener
-            .local_addr()
-            .map_err(io("page server"))?
-            .to_string();
-        let served = vec![img.clone()];
-        std::thread::spawn(move || {
-            ember_snap::lazy::remote::serve(listener, REMOTE_TOKEN.into(), served)
-        });
-        addr
+        loopback_page_server(&img)?
     } else {
         String::new()
     };
-    let source_of = |kind: SourceKind| -> Result<Arc<dyn PageSource>, SnapBenchError> {
-        Ok(match kind {
-            SourceKind::Memory => img.clone(),
-            SourceKind::File => Arc::new(ember_snap::lazy::FileSource::open(&image, &img.meta)?),
-            SourceKind::Remote => Arc::new(
-                ember_snap::lazy::RemoteSource::connect(&remote, REMOTE_TOKEN, &img.meta)
-                    .map_err(|e| target_err(e.to_string()))?,
-            ),
-        })
+    let mut run = Run {
+        workload,
+        img: img.clone(),
+        image: image.clone(),
+        remote,
+        working_set: None,
+        restore: &opts.restore,
+        expected: expected.clone(),
     };
-    // Prefetch replays what the first request after a lazy restore touched: record it once.
-    let working_set = if opts.policies.contains(&Policy::Prefetch) {
-        let ro = RestoreOptions {
-            policy: Policy::Lazy,
-            source: Some(img.clone() as Arc<dyn PageSource>),
-            ..opts.restore.clone()
-        };
-        let (mut p, _, server) = restore_one(&img, &ro)?;
-        p.ask("work").map_err(io("recording the working set"))?;
-        let ws = server.as_ref().map(|s| s.working_set()).unwrap_or_default();
-        p.end();
-        if let Some(s) = server {
-            s.wait().map_err(|e| target_err(e.to_string()))?;
-        }
-        ember_snap::image::write_working_set(&image, &img.meta, &ws)?;
-        Some(Arc::new(ws))
-    } else {
-        None
-    };
+    if opts.policies.contains(&Policy::Prefetch) {
+        run.record_working_set()?;
+    }
     let mut series: Vec<Series> = combos.iter().map(|_| Series::default()).collect();
     let (mut cold, mut forks, mut alloc) = (Vec::new(), Vec::new(), Vec::new());
     let kinds = combos.len() + 2;
@@ -426,45 +550,8 @@ pub fn measure(
         for k in 0..kinds {
             let which = (round + k) % kinds;
             if let Some(&(policy, kind)) = combos.get(which) {
-                let ro = RestoreOptions {
-                    policy,
-                    source: Some(source_of(kind)?),
-                    working_set: working_set.clone(),
-                    ..opts.restore.clone()
-                };
-                let t = Instant::now();
-                let (mut p, st, server) = restore_one(&img, &ro)?;
-                let answer = p.ask("work").map_err(io("asking a restored process"))?;
-                let first = ms(t);
-                let t = Instant::now();
-                let again = p
-                    .ask("work")
-                    .map_err(io("asking a restored process again"))?;
-                let second = ms(t);
-                p.end();
-                if answer != expected || again != expected {
-                    return Err(target_err(format!(
-                        "a {policy} restore answered {answer:?} then {again:?}, not {expected:?}"
-                    )));
-                }
-                let se = &mut series[which];
-                se.first.push(first);
-                se.second.push(second);
-                let parts = [
-                    st.attach_us,
-                    st.map_us,
-                    st.fill_us,
-                    st.state_us,
-                    st.finish_us,
-                ];
-                for (v, x) in se.phases.iter_mut().zip(parts) {
-                    v.push(x as f64 / 1e3);
-                }
-                se.last = st;
-                if let Some(server) = server {
-                    se.servers
-                        .push(server.wait().map_err(|e| target_err(e.to_string()))?);
-                }
+                let ro = run.options(policy, kind)?;
+                series[which].push(run.restore_once(&ro)?);
                 if which == 0 {
                     alloc.push(page_alloc_ms(img.meta.pages.count));
                 }
@@ -492,44 +579,12 @@ pub fn measure(
         }
     }
     live.end();
-    let mut memory = Vec::new();
-    for &(policy, kind) in &combos {
-        let ro = RestoreOptions {
-            policy,
-            source: Some(source_of(kind)?),
-            working_set: working_set.clone(),
-            ..opts.restore.clone()
-        };
-        memory.push(instances_memory(&img, &ro, opts.instances, &expected)?);
+    let mut restores = Vec::new();
+    for (&(policy, kind), se) in combos.iter().zip(series) {
+        let ro = run.options(policy, kind)?;
+        let mem = instances_memory(&img, &ro, opts.instances, &expected)?;
+        restores.push(se.result(policy, kind, opts.instances, mem));
     }
-    let restores = combos
-        .iter()
-        .zip(series)
-        .zip(memory)
-        .map(|((&(policy, kind), se), (rss_mib, pss_mib))| {
-            let m =
-                |f: fn(&LazyStats) -> u64| median(se.servers.iter().map(|s| f(s) as f64).collect());
-            PolicyResult {
-                policy: policy.to_string(),
-                source: kind.name().to_string(),
-                instances: opts.instances,
-                rss_mib,
-                pss_mib,
-                first: summarize(&se.first),
-                second: summarize(&se.second),
-                phases: se.phases.map(median),
-                injected_syscalls: se.last.injected,
-                round_trips: se.last.round_trips,
-                fill: format!("{:?}", se.last.fill_mode),
-                faults: m(|s| s.faults),
-                pages_installed: m(|s| s.pages_installed),
-                blocked_ms: m(|s| s.blocked_us) / 1e3,
-                first_ms: se.first,
-                second_ms: se.second,
-                servers: se.servers,
-            }
-        })
-        .collect();
     Ok(WorkloadResult {
         workload: workload.to_string(),
         python: python.to_path_buf(),
