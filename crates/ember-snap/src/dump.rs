@@ -182,16 +182,7 @@ fn capture(t: &Tracee, opts: &DumpOptions) -> Result<(Meta, Vec<u8>, DumpStats),
     let (vmas, vdso) = classify_vmas(pid, &maps, &mut files)?;
     let exe_idx = files.index(&exe, None);
     let fds = classify_fds(&cx, opts, &mut files)?;
-    let vdso_hash = {
-        let v = maps
-            .iter()
-            .find(|m| m.name.as_deref() == Some("[vdso]"))
-            .ok_or_else(|| cx.proc_err("maps", "no [vdso] mapping".into()))?;
-        let mut buf = vec![0u8; (v.end - v.start) as usize];
-        mem.read_exact_at(&mut buf, v.start)
-            .map_err(|e| cx.proc_err("mem", e.to_string()))?;
-        *blake3::hash(&buf).as_bytes()
-    };
+    let vdso_hash = vdso_hash(&cx, &mem, &maps)?;
     let insn = find_syscall(t, &mem, &maps).ok_or(DumpError::NoSyscall { pid })?;
     let q = query(t, insn, status.sig_caught)?;
     let (head, len) =
@@ -203,18 +194,7 @@ fn capture(t: &Tracee, opts: &DumpOptions) -> Result<(Meta, Vec<u8>, DumpStats),
         && i32::from_ne_bytes(tid) == status.ns_tid)
         .then_some(GLIBC_TID_OFFSET);
     let mut sigactions = q.sigactions;
-    for sig in 1..=64u8 {
-        let bit = 1u64 << (sig - 1);
-        if status.sig_ignored & bit != 0 && status.sig_caught & bit == 0 {
-            sigactions.push(SigAction {
-                sig,
-                handler: libc::SIG_IGN as u64,
-                flags: 0,
-                restorer: 0,
-                mask: 0,
-            });
-        }
-    }
+    sigactions.extend(ignored_signals(&status));
     drop(span);
 
     let (pages, runs, zero_pages) = {
@@ -230,13 +210,14 @@ fn capture(t: &Tracee, opts: &DumpOptions) -> Result<(Meta, Vec<u8>, DumpStats),
     File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut id))
         .map_err(|e| cx.proc_err("/dev/urandom", e.to_string()))?;
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let count = pages.len() as u64 / PAGE;
     let meta = Meta {
         id,
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        created,
         parent: None,
         source: Source {
             pid,
@@ -301,6 +282,35 @@ fn capture(t: &Tracee, opts: &DumpOptions) -> Result<(Meta, Vec<u8>, DumpStats),
         ..DumpStats::default()
     };
     Ok((meta, pages, stats))
+}
+
+/// BLAKE3 of the process's vDSO code (the same for every process of one kernel).
+fn vdso_hash(cx: &Ctx, mem: &File, maps: &[MapEntry]) -> Result<[u8; 32], DumpError> {
+    let v = maps
+        .iter()
+        .find(|m| m.name.as_deref() == Some("[vdso]"))
+        .ok_or_else(|| cx.proc_err("maps", "no [vdso] mapping".into()))?;
+    let mut buf = vec![0u8; (v.end - v.start) as usize];
+    mem.read_exact_at(&mut buf, v.start)
+        .map_err(|e| cx.proc_err("mem", e.to_string()))?;
+    Ok(*blake3::hash(&buf).as_bytes())
+}
+
+/// `SIG_IGN` for every signal `/proc/PID/status` says is ignored (caught ones were queried).
+fn ignored_signals(status: &proc::Status) -> Vec<SigAction> {
+    (1..=64u8)
+        .filter(|sig| {
+            let bit = 1u64 << (sig - 1);
+            status.sig_ignored & bit != 0 && status.sig_caught & bit == 0
+        })
+        .map(|sig| SigAction {
+            sig,
+            handler: libc::SIG_IGN as u64,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        })
+        .collect()
 }
 
 pub fn regs_to_words(r: &Regs) -> Vec<u64> {
