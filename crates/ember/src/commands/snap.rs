@@ -144,29 +144,29 @@ fn dump(pid: i32, out: PathBuf, inherited: Vec<i32>, leave_running: bool) -> any
     Ok(())
 }
 
-fn restore(
-    dir: PathBuf,
-    count: usize,
+/// The image (loaded, or only opened when pages come from elsewhere) and the options of a
+/// restore with `policy` from `source` (memory, file, or HOST:PORT of a page server).
+fn restore_options(
+    dir: &std::path::Path,
     policy: Policy,
     source: &str,
     token: &str,
-    record: bool,
-) -> anyhow::Result<()> {
-    let t = std::time::Instant::now();
+) -> anyhow::Result<(Arc<LoadedImage>, RestoreOptions)> {
     let in_memory = matches!(policy, Policy::Eager | Policy::Mapped) || source == "memory";
     let img = Arc::new(if in_memory {
-        LoadedImage::load(&dir)?
+        LoadedImage::load(dir)?
     } else {
-        LoadedImage::open(&dir)?
+        LoadedImage::open(dir)?
     });
     let source: Arc<dyn PageSource> = match source {
         "memory" => img.clone(),
-        "file" => Arc::new(FileSource::open(&dir, &img.meta)?),
-        addr => Arc::new(RemoteSource::connect(addr, token, &img.meta)?),
+        "file" => Arc::new(FileSource::open(dir, &img.meta)?),
+        addr if addr.contains(':') => Arc::new(RemoteSource::connect(addr, token, &img.meta)?),
+        other => bail!("unknown page source {other:?}: use memory, file or HOST:PORT"),
     };
     let working_set = match policy {
         Policy::Prefetch => Some(Arc::new(
-            ember_snap::image::read_working_set(&dir, &img.meta)?.with_context(|| {
+            ember_snap::image::read_working_set(dir, &img.meta)?.with_context(|| {
                 format!(
                     "{} has no working set: run a lazy restore with --record-working-set first",
                     dir.display()
@@ -181,6 +181,19 @@ fn restore(
         working_set,
         ..RestoreOptions::default()
     };
+    Ok((img, opts))
+}
+
+fn restore(
+    dir: PathBuf,
+    count: usize,
+    policy: Policy,
+    source: &str,
+    token: &str,
+    record: bool,
+) -> anyhow::Result<()> {
+    let t = std::time::Instant::now();
+    let (img, opts) = restore_options(&dir, policy, source, token)?;
     let load_ms = t.elapsed().as_secs_f64() * 1000.0;
     let mut fds: Vec<(RawFd, RawFd)> = Vec::new();
     for n in img.meta.inherited_fds() {
