@@ -334,21 +334,10 @@ impl<'m> Plan<'m> {
         b.call(Step::Addr("mmap", v.start), libc::SYS_mmap, &args, flags);
     }
 
-    fn batch2(&self, base: u64) -> Batch<'m> {
-        let meta = self.meta;
-        let mut b2 = Batch::new(base);
-        for (i, v) in meta.vmas.iter().enumerate() {
-            if self.filled[i] && v.prot & libc::PROT_WRITE == 0 {
-                let args = [v.start, v.len(), v.prot as u64];
-                b2.call(
-                    Step::Addr("mprotect", v.start),
-                    libc::SYS_mprotect,
-                    &args,
-                    0,
-                );
-            }
-        }
-        let m = &meta.mm;
+    /// `PR_SET_MM_MAP`: the mm fields, auxv and executable (after the unmap: EBUSY while the
+    /// old executable is mapped).
+    fn set_mm(&self, b2: &mut Batch<'m>) {
+        let m = &self.meta.mm;
         let mut auxv = Vec::new();
         for w in &m.auxv {
             auxv.extend_from_slice(&w.to_ne_bytes());
@@ -376,6 +365,23 @@ impl<'m> Plan<'m> {
         let map_at = b2.data(&map);
         let args = [PR_SET_MM, PR_SET_MM_MAP, map_at, map.len() as u64];
         b2.call("prctl(PR_SET_MM_MAP)", libc::SYS_prctl, &args, 0);
+    }
+
+    fn batch2(&self, base: u64) -> Batch<'m> {
+        let meta = self.meta;
+        let mut b2 = Batch::new(base);
+        for (i, v) in meta.vmas.iter().enumerate() {
+            if self.filled[i] && v.prot & libc::PROT_WRITE == 0 {
+                let args = [v.start, v.len(), v.prot as u64];
+                b2.call(
+                    Step::Addr("mprotect", v.start),
+                    libc::SYS_mprotect,
+                    &args,
+                    0,
+                );
+            }
+        }
+        self.set_mm(&mut b2);
         for &(fd, cloexec, pos, at) in &self.fd_files {
             let fl = if cloexec { libc::O_CLOEXEC as u64 } else { 0 };
             b2.call(
