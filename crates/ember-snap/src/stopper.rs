@@ -1,4 +1,4 @@
-//! The stopper: a 200-byte static program a restore target is made of.
+//! The stopper: a 153-byte static program a restore target is made of.
 //!
 //! Forking the agent to get a target copies the agent's page tables, and the restore then
 //! has to tear them down: with a node holding a gigabyte of images that costs milliseconds
