@@ -244,6 +244,30 @@ impl Client {
         Ok(r.stopped)
     }
 
+    /// `{"images": [...], "memory": {"resident_bytes", "budget_bytes"}}`.
+    pub async fn images(&self) -> Result<serde_json::Value, ClientError> {
+        self.json(self.req(reqwest::Method::GET, "/v1/images"))
+            .await
+    }
+
+    /// Builds (or rebuilds) the image for `packages` and returns it once verified.
+    pub async fn build_image(&self, packages: &[String]) -> Result<serde_json::Value, ClientError> {
+        let body = serde_json::json!({ "packages": packages });
+        self.json(self.req(reqwest::Method::POST, "/v1/images").json(&body))
+            .await
+    }
+
+    pub async fn remove_image(&self, id: &str) -> Result<(), ClientError> {
+        let resp = self
+            .send(self.req(reqwest::Method::DELETE, &format!("/v1/images/{id}")))
+            .await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(Self::fail(resp).await)
+        }
+    }
+
     pub async fn logs(&self, name: &str, lines: usize) -> Result<String, ClientError> {
         let resp = self
             .send(self.req(

@@ -41,6 +41,9 @@ impl From<NodeError> for ApiError {
             NodeError::Code(_) => "InvalidArchive",
             NodeError::Env(_) => "PackageInstallFailed",
             NodeError::Throttled { .. } => "TooManyRequests",
+            NodeError::Image(ember_node::images::ImageError::NotFound(_)) => "NotFound",
+            NodeError::Image(ember_node::images::ImageError::NeedsSandbox) => "ImagesNeedSandbox",
+            NodeError::Image(_) => "ImageBuildFailed",
             _ => "Internal",
         };
         let status = match e.kind() {

@@ -40,6 +40,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/functions/{name}/invoke", post(invoke))
         .route("/v1/functions/{name}/instances", delete(stop_instances))
         .route("/v1/functions/{name}/logs", get(logs))
+        .route("/v1/images", get(list_images).post(build_image))
+        .route("/v1/images/{id}", delete(remove_image))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::new(
@@ -260,6 +262,59 @@ async fn deploy(
         .into_response())
 }
 
+async fn list_images(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let (resident, budget) = s.node.image_memory();
+    Ok(axum::Json(serde_json::json!({
+        "images": s.node.images(),
+        "memory": { "resident_bytes": resident, "budget_bytes": budget },
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BuildImage {
+    packages: Vec<String>,
+}
+
+async fn build_image(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, 64 << 10, "image request").await?;
+    let req: BuildImage = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(
+            "InvalidImageRequest",
+            format!("expected {{\"packages\": [\"name==version\", ...]}}: {e}"),
+        )
+    })?;
+    // The same rules as a function's packages.
+    ember_node::function::validate_packages(&req.packages)
+        .map_err(|e| ApiError::bad_request("InvalidImageRequest", e.to_string()))?;
+    let node = s.node.clone();
+    // In a task of its own: a client that goes away does not leave half a build.
+    let built = tokio::spawn(async move { node.build_image(&req.packages, &|_| {}).await })
+        .await
+        .map_err(|e| {
+            tracing::error!("an image build task failed: {e}");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal",
+                "the image build failed inside ember; see the daemon's log",
+            )
+        })??;
+    Ok((StatusCode::CREATED, axum::Json(built)).into_response())
+}
+
+async fn remove_image(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    s.node.remove_image(&id)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 async fn invoke(
     State(s): State<AppState>,
     Path(name): Path<String>,
@@ -415,6 +470,9 @@ fn invocation_response(inv: Invocation) -> Response {
     };
     put(h::START, inv.start.as_str());
     put(h::TIMING, &inv.timing.header());
+    if let Some(image) = &inv.image {
+        put(h::IMAGE, image);
+    }
     put(h::REQUEST_ID, &inv.request_id);
     put(h::VERSION, &inv.version.to_string());
     if !inv.instance.is_empty() {

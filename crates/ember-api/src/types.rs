@@ -4,11 +4,13 @@ use serde::{Deserialize, Serialize};
 
 /// Response headers of an invoke.
 pub mod headers {
-    /// The start-ladder rung that served the request: `warm` or `cold-boot`.
+    /// The start-ladder rung that served the request: `warm`, `image` or `cold-boot`.
     pub const START: &str = "ember-start";
     /// Phase durations in `Server-Timing` syntax (milliseconds).
     pub const TIMING: &str = "ember-timing";
     pub const REQUEST_ID: &str = "ember-request-id";
+    /// The dependency image the instance was restored from.
+    pub const IMAGE: &str = "ember-image";
     pub const INSTANCE: &str = "ember-instance";
     pub const VERSION: &str = "ember-function-version";
     /// Present when the invocation failed: `handler`, `init`, `timeout`, `init-timeout`,

@@ -3,6 +3,47 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use ember_snap::lazy::Policy;
+
+/// Which dependency images the node builds by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AutoImages {
+    /// Only those built with `ember image build`.
+    Off,
+    /// One for each distinct package set a deployed function uses, unless an image already
+    /// covers it.
+    OnDeploy,
+    /// These package sets, built at start if missing (and none on deploy).
+    Fixed(Vec<Vec<String>>),
+}
+
+/// Dependency images: how they are made, kept and restored.
+#[derive(Debug, Clone)]
+pub struct ImageConfig {
+    pub auto: AutoImages,
+    /// Bytes of image pages the in-memory pool may hold; the other images are served from
+    /// disk. Images still in use by instances after leaving the pool count until they end.
+    pub memory_bytes: u64,
+    /// How restored pages reach an instance (`mapped` cannot be used with the sandbox).
+    pub policy: Policy,
+    /// Memory limit of the sandbox an image is built in.
+    pub build_memory_mb: u32,
+    /// Failed restores in a row after which an image stops being used until rebuilt.
+    pub failures_unhealthy: u32,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        ImageConfig {
+            auto: AutoImages::OnDeploy,
+            memory_bytes: 1 << 30,
+            policy: Policy::Eager,
+            build_memory_mb: 2048,
+            failures_unhealthy: 3,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     /// Everything the node keeps lives under this directory.
@@ -31,6 +72,7 @@ pub struct NodeConfig {
     pub pids_max: u64,
     /// Size of an instance's private /tmp (counted in its memory limit).
     pub tmp_bytes: u64,
+    pub images: ImageConfig,
 }
 
 impl Default for NodeConfig {
@@ -49,6 +91,7 @@ impl Default for NodeConfig {
             sandbox_gid: 65534,
             pids_max: 256,
             tmp_bytes: 64 << 20,
+            images: ImageConfig::default(),
         }
     }
 }

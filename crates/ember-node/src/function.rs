@@ -153,18 +153,21 @@ impl FunctionConfig {
                 "must be between 1 and 1000",
             ));
         }
-        if self.packages.len() > 64 {
-            return Err(invalid(
-                "packages",
-                format!("{} entries", self.packages.len()),
-                "at most 64 requirements",
-            ));
-        }
-        for p in &self.packages {
-            validate_requirement(p)?;
-        }
+        validate_packages(&self.packages)?;
         validate_env(&self.env)
     }
+}
+
+/// A package list, for a function or an image: at most 64 pip requirements.
+pub fn validate_packages(packages: &[String]) -> Result<(), InvalidFunction> {
+    if packages.len() > 64 {
+        return Err(invalid(
+            "packages",
+            format!("{} entries", packages.len()),
+            "at most 64 requirements",
+        ));
+    }
+    packages.iter().try_for_each(|p| validate_requirement(p))
 }
 
 /// A pip requirement: a distribution name, optional extras, version specifiers and an

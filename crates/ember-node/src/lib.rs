@@ -5,6 +5,7 @@ pub mod code;
 pub mod config;
 pub mod envs;
 pub mod function;
+pub mod images;
 mod live;
 pub mod logs;
 pub mod metrics;
@@ -14,7 +15,7 @@ mod ratelimit;
 pub mod registry;
 mod sys;
 
-pub use config::NodeConfig;
+pub use config::{AutoImages, ImageConfig, NodeConfig, Policy};
 pub use function::{FunctionConfig, FunctionRecord, InvalidFunction, Runtime};
 pub use node::{
     FunctionStatus, Invocation, InvokeOutcome, Node, NodeError, NodeErrorKind, StartPath, Timing,

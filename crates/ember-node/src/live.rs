@@ -1,17 +1,35 @@
-//! A live instance as the node keeps it: the runtime process and, when sandboxed, its
-//! sandbox (cgroup, limits), which goes when the instance goes.
+//! A live instance as the node keeps it: the runtime process, when sandboxed its sandbox
+//! (cgroup, limits), which goes when the instance goes, and when restored lazily from an
+//! image the page server still serving it.
 
 use std::time::Duration;
 
 use ember_runtime::Instance;
 use ember_sandbox::{LimitReason, Sandbox, killed_by_seccomp};
+use ember_snap::lazy::{LazyStats, PageServer};
 
 pub struct Live {
     pub inst: Instance,
     pub sandbox: Option<Sandbox>,
+    /// The image it was restored from.
+    pub image: Option<String>,
+    /// Ends by itself once the process is gone.
+    pub pages: Option<PageServer>,
+    /// The page server's counters as last added to the node's metrics.
+    pub reported: LazyStats,
 }
 
 impl Live {
+    pub fn new(inst: Instance, sandbox: Option<Sandbox>) -> Live {
+        Live {
+            inst,
+            sandbox,
+            image: None,
+            pages: None,
+            reported: LazyStats::default(),
+        }
+    }
+
     pub fn id(&self) -> &str {
         self.inst.id()
     }

@@ -7,6 +7,13 @@
 //! | `ember_execution_duration_seconds` (histogram) | function |
 //! | `ember_instances` (gauge, live instances) | function |
 //! | `ember_throttled_total` | function |
+//! | `ember_cold_boot_reasons_total` (no image could serve: no-image, no-sandbox) | function, reason |
+//! | `ember_image_failures_total` (restores that fell back to a cold boot) | image |
+//! | `ember_image_page_faults_total` (faults served after a lazy or prefetch restore) | image |
+//! | `ember_image_pages_installed_total` (pages those faults installed) | image |
+//! | `ember_image_page_bytes_fetched_total` (bytes read from the page source for them) | image |
+//! | `ember_image_page_fault_blocked_seconds_total` (time instances waited on faults) | image |
+//! | `ember_image_memory_bytes` (gauge: image pages in memory) | |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -14,6 +21,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InvokeLabels {
@@ -33,6 +41,17 @@ pub struct FunctionLabels {
     pub function: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub function: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ImageLabels {
+    pub image: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 100 us .. ~52 s
     Histogram::new(exponential_buckets(0.0001, 2.0, 20))
@@ -45,6 +64,13 @@ pub struct Metrics {
     pub exec_seconds: Family<FunctionLabels, Histogram>,
     pub instances: Family<FunctionLabels, Gauge>,
     pub throttled: Family<FunctionLabels, Counter>,
+    pub cold_boot_reasons: Family<ReasonLabels, Counter>,
+    pub image_failures: Family<ImageLabels, Counter>,
+    pub page_faults: Family<ImageLabels, Counter>,
+    pub pages_installed: Family<ImageLabels, Counter>,
+    pub page_bytes_fetched: Family<ImageLabels, Counter>,
+    pub page_fault_blocked: Family<ImageLabels, Counter<f64, AtomicU64>>,
+    pub image_memory: Gauge,
 }
 
 impl Default for Metrics {
@@ -79,7 +105,56 @@ impl Default for Metrics {
             "Invocations refused with 429 because the function's queue was full",
             throttled.clone(),
         );
+        let cold_boot_reasons = Family::<ReasonLabels, Counter>::default();
+        let image_failures = Family::<ImageLabels, Counter>::default();
+        let page_faults = Family::<ImageLabels, Counter>::default();
+        let pages_installed = Family::<ImageLabels, Counter>::default();
+        let page_bytes_fetched = Family::<ImageLabels, Counter>::default();
+        let page_fault_blocked = Family::<ImageLabels, Counter<f64, AtomicU64>>::default();
+        let image_memory = Gauge::default();
+        registry.register(
+            "cold_boot_reasons",
+            "Cold boots because no dependency image could serve, by reason",
+            cold_boot_reasons.clone(),
+        );
+        registry.register(
+            "image_failures",
+            "Starts from an image that failed and fell back to a cold boot",
+            image_failures.clone(),
+        );
+        registry.register(
+            "image_page_faults",
+            "Page faults served to instances restored lazily",
+            page_faults.clone(),
+        );
+        registry.register(
+            "image_pages_installed",
+            "Pages installed on those faults",
+            pages_installed.clone(),
+        );
+        registry.register(
+            "image_page_bytes_fetched",
+            "Bytes read from the page source for those faults",
+            page_bytes_fetched.clone(),
+        );
+        registry.register(
+            "image_page_fault_blocked_seconds",
+            "Time restored instances waited on page faults",
+            page_fault_blocked.clone(),
+        );
+        registry.register(
+            "image_memory_bytes",
+            "Bytes of image pages in memory",
+            image_memory.clone(),
+        );
         Metrics {
+            cold_boot_reasons,
+            image_failures,
+            page_faults,
+            pages_installed,
+            page_bytes_fetched,
+            page_fault_blocked,
+            image_memory,
             registry,
             invocations,
             init_seconds,

@@ -9,4 +9,6 @@ mod sys;
 
 pub use sys::kill_with_daemon;
 
-pub use python::{BootTiming, Instance, LogSink, Outcome, StartSpec, Stream};
+pub use python::{
+    BootTiming, Instance, LogSink, Outcome, Prepared, RestoredTiming, StartSpec, Stream,
+};

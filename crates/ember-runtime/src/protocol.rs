@@ -3,10 +3,11 @@
 //!
 //! ```text
 //! frame   := len:u32be kind:u8 body[len-1]        1 <= len <= MAX_FRAME
-//! BOOT        host -> rt  JSON {"imports": [module, ...]}
-//! PRELOADED   rt -> host  JSON {"import_packages_us": n}
-//! INIT        host -> rt  JSON {"function", "handler", "code_dir", "memory_mb", "version", "instance"}
-//! READY       rt -> host  JSON {"import_handler_us": n}
+//! BOOT        host -> rt  JSON {"imports": [module, ...], "snapshot"?: true}
+//! PRELOADED   rt -> host  JSON {"import_packages_us": n, "threads"?: n, "closed_fds"?: n}
+//! INIT        host -> rt  JSON {"function", "handler", "code_dir", "memory_mb", "version",
+//!                               "instance", "restored"?: true, "env"?: {name: value}}
+//! READY       rt -> host  JSON {"import_handler_us": n, "hook_us"?: n}
 //! INIT_ERROR  rt -> host  JSON {"type", "message", "traceback": [line, ...]}
 //! INVOKE      host -> rt  hlen:u32be JSON{"request_id", "deadline_ms"} event-bytes
 //! RESULT      rt -> host  hlen:u32be JSON{"duration_us"} result-bytes (JSON)
@@ -14,7 +15,11 @@
 //! ```
 //!
 //! BOOT and INIT are separate so that a dependency image can be taken between them (packages
-//! imported, no function code yet). The event and the result travel as raw bytes so that the
+//! imported, no function code yet). With `snapshot`, the runtime prepares for that dump after
+//! its imports (a full garbage collection, then `gc.freeze()`; descriptors above the
+//! protocol's closed) and says how many threads it has: an image needs exactly one. With
+//! `restored`, the INIT goes to a process restored from such an image, which first runs the
+//! after-restore hook (new seeds for what Python seeded at import) and reports its time. The event and the result travel as raw bytes so that the
 //! host never re-encodes a payload.
 
 use serde::{Deserialize, Serialize};
@@ -156,11 +161,19 @@ pub fn parse_json<'a, T: Deserialize<'a>>(
 #[derive(Debug, Serialize)]
 pub struct Boot<'a> {
     pub imports: &'a [String],
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub snapshot: bool,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct Preloaded {
     pub import_packages_us: u64,
+    /// With `snapshot`: the process's threads after the imports (`/proc/self/task`).
+    #[serde(default)]
+    pub threads: Option<u32>,
+    /// With `snapshot`: descriptors the pre-snapshot hook closed.
+    #[serde(default)]
+    pub closed_fds: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -171,11 +184,19 @@ pub struct Init<'a> {
     pub memory_mb: u32,
     pub version: u64,
     pub instance: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub restored: bool,
+    /// With `restored`: the instance's whole environment, replacing the image's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env: Option<&'a std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct Ready {
     pub import_handler_us: u64,
+    /// With `restored`: the after-restore hook's time.
+    #[serde(default)]
+    pub hook_us: u64,
 }
 
 #[derive(Debug, Serialize)]

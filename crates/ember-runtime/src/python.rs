@@ -2,7 +2,11 @@
 //! invocations over the protocol socket.
 //!
 //! ```text
-//! spawn --BOOT+INIT--> [interpreter starts] --PRELOADED--> [handler import] --READY--> idle
+//! cold boot:  spawn --BOOT+INIT--> [interpreter] --PRELOADED--> [handler import] --READY--> idle
+//! image build: spawn --BOOT(snapshot)--> [interpreter, imports, pre-snapshot hook] --PRELOADED-->
+//!              (the caller dumps the process, blocked reading INIT)
+//! from image: spawn parked (stopped by the sandbox) -> the caller restores the image into it
+//!              --INIT(restored)--> [after-restore hook, handler import] --READY--> idle
 //! idle --INVOKE--> busy --RESULT|ERROR--> idle        any protocol failure: the instance is dead
 //! ```
 
@@ -60,6 +64,21 @@ pub struct StartSpec {
     pub env: BTreeMap<String, String>,
 }
 
+/// Time spent starting an instance restored from an image.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoredTiming {
+    pub hook: Duration,
+    pub import_handler: Duration,
+}
+
+/// What the runtime reported after its imports, ready to be dumped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prepared {
+    pub import_packages: Duration,
+    pub threads: u32,
+    pub closed_fds: u32,
+}
+
 /// Time spent in each phase of a cold boot.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BootTiming {
@@ -85,6 +104,11 @@ pub enum StartError {
     Exited(std::process::ExitStatus),
     #[error("importing the handler failed: {}: {}", .0.error_type, .0.message)]
     Handler(FunctionError),
+    #[error(
+        "the runtime has {0} threads after importing its packages, and an image needs one: \
+         set the package's thread-count variable, or leave this package set out of images"
+    )]
+    Threads(u32),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,11 +157,89 @@ impl Instance {
         confine: impl FnOnce(&mut Command),
     ) -> Result<(Instance, BootTiming), StartError> {
         let t0 = Instant::now();
+        let mut inst = Instance::spawn(spec, logs, confine)?;
+        let spawn = t0.elapsed();
+        let booted = inst.boot(spec, spawn, t0).await;
+        let timing = inst.check_start(booted).await?;
+        Ok((inst, timing))
+    }
+
+    /// Starts the runtime for a dependency image: it imports `spec.imports`, runs the
+    /// pre-snapshot hook and waits for an INIT that will never come to it: the caller dumps
+    /// it and then kills it.
+    pub async fn start_for_image(
+        spec: &StartSpec,
+        logs: Arc<dyn LogSink>,
+        confine: impl FnOnce(&mut Command),
+    ) -> Result<(Instance, Prepared), StartError> {
+        let mut inst = Instance::spawn(spec, logs, confine)?;
+        let prepared = inst.preload(spec).await;
+        let prepared = inst.check_start(prepared).await?;
+        if prepared.threads != 1 {
+            let n = prepared.threads;
+            inst.kill();
+            return Err(StartError::Threads(n));
+        }
+        Ok((inst, prepared))
+    }
+
+    /// Starts the runtime's process only; `confine` is expected to park it (a sandbox's
+    /// stopped start) so that the caller can restore an image into it, then call
+    /// [`Instance::init_restored`].
+    pub fn spawn_parked(
+        spec: &StartSpec,
+        logs: Arc<dyn LogSink>,
+        confine: impl FnOnce(&mut Command),
+    ) -> Result<Instance, StartError> {
+        Instance::spawn(spec, logs, confine)
+    }
+
+    /// Initialises a process restored from an image: the after-restore hook, then the
+    /// handler's import.
+    pub async fn init_restored(&mut self, spec: &StartSpec) -> Result<RestoredTiming, StartError> {
+        let r = self.send_init(spec, true).await;
+        let r = match r {
+            Ok(()) => self.await_ready().await,
+            Err(e) => Err(e),
+        };
+        let ready = self.check_start(r).await?;
+        Ok(RestoredTiming {
+            hook: Duration::from_micros(ready.hook_us),
+            import_handler: Duration::from_micros(ready.import_handler_us),
+        })
+    }
+
+    /// On a start-up failure: kills the process group, and says how the runtime ended when
+    /// it did (most often the cause: a broken interpreter, a bad path, a failed restore).
+    async fn check_start<T>(&mut self, r: Result<T, StartError>) -> Result<T, StartError> {
+        match r {
+            Ok(v) => Ok(v),
+            Err(StartError::Protocol(e)) => {
+                let status = self.exit_status(Duration::from_millis(200)).await;
+                let _ = sys::kill_group(self.pid);
+                Err(match status {
+                    Some(st) => StartError::Exited(st),
+                    None => StartError::Protocol(e),
+                })
+            }
+            Err(e) => {
+                let _ = sys::kill_group(self.pid);
+                Err(e)
+            }
+        }
+    }
+
+    fn spawn(
+        spec: &StartSpec,
+        logs: Arc<dyn LogSink>,
+        confine: impl FnOnce(&mut Command),
+    ) -> Result<Instance, StartError> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(StartError::Socket)?;
         ours.set_nonblocking(true).map_err(StartError::Socket)?;
         let conn = UnixStream::from_std(ours).map_err(StartError::Socket)?;
 
         let mut cmd = Command::new(&spec.python);
+        cmd.env_clear().envs(instance_env(spec));
         // Imported as a module (not run as a script) so that CPython caches its bytecode:
         // compiling it at every start would cost ~1 ms. Its directory leaves sys.path again
         // before any function code runs.
@@ -147,22 +249,6 @@ impl Instance {
             .arg(&spec.bootstrap)
             .arg(sys::PROTOCOL_FD.to_string())
             .current_dir(&spec.code_dir)
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("LANG", "C.UTF-8")
-            .env("HOME", "/tmp")
-            // Single-threaded numeric libraries: faster to start, and snapshot-friendly.
-            .env("OPENBLAS_NUM_THREADS", "1")
-            .env("OMP_NUM_THREADS", "1")
-            .env("MKL_NUM_THREADS", "1")
-            .env("AWS_LAMBDA_FUNCTION_NAME", &spec.function)
-            .env(
-                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
-                spec.memory_mb.to_string(),
-            )
-            .env("AWS_LAMBDA_FUNCTION_VERSION", spec.version.to_string())
-            .env("EMBER_INSTANCE_ID", &spec.instance_id)
-            .envs(&spec.env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -185,7 +271,6 @@ impl Instance {
             })?
         };
         drop(theirs);
-        let spawn = t0.elapsed();
         let pid = child.id().unwrap_or(0);
         if let Some(out) = child.stdout.take() {
             tokio::spawn(pump_lines(
@@ -203,27 +288,73 @@ impl Instance {
                 logs,
             ));
         }
-        let mut inst = Instance {
+        Ok(Instance {
             id: spec.instance_id.clone(),
             child,
             conn,
             pid,
-        };
-        match inst.boot(spec, spawn, t0).await {
-            Ok(timing) => Ok((inst, timing)),
-            Err(StartError::Protocol(e)) => {
-                // Most often the runtime exited (a broken interpreter, a bad path): say how.
-                let status = inst.exit_status(Duration::from_millis(200)).await;
-                let _ = sys::kill_group(inst.pid);
-                Err(match status {
-                    Some(st) => StartError::Exited(st),
-                    None => StartError::Protocol(e),
-                })
-            }
-            Err(e) => {
-                let _ = sys::kill_group(inst.pid);
-                Err(e)
-            }
+        })
+    }
+
+    async fn preload(&mut self, spec: &StartSpec) -> Result<Prepared, StartError> {
+        self.send_boot(spec, true).await?;
+        let p = self.await_preloaded().await?;
+        Ok(Prepared {
+            import_packages: Duration::from_micros(p.import_packages_us),
+            threads: p.threads.unwrap_or(0),
+            closed_fds: p.closed_fds,
+        })
+    }
+
+    async fn send_boot(&mut self, spec: &StartSpec, snapshot: bool) -> Result<(), StartError> {
+        let boot = serde_json::to_vec(&Boot {
+            imports: &spec.imports,
+            snapshot,
+        })
+        .map_err(|e| ProtocolError::Io(e.into()))?;
+        protocol::write_frame(&mut self.conn, Kind::Boot, &[&boot]).await?;
+        Ok(())
+    }
+
+    async fn send_init(&mut self, spec: &StartSpec, restored: bool) -> Result<(), StartError> {
+        let code_dir = spec.code_dir.to_string_lossy();
+        let env = restored.then(|| instance_env(spec));
+        let init = serde_json::to_vec(&Init {
+            env: env.as_ref(),
+            function: &spec.function,
+            handler: &spec.handler,
+            code_dir: &code_dir,
+            memory_mb: spec.memory_mb,
+            version: spec.version,
+            instance: &spec.instance_id,
+            restored,
+        })
+        .map_err(|e| ProtocolError::Io(e.into()))?;
+        protocol::write_frame(&mut self.conn, Kind::Init, &[&init]).await?;
+        Ok(())
+    }
+
+    async fn await_preloaded(&mut self) -> Result<Preloaded, StartError> {
+        let frame = protocol::read_frame(&mut self.conn)
+            .instrument(info_span!("runtime.import_packages"))
+            .await?;
+        match frame.kind {
+            Kind::Preloaded => Ok(protocol::parse_json("PRELOADED", &frame.body)?),
+            got => Err(unexpected("PRELOADED", got).into()),
+        }
+    }
+
+    async fn await_ready(&mut self) -> Result<Ready, StartError> {
+        let frame = protocol::read_frame(&mut self.conn)
+            .instrument(info_span!("runtime.import_handler"))
+            .await?;
+        match frame.kind {
+            Kind::Ready => Ok(protocol::parse_json("READY", &frame.body)?),
+            Kind::InitError => Err(StartError::Handler(protocol::parse_json(
+                "INIT_ERROR",
+                &frame.body,
+            )?)),
+            got => Err(unexpected("READY", got).into()),
         }
     }
 
@@ -233,53 +364,19 @@ impl Instance {
         spawn: Duration,
         t0: Instant,
     ) -> Result<BootTiming, StartError> {
-        let boot = serde_json::to_vec(&Boot {
-            imports: &spec.imports,
-        })
-        .map_err(|e| ProtocolError::Io(e.into()))?;
-        let code_dir = spec.code_dir.to_string_lossy();
-        let init = serde_json::to_vec(&Init {
-            function: &spec.function,
-            handler: &spec.handler,
-            code_dir: &code_dir,
-            memory_mb: spec.memory_mb,
-            version: spec.version,
-            instance: &spec.instance_id,
-        })
-        .map_err(|e| ProtocolError::Io(e.into()))?;
         // Both frames go at once: the runtime reads INIT only after it has preloaded.
-        protocol::write_frame(&mut self.conn, Kind::Boot, &[&boot]).await?;
-        protocol::write_frame(&mut self.conn, Kind::Init, &[&init]).await?;
-
-        let frame = protocol::read_frame(&mut self.conn)
-            .instrument(info_span!("runtime.import_packages"))
-            .await?;
-        let preloaded: Preloaded = match frame.kind {
-            Kind::Preloaded => protocol::parse_json("PRELOADED", &frame.body)?,
-            got => return Err(unexpected("PRELOADED", got).into()),
-        };
+        self.send_boot(spec, false).await?;
+        self.send_init(spec, false).await?;
+        let preloaded = self.await_preloaded().await?;
         let import_packages = Duration::from_micros(preloaded.import_packages_us);
         let interpreter = t0.elapsed().saturating_sub(spawn + import_packages);
-
-        let frame = protocol::read_frame(&mut self.conn)
-            .instrument(info_span!("runtime.import_handler"))
-            .await?;
-        match frame.kind {
-            Kind::Ready => {
-                let ready: Ready = protocol::parse_json("READY", &frame.body)?;
-                Ok(BootTiming {
-                    spawn,
-                    interpreter,
-                    import_packages,
-                    import_handler: Duration::from_micros(ready.import_handler_us),
-                })
-            }
-            Kind::InitError => Err(StartError::Handler(protocol::parse_json(
-                "INIT_ERROR",
-                &frame.body,
-            )?)),
-            got => Err(unexpected("READY", got).into()),
-        }
+        let ready = self.await_ready().await?;
+        Ok(BootTiming {
+            spawn,
+            interpreter,
+            import_packages,
+            import_handler: Duration::from_micros(ready.import_handler_us),
+        })
     }
 
     /// Delivers one event and waits for the handler's answer. The caller bounds the wait and
@@ -354,6 +451,35 @@ impl Instance {
             let _ = self.child.kill().await;
         });
     }
+}
+
+/// The environment an instance runs with: given to a cold boot's interpreter, and set by
+/// the after-restore hook in a restored one (whose memory holds the image build's).
+fn instance_env(spec: &StartSpec) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("LANG", "C.UTF-8"),
+        ("HOME", "/tmp"),
+        // Single-threaded numeric libraries: faster to start, and snapshot-friendly.
+        ("OPENBLAS_NUM_THREADS", "1"),
+        ("OMP_NUM_THREADS", "1"),
+        ("MKL_NUM_THREADS", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    env.insert("AWS_LAMBDA_FUNCTION_NAME".into(), spec.function.clone());
+    env.insert(
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(),
+        spec.memory_mb.to_string(),
+    );
+    env.insert(
+        "AWS_LAMBDA_FUNCTION_VERSION".into(),
+        spec.version.to_string(),
+    );
+    env.insert("EMBER_INSTANCE_ID".into(), spec.instance_id.clone());
+    env.extend(spec.env.clone());
+    env
 }
 
 fn unexpected(expected: &'static str, got: Kind) -> ProtocolError {

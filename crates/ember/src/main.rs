@@ -41,6 +41,8 @@ enum Command {
     Bench(commands::bench::Args),
     /// The checkpoint/restore engine: dump, restore and inspect process images
     Snap(commands::snap::Args),
+    /// Dependency images: build, list and remove them
+    Image(commands::image::Args),
 }
 
 fn init_tracing(format: &str) {
@@ -69,6 +71,7 @@ async fn main() -> std::process::ExitCode {
         Command::Logs(a) => commands::logs::run(a).await,
         Command::Bench(a) => commands::bench::run(a).await,
         Command::Snap(a) => commands::snap::run(a).await,
+        Command::Image(a) => commands::image::run(a).await,
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

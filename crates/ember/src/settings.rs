@@ -19,6 +19,9 @@
 //! sandbox_gid = 65534
 //! pids_max = 256
 //! tmp_mb = 64
+//! images = "on-deploy"     # "off", or a list of package sets: [["numpy"], ["pandas", "scikit-learn"]]
+//! image_memory_mb = 1024   # the in-memory image pool; other images are served from disk
+//! image_policy = "prefetch" # eager | lazy | bulk | prefetch
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -26,7 +29,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ember_api::ApiConfig;
-use ember_node::NodeConfig;
+use ember_node::{AutoImages, NodeConfig, Policy};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -85,6 +88,44 @@ pub struct DaemonArgs {
     /// Size of each instance's private /tmp in MiB [default: 64]
     #[arg(long, env = "EMBER_TMP_MB")]
     pub tmp_mb: Option<u64>,
+    /// Which dependency images to build by themselves: on-deploy or off (a list of package
+    /// sets goes in the settings file) [default: on-deploy]
+    #[arg(long, env = "EMBER_IMAGES")]
+    pub images: Option<String>,
+    /// Memory for the in-memory image pool, in MiB [default: 1024]
+    #[arg(long, env = "EMBER_IMAGE_MEMORY_MB")]
+    pub image_memory_mb: Option<u64>,
+    /// How restored pages reach instances: eager, lazy, bulk or prefetch [default: prefetch]
+    #[arg(long, env = "EMBER_IMAGE_POLICY")]
+    pub image_policy: Option<String>,
+}
+
+/// `images` in the settings file: a mode, or the package sets to build at start.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ImagesSetting {
+    Mode(String),
+    Sets(Vec<Vec<String>>),
+}
+
+fn auto_images(v: ImagesSetting) -> anyhow::Result<AutoImages> {
+    match v {
+        ImagesSetting::Mode(m) => match m.as_str() {
+            "off" => Ok(AutoImages::Off),
+            "on-deploy" => Ok(AutoImages::OnDeploy),
+            other => bail!(
+                "images {other:?} is not a mode: write \"off\", \"on-deploy\", or a list of \
+                 package sets such as [[\"numpy\"], [\"pandas\", \"scikit-learn\"]]"
+            ),
+        },
+        ImagesSetting::Sets(sets) => {
+            for s in &sets {
+                ember_node::function::validate_packages(s)
+                    .with_context(|| format!("images: the package set {s:?}"))?;
+            }
+            Ok(AutoImages::Fixed(sets))
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -107,6 +148,9 @@ struct FileSettings {
     sandbox_gid: Option<u32>,
     pids_max: Option<u64>,
     tmp_mb: Option<u64>,
+    images: Option<ImagesSetting>,
+    image_memory_mb: Option<u64>,
+    image_policy: Option<String>,
 }
 
 /// Everything a daemon needs to start.
@@ -149,6 +193,22 @@ impl DaemonArgs {
         };
         let d = NodeConfig::default();
         let a = ApiConfig::default();
+        let mut images = d.images.clone();
+        if let Some(v) = self.images.map(ImagesSetting::Mode).or(file.images) {
+            images.auto = auto_images(v)?;
+        }
+        if let Some(mb) = self.image_memory_mb.or(file.image_memory_mb) {
+            images.memory_bytes = mb << 20;
+        }
+        if let Some(p) = self.image_policy.or(file.image_policy) {
+            images.policy = p.parse().map_err(anyhow::Error::msg)?;
+            if images.policy == Policy::Mapped {
+                bail!(
+                    "image_policy mapped cannot restore into a sandbox; use prefetch, lazy, bulk \
+                     or eager"
+                );
+            }
+        }
         let node = NodeConfig {
             home: self.home.or(file.home).unwrap_or(d.home),
             envs_dir: self.envs_dir.or(file.envs_dir),
@@ -190,6 +250,7 @@ impl DaemonArgs {
                 .tmp_mb
                 .or(file.tmp_mb)
                 .map_or(d.tmp_bytes, |mb| mb << 20),
+            images,
         };
         let api = ApiConfig {
             token: self.token.or(file.token).filter(|t| !t.is_empty()),
@@ -248,6 +309,37 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(format!("{err:#}").contains("not a duration"), "{err:#}");
+        std::fs::write(
+            &cfg,
+            "images = [[\"numpy\"], [\"pandas\", \"scikit-learn\"]]\n",
+        )
+        .unwrap();
+        let s = DaemonArgs {
+            config: Some(cfg.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            s.node.images.auto,
+            AutoImages::Fixed(vec![
+                vec!["numpy".into()],
+                vec!["pandas".into(), "scikit-learn".into()]
+            ])
+        );
+        for bad in [
+            "images = \"sometimes\"\n",
+            "images = [[\"-r /etc/passwd\"]]\n",
+            "image_policy = \"mapped\"\n",
+        ] {
+            std::fs::write(&cfg, bad).unwrap();
+            let r = DaemonArgs {
+                config: Some(cfg.clone()),
+                ..Default::default()
+            }
+            .resolve();
+            assert!(r.is_err(), "{bad}");
+        }
         std::fs::write(&cfg, "listn = 1\n").unwrap();
         let err = DaemonArgs {
             config: Some(cfg),

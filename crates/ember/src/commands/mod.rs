@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod deploy;
+pub mod image;
 pub mod invoke;
 pub mod logs;
 pub mod ls;

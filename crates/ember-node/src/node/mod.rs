@@ -1,8 +1,12 @@
 //! The node: deploys functions and serves invocations through the start ladder.
 //!
 //! ```text
-//! invoke: lookup -> admit (queue or 429) -> warm instance? -> else cold boot -> run -> put back
+//! invoke: lookup -> admit (queue or 429) -> warm instance?
+//!           -> else a dependency image covering its packages? restore (image.rs)
+//!           -> else, or if that failed, cold boot
+//!         -> run -> put back
 //! deploy: check -> code (staged, content-addressed) -> environment -> registry txn -> new pool
+//!           -> (images on deploy) an image for its package set, in the background
 //! ```
 
 use std::collections::{HashMap, HashSet};
@@ -20,9 +24,11 @@ use serde::Serialize;
 use tracing::{Instrument, info_span};
 
 use crate::code::{CodeError, CodeStore, Limits};
+use crate::config::AutoImages;
 use crate::config::NodeConfig;
 use crate::envs::{EnvError, EnvManager, PackageEnv};
 use crate::function::{FunctionConfig, FunctionRecord, InvalidFunction, Network, validate_name};
+use crate::images::{ImageError, ImageStore};
 use crate::live::Live;
 use crate::logs::LogStore;
 use crate::metrics::{InvokeLabels, Metrics, StartLabels};
@@ -30,6 +36,9 @@ use crate::pool::Pool;
 use crate::ratelimit::RateLimit;
 use crate::registry::{Registry, RegistryError};
 use crate::sys::{FileLock, try_lock_file};
+
+mod image;
+use image::FromImage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -56,6 +65,10 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Sandbox(#[from] ember_sandbox::SandboxError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error("another ember daemon is using {0}; stop it or choose another --home")]
     HomeLocked(PathBuf),
     #[error("{what} {path} failed")]
@@ -85,6 +98,12 @@ impl NodeError {
             NodeError::Invalid(_) | NodeError::CodeRequired(_) => NodeErrorKind::BadRequest,
             NodeError::Code(e) if e.is_user_error() => NodeErrorKind::BadRequest,
             NodeError::Env(e) if e.is_user_error() => NodeErrorKind::Unprocessable,
+            NodeError::Image(e) if e.is_user_error() => NodeErrorKind::NotFound,
+            NodeError::Image(ImageError::NeedsSandbox) => NodeErrorKind::Unprocessable,
+            NodeError::Image(ImageError::Build { .. } | ImageError::Verify { .. }) => {
+                NodeErrorKind::Unprocessable
+            }
+            NodeError::Config(_) => NodeErrorKind::BadRequest,
             NodeError::Throttled { .. } => NodeErrorKind::Throttled,
             _ => NodeErrorKind::Internal,
         }
@@ -95,6 +114,8 @@ impl NodeError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartPath {
     Warm,
+    /// Restored from a dependency image.
+    Image,
     ColdBoot,
 }
 
@@ -102,6 +123,7 @@ impl StartPath {
     pub fn as_str(self) -> &'static str {
         match self {
             StartPath::Warm => "warm",
+            StartPath::Image => "image",
             StartPath::ColdBoot => "cold-boot",
         }
     }
@@ -111,6 +133,14 @@ impl StartPath {
 #[derive(Debug, Clone, Default)]
 pub struct Timing {
     pub queue: Duration,
+    /// A start from an image that failed before the cold boot that served instead.
+    pub fallback: Option<Duration>,
+    /// From an image: the sandbox with its first process parked.
+    pub sandbox: Option<Duration>,
+    /// From an image: the restore into that process.
+    pub restore: Option<Duration>,
+    /// From an image: the after-restore hook (environment, new seeds).
+    pub hook: Option<Duration>,
     pub spawn: Option<Duration>,
     pub interpreter: Option<Duration>,
     pub import_packages: Option<Duration>,
@@ -124,6 +154,10 @@ impl Timing {
     pub fn header(&self) -> String {
         let phases = [
             ("queue", Some(self.queue)),
+            ("fallback", self.fallback),
+            ("sandbox", self.sandbox),
+            ("restore", self.restore),
+            ("hook", self.hook),
             ("spawn", self.spawn),
             ("interpreter", self.interpreter),
             ("import_packages", self.import_packages),
@@ -141,6 +175,10 @@ impl Timing {
     /// Time to get an instance able to run the event.
     pub fn init(&self) -> Duration {
         [
+            self.fallback,
+            self.sandbox,
+            self.restore,
+            self.hook,
             self.spawn,
             self.interpreter,
             self.import_packages,
@@ -149,6 +187,23 @@ impl Timing {
         .iter()
         .flatten()
         .sum()
+    }
+}
+
+/// Which instance served an invocation, and how it started.
+struct Served {
+    start: StartPath,
+    image: Option<String>,
+    instance: String,
+}
+
+impl Served {
+    fn none(start: StartPath) -> Served {
+        Served {
+            start,
+            image: None,
+            instance: String::new(),
+        }
     }
 }
 
@@ -194,6 +249,8 @@ pub struct Invocation {
     pub function: String,
     pub version: u64,
     pub start: StartPath,
+    /// The image the instance was restored from (now or when it started, for a warm start).
+    pub image: Option<String>,
     pub instance: String,
     pub timing: Timing,
     pub outcome: InvokeOutcome,
@@ -236,6 +293,12 @@ pub struct Node {
     reaping: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     functions: RwLock<HashMap<String, Arc<Deployed>>>,
     deploying: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    images: Arc<ImageStore>,
+    /// One build per image at a time.
+    image_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Automatic builds go one at a time.
+    auto_builds: tokio::sync::Semaphore,
+    me: Weak<Node>,
     _home: FileLock,
 }
 
@@ -270,6 +333,13 @@ impl Node {
         cfg.home = std::fs::canonicalize(&cfg.home).map_err(io("resolving", cfg.home.clone()))?;
         if let Some(dir) = &cfg.envs_dir {
             cfg.envs_dir = Some(std::path::absolute(dir).map_err(io("resolving", dir.clone()))?);
+        }
+        if cfg.images.policy == ember_snap::lazy::Policy::Mapped {
+            return Err(NodeError::Config(
+                "the mapped restore policy cannot restore into a sandbox; use prefetch, lazy, \
+                 bulk or eager"
+                    .into(),
+            ));
         }
         let home = cfg.home.clone();
         let lock_path = home.join("ember.lock");
@@ -306,7 +376,19 @@ impl Node {
             tracing::warn!("sandbox off: instances run as this daemon's user, unconfined");
             None
         };
-        let node = Arc::new(Node {
+        let images = Arc::new(ImageStore::open(
+            home.join("images"),
+            cfg.images.memory_bytes,
+            cfg.images.failures_unhealthy,
+        )?);
+        if sandboxes.is_none() && !images.list().is_empty() {
+            tracing::warn!("dependency images are not used without the sandbox");
+        }
+        let node = Arc::new_cyclic(|me| Node {
+            images,
+            image_gates: Mutex::new(HashMap::new()),
+            auto_builds: tokio::sync::Semaphore::new(1),
+            me: me.clone(),
             cfg,
             registry,
             code,
@@ -321,6 +403,21 @@ impl Node {
             _home: home_lock,
         });
         node.load().await?;
+        // Images in memory from the start, as the budget allows (most recently built first
+        // would need a clock across restarts; the catalog order is kept).
+        let images = node.images.clone();
+        let ids: Vec<String> = images.list().into_iter().map(|s| s.info.id).collect();
+        tokio::task::spawn_blocking(move || {
+            for id in &ids {
+                images.load(id);
+            }
+        });
+        let wanted = match &node.cfg.images.auto {
+            AutoImages::Off => Vec::new(),
+            AutoImages::Fixed(sets) => sets.clone(),
+            AutoImages::OnDeploy => node.missing_images(),
+        };
+        node.build_in_background(wanted);
         tokio::spawn(reaper(Arc::downgrade(&node)));
         Ok(node)
     }
@@ -392,7 +489,25 @@ impl Node {
     }
 
     pub fn metrics(&self) -> &Metrics {
+        self.metrics
+            .image_memory
+            .set(i64::try_from(self.images.resident_bytes()).unwrap_or(i64::MAX));
         &self.metrics
+    }
+
+    /// Package sets of deployed functions that have no image of their own.
+    fn missing_images(&self) -> Vec<Vec<String>> {
+        let mut seen = HashSet::new();
+        self.read_functions()
+            .values()
+            .filter(|d| {
+                self.images
+                    .get(&self.images.id_for_env(&d.env.key))
+                    .is_none()
+            })
+            .filter(|d| seen.insert(d.env.key.clone()))
+            .map(|d| d.record.config.packages.clone())
+            .collect()
     }
 
     fn deploy_gate(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -465,7 +580,11 @@ impl Node {
             "event",
             format!("deployed version {}", rec.version).as_bytes(),
         );
+        let id = self.images.id_for_env(&env.key);
         self.install(rec.clone(), env);
+        if self.cfg.images.auto == AutoImages::OnDeploy && self.images.get(&id).is_none() {
+            self.build_in_background(vec![rec.config.packages.clone()]);
+        }
         Ok((rec, previous.is_none()))
     }
 
@@ -614,28 +733,39 @@ impl Node {
         let generation = d.pool.generation();
         let (warm, dead) = d.pool.take_idle();
         self.discard_all(d, dead, "found dead while idle");
-        let (mut inst, start) = match warm {
-            Some(i) => (i, StartPath::Warm),
+        let mut started = warm.map(|i| (i, StartPath::Warm));
+        if started.is_none()
+            && let Some(id) = self.image_for(d)
+        {
+            match self.image_start(d, &id, &mut timing).await {
+                FromImage::Started(i) => started = Some((*i, StartPath::Image)),
+                FromImage::Failed => {}
+                FromImage::Outcome(outcome) => {
+                    timing.total = t0.elapsed();
+                    let start = StartPath::Image;
+                    let served = Served::none(start);
+                    return Ok(self.finish(d, request_id, served, timing, outcome));
+                }
+            }
+        }
+        let (mut inst, start) = match started {
+            Some(s) => s,
             None => match self.cold_boot(d, &mut timing).await {
                 Ok(i) => (i, StartPath::ColdBoot),
                 Err(outcome) => {
                     timing.total = t0.elapsed();
-                    return Ok(self.finish(
-                        d,
-                        request_id,
-                        StartPath::ColdBoot,
-                        String::new(),
-                        timing,
-                        outcome,
-                    ));
+                    let served = Served::none(StartPath::ColdBoot);
+                    return Ok(self.finish(d, request_id, served, timing, outcome));
                 }
             },
         };
         let instance_id = inst.id().to_string();
+        let image = inst.image.clone();
         let limit = Duration::from_secs(u64::from(rec.config.timeout_s));
         let ran = watched(&mut inst, &request_id, limit, event)
             .instrument(info_span!("exec"))
             .await;
+        self.report_pages(&mut inst);
         let outcome = match ran {
             Ran::TimedOut => {
                 self.discard(
@@ -696,18 +826,27 @@ impl Node {
             }
         };
         timing.total = t0.elapsed();
-        Ok(self.finish(d, request_id, start, instance_id, timing, outcome))
+        let served = Served {
+            start,
+            image,
+            instance: instance_id,
+        };
+        Ok(self.finish(d, request_id, served, timing, outcome))
     }
 
     fn finish(
         &self,
         d: &Deployed,
         request_id: String,
-        start: StartPath,
-        instance: String,
+        served: Served,
         timing: Timing,
         outcome: InvokeOutcome,
     ) -> Invocation {
+        let Served {
+            start,
+            image,
+            instance,
+        } = served;
         let function = d.record.name.clone();
         self.metrics
             .invocations
@@ -735,6 +874,7 @@ impl Node {
             function,
             version: d.record.version,
             start,
+            image,
             instance,
             timing,
             outcome,
@@ -816,7 +956,7 @@ impl Node {
                     inst.pid(),
                     timing.init().as_secs_f64() * 1e3
                 ));
-                return Ok(Live { inst, sandbox });
+                return Ok(Live::new(inst, sandbox));
             }
             Ok(Err(StartError::Handler(fe))) => {
                 note(format!(
@@ -941,7 +1081,7 @@ enum Ran {
 /// (within 100 ms) rather than at the timeout.
 async fn watched(live: &mut Live, request_id: &str, limit: Duration, event: &[u8]) -> Ran {
     const TICK: Duration = Duration::from_millis(100);
-    let Live { inst, sandbox } = live;
+    let Live { inst, sandbox, .. } = live;
     let invoke = inst.invoke(request_id, SystemTime::now() + limit, event);
     tokio::pin!(invoke);
     let timeout = tokio::time::sleep(limit);

@@ -1,0 +1,595 @@
+//! Dependency images on this node: the catalog on disk, the in-memory pool under a byte
+//! budget, matching a function's packages to the smallest covering image, and each image's
+//! health. Building one and starting from one are the node's (`node/image.rs`).
+//!
+//! ```text
+//! <home>/images/<id>/meta, pages, workingset   ember-snap's image (+ the test restore's working set)
+//! <home>/images/<id>/image.json                what it holds: packages, versions, figures
+//!
+//! checkout(id): in memory? -> pages from the pool copy
+//!               else       -> pages from the file (checked per chunk), and a load into the
+//!                             pool in the background when it fits (least recently used
+//!                             images leave the pool to make room)
+//! ```
+//!
+//! Eviction only drops the pool's reference: instances restored lazily keep reading pages
+//! from their copy until they end, so an evicted image still counts against the budget
+//! until then. An image that does not fit is served from disk.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+
+use ember_snap::LoadedImage;
+use ember_snap::lazy::{FileSource, PageSource};
+use serde::{Deserialize, Serialize};
+
+/// Largest `image.json` read back.
+const MAX_INFO: u64 = 1 << 20;
+const INFO_FILE: &str = "image.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(
+        "dependency images need the sandbox, which needs root: run the daemon as root and \
+         without --no-sandbox"
+    )]
+    NeedsSandbox,
+    #[error("image {0:?} does not exist (`ember image ls` lists images)")]
+    NotFound(String),
+    #[error("building the image for {packages:?} failed while {phase}: {why}")]
+    Build {
+        packages: Vec<String>,
+        phase: &'static str,
+        why: String,
+    },
+    #[error("the image for {packages:?} failed its test restore, so it is not offered: {why}")]
+    Verify { packages: Vec<String>, why: String },
+    #[error(transparent)]
+    Snap(#[from] ember_snap::ImageError),
+    #[error("{what} {path} failed")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ImageError {
+    /// Errors the caller made (as opposed to the node failing).
+    pub fn is_user_error(&self) -> bool {
+        matches!(self, ImageError::NotFound(_))
+    }
+}
+
+/// What an image holds, written beside it at build.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImageInfo {
+    pub id: String,
+    /// The package environment it was built from (its interpreter and site-packages are
+    /// what instances restored from it use).
+    pub env_key: String,
+    pub env_dir: PathBuf,
+    pub python: PathBuf,
+    pub packages: Vec<String>,
+    /// The modules imported before the dump.
+    pub imports: Vec<String>,
+    /// Every distribution in the image and its version: what matching compares.
+    pub installed: BTreeMap<String, String>,
+    pub created_at: u64,
+    pub pages: u64,
+    pub bytes: u64,
+    pub vmas: usize,
+    /// Pages the test restore touched (installed up front by a prefetch restore).
+    pub working_set_pages: u64,
+    pub import_ms: f64,
+    pub dump_ms: f64,
+    pub verify_ms: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Location {
+    Memory,
+    Disk,
+}
+
+/// An image as `ember image ls` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageStatus {
+    #[serde(flatten)]
+    pub info: ImageInfo,
+    pub location: Location,
+    pub healthy: bool,
+    /// Failed restores in a row.
+    pub failures: u32,
+    pub restores: u64,
+    pub last_error: Option<String>,
+    /// Deployed functions it would serve now (filled in by the node).
+    pub functions: usize,
+}
+
+/// What a restore needs from the store.
+pub struct Checkout {
+    pub id: String,
+    pub image: Arc<LoadedImage>,
+    pub source: Arc<dyn PageSource>,
+    pub working_set: Option<Arc<Vec<u64>>>,
+    pub location: Location,
+    pub info: ImageInfo,
+    /// The image is not in memory and would fit: load it (blocking) with
+    /// [`ImageStore::load`].
+    pub load_after: bool,
+}
+
+struct Entry {
+    info: ImageInfo,
+    /// Metadata only (pages not read): the disk tier.
+    opened: Arc<LoadedImage>,
+    loaded: Option<Arc<LoadedImage>>,
+    working_set: Option<Arc<Vec<u64>>>,
+    last_used: Instant,
+    restores: u64,
+    failures: u32,
+    unhealthy: bool,
+    last_error: Option<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: BTreeMap<String, Entry>,
+    /// Copies that left the pool but are still read by instances.
+    draining: Vec<Weak<LoadedImage>>,
+    loading: HashSet<String>,
+}
+
+pub struct ImageStore {
+    dir: PathBuf,
+    budget: u64,
+    failures_unhealthy: u32,
+    inner: Mutex<Inner>,
+}
+
+fn page_bytes(img: &LoadedImage) -> u64 {
+    img.page_data().len() as u64
+}
+
+impl ImageStore {
+    /// Opens `dir`, reading every image's metadata (not its pages). An image that fails its
+    /// checks is listed as unhealthy with the reason, never used.
+    pub fn open(
+        dir: PathBuf,
+        budget: u64,
+        failures_unhealthy: u32,
+    ) -> Result<ImageStore, ImageError> {
+        std::fs::create_dir_all(&dir).map_err(|source| ImageError::Io {
+            what: "creating",
+            path: dir.clone(),
+            source,
+        })?;
+        let store = ImageStore {
+            dir,
+            budget,
+            failures_unhealthy: failures_unhealthy.max(1),
+            inner: Mutex::new(Inner::default()),
+        };
+        let read = std::fs::read_dir(&store.dir).map_err(|source| ImageError::Io {
+            what: "listing",
+            path: store.dir.clone(),
+            source,
+        })?;
+        for e in read.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.contains(".tmp") {
+                // A build that did not finish.
+                let _ = std::fs::remove_dir_all(e.path());
+                continue;
+            }
+            if let Err(err) = store.insert(&e.path()) {
+                tracing::error!(image = %name, "image is not usable: {}", crate::error_chain(&err));
+            }
+        }
+        Ok(store)
+    }
+
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where a build of image `id` writes before [`ImageStore::add`] puts it in place.
+    pub fn staging(&self, id: &str) -> PathBuf {
+        self.dir
+            .join(format!("{id}.tmp-{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    pub fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    fn insert(&self, dir: &Path) -> Result<String, ImageError> {
+        let info = read_info(dir)?;
+        let opened = Arc::new(LoadedImage::open(dir)?);
+        let working_set = ember_snap::image::read_working_set(dir, &opened.meta)?.map(Arc::new);
+        let id = info.id.clone();
+        self.lock().entries.insert(
+            id.clone(),
+            Entry {
+                info,
+                opened,
+                loaded: None,
+                working_set,
+                last_used: Instant::now(),
+                restores: 0,
+                failures: 0,
+                unhealthy: false,
+                last_error: None,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Puts a built and verified image (in `staged`, with its `image.json`) in place,
+    /// replacing an older image of the same id, and loads it into the pool when it fits.
+    pub fn add(&self, staged: &Path, info: &ImageInfo) -> Result<(), ImageError> {
+        write_info(staged, info)?;
+        let dst = self.path(&info.id);
+        let io = |what, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ImageError::Io { what, path, source }
+        };
+        if dst.exists() {
+            let old = self.staging(&info.id);
+            std::fs::rename(&dst, &old).map_err(io("moving aside", &dst))?;
+            let _ = std::fs::remove_dir_all(&old);
+        }
+        std::fs::rename(staged, &dst).map_err(io("moving into place", staged))?;
+        if let Some(old) = self.lock().entries.remove(&info.id)
+            && let Some(l) = old.loaded
+        {
+            self.lock().draining.push(Arc::downgrade(&l));
+        }
+        self.insert(&dst)?;
+        self.load(&info.id);
+        Ok(())
+    }
+
+    pub fn remove(&self, id: &str) -> Result<(), ImageError> {
+        let entry = self.lock().entries.remove(id);
+        let Some(entry) = entry else {
+            return Err(ImageError::NotFound(id.to_string()));
+        };
+        if let Some(l) = entry.loaded {
+            self.lock().draining.push(Arc::downgrade(&l));
+        }
+        let dir = self.path(id);
+        std::fs::remove_dir_all(&dir).map_err(|source| ImageError::Io {
+            what: "removing",
+            path: dir,
+            source,
+        })
+    }
+
+    pub fn list(&self) -> Vec<ImageStatus> {
+        self.lock()
+            .entries
+            .values()
+            .map(|e| ImageStatus {
+                info: e.info.clone(),
+                location: if e.loaded.is_some() {
+                    Location::Memory
+                } else {
+                    Location::Disk
+                },
+                healthy: !e.unhealthy,
+                failures: e.failures,
+                restores: e.restores,
+                last_error: e.last_error.clone(),
+                functions: 0,
+            })
+            .collect()
+    }
+
+    /// Bytes of image pages in memory: the pool, and copies that left it but are still read.
+    pub fn resident_bytes(&self) -> u64 {
+        let mut inner = self.lock();
+        resident(&mut inner)
+    }
+
+    /// The healthy image with the fewest bytes whose distributions include every one in
+    /// `installed` at the same version.
+    pub fn find(&self, installed: &BTreeMap<String, String>) -> Option<String> {
+        let inner = self.lock();
+        let candidates = inner
+            .entries
+            .values()
+            .filter(|e| !e.unhealthy)
+            .map(|e| &e.info)
+            .filter(|i| i.env_dir.is_dir());
+        best_cover(candidates, installed).map(|i| i.id.clone())
+    }
+
+    /// The image an environment's packages were built into, if any.
+    pub fn id_for_env(&self, env_key: &str) -> String {
+        format!("img-{}", &env_key[..env_key.len().min(12)])
+    }
+
+    pub fn get(&self, id: &str) -> Option<ImageInfo> {
+        self.lock().entries.get(id).map(|e| e.info.clone())
+    }
+
+    /// Takes what a restore of `id` needs, preferring the in-memory copy.
+    pub fn checkout(&self, id: &str) -> Result<Checkout, ImageError> {
+        let mut inner = self.lock();
+        let budget = self.budget;
+        let e = inner
+            .entries
+            .get_mut(id)
+            .ok_or_else(|| ImageError::NotFound(id.to_string()))?;
+        e.last_used = Instant::now();
+        e.restores += 1;
+        let info = e.info.clone();
+        let working_set = e.working_set.clone();
+        if let Some(l) = &e.loaded {
+            return Ok(Checkout {
+                id: id.to_string(),
+                image: l.clone(),
+                source: l.clone(),
+                working_set,
+                location: Location::Memory,
+                info,
+                load_after: false,
+            });
+        }
+        let opened = e.opened.clone();
+        let source = FileSource::open(&self.path(id), &opened.meta)?;
+        let want = opened.meta.pages.count * ember_snap::image::PAGE;
+        let load_after = want <= budget && !inner.loading.contains(id);
+        Ok(Checkout {
+            id: id.to_string(),
+            image: opened,
+            source: Arc::new(source),
+            working_set,
+            location: Location::Disk,
+            info,
+            load_after,
+        })
+    }
+
+    /// Reads `id`'s pages into the pool (checking every hash) if they fit the budget once
+    /// the least recently used images have left it. Blocking: tens of milliseconds per
+    /// 100 MiB.
+    pub fn load(&self, id: &str) -> bool {
+        let (dir, want) = {
+            let mut inner = self.lock();
+            let Some(e) = inner.entries.get(id) else {
+                return false;
+            };
+            if e.loaded.is_some() || inner.loading.contains(id) {
+                return e.loaded.is_some();
+            }
+            let want = e.opened.meta.pages.count * ember_snap::image::PAGE;
+            if !make_room(&mut inner, self.budget, want, id) {
+                tracing::info!(
+                    image = id,
+                    bytes = want,
+                    budget = self.budget,
+                    "image does not fit the memory pool now; served from disk"
+                );
+                return false;
+            }
+            inner.loading.insert(id.to_string());
+            (self.path(id), want)
+        };
+        let loaded = LoadedImage::load(&dir);
+        let mut inner = self.lock();
+        inner.loading.remove(id);
+        match loaded {
+            Ok(img) => {
+                // Room may have gone while loading: check again, under the lock.
+                if !make_room(&mut inner, self.budget, want, id) {
+                    return false;
+                }
+                match inner.entries.get_mut(id) {
+                    Some(e) => {
+                        e.loaded = Some(Arc::new(img));
+                        true
+                    }
+                    None => false,
+                }
+            }
+            Err(err) => {
+                let msg = crate::error_chain(&err);
+                tracing::error!(
+                    image = id,
+                    "loading the image failed, so it is not used: {msg}"
+                );
+                if let Some(e) = inner.entries.get_mut(id) {
+                    e.unhealthy = true;
+                    e.last_error = Some(msg);
+                }
+                false
+            }
+        }
+    }
+
+    pub fn succeeded(&self, id: &str) {
+        if let Some(e) = self.lock().entries.get_mut(id) {
+            e.failures = 0;
+        }
+    }
+
+    /// Counts a failed restore of `id`; returns true when this one made it unhealthy.
+    pub fn failed(&self, id: &str, why: &str) -> bool {
+        let mut inner = self.lock();
+        let Some(e) = inner.entries.get_mut(id) else {
+            return false;
+        };
+        e.failures += 1;
+        e.last_error = Some(why.to_string());
+        if !e.unhealthy && e.failures >= self.failures_unhealthy {
+            e.unhealthy = true;
+            if let Some(l) = e.loaded.take() {
+                inner.draining.push(Arc::downgrade(&l));
+            }
+            return true;
+        }
+        false
+    }
+}
+
+fn resident(inner: &mut Inner) -> u64 {
+    inner.draining.retain(|w| w.strong_count() > 0);
+    let pool: u64 = inner
+        .entries
+        .values()
+        .filter_map(|e| e.loaded.as_deref())
+        .map(page_bytes)
+        .sum();
+    let draining: u64 = inner
+        .draining
+        .iter()
+        .filter_map(Weak::upgrade)
+        .map(|l| page_bytes(&l))
+        .sum();
+    pool + draining
+}
+
+/// Sends least recently used images (other than `except`) out of the pool until `want`
+/// more bytes fit the budget; false if they cannot.
+fn make_room(inner: &mut Inner, budget: u64, want: u64, except: &str) -> bool {
+    loop {
+        if resident(inner) + want <= budget {
+            return true;
+        }
+        let victim = inner
+            .entries
+            .iter()
+            .filter(|(id, e)| e.loaded.is_some() && id.as_str() != except)
+            .min_by_key(|(_, e)| e.last_used)
+            .map(|(id, _)| id.clone());
+        let Some(victim) = victim else { return false };
+        if let Some(l) = inner.entries.get_mut(&victim).and_then(|e| e.loaded.take()) {
+            tracing::info!(image = %victim, "image left the memory pool (least recently used)");
+            inner.draining.push(Arc::downgrade(&l));
+        }
+    }
+}
+
+/// The smallest image whose distributions include all of `installed` at the same versions.
+pub fn best_cover<'a>(
+    images: impl Iterator<Item = &'a ImageInfo>,
+    installed: &BTreeMap<String, String>,
+) -> Option<&'a ImageInfo> {
+    images
+        .filter(|i| {
+            installed
+                .iter()
+                .all(|(name, v)| i.installed.get(name) == Some(v))
+        })
+        .min_by_key(|i| (i.bytes, i.id.clone()))
+}
+
+fn read_info(dir: &Path) -> Result<ImageInfo, ImageError> {
+    use std::io::Read;
+    let path = dir.join(INFO_FILE);
+    let io = |source| ImageError::Io {
+        what: "reading",
+        path: path.clone(),
+        source,
+    };
+    let mut text = Vec::new();
+    std::fs::File::open(&path)
+        .map_err(io)?
+        .take(MAX_INFO)
+        .read_to_end(&mut text)
+        .map_err(io)?;
+    serde_json::from_slice(&text).map_err(|e| io(std::io::Error::other(e)))
+}
+
+fn write_info(dir: &Path, info: &ImageInfo) -> Result<(), ImageError> {
+    let path = dir.join(INFO_FILE);
+    let text = serde_json::to_vec_pretty(info).map_err(std::io::Error::other);
+    text.and_then(|t| std::fs::write(&path, t))
+        .map_err(|source| ImageError::Io {
+            what: "writing",
+            path,
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &str, bytes: u64, installed: &[(&str, &str)]) -> ImageInfo {
+        ImageInfo {
+            id: id.into(),
+            env_key: id.into(),
+            env_dir: PathBuf::from("/"),
+            python: PathBuf::from("/usr/bin/python3"),
+            packages: vec![],
+            imports: vec![],
+            installed: installed
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            created_at: 0,
+            pages: bytes / 4096,
+            bytes,
+            vmas: 0,
+            working_set_pages: 0,
+            import_ms: 0.0,
+            dump_ms: 0.0,
+            verify_ms: 0.0,
+        }
+    }
+
+    fn set(v: &[(&str, &str)]) -> BTreeMap<String, String> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_smallest_covering_image_with_the_same_versions_wins() {
+        let images = [
+            info(
+                "big",
+                300,
+                &[("numpy", "2.1"), ("pandas", "2.2"), ("scipy", "1.1")],
+            ),
+            info("numpy", 100, &[("numpy", "2.1")]),
+            info("numpy-old", 50, &[("numpy", "1.26")]),
+            info("pandas", 200, &[("numpy", "2.1"), ("pandas", "2.2")]),
+        ];
+        let pick =
+            |want: &[(&str, &str)]| best_cover(images.iter(), &set(want)).map(|i| i.id.as_str());
+        assert_eq!(pick(&[("numpy", "2.1")]), Some("numpy"));
+        assert_eq!(pick(&[("numpy", "1.26")]), Some("numpy-old"));
+        assert_eq!(pick(&[("pandas", "2.2")]), Some("pandas"));
+        assert_eq!(pick(&[("scipy", "1.1"), ("numpy", "2.1")]), Some("big"));
+        // Nothing has this version, or this package: cold boot.
+        assert_eq!(pick(&[("numpy", "2.0")]), None);
+        assert_eq!(pick(&[("numpy", "2.1"), ("requests", "2.32")]), None);
+        // No packages at all: any image covers, the smallest is chosen.
+        assert_eq!(pick(&[]), Some("numpy-old"));
+    }
+
+    #[test]
+    fn a_hostile_image_json_is_refused_without_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        for body in [&b"{"[..], b"[]", b"{\"id\": 5}", &[0xff; 64]] {
+            std::fs::write(dir.path().join(INFO_FILE), body).unwrap();
+            assert!(read_info(dir.path()).is_err());
+        }
+        let good = info("x", 1, &[]);
+        write_info(dir.path(), &good).unwrap();
+        assert_eq!(read_info(dir.path()).unwrap(), good);
+    }
+}
