@@ -14,7 +14,8 @@ pub enum Cmd {
     /// test-restore it
     Build {
         /// Comma-separated pip requirements, e.g. numpy or pandas==2.2.3,scikit-learn
-        #[arg(long, value_delimiter = ',', required = true)]
+        /// (none, or an empty list: the bare runtime with the standard modules)
+        #[arg(long, value_delimiter = ',')]
         packages: Vec<String>,
         /// Print the image's JSON description
         #[arg(long)]
@@ -45,6 +46,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             json,
             client,
         } => {
+            let packages: Vec<String> = packages.into_iter().filter(|p| !p.is_empty()).collect();
             let img = client.client().build_image(&packages).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&img)?);

@@ -248,7 +248,7 @@ pub struct Invoked {
 }
 
 impl Invoked {
-    async fn from(r: reqwest::Response) -> Invoked {
+    pub async fn from(r: reqwest::Response) -> Invoked {
         let h = |n: &str| {
             r.headers()
                 .get(n)

@@ -1,0 +1,429 @@
+//! Privileged: dependency images through the real daemon: built with the CLI, shared by
+//! functions, unique after every restore, held to the memory budget, and never the reason an
+//! invocation fails.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Daemon, eventually, need_sandbox, py};
+use serde_json::json;
+
+fn images(d: &Daemon) -> serde_json::Value {
+    let out = d.cli(&["image", "ls", "--json"]);
+    assert!(out.ok, "{}", out.stderr);
+    serde_json::from_str(&out.stdout).unwrap()
+}
+
+fn build(d: &Daemon, packages: &str) -> serde_json::Value {
+    let out = d.cli(&["image", "build", "--packages", packages, "--json"]);
+    assert!(out.ok, "{}", out.stderr);
+    serde_json::from_str(&out.stdout).unwrap()
+}
+
+fn resident(d: &Daemon) -> (u64, u64) {
+    let v = images(d);
+    let m = &v["memory"];
+    (
+        m["resident_bytes"].as_u64().unwrap(),
+        m["budget_bytes"].as_u64().unwrap(),
+    )
+}
+
+async fn deploy(d: &Daemon, name: &str, packages: &[&str], code: &str, max: u32) {
+    let (status, body) = d
+        .deploy_zip(
+            name,
+            json!({"handler": "main.handler", "packages": packages, "max_instances": max}),
+            &py(code),
+        )
+        .await;
+    assert!(status == 201 || status == 200, "{status} {body}");
+}
+
+async fn fresh_start(d: &Daemon, name: &str, event: &str) -> common::Invoked {
+    let r = d
+        .http()
+        .delete(format!("{}/v1/functions/{name}/instances", d.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    d.invoke(name, event).await
+}
+
+const UNIQUE: &str = r#"
+import os, random, tempfile, time, uuid
+import numpy as np
+
+def handler(event, context):
+    time.sleep(event.get("hold", 0))
+    return {
+        "random": random.random(),
+        "numpy": float(np.random.rand()),
+        "uuid": str(uuid.uuid4()),
+        "tempfile": next(tempfile._get_candidate_names()),
+        "urandom": os.urandom(16).hex(),
+        "pid": os.getpid(),
+        "aws": os.environ.get("AWS_LAMBDA_FUNCTION_NAME"),
+        "mine": os.environ.get("MINE"),
+    }
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn functions_share_one_image_and_every_restore_is_unique() {
+    if !need_sandbox() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &["--images", "off"]);
+    let img = build(&d, "numpy");
+    let id = img["id"].as_str().unwrap().to_string();
+    assert!(img["pages"].as_u64().unwrap() > 1000, "{img}");
+    assert!(img["working_set_pages"].as_u64().unwrap() > 0, "{img}");
+
+    // Three functions, three handlers, one package set: all from the one image.
+    let handlers = [
+        (
+            "sum",
+            "import numpy as np\ndef handler(e, c):\n    return int(np.arange(e['n']).sum())\n",
+            45,
+        ),
+        (
+            "det",
+            "import numpy as np\ndef handler(e, c):\n    return round(float(np.linalg.det(np.eye(e['n']) * 2)))\n",
+            1024,
+        ),
+        (
+            "name",
+            "def handler(e, c):\n    return c.function_name\n",
+            0,
+        ),
+    ];
+    for (name, code, _) in &handlers {
+        deploy(&d, name, &["numpy"], code, 10).await;
+    }
+    for (name, _, want) in &handlers {
+        let r = d.invoke(name, r#"{"n": 10}"#).await;
+        assert_eq!(r.status, 200, "{name}: {}", r.raw);
+        assert_eq!(r.start, "image", "{name}: {}", r.timing);
+        for phase in ["sandbox;", "restore;", "hook;", "import_handler;", "exec;"] {
+            assert!(r.timing.contains(phase), "{name}: {}", r.timing);
+        }
+        match name {
+            &"name" => assert_eq!(r.body, json!("name")),
+            _ => assert_eq!(r.body, json!(want), "{name}"),
+        }
+    }
+    let listed = images(&d);
+    let mine = &listed["images"].as_array().unwrap()[0];
+    assert_eq!(mine["id"], json!(id));
+    assert_eq!(mine["functions"], json!(3), "{listed}");
+    assert_eq!(mine["restores"], json!(3), "{listed}");
+
+    // 50 concurrent restores of the one image: every seeded value differs.
+    let (status, body) = d
+        .deploy_zip(
+            "unique",
+            json!({"handler": "main.handler", "packages": ["numpy"], "max_instances": 50,
+                   "env": {"MINE": "yes"}}),
+            &py(UNIQUE),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let (http, url) = (d.http(), format!("{}/v1/functions/unique/invoke", d.url));
+        calls.spawn(async move {
+            let r = http
+                .post(url)
+                .body(r#"{"hold": 1.0}"#)
+                .send()
+                .await
+                .unwrap();
+            common::Invoked::from(r).await
+        });
+    }
+    let results = calls.join_all().await;
+    let mut seen: [HashSet<String>; 6] = Default::default();
+    for r in &results {
+        assert_eq!(r.status, 200, "{}", r.raw);
+        assert_eq!(r.start, "image", "{}", r.timing);
+        // The function's environment, not the image build's.
+        assert_eq!(r.body["aws"], json!("unique"));
+        assert_eq!(r.body["mine"], json!("yes"));
+        for (i, k) in ["random", "numpy", "uuid", "tempfile", "urandom"]
+            .iter()
+            .enumerate()
+        {
+            seen[i].insert(r.body[k].to_string());
+        }
+        seen[5].insert(r.raw.clone());
+    }
+    for (i, k) in ["random", "numpy", "uuid", "tempfile", "urandom", "whole"]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(seen[i].len(), 50, "{k} repeats across restored instances");
+    }
+    // Every instance is pid 1 of its own namespace, which is why tempfile's own
+    // pid-change check could not have caught it.
+    assert!(results.iter().all(|r| r.body["pid"] == json!(1)));
+    let metrics = d.metrics().await;
+    assert!(
+        metrics.contains(
+            "ember_invocations_total{function=\"unique\",start=\"image\",outcome=\"ok\"} 50"
+        ),
+        "{metrics}"
+    );
+}
+
+/// The build-id bytes of an ELF file, by `readelf -n`.
+fn build_id(file: &Path) -> Option<Vec<u8>> {
+    let out = std::process::Command::new("readelf")
+        .arg("-n")
+        .arg(file)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))?;
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+        .collect()
+}
+
+fn find_file(dir: &Path, name: &dyn Fn(&str) -> bool) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() && !p.is_symlink() {
+            if let Some(f) = find_file(&p, name) {
+                return Some(f);
+            }
+        } else if name(&e.file_name().to_string_lossy()) {
+            return Some(p);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_image_falls_back_to_a_cold_boot_with_a_warning() {
+    if !need_sandbox() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    // Its own environments: this test changes a library in one. The image pool is empty,
+    // so every restore reads the image from disk (and checks it).
+    let envs = home.path().join("envs");
+    let envs_arg = envs.to_string_lossy().into_owned();
+    let d = Daemon::start(
+        home.path(),
+        &[
+            "--images",
+            "off",
+            "--image-memory-mb",
+            "0",
+            "--envs-dir",
+            &envs_arg,
+        ],
+    );
+    let code = "import markupsafe\ndef handler(e, c):\n    return str(markupsafe.escape('<b>'))\n";
+    deploy(&d, "esc", &["markupsafe"], code, 10).await;
+    let img = build(&d, "markupsafe");
+    let id = img["id"].as_str().unwrap().to_string();
+    let r = fresh_start(&d, "esc", "{}").await;
+    assert_eq!((r.start.as_str(), r.status), ("image", 200), "{}", r.raw);
+    assert_eq!(r.body, json!("&lt;b&gt;"));
+    assert_eq!(images(&d)["images"][0]["location"], json!("disk"));
+
+    // 1. A corrupted page file: refused by its hashes, served by a cold boot.
+    let pages = home.path().join("images").join(&id).join("pages");
+    let mut bytes = std::fs::read(&pages).unwrap();
+    let n = bytes.len();
+    for b in &mut bytes[4096 + n / 3..4096 + n / 3 + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&pages, &bytes).unwrap();
+    let r = fresh_start(&d, "esc", "{}").await;
+    assert_eq!(
+        (r.start.as_str(), r.status),
+        ("cold-boot", 200),
+        "{}",
+        r.raw
+    );
+    assert!(r.timing.contains("fallback;"), "{}", r.timing);
+    assert_eq!(r.body, json!("&lt;b&gt;"));
+    let logs = d.cli(&["logs", "esc"]).stdout;
+    assert!(
+        logs.contains(&format!(
+            "starting from image {id} failed, cold boot instead"
+        )),
+        "{logs}"
+    );
+
+    // 2. A changed library: the restore refuses it, a cold boot serves.
+    let img = build(&d, "markupsafe");
+    assert_eq!(img["id"], json!(id));
+    let r = fresh_start(&d, "esc", "{}").await;
+    assert_eq!(r.start, "image", "a rebuilt image serves again: {}", r.raw);
+    let so = find_file(&envs, &|n| n.starts_with("_speedups") && n.ends_with(".so"))
+        .expect("markupsafe ships a C extension");
+    let mut lib = std::fs::read(&so).unwrap();
+    match build_id(&so) {
+        // A rebuilt library: same code here, another build-id.
+        Some(bid) => {
+            let at = lib
+                .windows(bid.len())
+                .position(|w| w == bid)
+                .expect("the build-id is in the file");
+            lib[at] ^= 0xff;
+        }
+        None => lib.extend_from_slice(b"\0changed"),
+    }
+    std::fs::write(&so, &lib).unwrap();
+    let r = fresh_start(&d, "esc", "{}").await;
+    assert_eq!(
+        (r.start.as_str(), r.status),
+        ("cold-boot", 200),
+        "{}",
+        r.raw
+    );
+    assert_eq!(r.body, json!("&lt;b&gt;"));
+    let logs = d.cli(&["logs", "esc"]).stdout;
+    assert!(logs.contains("changed since the image was taken"), "{logs}");
+
+    // 3. Failures in a row mark the image unhealthy: no more attempts, no more cost.
+    for _ in 0..2 {
+        let r = fresh_start(&d, "esc", "{}").await;
+        assert_eq!(r.start, "cold-boot");
+        assert!(r.timing.contains("fallback;"), "{}", r.timing);
+    }
+    let v = images(&d);
+    let i = &v["images"][0];
+    assert_eq!(i["healthy"], json!(false), "{v}");
+    assert_eq!(i["failures"], json!(3), "{v}");
+    let r = fresh_start(&d, "esc", "{}").await;
+    assert_eq!(r.start, "cold-boot");
+    assert!(!r.timing.contains("fallback;"), "{}", r.timing);
+    let metrics = d.metrics().await;
+    assert!(
+        metrics.contains(&format!("ember_image_failures_total{{image=\"{id}\"}} 4")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("reason=\"no-image\""), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_memory_pool_holds_its_budget() {
+    if !need_sandbox() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    // 16 MiB: the numpy image (~12 MiB) and the bare runtime's (~4 MiB) do not both fit.
+    let d = Daemon::start(home.path(), &["--images", "off", "--image-memory-mb", "16"]);
+    let numpy = build(&d, "numpy");
+    let budget = 16u64 << 20;
+    assert_eq!(resident(&d), (numpy["bytes"].as_u64().unwrap(), budget));
+    deploy(
+        &d,
+        "np",
+        &["numpy"],
+        "import numpy\ndef handler(e, c):\n    return 1\n",
+        10,
+    )
+    .await;
+    deploy(&d, "bare", &[], "def handler(e, c):\n    return 2\n", 10).await;
+    let bare = build(&d, ""); // no packages: the bare runtime
+    assert_ne!(bare["id"], numpy["id"]);
+    let total = bare["bytes"].as_u64().unwrap() + numpy["bytes"].as_u64().unwrap();
+    assert!(
+        total > budget,
+        "the test needs images that do not fit together"
+    );
+    assert!(resident(&d).0 <= budget);
+    // The bare function is served by the smallest image that covers it: its own.
+    for round in 0..3 {
+        for (name, want) in [("np", 1), ("bare", 2)] {
+            let r = fresh_start(&d, name, "{}").await;
+            assert_eq!(
+                (r.start.as_str(), r.status),
+                ("image", 200),
+                "{name}: {}",
+                r.raw
+            );
+            assert_eq!(r.body, json!(want));
+            let (now, _) = resident(&d);
+            assert!(now <= budget, "round {round}: {now} bytes in memory");
+        }
+    }
+    let v = images(&d);
+    let places: HashSet<String> = v["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["location"].as_str().unwrap().to_string())
+        .collect();
+    assert!(places.contains("disk"), "{v}");
+    let metrics = d.metrics().await;
+    let gauge: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ember_image_memory_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the memory gauge");
+    assert!(gauge <= budget);
+    // Removing an image frees its memory; functions it served cold-boot or use another.
+    let out = d.cli(&["image", "rm", numpy["id"].as_str().unwrap()]);
+    assert!(out.ok, "{}", out.stderr);
+    let r = fresh_start(&d, "np", "{}").await;
+    assert_eq!(r.start, "cold-boot");
+    let out = d.cli(&["image", "rm", "img-nonexistent"]);
+    assert!(
+        !out.ok && out.stderr.contains("does not exist"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn images_are_built_on_deploy() {
+    if !need_sandbox() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &["--images", "on-deploy"]);
+    deploy(
+        &d,
+        "np",
+        &["numpy"],
+        "import numpy\ndef handler(e, c):\n    return 3\n",
+        10,
+    )
+    .await;
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            images(&d)["images"]
+                .as_array()
+                .is_some_and(|a| a.len() == 1)
+        }),
+        "no image was built for the deployed package set"
+    );
+    let r = fresh_start(&d, "np", "{}").await;
+    assert_eq!((r.start.as_str(), r.status), ("image", 200), "{}", r.raw);
+    // A second function with the same packages does not build another.
+    deploy(
+        &d,
+        "np2",
+        &["numpy"],
+        "def handler(e, c):\n    return 4\n",
+        10,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(images(&d)["images"].as_array().unwrap().len(), 1);
+    assert_eq!(images(&d)["images"][0]["functions"], json!(2));
+}
