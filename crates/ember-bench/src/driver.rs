@@ -111,7 +111,8 @@ pub async fn deploy(
     Ok(())
 }
 
-async fn one(
+/// One invocation, timed by the client.
+pub async fn one(
     client: &Client,
     w: &Workload,
     event: &[u8],

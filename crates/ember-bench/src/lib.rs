@@ -2,6 +2,7 @@
 //! reports (a table on the terminal, an SVG plot, raw samples as JSON for later experiments).
 
 pub mod driver;
+pub mod images;
 pub mod plot;
 pub mod report;
 pub mod sandbox;

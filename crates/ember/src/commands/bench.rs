@@ -20,6 +20,10 @@ pub enum Experiment {
     /// The checkpoint/restore engine: dump time, image size and restore to first answer of
     /// Python processes (json, numpy, sklearn), beside their cold start and fork (needs root)
     Snap,
+    /// Dependency images end to end over HTTP: cold boot vs. start from an image (per
+    /// policy) vs. warm, with phases, and one shared image's cache cost vs. per-function
+    /// snapshots (needs root)
+    Images,
 }
 
 #[derive(Debug, clap::Args)]
@@ -55,6 +59,12 @@ pub struct Args {
     /// snap: instances restored side by side per policy and source for RSS/PSS
     #[arg(long, default_value_t = 10)]
     pub instances: usize,
+    /// images: restore policies to compare, one daemon each (eager, lazy, bulk, prefetch)
+    #[arg(long, value_delimiter = ',', default_value = "eager,bulk")]
+    pub image_policies: Vec<ember_snap::lazy::Policy>,
+    /// images: functions sharing one image in the cache-cost comparison (0 skips it)
+    #[arg(long, default_value_t = 10)]
+    pub share: usize,
     /// Drive this daemon instead of starting one in this process
     #[arg(long)]
     pub url: Option<String>,
@@ -92,6 +102,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     match args.experiment {
         Experiment::Sandbox => return sandbox(args).await,
         Experiment::Snap => return snap(args).await,
+        Experiment::Images => return images(args).await,
         Experiment::Invoke => {}
     }
     let started = SystemTime::now()
@@ -187,6 +198,120 @@ async fn sandbox(args: Args) -> anyhow::Result<()> {
     }
     std::fs::write(&out, serde_json::to_vec_pretty(&rows)?)?;
     eprintln!("results: {}", out.display());
+    Ok(())
+}
+
+async fn images(args: Args) -> anyhow::Result<()> {
+    use ember_bench::images as ib;
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if args
+        .image_policies
+        .contains(&ember_snap::lazy::Policy::Mapped)
+    {
+        anyhow::bail!("the mapped policy cannot restore into a sandbox; leave it out");
+    }
+    let selected = workloads::select(&args.workloads)?;
+    let envs = std::path::absolute(&args.envs_dir)?;
+    let mut homes = Vec::new();
+    let mut daemons = Vec::new();
+    let mut start = |policy: Option<ember_snap::lazy::Policy>| -> anyhow::Result<DaemonArgs> {
+        let home = tempfile::Builder::new()
+            .prefix("ember-bench-images-")
+            .tempdir()?;
+        let a = DaemonArgs {
+            home: Some(home.path().to_path_buf()),
+            listen: Some("127.0.0.1:0".into()),
+            envs_dir: Some(envs.clone()),
+            keep_alive: Some("1h".into()),
+            images: Some("off".into()),
+            image_policy: policy.map(|p| p.to_string()),
+            ..Default::default()
+        };
+        homes.push(home);
+        Ok(a)
+    };
+    let cold = daemon::start(start(None)?.resolve()?).await?;
+    let mut ladder = ib::Ladder {
+        cold: Client::new(&cold.url(), None),
+        images: Vec::new(),
+    };
+    for p in &args.image_policies {
+        let d = daemon::start(start(Some(*p))?.resolve()?).await?;
+        ladder.images.push((*p, Client::new(&d.url(), None)));
+        daemons.push(d);
+    }
+    eprintln!(
+        "bench images: {} workloads, {} cold starts per path (interleaved), {} warm; policies {:?}",
+        selected.len(),
+        args.cold,
+        args.warm,
+        args.image_policies
+    );
+    let mut rows = Vec::new();
+    let mut costs = Vec::new();
+    let work = tempfile::Builder::new()
+        .prefix("ember-bench-cache-")
+        .tempdir()?;
+    for w in &selected {
+        eprintln!("measuring {}", w.name);
+        rows.extend(ib::ladder(&ladder, w, args.cold, args.warm, &|l| eprintln!("{l}")).await?);
+        let has_packages = w.manifest.packages.as_ref().is_some_and(|p| !p.is_empty());
+        if args.share > 0 && has_packages {
+            let Some((_, c)) = ladder.images.first() else {
+                continue;
+            };
+            let listed = c.images().await?;
+            // The image built for this workload's own environment.
+            let info = c.get(&w.name).await?;
+            let Some(img) = listed["images"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|i| i["installed"] == info["installed"])
+                .cloned()
+            else {
+                continue;
+            };
+            let python = PathBuf::from(info["python"].as_str().unwrap_or("/usr/bin/python3"));
+            let imports: Vec<String> = img["imports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect();
+            let shared = img["bytes"].as_u64().unwrap_or(0);
+            eprintln!(
+                "cache cost of {}: {} functions dumped warm",
+                w.name, args.share
+            );
+            costs
+                .push(ib::cache_cost(w, &python, &imports, shared, args.share, work.path()).await?);
+        }
+    }
+    print!("{}", ib::table(&rows));
+    if !costs.is_empty() {
+        print!("{}", ib::cache_table(&costs));
+    }
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from(format!("bench-results/images-{started}.json")));
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(
+        &out,
+        serde_json::to_vec_pretty(&serde_json::json!({ "rows": rows, "cache_cost": costs }))?,
+    )?;
+    let svg = out.with_extension("svg");
+    ib::write_svg(&rows, &args.image_policies, &svg)?;
+    eprintln!("results: {}\nplot: {}", out.display(), svg.display());
+    for d in daemons {
+        d.stop().await?;
+    }
+    cold.stop().await?;
     Ok(())
 }
 

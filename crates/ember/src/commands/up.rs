@@ -30,8 +30,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let client = Client::new(&url, token);
     let all = workloads::select(&[])?;
     println!(
-        "{:<11} {:>14} {:>10}  result",
-        "function", "cold-boot ms", "warm ms"
+        "{:<11} {:>10} {:<10} {:>10}  result",
+        "function", "cold ms", "via", "warm ms"
     );
     for w in &all {
         driver::deploy(&client, w, &|l| eprintln!("{l}")).await?;
@@ -39,21 +39,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let event = w.manifest.bench_event();
         let mut times = Vec::new();
         let mut last = None;
-        for expect in ["cold-boot", "warm"] {
+        let mut via = String::new();
+        // A cold start is a cold boot, or a restore once the example's image is built (in
+        // the background after its deploy).
+        for expect in [&["cold-boot", "image"][..], &["warm"]] {
             let t0 = Instant::now();
             let r = client
                 .invoke(&w.name, event.clone())
                 .await
                 .with_context(|| format!("invoking {}", w.name))?;
             times.push(t0.elapsed().as_secs_f64() * 1e3);
-            if r.status != 200 || r.start != expect {
+            if r.status != 200 || !expect.contains(&r.start.as_str()) {
                 anyhow::bail!(
-                    "{}: expected a {expect} answer, got HTTP {} via {}: {}",
+                    "{}: expected a {} answer, got HTTP {} via {}: {}",
                     w.name,
+                    expect.join(" or "),
                     r.status,
                     r.start,
                     String::from_utf8_lossy(&r.body)
                 );
+            }
+            if via.is_empty() {
+                via = r.start.clone();
             }
             last = Some(r);
         }
@@ -62,8 +69,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or_default();
         let shown: String = body.chars().take(60).collect();
         println!(
-            "{:<11} {:>14.1} {:>10.2}  {shown}",
-            w.name, times[0], times[1]
+            "{:<11} {:>10.1} {:<10} {:>10.2}  {shown}",
+            w.name, times[0], via, times[1]
         );
     }
     if args.exit {
