@@ -299,14 +299,14 @@ pub async fn cache_cost(
             inst.pid() as i32,
             work.join(format!("{}-fn{i}.img", w.name)),
         );
+        // Only the pages are compared: every descriptor it holds is declared the caller's.
+        let inherited: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map_err(io)?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
         let dumped = tokio::task::spawn_blocking(move || {
-            ember_snap::dump(
-                pid,
-                &out,
-                &DumpOptions {
-                    inherited: vec![0, 1, 2, 3],
-                },
-            )
+            ember_snap::dump(pid, &out, &DumpOptions { inherited })
         })
         .await;
         inst.kill();
