@@ -249,10 +249,11 @@ impl ImageStore {
             let _ = std::fs::remove_dir_all(&old);
         }
         std::fs::rename(staged, &dst).map_err(io("moving into place", staged))?;
-        if let Some(old) = self.lock().entries.remove(&info.id)
-            && let Some(l) = old.loaded
         {
-            self.lock().draining.push(Arc::downgrade(&l));
+            let mut inner = self.lock();
+            if let Some(l) = inner.entries.remove(&info.id).and_then(|old| old.loaded) {
+                inner.draining.push(Arc::downgrade(&l));
+            }
         }
         self.insert(&dst)?;
         self.load(&info.id);
@@ -260,12 +261,14 @@ impl ImageStore {
     }
 
     pub fn remove(&self, id: &str) -> Result<(), ImageError> {
-        let entry = self.lock().entries.remove(id);
-        let Some(entry) = entry else {
-            return Err(ImageError::NotFound(id.to_string()));
-        };
-        if let Some(l) = entry.loaded {
-            self.lock().draining.push(Arc::downgrade(&l));
+        {
+            let mut inner = self.lock();
+            let Some(entry) = inner.entries.remove(id) else {
+                return Err(ImageError::NotFound(id.to_string()));
+            };
+            if let Some(l) = entry.loaded {
+                inner.draining.push(Arc::downgrade(&l));
+            }
         }
         let dir = self.path(id);
         std::fs::remove_dir_all(&dir).map_err(|source| ImageError::Io {
