@@ -489,22 +489,7 @@ impl Node {
             let id = id.to_string();
             tokio::task::spawn_blocking(move || images.load(&id));
         }
-        let spec = StartSpec {
-            instance_id: format!(
-                "{}-{}",
-                rec.name,
-                &uuid::Uuid::new_v4().simple().to_string()[..12]
-            ),
-            function: rec.name.clone(),
-            version: rec.version,
-            handler: rec.config.handler.clone(),
-            memory_mb: rec.config.memory_mb,
-            python: co.info.python.clone(),
-            bootstrap: self.bootstrap.clone(),
-            code_dir: d.code_dir.clone(),
-            imports: Vec::new(),
-            env: rec.config.env.clone(),
-        };
+        let spec = self.instance_spec(d, co.info.python.clone(), Vec::new());
         let read_only = vec![
             d.code_dir.clone(),
             co.info.env_dir.clone(),

@@ -881,9 +881,10 @@ impl Node {
         }
     }
 
-    async fn cold_boot(&self, d: &Deployed, timing: &mut Timing) -> Result<Live, InvokeOutcome> {
+    /// A new instance of `d` running `python`, preloading `imports` (none when restored).
+    fn instance_spec(&self, d: &Deployed, python: PathBuf, imports: Vec<String>) -> StartSpec {
         let rec = &d.record;
-        let spec = StartSpec {
+        StartSpec {
             instance_id: format!(
                 "{}-{}",
                 rec.name,
@@ -893,12 +894,17 @@ impl Node {
             version: rec.version,
             handler: rec.config.handler.clone(),
             memory_mb: rec.config.memory_mb,
-            python: d.env.python(),
+            python,
             bootstrap: self.bootstrap.clone(),
             code_dir: d.code_dir.clone(),
-            imports: d.env.imports.clone(),
+            imports,
             env: rec.config.env.clone(),
-        };
+        }
+    }
+
+    async fn cold_boot(&self, d: &Deployed, timing: &mut Timing) -> Result<Live, InvokeOutcome> {
+        let rec = &d.record;
+        let spec = self.instance_spec(d, d.env.python(), d.env.imports.clone());
         let note = |text: String| {
             self.logs
                 .append(&rec.name, &spec.instance_id, "event", text.as_bytes())
