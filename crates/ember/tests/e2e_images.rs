@@ -326,9 +326,10 @@ async fn the_memory_pool_holds_its_budget() {
     let home = tempfile::tempdir().unwrap();
     // 16 MiB: the numpy image (~12 MiB) and the bare runtime's (~4 MiB) do not both fit.
     let d = Daemon::start(home.path(), &["--images", "off", "--image-memory-mb", "16"]);
-    let numpy = build(&d, "numpy");
+    let first = build(&d, "numpy");
     // Rebuilding an image that is in memory replaces it there.
     let numpy = build(&d, "numpy");
+    assert_eq!(first["id"], numpy["id"]);
     let budget = 16u64 << 20;
     assert_eq!(resident(&d), (numpy["bytes"].as_u64().unwrap(), budget));
     deploy(
