@@ -430,3 +430,60 @@ async fn images_are_built_on_deploy() {
     assert_eq!(images(&d)["images"].as_array().unwrap().len(), 1);
     assert_eq!(images(&d)["images"][0]["functions"], json!(2));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_page_source_falls_back_to_a_cold_boot() {
+    if !need_sandbox() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    // Lazy restores from disk: pages are read, and checked, as the instance touches them.
+    let d = Daemon::start(
+        home.path(),
+        &[
+            "--images",
+            "off",
+            "--image-memory-mb",
+            "0",
+            "--image-policy",
+            "lazy",
+        ],
+    );
+    deploy(
+        &d,
+        "np",
+        &["numpy"],
+        "import numpy\ndef handler(e, c):\n    return 5\n",
+        10,
+    )
+    .await;
+    let img = build(&d, "numpy");
+    let id = img["id"].as_str().unwrap().to_string();
+    let r = fresh_start(&d, "np", "{}").await;
+    assert_eq!((r.start.as_str(), r.status), ("image", 200), "{}", r.raw);
+    assert_eq!(r.body, json!(5));
+    // Every page now fails its hash: the page server must kill the process rather than let
+    // it run on one, and the invocation is served by a cold boot.
+    let pages = home.path().join("images").join(&id).join("pages");
+    let mut bytes = std::fs::read(&pages).unwrap();
+    for b in &mut bytes[4096..] {
+        *b ^= 0xa5;
+    }
+    std::fs::write(&pages, &bytes).unwrap();
+    let r = fresh_start(&d, "np", "{}").await;
+    assert_eq!(
+        (r.start.as_str(), r.status),
+        ("cold-boot", 200),
+        "{}",
+        r.raw
+    );
+    assert!(r.timing.contains("fallback;"), "{}", r.timing);
+    assert_eq!(r.body, json!(5));
+    let logs = d.cli(&["logs", "np"]).stdout;
+    assert!(
+        logs.contains(&format!(
+            "starting from image {id} failed, cold boot instead"
+        )) && logs.contains("pages"),
+        "{logs}"
+    );
+}
