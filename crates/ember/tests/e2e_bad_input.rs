@@ -190,9 +190,16 @@ async fn requests_are_checked_before_anything_runs() {
         .post(format!("{}/v1/functions/echo/invoke", d.url))
         .body(reqwest::Body::wrap_stream(tokio_stream::iter(chunks)))
         .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413);
+        .await;
+    // The server answers 413 at the limit and stops reading: the client sees the answer, or,
+    // when the close wins the race with its writes, a broken pipe. Either way it was refused.
+    match r {
+        Ok(r) => assert_eq!(r.status(), 413),
+        Err(e) => assert!(
+            format!("{e:?}").contains("BrokenPipe") || format!("{e:?}").contains("ConnectionReset"),
+            "{e:?}"
+        ),
+    }
     // Just under the limit is fine.
     let fits = format!("\"{}\"", "y".repeat(1_000_000));
     assert_eq!(d.invoke("echo", &fits).await.status, 200);
