@@ -296,15 +296,18 @@ async fn build_image(
     // In a task of its own: a client that goes away does not leave half a build.
     let built = tokio::spawn(async move { node.build_image(&req.packages, &|_| {}).await })
         .await
-        .map_err(|e| {
-            tracing::error!("an image build task failed: {e}");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal",
-                "the image build failed inside ember; see the daemon's log",
-            )
-        })??;
+        .map_err(|e| task_failed("the image build", e))??;
     Ok((StatusCode::CREATED, axum::Json(built)).into_response())
+}
+
+/// A request's own task panicked or was cancelled: the daemon's fault, told as such.
+fn task_failed(what: &str, e: tokio::task::JoinError) -> ApiError {
+    tracing::error!("{what} task failed: {e}");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Internal",
+        format!("{what} failed inside ember; see the daemon's log"),
+    )
 }
 
 async fn remove_image(
@@ -335,14 +338,7 @@ async fn invoke(
     let node = s.node.clone();
     let inv = tokio::spawn(async move { node.invoke(&name, &event).await })
         .await
-        .map_err(|e| {
-            tracing::error!("an invocation task failed: {e}");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Internal",
-                "the invocation failed inside ember; see the daemon's log",
-            )
-        })??;
+        .map_err(|e| task_failed("the invocation", e))??;
     Ok(invocation_response(inv))
 }
 

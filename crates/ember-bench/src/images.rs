@@ -24,16 +24,14 @@ use ember_snap::lazy::Policy;
 use serde::Serialize;
 
 use crate::driver::{BenchError, Sample, one};
-use crate::stats::{Summary, summarize};
+use crate::stats::summarize;
 use crate::workloads::Workload;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
-    pub workload: String,
-    /// `cold-boot`, `image-<policy>` or `warm`.
-    pub path: String,
+    /// Workload, path (`cold-boot`, `image-<policy>` or `warm`) and latency summary.
     #[serde(flatten)]
-    pub summary: Summary,
+    pub row: crate::report::Row,
     /// Median of each phase of the `Ember-Timing` header, in ms.
     pub phases: BTreeMap<String, f64>,
     /// Samples that took another path than asked (an image start that fell back).
@@ -65,23 +63,24 @@ pub fn parse_timing(h: &str) -> BTreeMap<String, f64> {
 }
 
 fn row(workload: &str, path: &str, want: &str, samples: &[Sample]) -> Row {
-    let mine: Vec<&Sample> = samples.iter().collect();
-    let lat: Vec<f64> = mine.iter().map(|s| s.latency_ms).collect();
+    let lat: Vec<f64> = samples.iter().map(|s| s.latency_ms).collect();
     let mut phases: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for s in &mine {
+    for s in samples {
         for (k, v) in parse_timing(&s.timing) {
             phases.entry(k).or_default().push(v);
         }
     }
     Row {
-        workload: workload.to_string(),
-        path: path.to_string(),
-        summary: summarize(&lat),
+        row: crate::report::Row {
+            workload: workload.to_string(),
+            path: path.to_string(),
+            summary: summarize(&lat),
+        },
         phases: phases
             .into_iter()
             .map(|(k, v)| (k, summarize(&v).p50_ms))
             .collect(),
-        off_path: mine.iter().filter(|s| s.path != want).count(),
+        off_path: samples.iter().filter(|s| s.path != want).count(),
     }
 }
 
@@ -171,10 +170,11 @@ pub fn table(rows: &[Row]) -> String {
     }
     let _ = writeln!(s, " {:>4}", "off");
     for r in rows {
+        let base = &r.row;
         let _ = write!(
             s,
             "{:<10} {:<16} {:>8.2} {:>8.2}",
-            r.workload, r.path, r.summary.p50_ms, r.summary.p99_ms
+            base.workload, base.path, base.summary.p50_ms, base.summary.p99_ms
         );
         for p in PHASES {
             match r.phases.get(*p) {
@@ -189,11 +189,12 @@ pub fn table(rows: &[Row]) -> String {
         let _ = writeln!(s, " {:>4}", r.off_path);
     }
     let _ = writeln!(s, "\nratios of p50 (same run):");
-    let mut workloads: Vec<&str> = rows.iter().map(|r| r.workload.as_str()).collect();
+    let mut workloads: Vec<&str> = rows.iter().map(|r| r.row.workload.as_str()).collect();
     workloads.dedup();
     for w in workloads {
         let get = |p: &str| {
             rows.iter()
+                .map(|r| &r.row)
                 .find(|r| r.workload == w && r.path == p)
                 .map(|r| r.summary.p50_ms)
         };
@@ -202,6 +203,7 @@ pub fn table(rows: &[Row]) -> String {
         };
         for r in rows
             .iter()
+            .map(|r| &r.row)
             .filter(|r| r.workload == w && r.path.starts_with("image-"))
         {
             let _ = writeln!(
@@ -363,14 +365,7 @@ pub fn write_svg(
     path: &Path,
 ) -> Result<(), crate::plot::PlotError> {
     use plotters::style::RGBColor;
-    let plot_rows: Vec<crate::report::Row> = rows
-        .iter()
-        .map(|r| crate::report::Row {
-            workload: r.workload.clone(),
-            path: r.path.clone(),
-            summary: r.summary,
-        })
-        .collect();
+    let plot_rows: Vec<crate::report::Row> = rows.iter().map(|r| r.row.clone()).collect();
     let names: Vec<String> = policies.iter().map(|p| format!("image-{p}")).collect();
     let mut series: Vec<(&str, RGBColor)> = vec![("cold-boot", RGBColor(200, 80, 60))];
     for (i, n) in names.iter().enumerate() {

@@ -111,17 +111,68 @@ pub struct ImageStatus {
     pub functions: usize,
 }
 
-/// What a restore needs from the store.
-pub struct Checkout {
-    pub id: String,
+impl Location {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Location::Memory => "memory",
+            Location::Disk => "disk",
+        }
+    }
+}
+
+/// Where a restore gets its pages: the image (its metadata, and its pages when in memory),
+/// the source a lazy restore's page server reads, and the working set a prefetch installs.
+pub struct Pages {
     pub image: Arc<LoadedImage>,
     pub source: Arc<dyn PageSource>,
     pub working_set: Option<Arc<Vec<u64>>>,
+}
+
+impl Pages {
+    /// An image whose pages are in memory: it is its own source.
+    pub fn in_memory(image: Arc<LoadedImage>, working_set: Option<Arc<Vec<u64>>>) -> Pages {
+        Pages {
+            source: image.clone(),
+            image,
+            working_set,
+        }
+    }
+}
+
+/// An image taken for one restore.
+#[derive(Clone)]
+pub struct Checkout {
+    pub id: String,
+    /// The pool's copy, or (on disk) the metadata only.
+    image: Arc<LoadedImage>,
+    working_set: Option<Arc<Vec<u64>>>,
     pub location: Location,
-    pub info: ImageInfo,
+    /// The interpreter and environment instances restored from it run with.
+    pub python: PathBuf,
+    pub env_dir: PathBuf,
     /// The image is not in memory and would fit: load it (blocking) with
     /// [`ImageStore::load`].
     pub load_after: bool,
+}
+
+impl Checkout {
+    /// The pages for the restore. In memory: the pool's copy. On disk: the whole image read
+    /// and checked now when `whole` (an eager restore needs every page), else a file source
+    /// that reads and checks each chunk as the page server asks for it. Blocking.
+    pub fn pages(&self, whole: bool) -> Result<Pages, ImageError> {
+        let ws = self.working_set.clone();
+        Ok(match self.location {
+            Location::Memory => Pages::in_memory(self.image.clone(), ws),
+            Location::Disk if whole => {
+                Pages::in_memory(Arc::new(LoadedImage::load(&self.image.dir)?), ws)
+            }
+            Location::Disk => Pages {
+                source: Arc::new(FileSource::open(&self.image.dir, &self.image.meta)?),
+                image: self.image.clone(),
+                working_set: ws,
+            },
+        })
+    }
 }
 
 struct Entry {
@@ -154,6 +205,11 @@ pub struct ImageStore {
 
 fn page_bytes(img: &LoadedImage) -> u64 {
     img.page_data().len() as u64
+}
+
+/// What an image's pages take in memory once loaded (from its metadata alone).
+fn page_bytes_of(img: &LoadedImage) -> u64 {
+    img.meta.pages.count * ember_snap::image::PAGE
 }
 
 impl ImageStore {
@@ -217,6 +273,13 @@ impl ImageStore {
         let opened = Arc::new(LoadedImage::open(dir)?);
         let working_set = ember_snap::image::read_working_set(dir, &opened.meta)?.map(Arc::new);
         let id = info.id.clone();
+        // Checked once here rather than at every match: an environment removed later makes
+        // restores fail, and the image unhealthy, like any other broken file.
+        let missing_env = (!info.env_dir.is_dir())
+            .then(|| format!("its environment {} is gone", info.env_dir.display()));
+        if let Some(why) = &missing_env {
+            tracing::error!(image = %id, "image is not usable: {why}; rebuild it");
+        }
         self.lock().entries.insert(
             id.clone(),
             Entry {
@@ -227,8 +290,8 @@ impl ImageStore {
                 last_used: Instant::now(),
                 restores: 0,
                 failures: 0,
-                unhealthy: false,
-                last_error: None,
+                unhealthy: missing_env.is_some(),
+                last_error: missing_env,
             },
         );
         Ok(id)
@@ -312,18 +375,13 @@ impl ImageStore {
             .entries
             .values()
             .filter(|e| !e.unhealthy)
-            .map(|e| &e.info)
-            .filter(|i| i.env_dir.is_dir());
+            .map(|e| &e.info);
         best_cover(candidates, installed).map(|i| i.id.clone())
     }
 
-    /// The image an environment's packages were built into, if any.
-    pub fn id_for_env(&self, env_key: &str) -> String {
-        format!("img-{}", &env_key[..env_key.len().min(12)])
-    }
-
-    pub fn get(&self, id: &str) -> Option<ImageInfo> {
-        self.lock().entries.get(id).map(|e| e.info.clone())
+    /// Whether the package environment `env_key` has its own image.
+    pub fn has_image_for(&self, env_key: &str) -> bool {
+        self.lock().entries.contains_key(&image_id(env_key))
     }
 
     /// Takes what a restore of `id` needs, preferring the in-memory copy.
@@ -336,32 +394,25 @@ impl ImageStore {
             .ok_or_else(|| ImageError::NotFound(id.to_string()))?;
         e.last_used = Instant::now();
         e.restores += 1;
-        let info = e.info.clone();
-        let working_set = e.working_set.clone();
-        if let Some(l) = &e.loaded {
-            return Ok(Checkout {
-                id: id.to_string(),
-                image: l.clone(),
-                source: l.clone(),
-                working_set,
-                location: Location::Memory,
-                info,
-                load_after: false,
-            });
-        }
-        let opened = e.opened.clone();
-        let source = FileSource::open(&self.path(id), &opened.meta)?;
-        let want = opened.meta.pages.count * ember_snap::image::PAGE;
-        let load_after = want <= budget && !inner.loading.contains(id);
-        Ok(Checkout {
+        let mut co = Checkout {
             id: id.to_string(),
-            image: opened,
-            source: Arc::new(source),
-            working_set,
+            image: e.opened.clone(),
+            working_set: e.working_set.clone(),
             location: Location::Disk,
-            info,
-            load_after,
-        })
+            python: e.info.python.clone(),
+            env_dir: e.info.env_dir.clone(),
+            load_after: false,
+        };
+        match &e.loaded {
+            Some(l) => {
+                co.image = l.clone();
+                co.location = Location::Memory;
+            }
+            None => {
+                co.load_after = page_bytes_of(&co.image) <= budget && !inner.loading.contains(id)
+            }
+        }
+        Ok(co)
     }
 
     /// Reads `id`'s pages into the pool (checking every hash) if they fit the budget once
@@ -376,7 +427,7 @@ impl ImageStore {
             if e.loaded.is_some() || inner.loading.contains(id) {
                 return e.loaded.is_some();
             }
-            let want = e.opened.meta.pages.count * ember_snap::image::PAGE;
+            let want = page_bytes_of(&e.opened);
             if !make_room(&mut inner, self.budget, want, id) {
                 tracing::info!(
                     image = id,
@@ -444,6 +495,11 @@ impl ImageStore {
         }
         false
     }
+}
+
+/// The id of the image built from package environment `env_key`: one image per environment.
+pub fn image_id(env_key: &str) -> String {
+    format!("img-{}", &env_key[..env_key.len().min(12)])
 }
 
 fn resident(inner: &mut Inner) -> u64 {

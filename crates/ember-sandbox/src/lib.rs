@@ -342,6 +342,22 @@ pub struct Handoff {
     pub filter: Arc<seccompiler::BpfProgram>,
 }
 
+impl Handoff {
+    /// The filter as the kernel's own `sock_filter` array, for whoever installs it inside
+    /// the restored process (a restorer injecting `seccomp(2)`).
+    pub fn sock_filters(&self) -> Vec<libc::sock_filter> {
+        self.filter
+            .iter()
+            .map(|f| libc::sock_filter {
+                code: f.code,
+                jt: f.jt,
+                jf: f.jf,
+                k: f.k,
+            })
+            .collect()
+    }
+}
+
 /// Why the kernel stopped an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitReason {

@@ -55,16 +55,7 @@ async fn restores_into_a_sandboxed_first_process_and_hands_it_over() {
             uid: h.uid,
             gid: h.gid,
             die_with_parent: true,
-            seccomp: h
-                .filter
-                .iter()
-                .map(|f| libc::sock_filter {
-                    code: f.code,
-                    jt: f.jt,
-                    jf: f.jf,
-                    k: f.k,
-                })
-                .collect(),
+            seccomp: h.sock_filters(),
         }),
         ..RestoreOptions::default()
     };

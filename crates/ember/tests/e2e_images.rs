@@ -43,6 +43,20 @@ async fn deploy(d: &Daemon, name: &str, packages: &[&str], code: &str, max: u32)
     assert!(status == 201 || status == 200, "{status} {body}");
 }
 
+/// The page file of image `id` on daemon `d`.
+fn image_pages(d: &Daemon, id: &str) -> PathBuf {
+    d.home.join("images").join(id).join("pages")
+}
+
+/// Flips every bit of `range` in `file` (the first 4 KiB of a page file are its header).
+fn corrupt(file: &Path, range: std::ops::Range<usize>) {
+    let mut bytes = std::fs::read(file).unwrap();
+    for b in &mut bytes[range] {
+        *b ^= 0xff;
+    }
+    std::fs::write(file, &bytes).unwrap();
+}
+
 async fn fresh_start(d: &Daemon, name: &str, event: &str) -> common::Invoked {
     let r = d
         .http()
@@ -242,13 +256,8 @@ async fn a_broken_image_falls_back_to_a_cold_boot_with_a_warning() {
     assert_eq!(images(&d)["images"][0]["location"], json!("disk"));
 
     // 1. A corrupted page file: refused by its hashes, served by a cold boot.
-    let pages = home.path().join("images").join(&id).join("pages");
-    let mut bytes = std::fs::read(&pages).unwrap();
-    let n = bytes.len();
-    for b in &mut bytes[4096 + n / 3..4096 + n / 3 + 64] {
-        *b ^= 0x5a;
-    }
-    std::fs::write(&pages, &bytes).unwrap();
+    let n = std::fs::metadata(image_pages(&d, &id)).unwrap().len() as usize;
+    corrupt(&image_pages(&d, &id), 4096 + n / 3..4096 + n / 3 + 64);
     let r = fresh_start(&d, "esc", "{}").await;
     assert_eq!(
         (r.start.as_str(), r.status),
@@ -464,12 +473,8 @@ async fn a_failing_page_source_falls_back_to_a_cold_boot() {
     assert_eq!(r.body, json!(5));
     // Every page now fails its hash: the page server must kill the process rather than let
     // it run on one, and the invocation is served by a cold boot.
-    let pages = home.path().join("images").join(&id).join("pages");
-    let mut bytes = std::fs::read(&pages).unwrap();
-    for b in &mut bytes[4096..] {
-        *b ^= 0xa5;
-    }
-    std::fs::write(&pages, &bytes).unwrap();
+    let n = std::fs::metadata(image_pages(&d, &id)).unwrap().len() as usize;
+    corrupt(&image_pages(&d, &id), 4096..n);
     let r = fresh_start(&d, "np", "{}").await;
     assert_eq!(
         (r.start.as_str(), r.status),

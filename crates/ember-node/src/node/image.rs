@@ -25,7 +25,7 @@ use tracing::{Instrument, info_span};
 
 use super::{Deployed, InvokeOutcome, Node, NodeError, Timing, error_chain, now_secs};
 use crate::envs::PackageEnv;
-use crate::images::{Checkout, ImageError, ImageInfo, ImageStatus};
+use crate::images::{ImageError, ImageInfo, ImageStatus, Pages, image_id};
 use crate::live::Live;
 use crate::metrics::ImageLabels;
 use crate::ratelimit::RateLimit;
@@ -124,7 +124,7 @@ impl Node {
         if self.sandboxes.is_none() {
             return Err(ImageError::NeedsSandbox.into());
         }
-        let id = self.images.id_for_env(&env.key);
+        let id = image_id(&env.key);
         let gate = self.image_gate(&id);
         let _held = gate.lock().await;
         let staged = self.images.staging(&id);
@@ -318,17 +318,16 @@ impl Node {
             env: Default::default(),
         };
         let read_only = vec![env.dir.clone(), self.bootstrap.clone()];
-        let co = Checkout {
-            id: id.to_string(),
-            source: img.clone(),
-            image: img,
-            working_set: None,
-            location: crate::images::Location::Memory,
-            info: placeholder_info(id, env),
-            load_after: false,
-        };
+        let pages = Pages::in_memory(img, None);
         let Restored { mut live, .. } = self
-            .restore_instance(&spec, read_only, &co, Policy::Lazy, Arc::new(BuildLog))
+            .restore_instance(
+                &spec,
+                read_only,
+                id,
+                &pages,
+                Policy::Lazy,
+                Arc::new(BuildLog),
+            )
             .await?;
         let limit = self.cfg.init_timeout;
         let checked = async {
@@ -380,7 +379,8 @@ impl Node {
         &self,
         spec: &StartSpec,
         read_only: Vec<PathBuf>,
-        co: &Checkout,
+        id: &str,
+        pages: &Pages,
         policy: Policy,
         log: Arc<dyn LogSink>,
     ) -> Result<Restored, String> {
@@ -404,12 +404,12 @@ impl Node {
         };
         let mut live = Live::new(inst, Some(sb));
         let Some(pid) = live.sandbox.as_ref().and_then(|s| s.first_process()) else {
-            abandon(live);
+            self.reap(live.kill());
             return Err("the sandbox's first process is gone".into());
         };
         let sandbox = t0.elapsed();
         let handoff = live.sandbox.as_ref().map(|s| s.handoff());
-        let (policy, working_set) = match (policy, &co.working_set) {
+        let (policy, working_set) = match (policy, &pages.working_set) {
             (Policy::Prefetch, None) => (Policy::Lazy, None),
             (p, ws) => (p, ws.clone()),
         };
@@ -418,28 +418,19 @@ impl Node {
                 uid: h.uid,
                 gid: h.gid,
                 die_with_parent: true,
-                seccomp: h
-                    .filter
-                    .iter()
-                    .map(|f| nix::libc::sock_filter {
-                        code: f.code,
-                        jt: f.jt,
-                        jf: f.jf,
-                        k: f.k,
-                    })
-                    .collect(),
+                seccomp: h.sock_filters(),
             }),
             policy,
-            source: Some(co.source.clone()),
+            source: Some(pages.source.clone()),
             working_set,
             ..RestoreOptions::default()
         };
-        let img = co.image.clone();
+        let img = pages.image.clone();
         let t1 = Instant::now();
         let restored = tokio::task::spawn_blocking(move || {
             ember_snap::restore(&img, Target::Stopped { pid }, &opts)
         })
-        .instrument(info_span!("start.restore", image = %co.id, %policy))
+        .instrument(info_span!("start.restore", image = id, %policy))
         .await;
         match restored {
             Ok(Ok(r)) => {
@@ -451,11 +442,11 @@ impl Node {
                 })
             }
             Ok(Err(e)) => {
-                abandon(live);
+                self.reap(live.kill());
                 Err(format!("restoring: {}", error_chain(&e)))
             }
             Err(e) => {
-                abandon(live);
+                self.reap(live.kill());
                 Err(format!("restoring: {e}"))
             }
         }
@@ -470,34 +461,32 @@ impl Node {
     ) -> FromImage {
         let t0 = Instant::now();
         let rec = &d.record;
-        let mut co = match self.images.checkout(id) {
+        let co = match self.images.checkout(id) {
             Ok(c) => c,
             Err(e) => return self.image_failed(d, id, t0, timing, error_chain(&e)),
         };
         let policy = self.cfg.images.policy;
-        if policy == Policy::Eager && !co.image.is_loaded() {
-            // Not in the pool: read (and check) the whole image for this restore only.
-            let dir = co.image.dir.clone();
-            match tokio::task::spawn_blocking(move || LoadedImage::load(&dir)).await {
-                Ok(Ok(img)) => co.image = Arc::new(img),
-                Ok(Err(e)) => return self.image_failed(d, id, t0, timing, error_chain(&e)),
-                Err(e) => return self.image_failed(d, id, t0, timing, e.to_string()),
-            }
-        }
+        let whole = policy == Policy::Eager;
+        let taken = co.clone();
+        let pages = match tokio::task::spawn_blocking(move || taken.pages(whole)).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return self.image_failed(d, id, t0, timing, error_chain(&e)),
+            Err(e) => return self.image_failed(d, id, t0, timing, e.to_string()),
+        };
         if co.load_after {
             let images = self.images.clone();
             let id = id.to_string();
             tokio::task::spawn_blocking(move || images.load(&id));
         }
-        let spec = self.instance_spec(d, co.info.python.clone(), Vec::new());
+        let spec = self.instance_spec(d, co.python.clone(), Vec::new());
         let read_only = vec![
             d.code_dir.clone(),
-            co.info.env_dir.clone(),
+            co.env_dir.clone(),
             self.bootstrap.clone(),
         ];
         let sink = self.logs.sink(&rec.name);
         let restored = self
-            .restore_instance(&spec, read_only, &co, policy, sink)
+            .restore_instance(&spec, read_only, id, &pages, policy, sink)
             .instrument(info_span!("start.image", instance = %spec.instance_id, image = id))
             .await;
         let Restored {
@@ -525,10 +514,7 @@ impl Node {
                     "event",
                     format!(
                         "instance started (image {id} from {}, {policy}, sandboxed, pid {}) in {:.1} ms",
-                        match co.location {
-                            crate::images::Location::Memory => "memory",
-                            crate::images::Location::Disk => "disk",
-                        },
+                        co.location.as_str(),
                         live.inst.pid(),
                         timing.init().as_secs_f64() * 1e3
                     )
@@ -547,16 +533,16 @@ impl Node {
                     )
                     .as_bytes(),
                 );
-                abandon(live);
+                self.reap(live.kill());
                 FromImage::Outcome(InvokeOutcome::InitError(fe))
             }
             Ok(Err(e)) => {
                 let msg = server_failure(&mut live).unwrap_or_else(|| error_chain(&e));
-                abandon(live);
+                self.reap(live.kill());
                 self.image_failed(d, id, t0, timing, msg)
             }
             Err(_) => {
-                abandon(live);
+                self.reap(live.kill());
                 let msg = format!(
                     "the restored instance did not initialise within {} s",
                     self.cfg.init_timeout.as_secs()
@@ -669,7 +655,7 @@ impl Node {
                         continue;
                     }
                 };
-                if node.images.get(&node.images.id_for_env(&env.key)).is_some() {
+                if node.images.has_image_for(&env.key) {
                     continue;
                 }
                 // Failures are logged by the build itself.
@@ -679,11 +665,6 @@ impl Node {
     }
 }
 
-/// Kills an instance that never served, and removes its sandbox in the background.
-fn abandon(live: Live) {
-    live.kill();
-}
-
 /// The page server's error, when it is what ended the instance.
 fn server_failure(live: &mut Live) -> Option<String> {
     let finished = live.pages.as_ref().is_some_and(PageServer::is_finished);
@@ -691,24 +672,4 @@ fn server_failure(live: &mut Live) -> Option<String> {
         return None;
     }
     live.pages.take()?.wait().err().map(|e| error_chain(&e))
-}
-
-fn placeholder_info(id: &str, env: &PackageEnv) -> ImageInfo {
-    ImageInfo {
-        id: id.to_string(),
-        env_key: env.key.clone(),
-        env_dir: env.dir.clone(),
-        python: env.python(),
-        packages: env.packages.clone(),
-        imports: env.imports.clone(),
-        installed: env.installed.clone(),
-        created_at: 0,
-        pages: 0,
-        bytes: 0,
-        vmas: 0,
-        working_set_pages: 0,
-        import_ms: 0.0,
-        dump_ms: 0.0,
-        verify_ms: 0.0,
-    }
 }

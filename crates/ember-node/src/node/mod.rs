@@ -403,8 +403,7 @@ impl Node {
             _home: home_lock,
         });
         node.load().await?;
-        // Images in memory from the start, as the budget allows (most recently built first
-        // would need a clock across restarts; the catalog order is kept).
+        // Images into the memory pool from the start, in catalog order, as the budget allows.
         let images = node.images.clone();
         let ids: Vec<String> = images.list().into_iter().map(|s| s.info.id).collect();
         tokio::task::spawn_blocking(move || {
@@ -500,11 +499,7 @@ impl Node {
         let mut seen = HashSet::new();
         self.read_functions()
             .values()
-            .filter(|d| {
-                self.images
-                    .get(&self.images.id_for_env(&d.env.key))
-                    .is_none()
-            })
+            .filter(|d| !self.images.has_image_for(&d.env.key))
             .filter(|d| seen.insert(d.env.key.clone()))
             .map(|d| d.record.config.packages.clone())
             .collect()
@@ -580,9 +575,9 @@ impl Node {
             "event",
             format!("deployed version {}", rec.version).as_bytes(),
         );
-        let id = self.images.id_for_env(&env.key);
+        let has_image = self.images.has_image_for(&env.key);
         self.install(rec.clone(), env);
-        if self.cfg.images.auto == AutoImages::OnDeploy && self.images.get(&id).is_none() {
+        if self.cfg.images.auto == AutoImages::OnDeploy && !has_image {
             self.build_in_background(vec![rec.config.packages.clone()]);
         }
         Ok((rec, previous.is_none()))

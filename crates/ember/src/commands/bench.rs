@@ -98,6 +98,14 @@ pub struct Args {
     pub envs_dir: PathBuf,
 }
 
+/// Seconds since the epoch: names a run's result files.
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
     match args.experiment {
         Experiment::Sandbox => return sandbox(args).await,
@@ -105,10 +113,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Experiment::Images => return images(args).await,
         Experiment::Invoke => {}
     }
-    let started = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let started = now_unix();
     let opts = BenchOptions {
         cold: args.cold,
         warm: args.warm,
@@ -169,10 +174,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn sandbox(args: Args) -> anyhow::Result<()> {
-    let started = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let started = now_unix();
     let home = tempfile::Builder::new()
         .prefix("ember-bench-sandbox-")
         .tempdir()?;
@@ -203,10 +205,7 @@ async fn sandbox(args: Args) -> anyhow::Result<()> {
 
 async fn images(args: Args) -> anyhow::Result<()> {
     use ember_bench::images as ib;
-    let started = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let started = now_unix();
     if args
         .image_policies
         .contains(&ember_snap::lazy::Policy::Mapped)
@@ -317,10 +316,7 @@ async fn images(args: Args) -> anyhow::Result<()> {
 
 async fn snap(args: Args) -> anyhow::Result<()> {
     use ember_bench::snap;
-    let started = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let started = now_unix();
     let names: Vec<&str> = if args.workloads.is_empty() {
         snap::WORKLOADS.iter().map(|w| w.0).collect()
     } else {

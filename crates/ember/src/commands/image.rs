@@ -79,9 +79,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
                     .unwrap_or_default();
                 let health = if i["healthy"].as_bool().unwrap_or(false) {
-                    "ok".to_string()
+                    "ok"
                 } else {
-                    "unhealthy".to_string()
+                    "unhealthy"
                 };
                 println!(
                     "{:<18} {:>8.1} {:>8} {:<7} {:>4} {:<9} {:>8}  {}",
