@@ -27,7 +27,11 @@ use zip::write::SimpleFileOptions;
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub name: Option<String>,
+    /// python (the default), provided or native; Lambda's names are accepted too.
+    pub runtime: Option<String>,
     pub handler: Option<String>,
+    /// Every request gets a fresh instance.
+    pub cold_only: Option<bool>,
     pub packages: Option<Vec<String>>,
     pub memory_mb: Option<u32>,
     pub timeout_s: Option<u32>,
@@ -73,7 +77,8 @@ impl Manifest {
     pub fn deploy_body(&self, zip: &[u8]) -> Result<serde_json::Value, PackageError> {
         let handler = self.handler.clone().ok_or(PackageError::NoHandler)?;
         let mut body = serde_json::json!({
-            "runtime": "python",
+            "runtime": self.runtime.as_deref().unwrap_or("python"),
+            "cold_only": self.cold_only.unwrap_or(false),
             "handler": handler,
             "packages": self.packages.clone().unwrap_or_default(),
             "env": self.env,
@@ -102,7 +107,10 @@ pub enum PackageError {
     },
     #[error("{path} is not a valid manifest: {detail}")]
     Manifest { path: PathBuf, detail: String },
-    #[error("no handler given: pass --handler module.function or set handler in ember.toml")]
+    #[error(
+        "no handler given: pass --handler (module.function for python, the executable for \
+         native) or set handler in ember.toml"
+    )]
     NoHandler,
     #[error("zipping {path} failed: {detail}")]
     Zip { path: PathBuf, detail: String },

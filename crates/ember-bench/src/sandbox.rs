@@ -47,6 +47,7 @@ async fn one(
             read_only: vec![work.clone()],
             cwd: work.clone(),
             host_network: false,
+            runtime_api_port: None,
         })?),
         None => None,
     };

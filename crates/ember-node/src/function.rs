@@ -7,6 +7,15 @@ use serde::{Deserialize, Serialize};
 
 use ember_runtime::python::reserved_env;
 
+/// The region and account in the ARNs Ember shows (Lambda clients want ARNs to parse).
+pub const REGION: &str = "us-east-1";
+pub const ACCOUNT: &str = "000000000000";
+
+/// `arn:aws:lambda:<region>:<account>:function:<name>`
+pub fn function_arn(name: &str) -> String {
+    format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}")
+}
+
 /// What network an instance sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -18,11 +27,46 @@ pub enum Network {
     Host,
 }
 
+/// How a function's code runs. Lambda's names are accepted as aliases: `python3.8` to
+/// `python3.13` run on the node's interpreter (which `ember ls` names), and `provided.al2`
+/// and `provided.al2023` run the executable as `provided` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
+    /// `handler` is `module.function`, run by Ember's Python bootstrap.
     #[default]
+    #[serde(alias = "python3.8", alias = "python3.9", alias = "python3.10")]
+    #[serde(alias = "python3.11", alias = "python3.12", alias = "python3.13")]
     Python,
+    /// Lambda's custom runtime: the code's `bootstrap` executable, talking to the node's
+    /// Runtime API at `AWS_LAMBDA_RUNTIME_API`; `handler` is passed on as `_HANDLER`.
+    #[serde(alias = "provided.al2", alias = "provided.al2023")]
+    Provided,
+    /// One process per request: `handler` names an executable in the code, which reads the
+    /// event on stdin and writes the result on stdout. Always cold-only.
+    Native,
+}
+
+impl Runtime {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Python => "python",
+            Runtime::Provided => "provided",
+            Runtime::Native => "native",
+        }
+    }
+
+    /// Parses a runtime name as a user gives it (Ember's or Lambda's).
+    pub fn parse(name: &str) -> Result<Runtime, InvalidFunction> {
+        serde_json::from_value(serde_json::Value::String(name.to_string())).map_err(|_| {
+            invalid(
+                "runtime",
+                name,
+                "must be python (or python3.8 to python3.13), provided (or provided.al2, \
+                 provided.al2023) or native",
+            )
+        })
+    }
 }
 
 /// A function's configuration as a user gives it (code travels separately).
@@ -44,6 +88,14 @@ pub struct FunctionConfig {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub network: Network,
+    /// Every request gets a fresh instance, which ends with it; none is kept idle.
+    #[serde(default)]
+    pub cold_only: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// A Lambda execution role, kept and shown; Ember does not use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 pub const DEFAULT_MEMORY_MB: u32 = 512;
@@ -74,6 +126,19 @@ pub struct FunctionRecord {
     /// Seconds since the Unix epoch.
     pub created_at: u64,
     pub updated_at: u64,
+    /// SHA-256 of the zip archive last uploaded, base64 (Lambda's `CodeSha256`); empty for
+    /// records from before it was kept.
+    #[serde(default)]
+    pub code_sha256: String,
+    #[serde(default)]
+    pub code_size: u64,
+}
+
+impl FunctionRecord {
+    /// True when no instance of this function serves more than one request.
+    pub fn cold_only(&self) -> bool {
+        self.config.cold_only || self.config.runtime == Runtime::Native
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -123,14 +188,16 @@ fn is_identifier(s: &str) -> bool {
 
 impl FunctionConfig {
     pub fn validate(&self) -> Result<(), InvalidFunction> {
-        let h = &self.handler;
-        let parts: Vec<&str> = h.split('.').collect();
-        if h.len() > 128 || parts.len() < 2 || !parts.iter().all(|p| is_identifier(p)) {
+        validate_handler(self.runtime, &self.handler)?;
+        if self.description.len() > 256 {
             return Err(invalid(
-                "handler",
-                h,
-                "must be module.function (e.g. main.handler), made of Python identifiers",
+                "description",
+                format!("{} bytes", self.description.len()),
+                "at most 256 bytes",
             ));
+        }
+        if self.role.as_ref().is_some_and(|r| r.len() > 2048) {
+            return Err(invalid("role", "(too long)", "at most 2048 bytes"));
         }
         if !(128..=10240).contains(&self.memory_mb) {
             return Err(invalid(
@@ -156,6 +223,50 @@ impl FunctionConfig {
         validate_packages(&self.packages)?;
         validate_env(&self.env)
     }
+}
+
+/// The handler's rule depends on the runtime.
+fn validate_handler(runtime: Runtime, h: &str) -> Result<(), InvalidFunction> {
+    match runtime {
+        Runtime::Python => {
+            let parts: Vec<&str> = h.split('.').collect();
+            if h.len() > 128 || parts.len() < 2 || !parts.iter().all(|p| is_identifier(p)) {
+                return Err(invalid(
+                    "handler",
+                    h,
+                    "must be module.function (e.g. main.handler), made of Python identifiers",
+                ));
+            }
+        }
+        Runtime::Provided => {
+            if h.len() > 128 || h.chars().any(|c| c.is_control()) {
+                return Err(invalid(
+                    "handler",
+                    h,
+                    "is passed to the bootstrap as _HANDLER: at most 128 characters, no control \
+                     characters",
+                ));
+            }
+        }
+        Runtime::Native => {
+            let path = std::path::Path::new(h);
+            let ok = !h.is_empty()
+                && h.len() <= 128
+                && !h.chars().any(|c| c.is_control())
+                && path
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !ok {
+                return Err(invalid(
+                    "handler",
+                    h,
+                    "must be the path of the executable inside the code (e.g. bin/hello), \
+                     relative, without '..'",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A package list, for a function or an image: at most 64 pip requirements.

@@ -2,14 +2,93 @@
 //! (cgroup, limits), which goes when the instance goes, and when restored lazily from an
 //! image the page server still serving it.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use ember_runtime::Instance;
+use ember_runtime::python::{InvokeError, RestoredTiming, StartError};
+use ember_runtime::{Outcome, StartSpec, native, provided, python};
 use ember_sandbox::{LimitReason, Sandbox, killed_by_seccomp};
 use ember_snap::lazy::{LazyStats, PageServer};
 
+/// The runtime process of an instance, whichever runtime it is.
+pub enum Proc {
+    Python(python::Instance),
+    Provided(provided::Instance),
+    Native(native::Instance),
+}
+
+impl From<python::Instance> for Proc {
+    fn from(i: python::Instance) -> Proc {
+        Proc::Python(i)
+    }
+}
+
+impl Proc {
+    pub fn id(&self) -> &str {
+        match self {
+            Proc::Python(i) => i.id(),
+            Proc::Provided(i) => i.id(),
+            Proc::Native(i) => i.id(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        match self {
+            Proc::Python(i) => i.pid(),
+            Proc::Provided(i) => i.pid(),
+            Proc::Native(i) => i.pid(),
+        }
+    }
+
+    pub fn is_gone(&mut self) -> bool {
+        match self {
+            Proc::Python(i) => i.is_gone(),
+            Proc::Provided(i) => i.is_gone(),
+            Proc::Native(i) => i.is_gone(),
+        }
+    }
+
+    pub async fn exit_status(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        match self {
+            Proc::Python(i) => i.exit_status(within).await,
+            Proc::Provided(i) => i.exit_status(within).await,
+            Proc::Native(i) => i.exit_status(within).await,
+        }
+    }
+
+    pub fn kill(self) {
+        match self {
+            Proc::Python(i) => i.kill(),
+            Proc::Provided(i) => i.kill(),
+            Proc::Native(i) => i.kill(),
+        }
+    }
+
+    pub async fn invoke(
+        &mut self,
+        request_id: &str,
+        deadline: SystemTime,
+        event: &[u8],
+    ) -> Result<Outcome, InvokeError> {
+        match self {
+            Proc::Python(i) => i.invoke(request_id, deadline, event).await,
+            Proc::Provided(i) => i.invoke(request_id, deadline, event).await,
+            Proc::Native(i) => i.invoke(event).await,
+        }
+    }
+
+    /// The second half of a start from an image (Python only: images hold its runtime).
+    pub async fn init_restored(&mut self, spec: &StartSpec) -> Result<RestoredTiming, StartError> {
+        match self {
+            Proc::Python(i) => i.init_restored(spec).await,
+            _ => Err(StartError::Socket(std::io::Error::other(
+                "only Python instances are restored from images",
+            ))),
+        }
+    }
+}
+
 pub struct Live {
-    pub inst: Instance,
+    pub inst: Proc,
     pub sandbox: Option<Sandbox>,
     /// The image it was restored from.
     pub image: Option<String>,
@@ -20,9 +99,9 @@ pub struct Live {
 }
 
 impl Live {
-    pub fn new(inst: Instance, sandbox: Option<Sandbox>) -> Live {
+    pub fn new(inst: impl Into<Proc>, sandbox: Option<Sandbox>) -> Live {
         Live {
-            inst,
+            inst: inst.into(),
             sandbox,
             image: None,
             pages: None,

@@ -161,6 +161,8 @@ mod tests {
             env_key: "e".into(),
             created_at: 1,
             updated_at: 2,
+            code_sha256: String::new(),
+            code_size: 0,
         }
     }
 

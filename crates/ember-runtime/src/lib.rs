@@ -2,8 +2,14 @@
 //!
 //! - [`protocol`]: the framed wire protocol on the inherited descriptor.
 //! - [`python`]: the Python runtime (bootstrap shipped in the binary, instance lifecycle).
+//! - [`provided`]: Lambda's custom runtimes: a `bootstrap` executable served by a Runtime API.
+//! - [`native`]: one process per request, the event on stdin and the result on stdout.
+//! - [`exec`]: what the two executable runtimes share.
 
+pub mod exec;
+pub mod native;
 pub mod protocol;
+pub mod provided;
 pub mod python;
 mod sys;
 

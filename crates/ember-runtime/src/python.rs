@@ -115,6 +115,8 @@ pub enum StartError {
 pub enum InvokeError {
     #[error("the instance died or broke the protocol during the invocation: {0}")]
     Crashed(#[from] ProtocolError),
+    #[error("the instance ended during the invocation: {0}")]
+    Exited(String),
 }
 
 /// What one invocation produced.
@@ -488,7 +490,7 @@ fn unexpected(expected: &'static str, got: Kind) -> ProtocolError {
 
 /// Forwards a pipe to the log line by line, cutting lines at [`MAX_LOG_LINE`] so that a
 /// function cannot make the daemon buffer without bound.
-async fn pump_lines<R: AsyncRead + Unpin>(
+pub(crate) async fn pump_lines<R: AsyncRead + Unpin>(
     r: R,
     instance: String,
     stream: Stream,

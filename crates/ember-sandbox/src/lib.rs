@@ -22,6 +22,7 @@ pub mod seccomp;
 mod sys;
 
 use std::ffi::CString;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -76,6 +77,10 @@ pub struct InstanceSpec {
     pub cwd: PathBuf,
     /// The host's network instead of an empty network namespace.
     pub host_network: bool,
+    /// Without the host's network: a TCP listener on 127.0.0.1:port in the instance's own
+    /// network namespace, for the daemon to serve (a Lambda Runtime API); see
+    /// [`Sandbox::take_listener`].
+    pub runtime_api_port: Option<u16>,
 }
 
 /// Host paths every runtime needs, mounted read-only when they exist. Symlinks (merged /usr)
@@ -148,14 +153,36 @@ impl Sandboxes {
                 cpu_weight: (spec.memory_bytes >> 20).div_ceil(18).clamp(1, 10_000),
             },
         )?;
-        match self.plan(spec, &cgroup) {
-            Ok(plan) => Ok(Sandbox {
-                cgroup: Some(cgroup),
-                plan: Some(Arc::new(plan)),
-                uid: self.cfg.uid,
-                gid: self.cfg.gid,
-                bpf: self.bpf.clone(),
-            }),
+        // The network namespace is made here rather than by the first process, so that a
+        // listener can be put in it before anything of the instance runs.
+        let net = if spec.host_network {
+            None
+        } else {
+            match sys::new_netns(spec.runtime_api_port) {
+                Ok(n) => Some(n),
+                Err(source) => {
+                    let _ = cgroup.remove();
+                    return Err(SandboxError::Io {
+                        path: PathBuf::from("/proc/thread-self/ns/net"),
+                        source,
+                    });
+                }
+            }
+        };
+        match self.plan(spec, &cgroup, net.as_ref().map(|(fd, _)| fd.as_raw_fd())) {
+            Ok(plan) => {
+                let (netns, listener) = net.unzip();
+                let listener = listener.flatten();
+                Ok(Sandbox {
+                    cgroup: Some(cgroup),
+                    plan: Some(Arc::new(plan)),
+                    uid: self.cfg.uid,
+                    gid: self.cfg.gid,
+                    bpf: self.bpf.clone(),
+                    netns,
+                    listener,
+                })
+            }
             Err(e) => {
                 let _ = cgroup.remove();
                 Err(e)
@@ -163,7 +190,12 @@ impl Sandboxes {
         }
     }
 
-    fn plan(&self, spec: &InstanceSpec, cgroup: &Cgroup) -> Result<Plan, SandboxError> {
+    fn plan(
+        &self,
+        spec: &InstanceSpec,
+        cgroup: &Cgroup,
+        netns: Option<std::os::fd::RawFd>,
+    ) -> Result<Plan, SandboxError> {
         let c = |p: &Path| {
             CString::new(p.as_os_str().as_bytes())
                 .map_err(|_| SandboxError::BadPath(p.to_path_buf()))
@@ -179,11 +211,12 @@ impl Sandboxes {
             unshare_flags: libc::CLONE_NEWNS
                 | libc::CLONE_NEWIPC
                 | libc::CLONE_NEWUTS
-                | if spec.host_network {
+                | if spec.host_network || netns.is_some() {
                     0
                 } else {
                     libc::CLONE_NEWNET
                 },
+            netns: netns.unwrap_or(-1),
             root: c(root)?,
             steps: Vec::new(),
             old_root: c(&inside(Path::new("/.old")))?,
@@ -300,6 +333,8 @@ enum Step {
 struct Plan {
     procs_files: Vec<CString>,
     unshare_flags: libc::c_int,
+    /// A network namespace to join instead of a new one (-1: none).
+    netns: libc::c_int,
     root: CString,
     steps: Vec<Step>,
     old_root: CString,
@@ -332,6 +367,10 @@ pub struct Sandbox {
     uid: u32,
     gid: u32,
     bpf: Arc<seccompiler::BpfProgram>,
+    /// The instance's own network namespace, when made ahead (kept open until the first
+    /// process has joined it, which is before `spawn()` returns).
+    netns: Option<std::os::fd::OwnedFd>,
+    listener: Option<std::net::TcpListener>,
 }
 
 /// The credentials and filter a restored process must take on (see [`Sandbox::handoff`]).
@@ -430,6 +469,17 @@ impl Sandbox {
             plan.stop_for_restore = true;
         }
         self.attach(cmd);
+    }
+
+    /// The listener [`InstanceSpec::runtime_api_port`] asked for, once.
+    pub fn take_listener(&mut self) -> Option<std::net::TcpListener> {
+        self.listener.take()
+    }
+
+    /// Closes the daemon's handle on the instance's network namespace (call after the
+    /// first process has started: it holds the namespace from then on).
+    pub fn started(&mut self) {
+        self.netns = None;
     }
 
     /// The host pid of the instance's first process (pid 1 inside), once it is running.
@@ -538,6 +588,9 @@ fn enter(p: &Plan) -> std::io::Result<()> {
     if p.stop_for_restore {
         sys::close(stop_r);
         sys::close(go_w);
+    }
+    if p.netns >= 0 {
+        sys::setns_net(p.netns)?;
     }
     sys::unshare(p.unshare_flags)?;
     let none = None;

@@ -93,6 +93,77 @@ pub fn unshare(flags: libc::c_int) -> io::Result<()> {
     check(unsafe { libc::unshare(flags) })
 }
 
+/// *child* Joins the network namespace `fd` names.
+pub fn setns_net(fd: libc::c_int) -> io::Result<()> {
+    // SAFETY: setns takes a descriptor and a namespace type; no pointers.
+    check(unsafe { libc::setns(fd, libc::CLONE_NEWNET) })
+}
+
+/// A new network namespace whose loopback is up and, with `port`, a TCP listener on
+/// 127.0.0.1:`port` in it: (the namespace, the listener). The daemon serves the listener
+/// from its own namespace; an instance that joins the namespace reaches it, and nothing
+/// else can.
+///
+/// Made on a thread of its own, since a network namespace belongs to a thread: the thread
+/// enters the new namespace, makes the socket and ends, and the namespace lives on for as
+/// long as the returned descriptors do.
+pub fn new_netns(
+    port: Option<u16>,
+) -> io::Result<(std::os::fd::OwnedFd, Option<std::net::TcpListener>)> {
+    std::thread::Builder::new()
+        .name("ember-netns".into())
+        .spawn(move || {
+            use std::os::fd::FromRawFd;
+            unshare(libc::CLONE_NEWNET)?;
+            let listener = match port {
+                Some(port) => {
+                    loopback_up()?;
+                    Some(std::net::TcpListener::bind(("127.0.0.1", port))?)
+                }
+                None => None,
+            };
+            // SAFETY: a NUL-terminated path; the flags create nothing.
+            let fd = unsafe {
+                libc::open(
+                    c"/proc/thread-self/ns/net".as_ptr(),
+                    libc::O_RDONLY | libc::O_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `fd` was just opened and is owned by nothing else.
+            Ok((unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }, listener))
+        })?
+        .join()
+        .map_err(|_| io::Error::other("the namespace thread panicked"))?
+}
+
+/// Sets `lo` up in the calling thread's network namespace.
+fn loopback_up() -> io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: socket takes integers; the result is checked before use.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` was just created and is owned by nothing else.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain data, valid when zeroed.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS fills the flags of the interface `req` names; `req` is valid.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
+    // SAFETY: reading and writing the flags member of the union SIOCGIFFLAGS just filled.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    }
+    // SAFETY: SIOCSIFFLAGS reads `req`, which names `lo` and holds its new flags.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) })
+}
+
 /// *child* fork; returns the child's pid in the parent and 0 in the child.
 pub fn fork() -> io::Result<libc::pid_t> {
     // SAFETY: called in a single-threaded child between fork and exec, where a second fork

@@ -57,6 +57,7 @@ async fn run_with_events(
             read_only: vec![work.clone()],
             cwd: work.clone(),
             host_network,
+            runtime_api_port: None,
         })
         .unwrap();
     let mut cmd = tokio::process::Command::new("/bin/sh");
@@ -186,6 +187,7 @@ async fn the_first_process_can_start_stopped_and_privileged_for_a_restore() {
             read_only: vec![],
             cwd: PathBuf::from("/"),
             host_network: false,
+            runtime_api_port: None,
         })
         .unwrap();
     let mut cmd = tokio::process::Command::new("/bin/sh");
@@ -234,5 +236,61 @@ async fn the_first_process_can_start_stopped_and_privileged_for_a_restore() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("uid=65534"), "{text}");
     assert!(text.contains("Seccomp: 2"), "{text}");
+    sb.destroy().await;
+}
+
+#[tokio::test]
+async fn a_runtime_api_listener_lives_in_the_instances_own_network() {
+    if !privileged() {
+        return;
+    }
+    use tokio::io::AsyncReadExt;
+    let home = tempfile::tempdir().unwrap();
+    let boxes = open_node(home.path(), &format!("test-api-{}", std::process::id()));
+    let mut sb = boxes
+        .prepare(&InstanceSpec {
+            id: "api".into(),
+            memory_bytes: 64 << 20,
+            read_only: vec![],
+            cwd: PathBuf::from("/"),
+            host_network: false,
+            runtime_api_port: Some(9001),
+        })
+        .unwrap();
+    let listener = sb.take_listener().expect("a listener was asked for");
+    assert_eq!(listener.local_addr().unwrap().to_string(), "127.0.0.1:9001");
+    assert!(sb.take_listener().is_none(), "given once");
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    // The instance reaches the daemon's listener on its own loopback, and sees no other
+    // interface up.
+    let mut cmd = tokio::process::Command::new("/usr/bin/python3");
+    cmd.args([
+        "-I",
+        "-c",
+        "import socket; s = socket.create_connection(('127.0.0.1', 9001)); \
+         s.sendall(open('/proc/net/dev').read().encode())",
+    ])
+    .env_clear();
+    sb.attach(&mut cmd);
+    let child = cmd.spawn().unwrap();
+    sb.started();
+    let (mut conn, peer) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), listener.accept())
+            .await
+            .expect("the instance connects")
+            .unwrap();
+    assert_eq!(peer.ip().to_string(), "127.0.0.1");
+    let mut got = String::new();
+    conn.read_to_string(&mut got).await.unwrap();
+    let ifaces: Vec<&str> = got
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next())
+        .map(str::trim)
+        .collect();
+    assert_eq!(ifaces, vec!["lo"], "{got}");
+    let out = child.wait_with_output().await.unwrap();
+    assert!(out.status.success(), "{out:?}");
     sb.destroy().await;
 }

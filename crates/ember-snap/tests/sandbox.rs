@@ -40,6 +40,7 @@ async fn restores_into_a_sandboxed_first_process_and_hands_it_over() {
             read_only: vec![work.clone()],
             cwd: work.clone(),
             host_network: false,
+            runtime_api_port: None,
         })
         .unwrap();
     let mut cmd = tokio::process::Command::new("/bin/false");

@@ -25,6 +25,7 @@ use tracing::{Instrument, info_span};
 
 use super::{Deployed, InvokeOutcome, Node, NodeError, Timing, error_chain, now_secs};
 use crate::envs::PackageEnv;
+use crate::function::Runtime;
 use crate::images::{ImageError, ImageInfo, ImageStatus, Pages, image_id};
 use crate::live::Live;
 use crate::metrics::ImageLabels;
@@ -209,6 +210,7 @@ impl Node {
                 read_only: vec![env.dir.clone(), self.bootstrap.clone()],
                 cwd: env.dir.clone(),
                 host_network: false,
+                runtime_api_port: None,
             })
             .map_err(|e| fail("creating its sandbox", error_chain(&e)))?;
         let t0 = Instant::now();
@@ -393,6 +395,7 @@ impl Node {
                 read_only,
                 cwd: spec.code_dir.clone(),
                 host_network: false,
+                runtime_api_port: None,
             })
             .map_err(|e| format!("creating the sandbox: {}", error_chain(&e)))?;
         let inst = match Instance::spawn_parked(spec, log, |cmd| sb.attach_stopped(cmd)) {
@@ -592,6 +595,10 @@ impl Node {
 
     /// The image that should serve `d`, if images may; counts why not otherwise.
     pub(super) fn image_for(&self, d: &Deployed) -> Option<String> {
+        // Images hold Ember's Python runtime; other runtimes always start from their code.
+        if d.record.config.runtime != Runtime::Python {
+            return None;
+        }
         let reason = if self.sandboxes.is_none() {
             "no-sandbox"
         } else {

@@ -15,10 +15,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use ember_runtime::exec::ExecSpec;
 use ember_runtime::protocol::FunctionError;
 use ember_runtime::python::InvokeError;
 use ember_runtime::python::{StartError, install_bootstrap};
-use ember_runtime::{Instance, Outcome, StartSpec};
+use ember_runtime::{Instance, Outcome, StartSpec, native, provided};
 use ember_sandbox::{InstanceSpec, LimitReason, NodeSandbox, Sandboxes, killed_by_seccomp};
 use serde::Serialize;
 use tracing::{Instrument, info_span};
@@ -27,9 +28,11 @@ use crate::code::{CodeError, CodeStore, Limits};
 use crate::config::AutoImages;
 use crate::config::NodeConfig;
 use crate::envs::{EnvError, EnvManager, PackageEnv};
-use crate::function::{FunctionConfig, FunctionRecord, InvalidFunction, Network, validate_name};
+use crate::function::{
+    FunctionConfig, FunctionRecord, InvalidFunction, Network, Runtime, validate_name,
+};
 use crate::images::{ImageError, ImageStore};
-use crate::live::Live;
+use crate::live::{Live, Proc};
 use crate::logs::LogStore;
 use crate::metrics::{InvokeLabels, Metrics, StartLabels};
 use crate::pool::Pool;
@@ -142,6 +145,8 @@ pub struct Timing {
     /// From an image: the after-restore hook (environment, new seeds).
     pub hook: Option<Duration>,
     pub spawn: Option<Duration>,
+    /// A `provided` runtime's own start-up: from its exec to its first `invocation/next`.
+    pub runtime_init: Option<Duration>,
     pub interpreter: Option<Duration>,
     pub import_packages: Option<Duration>,
     pub import_handler: Option<Duration>,
@@ -159,6 +164,7 @@ impl Timing {
             ("restore", self.restore),
             ("hook", self.hook),
             ("spawn", self.spawn),
+            ("runtime_init", self.runtime_init),
             ("interpreter", self.interpreter),
             ("import_packages", self.import_packages),
             ("import_handler", self.import_handler),
@@ -180,6 +186,7 @@ impl Timing {
             self.restore,
             self.hook,
             self.spawn,
+            self.runtime_init,
             self.interpreter,
             self.import_packages,
             self.import_handler,
@@ -252,6 +259,8 @@ pub struct Invocation {
     /// The image the instance was restored from (now or when it started, for a warm start).
     pub image: Option<String>,
     pub instance: String,
+    /// The instance served this request only (a cold-only function, or a native one).
+    pub cold_only: bool,
     pub timing: Timing,
     pub outcome: InvokeOutcome,
 }
@@ -499,6 +508,7 @@ impl Node {
         let mut seen = HashSet::new();
         self.read_functions()
             .values()
+            .filter(|d| d.record.config.runtime == Runtime::Python)
             .filter(|d| !self.images.has_image_for(&d.env.key))
             .filter(|d| seen.insert(d.env.key.clone()))
             .map(|d| d.record.config.packages.clone())
@@ -514,23 +524,36 @@ impl Node {
             .clone()
     }
 
-    /// Checks a zip archive of function code and stores it; returns its content hash for
-    /// [`Node::deploy`]. Code no function refers to is removed at the next start.
-    pub async fn store_code(&self, zip: Vec<u8>) -> Result<String, NodeError> {
+    /// Checks a zip archive of function code and stores it, for [`Node::deploy`]. Code no
+    /// function refers to is removed at the next start.
+    pub async fn store_code(&self, zip: Vec<u8>) -> Result<StoredCode, NodeError> {
         let store = self.code.clone();
-        let hash = blocking(move || Ok(store.add_zip(&zip)?)).await?;
+        let stored = blocking(move || {
+            use sha2::Digest;
+            let sha256 = base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                sha2::Sha256::digest(&zip),
+            );
+            let size = zip.len() as u64;
+            Ok(StoredCode {
+                hash: store.add_zip(&zip)?,
+                sha256,
+                size,
+            })
+        })
+        .await?;
         // Instances see their code read-only and could not cache its bytecode themselves.
-        precompile(&self.cfg.python, &self.code.path(&hash)).await;
-        Ok(hash)
+        precompile(&self.cfg.python, &self.code.path(&stored.hash)).await;
+        Ok(stored)
     }
 
-    /// Creates or updates a function. `code_hash` comes from [`Node::store_code`]; it may be
+    /// Creates or updates a function. `code` comes from [`Node::store_code`]; it may be
     /// omitted on update. Returns the record and whether the function is new.
     pub async fn deploy(
         &self,
         name: &str,
         config: FunctionConfig,
-        code_hash: Option<String>,
+        code: Option<StoredCode>,
         progress: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<(FunctionRecord, bool), NodeError> {
         validate_name(name)?;
@@ -538,13 +561,18 @@ impl Node {
         let gate = self.deploy_gate(name);
         let _held = gate.lock().await;
         let previous = self.read_functions().get(name).map(|d| d.record.clone());
-        let code_hash = match code_hash {
-            Some(h) => h,
+        let code = match code {
+            Some(c) => c,
             None => match &previous {
-                Some(p) => p.code_hash.clone(),
+                Some(p) => StoredCode {
+                    hash: p.code_hash.clone(),
+                    sha256: p.code_sha256.clone(),
+                    size: p.code_size,
+                },
                 None => return Err(NodeError::CodeRequired(name.to_string())),
             },
         };
+        check_entry_point(&config, &self.code.path(&code.hash))?;
         let env = self
             .envs
             .ensure(&config.packages, progress)
@@ -556,10 +584,12 @@ impl Node {
             name: name.to_string(),
             version: 0,
             config,
-            code_hash,
+            code_hash: code.hash,
             env_key: env.key.clone(),
             created_at: previous.as_ref().map_or(now, |p| p.created_at),
             updated_at: now,
+            code_sha256: code.sha256,
+            code_size: code.size,
         };
         let rec = blocking(move || {
             let mut rec = rec;
@@ -577,7 +607,10 @@ impl Node {
         );
         let has_image = self.images.has_image_for(&env.key);
         self.install(rec.clone(), env);
-        if self.cfg.images.auto == AutoImages::OnDeploy && !has_image {
+        if self.cfg.images.auto == AutoImages::OnDeploy
+            && !has_image
+            && rec.config.runtime == Runtime::Python
+        {
             self.build_in_background(vec![rec.config.packages.clone()]);
         }
         Ok((rec, previous.is_none()))
@@ -800,7 +833,9 @@ impl Node {
                 InvokeOutcome::Limit(LimitReason::Pids)
             }
             Ran::Done(Ok(out)) => {
-                if let Some(stale) = d.pool.put_back(inst, generation) {
+                if rec.cold_only() {
+                    self.discard(d, inst, "cold-only: it served its request");
+                } else if let Some(stale) = d.pool.put_back(inst, generation) {
                     self.discard(d, stale, "stopped while busy");
                 }
                 match out {
@@ -867,6 +902,7 @@ impl Node {
         Invocation {
             request_id,
             function,
+            cold_only: d.record.cold_only(),
             version: d.record.version,
             start,
             image,
@@ -897,6 +933,67 @@ impl Node {
         }
     }
 
+    /// A sandbox for a new instance of `d` (none when the node runs without), with its
+    /// Runtime API listener for a `provided` runtime.
+    fn new_sandbox(
+        &self,
+        d: &Deployed,
+        instance_id: &str,
+    ) -> Result<Option<ember_sandbox::Sandbox>, InvokeOutcome> {
+        let Some(boxes) = &self.sandboxes else {
+            return Ok(None);
+        };
+        let rec = &d.record;
+        let made = boxes.prepare(&InstanceSpec {
+            id: instance_id.to_string(),
+            memory_bytes: u64::from(rec.config.memory_mb) << 20,
+            // Only what this function needs: its code, its packages, the bootstrap.
+            read_only: vec![
+                d.code_dir.clone(),
+                d.env.dir.clone(),
+                self.bootstrap.clone(),
+            ],
+            cwd: d.code_dir.clone(),
+            host_network: rec.config.network == Network::Host,
+            runtime_api_port: (rec.config.runtime == Runtime::Provided)
+                .then_some(ember_runtime::provided::SANDBOX_PORT),
+        });
+        made.map(Some).map_err(|e| {
+            let msg = error_chain(&e);
+            self.logs.append(
+                &rec.name,
+                instance_id,
+                "event",
+                format!("the sandbox could not be created: {msg}").as_bytes(),
+            );
+            tracing::error!(function = %rec.name, "creating a sandbox failed: {msg}");
+            InvokeOutcome::StartFailed(msg)
+        })
+    }
+
+    /// The process spec of a `provided` or `native` instance of `d`.
+    fn exec_spec(&self, d: &Deployed, instance_id: String) -> ExecSpec {
+        let rec = &d.record;
+        let program = match rec.config.runtime {
+            Runtime::Native => d.code_dir.join(&rec.config.handler),
+            _ => d.code_dir.join("bootstrap"),
+        };
+        let python = d.env.python();
+        ExecSpec {
+            instance_id,
+            function: rec.name.clone(),
+            version: rec.version,
+            handler: rec.config.handler.clone(),
+            memory_mb: rec.config.memory_mb,
+            code_dir: d.code_dir.clone(),
+            program,
+            // The package environment first: a bootstrap's `python3` is the function's.
+            bin_dirs: python.parent().map(PathBuf::from).into_iter().collect(),
+            env: rec.config.env.clone(),
+            region: crate::function::REGION.to_string(),
+        }
+    }
+
     async fn cold_boot(&self, d: &Deployed, timing: &mut Timing) -> Result<Live, InvokeOutcome> {
         let rec = &d.record;
         let spec = self.instance_spec(d, d.env.python(), d.env.imports.clone());
@@ -904,75 +1001,118 @@ impl Node {
             self.logs
                 .append(&rec.name, &spec.instance_id, "event", text.as_bytes())
         };
-        let mut sandbox = match &self.sandboxes {
-            None => None,
-            Some(boxes) => {
-                let made = boxes.prepare(&InstanceSpec {
-                    id: spec.instance_id.clone(),
-                    memory_bytes: u64::from(rec.config.memory_mb) << 20,
-                    // Only what this function needs: its code, its packages, the bootstrap.
-                    read_only: vec![
-                        d.code_dir.clone(),
-                        d.env.dir.clone(),
-                        self.bootstrap.clone(),
-                    ],
-                    cwd: d.code_dir.clone(),
-                    host_network: rec.config.network == Network::Host,
-                });
-                match made {
-                    Ok(sb) => Some(sb),
-                    Err(e) => {
-                        let msg = error_chain(&e);
-                        note(format!("the sandbox could not be created: {msg}"));
-                        tracing::error!(function = %rec.name, "creating a sandbox failed: {msg}");
-                        return Err(InvokeOutcome::StartFailed(msg));
+        let t_sandbox = Instant::now();
+        let mut sandbox = self.new_sandbox(d, &spec.instance_id)?;
+        if sandbox.is_some() {
+            timing.sandbox = Some(t_sandbox.elapsed());
+        }
+        let listener = sandbox.as_mut().and_then(|s| s.take_listener());
+        let sink = self.logs.sink(&rec.name);
+        let confine = |cmd: &mut tokio::process::Command| {
+            if let Some(sb) = sandbox.as_mut() {
+                sb.attach(cmd);
+            }
+        };
+        let span = info_span!("start.cold_boot", instance = %spec.instance_id);
+        let t0 = Instant::now();
+        let limit = self.cfg.init_timeout;
+        let started = match rec.config.runtime {
+            Runtime::Python => {
+                let start = Instance::start(&spec, sink, confine);
+                match tokio::time::timeout(limit, start).instrument(span).await {
+                    Ok(Ok((inst, boot))) => {
+                        timing.spawn = Some(boot.spawn);
+                        timing.interpreter = Some(boot.interpreter);
+                        timing.import_packages = Some(boot.import_packages);
+                        timing.import_handler = Some(boot.import_handler);
+                        Ok(Proc::Python(inst))
+                    }
+                    Ok(Err(e)) => Err(Some(e)),
+                    Err(_) => Err(None),
+                }
+            }
+            Runtime::Native => {
+                let _s = span.entered();
+                let exec = self.exec_spec(d, spec.instance_id.clone());
+                let started = native::Instance::start(&exec, sink, confine);
+                timing.spawn = Some(t0.elapsed());
+                started.map(Proc::Native).map_err(Some)
+            }
+            Runtime::Provided => {
+                let exec = self.exec_spec(d, spec.instance_id.clone());
+                // Lambda's rule: a runtime that never asks for its event gets the function's
+                // timeout (from its start), not the node's init timeout.
+                let limit = Duration::from_secs(u64::from(rec.config.timeout_s));
+                let listener = match listener {
+                    Some(l) => Ok(l),
+                    // Unsandboxed or with the host's network: the host's loopback.
+                    None => std::net::TcpListener::bind(("127.0.0.1", 0)),
+                };
+                match listener.and_then(|l| Ok((l.local_addr()?, l))) {
+                    Err(e) => Err(Some(StartError::Socket(e))),
+                    Ok((addr, listener)) => {
+                        let addr = addr.to_string();
+                        let arn = crate::function::function_arn(&rec.name);
+                        let start =
+                            provided::Instance::start(&exec, arn, listener, &addr, sink, confine);
+                        match tokio::time::timeout(limit, start).instrument(span).await {
+                            Ok(Ok((inst, init))) => {
+                                timing.runtime_init = Some(init);
+                                Ok(Proc::Provided(inst))
+                            }
+                            Ok(Err(e)) => Err(Some(e)),
+                            Err(_) => {
+                                note(format!(
+                                    "the runtime did not ask for an event (invocation/next) \
+                                     within the function's timeout of {} s",
+                                    limit.as_secs()
+                                ));
+                                if let Some(sb) = sandbox {
+                                    self.reap(Some(tokio::spawn(sb.destroy())));
+                                }
+                                return Err(InvokeOutcome::Timeout(limit));
+                            }
+                        }
                     }
                 }
             }
         };
-        let sink = self.logs.sink(&rec.name);
-        let limit = self.cfg.init_timeout;
-        let start = Instance::start(&spec, sink, |cmd| {
-            if let Some(sb) = sandbox.as_mut() {
-                sb.attach(cmd);
-            }
-        });
-        let started = tokio::time::timeout(limit, start)
-            .instrument(info_span!("start.cold_boot", instance = %spec.instance_id))
-            .await;
+        if let Some(sb) = sandbox.as_mut() {
+            sb.started();
+        }
         let outcome = match started {
-            Ok(Ok((inst, boot))) => {
-                timing.spawn = Some(boot.spawn);
-                timing.interpreter = Some(boot.interpreter);
-                timing.import_packages = Some(boot.import_packages);
-                timing.import_handler = Some(boot.import_handler);
+            Ok(inst) => {
                 d.pool.live().fetch_add(1, Ordering::SeqCst);
                 self.metrics
                     .instances
                     .get_or_create(&Metrics::fn_labels(&rec.name))
                     .inc();
-                note(format!(
-                    "instance started (cold-boot{}, pid {}) in {:.1} ms",
-                    if sandbox.is_some() { ", sandboxed" } else { "" },
-                    inst.pid(),
-                    timing.init().as_secs_f64() * 1e3
-                ));
+                // A native instance's whole life is one request: its start is not news.
+                if rec.config.runtime != Runtime::Native {
+                    note(format!(
+                        "instance started (cold-boot, {}{}, pid {}) in {:.1} ms",
+                        rec.config.runtime.as_str(),
+                        if sandbox.is_some() { ", sandboxed" } else { "" },
+                        inst.pid(),
+                        timing.init().as_secs_f64() * 1e3
+                    ));
+                }
                 return Ok(Live::new(inst, sandbox));
             }
-            Ok(Err(StartError::Handler(fe))) => {
+            Err(Some(StartError::Handler(fe))) => {
                 note(format!(
-                    "importing the handler failed: {}: {}",
+                    "initialisation failed: {}: {}",
                     fe.error_type, fe.message
                 ));
                 InvokeOutcome::InitError(fe)
             }
-            Ok(Err(e @ (StartError::Spawn { .. } | StartError::Socket(_)))) => {
+            Err(Some(e @ (StartError::Spawn { .. } | StartError::Socket(_)))) => {
                 let msg = error_chain(&e);
                 note(format!("instance could not be started: {msg}"));
                 tracing::error!(function = %rec.name, "cold boot failed: {msg}");
                 InvokeOutcome::StartFailed(msg)
             }
-            Ok(Err(e)) => {
+            Err(Some(e)) => {
                 let limit = sandbox
                     .as_ref()
                     .and_then(|s| s.events().reason())
@@ -987,9 +1127,24 @@ impl Node {
                 if let Some(dropped) = LIMIT.allow() {
                     tracing::warn!(function = %rec.name, dropped, "cold boot failed: {msg}");
                 }
-                limit.map_or(InvokeOutcome::Crashed(msg), InvokeOutcome::Limit)
+                match limit {
+                    Some(l) => InvokeOutcome::Limit(l),
+                    // An executable that exits before it is ready is Lambda's init error.
+                    None if rec.config.runtime == Runtime::Provided => {
+                        InvokeOutcome::InitError(FunctionError {
+                            error_type: "Runtime.ExitError".into(),
+                            message: format!(
+                                "the runtime exited before asking for an event: {msg}"
+                            ),
+                            traceback: Vec::new(),
+                            duration_us: 0,
+                            marshal: false,
+                        })
+                    }
+                    None => InvokeOutcome::Crashed(msg),
+                }
             }
-            Err(_) => {
+            Err(None) => {
                 note(format!(
                     "instance start timed out after {} s",
                     limit.as_secs()
@@ -1027,6 +1182,46 @@ impl Node {
             self.discard_all(&d, old, "idle past the keep-alive time");
         }
     }
+}
+
+/// Code stored by [`Node::store_code`].
+#[derive(Debug, Clone)]
+pub struct StoredCode {
+    /// BLAKE3 of the unpacked tree: the directory under `code/`.
+    pub hash: String,
+    /// SHA-256 of the archive, base64 (Lambda's `CodeSha256`).
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// The executable a `provided` or `native` function starts must be in its code and be
+/// executable, so that a deploy fails rather than every invocation.
+fn check_entry_point(config: &FunctionConfig, code_dir: &std::path::Path) -> Result<(), NodeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let (rel, what) = match config.runtime {
+        Runtime::Python => return Ok(()),
+        Runtime::Provided => (
+            "bootstrap",
+            "a provided runtime starts the code's 'bootstrap'",
+        ),
+        Runtime::Native => (
+            config.handler.as_str(),
+            "a native function's handler names its executable",
+        ),
+    };
+    let path = code_dir.join(rel);
+    let rule = match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => return Ok(()),
+        Ok(m) if m.is_file() => {
+            format!("{what}, which must be executable (chmod +x before zipping)")
+        }
+        _ => format!("{what}, which the code does not contain"),
+    };
+    Err(NodeError::Invalid(InvalidFunction {
+        field: "code",
+        value: rel.to_string(),
+        rule,
+    }))
 }
 
 /// An error and its sources, joined with ": " (a source already quoted is not repeated).

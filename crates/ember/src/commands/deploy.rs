@@ -14,9 +14,17 @@ pub struct Args {
     /// Function name [default: name in ember.toml]
     #[arg(long)]
     pub name: Option<String>,
-    /// Handler as module.function [default: handler in ember.toml]
+    /// Handler as module.function; for native, the executable's path in the code; for
+    /// provided, passed to the bootstrap as _HANDLER [default: handler in ember.toml]
     #[arg(long)]
     pub handler: Option<String>,
+    /// python, provided (the code's `bootstrap` talks to the Lambda Runtime API) or native
+    /// (one process per request, event on stdin, result on stdout) [default: python]
+    #[arg(long)]
+    pub runtime: Option<String>,
+    /// Every request gets a fresh sandboxed instance, which ends with it
+    #[arg(long)]
+    pub cold_only: bool,
     /// pip requirements, comma-separated or repeated (e.g. --packages numpy,pandas==2.2.3)
     #[arg(long, value_delimiter = ',')]
     pub packages: Option<Vec<String>>,
@@ -43,6 +51,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.handler.is_some() {
         m.handler = args.handler;
+    }
+    if args.runtime.is_some() {
+        m.runtime = args.runtime;
+    }
+    if args.cold_only {
+        m.cold_only = Some(true);
     }
     if let Some(p) = args.packages {
         m.packages = Some(
