@@ -1,10 +1,11 @@
 //! Ember's HTTP API (JSON under `/v1`, Prometheus text at `/metrics`) and a client for it.
 //!
-//! Paths are laid out so that a Lambda-compatible surface (`/2015-03-31/functions/...`) can be
-//! mounted beside `/v1` on the same router, sharing the node and the error mapping.
+//! Beside `/v1`, the same router serves Lambda's API (`/2015-03-31/functions/...`, see
+//! `lambda.rs`) on the same node.
 
 pub mod client;
 mod error;
+mod lambda;
 pub mod package;
 mod routes;
 pub mod types;

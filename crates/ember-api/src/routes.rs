@@ -43,6 +43,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/images", get(list_images).post(build_image))
         .route("/v1/images/{id}", delete(remove_image))
         .route("/metrics", get(metrics))
+        .merge(crate::lambda::router())
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -64,12 +65,23 @@ async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(token) = &s.cfg.token
         && req.uri().path() != "/v1/health"
     {
-        let given = req
+        let auth = req
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .map(|v| v.as_bytes())
             .unwrap_or_default();
+        let lambda = req.uri().path().starts_with("/2015-03-31/");
+        // Lambda clients sign their requests: the access key id must be the token (the
+        // signature itself is not checked).
+        let given = match auth.strip_prefix(b"Bearer ") {
+            Some(t) => t,
+            None if lambda => crate::lambda::sigv4_key_id(auth).unwrap_or_default(),
+            None => b"",
+        };
         if !same_secret(given, token.as_bytes()) {
+            if lambda {
+                return crate::lambda::LambdaError::unauthorized().into_response();
+            }
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "Unauthorized",
@@ -82,7 +94,7 @@ async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
 }
 
 /// Reads a body of at most `limit` bytes; more is refused with 413 before it is buffered.
-async fn read_body(
+pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
@@ -301,7 +313,7 @@ async fn build_image(
 }
 
 /// A request's own task panicked or was cancelled: the daemon's fault, told as such.
-fn task_failed(what: &str, e: tokio::task::JoinError) -> ApiError {
+pub(crate) fn task_failed(what: &str, e: tokio::task::JoinError) -> ApiError {
     tracing::error!("{what} task failed: {e}");
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -342,7 +354,7 @@ async fn invoke(
     Ok(invocation_response(inv))
 }
 
-fn invocation_response(inv: Invocation) -> Response {
+fn invocation_response(mut inv: Invocation) -> Response {
     let failure = |status,
                    kind: &str,
                    code: &str,
@@ -366,7 +378,8 @@ fn invocation_response(inv: Invocation) -> Response {
             serde_json::to_vec(&crate::types::ErrorResponse { error: body }).unwrap_or_default(),
         )
     };
-    let (status, error_kind, body) = match inv.outcome {
+    let outcome = std::mem::replace(&mut inv.outcome, InvokeOutcome::Ok(Vec::new()));
+    let (status, error_kind, body) = match outcome {
         InvokeOutcome::Ok(payload) => (StatusCode::OK, String::new(), payload),
         InvokeOutcome::HandlerError(fe) => {
             let msg = format!("{}: {}", fe.error_type, fe.message);
@@ -459,6 +472,17 @@ fn invocation_response(inv: Invocation) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    ember_headers(hs, &inv);
+    if !error_kind.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&error_kind)
+    {
+        hs.insert(h::ERROR, v);
+    }
+    resp
+}
+
+/// The headers saying how an invocation was served (on `/v1` and Lambda responses alike).
+pub(crate) fn ember_headers(hs: &mut HeaderMap, inv: &Invocation) {
     let mut put = |name: &'static str, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
             hs.insert(name, v);
@@ -474,8 +498,7 @@ fn invocation_response(inv: Invocation) -> Response {
     if !inv.instance.is_empty() {
         put(h::INSTANCE, &inv.instance);
     }
-    if !error_kind.is_empty() {
-        put(h::ERROR, &error_kind);
+    if inv.cold_only {
+        put(h::COLD_ONLY, "true");
     }
-    resp
 }

@@ -13,6 +13,9 @@ pub mod headers {
     pub const IMAGE: &str = "ember-image";
     pub const INSTANCE: &str = "ember-instance";
     pub const VERSION: &str = "ember-function-version";
+    /// `true` when the instance served this request only and has ended (a cold-only or
+    /// native function).
+    pub const COLD_ONLY: &str = "ember-cold-only";
     /// Present when the invocation failed: `handler`, `init`, `timeout`, `init-timeout`,
     /// `crashed`, `start`, or the limit that stopped the instance: `oom`, `pids`, `seccomp`.
     pub const ERROR: &str = "ember-error";

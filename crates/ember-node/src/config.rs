@@ -73,6 +73,30 @@ pub struct NodeConfig {
     /// Size of an instance's private /tmp (counted in its memory limit).
     pub tmp_bytes: u64,
     pub images: ImageConfig,
+    pub events: EventConfig,
+}
+
+/// The queue of asynchronous (`Event`) invocations, retried as Lambda retries them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventConfig {
+    /// Wait before the first retry of an event whose invocation failed; the second waits
+    /// twice as long (Lambda: 1 and 2 minutes). Two retries, then the event is dropped.
+    pub retry_delay: Duration,
+    /// An event that could not run (throttled, the node failing to start an instance) is
+    /// retried with a growing backoff until it is this old.
+    pub max_age: Duration,
+    /// Events running at once, across functions.
+    pub concurrency: usize,
+}
+
+impl Default for EventConfig {
+    fn default() -> Self {
+        EventConfig {
+            retry_delay: Duration::from_secs(60),
+            max_age: Duration::from_secs(6 * 3600),
+            concurrency: 8,
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -92,6 +116,7 @@ impl Default for NodeConfig {
             pids_max: 256,
             tmp_bytes: 64 << 20,
             images: ImageConfig::default(),
+            events: EventConfig::default(),
         }
     }
 }

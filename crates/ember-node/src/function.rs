@@ -93,6 +93,10 @@ pub struct FunctionConfig {
     pub cold_only: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
+    /// The runtime's name as the user gave it (`python3.12`, `provided.al2023`), shown back
+    /// by the Lambda API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_name: Option<String>,
     /// A Lambda execution role, kept and shown; Ember does not use it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
@@ -194,6 +198,15 @@ impl FunctionConfig {
                 "description",
                 format!("{} bytes", self.description.len()),
                 "at most 256 bytes",
+            ));
+        }
+        if let Some(n) = &self.runtime_name
+            && (n.len() > 32 || Runtime::parse(n).ok() != Some(self.runtime))
+        {
+            return Err(invalid(
+                "runtime_name",
+                n,
+                "must name the function's runtime (e.g. python3.12 for python)",
             ));
         }
         if self.role.as_ref().is_some_and(|r| r.len() > 2048) {

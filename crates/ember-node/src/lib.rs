@@ -15,9 +15,9 @@ mod ratelimit;
 pub mod registry;
 mod sys;
 
-pub use config::{AutoImages, ImageConfig, NodeConfig, Policy};
+pub use config::{AutoImages, EventConfig, ImageConfig, NodeConfig, Policy};
 pub use function::{FunctionConfig, FunctionRecord, InvalidFunction, Runtime};
 pub use node::{
-    FunctionStatus, Invocation, InvokeOutcome, Node, NodeError, NodeErrorKind, StartPath, Timing,
-    error_chain,
+    FunctionStatus, Invocation, InvokeOptions, InvokeOutcome, Node, NodeError, NodeErrorKind,
+    StartPath, StoredCode, Timing, error_chain,
 };

@@ -17,6 +17,72 @@ pub struct LogStore {
     dir: PathBuf,
     max_bytes: u64,
     open: Mutex<HashMap<String, (File, u64)>>,
+    /// Invocations collecting their own lines (`X-Amz-Log-Type: Tail`), per function.
+    captures: Mutex<HashMap<String, Vec<Arc<Mutex<Captured>>>>>,
+}
+
+/// Lines seen by a capture: (instance, `stream text`), the newest 64 KiB.
+#[derive(Default)]
+struct Captured {
+    lines: std::collections::VecDeque<(String, String)>,
+    bytes: usize,
+    last: Option<std::time::Instant>,
+}
+
+const CAPTURE_BYTES: usize = 64 * 1024;
+
+/// Collects what one invocation's instance logs while it lives; see [`LogStore::capture`].
+pub struct Capture {
+    store: Arc<LogStore>,
+    function: String,
+    buf: Arc<Mutex<Captured>>,
+}
+
+impl Capture {
+    /// The lines `instance` logged, once its output has settled: a runtime's last lines can
+    /// still be in its pipe when its answer arrives, so this waits until no line has come
+    /// for 5 ms (at most 50 ms).
+    pub async fn finish(self, instance: &str) -> String {
+        let t0 = std::time::Instant::now();
+        loop {
+            let quiet = {
+                let b = self.buf.lock().unwrap_or_else(|p| p.into_inner());
+                b.last
+                    .is_none_or(|l| l.elapsed() >= std::time::Duration::from_millis(5))
+            };
+            if (quiet && t0.elapsed() >= std::time::Duration::from_millis(5))
+                || t0.elapsed() >= std::time::Duration::from_millis(50)
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let b = self.buf.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::new();
+        for (inst, text) in &b.lines {
+            if inst == instance {
+                out.push_str(text);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let mut caps = self
+            .store
+            .captures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = caps.get_mut(&self.function) {
+            v.retain(|c| !Arc::ptr_eq(c, &self.buf));
+            if v.is_empty() {
+                caps.remove(&self.function);
+            }
+        }
+    }
 }
 
 impl LogStore {
@@ -26,7 +92,48 @@ impl LogStore {
             dir,
             max_bytes: max_bytes.max(4096),
             open: Mutex::new(HashMap::new()),
+            captures: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Starts collecting the lines of `function`, for one invocation's log tail.
+    pub fn capture(self: &Arc<Self>, function: &str) -> Capture {
+        let buf = Arc::new(Mutex::new(Captured::default()));
+        self.captures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(function.to_string())
+            .or_default()
+            .push(buf.clone());
+        Capture {
+            store: self.clone(),
+            function: function.to_string(),
+            buf,
+        }
+    }
+
+    fn captured(&self, function: &str, instance: &str, stream: &str, text: &[u8]) {
+        let caps = self.captures.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = caps.get(function) else {
+            return;
+        };
+        // The instance's own output as it wrote it; the node's notes marked as such.
+        let text = String::from_utf8_lossy(text);
+        let line = match stream {
+            "event" => format!("[ember] {text}"),
+            _ => text.into_owned(),
+        };
+        for c in list {
+            let mut b = c.lock().unwrap_or_else(|p| p.into_inner());
+            b.bytes += line.len();
+            b.lines.push_back((instance.to_string(), line.clone()));
+            while b.bytes > CAPTURE_BYTES
+                && let Some((_, old)) = b.lines.pop_front()
+            {
+                b.bytes -= old.len();
+            }
+            b.last = Some(std::time::Instant::now());
+        }
     }
 
     fn path(&self, function: &str) -> PathBuf {
@@ -35,6 +142,7 @@ impl LogStore {
 
     /// Appends one line to a function's log.
     pub fn append(&self, function: &str, instance: &str, stream: &str, text: &[u8]) {
+        self.captured(function, instance, stream, text);
         let now = humantime::format_rfc3339_millis(SystemTime::now());
         let mut line = Vec::with_capacity(text.len() + 64);
         let _ = write!(line, "{now} {instance} {stream} ");

@@ -71,6 +71,8 @@ pub struct Metrics {
     pub page_bytes_fetched: Family<ImageLabels, Counter>,
     pub page_fault_blocked: Family<ImageLabels, Counter<f64, AtomicU64>>,
     pub image_memory: Gauge,
+    /// Asynchronous invocations by what became of an attempt: ok, retried, dropped.
+    pub events: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -104,6 +106,13 @@ impl Default for Metrics {
             "throttled",
             "Invocations refused with 429 because the function's queue was full",
             throttled.clone(),
+        );
+        let events = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "events",
+            "Attempts of asynchronous (Event) invocations, by function and result (reason): \
+             ok, retried or dropped",
+            events.clone(),
         );
         let cold_boot_reasons = Family::<ReasonLabels, Counter>::default();
         let image_failures = Family::<ImageLabels, Counter>::default();
@@ -155,6 +164,7 @@ impl Default for Metrics {
             page_bytes_fetched,
             page_fault_blocked,
             image_memory,
+            events,
             registry,
             invocations,
             init_seconds,

@@ -14,7 +14,17 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::function::FunctionRecord;
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// Version 2 adds the queue of asynchronous (`Event`) invocations.
+const EVENTS_TABLE: &str = "CREATE TABLE IF NOT EXISTS events(
+    id TEXT PRIMARY KEY,
+    function TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    attempts INTEGER NOT NULL,
+    enqueued_at INTEGER NOT NULL,
+    next_at INTEGER NOT NULL);
+ CREATE INDEX IF NOT EXISTS events_due ON events(next_at);";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -51,15 +61,22 @@ impl Registry {
             .map_err(sql)?;
         match found {
             0 => {
-                conn.execute_batch(
+                conn.execute_batch(&format!(
                     "BEGIN;
                      CREATE TABLE IF NOT EXISTS functions(
                          name TEXT PRIMARY KEY,
                          version INTEGER NOT NULL,
                          record TEXT NOT NULL);
-                     PRAGMA user_version = 1;
-                     COMMIT;",
-                )
+                     {EVENTS_TABLE}
+                     PRAGMA user_version = {SCHEMA_VERSION};
+                     COMMIT;"
+                ))
+                .map_err(sql)?;
+            }
+            1 => {
+                conn.execute_batch(&format!(
+                    "BEGIN; {EVENTS_TABLE} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))
                 .map_err(sql)?;
             }
             SCHEMA_VERSION => {}
@@ -147,6 +164,126 @@ impl Registry {
     }
 }
 
+/// An asynchronous invocation waiting in the queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedEvent {
+    /// The request id the caller was given.
+    pub id: String,
+    pub function: String,
+    pub payload: Vec<u8>,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Milliseconds since the Unix epoch.
+    pub enqueued_at: u64,
+    pub next_at: u64,
+}
+
+impl Registry {
+    /// Adds an event; it is durable when this returns.
+    pub fn enqueue(&self, ev: &QueuedEvent) -> Result<(), RegistryError> {
+        self.conn()
+            .execute(
+                "INSERT INTO events(id, function, payload, attempts, enqueued_at, next_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    ev.id,
+                    ev.function,
+                    ev.payload,
+                    ev.attempts,
+                    ev.enqueued_at as i64,
+                    ev.next_at as i64
+                ],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    /// Events due at `now` (oldest first), at most `limit`, leaving out `busy` ones.
+    pub fn due_events(
+        &self,
+        now: u64,
+        limit: usize,
+        busy: &std::collections::HashSet<String>,
+    ) -> Result<Vec<QueuedEvent>, RegistryError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, function, payload, attempts, enqueued_at, next_at FROM events
+                 WHERE next_at <= ?1 ORDER BY next_at LIMIT ?2",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map(params![now as i64, (limit + busy.len()) as i64], |r| {
+                Ok(QueuedEvent {
+                    id: r.get(0)?,
+                    function: r.get(1)?,
+                    payload: r.get(2)?,
+                    attempts: r.get(3)?,
+                    enqueued_at: r.get::<_, i64>(4)?.max(0) as u64,
+                    next_at: r.get::<_, i64>(5)?.max(0) as u64,
+                })
+            })
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let ev = row.map_err(|e| self.sql(e))?;
+            if !busy.contains(&ev.id) && out.len() < limit {
+                out.push(ev);
+            }
+        }
+        Ok(out)
+    }
+
+    /// When the next event not in `busy` is due, if any.
+    pub fn next_due(
+        &self,
+        busy: &std::collections::HashSet<String>,
+    ) -> Result<Option<u64>, RegistryError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT id, next_at FROM events ORDER BY next_at")
+            .map_err(|e| self.sql(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.sql(e))?;
+        while let Some(r) = rows.next().map_err(|e| self.sql(e))? {
+            let id: String = r.get(0).map_err(|e| self.sql(e))?;
+            if !busy.contains(&id) {
+                let at: i64 = r.get(1).map_err(|e| self.sql(e))?;
+                return Ok(Some(at.max(0) as u64));
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn reschedule(&self, id: &str, attempts: u32, next_at: u64) -> Result<(), RegistryError> {
+        self.conn()
+            .execute(
+                "UPDATE events SET attempts = ?2, next_at = ?3 WHERE id = ?1",
+                params![id, attempts, next_at as i64],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    pub fn remove_event(&self, id: &str) -> Result<(), RegistryError> {
+        self.conn()
+            .execute("DELETE FROM events WHERE id = ?1", [id])
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    /// Events waiting, per function.
+    pub fn queued_events(&self) -> Result<Vec<(String, u64)>, RegistryError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT function, COUNT(*) FROM events GROUP BY function")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?.max(0) as u64)))
+            .map_err(|e| self.sql(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,5 +337,37 @@ mod tests {
         drop(r);
         let err = Registry::open(&p).err().unwrap();
         assert!(err.to_string().contains("schema version 7"), "{err}");
+    }
+
+    #[test]
+    fn queued_events_survive_reopening_and_come_due_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let ev = |id: &str, next_at| QueuedEvent {
+            id: id.into(),
+            function: "f".into(),
+            payload: b"{}".to_vec(),
+            attempts: 0,
+            enqueued_at: 1,
+            next_at,
+        };
+        {
+            let r = Registry::open(&path).unwrap();
+            r.enqueue(&ev("late", 50)).unwrap();
+            r.enqueue(&ev("early", 10)).unwrap();
+            assert!(r.enqueue(&ev("early", 10)).is_err(), "ids are unique");
+        }
+        let r = Registry::open(&path).unwrap();
+        let none = std::collections::HashSet::new();
+        let due = r.due_events(20, 10, &none).unwrap();
+        assert_eq!(due, vec![ev("early", 10)]);
+        assert_eq!(r.next_due(&none).unwrap(), Some(10));
+        let busy: std::collections::HashSet<String> = ["early".to_string()].into();
+        assert_eq!(r.next_due(&busy).unwrap(), Some(50));
+        assert!(r.due_events(20, 10, &busy).unwrap().is_empty());
+        r.reschedule("early", 1, 70).unwrap();
+        assert_eq!(r.due_events(60, 10, &none).unwrap()[0].id, "late");
+        r.remove_event("late").unwrap();
+        assert_eq!(r.queued_events().unwrap(), vec![("f".to_string(), 1)]);
     }
 }

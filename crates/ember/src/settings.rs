@@ -21,7 +21,9 @@
 //! tmp_mb = 64
 //! images = "on-deploy"     # "off", or a list of package sets: [["numpy"], ["pandas", "scikit-learn"]]
 //! image_memory_mb = 1024   # the in-memory image pool; other images are served from disk
-//! image_policy = "prefetch" # eager | lazy | bulk | prefetch
+//! image_policy = "eager"  # eager | lazy | bulk | prefetch
+//! event_retry_delay = "60s" # before an Event invocation's first retry (the second waits 2x)
+//! event_max_age = "6h"      # how long a throttled Event invocation keeps being retried
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -64,6 +66,13 @@ pub struct DaemonArgs {
     /// Longest a cold boot may take [default: 60s]
     #[arg(long, env = "EMBER_INIT_TIMEOUT")]
     pub init_timeout: Option<String>,
+    /// Wait before an Event invocation's first retry; the second waits twice as long
+    /// [default: 60s]
+    #[arg(long, env = "EMBER_EVENT_RETRY_DELAY")]
+    pub event_retry_delay: Option<String>,
+    /// How long a throttled Event invocation keeps being retried [default: 6h]
+    #[arg(long, env = "EMBER_EVENT_MAX_AGE")]
+    pub event_max_age: Option<String>,
     /// Largest invoke payload in bytes [default: 6 MiB]
     #[arg(long, env = "EMBER_MAX_EVENT_BYTES")]
     pub max_event_bytes: Option<usize>,
@@ -140,6 +149,8 @@ struct FileSettings {
     queue_depth: Option<usize>,
     queue_timeout: Option<String>,
     init_timeout: Option<String>,
+    event_retry_delay: Option<String>,
+    event_max_age: Option<String>,
     max_event_bytes: Option<usize>,
     max_deploy_bytes: Option<usize>,
     log_max_bytes: Option<u64>,
@@ -232,6 +243,19 @@ impl DaemonArgs {
                 self.init_timeout.or(file.init_timeout),
                 d.init_timeout,
             )?,
+            events: ember_node::EventConfig {
+                retry_delay: duration(
+                    "event_retry_delay",
+                    self.event_retry_delay.or(file.event_retry_delay),
+                    d.events.retry_delay,
+                )?,
+                max_age: duration(
+                    "event_max_age",
+                    self.event_max_age.or(file.event_max_age),
+                    d.events.max_age,
+                )?,
+                ..d.events.clone()
+            },
             log_max_bytes: self
                 .log_max_bytes
                 .or(file.log_max_bytes)

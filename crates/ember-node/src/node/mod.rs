@@ -40,6 +40,7 @@ use crate::ratelimit::RateLimit;
 use crate::registry::{Registry, RegistryError};
 use crate::sys::{FileLock, try_lock_file};
 
+mod events;
 mod image;
 use image::FromImage;
 
@@ -261,8 +262,39 @@ pub struct Invocation {
     pub instance: String,
     /// The instance served this request only (a cold-only function, or a native one).
     pub cold_only: bool,
+    /// With [`InvokeOptions::tail`]: the invocation's log as Lambda shows it (START, the
+    /// instance's lines, END, REPORT).
+    pub log_tail: Option<String>,
     pub timing: Timing,
     pub outcome: InvokeOutcome,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct InvokeOptions {
+    /// Collect the invocation's log lines into [`Invocation::log_tail`].
+    pub tail: bool,
+    /// The request id to use (an event's retries keep theirs); a new one when `None`.
+    pub request_id: Option<String>,
+}
+
+/// An invocation's log in Lambda's shape.
+fn lambda_log(inv: &Invocation, rec: &FunctionRecord, lines: &str) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let id = &inv.request_id;
+    let exec = inv.timing.exec.unwrap_or_default();
+    let mut report = format!(
+        "REPORT RequestId: {id}\tDuration: {:.2} ms\tBilled Duration: {} ms\tMemory Size: {} MB",
+        ms(exec),
+        exec.as_millis() + 1,
+        rec.config.memory_mb
+    );
+    if inv.start != StartPath::Warm {
+        report.push_str(&format!("\tInit Duration: {:.2} ms", ms(inv.timing.init())));
+    }
+    format!(
+        "START RequestId: {id} Version: {}\n{lines}END RequestId: {id}\n{report}\n",
+        rec.version
+    )
 }
 
 /// A deployed function as the API shows it.
@@ -307,6 +339,9 @@ pub struct Node {
     image_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Automatic builds go one at a time.
     auto_builds: tokio::sync::Semaphore,
+    /// Wakes the event worker (a new event, a finished one).
+    event_wake: Arc<tokio::sync::Notify>,
+    event_slots: Arc<tokio::sync::Semaphore>,
     me: Weak<Node>,
     _home: FileLock,
 }
@@ -397,6 +432,8 @@ impl Node {
             images,
             image_gates: Mutex::new(HashMap::new()),
             auto_builds: tokio::sync::Semaphore::new(1),
+            event_wake: Arc::new(tokio::sync::Notify::new()),
+            event_slots: Arc::new(tokio::sync::Semaphore::new(cfg.events.concurrency.max(1))),
             me: me.clone(),
             cfg,
             registry,
@@ -427,6 +464,7 @@ impl Node {
         };
         node.build_in_background(wanted);
         tokio::spawn(reaper(Arc::downgrade(&node)));
+        tokio::spawn(events::worker(Arc::downgrade(&node)));
         Ok(node)
     }
 
@@ -724,12 +762,32 @@ impl Node {
 
     /// Runs one invocation of `name` with the JSON `event`.
     pub async fn invoke(&self, name: &str, event: &[u8]) -> Result<Invocation, NodeError> {
-        let d = self.deployed(name)?;
-        let request_id = uuid::Uuid::new_v4().to_string();
-        let span = info_span!("invoke", function = name, request_id = %request_id);
-        self.invoke_deployed(&d, request_id, event)
-            .instrument(span)
+        self.invoke_with(name, event, InvokeOptions::default())
             .await
+    }
+
+    /// [`Node::invoke`], with options.
+    pub async fn invoke_with(
+        &self,
+        name: &str,
+        event: &[u8],
+        opts: InvokeOptions,
+    ) -> Result<Invocation, NodeError> {
+        let d = self.deployed(name)?;
+        let request_id = opts
+            .request_id
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let capture = opts.tail.then(|| self.logs.capture(name));
+        let span = info_span!("invoke", function = name, request_id = %request_id);
+        let mut inv = self
+            .invoke_deployed(&d, request_id, event)
+            .instrument(span)
+            .await?;
+        if let Some(c) = capture {
+            let lines = c.finish(&inv.instance).await;
+            inv.log_tail = Some(lambda_log(&inv, &d.record, &lines));
+        }
+        Ok(inv)
     }
 
     async fn invoke_deployed(
@@ -903,6 +961,7 @@ impl Node {
             request_id,
             function,
             cold_only: d.record.cold_only(),
+            log_tail: None,
             version: d.record.version,
             start,
             image,

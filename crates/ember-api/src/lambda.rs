@@ -1,0 +1,875 @@
+//! The AWS Lambda surface: enough of Lambda's REST API (version 2015-03-31) for the AWS CLI
+//! and boto3, pointed at Ember with `--endpoint-url`, to manage and invoke functions
+//! unchanged.
+//!
+//! | method | path | Lambda operation |
+//! |---|---|---|
+//! | POST | /2015-03-31/functions | CreateFunction (`Code.ZipFile`) |
+//! | GET | /2015-03-31/functions/ | ListFunctions (`Marker`, `MaxItems`) |
+//! | GET, DELETE | /2015-03-31/functions/{name} | GetFunction, DeleteFunction |
+//! | GET, PUT | /2015-03-31/functions/{name}/configuration | Get/UpdateFunctionConfiguration |
+//! | PUT | /2015-03-31/functions/{name}/code | UpdateFunctionCode (`ZipFile`) |
+//! | POST | /2015-03-31/functions/{name}/invocations | Invoke: RequestResponse, Event, DryRun |
+//!
+//! Errors are Lambda's: the status, `x-amzn-ErrorType` and `{"Type", "message"}` that
+//! botocore turns into `ResourceNotFoundException` and its kin. Requests may be signed
+//! (SigV4); the signature is not checked: when the daemon has a token, the access key id
+//! must be that token (see `auth` in routes.rs).
+//!
+//! Ember-only settings travel as tags at creation: `ember:cold-only` (`true`) and
+//! `ember:network` (`host`).
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post, put};
+use base64::Engine;
+use ember_node::function::{ACCOUNT, Runtime, function_arn};
+use ember_node::{
+    FunctionConfig, FunctionStatus, InvokeOptions, InvokeOutcome, NodeError, NodeErrorKind,
+};
+use ember_sandbox::LimitReason;
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::error::error_chain;
+use crate::routes::{ember_headers, read_body, task_failed};
+
+/// Lambda's limits on invocation payloads.
+pub const MAX_SYNC_PAYLOAD: usize = 6 * 1024 * 1024;
+pub const MAX_ASYNC_PAYLOAD: usize = 256 * 1024;
+/// `X-Amz-Log-Result` carries at most this much of the log's end.
+const TAIL_BYTES: usize = 4096;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/2015-03-31/functions", post(create).get(list))
+        .route("/2015-03-31/functions/", post(create).get(list))
+        .route(
+            "/2015-03-31/functions/{name}",
+            get(get_function).delete(delete_function),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/configuration",
+            get(get_configuration).put(update_configuration),
+        )
+        .route("/2015-03-31/functions/{name}/code", put(update_code))
+        .route("/2015-03-31/functions/{name}/invocations", post(invoke))
+        .route("/2015-03-31/{*rest}", any(unknown_operation))
+}
+
+/// A Lambda error response.
+#[derive(Debug)]
+pub(crate) struct LambdaError {
+    status: StatusCode,
+    error_type: &'static str,
+    message: String,
+    reason: Option<&'static str>,
+}
+
+impl LambdaError {
+    fn new(status: StatusCode, error_type: &'static str, message: impl Into<String>) -> Self {
+        LambdaError {
+            status,
+            error_type,
+            message: message.into(),
+            reason: None,
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> Self {
+        LambdaError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidParameterValueException",
+            message,
+        )
+    }
+
+    fn not_found(name: &str) -> Self {
+        LambdaError::new(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFoundException",
+            format!("Function not found: {}", function_arn(name)),
+        )
+    }
+
+    pub(crate) fn unauthorized() -> Self {
+        LambdaError::new(
+            StatusCode::FORBIDDEN,
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid: with an Ember token set, \
+             the access key id (AWS_ACCESS_KEY_ID) must be that token",
+        )
+    }
+}
+
+impl IntoResponse for LambdaError {
+    fn into_response(self) -> Response {
+        let kind = if self.status.is_server_error() {
+            "Service"
+        } else {
+            "User"
+        };
+        let mut body = serde_json::json!({"Type": kind, "message": self.message});
+        if let Some(r) = self.reason {
+            body["Reason"] = r.into();
+        }
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        let hs = resp.headers_mut();
+        hs.insert(
+            "x-amzn-errortype",
+            HeaderValue::from_static(self.error_type),
+        );
+        if let Ok(v) = HeaderValue::from_str(&uuid_v4()) {
+            hs.insert("x-amzn-requestid", v);
+        }
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            hs.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+fn uuid_v4() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+impl From<NodeError> for LambdaError {
+    fn from(e: NodeError) -> LambdaError {
+        let message = error_chain(&e);
+        match (&e, e.kind()) {
+            (NodeError::NotFound(name), _) => LambdaError::not_found(name),
+            (NodeError::Throttled { .. }, _) => LambdaError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                error_type: "TooManyRequestsException",
+                message: format!("Rate Exceeded. {message}"),
+                reason: Some("ReservedFunctionConcurrentInvocationLimitExceeded"),
+            },
+            (NodeError::Code(_), NodeErrorKind::BadRequest) => LambdaError::invalid(format!(
+                "Could not unzip uploaded file. Please check your file, then try to upload \
+                 again. ({message})"
+            )),
+            (_, NodeErrorKind::BadRequest | NodeErrorKind::Unprocessable) => {
+                LambdaError::invalid(message)
+            }
+            (_, NodeErrorKind::NotFound) => {
+                LambdaError::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", message)
+            }
+            _ => {
+                tracing::error!("a Lambda API request failed: {message}");
+                LambdaError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "ServiceException",
+                    message,
+                )
+            }
+        }
+    }
+}
+
+/// A `FunctionName` as Lambda takes it: a name, `name:qualifier`, or a full or partial ARN.
+fn parse_function_name(raw: &str) -> Result<(String, Option<String>), LambdaError> {
+    let parts: Vec<&str> = raw.split(':').collect();
+    let (name, qualifier) = match parts.iter().position(|p| *p == "function") {
+        Some(i) if i + 1 < parts.len() && parts.len() <= i + 3 => {
+            (parts[i + 1], parts.get(i + 2).copied())
+        }
+        None if parts.len() <= 2 => (parts[0], parts.get(1).copied()),
+        _ => {
+            return Err(LambdaError::invalid(format!(
+                "{raw:?} is not a function name, name:qualifier or function ARN"
+            )));
+        }
+    };
+    ember_node::function::validate_name(name).map_err(|e| {
+        LambdaError::invalid(format!(
+            "Ember function names are lowercase ({e}); Lambda's uppercase and '_' are not \
+             accepted"
+        ))
+    })?;
+    Ok((name.to_string(), qualifier.map(str::to_string)))
+}
+
+/// Qualifiers Ember serves: `$LATEST` and the current version number.
+fn check_qualifier(st: &FunctionStatus, q: Option<&str>) -> Result<(), LambdaError> {
+    match q {
+        None | Some("$LATEST") => Ok(()),
+        Some(v) if v == st.record.version.to_string() => Ok(()),
+        Some(v) => Err(LambdaError::new(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFoundException",
+            format!(
+                "Function not found: {}:{v} (Ember serves $LATEST, which is version {})",
+                function_arn(&st.record.name),
+                st.record.version
+            ),
+        )),
+    }
+}
+
+/// `2026-11-23T10:58:18.000+0000`, as Lambda writes `LastModified`.
+fn lambda_time(unix: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
+    let s = humantime::format_rfc3339_seconds(t).to_string();
+    format!("{}.000+0000", s.trim_end_matches('Z'))
+}
+
+fn runtime_name(c: &FunctionConfig) -> String {
+    c.runtime_name
+        .clone()
+        .unwrap_or_else(|| c.runtime.as_str().to_string())
+}
+
+/// A function as Lambda's `FunctionConfiguration` describes it.
+fn configuration(st: &FunctionStatus) -> serde_json::Value {
+    let r = &st.record;
+    let c = &r.config;
+    serde_json::json!({
+        "FunctionName": r.name,
+        "FunctionArn": function_arn(&r.name),
+        "Runtime": runtime_name(c),
+        "Role": c.role.clone().unwrap_or_else(|| format!("arn:aws:iam::{ACCOUNT}:role/ember")),
+        "Handler": c.handler,
+        "CodeSize": r.code_size,
+        "Description": c.description,
+        "Timeout": c.timeout_s,
+        "MemorySize": c.memory_mb,
+        "LastModified": lambda_time(r.updated_at),
+        "CodeSha256": r.code_sha256,
+        "Version": "$LATEST",
+        "Environment": { "Variables": c.env },
+        "TracingConfig": { "Mode": "PassThrough" },
+        "RevisionId": format!("{}-{}", r.version, &r.code_hash[..r.code_hash.len().min(12)]),
+        "State": "Active",
+        "LastUpdateStatus": "Successful",
+        "PackageType": "Zip",
+        "Architectures": [std::env::consts::ARCH],
+        "EphemeralStorage": { "Size": 512 },
+    })
+}
+
+fn tags(c: &FunctionConfig) -> serde_json::Value {
+    let mut t = serde_json::Map::new();
+    if c.cold_only {
+        t.insert("ember:cold-only".into(), "true".into());
+    }
+    if c.network == ember_node::function::Network::Host {
+        t.insert("ember:network".into(), "host".into());
+    }
+    serde_json::Value::Object(t)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Environment {
+    #[serde(default)]
+    variables: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CodeLocation {
+    zip_file: Option<String>,
+    s3_bucket: Option<String>,
+    image_uri: Option<String>,
+}
+
+/// CreateFunction's body; fields Ember has no use for (VpcConfig, Layers, ...) are ignored.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CreateRequest {
+    function_name: String,
+    runtime: Option<String>,
+    role: Option<String>,
+    handler: Option<String>,
+    #[serde(default)]
+    code: CodeLocation,
+    #[serde(default)]
+    description: String,
+    timeout: Option<u32>,
+    memory_size: Option<u32>,
+    environment: Option<Environment>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    package_type: Option<String>,
+    #[serde(default)]
+    architectures: Vec<String>,
+}
+
+/// The zip of a `Code` or `UpdateFunctionCode` request: only `ZipFile` is served.
+fn zip_of(code: CodeLocation) -> Result<Vec<u8>, LambdaError> {
+    if code.s3_bucket.is_some() || code.image_uri.is_some() {
+        return Err(LambdaError::invalid(
+            "Ember takes code as ZipFile only (--zip-file fileb://function.zip); S3 and \
+             container images are not supported",
+        ));
+    }
+    let b64 = code
+        .zip_file
+        .ok_or_else(|| LambdaError::invalid("ZipFile is required"))?;
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
+        .map_err(|e| LambdaError::invalid(format!("ZipFile is not valid base64: {e}")))
+}
+
+fn parse_runtime(name: &str) -> Result<Runtime, LambdaError> {
+    Runtime::parse(name).map_err(|_| {
+        LambdaError::invalid(format!(
+            "The runtime parameter of {name} is not supported: Ember runs python3.8 to \
+             python3.13 (on the node's interpreter), provided, provided.al2, provided.al2023 \
+             and native"
+        ))
+    })
+}
+
+fn check_architectures(a: &[String]) -> Result<(), LambdaError> {
+    let here = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        other => other,
+    };
+    match a.iter().find(|x| x.as_str() != here) {
+        Some(x) => Err(LambdaError::invalid(format!(
+            "this node runs {here} only, not {x}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, LambdaError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        LambdaError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContentException",
+            format!("Could not parse request body into json: {e}"),
+        )
+    })
+}
+
+async fn read(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    operation: &str,
+) -> Result<Bytes, LambdaError> {
+    read_body(headers, body, limit, "request")
+        .await
+        .map_err(|e| {
+            if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+                LambdaError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "RequestTooLargeException",
+                    format!(
+                        "Request must be smaller than {limit} bytes for the {operation} operation"
+                    ),
+                )
+            } else {
+                LambdaError::invalid(e.body.message)
+            }
+        })
+}
+
+async fn create(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, LambdaError> {
+    let bytes = read(&headers, body, s.cfg.max_deploy_bytes, "CreateFunction").await?;
+    let req: CreateRequest = json_body(&bytes)?;
+    drop(bytes);
+    let (name, _) = parse_function_name(&req.function_name)?;
+    if req.package_type.as_deref().is_some_and(|p| p != "Zip") {
+        return Err(LambdaError::invalid(
+            "Ember runs zip packages only (PackageType Zip)",
+        ));
+    }
+    check_architectures(&req.architectures)?;
+    let runtime_given = req
+        .runtime
+        .ok_or_else(|| LambdaError::invalid("Runtime is required for a Zip package"))?;
+    let runtime = parse_runtime(&runtime_given)?;
+    let handler = req
+        .handler
+        .ok_or_else(|| LambdaError::invalid("Handler is required for a Zip package"))?;
+    if s.node.get(&name).is_ok() {
+        return Err(LambdaError::new(
+            StatusCode::CONFLICT,
+            "ResourceConflictException",
+            format!("Function already exist: {name}"),
+        ));
+    }
+    let mut config: FunctionConfig =
+        serde_json::from_value(serde_json::json!({ "handler": handler }))
+            .map_err(|e| LambdaError::invalid(e.to_string()))?;
+    config.runtime = runtime;
+    config.runtime_name = Some(runtime_given);
+    // Lambda's defaults, not Ember's.
+    config.timeout_s = req.timeout.unwrap_or(3);
+    config.memory_mb = req.memory_size.unwrap_or(128);
+    config.env = req.environment.unwrap_or_default().variables;
+    config.description = req.description;
+    config.role = req.role;
+    for (k, v) in &req.tags {
+        match (k.as_str(), v.as_str()) {
+            ("ember:cold-only", v) => config.cold_only = v == "true",
+            ("ember:network", "host") => config.network = ember_node::function::Network::Host,
+            ("ember:network", "none") => config.network = ember_node::function::Network::None,
+            (k, _) if k.starts_with("ember:") => {
+                return Err(LambdaError::invalid(format!(
+                    "unknown Ember tag {k:?}: ember:cold-only (true|false) and ember:network \
+                     (host|none) are understood"
+                )));
+            }
+            _ => {}
+        }
+    }
+    config
+        .validate()
+        .map_err(|e| LambdaError::invalid(e.to_string()))?;
+    let zip = zip_of(req.code)?;
+    let code = s.node.store_code(zip).await?;
+    let node = s.node.clone();
+    let n = name.clone();
+    tokio::spawn(async move { node.deploy(&n, config, Some(code), &|_| {}).await })
+        .await
+        .map_err(|e| lambda_task_failed("the deploy", e))??;
+    let st = s.node.get(&name)?;
+    Ok((StatusCode::CREATED, axum::Json(configuration(&st))).into_response())
+}
+
+fn lambda_task_failed(what: &str, e: tokio::task::JoinError) -> LambdaError {
+    let api = task_failed(what, e);
+    LambdaError::new(api.status, "ServiceException", api.body.message)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListQuery {
+    marker: Option<String>,
+    max_items: Option<usize>,
+}
+
+async fn list(
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, LambdaError> {
+    let max = q.max_items.unwrap_or(50);
+    if !(1..=10_000).contains(&max) {
+        return Err(LambdaError::invalid("MaxItems must be between 1 and 10000"));
+    }
+    let all = s.node.list();
+    let after: Vec<&FunctionStatus> = all
+        .iter()
+        .filter(|f| {
+            q.marker
+                .as_deref()
+                .is_none_or(|m| f.record.name.as_str() > m)
+        })
+        .collect();
+    let page: Vec<serde_json::Value> = after.iter().take(max).map(|f| configuration(f)).collect();
+    let mut body = serde_json::json!({ "Functions": page });
+    if after.len() > max {
+        body["NextMarker"] = after[max - 1].record.name.clone().into();
+    }
+    Ok(axum::Json(body).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct QualifierQuery {
+    qualifier: Option<String>,
+}
+
+fn status_of(s: &AppState, raw: &str, q: Option<&str>) -> Result<FunctionStatus, LambdaError> {
+    let (name, qualifier) = parse_function_name(raw)?;
+    let st = s.node.get(&name)?;
+    check_qualifier(&st, qualifier.as_deref().or(q))?;
+    Ok(st)
+}
+
+async fn get_function(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+    Query(q): Query<QualifierQuery>,
+) -> Result<Response, LambdaError> {
+    let st = status_of(&s, &raw, q.qualifier.as_deref())?;
+    Ok(axum::Json(serde_json::json!({
+        "Configuration": configuration(&st),
+        // The code lives unpacked on the node; there is no archive to download.
+        "Code": { "RepositoryType": "Ember" },
+        "Tags": tags(&st.record.config),
+    }))
+    .into_response())
+}
+
+async fn get_configuration(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+    Query(q): Query<QualifierQuery>,
+) -> Result<Response, LambdaError> {
+    let st = status_of(&s, &raw, q.qualifier.as_deref())?;
+    Ok(axum::Json(configuration(&st)).into_response())
+}
+
+async fn delete_function(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, LambdaError> {
+    let (name, qualifier) = parse_function_name(&raw)?;
+    if qualifier.is_some() {
+        return Err(LambdaError::invalid(
+            "Ember keeps no published versions: delete the function without a qualifier",
+        ));
+    }
+    s.node.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct UpdateConfiguration {
+    runtime: Option<String>,
+    role: Option<String>,
+    handler: Option<String>,
+    description: Option<String>,
+    timeout: Option<u32>,
+    memory_size: Option<u32>,
+    environment: Option<Environment>,
+}
+
+async fn redeploy(
+    s: &AppState,
+    name: String,
+    config: FunctionConfig,
+    code: Option<ember_node::StoredCode>,
+) -> Result<Response, LambdaError> {
+    config
+        .validate()
+        .map_err(|e| LambdaError::invalid(e.to_string()))?;
+    let node = s.node.clone();
+    let n = name.clone();
+    tokio::spawn(async move { node.deploy(&n, config, code, &|_| {}).await })
+        .await
+        .map_err(|e| lambda_task_failed("the deploy", e))??;
+    Ok(axum::Json(configuration(&s.node.get(&name)?)).into_response())
+}
+
+async fn update_configuration(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, LambdaError> {
+    let st = status_of(&s, &raw, None)?;
+    let bytes = read(&headers, body, 1 << 20, "UpdateFunctionConfiguration").await?;
+    let req: UpdateConfiguration = json_body(&bytes)?;
+    let mut config = st.record.config.clone();
+    if let Some(r) = req.runtime {
+        config.runtime = parse_runtime(&r)?;
+        config.runtime_name = Some(r);
+    }
+    if let Some(h) = req.handler {
+        config.handler = h;
+    }
+    if let Some(d) = req.description {
+        config.description = d;
+    }
+    if let Some(r) = req.role {
+        config.role = Some(r);
+    }
+    config.timeout_s = req.timeout.unwrap_or(config.timeout_s);
+    config.memory_mb = req.memory_size.unwrap_or(config.memory_mb);
+    if let Some(env) = req.environment {
+        config.env = env.variables;
+    }
+    redeploy(&s, st.record.name, config, None).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct UpdateCode {
+    zip_file: Option<String>,
+    s3_bucket: Option<String>,
+    image_uri: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    architectures: Vec<String>,
+}
+
+async fn update_code(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, LambdaError> {
+    let st = status_of(&s, &raw, None)?;
+    let bytes = read(&headers, body, s.cfg.max_deploy_bytes, "UpdateFunctionCode").await?;
+    let req: UpdateCode = json_body(&bytes)?;
+    drop(bytes);
+    check_architectures(&req.architectures)?;
+    let zip = zip_of(CodeLocation {
+        zip_file: req.zip_file,
+        s3_bucket: req.s3_bucket,
+        image_uri: req.image_uri,
+    })?;
+    let code = s.node.store_code(zip).await?;
+    if req.dry_run {
+        return Ok(axum::Json(configuration(&st)).into_response());
+    }
+    redeploy(&s, st.record.name.clone(), st.record.config, Some(code)).await
+}
+
+async fn unknown_operation() -> LambdaError {
+    LambdaError::new(
+        StatusCode::NOT_FOUND,
+        "UnknownOperationException",
+        "Ember does not implement this Lambda operation; see docs/lambda.md for those it does",
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum InvocationType {
+    RequestResponse,
+    Event,
+    DryRun,
+}
+
+async fn invoke(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+    Query(q): Query<QualifierQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, LambdaError> {
+    let st = status_of(&s, &raw, q.qualifier.as_deref())?;
+    let name = st.record.name.clone();
+    let header_str = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let kind = match header_str("x-amz-invocation-type") {
+        None | Some("RequestResponse") => InvocationType::RequestResponse,
+        Some("Event") => InvocationType::Event,
+        Some("DryRun") => InvocationType::DryRun,
+        Some(other) => {
+            return Err(LambdaError::invalid(format!(
+                "X-Amz-Invocation-Type {other:?} must be RequestResponse, Event or DryRun"
+            )));
+        }
+    };
+    let tail = match header_str("x-amz-log-type") {
+        None | Some("None") => false,
+        Some("Tail") => true,
+        Some(other) => {
+            return Err(LambdaError::invalid(format!(
+                "X-Amz-Log-Type {other:?} must be None or Tail"
+            )));
+        }
+    };
+    if header_str("x-amz-client-context").is_some_and(|c| c.len() > 3583) {
+        return Err(LambdaError::invalid(
+            "X-Amz-Client-Context must be at most 3583 bytes",
+        ));
+    }
+    let limit = match kind {
+        InvocationType::Event => MAX_ASYNC_PAYLOAD,
+        _ => MAX_SYNC_PAYLOAD.min(s.cfg.max_event_bytes),
+    };
+    let bytes = read(&headers, body, limit, "Invoke").await?;
+    let event = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Bytes::from_static(b"{}")
+    } else {
+        json_body::<serde::de::IgnoredAny>(&bytes)?;
+        bytes
+    };
+    let version = match q.qualifier.as_deref() {
+        Some(v) if v != "$LATEST" => v.to_string(),
+        _ => "$LATEST".to_string(),
+    };
+    match kind {
+        InvocationType::DryRun => Ok(StatusCode::NO_CONTENT.into_response()),
+        InvocationType::Event => {
+            let id = s.node.enqueue(&name, event.to_vec()).await?;
+            let mut resp = StatusCode::ACCEPTED.into_response();
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                resp.headers_mut().insert("x-amzn-requestid", v);
+            }
+            Ok(resp)
+        }
+        InvocationType::RequestResponse => {
+            let node = s.node.clone();
+            let opts = InvokeOptions {
+                tail,
+                request_id: None,
+            };
+            // In a task of its own: a caller that goes away does not cancel the invocation.
+            let inv = tokio::spawn(async move { node.invoke_with(&name, &event, opts).await })
+                .await
+                .map_err(|e| lambda_task_failed("the invocation", e))??;
+            invocation_response(inv, &version)
+        }
+    }
+}
+
+/// Lambda's error document for an invocation that failed, and its `errorType`.
+fn function_error(inv: &mut ember_node::Invocation) -> Option<serde_json::Value> {
+    let id = inv.request_id.clone();
+    let doc = |t: &str, m: String| serde_json::json!({"errorType": t, "errorMessage": m});
+    let outcome = std::mem::replace(&mut inv.outcome, InvokeOutcome::Ok(Vec::new()));
+    Some(match outcome {
+        InvokeOutcome::Ok(payload) => {
+            inv.outcome = InvokeOutcome::Ok(payload);
+            return None;
+        }
+        InvokeOutcome::HandlerError(fe) | InvokeOutcome::InitError(fe) => serde_json::json!({
+            "errorMessage": fe.message,
+            "errorType": fe.error_type,
+            "stackTrace": fe.traceback,
+            "requestId": id,
+        }),
+        InvokeOutcome::Timeout(d) => doc(
+            "Sandbox.Timedout",
+            format!(
+                "RequestId: {id} Error: Task timed out after {:.2} seconds",
+                d.as_secs_f64()
+            ),
+        ),
+        InvokeOutcome::InitTimeout(d) => doc(
+            "Sandbox.Timedout",
+            format!(
+                "RequestId: {id} Error: the instance's initialisation timed out after {:.2} seconds",
+                d.as_secs_f64()
+            ),
+        ),
+        InvokeOutcome::Limit(LimitReason::Oom) => doc(
+            "Runtime.OutOfMemory",
+            format!(
+                "RequestId: {id} Error: Runtime exited with error: signal: killed (out of memory: the function's MemorySize)"
+            ),
+        ),
+        InvokeOutcome::Limit(LimitReason::Pids) => doc(
+            "Runtime.ExitError",
+            format!(
+                "RequestId: {id} Error: Runtime exited: the function reached its limit of processes and threads"
+            ),
+        ),
+        InvokeOutcome::Limit(LimitReason::Seccomp) => doc(
+            "Runtime.ExitError",
+            format!(
+                "RequestId: {id} Error: Runtime exited with error: signal: bad system call (the sandbox forbids it)"
+            ),
+        ),
+        InvokeOutcome::Crashed(msg) => doc(
+            "Runtime.ExitError",
+            format!("RequestId: {id} Error: Runtime exited: {msg}"),
+        ),
+        InvokeOutcome::StartFailed(msg) => doc(
+            "Ember.StartFailed",
+            format!("RequestId: {id} Error: the node could not start an instance: {msg}"),
+        ),
+    })
+}
+
+fn invocation_response(
+    mut inv: ember_node::Invocation,
+    version: &str,
+) -> Result<Response, LambdaError> {
+    let error = function_error(&mut inv);
+    if let Some(e) = &error
+        && e["errorType"] == "Ember.StartFailed"
+    {
+        return Err(LambdaError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ServiceException",
+            e["errorMessage"].as_str().unwrap_or_default().to_string(),
+        ));
+    }
+    let body = match (&error, &mut inv.outcome) {
+        (Some(doc), _) => serde_json::to_vec(doc).unwrap_or_default(),
+        (None, InvokeOutcome::Ok(payload)) => std::mem::take(payload),
+        (None, _) => Vec::new(),
+    };
+    let mut resp = (StatusCode::OK, body).into_response();
+    let hs = resp.headers_mut();
+    hs.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    ember_headers(hs, &inv);
+    let mut put = |n: &'static str, v: &str| {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            hs.insert(n, v);
+        }
+    };
+    put("x-amzn-requestid", &inv.request_id);
+    put("x-amz-executed-version", version);
+    if error.is_some() {
+        put("x-amz-function-error", "Unhandled");
+    }
+    if let Some(log) = &inv.log_tail {
+        let b = log.as_bytes();
+        let tail = &b[b.len().saturating_sub(TAIL_BYTES)..];
+        put(
+            "x-amz-log-result",
+            &base64::engine::general_purpose::STANDARD.encode(tail),
+        );
+    }
+    Ok(resp)
+}
+
+/// Whether a request's `Authorization` names `token` as a SigV4 access key id
+/// (`AWS4-HMAC-SHA256 Credential=<key id>/<date>/<region>/lambda/aws4_request, ...`).
+pub(crate) fn sigv4_key_id(authorization: &[u8]) -> Option<&[u8]> {
+    let rest = authorization.strip_prefix(b"AWS4-HMAC-SHA256 ")?;
+    let at = rest.windows(11).position(|w| w == b"Credential=")?;
+    let cred = &rest[at + 11..];
+    let end = cred.iter().position(|&c| c == b'/')?;
+    Some(&cred[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn function_names_arns_and_qualifiers() {
+        let ok = |raw: &str| parse_function_name(raw).unwrap();
+        assert_eq!(ok("hello"), ("hello".into(), None));
+        assert_eq!(ok("hello:7"), ("hello".into(), Some("7".into())));
+        assert_eq!(
+            ok("arn:aws:lambda:us-east-1:000000000000:function:hello"),
+            ("hello".into(), None)
+        );
+        assert_eq!(
+            ok("arn:aws:lambda:us-east-1:000000000000:function:hello:$LATEST"),
+            ("hello".into(), Some("$LATEST".into()))
+        );
+        assert_eq!(ok("000000000000:function:hello"), ("hello".into(), None));
+        for bad in [
+            "",
+            "Hello",
+            "a:b:c",
+            "arn:aws:lambda:x:y:function",
+            "a/b",
+            "a\u{0}",
+        ] {
+            let e = parse_function_name(bad).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sigv4_credentials_name_the_key_id() {
+        let h = b"AWS4-HMAC-SHA256 Credential=tok123/20261123/us-east-1/lambda/aws4_request, SignedHeaders=host, Signature=ab";
+        assert_eq!(sigv4_key_id(h), Some(&b"tok123"[..]));
+        assert_eq!(sigv4_key_id(b"Bearer x"), None);
+        assert_eq!(sigv4_key_id(b"AWS4-HMAC-SHA256 Credential=nokeyend"), None);
+        assert_eq!(sigv4_key_id(b"AWS4-HMAC-SHA256 "), None);
+    }
+
+    #[test]
+    fn last_modified_has_lambdas_shape() {
+        assert_eq!(lambda_time(0), "1970-01-01T00:00:00.000+0000");
+    }
+}

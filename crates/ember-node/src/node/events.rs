@@ -1,0 +1,200 @@
+//! Asynchronous invocations (Lambda's `Event` type): accepted into the registry's queue,
+//! durable once accepted, and run by one worker per node, as Lambda runs them:
+//!
+//! ```text
+//! enqueue (fsync'd row) --> worker: due? run (up to `concurrency` at once)
+//!   ok                          -> removed
+//!   the function failed         -> retried after retry_delay, then 2 x retry_delay; then dropped
+//!   could not run (throttled,   -> retried with a growing backoff (1 s .. 5 min) until
+//!   no instance could start)       max_age, then dropped
+//!   the function is gone        -> dropped
+//! ```
+//!
+//! At least once: an event running when the daemon stops stays queued and runs again at the
+//! next start, with the same request id. A dropped event is noted in the function's log and
+//! counted in `ember_events_total`.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::metrics::ReasonLabels;
+use crate::registry::QueuedEvent;
+
+use super::{InvokeOptions, InvokeOutcome, Node, NodeError, blocking};
+
+/// Attempts of an event whose invocation failed (Lambda: the first and two retries).
+const ATTEMPTS: u32 = 3;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What became of one attempt.
+enum After {
+    Done,
+    /// The function ran and failed: counts as an attempt.
+    Failed(String),
+    /// It could not run: retried by age, not by attempts.
+    NotRun(String),
+    Gone,
+}
+
+impl Node {
+    /// Queues an asynchronous invocation of `name`; returns its request id once the event
+    /// is on disk.
+    pub async fn enqueue(&self, name: &str, payload: Vec<u8>) -> Result<String, NodeError> {
+        self.deployed(name)?;
+        let now = now_ms();
+        let ev = QueuedEvent {
+            id: uuid::Uuid::new_v4().to_string(),
+            function: name.to_string(),
+            payload,
+            attempts: 0,
+            enqueued_at: now,
+            next_at: now,
+        };
+        let id = ev.id.clone();
+        let reg = self.registry.clone();
+        blocking(move || Ok(reg.enqueue(&ev)?)).await?;
+        self.event_wake.notify_one();
+        Ok(id)
+    }
+
+    /// Events waiting per function (running ones included).
+    pub fn queued_events(&self) -> Vec<(String, u64)> {
+        self.registry.queued_events().unwrap_or_default()
+    }
+
+    fn count_event(&self, function: &str, result: &str) {
+        self.metrics
+            .events
+            .get_or_create(&ReasonLabels {
+                function: function.to_string(),
+                reason: result.to_string(),
+            })
+            .inc();
+    }
+
+    async fn run_event(&self, ev: &QueuedEvent) -> After {
+        let opts = InvokeOptions {
+            tail: false,
+            request_id: Some(ev.id.clone()),
+        };
+        match self.invoke_with(&ev.function, &ev.payload, opts).await {
+            Ok(inv) => match inv.outcome {
+                InvokeOutcome::Ok(_) => After::Done,
+                InvokeOutcome::StartFailed(msg) => After::NotRun(msg),
+                other => After::Failed(other.label().to_string()),
+            },
+            Err(NodeError::NotFound(_)) => After::Gone,
+            Err(e) => After::NotRun(super::error_chain(&e)),
+        }
+    }
+
+    /// Records what became of an attempt of `ev`.
+    async fn settle(&self, ev: QueuedEvent, after: After) {
+        let cfg = &self.cfg.events;
+        let now = now_ms();
+        let age = Duration::from_millis(now.saturating_sub(ev.enqueued_at));
+        // A failed attempt counts; one that could not run does not.
+        let failed = ev.attempts + 1;
+        let (next, why) = match after {
+            After::Done => (None, String::new()),
+            After::Gone => (None, "its function was deleted".to_string()),
+            After::Failed(label) if failed < ATTEMPTS => {
+                (Some((cfg.retry_delay * failed, failed)), label)
+            }
+            After::Failed(label) => (None, format!("{label} at each of {ATTEMPTS} attempts")),
+            After::NotRun(msg) if age < cfg.max_age => {
+                let backoff = (age / 2).clamp(Duration::from_secs(1), Duration::from_secs(300));
+                (Some((backoff, ev.attempts)), msg)
+            }
+            After::NotRun(msg) => (None, format!("it could not run for {age:?}: {msg}")),
+        };
+        let reg = self.registry.clone();
+        let id = ev.id.clone();
+        let result = match next {
+            Some((wait, attempts)) => {
+                self.count_event(&ev.function, "retried");
+                tracing::info!(function = %ev.function, event = %ev.id, "asynchronous invocation retried in {wait:?}: {why}");
+                let at = now + wait.as_millis() as u64;
+                blocking(move || Ok(reg.reschedule(&id, attempts, at)?)).await
+            }
+            None => {
+                if why.is_empty() {
+                    self.count_event(&ev.function, "ok");
+                } else {
+                    self.count_event(&ev.function, "dropped");
+                    let note = format!("asynchronous invocation {} dropped: {why}", ev.id);
+                    self.logs
+                        .append(&ev.function, "ember", "event", note.as_bytes());
+                    tracing::warn!(function = %ev.function, "{note}");
+                }
+                blocking(move || Ok(reg.remove_event(&id)?)).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(
+                "updating the event queue failed: {}",
+                super::error_chain(&e)
+            );
+        }
+    }
+}
+
+/// The node's event worker: runs due events, at most `concurrency` at once.
+pub(super) async fn worker(node: Weak<Node>) {
+    let busy: Arc<std::sync::Mutex<HashSet<String>>> = Arc::default();
+    loop {
+        let Some(n) = node.upgrade() else { return };
+        let slots = n.event_slots.clone();
+        let taken = busy.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let free = slots.available_permits();
+        let due = if free > 0 {
+            n.registry.due_events(now_ms(), free, &taken)
+        } else {
+            Ok(Vec::new())
+        };
+        let due = due.unwrap_or_else(|e| {
+            tracing::error!("reading the event queue failed: {}", super::error_chain(&e));
+            Vec::new()
+        });
+        for ev in due {
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                break;
+            };
+            busy.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(ev.id.clone());
+            let (node, busy) = (node.clone(), busy.clone());
+            tokio::spawn(async move {
+                if let Some(n) = node.upgrade() {
+                    let id = ev.id.clone();
+                    let after = n.run_event(&ev).await;
+                    n.settle(ev, after).await;
+                    busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                    n.event_wake.notify_one();
+                }
+                drop(permit);
+            });
+        }
+        let taken = busy.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let now = now_ms();
+        let wait = match n.registry.next_due(&taken) {
+            Ok(Some(at)) if slots.available_permits() > 0 => {
+                Duration::from_millis(at.saturating_sub(now))
+            }
+            _ => Duration::from_secs(60),
+        };
+        let wake = n.event_wake.clone();
+        drop(n);
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(wait.min(Duration::from_secs(60))) => {}
+        }
+    }
+}
