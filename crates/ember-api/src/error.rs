@@ -63,6 +63,16 @@ impl From<NodeError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(ErrorResponse { error: *self.body })).into_response()
+        let close = self.status == StatusCode::PAYLOAD_TOO_LARGE;
+        let mut resp =
+            (self.status, axum::Json(ErrorResponse { error: *self.body })).into_response();
+        if close {
+            // The body was left unread: the connection cannot carry another request.
+            resp.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        resp
     }
 }

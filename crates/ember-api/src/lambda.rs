@@ -130,6 +130,10 @@ impl IntoResponse for LambdaError {
         if self.status == StatusCode::TOO_MANY_REQUESTS {
             hs.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The body was left unread: the connection cannot carry another request.
+            hs.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }

@@ -280,6 +280,36 @@ async fn init_error(State(api): State<Arc<Api>>, headers: HeaderMap, body: Body)
     }
 }
 
+/// Serves the Runtime API: HTTP/1.1 with header names in title case, as Lambda sends them
+/// (clients that look headers up case-sensitively exist), and answers sent at once rather
+/// than after the runtime's delayed ACK. Connections end with the server task.
+async fn serve(listener: tokio::net::TcpListener, app: Router) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of descriptors, most likely: wait rather than spin.
+                tracing::debug!("a Runtime API listener failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        conns.spawn(async move {
+            let served = hyper::server::conn::http1::Builder::new()
+                .title_case_headers(true)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!("a Runtime API connection ended: {e}");
+            }
+        });
+        while conns.try_join_next().is_some() {}
+    }
+}
+
 /// A running custom runtime and its Runtime API.
 pub struct Instance {
     id: String,
@@ -312,17 +342,7 @@ impl Instance {
             init: Mutex::new(Some(init_tx)),
             function_arn,
         });
-        let app = router(api);
-        let server = tokio::spawn(async move {
-            use axum::serve::ListenerExt;
-            // Answers go out at once rather than waiting on the runtime's delayed ACK.
-            let listener = listener.tap_io(|s| {
-                let _ = s.set_nodelay(true);
-            });
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::debug!("a Runtime API server ended: {e}");
-            }
-        });
+        let server = tokio::spawn(serve(listener, router(api)));
         let mut proc = match spawn(spec, Some(runtime_api), false, logs, confine) {
             Ok(p) => p,
             Err(e) => {

@@ -1,0 +1,189 @@
+"""Drives Ember's Lambda API with boto3, exactly as a user would: endpoint_url is the only
+change from talking to AWS. Run by e2e_lambda.rs: boto3_conformance.py URL WORKDIR.
+Exits non-zero (an AssertionError with its line) on the first difference."""
+
+import base64
+import concurrent.futures
+import io
+import json
+import sys
+import zipfile
+
+import boto3
+from botocore.config import Config
+
+url, work = sys.argv[1], sys.argv[2]
+lam = boto3.client(
+    "lambda",
+    endpoint_url=url,
+    region_name="us-east-1",
+    aws_access_key_id="any",
+    aws_secret_access_key="any",
+    config=Config(retries={"max_attempts": 0}, read_timeout=120),
+)
+
+
+def zipped(files):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+    return buf.getvalue()
+
+
+def code(body):
+    return zipped({"lambda_function.py": body})
+
+
+def error_code(fn, **kw):
+    try:
+        fn(**kw)
+    except lam.exceptions.ClientError as e:
+        return e.response["Error"]["Code"], e.response["ResponseMetadata"]["HTTPStatusCode"]
+    raise AssertionError(f"{fn.__name__}({kw}) did not fail")
+
+
+V1 = """
+import os
+def lambda_handler(event, context):
+    print("hello from", context.function_name, context.aws_request_id)
+    if event.get("fail"):
+        raise ValueError("asked to fail")
+    return {"v": 1, "event": event, "greeting": os.environ.get("GREETING"),
+            "memory": context.memory_limit_in_mb}
+"""
+
+# Create, with Lambda's defaults where nothing is given.
+made = lam.create_function(
+    FunctionName="boto-fn",
+    Runtime="python3.12",
+    Role="arn:aws:iam::123456789012:role/lambda-role",
+    Handler="lambda_function.lambda_handler",
+    Code={"ZipFile": code(V1)},
+    Description="made by boto3",
+    Environment={"Variables": {"GREETING": "hi"}},
+)
+assert made["ResponseMetadata"]["HTTPStatusCode"] == 201, made
+assert made["FunctionName"] == "boto-fn"
+assert made["FunctionArn"].endswith(":function:boto-fn"), made
+assert (made["Runtime"], made["Timeout"], made["MemorySize"]) == ("python3.12", 3, 128), made
+assert made["State"] == "Active" and made["Description"] == "made by boto3"
+assert made["CodeSha256"] == base64.b64encode(
+    __import__("hashlib").sha256(code(V1)).digest()
+).decode(), made
+lam.get_waiter("function_active_v2").wait(FunctionName="boto-fn")
+
+got = lam.get_function(FunctionName="boto-fn")
+assert got["Configuration"]["Handler"] == "lambda_function.lambda_handler"
+assert got["Configuration"]["Environment"]["Variables"] == {"GREETING": "hi"}
+arn = got["Configuration"]["FunctionArn"]
+assert lam.get_function_configuration(FunctionName=arn)["FunctionName"] == "boto-fn"
+names = [f["FunctionName"] for f in lam.list_functions()["Functions"]]
+assert "boto-fn" in names, names
+# Pagination: one per page still reaches every function.
+seen, marker = [], None
+while True:
+    kw = {"MaxItems": 1} | ({"Marker": marker} if marker else {})
+    page = lam.list_functions(**kw)
+    seen += [f["FunctionName"] for f in page["Functions"]]
+    marker = page.get("NextMarker")
+    if not marker:
+        break
+assert sorted(seen) == sorted(names), (seen, names)
+
+# Invoke: the result, the executed version, the log tail.
+r = lam.invoke(FunctionName="boto-fn", Payload=json.dumps({"a": 1}), LogType="Tail")
+assert r["StatusCode"] == 200 and "FunctionError" not in r, r
+out = json.loads(r["Payload"].read())
+assert out == {"v": 1, "event": {"a": 1}, "greeting": "hi", "memory": 128}, out
+assert r["ExecutedVersion"] == "$LATEST"
+tail = base64.b64decode(r["LogResult"]).decode()
+rid = r["ResponseMetadata"]["RequestId"]
+assert f"START RequestId: {rid}" in tail and f"hello from boto-fn {rid}" in tail, tail
+assert f"REPORT RequestId: {rid}" in tail and "Memory Size: 128 MB" in tail, tail
+# An ARN and $LATEST name the same function; an empty payload is {}.
+r = lam.invoke(FunctionName=arn, Qualifier="$LATEST")
+assert json.loads(r["Payload"].read())["event"] == {}
+
+# A handler's exception: 200, X-Amz-Function-Error, Lambda's error document.
+r = lam.invoke(FunctionName="boto-fn", Payload=b'{"fail": true}')
+assert r["StatusCode"] == 200 and r["FunctionError"] == "Unhandled", r
+doc = json.loads(r["Payload"].read())
+assert doc["errorType"] == "ValueError" and doc["errorMessage"] == "asked to fail", doc
+assert any("asked to fail" in line for line in doc["stackTrace"]), doc
+
+# DryRun and Event.
+r = lam.invoke(FunctionName="boto-fn", InvocationType="DryRun")
+assert r["StatusCode"] == 204, r
+r = lam.invoke(FunctionName="boto-fn", InvocationType="Event", Payload=b'{"async": 1}')
+assert r["StatusCode"] == 202, r
+
+# Updates.
+V2 = V1.replace('"v": 1', '"v": 2')
+u = lam.update_function_code(FunctionName="boto-fn", ZipFile=code(V2))
+assert u["LastUpdateStatus"] == "Successful", u
+lam.get_waiter("function_updated_v2").wait(FunctionName="boto-fn")
+u = lam.update_function_configuration(
+    FunctionName="boto-fn", Timeout=10, MemorySize=256,
+    Environment={"Variables": {"GREETING": "hello"}},
+)
+assert (u["Timeout"], u["MemorySize"]) == (10, 256), u
+out = json.loads(lam.invoke(FunctionName="boto-fn", Payload=b"{}")["Payload"].read())
+assert (out["v"], out["greeting"], out["memory"]) == (2, "hello", 256), out
+
+# Lambda's errors for what is wrong.
+assert error_code(lam.get_function, FunctionName="nope") == ("ResourceNotFoundException", 404)
+assert error_code(lam.invoke, FunctionName="nope") == ("ResourceNotFoundException", 404)
+assert error_code(lam.invoke, FunctionName="boto-fn", Qualifier="99") == (
+    "ResourceNotFoundException", 404)
+assert error_code(
+    lam.create_function, FunctionName="boto-fn", Runtime="python3.12", Role="r",
+    Handler="lambda_function.lambda_handler", Code={"ZipFile": code(V1)},
+) == ("ResourceConflictException", 409)
+assert error_code(
+    lam.create_function, FunctionName="node-fn", Runtime="nodejs20.x", Role="r",
+    Handler="index.handler", Code={"ZipFile": code(V1)},
+) == ("InvalidParameterValueException", 400)
+assert error_code(
+    lam.create_function, FunctionName="bad-zip", Runtime="python3.12", Role="r",
+    Handler="lambda_function.lambda_handler", Code={"ZipFile": b"this is not a zip"},
+) == ("InvalidParameterValueException", 400)
+assert error_code(
+    lam.create_function, FunctionName="s3-fn", Runtime="python3.12", Role="r",
+    Handler="lambda_function.lambda_handler", Code={"S3Bucket": "bucket", "S3Key": "key.zip"},
+) == ("InvalidParameterValueException", 400)
+assert error_code(
+    lam.create_function, FunctionName="bad-handler", Runtime="python3.12", Role="r",
+    Handler="no-dots", Code={"ZipFile": code(V1)},
+) == ("InvalidParameterValueException", 400)
+assert error_code(
+    lam.create_function, FunctionName="Upper_Case", Runtime="python3.12", Role="r",
+    Handler="lambda_function.lambda_handler", Code={"ZipFile": code(V1)},
+) == ("InvalidParameterValueException", 400)
+assert error_code(
+    lam.invoke, FunctionName="boto-fn", Payload=b"x" * (6 * 1024 * 1024 + 1)
+) == ("RequestTooLargeException", 413)
+assert error_code(
+    lam.invoke, FunctionName="boto-fn", InvocationType="Event", Payload=b"1" * (257 * 1024)
+) == ("RequestTooLargeException", 413)
+assert error_code(lam.invoke, FunctionName="boto-fn", Payload=b"{not json") == (
+    "InvalidRequestContentException", 400)
+
+# Throttling: the function "slow" (deployed by the test with max_instances 1, on a daemon
+# with no queue) refuses a second concurrent request with Lambda's 429.
+with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    futs = [pool.submit(lambda: lam.invoke(FunctionName="slow", Payload=b"{}")) for _ in range(4)]
+    codes = []
+    for f in futs:
+        try:
+            codes.append(f.result()["StatusCode"])
+        except lam.exceptions.TooManyRequestsException as e:
+            assert e.response["Reason"] == "ReservedFunctionConcurrentInvocationLimitExceeded", e.response
+            codes.append(429)
+assert 200 in codes and 429 in codes, codes
+
+# Delete.
+lam.delete_function(FunctionName="boto-fn")
+assert error_code(lam.get_function, FunctionName="boto-fn") == ("ResourceNotFoundException", 404)
+assert error_code(lam.delete_function, FunctionName="boto-fn") == ("ResourceNotFoundException", 404)
+print("boto3 conformance: OK")
