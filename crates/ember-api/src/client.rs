@@ -209,6 +209,53 @@ impl Client {
         })
     }
 
+    /// Lambda's Invoke (`X-Amz-Invocation-Type` is `RequestResponse`, `Event` or `DryRun`);
+    /// `error` is `X-Amz-Function-Error`.
+    pub async fn lambda_invoke(
+        &self,
+        name: &str,
+        invocation_type: &str,
+        event: Vec<u8>,
+    ) -> Result<InvokeResponse, ClientError> {
+        let r = self
+            .req(
+                reqwest::Method::POST,
+                &format!("/2015-03-31/functions/{name}/invocations"),
+            )
+            .header("x-amz-invocation-type", invocation_type)
+            .body(event);
+        let resp = self.send(r).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(ClientError::Protocol(format!("HTTP {status}: {body}")));
+        }
+        let header = |n: &str| {
+            resp.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (start, timing, error) = (
+            header(h::START).unwrap_or_default(),
+            header(h::TIMING).unwrap_or_default(),
+            header("x-amz-function-error"),
+        );
+        let request_id = header("x-amzn-requestid").unwrap_or_default();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(InvokeResponse {
+            status: status.as_u16(),
+            start,
+            timing,
+            request_id,
+            error,
+            body,
+        })
+    }
+
     pub async fn list(&self) -> Result<Vec<serde_json::Value>, ClientError> {
         let v = self
             .json(self.req(reqwest::Method::GET, "/v1/functions"))

@@ -3,6 +3,7 @@
 
 pub mod driver;
 pub mod images;
+pub mod lambda;
 pub mod plot;
 pub mod report;
 pub mod sandbox;

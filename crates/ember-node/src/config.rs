@@ -74,6 +74,10 @@ pub struct NodeConfig {
     pub tmp_bytes: u64,
     pub images: ImageConfig,
     pub events: EventConfig,
+    /// Sandboxes made ahead of demand per native function, each with its executable spawned
+    /// and stopped before its first instruction, so that a request pays for neither (0: each
+    /// request makes its own).
+    pub prestart: usize,
 }
 
 /// The queue of asynchronous (`Event`) invocations, retried as Lambda retries them.
@@ -117,6 +121,7 @@ impl Default for NodeConfig {
             tmp_bytes: 64 << 20,
             images: ImageConfig::default(),
             events: EventConfig::default(),
+            prestart: 2,
         }
     }
 }

@@ -96,6 +96,8 @@ pub struct Live {
     pub pages: Option<PageServer>,
     /// The page server's counters as last added to the node's metrics.
     pub reported: LazyStats,
+    /// Pre-started and stopped: the host pid of its first process, to continue it.
+    pub parked: Option<i32>,
 }
 
 impl Live {
@@ -106,6 +108,7 @@ impl Live {
             image: None,
             pages: None,
             reported: LazyStats::default(),
+            parked: None,
         }
     }
 

@@ -21,6 +21,11 @@ struct Idle {
 
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
+    /// Instances started ahead of demand and stopped before their first instruction (a
+    /// native function's pre-made sandboxes); each serves one request.
+    parked: Mutex<Vec<Live>>,
+    /// A refill of `parked` is under way.
+    pub filling: AtomicBool,
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
     live: AtomicUsize,
@@ -32,6 +37,8 @@ impl Pool {
     pub fn new(max_instances: u32) -> Pool {
         Pool {
             idle: Mutex::new(Vec::new()),
+            parked: Mutex::new(Vec::new()),
+            filling: AtomicBool::new(false),
             permits: Arc::new(Semaphore::new(max_instances as usize)),
             waiting: AtomicUsize::new(0),
             live: AtomicUsize::new(0),
@@ -98,7 +105,35 @@ impl Pool {
     /// Stops reuse of everything started so far; returns the idle instances to discard.
     pub fn flush(&self) -> Vec<Live> {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.idle().drain(..).map(|i| i.inst).collect()
+        let mut out: Vec<Live> = self.idle().drain(..).map(|i| i.inst).collect();
+        out.append(&mut self.parked());
+        out
+    }
+
+    fn parked(&self) -> std::sync::MutexGuard<'_, Vec<Live>> {
+        self.parked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A pre-started instance, if one is ready.
+    pub fn take_parked(&self) -> Option<Live> {
+        self.parked().pop()
+    }
+
+    /// Keeps a pre-started instance; gives it back when the pool is retired.
+    pub fn park(&self, inst: Live) -> Option<Live> {
+        if self.retired.load(Ordering::SeqCst) {
+            return Some(inst);
+        }
+        self.parked().push(inst);
+        None
+    }
+
+    pub fn parked_count(&self) -> usize {
+        self.parked().len()
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
     }
 
     /// Like [`Pool::flush`], and nothing is ever put back again.

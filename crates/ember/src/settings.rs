@@ -24,6 +24,7 @@
 //! image_policy = "eager"  # eager | lazy | bulk | prefetch
 //! event_retry_delay = "60s" # before an Event invocation's first retry (the second waits 2x)
 //! event_max_age = "6h"      # how long a throttled Event invocation keeps being retried
+//! prestart = 2              # sandboxes made ahead per native function (0: on demand)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -73,6 +74,10 @@ pub struct DaemonArgs {
     /// How long a throttled Event invocation keeps being retried [default: 6h]
     #[arg(long, env = "EMBER_EVENT_MAX_AGE")]
     pub event_max_age: Option<String>,
+    /// Sandboxes made ahead of demand per native function, its executable spawned and
+    /// stopped; 0 makes each request's sandbox on demand [default: 2]
+    #[arg(long, env = "EMBER_PRESTART")]
+    pub prestart: Option<usize>,
     /// Largest invoke payload in bytes [default: 6 MiB]
     #[arg(long, env = "EMBER_MAX_EVENT_BYTES")]
     pub max_event_bytes: Option<usize>,
@@ -151,6 +156,7 @@ struct FileSettings {
     init_timeout: Option<String>,
     event_retry_delay: Option<String>,
     event_max_age: Option<String>,
+    prestart: Option<usize>,
     max_event_bytes: Option<usize>,
     max_deploy_bytes: Option<usize>,
     log_max_bytes: Option<u64>,
@@ -256,6 +262,7 @@ impl DaemonArgs {
                 )?,
                 ..d.events.clone()
             },
+            prestart: self.prestart.or(file.prestart).unwrap_or(d.prestart),
             log_max_bytes: self
                 .log_max_bytes
                 .or(file.log_max_bytes)

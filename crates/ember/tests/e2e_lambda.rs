@@ -535,11 +535,16 @@ async fn native_and_cold_only_functions_under_1_10_and_40_concurrent_requests() 
         }
         assert_eq!(instances.len(), n, "a fresh instance per request");
     }
-    // No instance is kept: once the requests are answered, none is left.
+    // No instance is kept: once the requests are answered, none is left but the sandboxes
+    // made ahead for the next requests (`prestart`, in the sandbox).
+    let want_prestarted = if common::sandboxed() { 2 } else { 0 };
     let t0 = Instant::now();
     loop {
         let st = d.get_json("/v1/functions/native").await;
-        if st["instances_live"] == 0 && st["instances_idle"] == 0 {
+        if st["instances_live"] == want_prestarted
+            && st["instances_prestarted"] == want_prestarted
+            && st["instances_idle"] == 0
+        {
             break;
         }
         assert!(
@@ -547,6 +552,16 @@ async fn native_and_cold_only_functions_under_1_10_and_40_concurrent_requests() 
             "instances left running: {st}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if common::sandboxed() {
+        // A request takes a pre-made sandbox: its executable is continued, not spawned.
+        let a = lambda_invoke(&d, "native", r#"{"name": "pre"}"#, &[]).await;
+        assert_eq!(a.body["message"], "hello, pre");
+        let timing = a.header("ember-timing");
+        assert!(
+            timing.contains("resume;") && !timing.contains("spawn;"),
+            "{timing}"
+        );
     }
     // A native executable's failure: its status and last stderr line.
     let fail = zip_modes(&[(

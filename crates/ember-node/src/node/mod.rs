@@ -141,6 +141,9 @@ pub struct Timing {
     pub fallback: Option<Duration>,
     /// From an image: the sandbox with its first process parked.
     pub sandbox: Option<Duration>,
+    /// A pre-made sandbox's stopped executable continued (its sandbox and spawn were paid
+    /// ahead of the request).
+    pub resume: Option<Duration>,
     /// From an image: the restore into that process.
     pub restore: Option<Duration>,
     /// From an image: the after-restore hook (environment, new seeds).
@@ -162,6 +165,7 @@ impl Timing {
             ("queue", Some(self.queue)),
             ("fallback", self.fallback),
             ("sandbox", self.sandbox),
+            ("resume", self.resume),
             ("restore", self.restore),
             ("hook", self.hook),
             ("spawn", self.spawn),
@@ -184,6 +188,7 @@ impl Timing {
         [
             self.fallback,
             self.sandbox,
+            self.resume,
             self.restore,
             self.hook,
             self.spawn,
@@ -310,6 +315,9 @@ pub struct FunctionStatus {
     pub python: PathBuf,
     pub instances_live: usize,
     pub instances_idle: usize,
+    /// Instances started ahead of demand (native functions' pre-made sandboxes), among the
+    /// live ones.
+    pub instances_prestarted: usize,
     /// Requests queued for a free instance right now.
     pub requests_waiting: usize,
 }
@@ -528,7 +536,8 @@ impl Node {
             .functions
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(name, deployed);
+            .insert(name, deployed.clone());
+        self.refill(&deployed);
         if let Some(old) = old {
             self.discard_all(&old, old.pool.retire(), "replaced by a new version");
         }
@@ -821,6 +830,20 @@ impl Node {
         self.discard_all(d, dead, "found dead while idle");
         let mut started = warm.map(|i| (i, StartPath::Warm));
         if started.is_none()
+            && rec.config.runtime == Runtime::Native
+            && let Some(live) = d.pool.take_parked()
+        {
+            self.refill(d);
+            let t = Instant::now();
+            match resume(live) {
+                Ok(live) => {
+                    timing.resume = Some(t.elapsed());
+                    started = Some((live, StartPath::ColdBoot));
+                }
+                Err(live) => self.discard(d, *live, "its pre-made sandbox could not be continued"),
+            }
+        }
+        if started.is_none()
             && let Some(id) = self.image_for(d)
         {
             match self.image_start(d, &id, &mut timing).await {
@@ -1003,15 +1026,21 @@ impl Node {
             return Ok(None);
         };
         let rec = &d.record;
-        let made = boxes.prepare(&InstanceSpec {
-            id: instance_id.to_string(),
-            memory_bytes: u64::from(rec.config.memory_mb) << 20,
-            // Only what this function needs: its code, its packages, the bootstrap.
-            read_only: vec![
+        // Only what this function needs: its code, its packages, the Python bootstrap. A
+        // native executable needs its code alone (each mount costs its start time).
+        let read_only = match rec.config.runtime {
+            Runtime::Python => vec![
                 d.code_dir.clone(),
                 d.env.dir.clone(),
                 self.bootstrap.clone(),
             ],
+            Runtime::Provided => vec![d.code_dir.clone(), d.env.dir.clone()],
+            Runtime::Native => vec![d.code_dir.clone()],
+        };
+        let made = boxes.prepare(&InstanceSpec {
+            id: instance_id.to_string(),
+            memory_bytes: u64::from(rec.config.memory_mb) << 20,
+            read_only,
             cwd: d.code_dir.clone(),
             host_network: rec.config.network == Network::Host,
             runtime_api_port: (rec.config.runtime == Runtime::Provided)
@@ -1028,6 +1057,71 @@ impl Node {
             tracing::error!(function = %rec.name, "creating a sandbox failed: {msg}");
             InvokeOutcome::StartFailed(msg)
         })
+    }
+
+    /// Tops up `d`'s pre-made sandboxes (native functions, in the sandbox, `prestart` > 0) in
+    /// the background, one refill at a time.
+    fn refill(&self, d: &Arc<Deployed>) {
+        let want = self.cfg.prestart;
+        if want == 0
+            || self.sandboxes.is_none()
+            || d.record.config.runtime != Runtime::Native
+            || d.pool.filling.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let (me, d) = (self.me.clone(), d.clone());
+        tokio::spawn(async move {
+            while let Some(node) = me.upgrade() {
+                if d.pool.is_retired() || d.pool.parked_count() >= want {
+                    break;
+                }
+                match node.prestart(&d) {
+                    Ok(live) => {
+                        if let Some(late) = d.pool.park(live) {
+                            node.discard(&d, late, "its function was replaced");
+                        }
+                    }
+                    Err(msg) => {
+                        // Requests make their own sandboxes meanwhile, and say why if they fail.
+                        tracing::warn!(function = %d.record.name, "pre-making a sandbox failed: {msg}");
+                        break;
+                    }
+                }
+            }
+            d.pool.filling.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// A native instance in a new sandbox, spawned and stopped before its first instruction.
+    fn prestart(&self, d: &Deployed) -> Result<Live, String> {
+        let rec = &d.record;
+        let spec = self.instance_spec(d, PathBuf::new(), Vec::new());
+        let mut sandbox = self
+            .new_sandbox(d, &spec.instance_id)
+            .map_err(|o| o.label().to_string())?;
+        let exec = self.exec_spec(d, spec.instance_id.clone());
+        let sink = self.logs.sink(&rec.name);
+        let inst = native::Instance::start(&exec, sink, |cmd| {
+            if let Some(sb) = sandbox.as_mut() {
+                sb.attach_stopped(cmd);
+            }
+        })
+        .map_err(|e| error_chain(&e))?;
+        let mut sandbox = sandbox.ok_or("no sandbox")?;
+        sandbox.started();
+        let Some(pid) = sandbox.first_process() else {
+            inst.kill();
+            return Err("its first process is not in its cgroup".into());
+        };
+        d.pool.live().fetch_add(1, Ordering::SeqCst);
+        self.metrics
+            .instances
+            .get_or_create(&Metrics::fn_labels(&rec.name))
+            .inc();
+        let mut live = Live::new(Proc::Native(inst), Some(sandbox));
+        live.parked = Some(pid);
+        Ok(live)
     }
 
     /// The process spec of a `provided` or `native` instance of `d`.
@@ -1356,6 +1450,22 @@ async fn watched(live: &mut Live, request_id: &str, limit: Duration, event: &[u8
     }
 }
 
+/// Continues a pre-made instance: its first process drops its privileges, installs the
+/// seccomp filter and execs. Gives the instance back when it cannot be continued.
+fn resume(mut live: Live) -> Result<Live, Box<Live>> {
+    let Some(pid) = live.parked.take() else {
+        return Ok(live);
+    };
+    let cont = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGCONT,
+    );
+    match cont {
+        Ok(()) if !live.is_gone() => Ok(live),
+        _ => Err(Box::new(live)),
+    }
+}
+
 fn status(d: &Deployed) -> FunctionStatus {
     FunctionStatus {
         record: d.record.clone(),
@@ -1364,6 +1474,7 @@ fn status(d: &Deployed) -> FunctionStatus {
         python: d.env.python(),
         instances_live: d.pool.live().load(Ordering::SeqCst),
         instances_idle: d.pool.idle_count(),
+        instances_prestarted: d.pool.parked_count(),
         requests_waiting: d.pool.waiting(),
     }
 }

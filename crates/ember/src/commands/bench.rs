@@ -24,6 +24,10 @@ pub enum Experiment {
     /// policy) vs. warm, with phases, and one shared image's cache cost vs. per-function
     /// snapshots (needs root)
     Images,
+    /// The "Cooling Down FaaS" setting: a native helloworld started fresh per request
+    /// (cold-only, native and provided) vs. kept warm, at --parallel concurrent requests,
+    /// beside Ember's own overhead (a DryRun, and latency minus sandbox, start and function)
+    Lambda,
 }
 
 #[derive(Debug, clap::Args)]
@@ -31,10 +35,11 @@ pub struct Args {
     /// Which experiment to run
     #[arg(value_enum, default_value = "invoke")]
     pub experiment: Experiment,
-    /// sandbox: processes created at once, comma-separated
+    /// sandbox: processes created at once; lambda: concurrent requests; comma-separated
     #[arg(long, value_delimiter = ',', default_value = "1,10,40")]
     pub parallel: Vec<usize>,
-    /// sandbox: rounds per parallelism level; snap: restores (and cold starts, forks) per workload
+    /// sandbox, lambda: rounds per parallelism level; snap: restores (and cold starts, forks)
+    /// per workload
     #[arg(long, default_value_t = 50)]
     pub runs: usize,
     /// snap: dumps per workload
@@ -90,6 +95,13 @@ pub struct Args {
     /// [default: bench-results/bench-<time>.json]
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// lambda: sandboxes the embedded daemon makes ahead per native function (0: each
+    /// request makes its own)
+    #[arg(long, default_value_t = 2)]
+    pub prestart: usize,
+    /// lambda: the native helloworld executable [default: ember-hello beside this binary]
+    #[arg(long)]
+    pub hello: Option<PathBuf>,
     /// Embedded daemon: run instances without the sandbox (to measure what it costs)
     #[arg(long)]
     pub no_sandbox: bool,
@@ -111,6 +123,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Experiment::Sandbox => return sandbox(args).await,
         Experiment::Snap => return snap(args).await,
         Experiment::Images => return images(args).await,
+        Experiment::Lambda => return lambda(args).await,
         Experiment::Invoke => {}
     }
     let started = now_unix();
@@ -167,6 +180,69 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let svg = out.with_extension("svg");
     ember_bench::plot::write_svg(&report, &svg)?;
     eprintln!("raw samples: {}\nplot: {}", out.display(), svg.display());
+    if let Some(r) = embedded {
+        r.stop().await?;
+    }
+    Ok(())
+}
+
+async fn lambda(args: Args) -> anyhow::Result<()> {
+    use ember_bench::lambda as lb;
+    let started = now_unix();
+    let hello = match &args.hello {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("ember-hello"),
+    };
+    let mut embedded = None;
+    let _home;
+    let client = match &args.url {
+        Some(u) => Client::new(u, args.token.clone()),
+        None => {
+            let home = tempfile::Builder::new()
+                .prefix("ember-bench-lambda-")
+                .tempdir()?;
+            let settings = DaemonArgs {
+                home: Some(home.path().to_path_buf()),
+                listen: Some("127.0.0.1:0".into()),
+                envs_dir: Some(std::path::absolute(&args.envs_dir)?),
+                keep_alive: Some("1h".into()),
+                images: Some("off".into()),
+                no_sandbox: args.no_sandbox,
+                prestart: Some(args.prestart),
+                ..Default::default()
+            }
+            .resolve()?;
+            _home = home;
+            let r = daemon::start(settings).await?;
+            let c = Client::new(&r.url(), None);
+            embedded = Some(r);
+            c
+        }
+    };
+    lb::deploy(&client, &hello).await?;
+    eprintln!(
+        "bench lambda: {} rounds of each series at {:?} concurrent requests, {} against {}",
+        args.runs,
+        args.parallel,
+        hello.display(),
+        client.base()
+    );
+    let samples = lb::run(&client, &args.parallel, args.runs).await?;
+    let rows = lb::rows(&samples);
+    print!("{}", lb::table(&rows));
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from(format!("bench-results/lambda-{started}.json")));
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(
+        &out,
+        serde_json::to_vec_pretty(&serde_json::json!({ "rows": rows, "samples": samples }))?,
+    )?;
+    let svg = out.with_extension("svg");
+    lb::write_svg(&rows, &svg)?;
+    eprintln!("results: {}\nplot: {}", out.display(), svg.display());
     if let Some(r) = embedded {
         r.stop().await?;
     }
