@@ -181,6 +181,7 @@ impl Sandboxes {
                     bpf: self.bpf.clone(),
                     netns,
                     listener,
+                    held: Vec::new(),
                 })
             }
             Err(e) => {
@@ -371,6 +372,8 @@ pub struct Sandbox {
     /// process has joined it, which is before `spawn()` returns).
     netns: Option<std::os::fd::OwnedFd>,
     listener: Option<std::net::TcpListener>,
+    /// Namespaces kept until the sandbox goes (see [`Sandbox::hold_mounts`]).
+    held: Vec<std::fs::File>,
 }
 
 /// The credentials and filter a restored process must take on (see [`Sandbox::handoff`]).
@@ -480,6 +483,18 @@ impl Sandbox {
     /// first process has started: it holds the namespace from then on).
     pub fn started(&mut self) {
         self.netns = None;
+    }
+
+    /// Keeps the mount namespace of the instance's first process (host pid `pid`) until the
+    /// sandbox is destroyed. The last process to leave a mount namespace unmounts all of it,
+    /// waiting for RCU grace periods; holding it moves that wait from the instance's exit
+    /// (on a request's path, for a process per request) to the sandbox's removal.
+    pub fn hold_mounts(&mut self, pid: i32) {
+        let path = format!("/proc/{pid}/ns/mnt");
+        match std::fs::File::open(&path) {
+            Ok(f) => self.held.push(f),
+            Err(e) => tracing::debug!("holding {path} failed: {e}"),
+        }
     }
 
     /// The host pid of the instance's first process (pid 1 inside), once it is running.

@@ -1114,6 +1114,7 @@ impl Node {
             inst.kill();
             return Err("its first process is not in its cgroup".into());
         };
+        sandbox.hold_mounts(pid);
         d.pool.live().fetch_add(1, Ordering::SeqCst);
         self.metrics
             .instances
@@ -1188,6 +1189,12 @@ impl Node {
                 let _s = span.entered();
                 let exec = self.exec_spec(d, spec.instance_id.clone());
                 let started = native::Instance::start(&exec, sink, confine);
+                // Its exit would otherwise unmount its whole tree on the request's path.
+                if let Some(sb) = sandbox.as_mut()
+                    && let Some(pid) = sb.first_process()
+                {
+                    sb.hold_mounts(pid);
+                }
                 timing.spawn = Some(t0.elapsed());
                 started.map(Proc::Native).map_err(Some)
             }
