@@ -176,31 +176,39 @@ impl Client {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(event);
         let resp = self.send(r).await?;
-        let status = resp.status();
+        if resp.status() != StatusCode::OK && resp.headers().get(h::START).is_none() {
+            // Not an invocation at all: unknown function, bad JSON, throttled, too large.
+            return Err(Self::fail(resp).await);
+        }
+        Self::invocation(resp, h::REQUEST_ID, h::ERROR).await
+    }
+
+    /// An invocation's answer: Ember's headers, the request id and error from the headers
+    /// named.
+    async fn invocation(
+        resp: reqwest::Response,
+        id_header: &str,
+        error_header: &str,
+    ) -> Result<InvokeResponse, ClientError> {
         let header = |n: &str| {
             resp.headers()
                 .get(n)
                 .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string()
+                .map(str::to_string)
         };
-        if status != StatusCode::OK && resp.headers().get(h::START).is_none() {
-            // Not an invocation at all: unknown function, bad JSON, throttled, too large.
-            return Err(Self::fail(resp).await);
-        }
-        let (start, timing, request_id) =
-            (header(h::START), header(h::TIMING), header(h::REQUEST_ID));
-        let error = resp
-            .headers()
-            .get(h::ERROR)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let (start, timing, request_id, error) = (
+            header(h::START).unwrap_or_default(),
+            header(h::TIMING).unwrap_or_default(),
+            header(id_header).unwrap_or_default(),
+            header(error_header),
+        );
+        let status = resp.status().as_u16();
         let body = resp
             .bytes()
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         Ok(InvokeResponse {
-            status: status.as_u16(),
+            status,
             start,
             timing,
             request_id,
@@ -230,30 +238,7 @@ impl Client {
             let body = resp.text().await.unwrap_or_default();
             return Err(ClientError::Protocol(format!("HTTP {status}: {body}")));
         }
-        let header = |n: &str| {
-            resp.headers()
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let (start, timing, error) = (
-            header(h::START).unwrap_or_default(),
-            header(h::TIMING).unwrap_or_default(),
-            header("x-amz-function-error"),
-        );
-        let request_id = header("x-amzn-requestid").unwrap_or_default();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        Ok(InvokeResponse {
-            status: status.as_u16(),
-            start,
-            timing,
-            request_id,
-            error,
-            body,
-        })
+        Self::invocation(resp, "x-amzn-requestid", "x-amz-function-error").await
     }
 
     pub async fn list(&self) -> Result<Vec<serde_json::Value>, ClientError> {

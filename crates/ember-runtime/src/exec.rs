@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::process::{Child, Command};
 use tracing::info_span;
@@ -110,6 +111,29 @@ pub struct Spawned {
     pub stderr_tail: LastLine,
     /// Ends when the process has closed its stderr (it has exited, or closed it itself).
     pub stderr_done: tokio::task::JoinHandle<()>,
+}
+
+impl Spawned {
+    /// True once the process has exited.
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// How the process ended, if it has (waiting at most `within`).
+    pub async fn exit_status(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Kills its process group and reaps it in the background.
+    pub fn kill(mut self) {
+        let _ = sys::kill_group(self.pid);
+        tokio::spawn(async move {
+            let _ = self.child.kill().await;
+        });
+    }
 }
 
 /// Starts `spec.program` with Lambda's environment. With `stdio`, its stdin and stdout are

@@ -117,21 +117,15 @@ impl Instance {
     }
 
     pub fn is_gone(&mut self) -> bool {
-        !matches!(self.proc.child.try_wait(), Ok(None))
+        self.proc.exited()
     }
 
     pub async fn exit_status(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        tokio::time::timeout(within, self.proc.child.wait())
-            .await
-            .ok()?
-            .ok()
+        self.proc.exit_status(within).await
     }
 
-    pub fn kill(mut self) {
-        let _ = sys::kill_group(self.proc.pid);
-        tokio::spawn(async move {
-            let _ = self.proc.child.kill().await;
-        });
+    pub fn kill(self) {
+        self.proc.kill();
     }
 }
 

@@ -435,22 +435,16 @@ impl Instance {
     }
 
     pub fn is_gone(&mut self) -> bool {
-        self.server.is_finished() || !matches!(self.proc.child.try_wait(), Ok(None))
+        self.server.is_finished() || self.proc.exited()
     }
 
     pub async fn exit_status(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        tokio::time::timeout(within, self.proc.child.wait())
-            .await
-            .ok()?
-            .ok()
+        self.proc.exit_status(within).await
     }
 
-    pub fn kill(mut self) {
-        let _ = sys::kill_group(self.proc.pid);
+    pub fn kill(self) {
         self.server.abort();
-        tokio::spawn(async move {
-            let _ = self.proc.child.kill().await;
-        });
+        self.proc.kill();
     }
 }
 

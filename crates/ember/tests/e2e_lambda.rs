@@ -81,7 +81,10 @@ async fn lambda_invoke_at(url: &str, name: &str, body: &str, headers: &[(&str, &
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let r = req.send().await.unwrap();
+    answer(req.send().await.unwrap()).await
+}
+
+async fn answer(r: reqwest::Response) -> Answer {
     let (status, headers) = (r.status().as_u16(), r.headers().clone());
     let raw = r.bytes().await.unwrap().to_vec();
     Answer {
@@ -105,14 +108,7 @@ async fn lambda_create(d: &Daemon, doc: serde_json::Value, zip: &[u8]) -> Answer
         .send()
         .await
         .unwrap();
-    let (status, headers) = (r.status().as_u16(), r.headers().clone());
-    let raw = r.bytes().await.unwrap().to_vec();
-    Answer {
-        status,
-        headers,
-        body: serde_json::from_slice(&raw).unwrap_or_default(),
-        raw,
-    }
+    answer(r).await
 }
 
 #[tokio::test]

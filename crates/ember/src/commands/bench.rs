@@ -110,6 +110,47 @@ pub struct Args {
     pub envs_dir: PathBuf,
 }
 
+/// The daemon at `--url`, or one started in this process on a temporary home with `extra`
+/// settings (returned with its home, to stop when done).
+async fn target(
+    args: &Args,
+    prefix: &str,
+    extra: DaemonArgs,
+) -> anyhow::Result<(Client, Option<(daemon::Running, tempfile::TempDir)>)> {
+    if let Some(u) = &args.url {
+        return Ok((Client::new(u, args.token.clone()), None));
+    }
+    let home = tempfile::Builder::new().prefix(prefix).tempdir()?;
+    let settings = DaemonArgs {
+        home: Some(home.path().to_path_buf()),
+        listen: Some("127.0.0.1:0".into()),
+        envs_dir: Some(std::path::absolute(&args.envs_dir)?),
+        keep_alive: Some("1h".into()),
+        no_sandbox: args.no_sandbox,
+        ..extra
+    }
+    .resolve()?;
+    let r = daemon::start(settings).await?;
+    Ok((Client::new(&r.url(), None), Some((r, home))))
+}
+
+/// Writes a run's JSON to `out` (default `bench-results/<kind>-<time>.json`), creating its
+/// directory; returns it and the path of the plot beside it.
+fn save(
+    out: Option<PathBuf>,
+    kind: &str,
+    started: u64,
+    doc: &impl serde::Serialize,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let out = out.unwrap_or_else(|| PathBuf::from(format!("bench-results/{kind}-{started}.json")));
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, serde_json::to_vec_pretty(doc)?)?;
+    let svg = out.with_extension("svg");
+    Ok((out, svg))
+}
+
 /// Seconds since the epoch: names a run's result files.
 fn now_unix() -> u64 {
     SystemTime::now()
@@ -134,28 +175,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         baseline: args.baseline,
     };
     let selected = workloads::select(&args.workloads)?;
-    let mut embedded = None;
-    let _home;
-    let client = match &args.url {
-        Some(u) => Client::new(u, args.token.clone()),
-        None => {
-            let home = tempfile::Builder::new().prefix("ember-bench-").tempdir()?;
-            let settings = DaemonArgs {
-                home: Some(home.path().to_path_buf()),
-                listen: Some("127.0.0.1:0".into()),
-                envs_dir: Some(std::path::absolute(&args.envs_dir)?),
-                keep_alive: Some("1h".into()),
-                no_sandbox: args.no_sandbox,
-                ..Default::default()
-            }
-            .resolve()?;
-            _home = home;
-            let r = daemon::start(settings).await?;
-            let c = Client::new(&r.url(), None);
-            embedded = Some(r);
-            c
-        }
-    };
+    let (client, embedded) = target(&args, "ember-bench-", DaemonArgs::default()).await?;
     eprintln!(
         "bench: {} workloads, {} cold + {} warm (concurrency {}) each, baseline {} runs, against {}",
         selected.len(),
@@ -180,7 +200,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let svg = out.with_extension("svg");
     ember_bench::plot::write_svg(&report, &svg)?;
     eprintln!("raw samples: {}\nplot: {}", out.display(), svg.display());
-    if let Some(r) = embedded {
+    if let Some((r, _home)) = embedded {
         r.stop().await?;
     }
     Ok(())
@@ -193,32 +213,16 @@ async fn lambda(args: Args) -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("ember-hello"),
     };
-    let mut embedded = None;
-    let _home;
-    let client = match &args.url {
-        Some(u) => Client::new(u, args.token.clone()),
-        None => {
-            let home = tempfile::Builder::new()
-                .prefix("ember-bench-lambda-")
-                .tempdir()?;
-            let settings = DaemonArgs {
-                home: Some(home.path().to_path_buf()),
-                listen: Some("127.0.0.1:0".into()),
-                envs_dir: Some(std::path::absolute(&args.envs_dir)?),
-                keep_alive: Some("1h".into()),
-                images: Some("off".into()),
-                no_sandbox: args.no_sandbox,
-                prestart: Some(args.prestart),
-                ..Default::default()
-            }
-            .resolve()?;
-            _home = home;
-            let r = daemon::start(settings).await?;
-            let c = Client::new(&r.url(), None);
-            embedded = Some(r);
-            c
-        }
-    };
+    let (client, embedded) = target(
+        &args,
+        "ember-bench-lambda-",
+        DaemonArgs {
+            images: Some("off".into()),
+            prestart: Some(args.prestart),
+            ..Default::default()
+        },
+    )
+    .await?;
     lb::deploy(&client, &hello).await?;
     eprintln!(
         "bench lambda: {} rounds of each series at {:?} concurrent requests, {} against {}",
@@ -230,20 +234,15 @@ async fn lambda(args: Args) -> anyhow::Result<()> {
     let samples = lb::run(&client, &args.parallel, args.runs).await?;
     let rows = lb::rows(&samples);
     print!("{}", lb::table(&rows));
-    let out = args
-        .out
-        .unwrap_or_else(|| PathBuf::from(format!("bench-results/lambda-{started}.json")));
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(
-        &out,
-        serde_json::to_vec_pretty(&serde_json::json!({ "rows": rows, "samples": samples }))?,
+    let (out, svg) = save(
+        args.out,
+        "lambda",
+        started,
+        &serde_json::json!({ "rows": rows, "samples": samples }),
     )?;
-    let svg = out.with_extension("svg");
     lb::write_svg(&rows, &svg)?;
     eprintln!("results: {}\nplot: {}", out.display(), svg.display());
-    if let Some(r) = embedded {
+    if let Some((r, _home)) = embedded {
         r.stop().await?;
     }
     Ok(())
@@ -268,13 +267,7 @@ async fn sandbox(args: Args) -> anyhow::Result<()> {
     let rows =
         ember_bench::sandbox::run(home.path(), program, &pargs, &args.parallel, args.runs).await?;
     print!("{}", ember_bench::sandbox::table(&rows));
-    let out = args
-        .out
-        .unwrap_or_else(|| PathBuf::from(format!("bench-results/sandbox-{started}.json")));
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&out, serde_json::to_vec_pretty(&rows)?)?;
+    let (out, _) = save(args.out, "sandbox", started, &rows)?;
     eprintln!("results: {}", out.display());
     Ok(())
 }
@@ -370,17 +363,12 @@ async fn images(args: Args) -> anyhow::Result<()> {
     if !costs.is_empty() {
         print!("{}", ib::cache_table(&costs));
     }
-    let out = args
-        .out
-        .unwrap_or_else(|| PathBuf::from(format!("bench-results/images-{started}.json")));
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(
-        &out,
-        serde_json::to_vec_pretty(&serde_json::json!({ "rows": rows, "cache_cost": costs }))?,
+    let (out, svg) = save(
+        args.out,
+        "images",
+        started,
+        &serde_json::json!({ "rows": rows, "cache_cost": costs }),
     )?;
-    let svg = out.with_extension("svg");
     ib::write_svg(&rows, &args.image_policies, &svg)?;
     eprintln!("results: {}\nplot: {}", out.display(), svg.display());
     for d in daemons {
@@ -440,14 +428,7 @@ async fn snap(args: Args) -> anyhow::Result<()> {
         results.push(r);
     }
     print!("{}", snap::table(&results));
-    let out = args
-        .out
-        .unwrap_or_else(|| PathBuf::from(format!("bench-results/snap-{started}.json")));
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&out, serde_json::to_vec_pretty(&results)?)?;
-    let svg = out.with_extension("svg");
+    let (out, svg) = save(args.out, "snap", started, &results)?;
     snap::write_svg(&results, &svg)?;
     eprintln!("results: {}\nplot: {}", out.display(), svg.display());
     Ok(())
