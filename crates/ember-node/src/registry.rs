@@ -370,4 +370,36 @@ mod tests {
         r.remove_event("late").unwrap();
         assert_eq!(r.queued_events().unwrap(), vec![("f".to_string(), 1)]);
     }
+
+    #[test]
+    fn a_version_1_registry_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE functions(name TEXT PRIMARY KEY, version INTEGER NOT NULL,
+                 record TEXT NOT NULL); PRAGMA user_version = 1;",
+            )
+            .unwrap();
+            let text = serde_json::to_string(&rec("kept", 3)).unwrap();
+            c.execute("INSERT INTO functions VALUES ('kept', 3, ?1)", [text])
+                .unwrap();
+        }
+        let r = Registry::open(&path).unwrap();
+        assert_eq!(r.load_all().unwrap(), vec![rec("kept", 3)]);
+        let ev = QueuedEvent {
+            id: "e".into(),
+            function: "kept".into(),
+            payload: b"{}".to_vec(),
+            attempts: 0,
+            enqueued_at: 1,
+            next_at: 1,
+        };
+        r.enqueue(&ev).unwrap();
+        drop(r);
+        // Opening again finds version 2 and keeps the queue.
+        let r = Registry::open(&path).unwrap();
+        assert_eq!(r.queued_events().unwrap(), vec![("kept".to_string(), 1)]);
+    }
 }
