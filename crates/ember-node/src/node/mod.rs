@@ -829,11 +829,15 @@ impl Node {
         let (warm, dead) = d.pool.take_idle();
         self.discard_all(d, dead, "found dead while idle");
         let mut started = warm.map(|i| (i, StartPath::Warm));
-        if started.is_none()
-            && rec.config.runtime == Runtime::Native
-            && let Some(live) = d.pool.take_parked()
-        {
+        let parked = if rec.config.runtime == Runtime::Native && started.is_none() {
+            // Topped up after every take, and after a refill that failed earlier.
+            let p = d.pool.take_parked();
             self.refill(d);
+            p
+        } else {
+            None
+        };
+        if let Some(live) = parked {
             let t = Instant::now();
             match resume(live) {
                 Ok(live) => {
