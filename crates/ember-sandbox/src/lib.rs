@@ -179,9 +179,8 @@ impl Sandboxes {
                     uid: self.cfg.uid,
                     gid: self.cfg.gid,
                     bpf: self.bpf.clone(),
-                    netns,
                     listener,
-                    held: Vec::new(),
+                    held: netns.into_iter().collect(),
                 })
             }
             Err(e) => {
@@ -368,12 +367,10 @@ pub struct Sandbox {
     uid: u32,
     gid: u32,
     bpf: Arc<seccompiler::BpfProgram>,
-    /// The instance's own network namespace, when made ahead (kept open until the first
-    /// process has joined it, which is before `spawn()` returns).
-    netns: Option<std::os::fd::OwnedFd>,
     listener: Option<std::net::TcpListener>,
-    /// Namespaces kept until the sandbox goes (see [`Sandbox::hold_mounts`]).
-    held: Vec<std::fs::File>,
+    /// Namespaces the sandbox keeps until it is destroyed: its network namespace (made
+    /// ahead), and the mounts of [`Sandbox::hold_mounts`].
+    held: Vec<std::os::fd::OwnedFd>,
 }
 
 /// The credentials and filter a restored process must take on (see [`Sandbox::handoff`]).
@@ -479,12 +476,6 @@ impl Sandbox {
         self.listener.take()
     }
 
-    /// Closes the daemon's handle on the instance's network namespace (call after the
-    /// first process has started: it holds the namespace from then on).
-    pub fn started(&mut self) {
-        self.netns = None;
-    }
-
     /// Keeps the mount namespace of the instance's first process (host pid `pid`) until the
     /// sandbox is destroyed. The last process to leave a mount namespace unmounts all of it,
     /// waiting for RCU grace periods; holding it moves that wait from the instance's exit
@@ -492,7 +483,7 @@ impl Sandbox {
     pub fn hold_mounts(&mut self, pid: i32) {
         let path = format!("/proc/{pid}/ns/mnt");
         match std::fs::File::open(&path) {
-            Ok(f) => self.held.push(f),
+            Ok(f) => self.held.push(f.into()),
             Err(e) => tracing::debug!("holding {path} failed: {e}"),
         }
     }

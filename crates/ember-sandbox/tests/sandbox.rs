@@ -274,7 +274,6 @@ async fn a_runtime_api_listener_lives_in_the_instances_own_network() {
     .env_clear();
     sb.attach(&mut cmd);
     let child = cmd.spawn().unwrap();
-    sb.started();
     let (mut conn, peer) =
         tokio::time::timeout(std::time::Duration::from_secs(10), listener.accept())
             .await

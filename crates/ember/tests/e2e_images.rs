@@ -68,6 +68,23 @@ async fn fresh_start(d: &Daemon, name: &str, event: &str) -> common::Invoked {
     d.invoke(name, event).await
 }
 
+/// A fresh start of `name` that a cold boot serves with `body`: the answer and the log.
+async fn cold_boot_serves(
+    d: &Daemon,
+    name: &str,
+    body: serde_json::Value,
+) -> (common::Invoked, String) {
+    let r = fresh_start(d, name, "{}").await;
+    assert_eq!(
+        (r.start.as_str(), r.status),
+        ("cold-boot", 200),
+        "{}",
+        r.raw
+    );
+    assert_eq!(r.body, body);
+    (r, d.cli(&["logs", name]).stdout)
+}
+
 const UNIQUE: &str = r#"
 import os, random, tempfile, time, uuid
 import numpy as np
@@ -254,26 +271,22 @@ async fn a_broken_image_falls_back_to_a_cold_boot_with_a_warning() {
     assert_eq!((r.start.as_str(), r.status), ("image", 200), "{}", r.raw);
     assert_eq!(r.body, json!("&lt;b&gt;"));
     assert_eq!(images(&d)["images"][0]["location"], json!("disk"));
+    // An instance started from an image counts as live, and stops counting when stopped.
+    assert_eq!(d.get_json("/v1/functions/esc").await["instances_live"], 1);
 
     // 1. A corrupted page file: refused by its hashes, served by a cold boot.
     let n = std::fs::metadata(image_pages(&d, &id)).unwrap().len() as usize;
     corrupt(&image_pages(&d, &id), 4096 + n / 3..4096 + n / 3 + 64);
-    let r = fresh_start(&d, "esc", "{}").await;
-    assert_eq!(
-        (r.start.as_str(), r.status),
-        ("cold-boot", 200),
-        "{}",
-        r.raw
-    );
+    let (r, logs) = cold_boot_serves(&d, "esc", json!("&lt;b&gt;")).await;
     assert!(r.timing.contains("fallback;"), "{}", r.timing);
-    assert_eq!(r.body, json!("&lt;b&gt;"));
-    let logs = d.cli(&["logs", "esc"]).stdout;
     assert!(
         logs.contains(&format!(
             "starting from image {id} failed, cold boot instead"
         )),
         "{logs}"
     );
+
+    assert_eq!(d.get_json("/v1/functions/esc").await["instances_live"], 1);
 
     // 2. A changed library: the restore refuses it, a cold boot serves.
     let img = build(&d, "markupsafe");
@@ -295,15 +308,7 @@ async fn a_broken_image_falls_back_to_a_cold_boot_with_a_warning() {
         None => lib.extend_from_slice(b"\0changed"),
     }
     std::fs::write(&so, &lib).unwrap();
-    let r = fresh_start(&d, "esc", "{}").await;
-    assert_eq!(
-        (r.start.as_str(), r.status),
-        ("cold-boot", 200),
-        "{}",
-        r.raw
-    );
-    assert_eq!(r.body, json!("&lt;b&gt;"));
-    let logs = d.cli(&["logs", "esc"]).stdout;
+    let (_, logs) = cold_boot_serves(&d, "esc", json!("&lt;b&gt;")).await;
     assert!(logs.contains("changed since the image was taken"), "{logs}");
 
     // 3. Failures in a row mark the image unhealthy: no more attempts, no more cost.
@@ -475,16 +480,8 @@ async fn a_failing_page_source_falls_back_to_a_cold_boot() {
     // it run on one, and the invocation is served by a cold boot.
     let n = std::fs::metadata(image_pages(&d, &id)).unwrap().len() as usize;
     corrupt(&image_pages(&d, &id), 4096..n);
-    let r = fresh_start(&d, "np", "{}").await;
-    assert_eq!(
-        (r.start.as_str(), r.status),
-        ("cold-boot", 200),
-        "{}",
-        r.raw
-    );
+    let (r, logs) = cold_boot_serves(&d, "np", json!(5)).await;
     assert!(r.timing.contains("fallback;"), "{}", r.timing);
-    assert_eq!(r.body, json!(5));
-    let logs = d.cli(&["logs", "np"]).stdout;
     assert!(
         logs.contains(&format!(
             "starting from image {id} failed, cold boot instead"

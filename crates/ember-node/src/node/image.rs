@@ -481,7 +481,12 @@ impl Node {
             let id = id.to_string();
             tokio::task::spawn_blocking(move || images.load(&id));
         }
-        let spec = self.instance_spec(d, co.python.clone(), Vec::new());
+        let spec = self.instance_spec(
+            d,
+            super::instance_id(&rec.name),
+            co.python.clone(),
+            Vec::new(),
+        );
         let read_only = vec![
             d.code_dir.clone(),
             co.env_dir.clone(),
@@ -511,6 +516,7 @@ impl Node {
                 timing.import_handler = Some(t.import_handler);
                 live.image = Some(id.to_string());
                 self.images.succeeded(id);
+                self.count_started(d);
                 self.logs.append(
                     &rec.name,
                     &spec.instance_id,

@@ -999,14 +999,16 @@ impl Node {
     }
 
     /// A new instance of `d` running `python`, preloading `imports` (none when restored).
-    fn instance_spec(&self, d: &Deployed, python: PathBuf, imports: Vec<String>) -> StartSpec {
+    fn instance_spec(
+        &self,
+        d: &Deployed,
+        id: String,
+        python: PathBuf,
+        imports: Vec<String>,
+    ) -> StartSpec {
         let rec = &d.record;
         StartSpec {
-            instance_id: format!(
-                "{}-{}",
-                rec.name,
-                &uuid::Uuid::new_v4().simple().to_string()[..12]
-            ),
+            instance_id: id,
             function: rec.name.clone(),
             version: rec.version,
             handler: rec.config.handler.clone(),
@@ -1099,34 +1101,58 @@ impl Node {
 
     /// A native instance in a new sandbox, spawned and stopped before its first instruction.
     fn prestart(&self, d: &Deployed) -> Result<Live, String> {
-        let rec = &d.record;
-        let spec = self.instance_spec(d, PathBuf::new(), Vec::new());
+        let id = instance_id(&d.record.name);
         let mut sandbox = self
-            .new_sandbox(d, &spec.instance_id)
+            .new_sandbox(d, &id)
             .map_err(|o| o.label().to_string())?;
-        let exec = self.exec_spec(d, spec.instance_id.clone());
-        let sink = self.logs.sink(&rec.name);
-        let inst = native::Instance::start(&exec, sink, |cmd| {
-            if let Some(sb) = sandbox.as_mut() {
-                sb.attach_stopped(cmd);
-            }
-        })
-        .map_err(|e| error_chain(&e))?;
-        let mut sandbox = sandbox.ok_or("no sandbox")?;
-        sandbox.started();
-        let Some(pid) = sandbox.first_process() else {
+        let (inst, pid) = self
+            .start_native(d, &id, &mut sandbox, true)
+            .map_err(|e| error_chain(&e))?;
+        let Some(pid) = pid else {
             inst.kill();
             return Err("its first process is not in its cgroup".into());
         };
-        sandbox.hold_mounts(pid);
+        self.count_started(d);
+        let mut live = Live::new(Proc::Native(inst), sandbox);
+        live.parked = Some(pid);
+        Ok(live)
+    }
+
+    /// Starts the native executable of `d` in `sandbox`, parked before its first instruction
+    /// when `parked`. Returns the host pid of the instance's first process (in the sandbox),
+    /// whose mounts the sandbox now holds: the exit of a process per request would otherwise
+    /// unmount its whole tree on the request's path.
+    fn start_native(
+        &self,
+        d: &Deployed,
+        id: &str,
+        sandbox: &mut Option<ember_sandbox::Sandbox>,
+        parked: bool,
+    ) -> Result<(native::Instance, Option<i32>), StartError> {
+        let exec = self.exec_spec(d, id.to_string());
+        let inst = native::Instance::start(&exec, self.logs.sink(&d.record.name), |cmd| {
+            match sandbox.as_mut() {
+                Some(sb) if parked => sb.attach_stopped(cmd),
+                Some(sb) => sb.attach(cmd),
+                None => {}
+            }
+        })?;
+        let pid = sandbox.as_mut().and_then(|sb| {
+            let pid = sb.first_process()?;
+            sb.hold_mounts(pid);
+            Some(pid)
+        });
+        Ok((inst, pid))
+    }
+
+    /// Counts a new live instance of `d` (the pool's count and the gauge; [`Node::stop`]
+    /// takes it back).
+    fn count_started(&self, d: &Deployed) {
         d.pool.live().fetch_add(1, Ordering::SeqCst);
         self.metrics
             .instances
-            .get_or_create(&Metrics::fn_labels(&rec.name))
+            .get_or_create(&Metrics::fn_labels(&d.record.name))
             .inc();
-        let mut live = Live::new(Proc::Native(inst), Some(sandbox));
-        live.parked = Some(pid);
-        Ok(live)
     }
 
     /// The process spec of a `provided` or `native` instance of `d`.
@@ -1154,103 +1180,38 @@ impl Node {
 
     async fn cold_boot(&self, d: &Deployed, timing: &mut Timing) -> Result<Live, InvokeOutcome> {
         let rec = &d.record;
-        let spec = self.instance_spec(d, d.env.python(), d.env.imports.clone());
-        let note = |text: String| {
-            self.logs
-                .append(&rec.name, &spec.instance_id, "event", text.as_bytes())
-        };
+        let id = instance_id(&rec.name);
+        let note = |text: String| self.logs.append(&rec.name, &id, "event", text.as_bytes());
         let t_sandbox = Instant::now();
-        let mut sandbox = self.new_sandbox(d, &spec.instance_id)?;
+        let mut sandbox = self.new_sandbox(d, &id)?;
         if sandbox.is_some() {
             timing.sandbox = Some(t_sandbox.elapsed());
         }
-        let listener = sandbox.as_mut().and_then(|s| s.take_listener());
-        let sink = self.logs.sink(&rec.name);
-        let confine = |cmd: &mut tokio::process::Command| {
-            if let Some(sb) = sandbox.as_mut() {
-                sb.attach(cmd);
-            }
-        };
-        let span = info_span!("start.cold_boot", instance = %spec.instance_id);
-        let t0 = Instant::now();
-        let limit = self.cfg.init_timeout;
+        let span = info_span!("start.cold_boot", instance = %id);
         let started = match rec.config.runtime {
             Runtime::Python => {
-                let start = Instance::start(&spec, sink, confine);
-                match tokio::time::timeout(limit, start).instrument(span).await {
-                    Ok(Ok((inst, boot))) => {
-                        timing.spawn = Some(boot.spawn);
-                        timing.interpreter = Some(boot.interpreter);
-                        timing.import_packages = Some(boot.import_packages);
-                        timing.import_handler = Some(boot.import_handler);
-                        Ok(Proc::Python(inst))
-                    }
-                    Ok(Err(e)) => Err(Some(e)),
-                    Err(_) => Err(None),
-                }
+                self.boot_python(d, &id, &mut sandbox, timing)
+                    .instrument(span)
+                    .await
             }
             Runtime::Native => {
                 let _s = span.entered();
-                let exec = self.exec_spec(d, spec.instance_id.clone());
-                let started = native::Instance::start(&exec, sink, confine);
-                // Its exit would otherwise unmount its whole tree on the request's path.
-                if let Some(sb) = sandbox.as_mut()
-                    && let Some(pid) = sb.first_process()
-                {
-                    sb.hold_mounts(pid);
-                }
+                let t0 = Instant::now();
+                let started = self.start_native(d, &id, &mut sandbox, false);
                 timing.spawn = Some(t0.elapsed());
-                started.map(Proc::Native).map_err(Some)
+                started
+                    .map(|(inst, _)| Proc::Native(inst))
+                    .map_err(NotStarted::Failed)
             }
             Runtime::Provided => {
-                let exec = self.exec_spec(d, spec.instance_id.clone());
-                // Lambda's rule: a runtime that never asks for its event gets the function's
-                // timeout (from its start), not the node's init timeout.
-                let limit = Duration::from_secs(u64::from(rec.config.timeout_s));
-                let listener = match listener {
-                    Some(l) => Ok(l),
-                    // Unsandboxed or with the host's network: the host's loopback.
-                    None => std::net::TcpListener::bind(("127.0.0.1", 0)),
-                };
-                match listener.and_then(|l| Ok((l.local_addr()?, l))) {
-                    Err(e) => Err(Some(StartError::Socket(e))),
-                    Ok((addr, listener)) => {
-                        let addr = addr.to_string();
-                        let arn = crate::function::function_arn(&rec.name);
-                        let start =
-                            provided::Instance::start(&exec, arn, listener, &addr, sink, confine);
-                        match tokio::time::timeout(limit, start).instrument(span).await {
-                            Ok(Ok((inst, init))) => {
-                                timing.runtime_init = Some(init);
-                                Ok(Proc::Provided(inst))
-                            }
-                            Ok(Err(e)) => Err(Some(e)),
-                            Err(_) => {
-                                note(format!(
-                                    "the runtime did not ask for an event (invocation/next) \
-                                     within the function's timeout of {} s",
-                                    limit.as_secs()
-                                ));
-                                if let Some(sb) = sandbox {
-                                    self.reap(Some(tokio::spawn(sb.destroy())));
-                                }
-                                return Err(InvokeOutcome::Timeout(limit));
-                            }
-                        }
-                    }
-                }
+                self.boot_provided(d, &id, &mut sandbox, timing)
+                    .instrument(span)
+                    .await
             }
         };
-        if let Some(sb) = sandbox.as_mut() {
-            sb.started();
-        }
         let outcome = match started {
             Ok(inst) => {
-                d.pool.live().fetch_add(1, Ordering::SeqCst);
-                self.metrics
-                    .instances
-                    .get_or_create(&Metrics::fn_labels(&rec.name))
-                    .inc();
+                self.count_started(d);
                 // A native instance's whole life is one request: its start is not news.
                 if rec.config.runtime != Runtime::Native {
                     note(format!(
@@ -1263,20 +1224,20 @@ impl Node {
                 }
                 return Ok(Live::new(inst, sandbox));
             }
-            Err(Some(StartError::Handler(fe))) => {
+            Err(NotStarted::Failed(StartError::Handler(fe))) => {
                 note(format!(
                     "initialisation failed: {}: {}",
                     fe.error_type, fe.message
                 ));
                 InvokeOutcome::InitError(fe)
             }
-            Err(Some(e @ (StartError::Spawn { .. } | StartError::Socket(_)))) => {
+            Err(NotStarted::Failed(e @ (StartError::Spawn { .. } | StartError::Socket(_)))) => {
                 let msg = error_chain(&e);
                 note(format!("instance could not be started: {msg}"));
                 tracing::error!(function = %rec.name, "cold boot failed: {msg}");
                 InvokeOutcome::StartFailed(msg)
             }
-            Err(Some(e)) => {
+            Err(NotStarted::Failed(e)) => {
                 let limit = sandbox
                     .as_ref()
                     .and_then(|s| s.events().reason())
@@ -1308,18 +1269,93 @@ impl Node {
                     None => InvokeOutcome::Crashed(msg),
                 }
             }
-            Err(None) => {
+            Err(NotStarted::InitTimeout) => {
+                let limit = self.cfg.init_timeout;
                 note(format!(
                     "instance start timed out after {} s",
                     limit.as_secs()
                 ));
                 InvokeOutcome::InitTimeout(limit)
             }
+            Err(NotStarted::Timeout(limit)) => {
+                note(format!(
+                    "the runtime did not ask for an event (invocation/next) within the \
+                     function's timeout of {} s",
+                    limit.as_secs()
+                ));
+                InvokeOutcome::Timeout(limit)
+            }
         };
         if let Some(sb) = sandbox {
             self.reap(Some(tokio::spawn(sb.destroy())));
         }
         Err(outcome)
+    }
+
+    /// Ember's Python runtime: interpreter, packages, handler, within the node's init timeout.
+    async fn boot_python(
+        &self,
+        d: &Deployed,
+        id: &str,
+        sandbox: &mut Option<ember_sandbox::Sandbox>,
+        timing: &mut Timing,
+    ) -> Result<Proc, NotStarted> {
+        let spec = self.instance_spec(d, id.to_string(), d.env.python(), d.env.imports.clone());
+        let start = Instance::start(&spec, self.logs.sink(&d.record.name), |cmd| {
+            if let Some(sb) = sandbox.as_mut() {
+                sb.attach(cmd);
+            }
+        });
+        match tokio::time::timeout(self.cfg.init_timeout, start).await {
+            Ok(Ok((inst, boot))) => {
+                timing.spawn = Some(boot.spawn);
+                timing.interpreter = Some(boot.interpreter);
+                timing.import_packages = Some(boot.import_packages);
+                timing.import_handler = Some(boot.import_handler);
+                Ok(Proc::Python(inst))
+            }
+            Ok(Err(e)) => Err(NotStarted::Failed(e)),
+            Err(_) => Err(NotStarted::InitTimeout),
+        }
+    }
+
+    /// A custom runtime, ready when it first asks for an event. Lambda's rule: one that never
+    /// asks gets the function's timeout (from its start), not the node's init timeout.
+    async fn boot_provided(
+        &self,
+        d: &Deployed,
+        id: &str,
+        sandbox: &mut Option<ember_sandbox::Sandbox>,
+        timing: &mut Timing,
+    ) -> Result<Proc, NotStarted> {
+        let rec = &d.record;
+        let listener = match sandbox.as_mut().and_then(|s| s.take_listener()) {
+            Some(l) => l,
+            // Unsandboxed or with the host's network: the host's loopback.
+            None => std::net::TcpListener::bind(("127.0.0.1", 0))
+                .map_err(|e| NotStarted::Failed(StartError::Socket(e)))?,
+        };
+        let addr = listener
+            .local_addr()
+            .map_err(|e| NotStarted::Failed(StartError::Socket(e)))?
+            .to_string();
+        let exec = self.exec_spec(d, id.to_string());
+        let arn = crate::function::function_arn(&rec.name);
+        let sink = self.logs.sink(&rec.name);
+        let start = provided::Instance::start(&exec, arn, listener, &addr, sink, |cmd| {
+            if let Some(sb) = sandbox.as_mut() {
+                sb.attach(cmd);
+            }
+        });
+        let limit = Duration::from_secs(u64::from(rec.config.timeout_s));
+        match tokio::time::timeout(limit, start).await {
+            Ok(Ok((inst, init))) => {
+                timing.runtime_init = Some(init);
+                Ok(Proc::Provided(inst))
+            }
+            Ok(Err(e)) => Err(NotStarted::Failed(e)),
+            Err(_) => Err(NotStarted::Timeout(limit)),
+        }
     }
 
     /// Stops every idle instance and waits for their sandboxes to be gone; instances still
@@ -1346,6 +1382,23 @@ impl Node {
             self.discard_all(&d, old, "idle past the keep-alive time");
         }
     }
+}
+
+/// A new instance's id: `<function>-<12 hex digits>`.
+fn instance_id(function: &str) -> String {
+    format!(
+        "{function}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// Why a cold boot did not give an instance.
+enum NotStarted {
+    Failed(StartError),
+    /// The node's init timeout passed.
+    InitTimeout,
+    /// A `provided` runtime did not ask for an event within the function's timeout.
+    Timeout(Duration),
 }
 
 /// Code stored by [`Node::store_code`].
