@@ -199,17 +199,16 @@ fn parse_function_name(raw: &str) -> Result<(String, Option<String>), LambdaErro
 }
 
 /// Qualifiers Ember serves: `$LATEST` and the current version number.
-fn check_qualifier(st: &FunctionStatus, q: Option<&str>) -> Result<(), LambdaError> {
+fn check_qualifier(name: &str, version: u64, q: Option<&str>) -> Result<(), LambdaError> {
     match q {
         None | Some("$LATEST") => Ok(()),
-        Some(v) if v == st.record.version.to_string() => Ok(()),
+        Some(v) if v == version.to_string() => Ok(()),
         Some(v) => Err(LambdaError::new(
             StatusCode::NOT_FOUND,
             "ResourceNotFoundException",
             format!(
-                "Function not found: {}:{v} (Ember serves $LATEST, which is version {})",
-                function_arn(&st.record.name),
-                st.record.version
+                "Function not found: {}:{v} (Ember serves $LATEST, which is version {version})",
+                function_arn(name),
             ),
         )),
     }
@@ -435,13 +434,7 @@ async fn create(
         .map_err(|e| LambdaError::invalid(e.to_string()))?;
     let zip = zip_of(req.code)?;
     let code = s.node.store_code(zip).await?;
-    let node = s.node.clone();
-    let n = name.clone();
-    tokio::spawn(async move { node.deploy(&n, config, Some(code), &|_| {}).await })
-        .await
-        .map_err(|e| lambda_task_failed("the deploy", e))??;
-    let st = s.node.get(&name)?;
-    Ok((StatusCode::CREATED, axum::Json(configuration(&st))).into_response())
+    deploy(&s, name, config, Some(code), StatusCode::CREATED).await
 }
 
 fn lambda_task_failed(what: &str, e: tokio::task::JoinError) -> LambdaError {
@@ -490,7 +483,7 @@ struct QualifierQuery {
 fn status_of(s: &AppState, raw: &str, q: Option<&str>) -> Result<FunctionStatus, LambdaError> {
     let (name, qualifier) = parse_function_name(raw)?;
     let st = s.node.get(&name)?;
-    check_qualifier(&st, qualifier.as_deref().or(q))?;
+    check_qualifier(&name, st.record.version, qualifier.as_deref().or(q))?;
     Ok(st)
 }
 
@@ -544,21 +537,21 @@ struct UpdateConfiguration {
     environment: Option<Environment>,
 }
 
-async fn redeploy(
+/// Deploys `config` (and `code`, if new) as `name`, in a task of its own so that a client
+/// that goes away does not leave half a deploy; answers with its `FunctionConfiguration`.
+async fn deploy(
     s: &AppState,
     name: String,
     config: FunctionConfig,
     code: Option<ember_node::StoredCode>,
+    status: StatusCode,
 ) -> Result<Response, LambdaError> {
-    config
-        .validate()
-        .map_err(|e| LambdaError::invalid(e.to_string()))?;
     let node = s.node.clone();
     let n = name.clone();
     tokio::spawn(async move { node.deploy(&n, config, code, &|_| {}).await })
         .await
         .map_err(|e| lambda_task_failed("the deploy", e))??;
-    Ok(axum::Json(configuration(&s.node.get(&name)?)).into_response())
+    Ok((status, axum::Json(configuration(&s.node.get(&name)?))).into_response())
 }
 
 async fn update_configuration(
@@ -589,7 +582,7 @@ async fn update_configuration(
     if let Some(env) = req.environment {
         config.env = env.variables;
     }
-    redeploy(&s, st.record.name, config, None).await
+    deploy(&s, st.record.name, config, None, StatusCode::OK).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -624,7 +617,14 @@ async fn update_code(
     if req.dry_run {
         return Ok(axum::Json(configuration(&st)).into_response());
     }
-    redeploy(&s, st.record.name.clone(), st.record.config, Some(code)).await
+    deploy(
+        &s,
+        st.record.name.clone(),
+        st.record.config,
+        Some(code),
+        StatusCode::OK,
+    )
+    .await
 }
 
 async fn unknown_operation() -> LambdaError {
@@ -649,8 +649,10 @@ async fn invoke(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, LambdaError> {
-    let st = status_of(&s, &raw, q.qualifier.as_deref())?;
-    let name = st.record.name.clone();
+    // Only the version: an invocation does not build the function's whole status.
+    let (name, qualifier) = parse_function_name(&raw)?;
+    let qualifier = qualifier.or(q.qualifier);
+    check_qualifier(&name, s.node.version(&name)?, qualifier.as_deref())?;
     let header_str = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     let kind = match header_str("x-amz-invocation-type") {
         None | Some("RequestResponse") => InvocationType::RequestResponse,
@@ -687,10 +689,7 @@ async fn invoke(
         json_body::<serde::de::IgnoredAny>(&bytes)?;
         bytes
     };
-    let version = match q.qualifier.as_deref() {
-        Some(v) if v != "$LATEST" => v.to_string(),
-        _ => "$LATEST".to_string(),
-    };
+    let version = qualifier.unwrap_or_else(|| "$LATEST".to_string());
     match kind {
         InvocationType::DryRun => Ok(StatusCode::NO_CONTENT.into_response()),
         InvocationType::Event => {
@@ -716,15 +715,23 @@ async fn invoke(
     }
 }
 
-/// Lambda's error document for an invocation that failed, and its `errorType`.
-fn function_error(inv: &mut ember_node::Invocation) -> Option<serde_json::Value> {
-    let id = inv.request_id.clone();
+/// What the caller gets: the result, or Lambda's error document for a failure of the
+/// function; an instance the node could not start is the service's error.
+fn lambda_body(
+    inv: &mut ember_node::Invocation,
+) -> Result<Result<Vec<u8>, serde_json::Value>, LambdaError> {
+    let id = &inv.request_id;
     let doc = |t: &str, m: String| serde_json::json!({"errorType": t, "errorMessage": m});
     let outcome = std::mem::replace(&mut inv.outcome, InvokeOutcome::Ok(Vec::new()));
-    Some(match outcome {
-        InvokeOutcome::Ok(payload) => {
-            inv.outcome = InvokeOutcome::Ok(payload);
-            return None;
+    Ok(Err(match outcome {
+        InvokeOutcome::Ok(payload) => return Ok(Ok(payload)),
+        // Not the function's failure: the service's.
+        InvokeOutcome::StartFailed(msg) => {
+            return Err(LambdaError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ServiceException",
+                format!("RequestId: {id} Error: the node could not start an instance: {msg}"),
+            ));
         }
         InvokeOutcome::HandlerError(fe) | InvokeOutcome::InitError(fe) => serde_json::json!({
             "errorMessage": fe.message,
@@ -768,31 +775,16 @@ fn function_error(inv: &mut ember_node::Invocation) -> Option<serde_json::Value>
             "Runtime.ExitError",
             format!("RequestId: {id} Error: Runtime exited: {msg}"),
         ),
-        InvokeOutcome::StartFailed(msg) => doc(
-            "Ember.StartFailed",
-            format!("RequestId: {id} Error: the node could not start an instance: {msg}"),
-        ),
-    })
+    }))
 }
 
 fn invocation_response(
     mut inv: ember_node::Invocation,
     version: &str,
 ) -> Result<Response, LambdaError> {
-    let error = function_error(&mut inv);
-    if let Some(e) = &error
-        && e["errorType"] == "Ember.StartFailed"
-    {
-        return Err(LambdaError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ServiceException",
-            e["errorMessage"].as_str().unwrap_or_default().to_string(),
-        ));
-    }
-    let body = match (&error, &mut inv.outcome) {
-        (Some(doc), _) => serde_json::to_vec(doc).unwrap_or_default(),
-        (None, InvokeOutcome::Ok(payload)) => std::mem::take(payload),
-        (None, _) => Vec::new(),
+    let (body, failed) = match lambda_body(&mut inv)? {
+        Ok(payload) => (payload, false),
+        Err(doc) => (serde_json::to_vec(&doc).unwrap_or_default(), true),
     };
     let mut resp = (StatusCode::OK, body).into_response();
     let hs = resp.headers_mut();
@@ -808,7 +800,7 @@ fn invocation_response(
     };
     put("x-amzn-requestid", &inv.request_id);
     put("x-amz-executed-version", version);
-    if error.is_some() {
+    if failed {
         put("x-amz-function-error", "Unhandled");
     }
     if let Some(log) = &inv.log_tail {

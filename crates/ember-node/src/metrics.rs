@@ -73,6 +73,8 @@ pub struct Metrics {
     pub image_memory: Gauge,
     /// Asynchronous invocations by what became of an attempt: ok, retried, dropped.
     pub events: Family<ReasonLabels, Counter>,
+    /// Asynchronous invocations waiting or running, per function (set at each scrape).
+    pub events_queued: Family<FunctionLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -113,6 +115,12 @@ impl Default for Metrics {
             "Attempts of asynchronous (Event) invocations, by function and result (reason): \
              ok, retried or dropped",
             events.clone(),
+        );
+        let events_queued = Family::<FunctionLabels, Gauge>::default();
+        registry.register(
+            "events_queued",
+            "Asynchronous (Event) invocations waiting or running, by function",
+            events_queued.clone(),
         );
         let cold_boot_reasons = Family::<ReasonLabels, Counter>::default();
         let image_failures = Family::<ImageLabels, Counter>::default();
@@ -165,6 +173,7 @@ impl Default for Metrics {
             page_fault_blocked,
             image_memory,
             events,
+            events_queued,
             registry,
             invocations,
             init_seconds,

@@ -36,7 +36,6 @@ use crate::exec::{ExecSpec, Spawned, spawn};
 use crate::native::{MAX_RESULT, micros};
 use crate::protocol::FunctionError;
 use crate::python::{InvokeError, LogSink, Outcome, StartError};
-use crate::sys;
 
 /// The port a sandboxed instance finds its Runtime API on (Lambda's own).
 pub const SANDBOX_PORT: u16 = 9001;
@@ -315,7 +314,17 @@ pub struct Instance {
     id: String,
     proc: Spawned,
     jobs: mpsc::Sender<Job>,
-    server: tokio::task::JoinHandle<()>,
+    server: Server,
+}
+
+/// The Runtime API's task, which ends when this is dropped: with the instance, or with a
+/// start that fails or is given up on (a caller's timeout drops the start midway).
+struct Server(tokio::task::JoinHandle<()>);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Instance {
@@ -342,32 +351,21 @@ impl Instance {
             init: Mutex::new(Some(init_tx)),
             function_arn,
         });
-        let server = tokio::spawn(serve(listener, router(api)));
-        let mut proc = match spawn(spec, Some(runtime_api), false, logs, confine) {
-            Ok(p) => p,
-            Err(e) => {
-                server.abort();
-                return Err(e);
-            }
-        };
-        let failed = |proc: &Spawned, server: &tokio::task::JoinHandle<()>| {
-            let _ = sys::kill_group(proc.pid);
-            server.abort();
-        };
+        let server = Server(tokio::spawn(serve(listener, router(api))));
+        let mut proc = spawn(spec, Some(runtime_api), false, logs, confine)?;
         tokio::select! {
             s = init_rx => match s {
                 Ok(InitSignal::Ready) => {}
                 Ok(InitSignal::Failed(fe)) => {
-                    failed(&proc, &server);
+                    proc.kill();
                     return Err(StartError::Handler(fe));
                 }
                 Err(_) => {
-                    failed(&proc, &server);
+                    proc.kill();
                     return Err(StartError::Socket(std::io::Error::other("the Runtime API ended")));
                 }
             },
             st = proc.child.wait() => {
-                server.abort();
                 return Err(match st {
                     Ok(st) => StartError::Exited(st),
                     Err(e) => StartError::Socket(e),
@@ -435,7 +433,7 @@ impl Instance {
     }
 
     pub fn is_gone(&mut self) -> bool {
-        self.server.is_finished() || self.proc.exited()
+        self.server.0.is_finished() || self.proc.exited()
     }
 
     pub async fn exit_status(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
@@ -443,7 +441,6 @@ impl Instance {
     }
 
     pub fn kill(self) {
-        self.server.abort();
         self.proc.kill();
     }
 }

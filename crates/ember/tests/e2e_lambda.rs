@@ -653,6 +653,9 @@ def handler(event, context):
         assert!(a.raw.is_empty());
         ids.push(a.header("x-amzn-requestid").to_string());
     }
+    // Queued (or running) until done: the metric counts them.
+    let m = d.metrics().await;
+    assert!(m.contains(r#"ember_events_queued{function="ev"} 3"#), "{m}");
     // The daemon dies before any of them can finish.
     d.kill9();
     let log = std::fs::read_to_string(home.path().join("logs/ev.log")).unwrap_or_default();

@@ -43,6 +43,17 @@ enum After {
     Gone,
 }
 
+/// What an event becomes after an attempt.
+enum Fate {
+    Done,
+    Retry {
+        wait: Duration,
+        attempts: u32,
+        why: String,
+    },
+    Dropped(String),
+}
+
 impl Node {
     /// Queues an asynchronous invocation of `name`; returns its request id once the event
     /// is on disk.
@@ -64,9 +75,20 @@ impl Node {
         Ok(id)
     }
 
-    /// Events waiting per function (running ones included).
-    pub fn queued_events(&self) -> Vec<(String, u64)> {
-        self.registry.queued_events().unwrap_or_default()
+    /// Sets `ember_events_queued` from the queue (at a scrape of the metrics).
+    pub(super) fn report_queue(&self) {
+        let gauge = &self.metrics.events_queued;
+        gauge.clear();
+        match self.registry.queued_events() {
+            Ok(counts) => {
+                for (function, n) in counts {
+                    gauge
+                        .get_or_create(&crate::metrics::Metrics::fn_labels(&function))
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
+                }
+            }
+            Err(e) => tracing::warn!("reading the event queue failed: {}", super::error_chain(&e)),
+        }
     }
 
     fn count_event(&self, function: &str, result: &str) {
@@ -102,38 +124,49 @@ impl Node {
         let age = Duration::from_millis(now.saturating_sub(ev.enqueued_at));
         // A failed attempt counts; one that could not run does not.
         let failed = ev.attempts + 1;
-        let (next, why) = match after {
-            After::Done => (None, String::new()),
-            After::Gone => (None, "its function was deleted".to_string()),
+        let retry = |wait, attempts, why| Fate::Retry {
+            wait,
+            attempts,
+            why,
+        };
+        let fate = match after {
+            After::Done => Fate::Done,
+            After::Gone => Fate::Dropped("its function was deleted".to_string()),
             After::Failed(label) if failed < ATTEMPTS => {
-                (Some((cfg.retry_delay * failed, failed)), label)
+                retry(cfg.retry_delay * failed, failed, label)
             }
-            After::Failed(label) => (None, format!("{label} at each of {ATTEMPTS} attempts")),
+            After::Failed(label) => {
+                Fate::Dropped(format!("{label} at each of {ATTEMPTS} attempts"))
+            }
             After::NotRun(msg) if age < cfg.max_age => {
                 let backoff = (age / 2).clamp(Duration::from_secs(1), Duration::from_secs(300));
-                (Some((backoff, ev.attempts)), msg)
+                retry(backoff, ev.attempts, msg)
             }
-            After::NotRun(msg) => (None, format!("it could not run for {age:?}: {msg}")),
+            After::NotRun(msg) => Fate::Dropped(format!("it could not run for {age:?}: {msg}")),
         };
         let reg = self.registry.clone();
         let id = ev.id.clone();
-        let result = match next {
-            Some((wait, attempts)) => {
+        let result = match fate {
+            Fate::Retry {
+                wait,
+                attempts,
+                why,
+            } => {
                 self.count_event(&ev.function, "retried");
                 tracing::info!(function = %ev.function, event = %ev.id, "asynchronous invocation retried in {wait:?}: {why}");
                 let at = now + wait.as_millis() as u64;
                 blocking(move || Ok(reg.reschedule(&id, attempts, at)?)).await
             }
-            None => {
-                if why.is_empty() {
-                    self.count_event(&ev.function, "ok");
-                } else {
-                    self.count_event(&ev.function, "dropped");
-                    let note = format!("asynchronous invocation {} dropped: {why}", ev.id);
-                    self.logs
-                        .append(&ev.function, "ember", "event", note.as_bytes());
-                    tracing::warn!(function = %ev.function, "{note}");
-                }
+            Fate::Done => {
+                self.count_event(&ev.function, "ok");
+                blocking(move || Ok(reg.remove_event(&id)?)).await
+            }
+            Fate::Dropped(why) => {
+                self.count_event(&ev.function, "dropped");
+                let note = format!("asynchronous invocation {} dropped: {why}", ev.id);
+                self.logs
+                    .append(&ev.function, "ember", "event", note.as_bytes());
+                tracing::warn!(function = %ev.function, "{note}");
                 blocking(move || Ok(reg.remove_event(&id)?)).await
             }
         };

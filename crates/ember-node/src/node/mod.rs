@@ -547,6 +547,7 @@ impl Node {
         self.metrics
             .image_memory
             .set(i64::try_from(self.images.resident_bytes()).unwrap_or(i64::MAX));
+        self.report_queue();
         &self.metrics
     }
 
@@ -668,6 +669,11 @@ impl Node {
             .get(name)
             .map(|d| status(d))
             .ok_or_else(|| NodeError::NotFound(name.to_string()))
+    }
+
+    /// The version serving `name` (without building its whole status).
+    pub fn version(&self, name: &str) -> Result<u64, NodeError> {
+        Ok(self.deployed(name)?.record.version)
     }
 
     pub fn list(&self) -> Vec<FunctionStatus> {
