@@ -56,3 +56,76 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     std::fs::rename(&tmp, path)?;
     File::open(dir)?.sync_all()
 }
+
+// Writing a tenant's tree: every path is resolved by the kernel beneath a directory
+// descriptor, without following any symlink (`openat2` with RESOLVE_BENEATH and
+// RESOLVE_NO_SYMLINKS), so a write can never land outside the tree.
+
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::Mode;
+use std::os::fd::{AsFd, OwnedFd};
+
+fn beneath_no_links() -> ResolveFlag {
+    ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS
+}
+
+/// Opens the directory `path` (the caller's own, e.g. a fresh staging directory).
+pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    nix::fcntl::open(
+        path,
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io::Error::from)
+}
+
+/// The parent directory of `rel` beneath `root` (no link followed), and `rel`'s last name.
+fn parent_beneath<'a>(
+    root: &impl AsFd,
+    rel: &'a Path,
+) -> io::Result<(Option<OwnedFd>, &'a std::ffi::OsStr)> {
+    let name = rel
+        .file_name()
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    match rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+        None => Ok((None, name)),
+        Some(parent) => {
+            let how = OpenHow::new()
+                .flags(OFlag::O_DIRECTORY | OFlag::O_PATH | OFlag::O_CLOEXEC)
+                .resolve(beneath_no_links());
+            Ok((Some(openat2(root, parent, how)?), name))
+        }
+    }
+}
+
+/// Creates the directory `rel` beneath `root` (its parent must exist).
+pub fn mkdir_beneath(root: &impl AsFd, rel: &Path) -> io::Result<()> {
+    let (parent, name) = parent_beneath(root, rel)?;
+    let dir = parent.as_ref().map_or(root.as_fd(), |p| p.as_fd());
+    nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(0o755)).map_err(io::Error::from)
+}
+
+/// Creates the new file `rel` beneath `root` for writing (never an existing one).
+pub fn create_beneath(root: &impl AsFd, rel: &Path, exec: bool) -> io::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC)
+        .mode(Mode::from_bits_truncate(if exec { 0o755 } else { 0o644 }))
+        .resolve(beneath_no_links());
+    openat2(root, rel, how).map_err(io::Error::from)
+}
+
+/// Creates the symlink `rel` -> `target` beneath `root` (its parent must exist).
+pub fn symlink_beneath(root: &impl AsFd, target: &str, rel: &Path) -> io::Result<()> {
+    let (parent, name) = parent_beneath(root, rel)?;
+    let dir = parent.as_ref().map_or(root.as_fd(), |p| p.as_fd());
+    nix::unistd::symlinkat(target, dir, name).map_err(io::Error::from)
+}
+
+/// Checks that `rel`, following symlinks, resolves to something beneath `root`: the
+/// kernel's own verdict (EXDEV when a link leads out, ENOENT when it leads nowhere).
+pub fn resolves_beneath(root: &impl AsFd, rel: &Path) -> io::Result<()> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    openat2(root, rel, how).map(drop).map_err(io::Error::from)
+}

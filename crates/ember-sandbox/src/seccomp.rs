@@ -1,6 +1,22 @@
 //! The seccomp allowlist every instance runs under. A syscall not listed kills the instance
 //! (`SECCOMP_RET_KILL_PROCESS`, seen by the node as SIGSYS and reported as reason `seccomp`).
 //!
+//! Namespaces cannot be created or joined by any route: `unshare` and `setns` are not listed;
+//! `clone` is allowed only when its flags ask for no new namespace (any `CLONE_NEW*` flag
+//! kills the instance); `clone3`, whose flags sit in a struct a filter cannot read, fails with
+//! `ENOSYS`, on which glibc (and Go, Rust's std, musl) fall back to `clone`. That answer comes
+//! from a five-instruction prefix written here, since seccompiler gives one action to every
+//! match:
+//!
+//! ```text
+//! 0: A = seccomp_data.arch
+//! 1: A == AUDIT_ARCH_X86_64 ? next : goto 5
+//! 2: A = seccomp_data.nr
+//! 3: A == SYS_clone3 ? next : goto 5
+//! 4: return ERRNO(ENOSYS)
+//! 5: the allowlist (seccompiler): arch check, then one branch per syscall
+//! ```
+//!
 //! The list was taken from what CPython and the examples (numpy, scikit-learn, pandas,
 //! chameleon, pyaes; threads, subprocesses, tempfiles, sockets) call under `strace -f`, plus
 //! what a process needs to start and end. Each entry says why it is there. Deliberately
@@ -11,7 +27,20 @@
 
 use std::collections::BTreeMap;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch, sock_filter,
+};
+
+/// Every flag of `clone` that makes a new namespace. (`CLONE_NEWTIME`, 0x80, exists only for
+/// `clone3` and `unshare`: in `clone`'s flags those bits are the exit signal.)
+pub const NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
+    | libc::CLONE_NEWCGROUP
+    | libc::CLONE_NEWUTS
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUSER
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET) as u64;
 
 /// (syscall, why an instance may make it)
 pub const ALLOWED: &[(i64, &str)] = &[
@@ -119,8 +148,10 @@ pub const ALLOWED: &[(i64, &str)] = &[
     ),
     (libc::SYS_membarrier, "runtime memory barriers"),
     // Processes and threads: bounded by the pids limit, confined to the pid namespace.
-    (libc::SYS_clone, "threads and fork"),
-    (libc::SYS_clone3, "threads (glibc 2.34+)"),
+    (
+        libc::SYS_clone,
+        "threads and fork (only without CLONE_NEW* flags, see clone_rule)",
+    ),
     (libc::SYS_fork, "os.fork"),
     (libc::SYS_vfork, "subprocess (CPython uses vfork)"),
     (libc::SYS_execve, "exec the runtime, subprocesses"),
@@ -249,10 +280,42 @@ pub const ALLOWED: &[(i64, &str)] = &[
 #[error("building the seccomp filter failed: {0}")]
 pub struct SeccompError(String);
 
+/// `clone` is allowed only when `flags & NAMESPACE_FLAGS == 0` (flags are its first argument
+/// on x86_64).
+fn clone_rule() -> Result<SeccompRule, SeccompError> {
+    let no_namespace = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::MaskedEq(NAMESPACE_FLAGS),
+        0,
+    )
+    .map_err(|e| SeccompError(e.to_string()))?;
+    SeccompRule::new(vec![no_namespace]).map_err(|e| SeccompError(e.to_string()))
+}
+
+const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+const BPF_LD_W_ABS: u16 = 0x20;
+const BPF_JEQ_K: u16 = 0x15;
+const BPF_RET_K: u16 = 0x06;
+const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+
+/// The prefix drawn in the module doc: `clone3` answers `ENOSYS`.
+fn clone3_prefix() -> [sock_filter; 5] {
+    let op = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    [
+        op(BPF_LD_W_ABS, 0, 0, 4),
+        op(BPF_JEQ_K, 0, 3, AUDIT_ARCH_X86_64),
+        op(BPF_LD_W_ABS, 0, 0, 0),
+        op(BPF_JEQ_K, 0, 1, libc::SYS_clone3 as u32),
+        op(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+    ]
+}
+
 /// Compiles the allowlist into a BPF program for x86_64.
 pub fn program() -> Result<BpfProgram, SeccompError> {
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         ALLOWED.iter().map(|(nr, _)| (*nr, Vec::new())).collect();
+    rules.insert(libc::SYS_clone, vec![clone_rule()?]);
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::KillProcess,
@@ -260,9 +323,12 @@ pub fn program() -> Result<BpfProgram, SeccompError> {
         TargetArch::x86_64,
     )
     .map_err(|e| SeccompError(e.to_string()))?;
-    filter
+    let allowlist: BpfProgram = filter
         .try_into()
-        .map_err(|e: seccompiler::BackendError| SeccompError(e.to_string()))
+        .map_err(|e: seccompiler::BackendError| SeccompError(e.to_string()))?;
+    let mut program = clone3_prefix().to_vec();
+    program.extend(allowlist);
+    Ok(program)
 }
 
 #[cfg(test)]
@@ -289,6 +355,7 @@ mod tests {
             libc::SYS_init_module,
             libc::SYS_process_vm_readv,
             libc::SYS_io_uring_setup,
+            libc::SYS_clone3,
         ] {
             assert!(
                 !allowed.contains(&denied),

@@ -293,3 +293,30 @@ async fn a_runtime_api_listener_lives_in_the_instances_own_network() {
     assert!(out.status.success(), "{out:?}");
     sb.destroy().await;
 }
+
+/// Every route to a namespace is closed from inside an instance (clone's CLONE_NEW* flags,
+/// clone3, unshare, setns), while fork and threads keep working (glibc's threads fall back
+/// from clone3 to clone on ENOSYS).
+#[tokio::test]
+async fn no_route_to_a_namespace_is_open() {
+    if !privileged() {
+        return;
+    }
+    let probe = include_str!("fixtures/ns_probe.py");
+    let script = format!("/usr/bin/python3 -I -c '{}'", probe.replace('\'', "'\\''"));
+    let (code, out, err) = run_in_sandbox(&script, false).await;
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    for want in [
+        "clone=killed:SIGSYS",
+        "clone3=errno:38",
+        "unshare=killed:SIGSYS",
+        "setns=killed:SIGSYS",
+        "fork=ok",
+        "thread=ok",
+    ] {
+        assert!(
+            out.contains(want),
+            "{want} missing from:\n{out}\nstderr:\n{err}"
+        );
+    }
+}

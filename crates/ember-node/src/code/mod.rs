@@ -1,22 +1,25 @@
-//! Function code: zip archives checked and unpacked in a staging directory, then stored
-//! content-addressed under `code/<blake3 of the tree>`.
+//! Function code: zip archives checked whole and unpacked in a staging directory
+//! (`archive.rs`), then stored content-addressed under `code/<blake3 of the tree>`.
 //!
-//! An archive is refused (and its staging directory removed) when an entry has an absolute
-//! path or a `..` component, is a symlink whose target leaves the tree, is a device, fifo or
-//! socket, when it has more than [`Limits::max_entries`] entries, or when it expands to more
-//! than [`Limits::max_ratio`] times its own size. Zip has no hardlinks; symlinks are created
-//! last, so no file is ever written through one.
+//! An archive is refused with a 400 that names the entry (and its staging directory removed)
+//! when an entry has an absolute path, a `..` component, an overlong or too deeply nested
+//! name, is a device, fifo or socket, names a path twice, lies under a file or a symlink of
+//! the archive, or is a symlink that does not resolve to an entry of the archive (following
+//! the archive's own links); when it has more than [`Limits::max_entries`] entries, or when it
+//! expands to more than [`Limits::max_ratio`] times its own size. Zip has no hardlinks.
 //!
 //! The tree hash covers, in path order, each entry's kind, path, executable bit and content
 //! (or link target), so the same code always lands in the same directory. The node then
 //! compiles the Python files in place (hash-checked `.pyc` in `__pycache__`, outside the tree
 //! hash), since instances see their code read-only.
 
+mod archive;
+
 use std::collections::HashSet;
 use std::fs;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -41,7 +44,7 @@ pub enum CodeError {
     #[error("the code archive is not a valid zip file: {0}")]
     NotZip(String),
     #[error("archive entry {entry:?} is refused: {rule}")]
-    Entry { entry: String, rule: &'static str },
+    Entry { entry: String, rule: String },
     #[error("the archive has {0} entries; at most {1} are allowed")]
     TooManyEntries(usize, usize),
     #[error(
@@ -50,9 +53,11 @@ pub enum CodeError {
     TooLarge { limit: u64, ratio: u64, size: u64 },
     #[error("the archive is empty")]
     Empty,
-    #[error("storing code under {path} failed")]
+    /// A server-side failure; `entry` is the archive's name (or empty), never a host path,
+    /// since the message reaches the client.
+    #[error("storing the code failed{}", if entry.is_empty() { String::new() } else { format!(" at entry {entry:?}") })]
     Io {
-        path: PathBuf,
+        entry: String,
         #[source]
         source: io::Error,
     },
@@ -65,10 +70,14 @@ impl CodeError {
     }
 }
 
+/// A failure of the store's own directories: logged with the host path, reported without.
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CodeError + '_ {
-    move |source| CodeError::Io {
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        tracing::error!(path = %path.display(), "code store i/o failed: {source}");
+        CodeError::Io {
+            entry: String::new(),
+            source,
+        }
     }
 }
 
@@ -116,7 +125,7 @@ impl CodeStore {
     pub fn add_zip(&self, zip: &[u8]) -> Result<String, CodeError> {
         let stage = Staging(self.staging.join(uuid::Uuid::new_v4().simple().to_string()));
         fs::create_dir(&stage.0).map_err(io_err(&stage.0))?;
-        unpack(zip, &stage.0, self.limits)?;
+        archive::unpack(zip, &stage.0, self.limits)?;
         let hash = tree_hash(&stage.0)?;
         let dest = self.path(&hash);
         if !dest.exists() {
@@ -145,162 +154,6 @@ fn fsync_dir(dir: &Path) -> Result<(), CodeError> {
     fs::File::open(dir)
         .and_then(|f| f.sync_all())
         .map_err(io_err(dir))
-}
-
-/// Checks an entry name and turns it into a relative path inside the tree.
-fn entry_path(raw: &[u8]) -> Result<PathBuf, &'static str> {
-    let name = std::str::from_utf8(raw).map_err(|_| "its name is not UTF-8")?;
-    if name.contains('\0') || name.contains('\\') {
-        return Err("its name contains NUL or a backslash");
-    }
-    if name.starts_with('/') {
-        return Err("absolute paths are not allowed");
-    }
-    let mut out = PathBuf::new();
-    for c in Path::new(name).components() {
-        match c {
-            Component::Normal(p) => out.push(p),
-            Component::CurDir => {}
-            Component::ParentDir => return Err("'..' components are not allowed"),
-            Component::RootDir | Component::Prefix(_) => {
-                return Err("absolute paths are not allowed");
-            }
-        }
-    }
-    if out.as_os_str().is_empty() {
-        return Err("its name is empty");
-    }
-    Ok(out)
-}
-
-/// True when `target`, a symlink at `link` (both relative to the tree), stays in the tree.
-fn link_stays_inside(link: &Path, target: &str) -> bool {
-    if target.is_empty() || target.starts_with('/') || target.contains('\0') {
-        return false;
-    }
-    let mut depth: i64 = link.components().count() as i64 - 1;
-    for c in Path::new(target).components() {
-        match c {
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::ParentDir => {
-                depth -= 1;
-                if depth < 0 {
-                    return false;
-                }
-            }
-            _ => return false,
-        }
-    }
-    true
-}
-
-const S_IFMT: u32 = 0o170000;
-const S_IFREG: u32 = 0o100000;
-const S_IFDIR: u32 = 0o040000;
-const S_IFLNK: u32 = 0o120000;
-
-fn unpack(zip: &[u8], dest: &Path, limits: Limits) -> Result<(), CodeError> {
-    let mut archive =
-        zip::ZipArchive::new(io::Cursor::new(zip)).map_err(|e| CodeError::NotZip(e.to_string()))?;
-    if archive.len() > limits.max_entries {
-        return Err(CodeError::TooManyEntries(archive.len(), limits.max_entries));
-    }
-    if archive.is_empty() {
-        return Err(CodeError::Empty);
-    }
-    let size = zip.len() as u64;
-    let budget = size
-        .saturating_mul(limits.max_ratio)
-        .min(limits.max_unpacked);
-    let too_large = || CodeError::TooLarge {
-        limit: budget,
-        ratio: limits.max_ratio,
-        size,
-    };
-    let mut written: u64 = 0;
-    let mut links = Vec::new();
-    for i in 0..archive.len() {
-        let mut f = archive
-            .by_index(i)
-            .map_err(|e| CodeError::NotZip(e.to_string()))?;
-        let shown = String::from_utf8_lossy(f.name_raw()).into_owned();
-        let refuse = |rule| CodeError::Entry {
-            entry: shown.clone(),
-            rule,
-        };
-        let rel = entry_path(f.name_raw()).map_err(refuse)?;
-        if f.encrypted() {
-            return Err(refuse("encrypted entries are not supported"));
-        }
-        let mode = f.unix_mode().unwrap_or(0);
-        let kind = mode & S_IFMT;
-        if kind != 0 && kind != S_IFREG && kind != S_IFDIR && kind != S_IFLNK {
-            return Err(refuse("device files, fifos and sockets are not allowed"));
-        }
-        written = written.saturating_add(f.size());
-        if written > budget {
-            return Err(too_large());
-        }
-        let path = dest.join(&rel);
-        if f.is_dir() {
-            fs::create_dir_all(&path).map_err(io_err(&path))?;
-            continue;
-        }
-        let mut content = Vec::new();
-        let declared = f.size();
-        let n = (&mut f)
-            .take(budget - (written - declared) + 1)
-            .read_to_end(&mut content)
-            .map_err(|e| CodeError::NotZip(format!("entry {shown:?}: {e}")))?
-            as u64;
-        if n > declared {
-            // The header lied about the size: count what really came out.
-            written = written - declared + n;
-            if written > budget {
-                return Err(too_large());
-            }
-        }
-        if kind == S_IFLNK || f.is_symlink() {
-            let target =
-                String::from_utf8(content).map_err(|_| refuse("symlink target is not UTF-8"))?;
-            if !link_stays_inside(&rel, &target) {
-                return Err(refuse("symlinks must point inside the archive"));
-            }
-            links.push((path, target));
-            continue;
-        }
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(io_err(parent))?;
-        }
-        let exec = mode & 0o111 != 0;
-        let mut out = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc_o_nofollow())
-            .mode(if exec { 0o755 } else { 0o644 })
-            .open(&path)
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::AlreadyExists => refuse("the archive holds this path twice"),
-                _ => CodeError::Io {
-                    path: path.clone(),
-                    source: e,
-                },
-            })?;
-        out.write_all(&content).map_err(io_err(&path))?;
-        out.sync_all().map_err(io_err(&path))?;
-    }
-    for (path, target) in links {
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(io_err(parent))?;
-        }
-        std::os::unix::fs::symlink(&target, &path).map_err(io_err(&path))?;
-    }
-    Ok(())
-}
-
-fn libc_o_nofollow() -> i32 {
-    nix::fcntl::OFlag::O_NOFOLLOW.bits()
 }
 
 /// BLAKE3 over the tree's entries in path order.
@@ -350,7 +203,11 @@ fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), CodeError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use zip::write::SimpleFileOptions;
+
+    const S_IFMT: u32 = 0o170000;
+    const S_IFLNK: u32 = 0o120000;
 
     fn zip_of(entries: &[(&str, u32, &[u8])]) -> Vec<u8> {
         let mut w = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
@@ -423,6 +280,11 @@ mod tests {
         assert_eq!(fs::read_dir(d.path().join("code")).unwrap().count(), 0);
         assert!(!d.path().join("evil").exists());
         assert!(!d.path().parent().unwrap().join("evil").exists());
+        let shown = err.to_string();
+        assert!(
+            !shown.contains(&*d.path().to_string_lossy()),
+            "{shown} shows a host path"
+        );
     }
 
     #[test]
@@ -436,11 +298,105 @@ mod tests {
         );
         refused(
             &[("d/l", S_IFLNK | 0o777, b"../../evil")],
-            "symlinks must point inside",
+            "resolves outside the archive",
         );
         refused(&[("dev", 0o020644, b"")], "device files");
         refused(&[("fifo", 0o010644, b"")], "device files");
         refused(&[("a\\b", 0o644, b"")], "backslash");
+    }
+
+    /// The escapes found by trying the daemon as a hostile tenant: each is a 400 naming the
+    /// entry, with no host path in the message, and nothing is written anywhere.
+    #[test]
+    fn link_chains_and_shape_tricks_are_refused() {
+        let (d, _s) = store();
+        let home = d.path().to_string_lossy().into_owned();
+        // A link to "." repeated, then enough '..' to climb out to the daemon's settings.
+        let climb = format!("{}../../../../{home}/ember.toml", "s/".repeat(30));
+        refused(
+            &[
+                ("s", S_IFLNK | 0o777, b"."),
+                ("x.py", S_IFLNK | 0o777, climb.as_bytes()),
+            ],
+            "x.py",
+        );
+        let long = format!("{}../../../../evil", "s/".repeat(45));
+        refused(
+            &[
+                ("s", S_IFLNK | 0o777, b"."),
+                ("x.py", S_IFLNK | 0o777, long.as_bytes()),
+            ],
+            "loop",
+        );
+        refused(
+            &[("__pycache__", S_IFLNK | 0o777, b"../../../../tmp")],
+            "resolves outside",
+        );
+        refused(
+            &[("d/lnk", S_IFLNK | 0o777, b".."), ("d/lnk/x", 0o644, b"x")],
+            "which is a symlink in the archive",
+        );
+        refused(
+            &[("d/lnk/x", 0o644, b"x"), ("d/lnk", S_IFLNK | 0o777, b"..")],
+            "which is a symlink in the archive",
+        );
+        let long_name = "a".repeat(300);
+        refused(&[(&long_name, 0o644, b"x")], "longer than 255");
+        let deep = format!("{}f.py", "d/".repeat(3000));
+        refused(&[(&deep, 0o644, b"x")], "longer than 1024");
+        let nested = format!("{}f.py", "d/".repeat(70));
+        refused(&[(&nested, 0o644, b"x")], "nested more than 64");
+        refused(
+            &[("a", 0o644, b"x"), ("a/b.py", 0o644, b"y")],
+            "which is a file in the archive",
+        );
+        refused(
+            &[("a/b.py", 0o644, b"y"), ("a", 0o644, b"x")],
+            "which is a file",
+        );
+        refused(
+            &[("a/", 0o755, b""), ("./a", 0o644, b"x")],
+            "names the same path",
+        );
+        refused(
+            &[("dangling", S_IFLNK | 0o777, b"nowhere")],
+            "does not contain",
+        );
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        // The zip writer refuses duplicates, so the second name is patched in place.
+        let mut z = zip_of(&[("aaa.py", 0o644, b"x = 1"), ("bbb.py", 0o644, b"x = 2")]);
+        for i in 0..z.len() - 6 {
+            if &z[i..i + 6] == b"bbb.py" {
+                z[i..i + 6].copy_from_slice(b"aaa.py");
+            }
+        }
+        let (_d, s) = store();
+        let err = s.add_zip(&z).unwrap_err();
+        assert!(err.is_user_error());
+        assert_eq!(
+            err.to_string(),
+            "archive entry \"aaa.py\" is refused: the archive holds this name twice"
+        );
+    }
+
+    #[test]
+    fn links_inside_the_tree_are_kept() {
+        let (_d, s) = store();
+        let z = zip_of(&[
+            ("s", S_IFLNK | 0o777, b"."),
+            ("pkg/mod.py", 0o644, b"X = 1"),
+            ("alias.py", S_IFLNK | 0o777, b"s/s/pkg/mod.py"),
+            ("pkg/up", S_IFLNK | 0o777, b".."),
+            ("__pycache__", S_IFLNK | 0o777, b"pkg"),
+        ]);
+        let h = s.add_zip(&z).unwrap();
+        assert_eq!(
+            fs::read_to_string(s.path(&h).join("alias.py")).unwrap(),
+            "X = 1"
+        );
     }
 
     #[test]
