@@ -87,6 +87,10 @@ pub struct ImageInfo {
     pub import_ms: f64,
     pub dump_ms: f64,
     pub verify_ms: f64,
+    /// The Python bootstrap the image's process runs (its code is in the image's memory):
+    /// an image made by another bootstrap speaks another protocol, and is dropped at start.
+    #[serde(default)]
+    pub runtime: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -219,6 +223,7 @@ impl ImageStore {
         dir: PathBuf,
         budget: u64,
         failures_unhealthy: u32,
+        runtime: &str,
     ) -> Result<ImageStore, ImageError> {
         std::fs::create_dir_all(&dir).map_err(|source| ImageError::Io {
             what: "creating",
@@ -240,6 +245,12 @@ impl ImageStore {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.contains(".tmp") {
                 // A build that did not finish.
+                let _ = std::fs::remove_dir_all(e.path());
+                continue;
+            }
+            if read_info(&e.path()).is_ok_and(|i| i.runtime != runtime) {
+                // Its process runs an earlier bootstrap; the node rebuilds what functions need.
+                tracing::info!(image = %name, "image made by an earlier runtime removed");
                 let _ = std::fs::remove_dir_all(e.path());
                 continue;
             }
@@ -606,6 +617,7 @@ mod tests {
             import_ms: 0.0,
             dump_ms: 0.0,
             verify_ms: 0.0,
+            runtime: String::new(),
         }
     }
 

@@ -4,9 +4,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use ember_runtime::python::{InvokeError, RestoredTiming, StartError};
+use ember_runtime::python::{InvokeError, RestoredInitError, RestoredTiming, StartError};
 use ember_runtime::{Outcome, StartSpec, native, provided, python};
-use ember_sandbox::{LimitReason, Sandbox, killed_by_seccomp};
+use ember_sandbox::{Events, LimitReason, Sandbox, killed_by_seccomp};
 use ember_snap::lazy::{LazyStats, PageServer};
 
 /// The runtime process of an instance, whichever runtime it is.
@@ -76,12 +76,20 @@ impl Proc {
         }
     }
 
+    /// A restored instance got past its after-restore hook (see [`python::Instance::hooked`]).
+    pub fn hooked(&self) -> bool {
+        matches!(self, Proc::Python(i) if i.hooked())
+    }
+
     /// The second half of a start from an image (Python only: images hold its runtime).
-    pub async fn init_restored(&mut self, spec: &StartSpec) -> Result<RestoredTiming, StartError> {
+    pub async fn init_restored(
+        &mut self,
+        spec: &StartSpec,
+    ) -> Result<RestoredTiming, RestoredInitError> {
         match self {
             Proc::Python(i) => i.init_restored(spec).await,
-            _ => Err(StartError::Socket(std::io::Error::other(
-                "only Python instances are restored from images",
+            _ => Err(RestoredInitError::Image(StartError::Socket(
+                std::io::Error::other("only Python instances are restored from images"),
             ))),
         }
     }
@@ -98,6 +106,9 @@ pub struct Live {
     pub reported: LazyStats,
     /// Pre-started and stopped: the host pid of its first process, to continue it.
     pub parked: Option<i32>,
+    /// The sandbox's limit counters when last looked at: a later event belongs to whatever
+    /// ran since (the start-up, then each invocation), never to the next one.
+    pub limits_seen: Events,
 }
 
 impl Live {
@@ -109,7 +120,17 @@ impl Live {
             pages: None,
             reported: LazyStats::default(),
             parked: None,
+            limits_seen: Events::default(),
         }
+    }
+
+    /// The limit the kernel enforced since the counters were last looked at (by this method
+    /// or [`Live::limit_hit`]), if any; the counters are looked at anew.
+    pub fn new_limit(&mut self) -> Option<LimitReason> {
+        let now = self.sandbox.as_ref()?.events();
+        let new = now.since(self.limits_seen);
+        self.limits_seen = now;
+        new.reason()
     }
 
     pub fn id(&self) -> &str {
@@ -120,10 +141,11 @@ impl Live {
         self.inst.is_gone()
     }
 
-    /// The limit the kernel enforced on this instance since it started, if any. Looks at the
-    /// cgroup's counters and, for seccomp, at how the process ended (waiting up to `wait`).
+    /// The limit the kernel enforced on this instance since the counters were last looked
+    /// at, if any: the cgroup's counters and, for seccomp, how the process ended (waiting up
+    /// to `wait`).
     pub async fn limit_hit(&mut self, wait: Duration) -> Option<LimitReason> {
-        if let Some(reason) = self.sandbox.as_ref().and_then(|s| s.events().reason()) {
+        if let Some(reason) = self.new_limit() {
             return Some(reason);
         }
         let status = self.inst.exit_status(wait).await?;

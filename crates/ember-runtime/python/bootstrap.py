@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-BOOT, PRELOADED, INIT, READY, INIT_ERROR, INVOKE, RESULT, ERROR = 1, 2, 3, 4, 5, 6, 7, 8
+BOOT, PRELOADED, INIT, READY, INIT_ERROR, INVOKE, RESULT, ERROR, HOOKED = 1, 2, 3, 4, 5, 6, 7, 8, 9
 MAX_FRAME = 64 * 1024 * 1024
 
 
@@ -189,6 +189,8 @@ def main():
         os.environ.update(init.get("env", {}))
         after_restore()
         hook_us = int((time.perf_counter() - t0) * 1e6)
+        # From here on the function's own code runs: a failure is its own, not the image's.
+        write_frame(fd, HOOKED, dumps({"hook_us": hook_us}))
     t0 = time.perf_counter()
     try:
         sys.path.insert(0, init["code_dir"])

@@ -7,6 +7,8 @@
 //! PRELOADED   rt -> host  JSON {"import_packages_us": n, "threads"?: n, "closed_fds"?: n}
 //! INIT        host -> rt  JSON {"function", "handler", "code_dir", "memory_mb", "version",
 //!                               "instance", "restored"?: true, "env"?: {name: value}}
+//! HOOKED      rt -> host  JSON {"hook_us": n}        (restored only: the hook is done, the
+//!                                                     function's own code runs next)
 //! READY       rt -> host  JSON {"import_handler_us": n, "hook_us"?: n}
 //! INIT_ERROR  rt -> host  JSON {"type", "message", "traceback": [line, ...]}
 //! INVOKE      host -> rt  hlen:u32be JSON{"request_id", "deadline_ms"} event-bytes
@@ -19,7 +21,9 @@
 //! its imports (a full garbage collection, then `gc.freeze()`; descriptors above the
 //! protocol's closed) and says how many threads it has: an image needs exactly one. With
 //! `restored`, the INIT goes to a process restored from such an image, which first runs the
-//! after-restore hook (new seeds for what Python seeded at import) and reports its time. The event and the result travel as raw bytes so that the
+//! after-restore hook (new seeds for what Python seeded at import) and says HOOKED before it
+//! imports the handler: what goes wrong before HOOKED is the image's fault, what goes wrong
+//! after it is the function's own. The event and the result travel as raw bytes so that the
 //! host never re-encodes a payload.
 
 use serde::{Deserialize, Serialize};
@@ -39,6 +43,7 @@ pub enum Kind {
     Invoke = 6,
     Result = 7,
     Error = 8,
+    Hooked = 9,
 }
 
 impl Kind {
@@ -52,6 +57,7 @@ impl Kind {
             6 => Kind::Invoke,
             7 => Kind::Result,
             8 => Kind::Error,
+            9 => Kind::Hooked,
             _ => return None,
         })
     }
@@ -189,6 +195,11 @@ pub struct Init<'a> {
     /// With `restored`: the instance's whole environment, replacing the image's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub env: Option<&'a std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HookedBody {
+    pub hook_us: u64,
 }
 
 #[derive(Debug, Deserialize)]

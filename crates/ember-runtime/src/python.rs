@@ -23,8 +23,8 @@ use tokio::process::{Child, Command};
 use tracing::{Instrument, info_span};
 
 use crate::protocol::{
-    self, Boot, FunctionError, Init, InvokeHeader, Kind, Preloaded, ProtocolError, Ready,
-    ResultHeader,
+    self, Boot, FunctionError, HookedBody, Init, InvokeHeader, Kind, Preloaded, ProtocolError,
+    Ready, ResultHeader,
 };
 use crate::sys;
 
@@ -111,6 +111,18 @@ pub enum StartError {
     Threads(u32),
 }
 
+/// Where the initialisation of a restored instance failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoredInitError {
+    /// Before any of the function's code ran (the restored process, the after-restore hook):
+    /// the image's fault.
+    #[error("the restored runtime failed before the function's code ran: {0}")]
+    Image(#[source] StartError),
+    /// While importing the handler: the function's own doing.
+    #[error(transparent)]
+    Function(StartError),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum InvokeError {
     #[error("the instance died or broke the protocol during the invocation: {0}")]
@@ -133,6 +145,8 @@ pub struct Instance {
     child: Child,
     conn: UnixStream,
     pid: u32,
+    /// A restored instance said HOOKED: the function's own code has started running.
+    hooked: bool,
 }
 
 impl std::fmt::Debug for Instance {
@@ -197,18 +211,42 @@ impl Instance {
     }
 
     /// Initialises a process restored from an image: the after-restore hook, then the
-    /// handler's import.
-    pub async fn init_restored(&mut self, spec: &StartSpec) -> Result<RestoredTiming, StartError> {
-        let r = self.send_init(spec, true).await;
-        let r = match r {
-            Ok(()) => self.await_ready().await,
+    /// handler's import. The error says which of the two failed: before the runtime says
+    /// HOOKED it is the image's doing, after it the function's.
+    pub async fn init_restored(
+        &mut self,
+        spec: &StartSpec,
+    ) -> Result<RestoredTiming, RestoredInitError> {
+        let hooked = match self.send_init(spec, true).await {
+            Ok(()) => self.await_hooked().await,
             Err(e) => Err(e),
         };
-        let ready = self.check_start(r).await?;
+        self.check_start(hooked)
+            .await
+            .map_err(RestoredInitError::Image)?;
+        let ready = self.await_ready().await;
+        let ready = self
+            .check_start(ready)
+            .await
+            .map_err(RestoredInitError::Function)?;
         Ok(RestoredTiming {
             hook: Duration::from_micros(ready.hook_us),
             import_handler: Duration::from_micros(ready.import_handler_us),
         })
+    }
+
+    /// Waits for HOOKED: the restored process runs and its after-restore hook is done.
+    async fn await_hooked(&mut self) -> Result<HookedBody, StartError> {
+        let frame = protocol::read_frame(&mut self.conn)
+            .instrument(info_span!("runtime.hook"))
+            .await?;
+        match frame.kind {
+            Kind::Hooked => {
+                self.hooked = true;
+                Ok(protocol::parse_json("HOOKED", &frame.body)?)
+            }
+            got => Err(unexpected("HOOKED", got).into()),
+        }
     }
 
     /// On a start-up failure: kills the process group, and says how the runtime ended when
@@ -295,6 +333,7 @@ impl Instance {
             child,
             conn,
             pid,
+            hooked: false,
         })
     }
 
@@ -417,6 +456,12 @@ impl Instance {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Whether a restored instance got past its after-restore hook into the function's own
+    /// code (so that a failure since, even a timeout, is the function's).
+    pub fn hooked(&self) -> bool {
+        self.hooked
     }
 
     pub fn pid(&self) -> u32 {

@@ -173,6 +173,17 @@ pub struct Events {
     pub pids_max_hits: u64,
 }
 
+impl Events {
+    /// What the counters gained since `earlier` (they only grow): the events of one period,
+    /// such as one invocation.
+    pub fn since(self, earlier: Events) -> Events {
+        Events {
+            oom_kills: self.oom_kills.saturating_sub(earlier.oom_kills),
+            pids_max_hits: self.pids_max_hits.saturating_sub(earlier.pids_max_hits),
+        }
+    }
+}
+
 fn write(dir: &Path, file: &str, value: &str) -> Result<(), CgroupError> {
     let p = dir.join(file);
     fs::write(&p, value).map_err(io_at(&p))

@@ -224,7 +224,7 @@ async fn a_deploy_killed_midway_leaves_the_previous_version() {
     let slow = home.path().join("slow-python");
     std::fs::write(
         &slow,
-        "#!/bin/sh\nif [ \"$1 $2\" = \"-m pip\" ]; then sleep 30; fi\nexec /usr/bin/python3 \"$@\"\n",
+        "#!/bin/sh\nif [ \"$1 $2\" = \"-m pip\" ]; then sleep 31.7; fi\nexec /usr/bin/python3 \"$@\"\n",
     )
     .unwrap();
     std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -266,13 +266,17 @@ async fn a_deploy_killed_midway_leaves_the_previous_version() {
         pending.await.unwrap().is_err(),
         "the deploy cannot have answered"
     );
-    // pip died with the daemon instead of writing into envs/ behind its back.
-    assert!(eventually(Duration::from_secs(2), || {
-        !std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+    // pip died with the daemon instead of writing into envs/ behind its back, and so did
+    // what it started (the `sleep` its wrapper runs stands for pip's own subprocesses).
+    let alive = |needle: &str| {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
             std::fs::read(e.path().join("cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(slow.to_str().unwrap()))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
                 .unwrap_or(false)
         })
+    };
+    assert!(eventually(Duration::from_secs(2), || {
+        !alive(slow.to_str().unwrap()) && !alive("sleep\x0031.7")
     }));
 
     let d = Daemon::start(home.path(), &args);

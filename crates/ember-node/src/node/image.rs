@@ -8,15 +8,18 @@
 //! start:  checkout -> fresh sandbox, first process parked -> restore (policy, handoff to
 //!             the instance's user and filter) -> INIT restored: environment, after-restore
 //!             hook (reseed), handler import -> READY
-//!         any failure but the handler's own: logged, counted, the image marked unhealthy
-//!         after repeated failures, and the caller cold-boots instead
+//!         a failure before the runtime says HOOKED (sandbox, restore, page source, hook):
+//!         the image's: logged, counted, the image marked unhealthy after repeated failures,
+//!         and the caller cold-boots instead; a failure after HOOKED (the handler's import
+//!         raises, crashes, hits a limit, hangs): the function's alone, its crash-loop backoff
+//!         counts it and the image stays healthy
 //! ```
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ember_runtime::python::StartError;
+use ember_runtime::python::{RestoredInitError, StartError};
 use ember_runtime::{Instance, LogSink, Outcome, StartSpec, Stream};
 use ember_sandbox::InstanceSpec;
 use ember_snap::lazy::{PageServer, Policy};
@@ -25,7 +28,7 @@ use tracing::{Instrument, info_span};
 
 use super::{Deployed, InvokeOutcome, Node, NodeError, Timing, error_chain, now_secs};
 use crate::envs::PackageEnv;
-use crate::function::Runtime;
+use crate::function::{Network, Runtime};
 use crate::images::{ImageError, ImageInfo, ImageStatus, Pages, image_id};
 use crate::live::Live;
 use crate::metrics::ImageLabels;
@@ -71,6 +74,13 @@ impl LogSink for BuildLog {
         let text = String::from_utf8_lossy(line);
         tracing::info!(instance, ?stream, "{text}");
     }
+}
+
+/// What a restored instance's sandbox shows it besides the system: these directories,
+/// read-only, and the host's network or none.
+struct Sees {
+    read_only: Vec<PathBuf>,
+    host_network: bool,
 }
 
 /// A restored instance before its INIT.
@@ -295,6 +305,7 @@ impl Node {
             import_ms: import.as_secs_f64() * 1e3,
             dump_ms: dump.as_secs_f64() * 1e3,
             verify_ms: t2.elapsed().as_secs_f64() * 1e3,
+            runtime: super::runtime_of(&self.bootstrap),
         })
     }
 
@@ -324,7 +335,10 @@ impl Node {
         let Restored { mut live, .. } = self
             .restore_instance(
                 &spec,
-                read_only,
+                Sees {
+                    read_only,
+                    host_network: false,
+                },
                 id,
                 &pages,
                 Policy::Lazy,
@@ -380,7 +394,7 @@ impl Node {
     async fn restore_instance(
         &self,
         spec: &StartSpec,
-        read_only: Vec<PathBuf>,
+        sees: Sees,
         id: &str,
         pages: &Pages,
         policy: Policy,
@@ -392,9 +406,9 @@ impl Node {
             .prepare(&InstanceSpec {
                 id: spec.instance_id.clone(),
                 memory_bytes: u64::from(spec.memory_mb) << 20,
-                read_only,
+                read_only: sees.read_only,
                 cwd: spec.code_dir.clone(),
-                host_network: false,
+                host_network: sees.host_network,
                 runtime_api_port: None,
             })
             .map_err(|e| format!("creating the sandbox: {}", error_chain(&e)))?;
@@ -493,8 +507,12 @@ impl Node {
             self.bootstrap.clone(),
         ];
         let sink = self.logs.sink(&rec.name);
+        let sees = Sees {
+            read_only,
+            host_network: rec.config.network == Network::Host,
+        };
         let restored = self
-            .restore_instance(&spec, read_only, id, &pages, policy, sink)
+            .restore_instance(&spec, sees, id, &pages, policy, sink)
             .instrument(info_span!("start.image", instance = %spec.instance_id, image = id))
             .await;
         let Restored {
@@ -515,6 +533,8 @@ impl Node {
                 timing.hook = Some(t.hook);
                 timing.import_handler = Some(t.import_handler);
                 live.image = Some(id.to_string());
+                // Invocations count the sandbox's limit events from here.
+                let _ = live.new_limit();
                 self.images.succeeded(id);
                 self.count_started(d);
                 self.logs.append(
@@ -531,7 +551,8 @@ impl Node {
                 );
                 FromImage::Started(Box::new(live))
             }
-            Ok(Err(StartError::Handler(fe))) => {
+            Ok(Err(RestoredInitError::Function(StartError::Handler(fe)))) => {
+                self.images.succeeded(id);
                 self.logs.append(
                     &rec.name,
                     &spec.instance_id,
@@ -545,10 +566,49 @@ impl Node {
                 self.reap(live.kill());
                 FromImage::Outcome(InvokeOutcome::InitError(fe))
             }
-            Ok(Err(e)) => {
+            Ok(Err(RestoredInitError::Function(e))) => {
+                // The image did its part (restored, hooked); the function's own import ended
+                // its process: its failure alone, never the shared image's.
+                if let Some(msg) = server_failure(&mut live) {
+                    self.reap(live.kill());
+                    return self.image_failed(d, id, t0, timing, msg);
+                }
+                self.images.succeeded(id);
+                let limit = live.limit_hit(Duration::from_millis(200)).await;
+                let msg = error_chain(&e);
+                self.logs.append(
+                    &rec.name,
+                    &spec.instance_id,
+                    "event",
+                    format!("instance failed while importing its handler: {msg}").as_bytes(),
+                );
+                self.reap(live.kill());
+                FromImage::Outcome(match limit {
+                    Some(l) => InvokeOutcome::Limit(l),
+                    None => InvokeOutcome::Crashed(msg),
+                })
+            }
+            Ok(Err(RestoredInitError::Image(e))) => {
                 let msg = server_failure(&mut live).unwrap_or_else(|| error_chain(&e));
                 self.reap(live.kill());
                 self.image_failed(d, id, t0, timing, msg)
+            }
+            Err(_) if live.inst.hooked() => {
+                // Stuck in the function's own import: its timeout, not the image's.
+                self.images.succeeded(id);
+                let limit = self.cfg.init_timeout;
+                self.logs.append(
+                    &rec.name,
+                    &spec.instance_id,
+                    "event",
+                    format!(
+                        "instance start timed out after {} s, importing its handler",
+                        limit.as_secs()
+                    )
+                    .as_bytes(),
+                );
+                self.reap(live.kill());
+                FromImage::Outcome(InvokeOutcome::InitTimeout(limit))
             }
             Err(_) => {
                 self.reap(live.kill());

@@ -40,8 +40,10 @@ use crate::ratelimit::RateLimit;
 use crate::registry::{Registry, RegistryError};
 use crate::sys::{FileLock, try_lock_file};
 
+mod crash_loop;
 mod events;
 mod image;
+use crash_loop::CrashLoop;
 use image::FromImage;
 
 #[derive(Debug, thiserror::Error)]
@@ -221,7 +223,7 @@ impl Served {
 }
 
 /// What an invocation ended with.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum InvokeOutcome {
     /// The handler's JSON result.
     Ok(Vec<u8>),
@@ -253,6 +255,32 @@ impl InvokeOutcome {
             InvokeOutcome::StartFailed(_) => "start-failed",
             InvokeOutcome::Limit(r) => r.as_str(),
         }
+    }
+
+    /// The same outcome, its message (where it carries one) followed by `note`.
+    fn with_note(&self, note: &str) -> InvokeOutcome {
+        match self {
+            InvokeOutcome::InitError(fe) => {
+                let mut fe = fe.clone();
+                fe.message.push_str(note);
+                InvokeOutcome::InitError(fe)
+            }
+            InvokeOutcome::Crashed(m) => InvokeOutcome::Crashed(format!("{m}{note}")),
+            other => other.clone(),
+        }
+    }
+
+    /// A failed start that is the function's own doing (its import, its limits), as opposed
+    /// to the node's: what the crash-loop backoff counts.
+    fn is_function_start_failure(&self) -> bool {
+        matches!(
+            self,
+            InvokeOutcome::InitError(_)
+                | InvokeOutcome::InitTimeout(_)
+                | InvokeOutcome::Crashed(_)
+                | InvokeOutcome::Limit(_)
+                | InvokeOutcome::Timeout(_)
+        )
     }
 }
 
@@ -327,6 +355,7 @@ struct Deployed {
     env: PackageEnv,
     code_dir: PathBuf,
     pool: Pool,
+    crash_loop: CrashLoop,
 }
 
 pub struct Node {
@@ -432,6 +461,7 @@ impl Node {
             home.join("images"),
             cfg.images.memory_bytes,
             cfg.images.failures_unhealthy,
+            &runtime_of(&bootstrap),
         )?);
         if sandboxes.is_none() && !images.list().is_empty() {
             tracing::warn!("dependency images are not used without the sandbox");
@@ -529,6 +559,7 @@ impl Node {
         let deployed = Arc::new(Deployed {
             code_dir: self.code.path(&rec.code_hash),
             pool: Pool::new(rec.config.max_instances),
+            crash_loop: CrashLoop::default(),
             record: rec,
             env,
         });
@@ -854,12 +885,20 @@ impl Node {
             }
         }
         if started.is_none()
+            && let Some(outcome) = d.crash_loop.holds(Instant::now())
+        {
+            timing.total = t0.elapsed();
+            let served = Served::none(StartPath::ColdBoot);
+            return Ok(self.finish(d, request_id, served, timing, outcome));
+        }
+        if started.is_none()
             && let Some(id) = self.image_for(d)
         {
             match self.image_start(d, &id, &mut timing).await {
                 FromImage::Started(i) => started = Some((*i, StartPath::Image)),
                 FromImage::Failed => {}
                 FromImage::Outcome(outcome) => {
+                    d.crash_loop.failed(&outcome, Instant::now());
                     timing.total = t0.elapsed();
                     let start = StartPath::Image;
                     let served = Served::none(start);
@@ -872,12 +911,18 @@ impl Node {
             None => match self.cold_boot(d, &mut timing).await {
                 Ok(i) => (i, StartPath::ColdBoot),
                 Err(outcome) => {
+                    if outcome.is_function_start_failure() {
+                        d.crash_loop.failed(&outcome, Instant::now());
+                    }
                     timing.total = t0.elapsed();
                     let served = Served::none(StartPath::ColdBoot);
                     return Ok(self.finish(d, request_id, served, timing, outcome));
                 }
             },
         };
+        if start != StartPath::Warm {
+            d.crash_loop.started();
+        }
         let instance_id = inst.id().to_string();
         let image = inst.image.clone();
         let limit = Duration::from_secs(u64::from(rec.config.timeout_s));
@@ -911,17 +956,16 @@ impl Node {
                     }
                 }
             }
-            Ran::Done(Ok(Outcome::Error(fe)))
-                if inst
-                    .sandbox
-                    .as_ref()
-                    .is_some_and(|s| s.events().pids_max_hits > 0) =>
-            {
-                // The handler survived its own fork storm (and reported the failed fork):
-                // the instance still goes, and the caller learns why.
-                timing.exec = Some(Duration::from_micros(fe.duration_us));
-                self.discard(d, inst, "limit reached: pids");
-                InvokeOutcome::Limit(LimitReason::Pids)
+            Ran::Done(Ok(out)) if let Some(reason) = inst.new_limit() => {
+                // The kernel stopped something during this invocation (a child OOM-killed, a
+                // fork storm the handler survived): this invocation is charged with it, and
+                // the instance goes, whatever the handler answered.
+                timing.exec = Some(match &out {
+                    Outcome::Result { exec, .. } => *exec,
+                    Outcome::Error(fe) => Duration::from_micros(fe.duration_us),
+                });
+                self.discard(d, inst, &format!("limit reached: {}", reason.as_str()));
+                InvokeOutcome::Limit(reason)
             }
             Ran::Done(Ok(out)) => {
                 if rec.cold_only() {
@@ -1228,7 +1272,10 @@ impl Node {
                         timing.init().as_secs_f64() * 1e3
                     ));
                 }
-                return Ok(Live::new(inst, sandbox));
+                let mut live = Live::new(inst, sandbox);
+                // What happened during the start was the start's; invocations count from here.
+                let _ = live.new_limit();
+                return Ok(live);
             }
             Err(NotStarted::Failed(StartError::Handler(fe))) => {
                 note(format!(
@@ -1390,6 +1437,14 @@ impl Node {
     }
 }
 
+/// Names the bootstrap an image's process runs: its directory, named by its content hash.
+pub(crate) fn runtime_of(bootstrap: &std::path::Path) -> String {
+    bootstrap
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 /// A new instance's id: `<function>-<12 hex digits>`.
 fn instance_id(function: &str) -> String {
     format!(
@@ -1500,7 +1555,12 @@ enum Ran {
 /// (within 100 ms) rather than at the timeout.
 async fn watched(live: &mut Live, request_id: &str, limit: Duration, event: &[u8]) -> Ran {
     const TICK: Duration = Duration::from_millis(100);
-    let Live { inst, sandbox, .. } = live;
+    let Live {
+        inst,
+        sandbox,
+        limits_seen,
+        ..
+    } = live;
     let invoke = inst.invoke(request_id, SystemTime::now() + limit, event);
     tokio::pin!(invoke);
     let timeout = tokio::time::sleep(limit);
@@ -1512,7 +1572,8 @@ async fn watched(live: &mut Live, request_id: &str, limit: Duration, event: &[u8
             r = &mut invoke => return Ran::Done(r),
             _ = &mut timeout => return Ran::TimedOut,
             _ = tick.tick(), if sandbox.is_some() => {
-                if let Some(reason) = sandbox.as_ref().and_then(|s| s.events().reason()) {
+                let seen = *limits_seen;
+                if let Some(reason) = sandbox.as_ref().and_then(|s| s.events().since(seen).reason()) {
                     return Ran::Limit(reason);
                 }
             }
