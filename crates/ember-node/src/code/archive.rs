@@ -292,7 +292,10 @@ fn resolve(
         }
         if c == ".." {
             if current.pop().is_none() {
-                return Err("its symlink resolves outside the archive".into());
+                return Err(
+                    "symlinks must point inside the archive, and this one resolves outside it"
+                        .into(),
+                );
             }
             continue;
         }
@@ -314,7 +317,10 @@ fn resolve(
                     return Err("its symlink is part of a loop of symlinks".into());
                 }
                 if next.starts_with('/') {
-                    return Err("its symlink resolves outside the archive".into());
+                    return Err(
+                        "symlinks must point inside the archive, and this one resolves outside it"
+                            .into(),
+                    );
                 }
                 current.pop();
                 for part in split(next).into_iter().rev() {

@@ -298,7 +298,7 @@ mod tests {
         );
         refused(
             &[("d/l", S_IFLNK | 0o777, b"../../evil")],
-            "resolves outside the archive",
+            "resolves outside it",
         );
         refused(&[("dev", 0o020644, b"")], "device files");
         refused(&[("fifo", 0o010644, b"")], "device files");
