@@ -4,17 +4,30 @@
 //! Namespaces cannot be created or joined by any route: `unshare` and `setns` are not listed;
 //! `clone` is allowed only when its flags ask for no new namespace (any `CLONE_NEW*` flag
 //! kills the instance); `clone3`, whose flags sit in a struct a filter cannot read, fails with
-//! `ENOSYS`, on which glibc (and Go, Rust's std, musl) fall back to `clone`. That answer comes
-//! from a five-instruction prefix written here, since seccompiler gives one action to every
-//! match:
+//! `ENOSYS`, on which glibc (and Go, Rust's std, musl) fall back to `clone`.
+//!
+//! Sockets are limited to the families a function uses (Unix, IPv4, IPv6, and netlink, which
+//! glibc's `getifaddrs` reads): any other (`AF_ALG`, `AF_PACKET`, `AF_VSOCK`, ... kernel code a
+//! function has no business with) fails with `EAFNOSUPPORT`, as on a kernel without it, so
+//! that code probing for a family goes on.
+//!
+//! Those two answers come from a prefix written here, since seccompiler gives one action to
+//! every match:
 //!
 //! ```text
-//! 0: A = seccomp_data.arch
-//! 1: A == AUDIT_ARCH_X86_64 ? next : goto 5
-//! 2: A = seccomp_data.nr
-//! 3: A == SYS_clone3 ? next : goto 5
-//! 4: return ERRNO(ENOSYS)
-//! 5: the allowlist (seccompiler): arch check, then one branch per syscall
+//!  0: A = seccomp_data.arch
+//!  1: A == AUDIT_ARCH_X86_64 ? next : goto 12
+//!  2: A = seccomp_data.nr
+//!  3: A == SYS_clone3 ? next : goto 5
+//!  4: return ERRNO(ENOSYS)
+//!  5: A == SYS_socket ? next : goto 12
+//!  6: A = low half of seccomp_data.args[0] (the family; the kernel reads an int)
+//!  7: A == AF_UNIX    ? goto 12 : next
+//!  8: A == AF_INET    ? goto 12 : next
+//!  9: A == AF_INET6   ? goto 12 : next
+//! 10: A == AF_NETLINK ? goto 12 : next
+//! 11: return ERRNO(EAFNOSUPPORT)
+//! 12: the allowlist (seccompiler): arch check, then one branch per syscall
 //! ```
 //!
 //! The list was taken from what CPython and the examples (numpy, scikit-learn, pandas,
@@ -299,15 +312,37 @@ const BPF_JEQ_K: u16 = 0x15;
 const BPF_RET_K: u16 = 0x06;
 const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
 
-/// The prefix drawn in the module doc: `clone3` answers `ENOSYS`.
-fn clone3_prefix() -> [sock_filter; 5] {
+/// Socket families an instance may create (see the module doc).
+pub const SOCKET_FAMILIES: [i32; 4] = [
+    libc::AF_UNIX,
+    libc::AF_INET,
+    libc::AF_INET6,
+    libc::AF_NETLINK,
+];
+
+/// The prefix drawn in the module doc: `clone3` answers `ENOSYS`, a socket of another family
+/// `EAFNOSUPPORT`. Jump offsets count from the next instruction.
+fn prefix() -> [sock_filter; 12] {
     let op = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+    let [unix, inet, inet6, netlink] = SOCKET_FAMILIES.map(|f| f as u32);
     [
         op(BPF_LD_W_ABS, 0, 0, 4),
-        op(BPF_JEQ_K, 0, 3, AUDIT_ARCH_X86_64),
+        op(BPF_JEQ_K, 0, 10, AUDIT_ARCH_X86_64),
         op(BPF_LD_W_ABS, 0, 0, 0),
         op(BPF_JEQ_K, 0, 1, libc::SYS_clone3 as u32),
         op(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        op(BPF_JEQ_K, 0, 6, libc::SYS_socket as u32),
+        op(BPF_LD_W_ABS, 0, 0, 16),
+        op(BPF_JEQ_K, 4, 0, unix),
+        op(BPF_JEQ_K, 3, 0, inet),
+        op(BPF_JEQ_K, 2, 0, inet6),
+        op(BPF_JEQ_K, 1, 0, netlink),
+        op(
+            BPF_RET_K,
+            0,
+            0,
+            SECCOMP_RET_ERRNO | libc::EAFNOSUPPORT as u32,
+        ),
     ]
 }
 
@@ -326,7 +361,7 @@ pub fn program() -> Result<BpfProgram, SeccompError> {
     let allowlist: BpfProgram = filter
         .try_into()
         .map_err(|e: seccompiler::BackendError| SeccompError(e.to_string()))?;
-    let mut program = clone3_prefix().to_vec();
+    let mut program = prefix().to_vec();
     program.extend(allowlist);
     Ok(program)
 }

@@ -153,7 +153,8 @@ async fn no_start_path_lets_an_instance_make_a_namespace() {
     let d = Daemon::start(home.path(), &["--images", "off"]);
     let want = json!({
         "clone": "killed:SIGSYS", "clone3": "errno:38", "unshare": "killed:SIGSYS",
-        "setns": "killed:SIGSYS", "fork": "ok", "thread": "ok"
+        "setns": "killed:SIGSYS", "af_alg": "errno:97", "af_packet": "errno:97",
+        "sockets": "ok", "fork": "ok", "thread": "ok"
     });
     let probe_py = zip_entries(&[("main.py", 0o644, PROBE.as_bytes())]);
     // Cold boot (no image covers it yet), then from an image of the same packages.
