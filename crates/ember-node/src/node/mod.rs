@@ -424,7 +424,7 @@ impl Node {
         }
         let home = cfg.home.clone();
         let lock_path = home.join("ember.lock");
-        let home_lock = try_lock_file(&lock_path).map_err(|e| match e.kind() {
+        let home_lock = lock_home(&lock_path).await.map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock => NodeError::HomeLocked(home.clone()),
             _ => NodeError::Io {
                 what: "locking",
@@ -1433,6 +1433,23 @@ impl Node {
         for d in all {
             let old = d.pool.expire(self.cfg.keep_alive);
             self.discard_all(&d, old, "idle past the keep-alive time");
+        }
+    }
+}
+
+/// Takes the home's lock. A daemon killed a moment ago (a crash, `kill -9`, then a restart by a
+/// supervisor) may still have children on their way out that hold its descriptors, the lock
+/// among them: they die with it, so the lock is waited for a little before another daemon is
+/// taken to be there.
+async fn lock_home(path: &std::path::Path) -> std::io::Result<FileLock> {
+    const PATIENCE: Duration = Duration::from_secs(3);
+    let t0 = Instant::now();
+    loop {
+        match try_lock_file(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && t0.elapsed() < PATIENCE => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
         }
     }
 }
