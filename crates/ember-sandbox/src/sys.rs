@@ -358,6 +358,39 @@ pub fn close_from_except(first: libc::c_uint, keep: [libc::c_int; 2]) {
     close_from(from);
 }
 
+/// *child* Moves the descriptors `a` and `b` to `first` and `first + 1` (closing them where
+/// they were), keeping close-on-exec; returns the new numbers. Whatever else is at those
+/// two numbers is closed.
+pub fn move_pair_to(
+    a: libc::c_int,
+    b: libc::c_int,
+    first: libc::c_int,
+) -> io::Result<(libc::c_int, libc::c_int)> {
+    let mut b = b;
+    if b == first {
+        // `a` goes there: `b` steps aside first, above both targets.
+        // SAFETY: fcntl F_DUPFD_CLOEXEC on a descriptor this process owns; no pointers.
+        let moved = unsafe { libc::fcntl(b, libc::F_DUPFD_CLOEXEC, first + 2) };
+        if moved < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        close(b);
+        b = moved;
+    }
+    Ok((move_to(a, first)?, move_to(b, first + 1)?))
+}
+
+/// *child* `fd` at number `to` (close-on-exec), no longer at its old number.
+fn move_to(fd: libc::c_int, to: libc::c_int) -> io::Result<libc::c_int> {
+    if fd == to {
+        return Ok(fd);
+    }
+    // SAFETY: dup3 takes two descriptor numbers and a flag; `fd` is this process's.
+    check(unsafe { libc::dup3(fd, to, libc::O_CLOEXEC) })?;
+    close(fd);
+    Ok(to)
+}
+
 /// *child* Dies with its parent (must follow the credential change, which clears it).
 pub fn die_with_parent() -> io::Result<()> {
     // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number.
