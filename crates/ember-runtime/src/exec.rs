@@ -156,6 +156,7 @@ pub fn spawn(
         .process_group(0)
         .kill_on_drop(true);
     sys::kill_with_daemon(&mut cmd);
+    sys::inherit_stdio_only(&mut cmd);
     confine(&mut cmd);
     let mut child = {
         let _s = info_span!("runtime.spawn").entered();

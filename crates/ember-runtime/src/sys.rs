@@ -7,7 +7,8 @@ use std::os::fd::RawFd;
 pub const PROTOCOL_FD: RawFd = 3;
 
 /// Arranges, in a freshly forked child before exec, for `proto` to be inherited as
-/// [`PROTOCOL_FD`] and for the child to die with the daemon.
+/// [`PROTOCOL_FD`], for no other descriptor of the daemon's to be, and for the child to die
+/// with the daemon.
 ///
 /// # Safety
 /// Must only be called between fork and exec (from `CommandExt::pre_exec`): it calls only
@@ -26,7 +27,40 @@ pub unsafe fn child_after_fork(proto: RawFd, parent: libc::pid_t) -> io::Result<
             return Err(io::Error::last_os_error());
         }
     }
+    cloexec_from(PROTOCOL_FD as libc::c_uint + 1)
+}
+
+/// Marks every descriptor from `first` up close-on-exec: the child is a copy of the
+/// daemon's descriptor table, and whatever the daemon opened without the flag would
+/// otherwise reach the runtime. A kernel older than 5.11 lacks the flag: there only the
+/// descriptors opened with it are kept out. Calls only async-signal-safe functions.
+fn cloexec_from(first: libc::c_uint) -> io::Result<()> {
+    // SAFETY: close_range takes integers; CLOSE_RANGE_CLOEXEC only sets the flag on
+    // descriptors this process owns.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        if !matches!(err.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
+            return Err(err);
+        }
+    }
     Ok(())
+}
+
+/// Makes the process `cmd` starts inherit stdio only, whatever the daemon holds.
+pub fn inherit_stdio_only(cmd: &mut tokio::process::Command) {
+    // SAFETY: the closure runs between fork and exec and only calls `cloexec_from`, which
+    // is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| cloexec_from(3));
+    }
 }
 
 /// Arms SIGKILL for when `parent` (the daemon) dies; fails if it already has. Calls only

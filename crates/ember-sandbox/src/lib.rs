@@ -544,6 +544,10 @@ impl Drop for Sandbox {
     }
 }
 
+/// The first descriptor number that is the sandbox's own: 0-2 are stdio and 3 the
+/// runtime's protocol socket, which the caller's steps put in place.
+const FIRST_PRIVATE_FD: libc::c_int = 4;
+
 /// Runs in the forked child: see the module doc.
 fn enter(p: &Plan) -> std::io::Result<()> {
     // Only the pid namespace here: C1 stays in the host's mount namespace, where the cgroup
@@ -661,7 +665,12 @@ fn enter(p: &Plan) -> std::io::Result<()> {
         // the two pipes; C1 closes the last copy once this process is stopped, which is when
         // the daemon's spawn() returns), then be stopped, still privileged, until the
         // restore is done or SIGCONT comes.
-        sys::close_from_except(4, [stop_w, go_r]);
+        sys::close_from_except(FIRST_PRIVATE_FD as libc::c_uint, [stop_w, go_r]);
+        // The pipes were made in a copy of the daemon's descriptor table, at numbers that
+        // grow with what the daemon holds (past this process's own limit, with a thousand
+        // instances): the parked process holds them at the lowest numbers instead, so that
+        // nothing a restore sees of it depends on the daemon.
+        let (stop_w, go_r) = sys::move_pair_to(stop_w, go_r, FIRST_PRIVATE_FD)?;
         sys::send_byte(stop_w, b'S');
         let _ = sys::recv_byte(go_r);
         sys::close(stop_w);

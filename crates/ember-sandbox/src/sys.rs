@@ -358,6 +358,39 @@ pub fn close_from_except(first: libc::c_uint, keep: [libc::c_int; 2]) {
     close_from(from);
 }
 
+/// *child* Moves the descriptors `a` and `b` to `first` and `first + 1` (closing them where
+/// they were), keeping close-on-exec; returns the new numbers. Whatever else is at those
+/// two numbers is closed.
+pub fn move_pair_to(
+    a: libc::c_int,
+    b: libc::c_int,
+    first: libc::c_int,
+) -> io::Result<(libc::c_int, libc::c_int)> {
+    let mut b = b;
+    if b == first {
+        // `a` goes there: `b` steps aside first, above both targets.
+        // SAFETY: fcntl F_DUPFD_CLOEXEC on a descriptor this process owns; no pointers.
+        let moved = unsafe { libc::fcntl(b, libc::F_DUPFD_CLOEXEC, first + 2) };
+        if moved < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        close(b);
+        b = moved;
+    }
+    Ok((move_to(a, first)?, move_to(b, first + 1)?))
+}
+
+/// *child* `fd` at number `to` (close-on-exec), no longer at its old number.
+fn move_to(fd: libc::c_int, to: libc::c_int) -> io::Result<libc::c_int> {
+    if fd == to {
+        return Ok(fd);
+    }
+    // SAFETY: dup3 takes two descriptor numbers and a flag; `fd` is this process's.
+    check(unsafe { libc::dup3(fd, to, libc::O_CLOEXEC) })?;
+    close(fd);
+    Ok(to)
+}
+
 /// *child* Dies with its parent (must follow the credential change, which clears it).
 pub fn die_with_parent() -> io::Result<()> {
     // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number.
@@ -380,5 +413,43 @@ mod tests {
         assert_eq!(super::pid_digits(0, &mut b), b"0");
         assert_eq!(super::pid_digits(7, &mut b), b"7");
         assert_eq!(super::pid_digits(4194304, &mut b), b"4194304");
+    }
+
+    /// A pipe's two ends placed at `r` and `w` (numbers far above what a test process holds).
+    fn pipe_at(r: libc::c_int, w: libc::c_int) -> (libc::c_int, libc::c_int) {
+        let (a, b) = super::pipe().unwrap();
+        let (tmp_a, tmp_b) = (
+            super::move_to(a, 700).unwrap(),
+            super::move_to(b, 701).unwrap(),
+        );
+        (
+            super::move_to(tmp_a, r).unwrap(),
+            super::move_to(tmp_b, w).unwrap(),
+        )
+    }
+
+    fn is_open(fd: libc::c_int) -> bool {
+        // SAFETY: F_GETFD takes a descriptor number and no pointers.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+    }
+
+    #[test]
+    fn a_pair_moves_to_its_numbers_from_any_arrangement() {
+        // (write end, read end) before the move; the write end goes to 600, the read end to 601.
+        for (w, r) in [(610, 611), (601, 600), (600, 620), (620, 601), (601, 630)] {
+            let (r, w) = pipe_at(r, w);
+            let (w2, r2) = super::move_pair_to(w, r, 600).unwrap();
+            assert_eq!((w2, r2), (600, 601));
+            super::send_byte(600, b'x');
+            assert_eq!(super::recv_byte(601), Some(b'x'), "moved from {w}, {r}");
+            for old in [w, r] {
+                assert!(old == 600 || old == 601 || !is_open(old), "{old} left open");
+            }
+            // SAFETY: F_GETFD takes a descriptor number and no pointers.
+            assert_eq!(unsafe { libc::fcntl(600, libc::F_GETFD) }, libc::FD_CLOEXEC);
+            super::close(600);
+            super::close(601);
+        }
+        assert!(!is_open(602) && !is_open(603));
     }
 }

@@ -133,3 +133,65 @@ fn restores_into_a_stopped_process_the_caller_created() {
     writeln!(w, "exit").unwrap();
     assert_eq!(common::wait_exit(pid), 0);
 }
+
+#[test]
+fn a_target_holding_a_descriptor_at_its_limit_restores_with_only_the_images() {
+    if !privileged("a_target_holding_a_descriptor_at_its_limit_restores_with_only_the_images") {
+        return;
+    }
+    let f = fixture();
+    let (in_r, in_w) = std::io::pipe().unwrap();
+    let (out_r, out_w) = std::io::pipe().unwrap();
+    use std::os::fd::AsRawFd;
+    let (a, b) = (in_r.as_raw_fd(), out_w.as_raw_fd());
+    // What a sandbox's first process looked like when its creator held a thousand
+    // descriptors: one left at the top of a 1024 limit.
+    // SAFETY: the child only calls async-signal-safe functions, then stops or exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let lim = libc::rlimit {
+            rlim_cur: 1024,
+            rlim_max: 1024,
+        };
+        // SAFETY: async-signal-safe calls in the child on descriptors it inherited and a
+        // stack rlimit.
+        unsafe {
+            libc::dup2(a, 0);
+            libc::dup2(b, 1);
+            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
+            libc::dup2(0, 1023);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            libc::kill(libc::getpid(), libc::SIGSTOP);
+            libc::_exit(1);
+        }
+    }
+    let mut st = 0;
+    // SAFETY: waiting for our own child into a local.
+    unsafe { libc::waitpid(pid, &mut st, libc::WUNTRACED) };
+    assert!(libc::WIFSTOPPED(st));
+    drop((in_r, out_w));
+    assert_eq!(common::fds_of(pid), vec![0, 1, 2, 1023]);
+    let r = ember_snap::restore(
+        &f.image,
+        ember_snap::Target::Stopped { pid },
+        &ember_snap::RestoreOptions::default(),
+    )
+    .map_err(|e| common::chain(&e))
+    .unwrap();
+    assert_eq!(r.pid, pid);
+    // The image's own descriptors (stdio and its log file), and nothing of the target's.
+    assert_eq!(common::fds_of(pid), vec![0, 1, 2, 3]);
+    let mut w = std::fs::File::from(std::os::fd::OwnedFd::from(in_w));
+    let mut rd = std::io::BufReader::new(std::fs::File::from(std::os::fd::OwnedFd::from(out_r)));
+    use std::io::{BufRead, Write};
+    writeln!(w, "ping").unwrap();
+    let mut line = String::new();
+    rd.read_line(&mut line).unwrap();
+    assert_eq!(line.trim_end(), format!("pong {pid}"));
+    writeln!(w, "log").unwrap();
+    line.clear();
+    rd.read_line(&mut line).unwrap();
+    assert_eq!(line.trim_end(), "log ok");
+    writeln!(w, "exit").unwrap();
+    assert_eq!(common::wait_exit(pid), 0);
+}

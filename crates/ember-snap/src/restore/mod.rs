@@ -5,8 +5,9 @@
 //!                           (1 single-step)          (blob)     (process_vm_  (blob)      (gadget removed
 //!                                                               writev)                  by the image's own
 //!                                                                                        syscall insn; regs)
-//! batch 1: unregister the old rseq; open every file and park it at a known high fd (fstat
-//!          each for the identity check); close the target's other fds; unmap everything but
+//! batch 1: unregister the old rseq; close the target's fds but the inherited ones; open
+//!          every file and park it at a number just above the image's own (fstat each for
+//!          the identity check), whatever numbers the target held; unmap everything but
 //!          the gadget and the vDSO; move the vDSO to the image's address; map every VMA.
 //! batch 2: final protections; PR_SET_MM_MAP (mm fields, auxv, exe); reopen the image's file
 //!          descriptors; signal handlers, altstack, robust list, TID address, rseq, umask,
@@ -329,14 +330,7 @@ fn check_target(img: &LoadedImage, t: &Tracee) -> Result<Checked, RestoreError> 
             format!("it does not hold inherited descriptor {n} the image needs"),
         ));
     }
-    // One above the lowest number an open can return (at most max + 1).
-    let high = fds_now
-        .iter()
-        .chain(meta.fds.iter().map(|f| &f.fd))
-        .max()
-        .copied()
-        .unwrap_or(2)
-        + 2;
+    let high = parking_base(meta);
     let mut two = [0u8; 2];
     sys::read_mem(pid, t.regs.rip.wrapping_sub(2), &mut two)
         .map_err(|e| target_err(pid, format!("reading its code: {e}")))?;
@@ -554,6 +548,18 @@ fn in_mapped_vma(meta: &crate::image::Meta, r: &PageRun) -> bool {
         .iter()
         .find(|v| v.start <= r.addr && r.addr < v.end)
         .is_some_and(plan::mapped_kind)
+}
+
+/// First of the numbers batch 1 parks descriptors at. Batch 1 first closes every
+/// descriptor of the target but the inherited ones and a mapped restore's memfd, so the
+/// numbers follow from the image alone, never from what the target held: a sandbox's
+/// first process, forked from a daemon holding a thousand descriptors, may hold some at
+/// numbers near its limit, and parking above those went past the limit (`dup3` fails with
+/// EBADF). Above every number the image uses and the memfd's (one above those), with a
+/// free number in between for the opens that precede each park (an open returns the
+/// lowest free number: at most the highest kept one plus one).
+fn parking_base(meta: &crate::image::Meta) -> i32 {
+    meta.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) + 3
 }
 
 /// Where a mapped restore puts the image's memfd in the target: above every descriptor

@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 
 use ember_snap::{LoadedImage, RestoreOptions, Target};
 
+pub mod sandboxed;
+
 /// An error and its sources, as the CLI prints them.
 pub fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -245,4 +247,14 @@ pub fn dump_python(script: &str, args: &[&str], cwd: &Path, dir: &Path) -> Loade
     let inherited = vec![0, 1, 2];
     ember_snap::dump(original.pid, &out, &ember_snap::DumpOptions { inherited }).unwrap();
     LoadedImage::load(&out).unwrap()
+}
+
+/// The descriptors `pid` holds, by number.
+pub fn fds_of(pid: i32) -> Vec<i32> {
+    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    fds
 }
