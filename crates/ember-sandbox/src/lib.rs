@@ -593,7 +593,11 @@ fn enter(p: &Plan) -> std::io::Result<()> {
         sys::close_from(3);
         sys::relay_exit(pid);
     }
-    // C2: pid 1 of the new namespace.
+    // C2: pid 1 of the new namespace. It dies with C1 from here (and again after the
+    // credential change, which clears the setting): a daemon killed while C2 builds its
+    // mounts takes C2 along instead of leaving it to run on, holding the daemon's
+    // descriptors. A C1 already gone shows as EOF on `joined` below.
+    sys::die_with_parent()?;
     sys::close(joined_w);
     if p.stop_for_restore {
         sys::close(stop_r);
