@@ -63,7 +63,10 @@ impl From<NodeError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let close = self.status == StatusCode::PAYLOAD_TOO_LARGE;
+        let close = matches!(
+            self.status,
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+        );
         let mut resp =
             (self.status, axum::Json(ErrorResponse { error: *self.body })).into_response();
         if close {
