@@ -694,12 +694,13 @@ async fn invoke(
         _ => MAX_SYNC_PAYLOAD.min(s.cfg.max_event_bytes),
     };
     let bytes = read(&s, &headers, body, limit, "Invoke").await?;
-    let event = if bytes.iter().all(u8::is_ascii_whitespace) {
-        Bytes::from_static(b"{}")
-    } else {
-        json_body::<serde::de::IgnoredAny>(&bytes)?;
-        bytes
-    };
+    let event = crate::event::check(bytes).map_err(|e| {
+        LambdaError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContentException",
+            format!("Could not parse request body into json: {e}"),
+        )
+    })?;
     let version = qualifier.unwrap_or_else(|| "$LATEST".to_string());
     match kind {
         InvocationType::DryRun => Ok(StatusCode::NO_CONTENT.into_response()),

@@ -5,6 +5,7 @@
 
 pub mod client;
 mod error;
+mod event;
 mod lambda;
 pub mod package;
 mod routes;

@@ -372,14 +372,8 @@ async fn invoke(
     body: Body,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(&s, &headers, body, s.cfg.max_event_bytes, "event").await?;
-    let event = if bytes.iter().all(u8::is_ascii_whitespace) {
-        Bytes::from_static(b"{}")
-    } else {
-        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
-            ApiError::bad_request("InvalidJson", format!("the event is not valid JSON: {e}"))
-        })?;
-        bytes
-    };
+    let event = crate::event::check(bytes)
+        .map_err(|e| ApiError::bad_request("InvalidJson", e.to_string()))?;
     // In a task of its own: a caller that goes away does not cancel the invocation, whose
     // instance then goes back to the pool (or is stopped) as usual.
     let node = s.node.clone();
