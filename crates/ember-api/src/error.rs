@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 pub use ember_node::error_chain;
 use ember_node::{NodeError, NodeErrorKind};
 
-use crate::types::{ErrorBody, ErrorResponse};
+use crate::types::{DeployError, DeployEvent, ErrorBody, ErrorResponse};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -29,6 +29,14 @@ impl ApiError {
 
     pub fn bad_request(code: &str, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// The last line of a streamed deploy that failed, with the status it stands for.
+    pub fn deploy_event(self) -> DeployEvent {
+        DeployEvent::Error(DeployError {
+            status: Some(self.status.as_u16()),
+            error: *self.body,
+        })
     }
 }
 

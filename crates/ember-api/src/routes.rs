@@ -296,9 +296,9 @@ async fn deploy(
                     created,
                     function: serde_json::to_value(st).unwrap_or_default(),
                 }),
-                Err(e) => DeployEvent::Error(*ApiError::from(e).body),
+                Err(e) => ApiError::from(e).deploy_event(),
             },
-            Err(e) => DeployEvent::Error(*ApiError::from(e).body),
+            Err(e) => ApiError::from(e).deploy_event(),
         };
         send(&tx, &last);
     });

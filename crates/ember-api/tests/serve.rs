@@ -1,7 +1,8 @@
 //! The API's connections against hostile and careless clients: idle, slow-loris and
 //! slow-body connections are closed, and more connections than the cap get a clear 503
 //! while the API keeps serving. A real node (no sandbox, no images) behind a real socket,
-//! with timeouts of a second so the tests stay short; every bound asserted is generous.
+//! with timeouts of a second so the tests stay short; every bound asserted is generous. And
+//! the client against the server: a failed streamed deploy reports the status it failed with.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -286,6 +287,28 @@ async fn a_request_longer_than_the_timeouts_is_served_and_the_connection_kept() 
         let got = read_response(&mut s).await;
         assert!(got.starts_with("HTTP/1.1 200"), "{got}");
         assert!(got.ends_with("\"slept\""), "{got}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_streaming_deploy_reports_the_servers_status() {
+    let server = Server::start(ConnectionLimits::default()).await;
+    let client = ember_api::client::Client::new(&server.url(), None);
+    // A first deploy without code: refused by the node after the stream started.
+    let e = client
+        .deploy(
+            "fresh",
+            &serde_json::json!({"handler": "main.handler"}),
+            &mut |_| {},
+        )
+        .await
+        .unwrap_err();
+    match e {
+        ember_api::client::ClientError::Api { status, code, .. } => {
+            assert_eq!((status, code.as_str()), (400, "CodeRequired"));
+        }
+        other => panic!("{other}"),
     }
     server.stop().await;
 }
