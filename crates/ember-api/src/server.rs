@@ -432,9 +432,8 @@ impl AsyncWrite for Watched {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_flush(cx);
-        this.wrote(r, cx)
+        // A socket's flush is a no-op: it says nothing of the client reading.
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -453,6 +452,63 @@ mod tests {
         assert!(cap >= 1 && cap + REFUSALS as u64 <= (soft / 2).max(REFUSALS as u64 + 1));
         assert_eq!(connection_cap(4), 4);
         assert_eq!(connection_cap(0), 1);
+    }
+
+    /// A connected pair of sockets: (server side, client side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        (l.accept().await.unwrap().0, client)
+    }
+
+    fn limits(ms: u64) -> ConnectionLimits {
+        ConnectionLimits {
+            header_timeout: Duration::from_millis(ms),
+            body_timeout: Duration::from_millis(ms),
+            idle_timeout: Duration::from_millis(ms),
+            max_connections: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reads_nothing_of_a_response_is_cut() {
+        let (server, _client) = pair().await;
+        let state = Arc::new(ConnState::default());
+        let _busy = Busy::start(state.clone());
+        let mut w = Watched::new(server, state, limits(200));
+        // Far more than the socket buffers hold: the writes stall, then fail.
+        let chunk = vec![0u8; 1 << 20];
+        let failed = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Err(e) = w.write_all(&chunk).await {
+                    return e;
+                }
+            }
+        })
+        .await
+        .expect("the stalled write is cut");
+        assert_eq!(failed.kind(), io::ErrorKind::TimedOut, "{failed}");
+    }
+
+    #[tokio::test]
+    async fn a_busy_connection_has_no_read_deadline() {
+        let (server, mut client) = pair().await;
+        let state = Arc::new(ConnState::default());
+        let busy = Busy::start(state.clone());
+        let mut w = Watched::new(server, state, limits(100));
+        let mut buf = [0u8; 1];
+        // Busy: a read waits past the deadlines for the client.
+        let read = tokio::time::timeout(Duration::from_millis(500), w.read(&mut buf)).await;
+        assert!(read.is_err(), "{read:?}");
+        // The request answered: idle, and closed after the idle timeout.
+        drop(busy);
+        let e = tokio::time::timeout(Duration::from_secs(30), w.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(e.to_string().contains("idle"), "{e}");
+        client.write_all(b"x").await.unwrap();
     }
 
     #[test]
