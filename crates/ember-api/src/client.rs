@@ -64,6 +64,9 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(256)
+            // Below the daemon's idle timeout (60 s), so a pooled connection is not reused
+            // just as the daemon closes it.
+            .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_default();
         Client {
