@@ -73,7 +73,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let close = matches!(
             self.status,
-            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+            StatusCode::PAYLOAD_TOO_LARGE
+                | StatusCode::REQUEST_TIMEOUT
+                | StatusCode::SERVICE_UNAVAILABLE
         );
         let mut resp =
             (self.status, axum::Json(ErrorResponse { error: *self.body })).into_response();

@@ -132,7 +132,9 @@ impl IntoResponse for LambdaError {
         }
         if matches!(
             self.status,
-            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+            StatusCode::PAYLOAD_TOO_LARGE
+                | StatusCode::REQUEST_TIMEOUT
+                | StatusCode::SERVICE_UNAVAILABLE
         ) {
             // The body was left unread: the connection cannot carry another request.
             hs.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -373,6 +375,11 @@ async fn read(
             StatusCode::REQUEST_TIMEOUT => LambdaError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "RequestTimeoutException",
+                e.body.message,
+            ),
+            StatusCode::SERVICE_UNAVAILABLE => LambdaError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceException",
                 e.body.message,
             ),
             _ => LambdaError::invalid(e.body.message),

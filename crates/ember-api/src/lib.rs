@@ -60,6 +60,10 @@ pub struct ConnectionLimits {
     /// Connections held at once; one more is answered 503 `TooManyConnections` with
     /// `Connection: close`. Never more than half the process's descriptor limit.
     pub max_connections: usize,
+    /// Request bodies being received hold at most this many bytes together; a body that
+    /// would go past it is answered 503 `ServerBusy` (with `Connection: close`), so many
+    /// large bodies held at once cannot exhaust the daemon's memory.
+    pub max_buffered_body_bytes: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -69,6 +73,7 @@ impl Default for ConnectionLimits {
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            max_buffered_body_bytes: 1 << 30,
         }
     }
 }
@@ -78,13 +83,17 @@ pub(crate) struct AppState {
     pub node: Arc<Node>,
     pub cfg: Arc<ApiConfig>,
     pub limits: ConnectionLimits,
+    /// `limits.max_buffered_body_bytes`, in KiB, less what bodies being received hold.
+    pub body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn router(node: Arc<Node>, cfg: ApiConfig, limits: ConnectionLimits) -> axum::Router {
+    let kib = (limits.max_buffered_body_bytes / 1024).min(tokio::sync::Semaphore::MAX_PERMITS);
     routes::router(AppState {
         node,
         cfg: Arc::new(cfg),
         limits,
+        body_budget: Arc::new(tokio::sync::Semaphore::new(kib)),
     })
 }
 

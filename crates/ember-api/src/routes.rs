@@ -102,7 +102,8 @@ const BODY_BYTES_PER_EXTRA_SECOND: usize = 64 << 10;
 /// Reads a body of at most `limit` bytes; more is refused with 413 before it is buffered.
 /// The body must arrive within the body timeout, plus a second per 64 KiB received: a
 /// client that trickles it in gets 408 (and the connection closes), so it cannot hold the
-/// buffer for long.
+/// buffer for long. While it arrives it holds its size of the bodies' budget: past the
+/// budget, 503.
 pub(crate) async fn read_body(
     s: &AppState,
     headers: &HeaderMap,
@@ -127,6 +128,7 @@ pub(crate) async fn read_body(
     let started = tokio::time::Instant::now();
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
     loop {
         let granted = s.limits.body_timeout
             + Duration::from_secs((buf.len() / BODY_BYTES_PER_EXTRA_SECOND) as u64);
@@ -147,7 +149,29 @@ pub(crate) async fn read_body(
         match next {
             None => return Ok(Bytes::from(buf)),
             Some(Ok(chunk)) if buf.len() + chunk.len() > limit => return Err(too_large()),
-            Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+            Some(Ok(chunk)) => {
+                let kib = u32::try_from(chunk.len().div_ceil(1024)).unwrap_or(u32::MAX);
+                let more = s
+                    .body_budget
+                    .clone()
+                    .try_acquire_many_owned(kib)
+                    .map_err(|_| {
+                        ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "ServerBusy",
+                            format!(
+                                "the daemon is receiving {} MiB of request bodies at once, its \
+                             limit; retry shortly",
+                                s.limits.max_buffered_body_bytes >> 20
+                            ),
+                        )
+                    })?;
+                match &mut held {
+                    Some(h) => h.merge(more),
+                    None => held = Some(more),
+                }
+                buf.extend_from_slice(&chunk);
+            }
             Some(Err(e)) => {
                 return Err(ApiError::bad_request(
                     "BadBody",

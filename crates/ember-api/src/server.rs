@@ -467,6 +467,7 @@ mod tests {
             body_timeout: Duration::from_millis(ms),
             idle_timeout: Duration::from_millis(ms),
             max_connections: 1,
+            max_buffered_body_bytes: 1 << 20,
         }
     }
 
