@@ -64,6 +64,9 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(256)
+            // Below the daemon's idle timeout (60 s), so a pooled connection is not reused
+            // just as the daemon closes it.
+            .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_default();
         Client {
@@ -137,6 +140,7 @@ impl Client {
         if !resp.status().is_success() {
             return Err(Self::fail(resp).await);
         }
+        let http_status = resp.status().as_u16();
         let mut buf = Vec::new();
         loop {
             let chunk = resp
@@ -151,11 +155,13 @@ impl Client {
                     Ok(DeployEvent::Progress(p)) => progress(&p),
                     Ok(DeployEvent::Done(d)) => return Ok(d),
                     Ok(DeployEvent::Error(e)) => {
+                        // The status the deploy failed with; a daemon that does not send
+                        // it leaves the stream's own.
                         return Err(ClientError::Api {
-                            status: 422,
-                            code: e.code,
-                            message: e.message,
-                            traceback: e.traceback,
+                            status: e.status.unwrap_or(http_status),
+                            code: e.error.code,
+                            message: e.error.message,
+                            traceback: e.error.traceback,
                         });
                     }
                     Err(e) => return Err(ClientError::Protocol(format!("bad deploy event: {e}"))),

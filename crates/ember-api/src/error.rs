@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 pub use ember_node::error_chain;
 use ember_node::{NodeError, NodeErrorKind};
 
-use crate::types::{ErrorBody, ErrorResponse};
+use crate::types::{DeployError, DeployEvent, ErrorBody, ErrorResponse};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -29,6 +29,14 @@ impl ApiError {
 
     pub fn bad_request(code: &str, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// The last line of a streamed deploy that failed, with the status it stands for.
+    pub fn deploy_event(self) -> DeployEvent {
+        DeployEvent::Error(DeployError {
+            status: Some(self.status.as_u16()),
+            error: *self.body,
+        })
     }
 }
 
@@ -63,7 +71,12 @@ impl From<NodeError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let close = self.status == StatusCode::PAYLOAD_TOO_LARGE;
+        let close = matches!(
+            self.status,
+            StatusCode::PAYLOAD_TOO_LARGE
+                | StatusCode::REQUEST_TIMEOUT
+                | StatusCode::SERVICE_UNAVAILABLE
+        );
         let mut resp =
             (self.status, axum::Json(ErrorResponse { error: *self.body })).into_response();
         if close {

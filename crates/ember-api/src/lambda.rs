@@ -130,7 +130,12 @@ impl IntoResponse for LambdaError {
         if self.status == StatusCode::TOO_MANY_REQUESTS {
             hs.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+        if matches!(
+            self.status,
+            StatusCode::PAYLOAD_TOO_LARGE
+                | StatusCode::REQUEST_TIMEOUT
+                | StatusCode::SERVICE_UNAVAILABLE
+        ) {
             // The body was left unread: the connection cannot carry another request.
             hs.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -353,25 +358,31 @@ fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, LambdaEr
 }
 
 async fn read(
+    s: &AppState,
     headers: &HeaderMap,
     body: Body,
     limit: usize,
     operation: &str,
 ) -> Result<Bytes, LambdaError> {
-    read_body(headers, body, limit, "request")
+    read_body(s, headers, body, limit, "request")
         .await
-        .map_err(|e| {
-            if e.status == StatusCode::PAYLOAD_TOO_LARGE {
-                LambdaError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "RequestTooLargeException",
-                    format!(
-                        "Request must be smaller than {limit} bytes for the {operation} operation"
-                    ),
-                )
-            } else {
-                LambdaError::invalid(e.body.message)
-            }
+        .map_err(|e| match e.status {
+            StatusCode::PAYLOAD_TOO_LARGE => LambdaError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestTooLargeException",
+                format!("Request must be smaller than {limit} bytes for the {operation} operation"),
+            ),
+            StatusCode::REQUEST_TIMEOUT => LambdaError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "RequestTimeoutException",
+                e.body.message,
+            ),
+            StatusCode::SERVICE_UNAVAILABLE => LambdaError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceException",
+                e.body.message,
+            ),
+            _ => LambdaError::invalid(e.body.message),
         })
 }
 
@@ -380,7 +391,7 @@ async fn create(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, LambdaError> {
-    let bytes = read(&headers, body, s.cfg.max_deploy_bytes, "CreateFunction").await?;
+    let bytes = read(&s, &headers, body, s.cfg.max_deploy_bytes, "CreateFunction").await?;
     let req: CreateRequest = json_body(&bytes)?;
     drop(bytes);
     let (name, _) = parse_function_name(&req.function_name)?;
@@ -561,7 +572,7 @@ async fn update_configuration(
     body: Body,
 ) -> Result<Response, LambdaError> {
     let st = status_of(&s, &raw, None)?;
-    let bytes = read(&headers, body, 1 << 20, "UpdateFunctionConfiguration").await?;
+    let bytes = read(&s, &headers, body, 1 << 20, "UpdateFunctionConfiguration").await?;
     let req: UpdateConfiguration = json_body(&bytes)?;
     let mut config = st.record.config.clone();
     if let Some(r) = req.runtime {
@@ -604,7 +615,14 @@ async fn update_code(
     body: Body,
 ) -> Result<Response, LambdaError> {
     let st = status_of(&s, &raw, None)?;
-    let bytes = read(&headers, body, s.cfg.max_deploy_bytes, "UpdateFunctionCode").await?;
+    let bytes = read(
+        &s,
+        &headers,
+        body,
+        s.cfg.max_deploy_bytes,
+        "UpdateFunctionCode",
+    )
+    .await?;
     let req: UpdateCode = json_body(&bytes)?;
     drop(bytes);
     check_architectures(&req.architectures)?;
@@ -682,13 +700,14 @@ async fn invoke(
         InvocationType::Event => MAX_ASYNC_PAYLOAD,
         _ => MAX_SYNC_PAYLOAD.min(s.cfg.max_event_bytes),
     };
-    let bytes = read(&headers, body, limit, "Invoke").await?;
-    let event = if bytes.iter().all(u8::is_ascii_whitespace) {
-        Bytes::from_static(b"{}")
-    } else {
-        json_body::<serde::de::IgnoredAny>(&bytes)?;
-        bytes
-    };
+    let bytes = read(&s, &headers, body, limit, "Invoke").await?;
+    let event = crate::event::check(bytes).map_err(|e| {
+        LambdaError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContentException",
+            format!("Could not parse request body into json: {e}"),
+        )
+    })?;
     let version = qualifier.unwrap_or_else(|| "$LATEST".to_string());
     match kind {
         InvocationType::DryRun => Ok(StatusCode::NO_CONTENT.into_response()),

@@ -5,13 +5,16 @@
 
 pub mod client;
 mod error;
+mod event;
 mod lambda;
 pub mod package;
 mod routes;
+mod server;
+pub mod sys;
 pub mod types;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ember_node::Node;
 
@@ -38,16 +41,59 @@ impl Default for ApiConfig {
     }
 }
 
+/// How long a client may take, and how many connections it may hold: what keeps slow,
+/// idle or too many clients from holding the daemon's descriptors and memory (see
+/// `server.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// A request head (request line and headers) must arrive within this, counted from the
+    /// connection's opening or from the first byte of a later request; else the connection
+    /// is closed.
+    pub header_timeout: Duration,
+    /// A request body must arrive within this, plus one second for each 64 KiB received
+    /// (so a large deploy on a slow link is not cut); else 408 and the connection is
+    /// closed.
+    pub body_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed, as is one whose
+    /// client reads none of a response for this long.
+    pub idle_timeout: Duration,
+    /// Connections held at once; one more is answered 503 `TooManyConnections` with
+    /// `Connection: close`. Never more than half the process's descriptor limit.
+    pub max_connections: usize,
+    /// Request bodies being received hold at most this many bytes together; a body that
+    /// would go past it is answered 503 `ServerBusy` (with `Connection: close`), so many
+    /// large bodies held at once cannot exhaust the daemon's memory.
+    pub max_buffered_body_bytes: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_buffered_body_bytes: 1 << 30,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub node: Arc<Node>,
     pub cfg: Arc<ApiConfig>,
+    pub limits: ConnectionLimits,
+    /// `limits.max_buffered_body_bytes`, in KiB, less what bodies being received hold.
+    pub body_budget: Arc<tokio::sync::Semaphore>,
 }
 
-pub fn router(node: Arc<Node>, cfg: ApiConfig) -> axum::Router {
+pub fn router(node: Arc<Node>, cfg: ApiConfig, limits: ConnectionLimits) -> axum::Router {
+    let kib = (limits.max_buffered_body_bytes / 1024).min(tokio::sync::Semaphore::MAX_PERMITS);
     routes::router(AppState {
         node,
         cfg: Arc::new(cfg),
+        limits,
+        body_budget: Arc::new(tokio::sync::Semaphore::new(kib)),
     })
 }
 
@@ -56,15 +102,11 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     node: Arc<Node>,
     cfg: ApiConfig,
+    limits: ConnectionLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(node.clone(), cfg);
-    let r = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    let app = router(node.clone(), cfg, limits);
+    let r = server::serve(listener, app, limits, shutdown).await;
     node.shutdown().await;
     r
 }

@@ -11,6 +11,8 @@
 //! | GET | /v1/functions/{name}/logs?lines=N | tail of the function's log |
 //! | GET | /metrics | Prometheus text |
 
+use std::time::Duration;
+
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
@@ -23,6 +25,7 @@ use ember_node::function::validate_name;
 use ember_node::{FunctionConfig, Invocation, InvokeOutcome};
 use ember_sandbox::LimitReason;
 use serde::Deserialize;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::AppState;
@@ -93,8 +96,16 @@ async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// Body bytes a client is granted one more second of `body_timeout` for.
+const BODY_BYTES_PER_EXTRA_SECOND: usize = 64 << 10;
+
 /// Reads a body of at most `limit` bytes; more is refused with 413 before it is buffered.
+/// The body must arrive within the body timeout, plus a second per 64 KiB received: a
+/// client that trickles it in gets 408 (and the connection closes), so it cannot hold the
+/// buffer for long. While it arrives it holds its size of the bodies' budget: past the
+/// budget, 503.
 pub(crate) async fn read_body(
+    s: &AppState,
     headers: &HeaderMap,
     body: Body,
     limit: usize,
@@ -114,13 +125,61 @@ pub(crate) async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if error_chain(&e).contains("length limit exceeded") {
-            too_large()
-        } else {
-            ApiError::bad_request("BadBody", format!("reading the request body failed: {e}"))
+    let started = tokio::time::Instant::now();
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    loop {
+        let granted = s.limits.body_timeout
+            + Duration::from_secs((buf.len() / BODY_BYTES_PER_EXTRA_SECOND) as u64);
+        let next = tokio::time::timeout_at(started + granted, stream.next())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "RequestTimeout",
+                    format!(
+                        "the {what} did not arrive within {} s ({} bytes came); send it \
+                         faster or smaller",
+                        granted.as_secs(),
+                        buf.len()
+                    ),
+                )
+            })?;
+        match next {
+            None => return Ok(Bytes::from(buf)),
+            Some(Ok(chunk)) if buf.len() + chunk.len() > limit => return Err(too_large()),
+            Some(Ok(chunk)) => {
+                let kib = u32::try_from(chunk.len().div_ceil(1024)).unwrap_or(u32::MAX);
+                let more = s
+                    .body_budget
+                    .clone()
+                    .try_acquire_many_owned(kib)
+                    .map_err(|_| {
+                        ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "ServerBusy",
+                            format!(
+                                "the daemon is receiving {} MiB of request bodies at once, its \
+                             limit; retry shortly",
+                                s.limits.max_buffered_body_bytes >> 20
+                            ),
+                        )
+                    })?;
+                match &mut held {
+                    Some(h) => h.merge(more),
+                    None => held = Some(more),
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Some(Err(e)) => {
+                return Err(ApiError::bad_request(
+                    "BadBody",
+                    format!("reading the request body failed: {}", error_chain(&e)),
+                ));
+            }
         }
-    })
+    }
 }
 
 async fn health() -> impl IntoResponse {
@@ -223,7 +282,7 @@ async fn deploy(
     body: Body,
 ) -> Result<Response, ApiError> {
     validate_name(&name).map_err(|e| ApiError::bad_request("InvalidFunction", e.to_string()))?;
-    let bytes = read_body(&headers, body, s.cfg.max_deploy_bytes, "deploy request").await?;
+    let bytes = read_body(&s, &headers, body, s.cfg.max_deploy_bytes, "deploy request").await?;
     let (config, zip) = parse_deploy(&bytes)?;
     drop(bytes);
     let code_hash = match zip {
@@ -261,9 +320,9 @@ async fn deploy(
                     created,
                     function: serde_json::to_value(st).unwrap_or_default(),
                 }),
-                Err(e) => DeployEvent::Error(*ApiError::from(e).body),
+                Err(e) => ApiError::from(e).deploy_event(),
             },
-            Err(e) => DeployEvent::Error(*ApiError::from(e).body),
+            Err(e) => ApiError::from(e).deploy_event(),
         };
         send(&tx, &last);
     });
@@ -294,7 +353,7 @@ async fn build_image(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(&headers, body, 64 << 10, "image request").await?;
+    let bytes = read_body(&s, &headers, body, 64 << 10, "image request").await?;
     let req: BuildImage = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request(
             "InvalidImageRequest",
@@ -336,15 +395,9 @@ async fn invoke(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(&headers, body, s.cfg.max_event_bytes, "event").await?;
-    let event = if bytes.iter().all(u8::is_ascii_whitespace) {
-        Bytes::from_static(b"{}")
-    } else {
-        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
-            ApiError::bad_request("InvalidJson", format!("the event is not valid JSON: {e}"))
-        })?;
-        bytes
-    };
+    let bytes = read_body(&s, &headers, body, s.cfg.max_event_bytes, "event").await?;
+    let event = crate::event::check(bytes)
+        .map_err(|e| ApiError::bad_request("InvalidJson", e.to_string()))?;
     // In a task of its own: a caller that goes away does not cancel the invocation, whose
     // instance then goes back to the pool (or is stopped) as usual.
     let node = s.node.clone();

@@ -48,7 +48,18 @@ pub struct ErrorResponse {
 pub enum DeployEvent {
     Progress(String),
     Done(DeployResult),
-    Error(ErrorBody),
+    Error(DeployError),
+}
+
+/// The `error` line of a streamed deploy. The stream itself was answered 200 before the
+/// outcome was known: `status` is what the deploy would have been answered without
+/// streaming (422 for a pip failure, 400, 404, 500, ...).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeployError {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(flatten)]
+    pub error: ErrorBody,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

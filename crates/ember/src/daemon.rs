@@ -29,7 +29,19 @@ impl Running {
     }
 }
 
+/// Raises this process's descriptor limit to its hard limit: each connection, instance,
+/// image and log holds descriptors, and the usual soft limit of 1024 runs out at about 200
+/// live instances. A failure is logged, not fatal: the API caps its connections by the
+/// limit it has.
+fn raise_descriptor_limit() {
+    match ember_api::sys::raise_nofile_limit() {
+        Ok(n) => tracing::debug!("descriptor limit (RLIMIT_NOFILE): {n}"),
+        Err(e) => tracing::warn!("raising the descriptor limit (RLIMIT_NOFILE) failed: {e}"),
+    }
+}
+
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    raise_descriptor_limit();
     let node = Node::open(settings.node.clone())
         .await
         .with_context(|| format!("starting the node in {}", settings.node.home.display()))?;
@@ -47,6 +59,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         listener,
         node.clone(),
         settings.api.clone(),
+        ember_api::ConnectionLimits::default(),
         async {
             let _ = stopped.await;
         },

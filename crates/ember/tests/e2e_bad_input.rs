@@ -341,3 +341,83 @@ async fn hostile_archives_are_refused_and_leave_nothing_behind() {
         "no function was created"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_events_get_400_on_both_apis_before_any_instance_starts() {
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &[]);
+    let (status, _) = d
+        .deploy_zip(
+            "echo",
+            cfg("main.handler"),
+            &py("def handler(e, c):\n    return e\n"),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let events: [(&str, Vec<u8>, &str); 4] = [
+        (
+            "invalid UTF-8 in a string",
+            b"{\"a\": \"\xff\xfe\"}".to_vec(),
+            "not valid UTF-8",
+        ),
+        ("100,000 levels deep", deep.into_bytes(), "64 levels"),
+        (
+            "65 levels deep",
+            format!("{}{}", "[".repeat(65), "]".repeat(65)).into_bytes(),
+            "64 levels",
+        ),
+        ("not JSON", b"{not json".to_vec(), "not valid JSON"),
+    ];
+    for (what, event, says) in &events {
+        let r = d
+            .http()
+            .post(format!("{}/v1/functions/echo/invoke", d.url))
+            .body(event.clone())
+            .send()
+            .await
+            .unwrap();
+        let r = common::Invoked::from(r).await;
+        assert_eq!(r.status, 400, "{what}: {}", r.raw);
+        assert_eq!(r.body["error"]["code"], "InvalidJson", "{what}");
+        let message = r.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{what}: {message}");
+        for kind in ["RequestResponse", "Event", "DryRun"] {
+            let r = d
+                .http()
+                .post(format!("{}/2015-03-31/functions/echo/invocations", d.url))
+                .header("x-amz-invocation-type", kind)
+                .body(event.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400, "{what}, {kind}");
+            assert_eq!(
+                r.headers()["x-amzn-errortype"],
+                "InvalidRequestContentException",
+                "{what}, {kind}"
+            );
+            let body: serde_json::Value = r.json().await.unwrap();
+            let message = body["message"].as_str().unwrap();
+            assert!(message.contains(says), "{what}, {kind}: {message}");
+        }
+    }
+    // Nothing ran: no invocation, no instance, no queued event (give a wrongly queued one
+    // the time to start).
+    std::thread::sleep(Duration::from_millis(500));
+    let metrics = d.metrics().await;
+    assert!(
+        !metrics.contains(r#"ember_invocations_total{function="echo""#),
+        "{metrics}"
+    );
+    assert!(d.instance_pids().is_empty());
+    assert_eq!(d.get_json("/v1/functions/echo").await["instances_live"], 0);
+    // 64 levels and UTF-8 strings are fine.
+    let ok = format!("{}\"h\u{e9} \u{1F525}\"{}", "[".repeat(64), "]".repeat(64));
+    let r = d.invoke("echo", &ok).await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    assert_eq!(
+        r.body,
+        serde_json::from_str::<serde_json::Value>(&ok).unwrap()
+    );
+}
