@@ -658,7 +658,10 @@ impl Node {
         if node.sandboxes.is_none() || sets.is_empty() {
             return;
         }
-        tokio::spawn(async move {
+        let mut tasks = self.background.lock().unwrap_or_else(|p| p.into_inner());
+        // Finished builds leave their results in the set: drop them.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
             let _one = node.auto_builds.acquire().await;
             for packages in sets {
                 let env = match node.envs.ensure(&packages, &|_| {}).await {

@@ -347,6 +347,8 @@ pub struct Node {
     image_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Automatic builds go one at a time.
     auto_builds: tokio::sync::Semaphore,
+    /// The automatic builds' tasks: shutdown cancels them before removing their sandboxes.
+    background: Mutex<tokio::task::JoinSet<()>>,
     /// Wakes the event worker (a new event, a finished one).
     event_wake: Arc<tokio::sync::Notify>,
     event_slots: Arc<tokio::sync::Semaphore>,
@@ -440,6 +442,7 @@ impl Node {
             images,
             image_gates: Mutex::new(HashMap::new()),
             auto_builds: tokio::sync::Semaphore::new(1),
+            background: Mutex::new(tokio::task::JoinSet::new()),
             event_wake: Arc::new(tokio::sync::Notify::new()),
             event_slots: Arc::new(tokio::sync::Semaphore::new(cfg.events.concurrency.max(1))),
             me: me.clone(),
@@ -1364,10 +1367,15 @@ impl Node {
         }
     }
 
-    /// Stops every idle instance and waits for their sandboxes to be gone; instances still
-    /// busy end with their requests (or with the daemon, through their death signal, and
-    /// their cgroups are removed at the next start).
+    /// Cancels the automatic image builds in flight, stops every idle instance and waits for
+    /// their sandboxes to be gone, then kills what is left in the node's cgroups (a build's
+    /// sandbox, an instance still busy with an Event) and removes them: a daemon leaves
+    /// nothing behind. Call it once nothing is served any more.
     pub async fn shutdown(&self) {
+        let mut builds =
+            std::mem::take(&mut *self.background.lock().unwrap_or_else(|p| p.into_inner()));
+        // Aborted builds drop their sandboxes (killed; removed below once reaped).
+        builds.shutdown().await;
         let all: Vec<Arc<Deployed>> = self.read_functions().values().cloned().collect();
         for d in all {
             self.discard_all(&d, d.pool.retire(), "daemon shutting down");
@@ -1377,7 +1385,7 @@ impl Node {
             let _ = t.await;
         }
         if let Some(boxes) = &self.sandboxes {
-            boxes.remove_base();
+            boxes.remove_all().await;
         }
     }
 
