@@ -100,7 +100,11 @@ impl Node {
     /// Every image, with the number of deployed functions each would serve now.
     pub fn images(&self) -> Vec<ImageStatus> {
         let mut list = self.images.list();
-        for d in self.read_functions().values() {
+        for d in self
+            .read_functions()
+            .values()
+            .filter(|d| d.record.config.images)
+        {
             if let Some(id) = self.images.find(&d.env.installed)
                 && let Some(s) = list.iter_mut().find(|s| s.info.id == id)
             {
@@ -605,7 +609,9 @@ impl Node {
         if d.record.config.runtime != Runtime::Python {
             return None;
         }
-        let reason = if self.sandboxes.is_none() {
+        let reason = if !d.record.config.images {
+            "images-off"
+        } else if self.sandboxes.is_none() {
             "no-sandbox"
         } else {
             match self.images.find(&d.env.installed) {

@@ -559,7 +559,7 @@ impl Node {
         let mut seen = HashSet::new();
         self.read_functions()
             .values()
-            .filter(|d| d.record.config.runtime == Runtime::Python)
+            .filter(|d| d.record.config.runtime == Runtime::Python && d.record.config.images)
             .filter(|d| !self.images.has_image_for(&d.env.key))
             .filter(|d| seen.insert(d.env.key.clone()))
             .map(|d| d.record.config.packages.clone())
@@ -661,6 +661,7 @@ impl Node {
         if self.cfg.images.auto == AutoImages::OnDeploy
             && !has_image
             && rec.config.runtime == Runtime::Python
+            && rec.config.images
         {
             self.build_in_background(vec![rec.config.packages.clone()]);
         }
