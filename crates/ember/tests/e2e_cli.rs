@@ -1,5 +1,6 @@
-//! The CLI's per-function switches, as a user runs them: `images` and `network` in a
-//! function's `ember.toml` and as `deploy` flags.
+//! The CLI's per-function switches and `ember bench` against a shared daemon, as a user
+//! runs them: `images` and `network` in a function's `ember.toml` and as `deploy` flags, and
+//! a bench that finds its daemon through `EMBER_URL` and leaves that daemon's functions alone.
 
 mod common;
 
@@ -147,4 +148,65 @@ async fn network_host_in_ember_toml_or_as_a_flag_reaches_the_host() {
     let out = d.cli(&["deploy", &none, "--network", "everywhere"]);
     assert!(!out.ok);
     assert!(out.stderr.contains("host"), "{}", out.stderr);
+}
+
+#[tokio::test]
+async fn bench_finds_its_daemon_in_ember_url_and_leaves_its_functions_alone() {
+    let home = tempfile::tempdir().unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &[]);
+    // The user's own function, with a workload's name.
+    let mine = function_dir(
+        cwd.path(),
+        "mine",
+        "def handler(event, context):\n    return {\"mine\": True}\n",
+        "name = \"noop\"\nhandler = \"main.handler\"\n",
+    );
+    deploy(&d, &[&mine]);
+    let out_json = cwd.path().join("b.json");
+    let out = std::process::Command::new(common::EMBER)
+        .args([
+            "bench",
+            "--workloads",
+            "noop",
+            "--cold",
+            "1",
+            "--warm",
+            "2",
+            "--baseline",
+            "0",
+            "--envs-dir",
+        ])
+        .arg(common::shared_envs())
+        .arg("--out")
+        .arg(&out_json)
+        .current_dir(cwd.path())
+        .env("EMBER_URL", &d.url)
+        .env_remove("EMBER_TOKEN")
+        .env("EMBER_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out_json).unwrap()).unwrap();
+    assert_eq!(
+        report["url"].as_str().map(|u| u.trim_end_matches('/')),
+        Some(d.url.as_str()),
+        "the bench did not drive the daemon at EMBER_URL"
+    );
+    assert!(stderr.contains("function bench-"), "{stderr}");
+    // The user's noop: the same version, answering as before; nothing of the bench is left.
+    let listed = d.get_json("/v1/functions").await;
+    let names: Vec<&str> = listed["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert_eq!(names, ["noop"], "{listed}");
+    let f = d.get_json("/v1/functions/noop").await;
+    assert_eq!(f["version"], 1, "{f}");
+    let r = d.invoke("noop", "{}").await;
+    assert_eq!(r.body, serde_json::json!({"mine": true}));
 }
