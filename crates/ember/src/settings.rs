@@ -109,7 +109,7 @@ pub struct DaemonArgs {
     /// Memory for the in-memory image pool, in MiB [default: 1024]
     #[arg(long, env = "EMBER_IMAGE_MEMORY_MB")]
     pub image_memory_mb: Option<u64>,
-    /// How restored pages reach instances: eager, lazy, bulk or prefetch [default: prefetch]
+    /// How restored pages reach instances: eager, lazy, bulk or prefetch [default: eager]
     #[arg(long, env = "EMBER_IMAGE_POLICY")]
     pub image_policy: Option<String>,
 }

@@ -13,11 +13,14 @@ pub mod up;
 
 use ember_api::client::Client;
 
+/// Where the CLI looks for the daemon unless told (`serve`'s default address).
+pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+
 /// Where the CLI finds the API.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// The daemon's address
-    #[arg(long, env = "EMBER_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(long, env = "EMBER_URL", default_value = DEFAULT_URL)]
     pub url: String,
     /// API token, if the daemon requires one
     #[arg(long, env = "EMBER_TOKEN", hide_env_values = true)]
