@@ -1,7 +1,8 @@
-//! Privileged: the README's first command, exactly as the README writes it (read from its
-//! "Two commands" block, so that a change there is what is tested), with `--exit`, in a
-//! temporary home and with the tests' shared package environments. It must succeed, print
-//! its table and leave no cgroup of its node behind.
+//! The README as a user follows it. Privileged: its first command, exactly as the README
+//! writes it (read from its "Two commands" block, so that a change there is what is tested),
+//! with `--exit`, in a temporary home and with the tests' shared package environments: it must
+//! succeed, print its table and leave no cgroup of its node behind (nor may a daemon stopped
+//! during an image build). Its native and provided examples, run as written.
 //!
 //! It runs `cargo run --release`: `./scripts/test` builds the release binary first, so the
 //! command here only checks that it is fresh (a checkout without that build pays for it here).
@@ -121,6 +122,41 @@ fn the_readme_first_command_runs_as_written_and_leaves_nothing() {
     // have cancelled the builds and removed their sandboxes.
     let left = node_cgroups(home.path());
     assert!(left.is_empty(), "cgroups left behind: {left:?}\n{stderr}");
+}
+
+/// A daemon stopped (SIGTERM) while it builds a dependency image on its own cancels the build
+/// and removes the build's sandbox: no cgroup of its node is left.
+#[tokio::test]
+async fn a_daemon_stopped_during_an_image_build_leaves_no_cgroup() {
+    if !common::need_sandbox() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let mut d = common::Daemon::start(home.path(), &["--images", "on-deploy"]);
+    // The sklearn example's packages: installed once in the shared environments, and an
+    // image whose build (imports, dump, test restore) takes seconds.
+    let (status, body) = d
+        .deploy_zip(
+            "slow-image",
+            serde_json::json!({"handler": "main.handler",
+                               "packages": ["scikit-learn", "pandas"]}),
+            &common::py("def handler(event, context):\n    return event\n"),
+        )
+        .await;
+    assert!(status < 300, "{status} {body}");
+    let building = common::eventually(std::time::Duration::from_secs(60), || {
+        node_cgroups(home.path())
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with("-build"))
+    });
+    assert!(
+        building,
+        "no image build started: {:?}",
+        node_cgroups(home.path())
+    );
+    d.terminate();
+    let left = node_cgroups(home.path());
+    assert!(left.is_empty(), "cgroups left behind: {left:?}");
 }
 
 /// The README's `sh` block that holds `line`.
