@@ -81,7 +81,7 @@ pub struct Args {
     /// API token of the daemon at --url
     #[arg(long, env = "EMBER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Workloads to run, comma-separated [default: all examples]
+    /// Workloads to run, comma-separated [default: all examples; snap: json,numpy,sklearn]
     #[arg(long, value_delimiter = ',')]
     pub workloads: Vec<String>,
     /// Cold starts per workload
