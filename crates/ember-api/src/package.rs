@@ -9,6 +9,8 @@
 //! memory_mb = 512
 //! timeout_s = 30
 //! max_instances = 10
+//! network = "host"   # the host's network; "none" (the default): no network
+//! images = false     # never start from a dependency image ("off" works too)
 //! [env]
 //! GREETING = "hi"
 //! [bench]            # used by `ember bench`: the event each invocation sends
@@ -36,9 +38,34 @@ pub struct Manifest {
     pub memory_mb: Option<u32>,
     pub timeout_s: Option<u32>,
     pub max_instances: Option<u32>,
+    /// `none` (no network, the default) or `host`.
+    pub network: Option<String>,
+    /// false (or "off"): the function never starts from a dependency image.
+    #[serde(default, deserialize_with = "on_off")]
+    pub images: Option<bool>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     pub bench: Option<BenchSection>,
+}
+
+/// A switch written as a boolean or as "on"/"off".
+fn on_off<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Switch {
+        Bool(bool),
+        Word(String),
+    }
+    match Switch::deserialize(d)? {
+        Switch::Bool(b) => Ok(Some(b)),
+        Switch::Word(w) => match w.as_str() {
+            "on" => Ok(Some(true)),
+            "off" => Ok(Some(false)),
+            _ => Err(serde::de::Error::custom(format!(
+                "{w:?} is not a switch: write true, false, \"on\" or \"off\""
+            ))),
+        },
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -84,6 +111,12 @@ impl Manifest {
             "env": self.env,
             "code_zip": base64::engine::general_purpose::STANDARD.encode(zip),
         });
+        if let Some(n) = &self.network {
+            body["network"] = n.as_str().into();
+        }
+        if let Some(on) = self.images {
+            body["images"] = on.into();
+        }
         for (k, v) in [
             ("memory_mb", self.memory_mb),
             ("timeout_s", self.timeout_s),
@@ -239,5 +272,32 @@ mod tests {
             Manifest::default().deploy_body(b""),
             Err(PackageError::NoHandler)
         ));
+        let err = Manifest::parse("images = \"sometimes\"", Path::new("e.toml")).unwrap_err();
+        assert!(err.to_string().contains("\"on\" or \"off\""), "{err}");
+    }
+
+    #[test]
+    fn images_and_network_reach_the_deploy_body() {
+        for (text, images) in [
+            ("images = false", Some(false)),
+            ("images = \"off\"", Some(false)),
+            ("images = \"on\"", Some(true)),
+            ("images = true", Some(true)),
+            ("", None),
+        ] {
+            let m = Manifest::parse(
+                &format!("handler = \"m.h\"\nnetwork = \"host\"\n{text}\n"),
+                Path::new("e.toml"),
+            )
+            .unwrap();
+            assert_eq!(m.images, images, "{text}");
+            let body = m.deploy_body(b"").unwrap();
+            assert_eq!(body["network"], "host");
+            assert_eq!(
+                body.get("images").and_then(|v| v.as_bool()),
+                images,
+                "{text}"
+            );
+        }
     }
 }

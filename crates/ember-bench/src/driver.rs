@@ -105,7 +105,7 @@ pub async fn deploy(
         })?;
     let mut progress = |l: &str| log(&format!("  [{}] {l}", w.name));
     client
-        .deploy(&w.name, &body, &mut progress)
+        .deploy(&w.function, &body, &mut progress)
         .await
         .map_err(cerr)?;
     Ok(())
@@ -120,7 +120,7 @@ pub async fn one(
 ) -> Result<Sample, BenchError> {
     let t0 = Instant::now();
     let r = client
-        .invoke(&w.name, event.to_vec())
+        .invoke(&w.function, event.to_vec())
         .await
         .map_err(|source| BenchError::Client {
             workload: w.name.clone(),
@@ -162,7 +162,7 @@ pub async fn measure(
     for i in 0..opts.cold.max(opts.baseline) {
         if i < opts.cold {
             client
-                .stop_instances(&w.name)
+                .stop_instances(&w.function)
                 .await
                 .map_err(|source| BenchError::Client {
                     workload: w.name.clone(),
@@ -212,7 +212,7 @@ pub async fn measure(
 /// environment, importing its packages' top-level modules.
 async fn bare_import(client: &Client, w: &Workload) -> Result<(PathBuf, String), BenchError> {
     let info = client
-        .get(&w.name)
+        .get(&w.function)
         .await
         .map_err(|source| BenchError::Client {
             workload: w.name.clone(),

@@ -109,7 +109,7 @@ pub async fn ladder(
     let mut from_image: Vec<Vec<Sample>> = vec![Vec::new(); l.images.len()];
     let stop = |c: &Client| {
         let c = c.clone();
-        let name = w.name.clone();
+        let name = w.function.clone();
         async move {
             c.stop_instances(&name)
                 .await

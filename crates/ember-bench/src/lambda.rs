@@ -33,7 +33,10 @@ pub const SERIES: [&str; 4] = [
     "dry-run",
 ];
 
-/// Function name and invocation type of each series.
+/// The functions of the experiment, named `<prefix>hello-native` etc.
+pub const FUNCTIONS: [&str; 3] = ["hello-native", "hello-cold", "hello-warm"];
+
+/// Function (without its prefix) and invocation type of each series.
 fn target(series: &str) -> (&'static str, &'static str) {
     match series {
         "native cold-only" => ("hello-native", "RequestResponse"),
@@ -81,8 +84,9 @@ fn zip_exe(name: &str, exe: &[u8]) -> Result<Vec<u8>, BenchError> {
     Ok(w.finish().map_err(|e| fail(e.to_string()))?.into_inner())
 }
 
-/// Deploys the three functions of the experiment from the helloworld executable.
-pub async fn deploy(client: &Client, hello: &Path) -> Result<(), BenchError> {
+/// Deploys the three functions of the experiment from the helloworld executable, each
+/// name prefixed with `prefix`.
+pub async fn deploy(client: &Client, hello: &Path, prefix: &str) -> Result<(), BenchError> {
     let exe = std::fs::read(hello).map_err(|e| {
         fail(format!(
             "reading {}: {e} (built beside `ember` by cargo build; or pass --hello)",
@@ -93,17 +97,18 @@ pub async fn deploy(client: &Client, hello: &Path) -> Result<(), BenchError> {
     let native = b64(zip_exe("hello", &exe)?);
     let provided = b64(zip_exe("bootstrap", &exe)?);
     let functions = [
-        ("hello-native", "native", "hello", false, &native),
-        ("hello-cold", "provided", "hello", true, &provided),
-        ("hello-warm", "provided", "hello", false, &provided),
+        (FUNCTIONS[0], "native", "hello", false, &native),
+        (FUNCTIONS[1], "provided", "hello", true, &provided),
+        (FUNCTIONS[2], "provided", "hello", false, &provided),
     ];
     for (name, runtime, handler, cold_only, zip) in functions {
+        let name = format!("{prefix}{name}");
         let body = serde_json::json!({
             "runtime": runtime, "handler": handler, "cold_only": cold_only,
             "memory_mb": 128, "max_instances": 64, "code_zip": zip,
         });
         client
-            .deploy(name, &body, &mut |_| {})
+            .deploy(&name, &body, &mut |_| {})
             .await
             .map_err(|e| fail(format!("deploying {name}: {e}")))?;
     }
@@ -111,15 +116,22 @@ pub async fn deploy(client: &Client, hello: &Path) -> Result<(), BenchError> {
 }
 
 /// `n` requests of one series at once.
-async fn burst(client: &Client, series: &str, n: usize) -> Result<Vec<LambdaSample>, BenchError> {
+async fn burst(
+    client: &Client,
+    prefix: &str,
+    series: &str,
+    n: usize,
+) -> Result<Vec<LambdaSample>, BenchError> {
     let (name, kind) = target(series);
+    let name: std::sync::Arc<str> = format!("{prefix}{name}").into();
     let mut set = tokio::task::JoinSet::new();
     for i in 0..n {
         let c = client.clone();
+        let name = name.clone();
         set.spawn(async move {
             let event = format!(r#"{{"name": "r{i}"}}"#).into_bytes();
             let t0 = Instant::now();
-            let r = c.lambda_invoke(name, kind, event).await;
+            let r = c.lambda_invoke(&name, kind, event).await;
             (t0.elapsed().as_secs_f64() * 1e3, r)
         });
     }
@@ -143,9 +155,11 @@ async fn burst(client: &Client, series: &str, n: usize) -> Result<Vec<LambdaSamp
     Ok(out)
 }
 
-/// Runs every series at every concurrency, `rounds` bursts each, interleaved.
+/// Runs every series at every concurrency, `rounds` bursts each, interleaved, on the
+/// functions [`deploy`] made with `prefix`.
 pub async fn run(
     client: &Client,
+    prefix: &str,
     parallel: &[usize],
     rounds: usize,
 ) -> Result<Vec<LambdaSample>, BenchError> {
@@ -154,11 +168,11 @@ pub async fn run(
         // n warm instances before the warm series is measured, and a first cold start of
         // each function outside the samples.
         for s in SERIES {
-            burst(client, s, n).await?;
+            burst(client, prefix, s, n).await?;
         }
         for _ in 0..rounds {
             for s in SERIES {
-                samples.extend(burst(client, s, n).await?);
+                samples.extend(burst(client, prefix, s, n).await?);
             }
         }
     }

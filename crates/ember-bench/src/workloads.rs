@@ -22,9 +22,22 @@ pub const ORDER: [&str; 7] = [
 
 #[derive(Debug, Clone)]
 pub struct Workload {
+    /// The example's name, which reports show.
     pub name: String,
+    /// The function it is deployed as: its name, unless [`Workload::deployed_as`] chose
+    /// another (a daemon shared with other functions).
+    pub function: String,
     pub manifest: Manifest,
     pub zip: Vec<u8>,
+}
+
+impl Workload {
+    /// The same workload, deployed as the function `function`.
+    pub fn deployed_as(mut self, function: String) -> Workload {
+        self.manifest.name = Some(function.clone());
+        self.function = function;
+        self
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +88,7 @@ pub fn load(name: &str) -> Result<Workload, WorkloadError> {
     let zip = w.finish().map_err(|e| broken(e.to_string()))?.into_inner();
     Ok(Workload {
         name: name.to_string(),
+        function: name.to_string(),
         manifest,
         zip,
     })
@@ -97,6 +111,7 @@ mod tests {
     fn every_example_loads_with_a_handler_and_event() {
         for w in select(&[]).unwrap() {
             assert_eq!(w.manifest.name.as_deref(), Some(w.name.as_str()));
+            assert_eq!(w.function, w.name);
             assert!(w.manifest.handler.is_some());
             assert!(serde_json::from_slice::<serde_json::Value>(&w.manifest.bench_event()).is_ok());
             assert!(!w.zip.is_empty());

@@ -91,6 +91,11 @@ pub struct FunctionConfig {
     /// Every request gets a fresh instance, which ends with it; none is kept idle.
     #[serde(default)]
     pub cold_only: bool,
+    /// Whether the function may start from a dependency image (and, with automatic images,
+    /// have one built for its packages on deploy). False: every start that is not warm is a
+    /// cold boot. Records from before the switch existed have it on.
+    #[serde(default = "images_on", skip_serializing_if = "is_on")]
+    pub images: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     /// The runtime's name as the user gave it (`python3.12`, `provided.al2023`), shown back
@@ -106,6 +111,12 @@ pub const DEFAULT_MEMORY_MB: u32 = 512;
 pub const DEFAULT_TIMEOUT_S: u32 = 30;
 pub const DEFAULT_MAX_INSTANCES: u32 = 10;
 
+fn images_on() -> bool {
+    true
+}
+fn is_on(b: &bool) -> bool {
+    *b
+}
 fn default_memory() -> u32 {
     DEFAULT_MEMORY_MB
 }
@@ -407,6 +418,22 @@ mod tests {
         let mut c = config("m.h");
         c.env.insert("GOOD_NAME".into(), "v".into());
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn images_default_on_and_old_records_load() {
+        let c = config("m.h");
+        assert!(c.images);
+        // On is not written, so records read by an older daemon stay as they were.
+        assert!(serde_json::to_value(&c).unwrap().get("images").is_none());
+        let off: FunctionConfig =
+            serde_json::from_value(serde_json::json!({"handler": "m.h", "images": false})).unwrap();
+        assert!(!off.images);
+        assert_eq!(serde_json::to_value(&off).unwrap()["images"], false);
+        let host: FunctionConfig =
+            serde_json::from_value(serde_json::json!({"handler": "m.h", "network": "host"}))
+                .unwrap();
+        assert_eq!(host.network, Network::Host);
     }
 
     #[test]

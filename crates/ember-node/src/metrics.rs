@@ -7,7 +7,7 @@
 //! | `ember_execution_duration_seconds` (histogram) | function |
 //! | `ember_instances` (gauge, live instances) | function |
 //! | `ember_throttled_total` | function |
-//! | `ember_cold_boot_reasons_total` (no image could serve: no-image, no-sandbox) | function, reason |
+//! | `ember_cold_boot_reasons_total` (no image could serve: no-image, no-sandbox, images-off) | function, reason |
 //! | `ember_image_failures_total` (restores that fell back to a cold boot) | image |
 //! | `ember_image_page_faults_total` (faults served after a lazy or prefetch restore) | image |
 //! | `ember_image_pages_installed_total` (pages those faults installed) | image |

@@ -352,6 +352,19 @@ impl Sandboxes {
     pub fn remove_base(&self) {
         self.hierarchy.remove_base();
     }
+
+    /// Kills every process left in this node's cgroups and removes them and the base, waiting
+    /// (at most 2 s) for the kernel to reap the processes: a daemon's last act, once nothing
+    /// is served any more.
+    pub async fn remove_all(&self) {
+        for _ in 0..100 {
+            if self.hierarchy.remove_leftovers().is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.hierarchy.remove_base();
+    }
 }
 
 impl Drop for Sandboxes {

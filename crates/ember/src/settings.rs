@@ -109,7 +109,7 @@ pub struct DaemonArgs {
     /// Memory for the in-memory image pool, in MiB [default: 1024]
     #[arg(long, env = "EMBER_IMAGE_MEMORY_MB")]
     pub image_memory_mb: Option<u64>,
-    /// How restored pages reach instances: eager, lazy, bulk or prefetch [default: prefetch]
+    /// How restored pages reach instances: eager, lazy, bulk or prefetch [default: eager]
     #[arg(long, env = "EMBER_IMAGE_POLICY")]
     pub image_policy: Option<String>,
 }
@@ -311,6 +311,124 @@ impl DaemonArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    /// Each flag of `ember serve` with the default its help states (`[default: X]` in its
+    /// text, or clap's own), `None` when it states none.
+    fn help_defaults() -> BTreeMap<String, Option<String>> {
+        use clap::CommandFactory;
+        let mut cli = crate::Cli::command();
+        cli.build();
+        let serve = cli.find_subcommand("serve").unwrap();
+        let mut m = BTreeMap::new();
+        for a in serve.get_arguments() {
+            let Some(long) = a.get_long() else { continue };
+            let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let stated = help
+                .split_once("[default: ")
+                .and_then(|(_, rest)| rest.split(']').next())
+                .map(String::from)
+                .or_else(|| {
+                    // A switch's implied "false" is no stated default.
+                    a.get_action()
+                        .takes_values()
+                        .then(|| a.get_default_values().first())
+                        .flatten()
+                        .map(|v| v.to_string_lossy().into_owned())
+                });
+            m.insert(format!("--{long}"), stated);
+        }
+        m
+    }
+
+    fn mib(text: &str) -> u64 {
+        let n = text.strip_suffix(" MiB").unwrap_or(text);
+        n.parse::<u64>().unwrap() << 20
+    }
+
+    /// What `serve --help` says of each default is what the daemon uses.
+    #[test]
+    fn help_states_the_defaults_the_daemon_uses() {
+        let d = tempfile::tempdir().unwrap();
+        let empty = d.path().join("empty.toml");
+        std::fs::write(&empty, "").unwrap();
+        let s = DaemonArgs {
+            config: Some(empty),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let help = help_defaults();
+        let said = |flag: &str| {
+            help.get(flag)
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| panic!("{flag} states no default"))
+        };
+        let dur = |flag: &str| humantime::parse_duration(&said(flag)).unwrap();
+        let num = |flag: &str| said(flag).parse::<u64>().unwrap();
+        assert_eq!(said("--home").trim_start_matches("./"), ".ember");
+        assert_eq!(s.node.home, PathBuf::from(".ember"));
+        assert_eq!(said("--listen"), s.listen);
+        assert_eq!(PathBuf::from(said("--python")), s.node.python);
+        assert_eq!(said("--envs-dir"), "<home>/envs");
+        assert_eq!(s.node.envs_dir, None);
+        assert_eq!(dur("--keep-alive"), s.node.keep_alive);
+        assert_eq!(num("--queue-depth"), s.node.queue_depth as u64);
+        assert_eq!(dur("--queue-timeout"), s.node.queue_timeout);
+        assert_eq!(dur("--init-timeout"), s.node.init_timeout);
+        assert_eq!(dur("--event-retry-delay"), s.node.events.retry_delay);
+        assert_eq!(dur("--event-max-age"), s.node.events.max_age);
+        assert_eq!(num("--prestart"), s.node.prestart as u64);
+        assert_eq!(
+            mib(&said("--max-event-bytes")),
+            s.api.max_event_bytes as u64
+        );
+        assert_eq!(
+            mib(&said("--max-deploy-bytes")),
+            s.api.max_deploy_bytes as u64
+        );
+        assert_eq!(mib(&said("--log-max-bytes")), s.node.log_max_bytes);
+        assert_eq!(num("--sandbox-uid"), u64::from(s.node.sandbox_uid));
+        assert_eq!(num("--sandbox-gid"), u64::from(s.node.sandbox_gid));
+        assert_eq!(num("--pids-max"), s.node.pids_max);
+        assert_eq!(num("--tmp-mb") << 20, s.node.tmp_bytes);
+        assert_eq!(said("--images"), "on-deploy");
+        assert_eq!(s.node.images.auto, AutoImages::OnDeploy);
+        assert_eq!(num("--image-memory-mb") << 20, s.node.images.memory_bytes);
+        let policy: Policy = said("--image-policy").parse().unwrap();
+        assert_eq!(policy, s.node.images.policy);
+        assert_eq!(said("--log-format"), "text");
+        assert!(s.node.sandbox && s.api.token.is_none());
+    }
+
+    /// The README's table of daemon settings has a row for every flag of `ember serve`, with
+    /// the default its help states.
+    #[test]
+    fn the_readme_table_has_every_flag_and_its_default() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+                .unwrap();
+        let mut rows = BTreeMap::new();
+        for line in readme.lines().filter(|l| l.starts_with("| `--")) {
+            let cells: Vec<&str> = line.split(" | ").collect();
+            let default = cells.get(2).copied().unwrap_or_default().replace('`', "");
+            for flag in cells[0].split('`').filter(|w| w.starts_with("--")) {
+                rows.insert(flag.to_string(), default.clone());
+            }
+        }
+        for (flag, stated) in help_defaults() {
+            if flag == "--help" {
+                continue;
+            }
+            let Some(row) = rows.get(&flag) else {
+                panic!("README.md's daemon table has no row for {flag}");
+            };
+            if let Some(stated) = stated {
+                assert_eq!(row, &stated, "{flag}: README.md and --help disagree");
+            }
+        }
+    }
 
     #[test]
     fn flags_beat_file_beats_defaults() {

@@ -110,7 +110,11 @@ impl Node {
     /// Every image, with the number of deployed functions each would serve now.
     pub fn images(&self) -> Vec<ImageStatus> {
         let mut list = self.images.list();
-        for d in self.read_functions().values() {
+        for d in self
+            .read_functions()
+            .values()
+            .filter(|d| d.record.config.images)
+        {
             if let Some(id) = self.images.find(&d.env.installed)
                 && let Some(s) = list.iter_mut().find(|s| s.info.id == id)
             {
@@ -665,7 +669,9 @@ impl Node {
         if d.record.config.runtime != Runtime::Python {
             return None;
         }
-        let reason = if self.sandboxes.is_none() {
+        let reason = if !d.record.config.images {
+            "images-off"
+        } else if self.sandboxes.is_none() {
             "no-sandbox"
         } else {
             match self.images.find(&d.env.installed) {
@@ -718,7 +724,10 @@ impl Node {
         if node.sandboxes.is_none() || sets.is_empty() {
             return;
         }
-        tokio::spawn(async move {
+        let mut tasks = self.background.lock().unwrap_or_else(|p| p.into_inner());
+        // Finished builds leave their results in the set: drop them.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
             let _one = node.auto_builds.acquire().await;
             for packages in sets {
                 let env = match node.envs.ensure(&packages, &|_| {}).await {

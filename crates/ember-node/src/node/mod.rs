@@ -376,6 +376,8 @@ pub struct Node {
     image_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Automatic builds go one at a time.
     auto_builds: tokio::sync::Semaphore,
+    /// The automatic builds' tasks: shutdown cancels them before removing their sandboxes.
+    background: Mutex<tokio::task::JoinSet<()>>,
     /// Wakes the event worker (a new event, a finished one).
     event_wake: Arc<tokio::sync::Notify>,
     event_slots: Arc<tokio::sync::Semaphore>,
@@ -470,6 +472,7 @@ impl Node {
             images,
             image_gates: Mutex::new(HashMap::new()),
             auto_builds: tokio::sync::Semaphore::new(1),
+            background: Mutex::new(tokio::task::JoinSet::new()),
             event_wake: Arc::new(tokio::sync::Notify::new()),
             event_slots: Arc::new(tokio::sync::Semaphore::new(cfg.events.concurrency.max(1))),
             me: me.clone(),
@@ -587,7 +590,7 @@ impl Node {
         let mut seen = HashSet::new();
         self.read_functions()
             .values()
-            .filter(|d| d.record.config.runtime == Runtime::Python)
+            .filter(|d| d.record.config.runtime == Runtime::Python && d.record.config.images)
             .filter(|d| !self.images.has_image_for(&d.env.key))
             .filter(|d| seen.insert(d.env.key.clone()))
             .map(|d| d.record.config.packages.clone())
@@ -689,6 +692,7 @@ impl Node {
         if self.cfg.images.auto == AutoImages::OnDeploy
             && !has_image
             && rec.config.runtime == Runtime::Python
+            && rec.config.images
         {
             self.build_in_background(vec![rec.config.packages.clone()]);
         }
@@ -1411,10 +1415,15 @@ impl Node {
         }
     }
 
-    /// Stops every idle instance and waits for their sandboxes to be gone; instances still
-    /// busy end with their requests (or with the daemon, through their death signal, and
-    /// their cgroups are removed at the next start).
+    /// Cancels the automatic image builds in flight, stops every idle instance and waits for
+    /// their sandboxes to be gone, then kills what is left in the node's cgroups (a build's
+    /// sandbox, an instance still busy with an Event) and removes them: a daemon leaves
+    /// nothing behind. Call it once nothing is served any more.
     pub async fn shutdown(&self) {
+        let mut builds =
+            std::mem::take(&mut *self.background.lock().unwrap_or_else(|p| p.into_inner()));
+        // Aborted builds drop their sandboxes (killed; removed below once reaped).
+        builds.shutdown().await;
         let all: Vec<Arc<Deployed>> = self.read_functions().values().cloned().collect();
         for d in all {
             self.discard_all(&d, d.pool.retire(), "daemon shutting down");
@@ -1424,7 +1433,7 @@ impl Node {
             let _ = t.await;
         }
         if let Some(boxes) = &self.sandboxes {
-            boxes.remove_base();
+            boxes.remove_all().await;
         }
     }
 

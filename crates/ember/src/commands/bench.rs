@@ -1,8 +1,11 @@
 //! `ember bench`: cold and warm latency per workload against a running daemon (`--url`) or
 //! one started in this process, with a bare-import baseline measured in the same run.
 
+use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
 
 use ember_api::client::Client;
 use ember_bench::{BenchOptions, Report, driver, workloads};
@@ -70,13 +73,15 @@ pub struct Args {
     /// images: functions sharing one image in the cache-cost comparison (0 skips it)
     #[arg(long, default_value_t = 10)]
     pub share: usize,
-    /// Drive this daemon instead of starting one in this process
-    #[arg(long)]
+    /// invoke, lambda: drive this daemon instead of starting one in this process. Its
+    /// functions are left alone: the bench deploys its own, named bench-<run>-<workload>, and
+    /// deletes them when done
+    #[arg(long, env = "EMBER_URL")]
     pub url: Option<String>,
     /// API token of the daemon at --url
     #[arg(long, env = "EMBER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Workloads to run, comma-separated [default: all examples]
+    /// Workloads to run, comma-separated [default: all examples; snap: json,numpy,sklearn]
     #[arg(long, value_delimiter = ',')]
     pub workloads: Vec<String>,
     /// Cold starts per workload
@@ -134,6 +139,38 @@ async fn target(
     Ok((Client::new(&r.url(), None), Some((r, home))))
 }
 
+/// The prefix of the function names a bench deploys: none on a daemon of its own, else
+/// `bench-<8 random hex digits>-`, so that it never touches a function it did not deploy.
+fn own_prefix(shared: bool) -> String {
+    if !shared {
+        return String::new();
+    }
+    let r = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    format!("bench-{:08x}-", r as u32)
+}
+
+/// On a shared daemon, refuses a name a function already has (never redeploys over it).
+async fn claim(client: &Client, name: &str) -> anyhow::Result<()> {
+    match client.get(name).await {
+        Err(ember_api::client::ClientError::Api { status: 404, .. }) => Ok(()),
+        Ok(_) => anyhow::bail!(
+            "the daemon at {} already has a function {name}; the bench leaves it alone (run              it again: the next run draws another name)",
+            client.base()
+        ),
+        Err(e) => Err(e).with_context(|| format!("checking that {name} is free")),
+    }
+}
+
+/// Deletes the functions a bench deployed on a shared daemon.
+async fn remove_own(client: &Client, names: &[String]) {
+    for n in names {
+        match client.delete(n).await {
+            Ok(()) | Err(ember_api::client::ClientError::Api { status: 404, .. }) => {}
+            Err(e) => eprintln!("could not delete {n} ({e:#}); remove it with `ember rm {n}`"),
+        }
+    }
+}
+
 /// Writes a run's JSON to `out` (default `bench-results/<kind>-<time>.json`), creating its
 /// directory; returns it and the path of the plot beside it.
 fn save(
@@ -174,8 +211,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         baseline: args.baseline,
     };
-    let selected = workloads::select(&args.workloads)?;
     let (client, embedded) = target(&args, "ember-bench-", DaemonArgs::default()).await?;
+    let shared = embedded.is_none();
+    let prefix = own_prefix(shared);
+    let selected: Vec<_> = workloads::select(&args.workloads)?
+        .into_iter()
+        .map(|w| {
+            let f = format!("{prefix}{}", w.name);
+            w.deployed_as(f)
+        })
+        .collect();
     eprintln!(
         "bench: {} workloads, {} cold + {} warm (concurrency {}) each, baseline {} runs, against {}",
         selected.len(),
@@ -185,12 +230,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         opts.baseline,
         client.base()
     );
-    let mut samples = Vec::new();
-    for w in &selected {
-        driver::deploy(&client, w, &|l| eprintln!("{l}")).await?;
-        eprintln!("measuring {}", w.name);
-        samples.extend(driver::measure(&client, w, &opts).await?);
+    let mut deployed = Vec::new();
+    let measured = async {
+        let mut samples = Vec::new();
+        for w in &selected {
+            if shared {
+                claim(&client, &w.function).await?;
+                deployed.push(w.function.clone());
+            }
+            driver::deploy(&client, w, &|l| eprintln!("{l}")).await?;
+            eprintln!("measuring {} (function {})", w.name, w.function);
+            samples.extend(driver::measure(&client, w, &opts).await?);
+        }
+        anyhow::Ok(samples)
     }
+    .await;
+    remove_own(&client, &deployed).await;
+    let samples = measured?;
     let report = Report::new(client.base(), opts, samples, started);
     print!("{}", report.table());
     let out = args
@@ -223,7 +279,17 @@ async fn lambda(args: Args) -> anyhow::Result<()> {
         },
     )
     .await?;
-    lb::deploy(&client, &hello).await?;
+    let shared = embedded.is_none();
+    let prefix = own_prefix(shared);
+    let names: Vec<String> = lb::FUNCTIONS
+        .iter()
+        .map(|f| format!("{prefix}{f}"))
+        .collect();
+    if shared {
+        for n in &names {
+            claim(&client, n).await?;
+        }
+    }
     eprintln!(
         "bench lambda: {} rounds of each series at {:?} concurrent requests, {} against {}",
         args.runs,
@@ -231,7 +297,15 @@ async fn lambda(args: Args) -> anyhow::Result<()> {
         hello.display(),
         client.base()
     );
-    let samples = lb::run(&client, &args.parallel, args.runs).await?;
+    let measured = async {
+        lb::deploy(&client, &hello, &prefix).await?;
+        lb::run(&client, &prefix, &args.parallel, args.runs).await
+    }
+    .await;
+    if shared {
+        remove_own(&client, &names).await;
+    }
+    let samples = measured?;
     let rows = lb::rows(&samples);
     print!("{}", lb::table(&rows));
     let (out, svg) = save(
@@ -333,7 +407,7 @@ async fn images(args: Args) -> anyhow::Result<()> {
             };
             let listed = c.images().await?;
             // The image built for this workload's own environment.
-            let info = c.get(&w.name).await?;
+            let info = c.get(&w.function).await?;
             let Some(img) = listed["images"]
                 .as_array()
                 .into_iter()

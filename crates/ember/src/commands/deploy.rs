@@ -19,22 +19,33 @@ pub struct Args {
     #[arg(long)]
     pub handler: Option<String>,
     /// python, provided (the code's `bootstrap` talks to the Lambda Runtime API) or native
-    /// (one process per request, event on stdin, result on stdout) [default: python]
+    /// (one process per request, event on stdin, result on stdout) [default: runtime in
+    /// ember.toml, else python]
     #[arg(long)]
     pub runtime: Option<String>,
-    /// Every request gets a fresh sandboxed instance, which ends with it
+    /// Every request gets a fresh sandboxed instance, which ends with it [default: cold_only
+    /// in ember.toml, else off]
     #[arg(long)]
     pub cold_only: bool,
+    /// Never start from a dependency image (and build none for this function): every start
+    /// that is not warm is a cold boot [default: images in ember.toml, else on]
+    #[arg(long)]
+    pub no_images: bool,
+    /// The network instances see: none (no interface but a loopback) or host (the host's
+    /// network) [default: network in ember.toml, else none]
+    #[arg(long, value_parser = ["none", "host"])]
+    pub network: Option<String>,
     /// pip requirements, comma-separated or repeated (e.g. --packages numpy,pandas==2.2.3)
+    /// [default: packages in ember.toml, else none]
     #[arg(long, value_delimiter = ',')]
     pub packages: Option<Vec<String>>,
-    /// Memory limit in MiB
+    /// Memory limit in MiB [default: memory_mb in ember.toml, else 512]
     #[arg(long)]
     pub memory: Option<u32>,
-    /// Timeout in seconds
+    /// Timeout in seconds [default: timeout_s in ember.toml, else 30]
     #[arg(long)]
     pub timeout: Option<u32>,
-    /// Most instances running at once
+    /// Most instances running at once [default: max_instances in ember.toml, else 10]
     #[arg(long)]
     pub max_instances: Option<u32>,
     /// Environment variable for the function, KEY=VALUE (repeatable)
@@ -57,6 +68,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.cold_only {
         m.cold_only = Some(true);
+    }
+    if args.no_images {
+        m.images = Some(false);
+    }
+    if args.network.is_some() {
+        m.network = args.network;
     }
     if let Some(p) = args.packages {
         m.packages = Some(

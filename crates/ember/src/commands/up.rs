@@ -76,11 +76,59 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.exit {
         return running.stop().await;
     }
-    println!("\nember is serving on {url}. Try:");
-    println!("  cargo run --release -- invoke helloworld --data '{{\"name\": \"you\"}}' --verbose");
-    println!("  curl -s -X POST {url}/v1/functions/numpy/invoke -d '{{\"n\": 100}}' -D -");
-    println!("  cargo run --release -- deploy examples/helloworld --name mine");
+    println!("\nember is serving on {url}. Try (from the repository's directory):");
+    for h in hints(&url) {
+        println!("  {h}");
+    }
     println!("Ctrl-C stops it.");
     daemon::signalled().await;
     running.stop().await
+}
+
+/// What `up` suggests trying next; the CLI commands find this daemon by their default URL,
+/// or are told it.
+fn hints(url: &str) -> Vec<String> {
+    let at = if url == super::DEFAULT_URL {
+        String::new()
+    } else {
+        format!(" --url {url}")
+    };
+    vec![
+        format!(
+            "cargo run --release -- invoke helloworld --data '{{\"name\": \"you\"}}' --verbose{at}"
+        ),
+        format!("curl -s -X POST {url}/v1/functions/numpy/invoke -d '{{\"n\": 100}}' -D -"),
+        format!("cargo run --release -- deploy examples/helloworld --name mine{at}"),
+        format!("cargo run --release -- ls{at}"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    /// Every `cargo run` hint is a command line the CLI accepts, whatever the address.
+    #[test]
+    fn hints_parse() {
+        for url in [super::super::DEFAULT_URL, "http://127.0.0.1:9999"] {
+            for h in super::hints(url) {
+                let Some(rest) = h.strip_prefix("cargo run --release -- ") else {
+                    continue;
+                };
+                // The hints quote only JSON in single quotes.
+                let mut words = vec!["ember".to_string()];
+                for (i, part) in rest.split('\'').enumerate() {
+                    if i % 2 == 1 {
+                        words.push(part.to_string());
+                    } else {
+                        words.extend(part.split_whitespace().map(String::from));
+                    }
+                }
+                let cli = crate::Cli::try_parse_from(&words).unwrap_or_else(|e| panic!("{h}: {e}"));
+                if url != super::super::DEFAULT_URL {
+                    assert!(format!("{cli:?}").contains(url), "{h}");
+                }
+            }
+        }
+    }
 }
