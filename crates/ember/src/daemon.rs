@@ -59,7 +59,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         listener,
         node.clone(),
         settings.api.clone(),
-        ember_api::ConnectionLimits::default(),
+        settings.connections.clone(),
         async {
             let _ = stopped.await;
         },

@@ -25,13 +25,18 @@
 //! event_retry_delay = "60s" # before an Event invocation's first retry (the second waits 2x)
 //! event_max_age = "6h"      # how long a throttled Event invocation keeps being retried
 //! prestart = 2              # sandboxes made ahead per native function (0: on demand)
+//! header_timeout = "10s"    # a request's head must arrive within this, else closed
+//! body_timeout = "30s"      # a body within this (+1 s per 64 KiB), else 408
+//! idle_timeout = "60s"      # a keep-alive connection without a request is closed
+//! max_connections = 10000   # one more gets 503 (never above half the descriptor limit)
+//! max_buffered_body_bytes = 1073741824  # request bodies held at once; past it 503
 //! ```
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use ember_api::ApiConfig;
+use ember_api::{ApiConfig, ConnectionLimits};
 use ember_node::{AutoImages, NodeConfig, Policy};
 use serde::Deserialize;
 
@@ -112,6 +117,24 @@ pub struct DaemonArgs {
     /// How restored pages reach instances: eager, lazy, bulk or prefetch [default: eager]
     #[arg(long, env = "EMBER_IMAGE_POLICY")]
     pub image_policy: Option<String>,
+    /// A request's head must arrive within this, else the connection is closed
+    /// [default: 10s]
+    #[arg(long, env = "EMBER_HEADER_TIMEOUT")]
+    pub header_timeout: Option<String>,
+    /// A request's body must arrive within this, plus 1 s per 64 KiB, else 408
+    /// [default: 30s]
+    #[arg(long, env = "EMBER_BODY_TIMEOUT")]
+    pub body_timeout: Option<String>,
+    /// A keep-alive connection with no request for this long is closed [default: 60s]
+    #[arg(long, env = "EMBER_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
+    /// Connections held at once; one more gets 503 (never above half the descriptor
+    /// limit) [default: 10000]
+    #[arg(long, env = "EMBER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Bytes of request bodies held at once; a body past it gets 503 [default: 1 GiB]
+    #[arg(long, env = "EMBER_MAX_BUFFERED_BODY_BYTES")]
+    pub max_buffered_body_bytes: Option<usize>,
 }
 
 /// `images` in the settings file: a mode, or the package sets to build at start.
@@ -168,6 +191,11 @@ struct FileSettings {
     images: Option<ImagesSetting>,
     image_memory_mb: Option<u64>,
     image_policy: Option<String>,
+    header_timeout: Option<String>,
+    body_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_buffered_body_bytes: Option<usize>,
 }
 
 /// Everything a daemon needs to start.
@@ -176,6 +204,7 @@ pub struct Settings {
     pub listen: String,
     pub node: NodeConfig,
     pub api: ApiConfig,
+    pub connections: ConnectionLimits,
 }
 
 fn duration(name: &str, v: Option<String>, default: Duration) -> anyhow::Result<Duration> {
@@ -297,6 +326,44 @@ impl DaemonArgs {
         if node.keep_alive.is_zero() {
             bail!("keep_alive must be more than zero");
         }
+        let c = ConnectionLimits::default();
+        let connections = ConnectionLimits {
+            header_timeout: duration(
+                "header_timeout",
+                self.header_timeout.or(file.header_timeout),
+                c.header_timeout,
+            )?,
+            body_timeout: duration(
+                "body_timeout",
+                self.body_timeout.or(file.body_timeout),
+                c.body_timeout,
+            )?,
+            idle_timeout: duration(
+                "idle_timeout",
+                self.idle_timeout.or(file.idle_timeout),
+                c.idle_timeout,
+            )?,
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(c.max_connections),
+            max_buffered_body_bytes: self
+                .max_buffered_body_bytes
+                .or(file.max_buffered_body_bytes)
+                .unwrap_or(c.max_buffered_body_bytes),
+        };
+        for (name, d) in [
+            ("header_timeout", connections.header_timeout),
+            ("body_timeout", connections.body_timeout),
+            ("idle_timeout", connections.idle_timeout),
+        ] {
+            if d.is_zero() {
+                bail!("{name} must be more than zero");
+            }
+        }
+        if connections.max_connections == 0 || connections.max_buffered_body_bytes == 0 {
+            bail!("max_connections and max_buffered_body_bytes must be more than zero");
+        }
         Ok(Settings {
             listen: self
                 .listen
@@ -304,6 +371,7 @@ impl DaemonArgs {
                 .unwrap_or_else(|| "127.0.0.1:8080".into()),
             node,
             api,
+            connections,
         })
     }
 }
