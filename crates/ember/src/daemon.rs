@@ -59,7 +59,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         listener,
         node.clone(),
         settings.api.clone(),
-        settings.connections.clone(),
+        settings.connections,
         async {
             let _ = stopped.await;
         },
