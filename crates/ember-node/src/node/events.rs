@@ -15,6 +15,7 @@
 //! counted in `ember_events_total`.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -107,6 +108,14 @@ impl Node {
             request_id: Some(ev.id.clone()),
         };
         match self.invoke_with(&ev.function, &ev.payload, opts).await {
+            // Its instance was stopped by the daemon's shutdown, not by the function: not an
+            // attempt (it stays as it was, and runs again at the next start).
+            Ok(inv)
+                if self.stopping.load(Ordering::SeqCst)
+                    && !matches!(inv.outcome, InvokeOutcome::Ok(_)) =>
+            {
+                After::NotRun("the daemon stopped during the invocation".into())
+            }
             Ok(inv) => match inv.outcome {
                 InvokeOutcome::Ok(_) => After::Done,
                 InvokeOutcome::StartFailed(msg) => After::NotRun(msg),
@@ -119,6 +128,10 @@ impl Node {
 
     /// Records what became of an attempt of `ev`.
     async fn settle(&self, ev: QueuedEvent, after: After) {
+        if self.stopping.load(Ordering::SeqCst) && !matches!(after, After::Done) {
+            // Left as it is in the registry: the next start runs it again.
+            return;
+        }
         let cfg = &self.cfg.events;
         let now = now_ms();
         let age = Duration::from_millis(now.saturating_sub(ev.enqueued_at));

@@ -382,6 +382,8 @@ pub struct Node {
     event_wake: Arc<tokio::sync::Notify>,
     event_slots: Arc<tokio::sync::Semaphore>,
     me: Weak<Node>,
+    /// Set when shutdown begins: what fails from then on is the shutdown's doing.
+    stopping: std::sync::atomic::AtomicBool,
     _home: FileLock,
 }
 
@@ -487,6 +489,7 @@ impl Node {
             reaping: Mutex::new(Vec::new()),
             functions: RwLock::new(HashMap::new()),
             deploying: Mutex::new(HashMap::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             _home: home_lock,
         });
         node.load().await?;
@@ -1420,6 +1423,7 @@ impl Node {
     /// sandbox, an instance still busy with an Event) and removes them: a daemon leaves
     /// nothing behind. Call it once nothing is served any more.
     pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         let mut builds =
             std::mem::take(&mut *self.background.lock().unwrap_or_else(|p| p.into_inner()));
         // Aborted builds drop their sandboxes (killed; removed below once reaped).
