@@ -25,18 +25,6 @@ fn deploy(d: &Daemon, args: &[&str]) {
     assert!(out.ok, "ember {all:?}: {}", out.stderr);
 }
 
-/// A start that is not warm: the function's instances are stopped first.
-async fn fresh_start(d: &Daemon, name: &str, event: &str) -> common::Invoked {
-    let r = d
-        .http()
-        .delete(format!("{}/v1/functions/{name}/instances", d.url))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.status());
-    d.invoke(name, event).await
-}
-
 #[tokio::test]
 async fn a_function_that_opts_out_of_images_always_cold_boots() {
     if !need_sandbox() {
@@ -59,11 +47,11 @@ async fn a_function_that_opts_out_of_images_always_cold_boots() {
     );
     deploy(&d, &[&toml_off]);
     deploy(&d, &[&noop, "--name", "flag-off", "--no-images"]);
-    let r = fresh_start(&d, "with-image", "{\"n\": 1}").await;
+    let r = d.fresh_start("with-image", "{\"n\": 1}").await;
     assert_eq!((r.status, r.start.as_str()), (200, "image"), "{}", r.raw);
     for name in ["toml-off", "flag-off"] {
         for _ in 0..2 {
-            let r = fresh_start(&d, name, "{\"n\": 2}").await;
+            let r = d.fresh_start(name, "{\"n\": 2}").await;
             assert_eq!((r.status, r.start.as_str()), (200, "cold-boot"), "{name}");
             assert_eq!(r.body, serde_json::json!({"n": 2}));
         }

@@ -17,12 +17,6 @@ fn images(d: &Daemon) -> serde_json::Value {
     serde_json::from_str(&out.stdout).unwrap()
 }
 
-fn build(d: &Daemon, packages: &str) -> serde_json::Value {
-    let out = d.cli(&["image", "build", "--packages", packages, "--json"]);
-    assert!(out.ok, "{}", out.stderr);
-    serde_json::from_str(&out.stdout).unwrap()
-}
-
 fn resident(d: &Daemon) -> (u64, u64) {
     let v = images(d);
     let m = &v["memory"];
@@ -57,24 +51,13 @@ fn corrupt(file: &Path, range: std::ops::Range<usize>) {
     std::fs::write(file, &bytes).unwrap();
 }
 
-async fn fresh_start(d: &Daemon, name: &str, event: &str) -> common::Invoked {
-    let r = d
-        .http()
-        .delete(format!("{}/v1/functions/{name}/instances", d.url))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
-    d.invoke(name, event).await
-}
-
 /// A fresh start of `name` that a cold boot serves with `body`: the answer and the log.
 async fn cold_boot_serves(
     d: &Daemon,
     name: &str,
     body: serde_json::Value,
 ) -> (common::Invoked, String) {
-    let r = fresh_start(d, name, "{}").await;
+    let r = d.fresh_start(name, "{}").await;
     assert_eq!(
         (r.start.as_str(), r.status),
         ("cold-boot", 200),
@@ -110,7 +93,7 @@ async fn functions_share_one_image_and_every_restore_is_unique() {
     }
     let home = tempfile::tempdir().unwrap();
     let d = Daemon::start(home.path(), &["--images", "off"]);
-    let img = build(&d, "numpy");
+    let img = d.build_image("numpy");
     let id = img["id"].as_str().unwrap().to_string();
     assert!(img["pages"].as_u64().unwrap() > 1000, "{img}");
     assert!(img["working_set_pages"].as_u64().unwrap() > 0, "{img}");
@@ -265,9 +248,9 @@ async fn a_broken_image_falls_back_to_a_cold_boot_with_a_warning() {
     );
     let code = "import markupsafe\ndef handler(e, c):\n    return str(markupsafe.escape('<b>'))\n";
     deploy(&d, "esc", &["markupsafe"], code, 10).await;
-    let img = build(&d, "markupsafe");
+    let img = d.build_image("markupsafe");
     let id = img["id"].as_str().unwrap().to_string();
-    let r = fresh_start(&d, "esc", "{}").await;
+    let r = d.fresh_start("esc", "{}").await;
     assert_eq!((r.start.as_str(), r.status), ("image", 200), "{}", r.raw);
     assert_eq!(r.body, json!("&lt;b&gt;"));
     assert_eq!(images(&d)["images"][0]["location"], json!("disk"));
@@ -289,9 +272,9 @@ async fn a_broken_image_falls_back_to_a_cold_boot_with_a_warning() {
     assert_eq!(d.get_json("/v1/functions/esc").await["instances_live"], 1);
 
     // 2. A changed library: the restore refuses it, a cold boot serves.
-    let img = build(&d, "markupsafe");
+    let img = d.build_image("markupsafe");
     assert_eq!(img["id"], json!(id));
-    let r = fresh_start(&d, "esc", "{}").await;
+    let r = d.fresh_start("esc", "{}").await;
     assert_eq!(r.start, "image", "a rebuilt image serves again: {}", r.raw);
     let so = find_file(&envs, &|n| n.starts_with("_speedups") && n.ends_with(".so"))
         .expect("markupsafe ships a C extension");
@@ -313,7 +296,7 @@ async fn a_broken_image_falls_back_to_a_cold_boot_with_a_warning() {
 
     // 3. Failures in a row mark the image unhealthy: no more attempts, no more cost.
     for _ in 0..2 {
-        let r = fresh_start(&d, "esc", "{}").await;
+        let r = d.fresh_start("esc", "{}").await;
         assert_eq!(r.start, "cold-boot");
         assert!(r.timing.contains("fallback;"), "{}", r.timing);
     }
@@ -321,7 +304,7 @@ async fn a_broken_image_falls_back_to_a_cold_boot_with_a_warning() {
     let i = &v["images"][0];
     assert_eq!(i["healthy"], json!(false), "{v}");
     assert_eq!(i["failures"], json!(3), "{v}");
-    let r = fresh_start(&d, "esc", "{}").await;
+    let r = d.fresh_start("esc", "{}").await;
     assert_eq!(r.start, "cold-boot");
     assert!(!r.timing.contains("fallback;"), "{}", r.timing);
     let metrics = d.metrics().await;
@@ -340,9 +323,9 @@ async fn the_memory_pool_holds_its_budget() {
     let home = tempfile::tempdir().unwrap();
     // 16 MiB: the numpy image (~12 MiB) and the bare runtime's (~4 MiB) do not both fit.
     let d = Daemon::start(home.path(), &["--images", "off", "--image-memory-mb", "16"]);
-    let first = build(&d, "numpy");
+    let first = d.build_image("numpy");
     // Rebuilding an image that is in memory replaces it there.
-    let numpy = build(&d, "numpy");
+    let numpy = d.build_image("numpy");
     assert_eq!(first["id"], numpy["id"]);
     let budget = 16u64 << 20;
     assert_eq!(resident(&d), (numpy["bytes"].as_u64().unwrap(), budget));
@@ -355,7 +338,7 @@ async fn the_memory_pool_holds_its_budget() {
     )
     .await;
     deploy(&d, "bare", &[], "def handler(e, c):\n    return 2\n", 10).await;
-    let bare = build(&d, ""); // no packages: the bare runtime
+    let bare = d.build_image(""); // no packages: the bare runtime
     assert_ne!(bare["id"], numpy["id"]);
     let total = bare["bytes"].as_u64().unwrap() + numpy["bytes"].as_u64().unwrap();
     assert!(
@@ -366,7 +349,7 @@ async fn the_memory_pool_holds_its_budget() {
     // The bare function is served by the smallest image that covers it: its own.
     for round in 0..3 {
         for (name, want) in [("np", 1), ("bare", 2)] {
-            let r = fresh_start(&d, name, "{}").await;
+            let r = d.fresh_start(name, "{}").await;
             assert_eq!(
                 (r.start.as_str(), r.status),
                 ("image", 200),
@@ -396,7 +379,7 @@ async fn the_memory_pool_holds_its_budget() {
     // Removing an image frees its memory; functions it served cold-boot or use another.
     let out = d.cli(&["image", "rm", numpy["id"].as_str().unwrap()]);
     assert!(out.ok, "{}", out.stderr);
-    let r = fresh_start(&d, "np", "{}").await;
+    let r = d.fresh_start("np", "{}").await;
     assert_eq!(r.start, "cold-boot");
     let out = d.cli(&["image", "rm", "img-nonexistent"]);
     assert!(
@@ -429,7 +412,7 @@ async fn images_are_built_on_deploy() {
         }),
         "no image was built for the deployed package set"
     );
-    let r = fresh_start(&d, "np", "{}").await;
+    let r = d.fresh_start("np", "{}").await;
     assert_eq!((r.start.as_str(), r.status), ("image", 200), "{}", r.raw);
     // A second function with the same packages does not build another.
     deploy(
@@ -471,9 +454,9 @@ async fn a_failing_page_source_falls_back_to_a_cold_boot() {
         10,
     )
     .await;
-    let img = build(&d, "numpy");
+    let img = d.build_image("numpy");
     let id = img["id"].as_str().unwrap().to_string();
-    let r = fresh_start(&d, "np", "{}").await;
+    let r = d.fresh_start("np", "{}").await;
     assert_eq!((r.start.as_str(), r.status), ("image", 200), "{}", r.raw);
     assert_eq!(r.body, json!(5));
     // Every page now fails its hash: the page server must kill the process rather than let

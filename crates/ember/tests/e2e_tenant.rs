@@ -174,13 +174,8 @@ async fn no_start_path_lets_an_instance_make_a_namespace() {
         r.raw
     );
     assert_eq!(r.body, want, "cold boot");
-    let out = d.cli(&["image", "build", "--packages", "six", "--json"]);
-    assert!(out.ok, "{}", out.stderr);
-    d.http()
-        .delete(format!("{}/v1/functions/probe/instances", d.url))
-        .send()
-        .await
-        .unwrap();
+    d.build_image("six");
+    d.stop_instances("probe").await;
     let r = d.invoke("probe", "{}").await;
     assert_eq!((r.status, r.start.as_str()), (200, "image"), "{}", r.raw);
     assert_eq!(r.body, want, "image");
@@ -237,8 +232,7 @@ async fn an_import_crash_fails_alone_and_the_shared_image_stays_healthy() {
     }
     let home = tempfile::tempdir().unwrap();
     let d = Daemon::start(home.path(), &["--images", "off"]);
-    let out = d.cli(&["image", "build", "--packages", "six", "--json"]);
-    assert!(out.ok, "{}", out.stderr);
+    d.build_image("six");
     for (name, code) in [
         ("crasher", "import os\nos._exit(3)\n"),
         ("good", "def handler(e, c):\n    return 'fine'\n"),
@@ -370,14 +364,9 @@ def handler(event, context):
         "{}",
         r.raw
     );
-    let out = d.cli(&["image", "build", "--packages", "six", "--json"]);
-    assert!(out.ok, "{}", out.stderr);
+    d.build_image("six");
     for name in ["hostnet", "isolated"] {
-        d.http()
-            .delete(format!("{}/v1/functions/{name}/instances", d.url))
-            .send()
-            .await
-            .unwrap();
+        d.stop_instances(name).await;
     }
     let r = d.invoke("hostnet", &event).await;
     assert_eq!(

@@ -109,6 +109,30 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// Stops `name`'s instances (idle ones now), so that its next invocation is not warm.
+    pub async fn stop_instances(&self, name: &str) {
+        let r = self
+            .http()
+            .delete(format!("{}/v1/functions/{name}/instances", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+
+    /// A start that is not warm: `name`'s instances are stopped first.
+    pub async fn fresh_start(&self, name: &str, event: &str) -> Invoked {
+        self.stop_instances(name).await;
+        self.invoke(name, event).await
+    }
+
+    /// Builds the image of `packages` (comma-separated) with the CLI; its JSON.
+    pub fn build_image(&self, packages: &str) -> serde_json::Value {
+        let out = self.cli(&["image", "build", "--packages", packages, "--json"]);
+        assert!(out.ok, "{}", out.stderr);
+        serde_json::from_str(&out.stdout).unwrap()
+    }
+
     /// Runs the CLI against this daemon.
     pub fn cli(&self, args: &[&str]) -> CliOutput {
         cli_at(&self.url, args)
