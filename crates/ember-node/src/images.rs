@@ -1,5 +1,5 @@
 //! Dependency images on this node: the catalog on disk, the in-memory pool under a byte
-//! budget, matching a function's packages to the smallest covering image, and each image's
+//! budget, matching a function to the image of exactly its distributions, and each image's
 //! health. Building one and starting from one are the node's (`node/image.rs`).
 //!
 //! ```text
@@ -378,16 +378,20 @@ impl ImageStore {
         resident(&mut inner)
     }
 
-    /// The healthy image with the fewest bytes whose distributions include every one in
-    /// `installed` at the same version.
-    pub fn find(&self, installed: &BTreeMap<String, String>) -> Option<String> {
+    /// The healthy image of exactly the distributions `installed` (see [`matching`]) that
+    /// fits in `memory_bytes`, the instance's memory limit.
+    pub fn find(
+        &self,
+        installed: &BTreeMap<String, String>,
+        memory_bytes: u64,
+    ) -> Result<String, NoImage> {
         let inner = self.lock();
         let candidates = inner
             .entries
             .values()
             .filter(|e| !e.unhealthy)
             .map(|e| &e.info);
-        best_cover(candidates, installed).map(|i| i.id.clone())
+        choose(candidates, installed, memory_bytes).map(|i| i.id.clone())
     }
 
     /// Whether the package environment `env_key` has its own image.
@@ -551,17 +555,51 @@ fn make_room(inner: &mut Inner, budget: u64, want: u64, except: &str) -> bool {
     }
 }
 
-/// The smallest image whose distributions include all of `installed` at the same versions.
-pub fn best_cover<'a>(
+/// Memory an instance needs beyond its image's pages to be restored and import its handler.
+pub const RESTORE_HEADROOM: u64 = 32 << 20;
+
+/// Why no image serves a function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoImage {
+    /// None of exactly its distributions (healthy).
+    Missing,
+    /// Its image and [`RESTORE_HEADROOM`] do not fit in the function's memory limit: the
+    /// restore would fail in the function's own cgroup, and the image would be blamed.
+    TooBig,
+}
+
+impl NoImage {
+    pub fn reason(self) -> &'static str {
+        match self {
+            NoImage::Missing => "no-image",
+            NoImage::TooBig => "image-too-big",
+        }
+    }
+}
+
+/// The image [`matching`] `installed`, if it fits in `memory_bytes` with its headroom.
+pub fn choose<'a>(
+    images: impl Iterator<Item = &'a ImageInfo>,
+    installed: &BTreeMap<String, String>,
+    memory_bytes: u64,
+) -> Result<&'a ImageInfo, NoImage> {
+    let found = matching(images, installed).ok_or(NoImage::Missing)?;
+    if found.bytes.saturating_add(RESTORE_HEADROOM) > memory_bytes {
+        return Err(NoImage::TooBig);
+    }
+    Ok(found)
+}
+
+/// The image whose distributions are exactly `installed`, at the same versions (the smallest
+/// if several). Not one that merely includes them: an image's process has imported every
+/// package of its own set, whose import-time code (a package one tenant chose and another
+/// did not) would otherwise run inside the other tenant's instances.
+pub fn matching<'a>(
     images: impl Iterator<Item = &'a ImageInfo>,
     installed: &BTreeMap<String, String>,
 ) -> Option<&'a ImageInfo> {
     images
-        .filter(|i| {
-            installed
-                .iter()
-                .all(|(name, v)| i.installed.get(name) == Some(v))
-        })
+        .filter(|i| i.installed == *installed)
         .min_by_key(|i| (i.bytes, i.id.clone()))
 }
 
@@ -628,7 +666,7 @@ mod tests {
     }
 
     #[test]
-    fn the_smallest_covering_image_with_the_same_versions_wins() {
+    fn only_an_image_of_exactly_the_same_distributions_matches() {
         let images = [
             info(
                 "big",
@@ -640,16 +678,33 @@ mod tests {
             info("pandas", 200, &[("numpy", "2.1"), ("pandas", "2.2")]),
         ];
         let pick =
-            |want: &[(&str, &str)]| best_cover(images.iter(), &set(want)).map(|i| i.id.as_str());
+            |want: &[(&str, &str)]| matching(images.iter(), &set(want)).map(|i| i.id.as_str());
         assert_eq!(pick(&[("numpy", "2.1")]), Some("numpy"));
         assert_eq!(pick(&[("numpy", "1.26")]), Some("numpy-old"));
-        assert_eq!(pick(&[("pandas", "2.2")]), Some("pandas"));
-        assert_eq!(pick(&[("scipy", "1.1"), ("numpy", "2.1")]), Some("big"));
+        assert_eq!(pick(&[("pandas", "2.2"), ("numpy", "2.1")]), Some("pandas"));
+        // An image holding more than the function's own distributions never serves it: its
+        // extra packages' import-time code would run in the function's instances.
+        assert_eq!(pick(&[("pandas", "2.2")]), None);
+        assert_eq!(pick(&[("scipy", "1.1"), ("numpy", "2.1")]), None);
+        assert_eq!(pick(&[]), None);
         // Nothing has this version, or this package: cold boot.
         assert_eq!(pick(&[("numpy", "2.0")]), None);
         assert_eq!(pick(&[("numpy", "2.1"), ("requests", "2.32")]), None);
-        // No packages at all: any image covers, the smallest is chosen.
-        assert_eq!(pick(&[]), Some("numpy-old"));
+    }
+
+    /// An image too big for the function's memory is never tried: its restore would fail in
+    /// the function's cgroup and count against an image other functions use.
+    #[test]
+    fn an_image_must_fit_in_the_functions_memory() {
+        let images = [info("numpy", 100 << 20, &[("numpy", "2.1")])];
+        let numpy = set(&[("numpy", "2.1")]);
+        let pick = |mb: u64| choose(images.iter(), &numpy, mb << 20).map(|i| i.id.as_str());
+        assert_eq!(pick(128), Err(NoImage::TooBig));
+        assert_eq!(pick(132), Ok("numpy"));
+        assert_eq!(
+            choose(images.iter(), &set(&[]), 1 << 40).map(|i| i.id.as_str()),
+            Err(NoImage::Missing)
+        );
     }
 
     #[test]

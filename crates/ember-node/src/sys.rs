@@ -185,8 +185,13 @@ fn tree_guard(daemon: libc::pid_t) -> io::Result<()> {
     loop {
         // SAFETY: waitpid writes the status to a valid local.
         let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid || (r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)) {
+        if r == pid {
             break;
+        }
+        if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            // The tool's end is unknown: never report it as a success.
+            // SAFETY: as for the _exit below.
+            unsafe { libc::_exit(127) }
         }
     }
     let code = if libc::WIFEXITED(status) {

@@ -160,6 +160,12 @@ pub const ALLOWED: &[(i64, &str)] = &[
         "anonymous files (multiprocessing, JIT)",
     ),
     (libc::SYS_membarrier, "runtime memory barriers"),
+    (
+        libc::SYS_pkey_alloc,
+        "memory protection keys (V8 allocates one at start: Node.js)",
+    ),
+    (libc::SYS_pkey_free, "memory protection keys"),
+    (libc::SYS_pkey_mprotect, "memory protection keys"),
     // Processes and threads: bounded by the pids limit, confined to the pid namespace.
     (
         libc::SYS_clone,

@@ -386,3 +386,113 @@ def handler(event, context):
         r.raw
     );
 }
+
+/// A limit event while an instance sits idle (a thread it left running OOM-kills a child)
+/// belongs to no invocation: the next request gets a fresh instance and its answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_limit_event_while_idle_is_charged_to_no_invocation() {
+    if !need_sandbox() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &["--images", "off"]);
+    let code = r#"
+import os, subprocess, threading, time
+def later():
+    time.sleep(0.3)
+    subprocess.run(["/usr/bin/python3", "-c", "b = bytearray(400 << 20)"])
+def handler(event, context):
+    if event.get("arm"):
+        threading.Thread(target=later, daemon=True).start()
+    return os.getpid()
+"#;
+    let (status, body) = d
+        .deploy_zip(
+            "idle",
+            json!({"handler": "main.handler", "memory_mb": 128}),
+            &py(code),
+        )
+        .await;
+    assert!(status < 300, "{body}");
+    let first = d.invoke("idle", r#"{"arm": true}"#).await;
+    assert_eq!(first.status, 200, "{}", first.raw);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let next = d.invoke("idle", "{}").await;
+    assert_eq!(next.status, 200, "{}", next.raw);
+    assert_eq!(next.start, "cold-boot", "the OOM'd instance was not reused");
+    d.assert_logged("idle", &["limit reached while idle: oom"]);
+}
+
+/// An image serves only functions with exactly its distributions: a function that asked for
+/// fewer packages never runs with the import-time code of packages another tenant chose.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_serves_only_functions_with_exactly_its_packages() {
+    if !need_sandbox() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &["--images", "off"]);
+    d.build_image("six");
+    let code = "import sys\ndef handler(e, c):\n    return 'six' in sys.modules\n";
+    for (name, packages) in [("with-six", json!(["six"])), ("bare", json!([]))] {
+        let (status, body) = d
+            .deploy_zip(
+                name,
+                json!({"handler": "main.handler", "packages": packages}),
+                &py(code),
+            )
+            .await;
+        assert!(status < 300, "{body}");
+    }
+    let r = d.invoke("with-six", "{}").await;
+    assert_eq!(
+        (r.start.as_str(), r.body.clone()),
+        ("image", json!(true)),
+        "{}",
+        r.raw
+    );
+    let r = d.invoke("bare", "{}").await;
+    assert_eq!(
+        (r.start.as_str(), r.body.clone()),
+        ("cold-boot", json!(false)),
+        "{}",
+        r.raw
+    );
+    let metrics = d.metrics().await;
+    assert!(
+        metrics.contains(r#"ember_cold_boot_reasons_total{function="bare",reason="no-image"} 1"#),
+        "{metrics}"
+    );
+}
+
+/// Node.js starts inside an instance (V8 allocates a memory protection key at start).
+#[tokio::test(flavor = "multi_thread")]
+async fn node_runs_inside_an_instance() {
+    if !need_sandbox() || !std::path::Path::new("/usr/bin/node").exists() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &["--images", "off"]);
+    let code = r#"
+import subprocess
+def handler(event, context):
+    p = subprocess.run(["/usr/bin/node", "-e", "console.log(6 * 7)"], capture_output=True, text=True)
+    return [p.returncode, p.stdout.strip(), p.stderr[-300:]]
+"#;
+    let (status, body) = d
+        .deploy_zip(
+            "node",
+            json!({"handler": "main.handler", "memory_mb": 512}),
+            &py(code),
+        )
+        .await;
+    assert!(status < 300, "{body}");
+    let r = d.invoke("node", "{}").await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    assert_eq!(
+        (&r.body[0], &r.body[1]),
+        (&json!(0), &json!("42")),
+        "{}",
+        r.raw
+    );
+}

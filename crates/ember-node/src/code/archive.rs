@@ -19,8 +19,7 @@
 //! resolves inside it, following links (compileall as root, the entry-point check) stays in
 //! the tenant's own tree. Names shown in errors are the archive's own, never a host path.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
-use std::ffi::OsString;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
@@ -85,9 +84,17 @@ pub fn unpack(zip: &[u8], dest: &Path, limits: Limits) -> Result<(), CodeError> 
     let plan = plan(&mut archive, budget, size, limits)?;
     check_structure(&plan)?;
     let implied = implied_dirs(&plan);
+    // Directories an archive implies are written too: they count.
+    let entries = plan.nodes.len() + implied.len();
+    if entries > limits.max_entries {
+        return Err(CodeError::TooManyEntries(entries, limits.max_entries));
+    }
+    let mut resolver = Resolver::new(&plan, &implied);
     for (path, (node, name)) in &plan.nodes {
         if let Node::Link(target) = node {
-            resolve(&plan, &implied, path, target).map_err(|rule| refuse(name, rule))?;
+            resolver
+                .link(path, target, 1)
+                .map_err(|rule| refuse(name, rule))?;
         }
     }
     write(&mut archive, &plan, &implied, dest, (budget, size), limits)
@@ -271,79 +278,105 @@ enum Kind<'a> {
     Link(&'a str),
 }
 
-/// Resolves the symlink at `link` (target `target`) in the planned tree as the kernel would,
-/// following the archive's own links. It must end on an entry of the archive (or the root)
-/// without ever climbing above the root.
-fn resolve(
-    plan: &Plan,
-    implied: &BTreeSet<PathBuf>,
-    link: &Path,
-    target: &str,
-) -> Result<(), String> {
-    let mut current: Vec<OsString> = link
-        .parent()
-        .map(|p| p.iter().map(|c| c.to_os_string()).collect())
-        .unwrap_or_default();
-    let mut pending: VecDeque<OsString> = split(target);
-    let mut hops = 0;
-    while let Some(c) = pending.pop_front() {
-        if c == "." {
-            continue;
+/// Resolves the archive's symlinks in the planned tree as the kernel would, following the
+/// archive's own links: each must end on an entry of the archive (or the root) without ever
+/// climbing above the root. Each link is resolved once (later links that go through it reuse
+/// its result), and all of them together get [`MAX_STEPS`] path components, so a hostile
+/// archive cannot make this cost more than a fraction of a second.
+struct Resolver<'a> {
+    plan: &'a Plan,
+    implied: &'a BTreeSet<PathBuf>,
+    /// Each link's resolved path once known; `None` while it is being resolved (met again
+    /// then, it is part of a loop).
+    done: HashMap<PathBuf, Option<Result<PathBuf, String>>>,
+    steps: usize,
+}
+
+/// Path components all links of one archive may take to resolve.
+const MAX_STEPS: usize = 1_000_000;
+
+const OUTSIDE: &str = "symlinks must point inside the archive, and this one resolves outside it";
+const LOOP: &str = "its symlink is part of a loop of symlinks (or a chain of more than 40)";
+
+impl<'a> Resolver<'a> {
+    fn new(plan: &'a Plan, implied: &'a BTreeSet<PathBuf>) -> Self {
+        Resolver {
+            plan,
+            implied,
+            done: HashMap::new(),
+            steps: 0,
         }
-        if c == ".." {
-            if current.pop().is_none() {
-                return Err(
-                    "symlinks must point inside the archive, and this one resolves outside it"
-                        .into(),
-                );
+    }
+
+    /// Where the link at `link` (target `target`) leads; `depth` links are being followed.
+    fn link(&mut self, link: &Path, target: &str, depth: usize) -> Result<PathBuf, String> {
+        match self.done.get(link) {
+            Some(Some(r)) => return r.clone(),
+            Some(None) => return Err(LOOP.into()),
+            None => {}
+        }
+        if depth > MAX_HOPS {
+            return Err(LOOP.into());
+        }
+        self.done.insert(link.to_path_buf(), None);
+        let start = link.parent().map(Path::to_path_buf).unwrap_or_default();
+        let r = self.walk(start, target, depth);
+        self.done.insert(link.to_path_buf(), Some(r.clone()));
+        r
+    }
+
+    /// Follows `target` from the directory `current`.
+    fn walk(
+        &mut self,
+        mut current: PathBuf,
+        target: &str,
+        depth: usize,
+    ) -> Result<PathBuf, String> {
+        if target.starts_with('/') {
+            return Err(OUTSIDE.into());
+        }
+        let parts: Vec<&str> = target.split('/').filter(|p| !p.is_empty()).collect();
+        for (i, c) in parts.iter().enumerate() {
+            self.steps += 1;
+            if self.steps > MAX_STEPS {
+                return Err("the archive's symlinks take too many steps to resolve".into());
             }
-            continue;
-        }
-        current.push(c);
-        let here: PathBuf = current.iter().collect();
-        match lookup(plan, implied, &here) {
-            Some(Kind::Dir) => {}
-            Some(Kind::File) => {
-                if !pending.is_empty() {
+            if *c == "." {
+                continue;
+            }
+            if *c == ".." {
+                if !current.pop() {
+                    return Err(OUTSIDE.into());
+                }
+                continue;
+            }
+            current.push(c);
+            let mut kind = lookup(self.plan, self.implied, &current);
+            if let Some(Kind::Link(next)) = kind {
+                current = self.link(&current.clone(), next, depth + 1)?;
+                kind = lookup(self.plan, self.implied, &current);
+            }
+            match kind {
+                Some(Kind::Dir) => {}
+                Some(Kind::File) if i + 1 == parts.len() => {}
+                Some(Kind::File) => {
                     return Err(format!(
                         "its symlink goes through {:?}, a file of the archive",
-                        here.display().to_string()
+                        current.display().to_string()
+                    ));
+                }
+                // A resolved link never ends on a link: `link` follows it through.
+                Some(Kind::Link(_)) => return Err(LOOP.into()),
+                None => {
+                    return Err(format!(
+                        "its symlink points to {:?}, which the archive does not contain",
+                        current.display().to_string()
                     ));
                 }
             }
-            Some(Kind::Link(next)) => {
-                hops += 1;
-                if hops > MAX_HOPS {
-                    return Err("its symlink is part of a loop of symlinks".into());
-                }
-                if next.starts_with('/') {
-                    return Err(
-                        "symlinks must point inside the archive, and this one resolves outside it"
-                            .into(),
-                    );
-                }
-                current.pop();
-                for part in split(next).into_iter().rev() {
-                    pending.push_front(part);
-                }
-            }
-            None => {
-                return Err(format!(
-                    "its symlink points to {:?}, which the archive does not contain",
-                    here.display().to_string()
-                ));
-            }
         }
+        Ok(current)
     }
-    Ok(())
-}
-
-fn split(target: &str) -> VecDeque<OsString> {
-    target
-        .split('/')
-        .filter(|p| !p.is_empty())
-        .map(OsString::from)
-        .collect()
 }
 
 /// Directories that exist because an entry lies below them.
@@ -483,6 +516,61 @@ mod tests {
                 .insert(PathBuf::from(path), (node.clone(), path.to_string()));
         }
         p
+    }
+
+    fn resolve(
+        p: &Plan,
+        implied: &BTreeSet<PathBuf>,
+        link: &Path,
+        target: &str,
+    ) -> Result<(), String> {
+        Resolver::new(p, implied).link(link, target, 1).map(drop)
+    }
+
+    /// Many links sharing one long chain, each padded to its longest: each link is resolved
+    /// once, and the whole archive gets a bounded number of steps.
+    #[test]
+    fn link_bombs_are_bounded() {
+        let mut entries: Vec<(String, Node)> = vec![("d/f".into(), FILE)];
+        for i in 0..40 {
+            let next = if i == 39 {
+                "d".to_string()
+            } else {
+                format!("c{}", i + 1)
+            };
+            entries.push((format!("c{i}"), link(&next)));
+        }
+        let pad = format!("{}c0/f", "d/../".repeat(200));
+        for j in 0..3000 {
+            entries.push((format!("s{j}"), link(&pad)));
+        }
+        let refs: Vec<(&str, Node)> = entries
+            .iter()
+            .map(|(p, n)| (p.as_str(), n.clone()))
+            .collect();
+        let p = plan_of(&refs);
+        let implied = implied_dirs(&p);
+        let mut r = Resolver::new(&p, &implied);
+        let mut verdicts = Vec::new();
+        for (path, (node, _)) in &p.nodes {
+            if let Node::Link(t) = node {
+                let v = r.link(path, t, 1);
+                let failed = v.is_err();
+                verdicts.push(v);
+                if failed {
+                    break;
+                }
+            }
+        }
+        assert!(r.steps <= MAX_STEPS + 1, "{} steps", r.steps);
+        assert!(
+            verdicts
+                .iter()
+                .any(|v| v.as_ref().is_err_and(|e| e.contains("too many steps"))),
+            "the budget ran out"
+        );
+        // The chain itself is fine: 40 links, each resolved once.
+        assert!(verdicts.iter().take(40).all(Result::is_ok));
     }
 
     fn link(t: &str) -> Node {

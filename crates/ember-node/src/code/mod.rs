@@ -45,7 +45,10 @@ pub enum CodeError {
     NotZip(String),
     #[error("archive entry {entry:?} is refused: {rule}")]
     Entry { entry: String, rule: String },
-    #[error("the archive has {0} entries; at most {1} are allowed")]
+    #[error(
+        "the archive has {0} entries (with the directories its paths imply); at most {1} are \
+         allowed"
+    )]
     TooManyEntries(usize, usize),
     #[error(
         "the archive expands past {limit} bytes ({ratio}x its size of {size} bytes is the limit)"
@@ -320,13 +323,19 @@ mod tests {
             ],
             "x.py",
         );
-        let long = format!("{}../../../../evil", "s/".repeat(45));
+        refused(
+            &[("a", S_IFLNK | 0o777, b"b"), ("b", S_IFLNK | 0o777, b"a")],
+            "loop",
+        );
+        // More links in one path than the kernel follows: its own verdict (ELOOP) stands.
+        let long = format!("{}main.py", "s/".repeat(45));
         refused(
             &[
+                ("main.py", 0o644, b""),
                 ("s", S_IFLNK | 0o777, b"."),
                 ("x.py", S_IFLNK | 0o777, long.as_bytes()),
             ],
-            "loop",
+            "does not resolve inside",
         );
         refused(
             &[("__pycache__", S_IFLNK | 0o777, b"../../../../tmp")],
@@ -361,6 +370,24 @@ mod tests {
         refused(
             &[("dangling", S_IFLNK | 0o777, b"nowhere")],
             "does not contain",
+        );
+    }
+
+    /// The directories an archive implies are written too, so they count as entries.
+    #[test]
+    fn implied_directories_count_as_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_entries: 10,
+            ..Limits::default()
+        };
+        let s = CodeStore::open(dir.path(), limits).unwrap();
+        let z = zip_of(&[("a/b/c/d/e/f/g/h/i/j/k.py", 0o644, b"")]);
+        let err = s.add_zip(&z).unwrap_err();
+        assert!(err.to_string().contains("11 entries"), "{err}");
+        assert!(
+            s.add_zip(&zip_of(&[("a/b/c/d/e/f/g/h/i.py", 0o644, b"")]))
+                .is_ok()
         );
     }
 

@@ -115,7 +115,8 @@ impl Node {
             .values()
             .filter(|d| d.record.config.images)
         {
-            if let Some(id) = self.images.find(&d.env.installed)
+            let memory = u64::from(d.record.config.memory_mb) << 20;
+            if let Ok(id) = self.images.find(&d.env.installed, memory)
                 && let Some(s) = list.iter_mut().find(|s| s.info.id == id)
             {
                 s.functions += 1;
@@ -556,7 +557,6 @@ impl Node {
                 FromImage::Started(Box::new(live))
             }
             Ok(Err(RestoredInitError::Function(StartError::Handler(fe)))) => {
-                self.images.succeeded(id);
                 self.logs.append(
                     &rec.name,
                     &spec.instance_id,
@@ -577,7 +577,6 @@ impl Node {
                     self.reap(live.kill());
                     return self.image_failed(d, id, t0, timing, msg);
                 }
-                self.images.succeeded(id);
                 let limit = live.limit_hit(Duration::from_millis(200)).await;
                 let msg = error_chain(&e);
                 self.logs.append(
@@ -598,8 +597,12 @@ impl Node {
                 self.image_failed(d, id, t0, timing, msg)
             }
             Err(_) if live.inst.hooked() => {
-                // Stuck in the function's own import: its timeout, not the image's.
-                self.images.succeeded(id);
+                // Stuck in the function's own import: its timeout, not the image's (unless
+                // the page server failed, which leaves the process waiting on a fault).
+                if let Some(msg) = server_failure(&mut live) {
+                    self.reap(live.kill());
+                    return self.image_failed(d, id, t0, timing, msg);
+                }
                 let limit = self.cfg.init_timeout;
                 self.logs.append(
                     &rec.name,
@@ -674,9 +677,10 @@ impl Node {
         } else if self.sandboxes.is_none() {
             "no-sandbox"
         } else {
-            match self.images.find(&d.env.installed) {
-                Some(id) => return Some(id),
-                None => "no-image",
+            let memory = u64::from(d.record.config.memory_mb) << 20;
+            match self.images.find(&d.env.installed, memory) {
+                Ok(id) => return Some(id),
+                Err(why) => why.reason(),
             }
         };
         self.metrics

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! invoke: lookup -> admit (queue or 429) -> warm instance?
-//!           -> else a dependency image covering its packages? restore (image.rs)
+//!           -> else a dependency image of exactly its distributions? restore (image.rs)
 //!           -> else, or if that failed, cold boot
 //!         -> run -> put back
 //! deploy: check -> code (staged, content-addressed) -> environment -> registry txn -> new pool
@@ -872,6 +872,16 @@ impl Node {
         let generation = d.pool.generation();
         let (warm, dead) = d.pool.take_idle();
         self.discard_all(d, dead, "found dead while idle");
+        // A limit event while it sat idle (a thread or child it left running) belongs to no
+        // invocation: the instance goes, and this request gets another.
+        let warm = warm.and_then(|mut w| match w.new_limit() {
+            None => Some(w),
+            Some(reason) => {
+                let why = format!("limit reached while idle: {}", reason.as_str());
+                self.discard(d, w, &why);
+                None
+            }
+        });
         let mut started = warm.map(|i| (i, StartPath::Warm));
         let parked = if rec.config.runtime == Runtime::Native && started.is_none() {
             // Topped up after every take, and after a refill that failed earlier.
