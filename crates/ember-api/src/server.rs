@@ -13,7 +13,7 @@
 //!    ▼  ▲
 //!  busy: the route runs; it reads the body within body_timeout (`routes::read_body`);
 //!    │   a response the client stops reading for idle_timeout ──► closed
-//!    └── response sent: idle
+//!    └── response sent: idle (seen within LOOK, 1 s: no wake-up per request)
 //! ```
 //!
 //! HTTP/1.1 only, as before: hyper's connection, with these deadlines kept by `Watched`
@@ -23,9 +23,9 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
@@ -42,6 +42,9 @@ use crate::ConnectionLimits;
 const REFUSALS: usize = 64;
 /// How long answering a refused connection may take.
 const REFUSAL_TIME: Duration = Duration::from_secs(2);
+/// How often a connection whose request is being served looks whether it has ended, to arm
+/// its idle deadline: the idle deadline counts from at most this long after a response.
+const LOOK: Duration = Duration::from_secs(1);
 /// Between two log lines about the same trouble (a client can cause them).
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -231,9 +234,6 @@ struct ConnState {
     busy: AtomicUsize,
     /// Requests answered so far.
     finished: AtomicU64,
-    /// The connection's task, woken when a request ends so that its socket arms the idle
-    /// deadline (hyper does not read again by itself while nothing arrives).
-    waker: Mutex<Option<Waker>>,
 }
 
 struct Busy(Arc<ConnState>);
@@ -249,15 +249,6 @@ impl Drop for Busy {
     fn drop(&mut self) {
         self.0.finished.fetch_add(1, Ordering::SeqCst);
         self.0.busy.fetch_sub(1, Ordering::SeqCst);
-        let waker = self
-            .0
-            .waker
-            .lock()
-            .map(|mut w| w.take())
-            .unwrap_or_default();
-        if let Some(w) = waker {
-            w.wake();
-        }
     }
 }
 
@@ -334,7 +325,9 @@ impl Watched {
     /// Moves to the phase the requests say, before a read.
     fn update_phase(&mut self) {
         if self.state.busy.load(Ordering::SeqCst) > 0 {
-            self.phase = Phase::Busy;
+            if self.phase != Phase::Busy {
+                self.set_phase(Phase::Busy, LOOK.min(self.limits.idle_timeout));
+            }
             return;
         }
         let finished = self.state.finished.load(Ordering::SeqCst);
@@ -386,13 +379,16 @@ impl AsyncRead for Watched {
             }
             return Poll::Ready(r);
         }
-        if this.phase == Phase::Busy {
-            if let Ok(mut w) = this.state.waker.lock()
-                && !w.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
-            {
-                *w = Some(cx.waker().clone());
+        // While a request is served the client has no deadline; the timer only looks, every
+        // LOOK, whether the request has ended, to arm the idle deadline then. (Waking the
+        // connection when each request ends cost a cross-thread wake-up per request.)
+        while this.phase == Phase::Busy {
+            ready!(this.read_deadline.as_mut().poll(cx));
+            this.update_phase();
+            if this.phase == Phase::Busy {
+                let look = LOOK.min(this.limits.idle_timeout);
+                this.set_phase(Phase::Busy, look);
             }
-            return Poll::Pending;
         }
         ready!(this.read_deadline.as_mut().poll(cx));
         let (what, after) = match this.phase {
