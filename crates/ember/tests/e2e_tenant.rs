@@ -254,6 +254,11 @@ async fn an_import_crash_fails_alone_and_the_shared_image_stays_healthy() {
             assert!(r.raw.contains("crash loop"), "attempt {i}: {}", r.raw);
         }
     }
+    // Stopping its instances is an operator's request for a fresh start: tried at once.
+    d.stop_instances("crasher").await;
+    let r = d.invoke("crasher", "{}").await;
+    assert_eq!(r.status, 502, "{}", r.raw);
+    assert!(!r.raw.contains("crash loop"), "{}", r.raw);
     let images = d.cli(&["image", "ls", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&images.stdout).unwrap();
     assert_eq!(v["images"][0]["healthy"], json!(true), "{v}");

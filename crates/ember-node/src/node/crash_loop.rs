@@ -9,7 +9,8 @@
 //! started:      failures = 0, no window
 //! ```
 //!
-//! It belongs to one deployed version: a new deploy starts with a clean slate. A function's
+//! It belongs to one deployed version: a new deploy starts with a clean slate, as does
+//! stopping the function's instances (`DELETE /v1/functions/{name}/instances`). A function's
 //! failures never reach the dependency image it starts from (that is the image's own count).
 
 use std::sync::Mutex;
@@ -63,7 +64,7 @@ impl CrashLoop {
         }
     }
 
-    /// A start succeeded: the slate is clean.
+    /// A start succeeded (or an operator asked for fresh starts): the slate is clean.
     pub fn started(&self) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if s.failures > 0 {

@@ -748,6 +748,8 @@ impl Node {
     /// their teardown.
     pub async fn stop_instances(&self, name: &str) -> Result<usize, NodeError> {
         let d = self.deployed(name)?;
+        // An operator asking for fresh starts gets one now, not after a crash-loop window.
+        d.crash_loop.started();
         let idle = d.pool.flush();
         let n = idle.len();
         let gone: Vec<_> = idle
