@@ -209,19 +209,78 @@ impl Tracee {
     }
 }
 
-/// Writes `bytes` at `addr` of `pid` in one call.
+/// Writes `bytes` at `addr` of `pid`. `process_vm_writev` may stop early at a page it could
+/// not fault in the other process (and then fail if called for that page alone); a write
+/// that stopped early goes on from there, so a transient refusal is retried and a lasting
+/// one is reported with its address and errno instead of as a bare "short write".
 pub fn write(pid: i32, addr: u64, bytes: &[u8]) -> io::Result<()> {
-    let local = [libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    }];
-    let remote = [libc::iovec {
-        iov_base: addr as *mut libc::c_void,
-        iov_len: bytes.len(),
-    }];
-    let n = sys::write_mem(pid, &local, &remote)?;
-    if n != bytes.len() {
-        return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
+    let mut done = 0usize;
+    while done < bytes.len() {
+        let rest = &bytes[done..];
+        let at = addr + done as u64;
+        let local = [libc::iovec {
+            iov_base: rest.as_ptr() as *mut libc::c_void,
+            iov_len: rest.len(),
+        }];
+        let remote = [libc::iovec {
+            iov_base: at as *mut libc::c_void,
+            iov_len: rest.len(),
+        }];
+        match sys::write_mem(pid, &local, &remote) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("process_vm_writev wrote nothing at {at:#x}"),
+                ));
+            }
+            Ok(n) => done += n,
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "process_vm_writev at {at:#x} ({} of {} bytes written): {e}",
+                        done,
+                        bytes.len()
+                    ),
+                ));
+            }
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write that runs into an unmapped page writes what it can, then says where it
+    /// stopped and why.
+    #[test]
+    fn a_write_into_a_hole_names_where_it_stopped() {
+        const PAGE: usize = 4096;
+        // SAFETY: a fresh anonymous mapping of two pages, private to this test.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        // SAFETY: the second page of the mapping made above, which nothing else uses.
+        let unmapped = unsafe { libc::munmap(base.cast::<u8>().add(PAGE).cast(), PAGE) };
+        assert_eq!(unmapped, 0);
+        let pid = std::process::id() as i32;
+        let data = vec![7u8; 2 * PAGE];
+        let err = write(pid, base as u64, &data).unwrap_err().to_string();
+        assert!(err.contains("4096 of 8192 bytes written"), "{err}");
+        // SAFETY: the first page is still mapped and was written above.
+        assert_eq!(unsafe { *base.cast::<u8>() }, 7);
+        write(pid, base as u64, &data[..PAGE]).unwrap();
+        // SAFETY: the first page of the mapping made above.
+        unsafe { libc::munmap(base, PAGE) };
+    }
 }
