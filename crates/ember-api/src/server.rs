@@ -45,6 +45,13 @@ const REFUSAL_TIME: Duration = Duration::from_secs(2);
 /// How often a connection whose request is being served looks whether it has ended, to arm
 /// its idle deadline: the idle deadline counts from at most this long after a response.
 const LOOK: Duration = Duration::from_secs(1);
+/// How long, and for how many bytes, a connection the server closes (an answer before the
+/// whole request body was read, such as 413) keeps reading what the client still sends:
+/// closing with unread data resets the connection, and the client would lose the answer.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 8 << 20;
+/// Connections lingering at once (each holds a descriptor outside the cap for LINGER).
+const LINGERING: usize = 256;
 /// Between two log lines about the same trouble (a client can cause them).
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -299,6 +306,10 @@ struct Watched {
     read_deadline: Pin<Box<Sleep>>,
     /// Armed while a write waits for the client to read.
     write_deadline: Option<Pin<Box<Sleep>>>,
+    /// The server shut its side down (it closes the connection).
+    shut: bool,
+    /// The client's side is at its end.
+    eof: bool,
 }
 
 impl Watched {
@@ -312,6 +323,8 @@ impl Watched {
             finished: 0,
             read_deadline: Box::pin(tokio::time::sleep(limits.header_timeout)),
             write_deadline: None,
+            shut: false,
+            eof: false,
         }
     }
 
@@ -374,8 +387,12 @@ impl AsyncRead for Watched {
         this.update_phase();
         let before = buf.filled().len();
         if let Poll::Ready(r) = Pin::new(&mut this.io).poll_read(cx, buf) {
-            if this.phase == Phase::Idle && buf.filled().len() > before {
+            let got = buf.filled().len() > before;
+            if this.phase == Phase::Idle && got {
                 this.set_phase(Phase::Head, this.limits.header_timeout);
+            }
+            if r.is_ok() && !got && buf.remaining() > 0 {
+                this.eof = true;
             }
             return Poll::Ready(r);
         }
@@ -433,7 +450,57 @@ impl AsyncWrite for Watched {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        let r = ready!(Pin::new(&mut this.io).poll_shutdown(cx));
+        this.shut = r.is_ok();
+        Poll::Ready(r)
+    }
+}
+
+/// Lingering slots (see [`LINGER`]).
+static LINGER_SLOTS: Semaphore = Semaphore::const_new(LINGERING);
+
+impl Drop for Watched {
+    /// A connection the server closed while the client may still be sending (its body was
+    /// answered before it was read) is read and discarded for a while, in a task of its own:
+    /// closing a socket with unread data sends a reset, which can reach the client before it
+    /// has read the answer (a 413 would show as a broken pipe).
+    fn drop(&mut self) {
+        if !self.shut || self.eof {
+            return;
+        }
+        let Ok(slot) = LINGER_SLOTS.try_acquire() else {
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        use std::os::fd::AsFd;
+        let Ok(fd) = self.io.as_fd().try_clone_to_owned() else {
+            return;
+        };
+        let std_stream = std::net::TcpStream::from(fd);
+        if std_stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        let _guard = handle.enter();
+        let Ok(mut stream) = TcpStream::from_std(std_stream) else {
+            return;
+        };
+        handle.spawn(async move {
+            let _slot = slot;
+            let _ = tokio::time::timeout(LINGER, async {
+                let mut buf = vec![0u8; 64 << 10];
+                let mut read = 0;
+                while read < LINGER_BYTES {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => read += n,
+                    }
+                }
+            })
+            .await;
+        });
     }
 }
 
@@ -506,6 +573,42 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         assert!(e.to_string().contains("idle"), "{e}");
         client.write_all(b"x").await.unwrap();
+    }
+
+    /// The server answers and closes while the client is still sending: the client's writes
+    /// still succeed (an HTTP client reads the answer only once its body is sent; a broken
+    /// pipe would lose the 413), and it reads the whole answer.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_client_still_sending_reads_the_answer_of_a_closing_server() {
+        for _ in 0..5 {
+            let (server, client) = pair().await;
+            let (mut rd, mut wr) = client.into_split();
+            let sending = tokio::spawn(async move {
+                let chunk = vec![b'x'; 64 << 10];
+                for _ in 0..64 {
+                    wr.write_all(&chunk).await?;
+                }
+                io::Result::Ok(())
+            });
+            let mut w = Watched::new(server, Arc::new(ConnState::default()), limits(5_000));
+            // Part of the body is in; the rest is still coming when the answer goes.
+            let mut head = vec![0u8; 64 << 10];
+            let mut got = 0;
+            while got < 256 << 10 {
+                got += w.read(&mut head).await.unwrap();
+            }
+            w.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            w.shutdown().await.unwrap();
+            drop(w);
+            let sent = sending.await.unwrap();
+            assert!(sent.is_ok(), "the client's body write failed: {sent:?}");
+            let mut answer = Vec::new();
+            let read = rd.read_to_end(&mut answer).await;
+            assert!(read.is_ok(), "{read:?}");
+            assert!(answer.starts_with(b"HTTP/1.1 413"), "{answer:?}");
+        }
     }
 
     #[test]
