@@ -334,7 +334,7 @@ async fn stream_pip(
     cmd: &mut Command,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<(), PipFailure> {
-    crate::sys::die_with_daemon_tree(cmd);
+    ember_runtime::die_with_daemon_tree(cmd);
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

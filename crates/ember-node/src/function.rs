@@ -202,6 +202,11 @@ fn is_identifier(s: &str) -> bool {
 }
 
 impl FunctionConfig {
+    /// The instance's memory limit in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        u64::from(self.memory_mb) << 20
+    }
+
     pub fn validate(&self) -> Result<(), InvalidFunction> {
         validate_handler(self.runtime, &self.handler)?;
         if self.description.len() > 256 {

@@ -1,6 +1,5 @@
-//! File locking, durable writes and tenant trees written beneath a directory (the node's
-//! only direct use of the kernel's file APIs), and tools that die with the daemon. The only
-//! `unsafe` code of the crate is here.
+//! File locking, durable writes and tenant trees written beneath a directory: the node's
+//! only direct use of the kernel's file APIs.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -130,84 +129,4 @@ pub fn resolves_beneath(root: &impl AsFd, rel: &Path) -> io::Result<()> {
         .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
     openat2(root, rel, how).map(drop).map_err(io::Error::from)
-}
-
-/// Makes the process `cmd` starts, and every process it starts in turn, die with the daemon
-/// (pip runs itself again under the environment's interpreter, and builds in subprocesses;
-/// a death signal alone reaches only the first).
-///
-/// ```text
-/// daemon --fork--> C1: death signal (SIGKILL when the daemon dies), unshare(CLONE_NEWPID),
-///                  fork, closes every descriptor, waits and exits as C2 did
-///                    --fork--> C2: pid 1 of a new pid namespace, death signal (SIGKILL when
-///                              C1 dies), execs the tool; when it dies the kernel kills
-///                              everything else in its namespace
-/// ```
-///
-/// Without the right to make a pid namespace (not root), the tool alone dies with the daemon.
-pub fn die_with_daemon_tree(cmd: &mut tokio::process::Command) {
-    // SAFETY: getpid has no preconditions.
-    let daemon = unsafe { libc::getpid() };
-    // SAFETY: `tree_guard` runs between fork and exec and makes only async-signal-safe calls
-    // (prctl, getppid, unshare, fork, close_range, waitpid, _exit); it allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || tree_guard(daemon));
-    }
-}
-
-fn tree_guard(daemon: libc::pid_t) -> io::Result<()> {
-    die_with_parent()?;
-    // SAFETY: getppid has no preconditions.
-    if unsafe { libc::getppid() } != daemon {
-        // The daemon died before the death signal was armed.
-        return Err(io::Error::from_raw_os_error(libc::ESRCH));
-    }
-    // SAFETY: unshare takes a flag word and no pointers.
-    if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
-        return Ok(());
-    }
-    // SAFETY: fork in the single-threaded child of a fork; both sides only make
-    // async-signal-safe calls afterwards.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid == 0 {
-        // C2, pid 1 of the namespace: dies with C1.
-        return die_with_parent();
-    }
-    // C1: holds nothing of the tool's (its pipes reach EOF when C2 is done), then mirrors
-    // how C2 ended.
-    // SAFETY: close_range takes plain integers; every descriptor of this process goes, which
-    // nothing below uses.
-    unsafe { libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) };
-    let mut status: libc::c_int = 0;
-    loop {
-        // SAFETY: waitpid writes the status to a valid local.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            break;
-        }
-        if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            // The tool's end is unknown: never report it as a success.
-            // SAFETY: as for the _exit below.
-            unsafe { libc::_exit(127) }
-        }
-    }
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        128 + libc::WTERMSIG(status)
-    };
-    // SAFETY: _exit ends this process at once, without running the parent's atexit handlers
-    // or destructors (which belong to the daemon).
-    unsafe { libc::_exit(code) }
-}
-
-fn die_with_parent() -> io::Result<()> {
-    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointers.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }

@@ -13,7 +13,7 @@ pub mod provided;
 pub mod python;
 mod sys;
 
-pub use sys::kill_with_daemon;
+pub use sys::{die_with_daemon_tree, kill_with_daemon};
 
 pub use python::{
     BootTiming, Instance, LogSink, Outcome, Prepared, RestoredTiming, StartSpec, Stream,

@@ -7,7 +7,7 @@
 //! PRELOADED   rt -> host  JSON {"import_packages_us": n, "threads"?: n, "closed_fds"?: n}
 //! INIT        host -> rt  JSON {"function", "handler", "code_dir", "memory_mb", "version",
 //!                               "instance", "restored"?: true, "env"?: {name: value}}
-//! HOOKED      rt -> host  JSON {"hook_us": n}        (restored only: the hook is done, the
+//! HOOKED      rt -> host  JSON {}                     (restored only: the hook is done, the
 //!                                                     function's own code runs next)
 //! READY       rt -> host  JSON {"import_handler_us": n, "hook_us"?: n}
 //! INIT_ERROR  rt -> host  JSON {"type", "message", "traceback": [line, ...]}
@@ -195,11 +195,6 @@ pub struct Init<'a> {
     /// With `restored`: the instance's whole environment, replacing the image's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub env: Option<&'a std::collections::BTreeMap<String, String>>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct HookedBody {
-    pub hook_us: u64,
 }
 
 #[derive(Debug, Deserialize)]

@@ -23,8 +23,8 @@ use tokio::process::{Child, Command};
 use tracing::{Instrument, info_span};
 
 use crate::protocol::{
-    self, Boot, FunctionError, HookedBody, Init, InvokeHeader, Kind, Preloaded, ProtocolError,
-    Ready, ResultHeader,
+    self, Boot, FunctionError, Init, InvokeHeader, Kind, Preloaded, ProtocolError, Ready,
+    ResultHeader,
 };
 use crate::sys;
 
@@ -235,15 +235,16 @@ impl Instance {
         })
     }
 
-    /// Waits for HOOKED: the restored process runs and its after-restore hook is done.
-    async fn await_hooked(&mut self) -> Result<HookedBody, StartError> {
+    /// Waits for HOOKED: the restored process runs and its after-restore hook is done (its
+    /// time comes with READY).
+    async fn await_hooked(&mut self) -> Result<(), StartError> {
         let frame = protocol::read_frame(&mut self.conn)
             .instrument(info_span!("runtime.hook"))
             .await?;
         match frame.kind {
             Kind::Hooked => {
                 self.hooked = true;
-                Ok(protocol::parse_json("HOOKED", &frame.body)?)
+                Ok(())
             }
             got => Err(unexpected("HOOKED", got).into()),
         }

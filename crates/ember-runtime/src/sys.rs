@@ -66,10 +66,7 @@ pub fn inherit_stdio_only(cmd: &mut tokio::process::Command) {
 /// Arms SIGKILL for when `parent` (the daemon) dies; fails if it already has. Calls only
 /// async-signal-safe functions, so it may run between fork and exec.
 fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
-    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointers.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    arm_death_signal()?;
     // SAFETY: getppid has no preconditions.
     if unsafe { libc::getppid() } != parent {
         // The daemon died before the death signal was armed.
@@ -78,8 +75,18 @@ fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
     Ok(())
 }
 
+/// `PR_SET_PDEATHSIG(SIGKILL)`: this process dies with its parent. Async-signal-safe.
+fn arm_death_signal() -> io::Result<()> {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointers.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Makes processes started by `cmd` receive SIGKILL when the daemon dies, so that nothing it
-/// started (pip, a runtime) outlives it.
+/// started (a runtime, a compile) outlives it. What such a process starts in turn is not
+/// covered: see [`die_with_daemon_tree`].
 pub fn kill_with_daemon(cmd: &mut tokio::process::Command) {
     let parent = own_pid();
     // SAFETY: the closure runs between fork and exec and only calls `die_with_parent`,
@@ -87,6 +94,69 @@ pub fn kill_with_daemon(cmd: &mut tokio::process::Command) {
     unsafe {
         cmd.pre_exec(move || die_with_parent(parent));
     }
+}
+
+/// Makes the process `cmd` starts, and every process it starts in turn, die with the daemon
+/// (pip runs itself again under the environment's interpreter, and builds in subprocesses;
+/// a death signal alone reaches only the first).
+///
+/// ```text
+/// daemon --fork--> C1: death signal (SIGKILL when the daemon dies), unshare(CLONE_NEWPID),
+///                  fork, closes every descriptor, waits and exits as C2 did
+///                    --fork--> C2: pid 1 of a new pid namespace, death signal (SIGKILL when
+///                              C1 dies), execs the tool; when it dies the kernel kills
+///                              everything else in its namespace
+/// ```
+///
+/// Without the right to make a pid namespace (not root), the tool alone dies with the daemon.
+pub fn die_with_daemon_tree(cmd: &mut tokio::process::Command) {
+    let parent = own_pid();
+    // SAFETY: `tree_guard` runs between fork and exec and makes only async-signal-safe calls
+    // (prctl, getppid, unshare, fork, close_range, waitpid, _exit); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || tree_guard(parent));
+    }
+}
+
+fn tree_guard(daemon: libc::pid_t) -> io::Result<()> {
+    die_with_parent(daemon)?;
+    // SAFETY: unshare takes a flag word and no pointers.
+    if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+        return Ok(());
+    }
+    // SAFETY: fork in the single-threaded child of a fork; both sides only make
+    // async-signal-safe calls afterwards.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // C2, pid 1 of the namespace: dies with C1 (whose pid it cannot see from in there).
+        return arm_death_signal();
+    }
+    // C1: holds nothing of the tool's (its pipes reach EOF when C2 is done), then mirrors
+    // how C2 ended.
+    // SAFETY: close_range takes plain integers; every descriptor of this process goes, which
+    // nothing below uses.
+    unsafe { libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) };
+    let mut status: libc::c_int = 0;
+    let code = loop {
+        // SAFETY: waitpid writes the status to a valid local.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid && libc::WIFEXITED(status) {
+            break libc::WEXITSTATUS(status);
+        }
+        if r == pid {
+            break 128 + libc::WTERMSIG(status);
+        }
+        if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            // The tool's end is unknown: never report it as a success.
+            break 127;
+        }
+    };
+    // SAFETY: _exit ends this process at once, without running the parent's atexit handlers
+    // or destructors (which belong to the daemon).
+    unsafe { libc::_exit(code) }
 }
 
 /// The calling process's pid.

@@ -312,11 +312,19 @@ fn clone_rule() -> Result<SeccompRule, SeccompError> {
     SeccompRule::new(vec![no_namespace]).map_err(|e| SeccompError(e.to_string()))
 }
 
+/// `<linux/audit.h>`'s value, which the libc crate does not carry.
 const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
-const BPF_LD_W_ABS: u16 = 0x20;
-const BPF_JEQ_K: u16 = 0x15;
-const BPF_RET_K: u16 = 0x06;
-const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+const BPF_LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+const BPF_JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+const BPF_RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+/// Where the filter reads what it checks in `struct seccomp_data`.
+const ARCH: u32 = std::mem::offset_of!(libc::seccomp_data, arch) as u32;
+const NR: u32 = std::mem::offset_of!(libc::seccomp_data, nr) as u32;
+/// The low half of the first argument (x86_64 is little-endian).
+const ARG0: u32 = std::mem::offset_of!(libc::seccomp_data, args) as u32;
+const fn errno(e: i32) -> u32 {
+    libc::SECCOMP_RET_ERRNO | e as u32
+}
 
 /// Socket families an instance may create (see the module doc).
 pub const SOCKET_FAMILIES: [i32; 4] = [
@@ -332,23 +340,18 @@ fn prefix() -> [sock_filter; 12] {
     let op = |code, jt, jf, k| sock_filter { code, jt, jf, k };
     let [unix, inet, inet6, netlink] = SOCKET_FAMILIES.map(|f| f as u32);
     [
-        op(BPF_LD_W_ABS, 0, 0, 4),
+        op(BPF_LD_W_ABS, 0, 0, ARCH),
         op(BPF_JEQ_K, 0, 10, AUDIT_ARCH_X86_64),
-        op(BPF_LD_W_ABS, 0, 0, 0),
+        op(BPF_LD_W_ABS, 0, 0, NR),
         op(BPF_JEQ_K, 0, 1, libc::SYS_clone3 as u32),
-        op(BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        op(BPF_RET_K, 0, 0, errno(libc::ENOSYS)),
         op(BPF_JEQ_K, 0, 6, libc::SYS_socket as u32),
-        op(BPF_LD_W_ABS, 0, 0, 16),
+        op(BPF_LD_W_ABS, 0, 0, ARG0),
         op(BPF_JEQ_K, 4, 0, unix),
         op(BPF_JEQ_K, 3, 0, inet),
         op(BPF_JEQ_K, 2, 0, inet6),
         op(BPF_JEQ_K, 1, 0, netlink),
-        op(
-            BPF_RET_K,
-            0,
-            0,
-            SECCOMP_RET_ERRNO | libc::EAFNOSUPPORT as u32,
-        ),
+        op(BPF_RET_K, 0, 0, errno(libc::EAFNOSUPPORT)),
     ]
 }
 
@@ -375,6 +378,12 @@ pub fn program() -> Result<BpfProgram, SeccompError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prefix_reads_what_the_kernel_lays_out() {
+        assert_eq!((ARCH, NR, ARG0), (4, 0, 16));
+        assert_eq!((BPF_LD_W_ABS, BPF_JEQ_K, BPF_RET_K), (0x20, 0x15, 0x06));
+    }
 
     #[test]
     fn the_allowlist_compiles_and_keeps_dangerous_calls_out() {

@@ -89,24 +89,32 @@ fn restored_maps_equal_the_originals() {
     assert_eq!(common::merged_maps(r.pid), want);
 }
 
-#[test]
-fn restores_into_a_stopped_process_the_caller_created() {
-    if !privileged("restores_into_a_stopped_process_the_caller_created") {
-        return;
-    }
-    let f = fixture();
+/// A child of this test, stopped, talking on two pipes as its stdin and stdout (the test
+/// keeps the other ends), with nothing else open; with `at_limit`, also a descriptor at
+/// 1023 under a 1024 limit: what a sandbox's first process looked like when its creator
+/// held a thousand descriptors.
+fn stopped_target(at_limit: bool) -> (i32, std::fs::File, std::io::BufReader<std::fs::File>) {
     let (in_r, in_w) = std::io::pipe().unwrap();
     let (out_r, out_w) = std::io::pipe().unwrap();
     use std::os::fd::AsRawFd;
     let (a, b) = (in_r.as_raw_fd(), out_w.as_raw_fd());
+    let lim = libc::rlimit {
+        rlim_cur: 1024,
+        rlim_max: 1024,
+    };
     // SAFETY: the child only calls async-signal-safe functions, then stops or exits.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
-        // SAFETY: async-signal-safe calls in the child on descriptors it inherited.
+        // SAFETY: async-signal-safe calls in the child on descriptors it inherited and a
+        // stack rlimit.
         unsafe {
             libc::dup2(a, 0);
             libc::dup2(b, 1);
             libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
+            if at_limit {
+                libc::dup2(0, 1023);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
             libc::kill(libc::getpid(), libc::SIGSTOP);
             libc::_exit(1);
         }
@@ -116,6 +124,27 @@ fn restores_into_a_stopped_process_the_caller_created() {
     unsafe { libc::waitpid(pid, &mut st, libc::WUNTRACED) };
     assert!(libc::WIFSTOPPED(st));
     drop((in_r, out_w));
+    let w = std::fs::File::from(std::os::fd::OwnedFd::from(in_w));
+    let rd = std::io::BufReader::new(std::fs::File::from(std::os::fd::OwnedFd::from(out_r)));
+    (pid, w, rd)
+}
+
+/// Sends `cmd` to the restored target and returns its answer line.
+fn ask(w: &mut std::fs::File, rd: &mut std::io::BufReader<std::fs::File>, cmd: &str) -> String {
+    use std::io::{BufRead, Write};
+    writeln!(w, "{cmd}").unwrap();
+    let mut line = String::new();
+    rd.read_line(&mut line).unwrap();
+    line.trim_end().to_string()
+}
+
+#[test]
+fn restores_into_a_stopped_process_the_caller_created() {
+    if !privileged("restores_into_a_stopped_process_the_caller_created") {
+        return;
+    }
+    let f = fixture();
+    let (pid, mut w, mut rd) = stopped_target(false);
     let r = ember_snap::restore(
         &f.image,
         ember_snap::Target::Stopped { pid },
@@ -123,13 +152,8 @@ fn restores_into_a_stopped_process_the_caller_created() {
     )
     .unwrap();
     assert_eq!(r.pid, pid);
-    let mut w = std::fs::File::from(std::os::fd::OwnedFd::from(in_w));
-    let mut rd = std::io::BufReader::new(std::fs::File::from(std::os::fd::OwnedFd::from(out_r)));
-    use std::io::{BufRead, Write};
-    writeln!(w, "ping").unwrap();
-    let mut line = String::new();
-    rd.read_line(&mut line).unwrap();
-    assert_eq!(line.trim_end(), format!("pong {pid}"));
+    assert_eq!(ask(&mut w, &mut rd, "ping"), format!("pong {pid}"));
+    use std::io::Write;
     writeln!(w, "exit").unwrap();
     assert_eq!(common::wait_exit(pid), 0);
 }
@@ -140,36 +164,7 @@ fn a_target_holding_a_descriptor_at_its_limit_restores_with_only_the_images() {
         return;
     }
     let f = fixture();
-    let (in_r, in_w) = std::io::pipe().unwrap();
-    let (out_r, out_w) = std::io::pipe().unwrap();
-    use std::os::fd::AsRawFd;
-    let (a, b) = (in_r.as_raw_fd(), out_w.as_raw_fd());
-    // What a sandbox's first process looked like when its creator held a thousand
-    // descriptors: one left at the top of a 1024 limit.
-    // SAFETY: the child only calls async-signal-safe functions, then stops or exits.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        let lim = libc::rlimit {
-            rlim_cur: 1024,
-            rlim_max: 1024,
-        };
-        // SAFETY: async-signal-safe calls in the child on descriptors it inherited and a
-        // stack rlimit.
-        unsafe {
-            libc::dup2(a, 0);
-            libc::dup2(b, 1);
-            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
-            libc::dup2(0, 1023);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            libc::kill(libc::getpid(), libc::SIGSTOP);
-            libc::_exit(1);
-        }
-    }
-    let mut st = 0;
-    // SAFETY: waiting for our own child into a local.
-    unsafe { libc::waitpid(pid, &mut st, libc::WUNTRACED) };
-    assert!(libc::WIFSTOPPED(st));
-    drop((in_r, out_w));
+    let (pid, mut w, mut rd) = stopped_target(true);
     assert_eq!(common::fds_of(pid), vec![0, 1, 2, 1023]);
     let r = ember_snap::restore(
         &f.image,
@@ -181,17 +176,9 @@ fn a_target_holding_a_descriptor_at_its_limit_restores_with_only_the_images() {
     assert_eq!(r.pid, pid);
     // The image's own descriptors (stdio and its log file), and nothing of the target's.
     assert_eq!(common::fds_of(pid), vec![0, 1, 2, 3]);
-    let mut w = std::fs::File::from(std::os::fd::OwnedFd::from(in_w));
-    let mut rd = std::io::BufReader::new(std::fs::File::from(std::os::fd::OwnedFd::from(out_r)));
-    use std::io::{BufRead, Write};
-    writeln!(w, "ping").unwrap();
-    let mut line = String::new();
-    rd.read_line(&mut line).unwrap();
-    assert_eq!(line.trim_end(), format!("pong {pid}"));
-    writeln!(w, "log").unwrap();
-    line.clear();
-    rd.read_line(&mut line).unwrap();
-    assert_eq!(line.trim_end(), "log ok");
+    assert_eq!(ask(&mut w, &mut rd, "ping"), format!("pong {pid}"));
+    assert_eq!(ask(&mut w, &mut rd, "log"), "log ok");
+    use std::io::Write;
     writeln!(w, "exit").unwrap();
     assert_eq!(common::wait_exit(pid), 0);
 }

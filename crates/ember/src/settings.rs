@@ -409,9 +409,14 @@ mod tests {
         m
     }
 
-    fn mib(text: &str) -> u64 {
-        let n = text.strip_suffix(" MiB").unwrap_or(text);
-        n.parse::<u64>().unwrap() << 20
+    /// `6 MiB`, `1 GiB` or a plain number of bytes.
+    fn bytes(text: &str) -> u64 {
+        let (n, shift) = match text.split_once(' ') {
+            Some((n, "MiB")) => (n, 20),
+            Some((n, "GiB")) => (n, 30),
+            _ => (text, 0),
+        };
+        n.parse::<u64>().unwrap() << shift
     }
 
     /// What `serve --help` says of each default is what the daemon uses.
@@ -449,14 +454,14 @@ mod tests {
         assert_eq!(dur("--event-max-age"), s.node.events.max_age);
         assert_eq!(num("--prestart"), s.node.prestart as u64);
         assert_eq!(
-            mib(&said("--max-event-bytes")),
+            bytes(&said("--max-event-bytes")),
             s.api.max_event_bytes as u64
         );
         assert_eq!(
-            mib(&said("--max-deploy-bytes")),
+            bytes(&said("--max-deploy-bytes")),
             s.api.max_deploy_bytes as u64
         );
-        assert_eq!(mib(&said("--log-max-bytes")), s.node.log_max_bytes);
+        assert_eq!(bytes(&said("--log-max-bytes")), s.node.log_max_bytes);
         assert_eq!(num("--sandbox-uid"), u64::from(s.node.sandbox_uid));
         assert_eq!(num("--sandbox-gid"), u64::from(s.node.sandbox_gid));
         assert_eq!(num("--pids-max"), s.node.pids_max);
@@ -468,6 +473,15 @@ mod tests {
         assert_eq!(policy, s.node.images.policy);
         assert_eq!(said("--log-format"), "text");
         assert!(s.node.sandbox && s.api.token.is_none());
+        let c = &s.connections;
+        assert_eq!(dur("--header-timeout"), c.header_timeout);
+        assert_eq!(dur("--body-timeout"), c.body_timeout);
+        assert_eq!(dur("--idle-timeout"), c.idle_timeout);
+        assert_eq!(num("--max-connections"), c.max_connections as u64);
+        assert_eq!(
+            bytes(&said("--max-buffered-body-bytes")),
+            c.max_buffered_body_bytes as u64
+        );
     }
 
     /// The README's table of daemon settings has a row for every flag of `ember serve`, with

@@ -151,18 +151,18 @@ def handler(event, context):
     assert!(out.stderr.contains("HTTP 502"), "{}", out.stderr);
 }
 
+/// Deploys `echo`, which returns its event.
+async fn deploy_echo(d: &Daemon) {
+    let code = py("def handler(e, c):\n    return e\n");
+    let (status, body) = d.deploy_zip("echo", cfg("main.handler"), &code).await;
+    assert_eq!(status, 201, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_are_checked_before_anything_runs() {
     let home = tempfile::tempdir().unwrap();
     let d = Daemon::start(home.path(), &["--max-event-bytes", "1048576"]);
-    let (status, _) = d
-        .deploy_zip(
-            "echo",
-            cfg("main.handler"),
-            &py("def handler(e, c):\n    return e\n"),
-        )
-        .await;
-    assert_eq!(status, 201);
+    deploy_echo(&d).await;
 
     let r = d.invoke("echo", "{not json").await;
     assert_eq!(r.status, 400);
@@ -346,14 +346,7 @@ async fn hostile_archives_are_refused_and_leave_nothing_behind() {
 async fn malformed_events_get_400_on_both_apis_before_any_instance_starts() {
     let home = tempfile::tempdir().unwrap();
     let d = Daemon::start(home.path(), &[]);
-    let (status, _) = d
-        .deploy_zip(
-            "echo",
-            cfg("main.handler"),
-            &py("def handler(e, c):\n    return e\n"),
-        )
-        .await;
-    assert_eq!(status, 201);
+    deploy_echo(&d).await;
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let events: [(&str, Vec<u8>, &str); 4] = [
         (

@@ -12,16 +12,6 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const EXAMPLES: [&str; 7] = [
-    "noop",
-    "helloworld",
-    "json",
-    "aes",
-    "chameleon",
-    "numpy",
-    "sklearn",
-];
-
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -106,7 +96,7 @@ fn the_readme_first_command_runs_as_written_and_leaves_nothing() {
     for col in ["function", "cold ms", "via", "warm ms", "result"] {
         assert!(header.contains(col), "no {col:?} in the header:\n{stdout}");
     }
-    for name in EXAMPLES {
+    for name in ember_bench::workloads::ORDER {
         let row = stdout
             .lines()
             .find(|l| l.split_whitespace().next() == Some(name))

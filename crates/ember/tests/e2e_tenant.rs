@@ -158,14 +158,12 @@ async fn no_start_path_lets_an_instance_make_a_namespace() {
     });
     let probe_py = zip_entries(&[("main.py", 0o644, PROBE.as_bytes())]);
     // Cold boot (no image covers it yet), then from an image of the same packages.
-    let (status, body) = d
-        .deploy_zip(
-            "probe",
-            json!({"handler": "main.handler", "packages": ["six"], "timeout_s": 20}),
-            &probe_py,
-        )
-        .await;
-    assert!(status < 300, "{body}");
+    d.deploy_ok(
+        "probe",
+        json!({"handler": "main.handler", "packages": ["six"], "timeout_s": 20}),
+        &probe_py,
+    )
+    .await;
     let r = d.invoke("probe", "{}").await;
     assert_eq!(
         (r.status, r.start.as_str()),
@@ -192,14 +190,12 @@ async fn no_start_path_lets_an_instance_make_a_namespace() {
          \x20   urllib.request.urlopen(urllib.request.Request(api + rid + '/response', data=body, method='POST'))\n"
     );
     let zip = zip_entries(&[("bootstrap", 0o755, bootstrap.as_bytes())]);
-    let (status, body) = d
-        .deploy_zip(
-            "probe-provided",
-            json!({"runtime": "provided", "handler": "x", "timeout_s": 20}),
-            &zip,
-        )
-        .await;
-    assert!(status < 300, "{body}");
+    d.deploy_ok(
+        "probe-provided",
+        json!({"runtime": "provided", "handler": "x", "timeout_s": 20}),
+        &zip,
+    )
+    .await;
     let r = d.invoke("probe-provided", "{}").await;
     assert_eq!(r.status, 200, "{}", r.raw);
     assert_eq!(r.body, want, "provided");
@@ -209,14 +205,12 @@ async fn no_start_path_lets_an_instance_make_a_namespace() {
         "#!/usr/bin/python3 -I\nimport json, sys\n{library}\nsys.stdin.read()\nprint(json.dumps(probe()))\n"
     );
     let zip = zip_entries(&[("probe", 0o755, native.as_bytes())]);
-    let (status, body) = d
-        .deploy_zip(
-            "probe-native",
-            json!({"runtime": "native", "handler": "probe", "timeout_s": 20}),
-            &zip,
-        )
-        .await;
-    assert!(status < 300, "{body}");
+    d.deploy_ok(
+        "probe-native",
+        json!({"runtime": "native", "handler": "probe", "timeout_s": 20}),
+        &zip,
+    )
+    .await;
     let r = d.invoke("probe-native", "{}").await;
     assert_eq!(r.status, 200, "{}", r.raw);
     assert_eq!(r.body, want, "native: {}", r.raw);
@@ -237,14 +231,12 @@ async fn an_import_crash_fails_alone_and_the_shared_image_stays_healthy() {
         ("crasher", "import os\nos._exit(3)\n"),
         ("good", "def handler(e, c):\n    return 'fine'\n"),
     ] {
-        let (status, body) = d
-            .deploy_zip(
-                name,
-                json!({"handler": "main.handler", "packages": ["six"]}),
-                &py(code),
-            )
-            .await;
-        assert!(status < 300, "{body}");
+        d.deploy_ok(
+            name,
+            json!({"handler": "main.handler", "packages": ["six"]}),
+            &py(code),
+        )
+        .await;
     }
     for i in 0..5 {
         let r = d.invoke("crasher", "{}").await;
@@ -303,14 +295,12 @@ def handler(event, context):
             os.waitpid(k, 0)
     return kind
 "#;
-    let (status, body) = d
-        .deploy_zip(
-            "blame",
-            json!({"handler": "main.handler", "memory_mb": 128}),
-            &py(code),
-        )
-        .await;
-    assert!(status < 300, "{body}");
+    d.deploy_ok(
+        "blame",
+        json!({"handler": "main.handler", "memory_mb": 128}),
+        &py(code),
+    )
+    .await;
     for (kind, reason) in [("child-oom", "oom"), ("contained-storm", "pids")] {
         let r = d.invoke("blame", r#"{"kind": "warm-up"}"#).await;
         assert_eq!(r.status, 200, "{}", r.raw);
@@ -352,14 +342,12 @@ def handler(event, context):
         return "unreachable: %s" % e
 "#;
     for (name, network) in [("hostnet", "host"), ("isolated", "none")] {
-        let (status, body) = d
-            .deploy_zip(
-                name,
-                json!({"handler": "main.handler", "packages": ["six"], "network": network}),
-                &py(code),
-            )
-            .await;
-        assert!(status < 300, "{body}");
+        d.deploy_ok(
+            name,
+            json!({"handler": "main.handler", "packages": ["six"], "network": network}),
+            &py(code),
+        )
+        .await;
     }
     let event = json!({ "port": port }).to_string();
     let r = d.invoke("hostnet", &event).await;
@@ -411,14 +399,12 @@ def handler(event, context):
         threading.Thread(target=later, daemon=True).start()
     return os.getpid()
 "#;
-    let (status, body) = d
-        .deploy_zip(
-            "idle",
-            json!({"handler": "main.handler", "memory_mb": 128}),
-            &py(code),
-        )
-        .await;
-    assert!(status < 300, "{body}");
+    d.deploy_ok(
+        "idle",
+        json!({"handler": "main.handler", "memory_mb": 128}),
+        &py(code),
+    )
+    .await;
     let first = d.invoke("idle", r#"{"arm": true}"#).await;
     assert_eq!(first.status, 200, "{}", first.raw);
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
@@ -440,14 +426,12 @@ async fn an_image_serves_only_functions_with_exactly_its_packages() {
     d.build_image("six");
     let code = "import sys\ndef handler(e, c):\n    return 'six' in sys.modules\n";
     for (name, packages) in [("with-six", json!(["six"])), ("bare", json!([]))] {
-        let (status, body) = d
-            .deploy_zip(
-                name,
-                json!({"handler": "main.handler", "packages": packages}),
-                &py(code),
-            )
-            .await;
-        assert!(status < 300, "{body}");
+        d.deploy_ok(
+            name,
+            json!({"handler": "main.handler", "packages": packages}),
+            &py(code),
+        )
+        .await;
     }
     let r = d.invoke("with-six", "{}").await;
     assert_eq!(
@@ -484,14 +468,12 @@ def handler(event, context):
     p = subprocess.run(["/usr/bin/node", "-e", "console.log(6 * 7)"], capture_output=True, text=True)
     return [p.returncode, p.stdout.strip(), p.stderr[-300:]]
 "#;
-    let (status, body) = d
-        .deploy_zip(
-            "node",
-            json!({"handler": "main.handler", "memory_mb": 512}),
-            &py(code),
-        )
-        .await;
-    assert!(status < 300, "{body}");
+    d.deploy_ok(
+        "node",
+        json!({"handler": "main.handler", "memory_mb": 512}),
+        &py(code),
+    )
+    .await;
     let r = d.invoke("node", "{}").await;
     assert_eq!(r.status, 200, "{}", r.raw);
     assert_eq!(

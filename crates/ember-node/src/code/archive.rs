@@ -82,8 +82,7 @@ pub fn unpack(zip: &[u8], dest: &Path, limits: Limits) -> Result<(), CodeError> 
         .saturating_mul(limits.max_ratio)
         .min(limits.max_unpacked);
     let plan = plan(&mut archive, budget, size, limits)?;
-    check_structure(&plan)?;
-    let implied = implied_dirs(&plan);
+    let implied = check_structure(&plan)?;
     // Directories an archive implies are written too: they count.
     let entries = plan.nodes.len() + implied.len();
     if entries > limits.max_entries {
@@ -97,7 +96,7 @@ pub fn unpack(zip: &[u8], dest: &Path, limits: Limits) -> Result<(), CodeError> 
                 .map_err(|rule| refuse(name, rule))?;
         }
     }
-    write(&mut archive, &plan, &implied, dest, (budget, size), limits)
+    write(&mut archive, &plan, &implied, dest)
 }
 
 /// Reads every entry's header (and a symlink's target) into a [`Plan`].
@@ -231,13 +230,16 @@ fn check_target(target: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// No entry lies below a file or a symlink of the archive.
-fn check_structure(plan: &Plan) -> Result<(), CodeError> {
+/// No entry lies below a file or a symlink of the archive. Returns the directories that
+/// exist because an entry lies below them.
+fn check_structure(plan: &Plan) -> Result<BTreeSet<PathBuf>, CodeError> {
+    let mut implied = BTreeSet::new();
     for (path, (_, name)) in &plan.nodes {
         for a in path.ancestors().skip(1) {
             if a.as_os_str().is_empty() {
                 break;
             }
+            implied.insert(a.to_path_buf());
             match plan.nodes.get(a) {
                 Some((Node::File { .. }, other)) => {
                     return Err(refuse(
@@ -255,7 +257,7 @@ fn check_structure(plan: &Plan) -> Result<(), CodeError> {
             }
         }
     }
-    Ok(())
+    Ok(implied)
 }
 
 /// What is at `path` in the planned tree (the root is a directory).
@@ -379,28 +381,13 @@ impl<'a> Resolver<'a> {
     }
 }
 
-/// Directories that exist because an entry lies below them.
-fn implied_dirs(plan: &Plan) -> BTreeSet<PathBuf> {
-    let mut implied = BTreeSet::new();
-    for path in plan.nodes.keys() {
-        for a in path.ancestors().skip(1) {
-            if a.as_os_str().is_empty() {
-                break;
-            }
-            implied.insert(a.to_path_buf());
-        }
-    }
-    implied
-}
-
-/// Writes the planned tree beneath `dest`: directories, files, then symlinks.
+/// Writes the planned tree beneath `dest`: directories, files, then symlinks. Each file
+/// yields at most its declared size, whose sum [`plan`] held to the budget.
 fn write(
     archive: &mut zip::ZipArchive<io::Cursor<&[u8]>>,
     plan: &Plan,
     implied: &BTreeSet<PathBuf>,
     dest: &Path,
-    (budget, size): (u64, u64),
-    limits: Limits,
 ) -> Result<(), CodeError> {
     let root = sys::open_dir(dest).map_err(|source| CodeError::Io {
         entry: String::new(),
@@ -420,7 +407,6 @@ fn write(
     for d in &dirs {
         sys::mkdir_beneath(&root, d).map_err(io_err(&d.to_string_lossy()))?;
     }
-    let mut written: u64 = 0;
     for (path, (node, name)) in &plan.nodes {
         let Node::File {
             index,
@@ -434,17 +420,12 @@ fn write(
             .by_index(*index)
             .map_err(|e| CodeError::NotZip(e.to_string()))?;
         let mut content = Vec::new();
-        let left = budget.saturating_sub(written);
         let n = (&mut f)
-            .take(left.min(*declared).saturating_add(1))
+            .take(declared.saturating_add(1))
             .read_to_end(&mut content)
             .map_err(|e| CodeError::NotZip(format!("entry {name:?}: {e}")))? as u64;
         if n > *declared {
             return Err(refuse(name, "its content is longer than its header says"));
-        }
-        written += n;
-        if written > budget {
-            return Err(too_large(budget, size, limits));
         }
         let out = sys::create_beneath(&root, path, *exec).map_err(io_err(name))?;
         write_all(out, &content).map_err(io_err(name))?;
@@ -549,7 +530,7 @@ mod tests {
             .map(|(p, n)| (p.as_str(), n.clone()))
             .collect();
         let p = plan_of(&refs);
-        let implied = implied_dirs(&p);
+        let implied = check_structure(&p).unwrap();
         let mut r = Resolver::new(&p, &implied);
         let mut verdicts = Vec::new();
         for (path, (node, _)) in &p.nodes {
@@ -587,37 +568,74 @@ mod tests {
     fn links_resolve_through_the_archives_own_links() {
         let deep = format!("{}../../../home/ember.toml", "s/".repeat(20));
         let p = plan_of(&[("s", link(".")), ("x.py", link(&deep))]);
-        let err = resolve(&p, &implied_dirs(&p), Path::new("x.py"), &deep).unwrap_err();
+        let err = resolve(&p, &check_structure(&p).unwrap(), Path::new("x.py"), &deep).unwrap_err();
         assert!(err.contains("outside"), "{err}");
         let p = plan_of(&[("lib/util.py", FILE), ("alias.py", link("lib/util.py"))]);
-        assert!(resolve(&p, &implied_dirs(&p), Path::new("alias.py"), "lib/util.py").is_ok());
+        assert!(
+            resolve(
+                &p,
+                &check_structure(&p).unwrap(),
+                Path::new("alias.py"),
+                "lib/util.py"
+            )
+            .is_ok()
+        );
         let p = plan_of(&[("s", link(".")), ("a.py", FILE), ("b.py", link("s/s/a.py"))]);
-        assert!(resolve(&p, &implied_dirs(&p), Path::new("b.py"), "s/s/a.py").is_ok());
+        assert!(
+            resolve(
+                &p,
+                &check_structure(&p).unwrap(),
+                Path::new("b.py"),
+                "s/s/a.py"
+            )
+            .is_ok()
+        );
         let p = plan_of(&[("__pycache__", link("."))]);
-        assert!(resolve(&p, &implied_dirs(&p), Path::new("__pycache__"), ".").is_ok());
+        assert!(
+            resolve(
+                &p,
+                &check_structure(&p).unwrap(),
+                Path::new("__pycache__"),
+                "."
+            )
+            .is_ok()
+        );
         let p = plan_of(&[("d/up", link("..")), ("d/f", FILE)]);
-        assert!(resolve(&p, &implied_dirs(&p), Path::new("d/up"), "..").is_ok());
+        assert!(resolve(&p, &check_structure(&p).unwrap(), Path::new("d/up"), "..").is_ok());
         let p = plan_of(&[("d/up", link("../..")), ("d/f", FILE)]);
-        assert!(resolve(&p, &implied_dirs(&p), Path::new("d/up"), "../..").is_err());
+        assert!(
+            resolve(
+                &p,
+                &check_structure(&p).unwrap(),
+                Path::new("d/up"),
+                "../.."
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn loops_dangling_links_and_files_as_directories_are_refused() {
         let p = plan_of(&[("a", link("b")), ("b", link("a"))]);
         assert!(
-            resolve(&p, &implied_dirs(&p), Path::new("a"), "b")
+            resolve(&p, &check_structure(&p).unwrap(), Path::new("a"), "b")
                 .unwrap_err()
                 .contains("loop")
         );
         let p = plan_of(&[("a", link("missing/../../x"))]);
         assert!(
-            resolve(&p, &implied_dirs(&p), Path::new("a"), "missing/../../x")
-                .unwrap_err()
-                .contains("does not contain")
+            resolve(
+                &p,
+                &check_structure(&p).unwrap(),
+                Path::new("a"),
+                "missing/../../x"
+            )
+            .unwrap_err()
+            .contains("does not contain")
         );
         let p = plan_of(&[("f", FILE), ("a", link("f/../.."))]);
         assert!(
-            resolve(&p, &implied_dirs(&p), Path::new("a"), "f/../..")
+            resolve(&p, &check_structure(&p).unwrap(), Path::new("a"), "f/../..")
                 .unwrap_err()
                 .contains("a file")
         );

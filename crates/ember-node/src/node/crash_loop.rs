@@ -52,8 +52,12 @@ impl CrashLoop {
         s.last.as_ref().map(|o| o.with_note(&note))
     }
 
-    /// Counts a failed start; `outcome` is what its request got.
+    /// Counts a failed start that was the function's own doing; `outcome` is what its
+    /// request got (a start the node itself could not make is not counted).
     pub fn failed(&self, outcome: &InvokeOutcome, now: Instant) {
+        if !outcome.is_function_start_failure() {
+            return;
+        }
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.failures = s.failures.saturating_add(1);
         s.last = Some(outcome.clone());

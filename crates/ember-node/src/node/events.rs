@@ -108,14 +108,6 @@ impl Node {
             request_id: Some(ev.id.clone()),
         };
         match self.invoke_with(&ev.function, &ev.payload, opts).await {
-            // Its instance was stopped by the daemon's shutdown, not by the function: not an
-            // attempt (it stays as it was, and runs again at the next start).
-            Ok(inv)
-                if self.stopping.load(Ordering::SeqCst)
-                    && !matches!(inv.outcome, InvokeOutcome::Ok(_)) =>
-            {
-                After::NotRun("the daemon stopped during the invocation".into())
-            }
             Ok(inv) => match inv.outcome {
                 InvokeOutcome::Ok(_) => After::Done,
                 InvokeOutcome::StartFailed(msg) => After::NotRun(msg),
@@ -129,7 +121,8 @@ impl Node {
     /// Records what became of an attempt of `ev`.
     async fn settle(&self, ev: QueuedEvent, after: After) {
         if self.stopping.load(Ordering::SeqCst) && !matches!(after, After::Done) {
-            // Left as it is in the registry: the next start runs it again.
+            // Cut by the daemon's own shutdown, not by the function: not an attempt. Left as
+            // it is in the registry, it runs again at the next start.
             return;
         }
         let cfg = &self.cfg.events;

@@ -83,6 +83,14 @@ struct Sees {
     host_network: bool,
 }
 
+/// Whose fault a start from an image that did not give an instance was.
+enum Blame {
+    /// The image's (before HOOKED): counted against it, and a cold boot serves.
+    Image(String),
+    /// The function's own (after HOOKED): the note for its log, and what its request gets.
+    Function(String, InvokeOutcome),
+}
+
 /// A restored instance before its INIT.
 struct Restored {
     live: Live,
@@ -115,7 +123,7 @@ impl Node {
             .values()
             .filter(|d| d.record.config.images)
         {
-            let memory = u64::from(d.record.config.memory_mb) << 20;
+            let memory = d.record.config.memory_bytes();
             if let Ok(id) = self.images.find(&d.env.installed, memory)
                 && let Some(s) = list.iter_mut().find(|s| s.info.id == id)
             {
@@ -531,7 +539,7 @@ impl Node {
         let init = tokio::time::timeout(self.cfg.init_timeout, live.inst.init_restored(&spec))
             .instrument(info_span!("start.init"))
             .await;
-        match init {
+        let blame = match init {
             Ok(Ok(t)) => {
                 timing.sandbox = Some(sandbox);
                 timing.restore = Some(restore);
@@ -554,76 +562,47 @@ impl Node {
                     )
                     .as_bytes(),
                 );
-                FromImage::Started(Box::new(live))
+                return FromImage::Started(Box::new(live));
             }
-            Ok(Err(RestoredInitError::Function(StartError::Handler(fe)))) => {
-                self.logs.append(
-                    &rec.name,
-                    &spec.instance_id,
-                    "event",
-                    format!(
-                        "importing the handler failed: {}: {}",
-                        fe.error_type, fe.message
-                    )
-                    .as_bytes(),
-                );
-                self.reap(live.kill());
-                FromImage::Outcome(InvokeOutcome::InitError(fe))
-            }
+            // A page server that failed is the image's fault, whatever the process did since.
+            _ if let Some(msg) = server_failure(&mut live) => Blame::Image(msg),
+            Ok(Err(RestoredInitError::Image(e))) => Blame::Image(error_chain(&e)),
+            Err(_) if !live.inst.hooked() => Blame::Image(format!(
+                "the restored instance did not initialise within {} s",
+                self.cfg.init_timeout.as_secs()
+            )),
+            // Past HOOKED: the function's own import, never the shared image's doing.
+            Ok(Err(RestoredInitError::Function(StartError::Handler(fe)))) => Blame::Function(
+                format!(
+                    "importing the handler failed: {}: {}",
+                    fe.error_type, fe.message
+                ),
+                InvokeOutcome::InitError(fe),
+            ),
             Ok(Err(RestoredInitError::Function(e))) => {
-                // The image did its part (restored, hooked); the function's own import ended
-                // its process: its failure alone, never the shared image's.
-                if let Some(msg) = server_failure(&mut live) {
-                    self.reap(live.kill());
-                    return self.image_failed(d, id, t0, timing, msg);
-                }
                 let limit = live.limit_hit(Duration::from_millis(200)).await;
                 let msg = error_chain(&e);
-                self.logs.append(
-                    &rec.name,
-                    &spec.instance_id,
-                    "event",
-                    format!("instance failed while importing its handler: {msg}").as_bytes(),
-                );
-                self.reap(live.kill());
-                FromImage::Outcome(match limit {
-                    Some(l) => InvokeOutcome::Limit(l),
-                    None => InvokeOutcome::Crashed(msg),
-                })
+                Blame::Function(
+                    format!("instance failed while importing its handler: {msg}"),
+                    limit.map_or(InvokeOutcome::Crashed(msg), InvokeOutcome::Limit),
+                )
             }
-            Ok(Err(RestoredInitError::Image(e))) => {
-                let msg = server_failure(&mut live).unwrap_or_else(|| error_chain(&e));
-                self.reap(live.kill());
-                self.image_failed(d, id, t0, timing, msg)
-            }
-            Err(_) if live.inst.hooked() => {
-                // Stuck in the function's own import: its timeout, not the image's (unless
-                // the page server failed, which leaves the process waiting on a fault).
-                if let Some(msg) = server_failure(&mut live) {
-                    self.reap(live.kill());
-                    return self.image_failed(d, id, t0, timing, msg);
-                }
-                let limit = self.cfg.init_timeout;
-                self.logs.append(
-                    &rec.name,
-                    &spec.instance_id,
-                    "event",
-                    format!(
-                        "instance start timed out after {} s, importing its handler",
-                        limit.as_secs()
-                    )
-                    .as_bytes(),
-                );
-                self.reap(live.kill());
-                FromImage::Outcome(InvokeOutcome::InitTimeout(limit))
-            }
-            Err(_) => {
-                self.reap(live.kill());
-                let msg = format!(
-                    "the restored instance did not initialise within {} s",
+            Err(_) => Blame::Function(
+                format!(
+                    "instance start timed out after {} s, importing its handler",
                     self.cfg.init_timeout.as_secs()
-                );
-                self.image_failed(d, id, t0, timing, msg)
+                ),
+                InvokeOutcome::InitTimeout(self.cfg.init_timeout),
+            ),
+        };
+        self.reap(live.kill());
+        match blame {
+            Blame::Image(msg) => self.image_failed(d, id, t0, timing, msg),
+            Blame::Function(note, outcome) => {
+                let note = note.as_bytes();
+                self.logs
+                    .append(&rec.name, &spec.instance_id, "event", note);
+                FromImage::Outcome(outcome)
             }
         }
     }
@@ -677,7 +656,7 @@ impl Node {
         } else if self.sandboxes.is_none() {
             "no-sandbox"
         } else {
-            let memory = u64::from(d.record.config.memory_mb) << 20;
+            let memory = d.record.config.memory_bytes();
             match self.images.find(&d.env.installed, memory) {
                 Ok(id) => return Some(id),
                 Err(why) => why.reason(),

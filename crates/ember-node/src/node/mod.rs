@@ -930,9 +930,7 @@ impl Node {
             None => match self.cold_boot(d, &mut timing).await {
                 Ok(i) => (i, StartPath::ColdBoot),
                 Err(outcome) => {
-                    if outcome.is_function_start_failure() {
-                        d.crash_loop.failed(&outcome, Instant::now());
-                    }
+                    d.crash_loop.failed(&outcome, Instant::now());
                     timing.total = t0.elapsed();
                     let served = Served::none(StartPath::ColdBoot);
                     return Ok(self.finish(d, request_id, served, timing, outcome));
@@ -1114,7 +1112,7 @@ impl Node {
         };
         let made = boxes.prepare(&InstanceSpec {
             id: instance_id.to_string(),
-            memory_bytes: u64::from(rec.config.memory_mb) << 20,
+            memory_bytes: rec.config.memory_bytes(),
             read_only,
             cwd: d.code_dir.clone(),
             host_network: rec.config.network == Network::Host,

@@ -154,7 +154,8 @@ async fn claim(client: &Client, name: &str) -> anyhow::Result<()> {
     match client.get(name).await {
         Err(ember_api::client::ClientError::Api { status: 404, .. }) => Ok(()),
         Ok(_) => anyhow::bail!(
-            "the daemon at {} already has a function {name}; the bench leaves it alone (run              it again: the next run draws another name)",
+            "the daemon at {} already has a function {name}, which the bench leaves alone; run \
+             it again (the next run draws another name)",
             client.base()
         ),
         Err(e) => Err(e).with_context(|| format!("checking that {name} is free")),

@@ -173,6 +173,12 @@ impl Daemon {
         (status, r.json().await.unwrap_or_default())
     }
 
+    /// [`Daemon::deploy_zip`] that must succeed.
+    pub async fn deploy_ok(&self, name: &str, config: serde_json::Value, zip: &[u8]) {
+        let (status, body) = self.deploy_zip(name, config, zip).await;
+        assert!(status < 300, "deploying {name}: {status} {body}");
+    }
+
     /// Asserts that a function's log (last 200 lines) has every one of `lines`.
     pub fn assert_logged(&self, function: &str, lines: &[&str]) {
         let logs = self.cli(&["logs", function, "-n", "200"]);
