@@ -447,14 +447,15 @@ impl LoadedImage {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::image::{
         AltStack, Fd, FileId, Ident, MmFields, PageIndex, PageRun, Requires, Source, Task,
         VdsoLayout, Vma,
     };
 
-    fn sample() -> (Meta, Vec<u8>) {
+    /// A small consistent image (one file mapping, a heap of two stored pages).
+    pub(crate) fn sample() -> (Meta, Vec<u8>) {
         let meta = Meta {
             id: [7; 16],
             created: 1,

@@ -33,12 +33,12 @@ mod plan;
 
 use crate::lazy::{PageServer, PageSource, Policy};
 pub use fill::FillMode;
-use plan::{Plan, find_gap};
+use plan::Plan;
 use std::sync::Arc;
 
 use crate::cpu::{self, Mismatch};
 use crate::image::files::{self, FileError, Observed};
-use crate::image::{LoadedImage, PAGE, PageRun, VdsoLayout};
+use crate::image::{LoadedImage, PageRun, VdsoLayout};
 use crate::proc::{self, MapEntry};
 use crate::restorer;
 use crate::sys::{self, Regs, Wait};
@@ -386,18 +386,11 @@ fn run(
     };
     let rseq_now = sys::get_rseq(pid).ok().filter(|c| c.abi_pointer != 0);
 
-    // Lay the batches out once at address 0 to learn their size, then for real.
-    let (b1, b2) = plan.batches(&c.maps, &c.here, rseq_now, PAGE)?;
-    let need = (PAGE + b1.size().max(b2.size()) as u64).next_multiple_of(PAGE);
     let mut occupied: Vec<(u64, u64)> = c.maps.iter().map(|m| (m.start, m.end)).collect();
     occupied.extend(meta.vmas.iter().map(|v| (v.start, v.end)));
     occupied.extend(meta.requires.vdso.areas.iter().map(|(_, s, e)| (*s, *e)));
-    plan.gadget = find_gap(&occupied, need, GAP_SEARCH_FROM).ok_or(RestoreError::NoGap {
-        image: image.clone(),
-        size: need,
-    })?;
-    plan.gadget_len = need;
-    let (b1, b2) = plan.batches(&c.maps, &c.here, rseq_now, plan.gadget + PAGE)?;
+    let (b1, b2) = plan.lay_out(&c.maps, &c.here, rseq_now, &occupied)?;
+    let need = plan.gadget_len;
     stats.attach_us = t0.elapsed().as_micros() as u64;
 
     let t1 = Instant::now();
