@@ -256,6 +256,7 @@ fn capture(t: &Tracee, opts: &DumpOptions) -> Result<(Meta, Vec<u8>, DumpStats),
             umask: status.umask,
             cwd,
             comm,
+            tid: status.ns_tid,
         },
         mm: MmFields {
             start_code: stat_mm.start_code,

@@ -26,7 +26,8 @@ use crate::sys::{self, Mapping};
 
 pub const META_MAGIC: [u8; 8] = *b"EMBRSNAP";
 pub const PAGES_MAGIC: [u8; 8] = *b"EMBRPAGE";
-pub const FORMAT_VERSION: u32 = 2;
+/// Version 3: the thread's id in its pid namespace (`Task::tid`).
+pub const FORMAT_VERSION: u32 = 3;
 /// Largest metadata accepted (a 1,300-VMA scikit-learn image needs ~100 KiB).
 pub const MAX_META: u64 = 16 << 20;
 /// Largest page count accepted (64 GiB).
@@ -181,6 +182,10 @@ pub fn read_meta(dir: &Path) -> Result<Meta, ImageError> {
 
 /// Consistency rules a restore relies on.
 fn validate(m: &Meta) -> Result<(), String> {
+    // The kernel's pid_max is at most 2^22.
+    if !(1..=1 << 22).contains(&m.task.tid) {
+        return Err(format!("thread id {} is out of range", m.task.tid));
+    }
     let mut prev_end = 0;
     for (i, v) in m.vmas.iter().enumerate() {
         let aligned = v.start % PAGE == 0 && v.end % PAGE == 0;
@@ -521,6 +526,7 @@ pub(crate) mod tests {
                 umask: 0o22,
                 cwd: "/".into(),
                 comm: "t".into(),
+                tid: 1,
             },
             mm: MmFields::default(),
             fds: vec![Fd {
