@@ -105,6 +105,13 @@ impl Vma {
     pub fn is_empty(&self) -> bool {
         self.end <= self.start
     }
+
+    /// Whether a mapped restore maps this VMA's stored pages from the image's memfd:
+    /// private anonymous memory and the heap (a quarter to two fifths of a Python image's
+    /// pages; `brk` still grows and shrinks it), but not the stack (one growable area).
+    pub fn shares_pages(&self) -> bool {
+        !self.shared && matches!(self.kind, VmaKind::Anon | VmaKind::Heap)
+    }
 }
 
 /// Where each saved page lives in the page file. Pages are stored in runs of consecutive
@@ -146,6 +153,8 @@ pub struct Task {
     pub umask: u32,
     pub cwd: String,
     pub comm: String,
+    /// Ids, groups, capabilities and securebits ([`crate::creds`]).
+    pub creds: crate::creds::Creds,
     /// Its thread id in its own pid namespace (the last `NSpid` of its status). A restore
     /// gives it back: glibc's mutexes, robust futex lists and glibc's own cache hold it.
     pub tid: i32,
