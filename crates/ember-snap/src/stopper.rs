@@ -18,10 +18,15 @@
 //!            loop, stopped from outside by the engine)
 //! ```
 //!
-//! The init program (`init` below) waits for the target's pid (4 bytes on descriptor 0),
-//! takes a pidfd of it, waits for that to say the target ended, and exits: a pid
-//! namespace lives as long as its init, so the target's namespace ends with the target.
-//! EOF or a short read (the engine gave up) ends it at once.
+//! The init program (pid 1 of the target's namespace) places the target and lives as long
+//! as it does: it reads, on descriptor 0, the pid before the target's in decimal and writes
+//! it to `/proc/sys/kernel/ns_last_pid` (which acts on the writer's own namespace: the next
+//! process made there gets the pid after it), says so with one byte on descriptor 1, then
+//! reads the target's pid (4 bytes), takes a pidfd of it, waits for that to say the target
+//! ended, collects the target's orphans (reparented to it) until none is left, and exits: a
+//! pid namespace lives as long as its init, and its other processes are killed when the
+//! init ends. EOF, a short read or a failure ends it at once. (While the target lives,
+//! orphans that end stay zombies until it ends.)
 
 use std::ffi::CString;
 use std::io::{self, Write};
@@ -63,8 +68,43 @@ std::arch::global_asm!(
     ".pushsection .text.ember_pidns_init,\"ax\",@progbits",
     ".globl ember_pidns_init_start",
     "ember_pidns_init_start:",
-    // read(0, rsp - 16, 4): the target's pid.
-    "    sub rsp, 16",
+    "    sub rsp, 32",
+    // n = read(0, rsp, 16): the pid before the target's, in decimal.
+    "    xor edi, edi",
+    "    mov rsi, rsp",
+    "    mov edx, 16",
+    "    xor eax, eax",
+    "    syscall",
+    "    test rax, rax",
+    "    jle 3f",
+    "    mov r12, rax",
+    // fd = open(\"/proc/sys/kernel/ns_last_pid\", O_WRONLY): this namespace's (the writer's)
+    "    lea rdi, [rip + 4f]",
+    "    mov esi, 1",
+    "    xor edx, edx",
+    "    mov eax, 2",
+    "    syscall",
+    "    test rax, rax",
+    "    js 3f",
+    "    mov r13, rax",
+    // write(fd, rsp, n); close(fd)
+    "    mov rdi, r13",
+    "    mov rsi, rsp",
+    "    mov rdx, r12",
+    "    mov eax, 1",
+    "    syscall",
+    "    cmp rax, r12",
+    "    jne 3f",
+    "    mov rdi, r13",
+    "    mov eax, 3",
+    "    syscall",
+    // write(1, rsp, 1): done
+    "    mov edi, 1",
+    "    mov rsi, rsp",
+    "    mov edx, 1",
+    "    mov eax, 1",
+    "    syscall",
+    // read(0, rsp, 4): the target's pid, once it exists
     "    xor edi, edi",
     "    mov rsi, rsp",
     "    mov edx, 4",
@@ -90,10 +130,23 @@ std::arch::global_asm!(
     "    syscall",
     "    cmp rax, -4",
     "    je 2b",
+    // The target has ended; its orphans are ours now: wait4(-1, 0, __WALL) until none is
+    // left (ECHILD), so that they are not killed with the namespace while they run.
+    "5:",
+    "    mov rdi, -1",
+    "    xor esi, esi",
+    "    mov edx, 0x40000000",
+    "    xor r10d, r10d",
+    "    mov eax, 61",
+    "    syscall",
+    "    cmp rax, -10",
+    "    jne 5b",
     "3:",
     "    xor edi, edi",
     "    mov eax, 60",
     "    syscall",
+    "4:",
+    "    .asciz \"/proc/sys/kernel/ns_last_pid\"",
     ".globl ember_pidns_init_end",
     "ember_pidns_init_end:",
     ".popsection",
@@ -200,17 +253,11 @@ pub fn spawn(fds: &[(i32, i32)]) -> io::Result<i32> {
     sys::spawn(path, fd, fds)
 }
 
-/// [`spawn`] at thread id `tid` of this thread's pid namespace for children.
-pub fn spawn_at(fds: &[(i32, i32)], tid: i32) -> io::Result<i32> {
-    let (_, fd) = path()?;
-    sys::spawn_at(fd, fds, tid)
-}
-
-/// Spawns the init program with `pipe` (the read end the target's pid comes on) as its
-/// descriptor 0.
-pub fn spawn_init(pipe: i32) -> io::Result<i32> {
+/// Spawns the init program with `from` (a read end: what it is told) as its descriptor 0
+/// and `to` (a write end: its answer) as 1.
+pub fn spawn_init(from: i32, to: i32) -> io::Result<i32> {
     let (path, fd) = init_path()?;
-    sys::spawn(path, fd, &[(0, pipe)])
+    sys::spawn(path, fd, &[(0, from), (1, to)])
 }
 
 #[cfg(test)]
@@ -226,6 +273,11 @@ mod tests {
         // getpid, kill, exit, and pause for a namespace's init: four syscall instructions.
         assert_eq!(code.windows(2).filter(|w| *w == [0x0f, 0x05]).count(), 4);
         let init = elf_of(init_code());
-        assert!(init.len() < 250, "{} bytes", init.len());
+        assert!(init.len() < 400, "{} bytes", init.len());
+        assert!(
+            init.windows(28)
+                .any(|w| w == b"/proc/sys/kernel/ns_last_pid"),
+            "the init names the sysctl it writes"
+        );
     }
 }

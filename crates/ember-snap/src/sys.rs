@@ -2,7 +2,6 @@
 //! other `unsafe` blocks: the symbols of the two pieces of assembly (restorer, stopper), a
 //! `struct stat` copied out of a batch area, and the descriptor the kernel hands the page
 //! server on a fork event (and, in tests only, a mapping with a hole for `tracee::write`).
-//! [`spawn_at`] forks: its child runs only `exec_child`'s raw calls before it execs.
 //!
 //! ptrace requests act on a tracee only from the thread that attached it: callers keep a
 //! whole dump or restore on one thread.
@@ -170,6 +169,14 @@ pub enum Wait {
         sig: i32,
         event: i32,
     },
+}
+
+/// Collects child `pid` if it has ended (`waitpid` with `WNOHANG`); false while it runs.
+pub fn reap_if_ended(pid: i32) -> bool {
+    let mut status = 0;
+    // SAFETY: `status` is a live local int.
+    let rc = unsafe { libc::waitpid(pid, &mut status, libc::__WALL | libc::WNOHANG) };
+    rc != 0
 }
 
 /// `waitpid(pid, __WALL | flags)`, retried on EINTR.
@@ -445,108 +452,6 @@ pub fn setns_pid(fd: &impl std::os::fd::AsRawFd) -> io::Result<()> {
     // SAFETY: a descriptor we hold and an integer; only this thread's namespace for
     // children changes.
     check(unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWPID) } as libc::c_long).map(drop)
-}
-
-/// `struct clone_args` of `clone3` (version 2, with `set_tid` and `cgroup`).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-const _: () = assert!(size_of::<CloneArgs>() == 88);
-/// `CLONE_CLEAR_SIGHAND` (Linux 5.5): the child starts with default signal handlers.
-const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
-
-/// Spawns the program behind `exe_fd` at thread id `tid` of this thread's pid namespace
-/// for children (`clone3` with `set_tid`; needs CAP_SYS_ADMIN over that namespace), with
-/// `fds` (`(wanted number, our descriptor)`) arranged and every other descriptor closed.
-/// `posix_spawn` cannot choose the pid, so this is a fork (a copy of our page tables) in
-/// which the child makes only async-signal-safe calls before it execs. Returns the pid as
-/// we see it.
-pub fn spawn_at(exe_fd: RawFd, fds: &[(RawFd, RawFd)], tid: i32) -> io::Result<i32> {
-    // Above every number in play: the child moves its descriptors through here.
-    let base = fds
-        .iter()
-        .map(|&(a, b)| a.max(b))
-        .max()
-        .unwrap_or(2)
-        .max(exe_fd)
-        + 1;
-    let set_tid = [tid];
-    let args = CloneArgs {
-        flags: CLONE_CLEAR_SIGHAND,
-        exit_signal: libc::SIGCHLD as u64,
-        set_tid: set_tid.as_ptr() as u64,
-        set_tid_size: 1,
-        ..CloneArgs::default()
-    };
-    let name = c"ember-stopper";
-    let argv: [*const libc::c_char; 2] = [name.as_ptr(), std::ptr::null()];
-    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-    // SAFETY: `args` is a valid clone_args of the size passed, `set_tid` outlives the call;
-    // without CLONE_VM the child has its own copy of our memory, and runs only
-    // `exec_child` (raw async-signal-safe calls, then exec or _exit).
-    let pid = unsafe { libc::syscall(libc::SYS_clone3, &args, size_of::<CloneArgs>()) };
-    if pid == 0 {
-        // SAFETY: in the child of the clone above, on its own copy of these locals.
-        unsafe { exec_child(exe_fd, fds, base, &argv, &envp) }
-    }
-    Ok(check(pid)? as i32)
-}
-
-/// The child of [`spawn_at`]: `fds` into place, everything else closed, the program exec'd.
-///
-/// # Safety
-/// Only in a child just forked from a multi-threaded process: it makes raw syscalls alone
-/// (no allocation, no lock) and never returns.
-unsafe fn exec_child(
-    exe_fd: RawFd,
-    fds: &[(RawFd, RawFd)],
-    base: RawFd,
-    argv: &[*const libc::c_char; 2],
-    envp: &[*const libc::c_char; 1],
-) -> ! {
-    // SAFETY: descriptor calls on integers, and an exec with NUL-terminated arrays that
-    // live in this (copied) stack frame's caller; `_exit` never returns.
-    unsafe {
-        let exe = base + fds.len() as RawFd;
-        if libc::dup3(exe_fd, exe, libc::O_CLOEXEC) < 0 {
-            libc::_exit(127);
-        }
-        for (i, &(_, ours)) in fds.iter().enumerate() {
-            if libc::dup2(ours, base + i as RawFd) < 0 {
-                libc::_exit(127);
-            }
-        }
-        for (i, &(want, _)) in fds.iter().enumerate() {
-            if libc::dup2(base + i as RawFd, want) < 0 {
-                libc::_exit(127);
-            }
-        }
-        if exe > base {
-            libc::syscall(libc::SYS_close_range, base, exe - 1, 0);
-        }
-        libc::syscall(libc::SYS_close_range, exe + 1, u32::MAX, 0);
-        libc::syscall(
-            libc::SYS_execveat,
-            exe,
-            c"".as_ptr(),
-            argv.as_ptr(),
-            envp.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        );
-        libc::_exit(127)
-    }
 }
 
 /// Whether `pid` is blocked in syscall `nr` now (`/proc/PID/syscall`).

@@ -258,15 +258,34 @@ fn a_forked_target_keeps_the_images_pid_in_a_namespace_that_ends_with_it() {
         std::fs::read_link("/proc/thread-self/ns/pid_for_children").unwrap(),
         pidns_of("self")
     );
-    // The init ends (and is collected) once the target has ended and been collected.
+    // The init ends once the target has ended and been collected; the next restore of this
+    // kind collects it.
     use std::io::Write;
     writeln!(r.writer(), "exit").unwrap();
     assert_eq!(common::wait_exit(r.pid), 0);
     std::mem::forget(r);
-    let gone = (0..200).any(|_| {
+    let state = |p: &str| {
+        std::fs::read_to_string(format!("/proc/{p}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("State:"))
+                    .map(String::from)
+            })
+    };
+    let ended = (0..200).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(10));
-        !std::path::Path::new(&format!("/proc/{}", init[0])).exists()
+        state(&init[0]).is_none_or(|s| s.contains("zombie"))
     });
+    assert!(
+        ended,
+        "the init {} still runs: {:?}",
+        init[0],
+        state(&init[0])
+    );
+    let again = common::restore(&f.image);
+    let gone = !std::path::Path::new(&format!("/proc/{}", init[0])).exists();
+    drop(again);
     let left = std::fs::read_to_string(format!("/proc/{}/status", init[0])).unwrap_or_default();
     assert!(gone, "the init {} is still there: {left}", init[0]);
 }

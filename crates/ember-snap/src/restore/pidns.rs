@@ -10,22 +10,25 @@
 //!   image tid 1:  the stopper is that first child: the target is the namespace's init
 //!                 (an init's signals to itself are dropped: it waits in pause(), and is
 //!                 stopped with SIGSTOP from here)
-//!   image tid T:  1. the init program (pid 1), reading T from a pipe
-//!                 2. the stopper, by clone3 with set_tid = [T]: the target, pid T
+//!   image tid T:  1. the init program (pid 1), told T - 1 on a pipe, writes it to
+//!                    /proc/sys/kernel/ns_last_pid (its own namespace's) and answers
+//!                 2. the stopper (posix_spawn: no copy of our page tables): pid T, checked
 //!                 3. T into the pipe: the init takes a pidfd of T, waits for it to end,
-//!                    and exits; a namespace ends with its init, so the two go together
-//!                    (killing the init kills the target too)
+//!                    collects the orphans it left (they go on running meanwhile) and
+//!                    exits; a namespace ends with its init (killing the init kills the
+//!                    target too)
 //!   then setns back to the thread's own namespace for children, on every path
 //! ```
 //!
-//! The init is our child: a thread of ours waits for it (it exits once the target has
-//! ended *and* been reaped by its parent, the caller), started once the restoring thread
-//! is back in its own namespace (a thread whose children go elsewhere cannot make threads).
-//! Any failure after the init started closes the pipe, which ends it.
+//! The init is our child: it exits once the target has ended *and* been reaped by its
+//! parent (the caller) and its orphans have ended; each `Target::Fork` restore collects the
+//! inits that have exited by then (a thread per namespace waiting for its init would
+//! outlive the restore). Any failure after the init started closes the pipes, which ends it.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::stopper;
@@ -62,8 +65,6 @@ pub(super) fn spawn(fds: &[(i32, i32)], tid: i32) -> io::Result<i32> {
             spawn_with_init(fds, tid, &mut init)
         }
     };
-    // Only now: a thread whose children go into another pid namespace cannot make threads
-    // (clone gives EINVAL).
     if let Some(init) = init {
         reap_later(init);
     }
@@ -90,38 +91,55 @@ fn spawn_as_init(fds: &[(i32, i32)]) -> io::Result<i32> {
 
 /// The init, then the target; `started` gets the init's pid as soon as there is one.
 fn spawn_with_init(fds: &[(i32, i32)], tid: i32, started: &mut Option<i32>) -> io::Result<i32> {
-    let (r, mut w) = io::pipe()?;
-    let init = stopper::spawn_init(r.as_raw_fd())?;
+    let (from_r, mut to_init) = io::pipe()?;
+    let (mut from_init, to_w) = io::pipe()?;
+    let init = stopper::spawn_init(from_r.as_raw_fd(), to_w.as_raw_fd())?;
     *started = Some(init);
-    drop(r);
-    let pid = stopper::spawn_at(fds, tid).map_err(|e| {
+    drop((from_r, to_w));
+    let failed = |what: &str, e: io::Error| {
         io::Error::new(
             e.kind(),
-            format!("a process at thread id {tid} of a new pid namespace (clone3 set_tid): {e}"),
+            format!("placing the target at pid {tid} of a new pid namespace: {what}: {e}"),
+        )
+    };
+    // The init sets the namespace's last pid to tid - 1 and says so (EOF: it could not).
+    to_init
+        .write_all((tid - 1).to_string().as_bytes())
+        .map_err(|e| failed("telling its init", e))?;
+    let mut ack = [0u8; 1];
+    from_init.read_exact(&mut ack).map_err(|e| {
+        failed(
+            "its init could not write /proc/sys/kernel/ns_last_pid (needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE)",
+            e,
         )
     })?;
-    if let Err(e) = w.write_all(&tid.to_ne_bytes()) {
+    let pid = stopper::spawn(fds).map_err(|e| failed("spawning the target", e))?;
+    let placed = ns_pid(pid);
+    let told = match placed {
+        Some(p) if p == tid => to_init.write_all(&tid.to_ne_bytes()),
+        other => Err(io::Error::other(format!("it got {other:?}"))),
+    };
+    if let Err(e) = told {
         sys::kill(pid, libc::SIGKILL);
         while let Ok(Wait::Stopped { .. }) = sys::wait(pid, 0) {}
-        return Err(io::Error::new(
-            e.kind(),
-            format!("handing the target's pid to its namespace's init {init}: {e}"),
-        ));
+        return Err(failed("the target's pid", e));
     }
     Ok(pid)
 }
 
-/// A thread that collects the init when it exits (it is our child).
+/// The pid of `pid` in its own namespace (the last of `NSpid`).
+fn ns_pid(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    crate::proc::parse_status(&status).map(|s| s.ns_tid)
+}
+
+/// Inits spawned and not yet collected (they are our children).
+static INITS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// Remembers `init` and collects every earlier init that has exited: an init lingers as a
+/// zombie of ours until the next `Target::Fork` restore (no thread per namespace waits).
 fn reap_later(init: i32) {
-    let spawned = std::thread::Builder::new()
-        .name("ember-pidns-init".into())
-        .stack_size(64 << 10)
-        .spawn(
-            move || {
-                while let Ok(Wait::Stopped { .. }) = sys::wait(init, 0) {}
-            },
-        );
-    if let Err(e) = spawned {
-        tracing::warn!(init, "no thread to collect the pid namespace's init: {e}");
-    }
+    let mut inits = INITS.lock().unwrap_or_else(|e| e.into_inner());
+    inits.retain(|&p| !sys::reap_if_ended(p));
+    inits.push(init);
 }
