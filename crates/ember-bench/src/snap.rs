@@ -505,7 +505,14 @@ pub fn measure(
     for _ in 0..opts.dumps.max(1) {
         let t = Instant::now();
         let inherited = vec![0, 1, 2];
-        let st = ember_snap::dump(live.pid, &image, &DumpOptions { inherited })?;
+        let st = ember_snap::dump(
+            live.pid,
+            &image,
+            &DumpOptions {
+                inherited,
+                ..Default::default()
+            },
+        )?;
         dump_ms.push(ms(t));
         frozen.push(st.frozen_us as f64 / 1e3);
     }

@@ -1,33 +1,44 @@
 //! Dump: freeze a single-threaded process, read everything a restore needs, write an image,
 //! and let the process go on as before.
 //!
+//! ```text
+//! caller ──spawn──▶ dump thread: seize ─▶ stopped: inspect, descriptors, pages ─▶ release
+//!   │                              (each step checks the freeze limit; any error,
+//!   │                               panic or timeout lets the process go unchanged)
+//!   └─ waits at most freeze_limit + ATTACH_WAIT ─▶ identify mapped files (hash, after the
+//!                                                  release) ─▶ write the image
+//! ```
+//!
 //! Phases (tracing spans): `dump.freeze` (seize, interrupt, registers), `dump.inspect`
 //! (/proc files, injected queries), `dump.pages` (pagemap + page contents), `dump.files`
-//! (file identities), `dump.write`.
+//! (file identities: after the process is let go; each file's `stat` taken while it was
+//! stopped must still hold after its content is read), `dump.write`.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use tracing::info_span;
 
 use crate::cpu;
-use crate::image::files::{self, FileError};
+use crate::image::files::{self, FileError, Observed};
 use crate::image::{
     self, AltStack, Fd, FdKind, ImageError, Meta, MmFields, PAGE, PageIndex, PageRun, Requires,
-    Rseq, SigAction, Source, Task, VdsoArea, VdsoLayout, Vma, VmaKind,
+    Rseq, SigAction, Source, Task, VdsoArea, VdsoLayout, Vma, VmaKind, vma_flags,
 };
 use crate::proc::{self, MapEntry};
 use crate::sys::{self, Regs};
 use crate::tracee::{TraceError, Tracee};
 
 /// Offset of `pd->tid` from the thread pointer in glibc 2.36 (checked against the real
-/// thread id at every dump, recorded only when it matches).
+/// thread id at every dump, recorded only when it equals it).
 const GLIBC_TID_OFFSET: u32 = 0x2d0;
-/// Character devices a dump may reopen by path.
+/// Character devices a dump may reopen by path (never read: a device has no end).
 const SAFE_DEVICES: [&str; 5] = [
     "/dev/null",
     "/dev/zero",
@@ -35,6 +46,25 @@ const SAFE_DEVICES: [&str; 5] = [
     "/dev/random",
     "/dev/urandom",
 ];
+/// How long a process may be kept stopped by default (numpy's dump stops it ~20 ms,
+/// scikit-learn + pandas' ~100-300 ms on a busy 2-core machine).
+pub const DEFAULT_FREEZE_LIMIT: Duration = Duration::from_secs(5);
+/// How long the caller waits for the process to stop, beyond the freeze limit.
+const ATTACH_WAIT: Duration = Duration::from_secs(2);
+/// Status flags a descriptor keeps across a restore (with the access mode): all that `open`
+/// and `fcntl(F_SETFL)` can set.
+pub const FD_FLAGS: i32 = libc::O_ACCMODE
+    | libc::O_APPEND
+    | libc::O_NONBLOCK
+    | libc::O_DIRECT
+    | libc::O_NOATIME
+    | libc::O_SYNC
+    | libc::O_DSYNC
+    | libc::O_ASYNC
+    | libc::O_PATH
+    | libc::O_DIRECTORY
+    | libc::O_NOFOLLOW
+    | 0o100000; // O_LARGEFILE, which the kernel sets on every 64-bit open
 
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
@@ -44,6 +74,10 @@ pub enum DumpError {
         "process {pid} has {threads} threads; only single-threaded processes can be dumped (start it with OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1)"
     )]
     MultiThreaded { pid: i32, threads: usize },
+    #[error(
+        "process {pid} has child processes ({children}; live, or exited and not yet waited for): an image holds one process; wait for or kill its children first"
+    )]
+    Children { pid: i32, children: String },
     #[error(transparent)]
     Trace(#[from] TraceError),
     #[error("process {pid}: cannot dump VMA {vma}: {why}")]
@@ -55,10 +89,28 @@ pub enum DumpError {
         what: String,
         why: String,
     },
+    #[error("process {pid}: cannot dump {path}: {why}")]
+    Path { pid: i32, path: String, why: String },
+    #[error("process {pid}: cannot dump its working directory {cwd}: {why}")]
+    Cwd { pid: i32, cwd: String, why: String },
     #[error("process {pid}: cannot read {file}: {why}")]
     Proc { pid: i32, file: String, why: String },
     #[error("process {pid}: no syscall instruction found to run queries with")]
     NoSyscall { pid: i32 },
+    #[error(
+        "process {pid}: the dump's {phase} step ran past the {limit:?} a process may be kept stopped (DumpOptions::freeze_limit); the process was let go unchanged: dump it again when it is less busy, or raise the limit"
+    )]
+    FreezeLimit {
+        pid: i32,
+        phase: &'static str,
+        limit: Duration,
+    },
+    #[error(
+        "process {pid}: the dump did not finish within {waited:?} (a stop or a /proc read that does not return); nothing was written, and the process is let go as soon as the stuck step returns"
+    )]
+    Stuck { pid: i32, waited: Duration },
+    #[error("cannot start the dump's thread")]
+    Thread(#[source] io::Error),
     #[error("process {1}: a file it maps cannot be identified")]
     File(#[source] FileError, i32),
     #[error(transparent)]
@@ -66,11 +118,23 @@ pub enum DumpError {
 }
 
 /// What the caller tells a dump.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DumpOptions {
     /// Descriptors the caller owns (a protocol pipe, stdio): recorded as inherited, and a
     /// restore must hand in a descriptor at each of these numbers.
     pub inherited: Vec<i32>,
+    /// Longest the process may be kept stopped: past it, the dump stops at its next step,
+    /// lets the process go unchanged and fails naming the step.
+    pub freeze_limit: Duration,
+}
+
+impl Default for DumpOptions {
+    fn default() -> Self {
+        DumpOptions {
+            inherited: Vec::new(),
+            freeze_limit: DEFAULT_FREEZE_LIMIT,
+        }
+    }
 }
 
 /// Figures of one dump.
@@ -87,6 +151,10 @@ pub struct DumpStats {
 
 struct Ctx {
     pid: i32,
+    /// When the process must be let go, and whether the caller gave up waiting.
+    deadline: Instant,
+    limit: Duration,
+    abandoned: Arc<AtomicBool>,
 }
 
 impl Ctx {
@@ -105,6 +173,18 @@ impl Ctx {
             why,
         }
     }
+
+    /// Fails when the process has been stopped for longer than allowed, naming `phase`.
+    fn check_time(&self, phase: &'static str) -> Result<(), DumpError> {
+        if Instant::now() > self.deadline || self.abandoned.load(Ordering::Relaxed) {
+            return Err(DumpError::FreezeLimit {
+                pid: self.pid,
+                phase,
+                limit: self.limit,
+            });
+        }
+        Ok(())
+    }
 }
 
 fn thread_count(pid: i32) -> Result<usize, DumpError> {
@@ -113,24 +193,78 @@ fn thread_count(pid: i32) -> Result<usize, DumpError> {
         .map_err(|source| DumpError::NoProcess { pid, source })
 }
 
+/// What the stopped process gave: the metadata (files not yet identified), its pages, and
+/// the files to identify once it runs again.
+struct Captured {
+    meta: Meta,
+    pages: Vec<u8>,
+    stats: DumpStats,
+    files: Vec<Observation>,
+}
+
+/// Lets a stopped process go when dropped (on every return and on a panic): registers
+/// and signal mask as they were, then detach.
+struct Frozen {
+    t: Tracee,
+    released: bool,
+}
+
+impl Frozen {
+    fn release(mut self) -> Result<(), TraceError> {
+        self.released = true;
+        self.t.release()
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if !self.released {
+            let _ = self.t.release();
+        }
+    }
+}
+
 /// Dumps process `pid` into the image directory `out`. The process must be single-threaded
-/// and stays as it was: it runs on after the dump (kill it if it must not).
+/// and stays as it was: it runs on after the dump (kill it if it must not), also when the
+/// dump fails or takes too long.
 pub fn dump(pid: i32, out: &Path, opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     let t0 = Instant::now();
     let threads = thread_count(pid)?;
     if threads != 1 {
         return Err(DumpError::MultiThreaded { pid, threads });
     }
-    let tracee = {
-        let _s = info_span!("dump.freeze", pid).entered();
-        Tracee::attach(pid, false)?
+    // ptrace ties a tracee to the thread that attached it: the stopped part runs on a
+    // thread of its own, so that the caller can give up on it without leaving the process
+    // stopped (the thread lets it go at its next step).
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (o, flag, span) = (opts.clone(), abandoned.clone(), tracing::Span::current());
+    std::thread::Builder::new()
+        .name(format!("ember-dump-{pid}"))
+        .spawn(move || {
+            let _e = span.enter();
+            let _ = tx.send(stopped_part(pid, &o, flag));
+        })
+        .map_err(DumpError::Thread)?;
+    let waited = opts.freeze_limit + ATTACH_WAIT;
+    let (captured, frozen_us) = match rx.recv_timeout(waited) {
+        Ok(r) => r?,
+        Err(_) => {
+            abandoned.store(true, Ordering::Relaxed);
+            return Err(DumpError::Stuck { pid, waited });
+        }
     };
-    let frozen = Instant::now();
-    let captured = capture(&tracee, opts);
-    let released = tracee.release();
-    let frozen_us = frozen.elapsed().as_micros() as u64;
-    let (mut meta, pages, mut stats) = captured?;
-    released?;
+    let Captured {
+        mut meta,
+        pages,
+        mut stats,
+        files,
+    } = captured;
+    meta.files = {
+        let _s = info_span!("dump.files").entered();
+        identify(pid, files)?
+    };
+    stats.files = meta.files.len();
     {
         let _s = info_span!("dump.write").entered();
         image::write_image(out, &mut meta, &pages)?;
@@ -140,13 +274,100 @@ pub fn dump(pid: i32, out: &Path, opts: &DumpOptions) -> Result<DumpStats, DumpE
     Ok(stats)
 }
 
+/// Stops the process, captures it and lets it go (whatever happened); the capture and the
+/// time it was stopped.
+fn stopped_part(
+    pid: i32,
+    opts: &DumpOptions,
+    abandoned: Arc<AtomicBool>,
+) -> Result<(Captured, u64), DumpError> {
+    let tracee = {
+        let _s = info_span!("dump.freeze", pid).entered();
+        Frozen {
+            t: Tracee::attach(pid, false)?,
+            released: false,
+        }
+    };
+    let frozen = Instant::now();
+    let cx = Ctx {
+        pid,
+        deadline: frozen + opts.freeze_limit,
+        limit: opts.freeze_limit,
+        abandoned,
+    };
+    let captured = capture(&tracee.t, &cx, opts);
+    let released = tracee.release();
+    let frozen_us = frozen.elapsed().as_micros() as u64;
+    let captured = captured?;
+    released?;
+    Ok((captured, frozen_us))
+}
+
+/// The children of `pid` (live and zombie): its `children` file, or a scan of /proc where
+/// the kernel has none.
+fn children(cx: &Ctx) -> Vec<i32> {
+    let pid = cx.pid;
+    if let Ok(t) = std::fs::read_to_string(cx.path(&format!("task/{pid}/children"))) {
+        return proc::parse_children(&t);
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/status"))
+                .ok()
+                .and_then(|s| proc::parse_ppid(&s))
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// The working directory, refused when it was deleted or its path now names another
+/// directory (a restore would fail, or enter that other directory).
+fn working_dir(cx: &Ctx) -> Result<String, DumpError> {
+    let pid = cx.pid;
+    let cwd = std::fs::read_link(cx.path("cwd"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|e| cx.proc_err("cwd", e.to_string()))?;
+    let refuse = |cwd: &str, why: &str| DumpError::Cwd {
+        pid,
+        cwd: cwd.to_string(),
+        why: why.to_string(),
+    };
+    if let Some(gone) = cwd.strip_suffix(" (deleted)") {
+        return Err(refuse(
+            gone,
+            "it was deleted, and a restore could not enter it again: chdir to a directory that exists before the dump",
+        ));
+    }
+    let here = std::fs::metadata(cx.path("cwd")).map_err(|e| cx.proc_err("cwd", e.to_string()))?;
+    let same = std::fs::metadata(cx.path(&format!("root{cwd}")))
+        .is_ok_and(|n| (n.dev(), n.ino()) == (here.dev(), here.ino()));
+    if !same {
+        return Err(refuse(
+            &cwd,
+            "its path now names another directory (or none): chdir to a directory that exists before the dump",
+        ));
+    }
+    Ok(cwd)
+}
+
 /// Everything read while the process is stopped.
-fn capture(t: &Tracee, opts: &DumpOptions) -> Result<(Meta, Vec<u8>, DumpStats), DumpError> {
+fn capture(t: &Tracee, cx: &Ctx, opts: &DumpOptions) -> Result<Captured, DumpError> {
     let pid = t.pid;
-    let cx = Ctx { pid };
     let threads = thread_count(pid)?;
     if threads != 1 {
         return Err(DumpError::MultiThreaded { pid, threads });
+    }
+    let kids = children(cx);
+    if !kids.is_empty() {
+        let children = kids
+            .iter()
+            .map(|k| format!("pid {k}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(DumpError::Children { pid, children });
     }
     let span = info_span!("dump.inspect").entered();
     let xstate = sys::get_xstate(pid).map_err(|e| cx.proc_err("NT_X86_XSTATE", e.to_string()))?;
@@ -158,7 +379,8 @@ fn capture(t: &Tracee, opts: &DumpOptions) -> Result<(Meta, Vec<u8>, DumpStats),
             len: c.abi_size,
             sig: c.signature,
         });
-    let maps = proc::parse_maps(&cx.read("maps")?).map_err(|e| cx.proc_err("maps", e))?;
+    // smaps rather than maps: the same lines, with each area's VmFlags (read once).
+    let maps = proc::parse_smaps(&cx.read("smaps")?).map_err(|e| cx.proc_err("smaps", e))?;
     let stat_mm = proc::parse_stat_mm(&cx.read("stat")?)
         .ok_or_else(|| cx.proc_err("stat", "unexpected format".into()))?;
     let status = proc::parse_status(&cx.read("status")?)
@@ -169,22 +391,21 @@ fn capture(t: &Tracee, opts: &DumpOptions) -> Result<(Meta, Vec<u8>, DumpStats),
     let personality = u32::from_str_radix(cx.read("personality")?.trim(), 16)
         .map_err(|e| cx.proc_err("personality", e.to_string()))?;
     let comm = cx.read("comm")?.trim_end_matches('\n').to_string();
-    let link = |f: &str| -> Result<String, DumpError> {
-        std::fs::read_link(cx.path(f))
-            .map(|p| p.to_string_lossy().into_owned())
-            .map_err(|e| cx.proc_err(f, e.to_string()))
-    };
-    let cwd = link("cwd")?;
-    let exe = link("exe")?;
+    let cwd = working_dir(cx)?;
+    let exe = std::fs::read_link(cx.path("exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|e| cx.proc_err("exe", e.to_string()))?;
     let mem = File::open(cx.path("mem")).map_err(|e| cx.proc_err("mem", e.to_string()))?;
+    cx.check_time("inspect")?;
 
     let mut files = FileTable::default();
     let (vmas, vdso) = classify_vmas(pid, &maps, &mut files)?;
-    let exe_idx = files.index(&exe, None);
-    let fds = classify_fds(&cx, opts, &mut files)?;
-    let vdso_hash = vdso_hash(&cx, &mem, &maps)?;
+    let exe_idx = files.index(&exe, None, true);
+    let (fds, async_fds) = classify_fds(cx, opts, &mut files)?;
+    cx.check_time("descriptors")?;
+    let vdso_hash = vdso_hash(cx, &mem, &maps)?;
     let insn = find_syscall(t, &mem, &maps).ok_or(DumpError::NoSyscall { pid })?;
-    let q = query(t, insn, status.sig_caught)?;
+    let q = query(t, insn, status.sig_caught, &async_fds)?;
     let (head, len) =
         sys::get_robust_list(pid).map_err(|e| cx.proc_err("robust list", e.to_string()))?;
     let mut tid = [0u8; 4];
@@ -195,16 +416,15 @@ fn capture(t: &Tracee, opts: &DumpOptions) -> Result<(Meta, Vec<u8>, DumpStats),
         .then_some(GLIBC_TID_OFFSET);
     let mut sigactions = q.sigactions;
     sigactions.extend(ignored_signals(&status));
+    let observed = files.observe(pid)?;
     drop(span);
+    cx.check_time("inspect")?;
 
     let (pages, runs, zero_pages) = {
         let _s = info_span!("dump.pages").entered();
-        read_pages(&cx, &mem, &maps, &vmas)?
+        read_pages(cx, &mem, &maps, &vmas)?
     };
-    let files = {
-        let _s = info_span!("dump.files").entered();
-        files.identify(pid)?
-    };
+    cx.check_time("pages")?;
     let (xfeatures, xstate_size) = cpu::xstate_info(&xstate);
     let mut id = [0u8; 16];
     File::open("/dev/urandom")
@@ -234,7 +454,7 @@ fn capture(t: &Tracee, opts: &DumpOptions) -> Result<(Meta, Vec<u8>, DumpStats),
             xstate_size,
             cpu_features: cpu::features(),
         },
-        files,
+        files: Vec::new(),
         vmas,
         pages: PageIndex {
             runs,
@@ -278,10 +498,14 @@ fn capture(t: &Tracee, opts: &DumpOptions) -> Result<(Meta, Vec<u8>, DumpStats),
         vmas: meta.vmas.len(),
         pages: count,
         zero_pages,
-        files: meta.files.len(),
         ..DumpStats::default()
     };
-    Ok((meta, pages, stats))
+    Ok(Captured {
+        meta,
+        pages,
+        stats,
+        files: observed,
+    })
 }
 
 /// BLAKE3 of the process's vDSO code (the same for every process of one kernel).
@@ -324,54 +548,105 @@ pub fn regs_to_words(r: &Regs) -> Vec<u64> {
 /// ((major, minor), inode) of a mapped file, as maps shows it.
 type DevIno = ((u32, u32), u64);
 
-/// Files the image refers to, by path, each with the (device, inode) the process had.
+/// One file the image refers to.
+struct FileEntry {
+    path: String,
+    /// The (device, inode) the process has: the path must still name it.
+    dev_ino: Option<DevIno>,
+    /// Mapped (or the executable): identified by content; otherwise only reopened.
+    mapped: bool,
+}
+
+/// Files the image refers to, by path.
 #[derive(Default)]
 struct FileTable {
-    paths: Vec<(String, Option<DevIno>)>,
+    entries: Vec<FileEntry>,
     by_path: HashMap<String, u32>,
 }
 
+/// A file as `stat` saw it while the process was stopped.
+struct Observation {
+    path: String,
+    real: PathBuf,
+    mapped: bool,
+    md: std::fs::Metadata,
+}
+
 impl FileTable {
-    fn index(&mut self, path: &str, dev_ino: Option<DevIno>) -> u32 {
+    fn index(&mut self, path: &str, dev_ino: Option<DevIno>, mapped: bool) -> u32 {
         if let Some(&i) = self.by_path.get(path) {
+            if let Some(e) = self.entries.get_mut(i as usize) {
+                e.mapped |= mapped;
+                e.dev_ino = e.dev_ino.or(dev_ino);
+            }
             return i;
         }
-        let i = self.paths.len() as u32;
-        self.paths.push((path.to_string(), dev_ino));
+        let i = self.entries.len() as u32;
+        self.entries.push(FileEntry {
+            path: path.to_string(),
+            dev_ino,
+            mapped,
+        });
         self.by_path.insert(path.to_string(), i);
         i
     }
 
-    /// Identifies each file as the process sees it (through `/proc/PID/root`), checking the
-    /// path still names the file the process mapped.
-    fn identify(self, pid: i32) -> Result<Vec<files::FileId>, DumpError> {
-        self.paths
+    /// `stat`s each file as the process sees it (through `/proc/PID/root`), checking the
+    /// path still names the file the process has, and that a mapped one is a regular file.
+    /// Nothing is read: the content of mapped files is hashed after the process is let go.
+    fn observe(self, pid: i32) -> Result<Vec<Observation>, DumpError> {
+        self.entries
             .into_iter()
-            .map(|(path, dev_ino)| {
-                let real = PathBuf::from(format!("/proc/{pid}/root{path}"));
-                if let Some((dev, ino)) = dev_ino {
-                    let md = std::fs::metadata(&real).map_err(|e| DumpError::Vma {
-                        pid,
-                        vma: path.clone(),
-                        why: e.to_string(),
-                    })?;
-                    if sys::dev_parts(md.dev()) != dev || md.ino() != ino {
-                        return Err(DumpError::Vma {
-                            pid,
-                            vma: path.clone(),
-                            why: "the path now names another file than the one mapped".into(),
-                        });
-                    }
+            .map(|e| {
+                let real = PathBuf::from(format!("/proc/{pid}/root{}", e.path));
+                let refuse = |why: String| DumpError::Path {
+                    pid,
+                    path: e.path.clone(),
+                    why,
+                };
+                let md = std::fs::metadata(&real).map_err(|err| refuse(err.to_string()))?;
+                if let Some((dev, ino)) = e.dev_ino
+                    && (sys::dev_parts(md.dev()) != dev || md.ino() != ino)
+                {
+                    return Err(refuse(
+                        "the path now names another file than the one the process has (it was replaced or deleted)".into(),
+                    ));
                 }
-                files::identify(&path, &real).map_err(|e| DumpError::File(e, pid))
+                if e.mapped && !md.is_file() {
+                    return Err(refuse(
+                        "it is mapped but not a regular file (a device): only regular files can be mapped again".into(),
+                    ));
+                }
+                Ok(Observation {
+                    path: e.path,
+                    real,
+                    mapped: e.mapped,
+                    md,
+                })
             })
             .collect()
     }
 }
 
+/// Each file's identity: mapped files by content (read now, while the process runs: each
+/// must still be what its frozen `stat` saw), the others by what that `stat` said.
+fn identify(pid: i32, files: Vec<Observation>) -> Result<Vec<files::FileId>, DumpError> {
+    files
+        .into_iter()
+        .map(|o| {
+            if !o.mapped {
+                return Ok(files::unchecked(&o.path, &o.md));
+            }
+            let seen = Observed::of_metadata(&o.md);
+            files::identify_observed(&o.path, &o.real, Some(seen))
+                .map_err(|e| DumpError::File(e, pid))
+        })
+        .collect()
+}
+
 const VDSO_NAMES: [&str; 3] = ["[vvar]", "[vvar_vclock]", "[vdso]"];
 
-/// Turns maps lines into image VMAs, refusing what cannot be restored; returns the vDSO
+/// Turns smaps areas into image VMAs, refusing what cannot be restored; returns the vDSO
 /// areas separately.
 fn classify_vmas(
     pid: i32,
@@ -384,11 +659,12 @@ fn classify_vmas(
         let refuse = |why: &str| DumpError::Vma {
             pid,
             vma: format!(
-                "{:x}-{:x} {} {}",
+                "{:x}-{:x} {} {}{}",
                 m.start,
                 m.end,
                 m.perms(),
-                m.name.as_deref().unwrap_or("")
+                m.name.as_deref().unwrap_or(""),
+                if m.deleted { " (deleted)" } else { "" }
             ),
             why: why.to_string(),
         };
@@ -397,6 +673,7 @@ fn classify_vmas(
         if m.shared && (name.is_none() || name == Some("/dev/zero")) {
             return Err(refuse("shared anonymous memory is not supported"));
         }
+        let mut anon_name = None;
         let kind = match name {
             Some(n) if VDSO_NAMES.contains(&n) => {
                 vdso.push((n.to_string(), m.start, m.end));
@@ -406,13 +683,22 @@ fn classify_vmas(
             Some(n) if n.starts_with("/SYSV") => {
                 return Err(refuse("SysV shared memory is not supported"));
             }
-            _ if m.deleted => return Err(refuse("the mapped file was deleted")),
+            Some(n) if m.deleted => {
+                return Err(refuse(&format!(
+                    "the file it maps, {n}, was deleted: a restore could not map it again; keep the file until the process is dumped"
+                )));
+            }
             Some("[heap]") => VmaKind::Heap,
             Some("[stack]") => VmaKind::Stack,
             None => VmaKind::Anon,
-            Some(n) if n.starts_with("[anon:") => VmaKind::Anon,
+            // A private mapping of /dev/zero is anonymous memory.
+            Some("/dev/zero") if !m.shared => VmaKind::Anon,
+            Some(n) if n.starts_with("[anon:") && n.ends_with(']') => {
+                anon_name = Some(n["[anon:".len()..n.len() - 1].to_string());
+                VmaKind::Anon
+            }
             Some(n) if n.starts_with('/') && m.inode != 0 => VmaKind::File {
-                file: files.index(n, Some((m.dev, m.inode))),
+                file: files.index(n, Some((m.dev, m.inode)), true),
                 offset: m.offset,
             },
             Some(_) => return Err(refuse("a special mapping of an unsupported kind")),
@@ -425,25 +711,47 @@ fn classify_vmas(
                 return Err(refuse("writable shared file mappings are not supported"));
             }
         }
+        let mut flags = 0;
+        for code in &m.vm_flags {
+            match code.as_str() {
+                "sl" => return Err(refuse("it is sealed (mseal): a restore could not map it")),
+                "ht" => return Err(refuse("hugetlb memory is not supported")),
+                "pf" | "io" => return Err(refuse("device memory is not supported")),
+                "ss" => return Err(refuse("shadow stacks are not supported")),
+                c => {
+                    if let Some((_, f)) = vma_flags::CODES.iter().find(|(k, _)| *k == c) {
+                        flags |= f;
+                    }
+                }
+            }
+        }
         vmas.push(Vma {
             start: m.start,
             end: m.end,
             prot: m.prot(),
             shared: m.shared,
             kind,
+            flags,
+            name: anon_name,
         });
     }
     Ok((vmas, vdso))
 }
 
-fn classify_fds(cx: &Ctx, opts: &DumpOptions, files: &mut FileTable) -> Result<Vec<Fd>, DumpError> {
+/// The image's descriptors, and those with `O_ASYNC` (whose owner the caller asks).
+fn classify_fds(
+    cx: &Ctx,
+    opts: &DumpOptions,
+    files: &mut FileTable,
+) -> Result<(Vec<Fd>, Vec<i32>), DumpError> {
     let pid = cx.pid;
     let dir = std::fs::read_dir(cx.path("fd")).map_err(|e| cx.proc_err("fd", e.to_string()))?;
     let mut nums: Vec<i32> = dir
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     nums.sort_unstable();
-    let mut out = Vec::new();
+    let mut out: Vec<Fd> = Vec::new();
+    let mut async_fds = Vec::new();
     for fd in nums {
         let what = std::fs::read_link(cx.path(&format!("fd/{fd}")))
             .map(|p| p.to_string_lossy().into_owned())
@@ -452,6 +760,18 @@ fn classify_fds(cx: &Ctx, opts: &DumpOptions, files: &mut FileTable) -> Result<V
         let (pos, flags) = proc::parse_fdinfo(&info)
             .ok_or_else(|| cx.proc_err(&format!("fdinfo/{fd}"), "unexpected format".into()))?;
         let cloexec = flags & libc::O_CLOEXEC as u32 != 0;
+        let refuse = |why: &str| DumpError::Fd {
+            pid,
+            fd,
+            what: what.clone(),
+            why: why.to_string(),
+        };
+        let locks = proc::fdinfo_locks(&info);
+        if let Some(lock) = locks.first() {
+            return Err(refuse(&format!(
+                "it holds a file lock ({lock}), which a restore cannot take again reliably: release it (flock LOCK_UN, fcntl F_UNLCK) before the dump"
+            )));
+        }
         if opts.inherited.contains(&fd) {
             out.push(Fd {
                 fd,
@@ -460,33 +780,64 @@ fn classify_fds(cx: &Ctx, opts: &DumpOptions, files: &mut FileTable) -> Result<V
             });
             continue;
         }
-        let refuse = |why: &str| DumpError::Fd {
-            pid,
-            fd,
-            what: what.clone(),
-            why: why.to_string(),
-        };
+        if let Some(gone) = what.strip_suffix(" (deleted)") {
+            return Err(refuse(&format!(
+                "the file it holds open, {gone}, was deleted: a restore could not open it again; close it or keep the file until the process is dumped"
+            )));
+        }
         let md =
             std::fs::metadata(cx.path(&format!("fd/{fd}"))).map_err(|e| refuse(&e.to_string()))?;
         let ft = md.file_type();
-        let reopenable = (ft.is_file() && what.starts_with('/') && !what.ends_with(" (deleted)"))
-            || (ft.is_char_device() && SAFE_DEVICES.contains(&what.as_str()));
-        if !reopenable {
+        let o_path = flags & libc::O_PATH as u32 != 0;
+        let by_path = what.starts_with('/');
+        if o_path && ft.is_symlink() {
             return Err(refuse(
-                "only regular files and /dev/null-like devices are supported; declare the caller's own descriptors as inherited",
+                "an O_PATH descriptor of a symbolic link is not supported",
             ));
         }
-        let keep =
-            libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME;
+        let reopenable = by_path
+            && (o_path
+                || ft.is_file()
+                || ft.is_dir()
+                || (ft.is_char_device() && SAFE_DEVICES.contains(&what.as_str())));
+        if !reopenable {
+            return Err(refuse(
+                "only regular files, directories, /dev/null-like devices and O_PATH descriptors are supported; declare the caller's own descriptors as inherited",
+            ));
+        }
+        // One open file description held at several numbers (dup, or inherited by fork):
+        // restored as one, with dup3.
+        let mut shares = None;
+        for f in &out {
+            if matches!(f.kind, FdKind::File { .. })
+                && sys::same_file(pid, f.fd, fd).map_err(|e| refuse(&format!("kcmp: {e}")))?
+            {
+                shares = Some(f.fd);
+                break;
+            }
+        }
+        if let Some(of) = shares {
+            out.push(Fd {
+                fd,
+                cloexec,
+                kind: FdKind::Dup { of },
+            });
+            continue;
+        }
+        if flags & libc::O_ASYNC as u32 != 0 {
+            async_fds.push(fd);
+        }
+        let dev_ino = (sys::dev_parts(md.dev()), md.ino());
         out.push(Fd {
             fd,
             cloexec,
             kind: FdKind::File {
-                file: files.index(&what, None),
+                file: files.index(&what, Some(dev_ino), false),
                 pos,
-                flags: flags & keep as u32,
+                flags: flags & FD_FLAGS as u32,
             },
         });
+        cx.check_time("descriptors")?;
     }
     for &fd in &opts.inherited {
         if !out.iter().any(|f| f.fd == fd) {
@@ -498,7 +849,7 @@ fn classify_fds(cx: &Ctx, opts: &DumpOptions, files: &mut FileTable) -> Result<V
             });
         }
     }
-    Ok(out)
+    Ok((out, async_fds))
 }
 
 /// A `syscall` instruction to run queries with: the one the process is stopped in, or one
@@ -525,8 +876,30 @@ struct Queried {
 }
 
 /// State only the process can tell: asked by injected syscalls writing into a scratch page.
-fn query(t: &Tracee, insn: u64, caught: u64) -> Result<Queried, DumpError> {
+fn query(t: &Tracee, insn: u64, caught: u64, async_fds: &[i32]) -> Result<Queried, DumpError> {
     let pid = t.pid;
+    // O_ASYNC: SIGIO goes to the descriptor's owner; a restored process has another pid,
+    // so only an unowned one (no signal is ever sent) is restored.
+    for &fd in async_fds {
+        let args = [fd as u64, libc::F_GETOWN as u64];
+        let owner = t.syscall_ok(insn, libc::SYS_fcntl, &args, "fcntl(F_GETOWN)")? as i32;
+        if owner != 0 {
+            return Err(DumpError::Fd {
+                pid,
+                fd,
+                what: "O_ASYNC".into(),
+                why: format!(
+                    "its SIGIO goes to {} {} (F_SETOWN), which a restore cannot keep: clear O_ASYNC or the owner before the dump",
+                    if owner < 0 {
+                        "process group"
+                    } else {
+                        "process"
+                    },
+                    owner.unsigned_abs()
+                ),
+            });
+        }
+    }
     let brk = t.syscall_ok(insn, libc::SYS_brk, &[0], "brk(0)")?;
     let scratch = t.syscall_ok(
         insn,
@@ -626,6 +999,7 @@ fn read_pages(
     let mut zero = 0u64;
     debug_assert!(maps.len() >= vmas.len());
     for v in vmas.iter().filter(|v| !v.shared) {
+        cx.check_time("pages")?;
         let n = (v.len() / PAGE) as usize;
         let mut raw = vec![0u8; n * 8];
         pagemap

@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 pub enum Ident {
     BuildId(Vec<u8>),
     Blake3([u8; 32]),
+    /// A file the image only holds open (a log, a directory, `/dev/null`): reopened by path
+    /// without a content check, never read at dump (a device has no end to read to).
+    Unchecked,
 }
 
 impl std::fmt::Display for Ident {
@@ -27,6 +30,7 @@ impl std::fmt::Display for Ident {
         match self {
             Ident::BuildId(b) => write!(f, "build-id {}", hexs(b)),
             Ident::Blake3(h) => write!(f, "blake3 {}", hexs(&h[..8])),
+            Ident::Unchecked => write!(f, "no content check"),
         }
     }
 }
@@ -65,9 +69,33 @@ fn mtime_ns(md: &std::fs::Metadata) -> i64 {
 
 /// Identifies `real` (the file as this process reaches it) under the name `path`.
 pub fn identify(path: &str, real: &Path) -> Result<FileId, FileError> {
+    identify_observed(path, real, None)
+}
+
+/// [`identify`], refusing a file that is no longer what `seen` (a `stat` taken earlier,
+/// while the process was frozen) describes: the content read must be the content the
+/// process had.
+pub fn identify_observed(
+    path: &str,
+    real: &Path,
+    seen: Option<Observed>,
+) -> Result<FileId, FileError> {
     let file = File::open(real).map_err(io_err(path))?;
     let md = file.metadata().map_err(io_err(path))?;
+    let changed = || FileError::Changed {
+        path: path.to_string(),
+        what: "it was replaced or written while the dump ran; dump again".into(),
+    };
+    if seen.is_some_and(|s| s != Observed::of_metadata(&md)) {
+        return Err(changed());
+    }
     let ident = ident_of(file).map_err(io_err(path))?;
+    if let Some(s) = seen {
+        let after = std::fs::metadata(real).map_err(io_err(path))?;
+        if s != Observed::of_metadata(&after) {
+            return Err(changed());
+        }
+    }
     Ok(FileId {
         path: path.to_string(),
         size: md.len(),
@@ -76,7 +104,24 @@ pub fn identify(path: &str, real: &Path) -> Result<FileId, FileError> {
     })
 }
 
+/// The identity of a file the image only holds open: what a `stat` said, no content.
+pub fn unchecked(path: &str, md: &std::fs::Metadata) -> FileId {
+    FileId {
+        path: path.to_string(),
+        size: md.len(),
+        mtime_ns: mtime_ns(md),
+        ident: Ident::Unchecked,
+    }
+}
+
 fn ident_of(mut file: File) -> io::Result<Ident> {
+    // Only a regular file has an end: a device (`/dev/zero`) would be read forever.
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file: only regular files are identified by their content",
+        ));
+    }
     {
         let cache = ReadCache::new(&mut file);
         if let Ok(obj) = object::File::parse(&cache)
@@ -232,5 +277,36 @@ mod tests {
         std::fs::write(&p, b"hello!").unwrap();
         let err = verify(&id, &p).unwrap_err().to_string();
         assert!(err.contains("size 6 bytes"), "{err}");
+    }
+
+    /// A device is never read: /dev/zero has no end.
+    #[test]
+    fn a_device_is_refused_not_read() {
+        let err = identify("/dev/zero", Path::new("/dev/zero")).unwrap_err();
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(chain.contains("not a regular file"), "{chain}");
+        let want = FileId {
+            path: "/dev/zero".into(),
+            size: 0,
+            mtime_ns: mtime_ns(&std::fs::metadata("/dev/zero").unwrap()),
+            ident: Ident::Unchecked,
+        };
+        assert!(verify(&want, Path::new("/dev/zero")).is_err());
+    }
+
+    /// A file written between the frozen `stat` and the hash is refused.
+    #[test]
+    fn a_file_changed_since_it_was_observed_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("data");
+        std::fs::write(&p, b"hello").unwrap();
+        let seen = Observed::of_metadata(&std::fs::metadata(&p).unwrap());
+        identify_observed("data", &p, Some(seen)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(&p, b"hellO").unwrap();
+        let err = identify_observed("data", &p, Some(seen))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("while the dump ran"), "{err}");
     }
 }

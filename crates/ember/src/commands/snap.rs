@@ -126,7 +126,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn dump(pid: i32, out: PathBuf, inherited: Vec<i32>, leave_running: bool) -> anyhow::Result<()> {
-    let stats = ember_snap::dump(pid, &out, &DumpOptions { inherited })?;
+    let stats = ember_snap::dump(
+        pid,
+        &out,
+        &DumpOptions {
+            inherited,
+            ..Default::default()
+        },
+    )?;
     if !leave_running {
         // SAFETY: kill takes plain integers; the pid was just dumped and is ours to end.
         unsafe { libc::kill(pid, libc::SIGKILL) };
