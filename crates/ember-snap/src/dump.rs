@@ -109,6 +109,10 @@ pub enum DumpError {
         "process {pid}: the dump did not finish within {waited:?} (a stop or a /proc read that does not return); nothing was written, and the process is let go as soon as the stuck step returns"
     )]
     Stuck { pid: i32, waited: Duration },
+    #[error(
+        "process {pid}: the dump's thread ended without an answer (a bug: please report it); the process was let go"
+    )]
+    Crashed { pid: i32 },
     #[error("cannot start the dump's thread")]
     Thread(#[source] io::Error),
     #[error("process {1}: a file it maps cannot be identified")]
@@ -249,9 +253,12 @@ pub fn dump(pid: i32, out: &Path, opts: &DumpOptions) -> Result<DumpStats, DumpE
     let waited = opts.freeze_limit + ATTACH_WAIT;
     let (captured, frozen_us) = match rx.recv_timeout(waited) {
         Ok(r) => r?,
-        Err(_) => {
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
             abandoned.store(true, Ordering::Relaxed);
             return Err(DumpError::Stuck { pid, waited });
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            return Err(DumpError::Crashed { pid });
         }
     };
     let Captured {
@@ -564,12 +571,12 @@ struct FileTable {
     by_path: HashMap<String, u32>,
 }
 
-/// A file as `stat` saw it while the process was stopped.
+/// A file as `stat` saw it while the process was stopped; a mapped one opened then (so
+/// that its content can be read once the process runs again, even if it exits).
 struct Observation {
     path: String,
-    real: PathBuf,
-    mapped: bool,
     md: std::fs::Metadata,
+    mapped: Option<File>,
 }
 
 impl FileTable {
@@ -592,8 +599,8 @@ impl FileTable {
     }
 
     /// `stat`s each file as the process sees it (through `/proc/PID/root`), checking the
-    /// path still names the file the process has, and that a mapped one is a regular file.
-    /// Nothing is read: the content of mapped files is hashed after the process is let go.
+    /// path still names the file the process has, and opens a mapped one, which must be a
+    /// regular file. Nothing is read: mapped files are hashed after the process is let go.
     fn observe(self, pid: i32) -> Result<Vec<Observation>, DumpError> {
         self.entries
             .into_iter()
@@ -612,16 +619,26 @@ impl FileTable {
                         "the path now names another file than the one the process has (it was replaced or deleted)".into(),
                     ));
                 }
-                if e.mapped && !md.is_file() {
-                    return Err(refuse(
-                        "it is mapped but not a regular file (a device): only regular files can be mapped again".into(),
-                    ));
-                }
+                let mapped = match e.mapped {
+                    false => None,
+                    true if !md.is_file() => {
+                        return Err(refuse(
+                            "it is mapped but not a regular file (a device): only regular files can be mapped again".into(),
+                        ));
+                    }
+                    true => {
+                        let f = File::open(&real).map_err(|err| refuse(err.to_string()))?;
+                        let fmd = f.metadata().map_err(|err| refuse(err.to_string()))?;
+                        if (fmd.dev(), fmd.ino()) != (md.dev(), md.ino()) {
+                            return Err(refuse("it was replaced while the dump ran".into()));
+                        }
+                        Some(f)
+                    }
+                };
                 Ok(Observation {
                     path: e.path,
-                    real,
-                    mapped: e.mapped,
                     md,
+                    mapped,
                 })
             })
             .collect()
@@ -633,13 +650,10 @@ impl FileTable {
 fn identify(pid: i32, files: Vec<Observation>) -> Result<Vec<files::FileId>, DumpError> {
     files
         .into_iter()
-        .map(|o| {
-            if !o.mapped {
-                return Ok(files::unchecked(&o.path, &o.md));
-            }
-            let seen = Observed::of_metadata(&o.md);
-            files::identify_observed(&o.path, &o.real, Some(seen))
-                .map_err(|e| DumpError::File(e, pid))
+        .map(|o| match o.mapped {
+            None => Ok(files::unchecked(&o.path, &o.md)),
+            Some(f) => files::identify_observed(&o.path, f, Observed::of_metadata(&o.md))
+                .map_err(|e| DumpError::File(e, pid)),
         })
         .collect()
 }
@@ -752,6 +766,9 @@ fn classify_fds(
     nums.sort_unstable();
     let mut out: Vec<Fd> = Vec::new();
     let mut async_fds = Vec::new();
+    // (fd, device and inode) of each reopened description: only descriptors of one inode
+    // can share a description, so only those are compared.
+    let mut firsts: Vec<(i32, (u64, u64))> = Vec::new();
     for fd in nums {
         let what = std::fs::read_link(cx.path(&format!("fd/{fd}")))
             .map(|p| p.to_string_lossy().into_owned())
@@ -807,12 +824,11 @@ fn classify_fds(
         }
         // One open file description held at several numbers (dup, or inherited by fork):
         // restored as one, with dup3.
+        let inode = (md.dev(), md.ino());
         let mut shares = None;
-        for f in &out {
-            if matches!(f.kind, FdKind::File { .. })
-                && sys::same_file(pid, f.fd, fd).map_err(|e| refuse(&format!("kcmp: {e}")))?
-            {
-                shares = Some(f.fd);
+        for &(first, _) in firsts.iter().filter(|(_, i)| *i == inode) {
+            if sys::same_file(pid, first, fd).map_err(|e| refuse(&format!("kcmp: {e}")))? {
+                shares = Some(first);
                 break;
             }
         }
@@ -828,6 +844,7 @@ fn classify_fds(
             async_fds.push(fd);
         }
         let dev_ino = (sys::dev_parts(md.dev()), md.ino());
+        firsts.push((fd, inode));
         out.push(Fd {
             fd,
             cloexec,

@@ -123,10 +123,8 @@ pub fn parse_smaps(text: &str) -> Result<Vec<MapEntry>, String> {
 /// `Key:   value` lines of smaps (an area's header starts with its hex range instead).
 fn is_smaps_field(line: &str) -> bool {
     line.split_once(':').is_some_and(|(k, _)| {
-        !k.is_empty()
+        k.starts_with(|c: char| c.is_ascii_uppercase())
             && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !k.contains('-')
-            && k.chars().next().is_some_and(|c| c.is_ascii_uppercase())
     })
 }
 

@@ -69,32 +69,28 @@ fn mtime_ns(md: &std::fs::Metadata) -> i64 {
 
 /// Identifies `real` (the file as this process reaches it) under the name `path`.
 pub fn identify(path: &str, real: &Path) -> Result<FileId, FileError> {
-    identify_observed(path, real, None)
-}
-
-/// [`identify`], refusing a file that is no longer what `seen` (a `stat` taken earlier,
-/// while the process was frozen) describes: the content read must be the content the
-/// process had.
-pub fn identify_observed(
-    path: &str,
-    real: &Path,
-    seen: Option<Observed>,
-) -> Result<FileId, FileError> {
     let file = File::open(real).map_err(io_err(path))?;
     let md = file.metadata().map_err(io_err(path))?;
+    identify_observed(path, file, Observed::of_metadata(&md))
+}
+
+/// Identifies `file` (opened earlier under the name `path`), refusing it when it is no
+/// longer what `seen` (its `stat` taken while the process was stopped) describes, before or
+/// after its content is read: the content read must be the content the process had.
+pub fn identify_observed(path: &str, file: File, seen: Observed) -> Result<FileId, FileError> {
     let changed = || FileError::Changed {
         path: path.to_string(),
         what: "it was replaced or written while the dump ran; dump again".into(),
     };
-    if seen.is_some_and(|s| s != Observed::of_metadata(&md)) {
+    let md = file.metadata().map_err(io_err(path))?;
+    if Observed::of_metadata(&md) != seen {
         return Err(changed());
     }
+    let copy = file.try_clone().map_err(io_err(path))?;
     let ident = ident_of(file).map_err(io_err(path))?;
-    if let Some(s) = seen {
-        let after = std::fs::metadata(real).map_err(io_err(path))?;
-        if s != Observed::of_metadata(&after) {
-            return Err(changed());
-        }
+    let after = copy.metadata().map_err(io_err(path))?;
+    if Observed::of_metadata(&after) != seen {
+        return Err(changed());
     }
     Ok(FileId {
         path: path.to_string(),
@@ -301,10 +297,11 @@ mod tests {
         let p = dir.path().join("data");
         std::fs::write(&p, b"hello").unwrap();
         let seen = Observed::of_metadata(&std::fs::metadata(&p).unwrap());
-        identify_observed("data", &p, Some(seen)).unwrap();
+        identify_observed("data", File::open(&p).unwrap(), seen).unwrap();
+        let held = File::open(&p).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(10));
         std::fs::write(&p, b"hellO").unwrap();
-        let err = identify_observed("data", &p, Some(seen))
+        let err = identify_observed("data", held, seen)
             .unwrap_err()
             .to_string();
         assert!(err.contains("while the dump ran"), "{err}");

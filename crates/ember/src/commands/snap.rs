@@ -32,6 +32,10 @@ enum Verb {
         /// Let the process run on after the dump (by default it is killed)
         #[arg(long)]
         leave_running: bool,
+        /// Longest the process may be kept stopped, in milliseconds: past it the dump lets
+        /// the process go unchanged and fails naming the step it was at
+        #[arg(long, default_value_t = 5000)]
+        freeze_limit_ms: u64,
     },
     /// Restore instances of an image, wired to this command's descriptors; waits for them
     Restore {
@@ -88,7 +92,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             out,
             inherit,
             leave_running,
-        } => dump(pid, out, inherit, leave_running),
+            freeze_limit_ms,
+        } => {
+            let opts = DumpOptions {
+                inherited: inherit,
+                freeze_limit: std::time::Duration::from_millis(freeze_limit_ms),
+            };
+            dump(pid, out, &opts, leave_running)
+        }
         Verb::Restore {
             dir,
             count,
@@ -125,15 +136,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     .await?
 }
 
-fn dump(pid: i32, out: PathBuf, inherited: Vec<i32>, leave_running: bool) -> anyhow::Result<()> {
-    let stats = ember_snap::dump(
-        pid,
-        &out,
-        &DumpOptions {
-            inherited,
-            ..Default::default()
-        },
-    )?;
+fn dump(pid: i32, out: PathBuf, opts: &DumpOptions, leave_running: bool) -> anyhow::Result<()> {
+    let stats = ember_snap::dump(pid, &out, opts)?;
     if !leave_running {
         // SAFETY: kill takes plain integers; the pid was just dumped and is ours to end.
         unsafe { libc::kill(pid, libc::SIGKILL) };
