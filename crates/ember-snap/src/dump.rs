@@ -390,8 +390,11 @@ fn capture(t: &Tracee, cx: &Ctx, opts: &DumpOptions) -> Result<Captured, DumpErr
     let maps = proc::parse_smaps(&cx.read("smaps")?).map_err(|e| cx.proc_err("smaps", e))?;
     let stat_mm = proc::parse_stat_mm(&cx.read("stat")?)
         .ok_or_else(|| cx.proc_err("stat", "unexpected format".into()))?;
-    let status = proc::parse_status(&cx.read("status")?)
+    let status_text = cx.read("status")?;
+    let status = proc::parse_status(&status_text)
         .ok_or_else(|| cx.proc_err("status", "unexpected format".into()))?;
+    let mut creds = crate::creds::parse_status(&status_text)
+        .ok_or_else(|| cx.proc_err("status", "no ids or capability sets".into()))?;
     let auxv = proc::parse_auxv(
         &std::fs::read(cx.path("auxv")).map_err(|e| cx.proc_err("auxv", e.to_string()))?,
     );
@@ -413,6 +416,12 @@ fn capture(t: &Tracee, cx: &Ctx, opts: &DumpOptions) -> Result<Captured, DumpErr
     let vdso_hash = vdso_hash(cx, &mem, &maps)?;
     let insn = find_syscall(t, &mem, &maps).ok_or(DumpError::NoSyscall { pid })?;
     let q = query(t, insn, status.sig_caught, &async_fds)?;
+    creds.securebits = t.syscall_ok(
+        insn,
+        libc::SYS_prctl,
+        &[libc::PR_GET_SECUREBITS as u64],
+        "prctl(PR_GET_SECUREBITS)",
+    )?;
     let (head, len) =
         sys::get_robust_list(pid).map_err(|e| cx.proc_err("robust list", e.to_string()))?;
     let mut tid = [0u8; 4];
@@ -483,6 +492,7 @@ fn capture(t: &Tracee, cx: &Ctx, opts: &DumpOptions) -> Result<Captured, DumpErr
             umask: status.umask,
             cwd,
             comm,
+            creds,
         },
         mm: MmFields {
             start_code: stat_mm.start_code,
@@ -697,6 +707,10 @@ fn classify_vmas(
             Some(n) if n.starts_with("/SYSV") => {
                 return Err(refuse("SysV shared memory is not supported"));
             }
+            // Memory a mapped restore shares from an image's memfd is the process's own
+            // private memory: its present pages are what it holds (what it discarded is
+            // not present and reads as zeros, as the restore's page server made it).
+            Some(n) if !m.shared && m.deleted && is_image_memfd(n) => VmaKind::Anon,
             Some(n) if m.deleted => {
                 return Err(refuse(&format!(
                     "the file it maps, {n}, was deleted: a restore could not map it again; keep the file until the process is dumped"
@@ -750,6 +764,13 @@ fn classify_vmas(
         });
     }
     Ok((vmas, vdso))
+}
+
+/// `/memfd:ember-image-<32 hex digits>`: the memfd a mapped restore maps an image's pages
+/// from ([`crate::LoadedImage::memfd`]).
+fn is_image_memfd(name: &str) -> bool {
+    name.strip_prefix("/memfd:ember-image-")
+        .is_some_and(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// The image's descriptors, and those with `O_ASYNC` (whose owner the caller asks).

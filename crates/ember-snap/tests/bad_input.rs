@@ -138,7 +138,8 @@ fn a_dump_past_its_freeze_limit_lets_the_process_run_on() {
     );
     assert!(!out.join("meta").exists());
     assert_eq!(c.ask("ping"), format!("pong {}", c.pid));
-    assert_eq!(state(c.pid), 'S');
+    let s = state(c.pid);
+    assert!(!matches!(s, 'T' | 't'), "left stopped ({s})");
     // And a dump within the limit works on the same process afterwards.
     let opts = DumpOptions {
         inherited: STDIO.to_vec(),

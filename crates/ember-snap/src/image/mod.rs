@@ -152,6 +152,18 @@ impl Vma {
     pub fn is_empty(&self) -> bool {
         self.end <= self.start
     }
+
+    /// Whether a mapped restore maps this VMA's stored pages from the image's memfd:
+    /// private anonymous memory and the heap (a quarter to two fifths of a Python image's
+    /// pages; `brk` still grows and shrinks it), but not the stack (one growable area), nor
+    /// an area with [`vma_flags`] or a name (a memfd mapping could not carry them: it stays
+    /// anonymous memory and its pages are written).
+    pub fn shares_pages(&self) -> bool {
+        !self.shared
+            && matches!(self.kind, VmaKind::Anon | VmaKind::Heap)
+            && self.flags == 0
+            && self.name.is_none()
+    }
 }
 
 /// Where each saved page lives in the page file. Pages are stored in runs of consecutive
@@ -193,6 +205,8 @@ pub struct Task {
     pub umask: u32,
     pub cwd: String,
     pub comm: String,
+    /// Ids, groups, capabilities and securebits ([`crate::creds`]).
+    pub creds: crate::creds::Creds,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
