@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,44 +28,25 @@ use tracing::info_span;
 use crate::cpu;
 use crate::image::files::{self, FileError, Observed};
 use crate::image::{
-    self, AltStack, Fd, FdKind, ImageError, Meta, MmFields, PAGE, PageIndex, PageRun, Requires,
-    Rseq, SigAction, Source, Task, VdsoArea, VdsoLayout, Vma, VmaKind, vma_flags,
+    self, AltStack, ImageError, Meta, MmFields, PAGE, PageIndex, PageRun, Requires, Rseq,
+    SigAction, Source, Task, VdsoArea, VdsoLayout, Vma, VmaKind, vma_flags,
 };
 use crate::proc::{self, MapEntry};
 use crate::sys::{self, Regs};
 use crate::tracee::{TraceError, Tracee};
 
+mod fds;
+pub use fds::FD_FLAGS;
+use fds::classify_fds;
+
 /// Offset of `pd->tid` from the thread pointer in glibc 2.36 (checked against the real
 /// thread id at every dump, recorded only when it equals it).
 const GLIBC_TID_OFFSET: u32 = 0x2d0;
-/// Character devices a dump may reopen by path (never read: a device has no end).
-const SAFE_DEVICES: [&str; 5] = [
-    "/dev/null",
-    "/dev/zero",
-    "/dev/full",
-    "/dev/random",
-    "/dev/urandom",
-];
 /// How long a process may be kept stopped by default (numpy's dump stops it ~20 ms,
 /// scikit-learn + pandas' ~100-300 ms on a busy 2-core machine).
 pub const DEFAULT_FREEZE_LIMIT: Duration = Duration::from_secs(5);
 /// How long the caller waits for the process to stop, beyond the freeze limit.
 const ATTACH_WAIT: Duration = Duration::from_secs(2);
-/// Status flags a descriptor keeps across a restore (with the access mode): all that `open`
-/// and `fcntl(F_SETFL)` can set.
-pub const FD_FLAGS: i32 = libc::O_ACCMODE
-    | libc::O_APPEND
-    | libc::O_NONBLOCK
-    | libc::O_DIRECT
-    | libc::O_NOATIME
-    | libc::O_SYNC
-    | libc::O_DSYNC
-    | libc::O_ASYNC
-    | libc::O_PATH
-    | libc::O_DIRECTORY
-    | libc::O_NOFOLLOW
-    | 0o100000; // O_LARGEFILE, which the kernel sets on every 64-bit open
-
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
     #[error("process {pid} does not exist or cannot be read")]
@@ -771,123 +752,6 @@ fn classify_vmas(
 fn is_image_memfd(name: &str) -> bool {
     name.strip_prefix("/memfd:ember-image-")
         .is_some_and(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-/// The image's descriptors, and those with `O_ASYNC` (whose owner the caller asks).
-fn classify_fds(
-    cx: &Ctx,
-    opts: &DumpOptions,
-    files: &mut FileTable,
-) -> Result<(Vec<Fd>, Vec<i32>), DumpError> {
-    let pid = cx.pid;
-    let dir = std::fs::read_dir(cx.path("fd")).map_err(|e| cx.proc_err("fd", e.to_string()))?;
-    let mut nums: Vec<i32> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    nums.sort_unstable();
-    let mut out: Vec<Fd> = Vec::new();
-    let mut async_fds = Vec::new();
-    // (fd, device and inode) of each reopened description: only descriptors of one inode
-    // can share a description, so only those are compared.
-    let mut firsts: Vec<(i32, (u64, u64))> = Vec::new();
-    for fd in nums {
-        let what = std::fs::read_link(cx.path(&format!("fd/{fd}")))
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let info = cx.read(&format!("fdinfo/{fd}"))?;
-        let (pos, flags) = proc::parse_fdinfo(&info)
-            .ok_or_else(|| cx.proc_err(&format!("fdinfo/{fd}"), "unexpected format".into()))?;
-        let cloexec = flags & libc::O_CLOEXEC as u32 != 0;
-        let refuse = |why: &str| DumpError::Fd {
-            pid,
-            fd,
-            what: what.clone(),
-            why: why.to_string(),
-        };
-        let locks = proc::fdinfo_locks(&info);
-        if let Some(lock) = locks.first() {
-            return Err(refuse(&format!(
-                "it holds a file lock ({lock}), which a restore cannot take again reliably: release it (flock LOCK_UN, fcntl F_UNLCK) before the dump"
-            )));
-        }
-        if opts.inherited.contains(&fd) {
-            out.push(Fd {
-                fd,
-                cloexec,
-                kind: FdKind::Inherited { what },
-            });
-            continue;
-        }
-        if let Some(gone) = what.strip_suffix(" (deleted)") {
-            return Err(refuse(&format!(
-                "the file it holds open, {gone}, was deleted: a restore could not open it again; close it or keep the file until the process is dumped"
-            )));
-        }
-        let md =
-            std::fs::metadata(cx.path(&format!("fd/{fd}"))).map_err(|e| refuse(&e.to_string()))?;
-        let ft = md.file_type();
-        let o_path = flags & libc::O_PATH as u32 != 0;
-        let by_path = what.starts_with('/');
-        if o_path && ft.is_symlink() {
-            return Err(refuse(
-                "an O_PATH descriptor of a symbolic link is not supported",
-            ));
-        }
-        let reopenable = by_path
-            && (o_path
-                || ft.is_file()
-                || ft.is_dir()
-                || (ft.is_char_device() && SAFE_DEVICES.contains(&what.as_str())));
-        if !reopenable {
-            return Err(refuse(
-                "only regular files, directories, /dev/null-like devices and O_PATH descriptors are supported; declare the caller's own descriptors as inherited",
-            ));
-        }
-        // One open file description held at several numbers (dup, or inherited by fork):
-        // restored as one, with dup3.
-        let inode = (md.dev(), md.ino());
-        let mut shares = None;
-        for &(first, _) in firsts.iter().filter(|(_, i)| *i == inode) {
-            if sys::same_file(pid, first, fd).map_err(|e| refuse(&format!("kcmp: {e}")))? {
-                shares = Some(first);
-                break;
-            }
-        }
-        if let Some(of) = shares {
-            out.push(Fd {
-                fd,
-                cloexec,
-                kind: FdKind::Dup { of },
-            });
-            continue;
-        }
-        if flags & libc::O_ASYNC as u32 != 0 {
-            async_fds.push(fd);
-        }
-        let dev_ino = (sys::dev_parts(md.dev()), md.ino());
-        firsts.push((fd, inode));
-        out.push(Fd {
-            fd,
-            cloexec,
-            kind: FdKind::File {
-                file: files.index(&what, Some(dev_ino), false),
-                pos,
-                flags: flags & FD_FLAGS as u32,
-            },
-        });
-        cx.check_time("descriptors")?;
-    }
-    for &fd in &opts.inherited {
-        if !out.iter().any(|f| f.fd == fd) {
-            return Err(DumpError::Fd {
-                pid,
-                fd,
-                what: "nothing".into(),
-                why: "declared inherited but not open in the process".into(),
-            });
-        }
-    }
-    Ok((out, async_fds))
 }
 
 /// A `syscall` instruction to run queries with: the one the process is stopped in, or one
