@@ -357,6 +357,14 @@ VmFlags: rd mr mw me
     }
 
     #[test]
+    fn children_and_parent() {
+        assert_eq!(parse_children("3641 3662 "), vec![3641, 3662]);
+        assert!(parse_children("").is_empty());
+        assert_eq!(parse_ppid("Name:\tx\nPid:\t5\nPPid:\t1\n"), Some(1));
+        assert_eq!(parse_ppid("Name:\tx\n"), None);
+    }
+
+    #[test]
     fn fdinfo_lock_lines() {
         let text = "pos:\t0\nflags:\t0100002\nlock:\t1: FLOCK  ADVISORY  READ 3765 fe:00:1 0 EOF\n";
         assert_eq!(
