@@ -26,7 +26,7 @@ use crate::sys::{self, Mapping};
 
 pub const META_MAGIC: [u8; 8] = *b"EMBRSNAP";
 pub const PAGES_MAGIC: [u8; 8] = *b"EMBRPAGE";
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Largest metadata accepted (a 1,300-VMA scikit-learn image needs ~100 KiB).
 pub const MAX_META: u64 = 16 << 20;
 /// Largest page count accepted (64 GiB).
@@ -247,6 +247,38 @@ fn validate(m: &Meta) -> Result<(), String> {
     if m.mm.auxv.len() > 128 || m.task.sigactions.len() > 64 {
         return Err("auxv or signal table too long".into());
     }
+    validate_process(&m.process)
+}
+
+/// Most seccomp filters, instructions per filter, queued signals per queue and POSIX timers
+/// an image may hold (a dump refuses a process with more).
+pub const MAX_FILTERS: usize = 32;
+pub const MAX_FILTER_LEN: usize = 4096;
+pub const MAX_PENDING: usize = 64;
+pub const MAX_TIMERS: usize = 256;
+
+fn validate_process(p: &super::ProcState) -> Result<(), String> {
+    if p.rlimits.len() > 16 || p.rlimits.iter().any(|r| r.0 >= 16) {
+        return Err("resource limits out of range".into());
+    }
+    if p.affinity.as_ref().is_some_and(|a| a.len() > 16) {
+        return Err("CPU affinity mask too long".into());
+    }
+    if p.seccomp.len() > MAX_FILTERS
+        || p.seccomp
+            .iter()
+            .any(|f| f.is_empty() || f.len() > MAX_FILTER_LEN)
+    {
+        return Err("seccomp filters too many or too long".into());
+    }
+    for q in [&p.pending_thread, &p.pending_process] {
+        if q.len() > MAX_PENDING || q.iter().any(|i| i.len() != 128) {
+            return Err("queued signals too many or malformed".into());
+        }
+    }
+    if p.itimers.len() > 3 || p.timers.len() > MAX_TIMERS || p.prctl.dumpable > 1 {
+        return Err("timers or prctl values out of range".into());
+    }
     Ok(())
 }
 
@@ -450,8 +482,8 @@ impl LoadedImage {
 mod tests {
     use super::*;
     use crate::image::{
-        AltStack, Fd, FileId, Ident, MmFields, PageIndex, PageRun, Requires, Source, Task,
-        VdsoLayout, Vma,
+        AltStack, Fd, FileId, ITimer, Ident, MmFields, PageIndex, PageRun, PosixTimer, ProcState,
+        Requires, Source, Task, VdsoLayout, Vma,
     };
 
     fn sample() -> (Meta, Vec<u8>) {
@@ -529,6 +561,14 @@ mod tests {
                     what: "pipe".into(),
                 },
             }],
+            process: ProcState {
+                rlimits: vec![(7, 1024, 4096)],
+                seccomp: vec![vec![6, 0x7fff_0000_0000_0006]],
+                pending_thread: vec![vec![1; 128]],
+                itimers: vec![ITimer::default(); 3],
+                timers: vec![PosixTimer::default()],
+                ..ProcState::default()
+            },
         };
         (meta, vec![0xab; 2 * PAGE as usize])
     }
