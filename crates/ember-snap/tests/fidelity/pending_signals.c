@@ -1,6 +1,10 @@
 /* expect: exact */
+/* Queued signals, blocked: the thread's queue (tgkill, rt_tgsigqueueinfo with values) and
+   the process's (kill, sigqueue with values). "check" takes them all (the thread's queue
+   comes out first), compares every field with what the first look saw, and queues them
+   again as they were. */
 #define _GNU_SOURCE
-#include <errno.h>
+#include "case.h"
 #include <fcntl.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
@@ -9,76 +13,13 @@
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
-#include <unistd.h>
 
-/* The fidelity protocol: "ready", then answer "check" lines until "exit" or EOF. */
-static int read_line(char *buf, size_t cap)
-{
-    size_t n = 0;
-    for (;;) {
-        char c;
-        ssize_t r = read(0, &c, 1);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return -1;
-        if (c == '\n')
-            break;
-        if (n + 1 < cap)
-            buf[n++] = c;
-    }
-    buf[n] = 0;
-    return (int)n;
-}
-
-static void say(const char *s)
-{
-    size_t n = strlen(s);
-    while (n > 0) {
-        ssize_t w = write(1, s, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            _exit(1);
-        s += w;
-        n -= (size_t)w;
-    }
-}
-
-static int serve(int (*check)(char *diff, size_t cap))
-{
-    char line[64], diff[1024];
-    say("ready\n");
-    while (read_line(line, sizeof line) >= 0) {
-        if (strcmp(line, "exit") == 0)
-            return 0;
-        if (strcmp(line, "check") != 0)
-            continue;
-        diff[0] = 0;
-        if (check(diff, sizeof diff)) {
-            char out[1100];
-            snprintf(out, sizeof out, "diff: %s\n", diff);
-            say(out);
-        } else {
-            say("ok\n");
-        }
-    }
-    return 0;
-}
-
-/* Queued signals, blocked: the thread's queue (tgkill, rt_tgsigqueueinfo with values) and
-   the process's (kill, sigqueue with values). "check" takes them all (the thread's queue
-   comes out first), compares every field with what the first look saw, and queues them
-   again as they were. */
 #define N 6
 #define PRIVATE 3 /* the first three are the thread's */
 static int signo[N], value[N] = {0, 11, 12, 0, 21, 22};
@@ -127,7 +68,7 @@ static int check(char *diff, size_t cap)
     return bad;
 }
 
-int main(void)
+static void setup(void)
 {
     signo[0] = SIGUSR1;
     signo[1] = signo[2] = SIGRTMIN + 1;
@@ -159,9 +100,8 @@ int main(void)
         if (n != N || saved[i].si_signo != signo[i] || saved[i].si_value.sival_int != value[i]) {
             fprintf(stderr, "setup: signal %d is %d (value %d) of %d\n", i, saved[i].si_signo,
                     saved[i].si_value.sival_int, n);
-            return 1;
+            exit(2);
         }
     }
     requeue(saved, n);
-    return serve(check);
 }

@@ -1,6 +1,10 @@
 /* expect: exact */
+/* POSIX timers with sparse ids (one deleted between others): a signal timer with a value,
+   a SIGEV_NONE timer, a SIGEV_THREAD_ID timer aimed at the thread (disarmed), a CPU-time
+   timer. After restore: the same ids answer, with the same settings and about the same
+   time left; the thread timer names the restored thread. */
 #define _GNU_SOURCE
-#include <errno.h>
+#include "case.h"
 #include <fcntl.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
@@ -9,76 +13,13 @@
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
-#include <unistd.h>
 
-/* The fidelity protocol: "ready", then answer "check" lines until "exit" or EOF. */
-static int read_line(char *buf, size_t cap)
-{
-    size_t n = 0;
-    for (;;) {
-        char c;
-        ssize_t r = read(0, &c, 1);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return -1;
-        if (c == '\n')
-            break;
-        if (n + 1 < cap)
-            buf[n++] = c;
-    }
-    buf[n] = 0;
-    return (int)n;
-}
-
-static void say(const char *s)
-{
-    size_t n = strlen(s);
-    while (n > 0) {
-        ssize_t w = write(1, s, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            _exit(1);
-        s += w;
-        n -= (size_t)w;
-    }
-}
-
-static int serve(int (*check)(char *diff, size_t cap))
-{
-    char line[64], diff[1024];
-    say("ready\n");
-    while (read_line(line, sizeof line) >= 0) {
-        if (strcmp(line, "exit") == 0)
-            return 0;
-        if (strcmp(line, "check") != 0)
-            continue;
-        diff[0] = 0;
-        if (check(diff, sizeof diff)) {
-            char out[1100];
-            snprintf(out, sizeof out, "diff: %s\n", diff);
-            say(out);
-        } else {
-            say("ok\n");
-        }
-    }
-    return 0;
-}
-
-/* POSIX timers with sparse ids (one deleted between others): a signal timer with a value,
-   a SIGEV_NONE timer, a SIGEV_THREAD_ID timer aimed at the thread (disarmed), a CPU-time
-   timer. After restore: the same ids answer, with the same settings and about the same
-   time left; the thread timer names the restored thread. */
 struct t { clockid_t clock; int notify, signo; long value, left, interval; timer_t id; };
 static struct t ts[] = {
     {CLOCK_MONOTONIC, SIGEV_SIGNAL, 0 /* SIGRTMIN+3 */, 0x1234, 1000, 7, 0},
@@ -156,7 +97,7 @@ static int check(char *diff, size_t cap)
     return 0;
 }
 
-int main(void)
+static void setup(void)
 {
     ts[0].signo = SIGRTMIN + 3;
     ts[2].signo = SIGRTMIN + 4;
@@ -169,8 +110,7 @@ int main(void)
         if (ts[i].notify == SIGEV_THREAD_ID)
             e._sigev_un._tid = gettid();
         if (timer_create(ts[i].clock, &e, &ts[i].id) != 0) {
-            fprintf(stderr, "timer_create: %s\n", strerror(errno));
-            return 1;
+            fail("timer_create");
         }
         if (i == 1) { /* a gap in the ids */
             timer_t gap;
@@ -179,9 +119,7 @@ int main(void)
         }
         struct itimerspec v = {{ts[i].interval, 0}, {ts[i].left, 0}};
         if (timer_settime(ts[i].id, 0, &v, 0) != 0) {
-            fprintf(stderr, "timer_settime: %s\n", strerror(errno));
-            return 1;
+            fail("timer_settime");
         }
     }
-    return serve(check);
 }

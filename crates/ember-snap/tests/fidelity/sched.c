@@ -1,6 +1,7 @@
 /* expect: exact */
+/* Scheduling: SCHED_BATCH with reset-on-fork, nice 7, pinned to CPU 0 (of more than one). */
 #define _GNU_SOURCE
-#include <errno.h>
+#include "case.h"
 #include <fcntl.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
@@ -9,73 +10,13 @@
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
-#include <unistd.h>
 
-/* The fidelity protocol: "ready", then answer "check" lines until "exit" or EOF. */
-static int read_line(char *buf, size_t cap)
-{
-    size_t n = 0;
-    for (;;) {
-        char c;
-        ssize_t r = read(0, &c, 1);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return -1;
-        if (c == '\n')
-            break;
-        if (n + 1 < cap)
-            buf[n++] = c;
-    }
-    buf[n] = 0;
-    return (int)n;
-}
-
-static void say(const char *s)
-{
-    size_t n = strlen(s);
-    while (n > 0) {
-        ssize_t w = write(1, s, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            _exit(1);
-        s += w;
-        n -= (size_t)w;
-    }
-}
-
-static int serve(int (*check)(char *diff, size_t cap))
-{
-    char line[64], diff[1024];
-    say("ready\n");
-    while (read_line(line, sizeof line) >= 0) {
-        if (strcmp(line, "exit") == 0)
-            return 0;
-        if (strcmp(line, "check") != 0)
-            continue;
-        diff[0] = 0;
-        if (check(diff, sizeof diff)) {
-            char out[1100];
-            snprintf(out, sizeof out, "diff: %s\n", diff);
-            say(out);
-        } else {
-            say("ok\n");
-        }
-    }
-    return 0;
-}
-
-/* Scheduling: SCHED_BATCH with reset-on-fork, nice 7, pinned to CPU 0 (of more than one). */
 struct attr {
     uint32_t size, policy;
     uint64_t flags;
@@ -121,22 +62,19 @@ static int check(char *diff, size_t cap)
     return 0;
 }
 
-int main(void)
+static void setup(void)
 {
     struct attr a = {.size = sizeof a, .policy = SCHED_BATCH, .flags = 1 /* RESET_ON_FORK */,
                      .nice = 7};
     if (syscall(SYS_sched_setattr, 0, &a, 0) != 0) {
-        fprintf(stderr, "sched_setattr: %s\n", strerror(errno));
-        return 1;
+        fail("sched_setattr");
     }
     cpu_set_t one;
     CPU_ZERO(&one);
     CPU_SET(0, &one);
     if (sched_setaffinity(0, sizeof one, &one) != 0) {
-        fprintf(stderr, "sched_setaffinity: %s\n", strerror(errno));
-        return 1;
+        fail("sched_setaffinity");
     }
     get(&saved);
     sched_getaffinity(0, sizeof saved_cpus, &saved_cpus);
-    return serve(check);
 }

@@ -1,4 +1,5 @@
 /* expect: refused: seccomp strict mode */
+/* Self-contained (not case.h): in strict mode only exit, not exit_group, ends it with 0. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>

@@ -1,6 +1,8 @@
 /* expect: exact */
+/* Signal dispositions with their flags: SIGCHLD default with SA_NOCLDWAIT (children are
+   reaped by the kernel), SIGUSR1 ignored with flags and a mask, SIGUSR2 handled. */
 #define _GNU_SOURCE
-#include <errno.h>
+#include "case.h"
 #include <fcntl.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
@@ -9,74 +11,13 @@
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
-#include <unistd.h>
 
-/* The fidelity protocol: "ready", then answer "check" lines until "exit" or EOF. */
-static int read_line(char *buf, size_t cap)
-{
-    size_t n = 0;
-    for (;;) {
-        char c;
-        ssize_t r = read(0, &c, 1);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return -1;
-        if (c == '\n')
-            break;
-        if (n + 1 < cap)
-            buf[n++] = c;
-    }
-    buf[n] = 0;
-    return (int)n;
-}
-
-static void say(const char *s)
-{
-    size_t n = strlen(s);
-    while (n > 0) {
-        ssize_t w = write(1, s, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            _exit(1);
-        s += w;
-        n -= (size_t)w;
-    }
-}
-
-static int serve(int (*check)(char *diff, size_t cap))
-{
-    char line[64], diff[1024];
-    say("ready\n");
-    while (read_line(line, sizeof line) >= 0) {
-        if (strcmp(line, "exit") == 0)
-            return 0;
-        if (strcmp(line, "check") != 0)
-            continue;
-        diff[0] = 0;
-        if (check(diff, sizeof diff)) {
-            char out[1100];
-            snprintf(out, sizeof out, "diff: %s\n", diff);
-            say(out);
-        } else {
-            say("ok\n");
-        }
-    }
-    return 0;
-}
-
-/* Signal dispositions with their flags: SIGCHLD default with SA_NOCLDWAIT (children are
-   reaped by the kernel), SIGUSR1 ignored with flags and a mask, SIGUSR2 handled. */
 static struct sigaction saved[4];
 static const int sigs[4] = {SIGCHLD, SIGUSR1, SIGUSR2, SIGPIPE};
 
@@ -114,7 +55,7 @@ static int check(char *diff, size_t cap)
     return 0;
 }
 
-int main(void)
+static void setup(void)
 {
     struct sigaction a;
     memset(&a, 0, sizeof a);
@@ -136,5 +77,4 @@ int main(void)
     sigaction(SIGPIPE, &a, 0);
     for (int i = 0; i < 4; i++)
         sigaction(sigs[i], 0, &saved[i]);
-    return serve(check);
 }
