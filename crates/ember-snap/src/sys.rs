@@ -718,25 +718,6 @@ pub fn uffd_copy_all(fd: &std::os::fd::OwnedFd, dst: u64, src: &[u8]) -> io::Res
     uffd_copy(fd, dst, src, false).1
 }
 
-/// `prlimit(pid, resource)`: (soft, hard) of another process.
-pub fn get_rlimit(pid: i32, resource: u32) -> io::Result<(u64, u64)> {
-    let mut old = libc::rlimit64 {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a null new limit (read only) and `old`, a live local the kernel fills.
-    let rc = unsafe {
-        libc::prlimit64(
-            pid,
-            resource as libc::__rlimit_resource_t,
-            std::ptr::null(),
-            &mut old,
-        )
-    };
-    check(rc as libc::c_long)?;
-    Ok((old.rlim_cur, old.rlim_max))
-}
-
 /// `struct sched_attr` (`SCHED_ATTR_SIZE_VER1`, with the utilisation clamps).
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy)]

@@ -98,12 +98,18 @@ pub struct Bounds {
 
 impl Bounds {
     /// The target's own limits, read from outside; its nice value with `handoff`.
-    pub fn of(pid: i32, handoff: bool) -> std::io::Result<Bounds> {
-        let rlimits = (0..16)
-            .map(|r| crate::sys::get_rlimit(pid, r))
-            .collect::<Result<_, _>>()?;
+    pub fn of(pid: i32, handoff: bool) -> Result<Bounds, super::StateError> {
+        let rlimits = super::capture::limits(pid)?;
         let nice = match handoff {
-            true => Some(crate::sys::sched_getattr(pid)?.nice),
+            true => Some(
+                crate::sys::sched_getattr(pid)
+                    .map_err(|source| super::StateError::Read {
+                        pid,
+                        what: "scheduling attributes",
+                        source,
+                    })?
+                    .nice,
+            ),
             false => None,
         };
         Ok(Bounds { rlimits, nice })

@@ -9,9 +9,6 @@ use crate::restorer::{self, ALLOW_ERROR, Batch, Step};
 use crate::sys;
 use crate::tracee::{self, Tracee};
 
-/// Resources `prlimit` knows (`RLIM_NLIMITS`).
-const RLIMITS: u32 = 16;
-
 /// State only the process can tell, read by the query batch.
 pub struct Queried {
     pub brk: u64,
@@ -74,11 +71,11 @@ fn refused(pid: i32, what: impl Into<String>, todo: impl Into<String>) -> StateE
 
 /// What the dumper reads without the process's help.
 fn outside(pid: i32, status: &str) -> Result<ProcState, StateError> {
-    let mut rlimits = Vec::new();
-    for r in 0..RLIMITS {
-        let (cur, max) = sys::get_rlimit(pid, r).map_err(read_err(pid, "resource limits"))?;
-        rlimits.push((r, cur, max));
-    }
+    let rlimits = limits(pid)?
+        .into_iter()
+        .zip(0..)
+        .map(|((cur, max), r)| (r, cur, max))
+        .collect();
     let a = sys::sched_getattr(pid).map_err(read_err(pid, "scheduling attributes"))?;
     let sched = Sched {
         policy: a.policy,
@@ -134,6 +131,17 @@ fn outside(pid: i32, status: &str) -> Result<ProcState, StateError> {
 }
 
 const SCHED_FLAG_RESET_ON_FORK: u64 = 1;
+
+/// Every resource limit of `pid` (soft, hard), in resource order.
+pub fn limits(pid: i32) -> Result<Vec<(u64, u64)>, StateError> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .map_err(read_err(pid, "resource limits"))?;
+    crate::proc::parse_limits(&text).ok_or_else(|| StateError::Read {
+        pid,
+        what: "resource limits",
+        source: std::io::Error::other("unexpected format of /proc/PID/limits"),
+    })
+}
 
 /// The online CPUs as mask words (`/sys/devices/system/cpu/online`: "0-3,5").
 fn online_cpus() -> Vec<u64> {
