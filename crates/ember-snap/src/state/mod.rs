@@ -5,7 +5,7 @@
 //! ```text
 //! dump (capture.rs)                                 restore (apply.rs, end of batch 2)
 //!  before the seize: Seccomp mode 1 refused          ...name
-//!  from outside: prlimit, sched_getattr,             setitimer; timers created with their
+//!  from outside: /proc/PID/limits, sched_getattr,    setitimer; timers created with their
 //!    sched_getaffinity, PTRACE_SECCOMP_GET_FILTER,     ids (PR_TIMER_CREATE_RESTORE_IDS),
 //!    PTRACE_PEEKSIGINFO (thread, shared),              timer_settime; queued signals
 //!    /proc/PID/timers                                  re-queued to itself
