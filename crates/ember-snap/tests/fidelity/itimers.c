@@ -4,20 +4,7 @@
    not much less; the interval is exact. */
 #define _GNU_SOURCE
 #include "case.h"
-#include <fcntl.h>
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
-#include <sched.h>
-#include <signal.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
 #include <sys/time.h>
-#include <sys/wait.h>
-#include <time.h>
 
 static const struct { int which; long value, interval; } want[] = {
     {ITIMER_REAL, 1000, 0},

@@ -5,20 +5,8 @@
    again as they were. */
 #define _GNU_SOURCE
 #include "case.h"
-#include <fcntl.h>
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
-#include <sched.h>
 #include <signal.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
 #include <sys/syscall.h>
-#include <sys/time.h>
-#include <sys/wait.h>
-#include <time.h>
 
 #define N 6
 #define PRIVATE 3 /* the first three are the thread's */

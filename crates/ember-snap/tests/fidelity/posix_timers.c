@@ -6,18 +6,7 @@
 #define _GNU_SOURCE
 #include "case.h"
 #include <fcntl.h>
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
-#include <sched.h>
 #include <signal.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#include <sys/time.h>
-#include <sys/wait.h>
 #include <time.h>
 
 struct t { clockid_t clock; int notify, signo; long value, left, interval; timer_t id; };

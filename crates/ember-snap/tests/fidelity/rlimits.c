@@ -3,20 +3,7 @@
    limit needs CAP_SYS_RESOURCE, which the restorer may lack: the restore then fails). */
 #define _GNU_SOURCE
 #include "case.h"
-#include <fcntl.h>
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
-#include <sched.h>
-#include <signal.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
-#include <sys/syscall.h>
-#include <sys/time.h>
-#include <sys/wait.h>
-#include <time.h>
 
 static const struct { int res; rlim_t cur, max; } want[] = {
     {RLIMIT_CORE, 4096, 8192},

@@ -2,20 +2,10 @@
 /* Scheduling: SCHED_BATCH with reset-on-fork, nice 7, pinned to CPU 0 (of more than one). */
 #define _GNU_SOURCE
 #include "case.h"
-#include <fcntl.h>
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
 #include <sched.h>
-#include <signal.h>
-#include <stddef.h>
 #include <stdint.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
-#include <sys/time.h>
-#include <sys/wait.h>
-#include <time.h>
 
 struct attr {
     uint32_t size, policy;

@@ -3,20 +3,7 @@
    reaped by the kernel), SIGUSR1 ignored with flags and a mask, SIGUSR2 handled. */
 #define _GNU_SOURCE
 #include "case.h"
-#include <fcntl.h>
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
-#include <sched.h>
-#include <signal.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#include <sys/time.h>
 #include <sys/wait.h>
-#include <time.h>
 
 static struct sigaction saved[4];
 static const int sigs[4] = {SIGCHLD, SIGUSR1, SIGUSR2, SIGPIPE};
