@@ -26,7 +26,7 @@ use crate::sys::{self, Mapping};
 
 pub const META_MAGIC: [u8; 8] = *b"EMBRSNAP";
 pub const PAGES_MAGIC: [u8; 8] = *b"EMBRPAGE";
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Largest metadata accepted (a 1,300-VMA scikit-learn image needs ~100 KiB).
 pub const MAX_META: u64 = 16 << 20;
 /// Largest page count accepted (64 GiB).
@@ -247,6 +247,7 @@ fn validate(m: &Meta) -> Result<(), String> {
     if m.mm.auxv.len() > 128 || m.task.sigactions.len() > 64 {
         return Err("auxv or signal table too long".into());
     }
+    crate::creds::validate(&m.task.creds)?;
     validate_process(&m.process)
 }
 
@@ -569,6 +570,7 @@ mod tests {
                 umask: 0o22,
                 cwd: "/".into(),
                 comm: "t".into(),
+                creds: crate::creds::Creds::default(),
             },
             mm: MmFields::default(),
             fds: vec![Fd {

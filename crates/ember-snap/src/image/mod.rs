@@ -155,6 +155,8 @@ pub struct Task {
     pub umask: u32,
     pub cwd: String,
     pub comm: String,
+    /// Ids, groups, capabilities and securebits ([`crate::creds`]).
+    pub creds: crate::creds::Creds,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -223,7 +225,6 @@ pub struct Prctl {
     pub timerslack_ns: u64,
     pub child_subreaper: bool,
     pub thp_disable: bool,
-    pub keepcaps: bool,
 }
 
 /// An interval timer: what is left and the reload, in microseconds.

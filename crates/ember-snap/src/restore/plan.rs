@@ -480,16 +480,23 @@ impl<'m> Plan<'m> {
         );
         let st = &meta.process;
         state::apply::timers_and_signals(&mut b2, st, self.tid);
-        if let Some(h) = self.handoff {
-            handoff_credentials(&mut b2, h);
+        match self.handoff {
+            Some(h) => {
+                handoff_credentials(&mut b2, h);
+                state::apply::limits_and_prctl(&mut b2, st, h.die_with_parent, &self.bounds);
+                handoff_confine(&mut b2, h);
+                state::apply::filters(&mut b2, st, &h.seccomp);
+            }
+            None => {
+                // Filters first, while the target is still privileged (installing one
+                // needs CAP_SYS_ADMIN or no_new_privs, which a process may lack that got
+                // its filter before dropping privileges); the seize suspends seccomp, so
+                // the steps after them pass whatever they allow.
+                state::apply::filters(&mut b2, st, &[]);
+                crate::creds::restore_calls(&mut b2, &meta.task.creds, crate::creds::last_cap());
+                state::apply::limits_and_prctl(&mut b2, st, false, &self.bounds);
+            }
         }
-        let death = self.handoff.is_some_and(|h| h.die_with_parent);
-        state::apply::limits_and_prctl(&mut b2, st, death, &self.bounds);
-        if let Some(h) = self.handoff {
-            handoff_confine(&mut b2, h);
-        }
-        let sandbox = self.handoff.map(|h| &h.seccomp[..]).unwrap_or(&[]);
-        state::apply::filters(&mut b2, st, sandbox);
         b2
     }
 

@@ -180,9 +180,6 @@ pub fn limits_and_prctl(
         let op = libc::PR_SET_TIMERSLACK;
         prctl("prctl(PR_SET_TIMERSLACK)", op, p.timerslack_ns);
     }
-    if p.keepcaps {
-        prctl("prctl(PR_SET_KEEPCAPS)", libc::PR_SET_KEEPCAPS, 1);
-    }
     if p.pdeathsig != 0 && !handoff_pdeathsig {
         let sig = u64::from(p.pdeathsig);
         prctl("prctl(PR_SET_PDEATHSIG)", libc::PR_SET_PDEATHSIG, sig);

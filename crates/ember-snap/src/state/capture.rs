@@ -261,7 +261,6 @@ struct Layout {
     slack: usize,
     subreaper: usize,
     thp: usize,
-    keepcaps: usize,
     itimers: Vec<usize>,
     timers: Vec<usize>,
 }
@@ -315,7 +314,6 @@ fn lay_out(base: u64, ids: &[i32]) -> Layout {
         libc::PR_GET_THP_DISABLE,
         0,
     );
-    let keepcaps = prctl(&mut b, "prctl(PR_GET_KEEPCAPS)", libc::PR_GET_KEEPCAPS, 0);
     let mut itimers = Vec::new();
     for which in 0..3u64 {
         let (at, off) = b.out(32);
@@ -340,7 +338,6 @@ fn lay_out(base: u64, ids: &[i32]) -> Layout {
         slack,
         subreaper,
         thp,
-        keepcaps,
         itimers,
         timers,
     }
@@ -414,7 +411,6 @@ fn answers(l: &Layout, res: &[i64], area: &[u8]) -> Answers {
         timerslack_ns: r(l.slack) as u64,
         child_subreaper: int(l.subreaper) != 0,
         thp_disable: r(l.thp) != 0,
-        keepcaps: r(l.keepcaps) != 0,
     };
     let itimers = l
         .itimers

@@ -9,23 +9,26 @@
 //!    sched_getaffinity, PTRACE_SECCOMP_GET_FILTER,     ids (PR_TIMER_CREATE_RESTORE_IDS),
 //!    PTRACE_PEEKSIGINFO (thread, shared),              timer_settime; queued signals
 //!    /proc/PID/timers                                  re-queued to itself
-//!  inside, one blob run: brk, TID address,           [handoff: setgroups, setresgid, setresuid]
-//!    altstack, 64 x rt_sigaction, prctl gets,        prlimit64, sched_setattr, affinity
-//!    getitimer x3, timer_gettime per timer           prctls; dumpable
-//!                                                    [handoff: pdeathsig, no_new_privs, filter]
-//!                                                    own seccomp filters, oldest first
+//!  inside, one blob run: brk, TID address,           with a handoff:        without:
+//!    altstack, 64 x rt_sigaction, prctl gets,          its credentials        own filters
+//!    getitimer x3, timer_gettime per timer             limits, sched, prctl   creds.rs
+//!                                                      its pdeathsig, nnp,    limits, sched,
+//!                                                        its filter             prctl
+//!                                                      own filters
 //! ```
 //!
-//! Everything is set from inside the process, by the restorer blob, after the handoff's
-//! credentials: the kernel then judges what a sandboxed instance may set (a hard limit above
-//! the sandbox's, a lower nice value), and the credential change, which clears the death
-//! signal and resets dumpable, comes before the image's values. Limits come after the
-//! restorer's last descriptor juggling (a low `RLIMIT_NOFILE` cannot break it), queued
-//! signals before the limits (a low `RLIMIT_SIGPENDING` cannot refuse them), and the filters
-//! last. The restore's seize suspends seccomp (`PTRACE_O_SUSPEND_SECCOMP`) when the image has
-//! filters, so the steps after them (the gadget's `munmap`) run whatever they allow; the
-//! dump's seize does the same for a process with filters, so its queries cannot be refused
-//! or kill it.
+//! Everything is set from inside the process, by the restorer blob, after the credentials
+//! (the handoff's or the image's own): the kernel then judges what the process may set, and
+//! the credential change, which clears the death signal and resets dumpable, comes before
+//! the image's values. Limits come after the restorer's last descriptor juggling (a low
+//! `RLIMIT_NOFILE` cannot break it), and queued signals before the limits (a low
+//! `RLIMIT_SIGPENDING` cannot refuse them). The image's filters come after the sandbox's
+//! with a handoff, and before the image's credentials without one (installing a filter
+//! needs CAP_SYS_ADMIN or no_new_privs, which a process that got its filter before dropping
+//! privileges may lack). The restore's seize suspends seccomp (`PTRACE_O_SUSPEND_SECCOMP`)
+//! when the image has filters, so the steps after them (the rest of batch 2, the gadget's
+//! `munmap`) run whatever they allow; the dump's seize does the same for a process with
+//! filters, so its queries cannot be refused or kill it.
 
 pub mod apply;
 pub mod capture;
