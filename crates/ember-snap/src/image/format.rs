@@ -662,4 +662,29 @@ mod tests {
         let e = read_meta(d.path()).unwrap_err().to_string();
         assert!(e.contains("outside the image's private memory"), "{e}");
     }
+
+    /// Process-wide state past its caps (an image the dump would have refused, or a
+    /// hostile one) is refused by name when the image is read.
+    #[test]
+    fn process_state_past_its_caps_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        type Spoil = fn(&mut ProcState);
+        let cases: [(Spoil, &str); 5] = [
+            (
+                |p| p.pending_process = vec![vec![0; 128]; MAX_PENDING + 1],
+                "queued signals",
+            ),
+            (|p| p.pending_thread = vec![vec![0; 64]], "queued signals"),
+            (|p| p.seccomp = vec![vec![6]; MAX_FILTERS + 1], "seccomp"),
+            (|p| p.seccomp = vec![vec![6; MAX_FILTER_LEN + 1]], "seccomp"),
+            (|p| p.rlimits = vec![(16, 0, 0)], "resource limits"),
+        ];
+        for (spoil, what) in cases {
+            let (mut m, pages) = sample();
+            spoil(&mut m.process);
+            write_image(d.path(), &mut m, &pages).unwrap();
+            let e = read_meta(d.path()).unwrap_err().to_string();
+            assert!(e.contains("is corrupted") && e.contains(what), "{e}");
+        }
+    }
 }
