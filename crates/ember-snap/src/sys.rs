@@ -803,7 +803,8 @@ pub fn peek_siginfo(pid: i32, shared: bool, max: usize) -> io::Result<Vec<[u8; 1
 }
 
 /// `PTRACE_SECCOMP_GET_FILTER`: the classic BPF program of the tracee's filter `index`
-/// (0 is the most recently installed), as raw 8-byte `sock_filter`s; `None` past the last.
+/// (0 is the first installed, the oldest), as raw 8-byte `sock_filter`s; `None` past the
+/// last.
 pub fn seccomp_filter(pid: i32, index: usize) -> io::Result<Option<Vec<u64>>> {
     const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
     let n = match ptrace(PTRACE_SECCOMP_GET_FILTER, pid, index, 0) {

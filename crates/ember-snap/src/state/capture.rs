@@ -104,8 +104,9 @@ fn outside(pid: i32, status: &str) -> Result<ProcState, StateError> {
             }
             seccomp.push(f);
         }
-        // Index 0 is the most recent filter: the image keeps them oldest first.
-        seccomp.reverse();
+        // Index 0 is the oldest filter (the kernel counts back from the newest by the
+        // chain's length less the index): the image keeps them in that order, the order
+        // they are installed again. `fidelity/seccomp_own.c` tells the two orders apart.
     }
     let pending = |shared: bool| -> Result<Vec<Vec<u8>>, StateError> {
         let q = sys::peek_siginfo(pid, shared, MAX_PENDING + 1)

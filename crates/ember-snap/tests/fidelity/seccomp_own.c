@@ -1,6 +1,7 @@
 /* expect: exact */
-/* The process's own seccomp filters: two stacked, each answering one syscall with its own
-   errno; everything else allowed. */
+/* The process's own seccomp filters: three stacked, each answering one syscall with its own
+   errno, everything else allowed. The first and the last answer the same syscall: of two
+   equal actions the kernel takes the newest filter's, so the chain's order shows. */
 #define _GNU_SOURCE
 #include "case.h"
 #include <fcntl.h>
@@ -47,14 +48,14 @@ static int check(char *diff, size_t cap)
     errno = 0;
     long b = syscall(SYS_getsid, 0);
     int eb = errno;
-    if (a != -1 || ea != 77 || b != -1 || eb != 78) {
-        snprintf(diff, cap, "getpgid/getsid: expected -1 (errno 77)/-1 (errno 78), got %ld (%d)/%ld (%d)",
+    if (a != -1 || ea != 79 || b != -1 || eb != 78) {
+        snprintf(diff, cap, "getpgid/getsid: expected -1 (errno 79)/-1 (errno 78), got %ld (%d)/%ld (%d)",
                  a, ea, b, eb);
         return 1;
     }
     long mode = status_field("\nSeccomp:"), n = status_field("\nSeccomp_filters:");
-    if (mode != 2 || n != 2) {
-        snprintf(diff, cap, "Seccomp/Seccomp_filters: expected 2/2, got %ld/%ld", mode, n);
+    if (mode != 2 || n != 3) {
+        snprintf(diff, cap, "Seccomp/Seccomp_filters: expected 2/3, got %ld/%ld", mode, n);
         return 1;
     }
     if (getppid() < 0) {
@@ -66,7 +67,7 @@ static int check(char *diff, size_t cap)
 
 static void setup(void)
 {
-    if (install(SYS_getpgid, 77) || install(SYS_getsid, 78)) {
+    if (install(SYS_getpgid, 77) || install(SYS_getsid, 78) || install(SYS_getpgid, 79)) {
         fail("seccomp");
     }
 }
