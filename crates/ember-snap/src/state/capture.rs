@@ -352,7 +352,16 @@ fn query(t: &Tracee, insn: u64, ids: &[i32]) -> Result<Answers, StateError> {
     let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
     let args = [0, need, prot, flags, u64::MAX, 0];
-    let scratch = t.syscall_ok(insn, libc::SYS_mmap, &args, "mmap(query area)")?;
+    let scratch = match t.syscall_ok(insn, libc::SYS_mmap, &args, "mmap(query area)") {
+        Err(crate::tracee::TraceError::Injected { errno, .. }) if errno == libc::EACCES => {
+            return Err(refused(
+                pid,
+                "memory-deny-write-execute (PR_SET_MDWE)",
+                "the dump runs its queries from a writable, executable area the process refuses, and a restorer cannot set it again; dump the process before it sets PR_SET_MDWE",
+            ));
+        }
+        other => other?,
+    };
     let result = (|| -> Result<Answers, StateError> {
         tracee::write(pid, scratch, restorer::code()).map_err(read_err(pid, "query area"))?;
         let l = lay_out(scratch + PAGE, ids);
