@@ -11,7 +11,8 @@
 //!          the gadget and the vDSO; move the vDSO to the image's address; map every VMA.
 //! batch 2: final protections; PR_SET_MM_MAP (mm fields, auxv, exe); reopen the image's file
 //!          descriptors; signal handlers, altstack, robust list, TID address, rseq, umask,
-//!          cwd, personality, name.
+//!          cwd, personality, name; then process-wide state around the credentials
+//!          (crate::state: timers, queued signals, limits, scheduling, prctl, filters).
 //! ```
 //!
 //! Four ptrace round trips whatever the number of VMAs. Any failure kills the target (and
