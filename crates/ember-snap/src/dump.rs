@@ -2,7 +2,8 @@
 //! and let the process go on as before.
 //!
 //! Phases (tracing spans): `dump.freeze` (seize, interrupt, registers), `dump.inspect`
-//! (/proc files, injected queries), `dump.pages` (pagemap + page contents), `dump.files`
+//! (/proc files; process-wide state and the queries only the process can answer, in
+//! [`crate::state::capture`]), `dump.pages` (pagemap + page contents), `dump.files`
 //! (file identities), `dump.write`.
 
 use std::collections::HashMap;
@@ -17,10 +18,11 @@ use tracing::info_span;
 use crate::cpu;
 use crate::image::files::{self, FileError};
 use crate::image::{
-    self, AltStack, Fd, FdKind, ImageError, Meta, MmFields, PAGE, PageIndex, PageRun, Requires,
-    Rseq, SigAction, Source, Task, VdsoArea, VdsoLayout, Vma, VmaKind,
+    self, Fd, FdKind, ImageError, Meta, MmFields, PAGE, PageIndex, PageRun, Requires, Rseq, Source,
+    Task, VdsoArea, VdsoLayout, Vma, VmaKind,
 };
 use crate::proc::{self, MapEntry};
+use crate::state::{self, StateError};
 use crate::sys::{self, Regs};
 use crate::tracee::{TraceError, Tracee};
 
@@ -63,6 +65,8 @@ pub enum DumpError {
     File(#[source] FileError, i32),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// What the caller tells a dump.
@@ -121,9 +125,13 @@ pub fn dump(pid: i32, out: &Path, opts: &DumpOptions) -> Result<DumpStats, DumpE
     if threads != 1 {
         return Err(DumpError::MultiThreaded { pid, threads });
     }
+    // Strict mode is refused before the process is touched; a process with filters is
+    // seized with them suspended, so the injected queries pass them.
+    let seccomp = state::seccomp_mode(pid)?;
+    state::refuse_strict(pid, seccomp)?;
     let tracee = {
         let _s = info_span!("dump.freeze", pid).entered();
-        Tracee::attach(pid, false)?
+        Tracee::attach(pid, false, seccomp == 2)?
     };
     let frozen = Instant::now();
     let captured = capture(&tracee, opts);
@@ -187,7 +195,7 @@ fn capture(t: &Tracee, opts: &DumpOptions) -> Result<(Meta, Vec<u8>, DumpStats),
     let fds = classify_fds(&cx, opts, &mut files)?;
     let vdso_hash = vdso_hash(&cx, &mem, &maps)?;
     let insn = find_syscall(t, &mem, &maps).ok_or(DumpError::NoSyscall { pid })?;
-    let q = query(t, insn, status.sig_caught)?;
+    let (q, process) = state::capture::capture(t, insn)?;
     creds.securebits = t.syscall_ok(
         insn,
         libc::SYS_prctl,
@@ -202,8 +210,6 @@ fn capture(t: &Tracee, opts: &DumpOptions) -> Result<(Meta, Vec<u8>, DumpStats),
         .is_ok()
         && i32::from_ne_bytes(tid) == status.ns_tid)
         .then_some(GLIBC_TID_OFFSET);
-    let mut sigactions = q.sigactions;
-    sigactions.extend(ignored_signals(&status));
     drop(span);
 
     let (pages, runs, zero_pages) = {
@@ -254,7 +260,7 @@ fn capture(t: &Tracee, opts: &DumpOptions) -> Result<(Meta, Vec<u8>, DumpStats),
             regs: regs_to_words(&t.regs),
             xstate,
             sigmask: t.sigmask,
-            sigactions,
+            sigactions: q.sigactions,
             sigaltstack: q.altstack,
             tid_address: q.tid_address,
             robust_list: (head, len),
@@ -283,6 +289,7 @@ fn capture(t: &Tracee, opts: &DumpOptions) -> Result<(Meta, Vec<u8>, DumpStats),
             exe: exe_idx,
         },
         fds,
+        process,
     };
     let stats = DumpStats {
         vmas: meta.vmas.len(),
@@ -304,23 +311,6 @@ fn vdso_hash(cx: &Ctx, mem: &File, maps: &[MapEntry]) -> Result<[u8; 32], DumpEr
     mem.read_exact_at(&mut buf, v.start)
         .map_err(|e| cx.proc_err("mem", e.to_string()))?;
     Ok(*blake3::hash(&buf).as_bytes())
-}
-
-/// `SIG_IGN` for every signal `/proc/PID/status` says is ignored (caught ones were queried).
-fn ignored_signals(status: &proc::Status) -> Vec<SigAction> {
-    (1..=64u8)
-        .filter(|sig| {
-            let bit = 1u64 << (sig - 1);
-            status.sig_ignored & bit != 0 && status.sig_caught & bit == 0
-        })
-        .map(|sig| SigAction {
-            sig,
-            handler: libc::SIG_IGN as u64,
-            flags: 0,
-            restorer: 0,
-            mask: 0,
-        })
-        .collect()
 }
 
 pub fn regs_to_words(r: &Regs) -> Vec<u64> {
@@ -536,95 +526,6 @@ fn find_syscall(t: &Tracee, mem: &File, maps: &[MapEntry]) -> Option<u64> {
     buf.windows(2)
         .position(|w| w == [0x0f, 0x05])
         .map(|i| v.start + i as u64)
-}
-
-struct Queried {
-    brk: u64,
-    tid_address: u64,
-    altstack: AltStack,
-    sigactions: Vec<SigAction>,
-}
-
-/// State only the process can tell: asked by injected syscalls writing into a scratch page.
-fn query(t: &Tracee, insn: u64, caught: u64) -> Result<Queried, DumpError> {
-    let pid = t.pid;
-    let brk = t.syscall_ok(insn, libc::SYS_brk, &[0], "brk(0)")?;
-    let scratch = t.syscall_ok(
-        insn,
-        libc::SYS_mmap,
-        &[
-            0,
-            PAGE,
-            (libc::PROT_READ | libc::PROT_WRITE) as u64,
-            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
-            u64::MAX,
-            0,
-        ],
-        "mmap(scratch page)",
-    )?;
-    let result = (|| -> Result<Queried, DumpError> {
-        let read = |len: usize| -> Result<Vec<u8>, DumpError> {
-            let mut b = vec![0u8; len];
-            sys::read_mem(pid, scratch, &mut b).map_err(|e| DumpError::Proc {
-                pid,
-                file: "scratch page".into(),
-                why: e.to_string(),
-            })?;
-            Ok(b)
-        };
-        let w = |b: &[u8], i: usize| {
-            u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]))
-        };
-        t.syscall_ok(
-            insn,
-            libc::SYS_prctl,
-            &[libc::PR_GET_TID_ADDRESS as u64, scratch],
-            "prctl(PR_GET_TID_ADDRESS)",
-        )?;
-        let tid_address = w(&read(8)?, 0);
-        t.syscall_ok(insn, libc::SYS_sigaltstack, &[0, scratch], "sigaltstack")?;
-        let b = read(24)?;
-        let altstack = AltStack {
-            sp: w(&b, 0),
-            flags: w(&b, 1) as i32,
-            size: w(&b, 2),
-        };
-        let mut sigactions = Vec::new();
-        for sig in 1..=64u8 {
-            if caught & (1u64 << (sig - 1)) == 0 {
-                continue;
-            }
-            t.syscall_ok(
-                insn,
-                libc::SYS_rt_sigaction,
-                &[u64::from(sig), 0, scratch, 8],
-                &format!("rt_sigaction({sig})"),
-            )?;
-            let b = read(32)?;
-            sigactions.push(SigAction {
-                sig,
-                handler: w(&b, 0),
-                flags: w(&b, 1),
-                restorer: w(&b, 2),
-                mask: w(&b, 3),
-            });
-        }
-        Ok(Queried {
-            brk,
-            tid_address,
-            altstack,
-            sigactions,
-        })
-    })();
-    let unmapped = t.syscall_ok(
-        insn,
-        libc::SYS_munmap,
-        &[scratch, PAGE],
-        "munmap(scratch page)",
-    );
-    let q = result?;
-    unmapped?;
-    Ok(q)
 }
 
 const PM_PRESENT: u64 = 1 << 63;

@@ -18,6 +18,7 @@ pub mod lazy;
 pub mod proc;
 pub mod restore;
 pub mod restorer;
+pub mod state;
 pub mod stopper;
 pub mod sys;
 pub mod tracee;

@@ -78,6 +78,25 @@ pub fn describe(dir: &Path, m: &Meta) -> String {
         t.robust_list.0,
         t.cwd
     );
+    let p = &m.process;
+    let armed = p.itimers.iter().filter(|t| t.value_us != 0).count();
+    let _ = writeln!(
+        o,
+        "  process: sched policy {} nice {}, affinity {}, {} seccomp filters, {} + {} queued signals, {armed} interval and {} POSIX timers, dumpable {}, no_new_privs {}",
+        p.sched.policy,
+        p.sched.nice,
+        if p.affinity.is_some() {
+            "set"
+        } else {
+            "all CPUs"
+        },
+        p.seccomp.len(),
+        p.pending_thread.len(),
+        p.pending_process.len(),
+        p.timers.len(),
+        p.prctl.dumpable,
+        p.prctl.no_new_privs
+    );
     let _ = writeln!(o, "  descriptors:");
     for f in &m.fds {
         let what = match &f.kind {

@@ -26,7 +26,7 @@ use crate::sys::{self, Mapping};
 
 pub const META_MAGIC: [u8; 8] = *b"EMBRSNAP";
 pub const PAGES_MAGIC: [u8; 8] = *b"EMBRPAGE";
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Largest metadata accepted (a 1,300-VMA scikit-learn image needs ~100 KiB).
 pub const MAX_META: u64 = 16 << 20;
 /// Largest page count accepted (64 GiB).
@@ -248,6 +248,38 @@ fn validate(m: &Meta) -> Result<(), String> {
         return Err("auxv or signal table too long".into());
     }
     crate::creds::validate(&m.task.creds)?;
+    validate_process(&m.process)
+}
+
+/// Most seccomp filters, instructions per filter, queued signals per queue and POSIX timers
+/// an image may hold (a dump refuses a process with more).
+pub const MAX_FILTERS: usize = 32;
+pub const MAX_FILTER_LEN: usize = 4096;
+pub const MAX_PENDING: usize = 64;
+pub const MAX_TIMERS: usize = 256;
+
+fn validate_process(p: &super::ProcState) -> Result<(), String> {
+    if p.rlimits.len() > 16 || p.rlimits.iter().any(|r| r.0 >= 16) {
+        return Err("resource limits out of range".into());
+    }
+    if p.affinity.as_ref().is_some_and(|a| a.len() > 16) {
+        return Err("CPU affinity mask too long".into());
+    }
+    if p.seccomp.len() > MAX_FILTERS
+        || p.seccomp
+            .iter()
+            .any(|f| f.is_empty() || f.len() > MAX_FILTER_LEN)
+    {
+        return Err("seccomp filters too many or too long".into());
+    }
+    for q in [&p.pending_thread, &p.pending_process] {
+        if q.len() > MAX_PENDING || q.iter().any(|i| i.len() != 128) {
+            return Err("queued signals too many or malformed".into());
+        }
+    }
+    if p.itimers.len() > 3 || p.timers.len() > MAX_TIMERS || p.prctl.dumpable > 1 {
+        return Err("timers or prctl values out of range".into());
+    }
     Ok(())
 }
 
@@ -468,8 +500,8 @@ impl LoadedImage {
 mod tests {
     use super::*;
     use crate::image::{
-        AltStack, Fd, FileId, Ident, MmFields, PageIndex, PageRun, Requires, Source, Task,
-        VdsoLayout, Vma,
+        AltStack, Fd, FileId, ITimer, Ident, MmFields, PageIndex, PageRun, PosixTimer, ProcState,
+        Requires, Source, Task, VdsoLayout, Vma,
     };
 
     fn sample() -> (Meta, Vec<u8>) {
@@ -548,6 +580,14 @@ mod tests {
                     what: "pipe".into(),
                 },
             }],
+            process: ProcState {
+                rlimits: vec![(7, 1024, 4096)],
+                seccomp: vec![vec![6, 0x7fff_0000_0000_0006]],
+                pending_thread: vec![vec![1; 128]],
+                itimers: vec![ITimer::default(); 3],
+                timers: vec![PosixTimer::default()],
+                ..ProcState::default()
+            },
         };
         (meta, vec![0xab; 2 * PAGE as usize])
     }
@@ -621,5 +661,30 @@ mod tests {
         write_image(d.path(), &mut m, &pages).unwrap();
         let e = read_meta(d.path()).unwrap_err().to_string();
         assert!(e.contains("outside the image's private memory"), "{e}");
+    }
+
+    /// Process-wide state past its caps (an image the dump would have refused, or a
+    /// hostile one) is refused by name when the image is read.
+    #[test]
+    fn process_state_past_its_caps_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        type Spoil = fn(&mut ProcState);
+        let cases: [(Spoil, &str); 5] = [
+            (
+                |p| p.pending_process = vec![vec![0; 128]; MAX_PENDING + 1],
+                "queued signals",
+            ),
+            (|p| p.pending_thread = vec![vec![0; 64]], "queued signals"),
+            (|p| p.seccomp = vec![vec![6]; MAX_FILTERS + 1], "seccomp"),
+            (|p| p.seccomp = vec![vec![6; MAX_FILTER_LEN + 1]], "seccomp"),
+            (|p| p.rlimits = vec![(16, 0, 0)], "resource limits"),
+        ];
+        for (spoil, what) in cases {
+            let (mut m, pages) = sample();
+            spoil(&mut m.process);
+            write_image(d.path(), &mut m, &pages).unwrap();
+            let e = read_meta(d.path()).unwrap_err().to_string();
+            assert!(e.contains("is corrupted") && e.contains(what), "{e}");
+        }
     }
 }

@@ -36,6 +36,7 @@ pub struct Meta {
     pub task: Task,
     pub mm: MmFields,
     pub fds: Vec<Fd>,
+    pub process: ProcState,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -139,7 +140,8 @@ pub struct Task {
     pub regs: Vec<u64>,
     pub xstate: Vec<u8>,
     pub sigmask: u64,
-    /// Every signal whose disposition is not the default.
+    /// Every signal whose `sigaction` is not `SIG_DFL` with no flags, mask or restorer
+    /// (ignored and default dispositions keep their flags: `SA_NOCLDWAIT`).
     pub sigactions: Vec<SigAction>,
     pub sigaltstack: AltStack,
     pub tid_address: u64,
@@ -178,6 +180,73 @@ pub struct Rseq {
     pub addr: u64,
     pub len: u32,
     pub sig: u32,
+}
+
+/// Process-wide state a restore sets at the end of batch 2 (`crate::state`): limits,
+/// scheduling, prctl values, the process's own seccomp filters, queued signals, timers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProcState {
+    /// (resource, soft, hard) of every `RLIMIT_*`.
+    pub rlimits: Vec<(u32, u64, u64)>,
+    pub sched: Sched,
+    /// CPU affinity as 64-bit mask words; `None` when it was every online CPU (the
+    /// restored process then keeps the target's, which a sandbox's cpuset bounds).
+    pub affinity: Option<Vec<u64>>,
+    pub prctl: Prctl,
+    /// The process's seccomp filters, oldest first, each as raw 8-byte `sock_filter`s.
+    pub seccomp: Vec<Vec<u64>>,
+    /// Queued signals, as raw 128-byte `siginfo_t`s in queue order: the thread's own queue.
+    pub pending_thread: Vec<Vec<u8>>,
+    /// The process's shared queue.
+    pub pending_process: Vec<Vec<u8>>,
+    /// `ITIMER_REAL`, `ITIMER_VIRTUAL`, `ITIMER_PROF`, in that order.
+    pub itimers: Vec<ITimer>,
+    pub timers: Vec<PosixTimer>,
+}
+
+/// `sched_attr` without the utilisation clamps.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Sched {
+    pub policy: u32,
+    pub flags: u64,
+    pub nice: i32,
+    pub priority: u32,
+    pub runtime: u64,
+    pub deadline: u64,
+    pub period: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Prctl {
+    pub no_new_privs: bool,
+    /// 0 or 1 (2, `suid_dumpable`, is refused at dump: prctl cannot set it).
+    pub dumpable: u32,
+    pub pdeathsig: u32,
+    pub timerslack_ns: u64,
+    pub child_subreaper: bool,
+    pub thp_disable: bool,
+}
+
+/// An interval timer: what is left and the reload, in microseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ITimer {
+    pub interval_us: u64,
+    pub value_us: u64,
+}
+
+/// A POSIX timer (`timer_create`), recreated with the same id.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PosixTimer {
+    pub id: i32,
+    pub clock: i32,
+    pub signo: i32,
+    /// `SIGEV_SIGNAL`, `SIGEV_NONE` or `SIGEV_THREAD_ID` (then aimed at the restored thread).
+    pub notify: i32,
+    /// `sigev_value`.
+    pub value: u64,
+    /// Reload and time left (0: disarmed), in nanoseconds.
+    pub interval_ns: u64,
+    pub value_ns: u64,
 }
 
 /// The fields `prctl(PR_SET_MM, PR_SET_MM_MAP)` restores.

@@ -74,7 +74,7 @@ enum Verb {
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
     },
-    /// Print a human summary of an image: VMAs, pages, sizes, requirements, parent
+    /// Print a human summary of an image: VMAs, pages, sizes, process state, requirements, parent
     Inspect {
         /// Image directory
         dir: PathBuf,
