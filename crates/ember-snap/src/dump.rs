@@ -17,8 +17,8 @@ use tracing::info_span;
 use crate::cpu;
 use crate::image::files::{self, FileError};
 use crate::image::{
-    self, AltStack, Fd, FdKind, ImageError, Meta, MmFields, PAGE, PageIndex, PageRun, Requires,
-    Rseq, SigAction, Source, Task, VdsoArea, VdsoLayout, Vma, VmaKind,
+    self, AltStack, Fd, FdKind, ImageError, LoadedImage, Meta, MmFields, PAGE, PageIndex, PageRun,
+    ParentRef, Requires, Rseq, SigAction, Source, Task, VdsoArea, VdsoLayout, Vma, VmaKind,
 };
 use crate::proc::{self, MapEntry};
 use crate::sys::{self, Regs};
@@ -63,6 +63,8 @@ pub enum DumpError {
     File(#[source] FileError, i32),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error("cannot dump a layer over {dir}: {why}")]
+    Parent { dir: PathBuf, why: String },
 }
 
 /// What the caller tells a dump.
@@ -77,7 +79,12 @@ pub struct DumpOptions {
 #[derive(Debug, Clone, Default)]
 pub struct DumpStats {
     pub vmas: usize,
+    /// Pages stored in the image's page file.
     pub pages: u64,
+    /// A layer's pages that are its parent's (referred to, not stored).
+    pub parent_pages: u64,
+    /// Pages a lazy restore had not given the process yet, read through its page server.
+    pub faulted_in: u64,
     pub zero_pages: u64,
     pub files: usize,
     /// Time the process was stopped.
@@ -116,7 +123,37 @@ fn thread_count(pid: i32) -> Result<usize, DumpError> {
 /// Dumps process `pid` into the image directory `out`. The process must be single-threaded
 /// and stays as it was: it runs on after the dump (kill it if it must not).
 pub fn dump(pid: i32, out: &Path, opts: &DumpOptions) -> Result<DumpStats, DumpError> {
+    dump_inner(pid, out, opts, None)
+}
+
+/// Dumps process `pid` as a **layer** over `parent`, the image it was restored from: only
+/// the pages that differ from the parent's page at the same address are stored, the others
+/// refer to the parent's; everything else is stored whole. The layer records the parent's
+/// id, metadata hash and (as a hint) its directory; a restore loads the parent with it.
+pub fn dump_layer(
+    pid: i32,
+    out: &Path,
+    opts: &DumpOptions,
+    parent: &LoadedImage,
+) -> Result<DumpStats, DumpError> {
+    dump_inner(pid, out, opts, Some(parent))
+}
+
+fn dump_inner(
+    pid: i32,
+    out: &Path,
+    opts: &DumpOptions,
+    parent: Option<&LoadedImage>,
+) -> Result<DumpStats, DumpError> {
     let t0 = Instant::now();
+    if let Some(p) = parent
+        && !p.is_loaded()
+    {
+        return Err(DumpError::Parent {
+            dir: p.dir.clone(),
+            why: "it was opened without its pages; load it (LoadedImage::load)".into(),
+        });
+    }
     let threads = thread_count(pid)?;
     if threads != 1 {
         return Err(DumpError::MultiThreaded { pid, threads });
@@ -126,7 +163,7 @@ pub fn dump(pid: i32, out: &Path, opts: &DumpOptions) -> Result<DumpStats, DumpE
         Tracee::attach(pid, false)?
     };
     let frozen = Instant::now();
-    let captured = capture(&tracee, opts);
+    let captured = capture(&tracee, opts, parent);
     let released = tracee.release();
     let frozen_us = frozen.elapsed().as_micros() as u64;
     let (mut meta, pages, mut stats) = captured?;
@@ -141,7 +178,11 @@ pub fn dump(pid: i32, out: &Path, opts: &DumpOptions) -> Result<DumpStats, DumpE
 }
 
 /// Everything read while the process is stopped.
-fn capture(t: &Tracee, opts: &DumpOptions) -> Result<(Meta, Vec<u8>, DumpStats), DumpError> {
+fn capture(
+    t: &Tracee,
+    opts: &DumpOptions,
+    parent: Option<&LoadedImage>,
+) -> Result<(Meta, Vec<u8>, DumpStats), DumpError> {
     let pid = t.pid;
     let cx = Ctx { pid };
     let threads = thread_count(pid)?;
@@ -197,10 +238,17 @@ fn capture(t: &Tracee, opts: &DumpOptions) -> Result<(Meta, Vec<u8>, DumpStats),
     sigactions.extend(ignored_signals(&status));
     drop(span);
 
-    let (pages, runs, zero_pages) = {
+    let read = {
         let _s = info_span!("dump.pages").entered();
-        read_pages(&cx, &mem, &maps, &vmas)?
+        read_pages(&cx, &mem, &maps, &vmas, parent)?
     };
+    let ReadPages {
+        data: pages,
+        runs,
+        zero: zero_pages,
+        parent_pages,
+        faulted_in,
+    } = read;
     let files = {
         let _s = info_span!("dump.files").entered();
         files.identify(pid)?
@@ -218,7 +266,15 @@ fn capture(t: &Tracee, opts: &DumpOptions) -> Result<(Meta, Vec<u8>, DumpStats),
     let meta = Meta {
         id,
         created,
-        parent: None,
+        parent: parent.map(|p| ParentRef {
+            id: p.meta.id,
+            meta_hash: p.meta_hash(),
+            space: p.space_len(),
+            path: std::fs::canonicalize(&p.dir)
+                .unwrap_or_else(|_| p.dir.clone())
+                .to_string_lossy()
+                .into_owned(),
+        }),
         source: Source {
             pid,
             comm: comm.clone(),
@@ -277,6 +333,8 @@ fn capture(t: &Tracee, opts: &DumpOptions) -> Result<(Meta, Vec<u8>, DumpStats),
     let stats = DumpStats {
         vmas: meta.vmas.len(),
         pages: count,
+        parent_pages,
+        faulted_in,
         zero_pages,
         files: meta.files.len(),
         ..DumpStats::default()
@@ -610,20 +668,46 @@ const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAPPED: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
 
+/// The pages a dump read.
+struct ReadPages {
+    /// The stored pages, in page-file order.
+    data: Vec<u8>,
+    runs: Vec<PageRun>,
+    zero: u64,
+    parent_pages: u64,
+    faulted_in: u64,
+}
+
+/// Largest read of process memory at once.
+const READ_CHUNK: usize = 4 << 20;
+
 /// Reads the pages to save: present (or swapped) pages of private anonymous memory, and
 /// pages of private file mappings that are no longer the file's own (copied on write,
-/// RELRO included). All-zero pages are left out. Returns (pages, runs, zero pages skipped).
+/// RELRO included). All-zero pages are left out.
+///
+/// A process restored lazily (lazy, bulk, prefetch) has areas registered with a userfaultfd
+/// in missing mode (`um` in smaps) whose pages it has not touched yet: not present, but the
+/// image's. Those are read with `process_vm_readv`, whose page faults wait for the page
+/// server (reads of `/proc/PID/mem` cannot wait: they fail with EIO).
+///
+/// With `parent`, a page equal to the parent's page at the same address is a reference to
+/// it instead of a stored page.
 fn read_pages(
     cx: &Ctx,
     mem: &File,
     maps: &[MapEntry],
     vmas: &[Vma],
-) -> Result<(Vec<u8>, Vec<PageRun>, u64), DumpError> {
+    parent: Option<&LoadedImage>,
+) -> Result<ReadPages, DumpError> {
     let pagemap =
         File::open(cx.path("pagemap")).map_err(|e| cx.proc_err("pagemap", e.to_string()))?;
-    let mut out: Vec<u8> = Vec::new();
-    let mut runs: Vec<PageRun> = Vec::new();
+    let uffd_areas = proc::parse_smaps_uffd(&cx.read("smaps")?);
+    let mut data: Vec<u8> = Vec::new();
+    // (address, refers to the parent, index in own or parent space, pages)
+    let mut entries: Vec<(u64, bool, u64, u32)> = Vec::new();
     let mut zero = 0u64;
+    let mut faulted_in = 0u64;
+    let mut parent_pages = 0u64;
     debug_assert!(maps.len() >= vmas.len());
     for v in vmas.iter().filter(|v| !v.shared) {
         let n = (v.len() / PAGE) as usize;
@@ -632,49 +716,116 @@ fn read_pages(
             .read_exact_at(&mut raw, v.start / PAGE * 8)
             .map_err(|e| cx.proc_err("pagemap", e.to_string()))?;
         let file_backed = matches!(v.kind, VmaKind::File { .. });
-        let keep = |i: usize| -> bool {
+        let lazy = |a: u64| !file_backed && uffd_areas.iter().any(|&(s, e)| s <= a && a < e);
+        // 0: leave out; 1: read from /proc/PID/mem; 2: fault in through the page server.
+        let how = |i: usize| -> u8 {
             let e = u64::from_ne_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-            if file_backed {
+            let stored = if file_backed {
                 (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAPPED != 0
             } else {
                 e & (PM_PRESENT | PM_SWAPPED) != 0
+            };
+            if stored {
+                1
+            } else if lazy(v.start + i as u64 * PAGE) {
+                2
+            } else {
+                0
             }
         };
+        let vma_first_entry = entries.len();
         let mut i = 0;
         while i < n {
-            if !keep(i) {
+            let kind = how(i);
+            if kind == 0 {
                 i += 1;
                 continue;
             }
-            let mut j = i;
-            while j < n && keep(j) {
+            let mut j = i + 1;
+            while j < n && j - i < READ_CHUNK / PAGE as usize && how(j) == kind {
                 j += 1;
             }
             let addr = v.start + i as u64 * PAGE;
             let mut buf = vec![0u8; (j - i) * PAGE as usize];
-            mem.read_exact_at(&mut buf, addr)
-                .map_err(|e| cx.proc_err("mem", format!("at {addr:#x}: {e}")))?;
+            if kind == 1 {
+                mem.read_exact_at(&mut buf, addr)
+                    .map_err(|e| cx.proc_err("mem", format!("at {addr:#x}: {e}")))?;
+            } else {
+                read_through_server(cx.pid, v, addr, &mut buf)?;
+                faulted_in += (j - i) as u64;
+            }
             for (k, page) in buf.chunks(PAGE as usize).enumerate() {
                 if page.iter().all(|&b| b == 0) {
                     zero += 1;
                     continue;
                 }
                 let a = addr + k as u64 * PAGE;
-                let first = out.len() as u64 / PAGE;
-                match runs.last_mut() {
-                    Some(r) if r.addr >= v.start && r.addr + u64::from(r.pages) * PAGE == a => {
-                        r.pages += 1
+                let from_parent = parent.and_then(|p| {
+                    let i = p.page_at(a)?;
+                    let theirs = p
+                        .page_data()
+                        .get((i * PAGE) as usize..((i + 1) * PAGE) as usize)?;
+                    (theirs == page).then(|| p.space_index(i))
+                });
+                let (is_parent, idx) = match from_parent {
+                    Some(x) => {
+                        parent_pages += 1;
+                        (true, x)
                     }
-                    _ => runs.push(PageRun {
-                        addr: a,
-                        pages: 1,
-                        first,
-                    }),
+                    None => {
+                        data.extend_from_slice(page);
+                        (false, data.len() as u64 / PAGE - 1)
+                    }
+                };
+                let same_vma = entries.len() > vma_first_entry;
+                match entries.last_mut() {
+                    Some(r)
+                        if same_vma
+                            && r.1 == is_parent
+                            && r.0 + u64::from(r.3) * PAGE == a
+                            && r.2 + u64::from(r.3) == idx =>
+                    {
+                        r.3 += 1
+                    }
+                    _ => entries.push((a, is_parent, idx, 1)),
                 }
-                out.extend_from_slice(page);
             }
             i = j;
         }
     }
-    Ok((out, runs, zero))
+    let own = data.len() as u64 / PAGE;
+    let runs = entries
+        .into_iter()
+        .map(|(addr, is_parent, idx, pages)| PageRun {
+            addr,
+            pages,
+            first: if is_parent { own + idx } else { idx },
+        })
+        .collect();
+    Ok(ReadPages {
+        data,
+        runs,
+        zero,
+        parent_pages,
+        faulted_in,
+    })
+}
+
+/// Reads pages a lazy restore has not installed yet with `process_vm_readv`: each fault
+/// waits for the page server to install the page, as the process's own touch would.
+fn read_through_server(pid: i32, v: &Vma, addr: u64, buf: &mut [u8]) -> Result<(), DumpError> {
+    sys::read_mem(pid, addr, buf).map_err(|e| DumpError::Vma {
+        pid,
+        vma: format!("{:x}-{:x}", v.start, v.end),
+        why: if v.prot & libc::PROT_READ == 0 {
+            "pages its lazy restore has not given it yet are in an area it made inaccessible \
+             (PROT_NONE), where they cannot be read; restore it eagerly to dump it"
+                .into()
+        } else {
+            format!(
+                "reading the pages its lazy restore has not given it yet, at {addr:#x}: {e} \
+                 (is the page server of that restore still running?)"
+            )
+        },
+    })
 }
