@@ -464,6 +464,10 @@ fn classify_vmas(
             Some(n) if n.starts_with("/SYSV") => {
                 return Err(refuse("SysV shared memory is not supported"));
             }
+            // Memory a mapped restore shares from an image's memfd is the process's own
+            // private memory: its present pages are what it holds (what it discarded is
+            // not present and reads as zeros, as the restore's page server made it).
+            Some(n) if !m.shared && m.deleted && is_image_memfd(n) => VmaKind::Anon,
             _ if m.deleted => return Err(refuse("the mapped file was deleted")),
             Some("[heap]") => VmaKind::Heap,
             Some("[stack]") => VmaKind::Stack,
@@ -492,6 +496,13 @@ fn classify_vmas(
         });
     }
     Ok((vmas, vdso))
+}
+
+/// `/memfd:ember-image-<32 hex digits>`: the memfd a mapped restore maps an image's pages
+/// from ([`crate::LoadedImage::memfd`]).
+fn is_image_memfd(name: &str) -> bool {
+    name.strip_prefix("/memfd:ember-image-")
+        .is_some_and(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 fn classify_fds(cx: &Ctx, opts: &DumpOptions, files: &mut FileTable) -> Result<Vec<Fd>, DumpError> {

@@ -511,6 +511,9 @@ const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
 const UFFDIO_UNREGISTER: libc::c_ulong = 0x8010_aa01;
 const UFFDIO_COPY: libc::c_ulong = 0xc028_aa03;
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+const UFFDIO_REGISTER_MODE_MINOR: u64 = 4;
+/// `_IOWR(0xAA, 0x07, struct uffdio_continue)` (32 bytes).
+const UFFDIO_CONTINUE: libc::c_ulong = 0xc020_aa07;
 const UFFDIO_COPY_MODE_DONTWAKE: u64 = 1;
 
 fn uffd_ioctl<T>(fd: &std::os::fd::OwnedFd, req: libc::c_ulong, arg: &mut T) -> io::Result<()> {
@@ -535,6 +538,10 @@ pub const UFFD_FEATURE_EVENT_REMAP: u64 = 1 << 2;
 pub const UFFD_FEATURE_EVENT_REMOVE: u64 = 1 << 3;
 pub const UFFD_FEATURE_EVENT_UNMAP: u64 = 1 << 6;
 pub const UFFD_FEATURE_THREAD_ID: u64 = 1 << 8;
+/// Missing-page faults in shmem (a memfd) mappings: a hole of the image's memfd.
+pub const UFFD_FEATURE_MISSING_SHMEM: u64 = 1 << 5;
+/// Minor faults in shmem mappings: the page is in the memfd but not mapped here.
+pub const UFFD_FEATURE_MINOR_SHMEM: u64 = 1 << 10;
 
 pub const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
 pub const UFFD_EVENT_FORK: u8 = 0x13;
@@ -634,6 +641,37 @@ pub fn uffd_register(fd: &std::os::fd::OwnedFd, start: u64, len: u64) -> io::Res
         ioctls: 0,
     };
     uffd_ioctl(fd, UFFDIO_REGISTER, &mut r)
+}
+
+/// Registers `[start, start+len)` of a private memfd mapping for missing (a hole of the
+/// memfd) and minor faults (a page of the memfd not mapped here, e.g. after
+/// `MADV_DONTNEED`).
+pub fn uffd_register_shmem(fd: &std::os::fd::OwnedFd, start: u64, len: u64) -> io::Result<()> {
+    let mut r = UffdioRegister {
+        range: UffdioRange { start, len },
+        mode: UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR,
+        ioctls: 0,
+    };
+    uffd_ioctl(fd, UFFDIO_REGISTER, &mut r)
+}
+
+/// `struct uffdio_continue`.
+#[repr(C)]
+struct UffdioContinue {
+    range: UffdioRange,
+    mode: u64,
+    mapped: i64,
+}
+
+/// Maps the memfd's own page at `[start, start+len)` (resolves a minor fault) and wakes the
+/// waiting thread.
+pub fn uffd_continue(fd: &std::os::fd::OwnedFd, start: u64, len: u64) -> io::Result<()> {
+    let mut c = UffdioContinue {
+        range: UffdioRange { start, len },
+        mode: 0,
+        mapped: 0,
+    };
+    uffd_ioctl(fd, UFFDIO_CONTINUE, &mut c)
 }
 
 pub fn uffd_unregister(fd: &std::os::fd::OwnedFd, start: u64, len: u64) -> io::Result<()> {

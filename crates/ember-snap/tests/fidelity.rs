@@ -41,7 +41,13 @@ const POLICIES: [Policy; 5] = [
     Policy::Mapped,
 ];
 /// Restores a process under these policies, dumps it again and restores that image eagerly.
-const REDUMPS: [Policy; 4] = [Policy::Eager, Policy::Lazy, Policy::Bulk, Policy::Prefetch];
+const REDUMPS: [Policy; 5] = [
+    Policy::Eager,
+    Policy::Lazy,
+    Policy::Bulk,
+    Policy::Prefetch,
+    Policy::Mapped,
+];
 
 #[derive(Debug, Clone, PartialEq)]
 enum Expect {
@@ -205,8 +211,20 @@ impl Drop for Proc {
     }
 }
 
-/// How a process that closed its stdout ended, without reaping it.
+/// How a process that closed its stdout ended, without reaping it (it may take a moment
+/// to be reported).
 fn describe_end(pid: i32) -> String {
+    for _ in 0..50 {
+        let s = ended(pid);
+        if s != "still running" {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(4));
+    }
+    "closed its stdout, still running".into()
+}
+
+fn ended(pid: i32) -> String {
     // SAFETY: siginfo_t is plain data; all zeros is a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: waitid into a local siginfo, WNOWAIT leaves the child to be reaped by Drop.

@@ -614,14 +614,31 @@ impl LoadedImage {
         self.pages.as_slice()
     }
 
-    /// The verified pages in a memfd sealed against any change (page `i` at `i * 4096`),
-    /// made once: what a mapped restore maps copy-on-write into every instance.
+    /// The verified pages of the VMAs a mapped restore shares ([`super::Vma::shares_pages`]) in a
+    /// memfd sealed against any change, made once: what a mapped restore maps copy-on-write
+    /// into every instance. Each page sits at the offset equal to its address, in a sparse
+    /// file as large as user space: a mapping grown in place by `mremap` then reaches a
+    /// hole of the memfd (a missing-page fault the page server answers with zeros), never
+    /// the end of the file (SIGBUS) or another area's pages.
     pub fn memfd(&self) -> Result<std::os::fd::BorrowedFd<'_>, ImageError> {
         use std::os::fd::AsFd;
         let made = self.memfd.get_or_init(|| {
-            let fd = sys::memfd_exec("ember-image").map_err(|e| e.to_string())?;
-            let mut f = File::from(fd.try_clone().map_err(|e| e.to_string())?);
-            f.write_all(self.page_data()).map_err(|e| e.to_string())?;
+            let name = format!("ember-image-{}", super::files::hexs(&self.meta.id));
+            let fd = sys::memfd_exec(&name).map_err(|e| e.to_string())?;
+            let f = File::from(fd.try_clone().map_err(|e| e.to_string())?);
+            f.set_len(USER_END).map_err(|e| e.to_string())?;
+            let data = self.page_data();
+            for r in self.meta.pages.runs.iter().filter(|r| {
+                self.meta
+                    .vmas
+                    .iter()
+                    .any(|v| v.start <= r.addr && r.addr < v.end && v.shares_pages())
+            }) {
+                let a = (r.first * PAGE) as usize;
+                let b = a + r.pages as usize * PAGE as usize;
+                let pages = data.get(a..b).ok_or("a page run outside the page file")?;
+                f.write_all_at(pages, r.addr).map_err(|e| e.to_string())?;
+            }
             sys::seal(&fd).map_err(|e| e.to_string())?;
             Ok(fd)
         });

@@ -118,6 +118,13 @@ impl Vma {
     pub fn is_empty(&self) -> bool {
         self.end <= self.start
     }
+
+    /// Whether a mapped restore maps this VMA's stored pages from the image's memfd:
+    /// private anonymous memory and the heap (a quarter to two fifths of a Python image's
+    /// pages; `brk` still grows and shrinks it), but not the stack (one growable area).
+    pub fn shares_pages(&self) -> bool {
+        !self.shared && matches!(self.kind, VmaKind::Anon | VmaKind::Heap)
+    }
 }
 
 /// Where each saved page lives in the page file. Pages are stored in runs of consecutive

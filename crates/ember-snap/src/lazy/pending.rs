@@ -57,6 +57,15 @@ impl Pending {
         self.count == 0
     }
 
+    /// Whether the image page now at `addr` is still pending (a mapped restore: the image's
+    /// page is still the right content there).
+    pub fn holds(&self, addr: u64) -> bool {
+        self.runs
+            .range(..=addr)
+            .next_back()
+            .is_some_and(|(&a, &(_, n))| addr < a + n * PAGE)
+    }
+
     /// Removes and returns what is pending in `[start, end)`, cutting pieces at the edges.
     pub fn cut(&mut self, start: u64, end: u64) -> Vec<Piece> {
         let mut hit: Vec<Piece> = Vec::new();
@@ -168,6 +177,16 @@ mod tests {
         assert_eq!(q.cut(0x21000, 0x23000), vec![p(0x21000, 2, 2)]);
         assert_eq!(q.cut(0x20000, 0x21000), vec![p(0x20000, 4, 1)]);
         assert_eq!(q.cut(0x0, 0x100000), vec![p(0x10000, 0, 2)]);
+    }
+
+    #[test]
+    fn holds_follows_cuts_and_moves() {
+        let mut q = pending();
+        assert!(q.holds(0x10000) && q.holds(0x13fff) && !q.holds(0x14000));
+        q.cut(0x11000, 0x12000);
+        assert!(q.holds(0x10000) && !q.holds(0x11000) && q.holds(0x12000));
+        q.remap(0x20000, 0x40000, 0x2000);
+        assert!(!q.holds(0x20000) && q.holds(0x41000));
     }
 
     #[test]

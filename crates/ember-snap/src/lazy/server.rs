@@ -96,6 +96,9 @@ pub(crate) struct ServerConfig {
     pub pid: Option<(i32, OwnedFd)>,
     pub pending: Pending,
     pub bulk: bool,
+    /// A mapped restore's server ([`crate::restore`]'s `fill::mapped`): `pending` is where
+    /// the image's memfd pages are still the right content; it lives as long as the process.
+    pub mapped: bool,
     pub source: Arc<dyn PageSource>,
     pub image: String,
     pub counters: Arc<Counters>,
@@ -191,7 +194,8 @@ impl Server {
             if busy {
                 self.bulk_step()?;
             }
-            if self.cfg.pending.is_empty() && self.cfg.pid.is_some() && self.started {
+            let done = self.cfg.pending.is_empty() && self.cfg.pid.is_some() && self.started;
+            if done && !self.cfg.mapped {
                 return self.unregister_all();
             }
         }
@@ -227,6 +231,7 @@ impl Server {
                     // A child's server serves faults only: it knows its process by the
                     // faulting thread's id alone, which a background copy does not have.
                     bulk: false,
+                    mapped: self.cfg.mapped,
                     source: self.cfg.source.clone(),
                     image: self.cfg.image.clone(),
                     counters: self.cfg.counters.clone(),
@@ -248,6 +253,9 @@ impl Server {
         let t = Instant::now();
         self.started = true;
         let c = self.cfg.counters.clone();
+        if self.cfg.mapped {
+            return self.mapped_fault(addr, t);
+        }
         let pieces = self.cfg.pending.cut(addr, addr + PAGE);
         let (retry, r) = match pieces.first() {
             Some(&piece) => {
@@ -279,6 +287,33 @@ impl Server {
                 Some(libc::ESRCH) => {}
                 _ => return Err(self.uffd_err(e)),
             }
+        }
+        c.blocked_ns
+            .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A mapped restore's fault: the memfd's page again where the image's content is still
+    /// right (a page the kernel unmapped under the process), zeros anywhere else (discarded,
+    /// freed and remapped, or grown).
+    fn mapped_fault(&mut self, addr: u64, t: Instant) -> Result<(), ServeError> {
+        let c = self.cfg.counters.clone();
+        let r = if self.cfg.pending.holds(addr) {
+            c.faults.fetch_add(1, Ordering::Relaxed);
+            sys::uffd_continue(&self.cfg.uffd, addr, PAGE)
+        } else {
+            c.zero_faults.fetch_add(1, Ordering::Relaxed);
+            sys::uffd_zeropage(&self.cfg.uffd, addr, PAGE)
+        };
+        match r.as_ref().map_err(|e| e.raw_os_error()) {
+            Ok(()) => {}
+            // The address space is changing: again after the event that says how.
+            Err(Some(libc::EAGAIN)) => self.retry.push((addr, 0)),
+            Err(Some(libc::EEXIST | libc::ENOENT)) => {
+                let _ = sys::uffd_wake(&self.cfg.uffd, addr, PAGE);
+            }
+            Err(Some(libc::ESRCH)) => {}
+            Err(_) => return Err(self.uffd_err(r.unwrap_err())),
         }
         c.blocked_ns
             .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);

@@ -309,10 +309,92 @@ pub(super) fn lazy(
         pid: Some((pid, pidfd)),
         pending,
         bulk,
+        mapped: false,
         source,
         image: img.dir.display().to_string(),
         counters: Arc::new(Counters::default()),
     })
+}
+
+/// The page server of a mapped restore. The stored pages of the VMAs that share them are
+/// mapped from the image's memfd and already in the page table; the server keeps anonymous
+/// memory's semantics there for as long as the process lives: a page the process discards
+/// (`MADV_DONTNEED`) or frees, or memory it grows in place with `mremap`, reads as zeros,
+/// not as the image. The areas are registered for minor faults (a memfd page not mapped
+/// here) and missing ones (a hole of the memfd); `pending` holds, by where they are now,
+/// the pages whose image content is still right (a fault there maps the memfd's page
+/// again: `UFFDIO_CONTINUE`); anything else gets a zero page.
+pub(super) fn mapped(pid: i32, img: &LoadedImage, uffd_fd: i32) -> io::Result<PageServer> {
+    let features = sys::UFFD_FEATURE_EVENT_FORK
+        | sys::UFFD_FEATURE_EVENT_REMAP
+        | sys::UFFD_FEATURE_EVENT_REMOVE
+        | sys::UFFD_FEATURE_EVENT_UNMAP
+        | sys::UFFD_FEATURE_THREAD_ID
+        | sys::UFFD_FEATURE_MISSING_SHMEM
+        | sys::UFFD_FEATURE_MINOR_SHMEM;
+    let m = &img.meta;
+    let shared: Vec<PageRun> = m
+        .pages
+        .runs
+        .iter()
+        .filter(|r| {
+            m.vmas
+                .iter()
+                .any(|v| v.start <= r.addr && r.addr < v.end && v.shares_pages())
+        })
+        .copied()
+        .collect();
+    let pidfd = sys::pidfd_open(pid)?;
+    let uffd = sys::pidfd_getfd(&pidfd, uffd_fd)?;
+    sys::uffd_api(&uffd, features)?;
+    // Runs of one VMA that touch are one mapping (their memfd offsets are their addresses).
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for r in &shared {
+        let end = r.addr + u64::from(r.pages) * PAGE;
+        match ranges.last_mut() {
+            Some(last) if last.1 == r.addr => last.1 = end,
+            _ => ranges.push((r.addr, end)),
+        }
+    }
+    for &(s, e) in &ranges {
+        sys::uffd_register_shmem(&uffd, s, e - s)?;
+    }
+    lazy::spawn(ServerConfig {
+        uffd,
+        victim: Arc::new(Victim {
+            pidfd: pidfd.try_clone()?,
+            pid,
+            same_pidns: std::fs::read_link("/proc/self/ns/pid").ok()
+                == std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok(),
+        }),
+        pid: Some((pid, pidfd)),
+        pending: Pending::from_runs(&shared),
+        bulk: false,
+        mapped: true,
+        source: Arc::new(NoPages),
+        image: img.dir.display().to_string(),
+        counters: Arc::new(Counters::default()),
+    })
+}
+
+/// A mapped restore's server never fetches a page: the memfd holds them all.
+struct NoPages;
+
+impl PageSource for NoPages {
+    fn describe(&self) -> String {
+        "the image's memfd".into()
+    }
+
+    fn pages(
+        &self,
+        first: u64,
+        _pages: u64,
+    ) -> Result<std::borrow::Cow<'_, [u8]>, lazy::SourceError> {
+        Err(lazy::SourceError {
+            source_name: self.describe(),
+            why: format!("page {first} is mapped from the memfd, never fetched"),
+        })
+    }
 }
 
 #[cfg(test)]

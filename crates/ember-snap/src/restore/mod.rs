@@ -472,6 +472,17 @@ fn fill_pages(
             let count = runs.iter().map(|r| u64::from(r.pages)).sum();
             stats.fill_mode = fill::fill(pid, img, &runs, opts.threads_for(count), uffd)
                 .map_err(|e| target_err(pid, format!("writing pages: {e}")))?;
+            if opts.policy == Policy::Mapped {
+                let s = fill::mapped(pid, img, plan.uffd_fd()).map_err(|e| {
+                    target_err(
+                        pid,
+                        format!(
+                            "starting the mapped restore's page server (it needs userfaultfd): {e}"
+                        ),
+                    )
+                })?;
+                *server = Some(s);
+            }
         }
         (policy, Some(source)) => {
             let ws = match policy {
@@ -547,7 +558,7 @@ fn in_mapped_vma(meta: &crate::image::Meta, r: &PageRun) -> bool {
     meta.vmas
         .iter()
         .find(|v| v.start <= r.addr && r.addr < v.end)
-        .is_some_and(plan::mapped_kind)
+        .is_some_and(crate::image::Vma::shares_pages)
 }
 
 /// First of the numbers batch 1 parks descriptors at. Batch 1 first closes every

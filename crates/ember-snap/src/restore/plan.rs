@@ -204,8 +204,11 @@ impl<'m> Plan<'m> {
             }
         }
         if let Some(fd) = self.mapped_fd {
-            // Each stored run of anonymous memory (the stack aside) becomes a private
-            // mapping of the image's memfd: shared until written.
+            // Each stored run of a VMA that shares pages becomes a private mapping of the
+            // image's memfd, at the offset equal to its address (adjacent runs merge into
+            // one VMA): shared until written. Its page table is filled now (the memfd holds
+            // every page), so only what the process discards or grows later faults to the
+            // page server.
             for r in &meta.pages.runs {
                 let Some(v) = meta
                     .vmas
@@ -214,23 +217,24 @@ impl<'m> Plan<'m> {
                 else {
                     continue;
                 };
-                if !mapped_kind(v) {
+                if !v.shares_pages() {
                     continue;
                 }
+                let len = u64::from(r.pages) * PAGE;
                 let prot = (v.prot | libc::PROT_WRITE) as u64;
                 let flags = (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64;
-                let args = [
-                    r.addr,
-                    u64::from(r.pages) * PAGE,
-                    prot,
-                    flags,
-                    fd as u64,
-                    r.first * PAGE,
-                ];
+                let args = [r.addr, len, prot, flags, fd as u64, r.addr];
                 b.call(
                     Step::Addr("mmap image pages", r.addr),
                     libc::SYS_mmap,
                     &args,
+                    0,
+                );
+                let populate = [r.addr, len, libc::MADV_POPULATE_READ as u64];
+                b.call(
+                    Step::Addr("madvise(MADV_POPULATE_READ)", r.addr),
+                    libc::SYS_madvise,
+                    &populate,
                     0,
                 );
             }
@@ -551,12 +555,6 @@ impl<'m> Plan<'m> {
     pub(super) fn uffd_fd(&self) -> i32 {
         self.high + 1 + self.fd_files.len() as i32
     }
-}
-
-/// VMAs whose stored pages a mapped restore maps from the image (private anonymous memory
-/// but the stack, which must stay one growable anonymous area).
-pub(super) fn mapped_kind(v: &crate::image::Vma) -> bool {
-    !v.shared && matches!(v.kind, VmaKind::Anon | VmaKind::Heap)
 }
 
 /// The last steps: become the instance's user, tie its life to its parent's, and install
