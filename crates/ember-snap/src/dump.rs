@@ -20,6 +20,7 @@ use crate::image::{
     self, AltStack, Fd, FdKind, ImageError, LoadedImage, Meta, MmFields, PAGE, PageIndex, PageRun,
     ParentRef, Requires, Rseq, SigAction, Source, Task, VdsoArea, VdsoLayout, Vma, VmaKind,
 };
+use crate::lazy::{PageServer, PendingPages};
 use crate::proc::{self, MapEntry};
 use crate::sys::{self, Regs};
 use crate::tracee::{TraceError, Tracee};
@@ -123,7 +124,19 @@ fn thread_count(pid: i32) -> Result<usize, DumpError> {
 /// Dumps process `pid` into the image directory `out`. The process must be single-threaded
 /// and stays as it was: it runs on after the dump (kill it if it must not).
 pub fn dump(pid: i32, out: &Path, opts: &DumpOptions) -> Result<DumpStats, DumpError> {
-    dump_inner(pid, out, opts, None)
+    dump_restored(pid, out, opts, Lineage::default())
+}
+
+/// What a dump of a process this engine restored may use besides the process itself.
+#[derive(Clone, Copy, Default)]
+pub struct Lineage<'a> {
+    /// Dump as a layer over this image (the one the process was restored from).
+    pub parent: Option<&'a LoadedImage>,
+    /// The page server of the process's lazy restore (lazy, bulk, prefetch), when it runs
+    /// in this process: the pages it has not installed yet are read from its page source
+    /// instead of being faulted in through it, and areas the process never touched are not
+    /// faulted in at all (a sparse area costs nothing; faulting costs ~11-30 us a page).
+    pub server: Option<&'a PageServer>,
 }
 
 /// Dumps process `pid` as a **layer** over `parent`, the image it was restored from: only
@@ -136,16 +149,23 @@ pub fn dump_layer(
     opts: &DumpOptions,
     parent: &LoadedImage,
 ) -> Result<DumpStats, DumpError> {
-    dump_inner(pid, out, opts, Some(parent))
+    let lineage = Lineage {
+        parent: Some(parent),
+        server: None,
+    };
+    dump_restored(pid, out, opts, lineage)
 }
 
-fn dump_inner(
+/// [`dump`] or [`dump_layer`] of a restored process, with what its restore left: the image
+/// it came from (to dump a layer over) and its page server.
+pub fn dump_restored(
     pid: i32,
     out: &Path,
     opts: &DumpOptions,
-    parent: Option<&LoadedImage>,
+    lineage: Lineage<'_>,
 ) -> Result<DumpStats, DumpError> {
     let t0 = Instant::now();
+    let parent = lineage.parent;
     if let Some(p) = parent
         && !p.is_loaded()
     {
@@ -163,7 +183,7 @@ fn dump_inner(
         Tracee::attach(pid, false)?
     };
     let frozen = Instant::now();
-    let captured = capture(&tracee, opts, parent);
+    let captured = capture(&tracee, opts, parent, lineage.server);
     let released = tracee.release();
     let frozen_us = frozen.elapsed().as_micros() as u64;
     let (mut meta, pages, mut stats) = captured?;
@@ -182,6 +202,7 @@ fn capture(
     t: &Tracee,
     opts: &DumpOptions,
     parent: Option<&LoadedImage>,
+    server: Option<&PageServer>,
 ) -> Result<(Meta, Vec<u8>, DumpStats), DumpError> {
     let pid = t.pid;
     let cx = Ctx { pid };
@@ -240,7 +261,19 @@ fn capture(
 
     let read = {
         let _s = info_span!("dump.pages").entered();
-        read_pages(&cx, &mem, &maps, &vmas, parent)?
+        // Taken while the process is stopped and before pagemap is read: a page the server
+        // installs from now on is found present; one neither pending now nor present later
+        // was never the image's.
+        let pending = match server.and_then(PageServer::pending) {
+            Some(p) if p.pid != pid => {
+                return Err(cx.proc_err(
+                    "page server",
+                    format!("the page server given is process {}'s", p.pid),
+                ));
+            }
+            p => p,
+        };
+        read_pages(&cx, &mem, &maps, &vmas, parent, pending.as_ref())?
     };
     let ReadPages {
         data: pages,
@@ -709,16 +742,20 @@ fn read_pages(
     maps: &[MapEntry],
     vmas: &[Vma],
     parent: Option<&LoadedImage>,
+    pending: Option<&PendingPages>,
 ) -> Result<ReadPages, DumpError> {
     let pagemap =
         File::open(cx.path("pagemap")).map_err(|e| cx.proc_err("pagemap", e.to_string()))?;
     let uffd_areas = proc::parse_smaps_uffd(&cx.read("smaps")?);
-    let mut data: Vec<u8> = Vec::new();
-    // (address, refers to the parent, index in own or parent space, pages)
-    let mut entries: Vec<(u64, bool, u64, u32)> = Vec::new();
-    let mut zero = 0u64;
+    let mut c = Collector {
+        parent,
+        data: Vec::new(),
+        entries: Vec::new(),
+        vma_first_entry: 0,
+        zero: 0,
+        parent_pages: 0,
+    };
     let mut faulted_in = 0u64;
-    let mut parent_pages = 0u64;
     debug_assert!(maps.len() >= vmas.len());
     for v in vmas.iter().filter(|v| !v.shared) {
         let n = (v.len() / PAGE) as usize;
@@ -728,7 +765,7 @@ fn read_pages(
             .map_err(|e| cx.proc_err("pagemap", e.to_string()))?;
         let file_backed = matches!(v.kind, VmaKind::File { .. });
         let lazy = |a: u64| !file_backed && uffd_areas.iter().any(|&(s, e)| s <= a && a < e);
-        // 0: leave out; 1: read from /proc/PID/mem; 2: fault in through the page server.
+        // 0: leave out; 1: read from /proc/PID/mem; 2: not given by a lazy restore yet.
         let how = |i: usize| -> u8 {
             let e = u64::from_ne_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
             let stored = if file_backed {
@@ -744,7 +781,7 @@ fn read_pages(
                 0
             }
         };
-        let vma_first_entry = entries.len();
+        c.vma_first_entry = c.entries.len();
         let mut i = 0;
         while i < n {
             let kind = how(i);
@@ -757,55 +794,34 @@ fn read_pages(
                 j += 1;
             }
             let addr = v.start + i as u64 * PAGE;
-            let mut buf = vec![0u8; (j - i) * PAGE as usize];
-            if kind == 1 {
-                mem.read_exact_at(&mut buf, addr)
-                    .map_err(|e| cx.proc_err("mem", format!("at {addr:#x}: {e}")))?;
+            let len = (j - i) as u64 * PAGE;
+            if kind == 2
+                && let Some(p) = pending
+            {
+                // Only what the server still holds; the rest of the range is zeros.
+                let mut seen = 0;
+                for (at, bytes) in read_pending(cx.pid, p, addr, addr + len)? {
+                    seen += bytes.len() as u64 / PAGE;
+                    c.take(at, &bytes);
+                }
+                c.zero += (j - i) as u64 - seen;
             } else {
-                read_through_server(cx.pid, v, addr, &mut buf)?;
-                faulted_in += (j - i) as u64;
-            }
-            for (k, page) in buf.chunks(PAGE as usize).enumerate() {
-                if page.iter().all(|&b| b == 0) {
-                    zero += 1;
-                    continue;
+                let mut buf = vec![0u8; len as usize];
+                if kind == 1 {
+                    mem.read_exact_at(&mut buf, addr)
+                        .map_err(|e| cx.proc_err("mem", format!("at {addr:#x}: {e}")))?;
+                } else {
+                    read_through_server(cx.pid, v, addr, &mut buf)?;
+                    faulted_in += (j - i) as u64;
                 }
-                let a = addr + k as u64 * PAGE;
-                let from_parent = parent.and_then(|p| {
-                    let i = p.page_at(a)?;
-                    let theirs = p
-                        .page_data()
-                        .get((i * PAGE) as usize..((i + 1) * PAGE) as usize)?;
-                    (theirs == page).then(|| p.space_index(i))
-                });
-                let (is_parent, idx) = match from_parent {
-                    Some(x) => {
-                        parent_pages += 1;
-                        (true, x)
-                    }
-                    None => {
-                        data.extend_from_slice(page);
-                        (false, data.len() as u64 / PAGE - 1)
-                    }
-                };
-                let same_vma = entries.len() > vma_first_entry;
-                match entries.last_mut() {
-                    Some(r)
-                        if same_vma
-                            && r.1 == is_parent
-                            && r.0 + u64::from(r.3) * PAGE == a
-                            && r.2 + u64::from(r.3) == idx =>
-                    {
-                        r.3 += 1
-                    }
-                    _ => entries.push((a, is_parent, idx, 1)),
-                }
+                c.take(addr, &buf);
             }
             i = j;
         }
     }
-    let own = data.len() as u64 / PAGE;
-    let runs = entries
+    let own = c.data.len() as u64 / PAGE;
+    let runs = c
+        .entries
         .into_iter()
         .map(|(addr, is_parent, idx, pages)| PageRun {
             addr,
@@ -814,12 +830,105 @@ fn read_pages(
         })
         .collect();
     Ok(ReadPages {
-        data,
+        data: c.data,
         runs,
-        zero,
-        parent_pages,
+        zero: c.zero,
+        parent_pages: c.parent_pages,
         faulted_in,
     })
+}
+
+/// Where read pages go: all-zero ones left out, a layer's pages equal to the parent's
+/// referred to, the rest stored; runs of consecutive addresses and indices, never across a
+/// VMA.
+struct Collector<'a> {
+    parent: Option<&'a LoadedImage>,
+    data: Vec<u8>,
+    /// (address, refers to the parent, index in own or parent space, pages)
+    entries: Vec<(u64, bool, u64, u32)>,
+    /// First entry of the current VMA.
+    vma_first_entry: usize,
+    zero: u64,
+    parent_pages: u64,
+}
+
+impl Collector<'_> {
+    /// Pages read at `addr`.
+    fn take(&mut self, addr: u64, bytes: &[u8]) {
+        for (k, page) in bytes.chunks(PAGE as usize).enumerate() {
+            if page.iter().all(|&b| b == 0) {
+                self.zero += 1;
+                continue;
+            }
+            let a = addr + k as u64 * PAGE;
+            let from_parent = self.parent.and_then(|p| {
+                let i = p.page_at(a)?;
+                let theirs = p
+                    .page_data()
+                    .get((i * PAGE) as usize..((i + 1) * PAGE) as usize)?;
+                (theirs == page).then(|| p.space_index(i))
+            });
+            let (is_parent, idx) = match from_parent {
+                Some(x) => {
+                    self.parent_pages += 1;
+                    (true, x)
+                }
+                None => {
+                    self.data.extend_from_slice(page);
+                    (false, self.data.len() as u64 / PAGE - 1)
+                }
+            };
+            let same_vma = self.entries.len() > self.vma_first_entry;
+            match self.entries.last_mut() {
+                Some(r)
+                    if same_vma
+                        && r.1 == is_parent
+                        && r.0 + u64::from(r.3) * PAGE == a
+                        && r.2 + u64::from(r.3) == idx =>
+                {
+                    r.3 += 1
+                }
+                _ => self.entries.push((a, is_parent, idx, 1)),
+            }
+        }
+    }
+}
+
+/// Pages read at an address.
+type Segment<'p> = (u64, std::borrow::Cow<'p, [u8]>);
+
+/// The pending image pages in `[start, end)` (a page server's, for pages the process does
+/// not have), from the server's source: (address, pages) in address order.
+fn read_pending<'p>(
+    pid: i32,
+    p: &'p PendingPages,
+    start: u64,
+    end: u64,
+) -> Result<Vec<Segment<'p>>, DumpError> {
+    let k = p
+        .pieces
+        .partition_point(|x| x.addr + x.pages * PAGE <= start);
+    let mut out = Vec::new();
+    for piece in p.pieces[k..].iter().take_while(|x| x.addr < end) {
+        let lo = piece.addr.max(start);
+        let hi = (piece.addr + piece.pages * PAGE).min(end);
+        let first = piece.first + (lo - piece.addr) / PAGE;
+        let pages = (hi - lo) / PAGE;
+        let data = p.source.pages(first, pages).map_err(|e| DumpError::Proc {
+            pid,
+            file: "the page source of its lazy restore".into(),
+            why: e.to_string(),
+        })?;
+        if data.len() as u64 != pages * PAGE {
+            return Err(DumpError::Proc {
+                pid,
+                file: "the page source of its lazy restore".into(),
+                why: format!("{} bytes for {pages} pages from {first}", data.len()),
+            });
+        }
+        out.push((lo, data));
+    }
+    Ok(out)
 }
 
 /// Reads pages a lazy restore has not installed yet with `process_vm_readv`: each fault

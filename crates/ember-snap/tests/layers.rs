@@ -167,6 +167,38 @@ fn a_layer_after_a_lazy_restore_is_complete_and_smaller_than_a_whole_dump() {
     }
 }
 
+/// With the page server of its lazy restore at hand, a dump reads the pages not installed
+/// yet from the server's source and faults nothing in (the sparse area stays untouched);
+/// the image is the same.
+#[test]
+fn a_dump_given_the_page_server_faults_nothing_in() {
+    if !privileged("a_dump_given_the_page_server_faults_nothing_in") {
+        return;
+    }
+    let dir = tmp();
+    let img = parent_image(dir.path());
+    for policy in [Policy::Lazy, Policy::Bulk, Policy::Prefetch] {
+        let (r, server) = restore(&img, policy);
+        let server = server.unwrap();
+        let before = server.stats();
+        let lineage = ember_snap::Lineage {
+            parent: Some(&img),
+            server: Some(&server),
+        };
+        let at = dir.path().join(format!("served-{policy}"));
+        let st = ember_snap::dump_restored(r.pid, &at, &opts(), lineage).unwrap();
+        let after = server.stats();
+        eprintln!("{policy}: {st:?}");
+        assert_eq!(st.faulted_in, 0, "{policy}: {st:?}");
+        assert_eq!(after.zero_faults, before.zero_faults, "{policy}");
+        assert!(st.pages * 20 < st.parent_pages, "{policy}: {st:?}");
+        drop(r);
+        let l = Arc::new(LoadedImage::load(&at).unwrap());
+        let (mut q, _s) = restore(&l, Policy::Eager);
+        assert_eq!(q.ask("check"), "ok", "{policy}");
+    }
+}
+
 /// A layer over a layer: what the second process changed is the second layer's own; the
 /// rest resolves through both parents.
 #[test]
