@@ -199,6 +199,39 @@ fn a_dump_given_the_page_server_faults_nothing_in() {
     }
 }
 
+/// A layer served by a page server (`ember snap serve` loads it flattened, as the client
+/// does) restores lazily from it; its page file alone is refused as a source.
+#[test]
+fn a_layer_restores_lazily_from_a_page_server() {
+    if !privileged("a_layer_restores_lazily_from_a_page_server") {
+        return;
+    }
+    let dir = tmp();
+    let img = parent_image(dir.path());
+    let (mut r, _s) = restore(&img, Policy::Lazy);
+    assert_eq!(r.ask("check"), "ok");
+    let at = dir.path().join("layer");
+    ember_snap::dump_layer(r.pid, &at, &opts(), &img).unwrap();
+    drop(r);
+    let served = Arc::new(LoadedImage::load(&at).unwrap());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || ember_snap::lazy::remote::serve(listener, "t".into(), vec![served]));
+    let here = Arc::new(LoadedImage::open(&at).unwrap());
+    let src = ember_snap::lazy::RemoteSource::connect(&addr, "t", &here.meta).unwrap();
+    let o = RestoreOptions {
+        policy: Policy::Lazy,
+        source: Some(Arc::new(src) as Arc<dyn PageSource>),
+        ..RestoreOptions::default()
+    };
+    let (mut q, _server) = common::restore_served(&here, &o);
+    assert_eq!(q.ask("check"), "ok");
+    let e = ember_snap::lazy::FileSource::open(&at, &here.meta)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("is a layer"), "{e}");
+}
+
 /// A layer over a layer: what the second process changed is the second layer's own; the
 /// rest resolves through both parents.
 #[test]

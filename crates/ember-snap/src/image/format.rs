@@ -882,6 +882,139 @@ mod tests {
         );
     }
 
+    /// Writes `sample()` with distinct pages as the parent at `dir/p`, and a layer over it
+    /// at `dir/l` whose first page is the parent's second and second page its own.
+    fn layered(dir: &Path) -> (PathBuf, PathBuf, Meta) {
+        let (mut pm, _) = sample();
+        let mut pdata = vec![0x11u8; PAGE as usize];
+        pdata.extend(vec![0x22u8; PAGE as usize]);
+        let p = dir.join("p");
+        write_image(&p, &mut pm, &pdata).unwrap();
+        let (_, hash) = read_meta_hashed(&p).unwrap();
+        let (mut lm, _) = sample();
+        lm.id = [9; 16];
+        lm.parent = Some(crate::image::ParentRef {
+            id: pm.id,
+            meta_hash: hash,
+            space: 2,
+            path: p.display().to_string(),
+        });
+        lm.pages.runs = vec![
+            PageRun {
+                addr: 0x50_0000,
+                pages: 1,
+                first: 1 + 1,
+            },
+            PageRun {
+                addr: 0x50_1000,
+                pages: 1,
+                first: 0,
+            },
+        ];
+        let l = dir.join("l");
+        write_image(&l, &mut lm, &vec![0x33u8; PAGE as usize]).unwrap();
+        (p, l, lm)
+    }
+
+    #[test]
+    fn a_layer_loads_flattened_over_its_parent() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, l, _) = layered(d.path());
+        let img = LoadedImage::load(&l).unwrap();
+        assert_eq!(img.depth(), 1);
+        assert_eq!(img.meta.pages.count, 2);
+        assert_eq!(img.page_at(0x50_0000), Some(0));
+        assert_eq!(img.page_data()[0], 0x22);
+        assert_eq!(img.page_data()[PAGE as usize], 0x33);
+        assert_eq!((img.space_index(0), img.space_index(1)), (2, 0));
+        assert!(chunk_ok(&img.meta, 0, img.page_data()));
+        let parent = LoadedImage::load(&p).unwrap();
+        let again = LoadedImage::load_with_parent(&l, &parent).unwrap();
+        assert_eq!(again.page_data(), img.page_data());
+        // Not from its page file: it holds only the layer's own page.
+        let e = crate::lazy::FileSource::open(&l, &img.meta).err().unwrap();
+        assert!(e.to_string().contains("is a layer"), "{e}");
+    }
+
+    #[test]
+    fn a_layer_pointing_past_its_index_space_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (_, l, mut lm) = layered(d.path());
+        lm.pages.runs[0].first = 3;
+        write_image(&l, &mut lm, &vec![0x33u8; PAGE as usize]).unwrap();
+        let e = read_meta(&l).unwrap_err().to_string();
+        assert!(e.contains("index space of 3"), "{e}");
+        lm.pages.runs[0].first = 1;
+        lm.parent.as_mut().unwrap().space = u64::MAX;
+        write_image(&l, &mut lm, &vec![0x33u8; PAGE as usize]).unwrap();
+        let e = read_meta(&l).unwrap_err().to_string();
+        assert!(e.contains("parent's index space"), "{e}");
+    }
+
+    #[test]
+    fn more_than_eight_layers_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (_, mut below, _) = layered(d.path());
+        // Each new layer: every page its parent's.
+        for depth in 2..=MAX_DEPTH + 1 {
+            let (meta, hash) = read_meta_hashed(&below).unwrap();
+            let img = LoadedImage::load(&below);
+            let (mut m, _) = sample();
+            m.id = [depth as u8 + 20; 16];
+            m.parent = Some(crate::image::ParentRef {
+                id: meta.id,
+                meta_hash: hash,
+                space: meta.pages.count + meta.parent.as_ref().unwrap().space,
+                path: below.display().to_string(),
+            });
+            // The pages the parent holds: its space indices 2 and 0 (as in `layered`).
+            m.pages.runs = vec![
+                PageRun {
+                    addr: 0x50_0000,
+                    pages: 1,
+                    first: 2,
+                },
+                PageRun {
+                    addr: 0x50_1000,
+                    pages: 1,
+                    first: 0,
+                },
+            ];
+            let at = d.path().join(format!("l{depth}"));
+            write_image(&at, &mut m, &[]).unwrap();
+            let loaded = LoadedImage::load(&at);
+            if depth <= MAX_DEPTH {
+                assert!(img.is_ok());
+                assert_eq!(loaded.unwrap().depth(), depth);
+            } else {
+                let e = loaded.err().unwrap().to_string();
+                assert!(e.contains("more than 8 layers"), "{e}");
+            }
+            below = at;
+        }
+    }
+
+    /// Every byte of a layer's metadata flipped (hash made to match): loading it over its
+    /// parent refuses or accepts, never panics.
+    #[test]
+    fn hostile_layer_metadata_never_panics_the_loader() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, l, _) = layered(d.path());
+        let parent = LoadedImage::load(&p).unwrap();
+        let good = std::fs::read(l.join(META_FILE)).unwrap();
+        for i in META_HEADER..good.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut bad = good.clone();
+                bad[i] ^= flip;
+                let hash = *blake3::hash(&bad[META_HEADER..]).as_bytes();
+                bad[24..56].copy_from_slice(&hash);
+                std::fs::write(l.join(META_FILE), &bad).unwrap();
+                let _ = LoadedImage::load_with_parent(&l, &parent);
+                let _ = LoadedImage::load(&l);
+            }
+        }
+    }
+
     #[test]
     fn runs_outside_private_memory_are_refused() {
         let d = tempfile::tempdir().unwrap();

@@ -406,8 +406,11 @@ impl Server {
 
     /// After a copy of `piece` stopped at `done` bytes with `err`: what of it must still be
     /// installed goes back to pending. EAGAIN: all the rest (after the next events); EEXIST:
-    /// the rest after the page that is already there; the area gone (ENOENT) or the process
-    /// gone (ESRCH): nothing. Returns whether to retry after reading events.
+    /// the rest after the page that is already there; the process gone (ESRCH): nothing.
+    /// ENOENT: the range is not inside one registered area any more. A bulk batch spanning
+    /// an area the process has since split (`mprotect` of a part) gets that too, so a piece
+    /// of several pages goes back page by page (each then copies or finds its area gone);
+    /// a single page is gone. Returns whether to retry after reading events.
     fn put_back(
         &self,
         pending: &mut Pending,
@@ -418,7 +421,20 @@ impl Server {
         let skip = match err.raw_os_error() {
             Some(libc::EAGAIN) => 0,
             Some(libc::EEXIST) => 1,
-            Some(libc::ENOENT | libc::ESRCH) => return Ok(false),
+            Some(libc::ENOENT) => {
+                let used = done / PAGE;
+                if piece.pages > used + 1 {
+                    for k in used..piece.pages {
+                        pending.restore(Piece {
+                            addr: piece.addr + k * PAGE,
+                            first: piece.first + k,
+                            pages: 1,
+                        });
+                    }
+                }
+                return Ok(false);
+            }
+            Some(libc::ESRCH) => return Ok(false),
             _ => {
                 let e = std::io::Error::from_raw_os_error(err.raw_os_error().unwrap_or(libc::EIO));
                 return Err(self.uffd_err(e));
