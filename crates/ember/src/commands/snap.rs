@@ -138,6 +138,7 @@ fn dump(
     parent: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let opts = DumpOptions { inherited };
+    let layered = parent.is_some();
     let stats = match parent {
         Some(p) => {
             let parent = LoadedImage::load(&p)?;
@@ -149,12 +150,16 @@ fn dump(
         // SAFETY: kill takes plain integers; the pid was just dumped and is ours to end.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
+    let layer = if layered {
+        format!("{} pages the parent's, ", stats.parent_pages)
+    } else {
+        String::new()
+    };
     eprintln!(
-        "dumped pid {pid} to {}: {} VMAs, {} pages stored ({} the parent's, {} zero pages left out, {} read through a lazy restore's page server), {} files; stopped {:.2} ms, total {:.2} ms",
+        "dumped pid {pid} to {}: {} VMAs, {} pages stored ({layer}{} zero pages left out, {} read through a lazy restore's page server), {} files; stopped {:.2} ms, total {:.2} ms",
         out.display(),
         stats.vmas,
         stats.pages,
-        stats.parent_pages,
         stats.zero_pages,
         stats.faulted_in,
         stats.files,
