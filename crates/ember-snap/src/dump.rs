@@ -223,8 +223,11 @@ fn capture(
     let maps = proc::parse_maps(&cx.read("maps")?).map_err(|e| cx.proc_err("maps", e))?;
     let stat_mm = proc::parse_stat_mm(&cx.read("stat")?)
         .ok_or_else(|| cx.proc_err("stat", "unexpected format".into()))?;
-    let status = proc::parse_status(&cx.read("status")?)
+    let status_text = cx.read("status")?;
+    let status = proc::parse_status(&status_text)
         .ok_or_else(|| cx.proc_err("status", "unexpected format".into()))?;
+    let mut creds = crate::creds::parse_status(&status_text)
+        .ok_or_else(|| cx.proc_err("status", "no ids or capability sets".into()))?;
     let auxv = proc::parse_auxv(
         &std::fs::read(cx.path("auxv")).map_err(|e| cx.proc_err("auxv", e.to_string()))?,
     );
@@ -247,6 +250,12 @@ fn capture(
     let vdso_hash = vdso_hash(&cx, &mem, &maps)?;
     let insn = find_syscall(t, &mem, &maps).ok_or(DumpError::NoSyscall { pid })?;
     let q = query(t, insn, status.sig_caught)?;
+    creds.securebits = t.syscall_ok(
+        insn,
+        libc::SYS_prctl,
+        &[libc::PR_GET_SECUREBITS as u64],
+        "prctl(PR_GET_SECUREBITS)",
+    )?;
     let (head, len) =
         sys::get_robust_list(pid).map_err(|e| cx.proc_err("robust list", e.to_string()))?;
     let mut tid = [0u8; 4];
@@ -345,6 +354,7 @@ fn capture(
             umask: status.umask,
             cwd,
             comm,
+            creds,
         },
         mm: MmFields {
             start_code: stat_mm.start_code,

@@ -11,6 +11,7 @@
 //! process while its memory is replaced is the [`restorer`] blob.
 
 pub mod cpu;
+pub mod creds;
 pub mod dump;
 pub mod image;
 pub mod lazy;

@@ -1479,10 +1479,13 @@ async fn lock_home(path: &std::path::Path) -> std::io::Result<FileLock> {
 
 /// Names the bootstrap an image's process runs: its directory, named by its content hash.
 pub(crate) fn runtime_of(bootstrap: &std::path::Path) -> String {
-    bootstrap
+    // An image is only as good as the bootstrap its process runs and the snapshot format it
+    // is written in: images of either an earlier one are removed at start and rebuilt.
+    let name = bootstrap
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    format!("{name}/snap{}", ember_snap::image::format::FORMAT_VERSION)
 }
 
 /// A new instance's id: `<function>-<12 hex digits>`.

@@ -16,7 +16,7 @@
 //! process, and checks the metadata for consistency (VMAs sorted and in user space, page runs
 //! inside private VMAs, indices in range), so a corrupted or hostile image is refused by name.
 //!
-//! A **layer** (format 3) names its parent in `Meta::parent` (id, BLAKE3 of the parent's
+//! A **layer** (format 4) names its parent in `Meta::parent` (id, BLAKE3 of the parent's
 //! metadata, the size of the parent's page index space, a path hint) and stores only the
 //! pages that differ from the parent's. Its page index space is its own stored pages, then
 //! the parent's whole space (recursively), so a run points at either:
@@ -41,8 +41,9 @@ use crate::sys::{self, Mapping};
 
 pub const META_MAGIC: [u8; 8] = *b"EMBRSNAP";
 pub const PAGES_MAGIC: [u8; 8] = *b"EMBRPAGE";
-/// 3: `ParentRef` gained the parent's metadata hash and index-space size (layers).
-pub const FORMAT_VERSION: u32 = 3;
+/// 3: credentials; 4: `ParentRef` gained the parent's metadata hash and index-space size
+/// (layers).
+pub const FORMAT_VERSION: u32 = 4;
 /// Most layers over one whole image.
 pub const MAX_DEPTH: u32 = 8;
 /// Largest metadata accepted (a 1,300-VMA scikit-learn image needs ~100 KiB).
@@ -293,6 +294,7 @@ fn validate(m: &Meta) -> Result<(), String> {
     if m.mm.auxv.len() > 128 || m.task.sigactions.len() > 64 {
         return Err("auxv or signal table too long".into());
     }
+    crate::creds::validate(&m.task.creds)?;
     Ok(())
 }
 
@@ -808,6 +810,7 @@ mod tests {
                 umask: 0o22,
                 cwd: "/".into(),
                 comm: "t".into(),
+                creds: crate::creds::Creds::default(),
             },
             mm: MmFields::default(),
             fds: vec![Fd {

@@ -166,6 +166,8 @@ pub struct Task {
     pub umask: u32,
     pub cwd: String,
     pub comm: String,
+    /// Ids, groups, capabilities and securebits ([`crate::creds`]).
+    pub creds: crate::creds::Creds,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

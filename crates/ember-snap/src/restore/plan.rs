@@ -475,8 +475,11 @@ impl<'m> Plan<'m> {
             &[libc::PR_SET_NAME as u64, comm],
             0,
         );
-        if let Some(h) = self.handoff {
-            handoff(&mut b2, h);
+        match self.handoff {
+            Some(h) => handoff(&mut b2, h),
+            None => {
+                crate::creds::restore_calls(&mut b2, &meta.task.creds, crate::creds::last_cap())
+            }
         }
         b2
     }
