@@ -25,7 +25,8 @@ pub struct Meta {
     pub id: [u8; 16],
     /// Unix seconds when the dump was taken.
     pub created: u64,
-    /// The image this one is a layer over (not used yet: always `None`).
+    /// The image this one is a layer over: then [`PageIndex::runs`] may also point past the
+    /// stored pages, into the parent's page index space (see [`ParentRef`]).
     pub parent: Option<ParentRef>,
     pub source: Source,
     pub requires: Requires,
@@ -39,9 +40,21 @@ pub struct Meta {
     pub process: ProcState,
 }
 
+/// The parent of a layered image. A layer stores only the pages that differ from its
+/// parent's; its page index space is its own stored pages (`0..pages.count`), then the
+/// parent's whole index space (`pages.count..pages.count + space`), recursively: a run may
+/// point into either. Everything else (VMAs, registers, descriptors) is the layer's own.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ParentRef {
+    /// The parent's [`Meta::id`].
     pub id: [u8; 16],
+    /// BLAKE3 of the parent's metadata (as in its `meta` file header): the parent must be
+    /// exactly the image the layer was taken over.
+    pub meta_hash: [u8; 32],
+    /// Size of the parent's page index space (its stored pages plus its parent's space).
+    pub space: u64,
+    /// Where the parent was at dump time: an absolute path, or one relative to the layer's
+    /// directory. A hint: the id and hash decide.
     pub path: String,
 }
 

@@ -226,7 +226,9 @@ impl<'m> Plan<'m> {
                     continue;
                 }
                 let len = u64::from(r.pages) * PAGE;
-                let prot = (v.prot | libc::PROT_WRITE) as u64;
+                // Readable until batch 2 sets the final protection: MADV_POPULATE_READ
+                // refuses (EINVAL) an area without read access (a PROT_NONE one).
+                let prot = (v.prot | libc::PROT_READ | libc::PROT_WRITE) as u64;
                 let flags = (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64;
                 let args = [r.addr, len, prot, flags, fd as u64, r.addr];
                 b.call(
