@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Phases (tracing spans): `dump.freeze` (seize, interrupt, registers), `dump.inspect`
-//! (/proc files, injected queries), `dump.pages` (pagemap + page contents), `dump.files`
+//! (/proc files; process-wide state and the queries only the process can answer, in
+//! [`crate::state::capture`]), `dump.pages` (pagemap + page contents), `dump.files`
 //! (file identities: after the process is let go; each file's `stat` taken while it was
 //! stopped must still hold after its content is read), `dump.write`.
 
@@ -28,10 +29,12 @@ use tracing::info_span;
 use crate::cpu;
 use crate::image::files::{self, FileError, Observed};
 use crate::image::{
-    self, AltStack, ImageError, Meta, MmFields, PAGE, PageIndex, PageRun, Requires, Rseq,
-    SigAction, Source, Task, VdsoArea, VdsoLayout, Vma, VmaKind, vma_flags,
+    self, ImageError, LoadedImage, Meta, MmFields, PAGE, PageIndex, PageRun, ParentRef, Requires,
+    Rseq, Source, Task, VdsoArea, VdsoLayout, Vma, VmaKind, vma_flags,
 };
+use crate::lazy::{PageServer, PendingPages};
 use crate::proc::{self, MapEntry};
+use crate::state::{self, StateError};
 use crate::sys::{self, Regs};
 use crate::tracee::{TraceError, Tracee};
 
@@ -43,8 +46,9 @@ use fds::classify_fds;
 /// thread id at every dump, recorded only when it equals it).
 const GLIBC_TID_OFFSET: u32 = 0x2d0;
 /// How long a process may be kept stopped by default (numpy's dump stops it ~20 ms,
-/// scikit-learn + pandas' ~100-300 ms on a busy 2-core machine).
-pub const DEFAULT_FREEZE_LIMIT: Duration = Duration::from_secs(5);
+/// scikit-learn + pandas' ~100-300 ms on a busy 2-core machine; a dump of a lazily restored
+/// process without its page server faults every page in: 2-3.5 s in a debug build).
+pub const DEFAULT_FREEZE_LIMIT: Duration = Duration::from_secs(10);
 /// How long the caller waits for the process to stop, beyond the freeze limit.
 const ATTACH_WAIT: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +104,10 @@ pub enum DumpError {
     File(#[source] FileError, i32),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot dump a layer over {dir}: {why}")]
+    Parent { dir: PathBuf, why: String },
 }
 
 /// What the caller tells a dump.
@@ -126,7 +134,12 @@ impl Default for DumpOptions {
 #[derive(Debug, Clone, Default)]
 pub struct DumpStats {
     pub vmas: usize,
+    /// Pages stored in the image's page file.
     pub pages: u64,
+    /// A layer's pages that are its parent's (referred to, not stored).
+    pub parent_pages: u64,
+    /// Pages a lazy restore had not given the process yet, read through its page server.
+    pub faulted_in: u64,
     pub zero_pages: u64,
     pub files: usize,
     /// Time the process was stopped.
@@ -213,35 +226,94 @@ impl Drop for Frozen {
 /// and stays as it was: it runs on after the dump (kill it if it must not), also when the
 /// dump fails or takes too long.
 pub fn dump(pid: i32, out: &Path, opts: &DumpOptions) -> Result<DumpStats, DumpError> {
+    dump_restored(pid, out, opts, Lineage::default())
+}
+
+/// What a dump of a process this engine restored may use besides the process itself.
+#[derive(Clone, Copy, Default)]
+pub struct Lineage<'a> {
+    /// Dump as a layer over this image (the one the process was restored from).
+    pub parent: Option<&'a LoadedImage>,
+    /// The page server of the process's lazy restore (lazy, bulk, prefetch), when it runs
+    /// in this process: the pages it has not installed yet are read from its page source
+    /// instead of being faulted in through it, and areas the process never touched are not
+    /// faulted in at all (a sparse area costs nothing; faulting costs ~11-30 us a page).
+    pub server: Option<&'a PageServer>,
+}
+
+/// Dumps process `pid` as a **layer** over `parent`, the image it was restored from: only
+/// the pages that differ from the parent's page at the same address are stored, the others
+/// refer to the parent's; everything else is stored whole. The layer records the parent's
+/// id, metadata hash and (as a hint) its directory; a restore loads the parent with it.
+pub fn dump_layer(
+    pid: i32,
+    out: &Path,
+    opts: &DumpOptions,
+    parent: &LoadedImage,
+) -> Result<DumpStats, DumpError> {
+    let lineage = Lineage {
+        parent: Some(parent),
+        server: None,
+    };
+    dump_restored(pid, out, opts, lineage)
+}
+
+/// [`dump`] or [`dump_layer`] of a restored process, with what its restore left: the image
+/// it came from (to dump a layer over) and its page server.
+pub fn dump_restored(
+    pid: i32,
+    out: &Path,
+    opts: &DumpOptions,
+    lineage: Lineage<'_>,
+) -> Result<DumpStats, DumpError> {
     let t0 = Instant::now();
+    let parent = lineage.parent;
+    if let Some(p) = parent
+        && !p.is_loaded()
+    {
+        return Err(DumpError::Parent {
+            dir: p.dir.clone(),
+            why: "it was opened without its pages; load it (LoadedImage::load)".into(),
+        });
+    }
     let threads = thread_count(pid)?;
     if threads != 1 {
         return Err(DumpError::MultiThreaded { pid, threads });
     }
-    // ptrace ties a tracee to the thread that attached it: the stopped part runs on a
-    // thread of its own, so that the caller can give up on it without leaving the process
-    // stopped (the thread lets it go at its next step).
+    // Strict mode is refused before the process is touched; a process with filters is
+    // seized with them suspended, so the injected queries pass them.
+    let seccomp = state::seccomp_mode(pid)?;
+    state::refuse_strict(pid, seccomp)?;
     let abandoned = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (o, flag, span) = (opts.clone(), abandoned.clone(), tracing::Span::current());
-    std::thread::Builder::new()
-        .name(format!("ember-dump-{pid}"))
-        .spawn(move || {
-            let _e = span.enter();
-            let _ = tx.send(stopped_part(pid, &o, flag));
-        })
-        .map_err(DumpError::Thread)?;
-    let waited = opts.freeze_limit + ATTACH_WAIT;
-    let (captured, frozen_us) = match rx.recv_timeout(waited) {
-        Ok(r) => r?,
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            abandoned.store(true, Ordering::Relaxed);
-            return Err(DumpError::Stuck { pid, waited });
+    let stopped = if lineage.parent.is_none() && lineage.server.is_none() {
+        // ptrace ties a tracee to the thread that attached it: the stopped part runs on a
+        // thread of its own, so that the caller can give up on it without leaving the
+        // process stopped (the thread lets it go at its next step). A dump with a lineage
+        // borrows from its caller and runs on the caller's thread.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (o, flag, span) = (opts.clone(), abandoned.clone(), tracing::Span::current());
+        std::thread::Builder::new()
+            .name(format!("ember-dump-{pid}"))
+            .spawn(move || {
+                let _e = span.enter();
+                let _ = tx.send(stopped_part(pid, &o, seccomp, Lineage::default(), flag));
+            })
+            .map_err(DumpError::Thread)?;
+        let waited = opts.freeze_limit + ATTACH_WAIT;
+        match rx.recv_timeout(waited) {
+            Ok(r) => r,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                abandoned.store(true, Ordering::Relaxed);
+                return Err(DumpError::Stuck { pid, waited });
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(DumpError::Crashed { pid });
+            }
         }
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            return Err(DumpError::Crashed { pid });
-        }
+    } else {
+        stopped_part(pid, opts, seccomp, lineage, abandoned)
     };
+    let (captured, frozen_us) = stopped?;
     let Captured {
         mut meta,
         pages,
@@ -267,12 +339,14 @@ pub fn dump(pid: i32, out: &Path, opts: &DumpOptions) -> Result<DumpStats, DumpE
 fn stopped_part(
     pid: i32,
     opts: &DumpOptions,
+    seccomp: u32,
+    lineage: Lineage<'_>,
     abandoned: Arc<AtomicBool>,
 ) -> Result<(Captured, u64), DumpError> {
     let tracee = {
         let _s = info_span!("dump.freeze", pid).entered();
         Frozen {
-            t: Tracee::attach(pid, false)?,
+            t: Tracee::attach(pid, false, seccomp == 2)?,
             released: false,
         }
     };
@@ -283,7 +357,7 @@ fn stopped_part(
         limit: opts.freeze_limit,
         abandoned,
     };
-    let captured = capture(&tracee.t, &cx, opts);
+    let captured = capture(&tracee.t, &cx, opts, lineage.parent, lineage.server);
     let released = tracee.release();
     let frozen_us = frozen.elapsed().as_micros() as u64;
     let captured = captured?;
@@ -342,7 +416,13 @@ fn working_dir(cx: &Ctx) -> Result<String, DumpError> {
 }
 
 /// Everything read while the process is stopped.
-fn capture(t: &Tracee, cx: &Ctx, opts: &DumpOptions) -> Result<Captured, DumpError> {
+fn capture(
+    t: &Tracee,
+    cx: &Ctx,
+    opts: &DumpOptions,
+    parent: Option<&LoadedImage>,
+    server: Option<&PageServer>,
+) -> Result<Captured, DumpError> {
     let pid = t.pid;
     let threads = thread_count(pid)?;
     if threads != 1 {
@@ -396,7 +476,8 @@ fn capture(t: &Tracee, cx: &Ctx, opts: &DumpOptions) -> Result<Captured, DumpErr
     cx.check_time("descriptors")?;
     let vdso_hash = vdso_hash(cx, &mem, &maps)?;
     let insn = find_syscall(t, &mem, &maps).ok_or(DumpError::NoSyscall { pid })?;
-    let q = query(t, insn, status.sig_caught, &async_fds)?;
+    let (q, process) = state::capture::capture(t, insn)?;
+    fds::refuse_owned_async(t, insn, &async_fds)?;
     creds.securebits = t.syscall_ok(
         insn,
         libc::SYS_prctl,
@@ -411,16 +492,33 @@ fn capture(t: &Tracee, cx: &Ctx, opts: &DumpOptions) -> Result<Captured, DumpErr
         .is_ok()
         && i32::from_ne_bytes(tid) == status.ns_tid)
         .then_some(GLIBC_TID_OFFSET);
-    let mut sigactions = q.sigactions;
-    sigactions.extend(ignored_signals(&status));
     let observed = files.observe(pid)?;
     drop(span);
     cx.check_time("inspect")?;
 
-    let (pages, runs, zero_pages) = {
+    let read = {
         let _s = info_span!("dump.pages").entered();
-        read_pages(cx, &mem, &maps, &vmas)?
+        // Taken while the process is stopped and before pagemap is read: a page the server
+        // installs from now on is found present; one neither pending now nor present later
+        // was never the image's.
+        let pending = match server.and_then(PageServer::pending) {
+            Some(p) if p.pid != pid => {
+                return Err(cx.proc_err(
+                    "page server",
+                    format!("the page server given is process {}'s", p.pid),
+                ));
+            }
+            p => p,
+        };
+        read_pages(cx, &mem, &maps, &vmas, parent, pending.as_ref())?
     };
+    let ReadPages {
+        data: pages,
+        runs,
+        zero: zero_pages,
+        parent_pages,
+        faulted_in,
+    } = read;
     cx.check_time("pages")?;
     let (xfeatures, xstate_size) = cpu::xstate_info(&xstate);
     let mut id = [0u8; 16];
@@ -435,7 +533,15 @@ fn capture(t: &Tracee, cx: &Ctx, opts: &DumpOptions) -> Result<Captured, DumpErr
     let meta = Meta {
         id,
         created,
-        parent: None,
+        parent: parent.map(|p| ParentRef {
+            id: p.meta.id,
+            meta_hash: p.meta_hash(),
+            space: p.space_len(),
+            path: std::fs::canonicalize(&p.dir)
+                .unwrap_or_else(|_| p.dir.clone())
+                .to_string_lossy()
+                .into_owned(),
+        }),
         source: Source {
             pid,
             comm: comm.clone(),
@@ -462,7 +568,7 @@ fn capture(t: &Tracee, cx: &Ctx, opts: &DumpOptions) -> Result<Captured, DumpErr
             regs: regs_to_words(&t.regs),
             xstate,
             sigmask: t.sigmask,
-            sigactions,
+            sigactions: q.sigactions,
             sigaltstack: q.altstack,
             tid_address: q.tid_address,
             robust_list: (head, len),
@@ -491,10 +597,13 @@ fn capture(t: &Tracee, cx: &Ctx, opts: &DumpOptions) -> Result<Captured, DumpErr
             exe: exe_idx,
         },
         fds,
+        process,
     };
     let stats = DumpStats {
         vmas: meta.vmas.len(),
         pages: count,
+        parent_pages,
+        faulted_in,
         zero_pages,
         ..DumpStats::default()
     };
@@ -516,23 +625,6 @@ fn vdso_hash(cx: &Ctx, mem: &File, maps: &[MapEntry]) -> Result<[u8; 32], DumpEr
     mem.read_exact_at(&mut buf, v.start)
         .map_err(|e| cx.proc_err("mem", e.to_string()))?;
     Ok(*blake3::hash(&buf).as_bytes())
-}
-
-/// `SIG_IGN` for every signal `/proc/PID/status` says is ignored (caught ones were queried).
-fn ignored_signals(status: &proc::Status) -> Vec<SigAction> {
-    (1..=64u8)
-        .filter(|sig| {
-            let bit = 1u64 << (sig - 1);
-            status.sig_ignored & bit != 0 && status.sig_caught & bit == 0
-        })
-        .map(|sig| SigAction {
-            sig,
-            handler: libc::SIG_IGN as u64,
-            flags: 0,
-            restorer: 0,
-            mask: 0,
-        })
-        .collect()
 }
 
 pub fn regs_to_words(r: &Regs) -> Vec<u64> {
@@ -770,135 +862,54 @@ fn find_syscall(t: &Tracee, mem: &File, maps: &[MapEntry]) -> Option<u64> {
         .map(|i| v.start + i as u64)
 }
 
-struct Queried {
-    brk: u64,
-    tid_address: u64,
-    altstack: AltStack,
-    sigactions: Vec<SigAction>,
-}
-
-/// State only the process can tell: asked by injected syscalls writing into a scratch page.
-fn query(t: &Tracee, insn: u64, caught: u64, async_fds: &[i32]) -> Result<Queried, DumpError> {
-    let pid = t.pid;
-    // O_ASYNC: SIGIO goes to the descriptor's owner; a restored process has another pid,
-    // so only an unowned one (no signal is ever sent) is restored.
-    for &fd in async_fds {
-        let args = [fd as u64, libc::F_GETOWN as u64];
-        let owner = t.syscall_ok(insn, libc::SYS_fcntl, &args, "fcntl(F_GETOWN)")? as i32;
-        if owner != 0 {
-            return Err(DumpError::Fd {
-                pid,
-                fd,
-                what: "O_ASYNC".into(),
-                why: format!(
-                    "its SIGIO goes to {} {} (F_SETOWN), which a restore cannot keep: clear O_ASYNC or the owner before the dump",
-                    if owner < 0 {
-                        "process group"
-                    } else {
-                        "process"
-                    },
-                    owner.unsigned_abs()
-                ),
-            });
-        }
-    }
-    let brk = t.syscall_ok(insn, libc::SYS_brk, &[0], "brk(0)")?;
-    let scratch = t.syscall_ok(
-        insn,
-        libc::SYS_mmap,
-        &[
-            0,
-            PAGE,
-            (libc::PROT_READ | libc::PROT_WRITE) as u64,
-            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
-            u64::MAX,
-            0,
-        ],
-        "mmap(scratch page)",
-    )?;
-    let result = (|| -> Result<Queried, DumpError> {
-        let read = |len: usize| -> Result<Vec<u8>, DumpError> {
-            let mut b = vec![0u8; len];
-            sys::read_mem(pid, scratch, &mut b).map_err(|e| DumpError::Proc {
-                pid,
-                file: "scratch page".into(),
-                why: e.to_string(),
-            })?;
-            Ok(b)
-        };
-        let w = |b: &[u8], i: usize| {
-            u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]))
-        };
-        t.syscall_ok(
-            insn,
-            libc::SYS_prctl,
-            &[libc::PR_GET_TID_ADDRESS as u64, scratch],
-            "prctl(PR_GET_TID_ADDRESS)",
-        )?;
-        let tid_address = w(&read(8)?, 0);
-        t.syscall_ok(insn, libc::SYS_sigaltstack, &[0, scratch], "sigaltstack")?;
-        let b = read(24)?;
-        let altstack = AltStack {
-            sp: w(&b, 0),
-            flags: w(&b, 1) as i32,
-            size: w(&b, 2),
-        };
-        let mut sigactions = Vec::new();
-        for sig in 1..=64u8 {
-            if caught & (1u64 << (sig - 1)) == 0 {
-                continue;
-            }
-            t.syscall_ok(
-                insn,
-                libc::SYS_rt_sigaction,
-                &[u64::from(sig), 0, scratch, 8],
-                &format!("rt_sigaction({sig})"),
-            )?;
-            let b = read(32)?;
-            sigactions.push(SigAction {
-                sig,
-                handler: w(&b, 0),
-                flags: w(&b, 1),
-                restorer: w(&b, 2),
-                mask: w(&b, 3),
-            });
-        }
-        Ok(Queried {
-            brk,
-            tid_address,
-            altstack,
-            sigactions,
-        })
-    })();
-    let unmapped = t.syscall_ok(
-        insn,
-        libc::SYS_munmap,
-        &[scratch, PAGE],
-        "munmap(scratch page)",
-    );
-    let q = result?;
-    unmapped?;
-    Ok(q)
-}
-
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAPPED: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
 
+/// The pages a dump read.
+struct ReadPages {
+    /// The stored pages, in page-file order.
+    data: Vec<u8>,
+    runs: Vec<PageRun>,
+    zero: u64,
+    parent_pages: u64,
+    faulted_in: u64,
+}
+
+/// Largest read of process memory at once.
+const READ_CHUNK: usize = 4 << 20;
+
 /// Reads the pages to save: present (or swapped) pages of private anonymous memory, and
 /// pages of private file mappings that are no longer the file's own (copied on write,
-/// RELRO included). All-zero pages are left out. Returns (pages, runs, zero pages skipped).
+/// RELRO included). All-zero pages are left out.
+///
+/// A process restored lazily (lazy, bulk, prefetch) has areas registered with a userfaultfd
+/// in missing mode (`um` in smaps) whose pages it has not touched yet: not present, but the
+/// image's. Those are read with `process_vm_readv`, whose page faults wait for the page
+/// server (reads of `/proc/PID/mem` cannot wait: they fail with EIO).
+///
+/// With `parent`, a page equal to the parent's page at the same address is a reference to
+/// it instead of a stored page.
 fn read_pages(
     cx: &Ctx,
     mem: &File,
     maps: &[MapEntry],
     vmas: &[Vma],
-) -> Result<(Vec<u8>, Vec<PageRun>, u64), DumpError> {
+    parent: Option<&LoadedImage>,
+    pending: Option<&PendingPages>,
+) -> Result<ReadPages, DumpError> {
     let pagemap =
         File::open(cx.path("pagemap")).map_err(|e| cx.proc_err("pagemap", e.to_string()))?;
-    let mut out: Vec<u8> = Vec::new();
-    let mut runs: Vec<PageRun> = Vec::new();
-    let mut zero = 0u64;
+    let uffd_areas = proc::parse_smaps_uffd(&cx.read("smaps")?);
+    let mut c = Collector {
+        parent,
+        data: Vec::new(),
+        entries: Vec::new(),
+        vma_first_entry: 0,
+        zero: 0,
+        parent_pages: 0,
+    };
+    let mut faulted_in = 0u64;
     debug_assert!(maps.len() >= vmas.len());
     for v in vmas.iter().filter(|v| !v.shared) {
         cx.check_time("pages")?;
@@ -908,49 +919,188 @@ fn read_pages(
             .read_exact_at(&mut raw, v.start / PAGE * 8)
             .map_err(|e| cx.proc_err("pagemap", e.to_string()))?;
         let file_backed = matches!(v.kind, VmaKind::File { .. });
-        let keep = |i: usize| -> bool {
+        let lazy = |a: u64| !file_backed && uffd_areas.iter().any(|&(s, e)| s <= a && a < e);
+        // 0: leave out; 1: read from /proc/PID/mem; 2: not given by a lazy restore yet.
+        let how = |i: usize| -> u8 {
             let e = u64::from_ne_bytes(raw[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-            if file_backed {
+            let stored = if file_backed {
                 (e & PM_PRESENT != 0 && e & PM_FILE == 0) || e & PM_SWAPPED != 0
             } else {
                 e & (PM_PRESENT | PM_SWAPPED) != 0
+            };
+            if stored {
+                1
+            } else if lazy(v.start + i as u64 * PAGE) {
+                2
+            } else {
+                0
             }
         };
+        c.vma_first_entry = c.entries.len();
         let mut i = 0;
         while i < n {
-            if !keep(i) {
+            let kind = how(i);
+            if kind == 0 {
                 i += 1;
                 continue;
             }
-            let mut j = i;
-            while j < n && keep(j) {
+            let mut j = i + 1;
+            while j < n && j - i < READ_CHUNK / PAGE as usize && how(j) == kind {
                 j += 1;
             }
             let addr = v.start + i as u64 * PAGE;
-            let mut buf = vec![0u8; (j - i) * PAGE as usize];
-            mem.read_exact_at(&mut buf, addr)
-                .map_err(|e| cx.proc_err("mem", format!("at {addr:#x}: {e}")))?;
-            for (k, page) in buf.chunks(PAGE as usize).enumerate() {
-                if page.iter().all(|&b| b == 0) {
-                    zero += 1;
-                    continue;
+            let len = (j - i) as u64 * PAGE;
+            if kind == 2
+                && let Some(p) = pending
+            {
+                // Only what the server still holds; the rest of the range is zeros.
+                let mut seen = 0;
+                for (at, bytes) in read_pending(cx.pid, p, addr, addr + len)? {
+                    seen += bytes.len() as u64 / PAGE;
+                    c.take(at, &bytes);
                 }
-                let a = addr + k as u64 * PAGE;
-                let first = out.len() as u64 / PAGE;
-                match runs.last_mut() {
-                    Some(r) if r.addr >= v.start && r.addr + u64::from(r.pages) * PAGE == a => {
-                        r.pages += 1
-                    }
-                    _ => runs.push(PageRun {
-                        addr: a,
-                        pages: 1,
-                        first,
-                    }),
+                c.zero += (j - i) as u64 - seen;
+            } else {
+                let mut buf = vec![0u8; len as usize];
+                if kind == 1 {
+                    mem.read_exact_at(&mut buf, addr)
+                        .map_err(|e| cx.proc_err("mem", format!("at {addr:#x}: {e}")))?;
+                } else {
+                    read_through_server(cx.pid, v, addr, &mut buf)?;
+                    faulted_in += (j - i) as u64;
                 }
-                out.extend_from_slice(page);
+                c.take(addr, &buf);
             }
             i = j;
         }
     }
-    Ok((out, runs, zero))
+    let own = c.data.len() as u64 / PAGE;
+    let runs = c
+        .entries
+        .into_iter()
+        .map(|(addr, is_parent, idx, pages)| PageRun {
+            addr,
+            pages,
+            first: if is_parent { own + idx } else { idx },
+        })
+        .collect();
+    Ok(ReadPages {
+        data: c.data,
+        runs,
+        zero: c.zero,
+        parent_pages: c.parent_pages,
+        faulted_in,
+    })
+}
+
+/// Where read pages go: all-zero ones left out, a layer's pages equal to the parent's
+/// referred to, the rest stored; runs of consecutive addresses and indices, never across a
+/// VMA.
+struct Collector<'a> {
+    parent: Option<&'a LoadedImage>,
+    data: Vec<u8>,
+    /// (address, refers to the parent, index in own or parent space, pages)
+    entries: Vec<(u64, bool, u64, u32)>,
+    /// First entry of the current VMA.
+    vma_first_entry: usize,
+    zero: u64,
+    parent_pages: u64,
+}
+
+impl Collector<'_> {
+    /// Pages read at `addr`.
+    fn take(&mut self, addr: u64, bytes: &[u8]) {
+        for (k, page) in bytes.chunks(PAGE as usize).enumerate() {
+            if page.iter().all(|&b| b == 0) {
+                self.zero += 1;
+                continue;
+            }
+            let a = addr + k as u64 * PAGE;
+            let from_parent = self.parent.and_then(|p| {
+                let i = p.page_at(a)?;
+                let theirs = p
+                    .page_data()
+                    .get((i * PAGE) as usize..((i + 1) * PAGE) as usize)?;
+                (theirs == page).then(|| p.space_index(i))
+            });
+            let (is_parent, idx) = match from_parent {
+                Some(x) => {
+                    self.parent_pages += 1;
+                    (true, x)
+                }
+                None => {
+                    self.data.extend_from_slice(page);
+                    (false, self.data.len() as u64 / PAGE - 1)
+                }
+            };
+            let same_vma = self.entries.len() > self.vma_first_entry;
+            match self.entries.last_mut() {
+                Some(r)
+                    if same_vma
+                        && r.1 == is_parent
+                        && r.0 + u64::from(r.3) * PAGE == a
+                        && r.2 + u64::from(r.3) == idx =>
+                {
+                    r.3 += 1
+                }
+                _ => self.entries.push((a, is_parent, idx, 1)),
+            }
+        }
+    }
+}
+
+/// Pages read at an address.
+type Segment<'p> = (u64, std::borrow::Cow<'p, [u8]>);
+
+/// The pending image pages in `[start, end)` (a page server's, for pages the process does
+/// not have), from the server's source: (address, pages) in address order.
+fn read_pending<'p>(
+    pid: i32,
+    p: &'p PendingPages,
+    start: u64,
+    end: u64,
+) -> Result<Vec<Segment<'p>>, DumpError> {
+    let k = p
+        .pieces
+        .partition_point(|x| x.addr + x.pages * PAGE <= start);
+    let mut out = Vec::new();
+    for piece in p.pieces[k..].iter().take_while(|x| x.addr < end) {
+        let lo = piece.addr.max(start);
+        let hi = (piece.addr + piece.pages * PAGE).min(end);
+        let first = piece.first + (lo - piece.addr) / PAGE;
+        let pages = (hi - lo) / PAGE;
+        let data = p.source.pages(first, pages).map_err(|e| DumpError::Proc {
+            pid,
+            file: "the page source of its lazy restore".into(),
+            why: e.to_string(),
+        })?;
+        if data.len() as u64 != pages * PAGE {
+            return Err(DumpError::Proc {
+                pid,
+                file: "the page source of its lazy restore".into(),
+                why: format!("{} bytes for {pages} pages from {first}", data.len()),
+            });
+        }
+        out.push((lo, data));
+    }
+    Ok(out)
+}
+
+/// Reads pages a lazy restore has not installed yet with `process_vm_readv`: each fault
+/// waits for the page server to install the page, as the process's own touch would.
+fn read_through_server(pid: i32, v: &Vma, addr: u64, buf: &mut [u8]) -> Result<(), DumpError> {
+    sys::read_mem(pid, addr, buf).map_err(|e| DumpError::Vma {
+        pid,
+        vma: format!("{:x}-{:x}", v.start, v.end),
+        why: if v.prot & libc::PROT_READ == 0 {
+            "pages its lazy restore has not given it yet are in an area it made inaccessible \
+             (PROT_NONE), where they cannot be read; restore it eagerly to dump it"
+                .into()
+        } else {
+            format!(
+                "reading the pages its lazy restore has not given it yet, at {addr:#x}: {e} \
+                 (is the page server of that restore still running?)"
+            )
+        },
+    })
 }

@@ -245,6 +245,25 @@ pub fn parse_fdinfo(text: &str) -> Option<(u64, u32)> {
     Some((pos?, flags?))
 }
 
+/// (soft, hard) of every resource limit, in resource order, from `/proc/PID/limits`
+/// (readable where `prlimit` on another user's process is not: that needs
+/// CAP_SYS_RESOURCE). Each line is the name in 25 columns and a space, then the soft and
+/// hard values (`unlimited` for `RLIM_INFINITY`).
+pub fn parse_limits(text: &str) -> Option<Vec<(u64, u64)>> {
+    let value = |v: &str| match v {
+        "unlimited" => Some(u64::MAX),
+        n => n.parse().ok(),
+    };
+    text.lines()
+        .skip(1)
+        .map(|line| {
+            let mut f = line.get(26..)?.split_whitespace();
+            Some((value(f.next()?)?, value(f.next()?)?))
+        })
+        .collect::<Option<Vec<_>>>()
+        .filter(|v| v.len() == 16)
+}
+
 /// `/proc/PID/auxv` as (type, value) words, up to and including `AT_NULL`.
 pub fn parse_auxv(bytes: &[u8]) -> Vec<u64> {
     let mut out = Vec::new();
@@ -281,6 +300,22 @@ pub fn parse_smaps_uffd(text: &str) -> Vec<(u64, u64)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn limits_parse_in_resource_order() {
+        let own = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let l = super::parse_limits(&own).unwrap();
+        let mut r = libc::rlimit64 {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        for (res, &(cur, max)) in l.iter().enumerate() {
+            // SAFETY: reading our own limit into a local.
+            unsafe { libc::getrlimit64(res as libc::__rlimit_resource_t, &mut r) };
+            assert_eq!((cur, max), (r.rlim_cur, r.rlim_max), "resource {res}");
+        }
+        assert_eq!(super::parse_limits("Limit\nMax cpu time  1 2\n"), None);
+    }
+
     use super::*;
 
     const MAPS: &str = "\

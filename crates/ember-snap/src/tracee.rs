@@ -39,9 +39,10 @@ fn pt(pid: i32, op: &'static str) -> impl FnOnce(io::Error) -> TraceError {
 
 impl Tracee {
     /// Seizes `pid` and brings it to a ptrace stop (it may be running, sleeping in a
-    /// syscall, or in a group stop).
-    pub fn attach(pid: i32, exitkill: bool) -> Result<Tracee, TraceError> {
-        sys::seize(pid, exitkill).map_err(|e| match e.raw_os_error() {
+    /// syscall, or in a group stop). `suspend_seccomp`: syscalls run in it pass its seccomp
+    /// filters while it is attached (needs CAP_SYS_ADMIN).
+    pub fn attach(pid: i32, exitkill: bool, suspend_seccomp: bool) -> Result<Tracee, TraceError> {
+        sys::seize(pid, exitkill, suspend_seccomp).map_err(|e| match e.raw_os_error() {
             Some(libc::EPERM) => TraceError::NotPermitted { pid },
             _ => pt(pid, "PTRACE_SEIZE")(e),
         })?;

@@ -148,3 +148,34 @@ pub(super) fn classify_fds(
     }
     Ok((out, async_fds))
 }
+
+/// `O_ASYNC` sends SIGIO to the descriptor's owner (`F_SETOWN`), and a restored process has
+/// another pid: only an unowned one (no signal is ever sent) is restored. Asked by an
+/// injected `fcntl(F_GETOWN)` per `O_ASYNC` descriptor.
+pub(super) fn refuse_owned_async(
+    t: &crate::tracee::Tracee,
+    insn: u64,
+    async_fds: &[i32],
+) -> Result<(), DumpError> {
+    for &fd in async_fds {
+        let args = [fd as u64, libc::F_GETOWN as u64];
+        let owner = t.syscall_ok(insn, libc::SYS_fcntl, &args, "fcntl(F_GETOWN)")? as i32;
+        if owner != 0 {
+            let whom = if owner < 0 {
+                "process group"
+            } else {
+                "process"
+            };
+            return Err(DumpError::Fd {
+                pid: t.pid,
+                fd,
+                what: "O_ASYNC".into(),
+                why: format!(
+                    "its SIGIO goes to {whom} {} (F_SETOWN), which a restore cannot keep: clear O_ASYNC or the owner before the dump",
+                    owner.unsigned_abs()
+                ),
+            });
+        }
+    }
+    Ok(())
+}

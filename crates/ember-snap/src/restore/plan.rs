@@ -5,7 +5,7 @@ use super::{GAP_SEARCH_FROM, Handoff, RestoreError};
 use crate::image::{FdKind, Meta, PAGE, VdsoLayout, VmaKind, format::USER_END, vma_flags};
 use crate::proc::MapEntry;
 use crate::restorer::{ALLOW_ERROR, ARG0_FROM_SAVED, ARG4_FROM_SAVED, Batch, SAVE_RESULT, Step};
-use crate::sys;
+use crate::{state, sys};
 
 const PR_SET_MM: u64 = 35;
 const PR_SET_MM_MAP: u64 = 14;
@@ -53,6 +53,11 @@ pub(super) struct Plan<'a> {
     pub(super) filled: Vec<bool>,
     /// Credentials and filter to end the restore with.
     pub(super) handoff: Option<&'a Handoff>,
+    /// The target's thread id as it sees it (timers and signals aimed at itself).
+    pub(super) tid: i32,
+    /// The target's own hard limits (and, with a handoff, nice value), which the image's
+    /// may not exceed.
+    pub(super) bounds: state::apply::Bounds,
     /// Mapped policy: where the target holds the image's memfd.
     pub(super) mapped_fd: Option<i32>,
     /// Where batch 1 leaves each mapped file's `struct stat`.
@@ -248,7 +253,9 @@ impl<'m> Plan<'m> {
                     continue;
                 }
                 let len = u64::from(r.pages) * PAGE;
-                let prot = (v.prot | libc::PROT_WRITE) as u64;
+                // Readable until batch 2 sets the final protection: MADV_POPULATE_READ
+                // refuses (EINVAL) an area without read access (a PROT_NONE one).
+                let prot = (v.prot | libc::PROT_READ | libc::PROT_WRITE) as u64;
                 let flags = (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64;
                 let args = [r.addr, len, prot, flags, fd as u64, r.addr];
                 b.call(
@@ -558,10 +565,23 @@ impl<'m> Plan<'m> {
             &[libc::PR_SET_NAME as u64, comm],
             0,
         );
+        let st = &meta.process;
+        state::apply::timers_and_signals(&mut b2, st, self.tid);
         match self.handoff {
-            Some(h) => handoff(&mut b2, h),
+            Some(h) => {
+                handoff_credentials(&mut b2, h);
+                state::apply::limits_and_prctl(&mut b2, st, h.die_with_parent, &self.bounds);
+                handoff_confine(&mut b2, h);
+                state::apply::filters(&mut b2, st, &h.seccomp);
+            }
             None => {
-                crate::creds::restore_calls(&mut b2, &meta.task.creds, crate::creds::last_cap())
+                // Filters first, while the target is still privileged (installing one
+                // needs CAP_SYS_ADMIN or no_new_privs, which a process may lack that got
+                // its filter before dropping privileges); the seize suspends seccomp, so
+                // the steps after them pass whatever they allow.
+                state::apply::filters(&mut b2, st, &[]);
+                crate::creds::restore_calls(&mut b2, &meta.task.creds, crate::creds::last_cap());
+                state::apply::limits_and_prctl(&mut b2, st, false, &self.bounds);
             }
         }
         b2
@@ -645,13 +665,18 @@ impl<'m> Plan<'m> {
     }
 }
 
-/// The last steps: become the instance's user, tie its life to its parent's, and install
-/// its seccomp filter (after which every later syscall, the restorer's included, is filtered).
-fn handoff(b: &mut Batch<'_>, h: &Handoff) {
+/// Become the instance's user (before the image's limits and prctl values, which the
+/// kernel then judges for that user, and which a credential change would reset).
+fn handoff_credentials(b: &mut Batch<'_>, h: &Handoff) {
     let (uid, gid) = (u64::from(h.uid), u64::from(h.gid));
     b.call("setgroups", libc::SYS_setgroups, &[0, 0], 0);
     b.call("setresgid", libc::SYS_setresgid, &[gid, gid, gid], 0);
     b.call("setresuid", libc::SYS_setresuid, &[uid, uid, uid], 0);
+}
+
+/// Tie the instance's life to its parent's (this wins over the image's death signal) and
+/// install the sandbox's seccomp filter, before the image's own filters.
+fn handoff_confine(b: &mut Batch<'_>, h: &Handoff) {
     if h.die_with_parent {
         let args = [libc::PR_SET_PDEATHSIG as u64, libc::SIGKILL as u64];
         b.call("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, &args, 0);
