@@ -15,7 +15,6 @@
 //! (file identities: after the process is let go; each file's `stat` taken while it was
 //! stopped must still hold after its content is read), `dump.write`.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -27,7 +26,7 @@ use std::time::{Duration, Instant};
 use tracing::info_span;
 
 use crate::cpu;
-use crate::image::files::{self, FileError, Observed};
+use crate::image::files::FileError;
 use crate::image::{
     self, ImageError, LoadedImage, Meta, MmFields, PAGE, PageIndex, PageRun, ParentRef, Requires,
     Rseq, Source, Task, VdsoArea, VdsoLayout, Vma, VmaKind, vma_flags,
@@ -39,8 +38,10 @@ use crate::sys::{self, Regs};
 use crate::tracee::{TraceError, Tracee};
 
 mod fds;
+mod files_table;
 pub use fds::FD_FLAGS;
 use fds::classify_fds;
+use files_table::{FileTable, Observation, identify};
 
 /// Offset of `pd->tid` from the thread pointer in glibc 2.36 (checked against the real
 /// thread id at every dump, recorded only when it equals it).
@@ -633,112 +634,6 @@ pub fn regs_to_words(r: &Regs) -> Vec<u64> {
         r.rsi, r.rdi, r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss, r.fs_base, r.gs_base, r.ds,
         r.es, r.fs, r.gs,
     ]
-}
-
-/// ((major, minor), inode) of a mapped file, as maps shows it.
-type DevIno = ((u32, u32), u64);
-
-/// One file the image refers to.
-struct FileEntry {
-    path: String,
-    /// The (device, inode) the process has: the path must still name it.
-    dev_ino: Option<DevIno>,
-    /// Mapped (or the executable): identified by content; otherwise only reopened.
-    mapped: bool,
-}
-
-/// Files the image refers to, by path.
-#[derive(Default)]
-struct FileTable {
-    entries: Vec<FileEntry>,
-    by_path: HashMap<String, u32>,
-}
-
-/// A file as `stat` saw it while the process was stopped; a mapped one opened then (so
-/// that its content can be read once the process runs again, even if it exits).
-struct Observation {
-    path: String,
-    md: std::fs::Metadata,
-    mapped: Option<File>,
-}
-
-impl FileTable {
-    fn index(&mut self, path: &str, dev_ino: Option<DevIno>, mapped: bool) -> u32 {
-        if let Some(&i) = self.by_path.get(path) {
-            if let Some(e) = self.entries.get_mut(i as usize) {
-                e.mapped |= mapped;
-                e.dev_ino = e.dev_ino.or(dev_ino);
-            }
-            return i;
-        }
-        let i = self.entries.len() as u32;
-        self.entries.push(FileEntry {
-            path: path.to_string(),
-            dev_ino,
-            mapped,
-        });
-        self.by_path.insert(path.to_string(), i);
-        i
-    }
-
-    /// `stat`s each file as the process sees it (through `/proc/PID/root`), checking the
-    /// path still names the file the process has, and opens a mapped one, which must be a
-    /// regular file. Nothing is read: mapped files are hashed after the process is let go.
-    fn observe(self, pid: i32) -> Result<Vec<Observation>, DumpError> {
-        self.entries
-            .into_iter()
-            .map(|e| {
-                let real = PathBuf::from(format!("/proc/{pid}/root{}", e.path));
-                let refuse = |why: String| DumpError::Path {
-                    pid,
-                    path: e.path.clone(),
-                    why,
-                };
-                let md = std::fs::metadata(&real).map_err(|err| refuse(err.to_string()))?;
-                if let Some((dev, ino)) = e.dev_ino
-                    && (sys::dev_parts(md.dev()) != dev || md.ino() != ino)
-                {
-                    return Err(refuse(
-                        "the path now names another file than the one the process has (it was replaced or deleted)".into(),
-                    ));
-                }
-                let mapped = match e.mapped {
-                    false => None,
-                    true if !md.is_file() => {
-                        return Err(refuse(
-                            "it is mapped but not a regular file (a device): only regular files can be mapped again".into(),
-                        ));
-                    }
-                    true => {
-                        let f = File::open(&real).map_err(|err| refuse(err.to_string()))?;
-                        let fmd = f.metadata().map_err(|err| refuse(err.to_string()))?;
-                        if (fmd.dev(), fmd.ino()) != (md.dev(), md.ino()) {
-                            return Err(refuse("it was replaced while the dump ran".into()));
-                        }
-                        Some(f)
-                    }
-                };
-                Ok(Observation {
-                    path: e.path,
-                    md,
-                    mapped,
-                })
-            })
-            .collect()
-    }
-}
-
-/// Each file's identity: mapped files by content (read now, while the process runs: each
-/// must still be what its frozen `stat` saw), the others by what that `stat` said.
-fn identify(pid: i32, files: Vec<Observation>) -> Result<Vec<files::FileId>, DumpError> {
-    files
-        .into_iter()
-        .map(|o| match o.mapped {
-            None => Ok(files::unchecked(&o.path, &o.md)),
-            Some(f) => files::identify_observed(&o.path, f, Observed::of_metadata(&o.md))
-                .map_err(|e| DumpError::File(e, pid)),
-        })
-        .collect()
 }
 
 const VDSO_NAMES: [&str; 3] = ["[vvar]", "[vvar_vclock]", "[vdso]"];
