@@ -436,6 +436,7 @@ impl Run<'_> {
         let (whole, layer) = (dir.join("whole"), dir.join("layer"));
         let opts = DumpOptions {
             inherited: vec![0, 1, 2],
+            ..Default::default()
         };
         let (mut whole_ms, mut layer_ms) = (Vec::new(), Vec::new());
         let (mut ws, mut ls) = (Default::default(), Default::default());
@@ -583,7 +584,14 @@ pub fn measure(
     for _ in 0..opts.dumps.max(1) {
         let t = Instant::now();
         let inherited = vec![0, 1, 2];
-        let st = ember_snap::dump(live.pid, &image, &DumpOptions { inherited })?;
+        let st = ember_snap::dump(
+            live.pid,
+            &image,
+            &DumpOptions {
+                inherited,
+                ..Default::default()
+            },
+        )?;
         dump_ms.push(ms(t));
         frozen.push(st.frozen_us as f64 / 1e3);
     }

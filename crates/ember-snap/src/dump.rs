@@ -1,25 +1,35 @@
 //! Dump: freeze a single-threaded process, read everything a restore needs, write an image,
 //! and let the process go on as before.
 //!
+//! ```text
+//! caller ──spawn──▶ dump thread: seize ─▶ stopped: inspect, descriptors, pages ─▶ release
+//!   │                              (each step checks the freeze limit; any error,
+//!   │                               panic or timeout lets the process go unchanged)
+//!   └─ waits at most freeze_limit + ATTACH_WAIT ─▶ identify mapped files (hash, after the
+//!                                                  release) ─▶ write the image
+//! ```
+//!
 //! Phases (tracing spans): `dump.freeze` (seize, interrupt, registers), `dump.inspect`
 //! (/proc files; process-wide state and the queries only the process can answer, in
 //! [`crate::state::capture`]), `dump.pages` (pagemap + page contents), `dump.files`
-//! (file identities), `dump.write`.
+//! (file identities: after the process is let go; each file's `stat` taken while it was
+//! stopped must still hold after its content is read), `dump.write`.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use tracing::info_span;
 
 use crate::cpu;
-use crate::image::files::{self, FileError};
+use crate::image::files::FileError;
 use crate::image::{
-    self, Fd, FdKind, ImageError, LoadedImage, Meta, MmFields, PAGE, PageIndex, PageRun, ParentRef,
-    Requires, Rseq, Source, Task, VdsoArea, VdsoLayout, Vma, VmaKind,
+    self, ImageError, LoadedImage, Meta, MmFields, PAGE, PageIndex, PageRun, ParentRef, Requires,
+    Rseq, Source, Task, VdsoArea, VdsoLayout, Vma, VmaKind, vma_flags,
 };
 use crate::lazy::{PageServer, PendingPages};
 use crate::proc::{self, MapEntry};
@@ -27,18 +37,21 @@ use crate::state::{self, StateError};
 use crate::sys::{self, Regs};
 use crate::tracee::{TraceError, Tracee};
 
-/// Offset of `pd->tid` from the thread pointer in glibc 2.36 (checked against the real
-/// thread id at every dump, recorded only when it matches).
-const GLIBC_TID_OFFSET: u32 = 0x2d0;
-/// Character devices a dump may reopen by path.
-const SAFE_DEVICES: [&str; 5] = [
-    "/dev/null",
-    "/dev/zero",
-    "/dev/full",
-    "/dev/random",
-    "/dev/urandom",
-];
+mod fds;
+mod files_table;
+pub use fds::FD_FLAGS;
+use fds::classify_fds;
+use files_table::{FileTable, Observation, identify};
 
+/// Offset of `pd->tid` from the thread pointer in glibc 2.36 (checked against the real
+/// thread id at every dump, recorded only when it equals it).
+const GLIBC_TID_OFFSET: u32 = 0x2d0;
+/// How long a process may be kept stopped by default (numpy's dump stops it ~20 ms,
+/// scikit-learn + pandas' ~100-300 ms on a busy 2-core machine; a dump of a lazily restored
+/// process without its page server faults every page in: 2-3.5 s in a debug build).
+pub const DEFAULT_FREEZE_LIMIT: Duration = Duration::from_secs(10);
+/// How long the caller waits for the process to stop, beyond the freeze limit.
+const ATTACH_WAIT: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
     #[error("process {pid} does not exist or cannot be read")]
@@ -47,6 +60,10 @@ pub enum DumpError {
         "process {pid} has {threads} threads; only single-threaded processes can be dumped (start it with OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1)"
     )]
     MultiThreaded { pid: i32, threads: usize },
+    #[error(
+        "process {pid} has child processes ({children}; live, or exited and not yet waited for): an image holds one process; wait for or kill its children first"
+    )]
+    Children { pid: i32, children: String },
     #[error(transparent)]
     Trace(#[from] TraceError),
     #[error("process {pid}: cannot dump VMA {vma}: {why}")]
@@ -58,10 +75,32 @@ pub enum DumpError {
         what: String,
         why: String,
     },
+    #[error("process {pid}: cannot dump {path}: {why}")]
+    Path { pid: i32, path: String, why: String },
+    #[error("process {pid}: cannot dump its working directory {cwd}: {why}")]
+    Cwd { pid: i32, cwd: String, why: String },
     #[error("process {pid}: cannot read {file}: {why}")]
     Proc { pid: i32, file: String, why: String },
     #[error("process {pid}: no syscall instruction found to run queries with")]
     NoSyscall { pid: i32 },
+    #[error(
+        "process {pid}: the dump's {phase} step ran past the {limit:?} a process may be kept stopped (DumpOptions::freeze_limit); the process was let go unchanged: dump it again when it is less busy, or raise the limit"
+    )]
+    FreezeLimit {
+        pid: i32,
+        phase: &'static str,
+        limit: Duration,
+    },
+    #[error(
+        "process {pid}: the dump did not finish within {waited:?} (a stop or a /proc read that does not return); nothing was written, and the process is let go as soon as the stuck step returns"
+    )]
+    Stuck { pid: i32, waited: Duration },
+    #[error(
+        "process {pid}: the dump's thread ended without an answer (a bug: please report it); the process was let go"
+    )]
+    Crashed { pid: i32 },
+    #[error("cannot start the dump's thread")]
+    Thread(#[source] io::Error),
     #[error("process {1}: a file it maps cannot be identified")]
     File(#[source] FileError, i32),
     #[error(transparent)]
@@ -73,11 +112,23 @@ pub enum DumpError {
 }
 
 /// What the caller tells a dump.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DumpOptions {
     /// Descriptors the caller owns (a protocol pipe, stdio): recorded as inherited, and a
     /// restore must hand in a descriptor at each of these numbers.
     pub inherited: Vec<i32>,
+    /// Longest the process may be kept stopped: past it, the dump stops at its next step,
+    /// lets the process go unchanged and fails naming the step.
+    pub freeze_limit: Duration,
+}
+
+impl Default for DumpOptions {
+    fn default() -> Self {
+        DumpOptions {
+            inherited: Vec::new(),
+            freeze_limit: DEFAULT_FREEZE_LIMIT,
+        }
+    }
 }
 
 /// Figures of one dump.
@@ -99,6 +150,10 @@ pub struct DumpStats {
 
 struct Ctx {
     pid: i32,
+    /// When the process must be let go, and whether the caller gave up waiting.
+    deadline: Instant,
+    limit: Duration,
+    abandoned: Arc<AtomicBool>,
 }
 
 impl Ctx {
@@ -117,6 +172,18 @@ impl Ctx {
             why,
         }
     }
+
+    /// Fails when the process has been stopped for longer than allowed, naming `phase`.
+    fn check_time(&self, phase: &'static str) -> Result<(), DumpError> {
+        if Instant::now() > self.deadline || self.abandoned.load(Ordering::Relaxed) {
+            return Err(DumpError::FreezeLimit {
+                pid: self.pid,
+                phase,
+                limit: self.limit,
+            });
+        }
+        Ok(())
+    }
 }
 
 fn thread_count(pid: i32) -> Result<usize, DumpError> {
@@ -125,8 +192,40 @@ fn thread_count(pid: i32) -> Result<usize, DumpError> {
         .map_err(|source| DumpError::NoProcess { pid, source })
 }
 
+/// What the stopped process gave: the metadata (files not yet identified), its pages, and
+/// the files to identify once it runs again.
+struct Captured {
+    meta: Meta,
+    pages: Vec<u8>,
+    stats: DumpStats,
+    files: Vec<Observation>,
+}
+
+/// Lets a stopped process go when dropped (on every return and on a panic): registers
+/// and signal mask as they were, then detach.
+struct Frozen {
+    t: Tracee,
+    released: bool,
+}
+
+impl Frozen {
+    fn release(mut self) -> Result<(), TraceError> {
+        self.released = true;
+        self.t.release()
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if !self.released {
+            let _ = self.t.release();
+        }
+    }
+}
+
 /// Dumps process `pid` into the image directory `out`. The process must be single-threaded
-/// and stays as it was: it runs on after the dump (kill it if it must not).
+/// and stays as it was: it runs on after the dump (kill it if it must not), also when the
+/// dump fails or takes too long.
 pub fn dump(pid: i32, out: &Path, opts: &DumpOptions) -> Result<DumpStats, DumpError> {
     dump_restored(pid, out, opts, Lineage::default())
 }
@@ -186,16 +285,47 @@ pub fn dump_restored(
     // seized with them suspended, so the injected queries pass them.
     let seccomp = state::seccomp_mode(pid)?;
     state::refuse_strict(pid, seccomp)?;
-    let tracee = {
-        let _s = info_span!("dump.freeze", pid).entered();
-        Tracee::attach(pid, false, seccomp == 2)?
+    let abandoned = Arc::new(AtomicBool::new(false));
+    let stopped = if lineage.parent.is_none() && lineage.server.is_none() {
+        // ptrace ties a tracee to the thread that attached it: the stopped part runs on a
+        // thread of its own, so that the caller can give up on it without leaving the
+        // process stopped (the thread lets it go at its next step). A dump with a lineage
+        // borrows from its caller and runs on the caller's thread.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (o, flag, span) = (opts.clone(), abandoned.clone(), tracing::Span::current());
+        std::thread::Builder::new()
+            .name(format!("ember-dump-{pid}"))
+            .spawn(move || {
+                let _e = span.enter();
+                let _ = tx.send(stopped_part(pid, &o, seccomp, Lineage::default(), flag));
+            })
+            .map_err(DumpError::Thread)?;
+        let waited = opts.freeze_limit + ATTACH_WAIT;
+        match rx.recv_timeout(waited) {
+            Ok(r) => r,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                abandoned.store(true, Ordering::Relaxed);
+                return Err(DumpError::Stuck { pid, waited });
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(DumpError::Crashed { pid });
+            }
+        }
+    } else {
+        stopped_part(pid, opts, seccomp, lineage, abandoned)
     };
-    let frozen = Instant::now();
-    let captured = capture(&tracee, opts, parent, lineage.server);
-    let released = tracee.release();
-    let frozen_us = frozen.elapsed().as_micros() as u64;
-    let (mut meta, pages, mut stats) = captured?;
-    released?;
+    let (captured, frozen_us) = stopped?;
+    let Captured {
+        mut meta,
+        pages,
+        mut stats,
+        files,
+    } = captured;
+    meta.files = {
+        let _s = info_span!("dump.files").entered();
+        identify(pid, files)?
+    };
+    stats.files = meta.files.len();
     {
         let _s = info_span!("dump.write").entered();
         image::write_image(out, &mut meta, &pages)?;
@@ -205,18 +335,108 @@ pub fn dump_restored(
     Ok(stats)
 }
 
+/// Stops the process, captures it and lets it go (whatever happened); the capture and the
+/// time it was stopped.
+fn stopped_part(
+    pid: i32,
+    opts: &DumpOptions,
+    seccomp: u32,
+    lineage: Lineage<'_>,
+    abandoned: Arc<AtomicBool>,
+) -> Result<(Captured, u64), DumpError> {
+    let tracee = {
+        let _s = info_span!("dump.freeze", pid).entered();
+        Frozen {
+            t: Tracee::attach(pid, false, seccomp == 2)?,
+            released: false,
+        }
+    };
+    let frozen = Instant::now();
+    let cx = Ctx {
+        pid,
+        deadline: frozen + opts.freeze_limit,
+        limit: opts.freeze_limit,
+        abandoned,
+    };
+    let captured = capture(&tracee.t, &cx, opts, lineage.parent, lineage.server);
+    let released = tracee.release();
+    let frozen_us = frozen.elapsed().as_micros() as u64;
+    let captured = captured?;
+    released?;
+    Ok((captured, frozen_us))
+}
+
+/// The children of `pid` (live and zombie): its `children` file, or a scan of /proc where
+/// the kernel has none.
+fn children(cx: &Ctx) -> Vec<i32> {
+    let pid = cx.pid;
+    if let Ok(t) = std::fs::read_to_string(cx.path(&format!("task/{pid}/children"))) {
+        return proc::parse_children(&t);
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/status"))
+                .ok()
+                .and_then(|s| proc::parse_ppid(&s))
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// The working directory, refused when it was deleted or its path now names another
+/// directory (a restore would fail, or enter that other directory).
+fn working_dir(cx: &Ctx) -> Result<String, DumpError> {
+    let pid = cx.pid;
+    let cwd = std::fs::read_link(cx.path("cwd"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|e| cx.proc_err("cwd", e.to_string()))?;
+    let refuse = |cwd: &str, why: &str| DumpError::Cwd {
+        pid,
+        cwd: cwd.to_string(),
+        why: why.to_string(),
+    };
+    if let Some(gone) = cwd.strip_suffix(" (deleted)") {
+        return Err(refuse(
+            gone,
+            "it was deleted, and a restore could not enter it again: chdir to a directory that exists before the dump",
+        ));
+    }
+    let here = std::fs::metadata(cx.path("cwd")).map_err(|e| cx.proc_err("cwd", e.to_string()))?;
+    let same = std::fs::metadata(cx.path(&format!("root{cwd}")))
+        .is_ok_and(|n| (n.dev(), n.ino()) == (here.dev(), here.ino()));
+    if !same {
+        return Err(refuse(
+            &cwd,
+            "its path now names another directory (or none): chdir to a directory that exists before the dump",
+        ));
+    }
+    Ok(cwd)
+}
+
 /// Everything read while the process is stopped.
 fn capture(
     t: &Tracee,
+    cx: &Ctx,
     opts: &DumpOptions,
     parent: Option<&LoadedImage>,
     server: Option<&PageServer>,
-) -> Result<(Meta, Vec<u8>, DumpStats), DumpError> {
+) -> Result<Captured, DumpError> {
     let pid = t.pid;
-    let cx = Ctx { pid };
     let threads = thread_count(pid)?;
     if threads != 1 {
         return Err(DumpError::MultiThreaded { pid, threads });
+    }
+    let kids = children(cx);
+    if !kids.is_empty() {
+        let children = kids
+            .iter()
+            .map(|k| format!("pid {k}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(DumpError::Children { pid, children });
     }
     let span = info_span!("dump.inspect").entered();
     let xstate = sys::get_xstate(pid).map_err(|e| cx.proc_err("NT_X86_XSTATE", e.to_string()))?;
@@ -228,7 +448,8 @@ fn capture(
             len: c.abi_size,
             sig: c.signature,
         });
-    let maps = proc::parse_maps(&cx.read("maps")?).map_err(|e| cx.proc_err("maps", e))?;
+    // smaps rather than maps: the same lines, with each area's VmFlags (read once).
+    let maps = proc::parse_smaps(&cx.read("smaps")?).map_err(|e| cx.proc_err("smaps", e))?;
     let stat_mm = proc::parse_stat_mm(&cx.read("stat")?)
         .ok_or_else(|| cx.proc_err("stat", "unexpected format".into()))?;
     let status_text = cx.read("status")?;
@@ -242,22 +463,22 @@ fn capture(
     let personality = u32::from_str_radix(cx.read("personality")?.trim(), 16)
         .map_err(|e| cx.proc_err("personality", e.to_string()))?;
     let comm = cx.read("comm")?.trim_end_matches('\n').to_string();
-    let link = |f: &str| -> Result<String, DumpError> {
-        std::fs::read_link(cx.path(f))
-            .map(|p| p.to_string_lossy().into_owned())
-            .map_err(|e| cx.proc_err(f, e.to_string()))
-    };
-    let cwd = link("cwd")?;
-    let exe = link("exe")?;
+    let cwd = working_dir(cx)?;
+    let exe = std::fs::read_link(cx.path("exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|e| cx.proc_err("exe", e.to_string()))?;
     let mem = File::open(cx.path("mem")).map_err(|e| cx.proc_err("mem", e.to_string()))?;
+    cx.check_time("inspect")?;
 
     let mut files = FileTable::default();
     let (vmas, vdso) = classify_vmas(pid, &maps, &mut files)?;
-    let exe_idx = files.index(&exe, None);
-    let fds = classify_fds(&cx, opts, &mut files)?;
-    let vdso_hash = vdso_hash(&cx, &mem, &maps)?;
+    let exe_idx = files.index(&exe, None, true);
+    let (fds, async_fds) = classify_fds(cx, opts, &mut files)?;
+    cx.check_time("descriptors")?;
+    let vdso_hash = vdso_hash(cx, &mem, &maps)?;
     let insn = find_syscall(t, &mem, &maps).ok_or(DumpError::NoSyscall { pid })?;
     let (q, process) = state::capture::capture(t, insn)?;
+    fds::refuse_owned_async(t, insn, &async_fds)?;
     creds.securebits = t.syscall_ok(
         insn,
         libc::SYS_prctl,
@@ -272,7 +493,9 @@ fn capture(
         .is_ok()
         && i32::from_ne_bytes(tid) == status.ns_tid)
         .then_some(GLIBC_TID_OFFSET);
+    let observed = files.observe(pid)?;
     drop(span);
+    cx.check_time("inspect")?;
 
     let read = {
         let _s = info_span!("dump.pages").entered();
@@ -288,7 +511,7 @@ fn capture(
             }
             p => p,
         };
-        read_pages(&cx, &mem, &maps, &vmas, parent, pending.as_ref())?
+        read_pages(cx, &mem, &maps, &vmas, parent, pending.as_ref())?
     };
     let ReadPages {
         data: pages,
@@ -297,10 +520,7 @@ fn capture(
         parent_pages,
         faulted_in,
     } = read;
-    let files = {
-        let _s = info_span!("dump.files").entered();
-        files.identify(pid)?
-    };
+    cx.check_time("pages")?;
     let (xfeatures, xstate_size) = cpu::xstate_info(&xstate);
     let mut id = [0u8; 16];
     File::open("/dev/urandom")
@@ -338,7 +558,7 @@ fn capture(
             xstate_size,
             cpu_features: cpu::features(),
         },
-        files,
+        files: Vec::new(),
         vmas,
         pages: PageIndex {
             runs,
@@ -386,10 +606,14 @@ fn capture(
         parent_pages,
         faulted_in,
         zero_pages,
-        files: meta.files.len(),
         ..DumpStats::default()
     };
-    Ok((meta, pages, stats))
+    Ok(Captured {
+        meta,
+        pages,
+        stats,
+        files: observed,
+    })
 }
 
 /// BLAKE3 of the process's vDSO code (the same for every process of one kernel).
@@ -412,57 +636,9 @@ pub fn regs_to_words(r: &Regs) -> Vec<u64> {
     ]
 }
 
-/// ((major, minor), inode) of a mapped file, as maps shows it.
-type DevIno = ((u32, u32), u64);
-
-/// Files the image refers to, by path, each with the (device, inode) the process had.
-#[derive(Default)]
-struct FileTable {
-    paths: Vec<(String, Option<DevIno>)>,
-    by_path: HashMap<String, u32>,
-}
-
-impl FileTable {
-    fn index(&mut self, path: &str, dev_ino: Option<DevIno>) -> u32 {
-        if let Some(&i) = self.by_path.get(path) {
-            return i;
-        }
-        let i = self.paths.len() as u32;
-        self.paths.push((path.to_string(), dev_ino));
-        self.by_path.insert(path.to_string(), i);
-        i
-    }
-
-    /// Identifies each file as the process sees it (through `/proc/PID/root`), checking the
-    /// path still names the file the process mapped.
-    fn identify(self, pid: i32) -> Result<Vec<files::FileId>, DumpError> {
-        self.paths
-            .into_iter()
-            .map(|(path, dev_ino)| {
-                let real = PathBuf::from(format!("/proc/{pid}/root{path}"));
-                if let Some((dev, ino)) = dev_ino {
-                    let md = std::fs::metadata(&real).map_err(|e| DumpError::Vma {
-                        pid,
-                        vma: path.clone(),
-                        why: e.to_string(),
-                    })?;
-                    if sys::dev_parts(md.dev()) != dev || md.ino() != ino {
-                        return Err(DumpError::Vma {
-                            pid,
-                            vma: path.clone(),
-                            why: "the path now names another file than the one mapped".into(),
-                        });
-                    }
-                }
-                files::identify(&path, &real).map_err(|e| DumpError::File(e, pid))
-            })
-            .collect()
-    }
-}
-
 const VDSO_NAMES: [&str; 3] = ["[vvar]", "[vvar_vclock]", "[vdso]"];
 
-/// Turns maps lines into image VMAs, refusing what cannot be restored; returns the vDSO
+/// Turns smaps areas into image VMAs, refusing what cannot be restored; returns the vDSO
 /// areas separately.
 fn classify_vmas(
     pid: i32,
@@ -475,11 +651,12 @@ fn classify_vmas(
         let refuse = |why: &str| DumpError::Vma {
             pid,
             vma: format!(
-                "{:x}-{:x} {} {}",
+                "{:x}-{:x} {} {}{}",
                 m.start,
                 m.end,
                 m.perms(),
-                m.name.as_deref().unwrap_or("")
+                m.name.as_deref().unwrap_or(""),
+                if m.deleted { " (deleted)" } else { "" }
             ),
             why: why.to_string(),
         };
@@ -488,6 +665,7 @@ fn classify_vmas(
         if m.shared && (name.is_none() || name == Some("/dev/zero")) {
             return Err(refuse("shared anonymous memory is not supported"));
         }
+        let mut anon_name = None;
         let kind = match name {
             Some(n) if VDSO_NAMES.contains(&n) => {
                 vdso.push((n.to_string(), m.start, m.end));
@@ -501,13 +679,22 @@ fn classify_vmas(
             // private memory: its present pages are what it holds (what it discarded is
             // not present and reads as zeros, as the restore's page server made it).
             Some(n) if !m.shared && m.deleted && is_image_memfd(n) => VmaKind::Anon,
-            _ if m.deleted => return Err(refuse("the mapped file was deleted")),
+            Some(n) if m.deleted => {
+                return Err(refuse(&format!(
+                    "the file it maps, {n}, was deleted: a restore could not map it again; keep the file until the process is dumped"
+                )));
+            }
             Some("[heap]") => VmaKind::Heap,
             Some("[stack]") => VmaKind::Stack,
             None => VmaKind::Anon,
-            Some(n) if n.starts_with("[anon:") => VmaKind::Anon,
+            // A private mapping of /dev/zero is anonymous memory.
+            Some("/dev/zero") if !m.shared => VmaKind::Anon,
+            Some(n) if n.starts_with("[anon:") && n.ends_with(']') => {
+                anon_name = Some(n["[anon:".len()..n.len() - 1].to_string());
+                VmaKind::Anon
+            }
             Some(n) if n.starts_with('/') && m.inode != 0 => VmaKind::File {
-                file: files.index(n, Some((m.dev, m.inode))),
+                file: files.index(n, Some((m.dev, m.inode)), true),
                 offset: m.offset,
             },
             Some(_) => return Err(refuse("a special mapping of an unsupported kind")),
@@ -520,12 +707,28 @@ fn classify_vmas(
                 return Err(refuse("writable shared file mappings are not supported"));
             }
         }
+        let mut flags = 0;
+        for code in &m.vm_flags {
+            match code.as_str() {
+                "sl" => return Err(refuse("it is sealed (mseal): a restore could not map it")),
+                "ht" => return Err(refuse("hugetlb memory is not supported")),
+                "pf" | "io" => return Err(refuse("device memory is not supported")),
+                "ss" => return Err(refuse("shadow stacks are not supported")),
+                c => {
+                    if let Some((_, f)) = vma_flags::CODES.iter().find(|(k, _)| *k == c) {
+                        flags |= f;
+                    }
+                }
+            }
+        }
         vmas.push(Vma {
             start: m.start,
             end: m.end,
             prot: m.prot(),
             shared: m.shared,
             kind,
+            flags,
+            name: anon_name,
         });
     }
     Ok((vmas, vdso))
@@ -536,71 +739,6 @@ fn classify_vmas(
 fn is_image_memfd(name: &str) -> bool {
     name.strip_prefix("/memfd:ember-image-")
         .is_some_and(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-fn classify_fds(cx: &Ctx, opts: &DumpOptions, files: &mut FileTable) -> Result<Vec<Fd>, DumpError> {
-    let pid = cx.pid;
-    let dir = std::fs::read_dir(cx.path("fd")).map_err(|e| cx.proc_err("fd", e.to_string()))?;
-    let mut nums: Vec<i32> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    nums.sort_unstable();
-    let mut out = Vec::new();
-    for fd in nums {
-        let what = std::fs::read_link(cx.path(&format!("fd/{fd}")))
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let info = cx.read(&format!("fdinfo/{fd}"))?;
-        let (pos, flags) = proc::parse_fdinfo(&info)
-            .ok_or_else(|| cx.proc_err(&format!("fdinfo/{fd}"), "unexpected format".into()))?;
-        let cloexec = flags & libc::O_CLOEXEC as u32 != 0;
-        if opts.inherited.contains(&fd) {
-            out.push(Fd {
-                fd,
-                cloexec,
-                kind: FdKind::Inherited { what },
-            });
-            continue;
-        }
-        let refuse = |why: &str| DumpError::Fd {
-            pid,
-            fd,
-            what: what.clone(),
-            why: why.to_string(),
-        };
-        let md =
-            std::fs::metadata(cx.path(&format!("fd/{fd}"))).map_err(|e| refuse(&e.to_string()))?;
-        let ft = md.file_type();
-        let reopenable = (ft.is_file() && what.starts_with('/') && !what.ends_with(" (deleted)"))
-            || (ft.is_char_device() && SAFE_DEVICES.contains(&what.as_str()));
-        if !reopenable {
-            return Err(refuse(
-                "only regular files and /dev/null-like devices are supported; declare the caller's own descriptors as inherited",
-            ));
-        }
-        let keep =
-            libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME;
-        out.push(Fd {
-            fd,
-            cloexec,
-            kind: FdKind::File {
-                file: files.index(&what, None),
-                pos,
-                flags: flags & keep as u32,
-            },
-        });
-    }
-    for &fd in &opts.inherited {
-        if !out.iter().any(|f| f.fd == fd) {
-            return Err(DumpError::Fd {
-                pid,
-                fd,
-                what: "nothing".into(),
-                why: "declared inherited but not open in the process".into(),
-            });
-        }
-    }
-    Ok(out)
 }
 
 /// A `syscall` instruction to run queries with: the one the process is stopped in, or one
@@ -669,6 +807,7 @@ fn read_pages(
     let mut faulted_in = 0u64;
     debug_assert!(maps.len() >= vmas.len());
     for v in vmas.iter().filter(|v| !v.shared) {
+        cx.check_time("pages")?;
         let n = (v.len() / PAGE) as usize;
         let mut raw = vec![0u8; n * 8];
         pagemap

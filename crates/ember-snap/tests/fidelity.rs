@@ -314,6 +314,7 @@ fn dump(pid: i32, out: &Path) -> Result<(), String> {
     std::thread::spawn(move || {
         let opts = DumpOptions {
             inherited: vec![0, 1, 2],
+            ..Default::default()
         };
         let _ = tx.send(ember_snap::dump(pid, &out, &opts).map_err(|e| chain(&e)));
     });
@@ -493,6 +494,7 @@ fn dump_layer(
     std::thread::spawn(move || {
         let opts = DumpOptions {
             inherited: vec![0, 1, 2],
+            ..Default::default()
         };
         let lineage = ember_snap::Lineage {
             parent: Some(&parent),

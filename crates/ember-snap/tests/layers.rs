@@ -54,6 +54,7 @@ fn case_bin() -> &'static Path {
 fn opts() -> DumpOptions {
     DumpOptions {
         inherited: vec![0, 1, 2],
+        ..Default::default()
     }
 }
 

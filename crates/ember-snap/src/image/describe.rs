@@ -120,13 +120,14 @@ pub fn describe(dir: &Path, m: &Meta) -> String {
     for f in &m.fds {
         let what = match &f.kind {
             FdKind::Inherited { what } => format!("inherited from the caller (was {what})"),
-            FdKind::File { file, pos, .. } => format!(
-                "{} at {pos}",
+            FdKind::File { file, pos, flags } => format!(
+                "{} at {pos} (flags {flags:#o})",
                 m.files
                     .get(*file as usize)
                     .map(|f| f.path.as_str())
                     .unwrap_or("?")
             ),
+            FdKind::Dup { of } => format!("shares fd {of}'s open file"),
         };
         let _ = writeln!(o, "    {:>3} {what}", f.fd);
     }
@@ -146,8 +147,12 @@ pub fn describe(dir: &Path, m: &Meta) -> String {
             .filter(|r| v.start <= r.addr && r.addr < v.end)
             .map(|r| u64::from(r.pages))
             .sum();
-        let what = match v.kind {
-            VmaKind::Anon => String::new(),
+        let mut what = match v.kind {
+            VmaKind::Anon => v
+                .name
+                .as_ref()
+                .map(|n| format!("[anon:{n}]"))
+                .unwrap_or_default(),
             VmaKind::Heap => "[heap]".into(),
             VmaKind::Stack => "[stack]".into(),
             VmaKind::File { file, offset } => format!(
@@ -158,6 +163,12 @@ pub fn describe(dir: &Path, m: &Meta) -> String {
                     .unwrap_or("?")
             ),
         };
+        for (code, flag) in super::vma_flags::CODES {
+            if v.flags & flag != 0 {
+                what.push(' ');
+                what.push_str(code);
+            }
+        }
         let _ = writeln!(
             o,
             "    {:012x}-{:012x} {:>9} {}{} {stored:>6}  {what}",

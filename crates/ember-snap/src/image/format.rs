@@ -36,14 +36,15 @@ use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{FdKind, Meta, PAGE, VmaKind};
+use super::{FdKind, Meta, PAGE, VmaKind, vma_flags};
 use crate::sys::{self, Mapping};
 
 pub const META_MAGIC: [u8; 8] = *b"EMBRSNAP";
 pub const PAGES_MAGIC: [u8; 8] = *b"EMBRPAGE";
 /// 3: credentials and process-wide state (`ProcState`); 4: `ParentRef` gained the parent's
-/// metadata hash and index-space size (layers).
-pub const FORMAT_VERSION: u32 = 4;
+/// metadata hash and index-space size (layers); 5: VMA flags and names, shared open file
+/// descriptions (`FdKind::Dup`), files held open without a content check.
+pub const FORMAT_VERSION: u32 = 5;
 /// Most layers over one whole image.
 pub const MAX_DEPTH: u32 = 8;
 /// Largest metadata accepted (a 1,300-VMA scikit-learn image needs ~100 KiB).
@@ -225,6 +226,23 @@ fn validate(m: &Meta) -> Result<(), String> {
             ));
         }
         prev_end = v.end;
+        if v.flags & !vma_flags::ALL != 0 {
+            return Err(format!("VMA {i} has unknown flags {:#x}", v.flags));
+        }
+        let private_anon = !v.shared && !matches!(v.kind, VmaKind::File { .. });
+        if v.flags & vma_flags::WIPEONFORK != 0 && !private_anon {
+            return Err(format!(
+                "VMA {i} wipes on fork but is not private anonymous memory"
+            ));
+        }
+        if let Some(name) = &v.name {
+            if v.kind != VmaKind::Anon || v.shared {
+                return Err(format!("VMA {i} is named but not anonymous"));
+            }
+            if !valid_anon_name(name) {
+                return Err(format!("VMA {i} has an invalid name"));
+            }
+        }
         if let VmaKind::File { file, offset } = v.kind
             && (file as usize >= m.files.len() || offset % PAGE != 0)
         {
@@ -281,14 +299,31 @@ fn validate(m: &Meta) -> Result<(), String> {
     if m.mm.exe as usize >= m.files.len() && !m.files.is_empty() {
         return Err("executable index out of range".into());
     }
+    let mut prev_fd = -1;
     for f in &m.fds {
-        if f.fd < 0 || f.fd > 1 << 20 {
-            return Err(format!("descriptor number {}", f.fd));
+        if f.fd <= prev_fd || f.fd > 1 << 20 {
+            return Err(format!("descriptor number {} out of order or range", f.fd));
         }
-        if let FdKind::File { file, .. } = f.kind
-            && file as usize >= m.files.len()
-        {
-            return Err(format!("descriptor {} names file {file}", f.fd));
+        prev_fd = f.fd;
+        match f.kind {
+            FdKind::File { file, flags, .. } => {
+                if file as usize >= m.files.len() {
+                    return Err(format!("descriptor {} names file {file}", f.fd));
+                }
+                if flags & !(crate::dump::FD_FLAGS as u32) != 0 {
+                    return Err(format!("descriptor {} has unknown flags {flags:#o}", f.fd));
+                }
+            }
+            FdKind::Dup { of } => {
+                let first = m.fds.iter().find(|g| g.fd == of);
+                if of >= f.fd || !first.is_some_and(|g| matches!(g.kind, FdKind::File { .. })) {
+                    return Err(format!(
+                        "descriptor {} shares descriptor {of}, which is not an earlier reopened file",
+                        f.fd
+                    ));
+                }
+            }
+            FdKind::Inherited { .. } => {}
         }
     }
     if m.mm.auxv.len() > 128 || m.task.sigactions.len() > 64 {
@@ -328,6 +363,15 @@ fn validate_process(p: &super::ProcState) -> Result<(), String> {
         return Err("timers or prctl values out of range".into());
     }
     Ok(())
+}
+
+/// What `PR_SET_VMA_ANON_NAME` accepts: under 80 bytes of printable ASCII but `\`, `` ` ``,
+/// `$`, `[` and `]`.
+fn valid_anon_name(name: &str) -> bool {
+    name.len() < 80
+        && name
+            .bytes()
+            .all(|c| (0x20..0x7f).contains(&c) && !b"\\`$[]".contains(&c))
 }
 
 pub const WORKING_SET_FILE: &str = "workingset";
@@ -809,6 +853,8 @@ mod tests {
                     prot: 5,
                     shared: false,
                     kind: VmaKind::File { file: 0, offset: 0 },
+                    flags: 0,
+                    name: None,
                 },
                 Vma {
                     start: 0x50_0000,
@@ -816,6 +862,8 @@ mod tests {
                     prot: 3,
                     shared: false,
                     kind: VmaKind::Heap,
+                    flags: 0,
+                    name: None,
                 },
             ],
             pages: PageIndex {
@@ -923,6 +971,64 @@ mod tests {
             e.contains("workingset") && e.contains("hash mismatch"),
             "{e}"
         );
+    }
+
+    /// New fields are checked: area flags, names, shared descriptors, descriptor flags.
+    #[test]
+    fn bad_flags_names_and_descriptors_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        type Break = fn(&mut Meta);
+        let cases: [(&str, Break); 6] = [
+            ("unknown flags", |m| m.vmas[1].flags = 1 << 30),
+            ("wipes on fork", |m| m.vmas[0].flags = vma_flags::WIPEONFORK),
+            ("named but not anonymous", |m| {
+                m.vmas[1].name = Some("x".into())
+            }),
+            ("descriptor 0 has unknown flags", |m| {
+                m.fds[0].kind = FdKind::File {
+                    file: 0,
+                    pos: 0,
+                    flags: libc::O_CREAT as u32,
+                }
+            }),
+            ("shares descriptor 0", |m| {
+                m.fds.push(crate::image::Fd {
+                    fd: 3,
+                    cloexec: false,
+                    kind: FdKind::Dup { of: 0 },
+                })
+            }),
+            ("out of order", |m| {
+                let first = m.fds[0].clone();
+                m.fds.push(first)
+            }),
+        ];
+        for (want, break_it) in cases {
+            let (mut m, pages) = sample();
+            break_it(&mut m);
+            write_image(d.path(), &mut m, &pages).unwrap();
+            let e = read_meta(d.path()).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        let (mut m, pages) = sample();
+        m.vmas.insert(
+            1,
+            crate::image::Vma {
+                start: 0x48_0000,
+                end: 0x48_1000,
+                prot: 3,
+                shared: false,
+                kind: VmaKind::Anon,
+                flags: vma_flags::GROWSDOWN | vma_flags::LOCKED | vma_flags::WIPEONFORK,
+                name: Some("a name".into()),
+            },
+        );
+        write_image(d.path(), &mut m, &pages).unwrap();
+        assert_eq!(read_meta(d.path()).unwrap(), m);
+        m.vmas[1].name = Some("[bad]".into());
+        write_image(d.path(), &mut m, &pages).unwrap();
+        let e = read_meta(d.path()).unwrap_err().to_string();
+        assert!(e.contains("invalid name"), "{e}");
     }
 
     /// Writes `sample()` with distinct pages as the parent at `dir/p`, and a layer over it

@@ -32,6 +32,10 @@ enum Verb {
         /// Let the process run on after the dump (by default it is killed)
         #[arg(long)]
         leave_running: bool,
+        /// Longest the process may be kept stopped, in milliseconds: past it the dump lets
+        /// the process go unchanged and fails naming the step it was at
+        #[arg(long, default_value_t = 10_000)]
+        freeze_limit_ms: u64,
         /// Dump as a layer over this image, the one the process was restored from: only
         /// the pages that differ from it are stored (restoring the layer loads it too)
         #[arg(long)]
@@ -92,8 +96,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             out,
             inherit,
             leave_running,
+            freeze_limit_ms,
             parent,
-        } => dump(pid, out, inherit, leave_running, parent),
+        } => {
+            let opts = DumpOptions {
+                inherited: inherit,
+                freeze_limit: std::time::Duration::from_millis(freeze_limit_ms),
+            };
+            dump(pid, out, &opts, leave_running, parent)
+        }
         Verb::Restore {
             dir,
             count,
@@ -133,18 +144,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 fn dump(
     pid: i32,
     out: PathBuf,
-    inherited: Vec<i32>,
+    opts: &DumpOptions,
     leave_running: bool,
     parent: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let opts = DumpOptions { inherited };
     let layered = parent.is_some();
     let stats = match parent {
         Some(p) => {
             let parent = LoadedImage::load(&p)?;
-            ember_snap::dump_layer(pid, &out, &opts, &parent)?
+            ember_snap::dump_layer(pid, &out, opts, &parent)?
         }
-        None => ember_snap::dump(pid, &out, &opts)?,
+        None => ember_snap::dump(pid, &out, opts)?,
     };
     if !leave_running {
         // SAFETY: kill takes plain integers; the pid was just dumped and is ours to end.
