@@ -18,10 +18,11 @@ pub mod lazy;
 pub mod proc;
 pub mod restore;
 pub mod restorer;
+pub mod state;
 pub mod stopper;
 pub mod sys;
 pub mod tracee;
 
-pub use dump::{DumpError, DumpOptions, DumpStats, dump};
+pub use dump::{DumpError, DumpOptions, DumpStats, Lineage, dump, dump_layer, dump_restored};
 pub use image::{ImageError, LoadedImage, Meta};
 pub use restore::{Handoff, RestoreError, RestoreOptions, RestoreStats, Restored, Target, restore};

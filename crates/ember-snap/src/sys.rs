@@ -34,9 +34,14 @@ fn ptrace(req: libc::c_uint, pid: i32, addr: usize, data: usize) -> io::Result<l
     check(unsafe { libc::ptrace(req, pid, addr, data) })
 }
 
-/// `PTRACE_SEIZE` with options (`PTRACE_O_EXITKILL` ties the tracee's life to ours).
-pub fn seize(pid: i32, exitkill: bool) -> io::Result<()> {
-    let opts = if exitkill { libc::PTRACE_O_EXITKILL } else { 0 };
+/// `PTRACE_SEIZE` with options (`PTRACE_O_EXITKILL` ties the tracee's life to ours;
+/// `PTRACE_O_SUSPEND_SECCOMP` lets syscalls run in it pass its own seccomp filters, which a
+/// dump's queries and a restore's last steps need).
+pub fn seize(pid: i32, exitkill: bool, suspend_seccomp: bool) -> io::Result<()> {
+    let mut opts = if exitkill { libc::PTRACE_O_EXITKILL } else { 0 };
+    if suspend_seccomp {
+        opts |= libc::PTRACE_O_SUSPEND_SECCOMP;
+    }
     ptrace(libc::PTRACE_SEIZE, pid, 0, opts as usize).map(drop)
 }
 
@@ -157,6 +162,15 @@ pub fn get_robust_list(pid: i32) -> io::Result<(u64, u64)> {
         )
     })?;
     Ok((head as u64, len as u64))
+}
+
+/// Whether descriptors `a` and `b` of `pid` share one open file description
+/// (`kcmp(KCMP_FILE)`: 0 when they do).
+pub fn same_file(pid: i32, a: i32, b: i32) -> io::Result<bool> {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: kcmp takes only integers.
+    let rc = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a, b) };
+    check(rc).map(|r| r == 0)
 }
 
 /// Result of one `waitpid`.
@@ -740,3 +754,119 @@ pub fn uffd_copy(
 pub fn uffd_copy_all(fd: &std::os::fd::OwnedFd, dst: u64, src: &[u8]) -> io::Result<()> {
     uffd_copy(fd, dst, src, false).1
 }
+
+/// `struct sched_attr` (`SCHED_ATTR_SIZE_VER1`, with the utilisation clamps).
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SchedAttr {
+    pub size: u32,
+    pub policy: u32,
+    pub flags: u64,
+    pub nice: i32,
+    pub priority: u32,
+    pub runtime: u64,
+    pub deadline: u64,
+    pub period: u64,
+    pub util_min: u32,
+    pub util_max: u32,
+}
+const _: () = assert!(size_of::<SchedAttr>() == 56);
+
+/// `sched_getattr(pid)`: another process's scheduling policy, nice value and parameters.
+pub fn sched_getattr(pid: i32) -> io::Result<SchedAttr> {
+    let mut a = SchedAttr::default();
+    // SAFETY: `a` is a live local of the size passed; the kernel writes at most that much.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            pid,
+            &mut a as *mut SchedAttr,
+            size_of::<SchedAttr>() as u32,
+            0u32,
+        )
+    })?;
+    Ok(a)
+}
+
+/// `sched_getaffinity(pid)`: the CPU mask, as 64-bit words (1,024 CPUs at most).
+pub fn sched_getaffinity(pid: i32) -> io::Result<Vec<u64>> {
+    let mut mask = [0u64; 16];
+    // SAFETY: `mask` is a live local of the size passed; the kernel writes at most that.
+    let n = check(unsafe {
+        libc::syscall(
+            libc::SYS_sched_getaffinity,
+            pid,
+            size_of::<[u64; 16]>(),
+            mask.as_mut_ptr(),
+        )
+    })?;
+    let words = (n as usize / 8).min(mask.len());
+    Ok(mask[..words].to_vec())
+}
+
+/// `PTRACE_PEEKSIGINFO`: the signals queued for a stopped tracee, without taking them;
+/// `shared`: the process's queue instead of the thread's. Each entry is a raw 128-byte
+/// `siginfo_t`. At most `max` are read.
+pub fn peek_siginfo(pid: i32, shared: bool, max: usize) -> io::Result<Vec<[u8; 128]>> {
+    /// `struct ptrace_peeksiginfo_args`.
+    #[repr(C)]
+    struct Args {
+        off: u64,
+        flags: u32,
+        nr: i32,
+    }
+    const _: () = assert!(size_of::<Args>() == 16);
+    const PTRACE_PEEKSIGINFO_SHARED: u32 = 1;
+    let mut out = Vec::new();
+    let mut buf = vec![[0u8; 128]; 16];
+    while out.len() < max {
+        let args = Args {
+            off: out.len() as u64,
+            flags: if shared { PTRACE_PEEKSIGINFO_SHARED } else { 0 },
+            nr: buf.len() as i32,
+        };
+        let n = ptrace(
+            libc::PTRACE_PEEKSIGINFO,
+            pid,
+            &args as *const Args as usize,
+            buf.as_mut_ptr() as usize,
+        )? as usize;
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n.min(buf.len())]);
+    }
+    Ok(out)
+}
+
+/// `PTRACE_SECCOMP_GET_FILTER`: the classic BPF program of the tracee's filter `index`
+/// (0 is the first installed, the oldest), as raw 8-byte `sock_filter`s; `None` past the
+/// last.
+pub fn seccomp_filter(pid: i32, index: usize) -> io::Result<Option<Vec<u64>>> {
+    const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+    let n = match ptrace(PTRACE_SECCOMP_GET_FILTER, pid, index, 0) {
+        Ok(n) => n as usize,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut prog = vec![0u64; n];
+    let got = ptrace(
+        PTRACE_SECCOMP_GET_FILTER,
+        pid,
+        index,
+        prog.as_mut_ptr() as usize,
+    )? as usize;
+    prog.truncate(got);
+    Ok(Some(prog))
+}
+
+/// `prctl(PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_GET)` on ourselves: whether
+/// this kernel lets a restorer create POSIX timers with chosen ids (Linux 6.15).
+pub fn timer_restore_ids_supported() -> bool {
+    // SAFETY: integer arguments; the GET form only reads a flag of ours.
+    unsafe { libc::prctl(PR_TIMER_CREATE_RESTORE_IDS, 2, 0, 0, 0) >= 0 }
+}
+
+/// `PR_TIMER_CREATE_RESTORE_IDS`: while on, `timer_create` takes the id its third argument
+/// points at.
+pub const PR_TIMER_CREATE_RESTORE_IDS: i32 = 77;

@@ -39,9 +39,10 @@ fn pt(pid: i32, op: &'static str) -> impl FnOnce(io::Error) -> TraceError {
 
 impl Tracee {
     /// Seizes `pid` and brings it to a ptrace stop (it may be running, sleeping in a
-    /// syscall, or in a group stop).
-    pub fn attach(pid: i32, exitkill: bool) -> Result<Tracee, TraceError> {
-        sys::seize(pid, exitkill).map_err(|e| match e.raw_os_error() {
+    /// syscall, or in a group stop). `suspend_seccomp`: syscalls run in it pass its seccomp
+    /// filters while it is attached (needs CAP_SYS_ADMIN).
+    pub fn attach(pid: i32, exitkill: bool, suspend_seccomp: bool) -> Result<Tracee, TraceError> {
+        sys::seize(pid, exitkill, suspend_seccomp).map_err(|e| match e.raw_os_error() {
             Some(libc::EPERM) => TraceError::NotPermitted { pid },
             _ => pt(pid, "PTRACE_SEIZE")(e),
         })?;
@@ -57,11 +58,12 @@ impl Tracee {
             }
             Err(e) => Err(e),
         };
-        match t {
-            Ok(t) => {
-                sys::set_sigmask(pid, !0).map_err(pt(pid, "PTRACE_SETSIGMASK"))?;
-                Ok(t)
-            }
+        // Every failure after the seize detaches: a process is never left stopped.
+        match t.and_then(|t| {
+            sys::set_sigmask(pid, !0).map_err(pt(pid, "PTRACE_SETSIGMASK"))?;
+            Ok(t)
+        }) {
+            Ok(t) => Ok(t),
             Err(e) => {
                 let _ = sys::detach(pid);
                 Err(e)
@@ -197,7 +199,7 @@ impl Tracee {
 
     /// Puts back the registers and mask found at attach and detaches: the process goes on
     /// as if nothing happened (an interrupted syscall restarts).
-    pub fn release(self) -> Result<(), TraceError> {
+    pub fn release(&self) -> Result<(), TraceError> {
         let pid = self.pid;
         let r = sys::set_regs(pid, &self.regs)
             .map_err(pt(pid, "PTRACE_SETREGS"))

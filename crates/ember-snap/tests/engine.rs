@@ -26,6 +26,7 @@ fn fixture() -> Fixture {
     let out = dir.path().join("image");
     let opts = DumpOptions {
         inherited: vec![0, 1, 2],
+        ..Default::default()
     };
     ember_snap::dump(original.pid, &out, &opts).unwrap();
     let image = LoadedImage::load(&out).unwrap();
@@ -315,6 +316,7 @@ fn an_image_of_a_namespace_init_restores_as_the_init_of_a_fresh_namespace() {
     let out = dir.path().join("image");
     let opts = DumpOptions {
         inherited: vec![0, 1, 2],
+        ..Default::default()
     };
     ember_snap::dump(init, &out, &opts).unwrap();
     let image = LoadedImage::load(&out).unwrap();

@@ -51,3 +51,107 @@ async fn restores_into_a_sandboxed_first_process_and_hands_it_over() {
     let _ = child.wait().await;
     sb.destroy().await;
 }
+
+/// An instance dumped inside its sandbox carries the sandbox's seccomp filter in its
+/// chain; restored into another sandbox with the handoff (which installs that filter
+/// itself), it holds the filter once, as a cold-booted instance does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandboxed_instance_dumped_and_restored_holds_the_sandbox_filter_once() {
+    if !privileged("a_sandboxed_instance_dumped_and_restored_holds_the_sandbox_filter_once") {
+        return;
+    }
+    let dir = tmp();
+    let (boxes, img, work) = setup(dir.path(), "refilter");
+    let mut first = instance(&boxes, &work);
+    let mut cmd = tokio::process::Command::new("/bin/false");
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    first.attach_stopped(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    let pid = first.first_process().unwrap();
+    let opts = handoff_options(&first);
+    tokio::task::spawn_blocking(move || ember_snap::restore(&img, Target::Stopped { pid }, &opts))
+        .await
+        .unwrap()
+        .unwrap();
+    // Talked to directly (not with `ask`, which closes its stdin): the instance must still
+    // be waiting for a command when it is dumped.
+    let mut talk = Talk::of(&mut child);
+    assert_eq!(talk.ask("ping"), "pong 1");
+    assert_eq!(seccomp_filters(pid), "1");
+
+    // Dumped inside its sandbox: the image holds the sandbox's filter.
+    let out = dir.path().join("instance-image");
+    let inherited = vec![0, 1, 2];
+    ember_snap::dump(
+        pid,
+        &out,
+        &ember_snap::DumpOptions {
+            inherited,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let again = ember_snap::LoadedImage::load(&out).unwrap();
+    assert_eq!(again.meta.process.seccomp.len(), 1);
+    drop(talk);
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    first.destroy().await;
+
+    let mut second = instance(&boxes, &work);
+    let mut cmd = tokio::process::Command::new("/bin/false");
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    second.attach_stopped(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    let pid = second.first_process().unwrap();
+    let opts = handoff_options(&second);
+    tokio::task::spawn_blocking(move || {
+        ember_snap::restore(&again, Target::Stopped { pid }, &opts)
+    })
+    .await
+    .unwrap()
+    .map_err(|e| common::chain(&e))
+    .unwrap();
+    let mut talk = Talk::of(&mut child);
+    assert_eq!(talk.ask("ping"), "pong 1");
+    assert_eq!(seccomp_filters(pid), "1");
+    drop(talk);
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    second.destroy().await;
+}
+
+/// `Seccomp_filters` of `/proc/PID/status`.
+fn seccomp_filters(pid: i32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp_filters:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A child's stdin and stdout, kept open between commands.
+struct Talk {
+    w: std::fs::File,
+    r: std::io::BufReader<std::fs::File>,
+}
+
+impl Talk {
+    fn of(child: &mut tokio::process::Child) -> Talk {
+        let w = child.stdin.take().unwrap().into_owned_fd().unwrap();
+        let r = child.stdout.take().unwrap().into_owned_fd().unwrap();
+        Talk {
+            w: std::fs::File::from(w),
+            r: std::io::BufReader::new(std::fs::File::from(r)),
+        }
+    }
+
+    fn ask(&mut self, cmd: &str) -> String {
+        use std::io::{BufRead, Write};
+        writeln!(self.w, "{cmd}").unwrap();
+        let mut line = String::new();
+        self.r.read_line(&mut line).unwrap();
+        line.trim_end().to_string()
+    }
+}

@@ -11,7 +11,8 @@
 //!          the gadget and the vDSO; move the vDSO to the image's address; map every VMA.
 //! batch 2: final protections; PR_SET_MM_MAP (mm fields, auxv, exe); reopen the image's file
 //!          descriptors; signal handlers, altstack, robust list, TID address, rseq, umask,
-//!          cwd, personality, name.
+//!          cwd, personality, name; then process-wide state around the credentials
+//!          (crate::state: timers, queued signals, limits, scheduling, prctl, filters).
 //! ```
 //!
 //! Four ptrace round trips whatever the number of VMAs. Any failure kills the target (and
@@ -279,7 +280,9 @@ pub fn restore(
     };
     let attached = {
         let _s = info_span!("restore.attach", pid).entered();
-        Tracee::attach(pid, true)
+        // With the image's own seccomp filters installed at the end of batch 2, the
+        // restorer's last steps must pass them: the seize suspends seccomp.
+        Tracee::attach(pid, true, !img.meta.process.seccomp.is_empty())
     };
     let result = attached.map_err(RestoreError::from).and_then(|t| {
         let mut server = None;
@@ -405,11 +408,15 @@ fn run(
         image: image.clone(),
         high: c.high,
         fd_files: Vec::new(),
+        parked: 0,
         gadget: 0,
         gadget_len: 0,
         filled,
         stat_offsets: Vec::new(),
         handoff: opts.handoff.as_ref(),
+        tid: c.ns_tid,
+        bounds: crate::state::apply::Bounds::of(pid, opts.handoff.is_some())
+            .map_err(|e| target_err(pid, format!("reading its limits: {e}")))?,
         mapped_fd: (opts.policy == Policy::Mapped).then(|| mapped_fd(img)),
     };
     let rseq_now = sys::get_rseq(pid).ok().filter(|c| c.abi_pointer != 0);

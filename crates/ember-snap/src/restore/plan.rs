@@ -2,30 +2,62 @@
 //! target looks like now.
 
 use super::{GAP_SEARCH_FROM, Handoff, RestoreError};
-use crate::image::{FdKind, Meta, PAGE, VdsoLayout, VmaKind, format::USER_END};
+use crate::image::{FdKind, Meta, PAGE, VdsoLayout, VmaKind, format::USER_END, vma_flags};
 use crate::proc::MapEntry;
 use crate::restorer::{ALLOW_ERROR, ARG0_FROM_SAVED, ARG4_FROM_SAVED, Batch, SAVE_RESULT, Step};
-use crate::sys;
+use crate::{state, sys};
 
 const PR_SET_MM: u64 = 35;
 const PR_SET_MM_MAP: u64 = 14;
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
 const MREMAP_MAYMOVE: u64 = 1;
 const MREMAP_FIXED: u64 = 2;
+const PR_SET_VMA: u64 = 0x5356_4d41;
+const PR_SET_VMA_ANON_NAME: u64 = 0;
+/// The `madvise` advice that restores each area flag set by one.
+const ADVICE: [(u32, i32); 8] = [
+    (vma_flags::DONTFORK, libc::MADV_DONTFORK),
+    (vma_flags::DONTDUMP, libc::MADV_DONTDUMP),
+    (vma_flags::HUGEPAGE, libc::MADV_HUGEPAGE),
+    (vma_flags::NOHUGEPAGE, libc::MADV_NOHUGEPAGE),
+    (vma_flags::WIPEONFORK, libc::MADV_WIPEONFORK),
+    (vma_flags::SEQ_READ, libc::MADV_SEQUENTIAL),
+    (vma_flags::RAND_READ, libc::MADV_RANDOM),
+    (vma_flags::MERGEABLE, libc::MADV_MERGEABLE),
+];
+
+/// One image descriptor: where batch 1 parks its open file description and what batch 2
+/// makes of it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FdPlace {
+    pub(super) fd: i32,
+    pub(super) cloexec: bool,
+    /// Position to seek to (the first descriptor of a description only).
+    pub(super) pos: Option<u64>,
+    /// The parked descriptor it is a `dup3` of.
+    pub(super) at: i32,
+}
 
 pub(super) struct Plan<'a> {
     pub(super) meta: &'a Meta,
     pub(super) image: String,
     /// First of the high descriptor numbers files are parked at.
     pub(super) high: i32,
-    /// Descriptors opened for the image's fd table: (image fd, cloexec, pos, high fd).
-    pub(super) fd_files: Vec<(i32, bool, u64, i32)>,
+    /// The image's descriptors (but the inherited ones), in order.
+    pub(super) fd_files: Vec<FdPlace>,
+    /// How many open file descriptions batch 1 parks for them.
+    pub(super) parked: i32,
     pub(super) gadget: u64,
     pub(super) gadget_len: u64,
     /// VMA indices that hold saved pages (mapped writable until filled).
     pub(super) filled: Vec<bool>,
     /// Credentials and filter to end the restore with.
     pub(super) handoff: Option<&'a Handoff>,
+    /// The target's thread id as it sees it (timers and signals aimed at itself).
+    pub(super) tid: i32,
+    /// The target's own hard limits (and, with a handoff, nice value), which the image's
+    /// may not exceed.
+    pub(super) bounds: state::apply::Bounds,
     /// Mapped policy: where the target holds the image's memfd.
     pub(super) mapped_fd: Option<i32>,
     /// Where batch 1 leaves each mapped file's `struct stat`.
@@ -258,7 +290,9 @@ impl<'m> Plan<'m> {
                     continue;
                 }
                 let len = u64::from(r.pages) * PAGE;
-                let prot = (v.prot | libc::PROT_WRITE) as u64;
+                // Readable until batch 2 sets the final protection: MADV_POPULATE_READ
+                // refuses (EINVAL) an area without read access (a PROT_NONE one).
+                let prot = (v.prot | libc::PROT_READ | libc::PROT_WRITE) as u64;
                 let flags = (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64;
                 let args = [r.addr, len, prot, flags, fd as u64, r.addr];
                 b.call(
@@ -279,16 +313,31 @@ impl<'m> Plan<'m> {
         self.stat_offsets = stat_at;
     }
 
-    /// Files the image held open, reopened with their flags and parked above the executable.
+    /// Files the image held open, reopened with their flags (status flags, `O_PATH`,
+    /// `O_DIRECTORY`) and parked above the executable, once per open file description.
     fn reopen_fds(&mut self, b: &mut Batch<'m>) {
         let meta = self.meta;
         self.fd_files.clear();
+        self.parked = 0;
         for f in &meta.fds {
+            if let FdKind::Dup { of } = f.kind {
+                // `validate` made sure `of` is an earlier File descriptor.
+                if let Some(first) = self.fd_files.iter().find(|p| p.fd == of).copied() {
+                    self.fd_files.push(FdPlace {
+                        fd: f.fd,
+                        cloexec: f.cloexec,
+                        pos: None,
+                        at: first.at,
+                    });
+                }
+                continue;
+            }
             if let FdKind::File { file, pos, flags } = f.kind {
                 let Some(fid) = meta.files.get(file as usize) else {
                     continue;
                 };
-                let at = self.exe_fd() + 1 + self.fd_files.len() as i32;
+                let at = self.exe_fd() + 1 + self.parked;
+                self.parked += 1;
                 let path = b.cstr(&fid.path);
                 let open = [
                     libc::AT_FDCWD as u64,
@@ -314,7 +363,12 @@ impl<'m> Plan<'m> {
                     &[0],
                     ARG0_FROM_SAVED,
                 );
-                self.fd_files.push((f.fd, f.cloexec, pos, at));
+                self.fd_files.push(FdPlace {
+                    fd: f.fd,
+                    cloexec: f.cloexec,
+                    pos: Some(pos),
+                    at,
+                });
             }
         }
     }
@@ -360,6 +414,12 @@ impl<'m> Plan<'m> {
         } else {
             libc::MAP_PRIVATE
         } as u64;
+        if v.flags & vma_flags::GROWSDOWN != 0 {
+            mflags |= libc::MAP_GROWSDOWN as u64;
+        }
+        if v.flags & vma_flags::NORESERVE != 0 {
+            mflags |= libc::MAP_NORESERVE as u64;
+        }
         let (fd, off) = match v.kind {
             VmaKind::File { offset, .. } => (0, offset),
             VmaKind::Stack => {
@@ -373,6 +433,33 @@ impl<'m> Plan<'m> {
         };
         let args = [v.start, v.len(), prot, mflags, fd, off];
         b.call(Step::Addr("mmap", v.start), libc::SYS_mmap, &args, flags);
+    }
+
+    /// What the process set on its areas beyond protections: `madvise` advice, `mlock`,
+    /// anonymous area names (`MAP_GROWSDOWN` and `MAP_NORESERVE` went with the `mmap`).
+    fn vma_state(&self, b2: &mut Batch<'m>) {
+        for v in &self.meta.vmas {
+            for (flag, advice) in ADVICE {
+                if v.flags & flag != 0 {
+                    let args = [v.start, v.len(), advice as u64];
+                    b2.call(Step::Addr("madvise", v.start), libc::SYS_madvise, &args, 0);
+                }
+            }
+            if v.flags & vma_flags::LOCKED != 0 {
+                let args = [v.start, v.len()];
+                b2.call(Step::Addr("mlock", v.start), libc::SYS_mlock, &args, 0);
+            }
+            if let Some(name) = &v.name {
+                let at = b2.cstr(name);
+                let args = [PR_SET_VMA, PR_SET_VMA_ANON_NAME, v.start, v.len(), at];
+                b2.call(
+                    Step::Addr("prctl(PR_SET_VMA_ANON_NAME)", v.start),
+                    libc::SYS_prctl,
+                    &args,
+                    0,
+                );
+            }
+        }
     }
 
     /// `PR_SET_MM_MAP`: the mm fields, auxv and executable (after the unmap: EBUSY while the
@@ -422,17 +509,22 @@ impl<'m> Plan<'m> {
                 );
             }
         }
+        self.vma_state(&mut b2);
         self.set_mm(&mut b2);
-        for &(fd, cloexec, pos, at) in &self.fd_files {
-            let fl = if cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+        for p in &self.fd_files {
+            let fl = if p.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
             b2.call(
-                Step::Fd("dup3", fd),
+                Step::Fd("dup3", p.fd),
                 libc::SYS_dup3,
-                &[at as u64, fd as u64, fl],
+                &[p.at as u64, p.fd as u64, fl],
                 0,
             );
-            let seek = [fd as u64, pos, libc::SEEK_SET as u64];
-            b2.call(Step::Fd("lseek", fd), libc::SYS_lseek, &seek, ALLOW_ERROR);
+            // A position is put back exactly (a directory's too), or the restore fails;
+            // a descriptor at 0 (an O_PATH one has no position to seek) is left.
+            if let Some(pos) = p.pos.filter(|&pos| pos != 0) {
+                let seek = [p.fd as u64, pos, libc::SEEK_SET as u64];
+                b2.call(Step::Fd("lseek", p.fd), libc::SYS_lseek, &seek, 0);
+            }
         }
         for f in &meta.fds {
             if matches!(f.kind, FdKind::Inherited { .. }) {
@@ -510,10 +602,23 @@ impl<'m> Plan<'m> {
             &[libc::PR_SET_NAME as u64, comm],
             0,
         );
+        let st = &meta.process;
+        state::apply::timers_and_signals(&mut b2, st, self.tid);
         match self.handoff {
-            Some(h) => handoff(&mut b2, h),
+            Some(h) => {
+                handoff_credentials(&mut b2, h);
+                state::apply::limits_and_prctl(&mut b2, st, h.die_with_parent, &self.bounds);
+                handoff_confine(&mut b2, h);
+                state::apply::filters(&mut b2, st, &h.seccomp);
+            }
             None => {
-                crate::creds::restore_calls(&mut b2, &meta.task.creds, crate::creds::last_cap())
+                // Filters first, while the target is still privileged (installing one
+                // needs CAP_SYS_ADMIN or no_new_privs, which a process may lack that got
+                // its filter before dropping privileges); the seize suspends seccomp, so
+                // the steps after them pass whatever they allow.
+                state::apply::filters(&mut b2, st, &[]);
+                crate::creds::restore_calls(&mut b2, &meta.task.creds, crate::creds::last_cap());
+                state::apply::limits_and_prctl(&mut b2, st, false, &self.bounds);
             }
         }
         b2
@@ -593,17 +698,22 @@ impl<'m> Plan<'m> {
     /// Where batch 1 parks the target's userfaultfd (above the executable and the reopened
     /// files; batch 2 closes all of them).
     pub(super) fn uffd_fd(&self) -> i32 {
-        self.high + 1 + self.fd_files.len() as i32
+        self.high + 1 + self.parked
     }
 }
 
-/// The last steps: become the instance's user, tie its life to its parent's, and install
-/// its seccomp filter (after which every later syscall, the restorer's included, is filtered).
-fn handoff(b: &mut Batch<'_>, h: &Handoff) {
+/// Become the instance's user (before the image's limits and prctl values, which the
+/// kernel then judges for that user, and which a credential change would reset).
+fn handoff_credentials(b: &mut Batch<'_>, h: &Handoff) {
     let (uid, gid) = (u64::from(h.uid), u64::from(h.gid));
     b.call("setgroups", libc::SYS_setgroups, &[0, 0], 0);
     b.call("setresgid", libc::SYS_setresgid, &[gid, gid, gid], 0);
     b.call("setresuid", libc::SYS_setresuid, &[uid, uid, uid], 0);
+}
+
+/// Tie the instance's life to its parent's (this wins over the image's death signal) and
+/// install the sandbox's seccomp filter, before the image's own filters.
+fn handoff_confine(b: &mut Batch<'_>, h: &Handoff) {
     if h.die_with_parent {
         let args = [libc::PR_SET_PDEATHSIG as u64, libc::SIGKILL as u64];
         b.call("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, &args, 0);
@@ -674,6 +784,8 @@ mod tests {
                         prot: 5,
                         shared: false,
                         kind: VmaKind::File { file: i, offset: 0 },
+                        flags: 0,
+                        name: None,
                     }
                 })
                 .collect();
@@ -684,11 +796,14 @@ mod tests {
                 image: "img".into(),
                 high: 10,
                 fd_files: Vec::new(),
+                parked: 0,
                 gadget: 0,
                 gadget_len: 0,
                 filled: vec![false; meta.vmas.len()],
                 stat_offsets: Vec::new(),
                 handoff: None,
+                tid: 1,
+                bounds: crate::state::apply::Bounds::default(),
                 mapped_fd: None,
             };
             // The case that failed: measured with the gadget at 0, batch 1 was just below a

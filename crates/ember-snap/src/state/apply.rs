@@ -1,0 +1,264 @@
+//! The restore side: steps appended to batch 2, in the order the module doc of
+//! [`crate::state`] draws.
+
+use crate::image::ProcState;
+use crate::restorer::{Batch, Step};
+use crate::sys::PR_TIMER_CREATE_RESTORE_IDS;
+
+/// Interval timers, POSIX timers (with their ids) and queued signals, queued to the process
+/// itself (`tid`: its thread id as it sees it) so any `si_code` is allowed. Every signal is
+/// blocked while the restorer runs: they wait for the image's mask.
+pub fn timers_and_signals(b: &mut Batch<'_>, st: &ProcState, tid: i32) {
+    for (which, t) in st.itimers.iter().enumerate() {
+        if t.value_us == 0 {
+            continue;
+        }
+        let mut v = Vec::new();
+        for us in [t.interval_us, t.value_us] {
+            v.extend_from_slice(&(us / 1_000_000).to_ne_bytes());
+            v.extend_from_slice(&(us % 1_000_000).to_ne_bytes());
+        }
+        let at = b.data(&v);
+        let step = Step::Addr("setitimer", which as u64);
+        b.call(step, libc::SYS_setitimer, &[which as u64, at, 0], 0);
+    }
+    if !st.timers.is_empty() {
+        let on = [PR_TIMER_CREATE_RESTORE_IDS as u64, 1];
+        b.call(
+            "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
+            libc::SYS_prctl,
+            &on,
+            0,
+        );
+        for t in &st.timers {
+            // struct sigevent (64 bytes): value, signo, notify, then the thread id.
+            let mut sev = Vec::with_capacity(64);
+            sev.extend_from_slice(&t.value.to_ne_bytes());
+            sev.extend_from_slice(&t.signo.to_ne_bytes());
+            sev.extend_from_slice(&t.notify.to_ne_bytes());
+            sev.extend_from_slice(&tid.to_ne_bytes());
+            sev.resize(64, 0);
+            let sev = b.data(&sev);
+            let id = b.data(&t.id.to_ne_bytes());
+            let step = Step::Addr("timer_create", t.id as u64);
+            let args = [t.clock as u64, sev, id];
+            b.call(step, libc::SYS_timer_create, &args, 0);
+            if t.value_ns == 0 {
+                continue;
+            }
+            let mut its = Vec::with_capacity(32);
+            for ns in [t.interval_ns, t.value_ns] {
+                its.extend_from_slice(&(ns / 1_000_000_000).to_ne_bytes());
+                its.extend_from_slice(&(ns % 1_000_000_000).to_ne_bytes());
+            }
+            let its = b.data(&its);
+            let step = Step::Addr("timer_settime", t.id as u64);
+            b.call(step, libc::SYS_timer_settime, &[t.id as u64, 0, its, 0], 0);
+        }
+        let off = [PR_TIMER_CREATE_RESTORE_IDS as u64, 0];
+        b.call(
+            "prctl(PR_TIMER_CREATE_RESTORE_IDS)",
+            libc::SYS_prctl,
+            &off,
+            0,
+        );
+    }
+    let tid = tid as u64;
+    for (queue, shared) in [(&st.pending_thread, false), (&st.pending_process, true)] {
+        for info in queue.iter() {
+            let sig = info
+                .get(..4)
+                .map(|b| i32::from_ne_bytes(b.try_into().unwrap_or([0; 4])))
+                .unwrap_or(0);
+            if !(1..=64).contains(&sig) || sig == libc::SIGKILL || sig == libc::SIGSTOP {
+                continue;
+            }
+            let at = b.data(info);
+            let step = Step::Addr("queue signal", sig as u64);
+            if shared {
+                b.call(step, libc::SYS_rt_sigqueueinfo, &[tid, sig as u64, at], 0);
+            } else {
+                let args = [tid, tid, sig as u64, at];
+                b.call(step, libc::SYS_rt_tgsigqueueinfo, &args, 0);
+            }
+        }
+    }
+}
+
+/// What the target holds, which a restore does not exceed: its hard limits (raising one
+/// needs CAP_SYS_RESOURCE, and the target stands for where the process is restored: a
+/// sandbox's limits), and with a handoff its nice value (a sandboxed instance may not lower
+/// it).
+#[derive(Debug, Clone, Default)]
+pub struct Bounds {
+    /// (soft, hard) of each resource, by number.
+    pub rlimits: Vec<(u64, u64)>,
+    pub nice: Option<i32>,
+}
+
+impl Bounds {
+    /// The target's own limits, read from outside; its nice value with `handoff`.
+    pub fn of(pid: i32, handoff: bool) -> Result<Bounds, super::StateError> {
+        let rlimits = super::capture::limits(pid)?;
+        let nice = match handoff {
+            true => Some(
+                crate::sys::sched_getattr(pid)
+                    .map_err(|source| super::StateError::Read {
+                        pid,
+                        what: "scheduling attributes",
+                        source,
+                    })?
+                    .nice,
+            ),
+            false => None,
+        };
+        Ok(Bounds { rlimits, nice })
+    }
+}
+
+/// Resource limits, scheduling, CPU affinity and prctl values, set by the process itself
+/// after the handoff's credentials (the kernel judges what it may set). `handoff_pdeathsig`:
+/// the handoff sets the death signal, which wins over the image's; `bounds`: the target's
+/// hard limits (and nice value), which win over the image's where the image's are higher.
+pub fn limits_and_prctl(
+    b: &mut Batch<'_>,
+    st: &ProcState,
+    handoff_pdeathsig: bool,
+    bounds: &Bounds,
+) {
+    for &(res, cur, max) in &st.rlimits {
+        let (cur, max) = match bounds.rlimits.get(res as usize) {
+            Some(&(_, hard)) => (cur.min(hard), max.min(hard)),
+            None => (cur, max),
+        };
+        let mut v = cur.to_ne_bytes().to_vec();
+        v.extend_from_slice(&max.to_ne_bytes());
+        let at = b.data(&v);
+        let step = Step::Addr("prlimit64 of resource", u64::from(res));
+        b.call(step, libc::SYS_prlimit64, &[0, u64::from(res), at, 0], 0);
+    }
+    let s = &st.sched;
+    let mut attr = Vec::with_capacity(56);
+    attr.extend_from_slice(&56u32.to_ne_bytes());
+    attr.extend_from_slice(&s.policy.to_ne_bytes());
+    attr.extend_from_slice(&s.flags.to_ne_bytes());
+    let nice = bounds.nice.map_or(s.nice, |floor| s.nice.max(floor));
+    attr.extend_from_slice(&nice.to_ne_bytes());
+    attr.extend_from_slice(&s.priority.to_ne_bytes());
+    for w in [s.runtime, s.deadline, s.period] {
+        attr.extend_from_slice(&w.to_ne_bytes());
+    }
+    attr.resize(56, 0);
+    let at = b.data(&attr);
+    b.call("sched_setattr", libc::SYS_sched_setattr, &[0, at, 0], 0);
+    if let Some(mask) = &st.affinity {
+        let bytes: Vec<u8> = mask.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let len = bytes.len() as u64;
+        let at = b.data(&bytes);
+        b.call(
+            "sched_setaffinity",
+            libc::SYS_sched_setaffinity,
+            &[0, len, at],
+            0,
+        );
+    }
+    let p = &st.prctl;
+    let mut prctl = |what: &'static str, op: i32, arg: u64| {
+        b.call(what, libc::SYS_prctl, &[op as u64, arg, 0, 0, 0], 0);
+    };
+    if p.child_subreaper {
+        prctl(
+            "prctl(PR_SET_CHILD_SUBREAPER)",
+            libc::PR_SET_CHILD_SUBREAPER,
+            1,
+        );
+    }
+    if p.thp_disable {
+        prctl("prctl(PR_SET_THP_DISABLE)", libc::PR_SET_THP_DISABLE, 1);
+    }
+    if p.timerslack_ns != 0 {
+        let op = libc::PR_SET_TIMERSLACK;
+        prctl("prctl(PR_SET_TIMERSLACK)", op, p.timerslack_ns);
+    }
+    if p.pdeathsig != 0 && !handoff_pdeathsig {
+        let sig = u64::from(p.pdeathsig);
+        prctl("prctl(PR_SET_PDEATHSIG)", libc::PR_SET_PDEATHSIG, sig);
+    }
+    if p.no_new_privs {
+        prctl("prctl(PR_SET_NO_NEW_PRIVS)", libc::PR_SET_NO_NEW_PRIVS, 1);
+    }
+    // Always: a credential change (the handoff's setresuid) resets it.
+    let dumpable = u64::from(p.dumpable);
+    prctl("prctl(PR_SET_DUMPABLE)", libc::PR_SET_DUMPABLE, dumpable);
+}
+
+/// The image's own filters, oldest first, installed last. The oldest ones equal to the
+/// handoff's filter (an image dumped inside a sandbox carries the sandbox's) are the
+/// handoff's to install: skipped, so the chain is the one the process had.
+pub fn filters(b: &mut Batch<'_>, st: &ProcState, handoff: &[libc::sock_filter]) {
+    for f in own_filters(&st.seccomp, handoff) {
+        let code: Vec<u8> = f.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let at = b.data(&code);
+        // struct sock_fprog: unsigned short len; (padding); struct sock_filter *filter.
+        let mut prog = (f.len() as u64).to_ne_bytes().to_vec();
+        prog.extend_from_slice(&at.to_ne_bytes());
+        let prog = b.data(&prog);
+        let args = [libc::SECCOMP_SET_MODE_FILTER as u64, 0, prog];
+        b.call("seccomp(the image's filter)", libc::SYS_seccomp, &args, 0);
+    }
+}
+
+/// A `sock_filter` as the 8 bytes `PTRACE_SECCOMP_GET_FILTER` gives.
+pub fn filter_word(f: &libc::sock_filter) -> u64 {
+    let mut b = [0u8; 8];
+    b[..2].copy_from_slice(&f.code.to_ne_bytes());
+    b[2] = f.jt;
+    b[3] = f.jf;
+    b[4..].copy_from_slice(&f.k.to_ne_bytes());
+    u64::from_ne_bytes(b)
+}
+
+/// The image's filters without the leading ones the handoff installs itself.
+pub fn own_filters<'a>(image: &'a [Vec<u64>], handoff: &[libc::sock_filter]) -> &'a [Vec<u64>] {
+    if handoff.is_empty() {
+        return image;
+    }
+    let h: Vec<u64> = handoff.iter().map(filter_word).collect();
+    let skip = image.iter().take_while(|f| **f == h).count();
+    &image[skip..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn insn(code: u16, k: u32) -> libc::sock_filter {
+        libc::sock_filter {
+            code,
+            jt: 1,
+            jf: 2,
+            k,
+        }
+    }
+
+    #[test]
+    fn the_handoffs_filter_is_not_installed_twice() {
+        let sandbox = [insn(0x20, 4), insn(0x06, 0x7fff_0000)];
+        let words: Vec<u64> = sandbox.iter().map(filter_word).collect();
+        let own = vec![filter_word(&insn(0x06, 0))];
+        let image = vec![words.clone(), words.clone(), own.clone()];
+        assert_eq!(own_filters(&image, &sandbox), std::slice::from_ref(&own));
+        assert_eq!(own_filters(&image, &[]).len(), 3);
+        // Only the oldest: the same filter installed later by the process stays.
+        let image = vec![own.clone(), words.clone()];
+        assert_eq!(own_filters(&image, &sandbox).len(), 2);
+    }
+
+    #[test]
+    fn a_filter_word_is_the_kernels_layout() {
+        let w = filter_word(&insn(0x0015, 0x1234_5678));
+        let b = w.to_ne_bytes();
+        assert_eq!(&b[..4], &[0x15, 0, 1, 2]);
+        assert_eq!(u32::from_ne_bytes(b[4..].try_into().unwrap()), 0x1234_5678);
+    }
+}

@@ -1,0 +1,487 @@
+//! The dump side: what the dumper reads from outside, and one run of the restorer blob in
+//! the stopped process for what only the process can tell (each query used to be an
+//! injected syscall of its own, a ptrace round trip of 10-15 us).
+
+use super::{StateError, status_field};
+use crate::image::format::{MAX_FILTER_LEN, MAX_FILTERS, MAX_PENDING, MAX_TIMERS};
+use crate::image::{AltStack, ITimer, PAGE, PosixTimer, Prctl, ProcState, Sched, SigAction};
+use crate::restorer::{self, ALLOW_ERROR, Batch, Step};
+use crate::sys;
+use crate::tracee::{self, Tracee};
+
+/// State only the process can tell, read by the query batch.
+pub struct Queried {
+    pub brk: u64,
+    pub tid_address: u64,
+    pub altstack: AltStack,
+    /// Every signal whose `sigaction` is not the plain default.
+    pub sigactions: Vec<SigAction>,
+}
+
+/// Reads everything of [`ProcState`] and the task's own queries; refuses what a restore
+/// could not set. `insn` is a `syscall` instruction of the process.
+pub fn capture(t: &Tracee, insn: u64) -> Result<(Queried, ProcState), StateError> {
+    let pid = t.pid;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|source| {
+        StateError::Read {
+            pid,
+            what: "status",
+            source,
+        }
+    })?;
+    let mut st = outside(pid, &status)?;
+    let timers = parse_timers(pid)?;
+    let ids: Vec<i32> = timers.iter().map(|t| t.id).collect();
+    let (q, prctl, itimers, values) = query(t, insn, &ids)?;
+    st.prctl = Prctl {
+        no_new_privs: status_field(&status, "NoNewPrivs") == Some(1),
+        ..prctl
+    };
+    if st.prctl.dumpable > 1 {
+        return Err(StateError::Refused {
+            pid,
+            what: format!("dumpable mode {} (suid_dumpable)", st.prctl.dumpable),
+            todo: "prctl can only set 0 or 1; set PR_SET_DUMPABLE to 0 or 1 before the dump".into(),
+        });
+    }
+    st.itimers = itimers;
+    st.timers = timers
+        .into_iter()
+        .zip(values)
+        .map(|(t, (interval_ns, value_ns))| PosixTimer {
+            interval_ns,
+            value_ns,
+            ..t
+        })
+        .collect();
+    Ok((q, st))
+}
+
+fn read_err(pid: i32, what: &'static str) -> impl FnOnce(std::io::Error) -> StateError {
+    move |source| StateError::Read { pid, what, source }
+}
+
+fn refused(pid: i32, what: impl Into<String>, todo: impl Into<String>) -> StateError {
+    StateError::Refused {
+        pid,
+        what: what.into(),
+        todo: todo.into(),
+    }
+}
+
+/// What the dumper reads without the process's help.
+fn outside(pid: i32, status: &str) -> Result<ProcState, StateError> {
+    let rlimits = limits(pid)?
+        .into_iter()
+        .zip(0..)
+        .map(|((cur, max), r)| (r, cur, max))
+        .collect();
+    let a = sys::sched_getattr(pid).map_err(read_err(pid, "scheduling attributes"))?;
+    let sched = Sched {
+        policy: a.policy,
+        flags: a.flags & SCHED_FLAG_RESET_ON_FORK,
+        nice: a.nice,
+        priority: a.priority,
+        runtime: a.runtime,
+        deadline: a.deadline,
+        period: a.period,
+    };
+    let mask = sys::sched_getaffinity(pid).map_err(read_err(pid, "CPU affinity"))?;
+    let affinity = (!same_cpus(&mask, &online_cpus())).then_some(mask);
+    let mut seccomp = Vec::new();
+    if status_field(status, "Seccomp") == Some(2) {
+        for index in 0.. {
+            let f = sys::seccomp_filter(pid, index).map_err(read_err(pid, "seccomp filters"))?;
+            let Some(f) = f else { break };
+            if seccomp.len() == MAX_FILTERS || f.len() > MAX_FILTER_LEN || f.is_empty() {
+                return Err(refused(
+                    pid,
+                    format!(
+                        "a seccomp filter chain of more than {MAX_FILTERS} filters, or one of more than {MAX_FILTER_LEN} instructions"
+                    ),
+                    "install fewer, shorter filters",
+                ));
+            }
+            seccomp.push(f);
+        }
+        // Index 0 is the oldest filter (the kernel counts back from the newest by the
+        // chain's length less the index): the image keeps them in that order, the order
+        // they are installed again. `fidelity/seccomp_own.c` tells the two orders apart.
+    }
+    let pending = |shared: bool| -> Result<Vec<Vec<u8>>, StateError> {
+        let q = sys::peek_siginfo(pid, shared, MAX_PENDING + 1)
+            .map_err(read_err(pid, "queued signals"))?;
+        if q.len() > MAX_PENDING {
+            return Err(refused(
+                pid,
+                format!("more than {MAX_PENDING} queued signals"),
+                "let the process take its signals before the dump",
+            ));
+        }
+        Ok(q.into_iter().map(|i| i.to_vec()).collect())
+    };
+    Ok(ProcState {
+        rlimits,
+        sched,
+        affinity,
+        seccomp,
+        pending_thread: pending(false)?,
+        pending_process: pending(true)?,
+        ..ProcState::default()
+    })
+}
+
+const SCHED_FLAG_RESET_ON_FORK: u64 = 1;
+
+/// Every resource limit of `pid` (soft, hard), in resource order.
+pub fn limits(pid: i32) -> Result<Vec<(u64, u64)>, StateError> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .map_err(read_err(pid, "resource limits"))?;
+    crate::proc::parse_limits(&text).ok_or_else(|| StateError::Read {
+        pid,
+        what: "resource limits",
+        source: std::io::Error::other("unexpected format of /proc/PID/limits"),
+    })
+}
+
+/// The online CPUs as mask words (`/sys/devices/system/cpu/online`: "0-3,5").
+fn online_cpus() -> Vec<u64> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    let mut mask = vec![0u64; 16];
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) else {
+            continue;
+        };
+        for cpu in a..=b.min(1023) {
+            mask[cpu / 64] |= 1 << (cpu % 64);
+        }
+    }
+    mask
+}
+
+/// Whether two masks hold the same CPUs (trailing zero words aside).
+fn same_cpus(a: &[u64], b: &[u64]) -> bool {
+    let n = a.len().max(b.len());
+    (0..n).all(|i| a.get(i).copied().unwrap_or(0) == b.get(i).copied().unwrap_or(0))
+}
+
+/// The POSIX timers `/proc/PID/timers` lists (id, signal, value, notify kind, clock);
+/// times are asked of the process.
+fn parse_timers(pid: i32) -> Result<Vec<PosixTimer>, StateError> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/timers"))
+        .map_err(read_err(pid, "POSIX timers"))?;
+    let timers = timers_from(&text).map_err(|why| {
+        refused(
+            pid,
+            format!("a POSIX timer ({why})"),
+            "delete the timer before the dump",
+        )
+    })?;
+    if timers.len() > MAX_TIMERS {
+        return Err(refused(
+            pid,
+            format!("more than {MAX_TIMERS} POSIX timers"),
+            "delete timers before the dump",
+        ));
+    }
+    if !timers.is_empty() && !sys::timer_restore_ids_supported() {
+        return Err(refused(
+            pid,
+            format!("{} POSIX timers", timers.len()),
+            "this kernel cannot recreate a timer with its id (PR_TIMER_CREATE_RESTORE_IDS needs Linux 6.15); delete the timers before the dump",
+        ));
+    }
+    Ok(timers)
+}
+
+/// Parses `/proc/PID/timers`; an error names what cannot be restored.
+pub fn timers_from(text: &str) -> Result<Vec<PosixTimer>, String> {
+    let mut out: Vec<PosixTimer> = Vec::new();
+    for line in text.lines() {
+        let Some((key, val)) = line.split_once(':') else {
+            continue;
+        };
+        let val = val.trim();
+        if key == "ID" {
+            let id = val.parse().map_err(|_| format!("unreadable id {val:?}"))?;
+            out.push(PosixTimer {
+                id,
+                ..PosixTimer::default()
+            });
+            continue;
+        }
+        let Some(t) = out.last_mut() else { continue };
+        match key {
+            "signal" => {
+                let (sig, value) = val.split_once('/').ok_or("unreadable signal")?;
+                t.signo = sig.parse().map_err(|_| "unreadable signal")?;
+                t.value = u64::from_str_radix(value, 16).map_err(|_| "unreadable value")?;
+            }
+            "notify" => {
+                let (kind, target) = val.split_once('/').ok_or("unreadable notify")?;
+                let base = match kind {
+                    "signal" => libc::SIGEV_SIGNAL,
+                    "none" => libc::SIGEV_NONE,
+                    other => return Err(format!("{other} notification")),
+                };
+                t.notify = if target.starts_with("tid.") {
+                    base | libc::SIGEV_THREAD_ID
+                } else {
+                    base
+                };
+            }
+            "ClockID" => {
+                t.clock = val.parse().map_err(|_| "unreadable clock")?;
+                // A CPU-time clock encodes its pid as `!(clock >> 3)`: 0 is the process
+                // itself (or its thread), which a restore can name again; another pid not.
+                if t.clock < 0 && t.clock >> 3 != -1 {
+                    return Err(format!(
+                        "id {} counts another process's or thread's CPU time",
+                        t.id
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+type Answers = (Queried, Prctl, Vec<ITimer>, Vec<(u64, u64)>);
+
+/// Where the query batch leaves each answer.
+struct Layout {
+    batch: Batch<'static>,
+    brk: usize,
+    tid: usize,
+    alt: usize,
+    sigs: Vec<usize>,
+    dumpable: usize,
+    pdeathsig: usize,
+    slack: usize,
+    subreaper: usize,
+    thp: usize,
+    itimers: Vec<usize>,
+    timers: Vec<usize>,
+}
+
+fn lay_out(base: u64, ids: &[i32]) -> Layout {
+    let mut b = Batch::new(base);
+    let prctl = |b: &mut Batch<'static>, what: &'static str, op: i32, arg: u64| {
+        let i = b.len();
+        b.call(what, libc::SYS_prctl, &[op as u64, arg], 0);
+        i
+    };
+    let brk = b.len();
+    b.call("brk(0)", libc::SYS_brk, &[0], 0);
+    let (at, tid) = b.out(8);
+    prctl(
+        &mut b,
+        "prctl(PR_GET_TID_ADDRESS)",
+        libc::PR_GET_TID_ADDRESS,
+        at,
+    );
+    let (at, alt) = b.out(24);
+    b.call("sigaltstack", libc::SYS_sigaltstack, &[0, at], 0);
+    let mut sigs = Vec::new();
+    for sig in 1..=64u64 {
+        let (at, off) = b.out(32);
+        sigs.push(off);
+        let args = [sig, 0, at, 8];
+        let step = Step::Addr("rt_sigaction", sig);
+        b.call(step, libc::SYS_rt_sigaction, &args, ALLOW_ERROR);
+    }
+    let dumpable = prctl(&mut b, "prctl(PR_GET_DUMPABLE)", libc::PR_GET_DUMPABLE, 0);
+    let (at, pdeathsig) = b.out(4);
+    prctl(
+        &mut b,
+        "prctl(PR_GET_PDEATHSIG)",
+        libc::PR_GET_PDEATHSIG,
+        at,
+    );
+    let slack = prctl(
+        &mut b,
+        "prctl(PR_GET_TIMERSLACK)",
+        libc::PR_GET_TIMERSLACK,
+        0,
+    );
+    let (at, subreaper) = b.out(4);
+    let op = libc::PR_GET_CHILD_SUBREAPER;
+    prctl(&mut b, "prctl(PR_GET_CHILD_SUBREAPER)", op, at);
+    let thp = prctl(
+        &mut b,
+        "prctl(PR_GET_THP_DISABLE)",
+        libc::PR_GET_THP_DISABLE,
+        0,
+    );
+    let mut itimers = Vec::new();
+    for which in 0..3u64 {
+        let (at, off) = b.out(32);
+        itimers.push(off);
+        b.call("getitimer", libc::SYS_getitimer, &[which, at], 0);
+    }
+    let mut timers = Vec::new();
+    for &id in ids {
+        let (at, off) = b.out(32);
+        timers.push(off);
+        let step = Step::Addr("timer_gettime", id as u64);
+        b.call(step, libc::SYS_timer_gettime, &[id as u64, at], 0);
+    }
+    Layout {
+        batch: b,
+        brk,
+        tid,
+        alt,
+        sigs,
+        dumpable,
+        pdeathsig,
+        slack,
+        subreaper,
+        thp,
+        itimers,
+        timers,
+    }
+}
+
+/// Runs the query batch in a scratch area mapped for the purpose (blob code, then the
+/// batch), and unmaps it.
+fn query(t: &Tracee, insn: u64, ids: &[i32]) -> Result<Answers, StateError> {
+    let pid = t.pid;
+    let need = (PAGE + lay_out(0, ids).batch.size() as u64).next_multiple_of(PAGE);
+    let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
+    let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
+    let args = [0, need, prot, flags, u64::MAX, 0];
+    let scratch = match t.syscall_ok(insn, libc::SYS_mmap, &args, "mmap(query area)") {
+        Err(crate::tracee::TraceError::Injected { errno, .. }) if errno == libc::EACCES => {
+            return Err(refused(
+                pid,
+                "memory-deny-write-execute (PR_SET_MDWE)",
+                "the dump runs its queries from a writable, executable area the process refuses, and a restorer cannot set it again; dump the process before it sets PR_SET_MDWE",
+            ));
+        }
+        other => other?,
+    };
+    let result = (|| -> Result<Answers, StateError> {
+        tracee::write(pid, scratch, restorer::code()).map_err(read_err(pid, "query area"))?;
+        let l = lay_out(scratch + PAGE, ids);
+        let (res, area) = t.run_batch(scratch, &l.batch)?;
+        Ok(answers(&l, &res, &area))
+    })();
+    let unmapped = t.syscall_ok(
+        insn,
+        libc::SYS_munmap,
+        &[scratch, need],
+        "munmap(query area)",
+    );
+    let a = result?;
+    unmapped?;
+    Ok(a)
+}
+
+fn answers(l: &Layout, res: &[i64], area: &[u8]) -> Answers {
+    let word = |off: usize| -> u64 {
+        area.get(off..off + 8)
+            .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+            .unwrap_or(0)
+    };
+    let int = |off: usize| word(off) as u32;
+    let r = |i: usize| res.get(i).copied().unwrap_or(0);
+    let mut sigactions = Vec::new();
+    for (k, &off) in l.sigs.iter().enumerate() {
+        let words = [word(off), word(off + 8), word(off + 16), word(off + 24)];
+        let failed = r(l.sigs_entry(k)) < 0;
+        if failed || words == [0; 4] {
+            continue;
+        }
+        sigactions.push(SigAction {
+            sig: k as u8 + 1,
+            handler: words[0],
+            flags: words[1],
+            restorer: words[2],
+            mask: words[3],
+        });
+    }
+    let ns = |sec: u64, nsec: u64| sec.saturating_mul(1_000_000_000).saturating_add(nsec);
+    let us = |sec: u64, usec: u64| sec.saturating_mul(1_000_000).saturating_add(usec);
+    let q = Queried {
+        brk: r(l.brk) as u64,
+        tid_address: word(l.tid),
+        altstack: AltStack {
+            sp: word(l.alt),
+            flags: word(l.alt + 8) as i32,
+            size: word(l.alt + 16),
+        },
+        sigactions,
+    };
+    let prctl = Prctl {
+        no_new_privs: false,
+        dumpable: r(l.dumpable) as u32,
+        pdeathsig: int(l.pdeathsig),
+        timerslack_ns: r(l.slack) as u64,
+        child_subreaper: int(l.subreaper) != 0,
+        thp_disable: r(l.thp) != 0,
+    };
+    let itimers = l
+        .itimers
+        .iter()
+        .map(|&o| ITimer {
+            interval_us: us(word(o), word(o + 8)),
+            value_us: us(word(o + 16), word(o + 24)),
+        })
+        .collect();
+    let timers = l
+        .timers
+        .iter()
+        .map(|&o| (ns(word(o), word(o + 8)), ns(word(o + 16), word(o + 24))))
+        .collect();
+    (q, prctl, itimers, timers)
+}
+
+impl Layout {
+    /// The batch entry of the `k`th `rt_sigaction` query (they follow brk, the TID address
+    /// and sigaltstack).
+    fn sigs_entry(&self, k: usize) -> usize {
+        self.alt_entry() + 1 + k
+    }
+
+    fn alt_entry(&self) -> usize {
+        self.brk + 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timers_parse_as_the_kernel_lists_them() {
+        let text = "ID: 2\nsignal: 36/0000000000001234\nnotify: signal/tid.2945\nClockID: 7\n\
+                    ID: 1\nsignal: 10/0000000000000000\nnotify: none/pid.2945\nClockID: 0\n";
+        let t = timers_from(text).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!((t[0].id, t[0].signo, t[0].value), (2, 36, 0x1234));
+        assert_eq!((t[0].notify, t[0].clock), (libc::SIGEV_THREAD_ID, 7));
+        assert_eq!((t[1].notify, t[1].clock), (libc::SIGEV_NONE, 0));
+        let own = timers_from("ID: 0\nsignal: 14/0\nnotify: signal/pid.1\nClockID: -6\n");
+        assert_eq!(own.unwrap()[0].clock, -6);
+        let other = timers_from("ID: 0\nsignal: 14/0\nnotify: signal/pid.1\nClockID: -8190\n");
+        assert!(other.unwrap_err().contains("CPU time"));
+    }
+
+    #[test]
+    fn a_full_mask_is_the_online_set() {
+        assert!(same_cpus(&[3], &[3, 0, 0]));
+        assert!(!same_cpus(&[1], &[3]));
+    }
+
+    #[test]
+    fn the_query_layout_finds_its_entries() {
+        let l = lay_out(0x1000, &[0, 5]);
+        assert_eq!(l.batch.step(l.alt_entry()), "sigaltstack");
+        assert_eq!(l.batch.step(l.sigs_entry(0)), "rt_sigaction at 0x1");
+        assert_eq!(l.batch.step(l.sigs_entry(63)), "rt_sigaction at 0x40");
+        assert_eq!(l.batch.step(l.dumpable), "prctl(PR_GET_DUMPABLE)");
+        assert_eq!(l.timers.len(), 2);
+    }
+}

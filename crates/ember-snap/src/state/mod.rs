@@ -1,0 +1,87 @@
+//! Process-wide state beyond memory, registers and descriptors: resource limits, scheduling
+//! (policy, nice value, CPU affinity), prctl values, the process's own seccomp filters,
+//! signal dispositions with their flags, queued signals, interval timers and POSIX timers.
+//!
+//! ```text
+//! dump (capture.rs)                                 restore (apply.rs, end of batch 2)
+//!  before the seize: Seccomp mode 1 refused          ...name
+//!  from outside: /proc/PID/limits, sched_getattr,    setitimer; timers created with their
+//!    sched_getaffinity, PTRACE_SECCOMP_GET_FILTER,     ids (PR_TIMER_CREATE_RESTORE_IDS),
+//!    PTRACE_PEEKSIGINFO (thread, shared),              timer_settime; queued signals
+//!    /proc/PID/timers                                  re-queued to itself
+//!  inside, one blob run: brk, TID address,           with a handoff:        without:
+//!    altstack, 64 x rt_sigaction, prctl gets,          its credentials        own filters
+//!    getitimer x3, timer_gettime per timer             limits, sched, prctl   creds.rs
+//!                                                      its pdeathsig, nnp,    limits, sched,
+//!                                                        its filter             prctl
+//!                                                      own filters
+//! ```
+//!
+//! Everything is set from inside the process, by the restorer blob, after the credentials
+//! (the handoff's or the image's own): the kernel then judges what the process may set, and
+//! the credential change, which clears the death signal and resets dumpable, comes before
+//! the image's values. Limits come after the restorer's last descriptor juggling (a low
+//! `RLIMIT_NOFILE` cannot break it), and queued signals before the limits (a low
+//! `RLIMIT_SIGPENDING` cannot refuse them). The image's filters come after the sandbox's
+//! with a handoff, and before the image's credentials without one (installing a filter
+//! needs CAP_SYS_ADMIN or no_new_privs, which a process that got its filter before dropping
+//! privileges may lack). The restore's seize suspends seccomp (`PTRACE_O_SUSPEND_SECCOMP`)
+//! when the image has filters, so the steps after them (the rest of batch 2, the gadget's
+//! `munmap`) run whatever they allow; the dump's seize does the same for a process with
+//! filters, so its queries cannot be refused or kill it.
+
+pub mod apply;
+pub mod capture;
+
+use std::io;
+
+use crate::tracee::TraceError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("process {pid}: cannot read its {what}")]
+    Read {
+        pid: i32,
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error("process {pid}: {what} cannot be restored; {todo}")]
+    Refused {
+        pid: i32,
+        what: String,
+        todo: String,
+    },
+    #[error(transparent)]
+    Trace(#[from] TraceError),
+}
+
+/// The process's seccomp mode (0 none, 1 strict, 2 filter) from `/proc/PID/status`.
+pub fn seccomp_mode(pid: i32) -> Result<u32, StateError> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|source| {
+        StateError::Read {
+            pid,
+            what: "status",
+            source,
+        }
+    })?;
+    Ok(status_field(&text, "Seccomp").unwrap_or(0) as u32)
+}
+
+/// A numeric field of `/proc/PID/status`.
+fn status_field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Refuses a process in seccomp strict mode, before anything is done to it.
+pub fn refuse_strict(pid: i32, mode: u32) -> Result<(), StateError> {
+    if mode == 1 {
+        return Err(StateError::Refused {
+            pid,
+            what: "seccomp strict mode (SECCOMP_SET_MODE_STRICT)".into(),
+            todo: "a restorer cannot enter it for the process; dump it before it enters strict mode, or use a filter (SECCOMP_SET_MODE_FILTER) instead".into(),
+        });
+    }
+    Ok(())
+}
