@@ -1,7 +1,8 @@
 //! Every syscall the engine makes on its own behalf, one small wrapper each. The crate's
-//! other `unsafe` blocks: the symbols of the two pieces of assembly (restorer, stopper), a
-//! `struct stat` copied out of a batch area, and the descriptor the kernel hands the page
-//! server on a fork event (and, in tests only, a mapping with a hole for `tracee::write`).
+//! other `unsafe` blocks: the symbols of the pieces of assembly (restorer, stopper, a pid
+//! namespace's init), a `struct stat` copied out of a batch area, and the descriptor the
+//! kernel hands the page server on a fork event (and, in tests only, a mapping with a hole
+//! for `tracee::write`).
 //!
 //! ptrace requests act on a tracee only from the thread that attached it: callers keep a
 //! whole dump or restore on one thread.
