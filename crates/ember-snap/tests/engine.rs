@@ -331,3 +331,65 @@ fn an_image_of_a_namespace_init_restores_as_the_init_of_a_fresh_namespace() {
     assert_eq!(r.ask("relro"), "relro beta");
     assert_eq!(outer.ask("ping"), "pong 1");
 }
+
+/// What `accept_new_tid` gives up (docs/snap.md): an error-checking mutex the process held
+/// at the dump names the old thread id as its owner, so the owner's second lock, which
+/// says EDEADLK under its own id, waits forever under the new one.
+#[test]
+fn with_a_new_thread_id_a_held_error_checking_mutex_is_no_longer_the_owners() {
+    if !privileged("with_a_new_thread_id_a_held_error_checking_mutex_is_no_longer_the_owners") {
+        return;
+    }
+    let dir = tmp();
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fidelity/mutex_errorcheck.c");
+    let bin = dir.path().join("mutex_errorcheck");
+    let built = Command::new("gcc")
+        .args(["-O1", "-pie", "-fPIE", "-pthread", "-Wall", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let mut cmd = Command::new(&bin);
+    use std::os::unix::process::CommandExt;
+    // SAFETY: close_range is async-signal-safe; it drops descriptors inherited from the
+    // test runner, which would otherwise end up in the image.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
+            Ok(())
+        });
+    }
+    let mut original = Conv::spawn(&mut cmd);
+    assert_eq!(original.line(), "ready");
+    assert_eq!(original.ask("check"), "ok");
+    let out = dir.path().join("image");
+    let opts = DumpOptions {
+        inherited: vec![0, 1, 2],
+        ..Default::default()
+    };
+    ember_snap::dump(original.pid, &out, &opts).unwrap();
+    let image = LoadedImage::load(&out).unwrap();
+    drop(original);
+    // Under its own id (Target::Fork) the check passes.
+    let mut same = common::restore(&image);
+    assert_eq!(same.ask("check"), "ok");
+    // Under another one it never answers.
+    let (pid, mut w, rd) = stopped_target(false);
+    ember_snap::restore(&image, ember_snap::Target::Stopped { pid }, &new_tid()).unwrap();
+    use std::io::{BufRead, Write};
+    writeln!(w, "check").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rd = rd;
+        let mut line = String::new();
+        let _ = rd.read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let answer = rx.recv_timeout(std::time::Duration::from_secs(2));
+    // SAFETY: plain integers; the pid is our child, reaped below.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    common::wait_signal(pid);
+    assert!(answer.is_err(), "answered {answer:?}");
+}
