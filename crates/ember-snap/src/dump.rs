@@ -135,6 +135,8 @@ pub fn dump(pid: i32, out: &Path, opts: &DumpOptions) -> Result<DumpStats, DumpE
     };
     let frozen = Instant::now();
     let captured = capture(&tracee, opts);
+    let mut tracee = tracee;
+    state::capture::reissue_sleep(&mut tracee.regs);
     let released = tracee.release();
     let frozen_us = frozen.elapsed().as_micros() as u64;
     let (mut meta, pages, mut stats) = captured?;
@@ -195,7 +197,8 @@ fn capture(t: &Tracee, opts: &DumpOptions) -> Result<(Meta, Vec<u8>, DumpStats),
     let fds = classify_fds(&cx, opts, &mut files)?;
     let vdso_hash = vdso_hash(&cx, &mem, &maps)?;
     let insn = find_syscall(t, &mem, &maps).ok_or(DumpError::NoSyscall { pid })?;
-    let (q, process) = state::capture::capture(t, insn)?;
+    let starts: Vec<u64> = maps.iter().map(|m| m.start).collect();
+    let (q, process) = state::capture::capture(t, insn, &starts)?;
     creds.securebits = t.syscall_ok(
         insn,
         libc::SYS_prctl,

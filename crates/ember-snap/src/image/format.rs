@@ -26,7 +26,7 @@ use crate::sys::{self, Mapping};
 
 pub const META_MAGIC: [u8; 8] = *b"EMBRSNAP";
 pub const PAGES_MAGIC: [u8; 8] = *b"EMBRPAGE";
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// Largest metadata accepted (a 1,300-VMA scikit-learn image needs ~100 KiB).
 pub const MAX_META: u64 = 16 << 20;
 /// Largest page count accepted (64 GiB).
@@ -257,6 +257,10 @@ pub const MAX_FILTERS: usize = 32;
 pub const MAX_FILTER_LEN: usize = 4096;
 pub const MAX_PENDING: usize = 64;
 pub const MAX_TIMERS: usize = 256;
+/// A NUMA node mask of 1,024 nodes, in 64-bit words.
+pub const MAX_NODE_WORDS: usize = 16;
+/// Modes 0-7 (`MPOL_DEFAULT`..`MPOL_WEIGHTED_INTERLEAVE`) and the mode flags.
+pub const MPOL_KNOWN: u32 = 0x7 | (1 << 15) | (1 << 14) | (1 << 13);
 
 fn validate_process(p: &super::ProcState) -> Result<(), String> {
     if p.rlimits.len() > 16 || p.rlimits.iter().any(|r| r.0 >= 16) {
@@ -279,6 +283,9 @@ fn validate_process(p: &super::ProcState) -> Result<(), String> {
     }
     if p.itimers.len() > 3 || p.timers.len() > MAX_TIMERS || p.prctl.dumpable > 1 {
         return Err("timers or prctl values out of range".into());
+    }
+    if p.mempolicy.nodes.len() > MAX_NODE_WORDS || p.mempolicy.mode & !MPOL_KNOWN != 0 {
+        return Err("NUMA memory policy out of range".into());
     }
     Ok(())
 }

@@ -202,6 +202,20 @@ pub struct ProcState {
     /// `ITIMER_REAL`, `ITIMER_VIRTUAL`, `ITIMER_PROF`, in that order.
     pub itimers: Vec<ITimer>,
     pub timers: Vec<PosixTimer>,
+    /// The task's NUMA memory policy (`get_mempolicy`); areas with a policy of their own
+    /// are refused at dump.
+    pub mempolicy: MemPolicy,
+    /// The I/O priority (`ioprio_get(IOPRIO_WHO_PROCESS)`), class and level as one value.
+    pub ioprio: u32,
+}
+
+/// A NUMA memory policy: the mode with its flags (`MPOL_F_STATIC_NODES`,
+/// `MPOL_F_RELATIVE_NODES`, `MPOL_F_NUMA_BALANCING`) ORed in, and the nodes as 64-bit mask
+/// words (as the process gave them, for relative and static nodes).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemPolicy {
+    pub mode: u32,
+    pub nodes: Vec<u64>,
 }
 
 /// `sched_attr` without the utilisation clamps.
