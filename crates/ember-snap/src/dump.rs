@@ -197,8 +197,8 @@ fn capture(t: &Tracee, opts: &DumpOptions) -> Result<(Meta, Vec<u8>, DumpStats),
     let fds = classify_fds(&cx, opts, &mut files)?;
     let vdso_hash = vdso_hash(&cx, &mem, &maps)?;
     let insn = find_syscall(t, &mem, &maps).ok_or(DumpError::NoSyscall { pid })?;
-    let starts: Vec<u64> = maps.iter().map(|m| m.start).collect();
-    let (q, process) = state::capture::capture(t, insn, &starts)?;
+    let areas: Vec<(u64, u64)> = maps.iter().map(|m| (m.start, m.end)).collect();
+    let (q, process) = state::capture::capture(t, insn, &areas)?;
     creds.securebits = t.syscall_ok(
         insn,
         libc::SYS_prctl,

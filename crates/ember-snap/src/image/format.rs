@@ -257,6 +257,9 @@ pub const MAX_FILTERS: usize = 32;
 pub const MAX_FILTER_LEN: usize = 4096;
 pub const MAX_PENDING: usize = 64;
 pub const MAX_TIMERS: usize = 256;
+/// Areas with a NUMA policy of their own (at most one per VMA: the kernel's default
+/// `vm.max_map_count`).
+pub const MAX_AREA_POLICIES: usize = 65_530;
 /// A NUMA node mask of 1,024 nodes, in 64-bit words.
 pub const MAX_NODE_WORDS: usize = 16;
 /// Modes 0-7 (`MPOL_DEFAULT`..`MPOL_WEIGHTED_INTERLEAVE`) and the mode flags.
@@ -284,8 +287,16 @@ fn validate_process(p: &super::ProcState) -> Result<(), String> {
     if p.itimers.len() > 3 || p.timers.len() > MAX_TIMERS || p.prctl.dumpable > 1 {
         return Err("timers or prctl values out of range".into());
     }
-    if p.mempolicy.nodes.len() > MAX_NODE_WORDS || p.mempolicy.mode & !MPOL_KNOWN != 0 {
-        return Err("NUMA memory policy out of range".into());
+    let policies = std::iter::once(&p.mempolicy).chain(p.area_policies.iter().map(|a| &a.policy));
+    if p.area_policies.len() > MAX_AREA_POLICIES
+        || p.area_policies
+            .iter()
+            .any(|a| a.start >= a.end || a.start % super::PAGE != 0)
+        || policies
+            .into_iter()
+            .any(|m| m.nodes.len() > MAX_NODE_WORDS || m.mode & !MPOL_KNOWN != 0)
+    {
+        return Err("NUMA memory policies out of range".into());
     }
     Ok(())
 }

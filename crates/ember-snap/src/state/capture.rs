@@ -5,7 +5,7 @@
 use super::{StateError, status_field};
 use crate::image::format::{MAX_FILTER_LEN, MAX_FILTERS, MAX_NODE_WORDS, MAX_PENDING, MAX_TIMERS};
 use crate::image::{
-    AltStack, ITimer, MemPolicy, PAGE, PosixTimer, Prctl, ProcState, Sched, SigAction,
+    AltStack, AreaPolicy, ITimer, MemPolicy, PAGE, PosixTimer, Prctl, ProcState, Sched, SigAction,
 };
 use crate::restorer::{self, ALLOW_ERROR, Batch, Step};
 use crate::sys;
@@ -21,9 +21,13 @@ pub struct Queried {
 }
 
 /// Reads everything of [`ProcState`] and the task's own queries; refuses what a restore
-/// could not set. `insn` is a `syscall` instruction of the process; `areas`: the start of
-/// each of its memory areas (asked for a NUMA policy of their own).
-pub fn capture(t: &Tracee, insn: u64, areas: &[u64]) -> Result<(Queried, ProcState), StateError> {
+/// could not set. `insn` is a `syscall` instruction of the process; `areas`: (start, end)
+/// of each of its memory areas (asked for a NUMA policy of their own).
+pub fn capture(
+    t: &Tracee,
+    insn: u64,
+    areas: &[(u64, u64)],
+) -> Result<(Queried, ProcState), StateError> {
     let pid = t.pid;
     refuse_restart_syscall(t)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|source| {
@@ -37,19 +41,6 @@ pub fn capture(t: &Tracee, insn: u64, areas: &[u64]) -> Result<(Queried, ProcSta
     let timers = parse_timers(pid)?;
     let ids: Vec<i32> = timers.iter().map(|t| t.id).collect();
     let (q, prctl, itimers, values, numa) = query(t, insn, &ids, areas)?;
-    if let Some(&(at, mode)) = numa.areas.first() {
-        return Err(refused(
-            pid,
-            format!(
-                "a NUMA memory policy of its own (mode {mode:#x}, set by mbind) on the memory area at {at:#x}{}",
-                match numa.areas.len() {
-                    1 => String::new(),
-                    n => format!(" and {} more", n - 1),
-                }
-            ),
-            "a restore sets the task's policy only; drop the area's policy (mbind MPOL_DEFAULT) before the dump, or set a task-wide one (set_mempolicy) instead",
-        ));
-    }
     if numa.rc < 0 && numa.rc != -i64::from(libc::ENOSYS) {
         return Err(StateError::Read {
             pid,
@@ -58,6 +49,7 @@ pub fn capture(t: &Tracee, insn: u64, areas: &[u64]) -> Result<(Queried, ProcSta
         });
     }
     st.mempolicy = numa.task;
+    st.area_policies = numa.areas;
     st.prctl = Prctl {
         no_new_privs: status_field(&status, "NoNewPrivs") == Some(1),
         ..prctl
@@ -319,7 +311,7 @@ struct Numa {
     /// What the task's `get_mempolicy` returned (0, or -errno).
     rc: i64,
     task: MemPolicy,
-    areas: Vec<(u64, u32)>,
+    areas: Vec<AreaPolicy>,
 }
 
 type Answers = (Queried, Prctl, Vec<ITimer>, Vec<(u64, u64)>, Numa);
@@ -342,14 +334,14 @@ struct Layout {
     nodes: usize,
     /// The batch entry of the task's `get_mempolicy`.
     mode_call: usize,
-    /// Per area: its start and where its mode lands.
-    area_modes: Vec<(u64, usize)>,
+    /// Per area: its start and end, and where its mode and nodes land.
+    area_modes: Vec<(u64, u64, usize)>,
 }
 
 /// Node mask bits asked for and given (the kernel reads `maxnode - 1` bits).
 pub const MAXNODE: u64 = (MAX_NODE_WORDS * 64 + 1) as u64;
 
-fn lay_out(base: u64, ids: &[i32], areas: &[u64]) -> Layout {
+fn lay_out(base: u64, ids: &[i32], areas: &[(u64, u64)]) -> Layout {
     let mut b = Batch::new(base);
     let prctl = |b: &mut Batch<'static>, what: &'static str, op: i32, arg: u64| {
         let i = b.len();
@@ -418,10 +410,11 @@ fn lay_out(base: u64, ids: &[i32], areas: &[u64]) -> Layout {
     let mode_call = b.len();
     b.call("get_mempolicy", libc::SYS_get_mempolicy, &args, ALLOW_ERROR);
     let mut area_modes = Vec::with_capacity(areas.len());
-    for &start in areas {
-        let (at, off) = b.out(4);
-        area_modes.push((start, off));
-        let args = [at, 0, 0, start, MPOL_F_ADDR];
+    for &(start, end) in areas {
+        // The mode, then the nodes (as `get_mempolicy` above).
+        let (at, off) = b.out(8 + MAX_NODE_WORDS * 8);
+        area_modes.push((start, end, off));
+        let args = [at, at + 8, MAXNODE, start, MPOL_F_ADDR];
         let step = Step::Addr("get_mempolicy(MPOL_F_ADDR)", start);
         b.call(step, libc::SYS_get_mempolicy, &args, ALLOW_ERROR);
     }
@@ -449,7 +442,7 @@ const MPOL_F_ADDR: u64 = 1 << 1;
 
 /// Runs the query batch in a scratch area mapped for the purpose (blob code, then the
 /// batch), and unmaps it.
-fn query(t: &Tracee, insn: u64, ids: &[i32], areas: &[u64]) -> Result<Answers, StateError> {
+fn query(t: &Tracee, insn: u64, ids: &[i32], areas: &[(u64, u64)]) -> Result<Answers, StateError> {
     let pid = t.pid;
     let need = (PAGE + lay_out(0, ids, areas).batch.size() as u64).next_multiple_of(PAGE);
     let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
@@ -538,24 +531,29 @@ fn answers(l: &Layout, res: &[i64], area: &[u8]) -> Answers {
         .iter()
         .map(|&o| (ns(word(o), word(o + 8)), ns(word(o + 16), word(o + 24))))
         .collect();
+    let policy = |mode: usize, nodes: usize| {
+        let mut n: Vec<u64> = (0..MAX_NODE_WORDS).map(|i| word(nodes + 8 * i)).collect();
+        while n.last() == Some(&0) {
+            n.pop();
+        }
+        MemPolicy {
+            mode: int(mode),
+            nodes: n,
+        }
+    };
     let numa = Numa {
         rc: r(l.mode_call),
-        task: MemPolicy {
-            mode: int(l.mode),
-            nodes: {
-                let mut n: Vec<u64> = (0..MAX_NODE_WORDS).map(|i| word(l.nodes + 8 * i)).collect();
-                while n.last() == Some(&0) {
-                    n.pop();
-                }
-                n
-            },
-        },
+        task: policy(l.mode, l.nodes),
         // An area gone since the maps were read fails its query (EFAULT): nothing to keep.
         areas: l
             .area_modes
             .iter()
-            .map(|&(start, off)| (start, int(off)))
-            .filter(|&(_, mode)| mode != 0)
+            .map(|&(start, end, off)| AreaPolicy {
+                start,
+                end,
+                policy: policy(off, off + 8),
+            })
+            .filter(|a| a.policy.mode != 0)
             .collect(),
     };
     (q, prctl, itimers, timers, numa)
@@ -624,7 +622,7 @@ mod tests {
 
     #[test]
     fn the_query_layout_finds_its_entries() {
-        let l = lay_out(0x1000, &[0, 5], &[0x4000]);
+        let l = lay_out(0x1000, &[0, 5], &[(0x4000, 0x5000)]);
         assert_eq!(l.batch.step(l.alt_entry()), "sigaltstack");
         assert_eq!(l.batch.step(l.sigs_entry(0)), "rt_sigaction at 0x1");
         assert_eq!(l.batch.step(l.sigs_entry(63)), "rt_sigaction at 0x40");

@@ -1,7 +1,7 @@
 //! Process-wide state beyond memory, registers and descriptors: resource limits, scheduling
 //! (policy, nice value, CPU affinity), prctl values, the process's own seccomp filters,
 //! signal dispositions with their flags, queued signals, interval timers and POSIX timers,
-//! the task's NUMA memory policy (an area's own is refused) and the I/O priority. A task in
+//! NUMA memory policies (the task's, each VMA's own) and the I/O priority. A task in
 //! `restart_syscall` is refused (see `capture::reissue_sleep` for why a dump's own
 //! interruption never leaves one there).
 //!
@@ -16,7 +16,8 @@
 //!  inside, one blob run: brk, TID address,           with a handoff:        without:
 //!    altstack, 64 x rt_sigaction, prctl gets,          its credentials        own filters
 //!    getitimer x3, timer_gettime per timer,            limits, sched, prctl   creds.rs
-//!    get_mempolicy (task, then each area's)            (sched: + set_mempolicy, ioprio_set)
+//!    get_mempolicy (task, then each area's)            (sched: + set_mempolicy, mbind,
+//!                                                       ioprio_set)
 //!                                                      its pdeathsig, nnp,    limits, sched,
 //!                                                        its filter             prctl
 //!                                                      own filters
