@@ -308,7 +308,14 @@ pub async fn cache_cost(
             .filter_map(|e| e.file_name().to_str()?.parse().ok())
             .collect();
         let dumped = tokio::task::spawn_blocking(move || {
-            ember_snap::dump(pid, &out, &DumpOptions { inherited })
+            ember_snap::dump(
+                pid,
+                &out,
+                &DumpOptions {
+                    inherited,
+                    ..Default::default()
+                },
+            )
         })
         .await;
         inst.kill();

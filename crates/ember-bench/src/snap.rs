@@ -81,6 +81,9 @@ pub struct WorkloadResult {
     pub restores: Vec<PolicyResult>,
     pub cold_start: Summary,
     pub fork: Summary,
+    /// Layers over the image, taken after one request, against whole dumps of the same
+    /// instance (one per policy measured, eager and lazy).
+    pub layers: Vec<LayerResult>,
     /// Allocating as many fresh pages as the image stores, in this process: the kernel work
     /// an eager fill cannot avoid, measured in the same run.
     pub page_alloc: Summary,
@@ -88,6 +91,22 @@ pub struct WorkloadResult {
     pub cold_start_ms: Vec<f64>,
     pub fork_ms: Vec<f64>,
     pub page_alloc_ms: Vec<f64>,
+}
+
+/// An instance restored under `policy`, asked one request, then dumped whole and as a layer
+/// over the image (with its page server at hand): sizes and dump times (medians).
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerResult {
+    pub policy: String,
+    pub whole_pages: u64,
+    pub whole_bytes: u64,
+    pub whole_dump_ms: f64,
+    /// Pages the layer stores (differ from the image's).
+    pub layer_pages: u64,
+    /// Pages the layer refers to in the image.
+    pub parent_pages: u64,
+    pub layer_bytes: u64,
+    pub layer_dump_ms: f64,
 }
 
 /// Restores of one policy from one source.
@@ -402,6 +421,66 @@ impl Run<'_> {
         Ok((first, second, st, lazy))
     }
 
+    /// A layer after one request to an instance restored under `policy`, against a whole
+    /// dump of it, `dumps` times each.
+    fn layer(&self, policy: Policy, dumps: usize) -> Result<LayerResult, SnapBenchError> {
+        let ro = self.options(policy, SourceKind::Memory)?;
+        let (mut p, _, server) = restore_one(&self.img, &ro)?;
+        let answer = p.ask("work").map_err(io("asking a restored process"))?;
+        if answer != self.expected {
+            return Err(self.err(format!("a {policy} restore answered {answer:?}")));
+        }
+        let dir = self
+            .image
+            .with_file_name(format!("{}-{policy}", self.workload));
+        let (whole, layer) = (dir.join("whole"), dir.join("layer"));
+        let opts = DumpOptions {
+            inherited: vec![0, 1, 2],
+            ..Default::default()
+        };
+        let (mut whole_ms, mut layer_ms) = (Vec::new(), Vec::new());
+        let (mut ws, mut ls) = (Default::default(), Default::default());
+        for _ in 0..dumps.max(1) {
+            let t = Instant::now();
+            let lineage = ember_snap::Lineage {
+                parent: None,
+                server: server.as_ref(),
+            };
+            ws = ember_snap::dump_restored(p.pid, &whole, &opts, lineage)?;
+            whole_ms.push(ms(t));
+            let t = Instant::now();
+            let lineage = ember_snap::Lineage {
+                parent: Some(&self.img),
+                server: server.as_ref(),
+            };
+            ls = ember_snap::dump_restored(p.pid, &layer, &opts, lineage)?;
+            layer_ms.push(ms(t));
+        }
+        p.end();
+        if let Some(s) = server {
+            s.wait().map_err(|e| self.err(e.to_string()))?;
+        }
+        let bytes = |d: &Path| {
+            ["meta", "pages"]
+                .iter()
+                .map(|f| std::fs::metadata(d.join(f)).map(|m| m.len()).unwrap_or(0))
+                .sum()
+        };
+        let (ws, ls): (ember_snap::DumpStats, ember_snap::DumpStats) = (ws, ls);
+        let result = LayerResult {
+            policy: policy.to_string(),
+            whole_pages: ws.pages,
+            whole_bytes: bytes(&whole),
+            whole_dump_ms: median(whole_ms),
+            layer_pages: ls.pages,
+            parent_pages: ls.parent_pages,
+            layer_bytes: bytes(&layer),
+            layer_dump_ms: median(layer_ms),
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(result)
+    }
+
     /// Prefetch replays what the first request after a lazy restore touched: record it once
     /// (and store it with the image).
     fn record_working_set(&mut self) -> Result<(), SnapBenchError> {
@@ -505,7 +584,14 @@ pub fn measure(
     for _ in 0..opts.dumps.max(1) {
         let t = Instant::now();
         let inherited = vec![0, 1, 2];
-        let st = ember_snap::dump(live.pid, &image, &DumpOptions { inherited })?;
+        let st = ember_snap::dump(
+            live.pid,
+            &image,
+            &DumpOptions {
+                inherited,
+                ..Default::default()
+            },
+        )?;
         dump_ms.push(ms(t));
         frozen.push(st.frozen_us as f64 / 1e3);
     }
@@ -579,6 +665,10 @@ pub fn measure(
         }
     }
     live.end();
+    let layers = [Policy::Eager, Policy::Lazy]
+        .into_iter()
+        .map(|p| run.layer(p, opts.dumps))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut restores = Vec::new();
     for (&(policy, kind), se) in combos.iter().zip(series) {
         let ro = run.options(policy, kind)?;
@@ -597,6 +687,7 @@ pub fn measure(
         restores,
         cold_start: summarize(&cold),
         fork: summarize(&forks),
+        layers,
         page_alloc: summarize(&alloc),
         dump_ms,
         cold_start_ms: cold,
@@ -650,6 +741,20 @@ pub fn table(results: &[WorkloadResult]) -> String {
             "RSS MiB",
             "PSS MiB"
         );
+        for l in &r.layers {
+            let _ = writeln!(
+                t,
+                "  layer after one request ({}): {} pages stored + {} the image's, {:.2} MiB, dump {:.2} ms; whole: {} pages, {:.2} MiB, dump {:.2} ms",
+                l.policy,
+                l.layer_pages,
+                l.parent_pages,
+                l.layer_bytes as f64 / (1 << 20) as f64,
+                l.layer_dump_ms,
+                l.whole_pages,
+                l.whole_bytes as f64 / (1 << 20) as f64,
+                l.whole_dump_ms,
+            );
+        }
         for p in &r.restores {
             let ph = p.phases;
             let _ = writeln!(

@@ -23,6 +23,6 @@ pub mod stopper;
 pub mod sys;
 pub mod tracee;
 
-pub use dump::{DumpError, DumpOptions, DumpStats, dump};
+pub use dump::{DumpError, DumpOptions, DumpStats, Lineage, dump, dump_layer, dump_restored};
 pub use image::{ImageError, LoadedImage, Meta};
 pub use restore::{Handoff, RestoreError, RestoreOptions, RestoreStats, Restored, Target, restore};

@@ -16,6 +16,8 @@ pub struct MapEntry {
     /// The path or pseudo-name (`[heap]`), without a ` (deleted)` suffix.
     pub name: Option<String>,
     pub deleted: bool,
+    /// The two-letter `VmFlags` codes of `/proc/PID/smaps` (empty when read from `maps`).
+    pub vm_flags: Vec<String>,
 }
 
 impl MapEntry {
@@ -93,7 +95,45 @@ fn parse_maps_line(line: &str) -> Option<MapEntry> {
         inode,
         name: (!name.is_empty()).then(|| name.to_string()),
         deleted,
+        vm_flags: Vec::new(),
     })
+}
+
+/// Parses `/proc/PID/smaps`: the maps lines, each with its `VmFlags`. Read once, in place
+/// of `maps` (it costs more: the kernel walks each area's page tables for its counters).
+pub fn parse_smaps(text: &str) -> Result<Vec<MapEntry>, String> {
+    let mut out: Vec<MapEntry> = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            let last = out
+                .last_mut()
+                .ok_or_else(|| format!("smaps line {line:?} before any area"))?;
+            last.vm_flags = flags.split_whitespace().map(str::to_string).collect();
+        } else if is_smaps_field(line) {
+            continue;
+        } else {
+            out.push(
+                parse_maps_line(line).ok_or_else(|| format!("unreadable smaps line {line:?}"))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// `Key:   value` lines of smaps (an area's header starts with its hex range instead).
+fn is_smaps_field(line: &str) -> bool {
+    line.split_once(':').is_some_and(|(k, _)| {
+        k.starts_with(|c: char| c.is_ascii_uppercase())
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
+}
+
+/// The `lock:` lines of `/proc/PID/fdinfo/FD`: file locks held through that descriptor.
+pub fn fdinfo_locks(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("lock:"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
 }
 
 /// The memory-layout fields of `/proc/PID/stat` (visible to a tracer only).
@@ -175,6 +215,20 @@ pub fn parse_status(text: &str) -> Option<Status> {
         }
     }
     (seen == 5).then_some(s)
+}
+
+/// The pids listed in `/proc/PID/task/TID/children` (live and zombie children).
+pub fn parse_children(text: &str) -> Vec<i32> {
+    text.split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// The `PPid` of `/proc/PID/status`.
+pub fn parse_ppid(text: &str) -> Option<i32> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// `pos` and `flags` of `/proc/PID/fdinfo/FD`.
@@ -313,6 +367,46 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         assert_eq!(s.sig_caught, 0x180000002);
         assert_eq!(s.sig_ignored, 0x1000);
         assert!(parse_status("Umask:\t0022\n").is_none());
+    }
+
+    #[test]
+    fn smaps_areas_carry_their_flags() {
+        let text = "\
+7f0000000000-7f0000002000 rw-p 00000000 00:00 0                          [anon:my name]
+Size:                  8 kB
+THPeligible:    0
+VmFlags: rd wr mr mw me gd ac lo 
+7f0000002000-7f0000003000 r--p 00001000 fe:00 12                         /usr/lib/x (deleted)
+ProtectionKey:         0
+VmFlags: rd mr mw me 
+";
+        let m = parse_smaps(text).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].name.as_deref(), Some("[anon:my name]"));
+        assert!(m[0].vm_flags.iter().any(|f| f == "gd"));
+        assert!(m[0].vm_flags.iter().any(|f| f == "lo"));
+        assert!(m[1].deleted);
+        assert_eq!(m[1].vm_flags.len(), 4);
+        assert!(parse_smaps("VmFlags: rd\n").is_err());
+        assert!(parse_smaps("garbage\n").is_err());
+    }
+
+    #[test]
+    fn children_and_parent() {
+        assert_eq!(parse_children("3641 3662 "), vec![3641, 3662]);
+        assert!(parse_children("").is_empty());
+        assert_eq!(parse_ppid("Name:\tx\nPid:\t5\nPPid:\t1\n"), Some(1));
+        assert_eq!(parse_ppid("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn fdinfo_lock_lines() {
+        let text = "pos:\t0\nflags:\t0100002\nlock:\t1: FLOCK  ADVISORY  READ 3765 fe:00:1 0 EOF\n";
+        assert_eq!(
+            fdinfo_locks(text),
+            vec!["1: FLOCK ADVISORY READ 3765 fe:00:1 0 EOF"]
+        );
+        assert!(fdinfo_locks("pos:\t0\n").is_empty());
     }
 
     #[test]

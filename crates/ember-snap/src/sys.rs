@@ -164,6 +164,15 @@ pub fn get_robust_list(pid: i32) -> io::Result<(u64, u64)> {
     Ok((head as u64, len as u64))
 }
 
+/// Whether descriptors `a` and `b` of `pid` share one open file description
+/// (`kcmp(KCMP_FILE)`: 0 when they do).
+pub fn same_file(pid: i32, a: i32, b: i32) -> io::Result<bool> {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: kcmp takes only integers.
+    let rc = unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, KCMP_FILE, a, b) };
+    check(rc).map(|r| r == 0)
+}
+
 /// Result of one `waitpid`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {

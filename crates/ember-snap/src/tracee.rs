@@ -58,11 +58,12 @@ impl Tracee {
             }
             Err(e) => Err(e),
         };
-        match t {
-            Ok(t) => {
-                sys::set_sigmask(pid, !0).map_err(pt(pid, "PTRACE_SETSIGMASK"))?;
-                Ok(t)
-            }
+        // Every failure after the seize detaches: a process is never left stopped.
+        match t.and_then(|t| {
+            sys::set_sigmask(pid, !0).map_err(pt(pid, "PTRACE_SETSIGMASK"))?;
+            Ok(t)
+        }) {
+            Ok(t) => Ok(t),
             Err(e) => {
                 let _ = sys::detach(pid);
                 Err(e)
@@ -198,7 +199,7 @@ impl Tracee {
 
     /// Puts back the registers and mask found at attach and detaches: the process goes on
     /// as if nothing happened (an interrupted syscall restarts).
-    pub fn release(self) -> Result<(), TraceError> {
+    pub fn release(&self) -> Result<(), TraceError> {
         let pid = self.pid;
         let r = sys::set_regs(pid, &self.regs)
             .map_err(pt(pid, "PTRACE_SETREGS"))

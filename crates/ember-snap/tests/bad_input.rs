@@ -37,6 +37,7 @@ fn dump_refused(setup: &str, want: &[&str]) {
         &dir.path().join("image"),
         &DumpOptions {
             inherited: STDIO.to_vec(),
+            ..Default::default()
         },
     )
     .unwrap_err();
@@ -69,7 +70,12 @@ fn dump_refuses_what_it_cannot_restore() {
     );
     dump_refused(
         "import mmap, tempfile\nf = tempfile.NamedTemporaryFile(dir='/tmp')\nf.write(b'x' * 4096); f.flush()\nm = mmap.mmap(f.fileno(), 4096, mmap.MAP_PRIVATE)\nf.close()",
-        &["cannot dump VMA", "rw-p /tmp/", "was deleted"],
+        &[
+            "cannot dump VMA",
+            "rw-p /tmp/",
+            "the file it maps, /tmp/",
+            "was deleted",
+        ],
     );
     dump_refused(
         "import mmap\nm = mmap.mmap(-1, 4096)\nm[0] = 1",
@@ -80,6 +86,22 @@ fn dump_refuses_what_it_cannot_restore() {
         &["cannot dump VMA", "SYSV", "SysV shared memory"],
     );
     dump_refused(
+        "import os, tempfile\nf = tempfile.NamedTemporaryFile(dir='/tmp')\nos.unlink(f.name)",
+        &[
+            "cannot dump fd 3",
+            "the file it holds open, /tmp/",
+            "was deleted",
+        ],
+    );
+    dump_refused(
+        "import os\nif os.fork() == 0:\n    os._exit(0)",
+        &["has child processes", "wait for or kill its children first"],
+    );
+    dump_refused(
+        "import os, tempfile\nd = tempfile.mkdtemp(dir='/tmp')\nos.chdir(d)\nos.rmdir(d)",
+        &["cannot dump its working directory /tmp/", "was deleted"],
+    );
+    dump_refused(
         "import socket\ns = socket.socket()",
         &[
             "cannot dump fd 3",
@@ -87,6 +109,44 @@ fn dump_refuses_what_it_cannot_restore() {
             "declare the caller's own descriptors",
         ],
     );
+}
+
+/// A dump that runs past its freeze limit stops, names the step it was at, writes nothing,
+/// and lets the process go: it answers as before.
+#[test]
+fn a_dump_past_its_freeze_limit_lets_the_process_run_on() {
+    if !privileged("a_dump_past_its_freeze_limit_lets_the_process_run_on") {
+        return;
+    }
+    let dir = tmp();
+    let data = dir.path().join("data.txt");
+    std::fs::write(&data, "hello mapped file").unwrap();
+    let mut c = Conv::spawn(Command::new(testee()).arg(&data));
+    assert!(c.line().starts_with("ready"));
+    let out = dir.path().join("image");
+    let opts = DumpOptions {
+        inherited: STDIO.to_vec(),
+        freeze_limit: std::time::Duration::ZERO,
+    };
+    let err = common::chain(&ember_snap::dump(c.pid, &out, &opts).unwrap_err());
+    assert!(
+        err.contains(&format!("process {}", c.pid))
+            && err.contains("step ran past")
+            && err.contains("inspect")
+            && err.contains("freeze_limit"),
+        "{err}"
+    );
+    assert!(!out.join("meta").exists());
+    assert_eq!(c.ask("ping"), format!("pong {}", c.pid));
+    let s = state(c.pid);
+    assert!(!matches!(s, 'T' | 't'), "left stopped ({s})");
+    // And a dump within the limit works on the same process afterwards.
+    let opts = DumpOptions {
+        inherited: STDIO.to_vec(),
+        ..DumpOptions::default()
+    };
+    ember_snap::dump(c.pid, &out, &opts).unwrap();
+    assert_eq!(c.ask("ping"), format!("pong {}", c.pid));
 }
 
 /// A good image of the C testee in `dir/image` (its data file in `dir`).
@@ -101,6 +161,7 @@ fn good_image(dir: &Path) -> std::path::PathBuf {
         &out,
         &DumpOptions {
             inherited: STDIO.to_vec(),
+            ..Default::default()
         },
     )
     .unwrap();
@@ -346,6 +407,7 @@ fn a_sleep_is_dumped_again_and_again_but_one_resumed_through_restart_syscall_is_
     let dir = tmp();
     let opts = DumpOptions {
         inherited: STDIO.to_vec(),
+        ..Default::default()
     };
     // A dump that interrupts the sleep leaves it re-issuing clock_nanosleep, not in
     // restart_syscall: the next dump knows the call again.

@@ -26,6 +26,7 @@ fn fixture() -> Fixture {
     let out = dir.path().join("image");
     let opts = DumpOptions {
         inherited: vec![0, 1, 2],
+        ..Default::default()
     };
     ember_snap::dump(original.pid, &out, &opts).unwrap();
     let image = LoadedImage::load(&out).unwrap();

@@ -314,6 +314,7 @@ fn dump(pid: i32, out: &Path) -> Result<(), String> {
     std::thread::spawn(move || {
         let opts = DumpOptions {
             inherited: vec![0, 1, 2],
+            ..Default::default()
         };
         let _ = tx.send(ember_snap::dump(pid, &out, &opts).map_err(|e| chain(&e)));
     });
@@ -432,7 +433,86 @@ fn run_case(case: &Case, dir: &Path) -> Row {
         });
         row.cells.push((format!("re:{policy}"), cell));
     }
+    // Layers: restored under each policy and checked, dumped as a layer over the image it
+    // came from (with its page server, as the node dumps), the layer restored under each
+    // policy and checked.
+    for policy in POLICIES {
+        if case.skip.contains(&policy) {
+            continue;
+        }
+        let at = dir.join(format!("layer-{policy}"));
+        let cell = restore(&img, policy, working_set.clone()).and_then(|mut p| {
+            p.check()
+                .map_err(|d| format!("WRONG before the layer: {d}"))?;
+            let (dumped, server) = dump_layer(p.pid, &at, &img, p.server.take());
+            p.server = server;
+            dumped.map_err(|e| format!("FAILED layer dump: {e}"))?;
+            drop(p);
+            let layer = load(&at)?;
+            let mut layer_ws = None;
+            let mut bad = Vec::new();
+            for again in POLICIES {
+                if case.skip.contains(&again) {
+                    continue;
+                }
+                let r = restore(&layer, again, layer_ws.clone()).and_then(|mut q| {
+                    q.check().map_err(|d| format!("WRONG: {d}"))?;
+                    if again == Policy::Lazy
+                        && let Some(s) = &q.server
+                    {
+                        layer_ws = Some(Arc::new(s.working_set()));
+                    }
+                    Ok(())
+                });
+                if let Err(e) = r {
+                    bad.push(format!("restored {again}: {e}"));
+                }
+            }
+            match bad.first() {
+                None => Ok("ok".to_string()),
+                Some(_) if bad.iter().any(|b| b.contains("WRONG")) => {
+                    Err(format!("WRONG layer: {}", bad.join("; ")))
+                }
+                Some(_) => Err(format!("FAILED layer: {}", bad.join("; "))),
+            }
+        });
+        row.cells.push((format!("layer:{policy}"), cell));
+    }
     row
+}
+
+/// Dumps `pid` as a layer over `parent` with its page server on a thread of its own (a
+/// dump that never ends is reported, not waited for); hands the server back.
+fn dump_layer(
+    pid: i32,
+    out: &Path,
+    parent: &Arc<LoadedImage>,
+    server: Option<PageServer>,
+) -> (Result<(), String>, Option<PageServer>) {
+    let (out, parent) = (out.to_path_buf(), parent.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let opts = DumpOptions {
+            inherited: vec![0, 1, 2],
+            ..Default::default()
+        };
+        let lineage = ember_snap::Lineage {
+            parent: Some(&parent),
+            server: server.as_ref(),
+        };
+        let r = ember_snap::dump_restored(pid, &out, &opts, lineage).map_err(|e| chain(&e));
+        let _ = tx.send((r.map(|_| ()), server));
+    });
+    match rx.recv_timeout(DUMP) {
+        Ok(r) => r,
+        Err(_) => (
+            Err(format!(
+                "HANG: the layer dump did not end in {}s",
+                DUMP.as_secs()
+            )),
+            None,
+        ),
+    }
 }
 
 #[test]

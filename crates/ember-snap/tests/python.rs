@@ -31,6 +31,7 @@ fn dump(pid: i32, dir: &Path) -> LoadedImage {
         &out,
         &DumpOptions {
             inherited: vec![0, 1, 2],
+            ..Default::default()
         },
     )
     .unwrap();

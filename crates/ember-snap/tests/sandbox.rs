@@ -82,7 +82,15 @@ async fn a_sandboxed_instance_dumped_and_restored_holds_the_sandbox_filter_once(
     // Dumped inside its sandbox: the image holds the sandbox's filter.
     let out = dir.path().join("instance-image");
     let inherited = vec![0, 1, 2];
-    ember_snap::dump(pid, &out, &ember_snap::DumpOptions { inherited }).unwrap();
+    ember_snap::dump(
+        pid,
+        &out,
+        &ember_snap::DumpOptions {
+            inherited,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let again = ember_snap::LoadedImage::load(&out).unwrap();
     assert_eq!(again.meta.process.seccomp.len(), 1);
     drop(talk);

@@ -267,6 +267,7 @@ impl Node {
                 &out,
                 &DumpOptions {
                     inherited: INHERITED.to_vec(),
+                    ..Default::default()
                 },
             )
         })

@@ -30,14 +30,33 @@ pub fn describe(dir: &Path, m: &Meta) -> String {
         "  taken from pid {} ({}, {}) at unix time {}",
         m.source.pid, m.source.comm, m.source.exe, m.created
     );
-    let _ = writeln!(
-        o,
-        "  parent: {}",
-        m.parent
-            .as_ref()
-            .map(|p| format!("{} ({})", p.path, hexs(&p.id)))
-            .unwrap_or_else(|| "none".into())
-    );
+    match &m.parent {
+        None => {
+            let _ = writeln!(o, "  parent: none (a whole image)");
+        }
+        Some(p) => {
+            let named: u64 = m.pages.runs.iter().map(|r| u64::from(r.pages)).sum();
+            let theirs: u64 = m
+                .pages
+                .runs
+                .iter()
+                .map(|r| {
+                    let end = r.first + u64::from(r.pages);
+                    end.saturating_sub(r.first.max(m.pages.count))
+                })
+                .sum();
+            let _ = writeln!(
+                o,
+                "  parent: {} (id {}, metadata #{}); a layer: {} of its {} pages are its own, {} the parent's",
+                p.path,
+                hexs(&p.id),
+                hexs(&p.meta_hash[..4]),
+                named - theirs,
+                named,
+                theirs
+            );
+        }
+    }
     let _ = writeln!(
         o,
         "  memory: {} VMAs mapping {}; {} pages stored ({}) in {} runs; files: {} meta, {} pages",
@@ -105,13 +124,14 @@ pub fn describe(dir: &Path, m: &Meta) -> String {
     for f in &m.fds {
         let what = match &f.kind {
             FdKind::Inherited { what } => format!("inherited from the caller (was {what})"),
-            FdKind::File { file, pos, .. } => format!(
-                "{} at {pos}",
+            FdKind::File { file, pos, flags } => format!(
+                "{} at {pos} (flags {flags:#o})",
                 m.files
                     .get(*file as usize)
                     .map(|f| f.path.as_str())
                     .unwrap_or("?")
             ),
+            FdKind::Dup { of } => format!("shares fd {of}'s open file"),
         };
         let _ = writeln!(o, "    {:>3} {what}", f.fd);
     }
@@ -131,8 +151,12 @@ pub fn describe(dir: &Path, m: &Meta) -> String {
             .filter(|r| v.start <= r.addr && r.addr < v.end)
             .map(|r| u64::from(r.pages))
             .sum();
-        let what = match v.kind {
-            VmaKind::Anon => String::new(),
+        let mut what = match v.kind {
+            VmaKind::Anon => v
+                .name
+                .as_ref()
+                .map(|n| format!("[anon:{n}]"))
+                .unwrap_or_default(),
             VmaKind::Heap => "[heap]".into(),
             VmaKind::Stack => "[stack]".into(),
             VmaKind::File { file, offset } => format!(
@@ -143,6 +167,12 @@ pub fn describe(dir: &Path, m: &Meta) -> String {
                     .unwrap_or("?")
             ),
         };
+        for (code, flag) in super::vma_flags::CODES {
+            if v.flags & flag != 0 {
+                what.push(' ');
+                what.push_str(code);
+            }
+        }
         let _ = writeln!(
             o,
             "    {:012x}-{:012x} {:>9} {}{} {stored:>6}  {what}",

@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 pub enum Ident {
     BuildId(Vec<u8>),
     Blake3([u8; 32]),
+    /// A file the image only holds open (a log, a directory, `/dev/null`): reopened by path
+    /// without a content check, never read at dump (a device has no end to read to).
+    Unchecked,
 }
 
 impl std::fmt::Display for Ident {
@@ -27,6 +30,7 @@ impl std::fmt::Display for Ident {
         match self {
             Ident::BuildId(b) => write!(f, "build-id {}", hexs(b)),
             Ident::Blake3(h) => write!(f, "blake3 {}", hexs(&h[..8])),
+            Ident::Unchecked => write!(f, "no content check"),
         }
     }
 }
@@ -67,7 +71,27 @@ fn mtime_ns(md: &std::fs::Metadata) -> i64 {
 pub fn identify(path: &str, real: &Path) -> Result<FileId, FileError> {
     let file = File::open(real).map_err(io_err(path))?;
     let md = file.metadata().map_err(io_err(path))?;
+    identify_observed(path, file, Observed::of_metadata(&md))
+}
+
+/// Identifies `file` (opened earlier under the name `path`), refusing it when it is no
+/// longer what `seen` (its `stat` taken while the process was stopped) describes, before or
+/// after its content is read: the content read must be the content the process had.
+pub fn identify_observed(path: &str, file: File, seen: Observed) -> Result<FileId, FileError> {
+    let changed = || FileError::Changed {
+        path: path.to_string(),
+        what: "it was replaced or written while the dump ran; dump again".into(),
+    };
+    let md = file.metadata().map_err(io_err(path))?;
+    if Observed::of_metadata(&md) != seen {
+        return Err(changed());
+    }
+    let copy = file.try_clone().map_err(io_err(path))?;
     let ident = ident_of(file).map_err(io_err(path))?;
+    let after = copy.metadata().map_err(io_err(path))?;
+    if Observed::of_metadata(&after) != seen {
+        return Err(changed());
+    }
     Ok(FileId {
         path: path.to_string(),
         size: md.len(),
@@ -76,7 +100,24 @@ pub fn identify(path: &str, real: &Path) -> Result<FileId, FileError> {
     })
 }
 
+/// The identity of a file the image only holds open: what a `stat` said, no content.
+pub fn unchecked(path: &str, md: &std::fs::Metadata) -> FileId {
+    FileId {
+        path: path.to_string(),
+        size: md.len(),
+        mtime_ns: mtime_ns(md),
+        ident: Ident::Unchecked,
+    }
+}
+
 fn ident_of(mut file: File) -> io::Result<Ident> {
+    // Only a regular file has an end: a device (`/dev/zero`) would be read forever.
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file: only regular files are identified by their content",
+        ));
+    }
     {
         let cache = ReadCache::new(&mut file);
         if let Ok(obj) = object::File::parse(&cache)
@@ -232,5 +273,37 @@ mod tests {
         std::fs::write(&p, b"hello!").unwrap();
         let err = verify(&id, &p).unwrap_err().to_string();
         assert!(err.contains("size 6 bytes"), "{err}");
+    }
+
+    /// A device is never read: /dev/zero has no end.
+    #[test]
+    fn a_device_is_refused_not_read() {
+        let err = identify("/dev/zero", Path::new("/dev/zero")).unwrap_err();
+        let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(chain.contains("not a regular file"), "{chain}");
+        let want = FileId {
+            path: "/dev/zero".into(),
+            size: 0,
+            mtime_ns: mtime_ns(&std::fs::metadata("/dev/zero").unwrap()),
+            ident: Ident::Unchecked,
+        };
+        assert!(verify(&want, Path::new("/dev/zero")).is_err());
+    }
+
+    /// A file written between the frozen `stat` and the hash is refused.
+    #[test]
+    fn a_file_changed_since_it_was_observed_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("data");
+        std::fs::write(&p, b"hello").unwrap();
+        let seen = Observed::of_metadata(&std::fs::metadata(&p).unwrap());
+        identify_observed("data", File::open(&p).unwrap(), seen).unwrap();
+        let held = File::open(&p).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(&p, b"hellO").unwrap();
+        let err = identify_observed("data", held, seen)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("while the dump ran"), "{err}");
     }
 }

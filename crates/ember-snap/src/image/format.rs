@@ -15,18 +15,39 @@
 //! in the metadata; [`LoadedImage::load`] checks every one before any page can reach a
 //! process, and checks the metadata for consistency (VMAs sorted and in user space, page runs
 //! inside private VMAs, indices in range), so a corrupted or hostile image is refused by name.
+//!
+//! A **layer** (format 4) names its parent in `Meta::parent` (id, BLAKE3 of the parent's
+//! metadata, the size of the parent's page index space, a path hint) and stores only the
+//! pages that differ from the parent's. Its page index space is its own stored pages, then
+//! the parent's whole space (recursively), so a run points at either:
+//!
+//! ```text
+//! layer runs:  0x1000 ×2 -> [0,1]    0x3000 ×3 -> [count+7 ..]    0x9000 ×1 -> [2]
+//!              own pages             parent's space (its own pages, then its parent's)
+//! ```
+//!
+//! Loading a layer loads its parent chain (at most [`MAX_DEPTH`] layers, every id, hash and
+//! chunk checked) and **flattens** it: the [`LoadedImage`] of a layer holds the pages its
+//! runs name, in run order, with runs, count and chunk hashes of a whole image, so every
+//! restore policy and page source works on it unchanged.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{FdKind, Meta, PAGE, VmaKind};
+use super::{FdKind, Meta, PAGE, VmaKind, vma_flags};
 use crate::sys::{self, Mapping};
 
 pub const META_MAGIC: [u8; 8] = *b"EMBRSNAP";
 pub const PAGES_MAGIC: [u8; 8] = *b"EMBRPAGE";
-pub const FORMAT_VERSION: u32 = 5;
+/// 3: credentials and process-wide state (`ProcState`); 4: `ParentRef` gained the parent's
+/// metadata hash and index-space size (layers); 5: VMA flags and names, shared open file
+/// descriptions (`FdKind::Dup`), files held open without a content check; 6: NUMA policies
+/// (the task's, each VMA's) and the I/O priority.
+pub const FORMAT_VERSION: u32 = 6;
+/// Most layers over one whole image.
+pub const MAX_DEPTH: u32 = 8;
 /// Largest metadata accepted (a 1,300-VMA scikit-learn image needs ~100 KiB).
 pub const MAX_META: u64 = 16 << 20;
 /// Largest page count accepted (64 GiB).
@@ -56,6 +77,16 @@ pub enum ImageError {
     Version { path: PathBuf, found: u32 },
     #[error("{path} is corrupted: {why}")]
     Corrupt { path: PathBuf, why: String },
+    #[error("image {path} is a layer over {parent}: {why}")]
+    Parent {
+        path: PathBuf,
+        parent: String,
+        why: String,
+    },
+    #[error(
+        "image {path} is a layer: its pages are served from memory (LoadedImage::load), not from its page file"
+    )]
+    Layered { path: PathBuf },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
@@ -146,6 +177,11 @@ fn read_header(path: &Path, f: &File, head: &mut [u8], magic: &[u8; 8]) -> Resul
 
 /// Reads and checks `dir/meta` (magic, version, size cap, hash, consistency).
 pub fn read_meta(dir: &Path) -> Result<Meta, ImageError> {
+    read_meta_hashed(dir).map(|(m, _)| m)
+}
+
+/// [`read_meta`], with the BLAKE3 of the metadata (what a layer names its parent by).
+pub fn read_meta_hashed(dir: &Path) -> Result<(Meta, [u8; 32]), ImageError> {
     let path = dir.join(META_FILE);
     let mut f = File::open(&path).map_err(io_at(&path))?;
     let mut head = [0u8; META_HEADER];
@@ -176,7 +212,7 @@ pub fn read_meta(dir: &Path) -> Result<Meta, ImageError> {
     let meta: Meta =
         postcard::from_bytes(&body).map_err(|e| corrupt(&path, format!("undecodable: {e}")))?;
     validate(&meta).map_err(|why| corrupt(&path, why))?;
-    Ok(meta)
+    Ok((meta, *blake3::hash(&body).as_bytes()))
 }
 
 /// Consistency rules a restore relies on.
@@ -191,6 +227,23 @@ fn validate(m: &Meta) -> Result<(), String> {
             ));
         }
         prev_end = v.end;
+        if v.flags & !vma_flags::ALL != 0 {
+            return Err(format!("VMA {i} has unknown flags {:#x}", v.flags));
+        }
+        let private_anon = !v.shared && !matches!(v.kind, VmaKind::File { .. });
+        if v.flags & vma_flags::WIPEONFORK != 0 && !private_anon {
+            return Err(format!(
+                "VMA {i} wipes on fork but is not private anonymous memory"
+            ));
+        }
+        if let Some(name) = &v.name {
+            if v.kind != VmaKind::Anon || v.shared {
+                return Err(format!("VMA {i} is named but not anonymous"));
+            }
+            if !valid_anon_name(name) {
+                return Err(format!("VMA {i} has an invalid name"));
+            }
+        }
         if let VmaKind::File { file, offset } = v.kind
             && (file as usize >= m.files.len() || offset % PAGE != 0)
         {
@@ -205,6 +258,12 @@ fn validate(m: &Meta) -> Result<(), String> {
             m.pages.chunks.len()
         ));
     }
+    // A layer's runs may point into its parent's index space, in any order.
+    let space = match &m.parent {
+        None => m.pages.count,
+        Some(p) if p.space <= MAX_PAGES * u64::from(MAX_DEPTH) => m.pages.count + p.space,
+        Some(p) => return Err(format!("the parent's index space of {} pages", p.space)),
+    };
     let mut next_page = 0;
     let mut prev_end = 0;
     for r in &m.pages.runs {
@@ -219,13 +278,20 @@ fn validate(m: &Meta) -> Result<(), String> {
                 r.addr
             ));
         }
-        if r.first != next_page {
+        if m.parent.is_some() {
+            if r.first.saturating_add(u64::from(r.pages)) > space {
+                return Err(format!(
+                    "page run at {:#x} names pages {}.. of an index space of {space} (own and parent's)",
+                    r.addr, r.first
+                ));
+            }
+        } else if r.first != next_page {
             return Err(format!("page run at {:#x} is out of sequence", r.addr));
         }
         next_page += u64::from(r.pages);
         prev_end = end;
     }
-    if next_page != m.pages.count {
+    if m.parent.is_none() && next_page != m.pages.count {
         return Err(format!("runs cover {next_page} of {} pages", m.pages.count));
     }
     if m.task.regs.len() != 27 || m.task.xstate.len() > sys::XSTATE_MAX {
@@ -234,14 +300,31 @@ fn validate(m: &Meta) -> Result<(), String> {
     if m.mm.exe as usize >= m.files.len() && !m.files.is_empty() {
         return Err("executable index out of range".into());
     }
+    let mut prev_fd = -1;
     for f in &m.fds {
-        if f.fd < 0 || f.fd > 1 << 20 {
-            return Err(format!("descriptor number {}", f.fd));
+        if f.fd <= prev_fd || f.fd > 1 << 20 {
+            return Err(format!("descriptor number {} out of order or range", f.fd));
         }
-        if let FdKind::File { file, .. } = f.kind
-            && file as usize >= m.files.len()
-        {
-            return Err(format!("descriptor {} names file {file}", f.fd));
+        prev_fd = f.fd;
+        match f.kind {
+            FdKind::File { file, flags, .. } => {
+                if file as usize >= m.files.len() {
+                    return Err(format!("descriptor {} names file {file}", f.fd));
+                }
+                if flags & !(crate::dump::FD_FLAGS as u32) != 0 {
+                    return Err(format!("descriptor {} has unknown flags {flags:#o}", f.fd));
+                }
+            }
+            FdKind::Dup { of } => {
+                let first = m.fds.iter().find(|g| g.fd == of);
+                if of >= f.fd || !first.is_some_and(|g| matches!(g.kind, FdKind::File { .. })) {
+                    return Err(format!(
+                        "descriptor {} shares descriptor {of}, which is not an earlier reopened file",
+                        f.fd
+                    ));
+                }
+            }
+            FdKind::Inherited { .. } => {}
         }
     }
     if m.mm.auxv.len() > 128 || m.task.sigactions.len() > 64 {
@@ -299,6 +382,15 @@ fn validate_process(p: &super::ProcState) -> Result<(), String> {
         return Err("NUMA memory policies out of range".into());
     }
     Ok(())
+}
+
+/// What `PR_SET_VMA_ANON_NAME` accepts: under 80 bytes of printable ASCII but `\`, `` ` ``,
+/// `$`, `[` and `]`.
+fn valid_anon_name(name: &str) -> bool {
+    name.len() < 80
+        && name
+            .bytes()
+            .all(|c| (0x20..0x7f).contains(&c) && !b"\\`$[]".contains(&c))
 }
 
 pub const WORKING_SET_FILE: &str = "workingset";
@@ -374,6 +466,9 @@ pub fn read_working_set(dir: &Path, meta: &Meta) -> Result<Option<Vec<u64>>, Ima
 }
 
 /// An image whose pages are in memory and verified: restore many instances from it.
+///
+/// A layer is held flattened: `meta` has the runs, count and chunk hashes of a whole image
+/// over the pages its runs name (in run order), `meta.parent` still names the parent.
 pub struct LoadedImage {
     pub dir: PathBuf,
     pub meta: Meta,
@@ -381,6 +476,15 @@ pub struct LoadedImage {
     loaded: bool,
     /// The pages in a sealed memfd, made on first use by a mapped restore.
     memfd: std::sync::OnceLock<Result<std::os::fd::OwnedFd, String>>,
+    /// BLAKE3 of the image's metadata file body (what a layer over it records).
+    meta_hash: [u8; 32],
+    /// For a flattened layer: the index, in the image's own index space (own pages, then the
+    /// parent's), of each page held. `None`: a whole image, page `i` is index `i`.
+    space: Option<Vec<u64>>,
+    /// Size of the image's index space (own stored pages plus its parent's space).
+    space_len: u64,
+    /// Layers below this one (0: a whole image).
+    depth: u32,
 }
 
 /// Opens `dir`'s page file and checks its header against `meta` (magic, version, image id,
@@ -428,14 +532,22 @@ pub fn chunk_failed(i: u64) -> String {
 
 impl LoadedImage {
     /// The metadata alone (checked), for a restore whose pages come from a page source.
+    /// A layer is loaded whole (its parent chain with it): its pages are served from memory.
     pub fn open(dir: &Path) -> Result<LoadedImage, ImageError> {
-        let meta = read_meta(dir)?;
+        let (meta, meta_hash) = read_meta_hashed(dir)?;
+        if meta.parent.is_some() {
+            return LoadedImage::load(dir);
+        }
         Ok(LoadedImage {
             dir: dir.to_path_buf(),
+            space_len: meta.pages.count,
             meta,
             pages: Mapping::anonymous(0).map_err(io_at(dir))?,
             loaded: false,
             memfd: std::sync::OnceLock::new(),
+            meta_hash,
+            space: None,
+            depth: 0,
         })
     }
 
@@ -444,10 +556,107 @@ impl LoadedImage {
         self.loaded
     }
 
-    /// Reads `dir`, checks every chunk hash, and keeps the pages read-only in memory.
+    /// Reads `dir`, checks every chunk hash, and keeps the pages read-only in memory. A
+    /// layer's parent is found by the path it recorded (relative to `dir` if relative) and
+    /// loaded the same way, recursively.
     pub fn load(dir: &Path) -> Result<LoadedImage, ImageError> {
-        let meta = read_meta(dir)?;
-        let (f, path) = open_pages(dir, &meta)?;
+        Self::load_at(dir, None, 0)
+    }
+
+    /// [`LoadedImage::load`] of a layer whose parent the caller already holds (it is checked
+    /// to be the layer's parent: id, metadata hash, size). For a whole image, `parent` is
+    /// ignored.
+    pub fn load_with_parent(dir: &Path, parent: &LoadedImage) -> Result<LoadedImage, ImageError> {
+        Self::load_at(dir, Some(parent), 0)
+    }
+
+    fn load_at(
+        dir: &Path,
+        given: Option<&LoadedImage>,
+        depth: u32,
+    ) -> Result<LoadedImage, ImageError> {
+        let (meta, meta_hash) = read_meta_hashed(dir)?;
+        let own = Self::read_pages(dir, &meta)?;
+        let Some(pref) = meta.parent.clone() else {
+            return Ok(LoadedImage {
+                dir: dir.to_path_buf(),
+                space_len: meta.pages.count,
+                meta,
+                pages: own,
+                loaded: true,
+                memfd: std::sync::OnceLock::new(),
+                meta_hash,
+                space: None,
+                depth: 0,
+            });
+        };
+        let perr = |why: String| ImageError::Parent {
+            path: dir.to_path_buf(),
+            parent: pref.path.clone(),
+            why,
+        };
+        if depth >= MAX_DEPTH {
+            return Err(perr(format!(
+                "more than {MAX_DEPTH} layers over one image; dump the process whole"
+            )));
+        }
+        let loaded;
+        let parent = match given {
+            Some(p) => p,
+            None => {
+                let at = dir.join(&pref.path);
+                loaded = Self::load_at(&at, None, depth + 1).map_err(|e| {
+                    perr(format!(
+                        "the parent cannot be loaded ({}); put it back there or load the layer with LoadedImage::load_with_parent",
+                        error_chain(&e)
+                    ))
+                })?;
+                &loaded
+            }
+        };
+        if parent.meta.id != pref.id {
+            return Err(perr(format!(
+                "{} is another image (id {}, the layer's parent is {})",
+                parent.dir.display(),
+                super::files::hexs(&parent.meta.id),
+                super::files::hexs(&pref.id)
+            )));
+        }
+        if parent.meta_hash != pref.meta_hash || parent.space_len != pref.space {
+            return Err(perr(format!(
+                "{} has changed since the layer was taken (its metadata differs); the layer cannot be used",
+                parent.dir.display()
+            )));
+        }
+        if parent.depth + 1 > MAX_DEPTH {
+            return Err(perr(format!(
+                "more than {MAX_DEPTH} layers over one image; dump the process whole"
+            )));
+        }
+        let path = dir.join(PAGES_FILE);
+        let flat = flatten(&meta, own.as_slice(), parent).map_err(|why| corrupt(&path, why))?;
+        let Flat {
+            meta: flat_meta,
+            mut pages,
+            space,
+        } = flat;
+        pages.seal_read_only().map_err(io_at(&path))?;
+        Ok(LoadedImage {
+            dir: dir.to_path_buf(),
+            space_len: meta.pages.count + pref.space,
+            meta: flat_meta,
+            pages,
+            loaded: true,
+            memfd: std::sync::OnceLock::new(),
+            meta_hash,
+            space: Some(space),
+            depth: parent.depth + 1,
+        })
+    }
+
+    /// The page file's stored pages, every chunk checked, sealed read-only.
+    fn read_pages(dir: &Path, meta: &Meta) -> Result<Mapping, ImageError> {
+        let (f, path) = open_pages(dir, meta)?;
         let len = (meta.pages.count * PAGE) as usize;
         let mut pages = Mapping::anonymous(len).map_err(io_at(&path))?;
         f.read_exact_at(pages.as_mut_slice(), PAGE)
@@ -457,18 +666,44 @@ impl LoadedImage {
             .chunks((CHUNK_PAGES * PAGE) as usize)
             .enumerate()
         {
-            if !chunk_ok(&meta, i as u64, chunk) {
+            if !chunk_ok(meta, i as u64, chunk) {
                 return Err(corrupt(&path, chunk_failed(i as u64)));
             }
         }
         pages.seal_read_only().map_err(io_at(&path))?;
-        Ok(LoadedImage {
-            dir: dir.to_path_buf(),
-            meta,
-            pages,
-            loaded: true,
-            memfd: std::sync::OnceLock::new(),
-        })
+        Ok(pages)
+    }
+
+    /// BLAKE3 of the image's metadata, as a layer over it records it.
+    pub fn meta_hash(&self) -> [u8; 32] {
+        self.meta_hash
+    }
+
+    /// Size of the image's page index space: its stored pages and its parent's space.
+    pub fn space_len(&self) -> u64 {
+        self.space_len
+    }
+
+    /// Layers below this image (0 for a whole image).
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+
+    /// The index in the image's own index space of held page `i` (`page_data` order).
+    pub fn space_index(&self, i: u64) -> u64 {
+        match &self.space {
+            None => i,
+            Some(s) => s.get(i as usize).copied().unwrap_or(u64::MAX),
+        }
+    }
+
+    /// The held page at address `addr` (page-aligned), if the image has one there: its index
+    /// in `page_data` order.
+    pub fn page_at(&self, addr: u64) -> Option<u64> {
+        let runs = &self.meta.pages.runs;
+        let k = runs.partition_point(|r| r.addr + u64::from(r.pages) * PAGE <= addr);
+        let r = runs.get(k)?;
+        (r.addr <= addr).then(|| r.first + (addr - r.addr) / PAGE)
     }
 
     /// The stored pages, in page-file order.
@@ -514,6 +749,88 @@ impl LoadedImage {
     }
 }
 
+/// An error and its sources, one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+struct Flat {
+    meta: Meta,
+    pages: Mapping,
+    space: Vec<u64>,
+}
+
+/// A layer (`meta`, its own checked pages `own`) over its loaded `parent`, as a whole image:
+/// the pages its runs name, in run order. An index into the parent's space must be one of
+/// the pages the parent holds (a dump only ever refers to those).
+fn flatten(meta: &Meta, own: &[u8], parent: &LoadedImage) -> Result<Flat, String> {
+    let count = meta.pages.count;
+    let total: u64 = meta.pages.runs.iter().map(|r| u64::from(r.pages)).sum();
+    if total > MAX_PAGES {
+        return Err(format!("{total} pages named, over the {MAX_PAGES} limit"));
+    }
+    // Parent space index -> held page.
+    let by_space: Option<std::collections::HashMap<u64, u64>> = parent
+        .space
+        .as_ref()
+        .map(|s| s.iter().enumerate().map(|(i, &x)| (x, i as u64)).collect());
+    let held = |y: u64| -> Option<u64> {
+        match &by_space {
+            None => (y < parent.meta.pages.count).then_some(y),
+            Some(m) => m.get(&y).copied(),
+        }
+    };
+    let mut pages =
+        Mapping::anonymous((total * PAGE) as usize).map_err(|e| format!("allocating: {e}"))?;
+    let mut space = Vec::with_capacity(total as usize);
+    let mut runs = Vec::with_capacity(meta.pages.runs.len());
+    let out = pages.as_mut_slice();
+    let pdata = parent.page_data();
+    for r in &meta.pages.runs {
+        runs.push(super::PageRun {
+            first: space.len() as u64,
+            ..*r
+        });
+        for k in 0..u64::from(r.pages) {
+            let x = r.first + k;
+            let src = if x < count {
+                own.get((x * PAGE) as usize..((x + 1) * PAGE) as usize)
+            } else {
+                let i = held(x - count).ok_or_else(|| {
+                    format!(
+                        "page {x} (the parent's {}) is not one of the parent's pages",
+                        x - count
+                    )
+                })?;
+                pdata.get((i * PAGE) as usize..((i + 1) * PAGE) as usize)
+            };
+            let src = src.ok_or_else(|| format!("page {x} is outside the page data"))?;
+            let at = (space.len() as u64 * PAGE) as usize;
+            out[at..at + PAGE as usize].copy_from_slice(src);
+            space.push(x);
+        }
+    }
+    let mut flat = meta.clone();
+    flat.pages.runs = runs;
+    flat.pages.count = total;
+    flat.pages.chunks = out
+        .chunks((CHUNK_PAGES * PAGE) as usize)
+        .map(|c| *blake3::hash(c).as_bytes())
+        .collect();
+    Ok(Flat {
+        meta: flat,
+        pages,
+        space,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,6 +872,8 @@ mod tests {
                     prot: 5,
                     shared: false,
                     kind: VmaKind::File { file: 0, offset: 0 },
+                    flags: 0,
+                    name: None,
                 },
                 Vma {
                     start: 0x50_0000,
@@ -562,6 +881,8 @@ mod tests {
                     prot: 3,
                     shared: false,
                     kind: VmaKind::Heap,
+                    flags: 0,
+                    name: None,
                 },
             ],
             pages: PageIndex {
@@ -669,6 +990,197 @@ mod tests {
             e.contains("workingset") && e.contains("hash mismatch"),
             "{e}"
         );
+    }
+
+    /// New fields are checked: area flags, names, shared descriptors, descriptor flags.
+    #[test]
+    fn bad_flags_names_and_descriptors_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        type Break = fn(&mut Meta);
+        let cases: [(&str, Break); 6] = [
+            ("unknown flags", |m| m.vmas[1].flags = 1 << 30),
+            ("wipes on fork", |m| m.vmas[0].flags = vma_flags::WIPEONFORK),
+            ("named but not anonymous", |m| {
+                m.vmas[1].name = Some("x".into())
+            }),
+            ("descriptor 0 has unknown flags", |m| {
+                m.fds[0].kind = FdKind::File {
+                    file: 0,
+                    pos: 0,
+                    flags: libc::O_CREAT as u32,
+                }
+            }),
+            ("shares descriptor 0", |m| {
+                m.fds.push(crate::image::Fd {
+                    fd: 3,
+                    cloexec: false,
+                    kind: FdKind::Dup { of: 0 },
+                })
+            }),
+            ("out of order", |m| {
+                let first = m.fds[0].clone();
+                m.fds.push(first)
+            }),
+        ];
+        for (want, break_it) in cases {
+            let (mut m, pages) = sample();
+            break_it(&mut m);
+            write_image(d.path(), &mut m, &pages).unwrap();
+            let e = read_meta(d.path()).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        let (mut m, pages) = sample();
+        m.vmas.insert(
+            1,
+            crate::image::Vma {
+                start: 0x48_0000,
+                end: 0x48_1000,
+                prot: 3,
+                shared: false,
+                kind: VmaKind::Anon,
+                flags: vma_flags::GROWSDOWN | vma_flags::LOCKED | vma_flags::WIPEONFORK,
+                name: Some("a name".into()),
+            },
+        );
+        write_image(d.path(), &mut m, &pages).unwrap();
+        assert_eq!(read_meta(d.path()).unwrap(), m);
+        m.vmas[1].name = Some("[bad]".into());
+        write_image(d.path(), &mut m, &pages).unwrap();
+        let e = read_meta(d.path()).unwrap_err().to_string();
+        assert!(e.contains("invalid name"), "{e}");
+    }
+
+    /// Writes `sample()` with distinct pages as the parent at `dir/p`, and a layer over it
+    /// at `dir/l` whose first page is the parent's second and second page its own.
+    fn layered(dir: &Path) -> (PathBuf, PathBuf, Meta) {
+        let (mut pm, _) = sample();
+        let mut pdata = vec![0x11u8; PAGE as usize];
+        pdata.extend(vec![0x22u8; PAGE as usize]);
+        let p = dir.join("p");
+        write_image(&p, &mut pm, &pdata).unwrap();
+        let (_, hash) = read_meta_hashed(&p).unwrap();
+        let (mut lm, _) = sample();
+        lm.id = [9; 16];
+        lm.parent = Some(crate::image::ParentRef {
+            id: pm.id,
+            meta_hash: hash,
+            space: 2,
+            path: p.display().to_string(),
+        });
+        lm.pages.runs = vec![
+            PageRun {
+                addr: 0x50_0000,
+                pages: 1,
+                first: 1 + 1,
+            },
+            PageRun {
+                addr: 0x50_1000,
+                pages: 1,
+                first: 0,
+            },
+        ];
+        let l = dir.join("l");
+        write_image(&l, &mut lm, &vec![0x33u8; PAGE as usize]).unwrap();
+        (p, l, lm)
+    }
+
+    #[test]
+    fn a_layer_loads_flattened_over_its_parent() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, l, _) = layered(d.path());
+        let img = LoadedImage::load(&l).unwrap();
+        assert_eq!(img.depth(), 1);
+        assert_eq!(img.meta.pages.count, 2);
+        assert_eq!(img.page_at(0x50_0000), Some(0));
+        assert_eq!(img.page_data()[0], 0x22);
+        assert_eq!(img.page_data()[PAGE as usize], 0x33);
+        assert_eq!((img.space_index(0), img.space_index(1)), (2, 0));
+        assert!(chunk_ok(&img.meta, 0, img.page_data()));
+        let parent = LoadedImage::load(&p).unwrap();
+        let again = LoadedImage::load_with_parent(&l, &parent).unwrap();
+        assert_eq!(again.page_data(), img.page_data());
+        // Not from its page file: it holds only the layer's own page.
+        let e = crate::lazy::FileSource::open(&l, &img.meta).err().unwrap();
+        assert!(e.to_string().contains("is a layer"), "{e}");
+    }
+
+    #[test]
+    fn a_layer_pointing_past_its_index_space_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (_, l, mut lm) = layered(d.path());
+        lm.pages.runs[0].first = 3;
+        write_image(&l, &mut lm, &vec![0x33u8; PAGE as usize]).unwrap();
+        let e = read_meta(&l).unwrap_err().to_string();
+        assert!(e.contains("index space of 3"), "{e}");
+        lm.pages.runs[0].first = 1;
+        lm.parent.as_mut().unwrap().space = u64::MAX;
+        write_image(&l, &mut lm, &vec![0x33u8; PAGE as usize]).unwrap();
+        let e = read_meta(&l).unwrap_err().to_string();
+        assert!(e.contains("parent's index space"), "{e}");
+    }
+
+    #[test]
+    fn more_than_eight_layers_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (_, mut below, _) = layered(d.path());
+        // Each new layer: every page its parent's.
+        for depth in 2..=MAX_DEPTH + 1 {
+            let (meta, hash) = read_meta_hashed(&below).unwrap();
+            let img = LoadedImage::load(&below);
+            let (mut m, _) = sample();
+            m.id = [depth as u8 + 20; 16];
+            m.parent = Some(crate::image::ParentRef {
+                id: meta.id,
+                meta_hash: hash,
+                space: meta.pages.count + meta.parent.as_ref().unwrap().space,
+                path: below.display().to_string(),
+            });
+            // The pages the parent holds: its space indices 2 and 0 (as in `layered`).
+            m.pages.runs = vec![
+                PageRun {
+                    addr: 0x50_0000,
+                    pages: 1,
+                    first: 2,
+                },
+                PageRun {
+                    addr: 0x50_1000,
+                    pages: 1,
+                    first: 0,
+                },
+            ];
+            let at = d.path().join(format!("l{depth}"));
+            write_image(&at, &mut m, &[]).unwrap();
+            let loaded = LoadedImage::load(&at);
+            if depth <= MAX_DEPTH {
+                assert!(img.is_ok());
+                assert_eq!(loaded.unwrap().depth(), depth);
+            } else {
+                let e = loaded.err().unwrap().to_string();
+                assert!(e.contains("more than 8 layers"), "{e}");
+            }
+            below = at;
+        }
+    }
+
+    /// Every byte of a layer's metadata flipped (hash made to match): loading it over its
+    /// parent refuses or accepts, never panics.
+    #[test]
+    fn hostile_layer_metadata_never_panics_the_loader() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, l, _) = layered(d.path());
+        let parent = LoadedImage::load(&p).unwrap();
+        let good = std::fs::read(l.join(META_FILE)).unwrap();
+        for i in META_HEADER..good.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut bad = good.clone();
+                bad[i] ^= flip;
+                let hash = *blake3::hash(&bad[META_HEADER..]).as_bytes();
+                bad[24..56].copy_from_slice(&hash);
+                std::fs::write(l.join(META_FILE), &bad).unwrap();
+                let _ = LoadedImage::load_with_parent(&l, &parent);
+                let _ = LoadedImage::load(&l);
+            }
+        }
     }
 
     #[test]

@@ -25,7 +25,8 @@ pub struct Meta {
     pub id: [u8; 16],
     /// Unix seconds when the dump was taken.
     pub created: u64,
-    /// The image this one is a layer over (not used yet: always `None`).
+    /// The image this one is a layer over: then [`PageIndex::runs`] may also point past the
+    /// stored pages, into the parent's page index space (see [`ParentRef`]).
     pub parent: Option<ParentRef>,
     pub source: Source,
     pub requires: Requires,
@@ -39,9 +40,21 @@ pub struct Meta {
     pub process: ProcState,
 }
 
+/// The parent of a layered image. A layer stores only the pages that differ from its
+/// parent's; its page index space is its own stored pages (`0..pages.count`), then the
+/// parent's whole index space (`pages.count..pages.count + space`), recursively: a run may
+/// point into either. Everything else (VMAs, registers, descriptors) is the layer's own.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ParentRef {
+    /// The parent's [`Meta::id`].
     pub id: [u8; 16],
+    /// BLAKE3 of the parent's metadata (as in its `meta` file header): the parent must be
+    /// exactly the image the layer was taken over.
+    pub meta_hash: [u8; 32],
+    /// Size of the parent's page index space (its stored pages plus its parent's space).
+    pub space: u64,
+    /// Where the parent was at dump time: an absolute path, or one relative to the layer's
+    /// directory. A hint: the id and hash decide.
     pub path: String,
 }
 
@@ -96,6 +109,53 @@ pub struct Vma {
     pub prot: i32,
     pub shared: bool,
     pub kind: VmaKind,
+    /// What the process set on the area beyond its protection ([`vma_flags`]: `MAP_GROWSDOWN`,
+    /// `mlock`, `madvise` advice), from the `VmFlags` of `/proc/PID/smaps`.
+    pub flags: u32,
+    /// The name an anonymous area was given with `PR_SET_VMA_ANON_NAME` (`[anon:NAME]`).
+    pub name: Option<String>,
+}
+
+/// The area flags an image records, each restored by the `mmap` flag or call named.
+pub mod vma_flags {
+    /// `gd`: `MAP_GROWSDOWN`.
+    pub const GROWSDOWN: u32 = 1 << 0;
+    /// `lo`: `mlock`.
+    pub const LOCKED: u32 = 1 << 1;
+    /// `dc`: `MADV_DONTFORK`.
+    pub const DONTFORK: u32 = 1 << 2;
+    /// `dd`: `MADV_DONTDUMP`.
+    pub const DONTDUMP: u32 = 1 << 3;
+    /// `hg`: `MADV_HUGEPAGE`.
+    pub const HUGEPAGE: u32 = 1 << 4;
+    /// `nh`: `MADV_NOHUGEPAGE`.
+    pub const NOHUGEPAGE: u32 = 1 << 5;
+    /// `wf`: `MADV_WIPEONFORK` (private anonymous memory only).
+    pub const WIPEONFORK: u32 = 1 << 6;
+    /// `sr`: `MADV_SEQUENTIAL`.
+    pub const SEQ_READ: u32 = 1 << 7;
+    /// `rr`: `MADV_RANDOM`.
+    pub const RAND_READ: u32 = 1 << 8;
+    /// `nr`: `MAP_NORESERVE`.
+    pub const NORESERVE: u32 = 1 << 9;
+    /// `mg`: `MADV_MERGEABLE` (KSM).
+    pub const MERGEABLE: u32 = 1 << 10;
+    pub const ALL: u32 = (1 << 11) - 1;
+
+    /// (smaps code, flag).
+    pub const CODES: [(&str, u32); 11] = [
+        ("gd", GROWSDOWN),
+        ("lo", LOCKED),
+        ("dc", DONTFORK),
+        ("dd", DONTDUMP),
+        ("hg", HUGEPAGE),
+        ("nh", NOHUGEPAGE),
+        ("wf", WIPEONFORK),
+        ("sr", SEQ_READ),
+        ("rr", RAND_READ),
+        ("nr", NORESERVE),
+        ("mg", MERGEABLE),
+    ];
 }
 
 impl Vma {
@@ -109,9 +169,14 @@ impl Vma {
 
     /// Whether a mapped restore maps this VMA's stored pages from the image's memfd:
     /// private anonymous memory and the heap (a quarter to two fifths of a Python image's
-    /// pages; `brk` still grows and shrinks it), but not the stack (one growable area).
+    /// pages; `brk` still grows and shrinks it), but not the stack (one growable area), nor
+    /// an area with [`vma_flags`] or a name (a memfd mapping could not carry them: it stays
+    /// anonymous memory and its pages are written).
     pub fn shares_pages(&self) -> bool {
-        !self.shared && matches!(self.kind, VmaKind::Anon | VmaKind::Heap)
+        !self.shared
+            && matches!(self.kind, VmaKind::Anon | VmaKind::Heap)
+            && self.flags == 0
+            && self.name.is_none()
     }
 }
 
@@ -301,8 +366,12 @@ pub struct Fd {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum FdKind {
-    /// Reopened by path at restore: index into [`Meta::files`], position, `open` flags.
+    /// Reopened by path at restore: index into [`Meta::files`], position, `open` flags
+    /// (access mode and every status flag, `O_PATH` and `O_DIRECTORY` included).
     File { file: u32, pos: u64, flags: u32 },
+    /// Shares the open file description of descriptor `of` (a lower number, of kind
+    /// `File`): made by `dup`, `dup2` or inherited across `fork`; restored with `dup3`.
+    Dup { of: i32 },
     /// A descriptor the caller declared its own (a protocol pipe, stdio): the restorer's
     /// caller hands one in at this number.
     Inherited { what: String },

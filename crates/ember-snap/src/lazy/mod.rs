@@ -27,7 +27,7 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use remote::RemoteSource;
-pub use server::{PageServer, ServeError};
+pub use server::{PageServer, PendingPages, ServeError};
 pub(crate) use server::{ServerConfig, Victim, spawn};
 pub use source::FileSource;
 

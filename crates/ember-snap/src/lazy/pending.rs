@@ -49,6 +49,14 @@ impl Pending {
         }
     }
 
+    /// Every pending piece, in address order.
+    pub fn pieces(&self) -> Vec<Piece> {
+        self.runs
+            .iter()
+            .map(|(&addr, &(first, pages))| Piece { addr, first, pages })
+            .collect()
+    }
+
     pub fn count(&self) -> u64 {
         self.count
     }

@@ -1,8 +1,8 @@
 //! The page server thread of one restored process (and one per child it forks).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -38,9 +38,43 @@ pub enum ServeError {
 pub struct PageServer {
     handle: Option<JoinHandle<Result<(), ServeError>>>,
     counters: Arc<Counters>,
+    /// What the server has not installed yet, shared with it (see [`PageServer::pending`]).
+    pending: Arc<Mutex<Pending>>,
+    source: Arc<dyn PageSource>,
+    /// The restored process (`None` for a forked child's server).
+    pid: Option<i32>,
+    mapped: bool,
+}
+
+/// What a lazy restore's page server has not installed yet, at one moment, and where it
+/// gets pages: what a dump of the process reads instead of faulting them in.
+pub struct PendingPages {
+    pub pid: i32,
+    pub pieces: Vec<Piece>,
+    pub source: Arc<dyn PageSource>,
+}
+
+/// The pending pages, whoever holds them (a poisoned lock still holds consistent data:
+/// every change to it is a single call).
+fn lock(p: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl PageServer {
+    /// The image pages the server has not installed in its process yet, by where they are
+    /// now. The server installs nothing while this is taken and finishes what it was
+    /// installing first, so a page missing from the process and from this list is not the
+    /// image's (it reads as zeros). `None` for a mapped restore's server (its pages are
+    /// mapped, not pending) and a forked child's.
+    pub fn pending(&self) -> Option<PendingPages> {
+        let pid = self.pid.filter(|_| !self.mapped)?;
+        Some(PendingPages {
+            pid,
+            pieces: lock(&self.pending).pieces(),
+            source: self.source.clone(),
+        })
+    }
+
     pub fn stats(&self) -> LazyStats {
         self.counters.snapshot()
     }
@@ -105,19 +139,32 @@ pub(crate) struct ServerConfig {
     pub victim: Arc<Victim>,
 }
 
-pub(crate) fn spawn(cfg: ServerConfig) -> std::io::Result<PageServer> {
+pub(crate) fn spawn(mut cfg: ServerConfig) -> std::io::Result<PageServer> {
     let counters = cfg.counters.clone();
+    let pending = Arc::new(Mutex::new(std::mem::take(&mut cfg.pending)));
+    let server = PageServer {
+        handle: None,
+        counters,
+        pending: pending.clone(),
+        source: cfg.source.clone(),
+        pid: cfg.pid.as_ref().map(|p| p.0),
+        mapped: cfg.mapped,
+    };
     let handle = std::thread::Builder::new()
         .name("ember-pages".into())
-        .spawn(move || Server::new(cfg).run())?;
+        .spawn(move || Server::new(cfg, pending).run())?;
     Ok(PageServer {
         handle: Some(handle),
-        counters,
+        ..server
     })
 }
 
 struct Server {
     cfg: ServerConfig,
+    /// The pending pages (`cfg.pending` moved here), shared with [`PageServer::pending`]:
+    /// held across each change and each install, so a reader never sees a page neither
+    /// pending nor in.
+    pending: Arc<Mutex<Pending>>,
     /// Faults that met a changing address space (EAGAIN): retried after the next events.
     retry: Vec<(u64, i32)>,
     started: bool,
@@ -125,9 +172,10 @@ struct Server {
 }
 
 impl Server {
-    fn new(cfg: ServerConfig) -> Server {
+    fn new(cfg: ServerConfig, pending: Arc<Mutex<Pending>>) -> Server {
         Server {
             cfg,
+            pending,
             retry: Vec::new(),
             started: false,
             children: Vec::new(),
@@ -158,7 +206,7 @@ impl Server {
     fn serve(&mut self) -> Result<(), ServeError> {
         let mut last_probe = Instant::now();
         loop {
-            let busy = self.cfg.bulk && self.started && !self.cfg.pending.is_empty();
+            let busy = self.cfg.bulk && self.started && !lock(&self.pending).is_empty();
             let timeout = if busy {
                 0
             } else if !self.retry.is_empty() {
@@ -194,7 +242,7 @@ impl Server {
             if busy {
                 self.bulk_step()?;
             }
-            let done = self.cfg.pending.is_empty() && self.cfg.pid.is_some() && self.started;
+            let done = lock(&self.pending).is_empty() && self.cfg.pid.is_some() && self.started;
             if done && !self.cfg.mapped {
                 return self.unregister_all();
             }
@@ -211,15 +259,14 @@ impl Server {
     }
 
     fn event(&mut self, m: sys::UffdMsg) -> Result<(), ServeError> {
-        let p = &mut self.cfg.pending;
         match m.event {
             sys::UFFD_EVENT_PAGEFAULT => {
                 // arg: flags, address, thread id.
                 self.fault(m.arg[1] & !(PAGE - 1), m.arg[2] as u32 as i32)?;
             }
-            sys::UFFD_EVENT_REMAP => p.remap(m.arg[0], m.arg[1], m.arg[2]),
+            sys::UFFD_EVENT_REMAP => lock(&self.pending).remap(m.arg[0], m.arg[1], m.arg[2]),
             sys::UFFD_EVENT_REMOVE | sys::UFFD_EVENT_UNMAP => {
-                p.cut(m.arg[0], m.arg[1]);
+                lock(&self.pending).cut(m.arg[0], m.arg[1]);
             }
             sys::UFFD_EVENT_FORK => {
                 // SAFETY: the kernel installed this descriptor in our table for us to own.
@@ -227,7 +274,7 @@ impl Server {
                 let server = spawn(ServerConfig {
                     uffd: child,
                     pid: None,
-                    pending: self.cfg.pending.clone(),
+                    pending: lock(&self.pending).clone(),
                     // A child's server serves faults only: it knows its process by the
                     // faulting thread's id alone, which a background copy does not have.
                     bulk: false,
@@ -256,7 +303,9 @@ impl Server {
         if self.cfg.mapped {
             return self.mapped_fault(addr, t);
         }
-        let pieces = self.cfg.pending.cut(addr, addr + PAGE);
+        let shared = self.pending.clone();
+        let mut pending = lock(&shared);
+        let pieces = pending.cut(addr, addr + PAGE);
         let (retry, r) = match pieces.first() {
             Some(&piece) => {
                 c.faults.fetch_add(1, Ordering::Relaxed);
@@ -265,7 +314,7 @@ impl Server {
                 }
                 match self.install(piece, true, tid)? {
                     (_, Ok(())) => (false, Ok(())),
-                    (done, Err(e)) => (self.put_back(piece, done, &e)?, Err(e)),
+                    (done, Err(e)) => (self.put_back(&mut pending, piece, done, &e)?, Err(e)),
                 }
             }
             None => {
@@ -275,6 +324,7 @@ impl Server {
                 (again, r)
             }
         };
+        drop(pending);
         if retry {
             // The address space is changing: serve it after the event that says how.
             self.retry.push((addr, tid));
@@ -298,7 +348,8 @@ impl Server {
     /// freed and remapped, or grown).
     fn mapped_fault(&mut self, addr: u64, t: Instant) -> Result<(), ServeError> {
         let c = self.cfg.counters.clone();
-        let r = if self.cfg.pending.holds(addr) {
+        let held = lock(&self.pending).holds(addr);
+        let r = if held {
             c.faults.fetch_add(1, Ordering::Relaxed);
             sys::uffd_continue(&self.cfg.uffd, addr, PAGE)
         } else {
@@ -324,7 +375,7 @@ impl Server {
     /// is fatal (the outer error) and kills the process first: it must never run on a page
     /// that failed. The inner result is the kernel's answer to the copy.
     fn install(
-        &mut self,
+        &self,
         piece: Piece,
         wake: bool,
         tid: i32,
@@ -355,10 +406,14 @@ impl Server {
 
     /// After a copy of `piece` stopped at `done` bytes with `err`: what of it must still be
     /// installed goes back to pending. EAGAIN: all the rest (after the next events); EEXIST:
-    /// the rest after the page that is already there; the area gone (ENOENT) or the process
-    /// gone (ESRCH): nothing. Returns whether to retry after reading events.
+    /// the rest after the page that is already there; the process gone (ESRCH): nothing.
+    /// ENOENT: the range is not inside one registered area any more. A bulk batch spanning
+    /// an area the process has since split (`mprotect` of a part) gets that too, so a piece
+    /// of several pages goes back page by page (each then copies or finds its area gone);
+    /// a single page is gone. Returns whether to retry after reading events.
     fn put_back(
-        &mut self,
+        &self,
+        pending: &mut Pending,
         piece: Piece,
         done: u64,
         err: &std::io::Error,
@@ -366,7 +421,20 @@ impl Server {
         let skip = match err.raw_os_error() {
             Some(libc::EAGAIN) => 0,
             Some(libc::EEXIST) => 1,
-            Some(libc::ENOENT | libc::ESRCH) => return Ok(false),
+            Some(libc::ENOENT) => {
+                let used = done / PAGE;
+                if piece.pages > used + 1 {
+                    for k in used..piece.pages {
+                        pending.restore(Piece {
+                            addr: piece.addr + k * PAGE,
+                            first: piece.first + k,
+                            pages: 1,
+                        });
+                    }
+                }
+                return Ok(false);
+            }
+            Some(libc::ESRCH) => return Ok(false),
             _ => {
                 let e = std::io::Error::from_raw_os_error(err.raw_os_error().unwrap_or(libc::EIO));
                 return Err(self.uffd_err(e));
@@ -374,7 +442,7 @@ impl Server {
         };
         let used = done / PAGE + skip;
         if used < piece.pages {
-            self.cfg.pending.restore(Piece {
+            pending.restore(Piece {
                 addr: piece.addr + used * PAGE,
                 first: piece.first + used,
                 pages: piece.pages - used,
@@ -384,12 +452,14 @@ impl Server {
     }
 
     fn bulk_step(&mut self) -> Result<(), ServeError> {
-        let Some(piece) = self.cfg.pending.next_batch(BULK_BATCH) else {
+        let shared = self.pending.clone();
+        let mut pending = lock(&shared);
+        let Some(piece) = pending.next_batch(BULK_BATCH) else {
             return Ok(());
         };
         let (done, r) = self.install(piece, false, 0)?;
         if let Err(e) = r {
-            self.put_back(piece, done, &e)?;
+            self.put_back(&mut pending, piece, done, &e)?;
         }
         Ok(())
     }

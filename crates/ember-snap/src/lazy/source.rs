@@ -90,6 +90,11 @@ pub struct FileSource {
 impl FileSource {
     /// Opens `dir`'s page file for the image `meta` describes (header checked now).
     pub fn open(dir: &Path, meta: &Meta) -> Result<FileSource, ImageError> {
+        if meta.parent.is_some() {
+            return Err(ImageError::Layered {
+                path: dir.to_path_buf(),
+            });
+        }
         let (file, path) = open_pages(dir, meta)?;
         Ok(FileSource {
             meta: meta.clone(),

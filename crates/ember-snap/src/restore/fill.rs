@@ -46,15 +46,18 @@ fn take_uffd(
     Ok((pidfd, uffd))
 }
 
-/// Private anonymous areas holding stored pages, adjacent ones merged.
-fn anon_ranges(img: &LoadedImage) -> Vec<(u64, u64)> {
+/// Private anonymous areas holding stored pages, adjacent ones merged. `readable_only`
+/// (a lazy restore) leaves out areas without read access: a page server could serve them,
+/// but a later dump could not read the pages still pending there (`process_vm_readv` does
+/// not force access), so their pages go in before the process runs.
+fn anon_ranges(img: &LoadedImage, readable_only: bool) -> Vec<(u64, u64)> {
     let m = &img.meta;
     let mut out: Vec<(u64, u64)> = Vec::new();
-    for v in m
-        .vmas
-        .iter()
-        .filter(|v| !v.shared && !matches!(v.kind, VmaKind::File { .. }))
-    {
+    for v in m.vmas.iter().filter(|v| {
+        !v.shared
+            && !matches!(v.kind, VmaKind::File { .. })
+            && (!readable_only || v.prot & libc::PROT_READ != 0)
+    }) {
         if !m
             .pages
             .runs
@@ -79,7 +82,7 @@ pub(super) fn fill(
     threads: usize,
     uffd_fd: Option<i32>,
 ) -> io::Result<FillMode> {
-    let ranges = anon_ranges(img);
+    let ranges = anon_ranges(img, false);
     // Without a userfaultfd (or if registering fails) every page goes by process_vm_writev.
     let uffd = uffd_fd
         .and_then(|fd| take_uffd(pid, fd, 0, &ranges).ok())
@@ -166,8 +169,9 @@ fn slice<'a>(pages: &'a [u8], r: &PageRun) -> io::Result<&'a [u8]> {
         .ok_or_else(|| io::Error::other("page run outside the page data"))
 }
 
-/// Installs the working set's pages that are still pending, contiguous ones together, before
-/// the process resumes.
+/// Installs the working set's pages that are still pending, contiguous ones of one run
+/// together (runs never cross VMAs; one `UFFDIO_COPY` across two VMAs fails with ENOENT),
+/// before the process resumes.
 fn prefetch(
     uffd: &OwnedFd,
     pending: &mut Pending,
@@ -178,24 +182,28 @@ fn prefetch(
     let mut idx: Vec<u64> = ws.to_vec();
     idx.sort_unstable();
     idx.dedup();
-    let addr_of = |i: u64| -> Option<u64> {
+    let addr_of = |i: u64| -> Option<(usize, u64)> {
         let k = runs.partition_point(|r| r.first + u64::from(r.pages) <= i);
         let r = runs.get(k)?;
-        (r.first <= i).then(|| r.addr + (i - r.first) * PAGE)
+        (r.first <= i).then(|| (k, r.addr + (i - r.first) * PAGE))
     };
-    let mut pieces: Vec<lazy::pending::Piece> = Vec::new();
+    let mut pieces: Vec<(usize, lazy::pending::Piece)> = Vec::new();
     for i in idx {
-        let Some(a) = addr_of(i) else { continue };
+        let Some((run, a)) = addr_of(i) else { continue };
         for p in pending.cut(a, a + PAGE) {
             match pieces.last_mut() {
-                Some(l) if l.addr + l.pages * PAGE == p.addr && l.first + l.pages == p.first => {
+                Some((k, l))
+                    if *k == run
+                        && l.addr + l.pages * PAGE == p.addr
+                        && l.first + l.pages == p.first =>
+                {
                     l.pages += p.pages;
                 }
-                _ => pieces.push(p),
+                _ => pieces.push((run, p)),
             }
         }
     }
-    for p in pieces {
+    for (_, p) in pieces {
         let data = source
             .pages(p.first, p.pages)
             .map_err(|e| io::Error::other(e.to_string()))?;
@@ -247,7 +255,7 @@ pub(super) fn lazy(
         | sys::UFFD_FEATURE_EVENT_REMOVE
         | sys::UFFD_FEATURE_EVENT_UNMAP
         | sys::UFFD_FEATURE_THREAD_ID;
-    let ranges = anon_ranges(img);
+    let ranges = anon_ranges(img, true);
     let (pidfd, uffd) = take_uffd(pid, uffd_fd, features, &ranges)?;
     let in_uffd = |r: &PageRun| ranges.iter().any(|&(s, e)| s <= r.addr && r.addr < e);
     let runs = &img.meta.pages.runs;

@@ -380,6 +380,7 @@ fn run(
         image: image.clone(),
         high: c.high,
         fd_files: Vec::new(),
+        parked: 0,
         gadget: 0,
         gadget_len: 0,
         filled,

@@ -2,7 +2,7 @@
 //! target looks like now.
 
 use super::{GAP_SEARCH_FROM, Handoff, RestoreError};
-use crate::image::{FdKind, Meta, PAGE, VdsoLayout, VmaKind, format::USER_END};
+use crate::image::{FdKind, Meta, PAGE, VdsoLayout, VmaKind, format::USER_END, vma_flags};
 use crate::proc::MapEntry;
 use crate::restorer::{ALLOW_ERROR, ARG0_FROM_SAVED, ARG4_FROM_SAVED, Batch, SAVE_RESULT, Step};
 use crate::{state, sys};
@@ -12,14 +12,41 @@ const PR_SET_MM_MAP: u64 = 14;
 const RSEQ_FLAG_UNREGISTER: u64 = 1;
 const MREMAP_MAYMOVE: u64 = 1;
 const MREMAP_FIXED: u64 = 2;
+const PR_SET_VMA: u64 = 0x5356_4d41;
+const PR_SET_VMA_ANON_NAME: u64 = 0;
+/// The `madvise` advice that restores each area flag set by one.
+const ADVICE: [(u32, i32); 8] = [
+    (vma_flags::DONTFORK, libc::MADV_DONTFORK),
+    (vma_flags::DONTDUMP, libc::MADV_DONTDUMP),
+    (vma_flags::HUGEPAGE, libc::MADV_HUGEPAGE),
+    (vma_flags::NOHUGEPAGE, libc::MADV_NOHUGEPAGE),
+    (vma_flags::WIPEONFORK, libc::MADV_WIPEONFORK),
+    (vma_flags::SEQ_READ, libc::MADV_SEQUENTIAL),
+    (vma_flags::RAND_READ, libc::MADV_RANDOM),
+    (vma_flags::MERGEABLE, libc::MADV_MERGEABLE),
+];
+
+/// One image descriptor: where batch 1 parks its open file description and what batch 2
+/// makes of it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FdPlace {
+    pub(super) fd: i32,
+    pub(super) cloexec: bool,
+    /// Position to seek to (the first descriptor of a description only).
+    pub(super) pos: Option<u64>,
+    /// The parked descriptor it is a `dup3` of.
+    pub(super) at: i32,
+}
 
 pub(super) struct Plan<'a> {
     pub(super) meta: &'a Meta,
     pub(super) image: String,
     /// First of the high descriptor numbers files are parked at.
     pub(super) high: i32,
-    /// Descriptors opened for the image's fd table: (image fd, cloexec, pos, high fd).
-    pub(super) fd_files: Vec<(i32, bool, u64, i32)>,
+    /// The image's descriptors (but the inherited ones), in order.
+    pub(super) fd_files: Vec<FdPlace>,
+    /// How many open file descriptions batch 1 parks for them.
+    pub(super) parked: i32,
     pub(super) gadget: u64,
     pub(super) gadget_len: u64,
     /// VMA indices that hold saved pages (mapped writable until filled).
@@ -226,7 +253,9 @@ impl<'m> Plan<'m> {
                     continue;
                 }
                 let len = u64::from(r.pages) * PAGE;
-                let prot = (v.prot | libc::PROT_WRITE) as u64;
+                // Readable until batch 2 sets the final protection: MADV_POPULATE_READ
+                // refuses (EINVAL) an area without read access (a PROT_NONE one).
+                let prot = (v.prot | libc::PROT_READ | libc::PROT_WRITE) as u64;
                 let flags = (libc::MAP_PRIVATE | libc::MAP_FIXED) as u64;
                 let args = [r.addr, len, prot, flags, fd as u64, r.addr];
                 b.call(
@@ -247,16 +276,31 @@ impl<'m> Plan<'m> {
         self.stat_offsets = stat_at;
     }
 
-    /// Files the image held open, reopened with their flags and parked above the executable.
+    /// Files the image held open, reopened with their flags (status flags, `O_PATH`,
+    /// `O_DIRECTORY`) and parked above the executable, once per open file description.
     fn reopen_fds(&mut self, b: &mut Batch<'m>) {
         let meta = self.meta;
         self.fd_files.clear();
+        self.parked = 0;
         for f in &meta.fds {
+            if let FdKind::Dup { of } = f.kind {
+                // `validate` made sure `of` is an earlier File descriptor.
+                if let Some(first) = self.fd_files.iter().find(|p| p.fd == of).copied() {
+                    self.fd_files.push(FdPlace {
+                        fd: f.fd,
+                        cloexec: f.cloexec,
+                        pos: None,
+                        at: first.at,
+                    });
+                }
+                continue;
+            }
             if let FdKind::File { file, pos, flags } = f.kind {
                 let Some(fid) = meta.files.get(file as usize) else {
                     continue;
                 };
-                let at = self.exe_fd() + 1 + self.fd_files.len() as i32;
+                let at = self.exe_fd() + 1 + self.parked;
+                self.parked += 1;
                 let path = b.cstr(&fid.path);
                 let open = [
                     libc::AT_FDCWD as u64,
@@ -282,7 +326,12 @@ impl<'m> Plan<'m> {
                     &[0],
                     ARG0_FROM_SAVED,
                 );
-                self.fd_files.push((f.fd, f.cloexec, pos, at));
+                self.fd_files.push(FdPlace {
+                    fd: f.fd,
+                    cloexec: f.cloexec,
+                    pos: Some(pos),
+                    at,
+                });
             }
         }
     }
@@ -328,6 +377,12 @@ impl<'m> Plan<'m> {
         } else {
             libc::MAP_PRIVATE
         } as u64;
+        if v.flags & vma_flags::GROWSDOWN != 0 {
+            mflags |= libc::MAP_GROWSDOWN as u64;
+        }
+        if v.flags & vma_flags::NORESERVE != 0 {
+            mflags |= libc::MAP_NORESERVE as u64;
+        }
         let (fd, off) = match v.kind {
             VmaKind::File { offset, .. } => (0, offset),
             VmaKind::Stack => {
@@ -341,6 +396,33 @@ impl<'m> Plan<'m> {
         };
         let args = [v.start, v.len(), prot, mflags, fd, off];
         b.call(Step::Addr("mmap", v.start), libc::SYS_mmap, &args, flags);
+    }
+
+    /// What the process set on its areas beyond protections: `madvise` advice, `mlock`,
+    /// anonymous area names (`MAP_GROWSDOWN` and `MAP_NORESERVE` went with the `mmap`).
+    fn vma_state(&self, b2: &mut Batch<'m>) {
+        for v in &self.meta.vmas {
+            for (flag, advice) in ADVICE {
+                if v.flags & flag != 0 {
+                    let args = [v.start, v.len(), advice as u64];
+                    b2.call(Step::Addr("madvise", v.start), libc::SYS_madvise, &args, 0);
+                }
+            }
+            if v.flags & vma_flags::LOCKED != 0 {
+                let args = [v.start, v.len()];
+                b2.call(Step::Addr("mlock", v.start), libc::SYS_mlock, &args, 0);
+            }
+            if let Some(name) = &v.name {
+                let at = b2.cstr(name);
+                let args = [PR_SET_VMA, PR_SET_VMA_ANON_NAME, v.start, v.len(), at];
+                b2.call(
+                    Step::Addr("prctl(PR_SET_VMA_ANON_NAME)", v.start),
+                    libc::SYS_prctl,
+                    &args,
+                    0,
+                );
+            }
+        }
     }
 
     /// `PR_SET_MM_MAP`: the mm fields, auxv and executable (after the unmap: EBUSY while the
@@ -390,17 +472,22 @@ impl<'m> Plan<'m> {
                 );
             }
         }
+        self.vma_state(&mut b2);
         self.set_mm(&mut b2);
-        for &(fd, cloexec, pos, at) in &self.fd_files {
-            let fl = if cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+        for p in &self.fd_files {
+            let fl = if p.cloexec { libc::O_CLOEXEC as u64 } else { 0 };
             b2.call(
-                Step::Fd("dup3", fd),
+                Step::Fd("dup3", p.fd),
                 libc::SYS_dup3,
-                &[at as u64, fd as u64, fl],
+                &[p.at as u64, p.fd as u64, fl],
                 0,
             );
-            let seek = [fd as u64, pos, libc::SEEK_SET as u64];
-            b2.call(Step::Fd("lseek", fd), libc::SYS_lseek, &seek, ALLOW_ERROR);
+            // A position is put back exactly (a directory's too), or the restore fails;
+            // a descriptor at 0 (an O_PATH one has no position to seek) is left.
+            if let Some(pos) = p.pos.filter(|&pos| pos != 0) {
+                let seek = [p.fd as u64, pos, libc::SEEK_SET as u64];
+                b2.call(Step::Fd("lseek", p.fd), libc::SYS_lseek, &seek, 0);
+            }
         }
         for f in &meta.fds {
             if matches!(f.kind, FdKind::Inherited { .. }) {
@@ -574,7 +661,7 @@ impl<'m> Plan<'m> {
     /// Where batch 1 parks the target's userfaultfd (above the executable and the reopened
     /// files; batch 2 closes all of them).
     pub(super) fn uffd_fd(&self) -> i32 {
-        self.high + 1 + self.fd_files.len() as i32
+        self.high + 1 + self.parked
     }
 }
 

@@ -245,7 +245,15 @@ pub fn dump_python(script: &str, args: &[&str], cwd: &Path, dir: &Path) -> Loade
     assert_eq!(original.line(), "ready");
     let out = dir.join("image");
     let inherited = vec![0, 1, 2];
-    ember_snap::dump(original.pid, &out, &ember_snap::DumpOptions { inherited }).unwrap();
+    ember_snap::dump(
+        original.pid,
+        &out,
+        &ember_snap::DumpOptions {
+            inherited,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     LoadedImage::load(&out).unwrap()
 }
 

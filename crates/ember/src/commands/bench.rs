@@ -21,7 +21,8 @@ pub enum Experiment {
     /// plain fork+exec of the same program (needs root)
     Sandbox,
     /// The checkpoint/restore engine: dump time, image size and restore to first answer of
-    /// Python processes (json, numpy, sklearn), beside their cold start and fork (needs root)
+    /// Python processes (json, numpy, sklearn), beside their cold start and fork, and the
+    /// size of a layer over the image after one request (needs root)
     Snap,
     /// Dependency images end to end over HTTP: cold boot vs. start from an image (per
     /// policy) vs. warm, with phases, and one shared image's cache cost vs. per-function

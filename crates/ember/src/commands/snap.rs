@@ -32,6 +32,14 @@ enum Verb {
         /// Let the process run on after the dump (by default it is killed)
         #[arg(long)]
         leave_running: bool,
+        /// Longest the process may be kept stopped, in milliseconds: past it the dump lets
+        /// the process go unchanged and fails naming the step it was at
+        #[arg(long, default_value_t = 10_000)]
+        freeze_limit_ms: u64,
+        /// Dump as a layer over this image, the one the process was restored from: only
+        /// the pages that differ from it are stored (restoring the layer loads it too)
+        #[arg(long)]
+        parent: Option<PathBuf>,
     },
     /// Restore instances of an image, wired to this command's descriptors; waits for them
     Restore {
@@ -88,7 +96,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             out,
             inherit,
             leave_running,
-        } => dump(pid, out, inherit, leave_running),
+            freeze_limit_ms,
+            parent,
+        } => {
+            let opts = DumpOptions {
+                inherited: inherit,
+                freeze_limit: std::time::Duration::from_millis(freeze_limit_ms),
+            };
+            dump(pid, out, &opts, leave_running, parent)
+        }
         Verb::Restore {
             dir,
             count,
@@ -125,18 +141,37 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     .await?
 }
 
-fn dump(pid: i32, out: PathBuf, inherited: Vec<i32>, leave_running: bool) -> anyhow::Result<()> {
-    let stats = ember_snap::dump(pid, &out, &DumpOptions { inherited })?;
+fn dump(
+    pid: i32,
+    out: PathBuf,
+    opts: &DumpOptions,
+    leave_running: bool,
+    parent: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let layered = parent.is_some();
+    let stats = match parent {
+        Some(p) => {
+            let parent = LoadedImage::load(&p)?;
+            ember_snap::dump_layer(pid, &out, opts, &parent)?
+        }
+        None => ember_snap::dump(pid, &out, opts)?,
+    };
     if !leave_running {
         // SAFETY: kill takes plain integers; the pid was just dumped and is ours to end.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
+    let layer = if layered {
+        format!("{} pages the parent's, ", stats.parent_pages)
+    } else {
+        String::new()
+    };
     eprintln!(
-        "dumped pid {pid} to {}: {} VMAs, {} pages stored ({} zero pages left out), {} files; stopped {:.2} ms, total {:.2} ms",
+        "dumped pid {pid} to {}: {} VMAs, {} pages stored ({layer}{} zero pages left out, {} read through a lazy restore's page server), {} files; stopped {:.2} ms, total {:.2} ms",
         out.display(),
         stats.vmas,
         stats.pages,
         stats.zero_pages,
+        stats.faulted_in,
         stats.files,
         stats.frozen_us as f64 / 1000.0,
         stats.total_us as f64 / 1000.0
