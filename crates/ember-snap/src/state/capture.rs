@@ -410,6 +410,9 @@ fn lay_out(base: u64, ids: &[i32], areas: &[(u64, u64)]) -> Layout {
     let mode_call = b.len();
     b.call("get_mempolicy", libc::SYS_get_mempolicy, &args, ALLOW_ERROR);
     let mut area_modes = Vec::with_capacity(areas.len());
+    // One query per area: 1,200 of them cost ~0.55 ms in the process, where reading
+    // /proc/PID/numa_maps (which walks every page table to count pages per node) took
+    // 3.8-4 ms on a 1,250-VMA CPython process, growing with its resident memory.
     for &(start, end) in areas {
         // The mode, then the nodes (as `get_mempolicy` above).
         let (at, off) = b.out(8 + MAX_NODE_WORDS * 8);
