@@ -202,7 +202,8 @@ struct Captured {
 }
 
 /// Lets a stopped process go when dropped (on every return and on a panic): registers
-/// and signal mask as they were, then detach.
+/// and signal mask as they were (a sleep the dump interrupted re-issued in its own call,
+/// [`state::capture::reissue_sleep`]), then detach.
 struct Frozen {
     t: Tracee,
     released: bool,
@@ -211,6 +212,7 @@ struct Frozen {
 impl Frozen {
     fn release(mut self) -> Result<(), TraceError> {
         self.released = true;
+        state::capture::reissue_sleep(&mut self.t.regs);
         self.t.release()
     }
 }
@@ -218,6 +220,7 @@ impl Frozen {
 impl Drop for Frozen {
     fn drop(&mut self) {
         if !self.released {
+            state::capture::reissue_sleep(&mut self.t.regs);
             let _ = self.t.release();
         }
     }
@@ -477,7 +480,8 @@ fn capture(
     cx.check_time("descriptors")?;
     let vdso_hash = vdso_hash(cx, &mem, &maps)?;
     let insn = find_syscall(t, &mem, &maps).ok_or(DumpError::NoSyscall { pid })?;
-    let (q, process) = state::capture::capture(t, insn)?;
+    let areas: Vec<(u64, u64)> = maps.iter().map(|m| (m.start, m.end)).collect();
+    let (q, process) = state::capture::capture(t, insn, &areas)?;
     fds::refuse_owned_async(t, insn, &async_fds)?;
     creds.securebits = t.syscall_ok(
         insn,

@@ -789,6 +789,15 @@ pub fn sched_getattr(pid: i32) -> io::Result<SchedAttr> {
     Ok(a)
 }
 
+/// `ioprio_get(IOPRIO_WHO_PROCESS, pid)`: another process's I/O priority (class and level).
+pub fn ioprio_get(pid: i32) -> io::Result<u32> {
+    // SAFETY: plain integer arguments; nothing is written to our memory.
+    let v = check(unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, pid) })?;
+    Ok(v as u32)
+}
+
+pub const IOPRIO_WHO_PROCESS: i32 = 1;
+
 /// `sched_getaffinity(pid)`: the CPU mask, as 64-bit words (1,024 CPUs at most).
 pub fn sched_getaffinity(pid: i32) -> io::Result<Vec<u64>> {
     let mut mask = [0u64; 16];

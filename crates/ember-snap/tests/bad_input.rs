@@ -378,3 +378,61 @@ fn a_changed_file_or_another_machine_is_refused_and_nothing_is_left_behind() {
         "rc {rc} status {st:#x}"
     );
 }
+
+/// The syscall number `/proc/PID/syscall` shows (the call the task is blocked in).
+fn blocked_in(pid: i32) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+    s.split_whitespace().next().unwrap_or("").to_string()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn a_sleep_is_dumped_again_and_again_but_one_resumed_through_restart_syscall_is_refused() {
+    if !privileged(
+        "a_sleep_is_dumped_again_and_again_but_one_resumed_through_restart_syscall_is_refused",
+    ) {
+        return;
+    }
+    // usleep is clock_nanosleep (230), relative: it has a restart block (CPython's
+    // time.sleep sleeps to an absolute time, which restarts without one).
+    let c = python("import ctypes\nos.write(1, b'ready\\n')\nctypes.CDLL(None).usleep(60_000_000)");
+    let pid = c.pid;
+    wait_for("clock_nanosleep", || blocked_in(pid) == "230");
+    let dir = tmp();
+    let opts = DumpOptions {
+        inherited: STDIO.to_vec(),
+        ..Default::default()
+    };
+    // A dump that interrupts the sleep leaves it re-issuing clock_nanosleep, not in
+    // restart_syscall: the next dump knows the call again.
+    for k in 0..3 {
+        let out = dir.path().join(format!("image{k}"));
+        ember_snap::dump(pid, &out, &opts).unwrap();
+        wait_for("the sleep again", || blocked_in(pid) == "230");
+    }
+    // A stop and a continue send it through restart_syscall (219): its original call is
+    // no longer known, and the dump says so instead of making the sleep return EINTR.
+    // SAFETY: signals to our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    wait_for("the stop", || state(pid) == 'T');
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    wait_for("restart_syscall", || blocked_in(pid) == "219");
+    let err = ember_snap::dump(pid, &dir.path().join("refused"), &opts).unwrap_err();
+    let err = common::chain(&err);
+    assert!(err.contains("restart_syscall"), "{err}");
+    assert!(err.contains(&format!("process {pid}")), "{err}");
+    // Left as it was: still asleep in restart_syscall.
+    wait_for("the sleep, left as it was", || {
+        state(pid) == 'S' && blocked_in(pid) == "219"
+    });
+}

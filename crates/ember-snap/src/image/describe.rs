@@ -101,7 +101,7 @@ pub fn describe(dir: &Path, m: &Meta) -> String {
     let armed = p.itimers.iter().filter(|t| t.value_us != 0).count();
     let _ = writeln!(
         o,
-        "  process: sched policy {} nice {}, affinity {}, {} seccomp filters, {} + {} queued signals, {armed} interval and {} POSIX timers, dumpable {}, no_new_privs {}",
+        "  process: sched policy {} nice {}, affinity {}, {} seccomp filters, {} + {} queued signals, {armed} interval and {} POSIX timers, dumpable {}, no_new_privs {}, NUMA policy {:#x} nodes {:x?} ({} areas with their own), I/O priority {:#x}",
         p.sched.policy,
         p.sched.nice,
         if p.affinity.is_some() {
@@ -114,7 +114,11 @@ pub fn describe(dir: &Path, m: &Meta) -> String {
         p.pending_process.len(),
         p.timers.len(),
         p.prctl.dumpable,
-        p.prctl.no_new_privs
+        p.prctl.no_new_privs,
+        p.mempolicy.mode,
+        p.mempolicy.nodes,
+        p.area_policies.len(),
+        p.ioprio
     );
     let _ = writeln!(o, "  descriptors:");
     for f in &m.fds {

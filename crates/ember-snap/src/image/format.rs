@@ -43,9 +43,10 @@ pub const META_MAGIC: [u8; 8] = *b"EMBRSNAP";
 pub const PAGES_MAGIC: [u8; 8] = *b"EMBRPAGE";
 /// 3: credentials and process-wide state (`ProcState`); 4: `ParentRef` gained the parent's
 /// metadata hash and index-space size (layers); 5: VMA flags and names, shared open file
-/// descriptions (`FdKind::Dup`), files held open without a content check; 6: the thread's id
-/// in its pid namespace (`Task::tid`).
-pub const FORMAT_VERSION: u32 = 6;
+/// descriptions (`FdKind::Dup`), files held open without a content check; 6: NUMA policies
+/// (the task's, each VMA's) and the I/O priority; 7: the thread's id in its pid namespace
+/// (`Task::tid`).
+pub const FORMAT_VERSION: u32 = 7;
 /// Most layers over one whole image.
 pub const MAX_DEPTH: u32 = 8;
 /// Largest metadata accepted (a 1,300-VMA scikit-learn image needs ~100 KiB).
@@ -344,6 +345,13 @@ pub const MAX_FILTERS: usize = 32;
 pub const MAX_FILTER_LEN: usize = 4096;
 pub const MAX_PENDING: usize = 64;
 pub const MAX_TIMERS: usize = 256;
+/// Areas with a NUMA policy of their own (at most one per VMA: the kernel's default
+/// `vm.max_map_count`).
+pub const MAX_AREA_POLICIES: usize = 65_530;
+/// A NUMA node mask of 1,024 nodes, in 64-bit words.
+pub const MAX_NODE_WORDS: usize = 16;
+/// Modes 0-7 (`MPOL_DEFAULT`..`MPOL_WEIGHTED_INTERLEAVE`) and the mode flags.
+pub const MPOL_KNOWN: u32 = 0x7 | (1 << 15) | (1 << 14) | (1 << 13);
 
 fn validate_process(p: &super::ProcState) -> Result<(), String> {
     if p.rlimits.len() > 16 || p.rlimits.iter().any(|r| r.0 >= 16) {
@@ -366,6 +374,17 @@ fn validate_process(p: &super::ProcState) -> Result<(), String> {
     }
     if p.itimers.len() > 3 || p.timers.len() > MAX_TIMERS || p.prctl.dumpable > 1 {
         return Err("timers or prctl values out of range".into());
+    }
+    let policies = std::iter::once(&p.mempolicy).chain(p.area_policies.iter().map(|a| &a.policy));
+    if p.area_policies.len() > MAX_AREA_POLICIES
+        || p.area_policies
+            .iter()
+            .any(|a| a.start >= a.end || a.start % super::PAGE != 0)
+        || policies
+            .into_iter()
+            .any(|m| m.nodes.len() > MAX_NODE_WORDS || m.mode & !MPOL_KNOWN != 0)
+    {
+        return Err("NUMA memory policies out of range".into());
     }
     Ok(())
 }

@@ -270,6 +270,30 @@ pub struct ProcState {
     /// `ITIMER_REAL`, `ITIMER_VIRTUAL`, `ITIMER_PROF`, in that order.
     pub itimers: Vec<ITimer>,
     pub timers: Vec<PosixTimer>,
+    /// The task's NUMA memory policy (`get_mempolicy`).
+    pub mempolicy: MemPolicy,
+    /// Memory areas with a NUMA policy of their own (`mbind`; OpenBLAS sets one on its
+    /// buffers), each a whole VMA.
+    pub area_policies: Vec<AreaPolicy>,
+    /// The I/O priority (`ioprio_get(IOPRIO_WHO_PROCESS)`), class and level as one value.
+    pub ioprio: u32,
+}
+
+/// A NUMA memory policy: the mode with its flags (`MPOL_F_STATIC_NODES`,
+/// `MPOL_F_RELATIVE_NODES`, `MPOL_F_NUMA_BALANCING`) ORed in, and the nodes as 64-bit mask
+/// words (as the process gave them, for relative and static nodes).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemPolicy {
+    pub mode: u32,
+    pub nodes: Vec<u64>,
+}
+
+/// A VMA's own NUMA policy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AreaPolicy {
+    pub start: u64,
+    pub end: u64,
+    pub policy: MemPolicy,
 }
 
 /// `sched_attr` without the utilisation clamps.

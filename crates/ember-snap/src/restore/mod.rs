@@ -610,8 +610,13 @@ fn mapped_fd(img: &LoadedImage) -> i32 {
 }
 
 /// An interrupted syscall (`-ERESTART*` in rax) is restarted by hand: the kernel that
-/// interrupted it is not the one that resumes it. A restart block (nanosleep and friends)
-/// cannot come along; the call returns EINTR, which libc and CPython retry.
+/// interrupted it is not the one that resumes it. A call with a restart block (nanosleep,
+/// clock_nanosleep, poll, a futex wait with a timeout: `-ERESTART_RESTARTBLOCK`) cannot
+/// bring the block along: the original call is re-issued with its original arguments (still
+/// in the registers), so a relative sleep starts over and sleeps at least as long as asked,
+/// an absolute one ends when it would have. A task in `restart_syscall` itself (its original
+/// call unknown) is refused at dump; an image holding one anyway gets `restart_syscall`,
+/// which returns EINTR.
 pub fn restart_interrupted(r: &mut Regs) {
     if (r.orig_rax as i64) >= 0 {
         match r.rax as i64 {
@@ -619,8 +624,11 @@ pub fn restart_interrupted(r: &mut Regs) {
                 r.rax = r.orig_rax;
                 r.rip -= 2;
             }
-            -516 => {
-                r.rax = libc::SYS_restart_syscall as u64;
+            crate::state::capture::ERESTART_RESTARTBLOCK => {
+                r.rax = match r.orig_rax as i64 {
+                    libc::SYS_restart_syscall => libc::SYS_restart_syscall as u64,
+                    _ => r.orig_rax,
+                };
                 r.rip -= 2;
             }
             _ => {}
@@ -747,5 +755,14 @@ mod tests {
         assert_eq!((r.rax, r.rip), (7, 0x1002));
         let words = crate::dump::regs_to_words(&r);
         assert_eq!(words_to_regs(&words).rip, 0x1002);
+        // A sleep with a restart block: the original call again, with its arguments.
+        let mut r = words_to_regs(&[0; 27]);
+        r.orig_rax = libc::SYS_clock_nanosleep as u64;
+        r.rax = (-516i64) as u64;
+        r.rdi = 1;
+        r.rip = 0x1002;
+        restart_interrupted(&mut r);
+        let want = (libc::SYS_clock_nanosleep as u64, 0x1000, u64::MAX, 1);
+        assert_eq!((r.rax, r.rip, r.orig_rax, r.rdi), want);
     }
 }

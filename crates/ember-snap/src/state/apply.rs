@@ -2,7 +2,8 @@
 //! [`crate::state`] draws.
 
 use crate::image::ProcState;
-use crate::restorer::{Batch, Step};
+use crate::restorer::{ALLOW_ERROR, Batch, Step};
+use crate::state::capture::MAXNODE;
 use crate::sys::PR_TIMER_CREATE_RESTORE_IDS;
 
 /// Interval timers, POSIX timers (with their ids) and queued signals, queued to the process
@@ -162,6 +163,33 @@ pub fn limits_and_prctl(
             0,
         );
     }
+    // Always (the target may have inherited others): the task's NUMA policy, and the I/O
+    // priority (class NONE, the default, included: setting it needs no privilege).
+    let m = &st.mempolicy;
+    let mut nodes: Vec<u8> = m.nodes.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    nodes.resize(crate::image::format::MAX_NODE_WORDS * 8, 0);
+    let at = b.data(&nodes);
+    let args = [u64::from(m.mode), at, MAXNODE];
+    // The default policy on a kernel without NUMA (ENOSYS) is what the process had.
+    let flags = if m.mode == 0 { ALLOW_ERROR } else { 0 };
+    b.call("set_mempolicy", libc::SYS_set_mempolicy, &args, flags);
+    // Each area's own policy, on the whole VMA (no page moves: MPOL_MF_* flags 0).
+    for a in &st.area_policies {
+        let mut nodes: Vec<u8> = a
+            .policy
+            .nodes
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect();
+        nodes.resize(crate::image::format::MAX_NODE_WORDS * 8, 0);
+        let at = b.data(&nodes);
+        let mode = u64::from(a.policy.mode);
+        let args = [a.start, a.end - a.start, mode, at, MAXNODE, 0];
+        b.call(Step::Addr("mbind", a.start), libc::SYS_mbind, &args, 0);
+    }
+    let who = crate::sys::IOPRIO_WHO_PROCESS as u64;
+    let args = [who, 0, u64::from(st.ioprio)];
+    b.call("ioprio_set", libc::SYS_ioprio_set, &args, 0);
     let p = &st.prctl;
     let mut prctl = |what: &'static str, op: i32, arg: u64| {
         b.call(what, libc::SYS_prctl, &[op as u64, arg, 0, 0, 0], 0);

@@ -3,8 +3,10 @@
 //! injected syscall of its own, a ptrace round trip of 10-15 us).
 
 use super::{StateError, status_field};
-use crate::image::format::{MAX_FILTER_LEN, MAX_FILTERS, MAX_PENDING, MAX_TIMERS};
-use crate::image::{AltStack, ITimer, PAGE, PosixTimer, Prctl, ProcState, Sched, SigAction};
+use crate::image::format::{MAX_FILTER_LEN, MAX_FILTERS, MAX_NODE_WORDS, MAX_PENDING, MAX_TIMERS};
+use crate::image::{
+    AltStack, AreaPolicy, ITimer, MemPolicy, PAGE, PosixTimer, Prctl, ProcState, Sched, SigAction,
+};
 use crate::restorer::{self, ALLOW_ERROR, Batch, Step};
 use crate::sys;
 use crate::tracee::{self, Tracee};
@@ -19,9 +21,15 @@ pub struct Queried {
 }
 
 /// Reads everything of [`ProcState`] and the task's own queries; refuses what a restore
-/// could not set. `insn` is a `syscall` instruction of the process.
-pub fn capture(t: &Tracee, insn: u64) -> Result<(Queried, ProcState), StateError> {
+/// could not set. `insn` is a `syscall` instruction of the process; `areas`: (start, end)
+/// of each of its memory areas (asked for a NUMA policy of their own).
+pub fn capture(
+    t: &Tracee,
+    insn: u64,
+    areas: &[(u64, u64)],
+) -> Result<(Queried, ProcState), StateError> {
     let pid = t.pid;
+    refuse_restart_syscall(t)?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|source| {
         StateError::Read {
             pid,
@@ -32,7 +40,16 @@ pub fn capture(t: &Tracee, insn: u64) -> Result<(Queried, ProcState), StateError
     let mut st = outside(pid, &status)?;
     let timers = parse_timers(pid)?;
     let ids: Vec<i32> = timers.iter().map(|t| t.id).collect();
-    let (q, prctl, itimers, values) = query(t, insn, &ids)?;
+    let (q, prctl, itimers, values, numa) = query(t, insn, &ids, areas)?;
+    if numa.rc < 0 && numa.rc != -i64::from(libc::ENOSYS) {
+        return Err(StateError::Read {
+            pid,
+            what: "NUMA memory policy",
+            source: std::io::Error::from_raw_os_error(-numa.rc as i32),
+        });
+    }
+    st.mempolicy = numa.task;
+    st.area_policies = numa.areas;
     st.prctl = Prctl {
         no_new_privs: status_field(&status, "NoNewPrivs") == Some(1),
         ..prctl
@@ -127,6 +144,7 @@ fn outside(pid: i32, status: &str) -> Result<ProcState, StateError> {
         seccomp,
         pending_thread: pending(false)?,
         pending_process: pending(true)?,
+        ioprio: sys::ioprio_get(pid).map_err(read_err(pid, "I/O priority"))?,
         ..ProcState::default()
     })
 }
@@ -248,7 +266,55 @@ pub fn timers_from(text: &str) -> Result<Vec<PosixTimer>, String> {
     Ok(out)
 }
 
-type Answers = (Queried, Prctl, Vec<ITimer>, Vec<(u64, u64)>);
+/// `-ERESTART_RESTARTBLOCK`: the call goes on through `restart_syscall` and the task's
+/// restart block.
+pub const ERESTART_RESTARTBLOCK: i64 = -516;
+
+/// Refuses a task stopped in `restart_syscall`: a sleep (nanosleep, poll, a futex wait with a
+/// timeout) that something interrupted before the dump (a job-control stop, the cgroup
+/// freezer, a debugger) resumed through its restart block, which holds the original call's
+/// number and the time left: the block stays in this kernel task, and its registers hold the
+/// original arguments but no longer the call's number. A restore could only make the call
+/// return EINTR, which the process could not see without a signal handler. (A dump that
+/// interrupts a sleep itself leaves the process re-issuing the original call instead, see
+/// [`reissue_sleep`], so a process dumped twice is not refused.)
+fn refuse_restart_syscall(t: &Tracee) -> Result<(), StateError> {
+    let r = &t.regs;
+    if r.orig_rax == libc::SYS_restart_syscall as u64 {
+        return Err(refused(
+            t.pid,
+            "a sleep resumed through restart_syscall (nanosleep, poll or a futex wait with a timeout, interrupted before the dump by a stop, the freezer or a debugger: its original call is no longer known)",
+            "dump it again once the call has returned (a sleep interrupted by the dump itself is restored exactly)",
+        ));
+    }
+    Ok(())
+}
+
+/// What a dump leaves a task it interrupted in a sleep with a restart block
+/// (`-ERESTART_RESTARTBLOCK`, `orig_rax` the original call): the original call, re-issued
+/// with its original arguments (still in the registers) instead of `restart_syscall`, as a
+/// restore does. A relative sleep starts over (it sleeps at least as long as asked); the
+/// process never ends up in `restart_syscall`, whose original call a later dump could not
+/// know.
+pub fn reissue_sleep(r: &mut crate::sys::Regs) {
+    let nr = r.orig_rax as i64;
+    if r.rax as i64 == ERESTART_RESTARTBLOCK && nr >= 0 && nr != libc::SYS_restart_syscall {
+        r.rax = r.orig_rax;
+        r.rip -= 2;
+        r.orig_rax = u64::MAX;
+    }
+}
+
+/// NUMA policies: the task's, and every area with one of its own (start, mode).
+#[derive(Default)]
+struct Numa {
+    /// What the task's `get_mempolicy` returned (0, or -errno).
+    rc: i64,
+    task: MemPolicy,
+    areas: Vec<AreaPolicy>,
+}
+
+type Answers = (Queried, Prctl, Vec<ITimer>, Vec<(u64, u64)>, Numa);
 
 /// Where the query batch leaves each answer.
 struct Layout {
@@ -264,9 +330,18 @@ struct Layout {
     thp: usize,
     itimers: Vec<usize>,
     timers: Vec<usize>,
+    mode: usize,
+    nodes: usize,
+    /// The batch entry of the task's `get_mempolicy`.
+    mode_call: usize,
+    /// Per area: its start and end, and where its mode and nodes land.
+    area_modes: Vec<(u64, u64, usize)>,
 }
 
-fn lay_out(base: u64, ids: &[i32]) -> Layout {
+/// Node mask bits asked for and given (the kernel reads `maxnode - 1` bits).
+pub const MAXNODE: u64 = (MAX_NODE_WORDS * 64 + 1) as u64;
+
+fn lay_out(base: u64, ids: &[i32], areas: &[(u64, u64)]) -> Layout {
     let mut b = Batch::new(base);
     let prctl = |b: &mut Batch<'static>, what: &'static str, op: i32, arg: u64| {
         let i = b.len();
@@ -328,6 +403,24 @@ fn lay_out(base: u64, ids: &[i32]) -> Layout {
         let step = Step::Addr("timer_gettime", id as u64);
         b.call(step, libc::SYS_timer_gettime, &[id as u64, at], 0);
     }
+    let (mode_at, mode) = b.out(4);
+    let (nodes_at, nodes) = b.out(MAX_NODE_WORDS * 8);
+    let args = [mode_at, nodes_at, MAXNODE, 0, 0];
+    // A kernel without NUMA answers ENOSYS: the default policy, the only one there is.
+    let mode_call = b.len();
+    b.call("get_mempolicy", libc::SYS_get_mempolicy, &args, ALLOW_ERROR);
+    let mut area_modes = Vec::with_capacity(areas.len());
+    // One query per area: 1,200 of them cost ~0.55 ms in the process, where reading
+    // /proc/PID/numa_maps (which walks every page table to count pages per node) took
+    // 3.8-4 ms on a 1,250-VMA CPython process, growing with its resident memory.
+    for &(start, end) in areas {
+        // The mode, then the nodes (as `get_mempolicy` above).
+        let (at, off) = b.out(8 + MAX_NODE_WORDS * 8);
+        area_modes.push((start, end, off));
+        let args = [at, at + 8, MAXNODE, start, MPOL_F_ADDR];
+        let step = Step::Addr("get_mempolicy(MPOL_F_ADDR)", start);
+        b.call(step, libc::SYS_get_mempolicy, &args, ALLOW_ERROR);
+    }
     Layout {
         batch: b,
         brk,
@@ -341,14 +434,20 @@ fn lay_out(base: u64, ids: &[i32]) -> Layout {
         thp,
         itimers,
         timers,
+        mode,
+        nodes,
+        mode_call,
+        area_modes,
     }
 }
 
+const MPOL_F_ADDR: u64 = 1 << 1;
+
 /// Runs the query batch in a scratch area mapped for the purpose (blob code, then the
 /// batch), and unmaps it.
-fn query(t: &Tracee, insn: u64, ids: &[i32]) -> Result<Answers, StateError> {
+fn query(t: &Tracee, insn: u64, ids: &[i32], areas: &[(u64, u64)]) -> Result<Answers, StateError> {
     let pid = t.pid;
-    let need = (PAGE + lay_out(0, ids).batch.size() as u64).next_multiple_of(PAGE);
+    let need = (PAGE + lay_out(0, ids, areas).batch.size() as u64).next_multiple_of(PAGE);
     let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
     let args = [0, need, prot, flags, u64::MAX, 0];
@@ -364,7 +463,7 @@ fn query(t: &Tracee, insn: u64, ids: &[i32]) -> Result<Answers, StateError> {
     };
     let result = (|| -> Result<Answers, StateError> {
         tracee::write(pid, scratch, restorer::code()).map_err(read_err(pid, "query area"))?;
-        let l = lay_out(scratch + PAGE, ids);
+        let l = lay_out(scratch + PAGE, ids, areas);
         let (res, area) = t.run_batch(scratch, &l.batch)?;
         Ok(answers(&l, &res, &area))
     })();
@@ -435,7 +534,32 @@ fn answers(l: &Layout, res: &[i64], area: &[u8]) -> Answers {
         .iter()
         .map(|&o| (ns(word(o), word(o + 8)), ns(word(o + 16), word(o + 24))))
         .collect();
-    (q, prctl, itimers, timers)
+    let policy = |mode: usize, nodes: usize| {
+        let mut n: Vec<u64> = (0..MAX_NODE_WORDS).map(|i| word(nodes + 8 * i)).collect();
+        while n.last() == Some(&0) {
+            n.pop();
+        }
+        MemPolicy {
+            mode: int(mode),
+            nodes: n,
+        }
+    };
+    let numa = Numa {
+        rc: r(l.mode_call),
+        task: policy(l.mode, l.nodes),
+        // An area gone since the maps were read fails its query (EFAULT): nothing to keep.
+        areas: l
+            .area_modes
+            .iter()
+            .map(|&(start, end, off)| AreaPolicy {
+                start,
+                end,
+                policy: policy(off, off + 8),
+            })
+            .filter(|a| a.policy.mode != 0)
+            .collect(),
+    };
+    (q, prctl, itimers, timers, numa)
 }
 
 impl Layout {
@@ -470,6 +594,30 @@ mod tests {
     }
 
     #[test]
+    fn a_dump_leaves_a_sleep_in_its_own_call_not_in_restart_syscall() {
+        let mut r = crate::restore::words_to_regs(&[0; 27]);
+        r.orig_rax = libc::SYS_nanosleep as u64;
+        r.rax = ERESTART_RESTARTBLOCK as u64;
+        r.rip = 0x1002;
+        reissue_sleep(&mut r);
+        assert_eq!(
+            (r.rax, r.rip, r.orig_rax),
+            (libc::SYS_nanosleep as u64, 0x1000, u64::MAX)
+        );
+        // Anything else is left for the kernel: other restarts, plain returns.
+        for (orig, rax) in [
+            (0u64, -512i64),
+            (libc::SYS_restart_syscall as u64, -516),
+            (u64::MAX, -516),
+        ] {
+            let mut r = crate::restore::words_to_regs(&[0; 27]);
+            (r.orig_rax, r.rax, r.rip) = (orig, rax as u64, 0x1002);
+            reissue_sleep(&mut r);
+            assert_eq!((r.orig_rax, r.rax, r.rip), (orig, rax as u64, 0x1002));
+        }
+    }
+
+    #[test]
     fn a_full_mask_is_the_online_set() {
         assert!(same_cpus(&[3], &[3, 0, 0]));
         assert!(!same_cpus(&[1], &[3]));
@@ -477,11 +625,17 @@ mod tests {
 
     #[test]
     fn the_query_layout_finds_its_entries() {
-        let l = lay_out(0x1000, &[0, 5]);
+        let l = lay_out(0x1000, &[0, 5], &[(0x4000, 0x5000)]);
         assert_eq!(l.batch.step(l.alt_entry()), "sigaltstack");
         assert_eq!(l.batch.step(l.sigs_entry(0)), "rt_sigaction at 0x1");
         assert_eq!(l.batch.step(l.sigs_entry(63)), "rt_sigaction at 0x40");
         assert_eq!(l.batch.step(l.dumpable), "prctl(PR_GET_DUMPABLE)");
         assert_eq!(l.timers.len(), 2);
+        assert_eq!(l.batch.step(l.mode_call), "get_mempolicy");
+        assert_eq!(
+            l.batch.step(l.mode_call + 1),
+            "get_mempolicy(MPOL_F_ADDR) at 0x4000"
+        );
+        assert_eq!(l.area_modes.len(), 1);
     }
 }

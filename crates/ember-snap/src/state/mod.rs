@@ -1,17 +1,23 @@
 //! Process-wide state beyond memory, registers and descriptors: resource limits, scheduling
 //! (policy, nice value, CPU affinity), prctl values, the process's own seccomp filters,
-//! signal dispositions with their flags, queued signals, interval timers and POSIX timers.
+//! signal dispositions with their flags, queued signals, interval timers and POSIX timers,
+//! NUMA memory policies (the task's, each VMA's own) and the I/O priority. A task in
+//! `restart_syscall` is refused (see `capture::reissue_sleep` for why a dump's own
+//! interruption never leaves one there).
 //!
 //! ```text
 //! dump (capture.rs)                                 restore (apply.rs, end of batch 2)
 //!  before the seize: Seccomp mode 1 refused          ...name
 //!  from outside: /proc/PID/limits, sched_getattr,    setitimer; timers created with their
-//!    sched_getaffinity, PTRACE_SECCOMP_GET_FILTER,     ids (PR_TIMER_CREATE_RESTORE_IDS),
+//!    sched_getaffinity, ioprio_get,                    ids (PR_TIMER_CREATE_RESTORE_IDS),
+//!    PTRACE_SECCOMP_GET_FILTER,
 //!    PTRACE_PEEKSIGINFO (thread, shared),              timer_settime; queued signals
 //!    /proc/PID/timers                                  re-queued to itself
 //!  inside, one blob run: brk, TID address,           with a handoff:        without:
 //!    altstack, 64 x rt_sigaction, prctl gets,          its credentials        own filters
-//!    getitimer x3, timer_gettime per timer             limits, sched, prctl   creds.rs
+//!    getitimer x3, timer_gettime per timer,            limits, sched, prctl   creds.rs
+//!    get_mempolicy (task, then each area's)            (sched: + set_mempolicy, mbind,
+//!                                                       ioprio_set)
 //!                                                      its pdeathsig, nnp,    limits, sched,
 //!                                                        its filter             prctl
 //!                                                      own filters

@@ -5,6 +5,9 @@
  * after `#define _GNU_SOURCE` and `#include "case.h"` at its top. main() runs setup(), says "ready", then answers one command per
  * line read from fd 0 with read(2), a byte at a time (a dump finds the case blocked in read):
  *     check -> "ok" | "diff: WHY"          exit, EOF -> exit 0
+ * A case may `#define AFTER_CHECK fn` (declared before this include): main() calls fn() after
+ * each answer to check, before reading on; the runner dumps right after the answer, so a
+ * blocking call there (a sleep) is what the dump interrupts (see nanosleep.c).
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -77,6 +80,9 @@ int main(void) {
                 say("ok");
             else
                 say("diff: %s", why);
+#ifdef AFTER_CHECK
+            AFTER_CHECK(); /* a case's own step after its answer (e.g. the sleep a dump finds) */
+#endif
         } else if (strcmp(line, "exit") == 0) {
             return 0;
         } else {
