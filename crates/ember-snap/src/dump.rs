@@ -585,6 +585,7 @@ fn capture(
             cwd,
             comm,
             creds,
+            tid: status.ns_tid,
         },
         mm: MmFields {
             start_code: stat_mm.start_code,

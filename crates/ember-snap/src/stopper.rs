@@ -1,4 +1,5 @@
-//! The stopper: a 153-byte static program a restore target is made of.
+//! The stopper: a tiny static program a restore target is made of; and the init of the
+//! pid namespace a target is placed in (`restore::pidns`).
 //!
 //! Forking the agent to get a target copies the agent's page tables, and the restore then
 //! has to tear them down: with a node holding a gigabyte of images that costs milliseconds
@@ -13,7 +14,19 @@
 //! 0    ELF header (64 bytes): ELFCLASS64, little-endian, ET_EXEC, EM_X86_64, entry = BASE + 120
 //! 64   one PT_LOAD program header (56 bytes): offset 0, vaddr BASE, R+X, the whole file
 //! 120  code: getpid; kill(pid, SIGSTOP); exit(127)
+//!            (as pid 1 of its namespace, whose own signals the kernel drops: pause() in a
+//!            loop, stopped from outside by the engine)
 //! ```
+//!
+//! The init program (pid 1 of the target's namespace) places the target and lives as long
+//! as it does: it reads, on descriptor 0, the pid before the target's in decimal and writes
+//! it to `/proc/sys/kernel/ns_last_pid` (which acts on the writer's own namespace: the next
+//! process made there gets the pid after it), says so with one byte on descriptor 1, then
+//! reads the target's pid (4 bytes), takes a pidfd of it, waits for that to say the target
+//! ended, collects the target's orphans (reparented to it) until none is left, and exits: a
+//! pid namespace lives as long as its init, and its other processes are killed when the
+//! init ends. EOF, a short read or a failure ends it at once. (While the target lives,
+//! orphans that end stay zombies until it ends.)
 
 use std::ffi::CString;
 use std::io::{self, Write};
@@ -33,6 +46,8 @@ std::arch::global_asm!(
     "ember_stopper_start:",
     "    mov eax, 39",
     "    syscall",
+    "    cmp eax, 1",
+    "    je 2f",
     "    mov edi, eax",
     "    mov esi, 19",
     "    mov eax, 62",
@@ -40,8 +55,100 @@ std::arch::global_asm!(
     "    mov edi, 127",
     "    mov eax, 60",
     "    syscall",
+    "2:",
+    "    mov eax, 34",
+    "    syscall",
+    "    jmp 2b",
     ".globl ember_stopper_end",
     "ember_stopper_end:",
+    ".popsection",
+);
+
+std::arch::global_asm!(
+    ".pushsection .text.ember_pidns_init,\"ax\",@progbits",
+    ".globl ember_pidns_init_start",
+    "ember_pidns_init_start:",
+    "    sub rsp, 32",
+    // n = read(0, rsp, 16): the pid before the target's, in decimal.
+    "    xor edi, edi",
+    "    mov rsi, rsp",
+    "    mov edx, 16",
+    "    xor eax, eax",
+    "    syscall",
+    "    test rax, rax",
+    "    jle 3f",
+    "    mov r12, rax",
+    // fd = open(\"/proc/sys/kernel/ns_last_pid\", O_WRONLY): this namespace's (the writer's)
+    "    lea rdi, [rip + 4f]",
+    "    mov esi, 1",
+    "    xor edx, edx",
+    "    mov eax, 2",
+    "    syscall",
+    "    test rax, rax",
+    "    js 3f",
+    "    mov r13, rax",
+    // write(fd, rsp, n); close(fd)
+    "    mov rdi, r13",
+    "    mov rsi, rsp",
+    "    mov rdx, r12",
+    "    mov eax, 1",
+    "    syscall",
+    "    cmp rax, r12",
+    "    jne 3f",
+    "    mov rdi, r13",
+    "    mov eax, 3",
+    "    syscall",
+    // write(1, rsp, 1): done
+    "    mov edi, 1",
+    "    mov rsi, rsp",
+    "    mov edx, 1",
+    "    mov eax, 1",
+    "    syscall",
+    // read(0, rsp, 4): the target's pid, once it exists
+    "    xor edi, edi",
+    "    mov rsi, rsp",
+    "    mov edx, 4",
+    "    xor eax, eax",
+    "    syscall",
+    "    cmp rax, 4",
+    "    jne 3f",
+    // pidfd_open(pid, 0)
+    "    mov edi, dword ptr [rsp]",
+    "    xor esi, esi",
+    "    mov eax, 434",
+    "    syscall",
+    "    test rax, rax",
+    "    js 3f",
+    // struct pollfd { fd, events = POLLIN, revents = 0 } at rsp; poll until it ends.
+    "    mov dword ptr [rsp], eax",
+    "    mov dword ptr [rsp + 4], 1",
+    "2:",
+    "    mov rdi, rsp",
+    "    mov esi, 1",
+    "    mov edx, -1",
+    "    mov eax, 7",
+    "    syscall",
+    "    cmp rax, -4",
+    "    je 2b",
+    // The target has ended; its orphans are ours now: wait4(-1, 0, __WALL) until none is
+    // left (ECHILD), so that they are not killed with the namespace while they run.
+    "5:",
+    "    mov rdi, -1",
+    "    xor esi, esi",
+    "    mov edx, 0x40000000",
+    "    xor r10d, r10d",
+    "    mov eax, 61",
+    "    syscall",
+    "    cmp rax, -10",
+    "    jne 5b",
+    "3:",
+    "    xor edi, edi",
+    "    mov eax, 60",
+    "    syscall",
+    "4:",
+    "    .asciz \"/proc/sys/kernel/ns_last_pid\"",
+    ".globl ember_pidns_init_end",
+    "ember_pidns_init_end:",
     ".popsection",
 );
 
@@ -49,6 +156,8 @@ std::arch::global_asm!(
 unsafe extern "C" {
     static ember_stopper_start: u8;
     static ember_stopper_end: u8;
+    static ember_pidns_init_start: u8;
+    static ember_pidns_init_end: u8;
 }
 
 fn code() -> &'static [u8] {
@@ -59,9 +168,20 @@ fn code() -> &'static [u8] {
     unsafe { std::slice::from_raw_parts(start, end as usize - start as usize) }
 }
 
+fn init_code() -> &'static [u8] {
+    let start = &raw const ember_pidns_init_start;
+    let end = &raw const ember_pidns_init_end;
+    // SAFETY: as in `code`, for the init's two symbols.
+    unsafe { std::slice::from_raw_parts(start, end as usize - start as usize) }
+}
+
 /// The whole executable.
 pub fn elf() -> Vec<u8> {
-    let code = code();
+    elf_of(code())
+}
+
+/// An executable of `code` (entry at its first byte).
+fn elf_of(code: &[u8]) -> Vec<u8> {
     let total = (HEADERS + code.len()) as u64;
     let mut e = Vec::with_capacity(total as usize);
     e.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
@@ -89,13 +209,29 @@ pub fn elf() -> Vec<u8> {
     e
 }
 
+type Program = OnceLock<Result<(OwnedFd, CString), String>>;
+
 /// `/proc/self/fd/N` of a sealed memfd holding the stopper, made once per process.
 fn path() -> io::Result<(&'static CString, i32)> {
-    static PATH: OnceLock<Result<(OwnedFd, CString), String>> = OnceLock::new();
-    let r = PATH.get_or_init(|| {
-        let fd = sys::memfd_exec("ember-stopper").map_err(|e| e.to_string())?;
+    static PATH: Program = OnceLock::new();
+    program(&PATH, "ember-stopper", elf)
+}
+
+/// The same for the pid namespace's init.
+fn init_path() -> io::Result<(&'static CString, i32)> {
+    static PATH: Program = OnceLock::new();
+    program(&PATH, "ember-pidns-init", || elf_of(init_code()))
+}
+
+fn program(
+    cell: &'static Program,
+    name: &str,
+    make: impl FnOnce() -> Vec<u8>,
+) -> io::Result<(&'static CString, i32)> {
+    let r = cell.get_or_init(|| {
+        let fd = sys::memfd_exec(name).map_err(|e| e.to_string())?;
         std::fs::File::from(fd.try_clone().map_err(|e| e.to_string())?)
-            .write_all(&elf())
+            .write_all(&make())
             .map_err(|e| e.to_string())?;
         sys::seal(&fd).map_err(|e| e.to_string())?;
         let p =
@@ -105,7 +241,7 @@ fn path() -> io::Result<(&'static CString, i32)> {
     match r {
         Ok((fd, p)) => Ok((p, fd.as_raw_fd())),
         Err(e) => Err(io::Error::other(format!(
-            "preparing the stopper program: {e}"
+            "preparing the {name} program: {e}"
         ))),
     }
 }
@@ -115,6 +251,13 @@ fn path() -> io::Result<(&'static CString, i32)> {
 pub fn spawn(fds: &[(i32, i32)]) -> io::Result<i32> {
     let (path, fd) = path()?;
     sys::spawn(path, fd, fds)
+}
+
+/// Spawns the init program with `from` (a read end: what it is told) as its descriptor 0
+/// and `to` (a write end: its answer) as 1.
+pub fn spawn_init(from: i32, to: i32) -> io::Result<i32> {
+    let (path, fd) = init_path()?;
+    sys::spawn(path, fd, &[(0, from), (1, to)])
 }
 
 #[cfg(test)]
@@ -127,7 +270,14 @@ mod tests {
         assert!(e.len() < 200, "{} bytes", e.len());
         assert_eq!(&e[..4], b"\x7fELF");
         let code = &e[HEADERS..];
-        // getpid, kill, exit: three syscall instructions.
-        assert_eq!(code.windows(2).filter(|w| *w == [0x0f, 0x05]).count(), 3);
+        // getpid, kill, exit, and pause for a namespace's init: four syscall instructions.
+        assert_eq!(code.windows(2).filter(|w| *w == [0x0f, 0x05]).count(), 4);
+        let init = elf_of(init_code());
+        assert!(init.len() < 400, "{} bytes", init.len());
+        assert!(
+            init.windows(28)
+                .any(|w| w == b"/proc/sys/kernel/ns_last_pid"),
+            "the init names the sysctl it writes"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! Every syscall the engine makes on its own behalf, one small wrapper each. The crate's
-//! other `unsafe` blocks: the symbols of the two pieces of assembly (restorer, stopper), a
-//! `struct stat` copied out of a batch area, and the descriptor the kernel hands the page
-//! server on a fork event (and, in tests only, a mapping with a hole for `tracee::write`).
+//! other `unsafe` blocks: the symbols of the pieces of assembly (restorer, stopper, a pid
+//! namespace's init), a `struct stat` copied out of a batch area, and the descriptor the
+//! kernel hands the page server on a fork event (and, in tests only, a mapping with a hole
+//! for `tracee::write`).
 //!
 //! ptrace requests act on a tracee only from the thread that attached it: callers keep a
 //! whole dump or restore on one thread.
@@ -183,6 +184,14 @@ pub enum Wait {
         sig: i32,
         event: i32,
     },
+}
+
+/// Collects child `pid` if it has ended (`waitpid` with `WNOHANG`); false while it runs.
+pub fn reap_if_ended(pid: i32) -> bool {
+    let mut status = 0;
+    // SAFETY: `status` is a live local int.
+    let rc = unsafe { libc::waitpid(pid, &mut status, libc::__WALL | libc::WNOHANG) };
+    rc != 0
 }
 
 /// `waitpid(pid, __WALL | flags)`, retried on EINTR.
@@ -444,6 +453,26 @@ pub fn spawn(path: &std::ffi::CStr, exe_fd: RawFd, fds: &[(RawFd, RawFd)]) -> io
         return Err(io::Error::from_raw_os_error(rc));
     }
     Ok(pid)
+}
+
+/// `unshare(CLONE_NEWPID)`: this thread's next children go into a fresh pid namespace
+/// (the first one becomes its init); the thread itself stays where it is.
+pub fn unshare_pidns() -> io::Result<()> {
+    // SAFETY: an integer argument; it changes only this thread's namespace for children.
+    check(unsafe { libc::unshare(libc::CLONE_NEWPID) } as libc::c_long).map(drop)
+}
+
+/// `setns(fd, CLONE_NEWPID)`: this thread's next children go into `fd`'s pid namespace.
+pub fn setns_pid(fd: &impl std::os::fd::AsRawFd) -> io::Result<()> {
+    // SAFETY: a descriptor we hold and an integer; only this thread's namespace for
+    // children changes.
+    check(unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWPID) } as libc::c_long).map(drop)
+}
+
+/// Whether `pid` is blocked in syscall `nr` now (`/proc/PID/syscall`).
+pub fn in_syscall(pid: i32, nr: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .is_ok_and(|s| s.split_whitespace().next() == Some(nr.to_string().as_str()))
 }
 
 /// `pidfd_open(pid, 0)`.

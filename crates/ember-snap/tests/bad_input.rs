@@ -362,8 +362,11 @@ fn a_changed_file_or_another_machine_is_refused_and_nothing_is_left_behind() {
     let mut st = 0;
     // SAFETY: waiting for our own child into a local.
     unsafe { libc::waitpid(pid, &mut st, libc::WUNTRACED) };
-    let e =
-        ember_snap::restore(&img, Target::Stopped { pid }, &RestoreOptions::default()).unwrap_err();
+    let new_tid = RestoreOptions {
+        accept_new_tid: true,
+        ..RestoreOptions::default()
+    };
+    let e = ember_snap::restore(&img, Target::Stopped { pid }, &new_tid).unwrap_err();
     let e = common::chain(&e);
     assert!(e.contains("changed") || e.contains("inherited"), "{e}");
     // The engine killed it and, as its tracer (here also its parent), collected it.

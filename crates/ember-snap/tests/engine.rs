@@ -48,7 +48,7 @@ fn restored_process_answers_and_keeps_its_state() {
     assert!(f.original.ask("ping").starts_with("pong"));
     assert_eq!(f.original.ask("heap"), "heap ok");
     let mut r = common::restore(&f.image);
-    assert_eq!(r.ask("ping"), format!("pong {}", r.pid));
+    assert_eq!(r.ask("ping"), format!("pong {}", r.tid));
     assert_eq!(r.ask("relro"), "relro beta");
     assert_eq!(r.ask("file"), "file Xello hello");
     assert_eq!(r.ask("avx"), "avx ok");
@@ -130,6 +130,14 @@ fn stopped_target(at_limit: bool) -> (i32, std::fs::File, std::io::BufReader<std
     (pid, w, rd)
 }
 
+/// Options for a target whose thread id is not the image's (the fixture's is the original's).
+fn new_tid() -> ember_snap::RestoreOptions {
+    ember_snap::RestoreOptions {
+        accept_new_tid: true,
+        ..ember_snap::RestoreOptions::default()
+    }
+}
+
 /// Sends `cmd` to the restored target and returns its answer line.
 fn ask(w: &mut std::fs::File, rd: &mut std::io::BufReader<std::fs::File>, cmd: &str) -> String {
     use std::io::{BufRead, Write};
@@ -146,12 +154,7 @@ fn restores_into_a_stopped_process_the_caller_created() {
     }
     let f = fixture();
     let (pid, mut w, mut rd) = stopped_target(false);
-    let r = ember_snap::restore(
-        &f.image,
-        ember_snap::Target::Stopped { pid },
-        &ember_snap::RestoreOptions::default(),
-    )
-    .unwrap();
+    let r = ember_snap::restore(&f.image, ember_snap::Target::Stopped { pid }, &new_tid()).unwrap();
     assert_eq!(r.pid, pid);
     assert_eq!(ask(&mut w, &mut rd, "ping"), format!("pong {pid}"));
     use std::io::Write;
@@ -167,13 +170,9 @@ fn a_target_holding_a_descriptor_at_its_limit_restores_with_only_the_images() {
     let f = fixture();
     let (pid, mut w, mut rd) = stopped_target(true);
     assert_eq!(common::fds_of(pid), vec![0, 1, 2, 1023]);
-    let r = ember_snap::restore(
-        &f.image,
-        ember_snap::Target::Stopped { pid },
-        &ember_snap::RestoreOptions::default(),
-    )
-    .map_err(|e| common::chain(&e))
-    .unwrap();
+    let r = ember_snap::restore(&f.image, ember_snap::Target::Stopped { pid }, &new_tid())
+        .map_err(|e| common::chain(&e))
+        .unwrap();
     assert_eq!(r.pid, pid);
     // The image's own descriptors (stdio and its log file), and nothing of the target's.
     assert_eq!(common::fds_of(pid), vec![0, 1, 2, 3]);
@@ -182,4 +181,215 @@ fn a_target_holding_a_descriptor_at_its_limit_restores_with_only_the_images() {
     use std::io::Write;
     writeln!(w, "exit").unwrap();
     assert_eq!(common::wait_exit(pid), 0);
+}
+
+#[test]
+fn a_stopped_target_with_another_thread_id_is_refused_before_anything_changes() {
+    if !privileged("a_stopped_target_with_another_thread_id_is_refused_before_anything_changes") {
+        return;
+    }
+    let f = fixture();
+    let (pid, _w, _rd) = stopped_target(false);
+    let e = ember_snap::restore(
+        &f.image,
+        ember_snap::Target::Stopped { pid },
+        &ember_snap::RestoreOptions::default(),
+    )
+    .map(|r| r.pid)
+    .unwrap_err();
+    let e = common::chain(&e);
+    let want = f.image.meta.task.tid;
+    assert_eq!(want, f.original.pid);
+    assert!(
+        e.contains(&format!("thread id {want} in its pid namespace"))
+            && e.contains(&format!("process {pid} has {pid} in its own"))
+            && e.contains("accept_new_tid"),
+        "{e}"
+    );
+    // Not left stopped: killed and collected, as on any refusal.
+    let mut st = 0;
+    // SAFETY: reaping our own child into a local.
+    let rc = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+    assert!(
+        (rc == pid && libc::WIFSIGNALED(st)) || rc == -1,
+        "rc {rc} status {st:#x}"
+    );
+}
+
+/// The pid namespace `pid` is in.
+fn pidns_of(pid: &str) -> std::path::PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap()
+}
+
+#[test]
+fn a_forked_target_keeps_the_images_pid_in_a_namespace_that_ends_with_it() {
+    if !privileged("a_forked_target_keeps_the_images_pid_in_a_namespace_that_ends_with_it") {
+        return;
+    }
+    let f = fixture();
+    let mut r = common::restore(&f.image);
+    // Its own pid is the original's (still alive, in our namespace), ours is another.
+    assert_ne!(r.pid, f.original.pid);
+    assert_eq!(r.ask("ping"), format!("pong {}", f.original.pid));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", r.pid)).unwrap();
+    let nspid = format!("NSpid:\t{}\t{}", r.pid, f.original.pid);
+    assert!(status.contains(&nspid), "{status}");
+    // Its namespace is its own, with an init that is ours (the caller stays the parent of
+    // both) ...
+    let ns = pidns_of(&r.pid.to_string());
+    assert_ne!(ns, pidns_of("self"));
+    let init: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|p| p.parse::<i32>().is_ok_and(|p| p != r.pid))
+        .filter(|p| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok() == Some(ns.clone()))
+        .collect();
+    assert_eq!(init.len(), 1, "{init:?}");
+    let init_status = std::fs::read_to_string(format!("/proc/{}/status", init[0])).unwrap();
+    assert!(
+        init_status.contains(&format!("NSpid:\t{}\t1\n", init[0])),
+        "{init_status}"
+    );
+    assert!(
+        init_status.contains(&format!("PPid:\t{}\n", std::process::id())),
+        "{init_status}"
+    );
+    // ... and this thread's children go into our namespace again.
+    assert_eq!(
+        std::fs::read_link("/proc/thread-self/ns/pid_for_children").unwrap(),
+        pidns_of("self")
+    );
+    // The init ends once the target has ended and been collected; the next restore of this
+    // kind collects it.
+    use std::io::Write;
+    writeln!(r.writer(), "exit").unwrap();
+    assert_eq!(common::wait_exit(r.pid), 0);
+    std::mem::forget(r);
+    let state = |p: &str| {
+        std::fs::read_to_string(format!("/proc/{p}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("State:"))
+                    .map(String::from)
+            })
+    };
+    let ended = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        state(&init[0]).is_none_or(|s| s.contains("zombie"))
+    });
+    assert!(
+        ended,
+        "the init {} still runs: {:?}",
+        init[0],
+        state(&init[0])
+    );
+    let again = common::restore(&f.image);
+    let gone = !std::path::Path::new(&format!("/proc/{}", init[0])).exists();
+    drop(again);
+    let left = std::fs::read_to_string(format!("/proc/{}/status", init[0])).unwrap_or_default();
+    assert!(gone, "the init {} is still there: {left}", init[0]);
+}
+
+#[test]
+fn an_image_of_a_namespace_init_restores_as_the_init_of_a_fresh_namespace() {
+    if !privileged("an_image_of_a_namespace_init_restores_as_the_init_of_a_fresh_namespace") {
+        return;
+    }
+    let dir = tmp();
+    let data = dir.path().join("data.txt");
+    std::fs::write(&data, format!("hello mapped file{}", " ".repeat(9000))).unwrap();
+    // The testee as pid 1 of its own namespace (as the node's instances are).
+    let mut outer = Conv::spawn(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child"])
+            .arg(testee())
+            .arg(&data),
+    );
+    assert_eq!(outer.line(), "ready 1");
+    let children = format!("/proc/{}/task/{}/children", outer.pid, outer.pid);
+    let init: i32 = std::fs::read_to_string(children)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let out = dir.path().join("image");
+    let opts = DumpOptions {
+        inherited: vec![0, 1, 2],
+        ..Default::default()
+    };
+    ember_snap::dump(init, &out, &opts).unwrap();
+    let image = LoadedImage::load(&out).unwrap();
+    assert_eq!(image.meta.task.tid, 1);
+    let mut r = common::restore(&image);
+    assert_eq!(r.ask("ping"), "pong 1");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", r.pid)).unwrap();
+    assert!(
+        status.contains(&format!("NSpid:\t{}\t1\n", r.pid)),
+        "{status}"
+    );
+    assert_eq!(r.ask("relro"), "relro beta");
+    assert_eq!(outer.ask("ping"), "pong 1");
+}
+
+/// What `accept_new_tid` gives up (docs/snap.md): an error-checking mutex the process held
+/// at the dump names the old thread id as its owner, so the owner's second lock, which
+/// says EDEADLK under its own id, waits forever under the new one.
+#[test]
+fn with_a_new_thread_id_a_held_error_checking_mutex_is_no_longer_the_owners() {
+    if !privileged("with_a_new_thread_id_a_held_error_checking_mutex_is_no_longer_the_owners") {
+        return;
+    }
+    let dir = tmp();
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fidelity/mutex_errorcheck.c");
+    let bin = dir.path().join("mutex_errorcheck");
+    let built = Command::new("gcc")
+        .args(["-O1", "-pie", "-fPIE", "-pthread", "-Wall", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let mut cmd = Command::new(&bin);
+    use std::os::unix::process::CommandExt;
+    // SAFETY: close_range is async-signal-safe; it drops descriptors inherited from the
+    // test runner, which would otherwise end up in the image.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3, u32::MAX, 0);
+            Ok(())
+        });
+    }
+    let mut original = Conv::spawn(&mut cmd);
+    assert_eq!(original.line(), "ready");
+    assert_eq!(original.ask("check"), "ok");
+    let out = dir.path().join("image");
+    let opts = DumpOptions {
+        inherited: vec![0, 1, 2],
+        ..Default::default()
+    };
+    ember_snap::dump(original.pid, &out, &opts).unwrap();
+    let image = LoadedImage::load(&out).unwrap();
+    drop(original);
+    // Under its own id (Target::Fork) the check passes.
+    let mut same = common::restore(&image);
+    assert_eq!(same.ask("check"), "ok");
+    // Under another one it never answers.
+    let (pid, mut w, rd) = stopped_target(false);
+    ember_snap::restore(&image, ember_snap::Target::Stopped { pid }, &new_tid()).unwrap();
+    use std::io::{BufRead, Write};
+    writeln!(w, "check").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rd = rd;
+        let mut line = String::new();
+        let _ = rd.read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let answer = rx.recv_timeout(std::time::Duration::from_secs(2));
+    // SAFETY: plain integers; the pid is our child, reaped below.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    common::wait_signal(pid);
+    assert!(answer.is_err(), "answered {answer:?}");
 }

@@ -24,7 +24,7 @@ fn options(img: &Arc<LoadedImage>, policy: Policy) -> RestoreOptions {
 }
 
 fn check_memory(r: &mut Conv) {
-    assert_eq!(r.ask("ping"), format!("pong {}", r.pid));
+    assert_eq!(r.ask("ping"), format!("pong {}", r.tid));
     assert_eq!(r.ask("grow"), "grow True");
     assert_eq!(r.ask("free"), "free True");
     assert_eq!(r.ask("discard"), "discard True True");
@@ -59,7 +59,7 @@ fn bulk_restore_fills_everything_then_its_server_ends() {
     let dir = tmp();
     let img = memory_image(dir.path());
     let (mut r, server) = common::restore_served(&img, &options(&img, Policy::Bulk));
-    assert_eq!(r.ask("ping"), format!("pong {}", r.pid));
+    assert_eq!(r.ask("ping"), format!("pong {}", r.tid));
     // The first fault started the background fill; it ends on its own, process alive.
     for _ in 0..500 {
         if server.is_finished() {
@@ -178,7 +178,7 @@ fn a_recorded_working_set_replays_and_spares_the_faults() {
     let img = memory_image(dir.path());
     // Record: what the first request after a lazy restore touched.
     let (mut r, server) = common::restore_served(&img, &options(&img, Policy::Lazy));
-    assert_eq!(r.ask("ping"), format!("pong {}", r.pid));
+    assert_eq!(r.ask("ping"), format!("pong {}", r.tid));
     let ws = server.working_set();
     let lazy_faults = server.stats().faults;
     assert!(
@@ -199,7 +199,7 @@ fn a_recorded_working_set_replays_and_spares_the_faults() {
         ..options(&img, Policy::Prefetch)
     };
     let (mut r, server) = common::restore_served(&img, &opts);
-    assert_eq!(r.ask("ping"), format!("pong {}", r.pid));
+    assert_eq!(r.ask("ping"), format!("pong {}", r.tid));
     let replay_faults = server.stats().faults;
     assert!(
         replay_faults * 4 <= lazy_faults,
@@ -268,7 +268,7 @@ fn mapped_instances_share_unwritten_pages_with_anonymous_memory_semantics() {
         "PSS of 4 mapped instances {m} KiB, of 4 eager ones {e} KiB"
     );
     for mut c in shared {
-        assert_eq!(c.ask("ping"), format!("pong {}", c.pid));
+        assert_eq!(c.ask("ping"), format!("pong {}", c.tid));
     }
 
     // A caller-made target cannot take the memfd.
@@ -307,7 +307,7 @@ fn every_policy_from_every_source_answers_and_leaves_nothing_behind() {
     std::thread::spawn(move || ember_snap::lazy::remote::serve(listener, "t".into(), served));
     // A working set for prefetch, from one lazy restore.
     let (mut r, server) = common::restore_served(&img, &options(&img, Policy::Lazy));
-    assert_eq!(r.ask("ping"), format!("pong {}", r.pid));
+    assert_eq!(r.ask("ping"), format!("pong {}", r.tid));
     let ws = Arc::new(server.working_set());
     drop(r);
     server.wait().unwrap();

@@ -52,7 +52,7 @@ fn python_threads_fork_and_heap_work_after_restore() {
     let dir = tmp();
     let img = python_image(dir.path(), &["json"]);
     let mut r = common::restore(&img);
-    assert_eq!(r.ask("ping"), format!("pong {}", r.pid));
+    assert_eq!(r.ask("ping"), format!("pong {}", r.tid));
     assert_eq!(r.ask("json"), r#"json {"a": null, "b": [1, 2]}"#);
     assert_eq!(r.ask("thread"), "thread 45");
     assert_eq!(r.ask("fork"), "fork 7");
@@ -67,14 +67,14 @@ fn twenty_concurrent_instances_from_one_image_each_answer() {
     }
     let dir = tmp();
     let img = python_image(dir.path(), &["json"]);
-    let answers: Vec<(i32, String, String)> = std::thread::scope(|s| {
+    let answers: Vec<(i32, i32, String, String)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..20)
             .map(|_| {
                 s.spawn(|| {
                     let mut r = common::restore(&img);
                     let ping = r.ask("ping");
                     let thread = r.ask("thread");
-                    (r.pid, ping, thread)
+                    (r.pid, r.tid, ping, thread)
                 })
             })
             .collect();
@@ -84,8 +84,8 @@ fn twenty_concurrent_instances_from_one_image_each_answer() {
     pids.sort_unstable();
     pids.dedup();
     assert_eq!(pids.len(), 20);
-    for (pid, ping, thread) in answers {
-        assert_eq!(ping, format!("pong {pid}"));
+    for (_, tid, ping, thread) in answers {
+        assert_eq!(ping, format!("pong {tid}"));
         assert_eq!(thread, "thread 45");
     }
 }
@@ -110,7 +110,7 @@ fn a_stopped_process_is_dumped_left_stopped_and_its_image_restores() {
     std::thread::sleep(std::time::Duration::from_millis(50));
     assert_eq!(state(), 'T', "still stopped after the dump");
     let mut r = common::restore(&img);
-    assert_eq!(r.ask("ping"), format!("pong {}", r.pid));
+    assert_eq!(r.ask("ping"), format!("pong {}", r.tid));
     // SAFETY: plain integers; the pid is our child.
     unsafe { libc::kill(original.pid, libc::SIGCONT) };
     assert_eq!(original.ask("ping"), format!("pong {}", original.pid));

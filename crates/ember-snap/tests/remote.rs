@@ -43,7 +43,7 @@ fn a_lazy_restore_from_a_page_server_on_loopback_is_right() {
     let meta_only = LoadedImage::open(&img.dir).unwrap();
     let src = RemoteSource::connect(&addr, TOKEN, &meta_only.meta).unwrap();
     let (mut r, server) = common::restore_served(&meta_only, &lazy_from(src));
-    assert_eq!(r.ask("ping"), format!("pong {}", r.pid));
+    assert_eq!(r.ask("ping"), format!("pong {}", r.tid));
     assert_eq!(r.ask("grow"), "grow True");
     assert_eq!(r.ask("discard"), "discard True True");
     assert_eq!(r.ask("fork"), "fork 0");
@@ -179,7 +179,7 @@ fn a_hostile_page_server_gets_its_process_killed_and_named() {
         let meta_only = LoadedImage::open(&img.dir).unwrap();
         let src = RemoteSource::connect(&addr, TOKEN, &meta_only.meta).unwrap();
         let (mut r, server) = common::restore_served(&meta_only, &lazy_from(src));
-        assert_eq!(r.ask("ping"), format!("pong {}", r.pid), "{how:?}");
+        assert_eq!(r.ask("ping"), format!("pong {}", r.tid), "{how:?}");
         // From now on every reply is bad: the next fault that needs the server fails.
         bad.store(true, Ordering::SeqCst);
         writeln!(r.writer(), "grow").unwrap();

@@ -44,8 +44,9 @@ pub const PAGES_MAGIC: [u8; 8] = *b"EMBRPAGE";
 /// 3: credentials and process-wide state (`ProcState`); 4: `ParentRef` gained the parent's
 /// metadata hash and index-space size (layers); 5: VMA flags and names, shared open file
 /// descriptions (`FdKind::Dup`), files held open without a content check; 6: NUMA policies
-/// (the task's, each VMA's) and the I/O priority.
-pub const FORMAT_VERSION: u32 = 6;
+/// (the task's, each VMA's) and the I/O priority; 7: the thread's id in its pid namespace
+/// (`Task::tid`).
+pub const FORMAT_VERSION: u32 = 7;
 /// Most layers over one whole image.
 pub const MAX_DEPTH: u32 = 8;
 /// Largest metadata accepted (a 1,300-VMA scikit-learn image needs ~100 KiB).
@@ -217,6 +218,10 @@ pub fn read_meta_hashed(dir: &Path) -> Result<(Meta, [u8; 32]), ImageError> {
 
 /// Consistency rules a restore relies on.
 fn validate(m: &Meta) -> Result<(), String> {
+    // The kernel's pid_max is at most 2^22.
+    if !(1..=1 << 22).contains(&m.task.tid) {
+        return Err(format!("thread id {} is out of range", m.task.tid));
+    }
     let mut prev_end = 0;
     for (i, v) in m.vmas.iter().enumerate() {
         let aligned = v.start % PAGE == 0 && v.end % PAGE == 0;
@@ -832,14 +837,15 @@ fn flatten(meta: &Meta, own: &[u8], parent: &LoadedImage) -> Result<Flat, String
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::image::{
         AltStack, Fd, FileId, ITimer, Ident, MmFields, PageIndex, PageRun, PosixTimer, ProcState,
         Requires, Source, Task, VdsoLayout, Vma,
     };
 
-    fn sample() -> (Meta, Vec<u8>) {
+    /// A small consistent image (one file mapping, a heap of two stored pages).
+    pub(crate) fn sample() -> (Meta, Vec<u8>) {
         let meta = Meta {
             id: [7; 16],
             created: 1,
@@ -910,6 +916,7 @@ mod tests {
                 cwd: "/".into(),
                 comm: "t".into(),
                 creds: crate::creds::Creds::default(),
+                tid: 1,
             },
             mm: MmFields::default(),
             fds: vec![Fd {

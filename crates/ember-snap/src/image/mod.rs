@@ -222,6 +222,9 @@ pub struct Task {
     pub comm: String,
     /// Ids, groups, capabilities and securebits ([`crate::creds`]).
     pub creds: crate::creds::Creds,
+    /// Its thread id in its own pid namespace (the last `NSpid` of its status). A restore
+    /// gives it back: glibc's mutexes, robust futex lists and glibc's own cache hold it.
+    pub tid: i32,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -30,16 +30,17 @@ use std::time::Instant;
 use tracing::info_span;
 
 mod fill;
+mod pidns;
 mod plan;
 
 use crate::lazy::{PageServer, PageSource, Policy};
 pub use fill::FillMode;
-use plan::{Plan, find_gap};
+use plan::Plan;
 use std::sync::Arc;
 
 use crate::cpu::{self, Mismatch};
 use crate::image::files::{self, FileError, Observed};
-use crate::image::{LoadedImage, PAGE, PageRun, VdsoLayout};
+use crate::image::{LoadedImage, PageRun, VdsoLayout};
 use crate::proc::{self, MapEntry};
 use crate::restorer;
 use crate::sys::{self, Regs, Wait};
@@ -76,16 +77,28 @@ pub enum RestoreError {
     NotLoaded { image: String },
     #[error("image {image}: no free address range of {size} bytes for the restorer")]
     NoGap { image: String, size: u64 },
+    #[error(
+        "image {image} was taken from a process with thread id {want} in its pid namespace; process {pid} has {got} in its own, and a restored process keeps its thread id (glibc's mutex owners, robust futex lists): restore into a process that is {want} in its pid namespace (Target::Fork makes one), or set RestoreOptions::accept_new_tid"
+    )]
+    Tid {
+        image: String,
+        pid: i32,
+        want: i32,
+        got: i32,
+    },
 }
 
 /// The process to restore into.
 pub enum Target {
-    /// The engine forks it. `fds` are (number in the image, descriptor of ours): one for
-    /// every descriptor the image declares inherited.
+    /// The engine spawns it, at the image's thread id in a fresh pid namespace (see
+    /// `pidns`; needs CAP_SYS_ADMIN). `fds` are (number in the image, descriptor of ours):
+    /// one for every descriptor the image declares inherited. The caller is its parent.
     Fork { fds: Vec<(RawFd, RawFd)> },
     /// A process the caller created and stopped (`kill(getpid(), SIGSTOP)` or a group stop
     /// while in a syscall), single-threaded, holding every inherited descriptor at its
-    /// number. The caller stays its parent and reaps it.
+    /// number, with the image's thread id in its pid namespace (a sandbox's first process
+    /// is 1 there, as the node's images are) unless [`RestoreOptions::accept_new_tid`].
+    /// The caller stays its parent and reaps it.
     Stopped { pid: i32 },
 }
 
@@ -122,6 +135,11 @@ pub struct RestoreOptions {
     pub source: Option<Arc<dyn PageSource>>,
     /// The working set a prefetch restore installs first ([`crate::image::read_working_set`]).
     pub working_set: Option<Arc<Vec<u64>>>,
+    /// Restore a `Target::Stopped` whose thread id differs from the image's (refused
+    /// otherwise). glibc's cached thread id is rewritten, so `gettid()`, threads and fork
+    /// work; what holds the old id stays wrong: an error-checking or recursive mutex
+    /// locked before the dump cannot be unlocked (EPERM), robust futexes name a dead owner.
+    pub accept_new_tid: bool,
 }
 
 /// Below this many pages (32 MiB) one thread fills as fast as several here: measured with
@@ -139,6 +157,7 @@ impl Default for RestoreOptions {
             policy: Policy::Eager,
             source: None,
             working_set: None,
+            accept_new_tid: false,
         }
     }
 }
@@ -152,6 +171,7 @@ impl std::fmt::Debug for RestoreOptions {
             .field("handoff", &self.handoff.is_some())
             .field("policy", &self.policy)
             .field("source", &self.source.as_ref().map(|s| s.describe()))
+            .field("accept_new_tid", &self.accept_new_tid)
             .finish()
     }
 }
@@ -234,7 +254,7 @@ pub fn restore(
                     missing,
                 });
             }
-            let pid = crate::stopper::spawn(&fds).map_err(RestoreError::Fork)?;
+            let pid = pidns::spawn(&fds, img.meta.task.tid).map_err(RestoreError::Fork)?;
             match sys::wait(pid, libc::WUNTRACED) {
                 Ok(Wait::Stopped { .. }) => (pid, true),
                 other => {
@@ -365,6 +385,14 @@ fn run(
         ..RestoreStats::default()
     };
     let c = check_target(img, t)?;
+    if c.ns_tid != meta.task.tid && !opts.accept_new_tid {
+        return Err(RestoreError::Tid {
+            image,
+            pid,
+            want: meta.task.tid,
+            got: c.ns_tid,
+        });
+    }
     let mut filled = vec![false; meta.vmas.len()];
     for r in &meta.pages.runs {
         if let Some(i) = meta
@@ -393,18 +421,11 @@ fn run(
     };
     let rseq_now = sys::get_rseq(pid).ok().filter(|c| c.abi_pointer != 0);
 
-    // Lay the batches out once at address 0 to learn their size, then for real.
-    let (b1, b2) = plan.batches(&c.maps, &c.here, rseq_now, PAGE)?;
-    let need = (PAGE + b1.size().max(b2.size()) as u64).next_multiple_of(PAGE);
     let mut occupied: Vec<(u64, u64)> = c.maps.iter().map(|m| (m.start, m.end)).collect();
     occupied.extend(meta.vmas.iter().map(|v| (v.start, v.end)));
     occupied.extend(meta.requires.vdso.areas.iter().map(|(_, s, e)| (*s, *e)));
-    plan.gadget = find_gap(&occupied, need, GAP_SEARCH_FROM).ok_or(RestoreError::NoGap {
-        image: image.clone(),
-        size: need,
-    })?;
-    plan.gadget_len = need;
-    let (b1, b2) = plan.batches(&c.maps, &c.here, rseq_now, plan.gadget + PAGE)?;
+    let (b1, b2) = plan.lay_out(&c.maps, &c.here, rseq_now, &occupied)?;
+    let need = plan.gadget_len;
     stats.attach_us = t0.elapsed().as_micros() as u64;
 
     let t1 = Instant::now();
@@ -432,7 +453,9 @@ fn run(
     {
         let _s = info_span!("restore.state").entered();
         t.run_batch(plan.gadget, &b2)?;
-        if let Some(off) = meta.task.glibc_tid_offset {
+        if let Some(off) = meta.task.glibc_tid_offset
+            && c.ns_tid != meta.task.tid
+        {
             let fs_base = words_to_regs(&meta.task.regs).fs_base;
             tracee::write(pid, fs_base + u64::from(off), &c.ns_tid.to_ne_bytes())
                 .map_err(|e| target_err(pid, format!("writing glibc's thread id: {e}")))?;

@@ -73,7 +73,10 @@ pub fn testee() -> &'static Path {
 
 /// A process talked to over its stdin/stdout.
 pub struct Conv {
+    /// As we see it.
     pub pid: i32,
+    /// As it sees itself (`getpid()`): a restored process keeps the image's.
+    pub tid: i32,
     w: std::fs::File,
     r: BufReader<std::fs::File>,
     child: Option<Child>,
@@ -93,6 +96,7 @@ impl Conv {
         )));
         Conv {
             pid: child.id() as i32,
+            tid: child.id() as i32,
             w,
             r,
             child: Some(child),
@@ -197,6 +201,7 @@ fn restore_inner(
     drop((in_r, out_w));
     let conv = Conv {
         pid: r.pid,
+        tid: img.meta.task.tid,
         w: std::fs::File::from(OwnedFd::from(in_w)),
         r: BufReader::new(std::fs::File::from(OwnedFd::from(out_r))),
         child: None,

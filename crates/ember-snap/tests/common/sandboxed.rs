@@ -48,6 +48,9 @@ pub fn handoff_options(sb: &Sandbox) -> RestoreOptions {
             die_with_parent: true,
             seccomp: h.sock_filters(),
         }),
+        // The image is of a process on the host, the target pid 1 of its namespace (the
+        // node's images are of pid 1, restored into pid 1).
+        accept_new_tid: true,
         ..RestoreOptions::default()
     }
 }

@@ -66,7 +66,13 @@ static int check(char *diff, size_t cap)
             found++;
             int thread = ts[i].notify == SIGEV_THREAD_ID;
             const char *want_kind = ts[i].notify == SIGEV_NONE ? "none" : "signal";
-            long want_target = thread ? gettid() : getpid();
+            /* /proc names processes as the pid namespace it was mounted for sees them, which
+               need not be this process's own (restored in a fresh namespace under the host's
+               /proc): the target is this process, or its one thread, as /proc calls it. */
+            char self[32];
+            ssize_t k = readlink("/proc/self", self, sizeof self - 1);
+            self[k > 0 ? k : 0] = 0;
+            long want_target = atol(self);
             /* The kernel lists the process's own CPU clock as its encoded form. */
             long want_clock = ts[i].clock == CLOCK_PROCESS_CPUTIME_ID ? -6 : ts[i].clock;
             if (sig != ts[i].signo || value != (unsigned long long)ts[i].value ||
