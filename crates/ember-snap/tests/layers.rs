@@ -120,7 +120,17 @@ fn pages_not_yet_served_fail_in_proc_mem_and_fault_in_through_process_vm_readv()
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
     ember_snap::sys::read_mem(r.pid, addr, &mut buf).unwrap();
     assert_eq!(&buf[..], want);
-    assert!(server.as_ref().unwrap().stats().pages_installed > before);
+    // The copy wakes the reader before the server counts it: give the count a moment.
+    let server = server.as_ref().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while server.stats().pages_installed <= before && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(
+        server.stats().pages_installed > before,
+        "{:?}",
+        server.stats()
+    );
 }
 
 /// Right after a lazy restore (nothing touched), a layer holds nearly nothing of its own,
