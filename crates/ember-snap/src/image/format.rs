@@ -36,8 +36,13 @@ use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{FdKind, Meta, PAGE, VmaKind, vma_flags};
-use crate::sys::{self, Mapping};
+pub use super::loaded::LoadedImage;
+pub(crate) use super::validate::validate;
+pub use super::validate::{
+    MAX_AREA_POLICIES, MAX_FILTER_LEN, MAX_FILTERS, MAX_NODE_WORDS, MAX_PENDING, MAX_TIMERS,
+    MPOL_KNOWN,
+};
+use super::{Meta, PAGE};
 
 pub const META_MAGIC: [u8; 8] = *b"EMBRSNAP";
 pub const PAGES_MAGIC: [u8; 8] = *b"EMBRPAGE";
@@ -90,14 +95,14 @@ pub enum ImageError {
     Layered { path: PathBuf },
 }
 
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
+pub(super) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
     move |source| ImageError::Io {
         path: path.to_path_buf(),
         source,
     }
 }
 
-fn corrupt(path: &Path, why: impl Into<String>) -> ImageError {
+pub(super) fn corrupt(path: &Path, why: impl Into<String>) -> ImageError {
     ImageError::Corrupt {
         path: path.to_path_buf(),
         why: why.into(),
@@ -152,7 +157,12 @@ pub fn write_image(dir: &Path, meta: &mut Meta, pages: &[u8]) -> Result<(), Imag
 }
 
 /// Reads a file's header into `head` and checks its magic and format version.
-fn read_header(path: &Path, f: &File, head: &mut [u8], magic: &[u8; 8]) -> Result<(), ImageError> {
+pub(super) fn read_header(
+    path: &Path,
+    f: &File,
+    head: &mut [u8],
+    magic: &[u8; 8],
+) -> Result<(), ImageError> {
     f.read_exact_at(head, 0).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
             corrupt(path, "truncated header")
@@ -214,188 +224,6 @@ pub fn read_meta_hashed(dir: &Path) -> Result<(Meta, [u8; 32]), ImageError> {
         postcard::from_bytes(&body).map_err(|e| corrupt(&path, format!("undecodable: {e}")))?;
     validate(&meta).map_err(|why| corrupt(&path, why))?;
     Ok((meta, *blake3::hash(&body).as_bytes()))
-}
-
-/// Consistency rules a restore relies on.
-fn validate(m: &Meta) -> Result<(), String> {
-    // The kernel's pid_max is at most 2^22.
-    if !(1..=1 << 22).contains(&m.task.tid) {
-        return Err(format!("thread id {} is out of range", m.task.tid));
-    }
-    let mut prev_end = 0;
-    for (i, v) in m.vmas.iter().enumerate() {
-        let aligned = v.start % PAGE == 0 && v.end % PAGE == 0;
-        if !aligned || v.start >= v.end || v.start < prev_end || v.end > USER_END {
-            return Err(format!(
-                "VMA {i} ({:#x}-{:#x}) is out of order or range",
-                v.start, v.end
-            ));
-        }
-        prev_end = v.end;
-        if v.flags & !vma_flags::ALL != 0 {
-            return Err(format!("VMA {i} has unknown flags {:#x}", v.flags));
-        }
-        let private_anon = !v.shared && !matches!(v.kind, VmaKind::File { .. });
-        if v.flags & vma_flags::WIPEONFORK != 0 && !private_anon {
-            return Err(format!(
-                "VMA {i} wipes on fork but is not private anonymous memory"
-            ));
-        }
-        if let Some(name) = &v.name {
-            if v.kind != VmaKind::Anon || v.shared {
-                return Err(format!("VMA {i} is named but not anonymous"));
-            }
-            if !valid_anon_name(name) {
-                return Err(format!("VMA {i} has an invalid name"));
-            }
-        }
-        if let VmaKind::File { file, offset } = v.kind
-            && (file as usize >= m.files.len() || offset % PAGE != 0)
-        {
-            return Err(format!("VMA {i} names file {file} of {}", m.files.len()));
-        }
-    }
-    let chunks = m.pages.count.div_ceil(CHUNK_PAGES);
-    if m.pages.count > MAX_PAGES || m.pages.chunks.len() as u64 != chunks {
-        return Err(format!(
-            "{} pages with {} chunk hashes",
-            m.pages.count,
-            m.pages.chunks.len()
-        ));
-    }
-    // A layer's runs may point into its parent's index space, in any order.
-    let space = match &m.parent {
-        None => m.pages.count,
-        Some(p) if p.space <= MAX_PAGES * u64::from(MAX_DEPTH) => m.pages.count + p.space,
-        Some(p) => return Err(format!("the parent's index space of {} pages", p.space)),
-    };
-    let mut next_page = 0;
-    let mut prev_end = 0;
-    for r in &m.pages.runs {
-        let end = r.addr.saturating_add(u64::from(r.pages) * PAGE);
-        let inside = m
-            .vmas
-            .iter()
-            .any(|v| !v.shared && v.start <= r.addr && end <= v.end);
-        if r.pages == 0 || r.addr % PAGE != 0 || r.addr < prev_end || !inside {
-            return Err(format!(
-                "page run at {:#x} is outside the image's private memory",
-                r.addr
-            ));
-        }
-        if m.parent.is_some() {
-            if r.first.saturating_add(u64::from(r.pages)) > space {
-                return Err(format!(
-                    "page run at {:#x} names pages {}.. of an index space of {space} (own and parent's)",
-                    r.addr, r.first
-                ));
-            }
-        } else if r.first != next_page {
-            return Err(format!("page run at {:#x} is out of sequence", r.addr));
-        }
-        next_page += u64::from(r.pages);
-        prev_end = end;
-    }
-    if m.parent.is_none() && next_page != m.pages.count {
-        return Err(format!("runs cover {next_page} of {} pages", m.pages.count));
-    }
-    if m.task.regs.len() != 27 || m.task.xstate.len() > sys::XSTATE_MAX {
-        return Err("register state has the wrong size".into());
-    }
-    if m.mm.exe as usize >= m.files.len() && !m.files.is_empty() {
-        return Err("executable index out of range".into());
-    }
-    let mut prev_fd = -1;
-    for f in &m.fds {
-        if f.fd <= prev_fd || f.fd > 1 << 20 {
-            return Err(format!("descriptor number {} out of order or range", f.fd));
-        }
-        prev_fd = f.fd;
-        match f.kind {
-            FdKind::File { file, flags, .. } => {
-                if file as usize >= m.files.len() {
-                    return Err(format!("descriptor {} names file {file}", f.fd));
-                }
-                if flags & !(crate::dump::FD_FLAGS as u32) != 0 {
-                    return Err(format!("descriptor {} has unknown flags {flags:#o}", f.fd));
-                }
-            }
-            FdKind::Dup { of } => {
-                let first = m.fds.iter().find(|g| g.fd == of);
-                if of >= f.fd || !first.is_some_and(|g| matches!(g.kind, FdKind::File { .. })) {
-                    return Err(format!(
-                        "descriptor {} shares descriptor {of}, which is not an earlier reopened file",
-                        f.fd
-                    ));
-                }
-            }
-            FdKind::Inherited { .. } => {}
-        }
-    }
-    if m.mm.auxv.len() > 128 || m.task.sigactions.len() > 64 {
-        return Err("auxv or signal table too long".into());
-    }
-    crate::creds::validate(&m.task.creds)?;
-    validate_process(&m.process)
-}
-
-/// Most seccomp filters, instructions per filter, queued signals per queue and POSIX timers
-/// an image may hold (a dump refuses a process with more).
-pub const MAX_FILTERS: usize = 32;
-pub const MAX_FILTER_LEN: usize = 4096;
-pub const MAX_PENDING: usize = 64;
-pub const MAX_TIMERS: usize = 256;
-/// Areas with a NUMA policy of their own (at most one per VMA: the kernel's default
-/// `vm.max_map_count`).
-pub const MAX_AREA_POLICIES: usize = 65_530;
-/// A NUMA node mask of 1,024 nodes, in 64-bit words.
-pub const MAX_NODE_WORDS: usize = 16;
-/// Modes 0-7 (`MPOL_DEFAULT`..`MPOL_WEIGHTED_INTERLEAVE`) and the mode flags.
-pub const MPOL_KNOWN: u32 = 0x7 | (1 << 15) | (1 << 14) | (1 << 13);
-
-fn validate_process(p: &super::ProcState) -> Result<(), String> {
-    if p.rlimits.len() > 16 || p.rlimits.iter().any(|r| r.0 >= 16) {
-        return Err("resource limits out of range".into());
-    }
-    if p.affinity.as_ref().is_some_and(|a| a.len() > 16) {
-        return Err("CPU affinity mask too long".into());
-    }
-    if p.seccomp.len() > MAX_FILTERS
-        || p.seccomp
-            .iter()
-            .any(|f| f.is_empty() || f.len() > MAX_FILTER_LEN)
-    {
-        return Err("seccomp filters too many or too long".into());
-    }
-    for q in [&p.pending_thread, &p.pending_process] {
-        if q.len() > MAX_PENDING || q.iter().any(|i| i.len() != 128) {
-            return Err("queued signals too many or malformed".into());
-        }
-    }
-    if p.itimers.len() > 3 || p.timers.len() > MAX_TIMERS || p.prctl.dumpable > 1 {
-        return Err("timers or prctl values out of range".into());
-    }
-    let policies = std::iter::once(&p.mempolicy).chain(p.area_policies.iter().map(|a| &a.policy));
-    if p.area_policies.len() > MAX_AREA_POLICIES
-        || p.area_policies
-            .iter()
-            .any(|a| a.start >= a.end || a.start % super::PAGE != 0)
-        || policies
-            .into_iter()
-            .any(|m| m.nodes.len() > MAX_NODE_WORDS || m.mode & !MPOL_KNOWN != 0)
-    {
-        return Err("NUMA memory policies out of range".into());
-    }
-    Ok(())
-}
-
-/// What `PR_SET_VMA_ANON_NAME` accepts: under 80 bytes of printable ASCII but `\`, `` ` ``,
-/// `$`, `[` and `]`.
-fn valid_anon_name(name: &str) -> bool {
-    name.len() < 80
-        && name
-            .bytes()
-            .all(|c| (0x20..0x7f).contains(&c) && !b"\\`$[]".contains(&c))
 }
 
 pub const WORKING_SET_FILE: &str = "workingset";
@@ -470,28 +298,6 @@ pub fn read_working_set(dir: &Path, meta: &Meta) -> Result<Option<Vec<u64>>, Ima
     Ok(Some(pages))
 }
 
-/// An image whose pages are in memory and verified: restore many instances from it.
-///
-/// A layer is held flattened: `meta` has the runs, count and chunk hashes of a whole image
-/// over the pages its runs name (in run order), `meta.parent` still names the parent.
-pub struct LoadedImage {
-    pub dir: PathBuf,
-    pub meta: Meta,
-    pages: Mapping,
-    loaded: bool,
-    /// The pages in a sealed memfd, made on first use by a mapped restore.
-    memfd: std::sync::OnceLock<Result<std::os::fd::OwnedFd, String>>,
-    /// BLAKE3 of the image's metadata file body (what a layer over it records).
-    meta_hash: [u8; 32],
-    /// For a flattened layer: the index, in the image's own index space (own pages, then the
-    /// parent's), of each page held. `None`: a whole image, page `i` is index `i`.
-    space: Option<Vec<u64>>,
-    /// Size of the image's index space (own stored pages plus its parent's space).
-    space_len: u64,
-    /// Layers below this one (0: a whole image).
-    depth: u32,
-}
-
 /// Opens `dir`'s page file and checks its header against `meta` (magic, version, image id,
 /// size).
 pub fn open_pages(dir: &Path, meta: &Meta) -> Result<(File, PathBuf), ImageError> {
@@ -535,307 +341,6 @@ pub fn chunk_failed(i: u64) -> String {
     )
 }
 
-impl LoadedImage {
-    /// The metadata alone (checked), for a restore whose pages come from a page source.
-    /// A layer is loaded whole (its parent chain with it): its pages are served from memory.
-    pub fn open(dir: &Path) -> Result<LoadedImage, ImageError> {
-        let (meta, meta_hash) = read_meta_hashed(dir)?;
-        if meta.parent.is_some() {
-            return LoadedImage::load(dir);
-        }
-        Ok(LoadedImage {
-            dir: dir.to_path_buf(),
-            space_len: meta.pages.count,
-            meta,
-            pages: Mapping::anonymous(0).map_err(io_at(dir))?,
-            loaded: false,
-            memfd: std::sync::OnceLock::new(),
-            meta_hash,
-            space: None,
-            depth: 0,
-        })
-    }
-
-    /// Whether the pages are in memory (`load`), or only the metadata (`open`).
-    pub fn is_loaded(&self) -> bool {
-        self.loaded
-    }
-
-    /// Reads `dir`, checks every chunk hash, and keeps the pages read-only in memory. A
-    /// layer's parent is found by the path it recorded (relative to `dir` if relative) and
-    /// loaded the same way, recursively.
-    pub fn load(dir: &Path) -> Result<LoadedImage, ImageError> {
-        Self::load_at(dir, None, 0)
-    }
-
-    /// [`LoadedImage::load`] of a layer whose parent the caller already holds (it is checked
-    /// to be the layer's parent: id, metadata hash, size). For a whole image, `parent` is
-    /// ignored.
-    pub fn load_with_parent(dir: &Path, parent: &LoadedImage) -> Result<LoadedImage, ImageError> {
-        Self::load_at(dir, Some(parent), 0)
-    }
-
-    fn load_at(
-        dir: &Path,
-        given: Option<&LoadedImage>,
-        depth: u32,
-    ) -> Result<LoadedImage, ImageError> {
-        let (meta, meta_hash) = read_meta_hashed(dir)?;
-        let own = Self::read_pages(dir, &meta)?;
-        let Some(pref) = meta.parent.clone() else {
-            return Ok(LoadedImage {
-                dir: dir.to_path_buf(),
-                space_len: meta.pages.count,
-                meta,
-                pages: own,
-                loaded: true,
-                memfd: std::sync::OnceLock::new(),
-                meta_hash,
-                space: None,
-                depth: 0,
-            });
-        };
-        let perr = |why: String| ImageError::Parent {
-            path: dir.to_path_buf(),
-            parent: pref.path.clone(),
-            why,
-        };
-        if depth >= MAX_DEPTH {
-            return Err(perr(format!(
-                "more than {MAX_DEPTH} layers over one image; dump the process whole"
-            )));
-        }
-        let loaded;
-        let parent = match given {
-            Some(p) => p,
-            None => {
-                let at = dir.join(&pref.path);
-                loaded = Self::load_at(&at, None, depth + 1).map_err(|e| {
-                    perr(format!(
-                        "the parent cannot be loaded ({}); put it back there or load the layer with LoadedImage::load_with_parent",
-                        error_chain(&e)
-                    ))
-                })?;
-                &loaded
-            }
-        };
-        if parent.meta.id != pref.id {
-            return Err(perr(format!(
-                "{} is another image (id {}, the layer's parent is {})",
-                parent.dir.display(),
-                super::files::hexs(&parent.meta.id),
-                super::files::hexs(&pref.id)
-            )));
-        }
-        if parent.meta_hash != pref.meta_hash || parent.space_len != pref.space {
-            return Err(perr(format!(
-                "{} has changed since the layer was taken (its metadata differs); the layer cannot be used",
-                parent.dir.display()
-            )));
-        }
-        if parent.depth + 1 > MAX_DEPTH {
-            return Err(perr(format!(
-                "more than {MAX_DEPTH} layers over one image; dump the process whole"
-            )));
-        }
-        let path = dir.join(PAGES_FILE);
-        let flat = flatten(&meta, own.as_slice(), parent).map_err(|why| corrupt(&path, why))?;
-        let Flat {
-            meta: flat_meta,
-            mut pages,
-            space,
-        } = flat;
-        pages.seal_read_only().map_err(io_at(&path))?;
-        Ok(LoadedImage {
-            dir: dir.to_path_buf(),
-            space_len: meta.pages.count + pref.space,
-            meta: flat_meta,
-            pages,
-            loaded: true,
-            memfd: std::sync::OnceLock::new(),
-            meta_hash,
-            space: Some(space),
-            depth: parent.depth + 1,
-        })
-    }
-
-    /// The page file's stored pages, every chunk checked, sealed read-only.
-    fn read_pages(dir: &Path, meta: &Meta) -> Result<Mapping, ImageError> {
-        let (f, path) = open_pages(dir, meta)?;
-        let len = (meta.pages.count * PAGE) as usize;
-        let mut pages = Mapping::anonymous(len).map_err(io_at(&path))?;
-        f.read_exact_at(pages.as_mut_slice(), PAGE)
-            .map_err(io_at(&path))?;
-        for (i, chunk) in pages
-            .as_slice()
-            .chunks((CHUNK_PAGES * PAGE) as usize)
-            .enumerate()
-        {
-            if !chunk_ok(meta, i as u64, chunk) {
-                return Err(corrupt(&path, chunk_failed(i as u64)));
-            }
-        }
-        pages.seal_read_only().map_err(io_at(&path))?;
-        Ok(pages)
-    }
-
-    /// BLAKE3 of the image's metadata, as a layer over it records it.
-    pub fn meta_hash(&self) -> [u8; 32] {
-        self.meta_hash
-    }
-
-    /// Size of the image's page index space: its stored pages and its parent's space.
-    pub fn space_len(&self) -> u64 {
-        self.space_len
-    }
-
-    /// Layers below this image (0 for a whole image).
-    pub fn depth(&self) -> u32 {
-        self.depth
-    }
-
-    /// The index in the image's own index space of held page `i` (`page_data` order).
-    pub fn space_index(&self, i: u64) -> u64 {
-        match &self.space {
-            None => i,
-            Some(s) => s.get(i as usize).copied().unwrap_or(u64::MAX),
-        }
-    }
-
-    /// The held page at address `addr` (page-aligned), if the image has one there: its index
-    /// in `page_data` order.
-    pub fn page_at(&self, addr: u64) -> Option<u64> {
-        let runs = &self.meta.pages.runs;
-        let k = runs.partition_point(|r| r.addr + u64::from(r.pages) * PAGE <= addr);
-        let r = runs.get(k)?;
-        (r.addr <= addr).then(|| r.first + (addr - r.addr) / PAGE)
-    }
-
-    /// The stored pages, in page-file order.
-    pub fn page_data(&self) -> &[u8] {
-        self.pages.as_slice()
-    }
-
-    /// The verified pages of the VMAs a mapped restore shares ([`super::Vma::shares_pages`]) in a
-    /// memfd sealed against any change, made once: what a mapped restore maps copy-on-write
-    /// into every instance. Each page sits at the offset equal to its address, in a sparse
-    /// file as large as user space: a mapping grown in place by `mremap` then reaches a
-    /// hole of the memfd (a missing-page fault the page server answers with zeros), never
-    /// the end of the file (SIGBUS) or another area's pages.
-    pub fn memfd(&self) -> Result<std::os::fd::BorrowedFd<'_>, ImageError> {
-        use std::os::fd::AsFd;
-        let made = self.memfd.get_or_init(|| {
-            let name = format!("ember-image-{}", super::files::hexs(&self.meta.id));
-            let fd = sys::memfd_exec(&name).map_err(|e| e.to_string())?;
-            let f = File::from(fd.try_clone().map_err(|e| e.to_string())?);
-            f.set_len(USER_END).map_err(|e| e.to_string())?;
-            let data = self.page_data();
-            for r in self.meta.pages.runs.iter().filter(|r| {
-                self.meta
-                    .vmas
-                    .iter()
-                    .any(|v| v.start <= r.addr && r.addr < v.end && v.shares_pages())
-            }) {
-                let a = (r.first * PAGE) as usize;
-                let b = a + r.pages as usize * PAGE as usize;
-                let pages = data.get(a..b).ok_or("a page run outside the page file")?;
-                f.write_all_at(pages, r.addr).map_err(|e| e.to_string())?;
-            }
-            sys::seal(&fd).map_err(|e| e.to_string())?;
-            Ok(fd)
-        });
-        match made {
-            Ok(fd) => Ok(fd.as_fd()),
-            Err(e) => Err(ImageError::Io {
-                path: self.dir.join(PAGES_FILE),
-                source: io::Error::other(format!("making the memfd: {e}")),
-            }),
-        }
-    }
-}
-
-/// An error and its sources, one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-struct Flat {
-    meta: Meta,
-    pages: Mapping,
-    space: Vec<u64>,
-}
-
-/// A layer (`meta`, its own checked pages `own`) over its loaded `parent`, as a whole image:
-/// the pages its runs name, in run order. An index into the parent's space must be one of
-/// the pages the parent holds (a dump only ever refers to those).
-fn flatten(meta: &Meta, own: &[u8], parent: &LoadedImage) -> Result<Flat, String> {
-    let count = meta.pages.count;
-    let total: u64 = meta.pages.runs.iter().map(|r| u64::from(r.pages)).sum();
-    if total > MAX_PAGES {
-        return Err(format!("{total} pages named, over the {MAX_PAGES} limit"));
-    }
-    // Parent space index -> held page.
-    let by_space: Option<std::collections::HashMap<u64, u64>> = parent
-        .space
-        .as_ref()
-        .map(|s| s.iter().enumerate().map(|(i, &x)| (x, i as u64)).collect());
-    let held = |y: u64| -> Option<u64> {
-        match &by_space {
-            None => (y < parent.meta.pages.count).then_some(y),
-            Some(m) => m.get(&y).copied(),
-        }
-    };
-    let mut pages =
-        Mapping::anonymous((total * PAGE) as usize).map_err(|e| format!("allocating: {e}"))?;
-    let mut space = Vec::with_capacity(total as usize);
-    let mut runs = Vec::with_capacity(meta.pages.runs.len());
-    let out = pages.as_mut_slice();
-    let pdata = parent.page_data();
-    for r in &meta.pages.runs {
-        runs.push(super::PageRun {
-            first: space.len() as u64,
-            ..*r
-        });
-        for k in 0..u64::from(r.pages) {
-            let x = r.first + k;
-            let src = if x < count {
-                own.get((x * PAGE) as usize..((x + 1) * PAGE) as usize)
-            } else {
-                let i = held(x - count).ok_or_else(|| {
-                    format!(
-                        "page {x} (the parent's {}) is not one of the parent's pages",
-                        x - count
-                    )
-                })?;
-                pdata.get((i * PAGE) as usize..((i + 1) * PAGE) as usize)
-            };
-            let src = src.ok_or_else(|| format!("page {x} is outside the page data"))?;
-            let at = (space.len() as u64 * PAGE) as usize;
-            out[at..at + PAGE as usize].copy_from_slice(src);
-            space.push(x);
-        }
-    }
-    let mut flat = meta.clone();
-    flat.pages.runs = runs;
-    flat.pages.count = total;
-    flat.pages.chunks = out
-        .chunks((CHUNK_PAGES * PAGE) as usize)
-        .map(|c| *blake3::hash(c).as_bytes())
-        .collect();
-    Ok(Flat {
-        meta: flat,
-        pages,
-        space,
-    })
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -843,6 +348,7 @@ pub(crate) mod tests {
         AltStack, Fd, FileId, ITimer, Ident, MmFields, PageIndex, PageRun, PosixTimer, ProcState,
         Requires, Source, Task, VdsoLayout, Vma,
     };
+    use crate::image::{FdKind, VmaKind, vma_flags};
 
     /// A small consistent image (one file mapping, a heap of two stored pages).
     pub(crate) fn sample() -> (Meta, Vec<u8>) {

@@ -7,6 +7,8 @@
 pub mod describe;
 pub mod files;
 pub mod format;
+mod loaded;
+mod validate;
 
 use serde::{Deserialize, Serialize};
 
