@@ -88,7 +88,7 @@ pub enum DumpError {
     #[error("process {pid}: no syscall instruction found to run queries with")]
     NoSyscall { pid: i32 },
     #[error(
-        "process {pid}: the dump's {phase} step ran past the {limit:?} a process may be kept stopped (DumpOptions::freeze_limit); the process was let go unchanged: dump it again when it is less busy, or raise the limit"
+        "process {pid}: the dump's {phase} step ran past the {limit:?} a process may be kept stopped; the process was let go unchanged: dump it again when it is less busy, or raise the limit (`ember snap dump --freeze-limit-ms`, DumpOptions::freeze_limit)"
     )]
     FreezeLimit {
         pid: i32,
@@ -246,6 +246,9 @@ pub struct Lineage<'a> {
     /// in this process: the pages it has not installed yet are read from its page source
     /// instead of being faulted in through it, and areas the process never touched are not
     /// faulted in at all (a sparse area costs nothing; faulting costs ~11-30 us a page).
+    /// Such a dump runs on the caller's thread: the freeze limit is checked between areas,
+    /// so a page source that stalls (a remote one) keeps the process stopped as long as it
+    /// does; give a remote source its own timeouts.
     pub server: Option<&'a PageServer>,
 }
 

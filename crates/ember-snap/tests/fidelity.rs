@@ -8,6 +8,7 @@
 //! ```text
 //! /* expect: exact */   or   /* expect: refused: SUBSTRING OF THE DUMP'S ERROR */
 //! [/* skip-policy: mapped (why; docs/snap.md says why the policy cannot hold) */]
+//! [/* dump-in: NR */]  first dumped while blocked in syscall NR (a sleep), checked in the image
 //! stdout "ready"; then one line per command read from stdin with read(2):
 //!   check -> "ok" | "diff: what differs"      exit / EOF -> exit 0
 //! ```
@@ -60,6 +61,9 @@ struct Case {
     bin: PathBuf,
     expect: Expect,
     skip: Vec<Policy>,
+    /// `/* dump-in: NR */`: the case is dumped while blocked in syscall NR (a sleep), not in
+    /// its read: the runner waits until /proc says so, and checks the image was taken there.
+    dump_in: Option<u64>,
 }
 
 /// The cases under tests/fidelity, compiled (two compilers at a time).
@@ -123,13 +127,22 @@ fn parse_case(src: &Path, out: &Path) -> Result<Case, String> {
         _ => return Err(format!("{name}.c: unknown expectation {body:?}")),
     };
     let mut skip = Vec::new();
-    for l in lines.take_while(|l| l.trim_start().starts_with("/* skip-policy:")) {
-        let p = l.trim_start()["/* skip-policy:".len()..]
-            .split_whitespace()
-            .next()
-            .unwrap_or_default();
+    let mut dump_in = None;
+    for l in lines
+        .map(str::trim_start)
+        .take_while(|l| l.starts_with("/* skip-policy:") || l.starts_with("/* dump-in:"))
+    {
+        let (key, rest) = l.split_once(':').unwrap_or_default();
+        let word = rest.split_whitespace().next().unwrap_or_default();
+        if key == "/* dump-in" {
+            let nr = word
+                .parse()
+                .map_err(|e| format!("{name}.c: dump-in: {e}"))?;
+            dump_in = Some(nr);
+            continue;
+        }
         skip.push(
-            p.parse::<Policy>()
+            word.parse::<Policy>()
                 .map_err(|e| format!("{name}.c: skip-policy: {e}"))?,
         );
     }
@@ -138,6 +151,7 @@ fn parse_case(src: &Path, out: &Path) -> Result<Case, String> {
         name,
         expect,
         skip,
+        dump_in,
     })
 }
 
@@ -306,6 +320,42 @@ fn restore(
     })
 }
 
+/// For a `dump-in` case: waits until `pid` is blocked in its syscall (so the dump lands
+/// there, not after it), at most a few seconds.
+fn wait_in(case: &Case, pid: i32) -> Result<(), String> {
+    let Some(nr) = case.dump_in else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        if now.split_whitespace().next() == Some(nr.to_string().as_str()) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "BROKEN CASE: never seen in syscall {nr} (/proc says {now:?})"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// For a `dump-in` case: the image must have been taken in that syscall (its registers'
+/// orig_rax), or the case passed without testing anything.
+fn taken_in(case: &Case, img: &LoadedImage) -> Result<(), String> {
+    let Some(nr) = case.dump_in else {
+        return Ok(());
+    };
+    // orig_rax is word 15 of user_regs_struct.
+    match img.meta.task.regs.get(15) {
+        Some(&n) if n == nr => Ok(()),
+        other => Err(format!(
+            "BROKEN CASE: dumped in syscall {other:?}, not {nr} (the sleep ended first)"
+        )),
+    }
+}
+
 /// Dumps `pid` on a thread of its own, so a dump that never ends is reported, not waited
 /// for (the thread is left behind; the test fails).
 fn dump(pid: i32, out: &Path) -> Result<(), String> {
@@ -358,7 +408,7 @@ fn run_case(case: &Case, dir: &Path) -> Row {
         return row;
     }
     let image = dir.join("image");
-    let dumped = dump(original.pid, &image);
+    let dumped = wait_in(case, original.pid).and_then(|()| dump(original.pid, &image));
     match (&case.expect, dumped) {
         (Expect::Refused(why), Err(e)) if e.contains(why.as_str()) => {
             // A refusal leaves the process running as it was.
@@ -390,7 +440,7 @@ fn run_case(case: &Case, dir: &Path) -> Row {
         (Expect::Exact, Ok(())) => row.cells.push(("dump".into(), Ok("ok".into()))),
     }
     drop(original);
-    let img = match load(&image) {
+    let img = match load(&image).and_then(|i| taken_in(case, &i).map(|()| i)) {
         Ok(i) => i,
         Err(e) => {
             row.cells.push(("load".into(), Err(e)));

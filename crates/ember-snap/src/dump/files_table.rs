@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use super::DumpError;
@@ -21,6 +21,8 @@ pub(super) struct FileEntry {
     dev_ino: Option<DevIno>,
     /// Mapped (or the executable): identified by content; otherwise only reopened.
     mapped: bool,
+    /// One area that maps it: opened through `/proc/PID/map_files`, no path lookup.
+    area: Option<(u64, u64)>,
 }
 
 /// Files the image refers to, by path.
@@ -52,9 +54,17 @@ impl FileTable {
             path: path.to_string(),
             dev_ino,
             mapped,
+            area: None,
         });
         self.by_path.insert(path.to_string(), i);
         i
+    }
+
+    /// Records an area that maps file `i`.
+    pub(super) fn mapped_at(&mut self, i: u32, start: u64, end: u64) {
+        if let Some(e) = self.entries.get_mut(i as usize) {
+            e.area = e.area.or(Some((start, end)));
+        }
     }
 
     /// `stat`s each file as the process sees it (through `/proc/PID/root`), checking the
@@ -86,9 +96,21 @@ impl FileTable {
                         ));
                     }
                     true => {
-                        let f = File::open(&real).map_err(|err| refuse(err.to_string()))?;
+                        // The object the process maps, not whatever the path names now: a
+                        // tenant's path swapped for a FIFO or a device must not block or
+                        // touch anything (the process is stopped meanwhile).
+                        let f = match e.area {
+                            Some((start, end)) => File::open(format!(
+                                "/proc/{pid}/map_files/{start:x}-{end:x}"
+                            )),
+                            None => std::fs::OpenOptions::new()
+                                .read(true)
+                                .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW)
+                                .open(&real),
+                        }
+                        .map_err(|err| refuse(err.to_string()))?;
                         let fmd = f.metadata().map_err(|err| refuse(err.to_string()))?;
-                        if (fmd.dev(), fmd.ino()) != (md.dev(), md.ino()) {
+                        if !fmd.is_file() || (fmd.dev(), fmd.ino()) != (md.dev(), md.ino()) {
                             return Err(refuse("it was replaced while the dump ran".into()));
                         }
                         Some(f)

@@ -60,10 +60,14 @@ pub(super) fn classify_vmas(
                 anon_name = Some(n["[anon:".len()..n.len() - 1].to_string());
                 VmaKind::Anon
             }
-            Some(n) if n.starts_with('/') && m.inode != 0 => VmaKind::File {
-                file: files.index(n, Some((m.dev, m.inode)), true),
-                offset: m.offset,
-            },
+            Some(n) if n.starts_with('/') && m.inode != 0 => {
+                let file = files.index(n, Some((m.dev, m.inode)), true);
+                files.mapped_at(file, m.start, m.end);
+                VmaKind::File {
+                    file,
+                    offset: m.offset,
+                }
+            }
             Some(_) => return Err(refuse("a special mapping of an unsupported kind")),
         };
         if m.shared {

@@ -92,7 +92,9 @@ pub enum RestoreError {
 pub enum Target {
     /// The engine spawns it, at the image's thread id in a fresh pid namespace (see
     /// `pidns`; needs CAP_SYS_ADMIN). `fds` are (number in the image, descriptor of ours):
-    /// one for every descriptor the image declares inherited. The caller is its parent.
+    /// one for every descriptor the image declares inherited. The calling *thread* is its
+    /// parent: a death signal the image asked for (`PR_SET_PDEATHSIG`) comes when that
+    /// thread ends, so the thread should live (and wait for the process) as long as it.
     Fork { fds: Vec<(RawFd, RawFd)> },
     /// A process the caller created and stopped (`kill(getpid(), SIGSTOP)` or a group stop
     /// while in a syscall), single-threaded, holding every inherited descriptor at its

@@ -1,4 +1,5 @@
 /* expect: exact */
+/* dump-in: 230 */
 /* An absolute sleep the dump interrupts: after each check the case sleeps until 300 ms from
  * then on CLOCK_MONOTONIC (TIMER_ABSTIME); the next check says whether it returned an error
  * or woke before its deadline. */

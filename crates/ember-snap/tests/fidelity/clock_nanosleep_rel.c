@@ -1,4 +1,5 @@
 /* expect: exact */
+/* dump-in: 230 */
 /* As nanosleep.c, with glibc's nanosleep (clock_nanosleep on CLOCK_MONOTONIC, relative):
  * the sleep a dump interrupts must neither return EINTR nor end early. */
 #define _GNU_SOURCE

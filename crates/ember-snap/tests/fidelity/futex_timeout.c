@@ -1,4 +1,5 @@
 /* expect: exact */
+/* dump-in: 202 */
 /* A futex wait with a timeout the dump interrupts: after each check the case waits 300 ms on
  * a word nobody wakes (FUTEX_WAIT, relative timeout); the next check says whether the wait
  * returned anything but ETIMEDOUT, or timed out early. */

@@ -1,4 +1,5 @@
 /* expect: exact */
+/* dump-in: 35 */
 /* A sleep the dump interrupts: after answering each check the case sleeps 300 ms in
  * nanosleep (the raw syscall, which has a restart block), so the runner dumps it there; the
  * next check says whether that sleep returned EINTR or woke before 300 ms had passed. */

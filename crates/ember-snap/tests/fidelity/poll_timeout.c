@@ -1,4 +1,5 @@
 /* expect: exact */
+/* dump-in: 7 */
 /* A poll with a timeout the dump interrupts: after each check the case polls no descriptors
  * for 300 ms (the classic sleep); the next check says whether poll returned EINTR, reported
  * an event, or timed out early. */

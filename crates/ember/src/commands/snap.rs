@@ -219,6 +219,25 @@ fn restore_options(
     Ok((img, opts))
 }
 
+/// What `ember snap restore` says of one restored process.
+fn restored_line(r: &ember_snap::Restored) -> String {
+    let s = r.stats;
+    format!(
+        "restored pid {} in {:.2} ms (attach {:.2}, map {:.2}, fill {:.2}, state {:.2}, finish {:.2}; {} pages, {} VMAs, {} syscalls in {} round trips)",
+        r.pid,
+        s.total_us as f64 / 1000.0,
+        s.attach_us as f64 / 1000.0,
+        s.map_us as f64 / 1000.0,
+        s.fill_us as f64 / 1000.0,
+        s.state_us as f64 / 1000.0,
+        s.finish_us as f64 / 1000.0,
+        s.pages,
+        s.vmas,
+        s.injected,
+        s.round_trips
+    )
+}
+
 fn restore(
     dir: PathBuf,
     count: usize,
@@ -241,48 +260,42 @@ fn restore(
         fds.push((n, n));
     }
     eprintln!("loaded {} in {load_ms:.2} ms", dir.display());
+    // Each restoring thread is its process's parent: a death signal the process asked for
+    // (PR_SET_PDEATHSIG) comes when that thread ends, so the thread itself waits for it.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
     let results: Vec<_> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..count.max(1))
             .map(|_| {
                 let fds = fds.clone();
-                let (img, opts) = (&img, &opts);
-                s.spawn(move || ember_snap::restore(img, Target::Fork { fds }, opts))
+                let (img, opts, tx) = (&img, &opts, tx.clone());
+                s.spawn(move || {
+                    let r = ember_snap::restore(img, Target::Fork { fds }, opts)?;
+                    let _ = tx.send(restored_line(&r));
+                    let mut st = 0;
+                    // SAFETY: reaping our own child (this thread's) into a local.
+                    unsafe { libc::waitpid(r.pid, &mut st, 0) };
+                    Ok::<_, ember_snap::RestoreError>((r.pid, st, r.server))
+                })
             })
             .collect();
+        drop(tx);
+        for line in rx {
+            eprintln!("{line}");
+        }
         hs.into_iter().map(|h| h.join()).collect()
     });
-    let mut pids = Vec::new();
+    let mut ended = Vec::new();
     let mut first_err = None;
     for r in results {
         match r {
-            Ok(Ok(r)) => {
-                let s = r.stats;
-                eprintln!(
-                    "restored pid {} in {:.2} ms (attach {:.2}, map {:.2}, fill {:.2}, state {:.2}, finish {:.2}; {} pages, {} VMAs, {} syscalls in {} round trips)",
-                    r.pid,
-                    s.total_us as f64 / 1000.0,
-                    s.attach_us as f64 / 1000.0,
-                    s.map_us as f64 / 1000.0,
-                    s.fill_us as f64 / 1000.0,
-                    s.state_us as f64 / 1000.0,
-                    s.finish_us as f64 / 1000.0,
-                    s.pages,
-                    s.vmas,
-                    s.injected,
-                    s.round_trips
-                );
-                pids.push((r.pid, r.server));
-            }
+            Ok(Ok(done)) => ended.push(done),
             Ok(Err(e)) => first_err = first_err.or(Some(anyhow::Error::from(e))),
             Err(_) => first_err = first_err.or(Some(anyhow::anyhow!("a restore thread panicked"))),
         }
     }
     let mut failed = 0;
     let mut recorded = false;
-    for (pid, server) in pids {
-        let mut st = 0;
-        // SAFETY: reaping our own child into a local.
-        unsafe { libc::waitpid(pid, &mut st, 0) };
+    for (pid, st, server) in ended {
         if !(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0) {
             failed += 1;
             eprintln!("pid {pid} ended with status {st:#x}");
