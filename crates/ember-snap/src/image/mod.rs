@@ -383,6 +383,17 @@ pub enum FdKind {
 }
 
 impl Meta {
+    /// The area holding `addr` (areas are sorted and disjoint: checked at load).
+    pub fn vma_at(&self, addr: u64) -> Option<&Vma> {
+        let i = self.vmas.partition_point(|v| v.end <= addr);
+        self.vmas.get(i).filter(|v| v.start <= addr)
+    }
+
+    /// Whether a mapped restore maps the page run at `addr` from the image's memfd.
+    pub fn shares_run(&self, addr: u64) -> bool {
+        self.vma_at(addr).is_some_and(Vma::shares_pages)
+    }
+
     /// Total bytes of address space the image maps.
     pub fn mapped_bytes(&self) -> u64 {
         self.vmas.iter().map(Vma::len).sum()
@@ -395,5 +406,24 @@ impl Meta {
             .filter(|f| matches!(f.kind, FdKind::Inherited { .. }))
             .map(|f| f.fd)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format::tests::sample;
+
+    #[test]
+    fn the_area_at_an_address_is_found_by_binary_search() {
+        let (meta, _) = sample();
+        for v in &meta.vmas {
+            assert_eq!(meta.vma_at(v.start), Some(v));
+            assert_eq!(meta.vma_at(v.end - 1), Some(v));
+        }
+        assert_eq!(meta.vma_at(0), None);
+        assert_eq!(meta.vma_at(u64::MAX), None);
+        let heap = meta.vmas.iter().find(|v| v.kind == super::VmaKind::Heap);
+        let heap = heap.expect("the sample has a heap");
+        assert!(meta.shares_run(heap.start));
     }
 }

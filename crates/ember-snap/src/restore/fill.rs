@@ -298,6 +298,24 @@ pub(super) fn lazy(
     if let Some(ws) = working_set {
         prefetch(&uffd, &mut pending, runs, ws, source.as_ref())?;
     }
+    serve(pid, pidfd, uffd, img, pending, source, bulk, false)
+}
+
+/// Starts the page server of restored process `pid` (its pidfd and userfaultfd taken).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call per policy, each naming every part of the server"
+)]
+fn serve(
+    pid: i32,
+    pidfd: OwnedFd,
+    uffd: OwnedFd,
+    img: &LoadedImage,
+    pending: Pending,
+    source: Arc<dyn PageSource>,
+    bulk: bool,
+    mapped: bool,
+) -> io::Result<PageServer> {
     lazy::spawn(ServerConfig {
         uffd,
         victim: Arc::new(Victim {
@@ -309,7 +327,7 @@ pub(super) fn lazy(
         pid: Some((pid, pidfd)),
         pending,
         bulk,
-        mapped: false,
+        mapped,
         source,
         image: img.dir.display().to_string(),
         counters: Arc::new(Counters::default()),
@@ -337,11 +355,7 @@ pub(super) fn mapped(pid: i32, img: &LoadedImage, uffd_fd: i32) -> io::Result<Pa
         .pages
         .runs
         .iter()
-        .filter(|r| {
-            m.vmas
-                .iter()
-                .any(|v| v.start <= r.addr && r.addr < v.end && v.shares_pages())
-        })
+        .filter(|r| m.shares_run(r.addr))
         .copied()
         .collect();
     let pidfd = sys::pidfd_open(pid)?;
@@ -359,22 +373,17 @@ pub(super) fn mapped(pid: i32, img: &LoadedImage, uffd_fd: i32) -> io::Result<Pa
     for &(s, e) in &ranges {
         sys::uffd_register_shmem(&uffd, s, e - s)?;
     }
-    lazy::spawn(ServerConfig {
+    let pending = Pending::from_runs(&shared);
+    serve(
+        pid,
+        pidfd,
         uffd,
-        victim: Arc::new(Victim {
-            pidfd: pidfd.try_clone()?,
-            pid,
-            same_pidns: std::fs::read_link("/proc/self/ns/pid").ok()
-                == std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok(),
-        }),
-        pid: Some((pid, pidfd)),
-        pending: Pending::from_runs(&shared),
-        bulk: false,
-        mapped: true,
-        source: Arc::new(NoPages),
-        image: img.dir.display().to_string(),
-        counters: Arc::new(Counters::default()),
-    })
+        img,
+        pending,
+        Arc::new(NoPages),
+        false,
+        true,
+    )
 }
 
 /// A mapped restore's server never fetches a page: the memfd holds them all.

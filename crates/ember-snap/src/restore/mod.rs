@@ -498,7 +498,7 @@ fn fill_pages(
                 .pages
                 .runs
                 .iter()
-                .filter(|r| opts.policy != Policy::Mapped || !in_mapped_vma(meta, r))
+                .filter(|r| opts.policy != Policy::Mapped || !meta.shares_run(r.addr))
                 .copied()
                 .collect();
             let count = runs.iter().map(|r| u64::from(r.pages)).sum();
@@ -584,13 +584,6 @@ fn check_options(img: &LoadedImage, opts: &RestoreOptions) -> Result<(), Restore
         _ => return Ok(()),
     };
     Err(RestoreError::Options { image, why })
-}
-
-fn in_mapped_vma(meta: &crate::image::Meta, r: &PageRun) -> bool {
-    meta.vmas
-        .iter()
-        .find(|v| v.start <= r.addr && r.addr < v.end)
-        .is_some_and(crate::image::Vma::shares_pages)
 }
 
 /// First of the numbers batch 1 parks descriptors at. Batch 1 first closes every
