@@ -90,7 +90,7 @@ pub enum ImageError {
         why: String,
     },
     #[error(
-        "image {path} is a layer: its pages are served from memory (LoadedImage::load), not from its page file"
+        "image {path} is a layer: its pages are served from memory, not from its page file; restore it with `--source memory` (LoadedImage::load)"
     )]
     Layered { path: PathBuf },
 }
@@ -156,6 +156,24 @@ pub fn write_image(dir: &Path, meta: &mut Meta, pages: &[u8]) -> Result<(), Imag
     Ok(())
 }
 
+/// Opens an image file for reading without blocking on a FIFO or device put in its place
+/// (`O_NONBLOCK`), and refuses anything but a regular file.
+pub(super) fn open_regular(path: &Path) -> Result<File, ImageError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io_at(path))?;
+    if !f.metadata().map_err(io_at(path))?.is_file() {
+        return Err(ImageError::Foreign {
+            path: path.to_path_buf(),
+            why: "not a regular file".into(),
+        });
+    }
+    Ok(f)
+}
+
 /// Reads a file's header into `head` and checks its magic and format version.
 pub(super) fn read_header(
     path: &Path,
@@ -194,7 +212,7 @@ pub fn read_meta(dir: &Path) -> Result<Meta, ImageError> {
 /// [`read_meta`], with the BLAKE3 of the metadata (what a layer names its parent by).
 pub fn read_meta_hashed(dir: &Path) -> Result<(Meta, [u8; 32]), ImageError> {
     let path = dir.join(META_FILE);
-    let mut f = File::open(&path).map_err(io_at(&path))?;
+    let mut f = open_regular(&path)?;
     let mut head = [0u8; META_HEADER];
     read_header(&path, &f, &mut head, &META_MAGIC)?;
     f.seek(io::SeekFrom::Start(META_HEADER as u64))
@@ -259,11 +277,18 @@ pub fn write_working_set(dir: &Path, meta: &Meta, pages: &[u64]) -> Result<(), I
 /// index inside the image).
 pub fn read_working_set(dir: &Path, meta: &Meta) -> Result<Option<Vec<u64>>, ImageError> {
     let path = dir.join(WORKING_SET_FILE);
-    let raw = match std::fs::read(&path) {
-        Ok(r) => r,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_at(&path)(e)),
+    let f = match open_regular(&path) {
+        Ok(f) => f,
+        Err(ImageError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
     };
+    // At most the header and a u64 for each of the image's pages.
+    let mut raw = Vec::new();
+    f.take(48 + 8 * meta.pages.count + 1)
+        .read_to_end(&mut raw)
+        .map_err(io_at(&path))?;
     if raw.len() < 48 || raw[..8] != WORKING_SET_MAGIC {
         return Err(ImageError::Foreign {
             path,
@@ -302,7 +327,7 @@ pub fn read_working_set(dir: &Path, meta: &Meta) -> Result<Option<Vec<u64>>, Ima
 /// size).
 pub fn open_pages(dir: &Path, meta: &Meta) -> Result<(File, PathBuf), ImageError> {
     let path = dir.join(PAGES_FILE);
-    let f = File::open(&path).map_err(io_at(&path))?;
+    let f = open_regular(&path)?;
     let mut head = [0u8; 40];
     read_header(&path, &f, &mut head, &PAGES_MAGIC)?;
     if head[16..32] != meta.id {
@@ -614,7 +639,11 @@ pub(crate) mod tests {
         assert_eq!(again.page_data(), img.page_data());
         // Not from its page file: it holds only the layer's own page.
         let e = crate::lazy::FileSource::open(&l, &img.meta).err().unwrap();
-        assert!(e.to_string().contains("is a layer"), "{e}");
+        let e = e.to_string();
+        assert!(
+            e.contains("is a layer") && e.contains("--source memory"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -729,5 +758,242 @@ pub(crate) mod tests {
             let e = read_meta(d.path()).unwrap_err().to_string();
             assert!(e.contains("is corrupted") && e.contains(what), "{e}");
         }
+    }
+
+    /// Runs `f` on its own thread: its answer, or a failure if it takes over 30 s (a hostile
+    /// image must not hang the loader).
+    fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{what} did not answer in 30 s ({e})"))
+    }
+
+    /// 2^20 descriptors, the upper half sharing the last reopened file: checked by binary
+    /// search, not a scan of the list per descriptor (2.7e11 comparisons, hours).
+    #[test]
+    fn a_million_shared_descriptors_are_checked_quickly() {
+        let (mut m, _) = sample();
+        m.pages.chunks = vec![[0; 32]];
+        let n = 1 << 20;
+        m.fds = (0..=n)
+            .map(|fd| Fd {
+                fd,
+                cloexec: false,
+                kind: if fd < n / 2 {
+                    FdKind::File {
+                        file: 0,
+                        pos: 0,
+                        flags: 0,
+                    }
+                } else {
+                    FdKind::Dup { of: n / 2 - 1 }
+                },
+            })
+            .collect();
+        within("validate", move || validate(&m)).unwrap();
+    }
+
+    /// 2^20 one-page areas and a page run in each of the upper half: each run's area found
+    /// by binary search, not a scan of the areas per run.
+    #[test]
+    fn a_million_page_runs_are_checked_quickly() {
+        let (mut m, _) = sample();
+        let n: u64 = 1 << 20;
+        let base = 0x1000_0000;
+        m.vmas.truncate(1);
+        m.vmas.extend((0..n).map(|i| Vma {
+            start: base + i * PAGE,
+            end: base + (i + 1) * PAGE,
+            prot: 3,
+            shared: false,
+            kind: VmaKind::Anon,
+            flags: 0,
+            name: None,
+        }));
+        m.pages.runs = (0..n / 2)
+            .map(|i| PageRun {
+                addr: base + (n / 2 + i) * PAGE,
+                pages: 1,
+                first: i,
+            })
+            .collect();
+        m.pages.count = n / 2;
+        m.pages.chunks = vec![[0; 32]; (n / 2).div_ceil(CHUNK_PAGES) as usize];
+        within("validate", move || validate(&m)).unwrap();
+    }
+
+    /// A layer whose runs name one page (the parent's, or its own) at two addresses is
+    /// refused: a few bytes of runs cannot make the loader copy gigabytes.
+    #[test]
+    fn a_layer_naming_a_page_twice_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, l, mut lm) = layered(d.path());
+        let parent = LoadedImage::load(&p).unwrap();
+        for first in [2, 0] {
+            for r in &mut lm.pages.runs {
+                r.first = first;
+            }
+            write_image(&l, &mut lm, &vec![0x33u8; PAGE as usize]).unwrap();
+            let e = LoadedImage::load_with_parent(&l, &parent).err().unwrap();
+            let e = e.to_string();
+            assert!(
+                e.contains(&format!("page {first} is named by two runs")),
+                "{e}"
+            );
+        }
+    }
+
+    /// A NUMA policy area must be page-aligned, in order and whole inside one of the image's
+    /// areas: `mbind` never reaches the restorer's memory or the vDSO.
+    #[test]
+    fn numa_policy_areas_outside_the_image_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let area = |start: u64, end: u64| crate::image::AreaPolicy {
+            start,
+            end,
+            policy: crate::image::MemPolicy {
+                mode: 1,
+                nodes: vec![1],
+            },
+        };
+        let heap = area(0x50_0000, 0x50_2000);
+        let cases = [
+            vec![area(0x50_0000, 0x50_1800)],
+            vec![area(0x7000_0000, 0x7000_1000)],
+            vec![area(0x40_0000, 0x50_1000)],
+            vec![area(0x50_1000, 0x50_2000), area(0x50_0000, 0x50_1000)],
+            vec![heap.clone(), heap.clone()],
+            vec![area(USER_END - PAGE, USER_END + PAGE)],
+        ];
+        for areas in cases {
+            let (mut m, pages) = sample();
+            m.process.area_policies = areas.clone();
+            write_image(d.path(), &mut m, &pages).unwrap();
+            let e = read_meta(d.path()).unwrap_err().to_string();
+            assert!(e.contains("NUMA policy area"), "{areas:?}: {e}");
+        }
+        let (mut m, pages) = sample();
+        m.process.area_policies = vec![area(0x40_0000, 0x40_1000), heap];
+        write_image(d.path(), &mut m, &pages).unwrap();
+        assert_eq!(read_meta(d.path()).unwrap(), m);
+    }
+
+    /// A layer's parent path is a plain one: no `.` or `..` anywhere.
+    #[test]
+    fn a_parent_path_with_dots_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, l, mut lm) = layered(d.path());
+        for bad in ["../p", "x/../../p", "/a/../p", "./p", ""] {
+            lm.parent.as_mut().unwrap().path = bad.into();
+            write_image(&l, &mut lm, &vec![0x33u8; PAGE as usize]).unwrap();
+            let e = LoadedImage::load(&l).err().unwrap().to_string();
+            assert!(e.contains(&format!("parent path {bad:?}")), "{e}");
+        }
+        // Relative to the layer's directory, below it.
+        std::fs::rename(&p, l.join("p")).unwrap();
+        lm.parent.as_mut().unwrap().path = "p".into();
+        write_image(&l, &mut lm, &vec![0x33u8; PAGE as usize]).unwrap();
+        assert_eq!(LoadedImage::load(&l).unwrap().depth(), 1);
+    }
+
+    /// A FIFO or a device in place of `meta`, `pages` or `workingset` (of an image or of a
+    /// layer's parent) is refused by name; opening it does not block.
+    #[test]
+    fn a_fifo_or_device_in_place_of_an_image_file_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, l, _) = layered(d.path());
+        let (m, _) = read_meta_hashed(&p).unwrap();
+        for name in [META_FILE, PAGES_FILE, WORKING_SET_FILE] {
+            for device in [true, false] {
+                let at = p.join(name);
+                let _ = std::fs::remove_file(&at);
+                if device {
+                    std::os::unix::fs::symlink("/dev/zero", &at).unwrap();
+                } else {
+                    let made = std::process::Command::new("mkfifo").arg(&at).status();
+                    assert!(made.unwrap().success());
+                }
+                let (pd, ld, m2) = (p.clone(), l.clone(), m.clone());
+                let errors = within("loading", move || {
+                    [
+                        read_working_set(&pd, &m2).err(),
+                        LoadedImage::load(&pd).err(),
+                        LoadedImage::load(&ld).err(),
+                    ]
+                    .map(|e| e.map(|e| error_chain(&e)))
+                });
+                let wanted = format!("{} is not an Ember image: not a regular file", at.display());
+                let refused = match name {
+                    WORKING_SET_FILE => &errors[..1],
+                    _ => &errors[1..],
+                };
+                for e in refused {
+                    let e = e.as_deref().unwrap_or("accepted");
+                    assert!(e.contains(&wanted), "{name}: {e}");
+                }
+            }
+            // Put the real file back.
+            let (mut pm, _) = sample();
+            let mut pdata = vec![0x11u8; PAGE as usize];
+            pdata.extend(vec![0x22u8; PAGE as usize]);
+            std::fs::remove_file(p.join(name)).unwrap();
+            write_image(&p, &mut pm, &pdata).unwrap();
+        }
+    }
+
+    /// An error and its sources, one line (as the CLI prints it).
+    fn error_chain(e: &dyn std::error::Error) -> String {
+        let mut s = e.to_string();
+        let mut cur = e.source();
+        while let Some(c) = cur {
+            s = format!("{s}: {c}");
+            cur = c.source();
+        }
+        s
+    }
+
+    /// POSIX timers only on realtime, monotonic, boottime and the process's own CPU clocks:
+    /// not an `_ALARM` clock (a timer is made as root, before a handoff drops it), not
+    /// another process's CPU time.
+    #[test]
+    fn timers_on_other_clocks_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let thread_sched = -2;
+        for (clock, ok) in [
+            (libc::CLOCK_REALTIME, true),
+            (libc::CLOCK_MONOTONIC, true),
+            (libc::CLOCK_BOOTTIME, true),
+            (-6, true),
+            (thread_sched, true),
+            (libc::CLOCK_REALTIME_ALARM, false),
+            (libc::CLOCK_BOOTTIME_ALARM, false),
+            (libc::CLOCK_TAI, false),
+            (-5, false),
+            (!1 << 3 | 2, false),
+            (i32::MAX, false),
+        ] {
+            let (mut m, pages) = sample();
+            m.process.timers[0].clock = clock;
+            write_image(d.path(), &mut m, &pages).unwrap();
+            match read_meta(d.path()) {
+                Ok(_) => assert!(ok, "clock {clock} accepted"),
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(!ok && e.contains(&format!("uses clock {clock}")), "{e}");
+                }
+            }
+        }
+    }
+
+    /// A layer whose parent is gone says where to put it back.
+    #[test]
+    fn a_missing_parent_is_named_with_where_to_put_it() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, l, _) = layered(d.path());
+        std::fs::remove_dir_all(&p).unwrap();
+        let e = LoadedImage::load(&l).err().unwrap().to_string();
+        let want = format!("put the parent image back at {}", p.display());
+        assert!(e.contains(&want), "{e}");
     }
 }

@@ -109,8 +109,9 @@ impl LoadedImage {
                 let at = dir.join(&pref.path);
                 loaded = Self::load_at(&at, None, depth + 1).map_err(|e| {
                     perr(format!(
-                        "the parent cannot be loaded ({}); put it back there or load the layer with LoadedImage::load_with_parent",
-                        error_chain(&e)
+                        "the parent cannot be loaded ({}); put the parent image back at {} (or load the layer with LoadedImage::load_with_parent)",
+                        error_chain(&e),
+                        at.display()
                     ))
                 })?;
                 &loaded
@@ -277,6 +278,22 @@ fn flatten(meta: &Meta, own: &[u8], parent: &LoadedImage) -> Result<Flat, String
     let total: u64 = meta.pages.runs.iter().map(|r| u64::from(r.pages)).sum();
     if total > MAX_PAGES {
         return Err(format!("{total} pages named, over the {MAX_PAGES} limit"));
+    }
+    // Each index of the layer's space (own pages, then the parent's) named once at most (a
+    // dump names each once): the pages held are at most its own and its parent's, never a
+    // few runs' worth of metadata copied to gigabytes.
+    let mut named = vec![0u64; (count + parent.space_len).div_ceil(64) as usize];
+    for r in &meta.pages.runs {
+        for x in r.first..r.first.saturating_add(u64::from(r.pages)) {
+            let (word, bit) = ((x / 64) as usize, 1 << (x % 64));
+            let w = named
+                .get_mut(word)
+                .ok_or_else(|| format!("page {x} is outside the index space"))?;
+            if *w & bit != 0 {
+                return Err(format!("page {x} is named by two runs"));
+            }
+            *w |= bit;
+        }
     }
     // Parent space index -> held page.
     let by_space: Option<std::collections::HashMap<u64, u64>> = parent

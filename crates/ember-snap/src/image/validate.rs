@@ -56,17 +56,19 @@ pub(crate) fn validate(m: &Meta) -> Result<(), String> {
     // A layer's runs may point into its parent's index space, in any order.
     let space = match &m.parent {
         None => m.pages.count,
-        Some(p) if p.space <= MAX_PAGES * u64::from(MAX_DEPTH) => m.pages.count + p.space,
+        Some(p) if p.space <= MAX_PAGES * u64::from(MAX_DEPTH) => {
+            parent_path(&p.path)?;
+            m.pages.count + p.space
+        }
         Some(p) => return Err(format!("the parent's index space of {} pages", p.space)),
     };
     let mut next_page = 0;
     let mut prev_end = 0;
     for r in &m.pages.runs {
         let end = r.addr.saturating_add(u64::from(r.pages) * PAGE);
-        let inside = m
-            .vmas
-            .iter()
-            .any(|v| !v.shared && v.start <= r.addr && end <= v.end);
+        // The VMAs are sorted and apart (checked above): only the last one starting at or
+        // below the run can hold it.
+        let inside = area_at(&m.vmas, r.addr).is_some_and(|v| !v.shared && end <= v.end);
         if r.pages == 0 || r.addr % PAGE != 0 || r.addr < prev_end || !inside {
             return Err(format!(
                 "page run at {:#x} is outside the image's private memory",
@@ -101,6 +103,8 @@ pub(crate) fn validate(m: &Meta) -> Result<(), String> {
             return Err(format!("descriptor number {} out of order or range", f.fd));
         }
         prev_fd = f.fd;
+    }
+    for f in &m.fds {
         match f.kind {
             FdKind::File { file, flags, .. } => {
                 if file as usize >= m.files.len() {
@@ -111,7 +115,12 @@ pub(crate) fn validate(m: &Meta) -> Result<(), String> {
                 }
             }
             FdKind::Dup { of } => {
-                let first = m.fds.iter().find(|g| g.fd == of);
+                // Sorted by number, no repeats (checked above).
+                let first = m
+                    .fds
+                    .binary_search_by_key(&of, |g| g.fd)
+                    .ok()
+                    .and_then(|i| m.fds.get(i));
                 if of >= f.fd || !first.is_some_and(|g| matches!(g.kind, FdKind::File { .. })) {
                     return Err(format!(
                         "descriptor {} shares descriptor {of}, which is not an earlier reopened file",
@@ -126,7 +135,29 @@ pub(crate) fn validate(m: &Meta) -> Result<(), String> {
         return Err("auxv or signal table too long".into());
     }
     crate::creds::validate(&m.task.creds)?;
-    validate_process(&m.process)
+    validate_process(&m.process, &m.vmas)
+}
+
+/// The VMA `addr` may lie in: the last one starting at or below it (`vmas` sorted and apart).
+fn area_at(vmas: &[super::Vma], addr: u64) -> Option<&super::Vma> {
+    let k = vmas.partition_point(|v| v.start <= addr);
+    k.checked_sub(1).and_then(|k| vmas.get(k))
+}
+
+/// A layer's parent path: a relative one (from the layer's directory) without `..`, or an
+/// absolute one in normal form (what a dump records: the parent's canonical directory).
+fn parent_path(path: &str) -> Result<(), String> {
+    use std::path::Component;
+    let normal = std::path::Path::new(path)
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::RootDir));
+    let dotted = path.split('/').any(|c| c == "." || c == "..");
+    if path.is_empty() || path.contains('\0') || !normal || dotted {
+        return Err(format!(
+            "the parent path {path:?} has `.` or `..` in it or is empty: a layer names its parent by a plain path"
+        ));
+    }
+    Ok(())
 }
 
 /// Most seccomp filters, instructions per filter, queued signals per queue and POSIX timers
@@ -143,7 +174,25 @@ pub const MAX_NODE_WORDS: usize = 16;
 /// Modes 0-7 (`MPOL_DEFAULT`..`MPOL_WEIGHTED_INTERLEAVE`) and the mode flags.
 pub const MPOL_KNOWN: u32 = 0x7 | (1 << 15) | (1 << 14) | (1 << 13);
 
-fn validate_process(p: &super::ProcState) -> Result<(), String> {
+/// The clocks a POSIX timer of an image may use: `CLOCK_REALTIME`, `CLOCK_MONOTONIC`,
+/// `CLOCK_BOOTTIME` and the process's own CPU-time clocks (not the `_ALARM` clocks, which
+/// need `CAP_WAKE_ALARM`: the timers are made before a handoff drops root).
+fn timer_clock_ok(clock: i32) -> bool {
+    match clock {
+        libc::CLOCK_REALTIME
+        | libc::CLOCK_MONOTONIC
+        | libc::CLOCK_BOOTTIME
+        | libc::CLOCK_PROCESS_CPUTIME_ID
+        | libc::CLOCK_THREAD_CPUTIME_ID => true,
+        // As the dump records one (`/proc/PID/timers`): `!pid << 3 | kind`, pid 0 (the
+        // process itself or its thread), kind 0-2 (prof, virt, sched) with bit 2 for a
+        // thread's clock.
+        -8..=-1 => clock & 3 != 3,
+        _ => false,
+    }
+}
+
+fn validate_process(p: &super::ProcState, vmas: &[super::Vma]) -> Result<(), String> {
     if p.rlimits.len() > 16 || p.rlimits.iter().any(|r| r.0 >= 16) {
         return Err("resource limits out of range".into());
     }
@@ -165,11 +214,28 @@ fn validate_process(p: &super::ProcState) -> Result<(), String> {
     if p.itimers.len() > 3 || p.timers.len() > MAX_TIMERS || p.prctl.dumpable > 1 {
         return Err("timers or prctl values out of range".into());
     }
+    if let Some(t) = p.timers.iter().find(|t| !timer_clock_ok(t.clock)) {
+        return Err(format!(
+            "POSIX timer {} uses clock {}, not realtime, monotonic, boottime or the process's own CPU time",
+            t.id, t.clock
+        ));
+    }
+    // Each area whole inside one of the image's VMAs, in order: `mbind` never reaches the
+    // restorer's own memory or the vDSO.
+    let mut prev_end = 0;
+    for (i, a) in p.area_policies.iter().enumerate() {
+        let aligned = a.start % PAGE == 0 && a.end % PAGE == 0;
+        let inside = area_at(vmas, a.start).is_some_and(|v| a.end <= v.end);
+        if !aligned || a.start >= a.end || a.start < prev_end || a.end > USER_END || !inside {
+            return Err(format!(
+                "NUMA policy area {i} ({:#x}-{:#x}) is unaligned, out of order or outside the image's memory",
+                a.start, a.end
+            ));
+        }
+        prev_end = a.end;
+    }
     let policies = std::iter::once(&p.mempolicy).chain(p.area_policies.iter().map(|a| &a.policy));
     if p.area_policies.len() > MAX_AREA_POLICIES
-        || p.area_policies
-            .iter()
-            .any(|a| a.start >= a.end || a.start % super::PAGE != 0)
         || policies
             .into_iter()
             .any(|m| m.nodes.len() > MAX_NODE_WORDS || m.mode & !MPOL_KNOWN != 0)
