@@ -10,8 +10,9 @@
 //!  before the seize: Seccomp mode 1 refused          ...name
 //!  from outside: /proc/PID/limits, sched_getattr,    setitimer; timers created with their
 //!    sched_getaffinity, ioprio_get,                    ids (PR_TIMER_CREATE_RESTORE_IDS),
-//!    PTRACE_SECCOMP_GET_FILTER,                        timer_settime; queued signals
-//!    PTRACE_PEEKSIGINFO (thread, shared),              re-queued to itself
+//!    PTRACE_SECCOMP_GET_FILTER (+ _METADATA;           timer_settime; queued signals
+//!      USER_NOTIF, RET A and LOG refused),             re-queued to itself
+//!    PTRACE_PEEKSIGINFO (thread, shared),
 //!    /proc/PID/timers                                with a handoff:        without:
 //!  inside, one blob run: brk, TID address,           its credentials        own filters
 //!    altstack, 64 x rt_sigaction, prctl gets,        limits, sched (1)      limits, sched (1)
