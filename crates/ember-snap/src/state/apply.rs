@@ -3,7 +3,7 @@
 
 use crate::image::ProcState;
 use crate::restorer::{ALLOW_ERROR, Batch, Step};
-use crate::state::capture::MAXNODE;
+use crate::state::capture::{MAXNODE, SCHED_BATCH, SCHED_IDLE, SCHED_OTHER};
 use crate::sys::PR_TIMER_CREATE_RESTORE_IDS;
 
 /// Interval timers, POSIX timers (with their ids) and queued signals, queued to the process
@@ -164,11 +164,17 @@ pub fn limits_and_sched(b: &mut Batch<'_>, st: &ProcState, bounds: &Bounds) {
         b.call(step, libc::SYS_prlimit64, &[0, u64::from(res), at, 0], 0);
     }
     let s = &st.sched;
+    let nice = bounds.nice.map_or(s.nice, |floor| s.nice.max(floor));
+    if !matches!(s.policy, SCHED_OTHER | SCHED_BATCH | SCHED_IDLE) {
+        // sched_setattr sets no nice value with a real-time or deadline policy; the task
+        // keeps one all the same (setpriority takes the value itself, -20..19).
+        let args = [libc::PRIO_PROCESS as u64, 0, nice as i64 as u64];
+        b.call("setpriority", libc::SYS_setpriority, &args, 0);
+    }
     let mut attr = Vec::with_capacity(56);
     attr.extend_from_slice(&56u32.to_ne_bytes());
     attr.extend_from_slice(&s.policy.to_ne_bytes());
     attr.extend_from_slice(&s.flags.to_ne_bytes());
-    let nice = bounds.nice.map_or(s.nice, |floor| s.nice.max(floor));
     attr.extend_from_slice(&nice.to_ne_bytes());
     attr.extend_from_slice(&s.priority.to_ne_bytes());
     for w in [s.runtime, s.deadline, s.period] {

@@ -97,7 +97,12 @@ fn outside(pid: i32, status: &str) -> Result<ProcState, StateError> {
     let sched = Sched {
         policy: a.policy,
         flags: a.flags & SCHED_FLAG_RESET_ON_FORK,
-        nice: a.nice,
+        nice: match a.policy {
+            // sched_getattr gives no nice value for a real-time or deadline task, which
+            // keeps one (it counts again once the task goes back to a fair policy).
+            SCHED_OTHER | SCHED_BATCH | SCHED_IDLE => a.nice,
+            _ => stat_nice(pid)?,
+        },
         priority: a.priority,
         runtime: a.runtime,
         deadline: a.deadline,
@@ -151,6 +156,28 @@ fn outside(pid: i32, status: &str) -> Result<ProcState, StateError> {
 }
 
 const SCHED_FLAG_RESET_ON_FORK: u64 = 1;
+/// The fair policies, whose nice value `sched_getattr` gives.
+pub const SCHED_OTHER: u32 = 0;
+pub const SCHED_BATCH: u32 = 3;
+pub const SCHED_IDLE: u32 = 5;
+
+/// The nice value of `/proc/PID/stat` (its 19th field).
+fn stat_nice(pid: i32) -> Result<i32, StateError> {
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(read_err(pid, "stat"))?;
+    nice_from_stat(&text).ok_or_else(|| StateError::Read {
+        pid,
+        what: "stat",
+        source: std::io::Error::other("no nice value in /proc/PID/stat"),
+    })
+}
+
+/// Field 19 of a `/proc/PID/stat` line; the name (field 2) may hold spaces and ')'.
+fn nice_from_stat(text: &str) -> Option<i32> {
+    let rest = &text[text.rfind(')')? + 1..];
+    // Fields from the state (3) on: the nice value is the 17th of them.
+    rest.split_whitespace().nth(16)?.parse().ok()
+}
 
 /// `SECCOMP_RET_ACTION_FULL` and `SECCOMP_RET_USER_NOTIF`.
 const SECCOMP_RET_ACTION_FULL: u32 = 0xffff_0000;
@@ -722,6 +749,13 @@ mod tests {
             filter_returns(&[word(0x15, SECCOMP_RET_USER_NOTIF), allow]),
             Returns::Plain
         );
+    }
+
+    #[test]
+    fn the_nice_value_is_the_19th_field_of_stat() {
+        let stat = "12 (a) b) S 1 12 12 0 -1 4194560 100 0 0 0 1 2 0 0 -2 -5 1 0 5 0 0";
+        assert_eq!(nice_from_stat(stat), Some(-5));
+        assert_eq!(nice_from_stat("12 (a) S 1"), None);
     }
 
     #[test]
