@@ -10,14 +10,19 @@
 //! ```text
 //! drop from the bounding set      (needs CAP_SETPCAP: still root)
 //! setgroups
-//! securebits = image's (unlocked) | KEEP_CAPS   (permitted survives the uid change)
+//! securebits = image's (unlocked, NO_CAP_AMBIENT_RAISE left out) | KEEP_CAPS
+//!                                 (permitted survives the uid change; ambient raise allowed)
 //! setresgid, setfsgid, setresuid                (effective set cleared by the kernel)
-//! capset(permitted = image's + CAP_SETPCAP, effective = that, inheritable = image's)
-//! setfsuid
+//! capset(permitted = image's + CAP_SETPCAP + CAP_SETUID, effective = that,
+//!        inheritable = image's)
+//! setfsuid                        (needs CAP_SETUID; never reports a failure)
 //! raise each ambient capability   (needs it permitted and inheritable)
 //! securebits = image's, locks included           (needs CAP_SETPCAP effective)
-//! capset(the image's three sets)                 (drops CAP_SETPCAP if the image had none)
+//! capset(the image's three sets)  (drops CAP_SETPCAP and CAP_SETUID if the image had none)
 //! ```
+//!
+//! An id of `0xFFFF_FFFF` is refused when an image is read: `setresuid` and its kin take
+//! it for "leave unchanged", so the process would stay root.
 //!
 //! A change of effective or filesystem ids clears the parent-death signal and the dumpable
 //! flag, so whatever sets those runs after this.
@@ -29,7 +34,10 @@ use crate::restorer::Batch;
 /// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
 const CAP_VERSION_3: u32 = 0x2008_0522;
 const CAP_SETPCAP: u32 = 8;
+const CAP_SETUID: u32 = 7;
 const SECBIT_KEEP_CAPS: u64 = 1 << 4;
+/// Once set, `PR_CAP_AMBIENT_RAISE` fails: left out until the ambient set is raised.
+const SECBIT_NO_CAP_AMBIENT_RAISE: u64 = 1 << 6;
 /// The `*_LOCKED` securebits: once set, the bit beside each cannot change.
 const SECBIT_LOCKS: u64 = 0xaa;
 /// Most supplementary groups a process can have (`NGROUPS_MAX`).
@@ -103,6 +111,17 @@ pub fn validate(c: &Creds) -> Result<(), String> {
     if c.groups.len() > MAX_GROUPS {
         return Err(format!("{} supplementary groups", c.groups.len()));
     }
+    if let Some(id) = c
+        .uid
+        .iter()
+        .chain(&c.gid)
+        .chain(&c.groups)
+        .find(|&&id| id == u32::MAX)
+    {
+        return Err(format!(
+            "user or group id {id:#x}, which the kernel takes for \"unchanged\""
+        ));
+    }
     if c.effective & !c.permitted != 0 || c.ambient & !(c.permitted & c.inheritable) != 0 {
         return Err("capability sets that no process can have".into());
     }
@@ -140,7 +159,7 @@ pub(crate) fn restore_calls(b: &mut Batch<'_>, c: &Creds, last_cap: u32) {
     };
     let n = c.groups.len() as u64;
     b.call("setgroups", libc::SYS_setgroups, &[n, at], 0);
-    let unlocked = (c.securebits & !SECBIT_LOCKS) | SECBIT_KEEP_CAPS;
+    let unlocked = (c.securebits & !SECBIT_LOCKS & !SECBIT_NO_CAP_AMBIENT_RAISE) | SECBIT_KEEP_CAPS;
     let args = [libc::PR_SET_SECUREBITS as u64, unlocked];
     b.call("prctl(PR_SET_SECUREBITS)", prctl, &args, 0);
     let [r, e, s, fs] = c.gid.map(u64::from);
@@ -153,11 +172,12 @@ pub(crate) fn restore_calls(b: &mut Batch<'_>, c: &Creds, last_cap: u32) {
     header.extend_from_slice(&CAP_VERSION_3.to_ne_bytes());
     header.extend_from_slice(&0i32.to_ne_bytes());
     let header = b.data(&header);
-    let wide = c.permitted | (1 << CAP_SETPCAP);
+    let wide = c.permitted | (1 << CAP_SETPCAP) | (1 << CAP_SETUID);
     let data = b.data(&cap_data(wide, wide, c.inheritable));
     b.call("capset", libc::SYS_capset, &[header, data], 0);
     // setresuid made the filesystem uid the effective one; a different one needs
-    // CAP_SETUID, which the process had if it had such an id.
+    // CAP_SETUID, held here whatever the image's sets (a process may have dropped it after
+    // setting its fsuid): setfsuid fails silently without it.
     b.call("setfsuid", libc::SYS_setfsuid, &[fsu], 0);
     for cap in 0..=last_cap.min(63) {
         if c.ambient & (1 << cap) != 0 {
@@ -205,6 +225,15 @@ mod tests {
         let mut c = parse_status(STATUS).unwrap();
         c.groups = vec![0; MAX_GROUPS + 1];
         assert!(validate(&c).is_err());
+        for set in 0..3 {
+            let mut c = parse_status(STATUS).unwrap();
+            match set {
+                0 => c.uid[2] = u32::MAX,
+                1 => c.gid[0] = u32::MAX,
+                _ => c.groups.push(u32::MAX),
+            }
+            assert!(validate(&c).unwrap_err().contains("unchanged"), "{set}");
+        }
     }
 
     #[test]

@@ -650,6 +650,26 @@ pub fn seccomp_filter(pid: i32, index: usize) -> io::Result<Option<Vec<u64>>> {
     Ok(Some(prog))
 }
 
+/// `PTRACE_SECCOMP_GET_METADATA`: the flags the tracee's filter `index` (counted as for
+/// [`seccomp_filter`]) was installed with; this kernel reports `SECCOMP_FILTER_FLAG_LOG`.
+pub fn seccomp_filter_flags(pid: i32, index: usize) -> io::Result<u64> {
+    /// `struct seccomp_metadata`.
+    #[repr(C)]
+    struct Metadata {
+        filter_off: u64,
+        flags: u64,
+    }
+    const _: () = assert!(size_of::<Metadata>() == 16);
+    const PTRACE_SECCOMP_GET_METADATA: libc::c_uint = 0x420d;
+    let mut m = Metadata {
+        filter_off: index as u64,
+        flags: 0,
+    };
+    let at = &mut m as *mut Metadata as usize;
+    ptrace(PTRACE_SECCOMP_GET_METADATA, pid, size_of::<Metadata>(), at)?;
+    Ok(m.flags)
+}
+
 /// `prctl(PR_TIMER_CREATE_RESTORE_IDS, PR_TIMER_CREATE_RESTORE_IDS_GET)` on ourselves: whether
 /// this kernel lets a restorer create POSIX timers with chosen ids (Linux 6.15).
 pub fn timer_restore_ids_supported() -> bool {

@@ -606,8 +606,11 @@ impl<'m> Plan<'m> {
         state::apply::timers_and_signals(&mut b2, st, self.tid);
         match self.handoff {
             Some(h) => {
+                // The sandbox decides what the instance may set: its credentials first,
+                // then the image's values, bounded by the target's (`Bounds`).
                 handoff_credentials(&mut b2, h);
-                state::apply::limits_and_prctl(&mut b2, st, h.die_with_parent, &self.bounds);
+                state::apply::limits_and_sched(&mut b2, st, &self.bounds);
+                state::apply::after_credentials(&mut b2, st, h.die_with_parent);
                 handoff_confine(&mut b2, h);
                 state::apply::filters(&mut b2, st, &h.seccomp);
             }
@@ -615,10 +618,14 @@ impl<'m> Plan<'m> {
                 // Filters first, while the target is still privileged (installing one
                 // needs CAP_SYS_ADMIN or no_new_privs, which a process may lack that got
                 // its filter before dropping privileges); the seize suspends seccomp, so
-                // the steps after them pass whatever they allow.
+                // the steps after them pass whatever they allow. Then what needs
+                // privilege to set (a negative nice value, a real-time policy or I/O
+                // class, a raised hard limit), still as root; the image's credentials;
+                // last what a credential change resets.
                 state::apply::filters(&mut b2, st, &[]);
+                state::apply::limits_and_sched(&mut b2, st, &self.bounds);
                 crate::creds::restore_calls(&mut b2, &meta.task.creds, crate::creds::last_cap());
-                state::apply::limits_and_prctl(&mut b2, st, false, &self.bounds);
+                state::apply::after_credentials(&mut b2, st, false);
             }
         }
         b2

@@ -3,7 +3,7 @@
 
 use crate::image::ProcState;
 use crate::restorer::{ALLOW_ERROR, Batch, Step};
-use crate::state::capture::MAXNODE;
+use crate::state::capture::{MAXNODE, SCHED_BATCH, SCHED_IDLE, SCHED_OTHER};
 use crate::sys::PR_TIMER_CREATE_RESTORE_IDS;
 
 /// Interval timers, POSIX timers (with their ids) and queued signals, queued to the process
@@ -86,21 +86,30 @@ pub fn timers_and_signals(b: &mut Batch<'_>, st: &ProcState, tid: i32) {
     }
 }
 
-/// What the target holds, which a restore does not exceed: its hard limits (raising one
-/// needs CAP_SYS_RESOURCE, and the target stands for where the process is restored: a
-/// sandbox's limits), and with a handoff its nice value (a sandboxed instance may not lower
-/// it).
+/// What the target holds, which a restore does not exceed. With a handoff: its hard limits
+/// and its nice value (a sandboxed instance must not gain what its sandbox did not give).
+/// Without one the image's values are set as they were, but for hard limits above the
+/// target's when the target lacks CAP_SYS_RESOURCE (raising one needs it; the root of some
+/// machines, this one included, does not hold it): those come back as the target's.
 #[derive(Debug, Clone, Default)]
 pub struct Bounds {
-    /// (soft, hard) of each resource, by number.
+    /// (soft, hard) of each resource, by number; empty: no bound.
     pub rlimits: Vec<(u64, u64)>,
     pub nice: Option<i32>,
 }
 
+/// `CAP_SYS_RESOURCE`: raising a hard limit needs it.
+const CAP_SYS_RESOURCE: u32 = 24;
+
 impl Bounds {
-    /// The target's own limits, read from outside; its nice value with `handoff`.
+    /// The target's own limits (with `handoff`, or when it could not raise them), read
+    /// from outside; its nice value with `handoff`.
     pub fn of(pid: i32, handoff: bool) -> Result<Bounds, super::StateError> {
-        let rlimits = super::capture::limits(pid)?;
+        let bounded = handoff || !has_effective(pid, CAP_SYS_RESOURCE)?;
+        let rlimits = match bounded {
+            true => super::capture::limits(pid)?,
+            false => Vec::new(),
+        };
         let nice = match handoff {
             true => Some(
                 crate::sys::sched_getattr(pid)
@@ -117,16 +126,32 @@ impl Bounds {
     }
 }
 
-/// Resource limits, scheduling, CPU affinity and prctl values, set by the process itself
-/// after the handoff's credentials (the kernel judges what it may set). `handoff_pdeathsig`:
-/// the handoff sets the death signal, which wins over the image's; `bounds`: the target's
-/// hard limits (and nice value), which win over the image's where the image's are higher.
-pub fn limits_and_prctl(
-    b: &mut Batch<'_>,
-    st: &ProcState,
-    handoff_pdeathsig: bool,
-    bounds: &Bounds,
-) {
+/// Whether `pid` holds capability `cap` in its effective set (`CapEff` of its status).
+fn has_effective(pid: i32, cap: u32) -> Result<bool, super::StateError> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|source| {
+        super::StateError::Read {
+            pid,
+            what: "status",
+            source,
+        }
+    })?;
+    let eff = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    Ok(eff & (1 << cap) != 0)
+}
+
+/// Resource limits, scheduling, CPU affinity, NUMA policies, I/O priority and the prctl
+/// values a credential change leaves alone (child subreaper, THP disable, timer slack).
+/// Without a handoff they come before the image's credentials, while the target is still
+/// root: a process that set a negative nice value, a real-time policy or I/O class, or a
+/// high hard limit and then dropped its privileges could not set them again after. With a
+/// handoff they come after the instance's credentials, so the kernel judges them for the
+/// instance's user. `bounds`: the target's hard limits (and nice value), which win over
+/// the image's where the image's are higher.
+pub fn limits_and_sched(b: &mut Batch<'_>, st: &ProcState, bounds: &Bounds) {
     for &(res, cur, max) in &st.rlimits {
         let (cur, max) = match bounds.rlimits.get(res as usize) {
             Some(&(_, hard)) => (cur.min(hard), max.min(hard)),
@@ -139,11 +164,17 @@ pub fn limits_and_prctl(
         b.call(step, libc::SYS_prlimit64, &[0, u64::from(res), at, 0], 0);
     }
     let s = &st.sched;
+    let nice = bounds.nice.map_or(s.nice, |floor| s.nice.max(floor));
+    if !matches!(s.policy, SCHED_OTHER | SCHED_BATCH | SCHED_IDLE) {
+        // sched_setattr sets no nice value with a real-time or deadline policy; the task
+        // keeps one all the same (setpriority takes the value itself, -20..19).
+        let args = [libc::PRIO_PROCESS as u64, 0, nice as i64 as u64];
+        b.call("setpriority", libc::SYS_setpriority, &args, 0);
+    }
     let mut attr = Vec::with_capacity(56);
     attr.extend_from_slice(&56u32.to_ne_bytes());
     attr.extend_from_slice(&s.policy.to_ne_bytes());
     attr.extend_from_slice(&s.flags.to_ne_bytes());
-    let nice = bounds.nice.map_or(s.nice, |floor| s.nice.max(floor));
     attr.extend_from_slice(&nice.to_ne_bytes());
     attr.extend_from_slice(&s.priority.to_ne_bytes());
     for w in [s.runtime, s.deadline, s.period] {
@@ -191,23 +222,28 @@ pub fn limits_and_prctl(
     let args = [who, 0, u64::from(st.ioprio)];
     b.call("ioprio_set", libc::SYS_ioprio_set, &args, 0);
     let p = &st.prctl;
+    if p.child_subreaper {
+        let args = [libc::PR_SET_CHILD_SUBREAPER as u64, 1, 0, 0, 0];
+        b.call("prctl(PR_SET_CHILD_SUBREAPER)", libc::SYS_prctl, &args, 0);
+    }
+    if p.thp_disable {
+        let args = [libc::PR_SET_THP_DISABLE as u64, 1, 0, 0, 0];
+        b.call("prctl(PR_SET_THP_DISABLE)", libc::SYS_prctl, &args, 0);
+    }
+    if p.timerslack_ns != 0 {
+        let args = [libc::PR_SET_TIMERSLACK as u64, p.timerslack_ns, 0, 0, 0];
+        b.call("prctl(PR_SET_TIMERSLACK)", libc::SYS_prctl, &args, 0);
+    }
+}
+
+/// The prctl values a credential change resets, set after the last one (the handoff's or
+/// the image's): death signal, `no_new_privs`, dumpable. `handoff_pdeathsig`: the handoff
+/// sets the death signal, which wins over the image's.
+pub fn after_credentials(b: &mut Batch<'_>, st: &ProcState, handoff_pdeathsig: bool) {
+    let p = &st.prctl;
     let mut prctl = |what: &'static str, op: i32, arg: u64| {
         b.call(what, libc::SYS_prctl, &[op as u64, arg, 0, 0, 0], 0);
     };
-    if p.child_subreaper {
-        prctl(
-            "prctl(PR_SET_CHILD_SUBREAPER)",
-            libc::PR_SET_CHILD_SUBREAPER,
-            1,
-        );
-    }
-    if p.thp_disable {
-        prctl("prctl(PR_SET_THP_DISABLE)", libc::PR_SET_THP_DISABLE, 1);
-    }
-    if p.timerslack_ns != 0 {
-        let op = libc::PR_SET_TIMERSLACK;
-        prctl("prctl(PR_SET_TIMERSLACK)", op, p.timerslack_ns);
-    }
     if p.pdeathsig != 0 && !handoff_pdeathsig {
         let sig = u64::from(p.pdeathsig);
         prctl("prctl(PR_SET_PDEATHSIG)", libc::PR_SET_PDEATHSIG, sig);
@@ -215,7 +251,7 @@ pub fn limits_and_prctl(
     if p.no_new_privs {
         prctl("prctl(PR_SET_NO_NEW_PRIVS)", libc::PR_SET_NO_NEW_PRIVS, 1);
     }
-    // Always: a credential change (the handoff's setresuid) resets it.
+    // Always: a credential change resets it.
     let dumpable = u64::from(p.dumpable);
     prctl("prctl(PR_SET_DUMPABLE)", libc::PR_SET_DUMPABLE, dumpable);
 }

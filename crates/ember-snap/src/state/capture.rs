@@ -97,7 +97,12 @@ fn outside(pid: i32, status: &str) -> Result<ProcState, StateError> {
     let sched = Sched {
         policy: a.policy,
         flags: a.flags & SCHED_FLAG_RESET_ON_FORK,
-        nice: a.nice,
+        nice: match a.policy {
+            // sched_getattr gives no nice value for a real-time or deadline task, which
+            // keeps one (it counts again once the task goes back to a fair policy).
+            SCHED_OTHER | SCHED_BATCH | SCHED_IDLE => a.nice,
+            _ => stat_nice(pid)?,
+        },
         priority: a.priority,
         runtime: a.runtime,
         deadline: a.deadline,
@@ -119,6 +124,7 @@ fn outside(pid: i32, status: &str) -> Result<ProcState, StateError> {
                     "install fewer, shorter filters",
                 ));
             }
+            refuse_unrestorable_filter(pid, index, &f)?;
             seccomp.push(f);
         }
         // Index 0 is the oldest filter (the kernel counts back from the newest by the
@@ -150,6 +156,107 @@ fn outside(pid: i32, status: &str) -> Result<ProcState, StateError> {
 }
 
 const SCHED_FLAG_RESET_ON_FORK: u64 = 1;
+/// The fair policies, whose nice value `sched_getattr` gives.
+pub const SCHED_OTHER: u32 = 0;
+pub const SCHED_BATCH: u32 = 3;
+pub const SCHED_IDLE: u32 = 5;
+
+/// The nice value of `/proc/PID/stat` (its 19th field).
+fn stat_nice(pid: i32) -> Result<i32, StateError> {
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(read_err(pid, "stat"))?;
+    nice_from_stat(&text).ok_or_else(|| StateError::Read {
+        pid,
+        what: "stat",
+        source: std::io::Error::other("no nice value in /proc/PID/stat"),
+    })
+}
+
+/// Field 19 of a `/proc/PID/stat` line; the name (field 2) may hold spaces and ')'.
+fn nice_from_stat(text: &str) -> Option<i32> {
+    let rest = &text[text.rfind(')')? + 1..];
+    // Fields from the state (3) on: the nice value is the 17th of them.
+    rest.split_whitespace().nth(16)?.parse().ok()
+}
+
+/// `SECCOMP_RET_ACTION_FULL` and `SECCOMP_RET_USER_NOTIF`.
+const SECCOMP_RET_ACTION_FULL: u32 = 0xffff_0000;
+const SECCOMP_RET_USER_NOTIF: u32 = 0x7fc0_0000;
+/// `BPF_RET | BPF_K`: a return of a constant (the other return seccomp allows is `BPF_A`).
+const BPF_RET_K: u16 = 0x06;
+
+/// Why filter `index` (0 the oldest) cannot be installed again as it is, refused at dump:
+/// one that can hand a syscall to a user-space supervisor (`SECCOMP_RET_USER_NOTIF`: its
+/// listener, a descriptor the supervisor holds, is not restored, and without one those
+/// syscalls fail with ENOSYS); one returning its accumulator (`BPF_RET | BPF_A`, whose
+/// action the dump cannot know without running the program); one installed with
+/// `SECCOMP_FILTER_FLAG_LOG` (the image keeps no filter flags yet: reinstalled without
+/// it, its actions would go unlogged).
+fn refuse_unrestorable_filter(pid: i32, index: usize, prog: &[u64]) -> Result<(), StateError> {
+    let nth = index + 1;
+    match filter_returns(prog) {
+        Returns::Plain => {}
+        Returns::UserNotif => {
+            return Err(refused(
+                pid,
+                format!(
+                    "seccomp user notification (SECCOMP_RET_USER_NOTIF) in its filter {nth} (oldest first)"
+                ),
+                "a restore cannot give the filter its listener back (the supervisor's descriptor); dump the process before it installs a filter with SECCOMP_FILTER_FLAG_NEW_LISTENER, or install one that does not return SECCOMP_RET_USER_NOTIF",
+            ));
+        }
+        Returns::Accumulator => {
+            return Err(refused(
+                pid,
+                format!(
+                    "a seccomp filter ({nth}, oldest first) that returns a computed action (BPF_RET | BPF_A)"
+                ),
+                "the dump cannot tell whether it hands syscalls to a user-space supervisor (SECCOMP_RET_USER_NOTIF, whose listener is not restored); return constant actions (BPF_RET | BPF_K) instead",
+            ));
+        }
+    }
+    let flags =
+        sys::seccomp_filter_flags(pid, index).map_err(read_err(pid, "seccomp filter flags"))?;
+    if flags & libc::SECCOMP_FILTER_FLAG_LOG != 0 {
+        return Err(refused(
+            pid,
+            format!(
+                "a seccomp filter ({nth}, oldest first) installed with SECCOMP_FILTER_FLAG_LOG"
+            ),
+            "the image keeps no filter flags: install the filter without SECCOMP_FILTER_FLAG_LOG",
+        ));
+    }
+    Ok(())
+}
+
+/// What a filter's return instructions can answer.
+#[derive(Debug, PartialEq, Eq)]
+enum Returns {
+    /// Only constant actions, none of them `SECCOMP_RET_USER_NOTIF`.
+    Plain,
+    UserNotif,
+    /// A return of the accumulator: any action.
+    Accumulator,
+}
+
+/// Scans every return instruction of a filter (raw 8-byte `sock_filter`s: code, jt, jf, k).
+fn filter_returns(prog: &[u64]) -> Returns {
+    let mut out = Returns::Plain;
+    for w in prog {
+        let b = w.to_ne_bytes();
+        let code = u16::from_ne_bytes([b[0], b[1]]);
+        let k = u32::from_ne_bytes([b[4], b[5], b[6], b[7]]);
+        if code & 0x07 != BPF_RET_K {
+            continue;
+        }
+        if code != BPF_RET_K {
+            out = Returns::Accumulator;
+        } else if k & SECCOMP_RET_ACTION_FULL == SECCOMP_RET_USER_NOTIF {
+            return Returns::UserNotif;
+        }
+    }
+    out
+}
 
 /// Every resource limit of `pid` (soft, hard), in resource order.
 pub fn limits(pid: i32) -> Result<Vec<(u64, u64)>, StateError> {
@@ -615,6 +722,40 @@ mod tests {
             reissue_sleep(&mut r);
             assert_eq!((r.orig_rax, r.rax, r.rip), (orig, rax as u64, 0x1002));
         }
+    }
+
+    #[test]
+    fn a_filter_that_can_notify_user_space_or_returns_its_accumulator_is_found() {
+        let word = |code: u16, k: u32| {
+            crate::state::apply::filter_word(&libc::sock_filter {
+                code,
+                jt: 0,
+                jf: 0,
+                k,
+            })
+        };
+        let load = word(0x20, 0);
+        let allow = word(BPF_RET_K, 0x7fff_0000);
+        let errno = word(BPF_RET_K, 0x0005_0001);
+        assert_eq!(filter_returns(&[load, errno, allow]), Returns::Plain);
+        // The action's data (low 16 bits) does not hide it.
+        let notify = word(BPF_RET_K, SECCOMP_RET_USER_NOTIF | 7);
+        assert_eq!(filter_returns(&[load, notify, allow]), Returns::UserNotif);
+        let ret_a = word(0x16, 0);
+        assert_eq!(filter_returns(&[load, ret_a]), Returns::Accumulator);
+        // A load with the same class bits as a return (BPF_LD | BPF_W | BPF_ABS, 0x20) is
+        // not a return; a jump whose k is the notify action is not either.
+        assert_eq!(
+            filter_returns(&[word(0x15, SECCOMP_RET_USER_NOTIF), allow]),
+            Returns::Plain
+        );
+    }
+
+    #[test]
+    fn the_nice_value_is_the_19th_field_of_stat() {
+        let stat = "12 (a) b) S 1 12 12 0 -1 4194560 100 0 0 0 1 2 0 0 -2 -5 1 0 5 0 0";
+        assert_eq!(nice_from_stat(stat), Some(-5));
+        assert_eq!(nice_from_stat("12 (a) S 1"), None);
     }
 
     #[test]

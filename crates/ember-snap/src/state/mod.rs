@@ -10,31 +10,38 @@
 //!  before the seize: Seccomp mode 1 refused          ...name
 //!  from outside: /proc/PID/limits, sched_getattr,    setitimer; timers created with their
 //!    sched_getaffinity, ioprio_get,                    ids (PR_TIMER_CREATE_RESTORE_IDS),
-//!    PTRACE_SECCOMP_GET_FILTER,
-//!    PTRACE_PEEKSIGINFO (thread, shared),              timer_settime; queued signals
-//!    /proc/PID/timers                                  re-queued to itself
-//!  inside, one blob run: brk, TID address,           with a handoff:        without:
-//!    altstack, 64 x rt_sigaction, prctl gets,          its credentials        own filters
-//!    getitimer x3, timer_gettime per timer,            limits, sched, prctl   creds.rs
-//!    get_mempolicy (task, then each area's)            (sched: + set_mempolicy, mbind,
-//!                                                       ioprio_set)
-//!                                                      its pdeathsig, nnp,    limits, sched,
-//!                                                        its filter             prctl
-//!                                                      own filters
+//!    PTRACE_SECCOMP_GET_FILTER (+ _METADATA;           timer_settime; queued signals
+//!      USER_NOTIF, RET A and LOG refused),             re-queued to itself
+//!    PTRACE_PEEKSIGINFO (thread, shared),
+//!    /proc/PID/timers                                with a handoff:        without:
+//!  inside, one blob run: brk, TID address,           its credentials        own filters
+//!    altstack, 64 x rt_sigaction, prctl gets,        limits, sched (1)      limits, sched (1)
+//!    getitimer x3, timer_gettime per timer,            (bounded)            creds.rs
+//!    get_mempolicy (task, then each area's)          after_credentials (2)  after_credentials (2)
+//!                                                    its pdeathsig, nnp,
+//!                                                      its filter
+//!                                                    own filters
+//!  (1) limits, sched_setattr, affinity, set_mempolicy, mbind, ioprio_set, child subreaper,
+//!      THP disable, timer slack        (2) death signal, no_new_privs, dumpable
 //! ```
 //!
-//! Everything is set from inside the process, by the restorer blob, after the credentials
-//! (the handoff's or the image's own): the kernel then judges what the process may set, and
-//! the credential change, which clears the death signal and resets dumpable, comes before
-//! the image's values. Limits come after the restorer's last descriptor juggling (a low
-//! `RLIMIT_NOFILE` cannot break it), and queued signals before the limits (a low
-//! `RLIMIT_SIGPENDING` cannot refuse them). The image's filters come after the sandbox's
-//! with a handoff, and before the image's credentials without one (installing a filter
-//! needs CAP_SYS_ADMIN or no_new_privs, which a process that got its filter before dropping
-//! privileges may lack). The restore's seize suspends seccomp (`PTRACE_O_SUSPEND_SECCOMP`)
-//! when the image has filters, so the steps after them (the rest of batch 2, the gadget's
-//! `munmap`) run whatever they allow; the dump's seize does the same for a process with
-//! filters, so its queries cannot be refused or kill it.
+//! Everything is set from inside the process, by the restorer blob. Without a handoff, what
+//! needs privilege to set (a negative nice value, a real-time policy or I/O class, a hard
+//! limit raised) comes before the image's credentials, while the target is still root: a
+//! process that set it and then dropped its privileges keeps it, as it did. With a handoff
+//! it comes after the instance's credentials and within the target's bounds
+//! (`apply::Bounds`): the kernel judges it for the instance's user, which must not gain
+//! what its sandbox did not give. Either way the credential change, which clears the death
+//! signal and resets dumpable, comes before those two and `no_new_privs`. Limits come after
+//! the restorer's last descriptor juggling (a low `RLIMIT_NOFILE` cannot break it), and
+//! queued signals before the limits (a low `RLIMIT_SIGPENDING` cannot refuse them). The
+//! image's filters come after the sandbox's with a handoff, and before the image's
+//! credentials without one (installing a filter needs CAP_SYS_ADMIN or no_new_privs, which
+//! a process that got its filter before dropping privileges may lack). The restore's seize
+//! suspends seccomp (`PTRACE_O_SUSPEND_SECCOMP`) when the image has filters, so the steps
+//! after them (the rest of batch 2, the gadget's `munmap`) run whatever they allow; the
+//! dump's seize does the same for a process with filters, so its queries cannot be refused
+//! or kill it.
 
 pub mod apply;
 pub mod capture;
