@@ -8,7 +8,7 @@ pub mod describe;
 pub mod files;
 pub mod format;
 mod loaded;
-mod validate;
+pub(crate) mod validate;
 
 use serde::{Deserialize, Serialize};
 

@@ -177,7 +177,7 @@ pub const MPOL_KNOWN: u32 = 0x7 | (1 << 15) | (1 << 14) | (1 << 13);
 /// The clocks a POSIX timer of an image may use: `CLOCK_REALTIME`, `CLOCK_MONOTONIC`,
 /// `CLOCK_BOOTTIME` and the process's own CPU-time clocks (not the `_ALARM` clocks, which
 /// need `CAP_WAKE_ALARM`: the timers are made before a handoff drops root).
-fn timer_clock_ok(clock: i32) -> bool {
+pub(crate) fn timer_clock_ok(clock: i32) -> bool {
     match clock {
         libc::CLOCK_REALTIME
         | libc::CLOCK_MONOTONIC

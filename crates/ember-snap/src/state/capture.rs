@@ -366,6 +366,14 @@ pub fn timers_from(text: &str) -> Result<Vec<PosixTimer>, String> {
                         t.id
                     ));
                 }
+                // What an image may hold (checked again at load): not the `_ALARM`
+                // clocks or TAI.
+                if !crate::image::validate::timer_clock_ok(t.clock) {
+                    return Err(format!(
+                        "id {} runs on clock {}: only realtime, monotonic, boottime and the process's own CPU time are restored",
+                        t.id, t.clock
+                    ));
+                }
             }
             _ => {}
         }
@@ -698,6 +706,17 @@ mod tests {
         assert_eq!(own.unwrap()[0].clock, -6);
         let other = timers_from("ID: 0\nsignal: 14/0\nnotify: signal/pid.1\nClockID: -8190\n");
         assert!(other.unwrap_err().contains("CPU time"));
+        for clock in [
+            libc::CLOCK_REALTIME_ALARM,
+            libc::CLOCK_BOOTTIME_ALARM,
+            libc::CLOCK_TAI,
+        ] {
+            let t = format!("ID: 0\nsignal: 14/0\nnotify: signal/pid.1\nClockID: {clock}\n");
+            assert!(
+                timers_from(&t).unwrap_err().contains("runs on clock"),
+                "{clock}"
+            );
+        }
     }
 
     #[test]
