@@ -91,19 +91,7 @@ fn cases(out: &Path) -> Vec<Case> {
             s.spawn(move || {
                 for c in half {
                     let src = dir.join(format!("{}.c", c.name));
-                    let o = Command::new("gcc")
-                        .args(["-O1", "-g", "-pie", "-fPIE", "-Wl,-z,relro,-z,now"])
-                        .args(["-pthread", "-Wall", "-Werror", "-o"])
-                        .arg(&c.bin)
-                        .arg(&src)
-                        .output()
-                        .expect("gcc runs (the test script installs it)");
-                    assert!(
-                        o.status.success(),
-                        "compiling {}: {}",
-                        src.display(),
-                        String::from_utf8_lossy(&o.stderr)
-                    );
+                    common::compile(&src, &c.bin);
                 }
             });
         }

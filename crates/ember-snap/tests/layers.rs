@@ -32,21 +32,7 @@ fn case_bin() -> &'static Path {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fidelity/redump_heap.c");
         let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("layers-redump_heap-{}", std::process::id()));
-        let st = Command::new("gcc")
-            .args([
-                "-O1",
-                "-g",
-                "-pie",
-                "-fPIE",
-                "-Wl,-z,relro,-z,now",
-                "-pthread",
-            ])
-            .arg("-o")
-            .arg(&out)
-            .arg(&src)
-            .status()
-            .expect("gcc runs (the test script installs it)");
-        assert!(st.success(), "compiling {src:?}");
+        common::compile(&src, &out);
         out
     })
 }

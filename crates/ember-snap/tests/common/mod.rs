@@ -45,6 +45,24 @@ pub fn tmp() -> tempfile::TempDir {
         .unwrap()
 }
 
+/// Compiles the C program `src` to `out` as the tests' targets are built (a PIE with full
+/// RELRO, threads, every warning an error); panics with gcc's messages.
+pub fn compile(src: &Path, out: &Path) {
+    let o = Command::new("gcc")
+        .args(["-O1", "-g", "-pie", "-fPIE", "-Wl,-z,relro,-z,now"])
+        .args(["-pthread", "-Wall", "-Werror", "-o"])
+        .arg(out)
+        .arg(src)
+        .output()
+        .expect("gcc runs (the test script installs it)");
+    assert!(
+        o.status.success(),
+        "compiling {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// The C test target, compiled once per test binary.
 pub fn testee() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -52,21 +70,7 @@ pub fn testee() -> &'static Path {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/testee.c");
         let out =
             Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("testee-{}", std::process::id()));
-        let st = Command::new("gcc")
-            .args([
-                "-O1",
-                "-g",
-                "-pie",
-                "-fPIE",
-                "-Wl,-z,relro,-z,now",
-                "-pthread",
-                "-o",
-            ])
-            .arg(&out)
-            .arg(&src)
-            .status()
-            .expect("gcc runs (the test script installs it)");
-        assert!(st.success(), "compiling {src:?}");
+        compile(&src, &out);
         out
     })
 }
