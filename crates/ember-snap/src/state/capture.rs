@@ -94,6 +94,18 @@ fn outside(pid: i32, status: &str) -> Result<ProcState, StateError> {
         .map(|((cur, max), r)| (r, cur, max))
         .collect();
     let a = sys::sched_getattr(pid).map_err(read_err(pid, "scheduling attributes"))?;
+    // Utilisation clamps other than the defaults (none, or the whole range) are not
+    // recorded: refused rather than lost.
+    if a.util_min != 0 || !matches!(a.util_max, 0 | 1024) {
+        return Err(StateError::Refused {
+            pid,
+            what: format!(
+                "its utilisation clamps ({}-{} of 1024)",
+                a.util_min, a.util_max
+            ),
+            todo: "reset them with sched_setattr(SCHED_FLAG_UTIL_CLAMP) before the dump".into(),
+        });
+    }
     let sched = Sched {
         policy: a.policy,
         flags: a.flags & SCHED_FLAG_RESET_ON_FORK,
