@@ -3,31 +3,10 @@
  * and its data. */
 #define _GNU_SOURCE
 #include "case.h"
-#include <stdint.h>
+#include "maps.h"
 #include <sys/mman.h>
 
 static char *area;
-
-/* The VmFlags of the area holding `addr`, from /proc/self/smaps. */
-static int vm_flags(uintptr_t addr, char *out, size_t n) {
-    FILE *f = fopen("/proc/self/smaps", "r");
-    if (!f) return -1;
-    char line[512];
-    int in = 0;
-    while (fgets(line, sizeof line, f)) {
-        unsigned long s, e;
-        if (sscanf(line, "%lx-%lx ", &s, &e) == 2 && strchr(line, '-') < strchr(line, ' ')) {
-            in = addr >= s && addr < e;
-        } else if (in && !strncmp(line, "VmFlags:", 8)) {
-            snprintf(out, n, "%s", line + 8);
-            out[strcspn(out, "\n")] = 0;
-            fclose(f);
-            return 0;
-        }
-    }
-    fclose(f);
-    return -1;
-}
 
 static void setup(void) {
     area = mmap(0, 4 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_GROWSDOWN,

@@ -5,36 +5,12 @@
  * for every page after a restore (a restorer's userfaultfd registration, "um", aside). */
 #define _GNU_SOURCE
 #include "case.h"
-#include <stdint.h>
+#include "maps.h"
 #include <sys/mman.h>
 
 #define PAGES 8
 static char *area;
 static char flags[PAGES][128];
-
-/* The VmFlags of the area holding `addr` (userfaultfd flags left out). */
-static int vm_flags(uintptr_t addr, char *out, size_t n) {
-    FILE *f = fopen("/proc/self/smaps", "r");
-    if (!f) return -1;
-    char line[512];
-    int in = 0;
-    while (fgets(line, sizeof line, f)) {
-        unsigned long s, e;
-        if (sscanf(line, "%lx-%lx ", &s, &e) == 2 && strchr(line, '-') < strchr(line, ' ')) {
-            in = addr >= s && addr < e;
-        } else if (in && !strncmp(line, "VmFlags:", 8)) {
-            size_t used = 0;
-            out[0] = 0;
-            for (char *t = strtok(line + 8, " \n"); t; t = strtok(NULL, " \n"))
-                if (strcmp(t, "um") && strcmp(t, "uw") && strcmp(t, "ui"))
-                    used += snprintf(out + used, n - used, " %s", t);
-            fclose(f);
-            return 0;
-        }
-    }
-    fclose(f);
-    return -1;
-}
 
 static void setup(void) {
     area = mmap(0, PAGES * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -3,96 +3,16 @@
    After a restore the owner can unlock it, lock it again, and a second lock says EDEADLK
    (it is ours); another thread's trylock says EBUSY. */
 #define _GNU_SOURCE
-#include <errno.h>
-#include <pthread.h>
-#include <stdio.h>
-#include <string.h>
-#include <unistd.h>
+#include "case.h"
+#include "mutex.h"
 
-static pthread_mutex_t m;
+static void setup(void) { init_locked(PTHREAD_MUTEX_ERRORCHECK, PTHREAD_MUTEX_STALLED, 1); }
 
-static int line(char *buf, size_t cap) {
-    size_t n = 0;
-    for (;;) {
-        char c;
-        ssize_t r = read(0, &c, 1);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) return -1;
-        if (c == '\n') break;
-        if (n + 1 < cap) buf[n++] = c;
-    }
-    buf[n] = 0;
-    return 0;
-}
-
-static void say(const char *s) {
-    size_t n = strlen(s);
-    while (n > 0) {
-        ssize_t w = write(1, s, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return;
-        s += w;
-        n -= (size_t)w;
-    }
-}
-
-static void *other(void *arg) {
-    (void)arg;
-    int r = pthread_mutex_trylock(&m);
-    if (r == 0) pthread_mutex_unlock(&m);
-    return (void *)(long)r;
-}
-
-static void check(char *out, size_t cap) {
-    int r = pthread_mutex_lock(&m);
-    if (r != EDEADLK) {
-        snprintf(out, cap, "diff: second lock by the owner expected EDEADLK, got %s\n", strerror(r));
-        return;
-    }
-    pthread_t th;
-    void *res = 0;
-    if (pthread_create(&th, 0, other, 0) != 0 || pthread_join(th, &res) != 0) {
-        snprintf(out, cap, "diff: cannot start a thread\n");
-        return;
-    }
-    if ((long)res != EBUSY) {
-        snprintf(out, cap, "diff: another thread's trylock expected EBUSY, got %s\n",
-                 strerror((int)(long)res));
-        return;
-    }
-    r = pthread_mutex_unlock(&m);
-    if (r != 0) {
-        snprintf(out, cap, "diff: unlock by the owner expected success, got %s\n", strerror(r));
-        return;
-    }
-    r = pthread_mutex_unlock(&m);
-    if (r != EPERM) {
-        snprintf(out, cap, "diff: unlock of an unlocked mutex expected EPERM, got %s\n", strerror(r));
-        return;
-    }
-    r = pthread_mutex_lock(&m);
-    if (r != 0) {
-        snprintf(out, cap, "diff: relock expected success, got %s\n", strerror(r));
-        return;
-    }
-    snprintf(out, cap, "ok\n");
-}
-
-int main(void) {
-    pthread_mutexattr_t a;
-    pthread_mutexattr_init(&a);
-    pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ERRORCHECK);
-    pthread_mutex_init(&m, &a);
-    if (pthread_mutex_lock(&m) != 0) return 1;
-    say("ready\n");
-    char cmd[64], out[200];
-    while (line(cmd, sizeof cmd) == 0) {
-        if (strcmp(cmd, "check") == 0) {
-            check(out, sizeof out);
-            say(out);
-        } else if (strcmp(cmd, "exit") == 0) {
-            return 0;
-        }
-    }
-    return 0;
+static int check(char *why, size_t n)
+{
+    return expect(why, n, pthread_mutex_lock(&m), EDEADLK, "second lock by the owner") ||
+           busy_for_others(why, n) ||
+           expect(why, n, pthread_mutex_unlock(&m), 0, "unlock by the owner") ||
+           expect(why, n, pthread_mutex_unlock(&m), EPERM, "unlock of an unlocked mutex") ||
+           expect(why, n, pthread_mutex_lock(&m), 0, "relock");
 }

@@ -4,101 +4,25 @@
    times, a fourth unlock says EPERM, and it is locked twice again; another thread's
    trylock says EBUSY meanwhile. */
 #define _GNU_SOURCE
-#include <errno.h>
-#include <pthread.h>
-#include <stdio.h>
-#include <string.h>
-#include <unistd.h>
+#include "case.h"
+#include "mutex.h"
 
-static pthread_mutex_t m;
+static void setup(void) { init_locked(PTHREAD_MUTEX_RECURSIVE, PTHREAD_MUTEX_STALLED, 2); }
 
-static int line(char *buf, size_t cap) {
-    size_t n = 0;
-    for (;;) {
-        char c;
-        ssize_t r = read(0, &c, 1);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) return -1;
-        if (c == '\n') break;
-        if (n + 1 < cap) buf[n++] = c;
-    }
-    buf[n] = 0;
-    return 0;
-}
-
-static void say(const char *s) {
-    size_t n = strlen(s);
-    while (n > 0) {
-        ssize_t w = write(1, s, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return;
-        s += w;
-        n -= (size_t)w;
-    }
-}
-
-static void *other(void *arg) {
-    (void)arg;
-    int r = pthread_mutex_trylock(&m);
-    if (r == 0) pthread_mutex_unlock(&m);
-    return (void *)(long)r;
-}
-
-static void check(char *out, size_t cap) {
-    int r = pthread_mutex_lock(&m);
-    if (r != 0) {
-        snprintf(out, cap, "diff: third lock by the owner expected success, got %s\n", strerror(r));
-        return;
-    }
-    pthread_t th;
-    void *res = 0;
-    if (pthread_create(&th, 0, other, 0) != 0 || pthread_join(th, &res) != 0) {
-        snprintf(out, cap, "diff: cannot start a thread\n");
-        return;
-    }
-    if ((long)res != EBUSY) {
-        snprintf(out, cap, "diff: another thread's trylock expected EBUSY, got %s\n",
-                 strerror((int)(long)res));
-        return;
-    }
+static int check(char *why, size_t n)
+{
+    if (expect(why, n, pthread_mutex_lock(&m), 0, "third lock by the owner") ||
+        busy_for_others(why, n))
+        return 1;
+    char what[64];
     for (int i = 0; i < 3; i++) {
-        r = pthread_mutex_unlock(&m);
-        if (r != 0) {
-            snprintf(out, cap, "diff: unlock %d of 3 by the owner expected success, got %s\n",
-                     i + 1, strerror(r));
-            return;
-        }
+        snprintf(what, sizeof what, "unlock %d of 3 by the owner", i + 1);
+        if (expect(why, n, pthread_mutex_unlock(&m), 0, what)) return 1;
     }
-    r = pthread_mutex_unlock(&m);
-    if (r != EPERM) {
-        snprintf(out, cap, "diff: a fourth unlock expected EPERM, got %s\n", strerror(r));
-        return;
-    }
+    if (expect(why, n, pthread_mutex_unlock(&m), EPERM, "a fourth unlock")) return 1;
     for (int i = 0; i < 2; i++) {
-        r = pthread_mutex_lock(&m);
-        if (r != 0) {
-            snprintf(out, cap, "diff: relock %d of 2 expected success, got %s\n", i + 1, strerror(r));
-            return;
-        }
-    }
-    snprintf(out, cap, "ok\n");
-}
-
-int main(void) {
-    pthread_mutexattr_t a;
-    pthread_mutexattr_init(&a);
-    pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
-    pthread_mutex_init(&m, &a);
-    if (pthread_mutex_lock(&m) != 0 || pthread_mutex_lock(&m) != 0) return 1;
-    say("ready\n");
-    char cmd[64], out[200];
-    while (line(cmd, sizeof cmd) == 0) {
-        if (strcmp(cmd, "check") == 0) {
-            check(out, sizeof out);
-            say(out);
-        } else if (strcmp(cmd, "exit") == 0) {
-            return 0;
-        }
+        snprintf(what, sizeof what, "relock %d of 2", i + 1);
+        if (expect(why, n, pthread_mutex_lock(&m), 0, what)) return 1;
     }
     return 0;
 }

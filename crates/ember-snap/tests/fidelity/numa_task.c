@@ -3,37 +3,9 @@
  * (set_mempolicy; this machine may have one node). */
 #define _GNU_SOURCE
 #include "case.h"
-#include <sys/syscall.h>
+#include "numa.h"
 
 #define MPOL_BIND 2
 #define MPOL_F_STATIC_NODES (1 << 15)
 
-static int saved_mode;
-static unsigned long saved_nodes[16];
-
-static int get(int *mode, unsigned long *nodes)
-{
-    memset(nodes, 0, 16 * sizeof *nodes);
-    return (int)syscall(SYS_get_mempolicy, mode, nodes, 16 * 64 + 1, NULL, 0);
-}
-
-static void setup(void)
-{
-    unsigned long node0 = 1;
-    if (syscall(SYS_set_mempolicy, MPOL_BIND | MPOL_F_STATIC_NODES, &node0, 65) != 0)
-        fail("set_mempolicy");
-    if (get(&saved_mode, saved_nodes) != 0)
-        fail("get_mempolicy");
-}
-
-static int check(char *why, size_t n)
-{
-    int mode;
-    unsigned long nodes[16];
-    if (get(&mode, nodes) != 0)
-        return differ(why, n, "get_mempolicy: %s", strerror(errno));
-    if (mode != saved_mode || memcmp(nodes, saved_nodes, sizeof nodes) != 0)
-        return differ(why, n, "policy: expected mode %#x nodes %#lx, got mode %#x nodes %#lx",
-                      saved_mode, saved_nodes[0], mode, nodes[0]);
-    return 0;
-}
+static void setup(void) { policy_setup(MPOL_BIND | MPOL_F_STATIC_NODES); }
