@@ -570,6 +570,17 @@ fn lay_out(base: u64, ids: &[i32], areas: &[(u64, u64)]) -> Layout {
 
 const MPOL_F_ADDR: u64 = 1 << 1;
 
+/// `VmLck` of `/proc/PID/status`: memory the process has locked, in KiB (0 if unreadable).
+fn vm_locked_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|t| {
+            let v = t.lines().find_map(|l| l.strip_prefix("VmLck:"))?;
+            v.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
 /// Runs the query batch in a scratch area mapped for the purpose (blob code, then the
 /// batch), and unmaps it.
 fn query(t: &Tracee, insn: u64, ids: &[i32], areas: &[(u64, u64)]) -> Result<Answers, StateError> {
@@ -578,6 +589,7 @@ fn query(t: &Tracee, insn: u64, ids: &[i32], areas: &[(u64, u64)]) -> Result<Ans
     let prot = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
     let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
     let args = [0, need, prot, flags, u64::MAX, 0];
+    let locked_before = vm_locked_kib(pid);
     let scratch = match t.syscall_ok(insn, libc::SYS_mmap, &args, "mmap(query area)") {
         Err(crate::tracee::TraceError::Injected { errno, .. }) if errno == libc::EACCES => {
             return Err(refused(
@@ -590,6 +602,15 @@ fn query(t: &Tracee, insn: u64, ids: &[i32], areas: &[(u64, u64)]) -> Result<Ans
     };
     let result = (|| -> Result<Answers, StateError> {
         tracee::write(pid, scratch, restorer::code()).map_err(read_err(pid, "query area"))?;
+        // mlockall(MCL_FUTURE) shows nowhere in /proc but in what it does: the area just
+        // mapped and written is locked. Areas mapped after a restore would not be.
+        if vm_locked_kib(pid) > locked_before {
+            return Err(refused(
+                pid,
+                "mlockall(MCL_FUTURE) (every later mapping locked)",
+                "a restorer cannot see it to set it again; dump the process before it calls mlockall(MCL_FUTURE), or have it lock its areas with mlock",
+            ));
+        }
         let l = lay_out(scratch + PAGE, ids, areas);
         let (res, area) = t.run_batch(scratch, &l.batch)?;
         Ok(answers(&l, &res, &area))
