@@ -26,3 +26,15 @@ pub mod tracee;
 pub use dump::{DumpError, DumpOptions, DumpStats, Lineage, dump, dump_layer, dump_restored};
 pub use image::{ImageError, LoadedImage, Meta};
 pub use restore::{Handoff, RestoreError, RestoreOptions, RestoreStats, Restored, Target, restore};
+
+/// An error and its sources on one line, as the CLI prints them.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -110,7 +110,7 @@ impl LoadedImage {
                 loaded = Self::load_at(&at, None, depth + 1).map_err(|e| {
                     perr(format!(
                         "the parent cannot be loaded ({}); put the parent image back at {} (or load the layer with LoadedImage::load_with_parent)",
-                        error_chain(&e),
+                        crate::error_chain(&e),
                         at.display()
                     ))
                 })?;
@@ -250,18 +250,6 @@ impl LoadedImage {
             }),
         }
     }
-}
-
-/// An error and its sources, one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 struct Flat {

@@ -12,17 +12,8 @@ use ember_snap::{LoadedImage, RestoreOptions, Target};
 
 pub mod sandboxed;
 
-/// An error and its sources, as the CLI prints them.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+#[allow(unused_imports, reason = "each test file uses a different subset")]
+pub use ember_snap::error_chain as chain;
 
 /// Privileged tests run when the test script says so and we are root; otherwise they
 /// print why they skip.
