@@ -423,7 +423,14 @@ impl Server {
             Some(libc::EEXIST) => 1,
             Some(libc::ENOENT) => {
                 let used = done / PAGE;
-                if piece.pages > used + 1 {
+                // The area is not there (any more): moved or unmapped by the process, with
+                // the event that says which possibly still unread. While an event waits, the
+                // page goes back too, so that event moves or drops it; otherwise (the area
+                // is gone for good) it is dropped. A batch goes back page by page (it may
+                // span areas the process split since).
+                let event_waits = sys::poll_in(&[self.cfg.uffd.as_raw_fd()], 0)
+                    .is_ok_and(|r| r.first() == Some(&true));
+                if piece.pages > used + 1 || event_waits {
                     for k in used..piece.pages {
                         pending.restore(Piece {
                             addr: piece.addr + k * PAGE,
