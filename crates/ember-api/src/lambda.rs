@@ -822,7 +822,8 @@ fn invocation_response(
     if failed {
         put("x-amz-function-error", "Unhandled");
     }
-    if let Some(log) = &inv.log_tail {
+    if let Some(lines) = &inv.log_lines {
+        let log = crate::format::lambda_log(&inv, lines);
         let b = log.as_bytes();
         let tail = &b[b.len().saturating_sub(TAIL_BYTES)..];
         put(

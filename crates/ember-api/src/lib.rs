@@ -6,6 +6,7 @@
 pub mod client;
 mod error;
 mod event;
+pub mod format;
 mod lambda;
 pub mod package;
 mod routes;

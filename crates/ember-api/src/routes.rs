@@ -542,7 +542,7 @@ pub(crate) fn ember_headers(hs: &mut HeaderMap, inv: &Invocation) {
         }
     };
     put(h::START, inv.start.as_str());
-    put(h::TIMING, &inv.timing.header());
+    put(h::TIMING, &crate::format::server_timing(&inv.timing));
     if let Some(image) = &inv.image {
         put(h::IMAGE, image);
     }

@@ -9,6 +9,7 @@
 //! | `ember_throttled_total` | function |
 //! | `ember_cold_boot_reasons_total` (no image could serve: no-image, no-sandbox, images-off) | function, reason |
 //! | `ember_image_failures_total` (restores that fell back to a cold boot) | image |
+//! | `ember_start_fallbacks_total` (a rung's failed attempt, another rung served) | function, rung |
 //! | `ember_image_page_faults_total` (faults served after a lazy or prefetch restore) | image |
 //! | `ember_image_pages_installed_total` (pages those faults installed) | image |
 //! | `ember_image_page_bytes_fetched_total` (bytes read from the page source for them) | image |
@@ -48,6 +49,12 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RungLabels {
+    pub function: String,
+    pub rung: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ImageLabels {
     pub image: String,
 }
@@ -66,6 +73,7 @@ pub struct Metrics {
     pub throttled: Family<FunctionLabels, Counter>,
     pub cold_boot_reasons: Family<ReasonLabels, Counter>,
     pub image_failures: Family<ImageLabels, Counter>,
+    pub start_fallbacks: Family<RungLabels, Counter>,
     pub page_faults: Family<ImageLabels, Counter>,
     pub pages_installed: Family<ImageLabels, Counter>,
     pub page_bytes_fetched: Family<ImageLabels, Counter>,
@@ -124,6 +132,13 @@ impl Default for Metrics {
         );
         let cold_boot_reasons = Family::<ReasonLabels, Counter>::default();
         let image_failures = Family::<ImageLabels, Counter>::default();
+        let start_fallbacks = Family::<RungLabels, Counter>::default();
+        registry.register(
+            "start_fallbacks",
+            "Attempts of a rung of the start ladder that failed, after which another served, \
+             by function and rung",
+            start_fallbacks.clone(),
+        );
         let page_faults = Family::<ImageLabels, Counter>::default();
         let pages_installed = Family::<ImageLabels, Counter>::default();
         let page_bytes_fetched = Family::<ImageLabels, Counter>::default();
@@ -167,6 +182,7 @@ impl Default for Metrics {
         Metrics {
             cold_boot_reasons,
             image_failures,
+            start_fallbacks,
             page_faults,
             pages_installed,
             page_bytes_fetched,

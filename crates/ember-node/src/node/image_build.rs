@@ -1,47 +1,27 @@
-//! The dependency-image rung of the start ladder, and how images are made.
+//! Dependency images: building one, its test restore, listing and removing them.
 //!
 //! ```text
 //! build:  env -> sandbox -> runtime: interpreter, imports, pre-snapshot hook (BOOT snapshot)
 //!             -> dump (ember-snap) -> kill -> test restore into a fresh sandbox, lazily,
 //!                selfcheck handler, one event; its touched pages become the working set
 //!             -> image.json -> catalog (and the memory pool when it fits)
-//! start:  checkout -> fresh sandbox, first process parked -> restore (policy, handoff to
-//!             the instance's user and filter) -> INIT restored: environment, after-restore
-//!             hook (reseed), handler import -> READY
-//!         a failure before the runtime says HOOKED (sandbox, restore, page source, hook):
-//!         the image's: logged, counted, the image marked unhealthy after repeated failures,
-//!         and the caller cold-boots instead; a failure after HOOKED (the handler's import
-//!         raises, crashes, hits a limit, hangs): the function's alone, its crash-loop backoff
-//!         counts it and the image stays healthy
 //! ```
+//!
+//! Starting from an image is the ladder's image rung (`ladder/image.rs`).
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
-use ember_runtime::python::{RestoredInitError, StartError};
 use ember_runtime::{Instance, LogSink, Outcome, StartSpec, Stream};
 use ember_sandbox::InstanceSpec;
 use ember_snap::lazy::{PageServer, Policy};
-use ember_snap::{DumpOptions, LoadedImage, RestoreOptions, Target};
+use ember_snap::{DumpOptions, LoadedImage};
 use tracing::{Instrument, info_span};
 
-use super::{Deployed, InvokeOutcome, Node, NodeError, Timing, error_chain, now_secs};
+use super::restore::{Restored, Sees, server_failure};
+use super::{Node, NodeError, error_chain, now_secs};
 use crate::envs::PackageEnv;
-use crate::function::{Network, Runtime};
 use crate::images::{ImageError, ImageInfo, ImageStatus, Pages, image_id};
-use crate::live::Live;
-use crate::metrics::ImageLabels;
-use crate::ratelimit::RateLimit;
-
-/// How a start from an image ended.
-pub(super) enum FromImage {
-    Started(Box<Live>),
-    /// The image could not serve (logged and counted); the caller cold-boots.
-    Failed,
-    /// The function's own failure (its handler import raised): no fallback.
-    Outcome(InvokeOutcome),
-}
 
 /// The descriptors a runtime inherits: stdin, stdout, stderr and the protocol socket.
 const INHERITED: [i32; 4] = [0, 1, 2, 3];
@@ -55,7 +35,7 @@ const STDLIB_PRELOAD: &[&str] = &["json", "random", "uuid", "tempfile", "datetim
 const SUBMODULE_PRELOAD: &[(&str, &[&str])] = &[("numpy", &["numpy.random", "numpy.linalg"])];
 
 /// What an image for `env` imports before it is dumped.
-fn image_imports(env: &PackageEnv) -> Vec<String> {
+pub(in crate::node) fn image_imports(env: &PackageEnv) -> Vec<String> {
     let mut v: Vec<String> = STDLIB_PRELOAD.iter().map(|s| s.to_string()).collect();
     for m in &env.imports {
         v.push(m.clone());
@@ -67,35 +47,13 @@ fn image_imports(env: &PackageEnv) -> Vec<String> {
 }
 
 /// Where an image build's runtime output goes: the daemon's log.
-struct BuildLog;
+pub(in crate::node) struct BuildLog;
 
 impl LogSink for BuildLog {
     fn line(&self, instance: &str, stream: Stream, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
         tracing::info!(instance, ?stream, "{text}");
     }
-}
-
-/// What a restored instance's sandbox shows it besides the system: these directories,
-/// read-only, and the host's network or none.
-struct Sees {
-    read_only: Vec<PathBuf>,
-    host_network: bool,
-}
-
-/// Whose fault a start from an image that did not give an instance was.
-enum Blame {
-    /// The image's (before HOOKED): counted against it, and a cold boot serves.
-    Image(String),
-    /// The function's own (after HOOKED): the note for its log, and what its request gets.
-    Function(String, InvokeOutcome),
-}
-
-/// A restored instance before its INIT.
-struct Restored {
-    live: Live,
-    sandbox: Duration,
-    restore: Duration,
 }
 
 impl Node {
@@ -144,7 +102,10 @@ impl Node {
         (self.images.resident_bytes(), self.images.budget())
     }
 
-    pub(super) async fn build_image_for(&self, env: &PackageEnv) -> Result<ImageInfo, NodeError> {
+    pub(in crate::node) async fn build_image_for(
+        &self,
+        env: &PackageEnv,
+    ) -> Result<ImageInfo, NodeError> {
         if self.sandboxes.is_none() {
             return Err(ImageError::NeedsSandbox.into());
         }
@@ -187,13 +148,13 @@ impl Node {
         }
     }
 
-    fn drop_staged(&self, staged: &std::path::Path, e: NodeError) -> NodeError {
+    pub(in crate::node) fn drop_staged(&self, staged: &std::path::Path, e: NodeError) -> NodeError {
         let _ = std::fs::remove_dir_all(staged);
         tracing::warn!("image build failed: {}", error_chain(&e));
         e
     }
 
-    fn image_gate(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(in crate::node) fn image_gate(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.image_gates
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -202,7 +163,7 @@ impl Node {
             .clone()
     }
 
-    async fn build_into(
+    pub(in crate::node) async fn build_into(
         &self,
         env: &PackageEnv,
         id: &str,
@@ -326,7 +287,7 @@ impl Node {
     /// The test restore: the image restored lazily into a fresh sandbox answers the
     /// bootstrap's selfcheck with every preloaded module present. Returns the pages it
     /// touched, the image's working set.
-    async fn verify_image(
+    pub(in crate::node) async fn verify_image(
         &self,
         env: &PackageEnv,
         id: &str,
@@ -358,7 +319,8 @@ impl Node {
                 Policy::Lazy,
                 Arc::new(BuildLog),
             )
-            .await?;
+            .await
+            .map_err(|e| error_chain(&e))?;
         let limit = self.cfg.init_timeout;
         let checked = async {
             match tokio::time::timeout(limit, live.inst.init_restored(&spec)).await {
@@ -403,305 +365,9 @@ impl Node {
         }
     }
 
-    /// A fresh sandbox whose first process is parked, with the image restored into it and
-    /// handed over to the instance's user and filter.
-    async fn restore_instance(
-        &self,
-        spec: &StartSpec,
-        sees: Sees,
-        id: &str,
-        pages: &Pages,
-        policy: Policy,
-        log: Arc<dyn LogSink>,
-    ) -> Result<Restored, String> {
-        let boxes = self.sandboxes.as_ref().ok_or("the sandbox is off")?;
-        let t0 = Instant::now();
-        let mut sb = boxes
-            .prepare(&InstanceSpec {
-                id: spec.instance_id.clone(),
-                memory_bytes: u64::from(spec.memory_mb) << 20,
-                read_only: sees.read_only,
-                cwd: spec.code_dir.clone(),
-                host_network: sees.host_network,
-                runtime_api_port: None,
-            })
-            .map_err(|e| format!("creating the sandbox: {}", error_chain(&e)))?;
-        let inst = match Instance::spawn_parked(spec, log, |cmd| sb.attach_stopped(cmd)) {
-            Ok(i) => i,
-            Err(e) => {
-                sb.destroy().await;
-                return Err(format!("starting the sandbox: {}", error_chain(&e)));
-            }
-        };
-        let mut live = Live::new(inst, Some(sb));
-        let Some(pid) = live.sandbox.as_ref().and_then(|s| s.first_process()) else {
-            self.reap(live.kill());
-            return Err("the sandbox's first process is gone".into());
-        };
-        let sandbox = t0.elapsed();
-        let handoff = live.sandbox.as_ref().map(|s| s.handoff());
-        let (policy, working_set) = match (policy, &pages.working_set) {
-            (Policy::Prefetch, None) => (Policy::Lazy, None),
-            (p, ws) => (p, ws.clone()),
-        };
-        let opts = RestoreOptions {
-            handoff: handoff.map(|h| ember_snap::Handoff {
-                uid: h.uid,
-                gid: h.gid,
-                die_with_parent: true,
-                seccomp: h.sock_filters(),
-            }),
-            policy,
-            source: Some(pages.source.clone()),
-            working_set,
-            ..RestoreOptions::default()
-        };
-        let img = pages.image.clone();
-        let t1 = Instant::now();
-        let restored = tokio::task::spawn_blocking(move || {
-            ember_snap::restore(&img, Target::Stopped { pid }, &opts)
-        })
-        .instrument(info_span!("start.restore", image = id, %policy))
-        .await;
-        match restored {
-            Ok(Ok(r)) => {
-                live.pages = r.server;
-                Ok(Restored {
-                    live,
-                    sandbox,
-                    restore: t1.elapsed(),
-                })
-            }
-            Ok(Err(e)) => {
-                self.reap(live.kill());
-                Err(format!("restoring: {}", error_chain(&e)))
-            }
-            Err(e) => {
-                self.reap(live.kill());
-                Err(format!("restoring: {e}"))
-            }
-        }
-    }
-
-    /// The image rung: an instance of `d` restored from image `id`.
-    pub(super) async fn image_start(
-        &self,
-        d: &Deployed,
-        id: &str,
-        timing: &mut Timing,
-    ) -> FromImage {
-        let t0 = Instant::now();
-        let rec = &d.record;
-        let co = match self.images.checkout(id) {
-            Ok(c) => c,
-            Err(e) => return self.image_failed(d, id, t0, timing, error_chain(&e)),
-        };
-        let policy = self.cfg.images.policy;
-        let whole = policy == Policy::Eager;
-        let taken = co.clone();
-        let pages = match tokio::task::spawn_blocking(move || taken.pages(whole)).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => return self.image_failed(d, id, t0, timing, error_chain(&e)),
-            Err(e) => return self.image_failed(d, id, t0, timing, e.to_string()),
-        };
-        if co.load_after {
-            let images = self.images.clone();
-            let id = id.to_string();
-            tokio::task::spawn_blocking(move || images.load(&id));
-        }
-        let spec = self.instance_spec(
-            d,
-            super::instance_id(&rec.name),
-            co.python.clone(),
-            Vec::new(),
-        );
-        let read_only = vec![
-            d.code_dir.clone(),
-            co.env_dir.clone(),
-            self.bootstrap.clone(),
-        ];
-        let sink = self.logs.sink(&rec.name);
-        let sees = Sees {
-            read_only,
-            host_network: rec.config.network == Network::Host,
-        };
-        let restored = self
-            .restore_instance(&spec, sees, id, &pages, policy, sink)
-            .instrument(info_span!("start.image", instance = %spec.instance_id, image = id))
-            .await;
-        let Restored {
-            mut live,
-            sandbox,
-            restore,
-        } = match restored {
-            Ok(r) => r,
-            Err(msg) => return self.image_failed(d, id, t0, timing, msg),
-        };
-        let init = tokio::time::timeout(self.cfg.init_timeout, live.inst.init_restored(&spec))
-            .instrument(info_span!("start.init"))
-            .await;
-        let blame = match init {
-            Ok(Ok(t)) => {
-                timing.sandbox = Some(sandbox);
-                timing.restore = Some(restore);
-                timing.hook = Some(t.hook);
-                timing.import_handler = Some(t.import_handler);
-                live.image = Some(id.to_string());
-                // Invocations count the sandbox's limit events from here.
-                let _ = live.new_limit();
-                self.images.succeeded(id);
-                self.count_started(d);
-                self.logs.append(
-                    &rec.name,
-                    &spec.instance_id,
-                    "event",
-                    format!(
-                        "instance started (image {id} from {}, {policy}, sandboxed, pid {}) in {:.1} ms",
-                        co.location.as_str(),
-                        live.inst.pid(),
-                        timing.init().as_secs_f64() * 1e3
-                    )
-                    .as_bytes(),
-                );
-                return FromImage::Started(Box::new(live));
-            }
-            // A page server that failed is the image's fault, whatever the process did since.
-            _ if let Some(msg) = server_failure(&mut live) => Blame::Image(msg),
-            Ok(Err(RestoredInitError::Image(e))) => Blame::Image(error_chain(&e)),
-            Err(_) if !live.inst.hooked() => Blame::Image(format!(
-                "the restored instance did not initialise within {} s",
-                self.cfg.init_timeout.as_secs()
-            )),
-            // Past HOOKED: the function's own import, never the shared image's doing.
-            Ok(Err(RestoredInitError::Function(StartError::Handler(fe)))) => Blame::Function(
-                format!(
-                    "importing the handler failed: {}: {}",
-                    fe.error_type, fe.message
-                ),
-                InvokeOutcome::InitError(fe),
-            ),
-            Ok(Err(RestoredInitError::Function(e))) => {
-                let limit = live.limit_hit(Duration::from_millis(200)).await;
-                let msg = error_chain(&e);
-                Blame::Function(
-                    format!("instance failed while importing its handler: {msg}"),
-                    limit.map_or(InvokeOutcome::Crashed(msg), InvokeOutcome::Limit),
-                )
-            }
-            Err(_) => Blame::Function(
-                format!(
-                    "instance start timed out after {} s, importing its handler",
-                    self.cfg.init_timeout.as_secs()
-                ),
-                InvokeOutcome::InitTimeout(self.cfg.init_timeout),
-            ),
-        };
-        self.reap(live.kill());
-        match blame {
-            Blame::Image(msg) => self.image_failed(d, id, t0, timing, msg),
-            Blame::Function(note, outcome) => {
-                let note = note.as_bytes();
-                self.logs
-                    .append(&rec.name, &spec.instance_id, "event", note);
-                FromImage::Outcome(outcome)
-            }
-        }
-    }
-
-    fn image_failed(
-        &self,
-        d: &Deployed,
-        id: &str,
-        t0: Instant,
-        timing: &mut Timing,
-        msg: String,
-    ) -> FromImage {
-        timing.fallback = Some(t0.elapsed());
-        let name = &d.record.name;
-        self.metrics
-            .image_failures
-            .get_or_create(&ImageLabels {
-                image: id.to_string(),
-            })
-            .inc();
-        let unhealthy = self.images.failed(id, &msg);
-        self.logs.append(
-            name,
-            "ember",
-            "event",
-            format!("starting from image {id} failed, cold boot instead: {msg}").as_bytes(),
-        );
-        static LIMIT: RateLimit = RateLimit::new(Duration::from_secs(10), 5);
-        if let Some(dropped) = LIMIT.allow() {
-            tracing::warn!(function = %name, image = id, dropped, "start from image failed; cold boot instead: {msg}");
-        }
-        if unhealthy {
-            tracing::error!(
-                image = id,
-                "image marked unhealthy after {} failed restores in a row; rebuild it with \
-                 `ember image build` or remove it",
-                self.cfg.images.failures_unhealthy
-            );
-        }
-        FromImage::Failed
-    }
-
-    /// The image that should serve `d`, if images may; counts why not otherwise.
-    pub(super) fn image_for(&self, d: &Deployed) -> Option<String> {
-        // Images hold Ember's Python runtime; other runtimes always start from their code.
-        if d.record.config.runtime != Runtime::Python {
-            return None;
-        }
-        let reason = if !d.record.config.images {
-            "images-off"
-        } else if self.sandboxes.is_none() {
-            "no-sandbox"
-        } else {
-            let memory = d.record.config.memory_bytes();
-            match self.images.find(&d.env.installed, memory) {
-                Ok(id) => return Some(id),
-                Err(why) => why.reason(),
-            }
-        };
-        self.metrics
-            .cold_boot_reasons
-            .get_or_create(&crate::metrics::ReasonLabels {
-                function: d.record.name.clone(),
-                reason: reason.to_string(),
-            })
-            .inc();
-        None
-    }
-
-    /// Adds what the page server of a restored instance did since the last report to the
-    /// node's counters.
-    pub(super) fn report_pages(&self, live: &mut Live) {
-        let (Some(server), Some(image)) = (&live.pages, &live.image) else {
-            return;
-        };
-        let now = server.stats();
-        let before = std::mem::replace(&mut live.reported, now);
-        let l = ImageLabels {
-            image: image.clone(),
-        };
-        let m = &self.metrics;
-        m.page_faults
-            .get_or_create(&l)
-            .inc_by(now.faults.saturating_sub(before.faults));
-        m.pages_installed
-            .get_or_create(&l)
-            .inc_by(now.pages_installed.saturating_sub(before.pages_installed));
-        m.page_bytes_fetched
-            .get_or_create(&l)
-            .inc_by(now.bytes_fetched.saturating_sub(before.bytes_fetched));
-        m.page_fault_blocked
-            .get_or_create(&l)
-            .inc_by(now.blocked_us.saturating_sub(before.blocked_us) as f64 / 1e6);
-    }
-
     /// Starts the automatic builds the configuration asks for, one at a time, in the
     /// background: `sets` of packages, or deployed functions' environments.
-    pub(super) fn build_in_background(&self, sets: Vec<Vec<String>>) {
+    pub(in crate::node) fn build_in_background(&self, sets: Vec<Vec<String>>) {
         let Some(node) = self.me.upgrade() else {
             return;
         };
@@ -729,13 +395,4 @@ impl Node {
             }
         });
     }
-}
-
-/// The page server's error, when it is what ended the instance.
-fn server_failure(live: &mut Live) -> Option<String> {
-    let finished = live.pages.as_ref().is_some_and(PageServer::is_finished);
-    if !finished {
-        return None;
-    }
-    live.pages.take()?.wait().err().map(|e| error_chain(&e))
 }

@@ -1,0 +1,296 @@
+//! Deploying functions: their code, checks, environments and records; listing, deleting,
+//! stopping their instances and reading their logs.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+use tracing::{Instrument, info_span};
+
+use super::{Deployed, Node, NodeError, blocking, now_secs};
+use crate::config::AutoImages;
+use crate::function::{FunctionConfig, FunctionRecord, InvalidFunction, Runtime, validate_name};
+
+/// A deployed function as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionStatus {
+    #[serde(flatten)]
+    pub record: FunctionRecord,
+    /// Versions of every installed distribution in the function's environment.
+    pub installed: std::collections::BTreeMap<String, String>,
+    /// Modules preloaded before the handler (the packages' top-level modules).
+    pub imports: Vec<String>,
+    /// The environment's interpreter, e.g. to time a bare `python -c 'import ...'` beside it.
+    pub python: PathBuf,
+    pub instances_live: usize,
+    pub instances_idle: usize,
+    /// Instances started ahead of demand (native functions' pre-made sandboxes), among the
+    /// live ones.
+    pub instances_prestarted: usize,
+    /// Requests queued for a free instance right now.
+    pub requests_waiting: usize,
+}
+
+/// Code stored by [`Node::store_code`].
+#[derive(Debug, Clone)]
+pub struct StoredCode {
+    /// BLAKE3 of the unpacked tree: the directory under `code/`.
+    pub hash: String,
+    /// SHA-256 of the archive, base64 (Lambda's `CodeSha256`).
+    pub sha256: String,
+    pub size: u64,
+}
+
+impl Node {
+    pub(in crate::node) fn deploy_gate(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.deploying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Checks a zip archive of function code and stores it, for [`Node::deploy`]. Code no
+    /// function refers to is removed at the next start.
+    pub async fn store_code(&self, zip: Vec<u8>) -> Result<StoredCode, NodeError> {
+        let store = self.code.clone();
+        let stored = blocking(move || {
+            use sha2::Digest;
+            let sha256 = base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                sha2::Sha256::digest(&zip),
+            );
+            let size = zip.len() as u64;
+            Ok(StoredCode {
+                hash: store.add_zip(&zip)?,
+                sha256,
+                size,
+            })
+        })
+        .await?;
+        // Instances see their code read-only and could not cache its bytecode themselves.
+        precompile(&self.cfg.python, &self.code.path(&stored.hash)).await;
+        Ok(stored)
+    }
+
+    /// Creates or updates a function. `code` comes from [`Node::store_code`]; it may be
+    /// omitted on update. Returns the record and whether the function is new.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        config: FunctionConfig,
+        code: Option<StoredCode>,
+        progress: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<(FunctionRecord, bool), NodeError> {
+        validate_name(name)?;
+        config.validate()?;
+        let gate = self.deploy_gate(name);
+        let _held = gate.lock().await;
+        let previous = self.read_functions().get(name).map(|d| d.record.clone());
+        let code = match code {
+            Some(c) => c,
+            None => match &previous {
+                Some(p) => StoredCode {
+                    hash: p.code_hash.clone(),
+                    sha256: p.code_sha256.clone(),
+                    size: p.code_size,
+                },
+                None => return Err(NodeError::CodeRequired(name.to_string())),
+            },
+        };
+        check_entry_point(&config, &self.code.path(&code.hash))?;
+        let env = self
+            .envs
+            .ensure(&config.packages, progress)
+            .instrument(info_span!("deploy.environment", function = name))
+            .await?;
+        let now = now_secs();
+        let reg = self.registry.clone();
+        let rec = FunctionRecord {
+            name: name.to_string(),
+            version: 0,
+            config,
+            code_hash: code.hash,
+            env_key: env.key.clone(),
+            created_at: previous.as_ref().map_or(now, |p| p.created_at),
+            updated_at: now,
+            code_sha256: code.sha256,
+            code_size: code.size,
+        };
+        let rec = blocking(move || {
+            let mut rec = rec;
+            rec.version = reg.next_version(&rec.name)?;
+            reg.put(&rec)?;
+            Ok(rec)
+        })
+        .await?;
+        tracing::info!(function = name, version = rec.version, "deployed");
+        self.logs.append(
+            name,
+            "ember",
+            "event",
+            format!("deployed version {}", rec.version).as_bytes(),
+        );
+        let has_image = self.images.has_image_for(&env.key);
+        self.install(rec.clone(), env);
+        if self.cfg.images.auto == AutoImages::OnDeploy
+            && !has_image
+            && rec.config.runtime == Runtime::Python
+            && rec.config.images
+        {
+            self.build_in_background(vec![rec.config.packages.clone()]);
+        }
+        Ok((rec, previous.is_none()))
+    }
+
+    pub fn get(&self, name: &str) -> Result<FunctionStatus, NodeError> {
+        self.read_functions()
+            .get(name)
+            .map(|d| status(d))
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))
+    }
+
+    /// The version serving `name` (without building its whole status).
+    pub fn version(&self, name: &str) -> Result<u64, NodeError> {
+        Ok(self.deployed(name)?.record.version)
+    }
+
+    pub fn list(&self) -> Vec<FunctionStatus> {
+        let mut v: Vec<FunctionStatus> =
+            self.read_functions().values().map(|d| status(d)).collect();
+        v.sort_by(|a, b| a.record.name.cmp(&b.record.name));
+        v
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<(), NodeError> {
+        let gate = self.deploy_gate(name);
+        let _held = gate.lock().await;
+        let reg = self.registry.clone();
+        let n = name.to_string();
+        if !blocking(move || Ok(reg.delete(&n)?)).await? {
+            return Err(NodeError::NotFound(name.to_string()));
+        }
+        let old = self
+            .functions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        if let Some(old) = old {
+            self.discard_all(&old, old.pool.retire(), "function deleted");
+        }
+        self.logs.remove(name);
+        tracing::info!(function = name, "deleted");
+        Ok(())
+    }
+
+    /// Stops a function's instances, idle ones now and busy ones when they finish, so that
+    /// the next invocation cold-boots. Returns once the idle ones and their sandboxes are
+    /// gone, so that a cold start that follows (as in `ember bench`) does not overlap with
+    /// their teardown.
+    pub async fn stop_instances(&self, name: &str) -> Result<usize, NodeError> {
+        let d = self.deployed(name)?;
+        // An operator asking for fresh starts gets one now, not after a crash-loop window.
+        d.crash_loop.started();
+        let idle = d.pool.flush();
+        let n = idle.len();
+        let gone: Vec<_> = idle
+            .into_iter()
+            .filter_map(|i| self.stop(&d, i, "stopped on request"))
+            .collect();
+        for g in gone {
+            let _ = g.await;
+        }
+        Ok(n)
+    }
+
+    pub fn logs(&self, name: &str, lines: usize) -> Result<String, NodeError> {
+        self.deployed(name)?;
+        self.logs.tail(name, lines).map_err(|source| NodeError::Io {
+            what: "reading the log of",
+            path: PathBuf::from(name),
+            source,
+        })
+    }
+
+    pub(in crate::node) fn deployed(&self, name: &str) -> Result<Arc<Deployed>, NodeError> {
+        self.read_functions()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))
+    }
+}
+
+/// The executable a `provided` or `native` function starts must be in its code and be
+/// executable, so that a deploy fails rather than every invocation.
+pub(in crate::node) fn check_entry_point(
+    config: &FunctionConfig,
+    code_dir: &std::path::Path,
+) -> Result<(), NodeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let (rel, what) = match config.runtime {
+        Runtime::Python => return Ok(()),
+        Runtime::Provided => (
+            "bootstrap",
+            "a provided runtime starts the code's 'bootstrap'",
+        ),
+        Runtime::Native => (
+            config.handler.as_str(),
+            "a native function's handler names its executable",
+        ),
+    };
+    let path = code_dir.join(rel);
+    let rule = match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => return Ok(()),
+        Ok(m) if m.is_file() => {
+            format!("{what}, which must be executable (chmod +x before zipping)")
+        }
+        _ => format!("{what}, which the code does not contain"),
+    };
+    Err(NodeError::Invalid(InvalidFunction {
+        field: "code",
+        value: rel.to_string(),
+        rule,
+    }))
+}
+
+/// Writes the bytecode of the Python files under `dir` next to them (the bootstrap, a
+/// function's code): instances see those directories read-only, so they could not cache it
+/// themselves. A failure only costs a compile (~1 ms) per start.
+pub(in crate::node) async fn precompile(python: &std::path::Path, dir: &std::path::Path) {
+    // checked-hash: the .pyc records the source's hash, not its mtime, so identical code
+    // compiles identically. A file that does not compile is left for the import to report.
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.args([
+        "-I",
+        "-m",
+        "compileall",
+        "-q",
+        "--invalidation-mode",
+        "checked-hash",
+    ])
+    .arg(dir)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    ember_runtime::kill_with_daemon(&mut cmd);
+    match cmd.status().await {
+        Ok(s) if s.success() => {}
+        other => {
+            tracing::debug!(dir = %dir.display(), "precompiling left files uncompiled: {other:?}")
+        }
+    }
+}
+
+pub(in crate::node) fn status(d: &Deployed) -> FunctionStatus {
+    FunctionStatus {
+        record: d.record.clone(),
+        installed: d.env.installed.clone(),
+        imports: d.env.imports.clone(),
+        python: d.env.python(),
+        instances_live: d.pool.live().load(Ordering::SeqCst),
+        instances_idle: d.pool.idle_count(),
+        instances_prestarted: d.pool.parked_count(),
+        requests_waiting: d.pool.waiting(),
+    }
+}

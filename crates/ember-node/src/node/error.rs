@@ -1,0 +1,79 @@
+//! The node's errors, and how each should reach a client.
+
+use std::path::PathBuf;
+
+use crate::code::CodeError;
+use crate::envs::EnvError;
+use crate::function::InvalidFunction;
+use crate::images::ImageError;
+use crate::registry::RegistryError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("function {0:?} does not exist (`ember ls` lists deployed functions)")]
+    NotFound(String),
+    #[error(transparent)]
+    Invalid(#[from] InvalidFunction),
+    #[error("function {0:?} does not exist yet, so its first deploy must include code")]
+    CodeRequired(String),
+    #[error(transparent)]
+    Code(#[from] CodeError),
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(
+        "function {function:?} is at its limit of {max_instances} instances and {queue_depth} \
+         queued requests; retry later or raise max_instances"
+    )]
+    Throttled {
+        function: String,
+        max_instances: u32,
+        queue_depth: usize,
+    },
+    #[error(transparent)]
+    Sandbox(#[from] ember_sandbox::SandboxError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("another ember daemon is using {0}; stop it or choose another --home")]
+    HomeLocked(PathBuf),
+    #[error("{what} {path} failed")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How an error should reach a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeErrorKind {
+    NotFound,
+    BadRequest,
+    /// The request was fine but could not be satisfied (e.g. pip failed).
+    Unprocessable,
+    Throttled,
+    Internal,
+}
+
+impl NodeError {
+    pub fn kind(&self) -> NodeErrorKind {
+        match self {
+            NodeError::NotFound(_) => NodeErrorKind::NotFound,
+            NodeError::Invalid(_) | NodeError::CodeRequired(_) => NodeErrorKind::BadRequest,
+            NodeError::Code(e) if e.is_user_error() => NodeErrorKind::BadRequest,
+            NodeError::Env(e) if e.is_user_error() => NodeErrorKind::Unprocessable,
+            NodeError::Image(e) if e.is_user_error() => NodeErrorKind::NotFound,
+            NodeError::Image(ImageError::NeedsSandbox) => NodeErrorKind::Unprocessable,
+            NodeError::Image(ImageError::Build { .. } | ImageError::Verify { .. }) => {
+                NodeErrorKind::Unprocessable
+            }
+            NodeError::Config(_) => NodeErrorKind::BadRequest,
+            NodeError::Throttled { .. } => NodeErrorKind::Throttled,
+            _ => NodeErrorKind::Internal,
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! An instance's surroundings: its sandbox, its process spec, the pre-made sandboxes of
+//! native functions, and stopping it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use ember_runtime::exec::ExecSpec;
+use ember_runtime::python::StartError;
+use ember_runtime::{StartSpec, native};
+use ember_sandbox::InstanceSpec;
+
+use super::{Deployed, InvokeOutcome, Node, error_chain};
+use crate::function::{Network, Runtime};
+use crate::live::{Live, Proc};
+use crate::metrics::Metrics;
+
+impl Node {
+    pub(in crate::node) fn discard_all(&self, d: &Deployed, instances: Vec<Live>, why: &str) {
+        for i in instances {
+            self.discard(d, i, why);
+        }
+    }
+
+    pub(in crate::node) fn discard(&self, d: &Deployed, inst: Live, why: &str) {
+        let teardown = self.stop(d, inst, why);
+        self.reap(teardown);
+    }
+
+    /// Stops an instance; the removal of its sandbox goes on in the returned task.
+    pub(in crate::node) fn stop(
+        &self,
+        d: &Deployed,
+        inst: Live,
+        why: &str,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let name = &d.record.name;
+        self.logs.append(
+            name,
+            inst.id(),
+            "event",
+            format!("instance stopped: {why}").as_bytes(),
+        );
+        tracing::debug!(function = %name, instance = inst.id(), why, "instance stopped");
+        d.pool.live().fetch_sub(1, Ordering::SeqCst);
+        self.metrics
+            .instances
+            .get_or_create(&Metrics::fn_labels(name))
+            .dec();
+        inst.kill()
+    }
+
+    pub(in crate::node) fn reap(&self, task: Option<tokio::task::JoinHandle<()>>) {
+        if let Some(t) = task {
+            let mut r = self.reaping.lock().unwrap_or_else(|p| p.into_inner());
+            r.retain(|t| !t.is_finished());
+            r.push(t);
+        }
+    }
+
+    /// A new instance of `d` running `python`, preloading `imports` (none when restored).
+    pub(in crate::node) fn instance_spec(
+        &self,
+        d: &Deployed,
+        id: String,
+        python: PathBuf,
+        imports: Vec<String>,
+    ) -> StartSpec {
+        let rec = &d.record;
+        StartSpec {
+            instance_id: id,
+            function: rec.name.clone(),
+            version: rec.version,
+            handler: rec.config.handler.clone(),
+            memory_mb: rec.config.memory_mb,
+            python,
+            bootstrap: self.bootstrap.clone(),
+            code_dir: d.code_dir.clone(),
+            imports,
+            env: rec.config.env.clone(),
+        }
+    }
+
+    /// A sandbox for a new instance of `d` (none when the node runs without), with its
+    /// Runtime API listener for a `provided` runtime.
+    pub(in crate::node) fn new_sandbox(
+        &self,
+        d: &Deployed,
+        instance_id: &str,
+    ) -> Result<Option<ember_sandbox::Sandbox>, InvokeOutcome> {
+        let Some(boxes) = &self.sandboxes else {
+            return Ok(None);
+        };
+        let rec = &d.record;
+        // Only what this function needs: its code, its packages, the Python bootstrap. A
+        // native executable needs its code alone (each mount costs its start time).
+        let read_only = match rec.config.runtime {
+            Runtime::Python => vec![
+                d.code_dir.clone(),
+                d.env.dir.clone(),
+                self.bootstrap.clone(),
+            ],
+            Runtime::Provided => vec![d.code_dir.clone(), d.env.dir.clone()],
+            Runtime::Native => vec![d.code_dir.clone()],
+        };
+        let made = boxes.prepare(&InstanceSpec {
+            id: instance_id.to_string(),
+            memory_bytes: rec.config.memory_bytes(),
+            read_only,
+            cwd: d.code_dir.clone(),
+            host_network: rec.config.network == Network::Host,
+            runtime_api_port: (rec.config.runtime == Runtime::Provided)
+                .then_some(ember_runtime::provided::SANDBOX_PORT),
+        });
+        made.map(Some).map_err(|e| {
+            let msg = error_chain(&e);
+            self.logs.append(
+                &rec.name,
+                instance_id,
+                "event",
+                format!("the sandbox could not be created: {msg}").as_bytes(),
+            );
+            tracing::error!(function = %rec.name, "creating a sandbox failed: {msg}");
+            InvokeOutcome::StartFailed(msg)
+        })
+    }
+
+    /// Tops up `d`'s pre-made sandboxes (native functions, in the sandbox, `prestart` > 0) in
+    /// the background, one refill at a time.
+    pub(in crate::node) fn refill(&self, d: &Arc<Deployed>) {
+        let want = self.cfg.prestart;
+        if want == 0
+            || self.sandboxes.is_none()
+            || d.record.config.runtime != Runtime::Native
+            || d.pool.filling.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let (me, d) = (self.me.clone(), d.clone());
+        tokio::spawn(async move {
+            while let Some(node) = me.upgrade() {
+                if d.pool.is_retired() || d.pool.parked_count() >= want {
+                    break;
+                }
+                match node.prestart(&d) {
+                    Ok(live) => {
+                        if let Some(late) = d.pool.park(live) {
+                            node.discard(&d, late, "its function was replaced");
+                        }
+                    }
+                    Err(msg) => {
+                        // Requests make their own sandboxes meanwhile, and say why if they fail.
+                        tracing::warn!(function = %d.record.name, "pre-making a sandbox failed: {msg}");
+                        break;
+                    }
+                }
+            }
+            d.pool.filling.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// A native instance in a new sandbox, spawned and stopped before its first instruction.
+    pub(in crate::node) fn prestart(&self, d: &Deployed) -> Result<Live, String> {
+        let id = instance_id(&d.record.name);
+        let mut sandbox = self
+            .new_sandbox(d, &id)
+            .map_err(|o| o.label().to_string())?;
+        let (inst, pid) = self
+            .start_native(d, &id, &mut sandbox, true)
+            .map_err(|e| error_chain(&e))?;
+        let Some(pid) = pid else {
+            inst.kill();
+            return Err("its first process is not in its cgroup".into());
+        };
+        self.count_started(d);
+        let mut live = Live::new(Proc::Native(inst), sandbox);
+        live.parked = Some(pid);
+        Ok(live)
+    }
+
+    /// Starts the native executable of `d` in `sandbox`, parked before its first instruction
+    /// when `parked`. Returns the host pid of the instance's first process (in the sandbox),
+    /// whose mounts the sandbox now holds: the exit of a process per request would otherwise
+    /// unmount its whole tree on the request's path.
+    pub(in crate::node) fn start_native(
+        &self,
+        d: &Deployed,
+        id: &str,
+        sandbox: &mut Option<ember_sandbox::Sandbox>,
+        parked: bool,
+    ) -> Result<(native::Instance, Option<i32>), StartError> {
+        let exec = self.exec_spec(d, id.to_string());
+        let inst = native::Instance::start(&exec, self.logs.sink(&d.record.name), |cmd| {
+            match sandbox.as_mut() {
+                Some(sb) if parked => sb.attach_stopped(cmd),
+                Some(sb) => sb.attach(cmd),
+                None => {}
+            }
+        })?;
+        let pid = sandbox.as_mut().and_then(|sb| {
+            let pid = sb.first_process()?;
+            sb.hold_mounts(pid);
+            Some(pid)
+        });
+        Ok((inst, pid))
+    }
+
+    /// Counts a new live instance of `d` (the pool's count and the gauge; [`Node::stop`]
+    /// takes it back).
+    pub(in crate::node) fn count_started(&self, d: &Deployed) {
+        d.pool.live().fetch_add(1, Ordering::SeqCst);
+        self.metrics
+            .instances
+            .get_or_create(&Metrics::fn_labels(&d.record.name))
+            .inc();
+    }
+
+    /// The process spec of a `provided` or `native` instance of `d`.
+    pub(in crate::node) fn exec_spec(&self, d: &Deployed, instance_id: String) -> ExecSpec {
+        let rec = &d.record;
+        let program = match rec.config.runtime {
+            Runtime::Native => d.code_dir.join(&rec.config.handler),
+            _ => d.code_dir.join("bootstrap"),
+        };
+        let python = d.env.python();
+        ExecSpec {
+            instance_id,
+            function: rec.name.clone(),
+            version: rec.version,
+            handler: rec.config.handler.clone(),
+            memory_mb: rec.config.memory_mb,
+            code_dir: d.code_dir.clone(),
+            program,
+            // The package environment first: a bootstrap's `python3` is the function's.
+            bin_dirs: python.parent().map(PathBuf::from).into_iter().collect(),
+            env: rec.config.env.clone(),
+            region: crate::function::REGION.to_string(),
+        }
+    }
+}
+
+/// A new instance's id: `<function>-<12 hex digits>`.
+pub(in crate::node) fn instance_id(function: &str) -> String {
+    format!(
+        "{function}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}

@@ -1,0 +1,360 @@
+//! One invocation: admission, the start ladder, the run under the function's timeout and
+//! the cgroup's watch, and the answer with its metrics.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use ember_runtime::Outcome;
+use ember_runtime::python::InvokeError;
+use ember_sandbox::LimitReason;
+use tracing::{Instrument, info_span};
+
+use super::invocation::Served;
+use super::ladder::{self, Climbed, Climber, Fall, Rung, StartPath};
+use super::{
+    Deployed, Invocation, InvokeOptions, InvokeOutcome, Node, NodeError, Timing, error_chain,
+};
+use crate::live::Live;
+use crate::metrics::{ImageLabels, InvokeLabels, Metrics, StartLabels};
+use crate::ratelimit::RateLimit;
+
+impl Node {
+    /// Adds what the page server of a restored instance did since the last report to the
+    /// node's counters.
+    pub(in crate::node) fn report_pages(&self, live: &mut Live) {
+        let (Some(server), Some(image)) = (&live.pages, &live.image) else {
+            return;
+        };
+        let now = server.stats();
+        let before = std::mem::replace(&mut live.reported, now);
+        let l = ImageLabels {
+            image: image.clone(),
+        };
+        let m = &self.metrics;
+        m.page_faults
+            .get_or_create(&l)
+            .inc_by(now.faults.saturating_sub(before.faults));
+        m.pages_installed
+            .get_or_create(&l)
+            .inc_by(now.pages_installed.saturating_sub(before.pages_installed));
+        m.page_bytes_fetched
+            .get_or_create(&l)
+            .inc_by(now.bytes_fetched.saturating_sub(before.bytes_fetched));
+        m.page_fault_blocked
+            .get_or_create(&l)
+            .inc_by(now.blocked_us.saturating_sub(before.blocked_us) as f64 / 1e6);
+    }
+
+    /// Runs one invocation of `name` with the JSON `event`.
+    pub async fn invoke(&self, name: &str, event: &[u8]) -> Result<Invocation, NodeError> {
+        self.invoke_with(name, event, InvokeOptions::default())
+            .await
+    }
+
+    /// [`Node::invoke`], with options.
+    pub async fn invoke_with(
+        &self,
+        name: &str,
+        event: &[u8],
+        opts: InvokeOptions,
+    ) -> Result<Invocation, NodeError> {
+        let d = self.deployed(name)?;
+        let request_id = opts
+            .request_id
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let capture = opts.tail.then(|| self.logs.capture(name));
+        let span = info_span!("invoke", function = name, request_id = %request_id);
+        let mut inv = self
+            .invoke_deployed(&d, request_id, event)
+            .instrument(span)
+            .await?;
+        if let Some(c) = capture {
+            let lines = c.finish(&inv.instance).await;
+            inv.log_lines = Some(lines);
+        }
+        Ok(inv)
+    }
+
+    pub(in crate::node) async fn invoke_deployed(
+        &self,
+        d: &Arc<Deployed>,
+        request_id: String,
+        event: &[u8],
+    ) -> Result<Invocation, NodeError> {
+        let t0 = Instant::now();
+        let rec = &d.record;
+        let fn_labels = Metrics::fn_labels(&rec.name);
+        let Some(_permit) = d
+            .pool
+            .admit(self.cfg.queue_depth, self.cfg.queue_timeout)
+            .instrument(info_span!("queue"))
+            .await
+        else {
+            self.metrics.throttled.get_or_create(&fn_labels).inc();
+            return Err(NodeError::Throttled {
+                function: rec.name.clone(),
+                max_instances: rec.config.max_instances,
+                queue_depth: self.cfg.queue_depth,
+            });
+        };
+        let generation = d.pool.generation();
+        let mut cx = StartCx {
+            node: self,
+            d,
+            timing: Timing {
+                queue: t0.elapsed(),
+                ..Timing::default()
+            },
+        };
+        let climbed = ladder::climb(&rungs(), &mut cx).await;
+        let mut timing = cx.timing;
+        let (mut inst, start) = match climbed {
+            Climbed::Started {
+                inst,
+                path,
+                fallback,
+            } => {
+                timing.fallback = fallback;
+                (inst, path)
+            }
+            Climbed::Ended {
+                outcome,
+                path,
+                fallback,
+                gated,
+            } => {
+                timing.fallback = fallback;
+                if !gated {
+                    d.crash_loop.failed(&outcome, Instant::now());
+                }
+                timing.total = t0.elapsed();
+                let served = Served::none(path);
+                return Ok(self.finish(d, request_id, served, timing, outcome));
+            }
+        };
+        if start != StartPath::Warm {
+            d.crash_loop.started();
+        }
+        let instance_id = inst.id().to_string();
+        let image = inst.image.clone();
+        let limit = Duration::from_secs(u64::from(rec.config.timeout_s));
+        let ran = watched(&mut inst, &request_id, limit, event)
+            .instrument(info_span!("exec"))
+            .await;
+        self.report_pages(&mut inst);
+        let outcome = match ran {
+            Ran::TimedOut => {
+                self.discard(
+                    d,
+                    inst,
+                    &format!("timed out after {} s", rec.config.timeout_s),
+                );
+                InvokeOutcome::Timeout(limit)
+            }
+            Ran::Limit(reason) => {
+                self.discard(d, inst, &format!("limit reached: {}", reason.as_str()));
+                InvokeOutcome::Limit(reason)
+            }
+            Ran::Done(Err(e)) => {
+                let msg = e.to_string();
+                match inst.limit_hit(Duration::from_millis(500)).await {
+                    Some(reason) => {
+                        self.discard(d, inst, &format!("limit reached: {}", reason.as_str()));
+                        InvokeOutcome::Limit(reason)
+                    }
+                    None => {
+                        self.discard(d, inst, &msg);
+                        InvokeOutcome::Crashed(msg)
+                    }
+                }
+            }
+            Ran::Done(Ok(out)) if let Some(reason) = inst.new_limit() => {
+                // The kernel stopped something during this invocation (a child OOM-killed, a
+                // fork storm the handler survived): this invocation is charged with it, and
+                // the instance goes, whatever the handler answered.
+                timing.exec = Some(match &out {
+                    Outcome::Result { exec, .. } => *exec,
+                    Outcome::Error(fe) => Duration::from_micros(fe.duration_us),
+                });
+                self.discard(d, inst, &format!("limit reached: {}", reason.as_str()));
+                InvokeOutcome::Limit(reason)
+            }
+            Ran::Done(Ok(out)) => {
+                if rec.cold_only() {
+                    self.discard(d, inst, "cold-only: it served its request");
+                } else if let Some(stale) = d.pool.put_back(inst, generation) {
+                    self.discard(d, stale, "stopped while busy");
+                }
+                match out {
+                    Outcome::Result { payload, exec } => {
+                        timing.exec = Some(exec);
+                        InvokeOutcome::Ok(payload)
+                    }
+                    Outcome::Error(mut fe) => {
+                        timing.exec = Some(Duration::from_micros(fe.duration_us));
+                        if fe.marshal {
+                            fe.error_type = "Runtime.MarshalError".into();
+                            fe.message =
+                                format!("the handler's result is not JSON: {}", fe.message);
+                        }
+                        InvokeOutcome::HandlerError(fe)
+                    }
+                }
+            }
+        };
+        timing.total = t0.elapsed();
+        let served = Served {
+            start,
+            image,
+            instance: instance_id,
+        };
+        Ok(self.finish(d, request_id, served, timing, outcome))
+    }
+
+    pub(in crate::node) fn finish(
+        &self,
+        d: &Deployed,
+        request_id: String,
+        served: Served,
+        timing: Timing,
+        outcome: InvokeOutcome,
+    ) -> Invocation {
+        let Served {
+            start,
+            image,
+            instance,
+        } = served;
+        let function = d.record.name.clone();
+        self.metrics
+            .invocations
+            .get_or_create(&InvokeLabels {
+                function: function.clone(),
+                start: start.as_str().to_string(),
+                outcome: outcome.label().to_string(),
+            })
+            .inc();
+        self.metrics
+            .init_seconds
+            .get_or_create(&StartLabels {
+                function: function.clone(),
+                start: start.as_str().to_string(),
+            })
+            .observe(timing.init().as_secs_f64());
+        if let Some(exec) = timing.exec {
+            self.metrics
+                .exec_seconds
+                .get_or_create(&Metrics::fn_labels(&function))
+                .observe(exec.as_secs_f64());
+        }
+        Invocation {
+            request_id,
+            function,
+            cold_only: d.record.cold_only(),
+            log_lines: None,
+            memory_mb: d.record.config.memory_mb,
+            version: d.record.version,
+            start,
+            image,
+            instance,
+            timing,
+            outcome,
+        }
+    }
+}
+
+pub(in crate::node) enum Ran {
+    Done(Result<Outcome, InvokeError>),
+    TimedOut,
+    Limit(LimitReason),
+}
+
+/// Runs one invocation under the function's timeout, and, when sandboxed, watches the
+/// cgroup's counters so that a fork storm or an OOM in a child process ends it at once
+/// (within 100 ms) rather than at the timeout.
+pub(in crate::node) async fn watched(
+    live: &mut Live,
+    request_id: &str,
+    limit: Duration,
+    event: &[u8],
+) -> Ran {
+    const TICK: Duration = Duration::from_millis(100);
+    let Live {
+        inst,
+        sandbox,
+        limits_seen,
+        ..
+    } = live;
+    let invoke = inst.invoke(request_id, SystemTime::now() + limit, event);
+    tokio::pin!(invoke);
+    let timeout = tokio::time::sleep(limit);
+    tokio::pin!(timeout);
+    // The first look comes after one tick: short invocations never read a cgroup file.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
+    loop {
+        tokio::select! {
+            r = &mut invoke => return Ran::Done(r),
+            _ = &mut timeout => return Ran::TimedOut,
+            _ = tick.tick(), if sandbox.is_some() => {
+                let seen = *limits_seen;
+                if let Some(reason) = sandbox.as_ref().and_then(|s| s.events().since(seen).reason()) {
+                    return Ran::Limit(reason);
+                }
+            }
+        }
+    }
+}
+
+/// The rungs of the ladder, in the order they are tried.
+fn rungs<'r, 'c>() -> [&'r (dyn Rung<StartCx<'c>, Live> + 'r); 4] {
+    [
+        &ladder::warm::Warm,
+        &ladder::premade::Premade,
+        &ladder::image::Image,
+        &ladder::cold_boot::ColdBoot,
+    ]
+}
+
+/// What the rungs of one start work with.
+pub(in crate::node) struct StartCx<'a> {
+    pub node: &'a Node,
+    pub d: &'a Arc<Deployed>,
+    pub timing: Timing,
+}
+
+impl Climber for StartCx<'_> {
+    fn fell(&mut self, fall: &Fall, then: StartPath) {
+        let name = &self.d.record.name;
+        let msg = error_chain(&fall.error);
+        let instead = match then {
+            StartPath::Warm => "a warm instance",
+            StartPath::Image => "an image",
+            StartPath::ColdBoot => "cold boot",
+        };
+        self.node
+            .metrics
+            .start_fallbacks
+            .get_or_create(&crate::metrics::RungLabels {
+                function: name.clone(),
+                rung: fall.rung.to_string(),
+            })
+            .inc();
+        self.node.logs.append(
+            name,
+            "ember",
+            "event",
+            format!(
+                "starting from {} failed, {instead} instead: {msg}",
+                fall.what
+            )
+            .as_bytes(),
+        );
+        static LIMIT: RateLimit = RateLimit::new(Duration::from_secs(10), 5);
+        if let Some(dropped) = LIMIT.allow() {
+            tracing::warn!(function = %name, rung = fall.rung, dropped, "starting from {} failed; {instead} instead: {msg}", fall.what);
+        }
+    }
+
+    fn gate(&mut self) -> Option<InvokeOutcome> {
+        self.d.crash_loop.holds(Instant::now())
+    }
+}

@@ -1,0 +1,176 @@
+//! The dependency-image rung: an instance restored from the image of exactly the function's
+//! distributions, then its handler imported.
+//!
+//! ```text
+//! checkout -> fresh sandbox, first process parked -> restore (policy, handoff to the
+//!     instance's user and filter) -> INIT restored: environment, after-restore hook (reseed),
+//!     handler import -> READY
+//! ```
+//!
+//! A failure before the runtime says HOOKED (sandbox, restore, page source, hook) is the
+//! image's: counted against it (the image is marked unhealthy after repeated failures) and
+//! the next rung serves. A failure after HOOKED (the handler's import raises, crashes, hits a
+//! limit, hangs) is the function's alone: it ends the start, its crash-loop backoff counts
+//! it and the image stays healthy.
+
+use ember_snap::lazy::Policy;
+use tracing::{Instrument, info_span};
+
+use super::{Attempt, AttemptFuture, Rung, RungError, StartPath};
+use crate::function::{Network, Runtime};
+use crate::live::Live;
+use crate::metrics::ImageLabels;
+use crate::node::invoke::StartCx;
+use crate::node::restore::{Blame, Restored, Sees};
+use crate::node::{Deployed, Node, error_chain, instance_id};
+
+/// The image rung.
+pub(in crate::node) struct Image;
+
+impl<'c> Rung<StartCx<'c>, Live> for Image {
+    fn path(&self) -> StartPath {
+        StartPath::Image
+    }
+    fn name(&self) -> &'static str {
+        "image"
+    }
+    fn starts_new(&self) -> bool {
+        true
+    }
+    fn attempt<'a>(&'a self, cx: &'a mut StartCx<'c>) -> AttemptFuture<'a, Live> {
+        Box::pin(async move {
+            let Some(id) = cx.node.image_for(cx.d) else {
+                return Attempt::Skipped;
+            };
+            match cx.node.image_start(cx, &id).await {
+                Ok(live) => Attempt::Started(live),
+                Err(Blame::Function(outcome)) => Attempt::Ended(outcome),
+                Err(Blame::Snapshot(error)) => {
+                    cx.node.image_failed(&id, &error);
+                    Attempt::Failed {
+                        what: format!("image {id}"),
+                        error,
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl Node {
+    /// An instance of `cx.d` restored from image `id`.
+    async fn image_start(&self, cx: &mut StartCx<'_>, id: &str) -> Result<Live, Blame> {
+        let d = cx.d;
+        let rec = &d.record;
+        let co = self
+            .images
+            .checkout(id)
+            .map_err(|source| RungError::Checkout {
+                id: id.to_string(),
+                source,
+            })?;
+        let policy = self.cfg.images.policy;
+        let whole = policy == Policy::Eager;
+        let taken = co.clone();
+        let pages = match tokio::task::spawn_blocking(move || taken.pages(whole)).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(source)) => {
+                return Err(Blame::Snapshot(RungError::Checkout {
+                    id: id.to_string(),
+                    source,
+                }));
+            }
+            Err(e) => return Err(Blame::Snapshot(RungError::Task(e.to_string()))),
+        };
+        if co.load_after {
+            let images = self.images.clone();
+            let id = id.to_string();
+            tokio::task::spawn_blocking(move || images.load(&id));
+        }
+        let spec = self.instance_spec(d, instance_id(&rec.name), co.python.clone(), Vec::new());
+        let sees = Sees {
+            read_only: vec![
+                d.code_dir.clone(),
+                co.env_dir.clone(),
+                self.bootstrap.clone(),
+            ],
+            host_network: rec.config.network == Network::Host,
+        };
+        let sink = self.logs.sink(&rec.name);
+        let Restored {
+            live,
+            sandbox,
+            restore,
+        } = self
+            .restore_instance(&spec, sees, id, &pages, policy, sink)
+            .instrument(info_span!("start.image", instance = %spec.instance_id, image = id))
+            .await?;
+        let (mut live, t) = self.init_restored_instance(d, live, &spec).await?;
+        let timing = &mut cx.timing;
+        timing.sandbox = Some(sandbox);
+        timing.restore = Some(restore);
+        timing.hook = Some(t.hook);
+        timing.import_handler = Some(t.import_handler);
+        live.image = Some(id.to_string());
+        self.images.succeeded(id);
+        self.count_started(d);
+        self.logs.append(
+            &rec.name,
+            &spec.instance_id,
+            "event",
+            format!(
+                "instance started (image {id} from {}, {policy}, sandboxed, pid {}) in {:.1} ms",
+                co.location.as_str(),
+                live.inst.pid(),
+                timing.init().as_secs_f64() * 1e3
+            )
+            .as_bytes(),
+        );
+        Ok(live)
+    }
+
+    /// Counts a failed start against image `id` (the ladder logs it and falls through).
+    fn image_failed(&self, id: &str, error: &RungError) {
+        self.metrics
+            .image_failures
+            .get_or_create(&ImageLabels {
+                image: id.to_string(),
+            })
+            .inc();
+        if self.images.failed(id, &error_chain(error)) {
+            tracing::error!(
+                image = id,
+                "image marked unhealthy after {} failed restores in a row; rebuild it with \
+                 `ember image build` or remove it",
+                self.cfg.images.failures_unhealthy
+            );
+        }
+    }
+
+    /// The image that should serve `d`, if images may; counts why not otherwise.
+    fn image_for(&self, d: &Deployed) -> Option<String> {
+        // Images hold Ember's Python runtime; other runtimes always start from their code.
+        if d.record.config.runtime != Runtime::Python {
+            return None;
+        }
+        let reason = if !d.record.config.images {
+            "images-off"
+        } else if self.sandboxes.is_none() {
+            "no-sandbox"
+        } else {
+            let memory = d.record.config.memory_bytes();
+            match self.images.find(&d.env.installed, memory) {
+                Ok(id) => return Some(id),
+                Err(why) => why.reason(),
+            }
+        };
+        self.metrics
+            .cold_boot_reasons
+            .get_or_create(&crate::metrics::ReasonLabels {
+                function: d.record.name.clone(),
+                reason: reason.to_string(),
+            })
+            .inc();
+        None
+    }
+}

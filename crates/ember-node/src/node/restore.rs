@@ -1,0 +1,212 @@
+//! A restore into a fresh sandbox: the sandbox with its first process parked, the snapshot
+//! restored into that process and handed over to the instance's user and filter. Shared by
+//! the rungs that restore and by an image's test restore.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ember_runtime::{Instance, LogSink, StartSpec};
+use ember_sandbox::InstanceSpec;
+use ember_snap::lazy::{PageServer, Policy};
+use ember_snap::{RestoreOptions, Target};
+use tracing::{Instrument, info_span};
+
+use ember_runtime::python::{RestoredInitError, RestoredTiming, StartError};
+
+use super::ladder::RungError;
+use super::{Deployed, InvokeOutcome, Node, error_chain};
+use crate::images::Pages;
+use crate::live::Live;
+
+/// What a restored instance's sandbox shows it besides the system: these directories,
+/// read-only, and the host's network or none.
+pub(in crate::node) struct Sees {
+    pub read_only: Vec<PathBuf>,
+    pub host_network: bool,
+}
+
+/// Whose fault a restore that did not give an instance was.
+pub(in crate::node) enum Blame {
+    /// The snapshot's (before HOOKED): counted against it, and the next rung serves.
+    Snapshot(RungError),
+    /// The function's own (after HOOKED: its import, its after-restore hooks): the
+    /// invocation's answer; the function's log says why.
+    Function(InvokeOutcome),
+}
+
+impl From<RungError> for Blame {
+    fn from(e: RungError) -> Blame {
+        Blame::Snapshot(e)
+    }
+}
+
+/// A restored instance before its INIT.
+pub(in crate::node) struct Restored {
+    pub live: Live,
+    pub sandbox: Duration,
+    pub restore: Duration,
+}
+
+impl Node {
+    /// A fresh sandbox whose first process is parked, with the image restored into it and
+    /// handed over to the instance's user and filter.
+    pub(in crate::node) async fn restore_instance(
+        &self,
+        spec: &StartSpec,
+        sees: Sees,
+        id: &str,
+        pages: &Pages,
+        policy: Policy,
+        log: Arc<dyn LogSink>,
+    ) -> Result<Restored, RungError> {
+        let boxes = self.sandboxes.as_ref().ok_or(RungError::NoSandbox)?;
+        let t0 = Instant::now();
+        let mut sb = boxes
+            .prepare(&InstanceSpec {
+                id: spec.instance_id.clone(),
+                memory_bytes: u64::from(spec.memory_mb) << 20,
+                read_only: sees.read_only,
+                cwd: spec.code_dir.clone(),
+                host_network: sees.host_network,
+                runtime_api_port: None,
+            })
+            .map_err(RungError::Sandbox)?;
+        let inst = match Instance::spawn_parked(spec, log, |cmd| sb.attach_stopped(cmd)) {
+            Ok(i) => i,
+            Err(e) => {
+                sb.destroy().await;
+                return Err(RungError::Spawn(e));
+            }
+        };
+        let mut live = Live::new(inst, Some(sb));
+        let Some(pid) = live.sandbox.as_ref().and_then(|s| s.first_process()) else {
+            self.reap(live.kill());
+            return Err(RungError::FirstProcessGone);
+        };
+        let sandbox = t0.elapsed();
+        let handoff = live.sandbox.as_ref().map(|s| s.handoff());
+        let (policy, working_set) = match (policy, &pages.working_set) {
+            (Policy::Prefetch, None) => (Policy::Lazy, None),
+            (p, ws) => (p, ws.clone()),
+        };
+        let opts = RestoreOptions {
+            handoff: handoff.map(|h| ember_snap::Handoff {
+                uid: h.uid,
+                gid: h.gid,
+                die_with_parent: true,
+                seccomp: h.sock_filters(),
+            }),
+            policy,
+            source: Some(pages.source.clone()),
+            working_set,
+            ..RestoreOptions::default()
+        };
+        let img = pages.image.clone();
+        let t1 = Instant::now();
+        let restored = tokio::task::spawn_blocking(move || {
+            ember_snap::restore(&img, Target::Stopped { pid }, &opts)
+        })
+        .instrument(info_span!("start.restore", image = id, %policy))
+        .await;
+        match restored {
+            Ok(Ok(r)) => {
+                live.pages = r.server;
+                Ok(Restored {
+                    live,
+                    sandbox,
+                    restore: t1.elapsed(),
+                })
+            }
+            Ok(Err(e)) => {
+                self.reap(live.kill());
+                Err(RungError::Restore(e))
+            }
+            Err(e) => {
+                self.reap(live.kill());
+                Err(RungError::Task(e.to_string()))
+            }
+        }
+    }
+}
+
+/// The page server's error, when it is what ended the instance.
+impl Node {
+    /// The second half of a start from a snapshot: INIT restored (environment, after-restore
+    /// hooks, the handler's import unless the snapshot holds it), within the node's init
+    /// timeout. On failure the instance is killed and the blame decided by HOOKED.
+    pub(in crate::node) async fn init_restored_instance(
+        &self,
+        d: &Deployed,
+        mut live: Live,
+        spec: &StartSpec,
+    ) -> Result<(Live, RestoredTiming), Blame> {
+        let limit = self.cfg.init_timeout;
+        let init = tokio::time::timeout(limit, live.inst.init_restored(spec))
+            .instrument(info_span!("start.init"))
+            .await;
+        let blame = match init {
+            Ok(Ok(t)) => {
+                // Invocations count the sandbox's limit events from here.
+                let _ = live.new_limit();
+                return Ok((live, t));
+            }
+            // A page server that failed is the snapshot's fault, whatever the process did.
+            _ if let Some(msg) = server_failure(&mut live) => {
+                Blame::Snapshot(RungError::PageServer(msg))
+            }
+            Ok(Err(RestoredInitError::Image(e))) => Blame::Snapshot(RungError::Init(e)),
+            Err(_) if !live.inst.hooked() => {
+                Blame::Snapshot(RungError::InitTimeout(limit.as_secs()))
+            }
+            // Past HOOKED: the function's own code, never the shared snapshot's doing.
+            Ok(Err(RestoredInitError::Function(StartError::Handler(fe)))) => {
+                self.note(
+                    d,
+                    spec,
+                    format!(
+                        "importing the handler failed: {}: {}",
+                        fe.error_type, fe.message
+                    ),
+                );
+                Blame::Function(InvokeOutcome::InitError(fe))
+            }
+            Ok(Err(RestoredInitError::Function(e))) => {
+                let hit = live.limit_hit(Duration::from_millis(200)).await;
+                let msg = error_chain(&e);
+                self.note(
+                    d,
+                    spec,
+                    format!("instance failed while importing its handler: {msg}"),
+                );
+                Blame::Function(hit.map_or(InvokeOutcome::Crashed(msg), InvokeOutcome::Limit))
+            }
+            Err(_) => {
+                self.note(
+                    d,
+                    spec,
+                    format!(
+                        "instance start timed out after {} s, importing its handler",
+                        limit.as_secs()
+                    ),
+                );
+                Blame::Function(InvokeOutcome::InitTimeout(limit))
+            }
+        };
+        self.reap(live.kill());
+        Err(blame)
+    }
+
+    fn note(&self, d: &Deployed, spec: &StartSpec, text: String) {
+        self.logs
+            .append(&d.record.name, &spec.instance_id, "event", text.as_bytes());
+    }
+}
+
+pub(in crate::node) fn server_failure(live: &mut Live) -> Option<String> {
+    let finished = live.pages.as_ref().is_some_and(PageServer::is_finished);
+    if !finished {
+        return None;
+    }
+    live.pages.take()?.wait().err().map(|e| error_chain(&e))
+}
