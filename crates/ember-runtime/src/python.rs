@@ -294,7 +294,9 @@ impl Instance {
     /// hooks run (last registered first), then the platform's preparation (a full collection,
     /// `gc.freeze()`; descriptors stay open). On `Ok` the runtime is blocked reading its next
     /// frame: dump it, then call [`Instance::continue_after_snapshot`] to let it serve on (a
-    /// copy restored from the dump gets [`Instance::init_restored`] instead).
+    /// copy restored from the dump gets [`Instance::init_restored`] instead). Anything else
+    /// before that (an invocation, another snapshot point) ends the runtime: a protocol error.
+    /// The caller checks [`SnapshotReady::threads`]: the snapshot engine dumps one thread.
     ///
     /// [`SnapshotPointError::Hook`] leaves the instance idle and usable; any other error
     /// leaves it killed, to be discarded.
