@@ -16,6 +16,7 @@ import sys
 import time
 
 BOOT, PRELOADED, INIT, READY, INIT_ERROR, INVOKE, RESULT, ERROR, HOOKED = 1, 2, 3, 4, 5, 6, 7, 8, 9
+SNAPSHOT, SNAPSHOT_READY, CONTINUE = 10, 11, 12
 MAX_FRAME = 64 * 1024 * 1024
 
 
@@ -89,14 +90,18 @@ def dumps(obj):
     return "".join(encode(obj, 0)).encode()
 
 
-def error_body(exc, **extra):
+def error_doc(exc):
     import traceback
 
-    doc = {
+    return {
         "type": type(exc).__name__,
         "message": str(exc),
         "traceback": traceback.format_exception(type(exc), exc, exc.__traceback__),
     }
+
+
+def error_body(exc, **extra):
+    doc = error_doc(exc)
     doc.update(extra)
     return dumps(doc)
 
@@ -157,11 +162,93 @@ def after_restore():
         m["logging"]._startTime = time.time()  # LogRecord.relativeCreated counts from it
 
 
+# The function's own snapshot hooks, with the API of AWS's `snapshot-restore-py` package (the
+# runtime hooks of Lambda SnapStart), so that handlers written for SnapStart run unchanged:
+# `register_before_snapshot(func, *args, **kwargs)` and `register_after_restore(...)` record
+# `(func, args, kwargs)` and return `func` (so both work as decorators); registering a function
+# twice runs it twice. Before-snapshot hooks run last-registered first, after-restore hooks in
+# the order they were registered. `get_before_snapshot()` and `get_after_restore()` return the
+# registries as that package does. The module is written here (not copied from the package)
+# and put into sys.modules before anything else is imported, so a function needs no copy of it.
+_before_snapshot = []
+_after_restore = []
+
+
+def register_before_snapshot(func, *args, **kwargs):
+    _before_snapshot.append((func, args, kwargs))
+    return func
+
+
+def register_after_restore(func, *args, **kwargs):
+    _after_restore.append((func, args, kwargs))
+    return func
+
+
+def get_before_snapshot():
+    return _before_snapshot
+
+
+def get_after_restore():
+    return _after_restore
+
+
+def install_hooks_module():
+    m = type(sys)("snapshot_restore_py", "Ember's SnapStart-compatible runtime hooks.")
+    m.__version__ = "1.0.0"
+    m.__all__ = ["register_before_snapshot", "register_after_restore"]
+    m.register_before_snapshot = register_before_snapshot
+    m.register_after_restore = register_after_restore
+    m.get_before_snapshot = get_before_snapshot
+    m.get_after_restore = get_after_restore
+    sys.modules["snapshot_restore_py"] = m
+
+
+def snapshot_point(fd):
+    """SNAPSHOT: the function's before-snapshot hooks, then the platform's preparation. Answers
+    SNAPSHOT_READY and says whether a snapshot may be taken."""
+    t0 = time.perf_counter()
+    try:
+        for func, args, kwargs in reversed(list(_before_snapshot)):
+            func(*args, **kwargs)
+    except Exception as exc:  # no snapshot then, but the instance serves on
+        us = int((time.perf_counter() - t0) * 1e6)
+        write_frame(fd, SNAPSHOT_READY, dumps({"hook_us": us, "error": error_doc(exc)}))
+        return False
+    hook_us = int((time.perf_counter() - t0) * 1e6)
+    t0 = time.perf_counter()
+    import gc
+
+    gc.collect()
+    # What the handler's import made joins what the image froze: collections in the restored
+    # copies never walk it. Descriptors stay open: the function may hold files; the dump names
+    # what it cannot take.
+    gc.freeze()
+    ready = {
+        "hook_us": hook_us,
+        "prepare_us": int((time.perf_counter() - t0) * 1e6),
+        "threads": len(os.listdir("/proc/self/task")),
+    }
+    write_frame(fd, SNAPSHOT_READY, dumps(ready))
+    return True
+
+
+def restore_env(init):
+    """INIT(restored): the instance's own environment, then the platform's reseeding. Returns
+    the time it took; HOOKED goes out next."""
+    t0 = time.perf_counter()
+    os.environ.clear()
+    os.environ.update(init.get("env", {}))
+    after_restore()
+    return int((time.perf_counter() - t0) * 1e6)
+
+
 def main():
     fd = int(sys.argv[1])
     # What a function prints must reach its log line by line, not when a buffer fills.
     sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)
+    # Before the packages: one of them may register hooks, or depend on the package itself.
+    install_hooks_module()
 
     kind, body = read_frame(fd)
     if kind != BOOT:
@@ -184,11 +271,7 @@ def main():
     init = loads(body)
     hook_us = 0
     if init.get("restored"):
-        t0 = time.perf_counter()
-        os.environ.clear()
-        os.environ.update(init.get("env", {}))
-        after_restore()
-        hook_us = int((time.perf_counter() - t0) * 1e6)
+        hook_us = restore_env(init)
         # From here on the function's own code runs: a failure is its own, not the image's.
         write_frame(fd, HOOKED, b"{}")
     t0 = time.perf_counter()
@@ -206,12 +289,38 @@ def main():
     import_us = int((time.perf_counter() - t0) * 1e6)
     write_frame(fd, READY, dumps({"import_handler_us": import_us, "hook_us": hook_us}))
 
+    serve(fd, init, handler)
+
+
+def serve(fd, init, handler):
+    """Waits for events: INVOKE, or SNAPSHOT (then CONTINUE, or INIT in a restored copy)."""
     perf = time.perf_counter
     while True:
         try:
             kind, body = read_frame(fd)
         except EOFError:
             return
+        if kind == SNAPSHOT:
+            if not snapshot_point(fd):
+                continue
+            try:
+                kind, body = read_frame(fd)
+            except EOFError:  # dumped, and the original let go
+                return
+            if kind == CONTINUE:
+                continue
+            if kind != INIT:
+                raise SystemExit(
+                    "ember bootstrap: expected CONTINUE or INIT after SNAPSHOT_READY, "
+                    "got frame kind %d" % kind
+                )
+            restored = loads(body)
+            if not restored.get("restored"):
+                raise SystemExit("ember bootstrap: an INIT after SNAPSHOT_READY must be restored")
+            if not resume(fd, restored, init):
+                return
+            init = restored  # the new instance's identity, for every Context from here
+            continue
         if kind != INVOKE:
             raise SystemExit("ember bootstrap: expected INVOKE, got frame kind %d" % kind)
         hlen = int.from_bytes(body[:4], "big")
@@ -232,6 +341,32 @@ def main():
             continue
         meta = dumps({"duration_us": us})
         write_frame(fd, RESULT, len(meta).to_bytes(4, "big") + meta + payload)
+
+
+def resume(fd, init, before):
+    """A copy restored from a function snapshot (`before` is the INIT it was made with): the
+    platform's hook, HOOKED, the function's after-restore hooks, READY (the handler is imported
+    already). False after INIT_ERROR."""
+    hook_us = restore_env(init)
+    write_frame(fd, HOOKED, b"{}")
+    t0 = time.perf_counter()
+    try:
+        old, new = before["code_dir"], init["code_dir"]
+        if new != old:  # the same code, mounted elsewhere
+            sys.path[:] = [new if p == old else p for p in sys.path]
+            os.chdir(new)
+        for func, args, kwargs in list(_after_restore):
+            func(*args, **kwargs)
+    except BaseException as exc:
+        write_frame(fd, INIT_ERROR, error_body(exc))
+        return False
+    ready = {
+        "import_handler_us": 0,
+        "hook_us": hook_us,
+        "after_restore_us": int((time.perf_counter() - t0) * 1e6),
+    }
+    write_frame(fd, READY, dumps(ready))
+    return True
 
 
 def selfcheck(event, context):

@@ -16,5 +16,6 @@ mod sys;
 pub use sys::{die_with_daemon_tree, kill_with_daemon};
 
 pub use python::{
-    BootTiming, Instance, LogSink, Outcome, Prepared, RestoredTiming, StartSpec, Stream,
+    BootTiming, Instance, LogSink, Outcome, Prepared, RestoredTiming, SnapshotPointError,
+    SnapshotReady, StartSpec, Stream,
 };

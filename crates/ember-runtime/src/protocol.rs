@@ -9,11 +9,15 @@
 //!                               "instance", "restored"?: true, "env"?: {name: value}}
 //! HOOKED      rt -> host  JSON {}                     (restored only: the hook is done, the
 //!                                                     function's own code runs next)
-//! READY       rt -> host  JSON {"import_handler_us": n, "hook_us"?: n}
+//! READY       rt -> host  JSON {"import_handler_us": n, "hook_us"?: n, "after_restore_us"?: n}
 //! INIT_ERROR  rt -> host  JSON {"type", "message", "traceback": [line, ...]}
 //! INVOKE      host -> rt  hlen:u32be JSON{"request_id", "deadline_ms"} event-bytes
 //! RESULT      rt -> host  hlen:u32be JSON{"duration_us"} result-bytes (JSON)
 //! ERROR       rt -> host  JSON {"type", "message", "traceback", "duration_us", "marshal"?}
+//! SNAPSHOT    host -> rt  JSON {}                     (idle only: the function snapshot point)
+//! SNAPSHOT_READY rt -> host JSON {"hook_us": n, "prepare_us": n, "threads": n}
+//!                         or {"hook_us": n, "error": {"type", "message", "traceback"}}
+//! CONTINUE    host -> rt  JSON {}                     (after SNAPSHOT_READY: serve on)
 //! ```
 //!
 //! BOOT and INIT are separate so that a dependency image can be taken between them (packages
@@ -25,6 +29,23 @@
 //! imports the handler: what goes wrong before HOOKED is the image's fault, what goes wrong
 //! after it is the function's own. The event and the result travel as raw bytes so that the
 //! host never re-encodes a payload.
+//!
+//! A function snapshot is taken at an idle instance (after READY or between invocations):
+//! SNAPSHOT runs the function's before-snapshot hooks and the platform's preparation, and
+//! SNAPSHOT_READY says whether the process may be dumped (not when a hook raised; the instance
+//! serves on). The runtime then blocks reading its next frame while the host dumps it: the
+//! original gets CONTINUE and waits for INVOKE again; a copy restored from the snapshot gets
+//! INIT with `restored` (its own identity and environment), runs the platform's after-restore
+//! hook, says HOOKED, runs the function's after-restore hooks and says READY (INIT_ERROR when
+//! one of them raised), without importing the handler again.
+//!
+//! ```text
+//! idle --SNAPSHOT--> [before-snapshot hooks] --SNAPSHOT_READY{error}--> idle
+//!                                            --SNAPSHOT_READY--> point --CONTINUE--> idle
+//!                                                                      --INIT(restored)--> HOOKED
+//!                                                                          --> READY --> idle
+//!                                                                          --> INIT_ERROR (exits)
+//! ```
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,6 +65,9 @@ pub enum Kind {
     Result = 7,
     Error = 8,
     Hooked = 9,
+    Snapshot = 10,
+    SnapshotReady = 11,
+    Continue = 12,
 }
 
 impl Kind {
@@ -58,6 +82,9 @@ impl Kind {
             7 => Kind::Result,
             8 => Kind::Error,
             9 => Kind::Hooked,
+            10 => Kind::Snapshot,
+            11 => Kind::SnapshotReady,
+            12 => Kind::Continue,
             _ => return None,
         })
     }
@@ -203,6 +230,25 @@ pub struct Ready {
     /// With `restored`: the after-restore hook's time.
     #[serde(default)]
     pub hook_us: u64,
+    /// In a copy restored from a function snapshot: the function's after-restore hooks' time.
+    #[serde(default)]
+    pub after_restore_us: u64,
+}
+
+/// The runtime's answer to SNAPSHOT.
+#[derive(Debug, Deserialize)]
+pub struct SnapshotReady {
+    /// The function's before-snapshot hooks.
+    pub hook_us: u64,
+    /// The platform's preparation (a full collection, `gc.freeze()`).
+    #[serde(default)]
+    pub prepare_us: u64,
+    /// The process's threads (`/proc/self/task`); absent with `error`.
+    #[serde(default)]
+    pub threads: Option<u32>,
+    /// A before-snapshot hook raised: no snapshot may be taken.
+    #[serde(default)]
+    pub error: Option<FunctionError>,
 }
 
 #[derive(Debug, Serialize)]
@@ -285,5 +331,26 @@ mod tests {
         let (h, rest): (ResultHeader, _) = split_headed("RESULT", &ok).unwrap();
         assert_eq!(h.duration_us, 3);
         assert_eq!(rest, b"[1,2]");
+    }
+
+    #[test]
+    fn snapshot_ready_comes_in_two_shapes() {
+        let ok: SnapshotReady = parse_json(
+            "SNAPSHOT_READY",
+            br#"{"hook_us":5,"prepare_us":7,"threads":1}"#,
+        )
+        .unwrap();
+        assert_eq!((ok.hook_us, ok.prepare_us, ok.threads), (5, 7, Some(1)));
+        assert!(ok.error.is_none());
+        let failed: SnapshotReady = parse_json(
+            "SNAPSHOT_READY",
+            br#"{"hook_us":2,"error":{"type":"OSError","message":"m","traceback":["t"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(failed.error.unwrap().error_type, "OSError");
+        assert!(parse_json::<SnapshotReady>("SNAPSHOT_READY", b"{}").is_err());
+        for kind in [Kind::Snapshot, Kind::SnapshotReady, Kind::Continue] {
+            assert_eq!(Kind::from_u8(kind as u8), Some(kind));
+        }
     }
 }

@@ -8,6 +8,12 @@
 //! from image: spawn parked (stopped by the sandbox) -> the caller restores the image into it
 //!              --INIT(restored)--> [after-restore hook, handler import] --READY--> idle
 //! idle --INVOKE--> busy --RESULT|ERROR--> idle        any protocol failure: the instance is dead
+//! idle --SNAPSHOT--> [before-snapshot hooks, gc] --SNAPSHOT_READY--> at its snapshot point
+//!              (the caller dumps the process, blocked reading its next frame)
+//!              --CONTINUE--> idle                    the original serves on
+//! from function snapshot: spawn parked -> the caller restores image + layer into it
+//!              --INIT(restored)--> [after-restore hook, HOOKED, the function's after-restore
+//!              hooks] --READY--> idle                (no handler import)
 //! ```
 
 use std::collections::BTreeMap;
@@ -64,11 +70,28 @@ pub struct StartSpec {
     pub env: BTreeMap<String, String>,
 }
 
-/// Time spent starting an instance restored from an image.
+/// Time spent starting an instance restored from an image or a function snapshot.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RestoredTiming {
+    /// The platform's after-restore hook (environment, new seeds).
     pub hook: Duration,
+    /// The handler's import: zero from a function snapshot, which has it imported already.
     pub import_handler: Duration,
+    /// From a function snapshot: the function's own after-restore hooks.
+    pub after_restore: Duration,
+}
+
+/// What the runtime reported at its snapshot point: the process may be dumped now, and waits
+/// for [`Instance::continue_after_snapshot`] (or, in a restored copy, for
+/// [`Instance::init_restored`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SnapshotReady {
+    /// The function's before-snapshot hooks.
+    pub hook: Duration,
+    /// The platform's preparation: a full collection, then `gc.freeze()`.
+    pub prepare: Duration,
+    /// The process's threads; the snapshot engine dumps single-threaded processes only.
+    pub threads: u32,
 }
 
 /// What the runtime reported after its imports, ready to be dumped.
@@ -102,7 +125,9 @@ pub enum StartError {
     Protocol(#[from] ProtocolError),
     #[error("the runtime exited during start-up ({0}); its output is in the function's log")]
     Exited(std::process::ExitStatus),
-    #[error("importing the handler failed: {}: {}", .0.error_type, .0.message)]
+    /// The function's own init raised: importing its handler or, in a copy restored from a
+    /// function snapshot, one of its after-restore hooks (the traceback says which).
+    #[error("initialising the function failed: {}: {}", .0.error_type, .0.message)]
     Handler(FunctionError),
     #[error(
         "the runtime has {0} threads after importing its packages, and an image needs one: \
@@ -121,6 +146,32 @@ pub enum RestoredInitError {
     /// While importing the handler: the function's own doing.
     #[error(transparent)]
     Function(StartError),
+}
+
+/// Why an instance did not reach its snapshot point.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotPointError {
+    /// A before-snapshot hook of the function raised. The instance is idle again and serves.
+    #[error(
+        "a before-snapshot hook of the function raised {}: {}; no snapshot is taken and the \
+         instance serves on (fix the hook, or turn function snapshots off for this function)",
+        .error.error_type, .error.message
+    )]
+    Hook {
+        error: FunctionError,
+        /// Time spent in the hooks, up to the one that raised.
+        hook: Duration,
+    },
+    /// The runtime answered with something else, or its connection broke: discard the
+    /// instance (it has been killed).
+    #[error("the runtime broke the protocol at its snapshot point; the instance was discarded")]
+    Protocol(#[from] ProtocolError),
+    /// The runtime exited (it was not idle, or the function ended it): discard the instance.
+    #[error(
+        "the runtime exited at its snapshot point ({0}); its output is in the function's log, \
+         and the instance was discarded"
+    )]
+    Exited(std::process::ExitStatus),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -212,7 +263,10 @@ impl Instance {
 
     /// Initialises a process restored from an image: the after-restore hook, then the
     /// handler's import. The error says which of the two failed: before the runtime says
-    /// HOOKED it is the image's doing, after it the function's.
+    /// HOOKED it is the image's doing, after it the function's. The same for a process
+    /// restored from a function snapshot (dumped at [`Instance::snapshot_point`]): the
+    /// after-restore hook, HOOKED, then the function's own after-restore hooks instead of the
+    /// import (a hook that raised is [`StartError::Handler`], the function's).
     pub async fn init_restored(
         &mut self,
         spec: &StartSpec,
@@ -232,7 +286,68 @@ impl Instance {
         Ok(RestoredTiming {
             hook: Duration::from_micros(ready.hook_us),
             import_handler: Duration::from_micros(ready.import_handler_us),
+            after_restore: Duration::from_micros(ready.after_restore_us),
         })
+    }
+
+    /// Brings an idle instance to its function snapshot point: the function's before-snapshot
+    /// hooks run (last registered first), then the platform's preparation (a full collection,
+    /// `gc.freeze()`; descriptors stay open). On `Ok` the runtime is blocked reading its next
+    /// frame: dump it, then call [`Instance::continue_after_snapshot`] to let it serve on (a
+    /// copy restored from the dump gets [`Instance::init_restored`] instead). Anything else
+    /// before that (an invocation, another snapshot point) ends the runtime: a protocol error.
+    /// The caller checks [`SnapshotReady::threads`]: the snapshot engine dumps one thread.
+    ///
+    /// [`SnapshotPointError::Hook`] leaves the instance idle and usable; any other error
+    /// leaves it killed, to be discarded.
+    pub async fn snapshot_point(&mut self) -> Result<SnapshotReady, SnapshotPointError> {
+        let answered = async {
+            protocol::write_frame(&mut self.conn, Kind::Snapshot, &[b"{}"]).await?;
+            let frame = protocol::read_frame(&mut self.conn).await?;
+            match frame.kind {
+                Kind::SnapshotReady => {
+                    protocol::parse_json::<protocol::SnapshotReady>("SNAPSHOT_READY", &frame.body)
+                }
+                got => Err(unexpected("SNAPSHOT_READY", got)),
+            }
+        }
+        .instrument(info_span!("runtime.snapshot_point"))
+        .await;
+        let ready = match answered {
+            Ok(r) => r,
+            Err(e) => {
+                let status = self.exit_status(Duration::from_millis(200)).await;
+                let _ = sys::kill_group(self.pid);
+                return Err(match status {
+                    Some(st) => SnapshotPointError::Exited(st),
+                    None => SnapshotPointError::Protocol(e),
+                });
+            }
+        };
+        let hook = Duration::from_micros(ready.hook_us);
+        match (ready.error, ready.threads) {
+            (Some(error), _) => Err(SnapshotPointError::Hook { error, hook }),
+            (None, Some(threads)) => Ok(SnapshotReady {
+                hook,
+                prepare: Duration::from_micros(ready.prepare_us),
+                threads,
+            }),
+            (None, None) => {
+                let _ = sys::kill_group(self.pid);
+                Err(SnapshotPointError::Protocol(ProtocolError::Malformed {
+                    what: "SNAPSHOT_READY",
+                    detail: "neither threads nor error".into(),
+                }))
+            }
+        }
+    }
+
+    /// Lets an instance at its snapshot point serve on (after the dump, or instead of it): it
+    /// waits for its next invocation, and no hook runs. An error means the instance is gone
+    /// (discard it).
+    pub async fn continue_after_snapshot(&mut self) -> Result<(), SnapshotPointError> {
+        protocol::write_frame(&mut self.conn, Kind::Continue, &[b"{}"]).await?;
+        Ok(())
     }
 
     /// Waits for HOOKED: the restored process runs and its after-restore hook is done (its

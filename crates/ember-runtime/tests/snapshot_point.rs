@@ -1,0 +1,462 @@
+//! The Python runtime's function snapshot point and its SnapStart-compatible hooks, against the
+//! real bootstrap and `/usr/bin/python3` (unsandboxed, no root needed).
+//!
+//! A copy restored from a function snapshot cannot tell itself from the process that was
+//! dumped: it is blocked reading its next frame after SNAPSHOT_READY either way. So the
+//! restored path is tested by sending the restored INIT to the original process.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use ember_runtime::python::{
+    Instance, InvokeError, LogSink, Outcome, RestoredInitError, SnapshotPointError, StartError,
+    StartSpec, Stream, install_bootstrap,
+};
+
+const PYTHON: &str = "/usr/bin/python3";
+
+/// A directory under the target's tmp, removed at the end of the test.
+struct Tmp(PathBuf);
+
+impl Drop for Tmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The function's log, kept for assertions.
+#[derive(Default)]
+struct Log(Mutex<Vec<String>>);
+
+impl LogSink for Log {
+    fn line(&self, _instance: &str, _stream: Stream, line: &[u8]) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(line).into_owned());
+    }
+}
+
+impl Log {
+    /// Waits (briefly) for a log line containing `needle`: the pipes are read by tasks of
+    /// their own.
+    async fn wait_for(&self, needle: &str) -> bool {
+        for _ in 0..100 {
+            if self.0.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    fn text(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+}
+
+struct Function {
+    _dir: Tmp,
+    spec: StartSpec,
+    log: Arc<Log>,
+}
+
+/// A function whose `main.py` is `code`, started with the real bootstrap; `None` (the test is
+/// skipped, and says why) without `/usr/bin/python3`.
+fn function(test: &str, code: &str) -> Option<Function> {
+    if !Path::new(PYTHON).exists() {
+        eprintln!("skipped {test}: needs {PYTHON}");
+        return None;
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("snapshot-point-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir = Tmp(dir);
+    let code_dir = dir.0.join("code");
+    std::fs::create_dir_all(&code_dir).unwrap();
+    std::fs::write(code_dir.join("main.py"), code).unwrap();
+    let bootstrap = install_bootstrap(&dir.0.join("runtime")).unwrap();
+    let spec = StartSpec {
+        instance_id: "i-original".into(),
+        function: "snappy".into(),
+        version: 1,
+        handler: "main.handler".into(),
+        memory_mb: 128,
+        python: PYTHON.into(),
+        bootstrap,
+        code_dir,
+        imports: Vec::new(),
+        env: BTreeMap::from([("GREETING".to_string(), "original".to_string())]),
+    };
+    Some(Function {
+        _dir: dir,
+        spec,
+        log: Arc::default(),
+    })
+}
+
+impl Function {
+    async fn start(&self) -> Instance {
+        let (inst, _) = Instance::start(&self.spec, self.log.clone(), |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("start: {e:?}\nlog:\n{}", self.log.text()));
+        inst
+    }
+
+    /// The spec a copy restored from the snapshot gets: another instance, version and
+    /// environment.
+    fn restored_spec(&self) -> StartSpec {
+        StartSpec {
+            instance_id: "i-restored".into(),
+            version: 2,
+            env: BTreeMap::from([("GREETING".to_string(), "restored".to_string())]),
+            ..self.spec.clone()
+        }
+    }
+}
+
+async fn invoke(inst: &mut Instance, event: &str) -> Result<Outcome, InvokeError> {
+    let deadline = SystemTime::now() + Duration::from_secs(30);
+    inst.invoke("req-1", deadline, event.as_bytes()).await
+}
+
+/// Invokes and returns the handler's JSON result.
+async fn call(inst: &mut Instance, event: &str) -> serde_json::Value {
+    match invoke(inst, event).await {
+        Ok(Outcome::Result { payload, .. }) => serde_json::from_slice(&payload).unwrap(),
+        other => panic!("invocation: {other:?}"),
+    }
+}
+
+/// Hooks registered both ways, with arguments and a duplicate; the handler reports what ran.
+const HOOKS: &str = r#"
+import os
+from snapshot_restore_py import register_after_restore, register_before_snapshot
+
+calls = []
+restored_as = None
+fail_before = False
+
+
+@register_before_snapshot
+def first():
+    if fail_before:
+        raise RuntimeError("database connection still open")
+    calls.append("first")
+
+
+def second(a, b=None):
+    calls.append("second %s %s" % (a, b))
+
+
+returned = register_before_snapshot(second, 1, b=2)
+register_before_snapshot(first)  # twice: runs twice
+register_before_snapshot(second, 3)
+
+
+@register_after_restore
+def reconnect():
+    global restored_as
+    restored_as = os.environ.get("EMBER_INSTANCE_ID")
+    calls.append("after")
+
+
+register_after_restore(lambda tag: calls.append("after " + tag), "x")
+
+
+def handler(event, context):
+    global fail_before
+    if "fail_before" in event:
+        fail_before = event["fail_before"]
+    return {
+        "calls": calls,
+        "restored_as": restored_as,
+        "instance": context.log_stream_name,
+        "version": context.function_version,
+        "greeting": os.environ.get("GREETING"),
+        "returned": [first.__name__, returned is second],
+    }
+"#;
+
+#[tokio::test]
+async fn the_hooks_module_is_there_at_a_cold_boot_and_no_hook_runs() {
+    let Some(f) = function("cold", HOOKS) else {
+        return;
+    };
+    let mut inst = f.start().await;
+    let v = call(&mut inst, "{}").await;
+    assert_eq!(v["calls"], serde_json::json!([]));
+    // Registering returns the function, so both forms work as decorators would.
+    assert_eq!(v["returned"], serde_json::json!(["first", true]));
+    assert_eq!(v["instance"], "i-original");
+    assert_eq!(v["greeting"], "original");
+    inst.kill();
+}
+
+#[tokio::test]
+async fn snapshot_point_then_continue_serves_on_with_before_hooks_run_last_first() {
+    let Some(f) = function("continue", HOOKS) else {
+        return;
+    };
+    let mut inst = f.start().await;
+    let ready = inst.snapshot_point().await.unwrap();
+    assert_eq!(ready.threads, 1);
+    inst.continue_after_snapshot().await.unwrap();
+    let v = call(&mut inst, "{}").await;
+    // As AWS's runtime: before-snapshot hooks in reverse order of registration, a duplicate
+    // twice; after-restore hooks not at all in the original.
+    assert_eq!(
+        v["calls"],
+        serde_json::json!(["second 3 None", "first", "second 1 2", "first"])
+    );
+    assert_eq!(v["restored_as"], serde_json::Value::Null);
+    assert_eq!(v["instance"], "i-original");
+    // The point can be reached again, between invocations.
+    inst.snapshot_point().await.unwrap();
+    inst.continue_after_snapshot().await.unwrap();
+    assert_eq!(
+        call(&mut inst, "{}").await["calls"]
+            .as_array()
+            .unwrap()
+            .len(),
+        8
+    );
+    inst.kill();
+}
+
+#[tokio::test]
+async fn a_before_snapshot_hook_that_raises_is_reported_and_the_instance_serves_on() {
+    let Some(f) = function("hook-raises", HOOKS) else {
+        return;
+    };
+    let mut inst = f.start().await;
+    call(&mut inst, r#"{"fail_before": true}"#).await;
+    match inst.snapshot_point().await {
+        Err(SnapshotPointError::Hook { error, .. }) => {
+            assert_eq!(error.error_type, "RuntimeError");
+            assert_eq!(error.message, "database connection still open");
+            assert!(
+                error.traceback.iter().any(|l| l.contains("in first")),
+                "{:?}",
+                error.traceback
+            );
+        }
+        other => panic!("expected the hook's error, got {other:?}"),
+    }
+    // Idle again: it serves, and a later snapshot point works once the hook does.
+    let v = call(&mut inst, r#"{"fail_before": false}"#).await;
+    assert_eq!(v["instance"], "i-original");
+    inst.snapshot_point().await.unwrap();
+    inst.continue_after_snapshot().await.unwrap();
+    let v = call(&mut inst, "{}").await;
+    assert_eq!(
+        v["calls"],
+        // The hooks registered after the one that raised ran before it, at the failed point.
+        serde_json::json!([
+            "second 3 None",
+            "second 3 None",
+            "first",
+            "second 1 2",
+            "first"
+        ])
+    );
+    inst.kill();
+}
+
+#[tokio::test]
+async fn a_restored_copy_runs_its_after_restore_hooks_as_the_new_instance() {
+    let Some(f) = function("restored", HOOKS) else {
+        return;
+    };
+    let mut inst = f.start().await;
+    inst.snapshot_point().await.unwrap();
+    let timing = inst.init_restored(&f.restored_spec()).await.unwrap();
+    assert!(inst.hooked());
+    assert_eq!(timing.import_handler, Duration::ZERO, "imported again");
+    let v = call(&mut inst, "{}").await;
+    assert_eq!(
+        v["calls"],
+        serde_json::json!([
+            "second 3 None",
+            "first",
+            "second 1 2",
+            "first",
+            "after",
+            "after x"
+        ])
+    );
+    // The hook saw the new environment; the handler sees the new identity.
+    assert_eq!(v["restored_as"], "i-restored");
+    assert_eq!(v["instance"], "i-restored");
+    assert_eq!(v["version"], "2");
+    assert_eq!(v["greeting"], "restored");
+    inst.kill();
+}
+
+#[tokio::test]
+async fn an_after_restore_hook_that_raises_is_the_functions_init_error() {
+    let code = r#"
+from snapshot_restore_py import register_after_restore
+
+
+@register_after_restore
+def reconnect():
+    raise ConnectionError("no route to the database")
+
+
+def handler(event, context):
+    return {}
+"#;
+    let Some(f) = function("after-raises", code) else {
+        return;
+    };
+    let mut inst = f.start().await;
+    inst.snapshot_point().await.unwrap();
+    match inst.init_restored(&f.restored_spec()).await {
+        Err(RestoredInitError::Function(StartError::Handler(fe))) => {
+            assert_eq!(fe.error_type, "ConnectionError");
+            assert_eq!(fe.message, "no route to the database");
+            assert!(fe.traceback.iter().any(|l| l.contains("in reconnect")));
+        }
+        other => panic!("expected the function's init error, got {other:?}"),
+    }
+    // Past HOOKED: the function's own failure, never the snapshot's.
+    assert!(inst.hooked());
+    inst.kill();
+}
+
+#[tokio::test]
+async fn an_invocation_at_the_snapshot_point_is_a_protocol_error() {
+    let Some(f) = function("invoke-at-point", HOOKS) else {
+        return;
+    };
+    let mut inst = f.start().await;
+    inst.snapshot_point().await.unwrap();
+    assert!(matches!(
+        invoke(&mut inst, "{}").await,
+        Err(InvokeError::Crashed(_))
+    ));
+    assert!(
+        f.log
+            .wait_for("expected CONTINUE or INIT after SNAPSHOT_READY, got frame kind 6")
+            .await,
+        "log:\n{}",
+        f.log.text()
+    );
+    inst.kill();
+}
+
+#[tokio::test]
+async fn a_second_snapshot_at_the_snapshot_point_is_a_protocol_error() {
+    let Some(f) = function("twice", HOOKS) else {
+        return;
+    };
+    let mut inst = f.start().await;
+    inst.snapshot_point().await.unwrap();
+    let err = inst.snapshot_point().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SnapshotPointError::Exited(_) | SnapshotPointError::Protocol(_)
+        ),
+        "{err:?}"
+    );
+    assert!(inst.is_gone());
+    inst.kill();
+}
+
+#[tokio::test]
+async fn a_snapshot_before_init_is_refused() {
+    let Some(f) = function("not-idle", HOOKS) else {
+        return;
+    };
+    // An image build's runtime waits for INIT, not for an event.
+    let (mut inst, prepared) = Instance::start_for_image(&f.spec, f.log.clone(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(prepared.threads, 1);
+    let err = inst.snapshot_point().await.unwrap_err();
+    assert!(
+        matches!(err, SnapshotPointError::Exited(_)),
+        "{err:?}\nlog:\n{}",
+        f.log.text()
+    );
+    assert!(err.to_string().contains("function's log"), "{err}");
+    assert!(f.log.wait_for("expected INIT, got frame kind 10").await);
+    inst.kill();
+}
+
+#[tokio::test]
+async fn an_image_restore_is_unchanged_and_has_no_function_hooks_to_run() {
+    let Some(f) = function("image", HOOKS) else {
+        return;
+    };
+    let (mut inst, _) = Instance::start_for_image(&f.spec, f.log.clone(), |_| {})
+        .await
+        .unwrap();
+    // As a restored image: INIT(restored) to the process that was prepared for the dump.
+    let timing = inst.init_restored(&f.restored_spec()).await.unwrap();
+    assert!(timing.import_handler > Duration::ZERO);
+    assert_eq!(timing.after_restore, Duration::ZERO);
+    let v = call(&mut inst, "{}").await;
+    assert_eq!(v["calls"], serde_json::json!([]));
+    assert_eq!(v["instance"], "i-restored");
+    assert_eq!(v["greeting"], "restored");
+    inst.kill();
+}
+
+/// A runtime that boots, then answers SNAPSHOT with `reply` (kind, body) and hangs.
+fn lying_runtime(test: &str, kind: u8, body: &[u8]) -> Option<Function> {
+    let f = function(test, "def handler(event, context):\n    return {}\n")?;
+    let hex: String = body.iter().map(|b| format!("{b:02x}")).collect();
+    let fake = format!(
+        r#"
+import os, sys, time
+
+
+def main():
+    fd = int(sys.argv[1])
+
+    def read():
+        n = int.from_bytes(os.read(fd, 4), "big")
+        return os.read(fd, n)
+
+    def write(kind, body):
+        os.write(fd, (len(body) + 1).to_bytes(4, "big") + bytes((kind,)) + body)
+
+    read(), read()
+    write(2, b'{{"import_packages_us": 1}}')
+    write(4, b'{{"import_handler_us": 1}}')
+    read()
+    write({kind}, bytes.fromhex("{hex}"))
+    time.sleep(60)
+"#
+    );
+    std::fs::write(f.spec.bootstrap.join("ember_bootstrap.py"), fake).unwrap();
+    Some(f)
+}
+
+#[tokio::test]
+async fn a_runtime_that_answers_snapshot_with_anything_else_is_discarded() {
+    for (kind, body) in [
+        (7u8, &b"\0\0\0\x02{}null"[..]),     // a RESULT
+        (11, br#"{"hook_us": 3}"#),          // neither threads nor error
+        (11, br#"{"hook_us": "soon"}"#),     // not a number
+        (4, br#"{"import_handler_us": 1}"#), // a READY
+    ] {
+        let Some(f) = lying_runtime("lying", kind, body) else {
+            return;
+        };
+        let mut inst = f.start().await;
+        let err = inst.snapshot_point().await.unwrap_err();
+        assert!(
+            matches!(err, SnapshotPointError::Protocol(_)),
+            "kind {kind}: {err:?}"
+        );
+        assert!(err.to_string().contains("discarded"), "{err}");
+        // Killed, not left hanging.
+        assert!(inst.exit_status(Duration::from_secs(5)).await.is_some());
+    }
+}
