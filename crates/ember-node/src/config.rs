@@ -55,6 +55,15 @@ pub enum SnapshotMode {
     Local,
 }
 
+impl SnapshotMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotMode::Off => "off",
+            SnapshotMode::Local => "local",
+        }
+    }
+}
+
 impl std::str::FromStr for SnapshotMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -30,7 +30,7 @@ pub enum Network {
 /// When a function's instance is snapshotted (a layer over its dependency image, or whole
 /// without one), so that later cold starts skip its init.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "kebab-case", try_from = "String")]
 pub enum SnapshotPoint {
     /// After its handler was imported and module-level code ran, before its first event (as
     /// Lambda SnapStart): no request data is in the snapshot.
@@ -55,13 +55,23 @@ impl SnapshotPoint {
 
     /// Parses a point as a user writes it.
     pub fn parse(s: &str) -> Result<SnapshotPoint, InvalidFunction> {
-        serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
-            invalid(
+        match s {
+            "after-init" => Ok(SnapshotPoint::AfterInit),
+            "after-first-invoke" => Ok(SnapshotPoint::AfterFirstInvoke),
+            "off" => Ok(SnapshotPoint::Off),
+            _ => Err(invalid(
                 "snapshot",
                 s,
                 "must be after-init, after-first-invoke or off",
-            )
-        })
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for SnapshotPoint {
+    type Error = InvalidFunction;
+    fn try_from(s: String) -> Result<SnapshotPoint, InvalidFunction> {
+        SnapshotPoint::parse(&s)
     }
 }
 
@@ -502,7 +512,9 @@ mod tests {
         );
         let r: Result<FunctionConfig, _> =
             serde_json::from_value(serde_json::json!({"handler": "m.h", "snapshot": "on"}));
-        assert!(r.is_err());
+        assert!(r.unwrap_err().to_string().starts_with(
+            "snapshot \"on\" is invalid: must be after-init, after-first-invoke or off"
+        ));
     }
 
     #[test]

@@ -23,6 +23,6 @@ pub use config::{
 pub use function::{FunctionConfig, FunctionRecord, InvalidFunction, Runtime, SnapshotPoint};
 pub use node::{
     FunctionStatus, Invocation, InvokeOptions, InvokeOutcome, Node, NodeError, NodeErrorKind,
-    StartPath, StoredCode, Timing, error_chain,
+    SnapshotUsage, StartPath, StoredCode, Timing, error_chain,
 };
 pub use snapshots::{SnapshotError, SnapshotInfo, SnapshotStatus, SnapshotStore};
