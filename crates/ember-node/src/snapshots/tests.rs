@@ -368,3 +368,74 @@ fn snapshot_ids_name_the_function_and_key() {
         assert!(!valid_id(bad), "{bad}");
     }
 }
+
+/// A real image: `sleep` dumped with ember-snap (needs root and ptrace).
+fn real_image(dir: &Path) -> Option<Arc<LoadedImage>> {
+    let on = std::env::var_os("EMBER_PRIVILEGED_TESTS").is_some_and(|v| v == "1");
+    // /proc/self belongs to the process's effective user.
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+    if !on || !root {
+        eprintln!("SKIP: needs root and EMBER_PRIVILEGED_TESTS=1 (ptrace to dump a process)");
+        return None;
+    }
+    // Through Python, which closes the descriptors the test harness leaks (a dump refuses
+    // pipes it was not told about) and execs sleep.
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import os; os.closerange(3, 65536); os.execvp('sleep', ['sleep', '100'])",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Until it has exec'd sleep (not this test binary's image).
+    let exe = format!("/proc/{}/exe", child.id());
+    while std::fs::read_link(&exe).is_ok_and(|p| !p.ends_with("sleep")) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let pid = i32::try_from(child.id()).unwrap();
+    let opts = ember_snap::DumpOptions {
+        inherited: vec![0, 1, 2],
+        ..Default::default()
+    };
+    let dumped = ember_snap::dump(pid, dir, &opts);
+    let _ = child.kill();
+    let _ = child.wait();
+    dumped.unwrap();
+    Some(Arc::new(LoadedImage::load(dir).unwrap()))
+}
+
+#[test]
+fn loaded_layers_are_kept_in_memory_under_their_budget() {
+    let mut f = Fixture::new(Eviction::Lru, 1 << 30);
+    let scratch = tempfile::tempdir().unwrap();
+    let Some(img) = real_image(&scratch.path().join("img")) else {
+        return;
+    };
+    let bytes = img.page_data().len() as u64;
+    // Room for one loaded image, not two.
+    f.cfg.memory_bytes = bytes + bytes / 2;
+    let store = f.open();
+    for name in ["fa", "fb"] {
+        add(&store, info(name, "aa", 1.0), 10 * KB).unwrap();
+    }
+    let (a, b) = (snapshot_id("fa", "aa"), snapshot_id("fb", "aa"));
+    assert!(!store.keep("snap-unknown", img.clone()));
+    assert!(store.keep(&a, img.clone()));
+    assert_eq!(store.memory_bytes(), (bytes, f.cfg.memory_bytes));
+    assert_eq!(f.metrics.memory_bytes.get(), i64::try_from(bytes).unwrap());
+    let h = hit(&store, "fa", "aa").unwrap();
+    assert!(Arc::ptr_eq(h.loaded.as_ref().unwrap(), &img));
+    let whr =
+        |s: &SnapshotStore| -> Vec<Location> { s.list().iter().map(|s| s.location).collect() };
+    assert_eq!(whr(&store), [Location::Memory, Location::Disk]);
+    // The second pushes the first out; removing it empties the tier.
+    assert!(store.keep(&b, img.clone()));
+    assert!(store.cached(&a).is_none() && store.cached(&b).is_some());
+    assert_eq!(whr(&store), [Location::Disk, Location::Memory]);
+    store.remove(&b).unwrap();
+    assert_eq!(store.memory_bytes().0, 0);
+    assert_eq!(f.metrics.memory_bytes.get(), 0);
+}
