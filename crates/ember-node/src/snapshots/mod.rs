@@ -594,14 +594,15 @@ impl SnapshotStore {
         self.lock().memory.get(id)
     }
 
-    /// Holds the loaded layer of `id` in memory if it fits `memory_bytes` once the least
-    /// recently used others have left; false if it is not in the catalog or cannot fit.
+    /// Holds the loaded layer of `id` (its pages in memory: `LoadedImage::load` or
+    /// `load_with_parent`; a layer is held flattened, so its bytes are all the pages it
+    /// names) in memory if it fits `memory_bytes` once the least recently used others have
+    /// left; false if it is not in the catalog, not loaded, or cannot fit.
     pub fn keep(&self, id: &str, image: Arc<LoadedImage>) -> bool {
+        if !image.is_loaded() {
+            return false;
+        }
         let bytes = image.page_data().len() as u64;
-        self.keep_sized(id, image, bytes)
-    }
-
-    fn keep_sized(&self, id: &str, image: Arc<LoadedImage>, bytes: u64) -> bool {
         let mut inner = self.lock();
         if !inner.entries.contains_key(id) {
             return false;

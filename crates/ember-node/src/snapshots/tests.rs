@@ -423,6 +423,9 @@ fn loaded_layers_are_kept_in_memory_under_their_budget() {
     }
     let (a, b) = (snapshot_id("fa", "aa"), snapshot_id("fb", "aa"));
     assert!(!store.keep("snap-unknown", img.clone()));
+    // Metadata alone is not a layer in memory.
+    let opened = Arc::new(LoadedImage::open(&scratch.path().join("img")).unwrap());
+    assert!(!store.keep(&a, opened));
     assert!(store.keep(&a, img.clone()));
     assert_eq!(store.memory_bytes(), (bytes, f.cfg.memory_bytes));
     assert_eq!(f.metrics.memory_bytes.get(), i64::try_from(bytes).unwrap());
