@@ -306,6 +306,24 @@ impl Client {
         }
     }
 
+    /// `{"snapshots": [...], "cache": {"mode", "eviction", "disk_bytes", "disk_budget_bytes",
+    /// "memory_bytes", "memory_budget_bytes"}}`.
+    pub async fn snapshots(&self) -> Result<serde_json::Value, ClientError> {
+        self.json(self.req(reqwest::Method::GET, "/v1/snapshots"))
+            .await
+    }
+
+    pub async fn remove_snapshot(&self, id: &str) -> Result<(), ClientError> {
+        let resp = self
+            .send(self.req(reqwest::Method::DELETE, &format!("/v1/snapshots/{id}")))
+            .await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(Self::fail(resp).await)
+        }
+    }
+
     pub async fn logs(&self, name: &str, lines: usize) -> Result<String, ClientError> {
         let resp = self
             .send(self.req(

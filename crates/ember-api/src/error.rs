@@ -52,6 +52,7 @@ impl From<NodeError> for ApiError {
             NodeError::Image(ember_node::images::ImageError::NotFound(_)) => "NotFound",
             NodeError::Image(ember_node::images::ImageError::NeedsSandbox) => "ImagesNeedSandbox",
             NodeError::Image(_) => "ImageBuildFailed",
+            NodeError::Snapshot(ember_node::SnapshotError::NotFound(_)) => "NotFound",
             _ => "Internal",
         };
         let status = match e.kind() {

@@ -11,6 +11,7 @@
 //! max_instances = 10
 //! network = "host"   # the host's network; "none" (the default): no network
 //! images = false     # never start from a dependency image ("off" works too)
+//! snapshot = "after-init"  # when a function snapshot is taken: after-init, after-first-invoke, off
 //! [env]
 //! GREETING = "hi"
 //! [bench]            # used by `ember bench`: the event each invocation sends
@@ -43,6 +44,9 @@ pub struct Manifest {
     /// false (or "off"): the function never starts from a dependency image.
     #[serde(default, deserialize_with = "on_off")]
     pub images: Option<bool>,
+    /// When a function snapshot is taken: `after-init` (the default), `after-first-invoke` or
+    /// `off` (checked by the node).
+    pub snapshot: Option<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     pub bench: Option<BenchSection>,
@@ -116,6 +120,9 @@ impl Manifest {
         }
         if let Some(on) = self.images {
             body["images"] = on.into();
+        }
+        if let Some(p) = &self.snapshot {
+            body["snapshot"] = p.as_str().into();
         }
         for (k, v) in [
             ("memory_mb", self.memory_mb),
@@ -260,6 +267,16 @@ mod tests {
         let body = m.deploy_body(&zip).unwrap();
         assert_eq!(body["handler"], "main.handler");
         assert_eq!(body["packages"][0], "numpy");
+        assert!(body.get("snapshot").is_none());
+        let m = Manifest::parse(
+            "handler = \"main.handler\"\nsnapshot = \"after-first-invoke\"\n",
+            Path::new("ember.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            m.deploy_body(&zip).unwrap()["snapshot"],
+            "after-first-invoke"
+        );
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! | POST | /v1/functions/{name}/invoke | synchronous invoke; the body is the event |
 //! | DELETE | /v1/functions/{name}/instances | stop the function's instances |
 //! | GET | /v1/functions/{name}/logs?lines=N | tail of the function's log |
+//! | GET, POST | /v1/images | list, build (`{"packages": [...]}`) |
+//! | DELETE | /v1/images/{id} | remove an image |
+//! | GET | /v1/snapshots | list function snapshots, with the cache's use of its budgets |
+//! | DELETE | /v1/snapshots/{id} | remove a function snapshot |
 //! | GET | /metrics | Prometheus text |
 
 use std::time::Duration;
@@ -45,6 +49,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/functions/{name}/logs", get(logs))
         .route("/v1/images", get(list_images).post(build_image))
         .route("/v1/images/{id}", delete(remove_image))
+        .route("/v1/snapshots", get(list_snapshots))
+        .route("/v1/snapshots/{id}", delete(remove_snapshot))
         .route("/metrics", get(metrics))
         .merge(crate::lambda::router())
         .fallback(|| async {
@@ -386,6 +392,26 @@ async fn remove_image(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     s.node.remove_image(&id)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_snapshots(State(s): State<AppState>) -> Result<Response, ApiError> {
+    Ok(axum::Json(crate::types::SnapshotList {
+        snapshots: s.node.snapshots(),
+        cache: s.node.snapshot_usage(),
+    })
+    .into_response())
+}
+
+async fn remove_snapshot(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let node = s.node.clone();
+    // Removing a snapshot's files blocks.
+    tokio::task::spawn_blocking(move || node.remove_snapshot(&id))
+        .await
+        .map_err(|e| task_failed("removing the snapshot", e))??;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -72,3 +72,11 @@ pub struct DeployResult {
 pub struct StopResult {
     pub stopped: usize,
 }
+
+/// `GET /v1/snapshots`: every function snapshot on the node, and the cache's use of its
+/// budgets. Built from the node's own types; a client reads it as JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotList {
+    pub snapshots: Vec<ember_node::SnapshotStatus>,
+    pub cache: ember_node::SnapshotUsage,
+}

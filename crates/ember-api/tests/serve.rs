@@ -2,7 +2,8 @@
 //! slow-body connections are closed, and more connections than the cap get a clear 503
 //! while the API keeps serving. A real node (no sandbox, no images) behind a real socket,
 //! with timeouts of a second so the tests stay short; every bound asserted is generous. And
-//! the client against the server: a failed streamed deploy reports the status it failed with.
+//! the client against the server: a failed streamed deploy reports the status it failed with;
+//! the function-snapshot cache listed and emptied through `/v1/snapshots`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,7 +25,10 @@ struct Server {
 
 impl Server {
     async fn start(limits: ConnectionLimits) -> Server {
-        let home = tempfile::tempdir().unwrap();
+        Server::start_in(tempfile::tempdir().unwrap(), limits).await
+    }
+
+    async fn start_in(home: tempfile::TempDir, limits: ConnectionLimits) -> Server {
         let node = ember_node::Node::open(NodeConfig {
             home: home.path().to_path_buf(),
             sandbox: false,
@@ -376,5 +380,124 @@ async fn bodies_past_the_memory_budget_get_503_until_it_frees() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(served.starts_with("HTTP/1.1 404"), "{served}");
+    server.stop().await;
+}
+
+/// Puts a function snapshot (made-up image files, a real `snapshot.json`) in `home`'s cache.
+fn plant_snapshot(home: &std::path::Path, function: &str) -> String {
+    let id = format!("snap-{function}-0123abcd");
+    let dir = home.join("snapshots").join(&id);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("meta"), vec![1u8; 4096]).unwrap();
+    std::fs::write(dir.join("pages"), vec![2u8; 3 * 4096]).unwrap();
+    let info = serde_json::json!({
+        "format": "ember-snapshot/1",
+        "id": id,
+        "function": function,
+        "version": 3,
+        "key": "0123abcd",
+        "parent_image": "img-0123456789ab",
+        "parent_meta_hash": "ab".repeat(32),
+        "point": "after-init",
+        "bytes": 0,
+        "pages": 3,
+        "created_at": 1_700_000_000u64,
+        "init_ms": 80.5,
+        "dump_ms": 12.0,
+    });
+    std::fs::write(dir.join("snapshot.json"), info.to_string()).unwrap();
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_listed_and_removed() {
+    let home = tempfile::tempdir().unwrap();
+    let id = plant_snapshot(home.path(), "hello");
+    let snap_dir = home.path().join("snapshots").join(&id);
+    let server = Server::start_in(home, ConnectionLimits::default()).await;
+    let client = ember_api::client::Client::new(&server.url(), None);
+    let list = client.snapshots().await.unwrap();
+    let snaps = list["snapshots"].as_array().unwrap();
+    assert_eq!(snaps.len(), 1, "{list}");
+    let s = &snaps[0];
+    assert_eq!(s["id"], id.as_str());
+    assert_eq!(s["function"], "hello");
+    assert_eq!(s["version"], 3);
+    assert_eq!(s["parent_image"], "img-0123456789ab");
+    assert_eq!(s["point"], "after-init");
+    // The store counts the image files itself.
+    assert_eq!(s["bytes"], 4 * 4096);
+    assert_eq!(
+        (s["uses"].as_u64(), s["last_use"].is_null()),
+        (Some(0), true)
+    );
+    assert_eq!(s["location"], "disk");
+    let cache = &list["cache"];
+    assert_eq!(
+        (cache["mode"].as_str(), cache["eviction"].as_str()),
+        (Some("local"), Some("lru"))
+    );
+    assert_eq!(cache["disk_bytes"], 4 * 4096);
+    assert_eq!(cache["disk_budget_bytes"], 4096u64 << 20);
+    assert_eq!(cache["memory_budget_bytes"], 512u64 << 20);
+
+    client.remove_snapshot(&id).await.unwrap();
+    assert!(!snap_dir.exists());
+    let list = client.snapshots().await.unwrap();
+    assert_eq!(list["snapshots"].as_array().unwrap().len(), 0);
+    assert_eq!(list["cache"]["disk_bytes"], 0);
+    match client.remove_snapshot(&id).await.unwrap_err() {
+        ember_api::client::ClientError::Api {
+            status,
+            code,
+            message,
+            ..
+        } => {
+            assert_eq!((status, code.as_str()), (404, "NotFound"));
+            assert_eq!(
+                message,
+                format!("snapshot {id:?} does not exist (`ember snapshot ls` lists snapshots)")
+            );
+        }
+        other => panic!("{other}"),
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_functions_snapshot_point_is_deployed_and_shown() {
+    let server = Server::start(ConnectionLimits::default()).await;
+    let client = ember_api::client::Client::new(&server.url(), None);
+    use base64::Engine;
+    let code = base64::engine::general_purpose::STANDARD
+        .encode(handler_zip("def handler(e, c):\n    return 1\n"));
+    let body = serde_json::json!({
+        "handler": "main.handler",
+        "snapshot": "after-first-invoke",
+        "code_zip": code,
+    });
+    let r = client.deploy("snappy", &body, &mut |_| {}).await.unwrap();
+    assert_eq!(r.function["snapshot"], "after-first-invoke");
+    let listed = client.list().await.unwrap();
+    assert_eq!(listed[0]["snapshot"], "after-first-invoke", "{listed:?}");
+    let bad = serde_json::json!({"handler": "main.handler", "snapshot": "always"});
+    match client
+        .deploy("snappy", &bad, &mut |_| {})
+        .await
+        .unwrap_err()
+    {
+        ember_api::client::ClientError::Api {
+            status, message, ..
+        } => {
+            assert_eq!(status, 400);
+            assert!(
+                message.contains(
+                    "snapshot \"always\" is invalid: must be after-init, after-first-invoke or off"
+                ),
+                "{message}"
+            );
+        }
+        other => panic!("{other}"),
+    }
     server.stop().await;
 }

@@ -44,6 +44,96 @@ impl Default for ImageConfig {
     }
 }
 
+/// Whether the node takes and uses function snapshots (vHive's modes; a remote store comes
+/// later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SnapshotMode {
+    /// None taken, none used (those on disk are kept, listed and removable).
+    Off,
+    /// Taken and used on this node, in its own cache.
+    #[default]
+    Local,
+}
+
+impl SnapshotMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotMode::Off => "off",
+            SnapshotMode::Local => "local",
+        }
+    }
+}
+
+impl std::str::FromStr for SnapshotMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(SnapshotMode::Off),
+            "local" => Ok(SnapshotMode::Local),
+            other => Err(format!(
+                "snapshots {other:?} is not a mode: write \"off\" or \"local\""
+            )),
+        }
+    }
+}
+
+/// Which snapshots leave the cache first when it is over its disk budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Eviction {
+    /// Least recently used (vHive's).
+    #[default]
+    Lru,
+    /// Greedy-Dual-Size-Frequency: small, often used snapshots of costly inits stay.
+    Gdsf,
+}
+
+impl Eviction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Eviction::Lru => "lru",
+            Eviction::Gdsf => "gdsf",
+        }
+    }
+}
+
+impl std::str::FromStr for Eviction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "lru" => Ok(Eviction::Lru),
+            "gdsf" => Ok(Eviction::Gdsf),
+            other => Err(format!(
+                "snapshot_eviction {other:?} is not a policy: write \"lru\" or \"gdsf\""
+            )),
+        }
+    }
+}
+
+/// Function snapshots: whether they are taken, and the cache that keeps them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotConfig {
+    pub mode: SnapshotMode,
+    /// Bytes of snapshot files the cache keeps on disk; past it, snapshots are evicted.
+    pub disk_bytes: u64,
+    /// Bytes of loaded snapshot layers kept in memory (least recently used leave first).
+    pub memory_bytes: u64,
+    pub eviction: Eviction,
+    /// Failed restores in a row after which a snapshot is removed (a new one is taken).
+    pub failures_unhealthy: u32,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            mode: SnapshotMode::Local,
+            disk_bytes: 4096 << 20,
+            memory_bytes: 512 << 20,
+            eviction: Eviction::Lru,
+            failures_unhealthy: 3,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     /// Everything the node keeps lives under this directory.
@@ -74,6 +164,7 @@ pub struct NodeConfig {
     pub tmp_bytes: u64,
     pub images: ImageConfig,
     pub events: EventConfig,
+    pub snapshots: SnapshotConfig,
     /// Sandboxes made ahead of demand per native function, each with its executable spawned
     /// and stopped before its first instruction, so that a request pays for neither (0: each
     /// request makes its own).
@@ -121,6 +212,7 @@ impl Default for NodeConfig {
             tmp_bytes: 64 << 20,
             images: ImageConfig::default(),
             events: EventConfig::default(),
+            snapshots: SnapshotConfig::default(),
             prestart: 2,
         }
     }

@@ -27,6 +27,54 @@ pub enum Network {
     Host,
 }
 
+/// When a function's instance is snapshotted (a layer over its dependency image, or whole
+/// without one), so that later cold starts skip its init.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", try_from = "String")]
+pub enum SnapshotPoint {
+    /// After its handler was imported and module-level code ran, before its first event (as
+    /// Lambda SnapStart): no request data is in the snapshot.
+    #[default]
+    AfterInit,
+    /// After its first invocation returned (as vHive): what the first event left in memory
+    /// (caches, lazily made clients, the event itself in freed memory) is in the snapshot and
+    /// in every instance started from it.
+    AfterFirstInvoke,
+    /// Never snapshotted.
+    Off,
+}
+
+impl SnapshotPoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotPoint::AfterInit => "after-init",
+            SnapshotPoint::AfterFirstInvoke => "after-first-invoke",
+            SnapshotPoint::Off => "off",
+        }
+    }
+
+    /// Parses a point as a user writes it.
+    pub fn parse(s: &str) -> Result<SnapshotPoint, InvalidFunction> {
+        match s {
+            "after-init" => Ok(SnapshotPoint::AfterInit),
+            "after-first-invoke" => Ok(SnapshotPoint::AfterFirstInvoke),
+            "off" => Ok(SnapshotPoint::Off),
+            _ => Err(invalid(
+                "snapshot",
+                s,
+                "must be after-init, after-first-invoke or off",
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for SnapshotPoint {
+    type Error = InvalidFunction;
+    fn try_from(s: String) -> Result<SnapshotPoint, InvalidFunction> {
+        SnapshotPoint::parse(&s)
+    }
+}
+
 /// How a function's code runs. Lambda's names are accepted as aliases: `python3.8` to
 /// `python3.13` run on the node's interpreter (which `ember ls` names), and `provided.al2`
 /// and `provided.al2023` run the executable as `provided` does.
@@ -96,6 +144,10 @@ pub struct FunctionConfig {
     /// cold boot. Records from before the switch existed have it on.
     #[serde(default = "images_on", skip_serializing_if = "is_on")]
     pub images: bool,
+    /// When the node snapshots an initialized instance of the function (records from before
+    /// snapshots load with the default, after-init).
+    #[serde(default)]
+    pub snapshot: SnapshotPoint,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     /// The runtime's name as the user gave it (`python3.12`, `provided.al2023`), shown back
@@ -439,6 +491,30 @@ mod tests {
             serde_json::from_value(serde_json::json!({"handler": "m.h", "network": "host"}))
                 .unwrap();
         assert_eq!(host.network, Network::Host);
+    }
+
+    #[test]
+    fn snapshot_points_default_after_init_and_parse() {
+        let c = config("m.h");
+        assert_eq!(c.snapshot, SnapshotPoint::AfterInit);
+        assert_eq!(serde_json::to_value(&c).unwrap()["snapshot"], "after-init");
+        for p in ["after-init", "after-first-invoke", "off"] {
+            let c: FunctionConfig =
+                serde_json::from_value(serde_json::json!({"handler": "m.h", "snapshot": p}))
+                    .unwrap();
+            assert_eq!(c.snapshot.as_str(), p);
+            assert_eq!(SnapshotPoint::parse(p), Ok(c.snapshot));
+        }
+        let err = SnapshotPoint::parse("after-lunch").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "snapshot \"after-lunch\" is invalid: must be after-init, after-first-invoke or off"
+        );
+        let r: Result<FunctionConfig, _> =
+            serde_json::from_value(serde_json::json!({"handler": "m.h", "snapshot": "on"}));
+        assert!(r.unwrap_err().to_string().starts_with(
+            "snapshot \"on\" is invalid: must be after-init, after-first-invoke or off"
+        ));
     }
 
     #[test]

@@ -13,11 +13,16 @@ mod node;
 mod pool;
 mod ratelimit;
 pub mod registry;
+pub mod snapshots;
 mod sys;
 
-pub use config::{AutoImages, EventConfig, ImageConfig, NodeConfig, Policy};
-pub use function::{FunctionConfig, FunctionRecord, InvalidFunction, Runtime};
+pub use config::{
+    AutoImages, EventConfig, Eviction, ImageConfig, NodeConfig, Policy, SnapshotConfig,
+    SnapshotMode,
+};
+pub use function::{FunctionConfig, FunctionRecord, InvalidFunction, Runtime, SnapshotPoint};
 pub use node::{
     FunctionStatus, Invocation, InvokeOptions, InvokeOutcome, Node, NodeError, NodeErrorKind,
-    StartPath, StoredCode, Timing, error_chain,
+    SnapshotUsage, StartPath, StoredCode, Timing, error_chain,
 };
+pub use snapshots::{SnapshotError, SnapshotInfo, SnapshotStatus, SnapshotStore};

@@ -15,6 +15,12 @@
 //! | `ember_image_page_bytes_fetched_total` (bytes read from the page source for them) | image |
 //! | `ember_image_page_fault_blocked_seconds_total` (time instances waited on faults) | image |
 //! | `ember_image_memory_bytes` (gauge: image pages in memory) | |
+//! | `ember_snapshot_hits_total` (a function snapshot of the function's current key found) | function |
+//! | `ember_snapshot_misses_total` (none found for the function) | function |
+//! | `ember_snapshot_stale_total` (one found for another code, config or parent: removed) | function |
+//! | `ember_snapshot_evictions_total` (snapshots evicted to hold the disk budget) | |
+//! | `ember_snapshot_disk_bytes` (gauge: snapshot files in the cache) | |
+//! | `ember_snapshot_memory_bytes` (gauge: snapshot layers held in memory) | |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -64,6 +70,53 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 20))
 }
 
+/// The function-snapshot cache's metrics; the store holds a clone and updates them.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotMetrics {
+    pub hits: Family<FunctionLabels, Counter>,
+    pub misses: Family<FunctionLabels, Counter>,
+    pub stale: Family<FunctionLabels, Counter>,
+    pub evictions: Counter,
+    pub disk_bytes: Gauge,
+    pub memory_bytes: Gauge,
+}
+
+impl SnapshotMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "snapshot_hits",
+            "Starts that found a function snapshot of the function's current code and config",
+            self.hits.clone(),
+        );
+        registry.register(
+            "snapshot_misses",
+            "Starts that found no function snapshot for the function",
+            self.misses.clone(),
+        );
+        registry.register(
+            "snapshot_stale",
+            "Function snapshots found stale (another code version, config or parent image) \
+             and removed",
+            self.stale.clone(),
+        );
+        registry.register(
+            "snapshot_evictions",
+            "Function snapshots evicted to keep the cache within its disk budget",
+            self.evictions.clone(),
+        );
+        registry.register(
+            "snapshot_disk_bytes",
+            "Bytes of function snapshots on disk",
+            self.disk_bytes.clone(),
+        );
+        registry.register(
+            "snapshot_memory_bytes",
+            "Bytes of function snapshot layers held in memory",
+            self.memory_bytes.clone(),
+        );
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub invocations: Family<InvokeLabels, Counter>,
@@ -83,6 +136,8 @@ pub struct Metrics {
     pub events: Family<ReasonLabels, Counter>,
     /// Asynchronous invocations waiting or running, per function (set at each scrape).
     pub events_queued: Family<FunctionLabels, Gauge>,
+    /// Shared with the snapshot store, which updates them.
+    pub snapshots: SnapshotMetrics,
 }
 
 impl Default for Metrics {
@@ -179,7 +234,10 @@ impl Default for Metrics {
             "Bytes of image pages in memory",
             image_memory.clone(),
         );
+        let snapshots = SnapshotMetrics::default();
+        snapshots.register(&mut registry);
         Metrics {
+            snapshots,
             cold_boot_reasons,
             image_failures,
             start_fallbacks,

@@ -43,6 +43,8 @@ enum Command {
     Snap(commands::snap::Args),
     /// Dependency images: build, list and remove them
     Image(commands::image::Args),
+    /// Function snapshots (the node's local snapshot cache): list and remove them
+    Snapshot(commands::snapshot::Args),
 }
 
 fn init_tracing(format: &str) {
@@ -72,6 +74,7 @@ async fn main() -> std::process::ExitCode {
         Command::Bench(a) => commands::bench::run(a).await,
         Command::Snap(a) => commands::snap::run(a).await,
         Command::Image(a) => commands::image::run(a).await,
+        Command::Snapshot(a) => commands::snapshot::run(a).await,
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

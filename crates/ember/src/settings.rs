@@ -22,6 +22,11 @@
 //! images = "on-deploy"     # "off", or a list of package sets: [["numpy"], ["pandas", "scikit-learn"]]
 //! image_memory_mb = 1024   # the in-memory image pool; other images are served from disk
 //! image_policy = "eager"  # eager | lazy | bulk | prefetch
+//! snapshots = "local"      # "off": no function snapshots taken or used
+//! snapshot_disk_mb = 4096  # the snapshot cache's disk budget; past it, snapshots are evicted
+//! snapshot_memory_mb = 512 # loaded snapshot layers kept in memory
+//! snapshot_eviction = "lru" # lru | gdsf
+//! snapshot_failures_unhealthy = 3 # failed restores in a row that remove a snapshot
 //! event_retry_delay = "60s" # before an Event invocation's first retry (the second waits 2x)
 //! event_max_age = "6h"      # how long a throttled Event invocation keeps being retried
 //! prestart = 2              # sandboxes made ahead per native function (0: on demand)
@@ -37,7 +42,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use ember_api::{ApiConfig, ConnectionLimits};
-use ember_node::{AutoImages, NodeConfig, Policy};
+use ember_node::{AutoImages, Eviction, NodeConfig, Policy, SnapshotConfig, SnapshotMode};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -117,6 +122,24 @@ pub struct DaemonArgs {
     /// How restored pages reach instances: eager, lazy, bulk or prefetch [default: eager]
     #[arg(long, env = "EMBER_IMAGE_POLICY")]
     pub image_policy: Option<String>,
+    /// Function snapshots: local (taken after a function's init, and used by its later cold
+    /// starts) or off [default: local]
+    #[arg(long, env = "EMBER_SNAPSHOTS")]
+    pub snapshots: Option<String>,
+    /// Disk budget of the function-snapshot cache, in MiB; past it, snapshots are evicted
+    /// [default: 4096]
+    #[arg(long, env = "EMBER_SNAPSHOT_DISK_MB")]
+    pub snapshot_disk_mb: Option<u64>,
+    /// Memory for loaded function-snapshot layers, in MiB [default: 512]
+    #[arg(long, env = "EMBER_SNAPSHOT_MEMORY_MB")]
+    pub snapshot_memory_mb: Option<u64>,
+    /// Which function snapshots leave a full cache first: lru (least recently used) or gdsf
+    /// (Greedy-Dual-Size-Frequency: large, rarely used, cheap-to-init ones) [default: lru]
+    #[arg(long, env = "EMBER_SNAPSHOT_EVICTION")]
+    pub snapshot_eviction: Option<String>,
+    /// Failed restores in a row after which a function snapshot is removed [default: 3]
+    #[arg(long, env = "EMBER_SNAPSHOT_FAILURES_UNHEALTHY")]
+    pub snapshot_failures_unhealthy: Option<u32>,
     /// A request's head must arrive within this, else the connection is closed
     /// [default: 10s]
     #[arg(long, env = "EMBER_HEADER_TIMEOUT")]
@@ -191,6 +214,11 @@ struct FileSettings {
     images: Option<ImagesSetting>,
     image_memory_mb: Option<u64>,
     image_policy: Option<String>,
+    snapshots: Option<String>,
+    snapshot_disk_mb: Option<u64>,
+    snapshot_memory_mb: Option<u64>,
+    snapshot_eviction: Option<String>,
+    snapshot_failures_unhealthy: Option<u32>,
     header_timeout: Option<String>,
     body_timeout: Option<String>,
     idle_timeout: Option<String>,
@@ -255,6 +283,32 @@ impl DaemonArgs {
                 );
             }
         }
+        let ds = &d.snapshots;
+        let snapshots = SnapshotConfig {
+            mode: match self.snapshots.or(file.snapshots) {
+                Some(m) => m.parse::<SnapshotMode>().map_err(anyhow::Error::msg)?,
+                None => ds.mode,
+            },
+            disk_bytes: self
+                .snapshot_disk_mb
+                .or(file.snapshot_disk_mb)
+                .map_or(ds.disk_bytes, |mb| mb << 20),
+            memory_bytes: self
+                .snapshot_memory_mb
+                .or(file.snapshot_memory_mb)
+                .map_or(ds.memory_bytes, |mb| mb << 20),
+            eviction: match self.snapshot_eviction.or(file.snapshot_eviction) {
+                Some(e) => e.parse::<Eviction>().map_err(anyhow::Error::msg)?,
+                None => ds.eviction,
+            },
+            failures_unhealthy: self
+                .snapshot_failures_unhealthy
+                .or(file.snapshot_failures_unhealthy)
+                .unwrap_or(ds.failures_unhealthy),
+        };
+        if snapshots.failures_unhealthy == 0 {
+            bail!("snapshot_failures_unhealthy must be at least 1");
+        }
         let node = NodeConfig {
             home: self.home.or(file.home).unwrap_or(d.home),
             envs_dir: self.envs_dir.or(file.envs_dir),
@@ -311,6 +365,7 @@ impl DaemonArgs {
                 .or(file.tmp_mb)
                 .map_or(d.tmp_bytes, |mb| mb << 20),
             images,
+            snapshots,
         };
         let api = ApiConfig {
             token: self.token.or(file.token).filter(|t| !t.is_empty()),
@@ -471,6 +526,18 @@ mod tests {
         assert_eq!(num("--image-memory-mb") << 20, s.node.images.memory_bytes);
         let policy: Policy = said("--image-policy").parse().unwrap();
         assert_eq!(policy, s.node.images.policy);
+        let sn = &s.node.snapshots;
+        assert_eq!(said("--snapshots").parse::<SnapshotMode>(), Ok(sn.mode));
+        assert_eq!(num("--snapshot-disk-mb") << 20, sn.disk_bytes);
+        assert_eq!(num("--snapshot-memory-mb") << 20, sn.memory_bytes);
+        assert_eq!(
+            said("--snapshot-eviction").parse::<Eviction>(),
+            Ok(sn.eviction)
+        );
+        assert_eq!(
+            num("--snapshot-failures-unhealthy"),
+            u64::from(sn.failures_unhealthy)
+        );
         assert_eq!(said("--log-format"), "text");
         assert!(s.node.sandbox && s.api.token.is_none());
         let c = &s.connections;
@@ -570,6 +637,52 @@ mod tests {
             }
             .resolve();
             assert!(r.is_err(), "{bad}");
+        }
+        std::fs::write(
+            &cfg,
+            "snapshots = \"off\"\nsnapshot_disk_mb = 100\nsnapshot_eviction = \"gdsf\"\n",
+        )
+        .unwrap();
+        let s = DaemonArgs {
+            config: Some(cfg.clone()),
+            snapshot_eviction: Some("lru".into()),
+            snapshot_memory_mb: Some(64),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            s.node.snapshots,
+            SnapshotConfig {
+                mode: SnapshotMode::Off,
+                disk_bytes: 100 << 20,
+                memory_bytes: 64 << 20,
+                eviction: Eviction::Lru,
+                failures_unhealthy: 3,
+            }
+        );
+        for (bad, says) in [
+            (
+                "snapshots = \"remote\"\n",
+                "snapshots \"remote\" is not a mode: write \"off\" or \"local\"",
+            ),
+            (
+                "snapshot_eviction = \"lfu\"\n",
+                "snapshot_eviction \"lfu\" is not a policy: write \"lru\" or \"gdsf\"",
+            ),
+            (
+                "snapshot_failures_unhealthy = 0\n",
+                "snapshot_failures_unhealthy must be at least 1",
+            ),
+        ] {
+            std::fs::write(&cfg, bad).unwrap();
+            let err = DaemonArgs {
+                config: Some(cfg.clone()),
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap_err();
+            assert_eq!(format!("{err:#}"), says);
         }
         std::fs::write(&cfg, "listn = 1\n").unwrap();
         let err = DaemonArgs {

@@ -1,5 +1,6 @@
 //! The CLI's per-function switches and `ember bench` against a shared daemon, as a user
-//! runs them: `images` and `network` in a function's `ember.toml` and as `deploy` flags, and
+//! runs them: `images`, `network` and `snapshot` in a function's `ember.toml` and as `deploy`
+//! flags, `ember snapshot ls|rm`, and
 //! a bench that finds its daemon through `EMBER_URL` and leaves that daemon's functions alone.
 
 mod common;
@@ -197,4 +198,91 @@ async fn bench_finds_its_daemon_in_ember_url_and_leaves_its_functions_alone() {
     assert_eq!(f["version"], 1, "{f}");
     let r = d.invoke("noop", "{}").await;
     assert_eq!(r.body, serde_json::json!({"mine": true}));
+}
+
+#[tokio::test]
+async fn the_snapshot_point_and_the_snapshot_cache_through_the_cli() {
+    let home = tempfile::tempdir().unwrap();
+    let code = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        home.path(),
+        &["--images", "off", "--snapshot-eviction", "gdsf"],
+    );
+    let echo = "def handler(event, context):\n    return event\n";
+    let off = function_dir(
+        code.path(),
+        "snap-off",
+        echo,
+        "name = \"snap-off\"\nhandler = \"main.handler\"\nsnapshot = \"off\"\n",
+    );
+    deploy(&d, &[&off]);
+    deploy(
+        &d,
+        &[
+            &off,
+            "--name",
+            "snap-vhive",
+            "--snapshot",
+            "after-first-invoke",
+        ],
+    );
+    let ls = d.cli(&["ls"]);
+    assert!(ls.ok, "{}", ls.stderr);
+    let point = |name: &str| {
+        let line = ls
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} not listed: {}", ls.stdout));
+        line.split_whitespace()
+            .nth(6)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(ls.stdout.lines().next().unwrap().contains("SNAPSHOT"));
+    assert_eq!(point("snap-off"), "off", "{}", ls.stdout);
+    assert_eq!(point("snap-vhive"), "after-first-invoke", "{}", ls.stdout);
+    let shown = d.get_json("/v1/functions/snap-off").await;
+    assert_eq!(shown["snapshot"], "off", "{shown}");
+
+    let out = d.cli(&["snapshot", "ls"]);
+    assert!(out.ok, "{}", out.stderr);
+    assert!(out.stdout.starts_with("ID "), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("snapshots local, eviction gdsf: disk 0.0 of 4096.0 MiB"),
+        "{}",
+        out.stdout
+    );
+    let out = d.cli(&["snapshot", "ls", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["snapshots"], serde_json::json!([]));
+    let out = d.cli(&["snapshot", "rm", "snap-nope"]);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains(
+            "snapshot \"snap-nope\" does not exist (`ember snapshot ls` lists snapshots)"
+        ),
+        "{}",
+        out.stderr
+    );
+    // A bad point is refused, naming the field and the choices.
+    let out = d.cli(&["deploy", &off, "--snapshot", "sometimes"]);
+    assert!(!out.ok);
+    assert!(out.stderr.contains("after-first-invoke"), "{}", out.stderr);
+    let bad = function_dir(
+        code.path(),
+        "snap-bad",
+        echo,
+        "name = \"snap-bad\"\nhandler = \"main.handler\"\nsnapshot = \"always\"\n",
+    );
+    let out = d.cli(&["deploy", &bad]);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains(
+            "snapshot \"always\" is invalid: must be after-init, after-first-invoke or off"
+        ),
+        "{}",
+        out.stderr
+    );
 }

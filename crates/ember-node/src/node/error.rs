@@ -35,6 +35,8 @@ pub enum NodeError {
     Sandbox(#[from] ember_sandbox::SandboxError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshots::SnapshotError),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("another ember daemon is using {0}; stop it or choose another --home")]
@@ -67,6 +69,7 @@ impl NodeError {
             NodeError::Code(e) if e.is_user_error() => NodeErrorKind::BadRequest,
             NodeError::Env(e) if e.is_user_error() => NodeErrorKind::Unprocessable,
             NodeError::Image(e) if e.is_user_error() => NodeErrorKind::NotFound,
+            NodeError::Snapshot(e) if e.is_user_error() => NodeErrorKind::NotFound,
             NodeError::Image(ImageError::NeedsSandbox) => NodeErrorKind::Unprocessable,
             NodeError::Image(ImageError::Build { .. } | ImageError::Verify { .. }) => {
                 NodeErrorKind::Unprocessable

@@ -20,6 +20,7 @@
 //! | `instances.rs` | an instance's sandbox, spec, pre-made sandboxes, stopping |
 //! | `restore.rs` | a restore into a fresh sandbox (images and their test restores) |
 //! | `image_build.rs` | building and listing dependency images |
+//! | `snapshots_admin.rs` | listing and removing function snapshots (the API's) |
 //! | `events.rs`, `crash_loop.rs` | asynchronous invocations; the crash-loop backoff |
 
 use std::collections::{HashMap, HashSet};
@@ -52,6 +53,7 @@ mod invocation;
 mod invoke;
 mod ladder;
 mod restore;
+mod snapshots_admin;
 
 use crash_loop::CrashLoop;
 use deploy::precompile;
@@ -61,6 +63,7 @@ pub use error::{NodeError, NodeErrorKind};
 use instances::instance_id;
 pub use invocation::{Invocation, InvokeOptions, InvokeOutcome, Timing};
 pub use ladder::StartPath;
+pub use snapshots_admin::SnapshotUsage;
 
 struct Deployed {
     record: FunctionRecord,
@@ -84,6 +87,7 @@ pub struct Node {
     functions: RwLock<HashMap<String, Arc<Deployed>>>,
     deploying: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     images: Arc<ImageStore>,
+    snapshots: Arc<crate::snapshots::SnapshotStore>,
     /// One build per image at a time.
     image_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Automatic builds go one at a time.
@@ -182,8 +186,15 @@ impl Node {
         if sandboxes.is_none() && !images.list().is_empty() {
             tracing::warn!("dependency images are not used without the sandbox");
         }
+        let metrics = Metrics::default();
+        let snapshots = Arc::new(crate::snapshots::SnapshotStore::open(
+            home.join("snapshots"),
+            cfg.snapshots.clone(),
+            metrics.snapshots.clone(),
+        )?);
         let node = Arc::new_cyclic(|me| Node {
             images,
+            snapshots,
             image_gates: Mutex::new(HashMap::new()),
             auto_builds: tokio::sync::Semaphore::new(1),
             background: Mutex::new(tokio::task::JoinSet::new()),
@@ -195,7 +206,7 @@ impl Node {
             code,
             envs,
             logs,
-            metrics: Metrics::default(),
+            metrics,
             bootstrap,
             sandboxes,
             reaping: Mutex::new(Vec::new()),

@@ -31,6 +31,12 @@ pub struct Args {
     /// that is not warm is a cold boot [default: images in ember.toml, else on]
     #[arg(long)]
     pub no_images: bool,
+    /// When a function snapshot is taken, which later cold starts restore instead of running
+    /// the init again: after-init (handler imported, before the first event), after-first-invoke
+    /// (keeps what the first event left in memory) or off [default: snapshot in ember.toml,
+    /// else after-init]
+    #[arg(long, value_parser = ["after-init", "after-first-invoke", "off"])]
+    pub snapshot: Option<String>,
     /// The network instances see: none (no interface but a loopback) or host (the host's
     /// network) [default: network in ember.toml, else none]
     #[arg(long, value_parser = ["none", "host"])]
@@ -74,6 +80,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.network.is_some() {
         m.network = args.network;
+    }
+    if args.snapshot.is_some() {
+        m.snapshot = args.snapshot;
     }
     if let Some(p) = args.packages {
         m.packages = Some(

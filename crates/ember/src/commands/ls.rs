@@ -18,8 +18,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:>4} {:<20} {:>7} {:>8} {:>5}  PACKAGES",
-        "NAME", "VER", "HANDLER", "MEM MB", "TIMEOUT", "LIVE"
+        "{:<20} {:>4} {:<20} {:>7} {:>8} {:>5} {:<18}  PACKAGES",
+        "NAME", "VER", "HANDLER", "MEM MB", "TIMEOUT", "LIVE", "SNAPSHOT"
     );
     for f in fns {
         let pkgs: Vec<&str> = f["packages"]
@@ -27,13 +27,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
             .unwrap_or_default();
         println!(
-            "{:<20} {:>4} {:<20} {:>7} {:>7}s {:>5}  {}",
+            "{:<20} {:>4} {:<20} {:>7} {:>7}s {:>5} {:<18}  {}",
             f["name"].as_str().unwrap_or("?"),
             f["version"].to_string(),
             f["handler"].as_str().unwrap_or("?"),
             f["memory_mb"].to_string(),
             f["timeout_s"].to_string(),
             f["instances_live"].to_string(),
+            f["snapshot"].as_str().unwrap_or("-"),
             pkgs.join(",")
         );
     }

@@ -9,6 +9,7 @@ pub mod ls;
 pub mod rm;
 pub mod serve;
 pub mod snap;
+pub mod snapshot;
 pub mod up;
 
 use ember_api::client::Client;
