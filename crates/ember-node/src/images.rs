@@ -160,6 +160,11 @@ pub struct Checkout {
 }
 
 impl Checkout {
+    /// BLAKE3 (hex) of the image's metadata: what a layer over it records.
+    pub fn meta_hash(&self) -> String {
+        hex::encode(self.image.meta_hash())
+    }
+
     /// The pages for the restore. In memory: the pool's copy. On disk: the whole image read
     /// and checked now when `whole` (an eager restore needs every page), else a file source
     /// that reads and checks each chunk as the page server asks for it. Blocking.
@@ -428,6 +433,29 @@ impl ImageStore {
             }
         }
         Ok(co)
+    }
+
+    /// [`ImageStore::checkout`] without counting a restore or a use (to learn which image a
+    /// snapshot would be over, or to read it for a layer).
+    pub fn checkout_quiet(&self, id: &str) -> Result<Checkout, ImageError> {
+        let inner = self.lock();
+        let e = inner
+            .entries
+            .get(id)
+            .ok_or_else(|| ImageError::NotFound(id.to_string()))?;
+        let (image, location) = match &e.loaded {
+            Some(l) => (l.clone(), Location::Memory),
+            None => (e.opened.clone(), Location::Disk),
+        };
+        Ok(Checkout {
+            id: id.to_string(),
+            image,
+            working_set: e.working_set.clone(),
+            location,
+            python: e.info.python.clone(),
+            env_dir: e.info.env_dir.clone(),
+            load_after: false,
+        })
     }
 
     /// Reads `id`'s pages into the pool (checking every hash) if they fit the budget once

@@ -81,6 +81,29 @@ impl Proc {
         matches!(self, Proc::Python(i) if i.hooked())
     }
 
+    /// The function snapshot point (Python only): its before-snapshot hooks run, then the
+    /// runtime waits, ready to be dumped, for CONTINUE (or, in a restored copy, INIT).
+    pub async fn snapshot_point(
+        &mut self,
+    ) -> Result<python::SnapshotReady, python::SnapshotPointError> {
+        match self {
+            Proc::Python(i) => i.snapshot_point().await,
+            _ => Err(python::SnapshotPointError::Protocol(
+                ember_runtime::protocol::ProtocolError::Io(std::io::Error::other(
+                    "only Python instances have a snapshot point",
+                )),
+            )),
+        }
+    }
+
+    /// After a dump at the snapshot point: the instance serves on.
+    pub async fn continue_after_snapshot(&mut self) -> Result<(), python::SnapshotPointError> {
+        match self {
+            Proc::Python(i) => i.continue_after_snapshot().await,
+            _ => Ok(()),
+        }
+    }
+
     /// The second half of a start from an image (Python only: images hold its runtime).
     pub async fn init_restored(
         &mut self,
@@ -100,6 +123,8 @@ pub struct Live {
     pub sandbox: Option<Sandbox>,
     /// The image it was restored from.
     pub image: Option<String>,
+    /// The function snapshot it was restored from.
+    pub snapshot: Option<String>,
     /// Ends by itself once the process is gone.
     pub pages: Option<PageServer>,
     /// The page server's counters as last added to the node's metrics.
@@ -117,6 +142,7 @@ impl Live {
             inst: inst.into(),
             sandbox,
             image: None,
+            snapshot: None,
             pages: None,
             reported: LazyStats::default(),
             parked: None,

@@ -181,6 +181,8 @@ impl Node {
             self.discard_all(&old, old.pool.retire(), "function deleted");
         }
         self.logs.remove(name);
+        let (store, n) = (self.snapshots.clone(), name.to_string());
+        tokio::task::spawn_blocking(move || store.remove_function(&n));
         tracing::info!(function = name, "deleted");
         Ok(())
     }

@@ -182,6 +182,13 @@ impl Node {
             Ran::Done(Ok(out)) => {
                 if rec.cold_only() {
                     self.discard(d, inst, "cold-only: it served its request");
+                } else if start != StartPath::Warm
+                    && matches!(out, Outcome::Result { .. })
+                    && self.first_invoke_snapshot_wanted(d)
+                {
+                    // Off the request path: the answer goes now, the instance is dumped, then
+                    // goes back to the pool.
+                    self.snapshot_after_first_invoke(d, inst, generation, timing.init());
                 } else if let Some(stale) = d.pool.put_back(inst, generation) {
                     self.discard(d, stale, "stopped while busy");
                 }
@@ -305,10 +312,11 @@ pub(in crate::node) async fn watched(
 }
 
 /// The rungs of the ladder, in the order they are tried.
-fn rungs<'r, 'c>() -> [&'r (dyn Rung<StartCx<'c>, Live> + 'r); 4] {
+fn rungs<'r, 'c>() -> [&'r (dyn Rung<StartCx<'c>, Live> + 'r); 5] {
     [
         &ladder::warm::Warm,
         &ladder::premade::Premade,
+        &ladder::function_snapshot::FunctionSnapshot,
         &ladder::image::Image,
         &ladder::cold_boot::ColdBoot,
     ]
@@ -327,6 +335,7 @@ impl Climber for StartCx<'_> {
         let msg = error_chain(&fall.error);
         let instead = match then {
             StartPath::Warm => "a warm instance",
+            StartPath::FunctionSnapshot => "a function snapshot",
             StartPath::Image => "an image",
             StartPath::ColdBoot => "cold boot",
         };

@@ -53,6 +53,7 @@ mod invocation;
 mod invoke;
 mod ladder;
 mod restore;
+mod snapshot_take;
 mod snapshots_admin;
 
 use crash_loop::CrashLoop;
@@ -71,6 +72,8 @@ struct Deployed {
     code_dir: PathBuf,
     pool: Pool,
     crash_loop: CrashLoop,
+    /// A function snapshot of it is being taken.
+    snapshotting: std::sync::atomic::AtomicBool,
 }
 
 pub struct Node {
@@ -289,6 +292,7 @@ impl Node {
             code_dir: self.code.path(&rec.code_hash),
             pool: Pool::new(rec.config.max_instances),
             crash_loop: CrashLoop::default(),
+            snapshotting: std::sync::atomic::AtomicBool::new(false),
             record: rec,
             env,
         });

@@ -421,11 +421,13 @@ impl SnapshotStore {
         let budget = self.evict_to_budget(&mut inner, &id);
         self.metrics.evictions.inc_by(budget.len() as u64);
         evicted.extend(budget);
+        let aside: Vec<PathBuf> = evicted
+            .iter()
+            .filter_map(|ev| self.set_aside(&ev.id))
+            .collect();
         self.update_gauges(&inner);
         drop(inner);
-        for ev in &evicted {
-            remove_path(&self.path(&ev.id));
-        }
+        aside.iter().for_each(|p| remove_path(p));
         Ok(evicted)
     }
 
@@ -490,9 +492,10 @@ impl SnapshotStore {
             Some((id, false)) => {
                 self.metrics.stale.get_or_create(&labels).inc();
                 let info = self.forget(&mut inner, &id);
+                let aside = self.set_aside(&id);
                 self.update_gauges(&inner);
                 drop(inner);
-                remove_path(&self.path(&id));
+                aside.iter().for_each(|p| remove_path(p));
                 match info {
                     Some(info) => Lookup::Stale(info),
                     None => Lookup::Miss,
@@ -527,6 +530,7 @@ impl SnapshotStore {
         }
         let n = e.failures;
         self.forget(&mut inner, id);
+        let aside = self.set_aside(id);
         self.update_gauges(&inner);
         drop(inner);
         tracing::warn!(
@@ -534,7 +538,7 @@ impl SnapshotStore {
             failures = n,
             "snapshot removed after failing to restore {n} times in a row: {why}"
         );
-        remove_path(&self.path(id));
+        aside.iter().for_each(|p| remove_path(p));
         true
     }
 
@@ -544,10 +548,30 @@ impl SnapshotStore {
         if self.forget(&mut inner, id).is_none() {
             return Err(SnapshotError::NotFound(id.to_string()));
         }
+        // Gone already (removed behind the daemon's back): the catalog entry was all.
+        let aside = self.set_aside(id);
         self.update_gauges(&inner);
         drop(inner);
+        aside.iter().for_each(|p| remove_path(p));
+        Ok(())
+    }
+
+    /// Moves `id`'s directory out of the way (call it under the lock): removing it after the
+    /// lock is released cannot then remove a newer snapshot added under the same id.
+    fn set_aside(&self, id: &str) -> Option<PathBuf> {
         let dir = self.path(id);
-        std::fs::remove_dir_all(&dir).map_err(io_err("removing", &dir))
+        let aside = self.staging(id);
+        if let Some(parent) = aside.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        match std::fs::rename(&dir, &aside) {
+            Ok(()) => Some(aside),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), "moving a removed snapshot aside failed ({e}); removing it in place");
+                Some(dir)
+            }
+        }
     }
 
     /// Removes the snapshots of `function` (deleted, or deployed anew); returns them.
@@ -563,9 +587,10 @@ impl SnapshotStore {
             .iter()
             .filter_map(|id| self.forget(&mut inner, id))
             .collect();
+        let aside: Vec<PathBuf> = gone.iter().filter_map(|i| self.set_aside(&i.id)).collect();
         self.update_gauges(&inner);
         drop(inner);
-        gone.iter().for_each(|i| remove_path(&self.path(&i.id)));
+        aside.iter().for_each(|p| remove_path(p));
         gone
     }
 

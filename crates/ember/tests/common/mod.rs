@@ -66,6 +66,10 @@ impl Daemon {
         if !args.iter().any(|a| a.starts_with("--image")) {
             cmd.args(["--images", "off"]);
         }
+        // So do function snapshots.
+        if !args.iter().any(|a| a.starts_with("--snapshot")) {
+            cmd.args(["--snapshots", "off"]);
+        }
         let mut child = cmd
             .args(&args)
             .env_remove("EMBER_TOKEN")

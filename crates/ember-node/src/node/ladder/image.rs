@@ -149,20 +149,11 @@ impl Node {
 
     /// The image that should serve `d`, if images may; counts why not otherwise.
     fn image_for(&self, d: &Deployed) -> Option<String> {
-        // Images hold Ember's Python runtime; other runtimes always start from their code.
-        if d.record.config.runtime != Runtime::Python {
-            return None;
-        }
-        let reason = if !d.record.config.images {
-            "images-off"
-        } else if self.sandboxes.is_none() {
-            "no-sandbox"
-        } else {
-            let memory = d.record.config.memory_bytes();
-            match self.images.find(&d.env.installed, memory) {
-                Ok(id) => return Some(id),
-                Err(why) => why.reason(),
-            }
+        let reason = match self.image_choice(d) {
+            Ok(id) => return Some(id),
+            // Other runtimes always start from their code: no reason to count.
+            Err("not-python") => return None,
+            Err(reason) => reason,
         };
         self.metrics
             .cold_boot_reasons
@@ -172,5 +163,28 @@ impl Node {
             })
             .inc();
         None
+    }
+
+    /// The image that serves `d` now, if any (nothing counted).
+    pub(in crate::node) fn image_serving(&self, d: &Deployed) -> Option<String> {
+        self.image_choice(d).ok()
+    }
+
+    /// The image that should serve `d`, or why none does.
+    fn image_choice(&self, d: &Deployed) -> Result<String, &'static str> {
+        // Images hold Ember's Python runtime; other runtimes always start from their code.
+        if d.record.config.runtime != Runtime::Python {
+            return Err("not-python");
+        }
+        if !d.record.config.images {
+            return Err("images-off");
+        }
+        if self.sandboxes.is_none() {
+            return Err("no-sandbox");
+        }
+        let memory = d.record.config.memory_bytes();
+        self.images
+            .find(&d.env.installed, memory)
+            .map_err(|why| why.reason())
     }
 }

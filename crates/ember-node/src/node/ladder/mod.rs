@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use super::InvokeOutcome;
 
 pub(super) mod cold_boot;
+pub(super) mod function_snapshot;
 pub(super) mod image;
 pub(super) mod premade;
 pub(super) mod warm;
@@ -33,6 +34,8 @@ pub(super) mod warm;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartPath {
     Warm,
+    /// Restored from the function's own snapshot (a layer over its image, or whole).
+    FunctionSnapshot,
     /// Restored from a dependency image.
     Image,
     /// A new process: booted, or a pre-made sandbox's executable continued.
@@ -43,6 +46,7 @@ impl StartPath {
     pub fn as_str(self) -> &'static str {
         match self {
             StartPath::Warm => "warm",
+            StartPath::FunctionSnapshot => "function-snapshot",
             StartPath::Image => "image",
             StartPath::ColdBoot => "cold-boot",
         }
@@ -76,6 +80,8 @@ pub enum RungError {
     Init(#[source] ember_runtime::python::StartError),
     #[error("the restored instance did not initialise within {0} s")]
     InitTimeout(u64),
+    #[error("function snapshot {id} cannot be used: {why}")]
+    Snapshot { id: String, why: String },
     #[error("its stopped executable could not be continued")]
     Resume,
 }

@@ -1,0 +1,235 @@
+//! The function-snapshot rung: an instance restored from the function's own snapshot, a
+//! layer over its dependency image (or a whole snapshot when it has none), taken after its
+//! init (`node/snapshot_take.rs`). Nothing is imported: the restored runtime resets its
+//! environment, reseeds, runs the function's after-restore hooks and is ready.
+//!
+//! ```text
+//! key (code, config, parent image and its hash, bootstrap) -> the cache: hit? stale? miss?
+//!     -> the layer loaded over its parent (or from the cache's memory tier)
+//!     -> fresh sandbox, first process parked -> restore -> INIT restored -> READY
+//! ```
+//!
+//! A miss or a stale snapshot skips the rung (and has a snapshot taken in the background);
+//! a snapshot that fails to load or restore, or whose restored process fails before HOOKED,
+//! falls through to the image rung, and is removed after repeated failures. After HOOKED, a
+//! failure (an after-restore hook that raises) is the function's own.
+
+use std::sync::Arc;
+
+use ember_snap::LoadedImage;
+use tracing::{Instrument, info_span};
+
+use super::{Attempt, AttemptFuture, Rung, RungError, StartPath};
+use crate::function::Network;
+use crate::images::Pages;
+use crate::live::Live;
+use crate::node::invoke::StartCx;
+use crate::node::restore::{Blame, Restored, Sees};
+use crate::node::snapshot_take::Parent;
+use crate::node::{Deployed, Node, error_chain, instance_id};
+use crate::snapshots::{Lookup, SnapshotHandle};
+
+/// The function-snapshot rung.
+pub(in crate::node) struct FunctionSnapshot;
+
+impl<'c> Rung<StartCx<'c>, Live> for FunctionSnapshot {
+    fn path(&self) -> StartPath {
+        StartPath::FunctionSnapshot
+    }
+    fn name(&self) -> &'static str {
+        "function snapshot"
+    }
+    fn starts_new(&self) -> bool {
+        true
+    }
+    fn attempt<'a>(&'a self, cx: &'a mut StartCx<'c>) -> AttemptFuture<'a, Live> {
+        Box::pin(async move {
+            let (node, d) = (cx.node, cx.d);
+            if !node.snapshots_on(d) {
+                return Attempt::Skipped;
+            }
+            let parent = node.snapshot_parent(d);
+            let key = node.snapshot_key(d, parent.as_ref());
+            let store = node.snapshots.clone();
+            let name = d.record.name.clone();
+            let found = tokio::task::spawn_blocking(move || store.lookup(&name, &key)).await;
+            let handle = match found {
+                Ok(Lookup::Hit(h)) => h,
+                Ok(Lookup::Stale(old)) => {
+                    node.logs.append(
+                        &d.record.name,
+                        "ember",
+                        "event",
+                        format!(
+                            "function snapshot {} is stale (its code, configuration or image \
+                             changed): removed, a new one is taken",
+                            old.id
+                        )
+                        .as_bytes(),
+                    );
+                    node.snapshot_in_background(d);
+                    return Attempt::Skipped;
+                }
+                Ok(Lookup::Miss) => {
+                    node.snapshot_in_background(d);
+                    return Attempt::Skipped;
+                }
+                Err(e) => {
+                    return Attempt::Failed {
+                        what: "the function snapshot cache".into(),
+                        error: RungError::Task(e.to_string()),
+                    };
+                }
+            };
+            let id = handle.info.id.clone();
+            let dir = handle.dir.clone();
+            match node.snapshot_start(cx, handle, parent).await {
+                Ok(live) => Attempt::Started(live),
+                Err(Blame::Function(outcome)) => Attempt::Ended(outcome),
+                Err(Blame::Snapshot(error)) => {
+                    let msg = error_chain(&error);
+                    let store = node.snapshots.clone();
+                    let sid = id.clone();
+                    // Its files gone: no retry can succeed, it goes now (and is taken anew).
+                    let gone = !dir.join("meta").exists();
+                    let removed = tokio::task::spawn_blocking(move || {
+                        if gone {
+                            store.remove(&sid).is_ok()
+                        } else {
+                            store.failed(&sid, &msg)
+                        }
+                    })
+                    .await
+                    .unwrap_or(false);
+                    if removed {
+                        node.snapshot_in_background(d);
+                    }
+                    if removed && gone {
+                        tracing::error!(snapshot = %id, "function snapshot removed: its files are gone; a new one is taken");
+                    } else if removed {
+                        tracing::error!(
+                            snapshot = %id,
+                            "function snapshot removed after {} failed restores in a row; a new \
+                             one is taken",
+                            node.cfg.snapshots.failures_unhealthy
+                        );
+                    }
+                    Attempt::Failed {
+                        what: format!("function snapshot {id}"),
+                        error,
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl Node {
+    /// An instance of `cx.d` restored from its snapshot `h` (over `parent`, the image that
+    /// serves the function now: the key says the snapshot was taken over it).
+    async fn snapshot_start(
+        &self,
+        cx: &mut StartCx<'_>,
+        h: SnapshotHandle,
+        parent: Option<Parent>,
+    ) -> Result<Live, Blame> {
+        let d: &Deployed = cx.d;
+        let rec = &d.record;
+        let id = h.info.id.clone();
+        let snap_err = |why: String| {
+            Blame::Snapshot(RungError::Snapshot {
+                id: id.clone(),
+                why,
+            })
+        };
+        // The interpreter and packages it was taken with: its image's, or the function's own.
+        let (python, env_dir, layer) = match &parent {
+            Some(p) => {
+                let co = self
+                    .images
+                    .checkout(&p.id)
+                    .map_err(|source| RungError::Checkout {
+                        id: p.id.clone(),
+                        source,
+                    })?;
+                let layer = match &h.loaded {
+                    Some(l) => l.clone(),
+                    None => {
+                        let (co2, dir) = (co.clone(), h.dir.clone());
+                        let loaded = tokio::task::spawn_blocking(move || {
+                            let parent = co2.pages(true).map_err(|e| error_chain(&e))?;
+                            LoadedImage::load_with_parent(&dir, &parent.image)
+                                .map_err(|e| error_chain(&e))
+                        })
+                        .await
+                        .map_err(|e| snap_err(e.to_string()))?
+                        .map_err(snap_err)?;
+                        Arc::new(loaded)
+                    }
+                };
+                (co.python.clone(), co.env_dir.clone(), layer)
+            }
+            None => {
+                let layer = match &h.loaded {
+                    Some(l) => l.clone(),
+                    None => {
+                        let dir = h.dir.clone();
+                        let loaded = tokio::task::spawn_blocking(move || {
+                            LoadedImage::load(&dir).map_err(|e| error_chain(&e))
+                        })
+                        .await
+                        .map_err(|e| snap_err(e.to_string()))?
+                        .map_err(snap_err)?;
+                        Arc::new(loaded)
+                    }
+                };
+                (d.env.python(), d.env.dir.clone(), layer)
+            }
+        };
+        if h.loaded.is_none() {
+            let (store, sid, l) = (self.snapshots.clone(), id.clone(), layer.clone());
+            tokio::task::spawn_blocking(move || store.keep(&sid, l));
+        }
+        let spec = self.instance_spec(d, instance_id(&rec.name), python, Vec::new());
+        let sees = Sees {
+            read_only: vec![d.code_dir.clone(), env_dir, self.bootstrap.clone()],
+            host_network: rec.config.network == Network::Host,
+        };
+        let policy = self.cfg.images.policy;
+        let pages = Pages::in_memory(layer, None);
+        let sink = self.logs.sink(&rec.name);
+        let Restored {
+            live,
+            sandbox,
+            restore,
+        } = self
+            .restore_instance(&spec, sees, &id, &pages, policy, sink)
+            .instrument(
+                info_span!("start.function_snapshot", instance = %spec.instance_id, snapshot = %id),
+            )
+            .await?;
+        let (mut live, t) = self.init_restored_instance(d, live, &spec).await?;
+        let timing = &mut cx.timing;
+        timing.sandbox = Some(sandbox);
+        timing.restore = Some(restore);
+        timing.hook = Some(t.hook + t.after_restore);
+        live.image = parent.map(|p| p.id);
+        live.snapshot = Some(id.clone());
+        let store = self.snapshots.clone();
+        let sid = id.clone();
+        tokio::task::spawn_blocking(move || store.record_use(&sid));
+        self.count_started(d);
+        self.logs.append(
+            &rec.name,
+            &spec.instance_id,
+            "event",
+            format!(
+                "instance started (function snapshot {id}, {policy}, sandboxed, pid {}) in {:.1} ms",
+                live.inst.pid(),
+                timing.init().as_secs_f64() * 1e3
+            )
+            .as_bytes(),
+        );
+        Ok(live)
+    }
+}

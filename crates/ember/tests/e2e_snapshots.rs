@@ -1,0 +1,383 @@
+//! Privileged: function snapshots through the real daemon. A function's init (its handler's
+//! import, module-level code) runs once; later starts restore its snapshot (a layer over its
+//! dependency image, or whole without one) with its after-restore hooks run; a change the
+//! snapshot depends on makes it stale; a broken snapshot never fails an invocation; every
+//! restored instance has its own random values.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{Daemon, eventually, need_sandbox, py};
+use serde_json::{Value, json};
+
+/// Module-level init that says when it ran (in the log and in what the handler returns), and
+/// SnapStart's hooks, registered as AWS's `snapshot_restore_py` package has them.
+const INIT_ONCE: &str = r#"
+import os, random, time
+from snapshot_restore_py import register_before_snapshot, register_after_restore
+
+INIT_AT = time.time()
+RESTORES = 0
+FIRST = {}
+print("module init ran", flush=True)
+
+@register_before_snapshot
+def before():
+    print("before-snapshot hook ran", flush=True)
+
+def after(label):
+    global RESTORES
+    RESTORES += 1
+    print("after-restore hook ran: " + label, flush=True)
+
+register_after_restore(after, "mine")
+
+def handler(event, context):
+    if "keep" in event:
+        FIRST.setdefault("kept", event["keep"])
+    time.sleep(event.get("hold", 0))
+    return {
+        "init_at": INIT_AT,
+        "restores": RESTORES,
+        "first": FIRST.get("kept"),
+        "random": random.random(),
+        "urandom": os.urandom(8).hex(),
+        "instance": context.log_stream_name,
+        "mine": os.environ.get("MINE"),
+    }
+"#;
+
+fn snapshots(d: &Daemon) -> Vec<Value> {
+    let out = d.cli(&["snapshot", "ls", "--json"]);
+    assert!(out.ok, "{}", out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    v.as_array()
+        .or_else(|| v["snapshots"].as_array())
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The snapshot of `function`, once one is listed (taken in the background).
+fn wait_snapshot(d: &Daemon, function: &str, not: Option<&str>) -> Value {
+    let mut found = None;
+    let ok = eventually(Duration::from_secs(60), || {
+        found = snapshots(d)
+            .into_iter()
+            .find(|s| s["function"] == json!(function) && Some(s["id"].as_str().unwrap()) != not);
+        found.is_some()
+    });
+    assert!(
+        ok,
+        "no snapshot of {function} was taken:\n{}",
+        d.cli(&["logs", function, "-n", "200"]).stdout
+    );
+    found.unwrap()
+}
+
+fn log_count(d: &Daemon, function: &str, line: &str) -> usize {
+    d.cli(&["logs", function, "-n", "1000"])
+        .stdout
+        .matches(line)
+        .count()
+}
+
+fn image_of(d: &Daemon, packages: &str) -> Value {
+    let mut found = None;
+    let ok = eventually(Duration::from_secs(240), || {
+        let out = d.cli(&["image", "ls", "--json"]);
+        let v: Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+        found = v["images"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|i| i["packages"] == json!([packages]))
+            .cloned();
+        found.is_some()
+    });
+    assert!(ok, "no image of {packages} was built");
+    found.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_start_skips_init_runs_its_hooks_and_is_a_small_layer() {
+    if !need_sandbox() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        home.path(),
+        &["--images", "on-deploy", "--snapshots", "local"],
+    );
+    let config = json!({"handler": "main.handler", "packages": ["numpy"], "max_instances": 50,
+                        "env": {"MINE": "one"}});
+    d.deploy_ok("once", config.clone(), &py(INIT_ONCE)).await;
+    let image = image_of(&d, "numpy");
+
+    // The first start comes from the image; the snapshot is taken beside it.
+    let first = d.fresh_start("once", "{}").await;
+    assert_eq!(
+        (first.status, first.start.as_str()),
+        (200, "image"),
+        "{}",
+        first.raw
+    );
+    assert_eq!(first.body["restores"], json!(0));
+    let snap = wait_snapshot(&d, "once", None);
+    assert_eq!(snap["parent_image"], image["id"], "{snap}");
+    assert_eq!(snap["point"], json!("after-init"));
+    d.assert_logged("once", &["before-snapshot hook ran", "function snapshot"]);
+
+    // The layer holds only what differs from the image.
+    let (layer, whole) = (
+        snap["pages"].as_u64().unwrap(),
+        image["pages"].as_u64().unwrap(),
+    );
+    assert!(
+        layer * 5 <= whole,
+        "layer of {layer} pages over an image of {whole}"
+    );
+
+    // From the snapshot: no module init, no handler import, the after-restore hook ran.
+    let inits = log_count(&d, "once", "module init ran");
+    let r = d.fresh_start("once", "{}").await;
+    assert_eq!(
+        (r.status, r.start.as_str()),
+        (200, "function-snapshot"),
+        "{}",
+        r.raw
+    );
+    assert_eq!(r.body["restores"], json!(1), "{}", r.raw);
+    assert_eq!(r.body["mine"], json!("one"));
+    assert!(r.body["init_at"].as_f64() < first.body["init_at"].as_f64().map(|t| t + 60.0));
+    assert!(!r.timing.contains("import_handler;"), "{}", r.timing);
+    for phase in ["sandbox;", "restore;", "hook;", "exec;"] {
+        assert!(r.timing.contains(phase), "{}", r.timing);
+    }
+    assert_eq!(
+        log_count(&d, "once", "module init ran"),
+        inits,
+        "init ran again"
+    );
+    d.assert_logged("once", &["after-restore hook ran: mine"]);
+    let listed = wait_snapshot(&d, "once", None);
+    assert!(listed["uses"].as_u64().unwrap() >= 1, "{listed}");
+    let m = d.metrics().await;
+    assert!(
+        m.contains("ember_invocations_total{function=\"once\",start=\"function-snapshot\",outcome=\"ok\"} 1"),
+        "{m}"
+    );
+
+    // 50 concurrent starts from the one snapshot: every random value differs.
+    let mut calls = tokio::task::JoinSet::new();
+    d.stop_instances("once").await;
+    for _ in 0..50 {
+        let (http, url) = (d.http(), format!("{}/v1/functions/once/invoke", d.url));
+        calls.spawn(async move {
+            let r = http
+                .post(url)
+                .body(r#"{"hold": 1.0}"#)
+                .send()
+                .await
+                .unwrap();
+            common::Invoked::from(r).await
+        });
+    }
+    let results = calls.join_all().await;
+    let mut seen: [HashSet<String>; 3] = Default::default();
+    for r in &results {
+        assert_eq!(r.status, 200, "{}", r.raw);
+        assert_eq!(r.start, "function-snapshot", "{}", r.timing);
+        seen[0].insert(r.body["random"].to_string());
+        seen[1].insert(r.body["urandom"].to_string());
+        seen[2].insert(r.body["instance"].to_string());
+    }
+    for (i, k) in ["random", "urandom", "instance"].iter().enumerate() {
+        assert_eq!(seen[i].len(), 50, "{k} repeats across restored instances");
+    }
+    assert_eq!(
+        log_count(&d, "once", "module init ran"),
+        inits,
+        "init ran again"
+    );
+
+    // Invalidation: a configuration change the snapshot depends on (the environment)...
+    let old = snap["id"].as_str().unwrap().to_string();
+    let mut changed = config.clone();
+    changed["env"] = json!({"MINE": "two"});
+    d.deploy_ok("once", changed, &py(INIT_ONCE)).await;
+    let r = d.fresh_start("once", "{}").await;
+    assert_eq!((r.status, r.start.as_str()), (200, "image"), "{}", r.raw);
+    assert_eq!(r.body["mine"], json!("two"));
+    let snap2 = wait_snapshot(&d, "once", Some(&old));
+    d.assert_logged("once", &[&format!("function snapshot {old} is stale")]);
+    let r = d.fresh_start("once", "{}").await;
+    assert_eq!(
+        (r.start.as_str(), &r.body["mine"]),
+        ("function-snapshot", &json!("two"))
+    );
+
+    // ... a new version of the code ...
+    let old = snap2["id"].as_str().unwrap().to_string();
+    let code = format!("{INIT_ONCE}\nVERSION = 3\n");
+    let mut cfg = config.clone();
+    cfg["env"] = json!({"MINE": "two"});
+    d.deploy_ok("once", cfg, &py(&code)).await;
+    let r = d.fresh_start("once", "{}").await;
+    assert_eq!(r.start, "image", "{}", r.raw);
+    let snap3 = wait_snapshot(&d, "once", Some(&old));
+
+    // ... and a rebuilt parent image.
+    let old = snap3["id"].as_str().unwrap().to_string();
+    d.build_image("numpy");
+    let r = d.fresh_start("once", "{}").await;
+    assert_eq!((r.status, r.start.as_str()), (200, "image"), "{}", r.raw);
+    wait_snapshot(&d, "once", Some(&old));
+    let r = d.fresh_start("once", "{}").await;
+    assert_eq!(r.start, "function-snapshot", "{}", r.raw);
+}
+
+/// The snapshot directory of `id` on daemon `d`.
+fn snapshot_dir(d: &Daemon, id: &str) -> PathBuf {
+    d.home.join("snapshots").join(id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_an_image_the_snapshot_is_whole_and_a_broken_one_never_fails_a_request() {
+    if !need_sandbox() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    // No memory tier: every start reads the snapshot from disk.
+    let args = ["--snapshots", "local", "--snapshot-memory-mb", "0"];
+    let d = Daemon::start(home.path(), &args);
+    d.deploy_ok("plain", json!({"handler": "main.handler"}), &py(INIT_ONCE))
+        .await;
+    let first = d.fresh_start("plain", "{}").await;
+    assert_eq!(
+        (first.status, first.start.as_str()),
+        (200, "cold-boot"),
+        "{}",
+        first.raw
+    );
+    let snap = wait_snapshot(&d, "plain", None);
+    assert_eq!(snap["parent_image"], Value::Null, "{snap}");
+    let r = d.fresh_start("plain", "{}").await;
+    assert_eq!(
+        (r.status, r.start.as_str()),
+        (200, "function-snapshot"),
+        "{}",
+        r.raw
+    );
+    assert_eq!(r.body["restores"], json!(1));
+
+    // A corrupted page file: the start falls back to a cold boot and says why.
+    let id = snap["id"].as_str().unwrap();
+    let pages = snapshot_dir(&d, id).join("pages");
+    let mut bytes = std::fs::read(&pages).unwrap();
+    let end = bytes.len();
+    for b in &mut bytes[end - 4096..] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&pages, &bytes).unwrap();
+    let r = d.fresh_start("plain", "{}").await;
+    assert_eq!(
+        (r.status, r.start.as_str()),
+        (200, "cold-boot"),
+        "{}",
+        r.raw
+    );
+    assert!(r.timing.contains("fallback;"), "{}", r.timing);
+    d.assert_logged(
+        "plain",
+        &[&format!(
+            "starting from function snapshot {id} failed, cold boot instead"
+        )],
+    );
+    // Removed after repeated failures, then taken anew.
+    for _ in 0..3 {
+        let r = d.fresh_start("plain", "{}").await;
+        assert_eq!(r.status, 200, "{}", r.raw);
+    }
+    let again = wait_snapshot(&d, "plain", None);
+    let r = d.fresh_start("plain", "{}").await;
+    assert_eq!(r.start, "function-snapshot", "{again} {}", r.raw);
+
+    // A missing snapshot directory: a cold boot serves, and a new snapshot is taken.
+    let gone = again["id"].as_str().unwrap();
+    std::fs::remove_dir_all(snapshot_dir(&d, gone)).unwrap();
+    let r = d.fresh_start("plain", "{}").await;
+    assert_eq!(
+        (r.status, r.start.as_str()),
+        (200, "cold-boot"),
+        "{}",
+        r.raw
+    );
+    let snap = wait_snapshot(&d, "plain", None);
+    assert!(
+        eventually(Duration::from_secs(30), || snapshot_dir(
+            &d,
+            snap["id"].as_str().unwrap()
+        )
+        .join("meta")
+        .exists()),
+        "{snap}"
+    );
+
+    // `ember snapshot rm` removes one; the next start is not from it.
+    let out = d.cli(&["snapshot", "rm", snap["id"].as_str().unwrap()]);
+    assert!(out.ok, "{}", out.stderr);
+    let r = d.fresh_start("plain", "{}").await;
+    assert_eq!(r.start, "cold-boot", "{}", r.raw);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_first_invoke_keeps_what_the_first_request_left_and_off_takes_none() {
+    if !need_sandbox() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &["--snapshots", "local"]);
+    d.deploy_ok(
+        "later",
+        json!({"handler": "main.handler", "snapshot": "after-first-invoke"}),
+        &py(INIT_ONCE),
+    )
+    .await;
+    let first = d
+        .fresh_start("later", r#"{"keep": "from the first request"}"#)
+        .await;
+    assert_eq!(
+        (first.status, first.start.as_str()),
+        (200, "cold-boot"),
+        "{}",
+        first.raw
+    );
+    let snap = wait_snapshot(&d, "later", None);
+    assert_eq!(snap["point"], json!("after-first-invoke"));
+    // The instance that was snapshotted serves on, warm.
+    let warm = d.invoke("later", "{}").await;
+    assert_eq!(warm.start, "warm", "{}", warm.raw);
+    let r = d.fresh_start("later", "{}").await;
+    assert_eq!(r.start, "function-snapshot", "{}", r.raw);
+    assert_eq!(r.body["first"], json!("from the first request"));
+
+    d.deploy_ok(
+        "never",
+        json!({"handler": "main.handler", "snapshot": "off"}),
+        &py(INIT_ONCE),
+    )
+    .await;
+    for _ in 0..2 {
+        let r = d.fresh_start("never", "{}").await;
+        assert_eq!(r.start, "cold-boot", "{}", r.raw);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        snapshots(&d)
+            .iter()
+            .all(|s| s["function"] != json!("never"))
+    );
+}
