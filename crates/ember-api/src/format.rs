@@ -20,7 +20,8 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// An invocation's log as Lambda shows it: START, the instance's `lines`, END, REPORT (with
-/// `Init Duration` when the invocation paid for a start).
+/// `Init Duration` when the invocation paid for a start, `Restore Duration` when the start
+/// was from the function's snapshot).
 pub fn lambda_log(inv: &Invocation, lines: &str) -> String {
     let id = &inv.request_id;
     let exec = inv.timing.exec.unwrap_or_default();
@@ -30,8 +31,18 @@ pub fn lambda_log(inv: &Invocation, lines: &str) -> String {
         exec.as_millis() + 1,
         inv.memory_mb
     );
-    if inv.start != StartPath::Warm {
-        report.push_str(&format!("\tInit Duration: {:.2} ms", ms(inv.timing.init())));
+    match inv.start {
+        StartPath::Warm => {}
+        // As Lambda SnapStart reports a start from a snapshot.
+        StartPath::FunctionSnapshot => {
+            let restore = inv.timing.init();
+            report.push_str(&format!(
+                "\tRestore Duration: {:.2} ms\tBilled Restore Duration: {} ms",
+                ms(restore),
+                restore.as_millis() + 1
+            ));
+        }
+        _ => report.push_str(&format!("\tInit Duration: {:.2} ms", ms(inv.timing.init()))),
     }
     format!(
         "START RequestId: {id} Version: {}\n{lines}END RequestId: {id}\n{report}\n",
@@ -51,6 +62,7 @@ mod tests {
             version: 3,
             start,
             image: None,
+            snapshot: None,
             instance: "f-1".into(),
             cold_only: false,
             memory_mb: 256,
@@ -84,5 +96,11 @@ mod tests {
         );
         let warm = lambda_log(&inv(StartPath::Warm), "");
         assert!(!warm.contains("Init Duration"), "{warm}");
+        let snap = lambda_log(&inv(StartPath::FunctionSnapshot), "");
+        assert!(
+            snap.contains("\tRestore Duration: 1.10 ms\tBilled Restore Duration: 2 ms\n"),
+            "{snap}"
+        );
+        assert!(!snap.contains("Init Duration"), "{snap}");
     }
 }

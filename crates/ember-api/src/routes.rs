@@ -572,6 +572,9 @@ pub(crate) fn ember_headers(hs: &mut HeaderMap, inv: &Invocation) {
     if let Some(image) = &inv.image {
         put(h::IMAGE, image);
     }
+    if let Some(snapshot) = &inv.snapshot {
+        put(h::SNAPSHOT, snapshot);
+    }
     put(h::REQUEST_ID, &inv.request_id);
     put(h::VERSION, &inv.version.to_string());
     if !inv.instance.is_empty() {

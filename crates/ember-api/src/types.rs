@@ -11,6 +11,8 @@ pub mod headers {
     pub const REQUEST_ID: &str = "ember-request-id";
     /// The dependency image the instance was restored from.
     pub const IMAGE: &str = "ember-image";
+    /// The function snapshot the instance was restored from.
+    pub const SNAPSHOT: &str = "ember-snapshot";
     pub const INSTANCE: &str = "ember-instance";
     pub const VERSION: &str = "ember-function-version";
     /// `true` when the instance served this request only and has ended (a cold-only or

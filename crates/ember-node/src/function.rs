@@ -115,6 +115,55 @@ impl Runtime {
             )
         })
     }
+
+    // What each runtime is, decided here once: the node asks these rather than matching on
+    // the runtime itself.
+
+    /// Instances run Ember's Python runtime: the one dependency images and function
+    /// snapshots hold, with its protocol's snapshot point.
+    pub fn restorable(self) -> bool {
+        self == Runtime::Python
+    }
+
+    /// Each instance serves one request (a native executable reads one event and exits).
+    pub fn one_request_per_instance(self) -> bool {
+        self == Runtime::Native
+    }
+
+    /// Instances can be made ahead of demand, their executable stopped before its first
+    /// instruction (the pre-made rung).
+    pub fn can_premake(self) -> bool {
+        self == Runtime::Native
+    }
+
+    /// Instances speak the Lambda Runtime API over HTTP (a port in their sandbox).
+    pub fn runtime_api(self) -> bool {
+        self == Runtime::Provided
+    }
+
+    /// Instances see the function's package environment (Python's, or a `provided`
+    /// bootstrap's `python3`).
+    pub fn sees_packages(self) -> bool {
+        self != Runtime::Native
+    }
+
+    /// Instances see Ember's Python bootstrap.
+    pub fn sees_bootstrap(self) -> bool {
+        self == Runtime::Python
+    }
+
+    /// The executable a function of this runtime starts, relative to its code, and the rule
+    /// a deploy states when it is missing; `None` for Ember's Python runtime.
+    pub fn entry_point(self, handler: &str) -> Option<(&str, &'static str)> {
+        match self {
+            Runtime::Python => None,
+            Runtime::Provided => Some((
+                "bootstrap",
+                "a provided runtime starts the code's 'bootstrap'",
+            )),
+            Runtime::Native => Some((handler, "a native function's handler names its executable")),
+        }
+    }
 }
 
 /// A function's configuration as a user gives it (code travels separately).
@@ -204,7 +253,7 @@ pub struct FunctionRecord {
 impl FunctionRecord {
     /// True when no instance of this function serves more than one request.
     pub fn cold_only(&self) -> bool {
-        self.config.cold_only || self.config.runtime == Runtime::Native
+        self.config.cold_only || self.config.runtime.one_request_per_instance()
     }
 }
 

@@ -150,6 +150,7 @@ async fn a_snapshot_start_skips_init_runs_its_hooks_and_is_a_small_layer() {
         r.raw
     );
     assert_eq!(r.body["restores"], json!(1), "{}", r.raw);
+    assert_eq!(r.snapshot, snap["id"].as_str().unwrap());
     assert_eq!(r.body["mine"], json!("one"));
     assert!(r.body["init_at"].as_f64() < first.body["init_at"].as_f64().map(|t| t + 60.0));
     assert!(!r.timing.contains("import_handler;"), "{}", r.timing);

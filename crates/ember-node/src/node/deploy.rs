@@ -10,7 +10,7 @@ use tracing::{Instrument, info_span};
 
 use super::{Deployed, Node, NodeError, blocking, now_secs};
 use crate::config::AutoImages;
-use crate::function::{FunctionConfig, FunctionRecord, InvalidFunction, Runtime, validate_name};
+use crate::function::{FunctionConfig, FunctionRecord, InvalidFunction, validate_name};
 
 /// A deployed function as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -137,7 +137,7 @@ impl Node {
         self.install(rec.clone(), env);
         if self.cfg.images.auto == AutoImages::OnDeploy
             && !has_image
-            && rec.config.runtime == Runtime::Python
+            && rec.config.runtime.restorable()
             && rec.config.images
         {
             self.build_in_background(vec![rec.config.packages.clone()]);
@@ -231,16 +231,8 @@ pub(in crate::node) fn check_entry_point(
     code_dir: &std::path::Path,
 ) -> Result<(), NodeError> {
     use std::os::unix::fs::PermissionsExt;
-    let (rel, what) = match config.runtime {
-        Runtime::Python => return Ok(()),
-        Runtime::Provided => (
-            "bootstrap",
-            "a provided runtime starts the code's 'bootstrap'",
-        ),
-        Runtime::Native => (
-            config.handler.as_str(),
-            "a native function's handler names its executable",
-        ),
+    let Some((rel, what)) = config.runtime.entry_point(&config.handler) else {
+        return Ok(());
     };
     let path = code_dir.join(rel);
     let rule = match std::fs::metadata(&path) {

@@ -11,7 +11,7 @@ use ember_runtime::{StartSpec, native};
 use ember_sandbox::InstanceSpec;
 
 use super::{Deployed, InvokeOutcome, Node, error_chain};
-use crate::function::{Network, Runtime};
+use crate::function::Network;
 use crate::live::{Live, Proc};
 use crate::metrics::Metrics;
 
@@ -94,22 +94,22 @@ impl Node {
         let rec = &d.record;
         // Only what this function needs: its code, its packages, the Python bootstrap. A
         // native executable needs its code alone (each mount costs its start time).
-        let read_only = match rec.config.runtime {
-            Runtime::Python => vec![
-                d.code_dir.clone(),
-                d.env.dir.clone(),
-                self.bootstrap.clone(),
-            ],
-            Runtime::Provided => vec![d.code_dir.clone(), d.env.dir.clone()],
-            Runtime::Native => vec![d.code_dir.clone()],
-        };
+        let runtime = rec.config.runtime;
+        let mut read_only = vec![d.code_dir.clone()];
+        if runtime.sees_packages() {
+            read_only.push(d.env.dir.clone());
+        }
+        if runtime.sees_bootstrap() {
+            read_only.push(self.bootstrap.clone());
+        }
         let made = boxes.prepare(&InstanceSpec {
             id: instance_id.to_string(),
             memory_bytes: rec.config.memory_bytes(),
             read_only,
             cwd: d.code_dir.clone(),
             host_network: rec.config.network == Network::Host,
-            runtime_api_port: (rec.config.runtime == Runtime::Provided)
+            runtime_api_port: runtime
+                .runtime_api()
                 .then_some(ember_runtime::provided::SANDBOX_PORT),
         });
         made.map(Some).map_err(|e| {
@@ -131,7 +131,7 @@ impl Node {
         let want = self.cfg.prestart;
         if want == 0
             || self.sandboxes.is_none()
-            || d.record.config.runtime != Runtime::Native
+            || !d.record.config.runtime.can_premake()
             || d.pool.filling.swap(true, Ordering::SeqCst)
         {
             return;
@@ -218,9 +218,9 @@ impl Node {
     /// The process spec of a `provided` or `native` instance of `d`.
     pub(in crate::node) fn exec_spec(&self, d: &Deployed, instance_id: String) -> ExecSpec {
         let rec = &d.record;
-        let program = match rec.config.runtime {
-            Runtime::Native => d.code_dir.join(&rec.config.handler),
-            _ => d.code_dir.join("bootstrap"),
+        let program = match rec.config.runtime.entry_point(&rec.config.handler) {
+            Some((rel, _)) => d.code_dir.join(rel),
+            None => d.code_dir.join("bootstrap"),
         };
         let python = d.env.python();
         ExecSpec {

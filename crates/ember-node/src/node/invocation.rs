@@ -77,6 +77,7 @@ impl Timing {
 pub(in crate::node) struct Served {
     pub start: StartPath,
     pub image: Option<String>,
+    pub snapshot: Option<String>,
     pub instance: String,
 }
 
@@ -85,6 +86,7 @@ impl Served {
         Served {
             start,
             image: None,
+            snapshot: None,
             instance: String::new(),
         }
     }
@@ -160,6 +162,8 @@ pub struct Invocation {
     pub start: StartPath,
     /// The image the instance was restored from (now or when it started, for a warm start).
     pub image: Option<String>,
+    /// The function snapshot the instance was restored from (now, or when it started).
+    pub snapshot: Option<String>,
     pub instance: String,
     /// The instance served this request only (a cold-only function, or a native one).
     pub cold_only: bool,

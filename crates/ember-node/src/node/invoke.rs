@@ -137,6 +137,7 @@ impl Node {
         }
         let instance_id = inst.id().to_string();
         let image = inst.image.clone();
+        let snapshot = inst.snapshot.clone();
         let limit = Duration::from_secs(u64::from(rec.config.timeout_s));
         let ran = watched(&mut inst, &request_id, limit, event)
             .instrument(info_span!("exec"))
@@ -213,6 +214,7 @@ impl Node {
         let served = Served {
             start,
             image,
+            snapshot,
             instance: instance_id,
         };
         Ok(self.finish(d, request_id, served, timing, outcome))
@@ -229,6 +231,7 @@ impl Node {
         let Served {
             start,
             image,
+            snapshot,
             instance,
         } = served;
         let function = d.record.name.clone();
@@ -262,6 +265,7 @@ impl Node {
             version: d.record.version,
             start,
             image,
+            snapshot,
             instance,
             timing,
             outcome,

@@ -35,7 +35,7 @@ use ember_sandbox::{NodeSandbox, Sandboxes};
 use crate::code::{CodeStore, Limits};
 use crate::config::{AutoImages, NodeConfig};
 use crate::envs::{EnvManager, PackageEnv};
-use crate::function::{FunctionRecord, Runtime};
+use crate::function::FunctionRecord;
 use crate::images::ImageStore;
 use crate::logs::LogStore;
 use crate::metrics::Metrics;
@@ -320,7 +320,7 @@ impl Node {
         let mut seen = HashSet::new();
         self.read_functions()
             .values()
-            .filter(|d| d.record.config.runtime == Runtime::Python && d.record.config.images)
+            .filter(|d| d.record.config.runtime.restorable() && d.record.config.images)
             .filter(|d| !self.images.has_image_for(&d.env.key))
             .filter(|d| seen.insert(d.env.key.clone()))
             .map(|d| d.record.config.packages.clone())

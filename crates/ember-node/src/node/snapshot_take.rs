@@ -29,7 +29,7 @@ use super::invoke::StartCx;
 use super::ladder::{self, Climbed, Rung};
 use super::{Deployed, Node, Timing, error_chain, now_secs};
 use crate::config::SnapshotMode;
-use crate::function::{Runtime, SnapshotPoint};
+use crate::function::SnapshotPoint;
 use crate::live::Live;
 use crate::snapshots::{SnapshotInfo, snapshot_id};
 
@@ -74,7 +74,7 @@ impl Node {
     pub(in crate::node) fn snapshots_on(&self, d: &Deployed) -> bool {
         self.cfg.snapshots.mode == SnapshotMode::Local
             && d.record.config.snapshot != SnapshotPoint::Off
-            && d.record.config.runtime == Runtime::Python
+            && d.record.config.runtime.restorable()
             && self.sandboxes.is_some()
     }
 

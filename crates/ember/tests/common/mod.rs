@@ -183,9 +183,14 @@ impl Daemon {
         assert!(status < 300, "deploying {name}: {status} {body}");
     }
 
-    /// Asserts that a function's log (last 200 lines) has every one of `lines`.
+    /// Asserts that a function's log (last 200 lines) has every one of `lines`, within 5 s
+    /// (an instance's output reaches the log after the answer that follows it, sometimes).
     pub fn assert_logged(&self, function: &str, lines: &[&str]) {
-        let logs = self.cli(&["logs", function, "-n", "200"]);
+        let mut logs = self.cli(&["logs", function, "-n", "200"]);
+        eventually(Duration::from_secs(5), || {
+            logs = self.cli(&["logs", function, "-n", "200"]);
+            lines.iter().all(|l| logs.stdout.contains(l))
+        });
         for l in lines {
             assert!(
                 logs.stdout.contains(l),
@@ -277,6 +282,8 @@ pub struct Invoked {
     pub start: String,
     pub timing: String,
     pub error: String,
+    /// The `Ember-Snapshot` header: the function snapshot the instance came from.
+    pub snapshot: String,
     pub body: serde_json::Value,
     pub raw: String,
 }
@@ -296,12 +303,14 @@ impl Invoked {
             h("ember-timing"),
             h("ember-error"),
         );
+        let snapshot = h("ember-snapshot");
         let raw = r.text().await.unwrap();
         Invoked {
             status,
             start,
             timing,
             error,
+            snapshot,
             body: serde_json::from_str(&raw).unwrap_or_default(),
             raw,
         }

@@ -80,7 +80,7 @@ impl Node {
             Ok(inst) => {
                 self.count_started(d);
                 // A native instance's whole life is one request: its start is not news.
-                if rec.config.runtime != Runtime::Native {
+                if !rec.config.runtime.one_request_per_instance() {
                     note(format!(
                         "instance started (cold-boot, {}{}, pid {}) in {:.1} ms",
                         rec.config.runtime.as_str(),
@@ -125,7 +125,7 @@ impl Node {
                 match limit {
                     Some(l) => InvokeOutcome::Limit(l),
                     // An executable that exits before it is ready is Lambda's init error.
-                    None if rec.config.runtime == Runtime::Provided => {
+                    None if rec.config.runtime.runtime_api() => {
                         InvokeOutcome::InitError(FunctionError {
                             error_type: "Runtime.ExitError".into(),
                             message: format!(

@@ -17,7 +17,7 @@ use ember_snap::lazy::Policy;
 use tracing::{Instrument, info_span};
 
 use super::{Attempt, AttemptFuture, Rung, RungError, StartPath};
-use crate::function::{Network, Runtime};
+use crate::function::Network;
 use crate::live::Live;
 use crate::metrics::ImageLabels;
 use crate::node::invoke::StartCx;
@@ -173,7 +173,7 @@ impl Node {
     /// The image that should serve `d`, or why none does.
     fn image_choice(&self, d: &Deployed) -> Result<String, &'static str> {
         // Images hold Ember's Python runtime; other runtimes always start from their code.
-        if d.record.config.runtime != Runtime::Python {
+        if !d.record.config.runtime.restorable() {
             return Err("not-python");
         }
         if !d.record.config.images {

@@ -5,7 +5,6 @@
 use std::time::Instant;
 
 use super::{Attempt, AttemptFuture, Rung, RungError, StartPath};
-use crate::function::Runtime;
 use crate::live::Live;
 use crate::node::invoke::StartCx;
 
@@ -25,7 +24,7 @@ impl<'c> Rung<StartCx<'c>, Live> for Premade {
     fn attempt<'a>(&'a self, cx: &'a mut StartCx<'c>) -> AttemptFuture<'a, Live> {
         Box::pin(async move {
             let (node, d) = (cx.node, cx.d);
-            if d.record.config.runtime != Runtime::Native {
+            if !d.record.config.runtime.can_premake() {
                 return Attempt::Skipped;
             }
             // Topped up after every take, and after a refill that failed earlier.
