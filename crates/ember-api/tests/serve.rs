@@ -20,7 +20,7 @@ struct Server {
     addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    _home: tempfile::TempDir,
+    home: tempfile::TempDir,
 }
 
 impl Server {
@@ -57,7 +57,7 @@ impl Server {
             addr,
             stop: Some(stop),
             task: Some(task),
-            _home: home,
+            home,
         }
     }
 
@@ -65,13 +65,15 @@ impl Server {
         format!("http://{}", self.addr)
     }
 
-    async fn stop(mut self) {
+    /// Stops the server; gives its home back (to start another server on it).
+    async fn stop(mut self) -> tempfile::TempDir {
         let _ = self.stop.take().unwrap().send(());
         let stopped = tokio::time::timeout(CLOSED_WITHIN, self.task.take().unwrap()).await;
         stopped
             .expect("the server stops once its connections are closed")
             .unwrap()
             .unwrap();
+        self.home
     }
 }
 
@@ -390,31 +392,45 @@ fn plant_snapshot(home: &std::path::Path, function: &str) -> String {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("meta"), vec![1u8; 4096]).unwrap();
     std::fs::write(dir.join("pages"), vec![2u8; 3 * 4096]).unwrap();
-    let info = serde_json::json!({
-        "format": "ember-snapshot/1",
-        "id": id,
-        "function": function,
-        "version": 3,
-        "key": "0123abcd",
-        "parent_image": "img-0123456789ab",
-        "parent_meta_hash": "ab".repeat(32),
-        "point": "after-init",
-        "bytes": 0,
-        "pages": 3,
-        "created_at": 1_700_000_000u64,
-        "init_ms": 80.5,
-        "dump_ms": 12.0,
-    });
-    std::fs::write(dir.join("snapshot.json"), info.to_string()).unwrap();
+    let info = ember_node::snapshots::SnapshotInfo {
+        id: id.clone(),
+        function: function.to_string(),
+        version: 3,
+        key: "0123abcd".into(),
+        parent_image: Some("img-0123456789ab".into()),
+        parent_meta_hash: Some("ab".repeat(32)),
+        point: ember_node::function::SnapshotPoint::AfterInit,
+        bytes: 0,
+        pages: 3,
+        created_at: 1_700_000_000,
+        init_ms: 80.5,
+        dump_ms: 12.0,
+    };
+    ember_node::snapshots::write_info(&dir, &info).unwrap();
     id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_are_listed_and_removed() {
-    let home = tempfile::tempdir().unwrap();
+    // A deployed function (a snapshot of one that is gone is removed at start).
+    let server = Server::start(ConnectionLimits::default()).await;
+    let client = ember_api::client::Client::new(&server.url(), None);
+    use base64::Engine;
+    let body = serde_json::json!({
+        "handler": "main.handler",
+        "code_zip": base64::engine::general_purpose::STANDARD
+            .encode(handler_zip("def handler(e, c):\n    return 1\n")),
+    });
+    client.deploy("hello", &body, &mut |_| {}).await.unwrap();
+    let home = server.stop().await;
     let id = plant_snapshot(home.path(), "hello");
+    let orphan = plant_snapshot(home.path(), "gone");
     let snap_dir = home.path().join("snapshots").join(&id);
     let server = Server::start_in(home, ConnectionLimits::default()).await;
+    assert!(
+        !snap_dir.with_file_name(&orphan).exists(),
+        "{orphan} outlived its function"
+    );
     let client = ember_api::client::Client::new(&server.url(), None);
     let list = client.snapshots().await.unwrap();
     let snaps = list["snapshots"].as_array().unwrap();

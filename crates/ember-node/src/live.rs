@@ -96,14 +96,6 @@ impl Proc {
         }
     }
 
-    /// After a dump at the snapshot point: the instance serves on.
-    pub async fn continue_after_snapshot(&mut self) -> Result<(), python::SnapshotPointError> {
-        match self {
-            Proc::Python(i) => i.continue_after_snapshot().await,
-            _ => Ok(()),
-        }
-    }
-
     /// The second half of a start from an image (Python only: images hold its runtime).
     pub async fn init_restored(
         &mut self,

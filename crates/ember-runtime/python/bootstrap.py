@@ -308,6 +308,17 @@ def serve(fd, init, handler):
             except EOFError:  # dumped, and the original let go
                 return
             if kind == CONTINUE:
+                # The original serves on: what its before-snapshot hooks closed is opened
+                # again by its after-restore hooks, as in every restored copy (CRaC does the
+                # same). One that raises leaves it in no known state: it ends.
+                try:
+                    for func, args, kwargs in list(_after_restore):
+                        func(*args, **kwargs)
+                except BaseException as exc:
+                    import traceback
+
+                    traceback.print_exception(type(exc), exc, exc.__traceback__)
+                    raise SystemExit("ember bootstrap: an after-restore hook raised after CONTINUE")
                 continue
             if kind != INIT:
                 raise SystemExit(

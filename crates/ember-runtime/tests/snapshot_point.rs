@@ -206,12 +206,20 @@ async fn snapshot_point_then_continue_serves_on_with_before_hooks_run_last_first
     inst.continue_after_snapshot().await.unwrap();
     let v = call(&mut inst, "{}").await;
     // As AWS's runtime: before-snapshot hooks in reverse order of registration, a duplicate
-    // twice; after-restore hooks not at all in the original.
+    // twice. The original that serves on then runs its after-restore hooks, in order, so that
+    // what its before-snapshot hooks closed is opened again.
     assert_eq!(
         v["calls"],
-        serde_json::json!(["second 3 None", "first", "second 1 2", "first"])
+        serde_json::json!([
+            "second 3 None",
+            "first",
+            "second 1 2",
+            "first",
+            "after",
+            "after x"
+        ])
     );
-    assert_eq!(v["restored_as"], serde_json::Value::Null);
+    assert_eq!(v["restored_as"], "i-original");
     assert_eq!(v["instance"], "i-original");
     // The point can be reached again, between invocations.
     inst.snapshot_point().await.unwrap();
@@ -221,7 +229,7 @@ async fn snapshot_point_then_continue_serves_on_with_before_hooks_run_last_first
             .as_array()
             .unwrap()
             .len(),
-        8
+        12
     );
     inst.kill();
 }
@@ -259,7 +267,9 @@ async fn a_before_snapshot_hook_that_raises_is_reported_and_the_instance_serves_
             "second 3 None",
             "first",
             "second 1 2",
-            "first"
+            "first",
+            "after",
+            "after x"
         ])
     );
     inst.kill();

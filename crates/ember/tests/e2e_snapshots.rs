@@ -152,7 +152,12 @@ async fn a_snapshot_start_skips_init_runs_its_hooks_and_is_a_small_layer() {
     assert_eq!(r.body["restores"], json!(1), "{}", r.raw);
     assert_eq!(r.snapshot, snap["id"].as_str().unwrap());
     assert_eq!(r.body["mine"], json!("one"));
-    assert!(r.body["init_at"].as_f64() < first.body["init_at"].as_f64().map(|t| t + 60.0));
+    // The module-level timestamp is the snapshot's: the same in every start from it, and not
+    // the one the first (image) start made.
+    let again = d.fresh_start("once", "{}").await;
+    assert_eq!(again.start, "function-snapshot", "{}", again.raw);
+    assert_eq!(again.body["init_at"], r.body["init_at"]);
+    assert_ne!(r.body["init_at"], first.body["init_at"]);
     assert!(!r.timing.contains("import_handler;"), "{}", r.timing);
     for phase in ["sandbox;", "restore;", "hook;", "exec;"] {
         assert!(r.timing.contains(phase), "{}", r.timing);
@@ -167,7 +172,7 @@ async fn a_snapshot_start_skips_init_runs_its_hooks_and_is_a_small_layer() {
     assert!(listed["uses"].as_u64().unwrap() >= 1, "{listed}");
     let m = d.metrics().await;
     assert!(
-        m.contains("ember_invocations_total{function=\"once\",start=\"function-snapshot\",outcome=\"ok\"} 1"),
+        m.contains("ember_invocations_total{function=\"once\",start=\"function-snapshot\",outcome=\"ok\"} 2"),
         "{m}"
     );
 
@@ -238,6 +243,18 @@ async fn a_snapshot_start_skips_init_runs_its_hooks_and_is_a_small_layer() {
     wait_snapshot(&d, "once", Some(&old));
     let r = d.fresh_start("once", "{}").await;
     assert_eq!(r.start, "function-snapshot", "{}", r.raw);
+
+    // The parent image gone: the snapshot cannot be used (it is stale: no image serves the
+    // function now); a cold boot serves.
+    let out = d.cli(&["image", "rm", image["id"].as_str().unwrap()]);
+    assert!(out.ok, "{}", out.stderr);
+    let r = d.fresh_start("once", "{}").await;
+    assert_eq!(
+        (r.status, r.start.as_str()),
+        (200, "cold-boot"),
+        "{}",
+        r.raw
+    );
 }
 
 /// The snapshot directory of `id` on daemon `d`.
@@ -265,6 +282,12 @@ async fn without_an_image_the_snapshot_is_whole_and_a_broken_one_never_fails_a_r
     );
     let snap = wait_snapshot(&d, "plain", None);
     assert_eq!(snap["parent_image"], Value::Null, "{snap}");
+    // The start taken for the snapshot is not counted as the function's.
+    let m = d.metrics().await;
+    assert!(
+        m.contains("ember_cold_boot_reasons_total{function=\"plain\",reason=\"no-image\"} 1\n"),
+        "{m}"
+    );
     let r = d.fresh_start("plain", "{}").await;
     assert_eq!(
         (r.status, r.start.as_str()),
@@ -358,10 +381,9 @@ async fn after_first_invoke_keeps_what_the_first_request_left_and_off_takes_none
     );
     let snap = wait_snapshot(&d, "later", None);
     assert_eq!(snap["point"], json!("after-first-invoke"));
-    // The instance that was snapshotted serves on, warm.
-    let warm = d.invoke("later", "{}").await;
-    assert_eq!(warm.start, "warm", "{}", warm.raw);
-    let r = d.fresh_start("later", "{}").await;
+    // The instance that was snapshotted is stopped (its before-snapshot hooks ran in it): the
+    // next start is from the snapshot, with what the first request left.
+    let r = d.invoke("later", "{}").await;
     assert_eq!(r.start, "function-snapshot", "{}", r.raw);
     assert_eq!(r.body["first"], json!("from the first request"));
 
@@ -381,4 +403,118 @@ async fn after_first_invoke_keeps_what_the_first_request_left_and_off_takes_none
             .iter()
             .all(|s| s["function"] != json!("never"))
     );
+}
+
+const SLOW_HOOK: &str = r#"
+import os, time
+from snapshot_restore_py import register_before_snapshot
+
+KEPT = {}
+
+@register_before_snapshot
+def slow():
+    time.sleep(float(os.environ.get("HOOK_S", "0")))
+
+def handler(event, context):
+    if "secret" in event:
+        KEPT.setdefault("secret", event["secret"])
+    return {"secret": KEPT.get("secret"), "pid": os.getpid()}
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_take_never_outlives_its_function_nor_hangs_nor_exceeds_max_instances() {
+    if !need_sandbox() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        home.path(),
+        &["--snapshots", "local", "--init-timeout", "3s"],
+    );
+
+    // Deleted while its snapshot is taken, then created again under its name: the new
+    // function never starts from the old one's snapshot.
+    // The same configuration both times (so the same version, and within a second the same
+    // creation time): only the node's bookkeeping keeps them apart.
+    let config = json!({"handler": "main.handler", "snapshot": "after-first-invoke",
+                        "env": {"HOOK_S": "2"}});
+    d.deploy_ok("reused", config.clone(), &py(SLOW_HOOK)).await;
+    let r = d.invoke("reused", r#"{"secret": "old owner"}"#).await;
+    assert_eq!(r.body["secret"], json!("old owner"), "{}", r.raw);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = d.cli(&["rm", "reused"]);
+    assert!(out.ok, "{}", out.stderr);
+    d.deploy_ok("reused", config, &py(SLOW_HOOK)).await;
+    std::thread::sleep(Duration::from_secs(3));
+    for _ in 0..2 {
+        let r = d.fresh_start("reused", "{}").await;
+        assert_eq!(r.status, 200, "{}", r.raw);
+        assert_eq!(
+            r.body["secret"],
+            Value::Null,
+            "the old owner's data: {}",
+            r.raw
+        );
+    }
+
+    // A before-snapshot hook that never returns: the take gives up at the init timeout, the
+    // instance goes, and other functions still get their snapshots.
+    d.deploy_ok(
+        "hangs",
+        json!({"handler": "main.handler", "env": {"HOOK_S": "100000"}}),
+        &py(SLOW_HOOK),
+    )
+    .await;
+    let r = d.invoke("hangs", "{}").await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    d.deploy_ok("fine", json!({"handler": "main.handler"}), &py(SLOW_HOOK))
+        .await;
+    assert_eq!(d.invoke("fine", "{}").await.status, 200);
+    wait_snapshot(&d, "fine", None);
+    d.assert_logged("hangs", &["did not reach its snapshot point within 3 s"]);
+    d.stop_instances("hangs").await;
+    let live = |name: &str| {
+        let out = d.cli(&["ls", "--json"]);
+        let v: Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .find(|f| f["name"] == json!(name))
+            .map_or(-1, |f| f["instances_live"].as_i64().unwrap_or(-1))
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || live("hangs") == 0),
+        "{}",
+        live("hangs")
+    );
+    assert!(
+        snapshots(&d)
+            .iter()
+            .all(|s| s["function"] != json!("hangs"))
+    );
+
+    // After the first invocation, the instance being snapshotted still holds its permit: a
+    // function of one instance never has two.
+    d.deploy_ok(
+        "single",
+        json!({"handler": "main.handler", "max_instances": 1, "snapshot": "after-first-invoke",
+               "env": {"HOOK_S": "1.5"}}),
+        &py(SLOW_HOOK),
+    )
+    .await;
+    assert_eq!(d.invoke("single", "{}").await.status, 200);
+    let second = {
+        let (http, url) = (d.http(), format!("{}/v1/functions/single/invoke", d.url));
+        tokio::spawn(async move {
+            common::Invoked::from(http.post(url).body("{}").send().await.unwrap()).await
+        })
+    };
+    let mut most = 0;
+    while !second.is_finished() {
+        most = most.max(live("single"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(second.await.unwrap().status, 200);
+    assert!(most <= 1, "{most} instances of a function of one");
+    wait_snapshot(&d, "single", None);
 }

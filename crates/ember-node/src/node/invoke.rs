@@ -84,7 +84,7 @@ impl Node {
         let t0 = Instant::now();
         let rec = &d.record;
         let fn_labels = Metrics::fn_labels(&rec.name);
-        let Some(_permit) = d
+        let Some(permit) = d
             .pool
             .admit(self.cfg.queue_depth, self.cfg.queue_timeout)
             .instrument(info_span!("queue"))
@@ -105,6 +105,7 @@ impl Node {
                 queue: t0.elapsed(),
                 ..Timing::default()
             },
+            background: false,
         };
         let climbed = ladder::climb(&rungs(), &mut cx).await;
         let mut timing = cx.timing;
@@ -188,8 +189,8 @@ impl Node {
                     && self.first_invoke_snapshot_wanted(d)
                 {
                     // Off the request path: the answer goes now, the instance is dumped, then
-                    // goes back to the pool.
-                    self.snapshot_after_first_invoke(d, inst, generation, timing.init());
+                    // stopped (its before-snapshot hooks ran in it); it holds its permit.
+                    self.snapshot_after_first_invoke(d, inst, permit, timing.init());
                 } else if let Some(stale) = d.pool.put_back(inst, generation) {
                     self.discard(d, stale, "stopped while busy");
                 }
@@ -331,12 +332,18 @@ pub(in crate::node) struct StartCx<'a> {
     pub node: &'a Node,
     pub d: &'a Arc<Deployed>,
     pub timing: Timing,
+    /// A start for a snapshot, not for an invocation: not counted or logged as one.
+    pub background: bool,
 }
 
 impl Climber for StartCx<'_> {
     fn fell(&mut self, fall: &Fall, then: StartPath) {
         let name = &self.d.record.name;
         let msg = error_chain(&fall.error);
+        if self.background {
+            tracing::info!(function = %name, rung = fall.rung, "a start for a function snapshot: {} failed: {msg}", fall.what);
+            return;
+        }
         let instead = match then {
             StartPath::Warm => "a warm instance",
             StartPath::FunctionSnapshot => "a function snapshot",

@@ -74,6 +74,8 @@ struct Deployed {
     crash_loop: CrashLoop,
     /// A function snapshot of it is being taken.
     snapshotting: std::sync::atomic::AtomicBool,
+    /// The last take of its snapshot failed: when the next may be tried.
+    take_backoff: Mutex<Option<snapshot_take::TakeBackoff>>,
 }
 
 pub struct Node {
@@ -95,6 +97,8 @@ pub struct Node {
     image_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Automatic builds go one at a time.
     auto_builds: tokio::sync::Semaphore,
+    /// Function snapshots are taken one at a time.
+    snapshot_builds: tokio::sync::Semaphore,
     /// The automatic builds' tasks: shutdown cancels them before removing their sandboxes.
     background: Mutex<tokio::task::JoinSet<()>>,
     /// Wakes the event worker (a new event, a finished one).
@@ -200,6 +204,7 @@ impl Node {
             snapshots,
             image_gates: Mutex::new(HashMap::new()),
             auto_builds: tokio::sync::Semaphore::new(1),
+            snapshot_builds: tokio::sync::Semaphore::new(1),
             background: Mutex::new(tokio::task::JoinSet::new()),
             event_wake: Arc::new(tokio::sync::Notify::new()),
             event_slots: Arc::new(tokio::sync::Semaphore::new(cfg.events.concurrency.max(1))),
@@ -272,6 +277,20 @@ impl Node {
         }
         let code = self.code.clone();
         let removed = blocking(move || Ok(code.retain(&keep)?)).await?;
+        // Snapshots of functions that are gone (deleted while one was taken, or before a
+        // crash): a function created again under the name must never get one.
+        let names: HashSet<String> = self.read_functions().keys().cloned().collect();
+        let store = self.snapshots.clone();
+        blocking(move || {
+            for s in store.list() {
+                if !names.contains(&s.info.function) {
+                    tracing::info!(snapshot = %s.info.id, function = %s.info.function, "snapshot of a function that is gone removed");
+                    let _ = store.remove(&s.info.id);
+                }
+            }
+            Ok(())
+        })
+        .await?;
         let n = self.read_functions().len();
         tracing::info!(
             functions = n,
@@ -293,6 +312,7 @@ impl Node {
             pool: Pool::new(rec.config.max_instances),
             crash_loop: CrashLoop::default(),
             snapshotting: std::sync::atomic::AtomicBool::new(false),
+            take_backoff: Mutex::new(None),
             record: rec,
             env,
         });

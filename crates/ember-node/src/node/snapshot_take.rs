@@ -31,6 +31,7 @@ use super::{Deployed, Node, Timing, error_chain, now_secs};
 use crate::config::SnapshotMode;
 use crate::function::SnapshotPoint;
 use crate::live::Live;
+use crate::ratelimit::RateLimit;
 use crate::snapshots::{SnapshotInfo, snapshot_id};
 
 /// The descriptors a restored runtime is handed: stdio and the protocol socket.
@@ -59,8 +60,32 @@ pub enum TakeError {
     Gone,
     #[error("a background task failed: {0}")]
     Task(String),
+    #[error(
+        "the runtime did not reach its snapshot point within {0} s (a before-snapshot hook that \
+         does not return?)"
+    )]
+    Hung(u64),
+    #[error("the instance to snapshot could not be started ({0})")]
+    Start(&'static str),
+    #[error(
+        "the instance was restored from image {restored_from:?} but image {serving:?} serves \
+         the function now; the next start takes a snapshot over it"
+    )]
+    ParentChanged {
+        restored_from: Option<String>,
+        serving: Option<String>,
+    },
+    #[error("the function was replaced or deleted while its snapshot was taken")]
+    Superseded,
     #[error(transparent)]
     Store(#[from] crate::snapshots::SnapshotError),
+}
+
+/// A take of a function that failed: takes for the same key wait until `until`.
+pub(in crate::node) struct TakeBackoff {
+    key: String,
+    failures: u32,
+    until: Instant,
 }
 
 /// The parent of a function's snapshot: its image and that image's metadata hash.
@@ -83,6 +108,10 @@ impl Node {
         let rec = &d.record;
         let c = &rec.config;
         let doc = serde_json::json!({
+            // Every deploy inits anew (Lambda SnapStart: one snapshot per version); a function
+            // deleted and created again under its name is another function.
+            "version": rec.version,
+            "created_at": rec.created_at,
             "code": rec.code_hash,
             "env": rec.env_key,
             "handler": c.handler,
@@ -108,11 +137,13 @@ impl Node {
         })
     }
 
-    /// Takes `d`'s after-init snapshot in the background, unless one is being taken.
+    /// Takes `d`'s after-init snapshot in the background, unless one is being taken or a
+    /// take for the same key failed lately (see [`TakeBackoff`]).
     pub(in crate::node) fn snapshot_in_background(&self, d: &Arc<Deployed>) {
-        if d.record.config.snapshot != SnapshotPoint::AfterInit
-            || d.snapshotting.swap(true, Ordering::SeqCst)
-        {
+        if d.record.config.snapshot != SnapshotPoint::AfterInit || self.take_held_back(d) {
+            return;
+        }
+        if d.snapshotting.swap(true, Ordering::SeqCst) {
             return;
         }
         let Some(node) = self.me.upgrade() else {
@@ -129,115 +160,170 @@ impl Node {
         });
     }
 
+    /// Whether a take of `d` now would repeat one that failed for the same key within its
+    /// backoff.
+    fn take_held_back(&self, d: &Deployed) -> bool {
+        let key = self.snapshot_key(d, self.snapshot_parent(d).as_ref());
+        let held = d.take_backoff.lock().unwrap_or_else(|p| p.into_inner());
+        held.as_ref()
+            .is_some_and(|b| b.key == key && Instant::now() < b.until)
+    }
+
+    /// Counts a failed take of `d` (held back 1 min, doubling to 1 h while the key stays),
+    /// or clears the count after a good one.
+    fn take_ended(&self, d: &Deployed, key: Option<String>, error: Option<&TakeError>) {
+        let mut held = d.take_backoff.lock().unwrap_or_else(|p| p.into_inner());
+        let (Some(key), Some(e)) = (key, error) else {
+            *held = None;
+            return;
+        };
+        let failures = match held.as_ref() {
+            Some(b) if b.key == key => b.failures + 1,
+            _ => 1,
+        };
+        let wait = Duration::from_secs(60 << (failures - 1).min(6)).min(Duration::from_secs(3600));
+        *held = Some(TakeBackoff {
+            key,
+            failures,
+            until: Instant::now() + wait,
+        });
+        drop(held);
+        let msg = format!(
+            "no function snapshot: {}; the next try is in {} s at the earliest",
+            error_chain(e),
+            wait.as_secs()
+        );
+        self.logs
+            .append(&d.record.name, "ember", "event", msg.as_bytes());
+        static LIMIT: RateLimit = RateLimit::new(Duration::from_secs(10), 5);
+        if let Some(dropped) = LIMIT.allow() {
+            tracing::warn!(function = %d.record.name, dropped, "{msg}");
+        }
+    }
+
     /// Starts an instance of `d` for its snapshot alone (from its image, or a cold boot),
     /// snapshots it at its snapshot point and stops it.
     async fn snapshot_fresh_instance(&self, d: &Arc<Deployed>) {
-        let _one = self.auto_builds.acquire().await;
-        if d.pool.is_retired() {
+        let _one = self.snapshot_builds.acquire().await;
+        if !self.is_current(d) {
             return;
         }
         let mut cx = StartCx {
             node: self,
             d,
             timing: Timing::default(),
+            background: true,
         };
         let rungs: [&dyn Rung<StartCx<'_>, Live>; 2] =
             [&ladder::image::Image, &ladder::cold_boot::ColdBoot];
         let live = match ladder::climb(&rungs, &mut cx).await {
             Climbed::Started { inst, .. } => inst,
-            // The start failed: logged by its rung; the next miss tries again.
-            Climbed::Ended { .. } => return,
+            Climbed::Ended { outcome, .. } => {
+                let key = self.snapshot_key(d, self.snapshot_parent(d).as_ref());
+                let e = TakeError::Start(outcome.label());
+                self.take_ended(d, Some(key), Some(&e));
+                return;
+            }
         };
         let init = cx.timing.init();
-        let (live, taken) = self.snapshot_live(d, live, init).await;
-        if let Err(e) = &taken {
-            tracing::warn!(function = %d.record.name, "no function snapshot: {}", error_chain(e));
-        }
-        if let Some(live) = live {
-            self.discard(d, live, "it served its function snapshot");
-        }
+        self.snapshot_live(d, live, init).await;
     }
 
-    /// Snapshots `live` at its snapshot point; gives the instance back when it can serve on
-    /// (the dump failed or succeeded, the instance is unchanged), or `None` when it broke.
+    /// Snapshots `live` at its snapshot point, then stops it: its before-snapshot hooks ran in
+    /// it, so it is never served again (an instance restored from the snapshot serves instead).
     pub(in crate::node) async fn snapshot_live(
         &self,
         d: &Deployed,
         mut live: Live,
         init: Duration,
-    ) -> (Option<Live>, Result<SnapshotInfo, TakeError>) {
-        let rec = &d.record;
-        let ready = match live.inst.snapshot_point().await {
-            Ok(r) => r,
-            Err(e @ SnapshotPointError::Hook { .. }) => return (Some(live), Err(e.into())),
-            Err(e) => {
-                self.discard(d, live, "it failed at its snapshot point");
-                return (None, Err(e.into()));
+    ) {
+        let parent = self.snapshot_parent(d);
+        let key = self.snapshot_key(d, parent.as_ref());
+        let limit = self.cfg.init_timeout;
+        let taken = match tokio::time::timeout(limit, live.inst.snapshot_point()).await {
+            Err(_) => Err(TakeError::Hung(limit.as_secs())),
+            Ok(Err(e)) => Err(e.into()),
+            Ok(Ok(ready)) if ready.threads > 1 => Err(TakeError::Threads(ready.threads)),
+            Ok(Ok(_)) => {
+                self.dump_live(d, &mut live, parent, key.clone(), init)
+                    .await
             }
         };
-        let taken = if ready.threads > 1 {
-            Err(TakeError::Threads(ready.threads))
-        } else {
-            self.dump_live(d, &mut live, init).await
-        };
-        if let Err(e) = live.inst.continue_after_snapshot().await {
-            self.discard(d, live, "it could not continue after its snapshot");
-            return (None, Err(e.into()));
+        match &taken {
+            Ok(info) => {
+                let parent = info.parent_image.as_deref().unwrap_or("none (whole)");
+                self.logs.append(
+                    &d.record.name,
+                    live.id(),
+                    "event",
+                    format!(
+                        "function snapshot {} taken ({}, over image {parent}, {} pages, \
+                         {:.1} MiB, dumped in {:.0} ms)",
+                        info.id,
+                        info.point.as_str(),
+                        info.pages,
+                        info.bytes as f64 / (1 << 20) as f64,
+                        info.dump_ms
+                    )
+                    .as_bytes(),
+                );
+                self.take_ended(d, None, None);
+            }
+            Err(e) => self.take_ended(d, Some(key), Some(e)),
         }
-        if let Ok(info) = &taken {
-            let parent = info.parent_image.as_deref().unwrap_or("none (whole)");
-            self.logs.append(
-                &rec.name,
-                live.id(),
-                "event",
-                format!(
-                    "function snapshot {} taken ({}, over image {parent}, {} pages, {:.1} MiB, \
-                     dumped in {:.0} ms)",
-                    info.id,
-                    info.point.as_str(),
-                    info.pages,
-                    info.bytes as f64 / (1 << 20) as f64,
-                    info.dump_ms
-                )
-                .as_bytes(),
-            );
-        }
-        (Some(live), taken)
+        self.discard(d, live, "its function snapshot was taken (or tried)");
     }
 
-    /// The dump itself, into the cache.
+    /// Whether `d` is still the served version of its function (not replaced or deleted).
+    fn is_current(&self, d: &Deployed) -> bool {
+        !d.pool.is_retired()
+            && self
+                .read_functions()
+                .get(&d.record.name)
+                .is_some_and(|now| std::ptr::eq(Arc::as_ptr(now), d))
+    }
+
+    /// The dump itself, into the cache, as a layer over `parent` (the image that serves the
+    /// function now, which must be the one `live` was restored from).
     async fn dump_live(
         &self,
         d: &Deployed,
         live: &mut Live,
+        parent: Option<Parent>,
+        key: String,
         init: Duration,
     ) -> Result<SnapshotInfo, TakeError> {
         let rec = &d.record;
-        let parent = match &live.image {
-            Some(id) => {
+        if parent.as_ref().map(|p| &p.id) != live.image.as_ref() {
+            return Err(TakeError::ParentChanged {
+                restored_from: live.image.clone(),
+                serving: parent.map(|p| p.id),
+            });
+        }
+        let parent = match parent {
+            Some(p) => {
                 let co = self
                     .images
-                    .checkout_quiet(id)
+                    .checkout_quiet(&p.id)
                     .map_err(|source| TakeError::Parent {
-                        id: id.clone(),
+                        id: p.id.clone(),
                         source,
                     })?;
-                let (co2, id2) = (co.clone(), id.clone());
-                let pages = tokio::task::spawn_blocking(move || co2.pages(true))
+                let id2 = p.id.clone();
+                let pages = tokio::task::spawn_blocking(move || co.pages(true))
                     .await
                     .map_err(|e| TakeError::Task(e.to_string()))?
                     .map_err(|source| TakeError::Parent { id: id2, source })?;
-                Some((
-                    Parent {
-                        id: id.clone(),
-                        meta_hash: co.meta_hash(),
-                    },
-                    pages.image,
-                ))
+                if hex::encode(pages.image.meta_hash()) != p.meta_hash {
+                    return Err(TakeError::ParentChanged {
+                        restored_from: live.image.clone(),
+                        serving: Some(p.id),
+                    });
+                }
+                Some((p, pages.image))
             }
             None => None,
         };
-        let key = self.snapshot_key(d, parent.as_ref().map(|(p, _)| p));
         let id = snapshot_id(&rec.name, &key);
         let staged = self.snapshots.staging(&id);
         let pid = live
@@ -301,6 +387,13 @@ impl Node {
         for e in evicted {
             tracing::info!(snapshot = %e.id, function = %e.function, bytes = e.bytes, reason = ?e.reason, "function snapshot left the cache");
         }
+        // Replaced or deleted while it was taken: it must not outlive its version (a delete
+        // removes its function's snapshots after retiring it, so one of the two sees it).
+        if !self.is_current(d) {
+            let (store, sid) = (self.snapshots.clone(), info.id.clone());
+            let _ = tokio::task::spawn_blocking(move || store.remove(&sid)).await;
+            return Err(TakeError::Superseded);
+        }
         Ok(self
             .snapshots
             .list()
@@ -310,10 +403,13 @@ impl Node {
     }
 
     /// Whether an instance that just served its first invocation should be snapshotted
-    /// (`after-first-invoke`, none taken for the current key, none being taken); claims the
-    /// function's one snapshot in flight when so.
+    /// (`after-first-invoke`, none taken for the current key, none being taken, no recent
+    /// failure for it); claims the function's one snapshot in flight when so.
     pub(in crate::node) fn first_invoke_snapshot_wanted(&self, d: &Deployed) -> bool {
-        if !self.snapshots_on(d) || d.record.config.snapshot != SnapshotPoint::AfterFirstInvoke {
+        if !self.snapshots_on(d)
+            || d.record.config.snapshot != SnapshotPoint::AfterFirstInvoke
+            || self.take_held_back(d)
+        {
             return false;
         }
         let key = self.snapshot_key(d, self.snapshot_parent(d).as_ref());
@@ -326,12 +422,13 @@ impl Node {
     }
 
     /// Snapshots `live` (which has just answered its first invocation) in the background,
-    /// then puts it back in the pool.
+    /// then stops it. It keeps its invocation's admission `permit` until then, so the
+    /// function never has more than `max_instances` instances.
     pub(in crate::node) fn snapshot_after_first_invoke(
         &self,
         d: &Arc<Deployed>,
         live: Live,
-        generation: u64,
+        permit: tokio::sync::OwnedSemaphorePermit,
         init: Duration,
     ) {
         let Some(node) = self.me.upgrade() else {
@@ -340,18 +437,14 @@ impl Node {
             return;
         };
         let d = d.clone();
-        tokio::spawn(
+        let mut tasks = self.background.lock().unwrap_or_else(|p| p.into_inner());
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(
             async move {
-                let (live, taken) = node.snapshot_live(&d, live, init).await;
-                if let Err(e) = &taken {
-                    tracing::warn!(function = %d.record.name, "no function snapshot: {}", error_chain(e));
-                }
+                let _permit = permit;
+                let _one = node.snapshot_builds.acquire().await;
+                node.snapshot_live(&d, live, init).await;
                 d.snapshotting.store(false, Ordering::SeqCst);
-                if let Some(live) = live
-                    && let Some(stale) = d.pool.put_back(live, generation)
-                {
-                    node.discard(&d, stale, "stopped while busy");
-                }
             }
             .instrument(info_span!("snapshot.take")),
         );

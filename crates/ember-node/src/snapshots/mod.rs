@@ -6,7 +6,7 @@
 //! <home>/snapshots/<id>/meta, pages     ember-snap's image: a layer over the dependency image
 //!                                        the instance came from (its parent, named by id,
 //!                                        metadata hash and absolute path), or a whole image
-//! <home>/snapshots/<id>/snapshot.json   what it is (SnapshotInfo), "format": "ember-snapshot/1",
+//! <home>/snapshots/<id>/snapshot.json   what it is (SnapshotInfo), "format": "ember-snapshot/2", "checksum",
 //!                                        written atomically (tmp + rename), read back up to 64 KiB
 //! <home>/snapshots/.staging/<uuid>/     a dump being written; emptied at open
 //! ```
@@ -54,7 +54,7 @@ use memory::MemoryTier;
 use policy::EvictionPolicy;
 
 /// The `format` of a `snapshot.json`.
-pub const FORMAT: &str = "ember-snapshot/1";
+pub const FORMAT: &str = "ember-snapshot/2";
 /// Largest `snapshot.json` read back.
 pub const MAX_INFO: u64 = 64 << 10;
 const INFO_FILE: &str = "snapshot.json";
@@ -133,8 +133,15 @@ pub struct SnapshotInfo {
 #[derive(Serialize, Deserialize)]
 struct InfoFile {
     format: String,
+    /// BLAKE3 (hex) of the compact JSON of `info`: a file edited or torn is refused.
+    checksum: String,
     #[serde(flatten)]
     info: SnapshotInfo,
+}
+
+fn info_checksum(info: &SnapshotInfo) -> String {
+    let body = serde_json::to_vec(info).unwrap_or_default();
+    blake3::hash(&body).to_hex().to_string()
 }
 
 /// A snapshot as `ember snapshot ls` and `GET /v1/snapshots` show it.
@@ -567,9 +574,11 @@ impl SnapshotStore {
         match std::fs::rename(&dir, &aside) {
             Ok(()) => Some(aside),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            // Left in place rather than removed after the lock is released (when it could be
+            // a newer snapshot's): the next start's catalog check removes it.
             Err(e) => {
-                tracing::warn!(dir = %dir.display(), "moving a removed snapshot aside failed ({e}); removing it in place");
-                Some(dir)
+                tracing::warn!(dir = %dir.display(), "moving a removed snapshot aside failed ({e}); it stays until the next start");
+                None
             }
         }
     }
@@ -745,15 +754,19 @@ fn read_info(dir: &Path) -> Result<SnapshotInfo, SnapshotError> {
         None => return Err(corrupt(format!("no format (expected {FORMAT:?})"))),
     }
     let file: InfoFile = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
+    if info_checksum(&file.info) != file.checksum {
+        return Err(corrupt("its checksum does not match its contents".into()));
+    }
     Ok(file.info)
 }
 
 /// Writes `snapshot.json` in `dir` atomically (a temporary file renamed over it).
-fn write_info(dir: &Path, info: &SnapshotInfo) -> Result<(), SnapshotError> {
+pub fn write_info(dir: &Path, info: &SnapshotInfo) -> Result<(), SnapshotError> {
     let path = dir.join(INFO_FILE);
     let tmp = dir.join(format!("{INFO_FILE}.tmp"));
     let file = InfoFile {
         format: FORMAT.to_string(),
+        checksum: info_checksum(info),
         info: info.clone(),
     };
     let text = serde_json::to_vec_pretty(&file).map_err(|e| SnapshotError::Io {

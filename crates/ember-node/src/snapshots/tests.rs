@@ -88,7 +88,7 @@ fn lookup_hits_the_current_key_and_removes_a_stale_one() {
     assert!(h.dir.join("pages").is_file() && h.loaded.is_none());
     assert_eq!(h.info.bytes, 10 * KB);
     let json = std::fs::read_to_string(h.dir.join("snapshot.json")).unwrap();
-    assert!(json.contains("\"format\": \"ember-snapshot/1\""), "{json}");
+    assert!(json.contains("\"format\": \"ember-snapshot/2\""), "{json}");
     assert!(json.contains("\"point\": \"after-init\""), "{json}");
     // New code: the snapshot is stale, removed, and reported once.
     match store.lookup("fa", "bb") {
@@ -272,7 +272,7 @@ fn corrupt_entries_are_dropped_at_open() {
     let good = {
         let store = f.open();
         for name in [
-            "good", "json", "big", "format", "nopages", "moved", "noformat",
+            "good", "json", "big", "format", "nopages", "moved", "noformat", "tampered",
         ] {
             add(&store, info(name, "aa", 1.0), 10 * KB).unwrap();
         }
@@ -281,22 +281,29 @@ fn corrupt_entries_are_dropped_at_open() {
     let d = |name: &str| f.dir().join(snapshot_id(name, "aa"));
     std::fs::write(
         d("json").join(INFO_FILE),
-        b"{\"format\": \"ember-snapshot/1\", ",
+        b"{\"format\": \"ember-snapshot/2\", ",
     )
     .unwrap();
-    let mut huge = b"{\"format\": \"ember-snapshot/1\", \"pad\": \"".to_vec();
+    let mut huge = b"{\"format\": \"ember-snapshot/2\", \"pad\": \"".to_vec();
     huge.resize(70 << 10, b'x');
     std::fs::write(d("big").join(INFO_FILE), huge).unwrap();
     let text = std::fs::read_to_string(d("format").join(INFO_FILE)).unwrap();
     std::fs::write(
         d("format").join(INFO_FILE),
-        text.replace("ember-snapshot/1", "ember-snapshot/9"),
+        text.replace("ember-snapshot/2", "ember-snapshot/9"),
     )
     .unwrap();
     let text = std::fs::read_to_string(d("noformat").join(INFO_FILE)).unwrap();
     std::fs::write(
         d("noformat").join(INFO_FILE),
         text.replace("\"format\"", "\"f\""),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(d("tampered").join(INFO_FILE)).unwrap();
+    assert!(text.contains("\"version\": 1"), "{text}");
+    std::fs::write(
+        d("tampered").join(INFO_FILE),
+        text.replace("\"version\": 1", "\"version\": 2"),
     )
     .unwrap();
     std::fs::remove_file(d("nopages").join("pages")).unwrap();

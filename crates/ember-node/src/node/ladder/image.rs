@@ -39,7 +39,11 @@ impl<'c> Rung<StartCx<'c>, Live> for Image {
     }
     fn attempt<'a>(&'a self, cx: &'a mut StartCx<'c>) -> AttemptFuture<'a, Live> {
         Box::pin(async move {
-            let Some(id) = cx.node.image_for(cx.d) else {
+            let chosen = match cx.background {
+                true => cx.node.image_serving(cx.d),
+                false => cx.node.image_for(cx.d),
+            };
+            let Some(id) = chosen else {
                 return Attempt::Skipped;
             };
             match cx.node.image_start(cx, &id).await {

@@ -160,7 +160,9 @@ pub(super) async fn climb<C: Climber + Send + ?Sized, T>(
         if rung.starts_new() && !gated {
             gated = true;
             if let Some(outcome) = cx.gate() {
-                result = Some((Err((outcome, true)), rung.path()));
+                // Named as the last rung (a cold boot): no start was tried.
+                let path = rungs.last().map_or(StartPath::ColdBoot, |r| r.path());
+                result = Some((Err((outcome, true)), path));
                 break;
             }
         }

@@ -191,6 +191,8 @@ async fn the_functions_own_failure_ends_the_climb_and_names_its_rung() {
 
 #[tokio::test]
 async fn the_gate_stops_new_starts_but_not_a_warm_instance() {
+    // The new-start rungs here begin with the image's: the answer is still named as the last
+    // rung (a cold boot), since no start was tried.
     let held = InvokeOutcome::Crashed("crash loop".into());
     let mut cx = Cx {
         gate: Some(held.clone()),
@@ -203,6 +205,7 @@ async fn the_gate_stops_new_starts_but_not_a_warm_instance() {
         Climbed::Ended {
             gated: true,
             outcome: InvokeOutcome::Crashed(_),
+            path: StartPath::ColdBoot,
             ..
         }
     ));
