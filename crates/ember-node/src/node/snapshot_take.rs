@@ -4,18 +4,24 @@
 //! restores them.
 //!
 //! ```text
-//! after-init:         a miss on the rung -> in the background, one at a time per function:
-//!                     a start from the image (or a cold boot) -> SNAPSHOT (before-snapshot
-//!                     hooks, gc) -> dump (layer) -> the instance is stopped -> the cache
-//! after-first-invoke: a new instance's first invocation answered -> off the request path:
-//!                     SNAPSHOT -> dump -> CONTINUE -> the instance goes back to the pool
+//! after-init:         a miss on the rung -> in the background, one take at a time per node:
+//!                     a start from the image (or a cold boot), not counted as the function's
+//!                     -> SNAPSHOT (before-snapshot hooks, gc; within the init timeout)
+//!                     -> dump (layer) -> the cache -> the instance is stopped
+//! after-first-invoke: a new instance's first invocation answered -> off the request path,
+//!                     holding that invocation's permit: SNAPSHOT -> dump -> stopped
 //! ```
 //!
-//! The snapshot's key names everything it depends on (code, packages, handler, memory,
-//! environment, network, point, the parent image and its metadata hash, the bootstrap and
-//! snapshot format): a start computes the key again and a snapshot with another is stale,
-//! removed, and taken anew. A redeploy that changes none of these (a timeout, a description)
-//! keeps it.
+//! An instance that reached its snapshot point is never served again: its before-snapshot
+//! hooks ran in it (connections closed, say); instances restored from the snapshot serve.
+//!
+//! The snapshot's key names everything it depends on (the function's version and creation
+//! time, so every deploy inits anew and a function deleted and created again under its name
+//! is another; code, packages, handler, memory, environment, network, point; the parent image
+//! and its metadata hash; the bootstrap and snapshot format): a start computes the key again
+//! and a snapshot with another is stale, removed, and taken anew. A take that fails backs off
+//! for its key (1 min, doubling to 1 h); a take that ends after its function was replaced or
+//! deleted removes what it added.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
