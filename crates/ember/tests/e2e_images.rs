@@ -147,20 +147,7 @@ async fn functions_share_one_image_and_every_restore_is_unique() {
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    let mut calls = tokio::task::JoinSet::new();
-    for _ in 0..50 {
-        let (http, url) = (d.http(), format!("{}/v1/functions/unique/invoke", d.url));
-        calls.spawn(async move {
-            let r = http
-                .post(url)
-                .body(r#"{"hold": 1.0}"#)
-                .send()
-                .await
-                .unwrap();
-            common::Invoked::from(r).await
-        });
-    }
-    let results = calls.join_all().await;
+    let results = d.invoke_many("unique", 50, r#"{"hold": 1.0}"#).await;
     let mut seen: [HashSet<String>; 6] = Default::default();
     for r in &results {
         assert_eq!(r.status, 200, "{}", r.raw);

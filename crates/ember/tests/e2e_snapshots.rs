@@ -177,21 +177,8 @@ async fn a_snapshot_start_skips_init_runs_its_hooks_and_is_a_small_layer() {
     );
 
     // 50 concurrent starts from the one snapshot: every random value differs.
-    let mut calls = tokio::task::JoinSet::new();
     d.stop_instances("once").await;
-    for _ in 0..50 {
-        let (http, url) = (d.http(), format!("{}/v1/functions/once/invoke", d.url));
-        calls.spawn(async move {
-            let r = http
-                .post(url)
-                .body(r#"{"hold": 1.0}"#)
-                .send()
-                .await
-                .unwrap();
-            common::Invoked::from(r).await
-        });
-    }
-    let results = calls.join_all().await;
+    let results = d.invoke_many("once", 50, r#"{"hold": 1.0}"#).await;
     let mut seen: [HashSet<String>; 3] = Default::default();
     for r in &results {
         assert_eq!(r.status, 200, "{}", r.raw);

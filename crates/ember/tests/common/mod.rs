@@ -157,6 +157,22 @@ impl Daemon {
         Invoked::from(r).await
     }
 
+    /// `n` invocations of `name` with `body`, all at once.
+    pub async fn invoke_many(&self, name: &str, n: usize, body: &str) -> Vec<Invoked> {
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let (http, url) = (
+                self.http(),
+                format!("{}/v1/functions/{name}/invoke", self.url),
+            );
+            let body = body.to_string();
+            calls.spawn(async move {
+                Invoked::from(http.post(url).body(body).send().await.unwrap()).await
+            });
+        }
+        calls.join_all().await
+    }
+
     /// Deploys through the HTTP API (plain JSON, no streaming).
     pub async fn deploy_zip(
         &self,
