@@ -505,3 +505,63 @@ async fn a_take_never_outlives_its_function_nor_hangs_nor_exceeds_max_instances(
     assert!(most <= 1, "{most} instances of a function of one");
     wait_snapshot(&d, "single", None);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cache_holds_its_disk_budget_under_both_policies() {
+    if !need_sandbox() {
+        return;
+    }
+    for policy in ["lru", "gdsf"] {
+        let home = tempfile::tempdir().unwrap();
+        // A whole snapshot of a bare Python function is about 3 MiB: two fit in 7 MiB.
+        let args = [
+            "--snapshots",
+            "local",
+            "--snapshot-disk-mb",
+            "7",
+            "--snapshot-eviction",
+            policy,
+        ];
+        let d = Daemon::start(home.path(), &args);
+        let mut taken = Vec::new();
+        for name in ["f1", "f2", "f3", "f4"] {
+            d.deploy_ok(name, json!({"handler": "main.handler"}), &py(INIT_ONCE))
+                .await;
+            assert_eq!(d.invoke(name, "{}").await.status, 200);
+            taken.push(wait_snapshot(&d, name, None));
+            let out = d.cli(&["snapshot", "ls", "--json"]);
+            let v: Value = serde_json::from_str(&out.stdout).unwrap();
+            let (used, budget) = (
+                v["cache"]["disk_bytes"].as_u64().unwrap(),
+                v["cache"]["disk_budget_bytes"].as_u64().unwrap(),
+            );
+            assert!(
+                used <= budget,
+                "{policy}: {used} bytes over a budget of {budget}"
+            );
+            let listed: u64 = snapshots(&d)
+                .iter()
+                .map(|s| s["bytes"].as_u64().unwrap())
+                .sum();
+            assert_eq!(listed, used, "{policy}: {v}");
+        }
+        let left = snapshots(&d);
+        assert!(
+            (1..4).contains(&left.len()),
+            "{policy}: {} snapshots left",
+            left.len()
+        );
+        // The newest is never the one evicted; the evicted ones' files are gone.
+        assert!(
+            left.iter().any(|s| s["function"] == json!("f4")),
+            "{policy}"
+        );
+        for t in &taken {
+            let id = t["id"].as_str().unwrap();
+            let listed = left.iter().any(|s| s["id"] == t["id"]);
+            assert_eq!(snapshot_dir(&d, id).exists(), listed, "{policy}: {id}");
+        }
+        let m = d.metrics().await;
+        assert!(m.contains("ember_snapshot_evictions_total"), "{m}");
+    }
+}
