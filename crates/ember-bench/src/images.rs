@@ -49,6 +49,9 @@ pub struct Ladder {
     pub snapshot: Option<Client>,
     /// How long to wait for a function's snapshot to be listed after its first invocation.
     pub snapshot_wait: Duration,
+    /// Pause between stopping a function's instances and the measured start (the stopped
+    /// instance's teardown then does not overlap it).
+    pub settle: Duration,
 }
 
 /// A function snapshot's size against the dependency image it is a layer over.
@@ -217,10 +220,15 @@ pub async fn ladder(
     let stop = |c: &Client| {
         let c = c.clone();
         let name = w.function.clone();
+        let settle = l.settle;
         async move {
             c.stop_instances(&name)
                 .await
-                .map_err(|e| fail(&name, e.to_string()))
+                .map_err(|e| fail(&name, e.to_string()))?;
+            if !settle.is_zero() {
+                tokio::time::sleep(settle).await;
+            }
+            Ok::<_, BenchError>(())
         }
     };
     for _ in 0..rounds {

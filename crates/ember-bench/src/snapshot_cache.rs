@@ -6,9 +6,10 @@
 //!            i-th allocating its own MiB of random bytes and sleeping to its own init cost
 //! sizes:     one daemon with an ample budget: each function invoked once, its snapshot
 //!            waited for; their bytes summed
-//! per policy (lru, gdsf): a fresh daemon with budget = sum x --budget-percent, the same
-//!            seeded Zipf(s) sequence of requests, each a non-warm start (instances stopped
-//!            first); the first --warmup requests fill the cache and are not counted
+//! policies:  a fresh daemon per policy (lru, gdsf), budget = sum x --budget-percent, both
+//!            up at once; one seeded Zipf(s) sequence of requests, each request sent to both
+//!            in turn (interleaved), each a non-warm start (instances stopped first); the
+//!            first --warmup requests fill the caches and are not counted
 //! ```
 //!
 //! A request is a hit when `Ember-Start` says `function-snapshot`; the daemon's
@@ -236,25 +237,34 @@ pub async fn snapshot_sizes(
     }
 }
 
-/// Runs `sequence` (indices into `ws`), each request after stopping the function's instances
-/// so that none is warm.
-pub async fn run_sequence(
-    c: &Client,
+/// Runs `sequence` (indices into `ws`) on every daemon of `clients`, request by request (the
+/// daemons take turns, the first alternating, so that all see the same machine), each request
+/// after stopping the function's instances so that none is warm. Returns each daemon's samples.
+pub async fn run_interleaved(
+    clients: &[Client],
     ws: &[Workload],
     sequence: &[usize],
     phase: &str,
-) -> Result<Vec<Sample>, BenchError> {
-    let mut out = Vec::with_capacity(sequence.len());
-    for &i in sequence {
+) -> Result<Vec<Vec<Sample>>, BenchError> {
+    let mut out = vec![Vec::with_capacity(sequence.len()); clients.len()];
+    for (n, &i) in sequence.iter().enumerate() {
         let Some(w) = ws.get(i) else {
             return Err(fail("snapshot-cache", format!("no function {i}")));
         };
-        c.stop_instances(&w.function)
-            .await
-            .map_err(|e| fail(&w.function, e.to_string()))?;
-        out.push(one(c, w, &w.manifest.bench_event(), phase).await?);
+        for k in turns(clients.len(), n) {
+            let c = &clients[k];
+            c.stop_instances(&w.function)
+                .await
+                .map_err(|e| fail(&w.function, e.to_string()))?;
+            out[k].push(one(c, w, &w.manifest.bench_event(), phase).await?);
+        }
     }
     Ok(out)
+}
+
+/// The order in which `daemons` daemons serve request `n`: rotated by one each request.
+pub fn turns(daemons: usize, n: usize) -> impl Iterator<Item = usize> {
+    (0..daemons).map(move |k| (k + n) % daemons.max(1))
 }
 
 /// The sum over every label set of the Prometheus counter or gauge `name` in `text`.
@@ -353,17 +363,22 @@ pub struct PolicyResult {
     pub counters: CacheCounters,
     /// hits / (hits + misses + stale) of those counters.
     pub counter_hit_ratio: f64,
+    /// The init time the hits skipped: the sum of their functions' `init_ms`, in seconds
+    /// (what GDSF weighs; LRU does not).
+    pub init_saved_s: f64,
     pub latency: Summary,
     /// Latency of the requests served from a snapshot, and of the others.
     pub hit_latency: Summary,
     pub miss_latency: Summary,
 }
 
+/// One policy's result; `fns` gives each function's init cost.
 pub fn result(
     policy: &str,
     budget_bytes: u64,
     samples: &[Sample],
     counters: CacheCounters,
+    fns: &[CacheFunction],
 ) -> PolicyResult {
     let lat = |f: &dyn Fn(&Sample) -> bool| -> Vec<f64> {
         samples
@@ -375,6 +390,12 @@ pub fn result(
     let hit = |s: &Sample| s.path == "function-snapshot";
     let hits = samples.iter().filter(|s| hit(s)).count();
     let lookups = counters.hits + counters.misses + counters.stale;
+    let init_saved_ms: u64 = samples
+        .iter()
+        .filter(|s| hit(s))
+        .filter_map(|s| fns.iter().find(|f| f.name == s.workload))
+        .map(|f| u64::from(f.init_ms))
+        .sum();
     PolicyResult {
         policy: policy.to_string(),
         budget_bytes,
@@ -387,6 +408,7 @@ pub fn result(
         } else {
             f64::NAN
         },
+        init_saved_s: init_saved_ms as f64 / 1e3,
         latency: summarize(&lat(&|_| true)),
         hit_latency: summarize(&lat(&hit)),
         miss_latency: summarize(&lat(&|s| !hit(s))),
@@ -411,7 +433,7 @@ pub fn table(results: &[PolicyResult], sizes: &[u64]) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<6} {:>10} {:>6} {:>6} {:>8} {:>8} {:>6} {:>6} {:>6} {:>9} {:>9} {:>9} {:>9}",
+        "{:<6} {:>10} {:>6} {:>6} {:>8} {:>8} {:>6} {:>6} {:>6} {:>8} {:>9} {:>9} {:>9} {:>9}",
         "policy",
         "budget MiB",
         "reqs",
@@ -421,6 +443,7 @@ pub fn table(results: &[PolicyResult], sizes: &[u64]) -> String {
         "miss",
         "stale",
         "evict",
+        "saved s",
         "p50 ms",
         "p99 ms",
         "hit p50",
@@ -429,7 +452,7 @@ pub fn table(results: &[PolicyResult], sizes: &[u64]) -> String {
     for r in results {
         let _ = writeln!(
             s,
-            "{:<6} {:>10.1} {:>6} {:>6} {:>7.1}% {:>7.1}% {:>6} {:>6} {:>6} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            "{:<6} {:>10.1} {:>6} {:>6} {:>7.1}% {:>7.1}% {:>6} {:>6} {:>6} {:>8.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
             r.policy,
             mib(r.budget_bytes),
             r.requests,
@@ -439,6 +462,7 @@ pub fn table(results: &[PolicyResult], sizes: &[u64]) -> String {
             r.counters.misses,
             r.counters.stale,
             r.counters.evictions,
+            r.init_saved_s,
             r.latency.p50_ms,
             r.latency.p99_ms,
             r.hit_latency.p50_ms,
@@ -492,6 +516,17 @@ mod tests {
     }
 
     #[test]
+    fn daemons_take_turns_going_first() {
+        let order = |n| turns(2, n).collect::<Vec<_>>();
+        assert_eq!(
+            (order(0), order(1), order(2)),
+            (vec![0, 1], vec![1, 0], vec![0, 1])
+        );
+        assert_eq!(turns(3, 4).collect::<Vec<_>>(), [1, 2, 0]);
+        assert_eq!(turns(0, 3).count(), 0);
+    }
+
+    #[test]
     fn functions_are_seeded_and_within_their_ranges() {
         let f = functions(50, 32, 300, 9, "p-");
         assert_eq!(f, functions(50, 32, 300, 9, "p-"));
@@ -531,7 +566,7 @@ mod tests {
             (7.0, 5.0, 1.0, 5.0)
         );
         let s = |p: &str, ms: f64| Sample {
-            workload: "f".into(),
+            workload: "f-cache-00".into(),
             path: p.into(),
             phase: "zipf".into(),
             status: 200,
@@ -549,8 +584,11 @@ mod tests {
                 s("function-snapshot", 11.0),
             ],
             d,
+            &functions(1, 4, 100, 1, "f-"),
         );
         assert_eq!((r.snapshot_starts, r.hit_ratio), (3, 0.75));
+        let init = f64::from(functions(1, 4, 100, 1, "f-")[0].init_ms);
+        assert!((r.init_saved_s - 3.0 * init / 1e3).abs() < 1e-9);
         assert!((r.counter_hit_ratio - 7.0 / 13.0).abs() < 1e-9);
         assert_eq!((r.hit_latency.p50_ms, r.miss_latency.p50_ms), (11.0, 300.0));
         let t = table(&[r], &[1 << 20, 2 << 20, 6 << 20]);

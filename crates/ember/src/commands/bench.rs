@@ -108,6 +108,10 @@ pub struct Args {
     /// snapshot-cache: the costliest function's init, ms (log-uniform from 10)
     #[arg(long, default_value_t = 300)]
     pub max_init_ms: u32,
+    /// images: milliseconds to pause between stopping a function's instances and each
+    /// measured start, so that the stopped instance's teardown does not overlap it
+    #[arg(long, default_value_t = 0)]
+    pub settle_ms: u64,
     /// images: functions sharing one image in the cache-cost comparison (0 skips it)
     #[arg(long, default_value_t = 10)]
     pub share: usize,
@@ -423,6 +427,7 @@ async fn images(args: Args) -> anyhow::Result<()> {
         images: Vec::new(),
         snapshot: None,
         snapshot_wait: std::time::Duration::from_secs(args.snapshot_wait),
+        settle: std::time::Duration::from_millis(args.settle_ms),
     };
     for p in &args.image_policies {
         let d = daemon::start(start(Some(*p), "off")?.resolve()?).await?;
@@ -593,29 +598,53 @@ async fn snapshot_cache(args: Args) -> anyhow::Result<()> {
     );
     let sequence = sc::zipf_sequence(ws.len(), args.warmup + args.requests, args.zipf, args.seed);
     let (warm_up, measured) = sequence.split_at(args.warmup.min(sequence.len()));
-    let mut results = Vec::new();
-    let mut all_samples = Vec::new();
-    for policy in ["lru", "gdsf"] {
+    let policies = ["lru", "gdsf"];
+    let mut daemons = Vec::new();
+    let mut clients = Vec::new();
+    for policy in policies {
         let (d, home, c) = cache_daemon(&args, Some(budget_mb), policy).await?;
-        let run = async {
-            sc::deploy_all(&c, &ws).await?;
-            eprintln!("{policy}: {} warm-up requests", warm_up.len());
-            sc::run_sequence(&c, &ws, warm_up, "warm-up").await?;
-            let before = sc::CacheCounters::parse(&sc::scrape_metrics(c.base()).await?);
-            eprintln!("{policy}: {} measured requests", measured.len());
-            let t0 = std::time::Instant::now();
-            let samples = sc::run_sequence(&c, &ws, measured, policy).await?;
-            let after = sc::CacheCounters::parse(&sc::scrape_metrics(c.base()).await?);
-            eprintln!("{policy}: {:.1} s", t0.elapsed().as_secs_f64());
-            anyhow::Ok((samples, after.since(&before)))
+        daemons.push((d, home));
+        clients.push(c);
+    }
+    let run = async {
+        for c in &clients {
+            sc::deploy_all(c, &ws).await?;
         }
-        .await;
+        eprintln!("{} warm-up requests on each daemon", warm_up.len());
+        sc::run_interleaved(&clients, &ws, warm_up, "warm-up").await?;
+        let mut before = Vec::new();
+        for c in &clients {
+            before.push(sc::CacheCounters::parse(
+                &sc::scrape_metrics(c.base()).await?,
+            ));
+        }
+        eprintln!("{} measured requests on each daemon", measured.len());
+        let t0 = std::time::Instant::now();
+        let samples = sc::run_interleaved(&clients, &ws, measured, "zipf").await?;
+        let mut counters = Vec::new();
+        for (c, b) in clients.iter().zip(&before) {
+            counters.push(sc::CacheCounters::parse(&sc::scrape_metrics(c.base()).await?).since(b));
+        }
+        eprintln!("measured in {:.1} s", t0.elapsed().as_secs_f64());
+        anyhow::Ok((samples, counters))
+    }
+    .await;
+    for (d, home) in daemons {
         d.stop().await?;
         drop(home);
-        let (samples, counters) = run?;
-        results.push(sc::result(policy, budget_mb << 20, &samples, counters));
-        all_samples.push(serde_json::json!({ "policy": policy, "samples": samples }));
     }
+    let (samples, counters) = run?;
+    let results: Vec<_> = policies
+        .iter()
+        .zip(&samples)
+        .zip(&counters)
+        .map(|((p, s), c)| sc::result(p, budget_mb << 20, s, *c, &fns))
+        .collect();
+    let all_samples: Vec<_> = policies
+        .iter()
+        .zip(&samples)
+        .map(|(p, s)| serde_json::json!({ "policy": p, "samples": s }))
+        .collect();
     print!("{}", sc::table(&results, &sizes));
     let (out, _) = save(
         args.out,
