@@ -4,7 +4,9 @@
 //! Prebaking baseline dumps each warm function whole).
 //!
 //! ```text
-//! daemons: one with images off (cold boots), one per restore policy (images built up front)
+//! daemons: one with images off (cold boots), one per restore policy (images built up front),
+//!          all with function snapshots off; one with images built up front AND function
+//!          snapshots on (its snapshot taken, and waited for, before measuring)
 //! per workload, per round: stop instances + invoke on every daemon in turn (interleaved)
 //!          then warm invocations on the cold daemon's warm instance
 //! cache:   N functions on one image (its page bytes) vs. each function cold-booted, invoked
@@ -29,12 +31,13 @@ use crate::workloads::Workload;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
-    /// Workload, path (`cold-boot`, `image-<policy>` or `warm`) and latency summary.
+    /// Workload, path (`cold-boot`, `image-<policy>`, `function-snapshot` or `warm`) and
+    /// latency summary.
     #[serde(flatten)]
     pub row: crate::report::Row,
     /// Median of each phase of the `Ember-Timing` header, in ms.
     pub phases: BTreeMap<String, f64>,
-    /// Samples that took another path than asked (an image start that fell back).
+    /// Samples that took another path than asked (an image or snapshot start that fell back).
     pub off_path: usize,
 }
 
@@ -42,6 +45,100 @@ pub struct Row {
 pub struct Ladder {
     pub cold: Client,
     pub images: Vec<(Policy, Client)>,
+    /// The daemon with function snapshots on (and the workload's image built up front).
+    pub snapshot: Option<Client>,
+    /// How long to wait for a function's snapshot to be listed after its first invocation.
+    pub snapshot_wait: Duration,
+    /// Pause between stopping a function's instances and the measured start (the stopped
+    /// instance's teardown then does not overlap it).
+    pub settle: Duration,
+}
+
+/// A function snapshot's size against the dependency image it is a layer over.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LayerSize {
+    pub workload: String,
+    pub snapshot: String,
+    /// Bytes of the snapshot's files on disk and the pages it stores.
+    pub layer_bytes: u64,
+    pub layer_pages: u64,
+    /// The image it is a layer over; none: a whole snapshot.
+    pub parent_image: Option<String>,
+    pub image_bytes: Option<u64>,
+    pub image_pages: Option<u64>,
+    /// layer / image, of bytes and of pages (none for a whole snapshot).
+    pub bytes_ratio: Option<f64>,
+    pub pages_ratio: Option<f64>,
+}
+
+/// The size of `function`'s snapshot in a `GET /v1/snapshots` answer against its parent in a
+/// `GET /v1/images` answer; none when the function has no snapshot listed.
+pub fn layer_size(
+    workload: &str,
+    function: &str,
+    snapshots: &serde_json::Value,
+    images: &serde_json::Value,
+) -> Option<LayerSize> {
+    let s = snapshots["snapshots"]
+        .as_array()?
+        .iter()
+        .find(|s| s["function"] == function)?;
+    let parent = s["parent_image"].as_str().map(String::from);
+    let image = parent.as_ref().and_then(|id| {
+        images["images"]
+            .as_array()?
+            .iter()
+            .find(|i| i["id"] == id.as_str())
+    });
+    let (layer_bytes, layer_pages) = (s["bytes"].as_u64()?, s["pages"].as_u64()?);
+    let image_bytes = image.and_then(|i| i["bytes"].as_u64());
+    let image_pages = image.and_then(|i| i["pages"].as_u64());
+    let ratio = |a: u64, b: Option<u64>| b.filter(|b| *b > 0).map(|b| a as f64 / b as f64);
+    Some(LayerSize {
+        workload: workload.to_string(),
+        snapshot: s["id"].as_str().unwrap_or_default().to_string(),
+        layer_bytes,
+        layer_pages,
+        parent_image: parent,
+        image_bytes,
+        image_pages,
+        bytes_ratio: ratio(layer_bytes, image_bytes),
+        pages_ratio: ratio(layer_pages, image_pages),
+    })
+}
+
+/// p50 ratios of one start path against cold boot and warm, of one workload in one run.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Ratio {
+    pub workload: String,
+    pub path: String,
+    /// cold-boot p50 / this path's p50: how many times faster than a cold boot.
+    pub cold_over_path: f64,
+    /// this path's p50 / warm p50: how many times slower than a warm invocation.
+    pub path_over_warm: f64,
+}
+
+/// For every path other than `cold-boot` and `warm`, its ratios to them (same workload).
+pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
+    let get = |w: &str, p: &str| {
+        rows.iter()
+            .map(|r| &r.row)
+            .find(|r| r.workload == w && r.path == p)
+            .map(|r| r.summary.p50_ms)
+    };
+    rows.iter()
+        .map(|r| &r.row)
+        .filter(|r| r.path != "cold-boot" && r.path != "warm")
+        .filter_map(|r| {
+            let (cold, warm) = (get(&r.workload, "cold-boot")?, get(&r.workload, "warm")?);
+            Some(Ratio {
+                workload: r.workload.clone(),
+                path: r.path.clone(),
+                cold_over_path: cold / r.summary.p50_ms,
+                path_over_warm: r.summary.p50_ms / warm,
+            })
+        })
+        .collect()
 }
 
 fn fail(w: &str, detail: String) -> BenchError {
@@ -84,36 +181,54 @@ fn row(workload: &str, path: &str, want: &str, samples: &[Sample]) -> Row {
     }
 }
 
-/// Deploys `w` everywhere, builds its image on every image daemon, then measures.
+/// Deploys `w` everywhere, builds its image on every image daemon (and the snapshot daemon),
+/// makes sure its function snapshot exists, then measures. Returns the rows and the size of
+/// its snapshot against its image.
 pub async fn ladder(
     l: &Ladder,
     w: &Workload,
     rounds: usize,
     warm: usize,
     log: &(dyn Fn(&str) + Sync),
-) -> Result<Vec<Row>, BenchError> {
+) -> Result<(Vec<Row>, Option<LayerSize>), BenchError> {
     crate::driver::deploy(&l.cold, w, log).await?;
-    for (policy, c) in &l.images {
+    let packages = w.manifest.packages.clone().unwrap_or_default();
+    let with_images = l.images.iter().map(|(p, c)| (p.to_string(), c)).chain(
+        l.snapshot
+            .iter()
+            .map(|c| ("function-snapshot".to_string(), c)),
+    );
+    for (label, c) in with_images {
         crate::driver::deploy(c, w, log).await?;
         let img = c
-            .build_image(&w.manifest.packages.clone().unwrap_or_default())
+            .build_image(&packages)
             .await
-            .map_err(|e| fail(&w.name, format!("building its image ({policy}): {e}")))?;
+            .map_err(|e| fail(&w.name, format!("building its image ({label}): {e}")))?;
         log(&format!(
-            "  [{}] image {} ({} pages) for {policy}",
+            "  [{}] image {} ({} pages) for {label}",
             w.name, img["id"], img["pages"]
         ));
     }
     let event = w.manifest.bench_event();
+    let layer = match &l.snapshot {
+        Some(c) => Some(ensure_snapshot(c, w, &event, l.snapshot_wait, log).await?),
+        None => None,
+    };
     let mut cold = Vec::new();
     let mut from_image: Vec<Vec<Sample>> = vec![Vec::new(); l.images.len()];
+    let mut from_snapshot = Vec::new();
     let stop = |c: &Client| {
         let c = c.clone();
         let name = w.function.clone();
+        let settle = l.settle;
         async move {
             c.stop_instances(&name)
                 .await
-                .map_err(|e| fail(&name, e.to_string()))
+                .map_err(|e| fail(&name, e.to_string()))?;
+            if !settle.is_zero() {
+                tokio::time::sleep(settle).await;
+            }
+            Ok::<_, BenchError>(())
         }
     };
     for _ in 0..rounds {
@@ -122,6 +237,10 @@ pub async fn ladder(
         for (i, (_, c)) in l.images.iter().enumerate() {
             stop(c).await?;
             from_image[i].push(one(c, w, &event, "cold").await?);
+        }
+        if let Some(c) = &l.snapshot {
+            stop(c).await?;
+            from_snapshot.push(one(c, w, &event, "cold").await?);
         }
     }
     one(&l.cold, w, &event, "warm-up").await?;
@@ -138,8 +257,78 @@ pub async fn ladder(
             &from_image[i],
         ));
     }
+    if l.snapshot.is_some() {
+        rows.push(row(
+            &w.name,
+            "function-snapshot",
+            "function-snapshot",
+            &from_snapshot,
+        ));
+    }
     rows.push(row(&w.name, "warm", "warm", &warm_samples));
-    Ok(rows)
+    Ok((rows, layer))
+}
+
+/// Invokes `w` once on `c` (a start that takes its function snapshot in the background), then
+/// polls `GET /v1/snapshots` until the function has one, for at most `wait`.
+async fn ensure_snapshot(
+    c: &Client,
+    w: &Workload,
+    event: &[u8],
+    wait: Duration,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<LayerSize, BenchError> {
+    c.stop_instances(&w.function)
+        .await
+        .map_err(|e| fail(&w.name, e.to_string()))?;
+    let first = one(c, w, event, "snapshot").await?;
+    let t0 = std::time::Instant::now();
+    loop {
+        let listed = c
+            .snapshots()
+            .await
+            .map_err(|e| fail(&w.name, format!("listing snapshots: {e}")))?;
+        if listed["snapshots"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s["function"] == w.function.as_str()))
+        {
+            let images = c
+                .images()
+                .await
+                .map_err(|e| fail(&w.name, format!("listing images: {e}")))?;
+            let size = layer_size(&w.name, &w.function, &listed, &images).ok_or_else(|| {
+                fail(
+                    &w.name,
+                    format!("its snapshot is listed without a size: {listed}"),
+                )
+            })?;
+            log(&format!(
+                "  [{}] function snapshot {} ({} pages, over {}) after a {} start, {:.1} s",
+                w.name,
+                size.snapshot,
+                size.layer_pages,
+                size.parent_image.as_deref().unwrap_or("no image"),
+                first.path,
+                t0.elapsed().as_secs_f64()
+            ));
+            return Ok(size);
+        }
+        if t0.elapsed() > wait {
+            return Err(fail(
+                &w.name,
+                format!(
+                    "no function snapshot of {} was listed {} s after its first invocation (a \
+                     {} start); see `ember logs {}` on the snapshot daemon, or raise \
+                     --snapshot-wait",
+                    w.function,
+                    wait.as_secs(),
+                    first.path,
+                    w.function
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 const PHASES: &[&str] = &[
@@ -162,7 +351,7 @@ pub fn table(rows: &[Row]) -> String {
     );
     let _ = write!(
         s,
-        "{:<10} {:<16} {:>8} {:>8}",
+        "{:<10} {:<18} {:>8} {:>8}",
         "workload", "path", "p50", "p99"
     );
     for p in PHASES {
@@ -173,7 +362,7 @@ pub fn table(rows: &[Row]) -> String {
         let base = &r.row;
         let _ = write!(
             s,
-            "{:<10} {:<16} {:>8.2} {:>8.2}",
+            "{:<10} {:<18} {:>8.2} {:>8.2}",
             base.workload, base.path, base.summary.p50_ms, base.summary.p99_ms
         );
         for p in PHASES {
@@ -189,31 +378,42 @@ pub fn table(rows: &[Row]) -> String {
         let _ = writeln!(s, " {:>4}", r.off_path);
     }
     let _ = writeln!(s, "\nratios of p50 (same run):");
-    let mut workloads: Vec<&str> = rows.iter().map(|r| r.row.workload.as_str()).collect();
-    workloads.dedup();
-    for w in workloads {
-        let get = |p: &str| {
-            rows.iter()
-                .map(|r| &r.row)
-                .find(|r| r.workload == w && r.path == p)
-                .map(|r| r.summary.p50_ms)
-        };
-        let (Some(cold), Some(warm)) = (get("cold-boot"), get("warm")) else {
-            continue;
-        };
-        for r in rows
-            .iter()
-            .map(|r| &r.row)
-            .filter(|r| r.workload == w && r.path.starts_with("image-"))
-        {
-            let _ = writeln!(
-                s,
-                "  {w:<10} {:<16} cold/image {:>6.1}x   image/warm {:>6.1}x",
-                r.path,
-                cold / r.summary.p50_ms,
-                r.summary.p50_ms / warm
-            );
-        }
+    for r in ratios(rows) {
+        let _ = writeln!(
+            s,
+            "  {:<10} {:<18} cold-boot/this {:>7.1}x   this/warm {:>7.1}x",
+            r.workload, r.path, r.cold_over_path, r.path_over_warm
+        );
+    }
+    s
+}
+
+/// Each function snapshot's size against its image's.
+pub fn layer_table(layers: &[LayerSize]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\nfunction snapshots: the layer against the image it is over (a whole snapshot: no image)"
+    );
+    let _ = writeln!(
+        s,
+        "{:<10} {:>10} {:>9} {:>10} {:>9} {:>8} {:>8}",
+        "workload", "layer MiB", "pages", "image MiB", "pages", "bytes", "pages"
+    );
+    let mib = |b: u64| format!("{:.1}", b as f64 / 1048576.0);
+    let pct = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{:.1}%", r * 100.0));
+    for l in layers {
+        let _ = writeln!(
+            s,
+            "{:<10} {:>10} {:>9} {:>10} {:>9} {:>8} {:>8}",
+            l.workload,
+            mib(l.layer_bytes),
+            l.layer_pages,
+            l.image_bytes.map_or("-".to_string(), mib),
+            l.image_pages.map_or("-".to_string(), |p| p.to_string()),
+            pct(l.bytes_ratio),
+            pct(l.pages_ratio)
+        );
     }
     s
 }
@@ -365,7 +565,8 @@ pub fn cache_table(c: &[CacheCost]) -> String {
     s
 }
 
-/// The bar plot: per workload, cold boot, each policy's image start, and warm.
+/// The bar plot: per workload, cold boot, each policy's image start, the function snapshot
+/// start, and warm.
 pub fn write_svg(
     rows: &[Row],
     policies: &[Policy],
@@ -379,6 +580,7 @@ pub fn write_svg(
         let shade = 100u8.saturating_add((i as u8).saturating_mul(50));
         series.push((n, RGBColor(60, shade, 200)));
     }
+    series.push(("function-snapshot", RGBColor(230, 160, 30)));
     series.push(("warm", RGBColor(90, 170, 90)));
     crate::plot::bars_svg(
         &plot_rows,
@@ -399,5 +601,88 @@ mod tests {
         assert_eq!(t.get("exec"), Some(&3.0));
         assert!(!t.contains_key("restore"));
         assert!(parse_timing("").is_empty());
+    }
+
+    fn sample(path: &str, ms: f64, timing: &str) -> Sample {
+        Sample {
+            workload: "sk".into(),
+            path: path.into(),
+            phase: "cold".into(),
+            status: 200,
+            latency_ms: ms,
+            timing: timing.into(),
+            exec_ms: None,
+        }
+    }
+
+    #[test]
+    fn the_snapshot_row_counts_starts_off_its_path_and_its_ratios_are_against_cold_and_warm() {
+        let rows = vec![
+            row(
+                "sk",
+                "cold-boot",
+                "cold-boot",
+                &[sample("cold-boot", 1000.0, "")],
+            ),
+            row(
+                "sk",
+                "image-eager",
+                "image",
+                &[sample("image", 100.0, "restore;dur=50")],
+            ),
+            row(
+                "sk",
+                "function-snapshot",
+                "function-snapshot",
+                &[
+                    sample("function-snapshot", 20.0, "restore;dur=8, hook;dur=1"),
+                    sample("function-snapshot", 10.0, "restore;dur=6, hook;dur=3"),
+                    sample("image", 90.0, "restore;dur=40"),
+                ],
+            ),
+            row("sk", "warm", "warm", &[sample("warm", 0.5, "exec;dur=0.2")]),
+        ];
+        let fs = &rows[2];
+        assert_eq!(fs.off_path, 1);
+        assert_eq!(fs.row.summary.p50_ms, 20.0);
+        assert_eq!(fs.phases.get("restore"), Some(&8.0));
+        let r = ratios(&rows);
+        assert_eq!(
+            r.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
+            ["image-eager", "function-snapshot"]
+        );
+        assert_eq!((r[1].cold_over_path, r[1].path_over_warm), (50.0, 40.0));
+        assert_eq!((r[0].cold_over_path, r[0].path_over_warm), (10.0, 200.0));
+        let t = table(&rows);
+        assert!(t.contains("function-snapshot"), "{t}");
+        assert!(
+            t.contains("function-snapshot  cold-boot/this    50.0x   this/warm    40.0x"),
+            "{t}"
+        );
+        // Without a warm row there is nothing to compare with.
+        assert!(ratios(&rows[..3]).is_empty());
+    }
+
+    #[test]
+    fn a_layer_is_measured_against_its_parent_image_and_a_whole_snapshot_has_none() {
+        let snaps = serde_json::json!({"snapshots": [
+            {"id": "s1", "function": "numpy", "parent_image": "img1", "bytes": 2000, "pages": 10},
+            {"id": "s2", "function": "hello", "parent_image": null, "bytes": 500, "pages": 4},
+        ]});
+        let images = serde_json::json!({"images": [
+            {"id": "img0", "bytes": 1, "pages": 1},
+            {"id": "img1", "bytes": 20000, "pages": 200},
+        ]});
+        let l = layer_size("numpy", "numpy", &snaps, &images).unwrap();
+        assert_eq!(
+            (l.layer_bytes, l.image_bytes, l.bytes_ratio, l.pages_ratio),
+            (2000, Some(20000), Some(0.1), Some(0.05))
+        );
+        let whole = layer_size("hello", "hello", &snaps, &images).unwrap();
+        assert_eq!((whole.image_bytes, whole.bytes_ratio), (None, None));
+        assert!(layer_size("x", "x", &snaps, &images).is_none());
+        let t = layer_table(&[l, whole]);
+        assert!(t.contains("10.0%"), "{t}");
+        assert!(t.contains("hello"), "{t}");
     }
 }

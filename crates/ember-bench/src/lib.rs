@@ -8,6 +8,7 @@ pub mod plot;
 pub mod report;
 pub mod sandbox;
 pub mod snap;
+pub mod snapshot_cache;
 pub mod stats;
 pub mod workloads;
 

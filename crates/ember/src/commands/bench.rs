@@ -24,10 +24,15 @@ pub enum Experiment {
     /// Python processes (json, numpy, sklearn), beside their cold start and fork, and the
     /// size of a layer over the image after one request (needs root)
     Snap,
-    /// Dependency images end to end over HTTP: cold boot vs. start from an image (per
-    /// policy) vs. warm, with phases, and one shared image's cache cost vs. per-function
-    /// snapshots (needs root)
+    /// Dependency images and function snapshots end to end over HTTP: cold boot vs. start
+    /// from an image (per policy) vs. from the function's snapshot vs. warm, with phases, the
+    /// snapshot layer's size against its image, and one shared image's cache cost vs.
+    /// per-function snapshots (needs root)
     Images,
+    /// The function-snapshot cache under a Zipf mix of --functions functions with a disk
+    /// budget of --budget-percent of their snapshots, LRU against GDSF: hit ratio,
+    /// evictions, start latency (needs root)
+    SnapshotCache,
     /// The "Cooling Down FaaS" setting: a native helloworld started fresh per request
     /// (cold-only, native and provided) vs. kept warm, at --parallel concurrent requests,
     /// beside Ember's own overhead (a DryRun, and latency minus sandbox, start and function)
@@ -71,6 +76,42 @@ pub struct Args {
     /// images: restore policies to compare, one daemon each (eager, lazy, bulk, prefetch)
     #[arg(long, value_delimiter = ',', default_value = "eager,bulk")]
     pub image_policies: Vec<ember_snap::lazy::Policy>,
+    /// images: leave out the function-snapshot rung (its daemon, snapshot and samples)
+    #[arg(long)]
+    pub no_function_snapshots: bool,
+    /// images, snapshot-cache: seconds to wait for a function's snapshot to be taken after
+    /// its first invocation before giving up
+    #[arg(long, default_value_t = 120)]
+    pub snapshot_wait: u64,
+    /// snapshot-cache: functions (each its own size and init cost)
+    #[arg(long, default_value_t = 50)]
+    pub functions: usize,
+    /// snapshot-cache: measured requests per policy
+    #[arg(long, default_value_t = 300)]
+    pub requests: usize,
+    /// snapshot-cache: requests per policy before the measured ones (the same mix; they fill
+    /// the cache and are not counted)
+    #[arg(long, default_value_t = 100)]
+    pub warmup: usize,
+    /// snapshot-cache: the Zipf exponent s of the mix (rank k drawn with weight 1/k^s)
+    #[arg(long, default_value_t = 1.0)]
+    pub zipf: f64,
+    /// snapshot-cache: seed of the functions' sizes and init costs and of the mix
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// snapshot-cache: the disk budget, in percent of all the functions' snapshot bytes
+    #[arg(long, default_value_t = 33)]
+    pub budget_percent: u64,
+    /// snapshot-cache: the largest function's data, MiB (sizes are log-uniform from 1)
+    #[arg(long, default_value_t = 32)]
+    pub max_mb: u32,
+    /// snapshot-cache: the costliest function's init, ms (log-uniform from 10)
+    #[arg(long, default_value_t = 300)]
+    pub max_init_ms: u32,
+    /// images: milliseconds to pause between stopping a function's instances and each
+    /// measured start, so that the stopped instance's teardown does not overlap it
+    #[arg(long, default_value_t = 0)]
+    pub settle_ms: u64,
     /// images: functions sharing one image in the cache-cost comparison (0 skips it)
     #[arg(long, default_value_t = 10)]
     pub share: usize,
@@ -204,6 +245,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Experiment::Snap => return snap(args).await,
         Experiment::Images => return images(args).await,
         Experiment::Lambda => return lambda(args).await,
+        Experiment::SnapshotCache => return snapshot_cache(args).await,
         Experiment::Invoke => {}
     }
     let started = now_unix();
@@ -361,47 +403,69 @@ async fn images(args: Args) -> anyhow::Result<()> {
     let envs = std::path::absolute(&args.envs_dir)?;
     let mut homes = Vec::new();
     let mut daemons = Vec::new();
-    let mut start = |policy: Option<ember_snap::lazy::Policy>| -> anyhow::Result<DaemonArgs> {
-        let home = tempfile::Builder::new()
-            .prefix("ember-bench-images-")
-            .tempdir()?;
-        let a = DaemonArgs {
-            home: Some(home.path().to_path_buf()),
-            listen: Some("127.0.0.1:0".into()),
-            envs_dir: Some(envs.clone()),
-            keep_alive: Some("1h".into()),
-            images: Some("off".into()),
-            image_policy: policy.map(|p| p.to_string()),
-            ..Default::default()
+    let mut start =
+        |policy: Option<ember_snap::lazy::Policy>, snapshots: &str| -> anyhow::Result<DaemonArgs> {
+            let home = tempfile::Builder::new()
+                .prefix("ember-bench-images-")
+                .tempdir()?;
+            let a = DaemonArgs {
+                home: Some(home.path().to_path_buf()),
+                listen: Some("127.0.0.1:0".into()),
+                envs_dir: Some(envs.clone()),
+                keep_alive: Some("1h".into()),
+                images: Some("off".into()),
+                image_policy: policy.map(|p| p.to_string()),
+                snapshots: Some(snapshots.into()),
+                ..Default::default()
+            };
+            homes.push(home);
+            Ok(a)
         };
-        homes.push(home);
-        Ok(a)
-    };
-    let cold = daemon::start(start(None)?.resolve()?).await?;
+    let cold = daemon::start(start(None, "off")?.resolve()?).await?;
     let mut ladder = ib::Ladder {
         cold: Client::new(&cold.url(), None),
         images: Vec::new(),
+        snapshot: None,
+        snapshot_wait: std::time::Duration::from_secs(args.snapshot_wait),
+        settle: std::time::Duration::from_millis(args.settle_ms),
     };
     for p in &args.image_policies {
-        let d = daemon::start(start(Some(*p))?.resolve()?).await?;
+        let d = daemon::start(start(Some(*p), "off")?.resolve()?).await?;
         ladder.images.push((*p, Client::new(&d.url(), None)));
         daemons.push(d);
     }
+    if !args.no_function_snapshots {
+        // Restores its layers' parent images with the first policy measured.
+        let d =
+            daemon::start(start(args.image_policies.first().copied(), "local")?.resolve()?).await?;
+        ladder.snapshot = Some(Client::new(&d.url(), None));
+        daemons.push(d);
+    }
     eprintln!(
-        "bench images: {} workloads, {} cold starts per path (interleaved), {} warm; policies {:?}",
+        "bench images: {} workloads, {} cold starts per path (interleaved), {} warm; policies \
+         {:?}; function snapshots {}",
         selected.len(),
         args.cold,
         args.warm,
-        args.image_policies
+        args.image_policies,
+        if ladder.snapshot.is_some() {
+            "on"
+        } else {
+            "off"
+        }
     );
     let mut rows = Vec::new();
+    let mut layers = Vec::new();
     let mut costs = Vec::new();
     let work = tempfile::Builder::new()
         .prefix("ember-bench-cache-")
         .tempdir()?;
     for w in &selected {
         eprintln!("measuring {}", w.name);
-        rows.extend(ib::ladder(&ladder, w, args.cold, args.warm, &|l| eprintln!("{l}")).await?);
+        let (r, layer) =
+            ib::ladder(&ladder, w, args.cold, args.warm, &|l| eprintln!("{l}")).await?;
+        rows.extend(r);
+        layers.extend(layer);
         let has_packages = w.manifest.packages.as_ref().is_some_and(|p| !p.is_empty());
         if args.share > 0 && has_packages {
             let Some((_, c)) = ladder.images.first() else {
@@ -436,6 +500,9 @@ async fn images(args: Args) -> anyhow::Result<()> {
         }
     }
     print!("{}", ib::table(&rows));
+    if !layers.is_empty() {
+        print!("{}", ib::layer_table(&layers));
+    }
     if !costs.is_empty() {
         print!("{}", ib::cache_table(&costs));
     }
@@ -443,7 +510,12 @@ async fn images(args: Args) -> anyhow::Result<()> {
         args.out,
         "images",
         started,
-        &serde_json::json!({ "rows": rows, "cache_cost": costs }),
+        &serde_json::json!({
+            "rows": rows,
+            "ratios": ib::ratios(&rows),
+            "layers": layers,
+            "cache_cost": costs,
+        }),
     )?;
     ib::write_svg(&rows, &args.image_policies, &svg)?;
     eprintln!("results: {}\nplot: {}", out.display(), svg.display());
@@ -451,6 +523,146 @@ async fn images(args: Args) -> anyhow::Result<()> {
         d.stop().await?;
     }
     cold.stop().await?;
+    Ok(())
+}
+
+/// An embedded daemon for the snapshot-cache experiment: images off (its functions have no
+/// packages: their snapshots are whole), snapshots on with `budget_mb` and `eviction`.
+async fn cache_daemon(
+    args: &Args,
+    budget_mb: Option<u64>,
+    eviction: &str,
+) -> anyhow::Result<(daemon::Running, tempfile::TempDir, Client)> {
+    let home = tempfile::Builder::new()
+        .prefix("ember-bench-snapcache-")
+        .tempdir()?;
+    let settings = DaemonArgs {
+        home: Some(home.path().to_path_buf()),
+        listen: Some("127.0.0.1:0".into()),
+        envs_dir: Some(std::path::absolute(&args.envs_dir)?),
+        keep_alive: Some("1h".into()),
+        images: Some("off".into()),
+        snapshots: Some("local".into()),
+        snapshot_disk_mb: budget_mb,
+        snapshot_eviction: Some(eviction.into()),
+        no_sandbox: args.no_sandbox,
+        ..Default::default()
+    }
+    .resolve()?;
+    let r = daemon::start(settings).await?;
+    let c = Client::new(&r.url(), None);
+    Ok((r, home, c))
+}
+
+async fn snapshot_cache(args: Args) -> anyhow::Result<()> {
+    use ember_bench::snapshot_cache as sc;
+    let started = now_unix();
+    anyhow::ensure!(args.functions > 0, "--functions must be at least 1");
+    anyhow::ensure!(
+        (1..=100).contains(&args.budget_percent),
+        "--budget-percent must be 1..=100"
+    );
+    let fns = sc::functions(args.functions, args.max_mb, args.max_init_ms, args.seed, "");
+    let ws = fns
+        .iter()
+        .map(|f| sc::workload(f, args.seed))
+        .collect::<Result<Vec<_>, _>>()?;
+    let wait = std::time::Duration::from_secs(args.snapshot_wait);
+    eprintln!(
+        "bench snapshot-cache: {} functions (1..{} MiB, 10..{} ms init), Zipf s={} over {} + {} \
+         warm-up requests per policy, seed {}, budget {}% of their snapshots",
+        args.functions,
+        args.max_mb,
+        args.max_init_ms,
+        args.zipf,
+        args.requests,
+        args.warmup,
+        args.seed,
+        args.budget_percent
+    );
+    // Their snapshot sizes, with an ample budget (the default, 4 GiB, or all of them).
+    let (d, home, c) = cache_daemon(&args, None, "lru").await?;
+    let sizes = async {
+        sc::deploy_all(&c, &ws).await?;
+        sc::snapshot_sizes(&c, &ws, wait, &|l| eprintln!("{l}")).await
+    }
+    .await;
+    d.stop().await?;
+    drop(home);
+    let sizes = sizes?;
+    let total: u64 = sizes.iter().sum();
+    let budget_mb = ((total * args.budget_percent / 100) >> 20).max(1);
+    eprintln!(
+        "snapshots: {:.1} MiB in all; budget {budget_mb} MiB",
+        total as f64 / 1048576.0
+    );
+    let sequence = sc::zipf_sequence(ws.len(), args.warmup + args.requests, args.zipf, args.seed);
+    let (warm_up, measured) = sequence.split_at(args.warmup.min(sequence.len()));
+    let policies = ["lru", "gdsf"];
+    let mut daemons = Vec::new();
+    let mut clients = Vec::new();
+    for policy in policies {
+        let (d, home, c) = cache_daemon(&args, Some(budget_mb), policy).await?;
+        daemons.push((d, home));
+        clients.push(c);
+    }
+    let run = async {
+        for c in &clients {
+            sc::deploy_all(c, &ws).await?;
+        }
+        eprintln!("{} warm-up requests on each daemon", warm_up.len());
+        sc::run_interleaved(&clients, &ws, warm_up, "warm-up").await?;
+        let mut before = Vec::new();
+        for c in &clients {
+            before.push(sc::CacheCounters::parse(
+                &sc::scrape_metrics(c.base()).await?,
+            ));
+        }
+        eprintln!("{} measured requests on each daemon", measured.len());
+        let t0 = std::time::Instant::now();
+        let samples = sc::run_interleaved(&clients, &ws, measured, "zipf").await?;
+        let mut counters = Vec::new();
+        for (c, b) in clients.iter().zip(&before) {
+            counters.push(sc::CacheCounters::parse(&sc::scrape_metrics(c.base()).await?).since(b));
+        }
+        eprintln!("measured in {:.1} s", t0.elapsed().as_secs_f64());
+        anyhow::Ok((samples, counters))
+    }
+    .await;
+    for (d, home) in daemons {
+        d.stop().await?;
+        drop(home);
+    }
+    let (samples, counters) = run?;
+    let results: Vec<_> = policies
+        .iter()
+        .zip(&samples)
+        .zip(&counters)
+        .map(|((p, s), c)| sc::result(p, budget_mb << 20, s, *c, &fns))
+        .collect();
+    let all_samples: Vec<_> = policies
+        .iter()
+        .zip(&samples)
+        .map(|(p, s)| serde_json::json!({ "policy": p, "samples": s }))
+        .collect();
+    print!("{}", sc::table(&results, &sizes));
+    let (out, _) = save(
+        args.out,
+        "snapshot-cache",
+        started,
+        &serde_json::json!({
+            "functions": fns,
+            "snapshot_bytes": sizes,
+            "budget_bytes": budget_mb << 20,
+            "zipf_s": args.zipf,
+            "seed": args.seed,
+            "warmup": args.warmup,
+            "sequence": sequence,
+            "results": results,
+            "samples": all_samples,
+        }),
+    )?;
+    eprintln!("results: {}", out.display());
     Ok(())
 }
 
