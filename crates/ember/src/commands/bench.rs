@@ -255,7 +255,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         baseline: args.baseline,
     };
-    let (client, embedded) = target(&args, "ember-bench-", DaemonArgs::default()).await?;
+    // Cold boots against the bare import: images and function snapshots are `bench images`'.
+    let cold_only = DaemonArgs {
+        images: Some("off".into()),
+        snapshots: Some("off".into()),
+        ..Default::default()
+    };
+    let (client, embedded) = target(&args, "ember-bench-", cold_only).await?;
     let shared = embedded.is_none();
     let prefix = own_prefix(shared);
     let selected: Vec<_> = workloads::select(&args.workloads)?
