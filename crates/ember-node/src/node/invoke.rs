@@ -190,7 +190,7 @@ impl Node {
                 {
                     // Off the request path: the answer goes now, the instance is dumped, then
                     // stopped (its before-snapshot hooks ran in it); it holds its permit.
-                    self.snapshot_after_first_invoke(d, inst, permit, timing.init());
+                    self.snapshot_after_first_invoke(d, inst, permit, generation, timing.init());
                 } else if let Some(stale) = d.pool.put_back(inst, generation) {
                     self.discard(d, stale, "stopped while busy");
                 }

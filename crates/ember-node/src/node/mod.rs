@@ -98,7 +98,7 @@ pub struct Node {
     /// Automatic builds go one at a time.
     auto_builds: tokio::sync::Semaphore,
     /// Function snapshots are taken one at a time.
-    snapshot_builds: tokio::sync::Semaphore,
+    snapshot_builds: Arc<tokio::sync::Semaphore>,
     /// The automatic builds' tasks: shutdown cancels them before removing their sandboxes.
     background: Mutex<tokio::task::JoinSet<()>>,
     /// Wakes the event worker (a new event, a finished one).
@@ -204,7 +204,7 @@ impl Node {
             snapshots,
             image_gates: Mutex::new(HashMap::new()),
             auto_builds: tokio::sync::Semaphore::new(1),
-            snapshot_builds: tokio::sync::Semaphore::new(1),
+            snapshot_builds: Arc::new(tokio::sync::Semaphore::new(1)),
             background: Mutex::new(tokio::task::JoinSet::new()),
             event_wake: Arc::new(tokio::sync::Notify::new()),
             event_slots: Arc::new(tokio::sync::Semaphore::new(cfg.events.concurrency.max(1))),

@@ -9,7 +9,9 @@
 //!                     -> SNAPSHOT (before-snapshot hooks, gc; within the init timeout)
 //!                     -> dump (layer) -> the cache -> the instance is stopped
 //! after-first-invoke: a new instance's first invocation answered -> off the request path,
-//!                     holding that invocation's permit: SNAPSHOT -> dump -> stopped
+//!                     holding that invocation's permit: SNAPSHOT -> dump -> stopped (when
+//!                     another take is under way it is not waited for: the instance serves
+//!                     on, and the function's next new instance tries again)
 //! ```
 //!
 //! An instance that reached its snapshot point is never served again: its before-snapshot
@@ -435,8 +437,22 @@ impl Node {
         d: &Arc<Deployed>,
         live: Live,
         permit: tokio::sync::OwnedSemaphorePermit,
+        generation: u64,
         init: Duration,
     ) {
+        // Never wait for another take while holding this function's permit (its requests
+        // would queue behind an unrelated init): the instance, which has not reached its
+        // snapshot point, serves on, and a later new instance tries again.
+        let gate = match self.snapshot_builds.clone().try_acquire_owned() {
+            Ok(g) => g,
+            Err(_) => {
+                d.snapshotting.store(false, Ordering::SeqCst);
+                if let Some(stale) = d.pool.put_back(live, generation) {
+                    self.discard(d, stale, "stopped while busy");
+                }
+                return;
+            }
+        };
         let Some(node) = self.me.upgrade() else {
             d.snapshotting.store(false, Ordering::SeqCst);
             self.discard(d, live, "daemon shutting down");
@@ -448,7 +464,7 @@ impl Node {
         tasks.spawn(
             async move {
                 let _permit = permit;
-                let _one = node.snapshot_builds.acquire().await;
+                let _gate = gate;
                 node.snapshot_live(&d, live, init).await;
                 d.snapshotting.store(false, Ordering::SeqCst);
             }
