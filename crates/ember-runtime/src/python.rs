@@ -343,7 +343,8 @@ impl Instance {
     }
 
     /// Lets an instance at its snapshot point serve on (after the dump, or instead of it): it
-    /// waits for its next invocation, and no hook runs. An error means the instance is gone
+    /// runs the function's after-restore hooks (one that raises ends the runtime, seen at the
+    /// next invocation) and waits for its next invocation. An error means the instance is gone
     /// (discard it).
     pub async fn continue_after_snapshot(&mut self) -> Result<(), SnapshotPointError> {
         protocol::write_frame(&mut self.conn, Kind::Continue, &[b"{}"]).await?;

@@ -85,8 +85,19 @@ pub enum TakeError {
     },
     #[error("the function was replaced or deleted while its snapshot was taken")]
     Superseded,
+    #[error("its last snapshot failed to restore repeatedly and was removed: {0}")]
+    Unusable(String),
     #[error(transparent)]
     Store(#[from] crate::snapshots::SnapshotError),
+}
+
+/// Clears a function's "snapshot being taken" mark when the take ends, however it ends.
+struct Taking(Arc<Deployed>);
+
+impl Drop for Taking {
+    fn drop(&mut self) {
+        self.0.snapshotting.store(false, Ordering::SeqCst);
+    }
 }
 
 /// A take of a function that failed: takes for the same key wait until `until`.
@@ -148,23 +159,26 @@ impl Node {
     /// Takes `d`'s after-init snapshot in the background, unless one is being taken or a
     /// take for the same key failed lately (see [`TakeBackoff`]).
     pub(in crate::node) fn snapshot_in_background(&self, d: &Arc<Deployed>) {
-        if d.record.config.snapshot != SnapshotPoint::AfterInit || self.take_held_back(d) {
+        if d.record.config.snapshot != SnapshotPoint::AfterInit
+            || self.stopping.load(Ordering::SeqCst)
+            || self.take_held_back(d)
+        {
             return;
         }
         if d.snapshotting.swap(true, Ordering::SeqCst) {
             return;
         }
+        let taking = Taking(d.clone());
         let Some(node) = self.me.upgrade() else {
-            d.snapshotting.store(false, Ordering::SeqCst);
             return;
         };
         let d = d.clone();
         let mut tasks = self.background.lock().unwrap_or_else(|p| p.into_inner());
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
+            let _taking = taking;
             let span = info_span!("snapshot.take", function = %d.record.name);
             node.snapshot_fresh_instance(&d).instrument(span).await;
-            d.snapshotting.store(false, Ordering::SeqCst);
         });
     }
 
@@ -179,7 +193,12 @@ impl Node {
 
     /// Counts a failed take of `d` (held back 1 min, doubling to 1 h while the key stays),
     /// or clears the count after a good one.
-    fn take_ended(&self, d: &Deployed, key: Option<String>, error: Option<&TakeError>) {
+    pub(in crate::node) fn take_ended(
+        &self,
+        d: &Deployed,
+        key: Option<String>,
+        error: Option<&TakeError>,
+    ) {
         let mut held = d.take_backoff.lock().unwrap_or_else(|p| p.into_inner());
         let (Some(key), Some(e)) = (key, error) else {
             *held = None;
@@ -234,7 +253,8 @@ impl Node {
             }
         };
         let init = cx.timing.init();
-        self.snapshot_live(d, live, init).await;
+        self.snapshot_live(d, live, init, self.cfg.init_timeout)
+            .await;
     }
 
     /// Snapshots `live` at its snapshot point, then stops it: its before-snapshot hooks ran in
@@ -244,14 +264,22 @@ impl Node {
         d: &Deployed,
         mut live: Live,
         init: Duration,
+        limit: Duration,
     ) {
         let parent = self.snapshot_parent(d);
         let key = self.snapshot_key(d, parent.as_ref());
-        let limit = self.cfg.init_timeout;
+        // Checked before the hooks run: a take over another image than the one serving now
+        // (the image was built meanwhile) is not a failure, and is simply not made.
+        if parent.as_ref().map(|p| &p.id) != live.image.as_ref() || !self.is_current(d) {
+            tracing::debug!(function = %d.record.name, "no function snapshot: its image changed, or it was replaced, since the instance started");
+            self.discard(d, live, "its function snapshot is not wanted any more");
+            return;
+        }
         let taken = match tokio::time::timeout(limit, live.inst.snapshot_point()).await {
             Err(_) => Err(TakeError::Hung(limit.as_secs())),
             Ok(Err(e)) => Err(e.into()),
             Ok(Ok(ready)) if ready.threads > 1 => Err(TakeError::Threads(ready.threads)),
+            Ok(Ok(_)) if !self.is_current(d) => Err(TakeError::Superseded),
             Ok(Ok(_)) => {
                 self.dump_live(d, &mut live, parent, key.clone(), init)
                     .await
@@ -276,6 +304,11 @@ impl Node {
                     .as_bytes(),
                 );
                 self.take_ended(d, None, None);
+            }
+            // Not the function's doing, and not worth a note in a log that may be another
+            // function's by now.
+            Err(e @ (TakeError::Superseded | TakeError::ParentChanged { .. })) => {
+                tracing::debug!(function = %d.record.name, "no function snapshot: {}", error_chain(e));
             }
             Err(e) => self.take_ended(d, Some(key), Some(e)),
         }
@@ -414,8 +447,11 @@ impl Node {
     /// (`after-first-invoke`, none taken for the current key, none being taken, no recent
     /// failure for it); claims the function's one snapshot in flight when so.
     pub(in crate::node) fn first_invoke_snapshot_wanted(&self, d: &Deployed) -> bool {
+        // Not while requests wait for this function's permits: the take holds one.
         if !self.snapshots_on(d)
             || d.record.config.snapshot != SnapshotPoint::AfterFirstInvoke
+            || self.stopping.load(Ordering::SeqCst)
+            || d.pool.waiting() > 0
             || self.take_held_back(d)
         {
             return false;
@@ -443,10 +479,11 @@ impl Node {
         // Never wait for another take while holding this function's permit (its requests
         // would queue behind an unrelated init): the instance, which has not reached its
         // snapshot point, serves on, and a later new instance tries again.
+        let taking = Taking(d.clone());
         let gate = match self.snapshot_builds.clone().try_acquire_owned() {
             Ok(g) => g,
             Err(_) => {
-                d.snapshotting.store(false, Ordering::SeqCst);
+                tracing::debug!(function = %d.record.name, "no after-first-invoke snapshot now: another take is under way; the next new instance tries again");
                 if let Some(stale) = d.pool.put_back(live, generation) {
                     self.discard(d, stale, "stopped while busy");
                 }
@@ -454,7 +491,6 @@ impl Node {
             }
         };
         let Some(node) = self.me.upgrade() else {
-            d.snapshotting.store(false, Ordering::SeqCst);
             self.discard(d, live, "daemon shutting down");
             return;
         };
@@ -463,10 +499,11 @@ impl Node {
         while tasks.try_join_next().is_some() {}
         tasks.spawn(
             async move {
-                let _permit = permit;
-                let _gate = gate;
-                node.snapshot_live(&d, live, init).await;
-                d.snapshotting.store(false, Ordering::SeqCst);
+                let (_permit, _gate, _taking) = (permit, gate, taking);
+                // It holds its function's permit: requests queued meanwhile wait at most the
+                // queue timeout, so its hooks get half of that, at most the init timeout.
+                let limit = (node.cfg.queue_timeout / 2).min(node.cfg.init_timeout);
+                node.snapshot_live(&d, live, init, limit).await;
             }
             .instrument(info_span!("snapshot.take")),
         );

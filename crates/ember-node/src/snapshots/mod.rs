@@ -575,9 +575,11 @@ impl SnapshotStore {
             Ok(()) => Some(aside),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             // Left in place rather than removed after the lock is released (when it could be
-            // a newer snapshot's): the next start's catalog check removes it.
+            // a newer snapshot's), without its snapshot.json, so the next start's catalog
+            // check removes it rather than loading it again.
             Err(e) => {
-                tracing::warn!(dir = %dir.display(), "moving a removed snapshot aside failed ({e}); it stays until the next start");
+                let _ = std::fs::remove_file(dir.join(INFO_FILE));
+                tracing::warn!(dir = %dir.display(), "moving a removed snapshot aside failed ({e}); its files go at the next start");
                 None
             }
         }

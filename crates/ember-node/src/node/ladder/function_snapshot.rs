@@ -25,7 +25,7 @@ use crate::images::Pages;
 use crate::live::Live;
 use crate::node::invoke::StartCx;
 use crate::node::restore::{Blame, Restored, Sees};
-use crate::node::snapshot_take::Parent;
+use crate::node::snapshot_take::{Parent, TakeError};
 use crate::node::{Deployed, Node, error_chain, instance_id};
 use crate::snapshots::{Lookup, SnapshotHandle};
 
@@ -51,8 +51,8 @@ impl<'c> Rung<StartCx<'c>, Live> for FunctionSnapshot {
             let parent = node.snapshot_parent(d);
             let key = node.snapshot_key(d, parent.as_ref());
             let store = node.snapshots.clone();
-            let name = d.record.name.clone();
-            let found = tokio::task::spawn_blocking(move || store.lookup(&name, &key)).await;
+            let (name, k) = (d.record.name.clone(), key.clone());
+            let found = tokio::task::spawn_blocking(move || store.lookup(&name, &k)).await;
             let handle = match found {
                 Ok(Lookup::Hit(h)) => h,
                 Ok(Lookup::Stale(old)) => {
@@ -101,8 +101,13 @@ impl<'c> Rung<StartCx<'c>, Live> for FunctionSnapshot {
                     })
                     .await
                     .unwrap_or(false);
-                    if removed {
+                    if removed && gone {
                         node.snapshot_in_background(d);
+                    } else if removed {
+                        // The same function, image and bootstrap would give the same snapshot:
+                        // not taken again before the backoff.
+                        let why = TakeError::Unusable(error_chain(&error));
+                        node.take_ended(d, Some(key), Some(&why));
                     }
                     if removed && gone {
                         tracing::error!(snapshot = %id, "function snapshot removed: its files are gone; a new one is taken");
