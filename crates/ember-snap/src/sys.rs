@@ -307,10 +307,18 @@ impl Mapping {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Mapping {
+        let m = Mapping {
             ptr: ptr.cast(),
             len,
-        })
+        };
+        // Never inherited by a fork: no process forked from a holder reads these pages (a
+        // sandbox's first process execs or is restored over; a restore's forked target gets
+        // its memory from the restore), while copying their page tables and page references
+        // costs every fork of a holder ~15 ms per 250 MiB (measured here: 0.2 ms with this),
+        // and a daemon holding an image pool forks for every instance it starts.
+        // SAFETY: advising our own fresh mapping, `ptr..ptr+len`.
+        check(unsafe { libc::madvise(ptr, len, libc::MADV_DONTFORK) } as libc::c_long)?;
+        Ok(m)
     }
 
     /// Makes the mapping read-only: nothing in this process can change a verified page.
