@@ -232,6 +232,12 @@ def snapshot_point(fd):
     return True
 
 
+def run_after_restore_hooks():
+    """The function's after-restore hooks, in the order they were registered."""
+    for func, args, kwargs in list(_after_restore):
+        func(*args, **kwargs)
+
+
 def restore_env(init):
     """INIT(restored): the instance's own environment, then the platform's reseeding. Returns
     the time it took; HOOKED goes out next."""
@@ -312,8 +318,7 @@ def serve(fd, init, handler):
                 # again by its after-restore hooks, as in every restored copy (CRaC does the
                 # same). One that raises leaves it in no known state: it ends.
                 try:
-                    for func, args, kwargs in list(_after_restore):
-                        func(*args, **kwargs)
+                    run_after_restore_hooks()
                 except BaseException as exc:
                     import traceback
 
@@ -366,8 +371,7 @@ def resume(fd, init, before):
         if new != old:  # the same code, mounted elsewhere
             sys.path[:] = [new if p == old else p for p in sys.path]
             os.chdir(new)
-        for func, args, kwargs in list(_after_restore):
-            func(*args, **kwargs)
+        run_after_restore_hooks()
     except BaseException as exc:
         write_frame(fd, INIT_ERROR, error_body(exc))
         return False

@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::{Conv, privileged, testee, tmp};
-use ember_snap::{DumpOptions, LoadedImage};
+use ember_snap::LoadedImage;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -24,12 +24,7 @@ fn fixture() -> Fixture {
     let ready = original.line();
     assert!(ready.starts_with("ready"), "{ready}");
     let out = dir.path().join("image");
-    let opts = DumpOptions {
-        inherited: vec![0, 1, 2],
-        ..Default::default()
-    };
-    ember_snap::dump(original.pid, &out, &opts).unwrap();
-    let image = LoadedImage::load(&out).unwrap();
+    let image = common::dump_stdio(original.pid, &out);
     Fixture {
         _dir: dir,
         image,
@@ -314,12 +309,7 @@ fn an_image_of_a_namespace_init_restores_as_the_init_of_a_fresh_namespace() {
         .parse()
         .unwrap();
     let out = dir.path().join("image");
-    let opts = DumpOptions {
-        inherited: vec![0, 1, 2],
-        ..Default::default()
-    };
-    ember_snap::dump(init, &out, &opts).unwrap();
-    let image = LoadedImage::load(&out).unwrap();
+    let image = common::dump_stdio(init, &out);
     assert_eq!(image.meta.task.tid, 1);
     let mut r = common::restore(&image);
     assert_eq!(r.ask("ping"), "pong 1");
@@ -365,12 +355,7 @@ fn with_a_new_thread_id_a_held_error_checking_mutex_is_no_longer_the_owners() {
     assert_eq!(original.line(), "ready");
     assert_eq!(original.ask("check"), "ok");
     let out = dir.path().join("image");
-    let opts = DumpOptions {
-        inherited: vec![0, 1, 2],
-        ..Default::default()
-    };
-    ember_snap::dump(original.pid, &out, &opts).unwrap();
-    let image = LoadedImage::load(&out).unwrap();
+    let image = common::dump_stdio(original.pid, &out);
     drop(original);
     // Under its own id (Target::Fork) the check passes.
     let mut same = common::restore(&image);

@@ -374,10 +374,7 @@ impl Node {
         if node.sandboxes.is_none() || sets.is_empty() {
             return;
         }
-        let mut tasks = self.background.lock().unwrap_or_else(|p| p.into_inner());
-        // Finished builds leave their results in the set: drop them.
-        while tasks.try_join_next().is_some() {}
-        tasks.spawn(async move {
+        self.spawn_background(async move {
             let _one = node.auto_builds.acquire().await;
             for packages in sets {
                 let env = match node.envs.ensure(&packages, &|_| {}).await {

@@ -370,6 +370,15 @@ impl Node {
         }
     }
 
+    /// Runs `task` in the node's background set: shutdown cancels it before it removes the
+    /// node's sandboxes (image builds, snapshot takes).
+    fn spawn_background(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.background.lock().unwrap_or_else(|p| p.into_inner());
+        // Finished tasks leave their results in the set: drop them.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
+
     fn expire_idle(&self) {
         let all: Vec<Arc<Deployed>> = self.read_functions().values().cloned().collect();
         for d in all {

@@ -156,12 +156,12 @@ impl Node {
         })
     }
 
-    /// Takes `d`'s after-init snapshot in the background, unless one is being taken or a
-    /// take for the same key failed lately (see [`TakeBackoff`]).
-    pub(in crate::node) fn snapshot_in_background(&self, d: &Arc<Deployed>) {
+    /// Takes `d`'s after-init snapshot (its current `key`) in the background, unless one is
+    /// being taken or a take for the same key failed lately (see [`TakeBackoff`]).
+    pub(in crate::node) fn snapshot_in_background(&self, d: &Arc<Deployed>, key: String) {
         if d.record.config.snapshot != SnapshotPoint::AfterInit
             || self.stopping.load(Ordering::SeqCst)
-            || self.take_held_back(d)
+            || self.take_held_back(d, &key)
         {
             return;
         }
@@ -173,37 +173,29 @@ impl Node {
             return;
         };
         let d = d.clone();
-        let mut tasks = self.background.lock().unwrap_or_else(|p| p.into_inner());
-        while tasks.try_join_next().is_some() {}
-        tasks.spawn(async move {
+        self.spawn_background(async move {
             let _taking = taking;
             let span = info_span!("snapshot.take", function = %d.record.name);
-            node.snapshot_fresh_instance(&d).instrument(span).await;
+            node.snapshot_fresh_instance(&d, key).instrument(span).await;
         });
     }
 
-    /// Whether a take of `d` now would repeat one that failed for the same key within its
-    /// backoff.
-    fn take_held_back(&self, d: &Deployed) -> bool {
-        let key = self.snapshot_key(d, self.snapshot_parent(d).as_ref());
+    /// Whether a take of `d` for `key` would repeat one that failed within its backoff.
+    fn take_held_back(&self, d: &Deployed, key: &str) -> bool {
         let held = d.take_backoff.lock().unwrap_or_else(|p| p.into_inner());
         held.as_ref()
             .is_some_and(|b| b.key == key && Instant::now() < b.until)
     }
 
-    /// Counts a failed take of `d` (held back 1 min, doubling to 1 h while the key stays),
-    /// or clears the count after a good one.
-    pub(in crate::node) fn take_ended(
-        &self,
-        d: &Deployed,
-        key: Option<String>,
-        error: Option<&TakeError>,
-    ) {
+    /// A take of `d` succeeded: its failures in a row end.
+    fn take_succeeded(&self, d: &Deployed) {
+        *d.take_backoff.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Counts a failed take of `d` for `key` (held back 1 min, doubling to 1 h while the key
+    /// stays) and says why in the function's log.
+    pub(in crate::node) fn take_failed(&self, d: &Deployed, key: String, e: &TakeError) {
         let mut held = d.take_backoff.lock().unwrap_or_else(|p| p.into_inner());
-        let (Some(key), Some(e)) = (key, error) else {
-            *held = None;
-            return;
-        };
         let failures = match held.as_ref() {
             Some(b) if b.key == key => b.failures + 1,
             _ => 1,
@@ -230,7 +222,7 @@ impl Node {
 
     /// Starts an instance of `d` for its snapshot alone (from its image, or a cold boot),
     /// snapshots it at its snapshot point and stops it.
-    async fn snapshot_fresh_instance(&self, d: &Arc<Deployed>) {
+    async fn snapshot_fresh_instance(&self, d: &Arc<Deployed>, key: String) {
         let _one = self.snapshot_builds.acquire().await;
         if !self.is_current(d) {
             return;
@@ -246,9 +238,7 @@ impl Node {
         let live = match ladder::climb(&rungs, &mut cx).await {
             Climbed::Started { inst, .. } => inst,
             Climbed::Ended { outcome, .. } => {
-                let key = self.snapshot_key(d, self.snapshot_parent(d).as_ref());
-                let e = TakeError::Start(outcome.label());
-                self.take_ended(d, Some(key), Some(&e));
+                self.take_failed(d, key, &TakeError::Start(outcome.label()));
                 return;
             }
         };
@@ -303,14 +293,14 @@ impl Node {
                     )
                     .as_bytes(),
                 );
-                self.take_ended(d, None, None);
+                self.take_succeeded(d);
             }
             // Not the function's doing, and not worth a note in a log that may be another
             // function's by now.
             Err(e @ (TakeError::Superseded | TakeError::ParentChanged { .. })) => {
                 tracing::debug!(function = %d.record.name, "no function snapshot: {}", error_chain(e));
             }
-            Err(e) => self.take_ended(d, Some(key), Some(e)),
+            Err(e) => self.take_failed(d, key, e),
         }
         self.discard(d, live, "its function snapshot was taken (or tried)");
     }
@@ -325,7 +315,8 @@ impl Node {
     }
 
     /// The dump itself, into the cache, as a layer over `parent` (the image that serves the
-    /// function now, which must be the one `live` was restored from).
+    /// function now, which the caller checked `live` was restored from; its metadata is
+    /// checked here not to have changed since).
     async fn dump_live(
         &self,
         d: &Deployed,
@@ -335,12 +326,6 @@ impl Node {
         init: Duration,
     ) -> Result<SnapshotInfo, TakeError> {
         let rec = &d.record;
-        if parent.as_ref().map(|p| &p.id) != live.image.as_ref() {
-            return Err(TakeError::ParentChanged {
-                restored_from: live.image.clone(),
-                serving: parent.map(|p| p.id),
-            });
-        }
         let parent = match parent {
             Some(p) => {
                 let co = self
@@ -435,12 +420,8 @@ impl Node {
             let _ = tokio::task::spawn_blocking(move || store.remove(&sid)).await;
             return Err(TakeError::Superseded);
         }
-        Ok(self
-            .snapshots
-            .list()
-            .into_iter()
-            .find(|s| s.info.id == info.id)
-            .map_or(info, |s| s.info))
+        // As stored: the store counts its bytes.
+        Ok(self.snapshots.get(&info.id).unwrap_or(info))
     }
 
     /// Whether an instance that just served its first invocation should be snapshotted
@@ -452,17 +433,15 @@ impl Node {
             || d.record.config.snapshot != SnapshotPoint::AfterFirstInvoke
             || self.stopping.load(Ordering::SeqCst)
             || d.pool.waiting() > 0
-            || self.take_held_back(d)
         {
             return false;
         }
         let key = self.snapshot_key(d, self.snapshot_parent(d).as_ref());
         let have = self
             .snapshots
-            .list()
-            .iter()
-            .any(|s| s.info.function == d.record.name && s.info.key == key);
-        !have && !d.snapshotting.swap(true, Ordering::SeqCst)
+            .get(&snapshot_id(&d.record.name, &key))
+            .is_some_and(|i| i.key == key);
+        !have && !self.take_held_back(d, &key) && !d.snapshotting.swap(true, Ordering::SeqCst)
     }
 
     /// Snapshots `live` (which has just answered its first invocation) in the background,
@@ -495,9 +474,7 @@ impl Node {
             return;
         };
         let d = d.clone();
-        let mut tasks = self.background.lock().unwrap_or_else(|p| p.into_inner());
-        while tasks.try_join_next().is_some() {}
-        tasks.spawn(
+        self.spawn_background(
             async move {
                 let (_permit, _gate, _taking) = (permit, gate, taking);
                 // It holds its function's permit: requests queued meanwhile wait at most the

@@ -605,6 +605,11 @@ impl SnapshotStore {
         gone
     }
 
+    /// What the catalog holds for `id` (as [`SnapshotStore::add`] stored it).
+    pub fn get(&self, id: &str) -> Option<SnapshotInfo> {
+        self.lock().entries.get(id).map(|e| e.info.clone())
+    }
+
     pub fn list(&self) -> Vec<SnapshotStatus> {
         let inner = self.lock();
         inner

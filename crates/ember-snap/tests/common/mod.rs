@@ -138,6 +138,16 @@ impl Drop for Conv {
 
 /// Restores `img` into a process the engine forks, wired to fresh pipes on 0 and 1 (and
 /// our stderr on 2).
+/// Dumps `pid` into `out` with its stdio recorded as inherited, and loads the image.
+pub fn dump_stdio(pid: i32, out: &Path) -> LoadedImage {
+    let opts = ember_snap::DumpOptions {
+        inherited: vec![0, 1, 2],
+        ..Default::default()
+    };
+    ember_snap::dump(pid, out, &opts).unwrap();
+    LoadedImage::load(out).unwrap()
+}
+
 pub fn restore(img: &LoadedImage) -> Conv {
     try_restore(img).unwrap()
 }

@@ -67,11 +67,11 @@ impl<'c> Rung<StartCx<'c>, Live> for FunctionSnapshot {
                         )
                         .as_bytes(),
                     );
-                    node.snapshot_in_background(d);
+                    node.snapshot_in_background(d, key.clone());
                     return Attempt::Skipped;
                 }
                 Ok(Lookup::Miss) => {
-                    node.snapshot_in_background(d);
+                    node.snapshot_in_background(d, key.clone());
                     return Attempt::Skipped;
                 }
                 Err(e) => {
@@ -102,12 +102,12 @@ impl<'c> Rung<StartCx<'c>, Live> for FunctionSnapshot {
                     .await
                     .unwrap_or(false);
                     if removed && gone {
-                        node.snapshot_in_background(d);
+                        node.snapshot_in_background(d, key.clone());
                     } else if removed {
                         // The same function, image and bootstrap would give the same snapshot:
                         // not taken again before the backoff.
                         let why = TakeError::Unusable(error_chain(&error));
-                        node.take_ended(d, Some(key), Some(&why));
+                        node.take_failed(d, key, &why);
                     }
                     if removed && gone {
                         tracing::error!(snapshot = %id, "function snapshot removed: its files are gone; a new one is taken");
@@ -148,7 +148,7 @@ impl Node {
             })
         };
         // The interpreter and packages it was taken with: its image's, or the function's own.
-        let (python, env_dir, layer) = match &parent {
+        let (python, env_dir, parent_image) = match &parent {
             Some(p) => {
                 let co = self
                     .images
@@ -157,44 +157,31 @@ impl Node {
                         id: p.id.clone(),
                         source,
                     })?;
-                let layer = match &h.loaded {
-                    Some(l) => l.clone(),
-                    None => {
-                        let (co2, dir) = (co.clone(), h.dir.clone());
-                        let loaded = tokio::task::spawn_blocking(move || {
-                            let parent = co2.pages(true).map_err(|e| error_chain(&e))?;
-                            LoadedImage::load_with_parent(&dir, &parent.image)
-                                .map_err(|e| error_chain(&e))
-                        })
-                        .await
-                        .map_err(|e| snap_err(e.to_string()))?
-                        .map_err(snap_err)?;
-                        Arc::new(loaded)
-                    }
-                };
-                (co.python.clone(), co.env_dir.clone(), layer)
+                (co.python.clone(), co.env_dir.clone(), Some(co))
             }
+            None => (d.env.python(), d.env.dir.clone(), None),
+        };
+        let layer = match &h.loaded {
+            Some(l) => l.clone(),
             None => {
-                let layer = match &h.loaded {
-                    Some(l) => l.clone(),
-                    None => {
-                        let dir = h.dir.clone();
-                        let loaded = tokio::task::spawn_blocking(move || {
-                            LoadedImage::load(&dir).map_err(|e| error_chain(&e))
-                        })
-                        .await
-                        .map_err(|e| snap_err(e.to_string()))?
-                        .map_err(snap_err)?;
-                        Arc::new(loaded)
+                let dir = h.dir.clone();
+                let loaded = tokio::task::spawn_blocking(move || match parent_image {
+                    Some(co) => {
+                        let parent = co.pages(true).map_err(|e| error_chain(&e))?;
+                        LoadedImage::load_with_parent(&dir, &parent.image)
+                            .map_err(|e| error_chain(&e))
                     }
-                };
-                (d.env.python(), d.env.dir.clone(), layer)
+                    None => LoadedImage::load(&dir).map_err(|e| error_chain(&e)),
+                })
+                .await
+                .map_err(|e| snap_err(e.to_string()))?
+                .map_err(snap_err)?;
+                let layer = Arc::new(loaded);
+                let (store, sid, l) = (self.snapshots.clone(), id.clone(), layer.clone());
+                tokio::task::spawn_blocking(move || store.keep(&sid, l));
+                layer
             }
         };
-        if h.loaded.is_none() {
-            let (store, sid, l) = (self.snapshots.clone(), id.clone(), layer.clone());
-            tokio::task::spawn_blocking(move || store.keep(&sid, l));
-        }
         let spec = self.instance_spec(d, instance_id(&rec.name), python, Vec::new());
         let sees = Sees {
             read_only: vec![d.code_dir.clone(), env_dir, self.bootstrap.clone()],
