@@ -222,29 +222,42 @@ impl Cgroup {
     }
 
     fn set_limits(&self, l: Limits) -> Result<(), CgroupError> {
-        let (mem, pids, cpu) = (self.dir("memory"), self.dir("pids"), self.dir("cpu"));
+        let pids = self
+            .dir("pids")
+            .ok_or_else(|| CgroupError::Unsupported(PathBuf::new()))?;
+        write(pids, "pids.max", &l.pids.to_string())?;
+        self.resize(l.memory_bytes, l.cpu_weight)
+    }
+
+    /// Sets the memory limit and CPU weight of a cgroup that may already hold processes (a
+    /// sandbox made ahead for whichever function takes it). Lowering the limit below what
+    /// the processes use fails (`EBUSY` once the kernel's reclaim gives up).
+    pub fn resize(&self, memory_bytes: u64, cpu_weight: u64) -> Result<(), CgroupError> {
+        let mem = self
+            .dir("memory")
+            .ok_or_else(|| CgroupError::Unsupported(PathBuf::new()))?;
+        let bytes = memory_bytes.to_string();
         match self.version {
             Version::V2 => {
-                let d = mem.ok_or_else(|| CgroupError::Unsupported(PathBuf::new()))?;
-                write(d, "memory.max", &l.memory_bytes.to_string())?;
+                write(mem, "memory.max", &bytes)?;
                 // No swap: over the limit is an OOM, not a slow crawl.
-                let _ = write(d, "memory.swap.max", "0");
-                write(d, "pids.max", &l.pids.to_string())?;
-                let _ = write(d, "cpu.weight", &l.cpu_weight.clamp(1, 10_000).to_string());
+                let _ = write(mem, "memory.swap.max", "0");
+                let weight = cpu_weight.clamp(1, 10_000).to_string();
+                let _ = write(mem, "cpu.weight", &weight);
             }
             Version::V1 => {
-                let m = mem.ok_or_else(|| CgroupError::Unsupported(PathBuf::new()))?;
-                write(m, "memory.limit_in_bytes", &l.memory_bytes.to_string())?;
-                let _ = write(
-                    m,
-                    "memory.memsw.limit_in_bytes",
-                    &l.memory_bytes.to_string(),
-                );
-                let p = pids.ok_or_else(|| CgroupError::Unsupported(PathBuf::new()))?;
-                write(p, "pids.max", &l.pids.to_string())?;
-                if let Some(c) = cpu {
+                // memory+swap may never be below memory: raised first when the limit grows,
+                // lowered after it when it shrinks (and absent without swap accounting).
+                let memsw = "memory.memsw.limit_in_bytes";
+                if write(mem, memsw, &bytes).is_ok() {
+                    write(mem, "memory.limit_in_bytes", &bytes)?;
+                } else {
+                    write(mem, "memory.limit_in_bytes", &bytes)?;
+                    let _ = write(mem, memsw, &bytes);
+                }
+                if let Some(c) = self.dir("cpu") {
                     // v2 weight 100 is v1's 1024 shares.
-                    let shares = (l.cpu_weight * 1024 / 100).max(2);
+                    let shares = (cpu_weight * 1024 / 100).max(2);
                     write(c, "cpu.shares", &shares.to_string())?;
                 }
             }

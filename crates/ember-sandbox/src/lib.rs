@@ -149,8 +149,7 @@ impl Sandboxes {
             Limits {
                 memory_bytes: spec.memory_bytes,
                 pids: self.cfg.pids_max,
-                // Lambda's rule of thumb: CPU in proportion to memory (1769 MB = 1 vCPU).
-                cpu_weight: (spec.memory_bytes >> 20).div_ceil(18).clamp(1, 10_000),
+                cpu_weight: cpu_weight(spec.memory_bytes),
             },
         )?;
         // The network namespace is made here rather than by the first process, so that a
@@ -309,6 +308,11 @@ impl Sandboxes {
         }
         Ok(p)
     }
+}
+
+/// Lambda's rule of thumb: CPU in proportion to memory (1769 MB = 1 vCPU).
+fn cpu_weight(memory_bytes: u64) -> u64 {
+    (memory_bytes >> 20).div_ceil(18).clamp(1, 10_000)
 }
 
 enum Step {
@@ -524,6 +528,36 @@ impl Sandbox {
             gid: self.gid,
             filter: self.bpf.clone(),
         }
+    }
+
+    /// Binds host directories read-only (`nosuid`, `nodev`) at the same paths into the
+    /// mount namespace of the instance's first process `pid` (host pid), as
+    /// [`InstanceSpec::read_only`] would have: for a sandbox made ahead, before it is known
+    /// which function's code it will see. Call it only while nothing of a tenant's has run
+    /// in the sandbox (the daemon enters the instance's mount namespace as root); the
+    /// instance's processes see the directories at once.
+    pub fn add_read_only(&self, pid: i32, dirs: &[PathBuf]) -> Result<(), SandboxError> {
+        let dirs = dirs
+            .iter()
+            .map(|d| {
+                CString::new(d.as_os_str().as_bytes())
+                    .map_err(|_| SandboxError::BadPath(d.to_path_buf()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        sys::bind_into(pid, &dirs).map_err(|(what, source)| SandboxError::Io {
+            path: PathBuf::from(format!("{what} (in the mount namespace of process {pid})")),
+            source,
+        })
+    }
+
+    /// Sets the instance's memory limit, and its CPU weight in proportion, as
+    /// [`InstanceSpec::memory_bytes`] would have: for a sandbox made ahead. Fails when its
+    /// processes already use more than `memory_bytes`.
+    pub fn resize(&self, memory_bytes: u64) -> Result<(), SandboxError> {
+        let Some(cg) = &self.cgroup else {
+            return Ok(());
+        };
+        Ok(cg.resize(memory_bytes, cpu_weight(memory_bytes))?)
     }
 
     /// Counters of the kernel's interventions so far.

@@ -1,5 +1,6 @@
 //! Privileged: a real process in a real sandbox, asserting on what it sees from inside.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 
@@ -322,4 +323,80 @@ async fn no_route_to_a_namespace_is_open() {
             "{want} missing from:\n{out}\nstderr:\n{err}"
         );
     }
+}
+
+/// A sandbox made ahead of knowing its function: its code directory is bound in later,
+/// read-only, at the same path, and its memory limit set then; the root stays read-only
+/// and nothing else of the host shows.
+#[tokio::test]
+async fn a_sandbox_made_ahead_gets_its_directories_and_limit_later() {
+    if !privileged() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let node = format!("test-later-{}", std::process::id());
+    let boxes = open_node(home.path(), &node);
+    let code = home.path().join("code").join("abc123");
+    std::fs::create_dir_all(&code).unwrap();
+    std::fs::write(code.join("handler.txt"), "the function's code").unwrap();
+    std::fs::write(home.path().join("code").join("other.txt"), "not bound").unwrap();
+    let mut sb = boxes
+        .prepare(&InstanceSpec {
+            id: "later".into(),
+            memory_bytes: 1 << 30,
+            read_only: vec![],
+            cwd: PathBuf::from("/"),
+            host_network: false,
+            runtime_api_port: None,
+        })
+        .unwrap();
+    let script = format!(
+        "cat {c}/handler.txt; echo; ls {p}; touch {c}/new 2>/dev/null && echo wrote-code; \
+         mkdir /x 2>/dev/null && echo wrote-root; true",
+        c = code.display(),
+        p = code.parent().unwrap().display(),
+    );
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.args(["-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin");
+    sb.attach_stopped(&mut cmd);
+    let child = cmd.spawn().unwrap();
+    let pid = sb.first_process().expect("the first process is parked");
+    sb.add_read_only(pid, std::slice::from_ref(&code)).unwrap();
+    sb.resize(96 << 20).unwrap();
+    for limit in [
+        format!("/sys/fs/cgroup/memory/ember/{node}/later/memory.limit_in_bytes"),
+        format!("/sys/fs/cgroup/ember/{node}/later/memory.max"),
+    ] {
+        if let Ok(v) = std::fs::read_to_string(&limit) {
+            assert_eq!(v.trim(), (96u64 << 20).to_string(), "{limit}");
+        }
+    }
+    // A path with NUL is refused before anything is done.
+    let bad = PathBuf::from(std::ffi::OsStr::from_bytes(b"/a\0b"));
+    assert!(sb.add_read_only(pid, &[bad]).is_err());
+    // SAFETY: kill with the pid found above and SIGCONT.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let out = child.wait_with_output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("the function's code"), "{text}");
+    assert!(text.contains("abc123"), "{text}");
+    assert!(
+        !text.contains("other.txt"),
+        "only the bound directory shows: {text}"
+    );
+    assert!(
+        !text.contains("wrote-code"),
+        "the code is read-only: {text}"
+    );
+    assert!(
+        !text.contains("wrote-root"),
+        "the root stays read-only: {text}"
+    );
+    sb.destroy().await;
+    // The host's directory is untouched.
+    assert!(!code.join("new").exists());
 }
