@@ -405,55 +405,6 @@ pub fn die_with_parent() -> io::Result<()> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn pids_format_without_allocating() {
-        let mut b = [0u8; 12];
-        assert_eq!(super::pid_digits(0, &mut b), b"0");
-        assert_eq!(super::pid_digits(7, &mut b), b"7");
-        assert_eq!(super::pid_digits(4194304, &mut b), b"4194304");
-    }
-
-    /// A pipe's two ends placed at `r` and `w` (numbers far above what a test process holds).
-    fn pipe_at(r: libc::c_int, w: libc::c_int) -> (libc::c_int, libc::c_int) {
-        let (a, b) = super::pipe().unwrap();
-        let (tmp_a, tmp_b) = (
-            super::move_to(a, 700).unwrap(),
-            super::move_to(b, 701).unwrap(),
-        );
-        (
-            super::move_to(tmp_a, r).unwrap(),
-            super::move_to(tmp_b, w).unwrap(),
-        )
-    }
-
-    fn is_open(fd: libc::c_int) -> bool {
-        // SAFETY: F_GETFD takes a descriptor number and no pointers.
-        unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
-    }
-
-    #[test]
-    fn a_pair_moves_to_its_numbers_from_any_arrangement() {
-        // (write end, read end) before the move; the write end goes to 600, the read end to 601.
-        for (w, r) in [(610, 611), (601, 600), (600, 620), (620, 601), (601, 630)] {
-            let (r, w) = pipe_at(r, w);
-            let (w2, r2) = super::move_pair_to(w, r, 600).unwrap();
-            assert_eq!((w2, r2), (600, 601));
-            super::send_byte(600, b'x');
-            assert_eq!(super::recv_byte(601), Some(b'x'), "moved from {w}, {r}");
-            for old in [w, r] {
-                assert!(old == 600 || old == 601 || !is_open(old), "{old} left open");
-            }
-            // SAFETY: F_GETFD takes a descriptor number and no pointers.
-            assert_eq!(unsafe { libc::fcntl(600, libc::F_GETFD) }, libc::FD_CLOEXEC);
-            super::close(600);
-            super::close(601);
-        }
-        assert!(!is_open(602) && !is_open(603));
-    }
-}
-
 // The new mount API's flags (linux/mount.h); kernel ABI, stable since Linux 5.2.
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
@@ -569,4 +520,53 @@ fn mkdir_all(path: &[u8]) -> io::Result<()> {
     }
     let whole = std::ffi::CString::new(path).map_err(io::Error::other)?;
     mkdir(&whole, 0o755)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pids_format_without_allocating() {
+        let mut b = [0u8; 12];
+        assert_eq!(super::pid_digits(0, &mut b), b"0");
+        assert_eq!(super::pid_digits(7, &mut b), b"7");
+        assert_eq!(super::pid_digits(4194304, &mut b), b"4194304");
+    }
+
+    /// A pipe's two ends placed at `r` and `w` (numbers far above what a test process holds).
+    fn pipe_at(r: libc::c_int, w: libc::c_int) -> (libc::c_int, libc::c_int) {
+        let (a, b) = super::pipe().unwrap();
+        let (tmp_a, tmp_b) = (
+            super::move_to(a, 700).unwrap(),
+            super::move_to(b, 701).unwrap(),
+        );
+        (
+            super::move_to(tmp_a, r).unwrap(),
+            super::move_to(tmp_b, w).unwrap(),
+        )
+    }
+
+    fn is_open(fd: libc::c_int) -> bool {
+        // SAFETY: F_GETFD takes a descriptor number and no pointers.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+    }
+
+    #[test]
+    fn a_pair_moves_to_its_numbers_from_any_arrangement() {
+        // (write end, read end) before the move; the write end goes to 600, the read end to 601.
+        for (w, r) in [(610, 611), (601, 600), (600, 620), (620, 601), (601, 630)] {
+            let (r, w) = pipe_at(r, w);
+            let (w2, r2) = super::move_pair_to(w, r, 600).unwrap();
+            assert_eq!((w2, r2), (600, 601));
+            super::send_byte(600, b'x');
+            assert_eq!(super::recv_byte(601), Some(b'x'), "moved from {w}, {r}");
+            for old in [w, r] {
+                assert!(old == 600 || old == 601 || !is_open(old), "{old} left open");
+            }
+            // SAFETY: F_GETFD takes a descriptor number and no pointers.
+            assert_eq!(unsafe { libc::fcntl(600, libc::F_GETFD) }, libc::FD_CLOEXEC);
+            super::close(600);
+            super::close(601);
+        }
+        assert!(!is_open(602) && !is_open(603));
+    }
 }
