@@ -405,64 +405,130 @@ pub fn die_with_parent() -> io::Result<()> {
     })
 }
 
-// The new mount API's flags (linux/mount.h); kernel ABI, stable since Linux 5.2.
+// The new mount API (linux/mount.h); kernel ABI: open_tree and move_mount since Linux 5.2,
+// mount_setattr since 5.12.
 const OPEN_TREE_CLONE: libc::c_uint = 1;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x04;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
 
-/// A detached copy of the mount at `path` (`open_tree(OPEN_TREE_CLONE)`), to be attached
-/// elsewhere with `move_mount`, also in another mount namespace.
-fn clone_tree(path: &CStr) -> io::Result<std::os::fd::OwnedFd> {
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+fn owned(fd: libc::c_long) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
-    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
-    // SAFETY: open_tree takes a directory fd, a valid NUL-terminated path and flags; it
-    // returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
+    let fd = libc::c_int::try_from(fd).map_err(io::Error::other)?;
     // SAFETY: `fd` was just returned by the kernel and is owned by nothing else.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) })
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
-/// Attaches the detached tree `tree` at `target` in the calling thread's mount namespace.
-fn move_tree(tree: &std::os::fd::OwnedFd, target: &CStr) -> io::Result<()> {
+/// A detached copy of the mount at `path` (`open_tree(OPEN_TREE_CLONE)`), made read-only,
+/// `nosuid` and `nodev`, to be attached elsewhere with `move_mount`, also in another mount
+/// namespace.
+fn read_only_tree(path: &CStr) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::AsRawFd;
-    // SAFETY: move_mount takes two (fd, path) pairs and flags; both paths are valid
-    // NUL-terminated strings ("" with MOVE_MOUNT_F_EMPTY_PATH names `tree` itself).
+    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    // SAFETY: open_tree takes a directory fd, a valid NUL-terminated path and flags; it
+    // returns a new descriptor or -1.
+    let tree =
+        owned(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) })?;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr reads `attr` (a valid struct of the size passed) and the empty
+    // path, which with AT_EMPTY_PATH names `tree` itself.
     let rc = unsafe {
         libc::syscall(
-            libc::SYS_move_mount,
+            libc::SYS_mount_setattr,
             tree.as_raw_fd(),
             c"".as_ptr(),
-            libc::AT_FDCWD,
-            target.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
         )
     };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(())
+    Ok(tree)
+}
+
+/// Attaches the detached tree `tree` on the directory `dir` (an `O_PATH` descriptor).
+fn move_tree(tree: &std::os::fd::OwnedFd, dir: &std::os::fd::OwnedFd) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: move_mount takes two (fd, path) pairs and flags; the empty paths with the
+    // EMPTY_PATH flags name the descriptors themselves.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            dir.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    check(i32::try_from(rc).unwrap_or(-1))
+}
+
+/// The directory `path` (absolute) in the calling thread's mount namespace, made where
+/// missing, reached without following a symbolic link, each component owned by root: the
+/// instance's own writable places (its /tmp) cannot redirect it.
+fn root_owned_dir(path: &[u8]) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let o_path = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: a NUL-terminated path; O_PATH opens nothing for reading.
+    let mut dir = owned(unsafe { libc::open(c"/".as_ptr(), o_path) }.into())?;
+    for name in path.split(|b| *b == b'/').filter(|n| !n.is_empty()) {
+        if name == b"." || name == b".." {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
+        // SAFETY: a directory descriptor and a NUL-terminated name.
+        let rc = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) };
+        if rc < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above; O_NOFOLLOW refuses a symbolic link, O_DIRECTORY anything else.
+        let next = owned(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), o_path) }.into())?;
+        // SAFETY: an all-zero stat is valid; fstat fills it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `next` is open and `st` is a valid out-pointer.
+        check(unsafe { libc::fstat(next.as_raw_fd(), &mut st) })?;
+        if st.st_uid != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        dir = next;
+    }
+    Ok(dir)
 }
 
 /// A pidfd of process `pid`.
 fn pidfd_open(pid: libc::pid_t) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
     // SAFETY: pidfd_open takes a pid and flags; it returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by the kernel and is owned by nothing else.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) })
+    owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })
 }
 
 /// Binds the host directories `dirs` read-only (and `nosuid`, `nodev`) at the same paths in
-/// the mount namespace of process `pid`, a sandbox's first process that runs nothing of a
-/// tenant's yet. The trees are cloned here, in the host's namespace; a thread of its own
-/// (a mount namespace belongs to a thread's filesystem context, which it first unshares)
-/// enters the instance's, makes the root writable for the time of the `mkdir`s, attaches
-/// each tree, makes it read-only and the root read-only again, and ends.
+/// the mount namespace of process `pid`, a sandbox's first process. The trees are cloned
+/// and made read-only here, in the host's namespace; a thread of its own (a mount namespace
+/// belongs to a thread's filesystem context, which it first unshares) enters the
+/// instance's, makes the root writable for the time of the `mkdir`s, attaches each tree on
+/// its directory (reached without following links) and makes the root read-only again.
 /// The error names the step (the path) that failed.
 pub fn bind_into(pid: libc::pid_t, dirs: &[std::ffi::CString]) -> Result<(), (String, io::Error)> {
     let at = |what: &str| {
@@ -471,7 +537,7 @@ pub fn bind_into(pid: libc::pid_t, dirs: &[std::ffi::CString]) -> Result<(), (St
     };
     let trees = dirs
         .iter()
-        .map(|d| clone_tree(d).map_err(at(&d.to_string_lossy())))
+        .map(|d| read_only_tree(d).map_err(at(&d.to_string_lossy())))
         .collect::<Result<Vec<_>, _>>()?;
     let pidfd = pidfd_open(pid).map_err(at("pidfd_open"))?;
     std::thread::scope(|s| {
@@ -486,20 +552,11 @@ pub fn bind_into(pid: libc::pid_t, dirs: &[std::ffi::CString]) -> Result<(), (St
                 let none = None;
                 let base = libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
                 mount(none, c"/", none, base, none).map_err(at("remounting / writable"))?;
-                let attached = (|| {
-                    for (dir, tree) in dirs.iter().zip(&trees) {
-                        let name = dir.to_string_lossy();
-                        mkdir_all(dir.to_bytes()).map_err(at(&name))?;
-                        move_tree(tree, dir).map_err(at(&name))?;
-                        let ro = libc::MS_REMOUNT
-                            | libc::MS_BIND
-                            | libc::MS_RDONLY
-                            | libc::MS_NOSUID
-                            | libc::MS_NODEV;
-                        mount(none, dir, none, ro, none).map_err(at(&name))?;
-                    }
-                    Ok(())
-                })();
+                let attached = dirs.iter().zip(&trees).try_for_each(|(dir, tree)| {
+                    let name = dir.to_string_lossy();
+                    let target = root_owned_dir(dir.to_bytes()).map_err(at(&name))?;
+                    move_tree(tree, &target).map_err(at(&name))
+                });
                 let ro = mount(none, c"/", none, base | libc::MS_RDONLY, none)
                     .map_err(at("remounting / read-only"));
                 attached.and(ro)
@@ -508,18 +565,6 @@ pub fn bind_into(pid: libc::pid_t, dirs: &[std::ffi::CString]) -> Result<(), (St
             .join()
             .map_err(|_| ("the mount thread".to_string(), io::Error::other("panicked")))?
     })
-}
-
-/// `mkdir -p` of an absolute path in the calling thread's mount namespace.
-fn mkdir_all(path: &[u8]) -> io::Result<()> {
-    for (i, b) in path.iter().enumerate().skip(1) {
-        if *b == b'/' {
-            let part = std::ffi::CString::new(&path[..i]).map_err(io::Error::other)?;
-            mkdir(&part, 0o755)?;
-        }
-    }
-    let whole = std::ffi::CString::new(path).map_err(io::Error::other)?;
-    mkdir(&whole, 0o755)
 }
 
 #[cfg(test)]

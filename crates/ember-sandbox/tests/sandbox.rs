@@ -400,3 +400,60 @@ async fn a_sandbox_made_ahead_gets_its_directories_and_limit_later() {
     // The host's directory is untouched.
     assert!(!code.join("new").exists());
 }
+
+/// Hostile: an instance that plants a symbolic link (or a directory of its own) where a
+/// later bind goes, in its writable /tmp, gets the bind refused; nothing is mounted through
+/// the link.
+#[tokio::test]
+async fn a_later_bind_never_follows_what_the_instance_planted() {
+    if !privileged() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    // Under /tmp on the host, so under the instance's own /tmp inside.
+    assert!(home.path().starts_with("/tmp"), "{}", home.path().display());
+    let boxes = open_node(home.path(), &format!("test-plant-{}", std::process::id()));
+    let code = home.path().join("code");
+    std::fs::create_dir_all(&code).unwrap();
+    for (plant, what) in [
+        (format!("ln -s /usr {}", home.path().display()), "link"),
+        (format!("mkdir -p {}", home.path().display()), "own dir"),
+    ] {
+        let mut sb = boxes
+            .prepare(&InstanceSpec {
+                id: "plant".into(),
+                memory_bytes: 64 << 20,
+                read_only: vec![],
+                cwd: PathBuf::from("/"),
+                host_network: false,
+                runtime_api_port: None,
+            })
+            .unwrap();
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.args(["-c", &format!("{plant} && echo planted && sleep 10")])
+            .stdout(Stdio::piped())
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin");
+        sb.attach(&mut cmd);
+        let mut child = cmd.spawn().unwrap();
+        let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line)
+            .await
+            .unwrap();
+        assert_eq!(line.trim(), "planted", "{what}");
+        let pid = sb.first_process().unwrap();
+        let err = sb
+            .add_read_only(pid, std::slice::from_ref(&code))
+            .expect_err(what);
+        assert!(
+            format!("{err}").contains("mount namespace"),
+            "{what}: {err}"
+        );
+        // Nothing was mounted through the link on the instance's /usr.
+        let through = format!("/proc/{pid}/root/usr/code");
+        assert!(!std::path::Path::new(&through).exists(), "{what}");
+        let _ = child.kill().await;
+        sb.destroy().await;
+    }
+}
