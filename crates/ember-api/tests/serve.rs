@@ -37,6 +37,7 @@ impl Server {
                 ..ImageConfig::default()
             },
             prestart: 0,
+            standby: 0,
             ..NodeConfig::default()
         })
         .await

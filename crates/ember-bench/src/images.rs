@@ -22,7 +22,6 @@ use std::time::{Duration, SystemTime};
 use ember_api::client::Client;
 use ember_runtime::{Instance, LogSink, Outcome, StartSpec, Stream};
 use ember_snap::DumpOptions;
-use ember_snap::lazy::Policy;
 use serde::Serialize;
 
 use crate::driver::{BenchError, Sample, one};
@@ -41,10 +40,25 @@ pub struct Row {
     pub off_path: usize,
 }
 
+/// A daemon whose starts are image starts.
+pub struct ImageDaemon {
+    /// The row's path: `image-<policy>` restores on demand (`--standby 0`), `image-standby`
+    /// takes an instance restored ahead.
+    pub label: String,
+    pub client: Client,
+    /// Each measured start waits (at most [`STANDBY_WAIT`]) for a standby instance of the
+    /// workload's image to be ready, so that the sample is a standby start and the refill
+    /// after the previous one does not overlap it.
+    pub standby: bool,
+}
+
+/// The longest wait for a standby instance before a measured start (it starts anyway).
+pub const STANDBY_WAIT: Duration = Duration::from_secs(10);
+
 /// The daemons of one run.
 pub struct Ladder {
     pub cold: Client,
-    pub images: Vec<(Policy, Client)>,
+    pub images: Vec<ImageDaemon>,
     /// The daemon with function snapshots on (and the workload's image built up front).
     pub snapshot: Option<Client>,
     /// How long to wait for a function's snapshot to be listed after its first invocation.
@@ -193,7 +207,7 @@ pub async fn ladder(
 ) -> Result<(Vec<Row>, Option<LayerSize>), BenchError> {
     crate::driver::deploy(&l.cold, w, log).await?;
     let packages = w.manifest.packages.clone().unwrap_or_default();
-    let with_images = l.images.iter().map(|(p, c)| (p.to_string(), c)).chain(
+    let with_images = l.images.iter().map(|d| (d.label.clone(), &d.client)).chain(
         l.snapshot
             .iter()
             .map(|c| ("function-snapshot".to_string(), c)),
@@ -234,9 +248,12 @@ pub async fn ladder(
     for _ in 0..rounds {
         stop(&l.cold).await?;
         cold.push(one(&l.cold, w, &event, "cold").await?);
-        for (i, (_, c)) in l.images.iter().enumerate() {
-            stop(c).await?;
-            from_image[i].push(one(c, w, &event, "cold").await?);
+        for (i, d) in l.images.iter().enumerate() {
+            stop(&d.client).await?;
+            if d.standby {
+                standby_ready(&d.client, &w.function).await?;
+            }
+            from_image[i].push(one(&d.client, w, &event, "cold").await?);
         }
         if let Some(c) = &l.snapshot {
             stop(c).await?;
@@ -249,13 +266,8 @@ pub async fn ladder(
         warm_samples.push(one(&l.cold, w, &event, "warm").await?);
     }
     let mut rows = vec![row(&w.name, "cold-boot", "cold-boot", &cold)];
-    for (i, (policy, _)) in l.images.iter().enumerate() {
-        rows.push(row(
-            &w.name,
-            &format!("image-{policy}"),
-            "image",
-            &from_image[i],
-        ));
+    for (i, d) in l.images.iter().enumerate() {
+        rows.push(row(&w.name, &d.label, "image", &from_image[i]));
     }
     if l.snapshot.is_some() {
         rows.push(row(
@@ -267,6 +279,33 @@ pub async fn ladder(
     }
     rows.push(row(&w.name, "warm", "warm", &warm_samples));
     Ok((rows, layer))
+}
+
+/// Waits (at most [`STANDBY_WAIT`]) until `c` lists a standby instance of the image that
+/// serves `function`.
+async fn standby_ready(c: &Client, function: &str) -> Result<(), BenchError> {
+    let t0 = std::time::Instant::now();
+    let info = c
+        .get(function)
+        .await
+        .map_err(|e| fail(function, e.to_string()))?;
+    while t0.elapsed() < STANDBY_WAIT {
+        let listed = c
+            .images()
+            .await
+            .map_err(|e| fail(function, format!("listing images: {e}")))?;
+        let ready = listed["images"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["installed"] == info["installed"])
+            .any(|i| i["standby"].as_u64().unwrap_or(0) > 0);
+        if ready {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
 
 /// Invokes `w` once on `c` (a start that takes its function snapshot in the background), then
@@ -334,6 +373,7 @@ async fn ensure_snapshot(
 const PHASES: &[&str] = &[
     "fallback",
     "sandbox",
+    "standby",
     "restore",
     "hook",
     "spawn",
@@ -569,12 +609,12 @@ pub fn cache_table(c: &[CacheCost]) -> String {
 /// start, and warm.
 pub fn write_svg(
     rows: &[Row],
-    policies: &[Policy],
+    image_paths: &[String],
     path: &Path,
 ) -> Result<(), crate::plot::PlotError> {
     use plotters::style::RGBColor;
     let plot_rows: Vec<crate::report::Row> = rows.iter().map(|r| r.row.clone()).collect();
-    let names: Vec<String> = policies.iter().map(|p| format!("image-{p}")).collect();
+    let names = image_paths;
     let mut series: Vec<(&str, RGBColor)> = vec![("cold-boot", RGBColor(200, 80, 60))];
     for (i, n) in names.iter().enumerate() {
         let shade = 100u8.saturating_add((i as u8).saturating_mul(50));

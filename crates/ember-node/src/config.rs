@@ -169,6 +169,9 @@ pub struct NodeConfig {
     /// and stopped before its first instruction, so that a request pays for neither (0: each
     /// request makes its own).
     pub prestart: usize,
+    /// Most instances of one dependency image restored ahead of demand (standby), so that a
+    /// start from the image pays neither its sandbox nor its restore (0: none).
+    pub standby: usize,
 }
 
 /// The queue of asynchronous (`Event`) invocations, retried as Lambda retries them.
@@ -214,6 +217,7 @@ impl Default for NodeConfig {
             events: EventConfig::default(),
             snapshots: SnapshotConfig::default(),
             prestart: 2,
+            standby: 2,
         }
     }
 }

@@ -113,6 +113,8 @@ pub struct ImageStatus {
     pub last_error: Option<String>,
     /// Deployed functions it would serve now (filled in by the node).
     pub functions: usize,
+    /// Instances of it restored ahead of demand, ready now (filled in by the node).
+    pub standby: usize,
 }
 
 impl Location {
@@ -373,6 +375,7 @@ impl ImageStore {
                 restores: e.restores,
                 last_error: e.last_error.clone(),
                 functions: 0,
+                standby: 0,
             })
             .collect()
     }

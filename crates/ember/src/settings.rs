@@ -30,6 +30,7 @@
 //! event_retry_delay = "60s" # before an Event invocation's first retry (the second waits 2x)
 //! event_max_age = "6h"      # how long a throttled Event invocation keeps being retried
 //! prestart = 2              # sandboxes made ahead per native function (0: on demand)
+//! standby = 2               # instances restored ahead per dependency image (0: none)
 //! header_timeout = "10s"    # a request's head must arrive within this, else closed
 //! body_timeout = "30s"      # a body within this (+1 s per 64 KiB), else 408
 //! idle_timeout = "60s"      # a keep-alive connection without a request is closed
@@ -88,6 +89,11 @@ pub struct DaemonArgs {
     /// stopped; 0 makes each request's sandbox on demand [default: 2]
     #[arg(long, env = "EMBER_PRESTART")]
     pub prestart: Option<usize>,
+    /// Most instances of one dependency image restored ahead of demand (standby), as many as
+    /// its recent starts; a start from the image then pays neither sandbox nor restore;
+    /// 0 restores each on demand [default: 2]
+    #[arg(long, env = "EMBER_STANDBY")]
+    pub standby: Option<usize>,
     /// Largest invoke payload in bytes [default: 6 MiB]
     #[arg(long, env = "EMBER_MAX_EVENT_BYTES")]
     pub max_event_bytes: Option<usize>,
@@ -203,6 +209,7 @@ struct FileSettings {
     event_retry_delay: Option<String>,
     event_max_age: Option<String>,
     prestart: Option<usize>,
+    standby: Option<usize>,
     max_event_bytes: Option<usize>,
     max_deploy_bytes: Option<usize>,
     log_max_bytes: Option<u64>,
@@ -346,6 +353,7 @@ impl DaemonArgs {
                 ..d.events.clone()
             },
             prestart: self.prestart.or(file.prestart).unwrap_or(d.prestart),
+            standby: self.standby.or(file.standby).unwrap_or(d.standby),
             log_max_bytes: self
                 .log_max_bytes
                 .or(file.log_max_bytes)
@@ -508,6 +516,7 @@ mod tests {
         assert_eq!(dur("--event-retry-delay"), s.node.events.retry_delay);
         assert_eq!(dur("--event-max-age"), s.node.events.max_age);
         assert_eq!(num("--prestart"), s.node.prestart as u64);
+        assert_eq!(num("--standby"), s.node.standby as u64);
         assert_eq!(
             bytes(&said("--max-event-bytes")),
             s.api.max_event_bytes as u64

@@ -459,3 +459,93 @@ async fn a_failing_page_source_falls_back_to_a_cold_boot() {
         "{logs}"
     );
 }
+
+/// Waits until `d` lists a standby instance of its (one) image.
+fn standby_ready(d: &Daemon) -> bool {
+    eventually(Duration::from_secs(20), || {
+        images(d)["images"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|i| i["standby"].as_u64().unwrap_or(0) > 0)
+    })
+}
+
+const WHO: &str = r#"import os
+def handler(e, c):
+    if e.get('alloc'):
+        x = bytearray(e['alloc'] << 20)
+        for i in range(0, len(x), 4096):
+            x[i] = 1
+        return len(x)
+    here = os.path.dirname(os.path.abspath(__file__))
+    return {'who': c.function_name, 'root': sorted(os.listdir(os.path.dirname(here))),
+            'here': os.path.basename(here), 'cwd': os.getcwd() == here}
+"#;
+
+/// Standby instances: restored ahead, then taken by whichever function of the image starts;
+/// each sees its own code only, gets its own memory limit, and a standby that died is
+/// skipped for a restore of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn standby_instances_serve_each_function_its_own_code_and_limit() {
+    if !need_sandbox() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &["--images", "on-deploy", "--standby", "2"]);
+    deploy(&d, "first", &[], WHO, 10).await;
+    // The image is built on deploy; a standby of it follows.
+    assert!(
+        standby_ready(&d),
+        "no standby after the build: {}",
+        images(&d)
+    );
+    let r = d.fresh_start("first", "{}").await;
+    assert_eq!((r.start.as_str(), r.status), ("image", 200), "{}", r.raw);
+    assert!(r.timing.contains("standby;"), "{}", r.timing);
+    assert!(!r.timing.contains("restore;"), "{}", r.timing);
+    assert_eq!(r.body["who"], json!("first"));
+    assert_eq!(r.body["cwd"], json!(true), "{}", r.raw);
+
+    // Another function of the image, with less memory, takes the next standby.
+    let (status, body) = d
+        .deploy_zip(
+            "second",
+            json!({"handler": "main.handler", "packages": [], "memory_mb": 128}),
+            &py(WHO),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert!(standby_ready(&d), "no standby refilled: {}", images(&d));
+    let r = d.fresh_start("second", "{}").await;
+    assert_eq!((r.start.as_str(), r.status), ("image", 200), "{}", r.raw);
+    assert!(r.timing.contains("standby;"), "{}", r.timing);
+    assert_eq!(r.body["who"], json!("second"));
+    // Its code directory only: the first function's is not there.
+    assert_eq!(r.body["root"], json!([r.body["here"].clone()]), "{}", r.raw);
+    d.assert_logged("second", &["a standby restored"]);
+
+    // Its own memory limit (the standby was made with the image's build memory).
+    assert!(standby_ready(&d));
+    let r = d.fresh_start("second", r#"{"alloc": 400}"#).await;
+    assert!(r.timing.contains("standby;"), "{}", r.timing);
+    assert_eq!((r.status, r.error.as_str()), (502, "oom"), "{}", r.raw);
+
+    // A standby that died is skipped: the start restores its own.
+    d.stop_instances("first").await;
+    d.stop_instances("second").await;
+    assert!(standby_ready(&d));
+    assert!(eventually(Duration::from_secs(10), || {
+        let pids = d.instance_pids();
+        let n = images(&d)["images"][0]["standby"].as_u64().unwrap_or(0);
+        !pids.is_empty() && pids.len() as u64 == n
+    }));
+    for pid in d.instance_pids() {
+        // SAFETY: kill with a pid of this daemon's instance and SIGKILL.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let r = d.invoke("first", "{}").await;
+    assert_eq!((r.start.as_str(), r.status), ("image", 200), "{}", r.raw);
+    assert!(r.timing.contains("restore;"), "{}", r.timing);
+    assert_eq!(r.body["who"], json!("first"));
+}

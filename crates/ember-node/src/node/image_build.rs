@@ -76,6 +76,11 @@ impl Node {
     /// Every image, with the number of deployed functions each would serve now.
     pub fn images(&self) -> Vec<ImageStatus> {
         let mut list = self.images.list();
+        for (id, n) in self.standby_counts() {
+            if let Some(s) = list.iter_mut().find(|s| s.info.id == id) {
+                s.standby = n;
+            }
+        }
         for d in self
             .read_functions()
             .values()
@@ -142,6 +147,12 @@ impl Node {
                     ms = t0.elapsed().as_millis() as u64,
                     "image built and verified"
                 );
+                let serves = self.read_functions().values().any(|d| {
+                    self.standby_serves(d) && self.image_serving(d).as_deref() == Some(&id)
+                });
+                if serves {
+                    self.standby_for_new_image(&id);
+                }
                 Ok(info)
             }
             Err(e) => Err(self.drop_staged(&staged, e)),

@@ -15,6 +15,9 @@ pub struct Timing {
     pub fallback: Option<Duration>,
     /// From an image: the sandbox with its first process parked.
     pub sandbox: Option<Duration>,
+    /// From a standby instance (restored ahead): the function's code directory bound into
+    /// its sandbox and its limits set. Sandbox and restore were paid before the request.
+    pub standby: Option<Duration>,
     /// A pre-made sandbox's stopped executable continued (its sandbox and spawn were paid
     /// ahead of the request).
     pub resume: Option<Duration>,
@@ -35,11 +38,12 @@ pub struct Timing {
 impl Timing {
     /// Every phase in the order it happens, with its duration when it happened (the API
     /// turns it into the `Ember-Timing`/`Server-Timing` header).
-    pub fn phases(&self) -> [(&'static str, Option<Duration>); 13] {
+    pub fn phases(&self) -> [(&'static str, Option<Duration>); 14] {
         [
             ("queue", Some(self.queue)),
             ("fallback", self.fallback),
             ("sandbox", self.sandbox),
+            ("standby", self.standby),
             ("resume", self.resume),
             ("restore", self.restore),
             ("hook", self.hook),
@@ -58,6 +62,7 @@ impl Timing {
         [
             self.fallback,
             self.sandbox,
+            self.standby,
             self.resume,
             self.restore,
             self.hook,

@@ -212,6 +212,11 @@ impl Node {
             }
         };
         timing.total = t0.elapsed();
+        if start == StartPath::Image {
+            // Tops the image's standby instances up once this request is answered: the
+            // refill forks and restores, which would slow the start it follows.
+            self.standby_refill();
+        }
         let served = Served {
             start,
             image,

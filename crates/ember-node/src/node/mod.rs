@@ -19,6 +19,7 @@
 //! | `ladder/` | the start ladder: one file per rung behind one trait |
 //! | `instances.rs` | an instance's sandbox, spec, pre-made sandboxes, stopping |
 //! | `restore.rs` | a restore into a fresh sandbox (images and their test restores) |
+//! | `standby.rs` | image instances restored ahead of demand, taken by the image rung |
 //! | `image_build.rs` | building and listing dependency images |
 //! | `snapshots_admin.rs` | listing and removing function snapshots (the API's) |
 //! | `events.rs`, `crash_loop.rs` | asynchronous invocations; the crash-loop backoff |
@@ -55,6 +56,7 @@ mod ladder;
 mod restore;
 mod snapshot_take;
 mod snapshots_admin;
+mod standby;
 
 use crash_loop::CrashLoop;
 use deploy::precompile;
@@ -93,6 +95,8 @@ pub struct Node {
     deploying: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     images: Arc<ImageStore>,
     snapshots: Arc<crate::snapshots::SnapshotStore>,
+    /// Image instances restored ahead of demand.
+    standby: standby::Standby,
     /// One build per image at a time.
     image_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Automatic builds go one at a time.
@@ -200,6 +204,7 @@ impl Node {
             metrics.snapshots.clone(),
         )?);
         let node = Arc::new_cyclic(|me| Node {
+            standby: standby::Standby::new(cfg.standby),
             images,
             snapshots,
             image_gates: Mutex::new(HashMap::new()),
@@ -357,6 +362,7 @@ impl Node {
             std::mem::take(&mut *self.background.lock().unwrap_or_else(|p| p.into_inner()));
         // Aborted builds drop their sandboxes (killed; removed below once reaped).
         builds.shutdown().await;
+        self.standby_drain();
         let all: Vec<Arc<Deployed>> = self.read_functions().values().cloned().collect();
         for d in all {
             self.discard_all(&d, d.pool.retire(), "daemon shutting down");
@@ -380,6 +386,7 @@ impl Node {
     }
 
     fn expire_idle(&self) {
+        self.standby_expire();
         let all: Vec<Arc<Deployed>> = self.read_functions().values().cloned().collect();
         for d in all {
             let old = d.pool.expire(self.cfg.keep_alive);

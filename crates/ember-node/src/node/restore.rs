@@ -44,6 +44,8 @@ impl From<RungError> for Blame {
 /// A restored instance before its INIT.
 pub(in crate::node) struct Restored {
     pub live: Live,
+    /// Host pid of the sandbox's first process, now the restored runtime.
+    pub pid: i32,
     pub sandbox: Duration,
     pub restore: Duration,
 }
@@ -114,6 +116,7 @@ impl Node {
                 live.pages = r.server;
                 Ok(Restored {
                     live,
+                    pid,
                     sandbox,
                     restore: t1.elapsed(),
                 })

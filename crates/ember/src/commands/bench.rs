@@ -79,6 +79,11 @@ pub struct Args {
     /// images: leave out the function-snapshot rung (its daemon, snapshot and samples)
     #[arg(long)]
     pub no_function_snapshots: bool,
+    /// images: standby instances per image on the `image-standby` daemon (restored ahead
+    /// with the first policy; the `image-<policy>` daemons run with none); 0 leaves that
+    /// daemon and its row out
+    #[arg(long, default_value_t = 2)]
+    pub standby: usize,
     /// images, snapshot-cache: seconds to wait for a function's snapshot to be taken after
     /// its first invocation before giving up
     #[arg(long, default_value_t = 120)]
@@ -409,25 +414,28 @@ async fn images(args: Args) -> anyhow::Result<()> {
     let envs = std::path::absolute(&args.envs_dir)?;
     let mut homes = Vec::new();
     let mut daemons = Vec::new();
-    let mut start =
-        |policy: Option<ember_snap::lazy::Policy>, snapshots: &str| -> anyhow::Result<DaemonArgs> {
-            let home = tempfile::Builder::new()
-                .prefix("ember-bench-images-")
-                .tempdir()?;
-            let a = DaemonArgs {
-                home: Some(home.path().to_path_buf()),
-                listen: Some("127.0.0.1:0".into()),
-                envs_dir: Some(envs.clone()),
-                keep_alive: Some("1h".into()),
-                images: Some("off".into()),
-                image_policy: policy.map(|p| p.to_string()),
-                snapshots: Some(snapshots.into()),
-                ..Default::default()
-            };
-            homes.push(home);
-            Ok(a)
+    let mut start = |policy: Option<ember_snap::lazy::Policy>,
+                     snapshots: &str,
+                     standby: usize|
+     -> anyhow::Result<DaemonArgs> {
+        let home = tempfile::Builder::new()
+            .prefix("ember-bench-images-")
+            .tempdir()?;
+        let a = DaemonArgs {
+            home: Some(home.path().to_path_buf()),
+            listen: Some("127.0.0.1:0".into()),
+            envs_dir: Some(envs.clone()),
+            keep_alive: Some("1h".into()),
+            images: Some("off".into()),
+            image_policy: policy.map(|p| p.to_string()),
+            snapshots: Some(snapshots.into()),
+            standby: Some(standby),
+            ..Default::default()
         };
-    let cold = daemon::start(start(None, "off")?.resolve()?).await?;
+        homes.push(home);
+        Ok(a)
+    };
+    let cold = daemon::start(start(None, "off", 0)?.resolve()?).await?;
     let mut ladder = ib::Ladder {
         cold: Client::new(&cold.url(), None),
         images: Vec::new(),
@@ -436,14 +444,28 @@ async fn images(args: Args) -> anyhow::Result<()> {
         settle: std::time::Duration::from_millis(args.settle_ms),
     };
     for p in &args.image_policies {
-        let d = daemon::start(start(Some(*p), "off")?.resolve()?).await?;
-        ladder.images.push((*p, Client::new(&d.url(), None)));
+        let d = daemon::start(start(Some(*p), "off", 0)?.resolve()?).await?;
+        ladder.images.push(ib::ImageDaemon {
+            label: format!("image-{p}"),
+            client: Client::new(&d.url(), None),
+            standby: false,
+        });
+        daemons.push(d);
+    }
+    let first = args.image_policies.first().copied();
+    if args.standby > 0 {
+        // Standby instances restored with the first policy measured.
+        let d = daemon::start(start(first, "off", args.standby)?.resolve()?).await?;
+        ladder.images.push(ib::ImageDaemon {
+            label: "image-standby".into(),
+            client: Client::new(&d.url(), None),
+            standby: true,
+        });
         daemons.push(d);
     }
     if !args.no_function_snapshots {
         // Restores its layers' parent images with the first policy measured.
-        let d =
-            daemon::start(start(args.image_policies.first().copied(), "local")?.resolve()?).await?;
+        let d = daemon::start(start(first, "local", 0)?.resolve()?).await?;
         ladder.snapshot = Some(Client::new(&d.url(), None));
         daemons.push(d);
     }
@@ -474,7 +496,7 @@ async fn images(args: Args) -> anyhow::Result<()> {
         layers.extend(layer);
         let has_packages = w.manifest.packages.as_ref().is_some_and(|p| !p.is_empty());
         if args.share > 0 && has_packages {
-            let Some((_, c)) = ladder.images.first() else {
+            let Some(ib::ImageDaemon { client: c, .. }) = ladder.images.first() else {
                 continue;
             };
             let listed = c.images().await?;
@@ -523,7 +545,8 @@ async fn images(args: Args) -> anyhow::Result<()> {
             "cache_cost": costs,
         }),
     )?;
-    ib::write_svg(&rows, &args.image_policies, &svg)?;
+    let labels: Vec<String> = ladder.images.iter().map(|d| d.label.clone()).collect();
+    ib::write_svg(&rows, &labels, &svg)?;
     eprintln!("results: {}\nplot: {}", out.display(), svg.display());
     for d in daemons {
         d.stop().await?;

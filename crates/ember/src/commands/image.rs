@@ -70,8 +70,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<18} {:>8} {:>8} {:<7} {:>4} {:<9} {:>8}  PACKAGES",
-                "ID", "MIB", "PAGES", "WHERE", "FNS", "HEALTH", "RESTORES"
+                "{:<18} {:>8} {:>8} {:<7} {:>4} {:>7} {:<9} {:>8}  PACKAGES",
+                "ID", "MIB", "PAGES", "WHERE", "FNS", "STANDBY", "HEALTH", "RESTORES"
             );
             for i in v["images"].as_array().into_iter().flatten() {
                 let pkgs: Vec<&str> = i["packages"]
@@ -84,12 +84,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     "unhealthy"
                 };
                 println!(
-                    "{:<18} {:>8.1} {:>8} {:<7} {:>4} {:<9} {:>8}  {}",
+                    "{:<18} {:>8.1} {:>8} {:<7} {:>4} {:>7} {:<9} {:>8}  {}",
                     i["id"].as_str().unwrap_or("?"),
                     i["bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
                     i["pages"].as_u64().unwrap_or(0),
                     i["location"].as_str().unwrap_or("?"),
                     i["functions"].as_u64().unwrap_or(0),
+                    i["standby"].as_u64().unwrap_or(0),
                     health,
                     i["restores"].as_u64().unwrap_or(0),
                     pkgs.join(",")

@@ -70,6 +70,10 @@ impl Daemon {
         if !args.iter().any(|a| a.starts_with("--snapshot")) {
             cmd.args(["--snapshots", "off"]);
         }
+        // Standby instances change an image start's phases and add restores of their own.
+        if !args.iter().any(|a| a == "--standby") {
+            cmd.args(["--standby", "0"]);
+        }
         let mut child = cmd
             .args(&args)
             .env_remove("EMBER_TOKEN")

@@ -194,6 +194,7 @@ impl Node {
             live,
             sandbox,
             restore,
+            ..
         } = self
             .restore_instance(&spec, sees, &id, &pages, policy, sink)
             .instrument(

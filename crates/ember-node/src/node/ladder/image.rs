@@ -2,9 +2,10 @@
 //! distributions, then its handler imported.
 //!
 //! ```text
-//! checkout -> fresh sandbox, first process parked -> restore (policy, handoff to the
-//!     instance's user and filter) -> INIT restored: environment, after-restore hook (reseed),
-//!     handler import -> READY
+//! a standby instance of the image (restored ahead, `standby.rs`) -> code bound, limits set
+//! or: checkout -> fresh sandbox, first process parked -> restore (policy, handoff to the
+//!     instance's user and filter)
+//! then: INIT restored: environment, after-restore hook (reseed), handler import -> READY
 //! ```
 //!
 //! A failure before the runtime says HOOKED (sandbox, restore, page source, hook) is the
@@ -66,6 +67,13 @@ impl Node {
     async fn image_start(&self, cx: &mut StartCx<'_>, id: &str) -> Result<Live, Blame> {
         let d = cx.d;
         let rec = &d.record;
+        // A snapshot's take (a background start) restores its own: standbys are for requests.
+        if !cx.background
+            && self.standby_serves(d)
+            && let Some(live) = self.standby_start(cx, id).await?
+        {
+            return Ok(live);
+        }
         let co = self
             .images
             .checkout(id)
@@ -105,6 +113,7 @@ impl Node {
             live,
             sandbox,
             restore,
+            ..
         } = self
             .restore_instance(&spec, sees, id, &pages, policy, sink)
             .instrument(info_span!("start.image", instance = %spec.instance_id, image = id))

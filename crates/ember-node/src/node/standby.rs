@@ -1,0 +1,464 @@
+//! Standby instances: dependency-image instances restored ahead of demand, in sandboxes that
+//! do not know their function yet. A start from the image rung takes one, binds the
+//! function's code directory into it, sets its memory limit, and sends INIT: the sandbox and
+//! the restore are off the request's path.
+//!
+//! ```text
+//! fill (background, one at a time per node):
+//!     sandbox (env + bootstrap, no code; the image's build memory) -> first process parked
+//!     -> restore (the node's policy, handed off to the instance's user and filter)
+//!     -> the runtime waits for INIT, with its log lines held for a function not known yet
+//! take (image rung):
+//!     code directory bound read-only at its path (Sandbox::add_read_only) -> memory limit
+//!     and CPU weight of the function (Sandbox::resize) -> its log -> INIT restored
+//! ```
+//!
+//! **How many.** Per image, as many as its starts in the last [`WINDOW`] (at least one,
+//! at most `--standby`), for as long as it had a start in the last [`IDLE`]; a built image
+//! counts as one start. A start from the image, taken from standby or not, tops the image
+//! up in the background once its request is answered (a refill forks and restores: on the
+//! request's path it would slow the start it follows).
+//!
+//! **What a standby is not.** It has run nothing of any function: only the image's own
+//! state (Ember's runtime and the packages' imports, as every image start restores them).
+//! Functions with the host's network do not use standbys (theirs is made with the sandbox).
+//! A standby of an image rebuilt since is never taken (the image's metadata hash must match).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use ember_runtime::{LogSink, StartSpec, Stream};
+
+use super::restore::{Blame, Restored, Sees};
+use super::{Deployed, Node, error_chain};
+use crate::function::Network;
+use crate::live::Live;
+use crate::node::invoke::StartCx;
+
+/// How long an image keeps its standby instances after its last start.
+pub(in crate::node) const IDLE: Duration = Duration::from_secs(600);
+/// The starts within this window size the image's standby count.
+pub(in crate::node) const WINDOW: Duration = Duration::from_secs(10);
+/// After a fill failed, the image is not filled again for this long.
+const FAIL_PAUSE: Duration = Duration::from_secs(30);
+
+/// Log lines of an instance whose function is not known yet: dropped until [`LateSink::bind`]
+/// (a standby runtime only waits for its INIT; it prints nothing of a function's).
+#[derive(Default)]
+pub(in crate::node) struct LateSink {
+    target: OnceLock<Arc<dyn LogSink>>,
+}
+
+impl LateSink {
+    pub fn bind(&self, sink: Arc<dyn LogSink>) {
+        let _ = self.target.set(sink);
+    }
+}
+
+impl LogSink for LateSink {
+    fn line(&self, instance: &str, stream: Stream, line: &[u8]) {
+        match self.target.get() {
+            Some(t) => t.line(instance, stream, line),
+            None => tracing::debug!(
+                instance,
+                "standby instance wrote before it served a function: {}",
+                String::from_utf8_lossy(line)
+            ),
+        }
+    }
+}
+
+/// An image instance restored ahead, waiting for its INIT.
+pub(in crate::node) struct Ready {
+    pub live: Live,
+    /// Host pid of the sandbox's first process (the restored runtime).
+    pub pid: i32,
+    pub sink: Arc<LateSink>,
+    /// The image's metadata hash at the restore.
+    pub meta_hash: String,
+    pub made: Instant,
+}
+
+#[derive(Default)]
+struct Slot {
+    ready: Vec<Ready>,
+    /// Starts that wanted an instance of the image, within [`WINDOW`].
+    starts: VecDeque<Instant>,
+    last_demand: Option<Instant>,
+    failed_at: Option<Instant>,
+}
+
+impl Slot {
+    fn target(&mut self, now: Instant, cap: usize) -> usize {
+        while self
+            .starts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > WINDOW)
+        {
+            self.starts.pop_front();
+        }
+        match self.last_demand {
+            Some(t) if cap > 0 && now.duration_since(t) <= IDLE => self.starts.len().clamp(1, cap),
+            _ => 0,
+        }
+    }
+}
+
+/// The node's standby instances, per image.
+pub(in crate::node) struct Standby {
+    /// Most standby instances per image (0: none are made).
+    cap: usize,
+    slots: Mutex<HashMap<String, Slot>>,
+    /// A fill task is running.
+    filling: AtomicBool,
+}
+
+impl Standby {
+    pub fn new(cap: usize) -> Standby {
+        Standby {
+            cap,
+            slots: Mutex::new(HashMap::new()),
+            filling: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a start that wants an instance of `image` (taken from standby or not).
+    pub fn demand(&self, image: &str) {
+        if self.cap == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut slots = self.lock();
+        let slot = slots.entry(image.to_string()).or_default();
+        slot.starts.push_back(now);
+        slot.last_demand = Some(now);
+    }
+
+    /// A standby instance of `image`, the most recently made first; counts the demand.
+    pub fn take(&self, image: &str) -> Option<Ready> {
+        self.demand(image);
+        self.lock().get_mut(image)?.ready.pop()
+    }
+
+    /// The image that most wants another standby instance, if any.
+    fn wanted(&self) -> Option<String> {
+        let now = Instant::now();
+        let cap = self.cap;
+        let mut slots = self.lock();
+        slots
+            .iter_mut()
+            .filter(|(_, s)| {
+                s.failed_at
+                    .is_none_or(|t| now.duration_since(t) > FAIL_PAUSE)
+            })
+            .filter_map(|(id, s)| {
+                let short = s.target(now, cap).saturating_sub(s.ready.len());
+                (short > 0).then(|| (short, id.clone()))
+            })
+            .max()
+            .map(|(_, id)| id)
+    }
+
+    /// Keeps `ready` for its image; gives it back when the image no longer wants it.
+    fn put(&self, image: &str, ready: Ready) -> Option<Ready> {
+        let now = Instant::now();
+        let cap = self.cap;
+        let mut slots = self.lock();
+        let slot = slots.entry(image.to_string()).or_default();
+        slot.failed_at = None;
+        if slot.ready.len() >= slot.target(now, cap) {
+            return Some(ready);
+        }
+        slot.ready.push(ready);
+        None
+    }
+
+    fn fill_failed(&self, image: &str) {
+        if let Some(s) = self.lock().get_mut(image) {
+            s.failed_at = Some(Instant::now());
+        }
+    }
+
+    /// Removes the standby instances of images without a start in [`IDLE`], and those
+    /// `stale` says are of an image that is gone or was rebuilt.
+    fn expire(&self, stale: impl Fn(&str, &str) -> bool) -> Vec<Ready> {
+        let now = Instant::now();
+        let cap = self.cap;
+        let mut slots = self.lock();
+        let mut out = Vec::new();
+        slots.retain(|id, s| {
+            if s.target(now, cap) == 0 {
+                out.append(&mut s.ready);
+                return false;
+            }
+            let (gone, kept): (Vec<Ready>, Vec<Ready>) =
+                s.ready.drain(..).partition(|r| stale(id, &r.meta_hash));
+            s.ready = kept;
+            out.extend(gone);
+            true
+        });
+        out
+    }
+
+    /// Every standby instance (the daemon's shutdown).
+    fn drain(&self) -> Vec<Ready> {
+        let mut slots = self.lock();
+        slots.values_mut().flat_map(|s| s.ready.drain(..)).collect()
+    }
+
+    /// Standby instances ready now, per image.
+    pub fn counts(&self) -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = self
+            .lock()
+            .iter()
+            .map(|(id, s)| (id.clone(), s.ready.len()))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Node {
+    /// Whether starts of `d` from an image may take standby instances.
+    pub(in crate::node) fn standby_serves(&self, d: &Deployed) -> bool {
+        self.standby.cap > 0 && self.sandboxes.is_some() && d.record.config.network == Network::None
+    }
+
+    /// Tops up the standby instances in the background, one at a time for the node.
+    pub(in crate::node) fn standby_refill(&self) {
+        if self.standby.cap == 0
+            || self.sandboxes.is_none()
+            || self.stopping.load(Ordering::SeqCst)
+            || self.standby.filling.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let me = self.me.clone();
+        self.spawn_background(async move {
+            while let Some(node) = me.upgrade() {
+                if node.stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Some(id) = node.standby.wanted() else {
+                    break;
+                };
+                match node.standby_make(&id).await {
+                    Ok(ready) => {
+                        if let Some(back) = node.standby.put(&id, ready) {
+                            node.reap(back.live.kill());
+                        }
+                    }
+                    Err(why) => {
+                        node.standby.fill_failed(&id);
+                        tracing::warn!(
+                            image = %id,
+                            "a standby instance could not be made (starts restore their own \
+                             meanwhile; tried again in {} s): {why}",
+                            FAIL_PAUSE.as_secs()
+                        );
+                    }
+                }
+            }
+            if let Some(node) = me.upgrade() {
+                node.standby.filling.store(false, Ordering::SeqCst);
+            }
+        });
+    }
+
+    /// An instance of image `id` restored into a sandbox of its own that shows the image's
+    /// environment and the bootstrap, limited to the image's build memory until taken.
+    async fn standby_make(&self, id: &str) -> Result<Ready, String> {
+        let co = self.images.checkout(id).map_err(|e| error_chain(&e))?;
+        let whole = self.cfg.images.policy == ember_snap::lazy::Policy::Eager;
+        let taken = co.clone();
+        let pages = tokio::task::spawn_blocking(move || taken.pages(whole))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| error_chain(&e))?;
+        let spec = StartSpec {
+            instance_id: format!(
+                "standby-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            ),
+            function: String::new(),
+            version: 0,
+            handler: String::new(),
+            memory_mb: self.cfg.images.build_memory_mb,
+            python: co.python.clone(),
+            bootstrap: self.bootstrap.clone(),
+            // The image's own working directory (it was built there).
+            code_dir: co.env_dir.clone(),
+            imports: Vec::new(),
+            env: Default::default(),
+        };
+        let sees = Sees {
+            read_only: vec![co.env_dir.clone(), self.bootstrap.clone()],
+            host_network: false,
+        };
+        let sink = Arc::new(LateSink::default());
+        let policy = self.cfg.images.policy;
+        let Restored { mut live, pid, .. } = self
+            .restore_instance(&spec, sees, id, &pages, policy, sink.clone())
+            .await
+            .map_err(|e| error_chain(&e))?;
+        live.image = Some(id.to_string());
+        Ok(Ready {
+            live,
+            pid,
+            sink,
+            meta_hash: co.meta_hash(),
+            made: Instant::now(),
+        })
+    }
+
+    /// A start of `cx.d` from a standby instance of image `id`, when one is there and still
+    /// of the image as it is now. `Ok(None)`: none could be used (the caller restores one);
+    /// an error is the start's, blamed as an image start's.
+    pub(in crate::node) async fn standby_start(
+        &self,
+        cx: &mut StartCx<'_>,
+        id: &str,
+    ) -> Result<Option<Live>, Blame> {
+        let d = cx.d;
+        let rec = &d.record;
+        // The image rung's start, served from here or not, tops the standbys up when its
+        // request is answered (invoke.rs).
+        let Some(mut ready) = self.standby.take(id) else {
+            return Ok(None);
+        };
+        let co = match self.images.checkout_quiet(id) {
+            Ok(co) if co.meta_hash() == ready.meta_hash => co,
+            _ => {
+                self.reap(ready.live.kill());
+                return Ok(None);
+            }
+        };
+        if ready.live.is_gone() {
+            self.reap(ready.live.kill());
+            return Ok(None);
+        }
+        let t = Instant::now();
+        let bound = match ready.live.sandbox.as_ref() {
+            Some(sb) => sb
+                .add_read_only(ready.pid, std::slice::from_ref(&d.code_dir))
+                .and_then(|()| sb.resize(rec.config.memory_bytes()))
+                .map_err(|e| error_chain(&e)),
+            None => Err("it has no sandbox".to_string()),
+        };
+        if let Err(why) = bound {
+            tracing::warn!(function = %rec.name, image = id, "a standby instance could not be used; restoring one: {why}");
+            self.reap(ready.live.kill());
+            return Ok(None);
+        }
+        ready.sink.bind(self.logs.sink(&rec.name));
+        let standby = t.elapsed();
+        let spec = self.instance_spec(
+            d,
+            ready.live.id().to_string(),
+            co.python.clone(),
+            Vec::new(),
+        );
+        let (mut live, tm) = self.init_restored_instance(d, ready.live, &spec).await?;
+        let timing = &mut cx.timing;
+        timing.standby = Some(standby);
+        timing.hook = Some(tm.hook);
+        timing.import_handler = Some(tm.import_handler);
+        live.image = Some(id.to_string());
+        self.images.succeeded(id);
+        self.count_started(d);
+        self.logs.append(
+            &rec.name,
+            &spec.instance_id,
+            "event",
+            format!(
+                "instance started (image {id}, a standby restored {:.1} s ago, sandboxed, pid {}) in {:.1} ms",
+                ready.made.elapsed().as_secs_f64(),
+                live.inst.pid(),
+                timing.init().as_secs_f64() * 1e3
+            )
+            .as_bytes(),
+        );
+        Ok(Some(live))
+    }
+
+    /// Counts a built image as a start, so that its first start finds a standby.
+    pub(in crate::node) fn standby_for_new_image(&self, id: &str) {
+        self.standby.demand(id);
+        self.standby_refill();
+    }
+
+    /// Stops the standby instances of images idle past [`IDLE`], gone or rebuilt.
+    pub(in crate::node) fn standby_expire(&self) {
+        let stale = |id: &str, hash: &str| {
+            self.images
+                .checkout_quiet(id)
+                .map_or(true, |co| co.meta_hash() != hash)
+        };
+        for r in self.standby.expire(stale) {
+            self.reap(r.live.kill());
+        }
+    }
+
+    /// Stops every standby instance (shutdown).
+    pub(in crate::node) fn standby_drain(&self) {
+        for r in self.standby.drain() {
+            self.reap(r.live.kill());
+        }
+    }
+
+    /// Standby instances ready now, per image.
+    pub fn standby_counts(&self) -> Vec<(String, usize)> {
+        self.standby.counts()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_count_follows_recent_starts_within_the_cap_and_ends_when_idle() {
+        let now = Instant::now();
+        let mut s = Slot::default();
+        assert_eq!(s.target(now, 4), 0, "no demand, none");
+        s.last_demand = Some(now);
+        s.starts.push_back(now);
+        assert_eq!(s.target(now, 4), 1);
+        for _ in 0..9 {
+            s.starts.push_back(now);
+        }
+        assert_eq!(s.target(now, 4), 4, "capped");
+        // Past the window the burst no longer counts, but the image still keeps one.
+        let later = now + WINDOW + Duration::from_secs(1);
+        assert_eq!(s.target(later, 4), 1);
+        assert!(s.starts.is_empty());
+        let idle = now + IDLE + Duration::from_secs(1);
+        assert_eq!(s.target(idle, 4), 0);
+        assert_eq!(s.target(now, 0), 0, "--standby 0 makes none");
+    }
+
+    #[test]
+    fn wanted_picks_the_image_shortest_of_its_target_and_skips_a_failing_one() {
+        let st = Standby::new(3);
+        assert!(st.wanted().is_none());
+        st.demand("a");
+        st.demand("b");
+        st.demand("b");
+        assert_eq!(st.wanted().as_deref(), Some("b"));
+        st.fill_failed("b");
+        assert_eq!(st.wanted().as_deref(), Some("a"));
+        st.fill_failed("a");
+        assert!(st.wanted().is_none());
+        assert!(st.take("c").is_none(), "a miss counts as demand");
+        assert_eq!(st.wanted().as_deref(), Some("c"));
+        let none = Standby::new(0);
+        none.demand("a");
+        assert!(none.wanted().is_none());
+    }
+}
