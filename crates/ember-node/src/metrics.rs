@@ -15,6 +15,8 @@
 //! | `ember_image_page_bytes_fetched_total` (bytes read from the page source for them) | image |
 //! | `ember_image_page_fault_blocked_seconds_total` (time instances waited on faults) | image |
 //! | `ember_image_memory_bytes` (gauge: image pages in memory) | |
+//! | `ember_standby_ready` (gauge: image instances restored ahead, parked sandboxes) | kind |
+//! | `ember_standby_takes_total` (a start looked for one: hit, miss, unusable) | kind, result |
 //! | `ember_snapshot_hits_total` (a function snapshot of the function's current key found) | function |
 //! | `ember_snapshot_misses_total` (none found for the function) | function |
 //! | `ember_snapshot_stale_total` (one found for another code, config or parent: removed) | function |
@@ -52,6 +54,17 @@ pub struct FunctionLabels {
 pub struct ReasonLabels {
     pub function: String,
     pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TakeLabels {
+    pub kind: String,
+    pub result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -132,6 +145,9 @@ pub struct Metrics {
     pub page_bytes_fetched: Family<ImageLabels, Counter>,
     pub page_fault_blocked: Family<ImageLabels, Counter<f64, AtomicU64>>,
     pub image_memory: Gauge,
+    /// Standbys ready now, by kind (set at each scrape).
+    pub standby_ready: Family<KindLabels, Gauge>,
+    pub standby_takes: Family<TakeLabels, Counter>,
     /// Asynchronous invocations by what became of an attempt: ok, retried, dropped.
     pub events: Family<ReasonLabels, Counter>,
     /// Asynchronous invocations waiting or running, per function (set at each scrape).
@@ -234,9 +250,25 @@ impl Default for Metrics {
             "Bytes of image pages in memory",
             image_memory.clone(),
         );
+        let standby_ready = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "standby_ready",
+            "Standbys ready now: image instances restored ahead of demand (kind image), \
+             sandboxes with their first process parked (kind sandbox)",
+            standby_ready.clone(),
+        );
+        let standby_takes = Family::<TakeLabels, Counter>::default();
+        registry.register(
+            "standby_takes",
+            "Starts that looked for a standby, by kind and result: hit, miss (none ready), \
+             unusable (dead, stale, or it could not be set up: the start made its own)",
+            standby_takes.clone(),
+        );
         let snapshots = SnapshotMetrics::default();
         snapshots.register(&mut registry);
         Metrics {
+            standby_ready,
+            standby_takes,
             snapshots,
             cold_boot_reasons,
             image_failures,

@@ -587,3 +587,61 @@ async fn the_cache_holds_its_disk_budget_under_both_policies() {
         assert!(m.contains("ember_snapshot_evictions_total"), "{m}");
     }
 }
+
+/// The number after `series` in the metrics text, 0 when absent.
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A start from a function snapshot takes a sandbox made ahead (its first process parked,
+/// the function's directories bound in when taken) instead of making one on the request's
+/// path, and then still runs the function's own code with its hooks.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_start_takes_a_sandbox_made_ahead() {
+    if !need_sandbox() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &["--snapshots", "local", "--standby", "2"]);
+    d.deploy_ok("ahead", json!({"handler": "main.handler"}), &py(INIT_ONCE))
+        .await;
+    let first = d.fresh_start("ahead", "{}").await;
+    assert_eq!(first.status, 200, "{}", first.raw);
+    wait_snapshot(&d, "ahead", None);
+    // The first snapshot start finds no parked sandbox and makes its own; one is made after.
+    let r = d.fresh_start("ahead", "{}").await;
+    assert_eq!((r.status, r.start.as_str()), (200, "function-snapshot"));
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = d.metrics().await;
+        if metric(&text, "ember_standby_ready{kind=\"sandbox\"}") > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        metric(&text, "ember_standby_ready{kind=\"sandbox\"}") > 0,
+        "{text}"
+    );
+    let r = d.fresh_start("ahead", r#"{"keep": 1}"#).await;
+    assert_eq!(
+        (r.status, r.start.as_str()),
+        (200, "function-snapshot"),
+        "{}",
+        r.raw
+    );
+    assert_eq!(r.body["restores"], json!(1), "its after-restore hook ran");
+    assert_eq!(r.body["first"], json!(1));
+    let text = d.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "ember_standby_takes_total{kind=\"sandbox\",result=\"hit\"}"
+        ),
+        1,
+        "{text}"
+    );
+    d.assert_logged("ahead", &["after-restore hook ran: mine"]);
+}

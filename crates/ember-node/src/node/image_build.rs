@@ -304,7 +304,7 @@ impl Node {
         id: &str,
         img: Arc<LoadedImage>,
     ) -> Result<Vec<u64>, String> {
-        let spec = StartSpec {
+        let mut spec = StartSpec {
             instance_id: format!("{id}-verify"),
             function: format!("{id}-verify"),
             version: 0,
@@ -320,7 +320,7 @@ impl Node {
         let pages = Pages::in_memory(img, None);
         let Restored { mut live, .. } = self
             .restore_instance(
-                &spec,
+                &mut spec,
                 Sees {
                     read_only,
                     host_network: false,
@@ -329,6 +329,7 @@ impl Node {
                 &pages,
                 Policy::Lazy,
                 Arc::new(BuildLog),
+                false,
             )
             .await
             .map_err(|e| error_chain(&e))?;

@@ -212,9 +212,9 @@ impl Node {
             }
         };
         timing.total = t0.elapsed();
-        if start == StartPath::Image {
-            // Tops the image's standby instances up once this request is answered: the
-            // refill forks and restores, which would slow the start it follows.
+        if matches!(start, StartPath::Image | StartPath::FunctionSnapshot) {
+            // Tops the standby instances and parked sandboxes up once this request is
+            // answered: a refill forks and restores, which would slow the start it follows.
             self.standby_refill();
         }
         let served = Served {

@@ -336,6 +336,7 @@ impl Node {
         self.metrics
             .image_memory
             .set(i64::try_from(self.images.resident_bytes()).unwrap_or(i64::MAX));
+        self.report_standby();
         self.report_queue();
         &self.metrics
     }

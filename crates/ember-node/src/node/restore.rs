@@ -53,38 +53,55 @@ pub(in crate::node) struct Restored {
 impl Node {
     /// A fresh sandbox whose first process is parked, with the image restored into it and
     /// handed over to the instance's user and filter.
+    /// With `pooled`, the sandbox is a parked one made ahead (`standby.rs`) when one is
+    /// there; `spec` then takes its instance id.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each is one part of the restore; a struct would be built for this call only"
+    )]
     pub(in crate::node) async fn restore_instance(
         &self,
-        spec: &StartSpec,
+        spec: &mut StartSpec,
         sees: Sees,
         id: &str,
         pages: &Pages,
         policy: Policy,
         log: Arc<dyn LogSink>,
+        pooled: bool,
     ) -> Result<Restored, RungError> {
         let boxes = self.sandboxes.as_ref().ok_or(RungError::NoSandbox)?;
         let t0 = Instant::now();
-        let mut sb = boxes
-            .prepare(&InstanceSpec {
-                id: spec.instance_id.clone(),
-                memory_bytes: u64::from(spec.memory_mb) << 20,
-                read_only: sees.read_only,
-                cwd: spec.code_dir.clone(),
-                host_network: sees.host_network,
-                runtime_api_port: None,
-            })
-            .map_err(RungError::Sandbox)?;
-        let inst = match Instance::spawn_parked(spec, log, |cmd| sb.attach_stopped(cmd)) {
-            Ok(i) => i,
-            Err(e) => {
-                sb.destroy().await;
-                return Err(RungError::Spawn(e));
-            }
+        let parked = match pooled {
+            true => self.parked_take(&sees, spec, &log),
+            false => None,
         };
-        let mut live = Live::new(inst, Some(sb));
-        let Some(pid) = live.sandbox.as_ref().and_then(|s| s.first_process()) else {
-            self.reap(live.kill());
-            return Err(RungError::FirstProcessGone);
+        let (mut live, pid) = match parked {
+            Some(p) => p,
+            None => {
+                let mut sb = boxes
+                    .prepare(&InstanceSpec {
+                        id: spec.instance_id.clone(),
+                        memory_bytes: u64::from(spec.memory_mb) << 20,
+                        read_only: sees.read_only,
+                        cwd: spec.code_dir.clone(),
+                        host_network: sees.host_network,
+                        runtime_api_port: None,
+                    })
+                    .map_err(RungError::Sandbox)?;
+                let inst = match Instance::spawn_parked(spec, log, |cmd| sb.attach_stopped(cmd)) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        sb.destroy().await;
+                        return Err(RungError::Spawn(e));
+                    }
+                };
+                let live = Live::new(inst, Some(sb));
+                let Some(pid) = live.sandbox.as_ref().and_then(|s| s.first_process()) else {
+                    self.reap(live.kill());
+                    return Err(RungError::FirstProcessGone);
+                };
+                (live, pid)
+            }
         };
         let sandbox = t0.elapsed();
         let handoff = live.sandbox.as_ref().map(|s| s.handoff());

@@ -1,21 +1,27 @@
-//! Standby instances: dependency-image instances restored ahead of demand, in sandboxes that
-//! do not know their function yet. A start from the image rung takes one, binds the
+//! Standbys: dependency-image instances restored ahead of demand, in sandboxes that do not
+//! know their function yet, and parked sandboxes (first process stopped, nothing restored)
+//! for any restore. A start from the image rung takes an instance of its image, binds the
 //! function's code directory into it, sets its memory limit, and sends INIT: the sandbox and
-//! the restore are off the request's path.
+//! the restore are off the request's path. A start from the function-snapshot rung (or from
+//! the image rung when no instance of the image is left) takes a parked sandbox, binds the
+//! code and package directories into it and restores there: the sandbox is off the path.
 //!
 //! ```text
 //! fill (background, one at a time per node):
-//!     sandbox (env + bootstrap, no code; the image's build memory) -> first process parked
-//!     -> restore (the node's policy, handed off to the instance's user and filter)
-//!     -> the runtime waits for INIT, with its log lines held for a function not known yet
+//!     image: sandbox (env + bootstrap, no code; the image's build memory) -> first process
+//!         parked -> restore (the node's policy, handed off to the instance's user and
+//!         filter) -> the runtime waits for INIT, its log lines held for a function not
+//!         known yet
+//!     sandbox: sandbox (bootstrap only) -> first process parked
 //! take (image rung):
 //!     code directory bound read-only at its path (Sandbox::add_read_only) -> memory limit
 //!     and CPU weight of the function (Sandbox::resize) -> its log -> INIT restored
+//! take (a restore, restore.rs): code and package directories bound -> limit -> restore
 //! ```
 //!
-//! **How many.** Per image, as many as its starts in the last [`WINDOW`] (at least one,
-//! at most `--standby`), for as long as it had a start in the last [`IDLE`]; a built image
-//! counts as one start. A start from the image, taken from standby or not, tops the image
+//! **How many.** Per image (and of parked sandboxes), as many as the starts that looked for
+//! one in the last [`WINDOW`] (at least one, at most `--standby`), for as long as one looked
+//! in the last [`IDLE`]; a built image that serves a deployed function counts as one start. A start from the image, taken from standby or not, tops the image
 //! up in the background once its request is answered (a refill forks and restores: on the
 //! request's path it would slow the start it follows).
 //!
@@ -106,11 +112,21 @@ impl Slot {
     }
 }
 
-/// The node's standby instances, per image.
+/// What a standby is of.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(in crate::node) enum Key {
+    /// An instance of this image, restored, waiting for its INIT.
+    Image(String),
+    /// A sandbox whose first process is parked (nothing restored), for any restore: a
+    /// function snapshot's, or an image's when no standby of it is left.
+    Sandbox,
+}
+
+/// The node's standby instances and sandboxes.
 pub(in crate::node) struct Standby {
-    /// Most standby instances per image (0: none are made).
+    /// Most standby instances per image, and parked sandboxes (0: none are made).
     cap: usize,
-    slots: Mutex<HashMap<String, Slot>>,
+    slots: Mutex<HashMap<Key, Slot>>,
     /// A fill task is running.
     filling: AtomicBool,
 }
@@ -124,30 +140,30 @@ impl Standby {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Slot>> {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts a start that wants an instance of `image` (taken from standby or not).
-    pub fn demand(&self, image: &str) {
+    /// Counts a start that wants a standby of `key` (taken or not).
+    pub fn demand(&self, key: &Key) {
         if self.cap == 0 {
             return;
         }
         let now = Instant::now();
         let mut slots = self.lock();
-        let slot = slots.entry(image.to_string()).or_default();
+        let slot = slots.entry(key.clone()).or_default();
         slot.starts.push_back(now);
         slot.last_demand = Some(now);
     }
 
-    /// A standby instance of `image`, the most recently made first; counts the demand.
-    pub fn take(&self, image: &str) -> Option<Ready> {
-        self.demand(image);
-        self.lock().get_mut(image)?.ready.pop()
+    /// A standby of `key`, the most recently made first; counts the demand.
+    pub fn take(&self, key: &Key) -> Option<Ready> {
+        self.demand(key);
+        self.lock().get_mut(key)?.ready.pop()
     }
 
-    /// The image that most wants another standby instance, if any.
-    fn wanted(&self) -> Option<String> {
+    /// What most wants another standby, if anything.
+    fn wanted(&self) -> Option<Key> {
         let now = Instant::now();
         let cap = self.cap;
         let mut slots = self.lock();
@@ -165,12 +181,12 @@ impl Standby {
             .map(|(_, id)| id)
     }
 
-    /// Keeps `ready` for its image; gives it back when the image no longer wants it.
-    fn put(&self, image: &str, ready: Ready) -> Option<Ready> {
+    /// Keeps `ready` for `key`; gives it back when no longer wanted.
+    fn put(&self, key: &Key, ready: Ready) -> Option<Ready> {
         let now = Instant::now();
         let cap = self.cap;
         let mut slots = self.lock();
-        let slot = slots.entry(image.to_string()).or_default();
+        let slot = slots.entry(key.clone()).or_default();
         slot.failed_at = None;
         if slot.ready.len() >= slot.target(now, cap) {
             return Some(ready);
@@ -179,13 +195,13 @@ impl Standby {
         None
     }
 
-    fn fill_failed(&self, image: &str) {
-        if let Some(s) = self.lock().get_mut(image) {
+    fn fill_failed(&self, key: &Key) {
+        if let Some(s) = self.lock().get_mut(key) {
             s.failed_at = Some(Instant::now());
         }
     }
 
-    /// Removes the standby instances of images without a start in [`IDLE`], and those
+    /// Removes the standbys of keys without a start in [`IDLE`], and the image instances
     /// `stale` says are of an image that is gone or was rebuilt.
     fn expire(&self, stale: impl Fn(&str, &str) -> bool) -> Vec<Ready> {
         let now = Instant::now();
@@ -197,6 +213,9 @@ impl Standby {
                 out.append(&mut s.ready);
                 return false;
             }
+            let Key::Image(id) = id else {
+                return true;
+            };
             let (gone, kept): (Vec<Ready>, Vec<Ready>) =
                 s.ready.drain(..).partition(|r| stale(id, &r.meta_hash));
             s.ready = kept;
@@ -212,12 +231,28 @@ impl Standby {
         slots.values_mut().flat_map(|s| s.ready.drain(..)).collect()
     }
 
+    /// Standbys ready now: (image instances, parked sandboxes).
+    fn ready(&self) -> (usize, usize) {
+        let slots = self.lock();
+        let n = |want: bool| {
+            slots
+                .iter()
+                .filter(|(k, _)| matches!(k, Key::Sandbox) != want)
+                .map(|(_, s)| s.ready.len())
+                .sum()
+        };
+        (n(true), n(false))
+    }
+
     /// Standby instances ready now, per image.
     pub fn counts(&self) -> Vec<(String, usize)> {
         let mut v: Vec<(String, usize)> = self
             .lock()
             .iter()
-            .map(|(id, s)| (id.clone(), s.ready.len()))
+            .filter_map(|(k, s)| match k {
+                Key::Image(id) => Some((id.clone(), s.ready.len())),
+                Key::Sandbox => None,
+            })
             .collect();
         v.sort();
         v
@@ -245,21 +280,25 @@ impl Node {
                 if node.stopping.load(Ordering::SeqCst) {
                     break;
                 }
-                let Some(id) = node.standby.wanted() else {
+                let Some(key) = node.standby.wanted() else {
                     break;
                 };
-                match node.standby_make(&id).await {
+                let made = match &key {
+                    Key::Image(id) => node.standby_make(id).await,
+                    Key::Sandbox => node.parked_make(),
+                };
+                match made {
                     Ok(ready) => {
-                        if let Some(back) = node.standby.put(&id, ready) {
+                        if let Some(back) = node.standby.put(&key, ready) {
                             node.reap(back.live.kill());
                         }
                     }
                     Err(why) => {
-                        node.standby.fill_failed(&id);
+                        node.standby.fill_failed(&key);
                         tracing::warn!(
-                            image = %id,
-                            "a standby instance could not be made (starts restore their own \
-                             meanwhile; tried again in {} s): {why}",
+                            standby = ?key,
+                            "a standby could not be made (starts make their own meanwhile; \
+                             tried again in {} s): {why}",
                             FAIL_PAUSE.as_secs()
                         );
                     }
@@ -269,6 +308,109 @@ impl Node {
                 node.standby.filling.store(false, Ordering::SeqCst);
             }
         });
+    }
+
+    /// A sandbox whose first process is parked, showing only the bootstrap (a restore's
+    /// directories are bound in when it is taken), limited to the image build memory until
+    /// then.
+    fn parked_make(&self) -> Result<Ready, String> {
+        let boxes = self
+            .sandboxes
+            .as_ref()
+            .ok_or("the node runs without the sandbox")?;
+        let spec = self.standby_spec(self.cfg.python.clone(), self.bootstrap.clone());
+        let mut sb = boxes
+            .prepare(&ember_sandbox::InstanceSpec {
+                id: spec.instance_id.clone(),
+                memory_bytes: u64::from(spec.memory_mb) << 20,
+                read_only: vec![self.bootstrap.clone()],
+                cwd: self.bootstrap.clone(),
+                host_network: false,
+                runtime_api_port: None,
+            })
+            .map_err(|e| error_chain(&e))?;
+        let sink = Arc::new(LateSink::default());
+        let inst = ember_runtime::Instance::spawn_parked(&spec, sink.clone(), |cmd| {
+            sb.attach_stopped(cmd)
+        })
+        .map_err(|e| error_chain(&e))?;
+        let live = Live::new(inst, Some(sb));
+        let Some(pid) = live.sandbox.as_ref().and_then(|s| s.first_process()) else {
+            self.reap(live.kill());
+            return Err("its first process is not in its cgroup".into());
+        };
+        Ok(Ready {
+            live,
+            pid,
+            sink,
+            meta_hash: String::new(),
+            made: Instant::now(),
+        })
+    }
+
+    /// A parked sandbox made ahead for a restore of `spec` that shows `sees`: its
+    /// directories bound in, its memory limit set, its log lines to `log`, its instance id
+    /// now `spec`'s. `None` when there is none, or it cannot be used (then it is stopped).
+    pub(in crate::node) fn parked_take(
+        &self,
+        sees: &Sees,
+        spec: &mut StartSpec,
+        log: &Arc<dyn LogSink>,
+    ) -> Option<(Live, i32)> {
+        if sees.host_network || self.standby.cap == 0 {
+            return None;
+        }
+        let Some(mut ready) = self.standby.take(&Key::Sandbox) else {
+            self.count_take(&Key::Sandbox, "miss");
+            return None;
+        };
+        if ready.live.is_gone() {
+            self.count_take(&Key::Sandbox, "unusable");
+            self.reap(ready.live.kill());
+            return None;
+        }
+        let dirs: Vec<std::path::PathBuf> = sees
+            .read_only
+            .iter()
+            .filter(|d| **d != self.bootstrap)
+            .cloned()
+            .collect();
+        let bound = match ready.live.sandbox.as_ref() {
+            Some(sb) => sb
+                .add_read_only(ready.pid, &dirs)
+                .and_then(|()| sb.resize(u64::from(spec.memory_mb) << 20))
+                .map_err(|e| error_chain(&e)),
+            None => Err("it has no sandbox".to_string()),
+        };
+        if let Err(why) = bound {
+            tracing::warn!(function = %spec.function, "a parked sandbox could not be used; making one: {why}");
+            self.count_take(&Key::Sandbox, "unusable");
+            self.reap(ready.live.kill());
+            return None;
+        }
+        self.count_take(&Key::Sandbox, "hit");
+        ready.sink.bind(log.clone());
+        spec.instance_id = ready.live.id().to_string();
+        Some((ready.live, ready.pid))
+    }
+
+    /// The spec a standby's process is spawned with: no function yet.
+    fn standby_spec(&self, python: std::path::PathBuf, cwd: std::path::PathBuf) -> StartSpec {
+        StartSpec {
+            instance_id: format!(
+                "standby-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            ),
+            function: String::new(),
+            version: 0,
+            handler: String::new(),
+            memory_mb: self.cfg.images.build_memory_mb,
+            python,
+            bootstrap: self.bootstrap.clone(),
+            code_dir: cwd,
+            imports: Vec::new(),
+            env: Default::default(),
+        }
     }
 
     /// An instance of image `id` restored into a sandbox of its own that shows the image's
@@ -281,22 +423,8 @@ impl Node {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| error_chain(&e))?;
-        let spec = StartSpec {
-            instance_id: format!(
-                "standby-{}",
-                &uuid::Uuid::new_v4().simple().to_string()[..12]
-            ),
-            function: String::new(),
-            version: 0,
-            handler: String::new(),
-            memory_mb: self.cfg.images.build_memory_mb,
-            python: co.python.clone(),
-            bootstrap: self.bootstrap.clone(),
-            // The image's own working directory (it was built there).
-            code_dir: co.env_dir.clone(),
-            imports: Vec::new(),
-            env: Default::default(),
-        };
+        // The image's own working directory (it was built there).
+        let mut spec = self.standby_spec(co.python.clone(), co.env_dir.clone());
         let sees = Sees {
             read_only: vec![co.env_dir.clone(), self.bootstrap.clone()],
             host_network: false,
@@ -304,7 +432,7 @@ impl Node {
         let sink = Arc::new(LateSink::default());
         let policy = self.cfg.images.policy;
         let Restored { mut live, pid, .. } = self
-            .restore_instance(&spec, sees, id, &pages, policy, sink.clone())
+            .restore_instance(&mut spec, sees, id, &pages, policy, sink.clone(), false)
             .await
             .map_err(|e| error_chain(&e))?;
         live.image = Some(id.to_string());
@@ -329,17 +457,21 @@ impl Node {
         let rec = &d.record;
         // The image rung's start, served from here or not, tops the standbys up when its
         // request is answered (invoke.rs).
-        let Some(mut ready) = self.standby.take(id) else {
+        let key = Key::Image(id.to_string());
+        let Some(mut ready) = self.standby.take(&key) else {
+            self.count_take(&key, "miss");
             return Ok(None);
         };
         let co = match self.images.checkout_quiet(id) {
             Ok(co) if co.meta_hash() == ready.meta_hash => co,
             _ => {
+                self.count_take(&key, "unusable");
                 self.reap(ready.live.kill());
                 return Ok(None);
             }
         };
         if ready.live.is_gone() {
+            self.count_take(&key, "unusable");
             self.reap(ready.live.kill());
             return Ok(None);
         }
@@ -353,9 +485,11 @@ impl Node {
         };
         if let Err(why) = bound {
             tracing::warn!(function = %rec.name, image = id, "a standby instance could not be used; restoring one: {why}");
+            self.count_take(&key, "unusable");
             self.reap(ready.live.kill());
             return Ok(None);
         }
+        self.count_take(&key, "hit");
         ready.sink.bind(self.logs.sink(&rec.name));
         let standby = t.elapsed();
         let spec = self.instance_spec(
@@ -389,7 +523,7 @@ impl Node {
 
     /// Counts a built image as a start, so that its first start finds a standby.
     pub(in crate::node) fn standby_for_new_image(&self, id: &str) {
-        self.standby.demand(id);
+        self.standby.demand(&Key::Image(id.to_string()));
         self.standby_refill();
     }
 
@@ -415,6 +549,32 @@ impl Node {
     /// Standby instances ready now, per image.
     pub fn standby_counts(&self) -> Vec<(String, usize)> {
         self.standby.counts()
+    }
+
+    /// Sets the standby gauges (at each scrape).
+    pub(in crate::node) fn report_standby(&self) {
+        let (images, sandboxes) = self.standby.ready();
+        for (kind, n) in [("image", images), ("sandbox", sandboxes)] {
+            self.metrics
+                .standby_ready
+                .get_or_create(&crate::metrics::KindLabels { kind: kind.into() })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Counts a look for a standby of `key`.
+    fn count_take(&self, key: &Key, result: &str) {
+        let kind = match key {
+            Key::Image(_) => "image",
+            Key::Sandbox => "sandbox",
+        };
+        self.metrics
+            .standby_takes
+            .get_or_create(&crate::metrics::TakeLabels {
+                kind: kind.into(),
+                result: result.into(),
+            })
+            .inc();
     }
 }
 
@@ -445,20 +605,25 @@ mod tests {
 
     #[test]
     fn wanted_picks_the_image_shortest_of_its_target_and_skips_a_failing_one() {
+        let k = |s: &str| Key::Image(s.to_string());
         let st = Standby::new(3);
         assert!(st.wanted().is_none());
-        st.demand("a");
-        st.demand("b");
-        st.demand("b");
-        assert_eq!(st.wanted().as_deref(), Some("b"));
-        st.fill_failed("b");
-        assert_eq!(st.wanted().as_deref(), Some("a"));
-        st.fill_failed("a");
+        st.demand(&k("a"));
+        st.demand(&k("b"));
+        st.demand(&k("b"));
+        assert_eq!(st.wanted(), Some(k("b")));
+        st.fill_failed(&k("b"));
+        assert_eq!(st.wanted(), Some(k("a")));
+        st.fill_failed(&k("a"));
         assert!(st.wanted().is_none());
-        assert!(st.take("c").is_none(), "a miss counts as demand");
-        assert_eq!(st.wanted().as_deref(), Some("c"));
+        assert!(st.take(&Key::Sandbox).is_none(), "a miss counts as demand");
+        assert_eq!(st.wanted(), Some(Key::Sandbox));
+        assert!(
+            st.counts().is_empty(),
+            "parked sandboxes are not an image's"
+        );
         let none = Standby::new(0);
-        none.demand("a");
+        none.demand(&k("a"));
         assert!(none.wanted().is_none());
     }
 }

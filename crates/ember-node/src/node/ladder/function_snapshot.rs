@@ -182,7 +182,7 @@ impl Node {
                 layer
             }
         };
-        let spec = self.instance_spec(d, instance_id(&rec.name), python, Vec::new());
+        let mut spec = self.instance_spec(d, instance_id(&rec.name), python, Vec::new());
         let sees = Sees {
             read_only: vec![d.code_dir.clone(), env_dir, self.bootstrap.clone()],
             host_network: rec.config.network == Network::Host,
@@ -190,16 +190,17 @@ impl Node {
         let policy = self.cfg.images.policy;
         let pages = Pages::in_memory(layer, None);
         let sink = self.logs.sink(&rec.name);
+        let span =
+            info_span!("start.function_snapshot", instance = %spec.instance_id, snapshot = %id);
+        let pooled = !cx.background && self.standby_serves(d);
         let Restored {
             live,
             sandbox,
             restore,
             ..
         } = self
-            .restore_instance(&spec, sees, &id, &pages, policy, sink)
-            .instrument(
-                info_span!("start.function_snapshot", instance = %spec.instance_id, snapshot = %id),
-            )
+            .restore_instance(&mut spec, sees, &id, &pages, policy, sink, pooled)
+            .instrument(span)
             .await?;
         let (mut live, t) = self.init_restored_instance(d, live, &spec).await?;
         let timing = &mut cx.timing;

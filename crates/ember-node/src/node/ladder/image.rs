@@ -99,7 +99,7 @@ impl Node {
             let id = id.to_string();
             tokio::task::spawn_blocking(move || images.load(&id));
         }
-        let spec = self.instance_spec(d, instance_id(&rec.name), co.python.clone(), Vec::new());
+        let mut spec = self.instance_spec(d, instance_id(&rec.name), co.python.clone(), Vec::new());
         let sees = Sees {
             read_only: vec![
                 d.code_dir.clone(),
@@ -109,14 +109,16 @@ impl Node {
             host_network: rec.config.network == Network::Host,
         };
         let sink = self.logs.sink(&rec.name);
+        let span = info_span!("start.image", instance = %spec.instance_id, image = id);
+        let pooled = !cx.background && self.standby_serves(d);
         let Restored {
             live,
             sandbox,
             restore,
             ..
         } = self
-            .restore_instance(&spec, sees, id, &pages, policy, sink)
-            .instrument(info_span!("start.image", instance = %spec.instance_id, image = id))
+            .restore_instance(&mut spec, sees, id, &pages, policy, sink, pooled)
+            .instrument(span)
             .await?;
         let (mut live, t) = self.init_restored_instance(d, live, &spec).await?;
         let timing = &mut cx.timing;
