@@ -324,6 +324,19 @@ impl Client {
         }
     }
 
+    /// The daemon's Prometheus metrics (text format).
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let resp = self
+            .send(self.req(reqwest::Method::GET, "/metrics"))
+            .await?;
+        if !resp.status().is_success() {
+            return Err(Self::fail(resp).await);
+        }
+        resp.text()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
     pub async fn logs(&self, name: &str, lines: usize) -> Result<String, ClientError> {
         let resp = self
             .send(self.req(

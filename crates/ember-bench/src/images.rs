@@ -61,6 +61,9 @@ pub struct Ladder {
     pub images: Vec<ImageDaemon>,
     /// The daemon with function snapshots on (and the workload's image built up front).
     pub snapshot: Option<Client>,
+    /// That daemon keeps parked sandboxes: each measured start waits (at most
+    /// [`STANDBY_WAIT`]) for one, as for [`ImageDaemon::standby`].
+    pub snapshot_standby: bool,
     /// How long to wait for a function's snapshot to be listed after its first invocation.
     pub snapshot_wait: Duration,
     /// Pause between stopping a function's instances and the measured start (the stopped
@@ -224,6 +227,23 @@ pub async fn ladder(
         ));
     }
     let event = w.manifest.bench_event();
+    // A first start teaches each image the submodules the handler imports, and the image is
+    // rebuilt with them (ember-node's learn.rs): that lands before anything is measured.
+    let learners = l
+        .images
+        .iter()
+        .map(|d| &d.client)
+        .chain(l.snapshot.iter())
+        .collect::<Vec<_>>();
+    for c in &learners {
+        c.stop_instances(&w.function)
+            .await
+            .map_err(|e| fail(&w.name, e.to_string()))?;
+        one(c, w, &event, "warm-up").await?;
+    }
+    for c in &learners {
+        learned(c, &w.function).await?;
+    }
     let layer = match &l.snapshot {
         Some(c) => Some(ensure_snapshot(c, w, &event, l.snapshot_wait, log).await?),
         None => None,
@@ -257,6 +277,9 @@ pub async fn ladder(
         }
         if let Some(c) = &l.snapshot {
             stop(c).await?;
+            if l.snapshot_standby {
+                sandbox_ready(c, &w.function).await?;
+            }
             from_snapshot.push(one(c, w, &event, "cold").await?);
         }
     }
@@ -281,6 +304,45 @@ pub async fn ladder(
     Ok((rows, layer))
 }
 
+/// How long the bench waits for an image to be rebuilt with what its first start taught it.
+pub const LEARN_WAIT: Duration = Duration::from_secs(300);
+
+/// Waits until the image that serves `function` on `c` has no learned imports pending.
+async fn learned(c: &Client, function: &str) -> Result<(), BenchError> {
+    let t0 = std::time::Instant::now();
+    let info = c
+        .get(function)
+        .await
+        .map_err(|e| fail(function, e.to_string()))?;
+    loop {
+        let listed = c
+            .images()
+            .await
+            .map_err(|e| fail(function, format!("listing images: {e}")))?;
+        let pending: u64 = listed["images"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["installed"] == info["installed"])
+            .map(|i| i["imports_pending"].as_u64().unwrap_or(0))
+            .sum();
+        if pending == 0 {
+            return Ok(());
+        }
+        if t0.elapsed() > LEARN_WAIT {
+            return Err(fail(
+                function,
+                format!(
+                    "its image was not rebuilt with the {pending} modules its first start \
+                     imported within {} s; see the daemon's log",
+                    LEARN_WAIT.as_secs()
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits (at most [`STANDBY_WAIT`]) until `c` lists a standby instance of the image that
 /// serves `function`.
 async fn standby_ready(c: &Client, function: &str) -> Result<(), BenchError> {
@@ -300,6 +362,26 @@ async fn standby_ready(c: &Client, function: &str) -> Result<(), BenchError> {
             .flatten()
             .filter(|i| i["installed"] == info["installed"])
             .any(|i| i["standby"].as_u64().unwrap_or(0) > 0);
+        if ready {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Waits (at most [`STANDBY_WAIT`]) until `c`'s metrics show a parked sandbox ready.
+async fn sandbox_ready(c: &Client, function: &str) -> Result<(), BenchError> {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < STANDBY_WAIT {
+        let text = c
+            .metrics()
+            .await
+            .map_err(|e| fail(function, format!("reading metrics: {e}")))?;
+        let ready = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("ember_standby_ready{kind=\"sandbox\"}"))
+            .any(|v| v.trim().parse::<f64>().is_ok_and(|n| n > 0.0));
         if ready {
             return Ok(());
         }

@@ -115,6 +115,9 @@ pub struct ImageStatus {
     pub functions: usize,
     /// Instances of it restored ahead of demand, ready now (filled in by the node).
     pub standby: usize,
+    /// Modules its functions' handlers imported that it does not preload yet: it is
+    /// rebuilt with them (filled in by the node).
+    pub imports_pending: usize,
 }
 
 impl Location {
@@ -376,6 +379,7 @@ impl ImageStore {
                 last_error: e.last_error.clone(),
                 functions: 0,
                 standby: 0,
+                imports_pending: 0,
             })
             .collect()
     }
@@ -400,6 +404,11 @@ impl ImageStore {
             .filter(|e| !e.unhealthy)
             .map(|e| &e.info);
         choose(candidates, installed, memory_bytes).map(|i| i.id.clone())
+    }
+
+    /// The modules image `id` preloads, if it exists.
+    pub fn imports_of(&self, id: &str) -> Option<Vec<String>> {
+        self.lock().entries.get(id).map(|e| e.info.imports.clone())
     }
 
     /// Whether the package environment `env_key` has its own image.

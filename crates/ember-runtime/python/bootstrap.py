@@ -248,6 +248,23 @@ def restore_env(init):
     return int((time.perf_counter() - t0) * 1e6)
 
 
+def packages_imported(before, code_dir):
+    """Modules the handler's import added that are not the function's own code (its code
+    directory), at most 512: the node adds those of the function's packages to their image."""
+    own = os.path.join(code_dir, "")
+    out = []
+    for name in list(sys.modules):
+        if name in before or name == "__main__":
+            continue
+        path = getattr(sys.modules.get(name), "__file__", None) or ""
+        if path.startswith(own):
+            continue
+        out.append(name)
+        if len(out) == 512:
+            break
+    return sorted(out)
+
+
 def main():
     fd = int(sys.argv[1])
     # What a function prints must reach its log line by line, not when a buffer fills.
@@ -281,6 +298,7 @@ def main():
         # From here on the function's own code runs: a failure is its own, not the image's.
         write_frame(fd, HOOKED, b"{}")
     t0 = time.perf_counter()
+    before = set(sys.modules)
     try:
         sys.path.insert(0, init["code_dir"])
         os.chdir(init["code_dir"])
@@ -293,7 +311,11 @@ def main():
         write_frame(fd, INIT_ERROR, error_body(exc))
         return
     import_us = int((time.perf_counter() - t0) * 1e6)
-    write_frame(fd, READY, dumps({"import_handler_us": import_us, "hook_us": hook_us}))
+    ready = {"import_handler_us": import_us, "hook_us": hook_us}
+    imported = packages_imported(before, init["code_dir"])
+    if imported:
+        ready["imported"] = imported
+    write_frame(fd, READY, dumps(ready))
 
     serve(fd, init, handler)
 

@@ -9,7 +9,9 @@
 //!                               "instance", "restored"?: true, "env"?: {name: value}}
 //! HOOKED      rt -> host  JSON {}                     (restored only: the hook is done, the
 //!                                                     function's own code runs next)
-//! READY       rt -> host  JSON {"import_handler_us": n, "hook_us"?: n, "after_restore_us"?: n}
+//! READY       rt -> host  JSON {"import_handler_us": n, "hook_us"?: n, "after_restore_us"?: n,
+//!                              "imported"?: [module, ...]}  (modules the handler's import
+//!                              added, not of its own code: the node learns images from them)
 //! INIT_ERROR  rt -> host  JSON {"type", "message", "traceback": [line, ...]}
 //! INVOKE      host -> rt  hlen:u32be JSON{"request_id", "deadline_ms"} event-bytes
 //! RESULT      rt -> host  hlen:u32be JSON{"duration_us"} result-bytes (JSON)
@@ -233,6 +235,10 @@ pub struct Ready {
     /// In a copy restored from a function snapshot: the function's after-restore hooks' time.
     #[serde(default)]
     pub after_restore_us: u64,
+    /// Modules the handler's import added, other than the function's own code (as the
+    /// runtime, which runs the function's code, says: the node checks them).
+    #[serde(default)]
+    pub imported: Vec<String>,
 }
 
 /// The runtime's answer to SNAPSHOT.

@@ -198,6 +198,8 @@ pub struct Instance {
     pid: u32,
     /// A restored instance said HOOKED: the function's own code has started running.
     hooked: bool,
+    /// What READY said the handler's import added (see [`Instance::take_imported`]).
+    imported: Vec<String>,
 }
 
 impl std::fmt::Debug for Instance {
@@ -451,6 +453,7 @@ impl Instance {
             conn,
             pid,
             hooked: false,
+            imported: Vec::new(),
         })
     }
 
@@ -507,7 +510,11 @@ impl Instance {
             .instrument(info_span!("runtime.import_handler"))
             .await?;
         match frame.kind {
-            Kind::Ready => Ok(protocol::parse_json("READY", &frame.body)?),
+            Kind::Ready => {
+                let mut ready: Ready = protocol::parse_json("READY", &frame.body)?;
+                self.imported = std::mem::take(&mut ready.imported);
+                Ok(ready)
+            }
             Kind::InitError => Err(StartError::Handler(protocol::parse_json(
                 "INIT_ERROR",
                 &frame.body,
@@ -577,6 +584,12 @@ impl Instance {
 
     /// Whether a restored instance got past its after-restore hook into the function's own
     /// code (so that a failure since, even a timeout, is the function's).
+    /// The modules the handler's import added, as the runtime reported them (once; the
+    /// function's code runs in that process, so they are a claim to check, not a fact).
+    pub fn take_imported(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.imported)
+    }
+
     pub fn hooked(&self) -> bool {
         self.hooked
     }

@@ -549,3 +549,55 @@ async fn standby_instances_serve_each_function_its_own_code_and_limit() {
     assert!(r.timing.contains("restore;"), "{}", r.timing);
     assert_eq!(r.body["who"], json!("first"));
 }
+
+/// A handler that imports a submodule its package leaves to first use: the node learns it
+/// from the start and rebuilds the image with it, so later starts find it imported; the
+/// function's own module is never learned.
+#[tokio::test(flavor = "multi_thread")]
+async fn submodules_a_handler_imports_are_learned_into_its_image() {
+    if !need_sandbox() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &["--images", "on-deploy"]);
+    let code = "import sys\n\
+                PRE = 'numpy.testing' in sys.modules\n\
+                import numpy.testing\n\
+                def handler(e, c):\n    return PRE\n";
+    deploy(&d, "learner", &["numpy"], code, 10).await;
+    assert!(
+        eventually(Duration::from_secs(120), || images(&d)["images"]
+            .as_array()
+            .is_some_and(|a| a.len() == 1)),
+        "no image built on deploy"
+    );
+    let r = d.fresh_start("learner", "{}").await;
+    assert_eq!((r.start.as_str(), r.status), ("image", 200), "{}", r.raw);
+    assert_eq!(r.body, json!(false), "not in the image yet");
+    let learned = || {
+        let v = images(&d);
+        let img = &v["images"][0];
+        let has = img["imports"]
+            .as_array()
+            .is_some_and(|a| a.contains(&json!("numpy.testing")));
+        has && img["imports_pending"] == json!(0)
+    };
+    assert!(
+        eventually(Duration::from_secs(120), learned),
+        "the image was not rebuilt with numpy.testing: {}",
+        images(&d)
+    );
+    let r = d.fresh_start("learner", "{}").await;
+    assert_eq!((r.start.as_str(), r.status), ("image", 200), "{}", r.raw);
+    assert_eq!(
+        r.body,
+        json!(true),
+        "the rebuilt image preloads it: {}",
+        r.timing
+    );
+    let imports = images(&d)["images"][0]["imports"].clone();
+    assert!(
+        !imports.as_array().unwrap().contains(&json!("main")),
+        "{imports}"
+    );
+}

@@ -81,6 +81,9 @@ impl Node {
                 s.standby = n;
             }
         }
+        for s in &mut list {
+            s.imports_pending = self.imports_pending(&s.info.env_key, &s.info.imports);
+        }
         for d in self
             .read_functions()
             .values()
@@ -186,6 +189,7 @@ impl Node {
             why,
         };
         let boxes = self.sandboxes.as_ref().ok_or(ImageError::NeedsSandbox)?;
+        let imports = self.image_imports_learned(env);
         let spec = StartSpec {
             instance_id: format!("{id}-build"),
             function: String::new(),
@@ -195,7 +199,7 @@ impl Node {
             python: env.python(),
             bootstrap: self.bootstrap.clone(),
             code_dir: env.dir.clone(),
-            imports: image_imports(env),
+            imports: imports.clone(),
             env: Default::default(),
         };
         let mut sb = boxes
@@ -281,7 +285,7 @@ impl Node {
             env_dir: env.dir.clone(),
             python: env.python(),
             packages: env.packages.clone(),
-            imports: image_imports(env),
+            imports,
             installed: env.installed.clone(),
             created_at: now_secs(),
             pages: stats.pages,

@@ -136,6 +136,10 @@ impl Node {
         if start != StartPath::Warm {
             d.crash_loop.started();
         }
+        if let crate::live::Proc::Python(p) = &mut inst.inst {
+            let imported = p.take_imported();
+            self.learn_imports(d, imported);
+        }
         let instance_id = inst.id().to_string();
         let image = inst.image.clone();
         let snapshot = inst.snapshot.clone();

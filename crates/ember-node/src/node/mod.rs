@@ -20,6 +20,7 @@
 //! | `instances.rs` | an instance's sandbox, spec, pre-made sandboxes, stopping |
 //! | `restore.rs` | a restore into a fresh sandbox (images and their test restores) |
 //! | `standby.rs` | image instances restored ahead of demand, taken by the image rung |
+//! | `learn.rs` | submodules functions import, learned into their images |
 //! | `image_build.rs` | building and listing dependency images |
 //! | `snapshots_admin.rs` | listing and removing function snapshots (the API's) |
 //! | `events.rs`, `crash_loop.rs` | asynchronous invocations; the crash-loop backoff |
@@ -53,6 +54,7 @@ mod instances;
 mod invocation;
 mod invoke;
 mod ladder;
+mod learn;
 mod restore;
 mod snapshot_take;
 mod snapshots_admin;
@@ -97,6 +99,8 @@ pub struct Node {
     snapshots: Arc<crate::snapshots::SnapshotStore>,
     /// Image instances restored ahead of demand.
     standby: standby::Standby,
+    /// Modules functions' handlers import, learned into their images.
+    learned: learn::Learned,
     /// One build per image at a time.
     image_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Automatic builds go one at a time.
@@ -205,6 +209,7 @@ impl Node {
         )?);
         let node = Arc::new_cyclic(|me| Node {
             standby: standby::Standby::new(cfg.standby),
+            learned: learn::Learned::default(),
             images,
             snapshots,
             image_gates: Mutex::new(HashMap::new()),

@@ -80,8 +80,9 @@ pub struct Args {
     #[arg(long)]
     pub no_function_snapshots: bool,
     /// images: standby instances per image on the `image-standby` daemon (restored ahead
-    /// with the first policy; the `image-<policy>` daemons run with none); 0 leaves that
-    /// daemon and its row out
+    /// with the first policy; the `image-<policy>` daemons run with none), and parked
+    /// sandboxes on the function-snapshot daemon; 0 leaves the `image-standby` daemon and
+    /// its row out, and the function snapshots make their sandboxes on demand
     #[arg(long, default_value_t = 2)]
     pub standby: usize,
     /// images, snapshot-cache: seconds to wait for a function's snapshot to be taken after
@@ -440,6 +441,7 @@ async fn images(args: Args) -> anyhow::Result<()> {
         cold: Client::new(&cold.url(), None),
         images: Vec::new(),
         snapshot: None,
+        snapshot_standby: args.standby > 0,
         snapshot_wait: std::time::Duration::from_secs(args.snapshot_wait),
         settle: std::time::Duration::from_millis(args.settle_ms),
     };
@@ -465,7 +467,8 @@ async fn images(args: Args) -> anyhow::Result<()> {
     }
     if !args.no_function_snapshots {
         // Restores its layers' parent images with the first policy measured.
-        let d = daemon::start(start(first, "local", 0)?.resolve()?).await?;
+        // With parked sandboxes (--standby) as a node has by default.
+        let d = daemon::start(start(first, "local", args.standby)?.resolve()?).await?;
         ladder.snapshot = Some(Client::new(&d.url(), None));
         daemons.push(d);
     }
