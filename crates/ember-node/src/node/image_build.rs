@@ -150,6 +150,9 @@ impl Node {
                     ms = t0.elapsed().as_millis() as u64,
                     "image built and verified"
                 );
+                // Standby instances of the image it replaces are stale now: they go at once
+                // (not at the next keep-alive sweep), so that none is counted as ready.
+                self.standby_expire();
                 let serves = self.read_functions().values().any(|d| {
                     self.standby_serves(d) && self.image_serving(d).as_deref() == Some(&id)
                 });
