@@ -21,6 +21,10 @@ pub(super) struct ReadPages {
     pub(super) faulted_in: u64,
 }
 
+/// A page of zeros to compare pages with: a slice comparison is one `memcmp`, fast in a
+/// debug build too (a byte-by-byte scan of a 256 MiB sparse area took ~1.7 s there).
+static ZERO_PAGE: [u8; PAGE as usize] = [0; PAGE as usize];
+
 /// Largest read of process memory at once.
 const READ_CHUNK: usize = 4 << 20;
 
@@ -156,7 +160,7 @@ impl Collector<'_> {
     /// Pages read at `addr`.
     fn take(&mut self, addr: u64, bytes: &[u8]) {
         for (k, page) in bytes.chunks(PAGE as usize).enumerate() {
-            if page.iter().all(|&b| b == 0) {
+            if page == &ZERO_PAGE[..page.len()] {
                 self.zero += 1;
                 continue;
             }

@@ -74,6 +74,11 @@ impl Pending {
             .is_some_and(|(&a, &(_, n))| addr < a + n * PAGE)
     }
 
+    /// Where the first pending piece at or after `addr` starts.
+    pub fn next_start(&self, addr: u64) -> Option<u64> {
+        self.runs.range(addr..).next().map(|(&a, _)| a)
+    }
+
     /// Removes and returns what is pending in `[start, end)`, cutting pieces at the edges.
     pub fn cut(&mut self, start: u64, end: u64) -> Vec<Piece> {
         let mut hit: Vec<Piece> = Vec::new();
@@ -162,6 +167,17 @@ mod tests {
                 first: 4,
             },
         ])
+    }
+
+    #[test]
+    fn next_start_is_the_first_piece_at_or_after_an_address() {
+        let mut q = pending();
+        assert_eq!(q.next_start(0x0), Some(0x10000));
+        assert_eq!(q.next_start(0x10000), Some(0x10000));
+        assert_eq!(q.next_start(0x14000), Some(0x20000));
+        assert_eq!(q.next_start(0x20001), None);
+        q.cut(0x20000, 0x21000);
+        assert_eq!(q.next_start(0x14000), Some(0x21000));
     }
 
     #[test]

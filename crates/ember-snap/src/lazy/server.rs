@@ -13,6 +13,12 @@ use crate::sys;
 
 /// Pages per background copy in bulk mode (1 MiB).
 const BULK_BATCH: u64 = 256;
+/// Most pages one zero fault fills: the faulting page and those after it up to the next
+/// pending page (1 MiB). A read of memory the process never touched (a dump's
+/// `process_vm_readv` of a large sparse area, a scan) then waits on the server once per
+/// window instead of once per page; the extra pages are the kernel's shared zero page, as
+/// a read of untouched memory would map anyway.
+const ZERO_WINDOW: u64 = 256;
 /// How often a server without a pidfd (a forked child's) checks that its process lives.
 const PROBE: Duration = Duration::from_millis(200);
 
@@ -319,7 +325,7 @@ impl Server {
             }
             None => {
                 c.zero_faults.fetch_add(1, Ordering::Relaxed);
-                let r = sys::uffd_zeropage(&self.cfg.uffd, addr, PAGE);
+                let r = self.zero_fill(&pending, addr);
                 let again = r.as_ref().err().and_then(|e| e.raw_os_error()) == Some(libc::EAGAIN);
                 (again, r)
             }
@@ -341,6 +347,23 @@ impl Server {
         c.blocked_ns
             .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Zeros at `addr` (not pending), and in the same call the pages after it up to the
+    /// next pending one, at most [`ZERO_WINDOW`] pages. A window that leaves the registered
+    /// area is refused whole by the kernel (ENOENT): then the one page. The kernel stops at
+    /// a page already there; what it filled, `addr` first, it wakes.
+    fn zero_fill(&self, pending: &Pending, addr: u64) -> std::io::Result<()> {
+        let window = addr.saturating_add(ZERO_WINDOW * PAGE);
+        let end = pending.next_start(addr).map_or(window, |n| n.min(window));
+        if end > addr + PAGE {
+            match sys::uffd_zeropage_part(&self.cfg.uffd, addr, end - addr) {
+                (done, _) if done >= PAGE => return Ok(()),
+                (_, Err(e)) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                (_, r) => return r,
+            }
+        }
+        sys::uffd_zeropage(&self.cfg.uffd, addr, PAGE)
     }
 
     /// A mapped restore's fault: the memfd's page again where the image's content is still

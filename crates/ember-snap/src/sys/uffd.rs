@@ -143,6 +143,27 @@ pub fn uffd_zeropage(fd: &std::os::fd::OwnedFd, start: u64, len: u64) -> io::Res
     uffd_ioctl(fd, UFFDIO_ZEROPAGE, &mut z)
 }
 
+/// [`uffd_zeropage`] of a range that may stop short: the bytes zero-filled from `start`
+/// (the kernel stops at the first page already there, answering EAGAIN with the count;
+/// those it did fill are woken), and the kernel's answer. A range that is not inside one
+/// registered area is refused whole (ENOENT), as is one the process is changing (EAGAIN,
+/// nothing filled).
+pub fn uffd_zeropage_part(
+    fd: &std::os::fd::OwnedFd,
+    start: u64,
+    len: u64,
+) -> (u64, io::Result<()>) {
+    let mut z = UffdioZeropage {
+        range: UffdioRange { start, len },
+        mode: 0,
+        zeropage: 0,
+    };
+    match uffd_ioctl(fd, UFFDIO_ZEROPAGE, &mut z) {
+        Ok(()) => (len, Ok(())),
+        Err(e) => (z.zeropage.max(0) as u64, Err(e)),
+    }
+}
+
 /// Wakes threads waiting on `[start, start+len)`.
 pub fn uffd_wake(fd: &std::os::fd::OwnedFd, start: u64, len: u64) -> io::Result<()> {
     let mut r = UffdioRange { start, len };
