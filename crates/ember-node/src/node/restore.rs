@@ -130,6 +130,19 @@ impl Node {
         .await;
         match restored {
             Ok(Ok(r)) => {
+                let s = &r.stats;
+                tracing::debug!(
+                    image = id,
+                    pages = s.pages,
+                    vmas = s.vmas,
+                    attach_us = s.attach_us,
+                    map_us = s.map_us,
+                    fill_us = s.fill_us,
+                    state_us = s.state_us,
+                    finish_us = s.finish_us,
+                    fill = ?s.fill_mode,
+                    "restored"
+                );
                 live.pages = r.server;
                 Ok(Restored {
                     live,
