@@ -27,6 +27,7 @@ use serde::Serialize;
 use crate::driver::{BenchError, Sample, one};
 use crate::stats::summarize;
 use crate::workloads::Workload;
+use std::path::PathBuf;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
@@ -40,8 +41,32 @@ pub struct Row {
     pub off_path: usize,
 }
 
+/// What idle instances of one image hold in memory: one alone, then `--idle-instances` at
+/// once (their runtimes' PSS, from `/proc/PID/smaps_rollup`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct IdleMemory {
+    pub workload: String,
+    pub path: String,
+    /// PSS of the one instance's runtime, KiB.
+    pub one_kib: u64,
+    /// Instances found after the concurrent starts (each request found none idle).
+    pub instances: usize,
+    /// Their PSS summed, KiB.
+    pub all_kib: u64,
+}
+
+impl IdleMemory {
+    /// All the instances' PSS over one instance's.
+    pub fn ratio(&self) -> f64 {
+        self.all_kib as f64 / self.one_kib.max(1) as f64
+    }
+}
+
 /// A daemon whose starts are image starts.
 pub struct ImageDaemon {
+    /// The daemon's home: its instances' runtimes are found by it (their command line names
+    /// its bootstrap).
+    pub home: PathBuf,
     /// The row's path: `image-<policy>` restores on demand (`--standby 0`), `image-standby`
     /// takes an instance restored ahead.
     pub label: String,
@@ -64,6 +89,7 @@ pub struct Ladder {
     /// That daemon keeps parked sandboxes: each measured start waits (at most
     /// [`STANDBY_WAIT`]) for one, as for [`ImageDaemon::standby`].
     pub snapshot_standby: bool,
+
     /// How long to wait for a function's snapshot to be listed after its first invocation.
     pub snapshot_wait: Duration,
     /// Pause between stopping a function's instances and the measured start (the stopped
@@ -302,6 +328,108 @@ pub async fn ladder(
     }
     rows.push(row(&w.name, "warm", "warm", &warm_samples));
     Ok((rows, layer))
+}
+
+/// PSS of the runtimes of `home`'s instances, KiB, and how many there are.
+pub fn runtimes_pss(home: &std::path::Path) -> (usize, u64) {
+    let needle = home.join("runtime").to_string_lossy().into_owned();
+    let mut n = 0;
+    let mut kib = 0;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return (0, 0);
+    };
+    for e in dir.flatten() {
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if !String::from_utf8_lossy(&cmd).contains(&needle) {
+            continue;
+        }
+        let Ok(rollup) = std::fs::read_to_string(e.path().join("smaps_rollup")) else {
+            continue;
+        };
+        let pss = rollup
+            .lines()
+            .find_map(|l| l.strip_prefix("Pss:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+        if let Some(p) = pss {
+            n += 1;
+            kib += p;
+        }
+    }
+    (n, kib)
+}
+
+/// One idle instance of `w` on image daemon `d`, then `count` started at once (concurrent
+/// requests, none finding an idle instance): their runtimes' PSS.
+pub async fn idle_memory(
+    d: &ImageDaemon,
+    w: &Workload,
+    count: usize,
+) -> Result<IdleMemory, BenchError> {
+    let event = w.manifest.bench_event();
+    let settle = || tokio::time::sleep(Duration::from_millis(300));
+    d.client
+        .stop_instances(&w.function)
+        .await
+        .map_err(|e| fail(&w.name, e.to_string()))?;
+    settle().await;
+    one(&d.client, w, &event, "idle-memory").await?;
+    let (_, one_kib) = runtimes_pss(&d.home);
+    d.client
+        .stop_instances(&w.function)
+        .await
+        .map_err(|e| fail(&w.name, e.to_string()))?;
+    settle().await;
+    let mut starts = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let (c, w, e) = (d.client.clone(), w.clone(), event.clone());
+        starts.spawn(async move { one(&c, &w, &e, "idle-memory").await.map(|_| ()) });
+    }
+    while let Some(r) = starts.join_next().await {
+        r.map_err(|e| fail(&w.name, e.to_string()))??;
+    }
+    let (instances, all_kib) = runtimes_pss(&d.home);
+    d.client
+        .stop_instances(&w.function)
+        .await
+        .map_err(|e| fail(&w.name, e.to_string()))?;
+    Ok(IdleMemory {
+        workload: w.name.clone(),
+        path: d.label.clone(),
+        one_kib,
+        instances,
+        all_kib,
+    })
+}
+
+pub fn memory_table(m: &[IdleMemory]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\nidle instances of one image, PSS of their runtimes (one alone, then N started at once)"
+    );
+    let _ = writeln!(
+        s,
+        "{:<10} {:<16} {:>10} {:>10} {:>12} {:>8}",
+        "workload", "path", "one MiB", "instances", "all MiB", "all/one"
+    );
+    for r in m {
+        let _ = writeln!(
+            s,
+            "{:<10} {:<16} {:>10.1} {:>10} {:>12.1} {:>7.1}x",
+            r.workload,
+            r.path,
+            r.one_kib as f64 / 1024.0,
+            r.instances,
+            r.all_kib as f64 / 1024.0,
+            r.ratio()
+        );
+    }
+    s
 }
 
 /// How long the bench waits for an image to be rebuilt with what its first start taught it.

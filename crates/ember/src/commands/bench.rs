@@ -85,6 +85,10 @@ pub struct Args {
     /// its row out, and the function snapshots make their sandboxes on demand
     #[arg(long, default_value_t = 2)]
     pub standby: usize,
+    /// images: idle instances started at once on the first `image-<policy>` daemon, whose
+    /// runtimes' PSS is compared with one instance's (0 skips it)
+    #[arg(long, default_value_t = 10)]
+    pub idle_instances: usize,
     /// images, snapshot-cache: seconds to wait for a function's snapshot to be taken after
     /// its first invocation before giving up
     #[arg(long, default_value_t = 120)]
@@ -446,8 +450,11 @@ async fn images(args: Args) -> anyhow::Result<()> {
         settle: std::time::Duration::from_millis(args.settle_ms),
     };
     for p in &args.image_policies {
-        let d = daemon::start(start(Some(*p), "off", 0)?.resolve()?).await?;
+        let a = start(Some(*p), "off", 0)?;
+        let home = a.home.clone().unwrap_or_default();
+        let d = daemon::start(a.resolve()?).await?;
         ladder.images.push(ib::ImageDaemon {
+            home,
             label: format!("image-{p}"),
             client: Client::new(&d.url(), None),
             standby: false,
@@ -457,8 +464,11 @@ async fn images(args: Args) -> anyhow::Result<()> {
     let first = args.image_policies.first().copied();
     if args.standby > 0 {
         // Standby instances restored with the first policy measured.
-        let d = daemon::start(start(first, "off", args.standby)?.resolve()?).await?;
+        let a = start(first, "off", args.standby)?;
+        let home = a.home.clone().unwrap_or_default();
+        let d = daemon::start(a.resolve()?).await?;
         ladder.images.push(ib::ImageDaemon {
+            home,
             label: "image-standby".into(),
             client: Client::new(&d.url(), None),
             standby: true,
@@ -488,6 +498,7 @@ async fn images(args: Args) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut layers = Vec::new();
     let mut costs = Vec::new();
+    let mut memory = Vec::new();
     let work = tempfile::Builder::new()
         .prefix("ember-bench-cache-")
         .tempdir()?;
@@ -497,6 +508,11 @@ async fn images(args: Args) -> anyhow::Result<()> {
             ib::ladder(&ladder, w, args.cold, args.warm, &|l| eprintln!("{l}")).await?;
         rows.extend(r);
         layers.extend(layer);
+        if let Some(d) = ladder.images.iter().find(|d| !d.standby)
+            && args.idle_instances > 0
+        {
+            memory.push(ib::idle_memory(d, w, args.idle_instances).await?);
+        }
         let has_packages = w.manifest.packages.as_ref().is_some_and(|p| !p.is_empty());
         if args.share > 0 && has_packages {
             let Some(ib::ImageDaemon { client: c, .. }) = ladder.images.first() else {
@@ -537,6 +553,9 @@ async fn images(args: Args) -> anyhow::Result<()> {
     if !costs.is_empty() {
         print!("{}", ib::cache_table(&costs));
     }
+    if !memory.is_empty() {
+        print!("{}", ib::memory_table(&memory));
+    }
     let (out, svg) = save(
         args.out,
         "images",
@@ -546,6 +565,7 @@ async fn images(args: Args) -> anyhow::Result<()> {
             "ratios": ib::ratios(&rows),
             "layers": layers,
             "cache_cost": costs,
+            "idle_memory": memory,
         }),
     )?;
     let labels: Vec<String> = ladder.images.iter().map(|d| d.label.clone()).collect();
