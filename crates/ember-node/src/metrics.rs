@@ -15,6 +15,7 @@
 //! | `ember_image_page_bytes_fetched_total` (bytes read from the page source for them) | image |
 //! | `ember_image_page_fault_blocked_seconds_total` (time instances waited on faults) | image |
 //! | `ember_image_memory_bytes` (gauge: image pages in memory) | |
+//! | `ember_rung_skips_total` (a rung not tried: it measured slower than the function's cold boot) | function, rung |
 //! | `ember_standby_ready` (gauge: image instances restored ahead, parked sandboxes) | kind |
 //! | `ember_standby_takes_total` (a start looked for one: hit, miss, unusable) | kind, result |
 //! | `ember_snapshot_hits_total` (a function snapshot of the function's current key found) | function |
@@ -140,6 +141,7 @@ pub struct Metrics {
     pub cold_boot_reasons: Family<ReasonLabels, Counter>,
     pub image_failures: Family<ImageLabels, Counter>,
     pub start_fallbacks: Family<RungLabels, Counter>,
+    pub rung_skips: Family<RungLabels, Counter>,
     pub page_faults: Family<ImageLabels, Counter>,
     pub pages_installed: Family<ImageLabels, Counter>,
     pub page_bytes_fetched: Family<ImageLabels, Counter>,
@@ -210,6 +212,13 @@ impl Default for Metrics {
              by function and rung",
             start_fallbacks.clone(),
         );
+        let rung_skips = Family::<RungLabels, Counter>::default();
+        registry.register(
+            "rung_skips",
+            "Rungs of the start ladder not tried because they measured slower than the \
+             function's cold boot, by function and rung",
+            rung_skips.clone(),
+        );
         let page_faults = Family::<ImageLabels, Counter>::default();
         let pages_installed = Family::<ImageLabels, Counter>::default();
         let page_bytes_fetched = Family::<ImageLabels, Counter>::default();
@@ -273,6 +282,7 @@ impl Default for Metrics {
             cold_boot_reasons,
             image_failures,
             start_fallbacks,
+            rung_skips,
             page_faults,
             pages_installed,
             page_bytes_fetched,

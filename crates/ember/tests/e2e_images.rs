@@ -506,6 +506,9 @@ async fn standby_instances_serve_each_function_its_own_code_and_limit() {
     assert!(!r.timing.contains("restore;"), "{}", r.timing);
     assert_eq!(r.body["who"], json!("first"));
     assert_eq!(r.body["cwd"], json!(true), "{}", r.raw);
+    // Its measured start cost per path.
+    let st = d.get_json("/v1/functions/first").await;
+    assert!(st["start_ms"]["image"].as_f64().is_some(), "{st}");
 
     // Another function of the image, with less memory, takes the next standby.
     let (status, body) = d

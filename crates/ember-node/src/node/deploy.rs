@@ -30,6 +30,9 @@ pub struct FunctionStatus {
     pub instances_prestarted: usize,
     /// Requests queued for a free instance right now.
     pub requests_waiting: usize,
+    /// Moving average of each start path's time before the handler runs, ms (this
+    /// version): a rung slower than the cold boot is not tried.
+    pub start_ms: std::collections::BTreeMap<String, f64>,
 }
 
 /// Code stored by [`Node::store_code`].
@@ -286,5 +289,6 @@ pub(in crate::node) fn status(d: &Deployed) -> FunctionStatus {
         instances_idle: d.pool.idle_count(),
         instances_prestarted: d.pool.parked_count(),
         requests_waiting: d.pool.waiting(),
+        start_ms: d.start_costs.averages(),
     }
 }

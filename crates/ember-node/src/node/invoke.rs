@@ -135,6 +135,9 @@ impl Node {
         };
         if start != StartPath::Warm {
             d.crash_loop.started();
+            if timing.fallback.is_none() {
+                d.start_costs.record(start, timing.init());
+            }
         }
         if let crate::live::Proc::Python(p) = &mut inst.inst {
             let imported = p.take_imported();

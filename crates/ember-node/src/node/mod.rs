@@ -21,6 +21,7 @@
 //! | `restore.rs` | a restore into a fresh sandbox (images and their test restores) |
 //! | `standby.rs` | image instances restored ahead of demand, taken by the image rung |
 //! | `learn.rs` | submodules functions import, learned into their images |
+//! | `start_costs.rs` | each function's measured start cost per rung; slower-than-cold rungs skipped |
 //! | `image_build.rs` | building and listing dependency images |
 //! | `snapshots_admin.rs` | listing and removing function snapshots (the API's) |
 //! | `events.rs`, `crash_loop.rs` | asynchronous invocations; the crash-loop backoff |
@@ -59,6 +60,7 @@ mod restore;
 mod snapshot_take;
 mod snapshots_admin;
 mod standby;
+mod start_costs;
 
 use crash_loop::CrashLoop;
 use deploy::precompile;
@@ -80,6 +82,8 @@ struct Deployed {
     snapshotting: std::sync::atomic::AtomicBool,
     /// The last take of its snapshot failed: when the next may be tried.
     take_backoff: Mutex<Option<snapshot_take::TakeBackoff>>,
+    /// What each way of starting it measured (this version).
+    start_costs: start_costs::StartCosts,
 }
 
 pub struct Node {
@@ -323,6 +327,7 @@ impl Node {
             crash_loop: CrashLoop::default(),
             snapshotting: std::sync::atomic::AtomicBool::new(false),
             take_backoff: Mutex::new(None),
+            start_costs: start_costs::StartCosts::default(),
             record: rec,
             env,
         });

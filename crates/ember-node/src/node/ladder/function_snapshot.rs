@@ -48,6 +48,9 @@ impl<'c> Rung<StartCx<'c>, Live> for FunctionSnapshot {
             if !node.snapshots_on(d) {
                 return Attempt::Skipped;
             }
+            if !cx.background && node.rung_slower(d, StartPath::FunctionSnapshot) {
+                return Attempt::Skipped;
+            }
             let parent = node.snapshot_parent(d);
             let key = node.snapshot_key(d, parent.as_ref());
             let store = node.snapshots.clone();

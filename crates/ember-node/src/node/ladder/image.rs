@@ -40,6 +40,9 @@ impl<'c> Rung<StartCx<'c>, Live> for Image {
     }
     fn attempt<'a>(&'a self, cx: &'a mut StartCx<'c>) -> AttemptFuture<'a, Live> {
         Box::pin(async move {
+            if !cx.background && cx.node.rung_slower(cx.d, StartPath::Image) {
+                return Attempt::Skipped;
+            }
             let chosen = match cx.background {
                 true => cx.node.image_serving(cx.d),
                 false => cx.node.image_for(cx.d),
