@@ -326,24 +326,17 @@ impl Client {
 
     /// The daemon's Prometheus metrics (text format).
     pub async fn metrics(&self) -> Result<String, ClientError> {
-        let resp = self
-            .send(self.req(reqwest::Method::GET, "/metrics"))
-            .await?;
-        if !resp.status().is_success() {
-            return Err(Self::fail(resp).await);
-        }
-        resp.text()
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))
+        self.text("/metrics").await
     }
 
     pub async fn logs(&self, name: &str, lines: usize) -> Result<String, ClientError> {
-        let resp = self
-            .send(self.req(
-                reqwest::Method::GET,
-                &format!("/v1/functions/{name}/logs?lines={lines}"),
-            ))
-            .await?;
+        self.text(&format!("/v1/functions/{name}/logs?lines={lines}"))
+            .await
+    }
+
+    /// A GET whose answer is text.
+    async fn text(&self, path: &str) -> Result<String, ClientError> {
+        let resp = self.send(self.req(reqwest::Method::GET, path)).await?;
         if !resp.status().is_success() {
             return Err(Self::fail(resp).await);
         }

@@ -230,6 +230,25 @@ impl Node {
         Err(blame)
     }
 
+    /// Counts a restored instance of `d` as started and says in its log how (`how`: what it
+    /// was restored from) and in how long.
+    pub(in crate::node) fn restored_started(
+        &self,
+        d: &Deployed,
+        spec: &StartSpec,
+        live: &Live,
+        how: &str,
+        init: Duration,
+    ) {
+        self.count_started(d);
+        let text = format!(
+            "instance started ({how}, sandboxed, pid {}) in {:.1} ms",
+            live.inst.pid(),
+            init.as_secs_f64() * 1e3
+        );
+        self.note(d, spec, text);
+    }
+
     fn note(&self, d: &Deployed, spec: &StartSpec, text: String) {
         self.logs
             .append(&d.record.name, &spec.instance_id, "event", text.as_bytes());

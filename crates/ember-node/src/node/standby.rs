@@ -505,19 +505,11 @@ impl Node {
         timing.import_handler = Some(tm.import_handler);
         live.image = Some(id.to_string());
         self.images.succeeded(id);
-        self.count_started(d);
-        self.logs.append(
-            &rec.name,
-            &spec.instance_id,
-            "event",
-            format!(
-                "instance started (image {id}, a standby restored {:.1} s ago, sandboxed, pid {}) in {:.1} ms",
-                ready.made.elapsed().as_secs_f64(),
-                live.inst.pid(),
-                timing.init().as_secs_f64() * 1e3
-            )
-            .as_bytes(),
+        let how = format!(
+            "image {id}, a standby restored {:.1} s ago",
+            ready.made.elapsed().as_secs_f64()
         );
+        self.restored_started(d, &spec, &live, &how, timing.init());
         Ok(Some(live))
     }
 

@@ -215,18 +215,8 @@ impl Node {
         let store = self.snapshots.clone();
         let sid = id.clone();
         tokio::task::spawn_blocking(move || store.record_use(&sid));
-        self.count_started(d);
-        self.logs.append(
-            &rec.name,
-            &spec.instance_id,
-            "event",
-            format!(
-                "instance started (function snapshot {id}, {policy}, sandboxed, pid {}) in {:.1} ms",
-                live.inst.pid(),
-                timing.init().as_secs_f64() * 1e3
-            )
-            .as_bytes(),
-        );
+        let how = format!("function snapshot {id}, {policy}");
+        self.restored_started(d, &spec, &live, &how, timing.init());
         Ok(live)
     }
 }

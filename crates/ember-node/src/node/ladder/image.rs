@@ -131,19 +131,8 @@ impl Node {
         timing.import_handler = Some(t.import_handler);
         live.image = Some(id.to_string());
         self.images.succeeded(id);
-        self.count_started(d);
-        self.logs.append(
-            &rec.name,
-            &spec.instance_id,
-            "event",
-            format!(
-                "instance started (image {id} from {}, {policy}, sandboxed, pid {}) in {:.1} ms",
-                co.location.as_str(),
-                live.inst.pid(),
-                timing.init().as_secs_f64() * 1e3
-            )
-            .as_bytes(),
-        );
+        let how = format!("image {id} from {}, {policy}", co.location.as_str());
+        self.restored_started(d, &spec, &live, &how, timing.init());
         Ok(live)
     }
 
