@@ -38,6 +38,7 @@ impl Server {
             },
             prestart: 0,
             standby: 0,
+            fixed_ladder: false,
             ..NodeConfig::default()
         })
         .await

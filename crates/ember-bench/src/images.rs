@@ -316,7 +316,15 @@ pub async fn ladder(
     }
     let mut rows = vec![row(&w.name, "cold-boot", "cold-boot", &cold)];
     for (i, d) in l.images.iter().enumerate() {
-        rows.push(row(&w.name, &d.label, "image", &from_image[i]));
+        let mut r = row(&w.name, &d.label, "image", &from_image[i]);
+        if d.standby {
+            // An image start that found no standby (the wait ran out) is off this row's path.
+            r.off_path += from_image[i]
+                .iter()
+                .filter(|s| s.path == "image" && !s.timing.contains("standby;"))
+                .count();
+        }
+        rows.push(r);
     }
     if l.snapshot.is_some() {
         rows.push(row(

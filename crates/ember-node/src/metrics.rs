@@ -15,7 +15,7 @@
 //! | `ember_image_page_bytes_fetched_total` (bytes read from the page source for them) | image |
 //! | `ember_image_page_fault_blocked_seconds_total` (time instances waited on faults) | image |
 //! | `ember_image_memory_bytes` (gauge: image pages in memory) | |
-//! | `ember_rung_skips_total` (a rung not tried: it measured slower than the function's cold boot) | function, rung |
+//! | `ember_rung_skips_total` (a rung not tried: it measured slower than another way of starting the function) | function, rung |
 //! | `ember_standby_ready` (gauge: image instances restored ahead, parked sandboxes) | kind |
 //! | `ember_standby_takes_total` (a start looked for one: hit, miss, unusable) | kind, result |
 //! | `ember_snapshot_hits_total` (a function snapshot of the function's current key found) | function |
@@ -215,8 +215,8 @@ impl Default for Metrics {
         let rung_skips = Family::<RungLabels, Counter>::default();
         registry.register(
             "rung_skips",
-            "Rungs of the start ladder not tried because they measured slower than the \
-             function's cold boot, by function and rung",
+            "Rungs of the start ladder not tried because they measured slower than another \
+             way of starting the function, by function and rung",
             rung_skips.clone(),
         );
         let page_faults = Family::<ImageLabels, Counter>::default();

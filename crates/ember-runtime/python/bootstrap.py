@@ -252,12 +252,20 @@ def packages_imported(before, code_dir):
     """Modules the handler's import added that are not the function's own code (its code
     directory), at most 512: the node adds those of the function's packages to their image."""
     own = os.path.join(code_dir, "")
+    plain = type(sys).__getattribute__
     out = []
-    for name in list(sys.modules):
+    for name, mod in list(sys.modules.items()):
         if name in before or name == "__main__":
             continue
-        path = getattr(sys.modules.get(name), "__file__", None) or ""
-        if path.startswith(own):
+        try:
+            # Read from the module's own dict, never through its attributes: a lazily
+            # loaded module (importlib.util.LazyLoader) runs its code on the first access.
+            if type(mod).__getattribute__ is not plain:
+                continue
+            path = object.__getattribute__(mod, "__dict__").get("__file__") or ""
+        except Exception:
+            continue
+        if not isinstance(path, str) or path.startswith(own):
             continue
         out.append(name)
         if len(out) == 512:
@@ -312,7 +320,10 @@ def main():
         return
     import_us = int((time.perf_counter() - t0) * 1e6)
     ready = {"import_handler_us": import_us, "hook_us": hook_us}
-    imported = packages_imported(before, init["code_dir"])
+    try:
+        imported = packages_imported(before, init["code_dir"])
+    except Exception:
+        imported = []
     if imported:
         ready["imported"] = imported
     write_frame(fd, READY, dumps(ready))

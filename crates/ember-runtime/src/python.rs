@@ -582,14 +582,14 @@ impl Instance {
         &self.id
     }
 
-    /// Whether a restored instance got past its after-restore hook into the function's own
-    /// code (so that a failure since, even a timeout, is the function's).
     /// The modules the handler's import added, as the runtime reported them (once; the
     /// function's code runs in that process, so they are a claim to check, not a fact).
     pub fn take_imported(&mut self) -> Vec<String> {
         std::mem::take(&mut self.imported)
     }
 
+    /// Whether a restored instance got past its after-restore hook into the function's own
+    /// code (so that a failure since, even a timeout, is the function's).
     pub fn hooked(&self) -> bool {
         self.hooked
     }

@@ -239,6 +239,18 @@ impl Cgroup {
         let bytes = memory_bytes.to_string();
         match self.version {
             Version::V2 => {
+                // v2 takes a limit below the usage and OOM-kills to meet it: refused here
+                // instead, as v1 refuses it (EBUSY).
+                let current = fs::read_to_string(mem.join("memory.current"))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+                if current > memory_bytes {
+                    return Err(CgroupError::Io {
+                        path: mem.join("memory.max"),
+                        source: io::Error::from_raw_os_error(libc::EBUSY),
+                    });
+                }
                 write(mem, "memory.max", &bytes)?;
                 // No swap: over the limit is an OOM, not a slow crawl.
                 let _ = write(mem, "memory.swap.max", "0");

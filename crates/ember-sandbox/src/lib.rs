@@ -180,6 +180,7 @@ impl Sandboxes {
                     bpf: self.bpf.clone(),
                     listener,
                     held: netns.into_iter().collect(),
+                    first: None,
                 })
             }
             Err(e) => {
@@ -388,6 +389,9 @@ pub struct Sandbox {
     /// Namespaces the sandbox keeps until it is destroyed: its network namespace (made
     /// ahead), and the mounts of [`Sandbox::hold_mounts`].
     held: Vec<std::os::fd::OwnedFd>,
+    /// A pidfd of the first process ([`Sandbox::pin_first`]): later binds enter its mount
+    /// namespace through it, never through a pid that may have been reused.
+    first: Option<std::os::fd::OwnedFd>,
 }
 
 /// The credentials and filter a restored process must take on (see [`Sandbox::handoff`]).
@@ -530,13 +534,31 @@ impl Sandbox {
         }
     }
 
-    /// Binds host directories read-only (`nosuid`, `nodev`) at the same paths into the
-    /// mount namespace of the instance's first process `pid` (host pid), as
-    /// [`InstanceSpec::read_only`] would have: for a sandbox made ahead, before it is known
-    /// which function's code it will see. Call it only while nothing of a tenant's has run
-    /// in the sandbox (the daemon enters the instance's mount namespace as root); the
-    /// instance's processes see the directories at once.
-    pub fn add_read_only(&self, pid: i32, dirs: &[PathBuf]) -> Result<(), SandboxError> {
+    /// Remembers the instance's first process (host pid `pid`, just found with
+    /// [`Sandbox::first_process`]) by a pidfd, for [`Sandbox::add_read_only`].
+    pub fn pin_first(&mut self, pid: i32) -> Result<(), SandboxError> {
+        let fd = sys::pidfd_open(pid).map_err(|source| SandboxError::Io {
+            path: PathBuf::from(format!("/proc/{pid}")),
+            source,
+        })?;
+        self.first = Some(fd);
+        Ok(())
+    }
+
+    /// Binds host directories read-only (`nosuid`, `nodev`, private) at the same paths into
+    /// the mount namespace of the instance's first process (pinned with
+    /// [`Sandbox::pin_first`]), as [`InstanceSpec::read_only`] would have: for a sandbox made
+    /// ahead, before it is known which function's code it will see. The instance's
+    /// processes see the directories at once. The daemon enters the instance's mount
+    /// namespace as root; the path is walked without following links, through root-owned
+    /// directories only.
+    pub fn add_read_only(&self, dirs: &[PathBuf]) -> Result<(), SandboxError> {
+        let Some(first) = &self.first else {
+            return Err(SandboxError::Io {
+                path: PathBuf::from("the sandbox's first process"),
+                source: std::io::Error::other("not pinned (Sandbox::pin_first)"),
+            });
+        };
         let dirs = dirs
             .iter()
             .map(|d| {
@@ -544,8 +566,8 @@ impl Sandbox {
                     .map_err(|_| SandboxError::BadPath(d.to_path_buf()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        sys::bind_into(pid, &dirs).map_err(|(what, source)| SandboxError::Io {
-            path: PathBuf::from(format!("{what} (in the mount namespace of process {pid})")),
+        sys::bind_into(first, &dirs).map_err(|(what, source)| SandboxError::Io {
+            path: PathBuf::from(format!("{what} (in the instance's mount namespace)")),
             source,
         })
     }

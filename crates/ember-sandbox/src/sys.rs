@@ -434,8 +434,10 @@ fn owned(fd: libc::c_long) -> io::Result<std::os::fd::OwnedFd> {
 }
 
 /// A detached copy of the mount at `path` (`open_tree(OPEN_TREE_CLONE)`), made read-only,
-/// `nosuid` and `nodev`, to be attached elsewhere with `move_mount`, also in another mount
-/// namespace.
+/// `nosuid`, `nodev` and private (no propagation to or from the host's mounts: a host whose
+/// `/` is shared, as systemd makes it, would otherwise show the instance what is mounted
+/// under the directory later), to be attached elsewhere with `move_mount`, also in another
+/// mount namespace.
 fn read_only_tree(path: &CStr) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::AsRawFd;
     let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
@@ -446,7 +448,7 @@ fn read_only_tree(path: &CStr) -> io::Result<std::os::fd::OwnedFd> {
     let attr = MountAttr {
         attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
         attr_clr: 0,
-        propagation: 0,
+        propagation: libc::MS_PRIVATE,
         userns_fd: 0,
     };
     // SAFETY: mount_setattr reads `attr` (a valid struct of the size passed) and the empty
@@ -518,19 +520,22 @@ fn root_owned_dir(path: &[u8]) -> io::Result<std::os::fd::OwnedFd> {
 }
 
 /// A pidfd of process `pid`.
-fn pidfd_open(pid: libc::pid_t) -> io::Result<std::os::fd::OwnedFd> {
+pub fn pidfd_open(pid: libc::pid_t) -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags; it returns a new descriptor or -1.
     owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })
 }
 
 /// Binds the host directories `dirs` read-only (and `nosuid`, `nodev`) at the same paths in
-/// the mount namespace of process `pid`, a sandbox's first process. The trees are cloned
+/// the mount namespace of the process `pidfd` names, a sandbox's first process. The trees are cloned
 /// and made read-only here, in the host's namespace; a thread of its own (a mount namespace
 /// belongs to a thread's filesystem context, which it first unshares) enters the
 /// instance's, makes the root writable for the time of the `mkdir`s, attaches each tree on
 /// its directory (reached without following links) and makes the root read-only again.
 /// The error names the step (the path) that failed.
-pub fn bind_into(pid: libc::pid_t, dirs: &[std::ffi::CString]) -> Result<(), (String, io::Error)> {
+pub fn bind_into(
+    pidfd: &std::os::fd::OwnedFd,
+    dirs: &[std::ffi::CString],
+) -> Result<(), (String, io::Error)> {
     let at = |what: &str| {
         let what = what.to_string();
         move |e: io::Error| (what, e)
@@ -539,7 +544,6 @@ pub fn bind_into(pid: libc::pid_t, dirs: &[std::ffi::CString]) -> Result<(), (St
         .iter()
         .map(|d| read_only_tree(d).map_err(at(&d.to_string_lossy())))
         .collect::<Result<Vec<_>, _>>()?;
-    let pidfd = pidfd_open(pid).map_err(at("pidfd_open"))?;
     std::thread::scope(|s| {
         std::thread::Builder::new()
             .name("ember-mounts".into())

@@ -352,7 +352,7 @@ async fn a_sandbox_made_ahead_gets_its_directories_and_limit_later() {
         .unwrap();
     let script = format!(
         "cat {c}/handler.txt; echo; ls {p}; touch {c}/new 2>/dev/null && echo wrote-code; \
-         mkdir /x 2>/dev/null && echo wrote-root; true",
+         mkdir /x 2>/dev/null && echo wrote-root; grep ' {c} ' /proc/self/mountinfo; true",
         c = code.display(),
         p = code.parent().unwrap().display(),
     );
@@ -365,7 +365,9 @@ async fn a_sandbox_made_ahead_gets_its_directories_and_limit_later() {
     sb.attach_stopped(&mut cmd);
     let child = cmd.spawn().unwrap();
     let pid = sb.first_process().expect("the first process is parked");
-    sb.add_read_only(pid, std::slice::from_ref(&code)).unwrap();
+    assert!(sb.add_read_only(&[]).is_err(), "not pinned yet");
+    sb.pin_first(pid).unwrap();
+    sb.add_read_only(std::slice::from_ref(&code)).unwrap();
     sb.resize(96 << 20).unwrap();
     for limit in [
         format!("/sys/fs/cgroup/memory/ember/{node}/later/memory.limit_in_bytes"),
@@ -377,7 +379,7 @@ async fn a_sandbox_made_ahead_gets_its_directories_and_limit_later() {
     }
     // A path with NUL is refused before anything is done.
     let bad = PathBuf::from(std::ffi::OsStr::from_bytes(b"/a\0b"));
-    assert!(sb.add_read_only(pid, &[bad]).is_err());
+    assert!(sb.add_read_only(&[bad]).is_err());
     // SAFETY: kill with the pid found above and SIGCONT.
     unsafe { libc::kill(pid, libc::SIGCONT) };
     let out = child.wait_with_output().await.unwrap();
@@ -396,6 +398,12 @@ async fn a_sandbox_made_ahead_gets_its_directories_and_limit_later() {
         !text.contains("wrote-root"),
         "the root stays read-only: {text}"
     );
+    // Its own mount, not a peer of the host's (a shared host / must not propagate into it).
+    let line = text
+        .lines()
+        .find(|l| l.contains(" ro,"))
+        .unwrap_or_default();
+    assert!(!line.is_empty() && !line.contains("shared:"), "{text}");
     sb.destroy().await;
     // The host's directory is untouched.
     assert!(!code.join("new").exists());
@@ -416,7 +424,8 @@ async fn a_later_bind_never_follows_what_the_instance_planted() {
     let code = home.path().join("code");
     std::fs::create_dir_all(&code).unwrap();
     for (plant, what) in [
-        (format!("ln -s /usr {}", home.path().display()), "link"),
+        // To /, whose root is writable while a bind is made: only O_NOFOLLOW stops it.
+        (format!("ln -s / {}", home.path().display()), "link"),
         (format!("mkdir -p {}", home.path().display()), "own dir"),
     ] {
         let mut sb = boxes
@@ -443,17 +452,82 @@ async fn a_later_bind_never_follows_what_the_instance_planted() {
             .unwrap();
         assert_eq!(line.trim(), "planted", "{what}");
         let pid = sb.first_process().unwrap();
+        sb.pin_first(pid).unwrap();
         let err = sb
-            .add_read_only(pid, std::slice::from_ref(&code))
+            .add_read_only(std::slice::from_ref(&code))
             .expect_err(what);
         assert!(
             format!("{err}").contains("mount namespace"),
             "{what}: {err}"
         );
-        // Nothing was mounted through the link on the instance's /usr.
-        let through = format!("/proc/{pid}/root/usr/code");
+        // Nothing was mounted or made through the link at the instance's root.
+        let through = format!("/proc/{pid}/root/code");
         assert!(!std::path::Path::new(&through).exists(), "{what}");
         let _ = child.kill().await;
         sb.destroy().await;
     }
+}
+
+/// A later bind from a shared mount on the host (systemd makes `/` shared) is private in the
+/// instance: what the host mounts under the directory afterwards does not show inside.
+#[tokio::test]
+async fn a_later_bind_does_not_propagate_from_the_host() {
+    if !privileged() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let shared = home.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let run = |args: &[&str]| {
+        let ok = std::process::Command::new("mount")
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount {args:?}");
+    };
+    let shared_s = shared.to_string_lossy().into_owned();
+    run(&["-t", "tmpfs", "tmpfs", &shared_s]);
+    run(&["--make-shared", &shared_s]);
+    let code = shared.join("code");
+    std::fs::create_dir(&code).unwrap();
+    let boxes = open_node(home.path(), &format!("test-prop-{}", std::process::id()));
+    let mut sb = boxes
+        .prepare(&InstanceSpec {
+            id: "prop".into(),
+            memory_bytes: 64 << 20,
+            read_only: vec![],
+            cwd: PathBuf::from("/"),
+            host_network: false,
+            runtime_api_port: None,
+        })
+        .unwrap();
+    let script = format!(
+        "ls {}/late 2>/dev/null && echo saw-late; true",
+        code.display()
+    );
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.args(["-c", &script])
+        .stdout(Stdio::piped())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin");
+    sb.attach_stopped(&mut cmd);
+    let child = cmd.spawn().unwrap();
+    let pid = sb.first_process().unwrap();
+    sb.pin_first(pid).unwrap();
+    sb.add_read_only(std::slice::from_ref(&code)).unwrap();
+    // The host mounts under the bound directory after the bind.
+    let late = code.join("late");
+    std::fs::create_dir(&late).unwrap();
+    let late_s = late.to_string_lossy().into_owned();
+    run(&["-t", "tmpfs", "tmpfs", &late_s]);
+    std::fs::write(late.join("secret"), "x").unwrap();
+    // SAFETY: kill with the pid found above and SIGCONT.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let out = child.wait_with_output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    sb.destroy().await;
+    let _ = std::process::Command::new("umount").arg(&late_s).status();
+    let _ = std::process::Command::new("umount").arg(&shared_s).status();
+    assert!(!text.contains("secret"), "{text}");
 }

@@ -30,7 +30,8 @@
 //! event_retry_delay = "60s" # before an Event invocation's first retry (the second waits 2x)
 //! event_max_age = "6h"      # how long a throttled Event invocation keeps being retried
 //! prestart = 2              # sandboxes made ahead per native function (0: on demand)
-//! standby = 2               # instances restored ahead per dependency image (0: none)
+//! standby = 2               # instances restored ahead per image, sandboxes made ahead (0: none)
+//! fixed_ladder = false      # true: never skip a rung that measured slower
 //! header_timeout = "10s"    # a request's head must arrive within this, else closed
 //! body_timeout = "30s"      # a body within this (+1 s per 64 KiB), else 408
 //! idle_timeout = "60s"      # a keep-alive connection without a request is closed
@@ -90,10 +91,15 @@ pub struct DaemonArgs {
     #[arg(long, env = "EMBER_PRESTART")]
     pub prestart: Option<usize>,
     /// Most instances of one dependency image restored ahead of demand (standby), as many as
-    /// its recent starts; a start from the image then pays neither sandbox nor restore;
-    /// 0 restores each on demand [default: 2]
+    /// its recent starts, and most sandboxes made ahead for function-snapshot restores; a
+    /// start then pays neither sandbox nor restore (image) or no sandbox (snapshot); 0 makes
+    /// each on demand [default: 2]
     #[arg(long, env = "EMBER_STANDBY")]
     pub standby: Option<usize>,
+    /// Climb the start ladder in its order always: never skip a rung that measured slower
+    /// than another way of starting the function (to measure one rung)
+    #[arg(long, env = "EMBER_FIXED_LADDER")]
+    pub fixed_ladder: bool,
     /// Largest invoke payload in bytes [default: 6 MiB]
     #[arg(long, env = "EMBER_MAX_EVENT_BYTES")]
     pub max_event_bytes: Option<usize>,
@@ -210,6 +216,7 @@ struct FileSettings {
     event_max_age: Option<String>,
     prestart: Option<usize>,
     standby: Option<usize>,
+    fixed_ladder: Option<bool>,
     max_event_bytes: Option<usize>,
     max_deploy_bytes: Option<usize>,
     log_max_bytes: Option<u64>,
@@ -354,6 +361,7 @@ impl DaemonArgs {
             },
             prestart: self.prestart.or(file.prestart).unwrap_or(d.prestart),
             standby: self.standby.or(file.standby).unwrap_or(d.standby),
+            fixed_ladder: self.fixed_ladder || file.fixed_ladder.unwrap_or(d.fixed_ladder),
             log_max_bytes: self
                 .log_max_bytes
                 .or(file.log_max_bytes)

@@ -31,7 +31,7 @@ pub struct FunctionStatus {
     /// Requests queued for a free instance right now.
     pub requests_waiting: usize,
     /// Moving average of each start path's time before the handler runs, ms (this
-    /// version): a rung slower than the cold boot is not tried.
+    /// version): a rung slower than another is not tried.
     pub start_ms: std::collections::BTreeMap<String, f64>,
 }
 

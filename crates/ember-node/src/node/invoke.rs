@@ -139,10 +139,10 @@ impl Node {
                 d.start_costs.record(start, timing.init());
             }
         }
-        if let crate::live::Proc::Python(p) = &mut inst.inst {
-            let imported = p.take_imported();
-            self.learn_imports(d, imported);
-        }
+        let imported = match &mut inst.inst {
+            crate::live::Proc::Python(p) => p.take_imported(),
+            _ => Vec::new(),
+        };
         let instance_id = inst.id().to_string();
         let image = inst.image.clone();
         let snapshot = inst.snapshot.clone();
@@ -224,6 +224,8 @@ impl Node {
             // answered: a refill forks and restores, which would slow the start it follows.
             self.standby_refill();
         }
+        // So does an image rebuild with what the start imported (learn.rs).
+        self.learn_imports(d, imported);
         let served = Served {
             start,
             image,

@@ -16,10 +16,15 @@
 //! under a top-level module of a distribution the function asked for are kept (an image is
 //! shared only by functions with exactly its distributions, so nothing is imported at a build
 //! that those functions' tenants did not choose), at most [`MAX_LEARNED`] per environment,
-//! names of at most 128 characters in 8 parts. A name that does not import is skipped by the
-//! build (`preloading ... failed` in the daemon's log). One tenant can make an image rebuilt
-//! at most once a minute; a rebuild makes the function snapshots over the old image stale
-//! (they are taken again).
+//! names of at most 128 characters in 8 parts, no `__main__`. A name whose import raises is
+//! skipped by the build (`preloading ... failed` in the daemon's log); a build that fails
+//! (a module that exits, crashes, starts a thread or hangs at import) refuses the modules it
+//! added, which are never learned again. An image is rebuilt at most once a minute, and only
+//! for a module not learned before; a rebuild makes the function snapshots over the old
+//! image stale (they are taken again). What one tenant's handler imports is preloaded for
+//! every function of the same distributions: their import-time code, of packages those
+//! tenants chose, runs in the image, and a larger image may no longer fit a function with
+//! little memory (which then cold-boots).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -37,6 +42,9 @@ pub(in crate::node) const MAX_LEARNED: usize = 256;
 #[derive(Default)]
 struct EnvLearned {
     modules: BTreeSet<String>,
+    /// Modules whose build failed: never learned again (a module that exits, crashes,
+    /// starts a thread or hangs at import would otherwise fail every rebuild).
+    refused: BTreeSet<String>,
     building: bool,
     last_build: Option<Instant>,
 }
@@ -60,16 +68,39 @@ impl Learned {
             .unwrap_or_default()
     }
 
-    /// Adds `missing`; true when a rebuild should start now (and marks it started).
+    /// Adds `missing`; true when a rebuild should start now (and marks it started): some
+    /// module is learned that the image lacks, none is being built and the last build is
+    /// [`RELEARN`] old. What is over the cap or was refused is not learned.
     fn add(&self, key: &str, missing: Vec<String>) -> bool {
         let mut envs = self.lock();
         let e = envs.entry(key.to_string()).or_default();
+        let mut new = false;
         for m in missing {
             if e.modules.len() >= MAX_LEARNED {
                 break;
             }
-            e.modules.insert(m);
+            if !e.refused.contains(&m) {
+                new |= e.modules.insert(m);
+            }
         }
+        new && self.due(e)
+    }
+
+    /// Whether a learned module is still missing from an image that preloads `have` and a
+    /// rebuild may start now (marking it started).
+    fn wants_build(&self, key: &str, have: &[String]) -> bool {
+        let mut envs = self.lock();
+        let Some(e) = envs.get_mut(key) else {
+            return false;
+        };
+        let have: std::collections::HashSet<&str> = have.iter().map(String::as_str).collect();
+        if e.modules.iter().all(|m| have.contains(m.as_str())) {
+            return false;
+        }
+        self.due(e)
+    }
+
+    fn due(&self, e: &mut EnvLearned) -> bool {
         if e.building || e.last_build.is_some_and(|t| t.elapsed() < RELEARN) {
             return false;
         }
@@ -77,11 +108,34 @@ impl Learned {
         true
     }
 
-    fn built(&self, key: &str) {
+    /// The build with what was learned ended; when it failed, the modules it added to the
+    /// image (`tried`) are refused from now on.
+    fn built(&self, key: &str, failed: Option<&[String]>) {
         if let Some(e) = self.lock().get_mut(key) {
             e.building = false;
             e.last_build = Some(Instant::now());
+            if let Some(tried) = failed {
+                e.refused.extend(tried.iter().cloned());
+                let refused = &e.refused;
+                e.modules.retain(|m| !refused.contains(m));
+            }
         }
+    }
+
+    /// Seeds environment `key` with what its image already learned before (a daemon
+    /// restart), oldest first, within the cap; returns everything learned.
+    fn seeded(&self, key: &str, earlier: impl IntoIterator<Item = String>) -> Vec<String> {
+        let mut envs = self.lock();
+        let e = envs.entry(key.to_string()).or_default();
+        for m in earlier {
+            if e.modules.len() >= MAX_LEARNED {
+                break;
+            }
+            if !e.refused.contains(&m) {
+                e.modules.insert(m);
+            }
+        }
+        e.modules.iter().cloned().collect()
     }
 }
 
@@ -93,7 +147,10 @@ pub(in crate::node) fn valid_module(name: &str) -> bool {
             .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
             && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
     };
-    name.len() <= 128 && name.split('.').count() <= 8 && name.split('.').all(ident)
+    // `__main__` runs a package as a program (`python -m`), never a module to preload.
+    name.len() <= 128
+        && name.split('.').count() <= 8
+        && name.split('.').all(|p| ident(p) && p != "__main__")
 }
 
 /// Of `reported`, the modules worth adding to an image that preloads `have` for a function
@@ -131,7 +188,14 @@ impl Node {
             return;
         };
         let missing = worth_learning(reported, &d.env.imports, &have);
-        if missing.is_empty() || !self.learned.add(&d.env.key, missing) {
+        // What is new, or learned before and still missing (a build that was not due).
+        let start = match missing.is_empty() {
+            true => false,
+            false => {
+                self.learned.add(&d.env.key, missing) || self.learned.wants_build(&d.env.key, &have)
+            }
+        };
+        if !start {
             return;
         }
         let (me, env) = (self.me.clone(), d.env.clone());
@@ -139,12 +203,22 @@ impl Node {
             let Some(node) = me.upgrade() else { return };
             // One automatic build at a time, as on deploy.
             let _one = node.auto_builds.acquire().await;
+            let id = image_id(&env.key);
+            let before = node.images.imports_of(&id).unwrap_or_default();
             let learned = node.learned.modules(&env.key);
-            tracing::info!(image = %image_id(&env.key), modules = ?learned, "rebuilding an image with the modules its functions import");
-            if let Err(e) = node.build_image_for(&env).await {
-                tracing::warn!(image = %image_id(&env.key), "rebuilding the image with learned imports failed: {}", error_chain(&e));
+            let tried: Vec<String> = learned
+                .iter()
+                .filter(|m| !before.contains(m))
+                .cloned()
+                .collect();
+            tracing::info!(image = %id, modules = ?tried, "rebuilding an image with the modules its functions import");
+            match node.build_image_for(&env).await {
+                Ok(_) => node.learned.built(&env.key, None),
+                Err(e) => {
+                    tracing::warn!(image = %id, modules = ?tried, "rebuilding the image with learned imports failed; those modules are not learned again: {}", error_chain(&e));
+                    node.learned.built(&env.key, Some(&tried));
+                }
             }
-            node.learned.built(&env.key);
         });
     }
 
@@ -156,14 +230,11 @@ impl Node {
         let earlier = self
             .images
             .imports_of(&image_id(&env.key))
-            .unwrap_or_default();
-        let extra: BTreeSet<String> = earlier
+            .unwrap_or_default()
             .into_iter()
-            .chain(self.learned.modules(&env.key))
-            .filter(|m| !base.contains(m))
-            .take(MAX_LEARNED)
-            .collect();
-        v.extend(extra);
+            .filter(|m| !base.contains(m));
+        let learned = self.learned.seeded(&env.key, earlier);
+        v.extend(learned.into_iter().filter(|m| !base.contains(m)));
         v
     }
 
@@ -211,12 +282,42 @@ mod tests {
         let l = Learned::default();
         assert!(l.add("e", vec!["a.b".into()]));
         assert!(!l.add("e", vec!["a.c".into()]), "one build at a time");
-        l.built("e");
+        l.built("e", None);
         assert!(!l.add("e", vec!["a.d".into()]), "not again within RELEARN");
         assert_eq!(l.modules("e"), ["a.b", "a.c", "a.d"]);
         let many: Vec<String> = (0..1000).map(|i| format!("a.m{i}")).collect();
         l.add("e", many);
         assert_eq!(l.modules("e").len(), MAX_LEARNED);
         assert!(l.modules("other").is_empty());
+    }
+
+    /// Past the cap, or with everything learned in the image, nothing asks for a rebuild;
+    /// a build that failed refuses the modules it tried.
+    #[test]
+    fn nothing_new_never_rebuilds_and_a_failed_build_refuses_what_it_tried() {
+        let l = Learned::default();
+        let full: Vec<String> = (0..MAX_LEARNED).map(|i| format!("a.m{i}")).collect();
+        assert!(l.add("e", full.clone()));
+        l.lock().get_mut("e").unwrap().last_build = None;
+        l.lock().get_mut("e").unwrap().building = false;
+        assert!(
+            !l.add("e", vec!["a.over".into()]),
+            "over the cap: not learned"
+        );
+        assert!(!l.wants_build("e", &full), "all of it is in the image");
+        assert!(l.wants_build("e", &full[1..]), "one still missing");
+        l.built("e", Some(&["a.m0".to_string()]));
+        l.lock().get_mut("e").unwrap().last_build = None;
+        assert!(!l.modules("e").contains(&"a.m0".to_string()));
+        assert!(
+            !l.add("e", vec!["a.m0".into()]),
+            "refused: never learned again"
+        );
+        assert!(!l.wants_build("e", &full[1..]));
+        assert!(!valid_module("pkg.__main__"));
+        // A restart: what the image learned before is learned again, within the cap.
+        let r = Learned::default();
+        assert_eq!(r.seeded("e", ["a.x".to_string()]), ["a.x"]);
+        assert_eq!(r.seeded("e", Vec::new()), ["a.x"]);
     }
 }

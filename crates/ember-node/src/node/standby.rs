@@ -21,9 +21,11 @@
 //!
 //! **How many.** Per image (and of parked sandboxes), as many as the starts that looked for
 //! one in the last [`WINDOW`] (at least one, at most `--standby`), for as long as one looked
-//! in the last [`IDLE`]; a built image that serves a deployed function counts as one start. A start from the image, taken from standby or not, tops the image
-//! up in the background once its request is answered (a refill forks and restores: on the
-//! request's path it would slow the start it follows).
+//! in the last [`IDLE`]; a built image that serves a deployed function counts as one start.
+//! A start from the image or a function snapshot, served from a standby or not, tops them up
+//! in the background as its request is answered (the refill first waits [`REFILL_DELAY`]:
+//! it forks and restores, which alongside the request would slow the start it follows).
+//! The refill of an image whose image was rebuilt meanwhile is dropped, never counted.
 //!
 //! **What a standby is not.** It has run nothing of any function: only the image's own
 //! state (Ember's runtime and the packages' imports, as every image start restores them).
@@ -49,6 +51,26 @@ pub(in crate::node) const IDLE: Duration = Duration::from_secs(600);
 pub(in crate::node) const WINDOW: Duration = Duration::from_secs(10);
 /// After a fill failed, the image is not filled again for this long.
 const FAIL_PAUSE: Duration = Duration::from_secs(30);
+/// A refill waits this long before it forks and restores, so that the answer of the start
+/// that asked for it goes out first.
+const REFILL_DELAY: Duration = Duration::from_millis(2);
+
+/// Clears the node's fill mark however its fill task ends (a panic, shutdown's abort),
+/// unless disarmed.
+struct Filling {
+    node: std::sync::Weak<Node>,
+    armed: bool,
+}
+
+impl Drop for Filling {
+    fn drop(&mut self) {
+        if self.armed
+            && let Some(n) = self.node.upgrade()
+        {
+            n.standby.filling.store(false, Ordering::SeqCst);
+        }
+    }
+}
 
 /// Log lines of an instance whose function is not known yet: dropped until [`LateSink::bind`]
 /// (a standby runtime only waits for its INIT; it prints nothing of a function's).
@@ -76,10 +98,20 @@ impl LogSink for LateSink {
     }
 }
 
+/// Pins the sandbox's first process `pid` by a pidfd, made just now: later binds enter its
+/// mount namespace through that, never through a pid that may have been reused since.
+fn pin(live: &mut Live, pid: i32) -> Result<(), String> {
+    match live.sandbox.as_mut() {
+        Some(sb) => sb.pin_first(pid).map_err(|e| error_chain(&e)),
+        None => Err("it has no sandbox".into()),
+    }
+}
+
 /// An image instance restored ahead, waiting for its INIT.
 pub(in crate::node) struct Ready {
     pub live: Live,
-    /// Host pid of the sandbox's first process (the restored runtime).
+    /// Host pid of the sandbox's first process (the restored runtime; a parked sandbox's is
+    /// restored into by it), pinned in the sandbox by a pidfd too.
     pub pid: i32,
     pub sink: Arc<LateSink>,
     /// The image's metadata hash at the restore.
@@ -276,18 +308,39 @@ impl Node {
         }
         let me = self.me.clone();
         self.spawn_background(async move {
-            while let Some(node) = me.upgrade() {
+            let mut mark = Filling {
+                node: me.clone(),
+                armed: true,
+            };
+            // The start that asked for it is answered first.
+            tokio::time::sleep(REFILL_DELAY).await;
+            loop {
+                let Some(node) = me.upgrade() else { return };
                 if node.stopping.load(Ordering::SeqCst) {
-                    break;
+                    return;
                 }
                 let Some(key) = node.standby.wanted() else {
-                    break;
+                    // A refill asked for since `wanted` last looked found the mark set and
+                    // left: look once more with it cleared, unless another task took it.
+                    mark.armed = false;
+                    node.standby.filling.store(false, Ordering::SeqCst);
+                    if node.standby.wanted().is_none()
+                        || node.standby.filling.swap(true, Ordering::SeqCst)
+                    {
+                        return;
+                    }
+                    mark.armed = true;
+                    continue;
                 };
                 let made = match &key {
                     Key::Image(id) => node.standby_make(id).await,
                     Key::Sandbox => node.parked_make(),
                 };
                 match made {
+                    // Its image was rebuilt while it was restored: never counted as ready.
+                    Ok(ready) if node.standby_stale(&key, &ready) => {
+                        node.reap(ready.live.kill());
+                    }
                     Ok(ready) => {
                         if let Some(back) = node.standby.put(&key, ready) {
                             node.reap(back.live.kill());
@@ -303,11 +356,21 @@ impl Node {
                         );
                     }
                 }
-            }
-            if let Some(node) = me.upgrade() {
-                node.standby.filling.store(false, Ordering::SeqCst);
+                // Forks and cgroup joins block: let the node's other tasks run in between.
+                tokio::task::yield_now().await;
             }
         });
+    }
+
+    /// Whether `ready`, just made for `key`, is of an image that changed meanwhile.
+    fn standby_stale(&self, key: &Key, ready: &Ready) -> bool {
+        match key {
+            Key::Image(id) => self
+                .images
+                .checkout_quiet(id)
+                .map_or(true, |co| co.meta_hash() != ready.meta_hash),
+            Key::Sandbox => false,
+        }
     }
 
     /// A sandbox whose first process is parked, showing only the bootstrap (a restore's
@@ -334,11 +397,15 @@ impl Node {
             sb.attach_stopped(cmd)
         })
         .map_err(|e| error_chain(&e))?;
-        let live = Live::new(inst, Some(sb));
+        let mut live = Live::new(inst, Some(sb));
         let Some(pid) = live.sandbox.as_ref().and_then(|s| s.first_process()) else {
             self.reap(live.kill());
             return Err("its first process is not in its cgroup".into());
         };
+        if let Err(why) = pin(&mut live, pid) {
+            self.reap(live.kill());
+            return Err(why);
+        }
         Ok(Ready {
             live,
             pid,
@@ -377,7 +444,7 @@ impl Node {
             .collect();
         let bound = match ready.live.sandbox.as_ref() {
             Some(sb) => sb
-                .add_read_only(ready.pid, &dirs)
+                .add_read_only(&dirs)
                 .and_then(|()| sb.resize(u64::from(spec.memory_mb) << 20))
                 .map_err(|e| error_chain(&e)),
             None => Err("it has no sandbox".to_string()),
@@ -435,6 +502,10 @@ impl Node {
             .restore_instance(&mut spec, sees, id, &pages, policy, sink.clone(), false)
             .await
             .map_err(|e| error_chain(&e))?;
+        if let Err(why) = pin(&mut live, pid) {
+            self.reap(live.kill());
+            return Err(why);
+        }
         live.image = Some(id.to_string());
         Ok(Ready {
             live,
@@ -478,7 +549,7 @@ impl Node {
         let t = Instant::now();
         let bound = match ready.live.sandbox.as_ref() {
             Some(sb) => sb
-                .add_read_only(ready.pid, std::slice::from_ref(&d.code_dir))
+                .add_read_only(std::slice::from_ref(&d.code_dir))
                 .and_then(|()| sb.resize(rec.config.memory_bytes()))
                 .map_err(|e| error_chain(&e)),
             None => Err("it has no sandbox".to_string()),

@@ -1,17 +1,20 @@
 //! The fastest rung for each function: what each way of starting it measured (the start's
 //! time before the handler runs, `Timing::init`), and the rule that a rung which measured
-//! slower than the function's own cold boot is not tried.
+//! slower than another way of starting the same function (its cold boot, its image, its
+//! function snapshot) is not tried: with standby instances an image start can beat the
+//! function's own snapshot, whose restore is on the request's path.
 //!
 //! ```text
 //! a start served by cold-boot | image | function-snapshot (without a fallback)
 //!     -> that path's moving average for the function's version (weight 0.3 on the new one)
 //! the image and function-snapshot rungs, before they try:
-//!     both it and the cold boot measured >= MIN_SAMPLES times and it is slower? skip it,
+//!     it and another path measured >= MIN_SAMPLES times each and it is slower? skip it,
 //!     except one start in PROBE_EVERY, which tries it anyway (its cost may have changed:
 //!     a standby, a rebuilt image, a cached snapshot)
 //! ```
 //!
-//! A function that never cold-booted keeps its rungs (nothing to compare with); a new
+//! A rung skipped for the image still falls to the cold boot when the image cannot serve.
+//! A function with one measured path keeps its rungs (nothing to compare with); a new
 //! version starts over. `GET /v1/functions/{name}` shows the averages (`start_ms`).
 
 use std::collections::BTreeMap;
@@ -34,6 +37,8 @@ struct Cost {
     n: u32,
     /// Starts that skipped this path since it was last tried.
     skipped: u32,
+    /// Starts this path served while a later one had too few measures to compare.
+    unexplored: u32,
 }
 
 /// One function version's start costs per path.
@@ -67,17 +72,20 @@ impl StartCosts {
         c.skipped = 0;
     }
 
-    /// Whether `path` should be skipped now: it measured slower than the cold boot (both
+    /// Whether `path` should be skipped now: it measured slower than another path (both
     /// often enough), and this is not the start that probes it.
     pub fn skip(&self, path: StartPath) -> bool {
         let mut paths = self.lock();
-        let Some(cold) = paths.get(StartPath::ColdBoot.as_str()).copied() else {
+        let me = path.as_str();
+        let best_other = paths
+            .iter()
+            .filter(|(p, c)| **p != me && c.n >= MIN_SAMPLES)
+            .map(|(_, c)| c.ms)
+            .fold(f64::INFINITY, f64::min);
+        let Some(c) = paths.get_mut(me) else {
             return false;
         };
-        let Some(c) = paths.get_mut(path.as_str()) else {
-            return false;
-        };
-        if c.n < MIN_SAMPLES || cold.n < MIN_SAMPLES || c.ms <= cold.ms {
+        if c.n < MIN_SAMPLES || c.ms <= best_other {
             return false;
         }
         c.skipped += 1;
@@ -86,6 +94,29 @@ impl StartCosts {
             return false;
         }
         true
+    }
+
+    /// Whether `path` should be passed over this once to measure `next` (a later rung that
+    /// can serve): `path` is measured, `next` is not yet often enough, and this is the one
+    /// start in [`PROBE_EVERY`] that explores. At most [`MIN_SAMPLES`] starts of a version
+    /// go this way, so a faster later rung (an image with standby instances) is found.
+    pub fn explore(&self, path: StartPath, next: StartPath) -> bool {
+        let mut paths = self.lock();
+        if paths.get(next.as_str()).is_some_and(|c| c.n >= MIN_SAMPLES) {
+            return false;
+        }
+        let Some(c) = paths.get_mut(path.as_str()) else {
+            return false;
+        };
+        if c.n < MIN_SAMPLES {
+            return false;
+        }
+        c.unexplored += 1;
+        if c.unexplored >= PROBE_EVERY {
+            c.unexplored = 0;
+            return true;
+        }
+        false
     }
 
     /// The averages, ms, per path with at least one start.
@@ -100,7 +131,7 @@ impl StartCosts {
 impl Node {
     /// Whether `d` should not start from `path` now (see the module doc); counted.
     pub(in crate::node) fn rung_slower(&self, d: &Deployed, path: StartPath) -> bool {
-        if !d.start_costs.skip(path) {
+        if self.cfg.fixed_ladder || !d.start_costs.skip(path) {
             return false;
         }
         self.metrics
@@ -123,7 +154,7 @@ mod tests {
     }
 
     #[test]
-    fn a_rung_slower_than_the_cold_boot_is_skipped_but_probed() {
+    fn a_rung_slower_than_another_is_skipped_but_probed() {
         let c = StartCosts::default();
         // Nothing to compare with: tried.
         for _ in 0..5 {
@@ -147,9 +178,37 @@ mod tests {
         }
         assert!(!c.skip(StartPath::Image));
         assert!(!c.skip(StartPath::FunctionSnapshot), "never measured");
+        // A function snapshot slower than the image (a standby) is skipped for it.
+        for _ in 0..3 {
+            c.record(StartPath::FunctionSnapshot, ms(12));
+        }
+        assert!(c.skip(StartPath::FunctionSnapshot));
+        assert!(!c.skip(StartPath::Image));
         let avg = c.averages();
         assert_eq!(avg.get("cold-boot"), Some(&20.0));
         assert!(avg["image"] < 20.0, "{avg:?}");
+    }
+
+    #[test]
+    fn a_measured_rung_is_passed_over_now_and_then_until_the_next_is_measured() {
+        let c = StartCosts::default();
+        let (snap, image) = (StartPath::FunctionSnapshot, StartPath::Image);
+        assert!(!c.explore(snap, image), "nothing measured");
+        for _ in 0..MIN_SAMPLES {
+            c.record(snap, ms(20));
+        }
+        let n = (0..PROBE_EVERY * 2)
+            .filter(|_| c.explore(snap, image))
+            .count();
+        assert_eq!(n, 2, "one start in PROBE_EVERY");
+        for _ in 0..MIN_SAMPLES {
+            c.record(image, ms(4));
+        }
+        assert!(
+            (0..PROBE_EVERY * 2).all(|_| !c.explore(snap, image)),
+            "measured now"
+        );
+        assert!(c.skip(snap), "and the snapshot is the slower");
     }
 
     #[test]

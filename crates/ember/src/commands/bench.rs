@@ -435,6 +435,8 @@ async fn images(args: Args) -> anyhow::Result<()> {
             image_policy: policy.map(|p| p.to_string()),
             snapshots: Some(snapshots.into()),
             standby: Some(standby),
+            // Each daemon measures its own rung, whatever another would measure.
+            fixed_ladder: true,
             ..Default::default()
         };
         homes.push(home);
@@ -598,6 +600,8 @@ async fn cache_daemon(
         snapshot_disk_mb: budget_mb,
         snapshot_eviction: Some(eviction.into()),
         no_sandbox: args.no_sandbox,
+        // A hit is a start from the cache, whatever a cold boot would have cost.
+        fixed_ladder: true,
         ..Default::default()
     }
     .resolve()?;

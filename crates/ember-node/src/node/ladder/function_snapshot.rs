@@ -48,7 +48,13 @@ impl<'c> Rung<StartCx<'c>, Live> for FunctionSnapshot {
             if !node.snapshots_on(d) {
                 return Attempt::Skipped;
             }
-            if !cx.background && node.rung_slower(d, StartPath::FunctionSnapshot) {
+            if !cx.background
+                && (node.rung_slower(d, StartPath::FunctionSnapshot)
+                    || (!node.cfg.fixed_ladder
+                        && node.image_serving(d).is_some()
+                        && d.start_costs
+                            .explore(StartPath::FunctionSnapshot, StartPath::Image)))
+            {
                 return Attempt::Skipped;
             }
             let parent = node.snapshot_parent(d);
