@@ -40,7 +40,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crate::image::{FdKind, LoadedImage, Meta, PAGE, vma_flags};
-use crate::restore::{self, RestoreError, RestoreOptions, RestoreStats};
+use crate::restore::{self, Handoff, RestoreError, RestoreOptions, RestoreStats};
 use crate::restorer::{ARG0_FROM_SAVED, Batch, SAVE_RESULT, Step};
 use crate::sys::{self, Regs, Wait};
 use crate::tracee::{self, TraceError, Tracee};
@@ -121,6 +121,9 @@ pub struct ForkSpec {
     /// copies (`pidfd_getfd`), so ours can be closed once `fork` returns.
     pub fds: Vec<(RawFd, RawFd)>,
     pub namespaces: Namespaces,
+    /// What a sandboxed instance becomes last, as in a restore: its credentials, death
+    /// signal, `no_new_privs` and seccomp filter (the template stays privileged).
+    pub handoff: Option<Handoff>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -137,6 +140,9 @@ pub struct Forked {
     pub pid: i32,
     /// From the request to the instance ready to continue, in microseconds.
     pub fork_us: u64,
+    /// Of which the injected `clone` (the template's page tables copied, the namespaces
+    /// made) until the child's first stop.
+    pub clone_us: u64,
 }
 
 type Reply = mpsc::Sender<Result<Forked, TemplateError>>;
@@ -429,11 +435,14 @@ impl Parked {
                 self.pidfd_at - 1
             )));
         }
+        let t1 = Instant::now();
         let child = self.clone_child(spec.namespaces)?;
+        let clone_us = t1.elapsed().as_micros() as u64;
         match self.finish_child(child, spec) {
             Ok(()) => Ok(Forked {
                 pid: child,
                 fork_us: t0.elapsed().as_micros() as u64,
+                clone_us,
             }),
             Err(e) => {
                 sys::kill(child, libc::SIGKILL);
@@ -511,6 +520,13 @@ impl Parked {
             }
         };
         let b = self.child_batch(spec);
+        if (b.size() as u64) > self.gadget_len - PAGE {
+            return Err(self.fork_err(format!(
+                "the child's steps ({} bytes, a large seccomp filter?) do not fit the restorer's area ({} bytes)",
+                b.size(),
+                self.gadget_len - PAGE
+            )));
+        }
         ct.run_batch(self.gadget, &b).map_err(self.trace_err())?;
         if let Some(off) = meta.task.glibc_tid_offset {
             let status = std::fs::read_to_string(format!("/proc/{child}/status"))
@@ -576,13 +592,23 @@ impl Parked {
         let tid = [meta.task.tid_address];
         b.call("set_tid_address", libc::SYS_set_tid_address, &tid, 0);
         let pr = &meta.process.prctl;
-        if pr.pdeathsig != 0 {
-            let args = [libc::PR_SET_PDEATHSIG as u64, u64::from(pr.pdeathsig)];
-            b.call("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, &args, 0);
-        }
         if pr.child_subreaper {
             let args = [libc::PR_SET_CHILD_SUBREAPER as u64, 1];
             b.call("prctl(PR_SET_CHILD_SUBREAPER)", libc::SYS_prctl, &args, 0);
+        }
+        match &spec.handoff {
+            // As a restore's handoff: the instance's user, then what a credential change
+            // resets, then its confinement.
+            Some(h) => {
+                restore::handoff_credentials(&mut b, h);
+                crate::state::apply::after_credentials(&mut b, &meta.process, h.die_with_parent);
+                restore::handoff_confine(&mut b, h);
+            }
+            None if pr.pdeathsig != 0 => {
+                let args = [libc::PR_SET_PDEATHSIG as u64, u64::from(pr.pdeathsig)];
+                b.call("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, &args, 0);
+            }
+            None => {}
         }
         b
     }

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use common::{Conv, privileged, tmp};
-use ember_snap::LoadedImage;
-use ember_snap::template::{ForkSpec, Namespaces, Template, TemplateOptions};
+use ember_snap::image::vma_flags;
+use ember_snap::lazy::Policy;
+use ember_snap::template::{self, ForkSpec, Namespaces, Template, TemplateOptions};
+use ember_snap::{Handoff, LoadedImage, RestoreOptions};
 
 fn memory_image(dir: &Path) -> Arc<LoadedImage> {
     Arc::new(common::dump_python("memory.py", &[], Path::new("/"), dir))
@@ -23,6 +25,7 @@ fn fork(t: &Template, namespaces: Namespaces) -> Conv {
     let spec = ForkSpec {
         fds: vec![(0, in_r.as_raw_fd()), (1, out_w.as_raw_fd()), (2, 2)],
         namespaces,
+        handoff: None,
     };
     let f = t.fork(spec).unwrap();
     drop((in_r, out_w));
@@ -69,7 +72,13 @@ fn forked_instances_answer_independently_with_anonymous_memory_semantics() {
     drop(a);
     let mut d = fork(&tpl, Namespaces::default());
     assert_eq!(d.ask("get"), "get image True");
-    assert!(Path::new(&format!("/proc/{}", tpl.pid())).exists());
+    let template = tpl.pid();
+    assert!(Path::new(&format!("/proc/{template}")).exists());
+    // Dropping the template ends it, not its instances (still ours to collect).
+    drop(tpl);
+    assert!(!Path::new(&format!("/proc/{template}")).exists());
+    assert_eq!(b.ask("get"), "get beta False");
+    assert_eq!(d.ask("ping"), "pong 1");
 }
 
 #[test]
@@ -89,6 +98,103 @@ fn forked_instances_get_fresh_namespaces() {
     check_memory(&mut a);
 }
 
+#[test]
+fn a_handoff_makes_the_forked_instance_the_sandbox_user_with_its_filter() {
+    if !privileged("a_handoff_makes_the_forked_instance_the_sandbox_user_with_its_filter") {
+        return;
+    }
+    let dir = tmp();
+    let img = Arc::new(common::dump_python(
+        "target.py",
+        &[],
+        Path::new("/"),
+        dir.path(),
+    ));
+    let tpl = Template::new(img, &TemplateOptions::default()).unwrap();
+    let (in_r, in_w) = std::io::pipe().unwrap();
+    let (out_r, out_w) = std::io::pipe().unwrap();
+    // SECCOMP_RET_ALLOW for everything: enough to see a filter installed.
+    let allow = libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: libc::SECCOMP_RET_ALLOW,
+    };
+    let spec = ForkSpec {
+        fds: vec![(0, in_r.as_raw_fd()), (1, out_w.as_raw_fd()), (2, 2)],
+        namespaces: Namespaces::all(),
+        handoff: Some(Handoff {
+            uid: 65534,
+            gid: 65534,
+            die_with_parent: true,
+            seccomp: vec![allow],
+        }),
+    };
+    let f = tpl.fork(spec).unwrap();
+    drop((in_r, out_w));
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(f.pid, libc::SIGCONT) };
+    let mut c = Conv::of(f.pid, 1, OwnedFd::from(in_w), OwnedFd::from(out_r));
+    assert_eq!(c.ask("ping"), "pong 1");
+    assert!(c.ask("creds").starts_with("creds 65534 65534 "));
+    assert_eq!(c.ask("fork"), "fork 7");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", c.pid)).unwrap();
+    for want in [
+        "Seccomp:\t2",
+        "NoNewPrivs:\t1",
+        "Uid:\t65534\t65534\t65534\t65534",
+    ] {
+        assert!(status.contains(want), "{want} in {status}");
+    }
+    // The template itself stays privileged: a second instance without a handoff is root.
+    let mut d = fork(&tpl, Namespaces::default());
+    assert!(d.ask("creds").starts_with("creds 0 0 "));
+}
+
+#[test]
+fn images_a_fork_cannot_reproduce_are_refused_and_a_failed_fork_leaves_the_template() {
+    if !privileged(
+        "images_a_fork_cannot_reproduce_are_refused_and_a_failed_fork_leaves_the_template",
+    ) {
+        return;
+    }
+    let dir = tmp();
+    let img = memory_image(dir.path());
+    assert_eq!(template::unsuitable(&img.meta), None);
+    let flag = |f: u32| {
+        let mut m = img.meta.clone();
+        m.vmas[0].flags |= f;
+        template::unsuitable(&m).unwrap()
+    };
+    assert!(flag(vma_flags::DONTFORK).contains("MADV_DONTFORK"));
+    assert!(flag(vma_flags::WIPEONFORK).contains("MADV_WIPEONFORK"));
+    assert!(flag(vma_flags::LOCKED).contains("mlocked"));
+    let mut m = img.meta.clone();
+    m.process.itimers[0].value_us = 5;
+    assert!(template::unsuitable(&m).unwrap().contains("interval timer"));
+    let tpl = Template::new(img.clone(), &TemplateOptions::default()).unwrap();
+    let e = tpl
+        .fork(ForkSpec {
+            fds: vec![(0, 0)],
+            ..ForkSpec::default()
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("[1, 2]"), "{e}");
+    let e = tpl
+        .fork(ForkSpec {
+            fds: vec![(0, 0), (1, 1), (2, 2), (4, 987_654)],
+            ..ForkSpec::default()
+        })
+        .unwrap_err();
+    assert!(
+        common::chain(&e).contains("pidfd_getfd of fd 987654"),
+        "{}",
+        common::chain(&e)
+    );
+    let mut a = fork(&tpl, Namespaces::default());
+    assert_eq!(a.ask("ping"), "pong 1");
+}
+
 /// PSS (KiB) of a process, from smaps_rollup.
 fn pss_kib(pid: i32) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
@@ -104,8 +210,106 @@ fn median(mut v: Vec<u64>) -> u64 {
     v[v.len() / 2]
 }
 
-/// Numbers for the design (printed; run with --nocapture): time from the request to the
-/// first answer of a forked instance and of an eager restore, and the PSS of ten idle ones.
+/// A forked instance, not yet running, and how long its fork took (to stopped, clone).
+fn fork_timed(t: &Template, namespaces: Namespaces) -> (Conv, u64, u64) {
+    let (in_r, in_w) = std::io::pipe().unwrap();
+    let (out_r, out_w) = std::io::pipe().unwrap();
+    let spec = ForkSpec {
+        fds: vec![(0, in_r.as_raw_fd()), (1, out_w.as_raw_fd()), (2, 2)],
+        namespaces,
+        handoff: None,
+    };
+    let f = t.fork(spec).unwrap();
+    drop((in_r, out_w));
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(f.pid, libc::SIGCONT) };
+    let c = Conv::of(f.pid, 1, OwnedFd::from(in_w), OwnedFd::from(out_r));
+    (c, f.fork_us, f.clone_us)
+}
+
+/// Request to first answer of `make`'s instance, p50 over `runs`.
+fn to_answer(runs: usize, mut make: impl FnMut() -> Conv) -> u64 {
+    median(
+        (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                let mut c = make();
+                assert!(c.ask("ping").starts_with("pong "));
+                t.elapsed().as_micros() as u64
+            })
+            .collect(),
+    )
+}
+
+fn measure(label: &str, img: &Arc<LoadedImage>, runs: usize) {
+    let t0 = Instant::now();
+    let tpl = Template::new(img.clone(), &TemplateOptions::default()).unwrap();
+    let make_us = t0.elapsed().as_micros();
+    let (mut fork_us, mut clone_us) = (vec![], vec![]);
+    for _ in 0..runs {
+        let (_c, f, c) = fork_timed(&tpl, Namespaces::default());
+        fork_us.push(f);
+        clone_us.push(c);
+    }
+    let forked = to_answer(runs, || fork_timed(&tpl, Namespaces::default()).0);
+    let eager = to_answer(runs, || common::restore(img));
+    let mapped_opts = RestoreOptions {
+        policy: Policy::Mapped,
+        ..RestoreOptions::default()
+    };
+    let mut servers = vec![];
+    let mapped = to_answer(runs, || {
+        let (c, s) = common::restore_served(img, &mapped_opts);
+        servers.push(s);
+        c
+    });
+    let all_ns = to_answer(runs, || fork_timed(&tpl, Namespaces::all()).0);
+    let idle = |v: Vec<Conv>| {
+        let mut v = v;
+        for c in &mut v {
+            assert!(c.ask("ping").starts_with("pong "));
+        }
+        v
+    };
+    let forks = idle(
+        (0..10)
+            .map(|_| fork_timed(&tpl, Namespaces::default()).0)
+            .collect(),
+    );
+    let eagers = idle((0..10).map(|_| common::restore(img)).collect());
+    let mappeds = idle(
+        (0..10)
+            .map(|_| {
+                let (c, s) = common::restore_served(img, &mapped_opts);
+                servers.push(s);
+                c
+            })
+            .collect(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let sum = |v: &[Conv]| v.iter().map(|c| pss_kib(c.pid)).sum::<u64>();
+    let (f, e, m, t) = (sum(&forks), sum(&eagers), sum(&mappeds), pss_kib(tpl.pid()));
+    let one = pss_kib(eagers[0].pid);
+    eprintln!(
+        "[{label}] image {} pages, {} VMAs; template made in {make_us} us (its restore {} us)",
+        img.meta.pages.count,
+        img.meta.vmas.len(),
+        tpl.stats().total_us
+    );
+    eprintln!(
+        "[{label}] fork to stopped child p50 {} us (clone {} us); request to first answer p50: fork {forked} us, fork with pid+mnt+uts+ipc+net {all_ns} us, eager restore {eager} us, mapped restore {mapped} us ({runs} runs each)",
+        median(fork_us),
+        median(clone_us),
+    );
+    eprintln!(
+        "[{label}] PSS of 10 idle instances: forked {f} KiB (+ template {t} KiB), eager {e} KiB, mapped {m} KiB; one eager instance alone would be ~{one} KiB"
+    );
+    assert!(f + t < e, "forked {f} + template {t} KiB, eager {e} KiB");
+}
+
+/// Numbers for the design (printed; run with --no-capture): time from the request to the
+/// first answer of a forked instance, an eager and a mapped restore, and the PSS of ten
+/// idle ones. `EMBER_TEMPLATE_NUMPY_PYTHON`: a Python with numpy, measured too.
 #[test]
 fn forks_against_restores_measured() {
     if !privileged("forks_against_restores_measured") {
@@ -117,76 +321,21 @@ fn forks_against_restores_measured() {
         .unwrap_or(10);
     let dir = tmp();
     let img = memory_image(dir.path());
-    let t0 = Instant::now();
-    let tpl = Template::new(img.clone(), &TemplateOptions::default()).unwrap();
-    let make_us = t0.elapsed().as_micros();
-    let (mut fork_us, mut fork_ready_us, mut restore_us) = (vec![], vec![], vec![]);
-    for ns in [Namespaces::default(), Namespaces::all()] {
-        let mut ready = vec![];
-        for _ in 0..runs {
-            let t = Instant::now();
-            let mut c = fork(&tpl, ns);
-            assert_eq!(c.ask("ping"), "pong 1");
-            ready.push(t.elapsed().as_micros() as u64);
-        }
-        fork_ready_us.push(median(ready));
+    measure("memory.py", &img, runs);
+    if let Some(py) = std::env::var_os("EMBER_TEMPLATE_NUMPY_PYTHON") {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/target.py");
+        let mut original = Conv::spawn(
+            std::process::Command::new(py)
+                .arg("-I")
+                .arg(&script)
+                .arg("numpy")
+                .env("OPENBLAS_NUM_THREADS", "1")
+                .env("OMP_NUM_THREADS", "1")
+                .current_dir("/"),
+        );
+        assert_eq!(original.line(), "ready");
+        let numpy = Arc::new(common::dump_stdio(original.pid, &dir.path().join("numpy")));
+        drop(original);
+        measure("numpy", &numpy, runs);
     }
-    for _ in 0..runs {
-        let (in_r, in_w) = std::io::pipe().unwrap();
-        let (out_r, out_w) = std::io::pipe().unwrap();
-        let spec = ForkSpec {
-            fds: vec![(0, in_r.as_raw_fd()), (1, out_w.as_raw_fd()), (2, 2)],
-            namespaces: Namespaces::default(),
-        };
-        let f = tpl.fork(spec).unwrap();
-        fork_us.push(f.fork_us);
-        drop((in_r, out_w));
-        // SAFETY: a signal to our own child.
-        unsafe { libc::kill(f.pid, libc::SIGCONT) };
-        drop(Conv::of(
-            f.pid,
-            1,
-            OwnedFd::from(in_w),
-            OwnedFd::from(out_r),
-        ));
-    }
-    for _ in 0..runs {
-        let t = Instant::now();
-        let mut r = common::restore(&img);
-        assert_eq!(r.ask("ping"), format!("pong {}", r.tid));
-        restore_us.push(t.elapsed().as_micros() as u64);
-    }
-    let forked: Vec<Conv> = (0..10)
-        .map(|_| {
-            let mut c = fork(&tpl, Namespaces::default());
-            assert_eq!(c.ask("ping"), "pong 1");
-            c
-        })
-        .collect();
-    let restored: Vec<Conv> = (0..10)
-        .map(|_| {
-            let mut r = common::restore(&img);
-            assert_eq!(r.ask("ping"), format!("pong {}", r.tid));
-            r
-        })
-        .collect();
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let sum = |v: &[Conv]| v.iter().map(|c| pss_kib(c.pid)).sum::<u64>();
-    let (f, r, t) = (sum(&forked), sum(&restored), pss_kib(tpl.pid()));
-    eprintln!(
-        "template: {} pages, made in {make_us} us (restore {:?})",
-        img.meta.pages.count,
-        tpl.stats()
-    );
-    eprintln!(
-        "fork (request to stopped child) p50 {} us; to first answer p50 {} us (new pid ns), {} us (pid+mnt+uts+ipc+net); eager restore to first answer p50 {} us; {runs} runs each",
-        median(fork_us),
-        fork_ready_us[0],
-        fork_ready_us[1],
-        median(restore_us)
-    );
-    eprintln!(
-        "PSS of 10 idle forked instances {f} KiB (+ template {t} KiB), of 10 restored {r} KiB"
-    );
-    assert!(f + t < r, "forked {f} + template {t} KiB, restored {r} KiB");
 }

@@ -36,6 +36,7 @@ mod plan;
 use crate::lazy::{PageServer, PageSource, Policy};
 pub use fill::FillMode;
 use plan::Plan;
+pub(crate) use plan::{handoff_confine, handoff_credentials};
 use std::sync::Arc;
 
 use crate::cpu::{self, Mismatch};
