@@ -130,6 +130,12 @@ pub struct ForkSpec {
 pub struct TemplateOptions {
     /// As [`RestoreOptions::fill_threads`], for the one restore of the template.
     pub fill_threads: usize,
+    /// Collapse the template's anonymous memory into transparent huge pages
+    /// (`MADV_COLLAPSE`, every 2 MiB-aligned range that holds pages): a fork then copies
+    /// one page-table entry per 2 MiB instead of 512 (measured: 56 MiB forked in 0.15 ms
+    /// instead of 1.2 ms), and a child's first write in such a range splits it (~18 us)
+    /// before its 4 KiB copy. The collapse is slow (~2 ms per MiB here) and done once.
+    pub collapse: bool,
 }
 
 /// A forked instance: stopped (a group stop: `SIGCONT` runs it), a child of this process
@@ -364,7 +370,7 @@ impl Parked {
         };
         // The base for what runs in the template: the image's registers (its segments).
         parked.t.regs = restore::words_to_regs(&parked.img.meta.task.regs);
-        match parked.prepare() {
+        match parked.prepare(opts.collapse) {
             Ok(()) => Ok(parked),
             Err(e) => {
                 parked.end();
@@ -386,7 +392,7 @@ impl Parked {
     }
 
     /// A pidfd of our process at `pidfd_at`; fork events traced.
-    fn prepare(&self) -> Result<(), TemplateError> {
+    fn prepare(&self, collapse: bool) -> Result<(), TemplateError> {
         let pid = self.t.pid;
         let mut b = Batch::new(self.gadget + PAGE);
         let us = u64::from(std::process::id());
@@ -398,6 +404,9 @@ impl Parked {
         self.t
             .run_batch(self.gadget, &b)
             .map_err(self.trace_err())?;
+        if collapse {
+            self.collapse()?;
+        }
         let mut opts = libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACEFORK;
         if !self.img.meta.process.seccomp.is_empty() {
             opts |= libc::PTRACE_O_SUSPEND_SECCOMP;
@@ -407,6 +416,29 @@ impl Parked {
             what: "PTRACE_SETOPTIONS".into(),
             source,
         })
+    }
+
+    /// `MADV_COLLAPSE` on each anonymous area of the image (a range the kernel cannot
+    /// collapse stays as it is).
+    fn collapse(&self) -> Result<(), TemplateError> {
+        const MADV_COLLAPSE: u64 = 25;
+        const HUGE: u64 = 2 << 20;
+        let mut b = Batch::new(self.gadget + PAGE);
+        for v in &self.img.meta.vmas {
+            if matches!(v.kind, crate::image::VmaKind::File { .. }) {
+                continue;
+            }
+            let (s, e) = (v.start.next_multiple_of(HUGE), v.end / HUGE * HUGE);
+            if s < e {
+                let args = [s, e - s, MADV_COLLAPSE];
+                let step = Step::Addr("madvise(MADV_COLLAPSE)", s);
+                b.call(step, libc::SYS_madvise, &args, crate::restorer::ALLOW_ERROR);
+            }
+        }
+        self.t
+            .run_batch(self.gadget, &b)
+            .map(drop)
+            .map_err(self.trace_err())
     }
 
     /// Kills and collects the template.

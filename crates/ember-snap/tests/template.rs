@@ -241,9 +241,9 @@ fn to_answer(runs: usize, mut make: impl FnMut() -> Conv) -> u64 {
     )
 }
 
-fn measure(label: &str, img: &Arc<LoadedImage>, runs: usize) {
+fn measure(label: &str, img: &Arc<LoadedImage>, runs: usize, opts: &TemplateOptions) {
     let t0 = Instant::now();
-    let tpl = Template::new(img.clone(), &TemplateOptions::default()).unwrap();
+    let tpl = Template::new(img.clone(), opts).unwrap();
     let make_us = t0.elapsed().as_micros();
     let (mut fork_us, mut clone_us) = (vec![], vec![]);
     for _ in 0..runs {
@@ -321,7 +321,12 @@ fn forks_against_restores_measured() {
         .unwrap_or(10);
     let dir = tmp();
     let img = memory_image(dir.path());
-    measure("memory.py", &img, runs);
+    measure("memory.py", &img, runs, &TemplateOptions::default());
+    let thp = TemplateOptions {
+        collapse: true,
+        ..TemplateOptions::default()
+    };
+    measure("memory.py, huge pages", &img, runs, &thp);
     if let Some(py) = std::env::var_os("EMBER_TEMPLATE_NUMPY_PYTHON") {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/target.py");
         let mut original = Conv::spawn(
@@ -336,6 +341,7 @@ fn forks_against_restores_measured() {
         assert_eq!(original.line(), "ready");
         let numpy = Arc::new(common::dump_stdio(original.pid, &dir.path().join("numpy")));
         drop(original);
-        measure("numpy", &numpy, runs);
+        measure("numpy", &numpy, runs, &TemplateOptions::default());
+        measure("numpy, huge pages", &numpy, runs, &thp);
     }
 }
