@@ -19,8 +19,9 @@
 //!   in C, one restorer batch (the gadget is C's copy of P's):
 //!     pidfd_getfd(K, caller's fd) for each handed-in descriptor, parked high, then dup3
 //!     to its number; close the parking and K; what a fork resets: set_robust_list,
-//!     set_tid_address, PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER
-//!   glibc's cached thread id (fs_base + 0x2d0) := C's id in its namespace (1)
+//!     PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER (the TID address comes with the clone:
+//!     CLONE_CHILD_CLEARTID; CLONE_CHILD_SETTID writes C's id, 1, into glibc's cached
+//!     one when that is the TID address, as glibc's fork does; otherwise it is written)
 //!   XSAVE area; munmap(gadget) by the image's own syscall instruction; registers (the
 //!   interrupted syscall restarted), signal mask; SIGSTOP; detach: C waits in a group
 //!   stop for the caller's SIGCONT, and the caller reaps it
@@ -495,12 +496,20 @@ impl Parked {
                 source,
             }
         };
-        let flags = libc::CLONE_PARENT as u64 | ns.clone_flags() | libc::SIGCHLD as u64;
+        let task = &self.img.meta.task;
+        // The kernel sets the child's TID address (CLONE_CHILD_CLEARTID, as
+        // set_tid_address) and, when that is glibc's cached thread id, writes the child's
+        // id there (CLONE_CHILD_SETTID: as the child sees it, 1), as glibc's fork does.
+        let mut flags = libc::CLONE_PARENT as u64 | ns.clone_flags() | libc::SIGCHLD as u64;
+        flags |= libc::CLONE_CHILD_CLEARTID as u64;
+        if self.settid() {
+            flags |= libc::CLONE_CHILD_SETTID as u64;
+        }
         let mut r = self.t.regs;
-        r.rip = self.img.meta.task.syscall_insn;
+        r.rip = task.syscall_insn;
         r.rax = libc::SYS_clone as u64;
         r.orig_rax = u64::MAX;
-        (r.rdi, r.rsi, r.rdx, r.r10, r.r8) = (flags, 0, 0, 0, 0);
+        (r.rdi, r.rsi, r.rdx, r.r10, r.r8) = (flags, 0, 0, task.tid_address, 0);
         sys::set_regs(pid, &r).map_err(io("PTRACE_SETREGS"))?;
         let mut child = None;
         loop {
@@ -560,18 +569,13 @@ impl Parked {
             )));
         }
         ct.run_batch(self.gadget, &b).map_err(self.trace_err())?;
-        if let Some(off) = meta.task.glibc_tid_offset {
-            let status = std::fs::read_to_string(format!("/proc/{child}/status"))
-                .map_err(io("reading the child's status"))?;
-            let tid = crate::proc::parse_status(&status)
-                .map(|s| s.ns_tid)
-                .ok_or_else(|| self.fork_err("the child's status is unreadable"))?;
-            tracee::write(
-                child,
-                self.regs.fs_base + u64::from(off),
-                &tid.to_ne_bytes(),
-            )
-            .map_err(io("writing glibc's thread id"))?;
+        if let Some(off) = meta.task.glibc_tid_offset
+            && !self.settid()
+        {
+            // The child is pid 1 of its new pid namespace.
+            let at = self.regs.fs_base + u64::from(off);
+            tracee::write(child, at, &1i32.to_ne_bytes())
+                .map_err(io("writing glibc's thread id"))?;
         }
         sys::set_xstate(child, &meta.task.xstate).map_err(io("setting the XSAVE area"))?;
         let args = [self.gadget, self.gadget_len];
@@ -587,6 +591,14 @@ impl Parked {
         // ancestor namespace, SIGSTOP reaches a namespace's init).
         sys::kill(child, libc::SIGSTOP);
         sys::detach(child).map_err(io("PTRACE_DETACH"))
+    }
+
+    /// Whether the image's TID address is glibc's cached thread id (the main thread's,
+    /// as glibc sets it), which `CLONE_CHILD_SETTID` then writes.
+    fn settid(&self) -> bool {
+        let task = &self.img.meta.task;
+        task.glibc_tid_offset
+            .is_some_and(|off| task.tid_address == self.regs.fs_base + u64::from(off))
     }
 
     /// The child's descriptors and what a fork resets, as one restorer batch.
@@ -621,8 +633,6 @@ impl Parked {
             let args = [head, len];
             b.call("set_robust_list", libc::SYS_set_robust_list, &args, 0);
         }
-        let tid = [meta.task.tid_address];
-        b.call("set_tid_address", libc::SYS_set_tid_address, &tid, 0);
         let pr = &meta.process.prctl;
         if pr.child_subreaper {
             let args = [libc::PR_SET_CHILD_SUBREAPER as u64, 1];

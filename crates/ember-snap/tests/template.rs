@@ -55,6 +55,13 @@ fn forked_instances_answer_independently_with_anonymous_memory_semantics() {
     assert_eq!(a.ask("ping"), "pong 1");
     assert_eq!(b.ask("ping"), "pong 1");
     assert_eq!(common::fds_of(a.pid), [0, 1, 2]);
+    // glibc's cached thread id is the instance's own (1), written by CLONE_CHILD_SETTID.
+    let task = &img.meta.task;
+    let at = ember_snap::restore::words_to_regs(&task.regs).fs_base
+        + u64::from(task.glibc_tid_offset.expect("glibc's thread id was found"));
+    let mut tid = [0u8; 4];
+    ember_snap::sys::read_mem(b.pid, at, &mut tid).unwrap();
+    assert_eq!(i32::from_ne_bytes(tid), 1);
     // A write in one is seen neither by the other nor by the template (a later instance).
     assert_eq!(a.ask("set alpha"), "set");
     assert_eq!(a.ask("get"), "get alpha False");
