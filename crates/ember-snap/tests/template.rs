@@ -258,6 +258,27 @@ fn measure(label: &str, img: &Arc<LoadedImage>, runs: usize, opts: &TemplateOpti
         fork_us.push(f);
         clone_us.push(c);
     }
+    // The first and a second answer once running: a forked instance pays copy-on-write
+    // faults for what its first answer writes.
+    let answers = |c: &mut Conv| {
+        let t = Instant::now();
+        assert!(c.ask("ping").starts_with("pong "));
+        let first = t.elapsed().as_micros() as u64;
+        let t = Instant::now();
+        assert!(c.ask("ping").starts_with("pong "));
+        (first, t.elapsed().as_micros() as u64)
+    };
+    let (mut ff, mut fs, mut ef, mut es) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..runs {
+        let (mut c, _, _) = fork_timed(&tpl, Namespaces::default());
+        let (a, b) = answers(&mut c);
+        ff.push(a);
+        fs.push(b);
+        let mut r = common::restore(img);
+        let (a, b) = answers(&mut r);
+        ef.push(a);
+        es.push(b);
+    }
     let forked = to_answer(runs, || fork_timed(&tpl, Namespaces::default()).0);
     let eager = to_answer(runs, || common::restore(img));
     let mapped_opts = RestoreOptions {
@@ -307,6 +328,13 @@ fn measure(label: &str, img: &Arc<LoadedImage>, runs: usize, opts: &TemplateOpti
         "[{label}] fork to stopped child p50 {} us (clone {} us); request to first answer p50: fork {forked} us, fork with pid+mnt+uts+ipc+net {all_ns} us, eager restore {eager} us, mapped restore {mapped} us ({runs} runs each)",
         median(fork_us),
         median(clone_us),
+    );
+    eprintln!(
+        "[{label}] once running, first and second answer p50: forked {} and {} us, eager {} and {} us",
+        median(ff),
+        median(fs),
+        median(ef),
+        median(es)
     );
     eprintln!(
         "[{label}] PSS of 10 idle instances: forked {f} KiB (+ template {t} KiB), eager {e} KiB, mapped {m} KiB; one eager instance alone would be ~{one} KiB"
