@@ -125,6 +125,11 @@ pub struct ForkSpec {
     /// What a sandboxed instance becomes last, as in a restore: its credentials, death
     /// signal, `no_new_privs` and seccomp filter (the template stays privileged).
     pub handoff: Option<Handoff>,
+    /// `cgroup.procs` files (one per hierarchy) the instance is moved into while still
+    /// stopped: it is born in the template's cgroups. Pages it shares with the template
+    /// stay charged to the template's memory cgroup (cgroup v1 moves no charges by
+    /// default); its own copies are charged to its new one.
+    pub cgroup_procs: Vec<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -584,6 +589,13 @@ impl Parked {
             .map_err(self.trace_err())?;
         if rc != 0 {
             return Err(self.fork_err(format!("removing the restorer from the child: {rc}")));
+        }
+        for procs in &spec.cgroup_procs {
+            std::fs::write(procs, child.to_string()).map_err(|source| TemplateError::Io {
+                image: self.image.clone(),
+                what: format!("moving the child into {}", procs.display()),
+                source,
+            })?;
         }
         sys::set_regs(child, &self.regs).map_err(io("PTRACE_SETREGS"))?;
         sys::set_sigmask(child, meta.task.sigmask).map_err(io("PTRACE_SETSIGMASK"))?;

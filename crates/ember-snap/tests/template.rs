@@ -25,7 +25,7 @@ fn fork(t: &Template, namespaces: Namespaces) -> Conv {
     let spec = ForkSpec {
         fds: vec![(0, in_r.as_raw_fd()), (1, out_w.as_raw_fd()), (2, 2)],
         namespaces,
-        handoff: None,
+        ..ForkSpec::default()
     };
     let f = t.fork(spec).unwrap();
     drop((in_r, out_w));
@@ -136,6 +136,7 @@ fn a_handoff_makes_the_forked_instance_the_sandbox_user_with_its_filter() {
             die_with_parent: true,
             seccomp: vec![allow],
         }),
+        ..ForkSpec::default()
     };
     let f = tpl.fork(spec).unwrap();
     drop((in_r, out_w));
@@ -202,6 +203,53 @@ fn images_a_fork_cannot_reproduce_are_refused_and_a_failed_fork_leaves_the_templ
     assert_eq!(a.ask("ping"), "pong 1");
 }
 
+/// Fresh v1 cgroups for `n` instances (made ahead, off the measured path), removed on
+/// drop once their processes are gone.
+struct Cgroups(Vec<std::path::PathBuf>, usize);
+
+const HIERARCHIES: [&str; 4] = ["memory", "pids", "cpu", "freezer"];
+
+impl Cgroups {
+    fn new(n: usize) -> Cgroups {
+        let name = format!("ember-snap-template-{}", std::process::id());
+        let roots: Vec<_> = HIERARCHIES
+            .iter()
+            .map(|h| Path::new("/sys/fs/cgroup").join(h).join(&name))
+            .collect();
+        for r in &roots {
+            for i in 0..n {
+                std::fs::create_dir_all(r.join(format!("i{i}"))).unwrap();
+            }
+        }
+        Cgroups(roots, n)
+    }
+
+    fn procs(&self, i: usize) -> Vec<std::path::PathBuf> {
+        self.0
+            .iter()
+            .map(|r| r.join(format!("i{i}/cgroup.procs")))
+            .collect()
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for r in &self.0 {
+            for i in 0..self.1 {
+                let d = r.join(format!("i{i}"));
+                // A cgroup empties once its last process has been collected.
+                for _ in 0..100 {
+                    if std::fs::remove_dir(&d).is_ok() || !d.exists() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+            let _ = std::fs::remove_dir(r);
+        }
+    }
+}
+
 /// PSS (KiB) of a process, from smaps_rollup.
 fn pss_kib(pid: i32) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
@@ -224,7 +272,7 @@ fn fork_timed(t: &Template, namespaces: Namespaces) -> (Conv, u64, u64) {
     let spec = ForkSpec {
         fds: vec![(0, in_r.as_raw_fd()), (1, out_w.as_raw_fd()), (2, 2)],
         namespaces,
-        handoff: None,
+        ..ForkSpec::default()
     };
     let f = t.fork(spec).unwrap();
     drop((in_r, out_w));
@@ -292,6 +340,38 @@ fn measure(label: &str, img: &Arc<LoadedImage>, runs: usize, opts: &TemplateOpti
         c
     });
     let all_ns = to_answer(runs, || fork_timed(&tpl, Namespaces::all()).0);
+    let cgroups = Cgroups::new(runs);
+    let mut in_cgroups = vec![];
+    for i in 0..runs {
+        let (in_r, in_w) = std::io::pipe().unwrap();
+        let (out_r, out_w) = std::io::pipe().unwrap();
+        let spec = ForkSpec {
+            fds: vec![(0, in_r.as_raw_fd()), (1, out_w.as_raw_fd()), (2, 2)],
+            namespaces: Namespaces::all(),
+            cgroup_procs: cgroups.procs(i),
+            ..ForkSpec::default()
+        };
+        let t = Instant::now();
+        let f = tpl.fork(spec).unwrap();
+        drop((in_r, out_w));
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(f.pid, libc::SIGCONT) };
+        let mut c = Conv::of(f.pid, 1, OwnedFd::from(in_w), OwnedFd::from(out_r));
+        assert_eq!(c.ask("ping"), "pong 1");
+        in_cgroups.push(t.elapsed().as_micros() as u64);
+        let own = cgroups.procs(i)[0].with_file_name("memory.usage_in_bytes");
+        let charged: u64 = std::fs::read_to_string(own)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            charged < 8 << 20,
+            "shared pages stay the template's: {charged} bytes charged to the instance"
+        );
+    }
+    let in_cgroups = median(in_cgroups);
+    drop(cgroups);
     let idle = |v: Vec<Conv>| {
         let mut v = v;
         for c in &mut v {
@@ -328,6 +408,9 @@ fn measure(label: &str, img: &Arc<LoadedImage>, runs: usize, opts: &TemplateOpti
         "[{label}] fork to stopped child p50 {} us (clone {} us); request to first answer p50: fork {forked} us, fork with pid+mnt+uts+ipc+net {all_ns} us, eager restore {eager} us, mapped restore {mapped} us ({runs} runs each)",
         median(fork_us),
         median(clone_us),
+    );
+    eprintln!(
+        "[{label}] request to first answer p50, forked with every namespace and moved into fresh memory, pids, cpu and freezer cgroups (v1): {in_cgroups} us"
     );
     eprintln!(
         "[{label}] once running, first and second answer p50: forked {} and {} us, eager {} and {} us",
