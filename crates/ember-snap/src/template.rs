@@ -160,8 +160,9 @@ pub struct Forked {
 type Reply = mpsc::Sender<Result<Forked, TemplateError>>;
 
 /// An image restored once, parked, and forked for each instance. Dropping it kills the
-/// template (not the instances); the instances' parent thread then ends, so an instance
-/// that asked for a death signal (`PR_SET_PDEATHSIG`) gets it.
+/// template (not the instances); the instances' parent thread (the template's) then ends,
+/// so an instance that asked for a death signal (`PR_SET_PDEATHSIG`, a handoff's
+/// `die_with_parent`) gets it: keep the template as long as its instances.
 pub struct Template {
     image: String,
     pid: i32,

@@ -157,6 +157,11 @@ fn a_handoff_makes_the_forked_instance_the_sandbox_user_with_its_filter() {
     // The template itself stays privileged: a second instance without a handoff is root.
     let mut d = fork(&tpl, Namespaces::default());
     assert!(d.ask("creds").starts_with("creds 0 0 "));
+    // Its parent is the template's thread (CLONE_PARENT): when the template is dropped,
+    // that thread ends, and an instance that asked to die with its parent is killed.
+    drop(tpl);
+    assert_eq!(common::wait_signal(c.pid), libc::SIGKILL);
+    assert!(d.ask("creds").starts_with("creds 0 0 "));
 }
 
 #[test]
