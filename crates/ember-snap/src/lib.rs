@@ -21,6 +21,7 @@ pub mod restorer;
 pub mod state;
 pub mod stopper;
 pub mod sys;
+pub mod template;
 pub mod tracee;
 
 pub use dump::{DumpError, DumpOptions, DumpStats, Lineage, dump, dump_layer, dump_restored};

@@ -49,6 +49,19 @@ pub fn seize(pid: i32, exitkill: bool, suspend_seccomp: bool) -> io::Result<()> 
     ptrace(libc::PTRACE_SEIZE, pid, 0, opts as usize).map(drop)
 }
 
+/// `PTRACE_SETOPTIONS`: replaces the tracee's options (a template adds
+/// `PTRACE_O_TRACEFORK`, so that the processes it forks start traced and stopped).
+pub fn set_options(pid: i32, opts: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_SETOPTIONS, pid, 0, opts as usize).map(drop)
+}
+
+/// `PTRACE_GETEVENTMSG`: after a fork event stop, the new process's pid (as we see it).
+pub fn event_msg(pid: i32) -> io::Result<u64> {
+    let mut msg: libc::c_ulong = 0;
+    ptrace(libc::PTRACE_GETEVENTMSG, pid, 0, &raw mut msg as usize)?;
+    Ok(msg)
+}
+
 pub fn interrupt(pid: i32) -> io::Result<()> {
     ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0).map(drop)
 }

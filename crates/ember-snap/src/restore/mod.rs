@@ -36,6 +36,7 @@ mod plan;
 use crate::lazy::{PageServer, PageSource, Policy};
 pub use fill::FillMode;
 use plan::Plan;
+pub(crate) use plan::{handoff_confine, handoff_credentials};
 use std::sync::Arc;
 
 use crate::cpu::{self, Mismatch};
@@ -288,7 +289,7 @@ pub fn restore(
     };
     let result = attached.map_err(RestoreError::from).and_then(|t| {
         let mut server = None;
-        run(img, &t, opts, t0, &mut server).map(|stats| (stats, server))
+        run(img, &t, opts, t0, &mut server, false).map(|(stats, _)| (stats, server))
     });
     match result {
         Ok((stats, server)) => Ok(Restored { pid, stats, server }),
@@ -303,6 +304,50 @@ pub fn restore(
             Err(e)
         }
     }
+}
+
+/// A restore that leaves its target traced by this thread, stopped, with the restorer
+/// gadget still mapped (a template's: see [`crate::template`]). Its registers are not the
+/// image's yet; the caller runs syscalls in it and finishes the processes it makes.
+pub(crate) struct Parked {
+    pub(crate) tracee: Tracee,
+    pub(crate) gadget: u64,
+    pub(crate) gadget_len: u64,
+    pub(crate) stats: RestoreStats,
+}
+
+/// [`restore`] into `pid` (stopped, made by this thread), eagerly, ending before the
+/// gadget is removed: the process stays traced and stopped. On failure it is killed and
+/// collected.
+pub(crate) fn restore_parked(
+    img: &LoadedImage,
+    pid: i32,
+    opts: &RestoreOptions,
+) -> Result<Parked, RestoreError> {
+    let t0 = Instant::now();
+    let checked = check_options(img, opts).and_then(|()| match opts.policy {
+        Policy::Eager => Ok(()),
+        other => Err(RestoreError::Options {
+            image: img.dir.display().to_string(),
+            why: format!("a template is restored eagerly, not {other}"),
+        }),
+    });
+    let result = checked.and_then(|()| {
+        let t = Tracee::attach(pid, true, !img.meta.process.seccomp.is_empty())?;
+        let mut server = None;
+        let (stats, (gadget, gadget_len)) = run(img, &t, opts, t0, &mut server, true)?;
+        Ok(Parked {
+            tracee: t,
+            gadget,
+            gadget_len,
+            stats,
+        })
+    });
+    if result.is_err() {
+        sys::kill(pid, libc::SIGKILL);
+        while let Ok(Wait::Stopped { .. }) = sys::wait(pid, 0) {}
+    }
+    result
 }
 
 fn target_err(pid: i32, why: impl Into<String>) -> RestoreError {
@@ -377,7 +422,8 @@ fn run(
     opts: &RestoreOptions,
     t0: Instant,
     server: &mut Option<PageServer>,
-) -> Result<RestoreStats, RestoreError> {
+    park: bool,
+) -> Result<(RestoreStats, (u64, u64)), RestoreError> {
     let pid = t.pid;
     let meta = &img.meta;
     let image = img.dir.display().to_string();
@@ -470,13 +516,15 @@ fn run(
     let t4 = Instant::now();
     {
         let _s = info_span!("restore.finish").entered();
-        finish(t, meta, &plan, opts.resume)?;
+        if !park {
+            finish(t, meta, &plan, opts.resume)?;
+        }
     }
     stats.finish_us = t4.elapsed().as_micros() as u64;
     stats.injected = 2 + b1.len() + b2.len();
     stats.round_trips = 4;
     stats.total_us = t0.elapsed().as_micros() as u64;
-    Ok(stats)
+    Ok((stats, (plan.gadget, plan.gadget_len)))
 }
 
 /// The fill phase of each policy: pages written now (eager, mapped's leftovers) or a page

@@ -711,7 +711,7 @@ impl<'m> Plan<'m> {
 
 /// Become the instance's user (before the image's limits and prctl values, which the
 /// kernel then judges for that user, and which a credential change would reset).
-fn handoff_credentials(b: &mut Batch<'_>, h: &Handoff) {
+pub(crate) fn handoff_credentials(b: &mut Batch<'_>, h: &Handoff) {
     let (uid, gid) = (u64::from(h.uid), u64::from(h.gid));
     b.call("setgroups", libc::SYS_setgroups, &[0, 0], 0);
     b.call("setresgid", libc::SYS_setresgid, &[gid, gid, gid], 0);
@@ -720,7 +720,7 @@ fn handoff_credentials(b: &mut Batch<'_>, h: &Handoff) {
 
 /// Tie the instance's life to its parent's (this wins over the image's death signal) and
 /// install the sandbox's seccomp filter, before the image's own filters.
-fn handoff_confine(b: &mut Batch<'_>, h: &Handoff) {
+pub(crate) fn handoff_confine(b: &mut Batch<'_>, h: &Handoff) {
     if h.die_with_parent {
         let args = [libc::PR_SET_PDEATHSIG as u64, libc::SIGKILL as u64];
         b.call("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, &args, 0);

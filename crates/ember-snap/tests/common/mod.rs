@@ -214,6 +214,20 @@ fn restore_inner(
     Ok((conv, r.server))
 }
 
+impl Conv {
+    /// A process of ours (a child, reaped on drop) talked to over `to` (its stdin) and
+    /// `from` (its stdout); `tid` is its pid as it sees itself.
+    pub fn of(pid: i32, tid: i32, to: OwnedFd, from: OwnedFd) -> Conv {
+        Conv {
+            pid,
+            tid,
+            w: std::fs::File::from(to),
+            r: BufReader::new(std::fs::File::from(from)),
+            child: None,
+        }
+    }
+}
+
 /// Waits for a restored process to exit; its exit code.
 pub fn wait_exit(pid: i32) -> i32 {
     let mut st = 0;

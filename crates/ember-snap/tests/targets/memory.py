@@ -12,10 +12,19 @@ anon = mmap.mmap(-1, 4 << 20, flags=mmap.MAP_PRIVATE)
 anon.write(PATTERN * 4)
 
 
+note = {"value": "image"}
+
+
 def answer(cmd):
     global freed
     if cmd == "ping":
         return f"pong {os.getpid()}"
+    if cmd.startswith("set "):
+        note["value"] = cmd[4:]
+        anon[: len(cmd)] = cmd.encode()  # a write into memory every instance shares
+        return "set"
+    if cmd == "get":
+        return f"get {note['value']} {anon[:3] == PATTERN[:3]}"
     if cmd == "grow":
         big.extend(b"\x07" * (32 << 20))  # realloc of an mmapped chunk: mremap
         ok = big[: 16 << 20] == PATTERN * 16 and big[-1] == 7

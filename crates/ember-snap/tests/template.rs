@@ -1,0 +1,470 @@
+//! Templates: an image restored once into a parked process; instances forked from it share
+//! its pages copy-on-write and behave as restored ones.
+
+mod common;
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use common::{Conv, privileged, tmp};
+use ember_snap::image::vma_flags;
+use ember_snap::lazy::Policy;
+use ember_snap::template::{self, ForkSpec, Namespaces, Template, TemplateOptions};
+use ember_snap::{Handoff, LoadedImage, RestoreOptions};
+
+fn memory_image(dir: &Path) -> Arc<LoadedImage> {
+    Arc::new(common::dump_python("memory.py", &[], Path::new("/"), dir))
+}
+
+/// Forks an instance wired to fresh pipes on 0 and 1 (our stderr on 2) and lets it run.
+fn fork(t: &Template, namespaces: Namespaces) -> Conv {
+    let (in_r, in_w) = std::io::pipe().unwrap();
+    let (out_r, out_w) = std::io::pipe().unwrap();
+    let spec = ForkSpec {
+        fds: vec![(0, in_r.as_raw_fd()), (1, out_w.as_raw_fd()), (2, 2)],
+        namespaces,
+        ..ForkSpec::default()
+    };
+    let f = t.fork(spec).unwrap();
+    drop((in_r, out_w));
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(f.pid, libc::SIGCONT) };
+    Conv::of(f.pid, 1, OwnedFd::from(in_w), OwnedFd::from(out_r))
+}
+
+fn check_memory(r: &mut Conv) {
+    assert_eq!(r.ask("grow"), "grow True");
+    assert_eq!(r.ask("free"), "free True");
+    assert_eq!(r.ask("discard"), "discard True True");
+    assert_eq!(r.ask("fork"), "fork 0");
+}
+
+#[test]
+fn forked_instances_answer_independently_with_anonymous_memory_semantics() {
+    if !privileged("forked_instances_answer_independently_with_anonymous_memory_semantics") {
+        return;
+    }
+    let dir = tmp();
+    let img = memory_image(dir.path());
+    let tpl = Template::new(img.clone(), &TemplateOptions::default()).unwrap();
+    let mut a = fork(&tpl, Namespaces::default());
+    let mut b = fork(&tpl, Namespaces::default());
+    // Each is pid 1 of its own pid namespace, holding only the descriptors it was given.
+    assert_eq!(a.ask("ping"), "pong 1");
+    assert_eq!(b.ask("ping"), "pong 1");
+    assert_eq!(common::fds_of(a.pid), [0, 1, 2]);
+    // glibc's cached thread id is the instance's own (1), written by CLONE_CHILD_SETTID.
+    let task = &img.meta.task;
+    let at = ember_snap::restore::words_to_regs(&task.regs).fs_base
+        + u64::from(task.glibc_tid_offset.expect("glibc's thread id was found"));
+    let mut tid = [0u8; 4];
+    ember_snap::sys::read_mem(b.pid, at, &mut tid).unwrap();
+    assert_eq!(i32::from_ne_bytes(tid), 1);
+    // A write in one is seen neither by the other nor by the template (a later instance).
+    assert_eq!(a.ask("set alpha"), "set");
+    assert_eq!(a.ask("get"), "get alpha False");
+    assert_eq!(b.ask("get"), "get image True");
+    let mut c = fork(&tpl, Namespaces::default());
+    assert_eq!(c.ask("get"), "get image True");
+    assert_eq!(b.ask("set beta"), "set");
+    assert_eq!(a.ask("get"), "get alpha False");
+    // Grown (mremap), freed, discarded (MADV_DONTNEED reads zeros) and forked memory.
+    check_memory(&mut a);
+    check_memory(&mut c);
+    assert_eq!(b.ask("get"), "get beta False");
+    // An instance that ends is collected by us; the template lives on.
+    assert_eq!(a.ask("ping"), "pong 1");
+    drop(a);
+    let mut d = fork(&tpl, Namespaces::default());
+    assert_eq!(d.ask("get"), "get image True");
+    let template = tpl.pid();
+    assert!(Path::new(&format!("/proc/{template}")).exists());
+    // Dropping the template ends it, not its instances (still ours to collect).
+    drop(tpl);
+    assert!(!Path::new(&format!("/proc/{template}")).exists());
+    assert_eq!(b.ask("get"), "get beta False");
+    assert_eq!(d.ask("ping"), "pong 1");
+}
+
+#[test]
+fn forked_instances_get_fresh_namespaces() {
+    if !privileged("forked_instances_get_fresh_namespaces") {
+        return;
+    }
+    let dir = tmp();
+    let img = memory_image(dir.path());
+    let tpl = Template::new(img, &TemplateOptions::default()).unwrap();
+    let mut a = fork(&tpl, Namespaces::all());
+    assert_eq!(a.ask("ping"), "pong 1");
+    let ns = |pid: i32, n: &str| std::fs::read_link(format!("/proc/{pid}/ns/{n}")).unwrap();
+    for n in ["pid", "mnt", "uts", "ipc", "net"] {
+        assert_ne!(ns(a.pid, n), ns(tpl.pid(), n), "{n}");
+    }
+    check_memory(&mut a);
+}
+
+#[test]
+fn a_handoff_makes_the_forked_instance_the_sandbox_user_with_its_filter() {
+    if !privileged("a_handoff_makes_the_forked_instance_the_sandbox_user_with_its_filter") {
+        return;
+    }
+    let dir = tmp();
+    let img = Arc::new(common::dump_python(
+        "target.py",
+        &[],
+        Path::new("/"),
+        dir.path(),
+    ));
+    let tpl = Template::new(img, &TemplateOptions::default()).unwrap();
+    let (in_r, in_w) = std::io::pipe().unwrap();
+    let (out_r, out_w) = std::io::pipe().unwrap();
+    // SECCOMP_RET_ALLOW for everything: enough to see a filter installed.
+    let allow = libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: libc::SECCOMP_RET_ALLOW,
+    };
+    let spec = ForkSpec {
+        fds: vec![(0, in_r.as_raw_fd()), (1, out_w.as_raw_fd()), (2, 2)],
+        namespaces: Namespaces::all(),
+        handoff: Some(Handoff {
+            uid: 65534,
+            gid: 65534,
+            die_with_parent: true,
+            seccomp: vec![allow],
+        }),
+        ..ForkSpec::default()
+    };
+    let f = tpl.fork(spec).unwrap();
+    drop((in_r, out_w));
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(f.pid, libc::SIGCONT) };
+    let mut c = Conv::of(f.pid, 1, OwnedFd::from(in_w), OwnedFd::from(out_r));
+    assert_eq!(c.ask("ping"), "pong 1");
+    assert!(c.ask("creds").starts_with("creds 65534 65534 "));
+    assert_eq!(c.ask("fork"), "fork 7");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", c.pid)).unwrap();
+    for want in [
+        "Seccomp:\t2",
+        "NoNewPrivs:\t1",
+        "Uid:\t65534\t65534\t65534\t65534",
+    ] {
+        assert!(status.contains(want), "{want} in {status}");
+    }
+    // The template itself stays privileged: a second instance without a handoff is root.
+    let mut d = fork(&tpl, Namespaces::default());
+    assert!(d.ask("creds").starts_with("creds 0 0 "));
+    // Its parent is the template's thread (CLONE_PARENT): when the template is dropped,
+    // that thread ends, and an instance that asked to die with its parent is killed.
+    drop(tpl);
+    assert_eq!(common::wait_signal(c.pid), libc::SIGKILL);
+    assert!(d.ask("creds").starts_with("creds 0 0 "));
+}
+
+#[test]
+fn images_a_fork_cannot_reproduce_are_refused_and_a_failed_fork_leaves_the_template() {
+    if !privileged(
+        "images_a_fork_cannot_reproduce_are_refused_and_a_failed_fork_leaves_the_template",
+    ) {
+        return;
+    }
+    let dir = tmp();
+    let img = memory_image(dir.path());
+    assert_eq!(template::unsuitable(&img.meta), None);
+    let flag = |f: u32| {
+        let mut m = img.meta.clone();
+        m.vmas[0].flags |= f;
+        template::unsuitable(&m).unwrap()
+    };
+    assert!(flag(vma_flags::DONTFORK).contains("MADV_DONTFORK"));
+    assert!(flag(vma_flags::WIPEONFORK).contains("MADV_WIPEONFORK"));
+    assert!(flag(vma_flags::LOCKED).contains("mlocked"));
+    let mut m = img.meta.clone();
+    m.process.itimers[0].value_us = 5;
+    assert!(template::unsuitable(&m).unwrap().contains("interval timer"));
+    let tpl = Template::new(img.clone(), &TemplateOptions::default()).unwrap();
+    let e = tpl
+        .fork(ForkSpec {
+            fds: vec![(0, 0)],
+            ..ForkSpec::default()
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("[1, 2]"), "{e}");
+    let e = tpl
+        .fork(ForkSpec {
+            fds: vec![(0, 0), (1, 1), (2, 2), (4, 987_654)],
+            ..ForkSpec::default()
+        })
+        .unwrap_err();
+    assert!(
+        common::chain(&e).contains("pidfd_getfd of fd 987654"),
+        "{}",
+        common::chain(&e)
+    );
+    let mut a = fork(&tpl, Namespaces::default());
+    assert_eq!(a.ask("ping"), "pong 1");
+}
+
+/// Fresh v1 cgroups for `n` instances (made ahead, off the measured path), removed on
+/// drop once their processes are gone.
+struct Cgroups(Vec<std::path::PathBuf>, usize);
+
+const HIERARCHIES: [&str; 4] = ["memory", "pids", "cpu", "freezer"];
+
+impl Cgroups {
+    fn new(n: usize) -> Cgroups {
+        let name = format!("ember-snap-template-{}", std::process::id());
+        let roots: Vec<_> = HIERARCHIES
+            .iter()
+            .map(|h| Path::new("/sys/fs/cgroup").join(h).join(&name))
+            .collect();
+        for r in &roots {
+            for i in 0..n {
+                std::fs::create_dir_all(r.join(format!("i{i}"))).unwrap();
+            }
+        }
+        Cgroups(roots, n)
+    }
+
+    fn procs(&self, i: usize) -> Vec<std::path::PathBuf> {
+        self.0
+            .iter()
+            .map(|r| r.join(format!("i{i}/cgroup.procs")))
+            .collect()
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for r in &self.0 {
+            for i in 0..self.1 {
+                let d = r.join(format!("i{i}"));
+                // A cgroup empties once its last process has been collected.
+                for _ in 0..100 {
+                    if std::fs::remove_dir(&d).is_ok() || !d.exists() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+            let _ = std::fs::remove_dir(r);
+        }
+    }
+}
+
+/// PSS (KiB) of a process, from smaps_rollup.
+fn pss_kib(pid: i32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
+    text.lines()
+        .find(|l| l.starts_with("Pss:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// A forked instance, not yet running, and how long its fork took (to stopped, clone).
+fn fork_timed(t: &Template, namespaces: Namespaces) -> (Conv, u64, u64) {
+    let (in_r, in_w) = std::io::pipe().unwrap();
+    let (out_r, out_w) = std::io::pipe().unwrap();
+    let spec = ForkSpec {
+        fds: vec![(0, in_r.as_raw_fd()), (1, out_w.as_raw_fd()), (2, 2)],
+        namespaces,
+        ..ForkSpec::default()
+    };
+    let f = t.fork(spec).unwrap();
+    drop((in_r, out_w));
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(f.pid, libc::SIGCONT) };
+    let c = Conv::of(f.pid, 1, OwnedFd::from(in_w), OwnedFd::from(out_r));
+    (c, f.fork_us, f.clone_us)
+}
+
+/// Request to first answer of `make`'s instance, p50 over `runs`.
+fn to_answer(runs: usize, mut make: impl FnMut() -> Conv) -> u64 {
+    median(
+        (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                let mut c = make();
+                assert!(c.ask("ping").starts_with("pong "));
+                t.elapsed().as_micros() as u64
+            })
+            .collect(),
+    )
+}
+
+fn measure(label: &str, img: &Arc<LoadedImage>, runs: usize, opts: &TemplateOptions) {
+    let t0 = Instant::now();
+    let tpl = Template::new(img.clone(), opts).unwrap();
+    let make_us = t0.elapsed().as_micros();
+    let (mut fork_us, mut clone_us) = (vec![], vec![]);
+    for _ in 0..runs {
+        let (_c, f, c) = fork_timed(&tpl, Namespaces::default());
+        fork_us.push(f);
+        clone_us.push(c);
+    }
+    // The first and a second answer once running: a forked instance pays copy-on-write
+    // faults for what its first answer writes.
+    let answers = |c: &mut Conv| {
+        let t = Instant::now();
+        assert!(c.ask("ping").starts_with("pong "));
+        let first = t.elapsed().as_micros() as u64;
+        let t = Instant::now();
+        assert!(c.ask("ping").starts_with("pong "));
+        (first, t.elapsed().as_micros() as u64)
+    };
+    let (mut ff, mut fs, mut ef, mut es) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..runs {
+        let (mut c, _, _) = fork_timed(&tpl, Namespaces::default());
+        let (a, b) = answers(&mut c);
+        ff.push(a);
+        fs.push(b);
+        let mut r = common::restore(img);
+        let (a, b) = answers(&mut r);
+        ef.push(a);
+        es.push(b);
+    }
+    let forked = to_answer(runs, || fork_timed(&tpl, Namespaces::default()).0);
+    let eager = to_answer(runs, || common::restore(img));
+    let mapped_opts = RestoreOptions {
+        policy: Policy::Mapped,
+        ..RestoreOptions::default()
+    };
+    let mut servers = vec![];
+    let mapped = to_answer(runs, || {
+        let (c, s) = common::restore_served(img, &mapped_opts);
+        servers.push(s);
+        c
+    });
+    let all_ns = to_answer(runs, || fork_timed(&tpl, Namespaces::all()).0);
+    let cgroups = Cgroups::new(runs);
+    let mut in_cgroups = vec![];
+    for i in 0..runs {
+        let (in_r, in_w) = std::io::pipe().unwrap();
+        let (out_r, out_w) = std::io::pipe().unwrap();
+        let spec = ForkSpec {
+            fds: vec![(0, in_r.as_raw_fd()), (1, out_w.as_raw_fd()), (2, 2)],
+            namespaces: Namespaces::all(),
+            cgroup_procs: cgroups.procs(i),
+            ..ForkSpec::default()
+        };
+        let t = Instant::now();
+        let f = tpl.fork(spec).unwrap();
+        drop((in_r, out_w));
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(f.pid, libc::SIGCONT) };
+        let mut c = Conv::of(f.pid, 1, OwnedFd::from(in_w), OwnedFd::from(out_r));
+        assert_eq!(c.ask("ping"), "pong 1");
+        in_cgroups.push(t.elapsed().as_micros() as u64);
+        let own = cgroups.procs(i)[0].with_file_name("memory.usage_in_bytes");
+        let charged: u64 = std::fs::read_to_string(own)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            charged < 8 << 20,
+            "shared pages stay the template's: {charged} bytes charged to the instance"
+        );
+    }
+    let in_cgroups = median(in_cgroups);
+    drop(cgroups);
+    let idle = |v: Vec<Conv>| {
+        let mut v = v;
+        for c in &mut v {
+            assert!(c.ask("ping").starts_with("pong "));
+        }
+        v
+    };
+    let forks = idle(
+        (0..10)
+            .map(|_| fork_timed(&tpl, Namespaces::default()).0)
+            .collect(),
+    );
+    let eagers = idle((0..10).map(|_| common::restore(img)).collect());
+    let mappeds = idle(
+        (0..10)
+            .map(|_| {
+                let (c, s) = common::restore_served(img, &mapped_opts);
+                servers.push(s);
+                c
+            })
+            .collect(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let sum = |v: &[Conv]| v.iter().map(|c| pss_kib(c.pid)).sum::<u64>();
+    let (f, e, m, t) = (sum(&forks), sum(&eagers), sum(&mappeds), pss_kib(tpl.pid()));
+    let one = pss_kib(eagers[0].pid);
+    eprintln!(
+        "[{label}] image {} pages, {} VMAs; template made in {make_us} us (its restore {} us)",
+        img.meta.pages.count,
+        img.meta.vmas.len(),
+        tpl.stats().total_us
+    );
+    eprintln!(
+        "[{label}] fork to stopped child p50 {} us (clone {} us); request to first answer p50: fork {forked} us, fork with pid+mnt+uts+ipc+net {all_ns} us, eager restore {eager} us, mapped restore {mapped} us ({runs} runs each)",
+        median(fork_us),
+        median(clone_us),
+    );
+    eprintln!(
+        "[{label}] request to first answer p50, forked with every namespace and moved into fresh memory, pids, cpu and freezer cgroups (v1): {in_cgroups} us"
+    );
+    eprintln!(
+        "[{label}] once running, first and second answer p50: forked {} and {} us, eager {} and {} us",
+        median(ff),
+        median(fs),
+        median(ef),
+        median(es)
+    );
+    eprintln!(
+        "[{label}] PSS of 10 idle instances: forked {f} KiB (+ template {t} KiB), eager {e} KiB, mapped {m} KiB; one eager instance alone would be ~{one} KiB"
+    );
+    assert!(f + t < e, "forked {f} + template {t} KiB, eager {e} KiB");
+}
+
+/// Numbers for the design (printed; run with --no-capture): time from the request to the
+/// first answer of a forked instance, an eager and a mapped restore, and the PSS of ten
+/// idle ones. `EMBER_TEMPLATE_NUMPY_PYTHON`: a Python with numpy, measured too.
+#[test]
+fn forks_against_restores_measured() {
+    if !privileged("forks_against_restores_measured") {
+        return;
+    }
+    let runs: usize = std::env::var("EMBER_TEMPLATE_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let dir = tmp();
+    let img = memory_image(dir.path());
+    measure("memory.py", &img, runs, &TemplateOptions::default());
+    let thp = TemplateOptions {
+        collapse: true,
+        ..TemplateOptions::default()
+    };
+    measure("memory.py, huge pages", &img, runs, &thp);
+    if let Some(py) = std::env::var_os("EMBER_TEMPLATE_NUMPY_PYTHON") {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/target.py");
+        let mut original = Conv::spawn(
+            std::process::Command::new(py)
+                .arg("-I")
+                .arg(&script)
+                .arg("numpy")
+                .env("OPENBLAS_NUM_THREADS", "1")
+                .env("OMP_NUM_THREADS", "1")
+                .current_dir("/"),
+        );
+        assert_eq!(original.line(), "ready");
+        let numpy = Arc::new(common::dump_stdio(original.pid, &dir.path().join("numpy")));
+        drop(original);
+        measure("numpy", &numpy, runs, &TemplateOptions::default());
+        measure("numpy, huge pages", &numpy, runs, &thp);
+    }
+}
