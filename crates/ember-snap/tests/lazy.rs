@@ -25,10 +25,7 @@ fn options(img: &Arc<LoadedImage>, policy: Policy) -> RestoreOptions {
 
 fn check_memory(r: &mut Conv) {
     assert_eq!(r.ask("ping"), format!("pong {}", r.tid));
-    assert_eq!(r.ask("grow"), "grow True");
-    assert_eq!(r.ask("free"), "free True");
-    assert_eq!(r.ask("discard"), "discard True True");
-    assert_eq!(r.ask("fork"), "fork 0");
+    common::check_memory(r);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use common::{Conv, privileged, tmp};
+use common::{Conv, check_memory, privileged, tmp};
 use ember_snap::image::vma_flags;
 use ember_snap::lazy::Policy;
 use ember_snap::template::{self, ForkSpec, Namespaces, Template, TemplateOptions};
@@ -20,25 +20,7 @@ fn memory_image(dir: &Path) -> Arc<LoadedImage> {
 
 /// Forks an instance wired to fresh pipes on 0 and 1 (our stderr on 2) and lets it run.
 fn fork(t: &Template, namespaces: Namespaces) -> Conv {
-    let (in_r, in_w) = std::io::pipe().unwrap();
-    let (out_r, out_w) = std::io::pipe().unwrap();
-    let spec = ForkSpec {
-        fds: vec![(0, in_r.as_raw_fd()), (1, out_w.as_raw_fd()), (2, 2)],
-        namespaces,
-        ..ForkSpec::default()
-    };
-    let f = t.fork(spec).unwrap();
-    drop((in_r, out_w));
-    // SAFETY: a signal to our own child.
-    unsafe { libc::kill(f.pid, libc::SIGCONT) };
-    Conv::of(f.pid, 1, OwnedFd::from(in_w), OwnedFd::from(out_r))
-}
-
-fn check_memory(r: &mut Conv) {
-    assert_eq!(r.ask("grow"), "grow True");
-    assert_eq!(r.ask("free"), "free True");
-    assert_eq!(r.ask("discard"), "discard True True");
-    assert_eq!(r.ask("fork"), "fork 0");
+    fork_timed(t, namespaces).0
 }
 
 #[test]

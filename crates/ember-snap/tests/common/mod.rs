@@ -139,6 +139,16 @@ impl Drop for Conv {
 /// Restores `img` into a process the engine forks, wired to fresh pipes on 0 and 1 (and
 /// our stderr on 2).
 /// Dumps `pid` into `out` with its stdio recorded as inherited, and loads the image.
+/// memory.py's anonymous-memory checks: mremap growth, munmap, MADV_DONTNEED reads zeros,
+/// and a fork inside the process.
+#[allow(dead_code, reason = "not every test binary uses it")]
+pub fn check_memory(r: &mut Conv) {
+    assert_eq!(r.ask("grow"), "grow True");
+    assert_eq!(r.ask("free"), "free True");
+    assert_eq!(r.ask("discard"), "discard True True");
+    assert_eq!(r.ask("fork"), "fork 0");
+}
+
 pub fn dump_stdio(pid: i32, out: &Path) -> LoadedImage {
     let opts = ember_snap::DumpOptions {
         inherited: vec![0, 1, 2],
