@@ -486,8 +486,21 @@ async fn a_later_bind_does_not_propagate_from_the_host() {
             .success();
         assert!(ok, "mount {args:?}");
     };
+    /// Unmounts what the test mounted on the host, also when it fails half-way.
+    struct Unmount(Vec<String>);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for m in self.0.iter().rev() {
+                let _ = std::process::Command::new("umount")
+                    .args(["-l", m])
+                    .status();
+            }
+        }
+    }
+    let mut mounted = Unmount(Vec::new());
     let shared_s = shared.to_string_lossy().into_owned();
     run(&["-t", "tmpfs", "tmpfs", &shared_s]);
+    mounted.0.push(shared_s.clone());
     run(&["--make-shared", &shared_s]);
     let code = shared.join("code");
     std::fs::create_dir(&code).unwrap();
@@ -521,13 +534,13 @@ async fn a_later_bind_does_not_propagate_from_the_host() {
     std::fs::create_dir(&late).unwrap();
     let late_s = late.to_string_lossy().into_owned();
     run(&["-t", "tmpfs", "tmpfs", &late_s]);
+    mounted.0.push(late_s.clone());
     std::fs::write(late.join("secret"), "x").unwrap();
     // SAFETY: kill with the pid found above and SIGCONT.
     unsafe { libc::kill(pid, libc::SIGCONT) };
     let out = child.wait_with_output().await.unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     sb.destroy().await;
-    let _ = std::process::Command::new("umount").arg(&late_s).status();
-    let _ = std::process::Command::new("umount").arg(&shared_s).status();
+    drop(mounted);
     assert!(!text.contains("secret"), "{text}");
 }
