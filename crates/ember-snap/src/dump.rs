@@ -190,10 +190,25 @@ impl Ctx {
     }
 }
 
+/// The process's threads, counted again for up to 100 ms while there are more than one: a
+/// thread its process just joined (`pthread_join` returns when the kernel clears the
+/// thread's id, before the thread is released) is listed in `/proc/PID/task` a moment
+/// longer, and is no reason to refuse the dump. A live second thread stays, and is.
 fn thread_count(pid: i32) -> Result<usize, DumpError> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| d.count())
-        .map_err(|source| DumpError::NoProcess { pid, source })
+    let count = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.count())
+            .map_err(|source| DumpError::NoProcess { pid, source })
+    };
+    let mut n = count()?;
+    for _ in 0..20 {
+        if n <= 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        n = count()?;
+    }
+    Ok(n)
 }
 
 /// What the stopped process gave: the metadata (files not yet identified), its pages, and
