@@ -122,8 +122,10 @@ pub struct ForkSpec {
     /// copies (`pidfd_getfd`), so ours can be closed once `fork` returns.
     pub fds: Vec<(RawFd, RawFd)>,
     pub namespaces: Namespaces,
-    /// What a sandboxed instance becomes last, as in a restore: its credentials, death
-    /// signal, `no_new_privs` and seccomp filter (the template stays privileged).
+    /// What a sandboxed instance becomes last: its user and groups, death signal,
+    /// `no_new_privs` and seccomp filter. Not yet a restore's whole handoff: the sandbox's
+    /// resource-limit bounds and the clearing of capabilities beyond what `setresuid` drops
+    /// are missing (docs/snap.md, Templates).
     pub handoff: Option<Handoff>,
     /// `cgroup.procs` files (one per hierarchy) the instance is moved into while still
     /// stopped: it is born in the template's cgroups. Pages it shares with the template
