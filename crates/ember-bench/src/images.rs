@@ -347,25 +347,18 @@ pub fn runtimes_pss(home: &std::path::Path) -> (usize, u64) {
         return (0, 0);
     };
     for e in dir.flatten() {
-        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
             continue;
-        }
+        };
         let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
             continue;
         };
         if !String::from_utf8_lossy(&cmd).contains(&needle) {
             continue;
         }
-        let Ok(rollup) = std::fs::read_to_string(e.path().join("smaps_rollup")) else {
-            continue;
-        };
-        let pss = rollup
-            .lines()
-            .find_map(|l| l.strip_prefix("Pss:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
-        if let Some(p) = pss {
+        if let Some((_, pss)) = crate::stats::rss_pss_kib(pid) {
             n += 1;
-            kib += p;
+            kib += pss;
         }
     }
     (n, kib)

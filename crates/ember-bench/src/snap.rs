@@ -257,17 +257,9 @@ fn instances_memory(
     }
     let (mut rss, mut pss) = (0u64, 0u64);
     for p in &procs {
-        let text =
-            std::fs::read_to_string(format!("/proc/{}/smaps_rollup", p.pid)).unwrap_or_default();
-        let kb = |key: &str| -> u64 {
-            text.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        rss += kb("Rss:");
-        pss += kb("Pss:");
+        let (r, s) = crate::stats::rss_pss_kib(p.pid).unwrap_or_default();
+        rss += r;
+        pss += s;
     }
     for p in procs {
         p.end();

@@ -39,6 +39,19 @@ pub fn summarize(samples: &[f64]) -> Summary {
     }
 }
 
+/// RSS and PSS of process `pid`, KiB, from `/proc/PID/smaps_rollup`; `None` when it is gone.
+pub fn rss_pss_kib(pid: i32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let kib = |key: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Some((kib("Rss:"), kib("Pss:")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

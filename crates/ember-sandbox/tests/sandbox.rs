@@ -34,6 +34,19 @@ fn open_node(home: &std::path::Path, node: &str) -> Sandboxes {
     .unwrap()
 }
 
+/// An instance that sees only the system (no directories of its own), at `/`, without the
+/// host's network.
+fn bare_spec(id: &str, memory_bytes: u64) -> InstanceSpec {
+    InstanceSpec {
+        id: id.into(),
+        memory_bytes,
+        read_only: vec![],
+        cwd: PathBuf::from("/"),
+        host_network: false,
+        runtime_api_port: None,
+    }
+}
+
 async fn run_in_sandbox(script: &str, host_network: bool) -> (i32, String, String) {
     let (code, out, err, _) = run_with_events(script, host_network).await;
     (code, out, err)
@@ -181,16 +194,7 @@ async fn the_first_process_can_start_stopped_and_privileged_for_a_restore() {
     }
     let home = tempfile::tempdir().unwrap();
     let boxes = open_node(home.path(), &format!("test-stopped-{}", std::process::id()));
-    let mut sb = boxes
-        .prepare(&InstanceSpec {
-            id: "stopped".into(),
-            memory_bytes: 64 << 20,
-            read_only: vec![],
-            cwd: PathBuf::from("/"),
-            host_network: false,
-            runtime_api_port: None,
-        })
-        .unwrap();
+    let mut sb = boxes.prepare(&bare_spec("stopped", 64 << 20)).unwrap();
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.args([
         "-c",
@@ -340,16 +344,7 @@ async fn a_sandbox_made_ahead_gets_its_directories_and_limit_later() {
     std::fs::create_dir_all(&code).unwrap();
     std::fs::write(code.join("handler.txt"), "the function's code").unwrap();
     std::fs::write(home.path().join("code").join("other.txt"), "not bound").unwrap();
-    let mut sb = boxes
-        .prepare(&InstanceSpec {
-            id: "later".into(),
-            memory_bytes: 1 << 30,
-            read_only: vec![],
-            cwd: PathBuf::from("/"),
-            host_network: false,
-            runtime_api_port: None,
-        })
-        .unwrap();
+    let mut sb = boxes.prepare(&bare_spec("later", 1 << 30)).unwrap();
     let script = format!(
         "cat {c}/handler.txt; echo; ls {p}; touch {c}/new 2>/dev/null && echo wrote-code; \
          mkdir /x 2>/dev/null && echo wrote-root; grep ' {c} ' /proc/self/mountinfo; true",
@@ -428,16 +423,7 @@ async fn a_later_bind_never_follows_what_the_instance_planted() {
         (format!("ln -s / {}", home.path().display()), "link"),
         (format!("mkdir -p {}", home.path().display()), "own dir"),
     ] {
-        let mut sb = boxes
-            .prepare(&InstanceSpec {
-                id: "plant".into(),
-                memory_bytes: 64 << 20,
-                read_only: vec![],
-                cwd: PathBuf::from("/"),
-                host_network: false,
-                runtime_api_port: None,
-            })
-            .unwrap();
+        let mut sb = boxes.prepare(&bare_spec("plant", 64 << 20)).unwrap();
         let mut cmd = tokio::process::Command::new("/bin/sh");
         cmd.args(["-c", &format!("{plant} && echo planted && sleep 10")])
             .stdout(Stdio::piped())
@@ -505,16 +491,7 @@ async fn a_later_bind_does_not_propagate_from_the_host() {
     let code = shared.join("code");
     std::fs::create_dir(&code).unwrap();
     let boxes = open_node(home.path(), &format!("test-prop-{}", std::process::id()));
-    let mut sb = boxes
-        .prepare(&InstanceSpec {
-            id: "prop".into(),
-            memory_bytes: 64 << 20,
-            read_only: vec![],
-            cwd: PathBuf::from("/"),
-            host_network: false,
-            runtime_api_port: None,
-        })
-        .unwrap();
+    let mut sb = boxes.prepare(&bare_spec("prop", 64 << 20)).unwrap();
     let script = format!(
         "ls {}/late 2>/dev/null && echo saw-late; true",
         code.display()

@@ -493,17 +493,20 @@ impl Parked {
         }
     }
 
+    /// Turns an I/O failure of step `what` into this template's error.
+    fn io_err(&self, what: &'static str) -> impl FnOnce(std::io::Error) -> TemplateError {
+        let image = self.image.clone();
+        move |source| TemplateError::Io {
+            image,
+            what: what.into(),
+            source,
+        }
+    }
+
     /// Injects `clone` into the template; returns the child, stopped and traced.
     fn clone_child(&self, ns: Namespaces) -> Result<i32, TemplateError> {
         let pid = self.t.pid;
-        let io = |what: &'static str| {
-            let image = self.image.clone();
-            move |source| TemplateError::Io {
-                image,
-                what: what.into(),
-                source,
-            }
-        };
+        let io = |what: &'static str| self.io_err(what);
         let task = &self.img.meta.task;
         // The kernel sets the child's TID address (CLONE_CHILD_CLEARTID, as
         // set_tid_address) and, when that is glibc's cached thread id, writes the child's
@@ -560,14 +563,7 @@ impl Parked {
             regs: self.t.regs,
             sigmask: meta.task.sigmask,
         };
-        let io = |what: &'static str| {
-            let image = self.image.clone();
-            move |source| TemplateError::Io {
-                image,
-                what: what.into(),
-                source,
-            }
-        };
+        let io = |what: &'static str| self.io_err(what);
         let b = self.child_batch(spec);
         if (b.size() as u64) > self.gadget_len - PAGE {
             return Err(self.fork_err(format!(

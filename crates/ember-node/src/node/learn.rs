@@ -49,6 +49,22 @@ struct EnvLearned {
     last_build: Option<Instant>,
 }
 
+impl EnvLearned {
+    /// Learns `modules` within the cap, none refused; true when one was new.
+    fn learn(&mut self, modules: impl IntoIterator<Item = String>) -> bool {
+        let mut new = false;
+        for m in modules {
+            if self.modules.len() >= MAX_LEARNED {
+                break;
+            }
+            if !self.refused.contains(&m) {
+                new |= self.modules.insert(m);
+            }
+        }
+        new
+    }
+}
+
 /// Modules learned per package environment (key).
 #[derive(Default)]
 pub(in crate::node) struct Learned {
@@ -74,15 +90,7 @@ impl Learned {
     fn add(&self, key: &str, missing: Vec<String>) -> bool {
         let mut envs = self.lock();
         let e = envs.entry(key.to_string()).or_default();
-        let mut new = false;
-        for m in missing {
-            if e.modules.len() >= MAX_LEARNED {
-                break;
-            }
-            if !e.refused.contains(&m) {
-                new |= e.modules.insert(m);
-            }
-        }
+        let new = e.learn(missing);
         new && self.due(e)
     }
 
@@ -127,14 +135,7 @@ impl Learned {
     fn seeded(&self, key: &str, earlier: impl IntoIterator<Item = String>) -> Vec<String> {
         let mut envs = self.lock();
         let e = envs.entry(key.to_string()).or_default();
-        for m in earlier {
-            if e.modules.len() >= MAX_LEARNED {
-                break;
-            }
-            if !e.refused.contains(&m) {
-                e.modules.insert(m);
-            }
-        }
+        e.learn(earlier);
         e.modules.iter().cloned().collect()
     }
 }

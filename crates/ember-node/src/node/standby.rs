@@ -265,15 +265,14 @@ impl Standby {
 
     /// Standbys ready now: (image instances, parked sandboxes).
     fn ready(&self) -> (usize, usize) {
-        let slots = self.lock();
-        let n = |want: bool| {
-            slots
-                .iter()
-                .filter(|(k, _)| matches!(k, Key::Sandbox) != want)
-                .map(|(_, s)| s.ready.len())
-                .sum()
-        };
-        (n(true), n(false))
+        let (mut images, mut sandboxes) = (0, 0);
+        for (k, s) in self.lock().iter() {
+            match k {
+                Key::Image(_) => images += s.ready.len(),
+                Key::Sandbox => sandboxes += s.ready.len(),
+            }
+        }
+        (images, sandboxes)
     }
 
     /// Standby instances ready now, per image.
@@ -365,12 +364,16 @@ impl Node {
     /// Whether `ready`, just made for `key`, is of an image that changed meanwhile.
     fn standby_stale(&self, key: &Key, ready: &Ready) -> bool {
         match key {
-            Key::Image(id) => self
-                .images
-                .checkout_quiet(id)
-                .map_or(true, |co| co.meta_hash() != ready.meta_hash),
+            Key::Image(id) => self.image_changed(id, &ready.meta_hash),
             Key::Sandbox => false,
         }
+    }
+
+    /// Whether image `id` is gone or is no longer the one whose metadata hash is `hash`.
+    fn image_changed(&self, id: &str, hash: &str) -> bool {
+        self.images
+            .checkout_quiet(id)
+            .map_or(true, |co| co.meta_hash() != hash)
     }
 
     /// A sandbox whose first process is parked, showing only the bootstrap (a restore's
@@ -592,12 +595,7 @@ impl Node {
 
     /// Stops the standby instances of images idle past [`IDLE`], gone or rebuilt.
     pub(in crate::node) fn standby_expire(&self) {
-        let stale = |id: &str, hash: &str| {
-            self.images
-                .checkout_quiet(id)
-                .map_or(true, |co| co.meta_hash() != hash)
-        };
-        for r in self.standby.expire(stale) {
+        for r in self.standby.expire(|id, hash| self.image_changed(id, hash)) {
             self.reap(r.live.kill());
         }
     }

@@ -51,9 +51,9 @@ impl<'c> Rung<StartCx<'c>, Live> for FunctionSnapshot {
             if !cx.background
                 && (node.rung_slower(d, StartPath::FunctionSnapshot)
                     || (!node.cfg.fixed_ladder
-                        && node.image_serving(d).is_some()
                         && d.start_costs
-                            .explore(StartPath::FunctionSnapshot, StartPath::Image)))
+                            .explore(StartPath::FunctionSnapshot, StartPath::Image)
+                        && node.image_serving(d).is_some()))
             {
                 return Attempt::Skipped;
             }
