@@ -444,15 +444,9 @@ async fn learned(c: &Client, function: &str) -> Result<(), BenchError> {
         .await
         .map_err(|e| fail(function, e.to_string()))?;
     loop {
-        let listed = c
-            .images()
-            .await
-            .map_err(|e| fail(function, format!("listing images: {e}")))?;
-        let pending: u64 = listed["images"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|i| i["installed"] == info["installed"])
+        let pending: u64 = images_of(c, function, &info)
+            .await?
+            .iter()
             .map(|i| i["imports_pending"].as_u64().unwrap_or(0))
             .sum();
         if pending == 0 {
@@ -472,6 +466,26 @@ async fn learned(c: &Client, function: &str) -> Result<(), BenchError> {
     }
 }
 
+/// `c`'s images of exactly the distributions of `function` (`info`, its `GET`), as
+/// `GET /v1/images` lists them.
+async fn images_of(
+    c: &Client,
+    function: &str,
+    info: &serde_json::Value,
+) -> Result<Vec<serde_json::Value>, BenchError> {
+    let listed = c
+        .images()
+        .await
+        .map_err(|e| fail(function, format!("listing images: {e}")))?;
+    Ok(listed["images"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["installed"] == info["installed"])
+        .cloned()
+        .collect())
+}
+
 /// Waits (at most [`STANDBY_WAIT`]) until `c` lists a standby instance of the image that
 /// serves `function`.
 async fn standby_ready(c: &Client, function: &str) -> Result<(), BenchError> {
@@ -481,15 +495,9 @@ async fn standby_ready(c: &Client, function: &str) -> Result<(), BenchError> {
         .await
         .map_err(|e| fail(function, e.to_string()))?;
     while t0.elapsed() < STANDBY_WAIT {
-        let listed = c
-            .images()
-            .await
-            .map_err(|e| fail(function, format!("listing images: {e}")))?;
-        let ready = listed["images"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|i| i["installed"] == info["installed"])
+        let ready = images_of(c, function, &info)
+            .await?
+            .iter()
             .any(|i| i["standby"].as_u64().unwrap_or(0) > 0);
         if ready {
             return Ok(());
