@@ -25,7 +25,9 @@
 //! A start from the image or a function snapshot, served from a standby or not, tops them up
 //! in the background as its request is answered (the refill first waits [`REFILL_DELAY`]:
 //! it forks and restores, which alongside the request would slow the start it follows).
-//! The refill of an image whose image was rebuilt meanwhile is dropped, never counted.
+//! The refill of an image whose image was rebuilt meanwhile is dropped, never counted. A
+//! standby that fails before HOOKED (it died while it waited) is not the image's failure:
+//! the start restores its own.
 //!
 //! **What a standby is not.** It has run nothing of any function: only the image's own
 //! state (Ember's runtime and the packages' imports, as every image start restores them).
@@ -563,7 +565,6 @@ impl Node {
             self.reap(ready.live.kill());
             return Ok(None);
         }
-        self.count_take(&key, "hit");
         ready.sink.bind(self.logs.sink(&rec.name));
         let standby = t.elapsed();
         let spec = self.instance_spec(
@@ -572,7 +573,19 @@ impl Node {
             co.python.clone(),
             Vec::new(),
         );
-        let (mut live, tm) = self.init_restored_instance(d, ready.live, &spec).await?;
+        let (mut live, tm) = match self.init_restored_instance(d, ready.live, &spec).await {
+            Ok(v) => v,
+            // Before HOOKED: the standby itself failed (it died while it waited: killed, a
+            // limit), not the image, which restored it fine: the start restores its own, and
+            // that restore is what counts for the image.
+            Err(Blame::Snapshot(e)) => {
+                tracing::warn!(function = %rec.name, image = id, "a standby instance failed at its INIT; restoring one: {}", error_chain(&e));
+                self.count_take(&key, "unusable");
+                return Ok(None);
+            }
+            Err(fault) => return Err(fault),
+        };
+        self.count_take(&key, "hit");
         let timing = &mut cx.timing;
         timing.standby = Some(standby);
         timing.hook = Some(tm.hook);
