@@ -8,6 +8,7 @@
 
 pub mod exec;
 pub mod native;
+mod process;
 pub mod protocol;
 pub mod provided;
 pub mod python;

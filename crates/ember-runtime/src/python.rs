@@ -17,7 +17,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -25,9 +25,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::UnixStream;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tracing::{Instrument, info_span};
 
+use crate::process::{Adopted, Process};
 use crate::protocol::{
     self, Boot, FunctionError, Init, InvokeHeader, Kind, Preloaded, ProtocolError, Ready,
     ResultHeader,
@@ -193,7 +194,7 @@ pub enum Outcome {
 
 pub struct Instance {
     id: String,
-    child: Child,
+    child: Process,
     conn: UnixStream,
     pid: u32,
     /// A restored instance said HOOKED: the function's own code has started running.
@@ -449,9 +450,64 @@ impl Instance {
         }
         Ok(Instance {
             id: spec.instance_id.clone(),
-            child,
+            child: Process::Spawned(child),
             conn,
             pid,
+            hooked: false,
+            imported: Vec::new(),
+        })
+    }
+
+    /// Descriptors for a runtime process that someone else makes (forked from a template):
+    /// its ends, to hand it at the numbers [`Wiring::at_numbers`] gives, and ours, for
+    /// [`Instance::adopt`].
+    pub fn wiring() -> Result<(Wiring, OurEnds), StartError> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(StartError::Socket)?;
+        ours.set_nonblocking(true).map_err(StartError::Socket)?;
+        let pipe = || {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| StartError::Socket(e.into()))
+        };
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let null = std::fs::File::open("/dev/null").map_err(StartError::Socket)?;
+        Ok((
+            Wiring {
+                stdin: null.into(),
+                stdout: out_w,
+                stderr: err_w,
+                protocol: theirs.into(),
+            },
+            OurEnds {
+                conn: ours,
+                stdout: out_r,
+                stderr: err_r,
+            },
+        ))
+    }
+
+    /// Takes over the runtime process `pid`, a child of this process made by someone else
+    /// with the descriptors of [`Instance::wiring`] (then in its group stop or running; it
+    /// waits for a frame on the protocol socket). Waited for and killed through a pidfd.
+    pub fn adopt(
+        spec: &StartSpec,
+        logs: Arc<dyn LogSink>,
+        pid: i32,
+        ours: OurEnds,
+    ) -> Result<Instance, StartError> {
+        let conn = UnixStream::from_std(ours.conn).map_err(StartError::Socket)?;
+        let child = Adopted::new(pid).map_err(StartError::Socket)?;
+        let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd;
+        let out = pipe(ours.stdout).map_err(StartError::Socket)?;
+        let err = pipe(ours.stderr).map_err(StartError::Socket)?;
+        let id = spec.instance_id.clone();
+        tokio::spawn(pump_lines(out, id.clone(), Stream::Stdout, logs.clone()));
+        tokio::spawn(pump_lines(err, id.clone(), Stream::Stderr, logs));
+        Ok(Instance {
+            id,
+            child: Process::Adopted(child),
+            conn,
+            pid: u32::try_from(pid).unwrap_or(0),
             hooked: false,
             imported: Vec::new(),
         })
@@ -628,6 +684,34 @@ impl Instance {
             let _ = self.child.kill().await;
         });
     }
+}
+
+/// A runtime process's ends of its descriptors, for whoever makes it (see
+/// [`Instance::wiring`]).
+pub struct Wiring {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub protocol: OwnedFd,
+}
+
+impl Wiring {
+    /// (number in the runtime process, our descriptor): stdio and the protocol socket.
+    pub fn at_numbers(&self) -> Vec<(RawFd, RawFd)> {
+        vec![
+            (0, self.stdin.as_raw_fd()),
+            (1, self.stdout.as_raw_fd()),
+            (2, self.stderr.as_raw_fd()),
+            (sys::PROTOCOL_FD, self.protocol.as_raw_fd()),
+        ]
+    }
+}
+
+/// Our ends of a [`Wiring`]: the protocol socket and the read ends of its stdout and stderr.
+pub struct OurEnds {
+    conn: std::os::unix::net::UnixStream,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
 }
 
 /// The environment an instance runs with: given to a cold boot's interpreter, and set by

@@ -83,6 +83,65 @@ pub struct InstanceSpec {
     pub runtime_api_port: Option<u16>,
 }
 
+/// What a [`View`] shows (see [`Sandboxes::view`]).
+#[derive(Debug, Clone, Default)]
+pub struct ViewSpec {
+    /// Read-only directories at the same path inside (environments, bootstrap, code).
+    pub read_only: Vec<PathBuf>,
+    /// Directories each instance gets an empty tmpfs of its own at (where its code is bound
+    /// later): made in the view, mounted by each instance. Those below /tmp are covered by
+    /// its /tmp.
+    pub private: Vec<PathBuf>,
+    pub host_network: bool,
+}
+
+/// A mount namespace holding an instance root, shared by the instances forked from a
+/// template made in it (each gets a copy with its own /proc, /tmp and private mounts).
+pub struct View {
+    ns: Arc<std::os::fd::OwnedFd>,
+    mounts: Vec<ChildMount>,
+    late: Vec<PathBuf>,
+}
+
+impl View {
+    /// The namespace (for `setns(CLONE_NEWNS)`).
+    pub fn mount_ns(&self) -> Arc<std::os::fd::OwnedFd> {
+        self.ns.clone()
+    }
+
+    /// What each instance mounts itself, in order, in its copy of the view (a `proc` mounted
+    /// by the instance's first process shows the instance's own pid namespace).
+    pub fn child_mounts(&self) -> &[ChildMount] {
+        &self.mounts
+    }
+
+    /// Read-only directories below /tmp, bound into each instance after its /tmp is
+    /// mounted (with [`Sandbox::add_read_only`]).
+    pub fn late_read_only(&self) -> &[PathBuf] {
+        &self.late
+    }
+}
+
+/// One filesystem an instance forked in a [`View`] mounts for itself.
+#[derive(Debug, Clone)]
+pub struct ChildMount {
+    pub fstype: &'static str,
+    pub target: PathBuf,
+    /// `MS_*` flags.
+    pub flags: libc::c_ulong,
+    pub data: Option<String>,
+}
+
+/// The resource limits every instance runs with: (resource, soft and hard value).
+pub const RLIMITS: &[(libc::__rlimit_resource_t, u64)] = &[
+    (libc::RLIMIT_CORE, 0),
+    (libc::RLIMIT_NOFILE, 1024),
+    (libc::RLIMIT_FSIZE, 1 << 30),
+];
+
+/// Every instance's host name (in its own uts namespace).
+pub const HOSTNAME: &str = "ember";
+
 /// Host paths every runtime needs, mounted read-only when they exist. Symlinks (merged /usr)
 /// are recreated as symlinks.
 const SYSTEM_PATHS: &[&str] = &[
@@ -181,6 +240,7 @@ impl Sandboxes {
                     listener,
                     held: netns.into_iter().collect(),
                     first: None,
+                    forked: false,
                 })
             }
             Err(e) => {
@@ -188,6 +248,89 @@ impl Sandboxes {
                 Err(e)
             }
         }
+    }
+
+    /// A filesystem view for the instances forked from one template (ember-snap's
+    /// templates): a mount namespace holding the root an instance's sandbox would show with
+    /// `spec.read_only`, read-only, but without /proc and /tmp, which each instance mounts
+    /// for itself ([`View::child_mounts`]), and with `spec.private` left empty for each
+    /// instance's own tmpfs. Made once, on a thread of its own; the namespace lives as long as
+    /// the `View` or anything in it.
+    pub fn view(&self, spec: &ViewSpec) -> Result<View, SandboxError> {
+        let (steps, late) = self.steps(&spec.read_only, spec.host_network, Some(&spec.private))?;
+        let c = |p: &Path| {
+            CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| SandboxError::BadPath(p.to_path_buf()))
+        };
+        let root = c(&self.cfg.mount_point)?;
+        let old_root = c(&self.cfg.mount_point.join(".old"))?;
+        let ns = std::thread::Builder::new()
+            .name("ember-view".into())
+            .spawn(move || build_view(&root, &steps, &old_root))
+            .and_then(|t| {
+                t.join()
+                    .map_err(|_| std::io::Error::other("the view thread panicked"))
+            })
+            .and_then(|r| r)
+            .map_err(|source| SandboxError::Io {
+                path: self.cfg.mount_point.clone(),
+                source,
+            })?;
+        let mut mounts = vec![
+            ChildMount {
+                fstype: "tmpfs",
+                target: PathBuf::from("/tmp"),
+                flags: libc::MS_NOSUID | libc::MS_NODEV,
+                data: Some(format!("size={},mode=1777", self.cfg.tmp_bytes)),
+            },
+            ChildMount {
+                fstype: "proc",
+                target: PathBuf::from("/proc"),
+                flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                data: None,
+            },
+        ];
+        for dir in spec.private.iter().filter(|d| !d.starts_with("/tmp")) {
+            mounts.push(ChildMount {
+                fstype: "tmpfs",
+                target: dir.clone(),
+                flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                data: Some("size=64k,mode=0755".into()),
+            });
+        }
+        Ok(View {
+            ns: Arc::new(ns),
+            mounts,
+            late,
+        })
+    }
+
+    /// A sandbox for a process that is not started through it but forked from a template
+    /// made in a [`View`]: its cgroups only (limits as for `spec`). The caller moves the
+    /// process into [`Sandbox::cgroup_procs`] before it runs, then pins it
+    /// ([`Sandbox::pin_first`]) and binds [`View::late_read_only`] and the function's code
+    /// with [`Sandbox::add_read_only`], which in such a sandbox writes only below the
+    /// instance's own tmpfs mounts (the view's root is shared by every instance of it).
+    pub fn prepare_forked(&self, id: &str, memory_bytes: u64) -> Result<Sandbox, SandboxError> {
+        let cgroup = self.hierarchy.create(
+            id,
+            Limits {
+                memory_bytes,
+                pids: self.cfg.pids_max,
+                cpu_weight: cpu_weight(memory_bytes),
+            },
+        )?;
+        Ok(Sandbox {
+            cgroup: Some(cgroup),
+            plan: None,
+            uid: self.cfg.uid,
+            gid: self.cfg.gid,
+            bpf: self.bpf.clone(),
+            listener: None,
+            held: Vec::new(),
+            first: None,
+            forked: true,
+        })
     }
 
     fn plan(
@@ -226,13 +369,36 @@ impl Sandboxes {
             bpf: self.bpf.clone(),
             stop_for_restore: false,
         };
+        p.steps = self.steps(&spec.read_only, spec.host_network, None)?.0;
+        Ok(p)
+    }
+
+    /// The mount steps of an instance's root: the system paths, `read_only` and the devices,
+    /// on a tmpfs at the mount point. For a [`View`] (`view: Some(private)`): no /proc and no
+    /// /tmp mounted (each instance mounts its own), the directories of `read_only` below /tmp
+    /// left out (returned: each instance binds them once its /tmp is there), and the `private`
+    /// directories made empty (each instance mounts a tmpfs of its own there).
+    fn steps(
+        &self,
+        read_only: &[PathBuf],
+        host_network: bool,
+        view: Option<&[PathBuf]>,
+    ) -> Result<(Vec<Step>, Vec<PathBuf>), SandboxError> {
+        let c = |p: &Path| {
+            CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| SandboxError::BadPath(p.to_path_buf()))
+        };
+        let root = &self.cfg.mount_point;
+        let inside = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+        let mut p: Vec<Step> = Vec::new();
+        let mut late = Vec::new();
         let mut made = std::collections::BTreeSet::new();
-        let mut mkdirs = |p: &mut Plan, dir: &Path| -> Result<(), SandboxError> {
+        let mut mkdirs = |p: &mut Vec<Step>, dir: &Path| -> Result<(), SandboxError> {
             let mut acc = PathBuf::from("/");
             for comp in dir.strip_prefix("/").unwrap_or(dir).components() {
                 acc.push(comp);
                 if made.insert(acc.clone()) {
-                    p.steps.push(Step::Mkdir(c(&inside(&acc))?));
+                    p.push(Step::Mkdir(c(&inside(&acc))?));
                 }
             }
             Ok(())
@@ -241,27 +407,41 @@ impl Sandboxes {
             mkdirs(&mut p, Path::new(d))?;
         }
         // /tmp first: a read-only path below it (a home under /tmp) is bound on top of it.
-        p.steps.push(Step::Mount {
-            fstype: c"tmpfs",
-            dst: c(&inside(Path::new("/tmp")))?,
-            flags: libc::MS_NOSUID | libc::MS_NODEV,
-            opts: Some(
-                CString::new(format!("size={},mode=1777", self.cfg.tmp_bytes)).unwrap_or_default(),
-            ),
-        });
-        p.steps.push(Step::Mount {
-            fstype: c"proc",
-            dst: c(&inside(Path::new("/proc")))?,
-            flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            opts: None,
-        });
-        let extra: Vec<&str> = if spec.host_network {
+        if view.is_none() {
+            p.push(Step::Mount {
+                fstype: c"tmpfs",
+                dst: c(&inside(Path::new("/tmp")))?,
+                flags: libc::MS_NOSUID | libc::MS_NODEV,
+                opts: Some(
+                    CString::new(format!("size={},mode=1777", self.cfg.tmp_bytes))
+                        .unwrap_or_default(),
+                ),
+            });
+            p.push(Step::Mount {
+                fstype: c"proc",
+                dst: c(&inside(Path::new("/proc")))?,
+                flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                opts: None,
+            });
+        }
+        for dir in view.unwrap_or_default() {
+            if !dir.starts_with("/tmp") {
+                mkdirs(&mut p, dir)?;
+            }
+        }
+        let extra: Vec<&str> = if host_network {
             NETWORK_PATHS.to_vec()
         } else {
             Vec::new()
         };
         let system = SYSTEM_PATHS.iter().chain(&extra).map(PathBuf::from);
-        for path in system.chain(spec.read_only.iter().cloned()) {
+        for path in system.chain(read_only.iter().cloned()) {
+            if view.is_some() && path.starts_with("/tmp") {
+                if path.is_dir() {
+                    late.push(path);
+                }
+                continue;
+            }
             let Ok(meta) = std::fs::symlink_metadata(&path) else {
                 continue;
             };
@@ -273,15 +453,15 @@ impl Sandboxes {
                     path: path.clone(),
                     source,
                 })?;
-                p.steps.push(Step::Symlink(c(&target)?, c(&inside(&path))?));
+                p.push(Step::Symlink(c(&target)?, c(&inside(&path))?));
                 continue;
             }
             if meta.is_dir() {
                 mkdirs(&mut p, &path)?;
             } else {
-                p.steps.push(Step::Touch(c(&inside(&path))?));
+                p.push(Step::Touch(c(&inside(&path))?));
             }
-            p.steps.push(Step::Bind {
+            p.push(Step::Bind {
                 src: c(&path)?,
                 dst: c(&inside(&path))?,
                 dev: false,
@@ -289,8 +469,8 @@ impl Sandboxes {
         }
         for dev in DEVICES {
             let path = Path::new(dev);
-            p.steps.push(Step::Touch(c(&inside(path))?));
-            p.steps.push(Step::Bind {
+            p.push(Step::Touch(c(&inside(path))?));
+            p.push(Step::Bind {
                 src: c(path)?,
                 dst: c(&inside(path))?,
                 dev: true,
@@ -302,12 +482,12 @@ impl Sandboxes {
             ("/dev/stdout", "/proc/self/fd/1"),
             ("/dev/stderr", "/proc/self/fd/2"),
         ] {
-            p.steps.push(Step::Symlink(
+            p.push(Step::Symlink(
                 c(Path::new(target))?,
                 c(&inside(Path::new(link)))?,
             ));
         }
-        Ok(p)
+        Ok((p, late))
     }
 }
 
@@ -392,6 +572,8 @@ pub struct Sandbox {
     /// A pidfd of the first process ([`Sandbox::pin_first`]): later binds enter its mount
     /// namespace through it, never through a pid that may have been reused.
     first: Option<std::os::fd::OwnedFd>,
+    /// Made by [`Sandboxes::prepare_forked`]: its root is a [`View`]'s, shared.
+    forked: bool,
 }
 
 /// The credentials and filter a restored process must take on (see [`Sandbox::handoff`]).
@@ -566,10 +748,19 @@ impl Sandbox {
                     .map_err(|_| SandboxError::BadPath(d.to_path_buf()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        sys::bind_into(first, &dirs).map_err(|(what, source)| SandboxError::Io {
+        sys::bind_into(first, &dirs, !self.forked).map_err(|(what, source)| SandboxError::Io {
             path: PathBuf::from(format!("{what} (in the instance's mount namespace)")),
             source,
         })
+    }
+
+    /// The `cgroup.procs` files of the instance's cgroups (one per hierarchy), for a process
+    /// forked into a sandbox of [`Sandboxes::prepare_forked`].
+    pub fn cgroup_procs(&self) -> Vec<PathBuf> {
+        self.cgroup
+            .as_ref()
+            .map(Cgroup::procs_files)
+            .unwrap_or_default()
     }
 
     /// Sets the instance's memory limit, and its CPU weight in proportion, as
@@ -685,41 +876,10 @@ fn enter(p: &Plan) -> std::io::Result<()> {
         libc::MS_NOSUID | libc::MS_NODEV,
         Some(c"size=1m,mode=0755"),
     )?;
-    for step in &p.steps {
-        match step {
-            Step::Mkdir(d) => sys::mkdir(d, 0o755)?,
-            Step::Touch(f) => sys::touch(f)?,
-            Step::Symlink(target, link) => sys::symlink(target, link)?,
-            Step::Bind { src, dst, dev } => {
-                sys::mount(Some(src), dst, none, libc::MS_BIND | libc::MS_REC, none)?;
-                let nodev = if *dev { 0 } else { libc::MS_NODEV };
-                let flags =
-                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | nodev;
-                sys::mount(none, dst, none, flags, none)?;
-            }
-            Step::Mount {
-                fstype,
-                dst,
-                flags,
-                opts,
-            } => {
-                sys::mount(Some(fstype), dst, Some(fstype), *flags, opts.as_deref())?;
-            }
-        }
-    }
-    sys::pivot_root(&p.root, &p.old_root)?;
-    sys::chdir(c"/")?;
-    sys::umount_detach(c"/.old")?;
-    sys::rmdir(c"/.old")?;
-    sys::mount(
-        none,
-        c"/",
-        none,
-        libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
-        none,
-    )?;
+    apply_steps(&p.steps)?;
+    enter_root(&p.root, &p.old_root)?;
     sys::chdir(&p.cwd)?;
-    sys::sethostname(b"ember")?;
+    sys::sethostname(HOSTNAME.as_bytes())?;
     // Nothing of the function runs before the cgroup holds this process; the cgroup
     // namespace is made then, so that it is rooted at the instance's own cgroup.
     match sys::recv_byte(joined_r) {
@@ -729,9 +889,9 @@ fn enter(p: &Plan) -> std::io::Result<()> {
     }
     sys::close(joined_r);
     sys::unshare(libc::CLONE_NEWCGROUP)?;
-    sys::setrlimit(libc::RLIMIT_CORE, 0)?;
-    sys::setrlimit(libc::RLIMIT_NOFILE, 1024)?;
-    sys::setrlimit(libc::RLIMIT_FSIZE, 1 << 30)?;
+    for &(res, value) in RLIMITS {
+        sys::setrlimit(res, value)?;
+    }
     sys::drop_bounding_set()?;
     if p.stop_for_restore {
         // Close this copy of std's status pipe (every descriptor above the protocol's but
@@ -754,4 +914,72 @@ fn enter(p: &Plan) -> std::io::Result<()> {
     // No allocation here, not even for the error: errno says what failed.
     seccompiler::apply_filter(&p.bpf).map_err(|_| std::io::Error::last_os_error())?;
     Ok(())
+}
+
+/// Carries out the mount steps of a plan (no allocation: also runs between fork and exec).
+fn apply_steps(steps: &[Step]) -> std::io::Result<()> {
+    let none = None;
+    for step in steps {
+        match step {
+            Step::Mkdir(d) => sys::mkdir(d, 0o755)?,
+            Step::Touch(f) => sys::touch(f)?,
+            Step::Symlink(target, link) => sys::symlink(target, link)?,
+            Step::Bind { src, dst, dev } => {
+                sys::mount(Some(src), dst, none, libc::MS_BIND | libc::MS_REC, none)?;
+                let nodev = if *dev { 0 } else { libc::MS_NODEV };
+                let flags =
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | nodev;
+                sys::mount(none, dst, none, flags, none)?;
+            }
+            Step::Mount {
+                fstype,
+                dst,
+                flags,
+                opts,
+            } => {
+                sys::mount(Some(fstype), dst, Some(fstype), *flags, opts.as_deref())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Makes the root built at `root` the calling thread's (and its namespace's), the host's
+/// gone from it, read-only.
+fn enter_root(root: &std::ffi::CStr, old_root: &std::ffi::CStr) -> std::io::Result<()> {
+    let none = None;
+    sys::pivot_root(root, old_root)?;
+    sys::chdir(c"/")?;
+    sys::umount_detach(c"/.old")?;
+    sys::rmdir(c"/.old")?;
+    sys::mount(
+        none,
+        c"/",
+        none,
+        libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+        none,
+    )
+}
+
+/// Runs on a thread of its own (its filesystem context unshared, so the pivot moves only
+/// it): a new mount namespace with the instance root of `steps`, returned as a descriptor.
+fn build_view(
+    root: &std::ffi::CStr,
+    steps: &[Step],
+    old_root: &std::ffi::CStr,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    let none = None;
+    sys::unshare(libc::CLONE_FS | libc::CLONE_NEWNS)?;
+    let ns = sys::open_own_mount_ns()?;
+    sys::mount(none, c"/", none, libc::MS_REC | libc::MS_PRIVATE, none)?;
+    sys::mount(
+        Some(c"tmpfs"),
+        root,
+        Some(c"tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some(c"size=1m,mode=0755"),
+    )?;
+    apply_steps(steps)?;
+    enter_root(root, old_root)?;
+    Ok(ns)
 }

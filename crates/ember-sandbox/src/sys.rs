@@ -519,6 +519,20 @@ fn root_owned_dir(path: &[u8]) -> io::Result<std::os::fd::OwnedFd> {
     Ok(dir)
 }
 
+/// The calling thread's mount namespace (`/proc/thread-self/ns/mnt`), as a descriptor.
+pub fn open_own_mount_ns() -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: a NUL-terminated path; the flags create nothing.
+    owned(
+        unsafe {
+            libc::open(
+                c"/proc/thread-self/ns/mnt".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        }
+        .into(),
+    )
+}
+
 /// A pidfd of process `pid`.
 pub fn pidfd_open(pid: libc::pid_t) -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags; it returns a new descriptor or -1.
@@ -532,9 +546,14 @@ pub fn pidfd_open(pid: libc::pid_t) -> io::Result<std::os::fd::OwnedFd> {
 /// instance's, makes the root writable for the time of the `mkdir`s, attaches each tree on
 /// its directory (reached without following links) and makes the root read-only again.
 /// The error names the step (the path) that failed.
+///
+/// With `remount_root` false the root stays read-only: a root shared with other instances
+/// (a template's view) is never written; the directories are then made only below the
+/// instance's own writable mounts, and a bind that would need one elsewhere fails (EROFS).
 pub fn bind_into(
     pidfd: &std::os::fd::OwnedFd,
     dirs: &[std::ffi::CString],
+    remount_root: bool,
 ) -> Result<(), (String, io::Error)> {
     let at = |what: &str| {
         let what = what.to_string();
@@ -555,12 +574,17 @@ pub fn bind_into(
                     .map_err(at("setns(mnt)"))?;
                 let none = None;
                 let base = libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
-                mount(none, c"/", none, base, none).map_err(at("remounting / writable"))?;
+                if remount_root {
+                    mount(none, c"/", none, base, none).map_err(at("remounting / writable"))?;
+                }
                 let attached = dirs.iter().zip(&trees).try_for_each(|(dir, tree)| {
                     let name = dir.to_string_lossy();
                     let target = root_owned_dir(dir.to_bytes()).map_err(at(&name))?;
                     move_tree(tree, &target).map_err(at(&name))
                 });
+                if !remount_root {
+                    return attached;
+                }
                 let ro = mount(none, c"/", none, base | libc::MS_RDONLY, none)
                     .map_err(at("remounting / read-only"));
                 attached.and(ro)

@@ -521,3 +521,74 @@ async fn a_later_bind_does_not_propagate_from_the_host() {
     drop(mounted);
     assert!(!text.contains("secret"), "{text}");
 }
+
+/// A template's view: the instance root without /proc and /tmp (each instance mounts its
+/// own), read-only, its private directories made empty, and the directories below /tmp
+/// left for each instance to bind once its /tmp is there. Looked at from a thread that
+/// enters it, as a template's thread does.
+#[test]
+fn a_view_shows_the_instance_root_without_proc_tmp_or_anything_writable() {
+    if !privileged() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let boxes = open_node(home.path(), &format!("test-{}-view", std::process::id()));
+    let work = home.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let private = PathBuf::from("/var/lib/ember-view-test/code");
+    let view = boxes
+        .view(&ember_sandbox::ViewSpec {
+            read_only: vec![work.clone(), PathBuf::from("/no/such/dir")],
+            private: vec![private.clone()],
+            host_network: false,
+        })
+        .unwrap();
+    assert_eq!(
+        view.late_read_only(),
+        std::slice::from_ref(&work),
+        "below /tmp: bound later"
+    );
+    let mounts: Vec<_> = view
+        .child_mounts()
+        .iter()
+        .map(|m| (m.fstype, m.target.clone()))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            ("tmpfs", PathBuf::from("/tmp")),
+            ("proc", PathBuf::from("/proc")),
+            ("tmpfs", private.clone()),
+        ]
+    );
+    let ns = view.mount_ns();
+    let seen = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: unshare and setns take flags and a descriptor; no pointers.
+        unsafe {
+            assert_eq!(libc::unshare(libc::CLONE_FS), 0);
+            assert_eq!(libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS), 0);
+        }
+        let list = |p: &str| {
+            std::fs::read_dir(p)
+                .map(|d| d.count())
+                .map_err(|e| e.to_string())
+        };
+        (
+            list("/proc"),
+            list("/tmp"),
+            std::path::Path::new("/usr/bin/env").exists(),
+            list(private.to_str().unwrap()),
+            std::fs::create_dir("/planted").unwrap_err().raw_os_error(),
+            std::path::Path::new(&home.path().join("work")).exists(),
+        )
+    })
+    .join()
+    .unwrap();
+    assert_eq!(seen.0, Ok(0), "no /proc of the host's pid namespace");
+    assert_eq!(seen.1, Ok(0), "no /tmp: each instance mounts its own");
+    assert!(seen.2, "the system is there");
+    assert_eq!(seen.3, Ok(0), "the private directory is made, empty");
+    assert_eq!(seen.4, Some(libc::EROFS), "the shared root is read-only");
+    assert!(!seen.5, "the host's /tmp is not there");
+}

@@ -1,0 +1,80 @@
+//! A runtime's process: spawned by us (a tokio `Child`), or made by someone else and handed
+//! over (a child of this process forked from a template, `ember-snap`), which is waited for
+//! through a pidfd: readable once it has ended, and holding its pid until it is collected,
+//! so that no signal or wait can reach a process that reused the number.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::process::ExitStatus;
+
+use tokio::io::unix::AsyncFd;
+use tokio::process::Child;
+
+use crate::sys;
+
+pub(crate) enum Process {
+    Spawned(Child),
+    Adopted(Adopted),
+}
+
+pub(crate) struct Adopted {
+    pid: i32,
+    pidfd: AsyncFd<OwnedFd>,
+    /// Once collected (its pid may be reused from then on: never waited for again).
+    status: Option<ExitStatus>,
+}
+
+impl Adopted {
+    /// Takes over `pid`, a child of this process (of any of its threads).
+    pub(crate) fn new(pid: i32) -> io::Result<Adopted> {
+        Ok(Adopted {
+            pid,
+            pidfd: sys::pidfd_async(pid)?,
+            status: None,
+        })
+    }
+}
+
+impl Process {
+    /// The exit status if the process has ended (collecting it), without waiting.
+    pub(crate) fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        match self {
+            Process::Spawned(c) => c.try_wait(),
+            Process::Adopted(a) => {
+                if a.status.is_none() {
+                    a.status = sys::collect(a.pid)?;
+                }
+                Ok(a.status)
+            }
+        }
+    }
+
+    pub(crate) async fn wait(&mut self) -> io::Result<ExitStatus> {
+        match self {
+            Process::Spawned(c) => c.wait().await,
+            Process::Adopted(_) => loop {
+                if let Some(s) = self.try_wait()? {
+                    return Ok(s);
+                }
+                let Process::Adopted(a) = self else {
+                    unreachable!("matched above")
+                };
+                a.pidfd.readable().await?.clear_ready();
+            },
+        }
+    }
+
+    /// SIGKILL, then waits for it to end and collects it.
+    pub(crate) async fn kill(&mut self) -> io::Result<()> {
+        match self {
+            Process::Spawned(c) => c.kill().await,
+            Process::Adopted(a) => {
+                if a.status.is_none() {
+                    use std::os::fd::AsRawFd;
+                    sys::pidfd_kill(a.pidfd.get_ref().as_raw_fd())?;
+                }
+                self.wait().await.map(drop)
+            }
+        }
+    }
+}
