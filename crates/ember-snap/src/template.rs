@@ -738,7 +738,13 @@ impl Parked {
         };
         match sys::wait(child, 0) {
             Ok(Wait::Stopped { .. }) => Ok(child),
-            other => Err(self.fork_err(format!("the child {child} did not stop: {other:?}"))),
+            other => {
+                if matches!(other, Ok(Wait::Exited(_) | Wait::Signaled(_))) {
+                    // Already collected by this wait: nothing left to kill.
+                    *made = None;
+                }
+                Err(self.fork_err(format!("the child {child} did not stop: {other:?}")))
+            }
         }
     }
 
