@@ -274,12 +274,14 @@ impl Template {
                 let _ = ready_tx.send(Ok((parked.t.pid, parked.stats)));
                 for (spec, reply) in job_rx {
                     let r = parked.fork(&spec);
-                    let gone = matches!(r, Err(TemplateError::Gone { .. }));
-                    let _ = reply.send(r);
-                    if gone {
-                        // Later calls find the jobs' channel closed: Gone too.
-                        break;
+                    if let Err(TemplateError::Gone { .. }) = r {
+                        // Collected before the answer; later calls find the jobs' channel
+                        // closed: Gone too.
+                        parked.end();
+                        let _ = reply.send(r);
+                        return;
                     }
+                    let _ = reply.send(r);
                 }
                 parked.end();
             })

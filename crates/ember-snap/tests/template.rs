@@ -262,7 +262,8 @@ fn a_template_whose_process_died_answers_gone() {
             .unwrap_err();
         assert!(matches!(e, template::TemplateError::Gone { .. }), "{e:?}");
     }
-    // Its instances live on.
+    // The dead template was collected (its thread ended); its instances live on.
+    assert_eq!(our_children(), [a.pid]);
     assert_eq!(a.ask("ping"), "pong 1");
     drop(tpl);
 }
