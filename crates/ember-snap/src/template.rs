@@ -5,8 +5,13 @@
 //!
 //! ```text
 //! template thread (owns everything below; ptrace ties tracees to one thread)
+//!   with TemplateOptions::mount_ns: unshare(CLONE_FS), setns(ns, CLONE_NEWNS)
 //!   spawn the stopper (host pid namespace, /dev/null at the image's inherited numbers)
-//!   restore it eagerly with accept_new_tid, ending before the gadget is removed:
+//!   prlimit it down to TemplateOptions::limits (soft = hard; never raised)
+//!   restore it eagerly with accept_new_tid, ending before the gadget is removed, and
+//!   keeping the restorer's credentials (root, every capability: it must clone with
+//!   namespaces); the image's limits bounded by the template's own; no image
+//!   credentials, filters or after-credential prctl values (each child applies them):
 //!   the template P stays stopped and traced, its restorer gadget mapped
 //!   in P: pidfd_open(our process) parked at a fixed descriptor K; PTRACE_O_TRACEFORK
 //! fork(spec), on that thread:
@@ -16,16 +21,39 @@
 //!       namespace's init: an init's CLONE_PARENT is EINVAL); CLONE_NEWPID: the child is
 //!       pid 1 of a fresh namespace
 //!     fork event: the child C starts traced and stopped (PTRACE_EVENT_STOP)
+//!   C moved into spec.cgroup_procs (stopped, still traced)
 //!   in C, one restorer batch (the gadget is C's copy of P's):
 //!     pidfd_getfd(K, caller's fd) for each handed-in descriptor, parked high, then dup3
-//!     to its number; close the parking and K; what a fork resets: set_robust_list,
-//!     PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER (the TID address comes with the clone:
+//!     to its number; close the parking and K; setsid (its own session and process
+//!     group: the node ends an instance with kill(-pid)); with spec.mounts, / made
+//!     MS_REC | MS_PRIVATE, then each mount; sethostname; unshare(CLONE_NEWCGROUP)
+//!     (rooted at its new cgroups); what a fork resets: set_robust_list,
+//!     PR_SET_CHILD_SUBREAPER (the TID address comes with the clone:
 //!     CLONE_CHILD_CLEARTID; CLONE_CHILD_SETTID writes C's id, 1, into glibc's cached
-//!     one when that is the TID address, as glibc's fork does; otherwise it is written)
+//!     one when that is the TID address, as glibc's fork does; otherwise it is written);
+//!     credentials:
+//!       handoff: PR_CAPBSET_DROP of every capability, PR_CAP_AMBIENT_CLEAR_ALL,
+//!         securebits 0, setgroups/setresgid/setresuid, what a credential change
+//!         resets (death signal, no_new_privs, dumpable), the handoff's death signal,
+//!         no_new_privs and seccomp filter
+//!       none: the image's own credentials (as a restore without handoff), then what a
+//!         credential change resets
 //!   XSAVE area; munmap(gadget) by the image's own syscall instruction; registers (the
 //!   interrupted syscall restarted), signal mask; SIGSTOP; detach: C waits in a group
 //!   stop for the caller's SIGCONT, and the caller reaps it
 //! ```
+//!
+//! A child made by a fork that fails later is killed and collected. A template whose
+//! process died (killed, or the OOM killer) answers [`TemplateError::Gone`], to that fork
+//! and every later call. The descriptors a child's batch parks (up to K + 2n + 1 for n
+//! handed in) must be below the template's `RLIMIT_NOFILE` soft limit: checked, with an
+//! error that says what to raise.
+//!
+//! The thread id: an instance is always pid 1 of its own pid namespace. The node's images
+//! are all dumped from pid 1 of theirs (a sandbox's first process), so that is exact;
+//! images of another thread id are refused unless [`TemplateOptions::accept_new_tid`]
+//! (then glibc's cached id is rewritten, but a mutex or robust futex that names the old id
+//! stays wrong, as with [`RestoreOptions::accept_new_tid`]).
 //!
 //! Refused, because a fork child would differ from its image (the kernel resets or drops
 //! these in a child): areas advised `MADV_DONTFORK` (absent in the child) or
@@ -34,7 +62,8 @@
 //! template's own injected `clone`) and descriptors of files (a child would share the
 //! template's open file description, its position included, with every other child).
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -74,7 +103,7 @@ pub enum TemplateError {
     },
     #[error("template of {image}: {why}")]
     Fork { image: String, why: String },
-    #[error("the template of {image} has ended (its thread is gone); make a new one")]
+    #[error("the template of {image} has ended (its process or thread is gone); make a new one")]
     Gone { image: String },
 }
 
@@ -86,6 +115,9 @@ pub struct Namespaces {
     pub uts: bool,
     pub ipc: bool,
     pub net: bool,
+    /// A new cgroup namespace, made after the child was moved into
+    /// [`ForkSpec::cgroup_procs`] (so it is rooted at the instance's own cgroups).
+    pub cgroup: bool,
 }
 
 impl Namespaces {
@@ -95,6 +127,7 @@ impl Namespaces {
             uts: true,
             ipc: true,
             net: true,
+            cgroup: true,
         }
     }
 
@@ -122,19 +155,38 @@ pub struct ForkSpec {
     /// copies (`pidfd_getfd`), so ours can be closed once `fork` returns.
     pub fds: Vec<(RawFd, RawFd)>,
     pub namespaces: Namespaces,
-    /// What a sandboxed instance becomes last: its user and groups, death signal,
-    /// `no_new_privs` and seccomp filter. Not yet a restore's whole handoff: the sandbox's
-    /// resource-limit bounds and the clearing of capabilities beyond what `setresuid` drops
-    /// are missing (docs/snap.md, Templates).
+    /// What a sandboxed instance becomes last: no capability in any set (bounding and
+    /// ambient cleared, securebits 0), its user and groups, death signal, `no_new_privs`
+    /// and seccomp filter. Its resource limits are the template's
+    /// ([`TemplateOptions::limits`]). `None`: the image's own credentials.
     pub handoff: Option<Handoff>,
     /// `cgroup.procs` files (one per hierarchy) the instance is moved into while still
-    /// stopped: it is born in the template's cgroups. Pages it shares with the template
-    /// stay charged to the template's memory cgroup (cgroup v1 moves no charges by
-    /// default); its own copies are charged to its new one.
-    pub cgroup_procs: Vec<std::path::PathBuf>,
+    /// stopped, before its batch: it is born in the template's cgroups. Pages it shares
+    /// with the template stay charged to the template's memory cgroup (cgroup v1 moves no
+    /// charges by default); its own copies are charged to its new one.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// Filesystems mounted by the child itself (it is the only process of its new pid
+    /// namespace, so a `proc` mounted by it shows that namespace), in order, after it is
+    /// in its namespaces and before its credentials change. Each target must exist. Needs
+    /// [`Namespaces::mount`]; the child first makes its whole tree private
+    /// (`MS_REC | MS_PRIVATE`), so that none of them propagates to the template's view.
+    pub mounts: Vec<ForkMount>,
+    /// The child's host name (in its own uts namespace: needs [`Namespaces::uts`]).
+    pub hostname: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+/// One filesystem a forked child mounts: `mount(fstype, target, fstype, flags, data)`.
+#[derive(Debug, Clone, Default)]
+pub struct ForkMount {
+    pub fstype: String,
+    pub target: PathBuf,
+    /// `MS_*` flags.
+    pub flags: u64,
+    /// Filesystem options (`size=1m`).
+    pub data: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
 pub struct TemplateOptions {
     /// As [`RestoreOptions::fill_threads`], for the one restore of the template.
     pub fill_threads: usize,
@@ -144,6 +196,23 @@ pub struct TemplateOptions {
     /// instead of 1.2 ms), and a child's first write in such a range splits it (~18 us)
     /// before its 4 KiB copy. The collapse is slow (~2 ms per MiB here) and done once.
     pub collapse: bool,
+    /// A mount namespace to make the template process in (its own thread does
+    /// `unshare(CLONE_FS)` + `setns(fd, CLONE_NEWNS)` before spawning the stopper, so the
+    /// stopper and the restored template live in it; a fork with [`Namespaces::mount`]
+    /// copies it).
+    pub mount_ns: Option<Arc<OwnedFd>>,
+    /// Resource limits (resource number, value used as soft and hard) the template process
+    /// is lowered to (`prlimit` on the stopper) before its restore; the image's own limits
+    /// are bounded by them (as a sandbox's parked process bounds a restore's), and every
+    /// fork inherits them. Only lowering (`CAP_SYS_RESOURCE` is missing on these machines):
+    /// a value above the current hard limit is that hard limit.
+    pub limits: Vec<(u32, u64)>,
+    /// Fork an image whose thread id is not 1 (refused otherwise). An instance is always
+    /// pid 1 of its own pid namespace, so only images of pid 1 (the node's: a sandbox's
+    /// first process) are exact; with another id, glibc's cached thread id is rewritten
+    /// (`gettid()`, threads and fork work) but what holds the old id stays wrong, as
+    /// [`RestoreOptions::accept_new_tid`] says.
+    pub accept_new_tid: bool,
 }
 
 /// A forked instance: stopped (a group stop: `SIGCONT` runs it), a child of this process
@@ -180,9 +249,18 @@ impl Template {
         if let Some(why) = unsuitable(&image.meta) {
             return Err(TemplateError::Unsuitable { image: name, why });
         }
+        let tid = image.meta.task.tid;
+        if tid != 1 && !opts.accept_new_tid {
+            return Err(TemplateError::Unsuitable {
+                image: name,
+                why: format!(
+                    "its thread id is {tid} and a forked instance's is always 1 (what holds the old id, a locked mutex or a robust futex, would stay wrong); dump it as pid 1 of its pid namespace, or set TemplateOptions::accept_new_tid"
+                ),
+            });
+        }
         let (ready_tx, ready_rx) = mpsc::channel();
         let (jobs, job_rx) = mpsc::channel::<(ForkSpec, Reply)>();
-        let opts = *opts;
+        let opts = opts.clone();
         let thread = std::thread::Builder::new()
             .name("ember-template".into())
             .spawn(move || {
@@ -195,7 +273,15 @@ impl Template {
                 };
                 let _ = ready_tx.send(Ok((parked.t.pid, parked.stats)));
                 for (spec, reply) in job_rx {
-                    let _ = reply.send(parked.fork(&spec));
+                    let r = parked.fork(&spec);
+                    if let Err(TemplateError::Gone { .. }) = r {
+                        // Collected before the answer; later calls find the jobs' channel
+                        // closed: Gone too.
+                        parked.end();
+                        let _ = reply.send(r);
+                        return;
+                    }
+                    let _ = reply.send(r);
                 }
                 parked.end();
             })
@@ -315,6 +401,13 @@ struct Parked {
     /// Where the template holds a pidfd of our process (children take their descriptors
     /// through it).
     pidfd_at: i32,
+    /// The template's `RLIMIT_NOFILE` soft limit (its children's): descriptor numbers a
+    /// child's batch uses must be below it.
+    nofile: u64,
+    /// The highest capability number this kernel knows.
+    last_cap: u32,
+    /// The template process was collected (it died during a fork): nothing to kill.
+    reaped: std::cell::Cell<bool>,
 }
 
 impl Parked {
@@ -329,6 +422,9 @@ impl Parked {
                 source,
             }
         };
+        if let Some(ns) = &opts.mount_ns {
+            enter_mount_ns(ns).map_err(io_err("entering TemplateOptions::mount_ns"))?;
+        }
         let null = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -353,6 +449,19 @@ impl Parked {
                 });
             }
         }
+        for &(res, value) in &opts.limits {
+            if let Err(source) = lower_limit(pid, res, value) {
+                sys::kill(pid, libc::SIGKILL);
+                let _ = sys::wait(pid, 0);
+                return Err(TemplateError::Io {
+                    image,
+                    what: format!(
+                        "lowering resource limit {res} of the template process to {value}"
+                    ),
+                    source,
+                });
+            }
+        }
         let ropts = RestoreOptions {
             resume: false,
             fill_threads: opts.fill_threads,
@@ -367,6 +476,7 @@ impl Parked {
         })?;
         let mut regs = restore::words_to_regs(&img.meta.task.regs);
         restore::restart_interrupted(&mut regs);
+        let nofile = get_limit(pid, libc::RLIMIT_NOFILE).unwrap_or(u64::MAX);
         let mut parked = Parked {
             pidfd_at: img.meta.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) + 16,
             img,
@@ -376,9 +486,20 @@ impl Parked {
             gadget_len: p.gadget_len,
             stats: p.stats,
             regs,
+            nofile,
+            last_cap: crate::creds::last_cap(),
+            reaped: std::cell::Cell::new(false),
         };
         // The base for what runs in the template: the image's registers (its segments).
         parked.t.regs = restore::words_to_regs(&parked.img.meta.task.regs);
+        if parked.pidfd_at as u64 >= nofile {
+            let e = parked.fork_err(format!(
+                "its descriptor limit (RLIMIT_NOFILE soft limit {nofile}) is below the number it parks a descriptor at ({}): raise the image's limit, or TemplateOptions::limits' RLIMIT_NOFILE, above that",
+                parked.pidfd_at
+            ));
+            parked.end();
+            return Err(e);
+        }
         match parked.prepare(opts.collapse) {
             Ok(()) => Ok(parked),
             Err(e) => {
@@ -453,11 +574,47 @@ impl Parked {
     /// Kills and collects the template.
     fn end(self) {
         let pid = self.t.pid;
+        if self.reaped.get() {
+            return;
+        }
         sys::kill(pid, libc::SIGKILL);
         while let Ok(Wait::Stopped { .. }) = sys::wait(pid, 0) {}
     }
 
     fn fork(&self, spec: &ForkSpec) -> Result<Forked, TemplateError> {
+        if !self.alive() {
+            return Err(self.gone());
+        }
+        self.fork_alive(spec).map_err(|e| match self.alive() {
+            true => e,
+            false => self.gone(),
+        })
+    }
+
+    /// Whether the template process lives (a killed one is a zombie until we collect it:
+    /// it is our thread's child).
+    fn alive(&self) -> bool {
+        if self.reaped.get() {
+            return false;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.t.pid)) else {
+            return false;
+        };
+        // Between forks and after a failed one it is in a ptrace stop; a killed one has
+        // left it at once (SIGKILL wakes it to die).
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        matches!(state, Some('t' | 'T'))
+    }
+
+    fn gone(&self) -> TemplateError {
+        TemplateError::Gone {
+            image: self.image.clone(),
+        }
+    }
+
+    fn fork_alive(&self, spec: &ForkSpec) -> Result<Forked, TemplateError> {
         let t0 = Instant::now();
         let meta = &self.img.meta;
         let missing: Vec<i32> = meta
@@ -476,6 +633,24 @@ impl Parked {
                 self.pidfd_at - 1
             )));
         }
+        // The child's batch parks the descriptors at pidfd_at + n + 2 and up.
+        let n = spec.fds.len() as u64;
+        let top = self.pidfd_at as u64 + 2 * n + 1;
+        if top >= self.nofile {
+            return Err(self.fork_err(format!(
+                "handing in {n} descriptors parks them up to number {top}, at or above the template's descriptor limit (RLIMIT_NOFILE soft limit {}): raise TemplateOptions::limits' RLIMIT_NOFILE (or the image's own limit) above {top}, or hand in fewer",
+                self.nofile
+            )));
+        }
+        if !spec.mounts.is_empty() && !spec.namespaces.mount {
+            return Err(self
+                .fork_err("a fork with mounts needs its own mount namespace (Namespaces::mount)"));
+        }
+        if spec.hostname.is_some() && !spec.namespaces.uts {
+            return Err(self.fork_err(
+                "a fork with a host name needs its own uts namespace (Namespaces::uts)",
+            ));
+        }
         let t1 = Instant::now();
         let child = self.clone_child(spec.namespaces)?;
         let clone_us = t1.elapsed().as_micros() as u64;
@@ -486,8 +661,7 @@ impl Parked {
                 clone_us,
             }),
             Err(e) => {
-                sys::kill(child, libc::SIGKILL);
-                while let Ok(Wait::Stopped { .. }) = sys::wait(child, 0) {}
+                collect(child);
                 Err(e)
             }
         }
@@ -503,8 +677,19 @@ impl Parked {
         }
     }
 
-    /// Injects `clone` into the template; returns the child, stopped and traced.
+    /// Injects `clone` into the template; returns the child, stopped and traced. A child
+    /// made before a failure is killed and collected.
     fn clone_child(&self, ns: Namespaces) -> Result<i32, TemplateError> {
+        let mut child = None;
+        self.inject_clone(ns, &mut child).inspect_err(|_| {
+            if let Some(c) = child {
+                collect(c);
+            }
+        })
+    }
+
+    /// [`Self::clone_child`]; `made`: the child, once the fork event named it.
+    fn inject_clone(&self, ns: Namespaces, made: &mut Option<i32>) -> Result<i32, TemplateError> {
         let pid = self.t.pid;
         let io = |what: &'static str| self.io_err(what);
         let task = &self.img.meta.task;
@@ -522,20 +707,24 @@ impl Parked {
         r.orig_rax = u64::MAX;
         (r.rdi, r.rsi, r.rdx, r.r10, r.r8) = (flags, 0, 0, task.tid_address, 0);
         sys::set_regs(pid, &r).map_err(io("PTRACE_SETREGS"))?;
-        let mut child = None;
         loop {
             sys::singlestep(pid).map_err(io("PTRACE_SINGLESTEP"))?;
             match sys::wait(pid, 0).map_err(io("waitpid"))? {
                 Wait::Stopped { event, .. } if event == libc::PTRACE_EVENT_FORK => {
-                    child = Some(sys::event_msg(pid).map_err(io("PTRACE_GETEVENTMSG"))? as i32);
+                    *made = Some(sys::event_msg(pid).map_err(io("PTRACE_GETEVENTMSG"))? as i32);
                 }
                 Wait::Stopped { event, .. } if event == libc::PTRACE_EVENT_STOP => {}
                 Wait::Stopped { sig, event: 0 } if sig == libc::SIGTRAP => break,
-                other => return Err(self.fork_err(format!("the template stopped: {other:?}"))),
+                other => {
+                    if matches!(other, Wait::Exited(_) | Wait::Signaled(_)) {
+                        self.reaped.set(true);
+                    }
+                    return Err(self.fork_err(format!("the template stopped: {other:?}")));
+                }
             }
         }
         let rax = sys::get_regs(pid).map_err(io("PTRACE_GETREGS"))?.rax as i64;
-        let child = match child {
+        let child = match *made {
             Some(c) if rax == i64::from(c) => c,
             _ if (-4095..0).contains(&rax) => {
                 return Err(self.fork_err(format!(
@@ -551,7 +740,13 @@ impl Parked {
         };
         match sys::wait(child, 0) {
             Ok(Wait::Stopped { .. }) => Ok(child),
-            other => Err(self.fork_err(format!("the child {child} did not stop: {other:?}"))),
+            other => {
+                if matches!(other, Ok(Wait::Exited(_) | Wait::Signaled(_))) {
+                    // Already collected by this wait: nothing left to kill.
+                    *made = None;
+                }
+                Err(self.fork_err(format!("the child {child} did not stop: {other:?}")))
+            }
         }
     }
 
@@ -564,6 +759,15 @@ impl Parked {
             sigmask: meta.task.sigmask,
         };
         let io = |what: &'static str| self.io_err(what);
+        // Moved while stopped, before its batch: a new cgroup namespace it makes there is
+        // rooted at its own cgroups.
+        for procs in &spec.cgroup_procs {
+            std::fs::write(procs, child.to_string()).map_err(|source| TemplateError::Io {
+                image: self.image.clone(),
+                what: format!("moving the child into {}", procs.display()),
+                source,
+            })?;
+        }
         let b = self.child_batch(spec);
         if (b.size() as u64) > self.gadget_len - PAGE {
             return Err(self.fork_err(format!(
@@ -589,13 +793,6 @@ impl Parked {
         if rc != 0 {
             return Err(self.fork_err(format!("removing the restorer from the child: {rc}")));
         }
-        for procs in &spec.cgroup_procs {
-            std::fs::write(procs, child.to_string()).map_err(|source| TemplateError::Io {
-                image: self.image.clone(),
-                what: format!("moving the child into {}", procs.display()),
-                source,
-            })?;
-        }
         sys::set_regs(child, &self.regs).map_err(io("PTRACE_SETREGS"))?;
         sys::set_sigmask(child, meta.task.sigmask).map_err(io("PTRACE_SETSIGMASK"))?;
         // Stopped once detached: a group stop the caller ends with SIGCONT (from an
@@ -612,8 +809,9 @@ impl Parked {
             .is_some_and(|off| task.tid_address == self.regs.fs_base + u64::from(off))
     }
 
-    /// The child's descriptors and what a fork resets, as one restorer batch.
-    fn child_batch(&self, spec: &ForkSpec) -> Batch<'static> {
+    /// The child's descriptors, session, mounts, host name, cgroup namespace, what a fork
+    /// resets and its credentials, as one restorer batch.
+    fn child_batch<'s>(&self, spec: &'s ForkSpec) -> Batch<'s> {
         let meta = &self.img.meta;
         let mut b = Batch::new(self.gadget + PAGE);
         let k = self.pidfd_at as u64;
@@ -639,6 +837,36 @@ impl Parked {
             b.call("close_range(parked)", libc::SYS_close_range, &args, 0);
         }
         b.call("close(pidfd)", libc::SYS_close, &[k], 0);
+        // Its own session and process group: the node ends an instance with kill(-pid).
+        b.call("setsid", libc::SYS_setsid, &[], 0);
+        if !spec.mounts.is_empty() {
+            // Nothing it mounts propagates to the template's view or its siblings.
+            let root = b.cstr("/");
+            let flags = libc::MS_REC | libc::MS_PRIVATE;
+            b.call(
+                "mount(/, MS_REC | MS_PRIVATE)",
+                libc::SYS_mount,
+                &[0, root, 0, flags, 0],
+                0,
+            );
+        }
+        for m in &spec.mounts {
+            let fstype = b.cstr(&m.fstype);
+            let target = b.cstr(&m.target.to_string_lossy());
+            let data = m.data.as_deref().map_or(0, |d| b.cstr(d));
+            let args = [fstype, target, fstype, m.flags, data];
+            let step = Step::Path("mount", m.fstype.as_str());
+            b.call(step, libc::SYS_mount, &args, 0);
+        }
+        if let Some(h) = &spec.hostname {
+            let at = b.cstr(h);
+            let args = [at, h.len() as u64];
+            b.call("sethostname", libc::SYS_sethostname, &args, 0);
+        }
+        if spec.namespaces.cgroup {
+            let args = [libc::CLONE_NEWCGROUP as u64];
+            b.call("unshare(CLONE_NEWCGROUP)", libc::SYS_unshare, &args, 0);
+        }
         let (head, len) = meta.task.robust_list;
         if head != 0 {
             let args = [head, len];
@@ -650,19 +878,91 @@ impl Parked {
             b.call("prctl(PR_SET_CHILD_SUBREAPER)", libc::SYS_prctl, &args, 0);
         }
         match &spec.handoff {
-            // As a restore's handoff: the instance's user, then what a credential change
-            // resets, then its confinement.
+            // As a restore's handoff, from the template's root: no capability left in any
+            // set (the bounding set emptied while CAP_SETPCAP is held, ambient cleared,
+            // securebits 0 so that setresuid clears the rest), the instance's user, then
+            // what a credential change resets, then its confinement.
             Some(h) => {
+                for cap in 0..=self.last_cap.min(63) {
+                    let args = [libc::PR_CAPBSET_DROP as u64, u64::from(cap)];
+                    b.call("prctl(PR_CAPBSET_DROP)", libc::SYS_prctl, &args, 0);
+                }
+                let args = [
+                    libc::PR_CAP_AMBIENT as u64,
+                    libc::PR_CAP_AMBIENT_CLEAR_ALL as u64,
+                    0,
+                    0,
+                    0,
+                ];
+                b.call("prctl(PR_CAP_AMBIENT_CLEAR_ALL)", libc::SYS_prctl, &args, 0);
+                let args = [libc::PR_SET_SECUREBITS as u64, 0];
+                b.call("prctl(PR_SET_SECUREBITS)", libc::SYS_prctl, &args, 0);
                 restore::handoff_credentials(&mut b, h);
                 crate::state::apply::after_credentials(&mut b, &meta.process, h.die_with_parent);
                 restore::handoff_confine(&mut b, h);
             }
-            None if pr.pdeathsig != 0 => {
-                let args = [libc::PR_SET_PDEATHSIG as u64, u64::from(pr.pdeathsig)];
-                b.call("prctl(PR_SET_PDEATHSIG)", libc::SYS_prctl, &args, 0);
+            // The image's own user (the template stayed root to clone with namespaces).
+            None => {
+                crate::creds::restore_calls(&mut b, &meta.task.creds, self.last_cap);
+                crate::state::apply::after_credentials(&mut b, &meta.process, false);
             }
-            None => {}
         }
         b
     }
+}
+
+/// Kills a child the template made and collects it (as its tracer and parent: stop
+/// reports still queued come first).
+fn collect(child: i32) {
+    sys::kill(child, libc::SIGKILL);
+    while let Ok(Wait::Stopped { .. }) = sys::wait(child, 0) {}
+}
+
+/// Moves the calling thread into mount namespace `ns` (after leaving the filesystem
+/// attributes it shares with the process's other threads, which `setns` requires).
+fn enter_mount_ns(ns: &OwnedFd) -> std::io::Result<()> {
+    // SAFETY: unshare takes flags only and affects this thread.
+    if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `ns` is a descriptor we hold for the call's length.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Resource `res` of `pid`: (soft, hard).
+fn limit_of(pid: i32, res: u32) -> std::io::Result<(u64, u64)> {
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: no new limit; `old` is a live local the kernel fills.
+    let rc = unsafe { libc::prlimit64(pid, res as _, std::ptr::null(), &mut old) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((old.rlim_cur, old.rlim_max))
+}
+
+/// The soft limit of resource `res` of `pid`.
+fn get_limit(pid: i32, res: u32) -> std::io::Result<u64> {
+    limit_of(pid, res).map(|(soft, _)| soft)
+}
+
+/// Sets resource `res` of `pid` to `value` (soft and hard), never above its hard limit.
+fn lower_limit(pid: i32, res: u32, value: u64) -> std::io::Result<()> {
+    let (_, hard) = limit_of(pid, res)?;
+    let v = value.min(hard);
+    let new = libc::rlimit64 {
+        rlim_cur: v,
+        rlim_max: v,
+    };
+    // SAFETY: `new` is a live local the kernel reads; no old value asked.
+    let rc = unsafe { libc::prlimit64(pid, res as _, &new, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -463,9 +463,12 @@ fn run(
         stat_offsets: Vec::new(),
         handoff: opts.handoff.as_ref(),
         tid: c.ns_tid,
-        bounds: crate::state::apply::Bounds::of(pid, opts.handoff.is_some())
+        // A template is bounded as a sandbox's parked process bounds a restore: its own
+        // limits (TemplateOptions::limits) win over the image's where lower.
+        bounds: crate::state::apply::Bounds::of(pid, opts.handoff.is_some() || park)
             .map_err(|e| target_err(pid, format!("reading its limits: {e}")))?,
         mapped_fd: (opts.policy == Policy::Mapped).then(|| mapped_fd(img)),
+        template: park,
     };
     let rseq_now = sys::get_rseq(pid).ok().filter(|c| c.abi_pointer != 0);
 

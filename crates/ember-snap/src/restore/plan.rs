@@ -60,6 +60,11 @@ pub(super) struct Plan<'a> {
     pub(super) bounds: state::apply::Bounds,
     /// Mapped policy: where the target holds the image's memfd.
     pub(super) mapped_fd: Option<i32>,
+    /// A template's restore ([`crate::template`]): the target keeps the restorer's
+    /// credentials (root, every capability), so that it can clone with namespaces; the
+    /// image's credentials, filters and what a credential change resets are left to each
+    /// fork child. Its gadget has room for a child's batch.
+    pub(super) template: bool,
     /// Where batch 1 leaves each mapped file's `struct stat`.
     pub(super) stat_offsets: Vec<Option<usize>>,
 }
@@ -116,7 +121,9 @@ impl<'m> Plan<'m> {
         rseq_now: Option<sys::RseqConfig>,
         occupied: &[(u64, u64)],
     ) -> Result<(Batch<'m>, Batch<'m>), RestoreError> {
-        let mut need = 2 * PAGE;
+        // A template's children run their own batch (descriptors, mounts, capability
+        // drops, a sandbox's filter) in the area it leaves behind.
+        let mut need = if self.template { 8 * PAGE } else { 2 * PAGE };
         // The size grows with the address only by a few entries: two rounds almost always.
         for _ in 0..8 {
             self.gadget = find_gap(occupied, need, GAP_SEARCH_FROM).ok_or(RestoreError::NoGap {
@@ -613,6 +620,13 @@ impl<'m> Plan<'m> {
                 state::apply::after_credentials(&mut b2, st, h.die_with_parent);
                 handoff_confine(&mut b2, h);
                 state::apply::filters(&mut b2, st, &h.seccomp);
+            }
+            None if self.template => {
+                // Still as root: the limits (bounded by the template's own, as a
+                // sandbox's) and scheduling the fork children inherit. No credentials,
+                // filters (refused for templates) or prctl values a credential change
+                // resets: each child applies them (template.rs).
+                state::apply::limits_and_sched(&mut b2, st, &self.bounds);
             }
             None => {
                 // Filters first, while the target is still privileged (installing one

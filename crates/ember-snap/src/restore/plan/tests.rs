@@ -64,6 +64,7 @@ fn batches_fit_the_gadget_mapping_at_every_size() {
             tid: 1,
             bounds: crate::state::apply::Bounds::default(),
             mapped_fd: None,
+            template: false,
         };
         // The case that failed: measured with the gadget at 0, batch 1 was just below a
         // page boundary.
