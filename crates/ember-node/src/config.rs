@@ -175,6 +175,9 @@ pub struct NodeConfig {
     /// Climb the ladder in its order always, never skipping a rung that measured slower than
     /// another way of starting the function (researchers measuring one rung).
     pub fixed_ladder: bool,
+    /// Fork an image's standby instances from its template (the image restored once, parked;
+    /// the instances share its pages copy-on-write) instead of restoring each.
+    pub templates: bool,
 }
 
 /// The queue of asynchronous (`Event`) invocations, retried as Lambda retries them.
@@ -222,6 +225,7 @@ impl Default for NodeConfig {
             prestart: 2,
             standby: 2,
             fixed_ladder: false,
+            templates: true,
         }
     }
 }

@@ -115,6 +115,9 @@ pub struct ImageStatus {
     pub functions: usize,
     /// Instances of it restored ahead of demand, ready now (filled in by the node).
     pub standby: usize,
+    /// Its template (its standbys forked from one parked restore): `kept`, or why it
+    /// cannot be one; `None` when none was tried (filled in by the node).
+    pub template: Option<String>,
     /// Modules its functions' handlers imported that it does not preload yet: it is
     /// rebuilt with them (filled in by the node).
     pub imports_pending: usize,
@@ -379,6 +382,7 @@ impl ImageStore {
                 last_error: e.last_error.clone(),
                 functions: 0,
                 standby: 0,
+                template: None,
                 imports_pending: 0,
             })
             .collect()

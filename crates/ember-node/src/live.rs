@@ -126,6 +126,9 @@ pub struct Live {
     /// The sandbox's limit counters when last looked at: a later event belongs to whatever
     /// ran since (the start-up, then each invocation), never to the next one.
     pub limits_seen: Events,
+    /// Kept as long as the instance: the template it was forked from (its process's parent
+    /// is the template's thread).
+    pub holds: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Live {
@@ -139,6 +142,7 @@ impl Live {
             reported: LazyStats::default(),
             parked: None,
             limits_seen: Events::default(),
+            holds: None,
         }
     }
 

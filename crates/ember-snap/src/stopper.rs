@@ -253,6 +253,28 @@ pub fn spawn(fds: &[(i32, i32)]) -> io::Result<i32> {
     sys::spawn(path, fd, fds)
 }
 
+/// As [`spawn`], the stopper made in mount namespace `ns` (a template's view, which has no
+/// /proc: the program is exec'd through its descriptor). The calling thread enters `ns`
+/// for the spawn only and comes back to its own namespace and working directory.
+pub fn spawn_in(ns: &OwnedFd, fds: &[(i32, i32)]) -> io::Result<i32> {
+    let (_, fd) = path()?;
+    let home = sys::own_mount_ns()?;
+    sys::enter_mount_ns(ns)?;
+    let spawned = sys::spawn_by_fd(fd, fds);
+    let back = sys::enter_mount_ns(&home.0).and_then(|()| sys::fchdir(&home.1));
+    match back {
+        Ok(()) => spawned,
+        Err(e) => {
+            // This thread cannot read our /proc any more: nothing more of it is usable.
+            if let Ok(pid) = spawned {
+                sys::kill(pid, libc::SIGKILL);
+                let _ = sys::wait(pid, 0);
+            }
+            Err(e)
+        }
+    }
+}
+
 /// Spawns the init program with `from` (a read end: what it is told) as its descriptor 0
 /// and `to` (a write end: its answer) as 1.
 pub fn spawn_init(from: i32, to: i32) -> io::Result<i32> {

@@ -479,6 +479,131 @@ pub fn spawn(path: &std::ffi::CStr, exe_fd: RawFd, fds: &[(RawFd, RawFd)]) -> io
     Ok(pid)
 }
 
+/// As [`spawn`], but the program is `exe` itself (`execveat` with `AT_EMPTY_PATH`), so the
+/// calling thread's mount namespace needs no /proc (a template's view has none). Forks this
+/// process (only the calling thread is copied; the image pool is `MADV_DONTFORK`); the
+/// child makes only raw system calls until its exec.
+pub fn spawn_by_fd(exe: RawFd, fds: &[(RawFd, RawFd)]) -> io::Result<i32> {
+    let base = fds
+        .iter()
+        .map(|&(a, b)| a.max(b))
+        .max()
+        .unwrap_or(2)
+        .max(exe)
+        + 1;
+    // Above every number the child arranges: where the program is kept until its exec.
+    let exe_at = base + fds.len() as RawFd;
+    let name = c"ember-stopper";
+    let argv: [*const libc::c_char; 2] = [name.as_ptr(), std::ptr::null()];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: fork has no preconditions; the child below only makes system calls on
+    // integers and on `argv`/`envp`, which were built before the fork, then execs or exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid > 0 {
+        return Ok(pid);
+    }
+    // The child: integer arguments, or pointers to the arrays and strings above, alive
+    // until exec.
+    // SAFETY: see the line above, for each call.
+    unsafe {
+        if libc::dup2(exe, exe_at) < 0 {
+            libc::_exit(127);
+        }
+        for (i, &(_, ours)) in fds.iter().enumerate() {
+            if libc::dup2(ours, base + i as RawFd) < 0 {
+                libc::_exit(127);
+            }
+        }
+        for (i, &(want, _)) in fds.iter().enumerate() {
+            if libc::dup2(base + i as RawFd, want) < 0 {
+                libc::_exit(127);
+            }
+        }
+        libc::syscall(libc::SYS_close_range, base, exe_at - 1, 0);
+        libc::syscall(libc::SYS_close_range, exe_at + 1, u32::MAX, 0);
+        libc::syscall(
+            libc::SYS_execveat,
+            exe_at,
+            c"".as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+        libc::_exit(127)
+    }
+}
+
+/// The calling thread's mount namespace and working directory (an `O_PATH` descriptor),
+/// to come back to with [`enter_mount_ns`] and [`fchdir`].
+pub fn own_mount_ns() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    let open = |path: &std::ffi::CStr, flags: libc::c_int| {
+        // SAFETY: a NUL-terminated path; the flags create nothing.
+        let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nobody else.
+        Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    };
+    Ok((
+        open(c"/proc/thread-self/ns/mnt", libc::O_RDONLY)?,
+        open(c".", libc::O_PATH | libc::O_DIRECTORY)?,
+    ))
+}
+
+/// `fchdir` to the directory `dir` names.
+pub fn fchdir(dir: &std::os::fd::OwnedFd) -> io::Result<()> {
+    // SAFETY: a descriptor we hold for the call's length.
+    check(unsafe { libc::fchdir(std::os::fd::AsRawFd::as_raw_fd(dir)) } as libc::c_long).map(drop)
+}
+
+/// Moves the calling thread into mount namespace `ns` (after leaving the filesystem
+/// attributes it shares with the process's other threads, which `setns` requires).
+pub fn enter_mount_ns(ns: &std::os::fd::OwnedFd) -> io::Result<()> {
+    // SAFETY: unshare takes flags only and affects this thread.
+    if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `ns` is a descriptor we hold for the call's length.
+    if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(ns), libc::CLONE_NEWNS) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Resource `res` of `pid`: (soft, hard).
+pub fn limit_of(pid: i32, res: u32) -> io::Result<(u64, u64)> {
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: no new limit; `old` is a live local the kernel fills.
+    let rc = unsafe { libc::prlimit64(pid, res as _, std::ptr::null(), &mut old) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((old.rlim_cur, old.rlim_max))
+}
+
+/// Sets resource `res` of `pid` to `value` (soft and hard), never above its hard limit.
+pub fn lower_limit(pid: i32, res: u32, value: u64) -> io::Result<()> {
+    let (_, hard) = limit_of(pid, res)?;
+    let v = value.min(hard);
+    let new = libc::rlimit64 {
+        rlim_cur: v,
+        rlim_max: v,
+    };
+    // SAFETY: `new` is a live local the kernel reads; no old value asked.
+    let rc = unsafe { libc::prlimit64(pid, res as _, &new, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `unshare(CLONE_NEWPID)`: this thread's next children go into a fresh pid namespace
 /// (the first one becomes its init); the thread itself stays where it is.
 pub fn unshare_pidns() -> io::Result<()> {

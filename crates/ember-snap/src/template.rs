@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! template thread (owns everything below; ptrace ties tracees to one thread)
-//!   with TemplateOptions::mount_ns: unshare(CLONE_FS), setns(ns, CLONE_NEWNS)
+//!   with TemplateOptions::mount_ns: unshare(CLONE_FS), setns(ns, CLONE_NEWNS) for the spawn
+//!   only (exec through the program's descriptor: the view has no /proc), then back
 //!   spawn the stopper (host pid namespace, /dev/null at the image's inherited numbers)
 //!   prlimit it down to TemplateOptions::limits (soft = hard; never raised)
 //!   restore it eagerly with accept_new_tid, ending before the gadget is removed, and
@@ -58,9 +59,11 @@
 //! Refused, because a fork child would differ from its image (the kernel resets or drops
 //! these in a child): areas advised `MADV_DONTFORK` (absent in the child) or
 //! `MADV_WIPEONFORK` (zeros), `mlock`ed areas, POSIX and interval timers, queued signals,
-//! `SCHED_FLAG_RESET_ON_FORK`; and, not done yet, seccomp filters (they would judge the
-//! template's own injected `clone`) and descriptors of files (a child would share the
-//! template's open file description, its position included, with every other child).
+//! `SCHED_FLAG_RESET_ON_FORK`; and, not done yet, descriptors of files (a child would share
+//! the template's open file description, its position included, with every other child).
+//! The image's seccomp filters are not installed in the template (they would judge its
+//! injected `clone`): each child installs them at the end of its batch, after the
+//! handoff's (an image dumped in a sandbox carries the sandbox's filter: the handoff's).
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
@@ -196,10 +199,10 @@ pub struct TemplateOptions {
     /// instead of 1.2 ms), and a child's first write in such a range splits it (~18 us)
     /// before its 4 KiB copy. The collapse is slow (~2 ms per MiB here) and done once.
     pub collapse: bool,
-    /// A mount namespace to make the template process in (its own thread does
-    /// `unshare(CLONE_FS)` + `setns(fd, CLONE_NEWNS)` before spawning the stopper, so the
-    /// stopper and the restored template live in it; a fork with [`Namespaces::mount`]
-    /// copies it).
+    /// A mount namespace to make the template process in (its own thread enters it with
+    /// `unshare(CLONE_FS)` + `setns(fd, CLONE_NEWNS)` to spawn the stopper, and goes back
+    /// to ours: the stopper and the restored template live in it; a fork with
+    /// [`Namespaces::mount`] copies it).
     pub mount_ns: Option<Arc<OwnedFd>>,
     /// Resource limits (resource number, value used as soft and hard) the template process
     /// is lowered to (`prlimit` on the stopper) before its restore; the image's own limits
@@ -371,9 +374,6 @@ pub fn unsuitable(meta: &Meta) -> Option<String> {
     if st.sched.flags & SCHED_RESET_ON_FORK != 0 {
         return Some("its scheduling policy is reset on fork".into());
     }
-    if !st.seccomp.is_empty() {
-        return Some("it has seccomp filters (not supported by templates yet)".into());
-    }
     if let Some(f) = meta
         .fds
         .iter()
@@ -422,9 +422,6 @@ impl Parked {
                 source,
             }
         };
-        if let Some(ns) = &opts.mount_ns {
-            enter_mount_ns(ns).map_err(io_err("entering TemplateOptions::mount_ns"))?;
-        }
         let null = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -436,7 +433,12 @@ impl Parked {
             .into_iter()
             .map(|n| (n, null.as_raw_fd()))
             .collect();
-        let pid = crate::stopper::spawn(&fds).map_err(io_err("spawning the template process"))?;
+        // Only the process is made in the view: this thread reads /proc of our namespace.
+        let pid = match &opts.mount_ns {
+            Some(ns) => crate::stopper::spawn_in(ns, &fds),
+            None => crate::stopper::spawn(&fds),
+        }
+        .map_err(io_err("spawning the template process"))?;
         drop(null);
         match sys::wait(pid, libc::WUNTRACED) {
             Ok(Wait::Stopped { .. }) => {}
@@ -450,7 +452,7 @@ impl Parked {
             }
         }
         for &(res, value) in &opts.limits {
-            if let Err(source) = lower_limit(pid, res, value) {
+            if let Err(source) = sys::lower_limit(pid, res, value) {
                 sys::kill(pid, libc::SIGKILL);
                 let _ = sys::wait(pid, 0);
                 return Err(TemplateError::Io {
@@ -900,9 +902,14 @@ impl Parked {
                 restore::handoff_credentials(&mut b, h);
                 crate::state::apply::after_credentials(&mut b, &meta.process, h.die_with_parent);
                 restore::handoff_confine(&mut b, h);
+                // The image's own filters last (those equal to the handoff's, which an
+                // image dumped in a sandbox carries, are the handoff's).
+                crate::state::apply::filters(&mut b, &meta.process, &h.seccomp);
             }
-            // The image's own user (the template stayed root to clone with namespaces).
+            // The image's own filters while still privileged, then its user (the template
+            // stayed root to clone with namespaces).
             None => {
+                crate::state::apply::filters(&mut b, &meta.process, &[]);
                 crate::creds::restore_calls(&mut b, &meta.task.creds, self.last_cap);
                 crate::state::apply::after_credentials(&mut b, &meta.process, false);
             }
@@ -918,51 +925,7 @@ fn collect(child: i32) {
     while let Ok(Wait::Stopped { .. }) = sys::wait(child, 0) {}
 }
 
-/// Moves the calling thread into mount namespace `ns` (after leaving the filesystem
-/// attributes it shares with the process's other threads, which `setns` requires).
-fn enter_mount_ns(ns: &OwnedFd) -> std::io::Result<()> {
-    // SAFETY: unshare takes flags only and affects this thread.
-    if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `ns` is a descriptor we hold for the call's length.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Resource `res` of `pid`: (soft, hard).
-fn limit_of(pid: i32, res: u32) -> std::io::Result<(u64, u64)> {
-    let mut old = libc::rlimit64 {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: no new limit; `old` is a live local the kernel fills.
-    let rc = unsafe { libc::prlimit64(pid, res as _, std::ptr::null(), &mut old) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok((old.rlim_cur, old.rlim_max))
-}
-
 /// The soft limit of resource `res` of `pid`.
 fn get_limit(pid: i32, res: u32) -> std::io::Result<u64> {
-    limit_of(pid, res).map(|(soft, _)| soft)
-}
-
-/// Sets resource `res` of `pid` to `value` (soft and hard), never above its hard limit.
-fn lower_limit(pid: i32, res: u32, value: u64) -> std::io::Result<()> {
-    let (_, hard) = limit_of(pid, res)?;
-    let v = value.min(hard);
-    let new = libc::rlimit64 {
-        rlim_cur: v,
-        rlim_max: v,
-    };
-    // SAFETY: `new` is a live local the kernel reads; no old value asked.
-    let rc = unsafe { libc::prlimit64(pid, res as _, &new, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    sys::limit_of(pid, res).map(|(soft, _)| soft)
 }

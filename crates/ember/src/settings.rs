@@ -32,6 +32,7 @@
 //! prestart = 2              # sandboxes made ahead per native function (0: on demand)
 //! standby = 2               # instances restored ahead per image, sandboxes made ahead (0: none)
 //! fixed_ladder = false      # true: never skip a rung that measured slower
+//! templates = true          # false: standbys are restored each, not forked from a template
 //! header_timeout = "10s"    # a request's head must arrive within this, else closed
 //! body_timeout = "30s"      # a body within this (+1 s per 64 KiB), else 408
 //! idle_timeout = "60s"      # a keep-alive connection without a request is closed
@@ -100,6 +101,10 @@ pub struct DaemonArgs {
     /// than another way of starting the function (to measure one rung)
     #[arg(long, env = "EMBER_FIXED_LADDER")]
     pub fixed_ladder: bool,
+    /// Restore each standby instance of an image on its own instead of forking it from the
+    /// image's template (one parked restore whose pages the instances share copy-on-write)
+    #[arg(long, env = "EMBER_NO_TEMPLATES")]
+    pub no_templates: bool,
     /// Largest invoke payload in bytes [default: 6 MiB]
     #[arg(long, env = "EMBER_MAX_EVENT_BYTES")]
     pub max_event_bytes: Option<usize>,
@@ -217,6 +222,7 @@ struct FileSettings {
     prestart: Option<usize>,
     standby: Option<usize>,
     fixed_ladder: Option<bool>,
+    templates: Option<bool>,
     max_event_bytes: Option<usize>,
     max_deploy_bytes: Option<usize>,
     log_max_bytes: Option<u64>,
@@ -362,6 +368,7 @@ impl DaemonArgs {
             prestart: self.prestart.or(file.prestart).unwrap_or(d.prestart),
             standby: self.standby.or(file.standby).unwrap_or(d.standby),
             fixed_ladder: self.fixed_ladder || file.fixed_ladder.unwrap_or(d.fixed_ladder),
+            templates: !self.no_templates && file.templates.unwrap_or(d.templates),
             log_max_bytes: self
                 .log_max_bytes
                 .or(file.log_max_bytes)

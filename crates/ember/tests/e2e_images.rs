@@ -526,7 +526,7 @@ async fn standby_instances_serve_each_function_its_own_code_and_limit() {
     assert_eq!(r.body["who"], json!("second"));
     // Its code directory only: the first function's is not there.
     assert_eq!(r.body["root"], json!([r.body["here"].clone()]), "{}", r.raw);
-    d.assert_logged("second", &["a standby restored"]);
+    d.assert_logged("second", &["a standby forked from its template"]);
 
     // Its own memory limit (the standby was made with the image's build memory).
     assert!(standby_ready(&d));
@@ -551,6 +551,85 @@ async fn standby_instances_serve_each_function_its_own_code_and_limit() {
     assert_eq!((r.start.as_str(), r.status), ("image", 200), "{}", r.raw);
     assert!(r.timing.contains("restore;"), "{}", r.timing);
     assert_eq!(r.body["who"], json!("first"));
+}
+
+const ISOLATED: &str = r#"import os, socket
+def handler(e, c):
+    seen = sorted(os.listdir('/tmp'))
+    with open('/tmp/' + c.aws_request_id, 'w') as f:
+        f.write('x')
+    status = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines())
+    return {'rid': c.aws_request_id, 'pid': os.getpid(), 'uid': os.getuid(), 'host': socket.gethostname(),
+            'procs': sorted(p for p in os.listdir('/proc') if p.isdigit()), 'tmp': seen,
+            'bnd': status['CapBnd'].strip(), 'eff': status['CapEff'].strip(),
+            'nnp': status['NoNewPrivs'].strip(), 'seccomp': status['Seccomp'].strip(),
+            'nofile': open('/proc/self/limits').read().count('1024'),
+            'code': sorted(os.listdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))}
+"#;
+
+/// Standbys forked from their image's template: each a sandbox of its own as a restored
+/// one is (pid 1 of its namespace, its own /proc and /tmp, the sandbox's user, no
+/// capabilities, no_new_privs, the filter, the limits, only its function's code), while
+/// the image shows its template kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn forked_standbys_are_sandboxes_of_their_own() {
+    if !need_sandbox() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &["--images", "on-deploy", "--standby", "2"]);
+    deploy(&d, "iso", &[], ISOLATED, 10).await;
+    assert!(standby_ready(&d), "no standby: {}", images(&d));
+    assert_eq!(
+        images(&d)["images"][0]["template"],
+        json!("kept"),
+        "{}",
+        images(&d)
+    );
+    let (mut tmp_seen, mut written) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        assert!(standby_ready(&d));
+        let r = d.fresh_start("iso", "{}").await;
+        assert_eq!((r.start.as_str(), r.status), ("image", 200), "{}", r.raw);
+        assert!(r.timing.contains("standby;"), "{}", r.timing);
+        let b = &r.body;
+        assert_eq!(b["pid"], json!(1), "{}", r.raw);
+        assert_eq!(
+            b["procs"],
+            json!(["1"]),
+            "only its own processes: {}",
+            r.raw
+        );
+        assert_eq!(b["uid"], json!(65534), "{}", r.raw);
+        assert_eq!(b["host"], json!("ember"), "{}", r.raw);
+        assert_eq!(b["bnd"], json!("0000000000000000"), "{}", r.raw);
+        assert_eq!(b["eff"], json!("0000000000000000"), "{}", r.raw);
+        assert_eq!(
+            (b["nnp"].as_str(), b["seccomp"].as_str()),
+            (Some("1"), Some("2"))
+        );
+        assert!(
+            b["nofile"].as_u64().unwrap_or(0) >= 1,
+            "RLIMIT_NOFILE 1024: {}",
+            r.raw
+        );
+        assert_eq!(b["code"].as_array().map(Vec::len), Some(1), "{}", r.raw);
+        tmp_seen.extend(b["tmp"].as_array().cloned().unwrap_or_default());
+        written.push(b["rid"].clone());
+    }
+    // Each instance's /tmp is its own: neither saw the other's file (only the directories
+    // its binds below /tmp need: this test's home is there).
+    assert!(
+        written.iter().all(|w| !tmp_seen.contains(w)),
+        "{tmp_seen:?} {written:?}"
+    );
+    d.assert_logged("iso", &["a standby forked from its template"]);
+    let out = d.cli(&["image", "ls"]);
+    assert!(
+        out.stdout.contains("TEMPLATE") && out.stdout.contains("kept"),
+        "{}",
+        out.stdout
+    );
 }
 
 /// A handler that imports a submodule its package leaves to first use: the node learns it

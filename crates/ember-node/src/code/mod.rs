@@ -120,6 +120,11 @@ impl CodeStore {
         })
     }
 
+    /// The directory every function's code is stored under.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub fn path(&self, hash: &str) -> PathBuf {
         self.root.join(hash)
     }

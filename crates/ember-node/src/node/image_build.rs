@@ -82,6 +82,7 @@ impl Node {
             }
         }
         for s in &mut list {
+            s.template = self.templates.state(&s.info.id);
             s.imports_pending = self.imports_pending(&s.info.env_key, &s.info.imports);
         }
         for d in self

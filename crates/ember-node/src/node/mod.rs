@@ -20,6 +20,7 @@
 //! | `instances.rs` | an instance's sandbox, spec, pre-made sandboxes, stopping |
 //! | `restore.rs` | a restore into a fresh sandbox (images and their test restores) |
 //! | `standby.rs` | image instances restored ahead of demand, taken by the image rung |
+//! | `templates.rs` | images restored once and parked; their standbys forked from them |
 //! | `learn.rs` | submodules functions import, learned into their images |
 //! | `start_costs.rs` | each function's measured start cost per rung; slower-than-cold rungs skipped |
 //! | `image_build.rs` | building and listing dependency images |
@@ -61,6 +62,7 @@ mod snapshot_take;
 mod snapshots_admin;
 mod standby;
 mod start_costs;
+mod templates;
 
 use crash_loop::CrashLoop;
 use deploy::precompile;
@@ -103,6 +105,8 @@ pub struct Node {
     snapshots: Arc<crate::snapshots::SnapshotStore>,
     /// Image instances restored ahead of demand.
     standby: standby::Standby,
+    /// Images restored once, parked, their standbys forked from them.
+    templates: templates::Templates,
     /// Modules functions' handlers import, learned into their images.
     learned: learn::Learned,
     /// One build per image at a time.
@@ -213,6 +217,7 @@ impl Node {
         )?);
         let node = Arc::new_cyclic(|me| Node {
             standby: standby::Standby::new(cfg.standby),
+            templates: templates::Templates::default(),
             learned: learn::Learned::default(),
             images,
             snapshots,

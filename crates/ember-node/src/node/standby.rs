@@ -119,6 +119,8 @@ pub(in crate::node) struct Ready {
     /// The image's metadata hash at the restore.
     pub meta_hash: String,
     pub made: Instant,
+    /// Forked from its image's template (`templates.rs`), not restored on its own.
+    pub forked: bool,
 }
 
 #[derive(Default)]
@@ -263,6 +265,11 @@ impl Standby {
     fn drain(&self) -> Vec<Ready> {
         let mut slots = self.lock();
         slots.values_mut().flat_map(|s| s.ready.drain(..)).collect()
+    }
+
+    /// Whether standbys of `key` are still kept (a start looked for one within [`IDLE`]).
+    pub fn wants(&self, key: &Key) -> bool {
+        self.lock().contains_key(key)
     }
 
     /// Standbys ready now: (image instances, parked sandboxes).
@@ -417,6 +424,7 @@ impl Node {
             sink,
             meta_hash: String::new(),
             made: Instant::now(),
+            forked: false,
         })
     }
 
@@ -497,6 +505,16 @@ impl Node {
             .map_err(|e| error_chain(&e))?;
         // The image's own working directory (it was built there).
         let mut spec = self.standby_spec(co.python.clone(), co.env_dir.clone());
+        if self.templates_on() {
+            match self.template_standby(id, &co, spec.clone()).await {
+                Ok(Some(ready)) => return Ok(ready),
+                Ok(None) => {}
+                Err(why) => tracing::warn!(
+                    image = id,
+                    "forking a standby from the image's template failed; restoring it: {why}"
+                ),
+            }
+        }
         let sees = Sees {
             read_only: vec![co.env_dir.clone(), self.bootstrap.clone()],
             host_network: false,
@@ -518,6 +536,7 @@ impl Node {
             sink,
             meta_hash: co.meta_hash(),
             made: Instant::now(),
+            forked: false,
         })
     }
 
@@ -593,7 +612,11 @@ impl Node {
         live.image = Some(id.to_string());
         self.images.succeeded(id);
         let how = format!(
-            "image {id}, a standby restored {:.1} s ago",
+            "image {id}, a standby {} {:.1} s ago",
+            match ready.forked {
+                true => "forked from its template",
+                false => "restored",
+            },
             ready.made.elapsed().as_secs_f64()
         );
         self.restored_started(d, &spec, &live, &how, timing.init());
@@ -606,11 +629,15 @@ impl Node {
         self.standby_refill();
     }
 
-    /// Stops the standby instances of images idle past [`IDLE`], gone or rebuilt.
+    /// Stops the standby instances of images idle past [`IDLE`], gone or rebuilt, and
+    /// drops their templates.
     pub(in crate::node) fn standby_expire(&self) {
         for r in self.standby.expire(|id, hash| self.image_changed(id, hash)) {
             self.reap(r.live.kill());
         }
+        self.templates.retain(|id, hash| {
+            self.standby.wants(&Key::Image(id.to_string())) && !self.image_changed(id, hash)
+        });
     }
 
     /// Stops every standby instance (shutdown).
@@ -618,6 +645,7 @@ impl Node {
         for r in self.standby.drain() {
             self.reap(r.live.kill());
         }
+        self.templates.clear();
     }
 
     /// Standby instances ready now, per image.

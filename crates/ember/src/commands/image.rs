@@ -70,8 +70,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<18} {:>8} {:>8} {:<7} {:>4} {:>7} {:<9} {:>8}  PACKAGES",
-                "ID", "MIB", "PAGES", "WHERE", "FNS", "STANDBY", "HEALTH", "RESTORES"
+                "{:<18} {:>8} {:>8} {:<7} {:>4} {:>7} {:<8} {:<9} {:>8}  PACKAGES",
+                "ID", "MIB", "PAGES", "WHERE", "FNS", "STANDBY", "TEMPLATE", "HEALTH", "RESTORES"
             );
             for i in v["images"].as_array().into_iter().flatten() {
                 let pkgs: Vec<&str> = i["packages"]
@@ -83,20 +83,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 } else {
                     "unhealthy"
                 };
+                let template = match i["template"].as_str() {
+                    Some("kept") => "kept",
+                    Some(_) => "no",
+                    None => "-",
+                };
                 println!(
-                    "{:<18} {:>8.1} {:>8} {:<7} {:>4} {:>7} {:<9} {:>8}  {}",
+                    "{:<18} {:>8.1} {:>8} {:<7} {:>4} {:>7} {:<8} {:<9} {:>8}  {}",
                     i["id"].as_str().unwrap_or("?"),
                     i["bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
                     i["pages"].as_u64().unwrap_or(0),
                     i["location"].as_str().unwrap_or("?"),
                     i["functions"].as_u64().unwrap_or(0),
                     i["standby"].as_u64().unwrap_or(0),
+                    template,
                     health,
                     i["restores"].as_u64().unwrap_or(0),
                     pkgs.join(",")
                 );
                 if let Some(e) = i["last_error"].as_str() {
                     println!("  last error: {e}");
+                }
+                if let Some(why) = i["template"]
+                    .as_str()
+                    .and_then(|t| t.strip_prefix("none: "))
+                {
+                    println!("  no template: {why}");
                 }
             }
             let m = &v["memory"];

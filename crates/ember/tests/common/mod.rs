@@ -279,7 +279,13 @@ pub fn instance_pids_under(home: &Path) -> Vec<i32> {
         let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
             continue;
         };
-        if String::from_utf8_lossy(&cmd).contains(&needle) {
+        // A template (an image restored once, its standbys forked from it) shows the
+        // image's command line too, but is never an instance: it stays in a trace stop.
+        let traced = std::fs::read_to_string(e.path().join("stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('t')))
+            .unwrap_or(false);
+        if String::from_utf8_lossy(&cmd).contains(&needle) && !traced {
             // A zombie keeps its cmdline empty, so anything found here is alive.
             pids.push(pid);
         }

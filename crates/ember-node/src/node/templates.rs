@@ -1,0 +1,346 @@
+//! Templates: a dependency image restored once into a parked process (ember-snap's
+//! `Template`), in a filesystem view of its environment (ember-sandbox's `View`), from which
+//! the image's standby instances are forked. Each instance shares the template's pages
+//! copy-on-write until it writes them, so ten idle instances cost little more than one, and
+//! making one copies page tables instead of pages.
+//!
+//! ```text
+//! template (once per image, rebuilt with it; blocking, off the request path):
+//!     view: the image's environment and the bootstrap, read-only; no /proc, no /tmp; the
+//!         code store's directory left empty
+//!     Template::new in that view, lowered to the sandbox's resource limits; it stays root
+//! fork (a standby, standby.rs):
+//!     cgroups of the instance (Sandboxes::prepare_forked) -> clone injected into the template:
+//!     new pid, mount, uts, ipc, net, cgroup namespaces; moved into its cgroups; its own
+//!     /proc, /tmp and a tmpfs on the code store's directory; host name; the descriptors of
+//!     a runtime (stdio, protocol socket); the sandbox's user, no capabilities, no_new_privs,
+//!     seccomp filter -> pinned (pidfd), its mount namespace held, the environment's
+//!     directories below /tmp bound (a home under /tmp) -> SIGCONT: it waits for INIT
+//! ```
+//!
+//! The instances are children of the template's thread (their death signal is tied to it),
+//! so each instance holds its template ([`Live::holds`](crate::live::Live)) and a template
+//! ends only when it is dropped from here and its last instance has ended. A template is
+//! dropped when its image is rebuilt or its standbys expire. An image that cannot be a
+//! template (`ember_snap::template::unsuitable`) is remembered by its metadata hash and
+//! restored as before.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use ember_runtime::{Instance, StartSpec};
+use ember_sandbox::{View, ViewSpec};
+use ember_snap::template::{ForkMount, ForkSpec, Namespaces, Template, TemplateOptions};
+
+use super::standby::{LateSink, Ready};
+use super::{Node, error_chain};
+use crate::images::Checkout;
+use crate::live::Live;
+
+/// One image's template and the view it was made in.
+pub(in crate::node) struct Kept {
+    /// `None` only while dropped.
+    template: Option<Template>,
+    view: View,
+    /// The image's metadata hash when the template was made.
+    meta_hash: String,
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        // Ending a template kills and collects its process on its thread: a blocking join,
+        // never on the node's async workers.
+        if let Some(t) = self.template.take() {
+            let _ = std::thread::Builder::new()
+                .name("ember-template-end".into())
+                .spawn(move || drop(t));
+        }
+    }
+}
+
+/// The node's templates, by image id.
+#[derive(Default)]
+pub(in crate::node) struct Templates {
+    kept: Mutex<HashMap<String, Arc<Kept>>>,
+    /// Images (id and metadata hash) that cannot be templates, and why.
+    refused: Mutex<HashMap<(String, String), String>>,
+}
+
+impl Templates {
+    fn get(&self, id: &str, meta_hash: &str) -> Option<Arc<Kept>> {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.get(id).filter(|k| k.meta_hash == meta_hash).cloned()
+    }
+
+    /// Drops the templates `gone` says are no longer wanted (their instances keep theirs
+    /// until they end).
+    pub fn retain(&self, wanted: impl Fn(&str, &str) -> bool) {
+        let dropped: Vec<Arc<Kept>> = {
+            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+            let ids: Vec<String> = kept
+                .iter()
+                .filter(|(id, k)| !wanted(id, &k.meta_hash))
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.iter().filter_map(|id| kept.remove(id)).collect()
+        };
+        drop(dropped);
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        refused.retain(|(id, hash), _| wanted(id, hash));
+    }
+
+    /// Every template (shutdown).
+    pub fn clear(&self) {
+        let all: Vec<Arc<Kept>> = {
+            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+            kept.drain().map(|(_, k)| k).collect()
+        };
+        drop(all);
+    }
+
+    /// `kept` when image `id` has a template, why not when it cannot have one.
+    pub fn state(&self, id: &str) -> Option<String> {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = kept.get(id) {
+            return Some(match k.template {
+                Some(_) => "kept".into(),
+                None => "ending".into(),
+            });
+        }
+        drop(kept);
+        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        refused
+            .iter()
+            .find(|(key, _)| key.0 == id)
+            .map(|(_, why)| format!("none: {why}"))
+    }
+}
+
+impl Node {
+    /// Whether standbys of images are forked from templates.
+    pub(in crate::node) fn templates_on(&self) -> bool {
+        self.cfg.templates && self.sandboxes.is_some()
+    }
+
+    /// A standby instance of image `co` (id `id`) forked from its template, made first if
+    /// needed. `Ok(None)`: the image cannot be a template (the caller restores one).
+    pub(in crate::node) async fn template_standby(
+        &self,
+        id: &str,
+        co: &Checkout,
+        spec: StartSpec,
+    ) -> Result<Option<Ready>, String> {
+        let hash = co.meta_hash();
+        let hash = hash.as_str();
+        if self
+            .templates
+            .refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&(id.to_string(), hash.to_string()))
+        {
+            return Ok(None);
+        }
+        let kept = match self.templates.get(id, hash) {
+            Some(k) => k,
+            None => match self.template_make(id, co).await {
+                Ok(k) => k,
+                Err(TemplateMakeError::Unsuitable(why)) => {
+                    tracing::info!(image = id, "the image's standbys are restored each: {why}");
+                    self.templates
+                        .refused
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert((id.to_string(), hash.to_string()), why);
+                    return Ok(None);
+                }
+                Err(TemplateMakeError::Failed(why)) => {
+                    // Not tried again for this build of the image: each try is a restore.
+                    self.templates
+                        .refused
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert((id.to_string(), hash.to_string()), why.clone());
+                    return Err(why);
+                }
+            },
+        };
+        let made = self.template_fork(id, kept, spec).await;
+        if made.is_err() {
+            // A template that failed to fork may have ended: the next standby makes another.
+            self.templates.retain(|i, h| !(i == id && h == hash));
+        }
+        made.map(Some)
+    }
+
+    async fn template_make(&self, id: &str, co: &Checkout) -> Result<Arc<Kept>, TemplateMakeError> {
+        let failed = |e: &dyn std::error::Error| TemplateMakeError::Failed(error_chain(e));
+        let boxes = self
+            .sandboxes
+            .as_ref()
+            .ok_or_else(|| TemplateMakeError::Failed("the node runs without the sandbox".into()))?;
+        let view = boxes
+            .view(&ViewSpec {
+                read_only: vec![co.env_dir.clone(), self.bootstrap.clone()],
+                private: vec![self.code.root().to_path_buf()],
+                host_network: false,
+            })
+            .map_err(|e| failed(&e))?;
+        let taken = co.clone();
+        let pages = tokio::task::spawn_blocking(move || taken.pages(true))
+            .await
+            .map_err(|e| TemplateMakeError::Failed(e.to_string()))?
+            .map_err(|e| failed(&e))?;
+        let opts = TemplateOptions {
+            mount_ns: Some(view.mount_ns()),
+            limits: ember_sandbox::RLIMITS
+                .iter()
+                .map(|&(res, v)| (res, v))
+                .collect(),
+            ..TemplateOptions::default()
+        };
+        let image = pages.image.clone();
+        let template = tokio::task::spawn_blocking(move || Template::new(image, &opts))
+            .await
+            .map_err(|e| TemplateMakeError::Failed(e.to_string()))?
+            .map_err(|e| match e {
+                ember_snap::template::TemplateError::Unsuitable { .. } => {
+                    TemplateMakeError::Unsuitable(error_chain(&e))
+                }
+                e => failed(&e),
+            })?;
+        tracing::info!(
+            image = id,
+            pid = template.pid(),
+            pages = template.stats().pages,
+            "template made"
+        );
+        let kept = Arc::new(Kept {
+            template: Some(template),
+            view,
+            meta_hash: co.meta_hash(),
+        });
+        self.templates
+            .kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), kept.clone());
+        Ok(kept)
+    }
+
+    /// Forks a standby instance of image `id` from `kept` (see the module doc).
+    async fn template_fork(
+        &self,
+        id: &str,
+        kept: Arc<Kept>,
+        spec: StartSpec,
+    ) -> Result<Ready, String> {
+        let boxes = self
+            .sandboxes
+            .as_ref()
+            .ok_or("the node runs without the sandbox")?;
+        let mut sb = boxes
+            .prepare_forked(&spec.instance_id, u64::from(spec.memory_mb) << 20)
+            .map_err(|e| error_chain(&e))?;
+        let (wiring, ours) = Instance::wiring().map_err(|e| error_chain(&e))?;
+        let h = sb.handoff();
+        let fork = ForkSpec {
+            fds: wiring.at_numbers(),
+            namespaces: Namespaces::all(),
+            handoff: Some(ember_snap::Handoff {
+                uid: h.uid,
+                gid: h.gid,
+                die_with_parent: true,
+                seccomp: h.sock_filters(),
+            }),
+            cgroup_procs: sb.cgroup_procs(),
+            mounts: kept
+                .view
+                .child_mounts()
+                .iter()
+                .map(|m| ForkMount {
+                    fstype: m.fstype.to_string(),
+                    target: m.target.clone(),
+                    flags: m.flags,
+                    data: m.data.clone(),
+                })
+                .collect(),
+            hostname: Some(ember_sandbox::HOSTNAME.to_string()),
+        };
+        let k = kept.clone();
+        let forked = tokio::task::spawn_blocking(move || match &k.template {
+            Some(t) => t.fork(fork).map_err(|e| error_chain(&e)),
+            None => Err("the template has ended".to_string()),
+        })
+        .await
+        .map_err(|e| e.to_string());
+        drop(wiring);
+        let forked = match forked {
+            Ok(Ok(f)) => f,
+            Ok(Err(why)) | Err(why) => {
+                sb.destroy().await;
+                return Err(why);
+            }
+        };
+        let sink = Arc::new(LateSink::default());
+        let inst = match Instance::adopt(&spec, sink.clone(), forked.pid, ours) {
+            Ok(i) => i,
+            Err(e) => {
+                // Our child (of the template's thread), not collected by anyone else: the
+                // number stays its own until collected here.
+                let pid = nix::unistd::Pid::from_raw(forked.pid);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ =
+                    tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None)).await;
+                sb.destroy().await;
+                return Err(error_chain(&e));
+            }
+        };
+        let mut live = Live::new(inst, None);
+        live.holds = Some(kept.clone());
+        let late: Vec<PathBuf> = kept.view.late_read_only().to_vec();
+        let placed = sb
+            .pin_first(forked.pid)
+            .and_then(|()| match late.is_empty() {
+                true => Ok(()),
+                false => sb.add_read_only(&late),
+            })
+            .map_err(|e| error_chain(&e));
+        sb.hold_mounts(forked.pid);
+        live.sandbox = Some(sb);
+        if let Err(why) = placed {
+            self.reap(live.kill());
+            return Err(why);
+        }
+        if let Err(e) = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(forked.pid),
+            nix::sys::signal::Signal::SIGCONT,
+        ) {
+            self.reap(live.kill());
+            return Err(format!("continuing the forked instance: {e}"));
+        }
+        tracing::debug!(
+            image = id,
+            pid = forked.pid,
+            fork_us = forked.fork_us,
+            clone_us = forked.clone_us,
+            "standby forked from the template"
+        );
+        live.image = Some(id.to_string());
+        Ok(Ready {
+            live,
+            pid: forked.pid,
+            sink,
+            meta_hash: kept.meta_hash.clone(),
+            made: std::time::Instant::now(),
+            forked: true,
+        })
+    }
+}
+
+enum TemplateMakeError {
+    /// The image cannot be a template: remembered, its standbys restored.
+    Unsuitable(String),
+    Failed(String),
+}
