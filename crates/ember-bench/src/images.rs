@@ -67,14 +67,18 @@ pub struct ImageDaemon {
     /// The daemon's home: its instances' runtimes are found by it (their command line names
     /// its bootstrap).
     pub home: PathBuf,
-    /// The row's path: `image-<policy>` restores on demand (`--standby 0`), `image-standby`
-    /// takes an instance restored ahead.
+    /// The row's path: `image-<policy>` restores on demand (`--standby 0 --no-templates`),
+    /// `image-template` forks each start from the image's template, `image-standby` takes an
+    /// instance made ahead.
     pub label: String,
     pub client: Client,
     /// Each measured start waits (at most [`STANDBY_WAIT`]) for a standby instance of the
     /// workload's image to be ready, so that the sample is a standby start and the refill
     /// after the previous one does not overlap it.
     pub standby: bool,
+    /// Before the first measured start, waits (at most [`STANDBY_WAIT`]) for the
+    /// template of the workload's image to be kept.
+    pub template: bool,
 }
 
 /// The longest wait for a standby instance before a measured start (it starts anyway).
@@ -270,6 +274,9 @@ pub async fn ladder(
     for c in &learners {
         learned(c, &w.function).await?;
     }
+    for d in l.images.iter().filter(|d| d.template) {
+        template_ready(&d.client, &w.function).await?;
+    }
     let layer = match &l.snapshot {
         Some(c) => Some(ensure_snapshot(c, w, &event, l.snapshot_wait, log).await?),
         None => None,
@@ -317,11 +324,17 @@ pub async fn ladder(
     let mut rows = vec![row(&w.name, "cold-boot", "cold-boot", &cold)];
     for (i, d) in l.images.iter().enumerate() {
         let mut r = row(&w.name, &d.label, "image", &from_image[i]);
-        if d.standby {
-            // An image start that found no standby (the wait ran out) is off this row's path.
+        // An image start that found no standby (the wait ran out), or no template to fork
+        // from, is off this row's path.
+        let phase = match (d.standby, d.template) {
+            (true, _) => Some("standby;"),
+            (false, true) => Some("fork;"),
+            (false, false) => None,
+        };
+        if let Some(phase) = phase {
             r.off_path += from_image[i]
                 .iter()
-                .filter(|s| s.path == "image" && !s.timing.contains("standby;"))
+                .filter(|s| s.path == "image" && !s.timing.contains(phase))
                 .count();
         }
         rows.push(r);
@@ -500,6 +513,27 @@ async fn standby_ready(c: &Client, function: &str) -> Result<(), BenchError> {
             .iter()
             .any(|i| i["standby"].as_u64().unwrap_or(0) > 0);
         if ready {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Waits (at most [`STANDBY_WAIT`]) until `c` keeps a template of the image that serves
+/// `function`.
+async fn template_ready(c: &Client, function: &str) -> Result<(), BenchError> {
+    let t0 = std::time::Instant::now();
+    let info = c
+        .get(function)
+        .await
+        .map_err(|e| fail(function, e.to_string()))?;
+    while t0.elapsed() < STANDBY_WAIT {
+        let kept = images_of(c, function, &info)
+            .await?
+            .iter()
+            .any(|i| i["template"] == "kept");
+        if kept {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -553,13 +553,13 @@ async fn standby_instances_serve_each_function_its_own_code_and_limit() {
     assert_eq!(r.body["who"], json!("first"));
 }
 
-const ISOLATED: &str = r#"import os, socket
+const ISOLATED: &str = r#"import os, random, socket, uuid
 def handler(e, c):
     seen = sorted(os.listdir('/tmp'))
     with open('/tmp/' + c.aws_request_id, 'w') as f:
         f.write('x')
     status = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines())
-    return {'rid': c.aws_request_id, 'pid': os.getpid(), 'uid': os.getuid(), 'host': socket.gethostname(),
+    return {'rid': c.aws_request_id, 'rnd': [random.random(), str(uuid.uuid4())], 'pid': os.getpid(), 'uid': os.getuid(), 'host': socket.gethostname(),
             'procs': sorted(p for p in os.listdir('/proc') if p.isdigit()), 'tmp': seen,
             'bnd': status['CapBnd'].strip(), 'eff': status['CapEff'].strip(),
             'nnp': status['NoNewPrivs'].strip(), 'seccomp': status['Seccomp'].strip(),
@@ -586,7 +586,7 @@ async fn forked_standbys_are_sandboxes_of_their_own() {
         "{}",
         images(&d)
     );
-    let (mut tmp_seen, mut written) = (Vec::new(), Vec::new());
+    let (mut tmp_seen, mut written, mut drawn) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..2 {
         assert!(standby_ready(&d));
         let r = d.fresh_start("iso", "{}").await;
@@ -616,7 +616,10 @@ async fn forked_standbys_are_sandboxes_of_their_own() {
         assert_eq!(b["code"].as_array().map(Vec::len), Some(1), "{}", r.raw);
         tmp_seen.extend(b["tmp"].as_array().cloned().unwrap_or_default());
         written.push(b["rid"].clone());
+        drawn.push(b["rnd"].clone());
     }
+    // Forks of one template, each reseeded at its INIT: their random draws differ.
+    assert_ne!(drawn[0], drawn[1]);
     // Each instance's /tmp is its own: neither saw the other's file (only the directories
     // its binds below /tmp need: this test's home is there).
     assert!(
@@ -630,6 +633,47 @@ async fn forked_standbys_are_sandboxes_of_their_own() {
         "{}",
         out.stdout
     );
+}
+
+/// With no standby ready (none kept: --standby 0), an image start forks from the image's
+/// template on its path (made when the image was built), starts at once served so, each
+/// its own instance.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_start_without_a_standby_forks_from_the_template() {
+    if !need_sandbox() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &["--images", "on-deploy", "--standby", "0"]);
+    deploy(&d, "fk", &[], ISOLATED, 10).await;
+    assert!(
+        eventually(
+            Duration::from_secs(30),
+            || images(&d)["images"][0]["template"] == json!("kept")
+        ),
+        "no template made on the build: {}",
+        images(&d)
+    );
+    let r = d.fresh_start("fk", "{}").await;
+    assert_eq!((r.start.as_str(), r.status), ("image", 200), "{}", r.raw);
+    assert!(r.timing.contains("fork;"), "{}", r.timing);
+    assert_eq!(
+        (r.body["pid"].clone(), r.body["uid"].clone()),
+        (json!(1), json!(65534))
+    );
+    d.stop_instances("fk").await;
+    // At once: each start that finds no idle instance forks its own.
+    let (a, b, c) = tokio::join!(
+        d.invoke("fk", "{}"),
+        d.invoke("fk", "{}"),
+        d.invoke("fk", "{}")
+    );
+    for r in [&a, &b, &c] {
+        assert_eq!(r.status, 200, "{}", r.raw);
+        let forked = r.start == "image" && r.timing.contains("fork;");
+        assert!(forked || r.start == "warm", "{}", r.raw);
+    }
+    d.assert_logged("fk", &["forked from its template (no standby was ready)"]);
 }
 
 /// A handler that imports a submodule its package leaves to first use: the node learns it

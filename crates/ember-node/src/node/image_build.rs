@@ -154,11 +154,17 @@ impl Node {
                 // Standby instances of the image it replaces are stale now: they go at once
                 // (not at the next keep-alive sweep), so that none is counted as ready.
                 self.standby_expire();
-                let serves = self.read_functions().values().any(|d| {
-                    self.standby_serves(d) && self.image_serving(d).as_deref() == Some(&id)
-                });
-                if serves {
+                let serving: Vec<(bool, bool)> = self
+                    .read_functions()
+                    .values()
+                    .filter(|d| self.image_serving(d).as_deref() == Some(&id))
+                    .map(|d| (self.standby_serves(d), self.templates_serve(d)))
+                    .collect();
+                if serving.iter().any(|s| s.0) {
                     self.standby_for_new_image(&id);
+                } else if serving.iter().any(|s| s.1) {
+                    // No standbys: the first start forks from the template, made now.
+                    self.template_ensure(&id);
                 }
                 Ok(info)
             }

@@ -18,6 +18,10 @@ pub struct Timing {
     /// From a standby instance (restored ahead): the function's code directory bound into
     /// its sandbox and its limits set. Sandbox and restore were paid before the request.
     pub standby: Option<Duration>,
+    /// Forked from the image's or function snapshot's template on the request's path (no
+    /// standby was left): the instance's cgroups, the injected clone into fresh namespaces,
+    /// its own mounts. Its pages are the template's, shared copy-on-write.
+    pub fork: Option<Duration>,
     /// A pre-made sandbox's stopped executable continued (its sandbox and spawn were paid
     /// ahead of the request).
     pub resume: Option<Duration>,
@@ -38,12 +42,13 @@ pub struct Timing {
 impl Timing {
     /// Every phase in the order it happens, with its duration when it happened (the API
     /// turns it into the `Ember-Timing`/`Server-Timing` header).
-    pub fn phases(&self) -> [(&'static str, Option<Duration>); 14] {
+    pub fn phases(&self) -> [(&'static str, Option<Duration>); 15] {
         [
             ("queue", Some(self.queue)),
             ("fallback", self.fallback),
             ("sandbox", self.sandbox),
             ("standby", self.standby),
+            ("fork", self.fork),
             ("resume", self.resume),
             ("restore", self.restore),
             ("hook", self.hook),
@@ -63,6 +68,7 @@ impl Timing {
             self.fallback,
             self.sandbox,
             self.standby,
+            self.fork,
             self.resume,
             self.restore,
             self.hook,

@@ -475,7 +475,11 @@ impl Node {
     }
 
     /// The spec a standby's process is spawned with: no function yet.
-    fn standby_spec(&self, python: std::path::PathBuf, cwd: std::path::PathBuf) -> StartSpec {
+    pub(in crate::node) fn standby_spec(
+        &self,
+        python: std::path::PathBuf,
+        cwd: std::path::PathBuf,
+    ) -> StartSpec {
         StartSpec {
             instance_id: format!(
                 "standby-{}",
@@ -553,9 +557,21 @@ impl Node {
         // The image rung's start, served from here or not, tops the standbys up when its
         // request is answered (invoke.rs).
         let key = Key::Image(id.to_string());
-        let Some(mut ready) = self.standby.take(&key) else {
-            self.count_take(&key, "miss");
-            return Ok(None);
+        let mut fork = None;
+        let mut ready = match self.standby.take(&key) {
+            Some(r) => r,
+            None => {
+                self.count_take(&key, "miss");
+                // None left: forked now from the image's template when it has one.
+                let t = Instant::now();
+                match self.template_fork_now(id, cx.d).await {
+                    Some(r) => {
+                        fork = Some(t.elapsed());
+                        r
+                    }
+                    None => return Ok(None),
+                }
+            }
         };
         let co = match self.images.checkout_quiet(id) {
             Ok(co) if co.meta_hash() == ready.meta_hash => co,
@@ -604,21 +620,26 @@ impl Node {
             }
             Err(fault) => return Err(fault),
         };
-        self.count_take(&key, "hit");
+        self.count_take(&key, if fork.is_some() { "forked" } else { "hit" });
         let timing = &mut cx.timing;
         timing.standby = Some(standby);
+        timing.fork = fork;
         timing.hook = Some(tm.hook);
         timing.import_handler = Some(tm.import_handler);
         live.image = Some(id.to_string());
         self.images.succeeded(id);
-        let how = format!(
-            "image {id}, a standby {} {:.1} s ago",
-            match ready.forked {
-                true => "forked from its template",
-                false => "restored",
-            },
-            ready.made.elapsed().as_secs_f64()
-        );
+        let how = match (fork, ready.forked) {
+            (Some(_), _) => format!("image {id}, forked from its template (no standby was ready)"),
+            (None, forked) => format!(
+                "image {id}, a standby {} {:.1} s ago",
+                if forked {
+                    "forked from its template"
+                } else {
+                    "restored"
+                },
+                ready.made.elapsed().as_secs_f64()
+            ),
+        };
         self.restored_started(d, &spec, &live, &how, timing.init());
         Ok(Some(live))
     }

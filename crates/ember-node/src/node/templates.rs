@@ -34,7 +34,8 @@ use ember_sandbox::{View, ViewSpec};
 use ember_snap::template::{ForkMount, ForkSpec, Namespaces, Template, TemplateOptions};
 
 use super::standby::{LateSink, Ready};
-use super::{Node, error_chain};
+use super::{Deployed, Node, error_chain};
+use crate::function::Network;
 use crate::images::Checkout;
 use crate::live::Live;
 
@@ -63,6 +64,8 @@ impl Drop for Kept {
 #[derive(Default)]
 pub(in crate::node) struct Templates {
     kept: Mutex<HashMap<String, Arc<Kept>>>,
+    /// Images whose template is being made in the background.
+    making: Mutex<std::collections::HashSet<String>>,
     /// Images (id and metadata hash) that cannot be templates, and why.
     refused: Mutex<HashMap<(String, String), String>>,
 }
@@ -123,6 +126,85 @@ impl Node {
         self.cfg.templates && self.sandboxes.is_some()
     }
 
+    /// Whether starts of `d` from an image may fork from the image's template (as standbys
+    /// do, functions with the host's network do not: theirs is made with the sandbox).
+    pub(in crate::node) fn templates_serve(&self, d: &Deployed) -> bool {
+        self.templates_on() && d.record.config.network == Network::None
+    }
+
+    /// An instance of image `id` for a start of `d` forked now from the image's template,
+    /// when one is kept for the image as it is; `None` otherwise (then the template is made
+    /// in the background, for the next start).
+    pub(in crate::node) async fn template_fork_now(&self, id: &str, d: &Deployed) -> Option<Ready> {
+        if !self.templates_serve(d) {
+            return None;
+        }
+        let co = self.images.checkout_quiet(id).ok()?;
+        let hash = co.meta_hash();
+        let Some(kept) = self.templates.get(id, &hash) else {
+            self.template_ensure(id);
+            return None;
+        };
+        let mut spec = self.standby_spec(co.python.clone(), co.env_dir.clone());
+        spec.memory_mb = d.record.config.memory_mb;
+        match self.template_fork(id, kept, spec).await {
+            Ok(r) => Some(r),
+            Err(why) => {
+                tracing::warn!(
+                    image = id,
+                    "forking from the image's template failed; restoring: {why}"
+                );
+                self.templates.retain(|i, h| !(i == id && h == hash));
+                None
+            }
+        }
+    }
+
+    /// Makes the template of image `id` in the background, unless it is kept, being made,
+    /// or cannot be one.
+    pub(in crate::node) fn template_ensure(&self, id: &str) {
+        let Ok(co) = self.images.checkout_quiet(id) else {
+            return;
+        };
+        let key = (id.to_string(), co.meta_hash());
+        if self.templates.get(id, &key.1).is_some()
+            || self
+                .templates
+                .refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&key)
+            || self
+                .templates
+                .making
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(id)
+        {
+            return;
+        }
+        let me = self.me.clone();
+        let id = id.to_string();
+        self.spawn_background(async move {
+            let Some(node) = me.upgrade() else { return };
+            let made = match node.images.checkout(&id) {
+                Ok(co) => node.template_make(&id, &co).await.map(drop),
+                Err(e) => Err(TemplateMakeError::Failed(error_chain(&e))),
+            };
+            match made {
+                Ok(()) | Err(TemplateMakeError::Busy) => {}
+                Err(TemplateMakeError::Unsuitable(why) | TemplateMakeError::Failed(why)) => {
+                    tracing::info!(image = %id, "no template of the image: {why}");
+                    node.templates
+                        .refused
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key, why);
+                }
+            }
+        });
+    }
+
     /// A standby instance of image `co` (id `id`) forked from its template, made first if
     /// needed. `Ok(None)`: the image cannot be a template (the caller restores one).
     pub(in crate::node) async fn template_standby(
@@ -155,6 +237,7 @@ impl Node {
                         .insert((id.to_string(), hash.to_string()), why);
                     return Ok(None);
                 }
+                Err(TemplateMakeError::Busy) => return Ok(None),
                 Err(TemplateMakeError::Failed(why)) => {
                     // Not tried again for this build of the image: each try is a restore.
                     self.templates
@@ -175,6 +258,7 @@ impl Node {
     }
 
     async fn template_make(&self, id: &str, co: &Checkout) -> Result<Arc<Kept>, TemplateMakeError> {
+        let _making = Making::start(&self.templates, id).ok_or(TemplateMakeError::Busy)?;
         let failed = |e: &dyn std::error::Error| TemplateMakeError::Failed(error_chain(e));
         let boxes = self
             .sandboxes
@@ -339,7 +423,37 @@ impl Node {
     }
 }
 
+/// Marks an image's template as being made, for as long as it lives.
+struct Making<'a> {
+    templates: &'a Templates,
+    id: String,
+}
+
+impl<'a> Making<'a> {
+    /// `None` when the image's template is being made already.
+    fn start(templates: &'a Templates, id: &str) -> Option<Making<'a>> {
+        let mut making = templates.making.lock().unwrap_or_else(|p| p.into_inner());
+        making.insert(id.to_string()).then(|| Making {
+            templates,
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for Making<'_> {
+    fn drop(&mut self) {
+        let mut making = self
+            .templates
+            .making
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        making.remove(&self.id);
+    }
+}
+
 enum TemplateMakeError {
+    /// Being made by another task.
+    Busy,
     /// The image cannot be a template: remembered, its standbys restored.
     Unsuitable(String),
     Failed(String),

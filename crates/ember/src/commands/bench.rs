@@ -79,14 +79,20 @@ pub struct Args {
     /// images: leave out the function-snapshot rung (its daemon, snapshot and samples)
     #[arg(long)]
     pub no_function_snapshots: bool,
-    /// images: standby instances per image on the `image-standby` daemon (restored ahead
-    /// with the first policy; the `image-<policy>` daemons run with none), and parked
-    /// sandboxes on the function-snapshot daemon; 0 leaves the `image-standby` daemon and
-    /// its row out, and the function snapshots make their sandboxes on demand
+    /// images: standby instances per image on the `image-standby` daemon (forked ahead from
+    /// the image's template, or restored with the first policy with --no-templates; the
+    /// `image-<policy>` and `image-template` daemons run with none), and parked sandboxes
+    /// on the function-snapshot daemon; 0 leaves the `image-standby` daemon and its row
+    /// out, and the function snapshots make their sandboxes on demand
     #[arg(long, default_value_t = 2)]
     pub standby: usize,
-    /// images: idle instances started at once on the first `image-<policy>` daemon, whose
-    /// runtimes' PSS is compared with one instance's (0 skips it)
+    /// images: leave out the `image-template` daemon (each start forked on its path from
+    /// the image's template) and restore the standbys instead of forking them
+    #[arg(long)]
+    pub no_templates: bool,
+    /// images: idle instances started at once on the first `image-<policy>` daemon (each
+    /// restored) and on the `image-template` one (each forked), whose runtimes' PSS (the
+    /// template's included) is compared with one instance's (0 skips it)
     #[arg(long, default_value_t = 10)]
     pub idle_instances: usize,
     /// images, snapshot-cache: seconds to wait for a function's snapshot to be taken after
@@ -421,7 +427,8 @@ async fn images(args: Args) -> anyhow::Result<()> {
     let mut daemons = Vec::new();
     let mut start = |policy: Option<ember_snap::lazy::Policy>,
                      snapshots: &str,
-                     standby: usize|
+                     standby: usize,
+                     templates: bool|
      -> anyhow::Result<DaemonArgs> {
         let home = tempfile::Builder::new()
             .prefix("ember-bench-images-")
@@ -435,6 +442,7 @@ async fn images(args: Args) -> anyhow::Result<()> {
             image_policy: policy.map(|p| p.to_string()),
             snapshots: Some(snapshots.into()),
             standby: Some(standby),
+            no_templates: !templates,
             // Each daemon measures its own rung, whatever another would measure.
             fixed_ladder: true,
             ..Default::default()
@@ -442,7 +450,7 @@ async fn images(args: Args) -> anyhow::Result<()> {
         homes.push(home);
         Ok(a)
     };
-    let cold = daemon::start(start(None, "off", 0)?.resolve()?).await?;
+    let cold = daemon::start(start(None, "off", 0, false)?.resolve()?).await?;
     let mut ladder = ib::Ladder {
         cold: Client::new(&cold.url(), None),
         images: Vec::new(),
@@ -451,8 +459,9 @@ async fn images(args: Args) -> anyhow::Result<()> {
         snapshot_wait: std::time::Duration::from_secs(args.snapshot_wait),
         settle: std::time::Duration::from_millis(args.settle_ms),
     };
+    // Restores only (no standby, no template): each policy's own cost.
     for p in &args.image_policies {
-        let a = start(Some(*p), "off", 0)?;
+        let a = start(Some(*p), "off", 0, false)?;
         let home = a.home.clone().unwrap_or_default();
         let d = daemon::start(a.resolve()?).await?;
         ladder.images.push(ib::ImageDaemon {
@@ -460,13 +469,29 @@ async fn images(args: Args) -> anyhow::Result<()> {
             label: format!("image-{p}"),
             client: Client::new(&d.url(), None),
             standby: false,
+            template: false,
         });
         daemons.push(d);
     }
     let first = args.image_policies.first().copied();
+    if !args.no_templates {
+        // Every start forked on its path from the image's template (no standby).
+        let a = start(first, "off", 0, true)?;
+        let home = a.home.clone().unwrap_or_default();
+        let d = daemon::start(a.resolve()?).await?;
+        ladder.images.push(ib::ImageDaemon {
+            home,
+            label: "image-template".into(),
+            client: Client::new(&d.url(), None),
+            standby: false,
+            template: true,
+        });
+        daemons.push(d);
+    }
     if args.standby > 0 {
-        // Standby instances restored with the first policy measured.
-        let a = start(first, "off", args.standby)?;
+        // Standby instances, forked from the image's template unless --no-templates
+        // (then restored with the first policy measured).
+        let a = start(first, "off", args.standby, !args.no_templates)?;
         let home = a.home.clone().unwrap_or_default();
         let d = daemon::start(a.resolve()?).await?;
         ladder.images.push(ib::ImageDaemon {
@@ -474,13 +499,15 @@ async fn images(args: Args) -> anyhow::Result<()> {
             label: "image-standby".into(),
             client: Client::new(&d.url(), None),
             standby: true,
+            template: false,
         });
         daemons.push(d);
     }
     if !args.no_function_snapshots {
         // Restores its layers' parent images with the first policy measured.
         // With parked sandboxes (--standby) as a node has by default.
-        let d = daemon::start(start(first, "local", args.standby)?.resolve()?).await?;
+        let d = daemon::start(start(first, "local", args.standby, !args.no_templates)?.resolve()?)
+            .await?;
         ladder.snapshot = Some(Client::new(&d.url(), None));
         daemons.push(d);
     }
@@ -510,10 +537,13 @@ async fn images(args: Args) -> anyhow::Result<()> {
             ib::ladder(&ladder, w, args.cold, args.warm, &|l| eprintln!("{l}")).await?;
         rows.extend(r);
         layers.extend(layer);
-        if let Some(d) = ladder.images.iter().find(|d| !d.standby)
-            && args.idle_instances > 0
-        {
-            memory.push(ib::idle_memory(d, w, args.idle_instances).await?);
+        if args.idle_instances > 0 {
+            // Restored each (the first policy's daemon), and forked from the template.
+            let restored = ladder.images.iter().find(|d| !d.standby);
+            let forked = ladder.images.iter().find(|d| d.label == "image-template");
+            for d in restored.into_iter().chain(forked) {
+                memory.push(ib::idle_memory(d, w, args.idle_instances).await?);
+            }
         }
         let has_packages = w.manifest.packages.as_ref().is_some_and(|p| !p.is_empty());
         if args.share > 0 && has_packages {

@@ -72,7 +72,7 @@ impl Node {
         let rec = &d.record;
         // A snapshot's take (a background start) restores its own: standbys are for requests.
         if !cx.background
-            && self.standby_serves(d)
+            && (self.standby_serves(d) || self.templates_serve(d))
             && let Some(live) = self.standby_start(cx, id).await?
         {
             return Ok(live);
