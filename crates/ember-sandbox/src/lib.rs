@@ -424,6 +424,17 @@ impl Sandboxes {
                 opts: None,
             });
         }
+        if view.is_some() {
+            // The view's /tmp holds only what is bound below it (a home under /tmp), for the
+            // template process (its working directory may be there); it is made read-only
+            // once the binds are in, and every instance covers it with its own.
+            p.push(Step::Mount {
+                fstype: c"tmpfs",
+                dst: c(&inside(Path::new("/tmp")))?,
+                flags: libc::MS_NOSUID | libc::MS_NODEV,
+                opts: Some(c"size=1m,mode=0755".to_owned()),
+            });
+        }
         for dir in view.unwrap_or_default() {
             if !dir.starts_with("/tmp") {
                 mkdirs(&mut p, dir)?;
@@ -436,11 +447,9 @@ impl Sandboxes {
         };
         let system = SYSTEM_PATHS.iter().chain(&extra).map(PathBuf::from);
         for path in system.chain(read_only.iter().cloned()) {
-            if view.is_some() && path.starts_with("/tmp") {
-                if path.is_dir() {
-                    late.push(path);
-                }
-                continue;
+            // In a view also bound into each instance again, on its own /tmp.
+            if view.is_some() && path.starts_with("/tmp") && path.is_dir() {
+                late.push(path.clone());
             }
             let Ok(meta) = std::fs::symlink_metadata(&path) else {
                 continue;
@@ -487,6 +496,9 @@ impl Sandboxes {
                 c(&inside(Path::new(link)))?,
             ));
         }
+        if view.is_some() {
+            p.push(Step::ReadOnly(c(&inside(Path::new("/tmp")))?));
+        }
         Ok((p, late))
     }
 }
@@ -497,6 +509,8 @@ fn cpu_weight(memory_bytes: u64) -> u64 {
 }
 
 enum Step {
+    /// The filesystem mounted there made read-only.
+    ReadOnly(CString),
     Mkdir(CString),
     Touch(CString),
     Symlink(CString, CString),
@@ -921,6 +935,10 @@ fn apply_steps(steps: &[Step]) -> std::io::Result<()> {
     let none = None;
     for step in steps {
         match step {
+            Step::ReadOnly(d) => {
+                let flags = libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+                sys::mount(none, d, none, flags, none)?;
+            }
             Step::Mkdir(d) => sys::mkdir(d, 0o755)?,
             Step::Touch(f) => sys::touch(f)?,
             Step::Symlink(target, link) => sys::symlink(target, link)?,

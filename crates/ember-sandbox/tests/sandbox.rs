@@ -522,12 +522,12 @@ async fn a_later_bind_does_not_propagate_from_the_host() {
     assert!(!text.contains("secret"), "{text}");
 }
 
-/// A template's view: the instance root without /proc and /tmp (each instance mounts its
-/// own), read-only, its private directories made empty, and the directories below /tmp
-/// left for each instance to bind once its /tmp is there. Looked at from a thread that
+/// A template's view: the instance root without /proc (each instance mounts its own),
+/// read-only, its private directories made empty, a read-only /tmp with only what is bound
+/// below it (each instance mounts its own /tmp and binds those again). Looked at from a thread that
 /// enters it, as a template's thread does.
 #[test]
-fn a_view_shows_the_instance_root_without_proc_tmp_or_anything_writable() {
+fn a_view_shows_the_instance_root_without_proc_or_anything_writable() {
     if !privileged() {
         return;
     }
@@ -580,15 +580,23 @@ fn a_view_shows_the_instance_root_without_proc_tmp_or_anything_writable() {
             std::path::Path::new("/usr/bin/env").exists(),
             list(private.to_str().unwrap()),
             std::fs::create_dir("/planted").unwrap_err().raw_os_error(),
-            std::path::Path::new(&home.path().join("work")).exists(),
+            std::fs::read_dir(home.path().join("work")).is_ok(),
+            std::fs::write("/tmp/planted", "x")
+                .unwrap_err()
+                .raw_os_error(),
         )
     })
     .join()
     .unwrap();
     assert_eq!(seen.0, Ok(0), "no /proc of the host's pid namespace");
-    assert_eq!(seen.1, Ok(0), "no /tmp: each instance mounts its own");
+    assert_eq!(
+        seen.1,
+        Ok(1),
+        "/tmp holds only the binds below it: {seen:?}"
+    );
     assert!(seen.2, "the system is there");
     assert_eq!(seen.3, Ok(0), "the private directory is made, empty");
     assert_eq!(seen.4, Some(libc::EROFS), "the shared root is read-only");
-    assert!(!seen.5, "the host's /tmp is not there");
+    assert!(seen.5, "the binds below /tmp are there for the template");
+    assert_eq!(seen.6, Some(libc::EROFS), "the view's /tmp is read-only");
 }

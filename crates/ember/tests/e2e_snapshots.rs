@@ -604,7 +604,11 @@ async fn a_snapshot_start_takes_a_sandbox_made_ahead() {
         return;
     }
     let home = tempfile::tempdir().unwrap();
-    let d = Daemon::start(home.path(), &["--snapshots", "local", "--standby", "2"]);
+    // Parked sandboxes are for restores: no template to fork from instead.
+    let d = Daemon::start(
+        home.path(),
+        &["--snapshots", "local", "--standby", "2", "--no-templates"],
+    );
     d.deploy_ok("ahead", json!({"handler": "main.handler"}), &py(INIT_ONCE))
         .await;
     let first = d.fresh_start("ahead", "{}").await;
@@ -644,4 +648,68 @@ async fn a_snapshot_start_takes_a_sandbox_made_ahead() {
         "{text}"
     );
     d.assert_logged("ahead", &["after-restore hook ran: mine"]);
+}
+
+/// Once a function snapshot has served a start, its template is made (the snapshot restored
+/// once, parked); later starts fork from it on their path: the function's own state from
+/// the snapshot, its after-restore hooks run, each fork reseeded.
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_starts_fork_from_the_snapshots_template() {
+    if !need_sandbox() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &["--snapshots", "local", "--standby", "0"]);
+    d.deploy_ok("tpl", json!({"handler": "main.handler"}), &py(INIT_ONCE))
+        .await;
+    let first = d.fresh_start("tpl", "{}").await;
+    assert_eq!(first.status, 200, "{}", first.raw);
+    wait_snapshot(&d, "tpl", None);
+    let restored = d.fresh_start("tpl", "{}").await;
+    assert_eq!(
+        (restored.status, restored.start.as_str()),
+        (200, "function-snapshot")
+    );
+    assert!(restored.timing.contains("restore;"), "{}", restored.timing);
+    let mut forked = Vec::new();
+    for _ in 0..100 {
+        let r = d.fresh_start("tpl", "{}").await;
+        assert_eq!(
+            (r.status, r.start.as_str()),
+            (200, "function-snapshot"),
+            "{}",
+            r.raw
+        );
+        if r.timing.contains("fork;") {
+            forked.push(r);
+            if forked.len() == 2 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        forked.len(),
+        2,
+        "no start forked from the snapshot's template"
+    );
+    for r in &forked {
+        assert!(!r.timing.contains("restore;"), "{}", r.timing);
+        assert_eq!(
+            r.body["restores"],
+            json!(1),
+            "its after-restore hook ran: {}",
+            r.raw
+        );
+        // Its module's state is the snapshot's (as a restore's): init ran before the dump.
+        assert_eq!(r.body["init_at"], restored.body["init_at"], "{}", r.raw);
+    }
+    assert_ne!(
+        forked[0].body["random"], forked[1].body["random"],
+        "each fork reseeded"
+    );
+    d.assert_logged(
+        "tpl",
+        &["forked from its template", "after-restore hook ran: mine"],
+    );
 }

@@ -656,9 +656,14 @@ impl Node {
         for r in self.standby.expire(|id, hash| self.image_changed(id, hash)) {
             self.reap(r.live.kill());
         }
-        self.templates.retain(|id, hash| {
-            self.standby.wants(&Key::Image(id.to_string())) && !self.image_changed(id, hash)
+        // An image's template while its standbys are kept or a start forked from it within
+        // IDLE; function snapshots' by their own rule.
+        self.templates.retain(|key, hash, used| {
+            key.starts_with(super::templates::SNAPSHOT)
+                || ((used.elapsed() <= IDLE || self.standby.wants(&Key::Image(key.to_string())))
+                    && !self.image_changed(key, hash))
         });
+        self.templates.expire_snapshots(IDLE);
     }
 
     /// Stops every standby instance (shutdown).

@@ -39,13 +39,22 @@ use crate::function::Network;
 use crate::images::Checkout;
 use crate::live::Live;
 
+/// Function snapshots' templates are kept under this prefix and the snapshot's id.
+pub(in crate::node) const SNAPSHOT: &str = "snapshot:";
+
+/// Most function snapshots with a template at once: each holds its whole image and layer in
+/// memory (the least recently forked goes first).
+pub(in crate::node) const MAX_SNAPSHOT_TEMPLATES: usize = 8;
+
 /// One image's template and the view it was made in.
 pub(in crate::node) struct Kept {
     /// `None` only while dropped.
     template: Option<Template>,
     view: View,
-    /// The image's metadata hash when the template was made.
+    /// The image's metadata hash when the template was made (a function snapshot's: its id).
     meta_hash: String,
+    /// When an instance was last forked from it.
+    used: Mutex<std::time::Instant>,
 }
 
 impl Drop for Kept {
@@ -73,24 +82,52 @@ pub(in crate::node) struct Templates {
 impl Templates {
     fn get(&self, id: &str, meta_hash: &str) -> Option<Arc<Kept>> {
         let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        kept.get(id).filter(|k| k.meta_hash == meta_hash).cloned()
+        let k = kept.get(id).filter(|k| k.meta_hash == meta_hash).cloned()?;
+        *k.used.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+        Some(k)
     }
 
-    /// Drops the templates `gone` says are no longer wanted (their instances keep theirs
-    /// until they end).
-    pub fn retain(&self, wanted: impl Fn(&str, &str) -> bool) {
+    /// Keeps the templates `wanted(key, hash, last used)` says are still wanted (their
+    /// instances keep theirs until they end), and the refusals it says are still current.
+    pub fn retain(&self, wanted: impl Fn(&str, &str, std::time::Instant) -> bool) {
         let dropped: Vec<Arc<Kept>> = {
             let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
             let ids: Vec<String> = kept
                 .iter()
-                .filter(|(id, k)| !wanted(id, &k.meta_hash))
+                .filter(|(id, k)| {
+                    let used = *k.used.lock().unwrap_or_else(|p| p.into_inner());
+                    !wanted(id, &k.meta_hash, used)
+                })
                 .map(|(id, _)| id.clone())
                 .collect();
             ids.iter().filter_map(|id| kept.remove(id)).collect()
         };
         drop(dropped);
+        let now = std::time::Instant::now();
         let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
-        refused.retain(|(id, hash), _| wanted(id, hash));
+        refused.retain(|(id, hash), _| wanted(id, hash, now));
+    }
+
+    /// Drops the templates of function snapshots no instance was forked from within `idle`,
+    /// and past the [`MAX_SNAPSHOT_TEMPLATES`] most recently used.
+    pub fn expire_snapshots(&self, idle: std::time::Duration) {
+        let dropped: Vec<Arc<Kept>> = {
+            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+            let used = |k: &Kept| *k.used.lock().unwrap_or_else(|p| p.into_inner());
+            let mut snaps: Vec<(std::time::Instant, String)> = kept
+                .iter()
+                .filter(|(key, _)| key.starts_with(SNAPSHOT))
+                .map(|(key, k)| (used(k), key.clone()))
+                .collect();
+            snaps.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            snaps
+                .iter()
+                .enumerate()
+                .filter(|(i, (t, _))| *i >= MAX_SNAPSHOT_TEMPLATES || t.elapsed() > idle)
+                .filter_map(|(_, (_, key))| kept.remove(key))
+                .collect()
+        };
+        drop(dropped);
     }
 
     /// Every template (shutdown).
@@ -154,7 +191,7 @@ impl Node {
                     image = id,
                     "forking from the image's template failed; restoring: {why}"
                 );
-                self.templates.retain(|i, h| !(i == id && h == hash));
+                self.templates.retain(|i, h, _| !(i == id && h == hash));
                 None
             }
         }
@@ -200,6 +237,85 @@ impl Node {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(key, why);
+                }
+            }
+        });
+    }
+
+    /// An instance of `d` forked now from the template of its function snapshot `id`, when
+    /// one is kept (`spec` is the start's: its instance id, memory, log); `None` otherwise.
+    pub(in crate::node) async fn snapshot_fork_now(
+        &self,
+        d: &Deployed,
+        id: &str,
+        spec: &StartSpec,
+    ) -> Option<Live> {
+        let key = format!("{SNAPSHOT}{id}");
+        let kept = self.templates.get(&key, id)?;
+        match self.template_fork(&key, kept, spec.clone()).await {
+            Ok(ready) => {
+                ready.sink.bind(self.logs.sink(&d.record.name));
+                Some(ready.live)
+            }
+            Err(why) => {
+                tracing::warn!(
+                    snapshot = id,
+                    "forking from the function snapshot's template failed; restoring: {why}"
+                );
+                self.templates.retain(|k, _, _| k != key);
+                None
+            }
+        }
+    }
+
+    /// Makes the template of function snapshot `id` (`layer`, over its image) in the
+    /// background, in a view of `read_only`, unless it is kept, being made, or cannot be one.
+    pub(in crate::node) fn snapshot_template_ensure(
+        &self,
+        id: &str,
+        layer: Arc<ember_snap::LoadedImage>,
+        read_only: Vec<PathBuf>,
+    ) {
+        let key = format!("{SNAPSHOT}{id}");
+        let refused_key = (key.clone(), id.to_string());
+        if self.templates.get(&key, id).is_some()
+            || self
+                .templates
+                .refused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&refused_key)
+            || self
+                .templates
+                .making
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&key)
+        {
+            return;
+        }
+        let me = self.me.clone();
+        let id = id.to_string();
+        self.spawn_background(async move {
+            let Some(node) = me.upgrade() else { return };
+            let Some(_making) = Making::start(&node.templates, &key) else {
+                return;
+            };
+            let view = ViewSpec {
+                read_only,
+                private: Vec::new(),
+                host_network: false,
+            };
+            match node.template_keep(&key, id.clone(), layer, view).await {
+                Ok(_) => node.templates.expire_snapshots(super::standby::IDLE),
+                Err(TemplateMakeError::Busy) => {}
+                Err(TemplateMakeError::Unsuitable(why) | TemplateMakeError::Failed(why)) => {
+                    tracing::warn!(snapshot = %id, "no template of the function snapshot (its starts restore it): {why}");
+                    node.templates
+                        .refused
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(refused_key, why);
                 }
             }
         });
@@ -252,39 +368,48 @@ impl Node {
         let made = self.template_fork(id, kept, spec).await;
         if made.is_err() {
             // A template that failed to fork may have ended: the next standby makes another.
-            self.templates.retain(|i, h| !(i == id && h == hash));
+            self.templates.retain(|i, h, _| !(i == id && h == hash));
         }
         made.map(Some)
     }
 
+    /// The template of image `co` (id `id`): its environment and the bootstrap in the view,
+    /// the code store's directory left for each instance's own tmpfs.
     async fn template_make(&self, id: &str, co: &Checkout) -> Result<Arc<Kept>, TemplateMakeError> {
         let _making = Making::start(&self.templates, id).ok_or(TemplateMakeError::Busy)?;
+        let taken = co.clone();
+        let pages = tokio::task::spawn_blocking(move || taken.pages(true))
+            .await
+            .map_err(|e| TemplateMakeError::Failed(e.to_string()))?
+            .map_err(|e| TemplateMakeError::Failed(error_chain(&e)))?;
+        let view = ViewSpec {
+            read_only: vec![co.env_dir.clone(), self.bootstrap.clone()],
+            private: vec![self.code.root().to_path_buf()],
+            host_network: false,
+        };
+        self.template_keep(id, co.meta_hash(), pages.image.clone(), view)
+            .await
+    }
+
+    /// Makes the template of `image` in a view of `view`, kept under `key` as of `hash`.
+    async fn template_keep(
+        &self,
+        key: &str,
+        hash: String,
+        image: Arc<ember_snap::LoadedImage>,
+        view: ViewSpec,
+    ) -> Result<Arc<Kept>, TemplateMakeError> {
         let failed = |e: &dyn std::error::Error| TemplateMakeError::Failed(error_chain(e));
         let boxes = self
             .sandboxes
             .as_ref()
             .ok_or_else(|| TemplateMakeError::Failed("the node runs without the sandbox".into()))?;
-        let view = boxes
-            .view(&ViewSpec {
-                read_only: vec![co.env_dir.clone(), self.bootstrap.clone()],
-                private: vec![self.code.root().to_path_buf()],
-                host_network: false,
-            })
-            .map_err(|e| failed(&e))?;
-        let taken = co.clone();
-        let pages = tokio::task::spawn_blocking(move || taken.pages(true))
-            .await
-            .map_err(|e| TemplateMakeError::Failed(e.to_string()))?
-            .map_err(|e| failed(&e))?;
+        let view = boxes.view(&view).map_err(|e| failed(&e))?;
         let opts = TemplateOptions {
             mount_ns: Some(view.mount_ns()),
-            limits: ember_sandbox::RLIMITS
-                .iter()
-                .map(|&(res, v)| (res, v))
-                .collect(),
+            limits: ember_sandbox::RLIMITS.to_vec(),
             ..TemplateOptions::default()
         };
-        let image = pages.image.clone();
         let template = tokio::task::spawn_blocking(move || Template::new(image, &opts))
             .await
             .map_err(|e| TemplateMakeError::Failed(e.to_string()))?
@@ -295,7 +420,7 @@ impl Node {
                 e => failed(&e),
             })?;
         tracing::info!(
-            image = id,
+            of = key,
             pid = template.pid(),
             pages = template.stats().pages,
             "template made"
@@ -303,13 +428,14 @@ impl Node {
         let kept = Arc::new(Kept {
             template: Some(template),
             view,
-            meta_hash: co.meta_hash(),
+            meta_hash: hash,
+            used: Mutex::new(std::time::Instant::now()),
         });
         self.templates
             .kept
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string(), kept.clone());
+            .insert(key.to_string(), kept.clone());
         Ok(kept)
     }
 

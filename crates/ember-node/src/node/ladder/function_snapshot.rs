@@ -15,6 +15,7 @@
 //! failure (an after-restore hook that raises) is the function's own.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use ember_snap::LoadedImage;
 use tracing::{Instrument, info_span};
@@ -197,31 +198,55 @@ impl Node {
             host_network: rec.config.network == Network::Host,
         };
         let policy = self.cfg.images.policy;
-        let pages = Pages::in_memory(layer, None);
-        let sink = self.logs.sink(&rec.name);
-        let span =
-            info_span!("start.function_snapshot", instance = %spec.instance_id, snapshot = %id);
-        let pooled = !cx.background && self.standby_serves(d);
-        let Restored {
-            live,
-            sandbox,
-            restore,
-            ..
-        } = self
-            .restore_instance(&mut spec, sees, &id, &pages, policy, sink, pooled)
-            .instrument(span)
-            .await?;
+        // Forked from the snapshot's template when one is kept; else restored, and the
+        // template made in the background for the next start.
+        let forked = match !cx.background && self.templates_serve(d) {
+            true => {
+                let t0 = Instant::now();
+                let span = info_span!("start.fork", instance = %spec.instance_id, snapshot = %id);
+                let live = self.snapshot_fork_now(d, &id, &spec).instrument(span).await;
+                if live.is_none() {
+                    self.snapshot_template_ensure(&id, layer.clone(), sees.read_only.clone());
+                }
+                live.map(|l| (l, t0.elapsed()))
+            }
+            false => None,
+        };
+        let (live, how) = match forked {
+            Some((live, fork)) => {
+                cx.timing.fork = Some(fork);
+                (
+                    live,
+                    format!("function snapshot {id}, forked from its template"),
+                )
+            }
+            None => {
+                let pages = Pages::in_memory(layer, None);
+                let sink = self.logs.sink(&rec.name);
+                let span = info_span!("start.function_snapshot", instance = %spec.instance_id, snapshot = %id);
+                let pooled = !cx.background && self.standby_serves(d);
+                let Restored {
+                    live,
+                    sandbox,
+                    restore,
+                    ..
+                } = self
+                    .restore_instance(&mut spec, sees, &id, &pages, policy, sink, pooled)
+                    .instrument(span)
+                    .await?;
+                cx.timing.sandbox = Some(sandbox);
+                cx.timing.restore = Some(restore);
+                (live, format!("function snapshot {id}, {policy}"))
+            }
+        };
         let (mut live, t) = self.init_restored_instance(d, live, &spec).await?;
         let timing = &mut cx.timing;
-        timing.sandbox = Some(sandbox);
-        timing.restore = Some(restore);
         timing.hook = Some(t.hook + t.after_restore);
         live.image = parent.map(|p| p.id);
         live.snapshot = Some(id.clone());
         let store = self.snapshots.clone();
         let sid = id.clone();
         tokio::task::spawn_blocking(move || store.record_use(&sid));
-        let how = format!("function snapshot {id}, {policy}");
         self.restored_started(d, &spec, &live, &how, timing.init());
         Ok(live)
     }
