@@ -119,7 +119,7 @@ impl Templates {
                 .filter(|(key, _)| key.starts_with(SNAPSHOT))
                 .map(|(key, k)| (used(k), key.clone()))
                 .collect();
-            snaps.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            snaps.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
             snaps
                 .iter()
                 .enumerate()
