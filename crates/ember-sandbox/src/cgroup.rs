@@ -126,7 +126,7 @@ impl Hierarchy {
                 dirs: self.bases.iter().map(|(c, b)| (*c, b.join(n))).collect(),
                 counters: None,
             };
-            cg.kill_all();
+            cg.kill_all(0);
             cg.remove()?;
         }
         Ok(names.len())
@@ -343,14 +343,16 @@ impl Cgroup {
     }
 
     /// SIGKILLs every process in the cgroup.
-    pub fn kill_all(&self) {
-        if self.version == Version::V2
+    /// Kills every process in the cgroup but `spare` (0: none).
+    pub fn kill_all(&self, spare: i32) {
+        if spare == 0
+            && self.version == Version::V2
             && let Some((_, d)) = self.dirs.first()
             && fs::write(d.join("cgroup.kill"), "1").is_ok()
         {
             return;
         }
-        for pid in self.pids() {
+        for pid in self.pids().into_iter().filter(|p| *p != spare) {
             crate::sys::kill(pid);
         }
     }

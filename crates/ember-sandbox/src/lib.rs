@@ -241,6 +241,7 @@ impl Sandboxes {
                     held: netns.into_iter().collect(),
                     first: None,
                     forked: false,
+                    spare: Spared::default(),
                 })
             }
             Err(e) => {
@@ -330,6 +331,7 @@ impl Sandboxes {
             held: Vec::new(),
             first: None,
             forked: true,
+            spare: Spared::default(),
         })
     }
 
@@ -588,6 +590,24 @@ pub struct Sandbox {
     first: Option<std::os::fd::OwnedFd>,
     /// Made by [`Sandboxes::prepare_forked`]: its root is a [`View`]'s, shared.
     forked: bool,
+    /// A process its kills spare ([`Sandbox::spare`]).
+    spare: Spared,
+}
+
+/// A process passing through a sandbox's cgroups that its kills must spare: a template an
+/// instance was born from there, until it has moved on ([`Sandbox::spare`]).
+#[derive(Clone, Default)]
+pub struct Spared(Arc<std::sync::atomic::AtomicI32>);
+
+impl Spared {
+    /// The process has left: kills spare nothing any more.
+    pub fn release(&self) {
+        self.0.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn pid(&self) -> i32 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// The credentials and filter a restored process must take on (see [`Sandbox::handoff`]).
@@ -787,6 +807,14 @@ impl Sandbox {
         Ok(cg.resize(memory_bytes, cpu_weight(memory_bytes))?)
     }
 
+    /// Spares process `pid` (in the sandbox's cgroups for a while, not of the instance)
+    /// from the sandbox's kills until the returned handle is released; a removal meanwhile
+    /// retries until it has left (at most 2 s, as for any process).
+    pub fn spare(&self, pid: i32) -> Spared {
+        self.spare.0.store(pid, std::sync::atomic::Ordering::SeqCst);
+        self.spare.clone()
+    }
+
     /// Counters of the kernel's interventions so far.
     pub fn events(&self) -> Events {
         self.cgroup.as_ref().map(Cgroup::events).unwrap_or_default()
@@ -797,7 +825,7 @@ impl Sandbox {
     pub async fn destroy(mut self) {
         let Some(cg) = self.cgroup.take() else { return };
         for _ in 0..100 {
-            cg.kill_all();
+            cg.kill_all(self.spare.pid());
             if cg.remove().is_ok() {
                 return;
             }
@@ -812,7 +840,7 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         if let Some(cg) = self.cgroup.take() {
-            cg.kill_all();
+            cg.kill_all(self.spare.pid());
             let _ = cg.remove();
         }
     }

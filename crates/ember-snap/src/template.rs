@@ -229,9 +229,19 @@ pub struct Forked {
     /// Of which the injected `clone` (the template's page tables copied, the namespaces
     /// made) until the child's first stop.
     pub clone_us: u64,
+    /// Of which the moves into [`ForkSpec::cgroup_procs`] (on cgroup v1 each waits for an
+    /// RCU grace period).
+    pub cgroup_us: u64,
 }
 
 type Reply = mpsc::Sender<Result<Forked, TemplateError>>;
+
+/// What the template's thread does for a caller.
+enum Job {
+    Fork(ForkSpec, Reply),
+    /// Moves the template process into these `cgroup.procs` files.
+    Move(Vec<PathBuf>, mpsc::Sender<Result<(), TemplateError>>),
+}
 
 /// An image restored once, parked, and forked for each instance. Dropping it kills the
 /// template (not the instances); the instances' parent thread (the template's) then ends,
@@ -241,7 +251,7 @@ pub struct Template {
     image: String,
     pid: i32,
     stats: RestoreStats,
-    jobs: Option<mpsc::Sender<(ForkSpec, Reply)>>,
+    jobs: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -262,7 +272,7 @@ impl Template {
             });
         }
         let (ready_tx, ready_rx) = mpsc::channel();
-        let (jobs, job_rx) = mpsc::channel::<(ForkSpec, Reply)>();
+        let (jobs, job_rx) = mpsc::channel::<Job>();
         let opts = opts.clone();
         let thread = std::thread::Builder::new()
             .name("ember-template".into())
@@ -275,7 +285,14 @@ impl Template {
                     }
                 };
                 let _ = ready_tx.send(Ok((parked.t.pid, parked.stats)));
-                for (spec, reply) in job_rx {
+                for job in job_rx {
+                    let (spec, reply) = match job {
+                        Job::Fork(spec, reply) => (spec, reply),
+                        Job::Move(procs, reply) => {
+                            let _ = reply.send(parked.move_into(&procs));
+                            continue;
+                        }
+                    };
                     let r = parked.fork(&spec);
                     if let Err(TemplateError::Gone { .. }) = r {
                         // Collected before the answer; later calls find the jobs' channel
@@ -332,7 +349,26 @@ impl Template {
         self.jobs
             .as_ref()
             .ok_or_else(gone)?
-            .send((spec, tx))
+            .send(Job::Fork(spec, tx))
+            .map_err(|_| gone())?;
+        rx.recv().map_err(|_| gone())?
+    }
+
+    /// Moves the template process into `cgroup_procs` (one `cgroup.procs` file per
+    /// hierarchy), between forks: a fork then given no [`ForkSpec::cgroup_procs`] is born
+    /// there and pays no migration (on cgroup v1 each move waits for an RCU grace period,
+    /// 3-6 ms a hierarchy on these machines, tens of milliseconds under load). The pages
+    /// the template holds stay charged where they were first charged (cgroup v1 moves no
+    /// charges by default). Blocking.
+    pub fn move_into(&self, cgroup_procs: Vec<PathBuf>) -> Result<(), TemplateError> {
+        let gone = || TemplateError::Gone {
+            image: self.image.clone(),
+        };
+        let (tx, rx) = mpsc::channel();
+        self.jobs
+            .as_ref()
+            .ok_or_else(gone)?
+            .send(Job::Move(cgroup_procs, tx))
             .map_err(|_| gone())?;
         rx.recv().map_err(|_| gone())?
     }
@@ -408,6 +444,8 @@ struct Parked {
     last_cap: u32,
     /// The template process was collected (it died during a fork): nothing to kill.
     reaped: std::cell::Cell<bool>,
+    /// The last fork's cgroup moves, in microseconds.
+    cgroup_us: std::cell::Cell<u64>,
 }
 
 impl Parked {
@@ -491,6 +529,7 @@ impl Parked {
             nofile,
             last_cap: crate::creds::last_cap(),
             reaped: std::cell::Cell::new(false),
+            cgroup_us: std::cell::Cell::new(0),
         };
         // The base for what runs in the template: the image's registers (its segments).
         parked.t.regs = restore::words_to_regs(&parked.img.meta.task.regs);
@@ -571,6 +610,19 @@ impl Parked {
             .run_batch(self.gadget, &b)
             .map(drop)
             .map_err(self.trace_err())
+    }
+
+    /// Moves the template process into `procs` (see [`Template::move_into`]).
+    fn move_into(&self, procs: &[PathBuf]) -> Result<(), TemplateError> {
+        let pid = self.t.pid.to_string();
+        for p in procs {
+            std::fs::write(p, &pid).map_err(|source| TemplateError::Io {
+                image: self.image.clone(),
+                what: format!("moving the template into {}", p.display()),
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     /// Kills and collects the template.
@@ -661,6 +713,7 @@ impl Parked {
                 pid: child,
                 fork_us: t0.elapsed().as_micros() as u64,
                 clone_us,
+                cgroup_us: self.cgroup_us.get(),
             }),
             Err(e) => {
                 collect(child);
@@ -763,6 +816,7 @@ impl Parked {
         let io = |what: &'static str| self.io_err(what);
         // Moved while stopped, before its batch: a new cgroup namespace it makes there is
         // rooted at its own cgroups.
+        let t = Instant::now();
         for procs in &spec.cgroup_procs {
             std::fs::write(procs, child.to_string()).map_err(|source| TemplateError::Io {
                 image: self.image.clone(),
@@ -770,6 +824,7 @@ impl Parked {
                 source,
             })?;
         }
+        self.cgroup_us.set(t.elapsed().as_micros() as u64);
         let b = self.child_batch(spec);
         if (b.size() as u64) > self.gadget_len - PAGE {
             return Err(self.fork_err(format!(

@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use ember_runtime::{Instance, StartSpec};
-use ember_sandbox::{View, ViewSpec};
+use ember_sandbox::{Spared, View, ViewSpec};
 use ember_snap::template::{ForkMount, ForkSpec, Namespaces, Template, TemplateOptions};
 
 use super::standby::{LateSink, Ready};
@@ -55,6 +55,11 @@ pub(in crate::node) struct Kept {
     meta_hash: String,
     /// When an instance was last forked from it.
     used: Mutex<std::time::Instant>,
+    /// Cgroups made ahead that the template process sits in: the next fork is born there
+    /// and pays no migration (see [`Node::template_move_on`]).
+    next: Mutex<Option<ember_sandbox::Sandbox>>,
+    /// One move on at a time, so that `next` is where the template went last.
+    moving: tokio::sync::Mutex<()>,
 }
 
 impl Drop for Kept {
@@ -430,7 +435,10 @@ impl Node {
             view,
             meta_hash: hash,
             used: Mutex::new(std::time::Instant::now()),
+            next: Mutex::new(None),
+            moving: tokio::sync::Mutex::new(()),
         });
+        self.template_move_on(kept.clone(), None);
         self.templates
             .kept
             .lock()
@@ -450,9 +458,23 @@ impl Node {
             .sandboxes
             .as_ref()
             .ok_or("the node runs without the sandbox")?;
-        let mut sb = boxes
-            .prepare_forked(&spec.instance_id, u64::from(spec.memory_mb) << 20)
-            .map_err(|e| error_chain(&e))?;
+        let t0 = std::time::Instant::now();
+        let memory = u64::from(spec.memory_mb) << 20;
+        // Born in the cgroups the template moved into ahead, when it has; else moved into
+        // its own after the clone (on cgroup v1, an RCU grace period per hierarchy).
+        let next = kept.next.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let (mut sb, born_in) = match next.map(|sb| (sb.resize(memory), sb)) {
+            Some((Ok(()), sb)) => (sb, true),
+            other => {
+                if let Some((_, sb)) = other {
+                    self.reap(Some(tokio::spawn(sb.destroy())));
+                }
+                let sb = boxes
+                    .prepare_forked(&spec.instance_id, memory)
+                    .map_err(|e| error_chain(&e))?;
+                (sb, false)
+            }
+        };
         let (wiring, ours) = Instance::wiring().map_err(|e| error_chain(&e))?;
         let h = sb.handoff();
         let fork = ForkSpec {
@@ -464,7 +486,10 @@ impl Node {
                 die_with_parent: true,
                 seccomp: h.sock_filters(),
             }),
-            cgroup_procs: sb.cgroup_procs(),
+            cgroup_procs: match born_in {
+                true => Vec::new(),
+                false => sb.cgroup_procs(),
+            },
             mounts: kept
                 .view
                 .child_mounts()
@@ -479,6 +504,7 @@ impl Node {
             hostname: Some(ember_sandbox::HOSTNAME.to_string()),
         };
         let k = kept.clone();
+        let t1 = std::time::Instant::now();
         let forked = tokio::task::spawn_blocking(move || match &k.template {
             Some(t) => t.fork(fork).map_err(|e| error_chain(&e)),
             None => Err("the template has ended".to_string()),
@@ -489,10 +515,23 @@ impl Node {
         let forked = match forked {
             Ok(Ok(f)) => f,
             Ok(Err(why)) | Err(why) => {
+                if let (true, Some(t)) = (born_in, &kept.template) {
+                    // The template may still be in them: spared, moved on first.
+                    let spared = sb.spare(t.pid());
+                    self.template_move_on(kept.clone(), Some(spared));
+                }
                 sb.destroy().await;
                 return Err(why);
             }
         };
+        if let (true, Some(t)) = (born_in, &kept.template) {
+            // The template leaves the instance's cgroups in the background; until then the
+            // instance's kills spare it, and the instance is the OOM killer's first choice
+            // there (the template's resident pages would otherwise weigh as much as its).
+            let spared = sb.spare(t.pid());
+            let _ = std::fs::write(format!("/proc/{}/oom_score_adj", forked.pid), "1000");
+            self.template_move_on(kept.clone(), Some(spared));
+        }
         let sink = Arc::new(LateSink::default());
         let inst = match Instance::adopt(&spec, sink.clone(), forked.pid, ours) {
             Ok(i) => i,
@@ -510,6 +549,7 @@ impl Node {
         let mut live = Live::new(inst, None);
         live.holds = Some(kept.clone());
         let late: Vec<PathBuf> = kept.view.late_read_only().to_vec();
+        let t2 = std::time::Instant::now();
         let placed = sb
             .pin_first(forked.pid)
             .and_then(|()| match late.is_empty() {
@@ -533,9 +573,14 @@ impl Node {
         tracing::debug!(
             image = id,
             pid = forked.pid,
+            cgroups_us = (t1 - t0).as_micros() as u64,
+            fork_task_us = (t2 - t1).as_micros() as u64,
+            binds_us = t2.elapsed().as_micros() as u64,
             fork_us = forked.fork_us,
             clone_us = forked.clone_us,
-            "standby forked from the template"
+            cgroup_us = forked.cgroup_us,
+            born_in,
+            "forked from the template"
         );
         live.image = Some(id.to_string());
         Ok(Ready {
@@ -546,6 +591,60 @@ impl Node {
             made: std::time::Instant::now(),
             forked: true,
         })
+    }
+}
+
+impl Node {
+    /// Moves the template of `kept` into cgroups made now for its next fork (in the
+    /// background: the template's thread does it between forks), then releases `spared`
+    /// (the instance it was just forked for, whose cgroups it leaves).
+    pub(in crate::node) fn template_move_on(&self, kept: Arc<Kept>, spared: Option<Spared>) {
+        let me = self.me.clone();
+        self.spawn_background(async move {
+            let release = |s: &Option<Spared>| s.iter().for_each(Spared::release);
+            let Some(node) = me.upgrade() else {
+                return release(&spared);
+            };
+            let Some(boxes) = node.sandboxes.as_ref() else {
+                return release(&spared);
+            };
+            let _one = kept.moving.lock().await;
+            let id = format!("fork-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            let memory = u64::from(node.cfg.images.build_memory_mb) << 20;
+            let sb = match boxes.prepare_forked(&id, memory) {
+                Ok(sb) => sb,
+                Err(e) => {
+                    tracing::warn!("cgroups for a template's next fork: {}", error_chain(&e));
+                    return release(&spared);
+                }
+            };
+            let procs = sb.cgroup_procs();
+            let k = kept.clone();
+            let moved = tokio::task::spawn_blocking(move || match &k.template {
+                Some(t) => t.move_into(procs).map_err(|e| error_chain(&e)),
+                None => Err("the template has ended".into()),
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+            release(&spared);
+            match moved {
+                Ok(()) => {
+                    let old = kept
+                        .next
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .replace(sb);
+                    if let Some(old) = old {
+                        node.reap(Some(tokio::spawn(old.destroy())));
+                    }
+                }
+                Err(why) => {
+                    tracing::warn!("moving a template on to its next fork's cgroups: {why}");
+                    sb.destroy().await;
+                }
+            }
+        });
     }
 }
 
