@@ -35,6 +35,22 @@ impl Adopted {
     }
 }
 
+impl Drop for Adopted {
+    /// Not collected yet: killed and collected (as a spawned child's `kill_on_drop` and
+    /// tokio's reaper do), on a thread of its own: never a zombie for the daemon's life.
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        if self.status.is_some() {
+            return;
+        }
+        let _ = sys::pidfd_kill(self.pidfd.get_ref().as_raw_fd());
+        let pid = self.pid;
+        let _ = std::thread::Builder::new()
+            .name("ember-collect".into())
+            .spawn(move || sys::collect_blocking(pid));
+    }
+}
+
 impl Process {
     /// The exit status if the process has ended (collecting it), without waiting.
     pub(crate) fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {

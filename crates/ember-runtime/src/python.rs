@@ -677,7 +677,10 @@ impl Instance {
 
     /// Kills the instance and everything it started, and reaps it in the background.
     pub fn kill(mut self) {
-        if let Err(e) = sys::kill_group(self.pid) {
+        // Only while it is not collected: its number (and its group's) may be reused after.
+        if matches!(self.child.try_wait(), Ok(None))
+            && let Err(e) = sys::kill_group(self.pid)
+        {
             tracing::warn!(instance = %self.id, pid = self.pid, "killing the instance's process group failed: {e}");
         }
         tokio::spawn(async move {

@@ -249,3 +249,16 @@ pub fn collect(pid: libc::pid_t) -> io::Result<Option<std::process::ExitStatus>>
         }
     }
 }
+
+/// Waits for the child `pid` to end and collects it (the caller killed it and holds the
+/// only claim to collect it).
+pub fn collect_blocking(pid: libc::pid_t) {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes the status into a live local.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
+    }
+}

@@ -454,7 +454,16 @@ fn capture(
     if threads != 1 {
         return Err(DumpError::MultiThreaded { pid, threads });
     }
-    let kids = children(cx);
+    let mut kids = children(cx);
+    // A child that just exited under SA_NOCLDWAIT (or SIGCHLD ignored) is reaped by the
+    // kernel a moment after its parent goes on: listed that long, and no reason to refuse.
+    for _ in 0..20 {
+        if kids.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        kids = children(cx);
+    }
     if !kids.is_empty() {
         let children = kids
             .iter()

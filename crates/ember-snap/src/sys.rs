@@ -496,14 +496,29 @@ pub fn spawn_by_fd(exe: RawFd, fds: &[(RawFd, RawFd)]) -> io::Result<i32> {
     let name = c"ember-stopper";
     let argv: [*const libc::c_char; 2] = [name.as_ptr(), std::ptr::null()];
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // Every signal blocked across the fork (as posix_spawn does): none of the daemon's
+    // handlers may run in the child before its exec, which then starts with them blocked
+    // (the stopper stops itself with SIGSTOP, which cannot be; the restore sets the
+    // image's mask).
+    // SAFETY: an all-zero sigset_t is valid; sigfillset fills the live local.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `all` is a live local.
+    unsafe { libc::sigfillset(&mut all) };
+    // SAFETY: both pointers are live locals; this thread's mask only.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old) };
     // SAFETY: fork has no preconditions; the child below only makes system calls on
     // integers and on `argv`/`envp`, which were built before the fork, then execs or exits.
     let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid > 0 {
-        return Ok(pid);
+    if pid != 0 {
+        let forked = match pid {
+            p if p > 0 => Ok(p),
+            _ => Err(io::Error::last_os_error()),
+        };
+        // SAFETY: restores the mask saved above, in this thread.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        return forked;
     }
     // The child: integer arguments, or pointers to the arrays and strings above, alive
     // until exec.

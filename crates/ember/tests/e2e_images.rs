@@ -92,7 +92,8 @@ async fn functions_share_one_image_and_every_restore_is_unique() {
         return;
     }
     let home = tempfile::tempdir().unwrap();
-    let d = Daemon::start(home.path(), &["--images", "off"]);
+    // Restores, each (the phases and counts below are a restore's).
+    let d = Daemon::start(home.path(), &["--images", "off", "--no-templates"]);
     let img = d.build_image("numpy");
     let id = img["id"].as_str().unwrap().to_string();
     assert!(img["pages"].as_u64().unwrap() > 1000, "{img}");
@@ -231,6 +232,8 @@ async fn a_broken_image_falls_back_to_a_cold_boot_with_a_warning() {
             "0",
             "--envs-dir",
             &envs_arg,
+            // A template made before the image broke would serve from its own copy.
+            "--no-templates",
         ],
     );
     let code = "import markupsafe\ndef handler(e, c):\n    return str(markupsafe.escape('<b>'))\n";
@@ -422,6 +425,7 @@ async fn a_failing_page_source_falls_back_to_a_cold_boot() {
     }
     let home = tempfile::tempdir().unwrap();
     // Lazy restores from disk: pages are read, and checked, as the instance touches them.
+    // A template made before the pages went bad would serve from its own (checked) copy.
     let d = Daemon::start(
         home.path(),
         &[
@@ -431,6 +435,7 @@ async fn a_failing_page_source_falls_back_to_a_cold_boot() {
             "0",
             "--image-policy",
             "lazy",
+            "--no-templates",
         ],
     );
     deploy(

@@ -59,7 +59,17 @@ async fn hundreds_of_instances_restore_from_one_image() {
     let n = instances();
     raise_nofile(16384.max(8 * n as u64));
     let home = tempfile::tempdir().unwrap();
-    let d = Daemon::start(home.path(), &["--images", "off", "--image-policy", "eager"]);
+    // Restores, each (forks from a template are e2e_images' tests).
+    let d = Daemon::start(
+        home.path(),
+        &[
+            "--images",
+            "off",
+            "--image-policy",
+            "eager",
+            "--no-templates",
+        ],
+    );
     // The bare runtime's image: the smallest there is.
     let out = d.cli(&["image", "build", "--packages", "", "--json"]);
     assert!(out.ok, "{}", out.stderr);

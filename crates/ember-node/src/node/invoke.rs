@@ -189,6 +189,10 @@ impl Node {
                 InvokeOutcome::Limit(reason)
             }
             Ran::Done(Ok(out)) => {
+                if start != StartPath::Warm {
+                    // What a forked start wrote: its template's standbys write it ahead.
+                    self.learn_write_set(&inst);
+                }
                 if rec.cold_only() {
                     self.discard(d, inst, "cold-only: it served its request");
                 } else if start != StartPath::Warm

@@ -39,6 +39,9 @@ use crate::function::Network;
 use crate::images::Checkout;
 use crate::live::Live;
 
+/// Address ranges (start, length).
+type Ranges = Vec<(u64, u64)>;
+
 /// Function snapshots' templates are kept under this prefix and the snapshot's id.
 pub(in crate::node) const SNAPSHOT: &str = "snapshot:";
 
@@ -50,7 +53,8 @@ pub(in crate::node) const MAX_SNAPSHOT_TEMPLATES: usize = 8;
 pub(in crate::node) struct Kept {
     /// `None` only while dropped.
     template: Option<Template>,
-    view: View,
+    /// `None` only while dropped.
+    view: Option<View>,
     /// The image's metadata hash when the template was made (a function snapshot's: its id).
     meta_hash: String,
     /// When an instance was last forked from it.
@@ -60,17 +64,34 @@ pub(in crate::node) struct Kept {
     next: Mutex<Option<ember_sandbox::Sandbox>>,
     /// One move on at a time, so that `next` is where the template went last.
     moving: tokio::sync::Mutex<()>,
+    /// What an instance forked from it wrote by the end of its first invocation (learned
+    /// once): standbys write it ahead, off the request's path.
+    write_set: Mutex<Option<Arc<Ranges>>>,
+}
+
+impl Kept {
+    fn view(&self) -> &View {
+        match &self.view {
+            Some(v) => v,
+            None => unreachable!("a Kept's view is taken only by its Drop"),
+        }
+    }
 }
 
 impl Drop for Kept {
     fn drop(&mut self) {
-        // Ending a template kills and collects its process on its thread: a blocking join,
+        // Ending a template kills and collects its process on its thread (a blocking
+        // join), and the view's last reference tears its mounts down (RCU grace periods):
         // never on the node's async workers.
-        if let Some(t) = self.template.take() {
-            let _ = std::thread::Builder::new()
-                .name("ember-template-end".into())
-                .spawn(move || drop(t));
-        }
+        let (t, v) = (self.template.take(), self.view.take());
+        let next = self
+            .next
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let _ = std::thread::Builder::new()
+            .name("ember-template-end".into())
+            .spawn(move || drop((t, next, v)));
     }
 }
 
@@ -81,7 +102,7 @@ pub(in crate::node) struct Templates {
     /// Images whose template is being made in the background.
     making: Mutex<std::collections::HashSet<String>>,
     /// Images (id and metadata hash) that cannot be templates, and why.
-    refused: Mutex<HashMap<(String, String), String>>,
+    refused: Mutex<HashMap<(String, String), Refusal>>,
 }
 
 impl Templates {
@@ -110,7 +131,7 @@ impl Templates {
         drop(dropped);
         let now = std::time::Instant::now();
         let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
-        refused.retain(|(id, hash), _| wanted(id, hash, now));
+        refused.retain(|(id, hash), r| r.current() && wanted(id, hash, now));
     }
 
     /// Drops the templates of function snapshots no instance was forked from within `idle`,
@@ -133,6 +154,8 @@ impl Templates {
                 .collect()
         };
         drop(dropped);
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        refused.retain(|(key, _), r| !key.starts_with(SNAPSHOT) || r.at.elapsed() <= idle);
     }
 
     /// Every template (shutdown).
@@ -147,18 +170,40 @@ impl Templates {
     /// `kept` when image `id` has a template, why not when it cannot have one.
     pub fn state(&self, id: &str) -> Option<String> {
         let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(k) = kept.get(id) {
-            return Some(match k.template {
-                Some(_) => "kept".into(),
-                None => "ending".into(),
-            });
+        if kept.contains_key(id) {
+            return Some("kept".into());
         }
         drop(kept);
         let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
         refused
             .iter()
-            .find(|(key, _)| key.0 == id)
-            .map(|(_, why)| format!("none: {why}"))
+            .find(|(key, r)| key.0 == id && r.current())
+            .map(|(_, r)| format!("none: {}", r.why))
+    }
+
+    /// Whether the template of `key` (key, hash) was refused and is not to be tried now.
+    fn is_refused(&self, key: &(String, String)) -> bool {
+        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        refused.get(key).is_some_and(Refusal::current)
+    }
+
+    /// Remembers why the template of `key` could not be made: for good when the image cannot
+    /// be a template, for [`RETRY`] otherwise.
+    fn refuse(&self, key: (String, String), why: &TemplateMakeError) {
+        let (why, lasting) = match why {
+            TemplateMakeError::Busy => return,
+            TemplateMakeError::Unsuitable(w) => (w.clone(), true),
+            TemplateMakeError::Failed(w) => (w.clone(), false),
+        };
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        refused.insert(
+            key,
+            Refusal {
+                why,
+                at: std::time::Instant::now(),
+                lasting,
+            },
+        );
     }
 }
 
@@ -189,14 +234,17 @@ impl Node {
         };
         let mut spec = self.standby_spec(co.python.clone(), co.env_dir.clone());
         spec.memory_mb = d.record.config.memory_mb;
-        match self.template_fork(id, kept, spec).await {
+        match self.template_fork(id, kept, spec, false).await {
             Ok(r) => Some(r),
-            Err(why) => {
+            Err(f) => {
                 tracing::warn!(
                     image = id,
-                    "forking from the image's template failed; restoring: {why}"
+                    "forking from the image's template failed; restoring: {}",
+                    f.why
                 );
-                self.templates.retain(|i, h, _| !(i == id && h == hash));
+                if f.gone {
+                    self.templates.retain(|i, h, _| !(i == id && h == hash));
+                }
                 None
             }
         }
@@ -210,12 +258,7 @@ impl Node {
         };
         let key = (id.to_string(), co.meta_hash());
         if self.templates.get(id, &key.1).is_some()
-            || self
-                .templates
-                .refused
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(&key)
+            || self.templates.is_refused(&key)
             || self
                 .templates
                 .making
@@ -233,16 +276,11 @@ impl Node {
                 Ok(co) => node.template_make(&id, &co).await.map(drop),
                 Err(e) => Err(TemplateMakeError::Failed(error_chain(&e))),
             };
-            match made {
-                Ok(()) | Err(TemplateMakeError::Busy) => {}
-                Err(TemplateMakeError::Unsuitable(why) | TemplateMakeError::Failed(why)) => {
+            if let Err(e) = made {
+                if let TemplateMakeError::Unsuitable(why) | TemplateMakeError::Failed(why) = &e {
                     tracing::info!(image = %id, "no template of the image: {why}");
-                    node.templates
-                        .refused
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(key, why);
                 }
+                node.templates.refuse(key, &e);
             }
         });
     }
@@ -257,17 +295,20 @@ impl Node {
     ) -> Option<Live> {
         let key = format!("{SNAPSHOT}{id}");
         let kept = self.templates.get(&key, id)?;
-        match self.template_fork(&key, kept, spec.clone()).await {
+        match self.template_fork(&key, kept, spec.clone(), false).await {
             Ok(ready) => {
                 ready.sink.bind(self.logs.sink(&d.record.name));
                 Some(ready.live)
             }
-            Err(why) => {
+            Err(f) => {
                 tracing::warn!(
                     snapshot = id,
-                    "forking from the function snapshot's template failed; restoring: {why}"
+                    "forking from the function snapshot's template failed; restoring: {}",
+                    f.why
                 );
-                self.templates.retain(|k, _, _| k != key);
+                if f.gone {
+                    self.templates.retain(|k, _, _| k != key);
+                }
                 None
             }
         }
@@ -284,12 +325,7 @@ impl Node {
         let key = format!("{SNAPSHOT}{id}");
         let refused_key = (key.clone(), id.to_string());
         if self.templates.get(&key, id).is_some()
-            || self
-                .templates
-                .refused
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(&refused_key)
+            || self.templates.is_refused(&refused_key)
             || self
                 .templates
                 .making
@@ -313,14 +349,11 @@ impl Node {
             };
             match node.template_keep(&key, id.clone(), layer, view).await {
                 Ok(_) => node.templates.expire_snapshots(super::standby::IDLE),
-                Err(TemplateMakeError::Busy) => {}
-                Err(TemplateMakeError::Unsuitable(why) | TemplateMakeError::Failed(why)) => {
-                    tracing::warn!(snapshot = %id, "no template of the function snapshot (its starts restore it): {why}");
-                    node.templates
-                        .refused
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(refused_key, why);
+                Err(e) => {
+                    if let TemplateMakeError::Unsuitable(why) | TemplateMakeError::Failed(why) = &e {
+                        tracing::warn!(snapshot = %id, "no template of the function snapshot (its starts restore it): {why}");
+                    }
+                    node.templates.refuse(refused_key, &e);
                 }
             }
         });
@@ -335,47 +368,40 @@ impl Node {
         spec: StartSpec,
     ) -> Result<Option<Ready>, String> {
         let hash = co.meta_hash();
-        let hash = hash.as_str();
-        if self
-            .templates
-            .refused
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&(id.to_string(), hash.to_string()))
-        {
+        let key = (id.to_string(), hash.clone());
+        if self.templates.is_refused(&key) {
             return Ok(None);
         }
-        let kept = match self.templates.get(id, hash) {
+        let kept = match self.templates.get(id, &hash) {
             Some(k) => k,
             None => match self.template_make(id, co).await {
                 Ok(k) => k,
-                Err(TemplateMakeError::Unsuitable(why)) => {
-                    tracing::info!(image = id, "the image's standbys are restored each: {why}");
-                    self.templates
-                        .refused
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert((id.to_string(), hash.to_string()), why);
-                    return Ok(None);
-                }
-                Err(TemplateMakeError::Busy) => return Ok(None),
-                Err(TemplateMakeError::Failed(why)) => {
-                    // Not tried again for this build of the image: each try is a restore.
-                    self.templates
-                        .refused
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert((id.to_string(), hash.to_string()), why.clone());
-                    return Err(why);
+                Err(e) => {
+                    self.templates.refuse(key, &e);
+                    return match e {
+                        TemplateMakeError::Unsuitable(why) => {
+                            tracing::info!(
+                                image = id,
+                                "the image's standbys are restored each: {why}"
+                            );
+                            Ok(None)
+                        }
+                        TemplateMakeError::Busy => Ok(None),
+                        TemplateMakeError::Failed(why) => Err(why),
+                    };
                 }
             },
         };
-        let made = self.template_fork(id, kept, spec).await;
-        if made.is_err() {
-            // A template that failed to fork may have ended: the next standby makes another.
-            self.templates.retain(|i, h, _| !(i == id && h == hash));
+        match self.template_fork(id, kept, spec, true).await {
+            Ok(r) => Ok(Some(r)),
+            Err(f) => {
+                // A template that has ended is dropped: the next standby makes another.
+                if f.gone {
+                    self.templates.retain(|i, h, _| !(i == id && *h == hash));
+                }
+                Err(f.why)
+            }
         }
-        made.map(Some)
     }
 
     /// The template of image `co` (id `id`): its environment and the bootstrap in the view,
@@ -432,11 +458,12 @@ impl Node {
         );
         let kept = Arc::new(Kept {
             template: Some(template),
-            view,
+            view: Some(view),
             meta_hash: hash,
             used: Mutex::new(std::time::Instant::now()),
             next: Mutex::new(None),
             moving: tokio::sync::Mutex::new(()),
+            write_set: Mutex::new(None),
         });
         self.template_move_on(kept.clone(), None);
         self.templates
@@ -453,11 +480,12 @@ impl Node {
         id: &str,
         kept: Arc<Kept>,
         spec: StartSpec,
-    ) -> Result<Ready, String> {
+        prefault: bool,
+    ) -> Result<Ready, ForkFailure> {
         let boxes = self
             .sandboxes
             .as_ref()
-            .ok_or("the node runs without the sandbox")?;
+            .ok_or_else(|| ForkFailure::node("the node runs without the sandbox".into()))?;
         let t0 = std::time::Instant::now();
         let memory = u64::from(spec.memory_mb) << 20;
         // Born in the cgroups the template moved into ahead, when it has; else moved into
@@ -471,11 +499,11 @@ impl Node {
                 }
                 let sb = boxes
                     .prepare_forked(&spec.instance_id, memory)
-                    .map_err(|e| error_chain(&e))?;
+                    .map_err(|e| ForkFailure::node(error_chain(&e)))?;
                 (sb, false)
             }
         };
-        let (wiring, ours) = Instance::wiring().map_err(|e| error_chain(&e))?;
+        let (wiring, ours) = Instance::wiring().map_err(|e| ForkFailure::node(error_chain(&e)))?;
         let h = sb.handoff();
         let fork = ForkSpec {
             fds: wiring.at_numbers(),
@@ -491,7 +519,7 @@ impl Node {
                 false => sb.cgroup_procs(),
             },
             mounts: kept
-                .view
+                .view()
                 .child_mounts()
                 .iter()
                 .map(|m| ForkMount {
@@ -502,26 +530,42 @@ impl Node {
                 })
                 .collect(),
             hostname: Some(ember_sandbox::HOSTNAME.to_string()),
+            populate: match prefault {
+                true => kept
+                    .write_set
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map(|w| w.to_vec())
+                    .unwrap_or_default(),
+                false => Vec::new(),
+            },
         };
         let k = kept.clone();
         let t1 = std::time::Instant::now();
         let forked = tokio::task::spawn_blocking(move || match &k.template {
-            Some(t) => t.fork(fork).map_err(|e| error_chain(&e)),
-            None => Err("the template has ended".to_string()),
+            Some(t) => t.fork(fork).map_err(|e| ForkFailure {
+                gone: matches!(e, ember_snap::template::TemplateError::Gone { .. }),
+                why: error_chain(&e),
+            }),
+            None => Err(ForkFailure {
+                why: "the template has ended".into(),
+                gone: true,
+            }),
         })
         .await
-        .map_err(|e| e.to_string());
+        .map_err(|e| ForkFailure::node(e.to_string()));
         drop(wiring);
         let forked = match forked {
             Ok(Ok(f)) => f,
-            Ok(Err(why)) | Err(why) => {
+            Ok(Err(f)) | Err(f) => {
                 if let (true, Some(t)) = (born_in, &kept.template) {
                     // The template may still be in them: spared, moved on first.
                     let spared = sb.spare(t.pid());
                     self.template_move_on(kept.clone(), Some(spared));
                 }
                 sb.destroy().await;
-                return Err(why);
+                return Err(f);
             }
         };
         if let (true, Some(t)) = (born_in, &kept.template) {
@@ -543,12 +587,12 @@ impl Node {
                 let _ =
                     tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None)).await;
                 sb.destroy().await;
-                return Err(error_chain(&e));
+                return Err(ForkFailure::node(error_chain(&e)));
             }
         };
         let mut live = Live::new(inst, None);
         live.holds = Some(kept.clone());
-        let late: Vec<PathBuf> = kept.view.late_read_only().to_vec();
+        let late: Vec<PathBuf> = kept.view().late_read_only().to_vec();
         let t2 = std::time::Instant::now();
         let placed = sb
             .pin_first(forked.pid)
@@ -561,14 +605,16 @@ impl Node {
         live.sandbox = Some(sb);
         if let Err(why) = placed {
             self.reap(live.kill());
-            return Err(why);
+            return Err(ForkFailure::node(why));
         }
         if let Err(e) = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(forked.pid),
             nix::sys::signal::Signal::SIGCONT,
         ) {
             self.reap(live.kill());
-            return Err(format!("continuing the forked instance: {e}"));
+            return Err(ForkFailure::node(format!(
+                "continuing the forked instance: {e}"
+            )));
         }
         tracing::debug!(
             image = id,
@@ -595,6 +641,38 @@ impl Node {
 }
 
 impl Node {
+    /// Learns what an instance forked from a template wrote by the end of its first
+    /// invocation (`live`, just answered), once per template, in the background.
+    pub(in crate::node) fn learn_write_set(&self, live: &Live) {
+        let Some(kept) = live.holds.clone().and_then(|h| h.downcast::<Kept>().ok()) else {
+            return;
+        };
+        if kept
+            .write_set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            return;
+        }
+        let pid = live.inst.pid() as i32;
+        self.spawn_background(async move {
+            let read =
+                tokio::task::spawn_blocking(move || ember_snap::template::written_ranges(pid))
+                    .await;
+            if let Ok(Ok(ranges)) = read {
+                let pages: u64 = ranges.iter().map(|r| r.1 / 4096).sum();
+                tracing::debug!(
+                    ranges = ranges.len(),
+                    pages,
+                    "a template's write set learned"
+                );
+                let mut w = kept.write_set.lock().unwrap_or_else(|p| p.into_inner());
+                w.get_or_insert_with(|| Arc::new(ranges));
+            }
+        });
+    }
+
     /// Moves the template of `kept` into cgroups made now for its next fork (in the
     /// background: the template's thread does it between forks), then releases `spared`
     /// (the instance it was just forked for, whose cgroups it leaves).
@@ -673,6 +751,37 @@ impl Drop for Making<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         making.remove(&self.id);
+    }
+}
+
+/// Why a fork gave no instance.
+pub(in crate::node) struct ForkFailure {
+    pub why: String,
+    /// The template has ended (dropped, a new one made); otherwise it is kept: a failure of
+    /// the node's own (cgroups, descriptors) or of one fork says nothing of the template.
+    pub gone: bool,
+}
+
+impl ForkFailure {
+    fn node(why: String) -> ForkFailure {
+        ForkFailure { why, gone: false }
+    }
+}
+
+/// How long a template that failed to be made (not one that cannot be) is not tried again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Why a template was not made.
+struct Refusal {
+    why: String,
+    at: std::time::Instant,
+    /// The image cannot be a template; else it failed and is tried again after [`RETRY`].
+    lasting: bool,
+}
+
+impl Refusal {
+    fn current(&self) -> bool {
+        self.lasting || self.at.elapsed() < RETRY
     }
 }
 

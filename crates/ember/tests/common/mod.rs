@@ -71,10 +71,8 @@ impl Daemon {
             cmd.args(["--snapshots", "off"]);
         }
         // Standby instances change an image start's phases and add restores of their own.
-        // Templates too (and a page fault injected into an image would not reach a start
-        // forked from a template made before): only tests that set --standby have them.
         if !args.iter().any(|a| a == "--standby") {
-            cmd.args(["--standby", "0", "--no-templates"]);
+            cmd.args(["--standby", "0"]);
         }
         // A rung that measured slower is skipped otherwise: a test asserts the rung it is about.
         cmd.arg("--fixed-ladder");
