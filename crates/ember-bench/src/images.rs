@@ -90,9 +90,12 @@ pub struct Ladder {
     pub images: Vec<ImageDaemon>,
     /// The daemon with function snapshots on (and the workload's image built up front).
     pub snapshot: Option<Client>,
-    /// That daemon keeps parked sandboxes: each measured start waits (at most
-    /// [`STANDBY_WAIT`]) for one, as for [`ImageDaemon::standby`].
+    /// That daemon keeps standbys (of [`Ladder::snapshot_standby_kind`]): each measured
+    /// start waits (at most [`STANDBY_WAIT`]) for one, as for [`ImageDaemon::standby`].
     pub snapshot_standby: bool,
+    /// What the function snapshot's starts take: `snapshot` (an instance forked ahead from
+    /// the snapshot's template) or `sandbox` (a parked sandbox, `--no-templates`).
+    pub snapshot_standby_kind: &'static str,
 
     /// How long to wait for a function's snapshot to be listed after its first invocation.
     pub snapshot_wait: Duration,
@@ -311,7 +314,7 @@ pub async fn ladder(
         if let Some(c) = &l.snapshot {
             stop(c).await?;
             if l.snapshot_standby {
-                sandbox_ready(c, &w.function).await?;
+                standby_kind_ready(c, &w.function, l.snapshot_standby_kind).await?;
             }
             from_snapshot.push(one(c, w, &event, "cold").await?);
         }
@@ -541,8 +544,9 @@ async fn template_ready(c: &Client, function: &str) -> Result<(), BenchError> {
     Ok(())
 }
 
-/// Waits (at most [`STANDBY_WAIT`]) until `c`'s metrics show a parked sandbox ready.
-async fn sandbox_ready(c: &Client, function: &str) -> Result<(), BenchError> {
+/// Waits (at most [`STANDBY_WAIT`]) until `c`'s metrics show a standby of `kind` ready.
+async fn standby_kind_ready(c: &Client, function: &str, kind: &str) -> Result<(), BenchError> {
+    let prefix = format!("ember_standby_ready{{kind=\"{kind}\"}}");
     let t0 = std::time::Instant::now();
     while t0.elapsed() < STANDBY_WAIT {
         let text = c
@@ -551,7 +555,7 @@ async fn sandbox_ready(c: &Client, function: &str) -> Result<(), BenchError> {
             .map_err(|e| fail(function, format!("reading metrics: {e}")))?;
         let ready = text
             .lines()
-            .filter_map(|l| l.strip_prefix("ember_standby_ready{kind=\"sandbox\"}"))
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
             .any(|v| v.trim().parse::<f64>().is_ok_and(|n| n > 0.0));
         if ready {
             return Ok(());
@@ -627,6 +631,7 @@ const PHASES: &[&str] = &[
     "fallback",
     "sandbox",
     "standby",
+    "fork",
     "restore",
     "hook",
     "spawn",

@@ -651,15 +651,16 @@ async fn a_snapshot_start_takes_a_sandbox_made_ahead() {
 }
 
 /// Once a function snapshot has served a start, its template is made (the snapshot restored
-/// once, parked); later starts fork from it on their path: the function's own state from
-/// the snapshot, its after-restore hooks run, each fork reseeded.
+/// once, parked); later starts fork from it on their path, or take an instance forked from
+/// it ahead (a standby): the function's own state from the snapshot, its after-restore hooks
+/// run, each fork reseeded.
 #[tokio::test(flavor = "multi_thread")]
 async fn snapshot_starts_fork_from_the_snapshots_template() {
     if !need_sandbox() {
         return;
     }
     let home = tempfile::tempdir().unwrap();
-    let d = Daemon::start(home.path(), &["--snapshots", "local", "--standby", "0"]);
+    let d = Daemon::start(home.path(), &["--snapshots", "local", "--standby", "1"]);
     d.deploy_ok("tpl", json!({"handler": "main.handler"}), &py(INIT_ONCE))
         .await;
     let first = d.fresh_start("tpl", "{}").await;
@@ -671,7 +672,7 @@ async fn snapshot_starts_fork_from_the_snapshots_template() {
         (200, "function-snapshot")
     );
     assert!(restored.timing.contains("restore;"), "{}", restored.timing);
-    let mut forked = Vec::new();
+    let (mut forked, mut standby) = (Vec::new(), Vec::new());
     for _ in 0..100 {
         let r = d.fresh_start("tpl", "{}").await;
         assert_eq!(
@@ -682,18 +683,21 @@ async fn snapshot_starts_fork_from_the_snapshots_template() {
         );
         if r.timing.contains("fork;") {
             forked.push(r);
-            if forked.len() == 2 {
-                break;
-            }
+        } else if r.timing.contains("standby;") {
+            standby.push(r);
+        }
+        if !forked.is_empty() && !standby.is_empty() {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
+    assert!(
+        !forked.is_empty() && !standby.is_empty(),
+        "no start forked from the snapshot's template ({}) or took a standby forked from it ({})",
         forked.len(),
-        2,
-        "no start forked from the snapshot's template"
+        standby.len()
     );
-    for r in &forked {
+    for r in forked.iter().chain(&standby) {
         assert!(!r.timing.contains("restore;"), "{}", r.timing);
         assert_eq!(
             r.body["restores"],
@@ -705,11 +709,15 @@ async fn snapshot_starts_fork_from_the_snapshots_template() {
         assert_eq!(r.body["init_at"], restored.body["init_at"], "{}", r.raw);
     }
     assert_ne!(
-        forked[0].body["random"], forked[1].body["random"],
+        forked[0].body["random"], standby[0].body["random"],
         "each fork reseeded"
     );
     d.assert_logged(
         "tpl",
-        &["forked from its template", "after-restore hook ran: mine"],
+        &[
+            "forked from its template",
+            "a standby forked from its template",
+            "after-restore hook ran: mine",
+        ],
     );
 }

@@ -156,6 +156,20 @@ pub(in crate::node) enum Key {
     /// A sandbox whose first process is parked (nothing restored), for any restore: a
     /// function snapshot's, or an image's when no standby of it is left.
     Sandbox,
+    /// An instance forked ahead from the template of this function snapshot (`templates.rs`),
+    /// waiting for its INIT.
+    Snapshot(String),
+}
+
+impl Key {
+    /// The metrics' `kind` label.
+    fn kind(&self) -> &'static str {
+        match self {
+            Key::Image(_) => "image",
+            Key::Sandbox => "sandbox",
+            Key::Snapshot(_) => "snapshot",
+        }
+    }
 }
 
 /// The node's standby instances and sandboxes.
@@ -272,16 +286,15 @@ impl Standby {
         self.lock().contains_key(key)
     }
 
-    /// Standbys ready now: (image instances, parked sandboxes).
-    fn ready(&self) -> (usize, usize) {
-        let (mut images, mut sandboxes) = (0, 0);
+    /// Standbys ready now, per kind of key (`image`, `sandbox`, `snapshot`).
+    fn ready(&self) -> [(&'static str, usize); 3] {
+        let mut n = [("image", 0), ("sandbox", 0), ("snapshot", 0)];
         for (k, s) in self.lock().iter() {
-            match k {
-                Key::Image(_) => images += s.ready.len(),
-                Key::Sandbox => sandboxes += s.ready.len(),
+            if let Some(slot) = n.iter_mut().find(|(kind, _)| *kind == k.kind()) {
+                slot.1 += s.ready.len();
             }
         }
-        (images, sandboxes)
+        n
     }
 
     /// Standby instances ready now, per image.
@@ -291,7 +304,7 @@ impl Standby {
             .iter()
             .filter_map(|(k, s)| match k {
                 Key::Image(id) => Some((id.clone(), s.ready.len())),
-                Key::Sandbox => None,
+                Key::Sandbox | Key::Snapshot(_) => None,
             })
             .collect();
         v.sort();
@@ -343,6 +356,7 @@ impl Node {
                 let made = match &key {
                     Key::Image(id) => node.standby_make(id).await,
                     Key::Sandbox => node.parked_make(),
+                    Key::Snapshot(id) => node.snapshot_standby_make(id).await,
                 };
                 match made {
                     // Its image was rebuilt while it was restored: never counted as ready.
@@ -374,7 +388,7 @@ impl Node {
     fn standby_stale(&self, key: &Key, ready: &Ready) -> bool {
         match key {
             Key::Image(id) => self.image_changed(id, &ready.meta_hash),
-            Key::Sandbox => false,
+            Key::Sandbox | Key::Snapshot(_) => false,
         }
     }
 
@@ -681,8 +695,7 @@ impl Node {
 
     /// Sets the standby gauges (at each scrape).
     pub(in crate::node) fn report_standby(&self) {
-        let (images, sandboxes) = self.standby.ready();
-        for (kind, n) in [("image", images), ("sandbox", sandboxes)] {
+        for (kind, n) in self.standby.ready() {
             self.metrics
                 .standby_ready
                 .get_or_create(&crate::metrics::KindLabels { kind: kind.into() })
@@ -691,11 +704,8 @@ impl Node {
     }
 
     /// Counts a look for a standby of `key`.
-    fn count_take(&self, key: &Key, result: &str) {
-        let kind = match key {
-            Key::Image(_) => "image",
-            Key::Sandbox => "sandbox",
-        };
+    pub(in crate::node) fn count_take(&self, key: &Key, result: &str) {
+        let kind = key.kind();
         self.metrics
             .standby_takes
             .get_or_create(&crate::metrics::TakeLabels {

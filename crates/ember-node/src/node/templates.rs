@@ -285,16 +285,51 @@ impl Node {
         });
     }
 
-    /// An instance of `d` forked now from the template of its function snapshot `id`, when
-    /// one is kept (`spec` is the start's: its instance id, memory, log); `None` otherwise.
+    /// An instance of `d` from the template of its function snapshot `id`, when one is
+    /// kept: a standby forked from it ahead when one is ready (`standby` then says how long
+    /// taking it took), else forked now (`spec` is the start's: its memory, its log; its
+    /// instance id becomes the standby's). `None` when there is no template.
     pub(in crate::node) async fn snapshot_fork_now(
         &self,
         d: &Deployed,
         id: &str,
-        spec: &StartSpec,
+        spec: &mut StartSpec,
+        standby: &mut Option<std::time::Duration>,
     ) -> Option<Live> {
         let key = format!("{SNAPSHOT}{id}");
         let kept = self.templates.get(&key, id)?;
+        let skey = super::standby::Key::Snapshot(id.to_string());
+        if self.standby_serves(d)
+            && let Some(mut ready) = self.standby.take(&skey)
+        {
+            let t = std::time::Instant::now();
+            let gone = ready.live.is_gone();
+            let resized = match ready.live.sandbox.as_ref() {
+                Some(sb) if !gone => sb
+                    .resize(u64::from(spec.memory_mb) << 20)
+                    .map_err(|e| error_chain(&e)),
+                _ => Err("it has ended".to_string()),
+            };
+            match resized {
+                Ok(()) => {
+                    self.count_take(&skey, "hit");
+                    ready.sink.bind(self.logs.sink(&d.record.name));
+                    spec.instance_id = ready.live.id().to_string();
+                    *standby = Some(t.elapsed());
+                    return Some(ready.live);
+                }
+                Err(why) => {
+                    tracing::warn!(
+                        snapshot = id,
+                        "a standby of the function snapshot could not be used; forking one: {why}"
+                    );
+                    self.count_take(&skey, "unusable");
+                    self.reap(ready.live.kill());
+                }
+            }
+        } else if self.standby_serves(d) {
+            self.count_take(&skey, "miss");
+        }
         match self.template_fork(&key, kept, spec.clone(), false).await {
             Ok(ready) => {
                 ready.sink.bind(self.logs.sink(&d.record.name));
@@ -312,6 +347,20 @@ impl Node {
                 None
             }
         }
+    }
+
+    /// A standby of function snapshot `id`: forked ahead from its template (kept), writing
+    /// ahead what a forked instance wrote by its first answer, waiting for its INIT.
+    pub(in crate::node) async fn snapshot_standby_make(&self, id: &str) -> Result<Ready, String> {
+        let key = format!("{SNAPSHOT}{id}");
+        let kept = self
+            .templates
+            .get(&key, id)
+            .ok_or_else(|| format!("function snapshot {id} has no template (any more)"))?;
+        let spec = self.standby_spec(self.cfg.python.clone(), self.bootstrap.clone());
+        self.template_fork(&key, kept, spec, true)
+            .await
+            .map_err(|f| f.why)
     }
 
     /// Makes the template of function snapshot `id` (`layer`, over its image) in the

@@ -456,6 +456,11 @@ async fn images(args: Args) -> anyhow::Result<()> {
         images: Vec::new(),
         snapshot: None,
         snapshot_standby: args.standby > 0,
+        snapshot_standby_kind: if args.no_templates {
+            "sandbox"
+        } else {
+            "snapshot"
+        },
         snapshot_wait: std::time::Duration::from_secs(args.snapshot_wait),
         settle: std::time::Duration::from_millis(args.settle_ms),
     };

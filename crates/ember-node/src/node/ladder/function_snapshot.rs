@@ -204,21 +204,28 @@ impl Node {
             true => {
                 let t0 = Instant::now();
                 let span = info_span!("start.fork", instance = %spec.instance_id, snapshot = %id);
-                let live = self.snapshot_fork_now(d, &id, &spec).instrument(span).await;
+                let mut standby = None;
+                let live = self
+                    .snapshot_fork_now(d, &id, &mut spec, &mut standby)
+                    .instrument(span)
+                    .await;
                 if live.is_none() {
                     self.snapshot_template_ensure(&id, layer.clone(), sees.read_only.clone());
                 }
-                live.map(|l| (l, t0.elapsed()))
+                live.map(|l| (l, standby.ok_or(t0.elapsed())))
             }
             false => None,
         };
         let (live, how) = match forked {
-            Some((live, fork)) => {
+            Some((live, Ok(standby))) => {
+                cx.timing.standby = Some(standby);
+                let how = format!("function snapshot {id}, a standby forked from its template");
+                (live, how)
+            }
+            Some((live, Err(fork))) => {
                 cx.timing.fork = Some(fork);
-                (
-                    live,
-                    format!("function snapshot {id}, forked from its template"),
-                )
+                let how = format!("function snapshot {id}, forked from its template");
+                (live, how)
             }
             None => {
                 let pages = Pages::in_memory(layer, None);
