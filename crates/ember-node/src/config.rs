@@ -169,8 +169,9 @@ pub struct NodeConfig {
     /// and stopped before its first instruction, so that a request pays for neither (0: each
     /// request makes its own).
     pub prestart: usize,
-    /// Most instances of one dependency image restored ahead of demand (standby), so that a
-    /// start from the image pays neither its sandbox nor its restore (0: none).
+    /// Most instances of one dependency image, and of one function snapshot, made ahead of
+    /// demand (standby: forked from its template, or restored with templates off), so that a
+    /// start pays neither its sandbox nor its fork or restore (0: none).
     pub standby: usize,
     /// Climb the ladder in its order always, never skipping a rung that measured slower than
     /// another way of starting the function (researchers measuring one rung).

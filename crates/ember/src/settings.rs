@@ -30,7 +30,7 @@
 //! event_retry_delay = "60s" # before an Event invocation's first retry (the second waits 2x)
 //! event_max_age = "6h"      # how long a throttled Event invocation keeps being retried
 //! prestart = 2              # sandboxes made ahead per native function (0: on demand)
-//! standby = 2               # instances restored ahead per image, sandboxes made ahead (0: none)
+//! standby = 2               # instances forked ahead per image and per function snapshot (0: none)
 //! fixed_ladder = false      # true: never skip a rung that measured slower
 //! templates = true          # false: standbys are restored each, not forked from a template
 //! header_timeout = "10s"    # a request's head must arrive within this, else closed
@@ -91,10 +91,10 @@ pub struct DaemonArgs {
     /// stopped; 0 makes each request's sandbox on demand [default: 2]
     #[arg(long, env = "EMBER_PRESTART")]
     pub prestart: Option<usize>,
-    /// Most instances of one dependency image restored ahead of demand (standby), as many as
-    /// its recent starts, and most sandboxes made ahead for function-snapshot restores; a
-    /// start then pays neither sandbox nor restore (image) or no sandbox (snapshot); 0 makes
-    /// each on demand [default: 2]
+    /// Most instances of one dependency image, and of one function snapshot, made (forked
+    /// from its template) ahead of demand (standby), as many as its recent starts, and most
+    /// sandboxes made ahead for restores; a start then pays neither sandbox nor fork nor
+    /// restore; 0 makes each on demand [default: 2]
     #[arg(long, env = "EMBER_STANDBY")]
     pub standby: Option<usize>,
     /// Climb the start ladder in its order always: never skip a rung that measured slower
