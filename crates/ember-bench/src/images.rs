@@ -505,38 +505,29 @@ async fn images_of(
 /// Waits (at most [`STANDBY_WAIT`]) until `c` lists a standby instance of the image that
 /// serves `function`.
 async fn standby_ready(c: &Client, function: &str) -> Result<(), BenchError> {
-    let t0 = std::time::Instant::now();
-    let info = c
-        .get(function)
-        .await
-        .map_err(|e| fail(function, e.to_string()))?;
-    while t0.elapsed() < STANDBY_WAIT {
-        let ready = images_of(c, function, &info)
-            .await?
-            .iter()
-            .any(|i| i["standby"].as_u64().unwrap_or(0) > 0);
-        if ready {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+    image_shows(c, function, |i| i["standby"].as_u64().unwrap_or(0) > 0).await
 }
 
 /// Waits (at most [`STANDBY_WAIT`]) until `c` keeps a template of the image that serves
 /// `function`.
 async fn template_ready(c: &Client, function: &str) -> Result<(), BenchError> {
+    image_shows(c, function, |i| i["template"] == "kept").await
+}
+
+/// Waits (at most [`STANDBY_WAIT`]) until an image of `function`'s distributions on `c`
+/// is as `shows` wants.
+async fn image_shows(
+    c: &Client,
+    function: &str,
+    shows: impl Fn(&serde_json::Value) -> bool,
+) -> Result<(), BenchError> {
     let t0 = std::time::Instant::now();
     let info = c
         .get(function)
         .await
         .map_err(|e| fail(function, e.to_string()))?;
     while t0.elapsed() < STANDBY_WAIT {
-        let kept = images_of(c, function, &info)
-            .await?
-            .iter()
-            .any(|i| i["template"] == "kept");
-        if kept {
+        if images_of(c, function, &info).await?.iter().any(&shows) {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

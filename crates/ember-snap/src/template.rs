@@ -428,6 +428,15 @@ impl Template {
     /// Forks one instance (see the module doc). Blocking; forks from one template run one
     /// at a time.
     pub fn fork(&self, spec: ForkSpec) -> Result<Forked, TemplateError> {
+        self.ask(|tx| Job::Fork(spec, tx))
+    }
+
+    /// Hands the template's thread a job and waits for its answer; `Gone` when the thread
+    /// has ended.
+    fn ask<T>(
+        &self,
+        job: impl FnOnce(mpsc::Sender<Result<T, TemplateError>>) -> Job,
+    ) -> Result<T, TemplateError> {
         let gone = || TemplateError::Gone {
             image: self.image.clone(),
         };
@@ -435,7 +444,7 @@ impl Template {
         self.jobs
             .as_ref()
             .ok_or_else(gone)?
-            .send(Job::Fork(spec, tx))
+            .send(job(tx))
             .map_err(|_| gone())?;
         rx.recv().map_err(|_| gone())?
     }
@@ -447,16 +456,7 @@ impl Template {
     /// the template holds stay charged where they were first charged (cgroup v1 moves no
     /// charges by default). Blocking.
     pub fn move_into(&self, cgroup_procs: Vec<PathBuf>) -> Result<(), TemplateError> {
-        let gone = || TemplateError::Gone {
-            image: self.image.clone(),
-        };
-        let (tx, rx) = mpsc::channel();
-        self.jobs
-            .as_ref()
-            .ok_or_else(gone)?
-            .send(Job::Move(cgroup_procs, tx))
-            .map_err(|_| gone())?;
-        rx.recv().map_err(|_| gone())?
+        self.ask(|tx| Job::Move(cgroup_procs, tx))
     }
 }
 

@@ -195,6 +195,12 @@ impl Templates {
             TemplateMakeError::Unsuitable(w) => (w.clone(), true),
             TemplateMakeError::Failed(w) => (w.clone(), false),
         };
+        match lasting {
+            true => tracing::info!(of = %key.0, "no template (its starts restore): {why}"),
+            false => {
+                tracing::warn!(of = %key.0, "no template for now (its starts restore; tried again in {} s): {why}", RETRY.as_secs())
+            }
+        }
         let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
         refused.insert(
             key,
@@ -277,9 +283,6 @@ impl Node {
                 Err(e) => Err(TemplateMakeError::Failed(error_chain(&e))),
             };
             if let Err(e) = made {
-                if let TemplateMakeError::Unsuitable(why) | TemplateMakeError::Failed(why) = &e {
-                    tracing::info!(image = %id, "no template of the image: {why}");
-                }
                 node.templates.refuse(key, &e);
             }
         });
@@ -398,12 +401,7 @@ impl Node {
             };
             match node.template_keep(&key, id.clone(), layer, view).await {
                 Ok(_) => node.templates.expire_snapshots(super::standby::IDLE),
-                Err(e) => {
-                    if let TemplateMakeError::Unsuitable(why) | TemplateMakeError::Failed(why) = &e {
-                        tracing::warn!(snapshot = %id, "no template of the function snapshot (its starts restore it): {why}");
-                    }
-                    node.templates.refuse(refused_key, &e);
-                }
+                Err(e) => node.templates.refuse(refused_key, &e),
             }
         });
     }
