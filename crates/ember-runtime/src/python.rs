@@ -488,15 +488,23 @@ impl Instance {
 
     /// Takes over the runtime process `pid`, a child of this process made by someone else
     /// with the descriptors of [`Instance::wiring`] (then in its group stop or running; it
-    /// waits for a frame on the protocol socket). Waited for and killed through a pidfd.
+    /// waits for a frame on the protocol socket). Waited for and killed through a pidfd. On
+    /// an error the process has been killed and collected.
     pub fn adopt(
         spec: &StartSpec,
         logs: Arc<dyn LogSink>,
         pid: i32,
         ours: OurEnds,
     ) -> Result<Instance, StartError> {
+        // Taken over first: from here any failure drops it, which kills and collects it.
+        let child = match Adopted::new(pid) {
+            Ok(c) => c,
+            Err(e) => {
+                sys::kill_and_collect(pid);
+                return Err(StartError::Socket(e));
+            }
+        };
         let conn = UnixStream::from_std(ours.conn).map_err(StartError::Socket)?;
-        let child = Adopted::new(pid).map_err(StartError::Socket)?;
         let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd;
         let out = pipe(ours.stdout).map_err(StartError::Socket)?;
         let err = pipe(ours.stderr).map_err(StartError::Socket)?;

@@ -262,3 +262,11 @@ pub fn collect_blocking(pid: libc::pid_t) {
         }
     }
 }
+
+/// Kills the child `pid` and collects it (a child not yet collected, whose only collector
+/// is the caller).
+pub fn kill_and_collect(pid: libc::pid_t) {
+    // SAFETY: kill takes plain integers; `pid` is a positive child pid not yet collected.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    collect_blocking(pid);
+}

@@ -662,6 +662,22 @@ pub fn pidfd_kill(pidfd: &std::os::fd::OwnedFd, sig: i32) {
     };
 }
 
+/// `pidfd_send_signal` that reports its result (signal 0: whether the process is alive).
+pub fn pidfd_signal(pidfd: &std::os::fd::OwnedFd, sig: i32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: integer arguments and a null siginfo, which the syscall allows.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
 /// `pidfd_getfd`: a copy of descriptor `target_fd` of the process behind `pidfd`.
 pub fn pidfd_getfd(
     pidfd: &std::os::fd::OwnedFd,

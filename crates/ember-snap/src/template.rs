@@ -179,88 +179,111 @@ pub struct ForkSpec {
     /// Ranges (start, length) the child writes in ahead (`MADV_POPULATE_WRITE`): their
     /// pages are copied from the template's now, not at the instance's first write to
     /// each (a copy-on-write fault, ~3.4 us here, on its request's path). A range the
-    /// kernel refuses (unmapped since, not writable) is left alone. See [`written_ranges`].
+    /// kernel refuses (unmapped since, not writable) is left alone; with a large filter, only
+    /// as many as fit the restorer's area. See [`WriteProbe`].
     pub populate: Vec<(u64, u64)>,
 }
 
 /// Most ranges a fork populates (each is one step of the child's batch).
 pub const MAX_POPULATE_RANGES: usize = 128;
 
-/// The ranges of private writable memory of process `pid` that it has written since it
-/// was forked (pages mapped by it alone: `/proc/PID/pagemap`'s exclusive bit), at most
-/// [`MAX_POPULATE_RANGES`], each within one area, gaps of a few pages merged: a fork's
-/// write set, for [`ForkSpec::populate`]. Needs root (pagemap's bits).
-pub fn written_ranges(pid: i32) -> std::io::Result<Vec<(u64, u64)>> {
-    use std::os::unix::fs::FileExt;
-    const PRESENT: u64 = 1 << 63;
-    const EXCLUSIVE: u64 = 1 << 56;
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
-    let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap"))?;
-    // Pages written, per area, as runs of page numbers.
-    let mut areas: Vec<Vec<(u64, u64)>> = Vec::new();
-    for line in maps.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
-            continue;
-        };
-        if !perms.starts_with("rw") || perms.as_bytes().get(3) != Some(&b'p') {
-            continue;
-        }
-        let Some((a, b)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
-            continue;
-        };
-        let pages = (end.saturating_sub(start) / PAGE) as usize;
-        if pages == 0 || start >= 0x8000_0000_0000 {
-            continue;
-        }
-        let mut buf = vec![0u8; pages * 8];
-        if pagemap.read_exact_at(&mut buf, start / PAGE * 8).is_err() {
-            continue;
-        }
+/// Most pages of one process's memory [`WriteProbe::read`] looks at (16 GiB): a tenant's
+/// huge mapping is not read whole.
+const MAX_SCAN_PAGES: u64 = 1 << 22;
+
+/// An instance forked from a template whose write set is to be read: its pid pinned by a
+/// pidfd when the probe is made, while the caller knows the pid is its instance's.
+pub struct WriteProbe {
+    pid: i32,
+    pidfd: OwnedFd,
+}
+
+impl WriteProbe {
+    pub fn open(pid: i32) -> std::io::Result<WriteProbe> {
+        Ok(WriteProbe {
+            pid,
+            pidfd: sys::pidfd_open(pid)?,
+        })
+    }
+
+    /// The ranges of private writable memory the instance wrote since it was forked that
+    /// its template (`template`, its pid) holds too: pages mapped by the instance alone
+    /// (pagemap's exclusive bit) and present in the template at the same address; gaps of up
+    /// to 4 pages merged within an area; the [`MAX_POPULATE_RANGES`] longest kept. So a
+    /// write set is never larger than the template's memory, whatever the instance mapped.
+    /// Read in 64 KiB steps, at most [`MAX_SCAN_PAGES`] pages. An error when the instance
+    /// ended meanwhile (its pid may name another process since). Needs root.
+    pub fn read(&self, template: i32) -> std::io::Result<Vec<(u64, u64)>> {
+        use std::os::unix::fs::FileExt;
+        const PRESENT: u64 = 1 << 63;
+        const EXCLUSIVE: u64 = 1 << 56;
+        const STEP: u64 = 8192;
+        let pid = self.pid;
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+        let mine = std::fs::File::open(format!("/proc/{pid}/pagemap"))?;
+        let theirs = std::fs::File::open(format!("/proc/{template}/pagemap"))?;
         let mut runs: Vec<(u64, u64)> = Vec::new();
-        for (i, e) in buf.chunks_exact(8).enumerate() {
-            let e = u64::from_ne_bytes(e.try_into().unwrap_or([0; 8]));
-            if e & PRESENT == 0 || e & EXCLUSIVE == 0 {
+        let mut scanned = 0u64;
+        let (mut a, mut b) = (vec![0u8; STEP as usize * 8], vec![0u8; STEP as usize * 8]);
+        for line in maps.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+                continue;
+            };
+            if !perms.starts_with("rw") || perms.as_bytes().get(3) != Some(&b'p') {
                 continue;
             }
-            let page = start / PAGE + i as u64;
-            match runs.last_mut() {
-                Some((_, end)) if *end == page => *end = page + 1,
-                _ => runs.push((page, page + 1)),
-            }
-        }
-        if !runs.is_empty() {
-            areas.push(runs);
-        }
-    }
-    // Merge gaps within an area, wider until few enough ranges are left.
-    let mut gap = 4;
-    loop {
-        let merged: Vec<(u64, u64)> = areas
-            .iter()
-            .flat_map(|runs| {
-                let mut out: Vec<(u64, u64)> = Vec::new();
-                for &(s, e) in runs {
-                    match out.last_mut() {
-                        Some((_, end)) if s - *end <= gap => *end = e,
-                        _ => out.push((s, e)),
+            let Some((lo, hi)) = range.split_once('-') else {
+                continue;
+            };
+            let (Ok(start), Ok(end)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16))
+            else {
+                continue;
+            };
+            let area_first = runs.len();
+            let mut page = start / PAGE;
+            while page < end / PAGE && scanned < MAX_SCAN_PAGES {
+                let n = STEP.min(end / PAGE - page);
+                let len = n as usize * 8;
+                let read = mine.read_exact_at(&mut a[..len], page * 8);
+                if read.is_err() || theirs.read_exact_at(&mut b[..len], page * 8).is_err() {
+                    break;
+                }
+                for i in 0..n as usize {
+                    let e = |v: &[u8]| {
+                        u64::from_ne_bytes(v[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]))
+                    };
+                    let (m, t) = (e(&a), e(&b));
+                    if m & PRESENT == 0 || m & EXCLUSIVE == 0 || t & PRESENT == 0 {
+                        continue;
+                    }
+                    let p = page + i as u64;
+                    // Within this area only: a populate may not span two.
+                    let in_area = runs.len() > area_first;
+                    match runs.last_mut() {
+                        Some((_, e)) if in_area && p - *e <= 4 => *e = p + 1,
+                        _ => runs.push((p, p + 1)),
                     }
                 }
-                out
-            })
-            .collect();
-        if merged.len() <= MAX_POPULATE_RANGES || gap > 1 << 20 {
-            let mut merged = merged;
-            merged.truncate(MAX_POPULATE_RANGES);
-            return Ok(merged
-                .into_iter()
-                .map(|(s, e)| (s * PAGE, (e - s) * PAGE))
-                .collect());
+                page += n;
+                scanned += n;
+            }
         }
-        gap *= 4;
+        if runs.len() > MAX_POPULATE_RANGES {
+            runs.sort_unstable_by_key(|&(s, e)| std::cmp::Reverse(e - s));
+            runs.truncate(MAX_POPULATE_RANGES);
+            runs.sort_unstable();
+        }
+        // Still the same process: nothing read names another.
+        if sys::pidfd_signal(&self.pidfd, 0).is_err() {
+            return Err(std::io::Error::other(
+                "the instance ended while it was read",
+            ));
+        }
+        Ok(runs
+            .into_iter()
+            .map(|(s, e)| (s * PAGE, (e - s) * PAGE))
+            .collect())
     }
 }
 
@@ -911,8 +934,15 @@ impl Parked {
             })?;
         }
         self.cgroup_us.set(t.elapsed().as_micros() as u64);
-        let b = self.child_batch(spec);
-        if (b.size() as u64) > self.gadget_len - PAGE {
+        // The populate steps give way to a large filter: as many as fit.
+        let room = self.gadget_len - PAGE;
+        let mut populate = spec.populate.len().min(MAX_POPULATE_RANGES);
+        let mut b = self.child_batch(spec, populate);
+        while (b.size() as u64) > room && populate > 0 {
+            populate /= 2;
+            b = self.child_batch(spec, populate);
+        }
+        if (b.size() as u64) > room {
             return Err(self.fork_err(format!(
                 "the child's steps ({} bytes, a large seccomp filter?) do not fit the restorer's area ({} bytes)",
                 b.size(),
@@ -954,7 +984,7 @@ impl Parked {
 
     /// The child's descriptors, session, mounts, host name, cgroup namespace, what a fork
     /// resets and its credentials, as one restorer batch.
-    fn child_batch<'s>(&self, spec: &'s ForkSpec) -> Batch<'s> {
+    fn child_batch<'s>(&self, spec: &'s ForkSpec, populate: usize) -> Batch<'s> {
         let meta = &self.img.meta;
         let mut b = Batch::new(self.gadget + PAGE);
         let k = self.pidfd_at as u64;
@@ -984,7 +1014,7 @@ impl Parked {
         b.call("setsid", libc::SYS_setsid, &[], 0);
         // MADV_POPULATE_WRITE (Linux 5.14).
         const POPULATE_WRITE: u64 = 23;
-        for &(start, len) in spec.populate.iter().take(MAX_POPULATE_RANGES) {
+        for &(start, len) in spec.populate.iter().take(populate) {
             let step = Step::Addr("madvise(MADV_POPULATE_WRITE)", start);
             let args = [start, len, POPULATE_WRITE];
             b.call(step, libc::SYS_madvise, &args, crate::restorer::ALLOW_ERROR);

@@ -251,9 +251,10 @@ impl Standby {
         }
     }
 
-    /// Removes the standbys of keys without a start in [`IDLE`], and the image instances
-    /// `stale` says are of an image that is gone or was rebuilt.
-    fn expire(&self, stale: impl Fn(&str, &str) -> bool) -> Vec<Ready> {
+    /// Removes the standbys of keys without a start in [`IDLE`], and those `stale` says are
+    /// of an image that is gone or was rebuilt, or of a function snapshot whose template
+    /// was dropped.
+    fn expire(&self, stale: impl Fn(&Key, &str) -> bool) -> Vec<Ready> {
         let now = Instant::now();
         let cap = self.cap;
         let mut slots = self.lock();
@@ -263,9 +264,9 @@ impl Standby {
                 out.append(&mut s.ready);
                 return false;
             }
-            let Key::Image(id) = id else {
+            if *id == Key::Sandbox {
                 return true;
-            };
+            }
             let (gone, kept): (Vec<Ready>, Vec<Ready>) =
                 s.ready.drain(..).partition(|r| stale(id, &r.meta_hash));
             s.ready = kept;
@@ -667,7 +668,13 @@ impl Node {
     /// Stops the standby instances of images idle past [`IDLE`], gone or rebuilt, and
     /// drops their templates.
     pub(in crate::node) fn standby_expire(&self) {
-        for r in self.standby.expire(|id, hash| self.image_changed(id, hash)) {
+        self.templates.expire_snapshots(IDLE);
+        let stale = |key: &Key, hash: &str| match key {
+            Key::Image(id) => self.image_changed(id, hash),
+            Key::Snapshot(id) => !self.templates.snapshot_kept(id),
+            Key::Sandbox => false,
+        };
+        for r in self.standby.expire(stale) {
             self.reap(r.live.kill());
         }
         // An image's template while its standbys are kept or a start forked from it within
@@ -677,7 +684,6 @@ impl Node {
                 || ((used.elapsed() <= IDLE || self.standby.wants(&Key::Image(key.to_string())))
                     && !self.image_changed(key, hash))
         });
-        self.templates.expire_snapshots(IDLE);
     }
 
     /// Stops every standby instance (shutdown).

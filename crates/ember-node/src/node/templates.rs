@@ -64,12 +64,23 @@ pub(in crate::node) struct Kept {
     next: Mutex<Option<ember_sandbox::Sandbox>>,
     /// One move on at a time, so that `next` is where the template went last.
     moving: tokio::sync::Mutex<()>,
+    /// Given up (it could not leave an instance's cgroups): never forked from again.
+    abandoned: std::sync::atomic::AtomicBool,
     /// What an instance forked from it wrote by the end of its first invocation (learned
     /// once): standbys write it ahead, off the request's path.
     write_set: Mutex<Option<Arc<Ranges>>>,
 }
 
 impl Kept {
+    fn abandon(&self) {
+        self.abandoned
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn abandoned(&self) -> bool {
+        self.abandoned.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn view(&self) -> &View {
         match &self.view {
             Some(v) => v,
@@ -108,7 +119,10 @@ pub(in crate::node) struct Templates {
 impl Templates {
     fn get(&self, id: &str, meta_hash: &str) -> Option<Arc<Kept>> {
         let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        let k = kept.get(id).filter(|k| k.meta_hash == meta_hash).cloned()?;
+        let k = kept
+            .get(id)
+            .filter(|k| k.meta_hash == meta_hash && !k.abandoned())
+            .cloned()?;
         *k.used.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
         Some(k)
     }
@@ -122,7 +136,7 @@ impl Templates {
                 .iter()
                 .filter(|(id, k)| {
                     let used = *k.used.lock().unwrap_or_else(|p| p.into_inner());
-                    !wanted(id, &k.meta_hash, used)
+                    k.abandoned() || !wanted(id, &k.meta_hash, used)
                 })
                 .map(|(id, _)| id.clone())
                 .collect();
@@ -165,6 +179,13 @@ impl Templates {
             kept.drain().map(|(_, k)| k).collect()
         };
         drop(all);
+    }
+
+    /// Whether function snapshot `id` has a template kept.
+    pub fn snapshot_kept(&self, id: &str) -> bool {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.get(&format!("{SNAPSHOT}{id}"))
+            .is_some_and(|k| !k.abandoned())
     }
 
     /// `kept` when image `id` has a template, why not when it cannot have one.
@@ -300,7 +321,6 @@ impl Node {
         standby: &mut Option<std::time::Duration>,
     ) -> Option<Live> {
         let key = format!("{SNAPSHOT}{id}");
-        let kept = self.templates.get(&key, id)?;
         let skey = super::standby::Key::Snapshot(id.to_string());
         if self.standby_serves(d)
             && let Some(mut ready) = self.standby.take(&skey)
@@ -316,6 +336,8 @@ impl Node {
             match resized {
                 Ok(()) => {
                     self.count_take(&skey, "hit");
+                    // In use: its template too (kept while forked from or its standbys are).
+                    let _ = self.templates.get(&key, id);
                     ready.sink.bind(self.logs.sink(&d.record.name));
                     spec.instance_id = ready.live.id().to_string();
                     *standby = Some(t.elapsed());
@@ -333,6 +355,7 @@ impl Node {
         } else if self.standby_serves(d) {
             self.count_take(&skey, "miss");
         }
+        let kept = self.templates.get(&key, id)?;
         match self.template_fork(&key, kept, spec.clone(), false).await {
             Ok(ready) => {
                 ready.sink.bind(self.logs.sink(&d.record.name));
@@ -510,6 +533,7 @@ impl Node {
             used: Mutex::new(std::time::Instant::now()),
             next: Mutex::new(None),
             moving: tokio::sync::Mutex::new(()),
+            abandoned: std::sync::atomic::AtomicBool::new(false),
             write_set: Mutex::new(None),
         });
         self.template_move_on(kept.clone(), None);
@@ -541,7 +565,13 @@ impl Node {
         let (mut sb, born_in) = match next.map(|sb| (sb.resize(memory), sb)) {
             Some((Ok(()), sb)) => (sb, true),
             other => {
-                if let Some((_, sb)) = other {
+                if let (Some((_, sb)), Some(t)) = (other, &kept.template) {
+                    // The template is in them: spared, moved on first.
+                    let passing = Passing {
+                        spared: sb.spare(t.pid()),
+                        instance: 0,
+                    };
+                    self.template_move_on(kept.clone(), Some(passing));
                     self.reap(Some(tokio::spawn(sb.destroy())));
                 }
                 let sb = boxes
@@ -590,12 +620,12 @@ impl Node {
         };
         let k = kept.clone();
         let t1 = std::time::Instant::now();
-        let forked = tokio::task::spawn_blocking(move || match &k.template {
-            Some(t) => t.fork(fork).map_err(|e| ForkFailure {
+        let forked = tokio::task::spawn_blocking(move || match (&k.template, k.abandoned()) {
+            (Some(t), false) => t.fork(fork).map_err(|e| ForkFailure {
                 gone: matches!(e, ember_snap::template::TemplateError::Gone { .. }),
                 why: error_chain(&e),
             }),
-            None => Err(ForkFailure {
+            _ => Err(ForkFailure {
                 why: "the template has ended".into(),
                 gone: true,
             }),
@@ -609,7 +639,11 @@ impl Node {
                 if let (true, Some(t)) = (born_in, &kept.template) {
                     // The template may still be in them: spared, moved on first.
                     let spared = sb.spare(t.pid());
-                    self.template_move_on(kept.clone(), Some(spared));
+                    let passing = Passing {
+                        spared,
+                        instance: 0,
+                    };
+                    self.template_move_on(kept.clone(), Some(passing));
                 }
                 sb.destroy().await;
                 return Err(f);
@@ -621,18 +655,17 @@ impl Node {
             // there (the template's resident pages would otherwise weigh as much as its).
             let spared = sb.spare(t.pid());
             let _ = std::fs::write(format!("/proc/{}/oom_score_adj", forked.pid), "1000");
-            self.template_move_on(kept.clone(), Some(spared));
+            let passing = Passing {
+                spared,
+                instance: forked.pid,
+            };
+            self.template_move_on(kept.clone(), Some(passing));
         }
         let sink = Arc::new(LateSink::default());
         let inst = match Instance::adopt(&spec, sink.clone(), forked.pid, ours) {
             Ok(i) => i,
             Err(e) => {
-                // Our child (of the template's thread), not collected by anyone else: the
-                // number stays its own until collected here.
-                let pid = nix::unistd::Pid::from_raw(forked.pid);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                let _ =
-                    tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None)).await;
+                // `adopt` killed and collected it.
                 sb.destroy().await;
                 return Err(ForkFailure::node(error_chain(&e)));
             }
@@ -702,11 +735,15 @@ impl Node {
         {
             return;
         }
-        let pid = live.inst.pid() as i32;
+        // Pinned now, while the pid is surely this instance's (it has not been collected).
+        let Ok(probe) = ember_snap::template::WriteProbe::open(live.inst.pid() as i32) else {
+            return;
+        };
+        let Some(template) = kept.template.as_ref().map(Template::pid) else {
+            return;
+        };
         self.spawn_background(async move {
-            let read =
-                tokio::task::spawn_blocking(move || ember_snap::template::written_ranges(pid))
-                    .await;
+            let read = tokio::task::spawn_blocking(move || probe.read(template)).await;
             if let Ok(Ok(ranges)) = read {
                 let pages: u64 = ranges.iter().map(|r| r.1 / 4096).sum();
                 tracing::debug!(
@@ -723,54 +760,78 @@ impl Node {
     /// Moves the template of `kept` into cgroups made now for its next fork (in the
     /// background: the template's thread does it between forks), then releases `spared`
     /// (the instance it was just forked for, whose cgroups it leaves).
-    pub(in crate::node) fn template_move_on(&self, kept: Arc<Kept>, spared: Option<Spared>) {
+    pub(in crate::node) fn template_move_on(&self, kept: Arc<Kept>, spared: Option<Passing>) {
         let me = self.me.clone();
         self.spawn_background(async move {
-            let release = |s: &Option<Spared>| s.iter().for_each(Spared::release);
-            let Some(node) = me.upgrade() else {
-                return release(&spared);
+            let moved = match me.upgrade() {
+                Some(node) => node.template_move(&kept).await,
+                None => Err("the node is ending".into()),
             };
-            let Some(boxes) = node.sandboxes.as_ref() else {
-                return release(&spared);
-            };
-            let _one = kept.moving.lock().await;
-            let id = format!("fork-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-            let memory = u64::from(node.cfg.images.build_memory_mb) << 20;
-            let sb = match boxes.prepare_forked(&id, memory) {
-                Ok(sb) => sb,
-                Err(e) => {
-                    tracing::warn!("cgroups for a template's next fork: {}", error_chain(&e));
-                    return release(&spared);
+            if let Err(why) = &moved {
+                // Still in the instance's cgroups (or half in the new ones): it is given up,
+                // and ends with them; the next start makes another.
+                tracing::warn!(
+                    "a template could not move on to its next fork's cgroups; it is dropped: {why}"
+                );
+                kept.abandon();
+                if let Some(node) = me.upgrade() {
+                    node.templates.retain(|_, _, _| true);
                 }
-            };
-            let procs = sb.cgroup_procs();
-            let k = kept.clone();
-            let moved = tokio::task::spawn_blocking(move || match &k.template {
-                Some(t) => t.move_into(procs).map_err(|e| error_chain(&e)),
-                None => Err("the template has ended".into()),
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
-            release(&spared);
-            match moved {
-                Ok(()) => {
-                    let old = kept
-                        .next
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .replace(sb);
-                    if let Some(old) = old {
-                        node.reap(Some(tokio::spawn(old.destroy())));
-                    }
-                }
-                Err(why) => {
-                    tracing::warn!("moving a template on to its next fork's cgroups: {why}");
-                    sb.destroy().await;
+            }
+            if let Some(p) = spared {
+                p.spared.release();
+                if moved.is_ok() && p.instance > 0 {
+                    // No longer the template's cgroup-mate: an ordinary OOM candidate.
+                    let _ = std::fs::write(format!("/proc/{}/oom_score_adj", p.instance), "0");
                 }
             }
         });
     }
+
+    /// Makes the cgroups of the template's next fork and moves the template into them.
+    async fn template_move(&self, kept: &Arc<Kept>) -> Result<(), String> {
+        let boxes = self
+            .sandboxes
+            .as_ref()
+            .ok_or("the node runs without the sandbox")?;
+        let _one = kept.moving.lock().await;
+        let id = format!("fork-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let memory = u64::from(self.cfg.images.build_memory_mb) << 20;
+        let sb = boxes
+            .prepare_forked(&id, memory)
+            .map_err(|e| format!("its next fork's cgroups: {}", error_chain(&e)))?;
+        let procs = sb.cgroup_procs();
+        let k = kept.clone();
+        let moved = tokio::task::spawn_blocking(move || match (&k.template, k.abandoned()) {
+            (Some(t), false) => t.move_into(procs).map_err(|e| error_chain(&e)),
+            _ => Err("the template has ended".into()),
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        if let Err(why) = moved {
+            // Perhaps half in them: it is given up (the caller), so they may kill it.
+            self.reap(Some(tokio::spawn(sb.destroy())));
+            return Err(why);
+        }
+        let old = kept
+            .next
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(sb);
+        if let Some(old) = old {
+            self.reap(Some(tokio::spawn(old.destroy())));
+        }
+        Ok(())
+    }
+}
+
+/// An instance whose cgroups its template was in when it was born, until the template has
+/// moved on.
+pub(in crate::node) struct Passing {
+    pub spared: Spared,
+    /// The instance's pid (its `oom_score_adj` is 1000 meanwhile).
+    pub instance: i32,
 }
 
 /// Marks an image's template as being made, for as long as it lives.
