@@ -206,62 +206,73 @@ impl WriteProbe {
         })
     }
 
-    /// The ranges of private writable memory the instance wrote since it was forked that
-    /// its template (`template`, its pid) holds too: pages mapped by the instance alone
-    /// (pagemap's exclusive bit) and present in the template at the same address; gaps of up
-    /// to 4 pages merged within an area; the [`MAX_POPULATE_RANGES`] longest kept. So a
-    /// write set is never larger than the template's memory, whatever the instance mapped.
-    /// Read in 64 KiB steps, at most [`MAX_SCAN_PAGES`] pages. An error when the instance
-    /// ended meanwhile (its pid may name another process since). Needs root.
-    pub fn read(&self, template: i32) -> std::io::Result<Vec<(u64, u64)>> {
+    /// The ranges of private writable memory the instance wrote since it was forked, within
+    /// areas its template (`template`, its pid) maps too: pages mapped by the instance alone
+    /// (pagemap's exclusive bit: copied from the template's, or new there), at most
+    /// `max_pages` of them (the template's own size: a write set is never larger than what a
+    /// restore copies, whatever the instance did); gaps of up to 4 pages merged within an
+    /// area; the [`MAX_POPULATE_RANGES`] longest kept. Read in 64 KiB steps, at most
+    /// [`MAX_SCAN_PAGES`] pages looked at. An error when the instance ended meanwhile (its
+    /// pid may name another process since). Needs root.
+    pub fn read(&self, template: i32, max_pages: u64) -> std::io::Result<Vec<(u64, u64)>> {
         use std::os::unix::fs::FileExt;
         const PRESENT: u64 = 1 << 63;
         const EXCLUSIVE: u64 = 1 << 56;
         const STEP: u64 = 8192;
         let pid = self.pid;
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
+        let writable = |maps: &str| -> Vec<(u64, u64)> {
+            maps.lines()
+                .filter_map(|line| {
+                    let mut f = line.split_whitespace();
+                    let (range, perms) = (f.next()?, f.next()?);
+                    if !perms.starts_with("rw") || perms.as_bytes().get(3) != Some(&b'p') {
+                        return None;
+                    }
+                    let (lo, hi) = range.split_once('-')?;
+                    let (lo, hi) = (
+                        u64::from_str_radix(lo, 16).ok()?,
+                        u64::from_str_radix(hi, 16).ok()?,
+                    );
+                    Some((lo / PAGE, hi / PAGE))
+                })
+                .collect()
+        };
+        let areas = writable(&std::fs::read_to_string(format!("/proc/{pid}/maps"))?);
+        let theirs = writable(&std::fs::read_to_string(format!("/proc/{template}/maps"))?);
         let mine = std::fs::File::open(format!("/proc/{pid}/pagemap"))?;
-        let theirs = std::fs::File::open(format!("/proc/{template}/pagemap"))?;
         let mut runs: Vec<(u64, u64)> = Vec::new();
-        let mut scanned = 0u64;
-        let (mut a, mut b) = (vec![0u8; STEP as usize * 8], vec![0u8; STEP as usize * 8]);
-        for line in maps.lines() {
-            let mut f = line.split_whitespace();
-            let (Some(range), Some(perms)) = (f.next(), f.next()) else {
-                continue;
-            };
-            if !perms.starts_with("rw") || perms.as_bytes().get(3) != Some(&b'p') {
-                continue;
-            }
-            let Some((lo, hi)) = range.split_once('-') else {
-                continue;
-            };
-            let (Ok(start), Ok(end)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16))
-            else {
-                continue;
-            };
-            let area_first = runs.len();
-            let mut page = start / PAGE;
-            while page < end / PAGE && scanned < MAX_SCAN_PAGES {
-                let n = STEP.min(end / PAGE - page);
+        let (mut scanned, mut found) = (0u64, 0u64);
+        let mut buf = vec![0u8; STEP as usize * 8];
+        // The instance's areas where the template maps too, each on its own.
+        let spans = areas.iter().flat_map(|&(s, e)| {
+            theirs
+                .iter()
+                .map(move |&(ts, te)| (s.max(ts), e.min(te)))
+                .filter(|(s, e)| s < e)
+        });
+        'spans: for (start, end) in spans {
+            let span_first = runs.len();
+            let mut page = start;
+            while page < end {
+                if scanned >= MAX_SCAN_PAGES || found >= max_pages {
+                    break 'spans;
+                }
+                let n = STEP.min(end - page);
                 let len = n as usize * 8;
-                let read = mine.read_exact_at(&mut a[..len], page * 8);
-                if read.is_err() || theirs.read_exact_at(&mut b[..len], page * 8).is_err() {
+                if mine.read_exact_at(&mut buf[..len], page * 8).is_err() {
                     break;
                 }
-                for i in 0..n as usize {
-                    let e = |v: &[u8]| {
-                        u64::from_ne_bytes(v[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]))
-                    };
-                    let (m, t) = (e(&a), e(&b));
-                    if m & PRESENT == 0 || m & EXCLUSIVE == 0 || t & PRESENT == 0 {
+                for (i, e) in buf[..len].chunks_exact(8).enumerate() {
+                    let e = u64::from_ne_bytes(e.try_into().unwrap_or([0; 8]));
+                    if e & PRESENT == 0 || e & EXCLUSIVE == 0 || found >= max_pages {
                         continue;
                     }
+                    found += 1;
                     let p = page + i as u64;
-                    // Within this area only: a populate may not span two.
-                    let in_area = runs.len() > area_first;
+                    // Within this span only: a populate may not cross areas.
+                    let in_span = runs.len() > span_first;
                     match runs.last_mut() {
-                        Some((_, e)) if in_area && p - *e <= 4 => *e = p + 1,
+                        Some((_, e)) if in_span && p - *e <= 4 => *e = p + 1,
                         _ => runs.push((p, p + 1)),
                     }
                 }

@@ -739,11 +739,12 @@ impl Node {
         let Ok(probe) = ember_snap::template::WriteProbe::open(live.inst.pid() as i32) else {
             return;
         };
-        let Some(template) = kept.template.as_ref().map(Template::pid) else {
+        let Some((template, pages)) = kept.template.as_ref().map(|t| (t.pid(), t.stats().pages))
+        else {
             return;
         };
         self.spawn_background(async move {
-            let read = tokio::task::spawn_blocking(move || probe.read(template)).await;
+            let read = tokio::task::spawn_blocking(move || probe.read(template, pages)).await;
             if let Ok(Ok(ranges)) = read {
                 let pages: u64 = ranges.iter().map(|r| r.1 / 4096).sum();
                 tracing::debug!(
