@@ -210,8 +210,9 @@ impl WriteProbe {
     /// areas its template (`template`, its pid) maps too: pages mapped by the instance alone
     /// (pagemap's exclusive bit: copied from the template's, or new there), at most
     /// `max_pages` of them (the template's own size: a write set is never larger than what a
-    /// restore copies, whatever the instance did); gaps of up to 4 pages merged within an
-    /// area; the [`MAX_POPULATE_RANGES`] longest kept. Read in 64 KiB steps, at most
+    /// restore copies, whatever the instance did); gaps merged within an area, wider until
+    /// at most [`MAX_POPULATE_RANGES`] ranges are left (the pages between are written ahead
+    /// too), the longest kept within `max_pages` pages. Read in 64 KiB steps, at most
     /// [`MAX_SCAN_PAGES`] pages looked at. An error when the instance ended meanwhile (its
     /// pid may name another process since). Needs root.
     pub fn read(&self, template: i32, max_pages: u64) -> std::io::Result<Vec<(u64, u64)>> {
@@ -250,7 +251,8 @@ impl WriteProbe {
                 .map(move |&(ts, te)| (s.max(ts), e.min(te)))
                 .filter(|(s, e)| s < e)
         });
-        'spans: for (start, end) in spans {
+        let mut span_of: Vec<usize> = Vec::new();
+        'spans: for (span, (start, end)) in spans.enumerate() {
             let span_first = runs.len();
             let mut page = start;
             while page < end {
@@ -273,18 +275,42 @@ impl WriteProbe {
                     let in_span = runs.len() > span_first;
                     match runs.last_mut() {
                         Some((_, e)) if in_span && p - *e <= 4 => *e = p + 1,
-                        _ => runs.push((p, p + 1)),
+                        _ => {
+                            runs.push((p, p + 1));
+                            span_of.push(span);
+                        }
                     }
                 }
                 page += n;
                 scanned += n;
             }
         }
-        if runs.len() > MAX_POPULATE_RANGES {
-            runs.sort_unstable_by_key(|&(s, e)| std::cmp::Reverse(e - s));
-            runs.truncate(MAX_POPULATE_RANGES);
-            runs.sort_unstable();
+        // Few enough steps: runs of one span merged across wider gaps (the pages between are
+        // written ahead too, at most `max_pages` in all), the shortest left out past that.
+        let mut gap = 16;
+        while runs.len() > MAX_POPULATE_RANGES && gap <= 1 << 20 {
+            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(runs.len());
+            let mut spans: Vec<usize> = Vec::with_capacity(runs.len());
+            for (&(s, e), &sp) in runs.iter().zip(&span_of) {
+                match (merged.last_mut(), spans.last()) {
+                    (Some((_, end)), Some(&last)) if last == sp && s - *end <= gap => *end = e,
+                    _ => {
+                        merged.push((s, e));
+                        spans.push(sp);
+                    }
+                }
+            }
+            (runs, span_of) = (merged, spans);
+            gap *= 4;
         }
+        runs.sort_unstable_by_key(|&(s, e)| std::cmp::Reverse(e - s));
+        runs.truncate(MAX_POPULATE_RANGES);
+        let mut total = 0;
+        runs.retain(|&(s, e)| {
+            total += e - s;
+            total <= max_pages
+        });
+        runs.sort_unstable();
         // Still the same process: nothing read names another.
         if sys::pidfd_signal(&self.pidfd, 0).is_err() {
             return Err(std::io::Error::other(
