@@ -76,6 +76,15 @@ impl Proc {
         }
     }
 
+    /// The modules the runtime reported imported since last asked (Python only; see
+    /// [`python::Instance::take_imported`]).
+    pub fn take_imported(&mut self) -> Vec<String> {
+        match self {
+            Proc::Python(i) => i.take_imported(),
+            _ => Vec::new(),
+        }
+    }
+
     /// A restored instance got past its after-restore hook (see [`python::Instance::hooked`]).
     pub fn hooked(&self) -> bool {
         matches!(self, Proc::Python(i) if i.hooked())

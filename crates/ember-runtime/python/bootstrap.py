@@ -334,6 +334,9 @@ def main():
 def serve(fd, init, handler):
     """Waits for events: INVOKE, or SNAPSHOT (then CONTINUE, or INIT in a restored copy)."""
     perf = time.perf_counter
+    # The process's first invocation reports the modules it imported (the node learns them
+    # into the image, as it does the handler's import's).
+    first = True
     while True:
         try:
             kind, body = read_frame(fd)
@@ -374,6 +377,8 @@ def serve(fd, init, handler):
             raise SystemExit("ember bootstrap: expected INVOKE, got frame kind %d" % kind)
         hlen = int.from_bytes(body[:4], "big")
         header = loads(body[4 : 4 + hlen])
+        before = set(sys.modules) if first else None
+        first = False
         t0 = perf()
         try:
             event = loads(body[4 + hlen :])
@@ -388,7 +393,10 @@ def serve(fd, init, handler):
         except Exception as exc:
             write_frame(fd, ERROR, error_body(exc, duration_us=us, marshal=True))
             continue
-        meta = dumps({"duration_us": us})
+        head = {"duration_us": us}
+        if before is not None:
+            head["imported"] = packages_imported(before, init.get("code_dir") or "/")
+        meta = dumps(head)
         write_frame(fd, RESULT, len(meta).to_bytes(4, "big") + meta + payload)
 
 

@@ -266,6 +266,9 @@ pub struct InvokeHeader<'a> {
 #[derive(Debug, Deserialize)]
 pub struct ResultHeader {
     pub duration_us: u64,
+    /// On a process's first invocation: the modules it imported (not its own code's).
+    #[serde(default)]
+    pub imported: Vec<String>,
 }
 
 /// An exception raised by the function's code, as the runtime reports it.

@@ -632,6 +632,7 @@ impl Instance {
             Kind::Result => {
                 let (h, payload): (ResultHeader, _) =
                     protocol::split_headed("RESULT", &frame.body)?;
+                self.imported.extend(h.imported);
                 Ok(Outcome::Result {
                     payload: payload.to_vec(),
                     exec: Duration::from_micros(h.duration_us),
@@ -646,8 +647,9 @@ impl Instance {
         &self.id
     }
 
-    /// The modules the handler's import added, as the runtime reported them (once; the
-    /// function's code runs in that process, so they are a claim to check, not a fact).
+    /// The modules the handler's import added, and those its first invocation added, as the
+    /// runtime reported them (each once; the function's code runs in that process, so they
+    /// are a claim to check, not a fact).
     pub fn take_imported(&mut self) -> Vec<String> {
         std::mem::take(&mut self.imported)
     }

@@ -681,9 +681,10 @@ async fn an_image_start_without_a_standby_forks_from_the_template() {
     d.assert_logged("fk", &["forked from its template (no standby was ready)"]);
 }
 
-/// A handler that imports a submodule its package leaves to first use: the node learns it
-/// from the start and rebuilds the image with it, so later starts find it imported; the
-/// function's own module is never learned.
+/// A handler that imports a submodule its package leaves to first use, at its import and in
+/// its body: the node learns both from the start and its first invocation and rebuilds the
+/// image with them, so later starts find them imported; the function's own module is never
+/// learned.
 #[tokio::test(flavor = "multi_thread")]
 async fn submodules_a_handler_imports_are_learned_into_its_image() {
     if !need_sandbox() {
@@ -691,10 +692,12 @@ async fn submodules_a_handler_imports_are_learned_into_its_image() {
     }
     let home = tempfile::tempdir().unwrap();
     let d = Daemon::start(home.path(), &["--images", "on-deploy"]);
+    // One submodule imported with the handler, one by its first invocation.
     let code = "import sys\n\
                 PRE = 'numpy.testing' in sys.modules\n\
                 import numpy.testing\n\
-                def handler(e, c):\n    return PRE\n";
+                def handler(e, c):\n    had = 'numpy.matlib' in sys.modules\n    \
+                import numpy.matlib\n    return [PRE, had]\n";
     deploy(&d, "learner", &["numpy"], code, 10).await;
     assert!(
         eventually(Duration::from_secs(120), || images(&d)["images"]
@@ -704,26 +707,26 @@ async fn submodules_a_handler_imports_are_learned_into_its_image() {
     );
     let r = d.fresh_start("learner", "{}").await;
     assert_eq!((r.start.as_str(), r.status), ("image", 200), "{}", r.raw);
-    assert_eq!(r.body, json!(false), "not in the image yet");
+    assert_eq!(r.body, json!([false, false]), "not in the image yet");
     let learned = || {
         let v = images(&d);
         let img = &v["images"][0];
-        let has = img["imports"]
-            .as_array()
-            .is_some_and(|a| a.contains(&json!("numpy.testing")));
+        let has = img["imports"].as_array().is_some_and(|a| {
+            a.contains(&json!("numpy.testing")) && a.contains(&json!("numpy.matlib"))
+        });
         has && img["imports_pending"] == json!(0)
     };
     assert!(
         eventually(Duration::from_secs(120), learned),
-        "the image was not rebuilt with numpy.testing: {}",
+        "the image was not rebuilt with numpy.testing and numpy.matlib: {}",
         images(&d)
     );
     let r = d.fresh_start("learner", "{}").await;
     assert_eq!((r.start.as_str(), r.status), ("image", 200), "{}", r.raw);
     assert_eq!(
         r.body,
-        json!(true),
-        "the rebuilt image preloads it: {}",
+        json!([true, true]),
+        "the rebuilt image preloads both: {}",
         r.timing
     );
     let imports = images(&d)["images"][0]["imports"].clone();

@@ -139,10 +139,7 @@ impl Node {
                 d.start_costs.record(start, timing.init());
             }
         }
-        let imported = match &mut inst.inst {
-            crate::live::Proc::Python(p) => p.take_imported(),
-            _ => Vec::new(),
-        };
+        let mut imported = inst.inst.take_imported();
         let instance_id = inst.id().to_string();
         let image = inst.image.clone();
         let snapshot = inst.snapshot.clone();
@@ -193,6 +190,8 @@ impl Node {
                     // What a forked start wrote: its template's standbys write it ahead.
                     self.learn_write_set(&inst);
                 }
+                // What its first invocation imported, learned as the handler's import's.
+                imported.extend(inst.inst.take_imported());
                 if rec.cold_only() {
                     self.discard(d, inst, "cold-only: it served its request");
                 } else if start != StartPath::Warm
