@@ -16,8 +16,8 @@
 //! | `ember_image_page_fault_blocked_seconds_total` (time instances waited on faults) | image |
 //! | `ember_image_memory_bytes` (gauge: image pages in memory) | |
 //! | `ember_rung_skips_total` (a rung not tried: it measured slower than another way of starting the function) | function, rung |
-//! | `ember_standby_ready` (gauge: image instances restored ahead, parked sandboxes) | kind |
-//! | `ember_standby_takes_total` (a start looked for one: hit, miss, unusable) | kind, result |
+//! | `ember_standby_ready` (gauge: instances made ahead of images, `image`, and of function snapshots, `snapshot`; parked sandboxes, `sandbox`) | kind |
+//! | `ember_standby_takes_total` (a start looked for one: hit, miss, unusable; `forked`: none was ready, forked on the path) | kind, result |
 //! | `ember_snapshot_hits_total` (a function snapshot of the function's current key found) | function |
 //! | `ember_snapshot_misses_total` (none found for the function) | function |
 //! | `ember_snapshot_stale_total` (one found for another code, config or parent: removed) | function |
@@ -262,15 +262,17 @@ impl Default for Metrics {
         let standby_ready = Family::<KindLabels, Gauge>::default();
         registry.register(
             "standby_ready",
-            "Standbys ready now: image instances restored ahead of demand (kind image), \
-             sandboxes with their first process parked (kind sandbox)",
+            "Standbys ready now: instances made ahead of demand of images (kind image) and \
+             of function snapshots (kind snapshot), sandboxes with their first process parked \
+             (kind sandbox)",
             standby_ready.clone(),
         );
         let standby_takes = Family::<TakeLabels, Counter>::default();
         registry.register(
             "standby_takes",
             "Starts that looked for a standby, by kind and result: hit, miss (none ready), \
-             unusable (dead, stale, or it could not be set up: the start made its own)",
+             forked (none ready: forked from the template on the start's path), unusable \
+             (dead, stale, or it could not be set up: the start made its own)",
             standby_takes.clone(),
         );
         let snapshots = SnapshotMetrics::default();

@@ -35,6 +35,25 @@ impl Adopted {
     }
 }
 
+impl Adopted {
+    fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        if self.status.is_none() {
+            self.status = sys::collect(self.pid)?;
+        }
+        Ok(self.status)
+    }
+
+    /// Until it has ended (the pidfd turns readable), then collects it.
+    async fn wait(&mut self) -> io::Result<ExitStatus> {
+        loop {
+            if let Some(s) = self.try_wait()? {
+                return Ok(s);
+            }
+            self.pidfd.readable().await?.clear_ready();
+        }
+    }
+}
+
 impl Drop for Adopted {
     /// Not collected yet: killed and collected (as a spawned child's `kill_on_drop` and
     /// tokio's reaper do), on a thread of its own: never a zombie for the daemon's life.
@@ -56,27 +75,14 @@ impl Process {
     pub(crate) fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
         match self {
             Process::Spawned(c) => c.try_wait(),
-            Process::Adopted(a) => {
-                if a.status.is_none() {
-                    a.status = sys::collect(a.pid)?;
-                }
-                Ok(a.status)
-            }
+            Process::Adopted(a) => a.try_wait(),
         }
     }
 
     pub(crate) async fn wait(&mut self) -> io::Result<ExitStatus> {
         match self {
             Process::Spawned(c) => c.wait().await,
-            Process::Adopted(_) => loop {
-                if let Some(s) = self.try_wait()? {
-                    return Ok(s);
-                }
-                let Process::Adopted(a) = self else {
-                    unreachable!("matched above")
-                };
-                a.pidfd.readable().await?.clear_ready();
-            },
+            Process::Adopted(a) => a.wait().await,
         }
     }
 
@@ -89,7 +95,7 @@ impl Process {
                     use std::os::fd::AsRawFd;
                     sys::pidfd_kill(a.pidfd.get_ref().as_raw_fd())?;
                 }
-                self.wait().await.map(drop)
+                a.wait().await.map(drop)
             }
         }
     }

@@ -1,15 +1,21 @@
-//! Standbys: dependency-image instances restored ahead of demand, in sandboxes that do not
-//! know their function yet, and parked sandboxes (first process stopped, nothing restored)
-//! for any restore. A start from the image rung takes an instance of its image, binds the
+//! Standbys: dependency-image instances made ahead of demand (forked from the image's
+//! template, `templates.rs`, or restored with templates off), in sandboxes that do not know
+//! their function yet; instances forked ahead from a function snapshot's template (the
+//! function's own); and parked sandboxes (first process stopped, nothing restored) for any
+//! restore. A start from the image rung takes an instance of its image, binds the
 //! function's code directory into it, sets its memory limit, and sends INIT: the sandbox and
-//! the restore are off the request's path. A start from the function-snapshot rung (or from
-//! the image rung when no instance of the image is left) takes a parked sandbox, binds the
-//! code and package directories into it and restores there: the sandbox is off the path.
+//! the fork or restore are off the request's path (none ready: it forks one from the
+//! template on its path). A function-snapshot start takes one of its snapshot's the same
+//! way. A restore (templates off, or before a template is made) takes a parked sandbox,
+//! binds the code and package directories into it and restores there: the sandbox is off
+//! the path.
 //!
 //! ```text
 //! fill (background, one at a time per node):
-//!     image: sandbox (env + bootstrap, no code; the image's build memory) -> first process
-//!         parked -> restore (the node's policy, handed off to the instance's user and
+//!     image, with a template: forked from it (templates.rs), its write set written ahead
+//!     snapshot: the same, from the snapshot's template
+//!     image, templates off: sandbox (env + bootstrap, no code; the image's build
+//!         memory) -> first process parked -> restore (the node's policy, handed off to the instance's user and
 //!         filter) -> the runtime waits for INIT, its log lines held for a function not
 //!         known yet
 //!     sandbox: sandbox (bootstrap only) -> first process parked

@@ -1,29 +1,36 @@
-//! Templates: a dependency image restored once into a parked process (ember-snap's
-//! `Template`), in a filesystem view of its environment (ember-sandbox's `View`), from which
-//! the image's standby instances are forked. Each instance shares the template's pages
-//! copy-on-write until it writes them, so ten idle instances cost little more than one, and
-//! making one copies page tables instead of pages.
+//! Templates: a dependency image, or a function snapshot, restored once into a parked
+//! process (ember-snap's `Template`), in a filesystem view (ember-sandbox's `View`), from
+//! which instances are forked: standbys (standby.rs) and starts that find none ready. Each
+//! instance shares the template's pages copy-on-write until it writes them, and making one
+//! copies page tables instead of pages.
 //!
 //! ```text
-//! template (once per image, rebuilt with it; blocking, off the request path):
-//!     view: the image's environment and the bootstrap, read-only; no /proc, no /tmp; the
-//!         code store's directory left empty
-//!     Template::new in that view, lowered to the sandbox's resource limits; it stays root
-//! fork (a standby, standby.rs):
-//!     cgroups of the instance (Sandboxes::prepare_forked) -> clone injected into the template:
-//!     new pid, mount, uts, ipc, net, cgroup namespaces; moved into its cgroups; its own
-//!     /proc, /tmp and a tmpfs on the code store's directory; host name; the descriptors of
-//!     a runtime (stdio, protocol socket); the sandbox's user, no capabilities, no_new_privs,
-//!     seccomp filter -> pinned (pidfd), its mount namespace held, the environment's
-//!     directories below /tmp bound (a home under /tmp) -> SIGCONT: it waits for INIT
+//! template (blocking, off the request path; an image's when it is built or first started,
+//! a snapshot's after its first restore):
+//!     view: the environment and the bootstrap (a snapshot's: its code too), read-only; no
+//!         /proc; a read-only /tmp with only what is bound below it; an image's view leaves
+//!         the code store's directory empty
+//!     Template::new in that view, lowered to the sandbox's resource limits; it stays root;
+//!     then moved into cgroups made for its first fork
+//! fork (template_fork):
+//!     the cgroups the template sits in (else fresh ones) -> clone injected into the
+//!     template: new pid, mount, uts, ipc, net, cgroup namespaces; its own /proc, /tmp (and
+//!     tmpfs on the code store's directory); host name; a runtime's descriptors; for a
+//!     standby, the learned write set written ahead; the sandbox's user, no capabilities,
+//!     no_new_privs, seccomp filter -> the template moves on to the next fork's cgroups in
+//!     the background -> pinned (pidfd), mount namespace held, the directories below /tmp
+//!     bound again -> SIGCONT: it waits for INIT
 //! ```
 //!
 //! The instances are children of the template's thread (their death signal is tied to it),
 //! so each instance holds its template ([`Live::holds`](crate::live::Live)) and a template
-//! ends only when it is dropped from here and its last instance has ended. A template is
-//! dropped when its image is rebuilt or its standbys expire. An image that cannot be a
-//! template (`ember_snap::template::unsuitable`) is remembered by its metadata hash and
-//! restored as before.
+//! ends only when it is dropped from here and its last instance has ended. An image's
+//! template is dropped when the image is rebuilt or goes unused for [`IDLE`]; a snapshot's
+//! after [`IDLE`] unused or past [`MAX_SNAPSHOT_TEMPLATES`]. What cannot be a template
+//! (`ember_snap::template::unsuitable`) is remembered by its metadata hash and restored as
+//! before.
+//!
+//! [`IDLE`]: super::standby::IDLE
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -85,6 +92,13 @@ impl Kept {
         match &self.view {
             Some(v) => v,
             None => unreachable!("a Kept's view is taken only by its Drop"),
+        }
+    }
+
+    fn template(&self) -> &Template {
+        match &self.template {
+            Some(t) => t,
+            None => unreachable!("a Kept's template is taken only by its Drop"),
         }
     }
 }
@@ -202,6 +216,30 @@ impl Templates {
             .map(|(_, r)| format!("none: {}", r.why))
     }
 
+    /// Whether a template of `key` (key, hash) is to be made now: none kept, none being
+    /// made, not refused.
+    fn to_make(&self, key: &(String, String)) -> bool {
+        self.get(&key.0, &key.1).is_none()
+            && !self.is_refused(key)
+            && !self
+                .making
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&key.0)
+    }
+
+    /// Drops the template of `key` (key, hash) when a fork found it ended.
+    fn fork_failed(&self, key: &str, hash: &str, f: &ForkFailure) {
+        tracing::warn!(
+            of = key,
+            "forking from the template failed; restoring: {}",
+            f.why
+        );
+        if f.gone {
+            self.retain(|k, h, _| !(k == key && h == hash));
+        }
+    }
+
     /// Whether the template of `key` (key, hash) was refused and is not to be tried now.
     fn is_refused(&self, key: &(String, String)) -> bool {
         let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
@@ -261,20 +299,10 @@ impl Node {
         };
         let mut spec = self.standby_spec(co.python.clone(), co.env_dir.clone());
         spec.memory_mb = d.record.config.memory_mb;
-        match self.template_fork(id, kept, spec, false).await {
-            Ok(r) => Some(r),
-            Err(f) => {
-                tracing::warn!(
-                    image = id,
-                    "forking from the image's template failed; restoring: {}",
-                    f.why
-                );
-                if f.gone {
-                    self.templates.retain(|i, h, _| !(i == id && h == hash));
-                }
-                None
-            }
-        }
+        let forked = self.template_fork(id, kept, spec, false).await;
+        forked
+            .map_err(|f| self.templates.fork_failed(id, &hash, &f))
+            .ok()
     }
 
     /// Makes the template of image `id` in the background, unless it is kept, being made,
@@ -284,15 +312,7 @@ impl Node {
             return;
         };
         let key = (id.to_string(), co.meta_hash());
-        if self.templates.get(id, &key.1).is_some()
-            || self.templates.is_refused(&key)
-            || self
-                .templates
-                .making
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(id)
-        {
+        if !self.templates.to_make(&key) {
             return;
         }
         let me = self.me.clone();
@@ -362,14 +382,7 @@ impl Node {
                 Some(ready.live)
             }
             Err(f) => {
-                tracing::warn!(
-                    snapshot = id,
-                    "forking from the function snapshot's template failed; restoring: {}",
-                    f.why
-                );
-                if f.gone {
-                    self.templates.retain(|k, _, _| k != key);
-                }
+                self.templates.fork_failed(&key, id, &f);
                 None
             }
         }
@@ -399,15 +412,7 @@ impl Node {
     ) {
         let key = format!("{SNAPSHOT}{id}");
         let refused_key = (key.clone(), id.to_string());
-        if self.templates.get(&key, id).is_some()
-            || self.templates.is_refused(&refused_key)
-            || self
-                .templates
-                .making
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(&key)
-        {
+        if !self.templates.to_make(&refused_key) {
             return;
         }
         let me = self.me.clone();
@@ -449,26 +454,20 @@ impl Node {
                 Err(e) => {
                     self.templates.refuse(key, &e);
                     return match e {
-                        TemplateMakeError::Unsuitable(why) => {
-                            tracing::info!(
-                                image = id,
-                                "the image's standbys are restored each: {why}"
-                            );
-                            Ok(None)
-                        }
-                        TemplateMakeError::Busy => Ok(None),
+                        TemplateMakeError::Unsuitable(_) | TemplateMakeError::Busy => Ok(None),
                         TemplateMakeError::Failed(why) => Err(why),
                     };
                 }
             },
         };
         match self.template_fork(id, kept, spec, true).await {
-            Ok(r) => Ok(Some(r)),
+            Ok(mut r) => {
+                r.live.image = Some(id.to_string());
+                Ok(Some(r))
+            }
             Err(f) => {
                 // A template that has ended is dropped: the next standby makes another.
-                if f.gone {
-                    self.templates.retain(|i, h, _| !(i == id && *h == hash));
-                }
+                self.templates.fork_failed(id, &hash, &f);
                 Err(f.why)
             }
         }
@@ -545,7 +544,8 @@ impl Node {
         Ok(kept)
     }
 
-    /// Forks a standby instance of image `id` from `kept` (see the module doc).
+    /// Forks an instance from `kept`, the template of `id` (an image's id, or a snapshot's
+    /// key; see the module doc), writing its write set ahead with `prefault`.
     async fn template_fork(
         &self,
         id: &str,
@@ -565,13 +565,9 @@ impl Node {
         let (mut sb, born_in) = match next.map(|sb| (sb.resize(memory), sb)) {
             Some((Ok(()), sb)) => (sb, true),
             other => {
-                if let (Some((_, sb)), Some(t)) = (other, &kept.template) {
-                    // The template is in them: spared, moved on first.
-                    let passing = Passing {
-                        spared: sb.spare(t.pid()),
-                        instance: 0,
-                    };
-                    self.template_move_on(kept.clone(), Some(passing));
+                if let Some((_, sb)) = other {
+                    // The template is in them: it moves on first.
+                    self.template_pass(&kept, &sb, 0);
                     self.reap(Some(tokio::spawn(sb.destroy())));
                 }
                 let sb = boxes
@@ -620,13 +616,13 @@ impl Node {
         };
         let k = kept.clone();
         let t1 = std::time::Instant::now();
-        let forked = tokio::task::spawn_blocking(move || match (&k.template, k.abandoned()) {
-            (Some(t), false) => t.fork(fork).map_err(|e| ForkFailure {
+        let forked = tokio::task::spawn_blocking(move || match k.abandoned() {
+            false => k.template().fork(fork).map_err(|e| ForkFailure {
                 gone: matches!(e, ember_snap::template::TemplateError::Gone { .. }),
                 why: error_chain(&e),
             }),
-            _ => Err(ForkFailure {
-                why: "the template has ended".into(),
+            true => Err(ForkFailure {
+                why: "the template was given up".into(),
                 gone: true,
             }),
         })
@@ -636,30 +632,16 @@ impl Node {
         let forked = match forked {
             Ok(Ok(f)) => f,
             Ok(Err(f)) | Err(f) => {
-                if let (true, Some(t)) = (born_in, &kept.template) {
-                    // The template may still be in them: spared, moved on first.
-                    let spared = sb.spare(t.pid());
-                    let passing = Passing {
-                        spared,
-                        instance: 0,
-                    };
-                    self.template_move_on(kept.clone(), Some(passing));
+                if born_in {
+                    // The template may still be in them: it moves on first.
+                    self.template_pass(&kept, &sb, 0);
                 }
                 sb.destroy().await;
                 return Err(f);
             }
         };
-        if let (true, Some(t)) = (born_in, &kept.template) {
-            // The template leaves the instance's cgroups in the background; until then the
-            // instance's kills spare it, and the instance is the OOM killer's first choice
-            // there (the template's resident pages would otherwise weigh as much as its).
-            let spared = sb.spare(t.pid());
-            let _ = std::fs::write(format!("/proc/{}/oom_score_adj", forked.pid), "1000");
-            let passing = Passing {
-                spared,
-                instance: forked.pid,
-            };
-            self.template_move_on(kept.clone(), Some(passing));
+        if born_in {
+            self.template_pass(&kept, &sb, forked.pid);
         }
         let sink = Arc::new(LateSink::default());
         let inst = match Instance::adopt(&spec, sink.clone(), forked.pid, ours) {
@@ -697,7 +679,7 @@ impl Node {
             )));
         }
         tracing::debug!(
-            image = id,
+            of = id,
             pid = forked.pid,
             cgroups_us = (t1 - t0).as_micros() as u64,
             fork_task_us = (t2 - t1).as_micros() as u64,
@@ -708,7 +690,6 @@ impl Node {
             born_in,
             "forked from the template"
         );
-        live.image = Some(id.to_string());
         Ok(Ready {
             live,
             pid: forked.pid,
@@ -739,10 +720,7 @@ impl Node {
         let Ok(probe) = ember_snap::template::WriteProbe::open(live.inst.pid() as i32) else {
             return;
         };
-        let Some((template, pages)) = kept.template.as_ref().map(|t| (t.pid(), t.stats().pages))
-        else {
-            return;
-        };
+        let (template, pages) = (kept.template().pid(), kept.template().stats().pages);
         self.spawn_background(async move {
             let read = tokio::task::spawn_blocking(move || probe.read(template, pages)).await;
             if let Ok(Ok(ranges)) = read {
@@ -756,6 +734,18 @@ impl Node {
                 w.get_or_insert_with(|| Arc::new(ranges));
             }
         });
+    }
+
+    /// The template of `kept` sits in `sb`'s cgroups (an instance, `instance`, was just born
+    /// there, or 0): `sb`'s kills spare it until it has moved on to its next fork's, and the
+    /// instance is meanwhile the OOM killer's first choice there (the template's resident
+    /// pages would otherwise weigh as much as its own).
+    fn template_pass(&self, kept: &Arc<Kept>, sb: &ember_sandbox::Sandbox, instance: i32) {
+        let spared = sb.spare(kept.template().pid());
+        if instance > 0 {
+            let _ = std::fs::write(format!("/proc/{instance}/oom_score_adj"), "1000");
+        }
+        self.template_move_on(kept.clone(), Some(Passing { spared, instance }));
     }
 
     /// Moves the template of `kept` into cgroups made now for its next fork (in the
@@ -776,6 +766,7 @@ impl Node {
                 );
                 kept.abandon();
                 if let Some(node) = me.upgrade() {
+                    // `retain` drops the templates given up, whatever it is asked.
                     node.templates.retain(|_, _, _| true);
                 }
             }
@@ -803,9 +794,9 @@ impl Node {
             .map_err(|e| format!("its next fork's cgroups: {}", error_chain(&e)))?;
         let procs = sb.cgroup_procs();
         let k = kept.clone();
-        let moved = tokio::task::spawn_blocking(move || match (&k.template, k.abandoned()) {
-            (Some(t), false) => t.move_into(procs).map_err(|e| error_chain(&e)),
-            _ => Err("the template has ended".into()),
+        let moved = tokio::task::spawn_blocking(move || match k.abandoned() {
+            false => k.template().move_into(procs).map_err(|e| error_chain(&e)),
+            true => Err("the template was given up".into()),
         })
         .await
         .map_err(|e| e.to_string())
