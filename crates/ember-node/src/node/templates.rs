@@ -330,8 +330,8 @@ impl Node {
     }
 
     /// An instance of `d` from the template of its function snapshot `id`, when one is
-    /// kept: a standby forked from it ahead when one is ready (`standby` then says how long
-    /// taking it took), else forked now (`spec` is the start's: its memory, its log; its
+    /// kept (it is then in use: kept on): a standby forked from it ahead when one is ready
+    /// (`standby` then says how long taking it took), else forked now (`spec` is the start's: its memory, its log; its
     /// instance id becomes the standby's). `None` when there is no template.
     pub(in crate::node) async fn snapshot_fork_now(
         &self,
@@ -341,6 +341,9 @@ impl Node {
         standby: &mut Option<std::time::Duration>,
     ) -> Option<Live> {
         let key = format!("{SNAPSHOT}{id}");
+        // No template (yet, or any more): no standby of it wanted either (its standbys are
+        // dropped with it), so none is asked for before there is one to fork from.
+        let kept = self.templates.get(&key, id)?;
         let skey = super::standby::Key::Snapshot(id.to_string());
         if self.standby_serves(d)
             && let Some(mut ready) = self.standby.take(&skey)
@@ -356,8 +359,6 @@ impl Node {
             match resized {
                 Ok(()) => {
                     self.count_take(&skey, "hit");
-                    // In use: its template too (kept while forked from or its standbys are).
-                    let _ = self.templates.get(&key, id);
                     ready.sink.bind(self.logs.sink(&d.record.name));
                     spec.instance_id = ready.live.id().to_string();
                     *standby = Some(t.elapsed());
@@ -375,7 +376,6 @@ impl Node {
         } else if self.standby_serves(d) {
             self.count_take(&skey, "miss");
         }
-        let kept = self.templates.get(&key, id)?;
         match self.template_fork(&key, kept, spec.clone(), false).await {
             Ok(ready) => {
                 ready.sink.bind(self.logs.sink(&d.record.name));
