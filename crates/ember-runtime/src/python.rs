@@ -253,17 +253,6 @@ impl Instance {
         Ok((inst, prepared))
     }
 
-    /// Starts the runtime's process only; `confine` is expected to park it (a sandbox's
-    /// stopped start) so that the caller can restore an image into it, then call
-    /// [`Instance::init_restored`].
-    pub fn spawn_parked(
-        spec: &StartSpec,
-        logs: Arc<dyn LogSink>,
-        confine: impl FnOnce(&mut Command),
-    ) -> Result<Instance, StartError> {
-        Instance::spawn(spec, logs, confine)
-    }
-
     /// Initialises a process restored from an image: the after-restore hook, then the
     /// handler's import. The error says which of the two failed: before the runtime says
     /// HOOKED it is the image's doing, after it the function's. The same for a process

@@ -26,6 +26,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 use std::time::Duration;
 
 use cgroup::{Cgroup, Hierarchy};
@@ -41,6 +42,12 @@ pub enum SandboxError {
         "the sandbox needs root (to create namespaces and cgroups); run as root or with --no-sandbox"
     )]
     NotRoot,
+    #[error("making the sandbox's first process failed while {step}: {source}")]
+    Spawn {
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("path {0:?} cannot be passed to the kernel (it contains NUL)")]
     BadPath(PathBuf),
     #[error("preparing the sandbox root {path}: {source}")]
@@ -708,6 +715,123 @@ impl Sandbox {
         self.attach(cmd);
     }
 
+    /// The way a restore's sandbox starts (the node's parked sandboxes), without a fork of
+    /// the daemon: the instance's first process is made with `clone(CLONE_VM |
+    /// CLONE_VFORK | CLONE_NEWPID)`, as posix_spawn makes processes, so none of the
+    /// daemon's page tables is copied (nor torn down again by the restore). It builds its
+    /// root as [`Sandbox::attach`]'s does while a thread of ours joins it to its cgroups,
+    /// leads its own session, and execs `program` (ember-snap's stopper: one code page) by
+    /// descriptor, as pid 1 of its namespace, with `fds` (`(number, our descriptor)`, at
+    /// most 8) and nothing else open. It is still root with every capability, its
+    /// bounding set whole (a restore's [`Handoff`] empties it), and its rlimits set.
+    ///
+    /// `program` must then wait in a system call (the stopper, an init, waits in
+    /// `pause()`). Returns its host pid once it is stopped there (SIGSTOP from here: an
+    /// init's own signals are dropped). It is a child of the calling thread and dies with it: call from a
+    /// thread that lives as long as the instance (a tokio worker). Waiting for it is the
+    /// caller's (a pidfd).
+    pub fn spawn_parked(
+        &mut self,
+        program: std::os::fd::BorrowedFd<'_>,
+        fds: &[(libc::c_int, libc::c_int)],
+    ) -> Result<i32, SandboxError> {
+        let failed = |step: &'static str| move |source| SandboxError::Spawn { step, source };
+        if fds.len() > 8 {
+            return Err(failed("arranging its descriptors")(std::io::Error::other(
+                "more than 8 descriptors to hand it",
+            )));
+        }
+        let Some(plan) = self.plan.take() else {
+            return Err(failed("starting")(std::io::Error::other(
+                "this sandbox's first process was already started",
+            )));
+        };
+        let owned = |(r, w): (libc::c_int, libc::c_int)| {
+            use std::os::fd::FromRawFd;
+            // SAFETY: both ends were just made by pipe2 and are ours alone.
+            unsafe {
+                (
+                    std::os::fd::OwnedFd::from_raw_fd(r),
+                    std::os::fd::OwnedFd::from_raw_fd(w),
+                )
+            }
+        };
+        let (joined_r, joined_w) = owned(sys::pipe().map_err(failed("making its pipes"))?);
+        let (pid_r, pid_w) = owned(sys::pipe().map_err(failed("making its pipes"))?);
+        let stack = sys::Stack::new(CHILD_STACK).map_err(failed("making its stack"))?;
+        let name = c"ember-stopper";
+        let birth = Birth {
+            plan: &plan,
+            joined_r: joined_r.as_raw_fd(),
+            joined_w: joined_w.as_raw_fd(),
+            pid_w: pid_w.as_raw_fd(),
+            pid_r: pid_r.as_raw_fd(),
+            exe: program.as_raw_fd(),
+            fds,
+            argv: [name.as_ptr(), std::ptr::null()],
+            envp: [std::ptr::null()],
+            tid: AtomicI32::new(0),
+            errno: AtomicI32::new(0),
+            step: AtomicU8::new(0),
+        };
+        let procs = &plan.procs_files;
+        let made = std::thread::scope(|s| {
+            // The cgroup joins (on v1 each waits for an RCU grace period) run while the
+            // process builds its root.
+            let joiner = s.spawn(|| {
+                let mut tid = [0u8; 4];
+                if !sys::read_exact(pid_r.as_raw_fd(), &mut tid) {
+                    return; // it ended before it could say
+                }
+                let mut buf = [0u8; 12];
+                let digits = sys::pid_digits(i32::from_ne_bytes(tid), &mut buf);
+                let errno = procs
+                    .iter()
+                    .find_map(|f| sys::write_file(f, digits).err())
+                    .map_or(0, |e| e.raw_os_error().unwrap_or(libc::EIO));
+                sys::send_byte(joined_w.as_raw_fd(), errno as u8);
+            });
+            // SAFETY: `born` only makes the async-signal-safe calls of `sys` and stores
+            // into the atomics of `birth`, then execs or `_exit`s; `birth` and `stack`
+            // outlive the call, which returns only once the child has exec'd or ended.
+            let pid = unsafe {
+                sys::clone_vm(
+                    born,
+                    &stack,
+                    libc::CLONE_NEWPID,
+                    (&raw const birth).cast_mut().cast(),
+                    birth.tid.as_ptr(),
+                )
+            };
+            // The joiner ends now even if the child never told it its pid.
+            drop(pid_w);
+            let _ = joiner.join();
+            pid
+        });
+        let pid = made.map_err(failed("cloning it"))?;
+        let errno = birth.errno.load(Ordering::SeqCst);
+        if errno != 0 {
+            sys::reap(pid);
+            let step = BUILD_STEPS
+                .get(usize::from(birth.step.load(Ordering::SeqCst)))
+                .copied()
+                .unwrap_or("starting");
+            return Err(SandboxError::Spawn {
+                step,
+                source: std::io::Error::from_raw_os_error(errno),
+            });
+        }
+        // Stopped where it waits (a restore injects its calls at a system call).
+        let stopped =
+            sys::wait_in_syscall(pid, Duration::from_secs(2)).and_then(|()| sys::stop_child(pid));
+        if let Err(e) = stopped {
+            sys::kill(pid);
+            sys::reap(pid);
+            return Err(failed("stopping it")(e));
+        }
+        Ok(pid)
+    }
+
     /// The listener [`InstanceSpec::runtime_api_port`] asked for, once.
     pub fn take_listener(&mut self) -> Option<std::net::TcpListener> {
         self.listener.take()
@@ -846,6 +970,9 @@ impl Drop for Sandbox {
     }
 }
 
+/// The stack of a first process made by [`Sandbox::spawn_parked`] until its exec.
+const CHILD_STACK: usize = 256 << 10;
+
 /// The first descriptor number that is the sandbox's own: 0-2 are stdio and 3 the
 /// runtime's protocol socket, which the caller's steps put in place.
 const FIRST_PRIVATE_FD: libc::c_int = 4;
@@ -905,35 +1032,8 @@ fn enter(p: &Plan) -> std::io::Result<()> {
         sys::close(stop_r);
         sys::close(go_w);
     }
-    if p.netns >= 0 {
-        sys::setns_net(p.netns)?;
-    }
-    sys::unshare(p.unshare_flags)?;
-    let none = None;
-    sys::mount(none, c"/", none, libc::MS_REC | libc::MS_PRIVATE, none)?;
-    sys::mount(
-        Some(c"tmpfs"),
-        &p.root,
-        Some(c"tmpfs"),
-        libc::MS_NOSUID | libc::MS_NODEV,
-        Some(c"size=1m,mode=0755"),
-    )?;
-    apply_steps(&p.steps)?;
-    enter_root(&p.root, &p.old_root)?;
-    sys::chdir(&p.cwd)?;
-    sys::sethostname(HOSTNAME.as_bytes())?;
-    // Nothing of the function runs before the cgroup holds this process; the cgroup
-    // namespace is made then, so that it is rooted at the instance's own cgroup.
-    match sys::recv_byte(joined_r) {
-        Some(0) => {}
-        Some(errno) => return Err(std::io::Error::from_raw_os_error(i32::from(errno))),
-        None => return Err(std::io::Error::from_raw_os_error(libc::EIO)),
-    }
-    sys::close(joined_r);
-    sys::unshare(libc::CLONE_NEWCGROUP)?;
-    for &(res, value) in RLIMITS {
-        sys::setrlimit(res, value)?;
-    }
+    build_instance(p, joined_r, &AtomicU8::new(0))?;
+    set_limits()?;
     sys::drop_bounding_set()?;
     if p.stop_for_restore {
         // Close this copy of std's status pipe (every descriptor above the protocol's but
@@ -956,6 +1056,118 @@ fn enter(p: &Plan) -> std::io::Result<()> {
     // No allocation here, not even for the error: errno says what failed.
     seccompiler::apply_filter(&p.bpf).map_err(|_| std::io::Error::last_os_error())?;
     Ok(())
+}
+
+/// Where the first process of a sandbox was when its set-up failed (for
+/// [`SandboxError::Spawn`]).
+const BUILD_STEPS: [&str; 5] = [
+    "entering its namespaces",
+    "building its root",
+    "joining its cgroups",
+    "arranging its descriptors and limits",
+    "executing its program",
+];
+
+/// The part of an instance's first process's set-up both ways of starting share, from its
+/// namespaces to its cgroups: the network namespace made ahead (or a new one), new mount,
+/// uts and ipc namespaces; its root; its host name; its cgroups, which another process
+/// joins it to and then says so on `joined_r` (one byte: 0, or the errno of the failure);
+/// a cgroup namespace rooted there. `step` tracks the index in [`BUILD_STEPS`]. No
+/// allocation: runs between fork and exec.
+fn build_instance(p: &Plan, joined_r: libc::c_int, step: &AtomicU8) -> std::io::Result<()> {
+    step.store(0, Ordering::Relaxed);
+    if p.netns >= 0 {
+        sys::setns_net(p.netns)?;
+    }
+    sys::unshare(p.unshare_flags)?;
+    step.store(1, Ordering::Relaxed);
+    let none = None;
+    sys::mount(none, c"/", none, libc::MS_REC | libc::MS_PRIVATE, none)?;
+    sys::mount(
+        Some(c"tmpfs"),
+        &p.root,
+        Some(c"tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some(c"size=1m,mode=0755"),
+    )?;
+    apply_steps(&p.steps)?;
+    enter_root(&p.root, &p.old_root)?;
+    sys::chdir(&p.cwd)?;
+    sys::sethostname(HOSTNAME.as_bytes())?;
+    // Nothing of the function runs before the cgroup holds this process; the cgroup
+    // namespace is made then, so that it is rooted at the instance's own cgroup.
+    step.store(2, Ordering::Relaxed);
+    match sys::recv_byte(joined_r) {
+        Some(0) => {}
+        Some(errno) => return Err(std::io::Error::from_raw_os_error(i32::from(errno))),
+        None => return Err(std::io::Error::from_raw_os_error(libc::EIO)),
+    }
+    sys::close(joined_r);
+    sys::unshare(libc::CLONE_NEWCGROUP)?;
+    Ok(())
+}
+
+/// The instance's rlimits (after its descriptors are in place: the limit on them is low).
+fn set_limits() -> std::io::Result<()> {
+    for &(res, value) in RLIMITS {
+        sys::setrlimit(res, value)?;
+    }
+    Ok(())
+}
+
+/// What the first process made by [`Sandbox::spawn_parked`] reads and writes of the
+/// daemon's memory, which it shares until its exec.
+struct Birth<'a> {
+    plan: &'a Plan,
+    /// Its end of the cgroup joiner's answer, and the joiner's end (closed at once).
+    joined_r: libc::c_int,
+    joined_w: libc::c_int,
+    /// Where it tells the joiner its host pid, and the joiner's end (closed at once).
+    pid_w: libc::c_int,
+    pid_r: libc::c_int,
+    exe: libc::c_int,
+    fds: &'a [(libc::c_int, libc::c_int)],
+    argv: [*const libc::c_char; 2],
+    envp: [*const libc::c_char; 1],
+    /// Its host pid, stored by the kernel before it runs (`CLONE_PARENT_SETTID`).
+    tid: AtomicI32,
+    /// Its failure: the errno, and the index in [`BUILD_STEPS`].
+    errno: AtomicI32,
+    step: AtomicU8,
+}
+
+/// The first process of [`Sandbox::spawn_parked`], on its own stack in the daemon's memory
+/// (the daemon's thread is suspended until it execs or ends).
+extern "C" fn born(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `Birth` spawn_parked keeps alive until clone_vm returns, which is
+    // once this process has exec'd or ended; only atomics of it are written.
+    let b = unsafe { &*(arg as *const Birth<'_>) };
+    let e = match born_steps(b) {
+        Ok(exe) => sys::exec_fd(exe, &b.argv, &b.envp),
+        Err(e) => e,
+    };
+    b.errno
+        .store(e.raw_os_error().unwrap_or(libc::EIO), Ordering::SeqCst);
+    // SAFETY: _exit ends this process without running any teardown of the shared memory.
+    unsafe { libc::_exit(127) }
+}
+
+/// The steps of [`born`] before its exec; where its program is then.
+fn born_steps(b: &Birth<'_>) -> std::io::Result<libc::c_int> {
+    // It dies with the daemon's thread that made it, which waits for it meanwhile.
+    sys::die_with_parent()?;
+    sys::close(b.joined_w);
+    sys::close(b.pid_r);
+    sys::write_all(b.pid_w, &b.tid.load(Ordering::SeqCst).to_ne_bytes())?;
+    sys::close(b.pid_w);
+    // Its own session and group, as pid 1 of its namespace: killing the group kills all.
+    sys::setsid()?;
+    build_instance(b.plan, b.joined_r, &b.step)?;
+    b.step.store(3, Ordering::Relaxed);
+    let exe = sys::arrange_fds(b.exe, b.fds)?;
+    set_limits()?;
+    b.step.store(4, Ordering::Relaxed);
+    Ok(exe)
 }
 
 /// Carries out the mount steps of a plan (no allocation: also runs between fork and exec).

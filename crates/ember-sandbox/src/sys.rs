@@ -595,6 +595,266 @@ pub fn bind_into(
     })
 }
 
+/// A stack for a process made by [`clone_vm`], below a guard page; unmapped on drop.
+pub struct Stack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl Stack {
+    /// `size` bytes of stack (rounded up to pages) above one inaccessible page.
+    pub fn new(size: usize) -> io::Result<Stack> {
+        let page = 4096;
+        let len = size.div_ceil(page) * page + page;
+        // SAFETY: a fresh private anonymous mapping; no existing memory is named.
+        let base = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the lowest page of the mapping made above becomes the guard.
+        if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } != 0 {
+            let e = io::Error::last_os_error();
+            // SAFETY: unmapping the mapping made above, which nothing else uses.
+            unsafe { libc::munmap(base, len) };
+            return Err(e);
+        }
+        Ok(Stack { base, len })
+    }
+
+    /// The top (stacks grow down), 16-byte aligned.
+    fn top(&self) -> *mut libc::c_void {
+        // SAFETY: one past the end of the mapping made in `new`, which is page-aligned.
+        unsafe { self.base.cast::<u8>().add(self.len).cast() }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`; the process that ran on it has exec'd or ended
+        // (clone_vm returns only then).
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// Makes a process that shares this one's memory, on `stack`, running `child(arg)`, the
+/// way posix_spawn does (`CLONE_VM | CLONE_VFORK`): no page table is copied, and the
+/// calling thread is suspended until the child execs or ends. `flags` adds namespaces
+/// (`CLONE_NEWPID`). The child's host pid is also stored at `tid` before it runs. Every
+/// signal is blocked across the call, so no handler of ours runs on the child's stack.
+///
+/// # Safety
+/// `child` must only make async-signal-safe calls and never return into, unwind through or
+/// free anything of the caller's (it ends with exec or `_exit`); it must not touch memory
+/// the caller's other threads may change. `arg` and `tid` must stay valid until this
+/// returns.
+pub unsafe fn clone_vm(
+    child: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    stack: &Stack,
+    flags: libc::c_int,
+    arg: *mut libc::c_void,
+    tid: *mut libc::pid_t,
+) -> io::Result<libc::pid_t> {
+    // SAFETY: an all-zero sigset_t is valid; sigfillset fills the live local.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `all` is a live local.
+    unsafe { libc::sigfillset(&mut all) };
+    // SAFETY: both pointers are live locals; this thread's mask only.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old) };
+    let flags = flags | libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID;
+    // SAFETY: `stack` is a live mapping the child runs on until exec; the caller vouches
+    // for `child`, `arg` and `tid` (see the function's contract).
+    let pid = unsafe { libc::clone(child, stack.top(), flags | libc::SIGCHLD, arg, tid) };
+    let r = if pid < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(pid)
+    };
+    // SAFETY: restores the mask saved above, in this thread.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut()) };
+    r
+}
+
+/// *child* Leads a new session (and process group).
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: setsid takes no arguments.
+    check(unsafe { libc::setsid() })
+}
+
+/// *child* Writes all of `data` (a few bytes, to a pipe).
+pub fn write_all(fd: libc::c_int, data: &[u8]) -> io::Result<()> {
+    // SAFETY: `data` is a valid buffer of `data.len()` bytes; `fd` is this process's.
+    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    if n == data.len() as isize {
+        Ok(())
+    } else if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Err(io::Error::from_raw_os_error(libc::EPIPE))
+    }
+}
+
+/// Reads exactly `buf.len()` bytes; `false` at end of file or on an error.
+pub fn read_exact(fd: libc::c_int, buf: &mut [u8]) -> bool {
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: reading into the unfilled rest of `buf`; `fd` is this process's.
+        let n = unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), buf.len() - got) };
+        if n > 0 {
+            got += n as usize;
+        } else if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+/// *child* Puts `fds` (`(wanted number, our descriptor)`, at most 8) at their numbers and
+/// `exe` above them (close-on-exec), and closes every other descriptor; returns where `exe`
+/// is now. Before any limit on descriptors is lowered: the copies go above every number
+/// in use.
+pub fn arrange_fds(
+    exe: libc::c_int,
+    fds: &[(libc::c_int, libc::c_int)],
+) -> io::Result<libc::c_int> {
+    let base = fds
+        .iter()
+        .map(|&(a, b)| a.max(b))
+        .max()
+        .unwrap_or(2)
+        .max(exe)
+        + 1;
+    // Above every number arranged: where the program is kept until the exec.
+    let exe_at = base + fds.len() as libc::c_int;
+    // Closed by the exec itself (an ELF program; a script would need it open).
+    // SAFETY: dup3 takes two descriptor numbers and a flag.
+    if unsafe { libc::dup3(exe, exe_at, libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for (i, &(_, ours)) in fds.iter().enumerate() {
+        // SAFETY: dup2 takes two descriptor numbers; the new one has no FD_CLOEXEC.
+        if unsafe { libc::dup2(ours, base + i as libc::c_int) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    for (i, &(want, _)) in fds.iter().enumerate() {
+        // SAFETY: see above.
+        if unsafe { libc::dup2(base + i as libc::c_int, want) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // Everything but the arranged numbers and the program: the gaps below `base`, then
+    // `base..exe_at`, then above it.
+    let mut from = 0;
+    let mut wanted: [libc::c_int; 8] = [-1; 8];
+    for (slot, &(want, _)) in wanted.iter_mut().zip(fds) {
+        *slot = want;
+    }
+    for n in 0..base {
+        if wanted.contains(&n) {
+            if n > from {
+                // SAFETY: close_range takes integers; closing descriptors this process owns.
+                unsafe { libc::syscall(libc::SYS_close_range, from, n - 1, 0) };
+            }
+            from = n + 1;
+        }
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from, exe_at - 1, 0) };
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, exe_at + 1, libc::c_uint::MAX, 0) };
+    Ok(exe_at)
+}
+
+/// *child* Execs the program at descriptor `exe` (`execveat` with `AT_EMPTY_PATH`: no path,
+/// no /proc needed; an ELF program, not a script). Returns only on an error.
+pub fn exec_fd(
+    exe: libc::c_int,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> io::Error {
+    // SAFETY: `argv` and `envp` are NULL-terminated arrays of NUL-terminated strings the
+    // caller keeps alive; the empty path with AT_EMPTY_PATH names `exe` itself.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            exe,
+            c"".as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    io::Error::last_os_error()
+}
+
+/// Waits (at most `limit`) until `pid` sleeps in a system call (a restore replaces a
+/// process stopped there); `Err` when it does not.
+pub fn wait_in_syscall(pid: libc::pid_t, limit: std::time::Duration) -> io::Result<()> {
+    let path = format!("/proc/{pid}/syscall");
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        // "running", or the number of the system call it waits in and its arguments.
+        let text = std::fs::read_to_string(&path)?;
+        let first = text.split_whitespace().next().unwrap_or("");
+        if first.parse::<i64>().is_ok_and(|nr| nr >= 0) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("it did not wait in a system call within {limit:?}"),
+            ));
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Stops the child `pid` (SIGSTOP) and waits until it is; `Err` when it ended instead
+/// (then collected).
+pub fn stop_child(pid: libc::pid_t) -> io::Result<()> {
+    // SAFETY: kill takes plain integers; `pid` is our child (> 0).
+    check(unsafe { libc::kill(pid, libc::SIGSTOP) })?;
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid out-pointer for waitpid.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WUNTRACED) };
+        if rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::WIFSTOPPED(status) {
+            return Ok(());
+        }
+        return Err(io::Error::other(format!(
+            "it ended before it could be stopped (wait status {status:#x})"
+        )));
+    }
+}
+
+/// Collects the ended child `pid` (blocking).
+pub fn reap(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: `status` is a valid out-pointer for waitpid.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+        && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+    {}
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -246,6 +246,15 @@ fn program(
     }
 }
 
+/// The stopper program itself, a sealed memfd kept open for the life of this process: for
+/// a process made elsewhere that execs it by descriptor (a sandbox's first process,
+/// `ember_sandbox::Sandbox::spawn_parked`).
+pub fn program_fd() -> io::Result<std::os::fd::BorrowedFd<'static>> {
+    let (_, fd) = path()?;
+    // SAFETY: `fd` is the memfd held by a static `OnceLock`, never closed.
+    Ok(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+}
+
 /// Spawns a stopper holding `fds` (`(wanted number, our descriptor)`); returns its pid. It
 /// stops itself right away (wait for that with `WUNTRACED`).
 pub fn spawn(fds: &[(i32, i32)]) -> io::Result<i32> {

@@ -1095,26 +1095,11 @@ impl Parked {
             b.call("prctl(PR_SET_CHILD_SUBREAPER)", libc::SYS_prctl, &args, 0);
         }
         match &spec.handoff {
-            // As a restore's handoff, from the template's root: no capability left in any
-            // set (the bounding set emptied while CAP_SETPCAP is held, ambient cleared,
-            // securebits 0 so that setresuid clears the rest), the instance's user, then
-            // what a credential change resets, then its confinement.
+            // As a restore's handoff, from the template's root: no capability left, the
+            // instance's user, then what a credential change resets, then its
+            // confinement.
             Some(h) => {
-                for cap in 0..=self.last_cap.min(63) {
-                    let args = [libc::PR_CAPBSET_DROP as u64, u64::from(cap)];
-                    b.call("prctl(PR_CAPBSET_DROP)", libc::SYS_prctl, &args, 0);
-                }
-                let args = [
-                    libc::PR_CAP_AMBIENT as u64,
-                    libc::PR_CAP_AMBIENT_CLEAR_ALL as u64,
-                    0,
-                    0,
-                    0,
-                ];
-                b.call("prctl(PR_CAP_AMBIENT_CLEAR_ALL)", libc::SYS_prctl, &args, 0);
-                let args = [libc::PR_SET_SECUREBITS as u64, 0];
-                b.call("prctl(PR_SET_SECUREBITS)", libc::SYS_prctl, &args, 0);
-                restore::handoff_credentials(&mut b, h);
+                restore::handoff_credentials(&mut b, h, self.last_cap);
                 crate::state::apply::after_credentials(&mut b, &meta.process, h.die_with_parent);
                 restore::handoff_confine(&mut b, h);
                 // The image's own filters last (those equal to the handoff's, which an

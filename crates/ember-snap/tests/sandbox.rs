@@ -7,7 +7,7 @@ mod common;
 use std::process::Stdio;
 
 use common::sandboxed::{ask, handoff_options, instance, setup};
-use common::{privileged, tmp};
+use common::{Conv, fds_of, privileged, tmp};
 use ember_snap::Target;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -49,6 +49,97 @@ async fn restores_into_a_sandboxed_first_process_and_hands_it_over() {
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
     let _ = child.start_kill();
     let _ = child.wait().await;
+    sb.destroy().await;
+}
+
+/// The node's way: the sandbox's first process is the stopper, made without a fork of the
+/// test process (nothing of ours mapped in it, none of our descriptors), restored into and
+/// handed over with no capability left in any set.
+#[tokio::test(flavor = "multi_thread")]
+async fn restores_into_a_stopper_made_without_a_fork_and_hands_it_over() {
+    use std::os::fd::AsRawFd;
+    if !privileged("restores_into_a_stopper_made_without_a_fork_and_hands_it_over") {
+        return;
+    }
+    let dir = tmp();
+    let (boxes, img, work) = setup(dir.path(), "stopper");
+    let mut sb = instance(&boxes, &work);
+    let (in_r, in_w) = std::io::pipe().unwrap();
+    let (out_r, out_w) = std::io::pipe().unwrap();
+    let program = ember_snap::stopper::program_fd().unwrap();
+    let fds = [(0, in_r.as_raw_fd()), (1, out_w.as_raw_fd()), (2, 2)];
+    let pid = sb.spawn_parked(program, &fds).unwrap();
+    drop((in_r, out_w));
+    let status = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let before = status(pid);
+    assert_eq!(field(&before, "State:"), "T (stopped)");
+    assert_eq!(field(&before, "PPid:"), std::process::id().to_string());
+    assert!(field(&before, "NSpid:").ends_with("\t1"), "{before}");
+    let ours = status(std::process::id() as i32);
+    assert_eq!(
+        field(&before, "CapEff:"),
+        field(&ours, "CapEff:"),
+        "still privileged"
+    );
+    assert_eq!(sb.first_process(), Some(pid), "in the sandbox's cgroups");
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let kernel = ["[vvar]", "[vvar_vclock]", "[vdso]", "[stack]", "[vsyscall]"];
+    for line in maps.lines() {
+        let name = line.split_whitespace().nth(5).unwrap_or("");
+        assert!(
+            kernel.contains(&name) || name == "/memfd:ember-stopper",
+            "only the stopper's page and what the kernel maps: {maps}"
+        );
+    }
+    assert_eq!(fds_of(pid), [0, 1, 2]);
+    let again = sb.spawn_parked(program, &fds).unwrap_err();
+    assert!(again.to_string().contains("already started"), "{again}");
+
+    let opts = handoff_options(&sb);
+    let restored = tokio::task::spawn_blocking(move || {
+        ember_snap::restore(&img, Target::Stopped { pid }, &opts)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(restored.pid, pid);
+    let mut conv = Conv::of(pid, 1, in_w.into(), out_r.into());
+    assert_eq!(conv.ask("ping"), "pong 1");
+    assert!(conv.ask("creds").starts_with("creds 65534 65534 "));
+    let after = status(pid);
+    assert_eq!(field(&after, "Seccomp:"), "2");
+    assert_eq!(field(&after, "NoNewPrivs:"), "1");
+    for set in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(field(&after, set), "0000000000000000", "{set} {after}");
+    }
+    drop(conv);
+    sb.destroy().await;
+}
+
+/// A first process that cannot exec its program says which step failed, and leaves
+/// nothing running in the sandbox.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopper_spawn_that_cannot_exec_says_so_and_leaves_nothing() {
+    use std::os::fd::AsFd;
+    if !privileged("a_stopper_spawn_that_cannot_exec_says_so_and_leaves_nothing") {
+        return;
+    }
+    let dir = tmp();
+    let (boxes, _img, work) = setup(dir.path(), "noexec");
+    let mut sb = instance(&boxes, &work);
+    let not_a_program = std::fs::File::open("/etc/hostname").unwrap();
+    let e = sb
+        .spawn_parked(not_a_program.as_fd(), &[(0, 0), (1, 1), (2, 2)])
+        .unwrap_err();
+    let text = format!("{e}");
+    assert!(text.contains("executing its program"), "{text}");
+    assert_eq!(sb.first_process(), None);
     sb.destroy().await;
 }
 

@@ -19,6 +19,33 @@ use super::{Deployed, InvokeOutcome, Node, error_chain};
 use crate::images::Pages;
 use crate::live::Live;
 
+/// An instance for a restore to replace: the sandbox's first process, the stopper, made
+/// without a fork of the daemon ([`ember_sandbox::Sandbox::spawn_parked`]), stopped, holding
+/// the runtime's stdio and protocol socket, taken over as the runtime's process. Returns it
+/// with its host pid. Call on a tokio worker (the process dies with the thread that made
+/// it). On an error nothing of it is left.
+pub(in crate::node) fn parked_instance(
+    sb: &mut ember_sandbox::Sandbox,
+    spec: &StartSpec,
+    log: Arc<dyn LogSink>,
+) -> Result<(Instance, i32), RungError> {
+    let (wiring, ours) = Instance::wiring().map_err(RungError::Spawn)?;
+    let program = ember_snap::stopper::program_fd().map_err(|source| {
+        RungError::Sandbox(ember_sandbox::SandboxError::Spawn {
+            step: "preparing the stopper program",
+            source,
+        })
+    })?;
+    let pid = {
+        let _s = info_span!("runtime.spawn").entered();
+        sb.spawn_parked(program, &wiring.at_numbers())
+            .map_err(RungError::Sandbox)?
+    };
+    drop(wiring);
+    let inst = Instance::adopt(spec, log, pid, ours).map_err(RungError::Spawn)?;
+    Ok((inst, pid))
+}
+
 /// What a restored instance's sandbox shows it besides the system: these directories,
 /// read-only, and the host's network or none.
 pub(in crate::node) struct Sees {
@@ -88,19 +115,13 @@ impl Node {
                         runtime_api_port: None,
                     })
                     .map_err(RungError::Sandbox)?;
-                let inst = match Instance::spawn_parked(spec, log, |cmd| sb.attach_stopped(cmd)) {
-                    Ok(i) => i,
+                match parked_instance(&mut sb, spec, log) {
+                    Ok((inst, pid)) => (Live::new(inst, Some(sb)), pid),
                     Err(e) => {
                         sb.destroy().await;
-                        return Err(RungError::Spawn(e));
+                        return Err(e);
                     }
-                };
-                let live = Live::new(inst, Some(sb));
-                let Some(pid) = live.sandbox.as_ref().and_then(|s| s.first_process()) else {
-                    self.reap(live.kill());
-                    return Err(RungError::FirstProcessGone);
-                };
-                (live, pid)
+                }
             }
         };
         let sandbox = t0.elapsed();

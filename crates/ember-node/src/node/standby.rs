@@ -426,15 +426,11 @@ impl Node {
             })
             .map_err(|e| error_chain(&e))?;
         let sink = Arc::new(LateSink::default());
-        let inst = ember_runtime::Instance::spawn_parked(&spec, sink.clone(), |cmd| {
-            sb.attach_stopped(cmd)
-        })
-        .map_err(|e| error_chain(&e))?;
-        let mut live = Live::new(inst, Some(sb));
-        let Some(pid) = live.sandbox.as_ref().and_then(|s| s.first_process()) else {
-            self.reap(live.kill());
-            return Err("its first process is not in its cgroup".into());
+        let (inst, pid) = match super::restore::parked_instance(&mut sb, &spec, sink.clone()) {
+            Ok(made) => made,
+            Err(e) => return Err(error_chain(&e)),
         };
+        let mut live = Live::new(inst, Some(sb));
         if let Err(why) = pin(&mut live, pid) {
             self.reap(live.kill());
             return Err(why);

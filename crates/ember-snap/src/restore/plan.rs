@@ -615,7 +615,7 @@ impl<'m> Plan<'m> {
             Some(h) => {
                 // The sandbox decides what the instance may set: its credentials first,
                 // then the image's values, bounded by the target's (`Bounds`).
-                handoff_credentials(&mut b2, h);
+                handoff_credentials(&mut b2, h, crate::creds::last_cap());
                 state::apply::limits_and_sched(&mut b2, st, &self.bounds);
                 state::apply::after_credentials(&mut b2, st, h.die_with_parent);
                 handoff_confine(&mut b2, h);
@@ -723,9 +723,21 @@ impl<'m> Plan<'m> {
     }
 }
 
-/// Become the instance's user (before the image's limits and prctl values, which the
-/// kernel then judges for that user, and which a credential change would reset).
-pub(crate) fn handoff_credentials(b: &mut Batch<'_>, h: &Handoff) {
+/// Become the instance's user with no capability left in any set (before the image's
+/// limits and prctl values, which the kernel then judges for that user, and which a
+/// credential change would reset): the bounding set emptied while CAP_SETPCAP is held
+/// (a sandbox's first process and a template are root with all of it), ambient cleared,
+/// securebits 0 so that the setresuid clears the rest.
+pub(crate) fn handoff_credentials(b: &mut Batch<'_>, h: &Handoff, last_cap: u32) {
+    for cap in 0..=last_cap.min(63) {
+        let args = [libc::PR_CAPBSET_DROP as u64, u64::from(cap)];
+        b.call("prctl(PR_CAPBSET_DROP)", libc::SYS_prctl, &args, 0);
+    }
+    let clear = libc::PR_CAP_AMBIENT_CLEAR_ALL as u64;
+    let args = [libc::PR_CAP_AMBIENT as u64, clear, 0, 0, 0];
+    b.call("prctl(PR_CAP_AMBIENT_CLEAR_ALL)", libc::SYS_prctl, &args, 0);
+    let args = [libc::PR_SET_SECUREBITS as u64, 0];
+    b.call("prctl(PR_SET_SECUREBITS)", libc::SYS_prctl, &args, 0);
     let (uid, gid) = (u64::from(h.uid), u64::from(h.gid));
     b.call("setgroups", libc::SYS_setgroups, &[0, 0], 0);
     b.call("setresgid", libc::SYS_setresgid, &[gid, gid, gid], 0);

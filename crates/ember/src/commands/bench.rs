@@ -54,6 +54,11 @@ pub struct Args {
     /// snap: dumps per workload
     #[arg(long, default_value_t = 5)]
     pub dumps: usize,
+    /// sandbox: MiB of heap the benchmark writes and holds first, as a daemon holds its
+    /// own (what a fork of it copies grows with it; a daemon measured 17 MiB resident
+    /// after a cold boot, its image pool apart)
+    #[arg(long, default_value_t = 16)]
+    pub resident: usize,
     /// snap: threads filling pages in a restore (0: one per core, up to 4, for large images)
     #[arg(long, default_value_t = 0)]
     pub fill_threads: usize,
@@ -398,14 +403,23 @@ async fn sandbox(args: Args) -> anyhow::Result<()> {
         ["-I", "-c", "pass"],
     );
     eprintln!(
-        "bench sandbox: {} rounds at parallelism {:?}, sandboxed and plain, starting {} {}",
+        "bench sandbox: {} rounds at parallelism {:?}, sandboxed and plain, starting {} {}; \
+         parked (stopped for a restore) by a fork and by the stopper; {} MiB resident",
         args.runs,
         args.parallel,
         program.display(),
-        pargs.join(" ")
+        pargs.join(" "),
+        args.resident
     );
-    let rows =
-        ember_bench::sandbox::run(home.path(), program, &pargs, &args.parallel, args.runs).await?;
+    let rows = ember_bench::sandbox::run(
+        home.path(),
+        program,
+        &pargs,
+        &args.parallel,
+        args.runs,
+        args.resident,
+    )
+    .await?;
     print!("{}", ember_bench::sandbox::table(&rows));
     let (out, _) = save(args.out, "sandbox", started, &rows)?;
     eprintln!("results: {}", out.display());

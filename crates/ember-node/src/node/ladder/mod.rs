@@ -68,8 +68,6 @@ pub enum RungError {
     Sandbox(#[source] ember_sandbox::SandboxError),
     #[error("starting the sandbox's first process")]
     Spawn(#[source] ember_runtime::python::StartError),
-    #[error("the sandbox's first process is gone before the restore")]
-    FirstProcessGone,
     #[error("restoring")]
     Restore(#[source] ember_snap::RestoreError),
     #[error("a background task failed: {0}")]
