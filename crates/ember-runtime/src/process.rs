@@ -18,7 +18,6 @@ pub(crate) enum Process {
 }
 
 pub(crate) struct Adopted {
-    pid: i32,
     pidfd: AsyncFd<OwnedFd>,
     /// Once collected (its pid may be reused from then on: never waited for again).
     status: Option<ExitStatus>,
@@ -28,7 +27,6 @@ impl Adopted {
     /// Takes over `pid`, a child of this process (of any of its threads).
     pub(crate) fn new(pid: i32) -> io::Result<Adopted> {
         Ok(Adopted {
-            pid,
             pidfd: sys::pidfd_async(pid)?,
             status: None,
         })
@@ -37,8 +35,9 @@ impl Adopted {
 
 impl Adopted {
     fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        use std::os::fd::AsRawFd;
         if self.status.is_none() {
-            self.status = sys::collect(self.pid)?;
+            self.status = sys::collect(self.pidfd.get_ref().as_raw_fd())?;
         }
         Ok(self.status)
     }
@@ -63,10 +62,13 @@ impl Drop for Adopted {
             return;
         }
         let _ = sys::pidfd_kill(self.pidfd.get_ref().as_raw_fd());
-        let pid = self.pid;
+        // The descriptor goes with the thread (dropping it deregisters it from tokio).
+        let Ok(fd) = self.pidfd.get_ref().try_clone() else {
+            return;
+        };
         let _ = std::thread::Builder::new()
             .name("ember-collect".into())
-            .spawn(move || sys::collect_blocking(pid));
+            .spawn(move || sys::collect_blocking(fd.as_raw_fd()));
     }
 }
 

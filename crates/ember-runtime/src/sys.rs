@@ -228,37 +228,52 @@ pub fn pidfd_kill(pidfd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Collects the child `pid` if it has ended (`waitpid` with `WNOHANG`). The caller makes
-/// sure `pid` is its own child not collected yet (a pidfd held keeps the number from being
-/// reused until then).
-pub fn collect(pid: libc::pid_t) -> io::Result<Option<std::process::ExitStatus>> {
+/// Collects the child behind `pidfd` if it has ended (`waitid(P_PIDFD)` with `WNOHANG`):
+/// through the descriptor, never a pid number, so a process that reused the number of one
+/// collected elsewhere is never waited for.
+pub fn collect(pidfd: RawFd) -> io::Result<Option<std::process::ExitStatus>> {
+    wait_pidfd(pidfd, libc::WNOHANG)
+}
+
+/// Waits for the child behind `pidfd` to end and collects it.
+pub fn collect_blocking(pidfd: RawFd) {
+    let _ = wait_pidfd(pidfd, 0);
+}
+
+/// `waitid(P_PIDFD, pidfd, WEXITED | flags)`; `None` when `WNOHANG` found it running.
+fn wait_pidfd(pidfd: RawFd, flags: libc::c_int) -> io::Result<Option<std::process::ExitStatus>> {
     use std::os::unix::process::ExitStatusExt;
-    let mut status = 0;
+    // P_PIDFD (linux/wait.h), not in every libc.
+    const P_PIDFD: libc::idtype_t = 3;
     loop {
-        // SAFETY: waitpid writes the status into a live local.
-        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if r == pid {
-            return Ok(Some(std::process::ExitStatus::from_raw(status)));
-        }
+        // SAFETY: an all-zero siginfo_t is valid; waitid fills it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid writes into the live local `info`; the id is a descriptor number.
+        let r = unsafe {
+            libc::waitid(
+                P_PIDFD,
+                pidfd as libc::id_t,
+                &mut info,
+                libc::WEXITED | flags,
+            )
+        };
         if r == 0 {
-            return Ok(None);
+            // SAFETY: filled by a successful waitid; si_pid is 0 when WNOHANG found none.
+            let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+            if pid == 0 {
+                return Ok(None);
+            }
+            // Encoded as wait(2)'s status word: an exit code, or the signal (+ core flag).
+            let raw = match code {
+                libc::CLD_EXITED => (status & 0xff) << 8,
+                libc::CLD_DUMPED => (status & 0x7f) | 0x80,
+                _ => status & 0x7f,
+            };
+            return Ok(Some(std::process::ExitStatus::from_raw(raw)));
         }
         let err = io::Error::last_os_error();
         if err.raw_os_error() != Some(libc::EINTR) {
             return Err(err);
-        }
-    }
-}
-
-/// Waits for the child `pid` to end and collects it (the caller killed it and holds the
-/// only claim to collect it).
-pub fn collect_blocking(pid: libc::pid_t) {
-    let mut status = 0;
-    loop {
-        // SAFETY: waitpid writes the status into a live local.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return;
         }
     }
 }
@@ -268,5 +283,12 @@ pub fn collect_blocking(pid: libc::pid_t) {
 pub fn kill_and_collect(pid: libc::pid_t) {
     // SAFETY: kill takes plain integers; `pid` is a positive child pid not yet collected.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    collect_blocking(pid);
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid writes the status into a live local.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
+    }
 }

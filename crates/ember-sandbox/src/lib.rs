@@ -778,19 +778,25 @@ impl Sandbox {
         let made = std::thread::scope(|s| {
             // The cgroup joins (on v1 each waits for an RCU grace period) run while the
             // process builds its root.
-            let joiner = s.spawn(|| {
-                let mut tid = [0u8; 4];
-                if !sys::read_exact(pid_r.as_raw_fd(), &mut tid) {
-                    return; // it ended before it could say
-                }
-                let mut buf = [0u8; 12];
-                let digits = sys::pid_digits(i32::from_ne_bytes(tid), &mut buf);
-                let errno = procs
-                    .iter()
-                    .find_map(|f| sys::write_file(f, digits).err())
-                    .map_or(0, |e| e.raw_os_error().unwrap_or(libc::EIO));
-                sys::send_byte(joined_w.as_raw_fd(), errno as u8);
-            });
+            let joiner = std::thread::Builder::new()
+                .name("ember-cgroup-join".into())
+                .spawn_scoped(s, || {
+                    let mut tid = [0u8; 4];
+                    if !sys::read_exact(pid_r.as_raw_fd(), &mut tid) {
+                        return; // it ended before it could say
+                    }
+                    let mut buf = [0u8; 12];
+                    let digits = sys::pid_digits(i32::from_ne_bytes(tid), &mut buf);
+                    let errno = procs
+                        .iter()
+                        .find_map(|f| sys::write_file(f, digits).err())
+                        .map_or(0, |e| e.raw_os_error().unwrap_or(libc::EIO));
+                    sys::send_byte(joined_w.as_raw_fd(), errno as u8);
+                });
+            let joiner = match joiner {
+                Ok(j) => j,
+                Err(e) => return Err(e),
+            };
             // SAFETY: `born` only makes the async-signal-safe calls of `sys` and stores
             // into the atomics of `birth`, then execs or `_exit`s; `birth` and `stack`
             // outlive the call, which returns only once the child has exec'd or ended.
@@ -808,7 +814,7 @@ impl Sandbox {
             let _ = joiner.join();
             pid
         });
-        let pid = made.map_err(failed("cloning it"))?;
+        let pid = made.map_err(failed("cloning it (or starting its cgroup joiner)"))?;
         let errno = birth.errno.load(Ordering::SeqCst);
         if errno != 0 {
             sys::reap(pid);
@@ -821,15 +827,18 @@ impl Sandbox {
                 source: std::io::Error::from_raw_os_error(errno),
             });
         }
-        // Stopped where it waits (a restore injects its calls at a system call).
-        let stopped =
-            sys::wait_in_syscall(pid, Duration::from_secs(2)).and_then(|()| sys::stop_child(pid));
-        if let Err(e) = stopped {
-            sys::kill(pid);
-            sys::reap(pid);
-            return Err(failed("stopping it")(e));
+        match stop_in_pause(pid) {
+            Ok(()) => Ok(pid),
+            Err(Some(e)) => {
+                sys::kill(pid);
+                sys::reap(pid);
+                Err(failed("stopping it")(e))
+            }
+            // Ended (and collected) before it could be stopped.
+            Err(None) => Err(failed("stopping it")(std::io::Error::other(
+                "it ended before it could be stopped",
+            ))),
         }
-        Ok(pid)
     }
 
     /// The listener [`InstanceSpec::runtime_api_port`] asked for, once.
@@ -863,9 +872,12 @@ impl Sandbox {
     }
 
     /// What a restore must do after replacing the stopped process's image, in this order:
-    /// `setgroups(0)`, `setresgid(gid)`, `setresuid(uid)`, `PR_SET_PDEATHSIG(SIGKILL)`,
-    /// `PR_SET_NO_NEW_PRIVS`, `seccomp(SET_MODE_FILTER, filter)`. (The capability bounding
-    /// set is emptied before the stop.)
+    /// `PR_CAPBSET_DROP` of every capability, `PR_CAP_AMBIENT_CLEAR_ALL`,
+    /// `PR_SET_SECUREBITS(0)` (a first process of [`Sandbox::spawn_parked`] still has them
+    /// all; one of [`Sandbox::attach_stopped`] has an empty bounding set already),
+    /// `setgroups(0)`, `setresgid(gid)`, `setresuid(uid)`, a `capset` emptying every set,
+    /// `PR_SET_PDEATHSIG(SIGKILL)`, `PR_SET_NO_NEW_PRIVS`, `seccomp(SET_MODE_FILTER,
+    /// filter)`.
     pub fn handoff(&self) -> Handoff {
         Handoff {
             uid: self.uid,
@@ -966,6 +978,40 @@ impl Drop for Sandbox {
         if let Some(cg) = self.cgroup.take() {
             cg.kill_all(self.spare.pid());
             let _ = cg.remove();
+        }
+    }
+}
+
+/// Stops `pid` (just exec'd into the stopper) where it waits in `pause()`: a restore injects
+/// its calls at a system call, and a process caught anywhere else (still inside its exec,
+/// or on its way to the call) is continued and caught again, for at most 2 s. `Err(None)`:
+/// it ended, and was collected.
+fn stop_in_pause(pid: i32) -> Result<(), Option<std::io::Error>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let late = || {
+        Some(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "it did not wait in pause() within 2 s",
+        ))
+    };
+    loop {
+        while !sys::in_syscall(pid, libc::SYS_pause).map_err(Some)? {
+            if std::time::Instant::now() > deadline {
+                return Err(late());
+            }
+            std::thread::yield_now();
+        }
+        match sys::stop_child(pid).map_err(Some)? {
+            sys::Stop::Ended => return Err(None),
+            sys::Stop::Stopped if sys::in_syscall(pid, libc::SYS_pause).map_err(Some)? => {
+                return Ok(());
+            }
+            sys::Stop::Stopped => {
+                if std::time::Instant::now() > deadline {
+                    return Err(late());
+                }
+                sys::continue_child(pid).map_err(Some)?;
+            }
         }
     }
 }

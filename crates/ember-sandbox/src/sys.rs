@@ -723,58 +723,55 @@ pub fn read_exact(fd: libc::c_int, buf: &mut [u8]) -> bool {
 
 /// *child* Puts `fds` (`(wanted number, our descriptor)`, at most 8) at their numbers and
 /// `exe` above them (close-on-exec), and closes every other descriptor; returns where `exe`
-/// is now. Before any limit on descriptors is lowered: the copies go above every number
-/// in use.
+/// is now. The copies made on the way take the lowest free numbers above the wanted ones
+/// (never past the limit on descriptors while the daemon's own are below it).
 pub fn arrange_fds(
     exe: libc::c_int,
     fds: &[(libc::c_int, libc::c_int)],
 ) -> io::Result<libc::c_int> {
-    let base = fds
-        .iter()
-        .map(|&(a, b)| a.max(b))
-        .max()
-        .unwrap_or(2)
-        .max(exe)
-        + 1;
-    // Above every number arranged: where the program is kept until the exec.
-    let exe_at = base + fds.len() as libc::c_int;
+    let above = fds.iter().map(|&(want, _)| want).max().unwrap_or(2) + 1;
+    let dup_above = |fd: libc::c_int, cmd: libc::c_int| {
+        // SAFETY: fcntl F_DUPFD(_CLOEXEC) takes a descriptor and a lowest number.
+        let new = unsafe { libc::fcntl(fd, cmd, above) };
+        if new < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(new)
+        }
+    };
     // Closed by the exec itself (an ELF program; a script would need it open).
-    // SAFETY: dup3 takes two descriptor numbers and a flag.
-    if unsafe { libc::dup3(exe, exe_at, libc::O_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error());
+    let exe_at = dup_above(exe, libc::F_DUPFD_CLOEXEC)?;
+    let mut temp: [libc::c_int; 8] = [-1; 8];
+    for (slot, &(_, ours)) in temp.iter_mut().zip(fds) {
+        *slot = dup_above(ours, libc::F_DUPFD)?;
     }
-    for (i, &(_, ours)) in fds.iter().enumerate() {
+    for (&t, &(want, _)) in temp.iter().zip(fds) {
         // SAFETY: dup2 takes two descriptor numbers; the new one has no FD_CLOEXEC.
-        if unsafe { libc::dup2(ours, base + i as libc::c_int) } < 0 {
+        if unsafe { libc::dup2(t, want) } < 0 {
             return Err(io::Error::last_os_error());
         }
     }
-    for (i, &(want, _)) in fds.iter().enumerate() {
-        // SAFETY: see above.
-        if unsafe { libc::dup2(base + i as libc::c_int, want) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    // Everything but the arranged numbers and the program: the gaps below `base`, then
-    // `base..exe_at`, then above it.
-    let mut from = 0;
-    let mut wanted: [libc::c_int; 8] = [-1; 8];
-    for (slot, &(want, _)) in wanted.iter_mut().zip(fds) {
+    // Everything but the wanted numbers and the program, closed range by range.
+    let mut keep: [libc::c_int; 9] = [libc::c_int::MAX; 9];
+    for (slot, &(want, _)) in keep.iter_mut().zip(fds) {
         *slot = want;
     }
-    for n in 0..base {
-        if wanted.contains(&n) {
-            if n > from {
-                // SAFETY: close_range takes integers; closing descriptors this process owns.
-                unsafe { libc::syscall(libc::SYS_close_range, from, n - 1, 0) };
-            }
-            from = n + 1;
+    keep[8] = exe_at;
+    keep.sort_unstable();
+    let mut from: libc::c_uint = 0;
+    for &k in &keep {
+        if k == libc::c_int::MAX {
+            break;
         }
+        let k = k as libc::c_uint;
+        if k > from {
+            // SAFETY: close_range takes integers; closing descriptors this process owns.
+            unsafe { libc::syscall(libc::SYS_close_range, from, k - 1, 0) };
+        }
+        from = from.max(k + 1);
     }
     // SAFETY: as above.
-    unsafe { libc::syscall(libc::SYS_close_range, from, exe_at - 1, 0) };
-    // SAFETY: as above.
-    unsafe { libc::syscall(libc::SYS_close_range, exe_at + 1, libc::c_uint::MAX, 0) };
+    unsafe { libc::syscall(libc::SYS_close_range, from, libc::c_uint::MAX, 0) };
     Ok(exe_at)
 }
 
@@ -800,32 +797,23 @@ pub fn exec_fd(
     io::Error::last_os_error()
 }
 
-/// Waits (at most `limit`) until `pid` sleeps in a system call (a restore replaces a
-/// process stopped there); `Err` when it does not.
-pub fn wait_in_syscall(pid: libc::pid_t, limit: std::time::Duration) -> io::Result<()> {
-    let path = format!("/proc/{pid}/syscall");
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        // "running", or the number of the system call it waits in and its arguments.
-        let text = std::fs::read_to_string(&path)?;
-        let first = text.split_whitespace().next().unwrap_or("");
-        if first.parse::<i64>().is_ok_and(|nr| nr >= 0) {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("it did not wait in a system call within {limit:?}"),
-            ));
-        }
-        std::thread::yield_now();
-    }
+/// Whether `pid` sleeps in system call `nr` (`/proc/<pid>/syscall`: "running", or the
+/// number of the call it waits in and its arguments).
+pub fn in_syscall(pid: libc::pid_t, nr: libc::c_long) -> io::Result<bool> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/syscall"))?;
+    Ok(text.split_whitespace().next() == Some(nr.to_string().as_str()))
 }
 
-/// Stops the child `pid` (SIGSTOP) and waits until it is; `Err` when it ended instead
-/// (then collected).
-pub fn stop_child(pid: libc::pid_t) -> io::Result<()> {
-    // SAFETY: kill takes plain integers; `pid` is our child (> 0).
+/// How [`stop_child`] found the child.
+pub enum Stop {
+    Stopped,
+    /// It ended instead, and was collected (its pid may be reused: never signal it again).
+    Ended,
+}
+
+/// Stops the child `pid` (SIGSTOP) and waits until it is.
+pub fn stop_child(pid: libc::pid_t) -> io::Result<Stop> {
+    // SAFETY: kill takes plain integers; `pid` is our child (> 0), not collected yet.
     check(unsafe { libc::kill(pid, libc::SIGSTOP) })?;
     let mut status = 0;
     loop {
@@ -837,13 +825,18 @@ pub fn stop_child(pid: libc::pid_t) -> io::Result<()> {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        if libc::WIFSTOPPED(status) {
-            return Ok(());
-        }
-        return Err(io::Error::other(format!(
-            "it ended before it could be stopped (wait status {status:#x})"
-        )));
+        return Ok(if libc::WIFSTOPPED(status) {
+            Stop::Stopped
+        } else {
+            Stop::Ended
+        });
     }
+}
+
+/// Continues the stopped child `pid` (SIGCONT).
+pub fn continue_child(pid: libc::pid_t) -> io::Result<()> {
+    // SAFETY: kill takes plain integers; `pid` is our stopped child (> 0).
+    check(unsafe { libc::kill(pid, libc::SIGCONT) })
 }
 
 /// Collects the ended child `pid` (blocking).

@@ -142,6 +142,17 @@ fn cap_data(effective: u64, permitted: u64, inheritable: u64) -> Vec<u8> {
     d
 }
 
+/// Appends a `capset` emptying the effective, permitted and inheritable sets (what
+/// `setresuid` to a non-root user leaves: the inheritable set).
+pub(crate) fn clear_calls(b: &mut Batch<'_>) {
+    let mut header = Vec::with_capacity(8);
+    header.extend_from_slice(&CAP_VERSION_3.to_ne_bytes());
+    header.extend_from_slice(&0i32.to_ne_bytes());
+    let header = b.data(&header);
+    let data = b.data(&cap_data(0, 0, 0));
+    b.call("capset", libc::SYS_capset, &[header, data], 0);
+}
+
 /// Appends the calls that make the restored process the image's user (see the module doc).
 pub(crate) fn restore_calls(b: &mut Batch<'_>, c: &Creds, last_cap: u32) {
     let prctl = libc::SYS_prctl;

@@ -236,6 +236,36 @@ pub fn wait(pid: i32, flags: i32) -> io::Result<Wait> {
     }
 }
 
+/// Waits until the (killed) process `pid`, traced by this thread, has ended, consuming the
+/// stop reports still queued but leaving its exit to be collected by its parent (the
+/// caller's, through a pidfd): `waitid` with `WNOWAIT` peeks, a stop is consumed with
+/// `WSTOPPED` alone, which never collects.
+pub fn wait_ended_uncollected(pid: i32) {
+    let waitid = |flags: i32| -> Option<i32> {
+        loop {
+            // SAFETY: an all-zero siginfo_t is valid; waitid fills it.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waitid writes into the live local `info`; plain integer arguments.
+            let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) };
+            if rc == 0 {
+                return Some(info.si_code);
+            }
+            if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                return None;
+            }
+        }
+    };
+    loop {
+        let peek = waitid(libc::WEXITED | libc::WSTOPPED | libc::WNOWAIT | libc::__WALL);
+        match peek {
+            Some(libc::CLD_STOPPED | libc::CLD_TRAPPED) => {
+                let _ = waitid(libc::WSTOPPED | libc::__WALL);
+            }
+            _ => return,
+        }
+    }
+}
+
 /// Reads `buf.len()` bytes at `addr` of `pid` (the pages must be readable by the process).
 pub fn read_mem(pid: i32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
     let local = libc::iovec {

@@ -122,6 +122,41 @@ async fn restores_into_a_stopper_made_without_a_fork_and_hands_it_over() {
     sb.destroy().await;
 }
 
+/// A restore that fails kills the stopped first process but leaves it to its parent (the
+/// caller) to collect, as `Target::Stopped` promises: collected by the restore, its pid
+/// could be reused and the caller's later wait or kill would reach another process.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_restore_leaves_the_dead_target_for_its_parent_to_collect() {
+    use std::os::fd::AsRawFd;
+    if !privileged("a_failed_restore_leaves_the_dead_target_for_its_parent_to_collect") {
+        return;
+    }
+    let dir = tmp();
+    let (boxes, img, work) = setup(dir.path(), "failed");
+    let mut sb = instance(&boxes, &work);
+    let (in_r, _in_w) = std::io::pipe().unwrap();
+    let (_out_r, out_w) = std::io::pipe().unwrap();
+    let program = ember_snap::stopper::program_fd().unwrap();
+    let fds = [(0, in_r.as_raw_fd()), (1, out_w.as_raw_fd()), (2, 2)];
+    let pid = sb.spawn_parked(program, &fds).unwrap();
+    // The image is of a host process, the target pid 1 of its namespace: refused.
+    let mut opts = handoff_options(&sb);
+    opts.accept_new_tid = false;
+    let e = tokio::task::spawn_blocking(move || {
+        ember_snap::restore(&img, Target::Stopped { pid }, &opts)
+    })
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(e.to_string().contains("thread id"), "{e}");
+    let mut status = 0;
+    // SAFETY: waiting for our own child into a live local.
+    let got = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    assert_eq!(got, pid, "the dead target is still ours to collect");
+    assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL);
+    sb.destroy().await;
+}
+
 /// A first process that cannot exec its program says which step failed, and leaves
 /// nothing running in the sandbox.
 #[tokio::test(flavor = "multi_thread")]

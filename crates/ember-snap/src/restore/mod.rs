@@ -101,7 +101,8 @@ pub enum Target {
     /// while in a syscall), single-threaded, holding every inherited descriptor at its
     /// number, with the image's thread id in its pid namespace (a sandbox's first process
     /// is 1 there, as the node's images are) unless [`RestoreOptions::accept_new_tid`].
-    /// The caller stays its parent and reaps it.
+    /// The caller stays its parent and collects it: a failed restore kills it and waits
+    /// until it has ended, but never collects it.
     Stopped { pid: i32 },
 }
 
@@ -295,10 +296,14 @@ pub fn restore(
         Ok((stats, server)) => Ok(Restored { pid, stats, server }),
         Err(e) => {
             sys::kill(pid, libc::SIGKILL);
-            // As tracer (and parent, when ours) collect the death so nothing lingers; stop
-            // reports still queued come first.
-            while let Ok(Wait::Stopped { .. }) = sys::wait(pid, 0) {}
-            if !ours {
+            if ours {
+                // As tracer and parent collect the death so nothing lingers; stop reports
+                // still queued come first.
+                while let Ok(Wait::Stopped { .. }) = sys::wait(pid, 0) {}
+            } else {
+                // The caller's child (its parent may be a thread of this process): ended,
+                // but left for the caller to collect.
+                sys::wait_ended_uncollected(pid);
                 tracing::debug!(pid, "restore failed; target killed");
             }
             Err(e)

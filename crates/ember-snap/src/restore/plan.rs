@@ -727,7 +727,8 @@ impl<'m> Plan<'m> {
 /// limits and prctl values, which the kernel then judges for that user, and which a
 /// credential change would reset): the bounding set emptied while CAP_SETPCAP is held
 /// (a sandbox's first process and a template are root with all of it), ambient cleared,
-/// securebits 0 so that the setresuid clears the rest.
+/// securebits 0 so that the setresuid clears the permitted and effective sets, and a
+/// `capset` the inheritable one.
 pub(crate) fn handoff_credentials(b: &mut Batch<'_>, h: &Handoff, last_cap: u32) {
     for cap in 0..=last_cap.min(63) {
         let args = [libc::PR_CAPBSET_DROP as u64, u64::from(cap)];
@@ -742,6 +743,7 @@ pub(crate) fn handoff_credentials(b: &mut Batch<'_>, h: &Handoff, last_cap: u32)
     b.call("setgroups", libc::SYS_setgroups, &[0, 0], 0);
     b.call("setresgid", libc::SYS_setresgid, &[gid, gid, gid], 0);
     b.call("setresuid", libc::SYS_setresuid, &[uid, uid, uid], 0);
+    crate::creds::clear_calls(b);
 }
 
 /// Tie the instance's life to its parent's (this wins over the image's death signal) and
