@@ -1,0 +1,649 @@
+//! A content-addressed repository over a [`Backend`]: sets of files (an image, a layer)
+//! stored as chunks named by their hash, plus one manifest per set.
+//!
+//! ```text
+//! manifests/<kind>/<id>        the set's Manifest (manifest.rs)
+//! chunks/<2 hex>/<64 hex>      one chunk (chunk.rs), shared by every set holding its bytes
+//! locks/shared-<id>            an upload in progress (one per upload)
+//! locks/exclusive-<id>         a garbage collection in progress
+//! gc/generation                the time of the last collection that deleted anything
+//! ```
+//!
+//! **Uploads** write every chunk the store lacks, then the manifest: a manifest never names
+//! a chunk that was not there when it was written. A chunk already stored is reused without
+//! being sent again.
+//!
+//! **Garbage collection** deletes the chunks no manifest names. It must never delete a
+//! chunk an upload in progress has found stored and is about to name: an S3 store has no
+//! conditional delete, so uploads and collections exclude each other with lock objects, as
+//! restic's repositories do. An upload writes its shared lock, then lists the locks: an
+//! exclusive one (younger than [`LOCK_STALE`]) makes it take its own back and wait. A
+//! collection writes its exclusive lock, then lists the locks: any other makes it take its
+//! own back and give up ([`RepoError::Busy`]). On a store that reads its own writes (S3,
+//! Garage), of two that start at once at least one sees the other. A lock older than
+//! [`LOCK_STALE`] is a crashed holder's and is ignored, so an upload must end within it.
+//! A collection also spares chunks younger than its grace period, and bumps
+//! `gc/generation`, which makes every node forget which chunks it believed stored.
+//! A manifest that cannot be read stops the collection before anything is deleted.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::backend::{Backend, BackendError, Key};
+use crate::chunk::{self, CHUNKS, ChunkError, Hash};
+use crate::manifest::{FileEntry, Manifest, ManifestError, valid_name};
+
+/// Chunks of 256 KiB (64 pages): small enough that a lazy restore fetches little beyond
+/// the pages it faults on, large enough that a 100 MiB image is 400 requests, not 25,000.
+pub const DEFAULT_CHUNK: u32 = 256 << 10;
+/// Chunks in flight at once, per upload or download.
+pub const DEFAULT_INFLIGHT: usize = 8;
+/// Unreferenced chunks younger than this are kept (an upload that outlived its lock).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
+/// A lock older than this is a crashed holder's: ignored.
+pub const LOCK_STALE: Duration = Duration::from_secs(600);
+/// How long an upload waits for a collection to end.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+const MANIFESTS: &str = "manifests/";
+const LOCKS: &str = "locks/";
+const GENERATION: &str = "gc/generation";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Chunk(#[from] ChunkError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("garbage collection stopped before deleting anything: {0}")]
+    GcStopped(String),
+    #[error("the store is busy: {0}; try again later")]
+    Busy(String),
+}
+
+/// Which set: `image/img-6e95d419ea78`, `snapshot/snap-numpy-0123`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SetRef {
+    pub kind: String,
+    pub id: String,
+}
+
+impl SetRef {
+    pub fn new(kind: &str, id: &str) -> Result<SetRef, RepoError> {
+        if !valid_name(kind) || !valid_name(id) {
+            return Err(RepoError::Invalid(format!(
+                "{kind:?}/{id:?} is not a set name (letters, digits, ._-)"
+            )));
+        }
+        Ok(SetRef {
+            kind: kind.into(),
+            id: id.into(),
+        })
+    }
+
+    fn key(&self) -> Key {
+        // Both parts are plain names: always a valid key.
+        Key::new(format!("{MANIFESTS}{}/{}", self.kind, self.id)).unwrap_or_else(|_| unreachable!())
+    }
+}
+
+impl std::fmt::Display for SetRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.kind, self.id)
+    }
+}
+
+/// What an upload did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutStats {
+    pub files: usize,
+    /// Chunks the files are cut into, and the distinct ones among them.
+    pub chunks: usize,
+    pub distinct: usize,
+    /// Distinct chunks written, and those the store already held (and kept).
+    pub written: usize,
+    pub reused: usize,
+    /// Bytes of the files; of their distinct chunks; of the chunks written, before and
+    /// after compression.
+    pub raw_bytes: u64,
+    pub distinct_bytes: u64,
+    pub written_raw: u64,
+    pub written_stored: u64,
+}
+
+impl PutStats {
+    /// Bytes of the files over bytes of their distinct chunks (within the set).
+    pub fn dedup_ratio(&self) -> f64 {
+        self.raw_bytes as f64 / (self.distinct_bytes.max(1)) as f64
+    }
+
+    /// Raw over stored bytes of the chunks written.
+    pub fn compression_ratio(&self) -> f64 {
+        self.written_raw as f64 / (self.written_stored.max(1)) as f64
+    }
+}
+
+/// What a download did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GetStats {
+    pub chunks: usize,
+    pub raw_bytes: u64,
+}
+
+/// What a collection did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcStats {
+    pub manifests: usize,
+    pub chunks: usize,
+    pub referenced: usize,
+    pub deleted: usize,
+    /// Unreferenced, but younger than the grace period.
+    pub kept_young: usize,
+}
+
+pub struct Repo {
+    backend: Arc<dyn Backend>,
+    chunk_size: u32,
+    inflight: usize,
+    grace: Duration,
+    lock_stale: Duration,
+    /// Chunks this process knows the store holds, as of collection generation `.0`.
+    known: Mutex<(String, HashSet<Hash>)>,
+}
+
+/// Which lock: an upload's or a collection's.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum LockKind {
+    Shared,
+    Exclusive,
+}
+
+impl LockKind {
+    fn prefix(self) -> &'static str {
+        match self {
+            LockKind::Shared => "shared-",
+            LockKind::Exclusive => "exclusive-",
+        }
+    }
+}
+
+/// A unique lock name: this process, the time, a counter, hashed.
+fn lock_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let seed = format!(
+        "{}-{:?}-{}",
+        std::process::id(),
+        SystemTime::now(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    blake3::hash(seed.as_bytes()).to_hex()[..16].to_string()
+}
+
+impl Repo {
+    pub fn new(backend: Arc<dyn Backend>) -> Repo {
+        Repo {
+            backend,
+            chunk_size: DEFAULT_CHUNK,
+            inflight: DEFAULT_INFLIGHT,
+            grace: DEFAULT_GRACE,
+            lock_stale: LOCK_STALE,
+            known: Mutex::new((String::new(), HashSet::new())),
+        }
+    }
+
+    /// The age past which a lock is ignored (tests shorten it).
+    pub fn with_lock_stale(mut self, stale: Duration) -> Repo {
+        self.lock_stale = stale;
+        self
+    }
+
+    /// The grace period of [`Repo::gc`]: unreferenced chunks younger than this are kept.
+    pub fn with_grace(mut self, grace: Duration) -> Repo {
+        self.grace = grace;
+        self
+    }
+
+    pub fn with_chunk_size(mut self, bytes: u32) -> Result<Repo, RepoError> {
+        if bytes == 0
+            || bytes > chunk::MAX_CHUNK
+            || !bytes.is_multiple_of(crate::manifest::CHUNK_ALIGN)
+        {
+            return Err(RepoError::Invalid(format!(
+                "chunks of {bytes} bytes: a multiple of 4096 up to {} is needed",
+                chunk::MAX_CHUNK
+            )));
+        }
+        self.chunk_size = bytes;
+        Ok(self)
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Uploads `files` (`(name in the set, path)`) as set `set`: the chunks the store
+    /// lacks, then the manifest (replacing one of the same set).
+    pub async fn put_files(
+        &self,
+        set: &SetRef,
+        files: &[(String, PathBuf)],
+    ) -> Result<(Manifest, PutStats), RepoError> {
+        let lock = self.lock_shared().await?;
+        let result = self.put_locked(set, files).await;
+        let released = self.backend.delete(&lock).await;
+        let done = result?;
+        released?;
+        Ok(done)
+    }
+
+    async fn put_locked(
+        &self,
+        set: &SetRef,
+        files: &[(String, PathBuf)],
+    ) -> Result<(Manifest, PutStats), RepoError> {
+        self.check_generation().await?;
+        let mut stats = PutStats::default();
+        let mut entries = Vec::new();
+        let mut seen = HashSet::new();
+        for (name, path) in files {
+            let entry = self.put_file(name, path, &mut seen, &mut stats).await?;
+            entries.push(entry);
+        }
+        stats.files = files.len();
+        let manifest = Manifest {
+            kind: set.kind.clone(),
+            id: set.id.clone(),
+            created: unix_now(),
+            files: entries,
+        };
+        let object = manifest.encode()?;
+        self.backend.put(&set.key(), Bytes::from(object)).await?;
+        Ok((manifest, stats))
+    }
+
+    /// The live (not stale) locks of `kind`, but `except`.
+    async fn live_locks(&self, kind: LockKind, except: &Key) -> Result<Vec<String>, RepoError> {
+        let stale_before = SystemTime::now()
+            .checked_sub(self.lock_stale)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let prefix = format!("{LOCKS}{}", kind.prefix());
+        Ok(self
+            .backend
+            .list(LOCKS)
+            .await?
+            .into_iter()
+            .filter(|l| l.key.starts_with(&prefix) && l.key != except.as_str())
+            .filter(|l| l.modified > stale_before)
+            .map(|l| l.key)
+            .collect())
+    }
+
+    fn lock_key(kind: LockKind) -> Key {
+        // A fixed prefix and hex digits: always a valid key.
+        Key::new(format!("{LOCKS}{}{}", kind.prefix(), lock_id()))
+            .unwrap_or_else(|_| unreachable!())
+    }
+
+    /// An upload's lock, once no collection holds the store (waiting up to 30 s).
+    async fn lock_shared(&self) -> Result<Key, RepoError> {
+        let key = Self::lock_key(LockKind::Shared);
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        loop {
+            self.backend
+                .put(&key, Bytes::from(unix_now().to_string()))
+                .await?;
+            let gc = self.live_locks(LockKind::Exclusive, &key).await?;
+            if gc.is_empty() {
+                return Ok(key);
+            }
+            self.backend.delete(&key).await?;
+            if tokio::time::Instant::now() > deadline {
+                return Err(RepoError::Busy(format!(
+                    "a garbage collection holds it ({})",
+                    gc.join(", ")
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Forgets the chunks believed stored when a collection ran since.
+    async fn check_generation(&self) -> Result<(), RepoError> {
+        let generation = match self.backend.get(&generation_key()).await {
+            Ok(g) => String::from_utf8_lossy(&g).into_owned(),
+            Err(BackendError::NotFound { .. }) => String::new(),
+            Err(e) => return Err(e.into()),
+        };
+        if let Ok(mut k) = self.known.lock()
+            && k.0 != generation
+        {
+            *k = (generation, HashSet::new());
+        }
+        Ok(())
+    }
+
+    async fn put_file(
+        &self,
+        name: &str,
+        path: &Path,
+        seen: &mut HashSet<Hash>,
+        stats: &mut PutStats,
+    ) -> Result<FileEntry, RepoError> {
+        let file_err = |what: &'static str| {
+            let path = path.to_path_buf();
+            move |source| RepoError::File { what, path, source }
+        };
+        let file = std::fs::File::open(path).map_err(file_err("opening"))?;
+        let size = file.metadata().map_err(file_err("reading"))?.len();
+        let cs = u64::from(self.chunk_size);
+        let count = size.div_ceil(cs);
+        let file = Arc::new(file);
+        let mut chunks = Vec::with_capacity(count as usize);
+        let window = self.inflight as u64 * 4;
+        let mut first = 0;
+        while first < count {
+            let n = window.min(count - first);
+            // Read a window of chunks off the async threads, then send what is new.
+            let f = file.clone();
+            let raws = tokio::task::spawn_blocking(move || read_chunks(&f, first, n, cs, size))
+                .await
+                .map_err(|e| RepoError::Invalid(format!("reading task: {e}")))?
+                .map_err(file_err("reading"))?;
+            let mut todo = Vec::new();
+            for raw in raws {
+                let hash = Hash::of(&raw);
+                chunks.push(hash);
+                stats.chunks += 1;
+                stats.raw_bytes += raw.len() as u64;
+                if seen.insert(hash) {
+                    stats.distinct += 1;
+                    stats.distinct_bytes += raw.len() as u64;
+                    todo.push((hash, raw));
+                }
+            }
+            let done: Vec<Option<(u64, u64)>> = futures::stream::iter(todo)
+                .map(|(hash, raw)| self.ensure_chunk(hash, raw))
+                .buffer_unordered(self.inflight)
+                .try_collect()
+                .await?;
+            for d in done {
+                match d {
+                    Some((raw, stored)) => {
+                        stats.written += 1;
+                        stats.written_raw += raw;
+                        stats.written_stored += stored;
+                    }
+                    None => stats.reused += 1,
+                }
+            }
+            first += n;
+        }
+        Ok(FileEntry {
+            name: name.to_string(),
+            size,
+            chunk_size: self.chunk_size,
+            chunks,
+        })
+    }
+
+    /// Makes sure the store holds chunk `hash`: `Some((raw, stored))` bytes when it was
+    /// written, `None` when the store's copy was reused.
+    async fn ensure_chunk(&self, hash: Hash, raw: Bytes) -> Result<Option<(u64, u64)>, RepoError> {
+        if self.knows(hash) {
+            return Ok(None);
+        }
+        if self.backend.head(&hash.key()).await?.is_some() {
+            self.remember(hash);
+            return Ok(None);
+        }
+        let raw_len = raw.len() as u64;
+        let (_, object) = tokio::task::spawn_blocking(move || chunk::encode(&raw))
+            .await
+            .map_err(|e| RepoError::Invalid(format!("compressing task: {e}")))??;
+        let stored = object.len() as u64;
+        self.backend.put(&hash.key(), object).await?;
+        self.remember(hash);
+        Ok(Some((raw_len, stored)))
+    }
+
+    fn knows(&self, hash: Hash) -> bool {
+        self.known.lock().is_ok_and(|k| k.1.contains(&hash))
+    }
+
+    fn remember(&self, hash: Hash) {
+        if let Ok(mut k) = self.known.lock() {
+            k.1.insert(hash);
+        }
+    }
+
+    /// The manifest of `set`.
+    pub async fn manifest(&self, set: &SetRef) -> Result<Manifest, RepoError> {
+        let object = self.backend.get(&set.key()).await?;
+        let m = Manifest::decode(&set.to_string(), &object)?;
+        if m.kind != set.kind || m.id != set.id {
+            return Err(RepoError::Invalid(format!(
+                "the manifest stored as {set} names {}/{}",
+                m.kind, m.id
+            )));
+        }
+        Ok(m)
+    }
+
+    /// The ids of the stored sets of `kind`.
+    pub async fn sets(&self, kind: &str) -> Result<Vec<String>, RepoError> {
+        let prefix = format!("{MANIFESTS}{kind}/");
+        Ok(self
+            .backend
+            .list(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|o| o.key.strip_prefix(&prefix).map(str::to_string))
+            .filter(|id| valid_name(id))
+            .collect())
+    }
+
+    /// Removes the manifest of `set` (its chunks go at the next collection, unless another
+    /// set names them).
+    pub async fn delete_set(&self, set: &SetRef) -> Result<(), RepoError> {
+        Ok(self.backend.delete(&set.key()).await?)
+    }
+
+    /// Chunk `hash`'s bytes, checked against its name.
+    pub async fn fetch_chunk(&self, hash: Hash) -> Result<Bytes, RepoError> {
+        let object = self.backend.get(&hash.key()).await?;
+        let raw = tokio::task::spawn_blocking(move || chunk::decode(hash, &object))
+            .await
+            .map_err(|e| RepoError::Invalid(format!("decompressing task: {e}")))??;
+        Ok(raw)
+    }
+
+    /// Writes every file of `manifest` into `dir` (each whole, then renamed into place), every
+    /// chunk checked.
+    pub async fn get_files(&self, manifest: &Manifest, dir: &Path) -> Result<GetStats, RepoError> {
+        let mut stats = GetStats::default();
+        std::fs::create_dir_all(dir).map_err(|source| RepoError::File {
+            what: "creating",
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        for f in &manifest.files {
+            let path = dir.join(&f.name);
+            let tmp = dir.join(format!(".{}.part", f.name));
+            let result = self.get_file(f, &tmp, &mut stats).await;
+            let result = result.and_then(|()| {
+                std::fs::rename(&tmp, &path).map_err(|source| RepoError::File {
+                    what: "writing",
+                    path: path.clone(),
+                    source,
+                })
+            });
+            if let Err(e) = result {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
+        Ok(stats)
+    }
+
+    async fn get_file(
+        &self,
+        f: &FileEntry,
+        tmp: &Path,
+        stats: &mut GetStats,
+    ) -> Result<(), RepoError> {
+        use std::io::Write;
+        let file_err = |source| RepoError::File {
+            what: "writing",
+            path: tmp.to_path_buf(),
+            source,
+        };
+        let mut out = std::io::BufWriter::new(std::fs::File::create(tmp).map_err(file_err)?);
+        let mut left = f.size;
+        let mut fetched = futures::stream::iter(f.chunks.iter().copied())
+            .map(|h| self.fetch_chunk(h))
+            .buffered(self.inflight);
+        while let Some(raw) = fetched.next().await {
+            let raw = raw?;
+            let want = left.min(u64::from(f.chunk_size));
+            if raw.len() as u64 != want {
+                return Err(RepoError::Invalid(format!(
+                    "a chunk of file {} holds {} bytes where {want} belong",
+                    f.name,
+                    raw.len()
+                )));
+            }
+            out.write_all(&raw).map_err(file_err)?;
+            left -= want;
+            stats.chunks += 1;
+            stats.raw_bytes += want;
+        }
+        out.into_inner()
+            .map_err(|e| file_err(e.into_error()))?
+            .sync_all()
+            .map_err(file_err)
+    }
+
+    /// Deletes the chunks no manifest names that are older than the grace period, holding
+    /// the store exclusively (see the module doc); [`RepoError::Busy`] while an upload or
+    /// another collection runs.
+    pub async fn gc(&self) -> Result<GcStats, RepoError> {
+        let key = Self::lock_key(LockKind::Exclusive);
+        self.backend
+            .put(&key, Bytes::from(unix_now().to_string()))
+            .await?;
+        let mut others = self.live_locks(LockKind::Shared, &key).await?;
+        others.extend(self.live_locks(LockKind::Exclusive, &key).await?);
+        let result = if others.is_empty() {
+            self.gc_locked().await
+        } else {
+            Err(RepoError::Busy(format!("held by {}", others.join(", "))))
+        };
+        let released = self.backend.delete(&key).await;
+        let stats = result?;
+        released?;
+        Ok(stats)
+    }
+
+    async fn gc_locked(&self) -> Result<GcStats, RepoError> {
+        let listed_at = SystemTime::now();
+        let chunks = self.backend.list(CHUNKS).await?;
+        let manifests = self.backend.list(MANIFESTS).await?;
+        let mut referenced = HashSet::new();
+        for m in &manifests {
+            let key = Key::new(m.key.clone()).map_err(RepoError::GcStopped)?;
+            let object = self
+                .backend
+                .get(&key)
+                .await
+                .map_err(|e| RepoError::GcStopped(format!("manifest {key}: {e}")))?;
+            let manifest = Manifest::decode(&m.key, &object)
+                .map_err(|e| RepoError::GcStopped(e.to_string()))?;
+            for f in &manifest.files {
+                referenced.extend(f.chunks.iter().copied());
+            }
+        }
+        let old_before = listed_at
+            .checked_sub(self.grace)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut stats = GcStats {
+            manifests: manifests.len(),
+            chunks: chunks.len(),
+            ..GcStats::default()
+        };
+        let mut doomed = Vec::new();
+        for c in chunks {
+            // Objects under chunks/ that are not chunks of ours are left alone.
+            let Some(hash) = c.key.rsplit('/').next().and_then(Hash::from_hex) else {
+                continue;
+            };
+            if referenced.contains(&hash) {
+                stats.referenced += 1;
+            } else if c.modified > old_before {
+                stats.kept_young += 1;
+            } else {
+                doomed.push(hash);
+            }
+        }
+        if !doomed.is_empty() {
+            // Every node forgets what it believed stored before the first deletion.
+            let generation = format!("{}-{}", unix_now(), lock_id());
+            self.backend
+                .put(&generation_key(), Bytes::from(generation))
+                .await?;
+        }
+        for hash in doomed {
+            self.backend.delete(&hash.key()).await?;
+            stats.deleted += 1;
+        }
+        if let Ok(mut k) = self.known.lock() {
+            k.1.clear();
+        }
+        Ok(stats)
+    }
+}
+
+fn generation_key() -> Key {
+    Key::new(GENERATION).unwrap_or_else(|_| unreachable!())
+}
+
+/// Chunks `first..first + n` of a file of `size` bytes, `cs` bytes each (the last shorter).
+fn read_chunks(
+    file: &std::fs::File,
+    first: u64,
+    n: u64,
+    cs: u64,
+    size: u64,
+) -> std::io::Result<Vec<Bytes>> {
+    use std::os::unix::fs::FileExt;
+    let mut out = Vec::with_capacity(n as usize);
+    for i in first..first + n {
+        let at = i * cs;
+        let len = cs.min(size - at) as usize;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, at)?;
+        out.push(Bytes::from(buf));
+    }
+    Ok(out)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,264 @@
+//! The repository against both backends: a local directory always, and the real S3 server
+//! the test script starts (Garage on loopback) when it says where (`EMBER_TEST_S3_*`);
+//! without it the S3 half says why it skips.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ember_store::backend::{local::Local, s3::S3};
+use ember_store::{Backend, Repo, RepoError, S3Config, SetRef};
+
+/// The S3 server the test script started, under a prefix of this test's own.
+fn s3(test: &str) -> Option<Arc<dyn Backend>> {
+    let get = |k: &str| {
+        let var = k
+            .replace("EMBER_S3_", "EMBER_TEST_S3_")
+            .replace("AWS_", "EMBER_TEST_S3_AWS_");
+        std::env::var(var).ok()
+    };
+    let Some(mut cfg) = S3Config::from_lookup(get).expect("EMBER_TEST_S3_* are consistent") else {
+        eprintln!(
+            "{test}: the S3 half skips: EMBER_TEST_S3_ENDPOINT is unset (./scripts/test starts Garage and sets it)"
+        );
+        return None;
+    };
+    cfg.prefix = format!("t-{test}-{}", std::process::id());
+    Some(Arc::new(
+        S3::open(&cfg).expect("the S3 client is configured"),
+    ))
+}
+
+fn backends(test: &str, dir: &Path) -> Vec<Arc<dyn Backend>> {
+    let mut out: Vec<Arc<dyn Backend>> = vec![Arc::new(Local::open(&dir.join("store")).unwrap())];
+    out.extend(s3(test));
+    out
+}
+
+/// A file of `n` 4 KiB pages: page `i` holds `pattern(i)` repeated (compressible, with
+/// repeats where `pattern` repeats).
+fn file(dir: &Path, name: &str, n: u32, pattern: impl Fn(u32) -> u32) -> PathBuf {
+    let mut data = Vec::with_capacity(n as usize * 4096);
+    for i in 0..n {
+        let word = pattern(i).to_le_bytes();
+        for _ in 0..1024 {
+            data.extend_from_slice(&word);
+        }
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, &data).unwrap();
+    path
+}
+
+fn set(kind: &str, id: &str) -> SetRef {
+    SetRef::new(kind, id).unwrap()
+}
+
+#[tokio::test]
+async fn sets_round_trip_deduplicated_and_compressed() {
+    let dir = tempfile::tempdir().unwrap();
+    for backend in backends("roundtrip", dir.path()) {
+        let repo = Repo::new(backend.clone());
+        // 200 pages whose content repeats every 64 pages (a chunk): chunks 0, 1 and 2 equal;
+        // the last, shorter chunk differs. Plus a small file.
+        let pages = file(dir.path(), "pages", 200, |i| i % 64);
+        let meta = dir.path().join("meta");
+        std::fs::write(&meta, b"not page aligned, 37 bytes of meta...").unwrap();
+        let files = vec![
+            ("pages".to_string(), pages.clone()),
+            ("meta".to_string(), meta.clone()),
+        ];
+        let (m, st) = repo
+            .put_files(&set("image", "img-a"), &files)
+            .await
+            .unwrap();
+        assert_eq!(
+            (st.files, st.chunks, st.distinct),
+            (2, 5, 3),
+            "{}: {st:?}",
+            backend.describe()
+        );
+        assert!(st.dedup_ratio() > 1.5, "{st:?}");
+        assert!(st.compression_ratio() > 50.0, "{st:?}");
+        assert_eq!(m.files[0].chunks[0], m.files[0].chunks[2]);
+
+        let again = repo.manifest(&set("image", "img-a")).await.unwrap();
+        assert_eq!(again, m);
+        let out = dir.path().join("out");
+        let got = repo.get_files(&again, &out).await.unwrap();
+        assert_eq!(got.chunks, 5);
+        assert_eq!(
+            std::fs::read(out.join("pages")).unwrap(),
+            std::fs::read(&pages).unwrap()
+        );
+        assert_eq!(
+            std::fs::read(out.join("meta")).unwrap(),
+            std::fs::read(&meta).unwrap()
+        );
+        assert_eq!(repo.sets("image").await.unwrap(), ["img-a"]);
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_second_set_over_the_same_pages_writes_only_what_differs() {
+    let dir = tempfile::tempdir().unwrap();
+    for backend in backends("dedup", dir.path()) {
+        let image = file(dir.path(), "image-pages", 256, |i| i);
+        // A layer-like file: the same pages but the last chunk's.
+        let other = file(dir.path(), "other-pages", 256, |i| {
+            if i >= 192 { i + 1000 } else { i }
+        });
+        // Two nodes (repos), one store.
+        let (a, b) = (Repo::new(backend.clone()), Repo::new(backend.clone()));
+        let (_, first) = a
+            .put_files(&set("snapshot", "fn-one"), &[("pages".into(), image)])
+            .await
+            .unwrap();
+        assert_eq!(
+            (first.written, first.reused),
+            (4, 0),
+            "{}",
+            backend.describe()
+        );
+        let (_, second) = b
+            .put_files(&set("snapshot", "fn-two"), &[("pages".into(), other)])
+            .await
+            .unwrap();
+        assert_eq!(
+            (second.written, second.reused),
+            (1, 3),
+            "{}",
+            backend.describe()
+        );
+    }
+}
+
+#[tokio::test]
+async fn wrong_or_missing_bytes_are_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    for backend in backends("faults", dir.path()) {
+        let repo = Repo::new(backend.clone());
+        let pages = file(dir.path(), "pages", 128, |i| i * 7);
+        let (m, _) = repo
+            .put_files(&set("image", "img-f"), &[("pages".into(), pages)])
+            .await
+            .unwrap();
+        let (c0, c1) = (m.files[0].chunks[0], m.files[0].chunks[1]);
+        // The store answers chunk 0's name with chunk 1's (valid) object: wrong bytes.
+        let other = backend.get(&c1.key()).await.unwrap();
+        backend.put(&c0.key(), other).await.unwrap();
+        let out = dir.path().join("out-corrupt");
+        let e = repo.get_files(&m, &out).await.unwrap_err();
+        assert!(matches!(e, RepoError::Chunk(_)), "{e}");
+        assert!(e.to_string().contains("another chunk"), "{e}");
+        assert!(!out.join("pages").exists(), "no file from a corrupt set");
+        // Bytes flipped inside a stored object.
+        let mut flipped = backend.get(&c1.key()).await.unwrap().to_vec();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x55;
+        backend.put(&c1.key(), Bytes::from(flipped)).await.unwrap();
+        assert!(repo.fetch_chunk(c1).await.is_err());
+        // A lost object.
+        backend.delete(&c1.key()).await.unwrap();
+        let e = repo.fetch_chunk(c1).await.unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        // A manifest replaced by garbage.
+        backend
+            .put(
+                &ember_store::Key::new("manifests/image/img-f").unwrap(),
+                Bytes::from_static(b"junk"),
+            )
+            .await
+            .unwrap();
+        let e = repo.manifest(&set("image", "img-f")).await.unwrap_err();
+        assert!(e.to_string().contains("magic"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn gc_removes_what_no_manifest_names_and_never_races_an_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let grace = Duration::from_secs(2);
+    for backend in backends("gc", dir.path()) {
+        let shared = file(dir.path(), "shared", 128, |i| i);
+        let only_a = file(dir.path(), "only-a", 64, |i| i + 5000);
+        let only_b = file(dir.path(), "only-b", 64, |i| i + 9000);
+        let node = Repo::new(backend.clone()).with_grace(grace);
+        node.put_files(
+            &set("image", "a"),
+            &[("s".into(), shared.clone()), ("x".into(), only_a)],
+        )
+        .await
+        .unwrap();
+        let (mb, _) = node
+            .put_files(
+                &set("image", "b"),
+                &[("s".into(), shared.clone()), ("x".into(), only_b)],
+            )
+            .await
+            .unwrap();
+        node.delete_set(&set("image", "a")).await.unwrap();
+        // Young orphans are kept.
+        let gc = Repo::new(backend.clone()).with_grace(grace);
+        let st = gc.gc().await.unwrap();
+        assert_eq!(
+            (st.deleted, st.kept_young),
+            (0, 1),
+            "{}: {st:?}",
+            backend.describe()
+        );
+        tokio::time::sleep(grace + Duration::from_millis(1100)).await;
+        let st = gc.gc().await.unwrap();
+        assert_eq!(
+            (st.deleted, st.referenced),
+            (1, 3),
+            "{}: {st:?}",
+            backend.describe()
+        );
+        node.get_files(&mb, &dir.path().join("b")).await.unwrap();
+
+        // Every chunk old now, b deleted: an upload of c, reusing b's shared chunks, runs
+        // while another node collects over and over. The node that uploaded b believes
+        // those chunks stored; a collection that deleted something makes it check again.
+        node.delete_set(&set("image", "b")).await.unwrap();
+        tokio::time::sleep(grace + Duration::from_millis(1100)).await;
+        let (c, files) = (set("image", "c"), [("s".to_string(), shared.clone())]);
+        let upload = node.put_files(&c, &files);
+        let collect = async {
+            let (mut deleted, mut busy) = (0, 0);
+            for _ in 0..30 {
+                match gc.gc().await {
+                    Ok(st) => deleted += st.deleted,
+                    Err(RepoError::Busy(_)) => busy += 1,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            (deleted, busy)
+        };
+        let ((mc, put), (deleted, busy)) = tokio::join!(async { upload.await.unwrap() }, collect);
+        eprintln!(
+            "{}: upload {put:?}; collections deleted {deleted}, busy {busy}",
+            backend.describe()
+        );
+        node.get_files(&mc, &dir.path().join("c")).await.unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("c/s")).unwrap(),
+            std::fs::read(&shared).unwrap()
+        );
+        // b's own chunk went; nothing named is lost; no lock is left behind.
+        let st = gc.gc().await.unwrap();
+        assert_eq!((st.referenced, st.chunks), (2, 2), "{st:?}");
+        assert!(backend.list("locks/").await.unwrap().is_empty());
+
+        // A crashed upload's lock holds collections off until it is stale.
+        let dead = ember_store::Key::new("locks/shared-0123456789abcdef").unwrap();
+        backend.put(&dead, Bytes::from_static(b"0")).await.unwrap();
+        assert!(matches!(gc.gc().await, Err(RepoError::Busy(_))));
+        let patient = Repo::new(backend.clone()).with_lock_stale(Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        patient.gc().await.unwrap();
+        backend.delete(&dead).await.unwrap();
+    }
+}
