@@ -52,24 +52,31 @@ async fn restores_into_a_sandboxed_first_process_and_hands_it_over() {
     sb.destroy().await;
 }
 
+/// The stopper spawned as `sb`'s first process with a pipe as its stdin and one as its
+/// stdout: its pid, and our ends of the two.
+fn parked_stopper(
+    sb: &mut ember_sandbox::Sandbox,
+) -> (i32, std::io::PipeWriter, std::io::PipeReader) {
+    use std::os::fd::AsRawFd;
+    let (in_r, in_w) = std::io::pipe().unwrap();
+    let (out_r, out_w) = std::io::pipe().unwrap();
+    let program = ember_snap::stopper::program_fd().unwrap();
+    let fds = [(0, in_r.as_raw_fd()), (1, out_w.as_raw_fd()), (2, 2)];
+    (sb.spawn_parked(program, &fds).unwrap(), in_w, out_r)
+}
+
 /// The node's way: the sandbox's first process is the stopper, made without a fork of the
 /// test process (nothing of ours mapped in it, none of our descriptors), restored into and
 /// handed over with no capability left in any set.
 #[tokio::test(flavor = "multi_thread")]
 async fn restores_into_a_stopper_made_without_a_fork_and_hands_it_over() {
-    use std::os::fd::AsRawFd;
     if !privileged("restores_into_a_stopper_made_without_a_fork_and_hands_it_over") {
         return;
     }
     let dir = tmp();
     let (boxes, img, work) = setup(dir.path(), "stopper");
     let mut sb = instance(&boxes, &work);
-    let (in_r, in_w) = std::io::pipe().unwrap();
-    let (out_r, out_w) = std::io::pipe().unwrap();
-    let program = ember_snap::stopper::program_fd().unwrap();
-    let fds = [(0, in_r.as_raw_fd()), (1, out_w.as_raw_fd()), (2, 2)];
-    let pid = sb.spawn_parked(program, &fds).unwrap();
-    drop((in_r, out_w));
+    let (pid, in_w, out_r) = parked_stopper(&mut sb);
     let status = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let field = |text: &str, name: &str| {
         text.lines()
@@ -98,7 +105,10 @@ async fn restores_into_a_stopper_made_without_a_fork_and_hands_it_over() {
         );
     }
     assert_eq!(fds_of(pid), [0, 1, 2]);
-    let again = sb.spawn_parked(program, &fds).unwrap_err();
+    let program = ember_snap::stopper::program_fd().unwrap();
+    let again = sb
+        .spawn_parked(program, &[(0, 0), (1, 1), (2, 2)])
+        .unwrap_err();
     assert!(again.to_string().contains("already started"), "{again}");
 
     let opts = handoff_options(&sb);
@@ -127,18 +137,13 @@ async fn restores_into_a_stopper_made_without_a_fork_and_hands_it_over() {
 /// could be reused and the caller's later wait or kill would reach another process.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_restore_leaves_the_dead_target_for_its_parent_to_collect() {
-    use std::os::fd::AsRawFd;
     if !privileged("a_failed_restore_leaves_the_dead_target_for_its_parent_to_collect") {
         return;
     }
     let dir = tmp();
     let (boxes, img, work) = setup(dir.path(), "failed");
     let mut sb = instance(&boxes, &work);
-    let (in_r, _in_w) = std::io::pipe().unwrap();
-    let (_out_r, out_w) = std::io::pipe().unwrap();
-    let program = ember_snap::stopper::program_fd().unwrap();
-    let fds = [(0, in_r.as_raw_fd()), (1, out_w.as_raw_fd()), (2, 2)];
-    let pid = sb.spawn_parked(program, &fds).unwrap();
+    let (pid, _in_w, _out_r) = parked_stopper(&mut sb);
     // The image is of a host process, the target pid 1 of its namespace: refused.
     let mut opts = handoff_options(&sb);
     opts.accept_new_tid = false;
