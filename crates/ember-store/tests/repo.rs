@@ -262,3 +262,43 @@ async fn gc_removes_what_no_manifest_names_and_never_races_an_upload() {
         backend.delete(&dead).await.unwrap();
     }
 }
+
+/// A store that is down, or that accepts and never answers, gives an error within the
+/// configured bound: callers fall back instead of waiting.
+#[tokio::test]
+async fn a_store_down_or_silent_fails_within_its_bound() {
+    use std::time::Instant;
+    // Accepts connections and reads, never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in silent.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    // Nothing listens here.
+    let down_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    for (what, addr) in [("silent", silent_addr), ("down", down_addr)] {
+        let get = |k: &str| match k {
+            "EMBER_S3_ENDPOINT" => Some(format!("http://{addr}")),
+            "EMBER_S3_BUCKET" => Some("b".into()),
+            "AWS_ACCESS_KEY_ID" => Some("GK000000000000000000000000".into()),
+            "AWS_SECRET_ACCESS_KEY" => Some("0".repeat(64)),
+            "EMBER_S3_TIMEOUT_MS" => Some("300".into()),
+            _ => None,
+        };
+        let cfg = S3Config::from_lookup(get).unwrap().unwrap();
+        let repo = Repo::new(Arc::new(S3::open(&cfg).unwrap()));
+        let t0 = Instant::now();
+        let e = repo.manifest(&set("image", "x")).await.unwrap_err();
+        let took = t0.elapsed();
+        // One request of 300 ms, two retries with back-off, a connect of 75 ms: the call's
+        // own deadline is 3 x 300 + 75 ms.
+        assert!(took < Duration::from_secs(3), "{what}: {took:?} {e}");
+        eprintln!("{what}: failed in {took:?}: {e}");
+    }
+}
