@@ -44,8 +44,8 @@ impl Default for ImageConfig {
     }
 }
 
-/// Whether the node takes and uses function snapshots (vHive's modes; a remote store comes
-/// later).
+/// Whether the node takes and uses function snapshots, and keeps them beyond itself
+/// (vHive's modes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SnapshotMode {
     /// None taken, none used (those on disk are kept, listed and removable).
@@ -53,6 +53,9 @@ pub enum SnapshotMode {
     /// Taken and used on this node, in its own cache.
     #[default]
     Local,
+    /// As `Local`, and every dependency image and function snapshot is also uploaded to the
+    /// snapshot store ([`NodeConfig::store`]) in the background.
+    Remote,
 }
 
 impl SnapshotMode {
@@ -60,6 +63,7 @@ impl SnapshotMode {
         match self {
             SnapshotMode::Off => "off",
             SnapshotMode::Local => "local",
+            SnapshotMode::Remote => "remote",
         }
     }
 }
@@ -70,8 +74,9 @@ impl std::str::FromStr for SnapshotMode {
         match s {
             "off" => Ok(SnapshotMode::Off),
             "local" => Ok(SnapshotMode::Local),
+            "remote" => Ok(SnapshotMode::Remote),
             other => Err(format!(
-                "snapshots {other:?} is not a mode: write \"off\" or \"local\""
+                "snapshots {other:?} is not a mode: write \"off\", \"local\" or \"remote\""
             )),
         }
     }
@@ -165,6 +170,9 @@ pub struct NodeConfig {
     pub images: ImageConfig,
     pub events: EventConfig,
     pub snapshots: SnapshotConfig,
+    /// The snapshot store, for `snapshots = "remote"` (from the environment: see
+    /// `ember_store::S3Config::from_env`).
+    pub store: Option<ember_store::S3Config>,
     /// Sandboxes made ahead of demand per native function, each with its executable spawned
     /// and stopped before its first instruction, so that a request pays for neither (0: each
     /// request makes its own).
@@ -223,6 +231,7 @@ impl Default for NodeConfig {
             images: ImageConfig::default(),
             events: EventConfig::default(),
             snapshots: SnapshotConfig::default(),
+            store: None,
             prestart: 2,
             standby: 2,
             fixed_ladder: false,

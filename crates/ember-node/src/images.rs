@@ -121,6 +121,9 @@ pub struct ImageStatus {
     /// Modules its functions' handlers imported that it does not preload yet: it is
     /// rebuilt with them (filled in by the node).
     pub imports_pending: usize,
+    /// In the snapshot store (`snapshots = "remote"`): `uploading`, `stored` or `failed:
+    /// <why>`; `None` when this node has not uploaded it (filled in by the node).
+    pub remote: Option<String>,
 }
 
 impl Location {
@@ -384,6 +387,7 @@ impl ImageStore {
                 standby: 0,
                 template: None,
                 imports_pending: 0,
+                remote: None,
             })
             .collect()
     }

@@ -13,6 +13,7 @@ mod node;
 mod pool;
 mod ratelimit;
 pub mod registry;
+pub mod remote;
 pub mod snapshots;
 mod sys;
 

@@ -24,6 +24,9 @@
 //! | `ember_snapshot_evictions_total` (snapshots evicted to hold the disk budget) | |
 //! | `ember_snapshot_disk_bytes` (gauge: snapshot files in the cache) | |
 //! | `ember_snapshot_memory_bytes` (gauge: snapshot layers held in memory) | |
+//! | `ember_store_uploads_total` (uploads to the snapshot store, `snapshots = "remote"`) | kind, result |
+//! | `ember_store_uploaded_bytes_total` (compressed bytes of new chunks written) | kind |
+//! | `ember_store_reused_chunks_total` (chunks the store already held: not sent) | kind |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -131,6 +134,35 @@ impl SnapshotMetrics {
     }
 }
 
+/// The snapshot store's metrics (`snapshots = "remote"`); the uploader holds a clone.
+#[derive(Clone, Debug, Default)]
+pub struct StoreMetrics {
+    pub uploads: Family<TakeLabels, Counter>,
+    pub uploaded_bytes: Family<KindLabels, Counter>,
+    pub reused_chunks: Family<KindLabels, Counter>,
+}
+
+impl StoreMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "store_uploads",
+            "Uploads of dependency images (kind image) and function snapshots (kind snapshot) \
+             to the snapshot store, by result: stored or failed",
+            self.uploads.clone(),
+        );
+        registry.register(
+            "store_uploaded_bytes",
+            "Bytes written to the snapshot store: new chunks, compressed",
+            self.uploaded_bytes.clone(),
+        );
+        registry.register(
+            "store_reused_chunks",
+            "Chunks an upload found already stored (not sent again)",
+            self.reused_chunks.clone(),
+        );
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub invocations: Family<InvokeLabels, Counter>,
@@ -156,6 +188,7 @@ pub struct Metrics {
     pub events_queued: Family<FunctionLabels, Gauge>,
     /// Shared with the snapshot store, which updates them.
     pub snapshots: SnapshotMetrics,
+    pub store: StoreMetrics,
 }
 
 impl Default for Metrics {
@@ -277,7 +310,10 @@ impl Default for Metrics {
         );
         let snapshots = SnapshotMetrics::default();
         snapshots.register(&mut registry);
+        let store = StoreMetrics::default();
+        store.register(&mut registry);
         Metrics {
+            store,
             standby_ready,
             standby_takes,
             snapshots,

@@ -22,7 +22,8 @@
 //! images = "on-deploy"     # "off", or a list of package sets: [["numpy"], ["pandas", "scikit-learn"]]
 //! image_memory_mb = 1024   # the in-memory image pool; other images are served from disk
 //! image_policy = "eager"  # eager | lazy | bulk | prefetch
-//! snapshots = "local"      # "off": no function snapshots taken or used
+//! snapshots = "local"      # "off": none taken or used; "remote": also uploaded to the
+//!                          # snapshot store (EMBER_S3_* and AWS_* variables: docs/store.md)
 //! snapshot_disk_mb = 4096  # the snapshot cache's disk budget; past it, snapshots are evicted
 //! snapshot_memory_mb = 512 # loaded snapshot layers kept in memory
 //! snapshot_eviction = "lru" # lru | gdsf
@@ -140,7 +141,9 @@ pub struct DaemonArgs {
     #[arg(long, env = "EMBER_IMAGE_POLICY")]
     pub image_policy: Option<String>,
     /// Function snapshots: local (taken after a function's init, and used by its later cold
-    /// starts) or off [default: local]
+    /// starts), remote (as local, and images and snapshots are also uploaded to the snapshot
+    /// store named by EMBER_S3_ENDPOINT, EMBER_S3_BUCKET, AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY) or off [default: local]
     #[arg(long, env = "EMBER_SNAPSHOTS")]
     pub snapshots: Option<String>,
     /// Disk budget of the function-snapshot cache, in MiB; past it, snapshots are evicted
@@ -387,6 +390,10 @@ impl DaemonArgs {
                 .tmp_mb
                 .or(file.tmp_mb)
                 .map_or(d.tmp_bytes, |mb| mb << 20),
+            store: match snapshots.mode {
+                SnapshotMode::Remote => ember_store::S3Config::from_env()?,
+                _ => None,
+            },
             images,
             snapshots,
         };
@@ -687,8 +694,8 @@ mod tests {
         );
         for (bad, says) in [
             (
-                "snapshots = \"remote\"\n",
-                "snapshots \"remote\" is not a mode: write \"off\" or \"local\"",
+                "snapshots = \"cloud\"\n",
+                "snapshots \"cloud\" is not a mode: write \"off\", \"local\" or \"remote\"",
             ),
             (
                 "snapshot_eviction = \"lfu\"\n",

@@ -84,6 +84,7 @@ impl Node {
         for s in &mut list {
             s.template = self.templates.state(&s.info.id);
             s.imports_pending = self.imports_pending(&s.info.env_key, &s.info.imports);
+            s.remote = self.remote_state("image", &s.info.id);
         }
         for d in self
             .read_functions()
@@ -151,6 +152,7 @@ impl Node {
                     ms = t0.elapsed().as_millis() as u64,
                     "image built and verified"
                 );
+                self.upload_in_background("image", &id, self.images.path(&id));
                 // Standby instances of the image it replaces are stale now: they go at once
                 // (not at the next keep-alive sweep), so that none is counted as ready.
                 self.standby_expire();

@@ -37,7 +37,7 @@ use ember_runtime::python::install_bootstrap;
 use ember_sandbox::{NodeSandbox, Sandboxes};
 
 use crate::code::{CodeStore, Limits};
-use crate::config::{AutoImages, NodeConfig};
+use crate::config::{AutoImages, NodeConfig, SnapshotMode};
 use crate::envs::{EnvManager, PackageEnv};
 use crate::function::FunctionRecord;
 use crate::images::ImageStore;
@@ -103,6 +103,8 @@ pub struct Node {
     deploying: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     images: Arc<ImageStore>,
     snapshots: Arc<crate::snapshots::SnapshotStore>,
+    /// The snapshot store, in `snapshots = "remote"` mode.
+    remote: Option<Arc<crate::remote::Remote>>,
     /// Image instances restored ahead of demand.
     standby: standby::Standby,
     /// Images restored once, parked, their standbys forked from them.
@@ -215,7 +217,28 @@ impl Node {
             cfg.snapshots.clone(),
             metrics.snapshots.clone(),
         )?);
+        let remote = match (&cfg.store, cfg.snapshots.mode) {
+            (Some(store), SnapshotMode::Remote) => {
+                let r = crate::remote::Remote::open(store, &home, metrics.store.clone())
+                    .map_err(|e| NodeError::Config(format!("the snapshot store: {e}")))?;
+                tracing::info!(
+                    store = r.describe(),
+                    "snapshots = remote: uploading to the store"
+                );
+                Some(Arc::new(r))
+            }
+            (None, SnapshotMode::Remote) => {
+                return Err(NodeError::Config(
+                    "snapshots = \"remote\" needs a snapshot store: set EMBER_S3_ENDPOINT, \
+                     EMBER_S3_BUCKET, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+                     (docs/store.md)"
+                        .into(),
+                ));
+            }
+            _ => None,
+        };
         let node = Arc::new_cyclic(|me| Node {
+            remote,
             standby: standby::Standby::new(cfg.standby),
             templates: templates::Templates::default(),
             learned: learn::Learned::default(),
@@ -390,6 +413,22 @@ impl Node {
         if let Some(boxes) = &self.sandboxes {
             boxes.remove_all().await;
         }
+    }
+
+    /// In `snapshots = "remote"` mode, uploads set `kind/id` (the files of `dir`) to the
+    /// snapshot store in the background.
+    fn upload_in_background(&self, kind: &'static str, id: &str, dir: PathBuf) {
+        let Some(remote) = self.remote.clone() else {
+            return;
+        };
+        let id = id.to_string();
+        self.spawn_background(async move { remote.upload(kind, &id, &dir).await });
+    }
+
+    /// Where set `kind/id` stands in the snapshot store, if this node uploaded it.
+    pub(crate) fn remote_state(&self, kind: &str, id: &str) -> Option<String> {
+        let state = self.remote.as_ref()?.state(kind, id)?;
+        Some(state.describe())
     }
 
     /// Runs `task` in the node's background set: shutdown cancels it before it removes the

@@ -116,7 +116,7 @@ pub(in crate::node) struct Parent {
 impl Node {
     /// Whether `d` takes and uses function snapshots on this node.
     pub(in crate::node) fn snapshots_on(&self, d: &Deployed) -> bool {
-        self.cfg.snapshots.mode == SnapshotMode::Local
+        self.cfg.snapshots.mode != SnapshotMode::Off
             && d.record.config.snapshot != SnapshotPoint::Off
             && d.record.config.runtime.restorable()
             && self.sandboxes.is_some()
@@ -294,6 +294,7 @@ impl Node {
                     .as_bytes(),
                 );
                 self.take_succeeded(d);
+                self.upload_in_background("snapshot", &info.id, self.snapshots.path(&info.id));
             }
             // Not the function's doing, and not worth a note in a log that may be another
             // function's by now.

@@ -21,7 +21,11 @@ pub struct SnapshotUsage {
 
 impl Node {
     pub fn snapshots(&self) -> Vec<SnapshotStatus> {
-        self.snapshots.list()
+        let mut list = self.snapshots.list();
+        for s in &mut list {
+            s.remote = self.remote_state("snapshot", &s.info.id);
+        }
+        list
     }
 
     pub fn snapshot_usage(&self) -> SnapshotUsage {

@@ -158,6 +158,9 @@ pub struct SnapshotStatus {
     /// Failed restores in a row.
     pub failures: u32,
     pub last_error: Option<String>,
+    /// In the snapshot store (`snapshots = "remote"`): `uploading`, `stored` or `failed:
+    /// <why>`; `None` when this node has not uploaded it (filled in by the node).
+    pub remote: Option<String>,
 }
 
 /// A snapshot that left the cache when another was added.
@@ -626,6 +629,7 @@ impl SnapshotStore {
                 },
                 failures: e.failures,
                 last_error: e.last_error.clone(),
+                remote: None,
             })
             .collect()
     }

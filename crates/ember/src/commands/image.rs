@@ -70,7 +70,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<18} {:>8} {:>8} {:<7} {:>4} {:>7} {:<8} {:<9} {:>8}  PACKAGES",
+                "{:<18} {:>8} {:>8} {:<13} {:>4} {:>7} {:<8} {:<9} {:>8}  PACKAGES",
                 "ID", "MIB", "PAGES", "WHERE", "FNS", "STANDBY", "TEMPLATE", "HEALTH", "RESTORES"
             );
             for i in v["images"].as_array().into_iter().flatten() {
@@ -89,11 +89,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     None => "-",
                 };
                 println!(
-                    "{:<18} {:>8.1} {:>8} {:<7} {:>4} {:>7} {:<8} {:<9} {:>8}  {}",
+                    "{:<18} {:>8.1} {:>8} {:<13} {:>4} {:>7} {:<8} {:<9} {:>8}  {}",
                     i["id"].as_str().unwrap_or("?"),
                     i["bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
                     i["pages"].as_u64().unwrap_or(0),
-                    i["location"].as_str().unwrap_or("?"),
+                    super::snapshot::place(i),
                     i["functions"].as_u64().unwrap_or(0),
                     i["standby"].as_u64().unwrap_or(0),
                     template,

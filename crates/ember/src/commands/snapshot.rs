@@ -42,6 +42,18 @@ fn ago(then: Option<u64>, now: u64) -> String {
     }
 }
 
+/// Where an image or snapshot of a listing is: `memory` or `disk`, then `+remote` once the
+/// snapshot store holds it (`+uploading`, `+upload failed`).
+pub fn place(v: &serde_json::Value) -> String {
+    let local = v["location"].as_str().unwrap_or("?");
+    match v["remote"].as_str() {
+        None => local.to_string(),
+        Some("stored") => format!("{local}+remote"),
+        Some("uploading") => format!("{local}+uploading"),
+        Some(_) => format!("{local}+upload failed"),
+    }
+}
+
 /// The table `ember snapshot ls` prints for the answer of `GET /v1/snapshots`.
 fn table(v: &serde_json::Value, now: u64) -> String {
     let mut out = format!(
@@ -58,7 +70,7 @@ fn table(v: &serde_json::Value, now: u64) -> String {
             s["bytes"].as_f64().unwrap_or(0.0) / MIB,
             s["uses"].as_u64().unwrap_or(0),
             ago(s["last_use"].as_u64(), now),
-            s["location"].as_str().unwrap_or("?"),
+            place(s),
         );
         if let Some(e) = s["last_error"].as_str() {
             out += &format!("  last error: {e}\n");

@@ -42,15 +42,22 @@ pub struct Daemon {
     pub url: String,
     pub home: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
     pub fn start(home: &Path, extra: &[&str]) -> Daemon {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Self::start_with(home, args)
+        Self::start_with(home, args, Vec::new())
     }
 
-    fn start_with(home: &Path, args: Vec<String>) -> Daemon {
+    /// As [`Daemon::start`], with these environment variables too.
+    pub fn start_env(home: &Path, extra: &[&str], env: &[(String, String)]) -> Daemon {
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::start_with(home, args, env.to_vec())
+    }
+
+    fn start_with(home: &Path, args: Vec<String>, env: Vec<(String, String)>) -> Daemon {
         let mut cmd = Command::new(EMBER);
         cmd.arg("serve")
             .arg("--home")
@@ -81,6 +88,7 @@ impl Daemon {
             .env_remove("EMBER_TOKEN")
             .env_remove("EMBER_URL")
             .env("EMBER_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -98,14 +106,15 @@ impl Daemon {
             url,
             home: home.to_path_buf(),
             args,
+            env,
         }
     }
 
     /// SIGTERM, wait, start again on the same home.
     pub fn restart(mut self) -> Daemon {
         self.terminate();
-        let (home, args) = (self.home.clone(), self.args.clone());
-        Self::start_with(&home, args)
+        let (home, args, env) = (self.home.clone(), self.args.clone(), self.env.clone());
+        Self::start_with(&home, args, env)
     }
 
     pub fn terminate(&mut self) {

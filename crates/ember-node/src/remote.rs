@@ -1,0 +1,186 @@
+//! The node's side of the snapshot store (ember-store) in `snapshots = "remote"` mode:
+//! every dependency image and function snapshot the node makes is uploaded in the
+//! background, off the request path, as the set `image/<id>` or `snapshot/<id>`; `ember
+//! image ls` and `ember snapshot ls` show where each one is. Fetching one on a miss is the
+//! next step (see docs/store.md).
+//!
+//! The files are hard-linked into a staging directory under `<home>/uploads` first: images
+//! and snapshots are replaced by renaming directories, never written in place, so the links
+//! hold one version of every file however long the upload takes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ember_store::backend::s3::S3;
+use ember_store::{PutStats, Repo, S3Config, SetRef};
+
+use crate::metrics::{KindLabels, StoreMetrics, TakeLabels};
+
+/// Uploads at once (each has up to 8 chunks in flight).
+const UPLOADS: usize = 2;
+
+/// Where a set stands in the store, as this node knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteState {
+    Uploading,
+    Stored,
+    Failed(String),
+}
+
+impl RemoteState {
+    /// `uploading`, `stored`, or `failed: <why>`.
+    pub fn describe(&self) -> String {
+        match self {
+            RemoteState::Uploading => "uploading".into(),
+            RemoteState::Stored => "stored".into(),
+            RemoteState::Failed(why) => format!("failed: {why}"),
+        }
+    }
+}
+
+pub struct Remote {
+    repo: Repo,
+    describe: String,
+    staging: PathBuf,
+    states: Mutex<HashMap<(String, String), RemoteState>>,
+    slots: tokio::sync::Semaphore,
+    metrics: StoreMetrics,
+}
+
+impl Remote {
+    /// The store `cfg` names; staging under `home/uploads` (emptied: what a crash left).
+    pub fn open(cfg: &S3Config, home: &Path, metrics: StoreMetrics) -> Result<Remote, String> {
+        let backend = S3::open(cfg).map_err(|e| e.to_string())?;
+        let staging = home.join("uploads");
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging)
+            .map_err(|e| format!("creating {}: {e}", staging.display()))?;
+        let describe = ember_store::Backend::describe(&backend);
+        Ok(Remote {
+            repo: Repo::new(Arc::new(backend)),
+            describe,
+            staging,
+            states: Mutex::new(HashMap::new()),
+            slots: tokio::sync::Semaphore::new(UPLOADS),
+            metrics,
+        })
+    }
+
+    /// For messages: the store's endpoint, bucket and prefix.
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// Where set `kind/id` stands, if this node uploaded it (or tried).
+    pub fn state(&self, kind: &str, id: &str) -> Option<RemoteState> {
+        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states.get(&(kind.to_string(), id.to_string())).cloned()
+    }
+
+    fn set_state(&self, kind: &str, id: &str, state: RemoteState) {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states.insert((kind.to_string(), id.to_string()), state);
+    }
+
+    /// Uploads the regular files of `dir` as set `kind/id` (replacing a stored one),
+    /// recording how it went. Call from a background task.
+    pub async fn upload(&self, kind: &str, id: &str, dir: &Path) {
+        self.set_state(kind, id, RemoteState::Uploading);
+        let result = match self.slots.acquire().await {
+            Ok(_slot) => self.upload_now(kind, id, dir).await,
+            Err(_) => Err("the node is stopping".into()),
+        };
+        let labels = |result: &str| TakeLabels {
+            kind: kind.to_string(),
+            result: result.to_string(),
+        };
+        match result {
+            Ok(stats) => {
+                let kind_label = KindLabels {
+                    kind: kind.to_string(),
+                };
+                self.metrics.uploads.get_or_create(&labels("stored")).inc();
+                self.metrics
+                    .uploaded_bytes
+                    .get_or_create(&kind_label)
+                    .inc_by(stats.written_stored);
+                self.metrics
+                    .reused_chunks
+                    .get_or_create(&kind_label)
+                    .inc_by(stats.reused as u64);
+                tracing::info!(
+                    set = %format!("{kind}/{id}"),
+                    store = %self.describe,
+                    chunks = stats.chunks,
+                    written = stats.written,
+                    reused = stats.reused,
+                    mib = stats.raw_bytes >> 20,
+                    stored_kib = stats.written_stored >> 10,
+                    dedup = format!("{:.2}", stats.dedup_ratio()),
+                    compression = format!("{:.2}", stats.compression_ratio()),
+                    "uploaded to the snapshot store"
+                );
+                self.set_state(kind, id, RemoteState::Stored);
+            }
+            Err(why) => {
+                self.metrics.uploads.get_or_create(&labels("failed")).inc();
+                tracing::warn!(
+                    set = %format!("{kind}/{id}"),
+                    store = %self.describe,
+                    "an upload to the snapshot store failed (the node serves it from its own \
+                     copy; it is uploaded again when it is made again): {why}"
+                );
+                self.set_state(kind, id, RemoteState::Failed(why));
+            }
+        }
+    }
+
+    async fn upload_now(&self, kind: &str, id: &str, dir: &Path) -> Result<PutStats, String> {
+        let set = SetRef::new(kind, id).map_err(|e| e.to_string())?;
+        let stage = self.staging.join(format!(
+            "{kind}-{id}-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let (from, to) = (dir.to_path_buf(), stage.clone());
+        let linked = tokio::task::spawn_blocking(move || link_files(&from, &to))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        let result = match linked {
+            Ok(files) => self
+                .repo
+                .put_files(&set, &files)
+                .await
+                .map(|(_, stats)| stats)
+                .map_err(|e| ember_store::RepoError::to_string(&e)),
+            Err(e) => Err(e),
+        };
+        let _ = tokio::fs::remove_dir_all(&stage).await;
+        result
+    }
+}
+
+/// Hard-links every regular file of `from` into a new directory `to`: `(name, path)` each.
+fn link_files(from: &Path, to: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+    std::fs::create_dir(to).map_err(|e| format!("creating {}: {e}", to.display()))?;
+    let mut files = Vec::new();
+    let entries =
+        std::fs::read_dir(from).map_err(|e| format!("reading {}: {e}", from.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("reading {}: {e}", from.display()))?;
+        let kind = entry.file_type().map_err(|e| e.to_string())?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !kind.is_file() || !ember_store::manifest::valid_name(&name) {
+            continue;
+        }
+        let dst = to.join(&name);
+        std::fs::hard_link(entry.path(), &dst)
+            .map_err(|e| format!("linking {}: {e}", entry.path().display()))?;
+        files.push((name, dst));
+    }
+    files.sort();
+    Ok(files)
+}

@@ -1,0 +1,180 @@
+//! Privileged, with the S3 server the test script starts (Garage on loopback): in
+//! `snapshots = "remote"` mode the node uploads every dependency image and function snapshot
+//! it makes, in the background, and the store holds exactly their files.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Daemon, eventually, need_sandbox, py};
+use ember_store::backend::s3::S3;
+use ember_store::{Repo, S3Config, SetRef};
+use serde_json::{Value, json};
+
+/// The daemon's environment for the test script's S3 server, under a prefix of `test`'s
+/// own; `None` (and why) without one.
+fn store_env(test: &str) -> Option<Vec<(String, String)>> {
+    let Ok(endpoint) = std::env::var("EMBER_TEST_S3_ENDPOINT") else {
+        eprintln!(
+            "{test}: skipped: EMBER_TEST_S3_ENDPOINT is unset (./scripts/test starts Garage and sets it)"
+        );
+        return None;
+    };
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    Some(vec![
+        ("EMBER_S3_ENDPOINT".into(), endpoint),
+        ("EMBER_S3_BUCKET".into(), var("EMBER_TEST_S3_BUCKET")),
+        ("EMBER_S3_REGION".into(), var("EMBER_TEST_S3_REGION")),
+        (
+            "EMBER_S3_PREFIX".into(),
+            format!("e2e-{test}-{}", std::process::id()),
+        ),
+        (
+            "AWS_ACCESS_KEY_ID".into(),
+            var("EMBER_TEST_S3_AWS_ACCESS_KEY_ID"),
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY".into(),
+            var("EMBER_TEST_S3_AWS_SECRET_ACCESS_KEY"),
+        ),
+    ])
+}
+
+fn listing(d: &Daemon, what: &str, key: &str) -> Vec<Value> {
+    let out = d.cli(&[what, "ls", "--json"]);
+    assert!(out.ok, "{}", out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    v[key].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until the one entry of `what`'s listing is stored remotely; its id.
+fn stored(d: &Daemon, what: &str, key: &str) -> String {
+    let mut id = String::new();
+    let ok = eventually(Duration::from_secs(120), || {
+        let list = listing(d, what, key);
+        match list.as_slice() {
+            [one] if one["remote"] == "stored" => {
+                id = one["id"].as_str().unwrap_or_default().to_string();
+                true
+            }
+            [one]
+                if one["remote"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("failed")) =>
+            {
+                panic!("the upload failed: {one}")
+            }
+            _ => false,
+        }
+    });
+    assert!(ok, "no {what} was uploaded: {:?}", listing(d, what, key));
+    id
+}
+
+/// The set `kind/id` from the store equals the node's directory `dir`, file by file.
+async fn same_as_stored(env: &[(String, String)], kind: &str, id: &str, dir: &Path) {
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let cfg = S3Config::from_lookup(get).unwrap().unwrap();
+    let repo = Repo::new(Arc::new(S3::open(&cfg).unwrap()));
+    let m = repo
+        .manifest(&SetRef::new(kind, id).unwrap())
+        .await
+        .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    repo.get_files(&m, out.path()).await.unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let stored: Vec<String> = m.files.iter().map(|f| f.name.clone()).collect();
+    assert_eq!(stored, names, "{kind}/{id}");
+    for n in &names {
+        let (a, b) = (
+            std::fs::read(dir.join(n)).unwrap(),
+            std::fs::read(out.path().join(n)).unwrap(),
+        );
+        assert!(a == b, "{kind}/{id}: {n} differs from the node's");
+    }
+}
+
+#[tokio::test]
+async fn remote_mode_uploads_every_image_and_snapshot_the_node_makes() {
+    if !need_sandbox() {
+        return;
+    }
+    let test = "remote_mode_uploads_every_image_and_snapshot_the_node_makes";
+    let Some(env) = store_env(test) else { return };
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start_env(
+        home.path(),
+        &["--images", "on-deploy", "--snapshots", "remote"],
+        &env,
+    );
+    let (status, body) = d
+        .deploy_zip(
+            "hello",
+            json!({"handler": "main.handler", "packages": []}),
+            &py("def handler(e, c):\n    return {'ok': True}\n"),
+        )
+        .await;
+    assert!(status == 201 || status == 200, "{status} {body}");
+    let image = stored(&d, "image", "images");
+    same_as_stored(&env, "image", &image, &d.home.join("images").join(&image)).await;
+
+    // The first start takes the function's snapshot in the background; it is uploaded too.
+    let r = d.invoke("hello", "{}").await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    let snap = stored(&d, "snapshot", "snapshots");
+    same_as_stored(
+        &env,
+        "snapshot",
+        &snap,
+        &d.home.join("snapshots").join(&snap),
+    )
+    .await;
+
+    let out = d.cli(&["snapshot", "ls"]);
+    assert!(out.stdout.contains("+remote"), "{}", out.stdout);
+    let m = d.metrics().await;
+    for kind in ["image", "snapshot"] {
+        let line = format!("ember_store_uploads_total{{kind=\"{kind}\",result=\"stored\"}} 1");
+        assert!(m.contains(&line), "{line} in\n{m}");
+    }
+    assert!(
+        !home
+            .path()
+            .join("uploads")
+            .read_dir()
+            .unwrap()
+            .any(|_| true),
+        "staging emptied"
+    );
+}
+
+#[test]
+fn remote_mode_without_a_store_refuses_to_start_and_says_what_to_set() {
+    let home = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--snapshots",
+            "remote",
+            "--no-sandbox",
+        ])
+        .arg("--home")
+        .arg(home.path())
+        .env_remove("EMBER_S3_ENDPOINT")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("EMBER_S3_ENDPOINT") && err.contains("remote"),
+        "{err}"
+    );
+}
