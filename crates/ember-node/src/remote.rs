@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use ember_store::backend::s3::S3;
-use ember_store::{PutStats, Repo, S3Config, SetRef};
+use ember_store::{PutFile, PutStats, Repo, S3Config, SetRef};
 
 use crate::metrics::{KindLabels, StoreMetrics, TakeLabels};
 
@@ -144,8 +144,8 @@ impl Remote {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
         ));
-        let (from, to) = (dir.to_path_buf(), stage.clone());
-        let linked = tokio::task::spawn_blocking(move || link_files(&from, &to))
+        let (from, to, k) = (dir.to_path_buf(), stage.clone(), kind.to_string());
+        let linked = tokio::task::spawn_blocking(move || link_files(&k, &from, &to))
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r);
@@ -163,8 +163,14 @@ impl Remote {
     }
 }
 
-/// Hard-links every regular file of `from` into a new directory `to`: `(name, path)` each.
-fn link_files(from: &Path, to: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+/// Hard-links every regular file of `from` (the set `kind/...`) into a new directory `to`.
+/// A page file's first 4 KiB (its header) is a chunk of its own, so that the chunks after
+/// it hold whole pages. A function snapshot's pages go in chunks of one page: two
+/// functions' layers over one image share most of their pages, but not at whole 16 KiB
+/// runs (measured on two numpy functions: 89% of one's pages are the other's, 16% of its
+/// 16 KiB chunks); an image's go in the store's 16 KiB chunks (ember-snap's own hashed unit),
+/// a quarter of the requests.
+fn link_files(set_kind: &str, from: &Path, to: &Path) -> Result<Vec<PutFile>, String> {
     std::fs::create_dir(to).map_err(|e| format!("creating {}: {e}", to.display()))?;
     let mut files = Vec::new();
     let entries =
@@ -179,8 +185,16 @@ fn link_files(from: &Path, to: &Path) -> Result<Vec<(String, PathBuf)>, String> 
         let dst = to.join(&name);
         std::fs::hard_link(entry.path(), &dst)
             .map_err(|e| format!("linking {}: {e}", entry.path().display()))?;
-        files.push((name, dst));
+        let page = ember_snap::image::PAGE as u32;
+        let file = match (name.as_str(), set_kind) {
+            (ember_snap::image::format::PAGES_FILE, "snapshot") => PutFile::new(name, dst)
+                .with_head(page)
+                .with_chunk_size(page),
+            (ember_snap::image::format::PAGES_FILE, _) => PutFile::new(name, dst).with_head(page),
+            _ => PutFile::new(name, dst),
+        };
+        files.push(file);
     }
-    files.sort();
+    files.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(files)
 }

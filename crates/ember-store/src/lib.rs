@@ -29,4 +29,4 @@ pub use backend::{Backend, BackendError, Key, ObjectMeta};
 pub use chunk::{ChunkError, Hash};
 pub use config::{ConfigError, S3Config};
 pub use manifest::{FileEntry, Manifest, ManifestError};
-pub use repo::{GcStats, GetStats, PutStats, Repo, RepoError, SetRef};
+pub use repo::{GcStats, GetStats, PutFile, PutStats, Repo, RepoError, SetRef};

@@ -9,9 +9,10 @@
 //! 56  body (postcard: Manifest)
 //! ```
 //!
-//! Every file is cut at the same offsets (multiples of its `chunk_size`), so a page at one
-//! position in two files of equal layout lands in the same chunk: an image's pages and the
-//! same pages in another image or layer are stored once.
+//! Every file is cut at the same offsets: a first chunk of `head` bytes (a file's header: an
+//! image's page file has 4 KiB before its pages), then `chunk_size` bytes each. So a page at
+//! one position in two files of one layout lands in the same chunk: an image uploaded twice,
+//! or the runs of pages two functions' layers share at the same positions, are stored once.
 
 use serde::{Deserialize, Serialize};
 
@@ -52,20 +53,55 @@ pub struct FileEntry {
     pub name: String,
     pub size: u64,
     pub chunk_size: u32,
-    /// `ceil(size / chunk_size)` chunks, in file order.
+    /// Bytes of the first chunk (0: none; every chunk is `chunk_size`).
+    pub head: u32,
+    /// [`FileEntry::chunk_count`] chunks, in file order.
     pub chunks: Vec<Hash>,
 }
 
 impl FileEntry {
+    /// How many chunks a file of `size` bytes is cut into: a first chunk of `head` bytes
+    /// (0: none), then `chunk_size` bytes each, the last shorter.
+    pub fn chunk_count(size: u64, head: u32, chunk_size: u32) -> u64 {
+        let (head, cs) = (u64::from(head), u64::from(chunk_size.max(1)));
+        match (head, size) {
+            (0, _) => size.div_ceil(cs),
+            (_, 0) => 0,
+            (h, s) if s <= h => 1,
+            (h, s) => 1 + (s - h).div_ceil(cs),
+        }
+    }
+
+    /// Chunk `i`'s bytes in the file: (offset, length).
+    pub fn chunk_range(&self, i: u64) -> (u64, u64) {
+        let (head, cs) = (u64::from(self.head), u64::from(self.chunk_size));
+        let (start, end) = match (head, i) {
+            (0, i) => (i * cs, (i + 1) * cs),
+            (h, 0) => (0, h),
+            (h, i) => (h + (i - 1) * cs, h + i * cs),
+        };
+        let start = start.min(self.size);
+        (start, end.min(self.size) - start)
+    }
+
+    /// The chunk holding byte `offset`.
+    fn chunk_of(&self, offset: u64) -> u64 {
+        let (head, cs) = (u64::from(self.head), u64::from(self.chunk_size));
+        match head {
+            0 => offset / cs,
+            h if offset < h => 0,
+            h => 1 + (offset - h) / cs,
+        }
+    }
+
     /// The chunks covering bytes `[offset, offset + len)`: (index of the first, count).
     pub fn chunks_for(&self, offset: u64, len: u64) -> (usize, usize) {
-        let cs = u64::from(self.chunk_size);
         if len == 0 || offset >= self.size {
             return (0, 0);
         }
         let end = (offset + len).min(self.size);
-        let first = offset / cs;
-        let last = (end - 1) / cs;
+        let first = self.chunk_of(offset);
+        let last = self.chunk_of(end - 1);
         (first as usize, (last - first + 1) as usize)
     }
 }
@@ -173,7 +209,10 @@ impl Manifest {
                     f.name, f.chunk_size
                 )));
             }
-            let want = f.size.div_ceil(u64::from(f.chunk_size));
+            if f.head > MAX_CHUNK {
+                return Err(self.invalid(format!("file {} has a head of {} bytes", f.name, f.head)));
+            }
+            let want = FileEntry::chunk_count(f.size, f.head, f.chunk_size);
             if f.chunks.len() as u64 != want {
                 return Err(self.invalid(format!(
                     "file {} of {} bytes lists {} chunks, not {want}",
@@ -200,6 +239,7 @@ mod tests {
                 name: "pages".into(),
                 size: 300 << 10,
                 chunk_size: 256 << 10,
+                head: 0,
                 chunks: vec![Hash::of(b"a"), Hash::of(b"b")],
             }],
         }
@@ -215,6 +255,22 @@ mod tests {
         assert_eq!(f.chunks_for((256 << 10) - 1, 2), (0, 2));
         assert_eq!(f.chunks_for(256 << 10, 1 << 20), (1, 1));
         assert_eq!(f.chunks_for(400 << 10, 1), (0, 0));
+        // A 4 KiB head, then 16 KiB chunks: a page file's pages align with the chunks.
+        let paged = FileEntry {
+            name: "pages".into(),
+            size: 4096 + 5 * 4096,
+            chunk_size: 16384,
+            head: 4096,
+            chunks: vec![Hash::of(b"h"), Hash::of(b"a"), Hash::of(b"b")],
+        };
+        assert_eq!(FileEntry::chunk_count(paged.size, 4096, 16384), 3);
+        assert_eq!(FileEntry::chunk_count(100, 4096, 16384), 1);
+        assert_eq!(FileEntry::chunk_count(0, 4096, 16384), 0);
+        assert_eq!(paged.chunk_range(0), (0, 4096));
+        assert_eq!(paged.chunk_range(1), (4096, 16384));
+        assert_eq!(paged.chunk_range(2), (20480, 4096));
+        assert_eq!(paged.chunks_for(4096 + 4 * 4096, 4096), (2, 1));
+        assert_eq!(paged.chunks_for(0, 4097), (0, 2));
     }
 
     #[test]

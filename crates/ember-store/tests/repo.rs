@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ember_store::backend::{local::Local, s3::S3};
-use ember_store::{Backend, Repo, RepoError, S3Config, SetRef};
+use ember_store::{Backend, PutFile, Repo, RepoError, S3Config, SetRef};
 
 /// The S3 server the test script started, under a prefix of this test's own.
 fn s3(test: &str) -> Option<Arc<dyn Backend>> {
@@ -55,20 +55,31 @@ fn set(kind: &str, id: &str) -> SetRef {
     SetRef::new(kind, id).unwrap()
 }
 
+/// A repository over `backend` with 256 KiB chunks (64 pages), which the figures of these
+/// tests count in.
+fn big(backend: &Arc<dyn Backend>) -> Repo {
+    Repo::new(backend.clone())
+        .with_chunk_size(256 << 10)
+        .unwrap()
+}
+
+/// `(name, path)` pairs as files without a head.
+fn plain(files: &[(&str, &PathBuf)]) -> Vec<PutFile> {
+    files.iter().map(|(n, p)| PutFile::new(*n, *p)).collect()
+}
+
 #[tokio::test]
 async fn sets_round_trip_deduplicated_and_compressed() {
     let dir = tempfile::tempdir().unwrap();
     for backend in backends("roundtrip", dir.path()) {
-        let repo = Repo::new(backend.clone());
+        let backend: Arc<dyn Backend> = backend;
+        let repo = big(&backend);
         // 200 pages whose content repeats every 64 pages (a chunk): chunks 0, 1 and 2 equal;
         // the last, shorter chunk differs. Plus a small file.
         let pages = file(dir.path(), "pages", 200, |i| i % 64);
         let meta = dir.path().join("meta");
         std::fs::write(&meta, b"not page aligned, 37 bytes of meta...").unwrap();
-        let files = vec![
-            ("pages".to_string(), pages.clone()),
-            ("meta".to_string(), meta.clone()),
-        ];
+        let files = plain(&[("pages", &pages), ("meta", &meta)]);
         let (m, st) = repo
             .put_files(&set("image", "img-a"), &files)
             .await
@@ -111,9 +122,9 @@ async fn a_second_set_over_the_same_pages_writes_only_what_differs() {
             if i >= 192 { i + 1000 } else { i }
         });
         // Two nodes (repos), one store.
-        let (a, b) = (Repo::new(backend.clone()), Repo::new(backend.clone()));
+        let (a, b) = (big(&backend), big(&backend));
         let (_, first) = a
-            .put_files(&set("snapshot", "fn-one"), &[("pages".into(), image)])
+            .put_files(&set("snapshot", "fn-one"), &plain(&[("pages", &image)]))
             .await
             .unwrap();
         assert_eq!(
@@ -123,7 +134,7 @@ async fn a_second_set_over_the_same_pages_writes_only_what_differs() {
             backend.describe()
         );
         let (_, second) = b
-            .put_files(&set("snapshot", "fn-two"), &[("pages".into(), other)])
+            .put_files(&set("snapshot", "fn-two"), &plain(&[("pages", &other)]))
             .await
             .unwrap();
         assert_eq!(
@@ -139,10 +150,10 @@ async fn a_second_set_over_the_same_pages_writes_only_what_differs() {
 async fn wrong_or_missing_bytes_are_refused_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
     for backend in backends("faults", dir.path()) {
-        let repo = Repo::new(backend.clone());
+        let repo = big(&backend);
         let pages = file(dir.path(), "pages", 128, |i| i * 7);
         let (m, _) = repo
-            .put_files(&set("image", "img-f"), &[("pages".into(), pages)])
+            .put_files(&set("image", "img-f"), &plain(&[("pages", &pages)]))
             .await
             .unwrap();
         let (c0, c1) = (m.files[0].chunks[0], m.files[0].chunks[1]);
@@ -185,23 +196,23 @@ async fn gc_removes_what_no_manifest_names_and_never_races_an_upload() {
         let shared = file(dir.path(), "shared", 128, |i| i);
         let only_a = file(dir.path(), "only-a", 64, |i| i + 5000);
         let only_b = file(dir.path(), "only-b", 64, |i| i + 9000);
-        let node = Repo::new(backend.clone()).with_grace(grace);
+        let node = big(&backend).with_grace(grace);
         node.put_files(
             &set("image", "a"),
-            &[("s".into(), shared.clone()), ("x".into(), only_a)],
+            &plain(&[("s", &shared), ("x", &only_a)]),
         )
         .await
         .unwrap();
         let (mb, _) = node
             .put_files(
                 &set("image", "b"),
-                &[("s".into(), shared.clone()), ("x".into(), only_b)],
+                &plain(&[("s", &shared), ("x", &only_b)]),
             )
             .await
             .unwrap();
         node.delete_set(&set("image", "a")).await.unwrap();
         // Young orphans are kept.
-        let gc = Repo::new(backend.clone()).with_grace(grace);
+        let gc = big(&backend).with_grace(grace);
         let st = gc.gc().await.unwrap();
         assert_eq!(
             (st.deleted, st.kept_young),
@@ -224,7 +235,7 @@ async fn gc_removes_what_no_manifest_names_and_never_races_an_upload() {
         // those chunks stored; a collection that deleted something makes it check again.
         node.delete_set(&set("image", "b")).await.unwrap();
         tokio::time::sleep(grace + Duration::from_millis(1100)).await;
-        let (c, files) = (set("image", "c"), [("s".to_string(), shared.clone())]);
+        let (c, files) = (set("image", "c"), plain(&[("s", &shared)]));
         let upload = node.put_files(&c, &files);
         let collect = async {
             let (mut deleted, mut busy) = (0, 0);
@@ -256,7 +267,7 @@ async fn gc_removes_what_no_manifest_names_and_never_races_an_upload() {
         let dead = ember_store::Key::new("locks/shared-0123456789abcdef").unwrap();
         backend.put(&dead, Bytes::from_static(b"0")).await.unwrap();
         assert!(matches!(gc.gc().await, Err(RepoError::Busy(_))));
-        let patient = Repo::new(backend.clone()).with_lock_stale(Duration::from_secs(1));
+        let patient = big(&backend).with_lock_stale(Duration::from_secs(1));
         tokio::time::sleep(Duration::from_millis(2100)).await;
         patient.gc().await.unwrap();
         backend.delete(&dead).await.unwrap();
@@ -300,5 +311,50 @@ async fn a_store_down_or_silent_fails_within_its_bound() {
         // own deadline is 3 x 300 + 75 ms.
         assert!(took < Duration::from_secs(3), "{what}: {took:?} {e}");
         eprintln!("{what}: failed in {took:?}: {e}");
+    }
+}
+
+/// With the default 16 KiB chunks and a page file's 4 KiB header as its own chunk, two
+/// page files holding the same pages behind different headers share every page chunk.
+#[tokio::test]
+async fn page_files_share_their_page_chunks_behind_their_own_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    for backend in backends("heads", dir.path()) {
+        let repo = Repo::new(backend.clone());
+        let mut one = vec![1u8; 4096];
+        let mut two = vec![2u8; 4096];
+        for i in 0..40u32 {
+            let page: Vec<u8> = (0..1024).flat_map(|_| (i * 31).to_le_bytes()).collect();
+            one.extend_from_slice(&page);
+            two.extend_from_slice(&page);
+        }
+        let (p1, p2) = (dir.path().join("one"), dir.path().join("two"));
+        std::fs::write(&p1, &one).unwrap();
+        std::fs::write(&p2, &two).unwrap();
+        let put = |p: &PathBuf| vec![PutFile::new("pages", p.clone()).with_head(4096)];
+        let (m1, a) = repo
+            .put_files(&set("image", "one"), &put(&p1))
+            .await
+            .unwrap();
+        assert_eq!(
+            (a.chunks, a.written),
+            (11, 11),
+            "{}: {a:?}",
+            backend.describe()
+        );
+        assert_eq!(m1.files[0].chunk_range(1), (4096, 16384));
+        let (m2, b) = repo
+            .put_files(&set("image", "two"), &put(&p2))
+            .await
+            .unwrap();
+        assert_eq!(
+            (b.written, b.reused),
+            (1, 10),
+            "{}: {b:?}",
+            backend.describe()
+        );
+        let out = dir.path().join("two-out");
+        repo.get_files(&m2, &out).await.unwrap();
+        assert_eq!(std::fs::read(out.join("pages")).unwrap(), two);
     }
 }
