@@ -38,10 +38,11 @@ use crate::backend::{Backend, BackendError, Key};
 use crate::chunk::{self, CHUNKS, ChunkError, Hash};
 use crate::manifest::{FileEntry, Manifest, ManifestError, valid_name};
 
-/// Chunks of 16 KiB (4 pages, the unit ember-snap checks an image's pages in). Measured on
-/// two functions' snapshot layers over one numpy image: 71% of one's 16 KiB chunks are
-/// stored by the other, 28% at 64 KiB, none at 256 KiB (pages differ here and there, and a
-/// chunk with one differing page is stored again). A 100 MiB image is 6,400 requests.
+/// Chunks of 16 KiB (4 pages, the unit ember-snap checks an image's pages in, so that a
+/// lazy restore's faults map onto chunks). Larger chunks share less: a chunk with one
+/// differing page is stored again (two numpy functions' layers: 16-71% of 16 KiB chunks
+/// shared over two runs, 4-28% at 64 KiB, none at 256 KiB). A 100 MiB image is 6,400
+/// requests; a file can ask for other sizes ([`PutFile::with_chunk_size`]).
 pub const DEFAULT_CHUNK: u32 = 16 << 10;
 /// Chunks in flight at once, per upload or download.
 pub const DEFAULT_INFLIGHT: usize = 16;
