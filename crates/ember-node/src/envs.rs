@@ -122,7 +122,7 @@ impl EnvManager {
             move |source| EnvError::Io { what, dir, source }
         };
         std::fs::create_dir_all(&root).map_err(io("creating the environments directory"))?;
-        let out = Command::new(&python)
+        let out = without_secrets(&mut Command::new(&python))
             .args(["-I", "-c", "import sys; print(sys.version)"])
             .output()
             .await
@@ -217,7 +217,7 @@ impl EnvManager {
         self.run_tool(
             "python -m venv",
             &dir,
-            Command::new(&self.python)
+            without_secrets(&mut Command::new(&self.python))
                 .args(["-m", "venv", "--without-pip"])
                 .arg(&dir),
         )
@@ -225,7 +225,8 @@ impl EnvManager {
         let venv_python = dir.join("bin/python");
         if !packages.is_empty() {
             let mut cmd = Command::new(&self.python);
-            cmd.args(["-m", "pip", "--python"])
+            without_secrets(&mut cmd)
+                .args(["-m", "pip", "--python"])
                 .arg(&venv_python)
                 .args([
                     "install",
@@ -253,7 +254,9 @@ impl EnvManager {
             }
         }
         let mut inspect = Command::new(&venv_python);
-        inspect.args(["-I", "-c", INSPECT_PY]).args(&packages);
+        without_secrets(&mut inspect)
+            .args(["-I", "-c", INSPECT_PY])
+            .args(&packages);
         ember_runtime::kill_with_daemon(&mut inspect);
         let out = inspect
             .kill_on_drop(true)
@@ -386,4 +389,40 @@ async fn stream_pip(
             .join("\n")
     };
     Err(PipFailure::Failed(text))
+}
+
+/// Variables holding the daemon's secrets (the snapshot store's credentials, the API token):
+/// never passed to a tool the daemon runs (pip runs packages' build scripts, which a tenant
+/// chooses).
+pub const SECRET_VARS: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "EMBER_S3_ENDPOINT",
+    "EMBER_S3_BUCKET",
+    "EMBER_S3_REGION",
+    "EMBER_S3_PREFIX",
+    "EMBER_TOKEN",
+];
+
+/// `cmd` without the daemon's secrets in its environment ([`SECRET_VARS`]).
+pub fn without_secrets(cmd: &mut Command) -> &mut Command {
+    for v in SECRET_VARS {
+        cmd.env_remove(v);
+    }
+    cmd
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_tools_the_daemon_runs_never_see_its_secrets() {
+        let mut cmd = Command::new("/usr/bin/env");
+        cmd.env("AWS_SECRET_ACCESS_KEY", "hush").env("KEEP", "1");
+        let out = without_secrets(&mut cmd).output().await.unwrap();
+        let env = String::from_utf8_lossy(&out.stdout);
+        assert!(env.contains("KEEP=1") && !env.contains("hush"), "{env}");
+    }
 }

@@ -4,9 +4,10 @@
 //! image ls` and `ember snapshot ls` show where each one is. Fetching one on a miss is the
 //! next step (see docs/store.md).
 //!
-//! The files are hard-linked into a staging directory under `<home>/uploads` first: images
-//! and snapshots are replaced by renaming directories, never written in place, so the links
-//! hold one version of every file however long the upload takes.
+//! The files are hard-linked into a staging directory under `<home>/uploads` as soon as the
+//! set is made: images and snapshots are replaced by renaming directories, never written in
+//! place, so the links hold one version of every file however long the upload waits. Of
+//! several versions of one set queued, the newest is uploaded.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use ember_store::{PutFile, PutStats, Repo, S3Config, SetRef};
 
 use crate::metrics::{KindLabels, StoreMetrics, TakeLabels};
 
-/// Uploads at once (each has up to 8 chunks in flight).
+/// Uploads at once (each has up to 16 chunks in flight).
 const UPLOADS: usize = 2;
 
 /// Where a set stands in the store, as this node knows it.
@@ -44,6 +45,9 @@ pub struct Remote {
     describe: String,
     staging: PathBuf,
     states: Mutex<HashMap<(String, String), RemoteState>>,
+    /// The newest upload queued per set: an older one still waiting is dropped.
+    queued: Mutex<HashMap<(String, String), u64>>,
+    next: std::sync::atomic::AtomicU64,
     slots: tokio::sync::Semaphore,
     metrics: StoreMetrics,
 }
@@ -62,6 +66,8 @@ impl Remote {
             describe,
             staging,
             states: Mutex::new(HashMap::new()),
+            queued: Mutex::new(HashMap::new()),
+            next: std::sync::atomic::AtomicU64::new(0),
             slots: tokio::sync::Semaphore::new(UPLOADS),
             metrics,
         })
@@ -84,13 +90,42 @@ impl Remote {
     }
 
     /// Uploads the regular files of `dir` as set `kind/id` (replacing a stored one),
-    /// recording how it went. Call from a background task.
+    /// recording how it went. Call from a background task, as soon as the set is made: its
+    /// files are linked into the staging directory at once, before waiting for a slot, and
+    /// an upload of an older version of the set still waiting then is dropped.
     pub async fn upload(&self, kind: &str, id: &str, dir: &Path) {
+        let set = (kind.to_string(), id.to_string());
+        let mine = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.queued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(set.clone(), mine);
         self.set_state(kind, id, RemoteState::Uploading);
-        let result = match self.slots.acquire().await {
-            Ok(_slot) => self.upload_now(kind, id, dir).await,
-            Err(_) => Err("the node is stopping".into()),
+        let stage = self.staging.join(format!("{kind}-{id}-{mine}"));
+        let (from, to, k) = (dir.to_path_buf(), stage.clone(), kind.to_string());
+        let linked = tokio::task::spawn_blocking(move || link_files(&k, &from, &to))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        let result = match (linked, self.slots.acquire().await) {
+            (Err(e), _) => Err(e),
+            (Ok(_), Err(_)) => Err("the node is stopping".into()),
+            (Ok(files), Ok(_slot)) => {
+                let newest = self
+                    .queued
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&set)
+                    == Some(&mine);
+                if !newest {
+                    // A newer version of the set is queued: it will be uploaded instead.
+                    let _ = tokio::fs::remove_dir_all(&stage).await;
+                    return;
+                }
+                self.put(kind, id, &files).await
+            }
         };
+        let _ = tokio::fs::remove_dir_all(&stage).await;
         let labels = |result: &str| TakeLabels {
             kind: kind.to_string(),
             result: result.to_string(),
@@ -136,30 +171,13 @@ impl Remote {
         }
     }
 
-    async fn upload_now(&self, kind: &str, id: &str, dir: &Path) -> Result<PutStats, String> {
+    async fn put(&self, kind: &str, id: &str, files: &[PutFile]) -> Result<PutStats, String> {
         let set = SetRef::new(kind, id).map_err(|e| e.to_string())?;
-        let stage = self.staging.join(format!(
-            "{kind}-{id}-{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        ));
-        let (from, to, k) = (dir.to_path_buf(), stage.clone(), kind.to_string());
-        let linked = tokio::task::spawn_blocking(move || link_files(&k, &from, &to))
+        self.repo
+            .put_files(&set, files)
             .await
+            .map(|(_, stats)| stats)
             .map_err(|e| e.to_string())
-            .and_then(|r| r);
-        let result = match linked {
-            Ok(files) => self
-                .repo
-                .put_files(&set, &files)
-                .await
-                .map(|(_, stats)| stats)
-                .map_err(|e| ember_store::RepoError::to_string(&e)),
-            Err(e) => Err(e),
-        };
-        let _ = tokio::fs::remove_dir_all(&stage).await;
-        result
     }
 }
 
@@ -183,8 +201,14 @@ fn link_files(set_kind: &str, from: &Path, to: &Path) -> Result<Vec<PutFile>, St
             continue;
         }
         let dst = to.join(&name);
-        std::fs::hard_link(entry.path(), &dst)
-            .map_err(|e| format!("linking {}: {e}", entry.path().display()))?;
+        std::fs::hard_link(entry.path(), &dst).map_err(|e| {
+            format!(
+                "linking {} into {} (the staging directory must be on the same filesystem as \
+                 the node's home): {e}",
+                entry.path().display(),
+                to.display()
+            )
+        })?;
         let page = ember_snap::image::PAGE as u32;
         let file = match (name.as_str(), set_kind) {
             (ember_snap::image::format::PAGES_FILE, "snapshot") => PutFile::new(name, dst)

@@ -728,8 +728,8 @@ impl Sandbox {
     /// `program` must then wait in a system call (the stopper, an init, waits in
     /// `pause()`). Returns its host pid once it is stopped there (SIGSTOP from here: an
     /// init's own signals are dropped). It is a child of the calling thread and dies with it: call from a
-    /// thread that lives as long as the instance (a tokio worker). Waiting for it is the
-    /// caller's (a pidfd).
+    /// thread that lives as long as the instance (the node keeps threads for this); it
+    /// blocks for the set-up, milliseconds. Waiting for it is the caller's (a pidfd).
     pub fn spawn_parked(
         &mut self,
         program: std::os::fd::BorrowedFd<'_>,
@@ -995,11 +995,15 @@ fn stop_in_pause(pid: i32) -> Result<(), Option<std::io::Error>> {
         ))
     };
     loop {
+        // Polled, sleeping longer each time (20 us to 1 ms): spinning would take the CPU
+        // from the very process it waits for when many sandboxes start at once.
+        let mut nap = Duration::from_micros(20);
         while !sys::in_syscall(pid, libc::SYS_pause).map_err(Some)? {
             if std::time::Instant::now() > deadline {
                 return Err(late());
             }
-            std::thread::yield_now();
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(1));
         }
         match sys::stop_child(pid).map_err(Some)? {
             sys::Stop::Ended => return Err(None),

@@ -1,6 +1,6 @@
-//! Where the S3 store is and how to sign for it: from the environment (or, through the
-//! node's settings, a file), never from the command line, where every user of the machine
-//! could read the secret in the process list.
+//! Where the S3 store is and how to sign for it: from the environment, never from the
+//! command line, where every user of the machine could read the secret in the process list
+//! (the daemon keeps these variables from the tools it runs: `ember_node::envs::SECRET_VARS`).
 
 use std::time::Duration;
 
@@ -88,11 +88,27 @@ impl S3Config {
                     missing: var,
                 })
         };
-        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+        let Some(rest) = endpoint
+            .strip_prefix("http://")
+            .or_else(|| endpoint.strip_prefix("https://"))
+        else {
             return Err(ConfigError::Invalid {
                 var: ENDPOINT_VAR,
                 value: endpoint,
                 why: "an http:// or https:// URL is needed".into(),
+            });
+        };
+        if rest
+            .split('/')
+            .next()
+            .is_some_and(|host| host.contains('@'))
+        {
+            return Err(ConfigError::Invalid {
+                var: ENDPOINT_VAR,
+                value: "(not shown: it holds credentials)".into(),
+                why: format!(
+                    "credentials go in {KEY_ID_VAR} and {SECRET_VAR}, not in the URL (it is logged)"
+                ),
             });
         }
         let bucket = need(BUCKET_VAR)?;
@@ -112,7 +128,9 @@ impl S3Config {
         Ok(Some(S3Config {
             endpoint,
             bucket,
-            region: get(REGION_VAR).unwrap_or_else(|| "us-east-1".into()),
+            region: get(REGION_VAR)
+                .filter(|r| !r.is_empty())
+                .unwrap_or_else(|| "us-east-1".into()),
             access_key_id: need(KEY_ID_VAR)?,
             secret_access_key: Secret::new(need(SECRET_VAR)?),
             connect_timeout: timeout / 4,
@@ -171,5 +189,17 @@ mod tests {
         let mut bad = full.to_vec();
         bad[4] = (TIMEOUT_VAR, "0");
         assert!(S3Config::from_lookup(lookup(&bad)).is_err());
+        let mut userinfo = full.to_vec();
+        userinfo[0] = (ENDPOINT_VAR, "http://me:hush@127.0.0.1:3900");
+        let e = S3Config::from_lookup(lookup(&userinfo))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(KEY_ID_VAR) && !e.contains("hush"), "{e}");
+        let mut empty_region = full.to_vec();
+        empty_region.push((REGION_VAR, ""));
+        let c = S3Config::from_lookup(lookup(&empty_region))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.region, "us-east-1");
     }
 }

@@ -280,12 +280,39 @@ impl Repo {
         set: &SetRef,
         files: &[PutFile],
     ) -> Result<(Manifest, PutStats), RepoError> {
-        let lock = self.lock_shared().await?;
-        let result = self.put_locked(set, files).await;
-        let released = self.backend.delete(&lock).await;
-        let done = result?;
-        released?;
-        Ok(done)
+        let (lock, _) = self.lock_shared().await?;
+        let result = tokio::select! {
+            r = self.put_locked(set, files) => r,
+            e = self.keep_lock(&lock) => Err(e),
+        };
+        self.release(&lock).await;
+        result
+    }
+
+    /// Rewrites `lock` every third of the stale age, so that it stays live however long its
+    /// holder works; returns only when a rewrite failed (then the holder must stop: its lock
+    /// may look stale to others soon).
+    async fn keep_lock(&self, lock: &Key) -> RepoError {
+        loop {
+            tokio::time::sleep(self.lock_stale / 3).await;
+            if let Err(e) = self
+                .backend
+                .put(lock, Bytes::from(unix_now().to_string()))
+                .await
+            {
+                return RepoError::Busy(format!("its lock {lock} could not be renewed: {e}"));
+            }
+        }
+    }
+
+    /// Deletes `lock`; a failure is logged (the lock goes stale by itself).
+    async fn release(&self, lock: &Key) {
+        if let Err(e) = self.backend.delete(lock).await {
+            tracing::warn!(
+                "releasing the store lock {lock} failed; it is ignored once stale ({} s): {e}",
+                self.lock_stale.as_secs()
+            );
+        }
     }
 
     async fn put_locked(
@@ -313,9 +340,15 @@ impl Repo {
         Ok((manifest, stats))
     }
 
-    /// The live (not stale) locks of `kind`, but `except`.
-    async fn live_locks(&self, kind: LockKind, except: &Key) -> Result<Vec<String>, RepoError> {
-        let stale_before = SystemTime::now()
+    /// The live locks of `kind` but `except`: younger than the stale age by the store's
+    /// clock (`now`, the store's time of a lock just written), never this machine's.
+    async fn live_locks(
+        &self,
+        kind: LockKind,
+        except: &Key,
+        now: SystemTime,
+    ) -> Result<Vec<String>, RepoError> {
+        let stale_before = now
             .checked_sub(self.lock_stale)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let prefix = format!("{LOCKS}{}", kind.prefix());
@@ -330,25 +363,51 @@ impl Repo {
             .collect())
     }
 
+    /// Writes lock `key`; the store's time of it (its clock, which every node's locks and
+    /// chunks are dated by).
+    async fn write_lock(&self, key: &Key) -> Result<SystemTime, RepoError> {
+        self.backend
+            .put(key, Bytes::from(unix_now().to_string()))
+            .await?;
+        match self.backend.head(key).await {
+            Ok(Some(meta)) => Ok(meta.modified),
+            Ok(None) => {
+                self.release(key).await;
+                Err(RepoError::Busy(format!(
+                    "its lock {key} vanished as it was written"
+                )))
+            }
+            Err(e) => {
+                self.release(key).await;
+                Err(e.into())
+            }
+        }
+    }
+
     fn lock_key(kind: LockKind) -> Key {
         // A fixed prefix and hex digits: always a valid key.
         Key::new(format!("{LOCKS}{}{}", kind.prefix(), lock_id()))
             .unwrap_or_else(|_| unreachable!())
     }
 
-    /// An upload's lock, once no collection holds the store (waiting up to 30 s).
-    async fn lock_shared(&self) -> Result<Key, RepoError> {
+    /// An upload's lock, once no collection holds the store (waiting up to 30 s), and the
+    /// store's time.
+    async fn lock_shared(&self) -> Result<(Key, SystemTime), RepoError> {
         let key = Self::lock_key(LockKind::Shared);
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
         loop {
-            self.backend
-                .put(&key, Bytes::from(unix_now().to_string()))
-                .await?;
-            let gc = self.live_locks(LockKind::Exclusive, &key).await?;
+            let now = self.write_lock(&key).await?;
+            let gc = match self.live_locks(LockKind::Exclusive, &key, now).await {
+                Ok(gc) => gc,
+                Err(e) => {
+                    self.release(&key).await;
+                    return Err(e);
+                }
+            };
             if gc.is_empty() {
-                return Ok(key);
+                return Ok((key, now));
             }
-            self.backend.delete(&key).await?;
+            self.release(&key).await;
             if tokio::time::Instant::now() > deadline {
                 return Err(RepoError::Busy(format!(
                     "a garbage collection holds it ({})",
@@ -595,24 +654,26 @@ impl Repo {
     /// another collection runs.
     pub async fn gc(&self) -> Result<GcStats, RepoError> {
         let key = Self::lock_key(LockKind::Exclusive);
-        self.backend
-            .put(&key, Bytes::from(unix_now().to_string()))
-            .await?;
-        let mut others = self.live_locks(LockKind::Shared, &key).await?;
-        others.extend(self.live_locks(LockKind::Exclusive, &key).await?);
-        let result = if others.is_empty() {
-            self.gc_locked().await
-        } else {
-            Err(RepoError::Busy(format!("held by {}", others.join(", "))))
+        let now = self.write_lock(&key).await?;
+        let others = async {
+            let mut others = self.live_locks(LockKind::Shared, &key, now).await?;
+            others.extend(self.live_locks(LockKind::Exclusive, &key, now).await?);
+            Ok::<_, RepoError>(others)
         };
-        let released = self.backend.delete(&key).await;
-        let stats = result?;
-        released?;
-        Ok(stats)
+        let result = match others.await {
+            Ok(o) if o.is_empty() => tokio::select! {
+                r = self.gc_locked(now) => r,
+                e = self.keep_lock(&key) => Err(e),
+            },
+            Ok(o) => Err(RepoError::Busy(format!("held by {}", o.join(", ")))),
+            Err(e) => Err(e),
+        };
+        self.release(&key).await;
+        result
     }
 
-    async fn gc_locked(&self) -> Result<GcStats, RepoError> {
-        let listed_at = SystemTime::now();
+    /// The collection, under the exclusive lock; `listed_at` is the store's time of its lock.
+    async fn gc_locked(&self, listed_at: SystemTime) -> Result<GcStats, RepoError> {
         let chunks = self.backend.list(CHUNKS).await?;
         let manifests = self.backend.list(MANIFESTS).await?;
         let mut referenced = HashSet::new();

@@ -107,7 +107,12 @@ async fn sets_round_trip_deduplicated_and_compressed() {
             std::fs::read(out.join("meta")).unwrap(),
             std::fs::read(&meta).unwrap()
         );
-        assert_eq!(repo.sets("image").await.unwrap(), ["img-a"]);
+        assert_eq!(
+            repo.sets("image").await.unwrap(),
+            ["img-a"],
+            "{}",
+            backend.describe()
+        );
         std::fs::remove_dir_all(&out).unwrap();
     }
 }

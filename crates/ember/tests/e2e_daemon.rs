@@ -39,10 +39,10 @@ async fn concurrency_queues_then_throttles_and_idle_instances_expire() {
     // queue full. Both of those get 429.
     let mut tasks = Vec::new();
     for i in 0..4 {
-        let url = d.url.clone();
+        let (url, http) = (d.url.clone(), d.http());
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(if i < 2 { 0 } else { 300 + 50 * i })).await;
-            let r = reqwest::Client::new()
+            let r = http
                 .post(format!("{url}/v1/functions/sleepy/invoke"))
                 .body(r#"{"sleep": 1.5}"#)
                 .send()
@@ -192,10 +192,9 @@ async fn one_daemon_per_home_and_no_orphans_after_kill_9() {
 
     let mut tasks = Vec::new();
     for _ in 0..3 {
-        let url = d.url.clone();
+        let (url, http) = (d.url.clone(), d.http());
         tasks.push(tokio::spawn(async move {
-            reqwest::Client::new()
-                .post(format!("{url}/v1/functions/sleepy/invoke"))
+            http.post(format!("{url}/v1/functions/sleepy/invoke"))
                 .body(r#"{"sleep": 0.3}"#)
                 .send()
                 .await

@@ -259,17 +259,18 @@ pub(in crate::node) async fn precompile(python: &std::path::Path, dir: &std::pat
     // checked-hash: the .pyc records the source's hash, not its mtime, so identical code
     // compiles identically. A file that does not compile is left for the import to report.
     let mut cmd = tokio::process::Command::new(python);
-    cmd.args([
-        "-I",
-        "-m",
-        "compileall",
-        "-q",
-        "--invalidation-mode",
-        "checked-hash",
-    ])
-    .arg(dir)
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
+    crate::envs::without_secrets(&mut cmd)
+        .args([
+            "-I",
+            "-m",
+            "compileall",
+            "-q",
+            "--invalidation-mode",
+            "checked-hash",
+        ])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     ember_runtime::kill_with_daemon(&mut cmd);
     match cmd.status().await {
         Ok(s) if s.success() => {}

@@ -60,6 +60,7 @@ mod learn;
 mod restore;
 mod snapshot_take;
 mod snapshots_admin;
+mod spawner;
 mod standby;
 mod start_costs;
 mod templates;
@@ -105,6 +106,8 @@ pub struct Node {
     snapshots: Arc<crate::snapshots::SnapshotStore>,
     /// The snapshot store, in `snapshots = "remote"` mode.
     remote: Option<Arc<crate::remote::Remote>>,
+    /// Threads that make sandboxes' first processes for restores.
+    spawner: spawner::Spawner,
     /// Image instances restored ahead of demand.
     standby: standby::Standby,
     /// Images restored once, parked, their standbys forked from them.
@@ -127,6 +130,9 @@ pub struct Node {
     stopping: std::sync::atomic::AtomicBool,
     _home: FileLock,
 }
+
+/// Sandboxes' first processes made at once for restores (their cgroup joins overlap).
+const SPAWNER_THREADS: usize = 4;
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -239,6 +245,7 @@ impl Node {
         };
         let node = Arc::new_cyclic(|me| Node {
             remote,
+            spawner: spawner::Spawner::new(SPAWNER_THREADS),
             standby: standby::Standby::new(cfg.standby),
             templates: templates::Templates::default(),
             learned: learn::Learned::default(),

@@ -20,30 +20,54 @@ use crate::images::Pages;
 use crate::live::Live;
 
 /// An instance for a restore to replace: the sandbox's first process, the stopper, made
-/// without a fork of the daemon ([`ember_sandbox::Sandbox::spawn_parked`]), stopped, holding
-/// the runtime's stdio and protocol socket, taken over as the runtime's process. Returns it
-/// with its host pid. Call on a tokio worker (the process dies with the thread that made
-/// it). On an error nothing of it is left.
-pub(in crate::node) fn parked_instance(
-    sb: &mut ember_sandbox::Sandbox,
+/// without a fork of the daemon ([`ember_sandbox::Sandbox::spawn_parked`], on one of the
+/// node's spawner threads: see spawner.rs), stopped, holding the runtime's stdio and protocol
+/// socket, taken over as the runtime's process. Gives the sandbox back, with the instance and
+/// its host pid. On an error nothing of the process is left.
+pub(in crate::node) async fn parked_instance(
+    node: &Node,
+    mut sb: ember_sandbox::Sandbox,
     spec: &StartSpec,
     log: Arc<dyn LogSink>,
-) -> Result<(Instance, i32), RungError> {
-    let (wiring, ours) = Instance::wiring().map_err(RungError::Spawn)?;
-    let program = ember_snap::stopper::program_fd().map_err(|source| {
-        RungError::Sandbox(ember_sandbox::SandboxError::Spawn {
-            step: "preparing the stopper program",
-            source,
-        })
-    })?;
-    let pid = {
-        let _s = info_span!("runtime.spawn").entered();
-        sb.spawn_parked(program, &wiring.at_numbers())
-            .map_err(RungError::Sandbox)?
+) -> Result<(ember_sandbox::Sandbox, Instance, i32), (Option<ember_sandbox::Sandbox>, RungError)> {
+    let (wiring, ours) = match Instance::wiring() {
+        Ok(w) => w,
+        Err(e) => return Err((Some(sb), RungError::Spawn(e))),
     };
-    drop(wiring);
-    let inst = Instance::adopt(spec, log, pid, ours).map_err(RungError::Spawn)?;
-    Ok((inst, pid))
+    let program = match ember_snap::stopper::program_fd() {
+        Ok(p) => p,
+        Err(source) => {
+            let e = ember_sandbox::SandboxError::Spawn {
+                step: "preparing the stopper program",
+                source,
+            };
+            return Err((Some(sb), RungError::Sandbox(e)));
+        }
+    };
+    let span = info_span!("runtime.spawn");
+    let made = node
+        .spawner
+        .run(move || {
+            let _s = span.entered();
+            let pid = sb.spawn_parked(program, &wiring.at_numbers());
+            drop(wiring);
+            (sb, pid)
+        })
+        .await;
+    // Without a spawner thread the job, and the sandbox with it, was dropped (which removes
+    // the sandbox's cgroups).
+    let Some((sb, pid)) = made else {
+        let gone = RungError::Task("the node's spawner threads are gone".into());
+        return Err((None, gone));
+    };
+    let pid = match pid {
+        Ok(p) => p,
+        Err(e) => return Err((Some(sb), RungError::Sandbox(e))),
+    };
+    match Instance::adopt(spec, log, pid, ours) {
+        Ok(inst) => Ok((sb, inst, pid)),
+        Err(e) => Err((Some(sb), RungError::Spawn(e))),
+    }
 }
 
 /// What a restored instance's sandbox shows it besides the system: these directories,
@@ -105,7 +129,7 @@ impl Node {
         let (mut live, pid) = match parked {
             Some(p) => p,
             None => {
-                let mut sb = boxes
+                let sb = boxes
                     .prepare(&InstanceSpec {
                         id: spec.instance_id.clone(),
                         memory_bytes: u64::from(spec.memory_mb) << 20,
@@ -115,10 +139,12 @@ impl Node {
                         runtime_api_port: None,
                     })
                     .map_err(RungError::Sandbox)?;
-                match parked_instance(&mut sb, spec, log) {
-                    Ok((inst, pid)) => (Live::new(inst, Some(sb)), pid),
-                    Err(e) => {
-                        sb.destroy().await;
+                match parked_instance(self, sb, spec, log).await {
+                    Ok((sb, inst, pid)) => (Live::new(inst, Some(sb)), pid),
+                    Err((sb, e)) => {
+                        if let Some(sb) = sb {
+                            sb.destroy().await;
+                        }
                         return Err(e);
                     }
                 }

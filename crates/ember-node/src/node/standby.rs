@@ -362,7 +362,7 @@ impl Node {
                 };
                 let made = match &key {
                     Key::Image(id) => node.standby_make(id).await,
-                    Key::Sandbox => node.parked_make(),
+                    Key::Sandbox => node.parked_make().await,
                     Key::Snapshot(id) => node.snapshot_standby_make(id).await,
                 };
                 match made {
@@ -409,13 +409,13 @@ impl Node {
     /// A sandbox whose first process is parked, showing only the bootstrap (a restore's
     /// directories are bound in when it is taken), limited to the image build memory until
     /// then.
-    fn parked_make(&self) -> Result<Ready, String> {
+    async fn parked_make(&self) -> Result<Ready, String> {
         let boxes = self
             .sandboxes
             .as_ref()
             .ok_or("the node runs without the sandbox")?;
         let spec = self.standby_spec(self.cfg.python.clone(), self.bootstrap.clone());
-        let mut sb = boxes
+        let sb = boxes
             .prepare(&ember_sandbox::InstanceSpec {
                 id: spec.instance_id.clone(),
                 memory_bytes: u64::from(spec.memory_mb) << 20,
@@ -426,10 +426,11 @@ impl Node {
             })
             .map_err(|e| error_chain(&e))?;
         let sink = Arc::new(LateSink::default());
-        let (inst, pid) = match super::restore::parked_instance(&mut sb, &spec, sink.clone()) {
-            Ok(made) => made,
-            Err(e) => return Err(error_chain(&e)),
-        };
+        let (sb, inst, pid) =
+            match super::restore::parked_instance(self, sb, &spec, sink.clone()).await {
+                Ok(made) => made,
+                Err((_, e)) => return Err(error_chain(&e)),
+            };
         let mut live = Live::new(inst, Some(sb));
         if let Err(why) = pin(&mut live, pid) {
             self.reap(live.kill());

@@ -51,50 +51,44 @@ impl Backend for Local {
 
     async fn put(&self, key: &Key, data: Bytes) -> Result<(), BackendError> {
         let path = self.path(key);
-        if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir)
-                .await
-                .map_err(self.io(format!("creating the directory of {key}")))?;
-        }
-        let tmp = PathBuf::from(format!(
-            "{}.{}{TMP_SUFFIX}",
-            path.display(),
-            std::process::id()
-        ));
-        tokio::fs::write(&tmp, &data)
+        let store = self.describe();
+        let what = format!("writing {key}");
+        tokio::task::spawn_blocking(move || write_atomic(&path, &data))
             .await
-            .map_err(self.io(format!("writing {key}")))?;
-        if let Err(e) = tokio::fs::rename(&tmp, &path).await {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(self.io(format!("writing {key}"))(e));
-        }
-        Ok(())
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(|e| BackendError::Io {
+                store,
+                what,
+                source: e.into(),
+            })
     }
 
     async fn get(&self, key: &Key) -> Result<Bytes, BackendError> {
         let path = self.path(key);
-        let meta = match tokio::fs::metadata(&path).await {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(BackendError::NotFound {
-                    store: self.describe(),
-                    key: key.to_string(),
-                });
-            }
-            Err(e) => return Err(self.io(format!("reading {key}"))(e)),
-        };
-        if meta.len() > MAX_OBJECT {
-            return Err(BackendError::TooLarge {
-                store: self.describe(),
-                key: key.to_string(),
-                size: meta.len(),
-                max: MAX_OBJECT,
-            });
-        }
-        let data = tokio::fs::read(&path)
+        let store = self.describe();
+        let read = tokio::task::spawn_blocking(move || read_capped(&path))
             .await
-            .map_err(self.io(format!("reading {key}")))?;
-        Ok(Bytes::from(data))
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        match read {
+            Ok(Some(data)) => Ok(Bytes::from(data)),
+            Ok(None) => Err(BackendError::TooLarge {
+                store,
+                key: key.to_string(),
+                size: MAX_OBJECT + 1,
+                max: MAX_OBJECT,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(BackendError::NotFound {
+                store,
+                key: key.to_string(),
+            }),
+            Err(e) => Err(BackendError::Io {
+                store,
+                what: format!("reading {key}"),
+                source: e.into(),
+            }),
+        }
     }
 
     async fn head(&self, key: &Key) -> Result<Option<ObjectMeta>, BackendError> {
@@ -116,7 +110,12 @@ impl Backend for Local {
         let store = self.describe();
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
-            walk(&root, &root, &mut out).map_err(|e| BackendError::Io {
+            // From the deepest directory the prefix names (keys are checked: no `..`).
+            let dir = match prefix.rfind('/') {
+                Some(i) => root.join(&prefix[..i]),
+                None => root.clone(),
+            };
+            walk(&root, &dir, &mut out).map_err(|e| BackendError::Io {
                 store: store.clone(),
                 what: format!("listing {prefix}"),
                 source: e.into(),
@@ -151,7 +150,11 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectMeta>) -> std::io::Result<(
     };
     for entry in entries {
         let entry = entry?;
-        let kind = entry.file_type()?;
+        let kind = match entry.file_type() {
+            Ok(k) => k,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         let path = entry.path();
         if kind.is_dir() {
             walk(root, &path, out)?;
@@ -163,7 +166,12 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectMeta>) -> std::io::Result<(
             if key.ends_with(TMP_SUFFIX) || Key::new(key).is_err() {
                 continue;
             }
-            let meta = entry.metadata()?;
+            // Deleted since the directory was read (a released lock): not listed.
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
             out.push(ObjectMeta {
                 key: key.to_string(),
                 size: meta.len(),
@@ -172,4 +180,74 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectMeta>) -> std::io::Result<(
         }
     }
     Ok(())
+}
+
+/// Writes `data` to `path` whole: a temporary file of this process's own beside it, synced,
+/// then renamed over it (a crash leaves the old object or the new one, never an empty one).
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = PathBuf::from(format!(
+        "{}.{}-{}{TMP_SUFFIX}",
+        path.display(),
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// The regular file at `path` (not following a link at its last component), at most
+/// [`MAX_OBJECT`] bytes: `None` when larger.
+fn read_capped(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    let mut data = Vec::new();
+    f.take(MAX_OBJECT + 1).read_to_end(&mut data)?;
+    Ok((data.len() as u64 <= MAX_OBJECT).then_some(data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lists_under_a_prefix_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Local::open(dir.path()).unwrap();
+        for k in ["manifests/image/a", "manifests/snapshot/b", "chunks/00/c"] {
+            l.put(&Key::new(k).unwrap(), Bytes::from_static(b"x"))
+                .await
+                .unwrap();
+        }
+        let keys = |v: Vec<ObjectMeta>| v.into_iter().map(|o| o.key).collect::<Vec<_>>();
+        assert_eq!(
+            keys(l.list("manifests/image/").await.unwrap()),
+            ["manifests/image/a"]
+        );
+        assert_eq!(keys(l.list("manifests/").await.unwrap()).len(), 2);
+        assert_eq!(keys(l.list("chunks/").await.unwrap()), ["chunks/00/c"]);
+    }
 }

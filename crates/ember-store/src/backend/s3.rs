@@ -22,6 +22,8 @@ pub struct S3 {
     name: String,
     /// Longest one call may take, retries included.
     deadline: Duration,
+    /// Longest a listing may take (many pages of up to 1,000 keys).
+    list_deadline: Duration,
 }
 
 impl S3 {
@@ -59,6 +61,7 @@ impl S3 {
             store: Arc::new(PrefixStore::new(store, cfg.prefix.as_str())),
             name,
             deadline: cfg.request_timeout * 3 + cfg.connect_timeout,
+            list_deadline: (cfg.request_timeout * 3 + cfg.connect_timeout) * 20,
         })
     }
 
@@ -69,11 +72,21 @@ impl S3 {
         key: Option<&Key>,
         op: impl std::future::Future<Output = object_store::Result<T>>,
     ) -> Result<T, BackendError> {
-        match tokio::time::timeout(self.deadline, op).await {
+        self.within(self.deadline, what, key, op).await
+    }
+
+    async fn within<T>(
+        &self,
+        deadline: Duration,
+        what: String,
+        key: Option<&Key>,
+        op: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> Result<T, BackendError> {
+        match tokio::time::timeout(deadline, op).await {
             Err(_) => Err(BackendError::Timeout {
                 store: self.name.clone(),
                 what,
-                secs: self.deadline.as_secs(),
+                secs: deadline.as_secs(),
             }),
             Ok(Err(object_store::Error::NotFound { .. })) => Err(BackendError::NotFound {
                 store: self.name.clone(),
@@ -118,19 +131,31 @@ impl Backend for S3 {
     async fn get(&self, key: &Key) -> Result<Bytes, BackendError> {
         let path = StorePath::from(key.as_str());
         let what = format!("reading {key}");
+        let too_large = |size: u64| {
+            object_store::Error::Generic {
+            store: "S3",
+            source: format!(
+                "object {key} is {size} bytes or more, more than the {MAX_OBJECT} any Ember object has"
+            )
+            .into(),
+        }
+        };
         self.bounded(what, Some(key), async {
             let got = self.store.get(&path).await?;
             if got.meta.size > MAX_OBJECT {
-                return Err(object_store::Error::Generic {
-                    store: "S3",
-                    source: format!(
-                        "object {key} is {} bytes, more than the {MAX_OBJECT} any Ember object has",
-                        got.meta.size
-                    )
-                    .into(),
-                });
+                return Err(too_large(got.meta.size));
             }
-            got.bytes().await
+            // The announced size is the server's word: the body is read up to the cap
+            // whatever it says (a chunked body has no length at all).
+            let mut body = Vec::with_capacity(got.meta.size as usize);
+            let mut stream = got.into_stream();
+            while let Some(part) = stream.try_next().await? {
+                if (body.len() + part.len()) as u64 > MAX_OBJECT {
+                    return Err(too_large((body.len() + part.len()) as u64));
+                }
+                body.extend_from_slice(&part);
+            }
+            Ok(Bytes::from(body))
         })
         .await
     }
@@ -154,13 +179,8 @@ impl Backend for S3 {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, BackendError> {
         let dir = StorePath::from(prefix.trim_end_matches('/'));
         let what = format!("listing {prefix}");
-        let listed = self
-            .bounded(
-                what,
-                None,
-                self.store.list(Some(&dir)).try_collect::<Vec<_>>(),
-            )
-            .await?;
+        let listing = self.store.list(Some(&dir)).try_collect::<Vec<_>>();
+        let listed = self.within(self.list_deadline, what, None, listing).await?;
         let mut out: Vec<ObjectMeta> = listed
             .into_iter()
             .map(meta)
