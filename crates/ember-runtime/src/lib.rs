@@ -14,7 +14,7 @@ pub mod provided;
 pub mod python;
 mod sys;
 
-pub use sys::{die_with_daemon_tree, kill_with_daemon};
+pub use sys::{die_with_daemon_tree, kill_and_collect, kill_with_daemon};
 
 pub use python::{
     BootTiming, Instance, LogSink, Outcome, Prepared, RestoredTiming, SnapshotPointError,

@@ -19,6 +19,24 @@ use super::{Deployed, InvokeOutcome, Node, error_chain};
 use crate::images::Pages;
 use crate::live::Live;
 
+/// A first process just made, not yet taken over: dropped unclaimed (its start was
+/// abandoned while it was made), it is killed and collected, by its parent thread.
+struct Unclaimed(i32);
+
+impl Unclaimed {
+    fn claim(self) -> i32 {
+        let pid = self.0;
+        std::mem::forget(self);
+        pid
+    }
+}
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        ember_runtime::kill_and_collect(self.0);
+    }
+}
+
 /// An instance for a restore to replace: the sandbox's first process, the stopper, made
 /// without a fork of the daemon ([`ember_sandbox::Sandbox::spawn_parked`], on one of the
 /// node's spawner threads: see spawner.rs), stopped, holding the runtime's stdio and protocol
@@ -51,17 +69,18 @@ pub(in crate::node) async fn parked_instance(
             let _s = span.entered();
             let pid = sb.spawn_parked(program, &wiring.at_numbers());
             drop(wiring);
-            (sb, pid)
+            (sb, pid.map(Unclaimed))
         })
         .await;
     // Without a spawner thread the job, and the sandbox with it, was dropped (which removes
-    // the sandbox's cgroups).
+    // the sandbox's cgroups). A start abandoned meanwhile drops the result on the spawner
+    // thread, the process's parent, which then kills and collects it (`Unclaimed`).
     let Some((sb, pid)) = made else {
         let gone = RungError::Task("the node's spawner threads are gone".into());
         return Err((None, gone));
     };
     let pid = match pid {
-        Ok(p) => p,
+        Ok(p) => p.claim(),
         Err(e) => return Err((Some(sb), RungError::Sandbox(e))),
     };
     match Instance::adopt(spec, log, pid, ours) {
