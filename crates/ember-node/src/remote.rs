@@ -84,6 +84,25 @@ impl Remote {
         states.get(&(kind.to_string(), id.to_string())).cloned()
     }
 
+    /// Whether the store holds a usable manifest of set `kind/id`.
+    pub async fn stored(&self, kind: &str, id: &str) -> Result<bool, String> {
+        let set = SetRef::new(kind, id).map_err(|e| e.to_string())?;
+        use ember_store::{BackendError, RepoError};
+        match self.repo.manifest(&set).await {
+            Ok(_) => Ok(true),
+            // Missing, or unusable (uploaded again over it).
+            Err(RepoError::Backend(BackendError::NotFound { .. }))
+            | Err(RepoError::Manifest(_))
+            | Err(RepoError::Invalid(_)) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Records that the store holds set `kind/id` (found there at start).
+    pub fn mark_stored(&self, kind: &str, id: &str) {
+        self.set_state(kind, id, RemoteState::Stored);
+    }
+
     fn set_state(&self, kind: &str, id: &str, state: RemoteState) {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         states.insert((kind.to_string(), id.to_string()), state);

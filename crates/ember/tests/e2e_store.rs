@@ -178,3 +178,40 @@ fn remote_mode_without_a_store_refuses_to_start_and_says_what_to_set() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_node_switched_to_remote_uploads_what_it_already_holds() {
+    if !need_sandbox() {
+        return;
+    }
+    let test = "a_node_switched_to_remote_uploads_what_it_already_holds";
+    let Some(env) = store_env(test) else { return };
+    let home = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(
+        home.path(),
+        &["--images", "on-deploy", "--snapshots", "local"],
+    );
+    let (status, body) = d
+        .deploy_zip(
+            "hello",
+            json!({"handler": "main.handler", "packages": []}),
+            &py("def handler(e, c):\n    return {'ok': True}\n"),
+        )
+        .await;
+    assert!(status == 201 || status == 200, "{status} {body}");
+    assert!(
+        eventually(Duration::from_secs(120), || listing(&d, "image", "images")
+            .len()
+            == 1),
+        "no image was built"
+    );
+    assert!(listing(&d, "image", "images")[0]["remote"].is_null());
+    d.terminate();
+    let d = Daemon::start_env(
+        home.path(),
+        &["--images", "on-deploy", "--snapshots", "remote"],
+        &env,
+    );
+    let image = stored(&d, "image", "images");
+    same_as_stored(&env, "image", &image, &d.home.join("images").join(&image)).await;
+}

@@ -287,6 +287,7 @@ impl Node {
             AutoImages::OnDeploy => node.missing_images(),
         };
         node.build_in_background(wanted);
+        node.upload_missing();
         tokio::spawn(reaper(Arc::downgrade(&node)));
         tokio::spawn(events::worker(Arc::downgrade(&node)));
         Ok(node)
@@ -430,6 +431,51 @@ impl Node {
         };
         let id = id.to_string();
         self.spawn_background(async move { remote.upload(kind, &id, &dir).await });
+    }
+
+    /// In `snapshots = "remote"` mode, at start: uploads the images and function snapshots
+    /// this node holds that the store lacks (made before the mode was on, or while the store
+    /// was down), in the background.
+    fn upload_missing(&self) {
+        let Some(remote) = self.remote.clone() else {
+            return;
+        };
+        let local: Vec<(&'static str, String, PathBuf)> = self
+            .images
+            .list()
+            .into_iter()
+            .map(|s| ("image", s.info.id.clone(), self.images.path(&s.info.id)))
+            .chain(self.snapshots.list().into_iter().map(|s| {
+                (
+                    "snapshot",
+                    s.info.id.clone(),
+                    self.snapshots.path(&s.info.id),
+                )
+            }))
+            .collect();
+        if local.is_empty() {
+            return;
+        }
+        let me = self.me.clone();
+        self.spawn_background(async move {
+            for (kind, id, dir) in local {
+                match remote.stored(kind, &id).await {
+                    Ok(true) => remote.mark_stored(kind, &id),
+                    Ok(false) => {
+                        let Some(node) = me.upgrade() else { return };
+                        node.upload_in_background(kind, &id, dir);
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            store = remote.describe(),
+                            "the snapshot store could not be read at start; what this node \
+                             holds is uploaded when it is made again: {e}"
+                        );
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// Where set `kind/id` stands in the snapshot store, if this node uploaded it.
