@@ -785,13 +785,7 @@ impl Sandbox {
                     if !sys::read_exact(pid_r.as_raw_fd(), &mut tid) {
                         return; // it ended before it could say
                     }
-                    let mut buf = [0u8; 12];
-                    let digits = sys::pid_digits(i32::from_ne_bytes(tid), &mut buf);
-                    let errno = procs
-                        .iter()
-                        .find_map(|f| sys::write_file(f, digits).err())
-                        .map_or(0, |e| e.raw_os_error().unwrap_or(libc::EIO));
-                    sys::send_byte(joined_w.as_raw_fd(), errno as u8);
+                    join_cgroups(procs, i32::from_ne_bytes(tid), joined_w.as_raw_fd());
                 });
             let joiner = match joiner {
                 Ok(j) => j,
@@ -1048,15 +1042,7 @@ fn enter(p: &Plan) -> std::io::Result<()> {
         // migration waits for an RCU grace period (~6 ms here), so doing it in parallel
         // takes that off the start path as far as the mounts last.
         sys::close(joined_r);
-        let mut buf = [0u8; 12];
-        let digits = sys::pid_digits(pid, &mut buf);
-        // One byte: 0 when joined, else the errno of the failed write (always < 256).
-        let errno = p
-            .procs_files
-            .iter()
-            .find_map(|f| sys::write_file(f, digits).err())
-            .map_or(0, |e| e.raw_os_error().unwrap_or(libc::EIO));
-        sys::send_byte(joined_w, errno as u8);
+        join_cgroups(&p.procs_files, pid, joined_w);
         if p.stop_for_restore {
             sys::close(stop_w);
             sys::close(go_r);
@@ -1106,6 +1092,20 @@ fn enter(p: &Plan) -> std::io::Result<()> {
     // No allocation here, not even for the error: errno says what failed.
     seccompiler::apply_filter(&p.bpf).map_err(|_| std::io::Error::last_os_error())?;
     Ok(())
+}
+
+/// Moves `pid` into the cgroups of `procs_files` (one `cgroup.procs` each), then says how
+/// that went with one byte on `joined_w`: 0, else the errno of the failed write (always
+/// < 256), which the process waits for in [`build_instance`]. No allocation: also runs
+/// between fork and exec.
+fn join_cgroups(procs_files: &[CString], pid: libc::pid_t, joined_w: libc::c_int) {
+    let mut buf = [0u8; 12];
+    let digits = sys::pid_digits(pid, &mut buf);
+    let errno = procs_files
+        .iter()
+        .find_map(|f| sys::write_file(f, digits).err())
+        .map_or(0, |e| e.raw_os_error().unwrap_or(libc::EIO));
+    sys::send_byte(joined_w, errno as u8);
 }
 
 /// Where the first process of a sandbox was when its set-up failed (for

@@ -256,16 +256,7 @@ impl Repo {
     }
 
     pub fn with_chunk_size(mut self, bytes: u32) -> Result<Repo, RepoError> {
-        if bytes == 0
-            || bytes > chunk::MAX_CHUNK
-            || !bytes.is_multiple_of(crate::manifest::CHUNK_ALIGN)
-        {
-            return Err(RepoError::Invalid(format!(
-                "chunks of {bytes} bytes: a multiple of 4096 up to {} is needed",
-                chunk::MAX_CHUNK
-            )));
-        }
-        self.chunk_size = bytes;
+        self.chunk_size = check_chunk_size(bytes)?;
         Ok(self)
     }
 
@@ -447,16 +438,7 @@ impl Repo {
         if f.head > chunk::MAX_CHUNK {
             return Err(RepoError::Invalid(format!("a head of {} bytes", f.head)));
         }
-        let chunk_size = f.chunk_size.unwrap_or(self.chunk_size);
-        if chunk_size == 0
-            || chunk_size > chunk::MAX_CHUNK
-            || !chunk_size.is_multiple_of(crate::manifest::CHUNK_ALIGN)
-        {
-            return Err(RepoError::Invalid(format!(
-                "chunks of {chunk_size} bytes: a multiple of 4096 up to {} is needed",
-                chunk::MAX_CHUNK
-            )));
-        }
+        let chunk_size = check_chunk_size(f.chunk_size.unwrap_or(self.chunk_size))?;
         let file = std::fs::File::open(path).map_err(file_err("opening"))?;
         let size = file.metadata().map_err(file_err("reading"))?.len();
         let mut entry = FileEntry {
@@ -728,6 +710,19 @@ impl Repo {
         }
         Ok(stats)
     }
+}
+
+/// `bytes` if it is a chunk size a manifest accepts: a multiple of 4096 up to the largest
+/// chunk.
+fn check_chunk_size(bytes: u32) -> Result<u32, RepoError> {
+    if bytes == 0 || bytes > chunk::MAX_CHUNK || !bytes.is_multiple_of(crate::manifest::CHUNK_ALIGN)
+    {
+        return Err(RepoError::Invalid(format!(
+            "chunks of {bytes} bytes: a multiple of 4096 up to {} is needed",
+            chunk::MAX_CHUNK
+        )));
+    }
+    Ok(bytes)
 }
 
 fn generation_key() -> Key {

@@ -100,6 +100,18 @@ async fn same_as_stored(env: &[(String, String)], kind: &str, id: &str, dir: &Pa
     }
 }
 
+/// A function without packages (its image is the bare runtime's).
+async fn deploy_hello(d: &Daemon) {
+    let (status, body) = d
+        .deploy_zip(
+            "hello",
+            json!({"handler": "main.handler", "packages": []}),
+            &py("def handler(e, c):\n    return {'ok': True}\n"),
+        )
+        .await;
+    assert!(status == 201 || status == 200, "{status} {body}");
+}
+
 #[tokio::test]
 async fn remote_mode_uploads_every_image_and_snapshot_the_node_makes() {
     if !need_sandbox() {
@@ -113,14 +125,7 @@ async fn remote_mode_uploads_every_image_and_snapshot_the_node_makes() {
         &["--images", "on-deploy", "--snapshots", "remote"],
         &env,
     );
-    let (status, body) = d
-        .deploy_zip(
-            "hello",
-            json!({"handler": "main.handler", "packages": []}),
-            &py("def handler(e, c):\n    return {'ok': True}\n"),
-        )
-        .await;
-    assert!(status == 201 || status == 200, "{status} {body}");
+    deploy_hello(&d).await;
     let image = stored(&d, "image", "images");
     same_as_stored(&env, "image", &image, &d.home.join("images").join(&image)).await;
 
@@ -191,14 +196,7 @@ async fn a_node_switched_to_remote_uploads_what_it_already_holds() {
         home.path(),
         &["--images", "on-deploy", "--snapshots", "local"],
     );
-    let (status, body) = d
-        .deploy_zip(
-            "hello",
-            json!({"handler": "main.handler", "packages": []}),
-            &py("def handler(e, c):\n    return {'ok': True}\n"),
-        )
-        .await;
-    assert!(status == 201 || status == 200, "{status} {body}");
+    deploy_hello(&d).await;
     assert!(
         eventually(Duration::from_secs(120), || listing(&d, "image", "images")
             .len()

@@ -3,10 +3,9 @@
 //!
 //! A first process is made with `CLONE_VFORK`, which suspends the calling thread until the
 //! process execs, and is then polled until it waits in `pause()`: milliseconds of blocking,
-//! which on a tokio worker would hold up every other request (fifty restores at once delayed
-//! the HTTP front by more than a second on two cores). And the process dies with the thread
-//! that made it (its death signal): a thread of tokio's blocking pool ends after ten idle
-//! seconds and would take its instances along. So they are made here, on threads that end
+//! which a tokio worker should not spend (it serves other requests meanwhile). And the
+//! process dies with the thread that made it (its death signal): a thread of tokio's blocking
+//! pool ends after ten idle seconds and would take its instances along. So they are made here, on threads that end
 //! only with the node, a few at a time so that their cgroup joins overlap.
 
 use std::sync::mpsc;
