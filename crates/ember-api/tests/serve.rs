@@ -407,6 +407,7 @@ fn plant_snapshot(home: &std::path::Path, function: &str) -> String {
         created_at: 1_700_000_000,
         init_ms: 80.5,
         dump_ms: 12.0,
+        store_key: None,
     };
     ember_node::snapshots::write_info(&dir, &info).unwrap();
     id

@@ -139,6 +139,7 @@ pub async fn run(
         gid: 65534,
         pids_max: 64,
         tmp_bytes: 16 << 20,
+        remap: Default::default(),
     })?);
     let work = home.join("work");
     std::fs::create_dir_all(&work).map_err(|source| SandboxBenchError::Spawn {

@@ -142,6 +142,11 @@ impl EnvManager {
         })
     }
 
+    /// The directory every environment is made under.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub fn key(&self, packages: &[String]) -> String {
         let mut h = blake3::Hasher::new();
         h.update(self.python_version.as_bytes());

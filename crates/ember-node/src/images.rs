@@ -651,7 +651,8 @@ pub fn matching<'a>(
         .min_by_key(|i| (i.bytes, i.id.clone()))
 }
 
-fn read_info(dir: &Path) -> Result<ImageInfo, ImageError> {
+/// The `image.json` in `dir`.
+pub(crate) fn read_info(dir: &Path) -> Result<ImageInfo, ImageError> {
     use std::io::Read;
     let path = dir.join(INFO_FILE);
     let io = |source| ImageError::Io {

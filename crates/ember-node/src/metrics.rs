@@ -135,11 +135,27 @@ impl SnapshotMetrics {
 }
 
 /// The snapshot store's metrics (`snapshots = "remote"`); the uploader holds a clone.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct StoreMetrics {
     pub uploads: Family<TakeLabels, Counter>,
     pub uploaded_bytes: Family<KindLabels, Counter>,
     pub reused_chunks: Family<KindLabels, Counter>,
+    pub fetches: Family<TakeLabels, Counter>,
+    pub fetched_bytes: Family<KindLabels, Counter>,
+    pub fetch_seconds: Family<KindLabels, Histogram>,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> StoreMetrics {
+        StoreMetrics {
+            uploads: Family::default(),
+            uploaded_bytes: Family::default(),
+            reused_chunks: Family::default(),
+            fetches: Family::default(),
+            fetched_bytes: Family::default(),
+            fetch_seconds: Family::new_with_constructor(latency_histogram as fn() -> _),
+        }
+    }
 }
 
 impl StoreMetrics {
@@ -159,6 +175,22 @@ impl StoreMetrics {
             "store_reused_chunks",
             "Chunks an upload found already stored (not sent again)",
             self.reused_chunks.clone(),
+        );
+        registry.register(
+            "store_fetches",
+            "Fetches of dependency images and function snapshots from the snapshot store, by \
+             result: fetched, absent (the store does not hold it), failed",
+            self.fetches.clone(),
+        );
+        registry.register(
+            "store_fetched_bytes",
+            "Bytes read from the snapshot store: chunks as stored (compressed)",
+            self.fetched_bytes.clone(),
+        );
+        registry.register(
+            "store_fetch_seconds",
+            "Time to fetch a whole set (manifest and every chunk, checked) from the store",
+            self.fetch_seconds.clone(),
         );
     }
 }

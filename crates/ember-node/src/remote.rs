@@ -1,17 +1,18 @@
 //! The node's side of the snapshot store (ember-store) in `snapshots = "remote"` mode:
 //! every dependency image and function snapshot the node makes is uploaded in the
 //! background, off the request path, as the set `image/<id>` or `snapshot/<id>`; `ember
-//! image ls` and `ember snapshot ls` show where each one is. Fetching one on a miss is the
-//! next step (see docs/store.md).
+//! image ls` and `ember snapshot ls` show where each one is. A node missing an image or a
+//! function snapshot fetches it ([`Remote::fetch`]) before it builds or takes its own.
 //!
 //! The files are hard-linked into a staging directory under `<home>/uploads` as soon as the
 //! set is made: images and snapshots are replaced by renaming directories, never written in
 //! place, so the links hold one version of every file however long the upload waits. Of
 //! several versions of one set queued, the newest is uploaded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ember_store::backend::s3::S3;
 use ember_store::{PutFile, PutStats, Repo, S3Config, SetRef};
@@ -20,6 +21,32 @@ use crate::metrics::{KindLabels, StoreMetrics, TakeLabels};
 
 /// Uploads at once (each has up to 16 chunks in flight).
 const UPLOADS: usize = 2;
+
+/// How long a set the store was found not to hold is not asked for again.
+const ABSENT_FOR: Duration = Duration::from_secs(30);
+
+/// A set fetched from the store.
+#[derive(Debug, Clone, Copy)]
+pub struct Fetched {
+    pub chunks: usize,
+    pub raw_bytes: u64,
+    /// Read from the store (compressed).
+    pub stored_bytes: u64,
+    pub elapsed: Duration,
+}
+
+/// Why a set was not fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("the snapshot store does not hold it")]
+    Absent,
+    #[error("it is being fetched already")]
+    Busy,
+    #[error("fetching it took longer than {0:?}")]
+    TimedOut(Duration),
+    #[error("{0}")]
+    Store(String),
+}
 
 /// Where a set stands in the store, as this node knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +77,20 @@ pub struct Remote {
     next: std::sync::atomic::AtomicU64,
     slots: tokio::sync::Semaphore,
     metrics: StoreMetrics,
+    /// Sets found missing from the store, and when.
+    absent: Mutex<HashMap<(String, String), Instant>>,
+    /// Sets being fetched now.
+    fetching: Mutex<HashSet<(String, String)>>,
+}
+
+/// A fetch in progress: its set leaves [`Remote::fetching`] when it ends.
+struct Fetching<'a>(&'a Remote, (String, String));
+
+impl Drop for Fetching<'_> {
+    fn drop(&mut self) {
+        let mut f = self.0.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        f.remove(&self.1);
+    }
 }
 
 impl Remote {
@@ -70,6 +111,8 @@ impl Remote {
             next: std::sync::atomic::AtomicU64::new(0),
             slots: tokio::sync::Semaphore::new(UPLOADS),
             metrics,
+            absent: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(HashSet::new()),
         })
     }
 
@@ -96,6 +139,96 @@ impl Remote {
             | Err(RepoError::Invalid(_)) => Ok(false),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// Fetches set `kind/id` into `dir` (made here; the caller removes it on error), whole,
+    /// every chunk checked against its hash, within `deadline`. A set the store was found
+    /// not to hold is not asked for again for a while; one fetch of a set at a time.
+    pub async fn fetch(
+        &self,
+        kind: &str,
+        id: &str,
+        dir: &Path,
+        deadline: Duration,
+    ) -> Result<Fetched, FetchError> {
+        let key = (kind.to_string(), id.to_string());
+        {
+            let absent = self.absent.lock().unwrap_or_else(|p| p.into_inner());
+            if absent.get(&key).is_some_and(|t| t.elapsed() < ABSENT_FOR) {
+                return Err(FetchError::Absent);
+            }
+        }
+        if !self
+            .fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone())
+        {
+            return Err(FetchError::Busy);
+        }
+        let _fetching = Fetching(self, key.clone());
+        let t0 = Instant::now();
+        let result = match tokio::time::timeout(deadline, self.get(kind, id, dir)).await {
+            Ok(r) => r,
+            Err(_) => Err(FetchError::TimedOut(deadline)),
+        };
+        let labels = |result: &str| TakeLabels {
+            kind: kind.to_string(),
+            result: result.to_string(),
+        };
+        let kind_label = KindLabels {
+            kind: kind.to_string(),
+        };
+        match &result {
+            Ok(stats) => {
+                self.metrics.fetches.get_or_create(&labels("fetched")).inc();
+                self.metrics
+                    .fetched_bytes
+                    .get_or_create(&kind_label)
+                    .inc_by(stats.stored_bytes);
+                self.metrics
+                    .fetch_seconds
+                    .get_or_create(&kind_label)
+                    .observe(t0.elapsed().as_secs_f64());
+                self.set_state(kind, id, RemoteState::Stored);
+            }
+            Err(FetchError::Absent) => {
+                self.metrics.fetches.get_or_create(&labels("absent")).inc();
+                let mut absent = self.absent.lock().unwrap_or_else(|p| p.into_inner());
+                absent.retain(|_, t| t.elapsed() < ABSENT_FOR);
+                absent.insert(key, Instant::now());
+            }
+            Err(_) => {
+                self.metrics.fetches.get_or_create(&labels("failed")).inc();
+            }
+        }
+        result.map(|s| Fetched {
+            elapsed: t0.elapsed(),
+            ..s
+        })
+    }
+
+    async fn get(&self, kind: &str, id: &str, dir: &Path) -> Result<Fetched, FetchError> {
+        use ember_store::{BackendError, RepoError};
+        let set = SetRef::new(kind, id).map_err(|e| FetchError::Store(e.to_string()))?;
+        let manifest = match self.repo.manifest(&set).await {
+            Ok(m) => m,
+            Err(RepoError::Backend(BackendError::NotFound { .. })) => {
+                return Err(FetchError::Absent);
+            }
+            Err(e) => return Err(FetchError::Store(e.to_string())),
+        };
+        let stats = self
+            .repo
+            .get_files(&manifest, dir)
+            .await
+            .map_err(|e| FetchError::Store(e.to_string()))?;
+        Ok(Fetched {
+            chunks: stats.chunks,
+            raw_bytes: stats.raw_bytes,
+            stored_bytes: stats.stored_bytes,
+            elapsed: Duration::ZERO,
+        })
     }
 
     /// Records that the store holds set `kind/id` (found there at start).

@@ -71,6 +71,40 @@ pub struct NodeSandbox {
     pub gid: u32,
     pub pids_max: u64,
     pub tmp_bytes: u64,
+    /// Host directories and where every instance sees them (and all below them), so that
+    /// what a process records of its files (a snapshot's paths) does not depend on where a
+    /// node keeps them: the node's code, package environments and runtime under fixed names
+    /// on every node. A path under none of them is seen at its own path.
+    pub remap: PathMap,
+}
+
+/// Host directories and the fixed paths instances see them at (see [`NodeSandbox::remap`]).
+#[derive(Debug, Clone, Default)]
+pub struct PathMap(Vec<(PathBuf, PathBuf)>);
+
+impl PathMap {
+    /// Host directory `host` seen at `inside` (both absolute). The most specific host
+    /// directory wins when they nest.
+    pub fn with(mut self, host: impl Into<PathBuf>, inside: impl Into<PathBuf>) -> PathMap {
+        self.0.push((host.into(), inside.into()));
+        self.0
+            .sort_by_key(|(h, _)| std::cmp::Reverse(h.components().count()));
+        self
+    }
+
+    /// Where an instance sees host path `host`.
+    pub fn inside(&self, host: &Path) -> PathBuf {
+        for (from, to) in &self.0 {
+            if let Ok(rest) = host.strip_prefix(from) {
+                return if rest.as_os_str().is_empty() {
+                    to.clone()
+                } else {
+                    to.join(rest)
+                };
+            }
+        }
+        host.to_path_buf()
+    }
 }
 
 /// What one instance needs to see and may use.
@@ -78,9 +112,10 @@ pub struct NodeSandbox {
 pub struct InstanceSpec {
     pub id: String,
     pub memory_bytes: u64,
-    /// Read-only directories mounted at the same path inside (code, environments, bootstrap).
+    /// Host directories (code, environments, bootstrap) mounted read-only, each where
+    /// [`NodeSandbox::remap`] says (by default at its own path).
     pub read_only: Vec<PathBuf>,
-    /// Working directory inside.
+    /// Working directory: a host path, seen where [`NodeSandbox::remap`] says.
     pub cwd: PathBuf,
     /// The host's network instead of an empty network namespace.
     pub host_network: bool,
@@ -93,11 +128,12 @@ pub struct InstanceSpec {
 /// What a [`View`] shows (see [`Sandboxes::view`]).
 #[derive(Debug, Clone, Default)]
 pub struct ViewSpec {
-    /// Read-only directories at the same path inside (environments, bootstrap, code).
+    /// Host directories (environments, bootstrap, code) mounted read-only, each where
+    /// [`NodeSandbox::remap`] says.
     pub read_only: Vec<PathBuf>,
-    /// Directories each instance gets an empty tmpfs of its own at (where its code is bound
-    /// later): made in the view, mounted by each instance. Those below /tmp are covered by
-    /// its /tmp.
+    /// Host directories at whose place inside each instance gets an empty tmpfs of its own
+    /// (where its code is bound later): made in the view, mounted by each instance. Those
+    /// seen below /tmp are covered by its /tmp.
     pub private: Vec<PathBuf>,
     pub host_network: bool,
 }
@@ -183,6 +219,11 @@ pub struct Sandboxes {
 }
 
 impl Sandboxes {
+    /// Where an instance sees host path `host` ([`NodeSandbox::remap`]).
+    pub fn inside(&self, host: &Path) -> PathBuf {
+        self.cfg.remap.inside(host)
+    }
+
     /// Checks the machine, creates this node's cgroup base and removes what an earlier run
     /// of this node left behind.
     pub fn open(cfg: NodeSandbox) -> Result<Sandboxes, SandboxError> {
@@ -249,6 +290,7 @@ impl Sandboxes {
                     first: None,
                     forked: false,
                     spare: Spared::default(),
+                    remap: self.cfg.remap.clone(),
                 })
             }
             Err(e) => {
@@ -298,10 +340,11 @@ impl Sandboxes {
                 data: None,
             },
         ];
-        for dir in spec.private.iter().filter(|d| !d.starts_with("/tmp")) {
+        let private = spec.private.iter().map(|d| self.inside(d));
+        for dir in private.filter(|d| !d.starts_with("/tmp")) {
             mounts.push(ChildMount {
                 fstype: "tmpfs",
-                target: dir.clone(),
+                target: dir,
                 flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 data: Some("size=64k,mode=0755".into()),
             });
@@ -339,6 +382,7 @@ impl Sandboxes {
             first: None,
             forked: true,
             spare: Spared::default(),
+            remap: self.cfg.remap.clone(),
         })
     }
 
@@ -372,7 +416,7 @@ impl Sandboxes {
             root: c(root)?,
             steps: Vec::new(),
             old_root: c(&inside(Path::new("/.old")))?,
-            cwd: c(&spec.cwd)?,
+            cwd: c(&self.inside(&spec.cwd))?,
             uid: self.cfg.uid,
             gid: self.cfg.gid,
             bpf: self.bpf.clone(),
@@ -445,8 +489,9 @@ impl Sandboxes {
             });
         }
         for dir in view.unwrap_or_default() {
+            let dir = self.inside(dir);
             if !dir.starts_with("/tmp") {
-                mkdirs(&mut p, dir)?;
+                mkdirs(&mut p, &dir)?;
             }
         }
         let extra: Vec<&str> = if host_network {
@@ -456,14 +501,16 @@ impl Sandboxes {
         };
         let system = SYSTEM_PATHS.iter().chain(&extra).map(PathBuf::from);
         for path in system.chain(read_only.iter().cloned()) {
+            // Where the instance sees it.
+            let seen = self.inside(&path);
             // In a view also bound into each instance again, on its own /tmp.
-            if view.is_some() && path.starts_with("/tmp") && path.is_dir() {
+            if view.is_some() && seen.starts_with("/tmp") && path.is_dir() {
                 late.push(path.clone());
             }
             let Ok(meta) = std::fs::symlink_metadata(&path) else {
                 continue;
             };
-            if let Some(parent) = path.parent() {
+            if let Some(parent) = seen.parent() {
                 mkdirs(&mut p, parent)?;
             }
             if meta.file_type().is_symlink() {
@@ -471,17 +518,17 @@ impl Sandboxes {
                     path: path.clone(),
                     source,
                 })?;
-                p.push(Step::Symlink(c(&target)?, c(&inside(&path))?));
+                p.push(Step::Symlink(c(&target)?, c(&inside(&seen))?));
                 continue;
             }
             if meta.is_dir() {
-                mkdirs(&mut p, &path)?;
+                mkdirs(&mut p, &seen)?;
             } else {
-                p.push(Step::Touch(c(&inside(&path))?));
+                p.push(Step::Touch(c(&inside(&seen))?));
             }
             p.push(Step::Bind {
                 src: c(&path)?,
-                dst: c(&inside(&path))?,
+                dst: c(&inside(&seen))?,
                 dev: false,
             });
         }
@@ -599,6 +646,8 @@ pub struct Sandbox {
     forked: bool,
     /// A process its kills spare ([`Sandbox::spare`]).
     spare: Spared,
+    /// Where host directories are seen inside ([`NodeSandbox::remap`]).
+    remap: PathMap,
 }
 
 /// A process passing through a sandbox's cgroups that its kills must spare: a template an
@@ -690,8 +739,11 @@ pub fn killed_by_seccomp(status: &std::process::ExitStatus) -> bool {
 impl Sandbox {
     /// Makes the process `cmd` starts run in this sandbox. The caller's own `pre_exec` steps
     /// (registered before) run first, outside the namespaces.
+    /// The working directory is the plan's, entered inside: the command's own is replaced by
+    /// the host's root (a path inside may not exist outside).
     pub fn attach(&mut self, cmd: &mut tokio::process::Command) {
         let Some(plan) = self.plan.take() else { return };
+        cmd.current_dir("/");
         // SAFETY: `enter` runs between fork and exec; it only makes the async-signal-safe
         // calls in `sys` and reads `plan`, which was fully built before the fork.
         unsafe {
@@ -891,8 +943,8 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Binds host directories read-only (`nosuid`, `nodev`, private) at the same paths into
-    /// the mount namespace of the instance's first process (pinned with
+    /// Binds host directories read-only (`nosuid`, `nodev`, private) where
+    /// [`NodeSandbox::remap`] says into the mount namespace of the instance's first process (pinned with
     /// [`Sandbox::pin_first`]), as [`InstanceSpec::read_only`] would have: for a sandbox made
     /// ahead, before it is known which function's code it will see. The instance's
     /// processes see the directories at once. The daemon enters the instance's mount
@@ -905,13 +957,14 @@ impl Sandbox {
                 source: std::io::Error::other("not pinned (Sandbox::pin_first)"),
             });
         };
+        let c = |d: &Path| {
+            CString::new(d.as_os_str().as_bytes())
+                .map_err(|_| SandboxError::BadPath(d.to_path_buf()))
+        };
         let dirs = dirs
             .iter()
-            .map(|d| {
-                CString::new(d.as_os_str().as_bytes())
-                    .map_err(|_| SandboxError::BadPath(d.to_path_buf()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|d| Ok((c(d)?, c(&self.remap.inside(d))?)))
+            .collect::<Result<Vec<_>, SandboxError>>()?;
         sys::bind_into(first, &dirs, !self.forked).map_err(|(what, source)| SandboxError::Io {
             path: PathBuf::from(format!("{what} (in the instance's mount namespace)")),
             source,

@@ -539,8 +539,8 @@ pub fn pidfd_open(pid: libc::pid_t) -> io::Result<std::os::fd::OwnedFd> {
     owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })
 }
 
-/// Binds the host directories `dirs` read-only (and `nosuid`, `nodev`) at the same paths in
-/// the mount namespace of the process `pidfd` names, a sandbox's first process. The trees are cloned
+/// Binds the host directories `dirs` read-only (and `nosuid`, `nodev`), each (host path,
+/// path inside) at its path inside, in the mount namespace of the process `pidfd` names, a sandbox's first process. The trees are cloned
 /// and made read-only here, in the host's namespace; a thread of its own (a mount namespace
 /// belongs to a thread's filesystem context, which it first unshares) enters the
 /// instance's, makes the root writable for the time of the `mkdir`s, attaches each tree on
@@ -552,7 +552,7 @@ pub fn pidfd_open(pid: libc::pid_t) -> io::Result<std::os::fd::OwnedFd> {
 /// instance's own writable mounts, and a bind that would need one elsewhere fails (EROFS).
 pub fn bind_into(
     pidfd: &std::os::fd::OwnedFd,
-    dirs: &[std::ffi::CString],
+    dirs: &[(std::ffi::CString, std::ffi::CString)],
     remount_root: bool,
 ) -> Result<(), (String, io::Error)> {
     let at = |what: &str| {
@@ -561,7 +561,7 @@ pub fn bind_into(
     };
     let trees = dirs
         .iter()
-        .map(|d| read_only_tree(d).map_err(at(&d.to_string_lossy())))
+        .map(|(d, _)| read_only_tree(d).map_err(at(&d.to_string_lossy())))
         .collect::<Result<Vec<_>, _>>()?;
     std::thread::scope(|s| {
         std::thread::Builder::new()
@@ -577,7 +577,7 @@ pub fn bind_into(
                 if remount_root {
                     mount(none, c"/", none, base, none).map_err(at("remounting / writable"))?;
                 }
-                let attached = dirs.iter().zip(&trees).try_for_each(|(dir, tree)| {
+                let attached = dirs.iter().zip(&trees).try_for_each(|((_, dir), tree)| {
                     let name = dir.to_string_lossy();
                     let target = root_owned_dir(dir.to_bytes()).map_err(at(&name))?;
                     move_tree(tree, &target).map_err(at(&name))

@@ -30,6 +30,7 @@ fn open_node(home: &std::path::Path, node: &str) -> Sandboxes {
         gid: 65534,
         pids_max: 32,
         tmp_bytes: 1 << 20,
+        remap: Default::default(),
     })
     .unwrap()
 }

@@ -179,6 +179,8 @@ impl PutStats {
 pub struct GetStats {
     pub chunks: usize,
     pub raw_bytes: u64,
+    /// Bytes read from the store (chunk objects as stored).
+    pub stored_bytes: u64,
 }
 
 /// What a collection did.
@@ -558,11 +560,17 @@ impl Repo {
 
     /// Chunk `hash`'s bytes, checked against its name.
     pub async fn fetch_chunk(&self, hash: Hash) -> Result<Bytes, RepoError> {
+        Ok(self.fetch_chunk_sized(hash).await?.0)
+    }
+
+    /// Chunk `hash`'s bytes, checked, and the size of its object in the store.
+    async fn fetch_chunk_sized(&self, hash: Hash) -> Result<(Bytes, u64), RepoError> {
         let object = self.backend.get(&hash.key()).await?;
+        let stored = object.len() as u64;
         let raw = tokio::task::spawn_blocking(move || chunk::decode(hash, &object))
             .await
             .map_err(|e| RepoError::Invalid(format!("decompressing task: {e}")))??;
-        Ok(raw)
+        Ok((raw, stored))
     }
 
     /// Writes every file of `manifest` into `dir` (each whole, then renamed into place), every
@@ -607,11 +615,12 @@ impl Repo {
         };
         let mut out = std::io::BufWriter::new(std::fs::File::create(tmp).map_err(file_err)?);
         let mut fetched = futures::stream::iter(f.chunks.iter().copied())
-            .map(|h| self.fetch_chunk(h))
+            .map(|h| self.fetch_chunk_sized(h))
             .buffered(self.inflight);
         let mut i = 0;
-        while let Some(raw) = fetched.next().await {
-            let raw = raw?;
+        while let Some(got) = fetched.next().await {
+            let (raw, stored) = got?;
+            stats.stored_bytes += stored;
             let (_, want) = f.chunk_range(i);
             if raw.len() as u64 != want {
                 return Err(RepoError::Invalid(format!(

@@ -49,14 +49,29 @@ fn listing(d: &Daemon, what: &str, key: &str) -> Vec<Value> {
     v[key].as_array().cloned().unwrap_or_default()
 }
 
-/// Waits until the one entry of `what`'s listing is stored remotely; its id.
+/// Waits until the one entry of `what`'s listing is stored remotely; its id (a snapshot's
+/// name in the store is its `store_key`: see [`set_of`]).
 fn stored(d: &Daemon, what: &str, key: &str) -> String {
-    let mut id = String::new();
+    stored_entry(d, what, key)["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The id of the one snapshot `d` lists, and its set's id in the store.
+fn set_of(d: &Daemon) -> (String, String) {
+    let one = stored_entry(d, "snapshot", "snapshots");
+    let s = |k: &str| one[k].as_str().unwrap_or_default().to_string();
+    (s("id"), s("store_key"))
+}
+
+fn stored_entry(d: &Daemon, what: &str, key: &str) -> Value {
+    let mut entry = Value::Null;
     let ok = eventually(Duration::from_secs(120), || {
         let list = listing(d, what, key);
         match list.as_slice() {
             [one] if one["remote"] == "stored" => {
-                id = one["id"].as_str().unwrap_or_default().to_string();
+                entry = one.clone();
                 true
             }
             [one]
@@ -70,7 +85,7 @@ fn stored(d: &Daemon, what: &str, key: &str) -> String {
         }
     });
     assert!(ok, "no {what} was uploaded: {:?}", listing(d, what, key));
-    id
+    entry
 }
 
 /// The set `kind/id` from the store equals the node's directory `dir`, file by file.
@@ -132,11 +147,11 @@ async fn remote_mode_uploads_every_image_and_snapshot_the_node_makes() {
     // The first start takes the function's snapshot in the background; it is uploaded too.
     let r = d.invoke("hello", "{}").await;
     assert_eq!(r.status, 200, "{}", r.raw);
-    let snap = stored(&d, "snapshot", "snapshots");
+    let (snap, set) = set_of(&d);
     same_as_stored(
         &env,
         "snapshot",
-        &snap,
+        &set,
         &d.home.join("snapshots").join(&snap),
     )
     .await;
@@ -212,4 +227,70 @@ async fn a_node_switched_to_remote_uploads_what_it_already_holds() {
     );
     let image = stored(&d, "image", "images");
     same_as_stored(&env, "image", &image, &d.home.join("images").join(&image)).await;
+}
+
+#[tokio::test]
+async fn a_second_node_restores_a_function_it_never_ran_from_the_store() {
+    if !need_sandbox() {
+        return;
+    }
+    let test = "a_second_node_restores_a_function_it_never_ran_from_the_store";
+    let Some(env) = store_env(test) else { return };
+    let args = ["--images", "on-deploy", "--snapshots", "remote"];
+    let home_a = tempfile::tempdir().unwrap();
+    let a = Daemon::start_env(home_a.path(), &args, &env);
+    deploy_hello(&a).await;
+    let image = stored(&a, "image", "images");
+    let r = a.invoke("hello", "{}").await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    let (_, set) = set_of(&a);
+
+    // Another node: its own home and its own package environments (other paths, other
+    // files with the same content), the same store.
+    let home_b = tempfile::tempdir().unwrap();
+    let envs_b = home_b.path().join("own-envs");
+    let mut args_b = args.to_vec();
+    args_b.extend(["--envs-dir", envs_b.to_str().unwrap()]);
+    let b = Daemon::start_env(home_b.path(), &args_b, &env);
+    deploy_hello(&b).await;
+    // Its image is the store's (fetched, not built): the same files as the first node's.
+    assert_eq!(stored(&b, "image", "images"), image);
+    for f in ["meta", "pages"] {
+        let (x, y) = (
+            std::fs::read(a.home.join("images").join(&image).join(f)).unwrap(),
+            std::fs::read(b.home.join("images").join(&image).join(f)).unwrap(),
+        );
+        assert!(x == y, "image file {f} differs between the nodes");
+    }
+    // Its first start is restored from the first node's function snapshot, fetched on the
+    // start's path.
+    let r = b.invoke("hello", "{}").await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    assert_eq!(r.body, json!({"ok": true}));
+    assert!(r.timing.contains("fetch"), "{}", r.timing);
+    assert!(
+        !r.snapshot.is_empty(),
+        "not from a function snapshot: {} {}",
+        r.start,
+        r.timing
+    );
+    let (_, set_b) = set_of(&b);
+    assert_eq!(
+        set_b, set,
+        "the second node names the snapshot as the first does"
+    );
+    let m = b.metrics().await;
+    for line in [
+        "ember_store_fetches_total{kind=\"image\",result=\"fetched\"} 1",
+        "ember_store_fetches_total{kind=\"snapshot\",result=\"fetched\"} 1",
+    ] {
+        assert!(m.contains(line), "{line} in\n{m}");
+    }
+    assert!(
+        !m.contains("ember_store_uploads_total{kind=\"image\""),
+        "a fetched image is not uploaded again:\n{m}"
+    );
+    // And it serves on from the cached copy.
+    let r = b.invoke("hello", "{}").await;
+    assert_eq!(r.status, 200, "{}", r.raw);
 }

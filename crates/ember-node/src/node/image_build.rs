@@ -124,10 +124,21 @@ impl Node {
         let _held = gate.lock().await;
         let staged = self.images.staging(&id);
         let t0 = Instant::now();
-        let built = self
-            .build_into(env, &id, &staged)
-            .instrument(info_span!("image.build", image = %id))
-            .await;
+        // A first image of its environment may be in the snapshot store; a rebuild (with
+        // learned imports) is this node's.
+        let fetched = match self.images.has_image_for(&env.key) {
+            true => None,
+            false => self.image_from_store(env, &id, &staged).await,
+        };
+        let from_store = fetched.is_some();
+        let built = match fetched {
+            Some(info) => Ok(info),
+            None => {
+                self.build_into(env, &id, &staged)
+                    .instrument(info_span!("image.build", image = %id))
+                    .await
+            }
+        };
         match built {
             Ok(info) => {
                 let images = self.images.clone();
@@ -150,9 +161,12 @@ impl Node {
                     packages = ?env.packages,
                     mib = info.bytes >> 20,
                     ms = t0.elapsed().as_millis() as u64,
-                    "image built and verified"
+                    from_store,
+                    "image ready and verified"
                 );
-                self.upload_in_background("image", &id, self.images.path(&id));
+                if !from_store {
+                    self.upload_in_background("image", &id, self.images.path(&id));
+                }
                 // Standby instances of the image it replaces are stale now: they go at once
                 // (not at the next keep-alive sweep), so that none is counted as ready.
                 self.standby_expire();
@@ -208,9 +222,9 @@ impl Node {
             version: 0,
             handler: String::new(),
             memory_mb: self.cfg.images.build_memory_mb,
-            python: env.python(),
-            bootstrap: self.bootstrap.clone(),
-            code_dir: env.dir.clone(),
+            python: self.seen(&env.python()),
+            bootstrap: self.seen(&self.bootstrap),
+            code_dir: self.seen(&env.dir),
             imports: imports.clone(),
             env: Default::default(),
         };
@@ -326,9 +340,9 @@ impl Node {
             version: 0,
             handler: "ember_bootstrap.selfcheck".into(),
             memory_mb: self.cfg.images.build_memory_mb,
-            python: env.python(),
-            bootstrap: self.bootstrap.clone(),
-            code_dir: self.bootstrap.clone(),
+            python: self.seen(&env.python()),
+            bootstrap: self.seen(&self.bootstrap),
+            code_dir: self.seen(&self.bootstrap),
             imports: Vec::new(),
             env: Default::default(),
         };

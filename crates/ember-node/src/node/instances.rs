@@ -59,6 +59,15 @@ impl Node {
     }
 
     /// A new instance of `d` running `python`, preloading `imports` (none when restored).
+    /// Where an instance sees host path `p` (the sandbox's fixed paths; without the
+    /// sandbox, `p` itself).
+    pub(in crate::node) fn seen(&self, p: &std::path::Path) -> PathBuf {
+        match &self.sandboxes {
+            Some(b) => b.inside(p),
+            None => p.to_path_buf(),
+        }
+    }
+
     pub(in crate::node) fn instance_spec(
         &self,
         d: &Deployed,
@@ -73,9 +82,9 @@ impl Node {
             version: rec.version,
             handler: rec.config.handler.clone(),
             memory_mb: rec.config.memory_mb,
-            python,
-            bootstrap: self.bootstrap.clone(),
-            code_dir: d.code_dir.clone(),
+            python: self.seen(&python),
+            bootstrap: self.seen(&self.bootstrap),
+            code_dir: self.seen(&d.code_dir),
             imports,
             env: rec.config.env.clone(),
         }
@@ -222,15 +231,15 @@ impl Node {
             Some((rel, _)) => d.code_dir.join(rel),
             None => d.code_dir.join("bootstrap"),
         };
-        let python = d.env.python();
+        let python = self.seen(&d.env.python());
         ExecSpec {
             instance_id,
             function: rec.name.clone(),
             version: rec.version,
             handler: rec.config.handler.clone(),
             memory_mb: rec.config.memory_mb,
-            code_dir: d.code_dir.clone(),
-            program,
+            code_dir: self.seen(&d.code_dir),
+            program: self.seen(&program),
             // The package environment first: a bootstrap's `python3` is the function's.
             bin_dirs: python.parent().map(PathBuf::from).into_iter().collect(),
             env: rec.config.env.clone(),

@@ -13,6 +13,9 @@ pub struct Timing {
     pub queue: Duration,
     /// Attempts of the ladder's rungs that failed before the one that served.
     pub fallback: Option<Duration>,
+    /// A function snapshot fetched from the snapshot store (manifest and every chunk,
+    /// checked) before its restore, or the time a fetch that failed cost.
+    pub fetch: Option<Duration>,
     /// From an image: the sandbox with its first process parked.
     pub sandbox: Option<Duration>,
     /// From a standby instance (restored ahead): the function's code directory bound into
@@ -42,10 +45,11 @@ pub struct Timing {
 impl Timing {
     /// Every phase in the order it happens, with its duration when it happened (the API
     /// turns it into the `Ember-Timing`/`Server-Timing` header).
-    pub fn phases(&self) -> [(&'static str, Option<Duration>); 15] {
+    pub fn phases(&self) -> [(&'static str, Option<Duration>); 16] {
         [
             ("queue", Some(self.queue)),
             ("fallback", self.fallback),
+            ("fetch", self.fetch),
             ("sandbox", self.sandbox),
             ("standby", self.standby),
             ("fork", self.fork),
@@ -66,6 +70,7 @@ impl Timing {
     pub fn init(&self) -> Duration {
         [
             self.fallback,
+            self.fetch,
             self.sandbox,
             self.standby,
             self.fork,

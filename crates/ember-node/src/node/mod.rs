@@ -28,7 +28,7 @@
 //! | `events.rs`, `crash_loop.rs` | asynchronous invocations; the crash-loop backoff |
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -51,6 +51,7 @@ mod crash_loop;
 mod deploy;
 mod error;
 mod events;
+mod fetch;
 mod image_build;
 mod instances;
 mod invocation;
@@ -203,6 +204,7 @@ impl Node {
                 gid: cfg.sandbox_gid,
                 pids_max: cfg.pids_max,
                 tmp_bytes: cfg.tmp_bytes,
+                remap: inside_paths(code.root(), envs.root(), &home.join("runtime")),
             })?)
         } else {
             tracing::warn!("sandbox off: instances run as this daemon's user, unconfined");
@@ -448,7 +450,7 @@ impl Node {
             .chain(self.snapshots.list().into_iter().map(|s| {
                 (
                     "snapshot",
-                    s.info.id.clone(),
+                    s.info.set_id().to_string(),
                     self.snapshots.path(&s.info.id),
                 )
             }))
@@ -518,6 +520,17 @@ async fn lock_home(path: &std::path::Path) -> std::io::Result<FileLock> {
             other => return other,
         }
     }
+}
+
+/// Where instances see the node's code, package environments and runtime: the same fixed
+/// paths on every node, whatever its home or `--envs-dir`, so that an image or a function
+/// snapshot taken on one node (it records the paths of the files its process holds) is
+/// restored on another (the snapshot store).
+fn inside_paths(code: &Path, envs: &Path, runtime: &Path) -> ember_sandbox::PathMap {
+    ember_sandbox::PathMap::default()
+        .with(code, "/ember/code")
+        .with(envs, "/ember/envs")
+        .with(runtime, "/ember/runtime")
 }
 
 /// Names the bootstrap an image's process runs: its directory, named by its content hash.

@@ -124,13 +124,24 @@ impl Node {
 
     /// The key of `d`'s snapshot over `parent`: a hash of everything it depends on.
     pub(in crate::node) fn snapshot_key(&self, d: &Deployed, parent: Option<&Parent>) -> String {
+        self.snapshot_key_of(d, parent, false)
+    }
+
+    /// The name of `d`'s snapshot over `parent` in the snapshot store: what it depends on
+    /// that every node of the store computes alike (its code, configuration, image and
+    /// runtime, and the function's name; not this node's version number or deploy time).
+    pub(in crate::node) fn snapshot_store_key(
+        &self,
+        d: &Deployed,
+        parent: Option<&Parent>,
+    ) -> String {
+        self.snapshot_key_of(d, parent, true)
+    }
+
+    fn snapshot_key_of(&self, d: &Deployed, parent: Option<&Parent>, portable: bool) -> String {
         let rec = &d.record;
         let c = &rec.config;
-        let doc = serde_json::json!({
-            // Every deploy inits anew (Lambda SnapStart: one snapshot per version); a function
-            // deleted and created again under its name is another function.
-            "version": rec.version,
-            "created_at": rec.created_at,
+        let mut doc = serde_json::json!({
             "code": rec.code_hash,
             "env": rec.env_key,
             "handler": c.handler,
@@ -141,6 +152,14 @@ impl Node {
             "parent": parent.map(|p| (&p.id, &p.meta_hash)),
             "runtime": super::runtime_of(&self.bootstrap),
         });
+        if portable {
+            doc["function"] = serde_json::json!(rec.name);
+        } else {
+            // Every deploy inits anew (Lambda SnapStart: one snapshot per version); a
+            // function deleted and created again under its name is another function.
+            doc["version"] = serde_json::json!(rec.version);
+            doc["created_at"] = serde_json::json!(rec.created_at);
+        }
         blake3::hash(doc.to_string().as_bytes())
             .to_hex()
             .to_string()
@@ -294,7 +313,7 @@ impl Node {
                     .as_bytes(),
                 );
                 self.take_succeeded(d);
-                self.upload_in_background("snapshot", &info.id, self.snapshots.path(&info.id));
+                self.upload_in_background("snapshot", info.set_id(), self.snapshots.path(&info.id));
             }
             // Not the function's doing, and not worth a note in a log that may be another
             // function's by now.
@@ -352,6 +371,7 @@ impl Node {
             None => None,
         };
         let id = snapshot_id(&rec.name, &key);
+        let store_key = Some(self.snapshot_store_key(d, parent.as_ref().map(|(p, _)| p)));
         let staged = self.snapshots.staging(&id);
         let pid = live
             .sandbox
@@ -405,6 +425,7 @@ impl Node {
             created_at: now_secs(),
             init_ms: init.as_secs_f64() * 1e3,
             dump_ms: t0.elapsed().as_secs_f64() * 1e3,
+            store_key,
         };
         let store = self.snapshots.clone();
         let (i2, st2) = (info.clone(), staged.clone());

@@ -23,7 +23,7 @@ impl Node {
     pub fn snapshots(&self) -> Vec<SnapshotStatus> {
         let mut list = self.snapshots.list();
         for s in &mut list {
-            s.remote = self.remote_state("snapshot", &s.info.id);
+            s.remote = self.remote_state("snapshot", s.info.set_id());
         }
         list
     }

@@ -507,9 +507,9 @@ impl Node {
             version: 0,
             handler: String::new(),
             memory_mb: self.cfg.images.build_memory_mb,
-            python,
-            bootstrap: self.bootstrap.clone(),
-            code_dir: cwd,
+            python: self.seen(&python),
+            bootstrap: self.seen(&self.bootstrap),
+            code_dir: self.seen(&cwd),
             imports: Vec::new(),
             env: Default::default(),
         }

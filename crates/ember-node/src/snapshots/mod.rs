@@ -57,7 +57,8 @@ use policy::EvictionPolicy;
 pub const FORMAT: &str = "ember-snapshot/2";
 /// Largest `snapshot.json` read back.
 pub const MAX_INFO: u64 = 64 << 10;
-const INFO_FILE: &str = "snapshot.json";
+/// A snapshot's description beside its files.
+pub const INFO_FILE: &str = "snapshot.json";
 const STAGING: &str = ".staging";
 /// The files of ember-snap's image a snapshot directory must hold.
 const IMAGE_FILES: [&str; 2] = [
@@ -127,6 +128,17 @@ pub struct SnapshotInfo {
     /// What the function's init cost when it was taken: what a start from it saves.
     pub init_ms: f64,
     pub dump_ms: f64,
+    /// Its name in the snapshot store (`snapshot/<store_key>`): the same on every node for
+    /// the same function, code, configuration and image (`snapshots = "remote"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_key: Option<String>,
+}
+
+impl SnapshotInfo {
+    /// Its set's id in the snapshot store.
+    pub fn set_id(&self) -> &str {
+        self.store_key.as_deref().unwrap_or(&self.id)
+    }
 }
 
 /// `snapshot.json` on disk.
@@ -738,7 +750,8 @@ fn read_entry(dir: &Path, name: &str) -> Result<SnapshotInfo, SnapshotError> {
     Ok(info)
 }
 
-fn read_info(dir: &Path) -> Result<SnapshotInfo, SnapshotError> {
+/// The `snapshot.json` in `dir`, checked.
+pub(crate) fn read_info(dir: &Path) -> Result<SnapshotInfo, SnapshotError> {
     let path = dir.join(INFO_FILE);
     let corrupt = |why: String| SnapshotError::Corrupt {
         path: path.clone(),

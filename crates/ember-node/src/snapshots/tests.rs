@@ -50,6 +50,7 @@ fn info(function: &str, key: &str, init_ms: f64) -> SnapshotInfo {
         created_at: 1_700_000_000,
         init_ms,
         dump_ms: 5.0,
+        store_key: None,
     }
 }
 

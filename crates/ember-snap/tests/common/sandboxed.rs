@@ -21,6 +21,7 @@ pub fn setup(dir: &Path, node: &str) -> (Sandboxes, LoadedImage, PathBuf) {
         gid: 65534,
         pids_max: 32,
         tmp_bytes: 1 << 20,
+        remap: Default::default(),
     })
     .unwrap();
     (boxes, img, work)

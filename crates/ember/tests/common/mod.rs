@@ -266,7 +266,7 @@ impl Daemon {
             .unwrap()
     }
 
-    /// Pids of this daemon's instances (found by the home path in their command line).
+    /// Pids of this daemon's Python instances (see [`instance_pids_under`]).
     pub fn instance_pids(&self) -> Vec<i32> {
         instance_pids_under(&self.home)
     }
@@ -282,8 +282,14 @@ impl Drop for Daemon {
     }
 }
 
+/// The Python instances of the node whose home is `home`: processes running its
+/// bootstrap, at its own path (without the sandbox), or at the sandbox's fixed path and in
+/// the node's cgroups (named by a hash of its home, as the node names them).
 pub fn instance_pids_under(home: &Path) -> Vec<i32> {
     let needle = home.join("runtime").to_string_lossy().into_owned();
+    let canonical = std::fs::canonicalize(home).unwrap_or_else(|_| home.to_path_buf());
+    let node = blake3::hash(canonical.as_os_str().as_encoded_bytes()).to_hex()[..12].to_string();
+    let node_cgroup = format!("/ember/{node}/");
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
@@ -298,7 +304,12 @@ pub fn instance_pids_under(home: &Path) -> Vec<i32> {
             .ok()
             .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('t')))
             .unwrap_or(false);
-        if String::from_utf8_lossy(&cmd).contains(&needle) && !traced {
+        let cmd = String::from_utf8_lossy(&cmd);
+        let ours = cmd.contains(&needle)
+            || (cmd.contains("/ember/runtime/")
+                && std::fs::read_to_string(e.path().join("cgroup"))
+                    .is_ok_and(|c| c.contains(&node_cgroup)));
+        if ours && !traced {
             // A zombie keeps its cmdline empty, so anything found here is alive.
             pids.push(pid);
         }

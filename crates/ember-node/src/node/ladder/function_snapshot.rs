@@ -66,23 +66,38 @@ impl<'c> Rung<StartCx<'c>, Live> for FunctionSnapshot {
             let handle = match found {
                 Ok(Lookup::Hit(h)) => h,
                 Ok(Lookup::Stale(old)) => {
-                    node.logs.append(
-                        &d.record.name,
-                        "ember",
-                        "event",
-                        format!(
-                            "function snapshot {} is stale (its code, configuration or image \
+                    if let Some(h) = node
+                        .snapshot_from_store(d, parent.as_ref(), &key, &mut cx.timing.fetch)
+                        .await
+                    {
+                        h
+                    } else {
+                        node.logs.append(
+                            &d.record.name,
+                            "ember",
+                            "event",
+                            format!(
+                                "function snapshot {} is stale (its code, configuration or image \
                              changed): removed, a new one is taken",
-                            old.id
-                        )
-                        .as_bytes(),
-                    );
-                    node.snapshot_in_background(d, key.clone());
-                    return Attempt::Skipped;
+                                old.id
+                            )
+                            .as_bytes(),
+                        );
+                        node.snapshot_in_background(d, key.clone());
+                        return Attempt::Skipped;
+                    }
                 }
                 Ok(Lookup::Miss) => {
-                    node.snapshot_in_background(d, key.clone());
-                    return Attempt::Skipped;
+                    match node
+                        .snapshot_from_store(d, parent.as_ref(), &key, &mut cx.timing.fetch)
+                        .await
+                    {
+                        Some(h) => h,
+                        None => {
+                            node.snapshot_in_background(d, key.clone());
+                            return Attempt::Skipped;
+                        }
+                    }
                 }
                 Err(e) => {
                     return Attempt::Failed {
