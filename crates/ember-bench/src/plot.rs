@@ -20,6 +20,15 @@ pub struct PlotError {
     detail: String,
 }
 
+impl PlotError {
+    pub fn new(path: &Path, detail: &dyn std::fmt::Display) -> PlotError {
+        PlotError {
+            path: path.display().to_string(),
+            detail: detail.to_string(),
+        }
+    }
+}
+
 pub fn write_svg(report: &Report, path: &Path) -> Result<(), PlotError> {
     bars_svg(
         &report.rows,

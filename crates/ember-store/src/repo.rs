@@ -252,6 +252,12 @@ impl Repo {
     }
 
     /// The grace period of [`Repo::gc`]: unreferenced chunks younger than this are kept.
+    /// Requests in flight per file of an upload or a fetch (at least 1).
+    pub fn with_inflight(mut self, n: usize) -> Repo {
+        self.inflight = n.max(1);
+        self
+    }
+
     pub fn with_grace(mut self, grace: Duration) -> Repo {
         self.grace = grace;
         self
@@ -520,6 +526,12 @@ impl Repo {
         self.known.lock().is_ok_and(|k| k.1.contains(&hash))
     }
 
+    fn forget(&self, hash: Hash) {
+        if let Ok(mut k) = self.known.lock() {
+            k.1.remove(&hash);
+        }
+    }
+
     fn remember(&self, hash: Hash) {
         if let Ok(mut k) = self.known.lock() {
             k.1.insert(hash);
@@ -564,13 +576,32 @@ impl Repo {
     }
 
     /// Chunk `hash`'s bytes, checked, and the size of its object in the store.
+    /// A chunk found missing or wrong is forgotten as stored (the next upload that names it
+    /// writes it again), and a wrong one is deleted: its name promises bytes it does not hold,
+    /// so no manifest can be served by it.
     async fn fetch_chunk_sized(&self, hash: Hash) -> Result<(Bytes, u64), RepoError> {
-        let object = self.backend.get(&hash.key()).await?;
+        let object = match self.backend.get(&hash.key()).await {
+            Ok(o) => o,
+            Err(e @ BackendError::NotFound { .. }) => {
+                self.forget(hash);
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let stored = object.len() as u64;
-        let raw = tokio::task::spawn_blocking(move || chunk::decode(hash, &object))
+        let decoded = tokio::task::spawn_blocking(move || chunk::decode(hash, &object))
             .await
-            .map_err(|e| RepoError::Invalid(format!("decompressing task: {e}")))??;
-        Ok((raw, stored))
+            .map_err(|e| RepoError::Invalid(format!("decompressing task: {e}")))?;
+        match decoded {
+            Ok(raw) => Ok((raw, stored)),
+            Err(e) => {
+                self.forget(hash);
+                if let Err(d) = self.backend.delete(&hash.key()).await {
+                    tracing::warn!("deleting the corrupt chunk {hash:?} failed: {d}");
+                }
+                Err(e.into())
+            }
+        }
     }
 
     /// Writes every file of `manifest` into `dir` (each whole, then renamed into place), every
@@ -582,9 +613,11 @@ impl Repo {
             path: dir.to_path_buf(),
             source,
         })?;
-        for f in &manifest.files {
+        // Every file at once, each with its own requests in flight.
+        let files = manifest.files.iter().map(|f| async move {
             let path = dir.join(&f.name);
             let tmp = dir.join(format!(".{}.part", f.name));
+            let mut stats = GetStats::default();
             let result = self.get_file(f, &tmp, &mut stats).await;
             let result = result.and_then(|()| {
                 std::fs::rename(&tmp, &path).map_err(|source| RepoError::File {
@@ -593,10 +626,15 @@ impl Repo {
                     source,
                 })
             });
-            if let Err(e) = result {
+            if result.is_err() {
                 let _ = std::fs::remove_file(&tmp);
-                return Err(e);
             }
+            result.map(|()| stats)
+        });
+        for s in futures::future::try_join_all(files).await? {
+            stats.chunks += s.chunks;
+            stats.raw_bytes += s.raw_bytes;
+            stats.stored_bytes += s.stored_bytes;
         }
         Ok(stats)
     }

@@ -294,3 +294,234 @@ async fn a_second_node_restores_a_function_it_never_ran_from_the_store() {
     let r = b.invoke("hello", "{}").await;
     assert_eq!(r.status, 200, "{}", r.raw);
 }
+
+#[test]
+fn bench_vhive_measures_every_mode_against_the_store() {
+    if !need_sandbox() {
+        return;
+    }
+    let test = "bench_vhive_measures_every_mode_against_the_store";
+    let Some(env) = store_env(test) else { return };
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("vhive.json");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["bench", "vhive", "--runs", "2", "--workloads", "helloworld"])
+        .arg("--envs-dir")
+        .arg(common::shared_envs())
+        .arg("--out")
+        .arg(&json)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.contains("remote/local"), "{stdout}");
+    let v: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    for mode in ["baseline", "local", "remote", "remote-cached"] {
+        let r = rows
+            .iter()
+            .find(|r| r["mode"] == mode)
+            .unwrap_or_else(|| panic!("no {mode} row: {v}"));
+        assert_eq!(r["count"], 2, "{r}");
+        assert_eq!(r["off_path"], 0, "{mode} took another path: {r}");
+    }
+    let remote = rows.iter().find(|r| r["mode"] == "remote").unwrap();
+    assert!(
+        remote["phases"]["fetch"].as_f64().unwrap() > 0.0,
+        "{remote}"
+    );
+    let svg = std::fs::read_to_string(json.with_extension("svg")).unwrap();
+    assert!(svg.contains("remote-cached"));
+}
+
+/// What the proxy between a node and the store does to each connection.
+const PASS: u8 = 0;
+/// Accepts and closes at once: a store that is down.
+const DROP: u8 = 1;
+/// Holds every reply for two seconds: a store slower than the node's timeout.
+const SLOW: u8 = 2;
+
+/// A TCP proxy on loopback in front of `upstream`, doing what `mode` says.
+async fn proxy(upstream: String, mode: Arc<std::sync::atomic::AtomicU8>) -> String {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = l.accept().await else {
+                return;
+            };
+            let (upstream, mode) = (upstream.clone(), mode.clone());
+            tokio::spawn(async move {
+                if mode.load(Ordering::SeqCst) == DROP {
+                    return;
+                }
+                let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.split();
+                let (mut sr, mut sw) = server.split();
+                let up = tokio::io::copy(&mut cr, &mut sw);
+                let down = async {
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let n = sr.read(&mut buf).await?;
+                        if n == 0 {
+                            return Ok::<_, std::io::Error>(());
+                        }
+                        match mode.load(Ordering::SeqCst) {
+                            SLOW => tokio::time::sleep(Duration::from_secs(2)).await,
+                            DROP => return Ok(()),
+                            _ => {}
+                        }
+                        cw.write_all(&buf[..n]).await?;
+                    }
+                };
+                let _ = tokio::join!(up, down);
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_is_down_slow_wrong_or_lossy_costs_a_rung_never_an_answer() {
+    use std::sync::atomic::Ordering;
+    if !need_sandbox() {
+        return;
+    }
+    let test = "a_store_that_is_down_slow_wrong_or_lossy_costs_a_rung_never_an_answer";
+    let Some(env) = store_env(test) else { return };
+    let args = ["--images", "on-deploy", "--snapshots", "remote"];
+    let home_a = tempfile::tempdir().unwrap();
+    let a = Daemon::start_env(home_a.path(), &args, &env);
+    deploy_hello(&a).await;
+    stored(&a, "image", "images");
+    assert_eq!(a.invoke("hello", "{}").await.status, 200);
+    let (_, set) = set_of(&a);
+
+    // The second node reaches the store through the proxy, with a short timeout.
+    let mode = Arc::new(std::sync::atomic::AtomicU8::new(PASS));
+    let endpoint = env
+        .iter()
+        .find(|(k, _)| k == "EMBER_S3_ENDPOINT")
+        .map(|(_, v)| v.trim_start_matches("http://").to_string())
+        .unwrap();
+    let via = proxy(endpoint, mode.clone()).await;
+    let mut env_b: Vec<(String, String)> = env
+        .iter()
+        .filter(|(k, _)| k != "EMBER_S3_ENDPOINT")
+        .cloned()
+        .collect();
+    env_b.push(("EMBER_S3_ENDPOINT".into(), via));
+    env_b.push(("EMBER_S3_TIMEOUT_MS".into(), "500".into()));
+    let home_b = tempfile::tempdir().unwrap();
+    let b = Daemon::start_env(home_b.path(), &args, &env_b);
+    deploy_hello(&b).await;
+    stored(&b, "image", "images");
+
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let cfg = S3Config::from_lookup(get).unwrap().unwrap();
+    let backend = Arc::new(S3::open(&cfg).unwrap());
+    let repo = Repo::new(backend.clone());
+    // The chunks of the set's page file, as the store names them now.
+    let page_chunks = || async {
+        let m = repo
+            .manifest(&SetRef::new("snapshot", &set).unwrap())
+            .await
+            .unwrap();
+        m.files
+            .iter()
+            .find(|f| f.name == "pages")
+            .unwrap()
+            .chunks
+            .clone()
+    };
+    // After a fetch failed, B takes its own snapshot (the same set: its image is A's) and
+    // uploads it: wait until that is over, so the set stands still.
+    let settle = || {
+        eventually(Duration::from_secs(60), || {
+            listing(&b, "snapshot", "snapshots")
+                .first()
+                .is_some_and(|s| {
+                    s["remote"] == "stored"
+                        || s["remote"]
+                            .as_str()
+                            .is_some_and(|r| r.starts_with("failed"))
+                })
+        })
+    };
+
+    // Each fault: B has no copy of the snapshot; its start fetches, fails, and is served by
+    // a lower rung with the right answer, never from the set.
+    let fresh_start = |what: &'static str| {
+        let b = &b;
+        async move {
+            if let Some(s) = listing(b, "snapshot", "snapshots").first() {
+                let out = b.cli(&["snapshot", "rm", s["id"].as_str().unwrap()]);
+                assert!(out.ok, "{}", out.stderr);
+            }
+            b.stop_instances("hello").await;
+            let r = b.invoke("hello", "{}").await;
+            assert_eq!(
+                (r.status, &r.body),
+                (200, &json!({"ok": true})),
+                "{what}: {}",
+                r.raw
+            );
+            assert!(
+                r.timing.contains("fetch"),
+                "{what}: no fetch tried: {}",
+                r.timing
+            );
+            assert!(
+                r.snapshot.is_empty(),
+                "{what}: served from a snapshot: {}",
+                r.raw
+            );
+        }
+    };
+    for (what, m) in [("down", DROP), ("slow", SLOW)] {
+        mode.store(m, Ordering::SeqCst);
+        fresh_start(what).await;
+        mode.store(PASS, Ordering::SeqCst);
+        assert!(settle(), "{what}: B's own snapshot never settled");
+    }
+    // Wrong bytes under a chunk's name (another chunk's object).
+    let chunks = page_chunks().await;
+    let elsewhere = ember_store::Backend::get(backend.as_ref(), &chunks[2].key())
+        .await
+        .unwrap();
+    assert_ne!(chunks[1], chunks[2]);
+    ember_store::Backend::put(backend.as_ref(), &chunks[1].key(), elsewhere)
+        .await
+        .unwrap();
+    fresh_start("wrong bytes").await;
+    assert!(settle(), "wrong bytes: B's own snapshot never settled");
+    // A chunk lost.
+    let chunks = page_chunks().await;
+    ember_store::Backend::delete(backend.as_ref(), &chunks[3].key())
+        .await
+        .unwrap();
+    fresh_start("lost chunk").await;
+
+    // The fetches forgot what they found missing or wrong (the wrong object deleted), so
+    // B's own upload after the last one stored every chunk again: the set serves again.
+    assert!(settle(), "lost chunk: B's own snapshot never settled");
+    let s = listing(&b, "snapshot", "snapshots");
+    assert_eq!(s[0]["remote"], "stored", "{s:?}");
+    let out = b.cli(&["snapshot", "rm", s[0]["id"].as_str().unwrap()]);
+    assert!(out.ok, "{}", out.stderr);
+    b.stop_instances("hello").await;
+    let r = b.invoke("hello", "{}").await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    assert!(
+        r.timing.contains("fetch") && !r.snapshot.is_empty(),
+        "the repaired set was not fetched: {} {}",
+        r.timing,
+        r.raw
+    );
+}

@@ -37,6 +37,11 @@ pub enum Experiment {
     /// (cold-only, native and provided) vs. kept warm, at --parallel concurrent requests,
     /// beside Ember's own overhead (a DryRun, and latency minus sandbox, start and function)
     Lambda,
+    /// vHive's snapshot modes (its Table 6.2, Fig. 6.1-6.2): each workload's cold start with
+    /// no snapshots, from a local function snapshot, from the snapshot store without a local
+    /// copy, and from the store's copy cached locally, --runs rounds interleaved, on the S3
+    /// server EMBER_S3_ENDPOINT names (needs root)
+    Vhive,
 }
 
 #[derive(Debug, clap::Args)]
@@ -267,6 +272,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Experiment::Images => return images(args).await,
         Experiment::Lambda => return lambda(args).await,
         Experiment::SnapshotCache => return snapshot_cache(args).await,
+        Experiment::Vhive => return vhive(args).await,
         Experiment::Invoke => {}
     }
     let started = now_unix();
@@ -626,6 +632,108 @@ async fn images(args: Args) -> anyhow::Result<()> {
         d.stop().await?;
     }
     cold.stop().await?;
+    Ok(())
+}
+
+async fn vhive(args: Args) -> anyhow::Result<()> {
+    use ember_bench::vhive as vh;
+    let started = now_unix();
+    let Some(mut store) = ember_store::S3Config::from_env()? else {
+        anyhow::bail!(
+            "bench vhive needs an S3-compatible store: set EMBER_S3_ENDPOINT, EMBER_S3_BUCKET, \
+             AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (scripts/garage starts one on loopback \
+             and prints them as EMBER_TEST_S3_*; docs/bench.md)"
+        );
+    };
+    // The run's own prefix: nothing of an earlier run is reused.
+    store.prefix = match store.prefix.trim_end_matches('/') {
+        "" => format!("bench-vhive-{started}"),
+        base => format!("{base}/bench-vhive-{started}"),
+    };
+    let mut selected = workloads::select(&args.workloads)?;
+    if args.workloads.is_empty() {
+        selected.retain(|w| ["helloworld", "numpy"].contains(&w.name.as_str()));
+    }
+    let envs = std::path::absolute(&args.envs_dir)?;
+    let mut homes = Vec::new();
+    let mut start = |snapshots: &str, images: &str| -> anyhow::Result<crate::settings::Settings> {
+        let home = tempfile::Builder::new()
+            .prefix("ember-bench-vhive-")
+            .tempdir()?;
+        let a = DaemonArgs {
+            home: Some(home.path().to_path_buf()),
+            listen: Some("127.0.0.1:0".into()),
+            envs_dir: Some(envs.clone()),
+            keep_alive: Some("1h".into()),
+            images: Some(images.into()),
+            snapshots: Some(snapshots.into()),
+            // Restores, not forks from a template: what differs is where the snapshot is.
+            no_templates: true,
+            fixed_ladder: true,
+            ..Default::default()
+        };
+        homes.push(home);
+        let mut s = a.resolve()?;
+        if snapshots == "remote" {
+            s.node.store = Some(store.clone());
+        }
+        Ok(s)
+    };
+    let baseline = daemon::start(start("off", "off")?).await?;
+    let local = daemon::start(start("remote", "on-deploy")?).await?;
+    let remote = daemon::start(start("remote", "on-deploy")?).await?;
+    let cached = daemon::start(start("remote", "on-deploy")?).await?;
+    let d = vh::Daemons {
+        baseline: Client::new(&baseline.url(), None),
+        local: Client::new(&local.url(), None),
+        remote: Client::new(&remote.url(), None),
+        cached: Client::new(&cached.url(), None),
+    };
+    eprintln!(
+        "bench vhive: {} workloads, {} rounds of {:?} interleaved; store {} prefix {}",
+        selected.len(),
+        args.runs,
+        vh::MODES,
+        store.endpoint,
+        store.prefix
+    );
+    let wait = std::time::Duration::from_secs(args.snapshot_wait);
+    let run = async {
+        let mut rows = Vec::new();
+        let mut all = Vec::new();
+        for w in &selected {
+            eprintln!("preparing {}", w.name);
+            vh::prepare(&d, w, wait, &|l| eprintln!("{l}")).await?;
+            eprintln!("measuring {}", w.name);
+            let samples = vh::measure(&d, w, args.runs, &|l| eprintln!("{l}")).await?;
+            rows.extend(vh::rows(&w.name, &samples));
+            all.extend(
+                samples
+                    .into_iter()
+                    .map(|(m, s)| serde_json::json!({"mode": m, "sample": s})),
+            );
+        }
+        anyhow::Ok((rows, all))
+    }
+    .await;
+    for r in [baseline, local, remote, cached] {
+        r.stop().await?;
+    }
+    drop(homes);
+    let (rows, samples) = run?;
+    print!("{}", vh::table(&rows));
+    let (out, svg) = save(
+        args.out,
+        "vhive",
+        started,
+        &serde_json::json!({
+            "rows": rows,
+            "ratios": vh::ratios(&rows),
+            "samples": samples,
+        }),
+    )?;
+    vh::write_svg(&rows, &svg)?;
+    eprintln!("results: {}\nplot: {}", out.display(), svg.display());
     Ok(())
 }
 

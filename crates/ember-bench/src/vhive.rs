@@ -1,0 +1,520 @@
+//! `ember bench vhive`: vHive's snapshot modes (Ustiugov's thesis, Table 6.2, Fig. 6.1-6.2)
+//! on Ember: a function's cold start with no snapshots, from a local function snapshot,
+//! from the snapshot store without a local copy, and from the store's copy cached locally,
+//! on a real S3-compatible server, one run interleaved.
+//!
+//! ```text
+//! daemons   baseline   snapshots off, images off: every start a cold boot
+//!           local      remote mode, the producer: builds the image, takes the function's
+//!                      snapshot (uploaded), and restores each start from its own copy
+//!           remote     remote mode, its own home: fetched the image at deploy; before each
+//!                      start its copy of the snapshot is removed, so the start fetches it
+//!           cached     remote mode, its own home: fetched the snapshot once, then restores
+//!                      each start from its cached copy
+//! per round, per workload, per mode in turn: stop the function's instances, invoke once
+//! ```
+//!
+//! Every daemon restores (no templates), so that what differs is where the snapshot is.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ember_api::client::Client;
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::driver::{BenchError, Sample, deploy, one};
+use crate::stats::percentile;
+use crate::workloads::Workload;
+
+/// The modes, in the order each round visits them.
+pub const MODES: [&str; 4] = ["baseline", "local", "remote", "remote-cached"];
+
+/// The daemons of one run, one per mode (in [`MODES`] order).
+pub struct Daemons {
+    pub baseline: Client,
+    pub local: Client,
+    pub remote: Client,
+    pub cached: Client,
+}
+
+impl Daemons {
+    fn of(&self, mode: &str) -> &Client {
+        match mode {
+            "baseline" => &self.baseline,
+            "local" => &self.local,
+            "remote" => &self.remote,
+            _ => &self.cached,
+        }
+    }
+}
+
+/// One workload's latencies in one mode.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub workload: String,
+    pub mode: String,
+    pub count: usize,
+    pub p25_ms: f64,
+    pub p50_ms: f64,
+    pub p75_ms: f64,
+    pub p90_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    /// Median of each `Ember-Timing` phase, ms (`fetch` is the store's part).
+    pub phases: BTreeMap<String, f64>,
+    /// Starts that took another path than the mode's (a fallback): kept in the figures,
+    /// counted here.
+    pub off_path: usize,
+}
+
+fn err(w: &Workload, why: String) -> BenchError {
+    BenchError::Failed {
+        workload: w.name.clone(),
+        status: 0,
+        body: why,
+    }
+}
+
+fn client_err(w: &Workload) -> impl Fn(ember_api::client::ClientError) -> BenchError + '_ {
+    move |source| BenchError::Client {
+        workload: w.name.clone(),
+        source,
+    }
+}
+
+/// Polls `f` every 200 ms until it gives a value or `limit` passes.
+async fn until<T, F>(limit: Duration, mut f: impl FnMut() -> F) -> Option<T>
+where
+    F: std::future::Future<Output = Option<T>>,
+{
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}
+
+/// The entry of `function` in daemon `c`'s snapshot listing, if any.
+async fn snapshot_of(c: &Client, function: &str) -> Option<serde_json::Value> {
+    let v = c.snapshots().await.ok()?;
+    v["snapshots"]
+        .as_array()?
+        .iter()
+        .find(|s| s["function"] == function)
+        .cloned()
+}
+
+/// The id of the image daemon `c` holds for `function`'s package environment.
+async fn image_of(c: &Client, function: &str) -> Option<String> {
+    let f = c.get(function).await.ok()?;
+    let v = c.images().await.ok()?;
+    v["images"]
+        .as_array()?
+        .iter()
+        .find(|i| i["env_key"] == f["env_key"])
+        .and_then(|i| i["id"].as_str().map(String::from))
+}
+
+/// Deploys `w` everywhere and readies each mode: the producer's image and snapshot in the
+/// store, the other remote daemons' images fetched, the cached daemon's snapshot fetched.
+pub async fn prepare(
+    d: &Daemons,
+    w: &Workload,
+    wait: Duration,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<(), BenchError> {
+    let event = w.manifest.bench_event();
+    deploy(&d.local, w, log).await?;
+    deploy(&d.baseline, w, log).await?;
+    // Every function has an image (a function without packages, the bare runtime's).
+    let image = until(wait, || image_of(&d.local, &w.function))
+        .await
+        .ok_or_else(|| err(w, "the local daemon built no image".into()))?;
+    log(&format!("  [{}] image {image} ready", w.name));
+    // The first start takes the snapshot; the bench waits until the store holds it.
+    one(&d.local, w, &event, "prepare").await?;
+    let stored = until(wait, || async {
+        let s = snapshot_of(&d.local, &w.function).await?;
+        let images = d.local.images().await.ok()?;
+        let img = images["images"]
+            .as_array()?
+            .iter()
+            .find(|i| i["id"] == image.as_str())?
+            .clone();
+        (s["remote"] == "stored" && img["remote"] == "stored").then_some(s)
+    })
+    .await
+    .ok_or_else(|| {
+        err(
+            w,
+            "the local daemon's image or snapshot never reached the store".into(),
+        )
+    })?;
+    log(&format!(
+        "  [{}] snapshot {} in the store",
+        w.name,
+        stored["store_key"].as_str().unwrap_or("?")
+    ));
+    for c in [&d.remote, &d.cached] {
+        deploy(c, w, log).await?;
+        let fetched = until(wait, || async {
+            (image_of(c, &w.function).await.as_ref() == Some(&image)).then_some(())
+        })
+        .await;
+        fetched.ok_or_else(|| {
+            err(
+                w,
+                "a remote daemon did not fetch the image from the store".into(),
+            )
+        })?;
+    }
+    // The cached daemon's first start fetches the snapshot; later ones find it cached.
+    let first = one(&d.cached, w, &event, "prepare").await?;
+    if !first.timing.contains("fetch") {
+        return Err(err(
+            w,
+            format!(
+                "the cached daemon's first start did not fetch the snapshot: {}",
+                first.timing
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `runs` rounds over the modes; the samples in [`MODES`] order per round.
+pub async fn measure(
+    d: &Daemons,
+    w: &Workload,
+    runs: usize,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<Vec<(String, Sample)>, BenchError> {
+    let event = w.manifest.bench_event();
+    let mut out = Vec::new();
+    for round in 0..runs {
+        for mode in MODES {
+            let c = d.of(mode);
+            if mode == "remote" {
+                // No local copy: the start fetches the snapshot from the store.
+                if let Some(s) = snapshot_of(c, &w.function).await
+                    && let Some(id) = s["id"].as_str()
+                {
+                    c.remove_snapshot(id).await.map_err(client_err(w))?;
+                }
+            }
+            c.stop_instances(&w.function).await.map_err(client_err(w))?;
+            let s = one(c, w, &event, mode).await?;
+            out.push((mode.to_string(), s));
+        }
+        if (round + 1) % 10 == 0 {
+            log(&format!("  [{}] {} rounds", w.name, round + 1));
+        }
+    }
+    Ok(out)
+}
+
+/// Whether sample `s` took `mode`'s path.
+fn on_path(mode: &str, s: &Sample) -> bool {
+    match mode {
+        "baseline" => s.path == "cold-boot",
+        "remote" => s.path == "function-snapshot" && s.timing.contains("fetch;"),
+        _ => s.path == "function-snapshot" && !s.timing.contains("fetch;"),
+    }
+}
+
+/// The rows of one workload's samples.
+pub fn rows(w: &str, samples: &[(String, Sample)]) -> Vec<Row> {
+    MODES
+        .iter()
+        .filter_map(|mode| {
+            let mine: Vec<&Sample> = samples
+                .iter()
+                .filter(|(m, _)| m == mode)
+                .map(|(_, s)| s)
+                .collect();
+            if mine.is_empty() {
+                return None;
+            }
+            let mut lat: Vec<f64> = mine.iter().map(|s| s.latency_ms).collect();
+            lat.sort_by(|a, b| a.total_cmp(b));
+            let mut phases: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+            for s in &mine {
+                for p in s.timing.split(", ") {
+                    if let Some((name, dur)) = p.split_once(";dur=")
+                        && let Ok(v) = dur.parse::<f64>()
+                    {
+                        phases.entry(name.to_string()).or_default().push(v);
+                    }
+                }
+            }
+            let phases = phases
+                .into_iter()
+                .map(|(k, mut v)| {
+                    v.sort_by(|a, b| a.total_cmp(b));
+                    (k, percentile(&v, 50.0))
+                })
+                .collect();
+            Some(Row {
+                workload: w.to_string(),
+                mode: mode.to_string(),
+                count: lat.len(),
+                p25_ms: percentile(&lat, 25.0),
+                p50_ms: percentile(&lat, 50.0),
+                p75_ms: percentile(&lat, 75.0),
+                p90_ms: percentile(&lat, 90.0),
+                p95_ms: percentile(&lat, 95.0),
+                p99_ms: percentile(&lat, 99.0),
+                min_ms: lat[0],
+                max_ms: lat[lat.len() - 1],
+                phases,
+                off_path: mine.iter().filter(|s| !on_path(mode, s)).count(),
+            })
+        })
+        .collect()
+}
+
+/// Per workload: remote p50 over local p50, cached p50 over local p50, and baseline p50
+/// over cached p50 (vHive's speed-up of remote-with-cache over no snapshots).
+pub fn ratios(rows: &[Row]) -> BTreeMap<String, BTreeMap<String, f64>> {
+    let mut out: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+    let p50 = |w: &str, m: &str| {
+        rows.iter()
+            .find(|r| r.workload == w && r.mode == m)
+            .map(|r| r.p50_ms)
+    };
+    for r in rows.iter().filter(|r| r.mode == "local") {
+        let w = r.workload.as_str();
+        let e = out.entry(w.to_string()).or_default();
+        if let (Some(a), Some(b)) = (p50(w, "remote"), p50(w, "local")) {
+            e.insert("remote/local".into(), a / b);
+        }
+        if let (Some(a), Some(b)) = (p50(w, "remote-cached"), p50(w, "local")) {
+            e.insert("cached/local".into(), a / b);
+        }
+        if let (Some(a), Some(b)) = (p50(w, "baseline"), p50(w, "remote-cached")) {
+            e.insert("baseline/cached".into(), a / b);
+        }
+    }
+    out
+}
+
+pub fn table(rows: &[Row]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "{:<14} {:<14} {:>5} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>4}",
+        "workload",
+        "mode",
+        "n",
+        "p50 ms",
+        "p90 ms",
+        "p95 ms",
+        "p99 ms",
+        "fetch ms",
+        "restore",
+        "off"
+    );
+    for r in rows {
+        let ph = |k: &str| {
+            r.phases
+                .get(k)
+                .map(|v| format!("{v:.2}"))
+                .unwrap_or_else(|| "-".into())
+        };
+        let _ = writeln!(
+            t,
+            "{:<14} {:<14} {:>5} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9} {:>8} {:>4}",
+            r.workload,
+            r.mode,
+            r.count,
+            r.p50_ms,
+            r.p90_ms,
+            r.p95_ms,
+            r.p99_ms,
+            ph("fetch"),
+            ph("restore"),
+            r.off_path
+        );
+    }
+    for (w, rs) in ratios(rows) {
+        let parts: Vec<String> = rs.iter().map(|(k, v)| format!("{k} {v:.2}x")).collect();
+        let _ = writeln!(t, "{w}: {}", parts.join(", "));
+    }
+    t
+}
+
+/// A box plot per workload and mode: the box from p25 to p75, the median across it,
+/// whiskers from the minimum to p99; log scale.
+pub fn write_svg(rows: &[Row], path: &Path) -> Result<(), crate::plot::PlotError> {
+    let err = |e: &dyn std::fmt::Display| crate::plot::PlotError::new(path, e);
+    let mut workloads: Vec<&str> = Vec::new();
+    for r in rows {
+        if !workloads.contains(&r.workload.as_str()) {
+            workloads.push(&r.workload);
+        }
+    }
+    let (lo, hi) = rows
+        .iter()
+        .flat_map(|r| [r.min_ms, r.p99_ms])
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if workloads.is_empty() || lo > hi {
+        return Err(err(&"no samples to plot"));
+    }
+    let (lo, hi) = (lo / 1.5, hi * 1.5);
+    let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let n = workloads.len() as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "ember bench vhive: cold start by snapshot mode (box p25-p75, median, whiskers min-p99), ms",
+            ("sans-serif", 16),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..n, (lo..hi).log_scale())
+        .map_err(|e| err(&e))?;
+    let names = workloads.clone();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(workloads.len() * 2 + 1)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            if (x - x.floor() - 0.5).abs() < 1e-6 && i < names.len() {
+                names[i].to_string()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("latency (ms)")
+        .draw()
+        .map_err(|e| err(&e))?;
+    let colors = [
+        RGBColor(0xe3, 0x4a, 0x33),
+        RGBColor(0x2b, 0x8c, 0xbe),
+        RGBColor(0xfd, 0xae, 0x61),
+        RGBColor(0x66, 0xbd, 0x63),
+    ];
+    let width = 0.8 / MODES.len() as f64;
+    for (j, (mode, color)) in MODES.iter().zip(colors).enumerate() {
+        let mut boxes = Vec::new();
+        let mut lines = Vec::new();
+        for r in rows.iter().filter(|r| r.mode == *mode) {
+            let Some(i) = workloads.iter().position(|w| *w == r.workload) else {
+                continue;
+            };
+            let x0 = i as f64 + 0.1 + j as f64 * width;
+            let x1 = x0 + width * 0.8;
+            let xm = (x0 + x1) / 2.0;
+            boxes.push(Rectangle::new(
+                [(x0, r.p25_ms.max(lo)), (x1, r.p75_ms.max(lo))],
+                color.filled(),
+            ));
+            lines.push(PathElement::new(
+                vec![(x0, r.p50_ms), (x1, r.p50_ms)],
+                BLACK.stroke_width(2),
+            ));
+            lines.push(PathElement::new(
+                vec![(xm, r.min_ms.max(lo)), (xm, r.p25_ms.max(lo))],
+                BLACK.stroke_width(1),
+            ));
+            lines.push(PathElement::new(
+                vec![(xm, r.p75_ms), (xm, r.p99_ms)],
+                BLACK.stroke_width(1),
+            ));
+        }
+        chart
+            .draw_series(boxes)
+            .map_err(|e| err(&e))?
+            .label(*mode)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+        chart.draw_series(lines).map_err(|e| err(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(path: &str, ms: f64, timing: &str) -> Sample {
+        let mut s = Sample::fixture("numpy", path, ms, None);
+        s.timing = timing.into();
+        s
+    }
+
+    #[test]
+    fn rows_ratios_and_plot_of_interleaved_samples() {
+        let mut samples = Vec::new();
+        for i in 0..20 {
+            let x = i as f64;
+            samples.push(("baseline".to_string(), sample("cold-boot", 140.0 + x, "")));
+            samples.push((
+                "local".to_string(),
+                sample("function-snapshot", 20.0 + x / 10.0, "restore;dur=9.0"),
+            ));
+            samples.push((
+                "remote".to_string(),
+                sample(
+                    "function-snapshot",
+                    40.0 + x / 10.0,
+                    "fetch;dur=20.0, restore;dur=9.0",
+                ),
+            ));
+            // One fell back to a cold boot: counted, not hidden.
+            let path = if i == 3 {
+                "cold-boot"
+            } else {
+                "function-snapshot"
+            };
+            samples.push((
+                "remote-cached".to_string(),
+                sample(path, 20.5 + x / 10.0, ""),
+            ));
+        }
+        let rows = rows("numpy", &samples);
+        assert_eq!(rows.len(), 4);
+        let by = |m: &str| rows.iter().find(|r| r.mode == m).unwrap();
+        assert_eq!(by("remote").phases["fetch"], 20.0);
+        assert_eq!(by("remote").off_path, 0);
+        assert_eq!(by("remote-cached").off_path, 1);
+        assert!(
+            by("local").p25_ms <= by("local").p50_ms && by("local").p50_ms <= by("local").p99_ms
+        );
+        let r = ratios(&rows);
+        assert!(
+            (r["numpy"]["remote/local"] - by("remote").p50_ms / by("local").p50_ms).abs() < 1e-9
+        );
+        let t = table(&rows);
+        assert!(
+            t.contains("remote-cached") && t.contains("remote/local"),
+            "{t}"
+        );
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("vhive.svg");
+        write_svg(&rows, &p).unwrap();
+        let svg = std::fs::read_to_string(&p).unwrap();
+        for m in MODES {
+            assert!(svg.contains(m), "{m} missing from the plot");
+        }
+        assert!(write_svg(&[], &p).is_err());
+    }
+}
