@@ -143,6 +143,8 @@ pub struct StoreMetrics {
     pub fetches: Family<TakeLabels, Counter>,
     pub fetched_bytes: Family<KindLabels, Counter>,
     pub fetch_seconds: Family<KindLabels, Histogram>,
+    pub gcs: Family<TakeLabels, Counter>,
+    pub gc_deleted: Counter,
 }
 
 impl Default for StoreMetrics {
@@ -154,6 +156,8 @@ impl Default for StoreMetrics {
             fetches: Family::default(),
             fetched_bytes: Family::default(),
             fetch_seconds: Family::new_with_constructor(latency_histogram as fn() -> _),
+            gcs: Family::default(),
+            gc_deleted: Counter::default(),
         }
     }
 }
@@ -186,6 +190,17 @@ impl StoreMetrics {
             "store_fetched_bytes",
             "Bytes read from the snapshot store: chunks as stored (compressed)",
             self.fetched_bytes.clone(),
+        );
+        registry.register(
+            "store_collections",
+            "Garbage collections of the snapshot store this node ran, by result: done, busy \
+             (an upload or another collection held the store), failed",
+            self.gcs.clone(),
+        );
+        registry.register(
+            "store_collected_chunks",
+            "Chunks no manifest named that this node's collections deleted",
+            self.gc_deleted.clone(),
         );
         registry.register(
             "store_fetch_seconds",

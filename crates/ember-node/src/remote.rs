@@ -231,6 +231,38 @@ impl Remote {
         })
     }
 
+    /// Deletes the chunks no manifest names (older than the store's grace period, an hour),
+    /// holding the store exclusively: an upload or a collection by another node meanwhile
+    /// makes it give up until the next time (see docs/store.md).
+    pub async fn collect(&self) {
+        let labels = |result: &str| TakeLabels {
+            kind: "chunk".to_string(),
+            result: result.to_string(),
+        };
+        match self.repo.gc().await {
+            Ok(stats) => {
+                self.metrics.gcs.get_or_create(&labels("done")).inc();
+                self.metrics.gc_deleted.inc_by(stats.deleted as u64);
+                tracing::info!(
+                    store = %self.describe,
+                    manifests = stats.manifests,
+                    chunks = stats.chunks,
+                    deleted = stats.deleted,
+                    kept_young = stats.kept_young,
+                    "snapshot store collected"
+                );
+            }
+            Err(ember_store::RepoError::Busy(why)) => {
+                self.metrics.gcs.get_or_create(&labels("busy")).inc();
+                tracing::debug!(store = %self.describe, "no collection this time: {why}");
+            }
+            Err(e) => {
+                self.metrics.gcs.get_or_create(&labels("failed")).inc();
+                tracing::warn!(store = %self.describe, "collecting the snapshot store failed: {e}");
+            }
+        }
+    }
+
     /// Records that the store holds set `kind/id` (found there at start).
     pub fn mark_stored(&self, kind: &str, id: &str) {
         self.set_state(kind, id, RemoteState::Stored);

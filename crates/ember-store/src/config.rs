@@ -53,6 +53,9 @@ pub struct S3Config {
     pub request_timeout: Duration,
     /// Every key under this prefix (`ember/`, to share a bucket); empty for none.
     pub prefix: String,
+    /// How often a node collects the store's garbage (`EMBER_S3_GC_SECONDS`, default an
+    /// hour); `None` (0): never.
+    pub gc_every: Option<Duration>,
 }
 
 /// The variables [`S3Config::from_env`] reads.
@@ -63,12 +66,14 @@ pub const KEY_ID_VAR: &str = "AWS_ACCESS_KEY_ID";
 pub const SECRET_VAR: &str = "AWS_SECRET_ACCESS_KEY";
 pub const TIMEOUT_VAR: &str = "EMBER_S3_TIMEOUT_MS";
 pub const PREFIX_VAR: &str = "EMBER_S3_PREFIX";
+pub const GC_VAR: &str = "EMBER_S3_GC_SECONDS";
 
 impl S3Config {
     /// From the environment: `EMBER_S3_ENDPOINT` and `EMBER_S3_BUCKET` (none: no S3
     /// store), `EMBER_S3_REGION` (default `us-east-1`), the AWS SDKs' `AWS_ACCESS_KEY_ID`
     /// and `AWS_SECRET_ACCESS_KEY`, `EMBER_S3_TIMEOUT_MS` for one request (default 2000;
-    /// the connect timeout is a quarter of it), and `EMBER_S3_PREFIX` for the keys.
+    /// the connect timeout is a quarter of it), `EMBER_S3_PREFIX` for the keys, and
+    /// `EMBER_S3_GC_SECONDS` between a node's garbage collections (default 3600; 0: none).
     pub fn from_env() -> Result<Option<S3Config>, ConfigError> {
         S3Config::from_lookup(|k| std::env::var(k).ok())
     }
@@ -112,6 +117,20 @@ impl S3Config {
             });
         }
         let bucket = need(BUCKET_VAR)?;
+        let gc_every = match get(GC_VAR) {
+            None => Some(Duration::from_secs(3600)),
+            Some(v) => match v.parse::<u64>() {
+                Ok(0) => None,
+                Ok(s @ 1..=604_800) => Some(Duration::from_secs(s)),
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        var: GC_VAR,
+                        value: v,
+                        why: "seconds from 1 to 604800 (a week), or 0 for never".into(),
+                    });
+                }
+            },
+        };
         let timeout = match get(TIMEOUT_VAR) {
             None => Duration::from_millis(2000),
             Some(v) => match v.parse::<u64>() {
@@ -135,6 +154,7 @@ impl S3Config {
             secret_access_key: Secret::new(need(SECRET_VAR)?),
             connect_timeout: timeout / 4,
             request_timeout: timeout,
+            gc_every,
             prefix: match get(PREFIX_VAR) {
                 None => String::new(),
                 Some(p) if crate::Key::new(p.trim_end_matches('/')).is_ok() => {

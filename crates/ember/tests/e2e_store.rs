@@ -135,6 +135,9 @@ async fn remote_mode_uploads_every_image_and_snapshot_the_node_makes() {
     let test = "remote_mode_uploads_every_image_and_snapshot_the_node_makes";
     let Some(env) = store_env(test) else { return };
     let home = tempfile::tempdir().unwrap();
+    // Its garbage collections every two seconds: they lose nothing it stored.
+    let mut env = env;
+    env.push(("EMBER_S3_GC_SECONDS".into(), "2".into()));
     let d = Daemon::start_env(
         home.path(),
         &["--images", "on-deploy", "--snapshots", "remote"],
@@ -172,6 +175,24 @@ async fn remote_mode_uploads_every_image_and_snapshot_the_node_makes() {
             .any(|_| true),
         "staging emptied"
     );
+    let done = "ember_store_collections_total{kind=\"chunk\",result=\"done\"}";
+    let mut collected = false;
+    for _ in 0..100 {
+        if d.metrics().await.contains(done) {
+            collected = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(collected, "no collection ran:\n{}", d.metrics().await);
+    same_as_stored(&env, "image", &image, &d.home.join("images").join(&image)).await;
+    same_as_stored(
+        &env,
+        "snapshot",
+        &set,
+        &d.home.join("snapshots").join(&snap),
+    )
+    .await;
 }
 
 #[test]

@@ -291,6 +291,12 @@ impl Node {
         node.build_in_background(wanted);
         node.upload_missing();
         tokio::spawn(reaper(Arc::downgrade(&node)));
+        if let (Some(remote), Some(every)) = (
+            node.remote.clone(),
+            node.cfg.store.as_ref().and_then(|s| s.gc_every),
+        ) {
+            tokio::spawn(collector(Arc::downgrade(&node), remote, every));
+        }
         tokio::spawn(events::worker(Arc::downgrade(&node)));
         Ok(node)
     }
@@ -542,6 +548,29 @@ pub(crate) fn runtime_of(bootstrap: &std::path::Path) -> String {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     format!("{name}/snap{}", ember_snap::image::format::FORMAT_VERSION)
+}
+
+/// In `snapshots = "remote"` mode: collects the store's garbage every `every`, the first
+/// time after a part of it that depends on the node's home, so that the nodes of one store
+/// do not all try at once (one at a time can: the others find the store busy).
+async fn collector(node: Weak<Node>, remote: Arc<crate::remote::Remote>, every: Duration) {
+    let first = match node.upgrade() {
+        Some(n) => {
+            let h = blake3::hash(n.cfg.home.as_os_str().as_encoded_bytes());
+            let spread = u64::from(h.as_bytes()[0]) * every.as_millis() as u64 / 256;
+            every / 2 + Duration::from_millis(spread / 2)
+        }
+        None => return,
+    };
+    tokio::time::sleep(first).await;
+    loop {
+        match node.upgrade() {
+            Some(n) if !n.stopping.load(Ordering::SeqCst) => {}
+            _ => return,
+        }
+        remote.collect().await;
+        tokio::time::sleep(every).await;
+    }
 }
 
 async fn reaper(node: Weak<Node>) {
