@@ -408,6 +408,7 @@ fn plant_snapshot(home: &std::path::Path, function: &str) -> String {
         init_ms: 80.5,
         dump_ms: 12.0,
         store_key: None,
+        fetched: false,
     };
     ember_node::snapshots::write_info(&dir, &info).unwrap();
     id

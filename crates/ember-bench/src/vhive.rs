@@ -9,8 +9,8 @@
 //!                      snapshot (uploaded), and restores each start from its own copy
 //!           remote     remote mode, its own home: fetched the image at deploy; before each
 //!                      start its copy of the snapshot is removed, so the start fetches it
-//!           cached     remote mode, its own home: fetched the snapshot once, then restores
-//!                      each start from its cached copy
+//!           cached     remote mode, its own home: prefetched the snapshot once its image
+//!                      was ready, then restores each start from its cached copy
 //! per round, per workload, per mode in turn: stop the function's instances, invoke once
 //! ```
 //!
@@ -123,6 +123,19 @@ async fn image_of(c: &Client, function: &str) -> Option<String> {
         .and_then(|i| i["id"].as_str().map(String::from))
 }
 
+/// How many sets of `kind` daemon `c` fetched from the store (its metrics).
+async fn fetched(c: &Client, kind: &str) -> u64 {
+    let Ok(text) = c.metrics().await else {
+        return 0;
+    };
+    let series = format!("ember_store_fetches_total{{kind=\"{kind}\",result=\"fetched\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or(0)
+}
+
 /// Deploys `w` everywhere and readies each mode: the producer's image and snapshot in the
 /// store, the other remote daemons' images fetched, the cached daemon's snapshot fetched.
 pub async fn prepare(
@@ -164,28 +177,31 @@ pub async fn prepare(
         stored["store_key"].as_str().unwrap_or("?")
     ));
     for c in [&d.remote, &d.cached] {
+        let (images_before, snapshots_before) =
+            (fetched(c, "image").await, fetched(c, "snapshot").await);
         deploy(c, w, log).await?;
-        let fetched = until(wait, || async {
+        let has_image = until(wait, || async {
             (image_of(c, &w.function).await.as_ref() == Some(&image)).then_some(())
         })
         .await;
-        fetched.ok_or_else(|| {
-            err(
+        has_image.ok_or_else(|| err(w, "a remote daemon has no image for the function".into()))?;
+        // Fetched, not built (a built one has the same id).
+        if fetched(c, "image").await <= images_before {
+            return Err(err(
                 w,
-                "a remote daemon did not fetch the image from the store".into(),
-            )
-        })?;
-    }
-    // The cached daemon's first start fetches the snapshot; later ones find it cached.
-    let first = one(&d.cached, w, &event, "prepare").await?;
-    if !first.timing.contains("fetch") {
-        return Err(err(
-            w,
-            format!(
-                "the cached daemon's first start did not fetch the snapshot: {}",
-                first.timing
-            ),
-        ));
+                "a remote daemon built the image instead of fetching it from the store".into(),
+            ));
+        }
+        // It prefetches the snapshot once the image is ready; the cached daemon keeps it.
+        until(wait, || snapshot_of(c, &w.function))
+            .await
+            .ok_or_else(|| err(w, "a remote daemon has no snapshot of the function".into()))?;
+        if fetched(c, "snapshot").await <= snapshots_before {
+            return Err(err(
+                w,
+                "a remote daemon took its own snapshot instead of fetching the store's".into(),
+            ));
+        }
     }
     Ok(())
 }

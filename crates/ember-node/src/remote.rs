@@ -9,7 +9,7 @@
 //! place, so the links hold one version of every file however long the upload waits. Of
 //! several versions of one set queued, the newest is uploaded.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,6 +24,9 @@ const UPLOADS: usize = 2;
 
 /// How long a set the store was found not to hold is not asked for again.
 const ABSENT_FOR: Duration = Duration::from_secs(30);
+/// How long a set whose fetch failed (the store down, slow, or its bytes wrong) is not
+/// asked for again: starts meanwhile do not each pay the deadline.
+const FAILED_FOR: Duration = Duration::from_secs(5);
 
 /// A set fetched from the store.
 #[derive(Debug, Clone, Copy)]
@@ -77,19 +80,24 @@ pub struct Remote {
     next: std::sync::atomic::AtomicU64,
     slots: tokio::sync::Semaphore,
     metrics: StoreMetrics,
-    /// Sets found missing from the store, and when.
-    absent: Mutex<HashMap<(String, String), Instant>>,
-    /// Sets being fetched now.
-    fetching: Mutex<HashSet<(String, String)>>,
+    /// Sets found missing from the store (`true`) or whose fetch failed, and when.
+    absent: Mutex<HashMap<(String, String), (Instant, bool)>>,
+    /// Sets fetched before that failed to restore here: never fetched again by this node.
+    refused: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Sets being fetched now, each with what says when its fetch ends.
+    fetching: Mutex<HashMap<(String, String), tokio::sync::watch::Sender<bool>>>,
 }
 
-/// A fetch in progress: its set leaves [`Remote::fetching`] when it ends.
+/// A fetch in progress: its set leaves [`Remote::fetching`] when it ends, and whoever
+/// waits for it ([`Remote::wait_fetch`]) is told.
 struct Fetching<'a>(&'a Remote, (String, String));
 
 impl Drop for Fetching<'_> {
     fn drop(&mut self) {
         let mut f = self.0.fetching.lock().unwrap_or_else(|p| p.into_inner());
-        f.remove(&self.1);
+        if let Some(tx) = f.remove(&self.1) {
+            let _ = tx.send(true);
+        }
     }
 }
 
@@ -112,7 +120,8 @@ impl Remote {
             slots: tokio::sync::Semaphore::new(UPLOADS),
             metrics,
             absent: Mutex::new(HashMap::new()),
-            fetching: Mutex::new(HashSet::new()),
+            fetching: Mutex::new(HashMap::new()),
+            refused: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -142,29 +151,47 @@ impl Remote {
     }
 
     /// Fetches set `kind/id` into `dir` (made here; the caller removes it on error), whole,
-    /// every chunk checked against its hash, within `deadline`. A set the store was found
-    /// not to hold is not asked for again for a while; one fetch of a set at a time.
-    pub async fn fetch(
+    /// every chunk checked against its hash, within `deadline`, then runs `then` on it (the
+    /// caller checks and adds it) before the fetch counts as ended for whoever waits for it
+    /// ([`Remote::wait_fetch`]). A set the store was found not to hold is not asked for
+    /// again for a while, nor one whose fetch failed; one fetch of a set at a time.
+    pub async fn fetch<T>(
         &self,
         kind: &str,
         id: &str,
         dir: &Path,
         deadline: Duration,
-    ) -> Result<Fetched, FetchError> {
+        then: impl AsyncFnOnce(Fetched) -> T,
+    ) -> Result<T, FetchError> {
         let key = (kind.to_string(), id.to_string());
-        {
-            let absent = self.absent.lock().unwrap_or_else(|p| p.into_inner());
-            if absent.get(&key).is_some_and(|t| t.elapsed() < ABSENT_FOR) {
-                return Err(FetchError::Absent);
-            }
-        }
-        if !self
-            .fetching
+        if self
+            .refused
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone())
+            .contains(&key)
         {
-            return Err(FetchError::Busy);
+            return Err(FetchError::Absent);
+        }
+        {
+            let absent = self.absent.lock().unwrap_or_else(|p| p.into_inner());
+            match absent.get(&key) {
+                Some((t, true)) if t.elapsed() < ABSENT_FOR => return Err(FetchError::Absent),
+                Some((t, false)) if t.elapsed() < FAILED_FOR => {
+                    return Err(FetchError::Store(format!(
+                        "a fetch failed {} ms ago; not tried again for {} s",
+                        t.elapsed().as_millis(),
+                        FAILED_FOR.as_secs()
+                    )));
+                }
+                _ => {}
+            }
+        }
+        {
+            let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            if fetching.contains_key(&key) {
+                return Err(FetchError::Busy);
+            }
+            fetching.insert(key.clone(), tokio::sync::watch::channel(false).0);
         }
         let _fetching = Fetching(self, key.clone());
         let t0 = Instant::now();
@@ -192,20 +219,42 @@ impl Remote {
                     .observe(t0.elapsed().as_secs_f64());
                 self.set_state(kind, id, RemoteState::Stored);
             }
-            Err(FetchError::Absent) => {
-                self.metrics.fetches.get_or_create(&labels("absent")).inc();
-                let mut absent = self.absent.lock().unwrap_or_else(|p| p.into_inner());
-                absent.retain(|_, t| t.elapsed() < ABSENT_FOR);
-                absent.insert(key, Instant::now());
-            }
-            Err(_) => {
-                self.metrics.fetches.get_or_create(&labels("failed")).inc();
+            Err(e) => {
+                let absent = matches!(e, FetchError::Absent);
+                let result = if absent { "absent" } else { "failed" };
+                self.metrics.fetches.get_or_create(&labels(result)).inc();
+                let mut known = self.absent.lock().unwrap_or_else(|p| p.into_inner());
+                known.retain(|_, (t, _)| t.elapsed() < ABSENT_FOR);
+                known.insert(key.clone(), (Instant::now(), absent));
             }
         }
-        result.map(|s| Fetched {
+        let fetched = result?;
+        Ok(then(Fetched {
             elapsed: t0.elapsed(),
-            ..s
+            ..fetched
         })
+        .await)
+    }
+
+    /// Set `kind/id`, fetched before, failed to restore here: this node does not fetch it
+    /// again (it takes its own instead).
+    pub fn refuse(&self, kind: &str, id: &str) {
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        refused.insert((kind.to_string(), id.to_string()));
+    }
+
+    /// Waits (at most `limit`) for a fetch of set `kind/id` in progress to end, however it
+    /// ends; at once when none is.
+    pub async fn wait_fetch(&self, kind: &str, id: &str, limit: Duration) {
+        let rx = {
+            let fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+            match fetching.get(&(kind.to_string(), id.to_string())) {
+                Some(tx) => tx.subscribe(),
+                None => return,
+            }
+        };
+        let mut rx = rx;
+        let _ = tokio::time::timeout(limit, rx.wait_for(|done| *done)).await;
     }
 
     async fn get(&self, kind: &str, id: &str, dir: &Path) -> Result<Fetched, FetchError> {

@@ -92,8 +92,12 @@ impl PathMap {
         self
     }
 
-    /// Where an instance sees host path `host`.
+    /// Where an instance sees host path `host`. A path already below one of the fixed
+    /// paths is taken as seen already.
     pub fn inside(&self, host: &Path) -> PathBuf {
+        if self.0.iter().any(|(_, to)| host.starts_with(to)) {
+            return host.to_path_buf();
+        }
         for (from, to) in &self.0 {
             if let Ok(rest) = host.strip_prefix(from) {
                 return if rest.as_os_str().is_empty() {

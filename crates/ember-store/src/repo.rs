@@ -251,13 +251,13 @@ impl Repo {
         self
     }
 
-    /// The grace period of [`Repo::gc`]: unreferenced chunks younger than this are kept.
     /// Requests in flight per file of an upload or a fetch (at least 1).
     pub fn with_inflight(mut self, n: usize) -> Repo {
         self.inflight = n.max(1);
         self
     }
 
+    /// The grace period of [`Repo::gc`]: unreferenced chunks younger than this are kept.
     pub fn with_grace(mut self, grace: Duration) -> Repo {
         self.grace = grace;
         self
@@ -526,9 +526,21 @@ impl Repo {
         self.known.lock().is_ok_and(|k| k.1.contains(&hash))
     }
 
-    fn forget(&self, hash: Hash) {
+    /// Chunk `hash` is not in the store (lost, or deleted here as corrupt): this process
+    /// forgets it as stored, and every node's uploads do too (a new collection generation,
+    /// as a collection that deleted something writes), so that the next upload naming it
+    /// stores it again.
+    async fn lost(&self, hash: Hash) {
         if let Ok(mut k) = self.known.lock() {
             k.1.remove(&hash);
+        }
+        let generation = format!("{}-{}", unix_now(), lock_id());
+        if let Err(e) = self
+            .backend
+            .put(&generation_key(), Bytes::from(generation))
+            .await
+        {
+            tracing::warn!("recording that chunk {hash:?} is lost failed: {e}");
         }
     }
 
@@ -583,7 +595,7 @@ impl Repo {
         let object = match self.backend.get(&hash.key()).await {
             Ok(o) => o,
             Err(e @ BackendError::NotFound { .. }) => {
-                self.forget(hash);
+                self.lost(hash).await;
                 return Err(e.into());
             }
             Err(e) => return Err(e.into()),
@@ -595,10 +607,10 @@ impl Repo {
         match decoded {
             Ok(raw) => Ok((raw, stored)),
             Err(e) => {
-                self.forget(hash);
                 if let Err(d) = self.backend.delete(&hash.key()).await {
                     tracing::warn!("deleting the corrupt chunk {hash:?} failed: {d}");
                 }
+                self.lost(hash).await;
                 Err(e.into())
             }
         }

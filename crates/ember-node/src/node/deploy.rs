@@ -138,6 +138,9 @@ impl Node {
         );
         let has_image = self.images.has_image_for(&env.key);
         self.install(rec.clone(), env);
+        if has_image && let Ok(d) = self.deployed(name) {
+            self.prefetch_snapshot(&d);
+        }
         if self.cfg.images.auto == AutoImages::OnDeploy
             && !has_image
             && rec.config.runtime.restorable()

@@ -12,7 +12,10 @@
 //! ```
 //!
 //! A store that does not hold a set is not asked again for 30 s; one that is down, slow or
-//! returns wrong bytes costs at most the deadline, and the start goes on down the ladder.
+//! returns wrong bytes costs at most the deadline, and the start goes on down the ladder. A
+//! start that finds the set being fetched (by another start, or by a prefetch: a function's
+//! snapshot is fetched in the background at deploy, or once its image is ready) waits for
+//! that fetch, within its deadline.
 //! Sets are fetched whole before use: their pages are checked before any is installed.
 
 use std::path::Path;
@@ -33,7 +36,9 @@ use crate::snapshots::{Lookup, SnapshotHandle, SnapshotInfo, snapshot_id};
 const IMAGE_DEADLINE: Duration = Duration::from_secs(120);
 /// The longest a function snapshot's fetch may hold a start up before the start goes on
 /// down the ladder.
-const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(5);
+pub(in crate::node) const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(5);
+/// The longest a prefetch of a function snapshot may take (off the request path).
+const PREFETCH_DEADLINE: Duration = Duration::from_secs(120);
 
 impl Node {
     /// Image `id` for `env` fetched from the snapshot store into `staged` and checked (its
@@ -48,11 +53,13 @@ impl Node {
     ) -> Option<ImageInfo> {
         let remote = self.remote.clone()?;
         let fetched = remote
-            .fetch("image", id, staged, IMAGE_DEADLINE)
+            .fetch("image", id, staged, IMAGE_DEADLINE, async |f| {
+                (f, self.fetched_image(env, id, staged).await)
+            })
             .instrument(info_span!("image.fetch", image = %id))
             .await;
         let why = match fetched {
-            Ok(f) => match self.fetched_image(env, id, staged).await {
+            Ok((f, checked)) => match checked {
                 Ok(info) => {
                     log_fetched("image", id, remote.describe(), &f);
                     return Some(info);
@@ -125,6 +132,7 @@ impl Node {
         d: &Deployed,
         parent: Option<&Parent>,
         key: &str,
+        deadline: Duration,
         fetch_time: &mut Option<Duration>,
     ) -> Option<SnapshotHandle> {
         let remote = self.remote.clone()?;
@@ -133,14 +141,16 @@ impl Node {
         let staged = self.snapshots.staging(&id);
         let t0 = std::time::Instant::now();
         let fetched = remote
-            .fetch("snapshot", &store_key, &staged, SNAPSHOT_DEADLINE)
+            .fetch("snapshot", &store_key, &staged, deadline, async |f| {
+                let added = self
+                    .fetched_snapshot(d, parent, key, &id, &store_key, &staged)
+                    .await;
+                (f, added)
+            })
             .instrument(info_span!("start.fetch", snapshot = %id))
             .await;
         let why = match fetched {
-            Ok(f) => match self
-                .fetched_snapshot(d, parent, key, &id, &store_key, &staged)
-                .await
-            {
+            Ok((f, added)) => match added {
                 Ok(h) => {
                     *fetch_time = Some(t0.elapsed());
                     log_fetched("snapshot", &store_key, remote.describe(), &f);
@@ -148,7 +158,22 @@ impl Node {
                 }
                 Err(why) => why,
             },
-            Err(FetchError::Absent | FetchError::Busy) => String::new(),
+            Err(FetchError::Busy) => {
+                // Another start or a prefetch is fetching it: its result is this start's.
+                let _ = tokio::fs::remove_dir_all(&staged).await;
+                remote.wait_fetch("snapshot", &store_key, deadline).await;
+                *fetch_time = Some(t0.elapsed());
+                let (store, name, k) = (
+                    self.snapshots.clone(),
+                    d.record.name.clone(),
+                    key.to_string(),
+                );
+                return match tokio::task::spawn_blocking(move || store.lookup(&name, &k)).await {
+                    Ok(Lookup::Hit(h)) => Some(h),
+                    _ => None,
+                };
+            }
+            Err(FetchError::Absent) => String::new(),
             Err(e) => e.to_string(),
         };
         let _ = tokio::fs::remove_dir_all(&staged).await;
@@ -163,6 +188,40 @@ impl Node {
             );
         }
         None
+    }
+
+    /// In `snapshots = "remote"` mode: `d`'s function snapshot fetched from the store in
+    /// the background when this node has none, so that its first start finds it here
+    /// (vHive's predictive prefetch). Called at deploy when the function's image is here,
+    /// and when an image serving functions becomes ready.
+    pub(in crate::node) fn prefetch_snapshot(&self, d: &Arc<Deployed>) {
+        if self.remote.is_none()
+            || !self.snapshots_on(d)
+            || d.record.config.snapshot != crate::function::SnapshotPoint::AfterInit
+        {
+            return;
+        }
+        let Some(node) = self.me.upgrade() else {
+            return;
+        };
+        let d = d.clone();
+        self.spawn_background(async move {
+            let parent = node.snapshot_parent(&d);
+            let key = node.snapshot_key(&d, parent.as_ref());
+            if node.snapshots.holds(&d.record.name, &key) {
+                return;
+            }
+            let fetched = node
+                .snapshot_from_store(&d, parent.as_ref(), &key, PREFETCH_DEADLINE, &mut None)
+                .await;
+            if let Some(h) = fetched {
+                tracing::info!(
+                    function = %d.record.name,
+                    snapshot = %h.info.id,
+                    "function snapshot prefetched from the snapshot store"
+                );
+            }
+        });
     }
 
     /// Adds the snapshot fetched into `staged` to the cache as this node's snapshot `id` of
@@ -221,6 +280,7 @@ impl Node {
             init_ms: theirs.init_ms,
             dump_ms: theirs.dump_ms,
             store_key: Some(store_key.to_string()),
+            fetched: true,
         };
         let store = self.snapshots.clone();
         let (name, k, dir) = (rec.name.clone(), key.to_string(), staged.to_path_buf());

@@ -170,10 +170,17 @@ impl Node {
                 // Standby instances of the image it replaces are stale now: they go at once
                 // (not at the next keep-alive sweep), so that none is counted as ready.
                 self.standby_expire();
-                let serving: Vec<(bool, bool)> = self
+                let served: Vec<Arc<super::Deployed>> = self
                     .read_functions()
                     .values()
                     .filter(|d| self.image_serving(d).as_deref() == Some(&id))
+                    .cloned()
+                    .collect();
+                for d in &served {
+                    self.prefetch_snapshot(d);
+                }
+                let serving: Vec<(bool, bool)> = served
+                    .iter()
                     .map(|d| (self.standby_serves(d), self.templates_serve(d)))
                     .collect();
                 if serving.iter().any(|s| s.0) {

@@ -58,7 +58,6 @@ impl Node {
         }
     }
 
-    /// A new instance of `d` running `python`, preloading `imports` (none when restored).
     /// Where an instance sees host path `p` (the sandbox's fixed paths; without the
     /// sandbox, `p` itself).
     pub(in crate::node) fn seen(&self, p: &std::path::Path) -> PathBuf {
@@ -68,6 +67,7 @@ impl Node {
         }
     }
 
+    /// A new instance of `d` running `python`, preloading `imports` (none when restored).
     pub(in crate::node) fn instance_spec(
         &self,
         d: &Deployed,

@@ -547,7 +547,12 @@ pub(crate) fn runtime_of(bootstrap: &std::path::Path) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    format!("{name}/snap{}", ember_snap::image::format::FORMAT_VERSION)
+    // `paths1`: instances see the node's files at the sandbox's fixed paths (/ember/...);
+    // images and snapshots taken when they saw them at the host's are not restorable.
+    format!(
+        "{name}/snap{}/paths1",
+        ember_snap::image::format::FORMAT_VERSION
+    )
 }
 
 /// In `snapshots = "remote"` mode: collects the store's garbage every `every`, the first

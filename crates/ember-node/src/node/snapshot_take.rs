@@ -426,6 +426,7 @@ impl Node {
             init_ms: init.as_secs_f64() * 1e3,
             dump_ms: t0.elapsed().as_secs_f64() * 1e3,
             store_key,
+            fetched: false,
         };
         let store = self.snapshots.clone();
         let (i2, st2) = (info.clone(), staged.clone());

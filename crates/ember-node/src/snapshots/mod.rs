@@ -132,6 +132,9 @@ pub struct SnapshotInfo {
     /// the same function, code, configuration and image (`snapshots = "remote"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_key: Option<String>,
+    /// Fetched from the snapshot store (not taken here).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fetched: bool,
 }
 
 impl SnapshotInfo {
@@ -488,6 +491,14 @@ impl SnapshotStore {
 
     /// The snapshot of `function` taken with `key`. One taken with another key is removed
     /// (blocking) and returned as [`Lookup::Stale`]. Counts hits, misses and stale ones.
+    /// Whether the cache holds `function`'s snapshot with `key` (no metrics counted).
+    pub fn holds(&self, function: &str, key: &str) -> bool {
+        self.lock()
+            .entries
+            .values()
+            .any(|e| e.info.function == function && e.info.key == key)
+    }
+
     pub fn lookup(&self, function: &str, key: &str) -> Lookup {
         let labels = Metrics::fn_labels(function);
         let mut inner = self.lock();

@@ -51,6 +51,7 @@ fn info(function: &str, key: &str, init_ms: f64) -> SnapshotInfo {
         init_ms,
         dump_ms: 5.0,
         store_key: None,
+        fetched: false,
     }
 }
 

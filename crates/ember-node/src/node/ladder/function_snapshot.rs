@@ -24,6 +24,7 @@ use super::{Attempt, AttemptFuture, Rung, RungError, StartPath};
 use crate::function::Network;
 use crate::images::Pages;
 use crate::live::Live;
+use crate::node::fetch::SNAPSHOT_DEADLINE;
 use crate::node::invoke::StartCx;
 use crate::node::restore::{Blame, Restored, Sees};
 use crate::node::snapshot_take::{Parent, TakeError};
@@ -67,7 +68,13 @@ impl<'c> Rung<StartCx<'c>, Live> for FunctionSnapshot {
                 Ok(Lookup::Hit(h)) => h,
                 Ok(Lookup::Stale(old)) => {
                     if let Some(h) = node
-                        .snapshot_from_store(d, parent.as_ref(), &key, &mut cx.timing.fetch)
+                        .snapshot_from_store(
+                            d,
+                            parent.as_ref(),
+                            &key,
+                            SNAPSHOT_DEADLINE,
+                            &mut cx.timing.fetch,
+                        )
                         .await
                     {
                         h
@@ -89,7 +96,13 @@ impl<'c> Rung<StartCx<'c>, Live> for FunctionSnapshot {
                 }
                 Ok(Lookup::Miss) => {
                     match node
-                        .snapshot_from_store(d, parent.as_ref(), &key, &mut cx.timing.fetch)
+                        .snapshot_from_store(
+                            d,
+                            parent.as_ref(),
+                            &key,
+                            SNAPSHOT_DEADLINE,
+                            &mut cx.timing.fetch,
+                        )
                         .await
                     {
                         Some(h) => h,
@@ -108,6 +121,11 @@ impl<'c> Rung<StartCx<'c>, Live> for FunctionSnapshot {
             };
             let id = handle.info.id.clone();
             let dir = handle.dir.clone();
+            // Fetched from the store: its set, refused if it cannot be restored here.
+            let fetched = handle
+                .info
+                .fetched
+                .then(|| handle.info.set_id().to_string());
             match node.snapshot_start(cx, handle, parent).await {
                 Ok(live) => Attempt::Started(live),
                 Err(Blame::Function(outcome)) => Attempt::Ended(outcome),
@@ -126,7 +144,12 @@ impl<'c> Rung<StartCx<'c>, Live> for FunctionSnapshot {
                     })
                     .await
                     .unwrap_or(false);
-                    if removed && gone {
+                    if removed && let (Some(set), Some(remote)) = (&fetched, &node.remote) {
+                        // Another node's snapshot that does not restore here: this node
+                        // takes its own (its own could; the store's copy is not fetched again).
+                        remote.refuse("snapshot", set);
+                        node.snapshot_in_background(d, key.clone());
+                    } else if removed && gone {
                         node.snapshot_in_background(d, key.clone());
                     } else if removed {
                         // The same function, image and bootstrap would give the same snapshot:
