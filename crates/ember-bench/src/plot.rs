@@ -38,6 +38,69 @@ pub fn write_svg(report: &Report, path: &Path) -> Result<(), PlotError> {
     )
 }
 
+/// A latency chart: one slot per workload along x, named at its middle, and milliseconds
+/// from `lo` to `hi` on a log scale.
+pub(crate) type LatencyChart<'a, 'b> = ChartContext<
+    'a,
+    SVGBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, LogCoord<f64>>,
+>;
+
+/// Each workload of `names` once, in the order of its first appearance.
+pub(crate) fn workloads_of<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for n in names {
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// The smallest and largest finite positive value, if any.
+pub(crate) fn positive_range(values: impl IntoIterator<Item = f64>) -> Option<(f64, f64)> {
+    let (lo, hi) = values
+        .into_iter()
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    (lo <= hi).then_some((lo, hi))
+}
+
+/// A [`LatencyChart`] on `root`, its mesh drawn.
+pub(crate) fn latency_chart<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+    title_size: u32,
+    workloads: &[&str],
+    lo: f64,
+    hi: f64,
+) -> Result<LatencyChart<'a, 'b>, String> {
+    let n = workloads.len() as f64;
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", title_size))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..n, (lo..hi).log_scale())
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(workloads.len() * 2 + 1)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            if (x - x.floor() - 0.5).abs() < 1e-6 && i < workloads.len() {
+                workloads[i].to_string()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("latency (ms)")
+        .draw()
+        .map_err(|e| e.to_string())?;
+    Ok(chart)
+}
+
 /// One group of bars per workload, one bar per series (a row's `path`), p99 as a whisker.
 pub fn bars_svg(
     rows: &[Row],
@@ -49,48 +112,17 @@ pub fn bars_svg(
         path: path.display().to_string(),
         detail: e.to_string(),
     };
-    let mut workloads: Vec<&str> = Vec::new();
-    for r in rows {
-        if !workloads.contains(&r.workload.as_str()) {
-            workloads.push(&r.workload);
-        }
-    }
+    let workloads = workloads_of(rows.iter().map(|r| r.workload.as_str()));
     let values = rows
         .iter()
         .flat_map(|r| [r.summary.p50_ms, r.summary.p99_ms]);
-    let (lo, hi) = values
-        .filter(|v| v.is_finite() && *v > 0.0)
-        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    if workloads.is_empty() || lo > hi {
+    let Some((lo, hi)) = positive_range(values) else {
         return Err(err(&"the report has no samples to plot"));
-    }
+    };
     let (lo, hi) = (lo / 2.0, hi * 2.0);
     let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let n = workloads.len() as f64;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..n, (lo..hi).log_scale())
-        .map_err(|e| err(&e))?;
-    let names = workloads.clone();
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(workloads.len() * 2 + 1)
-        .x_label_formatter(&|x| {
-            let i = x.floor() as usize;
-            if (x - x.floor() - 0.5).abs() < 1e-6 && i < names.len() {
-                names[i].to_string()
-            } else {
-                String::new()
-            }
-        })
-        .y_desc("latency (ms)")
-        .draw()
-        .map_err(|e| err(&e))?;
+    let mut chart = latency_chart(&root, title, 20, &workloads, lo, hi).map_err(|e| err(&e))?;
     let width = 0.8 / series.len() as f64;
     for (j, &(name, color)) in series.iter().enumerate() {
         let rows: Vec<_> = rows.iter().filter(|r| r.path == name).collect();

@@ -371,50 +371,17 @@ pub fn table(rows: &[Row]) -> String {
 /// whiskers from the minimum to p99; log scale.
 pub fn write_svg(rows: &[Row], path: &Path) -> Result<(), crate::plot::PlotError> {
     let err = |e: &dyn std::fmt::Display| crate::plot::PlotError::new(path, e);
-    let mut workloads: Vec<&str> = Vec::new();
-    for r in rows {
-        if !workloads.contains(&r.workload.as_str()) {
-            workloads.push(&r.workload);
-        }
-    }
-    let (lo, hi) = rows
-        .iter()
-        .flat_map(|r| [r.min_ms, r.p99_ms])
-        .filter(|v| v.is_finite() && *v > 0.0)
-        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    if workloads.is_empty() || lo > hi {
+    let workloads = crate::plot::workloads_of(rows.iter().map(|r| r.workload.as_str()));
+    let range = crate::plot::positive_range(rows.iter().flat_map(|r| [r.min_ms, r.p99_ms]));
+    let Some((lo, hi)) = range.filter(|_| !workloads.is_empty()) else {
         return Err(err(&"no samples to plot"));
-    }
+    };
     let (lo, hi) = (lo / 1.5, hi * 1.5);
     let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let n = workloads.len() as f64;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "ember bench vhive: cold start by snapshot mode (box p25-p75, median, whiskers min-p99), ms",
-            ("sans-serif", 16),
-        )
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0f64..n, (lo..hi).log_scale())
-        .map_err(|e| err(&e))?;
-    let names = workloads.clone();
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(workloads.len() * 2 + 1)
-        .x_label_formatter(&|x| {
-            let i = x.floor() as usize;
-            if (x - x.floor() - 0.5).abs() < 1e-6 && i < names.len() {
-                names[i].to_string()
-            } else {
-                String::new()
-            }
-        })
-        .y_desc("latency (ms)")
-        .draw()
-        .map_err(|e| err(&e))?;
+    let title = "ember bench vhive: cold start by snapshot mode (box p25-p75, median, whiskers min-p99), ms";
+    let mut chart =
+        crate::plot::latency_chart(&root, title, 16, &workloads, lo, hi).map_err(|e| err(&e))?;
     let colors = [
         RGBColor(0xe3, 0x4a, 0x33),
         RGBColor(0x2b, 0x8c, 0xbe),

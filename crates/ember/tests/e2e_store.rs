@@ -88,11 +88,17 @@ fn stored_entry(d: &Daemon, what: &str, key: &str) -> Value {
     entry
 }
 
-/// The set `kind/id` from the store equals the node's directory `dir`, file by file.
-async fn same_as_stored(env: &[(String, String)], kind: &str, id: &str, dir: &Path) {
+/// The store a daemon started with `env` uses: its backend, and a repository over it.
+fn store_of(env: &[(String, String)]) -> (Arc<S3>, Repo) {
     let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let cfg = S3Config::from_lookup(get).unwrap().unwrap();
-    let repo = Repo::new(Arc::new(S3::open(&cfg).unwrap()));
+    let backend = Arc::new(S3::open(&cfg).unwrap());
+    (backend.clone(), Repo::new(backend))
+}
+
+/// The set `kind/id` from the store equals the node's directory `dir`, file by file.
+async fn same_as_stored(env: &[(String, String)], kind: &str, id: &str, dir: &Path) {
+    let (_, repo) = store_of(env);
     let m = repo
         .manifest(&SetRef::new(kind, id).unwrap())
         .await
@@ -454,10 +460,7 @@ async fn a_store_that_is_down_slow_wrong_or_lossy_costs_a_rung_never_an_answer()
         "no snapshot prefetched"
     );
 
-    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let cfg = S3Config::from_lookup(get).unwrap().unwrap();
-    let backend = Arc::new(S3::open(&cfg).unwrap());
-    let repo = Repo::new(backend.clone());
+    let (backend, repo) = store_of(&env);
     // The chunks of the set's page file, as the store names them now.
     let page_chunks = || async {
         let m = repo
@@ -560,5 +563,71 @@ async fn a_store_that_is_down_slow_wrong_or_lossy_costs_a_rung_never_an_answer()
         "the repaired set was not fetched: {} {}",
         r.timing,
         r.raw
+    );
+}
+
+#[tokio::test]
+async fn two_functions_on_one_image_store_their_shared_pages_once() {
+    if !need_sandbox() {
+        return;
+    }
+    let test = "two_functions_on_one_image_store_their_shared_pages_once";
+    let Some(env) = store_env(test) else { return };
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start_env(
+        home.path(),
+        &["--images", "on-deploy", "--snapshots", "remote"],
+        &env,
+    );
+    for (name, answer) in [("one", 1), ("two", 2)] {
+        let code = format!("def handler(e, c):\n    return {{'n': {answer}}}\n");
+        let (status, body) = d
+            .deploy_zip(
+                name,
+                json!({"handler": "main.handler", "packages": []}),
+                &py(&code),
+            )
+            .await;
+        assert!(status == 201 || status == 200, "{status} {body}");
+    }
+    stored(&d, "image", "images");
+    for name in ["one", "two"] {
+        assert_eq!(d.invoke(name, "{}").await.status, 200);
+    }
+    let mut sets = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(120), || {
+            let list = listing(&d, "snapshot", "snapshots");
+            sets = list
+                .iter()
+                .filter(|s| s["remote"] == "stored")
+                .filter_map(|s| s["store_key"].as_str().map(String::from))
+                .collect();
+            sets.len() == 2
+        }),
+        "both snapshots stored: {:?}",
+        listing(&d, "snapshot", "snapshots")
+    );
+    let (_, repo) = store_of(&env);
+    let mut pages = Vec::new();
+    for set in &sets {
+        let m = repo
+            .manifest(&SetRef::new("snapshot", set).unwrap())
+            .await
+            .unwrap();
+        let f = m.files.iter().find(|f| f.name == "pages").unwrap();
+        pages.push(
+            f.chunks
+                .iter()
+                .copied()
+                .collect::<std::collections::HashSet<_>>(),
+        );
+    }
+    // Most of one layer's pages are the other's: stored once.
+    let shared = pages[0].intersection(&pages[1]).count();
+    let smaller = pages[0].len().min(pages[1].len());
+    assert!(
+        shared * 2 > smaller,
+        "{shared} of {smaller} page chunks shared"
     );
 }

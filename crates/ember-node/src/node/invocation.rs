@@ -16,6 +16,9 @@ pub struct Timing {
     /// A function snapshot fetched from the snapshot store (manifest and every chunk,
     /// checked) before its restore, or the time a fetch that failed cost.
     pub fetch: Option<Duration>,
+    /// A function snapshot's layer read from disk, checked and laid over its image's pages
+    /// (not when the layer is held in memory).
+    pub load: Option<Duration>,
     /// From an image: the sandbox with its first process parked.
     pub sandbox: Option<Duration>,
     /// From a standby instance (restored ahead): the function's code directory bound into
@@ -45,11 +48,12 @@ pub struct Timing {
 impl Timing {
     /// Every phase in the order it happens, with its duration when it happened (the API
     /// turns it into the `Ember-Timing`/`Server-Timing` header).
-    pub fn phases(&self) -> [(&'static str, Option<Duration>); 16] {
+    pub fn phases(&self) -> [(&'static str, Option<Duration>); 17] {
         [
             ("queue", Some(self.queue)),
             ("fallback", self.fallback),
             ("fetch", self.fetch),
+            ("load", self.load),
             ("sandbox", self.sandbox),
             ("standby", self.standby),
             ("fork", self.fork),
@@ -71,6 +75,7 @@ impl Timing {
         [
             self.fallback,
             self.fetch,
+            self.load,
             self.sandbox,
             self.standby,
             self.fork,

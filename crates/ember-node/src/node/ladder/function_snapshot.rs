@@ -66,8 +66,9 @@ impl<'c> Rung<StartCx<'c>, Live> for FunctionSnapshot {
             let found = tokio::task::spawn_blocking(move || store.lookup(&name, &k)).await;
             let handle = match found {
                 Ok(Lookup::Hit(h)) => h,
-                Ok(Lookup::Stale(old)) => {
-                    if let Some(h) = node
+                Ok(missed) => {
+                    // Not here (or stale, removed): the store may hold it.
+                    let fetched = node
                         .snapshot_from_store(
                             d,
                             parent.as_ref(),
@@ -75,38 +76,23 @@ impl<'c> Rung<StartCx<'c>, Live> for FunctionSnapshot {
                             SNAPSHOT_DEADLINE,
                             &mut cx.timing.fetch,
                         )
-                        .await
-                    {
-                        h
-                    } else {
-                        node.logs.append(
-                            &d.record.name,
-                            "ember",
-                            "event",
-                            format!(
-                                "function snapshot {} is stale (its code, configuration or image \
-                             changed): removed, a new one is taken",
-                                old.id
-                            )
-                            .as_bytes(),
-                        );
-                        node.snapshot_in_background(d, key.clone());
-                        return Attempt::Skipped;
-                    }
-                }
-                Ok(Lookup::Miss) => {
-                    match node
-                        .snapshot_from_store(
-                            d,
-                            parent.as_ref(),
-                            &key,
-                            SNAPSHOT_DEADLINE,
-                            &mut cx.timing.fetch,
-                        )
-                        .await
-                    {
-                        Some(h) => h,
-                        None => {
+                        .await;
+                    match (fetched, missed) {
+                        (Some(h), _) => h,
+                        (None, missed) => {
+                            if let Lookup::Stale(old) = missed {
+                                node.logs.append(
+                                    &d.record.name,
+                                    "ember",
+                                    "event",
+                                    format!(
+                                        "function snapshot {} is stale (its code, configuration \
+                                         or image changed): removed, a new one is taken",
+                                        old.id
+                                    )
+                                    .as_bytes(),
+                                );
+                            }
                             node.snapshot_in_background(d, key.clone());
                             return Attempt::Skipped;
                         }
@@ -213,6 +199,7 @@ impl Node {
             Some(l) => l.clone(),
             None => {
                 let dir = h.dir.clone();
+                let t0 = Instant::now();
                 let loaded = tokio::task::spawn_blocking(move || match parent_image {
                     Some(co) => {
                         let parent = co.pages(true).map_err(|e| error_chain(&e))?;
@@ -224,6 +211,7 @@ impl Node {
                 .await
                 .map_err(|e| snap_err(e.to_string()))?
                 .map_err(snap_err)?;
+                cx.timing.load = Some(t0.elapsed());
                 let layer = Arc::new(loaded);
                 let (store, sid, l) = (self.snapshots.clone(), id.clone(), layer.clone());
                 tokio::task::spawn_blocking(move || store.keep(&sid, l));
