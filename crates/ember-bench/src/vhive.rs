@@ -152,25 +152,42 @@ pub async fn prepare(
         .await
         .ok_or_else(|| err(w, "the local daemon built no image".into()))?;
     log(&format!("  [{}] image {image} ready", w.name));
-    // The first start takes the snapshot; the bench waits until the store holds it.
-    one(&d.local, w, &event, "prepare").await?;
-    let stored = until(wait, || async {
-        let s = snapshot_of(&d.local, &w.function).await?;
-        let images = d.local.images().await.ok()?;
+    // The first start takes the snapshot, and may teach the image imports (it is rebuilt,
+    // and the snapshot over the old one is taken again at a later start). The bench starts
+    // the function again until the image has nothing pending and both are in the store,
+    // the snapshot over the image as it is now.
+    let t0 = Instant::now();
+    let mut last_start: Option<Instant> = None;
+    let stored = loop {
+        if last_start.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+            d.local
+                .stop_instances(&w.function)
+                .await
+                .map_err(client_err(w))?;
+            one(&d.local, w, &event, "prepare").await?;
+            last_start = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let s = snapshot_of(&d.local, &w.function).await;
+        let images = d.local.images().await.map_err(client_err(w))?;
         let img = images["images"]
-            .as_array()?
-            .iter()
-            .find(|i| i["id"] == image.as_str())?
-            .clone();
-        (s["remote"] == "stored" && img["remote"] == "stored").then_some(s)
-    })
-    .await
-    .ok_or_else(|| {
-        err(
-            w,
-            "the local daemon's image or snapshot never reached the store".into(),
-        )
-    })?;
+            .as_array()
+            .and_then(|a| a.iter().find(|i| i["id"] == image.as_str()).cloned());
+        if let (Some(s), Some(img)) = (s, img)
+            && s["remote"] == "stored"
+            && img["remote"] == "stored"
+            && img["imports_pending"] == 0
+            && s["created_at"].as_u64() >= img["created_at"].as_u64()
+        {
+            break s;
+        }
+        if t0.elapsed() > wait {
+            return Err(err(
+                w,
+                "the local daemon's image or snapshot never settled in the store".into(),
+            ));
+        }
+    };
     log(&format!(
         "  [{}] snapshot {} in the store",
         w.name,
