@@ -22,8 +22,9 @@
 //! images = "on-deploy"     # "off", or a list of package sets: [["numpy"], ["pandas", "scikit-learn"]]
 //! image_memory_mb = 1024   # the in-memory image pool; other images are served from disk
 //! image_policy = "eager"  # eager | lazy | bulk | prefetch
-//! snapshots = "local"      # "off": none taken or used; "remote": also uploaded to the
-//!                          # snapshot store (EMBER_S3_* and AWS_* variables: docs/store.md)
+//! snapshots = "local"      # "off": none taken or used; "remote": also uploaded to, and
+//!                          # fetched from, the snapshot store (EMBER_S3_* and AWS_*
+//!                          # variables: docs/store.md)
 //! snapshot_disk_mb = 4096  # the snapshot cache's disk budget; past it, snapshots are evicted
 //! snapshot_memory_mb = 512 # loaded snapshot layers kept in memory
 //! snapshot_eviction = "lru" # lru | gdsf
@@ -143,7 +144,7 @@ pub struct DaemonArgs {
     /// Function snapshots: local (taken after a function's init, and used by its later cold
     /// starts), remote (as local, and images and snapshots are also uploaded to the snapshot
     /// store named by EMBER_S3_ENDPOINT, EMBER_S3_BUCKET, AWS_ACCESS_KEY_ID and
-    /// AWS_SECRET_ACCESS_KEY) or off [default: local]
+    /// AWS_SECRET_ACCESS_KEY, and fetched from it when missing here) or off [default: local]
     #[arg(long, env = "EMBER_SNAPSHOTS")]
     pub snapshots: Option<String>,
     /// Disk budget of the function-snapshot cache, in MiB; past it, snapshots are evicted
