@@ -88,6 +88,18 @@ fn stored_entry(d: &Daemon, what: &str, key: &str) -> Value {
     entry
 }
 
+/// The snapshot fetches daemon `d` counted as failed.
+async fn fetches_failed(d: &Daemon) -> u64 {
+    let m = d.metrics().await;
+    m.lines()
+        .find_map(|l| {
+            l.strip_prefix("ember_store_fetches_total{kind=\"snapshot\",result=\"failed\"} ")
+        })
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or(0)
+}
+
 /// The store a daemon started with `env` uses: its backend, and a repository over it.
 fn store_of(env: &[(String, String)]) -> (Arc<S3>, Repo) {
     let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
@@ -499,12 +511,18 @@ async fn a_store_that_is_down_slow_wrong_or_lossy_costs_a_rung_never_an_answer()
                 assert!(out.ok, "{}", out.stderr);
             }
             b.stop_instances("hello").await;
+            let failed_before = fetches_failed(b).await;
             let r = b.invoke("hello", "{}").await;
             assert_eq!(
                 (r.status, &r.body),
                 (200, &json!({"ok": true})),
                 "{what}: {}",
                 r.raw
+            );
+            // The store was asked, and the fetch failed (not skipped by the backoff).
+            assert!(
+                fetches_failed(b).await > failed_before,
+                "{what}: no failed fetch counted"
             );
             assert!(
                 r.timing.contains("fetch"),

@@ -196,6 +196,7 @@ impl Node {
     /// and when an image serving functions becomes ready.
     pub(in crate::node) fn prefetch_snapshot(&self, d: &Arc<Deployed>) {
         if self.remote.is_none()
+            || self.stopping.load(std::sync::atomic::Ordering::SeqCst)
             || !self.snapshots_on(d)
             || d.record.config.snapshot != crate::function::SnapshotPoint::AfterInit
         {
@@ -284,10 +285,15 @@ impl Node {
         };
         let store = self.snapshots.clone();
         let (name, k, dir) = (rec.name.clone(), key.to_string(), staged.to_path_buf());
-        tokio::task::spawn_blocking(move || {
-            let evicted = store.add(&dir, info).map_err(|e| error_chain(&e))?;
-            for e in evicted {
-                tracing::info!(snapshot = %e.id, function = %e.function, bytes = e.bytes, reason = ?e.reason, "function snapshot left the cache");
+        let added = tokio::task::spawn_blocking(move || {
+            if store.holds(&name, &k) {
+                // Taken here or fetched by another meanwhile: that one serves, this goes.
+                let _ = std::fs::remove_dir_all(&dir);
+            } else {
+                let evicted = store.add(&dir, info).map_err(|e| error_chain(&e))?;
+                for e in evicted {
+                    tracing::info!(snapshot = %e.id, function = %e.function, bytes = e.bytes, reason = ?e.reason, "function snapshot left the cache");
+                }
             }
             match store.lookup(&name, &k) {
                 Lookup::Hit(h) => Ok(h),
@@ -295,7 +301,15 @@ impl Node {
             }
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())??;
+        // Deleted or replaced meanwhile (a prefetch outlives a deploy): it must not outlive
+        // its version, nor replace the new version's.
+        if !self.is_current(d) {
+            let (store, sid) = (self.snapshots.clone(), added.info.id.clone());
+            let _ = tokio::task::spawn_blocking(move || store.remove(&sid)).await;
+            return Err("the function was deleted or deployed again meanwhile".into());
+        }
+        Ok(added)
     }
 }
 

@@ -295,7 +295,8 @@ impl Node {
             node.remote.clone(),
             node.cfg.store.as_ref().and_then(|s| s.gc_every),
         ) {
-            tokio::spawn(collector(Arc::downgrade(&node), remote, every));
+            // In the background set: shutdown stops it.
+            node.spawn_background(collector(Arc::downgrade(&node), remote, every));
         }
         tokio::spawn(events::worker(Arc::downgrade(&node)));
         Ok(node)

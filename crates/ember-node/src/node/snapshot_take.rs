@@ -326,7 +326,7 @@ impl Node {
     }
 
     /// Whether `d` is still the served version of its function (not replaced or deleted).
-    fn is_current(&self, d: &Deployed) -> bool {
+    pub(in crate::node) fn is_current(&self, d: &Deployed) -> bool {
         !d.pool.is_retired()
             && self
                 .read_functions()

@@ -489,8 +489,6 @@ impl SnapshotStore {
         self.metrics.memory_bytes.set(gauge(inner.memory.bytes()));
     }
 
-    /// The snapshot of `function` taken with `key`. One taken with another key is removed
-    /// (blocking) and returned as [`Lookup::Stale`]. Counts hits, misses and stale ones.
     /// Whether the cache holds `function`'s snapshot with `key` (no metrics counted).
     pub fn holds(&self, function: &str, key: &str) -> bool {
         self.lock()
@@ -499,6 +497,8 @@ impl SnapshotStore {
             .any(|e| e.info.function == function && e.info.key == key)
     }
 
+    /// The snapshot of `function` taken with `key`. One taken with another key is removed
+    /// (blocking) and returned as [`Lookup::Stale`]. Counts hits, misses and stale ones.
     pub fn lookup(&self, function: &str, key: &str) -> Lookup {
         let labels = Metrics::fn_labels(function);
         let mut inner = self.lock();

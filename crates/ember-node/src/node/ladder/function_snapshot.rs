@@ -130,12 +130,12 @@ impl<'c> Rung<StartCx<'c>, Live> for FunctionSnapshot {
                     })
                     .await
                     .unwrap_or(false);
-                    if removed && let (Some(set), Some(remote)) = (&fetched, &node.remote) {
+                    if removed && gone {
+                        node.snapshot_in_background(d, key.clone());
+                    } else if removed && let (Some(set), Some(remote)) = (&fetched, &node.remote) {
                         // Another node's snapshot that does not restore here: this node
                         // takes its own (its own could; the store's copy is not fetched again).
                         remote.refuse("snapshot", set);
-                        node.snapshot_in_background(d, key.clone());
-                    } else if removed && gone {
                         node.snapshot_in_background(d, key.clone());
                     } else if removed {
                         // The same function, image and bootstrap would give the same snapshot:
