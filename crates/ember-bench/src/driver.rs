@@ -75,12 +75,26 @@ pub enum BenchError {
         status: u16,
         body: String,
     },
+    /// Anything else that stopped the run before or between measurements (a deploy that
+    /// could not be made, a daemon that did not get ready).
+    #[error("workload {workload}: {detail}")]
+    Setup { workload: String, detail: String },
     #[error("workload {workload}: baseline {python}: {detail}")]
     Baseline {
         workload: String,
         python: PathBuf,
         detail: String,
     },
+}
+
+impl BenchError {
+    /// A [`BenchError::Setup`] of `workload`.
+    pub fn setup(workload: &str, detail: impl Into<String>) -> BenchError {
+        BenchError::Setup {
+            workload: workload.to_string(),
+            detail: detail.into(),
+        }
+    }
 }
 
 /// Deploys `w` (showing install progress through `log`).
@@ -98,11 +112,7 @@ pub async fn deploy(
     manifest.max_instances = Some(manifest.max_instances.unwrap_or(10).max(64));
     let body = manifest
         .deploy_body(&w.zip)
-        .map_err(|e| BenchError::Failed {
-            workload: w.name.clone(),
-            status: 0,
-            body: e.to_string(),
-        })?;
+        .map_err(|e| BenchError::setup(&w.name, e.to_string()))?;
     let mut progress = |l: &str| log(&format!("  [{}] {l}", w.name));
     client
         .deploy(&w.function, &body, &mut progress)
@@ -197,11 +207,10 @@ pub async fn measure(
         match t.await {
             Ok(r) => samples.extend(r?),
             Err(e) => {
-                return Err(BenchError::Failed {
-                    workload: w.name.clone(),
-                    status: 0,
-                    body: format!("a driver task failed: {e}"),
-                });
+                return Err(BenchError::setup(
+                    &w.name,
+                    format!("a driver task failed: {e}"),
+                ));
             }
         }
     }

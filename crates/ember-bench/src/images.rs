@@ -192,11 +192,7 @@ pub fn ratios(rows: &[Row]) -> Vec<Ratio> {
 }
 
 fn fail(w: &str, detail: String) -> BenchError {
-    BenchError::Failed {
-        workload: w.to_string(),
-        status: 0,
-        body: detail,
-    }
+    BenchError::setup(w, detail)
 }
 
 /// `name;dur=1.2, other;dur=3` -> {name: 1.2, other: 3}.
@@ -209,24 +205,29 @@ pub fn parse_timing(h: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-fn row(workload: &str, path: &str, want: &str, samples: &[Sample]) -> Row {
-    let lat: Vec<f64> = samples.iter().map(|s| s.latency_ms).collect();
+/// The median of each `Ember-Timing` phase over the samples that have it.
+pub fn phase_medians<'a>(samples: impl IntoIterator<Item = &'a Sample>) -> BTreeMap<String, f64> {
     let mut phases: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for s in samples {
         for (k, v) in parse_timing(&s.timing) {
             phases.entry(k).or_default().push(v);
         }
     }
+    phases
+        .into_iter()
+        .map(|(k, v)| (k, summarize(&v).p50_ms))
+        .collect()
+}
+
+fn row(workload: &str, path: &str, want: &str, samples: &[Sample]) -> Row {
+    let lat: Vec<f64> = samples.iter().map(|s| s.latency_ms).collect();
     Row {
         row: crate::report::Row {
             workload: workload.to_string(),
             path: path.to_string(),
             summary: summarize(&lat),
         },
-        phases: phases
-            .into_iter()
-            .map(|(k, v)| (k, summarize(&v).p50_ms))
-            .collect(),
+        phases: phase_medians(samples),
         off_path: samples.iter().filter(|s| s.path != want).count(),
     }
 }

@@ -67,11 +67,7 @@ pub struct LambdaRow {
 }
 
 fn fail(detail: String) -> BenchError {
-    BenchError::Failed {
-        workload: "hello".into(),
-        status: 0,
-        body: detail,
-    }
+    BenchError::setup("hello", detail)
 }
 
 /// A zip holding `exe` as `name`, executable.

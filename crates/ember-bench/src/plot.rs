@@ -154,15 +154,23 @@ pub fn bars_svg(
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
         chart.draw_series(whiskers).map_err(|e| err(&e))?;
     }
+    finish(chart, &root, SeriesLabelPosition::UpperLeft).map_err(|e| err(&e))
+}
+
+/// Draws the legend of `chart` at `at` and writes `root` out.
+pub(crate) fn finish<'a, 'b>(
+    mut chart: LatencyChart<'a, 'b>,
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    at: SeriesLabelPosition,
+) -> Result<(), String> {
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(at)
         .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -140,11 +140,7 @@ def handler(event, context):
 }
 
 fn fail(w: &str, detail: String) -> BenchError {
-    BenchError::Failed {
-        workload: w.to_string(),
-        status: 0,
-        body: detail,
-    }
+    BenchError::setup(w, detail)
 }
 
 /// `f` as a workload the driver deploys: no packages, snapshot after init.

@@ -72,12 +72,8 @@ pub struct Row {
     pub off_path: usize,
 }
 
-fn err(w: &Workload, why: String) -> BenchError {
-    BenchError::Failed {
-        workload: w.name.clone(),
-        status: 0,
-        body: why,
-    }
+fn err(w: &Workload, why: &str) -> BenchError {
+    BenchError::setup(&w.name, why)
 }
 
 fn client_err(w: &Workload) -> impl Fn(ember_api::client::ClientError) -> BenchError + '_ {
@@ -150,7 +146,7 @@ pub async fn prepare(
     // Every function has an image (a function without packages, the bare runtime's).
     let image = until(wait, || image_of(&d.local, &w.function))
         .await
-        .ok_or_else(|| err(w, "the local daemon built no image".into()))?;
+        .ok_or_else(|| err(w, "the local daemon built no image"))?;
     log(&format!("  [{}] image {image} ready", w.name));
     // The first start takes the snapshot, and may teach the image imports (it is rebuilt,
     // and the snapshot over the old one is taken again at a later start). The bench starts
@@ -184,7 +180,7 @@ pub async fn prepare(
         if t0.elapsed() > wait {
             return Err(err(
                 w,
-                "the local daemon's image or snapshot never settled in the store".into(),
+                "the local daemon's image or snapshot never settled in the store",
             ));
         }
     };
@@ -201,22 +197,22 @@ pub async fn prepare(
             (image_of(c, &w.function).await.as_ref() == Some(&image)).then_some(())
         })
         .await;
-        has_image.ok_or_else(|| err(w, "a remote daemon has no image for the function".into()))?;
+        has_image.ok_or_else(|| err(w, "a remote daemon has no image for the function"))?;
         // Fetched, not built (a built one has the same id).
         if fetched(c, "image").await <= images_before {
             return Err(err(
                 w,
-                "a remote daemon built the image instead of fetching it from the store".into(),
+                "a remote daemon built the image instead of fetching it from the store",
             ));
         }
         // It prefetches the snapshot once the image is ready; the cached daemon keeps it.
         until(wait, || snapshot_of(c, &w.function))
             .await
-            .ok_or_else(|| err(w, "a remote daemon has no snapshot of the function".into()))?;
+            .ok_or_else(|| err(w, "a remote daemon has no snapshot of the function"))?;
         if fetched(c, "snapshot").await <= snapshots_before {
             return Err(err(
                 w,
-                "a remote daemon took its own snapshot instead of fetching the store's".into(),
+                "a remote daemon took its own snapshot instead of fetching the store's",
             ));
         }
     }
@@ -278,23 +274,7 @@ pub fn rows(w: &str, samples: &[(String, Sample)]) -> Vec<Row> {
             }
             let mut lat: Vec<f64> = mine.iter().map(|s| s.latency_ms).collect();
             lat.sort_by(|a, b| a.total_cmp(b));
-            let mut phases: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-            for s in &mine {
-                for p in s.timing.split(", ") {
-                    if let Some((name, dur)) = p.split_once(";dur=")
-                        && let Ok(v) = dur.parse::<f64>()
-                    {
-                        phases.entry(name.to_string()).or_default().push(v);
-                    }
-                }
-            }
-            let phases = phases
-                .into_iter()
-                .map(|(k, mut v)| {
-                    v.sort_by(|a, b| a.total_cmp(b));
-                    (k, percentile(&v, 50.0))
-                })
-                .collect();
+            let phases = crate::images::phase_medians(mine.iter().copied());
             Some(Row {
                 workload: w.to_string(),
                 mode: mode.to_string(),
@@ -440,15 +420,7 @@ pub fn write_svg(rows: &[Row], path: &Path) -> Result<(), crate::plot::PlotError
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
         chart.draw_series(lines).map_err(|e| err(&e))?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    crate::plot::finish(chart, &root, SeriesLabelPosition::UpperRight).map_err(|e| err(&e))
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ember_store::backend::s3::S3;
-use ember_store::{PutFile, PutStats, Repo, S3Config, SetRef};
+use ember_store::{GetStats, PutFile, PutStats, Repo, S3Config, SetRef};
 
 use crate::metrics::{KindLabels, StoreMetrics, TakeLabels};
 
@@ -80,12 +80,32 @@ pub struct Remote {
     next: std::sync::atomic::AtomicU64,
     slots: tokio::sync::Semaphore,
     metrics: StoreMetrics,
-    /// Sets found missing from the store (`true`) or whose fetch failed, and when.
-    absent: Mutex<HashMap<(String, String), (Instant, bool)>>,
-    /// Sets fetched before that failed to restore here: never fetched again by this node.
-    refused: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Sets not to ask the store for now, and why.
+    skip: Mutex<HashMap<(String, String), Skip>>,
     /// Sets being fetched now, each with what says when its fetch ends.
     fetching: Mutex<HashMap<(String, String), tokio::sync::watch::Sender<bool>>>,
+}
+
+/// Why a set is not asked for.
+#[derive(Debug, Clone, Copy)]
+enum Skip {
+    /// The store did not hold it, at this time ([`ABSENT_FOR`]).
+    Absent(Instant),
+    /// Its fetch failed at this time ([`FAILED_FOR`]).
+    Failed(Instant),
+    /// Fetched before, it failed to restore here: never again ([`Remote::refuse`]).
+    Refused,
+}
+
+impl Skip {
+    /// Whether it still holds.
+    fn holds(self) -> bool {
+        match self {
+            Skip::Absent(t) => t.elapsed() < ABSENT_FOR,
+            Skip::Failed(t) => t.elapsed() < FAILED_FOR,
+            Skip::Refused => true,
+        }
+    }
 }
 
 /// A fetch in progress: its set leaves [`Remote::fetching`] when it ends, and whoever
@@ -119,9 +139,8 @@ impl Remote {
             next: std::sync::atomic::AtomicU64::new(0),
             slots: tokio::sync::Semaphore::new(UPLOADS),
             metrics,
-            absent: Mutex::new(HashMap::new()),
+            skip: Mutex::new(HashMap::new()),
             fetching: Mutex::new(HashMap::new()),
-            refused: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -164,27 +183,22 @@ impl Remote {
         then: impl AsyncFnOnce(Fetched) -> T,
     ) -> Result<T, FetchError> {
         let key = (kind.to_string(), id.to_string());
-        if self
-            .refused
+        let skip = self
+            .skip
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&key)
-        {
-            return Err(FetchError::Absent);
-        }
-        {
-            let absent = self.absent.lock().unwrap_or_else(|p| p.into_inner());
-            match absent.get(&key) {
-                Some((t, true)) if t.elapsed() < ABSENT_FOR => return Err(FetchError::Absent),
-                Some((t, false)) if t.elapsed() < FAILED_FOR => {
-                    return Err(FetchError::Store(format!(
-                        "a fetch failed {} ms ago; not tried again for {} s",
-                        t.elapsed().as_millis(),
-                        FAILED_FOR.as_secs()
-                    )));
-                }
-                _ => {}
+            .get(&key)
+            .copied();
+        match skip.filter(|s| s.holds()) {
+            Some(Skip::Absent(_) | Skip::Refused) => return Err(FetchError::Absent),
+            Some(Skip::Failed(t)) => {
+                return Err(FetchError::Store(format!(
+                    "a fetch failed {} ms ago; not tried again for {} s",
+                    t.elapsed().as_millis(),
+                    FAILED_FOR.as_secs()
+                )));
             }
+            None => {}
         }
         {
             let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
@@ -220,44 +234,47 @@ impl Remote {
                 self.set_state(kind, id, RemoteState::Stored);
             }
             Err(e) => {
-                let absent = matches!(e, FetchError::Absent);
-                let result = if absent { "absent" } else { "failed" };
+                let (result, skip) = match e {
+                    FetchError::Absent => ("absent", Skip::Absent(Instant::now())),
+                    _ => ("failed", Skip::Failed(Instant::now())),
+                };
                 self.metrics.fetches.get_or_create(&labels(result)).inc();
-                let mut known = self.absent.lock().unwrap_or_else(|p| p.into_inner());
-                known.retain(|_, (t, _)| t.elapsed() < ABSENT_FOR);
-                known.insert(key.clone(), (Instant::now(), absent));
+                let mut skips = self.skip.lock().unwrap_or_else(|p| p.into_inner());
+                skips.retain(|_, s| s.holds());
+                skips.insert(key.clone(), skip);
             }
         }
-        let fetched = result?;
-        Ok(then(Fetched {
+        let stats = result?;
+        let fetched = Fetched {
+            chunks: stats.chunks,
+            raw_bytes: stats.raw_bytes,
+            stored_bytes: stats.stored_bytes,
             elapsed: t0.elapsed(),
-            ..fetched
-        })
-        .await)
+        };
+        Ok(then(fetched).await)
     }
 
     /// Set `kind/id`, fetched before, failed to restore here: this node does not fetch it
     /// again (it takes its own instead).
     pub fn refuse(&self, kind: &str, id: &str) {
-        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
-        refused.insert((kind.to_string(), id.to_string()));
+        let mut skips = self.skip.lock().unwrap_or_else(|p| p.into_inner());
+        skips.insert((kind.to_string(), id.to_string()), Skip::Refused);
     }
 
     /// Waits (at most `limit`) for a fetch of set `kind/id` in progress to end, however it
     /// ends; at once when none is.
     pub async fn wait_fetch(&self, kind: &str, id: &str, limit: Duration) {
-        let rx = {
+        let mut rx = {
             let fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
             match fetching.get(&(kind.to_string(), id.to_string())) {
                 Some(tx) => tx.subscribe(),
                 None => return,
             }
         };
-        let mut rx = rx;
         let _ = tokio::time::timeout(limit, rx.wait_for(|done| *done)).await;
     }
 
-    async fn get(&self, kind: &str, id: &str, dir: &Path) -> Result<Fetched, FetchError> {
+    async fn get(&self, kind: &str, id: &str, dir: &Path) -> Result<GetStats, FetchError> {
         use ember_store::{BackendError, RepoError};
         let set = SetRef::new(kind, id).map_err(|e| FetchError::Store(e.to_string()))?;
         let manifest = match self.repo.manifest(&set).await {
@@ -267,17 +284,10 @@ impl Remote {
             }
             Err(e) => return Err(FetchError::Store(e.to_string())),
         };
-        let stats = self
-            .repo
+        self.repo
             .get_files(&manifest, dir)
             .await
-            .map_err(|e| FetchError::Store(e.to_string()))?;
-        Ok(Fetched {
-            chunks: stats.chunks,
-            raw_bytes: stats.raw_bytes,
-            stored_bytes: stats.stored_bytes,
-            elapsed: Duration::ZERO,
-        })
+            .map_err(|e| FetchError::Store(e.to_string()))
     }
 
     /// Deletes the chunks no manifest names (older than the store's grace period, an hour),
@@ -310,6 +320,11 @@ impl Remote {
                 tracing::warn!(store = %self.describe, "collecting the snapshot store failed: {e}");
             }
         }
+    }
+
+    /// Records that an upload of set `kind/id` is queued ([`Remote::upload`] says so too).
+    pub fn mark_uploading(&self, kind: &str, id: &str) {
+        self.set_state(kind, id, RemoteState::Uploading);
     }
 
     /// Records that the store holds set `kind/id` (found there at start).

@@ -92,12 +92,8 @@ impl PathMap {
         self
     }
 
-    /// Where an instance sees host path `host`. A path already below one of the fixed
-    /// paths is taken as seen already.
+    /// Where an instance sees host path `host`.
     pub fn inside(&self, host: &Path) -> PathBuf {
-        if self.0.iter().any(|(_, to)| host.starts_with(to)) {
-            return host.to_path_buf();
-        }
         for (from, to) in &self.0 {
             if let Ok(rest) = host.strip_prefix(from) {
                 return if rest.as_os_str().is_empty() {
@@ -743,6 +739,7 @@ pub fn killed_by_seccomp(status: &std::process::ExitStatus) -> bool {
 impl Sandbox {
     /// Makes the process `cmd` starts run in this sandbox. The caller's own `pre_exec` steps
     /// (registered before) run first, outside the namespaces.
+    ///
     /// The working directory is the plan's, entered inside: the command's own is replaced by
     /// the host's root (a path inside may not exist outside).
     pub fn attach(&mut self, cmd: &mut tokio::process::Command) {

@@ -534,14 +534,17 @@ impl Repo {
         if let Ok(mut k) = self.known.lock() {
             k.1.remove(&hash);
         }
-        let generation = format!("{}-{}", unix_now(), lock_id());
-        if let Err(e) = self
-            .backend
-            .put(&generation_key(), Bytes::from(generation))
-            .await
-        {
+        if let Err(e) = self.new_generation().await {
             tracing::warn!("recording that chunk {hash:?} is lost failed: {e}");
         }
+    }
+
+    /// Writes a new `gc/generation`: every node forgets which chunks it believed stored.
+    async fn new_generation(&self) -> Result<(), BackendError> {
+        let generation = format!("{}-{}", unix_now(), lock_id());
+        self.backend
+            .put(&generation_key(), Bytes::from(generation))
+            .await
     }
 
     fn remember(&self, hash: Hash) {
@@ -588,6 +591,7 @@ impl Repo {
     }
 
     /// Chunk `hash`'s bytes, checked, and the size of its object in the store.
+    ///
     /// A chunk found missing or wrong is forgotten as stored (the next upload that names it
     /// writes it again), and a wrong one is deleted: its name promises bytes it does not hold,
     /// so no manifest can be served by it.
@@ -629,19 +633,18 @@ impl Repo {
         let files = manifest.files.iter().map(|f| async move {
             let path = dir.join(&f.name);
             let tmp = dir.join(format!(".{}.part", f.name));
-            let mut stats = GetStats::default();
-            let result = self.get_file(f, &tmp, &mut stats).await;
-            let result = result.and_then(|()| {
+            let result = self.get_file(f, &tmp).await.and_then(|stats| {
                 std::fs::rename(&tmp, &path).map_err(|source| RepoError::File {
                     what: "writing",
                     path: path.clone(),
                     source,
-                })
+                })?;
+                Ok(stats)
             });
             if result.is_err() {
                 let _ = std::fs::remove_file(&tmp);
             }
-            result.map(|()| stats)
+            result
         });
         for s in futures::future::try_join_all(files).await? {
             stats.chunks += s.chunks;
@@ -651,13 +654,10 @@ impl Repo {
         Ok(stats)
     }
 
-    async fn get_file(
-        &self,
-        f: &FileEntry,
-        tmp: &Path,
-        stats: &mut GetStats,
-    ) -> Result<(), RepoError> {
+    /// Writes file `f` into `tmp`, every chunk checked.
+    async fn get_file(&self, f: &FileEntry, tmp: &Path) -> Result<GetStats, RepoError> {
         use std::io::Write;
+        let mut stats = GetStats::default();
         let file_err = |source| RepoError::File {
             what: "writing",
             path: tmp.to_path_buf(),
@@ -687,7 +687,8 @@ impl Repo {
         out.into_inner()
             .map_err(|e| file_err(e.into_error()))?
             .sync_all()
-            .map_err(file_err)
+            .map_err(file_err)?;
+        Ok(stats)
     }
 
     /// Deletes the chunks no manifest names that are older than the grace period, holding
@@ -755,10 +756,7 @@ impl Repo {
         }
         if !doomed.is_empty() {
             // Every node forgets what it believed stored before the first deletion.
-            let generation = format!("{}-{}", unix_now(), lock_id());
-            self.backend
-                .put(&generation_key(), Bytes::from(generation))
-                .await?;
+            self.new_generation().await?;
         }
         for hash in doomed {
             self.backend.delete(&hash.key()).await?;

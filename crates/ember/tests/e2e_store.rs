@@ -133,6 +133,22 @@ async fn same_as_stored(env: &[(String, String)], kind: &str, id: &str, dir: &Pa
     }
 }
 
+/// A node in remote mode that builds images at deploy.
+const REMOTE: [&str; 4] = ["--images", "on-deploy", "--snapshots", "remote"];
+
+/// The node that puts `hello` in the store: deployed, its image stored, invoked once, its
+/// snapshot stored. The daemon, its home, the image's id and the snapshot's set.
+async fn first_node(env: &[(String, String)]) -> (Daemon, tempfile::TempDir, String, String) {
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start_env(home.path(), &REMOTE, env);
+    deploy_hello(&d).await;
+    let image = stored(&d, "image", "images");
+    let r = d.invoke("hello", "{}").await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    let (_, set) = set_of(&d);
+    (d, home, image, set)
+}
+
 /// A function without packages (its image is the bare runtime's).
 async fn deploy_hello(d: &Daemon) {
     let (status, body) = d
@@ -156,11 +172,7 @@ async fn remote_mode_uploads_every_image_and_snapshot_the_node_makes() {
     // Its garbage collections every two seconds: they lose nothing it stored.
     let mut env = env;
     env.push(("EMBER_S3_GC_SECONDS".into(), "2".into()));
-    let d = Daemon::start_env(
-        home.path(),
-        &["--images", "on-deploy", "--snapshots", "remote"],
-        &env,
-    );
+    let d = Daemon::start_env(home.path(), &REMOTE, &env);
     deploy_hello(&d).await;
     let image = stored(&d, "image", "images");
     same_as_stored(&env, "image", &image, &d.home.join("images").join(&image)).await;
@@ -259,11 +271,7 @@ async fn a_node_switched_to_remote_uploads_what_it_already_holds() {
     );
     assert!(listing(&d, "image", "images")[0]["remote"].is_null());
     d.terminate();
-    let d = Daemon::start_env(
-        home.path(),
-        &["--images", "on-deploy", "--snapshots", "remote"],
-        &env,
-    );
+    let d = Daemon::start_env(home.path(), &REMOTE, &env);
     let image = stored(&d, "image", "images");
     same_as_stored(&env, "image", &image, &d.home.join("images").join(&image)).await;
 }
@@ -275,20 +283,13 @@ async fn a_second_node_restores_a_function_it_never_ran_from_the_store() {
     }
     let test = "a_second_node_restores_a_function_it_never_ran_from_the_store";
     let Some(env) = store_env(test) else { return };
-    let args = ["--images", "on-deploy", "--snapshots", "remote"];
-    let home_a = tempfile::tempdir().unwrap();
-    let a = Daemon::start_env(home_a.path(), &args, &env);
-    deploy_hello(&a).await;
-    let image = stored(&a, "image", "images");
-    let r = a.invoke("hello", "{}").await;
-    assert_eq!(r.status, 200, "{}", r.raw);
-    let (_, set) = set_of(&a);
+    let (a, _home_a, image, set) = first_node(&env).await;
 
     // Another node: its own home and its own package environments (other paths, other
     // files with the same content), the same store.
     let home_b = tempfile::tempdir().unwrap();
     let envs_b = home_b.path().join("own-envs");
-    let mut args_b = args.to_vec();
+    let mut args_b = REMOTE.to_vec();
     args_b.extend(["--envs-dir", envs_b.to_str().unwrap()]);
     let b = Daemon::start_env(home_b.path(), &args_b, &env);
     deploy_hello(&b).await;
@@ -434,13 +435,7 @@ async fn a_store_that_is_down_slow_wrong_or_lossy_costs_a_rung_never_an_answer()
     }
     let test = "a_store_that_is_down_slow_wrong_or_lossy_costs_a_rung_never_an_answer";
     let Some(env) = store_env(test) else { return };
-    let args = ["--images", "on-deploy", "--snapshots", "remote"];
-    let home_a = tempfile::tempdir().unwrap();
-    let a = Daemon::start_env(home_a.path(), &args, &env);
-    deploy_hello(&a).await;
-    stored(&a, "image", "images");
-    assert_eq!(a.invoke("hello", "{}").await.status, 200);
-    let (_, set) = set_of(&a);
+    let (_a, _home_a, _, set) = first_node(&env).await;
 
     // The second node reaches the store through the proxy, with a short timeout.
     let mode = Arc::new(std::sync::atomic::AtomicU8::new(PASS));
@@ -458,7 +453,7 @@ async fn a_store_that_is_down_slow_wrong_or_lossy_costs_a_rung_never_an_answer()
     env_b.push(("EMBER_S3_ENDPOINT".into(), via));
     env_b.push(("EMBER_S3_TIMEOUT_MS".into(), "500".into()));
     let home_b = tempfile::tempdir().unwrap();
-    let b = Daemon::start_env(home_b.path(), &args, &env_b);
+    let b = Daemon::start_env(home_b.path(), &REMOTE, &env_b);
     deploy_hello(&b).await;
     stored(&b, "image", "images");
     // Its snapshot is prefetched once the image is ready.
@@ -592,11 +587,7 @@ async fn two_functions_on_one_image_store_their_shared_pages_once() {
     let test = "two_functions_on_one_image_store_their_shared_pages_once";
     let Some(env) = store_env(test) else { return };
     let home = tempfile::tempdir().unwrap();
-    let d = Daemon::start_env(
-        home.path(),
-        &["--images", "on-deploy", "--snapshots", "remote"],
-        &env,
-    );
+    let d = Daemon::start_env(home.path(), &REMOTE, &env);
     for (name, answer) in [("one", 1), ("two", 2)] {
         let code = format!("def handler(e, c):\n    return {{'n': {answer}}}\n");
         let (status, body) = d

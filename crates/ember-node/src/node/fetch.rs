@@ -64,13 +64,13 @@ impl Node {
                     log_fetched("image", id, remote.describe(), &f);
                     return Some(info);
                 }
-                Err(why) => why,
+                Err(why) => Some(why),
             },
-            Err(FetchError::Absent | FetchError::Busy) => String::new(),
-            Err(e) => e.to_string(),
+            Err(FetchError::Absent | FetchError::Busy) => None,
+            Err(e) => Some(e.to_string()),
         };
         let _ = std::fs::remove_dir_all(staged);
-        if !why.is_empty() {
+        if let Some(why) = why {
             tracing::warn!(
                 image = %id,
                 store = remote.describe(),
@@ -156,7 +156,7 @@ impl Node {
                     log_fetched("snapshot", &store_key, remote.describe(), &f);
                     return Some(h);
                 }
-                Err(why) => why,
+                Err(why) => Some(why),
             },
             Err(FetchError::Busy) => {
                 // Another start or a prefetch is fetching it: its result is this start's.
@@ -173,12 +173,12 @@ impl Node {
                     _ => None,
                 };
             }
-            Err(FetchError::Absent) => String::new(),
-            Err(e) => e.to_string(),
+            Err(FetchError::Absent) => None,
+            Err(e) => Some(e.to_string()),
         };
         let _ = tokio::fs::remove_dir_all(&staged).await;
         *fetch_time = Some(t0.elapsed());
-        if !why.is_empty() {
+        if let Some(why) = why {
             tracing::warn!(
                 function = %d.record.name,
                 snapshot = %store_key,
@@ -283,6 +283,12 @@ impl Node {
             store_key: Some(store_key.to_string()),
             fetched: true,
         };
+        // Deleted or replaced meanwhile (a prefetch outlives a deploy): it must not replace
+        // the new version's, nor outlive its own.
+        let gone = "the function was deleted or deployed again meanwhile";
+        if !self.is_current(d) {
+            return Err(gone.into());
+        }
         let store = self.snapshots.clone();
         let (name, k, dir) = (rec.name.clone(), key.to_string(), staged.to_path_buf());
         let added = tokio::task::spawn_blocking(move || {
@@ -292,7 +298,7 @@ impl Node {
             } else {
                 let evicted = store.add(&dir, info).map_err(|e| error_chain(&e))?;
                 for e in evicted {
-                    tracing::info!(snapshot = %e.id, function = %e.function, bytes = e.bytes, reason = ?e.reason, "function snapshot left the cache");
+                    e.log();
                 }
             }
             match store.lookup(&name, &k) {
@@ -302,12 +308,10 @@ impl Node {
         })
         .await
         .map_err(|e| e.to_string())??;
-        // Deleted or replaced meanwhile (a prefetch outlives a deploy): it must not outlive
-        // its version, nor replace the new version's.
         if !self.is_current(d) {
             let (store, sid) = (self.snapshots.clone(), added.info.id.clone());
             let _ = tokio::task::spawn_blocking(move || store.remove(&sid)).await;
-            return Err("the function was deleted or deployed again meanwhile".into());
+            return Err(gone.into());
         }
         Ok(added)
     }

@@ -296,7 +296,7 @@ impl Node {
             node.cfg.store.as_ref().and_then(|s| s.gc_every),
         ) {
             // In the background set: shutdown stops it.
-            node.spawn_background(collector(Arc::downgrade(&node), remote, every));
+            node.spawn_background(collector(remote, &node.cfg.home, every));
         }
         tokio::spawn(events::worker(Arc::downgrade(&node)));
         Ok(node)
@@ -438,6 +438,8 @@ impl Node {
         let Some(remote) = self.remote.clone() else {
             return;
         };
+        // Said at once: a listing meanwhile must not show an earlier version's state.
+        remote.mark_uploading(kind, id);
         let id = id.to_string();
         self.spawn_background(async move { remote.upload(kind, &id, &dir).await });
     }
@@ -557,25 +559,22 @@ pub(crate) fn runtime_of(bootstrap: &std::path::Path) -> String {
 }
 
 /// In `snapshots = "remote"` mode: collects the store's garbage every `every`, the first
-/// time after a part of it that depends on the node's home, so that the nodes of one store
-/// do not all try at once (one at a time can: the others find the store busy).
-async fn collector(node: Weak<Node>, remote: Arc<crate::remote::Remote>, every: Duration) {
-    let first = match node.upgrade() {
-        Some(n) => {
-            let h = blake3::hash(n.cfg.home.as_os_str().as_encoded_bytes());
-            let spread = u64::from(h.as_bytes()[0]) * every.as_millis() as u64 / 256;
-            every / 2 + Duration::from_millis(spread / 2)
+/// time after between a half and the whole of it, by the node's `home`, so that the nodes
+/// of one store do not all try at once (one at a time can: the others find the store busy).
+/// Runs until the node's shutdown aborts it.
+fn collector(
+    remote: Arc<crate::remote::Remote>,
+    home: &std::path::Path,
+    every: Duration,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let h = blake3::hash(home.as_os_str().as_encoded_bytes());
+    let first = every / 2 + every.mul_f64(f64::from(h.as_bytes()[0]) / 512.0);
+    async move {
+        tokio::time::sleep(first).await;
+        loop {
+            remote.collect().await;
+            tokio::time::sleep(every).await;
         }
-        None => return,
-    };
-    tokio::time::sleep(first).await;
-    loop {
-        match node.upgrade() {
-            Some(n) if !n.stopping.load(Ordering::SeqCst) => {}
-            _ => return,
-        }
-        remote.collect().await;
-        tokio::time::sleep(every).await;
     }
 }
 

@@ -153,7 +153,8 @@ impl Node {
                         id: spec.instance_id.clone(),
                         memory_bytes: u64::from(spec.memory_mb) << 20,
                         read_only: sees.read_only,
-                        cwd: spec.code_dir.clone(),
+                        // The restore sets the process's own (the image's).
+                        cwd: PathBuf::from("/"),
                         host_network: sees.host_network,
                         runtime_api_port: None,
                     })

@@ -430,11 +430,21 @@ impl Node {
         };
         let store = self.snapshots.clone();
         let (i2, st2) = (info.clone(), staged.clone());
-        let evicted = tokio::task::spawn_blocking(move || store.add(&st2, i2))
-            .await
-            .map_err(|e| TakeError::Task(e.to_string()))??;
+        let remote = self.remote.clone();
+        let evicted = tokio::task::spawn_blocking(move || {
+            let set = i2.set_id().to_string();
+            let added = store.add(&st2, i2);
+            // Listed from now on: its store state is its own upload's (queued just after),
+            // never an earlier version's.
+            if let (Ok(_), Some(remote)) = (&added, remote) {
+                remote.mark_uploading("snapshot", &set);
+            }
+            added
+        })
+        .await
+        .map_err(|e| TakeError::Task(e.to_string()))??;
         for e in evicted {
-            tracing::info!(snapshot = %e.id, function = %e.function, bytes = e.bytes, reason = ?e.reason, "function snapshot left the cache");
+            e.log();
         }
         // Replaced or deleted while it was taken: it must not outlive its version (a delete
         // removes its function's snapshots after retiring it, so one of the two sees it).

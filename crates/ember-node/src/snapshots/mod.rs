@@ -187,6 +187,13 @@ pub struct Evicted {
     pub reason: EvictReason,
 }
 
+impl Evicted {
+    /// Says in the daemon's log that it left the cache.
+    pub fn log(&self) {
+        tracing::info!(snapshot = %self.id, function = %self.function, bytes = self.bytes, reason = ?self.reason, "function snapshot left the cache");
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EvictReason {
     /// A newer snapshot of the same function took its place.
