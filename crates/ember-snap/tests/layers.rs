@@ -371,3 +371,190 @@ fn a_layer_whose_parent_is_missing_changed_corrupted_or_out_of_range_is_refused(
     let e = load_err(&layer);
     assert!(e.contains("corrupted") && e.contains("index space"), "{e}");
 }
+
+/// A layer's own chunks from a [`ChunkFetch`] (here its page file, read as a store would be,
+/// with a switch that garbles what it returns), counted.
+struct Fetcher {
+    file: std::fs::File,
+    count: u64,
+    garble: std::sync::atomic::AtomicBool,
+    asked: std::sync::atomic::AtomicU64,
+}
+
+impl ember_snap::lazy::ChunkFetch for Fetcher {
+    fn describe(&self) -> String {
+        "test fetcher".into()
+    }
+    fn fetch(&self, chunks: &[u64]) -> Result<Vec<Vec<u8>>, String> {
+        use std::sync::atomic::Ordering;
+        self.asked.fetch_add(chunks.len() as u64, Ordering::SeqCst);
+        chunks
+            .iter()
+            .map(|&c| {
+                let len = ember_snap::image::pack::chunk_bytes(self.count, c);
+                let mut b = vec![0u8; len as usize];
+                self.file
+                    .read_exact_at(&mut b, 4096 * (1 + c * 4))
+                    .map_err(|e| e.to_string())?;
+                if self.garble.load(Ordering::SeqCst) {
+                    b[7] ^= 0x40;
+                }
+                Ok(b)
+            })
+            .collect()
+    }
+}
+
+/// A layer opened without its own pages over its loaded parent restores exactly from a
+/// [`LayerSource`]: with its recorded working set installed first from its pack (the pack
+/// alone serves what the working set names: nothing else is fetched before the process
+/// runs), the rest fetched on fault; a fetched chunk that fails its hash is never installed
+/// (the process is killed, the server names the chunk); a garbled pack is refused.
+#[test]
+fn a_layer_restores_over_its_parent_with_its_own_pages_fetched_and_checked() {
+    use ember_snap::image::{pack, read_working_set, write_working_set};
+    use ember_snap::lazy::LayerSource;
+    use std::sync::atomic::Ordering;
+    if !privileged("a_layer_restores_over_its_parent_with_its_own_pages_fetched_and_checked") {
+        return;
+    }
+    let dir = tmp();
+    let img = parent_image(dir.path());
+    // A layer holding every page of the process as its own (a dump of a process restored
+    // from its image holds only what it changed: a page or two here): a whole re-dump, made
+    // a layer over the image, its runs all pointing at its own pages.
+    let (mut r, _s) = restore(&img, Policy::Lazy);
+    assert_eq!(r.ask("check"), "ok");
+    let whole = dir.path().join("whole");
+    ember_snap::dump(r.pid, &whole, &opts()).unwrap();
+    drop(r);
+    let at = dir.path().join("layer");
+    std::fs::create_dir(&at).unwrap();
+    let mut own = read_meta(&whole).unwrap();
+    let data = std::fs::read(whole.join("pages")).unwrap()[4096..].to_vec();
+    own.parent = Some(ember_snap::image::ParentRef {
+        id: img.meta.id,
+        meta_hash: img.meta_hash(),
+        space: img.space_len(),
+        path: dir.path().join("image").display().to_string(),
+    });
+    write_image(&at, &mut own, &data).unwrap();
+    let own = read_meta(&at).unwrap();
+    assert!(
+        own.pages.chunks.len() > 50,
+        "{} own chunks",
+        own.pages.chunks.len()
+    );
+    LoadedImage::load_with_parent(&at, &img).unwrap();
+
+    // The working set a lazy restore of the flattened layer touches, in its index space.
+    let flat = Arc::new(LoadedImage::load_with_parent(&at, &img).unwrap());
+    let (mut q, s) = restore(&flat, Policy::Lazy);
+    assert_eq!(q.ask("check"), "ok");
+    drop(q);
+    // With what any lazy restore installs before the process runs.
+    let mut touched = ember_snap::restore::first_pages(&flat);
+    touched.extend(s.unwrap().working_set());
+    let space: Vec<u64> = touched.iter().map(|&i| flat.space_index(i)).collect();
+    write_working_set(&at, &own, &space).unwrap();
+    let packed = pack::write_pack(&at, &own, &space).unwrap();
+    assert!(packed > 0, "the working set names own pages");
+
+    let fetcher = |garble: bool| {
+        Arc::new(Fetcher {
+            file: std::fs::File::open(at.join("pages")).unwrap(),
+            count: own.pages.count,
+            garble: garble.into(),
+            asked: 0.into(),
+        })
+    };
+    // Prefetch: the pack serves the working set.
+    let (lazy_img, lp) = LoadedImage::open_layer(&at, &img).unwrap();
+    assert!(!lazy_img.is_loaded());
+    assert_eq!(lazy_img.meta.pages.runs, flat.meta.pages.runs);
+    let f = fetcher(false);
+    let src = Arc::new(LayerSource::new(lp, img.clone(), f.clone()));
+    for (c, data) in pack::read_pack(&at, &own).unwrap().unwrap() {
+        assert!(src.offer(c, data));
+    }
+    let ws = read_working_set(&at, &own).unwrap().unwrap();
+    let o = RestoreOptions {
+        policy: Policy::Prefetch,
+        source: Some(src.clone() as Arc<dyn PageSource>),
+        working_set: Some(Arc::new(lazy_img.flat_indices(&ws))),
+        ..RestoreOptions::default()
+    };
+    let (mut q, server) = common::restore_served(&lazy_img, &o);
+    let before_run = f.asked.load(Ordering::SeqCst);
+    assert_eq!(q.ask("check"), "ok");
+    eprintln!(
+        "own chunks {}, packed {packed}, fetched before running {before_run}, after {}, stats {:?}",
+        own.pages.chunks.len(),
+        f.asked.load(Ordering::SeqCst),
+        server.stats()
+    );
+    assert_eq!(
+        before_run, 0,
+        "the pack held what the restore installs first"
+    );
+    drop(q);
+
+    // Lazy without the pack: every own chunk fetched on fault (or with what is installed
+    // first), each once.
+    let (lazy_img, lp) = LoadedImage::open_layer(&at, &img).unwrap();
+    let f = fetcher(false);
+    let src = Arc::new(LayerSource::new(lp, img.clone(), f.clone()));
+    let o = RestoreOptions {
+        policy: Policy::Lazy,
+        source: Some(src.clone() as Arc<dyn PageSource>),
+        ..RestoreOptions::default()
+    };
+    let (mut q, _server) = common::restore_served(&lazy_img, &o);
+    assert_eq!(q.ask("check"), "ok");
+    let asked = f.asked.load(Ordering::SeqCst);
+    assert!(
+        asked > 0 && asked <= own.pages.chunks.len() as u64,
+        "{asked}"
+    );
+    assert_eq!(src.fetched_chunks(), asked);
+    assert!(src.missing().len() as u64 + asked == own.pages.chunks.len() as u64);
+    drop(q);
+
+    // Lazy, every own chunk fetched and garbled: nothing garbled runs.
+    let (lazy_img, lp) = LoadedImage::open_layer(&at, &img).unwrap();
+    let src = Arc::new(LayerSource::new(lp, img.clone(), fetcher(true)));
+    let o = RestoreOptions {
+        policy: Policy::Lazy,
+        source: Some(src as Arc<dyn PageSource>),
+        ..RestoreOptions::default()
+    };
+    match common::try_restore_served(&lazy_img, &o) {
+        // Failed while installing what cannot wait for a fault.
+        Err(e) => assert!(chain(&e).contains("fails its hash check"), "{}", chain(&e)),
+        Ok((mut q, server)) => {
+            q.send("check");
+            let sig = common::wait_signal(q.pid);
+            assert_eq!(sig, libc::SIGKILL);
+            let e = server.wait().unwrap_err();
+            assert!(chain(&e).contains("fails its hash check"), "{}", chain(&e));
+        }
+    }
+
+    // A garbled pack: refused by name.
+    let p = at.join(pack::PACK_FILE);
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.write_all_at(b"X", len - 100).unwrap();
+    let e = chain(&pack::read_pack(&at, &own).unwrap_err());
+    assert!(e.contains("fails its hash check"), "{e}");
+    f.set_len(len - 1).unwrap();
+    let e = chain(&pack::read_pack(&at, &own).unwrap_err());
+    assert!(e.contains("its chunks need"), "{e}");
+    // Not a layer: refused.
+    let e = chain(
+        &LoadedImage::open_layer(&dir.path().join("image"), &img)
+            .err()
+            .unwrap(),
+    );
+    assert!(e.contains("not a layer"), "{e}");
+}

@@ -247,14 +247,24 @@ pub fn read_meta_hashed(dir: &Path) -> Result<(Meta, [u8; 32]), ImageError> {
 pub const WORKING_SET_FILE: &str = "workingset";
 pub const WORKING_SET_MAGIC: [u8; 8] = *b"EMBRWSET";
 
-/// Records `pages` (page-file indices, in touch order; repeats dropped) as the image's
-/// working set: `DIR/workingset` = magic, version u32, count u32, BLAKE3 of the body, then
-/// the indices as u64 le. A prefetch restore installs these before the process resumes.
+/// Size of an image's page index space: its stored pages, and a layer's parent's space
+/// after them.
+pub fn index_space(meta: &Meta) -> u64 {
+    meta.pages.count + meta.parent.as_ref().map_or(0, |p| p.space)
+}
+
+/// Records `pages` (indices in the image's page index space, [`index_space`], in touch
+/// order; repeats dropped) as the image's working set: `DIR/workingset` = magic, version
+/// u32, count u32, BLAKE3 of the body, then the indices as u64 le. A prefetch restore
+/// installs these before the process resumes. For a whole image the indices are its page
+/// file's; a layer's name its own pages and its parent's alike (a flattened layer maps them
+/// with [`LoadedImage::flat_indices`]).
 pub fn write_working_set(dir: &Path, meta: &Meta, pages: &[u64]) -> Result<(), ImageError> {
     let path = dir.join(WORKING_SET_FILE);
+    let space = index_space(meta);
     let mut seen = std::collections::HashSet::new();
     let mut body = Vec::new();
-    for &p in pages.iter().filter(|&&p| p < meta.pages.count) {
+    for &p in pages.iter().filter(|&&p| p < space) {
         if seen.insert(p) {
             body.extend_from_slice(&p.to_le_bytes());
         }
@@ -274,9 +284,10 @@ pub fn write_working_set(dir: &Path, meta: &Meta, pages: &[u64]) -> Result<(), I
 }
 
 /// The image's recorded working set, if it has one (checked: magic, version, hash, every
-/// index inside the image).
+/// index inside the image's index space).
 pub fn read_working_set(dir: &Path, meta: &Meta) -> Result<Option<Vec<u64>>, ImageError> {
     let path = dir.join(WORKING_SET_FILE);
+    let space = index_space(meta);
     let f = match open_regular(&path) {
         Ok(f) => f,
         Err(ImageError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
@@ -286,7 +297,7 @@ pub fn read_working_set(dir: &Path, meta: &Meta) -> Result<Option<Vec<u64>>, Ima
     };
     // At most the header and a u64 for each of the image's pages.
     let mut raw = Vec::new();
-    f.take(48 + 8 * meta.pages.count + 1)
+    f.take(48 + 8 * space.min(MAX_PAGES) + 1)
         .read_to_end(&mut raw)
         .map_err(io_at(&path))?;
     if raw.len() < 48 || raw[..8] != WORKING_SET_MAGIC {
@@ -304,7 +315,7 @@ pub fn read_working_set(dir: &Path, meta: &Meta) -> Result<Option<Vec<u64>>, Ima
     }
     let count = u32::from_le_bytes(raw[12..16].try_into().unwrap_or_default()) as u64;
     let body = &raw[48..];
-    if body.len() as u64 != count * 8 || count > meta.pages.count {
+    if body.len() as u64 != count * 8 || count > space {
         return Err(corrupt(
             &path,
             format!("{} bytes for {count} pages", body.len()),
@@ -317,7 +328,7 @@ pub fn read_working_set(dir: &Path, meta: &Meta) -> Result<Option<Vec<u64>>, Ima
         .chunks_exact(8)
         .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
         .collect();
-    if pages.iter().any(|&p| p >= meta.pages.count) {
+    if pages.iter().any(|&p| p >= space) {
         return Err(corrupt(&path, "a page outside the image"));
     }
     Ok(Some(pages))

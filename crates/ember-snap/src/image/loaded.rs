@@ -117,25 +117,7 @@ impl LoadedImage {
                 &loaded
             }
         };
-        if parent.meta.id != pref.id {
-            return Err(perr(format!(
-                "{} is another image (id {}, the layer's parent is {})",
-                parent.dir.display(),
-                super::files::hexs(&parent.meta.id),
-                super::files::hexs(&pref.id)
-            )));
-        }
-        if parent.meta_hash != pref.meta_hash || parent.space_len != pref.space {
-            return Err(perr(format!(
-                "{} has changed since the layer was taken (its metadata differs); the layer cannot be used",
-                parent.dir.display()
-            )));
-        }
-        if parent.depth + 1 > MAX_DEPTH {
-            return Err(perr(format!(
-                "more than {MAX_DEPTH} layers over one image; dump the process whole"
-            )));
-        }
+        check_parent(dir, &pref, parent)?;
         let path = dir.join(PAGES_FILE);
         let flat = flatten(&meta, own.as_slice(), parent).map_err(|why| corrupt(&path, why))?;
         let Flat {
@@ -155,6 +137,73 @@ impl LoadedImage {
             space: Some(space),
             depth: parent.depth + 1,
         })
+    }
+
+    /// A layer's metadata over its loaded `parent`, flattened as [`LoadedImage::load_with_parent`]
+    /// flattens it (the same checks of the parent and of every run), without the layer's own
+    /// pages: for a lazy restore whose pages come from a [`crate::lazy::LayerSource`] (the
+    /// layer's own from wherever they are, each chunk checked against the layer's hashes;
+    /// the parent's from `parent`'s memory).
+    pub fn open_layer(
+        dir: &Path,
+        parent: &LoadedImage,
+    ) -> Result<(LoadedImage, LayerPages), ImageError> {
+        let (meta, meta_hash) = read_meta_hashed(dir)?;
+        let Some(pref) = meta.parent.clone() else {
+            return Err(ImageError::Foreign {
+                path: dir.join(META_FILE),
+                why: "it is a whole image, not a layer".into(),
+            });
+        };
+        check_parent(dir, &pref, parent)?;
+        if !parent.is_loaded() {
+            return Err(ImageError::Parent {
+                path: dir.to_path_buf(),
+                parent: pref.path.clone(),
+                why: "the parent was opened without its pages; load it".into(),
+            });
+        }
+        let plan = flat_plan(&meta, parent).map_err(|why| corrupt(&dir.join(META_FILE), why))?;
+        let mut flat = meta.clone();
+        flat.pages.runs = plan.runs;
+        flat.pages.count = plan.space.len() as u64;
+        flat.pages.chunks = Vec::new();
+        let img = LoadedImage {
+            dir: dir.to_path_buf(),
+            space_len: meta.pages.count + pref.space,
+            meta: flat,
+            pages: Mapping::anonymous(0).map_err(io_at(dir))?,
+            loaded: false,
+            memfd: std::sync::OnceLock::new(),
+            meta_hash,
+            space: Some(plan.space),
+            depth: parent.depth + 1,
+        };
+        Ok((
+            img,
+            LayerPages {
+                own: meta,
+                src: plan.src,
+            },
+        ))
+    }
+
+    /// The held pages (`page_data` order) of indices `space` of the image's index space
+    /// (a working set as [`super::format::write_working_set`] records it), in the same
+    /// order; indices the image does not hold are left out.
+    pub fn flat_indices(&self, space: &[u64]) -> Vec<u64> {
+        match &self.space {
+            None => space
+                .iter()
+                .copied()
+                .filter(|&i| i < self.meta.pages.count)
+                .collect(),
+            Some(s) => {
+                let at: std::collections::HashMap<u64, u64> =
+                    s.iter().enumerate().map(|(i, &x)| (x, i as u64)).collect();
+                space.iter().filter_map(|x| at.get(x).copied()).collect()
+            }
+        }
     }
 
     /// The page file's stored pages, every chunk checked, sealed read-only.
@@ -252,16 +301,70 @@ impl LoadedImage {
     }
 }
 
+/// The layer's own part of a layer opened with [`LoadedImage::open_layer`]: its own
+/// metadata (the hashes its own pages are checked against) and where each held page comes
+/// from.
+pub struct LayerPages {
+    /// The layer's metadata as stored (its own page runs and chunk hashes).
+    pub own: Meta,
+    /// Per held page (`page_data` order): the layer's own page `x` when `x < own.pages.count`,
+    /// else `own.pages.count + i` for the parent's held page `i`.
+    pub src: Vec<u64>,
+}
+
+/// A layer's parent checked against what the layer recorded of it (`pref`).
+fn check_parent(
+    dir: &Path,
+    pref: &super::ParentRef,
+    parent: &LoadedImage,
+) -> Result<(), ImageError> {
+    let perr = |why: String| ImageError::Parent {
+        path: dir.to_path_buf(),
+        parent: pref.path.clone(),
+        why,
+    };
+    if parent.meta.id != pref.id {
+        return Err(perr(format!(
+            "{} is another image (id {}, the layer's parent is {})",
+            parent.dir.display(),
+            super::files::hexs(&parent.meta.id),
+            super::files::hexs(&pref.id)
+        )));
+    }
+    if parent.meta_hash != pref.meta_hash || parent.space_len != pref.space {
+        return Err(perr(format!(
+            "{} has changed since the layer was taken (its metadata differs); the layer cannot be used",
+            parent.dir.display()
+        )));
+    }
+    if parent.depth + 1 > MAX_DEPTH {
+        return Err(perr(format!(
+            "more than {MAX_DEPTH} layers over one image; dump the process whole"
+        )));
+    }
+    Ok(())
+}
+
 struct Flat {
     meta: Meta,
     pages: Mapping,
     space: Vec<u64>,
 }
 
-/// A layer (`meta`, its own checked pages `own`) over its loaded `parent`, as a whole image:
-/// the pages its runs name, in run order. An index into the parent's space must be one of
-/// the pages the parent holds (a dump only ever refers to those).
-fn flatten(meta: &Meta, own: &[u8], parent: &LoadedImage) -> Result<Flat, String> {
+/// Where each page of a flattened layer comes from, in run order.
+struct FlatPlan {
+    runs: Vec<super::PageRun>,
+    /// Per held page: its index in the layer's index space.
+    space: Vec<u64>,
+    /// Per held page: the layer's own page `x` (`x < count`), or `count + i` for the
+    /// parent's held page `i`.
+    src: Vec<u64>,
+}
+
+/// The runs of a layer (`meta`) over its loaded `parent`, as a whole image's: the pages its
+/// runs name, in run order. An index into the parent's space must be one of the pages the
+/// parent holds (a dump only ever refers to those).
+fn flat_plan(meta: &Meta, parent: &LoadedImage) -> Result<FlatPlan, String> {
     let count = meta.pages.count;
     let total: u64 = meta.pages.runs.iter().map(|r| u64::from(r.pages)).sum();
     if total > MAX_PAGES {
@@ -294,21 +397,20 @@ fn flatten(meta: &Meta, own: &[u8], parent: &LoadedImage) -> Result<Flat, String
             Some(m) => m.get(&y).copied(),
         }
     };
-    let mut pages =
-        Mapping::anonymous((total * PAGE) as usize).map_err(|e| format!("allocating: {e}"))?;
-    let mut space = Vec::with_capacity(total as usize);
-    let mut runs = Vec::with_capacity(meta.pages.runs.len());
-    let out = pages.as_mut_slice();
-    let pdata = parent.page_data();
+    let mut plan = FlatPlan {
+        runs: Vec::with_capacity(meta.pages.runs.len()),
+        space: Vec::with_capacity(total as usize),
+        src: Vec::with_capacity(total as usize),
+    };
     for r in &meta.pages.runs {
-        runs.push(super::PageRun {
-            first: space.len() as u64,
+        plan.runs.push(super::PageRun {
+            first: plan.space.len() as u64,
             ..*r
         });
         for k in 0..u64::from(r.pages) {
             let x = r.first + k;
             let src = if x < count {
-                own.get((x * PAGE) as usize..((x + 1) * PAGE) as usize)
+                x
             } else {
                 let i = held(x - count).ok_or_else(|| {
                     format!(
@@ -316,16 +418,35 @@ fn flatten(meta: &Meta, own: &[u8], parent: &LoadedImage) -> Result<Flat, String
                         x - count
                     )
                 })?;
-                pdata.get((i * PAGE) as usize..((i + 1) * PAGE) as usize)
+                count + i
             };
-            let src = src.ok_or_else(|| format!("page {x} is outside the page data"))?;
-            let at = (space.len() as u64 * PAGE) as usize;
-            out[at..at + PAGE as usize].copy_from_slice(src);
-            space.push(x);
+            plan.space.push(x);
+            plan.src.push(src);
         }
     }
+    Ok(plan)
+}
+
+/// A layer (`meta`, its own checked pages `own`) over its loaded `parent`, as a whole image.
+fn flatten(meta: &Meta, own: &[u8], parent: &LoadedImage) -> Result<Flat, String> {
+    let count = meta.pages.count;
+    let plan = flat_plan(meta, parent)?;
+    let total = plan.space.len() as u64;
+    let mut pages =
+        Mapping::anonymous((total * PAGE) as usize).map_err(|e| format!("allocating: {e}"))?;
+    let out = pages.as_mut_slice();
+    let pdata = parent.page_data();
+    for (n, &x) in plan.src.iter().enumerate() {
+        let src = match x < count {
+            true => own.get((x * PAGE) as usize..((x + 1) * PAGE) as usize),
+            false => pdata.get(((x - count) * PAGE) as usize..((x - count + 1) * PAGE) as usize),
+        };
+        let src = src.ok_or_else(|| format!("page {} is outside the page data", plan.space[n]))?;
+        let at = n * PAGE as usize;
+        out[at..at + PAGE as usize].copy_from_slice(src);
+    }
     let mut flat = meta.clone();
-    flat.pages.runs = runs;
+    flat.pages.runs = plan.runs;
     flat.pages.count = total;
     flat.pages.chunks = out
         .chunks((CHUNK_PAGES * PAGE) as usize)
@@ -334,6 +455,6 @@ fn flatten(meta: &Meta, own: &[u8], parent: &LoadedImage) -> Result<Flat, String
     Ok(Flat {
         meta: flat,
         pages,
-        space,
+        space: plan.space,
     })
 }

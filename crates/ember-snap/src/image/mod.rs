@@ -8,6 +8,7 @@ pub mod describe;
 pub mod files;
 pub mod format;
 mod loaded;
+pub mod pack;
 pub(crate) mod validate;
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,7 @@ pub use files::{FileId, Ident};
 pub use format::{
     ImageError, LoadedImage, read_meta, read_working_set, write_image, write_working_set,
 };
+pub use loaded::LayerPages;
 
 pub const PAGE: u64 = 4096;
 

@@ -18,6 +18,7 @@
 //! A page that fails its check at the source is never installed: the faulting process is
 //! killed and the server ends with an error naming the image and the source.
 
+pub mod layer;
 pub mod pending;
 pub mod remote;
 mod server;
@@ -26,6 +27,7 @@ pub mod source;
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use layer::{ChunkFetch, LayerSource};
 pub use remote::RemoteSource;
 pub use server::{PageServer, PendingPages, ServeError};
 pub(crate) use server::{ServerConfig, Victim, spawn};

@@ -73,10 +73,7 @@ impl ChunkCache {
     }
 }
 
-/// Bytes in chunk `c` of an image with `count` pages.
-pub(crate) fn chunk_len(count: u64, c: u64) -> u64 {
-    count.saturating_sub(c * CHUNK_PAGES).min(CHUNK_PAGES) * PAGE
-}
+pub(crate) use crate::image::pack::chunk_bytes as chunk_len;
 
 /// An image's page file on local disk: each 16 KiB chunk read and checked against its
 /// hash when first asked for, then kept for every later request (and restore).

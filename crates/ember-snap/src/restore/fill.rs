@@ -275,19 +275,7 @@ pub(super) fn lazy(
         crate::tracee::write(pid, r.addr, &data)?;
     }
     let mut pending = Pending::from_runs(runs.iter().filter(|r| in_uffd(r)));
-    // What the kernel reads for others (/proc/PID/cmdline, environ) or the agent patches
-    // (glibc's thread id) cannot be faulted in: reads of an unserved page fail with EIO.
-    let m = &img.meta;
-    let mut early: Vec<(u64, u64)> = vec![(m.mm.arg_start, m.mm.env_end)];
-    if let Some(off) = m.task.glibc_tid_offset {
-        let at = crate::restore::words_to_regs(&m.task.regs).fs_base + u64::from(off);
-        early.push((at, at + 4));
-    }
-    for (s, e) in early {
-        if e <= s {
-            continue;
-        }
-        let (s, e) = (s & !(PAGE - 1), e.next_multiple_of(PAGE));
+    for (s, e) in early_ranges(img) {
         for p in pending.cut(s, e) {
             let data = source
                 .pages(p.first, p.pages)
@@ -299,6 +287,40 @@ pub(super) fn lazy(
         prefetch(&uffd, &mut pending, runs, ws, source.as_ref())?;
     }
     serve(pid, pidfd, uffd, img, pending, source, bulk, false)
+}
+
+/// What the kernel reads for others (/proc/PID/cmdline, environ) or the agent patches
+/// (glibc's thread id) cannot be faulted in (reads of an unserved page fail with EIO): these
+/// page-aligned address ranges are installed before the process runs.
+fn early_ranges(img: &LoadedImage) -> Vec<(u64, u64)> {
+    let m = &img.meta;
+    let mut early: Vec<(u64, u64)> = vec![(m.mm.arg_start, m.mm.env_end)];
+    if let Some(off) = m.task.glibc_tid_offset {
+        let at = crate::restore::words_to_regs(&m.task.regs).fs_base + u64::from(off);
+        early.push((at, at + 4));
+    }
+    early
+        .into_iter()
+        .filter(|(s, e)| e > s)
+        .map(|(s, e)| (s & !(PAGE - 1), e.next_multiple_of(PAGE)))
+        .collect()
+}
+
+/// The held pages (`page_data` order) a lazy restore of `img` installs before the process
+/// runs, whatever its working set: the copies inside private file mappings and the pages
+/// [`early_ranges`] names. A working set recorded from a restore's faults lacks them; a
+/// source that fetches them from afar wants them with it.
+pub fn first_pages(img: &LoadedImage) -> Vec<u64> {
+    let ranges = anon_ranges(img, true);
+    let in_uffd = |addr: u64| ranges.iter().any(|&(s, e)| s <= addr && addr < e);
+    let mut out = Vec::new();
+    for r in img.meta.pages.runs.iter().filter(|r| !in_uffd(r.addr)) {
+        out.extend(r.first..r.first + u64::from(r.pages));
+    }
+    for (s, e) in early_ranges(img) {
+        out.extend((s..e).step_by(PAGE as usize).filter_map(|a| img.page_at(a)));
+    }
+    out
 }
 
 /// Starts the page server of restored process `pid` (its pidfd and userfaultfd taken).

@@ -34,7 +34,7 @@ mod pidns;
 mod plan;
 
 use crate::lazy::{PageServer, PageSource, Policy};
-pub use fill::FillMode;
+pub use fill::{FillMode, first_pages};
 use plan::Plan;
 pub(crate) use plan::{handoff_confine, handoff_credentials};
 use std::sync::Arc;
