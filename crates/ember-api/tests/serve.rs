@@ -409,6 +409,7 @@ fn plant_snapshot(home: &std::path::Path, function: &str) -> String {
         dump_ms: 12.0,
         store_key: None,
         fetched: false,
+        working_set_pages: 0,
     };
     ember_node::snapshots::write_info(&dir, &info).unwrap();
     id

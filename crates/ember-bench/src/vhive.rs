@@ -1,14 +1,19 @@
 //! `ember bench vhive`: vHive's snapshot modes (Ustiugov's thesis, Table 6.2, Fig. 6.1-6.2)
 //! on Ember: a function's cold start with no snapshots, from a local function snapshot,
-//! from the snapshot store without a local copy, and from the store's copy cached locally,
-//! on a real S3-compatible server, one run interleaved.
+//! from the snapshot store without a local copy (restored lazily, and fetched whole), and
+//! from the store's copy cached locally, on a real S3-compatible server, one run
+//! interleaved.
 //!
 //! ```text
 //! daemons   baseline   snapshots off, images off: every start a cold boot
 //!           local      remote mode, the producer: builds the image, takes the function's
 //!                      snapshot (uploaded), and restores each start from its own copy
 //!           remote     remote mode, its own home: fetched the image at deploy; before each
-//!                      start its copy of the snapshot is removed, so the start fetches it
+//!                      start its copy of the snapshot is removed (once the last start's
+//!                      background fetch has made it whole), so the start restores it lazily
+//!                      from the store: the producer's recorded working set first
+//!           remote-whole  the same with --no-lazy-remote: the start fetches the snapshot
+//!                      whole, then restores it
 //!           cached     remote mode, its own home: prefetched the snapshot once its image
 //!                      was ready, then restores each start from its cached copy
 //! per round, per workload, per mode in turn: stop the function's instances, invoke once
@@ -30,13 +35,20 @@ use crate::stats::percentile;
 use crate::workloads::Workload;
 
 /// The modes, in the order each round visits them.
-pub const MODES: [&str; 4] = ["baseline", "local", "remote", "remote-cached"];
+pub const MODES: [&str; 5] = [
+    "baseline",
+    "local",
+    "remote",
+    "remote-whole",
+    "remote-cached",
+];
 
 /// The daemons of one run, one per mode (in [`MODES`] order).
 pub struct Daemons {
     pub baseline: Client,
     pub local: Client,
     pub remote: Client,
+    pub whole: Client,
     pub cached: Client,
 }
 
@@ -46,6 +58,7 @@ impl Daemons {
             "baseline" => &self.baseline,
             "local" => &self.local,
             "remote" => &self.remote,
+            "remote-whole" => &self.whole,
             _ => &self.cached,
         }
     }
@@ -151,7 +164,8 @@ pub async fn prepare(
     // The first start takes the snapshot, and may teach the image imports (it is rebuilt,
     // and the snapshot over the old one is taken again at a later start). The bench starts
     // the function again until the image has nothing pending and both are in the store,
-    // the snapshot over the image as it is now.
+    // the snapshot over the image as it is now, with its working set recorded (its first
+    // restore's, uploaded again).
     let t0 = Instant::now();
     let mut last_start: Option<Instant> = None;
     let stored = loop {
@@ -171,6 +185,7 @@ pub async fn prepare(
             .and_then(|a| a.iter().find(|i| i["id"] == image.as_str()).cloned());
         if let (Some(s), Some(img)) = (s, img)
             && s["remote"] == "stored"
+            && s["working_set_pages"].as_u64() > Some(0)
             && img["remote"] == "stored"
             && img["imports_pending"] == 0
             && s["created_at"].as_u64() >= img["created_at"].as_u64()
@@ -189,7 +204,7 @@ pub async fn prepare(
         w.name,
         stored["store_key"].as_str().unwrap_or("?")
     ));
-    for c in [&d.remote, &d.cached] {
+    for c in [&d.remote, &d.whole, &d.cached] {
         let (images_before, snapshots_before) =
             (fetched(c, "image").await, fetched(c, "snapshot").await);
         deploy(c, w, log).await?;
@@ -231,11 +246,12 @@ pub async fn measure(
     for round in 0..runs {
         for mode in MODES {
             let c = d.of(mode);
-            if mode == "remote" {
-                // No local copy: the start fetches the snapshot from the store.
-                if let Some(s) = snapshot_of(c, &w.function).await
-                    && let Some(id) = s["id"].as_str()
-                {
+            if mode == "remote" || mode == "remote-whole" {
+                // No local copy: the start fetches the snapshot from the store. A lazy start's
+                // background fetch adds it once whole: waited for, so that no start finds
+                // that fetch under way.
+                let s = until(Duration::from_secs(120), || snapshot_of(c, &w.function)).await;
+                if let Some(id) = s.as_ref().and_then(|s| s["id"].as_str()) {
                     c.remove_snapshot(id).await.map_err(client_err(w))?;
                 }
             }
@@ -254,7 +270,17 @@ pub async fn measure(
 fn on_path(mode: &str, s: &Sample) -> bool {
     match mode {
         "baseline" => s.path == "cold-boot",
-        "remote" => s.path == "function-snapshot" && s.timing.contains("fetch;"),
+        // Lazily: fetched in part, no layer loaded whole.
+        "remote" => {
+            s.path == "function-snapshot"
+                && s.timing.contains("fetch;")
+                && !s.timing.contains("load;")
+        }
+        "remote-whole" => {
+            s.path == "function-snapshot"
+                && s.timing.contains("fetch;")
+                && s.timing.contains("load;")
+        }
         _ => s.path == "function-snapshot" && !s.timing.contains("fetch;"),
     }
 }
@@ -294,8 +320,9 @@ pub fn rows(w: &str, samples: &[(String, Sample)]) -> Vec<Row> {
         .collect()
 }
 
-/// Per workload: remote p50 over local p50, cached p50 over local p50, and baseline p50
-/// over cached p50 (vHive's speed-up of remote-with-cache over no snapshots).
+/// Per workload: remote (lazy) p50 over local p50, remote-whole p50 over local p50, cached
+/// p50 over local p50, and baseline p50 over cached p50 (vHive's speed-up of
+/// remote-with-cache over no snapshots).
 pub fn ratios(rows: &[Row]) -> BTreeMap<String, BTreeMap<String, f64>> {
     let mut out: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
     let p50 = |w: &str, m: &str| {
@@ -308,6 +335,9 @@ pub fn ratios(rows: &[Row]) -> BTreeMap<String, BTreeMap<String, f64>> {
         let e = out.entry(w.to_string()).or_default();
         if let (Some(a), Some(b)) = (p50(w, "remote"), p50(w, "local")) {
             e.insert("remote/local".into(), a / b);
+        }
+        if let (Some(a), Some(b)) = (p50(w, "remote-whole"), p50(w, "local")) {
+            e.insert("whole/local".into(), a / b);
         }
         if let (Some(a), Some(b)) = (p50(w, "remote-cached"), p50(w, "local")) {
             e.insert("cached/local".into(), a / b);
@@ -383,6 +413,7 @@ pub fn write_svg(rows: &[Row], path: &Path) -> Result<(), crate::plot::PlotError
         RGBColor(0xe3, 0x4a, 0x33),
         RGBColor(0x2b, 0x8c, 0xbe),
         RGBColor(0xfd, 0xae, 0x61),
+        RGBColor(0x99, 0x70, 0xab),
         RGBColor(0x66, 0xbd, 0x63),
     ];
     let width = 0.8 / MODES.len() as f64;
@@ -451,6 +482,14 @@ mod tests {
                     "fetch;dur=20.0, restore;dur=9.0",
                 ),
             ));
+            samples.push((
+                "remote-whole".to_string(),
+                sample(
+                    "function-snapshot",
+                    90.0 + x / 10.0,
+                    "fetch;dur=60.0, load;dur=10.0, restore;dur=9.0",
+                ),
+            ));
             // One fell back to a cold boot: counted, not hidden.
             let path = if i == 3 {
                 "cold-boot"
@@ -463,10 +502,11 @@ mod tests {
             ));
         }
         let rows = rows("numpy", &samples);
-        assert_eq!(rows.len(), 4);
+        assert_eq!(rows.len(), 5);
         let by = |m: &str| rows.iter().find(|r| r.mode == m).unwrap();
         assert_eq!(by("remote").phases["fetch"], 20.0);
         assert_eq!(by("remote").off_path, 0);
+        assert_eq!(by("remote-whole").off_path, 0);
         assert_eq!(by("remote-cached").off_path, 1);
         assert!(
             by("local").p25_ms <= by("local").p50_ms && by("local").p50_ms <= by("local").p99_ms

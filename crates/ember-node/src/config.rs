@@ -125,6 +125,10 @@ pub struct SnapshotConfig {
     pub eviction: Eviction,
     /// Failed restores in a row after which a snapshot is removed (a new one is taken).
     pub failures_unhealthy: u32,
+    /// `snapshots = "remote"`: a start missing a function snapshot whose working set was
+    /// recorded restores it lazily from the store (its working set first, the rest on fault
+    /// and in the background); false: it is fetched whole first.
+    pub lazy_remote: bool,
 }
 
 impl Default for SnapshotConfig {
@@ -135,6 +139,7 @@ impl Default for SnapshotConfig {
             memory_bytes: 512 << 20,
             eviction: Eviction::Lru,
             failures_unhealthy: 3,
+            lazy_remote: true,
         }
     }
 }

@@ -138,6 +138,9 @@ pub struct Live {
     /// Kept as long as the instance: the template it was forked from (its process's parent
     /// is the template's thread).
     pub holds: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
+    /// Restored lazily to record its function snapshot's working set: the snapshot's id and
+    /// its loaded layer (node/working_set.rs).
+    pub records: Option<(String, std::sync::Arc<ember_snap::LoadedImage>)>,
 }
 
 impl Live {
@@ -152,6 +155,7 @@ impl Live {
             parked: None,
             limits_seen: Events::default(),
             holds: None,
+            records: None,
         }
     }
 

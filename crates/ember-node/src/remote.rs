@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ember_store::backend::s3::S3;
+use ember_store::manifest::{FileEntry, Manifest};
 use ember_store::{GetStats, PutFile, PutStats, Repo, S3Config, SetRef};
 
 use crate::metrics::{KindLabels, StoreMetrics, TakeLabels};
@@ -108,14 +109,69 @@ impl Skip {
     }
 }
 
-/// A fetch in progress: its set leaves [`Remote::fetching`] when it ends, and whoever
-/// waits for it ([`Remote::wait_fetch`]) is told.
-struct Fetching<'a>(&'a Remote, (String, String));
+/// A fetch of one set in progress, owned, so that it can outlive the call that began it (a
+/// lazy fetch's rest ends in the background): the set leaves [`Remote::fetching`] when this
+/// is dropped, and whoever waits for it ([`Remote::wait_fetch`]) is told.
+pub struct FetchGuard {
+    remote: Arc<Remote>,
+    kind: String,
+    id: String,
+    t0: Instant,
+}
 
-impl Drop for Fetching<'_> {
+impl FetchGuard {
+    /// Records how the fetch ended: metrics, the set's state, and (failed, or absent) not
+    /// asked for again for a while.
+    pub fn record(&self, result: &Result<GetStats, FetchError>) {
+        let r = &self.remote;
+        let (kind, id) = (&self.kind, &self.id);
+        let labels = |result: &str| TakeLabels {
+            kind: kind.to_string(),
+            result: result.to_string(),
+        };
+        let kind_label = KindLabels {
+            kind: kind.to_string(),
+        };
+        match result {
+            Ok(stats) => {
+                r.metrics.fetches.get_or_create(&labels("fetched")).inc();
+                r.metrics
+                    .fetched_bytes
+                    .get_or_create(&kind_label)
+                    .inc_by(stats.stored_bytes);
+                r.metrics
+                    .fetch_seconds
+                    .get_or_create(&kind_label)
+                    .observe(self.t0.elapsed().as_secs_f64());
+                r.set_state(kind, id, RemoteState::Stored);
+            }
+            Err(e) => {
+                let (result, skip) = match e {
+                    FetchError::Absent => ("absent", Skip::Absent(Instant::now())),
+                    _ => ("failed", Skip::Failed(Instant::now())),
+                };
+                r.metrics.fetches.get_or_create(&labels(result)).inc();
+                let mut skips = r.skip.lock().unwrap_or_else(|p| p.into_inner());
+                skips.retain(|_, s| s.holds());
+                skips.insert((kind.clone(), id.clone()), skip);
+            }
+        }
+    }
+
+    /// Since the fetch began.
+    pub fn elapsed(&self) -> Duration {
+        self.t0.elapsed()
+    }
+}
+
+impl Drop for FetchGuard {
     fn drop(&mut self) {
-        let mut f = self.0.fetching.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = f.remove(&self.1) {
+        let mut f = self
+            .remote
+            .fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = f.remove(&(self.kind.clone(), self.id.clone())) {
             let _ = tx.send(true);
         }
     }
@@ -175,13 +231,33 @@ impl Remote {
     /// ([`Remote::wait_fetch`]). A set the store was found not to hold is not asked for
     /// again for a while, nor one whose fetch failed; one fetch of a set at a time.
     pub async fn fetch<T>(
-        &self,
+        self: &Arc<Self>,
         kind: &str,
         id: &str,
         dir: &Path,
         deadline: Duration,
         then: impl AsyncFnOnce(Fetched) -> T,
     ) -> Result<T, FetchError> {
+        let guard = self.begin_fetch(kind, id)?;
+        let result = match tokio::time::timeout(deadline, self.get(kind, id, dir)).await {
+            Ok(r) => r,
+            Err(_) => Err(FetchError::TimedOut(deadline)),
+        };
+        guard.record(&result);
+        let stats = result?;
+        let fetched = Fetched {
+            chunks: stats.chunks,
+            raw_bytes: stats.raw_bytes,
+            stored_bytes: stats.stored_bytes,
+            elapsed: guard.elapsed(),
+        };
+        Ok(then(fetched).await)
+    }
+
+    /// Begins a fetch of set `kind/id`: refused when the store was found not to hold it
+    /// lately, its fetch failed lately, it was refused, or another fetch of it is under way
+    /// ([`FetchError::Busy`]). The fetch lasts as long as the guard.
+    pub fn begin_fetch(self: &Arc<Self>, kind: &str, id: &str) -> Result<FetchGuard, FetchError> {
         let key = (kind.to_string(), id.to_string());
         let skip = self
             .skip
@@ -200,58 +276,56 @@ impl Remote {
             }
             None => {}
         }
-        {
-            let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
-            if fetching.contains_key(&key) {
-                return Err(FetchError::Busy);
-            }
-            fetching.insert(key.clone(), tokio::sync::watch::channel(false).0);
+        let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        if fetching.contains_key(&key) {
+            return Err(FetchError::Busy);
         }
-        let _fetching = Fetching(self, key.clone());
-        let t0 = Instant::now();
-        let result = match tokio::time::timeout(deadline, self.get(kind, id, dir)).await {
-            Ok(r) => r,
-            Err(_) => Err(FetchError::TimedOut(deadline)),
-        };
-        let labels = |result: &str| TakeLabels {
+        fetching.insert(key, tokio::sync::watch::channel(false).0);
+        Ok(FetchGuard {
+            remote: self.clone(),
             kind: kind.to_string(),
-            result: result.to_string(),
-        };
-        let kind_label = KindLabels {
-            kind: kind.to_string(),
-        };
-        match &result {
-            Ok(stats) => {
-                self.metrics.fetches.get_or_create(&labels("fetched")).inc();
-                self.metrics
-                    .fetched_bytes
-                    .get_or_create(&kind_label)
-                    .inc_by(stats.stored_bytes);
-                self.metrics
-                    .fetch_seconds
-                    .get_or_create(&kind_label)
-                    .observe(t0.elapsed().as_secs_f64());
-                self.set_state(kind, id, RemoteState::Stored);
-            }
-            Err(e) => {
-                let (result, skip) = match e {
-                    FetchError::Absent => ("absent", Skip::Absent(Instant::now())),
-                    _ => ("failed", Skip::Failed(Instant::now())),
-                };
-                self.metrics.fetches.get_or_create(&labels(result)).inc();
-                let mut skips = self.skip.lock().unwrap_or_else(|p| p.into_inner());
-                skips.retain(|_, s| s.holds());
-                skips.insert(key.clone(), skip);
-            }
+            id: id.to_string(),
+            t0: Instant::now(),
+        })
+    }
+
+    /// Set `kind/id`'s manifest ([`FetchError::Absent`] when the store has none).
+    pub async fn manifest(&self, kind: &str, id: &str) -> Result<Manifest, FetchError> {
+        use ember_store::{BackendError, RepoError};
+        let set = SetRef::new(kind, id).map_err(|e| FetchError::Store(e.to_string()))?;
+        match self.repo.manifest(&set).await {
+            Ok(m) => Ok(m),
+            Err(RepoError::Backend(BackendError::NotFound { .. })) => Err(FetchError::Absent),
+            Err(e) => Err(FetchError::Store(e.to_string())),
         }
-        let stats = result?;
-        let fetched = Fetched {
-            chunks: stats.chunks,
-            raw_bytes: stats.raw_bytes,
-            stored_bytes: stats.stored_bytes,
-            elapsed: t0.elapsed(),
-        };
-        Ok(then(fetched).await)
+    }
+
+    /// The files of `manifest` that `which` names, written into `dir`, every chunk checked.
+    pub async fn get_files(
+        &self,
+        manifest: &Manifest,
+        dir: &Path,
+        which: impl Fn(&str) -> bool,
+    ) -> Result<GetStats, FetchError> {
+        let mut some = manifest.clone();
+        some.files.retain(|f| which(&f.name));
+        self.repo
+            .get_files(&some, dir)
+            .await
+            .map_err(|e| FetchError::Store(e.to_string()))
+    }
+
+    /// Bytes `[offset, offset + len)` of a file of a set, every chunk covering them checked.
+    pub async fn read_range(
+        &self,
+        f: &FileEntry,
+        offset: u64,
+        len: u64,
+    ) -> Result<(Vec<u8>, GetStats), String> {
+        self.repo
+            .read_range(f, offset, len)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Set `kind/id`, fetched before, failed to restore here: this node does not fetch it
@@ -275,19 +349,8 @@ impl Remote {
     }
 
     async fn get(&self, kind: &str, id: &str, dir: &Path) -> Result<GetStats, FetchError> {
-        use ember_store::{BackendError, RepoError};
-        let set = SetRef::new(kind, id).map_err(|e| FetchError::Store(e.to_string()))?;
-        let manifest = match self.repo.manifest(&set).await {
-            Ok(m) => m,
-            Err(RepoError::Backend(BackendError::NotFound { .. })) => {
-                return Err(FetchError::Absent);
-            }
-            Err(e) => return Err(FetchError::Store(e.to_string())),
-        };
-        self.repo
-            .get_files(&manifest, dir)
-            .await
-            .map_err(|e| FetchError::Store(e.to_string()))
+        let manifest = self.manifest(kind, id).await?;
+        self.get_files(&manifest, dir, |_| true).await
     }
 
     /// Deletes the chunks no manifest names (older than the store's grace period, an hour),
@@ -463,10 +526,117 @@ fn link_files(set_kind: &str, from: &Path, to: &Path) -> Result<Vec<PutFile>, St
                 .with_head(page)
                 .with_chunk_size(page),
             (ember_snap::image::format::PAGES_FILE, _) => PutFile::new(name, dst).with_head(page),
+            // One object (up to 4 MiB a chunk): what a lazy restore elsewhere waits for.
+            (ember_snap::image::pack::PACK_FILE, _) => {
+                PutFile::new(name, dst).with_chunk_size(4 << 20)
+            }
             _ => PutFile::new(name, dst),
         };
         files.push(file);
     }
     files.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(files)
+}
+
+/// The longest one call for a lazy restore's chunks may take (each request is bounded by
+/// the store's own timeout and retries): past it the page is not had, and the process that
+/// waits for it is killed, never given anything unchecked.
+const CHUNKS_DEADLINE: Duration = Duration::from_secs(10);
+/// Chunks fetched at once for one call.
+const CHUNKS_IN_FLIGHT: usize = 16;
+
+/// A layer's own chunks (ember-snap's hashed unit) for a lazy restore, read from its page
+/// file in the store until the whole file is here ([`StoreChunks::now_local`]), then from it.
+/// Called from page-server threads, outside the runtime: each call blocks on it.
+pub struct StoreChunks {
+    remote: Arc<Remote>,
+    set: String,
+    file: FileEntry,
+    /// Stored pages of the layer.
+    pages: u64,
+    runtime: tokio::runtime::Handle,
+    local: Mutex<Option<PathBuf>>,
+}
+
+impl StoreChunks {
+    /// The chunks of `file` (a layer's page file in set `set`, `pages` stored pages).
+    pub fn new(remote: Arc<Remote>, set: &str, file: FileEntry, pages: u64) -> StoreChunks {
+        StoreChunks {
+            remote,
+            set: set.to_string(),
+            file,
+            pages,
+            runtime: tokio::runtime::Handle::current(),
+            local: Mutex::new(None),
+        }
+    }
+
+    /// The whole page file is at `path` now: later chunks are read from it.
+    pub fn now_local(&self, path: PathBuf) {
+        *self.local.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
+    }
+
+    fn range(&self, c: u64) -> (u64, u64) {
+        use ember_snap::image::{PAGE, format::CHUNK_PAGES, pack::chunk_bytes};
+        (PAGE * (1 + c * CHUNK_PAGES), chunk_bytes(self.pages, c))
+    }
+
+    fn read_local(&self, path: &Path, chunks: &[u64]) -> std::io::Result<Vec<Vec<u8>>> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(path)?;
+        chunks
+            .iter()
+            .map(|&c| {
+                let (off, len) = self.range(c);
+                let mut b = vec![0u8; len as usize];
+                f.read_exact_at(&mut b, off)?;
+                Ok(b)
+            })
+            .collect()
+    }
+}
+
+impl ember_snap::lazy::ChunkFetch for StoreChunks {
+    fn describe(&self) -> String {
+        format!(
+            "snapshot store {} (set snapshot/{})",
+            self.remote.describe, self.set
+        )
+    }
+
+    fn fetch(&self, chunks: &[u64]) -> Result<Vec<Vec<u8>>, String> {
+        use futures::StreamExt;
+        let local = self.local.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(path) = local
+            && let Ok(data) = self.read_local(&path, chunks)
+        {
+            return Ok(data);
+        }
+        let reads = futures::stream::iter(chunks.iter().map(|&c| {
+            let (off, len) = self.range(c);
+            self.remote.read_range(&self.file, off, len)
+        }))
+        .buffered(CHUNKS_IN_FLIGHT)
+        .collect::<Vec<_>>();
+        let got = self
+            .runtime
+            .block_on(async { tokio::time::timeout(CHUNKS_DEADLINE, reads).await })
+            .map_err(|_| format!("no answer within {CHUNKS_DEADLINE:?}"))?;
+        let mut out = Vec::with_capacity(got.len());
+        let mut bytes = 0;
+        for r in got {
+            let (data, stats) = r?;
+            bytes += stats.stored_bytes;
+            out.push(data);
+        }
+        let kind = KindLabels {
+            kind: "snapshot".into(),
+        };
+        self.remote
+            .metrics
+            .fetched_bytes
+            .get_or_create(&kind)
+            .inc_by(bytes);
+        Ok(out)
+    }
 }

@@ -654,6 +654,51 @@ impl Repo {
         Ok(stats)
     }
 
+    /// Bytes `[offset, offset + len)` of file `f` (cut at its end), the chunks covering them
+    /// fetched concurrently, each checked: a piece of a set without the rest of it (a lazy
+    /// restore's page).
+    pub async fn read_range(
+        &self,
+        f: &FileEntry,
+        offset: u64,
+        len: u64,
+    ) -> Result<(Vec<u8>, GetStats), RepoError> {
+        let (first, n) = f.chunks_for(offset, len);
+        let hashes = f.chunks.get(first..first + n).ok_or_else(|| {
+            RepoError::Invalid(format!(
+                "file {} has {} chunks, not {}",
+                f.name,
+                f.chunks.len(),
+                first + n
+            ))
+        })?;
+        let mut stats = GetStats::default();
+        let mut out = Vec::with_capacity(len as usize);
+        let mut fetched = futures::stream::iter(hashes.iter().copied())
+            .map(|h| self.fetch_chunk_sized(h))
+            .buffered(self.inflight);
+        let mut i = first as u64;
+        while let Some(got) = fetched.next().await {
+            let (raw, stored) = got?;
+            let (start, want) = f.chunk_range(i);
+            if raw.len() as u64 != want {
+                return Err(RepoError::Invalid(format!(
+                    "chunk {i} of file {} holds {} bytes where {want} belong",
+                    f.name,
+                    raw.len()
+                )));
+            }
+            let lo = offset.max(start) - start;
+            let hi = (offset + len).min(start + want) - start;
+            out.extend_from_slice(&raw[lo as usize..hi as usize]);
+            stats.chunks += 1;
+            stats.raw_bytes += want;
+            stats.stored_bytes += stored;
+            i += 1;
+        }
+        Ok((out, stats))
+    }
+
     /// Writes file `f` into `tmp`, every chunk checked.
     async fn get_file(&self, f: &FileEntry, tmp: &Path) -> Result<GetStats, RepoError> {
         use std::io::Write;

@@ -361,5 +361,16 @@ async fn page_files_share_their_page_chunks_behind_their_own_headers() {
         let out = dir.path().join("two-out");
         repo.get_files(&m2, &out).await.unwrap();
         assert_eq!(std::fs::read(out.join("pages")).unwrap(), two);
+        // Pieces without the rest (a lazy restore's pages): across the head, across chunk
+        // boundaries, cut at the end; only the chunks covering them are read.
+        let f = &m2.files[0];
+        for (off, len) in [(0, 10), (4000, 200), (4096 + 16384 - 8, 16), (5000, 40000)] {
+            let (got, st) = repo.read_range(f, off, len).await.unwrap();
+            assert_eq!(got, two[off as usize..(off + len) as usize], "{off}+{len}");
+            assert_eq!(st.chunks, f.chunks_for(off, len).1, "{off}+{len}");
+        }
+        let end = two.len() as u64;
+        let (got, _) = repo.read_range(f, end - 100, 4096).await.unwrap();
+        assert_eq!(got, two[(end - 100) as usize..]);
     }
 }

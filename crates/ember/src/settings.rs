@@ -29,6 +29,8 @@
 //! snapshot_memory_mb = 512 # loaded snapshot layers kept in memory
 //! snapshot_eviction = "lru" # lru | gdsf
 //! snapshot_failures_unhealthy = 3 # failed restores in a row that remove a snapshot
+//! lazy_remote = true       # false: a function snapshot from the store is fetched whole
+//!                          # before it is restored (true: its working set first)
 //! event_retry_delay = "60s" # before an Event invocation's first retry (the second waits 2x)
 //! event_max_age = "6h"      # how long a throttled Event invocation keeps being retried
 //! prestart = 2              # sandboxes made ahead per native function (0: on demand)
@@ -107,6 +109,11 @@ pub struct DaemonArgs {
     /// image's template (one parked restore whose pages the instances share copy-on-write)
     #[arg(long, env = "EMBER_NO_TEMPLATES")]
     pub no_templates: bool,
+    /// In snapshots = "remote" mode, fetch a function snapshot missing here whole before
+    /// restoring it, instead of restoring it lazily (its recorded working set first, the
+    /// rest as the instance touches it and in the background)
+    #[arg(long, env = "EMBER_NO_LAZY_REMOTE")]
+    pub no_lazy_remote: bool,
     /// Largest invoke payload in bytes [default: 6 MiB]
     #[arg(long, env = "EMBER_MAX_EVENT_BYTES")]
     pub max_event_bytes: Option<usize>,
@@ -227,6 +234,7 @@ struct FileSettings {
     standby: Option<usize>,
     fixed_ladder: Option<bool>,
     templates: Option<bool>,
+    lazy_remote: Option<bool>,
     max_event_bytes: Option<usize>,
     max_deploy_bytes: Option<usize>,
     log_max_bytes: Option<u64>,
@@ -329,6 +337,7 @@ impl DaemonArgs {
                 .snapshot_failures_unhealthy
                 .or(file.snapshot_failures_unhealthy)
                 .unwrap_or(ds.failures_unhealthy),
+            lazy_remote: !self.no_lazy_remote && file.lazy_remote.unwrap_or(ds.lazy_remote),
         };
         if snapshots.failures_unhealthy == 0 {
             bail!("snapshot_failures_unhealthy must be at least 1");
@@ -691,6 +700,7 @@ mod tests {
                 memory_bytes: 64 << 20,
                 eviction: Eviction::Lru,
                 failures_unhealthy: 3,
+                lazy_remote: true,
             }
         );
         for (bad, says) in [

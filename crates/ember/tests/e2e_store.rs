@@ -149,6 +149,31 @@ async fn first_node(env: &[(String, String)]) -> (Daemon, tempfile::TempDir, Str
     (d, home, image, set)
 }
 
+/// The first node restores `hello` from its own snapshot once, so that the snapshot's
+/// working set is recorded and stored with it; its working set's size.
+async fn record_working_set(a: &Daemon) -> u64 {
+    a.stop_instances("hello").await;
+    let r = a.invoke("hello", "{}").await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    assert!(!r.snapshot.is_empty(), "not from its snapshot: {}", r.raw);
+    let mut pages = 0;
+    let ok = eventually(Duration::from_secs(60), || {
+        let l = listing(a, "snapshot", "snapshots");
+        pages = l
+            .first()
+            .filter(|s| s["remote"] == "stored")
+            .and_then(|s| s["working_set_pages"].as_u64())
+            .unwrap_or(0);
+        pages > 0
+    });
+    assert!(
+        ok,
+        "no working set recorded and stored: {:?}",
+        listing(a, "snapshot", "snapshots")
+    );
+    pages
+}
+
 /// A function without packages (its image is the bare runtime's).
 async fn deploy_hello(d: &Daemon) {
     let (status, body) = d
@@ -333,6 +358,58 @@ async fn a_second_node_restores_a_function_it_never_ran_from_the_store() {
     // And it serves on from the cached copy.
     let r = b.invoke("hello", "{}").await;
     assert_eq!(r.status, 200, "{}", r.raw);
+
+    // Lazily: once the first node recorded the snapshot's working set, a node without a
+    // copy restores it from its metadata, working set and pack, the rest following in the
+    // background (added to its cache once whole).
+    let ws = record_working_set(&a).await;
+    let set_a = set_of(&a).1;
+    let (_, repo) = store_of(&env);
+    let m = repo
+        .manifest(&SetRef::new("snapshot", &set_a).unwrap())
+        .await
+        .unwrap();
+    let names: Vec<&str> = m.files.iter().map(|f| f.name.as_str()).collect();
+    assert!(
+        names.contains(&"workingset") && names.contains(&"wspages"),
+        "{names:?}"
+    );
+    let pack = m.files.iter().find(|f| f.name == "wspages").unwrap();
+    assert_eq!(pack.chunks.len(), 1, "the pack is one object: {pack:?}");
+    let s = listing(&b, "snapshot", "snapshots");
+    let out = b.cli(&["snapshot", "rm", s[0]["id"].as_str().unwrap()]);
+    assert!(out.ok, "{}", out.stderr);
+    b.stop_instances("hello").await;
+    let r = b.invoke("hello", "{\"again\": 1}").await;
+    assert_eq!(
+        (r.status, &r.body),
+        (200, &json!({"ok": true})),
+        "{}",
+        r.raw
+    );
+    assert!(
+        !r.snapshot.is_empty() && r.timing.contains("fetch") && !r.timing.contains("load"),
+        "not restored lazily from the store ({ws} pages in its working set): {} {}",
+        r.timing,
+        r.raw
+    );
+    assert!(
+        eventually(Duration::from_secs(60), || !listing(
+            &b,
+            "snapshot",
+            "snapshots"
+        )
+        .is_empty()),
+        "the lazily restored snapshot never became whole in the cache"
+    );
+    let m = b.metrics().await;
+    let line = "ember_store_fetches_total{kind=\"snapshot\",result=\"fetched\"} 2";
+    assert!(m.contains(line), "{line} in\n{m}");
+    // The whole copy serves the next start.
+    b.stop_instances("hello").await;
+    let r = b.invoke("hello", "{}").await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    assert!(!r.timing.contains("fetch"), "{}", r.timing);
 }
 
 #[test]
@@ -575,6 +652,108 @@ async fn a_store_that_is_down_slow_wrong_or_lossy_costs_a_rung_never_an_answer()
         r.timing.contains("fetch") && !r.snapshot.is_empty(),
         "the repaired set was not fetched: {} {}",
         r.timing,
+        r.raw
+    );
+}
+
+/// Faults of a lazy restore: page chunks lost after the working set arrived (the instance
+/// answers from its pack, or is stopped at the page it cannot have and the request runs
+/// again on a lower rung), and a working-set pack with wrong bytes (the restore never
+/// starts: a lower rung serves). Every answer is right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_fails_a_lazy_restore_costs_a_rung_never_an_answer() {
+    if !need_sandbox() {
+        return;
+    }
+    let test = "a_store_that_fails_a_lazy_restore_costs_a_rung_never_an_answer";
+    let Some(env) = store_env(test) else { return };
+    let (a, _home_a, _, set) = first_node(&env).await;
+    record_working_set(&a).await;
+    let home_b = tempfile::tempdir().unwrap();
+    let b = Daemon::start_env(home_b.path(), &REMOTE, &env);
+    deploy_hello(&b).await;
+    stored(&b, "image", "images");
+    assert!(
+        eventually(Duration::from_secs(30), || !listing(
+            &b,
+            "snapshot",
+            "snapshots"
+        )
+        .is_empty()),
+        "no snapshot prefetched"
+    );
+    let (backend, repo) = store_of(&env);
+    let file = |name: &'static str| {
+        let repo = &repo;
+        let set = &set;
+        async move {
+            let m = repo
+                .manifest(&SetRef::new("snapshot", set).unwrap())
+                .await
+                .unwrap();
+            m.files.into_iter().find(|f| f.name == name)
+        }
+    };
+    let fresh_start = |what: &'static str| {
+        let b = &b;
+        async move {
+            if let Some(s) = listing(b, "snapshot", "snapshots").first() {
+                let out = b.cli(&["snapshot", "rm", s["id"].as_str().unwrap()]);
+                assert!(out.ok, "{}", out.stderr);
+            }
+            b.stop_instances("hello").await;
+            let failed_before = fetches_failed(b).await;
+            let r = b.invoke("hello", "{}").await;
+            assert_eq!(
+                (r.status, &r.body),
+                (200, &json!({"ok": true})),
+                "{what}: {}",
+                r.raw
+            );
+            assert!(r.timing.contains("fetch"), "{what}: {}", r.timing);
+            // Counted once the fetch (or its background part) fails.
+            assert!(
+                eventually(Duration::from_secs(30), || {
+                    let failed = tokio::task::block_in_place(|| {
+                        tokio::runtime::Handle::current().block_on(fetches_failed(b))
+                    });
+                    failed > failed_before
+                }),
+                "{what}: no failed fetch counted"
+            );
+            r
+        }
+    };
+
+    // Every page chunk lost (the page file's header kept): the working set comes from the
+    // pack; whatever else the instance touches cannot be had.
+    let pages = file("pages").await.unwrap();
+    for h in &pages.chunks[1..] {
+        ember_store::Backend::delete(backend.as_ref(), &h.key())
+            .await
+            .unwrap();
+    }
+    let r = fresh_start("page chunks lost").await;
+    eprintln!("page chunks lost: {} {}", r.timing, r.raw);
+
+    // B took its own snapshot instead, and stored it over the set: once B restored it (and
+    // recorded its working set), the set has a pack again. Its pack's object then holds
+    // other bytes.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    stored_entry(&b, "snapshot", "snapshots");
+    record_working_set(&b).await;
+    let pack = file("wspages").await.expect("a pack in the store");
+    let other = file("meta").await.unwrap().chunks[0];
+    let wrong = ember_store::Backend::get(backend.as_ref(), &other.key())
+        .await
+        .unwrap();
+    ember_store::Backend::put(backend.as_ref(), &pack.chunks[0].key(), wrong)
+        .await
+        .unwrap();
+    let r = fresh_start("pack with wrong bytes").await;
+    assert!(
+        r.snapshot.is_empty(),
+        "served from a snapshot whose pack was wrong: {}",
         r.raw
     );
 }

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ember_snap::LoadedImage;
+use ember_snap::lazy::LayerSource;
 use tracing::{Instrument, info_span};
 
 use super::snapshot_take::Parent;
@@ -31,6 +32,27 @@ use crate::envs::PackageEnv;
 use crate::images::ImageInfo;
 use crate::remote::{FetchError, Fetched};
 use crate::snapshots::{Lookup, SnapshotHandle, SnapshotInfo, snapshot_id};
+
+/// A function snapshot from the store.
+pub(in crate::node) enum FromStore {
+    /// Fetched whole, in the cache.
+    Cached(SnapshotHandle),
+    /// Its metadata and working set here, its own pages coming: restore it lazily.
+    Lazy(LazySnapshot),
+}
+
+/// A layer to restore before its own pages are all here ([`Node::snapshot_from_store`]).
+pub(in crate::node) struct LazySnapshot {
+    /// Its id in the cache, once whole.
+    pub id: String,
+    /// Opened over its parent image, its pages not loaded.
+    pub layer: Arc<LoadedImage>,
+    /// Its own pages from the store (the working set's already here), its parent's from
+    /// memory.
+    pub source: Arc<LayerSource>,
+    /// What a prefetch restore installs first (held pages, `page_data` order).
+    pub working_set: Arc<Vec<u64>>,
+}
 
 /// The longest an image fetch may take (off the request path).
 const IMAGE_DEADLINE: Duration = Duration::from_secs(120);
@@ -124,44 +146,39 @@ impl Node {
         Ok(info)
     }
 
-    /// `d`'s function snapshot over `parent` (key `key` on this node) fetched from the
-    /// snapshot store and added to the cache, for a start that missed it. `None`: not in the
-    /// store, being fetched by another start, or not usable (said in the log).
+    /// `d`'s function snapshot over `parent` (key `key` on this node) from the snapshot
+    /// store, for a start that missed it. With `lazy`, a layer whose working set was
+    /// recorded comes back before its own pages do ([`FromStore::Lazy`]): its metadata,
+    /// working set and pack within `deadline`, the rest in the background, added to the cache
+    /// once whole. Otherwise it is fetched whole within `deadline` and added to the cache.
+    /// `None`: not in the store, or not usable (said in the log).
     pub(in crate::node) async fn snapshot_from_store(
         &self,
-        d: &Deployed,
+        d: &Arc<Deployed>,
         parent: Option<&Parent>,
         key: &str,
         deadline: Duration,
+        lazy: bool,
         fetch_time: &mut Option<Duration>,
-    ) -> Option<SnapshotHandle> {
+    ) -> Option<FromStore> {
         let remote = self.remote.clone()?;
         let store_key = self.snapshot_store_key(d, parent);
         let id = snapshot_id(&d.record.name, key);
         let staged = self.snapshots.staging(&id);
         let t0 = std::time::Instant::now();
-        let fetched = remote
-            .fetch("snapshot", &store_key, &staged, deadline, async |f| {
-                let added = self
-                    .fetched_snapshot(d, parent, key, &id, &store_key, &staged)
-                    .await;
-                (f, added)
-            })
-            .instrument(info_span!("start.fetch", snapshot = %id))
+        let span = info_span!("start.fetch", snapshot = %id);
+        let got = self
+            .snapshot_fetch(d, parent, key, &id, &store_key, &staged, deadline, lazy)
+            .instrument(span)
             .await;
-        let why = match fetched {
-            Ok((f, added)) => match added {
-                Ok(h) => {
-                    *fetch_time = Some(t0.elapsed());
-                    log_fetched("snapshot", &store_key, remote.describe(), &f);
-                    return Some(h);
-                }
-                Err(why) => Some(why),
-            },
+        *fetch_time = Some(t0.elapsed());
+        let why = match got {
+            Ok(from) => return Some(from),
             Err(FetchError::Busy) => {
                 // Another start or a prefetch is fetching it: its result is this start's.
                 let _ = tokio::fs::remove_dir_all(&staged).await;
-                remote.wait_fetch("snapshot", &store_key, deadline).await;
+                let left = deadline.saturating_sub(t0.elapsed());
+                remote.wait_fetch("snapshot", &store_key, left).await;
                 *fetch_time = Some(t0.elapsed());
                 let (store, name, k) = (
                     self.snapshots.clone(),
@@ -169,7 +186,7 @@ impl Node {
                     key.to_string(),
                 );
                 return match tokio::task::spawn_blocking(move || store.lookup(&name, &k)).await {
-                    Ok(Lookup::Hit(h)) => Some(h),
+                    Ok(Lookup::Hit(h)) => Some(FromStore::Cached(h)),
                     _ => None,
                 };
             }
@@ -177,7 +194,6 @@ impl Node {
             Err(e) => Some(e.to_string()),
         };
         let _ = tokio::fs::remove_dir_all(&staged).await;
-        *fetch_time = Some(t0.elapsed());
         if let Some(why) = why {
             tracing::warn!(
                 function = %d.record.name,
@@ -188,6 +204,211 @@ impl Node {
             );
         }
         None
+    }
+
+    /// The fetch of [`Node::snapshot_from_store`]: what it gives, or why not (its staged
+    /// directory is the caller's to remove on an error).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the names of one snapshot on this node and in the store, and how to fetch it"
+    )]
+    async fn snapshot_fetch(
+        &self,
+        d: &Arc<Deployed>,
+        parent: Option<&Parent>,
+        key: &str,
+        id: &str,
+        store_key: &str,
+        staged: &Path,
+        deadline: Duration,
+        lazy: bool,
+    ) -> Result<FromStore, FetchError> {
+        use ember_snap::image::format::{PAGES_FILE, WORKING_SET_FILE};
+        use ember_snap::image::pack::PACK_FILE;
+        let remote = self.remote.clone().ok_or(FetchError::Absent)?;
+        let guard = remote.begin_fetch("snapshot", store_key)?;
+        // The manifest, then every file (or, lazily, every file but the pages).
+        let first = async {
+            let m = remote.manifest("snapshot", store_key).await?;
+            let has = |n: &str| m.files.iter().any(|f| f.name == n);
+            let lazy = lazy && parent.is_some() && has(WORKING_SET_FILE) && has(PACK_FILE);
+            let stats = remote
+                .get_files(&m, staged, |n| !lazy || n != PAGES_FILE)
+                .await?;
+            Ok((m, stats, lazy))
+        };
+        let first = match tokio::time::timeout(deadline, first).await {
+            Ok(r) => r,
+            Err(_) => Err(FetchError::TimedOut(deadline)),
+        };
+        let (manifest, stats, lazily) = match first {
+            Ok(f) => f,
+            Err(e) => {
+                let e = Err(e);
+                guard.record(&e);
+                return e.map(|_| unreachable!("an error"));
+            }
+        };
+        let fetched = Fetched {
+            chunks: stats.chunks,
+            raw_bytes: stats.raw_bytes,
+            stored_bytes: stats.stored_bytes,
+            elapsed: guard.elapsed(),
+        };
+        if !lazily {
+            guard.record(&Ok(stats));
+            let added = self
+                .fetched_snapshot(d, parent, key, id, store_key, staged)
+                .await
+                .map_err(FetchError::Store)?;
+            log_fetched("snapshot", store_key, remote.describe(), &fetched);
+            return Ok(FromStore::Cached(added));
+        }
+        let parent = parent.ok_or(FetchError::Absent)?;
+        let lazy = self
+            .lazy_snapshot(
+                d, parent, key, id, store_key, staged, manifest, stats, guard,
+            )
+            .await
+            .map_err(FetchError::Store)?;
+        tracing::info!(
+            set = %format!("snapshot/{store_key}"),
+            store = remote.describe(),
+            chunks = fetched.chunks,
+            fetched_kib = fetched.stored_bytes >> 10,
+            working_set = lazy.working_set.len(),
+            ms = fetched.elapsed.as_millis() as u64,
+            "restoring lazily from the snapshot store (its working set fetched; the rest \
+             follows)"
+        );
+        Ok(FromStore::Lazy(lazy))
+    }
+
+    /// A layer whose metadata, working set and pack were fetched into `staged`, opened over
+    /// its parent image with its own pages served from the store; the rest of its page file
+    /// fetched in the background (holding `guard`), the snapshot added to the cache once it
+    /// is whole.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the snapshot's names, the manifest and the fetch under way, handed on to \
+                  the background"
+    )]
+    async fn lazy_snapshot(
+        &self,
+        d: &Arc<Deployed>,
+        parent: &Parent,
+        key: &str,
+        id: &str,
+        store_key: &str,
+        staged: &Path,
+        manifest: ember_store::manifest::Manifest,
+        first: ember_store::GetStats,
+        guard: crate::remote::FetchGuard,
+    ) -> Result<LazySnapshot, String> {
+        use ember_snap::image::{format::PAGES_FILE, pack, read_working_set};
+        let remote = self.remote.clone().ok_or("no snapshot store")?;
+        self.their_info(d, Some(parent), staged).await?;
+        let pages_file = manifest
+            .files
+            .iter()
+            .find(|f| f.name == PAGES_FILE)
+            .cloned()
+            .ok_or("the set has no page file")?;
+        let co = self
+            .images
+            .checkout(&parent.id)
+            .map_err(|e| error_chain(&e))?;
+        let dir = staged.to_path_buf();
+        let opened = tokio::task::spawn_blocking(move || {
+            let parent = co.pages(true).map_err(|e| error_chain(&e))?.image;
+            let (layer, lp) =
+                LoadedImage::open_layer(&dir, &parent).map_err(|e| error_chain(&e))?;
+            let packed = pack::read_pack(&dir, &lp.own)
+                .map_err(|e| error_chain(&e))?
+                .unwrap_or_default();
+            let ws = read_working_set(&dir, &lp.own)
+                .map_err(|e| error_chain(&e))?
+                .unwrap_or_default();
+            Ok::<_, String>((parent, layer, lp, packed, ws))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let (parent_img, layer, lp, packed, ws) = opened;
+        let chunks = Arc::new(crate::remote::StoreChunks::new(
+            remote.clone(),
+            store_key,
+            pages_file,
+            lp.own.pages.count,
+        ));
+        let source = Arc::new(LayerSource::new(lp, parent_img, chunks.clone()));
+        for (c, data) in packed {
+            source.offer(c, data);
+        }
+        let working_set = Arc::new(layer.flat_indices(&ws));
+        // The rest, in the background; the cache gets the snapshot once it is whole.
+        let node = self.me.upgrade().ok_or("the node is stopping")?;
+        let lazy = LazySnapshot {
+            id: id.to_string(),
+            layer: Arc::new(layer),
+            source,
+            working_set,
+        };
+        let (d, parent, key, id, store_key, staged) = (
+            d.clone(),
+            Parent {
+                id: parent.id.clone(),
+                meta_hash: parent.meta_hash.clone(),
+            },
+            key.to_string(),
+            id.to_string(),
+            store_key.to_string(),
+            staged.to_path_buf(),
+        );
+        self.spawn_background(async move {
+            let rest = remote.get_files(&manifest, &staged, |n| n == PAGES_FILE);
+            let rest = match tokio::time::timeout(PREFETCH_DEADLINE, rest).await {
+                Ok(r) => r,
+                Err(_) => Err(FetchError::TimedOut(PREFETCH_DEADLINE)),
+            };
+            let whole = rest.map(|r| ember_store::GetStats {
+                chunks: first.chunks + r.chunks,
+                raw_bytes: first.raw_bytes + r.raw_bytes,
+                stored_bytes: first.stored_bytes + r.stored_bytes,
+            });
+            guard.record(&whole);
+            let added = match whole {
+                Ok(stats) => {
+                    let f = Fetched {
+                        chunks: stats.chunks,
+                        raw_bytes: stats.raw_bytes,
+                        stored_bytes: stats.stored_bytes,
+                        elapsed: guard.elapsed(),
+                    };
+                    log_fetched("snapshot", &store_key, remote.describe(), &f);
+                    node.fetched_snapshot(&d, Some(&parent), &key, &id, &store_key, &staged)
+                        .await
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match added {
+                Ok(h) => chunks.now_local(h.dir.join(PAGES_FILE)),
+                Err(why) => {
+                    let _ = tokio::fs::remove_dir_all(&staged).await;
+                    if node.is_current(&d) {
+                        node.snapshot_in_background(&d, key.clone());
+                    }
+                    tracing::warn!(
+                        function = %d.record.name,
+                        snapshot = %store_key,
+                        "the rest of a function snapshot restored lazily from the snapshot \
+                         store did not come (its instances fetch each page they still need; \
+                         this node takes its own): {why}"
+                    );
+                }
+            }
+            drop(guard);
+        });
+        Ok(lazy)
     }
 
     /// In `snapshots = "remote"` mode: `d`'s function snapshot fetched from the store in
@@ -213,9 +434,16 @@ impl Node {
                 return;
             }
             let fetched = node
-                .snapshot_from_store(&d, parent.as_ref(), &key, PREFETCH_DEADLINE, &mut None)
+                .snapshot_from_store(
+                    &d,
+                    parent.as_ref(),
+                    &key,
+                    PREFETCH_DEADLINE,
+                    false,
+                    &mut None,
+                )
                 .await;
-            if let Some(h) = fetched {
+            if let Some(FromStore::Cached(h)) = fetched {
                 tracing::info!(
                     function = %d.record.name,
                     snapshot = %h.info.id,
@@ -236,36 +464,15 @@ impl Node {
         store_key: &str,
         staged: &Path,
     ) -> Result<SnapshotHandle, String> {
+        let theirs = self.their_info(d, parent, staged).await?;
         let dir = staged.to_path_buf();
-        let theirs = tokio::task::spawn_blocking(move || {
-            let info = crate::snapshots::read_info(&dir).map_err(|e| error_chain(&e))?;
-            // The cache writes its own.
+        // The cache writes its own.
+        tokio::task::spawn_blocking(move || {
             std::fs::remove_file(dir.join(crate::snapshots::INFO_FILE))
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(info)
         })
         .await
-        .map_err(|e| e.to_string())??;
-        let want_parent = parent.map(|p| (p.id.clone(), p.meta_hash.clone()));
-        let their_parent = theirs
-            .parent_image
-            .clone()
-            .zip(theirs.parent_meta_hash.clone());
-        if their_parent != want_parent {
-            return Err(format!(
-                "it is a layer over {their_parent:?}, this node serves the function from \
-                 {want_parent:?}"
-            ));
-        }
-        if theirs.point != d.record.config.snapshot || theirs.function != d.record.name {
-            return Err(format!(
-                "it is function {}'s snapshot at {}, not {}'s at {}",
-                theirs.function,
-                theirs.point.as_str(),
-                d.record.name,
-                d.record.config.snapshot.as_str()
-            ));
-        }
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
         let rec = &d.record;
         let info = SnapshotInfo {
             id: id.to_string(),
@@ -282,6 +489,7 @@ impl Node {
             dump_ms: theirs.dump_ms,
             store_key: Some(store_key.to_string()),
             fetched: true,
+            working_set_pages: theirs.working_set_pages,
         };
         // Deleted or replaced meanwhile (a prefetch outlives a deploy): it must not replace
         // the new version's, nor outlive its own.
@@ -314,6 +522,43 @@ impl Node {
             return Err(gone.into());
         }
         Ok(added)
+    }
+
+    /// The description of the snapshot fetched into `staged`, once it agrees with what this
+    /// node would take of `d` over `parent`.
+    async fn their_info(
+        &self,
+        d: &Deployed,
+        parent: Option<&Parent>,
+        staged: &Path,
+    ) -> Result<SnapshotInfo, String> {
+        let dir = staged.to_path_buf();
+        let theirs = tokio::task::spawn_blocking(move || {
+            crate::snapshots::read_info(&dir).map_err(|e| error_chain(&e))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let want_parent = parent.map(|p| (p.id.clone(), p.meta_hash.clone()));
+        let their_parent = theirs
+            .parent_image
+            .clone()
+            .zip(theirs.parent_meta_hash.clone());
+        if their_parent != want_parent {
+            return Err(format!(
+                "it is a layer over {their_parent:?}, this node serves the function from \
+                 {want_parent:?}"
+            ));
+        }
+        if theirs.point != d.record.config.snapshot || theirs.function != d.record.name {
+            return Err(format!(
+                "it is function {}'s snapshot at {}, not {}'s at {}",
+                theirs.function,
+                theirs.point.as_str(),
+                d.record.name,
+                d.record.config.snapshot.as_str()
+            ));
+        }
+        Ok(theirs)
     }
 }
 

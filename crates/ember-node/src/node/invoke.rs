@@ -107,47 +107,74 @@ impl Node {
             },
             background: false,
         };
-        let climbed = ladder::climb(&rungs(), &mut cx).await;
-        let mut timing = cx.timing;
-        let (mut inst, start) = match climbed {
-            Climbed::Started {
-                inst,
-                path,
-                fallback,
-            } => {
-                timing.fallback = fallback;
-                (inst, path)
-            }
-            Climbed::Ended {
-                outcome,
-                path,
-                fallback,
-                gated,
-            } => {
-                timing.fallback = fallback;
-                if !gated {
-                    d.crash_loop.failed(&outcome, Instant::now());
+        // A start restored lazily whose page could not be had (the snapshot store failed
+        // after its working set arrived) is killed before it can run anything unchecked;
+        // the invocation then runs once more, on an instance from the ladder anew.
+        let mut again = true;
+        let (mut inst, start, mut timing, mut imported, ran) = loop {
+            let climbed = ladder::climb(&rungs(), &mut cx).await;
+            let mut timing = std::mem::take(&mut cx.timing);
+            let (mut inst, start) = match climbed {
+                Climbed::Started {
+                    inst,
+                    path,
+                    fallback,
+                } => {
+                    timing.fallback = fallback;
+                    (inst, path)
                 }
-                timing.total = t0.elapsed();
-                let served = Served::none(path);
-                return Ok(self.finish(d, request_id, served, timing, outcome));
+                Climbed::Ended {
+                    outcome,
+                    path,
+                    fallback,
+                    gated,
+                } => {
+                    timing.fallback = fallback;
+                    if !gated {
+                        d.crash_loop.failed(&outcome, Instant::now());
+                    }
+                    timing.total = t0.elapsed();
+                    let served = Served::none(path);
+                    return Ok(self.finish(d, request_id, served, timing, outcome));
+                }
+            };
+            if start != StartPath::Warm {
+                d.crash_loop.started();
+                if timing.fallback.is_none() {
+                    d.start_costs.record(start, timing.init());
+                }
             }
+            let imported = inst.inst.take_imported();
+            let limit = Duration::from_secs(u64::from(rec.config.timeout_s));
+            let ran = watched(&mut inst, &request_id, limit, event)
+                .instrument(info_span!("exec"))
+                .await;
+            self.report_pages(&mut inst);
+            if again
+                && matches!(ran, Ran::Done(Err(_)))
+                && let Some(why) = super::restore::page_unavailable(&mut inst).await
+            {
+                again = false;
+                self.discard(d, inst, &why);
+                self.logs.append(
+                    &rec.name,
+                    "ember",
+                    "event",
+                    format!(
+                        "an instance was stopped in the middle of request {request_id}: {why}; \
+                         the request runs again on another instance"
+                    )
+                    .as_bytes(),
+                );
+                cx.timing.queue = timing.queue;
+                continue;
+            }
+            break (inst, start, timing, imported, ran);
         };
-        if start != StartPath::Warm {
-            d.crash_loop.started();
-            if timing.fallback.is_none() {
-                d.start_costs.record(start, timing.init());
-            }
-        }
-        let mut imported = inst.inst.take_imported();
         let instance_id = inst.id().to_string();
         let image = inst.image.clone();
         let snapshot = inst.snapshot.clone();
         let limit = Duration::from_secs(u64::from(rec.config.timeout_s));
-        let ran = watched(&mut inst, &request_id, limit, event)
-            .instrument(info_span!("exec"))
-            .await;
-        self.report_pages(&mut inst);
         let outcome = match ran {
             Ran::TimedOut => {
                 self.discard(
@@ -189,6 +216,8 @@ impl Node {
                 if start != StartPath::Warm {
                     // What a forked start wrote: its template's standbys write it ahead.
                     self.learn_write_set(&inst);
+                    // What a recording restore touched: other nodes fetch it first.
+                    self.record_working_set(&mut inst);
                 }
                 // What its first invocation imported, learned as the handler's import's.
                 imported.extend(inst.inst.take_imported());

@@ -65,6 +65,7 @@ mod spawner;
 mod standby;
 mod start_costs;
 mod templates;
+mod working_set;
 
 use crash_loop::CrashLoop;
 use deploy::precompile;

@@ -329,3 +329,20 @@ pub(in crate::node) fn server_failure(live: &mut Live) -> Option<String> {
     }
     live.pages.take()?.wait().err().map(|e| error_chain(&e))
 }
+
+/// Why `live`'s process was killed by its page server, when that is what ended it: a page
+/// could not be had at its source (the snapshot store failed after a lazy restore's working
+/// set arrived). The server ends once the process is gone: waited for briefly.
+pub(in crate::node) async fn page_unavailable(live: &mut Live) -> Option<String> {
+    let t0 = Instant::now();
+    while !live.pages.as_ref()?.is_finished() {
+        if t0.elapsed() > Duration::from_millis(500) {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    match live.pages.take()?.wait() {
+        Err(e @ ember_snap::lazy::ServeError::Source { .. }) => Some(error_chain(&e)),
+        _ => None,
+    }
+}

@@ -427,6 +427,7 @@ impl Node {
             dump_ms: t0.elapsed().as_secs_f64() * 1e3,
             store_key,
             fetched: false,
+            working_set_pages: 0,
         };
         let store = self.snapshots.clone();
         let (i2, st2) = (info.clone(), staged.clone());

@@ -135,6 +135,15 @@ pub struct SnapshotInfo {
     /// Fetched from the snapshot store (not taken here).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fetched: bool,
+    /// Pages of its recorded working set (what its first restore and invocation touched,
+    /// `snapshots = "remote"`): a node without it restores it lazily from the store with
+    /// these first. 0: none recorded.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub working_set_pages: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl SnapshotInfo {
@@ -636,6 +645,27 @@ impl SnapshotStore {
         drop(inner);
         aside.iter().for_each(|p| remove_path(p));
         gone
+    }
+
+    /// Records that snapshot `id` now has a working set of `pages` pages (its files written
+    /// beside it by the caller): its `snapshot.json` and its bytes updated. Blocking.
+    pub fn set_working_set(&self, id: &str, pages: u64) -> Result<SnapshotInfo, SnapshotError> {
+        let dir = self.path(id);
+        let mut inner = self.lock();
+        let Some(e) = inner.entries.get_mut(id) else {
+            return Err(SnapshotError::Invalid {
+                id: id.to_string(),
+                why: "it left the cache".into(),
+            });
+        };
+        let mut info = e.info.clone();
+        info.working_set_pages = pages;
+        info.bytes = dir_bytes(&dir)?;
+        write_info(&dir, &info)?;
+        let old = std::mem::replace(&mut e.info, info.clone());
+        inner.disk_bytes = (inner.disk_bytes + info.bytes).saturating_sub(old.bytes);
+        self.update_gauges(&inner);
+        Ok(info)
     }
 
     /// What the catalog holds for `id` (as [`SnapshotStore::add`] stored it).

@@ -52,6 +52,7 @@ fn info(function: &str, key: &str, init_ms: f64) -> SnapshotInfo {
         dump_ms: 5.0,
         store_key: None,
         fetched: false,
+        working_set_pages: 0,
     }
 }
 

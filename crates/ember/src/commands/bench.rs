@@ -39,8 +39,8 @@ pub enum Experiment {
     Lambda,
     /// vHive's snapshot modes (its Table 6.2, Fig. 6.1-6.2): each workload's cold start with
     /// no snapshots, from a local function snapshot, from the snapshot store without a local
-    /// copy, and from the store's copy cached locally, --runs rounds interleaved, on the S3
-    /// server EMBER_S3_ENDPOINT names (needs root)
+    /// copy (restored lazily, and fetched whole), and from the store's copy cached locally,
+    /// --runs rounds interleaved, on the S3 server EMBER_S3_ENDPOINT names (needs root)
     Vhive,
 }
 
@@ -656,37 +656,41 @@ async fn vhive(args: Args) -> anyhow::Result<()> {
     }
     let envs = std::path::absolute(&args.envs_dir)?;
     let mut homes = Vec::new();
-    let mut start = |snapshots: &str, images: &str| -> anyhow::Result<crate::settings::Settings> {
-        let home = tempfile::Builder::new()
-            .prefix("ember-bench-vhive-")
-            .tempdir()?;
-        let a = DaemonArgs {
-            home: Some(home.path().to_path_buf()),
-            listen: Some("127.0.0.1:0".into()),
-            envs_dir: Some(envs.clone()),
-            keep_alive: Some("1h".into()),
-            images: Some(images.into()),
-            snapshots: Some(snapshots.into()),
-            // Restores, not forks from a template: what differs is where the snapshot is.
-            no_templates: true,
-            fixed_ladder: true,
-            ..Default::default()
+    let mut start =
+        |snapshots: &str, images: &str, lazy: bool| -> anyhow::Result<crate::settings::Settings> {
+            let home = tempfile::Builder::new()
+                .prefix("ember-bench-vhive-")
+                .tempdir()?;
+            let a = DaemonArgs {
+                home: Some(home.path().to_path_buf()),
+                listen: Some("127.0.0.1:0".into()),
+                envs_dir: Some(envs.clone()),
+                keep_alive: Some("1h".into()),
+                images: Some(images.into()),
+                snapshots: Some(snapshots.into()),
+                // Restores, not forks from a template: what differs is where the snapshot is.
+                no_templates: true,
+                fixed_ladder: true,
+                no_lazy_remote: !lazy,
+                ..Default::default()
+            };
+            homes.push(home);
+            let mut s = a.resolve()?;
+            if snapshots == "remote" {
+                s.node.store = Some(store.clone());
+            }
+            Ok(s)
         };
-        homes.push(home);
-        let mut s = a.resolve()?;
-        if snapshots == "remote" {
-            s.node.store = Some(store.clone());
-        }
-        Ok(s)
-    };
-    let baseline = daemon::start(start("off", "off")?).await?;
-    let local = daemon::start(start("remote", "on-deploy")?).await?;
-    let remote = daemon::start(start("remote", "on-deploy")?).await?;
-    let cached = daemon::start(start("remote", "on-deploy")?).await?;
+    let baseline = daemon::start(start("off", "off", true)?).await?;
+    let local = daemon::start(start("remote", "on-deploy", true)?).await?;
+    let remote = daemon::start(start("remote", "on-deploy", true)?).await?;
+    let whole = daemon::start(start("remote", "on-deploy", false)?).await?;
+    let cached = daemon::start(start("remote", "on-deploy", true)?).await?;
     let d = vh::Daemons {
         baseline: Client::new(&baseline.url(), None),
         local: Client::new(&local.url(), None),
         remote: Client::new(&remote.url(), None),
+        whole: Client::new(&whole.url(), None),
         cached: Client::new(&cached.url(), None),
     };
     eprintln!(
@@ -716,7 +720,7 @@ async fn vhive(args: Args) -> anyhow::Result<()> {
         anyhow::Ok((rows, all))
     }
     .await;
-    for r in [baseline, local, remote, cached] {
+    for r in [baseline, local, remote, whole, cached] {
         r.stop().await?;
     }
     drop(homes);

@@ -14,17 +14,21 @@
 //! falls through to the image rung, and is removed after repeated failures. After HOOKED, a
 //! failure (an after-restore hook that raises) is the function's own.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use ember_runtime::StartSpec;
+
 use ember_snap::LoadedImage;
+use ember_snap::lazy::Policy;
 use tracing::{Instrument, info_span};
 
 use super::{Attempt, AttemptFuture, Rung, RungError, StartPath};
 use crate::function::Network;
-use crate::images::Pages;
+use crate::images::{Checkout, Pages};
 use crate::live::Live;
-use crate::node::fetch::SNAPSHOT_DEADLINE;
+use crate::node::fetch::{FromStore, LazySnapshot, SNAPSHOT_DEADLINE};
 use crate::node::invoke::StartCx;
 use crate::node::restore::{Blame, Restored, Sees};
 use crate::node::snapshot_take::{Parent, TakeError};
@@ -74,11 +78,25 @@ impl<'c> Rung<StartCx<'c>, Live> for FunctionSnapshot {
                             parent.as_ref(),
                             &key,
                             SNAPSHOT_DEADLINE,
+                            node.cfg.snapshots.lazy_remote,
                             &mut cx.timing.fetch,
                         )
                         .await;
                     match (fetched, missed) {
-                        (Some(h), _) => h,
+                        (Some(FromStore::Cached(h)), _) => h,
+                        (Some(FromStore::Lazy(l)), _) => {
+                            let what = format!(
+                                "function snapshot {} (restored lazily from the snapshot store)",
+                                l.id
+                            );
+                            return match node.lazy_snapshot_start(cx, l, parent).await {
+                                Ok(live) => Attempt::Started(live),
+                                Err(Blame::Function(outcome)) => Attempt::Ended(outcome),
+                                // Not counted against the snapshot: the cache does not hold
+                                // it yet (it is added once whole, and counted from then on).
+                                Err(Blame::Snapshot(error)) => Attempt::Failed { what, error },
+                            };
+                        }
                         (None, missed) => {
                             if let Lookup::Stale(old) = missed {
                                 node.logs.append(
@@ -181,20 +199,7 @@ impl Node {
                 why,
             })
         };
-        // The interpreter and packages it was taken with: its image's, or the function's own.
-        let (python, env_dir, parent_image) = match &parent {
-            Some(p) => {
-                let co = self
-                    .images
-                    .checkout(&p.id)
-                    .map_err(|source| RungError::Checkout {
-                        id: p.id.clone(),
-                        source,
-                    })?;
-                (co.python.clone(), co.env_dir.clone(), Some(co))
-            }
-            None => (d.env.python(), d.env.dir.clone(), None),
-        };
+        let (python, env_dir, parent_image) = self.snapshot_env(d, parent.as_ref())?;
         let layer = match &h.loaded {
             Some(l) => l.clone(),
             None => {
@@ -254,12 +259,15 @@ impl Node {
                 (live, how)
             }
             None => {
-                let pages = Pages::in_memory(layer, None);
+                // Its working set recorded for other nodes: lazily, from memory.
+                let records = !cx.background && self.records_working_set(&h.info);
+                let policy = if records { Policy::Lazy } else { policy };
+                let pages = Pages::in_memory(layer.clone(), None);
                 let sink = self.logs.sink(&rec.name);
                 let span = info_span!("start.function_snapshot", instance = %spec.instance_id, snapshot = %id);
                 let pooled = !cx.background && self.standby_serves(d);
                 let Restored {
-                    live,
+                    mut live,
                     sandbox,
                     restore,
                     ..
@@ -267,20 +275,114 @@ impl Node {
                     .restore_instance(&mut spec, sees, &id, &pages, policy, sink, pooled)
                     .instrument(span)
                     .await?;
+                if records {
+                    live.records = Some((id.clone(), layer));
+                }
                 cx.timing.sandbox = Some(sandbox);
                 cx.timing.restore = Some(restore);
                 (live, format!("function snapshot {id}, {policy}"))
             }
         };
-        let (mut live, t) = self.init_restored_instance(d, live, &spec).await?;
+        self.snapshot_started(cx, live, &spec, parent, &id, &how)
+            .await
+    }
+
+    /// An instance of `cx.d` restored lazily from snapshot `l`, coming from the snapshot
+    /// store: its working set installed before it runs, the rest of its own pages fetched as
+    /// it touches them (read from this node's copy once the background fetch has it whole).
+    pub(in crate::node) async fn lazy_snapshot_start(
+        &self,
+        cx: &mut StartCx<'_>,
+        l: LazySnapshot,
+        parent: Option<Parent>,
+    ) -> Result<Live, Blame> {
+        let d: &Deployed = cx.d;
+        let rec = &d.record;
+        let (python, env_dir, _) = self.snapshot_env(d, parent.as_ref())?;
+        let mut spec = self.instance_spec(d, instance_id(&rec.name), python, Vec::new());
+        let sees = Sees {
+            read_only: vec![d.code_dir.clone(), env_dir, self.bootstrap.clone()],
+            host_network: rec.config.network == Network::Host,
+        };
+        let pages = Pages {
+            image: l.layer,
+            source: l.source,
+            working_set: Some(l.working_set),
+        };
+        let sink = self.logs.sink(&rec.name);
+        let span =
+            info_span!("start.function_snapshot", instance = %spec.instance_id, snapshot = %l.id);
+        let pooled = !cx.background && self.standby_serves(d);
+        let Restored {
+            live,
+            sandbox,
+            restore,
+            ..
+        } = self
+            .restore_instance(
+                &mut spec,
+                sees,
+                &l.id,
+                &pages,
+                Policy::Prefetch,
+                sink,
+                pooled,
+            )
+            .instrument(span)
+            .await?;
+        cx.timing.sandbox = Some(sandbox);
+        cx.timing.restore = Some(restore);
+        let how = format!(
+            "function snapshot {}, restored lazily from the snapshot store",
+            l.id
+        );
+        self.snapshot_started(cx, live, &spec, parent, &l.id, &how)
+            .await
+    }
+
+    /// The interpreter and packages a snapshot of `d` over `parent` was taken with: its
+    /// image's (and the image, checked out), or the function's own.
+    fn snapshot_env(
+        &self,
+        d: &Deployed,
+        parent: Option<&Parent>,
+    ) -> Result<(PathBuf, PathBuf, Option<Checkout>), RungError> {
+        Ok(match parent {
+            Some(p) => {
+                let co = self
+                    .images
+                    .checkout(&p.id)
+                    .map_err(|source| RungError::Checkout {
+                        id: p.id.clone(),
+                        source,
+                    })?;
+                (co.python.clone(), co.env_dir.clone(), Some(co))
+            }
+            None => (d.env.python(), d.env.dir.clone(), None),
+        })
+    }
+
+    /// The second half of a start from function snapshot `id`: INIT restored, then counted
+    /// and said (`how`).
+    async fn snapshot_started(
+        &self,
+        cx: &mut StartCx<'_>,
+        live: Live,
+        spec: &StartSpec,
+        parent: Option<Parent>,
+        id: &str,
+        how: &str,
+    ) -> Result<Live, Blame> {
+        let d: &Deployed = cx.d;
+        let (mut live, t) = self.init_restored_instance(d, live, spec).await?;
         let timing = &mut cx.timing;
         timing.hook = Some(t.hook + t.after_restore);
         live.image = parent.map(|p| p.id);
-        live.snapshot = Some(id.clone());
+        live.snapshot = Some(id.to_string());
         let store = self.snapshots.clone();
-        let sid = id.clone();
+        let sid = id.to_string();
         tokio::task::spawn_blocking(move || store.record_use(&sid));
-        self.restored_started(d, &spec, &live, &how, timing.init());
+        self.restored_started(d, spec, &live, how, timing.init());
         Ok(live)
     }
 }
