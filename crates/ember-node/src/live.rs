@@ -141,6 +141,9 @@ pub struct Live {
     /// Restored lazily to record its function snapshot's working set: the snapshot's id and
     /// its loaded layer (node/working_set.rs).
     pub records: Option<(String, std::sync::Arc<ember_snap::LoadedImage>)>,
+    /// Restored lazily from the snapshot store: its page server may fail at a page the
+    /// store cannot give (the invocation then runs again: node/invoke.rs).
+    pub from_store: bool,
 }
 
 impl Live {
@@ -156,6 +159,7 @@ impl Live {
             limits_seen: Events::default(),
             holds: None,
             records: None,
+            from_store: false,
         }
     }
 

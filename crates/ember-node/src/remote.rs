@@ -555,7 +555,9 @@ pub struct StoreChunks {
     /// Stored pages of the layer.
     pages: u64,
     runtime: tokio::runtime::Handle,
-    local: Mutex<Option<PathBuf>>,
+    /// The whole page file, opened when it was added to the cache (held open: the cache may
+    /// replace the path's file meanwhile).
+    local: Mutex<Option<Arc<std::fs::File>>>,
 }
 
 impl StoreChunks {
@@ -571,9 +573,12 @@ impl StoreChunks {
         }
     }
 
-    /// The whole page file is at `path` now: later chunks are read from it.
-    pub fn now_local(&self, path: PathBuf) {
-        *self.local.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
+    /// The whole page file is at `path` now: later chunks are read from it (checked by the
+    /// caller as a fetched one is).
+    pub fn now_local(&self, path: &Path) {
+        if let Ok(f) = std::fs::File::open(path) {
+            *self.local.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
+        }
     }
 
     fn range(&self, c: u64) -> (u64, u64) {
@@ -581,9 +586,8 @@ impl StoreChunks {
         (PAGE * (1 + c * CHUNK_PAGES), chunk_bytes(self.pages, c))
     }
 
-    fn read_local(&self, path: &Path, chunks: &[u64]) -> std::io::Result<Vec<Vec<u8>>> {
+    fn read_local(&self, f: &std::fs::File, chunks: &[u64]) -> std::io::Result<Vec<Vec<u8>>> {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::File::open(path)?;
         chunks
             .iter()
             .map(|&c| {
@@ -607,8 +611,8 @@ impl ember_snap::lazy::ChunkFetch for StoreChunks {
     fn fetch(&self, chunks: &[u64]) -> Result<Vec<Vec<u8>>, String> {
         use futures::StreamExt;
         let local = self.local.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(path) = local
-            && let Ok(data) = self.read_local(&path, chunks)
+        if let Some(f) = local
+            && let Ok(data) = self.read_local(&f, chunks)
         {
             return Ok(data);
         }

@@ -149,11 +149,11 @@ async fn first_node(env: &[(String, String)]) -> (Daemon, tempfile::TempDir, Str
     (d, home, image, set)
 }
 
-/// The first node restores `hello` from its own snapshot once, so that the snapshot's
-/// working set is recorded and stored with it; its working set's size.
-async fn record_working_set(a: &Daemon) -> u64 {
-    a.stop_instances("hello").await;
-    let r = a.invoke("hello", "{}").await;
+/// Node `a` restores `name` from its own snapshot once, so that the snapshot's working set
+/// is recorded and stored with it; its working set's size. `a` lists one snapshot.
+async fn record_working_set(a: &Daemon, name: &str) -> u64 {
+    a.stop_instances(name).await;
+    let r = a.invoke(name, "{}").await;
     assert_eq!(r.status, 200, "{}", r.raw);
     assert!(!r.snapshot.is_empty(), "not from its snapshot: {}", r.raw);
     let mut pages = 0;
@@ -362,7 +362,7 @@ async fn a_second_node_restores_a_function_it_never_ran_from_the_store() {
     // Lazily: once the first node recorded the snapshot's working set, a node without a
     // copy restores it from its metadata, working set and pack, the rest following in the
     // background (added to its cache once whole).
-    let ws = record_working_set(&a).await;
+    let ws = record_working_set(&a, "hello").await;
     let set_a = set_of(&a).1;
     let (_, repo) = store_of(&env);
     let m = repo
@@ -656,10 +656,27 @@ async fn a_store_that_is_down_slow_wrong_or_lossy_costs_a_rung_never_an_answer()
     );
 }
 
-/// Faults of a lazy restore: page chunks lost after the working set arrived (the instance
-/// answers from its pack, or is stopped at the page it cannot have and the request runs
-/// again on a lower rung), and a working-set pack with wrong bytes (the restore never
-/// starts: a lower rung serves). Every answer is right.
+/// A function whose init makes 4 MiB of its own (pages of its snapshot's layer) that only a
+/// `scan` event reads: a working set recorded from `{}` lacks them.
+async fn deploy_scan(d: &Daemon) {
+    let code = "import hashlib\nDATA = bytes(range(256)) * 16384\n\
+                def handler(e, c):\n    if e.get('scan'):\n        \
+                return {'sha': hashlib.sha256(DATA).hexdigest()}\n    return {'ok': True}\n";
+    let (status, body) = d
+        .deploy_zip(
+            "scan",
+            json!({"handler": "main.handler", "packages": []}),
+            &py(code),
+        )
+        .await;
+    assert!(status == 201 || status == 200, "{status} {body}");
+}
+
+/// Faults of a lazy restore. Page chunks lost after the working set arrived: an instance
+/// that touches a page outside its working set is stopped at that page (never given
+/// anything unchecked) and the request runs again on another instance, with the right
+/// answer. A working-set pack with wrong bytes: the restore never starts, a lower rung
+/// serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_fails_a_lazy_restore_costs_a_rung_never_an_answer() {
     if !need_sandbox() {
@@ -667,11 +684,21 @@ async fn a_store_that_fails_a_lazy_restore_costs_a_rung_never_an_answer() {
     }
     let test = "a_store_that_fails_a_lazy_restore_costs_a_rung_never_an_answer";
     let Some(env) = store_env(test) else { return };
-    let (a, _home_a, _, set) = first_node(&env).await;
-    record_working_set(&a).await;
+    let home_a = tempfile::tempdir().unwrap();
+    let a = Daemon::start_env(home_a.path(), &REMOTE, &env);
+    deploy_scan(&a).await;
+    stored(&a, "image", "images");
+    let r = a.invoke("scan", "{}").await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    let (_, set) = set_of(&a);
+    record_working_set(&a, "scan").await;
+    let scan = "{\"scan\": true}";
+    let want = a.invoke("scan", scan).await;
+    assert_eq!(want.status, 200, "{}", want.raw);
+
     let home_b = tempfile::tempdir().unwrap();
     let b = Daemon::start_env(home_b.path(), &REMOTE, &env);
-    deploy_hello(&b).await;
+    deploy_scan(&b).await;
     stored(&b, "image", "images");
     assert!(
         eventually(Duration::from_secs(30), || !listing(
@@ -694,54 +721,61 @@ async fn a_store_that_fails_a_lazy_restore_costs_a_rung_never_an_answer() {
             m.files.into_iter().find(|f| f.name == name)
         }
     };
-    let fresh_start = |what: &'static str| {
+    let fresh_start = |what: &'static str, event: &'static str| {
         let b = &b;
         async move {
             if let Some(s) = listing(b, "snapshot", "snapshots").first() {
                 let out = b.cli(&["snapshot", "rm", s["id"].as_str().unwrap()]);
                 assert!(out.ok, "{}", out.stderr);
             }
-            b.stop_instances("hello").await;
+            b.stop_instances("scan").await;
             let failed_before = fetches_failed(b).await;
-            let r = b.invoke("hello", "{}").await;
-            assert_eq!(
-                (r.status, &r.body),
-                (200, &json!({"ok": true})),
-                "{what}: {}",
-                r.raw
-            );
+            let r = b.invoke("scan", event).await;
+            assert_eq!(r.status, 200, "{what}: {}", r.raw);
             assert!(r.timing.contains("fetch"), "{what}: {}", r.timing);
             // Counted once the fetch (or its background part) fails.
-            assert!(
-                eventually(Duration::from_secs(30), || {
-                    let failed = tokio::task::block_in_place(|| {
-                        tokio::runtime::Handle::current().block_on(fetches_failed(b))
-                    });
-                    failed > failed_before
-                }),
-                "{what}: no failed fetch counted"
-            );
+            let mut failed = failed_before;
+            for _ in 0..150 {
+                failed = fetches_failed(b).await;
+                if failed > failed_before {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            assert!(failed > failed_before, "{what}: no failed fetch counted");
             r
         }
     };
 
-    // Every page chunk lost (the page file's header kept): the working set comes from the
-    // pack; whatever else the instance touches cannot be had.
+    // Every page chunk lost (the page file's header kept): the restore needs only the pack;
+    // the scan reads pages it lacks.
     let pages = file("pages").await.unwrap();
     for h in &pages.chunks[1..] {
         ember_store::Backend::delete(backend.as_ref(), &h.key())
             .await
             .unwrap();
     }
-    let r = fresh_start("page chunks lost").await;
-    eprintln!("page chunks lost: {} {}", r.timing, r.raw);
+    let r = fresh_start("page chunks lost", scan).await;
+    assert_eq!(r.body, want.body, "page chunks lost: {}", r.raw);
+    assert!(
+        r.snapshot.is_empty(),
+        "page chunks lost: the answer came from the lazily restored snapshot: {}",
+        r.raw
+    );
+    b.assert_logged(
+        "scan",
+        &[
+            "a page failed at its source",
+            "the request runs again on another instance",
+        ],
+    );
 
     // B took its own snapshot instead, and stored it over the set: once B restored it (and
     // recorded its working set), the set has a pack again. Its pack's object then holds
     // other bytes.
     tokio::time::sleep(Duration::from_millis(5500)).await;
     stored_entry(&b, "snapshot", "snapshots");
-    record_working_set(&b).await;
+    record_working_set(&b, "scan").await;
     let pack = file("wspages").await.expect("a pack in the store");
     let other = file("meta").await.unwrap().chunks[0];
     let wrong = ember_store::Backend::get(backend.as_ref(), &other.key())
@@ -750,7 +784,8 @@ async fn a_store_that_fails_a_lazy_restore_costs_a_rung_never_an_answer() {
     ember_store::Backend::put(backend.as_ref(), &pack.chunks[0].key(), wrong)
         .await
         .unwrap();
-    let r = fresh_start("pack with wrong bytes").await;
+    let r = fresh_start("pack with wrong bytes", scan).await;
+    assert_eq!(r.body, want.body, "pack with wrong bytes: {}", r.raw);
     assert!(
         r.snapshot.is_empty(),
         "served from a snapshot whose pack was wrong: {}",

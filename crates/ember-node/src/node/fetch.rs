@@ -18,8 +18,9 @@
 //! that fetch, within its deadline.
 //! Sets are fetched whole before use: their pages are checked before any is installed.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ember_snap::LoadedImage;
@@ -42,6 +43,7 @@ pub(in crate::node) enum FromStore {
 }
 
 /// A layer to restore before its own pages are all here ([`Node::snapshot_from_store`]).
+#[derive(Clone)]
 pub(in crate::node) struct LazySnapshot {
     /// Its id in the cache, once whole.
     pub id: String,
@@ -52,6 +54,18 @@ pub(in crate::node) struct LazySnapshot {
     pub source: Arc<LayerSource>,
     /// What a prefetch restore installs first (held pages, `page_data` order).
     pub working_set: Arc<Vec<u64>>,
+}
+
+/// The function snapshots being restored lazily while their page files come, by set: a
+/// start that misses one meanwhile restores from the same (it would otherwise wait for the
+/// whole fetch, and then miss it).
+#[derive(Default)]
+pub(in crate::node) struct LazySets(Mutex<HashMap<String, LazySnapshot>>);
+
+impl LazySets {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, LazySnapshot>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The longest an image fetch may take (off the request path).
@@ -177,6 +191,10 @@ impl Node {
             Err(FetchError::Busy) => {
                 // Another start or a prefetch is fetching it: its result is this start's.
                 let _ = tokio::fs::remove_dir_all(&staged).await;
+                // Restored lazily by another start, its pages still coming: from the same.
+                if lazy && let Some(l) = self.lazy_sets.lock().get(&store_key).cloned() {
+                    return Some(FromStore::Lazy(l));
+                }
                 let left = deadline.saturating_sub(t0.elapsed());
                 remote.wait_fetch("snapshot", &store_key, left).await;
                 *fetch_time = Some(t0.elapsed());
@@ -269,8 +287,7 @@ impl Node {
             .lazy_snapshot(
                 d, parent, key, id, store_key, staged, manifest, stats, guard,
             )
-            .await
-            .map_err(FetchError::Store)?;
+            .await?;
         tracing::info!(
             set = %format!("snapshot/{store_key}"),
             store = remote.describe(),
@@ -287,7 +304,8 @@ impl Node {
     /// A layer whose metadata, working set and pack were fetched into `staged`, opened over
     /// its parent image with its own pages served from the store; the rest of its page file
     /// fetched in the background (holding `guard`), the snapshot added to the cache once it
-    /// is whole.
+    /// is whole. Meanwhile other starts that miss it restore from the same
+    /// ([`LazySets`]).
     #[allow(
         clippy::too_many_arguments,
         reason = "the snapshot's names, the manifest and the fetch under way, handed on to \
@@ -304,55 +322,31 @@ impl Node {
         manifest: ember_store::manifest::Manifest,
         first: ember_store::GetStats,
         guard: crate::remote::FetchGuard,
-    ) -> Result<LazySnapshot, String> {
-        use ember_snap::image::{format::PAGES_FILE, pack, read_working_set};
-        let remote = self.remote.clone().ok_or("no snapshot store")?;
-        self.their_info(d, Some(parent), staged).await?;
+    ) -> Result<LazySnapshot, FetchError> {
+        use ember_snap::image::format::PAGES_FILE;
+        let (Some(remote), Some(node)) = (self.remote.clone(), self.me.upgrade()) else {
+            return Err(FetchError::Absent);
+        };
         let pages_file = manifest
             .files
             .iter()
             .find(|f| f.name == PAGES_FILE)
-            .cloned()
-            .ok_or("the set has no page file")?;
-        let co = self
-            .images
-            .checkout(&parent.id)
-            .map_err(|e| error_chain(&e))?;
-        let dir = staged.to_path_buf();
-        let opened = tokio::task::spawn_blocking(move || {
-            let parent = co.pages(true).map_err(|e| error_chain(&e))?.image;
-            let (layer, lp) =
-                LoadedImage::open_layer(&dir, &parent).map_err(|e| error_chain(&e))?;
-            let packed = pack::read_pack(&dir, &lp.own)
-                .map_err(|e| error_chain(&e))?
-                .unwrap_or_default();
-            let ws = read_working_set(&dir, &lp.own)
-                .map_err(|e| error_chain(&e))?
-                .unwrap_or_default();
-            Ok::<_, String>((parent, layer, lp, packed, ws))
-        })
-        .await
-        .map_err(|e| e.to_string())??;
-        let (parent_img, layer, lp, packed, ws) = opened;
-        let chunks = Arc::new(crate::remote::StoreChunks::new(
-            remote.clone(),
-            store_key,
-            pages_file,
-            lp.own.pages.count,
-        ));
-        let source = Arc::new(LayerSource::new(lp, parent_img, chunks.clone()));
-        for (c, data) in packed {
-            source.offer(c, data);
-        }
-        let working_set = Arc::new(layer.flat_indices(&ws));
-        // The rest, in the background; the cache gets the snapshot once it is whole.
-        let node = self.me.upgrade().ok_or("the node is stopping")?;
-        let lazy = LazySnapshot {
-            id: id.to_string(),
-            layer: Arc::new(layer),
-            source,
-            working_set,
+            .cloned();
+        let opened = match pages_file {
+            Some(f) => self.open_lazy(d, parent, id, store_key, staged, f).await,
+            None => Err("the set has no page file".to_string()),
         };
+        let (lazy, chunks) = match opened {
+            Ok(o) => o,
+            Err(why) => {
+                // Counted, and not asked for again for a while, as a whole fetch that failed.
+                guard.record(&Err(FetchError::Store(why.clone())));
+                return Err(FetchError::Store(why));
+            }
+        };
+        self.lazy_sets
+            .lock()
+            .insert(store_key.to_string(), lazy.clone());
         let (d, parent, key, id, store_key, staged) = (
             d.clone(),
             Parent {
@@ -391,24 +385,80 @@ impl Node {
                 Err(e) => Err(e.to_string()),
             };
             match added {
-                Ok(h) => chunks.now_local(h.dir.join(PAGES_FILE)),
+                Ok(h) => chunks.now_local(&h.dir.join(PAGES_FILE)),
                 Err(why) => {
                     let _ = tokio::fs::remove_dir_all(&staged).await;
-                    if node.is_current(&d) {
+                    if node.is_current(&d) && !node.snapshots.holds(&d.record.name, &key) {
                         node.snapshot_in_background(&d, key.clone());
                     }
                     tracing::warn!(
                         function = %d.record.name,
                         snapshot = %store_key,
-                        "the rest of a function snapshot restored lazily from the snapshot \
-                         store did not come (its instances fetch each page they still need; \
-                         this node takes its own): {why}"
+                        "a function snapshot restored lazily from the snapshot store was not \
+                         added here (its instances fetch each page they still need): {why}"
                     );
                 }
             }
+            // Found in the cache from now on (or taken anew): no more starts from this one.
+            node.lazy_sets.lock().remove(&store_key);
             drop(guard);
         });
         Ok(lazy)
+    }
+
+    /// The layer in `staged` (page file `pages_file` in the store) opened over its parent
+    /// image for a lazy restore, its pack's chunks in hand: the snapshot to restore, and
+    /// where its own pages come from.
+    async fn open_lazy(
+        &self,
+        d: &Deployed,
+        parent: &Parent,
+        id: &str,
+        store_key: &str,
+        staged: &Path,
+        pages_file: ember_store::manifest::FileEntry,
+    ) -> Result<(LazySnapshot, Arc<crate::remote::StoreChunks>), String> {
+        use ember_snap::image::{pack, read_working_set};
+        let remote = self.remote.clone().ok_or("no snapshot store")?;
+        self.their_info(d, Some(parent), staged).await?;
+        let co = self
+            .images
+            .checkout(&parent.id)
+            .map_err(|e| error_chain(&e))?;
+        let dir = staged.to_path_buf();
+        let opened = tokio::task::spawn_blocking(move || {
+            let parent = co.pages(true).map_err(|e| error_chain(&e))?.image;
+            let (layer, lp) =
+                LoadedImage::open_layer(&dir, &parent).map_err(|e| error_chain(&e))?;
+            let packed = pack::read_pack(&dir, &lp.own)
+                .map_err(|e| error_chain(&e))?
+                .unwrap_or_default();
+            let ws = read_working_set(&dir, &lp.own)
+                .map_err(|e| error_chain(&e))?
+                .unwrap_or_default();
+            Ok::<_, String>((parent, layer, lp, packed, ws))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let (parent_img, layer, lp, packed, ws) = opened;
+        let chunks = Arc::new(crate::remote::StoreChunks::new(
+            remote,
+            store_key,
+            pages_file,
+            lp.own.pages.count,
+        ));
+        let source = Arc::new(LayerSource::new(lp, parent_img, chunks.clone()));
+        for (c, data) in packed {
+            source.offer(c, data);
+        }
+        let working_set = Arc::new(layer.flat_indices(&ws));
+        let lazy = LazySnapshot {
+            id: id.to_string(),
+            layer: Arc::new(layer),
+            source,
+            working_set,
+        };
+        Ok((lazy, chunks))
     }
 
     /// In `snapshots = "remote"` mode: `d`'s function snapshot fetched from the store in

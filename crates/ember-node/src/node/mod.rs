@@ -116,6 +116,10 @@ pub struct Node {
     templates: templates::Templates,
     /// Modules functions' handlers import, learned into their images.
     learned: learn::Learned,
+    /// Function snapshots being restored lazily from the store while their page files come.
+    lazy_sets: fetch::LazySets,
+    /// Function snapshots whose working set an instance is recording.
+    recording: working_set::Recording,
     /// One build per image at a time.
     image_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Automatic builds go one at a time.
@@ -252,6 +256,8 @@ impl Node {
             standby: standby::Standby::new(cfg.standby),
             templates: templates::Templates::default(),
             learned: learn::Learned::default(),
+            lazy_sets: fetch::LazySets::default(),
+            recording: working_set::Recording::default(),
             images,
             snapshots,
             image_gates: Mutex::new(HashMap::new()),

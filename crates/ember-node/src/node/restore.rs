@@ -334,6 +334,9 @@ pub(in crate::node) fn server_failure(live: &mut Live) -> Option<String> {
 /// could not be had at its source (the snapshot store failed after a lazy restore's working
 /// set arrived). The server ends once the process is gone: waited for briefly.
 pub(in crate::node) async fn page_unavailable(live: &mut Live) -> Option<String> {
+    if !live.from_store {
+        return None;
+    }
     let t0 = Instant::now();
     while !live.pages.as_ref()?.is_finished() {
         if t0.elapsed() > Duration::from_millis(500) {
@@ -343,6 +346,13 @@ pub(in crate::node) async fn page_unavailable(live: &mut Live) -> Option<String>
     }
     match live.pages.take()?.wait() {
         Err(e @ ember_snap::lazy::ServeError::Source { .. }) => Some(error_chain(&e)),
-        _ => None,
+        Err(e) => {
+            tracing::warn!(
+                "the page server of a restored instance failed: {}",
+                error_chain(&e)
+            );
+            None
+        }
+        Ok(_) => None,
     }
 }

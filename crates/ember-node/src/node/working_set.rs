@@ -12,17 +12,44 @@
 //!   the new chunks are written)
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use ember_snap::image::{pack, read_meta, write_working_set};
 use ember_snap::lazy::PageServer;
 
 use super::{Node, error_chain};
 use crate::live::Live;
+use crate::remote::RemoteState;
+
+/// How long one start's claim to record a snapshot's working set holds (its instance may
+/// never serve an invocation: another start then records).
+const CLAIM: Duration = Duration::from_secs(60);
+
+/// The snapshots whose working set a start is recording, since when: one at a time each.
+#[derive(Default)]
+pub(in crate::node) struct Recording(Mutex<HashMap<String, Instant>>);
+
+impl Recording {
+    fn claim(&self, id: &str) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|_, t| t.elapsed() < CLAIM);
+        if m.contains_key(id) {
+            return false;
+        }
+        m.insert(id.to_string(), Instant::now());
+        true
+    }
+
+    fn release(&self, id: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+}
 
 impl Node {
-    /// Whether a start restoring function snapshot `info` here should record its working
-    /// set: remote mode, a layer taken here, none recorded yet.
+    /// Whether a start restoring function snapshot `info` here records its working set:
+    /// remote mode, a layer taken here, none recorded yet, no other start recording it.
     pub(in crate::node) fn records_working_set(
         &self,
         info: &crate::snapshots::SnapshotInfo,
@@ -31,6 +58,7 @@ impl Node {
             && !info.fetched
             && info.working_set_pages == 0
             && info.parent_image.is_some()
+            && self.recording.claim(&info.id)
     }
 
     /// After a recording instance's first invocation: its working set written beside its
@@ -39,14 +67,24 @@ impl Node {
         let Some((id, layer)) = live.records.take() else {
             return;
         };
-        let Some(touched) = live.pages.as_ref().map(PageServer::working_set) else {
-            return;
-        };
-        let Some(node) = self.me.upgrade() else {
+        let touched = live.pages.as_ref().map(PageServer::working_set);
+        let (Some(touched), Some(node)) = (touched, self.me.upgrade()) else {
+            self.recording.release(&id);
             return;
         };
         self.spawn_background(async move {
             let store = node.snapshots.clone();
+            // Listed as uploading from now: a listing must not show the working set beside
+            // the earlier upload's "stored".
+            let set = store.get(&id).map(|i| i.set_id().to_string());
+            let before = match (&node.remote, &set) {
+                (Some(r), Some(set)) => {
+                    let before = r.state("snapshot", set);
+                    r.mark_uploading("snapshot", set);
+                    before
+                }
+                _ => None,
+            };
             let sid = id.clone();
             let written = tokio::task::spawn_blocking(move || {
                 let mut flat = ember_snap::restore::first_pages(&layer);
@@ -68,6 +106,7 @@ impl Node {
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r);
+            node.recording.release(&id);
             match written {
                 Ok((info, chunks)) => {
                     tracing::info!(
@@ -82,11 +121,18 @@ impl Node {
                         node.snapshots.path(&info.id),
                     );
                 }
-                Err(why) => tracing::warn!(
-                    snapshot = %id,
-                    "the function snapshot's working set was not recorded (other nodes fetch it \
-                     whole): {why}"
-                ),
+                Err(why) => {
+                    if let (Some(r), Some(set), Some(RemoteState::Stored)) =
+                        (&node.remote, &set, before)
+                    {
+                        r.mark_stored("snapshot", set);
+                    }
+                    tracing::warn!(
+                        snapshot = %id,
+                        "the function snapshot's working set was not recorded (other nodes \
+                         fetch it whole): {why}"
+                    );
+                }
             }
         });
     }

@@ -247,6 +247,14 @@ pub fn read_meta_hashed(dir: &Path) -> Result<(Meta, [u8; 32]), ImageError> {
 pub const WORKING_SET_FILE: &str = "workingset";
 pub const WORKING_SET_MAGIC: [u8; 8] = *b"EMBRWSET";
 
+/// A temporary file name beginning with `stem`, unique to this process and call: two
+/// writers of one file never write into one temporary.
+pub(super) fn temp_name(stem: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{stem}.{}-{n}.tmp", std::process::id())
+}
+
 /// Size of an image's page index space: its stored pages, and a layer's parent's space
 /// after them.
 pub fn index_space(meta: &Meta) -> u64 {
@@ -274,7 +282,7 @@ pub fn write_working_set(dir: &Path, meta: &Meta, pages: &[u64]) -> Result<(), I
     out.extend_from_slice(&((body.len() / 8) as u32).to_le_bytes());
     out.extend_from_slice(blake3::hash(&body).as_bytes());
     out.extend_from_slice(&body);
-    let tmp = dir.join(".workingset.tmp");
+    let tmp = dir.join(temp_name(".workingset"));
     let werr = |p: &Path| {
         let path = p.to_path_buf();
         move |source| ImageError::Write { path, source }

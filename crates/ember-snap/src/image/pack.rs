@@ -17,7 +17,7 @@
 //! size, and every chunk against the layer's own chunk hashes: a pack from another node is
 //! trusted no more than its page file.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -85,7 +85,7 @@ pub fn write_pack(dir: &Path, meta: &Meta, ws: &[u64]) -> Result<u64, ImageError
         }
         out.extend_from_slice(&buf);
     }
-    let tmp = dir.join(".wspages.tmp");
+    let tmp = dir.join(super::format::temp_name(".wspages"));
     let werr = |p: &Path| {
         let path = p.to_path_buf();
         move |source| ImageError::Write { path, source }
@@ -96,8 +96,23 @@ pub fn write_pack(dir: &Path, meta: &Meta, ws: &[u64]) -> Result<u64, ImageError
     Ok(chunks.len() as u64)
 }
 
+/// Reads into `buf` from `offset` until it is full or the file ends; the bytes read.
+fn read_up_to(f: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(k) => done += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
 /// `dir`'s pack, every chunk checked against `meta` (the layer's own metadata): chunk
-/// index and bytes. `None` when there is no pack.
+/// index and bytes. `None` when there is no pack. Reads the header and the index first, and
+/// then exactly what they say the chunks need: a hostile header makes it read no more.
 pub fn read_pack(dir: &Path, meta: &Meta) -> Result<Option<Vec<Chunk>>, ImageError> {
     let path = dir.join(PACK_FILE);
     let f = match open_regular(&path) {
@@ -108,19 +123,15 @@ pub fn read_pack(dir: &Path, meta: &Meta) -> Result<Option<Vec<Chunk>>, ImageErr
         Err(e) => return Err(e),
     };
     let total = meta.pages.chunks.len() as u64;
-    // At most the header, every chunk's index and every chunk.
-    let cap = HEADER + total * 8 + meta.pages.count * PAGE;
-    let mut raw = Vec::new();
-    f.take(cap + 1)
-        .read_to_end(&mut raw)
-        .map_err(io_at(&path))?;
-    if raw.len() < HEADER as usize || raw[..8] != PACK_MAGIC {
+    let mut head = [0u8; HEADER as usize];
+    let got = read_up_to(&f, &mut head, 0).map_err(io_at(&path))?;
+    if got < head.len() || head[..8] != PACK_MAGIC {
         return Err(ImageError::Foreign {
             path,
             why: "bad magic".into(),
         });
     }
-    let word = |at: usize| u32::from_le_bytes(raw[at..at + 4].try_into().unwrap_or_default());
+    let word = |at: usize| u32::from_le_bytes(head[at..at + 4].try_into().unwrap_or_default());
     if word(8) != FORMAT_VERSION {
         return Err(ImageError::Version {
             path,
@@ -128,14 +139,14 @@ pub fn read_pack(dir: &Path, meta: &Meta) -> Result<Option<Vec<Chunk>>, ImageErr
         });
     }
     let n = u64::from(word(12));
-    if n > total || raw.len() as u64 > cap {
+    if n > total {
         return Err(corrupt(&path, format!("{n} chunks for a layer of {total}")));
     }
-    let index_end = (HEADER + n * 8) as usize;
-    let index = raw
-        .get(HEADER as usize..index_end)
-        .ok_or_else(|| corrupt(&path, "short index"))?;
-    if blake3::hash(index).as_bytes()[..] != raw[16..48] {
+    let mut index = vec![0u8; (n * 8) as usize];
+    if read_up_to(&f, &mut index, HEADER).map_err(io_at(&path))? < index.len() {
+        return Err(corrupt(&path, "short index"));
+    }
+    if blake3::hash(&index).as_bytes()[..] != head[16..48] {
         return Err(corrupt(&path, "index hash mismatch"));
     }
     let chunks: Vec<u64> = index
@@ -152,25 +163,26 @@ pub fn read_pack(dir: &Path, meta: &Meta) -> Result<Option<Vec<Chunk>>, ImageErr
         .iter()
         .map(|&c| chunk_bytes(meta.pages.count, c))
         .sum();
-    if raw.len() as u64 != index_end as u64 + want {
+    let index_end = HEADER + n * 8;
+    let size = f.metadata().map_err(io_at(&path))?.len();
+    if size != index_end + want {
         return Err(corrupt(
             &path,
-            format!(
-                "{} bytes; its chunks need {}",
-                raw.len(),
-                index_end as u64 + want
-            ),
+            format!("{size} bytes; its chunks need {}", index_end + want),
         ));
     }
-    let mut at = index_end;
+    let mut data = vec![0u8; want as usize];
+    f.read_exact_at(&mut data, index_end)
+        .map_err(io_at(&path))?;
+    let mut at = 0;
     let mut out = Vec::with_capacity(chunks.len());
     for c in chunks {
         let len = chunk_bytes(meta.pages.count, c) as usize;
-        let data = &raw[at..at + len];
-        if !chunk_ok(meta, c, data) {
+        let bytes = &data[at..at + len];
+        if !chunk_ok(meta, c, bytes) {
             return Err(corrupt(&path, chunk_failed(c)));
         }
-        out.push((c, data.to_vec()));
+        out.push((c, bytes.to_vec()));
         at += len;
     }
     Ok(Some(out))

@@ -314,7 +314,7 @@ impl Node {
             info_span!("start.function_snapshot", instance = %spec.instance_id, snapshot = %l.id);
         let pooled = !cx.background && self.standby_serves(d);
         let Restored {
-            live,
+            mut live,
             sandbox,
             restore,
             ..
@@ -330,6 +330,7 @@ impl Node {
             )
             .instrument(span)
             .await?;
+        live.from_store = true;
         cx.timing.sandbox = Some(sandbox);
         cx.timing.restore = Some(restore);
         let how = format!(
