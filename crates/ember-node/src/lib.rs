@@ -1,6 +1,7 @@
 //! The node agent: functions and their code, package environments, instance pools and the
 //! start ladder (warm, then cold boot), keep-alive, logs and metrics.
 
+pub mod bundle;
 pub mod code;
 pub mod config;
 pub mod envs;

@@ -527,7 +527,7 @@ fn link_files(set_kind: &str, from: &Path, to: &Path) -> Result<Vec<PutFile>, St
                 .with_chunk_size(page),
             (ember_snap::image::format::PAGES_FILE, _) => PutFile::new(name, dst).with_head(page),
             // One object (up to 4 MiB a chunk): what a lazy restore elsewhere waits for.
-            (ember_snap::image::pack::PACK_FILE, _) => {
+            (ember_snap::image::pack::PACK_FILE | crate::bundle::LAZY_START, _) => {
                 PutFile::new(name, dst).with_chunk_size(4 << 20)
             }
             _ => PutFile::new(name, dst),

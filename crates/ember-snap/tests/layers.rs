@@ -474,9 +474,14 @@ fn a_layer_restores_over_its_parent_with_its_own_pages_fetched_and_checked() {
     assert_eq!(lazy_img.meta.pages.runs, flat.meta.pages.runs);
     let f = fetcher(false);
     let src = Arc::new(LayerSource::new(lp, img.clone(), f.clone()));
-    for (c, data) in pack::read_pack(&at, &own).unwrap().unwrap() {
-        assert!(src.offer(c, data));
+    let read = pack::read_pack(&at, &own).unwrap().unwrap();
+    for (c, data) in read.chunks() {
+        assert!(
+            src.offer(*c, data.clone()),
+            "chunk {c} passes its check again"
+        );
     }
+    assert!(src.offer_pack(read));
     let ws = read_working_set(&at, &own).unwrap().unwrap();
     let o = RestoreOptions {
         policy: Policy::Prefetch,

@@ -100,6 +100,57 @@ async fn fetches_failed(d: &Daemon) -> u64 {
         .unwrap_or(0)
 }
 
+/// File `name` of set `snapshot/<set>` as the store's manifest names it now.
+async fn set_file(repo: &Repo, set: &str, name: &str) -> Option<ember_store::manifest::FileEntry> {
+    let m = repo
+        .manifest(&SetRef::new("snapshot", set).unwrap())
+        .await
+        .unwrap();
+    m.files.into_iter().find(|f| f.name == name)
+}
+
+/// Waits until `b` holds a snapshot (prefetched once its image was ready).
+fn prefetched(b: &Daemon) {
+    assert!(
+        eventually(Duration::from_secs(30), || !listing(
+            b,
+            "snapshot",
+            "snapshots"
+        )
+        .is_empty()),
+        "no snapshot prefetched"
+    );
+}
+
+/// A start of `name` on `b` without a copy of its snapshot (removed first) while the store
+/// fails as `what` says: answered (200), after a fetch that `b` counted as failed (at once,
+/// or when its background part failed).
+async fn start_while_failing(b: &Daemon, name: &str, event: &str, what: &str) -> common::Invoked {
+    if let Some(s) = listing(b, "snapshot", "snapshots").first() {
+        let out = b.cli(&["snapshot", "rm", s["id"].as_str().unwrap()]);
+        assert!(out.ok, "{}", out.stderr);
+    }
+    b.stop_instances(name).await;
+    let failed_before = fetches_failed(b).await;
+    let r = b.invoke(name, event).await;
+    assert_eq!(r.status, 200, "{what}: {}", r.raw);
+    assert!(
+        r.timing.contains("fetch"),
+        "{what}: no fetch tried: {}",
+        r.timing
+    );
+    let mut failed = failed_before;
+    for _ in 0..150 {
+        failed = fetches_failed(b).await;
+        if failed > failed_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(failed > failed_before, "{what}: no failed fetch counted");
+    r
+}
+
 /// The store a daemon started with `env` uses: its backend, and a repository over it.
 fn store_of(env: &[(String, String)]) -> (Arc<S3>, Repo) {
     let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
@@ -371,11 +422,17 @@ async fn a_second_node_restores_a_function_it_never_ran_from_the_store() {
         .unwrap();
     let names: Vec<&str> = m.files.iter().map(|f| f.name.as_str()).collect();
     assert!(
-        names.contains(&"workingset") && names.contains(&"wspages"),
+        ["workingset", "wspages", "lazystart"]
+            .iter()
+            .all(|n| names.contains(n)),
         "{names:?}"
     );
-    let pack = m.files.iter().find(|f| f.name == "wspages").unwrap();
-    assert_eq!(pack.chunks.len(), 1, "the pack is one object: {pack:?}");
+    let bundle = m.files.iter().find(|f| f.name == "lazystart").unwrap();
+    assert_eq!(
+        bundle.chunks.len(),
+        1,
+        "the bundle is one object: {bundle:?}"
+    );
     let s = listing(&b, "snapshot", "snapshots");
     let out = b.cli(&["snapshot", "rm", s[0]["id"].as_str().unwrap()]);
     assert!(out.ok, "{}", out.stderr);
@@ -534,30 +591,11 @@ async fn a_store_that_is_down_slow_wrong_or_lossy_costs_a_rung_never_an_answer()
     deploy_hello(&b).await;
     stored(&b, "image", "images");
     // Its snapshot is prefetched once the image is ready.
-    assert!(
-        eventually(Duration::from_secs(30), || !listing(
-            &b,
-            "snapshot",
-            "snapshots"
-        )
-        .is_empty()),
-        "no snapshot prefetched"
-    );
+    prefetched(&b);
 
     let (backend, repo) = store_of(&env);
     // The chunks of the set's page file, as the store names them now.
-    let page_chunks = || async {
-        let m = repo
-            .manifest(&SetRef::new("snapshot", &set).unwrap())
-            .await
-            .unwrap();
-        m.files
-            .iter()
-            .find(|f| f.name == "pages")
-            .unwrap()
-            .chunks
-            .clone()
-    };
+    let page_chunks = || async { set_file(&repo, &set, "pages").await.unwrap().chunks };
     // After a fetch failed, B takes its own snapshot (the same set: its image is A's) and
     // uploads it: wait until that is over, so the set stands still.
     let settle = || {
@@ -578,29 +616,8 @@ async fn a_store_that_is_down_slow_wrong_or_lossy_costs_a_rung_never_an_answer()
     let fresh_start = |what: &'static str| {
         let b = &b;
         async move {
-            if let Some(s) = listing(b, "snapshot", "snapshots").first() {
-                let out = b.cli(&["snapshot", "rm", s["id"].as_str().unwrap()]);
-                assert!(out.ok, "{}", out.stderr);
-            }
-            b.stop_instances("hello").await;
-            let failed_before = fetches_failed(b).await;
-            let r = b.invoke("hello", "{}").await;
-            assert_eq!(
-                (r.status, &r.body),
-                (200, &json!({"ok": true})),
-                "{what}: {}",
-                r.raw
-            );
-            // The store was asked, and the fetch failed (not skipped by the backoff).
-            assert!(
-                fetches_failed(b).await > failed_before,
-                "{what}: no failed fetch counted"
-            );
-            assert!(
-                r.timing.contains("fetch"),
-                "{what}: no fetch tried: {}",
-                r.timing
-            );
+            let r = start_while_failing(b, "hello", "{}", what).await;
+            assert_eq!(r.body, json!({"ok": true}), "{what}: {}", r.raw);
             assert!(
                 r.snapshot.is_empty(),
                 "{what}: served from a snapshot: {}",
@@ -675,8 +692,8 @@ async fn deploy_scan(d: &Daemon) {
 /// Faults of a lazy restore. Page chunks lost after the working set arrived: an instance
 /// that touches a page outside its working set is stopped at that page (never given
 /// anything unchecked) and the request runs again on another instance, with the right
-/// answer. A working-set pack with wrong bytes: the restore never starts, a lower rung
-/// serves.
+/// answer. A lazy bundle (metadata, working set, pack) with wrong bytes: the restore never
+/// starts, a lower rung serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_fails_a_lazy_restore_costs_a_rung_never_an_answer() {
     if !need_sandbox() {
@@ -700,62 +717,17 @@ async fn a_store_that_fails_a_lazy_restore_costs_a_rung_never_an_answer() {
     let b = Daemon::start_env(home_b.path(), &REMOTE, &env);
     deploy_scan(&b).await;
     stored(&b, "image", "images");
-    assert!(
-        eventually(Duration::from_secs(30), || !listing(
-            &b,
-            "snapshot",
-            "snapshots"
-        )
-        .is_empty()),
-        "no snapshot prefetched"
-    );
+    prefetched(&b);
     let (backend, repo) = store_of(&env);
-    let file = |name: &'static str| {
-        let repo = &repo;
-        let set = &set;
-        async move {
-            let m = repo
-                .manifest(&SetRef::new("snapshot", set).unwrap())
-                .await
-                .unwrap();
-            m.files.into_iter().find(|f| f.name == name)
-        }
-    };
-    let fresh_start = |what: &'static str, event: &'static str| {
-        let b = &b;
-        async move {
-            if let Some(s) = listing(b, "snapshot", "snapshots").first() {
-                let out = b.cli(&["snapshot", "rm", s["id"].as_str().unwrap()]);
-                assert!(out.ok, "{}", out.stderr);
-            }
-            b.stop_instances("scan").await;
-            let failed_before = fetches_failed(b).await;
-            let r = b.invoke("scan", event).await;
-            assert_eq!(r.status, 200, "{what}: {}", r.raw);
-            assert!(r.timing.contains("fetch"), "{what}: {}", r.timing);
-            // Counted once the fetch (or its background part) fails.
-            let mut failed = failed_before;
-            for _ in 0..150 {
-                failed = fetches_failed(b).await;
-                if failed > failed_before {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            assert!(failed > failed_before, "{what}: no failed fetch counted");
-            r
-        }
-    };
-
     // Every page chunk lost (the page file's header kept): the restore needs only the pack;
     // the scan reads pages it lacks.
-    let pages = file("pages").await.unwrap();
+    let pages = set_file(&repo, &set, "pages").await.unwrap();
     for h in &pages.chunks[1..] {
         ember_store::Backend::delete(backend.as_ref(), &h.key())
             .await
             .unwrap();
     }
-    let r = fresh_start("page chunks lost", scan).await;
+    let r = start_while_failing(&b, "scan", scan, "page chunks lost").await;
     assert_eq!(r.body, want.body, "page chunks lost: {}", r.raw);
     assert!(
         r.snapshot.is_empty(),
@@ -771,24 +743,26 @@ async fn a_store_that_fails_a_lazy_restore_costs_a_rung_never_an_answer() {
     );
 
     // B took its own snapshot instead, and stored it over the set: once B restored it (and
-    // recorded its working set), the set has a pack again. Its pack's object then holds
-    // other bytes.
+    // recorded its working set), the set has a lazy bundle again (metadata, working set,
+    // pack). Its object then holds other bytes.
     tokio::time::sleep(Duration::from_millis(5500)).await;
     stored_entry(&b, "snapshot", "snapshots");
     record_working_set(&b, "scan").await;
-    let pack = file("wspages").await.expect("a pack in the store");
-    let other = file("meta").await.unwrap().chunks[0];
+    let pack = set_file(&repo, &set, "lazystart")
+        .await
+        .expect("a lazy bundle in the store");
+    let other = set_file(&repo, &set, "meta").await.unwrap().chunks[0];
     let wrong = ember_store::Backend::get(backend.as_ref(), &other.key())
         .await
         .unwrap();
     ember_store::Backend::put(backend.as_ref(), &pack.chunks[0].key(), wrong)
         .await
         .unwrap();
-    let r = fresh_start("pack with wrong bytes", scan).await;
-    assert_eq!(r.body, want.body, "pack with wrong bytes: {}", r.raw);
+    let r = start_while_failing(&b, "scan", scan, "bundle with wrong bytes").await;
+    assert_eq!(r.body, want.body, "bundle with wrong bytes: {}", r.raw);
     assert!(
         r.snapshot.is_empty(),
-        "served from a snapshot whose pack was wrong: {}",
+        "served from a snapshot whose bundle was wrong: {}",
         r.raw
     );
 }

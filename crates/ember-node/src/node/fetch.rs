@@ -66,6 +66,12 @@ impl LazySets {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, LazySnapshot>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Snapshot `id` failed an instance restored from it (a page the store could not
+    /// give): no more starts from it; its background fetch goes on.
+    pub(in crate::node) fn forget(&self, id: &str) {
+        self.lock().retain(|_, l| l.id != id);
+    }
 }
 
 /// The longest an image fetch may take (off the request path).
@@ -241,18 +247,37 @@ impl Node {
         deadline: Duration,
         lazy: bool,
     ) -> Result<FromStore, FetchError> {
+        use crate::bundle::LAZY_START;
         use ember_snap::image::format::{PAGES_FILE, WORKING_SET_FILE};
         use ember_snap::image::pack::PACK_FILE;
         let remote = self.remote.clone().ok_or(FetchError::Absent)?;
         let guard = remote.begin_fetch("snapshot", store_key)?;
-        // The manifest, then every file (or, lazily, every file but the pages).
+        // The manifest, then every file but the lazy bundle (or, lazily, the bundle and the
+        // description, unpacked; a set without a bundle: every file but the pages).
         let first = async {
             let m = remote.manifest("snapshot", store_key).await?;
             let has = |n: &str| m.files.iter().any(|f| f.name == n);
-            let lazy = lazy && parent.is_some() && has(WORKING_SET_FILE) && has(PACK_FILE);
-            let stats = remote
-                .get_files(&m, staged, |n| !lazy || n != PAGES_FILE)
-                .await?;
+            let bundled = has(LAZY_START);
+            let lazy =
+                lazy && parent.is_some() && (bundled || (has(WORKING_SET_FILE) && has(PACK_FILE)));
+            let which = |n: &str| match (lazy, bundled) {
+                (true, true) => n == LAZY_START || n == crate::snapshots::INFO_FILE,
+                (true, false) => n != PAGES_FILE,
+                (false, _) => n != LAZY_START,
+            };
+            let stats = remote.get_files(&m, staged, which).await?;
+            if lazy && bundled {
+                let dir = staged.to_path_buf();
+                tokio::task::spawn_blocking(move || {
+                    let path = dir.join(LAZY_START);
+                    let unpacked = crate::bundle::unpack(&path, &dir);
+                    let _ = std::fs::remove_file(&path);
+                    unpacked
+                })
+                .await
+                .map_err(|e| FetchError::Store(e.to_string()))?
+                .map_err(|e| FetchError::Store(e.to_string()))?;
+            }
             Ok((m, stats, lazy))
         };
         let first = match tokio::time::timeout(deadline, first).await {
@@ -430,9 +455,7 @@ impl Node {
             let parent = co.pages(true).map_err(|e| error_chain(&e))?.image;
             let (layer, lp) =
                 LoadedImage::open_layer(&dir, &parent).map_err(|e| error_chain(&e))?;
-            let packed = pack::read_pack(&dir, &lp.own)
-                .map_err(|e| error_chain(&e))?
-                .unwrap_or_default();
+            let packed = pack::read_pack(&dir, &lp.own).map_err(|e| error_chain(&e))?;
             let ws = read_working_set(&dir, &lp.own)
                 .map_err(|e| error_chain(&e))?
                 .unwrap_or_default();
@@ -448,8 +471,8 @@ impl Node {
             lp.own.pages.count,
         ));
         let source = Arc::new(LayerSource::new(lp, parent_img, chunks.clone()));
-        for (c, data) in packed {
-            source.offer(c, data);
+        if let Some(p) = packed {
+            source.offer_pack(p);
         }
         let working_set = Arc::new(layer.flat_indices(&ws));
         let lazy = LazySnapshot {

@@ -155,6 +155,9 @@ impl Node {
                 && let Some(why) = super::restore::page_unavailable(&mut inst).await
             {
                 again = false;
+                if let Some(id) = &inst.snapshot {
+                    self.lazy_sets.forget(id);
+                }
                 self.discard(d, inst, &why);
                 self.logs.append(
                     &rec.name,

@@ -8,14 +8,16 @@
 //! first restore of a snapshot taken here (remote mode, none recorded) -> lazy, from memory
 //!   -> its first invocation answered -> pages touched (+ what any lazy restore installs
 //!   first) -> workingset (indices of the layer's index space) + wspages (its own chunks
-//!   among them) beside the snapshot -> snapshot.json says how many -> uploaded again (only
-//!   the new chunks are written)
+//!   among them) beside the snapshot, and both with its meta in one bundle (lazystart:
+//!   crate::bundle) -> snapshot.json says how many -> uploaded again (only the new chunks
+//!   are written)
 //! ```
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use ember_snap::image::format::{META_FILE, WORKING_SET_FILE};
 use ember_snap::image::{pack, read_meta, write_working_set};
 use ember_snap::lazy::PageServer;
 
@@ -97,6 +99,13 @@ impl Node {
                 }
                 write_working_set(&dir, &own, &space).map_err(|e| error_chain(&e))?;
                 let chunks = pack::write_pack(&dir, &own, &space).map_err(|e| error_chain(&e))?;
+                // What a lazy restore elsewhere needs first, in one object.
+                let first: Vec<&str> = [META_FILE, WORKING_SET_FILE, pack::PACK_FILE]
+                    .into_iter()
+                    .filter(|n| dir.join(n).is_file())
+                    .collect();
+                crate::bundle::write(&dir, crate::bundle::LAZY_START, &first)
+                    .map_err(|e| error_chain(&e))?;
                 let pages = space.iter().collect::<HashSet<_>>().len() as u64;
                 let info = store
                     .set_working_set(&sid, pages)

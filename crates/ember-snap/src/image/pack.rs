@@ -34,6 +34,30 @@ const HEADER: u64 = 48;
 /// A chunk's index among the layer's own chunks, and its checked bytes.
 pub type Chunk = (u64, Vec<u8>);
 
+/// A pack read and checked against a layer's metadata ([`read_pack`]): only this module
+/// makes one, so a holder knows every chunk passed its hash check for that layer.
+#[derive(Debug)]
+pub struct Pack {
+    image: [u8; 16],
+    chunks: Vec<Chunk>,
+}
+
+impl Pack {
+    /// The id of the layer whose hashes the chunks were checked against.
+    pub fn image(&self) -> [u8; 16] {
+        self.image
+    }
+
+    /// The checked chunks, ascending.
+    pub fn chunks(&self) -> &[Chunk] {
+        &self.chunks
+    }
+
+    pub fn into_chunks(self) -> Vec<Chunk> {
+        self.chunks
+    }
+}
+
 /// Bytes of stored chunk `c` of an image with `count` stored pages.
 pub fn chunk_bytes(count: u64, c: u64) -> u64 {
     count.saturating_sub(c * CHUNK_PAGES).min(CHUNK_PAGES) * PAGE
@@ -113,7 +137,7 @@ fn read_up_to(f: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result
 /// `dir`'s pack, every chunk checked against `meta` (the layer's own metadata): chunk
 /// index and bytes. `None` when there is no pack. Reads the header and the index first, and
 /// then exactly what they say the chunks need: a hostile header makes it read no more.
-pub fn read_pack(dir: &Path, meta: &Meta) -> Result<Option<Vec<Chunk>>, ImageError> {
+pub fn read_pack(dir: &Path, meta: &Meta) -> Result<Option<Pack>, ImageError> {
     let path = dir.join(PACK_FILE);
     let f = match open_regular(&path) {
         Ok(f) => f,
@@ -185,5 +209,8 @@ pub fn read_pack(dir: &Path, meta: &Meta) -> Result<Option<Vec<Chunk>>, ImageErr
         out.push((c, bytes.to_vec()));
         at += len;
     }
-    Ok(Some(out))
+    Ok(Some(Pack {
+        image: meta.id,
+        chunks: out,
+    }))
 }

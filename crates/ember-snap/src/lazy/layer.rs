@@ -66,6 +66,18 @@ impl LayerSource {
         true
     }
 
+    /// Keeps the chunks of `pack`, read and checked against this layer's metadata (not
+    /// checked again); false when the pack is another layer's (nothing is kept).
+    pub fn offer_pack(&self, pack: crate::image::pack::Pack) -> bool {
+        if pack.image() != self.own.id {
+            return false;
+        }
+        for (c, data) in pack.into_chunks() {
+            self.cache.put(c, data.into());
+        }
+        true
+    }
+
     /// The own chunks not kept yet.
     pub fn missing(&self) -> Vec<u64> {
         (0..self.own.pages.chunks.len() as u64)
