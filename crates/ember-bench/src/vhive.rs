@@ -221,9 +221,16 @@ pub async fn prepare(
             ));
         }
         // It prefetches the snapshot once the image is ready; the cached daemon keeps it.
-        until(wait, || snapshot_of(c, &w.function))
+        let theirs = until(wait, || snapshot_of(c, &w.function))
             .await
             .ok_or_else(|| err(w, "a remote daemon has no snapshot of the function"))?;
+        if theirs["store_key"] != stored["store_key"] {
+            return Err(err(
+                w,
+                "a remote daemon fetched another snapshot than the producer's (its image is \
+                 another version)",
+            ));
+        }
         if fetched(c, "snapshot").await <= snapshots_before {
             return Err(err(
                 w,

@@ -88,8 +88,14 @@ pub fn write(dir: &Path, bundle: &str, names: &[&str]) -> Result<(), BundleError
     std::fs::rename(&tmp, &path).map_err(io(&path))
 }
 
-/// Checks the bundle at `path` and writes its entries into `dir`; their names.
-pub fn unpack(path: &Path, dir: &Path) -> Result<Vec<String>, BundleError> {
+/// Checks the bundle at `path` and writes its entries into `dir`; their names. Only the
+/// names in `allowed` may be entries, each once, and those in `required` must be.
+pub fn unpack(
+    path: &Path,
+    dir: &Path,
+    allowed: &[&str],
+    required: &[&str],
+) -> Result<Vec<String>, BundleError> {
     let invalid = |why: &str| BundleError::Invalid {
         path: path.display().to_string(),
         why: why.to_string(),
@@ -104,7 +110,10 @@ pub fn unpack(path: &Path, dir: &Path) -> Result<Vec<String>, BundleError> {
     }
     let mut at = 0usize;
     let mut take = |n: usize| -> Result<&[u8], BundleError> {
-        let s = raw.get(at..at + n).ok_or_else(|| invalid("short"))?;
+        let s = at
+            .checked_add(n)
+            .and_then(|end| raw.get(at..end))
+            .ok_or_else(|| invalid("short"))?;
         at += n;
         Ok(s)
     };
@@ -125,8 +134,11 @@ pub fn unpack(path: &Path, dir: &Path) -> Result<Vec<String>, BundleError> {
         let name = std::str::from_utf8(take(len)?)
             .map_err(|_| invalid("a name is not UTF-8"))?
             .to_string();
-        if !ember_store::manifest::valid_name(&name) {
-            return Err(invalid("a name is not a plain file name"));
+        if !ember_store::manifest::valid_name(&name) || !allowed.contains(&name.as_str()) {
+            return Err(invalid(&format!("an entry named {name:?} does not belong")));
+        }
+        if entries.iter().any(|(n, _, _)| *n == name) {
+            return Err(invalid(&format!("two entries named {name}")));
         }
         let size = u64::from_le_bytes(take(8)?.try_into().unwrap_or_default());
         let hash: [u8; 32] = take(32)?.try_into().unwrap_or_default();
@@ -143,6 +155,12 @@ pub fn unpack(path: &Path, dir: &Path) -> Result<Vec<String>, BundleError> {
     }
     if at != raw.len() {
         return Err(invalid("bytes after the last entry"));
+    }
+    if let Some(r) = required
+        .iter()
+        .find(|r| !entries.iter().any(|(n, _, _)| n == *r))
+    {
+        return Err(invalid(&format!("it has no {r}")));
     }
     for ((name, _, _), data) in entries.iter().zip(datas) {
         let tmp = dir.join(format!(".{name}.part"));
@@ -167,7 +185,8 @@ mod tests {
         write(&src, "lazystart", &["meta", "workingset"]).unwrap();
         let out = d.path().join("out");
         std::fs::create_dir(&out).unwrap();
-        let names = unpack(&src.join("lazystart"), &out).unwrap();
+        let all = ["meta", "workingset"];
+        let names = unpack(&src.join("lazystart"), &out, &all, &["meta"]).unwrap();
         assert_eq!(names, ["meta", "workingset"]);
         assert_eq!(std::fs::read(out.join("meta")).unwrap(), vec![7u8; 5000]);
         assert_eq!(std::fs::read(out.join("workingset")).unwrap(), b"ws");
@@ -175,7 +194,7 @@ mod tests {
         let bad = d.path().join("bad");
         let refused = |bytes: &[u8]| {
             std::fs::write(&bad, bytes).unwrap();
-            let e = unpack(&bad, &out).unwrap_err().to_string();
+            let e = unpack(&bad, &out, &all, &["meta"]).unwrap_err().to_string();
             assert!(e.contains("not usable"), "{e}");
             e
         };
@@ -199,5 +218,17 @@ mod tests {
         b[17..21].copy_from_slice(b"../m");
         refused(&b);
         assert!(write(&src, "x", &["../meta"]).is_err());
+        // Names it may not hold, and one it must.
+        let path = src.join("lazystart");
+        let e = unpack(&path, &out, &["meta"], &[]).unwrap_err().to_string();
+        assert!(e.contains("does not belong"), "{e}");
+        let e = unpack(&path, &out, &all, &["pages"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("it has no pages"), "{e}");
+        // A size near the end of the address space: refused, not an overflow.
+        let mut b = good.clone();
+        b[21..29].copy_from_slice(&u64::MAX.to_le_bytes());
+        refused(&b);
     }
 }

@@ -138,9 +138,8 @@ pub struct Live {
     /// Kept as long as the instance: the template it was forked from (its process's parent
     /// is the template's thread).
     pub holds: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
-    /// Restored lazily to record its function snapshot's working set: the snapshot's id and
-    /// its loaded layer (node/working_set.rs).
-    pub records: Option<(String, std::sync::Arc<ember_snap::LoadedImage>)>,
+    /// Restored lazily to record its function snapshot's working set (node/working_set.rs).
+    pub records: Option<crate::node::working_set::Claim>,
     /// Restored lazily from the snapshot store: its page server may fail at a page the
     /// store cannot give (the invocation then runs again: node/invoke.rs).
     pub from_store: bool,

@@ -83,7 +83,8 @@ pub struct Remote {
     metrics: StoreMetrics,
     /// Sets not to ask the store for now, and why.
     skip: Mutex<HashMap<(String, String), Skip>>,
-    /// Sets being fetched now, each with what says when its fetch ends.
+    /// Sets being fetched now, each with what says when its fetch ends (see also
+    /// [`Remote::is_fetching`]).
     fetching: Mutex<HashMap<(String, String), tokio::sync::watch::Sender<bool>>>,
 }
 
@@ -335,6 +336,22 @@ impl Remote {
         skips.insert((kind.to_string(), id.to_string()), Skip::Refused);
     }
 
+    /// Whether a fetch of set `kind/id` is under way.
+    pub fn is_fetching(&self, kind: &str, id: &str) -> bool {
+        let fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
+        fetching.contains_key(&(kind.to_string(), id.to_string()))
+    }
+
+    /// Sets what this node knows of set `kind/id` back to `state` (none: nothing known).
+    pub fn restore_state(&self, kind: &str, id: &str, state: Option<RemoteState>) {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (kind.to_string(), id.to_string());
+        match state {
+            Some(s) => states.insert(key, s),
+            None => states.remove(&key),
+        };
+    }
+
     /// Waits (at most `limit`) for a fetch of set `kind/id` in progress to end, however it
     /// ends; at once when none is.
     pub async fn wait_fetch(&self, kind: &str, id: &str, limit: Duration) {
@@ -467,7 +484,17 @@ impl Remote {
                     compression = format!("{:.2}", stats.compression_ratio()),
                     "uploaded to the snapshot store"
                 );
-                self.set_state(kind, id, RemoteState::Stored);
+                // A newer version queued meanwhile is not stored yet: the set stays
+                // "uploading" until that one is.
+                let newest = self
+                    .queued
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&set)
+                    == Some(&mine);
+                if newest {
+                    self.set_state(kind, id, RemoteState::Stored);
+                }
             }
             Err(why) => {
                 self.metrics.uploads.get_or_create(&labels("failed")).inc();
@@ -554,6 +581,8 @@ pub struct StoreChunks {
     file: FileEntry,
     /// Stored pages of the layer.
     pages: u64,
+    /// The layer's id (its page file's header names it).
+    image: [u8; 16],
     runtime: tokio::runtime::Handle,
     /// The whole page file, opened when it was added to the cache (held open: the cache may
     /// replace the path's file meanwhile).
@@ -562,12 +591,19 @@ pub struct StoreChunks {
 
 impl StoreChunks {
     /// The chunks of `file` (a layer's page file in set `set`, `pages` stored pages).
-    pub fn new(remote: Arc<Remote>, set: &str, file: FileEntry, pages: u64) -> StoreChunks {
+    pub fn new(
+        remote: Arc<Remote>,
+        set: &str,
+        file: FileEntry,
+        pages: u64,
+        image: [u8; 16],
+    ) -> StoreChunks {
         StoreChunks {
             remote,
             set: set.to_string(),
             file,
             pages,
+            image,
             runtime: tokio::runtime::Handle::current(),
             local: Mutex::new(None),
         }
@@ -575,8 +611,15 @@ impl StoreChunks {
 
     /// The whole page file is at `path` now: later chunks are read from it (checked by the
     /// caller as a fetched one is).
+    /// Ignored unless the file's header names this layer (the cache may hold another
+    /// snapshot under the name: one taken here meanwhile).
     pub fn now_local(&self, path: &Path) {
-        if let Ok(f) = std::fs::File::open(path) {
+        use std::os::unix::fs::FileExt;
+        let Ok(f) = std::fs::File::open(path) else {
+            return;
+        };
+        let mut id = [0u8; 16];
+        if f.read_exact_at(&mut id, 16).is_ok() && id == self.image {
             *self.local.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(f));
         }
     }

@@ -197,12 +197,15 @@ impl Node {
             Err(FetchError::Busy) => {
                 // Another start or a prefetch is fetching it: its result is this start's.
                 let _ = tokio::fs::remove_dir_all(&staged).await;
-                // Restored lazily by another start, its pages still coming: from the same.
-                if lazy && let Some(l) = self.lazy_sets.lock().get(&store_key).cloned() {
-                    return Some(FromStore::Lazy(l));
+                // Restored lazily by another start (now, or once its first part is here), its
+                // pages still coming: from the same. Else the fetch's end is waited for.
+                while remote.is_fetching("snapshot", &store_key) && t0.elapsed() < deadline {
+                    if lazy && let Some(l) = self.lazy_sets.lock().get(&store_key).cloned() {
+                        *fetch_time = Some(t0.elapsed());
+                        return Some(FromStore::Lazy(l));
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                let left = deadline.saturating_sub(t0.elapsed());
-                remote.wait_fetch("snapshot", &store_key, left).await;
                 *fetch_time = Some(t0.elapsed());
                 let (store, name, k) = (
                     self.snapshots.clone(),
@@ -252,33 +255,37 @@ impl Node {
         use ember_snap::image::pack::PACK_FILE;
         let remote = self.remote.clone().ok_or(FetchError::Absent)?;
         let guard = remote.begin_fetch("snapshot", store_key)?;
-        // The manifest, then every file but the lazy bundle (or, lazily, the bundle and the
-        // description, unpacked; a set without a bundle: every file but the pages).
+        // The manifest, then (lazily) the bundle and the description, unpacked, or (a set
+        // without a bundle) every file but the pages; else, or when the bundle does not
+        // unpack, every file but the bundle.
         let first = async {
             let m = remote.manifest("snapshot", store_key).await?;
             let has = |n: &str| m.files.iter().any(|f| f.name == n);
             let bundled = has(LAZY_START);
             let lazy =
                 lazy && parent.is_some() && (bundled || (has(WORKING_SET_FILE) && has(PACK_FILE)));
-            let which = |n: &str| match (lazy, bundled) {
-                (true, true) => n == LAZY_START || n == crate::snapshots::INFO_FILE,
-                (true, false) => n != PAGES_FILE,
-                (false, _) => n != LAZY_START,
+            if lazy && bundled {
+                let first = |n: &str| n == LAZY_START || n == crate::snapshots::INFO_FILE;
+                match remote.get_files(&m, staged, first).await {
+                    Ok(stats) => match unpack_lazy(staged).await {
+                        Ok(()) => return Ok((m, stats, true)),
+                        Err(why) => tracing::warn!(
+                            set = %format!("snapshot/{store_key}"),
+                            "its lazy bundle is not usable (fetched whole instead): {why}"
+                        ),
+                    },
+                    Err(e) => tracing::warn!(
+                        set = %format!("snapshot/{store_key}"),
+                        "its lazy bundle could not be fetched (fetched whole instead): {e}"
+                    ),
+                }
+            }
+            let which = |n: &str| match lazy && !bundled {
+                true => n != PAGES_FILE,
+                false => n != LAZY_START,
             };
             let stats = remote.get_files(&m, staged, which).await?;
-            if lazy && bundled {
-                let dir = staged.to_path_buf();
-                tokio::task::spawn_blocking(move || {
-                    let path = dir.join(LAZY_START);
-                    let unpacked = crate::bundle::unpack(&path, &dir);
-                    let _ = std::fs::remove_file(&path);
-                    unpacked
-                })
-                .await
-                .map_err(|e| FetchError::Store(e.to_string()))?
-                .map_err(|e| FetchError::Store(e.to_string()))?;
-            }
-            Ok((m, stats, lazy))
+            Ok((m, stats, lazy && !bundled))
         };
         let first = match tokio::time::timeout(deadline, first).await {
             Ok(r) => r,
@@ -469,6 +476,7 @@ impl Node {
             store_key,
             pages_file,
             lp.own.pages.count,
+            lp.own.id,
         ));
         let source = Arc::new(LayerSource::new(lp, parent_img, chunks.clone()));
         if let Some(p) = packed {
@@ -633,6 +641,23 @@ impl Node {
         }
         Ok(theirs)
     }
+}
+
+/// The lazy bundle fetched into `dir` unpacked there (its meta, working set and, when the
+/// working set names pages of the layer's own, pack) and removed.
+async fn unpack_lazy(dir: &Path) -> Result<(), String> {
+    use ember_snap::image::format::{META_FILE, WORKING_SET_FILE};
+    use ember_snap::image::pack::PACK_FILE;
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let path = dir.join(crate::bundle::LAZY_START);
+        let entries = [META_FILE, WORKING_SET_FILE, PACK_FILE];
+        let unpacked = crate::bundle::unpack(&path, &dir, &entries, &entries[..2]);
+        let _ = std::fs::remove_file(&path);
+        unpacked.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 fn log_fetched(kind: &str, id: &str, store: &str, f: &Fetched) {

@@ -65,7 +65,7 @@ mod spawner;
 mod standby;
 mod start_costs;
 mod templates;
-mod working_set;
+pub(crate) mod working_set;
 
 use crash_loop::CrashLoop;
 use deploy::precompile;
@@ -119,7 +119,7 @@ pub struct Node {
     /// Function snapshots being restored lazily from the store while their page files come.
     lazy_sets: fetch::LazySets,
     /// Function snapshots whose working set an instance is recording.
-    recording: working_set::Recording,
+    recording: Arc<working_set::Recording>,
     /// One build per image at a time.
     image_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Automatic builds go one at a time.
@@ -257,7 +257,7 @@ impl Node {
             templates: templates::Templates::default(),
             learned: learn::Learned::default(),
             lazy_sets: fetch::LazySets::default(),
-            recording: working_set::Recording::default(),
+            recording: Arc::default(),
             images,
             snapshots,
             image_gates: Mutex::new(HashMap::new()),

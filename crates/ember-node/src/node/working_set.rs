@@ -14,16 +14,16 @@
 //! ```
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ember_snap::LoadedImage;
 use ember_snap::image::format::{META_FILE, WORKING_SET_FILE};
 use ember_snap::image::{pack, read_meta, write_working_set};
 use ember_snap::lazy::PageServer;
 
 use super::{Node, error_chain};
 use crate::live::Live;
-use crate::remote::RemoteState;
 
 /// How long one start's claim to record a snapshot's working set holds (its instance may
 /// never serve an invocation: another start then records).
@@ -32,6 +32,20 @@ const CLAIM: Duration = Duration::from_secs(60);
 /// The snapshots whose working set a start is recording, since when: one at a time each.
 #[derive(Default)]
 pub(in crate::node) struct Recording(Mutex<HashMap<String, Instant>>);
+
+/// One start's claim to record snapshot `id`'s working set, with the snapshot's loaded
+/// layer; released when dropped (recorded, or the instance gone without serving).
+pub(crate) struct Claim {
+    recording: Arc<Recording>,
+    id: String,
+    layer: Arc<LoadedImage>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.recording.release(&self.id);
+    }
+}
 
 impl Recording {
     fn claim(&self, id: &str) -> bool {
@@ -50,30 +64,36 @@ impl Recording {
 }
 
 impl Node {
-    /// Whether a start restoring function snapshot `info` here records its working set:
-    /// remote mode, a layer taken here, none recorded yet, no other start recording it.
+    /// A claim to record the working set of function snapshot `info` (its loaded layer
+    /// `layer`) from the start restoring it now: remote mode, a layer taken here, none
+    /// recorded yet, no other start recording it.
     pub(in crate::node) fn records_working_set(
         &self,
         info: &crate::snapshots::SnapshotInfo,
-    ) -> bool {
-        self.remote.is_some()
+        layer: &Arc<LoadedImage>,
+    ) -> Option<Claim> {
+        let wanted = self.remote.is_some()
             && !info.fetched
             && info.working_set_pages == 0
-            && info.parent_image.is_some()
-            && self.recording.claim(&info.id)
+            && info.parent_image.is_some();
+        (wanted && self.recording.claim(&info.id)).then(|| Claim {
+            recording: self.recording.clone(),
+            id: info.id.clone(),
+            layer: layer.clone(),
+        })
     }
 
     /// After a recording instance's first invocation: its working set written beside its
     /// snapshot and the snapshot uploaded again, in the background.
     pub(in crate::node) fn record_working_set(&self, live: &mut Live) {
-        let Some((id, layer)) = live.records.take() else {
+        let Some(claim) = live.records.take() else {
             return;
         };
         let touched = live.pages.as_ref().map(PageServer::working_set);
         let (Some(touched), Some(node)) = (touched, self.me.upgrade()) else {
-            self.recording.release(&id);
             return;
         };
+        let (id, layer) = (claim.id.clone(), claim.layer.clone());
         self.spawn_background(async move {
             let store = node.snapshots.clone();
             // Listed as uploading from now: a listing must not show the working set beside
@@ -99,13 +119,16 @@ impl Node {
                 }
                 write_working_set(&dir, &own, &space).map_err(|e| error_chain(&e))?;
                 let chunks = pack::write_pack(&dir, &own, &space).map_err(|e| error_chain(&e))?;
-                // What a lazy restore elsewhere needs first, in one object.
+                // What a lazy restore elsewhere needs first, in one object. Without it
+                // (too large) other nodes fetch those files one by one.
                 let first: Vec<&str> = [META_FILE, WORKING_SET_FILE, pack::PACK_FILE]
                     .into_iter()
                     .filter(|n| dir.join(n).is_file())
                     .collect();
-                crate::bundle::write(&dir, crate::bundle::LAZY_START, &first)
-                    .map_err(|e| error_chain(&e))?;
+                if let Err(e) = crate::bundle::write(&dir, crate::bundle::LAZY_START, &first) {
+                    let _ = std::fs::remove_file(dir.join(crate::bundle::LAZY_START));
+                    tracing::warn!(snapshot = %sid, "no lazy bundle: {}", error_chain(&e));
+                }
                 let pages = space.iter().collect::<HashSet<_>>().len() as u64;
                 let info = store
                     .set_working_set(&sid, pages)
@@ -115,7 +138,7 @@ impl Node {
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r);
-            node.recording.release(&id);
+            drop(claim);
             match written {
                 Ok((info, chunks)) => {
                     tracing::info!(
@@ -131,10 +154,8 @@ impl Node {
                     );
                 }
                 Err(why) => {
-                    if let (Some(r), Some(set), Some(RemoteState::Stored)) =
-                        (&node.remote, &set, before)
-                    {
-                        r.mark_stored("snapshot", set);
+                    if let (Some(r), Some(set)) = (&node.remote, &set) {
+                        r.restore_state("snapshot", set, before);
                     }
                     tracing::warn!(
                         snapshot = %id,

@@ -260,8 +260,15 @@ impl Node {
             }
             None => {
                 // Its working set recorded for other nodes: lazily, from memory.
-                let records = !cx.background && self.records_working_set(&h.info);
-                let policy = if records { Policy::Lazy } else { policy };
+                let records = match cx.background {
+                    true => None,
+                    false => self.records_working_set(&h.info, &layer),
+                };
+                let policy = if records.is_some() {
+                    Policy::Lazy
+                } else {
+                    policy
+                };
                 let pages = Pages::in_memory(layer.clone(), None);
                 let sink = self.logs.sink(&rec.name);
                 let span = info_span!("start.function_snapshot", instance = %spec.instance_id, snapshot = %id);
@@ -275,9 +282,7 @@ impl Node {
                     .restore_instance(&mut spec, sees, &id, &pages, policy, sink, pooled)
                     .instrument(span)
                     .await?;
-                if records {
-                    live.records = Some((id.clone(), layer));
-                }
+                live.records = records;
                 cx.timing.sandbox = Some(sandbox);
                 cx.timing.restore = Some(restore);
                 (live, format!("function snapshot {id}, {policy}"))
