@@ -14,7 +14,6 @@
 //! falls through to the image rung, and is removed after repeated failures. After HOOKED, a
 //! failure (an after-restore hook that raises) is the function's own.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -199,7 +198,7 @@ impl Node {
                 why,
             })
         };
-        let (python, env_dir, parent_image) = self.snapshot_env(d, parent.as_ref())?;
+        let (mut spec, sees, parent_image) = self.snapshot_instance(d, parent.as_ref())?;
         let layer = match &h.loaded {
             Some(l) => l.clone(),
             None => {
@@ -222,11 +221,6 @@ impl Node {
                 tokio::task::spawn_blocking(move || store.keep(&sid, l));
                 layer
             }
-        };
-        let mut spec = self.instance_spec(d, instance_id(&rec.name), python, Vec::new());
-        let sees = Sees {
-            read_only: vec![d.code_dir.clone(), env_dir, self.bootstrap.clone()],
-            host_network: rec.config.network == Network::Host,
         };
         let policy = self.cfg.images.policy;
         // Forked from the snapshot's template when one is kept; else restored, and the
@@ -303,12 +297,7 @@ impl Node {
     ) -> Result<Live, Blame> {
         let d: &Deployed = cx.d;
         let rec = &d.record;
-        let (python, env_dir, _) = self.snapshot_env(d, parent.as_ref())?;
-        let mut spec = self.instance_spec(d, instance_id(&rec.name), python, Vec::new());
-        let sees = Sees {
-            read_only: vec![d.code_dir.clone(), env_dir, self.bootstrap.clone()],
-            host_network: rec.config.network == Network::Host,
-        };
+        let (mut spec, sees, _) = self.snapshot_instance(d, parent.as_ref())?;
         let pages = Pages {
             image: l.layer,
             source: l.source,
@@ -346,14 +335,15 @@ impl Node {
             .await
     }
 
-    /// The interpreter and packages a snapshot of `d` over `parent` was taken with: its
-    /// image's (and the image, checked out), or the function's own.
-    fn snapshot_env(
+    /// What an instance restored from a snapshot of `d` over `parent` starts with: its spec
+    /// (the interpreter and packages the snapshot was taken with: its image's, or the
+    /// function's own), what its sandbox shows it, and the image, checked out.
+    fn snapshot_instance(
         &self,
         d: &Deployed,
         parent: Option<&Parent>,
-    ) -> Result<(PathBuf, PathBuf, Option<Checkout>), RungError> {
-        Ok(match parent {
+    ) -> Result<(StartSpec, Sees, Option<Checkout>), RungError> {
+        let (python, env_dir, co) = match parent {
             Some(p) => {
                 let co = self
                     .images
@@ -365,7 +355,14 @@ impl Node {
                 (co.python.clone(), co.env_dir.clone(), Some(co))
             }
             None => (d.env.python(), d.env.dir.clone(), None),
-        })
+        };
+        let rec = &d.record;
+        let spec = self.instance_spec(d, instance_id(&rec.name), python, Vec::new());
+        let sees = Sees {
+            read_only: vec![d.code_dir.clone(), env_dir, self.bootstrap.clone()],
+            host_network: rec.config.network == Network::Host,
+        };
+        Ok((spec, sees, co))
     }
 
     /// The second half of a start from function snapshot `id`: INIT restored, then counted
