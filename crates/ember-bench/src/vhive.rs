@@ -137,12 +137,8 @@ async fn fetched(c: &Client, kind: &str) -> u64 {
     let Ok(text) = c.metrics().await else {
         return 0;
     };
-    let series = format!("ember_store_fetches_total{{kind=\"{kind}\",result=\"fetched\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or(0)
+    let series = format!("ember_store_fetches_total{{kind=\"{kind}\",result=\"fetched\"}}");
+    crate::snapshot_cache::metric_sum(&text, &series) as u64
 }
 
 /// Deploys `w` everywhere and readies each mode: the producer's image and snapshot in the

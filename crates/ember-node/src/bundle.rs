@@ -17,16 +17,16 @@
 //! 256 MiB in all), the exact size, and every entry's hash; entries are written into a
 //! directory under their names, each to a temporary name and renamed.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
-pub const MAGIC: [u8; 8] = *b"EMBRBNDL";
+const MAGIC: [u8; 8] = *b"EMBRBNDL";
 /// A function snapshot's bundle of what a lazy restore needs first: its `meta`,
 /// `workingset` and `wspages` (node/working_set.rs writes it, node/fetch.rs reads it).
 pub const LAZY_START: &str = "lazystart";
-pub const VERSION: u32 = 1;
-pub const MAX_ENTRIES: usize = 16;
-pub const MAX_BYTES: u64 = 256 << 20;
+const VERSION: u32 = 1;
+const MAX_ENTRIES: usize = 16;
+const MAX_BYTES: u64 = 256 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -65,7 +65,8 @@ pub fn write(dir: &Path, bundle: &str, names: &[&str]) -> Result<(), BundleError
     head.extend_from_slice(&(names.len() as u32).to_le_bytes());
     let mut body = Vec::new();
     for name in names {
-        if !ember_store::manifest::valid_name(name) || name.len() > 255 {
+        // At most 128 bytes: its length fits the byte that holds it.
+        if !ember_store::manifest::valid_name(name) {
             return Err(invalid(format!("{name:?} is not a plain file name")));
         }
         let p = dir.join(name);
@@ -79,13 +80,8 @@ pub fn write(dir: &Path, bundle: &str, names: &[&str]) -> Result<(), BundleError
     if (head.len() + body.len()) as u64 > MAX_BYTES {
         return Err(invalid(format!("over {MAX_BYTES} bytes")));
     }
-    let tmp = dir.join(format!(".{bundle}.{}.tmp", uuid::Uuid::new_v4().simple()));
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(&head)
-        .and_then(|()| f.write_all(&body))
-        .map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, &path).map_err(io(&path))
+    head.extend_from_slice(&body);
+    crate::sys::write_atomic(&path, &head).map_err(io(&path))
 }
 
 /// Checks the bundle at `path` and writes its entries into `dir`; their names. Only the
@@ -113,7 +109,12 @@ pub fn unpack(
         let s = at
             .checked_add(n)
             .and_then(|end| raw.get(at..end))
-            .ok_or_else(|| invalid("short"))?;
+            .ok_or_else(|| {
+                invalid(&format!(
+                    "it ends at byte {}, before its last entry",
+                    raw.len()
+                ))
+            })?;
         at += n;
         Ok(s)
     };
@@ -121,8 +122,11 @@ pub fn unpack(
         return Err(invalid("bad magic"));
     }
     let word = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or_default());
-    if word(take(4)?) != VERSION {
-        return Err(invalid("another version"));
+    let version = word(take(4)?);
+    if version != VERSION {
+        return Err(invalid(&format!(
+            "version {version}; this node reads version {VERSION}"
+        )));
     }
     let n = word(take(4)?) as usize;
     if n > MAX_ENTRIES {

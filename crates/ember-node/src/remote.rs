@@ -85,7 +85,7 @@ pub struct Remote {
     skip: Mutex<HashMap<(String, String), Skip>>,
     /// Sets being fetched now, each with what says when its fetch ends (see also
     /// [`Remote::is_fetching`]).
-    fetching: Mutex<HashMap<(String, String), tokio::sync::watch::Sender<bool>>>,
+    fetching: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// Why a set is not asked for.
@@ -112,7 +112,7 @@ impl Skip {
 
 /// A fetch of one set in progress, owned, so that it can outlive the call that began it (a
 /// lazy fetch's rest ends in the background): the set leaves [`Remote::fetching`] when this
-/// is dropped, and whoever waits for it ([`Remote::wait_fetch`]) is told.
+/// is dropped.
 pub struct FetchGuard {
     remote: Arc<Remote>,
     kind: String,
@@ -123,7 +123,7 @@ pub struct FetchGuard {
 impl FetchGuard {
     /// Records how the fetch ended: metrics, the set's state, and (failed, or absent) not
     /// asked for again for a while.
-    pub fn record(&self, result: &Result<GetStats, FetchError>) {
+    pub fn record(&self, result: Result<&GetStats, &FetchError>) {
         let r = &self.remote;
         let (kind, id) = (&self.kind, &self.id);
         let labels = |result: &str| TakeLabels {
@@ -159,9 +159,14 @@ impl FetchGuard {
         }
     }
 
-    /// Since the fetch began.
-    pub fn elapsed(&self) -> Duration {
-        self.t0.elapsed()
+    /// What the fetch that gave `stats` fetched, and in how long since it began.
+    pub fn fetched(&self, stats: &GetStats) -> Fetched {
+        Fetched {
+            chunks: stats.chunks,
+            raw_bytes: stats.raw_bytes,
+            stored_bytes: stats.stored_bytes,
+            elapsed: self.t0.elapsed(),
+        }
     }
 }
 
@@ -172,9 +177,7 @@ impl Drop for FetchGuard {
             .fetching
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = f.remove(&(self.kind.clone(), self.id.clone())) {
-            let _ = tx.send(true);
-        }
+        f.remove(&(self.kind.clone(), self.id.clone()));
     }
 }
 
@@ -197,7 +200,7 @@ impl Remote {
             slots: tokio::sync::Semaphore::new(UPLOADS),
             metrics,
             skip: Mutex::new(HashMap::new()),
-            fetching: Mutex::new(HashMap::new()),
+            fetching: Mutex::default(),
         })
     }
 
@@ -228,9 +231,9 @@ impl Remote {
 
     /// Fetches set `kind/id` into `dir` (made here; the caller removes it on error), whole,
     /// every chunk checked against its hash, within `deadline`, then runs `then` on it (the
-    /// caller checks and adds it) before the fetch counts as ended for whoever waits for it
-    /// ([`Remote::wait_fetch`]). A set the store was found not to hold is not asked for
-    /// again for a while, nor one whose fetch failed; one fetch of a set at a time.
+    /// caller checks and adds it) before the fetch counts as ended ([`Remote::is_fetching`]).
+    /// A set the store was found not to hold is not asked for again for a while, nor one
+    /// whose fetch failed; one fetch of a set at a time.
     pub async fn fetch<T>(
         self: &Arc<Self>,
         kind: &str,
@@ -244,14 +247,8 @@ impl Remote {
             Ok(r) => r,
             Err(_) => Err(FetchError::TimedOut(deadline)),
         };
-        guard.record(&result);
-        let stats = result?;
-        let fetched = Fetched {
-            chunks: stats.chunks,
-            raw_bytes: stats.raw_bytes,
-            stored_bytes: stats.stored_bytes,
-            elapsed: guard.elapsed(),
-        };
+        guard.record(result.as_ref());
+        let fetched = guard.fetched(&result?);
         Ok(then(fetched).await)
     }
 
@@ -278,10 +275,9 @@ impl Remote {
             None => {}
         }
         let mut fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
-        if fetching.contains_key(&key) {
+        if !fetching.insert(key) {
             return Err(FetchError::Busy);
         }
-        fetching.insert(key, tokio::sync::watch::channel(false).0);
         Ok(FetchGuard {
             remote: self.clone(),
             kind: kind.to_string(),
@@ -339,7 +335,7 @@ impl Remote {
     /// Whether a fetch of set `kind/id` is under way.
     pub fn is_fetching(&self, kind: &str, id: &str) -> bool {
         let fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
-        fetching.contains_key(&(kind.to_string(), id.to_string()))
+        fetching.contains(&(kind.to_string(), id.to_string()))
     }
 
     /// Sets what this node knows of set `kind/id` back to `state` (none: nothing known).
@@ -350,19 +346,6 @@ impl Remote {
             Some(s) => states.insert(key, s),
             None => states.remove(&key),
         };
-    }
-
-    /// Waits (at most `limit`) for a fetch of set `kind/id` in progress to end, however it
-    /// ends; at once when none is.
-    pub async fn wait_fetch(&self, kind: &str, id: &str, limit: Duration) {
-        let mut rx = {
-            let fetching = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
-            match fetching.get(&(kind.to_string(), id.to_string())) {
-                Some(tx) => tx.subscribe(),
-                None => return,
-            }
-        };
-        let _ = tokio::time::timeout(limit, rx.wait_for(|done| *done)).await;
     }
 
     async fn get(&self, kind: &str, id: &str, dir: &Path) -> Result<GetStats, FetchError> {

@@ -12,7 +12,8 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use common::{Conv, chain, privileged, tmp};
-use ember_snap::image::{read_meta, write_image};
+use ember_snap::image::format::CHUNK_PAGES;
+use ember_snap::image::{PAGE, read_meta, write_image};
 use ember_snap::lazy::{PageSource, Policy};
 use ember_snap::{DumpOptions, LoadedImage, RestoreOptions};
 
@@ -394,7 +395,7 @@ impl ember_snap::lazy::ChunkFetch for Fetcher {
                 let len = ember_snap::image::pack::chunk_bytes(self.count, c);
                 let mut b = vec![0u8; len as usize];
                 self.file
-                    .read_exact_at(&mut b, 4096 * (1 + c * 4))
+                    .read_exact_at(&mut b, PAGE * (1 + c * CHUNK_PAGES))
                     .map_err(|e| e.to_string())?;
                 if self.garble.load(Ordering::SeqCst) {
                     b[7] ^= 0x40;
@@ -445,7 +446,6 @@ fn a_layer_restores_over_its_parent_with_its_own_pages_fetched_and_checked() {
         "{} own chunks",
         own.pages.chunks.len()
     );
-    LoadedImage::load_with_parent(&at, &img).unwrap();
 
     // The working set a lazy restore of the flattened layer touches, in its index space.
     let flat = Arc::new(LoadedImage::load_with_parent(&at, &img).unwrap());

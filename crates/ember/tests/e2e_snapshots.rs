@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Daemon, eventually, need_sandbox, py};
+use common::{Daemon, eventually, metric, need_sandbox, py};
 use serde_json::{Value, json};
 
 /// Module-level init that says when it ran (in the log and in what the handler returns), and
@@ -586,13 +586,6 @@ async fn the_cache_holds_its_disk_budget_under_both_policies() {
         let m = d.metrics().await;
         assert!(m.contains("ember_snapshot_evictions_total"), "{m}");
     }
-}
-
-/// The number after `series` in the metrics text, 0 when absent.
-fn metric(text: &str, series: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// A start from a function snapshot takes a sandbox made ahead (its first process parked,

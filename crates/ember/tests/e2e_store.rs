@@ -90,14 +90,8 @@ fn stored_entry(d: &Daemon, what: &str, key: &str) -> Value {
 
 /// The snapshot fetches daemon `d` counted as failed.
 async fn fetches_failed(d: &Daemon) -> u64 {
-    let m = d.metrics().await;
-    m.lines()
-        .find_map(|l| {
-            l.strip_prefix("ember_store_fetches_total{kind=\"snapshot\",result=\"failed\"} ")
-        })
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or(0)
+    let series = "ember_store_fetches_total{kind=\"snapshot\",result=\"failed\"}";
+    common::metric(&d.metrics().await, series)
 }
 
 /// File `name` of set `snapshot/<set>` as the store's manifest names it now.
@@ -122,17 +116,23 @@ fn prefetched(b: &Daemon) {
     );
 }
 
-/// A start of `name` on `b` without a copy of its snapshot (removed first) while the store
-/// fails as `what` says: answered (200), after a fetch that `b` counted as failed (at once,
-/// or when its background part failed).
-async fn start_while_failing(b: &Daemon, name: &str, event: &str, what: &str) -> common::Invoked {
+/// A new instance of `name` on `b` started with `event` once `b`'s copy of its snapshot is
+/// removed (the one snapshot `b` lists).
+async fn start_without_copy(b: &Daemon, name: &str, event: &str) -> common::Invoked {
     if let Some(s) = listing(b, "snapshot", "snapshots").first() {
         let out = b.cli(&["snapshot", "rm", s["id"].as_str().unwrap()]);
         assert!(out.ok, "{}", out.stderr);
     }
     b.stop_instances(name).await;
+    b.invoke(name, event).await
+}
+
+/// A start of `name` on `b` without a copy of its snapshot (removed first) while the store
+/// fails as `what` says: answered (200), after a fetch that `b` counted as failed (at once,
+/// or when its background part failed).
+async fn start_while_failing(b: &Daemon, name: &str, event: &str, what: &str) -> common::Invoked {
     let failed_before = fetches_failed(b).await;
-    let r = b.invoke(name, event).await;
+    let r = start_without_copy(b, name, event).await;
     assert_eq!(r.status, 200, "{what}: {}", r.raw);
     assert!(
         r.timing.contains("fetch"),
@@ -190,11 +190,20 @@ const REMOTE: [&str; 4] = ["--images", "on-deploy", "--snapshots", "remote"];
 /// The node that puts `hello` in the store: deployed, its image stored, invoked once, its
 /// snapshot stored. The daemon, its home, the image's id and the snapshot's set.
 async fn first_node(env: &[(String, String)]) -> (Daemon, tempfile::TempDir, String, String) {
+    first_node_of(env, "hello", deploy_hello).await
+}
+
+/// [`first_node`] of function `name`, deployed by `deploy`.
+async fn first_node_of(
+    env: &[(String, String)],
+    name: &str,
+    deploy: impl AsyncFnOnce(&Daemon),
+) -> (Daemon, tempfile::TempDir, String, String) {
     let home = tempfile::tempdir().unwrap();
     let d = Daemon::start_env(home.path(), &REMOTE, env);
-    deploy_hello(&d).await;
+    deploy(&d).await;
     let image = stored(&d, "image", "images");
-    let r = d.invoke("hello", "{}").await;
+    let r = d.invoke(name, "{}").await;
     assert_eq!(r.status, 200, "{}", r.raw);
     let (_, set) = set_of(&d);
     (d, home, image, set)
@@ -227,11 +236,16 @@ async fn record_working_set(a: &Daemon, name: &str) -> u64 {
 
 /// A function without packages (its image is the bare runtime's).
 async fn deploy_hello(d: &Daemon) {
+    deploy_py(d, "hello", "def handler(e, c):\n    return {'ok': True}\n").await;
+}
+
+/// Deploys `name`, a Python function without packages whose `main.py` is `code`.
+async fn deploy_py(d: &Daemon, name: &str, code: &str) {
     let (status, body) = d
         .deploy_zip(
-            "hello",
+            name,
             json!({"handler": "main.handler", "packages": []}),
-            &py("def handler(e, c):\n    return {'ok': True}\n"),
+            &py(code),
         )
         .await;
     assert!(status == 201 || status == 200, "{status} {body}");
@@ -433,11 +447,7 @@ async fn a_second_node_restores_a_function_it_never_ran_from_the_store() {
         1,
         "the bundle is one object: {bundle:?}"
     );
-    let s = listing(&b, "snapshot", "snapshots");
-    let out = b.cli(&["snapshot", "rm", s[0]["id"].as_str().unwrap()]);
-    assert!(out.ok, "{}", out.stderr);
-    b.stop_instances("hello").await;
-    let r = b.invoke("hello", "{\"again\": 1}").await;
+    let r = start_without_copy(&b, "hello", "{\"again\": 1}").await;
     assert_eq!(
         (r.status, &r.body),
         (200, &json!({"ok": true})),
@@ -493,7 +503,13 @@ fn bench_vhive_measures_every_mode_against_the_store() {
     assert!(stdout.contains("remote/local"), "{stdout}");
     let v: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let rows = v["rows"].as_array().unwrap();
-    for mode in ["baseline", "local", "remote", "remote-cached"] {
+    for mode in [
+        "baseline",
+        "local",
+        "remote",
+        "remote-whole",
+        "remote-cached",
+    ] {
         let r = rows
             .iter()
             .find(|r| r["mode"] == mode)
@@ -659,11 +675,8 @@ async fn a_store_that_is_down_slow_wrong_or_lossy_costs_a_rung_never_an_answer()
     assert!(settle(), "lost chunk: B's own snapshot never settled");
     let s = listing(&b, "snapshot", "snapshots");
     assert_eq!(s[0]["remote"], "stored", "{s:?}");
-    let out = b.cli(&["snapshot", "rm", s[0]["id"].as_str().unwrap()]);
-    assert!(out.ok, "{}", out.stderr);
     pause().await;
-    b.stop_instances("hello").await;
-    let r = b.invoke("hello", "{}").await;
+    let r = start_without_copy(&b, "hello", "{}").await;
     assert_eq!(r.status, 200, "{}", r.raw);
     assert!(
         r.timing.contains("fetch") && !r.snapshot.is_empty(),
@@ -679,14 +692,7 @@ async fn deploy_scan(d: &Daemon) {
     let code = "import hashlib\nDATA = bytes(range(256)) * 16384\n\
                 def handler(e, c):\n    if e.get('scan'):\n        \
                 return {'sha': hashlib.sha256(DATA).hexdigest()}\n    return {'ok': True}\n";
-    let (status, body) = d
-        .deploy_zip(
-            "scan",
-            json!({"handler": "main.handler", "packages": []}),
-            &py(code),
-        )
-        .await;
-    assert!(status == 201 || status == 200, "{status} {body}");
+    deploy_py(d, "scan", code).await;
 }
 
 /// Faults of a lazy restore. Page chunks lost after the working set arrived: an instance
@@ -701,13 +707,7 @@ async fn a_store_that_fails_a_lazy_restore_costs_a_rung_never_an_answer() {
     }
     let test = "a_store_that_fails_a_lazy_restore_costs_a_rung_never_an_answer";
     let Some(env) = store_env(test) else { return };
-    let home_a = tempfile::tempdir().unwrap();
-    let a = Daemon::start_env(home_a.path(), &REMOTE, &env);
-    deploy_scan(&a).await;
-    stored(&a, "image", "images");
-    let r = a.invoke("scan", "{}").await;
-    assert_eq!(r.status, 200, "{}", r.raw);
-    let (_, set) = set_of(&a);
+    let (a, _home_a, _, set) = first_node_of(&env, "scan", deploy_scan).await;
     record_working_set(&a, "scan").await;
     let scan = "{\"scan\": true}";
     let want = a.invoke("scan", scan).await;
@@ -759,11 +759,7 @@ async fn a_store_that_fails_a_lazy_restore_costs_a_rung_never_an_answer() {
         .await
         .unwrap();
     // The fetch falls back to the whole set (every other object is right): served from it.
-    let s = listing(&b, "snapshot", "snapshots");
-    let out = b.cli(&["snapshot", "rm", s[0]["id"].as_str().unwrap()]);
-    assert!(out.ok, "{}", out.stderr);
-    b.stop_instances("scan").await;
-    let r = b.invoke("scan", scan).await;
+    let r = start_without_copy(&b, "scan", scan).await;
     assert_eq!(
         (r.status, &r.body),
         (200, &want.body),
@@ -789,14 +785,7 @@ async fn two_functions_on_one_image_store_their_shared_pages_once() {
     let d = Daemon::start_env(home.path(), &REMOTE, &env);
     for (name, answer) in [("one", 1), ("two", 2)] {
         let code = format!("def handler(e, c):\n    return {{'n': {answer}}}\n");
-        let (status, body) = d
-            .deploy_zip(
-                name,
-                json!({"handler": "main.handler", "packages": []}),
-                &py(&code),
-            )
-            .await;
-        assert!(status == 201 || status == 200, "{status} {body}");
+        deploy_py(&d, name, &code).await;
     }
     stored(&d, "image", "images");
     for name in ["one", "two"] {
@@ -819,11 +808,7 @@ async fn two_functions_on_one_image_store_their_shared_pages_once() {
     let (_, repo) = store_of(&env);
     let mut pages = Vec::new();
     for set in &sets {
-        let m = repo
-            .manifest(&SetRef::new("snapshot", set).unwrap())
-            .await
-            .unwrap();
-        let f = m.files.iter().find(|f| f.name == "pages").unwrap();
+        let f = set_file(&repo, set, "pages").await.unwrap();
         pages.push(
             f.chunks
                 .iter()

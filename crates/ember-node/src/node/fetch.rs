@@ -280,33 +280,20 @@ impl Node {
                     ),
                 }
             }
-            let which = |n: &str| match lazy && !bundled {
-                true => n != PAGES_FILE,
-                false => n != LAZY_START,
-            };
-            let stats = remote.get_files(&m, staged, which).await?;
-            Ok((m, stats, lazy && !bundled))
+            // Lazily without a bundle: each file of the first part on its own.
+            let lazy = lazy && !bundled;
+            let skip = if lazy { PAGES_FILE } else { LAZY_START };
+            let stats = remote.get_files(&m, staged, |n| n != skip).await?;
+            Ok((m, stats, lazy))
         };
         let first = match tokio::time::timeout(deadline, first).await {
             Ok(r) => r,
             Err(_) => Err(FetchError::TimedOut(deadline)),
         };
-        let (manifest, stats, lazily) = match first {
-            Ok(f) => f,
-            Err(e) => {
-                let e = Err(e);
-                guard.record(&e);
-                return e.map(|_| unreachable!("an error"));
-            }
-        };
-        let fetched = Fetched {
-            chunks: stats.chunks,
-            raw_bytes: stats.raw_bytes,
-            stored_bytes: stats.stored_bytes,
-            elapsed: guard.elapsed(),
-        };
+        let (manifest, stats, lazily) = first.inspect_err(|e| guard.record(Err(e)))?;
+        let fetched = guard.fetched(&stats);
         if !lazily {
-            guard.record(&Ok(stats));
+            guard.record(Ok(&stats));
             let added = self
                 .fetched_snapshot(d, parent, key, id, store_key, staged)
                 .await
@@ -372,8 +359,9 @@ impl Node {
             Ok(o) => o,
             Err(why) => {
                 // Counted, and not asked for again for a while, as a whole fetch that failed.
-                guard.record(&Err(FetchError::Store(why.clone())));
-                return Err(FetchError::Store(why));
+                let e = FetchError::Store(why);
+                guard.record(Err(&e));
+                return Err(e);
             }
         };
         self.lazy_sets
@@ -381,10 +369,7 @@ impl Node {
             .insert(store_key.to_string(), lazy.clone());
         let (d, parent, key, id, store_key, staged) = (
             d.clone(),
-            Parent {
-                id: parent.id.clone(),
-                meta_hash: parent.meta_hash.clone(),
-            },
+            parent.clone(),
             key.to_string(),
             id.to_string(),
             store_key.to_string(),
@@ -401,15 +386,10 @@ impl Node {
                 raw_bytes: first.raw_bytes + r.raw_bytes,
                 stored_bytes: first.stored_bytes + r.stored_bytes,
             });
-            guard.record(&whole);
+            guard.record(whole.as_ref());
             let added = match whole {
                 Ok(stats) => {
-                    let f = Fetched {
-                        chunks: stats.chunks,
-                        raw_bytes: stats.raw_bytes,
-                        stored_bytes: stats.stored_bytes,
-                        elapsed: guard.elapsed(),
-                    };
+                    let f = guard.fetched(&stats);
                     log_fetched("snapshot", &store_key, remote.describe(), &f);
                     node.fetched_snapshot(&d, Some(&parent), &key, &id, &store_key, &staged)
                         .await
@@ -455,7 +435,7 @@ impl Node {
         self.their_info(d, Some(parent), staged).await?;
         let co = self
             .images
-            .checkout(&parent.id)
+            .checkout_quiet(&parent.id)
             .map_err(|e| error_chain(&e))?;
         let dir = staged.to_path_buf();
         let opened = tokio::task::spawn_blocking(move || {
@@ -546,14 +526,6 @@ impl Node {
         staged: &Path,
     ) -> Result<SnapshotHandle, String> {
         let theirs = self.their_info(d, parent, staged).await?;
-        let dir = staged.to_path_buf();
-        // The cache writes its own.
-        tokio::task::spawn_blocking(move || {
-            std::fs::remove_file(dir.join(crate::snapshots::INFO_FILE))
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
         let rec = &d.record;
         let info = SnapshotInfo {
             id: id.to_string(),
@@ -581,6 +553,9 @@ impl Node {
         let store = self.snapshots.clone();
         let (name, k, dir) = (rec.name.clone(), key.to_string(), staged.to_path_buf());
         let added = tokio::task::spawn_blocking(move || {
+            // The cache writes its own description.
+            std::fs::remove_file(dir.join(crate::snapshots::INFO_FILE))
+                .map_err(|e| e.to_string())?;
             if store.holds(&name, &k) {
                 // Taken here or fetched by another meanwhile: that one serves, this goes.
                 let _ = std::fs::remove_dir_all(&dir);
@@ -625,9 +600,14 @@ impl Node {
             .clone()
             .zip(theirs.parent_meta_hash.clone());
         if their_parent != want_parent {
+            let name = |p: Option<(String, String)>| match p {
+                Some((id, hash)) => format!("image {id} (metadata {hash})"),
+                None => "no image".to_string(),
+            };
             return Err(format!(
-                "it is a layer over {their_parent:?}, this node serves the function from \
-                 {want_parent:?}"
+                "it was taken over {}, this node serves the function from {}",
+                name(their_parent),
+                name(want_parent)
             ));
         }
         if theirs.point != d.record.config.snapshot || theirs.function != d.record.name {

@@ -110,6 +110,7 @@ impl Node {
         // A start restored lazily whose page could not be had (the snapshot store failed
         // after its working set arrived) is killed before it can run anything unchecked;
         // the invocation then runs once more, on an instance from the ladder anew.
+        let limit = Duration::from_secs(u64::from(rec.config.timeout_s));
         let mut again = true;
         let (mut inst, start, mut timing, mut imported, ran) = loop {
             let climbed = ladder::climb(&rungs(), &mut cx).await;
@@ -145,7 +146,6 @@ impl Node {
                 }
             }
             let imported = inst.inst.take_imported();
-            let limit = Duration::from_secs(u64::from(rec.config.timeout_s));
             let ran = watched(&mut inst, &request_id, limit, event)
                 .instrument(info_span!("exec"))
                 .await;
@@ -177,7 +177,6 @@ impl Node {
         let instance_id = inst.id().to_string();
         let image = inst.image.clone();
         let snapshot = inst.snapshot.clone();
-        let limit = Duration::from_secs(u64::from(rec.config.timeout_s));
         let outcome = match ran {
             Ran::TimedOut => {
                 self.discard(

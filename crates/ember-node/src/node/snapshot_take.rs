@@ -108,6 +108,7 @@ pub(in crate::node) struct TakeBackoff {
 }
 
 /// The parent of a function's snapshot: its image and that image's metadata hash.
+#[derive(Clone)]
 pub(in crate::node) struct Parent {
     pub id: String,
     pub meta_hash: String,

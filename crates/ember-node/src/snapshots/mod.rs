@@ -651,6 +651,8 @@ impl SnapshotStore {
     /// beside it by the caller): its `snapshot.json` and its bytes updated. Blocking.
     pub fn set_working_set(&self, id: &str, pages: u64) -> Result<SnapshotInfo, SnapshotError> {
         let dir = self.path(id);
+        // Counted before the lock every start's lookup takes.
+        let bytes = dir_bytes(&dir)?;
         let mut inner = self.lock();
         let Some(e) = inner.entries.get_mut(id) else {
             return Err(SnapshotError::Invalid {
@@ -660,7 +662,7 @@ impl SnapshotStore {
         };
         let mut info = e.info.clone();
         info.working_set_pages = pages;
-        info.bytes = dir_bytes(&dir)?;
+        info.bytes = bytes;
         write_info(&dir, &info)?;
         let old = std::mem::replace(&mut e.info, info.clone());
         inner.disk_bytes = (inner.disk_bytes + info.bytes).saturating_sub(old.bytes);

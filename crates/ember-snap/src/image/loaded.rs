@@ -437,9 +437,10 @@ fn flatten(meta: &Meta, own: &[u8], parent: &LoadedImage) -> Result<Flat, String
     let out = pages.as_mut_slice();
     let pdata = parent.page_data();
     for (n, &x) in plan.src.iter().enumerate() {
-        let src = match x < count {
-            true => own.get((x * PAGE) as usize..((x + 1) * PAGE) as usize),
-            false => pdata.get(((x - count) * PAGE) as usize..((x - count + 1) * PAGE) as usize),
+        let src = if x < count {
+            own.get((x * PAGE) as usize..((x + 1) * PAGE) as usize)
+        } else {
+            pdata.get(((x - count) * PAGE) as usize..((x - count + 1) * PAGE) as usize)
         };
         let src = src.ok_or_else(|| format!("page {} is outside the page data", plan.space[n]))?;
         let at = n * PAGE as usize;

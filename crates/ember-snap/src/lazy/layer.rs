@@ -14,9 +14,10 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::source::{ChunkCache, chunk_len};
+use super::source::ChunkCache;
 use super::{PageSource, SourceError};
 use crate::image::format::{CHUNK_PAGES, chunk_failed, chunk_ok};
+use crate::image::pack::chunk_bytes;
 use crate::image::{LayerPages, LoadedImage, Meta, PAGE};
 
 /// Where a layer's own chunks come from.
@@ -106,7 +107,7 @@ impl LayerSource {
         self.fetched
             .fetch_add(chunks.len() as u64, Ordering::Relaxed);
         for (&c, d) in chunks.iter().zip(data) {
-            let want = chunk_len(self.own.pages.count, c) as usize;
+            let want = chunk_bytes(self.own.pages.count, c) as usize;
             if d.len() != want || !self.offer(c, d) {
                 return Err(chunk_failed(c));
             }
@@ -146,6 +147,7 @@ impl PageSource for LayerSource {
             .map(|&x| x / CHUNK_PAGES)
             .filter(|&c| !self.cache.has(c))
             .collect();
+        need.sort_unstable();
         need.dedup();
         self.get(&need).map_err(|why| self.err(why))?;
         let pdata = self.parent.page_data();

@@ -25,9 +25,10 @@ use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::source::{ChunkCache, chunk_len};
+use super::source::ChunkCache;
 use super::{PageSource, SourceError};
 use crate::image::format::{CHUNK_PAGES, chunk_failed, chunk_ok};
+use crate::image::pack::chunk_bytes;
 use crate::image::{LoadedImage, Meta, PAGE};
 
 pub const MAGIC: [u8; 8] = *b"EMBRPGS1";
@@ -124,7 +125,7 @@ impl RemoteSource {
                 .map_err(|e| format!("reply for chunk {c}: {e}"))?;
             let got = u32::from_le_bytes(head[..4].try_into().unwrap_or_default());
             let len = u32::from_le_bytes(head[4..].try_into().unwrap_or_default());
-            let want = chunk_len(self.meta.pages.count, c);
+            let want = chunk_bytes(self.meta.pages.count, c);
             if u64::from(got) != c || u64::from(len) != want {
                 return Err(format!(
                     "reply for chunk {c} names chunk {got} of {len} bytes (want {want})"
@@ -267,7 +268,7 @@ fn serve_one(
                 return Ok(());
             }
             let start = (u64::from(c) * CHUNK_PAGES * PAGE) as usize;
-            let len = chunk_len(img.meta.pages.count, u64::from(c)) as usize;
+            let len = chunk_bytes(img.meta.pages.count, u64::from(c)) as usize;
             let Some(bytes) = data.get(start..start + len) else {
                 return Ok(());
             };

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{PageSource, SourceError};
 use crate::image::format::{CHUNK_PAGES, chunk_failed, chunk_ok, open_pages};
+use crate::image::pack::chunk_bytes;
 use crate::image::{ImageError, Meta, PAGE};
 
 /// Reads verified chunks, keeps them, and cuts requests out of them.
@@ -73,8 +74,6 @@ impl ChunkCache {
     }
 }
 
-pub(crate) use crate::image::pack::chunk_bytes as chunk_len;
-
 /// An image's page file on local disk: each 16 KiB chunk read and checked against its
 /// hash when first asked for, then kept for every later request (and restore).
 pub struct FileSource {
@@ -109,7 +108,7 @@ impl PageSource for FileSource {
 
     fn pages(&self, first: u64, pages: u64) -> Result<Cow<'_, [u8]>, SourceError> {
         let fetch = |c: u64| -> Result<Arc<[u8]>, String> {
-            let mut buf = vec![0u8; chunk_len(self.meta.pages.count, c) as usize];
+            let mut buf = vec![0u8; chunk_bytes(self.meta.pages.count, c) as usize];
             self.file
                 .read_exact_at(&mut buf, PAGE * (1 + c * CHUNK_PAGES))
                 .map_err(|e| format!("reading chunk {c}: {e}"))?;

@@ -403,3 +403,11 @@ pub fn zip_files(files: &[(&str, &str)]) -> Vec<u8> {
 pub fn py(handler_body: &str) -> Vec<u8> {
     zip_files(&[("main.py", handler_body)])
 }
+
+/// The value of series `series` (name and labels, as `/metrics` prints them) in the
+/// Prometheus text `text`; 0 when absent.
+pub fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
