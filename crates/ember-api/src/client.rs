@@ -307,15 +307,22 @@ impl Client {
     }
 
     /// `{"snapshots": [...], "cache": {"mode", "eviction", "disk_bytes", "disk_budget_bytes",
-    /// "memory_bytes", "memory_budget_bytes"}}`.
+    /// "memory_bytes", "memory_budget_bytes"}}`, and in remote mode `"store": [...]` (the
+    /// snapshots only the snapshot store holds) or `"store_error"`.
     pub async fn snapshots(&self) -> Result<serde_json::Value, ClientError> {
         self.json(self.req(reqwest::Method::GET, "/v1/snapshots"))
             .await
     }
 
-    pub async fn remove_snapshot(&self, id: &str) -> Result<(), ClientError> {
+    /// Removes snapshot `id` from the node's cache; with `from_store`, its set from the
+    /// snapshot store too (`id` may then be a store key).
+    pub async fn remove_snapshot(&self, id: &str, from_store: bool) -> Result<(), ClientError> {
+        let query = if from_store { "?store=true" } else { "" };
         let resp = self
-            .send(self.req(reqwest::Method::DELETE, &format!("/v1/snapshots/{id}")))
+            .send(self.req(
+                reqwest::Method::DELETE,
+                &format!("/v1/snapshots/{id}{query}"),
+            ))
             .await?;
         if resp.status().is_success() {
             Ok(())

@@ -11,8 +11,8 @@
 //! | GET | /v1/functions/{name}/logs?lines=N | tail of the function's log |
 //! | GET, POST | /v1/images | list, build (`{"packages": [...]}`) |
 //! | DELETE | /v1/images/{id} | remove an image |
-//! | GET | /v1/snapshots | list function snapshots, with the cache's use of its budgets |
-//! | DELETE | /v1/snapshots/{id} | remove a function snapshot |
+//! | GET | /v1/snapshots | list function snapshots, with the cache's use of its budgets (and, in remote mode, those only the snapshot store holds) |
+//! | DELETE | /v1/snapshots/{id}[?store=true] | remove a function snapshot (with `store`, its set in the snapshot store too; `id` may be a store key) |
 //! | GET | /metrics | Prometheus text |
 
 use std::time::Duration;
@@ -396,22 +396,32 @@ async fn remove_image(
 }
 
 async fn list_snapshots(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let (store, store_error) = match s.node.snapshots_only_in_store().await {
+        None => (None, None),
+        Some(Ok(rows)) => (Some(rows), None),
+        Some(Err(e)) => (None, Some(e)),
+    };
     Ok(axum::Json(crate::types::SnapshotList {
         snapshots: s.node.snapshots(),
         cache: s.node.snapshot_usage(),
+        store,
+        store_error,
     })
     .into_response())
+}
+
+#[derive(Deserialize)]
+struct RemoveSnapshotQuery {
+    #[serde(default)]
+    store: bool,
 }
 
 async fn remove_snapshot(
     State(s): State<AppState>,
     Path(id): Path<String>,
+    Query(q): Query<RemoveSnapshotQuery>,
 ) -> Result<Response, ApiError> {
-    let node = s.node.clone();
-    // Removing a snapshot's files blocks.
-    tokio::task::spawn_blocking(move || node.remove_snapshot(&id))
-        .await
-        .map_err(|e| task_failed("removing the snapshot", e))??;
+    s.node.remove_snapshot(&id, q.store).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

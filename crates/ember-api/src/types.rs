@@ -81,4 +81,11 @@ pub struct StopResult {
 pub struct SnapshotList {
     pub snapshots: Vec<ember_node::SnapshotStatus>,
     pub cache: ember_node::SnapshotUsage,
+    /// In `snapshots = "remote"` mode: the function snapshots the snapshot store holds that
+    /// this node has no copy of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<Vec<ember_node::StoredSnapshot>>,
+    /// Why the snapshot store could not be listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<String>,
 }

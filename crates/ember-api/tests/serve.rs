@@ -462,12 +462,12 @@ async fn snapshots_are_listed_and_removed() {
     assert_eq!(cache["disk_budget_bytes"], 4096u64 << 20);
     assert_eq!(cache["memory_budget_bytes"], 512u64 << 20);
 
-    client.remove_snapshot(&id).await.unwrap();
+    client.remove_snapshot(&id, false).await.unwrap();
     assert!(!snap_dir.exists());
     let list = client.snapshots().await.unwrap();
     assert_eq!(list["snapshots"].as_array().unwrap().len(), 0);
     assert_eq!(list["cache"]["disk_bytes"], 0);
-    match client.remove_snapshot(&id).await.unwrap_err() {
+    match client.remove_snapshot(&id, false).await.unwrap_err() {
         ember_api::client::ClientError::Api {
             status,
             code,

@@ -255,7 +255,7 @@ pub async fn measure(
                 // that fetch under way.
                 let s = until(Duration::from_secs(120), || snapshot_of(c, &w.function)).await;
                 if let Some(id) = s.as_ref().and_then(|s| s["id"].as_str()) {
-                    c.remove_snapshot(id).await.map_err(client_err(w))?;
+                    c.remove_snapshot(id, false).await.map_err(client_err(w))?;
                 }
             }
             c.stop_instances(&w.function).await.map_err(client_err(w))?;

@@ -25,6 +25,6 @@ pub use config::{
 pub use function::{FunctionConfig, FunctionRecord, InvalidFunction, Runtime, SnapshotPoint};
 pub use node::{
     FunctionStatus, Invocation, InvokeOptions, InvokeOutcome, Node, NodeError, NodeErrorKind,
-    SnapshotUsage, StartPath, StoredCode, Timing, error_chain,
+    SnapshotUsage, StartPath, StoredCode, StoredSnapshot, Timing, error_chain,
 };
 pub use snapshots::{SnapshotError, SnapshotInfo, SnapshotStatus, SnapshotStore};

@@ -145,6 +145,7 @@ pub struct StoreMetrics {
     pub fetch_seconds: Family<KindLabels, Histogram>,
     pub gcs: Family<TakeLabels, Counter>,
     pub gc_deleted: Counter,
+    pub dropped: Family<KindLabels, Counter>,
 }
 
 impl Default for StoreMetrics {
@@ -158,6 +159,7 @@ impl Default for StoreMetrics {
             fetch_seconds: Family::new_with_constructor(latency_histogram as fn() -> _),
             gcs: Family::default(),
             gc_deleted: Counter::default(),
+            dropped: Family::default(),
         }
     }
 }
@@ -169,6 +171,12 @@ impl StoreMetrics {
             "Uploads of dependency images (kind image) and function snapshots (kind snapshot) \
              to the snapshot store, by result: stored or failed",
             self.uploads.clone(),
+        );
+        registry.register(
+            "store_removed_sets",
+            "Sets this node removed from the snapshot store: function snapshots of code or \
+             images no longer served, of deleted functions, or removed by an operator",
+            self.dropped.clone(),
         );
         registry.register(
             "store_uploaded_bytes",

@@ -325,6 +325,67 @@ impl Remote {
             .map_err(|e| e.to_string())
     }
 
+    /// The ids of the sets of `kind` the store holds.
+    pub async fn set_ids(&self, kind: &str) -> Result<Vec<String>, String> {
+        self.repo.sets(kind).await.map_err(|e| e.to_string())
+    }
+
+    /// File `name` of set `kind/id`, whole, every chunk checked; refused when the manifest
+    /// says it is larger than `max` bytes (a listing reads descriptions, not page files).
+    pub async fn read_small(
+        &self,
+        kind: &str,
+        id: &str,
+        name: &str,
+        max: u64,
+    ) -> Result<Vec<u8>, FetchError> {
+        let m = self.manifest(kind, id).await?;
+        let Some(f) = m.files.iter().find(|f| f.name == name) else {
+            return Err(FetchError::Store(format!(
+                "set {kind}/{id} has no file {name}"
+            )));
+        };
+        if f.size > max {
+            return Err(FetchError::Store(format!(
+                "{name} of set {kind}/{id} is {} bytes, more than the {max} it may be",
+                f.size
+            )));
+        }
+        let (bytes, _) = self
+            .read_range(f, 0, f.size)
+            .await
+            .map_err(FetchError::Store)?;
+        Ok(bytes)
+    }
+
+    /// Removes set `kind/id` from the store (its chunks go at a collection once no other
+    /// set names them). An upload of it still queued here is dropped, and one under way
+    /// removes what it stored when it ends; this node no longer lists it as stored.
+    pub async fn drop_set(&self, kind: &str, id: &str) -> Result<(), String> {
+        let key = (kind.to_string(), id.to_string());
+        self.queued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        self.states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        let set = SetRef::new(kind, id).map_err(|e| e.to_string())?;
+        self.repo
+            .delete_set(&set)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.metrics
+            .dropped
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .inc();
+        tracing::info!(set = %set, store = %self.describe, "removed from the snapshot store");
+        Ok(())
+    }
+
     /// Set `kind/id`, fetched before, failed to restore here: this node does not fetch it
     /// again (it takes its own instead).
     pub fn refuse(&self, kind: &str, id: &str) {
@@ -468,15 +529,21 @@ impl Remote {
                     "uploaded to the snapshot store"
                 );
                 // A newer version queued meanwhile is not stored yet: the set stays
-                // "uploading" until that one is.
-                let newest = self
+                // "uploading" until that one is. One dropped meanwhile goes again.
+                let queued = self
                     .queued
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .get(&set)
-                    == Some(&mine);
-                if newest {
-                    self.set_state(kind, id, RemoteState::Stored);
+                    .copied();
+                match queued {
+                    Some(newest) if newest == mine => self.set_state(kind, id, RemoteState::Stored),
+                    Some(_) => {}
+                    None => {
+                        if let Err(e) = self.drop_set(kind, id).await {
+                            tracing::warn!(set = %format!("{kind}/{id}"), "a set removed while it was uploaded is still stored: {e}");
+                        }
+                    }
                 }
             }
             Err(why) => {

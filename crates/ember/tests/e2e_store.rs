@@ -824,3 +824,108 @@ async fn two_functions_on_one_image_store_their_shared_pages_once() {
         "{shared} of {smaller} page chunks shared"
     );
 }
+
+/// The store's snapshot sets, as the store lists them.
+async fn store_sets(repo: &Repo) -> Vec<String> {
+    let mut sets = repo.sets("snapshot").await.unwrap();
+    sets.sort();
+    sets
+}
+
+/// Waits until the store's snapshot sets are `want`.
+async fn store_sets_become(repo: &Repo, want: &[&str], why: &str) {
+    let mut sets = Vec::new();
+    for _ in 0..300 {
+        sets = store_sets(repo).await;
+        if sets == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{why}: the store holds {sets:?}, not {want:?}");
+}
+
+#[tokio::test]
+async fn the_store_lists_what_only_it_holds_and_loses_the_sets_no_node_can_use() {
+    if !need_sandbox() {
+        return;
+    }
+    let test = "the_store_lists_what_only_it_holds_and_loses_the_sets_no_node_can_use";
+    let Some(env) = store_env(test) else { return };
+    let (a, _home_a, _image, first) = first_node(&env).await;
+    let (_, repo) = store_of(&env);
+    assert_eq!(store_sets(&repo).await, vec![first.clone()]);
+
+    // A node that holds nothing lists the store's set, as its producer described it.
+    let home_b = tempfile::tempdir().unwrap();
+    let b = Daemon::start_env(home_b.path(), &REMOTE, &env);
+    let out = b.cli(&["snapshot", "ls", "--json"]);
+    assert!(out.ok, "{}", out.stderr);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["snapshots"], json!([]), "{v}");
+    let row = &v["store"][0];
+    assert_eq!(
+        (row["store_key"].as_str(), row["function"].as_str()),
+        (Some(first.as_str()), Some("hello")),
+        "{v}"
+    );
+    let out = b.cli(&["snapshot", "ls"]);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with(&first) && l.ends_with("remote")),
+        "{}",
+        out.stdout
+    );
+
+    // Deployed anew with other code: the new snapshot replaces the old set in the store.
+    deploy_py(&a, "hello", "def handler(e, c):\n    return {'ok': 2}\n").await;
+    let r = a.invoke("hello", "{}").await;
+    assert_eq!((r.status, &r.body), (200, &json!({"ok": 2})), "{}", r.raw);
+    let mut second = String::new();
+    assert!(
+        eventually(Duration::from_secs(120), || {
+            let l = listing(&a, "snapshot", "snapshots");
+            second = l
+                .first()
+                .filter(|s| s["remote"] == "stored" && s["store_key"] != first.as_str())
+                .and_then(|s| s["store_key"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            !second.is_empty()
+        }),
+        "the new version's snapshot never stored: {:?}",
+        listing(&a, "snapshot", "snapshots")
+    );
+    store_sets_become(&repo, &[&second], "deployed anew").await;
+    let removed = "ember_store_removed_sets_total{kind=\"snapshot\"}";
+    assert!(common::metric(&a.metrics().await, removed) >= 1);
+
+    // A function deleted: its set goes.
+    deploy_py(&a, "other", "def handler(e, c):\n    return 3\n").await;
+    assert_eq!(a.invoke("other", "{}").await.status, 200);
+    assert!(
+        eventually(Duration::from_secs(120), || {
+            let l = listing(&a, "snapshot", "snapshots");
+            l.len() == 2 && l.iter().all(|s| s["remote"] == "stored")
+        }),
+        "the other function's snapshot never stored: {:?}",
+        listing(&a, "snapshot", "snapshots")
+    );
+    assert_eq!(store_sets(&repo).await.len(), 2);
+    assert!(a.cli(&["rm", "other"]).ok);
+    store_sets_become(&repo, &[&second], "a function deleted").await;
+
+    // An operator removes a set only the store holds, by its store key; one it does not
+    // hold is not found.
+    let out = b.cli(&["snapshot", "rm", "--store", &second]);
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(store_sets(&repo).await, Vec::<String>::new());
+    let out = b.cli(&["snapshot", "rm", "--store", &second]);
+    assert!(
+        !out.ok && out.stderr.contains("does not exist"),
+        "{} {}",
+        out.stdout,
+        out.stderr
+    );
+}

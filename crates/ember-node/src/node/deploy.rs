@@ -188,7 +188,17 @@ impl Node {
         }
         self.logs.remove(name);
         let (store, n) = (self.snapshots.clone(), name.to_string());
-        tokio::task::spawn_blocking(move || store.remove_function(&n));
+        let me = self.me.clone();
+        self.spawn_background(async move {
+            let Ok(gone) = tokio::task::spawn_blocking(move || store.remove_function(&n)).await
+            else {
+                return;
+            };
+            // Its sets in the snapshot store serve nobody now.
+            if let Some(node) = me.upgrade() {
+                node.retire_from_store(None, gone);
+            }
+        });
         tracing::info!(function = name, "deleted");
         Ok(())
     }

@@ -39,6 +39,8 @@ pub enum NodeError {
     Snapshot(#[from] crate::snapshots::SnapshotError),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("the snapshot store: {0}")]
+    Store(String),
     #[error("another ember daemon is using {0}; stop it or choose another --home")]
     HomeLocked(PathBuf),
     #[error("{what} {path} failed")]

@@ -556,22 +556,22 @@ impl Node {
             // The cache writes its own description.
             std::fs::remove_file(dir.join(crate::snapshots::INFO_FILE))
                 .map_err(|e| e.to_string())?;
-            if store.holds(&name, &k) {
+            let evicted = if store.holds(&name, &k) {
                 // Taken here or fetched by another meanwhile: that one serves, this goes.
                 let _ = std::fs::remove_dir_all(&dir);
+                Vec::new()
             } else {
-                let evicted = store.add(&dir, info).map_err(|e| error_chain(&e))?;
-                for e in evicted {
-                    e.log();
-                }
-            }
+                store.add(&dir, info).map_err(|e| error_chain(&e))?
+            };
             match store.lookup(&name, &k) {
-                Lookup::Hit(h) => Ok(h),
+                Lookup::Hit(h) => Ok((h, evicted)),
                 _ => Err("it left the cache at once (the cache is full)".to_string()),
             }
         })
         .await
         .map_err(|e| e.to_string())??;
+        let (added, evicted) = added;
+        self.retire_replaced(d, parent, evicted);
         if !self.is_current(d) {
             let (store, sid) = (self.snapshots.clone(), added.info.id.clone());
             let _ = tokio::task::spawn_blocking(move || store.remove(&sid)).await;

@@ -24,7 +24,7 @@
 //! | `learn.rs` | submodules functions import, learned into their images |
 //! | `start_costs.rs` | each function's measured start cost per rung; slower-than-cold rungs skipped |
 //! | `image_build.rs` | building and listing dependency images |
-//! | `snapshots_admin.rs` | listing and removing function snapshots (the API's) |
+//! | `snapshots_admin.rs` | listing and removing function snapshots (the API's), here and in the snapshot store |
 //! | `events.rs`, `crash_loop.rs` | asynchronous invocations; the crash-loop backoff |
 
 use std::collections::{HashMap, HashSet};
@@ -75,7 +75,7 @@ pub use error::{NodeError, NodeErrorKind};
 use instances::instance_id;
 pub use invocation::{Invocation, InvokeOptions, InvokeOutcome, Timing};
 pub use ladder::StartPath;
-pub use snapshots_admin::SnapshotUsage;
+pub use snapshots_admin::{SnapshotUsage, StoredSnapshot};
 
 struct Deployed {
     record: FunctionRecord,
@@ -108,6 +108,8 @@ pub struct Node {
     snapshots: Arc<crate::snapshots::SnapshotStore>,
     /// The snapshot store, in `snapshots = "remote"` mode.
     remote: Option<Arc<crate::remote::Remote>>,
+    /// Descriptions of function snapshots only the store holds, read for listings.
+    store_descriptions: snapshots_admin::StoreDescriptions,
     /// Threads that make sandboxes' first processes for restores.
     spawner: spawner::Spawner,
     /// Image instances restored ahead of demand.
@@ -261,6 +263,7 @@ impl Node {
             images,
             snapshots,
             image_gates: Mutex::new(HashMap::new()),
+            store_descriptions: Default::default(),
             auto_builds: tokio::sync::Semaphore::new(1),
             snapshot_builds: Arc::new(tokio::sync::Semaphore::new(1)),
             background: Mutex::new(tokio::task::JoinSet::new()),

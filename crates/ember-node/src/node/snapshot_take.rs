@@ -445,9 +445,7 @@ impl Node {
         })
         .await
         .map_err(|e| TakeError::Task(e.to_string()))??;
-        for e in evicted {
-            e.log();
-        }
+        self.retire_replaced(d, parent.as_ref().map(|(p, _)| p), evicted);
         // Replaced or deleted while it was taken: it must not outlive its version (a delete
         // removes its function's snapshots after retiring it, so one of the two sees it).
         if !self.is_current(d) {

@@ -190,16 +190,15 @@ pub struct SnapshotStatus {
 /// A snapshot that left the cache when another was added.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evicted {
-    pub id: String,
-    pub function: String,
-    pub bytes: u64,
+    pub info: SnapshotInfo,
     pub reason: EvictReason,
 }
 
 impl Evicted {
     /// Says in the daemon's log that it left the cache.
     pub fn log(&self) {
-        tracing::info!(snapshot = %self.id, function = %self.function, bytes = self.bytes, reason = ?self.reason, "function snapshot left the cache");
+        let i = &self.info;
+        tracing::info!(snapshot = %i.id, function = %i.function, bytes = i.bytes, reason = ?self.reason, "function snapshot left the cache");
     }
 }
 
@@ -347,8 +346,8 @@ impl SnapshotStore {
                 inner.entries.insert(info.id.clone(), entry(info));
             }
             for ev in store.evict_to_budget(&mut inner, "") {
-                tracing::info!(snapshot = %ev.id, function = %ev.function, bytes = ev.bytes, "snapshot evicted: the cache is over its disk budget");
-                doomed.push(store.path(&ev.id));
+                tracing::info!(snapshot = %ev.info.id, function = %ev.info.function, bytes = ev.info.bytes, "snapshot evicted: the cache is over its disk budget");
+                doomed.push(store.path(&ev.info.id));
             }
             store.update_gauges(&inner);
         }
@@ -448,9 +447,7 @@ impl SnapshotStore {
                 && old.id != info.id
             {
                 evicted.push(Evicted {
-                    id: old.id,
-                    function: old.function,
-                    bytes: old.bytes,
+                    info: old,
                     reason: EvictReason::Replaced,
                 });
             }
@@ -464,7 +461,7 @@ impl SnapshotStore {
         evicted.extend(budget);
         let aside: Vec<PathBuf> = evicted
             .iter()
-            .filter_map(|ev| self.set_aside(&ev.id))
+            .filter_map(|ev| self.set_aside(&ev.info.id))
             .collect();
         self.update_gauges(&inner);
         drop(inner);
@@ -490,9 +487,7 @@ impl SnapshotStore {
             };
             if let Some(info) = self.forget(inner, &victim) {
                 out.push(Evicted {
-                    id: info.id,
-                    function: info.function,
-                    bytes: info.bytes,
+                    info,
                     reason: EvictReason::Budget,
                 });
             }
@@ -803,16 +798,21 @@ fn read_entry(dir: &Path, name: &str) -> Result<SnapshotInfo, SnapshotError> {
 /// The `snapshot.json` in `dir`, checked.
 pub(crate) fn read_info(dir: &Path) -> Result<SnapshotInfo, SnapshotError> {
     let path = dir.join(INFO_FILE);
-    let corrupt = |why: String| SnapshotError::Corrupt {
-        path: path.clone(),
-        why,
-    };
     let mut text = Vec::new();
     std::fs::File::open(&path)
         .map_err(io_err("reading", &path))?
         .take(MAX_INFO + 1)
         .read_to_end(&mut text)
         .map_err(io_err("reading", &path))?;
+    parse_info(&path, &text)
+}
+
+/// A `snapshot.json`'s bytes (read from `path`, named in errors), checked.
+pub(crate) fn parse_info(path: &Path, text: &[u8]) -> Result<SnapshotInfo, SnapshotError> {
+    let corrupt = |why: String| SnapshotError::Corrupt {
+        path: path.to_path_buf(),
+        why,
+    };
     if text.len() as u64 > MAX_INFO {
         return Err(corrupt(format!("larger than {MAX_INFO} bytes")));
     }
@@ -821,13 +821,13 @@ pub(crate) fn read_info(dir: &Path) -> Result<SnapshotInfo, SnapshotError> {
     struct Format {
         format: Option<String>,
     }
-    let f: Format = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
+    let f: Format = serde_json::from_slice(text).map_err(|e| corrupt(e.to_string()))?;
     match f.format.as_deref() {
         Some(FORMAT) => {}
         Some(other) => return Err(corrupt(format!("format {other:?}, expected {FORMAT:?}"))),
         None => return Err(corrupt(format!("no format (expected {FORMAT:?})"))),
     }
-    let file: InfoFile = serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
+    let file: InfoFile = serde_json::from_slice(text).map_err(|e| corrupt(e.to_string()))?;
     if info_checksum(&file.info) != file.checksum {
         return Err(corrupt("its checksum does not match its contents".into()));
     }

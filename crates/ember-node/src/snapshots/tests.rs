@@ -116,7 +116,7 @@ fn a_new_snapshot_replaces_the_functions_older_one() {
     let ev = add(&store, info("fa", "bb", 1.0), 20 * KB).unwrap();
     assert_eq!(ev.len(), 1);
     assert_eq!(
-        (ev[0].id.as_str(), ev[0].reason),
+        (ev[0].info.id.as_str(), ev[0].reason),
         ("snap-fa-aa", EvictReason::Replaced)
     );
     assert!(!f.dir().join("snap-fa-aa").exists());
@@ -181,7 +181,7 @@ fn lru_evicts_the_least_recently_used() {
     let ev = add(&store, info("fd", "aa", 100.0), 10 * KB).unwrap();
     assert_eq!(ev.len(), 1);
     assert_eq!(
-        (ev[0].function.as_str(), ev[0].reason),
+        (ev[0].info.function.as_str(), ev[0].reason),
         ("fb", EvictReason::Budget)
     );
     assert_eq!(ids(&store), ["fa", "fc", "fd"]);

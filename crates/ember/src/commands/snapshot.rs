@@ -1,4 +1,5 @@
-//! `ember snapshot ls | rm`: the node's function snapshots (its local snapshot cache).
+//! `ember snapshot ls | rm`: the node's function snapshots (its local snapshot cache) and,
+//! in `snapshots = "remote"` mode, those only the snapshot store holds.
 
 use super::ClientArgs;
 
@@ -11,6 +12,8 @@ pub struct Args {
 #[derive(Debug, clap::Subcommand)]
 pub enum Cmd {
     /// List function snapshots: function, version, parent image, size, uses, last use, where
+    /// (memory or disk, +remote once the snapshot store holds it; in remote mode also those
+    /// only the store holds, by store key, as `remote`)
     Ls {
         /// Print the full JSON description instead of a table
         #[arg(long)]
@@ -18,9 +21,14 @@ pub enum Cmd {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Remove a function snapshot (its function's next init takes a new one)
+    /// Remove a function snapshot from the node's cache (its function's next init takes a new
+    /// one; in remote mode the store's copy is fetched again, unless --store)
     Rm {
+        /// A snapshot's id, or with --store a store key that only the store holds
         id: String,
+        /// Remove its set from the snapshot store too (remote mode)
+        #[arg(long)]
+        store: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -76,6 +84,25 @@ fn table(v: &serde_json::Value, now: u64) -> String {
             out += &format!("  last error: {e}\n");
         }
     }
+    for s in v["store"].as_array().into_iter().flatten() {
+        out += &format!(
+            "{:<36} {:<20} {:>4} {:<18} {:>8.1} {:>6} {:<10} {}\n",
+            s["store_key"].as_str().unwrap_or("?"),
+            s["function"].as_str().unwrap_or("?"),
+            s["version"].as_u64().unwrap_or(0),
+            s["parent_image"].as_str().unwrap_or("(whole)"),
+            s["bytes"].as_f64().unwrap_or(0.0) / MIB,
+            "-",
+            "-",
+            "remote",
+        );
+        if let Some(e) = s["error"].as_str() {
+            out += &format!("  unreadable: {e}\n");
+        }
+    }
+    if let Some(e) = v["store_error"].as_str() {
+        out += &format!("the snapshot store was not listed: {e}\n");
+    }
     let c = &v["cache"];
     out += &format!(
         "snapshots {}, eviction {}: disk {:.1} of {:.1} MiB, memory {:.1} of {:.1} MiB\n",
@@ -102,9 +129,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 print!("{}", table(&v, now));
             }
         }
-        Cmd::Rm { id, client } => {
-            client.client().remove_snapshot(&id).await?;
-            println!("removed {id}");
+        Cmd::Rm { id, store, client } => {
+            client.client().remove_snapshot(&id, store).await?;
+            if store {
+                println!("removed {id}, here and from the snapshot store");
+            } else {
+                println!("removed {id}");
+            }
         }
     }
     Ok(())
@@ -157,6 +188,37 @@ mod tests {
         assert_eq!(
             lines[4],
             "snapshots local, eviction gdsf: disk 3.5 of 4096.0 MiB, memory 3.0 of 512.0 MiB"
+        );
+        let mut remote = v.clone();
+        remote["store"] = serde_json::json!([
+            {"store_key": "ab12", "id": "snap-other-1", "function": "other", "version": 2,
+             "parent_image": "img-0123456789ab", "bytes": 1048576},
+            {"store_key": "cd34", "error": "a chunk is missing"},
+        ]);
+        let t2 = table(&remote, 1000);
+        let lines2: Vec<&str> = t2.lines().collect();
+        assert_eq!(lines2.len(), 8, "{t2}");
+        let row: Vec<&str> = lines2[4].split_whitespace().collect();
+        assert_eq!(
+            row,
+            [
+                "ab12",
+                "other",
+                "2",
+                "img-0123456789ab",
+                "1.0",
+                "-",
+                "-",
+                "remote"
+            ]
+        );
+        assert_eq!(lines2[6], "  unreadable: a chunk is missing");
+        remote["store"] = serde_json::Value::Null;
+        remote["store_error"] = "it did not answer".into();
+        let t2 = table(&remote, 1000);
+        assert!(
+            t2.lines().nth(4) == Some("the snapshot store was not listed: it did not answer"),
+            "{t2}"
         );
     }
 

@@ -98,6 +98,7 @@ impl<'c> Rung<StartCx<'c>, Live> for FunctionSnapshot {
                         }
                         (None, missed) => {
                             if let Lookup::Stale(old) = missed {
+                                node.retire_from_store(Some((d, parent.as_ref())), [old.clone()]);
                                 node.logs.append(
                                     &d.record.name,
                                     "ember",
