@@ -394,7 +394,47 @@ pub fn table(rows: &[Row]) -> String {
         let parts: Vec<String> = rs.iter().map(|(k, v)| format!("{k} {v:.2}x")).collect();
         let _ = writeln!(t, "{w}: {}", parts.join(", "));
     }
+    for r in rows.iter().filter(|r| r.mode == "remote") {
+        let _ = writeln!(
+            t,
+            "{} remote, phase by phase (p50 ms): {}",
+            r.workload,
+            trace(r)
+        );
+    }
     t
+}
+
+/// The phases of a start in the order they happen (`Ember-Timing`'s names); `fetch` is
+/// left out for its parts.
+const PHASE_ORDER: [&str; 18] = [
+    "queue",
+    "fallback",
+    "fetch_manifest",
+    "fetch_bundle",
+    "fetch_open",
+    "load",
+    "sandbox",
+    "standby",
+    "fork",
+    "resume",
+    "restore",
+    "hook",
+    "spawn",
+    "runtime_init",
+    "interpreter",
+    "import_packages",
+    "import_handler",
+    "exec",
+];
+
+/// A mode's median start, phase by phase: `fetch_manifest 3.10, fetch_bundle 8.40, ...`.
+fn trace(r: &Row) -> String {
+    PHASE_ORDER
+        .iter()
+        .filter_map(|k| r.phases.get(*k).map(|v| format!("{k} {v:.2}")))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A box plot per workload and mode: the box from p25 to p75, the median across it,
@@ -482,7 +522,8 @@ mod tests {
                 sample(
                     "function-snapshot",
                     40.0 + x / 10.0,
-                    "fetch;dur=20.0, restore;dur=9.0",
+                    "fetch;dur=20.0, fetch_manifest;dur=3.0, fetch_bundle;dur=12.0, \
+                     fetch_open;dur=5.0, restore;dur=9.0, exec;dur=1.5",
                 ),
             ));
             samples.push((
@@ -521,6 +562,13 @@ mod tests {
         let t = table(&rows);
         assert!(
             t.contains("remote-cached") && t.contains("remote/local"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "numpy remote, phase by phase (p50 ms): fetch_manifest 3.00, fetch_bundle \
+                 12.00, fetch_open 5.00, restore 9.00, exec 1.50"
+            ),
             "{t}"
         );
         let d = tempfile::tempdir().unwrap();

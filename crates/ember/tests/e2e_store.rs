@@ -460,6 +460,14 @@ async fn a_second_node_restores_a_function_it_never_ran_from_the_store() {
         r.timing,
         r.raw
     );
+    // Its trace, phase by phase: the manifest, the bundle, the layer opened, the restore.
+    for phase in ["fetch_manifest", "fetch_bundle", "fetch_open", "restore"] {
+        assert!(
+            r.timing.contains(&format!("{phase};dur=")),
+            "{phase} in {}",
+            r.timing
+        );
+    }
     assert!(
         eventually(Duration::from_secs(60), || !listing(
             &b,

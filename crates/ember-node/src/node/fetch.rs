@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ember_snap::LoadedImage;
 use ember_snap::lazy::LayerSource;
@@ -33,6 +33,14 @@ use crate::envs::PackageEnv;
 use crate::images::ImageInfo;
 use crate::remote::{FetchError, Fetched};
 use crate::snapshots::{Lookup, SnapshotHandle, SnapshotInfo, snapshot_id};
+
+/// How long the parts of a snapshot's fetch took (those that happened).
+#[derive(Debug, Default)]
+struct FetchPhases {
+    manifest: Option<Duration>,
+    bundle: Option<Duration>,
+    open: Option<Duration>,
+}
 
 /// A function snapshot from the store.
 pub(in crate::node) enum FromStore {
@@ -179,7 +187,7 @@ impl Node {
         key: &str,
         deadline: Duration,
         lazy: bool,
-        fetch_time: &mut Option<Duration>,
+        timing: &mut super::Timing,
     ) -> Option<FromStore> {
         let remote = self.remote.clone()?;
         let store_key = self.snapshot_store_key(d, parent);
@@ -187,11 +195,23 @@ impl Node {
         let staged = self.snapshots.staging(&id);
         let t0 = std::time::Instant::now();
         let span = info_span!("start.fetch", snapshot = %id);
+        let mut phases = FetchPhases::default();
         let got = self
-            .snapshot_fetch(d, parent, key, &id, &store_key, &staged, deadline, lazy)
+            .snapshot_fetch(
+                d,
+                parent,
+                (key, &id, &store_key),
+                &staged,
+                deadline,
+                lazy,
+                &mut phases,
+            )
             .instrument(span)
             .await;
-        *fetch_time = Some(t0.elapsed());
+        timing.fetch = Some(t0.elapsed());
+        timing.fetch_manifest = phases.manifest;
+        timing.fetch_bundle = phases.bundle;
+        timing.fetch_open = phases.open;
         let why = match got {
             Ok(from) => return Some(from),
             Err(FetchError::Busy) => {
@@ -201,12 +221,12 @@ impl Node {
                 // pages still coming: from the same. Else the fetch's end is waited for.
                 while remote.is_fetching("snapshot", &store_key) && t0.elapsed() < deadline {
                     if lazy && let Some(l) = self.lazy_sets.lock().get(&store_key).cloned() {
-                        *fetch_time = Some(t0.elapsed());
+                        timing.fetch = Some(t0.elapsed());
                         return Some(FromStore::Lazy(l));
                     }
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                *fetch_time = Some(t0.elapsed());
+                timing.fetch = Some(t0.elapsed());
                 let (store, name, k) = (
                     self.snapshots.clone(),
                     d.record.name.clone(),
@@ -234,22 +254,23 @@ impl Node {
     }
 
     /// The fetch of [`Node::snapshot_from_store`]: what it gives, or why not (its staged
-    /// directory is the caller's to remove on an error).
+    /// directory is the caller's to remove on an error); how long its parts took in
+    /// `phases`. `names`: the snapshot's key and id here, and its set's in the store.
     #[allow(
         clippy::too_many_arguments,
-        reason = "the names of one snapshot on this node and in the store, and how to fetch it"
+        reason = "one snapshot's names, how to fetch it, and where its phases' times go"
     )]
     async fn snapshot_fetch(
         &self,
         d: &Arc<Deployed>,
         parent: Option<&Parent>,
-        key: &str,
-        id: &str,
-        store_key: &str,
+        names: (&str, &str, &str),
         staged: &Path,
         deadline: Duration,
         lazy: bool,
+        phases: &mut FetchPhases,
     ) -> Result<FromStore, FetchError> {
+        let (key, id, store_key) = names;
         use crate::bundle::LAZY_START;
         use ember_snap::image::format::{PAGES_FILE, WORKING_SET_FILE};
         use ember_snap::image::pack::PACK_FILE;
@@ -259,16 +280,25 @@ impl Node {
         // without a bundle) every file but the pages; else, or when the bundle does not
         // unpack, every file but the bundle.
         let first = async {
+            let t = Instant::now();
             let m = remote.manifest("snapshot", store_key).await?;
+            phases.manifest = Some(t.elapsed());
             let has = |n: &str| m.files.iter().any(|f| f.name == n);
             let bundled = has(LAZY_START);
             let lazy =
                 lazy && parent.is_some() && (bundled || (has(WORKING_SET_FILE) && has(PACK_FILE)));
             if lazy && bundled {
                 let first = |n: &str| n == LAZY_START || n == crate::snapshots::INFO_FILE;
-                match remote.get_files(&m, staged, first).await {
+                let t = Instant::now();
+                let got = remote.get_files(&m, staged, first).await;
+                phases.bundle = Some(t.elapsed());
+                let t = Instant::now();
+                match got {
                     Ok(stats) => match unpack_lazy(staged).await {
-                        Ok(()) => return Ok((m, stats, true)),
+                        Ok(()) => {
+                            phases.open = Some(t.elapsed());
+                            return Ok((m, stats, true));
+                        }
                         Err(why) => tracing::warn!(
                             set = %format!("snapshot/{store_key}"),
                             "its lazy bundle is not usable (fetched whole instead): {why}"
@@ -302,11 +332,13 @@ impl Node {
             return Ok(FromStore::Cached(added));
         }
         let parent = parent.ok_or(FetchError::Absent)?;
+        let t = Instant::now();
         let lazy = self
             .lazy_snapshot(
                 d, parent, key, id, store_key, staged, manifest, stats, guard,
             )
             .await?;
+        phases.open = Some(phases.open.unwrap_or_default() + t.elapsed());
         tracing::info!(
             set = %format!("snapshot/{store_key}"),
             store = remote.describe(),
@@ -501,7 +533,7 @@ impl Node {
                     &key,
                     PREFETCH_DEADLINE,
                     false,
-                    &mut None,
+                    &mut super::Timing::default(),
                 )
                 .await;
             if let Some(FromStore::Cached(h)) = fetched {

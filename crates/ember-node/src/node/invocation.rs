@@ -16,6 +16,13 @@ pub struct Timing {
     /// A function snapshot fetched from the snapshot store (manifest and every chunk,
     /// checked) before its restore, or the time a fetch that failed cost.
     pub fetch: Option<Duration>,
+    /// Of `fetch`: the set's manifest read from the store.
+    pub fetch_manifest: Option<Duration>,
+    /// Of `fetch`, lazily: the bundle (metadata, working set, pack) and the description.
+    pub fetch_bundle: Option<Duration>,
+    /// Of `fetch`, lazily: the bundle unpacked and checked, and the layer opened over its
+    /// image (its working set's pages in hand).
+    pub fetch_open: Option<Duration>,
     /// A function snapshot's layer read from disk, checked and laid over its image's pages
     /// (not when the layer is held in memory).
     pub load: Option<Duration>,
@@ -48,11 +55,16 @@ pub struct Timing {
 impl Timing {
     /// Every phase in the order it happens, with its duration when it happened (the API
     /// turns it into the `Ember-Timing`/`Server-Timing` header).
-    pub fn phases(&self) -> [(&'static str, Option<Duration>); 17] {
+    /// `fetch_manifest`, `fetch_bundle` and `fetch_open` are parts of `fetch`, listed after
+    /// it.
+    pub fn phases(&self) -> [(&'static str, Option<Duration>); 20] {
         [
             ("queue", Some(self.queue)),
             ("fallback", self.fallback),
             ("fetch", self.fetch),
+            ("fetch_manifest", self.fetch_manifest),
+            ("fetch_bundle", self.fetch_bundle),
+            ("fetch_open", self.fetch_open),
             ("load", self.load),
             ("sandbox", self.sandbox),
             ("standby", self.standby),

@@ -78,7 +78,7 @@ impl<'c> Rung<StartCx<'c>, Live> for FunctionSnapshot {
                             &key,
                             SNAPSHOT_DEADLINE,
                             node.cfg.snapshots.lazy_remote,
-                            &mut cx.timing.fetch,
+                            &mut cx.timing,
                         )
                         .await;
                     match (fetched, missed) {
