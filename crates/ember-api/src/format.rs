@@ -44,9 +44,10 @@ pub fn lambda_log(inv: &Invocation, lines: &str) -> String {
         }
         _ => report.push_str(&format!("\tInit Duration: {:.2} ms", ms(inv.timing.init()))),
     }
+    // The version Lambda names: unqualified, `$LATEST` (Ember publishes no versions yet).
     format!(
         "START RequestId: {id} Version: {}\n{lines}END RequestId: {id}\n{report}\n",
-        inv.version
+        ember_node::function::LATEST
     )
 }
 
@@ -91,7 +92,7 @@ mod tests {
         let cold = lambda_log(&inv(StartPath::ColdBoot), "hello\n");
         assert_eq!(
             cold,
-            "START RequestId: r1 Version: 3\nhello\nEND RequestId: r1\nREPORT RequestId: r1\t\
+            "START RequestId: r1 Version: $LATEST\nhello\nEND RequestId: r1\nREPORT RequestId: r1\t\
              Duration: 2.50 ms\tBilled Duration: 3 ms\tMemory Size: 256 MB\tInit Duration: 1.10 ms\n"
         );
         let warm = lambda_log(&inv(StartPath::Warm), "");

@@ -7,14 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use ember_runtime::python::reserved_env;
 
-/// The region and account in the ARNs Ember shows (Lambda clients want ARNs to parse).
-pub const REGION: &str = "us-east-1";
-pub const ACCOUNT: &str = "000000000000";
-
-/// `arn:aws:lambda:<region>:<account>:function:<name>`
-pub fn function_arn(name: &str) -> String {
-    format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}")
-}
+pub use ember_runtime::lambda_env::{ACCOUNT, LATEST, REGION, function_arn};
 
 /// What network an instance sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -41,7 +41,8 @@ pub struct Capture {
 impl Capture {
     /// The lines `instance` logged, once its output has settled: a runtime's last lines can
     /// still be in its pipe when its answer arrives, so this waits until no line has come
-    /// for 5 ms (at most 50 ms).
+    /// for 5 ms (at most 50 ms). With no instance (none served: its init failed), every line
+    /// the function logged meanwhile: the failed start's, which say why.
     pub async fn finish(self, instance: &str) -> String {
         let t0 = std::time::Instant::now();
         loop {
@@ -60,7 +61,7 @@ impl Capture {
         let b = self.buf.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
         for (inst, text) in &b.lines {
-            if inst == instance {
+            if inst == instance || instance.is_empty() {
                 out.push_str(text);
                 out.push('\n');
             }

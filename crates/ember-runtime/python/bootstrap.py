@@ -77,51 +77,221 @@ def loads(data):
     return obj
 
 
-def _unserialisable(o):
-    raise TypeError("Object of type %s is not JSON serializable" % type(o).__name__)
+# A Decimal's text stands in a result's JSON where the encoder wrote this placeholder (a
+# string no result holds by chance: a random tag between NUL characters).
+_RAW_TAG = os.urandom(8).hex()
 
 
 def dumps(obj):
-    """json.dumps(obj, allow_nan=False): NaN and Infinity are not JSON, so clients could not
-    parse them."""
+    """json.dumps(obj, allow_nan=False) with what Lambda's Python runtime also encodes: a
+    Decimal as its own digits (1.10 stays 1.10), bytes nested in a result as UTF-8 text, an
+    object with `_asdict()` as that dict. NaN and Infinity are not JSON, so clients could not
+    parse them: refused (a Decimal's too)."""
+    raws = []
+
+    def default(o):
+        t = type(o)
+        if t.__name__ == "Decimal" and t.__module__ in ("decimal", "_decimal"):
+            if not o.is_finite():
+                raise ValueError("Out of range float values are not JSON compliant: %s" % o)
+            raws.append(str(o))
+            return "\0%s:%d\0" % (_RAW_TAG, len(raws) - 1)
+        if isinstance(o, (bytes, bytearray)):
+            return bytes(o).decode("utf-8")
+        if callable(getattr(o, "_asdict", None)):
+            return o._asdict()
+        raise TypeError("Object of type %s is not JSON serializable" % t.__name__)
+
     encode = _json.make_encoder(
-        {}, _unserialisable, _json.encode_basestring_ascii, None, ": ", ", ", False, False, False
+        {}, default, _json.encode_basestring_ascii, None, ": ", ", ", False, False, False
     )
-    return "".join(encode(obj, 0)).encode()
+    text = "".join(encode(obj, 0))
+    for i, raw in enumerate(raws):
+        text = text.replace('"\\u0000%s:%d\\u0000"' % (_RAW_TAG, i), raw, 1)
+    return text.encode()
+
+
+def stack(tb):
+    """A traceback's frames as Lambda's stackTrace gives them (one string per frame, as
+    traceback.format_list writes it, without the caret lines), the bootstrap's own leading
+    frames left out."""
+    import traceback
+
+    frames = traceback.extract_tb(tb)
+    while frames and frames[0].filename == __file__:
+        frames.pop(0)
+    return traceback.format_list([(f.filename, f.lineno, f.name, f.line) for f in frames])
 
 
 def error_doc(exc):
-    import traceback
-
-    return {
-        "type": type(exc).__name__,
-        "message": str(exc),
-        "traceback": traceback.format_exception(type(exc), exc, exc.__traceback__),
-    }
+    return {"type": type(exc).__name__, "message": str(exc), "traceback": stack(exc.__traceback__)}
 
 
-def error_body(exc, **extra):
-    doc = error_doc(exc)
+class Fault(Exception):
+    """A failure Lambda's runtime names itself (Runtime.ImportModuleError, ...)."""
+
+    def __init__(self, error_type, message, trace=()):
+        super().__init__(message)
+        self.doc = {"type": error_type, "message": message, "traceback": list(trace)}
+
+
+def log_error(doc):
+    """An error in the function's log as Lambda's runtime writes it: `[ERROR] Type: message`,
+    then the traceback, as one record (its lines joined by carriage returns, leading spaces
+    made non-breaking)."""
+    head = "[ERROR] %s: %s" % (doc["type"], doc["message"])
+    lines = [head, "Traceback (most recent call last):"]
+    for frame in doc["traceback"]:
+        for line in frame.splitlines():
+            stripped = line.lstrip(" ")
+            lines.append("\u00a0" * (len(line) - len(stripped)) + stripped)
+    sys.stdout.write("\r".join(lines) + "\n")
+
+
+def fail(fd, kind, doc, **extra):
+    """Says `doc` in the function's log and to the host (as INIT_ERROR or ERROR)."""
+    try:
+        log_error(doc)
+    except Exception:  # a closed or broken stdout must not stop the answer
+        pass
     doc.update(extra)
-    return dumps(doc)
+    write_frame(fd, kind, dumps(doc))
+
+
+class CognitoIdentity:
+    __slots__ = ("cognito_identity_id", "cognito_identity_pool_id")
+
+    def __init__(self, doc):
+        doc = doc if isinstance(doc, dict) else {}
+        self.cognito_identity_id = doc.get("cognitoIdentityId")
+        self.cognito_identity_pool_id = doc.get("cognitoIdentityPoolId")
+
+
+class Client:
+    __slots__ = (
+        "installation_id",
+        "app_title",
+        "app_version_name",
+        "app_version_code",
+        "app_package_name",
+    )
+
+    def __init__(self, doc):
+        for name in self.__slots__:
+            camel = name.split("_")[0] + "".join(w.title() for w in name.split("_")[1:])
+            setattr(self, name, doc.get(camel))
+
+
+class ClientContext:
+    __slots__ = ("custom", "env", "client")
+
+    def __init__(self, doc):
+        self.custom = doc.get("custom")
+        self.env = doc.get("env")
+        client = doc.get("client")
+        self.client = Client(client) if isinstance(client, dict) else None
 
 
 class Context:
-    """What AWS Lambda hands a handler as `context`, filled from Ember's invoke header."""
+    """What Lambda's Python runtime hands a handler as `context`: the function's identity
+    from the environment variables (strings, as there), the request's from Ember's invoke
+    header."""
 
-    def __init__(self, init, request_id, deadline_ms):
-        self.aws_request_id = request_id
-        self.request_id = request_id
-        self.function_name = init["function"]
-        self.function_version = str(init.get("version", "$LATEST"))
-        self.memory_limit_in_mb = int(init["memory_mb"])
-        self.invoked_function_arn = "arn:aws:lambda:ember:000000000000:function:" + init["function"]
-        self.log_group_name = "/ember/" + init["function"]
-        self.log_stream_name = init.get("instance", "")
-        self._deadline_ms = deadline_ms
+    def __init__(self, header):
+        env = os.environ
+        self.aws_request_id = header["request_id"]
+        self.invoked_function_arn = header.get("invoked_function_arn")
+        self.function_name = env.get("AWS_LAMBDA_FUNCTION_NAME")
+        self.function_version = env.get("AWS_LAMBDA_FUNCTION_VERSION")
+        self.memory_limit_in_mb = env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+        self.log_group_name = env.get("AWS_LAMBDA_LOG_GROUP_NAME")
+        self.log_stream_name = env.get("AWS_LAMBDA_LOG_STREAM_NAME")
+        self.identity = CognitoIdentity(header.get("identity"))
+        cc = header.get("client_context")
+        self.client_context = ClientContext(cc) if isinstance(cc, dict) else None
+        self._deadline_ms = header["deadline_ms"]
 
     def get_remaining_time_in_millis(self):
         return max(0, int(self._deadline_ms - time.time() * 1000))
+
+    def log(self, msg):
+        sys.stdout.write(str(msg))
+
+
+# The invocation being served: what Lambda's log records name.
+request_id = ""
+
+
+class LogRecords:
+    """Python's logging set up as Lambda's runtime sets it, once the function (or a package)
+    imports `logging`: one handler on the root logger writing
+    `[LEVEL]\tTIME.mmmZ\tREQUEST-ID\tmessage` to the function's log, times in UTC, the
+    level from AWS_LAMBDA_LOG_LEVEL when set (else Python's WARNING). Done on import, through
+    an import hook, so that a function that never logs does not pay for importing `logging`
+    at its start."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name != "logging":
+            return None
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = LogRecords.Loader(spec.loader)
+        return spec
+
+    class Loader:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def create_module(self, spec):
+            return self.inner.create_module(spec)
+
+        def exec_module(self, module):
+            self.inner.exec_module(module)
+            try:
+                configure_logging(module)
+            except Exception as exc:  # the function logs as Python would, then
+                print("ember: setting up logging as Lambda does failed: %r" % exc, file=sys.stderr)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+
+def configure_logging(logging):
+    class RequestId(logging.Filter):
+        def filter(self, record):
+            record.aws_request_id = request_id
+            return True
+
+    logging.Formatter.converter = time.gmtime
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        logging.Formatter(
+            "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s",
+            "%Y-%m-%dT%H:%M:%S",
+        )
+    )
+    handler.addFilter(RequestId())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level = os.environ.get("AWS_LAMBDA_LOG_LEVEL", "").upper()
+    level = "DEBUG" if level == "TRACE" else level
+    if level in logging._nameToLevel:
+        root.setLevel(logging._nameToLevel[level])
+
+
+def install_logging_hook():
+    if "logging" in sys.modules:
+        configure_logging(sys.modules["logging"])
+    else:
+        sys.meta_path.insert(0, LogRecords)
+
+
+def execution_env():
+    """AWS_EXECUTION_ENV as Lambda sets it for this interpreter."""
+    os.environ.setdefault("AWS_EXECUTION_ENV", "AWS_Lambda_python%d.%d" % sys.version_info[:2])
 
 
 def prepare_snapshot(fd):
@@ -212,7 +382,9 @@ def snapshot_point(fd):
             func(*args, **kwargs)
     except Exception as exc:  # no snapshot then, but the instance serves on
         us = int((time.perf_counter() - t0) * 1e6)
-        write_frame(fd, SNAPSHOT_READY, dumps({"hook_us": us, "error": error_doc(exc)}))
+        doc = error_doc(exc)
+        log_error(doc)
+        write_frame(fd, SNAPSHOT_READY, dumps({"hook_us": us, "error": doc}))
         return False
     hook_us = int((time.perf_counter() - t0) * 1e6)
     t0 = time.perf_counter()
@@ -244,6 +416,7 @@ def restore_env(init):
     t0 = time.perf_counter()
     os.environ.clear()
     os.environ.update(init.get("env", {}))
+    execution_env()
     after_restore()
     return int((time.perf_counter() - t0) * 1e6)
 
@@ -280,6 +453,9 @@ def main():
     sys.stderr.reconfigure(line_buffering=True)
     # Before the packages: one of them may register hooks, or depend on the package itself.
     install_hooks_module()
+    # Before the packages too: one of them may log at its import.
+    install_logging_hook()
+    execution_env()
 
     kind, body = read_frame(fd)
     if kind != BOOT:
@@ -310,13 +486,12 @@ def main():
     try:
         sys.path.insert(0, init["code_dir"])
         os.chdir(init["code_dir"])
-        module_name, _, func_name = init["handler"].rpartition(".")
-        module = __import__(module_name, fromlist=["_"])
-        handler = getattr(module, func_name)
-        if not callable(handler):
-            raise TypeError("%s is not callable" % init["handler"])
+        handler = load_handler(init["handler"])
+    except Fault as f:
+        fail(fd, INIT_ERROR, f.doc)
+        return
     except BaseException as exc:
-        write_frame(fd, INIT_ERROR, error_body(exc))
+        fail(fd, INIT_ERROR, error_doc(exc))
         return
     import_us = int((time.perf_counter() - t0) * 1e6)
     ready = {"import_handler_us": import_us, "hook_us": hook_us}
@@ -331,8 +506,36 @@ def main():
     serve(fd, init, handler)
 
 
+def load_handler(name):
+    """The handler `module.function` names, or the Fault Lambda's runtime reports for it."""
+    try:
+        module_name, func_name = name.rsplit(".", 1)
+    except ValueError as e:
+        raise Fault("Runtime.MalformedHandlerName", "Bad handler '%s': %s" % (name, e)) from None
+    if module_name.split(".")[0] in sys.builtin_module_names:
+        raise Fault(
+            "Runtime.BuiltInModuleConflict",
+            "Cannot use built-in module %s as a handler module" % module_name,
+        )
+    try:
+        module = __import__(module_name, fromlist=["_"])
+    except ImportError as e:
+        msg = "Unable to import module '%s': %s" % (module_name, e)
+        raise Fault("Runtime.ImportModuleError", msg) from None
+    except SyntaxError as e:
+        msg = "Syntax error in module '%s': %s" % (module_name, e)
+        trace = ['  File "%s" Line %s\n    %s' % (e.filename, e.lineno, (e.text or "").strip())]
+        raise Fault("Runtime.UserCodeSyntaxError", msg, trace) from None
+    try:
+        return getattr(module, func_name)
+    except AttributeError:
+        msg = "Handler '%s' missing on module '%s'" % (func_name, module_name)
+        raise Fault("Runtime.HandlerNotFound", msg) from None
+
+
 def serve(fd, init, handler):
     """Waits for events: INVOKE, or SNAPSHOT (then CONTINUE, or INIT in a restored copy)."""
+    global request_id
     perf = time.perf_counter
     # The process's first invocation reports the modules it imported (the node learns them
     # into the image, as it does the handler's import's).
@@ -379,19 +582,23 @@ def serve(fd, init, handler):
         header = loads(body[4 : 4 + hlen])
         before = set(sys.modules) if first else None
         first = False
+        request_id = header["request_id"]
         t0 = perf()
         try:
             event = loads(body[4 + hlen :])
-            result = handler(event, Context(init, header["request_id"], header["deadline_ms"]))
+            result = handler(event, Context(header))
         except Exception as exc:
             us = int((perf() - t0) * 1e6)
-            write_frame(fd, ERROR, error_body(exc, duration_us=us))
+            fail(fd, ERROR, error_doc(exc), duration_us=us)
             continue
         us = int((perf() - t0) * 1e6)
         try:
-            payload = dumps(result)
+            # Bytes are the answer as they are (Lambda's runtime sends them unencoded).
+            payload = bytes(result) if isinstance(result, (bytes, bytearray)) else dumps(result)
         except Exception as exc:
-            write_frame(fd, ERROR, error_body(exc, duration_us=us, marshal=True))
+            doc = {"type": "Runtime.MarshalError", "message": "Unable to marshal response: %s" % exc}
+            doc["traceback"] = []
+            fail(fd, ERROR, doc, duration_us=us, marshal=True)
             continue
         head = {"duration_us": us}
         if before is not None:
@@ -405,6 +612,8 @@ def resume(fd, init, before):
     platform's hook, HOOKED, the function's after-restore hooks, READY (the handler is imported
     already). False after INIT_ERROR."""
     hook_us = restore_env(init)
+    # Restored from its function's snapshot, as a SnapStart instance is.
+    os.environ["AWS_LAMBDA_INITIALIZATION_TYPE"] = "snap-start"
     write_frame(fd, HOOKED, b"{}")
     t0 = time.perf_counter()
     try:
@@ -414,7 +623,7 @@ def resume(fd, init, before):
             os.chdir(new)
         run_after_restore_hooks()
     except BaseException as exc:
-        write_frame(fd, INIT_ERROR, error_body(exc))
+        fail(fd, INIT_ERROR, error_doc(exc))
         return False
     ready = {
         "import_handler_us": 0,

@@ -41,34 +41,17 @@ pub fn exec_env(spec: &ExecSpec, runtime_api: Option<&str>) -> BTreeMap<String, 
         .map(|d| d.to_string_lossy().into_owned())
         .collect();
     path.push("/usr/local/bin:/usr/bin:/bin".into());
-    let code = spec.code_dir.to_string_lossy().into_owned();
-    let mut env: BTreeMap<String, String> = [
-        ("PATH", path.join(":")),
-        ("LANG", "C.UTF-8".into()),
-        ("HOME", "/tmp".into()),
-        ("TZ", ":UTC".into()),
-        ("_HANDLER", spec.handler.clone()),
-        ("LAMBDA_TASK_ROOT", code.clone()),
-        ("LAMBDA_RUNTIME_DIR", code),
-        ("AWS_REGION", spec.region.clone()),
-        ("AWS_DEFAULT_REGION", spec.region.clone()),
-        ("AWS_LAMBDA_FUNCTION_NAME", spec.function.clone()),
-        (
-            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
-            spec.memory_mb.to_string(),
-        ),
-        ("AWS_LAMBDA_FUNCTION_VERSION", spec.version.to_string()),
-        ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".into()),
-        (
-            "AWS_LAMBDA_LOG_GROUP_NAME",
-            format!("/aws/lambda/{}", spec.function),
-        ),
-        ("AWS_LAMBDA_LOG_STREAM_NAME", spec.instance_id.clone()),
-        ("EMBER_INSTANCE_ID", spec.instance_id.clone()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let id = crate::lambda_env::Identity {
+        function: &spec.function,
+        instance_id: &spec.instance_id,
+        handler: &spec.handler,
+        memory_mb: spec.memory_mb,
+        task_root: &spec.code_dir,
+        runtime_dir: &spec.code_dir,
+        region: &spec.region,
+        initialization: crate::lambda_env::Initialization::OnDemand,
+    };
+    let mut env = crate::lambda_env::lambda_env(&id, path.join(":"));
     if let Some(api) = runtime_api {
         env.insert("AWS_LAMBDA_RUNTIME_API".into(), api.to_string());
     }

@@ -5,8 +5,10 @@
 //! - [`provided`]: Lambda's custom runtimes: a `bootstrap` executable served by a Runtime API.
 //! - [`native`]: one process per request, the event on stdin and the result on stdout.
 //! - [`exec`]: what the two executable runtimes share.
+//! - [`lambda_env`]: what every runtime tells a function about itself, as Lambda does.
 
 pub mod exec;
+pub mod lambda_env;
 pub mod native;
 mod process;
 pub mod protocol;

@@ -13,9 +13,12 @@
 //!                              "imported"?: [module, ...]}  (modules the handler's import
 //!                              added, not of its own code: the node learns images from them)
 //! INIT_ERROR  rt -> host  JSON {"type", "message", "traceback": [line, ...]}
-//! INVOKE      host -> rt  hlen:u32be JSON{"request_id", "deadline_ms"} event-bytes
-//! RESULT      rt -> host  hlen:u32be JSON{"duration_us"} result-bytes (JSON)
+//! INVOKE      host -> rt  hlen:u32be JSON{"request_id", "deadline_ms",
+//!                              "invoked_function_arn"} event-bytes
+//! RESULT      rt -> host  hlen:u32be JSON{"duration_us"} result-bytes (JSON, or the
+//!                              handler's own bytes)
 //! ERROR       rt -> host  JSON {"type", "message", "traceback", "duration_us", "marshal"?}
+//!             (`traceback`: the frames, one string each, as Lambda's stackTrace gives them)
 //! SNAPSHOT    host -> rt  JSON {}                     (idle only: the function snapshot point)
 //! SNAPSHOT_READY rt -> host JSON {"hook_us": n, "prepare_us": n, "threads": n}
 //!                         or {"hook_us": n, "error": {"type", "message", "traceback"}}
@@ -261,6 +264,8 @@ pub struct SnapshotReady {
 pub struct InvokeHeader<'a> {
     pub request_id: &'a str,
     pub deadline_ms: u64,
+    /// What the handler's `context.invoked_function_arn` says.
+    pub invoked_function_arn: &'a str,
 }
 
 #[derive(Debug, Deserialize)]

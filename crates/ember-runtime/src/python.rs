@@ -201,6 +201,8 @@ pub struct Instance {
     hooked: bool,
     /// What READY said the handler's import added (see [`Instance::take_imported`]).
     imported: Vec<String>,
+    /// The function's ARN, which its invocations name as the one invoked.
+    arn: String,
 }
 
 impl std::fmt::Debug for Instance {
@@ -444,6 +446,7 @@ impl Instance {
             pid,
             hooked: false,
             imported: Vec::new(),
+            arn: crate::lambda_env::function_arn(&spec.function),
         })
     }
 
@@ -507,6 +510,7 @@ impl Instance {
             pid: u32::try_from(pid).unwrap_or(0),
             hooked: false,
             imported: Vec::new(),
+            arn: crate::lambda_env::function_arn(&spec.function),
         })
     }
 
@@ -531,6 +535,8 @@ impl Instance {
     }
 
     async fn send_init(&mut self, spec: &StartSpec, restored: bool) -> Result<(), StartError> {
+        // A restored process becomes the function `spec` names.
+        self.arn = crate::lambda_env::function_arn(&spec.function);
         let code_dir = spec.code_dir.to_string_lossy();
         let env = restored.then(|| instance_env(spec));
         let init = serde_json::to_vec(&Init {
@@ -612,6 +618,7 @@ impl Instance {
         let header = serde_json::to_vec(&InvokeHeader {
             request_id,
             deadline_ms,
+            invoked_function_arn: &self.arn,
         })
         .map_err(|e| ProtocolError::Io(e.into()))?;
         let hlen = (header.len() as u32).to_be_bytes();
@@ -717,30 +724,24 @@ pub struct OurEnds {
 }
 
 /// The environment an instance runs with: given to a cold boot's interpreter, and set by
-/// the after-restore hook in a restored one (whose memory holds the image build's).
+/// the after-restore hook in a restored one (whose memory holds the image build's). Lambda's
+/// reserved variables; a copy restored from a function snapshot says `snap-start` itself.
 fn instance_env(spec: &StartSpec) -> BTreeMap<String, String> {
-    let mut env: BTreeMap<String, String> = [
-        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
-        ("LANG", "C.UTF-8"),
-        ("HOME", "/tmp"),
-        // Single-threaded numeric libraries: faster to start, and snapshot-friendly.
-        ("OPENBLAS_NUM_THREADS", "1"),
-        ("OMP_NUM_THREADS", "1"),
-        ("MKL_NUM_THREADS", "1"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    env.insert("AWS_LAMBDA_FUNCTION_NAME".into(), spec.function.clone());
-    env.insert(
-        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(),
-        spec.memory_mb.to_string(),
-    );
-    env.insert(
-        "AWS_LAMBDA_FUNCTION_VERSION".into(),
-        spec.version.to_string(),
-    );
-    env.insert("EMBER_INSTANCE_ID".into(), spec.instance_id.clone());
+    let id = crate::lambda_env::Identity {
+        function: &spec.function,
+        instance_id: &spec.instance_id,
+        handler: &spec.handler,
+        memory_mb: spec.memory_mb,
+        task_root: &spec.code_dir,
+        runtime_dir: &spec.bootstrap,
+        region: crate::lambda_env::REGION,
+        initialization: crate::lambda_env::Initialization::OnDemand,
+    };
+    let mut env = crate::lambda_env::lambda_env(&id, "/usr/local/bin:/usr/bin:/bin".into());
+    // Single-threaded numeric libraries: faster to start, and snapshot-friendly.
+    for k in ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"] {
+        env.insert(k.into(), "1".into());
+    }
     env.extend(spec.env.clone());
     env
 }

@@ -5,130 +5,14 @@
 //! dumped: it is blocked reading its next frame after SNAPSHOT_READY either way. So the
 //! restored path is tested by sending the restored INIT to the original process.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+mod common;
 
+use std::time::Duration;
+
+use common::{Function, call, function, invoke};
 use ember_runtime::python::{
-    Instance, InvokeError, LogSink, Outcome, RestoredInitError, SnapshotPointError, StartError,
-    StartSpec, Stream, install_bootstrap,
+    Instance, InvokeError, RestoredInitError, SnapshotPointError, StartError,
 };
-
-const PYTHON: &str = "/usr/bin/python3";
-
-/// A directory under the target's tmp, removed at the end of the test.
-struct Tmp(PathBuf);
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The function's log, kept for assertions.
-#[derive(Default)]
-struct Log(Mutex<Vec<String>>);
-
-impl LogSink for Log {
-    fn line(&self, _instance: &str, _stream: Stream, line: &[u8]) {
-        self.0
-            .lock()
-            .unwrap()
-            .push(String::from_utf8_lossy(line).into_owned());
-    }
-}
-
-impl Log {
-    /// Waits (briefly) for a log line containing `needle`: the pipes are read by tasks of
-    /// their own.
-    async fn wait_for(&self, needle: &str) -> bool {
-        for _ in 0..100 {
-            if self.0.lock().unwrap().iter().any(|l| l.contains(needle)) {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
-    }
-
-    fn text(&self) -> String {
-        self.0.lock().unwrap().join("\n")
-    }
-}
-
-struct Function {
-    _dir: Tmp,
-    spec: StartSpec,
-    log: Arc<Log>,
-}
-
-/// A function whose `main.py` is `code`, started with the real bootstrap; `None` (the test is
-/// skipped, and says why) without `/usr/bin/python3`.
-fn function(test: &str, code: &str) -> Option<Function> {
-    if !Path::new(PYTHON).exists() {
-        eprintln!("skipped {test}: needs {PYTHON}");
-        return None;
-    }
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("snapshot-point-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let dir = Tmp(dir);
-    let code_dir = dir.0.join("code");
-    std::fs::create_dir_all(&code_dir).unwrap();
-    std::fs::write(code_dir.join("main.py"), code).unwrap();
-    let bootstrap = install_bootstrap(&dir.0.join("runtime")).unwrap();
-    let spec = StartSpec {
-        instance_id: "i-original".into(),
-        function: "snappy".into(),
-        version: 1,
-        handler: "main.handler".into(),
-        memory_mb: 128,
-        python: PYTHON.into(),
-        bootstrap,
-        code_dir,
-        imports: Vec::new(),
-        env: BTreeMap::from([("GREETING".to_string(), "original".to_string())]),
-    };
-    Some(Function {
-        _dir: dir,
-        spec,
-        log: Arc::default(),
-    })
-}
-
-impl Function {
-    async fn start(&self) -> Instance {
-        let (inst, _) = Instance::start(&self.spec, self.log.clone(), |_| {})
-            .await
-            .unwrap_or_else(|e| panic!("start: {e:?}\nlog:\n{}", self.log.text()));
-        inst
-    }
-
-    /// The spec a copy restored from the snapshot gets: another instance, version and
-    /// environment.
-    fn restored_spec(&self) -> StartSpec {
-        StartSpec {
-            instance_id: "i-restored".into(),
-            version: 2,
-            env: BTreeMap::from([("GREETING".to_string(), "restored".to_string())]),
-            ..self.spec.clone()
-        }
-    }
-}
-
-async fn invoke(inst: &mut Instance, event: &str) -> Result<Outcome, InvokeError> {
-    let deadline = SystemTime::now() + Duration::from_secs(30);
-    inst.invoke("req-1", deadline, event.as_bytes()).await
-}
-
-/// Invokes and returns the handler's JSON result.
-async fn call(inst: &mut Instance, event: &str) -> serde_json::Value {
-    match invoke(inst, event).await {
-        Ok(Outcome::Result { payload, .. }) => serde_json::from_slice(&payload).unwrap(),
-        other => panic!("invocation: {other:?}"),
-    }
-}
 
 /// Hooks registered both ways, with arguments and a duplicate; the handler reports what ran.
 const HOOKS: &str = r#"
@@ -173,8 +57,10 @@ def handler(event, context):
     return {
         "calls": calls,
         "restored_as": restored_as,
-        "instance": context.log_stream_name,
+        "instance": os.environ.get("EMBER_INSTANCE_ID"),
+        "stream": context.log_stream_name,
         "version": context.function_version,
+        "init_type": os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE"),
         "greeting": os.environ.get("GREETING"),
         "returned": [first.__name__, returned is second],
     }
@@ -191,6 +77,14 @@ async fn the_hooks_module_is_there_at_a_cold_boot_and_no_hook_runs() {
     // Registering returns the function, so both forms work as decorators would.
     assert_eq!(v["returned"], serde_json::json!(["first", true]));
     assert_eq!(v["instance"], "i-original");
+    assert!(
+        v["stream"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/[$LATEST]"),
+        "{v}"
+    );
+    assert_eq!(v["init_type"], "on-demand");
     assert_eq!(v["greeting"], "original");
     inst.kill();
 }
@@ -300,7 +194,10 @@ async fn a_restored_copy_runs_its_after_restore_hooks_as_the_new_instance() {
     // The hook saw the new environment; the handler sees the new identity.
     assert_eq!(v["restored_as"], "i-restored");
     assert_eq!(v["instance"], "i-restored");
-    assert_eq!(v["version"], "2");
+    let stream = v["stream"].as_str().unwrap_or_default();
+    assert!(stream.contains("/[$LATEST]"), "{v}");
+    assert_eq!(v["version"], "$LATEST");
+    assert_eq!(v["init_type"], "snap-start");
     assert_eq!(v["greeting"], "restored");
     inst.kill();
 }

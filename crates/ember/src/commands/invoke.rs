@@ -50,14 +50,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let doc: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
     let e = &doc["error"];
-    if let Some(tb) = e["traceback"].as_array() {
-        for line in tb.iter().filter_map(|l| l.as_str()) {
-            eprint!("{line}");
-        }
+    // The function's frames, as Lambda's stackTrace gives them.
+    let frames: Vec<&str> = e["traceback"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.as_str())
+        .collect();
+    if !frames.is_empty() {
+        eprintln!("Traceback (most recent call last):");
+        frames.iter().for_each(|f| eprint!("{f}"));
     }
+    let message = e["message"].as_str().unwrap_or("the invocation failed");
+    let message = match e["type"].as_str() {
+        Some(t) => format!("{t}: {message}"),
+        None => message.to_string(),
+    };
     bail!(
-        "{} (HTTP {}, {})",
-        e["message"].as_str().unwrap_or("the invocation failed"),
+        "{message} (HTTP {}, {})",
         r.status,
         e["code"].as_str().unwrap_or("?")
     )

@@ -38,6 +38,10 @@ def code(body):
     return zipped({"lambda_function.py": body})
 
 
+def arn_of(name):
+    return "arn:aws:lambda:us-east-1:000000000000:function:" + name
+
+
 def error_code(fn, **kw):
     try:
         fn(**kw)
@@ -47,13 +51,18 @@ def error_code(fn, **kw):
 
 
 V1 = """
-import os
+import decimal, logging, os
+logger = logging.getLogger()
+logger.setLevel(logging.INFO)
 def lambda_handler(event, context):
     print("hello from", context.function_name, context.aws_request_id)
+    logger.info("logged for %s", context.aws_request_id)
     if event.get("fail"):
         raise ValueError("asked to fail")
     return {"v": 1, "event": event, "greeting": os.environ.get("GREETING"),
-            "memory": context.memory_limit_in_mb}
+            "memory": context.memory_limit_in_mb, "version": context.function_version,
+            "arn": context.invoked_function_arn, "price": decimal.Decimal("9.90"),
+            "region": os.environ.get("AWS_REGION"), "root": os.environ.get("LAMBDA_TASK_ROOT")}
 """
 
 # Create, with Lambda's defaults where nothing is given.
@@ -97,12 +106,23 @@ assert sorted(seen) == sorted(names), (seen, names)
 # Invoke: the result, the executed version, the log tail.
 r = lam.invoke(FunctionName="boto-fn", Payload=json.dumps({"a": 1}), LogType="Tail")
 assert r["StatusCode"] == 200 and "FunctionError" not in r, r
-out = json.loads(r["Payload"].read())
-assert out == {"v": 1, "event": {"a": 1}, "greeting": "hi", "memory": 128}, out
+raw = r["Payload"].read()
+out = json.loads(raw)
+root = out.pop("root")
+assert root and root.startswith("/"), root
+assert out == {"v": 1, "event": {"a": 1}, "greeting": "hi", "memory": "128",
+               "version": "$LATEST", "arn": arn_of("boto-fn"), "price": 9.9,
+               "region": "us-east-1"}, out
+assert b'"price": 9.90' in raw, raw
 assert r["ExecutedVersion"] == "$LATEST"
 tail = base64.b64decode(r["LogResult"]).decode()
 rid = r["ResponseMetadata"]["RequestId"]
 assert f"START RequestId: {rid}" in tail and f"hello from boto-fn {rid}" in tail, tail
+# Python's logging as Lambda's runtime sets it up: [LEVEL] time request-id message.
+assert any(
+    line.startswith("[INFO]\t") and line.endswith(f"\t{rid}\tlogged for {rid}")
+    for line in tail.splitlines()
+), tail
 assert f"REPORT RequestId: {rid}" in tail and "Memory Size: 128 MB" in tail, tail
 # An ARN and $LATEST name the same function; an empty payload is {}.
 r = lam.invoke(FunctionName=arn, Qualifier="$LATEST")
@@ -113,7 +133,25 @@ r = lam.invoke(FunctionName="boto-fn", Payload=b'{"fail": true}')
 assert r["StatusCode"] == 200 and r["FunctionError"] == "Unhandled", r
 doc = json.loads(r["Payload"].read())
 assert doc["errorType"] == "ValueError" and doc["errorMessage"] == "asked to fail", doc
-assert any("asked to fail" in line for line in doc["stackTrace"]), doc
+# Lambda's stackTrace: the function's frames only, one string each.
+assert len(doc["stackTrace"]) == 1, doc
+assert doc["stackTrace"][0].startswith('  File "') and "lambda_function.py" in doc["stackTrace"][0]
+assert 'raise ValueError("asked to fail")' in doc["stackTrace"][0], doc
+
+# A module that cannot be imported: Lambda's init error, its text in the log tail.
+lam.create_function(
+    FunctionName="broken-fn", Runtime="python3.12", Role="r",
+    Handler="lambda_function.lambda_handler", Code={"ZipFile": code("import not_there\n")},
+)
+lam.get_waiter("function_active_v2").wait(FunctionName="broken-fn")
+r = lam.invoke(FunctionName="broken-fn", LogType="Tail")
+assert r["FunctionError"] == "Unhandled", r
+doc = json.loads(r["Payload"].read())
+assert doc["errorType"] == "Runtime.ImportModuleError", doc
+assert doc["errorMessage"] == "Unable to import module 'lambda_function': No module named 'not_there'"
+tail = base64.b64decode(r["LogResult"]).decode()
+assert "[ERROR] Runtime.ImportModuleError: Unable to import module" in tail, tail
+lam.delete_function(FunctionName="broken-fn")
 
 # DryRun and Event.
 r = lam.invoke(FunctionName="boto-fn", InvocationType="DryRun")
@@ -132,7 +170,7 @@ u = lam.update_function_configuration(
 )
 assert (u["Timeout"], u["MemorySize"]) == (10, 256), u
 out = json.loads(lam.invoke(FunctionName="boto-fn", Payload=b"{}")["Payload"].read())
-assert (out["v"], out["greeting"], out["memory"]) == (2, "hello", 256), out
+assert (out["v"], out["greeting"], out["memory"]) == (2, "hello", "256"), out
 
 # Lambda's errors for what is wrong.
 assert error_code(lam.get_function, FunctionName="nope") == ("ResourceNotFoundException", 404)

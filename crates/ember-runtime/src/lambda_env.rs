@@ -1,0 +1,152 @@
+//! What every runtime tells a function about itself as Lambda does: its reserved environment
+//! variables, and the names in its ARN. The Python runtime's `context` reads them back from
+//! the environment, as Lambda's own Python runtime does.
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher};
+use std::path::Path;
+
+/// The region and account in the ARNs Ember shows (Lambda clients want ARNs to parse).
+pub const REGION: &str = "us-east-1";
+pub const ACCOUNT: &str = "000000000000";
+/// The version an unqualified function is: until versions are published, the only one.
+pub const LATEST: &str = "$LATEST";
+
+/// `arn:aws:lambda:<region>:<account>:function:<name>`
+pub fn function_arn(name: &str) -> String {
+    format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}")
+}
+
+/// How an instance came to be, as `AWS_LAMBDA_INITIALIZATION_TYPE` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Initialization {
+    /// Booted, or restored from a dependency image (its function's code imported anew).
+    OnDemand,
+    /// Restored from its function's snapshot, as Lambda SnapStart's instances are.
+    SnapStart,
+}
+
+impl Initialization {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Initialization::OnDemand => "on-demand",
+            Initialization::SnapStart => "snap-start",
+        }
+    }
+}
+
+/// Who an instance is.
+pub struct Identity<'a> {
+    pub function: &'a str,
+    pub instance_id: &'a str,
+    pub handler: &'a str,
+    pub memory_mb: u32,
+    /// Where the instance sees its function's code (`LAMBDA_TASK_ROOT`).
+    pub task_root: &'a Path,
+    /// Where it sees the runtime's own files (`LAMBDA_RUNTIME_DIR`).
+    pub runtime_dir: &'a Path,
+    pub region: &'a str,
+    pub initialization: Initialization,
+}
+
+/// Lambda's reserved variables, plus `EMBER_INSTANCE_ID` and a `PATH` of `path`. The
+/// function's own variables go over these (the node refuses the reserved names).
+pub fn lambda_env(id: &Identity<'_>, path: String) -> BTreeMap<String, String> {
+    let task_root = id.task_root.to_string_lossy().into_owned();
+    [
+        ("PATH", path),
+        ("LANG", "C.UTF-8".into()),
+        ("HOME", "/tmp".into()),
+        ("TZ", ":UTC".into()),
+        ("_HANDLER", id.handler.into()),
+        ("LAMBDA_TASK_ROOT", task_root),
+        (
+            "LAMBDA_RUNTIME_DIR",
+            id.runtime_dir.to_string_lossy().into_owned(),
+        ),
+        ("AWS_REGION", id.region.into()),
+        ("AWS_DEFAULT_REGION", id.region.into()),
+        ("AWS_LAMBDA_FUNCTION_NAME", id.function.into()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", id.memory_mb.to_string()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", LATEST.into()),
+        (
+            "AWS_LAMBDA_INITIALIZATION_TYPE",
+            id.initialization.as_str().into(),
+        ),
+        (
+            "AWS_LAMBDA_LOG_GROUP_NAME",
+            format!("/aws/lambda/{}", id.function),
+        ),
+        (
+            "AWS_LAMBDA_LOG_STREAM_NAME",
+            log_stream(std::time::SystemTime::now()),
+        ),
+        ("EMBER_INSTANCE_ID", id.instance_id.into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// A log stream's name as Lambda gives one to each execution environment:
+/// `YYYY/MM/DD/[$LATEST]` and 32 hex digits, new for each instance.
+pub fn log_stream(now: std::time::SystemTime) -> String {
+    let day = humantime::format_rfc3339_seconds(now).to_string();
+    let day = day.get(..10).unwrap_or("1970-01-01").replace('-', "/");
+    // Two 64-bit words from the standard library's randomly keyed hasher: unique enough to
+    // tell instances apart, and no dependency for it.
+    let word = || {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            now.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.finish()
+    };
+    format!("{day}/[{LATEST}]{:016x}{:016x}", word(), word())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_stream_is_named_as_lambda_names_one() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_728_172_800);
+        let s = log_stream(t);
+        let (day, rest) = s.split_at(11);
+        assert_eq!(day, "2024/10/06/");
+        let hex = rest.strip_prefix("[$LATEST]").unwrap();
+        assert_eq!(hex.len(), 32);
+        assert!(hex.chars().all(|c| c.is_ascii_hexdigit()), "{s}");
+        assert_ne!(log_stream(t), s, "each instance its own");
+    }
+
+    #[test]
+    fn the_reserved_variables_are_lambdas() {
+        let id = Identity {
+            function: "f",
+            instance_id: "f-7",
+            handler: "app.handler",
+            memory_mb: 256,
+            task_root: Path::new("/ember/code/abc"),
+            runtime_dir: Path::new("/ember/runtime/def"),
+            region: REGION,
+            initialization: Initialization::SnapStart,
+        };
+        let env = lambda_env(&id, "/usr/bin:/bin".into());
+        let get = |k: &str| env.get(k).map(String::as_str);
+        assert_eq!(get("AWS_LAMBDA_FUNCTION_VERSION"), Some("$LATEST"));
+        assert_eq!(get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE"), Some("256"));
+        assert_eq!(get("AWS_LAMBDA_INITIALIZATION_TYPE"), Some("snap-start"));
+        assert_eq!(get("AWS_LAMBDA_LOG_GROUP_NAME"), Some("/aws/lambda/f"));
+        assert_eq!(get("AWS_REGION"), get("AWS_DEFAULT_REGION"));
+        assert_eq!(get("LAMBDA_TASK_ROOT"), Some("/ember/code/abc"));
+        assert_eq!(get("_HANDLER"), Some("app.handler"));
+        assert_eq!(get("TZ"), Some(":UTC"));
+        assert_eq!(
+            function_arn("f"),
+            "arn:aws:lambda:us-east-1:000000000000:function:f"
+        );
+    }
+}
