@@ -39,9 +39,11 @@ use crate::AppState;
 use crate::error::error_chain;
 use crate::routes::{ember_headers, read_body, task_failed};
 
+mod settings;
+
 /// Lambda's limits on invocation payloads.
 pub const MAX_SYNC_PAYLOAD: usize = 6 * 1024 * 1024;
-pub const MAX_ASYNC_PAYLOAD: usize = 256 * 1024;
+pub const MAX_ASYNC_PAYLOAD: usize = 1024 * 1024;
 /// `X-Amz-Log-Result` carries at most this much of the log's end.
 const TAIL_BYTES: usize = 4096;
 
@@ -60,6 +62,40 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/2015-03-31/functions/{name}/code", put(update_code))
         .route("/2015-03-31/functions/{name}/invocations", post(invoke))
         .route("/2015-03-31/{*rest}", any(unknown_operation))
+        .route(
+            "/2017-03-31/tags/{arn}",
+            get(settings::list_tags)
+                .post(settings::tag_resource)
+                .delete(settings::untag_resource),
+        )
+        .route(
+            "/2017-10-31/functions/{name}/concurrency",
+            put(settings::put_concurrency).delete(settings::delete_concurrency),
+        )
+        .route(
+            "/2019-09-30/functions/{name}/concurrency",
+            get(settings::get_concurrency),
+        )
+        .route(
+            "/2016-08-19/account-settings",
+            get(settings::account_settings),
+        )
+        .route(
+            "/2016-08-19/account-settings/",
+            get(settings::account_settings),
+        )
+        // Lambda's other API versions: what Ember does not implement is said so, in the
+        // error botocore reads.
+        .route("/2016-08-19/{*rest}", any(unknown_operation))
+        .route("/2017-03-31/{*rest}", any(unknown_operation))
+        .route("/2017-10-31/{*rest}", any(unknown_operation))
+        .route("/2018-10-31/{*rest}", any(unknown_operation))
+        .route("/2019-09-25/{*rest}", any(unknown_operation))
+        .route("/2019-09-30/{*rest}", any(unknown_operation))
+        .route("/2020-04-22/{*rest}", any(unknown_operation))
+        .route("/2020-06-30/{*rest}", any(unknown_operation))
+        .route("/2021-10-31/{*rest}", any(unknown_operation))
+        .route("/2021-11-15/{*rest}", any(unknown_operation))
 }
 
 /// A Lambda error response.
@@ -232,8 +268,30 @@ fn runtime_name(c: &FunctionConfig) -> String {
         .unwrap_or_else(|| c.runtime.as_str().to_string())
 }
 
-/// A function as Lambda's `FunctionConfiguration` describes it.
-fn configuration(st: &FunctionStatus) -> serde_json::Value {
+/// A function's `RevisionId`: new at every change of its code or configuration.
+fn revision_id(r: &ember_node::FunctionRecord) -> String {
+    format!(
+        "{}-{}",
+        r.version,
+        &r.code_hash[..r.code_hash.len().min(12)]
+    )
+}
+
+/// Refuses an update whose `RevisionId` is not the function's current one, as Lambda does.
+fn check_revision(r: &ember_node::FunctionRecord, given: Option<&str>) -> Result<(), LambdaError> {
+    match given {
+        Some(g) if g != revision_id(r) => Err(LambdaError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "PreconditionFailedException",
+            "The Revision Id provided does not match the latest Revision Id. Call the \
+             GetFunction/GetAlias API to retrieve the latest Revision Id",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A function as Lambda's `FunctionConfiguration` describes it, on node `s`.
+fn configuration(s: &AppState, st: &FunctionStatus) -> serde_json::Value {
     let r = &st.record;
     let c = &r.config;
     serde_json::json!({
@@ -251,24 +309,14 @@ fn configuration(st: &FunctionStatus) -> serde_json::Value {
         "Version": "$LATEST",
         "Environment": { "Variables": c.env },
         "TracingConfig": { "Mode": "PassThrough" },
-        "RevisionId": format!("{}-{}", r.version, &r.code_hash[..r.code_hash.len().min(12)]),
+        "RevisionId": revision_id(r),
         "State": "Active",
         "LastUpdateStatus": "Successful",
         "PackageType": "Zip",
         "Architectures": [std::env::consts::ARCH],
-        "EphemeralStorage": { "Size": 512 },
+        // What every instance's /tmp holds (the node's setting).
+        "EphemeralStorage": { "Size": s.node.tmp_bytes() >> 20 },
     })
-}
-
-fn tags(c: &FunctionConfig) -> serde_json::Value {
-    let mut t = serde_json::Map::new();
-    if c.cold_only {
-        t.insert("ember:cold-only".into(), "true".into());
-    }
-    if c.network == ember_node::function::Network::Host {
-        t.insert("ember:network".into(), "host".into());
-    }
-    serde_json::Value::Object(t)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -286,7 +334,8 @@ struct CodeLocation {
     image_uri: Option<String>,
 }
 
-/// CreateFunction's body; fields Ember has no use for (VpcConfig, Layers, ...) are ignored.
+/// CreateFunction's body; the settings Ember has no part for are refused unless unused
+/// ([`settings::Unsupported`]).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct CreateRequest {
@@ -306,6 +355,8 @@ struct CreateRequest {
     package_type: Option<String>,
     #[serde(default)]
     architectures: Vec<String>,
+    #[serde(flatten)]
+    unsupported: settings::Unsupported,
 }
 
 /// The zip of a `Code` or `UpdateFunctionCode` request: only `ZipFile` is served.
@@ -395,6 +446,7 @@ async fn create(
     let req: CreateRequest = json_body(&bytes)?;
     drop(bytes);
     let (name, _) = parse_function_name(&req.function_name)?;
+    req.unsupported.check(&name, s.node.tmp_bytes() >> 20)?;
     if req.package_type.as_deref().is_some_and(|p| p != "Zip") {
         return Err(LambdaError::invalid(
             "Ember runs zip packages only (PackageType Zip)",
@@ -426,20 +478,7 @@ async fn create(
     config.env = req.environment.unwrap_or_default().variables;
     config.description = req.description;
     config.role = req.role;
-    for (k, v) in &req.tags {
-        match (k.as_str(), v.as_str()) {
-            ("ember:cold-only", v) => config.cold_only = v == "true",
-            ("ember:network", "host") => config.network = ember_node::function::Network::Host,
-            ("ember:network", "none") => config.network = ember_node::function::Network::None,
-            (k, _) if k.starts_with("ember:") => {
-                return Err(LambdaError::invalid(format!(
-                    "unknown Ember tag {k:?}: ember:cold-only (true|false) and ember:network \
-                     (host|none) are understood"
-                )));
-            }
-            _ => {}
-        }
-    }
+    settings::apply_tags(&mut config, &req.tags)?;
     config
         .validate()
         .map_err(|e| LambdaError::invalid(e.to_string()))?;
@@ -477,7 +516,11 @@ async fn list(
                 .is_none_or(|m| f.record.name.as_str() > m)
         })
         .collect();
-    let page: Vec<serde_json::Value> = after.iter().take(max).map(|f| configuration(f)).collect();
+    let page: Vec<serde_json::Value> = after
+        .iter()
+        .take(max)
+        .map(|f| configuration(&s, f))
+        .collect();
     let mut body = serde_json::json!({ "Functions": page });
     if after.len() > max {
         body["NextMarker"] = after[max - 1].record.name.clone().into();
@@ -505,10 +548,10 @@ async fn get_function(
 ) -> Result<Response, LambdaError> {
     let st = status_of(&s, &raw, q.qualifier.as_deref())?;
     Ok(axum::Json(serde_json::json!({
-        "Configuration": configuration(&st),
+        "Configuration": configuration(&s, &st),
         // The code lives unpacked on the node; there is no archive to download.
         "Code": { "RepositoryType": "Ember" },
-        "Tags": tags(&st.record.config),
+        "Tags": settings::tags(&st.record.config),
     }))
     .into_response())
 }
@@ -519,7 +562,7 @@ async fn get_configuration(
     Query(q): Query<QualifierQuery>,
 ) -> Result<Response, LambdaError> {
     let st = status_of(&s, &raw, q.qualifier.as_deref())?;
-    Ok(axum::Json(configuration(&st)).into_response())
+    Ok(axum::Json(configuration(&s, &st)).into_response())
 }
 
 async fn delete_function(
@@ -546,6 +589,9 @@ struct UpdateConfiguration {
     timeout: Option<u32>,
     memory_size: Option<u32>,
     environment: Option<Environment>,
+    revision_id: Option<String>,
+    #[serde(flatten)]
+    unsupported: settings::Unsupported,
 }
 
 /// Deploys `config` (and `code`, if new) as `name`, in a task of its own so that a client
@@ -562,7 +608,7 @@ async fn deploy(
     tokio::spawn(async move { node.deploy(&n, config, code, &|_| {}).await })
         .await
         .map_err(|e| lambda_task_failed("the deploy", e))??;
-    Ok((status, axum::Json(configuration(&s.node.get(&name)?))).into_response())
+    Ok((status, axum::Json(configuration(s, &s.node.get(&name)?))).into_response())
 }
 
 async fn update_configuration(
@@ -574,6 +620,9 @@ async fn update_configuration(
     let st = status_of(&s, &raw, None)?;
     let bytes = read(&s, &headers, body, 1 << 20, "UpdateFunctionConfiguration").await?;
     let req: UpdateConfiguration = json_body(&bytes)?;
+    check_revision(&st.record, req.revision_id.as_deref())?;
+    req.unsupported
+        .check(&st.record.name, s.node.tmp_bytes() >> 20)?;
     let mut config = st.record.config.clone();
     if let Some(r) = req.runtime {
         config.runtime = parse_runtime(&r)?;
@@ -606,6 +655,9 @@ struct UpdateCode {
     dry_run: bool,
     #[serde(default)]
     architectures: Vec<String>,
+    #[serde(default)]
+    publish: bool,
+    revision_id: Option<String>,
 }
 
 async fn update_code(
@@ -625,6 +677,12 @@ async fn update_code(
     .await?;
     let req: UpdateCode = json_body(&bytes)?;
     drop(bytes);
+    check_revision(&st.record, req.revision_id.as_deref())?;
+    if req.publish {
+        return Err(LambdaError::invalid(
+            "Publish: Ember does not publish versions yet; update without it and invoke $LATEST",
+        ));
+    }
     check_architectures(&req.architectures)?;
     let zip = zip_of(CodeLocation {
         zip_file: req.zip_file,
@@ -633,7 +691,7 @@ async fn update_code(
     })?;
     let code = s.node.store_code(zip).await?;
     if req.dry_run {
-        return Ok(axum::Json(configuration(&st)).into_response());
+        return Ok(axum::Json(configuration(&s, &st)).into_response());
     }
     deploy(
         &s,
@@ -721,9 +779,12 @@ async fn invoke(
         }
         InvocationType::RequestResponse => {
             let node = s.node.clone();
+            // Lambda answers a synchronous call over the function's concurrency with 429 at
+            // once; Ember's own API queues (`--queue-depth`).
             let opts = InvokeOptions {
                 tail,
                 request_id: None,
+                no_queue: true,
             };
             // In a task of its own: a caller that goes away does not cancel the invocation.
             let inv = tokio::spawn(async move { node.invoke_with(&name, &event, opts).await })
@@ -743,6 +804,14 @@ fn lambda_body(
     let doc = |t: &str, m: String| serde_json::json!({"errorType": t, "errorMessage": m});
     let outcome = std::mem::replace(&mut inv.outcome, InvokeOutcome::Ok(Vec::new()));
     Ok(Err(match outcome {
+        // Lambda's cap on a synchronous response (the Runtime API's own, for `provided`).
+        InvokeOutcome::Ok(payload) if payload.len() > MAX_SYNC_PAYLOAD => doc(
+            "Function.ResponseSizeTooLarge",
+            format!(
+                "Response payload size exceeded maximum allowed payload size ({MAX_SYNC_PAYLOAD} \
+                 bytes)."
+            ),
+        ),
         InvokeOutcome::Ok(payload) => return Ok(Ok(payload)),
         // Not the function's failure: the service's.
         InvokeOutcome::StartFailed(msg) => {

@@ -199,6 +199,9 @@ pub struct FunctionConfig {
     /// A Lambda execution role, kept and shown; Ember does not use it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Lambda tags (other than Ember's own `ember:` settings), kept and shown.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 pub const DEFAULT_MEMORY_MB: u32 = 512;

@@ -115,8 +115,9 @@ async fn lambda_create(d: &Daemon, doc: serde_json::Value, zip: &[u8]) -> Answer
 async fn boto3_manages_and_invokes_functions_unchanged() {
     let tools = aws_tools();
     let home = tempfile::tempdir().unwrap();
-    // No queue: a second concurrent request to a one-instance function is throttled.
-    let d = Daemon::start(home.path(), &["--queue-depth", "0"]);
+    // The node queues (its default), but a synchronous Lambda call over the function's
+    // concurrency is refused at once, as Lambda refuses it.
+    let d = Daemon::start(home.path(), &[]);
     let (status, body) = d
         .deploy_zip(
             "slow",
@@ -693,14 +694,14 @@ def handler(event, context):
         m.contains(r#"ember_events_total{function="ev",reason="dropped"} 1"#),
         "{m}"
     );
-    // Bad input of the Lambda API: an unknown invocation type, a payload over 256 KiB.
+    // Bad input of the Lambda API: an unknown invocation type, a payload over 1 MiB.
     let a = lambda_invoke(&d, "ev", "{}", &[("X-Amz-Invocation-Type", "Later")]).await;
     assert_eq!(a.status, 400);
     assert_eq!(
         a.header("x-amzn-errortype"),
         "InvalidParameterValueException"
     );
-    let big = format!(r#"{{"id": "{}"}}"#, "x".repeat(300 << 10));
+    let big = format!(r#"{{"id": "{}"}}"#, "x".repeat(1 << 20));
     let a = lambda_invoke(&d, "ev", &big, &[("X-Amz-Invocation-Type", "Event")]).await;
     assert_eq!(a.status, 413);
     assert_eq!(a.header("x-amzn-errortype"), "RequestTooLargeException");

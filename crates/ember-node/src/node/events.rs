@@ -106,6 +106,7 @@ impl Node {
         let opts = InvokeOptions {
             tail: false,
             request_id: Some(ev.id.clone()),
+            no_queue: false,
         };
         match self.invoke_with(&ev.function, &ev.payload, opts).await {
             Ok(inv) => match inv.outcome {

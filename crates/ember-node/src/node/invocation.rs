@@ -214,4 +214,8 @@ pub struct InvokeOptions {
     pub tail: bool,
     /// The request id to use (an event's retries keep theirs); a new one when `None`.
     pub request_id: Option<String>,
+    /// Refused at once (throttled) when every instance the function may have is busy, as
+    /// Lambda refuses a synchronous call over its reserved concurrency, instead of waiting
+    /// in the node's queue.
+    pub no_queue: bool,
 }

@@ -65,7 +65,7 @@ impl Node {
         let capture = opts.tail.then(|| self.logs.capture(name));
         let span = info_span!("invoke", function = name, request_id = %request_id);
         let mut inv = self
-            .invoke_deployed(&d, request_id, event)
+            .invoke_deployed(&d, request_id, event, opts.no_queue)
             .instrument(span)
             .await?;
         if let Some(c) = capture {
@@ -80,13 +80,15 @@ impl Node {
         d: &Arc<Deployed>,
         request_id: String,
         event: &[u8],
+        no_queue: bool,
     ) -> Result<Invocation, NodeError> {
         let t0 = Instant::now();
         let rec = &d.record;
         let fn_labels = Metrics::fn_labels(&rec.name);
+        let queue_depth = if no_queue { 0 } else { self.cfg.queue_depth };
         let Some(permit) = d
             .pool
-            .admit(self.cfg.queue_depth, self.cfg.queue_timeout)
+            .admit(queue_depth, self.cfg.queue_timeout)
             .instrument(info_span!("queue"))
             .await
         else {
@@ -94,7 +96,7 @@ impl Node {
             return Err(NodeError::Throttled {
                 function: rec.name.clone(),
                 max_instances: rec.config.max_instances,
-                queue_depth: self.cfg.queue_depth,
+                queue_depth,
             });
         };
         let generation = d.pool.generation();

@@ -397,6 +397,11 @@ impl Node {
         }
     }
 
+    /// Bytes of /tmp every instance gets.
+    pub fn tmp_bytes(&self) -> u64 {
+        self.cfg.tmp_bytes
+    }
+
     pub fn metrics(&self) -> &Metrics {
         self.metrics
             .image_memory

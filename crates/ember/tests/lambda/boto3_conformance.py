@@ -205,13 +205,17 @@ assert error_code(
     lam.invoke, FunctionName="boto-fn", Payload=b"x" * (6 * 1024 * 1024 + 1)
 ) == ("RequestTooLargeException", 413)
 assert error_code(
-    lam.invoke, FunctionName="boto-fn", InvocationType="Event", Payload=b"1" * (257 * 1024)
+    lam.invoke, FunctionName="boto-fn", InvocationType="Event", Payload=b"1" * (1024 * 1024 + 1)
 ) == ("RequestTooLargeException", 413)
+# Up to 1 MiB is taken for an Event, as Lambda takes it.
+r = lam.invoke(FunctionName="boto-fn", InvocationType="Event", Payload=b"1" * (300 * 1024))
+assert r["StatusCode"] == 202, r
 assert error_code(lam.invoke, FunctionName="boto-fn", Payload=b"{not json") == (
     "InvalidRequestContentException", 400)
 
-# Throttling: the function "slow" (deployed by the test with max_instances 1, on a daemon
-# with no queue) refuses a second concurrent request with Lambda's 429.
+# Throttling: the function "slow" (deployed by the test with max_instances 1) refuses a
+# second concurrent synchronous request with Lambda's 429 at once (Ember's own API would
+# queue it).
 with concurrent.futures.ThreadPoolExecutor(4) as pool:
     futs = [pool.submit(lambda: lam.invoke(FunctionName="slow", Payload=b"{}")) for _ in range(4)]
     codes = []
@@ -222,6 +226,51 @@ with concurrent.futures.ThreadPoolExecutor(4) as pool:
             assert e.response["Reason"] == "ReservedFunctionConcurrentInvocationLimitExceeded", e.response
             codes.append(429)
 assert 200 in codes and 429 in codes, codes
+
+# Every setting is carried out or refused, never dropped.
+assert got["Configuration"]["EphemeralStorage"]["Size"] == 64, got  # the node's /tmp
+for extra in [
+    {"Layers": ["arn:aws:lambda:us-east-1:123456789012:layer:deps:1"]},
+    {"Publish": True},
+    {"TracingConfig": {"Mode": "Active"}},
+    {"DeadLetterConfig": {"TargetArn": "arn:aws:sqs:us-east-1:123456789012:dlq"}},
+    {"EphemeralStorage": {"Size": 1024}},
+    {"FileSystemConfigs": [{"Arn": "arn:aws:elasticfilesystem:x", "LocalMountPath": "/mnt/x"}]},
+    {"LoggingConfig": {"LogFormat": "JSON"}},
+]:
+    assert error_code(
+        lam.create_function, FunctionName="refused-fn", Runtime="python3.12", Role="r",
+        Handler="lambda_function.lambda_handler", Code={"ZipFile": code(V1)}, **extra,
+    ) == ("InvalidParameterValueException", 400), extra
+assert error_code(lam.get_function, FunctionName="refused-fn") == ("ResourceNotFoundException", 404)
+stale = lam.get_function(FunctionName="boto-fn")["Configuration"]["RevisionId"]
+lam.update_function_configuration(FunctionName="boto-fn", Description="newer", RevisionId=stale)
+assert error_code(
+    lam.update_function_configuration, FunctionName="boto-fn", Description="x", RevisionId=stale
+) == ("PreconditionFailedException", 412)
+
+# Tags: kept, listed, added and removed by the tagging API.
+lam.tag_resource(Resource=arn, Tags={"team": "data", "cost": "7"})
+assert lam.list_tags(Resource=arn)["Tags"] == {"team": "data", "cost": "7"}
+lam.untag_resource(Resource=arn, TagKeys=["cost"])
+assert lam.list_tags(Resource=arn)["Tags"] == {"team": "data"}
+assert lam.get_function(FunctionName="boto-fn")["Tags"] == {"team": "data"}
+assert error_code(lam.tag_resource, Resource=arn, Tags={"aws:x": "y"}) == (
+    "InvalidParameterValueException", 400)
+
+# Reserved concurrency is the function's instance limit.
+assert lam.put_function_concurrency(
+    FunctionName="boto-fn", ReservedConcurrentExecutions=3)["ReservedConcurrentExecutions"] == 3
+assert lam.get_function_concurrency(FunctionName="boto-fn")["ReservedConcurrentExecutions"] == 3
+lam.delete_function_concurrency(FunctionName="boto-fn")
+settings = lam.get_account_settings()
+assert settings["AccountUsage"]["FunctionCount"] >= 1, settings
+
+# An operation Ember does not implement says so in an error botocore reads.
+assert error_code(lam.get_function_url_config, FunctionName="boto-fn") == (
+    "UnknownOperationException", 404)
+assert error_code(lam.list_versions_by_function, FunctionName="boto-fn") == (
+    "UnknownOperationException", 404)
 
 # Delete.
 lam.delete_function(FunctionName="boto-fn")

@@ -1,0 +1,525 @@
+//! Lambda's settings beyond a function's code and basics: each one Ember carries out, or
+//! refuses with what to do instead; none is accepted and dropped. Tags (kept, and the
+//! `ember:` ones configure the node), reserved concurrency (the function's instance limit),
+//! the account's settings, and the settings Ember has no part for (layers, dead-letter
+//! queues, EFS, X-Ray, VPCs, KMS, code signing, published versions).
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use ember_node::FunctionConfig;
+use ember_node::function::Network;
+
+use super::{LambdaError, deploy, json_body, parse_function_name, read};
+use crate::AppState;
+
+/// At most this many tags per function, as Lambda.
+const MAX_TAGS: usize = 50;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct DeadLetterConfig {
+    target_arn: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct EphemeralStorage {
+    size: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct LoggingConfig {
+    log_format: Option<String>,
+    application_log_level: Option<String>,
+    system_log_level: Option<String>,
+    log_group: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct TracingConfig {
+    mode: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct VpcConfig {
+    #[serde(default)]
+    subnet_ids: Vec<String>,
+    #[serde(default)]
+    security_group_ids: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct SnapStart {
+    apply_on: Option<String>,
+}
+
+/// The settings of CreateFunction and UpdateFunctionConfiguration Ember has no part for, and
+/// whatever else a request names: each accepted only at the value that means "not used".
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct Unsupported {
+    #[serde(default)]
+    layers: Vec<String>,
+    dead_letter_config: Option<DeadLetterConfig>,
+    ephemeral_storage: Option<EphemeralStorage>,
+    logging_config: Option<LoggingConfig>,
+    #[serde(default)]
+    file_system_configs: Vec<serde_json::Value>,
+    tracing_config: Option<TracingConfig>,
+    vpc_config: Option<VpcConfig>,
+    #[serde(rename = "KMSKeyArn")]
+    kms_key_arn: Option<String>,
+    image_config: Option<serde_json::Value>,
+    snap_start: Option<SnapStart>,
+    code_signing_config_arn: Option<String>,
+    #[serde(default)]
+    publish: bool,
+    /// Every other field of the request.
+    #[serde(flatten)]
+    rest: BTreeMap<String, serde_json::Value>,
+}
+
+impl Unsupported {
+    /// Refuses what Ember would not carry out, for function `name` on a node whose instances
+    /// get `tmp_mb` MB of /tmp.
+    pub(super) fn check(&self, name: &str, tmp_mb: u64) -> Result<(), LambdaError> {
+        let refuse = |m: String| Err(LambdaError::invalid(m));
+        if let Some(field) = self.rest.keys().next() {
+            return refuse(format!(
+                "{field} is not a setting Ember knows (docs/lambda.md lists those it takes)"
+            ));
+        }
+        if !self.layers.is_empty() {
+            return refuse(
+                "Layers are not supported yet: put the layer's files in the function's zip \
+                 (its root is on sys.path)"
+                    .into(),
+            );
+        }
+        if self
+            .dead_letter_config
+            .as_ref()
+            .is_some_and(|d| d.target_arn.as_deref().is_some_and(|a| !a.is_empty()))
+        {
+            return refuse(
+                "DeadLetterConfig: Ember has no SQS or SNS to send failed events to; a failed \
+                 Event invocation is retried twice, then written to the function's log"
+                    .into(),
+            );
+        }
+        if let Some(e) = &self.ephemeral_storage
+            && e.size != tmp_mb
+        {
+            return refuse(format!(
+                "EphemeralStorage.Size {}: this node gives every instance {tmp_mb} MB of /tmp \
+                 (`ember serve --tmp-mb` sets it); a size per function is not supported",
+                e.size
+            ));
+        }
+        if let Some(l) = &self.logging_config {
+            if l.log_format.as_deref().is_some_and(|f| f != "Text") {
+                return refuse(
+                    "LoggingConfig.LogFormat: Ember writes Lambda's Text format only".into(),
+                );
+            }
+            if l.application_log_level.is_some() || l.system_log_level.is_some() {
+                return refuse(
+                    "LoggingConfig log levels go with the JSON log format, which Ember does not \
+                     write; set the level in the function (logger.setLevel)"
+                        .into(),
+                );
+            }
+            let own = format!("/aws/lambda/{name}");
+            if l.log_group.as_deref().is_some_and(|g| g != own) {
+                return refuse(format!(
+                    "LoggingConfig.LogGroup: a function's log is its own ({own}, `ember logs`)"
+                ));
+            }
+        }
+        if !self.file_system_configs.is_empty() {
+            return refuse("FileSystemConfigs: Ember mounts no EFS file systems".into());
+        }
+        if self
+            .tracing_config
+            .as_ref()
+            .is_some_and(|t| t.mode.as_deref().is_some_and(|m| m != "PassThrough"))
+        {
+            return refuse(
+                "TracingConfig.Mode Active: Ember has no X-Ray; PassThrough is the only mode"
+                    .into(),
+            );
+        }
+        if self
+            .vpc_config
+            .as_ref()
+            .is_some_and(|v| !v.subnet_ids.is_empty() || !v.security_group_ids.is_empty())
+        {
+            return refuse(
+                "VpcConfig: Ember functions are in no VPC; they have no network, or the host's \
+                 with the tag ember:network=host"
+                    .into(),
+            );
+        }
+        if self.kms_key_arn.as_deref().is_some_and(|k| !k.is_empty()) {
+            return refuse(
+                "KMSKeyArn: Ember keeps environment variables in its own registry and uses no \
+                 KMS key"
+                    .into(),
+            );
+        }
+        if self.image_config.as_ref().is_some_and(|c| !c.is_null()) {
+            return refuse(
+                "ImageConfig applies to container images, which Ember does not run".into(),
+            );
+        }
+        if self
+            .snap_start
+            .as_ref()
+            .is_some_and(|s| s.apply_on.as_deref().is_some_and(|a| a != "None"))
+        {
+            return refuse(
+                "SnapStart on PublishedVersions needs published versions, which Ember does not \
+                 make yet; Ember snapshots every function by itself (`ember deploy \
+                 --snapshot`)"
+                    .into(),
+            );
+        }
+        if self
+            .code_signing_config_arn
+            .as_deref()
+            .is_some_and(|a| !a.is_empty())
+        {
+            return refuse("CodeSigningConfigArn: Ember does not check code signatures".into());
+        }
+        if self.publish {
+            return refuse(
+                "Publish: Ember does not publish versions yet; deploy without it and invoke \
+                 $LATEST"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Applies Lambda tags to `config`: `ember:` tags set the node's own settings, the others are
+/// kept as they are.
+pub(super) fn apply_tags(
+    config: &mut FunctionConfig,
+    tags: &BTreeMap<String, String>,
+) -> Result<(), LambdaError> {
+    for (k, v) in tags {
+        match (k.as_str(), v.as_str()) {
+            ("ember:cold-only", v) => config.cold_only = v == "true",
+            ("ember:network", "host") => config.network = Network::Host,
+            ("ember:network", "none") => config.network = Network::None,
+            (k, _) if k.starts_with("ember:") => {
+                return Err(LambdaError::invalid(format!(
+                    "unknown Ember tag {k:?}: ember:cold-only (true|false) and ember:network \
+                     (host|none) are understood"
+                )));
+            }
+            (k, _) if k.starts_with("aws:") => {
+                return Err(LambdaError::invalid(format!(
+                    "tag {k:?}: the aws: prefix is reserved"
+                )));
+            }
+            (k, v) if k.is_empty() || k.len() > 128 || v.len() > 256 => {
+                return Err(LambdaError::invalid(format!(
+                    "tag {k:?}: keys are 1 to 128 characters, values at most 256"
+                )));
+            }
+            (k, v) => {
+                config.tags.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+    if config.tags.len() > MAX_TAGS {
+        return Err(LambdaError::invalid(format!(
+            "a function has at most {MAX_TAGS} tags"
+        )));
+    }
+    Ok(())
+}
+
+/// A function's tags as Lambda shows them: its own and the `ember:` settings.
+pub(super) fn tags(c: &FunctionConfig) -> serde_json::Value {
+    let mut t: serde_json::Map<String, serde_json::Value> = c
+        .tags
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().into()))
+        .collect();
+    if c.cold_only {
+        t.insert("ember:cold-only".into(), "true".into());
+    }
+    if c.network == Network::Host {
+        t.insert("ember:network".into(), "host".into());
+    }
+    serde_json::Value::Object(t)
+}
+
+/// The function a tagging request's ARN names.
+fn tagged(s: &AppState, arn: &str) -> Result<ember_node::FunctionStatus, LambdaError> {
+    let (name, qualifier) = parse_function_name(arn)?;
+    if qualifier.is_some() {
+        return Err(LambdaError::invalid(
+            "tags belong to the function, not to a version: give its ARN without a qualifier",
+        ));
+    }
+    Ok(s.node.get(&name)?)
+}
+
+/// `GET /2017-03-31/tags/{arn}`: ListTags.
+pub(super) async fn list_tags(
+    State(s): State<AppState>,
+    Path(arn): Path<String>,
+) -> Result<Response, LambdaError> {
+    let st = tagged(&s, &arn)?;
+    Ok(axum::Json(serde_json::json!({ "Tags": tags(&st.record.config) })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TagRequest {
+    tags: BTreeMap<String, String>,
+}
+
+/// `POST /2017-03-31/tags/{arn}`: TagResource.
+pub(super) async fn tag_resource(
+    State(s): State<AppState>,
+    Path(arn): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, LambdaError> {
+    let st = tagged(&s, &arn)?;
+    let bytes = read(&s, &headers, body, 1 << 20, "TagResource").await?;
+    let req: TagRequest = json_body(&bytes)?;
+    let mut config = st.record.config.clone();
+    apply_tags(&mut config, &req.tags)?;
+    deploy(&s, st.record.name, config, None, StatusCode::OK).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE /2017-03-31/tags/{arn}?tagKeys=a&tagKeys=b`: UntagResource (an `ember:` key puts
+/// that setting back to its default).
+pub(super) async fn untag_resource(
+    State(s): State<AppState>,
+    Path(arn): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Response, LambdaError> {
+    let st = tagged(&s, &arn)?;
+    let keys: Vec<String> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(k, _)| k == "tagKeys")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    let mut config = st.record.config.clone();
+    for k in &keys {
+        match k.as_str() {
+            "ember:cold-only" => config.cold_only = false,
+            "ember:network" => config.network = Network::None,
+            k => {
+                config.tags.remove(k);
+            }
+        }
+    }
+    deploy(&s, st.record.name, config, None, StatusCode::OK).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ConcurrencyRequest {
+    reserved_concurrent_executions: u32,
+}
+
+/// `PUT /2017-10-31/functions/{name}/concurrency`: PutFunctionConcurrency, the function's
+/// instance limit (synchronous calls over it are refused at once with 429).
+pub(super) async fn put_concurrency(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, LambdaError> {
+    let (name, _) = parse_function_name(&raw)?;
+    let st = s.node.get(&name)?;
+    let bytes = read(&s, &headers, body, 1 << 20, "PutFunctionConcurrency").await?;
+    let req: ConcurrencyRequest = json_body(&bytes)?;
+    let mut config = st.record.config.clone();
+    config.max_instances = req.reserved_concurrent_executions;
+    config
+        .validate()
+        .map_err(|e| LambdaError::invalid(e.to_string()))?;
+    deploy(&s, name, config, None, StatusCode::OK).await?;
+    Ok(axum::Json(serde_json::json!({
+        "ReservedConcurrentExecutions": req.reserved_concurrent_executions
+    }))
+    .into_response())
+}
+
+/// `GET /2019-09-30/functions/{name}/concurrency`: GetFunctionConcurrency.
+pub(super) async fn get_concurrency(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, LambdaError> {
+    let (name, _) = parse_function_name(&raw)?;
+    let st = s.node.get(&name)?;
+    Ok(axum::Json(serde_json::json!({
+        "ReservedConcurrentExecutions": st.record.config.max_instances
+    }))
+    .into_response())
+}
+
+/// `DELETE /2017-10-31/functions/{name}/concurrency`: DeleteFunctionConcurrency, the
+/// node's default limit again.
+pub(super) async fn delete_concurrency(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, LambdaError> {
+    let (name, _) = parse_function_name(&raw)?;
+    let st = s.node.get(&name)?;
+    let mut config = st.record.config.clone();
+    config.max_instances = ember_node::function::DEFAULT_MAX_INSTANCES;
+    deploy(&s, name, config, None, StatusCode::OK).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /2016-08-19/account-settings`: GetAccountSettings, this node's limits and use.
+pub(super) async fn account_settings(State(s): State<AppState>) -> Result<Response, LambdaError> {
+    let functions = s.node.list();
+    let code: u64 = functions.iter().map(|f| f.record.code_size).sum();
+    Ok(axum::Json(serde_json::json!({
+        "AccountLimit": {
+            "TotalCodeSize": 80u64 << 30,
+            "CodeSizeUnzipped": 250u64 << 20,
+            "CodeSizeZipped": s.cfg.max_deploy_bytes,
+            "ConcurrentExecutions": 1000,
+            "UnreservedConcurrentExecutions": 1000,
+        },
+        "AccountUsage": {
+            "TotalCodeSize": code,
+            "FunctionCount": functions.len(),
+        },
+    }))
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: serde_json::Value) -> Unsupported {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn settings_ember_has_no_part_for_are_refused_unless_unused() {
+        let ok = [
+            serde_json::json!({}),
+            serde_json::json!({"Layers": [], "TracingConfig": {"Mode": "PassThrough"},
+                "EphemeralStorage": {"Size": 64}, "LoggingConfig": {"LogFormat": "Text",
+                "LogGroup": "/aws/lambda/f"}, "VpcConfig": {"SubnetIds": []},
+                "SnapStart": {"ApplyOn": "None"}, "Publish": false,
+                "DeadLetterConfig": {}}),
+        ];
+        for v in ok {
+            parse(v.clone())
+                .check("f", 64)
+                .unwrap_or_else(|e| panic!("{v}: {e:?}"));
+        }
+        let refused = [
+            (
+                serde_json::json!({"Layers": ["arn:aws:lambda:us-east-1:1:layer:x:1"]}),
+                "Layers",
+            ),
+            (
+                serde_json::json!({"DeadLetterConfig": {"TargetArn": "arn:aws:sqs:x"}}),
+                "DeadLetterConfig",
+            ),
+            (
+                serde_json::json!({"EphemeralStorage": {"Size": 512}}),
+                "EphemeralStorage",
+            ),
+            (
+                serde_json::json!({"LoggingConfig": {"LogFormat": "JSON"}}),
+                "LogFormat",
+            ),
+            (
+                serde_json::json!({"LoggingConfig": {"ApplicationLogLevel": "INFO"}}),
+                "log levels",
+            ),
+            (
+                serde_json::json!({"LoggingConfig": {"LogGroup": "/mine"}}),
+                "LogGroup",
+            ),
+            (
+                serde_json::json!({"FileSystemConfigs": [{"Arn": "x", "LocalMountPath": "/mnt/x"}]}),
+                "EFS",
+            ),
+            (
+                serde_json::json!({"TracingConfig": {"Mode": "Active"}}),
+                "X-Ray",
+            ),
+            (
+                serde_json::json!({"VpcConfig": {"SubnetIds": ["s"]}}),
+                "VPC",
+            ),
+            (serde_json::json!({"KMSKeyArn": "arn:aws:kms:x"}), "KMS"),
+            (
+                serde_json::json!({"ImageConfig": {"Command": ["x"]}}),
+                "container",
+            ),
+            (
+                serde_json::json!({"SnapStart": {"ApplyOn": "PublishedVersions"}}),
+                "published",
+            ),
+            (
+                serde_json::json!({"CodeSigningConfigArn": "arn:x"}),
+                "signatures",
+            ),
+            (serde_json::json!({"Publish": true}), "publish"),
+            (
+                serde_json::json!({"Frobnicate": 1}),
+                "Frobnicate is not a setting",
+            ),
+        ];
+        for (v, why) in refused {
+            let e = parse(v.clone()).check("f", 64).unwrap_err();
+            assert_eq!(e.error_type, "InvalidParameterValueException", "{v}");
+            assert!(e.message.contains(why), "{v}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn tags_are_kept_and_ember_tags_configure() {
+        let mut c: FunctionConfig =
+            serde_json::from_value(serde_json::json!({"handler": "a.b"})).unwrap();
+        let t = BTreeMap::from([
+            ("team".to_string(), "data".to_string()),
+            ("ember:network".to_string(), "host".to_string()),
+        ]);
+        apply_tags(&mut c, &t).unwrap();
+        assert_eq!(c.network, Network::Host);
+        assert_eq!(
+            tags(&c),
+            serde_json::json!({"team": "data", "ember:network": "host"})
+        );
+        for bad in ["aws:x", "ember:nope", ""] {
+            let t = BTreeMap::from([(bad.to_string(), "v".to_string())]);
+            assert!(apply_tags(&mut c, &t).is_err(), "{bad}");
+        }
+        let many: BTreeMap<String, String> = (0..51)
+            .map(|i| (format!("k{i}"), "v".to_string()))
+            .collect();
+        assert!(apply_tags(&mut c, &many).is_err());
+    }
+}
