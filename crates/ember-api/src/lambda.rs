@@ -379,7 +379,8 @@ fn parse_runtime(name: &str) -> Result<Runtime, LambdaError> {
     Runtime::parse(name).map_err(|_| {
         LambdaError::invalid(format!(
             "The runtime parameter of {name} is not supported: Ember runs python3.8 to \
-             python3.13 (on the node's interpreter), provided, provided.al2, provided.al2023 \
+             python3.13 (on the node's interpreter), nodejs18.x, nodejs20.x, nodejs22.x (on the \
+             node's Node.js), provided, provided.al2, provided.al2023 \
              and native"
         ))
     })

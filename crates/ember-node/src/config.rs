@@ -152,6 +152,8 @@ pub struct NodeConfig {
     pub envs_dir: Option<PathBuf>,
     /// The base interpreter environments are made from.
     pub python: PathBuf,
+    /// Node.js, for `node` functions.
+    pub node_js: PathBuf,
     /// Idle instances are stopped after this long unused.
     pub keep_alive: Duration,
     /// Requests that may wait per function when all its instances are busy.
@@ -223,6 +225,7 @@ impl Default for NodeConfig {
             home: PathBuf::from(".ember"),
             envs_dir: None,
             python: PathBuf::from("/usr/bin/python3"),
+            node_js: PathBuf::from("/usr/bin/node"),
             keep_alive: Duration::from_secs(600),
             queue_depth: 100,
             queue_timeout: Duration::from_secs(10),

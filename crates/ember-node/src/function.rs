@@ -86,6 +86,11 @@ pub enum Runtime {
     /// One process per request: `handler` names an executable in the code, which reads the
     /// event on stdin and writes the result on stdout. Always cold-only.
     Native,
+    /// Node.js: `handler` is `file.export` (`index.handler`: `index.js`, `.mjs` or `.cjs`),
+    /// run on the node's Node.js by Ember's JavaScript bootstrap, a Lambda Runtime API
+    /// client (instances speak the Runtime API, as `provided` ones do).
+    #[serde(alias = "nodejs18.x", alias = "nodejs20.x", alias = "nodejs22.x")]
+    Node,
 }
 
 impl Runtime {
@@ -94,6 +99,7 @@ impl Runtime {
             Runtime::Python => "python",
             Runtime::Provided => "provided",
             Runtime::Native => "native",
+            Runtime::Node => "node",
         }
     }
 
@@ -103,8 +109,8 @@ impl Runtime {
             invalid(
                 "runtime",
                 name,
-                "must be python (or python3.8 to python3.13), provided (or provided.al2, \
-                 provided.al2023) or native",
+                "must be python (or python3.8 to python3.13), node (or nodejs18.x, \
+                 nodejs20.x, nodejs22.x), provided (or provided.al2, provided.al2023) or native",
             )
         })
     }
@@ -131,18 +137,18 @@ impl Runtime {
 
     /// Instances speak the Lambda Runtime API over HTTP (a port in their sandbox).
     pub fn runtime_api(self) -> bool {
-        self == Runtime::Provided
+        matches!(self, Runtime::Provided | Runtime::Node)
     }
 
     /// Instances see the function's package environment (Python's, or a `provided`
     /// bootstrap's `python3`).
     pub fn sees_packages(self) -> bool {
-        self != Runtime::Native
+        matches!(self, Runtime::Python | Runtime::Provided)
     }
 
-    /// Instances see Ember's Python bootstrap.
+    /// Instances see Ember's runtime directory (its Python and JavaScript bootstraps).
     pub fn sees_bootstrap(self) -> bool {
-        self == Runtime::Python
+        matches!(self, Runtime::Python | Runtime::Node)
     }
 
     /// The executable a function of this runtime starts, relative to its code, and the rule
@@ -155,6 +161,7 @@ impl Runtime {
                 "a provided runtime starts the code's 'bootstrap'",
             )),
             Runtime::Native => Some((handler, "a native function's handler names its executable")),
+            Runtime::Node => None,
         }
     }
 }
@@ -292,6 +299,12 @@ pub fn validate_name(name: &str) -> Result<(), InvalidFunction> {
     }
 }
 
+fn is_js_identifier(s: &str) -> bool {
+    let mut c = s.chars();
+    matches!(c.next(), Some(f) if f == '_' || f == '$' || f.is_ascii_alphabetic())
+        && c.all(|ch| ch == '_' || ch == '$' || ch.is_ascii_alphanumeric())
+}
+
 fn is_identifier(s: &str) -> bool {
     let mut c = s.chars();
     matches!(c.next(), Some(f) if f == '_' || f.is_ascii_alphabetic())
@@ -371,6 +384,25 @@ fn validate_handler(runtime: Runtime, h: &str) -> Result<(), InvalidFunction> {
                     h,
                     "is passed to the bootstrap as _HANDLER: at most 128 characters, no control \
                      characters",
+                ));
+            }
+        }
+        Runtime::Node => {
+            // `file.export`: the file's path may have directories (`src/app.handler`).
+            let ok = h.len() <= 128
+                && h.rsplit_once('.').is_some_and(|(file, export)| {
+                    !file.is_empty()
+                        && is_js_identifier(export)
+                        && std::path::Path::new(file)
+                            .components()
+                            .all(|c| matches!(c, std::path::Component::Normal(_)))
+                });
+            if !ok {
+                return Err(invalid(
+                    "handler",
+                    h,
+                    "must be file.export (e.g. index.handler), the file relative to the code, \
+                     without '..'",
                 ));
             }
         }

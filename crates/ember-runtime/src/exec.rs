@@ -25,6 +25,11 @@ pub struct ExecSpec {
     pub code_dir: PathBuf,
     /// The executable, absolute.
     pub program: PathBuf,
+    /// Its arguments (Node.js: Ember's JavaScript bootstrap).
+    pub args: Vec<String>,
+    /// What `LAMBDA_RUNTIME_DIR` names: the runtime's own files (the code's directory when
+    /// the runtime is the code's).
+    pub runtime_dir: PathBuf,
     /// Directories put before the system's on `PATH` (the package environment's `bin`).
     pub bin_dirs: Vec<PathBuf>,
     /// The function's own environment variables (validated by the caller).
@@ -47,7 +52,7 @@ pub fn exec_env(spec: &ExecSpec, runtime_api: Option<&str>) -> BTreeMap<String, 
         handler: &spec.handler,
         memory_mb: spec.memory_mb,
         task_root: &spec.code_dir,
-        runtime_dir: &spec.code_dir,
+        runtime_dir: &spec.runtime_dir,
         region: &spec.region,
         initialization: crate::lambda_env::Initialization::OnDemand,
     };
@@ -130,7 +135,8 @@ pub fn spawn(
     confine: impl FnOnce(&mut Command),
 ) -> Result<Spawned, StartError> {
     let mut cmd = Command::new(&spec.program);
-    cmd.env_clear()
+    cmd.args(&spec.args)
+        .env_clear()
         .envs(exec_env(spec, runtime_api))
         .current_dir(&spec.code_dir)
         .stdin(if stdio { Stdio::piped() } else { Stdio::null() })

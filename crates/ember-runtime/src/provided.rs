@@ -201,7 +201,8 @@ fn function_error(headers: &HeaderMap, body: &[u8], fallback_type: &str) -> Func
     struct Doc {
         error_message: Option<String>,
         error_type: Option<String>,
-        #[serde(default)]
+        /// Node.js runtime clients name it `trace`.
+        #[serde(default, alias = "trace")]
         stack_trace: serde_json::Value,
     }
     let header_type = headers

@@ -37,6 +37,10 @@ use crate::sys;
 
 /// The bootstrap's source, shipped inside the binary.
 pub const BOOTSTRAP_PY: &str = include_str!("../python/bootstrap.py");
+/// Ember's Node.js runtime (a Lambda Runtime API client), installed beside the Python one.
+pub const BOOTSTRAP_JS: &str = include_str!("../node/ember_bootstrap.js");
+/// The JavaScript bootstrap's name in the directory [`install_bootstrap`] returns.
+pub const BOOTSTRAP_JS_NAME: &str = "ember_bootstrap.js";
 
 /// Longest log line kept; longer lines are cut and marked.
 pub const MAX_LOG_LINE: usize = 16 * 1024;
@@ -796,16 +800,24 @@ const LAUNCH_PY: &str = "import sys; d = sys.argv.pop(1); sys.path.insert(0, d);
 /// returns that directory, which [`StartSpec::bootstrap`] names.
 pub fn install_bootstrap(dir: &Path) -> std::io::Result<PathBuf> {
     // FNV-1a: stable across builds, unlike std's hasher; collisions only cost a rewrite.
-    let hash = BOOTSTRAP_PY.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
+    let hash = BOOTSTRAP_PY
+        .bytes()
+        .chain(BOOTSTRAP_JS.bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
     let home = dir.join(format!("{hash:016x}"));
-    let path = home.join("ember_bootstrap.py");
-    if std::fs::read_to_string(&path).ok().as_deref() != Some(BOOTSTRAP_PY) {
-        std::fs::create_dir_all(&home)?;
-        let tmp = home.join(format!(".ember_bootstrap-{}.tmp", std::process::id()));
-        std::fs::write(&tmp, BOOTSTRAP_PY)?;
-        std::fs::rename(&tmp, &path)?;
+    for (name, text) in [
+        ("ember_bootstrap.py", BOOTSTRAP_PY),
+        (BOOTSTRAP_JS_NAME, BOOTSTRAP_JS),
+    ] {
+        let path = home.join(name);
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(text) {
+            std::fs::create_dir_all(&home)?;
+            let tmp = home.join(format!(".{name}-{}.tmp", std::process::id()));
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(&tmp, &path)?;
+        }
     }
     Ok(home)
 }

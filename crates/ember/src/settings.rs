@@ -6,6 +6,7 @@
 //! listen = "127.0.0.1:8080"
 //! token = "secret"
 //! python = "/usr/bin/python3"
+//! node_js = "/usr/bin/node"
 //! envs_dir = "/var/lib/ember/envs"
 //! keep_alive = "10m"
 //! queue_depth = 100
@@ -69,6 +70,9 @@ pub struct DaemonArgs {
     /// Base interpreter for package environments [default: /usr/bin/python3]
     #[arg(long, env = "EMBER_PYTHON")]
     pub python: Option<PathBuf>,
+    /// Node.js for node (nodejs20.x, nodejs22.x) functions [default: /usr/bin/node]
+    #[arg(long, env = "EMBER_NODE_JS")]
+    pub node_js: Option<PathBuf>,
     /// Where package environments live [default: <home>/envs]
     #[arg(long, env = "EMBER_ENVS_DIR")]
     pub envs_dir: Option<PathBuf>,
@@ -223,6 +227,7 @@ struct FileSettings {
     listen: Option<String>,
     token: Option<String>,
     python: Option<PathBuf>,
+    node_js: Option<PathBuf>,
     envs_dir: Option<PathBuf>,
     keep_alive: Option<String>,
     queue_depth: Option<usize>,
@@ -346,6 +351,7 @@ impl DaemonArgs {
             home: self.home.or(file.home).unwrap_or(d.home),
             envs_dir: self.envs_dir.or(file.envs_dir),
             python: self.python.or(file.python).unwrap_or(d.python),
+            node_js: self.node_js.or(file.node_js).unwrap_or(d.node_js),
             keep_alive: duration(
                 "keep_alive",
                 self.keep_alive.or(file.keep_alive),
@@ -539,6 +545,7 @@ mod tests {
         assert_eq!(s.node.home, PathBuf::from(".ember"));
         assert_eq!(said("--listen"), s.listen);
         assert_eq!(PathBuf::from(said("--python")), s.node.python);
+        assert_eq!(PathBuf::from(said("--node-js")), s.node.node_js);
         assert_eq!(said("--envs-dir"), "<home>/envs");
         assert_eq!(s.node.envs_dir, None);
         assert_eq!(dur("--keep-alive"), s.node.keep_alive);

@@ -104,6 +104,17 @@ impl Node {
             },
         };
         check_entry_point(&config, &self.code.path(&code.hash))?;
+        if config.runtime == crate::function::Runtime::Node && !self.cfg.node_js.is_file() {
+            return Err(NodeError::Invalid(InvalidFunction {
+                field: "runtime",
+                value: "node".into(),
+                rule: format!(
+                    "needs Node.js, which this node does not have at {} (install it: apt \
+                     install nodejs; or start the daemon with --node-js PATH)",
+                    self.cfg.node_js.display()
+                ),
+            }));
+        }
         let env = self
             .envs
             .ensure(&config.packages, progress)

@@ -227,11 +227,20 @@ impl Node {
     /// The process spec of a `provided` or `native` instance of `d`.
     pub(in crate::node) fn exec_spec(&self, d: &Deployed, instance_id: String) -> ExecSpec {
         let rec = &d.record;
+        let node_js = rec.config.runtime == crate::function::Runtime::Node;
         let program = match rec.config.runtime.entry_point(&rec.config.handler) {
             Some((rel, _)) => d.code_dir.join(rel),
+            None if node_js => self.cfg.node_js.clone(),
             None => d.code_dir.join("bootstrap"),
         };
         let python = self.seen(&d.env.python());
+        let (args, runtime_dir) = if node_js {
+            let dir = self.seen(&self.bootstrap);
+            let js = dir.join(ember_runtime::python::BOOTSTRAP_JS_NAME);
+            (vec![js.to_string_lossy().into_owned()], dir)
+        } else {
+            (Vec::new(), self.seen(&d.code_dir))
+        };
         ExecSpec {
             instance_id,
             function: rec.name.clone(),
@@ -240,6 +249,8 @@ impl Node {
             memory_mb: rec.config.memory_mb,
             code_dir: self.seen(&d.code_dir),
             program: self.seen(&program),
+            args,
+            runtime_dir,
             // The package environment first: a bootstrap's `python3` is the function's.
             bin_dirs: python.parent().map(PathBuf::from).into_iter().collect(),
             env: rec.config.env.clone(),

@@ -182,7 +182,7 @@ assert error_code(
     Handler="lambda_function.lambda_handler", Code={"ZipFile": code(V1)},
 ) == ("ResourceConflictException", 409)
 assert error_code(
-    lam.create_function, FunctionName="node-fn", Runtime="nodejs20.x", Role="r",
+    lam.create_function, FunctionName="ruby-fn", Runtime="ruby3.3", Role="r",
     Handler="index.handler", Code={"ZipFile": code(V1)},
 ) == ("InvalidParameterValueException", 400)
 assert error_code(
@@ -271,6 +271,48 @@ assert error_code(lam.get_function_url_config, FunctionName="boto-fn") == (
     "UnknownOperationException", 404)
 assert error_code(lam.list_versions_by_function, FunctionName="boto-fn") == (
     "UnknownOperationException", 404)
+
+# Node.js: async and callback handlers, console as Lambda's, errors with their trace.
+NODE = """
+exports.handler = async (event, context) => {
+  console.log("node got", JSON.stringify(event), "\\nsecond line");
+  if (event.fail) throw new TypeError("asked to fail");
+  return {runtime: process.version.slice(0, 3), event, fn: context.functionName,
+          memory: context.memoryLimitInMB, arn: context.invokedFunctionArn,
+          left: context.getRemainingTimeInMillis() > 0, rid: context.awsRequestId};
+};
+exports.cb = (event, context, callback) => { setTimeout(() => callback(null, {cb: event.x}), 5); };
+"""
+for rt in ["nodejs20.x", "nodejs22.x"]:
+    name = "node-" + rt.replace(".", "")
+    made = lam.create_function(
+        FunctionName=name, Runtime=rt, Role="r", Handler="index.handler",
+        Code={"ZipFile": zipped({"index.js": NODE})},
+    )
+    assert made["Runtime"] == rt, made
+    r = lam.invoke(FunctionName=name, Payload=b'{"a": 1}', LogType="Tail")
+    assert "FunctionError" not in r, (r, base64.b64decode(r.get("LogResult", "")))
+    out = json.loads(r["Payload"].read())
+    rid = r["ResponseMetadata"]["RequestId"]
+    assert out == {"runtime": "v" + __import__("subprocess").run(
+        ["node", "--version"], capture_output=True, text=True).stdout[1:3], "event": {"a": 1},
+        "fn": name, "memory": "128", "arn": arn_of(name), "left": True, "rid": rid}, out
+    tail = base64.b64decode(r["LogResult"]).decode()
+    assert f"\t{rid}\tINFO\tnode got {{\"a\":1}} \rsecond line" in tail, tail
+    r = lam.invoke(FunctionName=name, Payload=b'{"fail": true}')
+    assert r["FunctionError"] == "Unhandled", r
+    doc = json.loads(r["Payload"].read())
+    assert (doc["errorType"], doc["errorMessage"]) == ("TypeError", "asked to fail"), doc
+    assert any("index.js" in line for line in doc["stackTrace"]), doc
+    lam.update_function_configuration(FunctionName=name, Handler="index.cb")
+    lam.get_waiter("function_updated_v2").wait(FunctionName=name)
+    out = json.loads(lam.invoke(FunctionName=name, Payload=b'{"x": 7}')["Payload"].read())
+    assert out == {"cb": 7}, out
+    lam.update_function_configuration(FunctionName=name, Handler="index.missing")
+    r = lam.invoke(FunctionName=name, Payload=b"{}")
+    doc = json.loads(r["Payload"].read())
+    assert doc["errorType"] == "Runtime.HandlerNotFound", doc
+    lam.delete_function(FunctionName=name)
 
 # Delete.
 lam.delete_function(FunctionName="boto-fn")

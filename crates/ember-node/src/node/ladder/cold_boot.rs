@@ -70,7 +70,8 @@ impl Node {
                     .map(|(inst, _)| Proc::Native(inst))
                     .map_err(NotStarted::Failed)
             }
-            Runtime::Provided => {
+            // Node.js runs Ember's JavaScript bootstrap, a Runtime API client.
+            Runtime::Provided | Runtime::Node => {
                 self.boot_provided(d, &id, &mut sandbox, timing)
                     .instrument(span)
                     .await
