@@ -230,12 +230,7 @@ fn parse_function_name(raw: &str) -> Result<(String, Option<String>), LambdaErro
             )));
         }
     };
-    ember_node::function::validate_name(name).map_err(|e| {
-        LambdaError::invalid(format!(
-            "Ember function names are lowercase ({e}); Lambda's uppercase and '_' are not \
-             accepted"
-        ))
-    })?;
+    ember_node::function::validate_name(name).map_err(|e| LambdaError::invalid(e.to_string()))?;
     Ok((name.to_string(), qualifier.map(str::to_string)))
 }
 

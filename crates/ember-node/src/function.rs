@@ -280,21 +280,22 @@ fn invalid(
     }
 }
 
-/// `[a-z0-9][a-z0-9-]{0,62}`
+/// A function's name, as Lambda's: `[A-Za-z0-9_-]{1,64}` (CloudFormation makes mixed-case
+/// names). Names are case-sensitive; they name directories and cgroups, which take them as
+/// they are.
 pub fn validate_name(name: &str) -> Result<(), InvalidFunction> {
     let b = name.as_bytes();
     let ok = !b.is_empty()
-        && b.len() <= 63
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.len() <= 64
         && b.iter()
-            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
     if ok {
         Ok(())
     } else {
         Err(invalid(
             "name",
             name,
-            "must match [a-z0-9][a-z0-9-]{0,62}: lowercase letters, digits and '-', at most 63",
+            "must match [A-Za-z0-9_-]{1,64}: letters, digits, '-' and '_', at most 64",
         ))
     }
 }
@@ -495,12 +496,20 @@ mod tests {
 
     #[test]
     fn names_follow_the_pattern() {
-        for ok in ["a", "hello-world", "0x", &"a".repeat(63)] {
+        for ok in [
+            "a",
+            "hello-world",
+            "0x",
+            "A",
+            "My_Stack-Fn-1ABC",
+            "-a",
+            &"a".repeat(64),
+        ] {
             assert_eq!(validate_name(ok), Ok(()), "{ok}");
         }
-        for bad in ["", "-a", "A", "a_b", "a.b", "a/b", &"a".repeat(64), "é"] {
+        for bad in ["", "a.b", "a/b", "a b", &"a".repeat(65), "é", "..", "a:b"] {
             let err = validate_name(bad).unwrap_err();
-            assert!(err.to_string().contains("[a-z0-9][a-z0-9-]{0,62}"), "{bad}");
+            assert!(err.to_string().contains("[A-Za-z0-9_-]{1,64}"), "{bad}");
         }
     }
 

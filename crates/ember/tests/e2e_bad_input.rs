@@ -216,7 +216,7 @@ async fn requests_are_checked_before_anything_runs() {
 
     // Invalid names, handlers and settings name the rule.
     for (name, config, rule) in [
-        ("Bad_Name", cfg("main.handler"), "[a-z0-9][a-z0-9-]{0,62}"),
+        ("Bad.Name", cfg("main.handler"), "[A-Za-z0-9_-]{1,64}"),
         ("ok", cfg("main"), "module.function"),
         (
             "ok",
@@ -260,11 +260,11 @@ async fn requests_are_checked_before_anything_runs() {
         "deploy",
         common::examples().join("noop").to_str().unwrap(),
         "--name",
-        "Bad",
+        "Bad.Name",
     ]);
     assert!(!out.ok);
     assert!(
-        out.stderr.contains("[a-z0-9][a-z0-9-]{0,62}"),
+        out.stderr.contains("[A-Za-z0-9_-]{1,64}"),
         "{}",
         out.stderr
     );

@@ -270,14 +270,14 @@ pub fn snapshot_id(function: &str, key: &str) -> String {
     format!("snap-{function}-{k}")
 }
 
-/// Ids name directories: `[a-z0-9._-]`, not starting with '.', at most 128 bytes.
+/// Ids name directories: `[A-Za-z0-9._-]`, not starting with '.', at most 128 bytes.
 fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && !id.starts_with('.')
         && id
             .bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(&c))
+            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
 }
 
 impl SnapshotStore {
@@ -404,7 +404,7 @@ impl SnapshotStore {
         };
         if !valid_id(&info.id) {
             return Err(invalid(
-                "ids are [a-z0-9._-], at most 128 bytes, not starting with '.'",
+                "ids are [A-Za-z0-9._-], at most 128 bytes, not starting with '.'",
             ));
         }
         if info.point == SnapshotPoint::Off {

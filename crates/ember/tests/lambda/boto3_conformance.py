@@ -198,9 +198,20 @@ assert error_code(
     Handler="no-dots", Code={"ZipFile": code(V1)},
 ) == ("InvalidParameterValueException", 400)
 assert error_code(
-    lam.create_function, FunctionName="Upper_Case", Runtime="python3.12", Role="r",
+    lam.create_function, FunctionName="not.a.name", Runtime="python3.12", Role="r",
     Handler="lambda_function.lambda_handler", Code={"ZipFile": code(V1)},
 ) == ("InvalidParameterValueException", 400)
+# Lambda's names: mixed case, '_', 64 characters (as CloudFormation makes them).
+long_name = "Stack_Fn-" + "A" * 55
+lam.create_function(
+    FunctionName=long_name, Runtime="python3.12", Role="r",
+    Handler="lambda_function.lambda_handler", Code={"ZipFile": code(V1)},
+)
+r = lam.invoke(FunctionName=long_name, Payload=b'{"b": 2}')
+assert json.loads(r["Payload"].read())["event"] == {"b": 2}, r
+assert error_code(lam.get_function, FunctionName=long_name.lower()) == (
+    "ResourceNotFoundException", 404)
+lam.delete_function(FunctionName=long_name)
 assert error_code(
     lam.invoke, FunctionName="boto-fn", Payload=b"x" * (6 * 1024 * 1024 + 1)
 ) == ("RequestTooLargeException", 413)
