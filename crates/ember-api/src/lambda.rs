@@ -745,11 +745,7 @@ async fn invoke(
             )));
         }
     };
-    if header_str("x-amz-client-context").is_some_and(|c| c.len() > 3583) {
-        return Err(LambdaError::invalid(
-            "X-Amz-Client-Context must be at most 3583 bytes",
-        ));
-    }
+    let client_context = client_context(header_str("x-amz-client-context"))?;
     let limit = match kind {
         InvocationType::Event => MAX_ASYNC_PAYLOAD,
         _ => MAX_SYNC_PAYLOAD.min(s.cfg.max_event_bytes),
@@ -781,6 +777,7 @@ async fn invoke(
                 tail,
                 request_id: None,
                 no_queue: true,
+                client_context,
             };
             // In a task of its own: a caller that goes away does not cancel the invocation.
             let inv = tokio::spawn(async move { node.invoke_with(&name, &event, opts).await })
@@ -788,6 +785,26 @@ async fn invoke(
                 .map_err(|e| lambda_task_failed("the invocation", e))??;
             invocation_response(inv, &version)
         }
+    }
+}
+
+/// The Invoke API's `X-Amz-Client-Context`: base64 of a JSON object, at most 3583 bytes.
+fn client_context(header: Option<&str>) -> Result<Option<serde_json::Value>, LambdaError> {
+    let Some(text) = header else {
+        return Ok(None);
+    };
+    if text.len() > 3583 {
+        return Err(LambdaError::invalid(
+            "X-Amz-Client-Context must be at most 3583 bytes",
+        ));
+    }
+    let bad = || LambdaError::invalid("X-Amz-Client-Context must be a base64-encoded JSON object");
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| bad())?;
+    match serde_json::from_slice::<serde_json::Value>(&raw) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok(Some(v)),
+        _ => Err(bad()),
     }
 }
 

@@ -63,15 +63,24 @@ impl Proc {
         }
     }
 
+    /// One event, with the caller's client context (Python and Runtime API runtimes hand
+    /// it to the handler; a native executable gets the event alone).
     pub async fn invoke(
         &mut self,
         request_id: &str,
         deadline: SystemTime,
         event: &[u8],
+        client_context: Option<&serde_json::Value>,
     ) -> Result<Outcome, InvokeError> {
         match self {
-            Proc::Python(i) => i.invoke(request_id, deadline, event).await,
-            Proc::Provided(i) => i.invoke(request_id, deadline, event).await,
+            Proc::Python(i) => {
+                i.invoke_with(request_id, deadline, event, client_context)
+                    .await
+            }
+            Proc::Provided(i) => {
+                i.invoke_with(request_id, deadline, event, client_context)
+                    .await
+            }
             Proc::Native(i) => i.invoke(event).await,
         }
     }

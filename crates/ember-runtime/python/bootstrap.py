@@ -178,8 +178,7 @@ class Client:
 
     def __init__(self, doc):
         for name in self.__slots__:
-            camel = name.split("_")[0] + "".join(w.title() for w in name.split("_")[1:])
-            setattr(self, name, doc.get(camel))
+            setattr(self, name, doc.get(name))
 
 
 class ClientContext:

@@ -14,7 +14,7 @@
 //!                              added, not of its own code: the node learns images from them)
 //! INIT_ERROR  rt -> host  JSON {"type", "message", "traceback": [line, ...]}
 //! INVOKE      host -> rt  hlen:u32be JSON{"request_id", "deadline_ms",
-//!                              "invoked_function_arn"} event-bytes
+//!                              "invoked_function_arn", "client_context"?} event-bytes
 //! RESULT      rt -> host  hlen:u32be JSON{"duration_us"} result-bytes (JSON, or the
 //!                              handler's own bytes)
 //! ERROR       rt -> host  JSON {"type", "message", "traceback", "duration_us", "marshal"?}
@@ -266,6 +266,9 @@ pub struct InvokeHeader<'a> {
     pub deadline_ms: u64,
     /// What the handler's `context.invoked_function_arn` says.
     pub invoked_function_arn: &'a str,
+    /// The caller's client context (a JSON object), when it gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_context: Option<&'a serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -48,6 +48,8 @@ struct Job {
     request_id: String,
     deadline_ms: u64,
     trace_id: String,
+    /// The caller's client context, JSON.
+    client_context: Option<String>,
     event: Bytes,
     reply: oneshot::Sender<Reply>,
 }
@@ -153,6 +155,9 @@ async fn next(State(api): State<Arc<Api>>) -> Response {
     put("lambda-runtime-deadline-ms", &job.deadline_ms.to_string());
     put("lambda-runtime-invoked-function-arn", &api.function_arn);
     put("lambda-runtime-trace-id", &job.trace_id);
+    if let Some(cc) = &job.client_context {
+        put("lambda-runtime-client-context", cc);
+    }
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -392,6 +397,18 @@ impl Instance {
         deadline: SystemTime,
         event: &[u8],
     ) -> Result<Outcome, InvokeError> {
+        self.invoke_with(request_id, deadline, event, None).await
+    }
+
+    /// [`Instance::invoke`] with the caller's client context (the runtime's
+    /// `Lambda-Runtime-Client-Context` header).
+    pub async fn invoke_with(
+        &mut self,
+        request_id: &str,
+        deadline: SystemTime,
+        event: &[u8],
+        client_context: Option<&serde_json::Value>,
+    ) -> Result<Outcome, InvokeError> {
         let t0 = Instant::now();
         let (tx, rx) = oneshot::channel();
         let job = Job {
@@ -401,6 +418,7 @@ impl Instance {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
             trace_id: trace_id(request_id),
+            client_context: client_context.map(|c| c.to_string()),
             event: Bytes::copy_from_slice(event),
             reply: tx,
         };

@@ -615,6 +615,18 @@ impl Instance {
         deadline: SystemTime,
         event: &[u8],
     ) -> Result<Outcome, InvokeError> {
+        self.invoke_with(request_id, deadline, event, None).await
+    }
+
+    /// [`Instance::invoke`] with the caller's client context (the handler's
+    /// `context.client_context`, as the Lambda Invoke API's `X-Amz-Client-Context` gave it).
+    pub async fn invoke_with(
+        &mut self,
+        request_id: &str,
+        deadline: SystemTime,
+        event: &[u8],
+        client_context: Option<&serde_json::Value>,
+    ) -> Result<Outcome, InvokeError> {
         let deadline_ms = deadline
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -623,6 +635,7 @@ impl Instance {
             request_id,
             deadline_ms,
             invoked_function_arn: &self.arn,
+            client_context,
         })
         .map_err(|e| ProtocolError::Io(e.into()))?;
         let hlen = (header.len() as u32).to_be_bytes();

@@ -263,11 +263,7 @@ async fn requests_are_checked_before_anything_runs() {
         "Bad.Name",
     ]);
     assert!(!out.ok);
-    assert!(
-        out.stderr.contains("[A-Za-z0-9_-]{1,64}"),
-        "{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains("[A-Za-z0-9_-]{1,64}"), "{}", out.stderr);
     let out = d.cli(&["invoke", "nope"]);
     assert!(
         !out.ok && out.stderr.contains("does not exist"),

@@ -107,6 +107,7 @@ impl Node {
             tail: false,
             request_id: Some(ev.id.clone()),
             no_queue: false,
+            client_context: None,
         };
         match self.invoke_with(&ev.function, &ev.payload, opts).await {
             Ok(inv) => match inv.outcome {

@@ -381,7 +381,7 @@ impl Node {
             let deadline = SystemTime::now() + limit;
             let ran = tokio::time::timeout(
                 limit,
-                live.inst.invoke("verify", deadline, event.as_bytes()),
+                live.inst.invoke("verify", deadline, event.as_bytes(), None),
             )
             .await;
             match ran {

@@ -218,4 +218,7 @@ pub struct InvokeOptions {
     /// Lambda refuses a synchronous call over its reserved concurrency, instead of waiting
     /// in the node's queue.
     pub no_queue: bool,
+    /// The caller's client context (a JSON object: the Invoke API's `X-Amz-Client-Context`),
+    /// handed to the handler.
+    pub client_context: Option<serde_json::Value>,
 }

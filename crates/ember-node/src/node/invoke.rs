@@ -61,11 +61,12 @@ impl Node {
         let d = self.deployed(name)?;
         let request_id = opts
             .request_id
+            .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let capture = opts.tail.then(|| self.logs.capture(name));
         let span = info_span!("invoke", function = name, request_id = %request_id);
         let mut inv = self
-            .invoke_deployed(&d, request_id, event, opts.no_queue)
+            .invoke_deployed(&d, request_id, event, &opts)
             .instrument(span)
             .await?;
         if let Some(c) = capture {
@@ -80,8 +81,9 @@ impl Node {
         d: &Arc<Deployed>,
         request_id: String,
         event: &[u8],
-        no_queue: bool,
+        opts: &InvokeOptions,
     ) -> Result<Invocation, NodeError> {
+        let no_queue = opts.no_queue;
         let t0 = Instant::now();
         let rec = &d.record;
         let fn_labels = Metrics::fn_labels(&rec.name);
@@ -148,9 +150,15 @@ impl Node {
                 }
             }
             let imported = inst.inst.take_imported();
-            let ran = watched(&mut inst, &request_id, limit, event)
-                .instrument(info_span!("exec"))
-                .await;
+            let ran = watched(
+                &mut inst,
+                &request_id,
+                limit,
+                event,
+                opts.client_context.as_ref(),
+            )
+            .instrument(info_span!("exec"))
+            .await;
             self.report_pages(&mut inst);
             if again
                 && matches!(ran, Ran::Done(Err(_)))
@@ -338,6 +346,7 @@ pub(in crate::node) async fn watched(
     request_id: &str,
     limit: Duration,
     event: &[u8],
+    client_context: Option<&serde_json::Value>,
 ) -> Ran {
     const TICK: Duration = Duration::from_millis(100);
     let Live {
@@ -346,7 +355,7 @@ pub(in crate::node) async fn watched(
         limits_seen,
         ..
     } = live;
-    let invoke = inst.invoke(request_id, SystemTime::now() + limit, event);
+    let invoke = inst.invoke(request_id, SystemTime::now() + limit, event, client_context);
     tokio::pin!(invoke);
     let timeout = tokio::time::sleep(limit);
     tokio::pin!(timeout);

@@ -283,6 +283,28 @@ assert error_code(lam.get_function_url_config, FunctionName="boto-fn") == (
 assert error_code(lam.list_versions_by_function, FunctionName="boto-fn") == (
     "UnknownOperationException", 404)
 
+# The caller's client context reaches the handler (Python's context.client_context).
+CC = {"custom": {"tenant": "t1"}, "client": {"app_title": "demo", "installation_id": "i-9"},
+      "env": {"platform": "ios"}}
+CLIENT_CONTEXT = base64.b64encode(json.dumps(CC).encode()).decode()
+lam.create_function(
+    FunctionName="ctx-fn", Runtime="python3.12", Role="r", Handler="lambda_function.h",
+    Code={"ZipFile": code(
+        "def h(event, context):\n"
+        "    cc = context.client_context\n"
+        "    if cc is None:\n"
+        "        return None\n"
+        "    return {'custom': cc.custom, 'env': cc.env, 'app': cc.client.app_title,\n"
+        "            'install': cc.client.installation_id}\n")},
+)
+r = lam.invoke(FunctionName="ctx-fn", Payload=b"{}", ClientContext=CLIENT_CONTEXT)
+assert json.loads(r["Payload"].read()) == {
+    "custom": {"tenant": "t1"}, "env": {"platform": "ios"}, "app": "demo", "install": "i-9"}
+assert json.loads(lam.invoke(FunctionName="ctx-fn", Payload=b"{}")["Payload"].read()) is None
+assert error_code(lam.invoke, FunctionName="ctx-fn", ClientContext="not base64 json!") == (
+    "InvalidParameterValueException", 400)
+lam.delete_function(FunctionName="ctx-fn")
+
 # Node.js: async and callback handlers, console as Lambda's, errors with their trace.
 NODE = """
 exports.handler = async (event, context) => {
@@ -290,7 +312,8 @@ exports.handler = async (event, context) => {
   if (event.fail) throw new TypeError("asked to fail");
   return {runtime: process.version.slice(0, 3), event, fn: context.functionName,
           memory: context.memoryLimitInMB, arn: context.invokedFunctionArn,
-          left: context.getRemainingTimeInMillis() > 0, rid: context.awsRequestId};
+          left: context.getRemainingTimeInMillis() > 0, rid: context.awsRequestId,
+          cc: context.clientContext};
 };
 exports.cb = (event, context, callback) => { setTimeout(() => callback(null, {cb: event.x}), 5); };
 """
@@ -310,6 +333,8 @@ for rt in ["nodejs20.x", "nodejs22.x"]:
         "fn": name, "memory": "128", "arn": arn_of(name), "left": True, "rid": rid}, out
     tail = base64.b64decode(r["LogResult"]).decode()
     assert f"\t{rid}\tINFO\tnode got {{\"a\":1}} \rsecond line" in tail, tail
+    r = lam.invoke(FunctionName=name, Payload=b"{}", ClientContext=CLIENT_CONTEXT)
+    assert json.loads(r["Payload"].read())["cc"] == CC, r
     r = lam.invoke(FunctionName=name, Payload=b'{"fail": true}')
     assert r["FunctionError"] == "Unhandled", r
     doc = json.loads(r["Payload"].read())
