@@ -44,6 +44,8 @@ mod settings;
 /// Lambda's limits on invocation payloads.
 pub const MAX_SYNC_PAYLOAD: usize = 6 * 1024 * 1024;
 pub const MAX_ASYNC_PAYLOAD: usize = 1024 * 1024;
+/// Lambda's limit on a zip uploaded directly (50 MB).
+const MAX_ZIPPED: usize = 50 * 1024 * 1024;
 /// `X-Amz-Log-Result` carries at most this much of the log's end.
 const TAIL_BYTES: usize = 4096;
 
@@ -365,9 +367,34 @@ fn zip_of(code: CodeLocation) -> Result<Vec<u8>, LambdaError> {
     let b64 = code
         .zip_file
         .ok_or_else(|| LambdaError::invalid("ZipFile is required"))?;
-    base64::engine::general_purpose::STANDARD
+    let zip = base64::engine::general_purpose::STANDARD
         .decode(b64.as_bytes())
-        .map_err(|e| LambdaError::invalid(format!("ZipFile is not valid base64: {e}")))
+        .map_err(|e| LambdaError::invalid(format!("ZipFile is not valid base64: {e}")))?;
+    if zip.len() > MAX_ZIPPED {
+        return Err(LambdaError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLargeException",
+            format!(
+                "Zipped size must be smaller than {MAX_ZIPPED} bytes for a direct upload (this \
+                 one is {})",
+                zip.len()
+            ),
+        ));
+    }
+    Ok(zip)
+}
+
+/// Packages a Lambda zip declares in its `requirements.txt`: the function's package set
+/// (installed once per set, with its dependency image), for Python functions.
+fn packages_of(
+    s: &AppState,
+    runtime: Runtime,
+    code: &ember_node::StoredCode,
+) -> Result<Vec<String>, LambdaError> {
+    if runtime != Runtime::Python {
+        return Ok(Vec::new());
+    }
+    Ok(s.node.code_requirements(code)?.unwrap_or_default())
 }
 
 fn parse_runtime(name: &str) -> Result<Runtime, LambdaError> {
@@ -480,6 +507,10 @@ async fn create(
         .map_err(|e| LambdaError::invalid(e.to_string()))?;
     let zip = zip_of(req.code)?;
     let code = s.node.store_code(zip).await?;
+    config.packages = packages_of(&s, config.runtime, &code)?;
+    config
+        .validate()
+        .map_err(|e| LambdaError::invalid(e.to_string()))?;
     deploy(&s, name, config, Some(code), StatusCode::CREATED).await
 }
 
@@ -686,13 +717,19 @@ async fn update_code(
         image_uri: req.image_uri,
     })?;
     let code = s.node.store_code(zip).await?;
+    // The new zip's requirements.txt is the function's package set now (none without one).
+    let mut config = st.record.config.clone();
+    config.packages = packages_of(&s, config.runtime, &code)?;
+    config
+        .validate()
+        .map_err(|e| LambdaError::invalid(e.to_string()))?;
     if req.dry_run {
         return Ok(axum::Json(configuration(&s, &st)).into_response());
     }
     deploy(
         &s,
         st.record.name.clone(),
-        st.record.config,
+        config,
         Some(code),
         StatusCode::OK,
     )

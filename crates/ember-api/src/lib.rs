@@ -37,7 +37,8 @@ impl Default for ApiConfig {
         ApiConfig {
             token: None,
             max_event_bytes: 6 * 1024 * 1024,
-            max_deploy_bytes: 64 * 1024 * 1024,
+            // Lambda's request cap for CreateFunction (a 50 MB zip, base64, in JSON).
+            max_deploy_bytes: 70_167_211,
         }
     }
 }

@@ -142,6 +142,13 @@ impl EnvManager {
         })
     }
 
+    /// The base interpreter's (major, minor) version.
+    pub fn python_minor(&self) -> Option<(u32, u32)> {
+        let v = self.python_version.split_whitespace().next()?;
+        let mut parts = v.split('.');
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+    }
+
     /// The directory every environment is made under.
     pub fn root(&self) -> &Path {
         &self.root

@@ -13,7 +13,7 @@
 //! queue_timeout = "10s"
 //! init_timeout = "60s"
 //! max_event_bytes = 6291456
-//! max_deploy_bytes = 67108864
+//! max_deploy_bytes = 70167211
 //! log_max_bytes = 8388608
 //! sandbox = true          # false: instances run unconfined as the daemon's user
 //! sandbox_uid = 65534
@@ -121,7 +121,7 @@ pub struct DaemonArgs {
     /// Largest invoke payload in bytes [default: 6 MiB]
     #[arg(long, env = "EMBER_MAX_EVENT_BYTES")]
     pub max_event_bytes: Option<usize>,
-    /// Largest deploy request in bytes [default: 64 MiB]
+    /// Largest deploy request in bytes [default: 70167211]
     #[arg(long, env = "EMBER_MAX_DEPLOY_BYTES")]
     pub max_deploy_bytes: Option<usize>,
     /// Size at which a function's log rotates [default: 8 MiB]

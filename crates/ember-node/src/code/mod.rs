@@ -32,9 +32,11 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_entries: 10_000,
+            // Lambda's: no count of files (a bundled scikit-learn and pandas is ~15,000), 250
+            // MB unzipped.
+            max_entries: 50_000,
             max_ratio: 100,
-            max_unpacked: 1 << 30,
+            max_unpacked: 250 * 1024 * 1024,
         }
     }
 }
@@ -435,12 +437,23 @@ mod tests {
     fn bombs_and_floods_are_refused() {
         let big = vec![0u8; 2 << 20];
         refused(&[("zeros", 0o644, &big)], "expands past");
-        let names: Vec<String> = (0..10_001).map(|i| format!("f{i}")).collect();
+        // Lambda's limits: 250 MB unzipped, entries bounded only against inode floods.
+        assert_eq!(Limits::default().max_unpacked, 250 << 20);
+        assert_eq!(Limits::default().max_entries, 50_000);
+        let names: Vec<String> = (0..1_001).map(|i| format!("f{i}")).collect();
         let entries: Vec<(&str, u32, &[u8])> = names
             .iter()
             .map(|n| (n.as_str(), 0o644, &b""[..]))
             .collect();
-        refused(&entries, "10001 entries");
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_entries: 1_000,
+            ..Limits::default()
+        };
+        let small = CodeStore::open(dir.path(), limits).unwrap();
+        let err = small.add_zip(&zip_of(&entries)).unwrap_err();
+        assert!(err.to_string().contains("1001 entries"), "{err}");
+        assert!(staging_is_empty(&small), "staging left behind");
         let (_d, s) = store();
         assert!(matches!(s.add_zip(b"not a zip"), Err(CodeError::NotZip(_))));
     }

@@ -104,6 +104,14 @@ impl Node {
             },
         };
         check_entry_point(&config, &self.code.path(&code.hash))?;
+        if config.runtime == crate::function::Runtime::Python {
+            let (me, dir) = (self.me.clone(), self.code.path(&code.hash));
+            blocking(move || match me.upgrade() {
+                Some(node) => node.check_bundled_builds(&dir),
+                None => Ok(()),
+            })
+            .await?;
+        }
         if config.runtime == crate::function::Runtime::Node && !self.cfg.node_js.is_file() {
             return Err(NodeError::Invalid(InvalidFunction {
                 field: "runtime",

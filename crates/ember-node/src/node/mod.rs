@@ -15,6 +15,7 @@
 //! | `error.rs` | [`NodeError`] and how each reaches a client |
 //! | `invocation.rs` | what an invocation ends with and its phases |
 //! | `deploy.rs` | code, deploys, listing, deleting |
+//! | `bundled.rs` | a code's `requirements.txt`, and bundled packages built for another Python |
 //! | `invoke.rs` | one invocation: admission, the ladder, the run, the answer |
 //! | `ladder/` | the start ladder: one file per rung behind one trait |
 //! | `instances.rs` | an instance's sandbox, spec, pre-made sandboxes, stopping |
@@ -47,6 +48,7 @@ use crate::pool::Pool;
 use crate::registry::Registry;
 use crate::sys::{FileLock, try_lock_file};
 
+mod bundled;
 mod crash_loop;
 mod deploy;
 mod error;

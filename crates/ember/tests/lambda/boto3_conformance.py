@@ -283,6 +283,36 @@ assert error_code(lam.get_function_url_config, FunctionName="boto-fn") == (
 assert error_code(lam.list_versions_by_function, FunctionName="boto-fn") == (
     "UnknownOperationException", 404)
 
+# Packages: a requirements.txt in the zip is installed as the function's package set; a
+# bundled package built for another Python is refused at deploy, saying why.
+lam.create_function(
+    FunctionName="reqs-fn", Runtime="python3.12", Role="r", Handler="lambda_function.h",
+    Code={"ZipFile": zipped({
+        "requirements.txt": "# pure Python, small\nsix==1.16.0\n",
+        "lambda_function.py": "import six\ndef h(e, c):\n    return six.__version__\n",
+    })},
+)
+assert json.loads(lam.invoke(FunctionName="reqs-fn")["Payload"].read()) == "1.16.0"
+lam.delete_function(FunctionName="reqs-fn")
+other = "cpython-39" if sys.version_info[:2] != (3, 9) else "cpython-310"
+try:
+    lam.create_function(
+        FunctionName="wheels-fn", Runtime="python3.12", Role="r", Handler="lambda_function.h",
+        Code={"ZipFile": zipped({
+            "lambda_function.py": "def h(e, c):\n    return 1\n",
+            f"fast/_speedups.{other}-x86_64-linux-gnu.so": "not really",
+        })},
+    )
+    raise AssertionError("a zip built for another Python was deployed")
+except lam.exceptions.InvalidParameterValueException as e:
+    assert "this node runs Python" in str(e) and other in str(e), e
+assert error_code(
+    lam.create_function, FunctionName="opts-fn", Runtime="python3.12", Role="r",
+    Handler="lambda_function.h",
+    Code={"ZipFile": zipped({"requirements.txt": "-r /etc/passwd\n",
+                             "lambda_function.py": "def h(e, c):\n    return 1\n"})},
+) == ("InvalidParameterValueException", 400)
+
 # The caller's client context reaches the handler (Python's context.client_context).
 CC = {"custom": {"tenant": "t1"}, "client": {"app_title": "demo", "installation_id": "i-9"},
       "env": {"platform": "ios"}}
