@@ -498,6 +498,9 @@ async fn create(
     // Lambda's defaults, not Ember's.
     config.timeout_s = req.timeout.unwrap_or(3);
     config.memory_mb = req.memory_size.unwrap_or(128);
+    // Without reserved concurrency, as many instances as the node holds (Lambda's: the
+    // account's unreserved pool).
+    config.max_instances = s.node.capacity_instances(config.memory_mb);
     config.env = req.environment.unwrap_or_default().variables;
     config.description = req.description;
     config.role = req.role;
@@ -981,9 +984,10 @@ mod tests {
             ("hello".into(), Some("$LATEST".into()))
         );
         assert_eq!(ok("000000000000:function:hello"), ("hello".into(), None));
+        assert_eq!(ok("My_Fn-1"), ("My_Fn-1".into(), None));
         for bad in [
             "",
-            "Hello",
+            "Hello.World",
             "a:b:c",
             "arn:aws:lambda:x:y:function",
             "a/b",

@@ -379,8 +379,8 @@ pub(super) async fn get_concurrency(
     .into_response())
 }
 
-/// `DELETE /2017-10-31/functions/{name}/concurrency`: DeleteFunctionConcurrency, the
-/// node's default limit again.
+/// `DELETE /2017-10-31/functions/{name}/concurrency`: DeleteFunctionConcurrency: as many
+/// instances as the node holds again.
 pub(super) async fn delete_concurrency(
     State(s): State<AppState>,
     Path(raw): Path<String>,
@@ -388,7 +388,7 @@ pub(super) async fn delete_concurrency(
     let (name, _) = parse_function_name(&raw)?;
     let st = s.node.get(&name)?;
     let mut config = st.record.config.clone();
-    config.max_instances = ember_node::function::DEFAULT_MAX_INSTANCES;
+    config.max_instances = s.node.capacity_instances(config.memory_mb);
     deploy(&s, name, config, None, StatusCode::OK).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

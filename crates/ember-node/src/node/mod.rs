@@ -404,6 +404,20 @@ impl Node {
         self.cfg.tmp_bytes
     }
 
+    /// How many instances of `memory_mb` this machine holds at once: three quarters of its
+    /// memory (the rest for the daemon, images and the kernel), between 1 and 1,000 (Lambda's
+    /// default concurrency). What a Lambda function without reserved concurrency may use.
+    pub fn capacity_instances(&self, memory_mb: u32) -> u32 {
+        let total = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|t| mem_total_kib(&t))
+            .unwrap_or(4 << 20);
+        let per = u64::from(memory_mb.max(1)) << 10;
+        u32::try_from((total * 3 / 4) / per)
+            .unwrap_or(u32::MAX)
+            .clamp(1, 1000)
+    }
+
     pub fn metrics(&self) -> &Metrics {
         self.metrics
             .image_memory
@@ -531,6 +545,17 @@ impl Node {
     }
 }
 
+/// `MemTotal` of a `/proc/meminfo` text, in KiB.
+fn mem_total_kib(meminfo: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Takes the home's lock. A daemon killed a moment ago (a crash, `kill -9`, then a restart by a
 /// supervisor) may still have children on their way out that hold its descriptors, the lock
 /// among them: they die with it, so the lock is waited for a little before another daemon is
@@ -606,5 +631,16 @@ async fn reaper(node: Weak<Node>) {
         tokio::time::sleep(period).await;
         let Some(n) = node.upgrade() else { return };
         n.expire_idle();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mem_total_is_read_from_meminfo() {
+        let t = "MemTotal:       24570012 kB\nMemFree:         1000 kB\n";
+        assert_eq!(super::mem_total_kib(t), Some(24_570_012));
+        assert_eq!(super::mem_total_kib("MemFree: 1 kB\n"), None);
+        assert_eq!(super::mem_total_kib("MemTotal: lots\n"), None);
     }
 }
