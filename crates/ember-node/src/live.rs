@@ -77,10 +77,7 @@ impl Proc {
                 i.invoke_with(request_id, deadline, event, client_context)
                     .await
             }
-            Proc::Provided(i) => {
-                i.invoke_with(request_id, deadline, event, client_context)
-                    .await
-            }
+            Proc::Provided(i) => i.invoke(request_id, deadline, event, client_context).await,
             Proc::Native(i) => i.invoke(event).await,
         }
     }

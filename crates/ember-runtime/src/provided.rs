@@ -391,18 +391,8 @@ impl Instance {
 
     /// Hands the event to the runtime and waits for its answer. The caller bounds the wait
     /// and kills the instance when the function's timeout passes.
+    /// `client_context`: the caller's (the runtime's `Lambda-Runtime-Client-Context` header).
     pub async fn invoke(
-        &mut self,
-        request_id: &str,
-        deadline: SystemTime,
-        event: &[u8],
-    ) -> Result<Outcome, InvokeError> {
-        self.invoke_with(request_id, deadline, event, None).await
-    }
-
-    /// [`Instance::invoke`] with the caller's client context (the runtime's
-    /// `Lambda-Runtime-Client-Context` header).
-    pub async fn invoke_with(
         &mut self,
         request_id: &str,
         deadline: SystemTime,
