@@ -40,6 +40,7 @@ use crate::error::error_chain;
 use crate::routes::{ember_headers, read_body, task_failed};
 
 mod settings;
+pub(crate) mod url;
 
 /// Lambda's limits on invocation payloads.
 pub const MAX_SYNC_PAYLOAD: usize = 6 * 1024 * 1024;
@@ -50,7 +51,7 @@ const MAX_ZIPPED: usize = 50 * 1024 * 1024;
 const TAIL_BYTES: usize = 4096;
 
 pub(crate) fn router() -> Router<AppState> {
-    Router::new()
+    let r = Router::new()
         .route("/2015-03-31/functions", post(create).get(list))
         .route("/2015-03-31/functions/", post(create).get(list))
         .route(
@@ -63,7 +64,6 @@ pub(crate) fn router() -> Router<AppState> {
         )
         .route("/2015-03-31/functions/{name}/code", put(update_code))
         .route("/2015-03-31/functions/{name}/invocations", post(invoke))
-        .route("/2015-03-31/{*rest}", any(unknown_operation))
         .route(
             "/2017-03-31/tags/{arn}",
             get(settings::list_tags)
@@ -86,18 +86,42 @@ pub(crate) fn router() -> Router<AppState> {
             "/2016-08-19/account-settings/",
             get(settings::account_settings),
         )
-        // Lambda's other API versions: what Ember does not implement is said so, in the
-        // error botocore reads.
-        .route("/2016-08-19/{*rest}", any(unknown_operation))
-        .route("/2017-03-31/{*rest}", any(unknown_operation))
-        .route("/2017-10-31/{*rest}", any(unknown_operation))
-        .route("/2018-10-31/{*rest}", any(unknown_operation))
-        .route("/2019-09-25/{*rest}", any(unknown_operation))
-        .route("/2019-09-30/{*rest}", any(unknown_operation))
-        .route("/2020-04-22/{*rest}", any(unknown_operation))
-        .route("/2020-06-30/{*rest}", any(unknown_operation))
-        .route("/2021-10-31/{*rest}", any(unknown_operation))
-        .route("/2021-11-15/{*rest}", any(unknown_operation))
+        .route(
+            "/2021-10-31/functions/{name}/url",
+            post(url::create)
+                .put(url::update)
+                .get(url::get)
+                .delete(url::delete),
+        )
+        .route("/lambda-url/{name}", any(url::serve))
+        .route("/lambda-url/{name}/", any(url::serve))
+        .route("/lambda-url/{name}/{*path}", any(url::serve));
+    // What Ember does not implement, in every API version, says so in the error botocore
+    // reads.
+    API_VERSIONS.iter().fold(r, |r, v| {
+        r.route(&format!("{v}{{*rest}}"), any(unknown_operation))
+    })
+}
+
+/// Lambda's API versions, each a path prefix of its operations.
+const API_VERSIONS: [&str; 11] = [
+    "/2015-03-31/",
+    "/2016-08-19/",
+    "/2017-03-31/",
+    "/2017-10-31/",
+    "/2018-10-31/",
+    "/2019-09-25/",
+    "/2019-09-30/",
+    "/2020-04-22/",
+    "/2020-06-30/",
+    "/2021-10-31/",
+    "/2021-11-15/",
+];
+
+/// Whether `path` is the Lambda API's (or a function URL's): its clients sign with SigV4
+/// and read Lambda's errors.
+pub(crate) fn is_lambda_path(path: &str) -> bool {
+    API_VERSIONS.iter().any(|v| path.starts_with(v)) || path.starts_with(url::PREFIX)
 }
 
 /// A Lambda error response.

@@ -73,13 +73,14 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(token) = &s.cfg.token
         && req.uri().path() != "/v1/health"
+        && !crate::lambda::url::is_public(&s, req.uri().path())
     {
         let auth = req
             .headers()
             .get(header::AUTHORIZATION)
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        let lambda = req.uri().path().starts_with("/2015-03-31/");
+        let lambda = crate::lambda::is_lambda_path(req.uri().path());
         // Lambda clients sign their requests: the access key id must be the token (the
         // signature itself is not checked).
         let given = match auth.strip_prefix(b"Bearer ") {

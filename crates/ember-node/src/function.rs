@@ -209,6 +209,10 @@ pub struct FunctionConfig {
     /// Lambda tags (other than Ember's own `ember:` settings), kept and shown.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// The function's URL configuration (the Lambda API's; `AuthType`, ...), when it has
+    /// one: it is served at `/lambda-url/<name>/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<serde_json::Value>,
 }
 
 pub const DEFAULT_MEMORY_MB: u32 = 512;

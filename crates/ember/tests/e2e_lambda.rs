@@ -255,6 +255,64 @@ async fn a_token_decides_access_whatever_the_signature() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+
+    // A function URL with AuthType NONE is public; with AWS_IAM it takes the token.
+    let zip = home.path().join("pub.zip");
+    std::fs::write(
+        &zip,
+        common::py("def handler(e, c):\n    return {'ok': 1}\n"),
+    )
+    .unwrap();
+    let signed = |args: &[&str]| {
+        let out = Command::new(aws_tools().join("bin/aws"))
+            .args(["--endpoint-url", &d.url, "lambda"])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", "s3cret")
+            .env("AWS_SECRET_ACCESS_KEY", "anything")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    let fileb = format!("fileb://{}", zip.display());
+    signed(&[
+        "create-function",
+        "--function-name",
+        "pub",
+        "--runtime",
+        "python3.12",
+        "--role",
+        "r",
+        "--handler",
+        "main.handler",
+        "--zip-file",
+        &fileb,
+    ]);
+    signed(&[
+        "create-function-url-config",
+        "--function-name",
+        "pub",
+        "--auth-type",
+        "NONE",
+    ]);
+    let url = format!("{}/lambda-url/pub/", d.url);
+    let http = reqwest::Client::new();
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({"ok": 1})
+    );
+    signed(&[
+        "update-function-url-config",
+        "--function-name",
+        "pub",
+        "--auth-type",
+        "AWS_IAM",
+    ]);
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 403);
+    let r = http.get(&url).bearer_auth("s3cret").send().await.unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]

@@ -278,8 +278,53 @@ settings = lam.get_account_settings()
 assert settings["AccountUsage"]["FunctionCount"] >= 1, settings
 
 # An operation Ember does not implement says so in an error botocore reads.
-assert error_code(lam.get_function_url_config, FunctionName="boto-fn") == (
+assert error_code(lam.list_aliases, FunctionName="boto-fn") == (
     "UnknownOperationException", 404)
+assert error_code(lam.get_provisioned_concurrency_config, FunctionName="boto-fn",
+                  Qualifier="1") == ("UnknownOperationException", 404)
+
+# Function URLs: an HTTP endpoint per function, Lambda's payload format 2.0.
+lam.create_function(
+    FunctionName="url-fn", Runtime="python3.12", Role="r", Handler="lambda_function.h",
+    Code={"ZipFile": code(
+        "import json\n"
+        "def h(event, context):\n"
+        "    if event['rawPath'] == '/plain':\n"
+        "        return {'plain': True}\n"
+        "    ctx = event['requestContext']['http']\n"
+        "    return {'statusCode': 201, 'headers': {'x-ember': 'yes'},\n"
+        "            'cookies': ['seen=1'],\n"
+        "            'body': json.dumps({'path': event['rawPath'], 'method': ctx['method'],\n"
+        "                                'q': event.get('queryStringParameters'),\n"
+        "                                'body': event.get('body'),\n"
+        "                                'version': event['version']})}\n")},
+)
+assert error_code(lam.get_function_url_config, FunctionName="url-fn") == (
+    "ResourceNotFoundException", 404)
+made = lam.create_function_url_config(FunctionName="url-fn", AuthType="NONE")
+furl = made["FunctionUrl"]
+assert furl.endswith("/lambda-url/url-fn/") and made["AuthType"] == "NONE", made
+assert lam.get_function_url_config(FunctionName="url-fn")["FunctionUrl"] == furl
+import urllib.request
+resp = urllib.request.urlopen(urllib.request.Request(
+    furl + "items/7?color=red", data=b"payload", method="POST"))
+assert resp.status == 201 and resp.headers["x-ember"] == "yes", resp.headers
+assert resp.headers["set-cookie"] == "seen=1", resp.headers
+assert json.loads(resp.read()) == {"path": "/items/7", "method": "POST", "q": {"color": "red"},
+                                   "body": "payload", "version": "2.0"}
+resp = urllib.request.urlopen(furl + "plain")
+assert resp.status == 200 and json.loads(resp.read()) == {"plain": True}
+assert error_code(lam.create_function_url_config, FunctionName="url-fn", AuthType="NONE") == (
+    "ResourceConflictException", 409)
+assert error_code(lam.update_function_url_config, FunctionName="url-fn",
+                  InvokeMode="RESPONSE_STREAM") == ("InvalidParameterValueException", 400)
+lam.delete_function_url_config(FunctionName="url-fn")
+try:
+    urllib.request.urlopen(furl)
+    raise AssertionError("a deleted function URL still answers")
+except urllib.error.HTTPError as e:
+    assert e.code == 404, e
+lam.delete_function(FunctionName="url-fn")
 assert error_code(lam.list_versions_by_function, FunctionName="boto-fn") == (
     "UnknownOperationException", 404)
 

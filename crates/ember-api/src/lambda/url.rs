@@ -1,0 +1,454 @@
+//! Function URLs: an HTTP endpoint per function, as Lambda's (`CreateFunctionUrlConfig` and
+//! friends), served at `/lambda-url/<function>/<path>` on the daemon's address rather than
+//! on a host name of its own. A request becomes Lambda's payload format 2.0 event; the
+//! handler's answer becomes the response (a `statusCode` object as the function shaped it,
+//! anything else as a 200 JSON body). `AuthType` `NONE` is public (no token even when the
+//! daemon has one); `AWS_IAM` takes the daemon's token as any other API call does.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use ember_node::{FunctionStatus, InvokeOptions};
+
+use super::{LambdaError, deploy, json_body, lambda_body, parse_function_name, read};
+use crate::AppState;
+
+/// Where function URLs are served.
+pub(crate) const PREFIX: &str = "/lambda-url/";
+
+/// A function URL's configuration, as a function's record keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(super) struct UrlConfig {
+    auth_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cors: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    invoke_mode: Option<String>,
+}
+
+/// A Create or UpdateFunctionUrlConfig body: what it names changes.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct UrlRequest {
+    auth_type: Option<String>,
+    cors: Option<serde_json::Value>,
+    invoke_mode: Option<String>,
+}
+
+impl UrlConfig {
+    fn check(&self) -> Result<(), LambdaError> {
+        if !matches!(self.auth_type.as_str(), "NONE" | "AWS_IAM") {
+            return Err(LambdaError::invalid("AuthType must be NONE or AWS_IAM"));
+        }
+        if self.invoke_mode.as_deref().is_some_and(|m| m != "BUFFERED") {
+            return Err(LambdaError::invalid(
+                "InvokeMode RESPONSE_STREAM is not supported: Ember answers BUFFERED",
+            ));
+        }
+        if self.cors.as_ref().is_some_and(|c| !c.is_null()) {
+            return Err(LambdaError::invalid(
+                "Cors is not supported yet: answer CORS headers from the function",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The URL config `st` keeps, if any.
+fn url_of(st: &FunctionStatus) -> Option<UrlConfig> {
+    let v = st.record.config.url.as_ref()?;
+    serde_json::from_value(v.clone()).ok()
+}
+
+/// Whether a request for a function URL at `path` may go without the daemon's token: its
+/// function's URL is public (`AuthType: NONE`).
+pub(crate) fn is_public(s: &AppState, path: &str) -> bool {
+    let Some(rest) = path.strip_prefix(PREFIX) else {
+        return false;
+    };
+    let name = rest.split('/').next().unwrap_or("");
+    s.node
+        .get(name)
+        .ok()
+        .and_then(|st| url_of(&st))
+        .is_some_and(|u| u.auth_type == "NONE")
+}
+
+/// The daemon's address as the client named it (its `Host`).
+fn host(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1:8080")
+}
+
+fn description(host: &str, st: &FunctionStatus, u: &UrlConfig) -> serde_json::Value {
+    let mut d = serde_json::json!({
+        "FunctionUrl": format!("http://{host}{PREFIX}{}/", st.record.name),
+        "FunctionArn": ember_node::function::function_arn(&st.record.name),
+        "AuthType": u.auth_type,
+        "InvokeMode": u.invoke_mode.clone().unwrap_or_else(|| "BUFFERED".into()),
+        "CreationTime": super::lambda_time(st.record.created_at),
+        "LastModifiedTime": super::lambda_time(st.record.updated_at),
+    });
+    if let Some(c) = &u.cors {
+        d["Cors"] = c.clone();
+    }
+    d
+}
+
+fn not_found(name: &str) -> LambdaError {
+    LambdaError::new(
+        StatusCode::NOT_FOUND,
+        "ResourceNotFoundException",
+        format!("The resource you requested does not exist: function {name} has no URL"),
+    )
+}
+
+async fn set(
+    s: &AppState,
+    raw: &str,
+    headers: &HeaderMap,
+    body: Body,
+    create: bool,
+) -> Result<Response, LambdaError> {
+    let (name, _) = parse_function_name(raw)?;
+    let st = s.node.get(&name)?;
+    if create && url_of(&st).is_some() {
+        return Err(LambdaError::new(
+            StatusCode::CONFLICT,
+            "ResourceConflictException",
+            format!("Failed to create function url config for function {name}: one exists"),
+        ));
+    }
+    if !create && url_of(&st).is_none() {
+        return Err(not_found(&name));
+    }
+    let bytes = read(s, headers, body, 64 << 10, "FunctionUrlConfig").await?;
+    let req: UrlRequest = json_body(&bytes)?;
+    let mut u = match url_of(&st) {
+        Some(u) => u,
+        None => UrlConfig {
+            auth_type: req
+                .auth_type
+                .clone()
+                .ok_or_else(|| LambdaError::invalid("AuthType is required"))?,
+            cors: None,
+            invoke_mode: None,
+        },
+    };
+    if let Some(a) = req.auth_type {
+        u.auth_type = a;
+    }
+    if req.cors.is_some() {
+        u.cors = req.cors;
+    }
+    if req.invoke_mode.is_some() {
+        u.invoke_mode = req.invoke_mode;
+    }
+    u.check()?;
+    let mut config = st.record.config.clone();
+    config.url = Some(serde_json::to_value(&u).map_err(|e| LambdaError::invalid(e.to_string()))?);
+    deploy(s, name.clone(), config, None, StatusCode::OK).await?;
+    let st = s.node.get(&name)?;
+    let status = if create {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(description(host(headers), &st, &u))).into_response())
+}
+
+/// `POST /2021-10-31/functions/{name}/url`: CreateFunctionUrlConfig.
+pub(super) async fn create(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, LambdaError> {
+    set(&s, &raw, &headers, body, true).await
+}
+
+/// `PUT /2021-10-31/functions/{name}/url`: UpdateFunctionUrlConfig.
+pub(super) async fn update(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, LambdaError> {
+    set(&s, &raw, &headers, body, false).await
+}
+
+/// `GET /2021-10-31/functions/{name}/url`: GetFunctionUrlConfig.
+pub(super) async fn get(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, LambdaError> {
+    let (name, _) = parse_function_name(&raw)?;
+    let st = s.node.get(&name)?;
+    let u = url_of(&st).ok_or_else(|| not_found(&name))?;
+    Ok(axum::Json(description(host(&headers), &st, &u)).into_response())
+}
+
+/// `DELETE /2021-10-31/functions/{name}/url`: DeleteFunctionUrlConfig.
+pub(super) async fn delete(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, LambdaError> {
+    let (name, _) = parse_function_name(&raw)?;
+    let st = s.node.get(&name)?;
+    if url_of(&st).is_none() {
+        return Err(not_found(&name));
+    }
+    let mut config = st.record.config.clone();
+    config.url = None;
+    deploy(&s, name, config, None, StatusCode::OK).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Lambda's payload format 2.0 event for a request to `path` of a function URL.
+fn event(
+    req_id: &str,
+    parts: &axum::http::request::Parts,
+    path: &str,
+    body: &[u8],
+) -> serde_json::Value {
+    let mut headers = serde_json::Map::new();
+    let mut cookies = Vec::new();
+    for (k, v) in &parts.headers {
+        let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+        if k == header::COOKIE {
+            cookies.extend(v.split(';').map(|c| c.trim().to_string()));
+            continue;
+        }
+        // Repeated headers are joined with commas, as Lambda joins them.
+        match headers.get_mut(k.as_str()) {
+            Some(serde_json::Value::String(prev)) => {
+                prev.push(',');
+                prev.push_str(&v);
+            }
+            _ => {
+                headers.insert(k.as_str().to_string(), v.into());
+            }
+        }
+    }
+    let query = parts.uri.query().unwrap_or("");
+    let mut params: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        params
+            .entry(k.into_owned())
+            .and_modify(|p| {
+                p.push(',');
+                p.push_str(&v);
+            })
+            .or_insert_with(|| v.into_owned());
+    }
+    let text = std::str::from_utf8(body).ok();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut ev = serde_json::json!({
+        "version": "2.0",
+        "routeKey": "$default",
+        "rawPath": path,
+        "rawQueryString": query,
+        "headers": headers,
+        "requestContext": {
+            "accountId": "anonymous",
+            "apiId": "ember",
+            "domainName": parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or(""),
+            "http": {
+                "method": parts.method.as_str(),
+                "path": path,
+                "protocol": format!("{:?}", parts.version),
+                "sourceIp": "",
+                "userAgent": parts.headers.get(header::USER_AGENT).and_then(|h| h.to_str().ok()).unwrap_or(""),
+            },
+            "requestId": req_id,
+            "routeKey": "$default",
+            "stage": "$default",
+            "time": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            "timeEpoch": now.as_millis() as u64,
+        },
+        "isBase64Encoded": text.is_none(),
+    });
+    if !params.is_empty() {
+        ev["queryStringParameters"] = serde_json::to_value(params).unwrap_or_default();
+    }
+    if !cookies.is_empty() {
+        ev["cookies"] = cookies.into();
+    }
+    if !body.is_empty() {
+        ev["body"] = match text {
+            Some(t) => t.into(),
+            None => base64::engine::general_purpose::STANDARD
+                .encode(body)
+                .into(),
+        };
+    }
+    ev
+}
+
+/// The HTTP response a handler's `result` (JSON) makes, as Lambda's function URLs make it.
+fn response(result: &[u8]) -> Response {
+    let json = |status: StatusCode, body: Vec<u8>| {
+        let mut r = (status, body).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    let v: serde_json::Value = match serde_json::from_slice(result) {
+        Ok(v) => v,
+        Err(_) => return json(StatusCode::OK, result.to_vec()),
+    };
+    let Some(obj) = v.as_object().filter(|o| o.contains_key("statusCode")) else {
+        return json(StatusCode::OK, result.to_vec());
+    };
+    let status = obj
+        .get("statusCode")
+        .and_then(|c| c.as_u64())
+        .and_then(|c| u16::try_from(c).ok())
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = match obj.get("body") {
+        Some(serde_json::Value::String(b)) if obj.get("isBase64Encoded") == Some(&true.into()) => {
+            base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .unwrap_or_default()
+        }
+        Some(serde_json::Value::String(b)) => b.clone().into_bytes(),
+        Some(other) => other.to_string().into_bytes(),
+        None => Vec::new(),
+    };
+    let mut r = (status, body).into_response();
+    let hs = r.headers_mut();
+    for (k, v) in obj
+        .get("headers")
+        .and_then(|h| h.as_object())
+        .into_iter()
+        .flatten()
+    {
+        let v = match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        if let (Ok(k), Ok(v)) = (
+            axum::http::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
+            hs.insert(k, v);
+        }
+    }
+    for c in obj
+        .get("cookies")
+        .and_then(|c| c.as_array())
+        .into_iter()
+        .flatten()
+    {
+        if let Some(Ok(v)) = c.as_str().map(HeaderValue::from_str) {
+            hs.append(header::SET_COOKIE, v);
+        }
+    }
+    r
+}
+
+/// `ANY /lambda-url/{name}/{*path}`: one request to a function's URL.
+pub(crate) async fn serve(State(s): State<AppState>, req: Request) -> Response {
+    match serve_inner(&s, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn serve_inner(s: &AppState, req: Request) -> Result<Response, LambdaError> {
+    let full = req.uri().path().to_string();
+    let rest = full.strip_prefix(PREFIX).unwrap_or("");
+    let (name, path) = match rest.split_once('/') {
+        Some((n, p)) => (n.to_string(), format!("/{p}")),
+        None => (rest.to_string(), "/".to_string()),
+    };
+    let st = s.node.get(&name).map_err(|_| not_found(&name))?;
+    if url_of(&st).is_none() {
+        return Err(not_found(&name));
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = read(s, &parts.headers, body, super::MAX_SYNC_PAYLOAD, "Invoke").await?;
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let ev = event(&request_id, &parts, &path, &bytes);
+    let event = serde_json::to_vec(&ev).map_err(|e| LambdaError::invalid(e.to_string()))?;
+    let opts = InvokeOptions {
+        tail: false,
+        request_id: Some(request_id),
+        no_queue: true,
+        client_context: None,
+    };
+    let node = s.node.clone();
+    let mut inv = tokio::spawn(async move { node.invoke_with(&name, &event, opts).await })
+        .await
+        .map_err(|e| super::lambda_task_failed("the invocation", e))??;
+    match lambda_body(&mut inv)? {
+        Ok(payload) => Ok(response(&payload)),
+        // As Lambda's function URLs answer a function error: 502 with a short body.
+        Err(_) => Ok((
+            StatusCode::BAD_GATEWAY,
+            axum::Json(serde_json::json!({"Message": "Internal Server Error"})),
+        )
+            .into_response()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handlers_answer_becomes_the_response() {
+        let r = response(
+            br#"{"statusCode": 201, "headers": {"x-a": "1"}, "body": "made", "cookies": ["c=1"]}"#,
+        );
+        assert_eq!(r.status(), 201);
+        assert_eq!(r.headers()["x-a"], "1");
+        assert_eq!(r.headers()[header::SET_COOKIE], "c=1");
+        let r = response(br#"{"statusCode": 200, "body": "aGk=", "isBase64Encoded": true}"#);
+        assert_eq!(r.status(), 200);
+        let r = response(br#"{"answer": 42}"#);
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        let r = response(br#"{"statusCode": 99999}"#);
+        assert_eq!(r.status(), 500);
+    }
+
+    #[test]
+    fn a_request_becomes_a_payload_2_event() {
+        let req = axum::http::Request::builder()
+            .method("POST")
+            .uri("/lambda-url/f/a/b?x=1&x=2&y=z")
+            .header("content-type", "text/plain")
+            .header("cookie", "s=1; t=2")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let ev = event("r1", &parts, "/a/b", b"hello");
+        assert_eq!(ev["version"], "2.0");
+        assert_eq!(ev["rawPath"], "/a/b");
+        assert_eq!(ev["rawQueryString"], "x=1&x=2&y=z");
+        assert_eq!(ev["queryStringParameters"]["x"], "1,2");
+        assert_eq!(ev["cookies"], serde_json::json!(["s=1", "t=2"]));
+        assert_eq!(ev["requestContext"]["http"]["method"], "POST");
+        assert_eq!(ev["body"], "hello");
+        assert_eq!(ev["isBase64Encoded"], false);
+        let ev = event("r2", &parts, "/", &[0xff, 0xfe]);
+        assert_eq!(ev["isBase64Encoded"], true);
+        assert_eq!(ev["body"], "//4=");
+    }
+}
