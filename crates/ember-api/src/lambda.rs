@@ -337,6 +337,7 @@ fn configuration(s: &AppState, st: &FunctionStatus) -> serde_json::Value {
         "Architectures": [std::env::consts::ARCH],
         // What every instance's /tmp holds (the node's setting).
         "EphemeralStorage": { "Size": s.node.tmp_bytes() >> 20 },
+        "LoggingConfig": settings::logging(c, &r.name),
     })
 }
 
@@ -527,6 +528,7 @@ async fn create(
     config.max_instances = s.node.capacity_instances(config.memory_mb);
     config.env = req.environment.unwrap_or_default().variables;
     config.description = req.description;
+    req.unsupported.apply_logging(&mut config);
     config.role = req.role;
     settings::apply_tags(&mut config, &req.tags)?;
     config
@@ -678,6 +680,7 @@ async fn update_configuration(
     req.unsupported
         .check(&st.record.name, s.node.tmp_bytes() >> 20)?;
     let mut config = st.record.config.clone();
+    req.unsupported.apply_logging(&mut config);
     if let Some(r) = req.runtime {
         config.runtime = parse_runtime(&r)?;
         config.runtime_name = Some(r);

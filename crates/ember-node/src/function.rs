@@ -213,6 +213,29 @@ pub struct FunctionConfig {
     /// one: it is served at `/lambda-url/<name>/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<serde_json::Value>,
+    /// How the runtime writes the function's own log records (Lambda's `LoggingConfig`):
+    /// `Text` (the default) or `JSON`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
+    /// The lowest level of the function's log records the runtime writes (Lambda's
+    /// `ApplicationLogLevel`: TRACE, DEBUG, INFO, WARN, ERROR or FATAL; with JSON only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+}
+
+impl FunctionConfig {
+    /// The variables the runtime reads its logging from (`AWS_LAMBDA_LOG_FORMAT`,
+    /// `AWS_LAMBDA_LOG_LEVEL`), over the function's own.
+    pub fn runtime_env(&self) -> BTreeMap<String, String> {
+        let mut env = self.env.clone();
+        if let Some(f) = &self.log_format {
+            env.insert("AWS_LAMBDA_LOG_FORMAT".into(), f.to_uppercase());
+        }
+        if let Some(l) = &self.log_level {
+            env.insert("AWS_LAMBDA_LOG_LEVEL".into(), l.to_uppercase());
+        }
+        env
+    }
 }
 
 pub const DEFAULT_MEMORY_MB: u32 = 512;
@@ -342,6 +365,30 @@ impl FunctionConfig {
         }
         if self.role.as_ref().is_some_and(|r| r.len() > 2048) {
             return Err(invalid("role", "(too long)", "at most 2048 bytes"));
+        }
+        if let Some(f) = &self.log_format
+            && !matches!(f.as_str(), "Text" | "JSON")
+        {
+            return Err(invalid("log_format", f, "must be Text or JSON"));
+        }
+        if let Some(l) = &self.log_level {
+            if !matches!(
+                l.as_str(),
+                "TRACE" | "DEBUG" | "INFO" | "WARN" | "ERROR" | "FATAL"
+            ) {
+                return Err(invalid(
+                    "log_level",
+                    l,
+                    "must be TRACE, DEBUG, INFO, WARN, ERROR or FATAL",
+                ));
+            }
+            if self.log_format.as_deref() != Some("JSON") {
+                return Err(invalid(
+                    "log_level",
+                    l,
+                    "needs log_format JSON (as Lambda's ApplicationLogLevel does)",
+                ));
+            }
         }
         if !(128..=10240).contains(&self.memory_mb) {
             return Err(invalid(

@@ -21,14 +21,27 @@ const BASE = '/2018-06-01/runtime';
 
 let requestId = '';
 
-// console, as Lambda's Node.js runtime patches it.
+// console, as Lambda's Node.js runtime patches it: text, or JSON (LoggingConfig LogFormat
+// JSON) with records below AWS_LAMBDA_LOG_LEVEL (INFO by default) dropped.
+const JSON_LOGS = (process.env.AWS_LAMBDA_LOG_FORMAT || '').toUpperCase() === 'JSON';
+const LEVELS = ['TRACE', 'DEBUG', 'INFO', 'WARN', 'ERROR', 'FATAL'];
+const MIN_LEVEL = JSON_LOGS
+  ? Math.max(0, LEVELS.indexOf((process.env.AWS_LAMBDA_LOG_LEVEL || 'INFO').toUpperCase()))
+  : 0;
 for (const [name, level] of [
   ['log', 'INFO'], ['info', 'INFO'], ['warn', 'WARN'], ['error', 'ERROR'],
-  ['debug', 'DEBUG'], ['trace', 'TRACE'],
+  ['debug', 'DEBUG'], ['trace', 'TRACE'], ['fatal', 'FATAL'],
 ]) {
   console[name] = (...args) => {
-    const message = util.format(...args).replace(/\n/g, '\r');
-    process.stdout.write(`${new Date().toISOString()}\t${requestId}\t${level}\t${message}\n`);
+    if (LEVELS.indexOf(level) < MIN_LEVEL) return;
+    const message = util.format(...args);
+    if (JSON_LOGS) {
+      const record = { timestamp: new Date().toISOString(), level, requestId, message };
+      process.stdout.write(JSON.stringify(record) + '\n');
+      return;
+    }
+    process.stdout.write(
+      `${new Date().toISOString()}\t${requestId}\t${level}\t${message.replace(/\n/g, '\r')}\n`);
   };
 }
 
@@ -63,6 +76,12 @@ function errorDoc(err, type) {
 }
 
 function logError(doc) {
+  if (JSON_LOGS) {
+    process.stdout.write(JSON.stringify({
+      timestamp: new Date().toISOString(), level: 'ERROR', requestId, ...doc,
+    }) + '\n');
+    return;
+  }
   const head = `${doc.errorType}: ${doc.errorMessage}`;
   process.stdout.write(
     `${new Date().toISOString()}\t${requestId}\tERROR\t${[head, ...doc.trace.slice(1)].join('\r')}\n`);

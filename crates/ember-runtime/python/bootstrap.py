@@ -135,10 +135,31 @@ class Fault(Exception):
         self.doc = {"type": error_type, "message": message, "traceback": list(trace)}
 
 
+def json_logs():
+    """Whether the function's log records are JSON (LoggingConfig LogFormat JSON)."""
+    return os.environ.get("AWS_LAMBDA_LOG_FORMAT", "").upper() == "JSON"
+
+
+def utc_now():
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%03dZ" % (int(t * 1000) % 1000)
+
+
 def log_error(doc):
     """An error in the function's log as Lambda's runtime writes it: `[ERROR] Type: message`,
     then the traceback, as one record (its lines joined by carriage returns, leading spaces
-    made non-breaking)."""
+    made non-breaking); in the JSON format, one JSON object."""
+    if json_logs():
+        record = {
+            "timestamp": utc_now(),
+            "log_level": "ERROR",
+            "errorMessage": doc["message"],
+            "errorType": doc["type"],
+            "requestId": request_id,
+            "stackTrace": doc["traceback"],
+        }
+        sys.stdout.write(dumps(record).decode() + "\n")
+        return
     head = "[ERROR] %s: %s" % (doc["type"], doc["message"])
     lines = [head, "Traceback (most recent call last):"]
     for frame in doc["traceback"]:
@@ -264,19 +285,42 @@ def configure_logging(logging):
             record.aws_request_id = request_id
             return True
 
+    class Json(logging.Formatter):
+        """Lambda's JSON log format: timestamp, level, message, logger, requestId, and the
+        exception's type, message and frames when a record has one."""
+
+        def format(self, record):
+            doc = {
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
+                "level": record.levelname,
+                "message": record.getMessage(),
+                "logger": record.name,
+                "requestId": getattr(record, "aws_request_id", ""),
+            }
+            if record.exc_info and record.exc_info[1] is not None:
+                exc = record.exc_info[1]
+                doc["errorType"] = type(exc).__name__
+                doc["errorMessage"] = str(exc)
+                doc["stackTrace"] = stack(exc.__traceback__)
+            return dumps(doc).decode()
+
     logging.Formatter.converter = time.gmtime
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(
-        logging.Formatter(
-            "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s",
-            "%Y-%m-%dT%H:%M:%S",
+    if json_logs():
+        handler.setFormatter(Json())
+    else:
+        handler.setFormatter(
+            logging.Formatter(
+                "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s",
+                "%Y-%m-%dT%H:%M:%S",
+            )
         )
-    )
     handler.addFilter(RequestId())
     root = logging.getLogger()
     root.addHandler(handler)
-    level = os.environ.get("AWS_LAMBDA_LOG_LEVEL", "").upper()
-    level = "DEBUG" if level == "TRACE" else level
+    # Lambda's level names; with the JSON format and no level, INFO (as Lambda's).
+    level = os.environ.get("AWS_LAMBDA_LOG_LEVEL", "").upper() or ("INFO" if json_logs() else "")
+    level = {"TRACE": "DEBUG", "WARN": "WARNING", "FATAL": "CRITICAL"}.get(level, level)
     if level in logging._nameToLevel:
         root.setLevel(logging._nameToLevel[level])
 

@@ -290,3 +290,69 @@ async fn init_errors_are_named_as_lambda_names_them() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_json_log_format_writes_lambdas_json_records() {
+    let code = r#"
+import logging
+log = logging.getLogger("app")
+
+def handler(event, context):
+    log.debug("too fine")
+    log.info("counted %d", 3)
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        log.exception("failed")
+    raise ValueError("last")
+"#;
+    let Some(mut f) = function("parity-json-logs", code) else {
+        return;
+    };
+    f.spec
+        .env
+        .insert("AWS_LAMBDA_LOG_FORMAT".into(), "JSON".into());
+    let mut inst = f.start().await;
+    match invoke(&mut inst, "{}").await.unwrap() {
+        Outcome::Error(fe) => assert_eq!(fe.error_type, "ValueError"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        f.log.wait_for("\"log_level\": \"ERROR\"").await,
+        "{}",
+        f.log.text()
+    );
+    let records: Vec<serde_json::Value> = f
+        .log
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let find = |m: &str| records.iter().find(|r| r["message"] == m).cloned();
+    // INFO by default with JSON: the debug record is not written.
+    assert!(find("too fine").is_none(), "{records:?}");
+    let info = find("counted 3").unwrap();
+    assert_eq!(
+        (&info["level"], &info["logger"], &info["requestId"]),
+        (&"INFO".into(), &"app".into(), &"req-1".into())
+    );
+    assert!(info["timestamp"].as_str().unwrap().ends_with('Z'));
+    let failed = find("failed").unwrap();
+    assert_eq!(failed["errorType"], "ZeroDivisionError");
+    assert!(
+        failed["stackTrace"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty())
+    );
+    let last = records
+        .iter()
+        .find(|r| r["errorType"] == "ValueError")
+        .unwrap();
+    assert_eq!(
+        (&last["errorMessage"], &last["requestId"]),
+        (&"last".into(), &"req-1".into())
+    );
+    inst.kill();
+}

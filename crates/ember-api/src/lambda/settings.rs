@@ -127,15 +127,16 @@ impl Unsupported {
             ));
         }
         if let Some(l) = &self.logging_config {
-            if l.log_format.as_deref().is_some_and(|f| f != "Text") {
+            if l.application_log_level.is_some() && l.log_format.as_deref() != Some("JSON") {
                 return refuse(
-                    "LoggingConfig.LogFormat: Ember writes Lambda's Text format only".into(),
+                    "LoggingConfig.ApplicationLogLevel needs LogFormat JSON in the same request"
+                        .into(),
                 );
             }
-            if l.application_log_level.is_some() || l.system_log_level.is_some() {
+            if l.system_log_level.as_deref().is_some_and(|v| v != "INFO") {
                 return refuse(
-                    "LoggingConfig log levels go with the JSON log format, which Ember does not \
-                     write; set the level in the function (logger.setLevel)"
+                    "LoggingConfig.SystemLogLevel: Ember's platform lines (START, END, REPORT) \
+                     are not filtered; INFO is the only level"
                         .into(),
                 );
             }
@@ -210,6 +211,35 @@ impl Unsupported {
         }
         Ok(())
     }
+}
+
+impl Unsupported {
+    /// Carries out a request's `LoggingConfig` on `config` (its format and application log
+    /// level; the runtime reads them from its environment). Checked by `FunctionConfig`'s
+    /// validation.
+    pub(super) fn apply_logging(&self, config: &mut FunctionConfig) {
+        let Some(l) = &self.logging_config else {
+            return;
+        };
+        if let Some(f) = &l.log_format {
+            config.log_format = (f != "Text").then(|| f.clone());
+            // Levels go with the JSON format (and come with it in the same request).
+            config.log_level = l.application_log_level.clone();
+        }
+    }
+}
+
+/// A function's `LoggingConfig` as Lambda shows it.
+pub(super) fn logging(c: &FunctionConfig, name: &str) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "LogFormat": c.log_format.as_deref().unwrap_or("Text"),
+        "LogGroup": format!("/aws/lambda/{name}"),
+    });
+    if c.log_format.is_some() {
+        v["ApplicationLogLevel"] = c.log_level.as_deref().unwrap_or("INFO").into();
+        v["SystemLogLevel"] = "INFO".into();
+    }
+    v
 }
 
 /// Applies Lambda tags to `config`: `ember:` tags set the node's own settings, the others are
@@ -450,12 +480,8 @@ mod tests {
                 "EphemeralStorage",
             ),
             (
-                serde_json::json!({"LoggingConfig": {"LogFormat": "JSON"}}),
-                "LogFormat",
-            ),
-            (
-                serde_json::json!({"LoggingConfig": {"ApplicationLogLevel": "INFO"}}),
-                "log levels",
+                serde_json::json!({"LoggingConfig": {"SystemLogLevel": "DEBUG"}}),
+                "SystemLogLevel",
             ),
             (
                 serde_json::json!({"LoggingConfig": {"LogGroup": "/mine"}}),

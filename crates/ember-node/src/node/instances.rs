@@ -86,7 +86,7 @@ impl Node {
             bootstrap: self.seen(&self.bootstrap),
             code_dir: self.seen(&d.code_dir),
             imports,
-            env: rec.config.env.clone(),
+            env: rec.config.runtime_env(),
         }
     }
 
@@ -253,7 +253,7 @@ impl Node {
             runtime_dir,
             // The package environment first: a bootstrap's `python3` is the function's.
             bin_dirs: python.parent().map(PathBuf::from).into_iter().collect(),
-            env: rec.config.env.clone(),
+            env: rec.config.runtime_env(),
             region: crate::function::REGION.to_string(),
         }
     }

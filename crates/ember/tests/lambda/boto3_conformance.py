@@ -247,7 +247,8 @@ for extra in [
     {"DeadLetterConfig": {"TargetArn": "arn:aws:sqs:us-east-1:123456789012:dlq"}},
     {"EphemeralStorage": {"Size": 1024}},
     {"FileSystemConfigs": [{"Arn": "arn:aws:elasticfilesystem:x", "LocalMountPath": "/mnt/x"}]},
-    {"LoggingConfig": {"LogFormat": "JSON"}},
+    {"LoggingConfig": {"SystemLogLevel": "DEBUG"}},
+    {"LoggingConfig": {"LogGroup": "/elsewhere"}},
 ]:
     assert error_code(
         lam.create_function, FunctionName="refused-fn", Runtime="python3.12", Role="r",
@@ -357,6 +358,27 @@ assert error_code(
     Code={"ZipFile": zipped({"requirements.txt": "-r /etc/passwd\n",
                              "lambda_function.py": "def h(e, c):\n    return 1\n"})},
 ) == ("InvalidParameterValueException", 400)
+
+# LoggingConfig: JSON records at the application level asked for.
+lam.create_function(
+    FunctionName="json-logs", Runtime="python3.12", Role="r", Handler="lambda_function.h",
+    LoggingConfig={"LogFormat": "JSON", "ApplicationLogLevel": "WARN"},
+    Code={"ZipFile": code(
+        "import logging\nlog = logging.getLogger()\n"
+        "def h(e, c):\n    log.info('quiet')\n    log.warning('loud')\n    return 1\n")},
+)
+cfg = lam.get_function_configuration(FunctionName="json-logs")["LoggingConfig"]
+assert (cfg["LogFormat"], cfg["ApplicationLogLevel"]) == ("JSON", "WARN"), cfg
+r = lam.invoke(FunctionName="json-logs", LogType="Tail")
+tail = base64.b64decode(r["LogResult"]).decode()
+records = [json.loads(l) for l in tail.splitlines() if l.startswith("{")]
+assert [(x["level"], x["message"]) for x in records] == [("WARNING", "loud")], tail
+assert records[0]["requestId"] == r["ResponseMetadata"]["RequestId"], records
+assert error_code(
+    lam.update_function_configuration, FunctionName="json-logs",
+    LoggingConfig={"LogFormat": "Text", "ApplicationLogLevel": "INFO"},
+) == ("InvalidParameterValueException", 400)
+lam.delete_function(FunctionName="json-logs")
 
 # The caller's client context reaches the handler (Python's context.client_context).
 CC = {"custom": {"tenant": "t1"}, "client": {"app_title": "demo", "installation_id": "i-9"},
