@@ -214,6 +214,11 @@ impl From<NodeError> for LambdaError {
         let message = error_chain(&e);
         match (&e, e.kind()) {
             (NodeError::NotFound(name), _) => LambdaError::not_found(name),
+            (NodeError::Changed(_), _) => LambdaError::new(
+                StatusCode::CONFLICT,
+                "ResourceConflictException",
+                format!("The operation cannot be performed at this time: {message}"),
+            ),
             (NodeError::Throttled { .. }, _) => LambdaError {
                 status: StatusCode::TOO_MANY_REQUESTS,
                 error_type: "TooManyRequestsException",
@@ -523,8 +528,7 @@ async fn create(
     // Lambda's defaults, not Ember's.
     config.timeout_s = req.timeout.unwrap_or(3);
     config.memory_mb = req.memory_size.unwrap_or(128);
-    // Without reserved concurrency, as many instances as the node holds (Lambda's: the
-    // account's unreserved pool).
+    // Without reserved concurrency, as many instances as the node holds for this function.
     config.max_instances = s.node.capacity_instances(config.memory_mb);
     config.env = req.environment.unwrap_or_default().variables;
     config.description = req.description;
@@ -540,7 +544,7 @@ async fn create(
     config
         .validate()
         .map_err(|e| LambdaError::invalid(e.to_string()))?;
-    deploy(&s, name, config, Some(code), StatusCode::CREATED).await
+    deploy(&s, name, config, Some(code), StatusCode::CREATED, None).await
 }
 
 fn lambda_task_failed(what: &str, e: tokio::task::JoinError) -> LambdaError {
@@ -652,18 +656,24 @@ struct UpdateConfiguration {
 
 /// Deploys `config` (and `code`, if new) as `name`, in a task of its own so that a client
 /// that goes away does not leave half a deploy; answers with its `FunctionConfiguration`.
+/// With `expected` (the version a read-modify-write request read), refused with 409 if the
+/// function changed meanwhile: two updates from the same state do not both land.
 async fn deploy(
     s: &AppState,
     name: String,
     config: FunctionConfig,
     code: Option<ember_node::StoredCode>,
     status: StatusCode,
+    expected: Option<u64>,
 ) -> Result<Response, LambdaError> {
     let node = s.node.clone();
     let n = name.clone();
-    tokio::spawn(async move { node.deploy(&n, config, code, &|_| {}).await })
-        .await
-        .map_err(|e| lambda_task_failed("the deploy", e))??;
+    tokio::spawn(async move {
+        node.deploy_expecting(&n, config, code, &|_| {}, expected)
+            .await
+    })
+    .await
+    .map_err(|e| lambda_task_failed("the deploy", e))??;
     Ok((status, axum::Json(configuration(s, &s.node.get(&name)?))).into_response())
 }
 
@@ -695,11 +705,17 @@ async fn update_configuration(
         config.role = Some(r);
     }
     config.timeout_s = req.timeout.unwrap_or(config.timeout_s);
-    config.memory_mb = req.memory_size.unwrap_or(config.memory_mb);
+    let memory_mb = req.memory_size.unwrap_or(config.memory_mb);
+    // Without reserved concurrency the limit follows the memory size.
+    if memory_mb != config.memory_mb && !config.concurrency_reserved {
+        config.max_instances = s.node.capacity_instances(memory_mb);
+    }
+    config.memory_mb = memory_mb;
     if let Some(env) = req.environment {
         config.env = env.variables;
     }
-    deploy(&s, st.record.name, config, None, StatusCode::OK).await
+    let version = Some(st.record.version);
+    deploy(&s, st.record.name, config, None, StatusCode::OK, version).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -756,12 +772,14 @@ async fn update_code(
     if req.dry_run {
         return Ok(axum::Json(configuration(&s, &st)).into_response());
     }
+    let version = Some(st.record.version);
     deploy(
         &s,
         st.record.name.clone(),
         config,
         Some(code),
         StatusCode::OK,
+        version,
     )
     .await
 }

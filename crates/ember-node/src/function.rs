@@ -221,6 +221,10 @@ pub struct FunctionConfig {
     /// `ApplicationLogLevel`: TRACE, DEBUG, INFO, WARN, ERROR or FATAL; with JSON only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
+    /// `max_instances` was reserved (Lambda's PutFunctionConcurrency), not derived from the
+    /// node's capacity.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub concurrency_reserved: bool,
 }
 
 impl FunctionConfig {

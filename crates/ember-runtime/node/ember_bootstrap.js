@@ -118,7 +118,13 @@ async function loadHandler() {
     if (found && found.endsWith('.mjs')) {
       mod = await import(pathToFileURL(found).href);
     } else if (found) {
-      mod = require(found);
+      try {
+        mod = require(found);
+      } catch (e) {
+        // An ES module in a .js file ("type": "module"): imported, as Lambda's runtime does.
+        if (!e || (e.code !== 'ERR_REQUIRE_ESM' && e.code !== 'ERR_REQUIRE_ASYNC_MODULE')) throw e;
+        mod = await import(pathToFileURL(found).href);
+      }
     } else {
       throw new Fault('Runtime.ImportModuleError',
         `Error: Cannot find module '${file}'`);

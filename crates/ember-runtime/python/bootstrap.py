@@ -106,8 +106,15 @@ def dumps(obj):
         {}, default, _json.encode_basestring_ascii, None, ": ", ", ", False, False, False
     )
     text = "".join(encode(obj, 0))
-    for i, raw in enumerate(raws):
-        text = text.replace('"\\u0000%s:%d\\u0000"' % (_RAW_TAG, i), raw, 1)
+    if raws:
+        # One pass: each placeholder, in order, gives way to its Decimal's digits.
+        parts = text.split('"\\u0000%s:' % _RAW_TAG)
+        out = [parts[0]]
+        for part in parts[1:]:
+            index, _, rest = part.partition('\\u0000"')
+            out.append(raws[int(index)])
+            out.append(rest)
+        text = "".join(out)
     return text.encode()
 
 

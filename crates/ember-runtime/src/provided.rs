@@ -199,6 +199,24 @@ fn unknown_request(id: &str) -> Response {
     )
 }
 
+/// `v` as JSON of ASCII only (what is not ASCII as `\uXXXX` escapes), so that it can travel
+/// in an HTTP header.
+fn ascii_json(v: &serde_json::Value) -> String {
+    let text = v.to_string();
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+    out
+}
+
 /// A runtime's error document, read leniently: what is not JSON becomes the message.
 fn function_error(headers: &HeaderMap, body: &[u8], fallback_type: &str) -> FunctionError {
     #[derive(serde::Deserialize)]
@@ -408,7 +426,7 @@ impl Instance {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
             trace_id: trace_id(request_id),
-            client_context: client_context.map(|c| c.to_string()),
+            client_context: client_context.map(ascii_json),
             event: Bytes::copy_from_slice(event),
             reply: tx,
         };
@@ -470,6 +488,15 @@ fn trace_id(request_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_context_travels_as_ascii_json() {
+        let v = serde_json::json!({"custom": {"name": "Zo\u{e9} \u{1F525}"}});
+        let text = ascii_json(&v);
+        assert!(text.is_ascii(), "{text}");
+        assert!(HeaderValue::from_str(&text).is_ok());
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), v);
+    }
 
     #[test]
     fn trace_ids_have_lambdas_shape() {

@@ -336,7 +336,8 @@ pub(super) async fn tag_resource(
     let req: TagRequest = json_body(&bytes)?;
     let mut config = st.record.config.clone();
     apply_tags(&mut config, &req.tags)?;
-    deploy(&s, st.record.name, config, None, StatusCode::OK).await?;
+    let version = Some(st.record.version);
+    deploy(&s, st.record.name, config, None, StatusCode::OK, version).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -362,7 +363,8 @@ pub(super) async fn untag_resource(
             }
         }
     }
-    deploy(&s, st.record.name, config, None, StatusCode::OK).await?;
+    let version = Some(st.record.version);
+    deploy(&s, st.record.name, config, None, StatusCode::OK, version).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -386,10 +388,19 @@ pub(super) async fn put_concurrency(
     let req: ConcurrencyRequest = json_body(&bytes)?;
     let mut config = st.record.config.clone();
     config.max_instances = req.reserved_concurrent_executions;
+    config.concurrency_reserved = true;
     config
         .validate()
         .map_err(|e| LambdaError::invalid(e.to_string()))?;
-    deploy(&s, name, config, None, StatusCode::OK).await?;
+    deploy(
+        &s,
+        name,
+        config,
+        None,
+        StatusCode::OK,
+        Some(st.record.version),
+    )
+    .await?;
     Ok(axum::Json(serde_json::json!({
         "ReservedConcurrentExecutions": req.reserved_concurrent_executions
     }))
@@ -403,10 +414,13 @@ pub(super) async fn get_concurrency(
 ) -> Result<Response, LambdaError> {
     let (name, _) = parse_function_name(&raw)?;
     let st = s.node.get(&name)?;
-    Ok(axum::Json(serde_json::json!({
-        "ReservedConcurrentExecutions": st.record.config.max_instances
-    }))
-    .into_response())
+    let c = &st.record.config;
+    // Nothing reserved: Lambda answers an empty document.
+    let body = match c.concurrency_reserved {
+        true => serde_json::json!({ "ReservedConcurrentExecutions": c.max_instances }),
+        false => serde_json::json!({}),
+    };
+    Ok(axum::Json(body).into_response())
 }
 
 /// `DELETE /2017-10-31/functions/{name}/concurrency`: DeleteFunctionConcurrency: as many
@@ -419,7 +433,16 @@ pub(super) async fn delete_concurrency(
     let st = s.node.get(&name)?;
     let mut config = st.record.config.clone();
     config.max_instances = s.node.capacity_instances(config.memory_mb);
-    deploy(&s, name, config, None, StatusCode::OK).await?;
+    config.concurrency_reserved = false;
+    deploy(
+        &s,
+        name,
+        config,
+        None,
+        StatusCode::OK,
+        Some(st.record.version),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

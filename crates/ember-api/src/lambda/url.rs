@@ -156,7 +156,15 @@ async fn set(
     u.check()?;
     let mut config = st.record.config.clone();
     config.url = Some(serde_json::to_value(&u).map_err(|e| LambdaError::invalid(e.to_string()))?);
-    deploy(s, name.clone(), config, None, StatusCode::OK).await?;
+    deploy(
+        s,
+        name.clone(),
+        config,
+        None,
+        StatusCode::OK,
+        Some(st.record.version),
+    )
+    .await?;
     let st = s.node.get(&name)?;
     let status = if create {
         StatusCode::CREATED
@@ -210,7 +218,15 @@ pub(super) async fn delete(
     }
     let mut config = st.record.config.clone();
     config.url = None;
-    deploy(&s, name, config, None, StatusCode::OK).await?;
+    deploy(
+        &s,
+        name,
+        config,
+        None,
+        StatusCode::OK,
+        Some(st.record.version),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -224,6 +240,11 @@ fn event(
     let mut headers = serde_json::Map::new();
     let mut cookies = Vec::new();
     for (k, v) in &parts.headers {
+        // The caller's credentials are the daemon's (its token, as a bearer or a SigV4 key
+        // id): never handed to a tenant's code.
+        if k == header::AUTHORIZATION || k.as_str() == "x-amz-security-token" {
+            continue;
+        }
         let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
         if k == header::COOKIE {
             cookies.extend(v.split(';').map(|c| c.trim().to_string()));
@@ -314,10 +335,13 @@ fn response(result: &[u8]) -> Response {
     let Some(obj) = v.as_object().filter(|o| o.contains_key("statusCode")) else {
         return json(StatusCode::OK, result.to_vec());
     };
+    // A final status only: a function may not switch protocols or send an interim answer
+    // on the daemon's connection.
     let status = obj
         .get("statusCode")
         .and_then(|c| c.as_u64())
         .and_then(|c| u16::try_from(c).ok())
+        .filter(|c| (200..=599).contains(c))
         .and_then(|c| StatusCode::from_u16(c).ok())
         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = match obj.get("body") {
@@ -345,7 +369,8 @@ fn response(result: &[u8]) -> Response {
         if let (Ok(k), Ok(v)) = (
             axum::http::HeaderName::from_bytes(k.as_bytes()),
             HeaderValue::from_str(&v),
-        ) {
+        ) && !framing(&k)
+        {
             hs.insert(k, v);
         }
     }
@@ -360,6 +385,24 @@ fn response(result: &[u8]) -> Response {
         }
     }
     r
+}
+
+/// Headers that frame the HTTP message or the connection: the daemon sets them, a function
+/// may not (a `Content-Length` of its own would let it forge the connection's next
+/// response).
+fn framing(h: &axum::http::HeaderName) -> bool {
+    matches!(
+        h.as_str(),
+        "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "proxy-connection"
+            | "proxy-authenticate"
+    )
 }
 
 /// `ANY /lambda-url/{name}/{*path}`: one request to a function's URL.
@@ -426,6 +469,16 @@ mod tests {
         assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
         let r = response(br#"{"statusCode": 99999}"#);
         assert_eq!(r.status(), 500);
+        // No interim status, no framing headers of the function's.
+        assert_eq!(response(br#"{"statusCode": 101}"#).status(), 500);
+        let r = response(
+            br#"{"statusCode": 200, "body": "0123456789", "headers": {"content-length": "2",
+                "transfer-encoding": "chunked", "connection": "close", "x-ok": "1"}}"#,
+        );
+        assert!(r.headers().get("content-length").is_none());
+        assert!(r.headers().get("transfer-encoding").is_none());
+        assert!(r.headers().get("connection").is_none());
+        assert_eq!(r.headers()["x-ok"], "1");
     }
 
     #[test]
@@ -435,6 +488,8 @@ mod tests {
             .uri("/lambda-url/f/a/b?x=1&x=2&y=z")
             .header("content-type", "text/plain")
             .header("cookie", "s=1; t=2")
+            .header("authorization", "Bearer the-daemon-token")
+            .header("x-amz-security-token", "t")
             .body(())
             .unwrap();
         let (parts, ()) = req.into_parts();
@@ -446,6 +501,8 @@ mod tests {
         assert_eq!(ev["cookies"], serde_json::json!(["s=1", "t=2"]));
         assert_eq!(ev["requestContext"]["http"]["method"], "POST");
         assert_eq!(ev["body"], "hello");
+        assert!(ev["headers"].get("authorization").is_none(), "{ev}");
+        assert!(ev["headers"].get("x-amz-security-token").is_none(), "{ev}");
         assert_eq!(ev["isBase64Encoded"], false);
         let ev = event("r2", &parts, "/", &[0xff, 0xfe]);
         assert_eq!(ev["isBase64Encoded"], true);

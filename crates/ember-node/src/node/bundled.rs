@@ -33,6 +33,14 @@ pub fn parse_requirements(text: &str) -> Result<Vec<String>, NodeError> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
+        // An option on its own line or after a requirement (`--hash=...`).
+        if line.starts_with('-') || line.contains(" -") {
+            return Err(bad(
+                format!("{REQUIREMENTS} line {}", n + 1),
+                "has a pip option (-r, -e, --hash, --index-url, ...): only package \
+                 requirements are installed",
+            ));
+        }
         validate_requirement(line).map_err(|e| {
             bad(
                 format!("{REQUIREMENTS} line {}", n + 1),
@@ -45,6 +53,12 @@ pub fn parse_requirements(text: &str) -> Result<Vec<String>, NodeError> {
         out.push(line.to_string());
     }
     Ok(out)
+}
+
+/// Whether a build for CPython `built` runs on `python`: the same version, or a stable-ABI
+/// (`abi3`) build for it or an earlier one.
+fn runs_on(built: (u32, u32), abi3: bool, python: (u32, u32)) -> bool {
+    built == python || (abi3 && built.0 == python.0 && built.1 <= python.1)
 }
 
 /// The CPython version a file of a bundled package was built for, from its name
@@ -92,8 +106,9 @@ pub fn foreign_build(dir: &Path, python: (u32, u32)) -> Option<(String, (u32, u3
             if tag.as_deref().is_some_and(|t| t.starts_with("py")) {
                 continue;
             }
+            let abi3 = tag.as_deref().is_some_and(|t| t.contains("-abi3-"));
             if let Some(v) = built_for(&name, tag.as_deref())
-                && v != python
+                && !runs_on(v, abi3, python)
             {
                 let rel = path.strip_prefix(dir).unwrap_or(&path);
                 return Some((rel.display().to_string(), v));
@@ -183,6 +198,7 @@ mod tests {
             "--index-url http://x",
             "git+https://x/y",
             "./local",
+            "numpy==1.26 --hash=sha256:abc",
         ] {
             let e = parse_requirements(&format!("numpy\n{bad}\n")).unwrap_err();
             assert!(e.to_string().contains("line 2"), "{bad}: {e}");
@@ -215,6 +231,13 @@ mod tests {
             (file.as_str(), v),
             ("numpy/core/_n.cpython-312-x86_64-linux-gnu.so", (3, 12))
         );
+        // A stable-ABI wheel for an earlier CPython runs here; for a later one it does not.
+        let abi = d.path().join("crypto-1.0.dist-info");
+        std::fs::create_dir_all(&abi).unwrap();
+        std::fs::write(abi.join("WHEEL"), "Tag: cp37-abi3-manylinux_2_28_x86_64\n").unwrap();
+        assert!(foreign_build(&abi, (3, 11)).is_none());
+        std::fs::write(abi.join("WHEEL"), "Tag: cp312-abi3-manylinux_2_28_x86_64\n").unwrap();
+        assert!(foreign_build(&abi, (3, 11)).is_some());
         // A pure-Python wheel fits any Python.
         let info = d.path().join("six-1.0.dist-info");
         std::fs::create_dir_all(&info).unwrap();

@@ -87,11 +87,31 @@ impl Node {
         code: Option<StoredCode>,
         progress: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<(FunctionRecord, bool), NodeError> {
+        self.deploy_expecting(name, config, code, progress, None)
+            .await
+    }
+
+    /// [`Node::deploy`], refused with [`NodeError::Changed`] unless the function's version is
+    /// still `expected` (when given) once the deploy holds the function: a read-modify-write
+    /// that raced another change does not overwrite it.
+    pub async fn deploy_expecting(
+        &self,
+        name: &str,
+        config: FunctionConfig,
+        code: Option<StoredCode>,
+        progress: &(dyn Fn(&str) + Send + Sync),
+        expected: Option<u64>,
+    ) -> Result<(FunctionRecord, bool), NodeError> {
         validate_name(name)?;
         config.validate()?;
         let gate = self.deploy_gate(name);
         let _held = gate.lock().await;
         let previous = self.read_functions().get(name).map(|d| d.record.clone());
+        if let Some(v) = expected
+            && previous.as_ref().map(|p| p.version) != Some(v)
+        {
+            return Err(NodeError::Changed(name.to_string()));
+        }
         let code = match code {
             Some(c) => c,
             None => match &previous {

@@ -41,6 +41,8 @@ pub enum NodeError {
     Config(String),
     #[error("the snapshot store: {0}")]
     Store(String),
+    #[error("function {0:?} was changed by another request meanwhile: read it again and retry")]
+    Changed(String),
     #[error("another ember daemon is using {0}; stop it or choose another --home")]
     HomeLocked(PathBuf),
     #[error("{what} {path} failed")]

@@ -74,19 +74,21 @@ impl StoreDescriptions {
     }
 }
 
-/// What now serves a function whose snapshot left this node's cache: its version, the
-/// store key of its snapshot now, and the image that snapshot is over.
+/// What now serves a function whose snapshot left this node's cache: the store key of its
+/// snapshot now, the image that snapshot is over, and the store key the function as
+/// deployed now would give a snapshot over the old one's parent.
 pub(in crate::node) struct Successor<'a> {
-    pub version: u64,
     pub store_key: String,
     pub parent: Option<&'a Parent>,
+    pub key_over_old_parent: String,
 }
 
 /// Whether `old`'s set in the snapshot store is of use to no node any more, now that `now`
-/// serves its function (none: the function was deleted): its function was deployed anew with
-/// other code or configuration, or its image was rebuilt (a node fetching the image gets the
-/// new one, which the old layer does not fit). Not when only this node's view changed: an
-/// image not serving here for now leaves the sets over it alone.
+/// serves its function (none: the function was deleted): the function as deployed now names
+/// another set even over the old one's parent (its code or configuration changed), or its
+/// image was rebuilt (a node fetching the image gets the new one, which the old layer does
+/// not fit). Not when only this node's view changed (an image not serving here for now, or
+/// another one), nor after a deploy that changed nothing the set depends on.
 pub(in crate::node) fn superseded(old: &SnapshotInfo, now: Option<&Successor<'_>>) -> bool {
     let Some(key) = &old.store_key else {
         return false;
@@ -97,13 +99,13 @@ pub(in crate::node) fn superseded(old: &SnapshotInfo, now: Option<&Successor<'_>
     if *key == now.store_key {
         return false;
     }
-    if old.version < now.version {
+    if let (Some(p), Some(id), Some(hash)) = (now.parent, &old.parent_image, &old.parent_meta_hash)
+        && p.id == *id
+        && p.meta_hash != *hash
+    {
         return true;
     }
-    match (now.parent, &old.parent_image, &old.parent_meta_hash) {
-        (Some(p), Some(id), Some(hash)) => p.id == *id && p.meta_hash != *hash,
-        _ => false,
-    }
+    now.key_over_old_parent != *key
 }
 
 impl Node {
@@ -195,6 +197,13 @@ impl Node {
     /// removed from the snapshot store too; `id` may then also be a store key that only the
     /// store holds ([`Node::snapshots_only_in_store`]).
     pub async fn remove_snapshot(&self, id: &str, from_store: bool) -> Result<(), NodeError> {
+        if from_store && self.remote.is_none() {
+            return Err(NodeError::Store(
+                "this node has no snapshot store (it runs with snapshots = \"remote\" only \
+                 when configured so): remove the snapshot without --store"
+                    .into(),
+            ));
+        }
         let local = self.snapshots.get(id);
         if local.is_some() {
             let (store, sid) = (self.snapshots.clone(), id.to_string());
@@ -211,11 +220,7 @@ impl Node {
             };
         }
         let Some(remote) = &self.remote else {
-            return Err(NodeError::Store(
-                "this node has no snapshot store (it runs with snapshots = \"remote\" only \
-                 when configured so): remove the snapshot without --store"
-                    .into(),
-            ));
+            return Ok(());
         };
         let set = local
             .as_ref()
@@ -248,21 +253,39 @@ impl Node {
         let Some(remote) = self.remote.clone() else {
             return;
         };
-        let now = now.map(|(d, parent)| Successor {
-            version: d.record.version,
-            store_key: self.snapshot_store_key(d, parent),
-            parent,
-        });
         let sets: Vec<String> = old
             .into_iter()
-            .filter(|o| superseded(o, now.as_ref()))
+            .filter(|o| {
+                let now = now.map(|(d, parent)| {
+                    let old_parent = o
+                        .parent_image
+                        .clone()
+                        .zip(o.parent_meta_hash.clone())
+                        .map(|(id, meta_hash)| Parent { id, meta_hash });
+                    Successor {
+                        store_key: self.snapshot_store_key(d, parent),
+                        parent,
+                        key_over_old_parent: self.snapshot_store_key(d, old_parent.as_ref()),
+                    }
+                });
+                superseded(o, now.as_ref())
+            })
             .filter_map(|o| o.store_key)
             .collect();
         if sets.is_empty() {
             return;
         }
+        let snapshots = self.snapshots.clone();
         self.spawn_background(async move {
             for set in sets {
+                // A function made again meanwhile with the same code holds the same set.
+                let held = snapshots
+                    .list()
+                    .iter()
+                    .any(|s| s.info.store_key.as_deref() == Some(set.as_str()));
+                if held {
+                    continue;
+                }
                 if let Err(e) = remote.drop_set("snapshot", &set).await {
                     tracing::warn!(
                         set = %format!("snapshot/{set}"),
@@ -340,10 +363,10 @@ mod tests {
             id: "img-a".into(),
             meta_hash: "h2".into(),
         };
-        let now = |version, key: &str, parent| Successor {
-            version,
+        let now = |key: &str, parent, over_old: &str| Successor {
             store_key: key.into(),
             parent,
+            key_over_old_parent: over_old.into(),
         };
         let old = info(3, Some("k1"), Some(("img-a", "h1")));
         // Deleted: it goes.
@@ -351,20 +374,22 @@ mod tests {
         // Never stored: nothing to remove.
         assert!(!superseded(&info(3, None, None), None));
         // The same set serves on (deployed again with the same code and configuration).
-        assert!(!superseded(&old, Some(&now(4, "k1", Some(&img)))));
-        // Deployed anew with other code: it goes.
-        assert!(superseded(&old, Some(&now(4, "k2", None))));
-        // Its image rebuilt (same version): it goes.
-        assert!(superseded(&old, Some(&now(3, "k2", Some(&img)))));
-        // Only this node's view changed (no image serves here now, or another one): stays.
-        assert!(!superseded(&old, Some(&now(3, "k2", None))));
+        assert!(!superseded(&old, Some(&now("k1", Some(&img), "k1"))));
+        // Deployed anew with other code: over the old parent it names another set: it goes.
+        assert!(superseded(&old, Some(&now("k2", None, "k3"))));
+        // Deployed anew with nothing the set depends on changed (tags, a URL), now over no
+        // image here: other nodes with the image still restore it.
+        assert!(!superseded(&old, Some(&now("k0", None, "k1"))));
+        // Its image rebuilt: it goes.
+        assert!(superseded(&old, Some(&now("k2", Some(&img), "k1"))));
+        // Only this node's view changed (another image serves here): stays.
         let other = Parent {
             id: "img-b".into(),
             meta_hash: "h9".into(),
         };
-        assert!(!superseded(&old, Some(&now(3, "k2", Some(&other)))));
+        assert!(!superseded(&old, Some(&now("k2", Some(&other), "k1"))));
         // A whole snapshot, an image serving now: nodes without the image still use it.
         let whole = info(3, Some("k0"), None);
-        assert!(!superseded(&whole, Some(&now(3, "k1", Some(&img)))));
+        assert!(!superseded(&whole, Some(&now("k1", Some(&img), "k0"))));
     }
 }

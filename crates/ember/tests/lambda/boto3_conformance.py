@@ -271,6 +271,7 @@ assert error_code(lam.tag_resource, Resource=arn, Tags={"aws:x": "y"}) == (
     "InvalidParameterValueException", 400)
 
 # Reserved concurrency is the function's instance limit.
+assert "ReservedConcurrentExecutions" not in lam.get_function_concurrency(FunctionName="boto-fn")
 assert lam.put_function_concurrency(
     FunctionName="boto-fn", ReservedConcurrentExecutions=3)["ReservedConcurrentExecutions"] == 3
 assert lam.get_function_concurrency(FunctionName="boto-fn")["ReservedConcurrentExecutions"] == 3
