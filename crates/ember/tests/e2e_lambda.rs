@@ -43,6 +43,37 @@ fn aws(d: &Daemon, args: &[&str]) -> (bool, String, String) {
 }
 
 /// A zip whose entries keep their Unix modes (executables for provided and native).
+/// npm's aws-lambda-ric (the Node.js runtime interface client), which `./scripts/test`
+/// installs: its files a function's zip needs (`bin`, `dist`, `package.json`), as paths
+/// inside the zip and their bytes.
+fn node_ric_files() -> Vec<(String, Vec<u8>)> {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("node-ric/node_modules/aws-lambda-ric");
+    assert!(
+        root.join("dist/rapid-client.node").exists(),
+        "{} has no aws-lambda-ric: run ./scripts/test, which installs it there",
+        root.display()
+    );
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::from("bin"), PathBuf::from("dist")];
+    out.push((
+        "node_modules/aws-lambda-ric/package.json".to_string(),
+        std::fs::read(root.join("package.json")).unwrap(),
+    ));
+    while let Some(rel) = stack.pop() {
+        for e in std::fs::read_dir(root.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let r = rel.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                stack.push(r);
+            } else {
+                let name = format!("node_modules/aws-lambda-ric/{}", r.display());
+                out.push((name, std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out
+}
+
 fn zip_modes(files: &[(&str, u32, &[u8])]) -> Vec<u8> {
     use std::io::Write;
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
@@ -313,6 +344,59 @@ async fn a_token_decides_access_whatever_the_signature() {
     assert_eq!(http.get(&url).send().await.unwrap().status(), 403);
     let r = http.get(&url).bearer_auth("s3cret").send().await.unwrap();
     assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn the_node_runtime_interface_client_serves_a_handler_under_the_filter() {
+    // A `provided` function whose bootstrap runs `node` with npm's aws-lambda-ric: Node.js
+    // under the sandbox's seccomp filter, and the client's error `trace` kept.
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(home.path(), &[]);
+    let index = b"exports.handler = async (event, context) => {\n  \
+        if (event.fail) throw new RangeError('too far');\n  \
+        return {ric: true, event, fn: context.functionName};\n};\n";
+    let bootstrap =
+        b"#!/bin/sh\nexec node node_modules/aws-lambda-ric/bin/index.mjs \"$_HANDLER\"\n";
+    let ric = node_ric_files();
+    let mut files: Vec<(&str, u32, &[u8])> = vec![
+        ("index.js", 0o644, &index[..]),
+        ("bootstrap", 0o755, &bootstrap[..]),
+    ];
+    files.extend(ric.iter().map(|(n, b)| (n.as_str(), 0o644, b.as_slice())));
+    let (status, body) = d
+        .deploy_zip(
+            "node-ric",
+            serde_json::json!({"runtime": "provided", "handler": "index.handler",
+                               "timeout_s": 20}),
+            &zip_modes(&files),
+        )
+        .await;
+    assert!(status < 300, "{body}");
+    let a = lambda_invoke(&d, "node-ric", r#"{"x": 1}"#, &[]).await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.raw));
+    assert_eq!(
+        a.body,
+        serde_json::json!({"ric": true, "event": {"x": 1}, "fn": "node-ric"}),
+        "{}",
+        a.body
+    );
+    let e = lambda_invoke(&d, "node-ric", r#"{"fail": true}"#, &[]).await;
+    assert_eq!(e.header("x-amz-function-error"), "Unhandled");
+    assert_eq!(
+        (&e.body["errorType"], &e.body["errorMessage"]),
+        (&"RangeError".into(), &"too far".into()),
+        "{}",
+        e.body
+    );
+    // The client posts its frames as `trace`: they reach Lambda's stackTrace.
+    let trace = e.body["stackTrace"].as_array().cloned().unwrap_or_default();
+    assert!(
+        trace
+            .iter()
+            .any(|l| l.as_str().is_some_and(|l| l.contains("index.js"))),
+        "{}",
+        e.body
+    );
 }
 
 #[tokio::test]
