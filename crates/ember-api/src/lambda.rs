@@ -656,6 +656,25 @@ struct UpdateConfiguration {
 
 /// Deploys `config` (and `code`, if new) as `name`, in a task of its own so that a client
 /// that goes away does not leave half a deploy; answers with its `FunctionConfiguration`.
+/// Deploys `config`, `st`'s configuration changed (its code kept), unless the function changed
+/// since `st` was read (409).
+async fn redeploy(
+    s: &AppState,
+    st: &FunctionStatus,
+    config: FunctionConfig,
+) -> Result<Response, LambdaError> {
+    let version = Some(st.record.version);
+    deploy(
+        s,
+        st.record.name.clone(),
+        config,
+        None,
+        StatusCode::OK,
+        version,
+    )
+    .await
+}
+
 /// With `expected` (the version a read-modify-write request read), refused with 409 if the
 /// function changed meanwhile: two updates from the same state do not both land.
 async fn deploy(
@@ -683,8 +702,9 @@ async fn update_configuration(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, LambdaError> {
-    let st = status_of(&s, &raw, None)?;
+    // The body first: an answer sent before it is read would cost the client its connection.
     let bytes = read(&s, &headers, body, 1 << 20, "UpdateFunctionConfiguration").await?;
+    let st = status_of(&s, &raw, None)?;
     let req: UpdateConfiguration = json_body(&bytes)?;
     check_revision(&st.record, req.revision_id.as_deref())?;
     req.unsupported
@@ -714,8 +734,7 @@ async fn update_configuration(
     if let Some(env) = req.environment {
         config.env = env.variables;
     }
-    let version = Some(st.record.version);
-    deploy(&s, st.record.name, config, None, StatusCode::OK, version).await
+    redeploy(&s, &st, config).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -739,7 +758,6 @@ async fn update_code(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, LambdaError> {
-    let st = status_of(&s, &raw, None)?;
     let bytes = read(
         &s,
         &headers,
@@ -748,6 +766,7 @@ async fn update_code(
         "UpdateFunctionCode",
     )
     .await?;
+    let st = status_of(&s, &raw, None)?;
     let req: UpdateCode = json_body(&bytes)?;
     drop(bytes);
     check_revision(&st.record, req.revision_id.as_deref())?;

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use ember_node::FunctionConfig;
 use ember_node::function::Network;
 
-use super::{LambdaError, deploy, json_body, parse_function_name, read};
+use super::{LambdaError, json_body, parse_function_name, read, redeploy};
 use crate::AppState;
 
 /// At most this many tags per function, as Lambda.
@@ -331,13 +331,13 @@ pub(super) async fn tag_resource(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, LambdaError> {
-    let st = tagged(&s, &arn)?;
+    // The body first: an answer sent before it is read would cost the client its connection.
     let bytes = read(&s, &headers, body, 1 << 20, "TagResource").await?;
+    let st = tagged(&s, &arn)?;
     let req: TagRequest = json_body(&bytes)?;
     let mut config = st.record.config.clone();
     apply_tags(&mut config, &req.tags)?;
-    let version = Some(st.record.version);
-    deploy(&s, st.record.name, config, None, StatusCode::OK, version).await?;
+    redeploy(&s, &st, config).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -363,8 +363,7 @@ pub(super) async fn untag_resource(
             }
         }
     }
-    let version = Some(st.record.version);
-    deploy(&s, st.record.name, config, None, StatusCode::OK, version).await?;
+    redeploy(&s, &st, config).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -382,9 +381,9 @@ pub(super) async fn put_concurrency(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, LambdaError> {
+    let bytes = read(&s, &headers, body, 1 << 20, "PutFunctionConcurrency").await?;
     let (name, _) = parse_function_name(&raw)?;
     let st = s.node.get(&name)?;
-    let bytes = read(&s, &headers, body, 1 << 20, "PutFunctionConcurrency").await?;
     let req: ConcurrencyRequest = json_body(&bytes)?;
     let mut config = st.record.config.clone();
     config.max_instances = req.reserved_concurrent_executions;
@@ -392,15 +391,7 @@ pub(super) async fn put_concurrency(
     config
         .validate()
         .map_err(|e| LambdaError::invalid(e.to_string()))?;
-    deploy(
-        &s,
-        name,
-        config,
-        None,
-        StatusCode::OK,
-        Some(st.record.version),
-    )
-    .await?;
+    redeploy(&s, &st, config).await?;
     Ok(axum::Json(serde_json::json!({
         "ReservedConcurrentExecutions": req.reserved_concurrent_executions
     }))
@@ -434,15 +425,7 @@ pub(super) async fn delete_concurrency(
     let mut config = st.record.config.clone();
     config.max_instances = s.node.capacity_instances(config.memory_mb);
     config.concurrency_reserved = false;
-    deploy(
-        &s,
-        name,
-        config,
-        None,
-        StatusCode::OK,
-        Some(st.record.version),
-    )
-    .await?;
+    redeploy(&s, &st, config).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

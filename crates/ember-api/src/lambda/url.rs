@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use ember_node::{FunctionStatus, InvokeOptions};
 
-use super::{LambdaError, deploy, json_body, lambda_body, parse_function_name, read};
+use super::{LambdaError, json_body, lambda_body, parse_function_name, read, redeploy};
 use crate::AppState;
 
 /// Where function URLs are served.
@@ -119,6 +119,8 @@ async fn set(
     body: Body,
     create: bool,
 ) -> Result<Response, LambdaError> {
+    // The body first: an answer sent before it is read would cost the client its connection.
+    let bytes = read(s, headers, body, 64 << 10, "FunctionUrlConfig").await?;
     let (name, _) = parse_function_name(raw)?;
     let st = s.node.get(&name)?;
     if create && url_of(&st).is_some() {
@@ -131,7 +133,6 @@ async fn set(
     if !create && url_of(&st).is_none() {
         return Err(not_found(&name));
     }
-    let bytes = read(s, headers, body, 64 << 10, "FunctionUrlConfig").await?;
     let req: UrlRequest = json_body(&bytes)?;
     let mut u = match url_of(&st) {
         Some(u) => u,
@@ -156,15 +157,7 @@ async fn set(
     u.check()?;
     let mut config = st.record.config.clone();
     config.url = Some(serde_json::to_value(&u).map_err(|e| LambdaError::invalid(e.to_string()))?);
-    deploy(
-        s,
-        name.clone(),
-        config,
-        None,
-        StatusCode::OK,
-        Some(st.record.version),
-    )
-    .await?;
+    redeploy(s, &st, config).await?;
     let st = s.node.get(&name)?;
     let status = if create {
         StatusCode::CREATED
@@ -218,15 +211,7 @@ pub(super) async fn delete(
     }
     let mut config = st.record.config.clone();
     config.url = None;
-    deploy(
-        &s,
-        name,
-        config,
-        None,
-        StatusCode::OK,
-        Some(st.record.version),
-    )
-    .await?;
+    redeploy(&s, &st, config).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
