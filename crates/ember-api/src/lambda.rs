@@ -540,10 +540,8 @@ async fn create(
         .map_err(|e| LambdaError::invalid(e.to_string()))?;
     let zip = zip_of(req.code)?;
     let code = s.node.store_code(zip).await?;
+    // The deploy checks the configuration again, packages included.
     config.packages = packages_of(&s, config.runtime, &code)?;
-    config
-        .validate()
-        .map_err(|e| LambdaError::invalid(e.to_string()))?;
     deploy(&s, name, config, Some(code), StatusCode::CREATED, None).await
 }
 
@@ -594,6 +592,8 @@ struct QualifierQuery {
     qualifier: Option<String>,
 }
 
+/// Function `raw` (a name, `name:qualifier` or an ARN) as it stands, its qualifier (or `q`)
+/// one this node serves.
 fn status_of(s: &AppState, raw: &str, q: Option<&str>) -> Result<FunctionStatus, LambdaError> {
     let (name, qualifier) = parse_function_name(raw)?;
     let st = s.node.get(&name)?;

@@ -166,6 +166,18 @@ impl Runtime {
     }
 }
 
+/// A function URL's configuration (the Lambda API's `FunctionUrlConfig`, checked there).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FunctionUrl {
+    /// `NONE` (public) or `AWS_IAM` (the daemon's token).
+    pub auth_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoke_mode: Option<String>,
+}
+
 /// A function's configuration as a user gives it (code travels separately).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -209,10 +221,10 @@ pub struct FunctionConfig {
     /// Lambda tags (other than Ember's own `ember:` settings), kept and shown.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
-    /// The function's URL configuration (the Lambda API's; `AuthType`, ...), when it has
-    /// one: it is served at `/lambda-url/<name>/`.
+    /// The function's URL configuration, when it has one: it is served at
+    /// `/lambda-url/<name>/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<serde_json::Value>,
+    pub url: Option<FunctionUrl>,
     /// How the runtime writes the function's own log records (Lambda's `LoggingConfig`):
     /// `Text` (the default) or `JSON`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -225,21 +237,6 @@ pub struct FunctionConfig {
     /// node's capacity.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub concurrency_reserved: bool,
-}
-
-impl FunctionConfig {
-    /// The variables the runtime reads its logging from (`AWS_LAMBDA_LOG_FORMAT`,
-    /// `AWS_LAMBDA_LOG_LEVEL`), over the function's own.
-    pub fn runtime_env(&self) -> BTreeMap<String, String> {
-        let mut env = self.env.clone();
-        if let Some(f) = &self.log_format {
-            env.insert("AWS_LAMBDA_LOG_FORMAT".into(), f.to_uppercase());
-        }
-        if let Some(l) = &self.log_level {
-            env.insert("AWS_LAMBDA_LOG_LEVEL".into(), l.to_uppercase());
-        }
-        env
-    }
 }
 
 pub const DEFAULT_MEMORY_MB: u32 = 512;
@@ -344,6 +341,19 @@ fn is_identifier(s: &str) -> bool {
 }
 
 impl FunctionConfig {
+    /// The variables the runtime reads its logging from (`AWS_LAMBDA_LOG_FORMAT`,
+    /// `AWS_LAMBDA_LOG_LEVEL`), over the function's own.
+    pub fn runtime_env(&self) -> BTreeMap<String, String> {
+        let mut env = self.env.clone();
+        if let Some(f) = &self.log_format {
+            env.insert("AWS_LAMBDA_LOG_FORMAT".into(), f.to_uppercase());
+        }
+        if let Some(l) = &self.log_level {
+            env.insert("AWS_LAMBDA_LOG_LEVEL".into(), l.to_uppercase());
+        }
+        env
+    }
+
     /// The instance's memory limit in bytes.
     pub fn memory_bytes(&self) -> u64 {
         u64::from(self.memory_mb) << 20

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use ember_node::FunctionConfig;
 use ember_node::function::Network;
 
-use super::{LambdaError, json_body, parse_function_name, read, redeploy};
+use super::{LambdaError, json_body, parse_function_name, read, redeploy, status_of};
 use crate::AppState;
 
 /// At most this many tags per function, as Lambda.
@@ -382,15 +382,11 @@ pub(super) async fn put_concurrency(
     body: Body,
 ) -> Result<Response, LambdaError> {
     let bytes = read(&s, &headers, body, 1 << 20, "PutFunctionConcurrency").await?;
-    let (name, _) = parse_function_name(&raw)?;
-    let st = s.node.get(&name)?;
+    let st = status_of(&s, &raw, None)?;
     let req: ConcurrencyRequest = json_body(&bytes)?;
     let mut config = st.record.config.clone();
     config.max_instances = req.reserved_concurrent_executions;
     config.concurrency_reserved = true;
-    config
-        .validate()
-        .map_err(|e| LambdaError::invalid(e.to_string()))?;
     redeploy(&s, &st, config).await?;
     Ok(axum::Json(serde_json::json!({
         "ReservedConcurrentExecutions": req.reserved_concurrent_executions
@@ -403,8 +399,7 @@ pub(super) async fn get_concurrency(
     State(s): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Response, LambdaError> {
-    let (name, _) = parse_function_name(&raw)?;
-    let st = s.node.get(&name)?;
+    let st = status_of(&s, &raw, None)?;
     let c = &st.record.config;
     // Nothing reserved: Lambda answers an empty document.
     let body = match c.concurrency_reserved {
@@ -420,8 +415,7 @@ pub(super) async fn delete_concurrency(
     State(s): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Response, LambdaError> {
-    let (name, _) = parse_function_name(&raw)?;
-    let st = s.node.get(&name)?;
+    let st = status_of(&s, &raw, None)?;
     let mut config = st.record.config.clone();
     config.max_instances = s.node.capacity_instances(config.memory_mb);
     config.concurrency_reserved = false;
@@ -435,11 +429,9 @@ pub(super) async fn account_settings(State(s): State<AppState>) -> Result<Respon
     let code: u64 = functions.iter().map(|f| f.record.code_size).sum();
     Ok(axum::Json(serde_json::json!({
         "AccountLimit": {
-            "TotalCodeSize": 80u64 << 30,
-            "CodeSizeUnzipped": 250u64 << 20,
-            "CodeSizeZipped": s.cfg.max_deploy_bytes,
-            "ConcurrentExecutions": 1000,
-            "UnreservedConcurrentExecutions": 1000,
+            // What this node enforces, and nothing it does not (no account-wide totals).
+            "CodeSizeUnzipped": ember_node::code::Limits::default().max_unpacked,
+            "CodeSizeZipped": super::MAX_ZIPPED,
         },
         "AccountUsage": {
             "TotalCodeSize": code,

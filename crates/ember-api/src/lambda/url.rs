@@ -12,26 +12,16 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+use ember_node::function::FunctionUrl;
 use ember_node::{FunctionStatus, InvokeOptions};
 
-use super::{LambdaError, json_body, lambda_body, parse_function_name, read, redeploy};
+use super::{LambdaError, json_body, lambda_body, read, redeploy, status_of};
 use crate::AppState;
 
 /// Where function URLs are served.
 pub(crate) const PREFIX: &str = "/lambda-url/";
-
-/// A function URL's configuration, as a function's record keeps it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub(super) struct UrlConfig {
-    auth_type: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    cors: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    invoke_mode: Option<String>,
-}
 
 /// A Create or UpdateFunctionUrlConfig body: what it names changes.
 #[derive(Debug, Deserialize)]
@@ -42,29 +32,22 @@ struct UrlRequest {
     invoke_mode: Option<String>,
 }
 
-impl UrlConfig {
-    fn check(&self) -> Result<(), LambdaError> {
-        if !matches!(self.auth_type.as_str(), "NONE" | "AWS_IAM") {
-            return Err(LambdaError::invalid("AuthType must be NONE or AWS_IAM"));
-        }
-        if self.invoke_mode.as_deref().is_some_and(|m| m != "BUFFERED") {
-            return Err(LambdaError::invalid(
-                "InvokeMode RESPONSE_STREAM is not supported: Ember answers BUFFERED",
-            ));
-        }
-        if self.cors.as_ref().is_some_and(|c| !c.is_null()) {
-            return Err(LambdaError::invalid(
-                "Cors is not supported yet: answer CORS headers from the function",
-            ));
-        }
-        Ok(())
+/// Refuses what Ember does not serve of a URL configuration.
+fn check(u: &FunctionUrl) -> Result<(), LambdaError> {
+    if !matches!(u.auth_type.as_str(), "NONE" | "AWS_IAM") {
+        return Err(LambdaError::invalid("AuthType must be NONE or AWS_IAM"));
     }
-}
-
-/// The URL config `st` keeps, if any.
-fn url_of(st: &FunctionStatus) -> Option<UrlConfig> {
-    let v = st.record.config.url.as_ref()?;
-    serde_json::from_value(v.clone()).ok()
+    if u.invoke_mode.as_deref().is_some_and(|m| m != "BUFFERED") {
+        return Err(LambdaError::invalid(
+            "InvokeMode RESPONSE_STREAM is not supported: Ember answers BUFFERED",
+        ));
+    }
+    if u.cors.as_ref().is_some_and(|c| !c.is_null()) {
+        return Err(LambdaError::invalid(
+            "Cors is not supported yet: answer CORS headers from the function",
+        ));
+    }
+    Ok(())
 }
 
 /// Whether a request for a function URL at `path` may go without the daemon's token: its
@@ -77,7 +60,7 @@ pub(crate) fn is_public(s: &AppState, path: &str) -> bool {
     s.node
         .get(name)
         .ok()
-        .and_then(|st| url_of(&st))
+        .and_then(|st| st.record.config.url)
         .is_some_and(|u| u.auth_type == "NONE")
 }
 
@@ -89,7 +72,7 @@ fn host(headers: &HeaderMap) -> &str {
         .unwrap_or("127.0.0.1:8080")
 }
 
-fn description(host: &str, st: &FunctionStatus, u: &UrlConfig) -> serde_json::Value {
+fn description(host: &str, st: &FunctionStatus, u: &FunctionUrl) -> serde_json::Value {
     let mut d = serde_json::json!({
         "FunctionUrl": format!("http://{host}{PREFIX}{}/", st.record.name),
         "FunctionArn": ember_node::function::function_arn(&st.record.name),
@@ -121,22 +104,22 @@ async fn set(
 ) -> Result<Response, LambdaError> {
     // The body first: an answer sent before it is read would cost the client its connection.
     let bytes = read(s, headers, body, 64 << 10, "FunctionUrlConfig").await?;
-    let (name, _) = parse_function_name(raw)?;
-    let st = s.node.get(&name)?;
-    if create && url_of(&st).is_some() {
+    let st = status_of(s, raw, None)?;
+    let name = st.record.name.clone();
+    if create && st.record.config.url.is_some() {
         return Err(LambdaError::new(
             StatusCode::CONFLICT,
             "ResourceConflictException",
             format!("Failed to create function url config for function {name}: one exists"),
         ));
     }
-    if !create && url_of(&st).is_none() {
+    if !create && st.record.config.url.is_none() {
         return Err(not_found(&name));
     }
     let req: UrlRequest = json_body(&bytes)?;
-    let mut u = match url_of(&st) {
+    let mut u = match st.record.config.url.clone() {
         Some(u) => u,
-        None => UrlConfig {
+        None => FunctionUrl {
             auth_type: req
                 .auth_type
                 .clone()
@@ -154,9 +137,9 @@ async fn set(
     if req.invoke_mode.is_some() {
         u.invoke_mode = req.invoke_mode;
     }
-    u.check()?;
+    check(&u)?;
     let mut config = st.record.config.clone();
-    config.url = Some(serde_json::to_value(&u).map_err(|e| LambdaError::invalid(e.to_string()))?);
+    config.url = Some(u.clone());
     redeploy(s, &st, config).await?;
     let st = s.node.get(&name)?;
     let status = if create {
@@ -193,9 +176,14 @@ pub(super) async fn get(
     Path(raw): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, LambdaError> {
-    let (name, _) = parse_function_name(&raw)?;
-    let st = s.node.get(&name)?;
-    let u = url_of(&st).ok_or_else(|| not_found(&name))?;
+    let st = status_of(&s, &raw, None)?;
+    let name = &st.record.name;
+    let u = st
+        .record
+        .config
+        .url
+        .clone()
+        .ok_or_else(|| not_found(name))?;
     Ok(axum::Json(description(host(&headers), &st, &u)).into_response())
 }
 
@@ -204,10 +192,10 @@ pub(super) async fn delete(
     State(s): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Response, LambdaError> {
-    let (name, _) = parse_function_name(&raw)?;
-    let st = s.node.get(&name)?;
-    if url_of(&st).is_none() {
-        return Err(not_found(&name));
+    let st = status_of(&s, &raw, None)?;
+    let name = &st.record.name;
+    if st.record.config.url.is_none() {
+        return Err(not_found(name));
     }
     let mut config = st.record.config.clone();
     config.url = None;
@@ -406,7 +394,7 @@ async fn serve_inner(s: &AppState, req: Request) -> Result<Response, LambdaError
         None => (rest.to_string(), "/".to_string()),
     };
     let st = s.node.get(&name).map_err(|_| not_found(&name))?;
-    if url_of(&st).is_none() {
+    if st.record.config.url.is_none() {
         return Err(not_found(&name));
     }
     let (parts, body) = req.into_parts();

@@ -253,18 +253,20 @@ impl Node {
         let Some(remote) = self.remote.clone() else {
             return;
         };
+        // The function's store key now, once for all of `old`.
+        let current = now.map(|(d, parent)| (d, parent, self.snapshot_store_key(d, parent)));
         let sets: Vec<String> = old
             .into_iter()
             .filter(|o| {
-                let now = now.map(|(d, parent)| {
+                let now = current.as_ref().map(|(d, parent, key)| {
                     let old_parent = o
                         .parent_image
                         .clone()
                         .zip(o.parent_meta_hash.clone())
                         .map(|(id, meta_hash)| Parent { id, meta_hash });
                     Successor {
-                        store_key: self.snapshot_store_key(d, parent),
-                        parent,
+                        store_key: key.clone(),
+                        parent: *parent,
                         key_over_old_parent: self.snapshot_store_key(d, old_parent.as_ref()),
                     }
                 });

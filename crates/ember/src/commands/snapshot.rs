@@ -62,6 +62,21 @@ pub fn place(v: &serde_json::Value) -> String {
     }
 }
 
+/// One snapshot's line of the table, named by its field `id`.
+fn row(s: &serde_json::Value, id: &str, uses: &str, last_use: &str, place: &str) -> String {
+    format!(
+        "{:<36} {:<20} {:>4} {:<18} {:>8.1} {:>6} {:<10} {}\n",
+        s[id].as_str().unwrap_or("?"),
+        s["function"].as_str().unwrap_or("?"),
+        s["version"].as_u64().unwrap_or(0),
+        s["parent_image"].as_str().unwrap_or("(whole)"),
+        s["bytes"].as_f64().unwrap_or(0.0) / MIB,
+        uses,
+        last_use,
+        place,
+    )
+}
+
 /// The table `ember snapshot ls` prints for the answer of `GET /v1/snapshots`.
 fn table(v: &serde_json::Value, now: u64) -> String {
     let mut out = format!(
@@ -69,33 +84,15 @@ fn table(v: &serde_json::Value, now: u64) -> String {
         "ID", "FUNCTION", "VER", "PARENT IMAGE", "MIB", "USES", "LAST USE", "WHERE"
     );
     for s in v["snapshots"].as_array().into_iter().flatten() {
-        out += &format!(
-            "{:<36} {:<20} {:>4} {:<18} {:>8.1} {:>6} {:<10} {}\n",
-            s["id"].as_str().unwrap_or("?"),
-            s["function"].as_str().unwrap_or("?"),
-            s["version"].as_u64().unwrap_or(0),
-            s["parent_image"].as_str().unwrap_or("(whole)"),
-            s["bytes"].as_f64().unwrap_or(0.0) / MIB,
-            s["uses"].as_u64().unwrap_or(0),
-            ago(s["last_use"].as_u64(), now),
-            place(s),
-        );
+        let uses = s["uses"].as_u64().unwrap_or(0).to_string();
+        let last = ago(s["last_use"].as_u64(), now);
+        out += &row(s, "id", &uses, &last, &place(s));
         if let Some(e) = s["last_error"].as_str() {
             out += &format!("  last error: {e}\n");
         }
     }
     for s in v["store"].as_array().into_iter().flatten() {
-        out += &format!(
-            "{:<36} {:<20} {:>4} {:<18} {:>8.1} {:>6} {:<10} {}\n",
-            s["store_key"].as_str().unwrap_or("?"),
-            s["function"].as_str().unwrap_or("?"),
-            s["version"].as_u64().unwrap_or(0),
-            s["parent_image"].as_str().unwrap_or("(whole)"),
-            s["bytes"].as_f64().unwrap_or(0.0) / MIB,
-            "-",
-            "-",
-            "remote",
-        );
+        out += &row(s, "store_key", "-", "-", "remote");
         if let Some(e) = s["error"].as_str() {
             out += &format!("  unreadable: {e}\n");
         }

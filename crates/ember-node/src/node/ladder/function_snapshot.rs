@@ -98,7 +98,6 @@ impl<'c> Rung<StartCx<'c>, Live> for FunctionSnapshot {
                         }
                         (None, missed) => {
                             if let Lookup::Stale(old) = missed {
-                                node.retire_from_store(Some((d, parent.as_ref())), [old.clone()]);
                                 node.logs.append(
                                     &d.record.name,
                                     "ember",
@@ -110,6 +109,7 @@ impl<'c> Rung<StartCx<'c>, Live> for FunctionSnapshot {
                                     )
                                     .as_bytes(),
                                 );
+                                node.retire_from_store(Some((d, parent.as_ref())), [old]);
                             }
                             node.snapshot_in_background(d, key.clone());
                             return Attempt::Skipped;
