@@ -49,6 +49,7 @@ impl From<NodeError> for ApiError {
             NodeError::Code(_) => "InvalidArchive",
             NodeError::Env(_) => "PackageInstallFailed",
             NodeError::Throttled { .. } => "TooManyRequests",
+            NodeError::Changed(_) | NodeError::InUse { .. } => "Conflict",
             NodeError::Image(ember_node::images::ImageError::NotFound(_)) => "NotFound",
             NodeError::Image(ember_node::images::ImageError::NeedsSandbox) => "ImagesNeedSandbox",
             NodeError::Image(_) => "ImageBuildFailed",
@@ -60,6 +61,7 @@ impl From<NodeError> for ApiError {
             NodeErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             NodeErrorKind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
             NodeErrorKind::Throttled => StatusCode::TOO_MANY_REQUESTS,
+            NodeErrorKind::Conflict => StatusCode::CONFLICT,
             NodeErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = error_chain(&e);

@@ -10,6 +10,11 @@
 //! | GET, PUT | /2015-03-31/functions/{name}/configuration | Get/UpdateFunctionConfiguration |
 //! | PUT | /2015-03-31/functions/{name}/code | UpdateFunctionCode (`ZipFile`) |
 //! | POST | /2015-03-31/functions/{name}/invocations | Invoke: RequestResponse, Event, DryRun |
+//! | ... | /2015-03-31/functions/{name}/versions, .../aliases | versions and aliases (versions.rs) |
+//!
+//! A `Qualifier` (or `name:qualifier`) is `$LATEST`, a published version's number or an
+//! alias, wherever Lambda takes one: GetFunction, GetFunctionConfiguration, Invoke,
+//! DeleteFunction (a version). Updates and the function's settings take the function.
 //!
 //! Errors are Lambda's: the status, `x-amzn-ErrorType` and `{"Type", "message"}` that
 //! botocore turns into `ResourceNotFoundException` and its kin. Requests may be signed
@@ -28,7 +33,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
 use base64::Engine;
-use ember_node::function::{ACCOUNT, Runtime, function_arn};
+use ember_node::function::{ACCOUNT, LATEST, Runtime, SnapshotPoint, function_arn};
+use ember_node::versions::{Qualifier, split_qualified};
 use ember_node::{
     FunctionConfig, FunctionStatus, InvokeOptions, InvokeOutcome, NodeError, NodeErrorKind,
 };
@@ -41,6 +47,7 @@ use crate::routes::{ember_headers, read_body, task_failed};
 
 mod settings;
 pub(crate) mod url;
+mod versions;
 
 /// Lambda's limits on invocation payloads.
 pub const MAX_SYNC_PAYLOAD: usize = 6 * 1024 * 1024;
@@ -64,6 +71,20 @@ pub(crate) fn router() -> Router<AppState> {
         )
         .route("/2015-03-31/functions/{name}/code", put(update_code))
         .route("/2015-03-31/functions/{name}/invocations", post(invoke))
+        .route(
+            "/2015-03-31/functions/{name}/versions",
+            post(versions::publish).get(versions::list_versions),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/aliases",
+            post(versions::create_alias).get(versions::list_aliases),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/aliases/{alias}",
+            get(versions::get_alias)
+                .put(versions::update_alias)
+                .delete(versions::delete_alias),
+        )
         .route(
             "/2017-03-31/tags/{arn}",
             get(settings::list_tags)
@@ -214,7 +235,7 @@ impl From<NodeError> for LambdaError {
         let message = error_chain(&e);
         match (&e, e.kind()) {
             (NodeError::NotFound(name), _) => LambdaError::not_found(name),
-            (NodeError::Changed(_), _) => LambdaError::new(
+            (_, NodeErrorKind::Conflict) => LambdaError::new(
                 StatusCode::CONFLICT,
                 "ResourceConflictException",
                 format!("The operation cannot be performed at this time: {message}"),
@@ -265,22 +286,6 @@ fn parse_function_name(raw: &str) -> Result<(String, Option<String>), LambdaErro
     Ok((name.to_string(), qualifier.map(str::to_string)))
 }
 
-/// Qualifiers Ember serves: `$LATEST` and the current version number.
-fn check_qualifier(name: &str, version: u64, q: Option<&str>) -> Result<(), LambdaError> {
-    match q {
-        None | Some("$LATEST") => Ok(()),
-        Some(v) if v == version.to_string() => Ok(()),
-        Some(v) => Err(LambdaError::new(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFoundException",
-            format!(
-                "Function not found: {}:{v} (Ember serves $LATEST, which is version {version})",
-                function_arn(name),
-            ),
-        )),
-    }
-}
-
 /// `2026-11-23T10:58:18.000+0000`, as Lambda writes `LastModified`.
 fn lambda_time(unix: u64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
@@ -320,8 +325,15 @@ fn check_revision(r: &ember_node::FunctionRecord, given: Option<&str>) -> Result
 fn configuration(s: &AppState, st: &FunctionStatus) -> serde_json::Value {
     let r = &st.record;
     let c = &r.config;
-    serde_json::json!({
-        "FunctionName": r.name,
+    let (name, version) = split_qualified(&r.name);
+    // A version is Pending while its snapshot is taken, as SnapStart's are.
+    let (state, reason) = match (version, st.snapshotting) {
+        (Some(_), true) => ("Pending", Some("Creating")),
+        _ => ("Active", None),
+    };
+    let snapshots = c.runtime.restorable() && c.snapshot == SnapshotPoint::AfterInit;
+    let mut v = serde_json::json!({
+        "FunctionName": name,
         "FunctionArn": function_arn(&r.name),
         "Runtime": runtime_name(c),
         "Role": c.role.clone().unwrap_or_else(|| format!("arn:aws:iam::{ACCOUNT}:role/ember")),
@@ -332,18 +344,29 @@ fn configuration(s: &AppState, st: &FunctionStatus) -> serde_json::Value {
         "MemorySize": c.memory_mb,
         "LastModified": lambda_time(r.updated_at),
         "CodeSha256": r.code_sha256,
-        "Version": "$LATEST",
+        "Version": version.unwrap_or(LATEST),
         "Environment": { "Variables": c.env },
         "TracingConfig": { "Mode": "PassThrough" },
         "RevisionId": revision_id(r),
-        "State": "Active",
+        "State": state,
         "LastUpdateStatus": "Successful",
         "PackageType": "Zip",
         "Architectures": [std::env::consts::ARCH],
         // What every instance's /tmp holds (the node's setting).
         "EphemeralStorage": { "Size": s.node.tmp_bytes() >> 20 },
-        "LoggingConfig": settings::logging(c, &r.name),
-    })
+        "LoggingConfig": settings::logging(c, name),
+        // Ember takes a snapshot of every published version at publish (and of $LATEST at
+        // its first start), unless the function's snapshot point is off or later.
+        "SnapStart": {
+            "ApplyOn": if snapshots { "PublishedVersions" } else { "None" },
+            "OptimizationStatus": if snapshots && version.is_some() { "On" } else { "Off" },
+        },
+    });
+    if let Some(r) = reason {
+        v["StateReasonCode"] = r.into();
+        v["StateReason"] = "Its function snapshot is being taken".into();
+    }
+    v
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -382,6 +405,9 @@ struct CreateRequest {
     package_type: Option<String>,
     #[serde(default)]
     architectures: Vec<String>,
+    /// Publishes the new function's first version too.
+    #[serde(default)]
+    publish: bool,
     #[serde(flatten)]
     unsupported: settings::Unsupported,
 }
@@ -499,6 +525,7 @@ async fn create(
     let req: CreateRequest = json_body(&bytes)?;
     drop(bytes);
     let (name, _) = parse_function_name(&req.function_name)?;
+    let created_name = name.clone();
     req.unsupported.check(&name, s.node.tmp_bytes() >> 20)?;
     if req.package_type.as_deref().is_some_and(|p| p != "Zip") {
         return Err(LambdaError::invalid(
@@ -542,7 +569,12 @@ async fn create(
     let code = s.node.store_code(zip).await?;
     // The deploy checks the configuration again, packages included.
     config.packages = packages_of(&s, config.runtime, &code)?;
-    deploy(&s, name, config, Some(code), StatusCode::CREATED, None).await
+    let created = deploy(&s, name, config, Some(code), StatusCode::CREATED, None).await?;
+    if !req.publish {
+        return Ok(created);
+    }
+    let version = versions::publish_latest(&s, &s.node.get(&created_name)?, None, None).await?;
+    Ok((StatusCode::CREATED, axum::Json(version)).into_response())
 }
 
 fn lambda_task_failed(what: &str, e: tokio::task::JoinError) -> LambdaError {
@@ -555,6 +587,8 @@ fn lambda_task_failed(what: &str, e: tokio::task::JoinError) -> LambdaError {
 struct ListQuery {
     marker: Option<String>,
     max_items: Option<usize>,
+    /// `ALL`: the published versions too.
+    function_version: Option<String>,
 }
 
 async fn list(
@@ -565,7 +599,17 @@ async fn list(
     if !(1..=10_000).contains(&max) {
         return Err(LambdaError::invalid("MaxItems must be between 1 and 10000"));
     }
-    let all = s.node.list();
+    let every_version = match q.function_version.as_deref() {
+        None => false,
+        Some("ALL") => true,
+        Some(v) => {
+            return Err(LambdaError::invalid(format!(
+                "FunctionVersion {v:?} must be ALL"
+            )));
+        }
+    };
+    let mut all = s.node.list();
+    all.retain(|f| every_version || split_qualified(&f.record.name).1.is_none());
     let after: Vec<&FunctionStatus> = all
         .iter()
         .filter(|f| {
@@ -592,13 +636,24 @@ struct QualifierQuery {
     qualifier: Option<String>,
 }
 
-/// Function `raw` (a name, `name:qualifier` or an ARN) as it stands, its qualifier (or `q`)
-/// one this node serves.
+/// Function `raw` (a name, `name:qualifier` or an ARN) with its qualifier (or `q`):
+/// `$LATEST`, a published version, or the version an alias names.
 fn status_of(s: &AppState, raw: &str, q: Option<&str>) -> Result<FunctionStatus, LambdaError> {
     let (name, qualifier) = parse_function_name(raw)?;
-    let st = s.node.get(&name)?;
-    check_qualifier(&name, st.record.version, qualifier.as_deref().or(q))?;
-    Ok(st)
+    let served = s.node.resolve(&name, qualifier.as_deref().or(q), false)?;
+    Ok(s.node.get(&served)?)
+}
+
+/// Function `raw` itself (`$LATEST`): what updates and the function's own settings take.
+fn latest_of(s: &AppState, raw: &str) -> Result<FunctionStatus, LambdaError> {
+    let (name, qualifier) = parse_function_name(raw)?;
+    if let Some(q) = qualifier.filter(|q| q != LATEST) {
+        return Err(LambdaError::invalid(format!(
+            "this operation applies to the function, not to its version or alias {q:?}: give \
+             its name or unqualified ARN"
+        )));
+    }
+    Ok(s.node.get(&name)?)
 }
 
 async fn get_function(
@@ -625,17 +680,31 @@ async fn get_configuration(
     Ok(axum::Json(configuration(&s, &st)).into_response())
 }
 
+/// DeleteFunction: the function with its versions and aliases, or (with a qualifier) one
+/// published version.
 async fn delete_function(
     State(s): State<AppState>,
     Path(raw): Path<String>,
+    Query(q): Query<QualifierQuery>,
 ) -> Result<Response, LambdaError> {
     let (name, qualifier) = parse_function_name(&raw)?;
-    if qualifier.is_some() {
-        return Err(LambdaError::invalid(
-            "Ember keeps no published versions: delete the function without a qualifier",
-        ));
-    }
-    s.node.delete(&name).await?;
+    let target = match Qualifier::parse(qualifier.as_deref().or(q.qualifier.as_deref()))
+        .map_err(|e| LambdaError::invalid(e.to_string()))?
+    {
+        Qualifier::Latest if qualifier.is_none() && q.qualifier.is_none() => name,
+        Qualifier::Latest => {
+            return Err(LambdaError::invalid(
+                "$LATEST version cannot be deleted without deleting the function",
+            ));
+        }
+        Qualifier::Version(n) => ember_node::versions::qualified(&name, n),
+        Qualifier::Alias(_) => {
+            return Err(LambdaError::invalid(
+                "Deletion of aliases is not supported through DeleteFunction: use DeleteAlias",
+            ));
+        }
+    };
+    s.node.delete(&target).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -704,7 +773,7 @@ async fn update_configuration(
 ) -> Result<Response, LambdaError> {
     // The body first: an answer sent before it is read would cost the client its connection.
     let bytes = read(&s, &headers, body, 1 << 20, "UpdateFunctionConfiguration").await?;
-    let st = status_of(&s, &raw, None)?;
+    let st = latest_of(&s, &raw)?;
     let req: UpdateConfiguration = json_body(&bytes)?;
     check_revision(&st.record, req.revision_id.as_deref())?;
     req.unsupported
@@ -766,15 +835,10 @@ async fn update_code(
         "UpdateFunctionCode",
     )
     .await?;
-    let st = status_of(&s, &raw, None)?;
+    let st = latest_of(&s, &raw)?;
     let req: UpdateCode = json_body(&bytes)?;
     drop(bytes);
     check_revision(&st.record, req.revision_id.as_deref())?;
-    if req.publish {
-        return Err(LambdaError::invalid(
-            "Publish: Ember does not publish versions yet; update without it and invoke $LATEST",
-        ));
-    }
     check_architectures(&req.architectures)?;
     let zip = zip_of(CodeLocation {
         zip_file: req.zip_file,
@@ -792,7 +856,7 @@ async fn update_code(
         return Ok(axum::Json(configuration(&s, &st)).into_response());
     }
     let version = Some(st.record.version);
-    deploy(
+    let updated = deploy(
         &s,
         st.record.name.clone(),
         config,
@@ -800,7 +864,15 @@ async fn update_code(
         StatusCode::OK,
         version,
     )
-    .await
+    .await?;
+    if !req.publish {
+        return Ok(updated);
+    }
+    // What this update deployed, unless another change came between.
+    let latest = s.node.get(&st.record.name)?;
+    let sha = Some(latest.record.code_sha256.clone());
+    let version = versions::publish_latest(&s, &latest, None, sha).await?;
+    Ok(axum::Json(version).into_response())
 }
 
 async fn unknown_operation() -> LambdaError {
@@ -825,10 +897,12 @@ async fn invoke(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, LambdaError> {
-    // Only the version: an invocation does not build the function's whole status.
+    // Only the name it is served under: an invocation does not build the function's whole
+    // status. An alias with routing picks its version here.
     let (name, qualifier) = parse_function_name(&raw)?;
-    let qualifier = qualifier.or(q.qualifier);
-    check_qualifier(&name, s.node.version(&name)?, qualifier.as_deref())?;
+    let name = s
+        .node
+        .resolve(&name, qualifier.as_deref().or(q.qualifier.as_deref()), true)?;
     let header_str = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     let kind = match header_str("x-amz-invocation-type") {
         None | Some("RequestResponse") => InvocationType::RequestResponse,
@@ -862,7 +936,7 @@ async fn invoke(
             format!("Could not parse request body into json: {e}"),
         )
     })?;
-    let version = qualifier.unwrap_or_else(|| "$LATEST".to_string());
+    let version = split_qualified(&name).1.unwrap_or(LATEST).to_string();
     match kind {
         InvocationType::DryRun => Ok(StatusCode::NO_CONTENT.into_response()),
         InvocationType::Event => {

@@ -17,6 +17,7 @@ pub mod registry;
 pub mod remote;
 pub mod snapshots;
 mod sys;
+pub mod versions;
 
 pub use config::{
     AutoImages, EventConfig, Eviction, ImageConfig, NodeConfig, Policy, SnapshotConfig,
@@ -24,7 +25,7 @@ pub use config::{
 };
 pub use function::{FunctionConfig, FunctionRecord, InvalidFunction, Runtime, SnapshotPoint};
 pub use node::{
-    FunctionStatus, Invocation, InvokeOptions, InvokeOutcome, Node, NodeError, NodeErrorKind,
-    SnapshotUsage, StartPath, StoredCode, StoredSnapshot, Timing, error_chain,
+    AliasChange, FunctionStatus, Invocation, InvokeOptions, InvokeOutcome, Node, NodeError,
+    NodeErrorKind, SnapshotUsage, StartPath, StoredCode, StoredSnapshot, Timing, error_chain,
 };
 pub use snapshots::{SnapshotError, SnapshotInfo, SnapshotStatus, SnapshotStore};

@@ -86,6 +86,11 @@ impl Drop for Capture {
     }
 }
 
+/// The function whose log `function` (a name, or a published version's `name:N`) writes.
+fn log_of(function: &str) -> &str {
+    crate::versions::split_qualified(function).0
+}
+
 impl LogStore {
     pub fn open(dir: PathBuf, max_bytes: u64) -> std::io::Result<Arc<LogStore>> {
         fs::create_dir_all(&dir)?;
@@ -137,8 +142,10 @@ impl LogStore {
         }
     }
 
+    /// A function's log file: its published versions (`name:N`) write to it too, as
+    /// Lambda's versions share their function's log group.
     fn path(&self, function: &str) -> PathBuf {
-        self.dir.join(format!("{function}.log"))
+        self.dir.join(format!("{}.log", log_of(function)))
     }
 
     /// Appends one line to a function's log.
@@ -163,6 +170,7 @@ impl LogStore {
         line: &[u8],
     ) -> std::io::Result<()> {
         let path = self.path(function);
+        let function = log_of(function);
         if !open.contains_key(function) {
             let f = OpenOptions::new().create(true).append(true).open(&path)?;
             let len = f.metadata()?.len();
@@ -202,8 +210,11 @@ impl LogStore {
         Ok(out)
     }
 
-    /// Removes a function's logs.
+    /// Removes a function's logs (a published version's lines stay with its function's).
     pub fn remove(&self, function: &str) {
+        if log_of(function) != function {
+            return;
+        }
         self.open
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -4,7 +4,11 @@
 //!
 //! ```text
 //! functions(name TEXT PRIMARY KEY, version INTEGER, record TEXT /* FunctionRecord JSON */)
-//! PRAGMA user_version = 1
+//!     -- a published version is a row of its own, named `name:N`
+//! events(id, function, payload, attempts, enqueued_at, next_at)   -- version 2
+//! published(function TEXT PRIMARY KEY, last INTEGER)              -- version 3
+//! aliases(function, alias, record TEXT /* Alias JSON */)          -- version 3
+//! PRAGMA user_version = 3
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -13,8 +17,9 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::function::FunctionRecord;
+use crate::versions::{Alias, split_qualified};
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Version 2 adds the queue of asynchronous (`Event`) invocations.
 const EVENTS_TABLE: &str = "CREATE TABLE IF NOT EXISTS events(
@@ -25,6 +30,16 @@ const EVENTS_TABLE: &str = "CREATE TABLE IF NOT EXISTS events(
     enqueued_at INTEGER NOT NULL,
     next_at INTEGER NOT NULL);
  CREATE INDEX IF NOT EXISTS events_due ON events(next_at);";
+
+/// Version 3 adds published versions' numbers (never used twice for a function) and aliases.
+const VERSIONS_TABLES: &str = "CREATE TABLE IF NOT EXISTS published(
+    function TEXT PRIMARY KEY,
+    last INTEGER NOT NULL);
+ CREATE TABLE IF NOT EXISTS aliases(
+    function TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY(function, alias));";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -68,14 +83,16 @@ impl Registry {
                          version INTEGER NOT NULL,
                          record TEXT NOT NULL);
                      {EVENTS_TABLE}
+                     {VERSIONS_TABLES}
                      PRAGMA user_version = {SCHEMA_VERSION};
                      COMMIT;"
                 ))
                 .map_err(sql)?;
             }
-            1 => {
+            1 | 2 => {
                 conn.execute_batch(&format!(
-                    "BEGIN; {EVENTS_TABLE} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    "BEGIN; {EVENTS_TABLE} {VERSIONS_TABLES}
+                     PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .map_err(sql)?;
             }
@@ -154,13 +171,110 @@ impl Registry {
         Ok(())
     }
 
-    /// Removes a function; false when there was none.
+    /// Removes a function with its published versions and aliases (or, for `name:N`, that
+    /// version alone), in one transaction; false when there was none.
     pub fn delete(&self, name: &str) -> Result<bool, RegistryError> {
-        let n = self
-            .conn()
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.sql(e))?;
+        let n = tx
             .execute("DELETE FROM functions WHERE name = ?1", [name])
             .map_err(|e| self.sql(e))?;
+        if n > 0 && split_qualified(name).1.is_none() {
+            // `substr`, not LIKE: `_` in a name is a wildcard to LIKE.
+            tx.execute(
+                "DELETE FROM functions WHERE substr(name, 1, length(?1) + 1) = ?1 || ':'",
+                [name],
+            )
+            .and_then(|_| tx.execute("DELETE FROM published WHERE function = ?1", [name]))
+            .and_then(|_| tx.execute("DELETE FROM aliases WHERE function = ?1", [name]))
+            .map_err(|e| self.sql(e))?;
+        }
+        tx.commit().map_err(|e| self.sql(e))?;
         Ok(n > 0)
+    }
+
+    /// Publishes a version of `function`: `make(n)` is its record under the next number
+    /// (one more than any the function ever had), written in the same transaction.
+    pub fn publish(
+        &self,
+        function: &str,
+        make: impl FnOnce(u64) -> FunctionRecord,
+    ) -> Result<FunctionRecord, RegistryError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.sql(e))?;
+        let last: i64 = tx
+            .query_row(
+                "SELECT last FROM published WHERE function = ?1",
+                [function],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?
+            .unwrap_or(0);
+        let n = last.max(0) as u64 + 1;
+        let rec = make(n);
+        let text =
+            serde_json::to_string(&rec).map_err(|e| RegistryError::Encode(rec.name.clone(), e))?;
+        tx.execute(
+            "INSERT INTO functions(name, version, record) VALUES (?1, ?2, ?3)",
+            params![rec.name, rec.version as i64, text],
+        )
+        .and_then(|_| {
+            tx.execute(
+                "INSERT INTO published(function, last) VALUES (?1, ?2)
+                 ON CONFLICT(function) DO UPDATE SET last = excluded.last",
+                params![function, n as i64],
+            )
+        })
+        .map_err(|e| self.sql(e))?;
+        tx.commit().map_err(|e| self.sql(e))?;
+        Ok(rec)
+    }
+
+    /// Creates or replaces an alias.
+    pub fn put_alias(&self, alias: &Alias) -> Result<(), RegistryError> {
+        let text = serde_json::to_string(alias)
+            .map_err(|e| RegistryError::Encode(alias.name.clone(), e))?;
+        self.conn()
+            .execute(
+                "INSERT INTO aliases(function, alias, record) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(function, alias) DO UPDATE SET record = excluded.record",
+                params![alias.function, alias.name, text],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    /// Removes an alias; false when there was none.
+    pub fn delete_alias(&self, function: &str, alias: &str) -> Result<bool, RegistryError> {
+        let n = self
+            .conn()
+            .execute(
+                "DELETE FROM aliases WHERE function = ?1 AND alias = ?2",
+                [function, alias],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(n > 0)
+    }
+
+    /// Every alias whose record decodes, by function and name.
+    pub fn load_aliases(&self) -> Result<Vec<Alias>, RegistryError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT alias, record FROM aliases ORDER BY function, alias")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, text) = row.map_err(|e| self.sql(e))?;
+            match serde_json::from_str(&text) {
+                Ok(a) => out.push(a),
+                Err(e) => tracing::error!(alias = %name, "skipping an unreadable alias: {e}"),
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -321,6 +435,39 @@ mod tests {
         let all = r.load_all().unwrap();
         assert_eq!(all, vec![rec("a", 2)]);
         let _: &FunctionConfig = &all[0].config;
+    }
+
+    #[test]
+    fn versions_are_numbered_once_and_go_with_their_function() {
+        let d = tempfile::tempdir().unwrap();
+        let r = Registry::open(&d.path().join("r.db")).unwrap();
+        r.put(&rec("f_x", 1)).unwrap();
+        // A name `LIKE` would match ('_' is its wildcard) must stay.
+        r.put(&rec("fax", 1)).unwrap();
+        r.put(&rec("fax:1", 1)).unwrap();
+        let v = |n: u64| rec(&format!("f_x:{n}"), 1);
+        assert_eq!(r.publish("f_x", v).unwrap().name, "f_x:1");
+        assert_eq!(r.publish("f_x", v).unwrap().name, "f_x:2");
+        let alias = Alias {
+            function: "f_x".into(),
+            name: "live".into(),
+            version: "2".into(),
+            description: String::new(),
+            weights: Default::default(),
+            revision: 1,
+        };
+        r.put_alias(&alias).unwrap();
+        assert_eq!(r.load_aliases().unwrap(), vec![alias]);
+        // One version goes; its number is not used again.
+        assert!(r.delete("f_x:2").unwrap());
+        assert_eq!(r.publish("f_x", v).unwrap().name, "f_x:3");
+        assert!(r.delete("f_x").unwrap());
+        let names: Vec<String> = r.load_all().unwrap().into_iter().map(|x| x.name).collect();
+        assert_eq!(names, ["fax", "fax:1"]);
+        assert!(r.load_aliases().unwrap().is_empty());
+        // Created again, the function counts from 1.
+        assert_eq!(r.publish("f_x", v).unwrap().name, "f_x:1");
+        assert!(r.delete_alias("f_x", "live").is_ok_and(|gone| !gone));
     }
 
     #[test]

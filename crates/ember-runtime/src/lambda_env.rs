@@ -12,9 +12,19 @@ pub const ACCOUNT: &str = "000000000000";
 /// The version an unqualified function is: until versions are published, the only one.
 pub const LATEST: &str = "$LATEST";
 
-/// `arn:aws:lambda:<region>:<account>:function:<name>`
+/// `arn:aws:lambda:<region>:<account>:function:<name>`; for a published version (`name:N`)
+/// its qualified ARN.
 pub fn function_arn(name: &str) -> String {
     format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:{name}")
+}
+
+/// A function as the node names it, split into Lambda's name and version: a published
+/// version is served as a function of its own named `name:N`; `name` alone is `$LATEST`.
+pub fn split_qualified(internal: &str) -> (&str, Option<&str>) {
+    match internal.split_once(':') {
+        Some((name, version)) => (name, Some(version)),
+        None => (internal, None),
+    }
 }
 
 /// How an instance came to be, as `AWS_LAMBDA_INITIALIZATION_TYPE` says.
@@ -52,6 +62,8 @@ pub struct Identity<'a> {
 /// Lambda's reserved variables, plus `EMBER_INSTANCE_ID` and a `PATH` of `path`. The
 /// function's own variables go over these (the node refuses the reserved names).
 pub fn lambda_env(id: &Identity<'_>, path: String) -> BTreeMap<String, String> {
+    let (function, version) = split_qualified(id.function);
+    let version = version.unwrap_or(LATEST);
     let task_root = id.task_root.to_string_lossy().into_owned();
     [
         ("PATH", path),
@@ -66,20 +78,20 @@ pub fn lambda_env(id: &Identity<'_>, path: String) -> BTreeMap<String, String> {
         ),
         ("AWS_REGION", id.region.into()),
         ("AWS_DEFAULT_REGION", id.region.into()),
-        ("AWS_LAMBDA_FUNCTION_NAME", id.function.into()),
+        ("AWS_LAMBDA_FUNCTION_NAME", function.into()),
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", id.memory_mb.to_string()),
-        ("AWS_LAMBDA_FUNCTION_VERSION", LATEST.into()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", version.into()),
         (
             "AWS_LAMBDA_INITIALIZATION_TYPE",
             id.initialization.as_str().into(),
         ),
         (
             "AWS_LAMBDA_LOG_GROUP_NAME",
-            format!("/aws/lambda/{}", id.function),
+            format!("/aws/lambda/{function}"),
         ),
         (
             "AWS_LAMBDA_LOG_STREAM_NAME",
-            log_stream(std::time::SystemTime::now()),
+            log_stream(std::time::SystemTime::now(), version),
         ),
         ("EMBER_INSTANCE_ID", id.instance_id.into()),
     ]
@@ -89,8 +101,8 @@ pub fn lambda_env(id: &Identity<'_>, path: String) -> BTreeMap<String, String> {
 }
 
 /// A log stream's name as Lambda gives one to each execution environment:
-/// `YYYY/MM/DD/[$LATEST]` and 32 hex digits, new for each instance.
-pub fn log_stream(now: std::time::SystemTime) -> String {
+/// `YYYY/MM/DD/[<version>]` and 32 hex digits, new for each instance.
+pub fn log_stream(now: std::time::SystemTime, version: &str) -> String {
     let day = humantime::format_rfc3339_seconds(now).to_string();
     let day = day.get(..10).unwrap_or("1970-01-01").replace('-', "/");
     // Two 64-bit words from the standard library's randomly keyed hasher: unique enough to
@@ -103,7 +115,7 @@ pub fn log_stream(now: std::time::SystemTime) -> String {
         );
         h.finish()
     };
-    format!("{day}/[{LATEST}]{:016x}{:016x}", word(), word())
+    format!("{day}/[{version}]{:016x}{:016x}", word(), word())
 }
 
 #[cfg(test)]
@@ -113,13 +125,14 @@ mod tests {
     #[test]
     fn a_log_stream_is_named_as_lambda_names_one() {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_728_172_800);
-        let s = log_stream(t);
+        let s = log_stream(t, LATEST);
         let (day, rest) = s.split_at(11);
         assert_eq!(day, "2024/10/06/");
         let hex = rest.strip_prefix("[$LATEST]").unwrap();
         assert_eq!(hex.len(), 32);
         assert!(hex.chars().all(|c| c.is_ascii_hexdigit()), "{s}");
-        assert_ne!(log_stream(t), s, "each instance its own");
+        assert_ne!(log_stream(t, LATEST), s, "each instance its own");
+        assert!(log_stream(t, "3").starts_with("2024/10/06/[3]"));
     }
 
     #[test]
@@ -148,5 +161,16 @@ mod tests {
             function_arn("f"),
             "arn:aws:lambda:us-east-1:000000000000:function:f"
         );
+        let v3 = lambda_env(
+            &Identity {
+                function: "f:3",
+                ..id
+            },
+            String::new(),
+        );
+        assert_eq!(v3["AWS_LAMBDA_FUNCTION_NAME"], "f");
+        assert_eq!(v3["AWS_LAMBDA_FUNCTION_VERSION"], "3");
+        assert_eq!(v3["AWS_LAMBDA_LOG_GROUP_NAME"], "/aws/lambda/f");
+        assert!(v3["AWS_LAMBDA_LOG_STREAM_NAME"].contains("/[3]"));
     }
 }

@@ -174,6 +174,37 @@ async fn boto3_manages_and_invokes_functions_unchanged() {
     );
 }
 
+/// Published versions and aliases with boto3; with the sandbox, each version's function
+/// snapshot is taken at publish and restored by its first start.
+#[tokio::test]
+async fn boto3_publishes_versions_and_routes_aliases() {
+    let tools = aws_tools();
+    let home = tempfile::tempdir().unwrap();
+    let snapshots = common::sandboxed();
+    let args: &[&str] = if snapshots {
+        &["--snapshots", "local"]
+    } else {
+        eprintln!("function snapshots at publish not checked: they need the sandbox");
+        &[]
+    };
+    let d = Daemon::start(home.path(), args);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lambda/boto3_versions.py");
+    let out = Command::new(tools.join("bin/python"))
+        .arg(&script)
+        .arg(&d.url)
+        .arg(if snapshots { "1" } else { "0" })
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success() && stdout.contains("boto3 versions: OK"),
+        "boto3 versions failed:\n{stdout}\n{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn the_aws_cli_manages_and_invokes_functions_unchanged() {
     let home = tempfile::tempdir().unwrap();

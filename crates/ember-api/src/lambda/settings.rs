@@ -2,7 +2,7 @@
 //! refuses with what to do instead; none is accepted and dropped. Tags (kept, and the
 //! `ember:` ones configure the node), reserved concurrency (the function's instance limit),
 //! the account's settings, and the settings Ember has no part for (layers, dead-letter
-//! queues, EFS, X-Ray, VPCs, KMS, code signing, published versions).
+//! queues, EFS, X-Ray, VPCs, KMS, code signing).
 
 use std::collections::BTreeMap;
 
@@ -15,7 +15,7 @@ use serde::Deserialize;
 use ember_node::FunctionConfig;
 use ember_node::function::Network;
 
-use super::{LambdaError, json_body, parse_function_name, read, redeploy, status_of};
+use super::{LambdaError, json_body, latest_of, parse_function_name, read, redeploy};
 use crate::AppState;
 
 /// At most this many tags per function, as Lambda.
@@ -82,8 +82,6 @@ pub(super) struct Unsupported {
     image_config: Option<serde_json::Value>,
     snap_start: Option<SnapStart>,
     code_signing_config_arn: Option<String>,
-    #[serde(default)]
-    publish: bool,
     /// Every other field of the request.
     #[serde(flatten)]
     rest: BTreeMap<String, serde_json::Value>,
@@ -183,17 +181,15 @@ impl Unsupported {
                 "ImageConfig applies to container images, which Ember does not run".into(),
             );
         }
-        if self
-            .snap_start
-            .as_ref()
-            .is_some_and(|s| s.apply_on.as_deref().is_some_and(|a| a != "None"))
+        if let Some(a) = self.snap_start.as_ref().and_then(|s| s.apply_on.as_deref())
+            && a != "None"
+            && a != "PublishedVersions"
         {
-            return refuse(
-                "SnapStart on PublishedVersions needs published versions, which Ember does not \
-                 make yet; Ember snapshots every function by itself (`ember deploy \
-                 --snapshot`)"
-                    .into(),
-            );
+            return refuse(format!(
+                "SnapStart.ApplyOn {a:?} must be PublishedVersions or None (Ember snapshots \
+                 every published version at publish, and $LATEST at its first start, either \
+                 way; `ember deploy --snapshot off` turns that off)"
+            ));
         }
         if self
             .code_signing_config_arn
@@ -201,13 +197,6 @@ impl Unsupported {
             .is_some_and(|a| !a.is_empty())
         {
             return refuse("CodeSigningConfigArn: Ember does not check code signatures".into());
-        }
-        if self.publish {
-            return refuse(
-                "Publish: Ember does not publish versions yet; deploy without it and invoke \
-                 $LATEST"
-                    .into(),
-            );
         }
         Ok(())
     }
@@ -382,7 +371,7 @@ pub(super) async fn put_concurrency(
     body: Body,
 ) -> Result<Response, LambdaError> {
     let bytes = read(&s, &headers, body, 1 << 20, "PutFunctionConcurrency").await?;
-    let st = status_of(&s, &raw, None)?;
+    let st = latest_of(&s, &raw)?;
     let req: ConcurrencyRequest = json_body(&bytes)?;
     let mut config = st.record.config.clone();
     config.max_instances = req.reserved_concurrent_executions;
@@ -399,7 +388,7 @@ pub(super) async fn get_concurrency(
     State(s): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Response, LambdaError> {
-    let st = status_of(&s, &raw, None)?;
+    let st = latest_of(&s, &raw)?;
     let c = &st.record.config;
     // Nothing reserved: Lambda answers an empty document.
     let body = match c.concurrency_reserved {
@@ -415,7 +404,7 @@ pub(super) async fn delete_concurrency(
     State(s): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Response, LambdaError> {
-    let st = status_of(&s, &raw, None)?;
+    let st = latest_of(&s, &raw)?;
     let mut config = st.record.config.clone();
     config.max_instances = s.node.capacity_instances(config.memory_mb);
     config.concurrency_reserved = false;
@@ -456,8 +445,8 @@ mod tests {
             serde_json::json!({"Layers": [], "TracingConfig": {"Mode": "PassThrough"},
                 "EphemeralStorage": {"Size": 64}, "LoggingConfig": {"LogFormat": "Text",
                 "LogGroup": "/aws/lambda/f"}, "VpcConfig": {"SubnetIds": []},
-                "SnapStart": {"ApplyOn": "None"}, "Publish": false,
-                "DeadLetterConfig": {}}),
+                "SnapStart": {"ApplyOn": "None"}, "DeadLetterConfig": {}}),
+            serde_json::json!({"SnapStart": {"ApplyOn": "PublishedVersions"}}),
         ];
         for v in ok {
             parse(v.clone())
@@ -503,14 +492,18 @@ mod tests {
                 "container",
             ),
             (
-                serde_json::json!({"SnapStart": {"ApplyOn": "PublishedVersions"}}),
-                "published",
+                serde_json::json!({"SnapStart": {"ApplyOn": "Always"}}),
+                "must be PublishedVersions or None",
             ),
             (
                 serde_json::json!({"CodeSigningConfigArn": "arn:x"}),
                 "signatures",
             ),
-            (serde_json::json!({"Publish": true}), "publish"),
+            // UpdateFunctionConfiguration has no Publish (CreateFunction takes it itself).
+            (
+                serde_json::json!({"Publish": true}),
+                "Publish is not a setting",
+            ),
             (
                 serde_json::json!({"Frobnicate": 1}),
                 "Frobnicate is not a setting",

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use ember_node::function::FunctionUrl;
 use ember_node::{FunctionStatus, InvokeOptions};
 
-use super::{LambdaError, json_body, lambda_body, read, redeploy, status_of};
+use super::{LambdaError, json_body, lambda_body, latest_of, read, redeploy};
 use crate::AppState;
 
 /// Where function URLs are served.
@@ -104,7 +104,7 @@ async fn set(
 ) -> Result<Response, LambdaError> {
     // The body first: an answer sent before it is read would cost the client its connection.
     let bytes = read(s, headers, body, 64 << 10, "FunctionUrlConfig").await?;
-    let st = status_of(s, raw, None)?;
+    let st = latest_of(s, raw)?;
     let name = st.record.name.clone();
     if create && st.record.config.url.is_some() {
         return Err(LambdaError::new(
@@ -176,7 +176,7 @@ pub(super) async fn get(
     Path(raw): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, LambdaError> {
-    let st = status_of(&s, &raw, None)?;
+    let st = latest_of(&s, &raw)?;
     let name = &st.record.name;
     let u = st
         .record
@@ -192,7 +192,7 @@ pub(super) async fn delete(
     State(s): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Response, LambdaError> {
-    let st = status_of(&s, &raw, None)?;
+    let st = latest_of(&s, &raw)?;
     let name = &st.record.name;
     if st.record.config.url.is_none() {
         return Err(not_found(name));

@@ -11,6 +11,7 @@ use tracing::{Instrument, info_span};
 use super::{Deployed, Node, NodeError, blocking, now_secs};
 use crate::config::AutoImages;
 use crate::function::{FunctionConfig, FunctionRecord, InvalidFunction, validate_name};
+use crate::versions::split_qualified;
 
 /// A deployed function as the API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -33,6 +34,9 @@ pub struct FunctionStatus {
     /// Moving average of each start path's time before the handler runs, ms (this
     /// version): a rung slower than another is not tried.
     pub start_ms: std::collections::BTreeMap<String, f64>,
+    /// Its function snapshot is being taken (a version just published is Pending until
+    /// then).
+    pub snapshotting: bool,
 }
 
 /// Code stored by [`Node::store_code`].
@@ -209,33 +213,56 @@ impl Node {
         v
     }
 
+    /// Deletes a function with its published versions and aliases, or (`name:N`) one
+    /// published version no alias names.
     pub async fn delete(&self, name: &str) -> Result<(), NodeError> {
-        let gate = self.deploy_gate(name);
+        let (function, version) = split_qualified(name);
+        let gate = self.deploy_gate(function);
         let _held = gate.lock().await;
+        if version.is_some() {
+            let using = self.aliases_using(name);
+            if !using.is_empty() {
+                return Err(NodeError::InUse {
+                    what: format!("version {name}"),
+                    by: format!("alias {}", using.join(", ")),
+                    hint: "point those aliases at another version first",
+                });
+            }
+        }
         let reg = self.registry.clone();
         let n = name.to_string();
         if !blocking(move || Ok(reg.delete(&n)?)).await? {
             return Err(NodeError::NotFound(name.to_string()));
         }
-        let old = self
-            .functions
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
-        if let Some(old) = old {
-            self.discard_all(&old, old.pool.retire(), "function deleted");
+        let gone: Vec<Arc<Deployed>> = {
+            let mut fs = self.functions.write().unwrap_or_else(|p| p.into_inner());
+            let names: Vec<String> = fs
+                .keys()
+                .filter(|k| *k == name || (version.is_none() && split_qualified(k).0 == function))
+                .cloned()
+                .collect();
+            names.iter().filter_map(|k| fs.remove(k)).collect()
+        };
+        if version.is_none() {
+            self.write_aliases().retain(|(f, _), _| f != function);
+        }
+        for old in &gone {
+            self.discard_all(old, old.pool.retire(), "function deleted");
         }
         self.logs.remove(name);
-        let (store, n) = (self.snapshots.clone(), name.to_string());
-        let me = self.me.clone();
+        let (store, me) = (self.snapshots.clone(), self.me.clone());
+        let names: Vec<String> = gone.iter().map(|d| d.record.name.clone()).collect();
         self.spawn_background(async move {
-            let Ok(gone) = tokio::task::spawn_blocking(move || store.remove_function(&n)).await
-            else {
-                return;
-            };
-            // Its sets in the snapshot store serve nobody now.
-            if let Some(node) = me.upgrade() {
-                node.retire_from_store(None, gone);
+            for n in names {
+                let store = store.clone();
+                let Ok(gone) = tokio::task::spawn_blocking(move || store.remove_function(&n)).await
+                else {
+                    return;
+                };
+                // Its sets in the snapshot store serve nobody now.
+                if let Some(node) = me.upgrade() {
+                    node.retire_from_store(None, gone);
+                }
             }
         });
         tracing::info!(function = name, "deleted");
@@ -343,5 +370,6 @@ pub(in crate::node) fn status(d: &Deployed) -> FunctionStatus {
         instances_prestarted: d.pool.parked_count(),
         requests_waiting: d.pool.waiting(),
         start_ms: d.start_costs.averages(),
+        snapshotting: d.snapshotting.load(Ordering::SeqCst),
     }
 }

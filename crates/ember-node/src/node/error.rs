@@ -43,6 +43,12 @@ pub enum NodeError {
     Store(String),
     #[error("function {0:?} was changed by another request meanwhile: read it again and retry")]
     Changed(String),
+    #[error("{what} is in use by {by}: {hint}")]
+    InUse {
+        what: String,
+        by: String,
+        hint: &'static str,
+    },
     #[error("another ember daemon is using {0}; stop it or choose another --home")]
     HomeLocked(PathBuf),
     #[error("{what} {path} failed")]
@@ -62,6 +68,8 @@ pub enum NodeErrorKind {
     /// The request was fine but could not be satisfied (e.g. pip failed).
     Unprocessable,
     Throttled,
+    /// The request conflicts with the state it would change (retry after reading it again).
+    Conflict,
     Internal,
 }
 
@@ -80,6 +88,7 @@ impl NodeError {
             }
             NodeError::Config(_) => NodeErrorKind::BadRequest,
             NodeError::Throttled { .. } => NodeErrorKind::Throttled,
+            NodeError::Changed(_) | NodeError::InUse { .. } => NodeErrorKind::Conflict,
             _ => NodeErrorKind::Internal,
         }
     }

@@ -67,6 +67,7 @@ mod spawner;
 mod standby;
 mod start_costs;
 mod templates;
+mod versions;
 pub(crate) mod working_set;
 
 use crash_loop::CrashLoop;
@@ -78,6 +79,10 @@ use instances::instance_id;
 pub use invocation::{Invocation, InvokeOptions, InvokeOutcome, Timing};
 pub use ladder::StartPath;
 pub use snapshots_admin::{SnapshotUsage, StoredSnapshot};
+pub use versions::AliasChange;
+
+/// Aliases by function and name.
+type Aliases = HashMap<(String, String), crate::versions::Alias>;
 
 struct Deployed {
     record: FunctionRecord,
@@ -104,7 +109,10 @@ pub struct Node {
     sandboxes: Option<Sandboxes>,
     /// Sandboxes being torn down; shutdown waits for them.
     reaping: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Every function by the name it is served under: `name` for `$LATEST`, `name:N` for
+    /// its published versions.
     functions: RwLock<HashMap<String, Arc<Deployed>>>,
+    aliases: RwLock<Aliases>,
     deploying: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     images: Arc<ImageStore>,
     snapshots: Arc<crate::snapshots::SnapshotStore>,
@@ -282,6 +290,7 @@ impl Node {
             sandboxes,
             reaping: Mutex::new(Vec::new()),
             functions: RwLock::new(HashMap::new()),
+            aliases: RwLock::new(HashMap::new()),
             deploying: Mutex::new(HashMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
             _home: home_lock,
@@ -346,6 +355,12 @@ impl Node {
             }
             self.install(rec, env);
         }
+        let reg = self.registry.clone();
+        let aliases = blocking(move || Ok(reg.load_aliases()?)).await?;
+        *self.write_aliases() = aliases
+            .into_iter()
+            .map(|a| ((a.function.clone(), a.name.clone()), a))
+            .collect();
         let code = self.code.clone();
         let removed = blocking(move || Ok(code.retain(&keep)?)).await?;
         // Snapshots of functions that are gone (deleted while one was taken, or before a

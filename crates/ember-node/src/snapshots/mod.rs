@@ -267,6 +267,9 @@ pub fn snapshot_id(function: &str, key: &str) -> String {
         .filter(char::is_ascii_hexdigit)
         .take(16)
         .collect();
+    // A published version `name:N` as `name.N`: ids keep to [A-Za-z0-9._-], and no
+    // function name holds a '.'.
+    let function = function.replace(':', ".");
     format!("snap-{function}-{k}")
 }
 

@@ -466,3 +466,10 @@ fn a_snapshot_json_with_inexact_floats_reads_back() {
     // Reopened: the checksum, recomputed from the parsed values, still matches.
     assert_eq!(ids(&f.open()), ["floats"]);
 }
+
+#[test]
+fn a_published_versions_snapshot_id_keeps_to_the_id_alphabet() {
+    let id = snapshot_id("f_1:3", "ab12cd");
+    assert_eq!(id, "snap-f_1.3-ab12cd");
+    assert_ne!(id, snapshot_id("f_1", "ab12cd"));
+}

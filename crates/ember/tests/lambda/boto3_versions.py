@@ -1,0 +1,225 @@
+"""Published versions and aliases through boto3, as a user coming from Lambda calls them.
+Run by e2e_lambda.rs: boto3_versions.py URL SNAPSHOTS (1: the node takes function
+snapshots, so a version's is taken at publish). Exits non-zero on the first difference."""
+
+import io
+import json
+import sys
+import urllib.request
+import zipfile
+
+import boto3
+from botocore.config import Config
+
+url, snapshots = sys.argv[1], sys.argv[2] == "1"
+lam = boto3.client(
+    "lambda",
+    endpoint_url=url,
+    region_name="us-east-1",
+    aws_access_key_id="any",
+    aws_secret_access_key="any",
+    config=Config(retries={"max_attempts": 0}, read_timeout=120),
+)
+ROLE = "arn:aws:iam::000000000000:role/r"
+F = "ver-fn"
+
+
+def arn_of(name):
+    return "arn:aws:lambda:us-east-1:000000000000:function:" + name
+
+
+def code(v):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr(
+            zipfile.ZipInfo("lambda_function.py", date_time=(2024, 1, 1, 0, 0, 0)),
+            f"""
+import os
+def lambda_handler(event, context):
+    return {{"v": {v}, "version": context.function_version,
+            "arn": context.invoked_function_arn, "name": context.function_name,
+            "env": os.environ["AWS_LAMBDA_FUNCTION_VERSION"],
+            "stream": os.environ["AWS_LAMBDA_LOG_STREAM_NAME"],
+            "init": os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE"),
+            "x": os.environ.get("X")}}
+""",
+        )
+    return buf.getvalue()
+
+
+def error_code(fn, **kw):
+    try:
+        fn(**kw)
+    except lam.exceptions.ClientError as e:
+        return e.response["Error"]["Code"], e.response["ResponseMetadata"]["HTTPStatusCode"]
+    raise AssertionError(f"{fn.__name__}({kw}) did not fail")
+
+
+def invoke(qualifier=None, name=F):
+    kw = {"FunctionName": name, "Payload": b"{}"}
+    if qualifier:
+        kw["Qualifier"] = qualifier
+    r = lam.invoke(**kw)
+    assert "FunctionError" not in r, r
+    start = r["ResponseMetadata"]["HTTPHeaders"].get("ember-start")
+    return json.loads(r["Payload"].read()), r["ExecutedVersion"], start
+
+
+# CreateFunction with Publish: $LATEST and version 1.
+made = lam.create_function(
+    FunctionName=F, Runtime="python3.11", Role=ROLE, Handler="lambda_function.lambda_handler",
+    Code={"ZipFile": code(1)}, Publish=True,
+    SnapStart={"ApplyOn": "PublishedVersions"},
+)
+assert made["Version"] == "1" and made["FunctionArn"] == arn_of(F + ":1"), made
+assert made["FunctionName"] == F, made
+# A version is Pending while its snapshot is taken, as SnapStart's: boto3's waiter.
+lam.get_waiter("published_version_active").wait(
+    FunctionName=F, Qualifier="1", WaiterConfig={"Delay": 1, "MaxAttempts": 120}
+)
+v1 = lam.get_function_configuration(FunctionName=F, Qualifier="1")
+assert v1["State"] == "Active" and v1["Version"] == "1", v1
+if snapshots:
+    assert v1["SnapStart"] == {"ApplyOn": "PublishedVersions", "OptimizationStatus": "On"}, v1
+    listed = json.load(urllib.request.urlopen(url + "/v1/snapshots"))["snapshots"]
+    assert any(s["function"] == F + ":1" for s in listed), listed
+latest = lam.get_function(FunctionName=F)["Configuration"]
+assert latest["Version"] == "$LATEST" and latest["FunctionArn"] == arn_of(F), latest
+
+# Invoking a version: its code, its name in the context and environment; its first start
+# restores the snapshot taken at publish.
+out, executed, start = invoke("1")
+assert executed == "1", executed
+assert out["v"] == 1 and out["version"] == "1" and out["env"] == "1", out
+assert out["name"] == F and out["arn"] == arn_of(F + ":1"), out
+assert "/[1]" in out["stream"], out
+if snapshots:
+    assert start == "function-snapshot" and out["init"] == "snap-start", (start, out)
+# By ARN, qualified in the name.
+assert invoke(name=arn_of(F + ":1"))[1] == "1"
+
+# Nothing changed: publishing again gives the same version (as Lambda).
+assert lam.publish_version(FunctionName=F)["Version"] == "1"
+
+# UpdateFunctionCode with Publish: version 2; version 1 keeps its code.
+r = lam.update_function_code(FunctionName=F, ZipFile=code(2), Publish=True)
+assert r["Version"] == "2", r
+lam.get_waiter("published_version_active").wait(
+    FunctionName=F, Qualifier="2", WaiterConfig={"Delay": 1, "MaxAttempts": 120}
+)
+assert invoke("1")[0]["v"] == 1 and invoke("2")[0]["v"] == 2 and invoke()[0]["v"] == 2
+assert invoke()[1] == "$LATEST"
+
+# A version is immutable: configuration updates take the function.
+assert error_code(
+    lam.update_function_configuration, FunctionName=F + ":1", Timeout=5
+) == ("InvalidParameterValueException", 400)
+lam.update_function_configuration(FunctionName=F, Environment={"Variables": {"X": "y"}})
+lam.get_waiter("function_updated_v2").wait(FunctionName=F)
+assert invoke()[0]["x"] == "y" and invoke("2")[0]["x"] is None
+
+# PublishVersion's checks: a stale RevisionId, another code's CodeSha256.
+assert error_code(
+    lam.publish_version, FunctionName=F, RevisionId="1-stale"
+) == ("PreconditionFailedException", 412)
+assert error_code(
+    lam.publish_version, FunctionName=F, CodeSha256="AAAA"
+) == ("InvalidParameterValueException", 400)
+cur = lam.get_function_configuration(FunctionName=F)
+v3 = lam.publish_version(
+    FunctionName=F, Description="with X", RevisionId=cur["RevisionId"],
+    CodeSha256=cur["CodeSha256"],
+)
+assert v3["Version"] == "3" and v3["Description"] == "with X", v3
+
+# ListVersionsByFunction: $LATEST first, pages.
+seen, marker = [], None
+while True:
+    kw = {"FunctionName": F, "MaxItems": 2}
+    if marker:
+        kw["Marker"] = marker
+    page = lam.list_versions_by_function(**kw)
+    seen += [v["Version"] for v in page["Versions"]]
+    marker = page.get("NextMarker")
+    if not marker:
+        break
+assert seen == ["$LATEST", "1", "2", "3"], seen
+# ListFunctions shows $LATEST only, unless asked for every version.
+names = [f["FunctionArn"] for f in lam.list_functions()["Functions"]]
+assert arn_of(F) in names and arn_of(F + ":1") not in names, names
+names = [f["FunctionArn"] for f in lam.list_functions(FunctionVersion="ALL")["Functions"]]
+assert arn_of(F + ":1") in names and arn_of(F + ":3") in names, names
+
+# Aliases: invoked by name or ARN, GetFunction through one shows its version.
+a = lam.create_alias(FunctionName=F, Name="live", FunctionVersion="1", Description="prod")
+assert a["AliasArn"] == arn_of(F + ":live") and a["FunctionVersion"] == "1", a
+assert error_code(
+    lam.create_alias, FunctionName=F, Name="live", FunctionVersion="2"
+) == ("ResourceConflictException", 409)
+assert invoke("live")[1] == "1"
+assert invoke(name=arn_of(F + ":live"))[0]["v"] == 1
+assert lam.get_function(FunctionName=F, Qualifier="live")["Configuration"]["Version"] == "1"
+assert lam.get_alias(FunctionName=F, Name="live")["Description"] == "prod"
+
+# Weighted routing between two published versions.
+a = lam.update_alias(
+    FunctionName=F, Name="live", RoutingConfig={"AdditionalVersionWeights": {"2": 0.5}}
+)
+assert a["RoutingConfig"] == {"AdditionalVersionWeights": {"2": 0.5}}, a
+ran = [invoke("live")[1] for _ in range(80)]
+assert 10 <= ran.count("2") <= 70 and ran.count("1") + ran.count("2") == 80, ran
+for bad in [{"$LATEST": 0.5}, {"2": 1.5}, {"2": 0.1, "3": 0.1}, {"1": 0.2}]:
+    assert error_code(
+        lam.update_alias, FunctionName=F, Name="live",
+        RoutingConfig={"AdditionalVersionWeights": bad},
+    ) == ("InvalidParameterValueException", 400), bad
+assert error_code(
+    lam.update_alias, FunctionName=F, Name="live", FunctionVersion="9"
+)[1] == 404
+assert error_code(
+    lam.update_alias, FunctionName=F, Name="live", FunctionVersion="2", RevisionId="0-live"
+) == ("PreconditionFailedException", 412)
+rev = lam.get_alias(FunctionName=F, Name="live")["RevisionId"]
+a = lam.update_alias(
+    FunctionName=F, Name="live", FunctionVersion="3", RevisionId=rev,
+    RoutingConfig={"AdditionalVersionWeights": {}},
+)
+assert a["FunctionVersion"] == "3" and "RoutingConfig" not in a, a
+assert invoke("live")[0]["x"] == "y"
+lam.create_alias(FunctionName=F, Name="edge", FunctionVersion="$LATEST")
+assert [x["Name"] for x in lam.list_aliases(FunctionName=F)["Aliases"]] == ["edge", "live"]
+assert [x["Name"] for x in lam.list_aliases(FunctionName=F, FunctionVersion="3")["Aliases"]] == [
+    "live"
+]
+assert error_code(lam.create_alias, FunctionName=F, Name="42", FunctionVersion="1")[1] == 400
+assert error_code(lam.get_alias, FunctionName=F, Name="nope") == (
+    "ResourceNotFoundException", 404
+)
+assert error_code(lam.invoke, FunctionName=F, Qualifier="nope")[1] == 404
+assert error_code(lam.invoke, FunctionName=F, Qualifier="17")[1] == 404
+
+# Deleting: a version an alias names is refused; $LATEST only with the function.
+assert error_code(lam.delete_function, FunctionName=F, Qualifier="3") == (
+    "ResourceConflictException", 409
+)
+assert error_code(lam.delete_function, FunctionName=F, Qualifier="$LATEST")[1] == 400
+lam.delete_function(FunctionName=F, Qualifier="2")
+assert error_code(lam.invoke, FunctionName=F, Qualifier="2")[1] == 404
+lam.delete_alias(FunctionName=F, Name="edge")
+assert error_code(lam.delete_alias, FunctionName=F, Name="edge")[1] == 404
+# Numbers are never used twice.
+lam.update_function_code(FunctionName=F, ZipFile=code(4))
+lam.get_waiter("function_updated_v2").wait(FunctionName=F)
+assert lam.publish_version(FunctionName=F)["Version"] == "4"
+
+# The function goes with its versions and aliases; created again, it counts from 1.
+lam.delete_function(FunctionName=F)
+assert error_code(lam.get_function, FunctionName=F, Qualifier="1")[1] == 404
+lam.create_function(
+    FunctionName=F, Runtime="python3.11", Role=ROLE, Handler="lambda_function.lambda_handler",
+    Code={"ZipFile": code(5)},
+)
+assert error_code(lam.get_alias, FunctionName=F, Name="live")[1] == 404
+assert lam.publish_version(FunctionName=F)["Version"] == "1"
+lam.delete_function(FunctionName=F)
+print("boto3 versions: OK")
