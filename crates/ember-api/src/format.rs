@@ -44,11 +44,11 @@ pub fn lambda_log(inv: &Invocation, lines: &str) -> String {
         }
         _ => report.push_str(&format!("\tInit Duration: {:.2} ms", ms(inv.timing.init()))),
     }
-    // The version Lambda names: unqualified, `$LATEST` (Ember publishes no versions yet).
-    format!(
-        "START RequestId: {id} Version: {}\n{lines}END RequestId: {id}\n{report}\n",
-        ember_node::function::LATEST
-    )
+    // The version that ran: a published version's number, else `$LATEST`.
+    let version = ember_node::versions::split_qualified(&inv.function)
+        .1
+        .unwrap_or(ember_node::function::LATEST);
+    format!("START RequestId: {id} Version: {version}\n{lines}END RequestId: {id}\n{report}\n")
 }
 
 #[cfg(test)]

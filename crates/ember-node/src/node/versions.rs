@@ -178,11 +178,14 @@ impl Node {
 
     /// `function`'s aliases, by name.
     pub fn aliases(&self, function: &str) -> Vec<Alias> {
-        self.read_aliases()
+        let mut v: Vec<Alias> = self
+            .read_aliases()
             .values()
             .filter(|a| a.function == function)
             .cloned()
-            .collect()
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
     }
 
     /// Creates alias `name` of `function` (`create`) or changes it; the versions it names

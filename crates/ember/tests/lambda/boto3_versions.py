@@ -2,6 +2,7 @@
 Run by e2e_lambda.rs: boto3_versions.py URL SNAPSHOTS (1: the node takes function
 snapshots, so a version's is taken at publish). Exits non-zero on the first difference."""
 
+import base64
 import io
 import json
 import sys
@@ -97,6 +98,8 @@ if snapshots:
     assert start == "function-snapshot" and out["init"] == "snap-start", (start, out)
 # By ARN, qualified in the name.
 assert invoke(name=arn_of(F + ":1"))[1] == "1"
+tail = base64.b64decode(lam.invoke(FunctionName=F, Qualifier="1", LogType="Tail")["LogResult"])
+assert b" Version: 1\n" in tail, tail
 
 # Nothing changed: publishing again gives the same version (as Lambda).
 assert lam.publish_version(FunctionName=F)["Version"] == "1"
