@@ -45,6 +45,7 @@ use crate::AppState;
 use crate::error::error_chain;
 use crate::routes::{ember_headers, read_body, task_failed};
 
+mod layers;
 mod settings;
 pub(crate) mod url;
 mod versions;
@@ -84,6 +85,16 @@ pub(crate) fn router() -> Router<AppState> {
             get(versions::get_alias)
                 .put(versions::update_alias)
                 .delete(versions::delete_alias),
+        )
+        .route("/2018-10-31/layers", get(layers::list))
+        .route("/2018-10-31/layers/", get(layers::list))
+        .route(
+            "/2018-10-31/layers/{name}/versions",
+            post(layers::publish).get(layers::list_versions),
+        )
+        .route(
+            "/2018-10-31/layers/{name}/versions/{n}",
+            get(layers::get).delete(layers::delete),
         )
         .route(
             "/2017-03-31/tags/{arn}",
@@ -362,6 +373,9 @@ fn configuration(s: &AppState, st: &FunctionStatus) -> serde_json::Value {
             "OptimizationStatus": if snapshots && version.is_some() { "On" } else { "Off" },
         },
     });
+    if !c.layers.is_empty() {
+        v["Layers"] = layers::shown(s, &c.layers);
+    }
     if let Some(r) = reason {
         v["StateReasonCode"] = r.into();
         v["StateReason"] = "Its function snapshot is being taken".into();
@@ -408,6 +422,8 @@ struct CreateRequest {
     /// Publishes the new function's first version too.
     #[serde(default)]
     publish: bool,
+    #[serde(default)]
+    layers: Vec<String>,
     #[serde(flatten)]
     unsupported: settings::Unsupported,
 }
@@ -561,6 +577,7 @@ async fn create(
     config.description = req.description;
     req.unsupported.apply_logging(&mut config);
     config.role = req.role;
+    config.layers = layers::given(req.layers)?;
     settings::apply_tags(&mut config, &req.tags)?;
     config
         .validate()
@@ -719,6 +736,7 @@ struct UpdateConfiguration {
     memory_size: Option<u32>,
     environment: Option<Environment>,
     revision_id: Option<String>,
+    layers: Option<Vec<String>>,
     #[serde(flatten)]
     unsupported: settings::Unsupported,
 }
@@ -802,6 +820,9 @@ async fn update_configuration(
     config.memory_mb = memory_mb;
     if let Some(env) = req.environment {
         config.env = env.variables;
+    }
+    if let Some(l) = req.layers {
+        config.layers = layers::given(l)?;
     }
     redeploy(&s, &st, config).await
 }

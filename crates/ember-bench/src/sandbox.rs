@@ -74,6 +74,7 @@ async fn one(
             id,
             memory_bytes: 256 << 20,
             read_only: vec![work.clone()],
+            bound_at: Vec::new(),
             cwd: work.clone(),
             host_network: false,
             runtime_api_port: None,

@@ -237,6 +237,10 @@ pub struct FunctionConfig {
     /// node's capacity.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub concurrency_reserved: bool,
+    /// Lambda layer versions (`arn:aws:lambda:<region>:<account>:layer:<name>:<n>`, or
+    /// `<name>:<n>`), at most five, their files merged in this order at /opt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<String>,
 }
 
 pub const DEFAULT_MEMORY_MB: u32 = 512;
@@ -279,6 +283,10 @@ pub struct FunctionRecord {
     pub code_sha256: String,
     #[serde(default)]
     pub code_size: u64,
+    /// The merged tree of the function's layers (`config.layers`, in order) in the code
+    /// store, mounted read-only at /opt in its instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opt_hash: Option<String>,
 }
 
 impl FunctionRecord {
@@ -361,6 +369,7 @@ impl FunctionConfig {
 
     pub fn validate(&self) -> Result<(), InvalidFunction> {
         validate_handler(self.runtime, &self.handler)?;
+        crate::layers::validate_layers(&self.layers)?;
         if self.description.len() > 256 {
             return Err(invalid(
                 "description",

@@ -7,6 +7,7 @@ pub mod config;
 pub mod envs;
 pub mod function;
 pub mod images;
+pub mod layers;
 mod live;
 pub mod logs;
 pub mod metrics;
@@ -25,7 +26,8 @@ pub use config::{
 };
 pub use function::{FunctionConfig, FunctionRecord, InvalidFunction, Runtime, SnapshotPoint};
 pub use node::{
-    AliasChange, FunctionStatus, Invocation, InvokeOptions, InvokeOutcome, Node, NodeError,
-    NodeErrorKind, SnapshotUsage, StartPath, StoredCode, StoredSnapshot, Timing, error_chain,
+    AliasChange, FunctionStatus, Invocation, InvokeOptions, InvokeOutcome, LayerMeta, Node,
+    NodeError, NodeErrorKind, SnapshotUsage, StartPath, StoredCode, StoredSnapshot, Timing,
+    error_chain,
 };
 pub use snapshots::{SnapshotError, SnapshotInfo, SnapshotStatus, SnapshotStore};

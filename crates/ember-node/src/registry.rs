@@ -7,7 +7,9 @@
 //!     -- a published version is a row of its own, named `name:N`
 //! events(id, function, payload, attempts, enqueued_at, next_at)   -- version 2
 //! published(function TEXT PRIMARY KEY, last INTEGER)              -- version 3
+//!     -- a layer's last version under `layer/<name>` (no function name has a '/')
 //! aliases(function, alias, record TEXT /* Alias JSON */)          -- version 3
+//! layers(name, version, record TEXT /* LayerVersion JSON */)      -- version 3
 //! PRAGMA user_version = 3
 //! ```
 
@@ -17,6 +19,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::function::FunctionRecord;
+use crate::layers::LayerVersion;
 use crate::versions::{Alias, split_qualified};
 
 const SCHEMA_VERSION: i64 = 3;
@@ -39,7 +42,12 @@ const VERSIONS_TABLES: &str = "CREATE TABLE IF NOT EXISTS published(
     function TEXT NOT NULL,
     alias TEXT NOT NULL,
     record TEXT NOT NULL,
-    PRIMARY KEY(function, alias));";
+    PRIMARY KEY(function, alias));
+ CREATE TABLE IF NOT EXISTS layers(
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY(name, version));";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -200,35 +208,99 @@ impl Registry {
         function: &str,
         make: impl FnOnce(u64) -> FunctionRecord,
     ) -> Result<FunctionRecord, RegistryError> {
+        self.numbered(function, make, |rec| {
+            Ok((
+                "INSERT INTO functions(name, version, record) VALUES (?1, ?2, ?3)",
+                rec.name.clone(),
+                rec.version as i64,
+                serde_json::to_string(rec)
+                    .map_err(|e| RegistryError::Encode(rec.name.clone(), e))?,
+            ))
+        })
+    }
+
+    /// Publishes a version of layer `name`: `make(n)` is it under the next number (one more
+    /// than any the layer ever had).
+    pub fn publish_layer(
+        &self,
+        name: &str,
+        make: impl FnOnce(u64) -> LayerVersion,
+    ) -> Result<LayerVersion, RegistryError> {
+        self.numbered(&format!("layer/{name}"), make, |l| {
+            Ok((
+                "INSERT INTO layers(name, version, record) VALUES (?1, ?2, ?3)",
+                l.name.clone(),
+                l.version as i64,
+                serde_json::to_string(l).map_err(|e| RegistryError::Encode(l.name.clone(), e))?,
+            ))
+        })
+    }
+
+    /// In one transaction: the next number of `counter`, what `make` makes with it, and
+    /// the row `row` says (statement, key, number, record).
+    fn numbered<T>(
+        &self,
+        counter: &str,
+        make: impl FnOnce(u64) -> T,
+        row: impl FnOnce(&T) -> Result<(&'static str, String, i64, String), RegistryError>,
+    ) -> Result<T, RegistryError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.sql(e))?;
         let last: i64 = tx
             .query_row(
                 "SELECT last FROM published WHERE function = ?1",
-                [function],
+                [counter],
                 |r| r.get(0),
             )
             .optional()
             .map_err(|e| self.sql(e))?
             .unwrap_or(0);
         let n = last.max(0) as u64 + 1;
-        let rec = make(n);
-        let text =
-            serde_json::to_string(&rec).map_err(|e| RegistryError::Encode(rec.name.clone(), e))?;
-        tx.execute(
-            "INSERT INTO functions(name, version, record) VALUES (?1, ?2, ?3)",
-            params![rec.name, rec.version as i64, text],
-        )
-        .and_then(|_| {
-            tx.execute(
-                "INSERT INTO published(function, last) VALUES (?1, ?2)
-                 ON CONFLICT(function) DO UPDATE SET last = excluded.last",
-                params![function, n as i64],
-            )
-        })
-        .map_err(|e| self.sql(e))?;
+        let made = make(n);
+        let (sql, key, number, text) = row(&made)?;
+        tx.execute(sql, params![key, number, text])
+            .and_then(|_| {
+                tx.execute(
+                    "INSERT INTO published(function, last) VALUES (?1, ?2)
+                     ON CONFLICT(function) DO UPDATE SET last = excluded.last",
+                    params![counter, n as i64],
+                )
+            })
+            .map_err(|e| self.sql(e))?;
         tx.commit().map_err(|e| self.sql(e))?;
-        Ok(rec)
+        Ok(made)
+    }
+
+    /// Every layer version whose record decodes, by name and number.
+    pub fn load_layers(&self) -> Result<Vec<LayerVersion>, RegistryError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT name, record FROM layers ORDER BY name, version")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, text) = row.map_err(|e| self.sql(e))?;
+            match serde_json::from_str(&text) {
+                Ok(l) => out.push(l),
+                Err(e) => tracing::error!(layer = %name, "skipping an unreadable layer: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a layer version; false when there was none. Its number is not used again.
+    pub fn delete_layer(&self, name: &str, version: u64) -> Result<bool, RegistryError> {
+        let n = self
+            .conn()
+            .execute(
+                "DELETE FROM layers WHERE name = ?1 AND version = ?2",
+                params![name, version as i64],
+            )
+            .map_err(|e| self.sql(e))?;
+        Ok(n > 0)
     }
 
     /// Creates or replaces an alias.
@@ -414,6 +486,7 @@ mod tests {
             updated_at: 2,
             code_sha256: String::new(),
             code_size: 0,
+            opt_hash: None,
         }
     }
 

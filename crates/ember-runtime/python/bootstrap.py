@@ -18,6 +18,8 @@ import time
 BOOT, PRELOADED, INIT, READY, INIT_ERROR, INVOKE, RESULT, ERROR, HOOKED = 1, 2, 3, 4, 5, 6, 7, 8, 9
 SNAPSHOT, SNAPSHOT_READY, CONTINUE = 10, 11, 12
 MAX_FRAME = 64 * 1024 * 1024
+# Where Lambda puts a layer's Python packages for this interpreter (/opt/python too).
+OPT_SITE = "/opt/python/lib/python%d.%d/site-packages" % sys.version_info[:2]
 
 
 def _read_exact(fd, n):
@@ -535,6 +537,8 @@ def main():
     before = set(sys.modules)
     try:
         sys.path.insert(0, init["code_dir"])
+        # Lambda's: a function's layers' Python packages at /opt, after its own code.
+        sys.path[1:1] = [OPT_SITE, "/opt/python"]
         os.chdir(init["code_dir"])
         handler = load_handler(init["handler"])
     except Fault as f:

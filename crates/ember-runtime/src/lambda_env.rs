@@ -59,14 +59,24 @@ pub struct Identity<'a> {
     pub initialization: Initialization,
 }
 
-/// Lambda's reserved variables, plus `EMBER_INSTANCE_ID` and a `PATH` of `path`. The
-/// function's own variables go over these (the node refuses the reserved names).
+/// Lambda's reserved variables, plus `EMBER_INSTANCE_ID`, a `PATH` of `path` and, as
+/// Lambda's, the places of a function's layers (`/opt/bin` last on `PATH`,
+/// `LD_LIBRARY_PATH`, `NODE_PATH`). The function's own variables go over these (the node
+/// refuses the reserved names).
 pub fn lambda_env(id: &Identity<'_>, path: String) -> BTreeMap<String, String> {
     let (function, version) = split_qualified(id.function);
     let version = version.unwrap_or(LATEST);
     let task_root = id.task_root.to_string_lossy().into_owned();
+    let libs = format!("{task_root}:{task_root}/lib:/opt/lib");
     [
-        ("PATH", path),
+        ("PATH", format!("{path}:/opt/bin")),
+        ("LD_LIBRARY_PATH", libs),
+        (
+            "NODE_PATH",
+            "/opt/nodejs/node20/node_modules:/opt/nodejs/node22/node_modules:\
+             /opt/nodejs/node18/node_modules:/opt/nodejs/node_modules"
+                .into(),
+        ),
         ("LANG", "C.UTF-8".into()),
         ("HOME", "/tmp".into()),
         ("TZ", ":UTC".into()),

@@ -115,6 +115,9 @@ pub struct InstanceSpec {
     /// Host directories (code, environments, bootstrap) mounted read-only, each where
     /// [`NodeSandbox::remap`] says (by default at its own path).
     pub read_only: Vec<PathBuf>,
+    /// Host directories mounted read-only at a path of their own (host, inside): a Lambda
+    /// function's layers at /opt.
+    pub bound_at: Vec<(PathBuf, PathBuf)>,
     /// Working directory: a host path, seen where [`NodeSandbox::remap`] says.
     pub cwd: PathBuf,
     /// The host's network instead of an empty network namespace.
@@ -307,7 +310,8 @@ impl Sandboxes {
     /// instance's own tmpfs. Made once, on a thread of its own; the namespace lives as long as
     /// the `View` or anything in it.
     pub fn view(&self, spec: &ViewSpec) -> Result<View, SandboxError> {
-        let (steps, late) = self.steps(&spec.read_only, spec.host_network, Some(&spec.private))?;
+        let (steps, late) =
+            self.steps(&spec.read_only, &[], spec.host_network, Some(&spec.private))?;
         let c = |p: &Path| {
             CString::new(p.as_os_str().as_bytes())
                 .map_err(|_| SandboxError::BadPath(p.to_path_buf()))
@@ -422,7 +426,9 @@ impl Sandboxes {
             bpf: self.bpf.clone(),
             stop_for_restore: false,
         };
-        p.steps = self.steps(&spec.read_only, spec.host_network, None)?.0;
+        p.steps = self
+            .steps(&spec.read_only, &spec.bound_at, spec.host_network, None)?
+            .0;
         Ok(p)
     }
 
@@ -434,6 +440,7 @@ impl Sandboxes {
     fn steps(
         &self,
         read_only: &[PathBuf],
+        bound_at: &[(PathBuf, PathBuf)],
         host_network: bool,
         view: Option<&[PathBuf]>,
     ) -> Result<(Vec<Step>, Vec<PathBuf>), SandboxError> {
@@ -456,7 +463,9 @@ impl Sandboxes {
             }
             Ok(())
         };
-        for d in ["/proc", "/tmp", "/dev", "/.old"] {
+        // /opt as Lambda has it: empty, unless a function's layers are bound there (also
+        // later, into an instance of a shared view, whose root cannot be written).
+        for d in ["/proc", "/tmp", "/dev", "/.old", "/opt"] {
             mkdirs(&mut p, Path::new(d))?;
         }
         // /tmp first: a read-only path below it (a home under /tmp) is bound on top of it.
@@ -529,6 +538,14 @@ impl Sandboxes {
             p.push(Step::Bind {
                 src: c(&path)?,
                 dst: c(&inside(&seen))?,
+                dev: false,
+            });
+        }
+        for (host, seen) in bound_at {
+            mkdirs(&mut p, seen)?;
+            p.push(Step::Bind {
+                src: c(host)?,
+                dst: c(&inside(seen))?,
                 dev: false,
             });
         }
@@ -952,6 +969,16 @@ impl Sandbox {
     /// namespace as root; the path is walked without following links, through root-owned
     /// directories only.
     pub fn add_read_only(&self, dirs: &[PathBuf]) -> Result<(), SandboxError> {
+        let pairs: Vec<(PathBuf, PathBuf)> = dirs
+            .iter()
+            .map(|d| (d.clone(), self.remap.inside(d)))
+            .collect();
+        self.add_read_only_at(&pairs)
+    }
+
+    /// [`Sandbox::add_read_only`], each host directory at the path inside given with it (as
+    /// [`InstanceSpec::bound_at`] would have).
+    pub fn add_read_only_at(&self, dirs: &[(PathBuf, PathBuf)]) -> Result<(), SandboxError> {
         let Some(first) = &self.first else {
             return Err(SandboxError::Io {
                 path: PathBuf::from("the sandbox's first process"),
@@ -964,7 +991,7 @@ impl Sandbox {
         };
         let dirs = dirs
             .iter()
-            .map(|d| Ok((c(d)?, c(&self.remap.inside(d))?)))
+            .map(|(d, seen)| Ok((c(d)?, c(seen)?)))
             .collect::<Result<Vec<_>, SandboxError>>()?;
         sys::bind_into(first, &dirs, !self.forked).map_err(|(what, source)| SandboxError::Io {
             path: PathBuf::from(format!("{what} (in the instance's mount namespace)")),

@@ -1,8 +1,8 @@
 //! Lambda's settings beyond a function's code and basics: each one Ember carries out, or
 //! refuses with what to do instead; none is accepted and dropped. Tags (kept, and the
 //! `ember:` ones configure the node), reserved concurrency (the function's instance limit),
-//! the account's settings, and the settings Ember has no part for (layers, dead-letter
-//! queues, EFS, X-Ray, VPCs, KMS, code signing).
+//! the account's settings, and the settings Ember has no part for (dead-letter queues, EFS,
+//! X-Ray, VPCs, KMS, code signing).
 
 use std::collections::BTreeMap;
 
@@ -68,8 +68,6 @@ pub(super) struct SnapStart {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub(super) struct Unsupported {
-    #[serde(default)]
-    layers: Vec<String>,
     dead_letter_config: Option<DeadLetterConfig>,
     ephemeral_storage: Option<EphemeralStorage>,
     logging_config: Option<LoggingConfig>,
@@ -96,13 +94,6 @@ impl Unsupported {
             return refuse(format!(
                 "{field} is not a setting Ember knows (docs/lambda.md lists those it takes)"
             ));
-        }
-        if !self.layers.is_empty() {
-            return refuse(
-                "Layers are not supported yet: put the layer's files in the function's zip \
-                 (its root is on sys.path)"
-                    .into(),
-            );
         }
         if self
             .dead_letter_config
@@ -442,7 +433,7 @@ mod tests {
     fn settings_ember_has_no_part_for_are_refused_unless_unused() {
         let ok = [
             serde_json::json!({}),
-            serde_json::json!({"Layers": [], "TracingConfig": {"Mode": "PassThrough"},
+            serde_json::json!({"TracingConfig": {"Mode": "PassThrough"},
                 "EphemeralStorage": {"Size": 64}, "LoggingConfig": {"LogFormat": "Text",
                 "LogGroup": "/aws/lambda/f"}, "VpcConfig": {"SubnetIds": []},
                 "SnapStart": {"ApplyOn": "None"}, "DeadLetterConfig": {}}),
@@ -454,10 +445,6 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{v}: {e:?}"));
         }
         let refused = [
-            (
-                serde_json::json!({"Layers": ["arn:aws:lambda:us-east-1:1:layer:x:1"]}),
-                "Layers",
-            ),
             (
                 serde_json::json!({"DeadLetterConfig": {"TargetArn": "arn:aws:sqs:x"}}),
                 "DeadLetterConfig",

@@ -59,6 +59,11 @@ pub enum CodeError {
     TooLarge { limit: u64, ratio: u64, size: u64 },
     #[error("the archive is empty")]
     Empty,
+    #[error(
+        "the function and its layers come to {total} bytes unzipped; at most {limit} are \
+         allowed (Lambda's 250 MB)"
+    )]
+    LayersTooLarge { total: u64, limit: u64 },
     /// A server-side failure; `entry` is the archive's name (or empty), never a host path,
     /// since the message reaches the client.
     #[error("storing the code failed{}", if entry.is_empty() { String::new() } else { format!(" at entry {entry:?}") })]
@@ -146,6 +151,32 @@ impl CodeStore {
         Ok(hash)
     }
 
+    /// Merges the stored trees `hashes` into one, later ones over earlier ones (a file a
+    /// later layer has replaces an earlier layer's), stores it and returns its hash, refused
+    /// when it and the code of `with` (a stored tree) exceed the unpacked limit together.
+    /// Files are hard links to the layers' (every stored tree is read-only). Blocking.
+    pub fn merge(&self, hashes: &[String], with: &str) -> Result<String, CodeError> {
+        let stage = Staging(self.staging.join(uuid::Uuid::new_v4().simple().to_string()));
+        fs::create_dir(&stage.0).map_err(io_err(&stage.0))?;
+        let mut bytes = tree_bytes(&self.path(with))?;
+        for h in hashes {
+            bytes += overlay(&self.path(h), &stage.0)?;
+        }
+        if bytes > self.limits.max_unpacked {
+            return Err(CodeError::LayersTooLarge {
+                total: bytes,
+                limit: self.limits.max_unpacked,
+            });
+        }
+        let hash = tree_hash(&stage.0)?;
+        let dest = self.path(&hash);
+        if !dest.exists() {
+            fs::rename(&stage.0, &dest).map_err(io_err(&dest))?;
+            fsync_dir(&self.root)?;
+        }
+        Ok(hash)
+    }
+
     /// Removes stored code that no function refers to any more.
     pub fn retain(&self, keep: &HashSet<String>) -> Result<usize, CodeError> {
         let mut removed = 0;
@@ -195,6 +226,61 @@ fn tree_hash(root: &Path) -> Result<String, CodeError> {
         }
     }
     Ok(h.finalize().to_hex().to_string())
+}
+
+/// Bytes of the regular files under `root`.
+fn tree_bytes(root: &Path) -> Result<u64, CodeError> {
+    let mut entries = Vec::new();
+    walk(root, Path::new(""), &mut entries)?;
+    let mut total = 0;
+    for rel in entries {
+        let meta = fs::symlink_metadata(root.join(&rel)).map_err(io_err(root))?;
+        if meta.is_file() {
+            total += meta.len();
+        }
+    }
+    Ok(total)
+}
+
+/// Puts the tree `from` over `to`: directories merged, a file or link replacing what `to`
+/// has at its path (a directory there included). Returns the bytes of the files put.
+fn overlay(from: &Path, to: &Path) -> Result<u64, CodeError> {
+    let mut entries = Vec::new();
+    walk(from, Path::new(""), &mut entries)?;
+    // Parents before their children.
+    entries.sort();
+    let mut bytes = 0;
+    for rel in entries {
+        let (src, dst) = (from.join(&rel), to.join(&rel));
+        let meta = fs::symlink_metadata(&src).map_err(io_err(&src))?;
+        let there = fs::symlink_metadata(&dst).ok();
+        if meta.is_dir() {
+            match there {
+                Some(t) if t.is_dir() => {}
+                Some(_) => {
+                    fs::remove_file(&dst).map_err(io_err(&dst))?;
+                    fs::create_dir(&dst).map_err(io_err(&dst))?;
+                }
+                None => fs::create_dir(&dst).map_err(io_err(&dst))?,
+            }
+            continue;
+        }
+        match there {
+            Some(t) if t.is_dir() => fs::remove_dir_all(&dst).map_err(io_err(&dst))?,
+            Some(_) => fs::remove_file(&dst).map_err(io_err(&dst))?,
+            None => {}
+        }
+        if meta.file_type().is_symlink() {
+            let target = fs::read_link(&src).map_err(io_err(&src))?;
+            std::os::unix::fs::symlink(&target, &dst).map_err(io_err(&dst))?;
+        } else {
+            fs::hard_link(&src, &dst)
+                .or_else(|_| fs::copy(&src, &dst).map(|_| ()))
+                .map_err(io_err(&dst))?;
+            bytes += meta.len();
+        }
+    }
+    Ok(bytes)
 }
 
 fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), CodeError> {
@@ -277,6 +363,56 @@ mod tests {
         assert!(staging_is_empty(&s));
         let other = zip_of(&[("main.py", 0o644, b"changed")]);
         assert_ne!(s.add_zip(&other).unwrap(), h1);
+    }
+
+    #[test]
+    fn layers_merge_in_order_and_count_against_the_unpacked_limit() {
+        let (_d, s) = store();
+        let one = s
+            .add_zip(&zip_of(&[
+                ("python/a.py", 0o644, b"A = 1\n"),
+                ("python/shared.py", 0o644, b"FROM = 'one'\n"),
+                ("bin/x", 0o644, b"file in one"),
+            ]))
+            .unwrap();
+        let two = s
+            .add_zip(&zip_of(&[
+                ("python/shared.py", 0o644, b"FROM = 'two'\n"),
+                ("bin/x/", 0o755, b""),
+                ("bin/x/tool", 0o755, b"#!/bin/sh\n"),
+            ]))
+            .unwrap();
+        let code = s.add_zip(&zip_of(&[("main.py", 0o644, b"")])).unwrap();
+        let merged = s.merge(&[one.clone(), two.clone()], &code).unwrap();
+        let p = s.path(&merged);
+        assert_eq!(
+            fs::read_to_string(p.join("python/a.py")).unwrap(),
+            "A = 1\n"
+        );
+        assert_eq!(
+            fs::read_to_string(p.join("python/shared.py")).unwrap(),
+            "FROM = 'two'\n",
+            "a later layer's file wins"
+        );
+        assert!(
+            p.join("bin/x/tool").is_file(),
+            "a directory replaced a file"
+        );
+        // The same layers merge to the same tree; another order to another.
+        assert_eq!(s.merge(&[one.clone(), two.clone()], &code).unwrap(), merged);
+        assert_ne!(s.merge(&[two.clone(), one.clone()], &code).unwrap(), merged);
+        assert!(staging_is_empty(&s));
+        let small = CodeStore {
+            limits: Limits {
+                max_unpacked: 20,
+                ..Limits::default()
+            },
+            root: s.root.clone(),
+            staging: s.staging.clone(),
+        };
+        let err = small.merge(&[one, two], &code).unwrap_err();
+        assert!(err.to_string().contains("layers come to"), "{err}");
+        assert!(staging_is_empty(&s));
     }
 
     fn refused(entries: &[(&str, u32, &[u8])], needle: &str) {

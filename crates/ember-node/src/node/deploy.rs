@@ -128,6 +128,19 @@ impl Node {
             },
         };
         check_entry_point(&config, &self.code.path(&code.hash))?;
+        // The function's own copy of its layers while it names the same ones: a layer
+        // version deleted since does not take it away (as on Lambda).
+        let opt_hash = match &previous {
+            Some(p)
+                if p.config.layers == config.layers
+                    && p.opt_hash
+                        .as_ref()
+                        .is_some_and(|h| self.code.path(h).is_dir()) =>
+            {
+                p.opt_hash.clone()
+            }
+            _ => self.merge_layers(&config.layers, &code.hash).await?,
+        };
         if config.runtime == crate::function::Runtime::Python {
             let (me, dir) = (self.me.clone(), self.code.path(&code.hash));
             blocking(move || match me.upgrade() {
@@ -164,6 +177,7 @@ impl Node {
             updated_at: now,
             code_sha256: code.sha256,
             code_size: code.size,
+            opt_hash,
         };
         let rec = blocking(move || {
             let mut rec = rec;

@@ -12,6 +12,11 @@ use crate::registry::RegistryError;
 pub enum NodeError {
     #[error("function {0:?} does not exist (`ember ls` lists deployed functions)")]
     NotFound(String),
+    #[error(
+        "layer version {0:?} does not exist on this node (list-layer-versions lists those \
+         published here)"
+    )]
+    LayerNotFound(String),
     #[error(transparent)]
     Invalid(#[from] InvalidFunction),
     #[error("function {0:?} does not exist yet, so its first deploy must include code")]
@@ -76,7 +81,7 @@ pub enum NodeErrorKind {
 impl NodeError {
     pub fn kind(&self) -> NodeErrorKind {
         match self {
-            NodeError::NotFound(_) => NodeErrorKind::NotFound,
+            NodeError::NotFound(_) | NodeError::LayerNotFound(_) => NodeErrorKind::NotFound,
             NodeError::Invalid(_) | NodeError::CodeRequired(_) => NodeErrorKind::BadRequest,
             NodeError::Code(e) if e.is_user_error() => NodeErrorKind::BadRequest,
             NodeError::Env(e) if e.is_user_error() => NodeErrorKind::Unprocessable,

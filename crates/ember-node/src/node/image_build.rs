@@ -240,6 +240,7 @@ impl Node {
                 id: spec.instance_id.clone(),
                 memory_bytes: u64::from(spec.memory_mb) << 20,
                 read_only: vec![env.dir.clone(), self.bootstrap.clone()],
+                bound_at: Vec::new(),
                 cwd: env.dir.clone(),
                 host_network: false,
                 runtime_api_port: None,
@@ -360,6 +361,7 @@ impl Node {
                 &mut spec,
                 Sees {
                     read_only,
+                    bound_at: Vec::new(),
                     host_network: false,
                 },
                 id,

@@ -115,6 +115,7 @@ impl Node {
             id: instance_id.to_string(),
             memory_bytes: rec.config.memory_bytes(),
             read_only,
+            bound_at: d.opt_binds(),
             cwd: d.code_dir.clone(),
             host_network: rec.config.network == Network::Host,
             runtime_api_port: runtime

@@ -59,6 +59,7 @@ mod instances;
 mod invocation;
 mod invoke;
 mod ladder;
+mod layers;
 mod learn;
 mod restore;
 mod snapshot_take;
@@ -78,6 +79,7 @@ pub use error::{NodeError, NodeErrorKind};
 use instances::instance_id;
 pub use invocation::{Invocation, InvokeOptions, InvokeOutcome, Timing};
 pub use ladder::StartPath;
+pub use layers::LayerMeta;
 pub use snapshots_admin::{SnapshotUsage, StoredSnapshot};
 pub use versions::AliasChange;
 
@@ -88,6 +90,8 @@ struct Deployed {
     record: FunctionRecord,
     env: PackageEnv,
     code_dir: PathBuf,
+    /// Its layers' merged tree, mounted at /opt.
+    opt_dir: Option<PathBuf>,
     pool: Pool,
     crash_loop: CrashLoop,
     /// A function snapshot of it is being taken.
@@ -96,6 +100,16 @@ struct Deployed {
     take_backoff: Mutex<Option<snapshot_take::TakeBackoff>>,
     /// What each way of starting it measured (this version).
     start_costs: start_costs::StartCosts,
+}
+
+impl Deployed {
+    /// What its instances see at a path of their own: its layers at /opt.
+    fn opt_binds(&self) -> Vec<(PathBuf, PathBuf)> {
+        self.opt_dir
+            .iter()
+            .map(|d| (d.clone(), PathBuf::from("/opt")))
+            .collect()
+    }
 }
 
 pub struct Node {
@@ -329,6 +343,7 @@ impl Node {
         let mut keep = HashSet::new();
         for rec in records {
             keep.insert(rec.code_hash.clone());
+            keep.extend(rec.opt_hash.clone());
             let env = match self.envs.load(&rec.env_key) {
                 Ok(env) => env,
                 Err(_) => {
@@ -355,6 +370,13 @@ impl Node {
             }
             self.install(rec, env);
         }
+        // Layer versions keep their trees, whether or not a function uses them.
+        keep.extend(
+            self.layer_versions()
+                .await?
+                .into_iter()
+                .map(|l| l.code_hash),
+        );
         let reg = self.registry.clone();
         let aliases = blocking(move || Ok(reg.load_aliases()?)).await?;
         *self.write_aliases() = aliases
@@ -395,6 +417,7 @@ impl Node {
         let name = rec.name.clone();
         let deployed = Arc::new(Deployed {
             code_dir: self.code.path(&rec.code_hash),
+            opt_dir: rec.opt_hash.as_ref().map(|h| self.code.path(h)),
             pool: Pool::new(rec.config.max_instances),
             crash_loop: CrashLoop::default(),
             snapshotting: std::sync::atomic::AtomicBool::new(false),

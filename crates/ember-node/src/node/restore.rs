@@ -93,6 +93,8 @@ pub(in crate::node) async fn parked_instance(
 /// read-only, and the host's network or none.
 pub(in crate::node) struct Sees {
     pub read_only: Vec<PathBuf>,
+    /// Directories at a path of their own (a function's layers at /opt).
+    pub bound_at: Vec<(PathBuf, PathBuf)>,
     pub host_network: bool,
 }
 
@@ -154,6 +156,7 @@ impl Node {
                         memory_bytes: u64::from(spec.memory_mb) << 20,
                         read_only: sees.read_only,
                         // The restore sets the process's own (the image's).
+                        bound_at: sees.bound_at.clone(),
                         cwd: PathBuf::from("/"),
                         host_network: sees.host_network,
                         runtime_api_port: None,

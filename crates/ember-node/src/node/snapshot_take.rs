@@ -144,6 +144,7 @@ impl Node {
         let c = &rec.config;
         let mut doc = serde_json::json!({
             "code": rec.code_hash,
+            "opt": rec.opt_hash,
             "env": rec.env_key,
             "handler": c.handler,
             "memory_mb": c.memory_mb,

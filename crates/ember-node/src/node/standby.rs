@@ -420,6 +420,7 @@ impl Node {
                 id: spec.instance_id.clone(),
                 memory_bytes: u64::from(spec.memory_mb) << 20,
                 read_only: vec![self.bootstrap.clone()],
+                bound_at: Vec::new(),
                 cwd: self.bootstrap.clone(),
                 host_network: false,
                 runtime_api_port: None,
@@ -476,6 +477,7 @@ impl Node {
         let bound = match ready.live.sandbox.as_ref() {
             Some(sb) => sb
                 .add_read_only(&dirs)
+                .and_then(|()| sb.add_read_only_at(&sees.bound_at))
                 .and_then(|()| sb.resize(u64::from(spec.memory_mb) << 20))
                 .map_err(|e| error_chain(&e)),
             None => Err("it has no sandbox".to_string()),
@@ -539,6 +541,7 @@ impl Node {
         }
         let sees = Sees {
             read_only: vec![co.env_dir.clone(), self.bootstrap.clone()],
+            bound_at: Vec::new(),
             host_network: false,
         };
         let sink = Arc::new(LateSink::default());
@@ -608,6 +611,7 @@ impl Node {
         let bound = match ready.live.sandbox.as_ref() {
             Some(sb) => sb
                 .add_read_only(std::slice::from_ref(&d.code_dir))
+                .and_then(|()| sb.add_read_only_at(&d.opt_binds()))
                 .and_then(|()| sb.resize(rec.config.memory_bytes()))
                 .map_err(|e| error_chain(&e)),
             None => Err("it has no sandbox".to_string()),

@@ -33,6 +33,7 @@ pub fn instance(boxes: &Sandboxes, work: &Path) -> Sandbox {
             id: "restored".into(),
             memory_bytes: 256 << 20,
             read_only: vec![work.to_path_buf()],
+            bound_at: Vec::new(),
             cwd: work.to_path_buf(),
             host_network: false,
             runtime_api_port: None,

@@ -1,18 +1,21 @@
-"""Published versions and aliases through boto3, as a user coming from Lambda calls them.
-Run by e2e_lambda.rs: boto3_versions.py URL SNAPSHOTS (1: the node takes function
-snapshots, so a version's is taken at publish). Exits non-zero on the first difference."""
+"""Published versions, aliases and layers through boto3, as a user coming from Lambda calls
+them. Run by e2e_lambda.rs: boto3_versions.py URL SANDBOXED (1: the node runs the sandbox and
+takes function snapshots, so a version's is taken at publish and layers are mounted at
+/opt). Exits non-zero on the first difference."""
 
 import base64
 import io
 import json
 import sys
+import time
 import urllib.request
 import zipfile
 
 import boto3
 from botocore.config import Config
 
-url, snapshots = sys.argv[1], sys.argv[2] == "1"
+url, sandboxed = sys.argv[1], sys.argv[2] == "1"
+snapshots = sandboxed
 lam = boto3.client(
     "lambda",
     endpoint_url=url,
@@ -225,4 +228,103 @@ lam.create_function(
 assert error_code(lam.get_alias, FunctionName=F, Name="live")[1] == 404
 assert lam.publish_version(FunctionName=F)["Version"] == "1"
 lam.delete_function(FunctionName=F)
+
+# Layers: zips published as numbered versions, merged in order at /opt (read-only); their
+# Python packages on sys.path after the function's own code, as on Lambda.
+def zipped(files):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, text in files.items():
+            info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
+            info.external_attr = (0o755 if name.startswith("bin/") else 0o644) << 16
+            z.writestr(info, text)
+    return buf.getvalue()
+
+
+LAYER = "arn:aws:lambda:us-east-1:000000000000:layer:"
+one = lam.publish_layer_version(
+    LayerName="deps", Description="one", CompatibleRuntimes=["python3.11"],
+    Content={"ZipFile": zipped({"python/greet.py": "WHO = 'one'\n",
+                                "bin/tool": "#!/bin/sh\necho tool from a layer\n"})},
+)
+assert one["Version"] == 1 and one["LayerVersionArn"] == LAYER + "deps:1", one
+assert one["LayerArn"] == LAYER + "deps" and one["Content"]["CodeSize"] > 0, one
+two = lam.publish_layer_version(
+    LayerName="over", Content={"ZipFile": zipped({"python/greet.py": "WHO = 'two'\n",
+                                                  "data.txt": "from two"})},
+)
+LAYERED = """
+import os, subprocess, sys
+def lambda_handler(event, context):
+    import greet
+    try:
+        open("/opt/mine", "w")
+        wrote = True
+    except OSError:
+        wrote = False
+    data = open("/opt/data.txt").read() if os.path.exists("/opt/data.txt") else None
+    tool = subprocess.run(["tool"], capture_output=True, text=True).stdout.strip() \
+        if os.path.exists("/opt/bin/tool") else None
+    return {"who": greet.WHO, "data": data, "path": sys.path[1:3], "wrote": wrote,
+            "tool": tool}
+"""
+both = [one["LayerVersionArn"], two["LayerVersionArn"]]
+if not sandboxed:
+    assert error_code(
+        lam.create_function, FunctionName="layered", Runtime="python3.11", Role=ROLE,
+        Handler="lambda_function.lambda_handler",
+        Code={"ZipFile": zipped({"lambda_function.py": LAYERED})}, Layers=both,
+    ) == ("InvalidParameterValueException", 400)
+else:
+    lam.create_function(
+        FunctionName="layered", Runtime="python3.11", Role=ROLE,
+        Handler="lambda_function.lambda_handler",
+        Code={"ZipFile": zipped({"lambda_function.py": LAYERED})}, Layers=both,
+    )
+    out = invoke(name="layered")[0]
+    assert out["who"] == "two" and out["data"] == "from two", out
+    assert out["path"] == ["/opt/python/lib/python3.11/site-packages", "/opt/python"], out
+    assert out["wrote"] is False and out["tool"] == "tool from a layer", out
+    # The function's snapshot (taken after that first start) restores with /opt bound
+    # again: stop its instances until a start is from the snapshot.
+    for _ in range(50):
+        stop = urllib.request.Request(url + "/v1/functions/layered/instances", method="DELETE")
+        urllib.request.urlopen(stop).read()
+        again, _, start = invoke(name="layered")
+        if start == "function-snapshot":
+            break
+        time.sleep(0.2)
+    assert start == "function-snapshot", start
+    assert again == out, (again, out)
+    shown = lam.get_function_configuration(FunctionName="layered")["Layers"]
+    assert [x["Arn"] for x in shown] == both and all(x["CodeSize"] > 0 for x in shown), shown
+    # Another list of layers, another /opt.
+    lam.update_function_configuration(FunctionName="layered", Layers=[one["LayerVersionArn"]])
+    lam.get_waiter("function_updated_v2").wait(FunctionName="layered")
+    out = invoke(name="layered")[0]
+    assert out["who"] == "one" and out["data"] is None, out
+    # A deleted layer version: the functions using it keep their copy.
+    lam.delete_layer_version(LayerName="deps", VersionNumber=1)
+    lam.update_function_configuration(FunctionName="layered", Description="still layered")
+    lam.get_waiter("function_updated_v2").wait(FunctionName="layered")
+    assert invoke(name="layered")[0]["who"] == "one"
+    lam.delete_function(FunctionName="layered")
+    assert error_code(lam.get_layer_version, LayerName="deps", VersionNumber=1)[1] == 404
+    again = lam.publish_layer_version(LayerName="deps", Content={"ZipFile": zipped({"x": "y"})})
+    assert again["Version"] == 2, again
+for bad in [
+    [two["LayerVersionArn"]] * 2,
+    [LAYER + f"l{i}:1" for i in range(6)],
+    ["arn:aws:lambda:eu-west-1:123456789012:layer:theirs:3"],
+    [LAYER + "over:9"],
+]:
+    assert error_code(
+        lam.create_function, FunctionName="bad-layers", Runtime="python3.11", Role=ROLE,
+        Handler="lambda_function.lambda_handler",
+        Code={"ZipFile": zipped({"lambda_function.py": LAYERED})}, Layers=bad,
+    ) == ("InvalidParameterValueException", 400), bad
+names = [x["LayerName"] for x in lam.list_layers()["Layers"]]
+assert "over" in names, names
+assert [v["Version"] for v in lam.list_layer_versions(LayerName="over")["LayerVersions"]] == [1]
+assert lam.get_layer_version_by_arn(Arn=two["LayerVersionArn"])["Version"] == 1
 print("boto3 versions: OK")

@@ -361,6 +361,7 @@ impl Node {
         let spec = self.instance_spec(d, instance_id(&rec.name), python, Vec::new());
         let sees = Sees {
             read_only: vec![d.code_dir.clone(), env_dir, self.bootstrap.clone()],
+            bound_at: d.opt_binds(),
             host_network: rec.config.network == Network::Host,
         };
         Ok((spec, sees, co))

@@ -109,6 +109,7 @@ impl Node {
                 co.env_dir.clone(),
                 self.bootstrap.clone(),
             ],
+            bound_at: d.opt_binds(),
             host_network: rec.config.network == Network::Host,
         };
         let sink = self.logs.sink(&rec.name);
