@@ -363,8 +363,10 @@ fn configuration(s: &AppState, st: &FunctionStatus) -> serde_json::Value {
         "LastUpdateStatus": "Successful",
         "PackageType": "Zip",
         "Architectures": [std::env::consts::ARCH],
-        // What every instance's /tmp holds (the node's setting).
-        "EphemeralStorage": { "Size": s.node.tmp_bytes() >> 20 },
+        // The size of its instances' /tmp (its own, or the node's).
+        "EphemeralStorage": {
+            "Size": c.tmp_mb.map_or(s.node.tmp_bytes() >> 20, u64::from)
+        },
         "LoggingConfig": settings::logging(c, name),
         // Ember takes a snapshot of every published version at publish (and of $LATEST at
         // its first start), unless the function's snapshot point is off or later.
@@ -542,7 +544,7 @@ async fn create(
     drop(bytes);
     let (name, _) = parse_function_name(&req.function_name)?;
     let created_name = name.clone();
-    req.unsupported.check(&name, s.node.tmp_bytes() >> 20)?;
+    req.unsupported.check(&name)?;
     if req.package_type.as_deref().is_some_and(|p| p != "Zip") {
         return Err(LambdaError::invalid(
             "Ember runs zip packages only (PackageType Zip)",
@@ -576,6 +578,9 @@ async fn create(
     config.env = req.environment.unwrap_or_default().variables;
     config.description = req.description;
     req.unsupported.apply_logging(&mut config);
+    // Lambda's /tmp: 512 MB unless the request says otherwise.
+    config.tmp_mb = Some(512);
+    req.unsupported.apply_storage(&mut config)?;
     config.role = req.role;
     config.layers = layers::given(req.layers)?;
     settings::apply_tags(&mut config, &req.tags)?;
@@ -794,10 +799,10 @@ async fn update_configuration(
     let st = latest_of(&s, &raw)?;
     let req: UpdateConfiguration = json_body(&bytes)?;
     check_revision(&st.record, req.revision_id.as_deref())?;
-    req.unsupported
-        .check(&st.record.name, s.node.tmp_bytes() >> 20)?;
+    req.unsupported.check(&st.record.name)?;
     let mut config = st.record.config.clone();
     req.unsupported.apply_logging(&mut config);
+    req.unsupported.apply_storage(&mut config)?;
     if let Some(r) = req.runtime {
         config.runtime = parse_runtime(&r)?;
         config.runtime_name = Some(r);

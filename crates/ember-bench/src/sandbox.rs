@@ -75,6 +75,7 @@ async fn one(
             memory_bytes: 256 << 20,
             read_only: vec![work.clone()],
             bound_at: Vec::new(),
+            tmp_bytes: None,
             cwd: work.clone(),
             host_network: false,
             runtime_api_port: None,

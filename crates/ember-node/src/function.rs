@@ -241,6 +241,10 @@ pub struct FunctionConfig {
     /// `<name>:<n>`), at most five, their files merged in this order at /opt.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<String>,
+    /// The size of its instances' /tmp in MiB (Lambda's `EphemeralStorage`); the node's
+    /// (`--tmp-mb`) when none. A tmpfs: what it holds counts against `memory_mb`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmp_mb: Option<u32>,
 }
 
 pub const DEFAULT_MEMORY_MB: u32 = 512;
@@ -370,6 +374,15 @@ impl FunctionConfig {
     pub fn validate(&self) -> Result<(), InvalidFunction> {
         validate_handler(self.runtime, &self.handler)?;
         crate::layers::validate_layers(&self.layers)?;
+        if let Some(t) = self.tmp_mb
+            && !(1..=10_240).contains(&t)
+        {
+            return Err(invalid(
+                "tmp_mb",
+                t.to_string(),
+                "must be from 1 to 10240 (MiB)",
+            ));
+        }
         if self.description.len() > 256 {
             return Err(invalid(
                 "description",

@@ -118,6 +118,9 @@ pub struct InstanceSpec {
     /// Host directories mounted read-only at a path of their own (host, inside): a Lambda
     /// function's layers at /opt.
     pub bound_at: Vec<(PathBuf, PathBuf)>,
+    /// The size of its /tmp (a tmpfs: what it holds counts against `memory_bytes`); the
+    /// node's [`NodeSandbox::tmp_bytes`] when none.
+    pub tmp_bytes: Option<u64>,
     /// Working directory: a host path, seen where [`NodeSandbox::remap`] says.
     pub cwd: PathBuf,
     /// The host's network instead of an empty network namespace.
@@ -310,8 +313,13 @@ impl Sandboxes {
     /// instance's own tmpfs. Made once, on a thread of its own; the namespace lives as long as
     /// the `View` or anything in it.
     pub fn view(&self, spec: &ViewSpec) -> Result<View, SandboxError> {
-        let (steps, late) =
-            self.steps(&spec.read_only, &[], spec.host_network, Some(&spec.private))?;
+        let (steps, late) = self.steps(
+            &spec.read_only,
+            &[],
+            self.cfg.tmp_bytes,
+            spec.host_network,
+            Some(&spec.private),
+        )?;
         let c = |p: &Path| {
             CString::new(p.as_os_str().as_bytes())
                 .map_err(|_| SandboxError::BadPath(p.to_path_buf()))
@@ -426,8 +434,15 @@ impl Sandboxes {
             bpf: self.bpf.clone(),
             stop_for_restore: false,
         };
+        let tmp_bytes = spec.tmp_bytes.unwrap_or(self.cfg.tmp_bytes);
         p.steps = self
-            .steps(&spec.read_only, &spec.bound_at, spec.host_network, None)?
+            .steps(
+                &spec.read_only,
+                &spec.bound_at,
+                tmp_bytes,
+                spec.host_network,
+                None,
+            )?
             .0;
         Ok(p)
     }
@@ -441,6 +456,7 @@ impl Sandboxes {
         &self,
         read_only: &[PathBuf],
         bound_at: &[(PathBuf, PathBuf)],
+        tmp_bytes: u64,
         host_network: bool,
         view: Option<&[PathBuf]>,
     ) -> Result<(Vec<Step>, Vec<PathBuf>), SandboxError> {
@@ -474,10 +490,7 @@ impl Sandboxes {
                 fstype: c"tmpfs",
                 dst: c(&inside(Path::new("/tmp")))?,
                 flags: libc::MS_NOSUID | libc::MS_NODEV,
-                opts: Some(
-                    CString::new(format!("size={},mode=1777", self.cfg.tmp_bytes))
-                        .unwrap_or_default(),
-                ),
+                opts: Some(CString::new(format!("size={tmp_bytes},mode=1777")).unwrap_or_default()),
             });
             p.push(Step::Mount {
                 fstype: c"proc",
@@ -995,6 +1008,22 @@ impl Sandbox {
             .collect::<Result<Vec<_>, SandboxError>>()?;
         sys::bind_into(first, &dirs, !self.forked).map_err(|(what, source)| SandboxError::Io {
             path: PathBuf::from(format!("{what} (in the instance's mount namespace)")),
+            source,
+        })
+    }
+
+    /// Sets the size of the instance's /tmp, as [`InstanceSpec::tmp_bytes`] would have: for
+    /// a sandbox made ahead (pinned with [`Sandbox::pin_first`]). Fails when its /tmp holds
+    /// more already.
+    pub fn resize_tmp(&self, bytes: u64) -> Result<(), SandboxError> {
+        let Some(first) = &self.first else {
+            return Err(SandboxError::Io {
+                path: PathBuf::from("the sandbox's first process"),
+                source: std::io::Error::other("not pinned (Sandbox::pin_first)"),
+            });
+        };
+        sys::resize_tmp_in(first, bytes).map_err(|source| SandboxError::Io {
+            path: PathBuf::from("/tmp (in the instance's mount namespace)"),
             source,
         })
     }

@@ -595,6 +595,27 @@ pub fn bind_into(
     })
 }
 
+/// Sets the size of the /tmp tmpfs in the mount namespace of the process `pidfd` names (a
+/// sandbox's first process), from a thread of its own that enters it, as [`bind_into`]
+/// does. Fails (EINVAL) when /tmp already holds more.
+pub fn resize_tmp_in(pidfd: &std::os::fd::OwnedFd, bytes: u64) -> io::Result<()> {
+    let data = std::ffi::CString::new(format!("size={bytes}")).map_err(io::Error::other)?;
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("ember-mounts".into())
+            .spawn_scoped(s, || {
+                use std::os::fd::AsRawFd;
+                unshare(libc::CLONE_FS)?;
+                // SAFETY: setns takes a descriptor and a namespace type; no pointers.
+                check(unsafe { libc::setns(pidfd.as_raw_fd(), libc::CLONE_NEWNS) })?;
+                let flags = libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV;
+                mount(None, c"/tmp", None, flags, Some(data.as_c_str()))
+            })?
+            .join()
+            .map_err(|_| io::Error::other("the mount thread panicked"))?
+    })
+}
+
 /// A stack for a process made by [`clone_vm`], below a guard page; unmapped on drop.
 pub struct Stack {
     base: *mut libc::c_void,

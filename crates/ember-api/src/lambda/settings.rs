@@ -86,9 +86,8 @@ pub(super) struct Unsupported {
 }
 
 impl Unsupported {
-    /// Refuses what Ember would not carry out, for function `name` on a node whose instances
-    /// get `tmp_mb` MB of /tmp.
-    pub(super) fn check(&self, name: &str, tmp_mb: u64) -> Result<(), LambdaError> {
+    /// Refuses what Ember would not carry out, for function `name`.
+    pub(super) fn check(&self, name: &str) -> Result<(), LambdaError> {
         let refuse = |m: String| Err(LambdaError::invalid(m));
         if let Some(field) = self.rest.keys().next() {
             return refuse(format!(
@@ -105,15 +104,6 @@ impl Unsupported {
                  Event invocation is retried twice, then written to the function's log"
                     .into(),
             );
-        }
-        if let Some(e) = &self.ephemeral_storage
-            && e.size != tmp_mb
-        {
-            return refuse(format!(
-                "EphemeralStorage.Size {}: this node gives every instance {tmp_mb} MB of /tmp \
-                 (`ember serve --tmp-mb` sets it); a size per function is not supported",
-                e.size
-            ));
         }
         if let Some(l) = &self.logging_config {
             if l.application_log_level.is_some() && l.log_format.as_deref() != Some("JSON") {
@@ -194,6 +184,22 @@ impl Unsupported {
 }
 
 impl Unsupported {
+    /// Carries out a request's `EphemeralStorage` on `config`: its /tmp size, 512 to 10240
+    /// MB as Lambda's.
+    pub(super) fn apply_storage(&self, config: &mut FunctionConfig) -> Result<(), LambdaError> {
+        let Some(e) = &self.ephemeral_storage else {
+            return Ok(());
+        };
+        if !(512..=10_240).contains(&e.size) {
+            return Err(LambdaError::invalid(format!(
+                "EphemeralStorage.Size {} must be from 512 to 10240 (MB)",
+                e.size
+            )));
+        }
+        config.tmp_mb = Some(e.size as u32);
+        Ok(())
+    }
+
     /// Carries out a request's `LoggingConfig` on `config` (its format and application log
     /// level; the runtime reads them from its environment). Checked by `FunctionConfig`'s
     /// validation.
@@ -441,17 +447,13 @@ mod tests {
         ];
         for v in ok {
             parse(v.clone())
-                .check("f", 64)
+                .check("f")
                 .unwrap_or_else(|e| panic!("{v}: {e:?}"));
         }
         let refused = [
             (
                 serde_json::json!({"DeadLetterConfig": {"TargetArn": "arn:aws:sqs:x"}}),
                 "DeadLetterConfig",
-            ),
-            (
-                serde_json::json!({"EphemeralStorage": {"Size": 512}}),
-                "EphemeralStorage",
             ),
             (
                 serde_json::json!({"LoggingConfig": {"SystemLogLevel": "DEBUG"}}),
@@ -497,10 +499,27 @@ mod tests {
             ),
         ];
         for (v, why) in refused {
-            let e = parse(v.clone()).check("f", 64).unwrap_err();
+            let e = parse(v.clone()).check("f").unwrap_err();
             assert_eq!(e.error_type, "InvalidParameterValueException", "{v}");
             assert!(e.message.contains(why), "{v}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn ephemeral_storage_is_the_tmp_size_in_lambdas_range() {
+        let mut c: FunctionConfig =
+            serde_json::from_value(serde_json::json!({"handler": "a.b"})).unwrap();
+        parse(serde_json::json!({"EphemeralStorage": {"Size": 1024}}))
+            .apply_storage(&mut c)
+            .unwrap();
+        assert_eq!(c.tmp_mb, Some(1024));
+        for bad in [511, 10_241, 0] {
+            let e = parse(serde_json::json!({"EphemeralStorage": {"Size": bad}}))
+                .apply_storage(&mut c)
+                .unwrap_err();
+            assert!(e.message.contains("512 to 10240"), "{}", e.message);
+        }
+        assert_eq!(c.tmp_mb, Some(1024));
     }
 
     #[test]

@@ -241,6 +241,7 @@ impl Node {
                 memory_bytes: u64::from(spec.memory_mb) << 20,
                 read_only: vec![env.dir.clone(), self.bootstrap.clone()],
                 bound_at: Vec::new(),
+                tmp_bytes: None,
                 cwd: env.dir.clone(),
                 host_network: false,
                 runtime_api_port: None,
@@ -362,6 +363,7 @@ impl Node {
                 Sees {
                     read_only,
                     bound_at: Vec::new(),
+                    tmp_bytes: None,
                     host_network: false,
                 },
                 id,

@@ -116,6 +116,7 @@ impl Node {
             memory_bytes: rec.config.memory_bytes(),
             read_only,
             bound_at: d.opt_binds(),
+            tmp_bytes: Some(d.tmp_bytes(&self.cfg)),
             cwd: d.code_dir.clone(),
             host_network: rec.config.network == Network::Host,
             runtime_api_port: runtime

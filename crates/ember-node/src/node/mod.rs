@@ -103,6 +103,14 @@ struct Deployed {
 }
 
 impl Deployed {
+    /// The size of its instances' /tmp: its own, or the node's.
+    fn tmp_bytes(&self, cfg: &NodeConfig) -> u64 {
+        self.record
+            .config
+            .tmp_mb
+            .map_or(cfg.tmp_bytes, |mb| u64::from(mb) << 20)
+    }
+
     /// What its instances see at a path of their own: its layers at /opt.
     fn opt_binds(&self) -> Vec<(PathBuf, PathBuf)> {
         self.opt_dir

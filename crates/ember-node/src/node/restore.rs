@@ -95,6 +95,8 @@ pub(in crate::node) struct Sees {
     pub read_only: Vec<PathBuf>,
     /// Directories at a path of their own (a function's layers at /opt).
     pub bound_at: Vec<(PathBuf, PathBuf)>,
+    /// The size of its /tmp; the node's when none.
+    pub tmp_bytes: Option<u64>,
     pub host_network: bool,
 }
 
@@ -157,6 +159,7 @@ impl Node {
                         read_only: sees.read_only,
                         // The restore sets the process's own (the image's).
                         bound_at: sees.bound_at.clone(),
+                        tmp_bytes: sees.tmp_bytes,
                         cwd: PathBuf::from("/"),
                         host_network: sees.host_network,
                         runtime_api_port: None,

@@ -421,6 +421,7 @@ impl Node {
                 memory_bytes: u64::from(spec.memory_mb) << 20,
                 read_only: vec![self.bootstrap.clone()],
                 bound_at: Vec::new(),
+                tmp_bytes: None,
                 cwd: self.bootstrap.clone(),
                 host_network: false,
                 runtime_api_port: None,
@@ -478,6 +479,10 @@ impl Node {
             Some(sb) => sb
                 .add_read_only(&dirs)
                 .and_then(|()| sb.add_read_only_at(&sees.bound_at))
+                .and_then(|()| match sees.tmp_bytes {
+                    Some(b) if b != self.cfg.tmp_bytes => sb.resize_tmp(b),
+                    _ => Ok(()),
+                })
                 .and_then(|()| sb.resize(u64::from(spec.memory_mb) << 20))
                 .map_err(|e| error_chain(&e)),
             None => Err("it has no sandbox".to_string()),
@@ -542,6 +547,7 @@ impl Node {
         let sees = Sees {
             read_only: vec![co.env_dir.clone(), self.bootstrap.clone()],
             bound_at: Vec::new(),
+            tmp_bytes: None,
             host_network: false,
         };
         let sink = Arc::new(LateSink::default());
@@ -612,6 +618,10 @@ impl Node {
             Some(sb) => sb
                 .add_read_only(std::slice::from_ref(&d.code_dir))
                 .and_then(|()| sb.add_read_only_at(&d.opt_binds()))
+                .and_then(|()| match d.tmp_bytes(&self.cfg) {
+                    b if b != self.cfg.tmp_bytes => sb.resize_tmp(b),
+                    _ => Ok(()),
+                })
                 .and_then(|()| sb.resize(rec.config.memory_bytes()))
                 .map_err(|e| error_chain(&e)),
             None => Err("it has no sandbox".to_string()),

@@ -34,6 +34,7 @@ pub fn instance(boxes: &Sandboxes, work: &Path) -> Sandbox {
             memory_bytes: 256 << 20,
             read_only: vec![work.to_path_buf()],
             bound_at: Vec::new(),
+            tmp_bytes: None,
             cwd: work.to_path_buf(),
             host_network: false,
             runtime_api_port: None,

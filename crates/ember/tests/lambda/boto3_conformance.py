@@ -239,12 +239,12 @@ with concurrent.futures.ThreadPoolExecutor(4) as pool:
 assert 200 in codes and 429 in codes, codes
 
 # Every setting is carried out or refused, never dropped.
-assert got["Configuration"]["EphemeralStorage"]["Size"] == 64, got  # the node's /tmp
+assert got["Configuration"]["EphemeralStorage"]["Size"] == 512, got  # Lambda's default /tmp
 for extra in [
     {"Layers": ["arn:aws:lambda:us-east-1:123456789012:layer:deps:1"]},
     {"TracingConfig": {"Mode": "Active"}},
     {"DeadLetterConfig": {"TargetArn": "arn:aws:sqs:us-east-1:123456789012:dlq"}},
-    {"EphemeralStorage": {"Size": 1024}},
+    {"EphemeralStorage": {"Size": 10241}},  # past Lambda's 10240
     {"FileSystemConfigs": [{"Arn": "arn:aws:elasticfilesystem:x", "LocalMountPath": "/mnt/x"}]},
     {"LoggingConfig": {"SystemLogLevel": "DEBUG"}},
     {"LoggingConfig": {"LogGroup": "/elsewhere"}},
@@ -279,7 +279,7 @@ settings = lam.get_account_settings()
 assert settings["AccountUsage"]["FunctionCount"] >= 1, settings
 
 # An operation Ember does not implement says so in an error botocore reads.
-assert error_code(lam.list_layers) == ("UnknownOperationException", 404)
+assert error_code(lam.get_policy, FunctionName="boto-fn") == ("UnknownOperationException", 404)
 assert error_code(lam.get_provisioned_concurrency_config, FunctionName="boto-fn",
                   Qualifier="1") == ("UnknownOperationException", 404)
 

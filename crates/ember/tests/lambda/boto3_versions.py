@@ -323,6 +323,40 @@ for bad in [
         Handler="lambda_function.lambda_handler",
         Code={"ZipFile": zipped({"lambda_function.py": LAYERED})}, Layers=bad,
     ) == ("InvalidParameterValueException", 400), bad
+# EphemeralStorage: the size of the function's /tmp (512 MB unless given), however its
+# instance starts.
+TMP = '''
+import os
+def lambda_handler(event, context):
+    st = os.statvfs("/tmp")
+    return st.f_blocks * st.f_frsize >> 20
+'''
+lam.create_function(
+    FunctionName="tmp-fn", Runtime="python3.11", Role=ROLE,
+    Handler="lambda_function.lambda_handler", Code={"ZipFile": zipped({"lambda_function.py": TMP})},
+)
+conf = lam.get_function_configuration(FunctionName="tmp-fn")
+assert conf["EphemeralStorage"] == {"Size": 512}, conf
+if sandboxed:
+    assert invoke(name="tmp-fn")[0] == 512
+lam.update_function_configuration(FunctionName="tmp-fn", EphemeralStorage={"Size": 1536})
+lam.get_waiter("function_updated_v2").wait(FunctionName="tmp-fn")
+assert lam.get_function(FunctionName="tmp-fn")["Configuration"]["EphemeralStorage"]["Size"] == 1536
+if sandboxed:
+    assert invoke(name="tmp-fn")[0] == 1536
+    for _ in range(50):
+        stop = urllib.request.Request(url + "/v1/functions/tmp-fn/instances", method="DELETE")
+        urllib.request.urlopen(stop).read()
+        size, _, start = invoke(name="tmp-fn")
+        if start == "function-snapshot":
+            break
+        time.sleep(0.2)
+    assert (start, size) == ("function-snapshot", 1536), (start, size)
+assert error_code(
+    lam.update_function_configuration, FunctionName="tmp-fn", EphemeralStorage={"Size": 10241}
+) == ("InvalidParameterValueException", 400)
+lam.delete_function(FunctionName="tmp-fn")
+
 names = [x["LayerName"] for x in lam.list_layers()["Layers"]]
 assert "over" in names, names
 assert [v["Version"] for v in lam.list_layer_versions(LayerName="over")["LayerVersions"]] == [1]

@@ -362,6 +362,7 @@ impl Node {
         let sees = Sees {
             read_only: vec![d.code_dir.clone(), env_dir, self.bootstrap.clone()],
             bound_at: d.opt_binds(),
+            tmp_bytes: Some(d.tmp_bytes(&self.cfg)),
             host_network: rec.config.network == Network::Host,
         };
         Ok((spec, sees, co))

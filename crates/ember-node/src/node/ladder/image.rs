@@ -110,6 +110,7 @@ impl Node {
                 self.bootstrap.clone(),
             ],
             bound_at: d.opt_binds(),
+            tmp_bytes: Some(d.tmp_bytes(&self.cfg)),
             host_network: rec.config.network == Network::Host,
         };
         let sink = self.logs.sink(&rec.name);
