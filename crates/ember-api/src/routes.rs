@@ -73,7 +73,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(token) = &s.cfg.token
         && req.uri().path() != "/v1/health"
-        && !crate::lambda::url::is_public(&s, req.uri().path())
+        && !crate::lambda::url::is_public(&s, &req)
     {
         let auth = req
             .headers()

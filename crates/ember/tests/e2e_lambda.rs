@@ -375,6 +375,35 @@ async fn a_token_decides_access_whatever_the_signature() {
     assert_eq!(http.get(&url).send().await.unwrap().status(), 403);
     let r = http.get(&url).bearer_auth("s3cret").send().await.unwrap();
     assert_eq!(r.status(), 200);
+    // A browser's CORS preflight carries no credentials: with Cors it is answered (without
+    // the function), and the request it clears still needs the token.
+    let preflight = || {
+        http.request(reqwest::Method::OPTIONS, &url)
+            .header("origin", "https://app.example")
+            .header("access-control-request-method", "GET")
+            .send()
+    };
+    assert_eq!(preflight().await.unwrap().status(), 403, "no Cors yet");
+    signed(&[
+        "update-function-url-config",
+        "--function-name",
+        "pub",
+        "--cors",
+        "AllowOrigins=https://app.example,AllowMethods=GET",
+    ]);
+    let r = preflight().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let r = http
+        .get(&url)
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
 }
 
 #[tokio::test]

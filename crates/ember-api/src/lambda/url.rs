@@ -4,6 +4,10 @@
 //! handler's answer becomes the response (a `statusCode` object as the function shaped it,
 //! anything else as a 200 JSON body). `AuthType` `NONE` is public (no token even when the
 //! daemon has one); `AWS_IAM` takes the daemon's token as any other API call does.
+//!
+//! `Cors`, as Lambda carries it out: a preflight (`OPTIONS` with `Origin` and
+//! `Access-Control-Request-Method`) is answered here without invoking the function; any
+//! other request from an allowed origin gets the CORS headers over the function's own.
 
 use std::collections::BTreeMap;
 
@@ -32,6 +36,130 @@ struct UrlRequest {
     invoke_mode: Option<String>,
 }
 
+/// A URL's `Cors` configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct Cors {
+    #[serde(default)]
+    allow_credentials: bool,
+    #[serde(default)]
+    allow_headers: Vec<String>,
+    #[serde(default)]
+    allow_methods: Vec<String>,
+    #[serde(default)]
+    allow_origins: Vec<String>,
+    #[serde(default)]
+    expose_headers: Vec<String>,
+    max_age: Option<u32>,
+}
+
+impl Cors {
+    /// The configuration as stored, checked as Lambda checks it.
+    fn parse(v: &serde_json::Value) -> Result<Cors, String> {
+        let c: Cors = serde_json::from_value(v.clone()).map_err(|e| format!("Cors: {e}"))?;
+        let lists = [
+            ("AllowHeaders", &c.allow_headers, 1024),
+            ("AllowMethods", &c.allow_methods, 6),
+            ("AllowOrigins", &c.allow_origins, 253),
+            ("ExposeHeaders", &c.expose_headers, 1024),
+        ];
+        for (field, items, longest) in lists {
+            if items.len() > 100 {
+                return Err(format!("Cors.{field} may have at most 100 items"));
+            }
+            if let Some(bad) = items
+                .iter()
+                .find(|i| i.is_empty() || i.len() > longest || HeaderValue::from_str(i).is_err())
+            {
+                return Err(format!(
+                    "Cors.{field} item {bad:?} must be 1 to {longest} printable characters"
+                ));
+            }
+        }
+        if let Some(m) = c
+            .allow_methods
+            .iter()
+            .find(|m| *m != "*" && axum::http::Method::from_bytes(m.as_bytes()).is_err())
+        {
+            return Err(format!(
+                "Cors.AllowMethods item {m:?} is not an HTTP method or *"
+            ));
+        }
+        if c.max_age.is_some_and(|a| a > 86_400) {
+            return Err("Cors.MaxAge must be from 0 to 86400 seconds".into());
+        }
+        Ok(c)
+    }
+
+    /// The `Access-Control-Allow-Origin` a request from `origin` gets, if it is allowed.
+    fn allowed_origin(&self, origin: &str) -> Option<String> {
+        let o = origin.trim_end_matches('/');
+        if self
+            .allow_origins
+            .iter()
+            .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(o))
+        {
+            return Some(origin.to_string());
+        }
+        // With credentials a browser takes no wildcard: the origin itself.
+        self.allow_origins
+            .iter()
+            .any(|a| a == "*")
+            .then(|| match self.allow_credentials {
+                true => origin.to_string(),
+                false => "*".to_string(),
+            })
+    }
+
+    /// The headers of a response to a request from `origin` (a preflight: `preflight`).
+    fn headers(&self, origin: &str, preflight: bool, hs: &mut HeaderMap) {
+        // The function's own CORS headers give way to the configuration's.
+        let own: Vec<_> = hs
+            .keys()
+            .filter(|k| k.as_str().starts_with("access-control-"))
+            .cloned()
+            .collect();
+        for k in own {
+            hs.remove(k);
+        }
+        hs.append(header::VARY, HeaderValue::from_static("Origin"));
+        let Some(allow) = self.allowed_origin(origin) else {
+            return;
+        };
+        let mut put = |name: axum::http::HeaderName, value: String| {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                hs.insert(name, v);
+            }
+        };
+        put(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
+        if self.allow_credentials {
+            put(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true".into());
+        }
+        if preflight {
+            if !self.allow_methods.is_empty() {
+                put(
+                    header::ACCESS_CONTROL_ALLOW_METHODS,
+                    self.allow_methods.join(","),
+                );
+            }
+            if !self.allow_headers.is_empty() {
+                put(
+                    header::ACCESS_CONTROL_ALLOW_HEADERS,
+                    self.allow_headers.join(","),
+                );
+            }
+            if let Some(age) = self.max_age {
+                put(header::ACCESS_CONTROL_MAX_AGE, age.to_string());
+            }
+        } else if !self.expose_headers.is_empty() {
+            put(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                self.expose_headers.join(","),
+            );
+        }
+    }
+}
+
 /// Refuses what Ember does not serve of a URL configuration.
 fn check(u: &FunctionUrl) -> Result<(), LambdaError> {
     if !matches!(u.auth_type.as_str(), "NONE" | "AWS_IAM") {
@@ -42,26 +170,29 @@ fn check(u: &FunctionUrl) -> Result<(), LambdaError> {
             "InvokeMode RESPONSE_STREAM is not supported: Ember answers BUFFERED",
         ));
     }
-    if u.cors.as_ref().is_some_and(|c| !c.is_null()) {
-        return Err(LambdaError::invalid(
-            "Cors is not supported yet: answer CORS headers from the function",
-        ));
+    if let Some(c) = u.cors.as_ref().filter(|c| !c.is_null()) {
+        Cors::parse(c).map_err(LambdaError::invalid)?;
     }
     Ok(())
 }
 
-/// Whether a request for a function URL at `path` may go without the daemon's token: its
-/// function's URL is public (`AuthType: NONE`).
-pub(crate) fn is_public(s: &AppState, path: &str) -> bool {
-    let Some(rest) = path.strip_prefix(PREFIX) else {
+/// Whether a request for a function URL may go without the daemon's token: its function's
+/// URL is public (`AuthType: NONE`), or it is a CORS preflight to a URL with `Cors` (a
+/// browser sends no credentials with one; it is answered without invoking the function).
+pub(crate) fn is_public<B>(s: &AppState, req: &axum::http::Request<B>) -> bool {
+    let Some(rest) = req.uri().path().strip_prefix(PREFIX) else {
         return false;
     };
     let name = rest.split('/').next().unwrap_or("");
-    s.node
-        .get(name)
-        .ok()
-        .and_then(|st| st.record.config.url)
-        .is_some_and(|u| u.auth_type == "NONE")
+    let Some(u) = s.node.get(name).ok().and_then(|st| st.record.config.url) else {
+        return false;
+    };
+    let preflight = req.method() == axum::http::Method::OPTIONS
+        && req.headers().contains_key(header::ORIGIN)
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    u.auth_type == "NONE" || (preflight && u.cors.as_ref().is_some_and(|c| !c.is_null()))
 }
 
 /// The daemon's address as the client named it (its `Host`).
@@ -394,8 +525,29 @@ async fn serve_inner(s: &AppState, req: Request) -> Result<Response, LambdaError
         None => (rest.to_string(), "/".to_string()),
     };
     let st = s.node.get(&name).map_err(|_| not_found(&name))?;
-    if st.record.config.url.is_none() {
+    let Some(url) = st.record.config.url else {
         return Err(not_found(&name));
+    };
+    let cors = url
+        .cors
+        .as_ref()
+        .filter(|c| !c.is_null())
+        .and_then(|c| Cors::parse(c).ok());
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .map(str::to_string);
+    if let (Some(cors), Some(origin)) = (&cors, &origin)
+        && req.method() == axum::http::Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        // A preflight: answered here, as Lambda answers it, without invoking the function.
+        let mut r = StatusCode::OK.into_response();
+        cors.headers(origin, true, r.headers_mut());
+        return Ok(r);
     }
     let (parts, body) = req.into_parts();
     let bytes = read(s, &parts.headers, body, super::MAX_SYNC_PAYLOAD, "Invoke").await?;
@@ -412,15 +564,19 @@ async fn serve_inner(s: &AppState, req: Request) -> Result<Response, LambdaError
     let mut inv = tokio::spawn(async move { node.invoke_with(&name, &event, opts).await })
         .await
         .map_err(|e| super::lambda_task_failed("the invocation", e))??;
-    match lambda_body(&mut inv)? {
-        Ok(payload) => Ok(response(&payload)),
+    let mut r = match lambda_body(&mut inv)? {
+        Ok(payload) => response(&payload),
         // As Lambda's function URLs answer a function error: 502 with a short body.
-        Err(_) => Ok((
+        Err(_) => (
             StatusCode::BAD_GATEWAY,
             axum::Json(serde_json::json!({"Message": "Internal Server Error"})),
         )
-            .into_response()),
+            .into_response(),
+    };
+    if let (Some(cors), Some(origin)) = (&cors, &origin) {
+        cors.headers(origin, false, r.headers_mut());
     }
+    Ok(r)
 }
 
 #[cfg(test)]
@@ -452,6 +608,44 @@ mod tests {
         assert!(r.headers().get("transfer-encoding").is_none());
         assert!(r.headers().get("connection").is_none());
         assert_eq!(r.headers()["x-ok"], "1");
+    }
+
+    #[test]
+    fn cors_answers_allowed_origins_only_and_overrides_the_function() {
+        let c = Cors::parse(&serde_json::json!({
+            "AllowOrigins": ["https://app.example"], "AllowMethods": ["GET", "POST"],
+            "AllowHeaders": ["x-custom"], "ExposeHeaders": ["x-ember"], "MaxAge": 600,
+            "AllowCredentials": true}))
+        .unwrap();
+        let mut hs = HeaderMap::new();
+        c.headers("https://app.example", true, &mut hs);
+        assert_eq!(hs["access-control-allow-origin"], "https://app.example");
+        assert_eq!(hs["access-control-allow-methods"], "GET,POST");
+        assert_eq!(hs["access-control-allow-headers"], "x-custom");
+        assert_eq!(hs["access-control-max-age"], "600");
+        assert_eq!(hs["access-control-allow-credentials"], "true");
+        let mut hs = HeaderMap::new();
+        hs.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+        c.headers("https://evil.example", false, &mut hs);
+        assert!(hs.get("access-control-allow-origin").is_none(), "{hs:?}");
+        let mut hs = HeaderMap::new();
+        c.headers("https://APP.example", false, &mut hs);
+        assert_eq!(hs["access-control-expose-headers"], "x-ember");
+        assert!(hs.get("access-control-allow-methods").is_none());
+        let any = Cors::parse(&serde_json::json!({"AllowOrigins": ["*"]})).unwrap();
+        assert_eq!(
+            any.allowed_origin("https://x.example").as_deref(),
+            Some("*")
+        );
+        for bad in [
+            serde_json::json!({"AllowMethods": ["FETCHALL"]}),
+            serde_json::json!({"MaxAge": 86401}),
+            serde_json::json!({"AllowOrigins": [""]}),
+            serde_json::json!({"AllowOrigin": ["*"]}),
+            serde_json::json!({"AllowHeaders": ["a\nb"]}),
+        ] {
+            assert!(Cors::parse(&bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -316,6 +316,26 @@ resp = urllib.request.urlopen(furl + "plain")
 assert resp.status == 200 and json.loads(resp.read()) == {"plain": True}
 assert error_code(lam.create_function_url_config, FunctionName="url-fn", AuthType="NONE") == (
     "ResourceConflictException", 409)
+# Cors as Lambda carries it out: preflights answered without the function, the allowed
+# origin's requests given the configured headers over the function's own.
+lam.update_function_url_config(FunctionName="url-fn", Cors={
+    "AllowOrigins": ["https://app.example"], "AllowMethods": ["GET", "POST"],
+    "AllowHeaders": ["x-custom"], "ExposeHeaders": ["x-ember"], "MaxAge": 300})
+assert lam.get_function_url_config(FunctionName="url-fn")["Cors"]["MaxAge"] == 300
+resp = urllib.request.urlopen(urllib.request.Request(furl + "items", method="OPTIONS", headers={
+    "Origin": "https://app.example", "Access-Control-Request-Method": "POST"}))
+assert resp.status == 200 and resp.read() == b"", resp.status
+assert resp.headers["access-control-allow-origin"] == "https://app.example", resp.headers
+assert resp.headers["access-control-allow-methods"] == "GET,POST", resp.headers
+assert resp.headers["access-control-max-age"] == "300", resp.headers
+resp = urllib.request.urlopen(urllib.request.Request(
+    furl + "items", data=b"x", method="POST", headers={"Origin": "https://app.example"}))
+assert resp.status == 201 and resp.headers["access-control-expose-headers"] == "x-ember"
+resp = urllib.request.urlopen(urllib.request.Request(
+    furl + "items", data=b"x", method="POST", headers={"Origin": "https://evil.example"}))
+assert "access-control-allow-origin" not in resp.headers, resp.headers
+assert error_code(lam.update_function_url_config, FunctionName="url-fn",
+                  Cors={"MaxAge": 90000}) == ("InvalidParameterValueException", 400)
 assert error_code(lam.update_function_url_config, FunctionName="url-fn",
                   InvokeMode="RESPONSE_STREAM") == ("InvalidParameterValueException", 400)
 lam.delete_function_url_config(FunctionName="url-fn")
