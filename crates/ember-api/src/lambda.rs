@@ -45,6 +45,7 @@ use crate::AppState;
 use crate::error::error_chain;
 use crate::routes::{ember_headers, read_body, task_failed};
 
+mod event_invoke;
 mod layers;
 mod settings;
 pub(crate) mod url;
@@ -85,6 +86,17 @@ pub(crate) fn router() -> Router<AppState> {
             get(versions::get_alias)
                 .put(versions::update_alias)
                 .delete(versions::delete_alias),
+        )
+        .route(
+            "/2019-09-25/functions/{name}/event-invoke-config",
+            put(event_invoke::put)
+                .post(event_invoke::update)
+                .get(event_invoke::get)
+                .delete(event_invoke::delete),
+        )
+        .route(
+            "/2019-09-25/functions/{name}/event-invoke-config/list",
+            get(event_invoke::list),
         )
         .route("/2018-10-31/layers", get(layers::list))
         .route("/2018-10-31/layers/", get(layers::list))
@@ -543,7 +555,6 @@ async fn create(
     let req: CreateRequest = json_body(&bytes)?;
     drop(bytes);
     let (name, _) = parse_function_name(&req.function_name)?;
-    let created_name = name.clone();
     req.unsupported.check(&name)?;
     if req.package_type.as_deref().is_some_and(|p| p != "Zip") {
         return Err(LambdaError::invalid(
@@ -591,11 +602,12 @@ async fn create(
     let code = s.node.store_code(zip).await?;
     // The deploy checks the configuration again, packages included.
     config.packages = packages_of(&s, config.runtime, &code)?;
-    let created = deploy(&s, name, config, Some(code), StatusCode::CREATED, None).await?;
+    let rec = deploy_record(&s, name, config, Some(code), None).await?;
     if !req.publish {
-        return Ok(created);
+        let made = configuration(&s, &s.node.get(&rec.name)?);
+        return Ok((StatusCode::CREATED, axum::Json(made)).into_response());
     }
-    let version = versions::publish_latest(&s, &s.node.get(&created_name)?, None, None).await?;
+    let version = versions::publish_latest(&s, &rec, None, None).await?;
     Ok((StatusCode::CREATED, axum::Json(version)).into_response())
 }
 
@@ -777,15 +789,26 @@ async fn deploy(
     status: StatusCode,
     expected: Option<u64>,
 ) -> Result<Response, LambdaError> {
+    deploy_record(s, name.clone(), config, code, expected).await?;
+    Ok((status, axum::Json(configuration(s, &s.node.get(&name)?))).into_response())
+}
+
+/// [`deploy`], returning the record it made.
+async fn deploy_record(
+    s: &AppState,
+    name: String,
+    config: FunctionConfig,
+    code: Option<ember_node::StoredCode>,
+    expected: Option<u64>,
+) -> Result<ember_node::FunctionRecord, LambdaError> {
     let node = s.node.clone();
-    let n = name.clone();
-    tokio::spawn(async move {
-        node.deploy_expecting(&n, config, code, &|_| {}, expected)
+    let (rec, _) = tokio::spawn(async move {
+        node.deploy_expecting(&name, config, code, &|_| {}, expected)
             .await
     })
     .await
     .map_err(|e| lambda_task_failed("the deploy", e))??;
-    Ok((status, axum::Json(configuration(s, &s.node.get(&name)?))).into_response())
+    Ok(rec)
 }
 
 async fn update_configuration(
@@ -882,22 +905,12 @@ async fn update_code(
         return Ok(axum::Json(configuration(&s, &st)).into_response());
     }
     let version = Some(st.record.version);
-    let updated = deploy(
-        &s,
-        st.record.name.clone(),
-        config,
-        Some(code),
-        StatusCode::OK,
-        version,
-    )
-    .await?;
+    let rec = deploy_record(&s, st.record.name.clone(), config, Some(code), version).await?;
     if !req.publish {
-        return Ok(updated);
+        return Ok(axum::Json(configuration(&s, &s.node.get(&rec.name)?)).into_response());
     }
-    // What this update deployed, unless another change came between.
-    let latest = s.node.get(&st.record.name)?;
-    let sha = Some(latest.record.code_sha256.clone());
-    let version = versions::publish_latest(&s, &latest, None, sha).await?;
+    // What this update deployed: refused if another change came between.
+    let version = versions::publish_latest(&s, &rec, None, Some(rec.code_sha256.clone())).await?;
     Ok(axum::Json(version).into_response())
 }
 

@@ -178,6 +178,84 @@ pub struct FunctionUrl {
     pub invoke_mode: Option<String>,
 }
 
+/// What becomes of a function's asynchronous invocations (Lambda's event-invoke config):
+/// how often a failed one is tried again, how long one may wait, and the functions that get
+/// the record of each success and failure (Lambda's destinations; functions only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EventInvoke {
+    /// Retries after a failed attempt: 0 to 2 (the node's 2 when none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    /// Seconds an event may wait to run: 60 to 21600 (the node's `event_max_age` when none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_s: Option<u32>,
+    /// A function (name or ARN, with a qualifier or not) invoked asynchronously with the
+    /// record of each invocation that succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<String>,
+    /// Likewise for each that was dropped: retries exhausted, or too old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<String>,
+    /// Seconds since the Unix epoch of its last change.
+    #[serde(default)]
+    pub updated_at: u64,
+}
+
+/// The function (name and qualifier) a destination names: a function ARN of this node's
+/// region and account, or a name.
+pub fn parse_destination(d: &str) -> Result<(String, Option<String>), InvalidFunction> {
+    let refuse = || {
+        invalid(
+            "DestinationConfig",
+            d,
+            "must be a Lambda function of this node (its name or ARN): Ember sends destination \
+             records to functions only; SQS, SNS, EventBridge and S3 destinations are not \
+             supported",
+        )
+    };
+    let rest = match d.strip_prefix("arn:aws:lambda:") {
+        Some(rest) => rest
+            .strip_prefix(&format!("{REGION}:{ACCOUNT}:function:"))
+            .ok_or_else(refuse)?,
+        None if d.starts_with("arn:") => return Err(refuse()),
+        None => d,
+    };
+    let (name, qualifier) = match rest.split_once(':') {
+        Some((n, q)) => (n, Some(q.to_string())),
+        None => (rest, None),
+    };
+    validate_name(name).map_err(|_| refuse())?;
+    Ok((name.to_string(), qualifier))
+}
+
+impl EventInvoke {
+    pub fn validate(&self) -> Result<(), InvalidFunction> {
+        if let Some(r) = self.max_retries
+            && r > 2
+        {
+            return Err(invalid(
+                "MaximumRetryAttempts",
+                r.to_string(),
+                "must be from 0 to 2",
+            ));
+        }
+        if let Some(a) = self.max_age_s
+            && !(60..=21_600).contains(&a)
+        {
+            return Err(invalid(
+                "MaximumEventAgeInSeconds",
+                a.to_string(),
+                "must be from 60 to 21600",
+            ));
+        }
+        for d in self.on_success.iter().chain(&self.on_failure) {
+            parse_destination(d)?;
+        }
+        Ok(())
+    }
+}
+
 /// A function's configuration as a user gives it (code travels separately).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -245,6 +323,9 @@ pub struct FunctionConfig {
     /// (`--tmp-mb`) when none. A tmpfs: what it holds counts against `memory_mb`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tmp_mb: Option<u32>,
+    /// What becomes of its asynchronous invocations; the node's defaults when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_invoke: Option<EventInvoke>,
 }
 
 pub const DEFAULT_MEMORY_MB: u32 = 512;
@@ -374,6 +455,9 @@ impl FunctionConfig {
     pub fn validate(&self) -> Result<(), InvalidFunction> {
         validate_handler(self.runtime, &self.handler)?;
         crate::layers::validate_layers(&self.layers)?;
+        if let Some(e) = &self.event_invoke {
+            e.validate()?;
+        }
         if let Some(t) = self.tmp_mb
             && !(1..=10_240).contains(&t)
         {
@@ -579,6 +663,46 @@ mod tests {
 
     fn config(handler: &str) -> FunctionConfig {
         serde_json::from_value(serde_json::json!({ "handler": handler })).unwrap()
+    }
+
+    #[test]
+    fn event_invoke_settings_are_in_lambdas_ranges_and_destinations_are_functions() {
+        let ok = EventInvoke {
+            max_retries: Some(0),
+            max_age_s: Some(60),
+            on_success: Some(function_arn("dest")),
+            on_failure: Some("dest:live".into()),
+            updated_at: 1,
+        };
+        assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(
+            parse_destination(&function_arn("d:3")),
+            Ok(("d".to_string(), Some("3".to_string())))
+        );
+        for bad in [
+            EventInvoke {
+                max_retries: Some(3),
+                ..ok.clone()
+            },
+            EventInvoke {
+                max_age_s: Some(59),
+                ..ok.clone()
+            },
+            EventInvoke {
+                max_age_s: Some(21_601),
+                ..ok.clone()
+            },
+            EventInvoke {
+                on_failure: Some("arn:aws:sqs:us-east-1:000000000000:q".into()),
+                ..ok.clone()
+            },
+            EventInvoke {
+                on_success: Some("arn:aws:lambda:eu-west-1:1:function:x".into()),
+                ..ok.clone()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -67,7 +67,12 @@ pub fn lambda_env(id: &Identity<'_>, path: String) -> BTreeMap<String, String> {
     let (function, version) = split_qualified(id.function);
     let version = version.unwrap_or(LATEST);
     let task_root = id.task_root.to_string_lossy().into_owned();
-    let libs = format!("{task_root}:{task_root}/lib:/opt/lib");
+    // As Lambda's: the system's libraries first (a zip cannot replace what the runtime
+    // itself loads), then the function's, then its layers'.
+    let triple = format!("{}-linux-gnu", std::env::consts::ARCH);
+    let libs = format!(
+        "/lib/{triple}:/usr/lib/{triple}:/lib:/usr/lib:{task_root}:{task_root}/lib:/opt/lib"
+    );
     [
         ("PATH", format!("{path}:/opt/bin")),
         ("LD_LIBRARY_PATH", libs),

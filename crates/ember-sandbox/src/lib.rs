@@ -141,6 +141,10 @@ pub struct ViewSpec {
     /// (where its code is bound later): made in the view, mounted by each instance. Those
     /// seen below /tmp are covered by its /tmp.
     pub private: Vec<PathBuf>,
+    /// Host directories at a path of their own, as [`InstanceSpec::bound_at`].
+    pub bound_at: Vec<(PathBuf, PathBuf)>,
+    /// The size of each instance's /tmp; the node's when none.
+    pub tmp_bytes: Option<u64>,
     pub host_network: bool,
 }
 
@@ -313,10 +317,11 @@ impl Sandboxes {
     /// instance's own tmpfs. Made once, on a thread of its own; the namespace lives as long as
     /// the `View` or anything in it.
     pub fn view(&self, spec: &ViewSpec) -> Result<View, SandboxError> {
+        let tmp_bytes = spec.tmp_bytes.unwrap_or(self.cfg.tmp_bytes);
         let (steps, late) = self.steps(
             &spec.read_only,
-            &[],
-            self.cfg.tmp_bytes,
+            &spec.bound_at,
+            tmp_bytes,
             spec.host_network,
             Some(&spec.private),
         )?;
@@ -343,7 +348,7 @@ impl Sandboxes {
                 fstype: "tmpfs",
                 target: PathBuf::from("/tmp"),
                 flags: libc::MS_NOSUID | libc::MS_NODEV,
-                data: Some(format!("size={},mode=1777", self.cfg.tmp_bytes)),
+                data: Some(format!("size={tmp_bytes},mode=1777")),
             },
             ChildMount {
                 fstype: "proc",

@@ -548,6 +548,7 @@ fn a_view_shows_the_instance_root_without_proc_or_anything_writable() {
             read_only: vec![work.clone(), PathBuf::from("/no/such/dir")],
             private: vec![private.clone()],
             host_network: false,
+            ..Default::default()
         })
         .unwrap();
     assert_eq!(

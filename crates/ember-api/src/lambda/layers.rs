@@ -168,7 +168,6 @@ pub(super) async fn list_versions(
     let mut versions: Vec<LayerVersion> = s
         .node
         .layer_versions()
-        .await?
         .into_iter()
         .filter(|l| l.name == name && q.matches(l))
         .collect();
@@ -193,10 +192,10 @@ pub(super) async fn list(
             .ok_or_else(|| LambdaError::invalid("Arn is required"))?;
         let (name, version) =
             parse_layer_ref(arn).map_err(|e| LambdaError::invalid(e.to_string()))?;
-        return Ok(axum::Json(full(&s.node.layer(&name, version).await?)).into_response());
+        return Ok(axum::Json(full(&s.node.layer(&name, version)?)).into_response());
     }
     let mut newest: std::collections::BTreeMap<String, LayerVersion> = Default::default();
-    for l in s.node.layer_versions().await? {
+    for l in s.node.layer_versions() {
         if q.matches(&l) {
             newest.insert(l.name.clone(), l);
         }
@@ -228,7 +227,7 @@ pub(super) async fn get(
     Path((name, n)): Path<(String, String)>,
 ) -> Result<Response, LambdaError> {
     checked_name(&name)?;
-    let l = s.node.layer(&name, version_of(&n)?).await?;
+    let l = s.node.layer(&name, version_of(&n)?)?;
     Ok(axum::Json(full(&l)).into_response())
 }
 

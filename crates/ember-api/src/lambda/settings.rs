@@ -412,6 +412,11 @@ pub(super) async fn delete_concurrency(
 /// `GET /2016-08-19/account-settings`: GetAccountSettings, this node's limits and use.
 pub(super) async fn account_settings(State(s): State<AppState>) -> Result<Response, LambdaError> {
     let functions = s.node.list();
+    // Functions, not their published versions (which share their code).
+    let functions: Vec<_> = functions
+        .into_iter()
+        .filter(|f| !f.record.name.contains(':'))
+        .collect();
     let code: u64 = functions.iter().map(|f| f.record.code_size).sum();
     Ok(axum::Json(serde_json::json!({
         "AccountLimit": {

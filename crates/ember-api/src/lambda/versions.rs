@@ -43,20 +43,20 @@ pub(super) async fn publish(
         json_body(&bytes)?
     };
     super::check_revision(&st.record, req.revision_id.as_deref())?;
-    let version = publish_latest(&s, &st, req.description, req.code_sha256).await?;
+    let version = publish_latest(&s, &st.record, req.description, req.code_sha256).await?;
     Ok((StatusCode::CREATED, axum::Json(version)).into_response())
 }
 
-/// Publishes `st` (the function's `$LATEST` as read) and returns the version's
-/// configuration; refused if the function changed since it was read.
+/// Publishes `rec` (the function's `$LATEST` as read, or as just deployed) and returns the
+/// version's configuration; refused if the function changed since.
 pub(super) async fn publish_latest(
     s: &AppState,
-    st: &ember_node::FunctionStatus,
+    rec: &ember_node::FunctionRecord,
     description: Option<String>,
     code_sha256: Option<String>,
 ) -> Result<serde_json::Value, LambdaError> {
     let node = s.node.clone();
-    let (name, expected) = (st.record.name.clone(), st.record.version);
+    let (name, expected) = (rec.name.clone(), rec.version);
     // In a task of its own: a client that goes away does not leave half a publish.
     let version = tokio::spawn(async move {
         node.publish(&name, description, Some(expected), code_sha256.as_deref())

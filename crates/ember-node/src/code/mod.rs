@@ -177,6 +177,22 @@ impl CodeStore {
         Ok(hash)
     }
 
+    /// Refuses stored trees `hashes` together past the unpacked limit (a function's code and
+    /// its layers' merged tree).
+    pub fn check_total(&self, hashes: &[&str]) -> Result<(), CodeError> {
+        let mut total = 0;
+        for h in hashes {
+            total += tree_bytes(&self.path(h))?;
+        }
+        if total > self.limits.max_unpacked {
+            return Err(CodeError::LayersTooLarge {
+                total,
+                limit: self.limits.max_unpacked,
+            });
+        }
+        Ok(())
+    }
+
     /// Removes stored code that no function refers to any more.
     pub fn retain(&self, keep: &HashSet<String>) -> Result<usize, CodeError> {
         let mut removed = 0;

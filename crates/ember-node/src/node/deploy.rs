@@ -127,7 +127,6 @@ impl Node {
                 None => return Err(NodeError::CodeRequired(name.to_string())),
             },
         };
-        check_entry_point(&config, &self.code.path(&code.hash))?;
         // The function's own copy of its layers while it names the same ones: a layer
         // version deleted since does not take it away (as on Lambda).
         let opt_hash = match &previous {
@@ -137,10 +136,17 @@ impl Node {
                         .as_ref()
                         .is_some_and(|h| self.code.path(h).is_dir()) =>
             {
+                if let Some(opt) = p.opt_hash.clone().filter(|_| p.code_hash != code.hash) {
+                    // New code with the same layers: still within 250 MB together.
+                    let (store, c) = (self.code.clone(), code.hash.clone());
+                    blocking(move || Ok(store.check_total(&[&c, &opt])?)).await?;
+                }
                 p.opt_hash.clone()
             }
             _ => self.merge_layers(&config.layers, &code.hash).await?,
         };
+        let opt_dir = opt_hash.as_ref().map(|h| self.code.path(h));
+        check_entry_point(&config, &self.code.path(&code.hash), opt_dir.as_deref())?;
         if config.runtime == crate::function::Runtime::Python {
             let (me, dir) = (self.me.clone(), self.code.path(&code.hash));
             blocking(move || match me.upgrade() {
@@ -320,17 +326,25 @@ impl Node {
     }
 }
 
-/// The executable a `provided` or `native` function starts must be in its code and be
+/// The executable a `provided` or `native` function starts must be in its code (or, for a
+/// `provided` one's `bootstrap`, in its layers at /opt, as Lambda looks there next) and be
 /// executable, so that a deploy fails rather than every invocation.
 pub(in crate::node) fn check_entry_point(
     config: &FunctionConfig,
     code_dir: &std::path::Path,
+    opt_dir: Option<&std::path::Path>,
 ) -> Result<(), NodeError> {
     use std::os::unix::fs::PermissionsExt;
     let Some((rel, what)) = config.runtime.entry_point(&config.handler) else {
         return Ok(());
     };
-    let path = code_dir.join(rel);
+    let mut path = code_dir.join(rel);
+    if let Some(opt) = opt_dir
+        && config.runtime == crate::function::Runtime::Provided
+        && std::fs::symlink_metadata(&path).is_err()
+    {
+        path = opt.join(rel);
+    }
     let rule = match std::fs::metadata(&path) {
         Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => return Ok(()),
         Ok(m) if m.is_file() => {

@@ -3,16 +3,20 @@
 //!
 //! ```text
 //! enqueue (fsync'd row) --> worker: due? run (up to `concurrency` at once)
-//!   ok                          -> removed
-//!   the function failed         -> retried after retry_delay, then 2 x retry_delay; then dropped
+//!   ok                          -> removed                       -> on-success destination
+//!   the function failed         -> retried after retry_delay, then 2 x retry_delay (up to
+//!                                  its MaximumRetryAttempts); then dropped -> on-failure
 //!   could not run (throttled,   -> retried with a growing backoff (1 s .. 5 min) until
-//!   no instance could start)       max_age, then dropped
+//!   no instance could start)       max_age (or its MaximumEventAgeInSeconds), then dropped
+//!                                  -> on-failure destination
 //!   the function is gone        -> dropped
 //! ```
 //!
 //! At least once: an event running when the daemon stops stays queued and runs again at the
 //! next start, with the same request id. A dropped event is noted in the function's log and
-//! counted in `ember_events_total`.
+//! counted in `ember_events_total`. A destination (Lambda's, functions only) is invoked
+//! asynchronously with Lambda's invocation record: the request, the response (or error) and
+//! why (`Success`, `RetriesExhausted`, `EventAgeExceeded`).
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -36,9 +40,10 @@ fn now_ms() -> u64 {
 
 /// What became of one attempt.
 enum After {
-    Done,
-    /// The function ran and failed: counts as an attempt.
-    Failed(String),
+    /// Its result.
+    Done(Vec<u8>),
+    /// The function ran and failed: counts as an attempt. Why, and the error document.
+    Failed(String, serde_json::Value),
     /// It could not run: retried by age, not by attempts.
     NotRun(String),
     Gone,
@@ -53,6 +58,64 @@ enum Fate {
         why: String,
     },
     Dropped(String),
+}
+
+/// A failed invocation as Lambda's error document shows it (a destination's
+/// `responsePayload`).
+fn error_doc(outcome: &InvokeOutcome) -> serde_json::Value {
+    let doc = |t: &str, m: String| serde_json::json!({"errorType": t, "errorMessage": m});
+    match outcome {
+        InvokeOutcome::HandlerError(fe) | InvokeOutcome::InitError(fe) => serde_json::json!({
+            "errorType": fe.error_type,
+            "errorMessage": fe.message,
+            "stackTrace": fe.traceback,
+        }),
+        InvokeOutcome::Timeout(d) | InvokeOutcome::InitTimeout(d) => doc(
+            "Sandbox.Timedout",
+            format!("Task timed out after {:.2} seconds", d.as_secs_f64()),
+        ),
+        InvokeOutcome::Limit(r) => doc("Runtime.ExitError", format!("the sandbox's limit: {r:?}")),
+        InvokeOutcome::Crashed(m) | InvokeOutcome::StartFailed(m) => {
+            doc("Runtime.ExitError", m.clone())
+        }
+        InvokeOutcome::Ok(_) => serde_json::Value::Null,
+    }
+}
+
+/// Lambda's invocation record, as a destination gets it.
+fn record(
+    ev: &QueuedEvent,
+    condition: &str,
+    attempts: u32,
+    response: Option<serde_json::Value>,
+    failed: bool,
+) -> serde_json::Value {
+    let (function, version) = crate::versions::split_qualified(&ev.function);
+    let version = version.unwrap_or(crate::function::LATEST);
+    let payload = |b: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(b)
+            .unwrap_or_else(|_| String::from_utf8_lossy(b).into_owned().into())
+    };
+    let mut response_context = serde_json::json!({
+        "statusCode": 200,
+        "executedVersion": version,
+    });
+    if failed {
+        response_context["functionError"] = "Unhandled".into();
+    }
+    serde_json::json!({
+        "version": "1.0",
+        "timestamp": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        "requestContext": {
+            "requestId": ev.id,
+            "functionArn": format!("{}:{version}", crate::function::function_arn(function)),
+            "condition": condition,
+            "approximateInvokeCount": attempts,
+        },
+        "requestPayload": payload(&ev.payload),
+        "responseContext": response_context,
+        "responsePayload": response,
+    })
 }
 
 impl Node {
@@ -111,9 +174,9 @@ impl Node {
         };
         match self.invoke_with(&ev.function, &ev.payload, opts).await {
             Ok(inv) => match inv.outcome {
-                InvokeOutcome::Ok(_) => After::Done,
+                InvokeOutcome::Ok(result) => After::Done(result),
                 InvokeOutcome::StartFailed(msg) => After::NotRun(msg),
-                other => After::Failed(other.label().to_string()),
+                other => After::Failed(other.label().to_string(), error_doc(&other)),
             },
             Err(NodeError::NotFound(_)) => After::Gone,
             Err(e) => After::NotRun(super::error_chain(&e)),
@@ -122,12 +185,22 @@ impl Node {
 
     /// Records what became of an attempt of `ev`.
     async fn settle(&self, ev: QueuedEvent, after: After) {
-        if self.stopping.load(Ordering::SeqCst) && !matches!(after, After::Done) {
+        if self.stopping.load(Ordering::SeqCst) && !matches!(after, After::Done(_)) {
             // Cut by the daemon's own shutdown, not by the function: not an attempt. Left as
             // it is in the registry, it runs again at the next start.
             return;
         }
         let cfg = &self.cfg.events;
+        // The function's own limits and destinations, where it set them.
+        let own = self
+            .deployed(&ev.function)
+            .ok()
+            .and_then(|d| d.record.config.event_invoke.clone())
+            .unwrap_or_default();
+        let attempts_max = own.max_retries.map_or(ATTEMPTS, |r| r + 1);
+        let max_age = own
+            .max_age_s
+            .map_or(cfg.max_age, |s| Duration::from_secs(s.into()));
         let now = now_ms();
         let age = Duration::from_millis(now.saturating_sub(ev.enqueued_at));
         // A failed attempt counts; one that could not run does not.
@@ -137,21 +210,51 @@ impl Node {
             attempts,
             why,
         };
+        // Where the record of what became of it goes, and the record.
+        let mut dest: Option<(&Option<String>, serde_json::Value)> = None;
         let fate = match after {
-            After::Done => Fate::Done,
+            After::Done(result) => {
+                let result = serde_json::from_slice(&result).unwrap_or(serde_json::Value::Null);
+                dest = Some((
+                    &own.on_success,
+                    record(&ev, "Success", failed, Some(result), false),
+                ));
+                Fate::Done
+            }
             After::Gone => Fate::Dropped("its function was deleted".to_string()),
-            After::Failed(label) if failed < ATTEMPTS => {
+            After::Failed(label, _) if failed < attempts_max && age < max_age => {
                 retry(cfg.retry_delay * failed, failed, label)
             }
-            After::Failed(label) => {
-                Fate::Dropped(format!("{label} at each of {ATTEMPTS} attempts"))
+            After::Failed(label, doc) => {
+                let (condition, why) = match failed >= attempts_max {
+                    true => (
+                        "RetriesExhausted",
+                        format!("{label} at each of {attempts_max} attempts"),
+                    ),
+                    false => (
+                        "EventAgeExceeded",
+                        format!("{label}, and it is {age:?} old (at most {max_age:?})"),
+                    ),
+                };
+                dest = Some((
+                    &own.on_failure,
+                    record(&ev, condition, failed, Some(doc), true),
+                ));
+                Fate::Dropped(why)
             }
-            After::NotRun(msg) if age < cfg.max_age => {
+            After::NotRun(msg) if age < max_age => {
                 let backoff = (age / 2).clamp(Duration::from_secs(1), Duration::from_secs(300));
                 retry(backoff, ev.attempts, msg)
             }
-            After::NotRun(msg) => Fate::Dropped(format!("it could not run for {age:?}: {msg}")),
+            After::NotRun(msg) => {
+                let r = record(&ev, "EventAgeExceeded", ev.attempts, None, false);
+                dest = Some((&own.on_failure, r));
+                Fate::Dropped(format!("it could not run for {age:?}: {msg}"))
+            }
         };
+        if let Some((Some(to), r)) = dest {
+            self.deliver(&ev.function, to, r).await;
+        }
         let reg = self.registry.clone();
         let id = ev.id.clone();
         let result = match fate {
@@ -186,6 +289,43 @@ impl Node {
         }
     }
 }
+
+impl Node {
+    /// Queues `record` for destination `to` (a function) of `from`'s asynchronous
+    /// invocations; a destination that cannot take it is noted in `from`'s log.
+    async fn deliver(&self, from: &str, to: &str, record: serde_json::Value) {
+        let mut record = record;
+        let mut bytes = serde_json::to_vec(&record).unwrap_or_default();
+        if bytes.len() > MAX_RECORD {
+            // Lambda's cap on an asynchronous payload: the record goes without the payloads.
+            record["requestPayload"] = serde_json::Value::Null;
+            record["responsePayload"] = serde_json::Value::Null;
+            bytes = serde_json::to_vec(&record).unwrap_or_default();
+        }
+        let queued = match crate::function::parse_destination(to) {
+            Ok((name, q)) => match self.resolve(&name, q.as_deref(), true) {
+                Ok(target) => self.enqueue(&target, bytes).await,
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(NodeError::Invalid(e)),
+        };
+        match queued {
+            Ok(_) => self.count_event(from, "destination"),
+            Err(e) => {
+                let note = format!(
+                    "the destination {to} could not take the record of an asynchronous \
+                     invocation: {}",
+                    super::error_chain(&e)
+                );
+                self.logs.append(from, "ember", "event", note.as_bytes());
+                tracing::warn!(function = from, "{note}");
+            }
+        }
+    }
+}
+
+/// The largest destination record with its payloads (Lambda's asynchronous payload limit).
+const MAX_RECORD: usize = 1024 * 1024;
 
 /// The node's event worker: runs due events, at most `concurrency` at once.
 pub(super) async fn worker(node: Weak<Node>) {

@@ -231,6 +231,17 @@ impl Node {
         let rec = &d.record;
         let node_js = rec.config.runtime == crate::function::Runtime::Node;
         let program = match rec.config.runtime.entry_point(&rec.config.handler) {
+            // A custom runtime's `bootstrap` from its layers when its code has none (as
+            // Lambda's): /opt is where instances see them.
+            Some(("bootstrap", _))
+                if rec.config.runtime == crate::function::Runtime::Provided
+                    && !d.code_dir.join("bootstrap").exists()
+                    && d.opt_dir
+                        .as_ref()
+                        .is_some_and(|o| o.join("bootstrap").exists()) =>
+            {
+                PathBuf::from("/opt/bootstrap")
+            }
             Some((rel, _)) => d.code_dir.join(rel),
             None if node_js => self.cfg.node_js.clone(),
             None => d.code_dir.join("bootstrap"),

@@ -48,30 +48,46 @@ impl Node {
         })
         .await?;
         tracing::info!(layer = %layer.name, version = layer.version, "layer published");
+        self.write_layers().push(layer.clone());
         Ok(layer)
     }
 
-    /// Every layer version, by name and number.
-    pub async fn layer_versions(&self) -> Result<Vec<LayerVersion>, NodeError> {
-        let reg = self.registry.clone();
-        blocking(move || Ok(reg.load_layers()?)).await
+    /// Every layer version, by name and number (the registry's, kept in memory).
+    pub fn layer_versions(&self) -> Vec<LayerVersion> {
+        let mut all = self
+            .layers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        all.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
+        all
     }
 
-    /// The zip size of layer version `name:version`, if it exists (read synchronously: for
-    /// showing a function's layers).
+    /// The zip size of layer version `name:version`, if it exists.
     pub fn layer_code_size(&self, name: &str, version: u64) -> Option<u64> {
-        let all = self.registry.load_layers().ok()?;
-        all.into_iter()
-            .find(|l| l.name == name && l.version == version)
-            .map(|l| l.code_size)
+        self.layer(name, version).ok().map(|l| l.code_size)
     }
 
-    pub async fn layer(&self, name: &str, version: u64) -> Result<LayerVersion, NodeError> {
-        self.layer_versions()
-            .await?
-            .into_iter()
+    pub fn layer(&self, name: &str, version: u64) -> Result<LayerVersion, NodeError> {
+        self.layers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
             .find(|l| l.name == name && l.version == version)
+            .cloned()
             .ok_or_else(|| NodeError::LayerNotFound(format!("{name}:{version}")))
+    }
+
+    fn write_layers(&self) -> std::sync::RwLockWriteGuard<'_, Vec<LayerVersion>> {
+        self.layers.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads the registry's layer versions (at the node's start).
+    pub(in crate::node) async fn load_layers(&self) -> Result<Vec<LayerVersion>, NodeError> {
+        let reg = self.registry.clone();
+        let all = blocking(move || Ok(reg.load_layers()?)).await?;
+        *self.write_layers() = all.clone();
+        Ok(all)
     }
 
     /// Deletes a layer version. Functions that use it keep their copy (their merged tree),
@@ -81,6 +97,8 @@ impl Node {
         if !blocking(move || Ok(reg.delete_layer(&n, version)?)).await? {
             return Err(NodeError::LayerNotFound(format!("{name}:{version}")));
         }
+        self.write_layers()
+            .retain(|l| !(l.name == name && l.version == version));
         Ok(())
     }
 
@@ -103,7 +121,7 @@ impl Node {
                     .into(),
             }));
         }
-        let all = self.layer_versions().await?;
+        let all = self.layer_versions();
         let mut trees = Vec::new();
         for r in layers {
             let (name, version) = parse_layer_ref(r)?;

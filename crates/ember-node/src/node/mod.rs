@@ -135,6 +135,8 @@ pub struct Node {
     /// its published versions.
     functions: RwLock<HashMap<String, Arc<Deployed>>>,
     aliases: RwLock<Aliases>,
+    /// Every layer version (the registry's).
+    layers: RwLock<Vec<crate::layers::LayerVersion>>,
     deploying: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     images: Arc<ImageStore>,
     snapshots: Arc<crate::snapshots::SnapshotStore>,
@@ -313,6 +315,7 @@ impl Node {
             reaping: Mutex::new(Vec::new()),
             functions: RwLock::new(HashMap::new()),
             aliases: RwLock::new(HashMap::new()),
+            layers: RwLock::new(Vec::new()),
             deploying: Mutex::new(HashMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
             _home: home_lock,
@@ -379,12 +382,7 @@ impl Node {
             self.install(rec, env);
         }
         // Layer versions keep their trees, whether or not a function uses them.
-        keep.extend(
-            self.layer_versions()
-                .await?
-                .into_iter()
-                .map(|l| l.code_hash),
-        );
+        keep.extend(self.load_layers().await?.into_iter().map(|l| l.code_hash));
         let reg = self.registry.clone();
         let aliases = blocking(move || Ok(reg.load_aliases()?)).await?;
         *self.write_aliases() = aliases
@@ -439,7 +437,14 @@ impl Node {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name, deployed.clone());
-        self.refill(&deployed);
+        // A published version gets pre-made sandboxes once it is invoked, not for being
+        // published (or loaded): most old versions are never invoked again.
+        if crate::versions::split_qualified(&deployed.record.name)
+            .1
+            .is_none()
+        {
+            self.refill(&deployed);
+        }
         if let Some(old) = old {
             self.discard_all(&old, old.pool.retire(), "replaced by a new version");
         }

@@ -403,13 +403,19 @@ impl Node {
     }
 
     /// Makes the template of function snapshot `id` (`layer`, over its image) in the
-    /// background, in a view of `read_only`, unless it is kept, being made, or cannot be one.
+    /// background, in a view of what its instances see (`sees`: their directories, layers
+    /// at /opt, /tmp's size), unless it is kept, being made, or cannot be one.
     pub(in crate::node) fn snapshot_template_ensure(
         &self,
         id: &str,
         layer: Arc<ember_snap::LoadedImage>,
-        read_only: Vec<PathBuf>,
+        sees: &super::restore::Sees,
     ) {
+        let (read_only, bound_at, tmp_bytes) = (
+            sees.read_only.clone(),
+            sees.bound_at.clone(),
+            sees.tmp_bytes,
+        );
         let key = format!("{SNAPSHOT}{id}");
         let refused_key = (key.clone(), id.to_string());
         if !self.templates.to_make(&refused_key) {
@@ -425,6 +431,8 @@ impl Node {
             let view = ViewSpec {
                 read_only,
                 private: Vec::new(),
+                bound_at,
+                tmp_bytes,
                 host_network: false,
             };
             match node.template_keep(&key, id.clone(), layer, view).await {
@@ -486,6 +494,7 @@ impl Node {
             read_only: vec![co.env_dir.clone(), self.bootstrap.clone()],
             private: vec![self.code.root().to_path_buf()],
             host_network: false,
+            ..Default::default()
         };
         self.template_keep(id, co.meta_hash(), pages.image.clone(), view)
             .await

@@ -236,20 +236,26 @@ impl Node {
         if let Some(w) = change.weights {
             alias.weights = w;
         }
+        // Versions as the node names them ("01" is version 1).
+        let canonical = |v: &str| match Qualifier::parse(Some(v)) {
+            Ok(Qualifier::Latest) => Ok(LATEST.to_string()),
+            Ok(Qualifier::Version(n)) => Ok(n.to_string()),
+            _ => Err(NodeError::Invalid(InvalidFunction {
+                field: "FunctionVersion",
+                value: v.to_string(),
+                rule: "must be $LATEST or a published version's number".into(),
+            })),
+        };
+        alias.version = canonical(&alias.version)?;
+        alias.weights = alias
+            .weights
+            .iter()
+            .map(|(v, w)| Ok((canonical(v)?, *w)))
+            .collect::<Result<_, NodeError>>()?;
         validate_routing(&alias.version, &alias.weights)?;
         for v in std::iter::once(&alias.version).chain(alias.weights.keys()) {
-            match Qualifier::parse(Some(v)) {
-                Ok(Qualifier::Latest) => {}
-                Ok(Qualifier::Version(n)) => {
-                    self.deployed(&qualified(function, n))?;
-                }
-                _ => {
-                    return Err(NodeError::Invalid(InvalidFunction {
-                        field: "FunctionVersion",
-                        value: v.clone(),
-                        rule: "must be $LATEST or a published version's number".into(),
-                    }));
-                }
+            if v != LATEST {
+                self.deployed(&format!("{function}:{v}"))?;
             }
         }
         alias.revision += 1;

@@ -464,6 +464,69 @@ for rt in ["nodejs20.x", "nodejs22.x"]:
     assert doc["errorType"] == "Runtime.HandlerNotFound", doc
     lam.delete_function(FunctionName=name)
 
+# Event-invoke config: retries, age, and destinations (functions) that get Lambda's
+# invocation record of each success and failure.
+lam.create_function(
+    FunctionName="dest-fn", Runtime="python3.12", Role="r", Handler="lambda_function.h",
+    Code={"ZipFile": code(
+        "import json\n"
+        "def h(event, context):\n"
+        "    rc = event['requestContext']\n"
+        "    print('DEST', json.dumps([rc['condition'], rc['approximateInvokeCount'],\n"
+        "          event['requestPayload'], event['responsePayload'],\n"
+        "          event['responseContext'].get('functionError')]))\n")},
+)
+lam.create_function(
+    FunctionName="async-fn", Runtime="python3.12", Role="r", Handler="lambda_function.h",
+    Code={"ZipFile": code(
+        "def h(event, context):\n"
+        "    if event.get('fail'):\n"
+        "        raise RuntimeError('failed on purpose')\n"
+        "    return {'ok': event['n']}\n")},
+)
+assert error_code(lam.get_function_event_invoke_config, FunctionName="async-fn") == (
+    "ResourceNotFoundException", 404)
+put = lam.put_function_event_invoke_config(
+    FunctionName="async-fn", MaximumRetryAttempts=0, MaximumEventAgeInSeconds=300,
+    DestinationConfig={"OnSuccess": {"Destination": arn_of("dest-fn")},
+                       "OnFailure": {"Destination": "dest-fn"}})
+assert put["MaximumRetryAttempts"] == 0 and put["FunctionArn"] == arn_of("async-fn:$LATEST"), put
+lam.invoke(FunctionName="async-fn", InvocationType="Event", Payload=b'{"n": 5}')
+lam.invoke(FunctionName="async-fn", InvocationType="Event", Payload=b'{"fail": true}')
+import time
+want = [
+    ["Success", 1, {"n": 5}, {"ok": 5}, None],
+    ["RetriesExhausted", 1, {"fail": True}],
+]
+for _ in range(150):
+    text = urllib.request.urlopen(url + "/v1/functions/dest-fn/logs?lines=200").read().decode()
+    got = [json.loads(line.split("DEST ", 1)[1]) for line in text.splitlines() if "DEST [" in line]
+    if len(got) >= 2:
+        break
+    time.sleep(0.2)
+got.sort(key=lambda g: g[0] != "Success")
+assert got[0] == want[0], got
+assert got[1][:3] == want[1] and got[1][4] == "Unhandled", got
+assert got[1][3]["errorType"] == "RuntimeError", got
+assert got[1][3]["errorMessage"] == "failed on purpose", got
+up = lam.update_function_event_invoke_config(FunctionName="async-fn", MaximumRetryAttempts=2)
+assert up["MaximumRetryAttempts"] == 2 and up["MaximumEventAgeInSeconds"] == 300, up
+assert up["DestinationConfig"]["OnSuccess"]["Destination"] == arn_of("dest-fn"), up
+listed = lam.list_function_event_invoke_configs(FunctionName="async-fn")
+assert len(listed["FunctionEventInvokeConfigs"]) == 1, listed
+assert error_code(
+    lam.put_function_event_invoke_config, FunctionName="async-fn",
+    DestinationConfig={"OnFailure": {"Destination": "arn:aws:sqs:us-east-1:000000000000:q"}},
+) == ("InvalidParameterValueException", 400)
+assert error_code(
+    lam.put_function_event_invoke_config, FunctionName="async-fn",
+    DestinationConfig={"OnFailure": {"Destination": "no-such-fn"}},
+) == ("InvalidParameterValueException", 400)
+lam.delete_function_event_invoke_config(FunctionName="async-fn")
+assert error_code(lam.get_function_event_invoke_config, FunctionName="async-fn")[1] == 404
+lam.delete_function(FunctionName="async-fn")
+lam.delete_function(FunctionName="dest-fn")
+
 # Delete.
 lam.delete_function(FunctionName="boto-fn")
 assert error_code(lam.get_function, FunctionName="boto-fn") == ("ResourceNotFoundException", 404)

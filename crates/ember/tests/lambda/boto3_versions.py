@@ -59,6 +59,22 @@ def error_code(fn, **kw):
     raise AssertionError(f"{fn.__name__}({kw}) did not fail")
 
 
+def restarted(name, phase):
+    """Stops `name`'s instances and invokes it until a start's Ember-Timing has `phase`
+    (`restore`: restored from its function snapshot; `fork`: forked from that snapshot's
+    template, made after the first restore). Returns the result."""
+    for _ in range(100):
+        stop = urllib.request.Request(url + f"/v1/functions/{name}/instances", method="DELETE")
+        urllib.request.urlopen(stop).read()
+        r = lam.invoke(FunctionName=name, Payload=b"{}")
+        timing = r["ResponseMetadata"]["HTTPHeaders"].get("ember-timing", "")
+        out = json.loads(r["Payload"].read())
+        if f"{phase};" in timing and "FunctionError" not in r:
+            return out
+        time.sleep(0.2)
+    raise AssertionError(f"no start of {name} with {phase}: {timing}")
+
+
 def invoke(qualifier=None, name=F):
     kw = {"FunctionName": name, "Payload": b"{}"}
     if qualifier:
@@ -236,7 +252,8 @@ def zipped(files):
     with zipfile.ZipFile(buf, "w") as z:
         for name, text in files.items():
             info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
-            info.external_attr = (0o755 if name.startswith("bin/") else 0o644) << 16
+            executable = name.startswith("bin/") or name == "bootstrap"
+            info.external_attr = (0o755 if executable else 0o644) << 16
             z.writestr(info, text)
     return buf.getvalue()
 
@@ -286,16 +303,9 @@ else:
     assert out["path"] == ["/opt/python/lib/python3.11/site-packages", "/opt/python"], out
     assert out["wrote"] is False and out["tool"] == "tool from a layer", out
     # The function's snapshot (taken after that first start) restores with /opt bound
-    # again: stop its instances until a start is from the snapshot.
-    for _ in range(50):
-        stop = urllib.request.Request(url + "/v1/functions/layered/instances", method="DELETE")
-        urllib.request.urlopen(stop).read()
-        again, _, start = invoke(name="layered")
-        if start == "function-snapshot":
-            break
-        time.sleep(0.2)
-    assert start == "function-snapshot", start
-    assert again == out, (again, out)
+    # again, and so do the instances forked from its template.
+    assert restarted("layered", "restore") == out
+    assert restarted("layered", "fork") == out
     shown = lam.get_function_configuration(FunctionName="layered")["Layers"]
     assert [x["Arn"] for x in shown] == both and all(x["CodeSize"] > 0 for x in shown), shown
     # Another list of layers, another /opt.
@@ -309,6 +319,33 @@ else:
     lam.get_waiter("function_updated_v2").wait(FunctionName="layered")
     assert invoke(name="layered")[0]["who"] == "one"
     lam.delete_function(FunctionName="layered")
+    # A custom runtime's bootstrap from a layer, as Lambda runs /opt/bootstrap when the
+    # function's code has none.
+    boot = '''#!/usr/bin/python3
+import http.client, json, os
+host, port = os.environ["AWS_LAMBDA_RUNTIME_API"].split(":")
+conn = http.client.HTTPConnection(host, int(port))
+while True:
+    conn.request("GET", "/2018-06-01/runtime/invocation/next")
+    r = conn.getresponse()
+    r.read()
+    rid = r.getheader("Lambda-Runtime-Aws-Request-Id")
+    out = json.dumps({"from": "a layer", "handler": os.environ["_HANDLER"]})
+    conn.request("POST", f"/2018-06-01/runtime/invocation/{rid}/response", body=out)
+    conn.getresponse().read()
+'''
+    rt = lam.publish_layer_version(LayerName="runtime", Content={"ZipFile": zipped({"bootstrap": boot})})
+    lam.create_function(
+        FunctionName="layer-runtime", Runtime="provided.al2023", Role=ROLE, Handler="x.y",
+        Code={"ZipFile": zipped({"notes.txt": "no bootstrap here"})},
+        Layers=[rt["LayerVersionArn"]],
+    )
+    assert invoke(name="layer-runtime")[0] == {"from": "a layer", "handler": "x.y"}
+    lam.delete_function(FunctionName="layer-runtime")
+    assert error_code(
+        lam.create_function, FunctionName="no-runtime", Runtime="provided.al2023", Role=ROLE,
+        Handler="x.y", Code={"ZipFile": zipped({"notes.txt": "no bootstrap here"})},
+    ) == ("InvalidParameterValueException", 400)
     assert error_code(lam.get_layer_version, LayerName="deps", VersionNumber=1)[1] == 404
     again = lam.publish_layer_version(LayerName="deps", Content={"ZipFile": zipped({"x": "y"})})
     assert again["Version"] == 2, again
@@ -344,14 +381,8 @@ lam.get_waiter("function_updated_v2").wait(FunctionName="tmp-fn")
 assert lam.get_function(FunctionName="tmp-fn")["Configuration"]["EphemeralStorage"]["Size"] == 1536
 if sandboxed:
     assert invoke(name="tmp-fn")[0] == 1536
-    for _ in range(50):
-        stop = urllib.request.Request(url + "/v1/functions/tmp-fn/instances", method="DELETE")
-        urllib.request.urlopen(stop).read()
-        size, _, start = invoke(name="tmp-fn")
-        if start == "function-snapshot":
-            break
-        time.sleep(0.2)
-    assert (start, size) == ("function-snapshot", 1536), (start, size)
+    assert restarted("tmp-fn", "restore") == 1536
+    assert restarted("tmp-fn", "fork") == 1536
 assert error_code(
     lam.update_function_configuration, FunctionName="tmp-fn", EphemeralStorage={"Size": 10241}
 ) == ("InvalidParameterValueException", 400)

@@ -236,7 +236,7 @@ impl Node {
                     .instrument(span)
                     .await;
                 if live.is_none() {
-                    self.snapshot_template_ensure(&id, layer.clone(), sees.read_only.clone());
+                    self.snapshot_template_ensure(&id, layer.clone(), &sees);
                 }
                 live.map(|l| (l, standby.ok_or(t0.elapsed())))
             }
