@@ -48,6 +48,7 @@ use crate::routes::{ember_headers, read_body, task_failed};
 mod event_invoke;
 mod layers;
 mod settings;
+mod stream;
 pub(crate) mod url;
 mod versions;
 
@@ -73,6 +74,10 @@ pub(crate) fn router() -> Router<AppState> {
         )
         .route("/2015-03-31/functions/{name}/code", put(update_code))
         .route("/2015-03-31/functions/{name}/invocations", post(invoke))
+        .route(
+            "/2021-11-15/functions/{name}/response-streaming-invocations",
+            post(invoke_stream),
+        )
         .route(
             "/2015-03-31/functions/{name}/versions",
             post(versions::publish).get(versions::list_versions),
@@ -936,9 +941,33 @@ async fn invoke(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, LambdaError> {
+    invoke_as(&s, &raw, &q, &headers, body, false).await
+}
+
+/// `POST /2021-11-15/functions/{name}/response-streaming-invocations`:
+/// InvokeWithResponseStream (see stream.rs).
+async fn invoke_stream(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+    Query(q): Query<QualifierQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, LambdaError> {
+    invoke_as(&s, &raw, &q, &headers, body, true).await
+}
+
+/// Invoke, answered as Invoke does or (`streamed`) as InvokeWithResponseStream does.
+async fn invoke_as(
+    s: &AppState,
+    raw: &str,
+    q: &QualifierQuery,
+    headers: &HeaderMap,
+    body: Body,
+    streamed: bool,
+) -> Result<Response, LambdaError> {
     // Only the name it is served under: an invocation does not build the function's whole
     // status. An alias with routing picks its version here.
-    let (name, qualifier) = parse_function_name(&raw)?;
+    let (name, qualifier) = parse_function_name(raw)?;
     let name = s
         .node
         .resolve(&name, qualifier.as_deref().or(q.qualifier.as_deref()), true)?;
@@ -963,11 +992,16 @@ async fn invoke(
         }
     };
     let client_context = client_context(header_str("x-amz-client-context"))?;
+    if streamed && kind == InvocationType::Event {
+        return Err(LambdaError::invalid(
+            "InvokeWithResponseStream takes RequestResponse or DryRun; use Invoke for Event",
+        ));
+    }
     let limit = match kind {
         InvocationType::Event => MAX_ASYNC_PAYLOAD,
         _ => MAX_SYNC_PAYLOAD.min(s.cfg.max_event_bytes),
     };
-    let bytes = read(&s, &headers, body, limit, "Invoke").await?;
+    let bytes = read(s, headers, body, limit, "Invoke").await?;
     let event = crate::event::check(bytes).map_err(|e| {
         LambdaError::new(
             StatusCode::BAD_REQUEST,
@@ -1000,7 +1034,10 @@ async fn invoke(
             let inv = tokio::spawn(async move { node.invoke_with(&name, &event, opts).await })
                 .await
                 .map_err(|e| lambda_task_failed("the invocation", e))??;
-            invocation_response(inv, &version)
+            match streamed {
+                true => stream::response(inv, &version),
+                false => invocation_response(inv, &version),
+            }
         }
     }
 }
@@ -1121,16 +1158,20 @@ fn invocation_response(
     if failed {
         put("x-amz-function-error", "Unhandled");
     }
-    if let Some(lines) = &inv.log_lines {
-        let log = crate::format::lambda_log(&inv, lines);
-        let b = log.as_bytes();
-        let tail = &b[b.len().saturating_sub(TAIL_BYTES)..];
-        put(
-            "x-amz-log-result",
-            &base64::engine::general_purpose::STANDARD.encode(tail),
-        );
+    if let Some(tail) = log_result(&inv) {
+        put("x-amz-log-result", &tail);
     }
     Ok(resp)
+}
+
+/// `LogType: Tail`'s `LogResult`: the invocation's log as Lambda shows it, its last 4 KB,
+/// base64.
+fn log_result(inv: &ember_node::Invocation) -> Option<String> {
+    let lines = inv.log_lines.as_ref()?;
+    let log = crate::format::lambda_log(inv, lines);
+    let b = log.as_bytes();
+    let tail = &b[b.len().saturating_sub(TAIL_BYTES)..];
+    Some(base64::engine::general_purpose::STANDARD.encode(tail))
 }
 
 /// Whether a request's `Authorization` names `token` as a SigV4 access key id

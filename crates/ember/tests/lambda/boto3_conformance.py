@@ -153,6 +153,24 @@ tail = base64.b64decode(r["LogResult"]).decode()
 assert "[ERROR] Runtime.ImportModuleError: Unable to import module" in tail, tail
 lam.delete_function(FunctionName="broken-fn")
 
+# InvokeWithResponseStream: the result in Lambda's event stream, then InvokeComplete with the
+# log tail or the function's error.
+r = lam.invoke_with_response_stream(FunctionName="boto-fn", Payload=b'{"s": 1}', LogType="Tail")
+assert r["StatusCode"] == 200 and r["ExecutedVersion"] == "$LATEST", r
+chunks, done = b"", None
+for ev in r["EventStream"]:
+    if "PayloadChunk" in ev:
+        chunks += ev["PayloadChunk"]["Payload"]
+    if "InvokeComplete" in ev:
+        done = ev["InvokeComplete"]
+assert json.loads(chunks)["event"] == {"s": 1}, chunks
+assert "START RequestId" in base64.b64decode(done["LogResult"]).decode(), done
+events = list(lam.invoke_with_response_stream(
+    FunctionName="boto-fn", Payload=b'{"fail": true}')["EventStream"])
+done = events[-1]["InvokeComplete"]
+assert done["ErrorCode"] == "ValueError", done
+assert json.loads(done["ErrorDetails"])["errorMessage"] == "asked to fail", done
+
 # DryRun and Event.
 r = lam.invoke(FunctionName="boto-fn", InvocationType="DryRun")
 assert r["StatusCode"] == 204, r
