@@ -47,6 +47,7 @@ use crate::routes::{ember_headers, read_body, task_failed};
 
 mod event_invoke;
 mod layers;
+mod provisioned;
 mod settings;
 mod stream;
 pub(crate) mod url;
@@ -102,6 +103,12 @@ pub(crate) fn router() -> Router<AppState> {
         .route(
             "/2019-09-25/functions/{name}/event-invoke-config/list",
             get(event_invoke::list),
+        )
+        .route(
+            "/2019-09-30/functions/{name}/provisioned-concurrency",
+            put(provisioned::put)
+                .get(provisioned::get)
+                .delete(provisioned::delete),
         )
         .route("/2018-10-31/layers", get(layers::list))
         .route("/2018-10-31/layers/", get(layers::list))

@@ -326,6 +326,14 @@ pub struct FunctionConfig {
     /// What becomes of its asynchronous invocations; the node's defaults when none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_invoke: Option<EventInvoke>,
+    /// Instances kept started and ready whatever the keep-alive (Lambda's provisioned
+    /// concurrency), at most `max_instances`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_instances: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 pub const DEFAULT_MEMORY_MB: u32 = 512;
@@ -457,6 +465,26 @@ impl FunctionConfig {
         crate::layers::validate_layers(&self.layers)?;
         if let Some(e) = &self.event_invoke {
             e.validate()?;
+        }
+        if self.min_instances > 0 && (self.cold_only || self.runtime.one_request_per_instance()) {
+            return Err(invalid(
+                "min_instances",
+                self.min_instances.to_string(),
+                "cannot be kept ready for a function whose instances serve one request each \
+                 (cold-only or native); pre-made sandboxes (`ember serve --prestart`) serve \
+                 those",
+            ));
+        }
+        if self.min_instances > self.max_instances {
+            return Err(invalid(
+                "min_instances",
+                self.min_instances.to_string(),
+                format!(
+                    "must be at most max_instances ({}): the instances kept ready are some \
+                     of those the function may have",
+                    self.max_instances
+                ),
+            ));
         }
         if let Some(t) = self.tmp_mb
             && !(1..=10_240).contains(&t)

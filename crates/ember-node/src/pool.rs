@@ -142,15 +142,30 @@ impl Pool {
         self.flush()
     }
 
-    /// Idle instances unused for longer than `keep_alive`, or left from an older generation.
-    pub fn expire(&self, keep_alive: Duration) -> Vec<Live> {
+    /// Idle instances unused for longer than `keep_alive`, or left from an older generation;
+    /// of the current generation's, the `keep` most recently used stay whatever their age
+    /// (instances kept ready).
+    pub fn expire(&self, keep_alive: Duration, keep: usize) -> Vec<Live> {
         let generation = self.generation();
         let mut idle = self.idle();
-        let (old, keep): (Vec<Idle>, Vec<Idle>) = idle
-            .drain(..)
-            .partition(|i| i.since.elapsed() >= keep_alive || i.generation != generation);
-        *idle = keep;
-        old.into_iter().map(|i| i.inst).collect()
+        let mut protected = keep;
+        let (mut kept, mut old) = (Vec::new(), Vec::new());
+        // Most recently used first (`take_idle` takes from the end).
+        for i in idle.drain(..).rev() {
+            if i.generation != generation {
+                old.push(i.inst);
+            } else if protected > 0 {
+                protected -= 1;
+                kept.push(i);
+            } else if i.since.elapsed() >= keep_alive {
+                old.push(i.inst);
+            } else {
+                kept.push(i);
+            }
+        }
+        kept.reverse();
+        *idle = kept;
+        old
     }
 
     pub fn idle_count(&self) -> usize {

@@ -181,11 +181,12 @@ async fn boto3_publishes_versions_and_routes_aliases() {
     let tools = aws_tools();
     let home = tempfile::tempdir().unwrap();
     let snapshots = common::sandboxed();
+    // A short keep-alive: instances kept ready (provisioned concurrency) must outlast it.
     let args: &[&str] = if snapshots {
-        &["--snapshots", "local"]
+        &["--snapshots", "local", "--keep-alive", "2s"]
     } else {
         eprintln!("function snapshots at publish not checked: they need the sandbox");
-        &[]
+        &["--keep-alive", "2s"]
     };
     let d = Daemon::start(home.path(), args);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lambda/boto3_versions.py");

@@ -37,6 +37,8 @@ pub struct FunctionStatus {
     /// Its function snapshot is being taken (a version just published is Pending until
     /// then).
     pub snapshotting: bool,
+    /// Instances kept ready now (its `min_instances`, as changed since its deploy).
+    pub min_instances: u32,
 }
 
 /// Code stored by [`Node::store_code`].
@@ -399,5 +401,6 @@ pub(in crate::node) fn status(d: &Deployed) -> FunctionStatus {
         requests_waiting: d.pool.waiting(),
         start_ms: d.start_costs.averages(),
         snapshotting: d.snapshotting.load(Ordering::SeqCst),
+        min_instances: d.min_instances.load(Ordering::SeqCst),
     }
 }

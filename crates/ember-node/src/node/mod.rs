@@ -61,6 +61,7 @@ mod invoke;
 mod ladder;
 mod layers;
 mod learn;
+mod provisioned;
 mod restore;
 mod snapshot_take;
 mod snapshots_admin;
@@ -100,6 +101,10 @@ struct Deployed {
     take_backoff: Mutex<Option<snapshot_take::TakeBackoff>>,
     /// What each way of starting it measured (this version).
     start_costs: start_costs::StartCosts,
+    /// Instances kept ready (its record's `min_instances`, changed in place).
+    min_instances: std::sync::atomic::AtomicU32,
+    /// A fill of its instances kept ready is under way.
+    provisioning: std::sync::atomic::AtomicBool,
 }
 
 impl Deployed {
@@ -429,6 +434,8 @@ impl Node {
             snapshotting: std::sync::atomic::AtomicBool::new(false),
             take_backoff: Mutex::new(None),
             start_costs: start_costs::StartCosts::default(),
+            min_instances: std::sync::atomic::AtomicU32::new(rec.config.min_instances),
+            provisioning: std::sync::atomic::AtomicBool::new(false),
             record: rec,
             env,
         });
@@ -445,6 +452,7 @@ impl Node {
         {
             self.refill(&deployed);
         }
+        self.fill(&deployed);
         if let Some(old) = old {
             self.discard_all(&old, old.pool.retire(), "replaced by a new version");
         }
@@ -590,8 +598,16 @@ impl Node {
         self.standby_expire();
         let all: Vec<Arc<Deployed>> = self.read_functions().values().cloned().collect();
         for d in all {
-            let old = d.pool.expire(self.cfg.keep_alive);
+            // Those kept ready stay: as many as are not busy.
+            let min = d.min_instances.load(Ordering::SeqCst) as usize;
+            let busy = d
+                .pool
+                .live()
+                .load(Ordering::SeqCst)
+                .saturating_sub(d.pool.idle_count());
+            let old = d.pool.expire(self.cfg.keep_alive, min.saturating_sub(busy));
             self.discard_all(&d, old, "idle past the keep-alive time");
+            self.fill(&d);
         }
     }
 }

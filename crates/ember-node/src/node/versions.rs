@@ -96,8 +96,10 @@ impl Node {
         if let Some(d) = description {
             config.description = d;
         }
-        // A function URL is the function's, served by `$LATEST`.
+        // A function URL is the function's, served by `$LATEST`; instances kept ready are
+        // asked for per version (provisioned concurrency).
         config.url = None;
+        config.min_instances = 0;
         let base = latest.record.clone();
         let rec = blocking(move || {
             let now = now_secs();
@@ -292,11 +294,13 @@ impl Node {
 }
 
 /// Whether two records serve the same code with the same configuration, leaving out what
-/// belongs to the function rather than a version (description, tags, URL).
+/// belongs to the function rather than a version (description, tags, URL, instances kept
+/// ready).
 fn same_function(a: &FunctionRecord, b: &FunctionRecord) -> bool {
     let mut ca = a.config.clone();
     ca.description.clone_from(&b.config.description);
     ca.tags.clone_from(&b.config.tags);
     ca.url.clone_from(&b.config.url);
+    ca.min_instances = b.config.min_instances;
     a.code_hash == b.code_hash && a.env_key == b.env_key && ca == b.config
 }

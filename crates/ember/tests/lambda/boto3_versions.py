@@ -245,6 +245,47 @@ assert error_code(lam.get_alias, FunctionName=F, Name="live")[1] == 404
 assert lam.publish_version(FunctionName=F)["Version"] == "1"
 lam.delete_function(FunctionName=F)
 
+# Provisioned concurrency: instances of a version (or of an alias's) kept started and ready,
+# so that a burst finds them warm.
+lam.create_function(
+    FunctionName="prov-fn", Runtime="python3.11", Role=ROLE,
+    Handler="lambda_function.lambda_handler", Code={"ZipFile": code(7)}, Publish=True,
+)
+lam.get_waiter("published_version_active").wait(
+    FunctionName="prov-fn", Qualifier="1", WaiterConfig={"Delay": 1, "MaxAttempts": 120}
+)
+assert error_code(
+    lam.put_provisioned_concurrency_config, FunctionName="prov-fn", Qualifier="$LATEST",
+    ProvisionedConcurrentExecutions=2,
+)[1] == 400
+lam.create_alias(FunctionName="prov-fn", Name="live", FunctionVersion="1")
+put = lam.put_provisioned_concurrency_config(
+    FunctionName="prov-fn", Qualifier="live", ProvisionedConcurrentExecutions=2)
+assert put["RequestedProvisionedConcurrentExecutions"] == 2, put
+for _ in range(150):
+    got = lam.get_provisioned_concurrency_config(FunctionName="prov-fn", Qualifier="1")
+    if got["Status"] == "READY":
+        break
+    time.sleep(0.2)
+assert got["Status"] == "READY" and got["AvailableProvisionedConcurrentExecutions"] == 2, got
+time.sleep(3)  # past the daemon's keep-alive (2 s in this test): they are kept regardless
+import concurrent.futures
+with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    starts = list(pool.map(lambda _: invoke("live", name="prov-fn")[2], range(2)))
+assert starts == ["warm", "warm"], starts
+listed = lam.list_provisioned_concurrency_configs(FunctionName="prov-fn")
+assert [c["FunctionArn"] for c in listed["ProvisionedConcurrencyConfigs"]] == [
+    arn_of("prov-fn:1")], listed
+assert error_code(
+    lam.put_provisioned_concurrency_config, FunctionName="prov-fn", Qualifier="1",
+    ProvisionedConcurrentExecutions=5000,
+) == ("InvalidParameterValueException", 400)
+lam.delete_provisioned_concurrency_config(FunctionName="prov-fn", Qualifier="live")
+assert error_code(
+    lam.get_provisioned_concurrency_config, FunctionName="prov-fn", Qualifier="1"
+) == ("ProvisionedConcurrencyConfigNotFoundException", 404)
+lam.delete_function(FunctionName="prov-fn")
+
 # Layers: zips published as numbered versions, merged in order at /opt (read-only); their
 # Python packages on sys.path after the function's own code, as on Lambda.
 def zipped(files):

@@ -1,0 +1,116 @@
+//! Instances kept ready: a function's (or a published version's) `min_instances`, Lambda's
+//! provisioned concurrency. They are started ahead of demand, through the same rungs a
+//! request climbs below warm (function snapshot, dependency image, cold boot), and the
+//! keep-alive never stops them below the number.
+//!
+//! ```text
+//! deploy / publish / set / every keep-alive tick: live < min? -> one fill at a time per
+//!     function: start one (snapshot, image or cold boot) -> idle in the pool -> again
+//! expire: the min - busy most recently used idle instances stay, whatever their age
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::invoke::StartCx;
+use super::ladder::{self, Climbed, Rung};
+use super::{Deployed, Node, NodeError, Timing, blocking};
+use crate::function::InvalidFunction;
+use crate::live::Live;
+use crate::versions::split_qualified;
+
+impl Node {
+    /// Keeps `n` instances of `name` (a function, or a published version `name:N`) ready;
+    /// 0 stops keeping any. Kept in its record, so a restart keeps them too.
+    pub async fn set_min_instances(&self, name: &str, n: u32) -> Result<(), NodeError> {
+        let gate = self.deploy_gate(split_qualified(name).0);
+        let _held = gate.lock().await;
+        let d = self.deployed(name)?;
+        if n > d.record.config.max_instances {
+            return Err(NodeError::Invalid(InvalidFunction {
+                field: "min_instances",
+                value: n.to_string(),
+                rule: format!(
+                    "must be at most the function's instance limit ({}, its reserved \
+                     concurrency)",
+                    d.record.config.max_instances
+                ),
+            }));
+        }
+        let mut rec = d.record.clone();
+        rec.config.min_instances = n;
+        let reg = self.registry.clone();
+        blocking(move || Ok(reg.put(&rec)?)).await?;
+        d.min_instances.store(n, Ordering::SeqCst);
+        tracing::info!(function = name, min_instances = n, "instances kept ready");
+        self.fill(&d);
+        Ok(())
+    }
+
+    /// How many instances of `name` are kept ready (wanted), and how many are started.
+    pub fn min_instances(&self, name: &str) -> Result<(u32, usize), NodeError> {
+        let d = self.deployed(name)?;
+        let live = d.pool.live().load(Ordering::SeqCst);
+        Ok((d.min_instances.load(Ordering::SeqCst), live))
+    }
+
+    /// Starts instances of `d` until it has as many as it keeps ready, in the background,
+    /// one fill at a time per function; a start that fails ends the fill (the next
+    /// keep-alive tick tries again).
+    pub(in crate::node) fn fill(&self, d: &Arc<Deployed>) {
+        if d.min_instances.load(Ordering::SeqCst) == 0
+            || self.stopping.load(Ordering::SeqCst)
+            || d.pool.is_retired()
+            || d.provisioning.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let (me, d) = (self.me.clone(), d.clone());
+        self.spawn_background(async move {
+            while let Some(node) = me.upgrade() {
+                let want = d.min_instances.load(Ordering::SeqCst) as usize;
+                if d.pool.is_retired()
+                    || node.stopping.load(Ordering::SeqCst)
+                    || d.pool.live().load(Ordering::SeqCst) >= want
+                {
+                    break;
+                }
+                let generation = d.pool.generation();
+                match node.start_ready(&d).await {
+                    Ok(live) => {
+                        if let Some(late) = d.pool.put_back(live, generation) {
+                            node.discard(&d, late, "its function was replaced");
+                        }
+                    }
+                    Err(why) => {
+                        let msg = format!("an instance to keep ready could not start: {why}");
+                        node.logs
+                            .append(&d.record.name, "ember", "event", msg.as_bytes());
+                        tracing::warn!(function = %d.record.name, "{msg}");
+                        break;
+                    }
+                }
+            }
+            d.provisioning.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// One instance of `d` from the rungs below warm, not serving a request.
+    async fn start_ready(&self, d: &Arc<Deployed>) -> Result<Live, String> {
+        let mut cx = StartCx {
+            node: self,
+            d,
+            timing: Timing::default(),
+            background: false,
+        };
+        let rungs: [&dyn Rung<StartCx<'_>, Live>; 3] = [
+            &ladder::function_snapshot::FunctionSnapshot,
+            &ladder::image::Image,
+            &ladder::cold_boot::ColdBoot,
+        ];
+        match ladder::climb(&rungs, &mut cx).await {
+            Climbed::Started { inst, .. } => Ok(inst),
+            Climbed::Ended { outcome, .. } => Err(outcome.label().to_string()),
+        }
+    }
+}
