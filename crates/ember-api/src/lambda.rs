@@ -47,6 +47,7 @@ use crate::routes::{ember_headers, read_body, task_failed};
 
 mod event_invoke;
 mod layers;
+mod policy;
 mod provisioned;
 mod settings;
 mod stream;
@@ -78,6 +79,14 @@ pub(crate) fn router() -> Router<AppState> {
         .route(
             "/2021-11-15/functions/{name}/response-streaming-invocations",
             post(invoke_stream),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/policy",
+            post(policy::add).get(policy::get),
+        )
+        .route(
+            "/2015-03-31/functions/{name}/policy/{sid}",
+            axum::routing::delete(policy::remove),
         )
         .route(
             "/2015-03-31/functions/{name}/versions",

@@ -299,6 +299,10 @@ pub struct FunctionConfig {
     /// Lambda tags (other than Ember's own `ember:` settings), kept and shown.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// Lambda's resource-based policy statements (AddPermission), kept and shown; Ember does
+    /// not evaluate them (the daemon's token decides access).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policy: Vec<serde_json::Value>,
     /// The function's URL configuration, when it has one: it is served at
     /// `/lambda-url/<name>/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -295,12 +295,13 @@ impl Node {
 
 /// Whether two records serve the same code with the same configuration, leaving out what
 /// belongs to the function rather than a version (description, tags, URL, instances kept
-/// ready).
+/// ready, its resource policy).
 fn same_function(a: &FunctionRecord, b: &FunctionRecord) -> bool {
     let mut ca = a.config.clone();
     ca.description.clone_from(&b.config.description);
     ca.tags.clone_from(&b.config.tags);
     ca.url.clone_from(&b.config.url);
     ca.min_instances = b.config.min_instances;
+    ca.policy.clone_from(&b.config.policy);
     a.code_hash == b.code_hash && a.env_key == b.env_key && ca == b.config
 }

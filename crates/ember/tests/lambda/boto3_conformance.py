@@ -297,9 +297,28 @@ settings = lam.get_account_settings()
 assert settings["AccountUsage"]["FunctionCount"] >= 1, settings
 
 # An operation Ember does not implement says so in an error botocore reads.
-assert error_code(lam.get_policy, FunctionName="boto-fn") == ("UnknownOperationException", 404)
-assert error_code(lam.get_provisioned_concurrency_config, FunctionName="boto-fn",
-                  Qualifier="1") == ("UnknownOperationException", 404)
+assert error_code(lam.list_event_source_mappings) == ("UnknownOperationException", 404)
+
+# Resource policies (AddPermission, as deploy tools call it): kept and shown as Lambda's.
+assert error_code(lam.get_policy, FunctionName="boto-fn") == ("ResourceNotFoundException", 404)
+added = lam.add_permission(
+    FunctionName="boto-fn", StatementId="from-s3", Action="lambda:InvokeFunction",
+    Principal="s3.amazonaws.com", SourceArn="arn:aws:s3:::uploads")
+stmt = json.loads(added["Statement"])
+assert stmt["Principal"] == {"Service": "s3.amazonaws.com"}, stmt
+assert stmt["Condition"] == {"ArnLike": {"AWS:SourceArn": "arn:aws:s3:::uploads"}}, stmt
+policy = json.loads(lam.get_policy(FunctionName="boto-fn")["Policy"])
+assert [x["Sid"] for x in policy["Statement"]] == ["from-s3"], policy
+assert error_code(
+    lam.add_permission, FunctionName="boto-fn", StatementId="from-s3",
+    Action="lambda:InvokeFunction", Principal="s3.amazonaws.com",
+) == ("ResourceConflictException", 409)
+lam.remove_permission(FunctionName="boto-fn", StatementId="from-s3")
+assert error_code(lam.get_policy, FunctionName="boto-fn")[1] == 404
+assert error_code(lam.remove_permission, FunctionName="boto-fn", StatementId="from-s3")[1] == 404
+assert error_code(lam.get_code_signing_config,
+                  CodeSigningConfigArn="arn:aws:lambda:us-east-1:000000000000:code-signing-config:csc-0123456789abcdef0"
+                  ) == ("UnknownOperationException", 404)
 
 # Function URLs: an HTTP endpoint per function, Lambda's payload format 2.0.
 lam.create_function(
