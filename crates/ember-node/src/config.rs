@@ -154,8 +154,14 @@ pub struct NodeConfig {
     pub python: PathBuf,
     /// Node.js, for `node` functions.
     pub node_js: PathBuf,
-    /// Idle instances are stopped after this long unused.
+    /// Idle instances are stopped after this long unused (the fixed policy's window, and the
+    /// histogram policy's fallback).
     pub keep_alive: Duration,
+    /// How the keep-alive and pre-warm windows are decided (crate::keepalive).
+    pub keep_alive_policy: crate::keepalive::PolicyKind,
+    /// The histogram policy's bin width (a minute, as the paper; less to replay a trace
+    /// compressed in time).
+    pub keep_alive_bin: Duration,
     /// Requests that may wait per function when all its instances are busy.
     pub queue_depth: usize,
     /// How long a request waits in the queue before it is throttled.
@@ -227,6 +233,8 @@ impl Default for NodeConfig {
             python: PathBuf::from("/usr/bin/python3"),
             node_js: PathBuf::from("/usr/bin/node"),
             keep_alive: Duration::from_secs(600),
+            keep_alive_policy: crate::keepalive::PolicyKind::Fixed,
+            keep_alive_bin: Duration::from_secs(60),
             queue_depth: 100,
             queue_timeout: Duration::from_secs(10),
             init_timeout: Duration::from_secs(60),

@@ -7,6 +7,7 @@ pub mod config;
 pub mod envs;
 pub mod function;
 pub mod images;
+pub mod keepalive;
 pub mod layers;
 mod live;
 pub mod logs;

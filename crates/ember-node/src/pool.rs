@@ -151,8 +151,9 @@ impl Pool {
         let mut protected = keep;
         let (mut kept, mut old) = (Vec::new(), Vec::new());
         // Most recently used first (`take_idle` takes from the end).
-        for i in idle.drain(..).rev() {
-            if i.generation != generation {
+        for mut i in idle.drain(..).rev() {
+            // One that died while idle goes, kept ready or not (a fill replaces it).
+            if i.generation != generation || i.inst.is_gone() {
                 old.push(i.inst);
             } else if protected > 0 {
                 protected -= 1;

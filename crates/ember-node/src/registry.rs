@@ -6,6 +6,7 @@
 //! functions(name TEXT PRIMARY KEY, version INTEGER, record TEXT /* FunctionRecord JSON */)
 //!     -- a published version is a row of its own, named `name:N`
 //! events(id, function, payload, attempts, enqueued_at, next_at)   -- version 2
+//!     depth                          -- version 3: destinations' records in a row
 //! published(function TEXT PRIMARY KEY, last INTEGER)              -- version 3
 //!     -- a layer's last version under `layer/<name>` (no function name has a '/')
 //! aliases(function, alias, record TEXT /* Alias JSON */)          -- version 3
@@ -31,7 +32,8 @@ const EVENTS_TABLE: &str = "CREATE TABLE IF NOT EXISTS events(
     payload BLOB NOT NULL,
     attempts INTEGER NOT NULL,
     enqueued_at INTEGER NOT NULL,
-    next_at INTEGER NOT NULL);
+    next_at INTEGER NOT NULL,
+    depth INTEGER NOT NULL DEFAULT 0);
  CREATE INDEX IF NOT EXISTS events_due ON events(next_at);";
 
 /// Version 3 adds published versions' numbers (never used twice for a function) and aliases.
@@ -97,9 +99,17 @@ impl Registry {
                 ))
                 .map_err(sql)?;
             }
-            1 | 2 => {
+            1 => {
                 conn.execute_batch(&format!(
                     "BEGIN; {EVENTS_TABLE} {VERSIONS_TABLES}
+                     PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))
+                .map_err(sql)?;
+            }
+            2 => {
+                conn.execute_batch(&format!(
+                    "BEGIN; ALTER TABLE events ADD COLUMN depth INTEGER NOT NULL DEFAULT 0;
+                     {VERSIONS_TABLES}
                      PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 ))
                 .map_err(sql)?;
@@ -362,6 +372,8 @@ pub struct QueuedEvent {
     /// Milliseconds since the Unix epoch.
     pub enqueued_at: u64,
     pub next_at: u64,
+    /// Destination records in a row that led to it (0: invoked by a client).
+    pub depth: u32,
 }
 
 impl Registry {
@@ -369,15 +381,16 @@ impl Registry {
     pub fn enqueue(&self, ev: &QueuedEvent) -> Result<(), RegistryError> {
         self.conn()
             .execute(
-                "INSERT INTO events(id, function, payload, attempts, enqueued_at, next_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO events(id, function, payload, attempts, enqueued_at, next_at, depth)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     ev.id,
                     ev.function,
                     ev.payload,
                     ev.attempts,
                     ev.enqueued_at as i64,
-                    ev.next_at as i64
+                    ev.next_at as i64,
+                    ev.depth
                 ],
             )
             .map_err(|e| self.sql(e))?;
@@ -394,7 +407,7 @@ impl Registry {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
-                "SELECT id, function, payload, attempts, enqueued_at, next_at FROM events
+                "SELECT id, function, payload, attempts, enqueued_at, next_at, depth FROM events
                  WHERE next_at <= ?1 ORDER BY next_at LIMIT ?2",
             )
             .map_err(|e| self.sql(e))?;
@@ -407,6 +420,7 @@ impl Registry {
                     attempts: r.get(3)?,
                     enqueued_at: r.get::<_, i64>(4)?.max(0) as u64,
                     next_at: r.get::<_, i64>(5)?.max(0) as u64,
+                    depth: r.get(6)?,
                 })
             })
             .map_err(|e| self.sql(e))?;
@@ -570,6 +584,7 @@ mod tests {
             attempts: 0,
             enqueued_at: 1,
             next_at,
+            depth: 0,
         };
         {
             let r = Registry::open(&path).unwrap();
@@ -589,6 +604,29 @@ mod tests {
         assert_eq!(r.due_events(60, 10, &none).unwrap()[0].id, "late");
         r.remove_event("late").unwrap();
         assert_eq!(r.queued_events().unwrap(), vec![("f".to_string(), 1)]);
+    }
+
+    #[test]
+    fn a_version_2_queue_gets_depths_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE functions(name TEXT PRIMARY KEY, version INTEGER NOT NULL,
+                 record TEXT NOT NULL);
+                 CREATE TABLE events(id TEXT PRIMARY KEY, function TEXT NOT NULL,
+                 payload BLOB NOT NULL, attempts INTEGER NOT NULL,
+                 enqueued_at INTEGER NOT NULL, next_at INTEGER NOT NULL);
+                 INSERT INTO events VALUES ('old', 'f', x'7b7d', 1, 1, 1);
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        }
+        let r = Registry::open(&path).unwrap();
+        let due = r.due_events(5, 10, &Default::default()).unwrap();
+        assert_eq!((due[0].id.as_str(), due[0].depth), ("old", 0));
+        assert!(r.load_aliases().unwrap().is_empty());
     }
 
     #[test]
@@ -615,6 +653,7 @@ mod tests {
             attempts: 0,
             enqueued_at: 1,
             next_at: 1,
+            depth: 0,
         };
         r.enqueue(&ev).unwrap();
         drop(r);

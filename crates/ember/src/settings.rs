@@ -9,6 +9,8 @@
 //! node_js = "/usr/bin/node"
 //! envs_dir = "/var/lib/ember/envs"
 //! keep_alive = "10m"
+//! keep_alive_policy = "fixed" # fixed | histogram (per-function windows from idle times)
+//! keep_alive_bin = "60s"    # the histogram policy's bin (240 of them)
 //! queue_depth = 100
 //! queue_timeout = "10s"
 //! init_timeout = "60s"
@@ -79,6 +81,14 @@ pub struct DaemonArgs {
     /// Stop idle instances after this long, e.g. 10m, 30s [default: 10m]
     #[arg(long, env = "EMBER_KEEP_ALIVE")]
     pub keep_alive: Option<String>,
+    /// How keep-alive windows are decided: fixed (--keep-alive for every function) or
+    /// histogram (per function, from its idle times; pre-warms before the next invocation)
+    /// [default: fixed]
+    #[arg(long, env = "EMBER_KEEP_ALIVE_POLICY")]
+    pub keep_alive_policy: Option<String>,
+    /// The histogram policy's bin width (240 bins) [default: 60s]
+    #[arg(long, env = "EMBER_KEEP_ALIVE_BIN")]
+    pub keep_alive_bin: Option<String>,
     /// Requests that may queue per function when all its instances are busy [default: 100]
     #[arg(long, env = "EMBER_QUEUE_DEPTH")]
     pub queue_depth: Option<usize>,
@@ -230,6 +240,8 @@ struct FileSettings {
     node_js: Option<PathBuf>,
     envs_dir: Option<PathBuf>,
     keep_alive: Option<String>,
+    keep_alive_policy: Option<String>,
+    keep_alive_bin: Option<String>,
     queue_depth: Option<usize>,
     queue_timeout: Option<String>,
     init_timeout: Option<String>,
@@ -357,6 +369,17 @@ impl DaemonArgs {
                 self.keep_alive.or(file.keep_alive),
                 d.keep_alive,
             )?,
+            keep_alive_policy: match self.keep_alive_policy.or(file.keep_alive_policy) {
+                Some(p) => {
+                    ember_node::keepalive::PolicyKind::parse(&p).map_err(anyhow::Error::msg)?
+                }
+                None => d.keep_alive_policy,
+            },
+            keep_alive_bin: duration(
+                "keep_alive_bin",
+                self.keep_alive_bin.or(file.keep_alive_bin),
+                d.keep_alive_bin,
+            )?,
             queue_depth: self
                 .queue_depth
                 .or(file.queue_depth)
@@ -426,6 +449,9 @@ impl DaemonArgs {
         };
         if node.keep_alive.is_zero() {
             bail!("keep_alive must be more than zero");
+        }
+        if node.keep_alive_bin < Duration::from_millis(100) {
+            bail!("keep_alive_bin must be at least 100ms");
         }
         let c = ConnectionLimits::default();
         let connections = ConnectionLimits {

@@ -346,3 +346,58 @@ async fn a_function_whose_environment_cannot_be_rebuilt_does_not_stop_the_daemon
     assert_eq!(health["status"], "ok");
     assert_eq!(d.invoke("f", "{}").await.status, 404);
 }
+
+/// The histogram keep-alive policy learns a function invoked every 3 s: after ten idle
+/// times its instance stops as each invocation ends and one is pre-warmed ahead of the
+/// next, which finds it warm. (Bins of 200 ms stand for the paper's minutes.)
+#[tokio::test]
+async fn the_histogram_policy_prewarms_a_regular_function_and_stops_it_between() {
+    let home = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        home.path(),
+        &[
+            "--keep-alive-policy",
+            "histogram",
+            "--keep-alive-bin",
+            "200ms",
+            "--keep-alive",
+            "60s",
+        ],
+    );
+    d.deploy_ok(
+        "tick",
+        json!({"handler": "main.handler"}),
+        &py("def handler(e, c):\n    return 'tock'\n"),
+    )
+    .await;
+    let status = || d.get_json("/v1/functions/tick");
+    // Ten idle times of 3 s: until then, the fixed keep-alive (the fallback) keeps it.
+    for _ in 0..11 {
+        assert_eq!(d.invoke("tick", "{}").await.status, 200);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let st = status().await;
+    let w = &st["keep_alive"];
+    assert_eq!(st["keep_alive_policy"], "histogram", "{st}");
+    assert_eq!(w["basis"]["kind"], "histogram", "{st}");
+    let prewarm = w["prewarm"].as_f64().unwrap();
+    assert!((2.3..=3.0).contains(&prewarm), "{w}");
+    // Now: stopped as the invocation ends, pre-warmed before the next one.
+    let mut warm = 0;
+    for _ in 0..3 {
+        let r = d.invoke("tick", "{}").await;
+        assert_eq!(r.status, 200);
+        warm += usize::from(r.start == "warm");
+        let mut gone = false;
+        for _ in 0..20 {
+            if status().await["instances_live"] == 0 {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(gone, "the instance is stopped until its pre-warm");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    assert!(warm >= 2, "pre-warmed starts: {warm} of 3");
+}

@@ -405,6 +405,18 @@ async fn a_token_decides_access_whatever_the_signature() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
+    // What the handler would not take as a preflight (an Origin that is not text) is no
+    // preflight to the token check either: it never reaches the function without a token.
+    let odd = reqwest::header::HeaderValue::from_bytes(b"https://a\xff").unwrap();
+    let r = http
+        .request(reqwest::Method::OPTIONS, &url)
+        .header("origin", odd)
+        .header("access-control-request-method", "GET")
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
 }
 
 #[tokio::test]

@@ -118,9 +118,14 @@ async fn set(
     e.validate()
         .map_err(|err| LambdaError::invalid(err.to_string()))?;
     for d in e.on_success.iter().chain(&e.on_failure) {
-        let (name, _) = ember_node::function::parse_destination(d)
+        let (name, q) = ember_node::function::parse_destination(d)
             .map_err(|err| LambdaError::invalid(err.to_string()))?;
-        if s.node.get(&name).is_err() {
+        if name == st.record.name {
+            return Err(LambdaError::invalid(
+                "A function cannot be its own destination",
+            ));
+        }
+        if s.node.resolve(&name, q.as_deref(), false).is_err() {
             return Err(LambdaError::invalid(format!(
                 "The destination function {d} does not exist"
             )));

@@ -35,6 +35,7 @@ struct AddRequest {
     #[serde(rename = "PrincipalOrgID")]
     principal_org_id: Option<String>,
     function_url_auth_type: Option<String>,
+    invoked_via_function_url: Option<bool>,
     revision_id: Option<String>,
 }
 
@@ -98,6 +99,11 @@ fn statement(name: &str, r: &AddRequest) -> Result<serde_json::Value, LambdaErro
         "lambda:FunctionUrlAuthType",
         &r.function_url_auth_type,
     );
+    let via_url = r
+        .invoked_via_function_url
+        .filter(|v| *v)
+        .map(|_| "true".to_string());
+    put("Bool", "lambda:InvokedViaFunctionUrl", &via_url);
     let mut s = serde_json::json!({
         "Sid": r.statement_id,
         "Effect": "Allow",
@@ -141,7 +147,7 @@ pub(super) async fn add(
     config.policy.push(stmt.clone());
     if document(&config.policy).to_string().len() > MAX_POLICY {
         return Err(LambdaError::new(
-            StatusCode::PRECONDITION_FAILED,
+            StatusCode::BAD_REQUEST,
             "PolicyLengthExceededException",
             "The final policy size is bigger than the limit (20 KB)",
         ));

@@ -44,7 +44,14 @@ fn version_of(s: &AppState, raw: &str, q: &ProvisionedQuery) -> Result<String, L
              ($LATEST): publish a version, or name an alias",
         ));
     }
-    Ok(s.node.resolve(&name, qualifier.as_deref(), false)?)
+    let internal = s.node.resolve(&name, qualifier.as_deref(), false)?;
+    if split_qualified(&internal).1.is_none() {
+        return Err(LambdaError::invalid(
+            "Provisioned Concurrency Configs cannot be applied to an alias of $LATEST: point \
+             the alias at a published version",
+        ));
+    }
+    Ok(internal)
 }
 
 /// A version's provisioned concurrency as Lambda shows it.
@@ -145,7 +152,14 @@ pub(super) async fn delete(
 ) -> Result<Response, LambdaError> {
     let internal = version_of(&s, &raw, &q)?;
     if s.node.min_instances(&internal)?.0 == 0 {
-        return Err(not_configured(&internal));
+        return Err(LambdaError::new(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFoundException",
+            format!(
+                "No Provisioned Concurrency Config found for this function: {}",
+                function_arn(&internal)
+            ),
+        ));
     }
     s.node.set_min_instances(&internal, 0).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

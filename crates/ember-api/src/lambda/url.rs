@@ -187,12 +187,32 @@ pub(crate) fn is_public<B>(s: &AppState, req: &axum::http::Request<B>) -> bool {
     let Some(u) = s.node.get(name).ok().and_then(|st| st.record.config.url) else {
         return false;
     };
-    let preflight = req.method() == axum::http::Method::OPTIONS
-        && req.headers().contains_key(header::ORIGIN)
-        && req
+    u.auth_type == "NONE" || (preflight_origin(req).is_some() && cors_of(&u).is_some())
+}
+
+/// The origin of a CORS preflight (`OPTIONS` with a readable `Origin` and
+/// `Access-Control-Request-Method`); none for any other request. The one test of a
+/// preflight: the token check and the handler must agree on it.
+fn preflight_origin<B>(req: &axum::http::Request<B>) -> Option<String> {
+    if req.method() != axum::http::Method::OPTIONS
+        || !req
             .headers()
-            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-    u.auth_type == "NONE" || (preflight && u.cors.as_ref().is_some_and(|c| !c.is_null()))
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        return None;
+    }
+    req.headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .map(str::to_string)
+}
+
+/// A URL's `Cors`, when it has one that reads.
+fn cors_of(u: &FunctionUrl) -> Option<Cors> {
+    u.cors
+        .as_ref()
+        .filter(|c| !c.is_null())
+        .and_then(|c| Cors::parse(c).ok())
 }
 
 /// The daemon's address as the client named it (its `Host`).
@@ -528,27 +548,24 @@ async fn serve_inner(s: &AppState, req: Request) -> Result<Response, LambdaError
     let Some(url) = st.record.config.url else {
         return Err(not_found(&name));
     };
-    let cors = url
-        .cors
-        .as_ref()
-        .filter(|c| !c.is_null())
-        .and_then(|c| Cors::parse(c).ok());
+    let cors = cors_of(&url);
+    match (&cors, preflight_origin(&req)) {
+        (Some(cors), Some(origin)) => {
+            // A preflight: answered here, as Lambda answers it, without invoking the
+            // function (and the only request to an AWS_IAM URL let in without the token).
+            let mut r = StatusCode::OK.into_response();
+            cors.headers(&origin, true, r.headers_mut());
+            return Ok(r);
+        }
+        // Its Cors went between the token check and here: never forwarded.
+        (None, Some(_)) if url.auth_type != "NONE" => return Err(LambdaError::unauthorized()),
+        _ => {}
+    }
     let origin = req
         .headers()
         .get(header::ORIGIN)
         .and_then(|o| o.to_str().ok())
         .map(str::to_string);
-    if let (Some(cors), Some(origin)) = (&cors, &origin)
-        && req.method() == axum::http::Method::OPTIONS
-        && req
-            .headers()
-            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
-    {
-        // A preflight: answered here, as Lambda answers it, without invoking the function.
-        let mut r = StatusCode::OK.into_response();
-        cors.headers(origin, true, r.headers_mut());
-        return Ok(r);
-    }
     let (parts, body) = req.into_parts();
     let bytes = read(s, &parts.headers, body, super::MAX_SYNC_PAYLOAD, "Invoke").await?;
     let request_id = uuid::Uuid::new_v4().to_string();

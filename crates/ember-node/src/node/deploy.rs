@@ -39,6 +39,10 @@ pub struct FunctionStatus {
     pub snapshotting: bool,
     /// Instances kept ready now (its `min_instances`, as changed since its deploy).
     pub min_instances: u32,
+    /// Its keep-alive and pre-warm windows now (the node's keep-alive policy's).
+    pub keep_alive: crate::keepalive::Windows,
+    /// The node's keep-alive policy.
+    pub keep_alive_policy: &'static str,
 }
 
 /// Code stored by [`Node::store_code`].
@@ -219,7 +223,7 @@ impl Node {
     pub fn get(&self, name: &str) -> Result<FunctionStatus, NodeError> {
         self.read_functions()
             .get(name)
-            .map(|d| status(d))
+            .map(|d| status(self, d))
             .ok_or_else(|| NodeError::NotFound(name.to_string()))
     }
 
@@ -229,8 +233,11 @@ impl Node {
     }
 
     pub fn list(&self) -> Vec<FunctionStatus> {
-        let mut v: Vec<FunctionStatus> =
-            self.read_functions().values().map(|d| status(d)).collect();
+        let mut v: Vec<FunctionStatus> = self
+            .read_functions()
+            .values()
+            .map(|d| status(self, d))
+            .collect();
         v.sort_by(|a, b| a.record.name.cmp(&b.record.name));
         v
     }
@@ -270,6 +277,7 @@ impl Node {
         }
         for old in &gone {
             self.discard_all(old, old.pool.retire(), "function deleted");
+            self.keep_alive.forget(&old.record.name);
         }
         self.logs.remove(name);
         let (store, me) = (self.snapshots.clone(), self.me.clone());
@@ -389,7 +397,7 @@ pub(in crate::node) async fn precompile(python: &std::path::Path, dir: &std::pat
     }
 }
 
-pub(in crate::node) fn status(d: &Deployed) -> FunctionStatus {
+pub(in crate::node) fn status(node: &Node, d: &Deployed) -> FunctionStatus {
     FunctionStatus {
         record: d.record.clone(),
         installed: d.env.installed.clone(),
@@ -402,5 +410,7 @@ pub(in crate::node) fn status(d: &Deployed) -> FunctionStatus {
         start_ms: d.start_costs.averages(),
         snapshotting: d.snapshotting.load(Ordering::SeqCst),
         min_instances: d.min_instances.load(Ordering::SeqCst),
+        keep_alive: node.keep_alive.windows(&d.record.name),
+        keep_alive_policy: node.keep_alive.name(),
     }
 }

@@ -122,6 +122,16 @@ impl Node {
     /// Queues an asynchronous invocation of `name`; returns its request id once the event
     /// is on disk.
     pub async fn enqueue(&self, name: &str, payload: Vec<u8>) -> Result<String, NodeError> {
+        self.enqueue_at(name, payload, 0).await
+    }
+
+    /// [`Node::enqueue`] for a destination's record `depth` records deep.
+    async fn enqueue_at(
+        &self,
+        name: &str,
+        payload: Vec<u8>,
+        depth: u32,
+    ) -> Result<String, NodeError> {
         self.deployed(name)?;
         let now = now_ms();
         let ev = QueuedEvent {
@@ -131,6 +141,7 @@ impl Node {
             attempts: 0,
             enqueued_at: now,
             next_at: now,
+            depth,
         };
         let id = ev.id.clone();
         let reg = self.registry.clone();
@@ -253,7 +264,7 @@ impl Node {
             }
         };
         if let Some((Some(to), r)) = dest {
-            self.deliver(&ev.function, to, r).await;
+            self.deliver(&ev, to, r).await;
         }
         let reg = self.registry.clone();
         let id = ev.id.clone();
@@ -291,9 +302,23 @@ impl Node {
 }
 
 impl Node {
-    /// Queues `record` for destination `to` (a function) of `from`'s asynchronous
-    /// invocations; a destination that cannot take it is noted in `from`'s log.
-    async fn deliver(&self, from: &str, to: &str, record: serde_json::Value) {
+    /// Queues `record` for destination `to` (a function) of the asynchronous invocation
+    /// `ev`; a destination that cannot take it is noted in its function's log. Records that
+    /// lead to records (functions naming each other) stop after [`MAX_DEPTH`] in a row, as
+    /// Lambda stops recursive loops.
+    async fn deliver(&self, ev: &QueuedEvent, to: &str, record: serde_json::Value) {
+        let from = ev.function.as_str();
+        if ev.depth >= MAX_DEPTH {
+            let note = format!(
+                "the record of asynchronous invocation {} was not sent to {to}: it came from \
+                 {MAX_DEPTH} destination records in a row, a recursive loop",
+                ev.id
+            );
+            self.logs.append(from, "ember", "event", note.as_bytes());
+            tracing::warn!(function = from, "{note}");
+            self.count_event(from, "loop-stopped");
+            return;
+        }
         let mut record = record;
         let mut bytes = serde_json::to_vec(&record).unwrap_or_default();
         if bytes.len() > MAX_RECORD {
@@ -304,7 +329,7 @@ impl Node {
         }
         let queued = match crate::function::parse_destination(to) {
             Ok((name, q)) => match self.resolve(&name, q.as_deref(), true) {
-                Ok(target) => self.enqueue(&target, bytes).await,
+                Ok(target) => self.enqueue_at(&target, bytes, ev.depth + 1).await,
                 Err(e) => Err(e),
             },
             Err(e) => Err(NodeError::Invalid(e)),
@@ -323,6 +348,10 @@ impl Node {
         }
     }
 }
+
+/// Destination records in a row after which the next is not sent (Lambda stops a
+/// recursive loop after 16 invocations).
+const MAX_DEPTH: u32 = 16;
 
 /// The largest destination record with its payloads (Lambda's asynchronous payload limit).
 const MAX_RECORD: usize = 1024 * 1024;

@@ -101,6 +101,7 @@ impl Node {
                 queue_depth,
             });
         };
+        self.invocation_started(d);
         let generation = d.pool.generation();
         let mut cx = StartCx {
             node: self,
@@ -242,6 +243,9 @@ impl Node {
                     // Off the request path: the answer goes now, the instance is dumped, then
                     // stopped (its before-snapshot hooks ran in it); it holds its permit.
                     self.snapshot_after_first_invoke(d, inst, permit, generation, timing.init());
+                } else if self.invocation_ended(d) {
+                    // Its keep-alive policy pre-warms one for the next invocation instead.
+                    self.discard(d, inst, "stopped until its next pre-warm");
                 } else if let Some(stale) = d.pool.put_back(inst, generation) {
                     self.discard(d, stale, "stopped while busy");
                 }

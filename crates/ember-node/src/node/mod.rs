@@ -105,6 +105,10 @@ struct Deployed {
     min_instances: std::sync::atomic::AtomicU32,
     /// A fill of its instances kept ready is under way.
     provisioning: std::sync::atomic::AtomicBool,
+    /// When its last invocation ended (for its idle times).
+    last_end: Mutex<Option<Instant>>,
+    /// The end after which an instance was pre-warmed (one pre-warm per idle period).
+    prewarmed_for: Mutex<Option<Instant>>,
 }
 
 impl Deployed {
@@ -175,6 +179,8 @@ pub struct Node {
     me: Weak<Node>,
     /// Set when shutdown begins: what fails from then on is the shutdown's doing.
     stopping: std::sync::atomic::AtomicBool,
+    /// Decides each function's keep-alive and pre-warm windows.
+    keep_alive: Box<dyn crate::keepalive::KeepAlive>,
     _home: FileLock,
 }
 
@@ -291,6 +297,9 @@ impl Node {
             }
             _ => None,
         };
+        let keep_alive = cfg
+            .keep_alive_policy
+            .make(cfg.keep_alive, cfg.keep_alive_bin);
         let node = Arc::new_cyclic(|me| Node {
             remote,
             spawner: spawner::Spawner::new(SPAWNER_THREADS),
@@ -323,6 +332,7 @@ impl Node {
             layers: RwLock::new(Vec::new()),
             deploying: Mutex::new(HashMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            keep_alive,
             _home: home_lock,
         });
         node.load().await?;
@@ -436,6 +446,8 @@ impl Node {
             start_costs: start_costs::StartCosts::default(),
             min_instances: std::sync::atomic::AtomicU32::new(rec.config.min_instances),
             provisioning: std::sync::atomic::AtomicBool::new(false),
+            last_end: Mutex::new(None),
+            prewarmed_for: Mutex::new(None),
             record: rec,
             env,
         });
@@ -600,14 +612,13 @@ impl Node {
         for d in all {
             // Those kept ready stay: as many as are not busy.
             let min = d.min_instances.load(Ordering::SeqCst) as usize;
-            let busy = d
-                .pool
-                .live()
-                .load(Ordering::SeqCst)
-                .saturating_sub(d.pool.idle_count());
-            let old = d.pool.expire(self.cfg.keep_alive, min.saturating_sub(busy));
+            let live = d.pool.live().load(Ordering::SeqCst);
+            let busy = live.saturating_sub(d.pool.idle_count());
+            let w = self.keep_alive.windows(&d.record.name);
+            let old = d.pool.expire(w.keep_alive, min.saturating_sub(busy));
             self.discard_all(&d, old, "idle past the keep-alive time");
             self.fill(&d);
+            self.prewarm_due(&d, &w, live);
         }
     }
 }
@@ -689,9 +700,9 @@ fn collector(
 
 async fn reaper(node: Weak<Node>) {
     let period = match node.upgrade() {
-        Some(n) => {
-            (n.cfg.keep_alive / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
-        }
+        // Often enough for the histogram policy's windows too (a bin's quarter).
+        Some(n) => (n.cfg.keep_alive.min(n.cfg.keep_alive_bin) / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(10)),
         None => return,
     };
     loop {

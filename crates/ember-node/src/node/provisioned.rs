@@ -26,6 +26,11 @@ impl Node {
         let gate = self.deploy_gate(split_qualified(name).0);
         let _held = gate.lock().await;
         let d = self.deployed(name)?;
+        let mut wanted = d.record.config.clone();
+        wanted.min_instances = n;
+        if n > 0 {
+            wanted.validate()?;
+        }
         if n > d.record.config.max_instances {
             return Err(NodeError::Invalid(InvalidFunction {
                 field: "min_instances",
@@ -112,5 +117,76 @@ impl Node {
             Climbed::Started { inst, .. } => Ok(inst),
             Climbed::Ended { outcome, .. } => Err(outcome.label().to_string()),
         }
+    }
+}
+
+impl Node {
+    /// Notes the end of an invocation of `d` (for its idle times); with a pre-warm window
+    /// the instance that served is not kept: one is started again when the next invocation
+    /// is due (`prewarm_due`). True when it should be stopped now.
+    pub(in crate::node) fn invocation_ended(&self, d: &Deployed) -> bool {
+        *d.last_end.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
+        d.min_instances.load(Ordering::SeqCst) == 0
+            && !self.keep_alive.windows(&d.record.name).prewarm.is_zero()
+    }
+
+    /// Notes the start of an invocation of `d`: when none of its instances was busy, the
+    /// time since the last one ended is an idle time for its keep-alive policy.
+    pub(in crate::node) fn invocation_started(&self, d: &Deployed) {
+        let busy = d
+            .pool
+            .live()
+            .load(Ordering::SeqCst)
+            .saturating_sub(d.pool.idle_count());
+        let last = *d.last_end.lock().unwrap_or_else(|p| p.into_inner());
+        if busy == 0
+            && let Some(end) = last
+        {
+            self.keep_alive.observe(&d.record.name, end.elapsed());
+        }
+    }
+
+    /// Starts one instance of `d` ahead of its next invocation when its policy's pre-warm
+    /// window has passed since the last one ended and it has none (`live`).
+    pub(in crate::node) fn prewarm_due(
+        &self,
+        d: &Arc<Deployed>,
+        w: &crate::keepalive::Windows,
+        live: usize,
+    ) {
+        if w.prewarm.is_zero() || live > 0 || d.pool.is_retired() {
+            return;
+        }
+        let Some(end) = *d.last_end.lock().unwrap_or_else(|p| p.into_inner()) else {
+            return;
+        };
+        if end.elapsed() < w.prewarm {
+            return;
+        }
+        {
+            let mut done = d.prewarmed_for.lock().unwrap_or_else(|p| p.into_inner());
+            if *done == Some(end) {
+                return;
+            }
+            *done = Some(end);
+        }
+        let (me, d) = (self.me.clone(), d.clone());
+        self.spawn_background(async move {
+            let Some(node) = me.upgrade() else { return };
+            let generation = d.pool.generation();
+            match node.start_ready(&d).await {
+                Ok(live) => {
+                    if let Some(late) = d.pool.put_back(live, generation) {
+                        node.discard(&d, late, "its function was replaced");
+                    }
+                }
+                Err(why) => tracing::warn!(function = %d.record.name, "pre-warming failed: {why}"),
+            }
+        });
+    }
+
+    /// `name`'s keep-alive and pre-warm windows now.
+    pub fn keep_alive_windows(&self, name: &str) -> crate::keepalive::Windows {
+        self.keep_alive.windows(name)
     }
 }

@@ -89,7 +89,7 @@ impl Node {
         if let Some(last) = self.versions_of(function).into_iter().last()
             && same_function(&last.record, &latest.record)
         {
-            return Ok(super::deploy::status(&last));
+            return Ok(super::deploy::status(self, &last));
         }
         let reg = self.registry.clone();
         let mut config = latest.record.config.clone();
@@ -124,7 +124,7 @@ impl Node {
         self.install(rec, latest.env.clone());
         let d = self.deployed(&name)?;
         self.snapshot_at_publish(&d);
-        Ok(super::deploy::status(&d))
+        Ok(super::deploy::status(self, &d))
     }
 
     /// A published version's after-init snapshot, taken now rather than at its first start.
@@ -156,7 +156,7 @@ impl Node {
         let latest = self.deployed(function)?;
         Ok(std::iter::once(latest)
             .chain(self.versions_of(function))
-            .map(|d| super::deploy::status(&d))
+            .map(|d| super::deploy::status(self, &d))
             .collect())
     }
 
@@ -295,7 +295,7 @@ impl Node {
 
 /// Whether two records serve the same code with the same configuration, leaving out what
 /// belongs to the function rather than a version (description, tags, URL, instances kept
-/// ready, its resource policy).
+/// ready, its resource policy, its event-invoke configuration).
 fn same_function(a: &FunctionRecord, b: &FunctionRecord) -> bool {
     let mut ca = a.config.clone();
     ca.description.clone_from(&b.config.description);
@@ -303,5 +303,6 @@ fn same_function(a: &FunctionRecord, b: &FunctionRecord) -> bool {
     ca.url.clone_from(&b.config.url);
     ca.min_instances = b.config.min_instances;
     ca.policy.clone_from(&b.config.policy);
+    ca.event_invoke.clone_from(&b.config.event_invoke);
     a.code_hash == b.code_hash && a.env_key == b.env_key && ca == b.config
 }

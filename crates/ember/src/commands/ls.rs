@@ -18,8 +18,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<20} {:>4} {:<20} {:>7} {:>8} {:>5} {:<18}  PACKAGES",
-        "NAME", "VER", "HANDLER", "MEM MB", "TIMEOUT", "LIVE", "SNAPSHOT"
+        "{:<20} {:>4} {:<20} {:>7} {:>8} {:>5} {:<18} {:<22}  PACKAGES",
+        "NAME", "VER", "HANDLER", "MEM MB", "TIMEOUT", "LIVE", "SNAPSHOT", "KEEP-ALIVE"
     );
     for f in fns {
         let pkgs: Vec<&str> = f["packages"]
@@ -27,7 +27,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
             .unwrap_or_default();
         println!(
-            "{:<20} {:>4} {:<20} {:>7} {:>7}s {:>5} {:<18}  {}",
+            "{:<20} {:>4} {:<20} {:>7} {:>7}s {:>5} {:<18} {:<22}  {}",
             f["name"].as_str().unwrap_or("?"),
             f["version"].to_string(),
             f["handler"].as_str().unwrap_or("?"),
@@ -35,8 +35,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             f["timeout_s"].to_string(),
             f["instances_live"].to_string(),
             f["snapshot"].as_str().unwrap_or("-"),
+            keep_alive(&f),
             pkgs.join(",")
         );
     }
     Ok(())
+}
+
+/// A function's keep-alive as its policy decided it: `fixed 600s`, `histogram 90s+45s`
+/// (pre-warm after 90 s, kept 45 s), `fallback 600s` (the histogram cannot be trusted yet).
+fn keep_alive(f: &serde_json::Value) -> String {
+    let w = &f["keep_alive"];
+    let secs = |k: &str| w[k].as_f64().unwrap_or(0.0);
+    match w["basis"]["kind"].as_str() {
+        Some("histogram") => format!(
+            "histogram {:.0}s+{:.0}s",
+            secs("prewarm"),
+            secs("keep_alive")
+        ),
+        Some(kind) => format!("{kind} {:.0}s", secs("keep_alive")),
+        None => "-".to_string(),
+    }
 }

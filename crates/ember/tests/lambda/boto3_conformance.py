@@ -519,7 +519,7 @@ lam.create_function(
         "def h(event, context):\n"
         "    if event.get('fail'):\n"
         "        raise RuntimeError('failed on purpose')\n"
-        "    return {'ok': event['n']}\n")},
+        "    return {'ok': event.get('n')}\n")},
 )
 assert error_code(lam.get_function_event_invoke_config, FunctionName="async-fn") == (
     "ResourceNotFoundException", 404)
@@ -559,6 +559,25 @@ assert error_code(
     lam.put_function_event_invoke_config, FunctionName="async-fn",
     DestinationConfig={"OnFailure": {"Destination": "no-such-fn"}},
 ) == ("InvalidParameterValueException", 400)
+assert error_code(
+    lam.put_function_event_invoke_config, FunctionName="async-fn",
+    DestinationConfig={"OnSuccess": {"Destination": "async-fn"}},
+) == ("InvalidParameterValueException", 400)
+# Two functions naming each other: the records stop after 16 in a row, as Lambda stops a
+# recursive loop.
+lam.put_function_event_invoke_config(
+    FunctionName="async-fn", DestinationConfig={"OnSuccess": {"Destination": "dest-fn"}})
+lam.put_function_event_invoke_config(
+    FunctionName="dest-fn", DestinationConfig={"OnSuccess": {"Destination": "async-fn"}})
+lam.invoke(FunctionName="async-fn", InvocationType="Event", Payload=b'{"n": 1}')
+for _ in range(200):
+    logs = [urllib.request.urlopen(url + f"/v1/functions/{f}/logs?lines=400").read().decode()
+            for f in ("async-fn", "dest-fn")]
+    if any("recursive loop" in text for text in logs):
+        break
+    time.sleep(0.1)
+assert any("recursive loop" in text for text in logs), logs
+lam.delete_function_event_invoke_config(FunctionName="dest-fn")
 lam.delete_function_event_invoke_config(FunctionName="async-fn")
 assert error_code(lam.get_function_event_invoke_config, FunctionName="async-fn")[1] == 404
 lam.delete_function(FunctionName="async-fn")

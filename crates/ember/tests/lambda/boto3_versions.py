@@ -258,6 +258,11 @@ assert error_code(
     lam.put_provisioned_concurrency_config, FunctionName="prov-fn", Qualifier="$LATEST",
     ProvisionedConcurrentExecutions=2,
 )[1] == 400
+lam.create_alias(FunctionName="prov-fn", Name="edge", FunctionVersion="$LATEST")
+assert error_code(
+    lam.put_provisioned_concurrency_config, FunctionName="prov-fn", Qualifier="edge",
+    ProvisionedConcurrentExecutions=2,
+)[1] == 400
 lam.create_alias(FunctionName="prov-fn", Name="live", FunctionVersion="1")
 put = lam.put_provisioned_concurrency_config(
     FunctionName="prov-fn", Qualifier="live", ProvisionedConcurrentExecutions=2)

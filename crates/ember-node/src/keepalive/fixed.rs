@@ -1,0 +1,33 @@
+//! The fixed policy: every idle instance kept for the node's keep-alive; none pre-warmed.
+
+use std::time::Duration;
+
+use super::{Basis, KeepAlive, Windows};
+
+pub struct Fixed {
+    keep_alive: Duration,
+}
+
+impl Fixed {
+    pub fn new(keep_alive: Duration) -> Fixed {
+        Fixed { keep_alive }
+    }
+}
+
+impl KeepAlive for Fixed {
+    fn name(&self) -> &'static str {
+        "fixed"
+    }
+
+    fn observe(&self, _function: &str, _idle: Duration) {}
+
+    fn windows(&self, _function: &str) -> Windows {
+        Windows {
+            prewarm: Duration::ZERO,
+            keep_alive: self.keep_alive,
+            basis: Basis::Fixed,
+        }
+    }
+
+    fn forget(&self, _function: &str) {}
+}
