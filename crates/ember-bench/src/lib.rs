@@ -10,6 +10,7 @@ pub mod sandbox;
 pub mod snap;
 pub mod snapshot_cache;
 pub mod stats;
+pub mod trace;
 pub mod vhive;
 pub mod workloads;
 

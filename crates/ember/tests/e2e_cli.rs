@@ -286,3 +286,56 @@ async fn the_snapshot_point_and_the_snapshot_cache_through_the_cli() {
         out.stderr
     );
 }
+
+/// `ember bench trace` replays a generated trace against a daemon per keep-alive policy and
+/// writes its table's numbers and every call.
+#[test]
+fn bench_trace_replays_a_trace_per_keep_alive_policy() {
+    let cwd = tempfile::tempdir().unwrap();
+    let out_json = cwd.path().join("t.json");
+    let mut cmd = std::process::Command::new(common::EMBER);
+    cmd.args([
+        "bench",
+        "trace",
+        "--functions",
+        "10",
+        "--minutes",
+        "10",
+        "--compression",
+        "300",
+        "--envs-dir",
+    ])
+    .arg(common::shared_envs())
+    .arg("--out")
+    .arg(&out_json)
+    .current_dir(cwd.path())
+    .env("EMBER_LOG", "warn");
+    if !common::sandboxed() {
+        cmd.arg("--no-sandbox");
+    }
+    let out = cmd.output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("cold-boot%") && stdout.contains("histogram"),
+        "{stdout}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out_json).unwrap()).unwrap();
+    let results = doc["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    let calls = |r: &serde_json::Value| r["calls"].as_array().unwrap().len();
+    assert!(
+        calls(&results[0]) > 0 && calls(&results[0]) == calls(&results[1]),
+        "{doc}"
+    );
+    for r in results {
+        for c in r["calls"].as_array().unwrap() {
+            assert_ne!(c["start"], "error", "{c}");
+        }
+    }
+    assert!(out_json.with_extension("svg").exists());
+}

@@ -42,6 +42,11 @@ pub enum Experiment {
     /// copy (restored lazily, and fetched whole), and from the store's copy cached locally,
     /// --runs rounds interleaved, on the S3 server EMBER_S3_ENDPOINT names (needs root)
     Vhive,
+    /// An Azure-Functions-like trace of --functions functions (periodic, bursty, rare) over
+    /// --minutes minutes, replayed --compression times faster against one daemon per
+    /// keep-alive policy (--keep-alive-policies): share of starts per rung, p50/p99 latency,
+    /// idle memory-time
+    Trace,
 }
 
 #[derive(Debug, clap::Args)]
@@ -109,9 +114,20 @@ pub struct Args {
     /// its first invocation before giving up
     #[arg(long, default_value_t = 120)]
     pub snapshot_wait: u64,
-    /// snapshot-cache: functions (each its own size and init cost)
+    /// snapshot-cache: functions (each its own size and init cost); trace: functions in the
+    /// trace
     #[arg(long, default_value_t = 50)]
     pub functions: usize,
+    /// trace: minutes of trace
+    #[arg(long, default_value_t = 30)]
+    pub minutes: usize,
+    /// trace: how many times faster than the trace it is replayed (a trace minute lasts
+    /// 60/compression seconds; the policies' windows shrink alike)
+    #[arg(long, default_value_t = 60)]
+    pub compression: u32,
+    /// trace: the keep-alive policies compared, one daemon each (fixed: 10 trace-minutes)
+    #[arg(long, value_delimiter = ',', default_value = "fixed,histogram")]
+    pub keep_alive_policies: Vec<String>,
     /// snapshot-cache: measured requests per policy
     #[arg(long, default_value_t = 300)]
     pub requests: usize,
@@ -273,6 +289,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Experiment::Lambda => return lambda(args).await,
         Experiment::SnapshotCache => return snapshot_cache(args).await,
         Experiment::Vhive => return vhive(args).await,
+        Experiment::Trace => return trace(args).await,
         Experiment::Invoke => {}
     }
     let started = now_unix();
@@ -936,5 +953,190 @@ async fn snap(args: Args) -> anyhow::Result<()> {
     let (out, svg) = save(args.out, "snap", started, &results)?;
     snap::write_svg(&results, &svg)?;
     eprintln!("results: {}\nplot: {}", out.display(), svg.display());
+    Ok(())
+}
+
+/// `ember bench trace`: one daemon per keep-alive policy, the same trace replayed against
+/// each (its functions deployed anew), then a table and a latency plot per shape.
+async fn trace(args: Args) -> anyhow::Result<()> {
+    use ember_bench::trace as tr;
+    use std::time::{Duration, Instant};
+    anyhow::ensure!(
+        args.url.is_none(),
+        "bench trace starts a daemon per keep-alive policy; it does not take --url"
+    );
+    anyhow::ensure!(
+        args.functions > 0 && args.minutes > 0 && args.compression > 0,
+        "--functions, --minutes and --compression must be at least 1"
+    );
+    for p in &args.keep_alive_policies {
+        ember_node::keepalive::PolicyKind::parse(p).map_err(anyhow::Error::msg)?;
+    }
+    let started = now_unix();
+    let minute = Duration::from_secs(60) / args.compression;
+    let fns = tr::generate(args.functions, args.minutes, args.seed);
+    let arrivals = tr::arrivals(&fns, minute, args.seed);
+    eprintln!(
+        "bench trace: {} functions, {} minutes, {} invocations, replayed {}x faster ({} s each), \
+         policies {}, seed {}",
+        fns.len(),
+        args.minutes,
+        arrivals.len(),
+        args.compression,
+        (minute * args.minutes as u32).as_secs(),
+        args.keep_alive_policies.join(","),
+        args.seed
+    );
+    let zip = tr::handler_zip();
+    let mut results = Vec::new();
+    for policy in &args.keep_alive_policies {
+        let extra = DaemonArgs {
+            // The fixed policy's 10 minutes, and the histogram's minute bins, in replay time.
+            keep_alive: Some(format!("{}ms", (minute * 10).as_millis())),
+            keep_alive_policy: Some(policy.clone()),
+            keep_alive_bin: Some(format!("{}ms", minute.as_millis().max(100))),
+            ..Default::default()
+        };
+        let (client, embedded) = target(&args, "ember-bench-trace-", extra).await?;
+        let names: Vec<String> = (0..fns.len()).map(|i| format!("t{i:03}")).collect();
+        for n in &names {
+            let body = serde_json::json!({"handler": "main.handler", "memory_mb": 128,
+                "code_zip": zip});
+            client
+                .deploy(n, &body, &mut |_| {})
+                .await
+                .with_context(|| format!("deploying {n}"))?;
+        }
+        let client = std::sync::Arc::new(client);
+        // Idle instances' memory, sampled while the trace plays.
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let (client, done) = (client.clone(), done.clone());
+            tokio::spawn(async move {
+                let (mut gb_s, mut last) = (0.0, Instant::now());
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let idle_mb: f64 = client
+                        .list()
+                        .await
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|f| {
+                            f["instances_idle"].as_f64().unwrap_or(0.0)
+                                * f["memory_mb"].as_f64().unwrap_or(0.0)
+                        })
+                        .sum();
+                    gb_s += idle_mb / 1024.0 * last.elapsed().as_secs_f64();
+                    last = Instant::now();
+                }
+                gb_s
+            })
+        };
+        let t0 = tokio::time::Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        for (at, f) in &arrivals {
+            let (client, name, shape, at, f) =
+                (client.clone(), names[*f].clone(), fns[*f].shape, *at, *f);
+            set.spawn(async move {
+                tokio::time::sleep_until(t0 + at).await;
+                let t = Instant::now();
+                let r = client.invoke(&name, b"{}".to_vec()).await;
+                let latency_ms = t.elapsed().as_secs_f64() * 1e3;
+                let start = match r {
+                    Ok(r) if r.status == 200 => r.start,
+                    _ => "error".to_string(),
+                };
+                tr::Call {
+                    function: f,
+                    shape,
+                    start,
+                    latency_ms,
+                }
+            });
+        }
+        let mut calls = Vec::new();
+        while let Some(c) = set.join_next().await {
+            calls.push(c?);
+        }
+        let replay_s = t0.elapsed().as_secs_f64();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let idle_gb_s = sampler.await?;
+        calls.sort_by_key(|c| c.function);
+        results.push(tr::PolicyResult {
+            policy: policy.clone(),
+            calls,
+            idle_gb_s,
+            replay_s,
+        });
+        if let Some((running, _home)) = embedded {
+            running.stop().await?;
+        }
+    }
+    println!(
+        "{:<10} {:>6} {:>7} {:>9} {:>7} {:>10} {:>9} {:>9} {:>12}",
+        "policy",
+        "calls",
+        "warm%",
+        "snapshot%",
+        "image%",
+        "cold-boot%",
+        "p50 ms",
+        "p99 ms",
+        "idle GB-s"
+    );
+    for r in &results {
+        let l = r.latency();
+        println!(
+            "{:<10} {:>6} {:>7.1} {:>9.1} {:>7.1} {:>10.1} {:>9.1} {:>9.1} {:>12.2}",
+            r.policy,
+            r.calls.len(),
+            r.share("warm"),
+            r.share("function-snapshot"),
+            r.share("image"),
+            r.share("cold-boot"),
+            l.p50_ms,
+            l.p99_ms,
+            r.idle_gb_s
+        );
+    }
+    let errors: usize = results
+        .iter()
+        .map(|r| r.calls.iter().filter(|c| c.start == "error").count())
+        .sum();
+    if errors > 0 {
+        eprintln!("{errors} invocations failed (counted as `error`, their latency included)");
+    }
+    // Per shape and policy: latency, for the plot.
+    let mut rows = Vec::new();
+    for r in &results {
+        for shape in [tr::Shape::Periodic, tr::Shape::Bursty, tr::Shape::Rare] {
+            let ms: Vec<f64> = r
+                .calls
+                .iter()
+                .filter(|c| c.shape == shape)
+                .map(|c| c.latency_ms)
+                .collect();
+            if !ms.is_empty() {
+                rows.push(ember_bench::report::Row {
+                    workload: shape.as_str().to_string(),
+                    path: r.policy.clone(),
+                    summary: ember_bench::stats::summarize(&ms),
+                });
+            }
+        }
+    }
+    let doc = serde_json::json!({
+        "started_unix": started,
+        "functions": args.functions,
+        "minutes": args.minutes,
+        "compression": args.compression,
+        "seed": args.seed,
+        "trace": fns,
+        "results": results,
+        "rows": rows,
+    });
+    let (json, svg) = save(args.out.clone(), "trace", started, &doc)?;
+    tr::write_svg(&rows, &args.keep_alive_policies, &svg)?;
+    eprintln!("wrote {} and {}", json.display(), svg.display());
     Ok(())
 }
