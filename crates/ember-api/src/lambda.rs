@@ -632,6 +632,38 @@ async fn create(
     Ok((StatusCode::CREATED, axum::Json(version)).into_response())
 }
 
+/// One page of a Lambda list: `items` (each keyed by its marker) after `marker`, at most
+/// `max_items` (1 to `limit`, 50 when none), as `{key: [...], "NextMarker"}`.
+fn paged(
+    key: &str,
+    items: Vec<(String, serde_json::Value)>,
+    marker: Option<&str>,
+    max_items: Option<usize>,
+    limit: usize,
+) -> Result<Response, LambdaError> {
+    let max = max_items.unwrap_or(50);
+    if !(1..=limit).contains(&max) {
+        return Err(LambdaError::invalid(format!(
+            "MaxItems must be between 1 and {limit}"
+        )));
+    }
+    let start = match marker {
+        Some(m) => match items.iter().position(|(k, _)| k == m) {
+            Some(i) => i + 1,
+            None => return Err(LambdaError::invalid(format!("Marker {m:?} is not valid"))),
+        },
+        None => 0,
+    };
+    let rest: Vec<_> = items.into_iter().skip(start).collect();
+    let next = (rest.len() > max).then(|| rest[max - 1].0.clone());
+    let page: Vec<serde_json::Value> = rest.into_iter().take(max).map(|(_, v)| v).collect();
+    let mut body = serde_json::json!({ key: page });
+    if let Some(m) = next {
+        body["NextMarker"] = m.into();
+    }
+    Ok(axum::Json(body).into_response())
+}
+
 fn lambda_task_failed(what: &str, e: tokio::task::JoinError) -> LambdaError {
     let api = task_failed(what, e);
     LambdaError::new(api.status, "ServiceException", api.body.message)

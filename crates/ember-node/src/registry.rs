@@ -141,24 +141,10 @@ impl Registry {
 
     /// Every function whose record decodes; a row that does not is logged and skipped.
     pub fn load_all(&self) -> Result<Vec<FunctionRecord>, RegistryError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT name, record FROM functions ORDER BY name")
-            .map_err(|e| self.sql(e))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .map_err(|e| self.sql(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (name, text) = row.map_err(|e| self.sql(e))?;
-            match serde_json::from_str(&text) {
-                Ok(rec) => out.push(rec),
-                Err(e) => {
-                    tracing::error!(function = %name, "skipping an unreadable registry row: {e}")
-                }
-            }
-        }
-        Ok(out)
+        self.load(
+            "SELECT name, record FROM functions ORDER BY name",
+            "function",
+        )
     }
 
     /// The version the next write of `name` gets.
@@ -283,19 +269,30 @@ impl Registry {
 
     /// Every layer version whose record decodes, by name and number.
     pub fn load_layers(&self) -> Result<Vec<LayerVersion>, RegistryError> {
+        self.load(
+            "SELECT name, record FROM layers ORDER BY name, version",
+            "layer",
+        )
+    }
+
+    /// The records `sql` selects (a key and a JSON record per row) that decode; a row that
+    /// does not is logged (as a `what`) and skipped.
+    fn load<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &str,
+        what: &str,
+    ) -> Result<Vec<T>, RegistryError> {
         let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT name, record FROM layers ORDER BY name, version")
-            .map_err(|e| self.sql(e))?;
+        let mut stmt = conn.prepare(sql).map_err(|e| self.sql(e))?;
         let rows = stmt
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
             .map_err(|e| self.sql(e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, text) = row.map_err(|e| self.sql(e))?;
+            let (key, text) = row.map_err(|e| self.sql(e))?;
             match serde_json::from_str(&text) {
-                Ok(l) => out.push(l),
-                Err(e) => tracing::error!(layer = %name, "skipping an unreadable layer: {e}"),
+                Ok(v) => out.push(v),
+                Err(e) => tracing::error!(key = %key, "skipping an unreadable {what} row: {e}"),
             }
         }
         Ok(out)
@@ -341,22 +338,10 @@ impl Registry {
 
     /// Every alias whose record decodes, by function and name.
     pub fn load_aliases(&self) -> Result<Vec<Alias>, RegistryError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT alias, record FROM aliases ORDER BY function, alias")
-            .map_err(|e| self.sql(e))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .map_err(|e| self.sql(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (name, text) = row.map_err(|e| self.sql(e))?;
-            match serde_json::from_str(&text) {
-                Ok(a) => out.push(a),
-                Err(e) => tracing::error!(alias = %name, "skipping an unreadable alias: {e}"),
-            }
-        }
-        Ok(out)
+        self.load(
+            "SELECT alias, record FROM aliases ORDER BY function, alias",
+            "alias",
+        )
     }
 }
 

@@ -128,34 +128,14 @@ impl ListQuery {
             && fits(&self.compatible_architecture, &l.compatible_architectures)
     }
 
-    /// One page of `items` (keyed by their marker) after the marker.
-    fn page(
+    /// One page of `items` (keyed by their marker), Lambda's at most 50.
+    fn answer(
         &self,
+        key: &str,
         items: Vec<(String, serde_json::Value)>,
-    ) -> Result<(Vec<serde_json::Value>, Option<String>), LambdaError> {
-        let max = self.max_items.unwrap_or(50);
-        if !(1..=50).contains(&max) {
-            return Err(LambdaError::invalid("MaxItems must be between 1 and 50"));
-        }
-        let start = match &self.marker {
-            Some(m) => match items.iter().position(|(k, _)| k == m) {
-                Some(i) => i + 1,
-                None => return Err(LambdaError::invalid(format!("Marker {m:?} is not valid"))),
-            },
-            None => 0,
-        };
-        let rest: Vec<_> = items.into_iter().skip(start).collect();
-        let next = (rest.len() > max).then(|| rest[max - 1].0.clone());
-        Ok((rest.into_iter().take(max).map(|(_, v)| v).collect(), next))
+    ) -> Result<Response, LambdaError> {
+        super::paged(key, items, self.marker.as_deref(), self.max_items, 50)
     }
-}
-
-fn paged(key: &str, (items, next): (Vec<serde_json::Value>, Option<String>)) -> Response {
-    let mut body = serde_json::json!({ key: items });
-    if let Some(m) = next {
-        body["NextMarker"] = m.into();
-    }
-    axum::Json(body).into_response()
 }
 
 /// `GET /2018-10-31/layers/{name}/versions`: ListLayerVersions, newest first.
@@ -176,7 +156,7 @@ pub(super) async fn list_versions(
         .iter()
         .map(|l| (l.version.to_string(), item(l)))
         .collect();
-    Ok(paged("LayerVersions", q.page(items)?))
+    q.answer("LayerVersions", items)
 }
 
 /// `GET /2018-10-31/layers`: ListLayers (each with its newest matching version), or
@@ -211,7 +191,7 @@ pub(super) async fn list(
             (name, v)
         })
         .collect();
-    Ok(paged("Layers", q.page(items)?))
+    q.answer("Layers", items)
 }
 
 fn version_of(raw: &str) -> Result<u64, LambdaError> {

@@ -75,23 +75,14 @@ pub(super) struct Page {
     function_version: Option<String>,
 }
 
-/// One page of `items` (keyed by their marker) after `marker`, and the next page's marker.
-fn page<T>(items: Vec<(String, T)>, q: &Page) -> Result<(Vec<T>, Option<String>), LambdaError> {
-    let max = q.max_items.unwrap_or(50);
-    if !(1..=10_000).contains(&max) {
-        return Err(LambdaError::invalid("MaxItems must be between 1 and 10000"));
+impl Page {
+    fn answer(
+        &self,
+        key: &str,
+        items: Vec<(String, serde_json::Value)>,
+    ) -> Result<Response, LambdaError> {
+        super::paged(key, items, self.marker.as_deref(), self.max_items, 10_000)
     }
-    let start = match &q.marker {
-        Some(m) => match items.iter().position(|(k, _)| k == m) {
-            Some(i) => i + 1,
-            None => return Err(LambdaError::invalid(format!("Marker {m:?} is not valid"))),
-        },
-        None => 0,
-    };
-    let mut rest: Vec<(String, T)> = items.into_iter().skip(start).collect();
-    let next = (rest.len() > max).then(|| rest[max - 1].0.clone());
-    rest.truncate(max);
-    Ok((rest.into_iter().map(|(_, v)| v).collect(), next))
 }
 
 /// `GET .../versions`: ListVersionsByFunction, `$LATEST` first.
@@ -110,12 +101,7 @@ pub(super) async fn list_versions(
             (c["Version"].as_str().unwrap_or(LATEST).to_string(), c)
         })
         .collect();
-    let (versions, next) = page(items, &q)?;
-    let mut body = serde_json::json!({ "Versions": versions });
-    if let Some(m) = next {
-        body["NextMarker"] = m.into();
-    }
-    Ok(axum::Json(body).into_response())
+    q.answer("Versions", items)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -262,10 +248,5 @@ pub(super) async fn list_aliases(
         })
         .map(|a| (a.name.clone(), alias_json(a)))
         .collect();
-    let (aliases, next) = page(items, &q)?;
-    let mut body = serde_json::json!({ "Aliases": aliases });
-    if let Some(m) = next {
-        body["NextMarker"] = m.into();
-    }
-    Ok(axum::Json(body).into_response())
+    q.answer("Aliases", items)
 }
