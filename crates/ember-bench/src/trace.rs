@@ -122,19 +122,16 @@ pub fn arrivals(trace: &[TraceFn], minute: Duration, seed: u64) -> Vec<(Duration
 
 /// The function every trace function deploys (base64 of its zip): a handler that answers
 /// at once, so that what is measured is the start.
-pub fn handler_zip() -> String {
+pub fn handler_zip() -> Result<String, zip::result::ZipError> {
     use std::io::Write as _;
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts = zip::write::SimpleFileOptions::default();
-    let written = w
-        .start_file("main.py", opts)
-        .and_then(|()| {
-            w.write_all(b"def handler(event, context):\n    return {'ok': True}\n")
-                .map_err(zip::result::ZipError::Io)
-        })
-        .and_then(|()| w.finish());
-    let bytes = written.map(|c| c.into_inner()).unwrap_or_default();
-    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
+    w.start_file("main.py", zip::write::SimpleFileOptions::default())?;
+    w.write_all(b"def handler(event, context):\n    return {'ok': True}\n")?;
+    let bytes = w.finish()?.into_inner();
+    Ok(base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        bytes,
+    ))
 }
 
 /// One invocation of a replay.
@@ -157,6 +154,9 @@ pub struct PolicyResult {
     /// time (times the compression for trace time).
     pub idle_gb_s: f64,
     pub replay_s: f64,
+    /// The keep-alive window the daemon gave a function before any idle time (the fixed
+    /// policy's, the histogram's fallback), seconds of replay time.
+    pub keep_alive_s: f64,
 }
 
 impl PolicyResult {

@@ -149,8 +149,10 @@ def json_logs():
     return os.environ.get("AWS_LAMBDA_LOG_FORMAT", "").upper() == "JSON"
 
 
-def utc_now():
-    t = time.time()
+def utc_now(t=None):
+    """`t` (now when None) as Lambda's runtime writes times: ISO 8601, milliseconds, UTC."""
+    if t is None:
+        t = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%03dZ" % (int(t * 1000) % 1000)
 
 
@@ -300,7 +302,7 @@ def configure_logging(logging):
 
         def format(self, record):
             doc = {
-                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
+                "timestamp": utc_now(record.created),
                 "level": record.levelname,
                 "message": record.getMessage(),
                 "logger": record.name,

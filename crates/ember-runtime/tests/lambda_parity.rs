@@ -338,7 +338,11 @@ def handler(event, context):
         (&info["level"], &info["logger"], &info["requestId"]),
         (&"INFO".into(), &"app".into(), &"req-1".into())
     );
-    assert!(info["timestamp"].as_str().unwrap().ends_with('Z'));
+    let ts = info["timestamp"].as_str().unwrap();
+    assert!(
+        ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[19] == b'.',
+        "{ts}"
+    );
     let failed = find("failed").unwrap();
     assert_eq!(failed["errorType"], "ZeroDivisionError");
     assert!(

@@ -327,11 +327,15 @@ fn bench_trace_replays_a_trace_per_keep_alive_policy() {
         serde_json::from_slice(&std::fs::read(&out_json).unwrap()).unwrap();
     let results = doc["results"].as_array().unwrap();
     assert_eq!(results.len(), 2);
-    let calls = |r: &serde_json::Value| r["calls"].as_array().unwrap().len();
-    assert!(
-        calls(&results[0]) > 0 && calls(&results[0]) == calls(&results[1]),
-        "{doc}"
-    );
+    for r in results {
+        // 10 trace-minutes at 300x: the fixed window (and the histogram's fallback) was
+        // given to the daemon, not the bench's default hour.
+        assert_eq!(r["keep_alive_s"], 2.0, "{r}");
+        // Idle memory stays under every function's instance idle all the replay.
+        let bound = 10.0 * 0.125 * r["replay_s"].as_f64().unwrap();
+        assert!(r["idle_gb_s"].as_f64().unwrap() < bound, "{r}");
+        assert!(!r["calls"].as_array().unwrap().is_empty(), "{r}");
+    }
     for r in results {
         for c in r["calls"].as_array().unwrap() {
             assert_ne!(c["start"], "error", "{c}");

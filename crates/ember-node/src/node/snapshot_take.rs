@@ -148,7 +148,9 @@ impl Node {
             "env": rec.env_key,
             "handler": c.handler,
             "memory_mb": c.memory_mb,
-            "environment": c.env,
+            // What its instances get (its log settings included: the runtime reads them at
+            // import, so a snapshot of other settings is another).
+            "environment": c.runtime_env(),
             "network": c.network,
             "point": c.snapshot.as_str(),
             "parent": parent.map(|p| (&p.id, &p.meta_hash)),

@@ -210,11 +210,14 @@ async fn target(
         return Ok((Client::new(u, args.token.clone()), None));
     }
     let home = tempfile::Builder::new().prefix(prefix).tempdir()?;
+    // An hour unless the experiment sets its own (a field written here would win over
+    // `..extra`).
+    let keep_alive = extra.keep_alive.clone().or_else(|| Some("1h".into()));
     let settings = DaemonArgs {
         home: Some(home.path().to_path_buf()),
         listen: Some("127.0.0.1:0".into()),
         envs_dir: Some(std::path::absolute(&args.envs_dir)?),
-        keep_alive: Some("1h".into()),
+        keep_alive,
         no_sandbox: args.no_sandbox,
         ..extra
     }
@@ -969,6 +972,11 @@ async fn trace(args: Args) -> anyhow::Result<()> {
         args.functions > 0 && args.minutes > 0 && args.compression > 0,
         "--functions, --minutes and --compression must be at least 1"
     );
+    anyhow::ensure!(
+        args.compression <= 600,
+        "--compression above 600 makes a trace minute shorter than the histogram policy's \
+         smallest bin (100 ms)"
+    );
     for p in &args.keep_alive_policies {
         ember_node::keepalive::PolicyKind::parse(p).map_err(anyhow::Error::msg)?;
     }
@@ -987,14 +995,14 @@ async fn trace(args: Args) -> anyhow::Result<()> {
         args.keep_alive_policies.join(","),
         args.seed
     );
-    let zip = tr::handler_zip();
+    let zip = tr::handler_zip().context("building the trace functions' zip")?;
     let mut results = Vec::new();
     for policy in &args.keep_alive_policies {
         let extra = DaemonArgs {
             // The fixed policy's 10 minutes, and the histogram's minute bins, in replay time.
             keep_alive: Some(format!("{}ms", (minute * 10).as_millis())),
             keep_alive_policy: Some(policy.clone()),
-            keep_alive_bin: Some(format!("{}ms", minute.as_millis().max(100))),
+            keep_alive_bin: Some(format!("{}ms", minute.as_millis())),
             ..Default::default()
         };
         let (client, embedded) = target(&args, "ember-bench-trace-", extra).await?;
@@ -1007,19 +1015,25 @@ async fn trace(args: Args) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("deploying {n}"))?;
         }
+        // The window every function starts with: the fixed keep-alive (the histogram's
+        // fallback until it has idle times).
+        let keep_alive_s = client.get(&names[0]).await?["keep_alive"]["keep_alive"]
+            .as_f64()
+            .unwrap_or(0.0);
         let client = std::sync::Arc::new(client);
-        // Idle instances' memory, sampled while the trace plays.
+        // Idle instances' memory, sampled while the trace plays; failed samples counted.
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let sampler = {
             let (client, done) = (client.clone(), done.clone());
             tokio::spawn(async move {
-                let (mut gb_s, mut last) = (0.0, Instant::now());
+                let (mut gb_s, mut failed, mut last) = (0.0, 0usize, Instant::now());
                 while !done.load(std::sync::atomic::Ordering::SeqCst) {
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    let idle_mb: f64 = client
-                        .list()
-                        .await
-                        .unwrap_or_default()
+                    let Ok(list) = client.list().await else {
+                        failed += 1;
+                        continue;
+                    };
+                    let idle_mb: f64 = list
                         .iter()
                         .map(|f| {
                             f["instances_idle"].as_f64().unwrap_or(0.0)
@@ -1029,7 +1043,7 @@ async fn trace(args: Args) -> anyhow::Result<()> {
                     gb_s += idle_mb / 1024.0 * last.elapsed().as_secs_f64();
                     last = Instant::now();
                 }
-                gb_s
+                (gb_s, failed)
             })
         };
         let t0 = tokio::time::Instant::now();
@@ -1060,13 +1074,20 @@ async fn trace(args: Args) -> anyhow::Result<()> {
         }
         let replay_s = t0.elapsed().as_secs_f64();
         done.store(true, std::sync::atomic::Ordering::SeqCst);
-        let idle_gb_s = sampler.await?;
+        let (idle_gb_s, sample_failures) = sampler.await?;
+        if sample_failures > 0 {
+            eprintln!(
+                "{policy}: {sample_failures} idle-memory samples failed (their intervals are \
+                 counted in the next one)"
+            );
+        }
         calls.sort_by_key(|c| c.function);
         results.push(tr::PolicyResult {
             policy: policy.clone(),
             calls,
             idle_gb_s,
             replay_s,
+            keep_alive_s,
         });
         if let Some((running, _home)) = embedded {
             running.stop().await?;
