@@ -216,12 +216,18 @@ impl LambdaError {
         )
     }
 
+    /// 404 `ResourceNotFoundException`.
+    fn missing(message: impl Into<String>) -> Self {
+        LambdaError::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", message)
+    }
+
+    /// 409 `ResourceConflictException`.
+    fn conflict(message: impl Into<String>) -> Self {
+        LambdaError::new(StatusCode::CONFLICT, "ResourceConflictException", message)
+    }
+
     fn not_found(name: &str) -> Self {
-        LambdaError::new(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFoundException",
-            format!("Function not found: {}", function_arn(name)),
-        )
+        LambdaError::missing(format!("Function not found: {}", function_arn(name)))
     }
 
     pub(crate) fn unauthorized() -> Self {
@@ -279,11 +285,9 @@ impl From<NodeError> for LambdaError {
         let message = error_chain(&e);
         match (&e, e.kind()) {
             (NodeError::NotFound(name), _) => LambdaError::not_found(name),
-            (_, NodeErrorKind::Conflict) => LambdaError::new(
-                StatusCode::CONFLICT,
-                "ResourceConflictException",
-                format!("The operation cannot be performed at this time: {message}"),
-            ),
+            (_, NodeErrorKind::Conflict) => LambdaError::conflict(format!(
+                "The operation cannot be performed at this time: {message}"
+            )),
             (NodeError::Throttled { .. }, _) => LambdaError {
                 status: StatusCode::TOO_MANY_REQUESTS,
                 error_type: "TooManyRequestsException",
@@ -297,9 +301,7 @@ impl From<NodeError> for LambdaError {
             (_, NodeErrorKind::BadRequest | NodeErrorKind::Unprocessable) => {
                 LambdaError::invalid(message)
             }
-            (_, NodeErrorKind::NotFound) => {
-                LambdaError::new(StatusCode::NOT_FOUND, "ResourceNotFoundException", message)
-            }
+            (_, NodeErrorKind::NotFound) => LambdaError::missing(message),
             _ => {
                 tracing::error!("a Lambda API request failed: {message}");
                 LambdaError::new(
@@ -591,11 +593,9 @@ async fn create(
         .handler
         .ok_or_else(|| LambdaError::invalid("Handler is required for a Zip package"))?;
     if s.node.get(&name).is_ok() {
-        return Err(LambdaError::new(
-            StatusCode::CONFLICT,
-            "ResourceConflictException",
-            format!("Function already exist: {name}"),
-        ));
+        return Err(LambdaError::conflict(format!(
+            "Function already exist: {name}"
+        )));
     }
     let mut config: FunctionConfig =
         serde_json::from_value(serde_json::json!({ "handler": handler }))
@@ -811,42 +811,21 @@ struct UpdateConfiguration {
     unsupported: settings::Unsupported,
 }
 
-/// Deploys `config` (and `code`, if new) as `name`, in a task of its own so that a client
-/// that goes away does not leave half a deploy; answers with its `FunctionConfiguration`.
-/// Deploys `config`, `st`'s configuration changed (its code kept), unless the function changed
-/// since `st` was read (409).
+/// Deploys `config`, `st`'s configuration changed (its code kept), unless the function
+/// changed since `st` was read (409); returns the record it made.
 async fn redeploy(
     s: &AppState,
     st: &FunctionStatus,
     config: FunctionConfig,
-) -> Result<Response, LambdaError> {
+) -> Result<ember_node::FunctionRecord, LambdaError> {
     let version = Some(st.record.version);
-    deploy(
-        s,
-        st.record.name.clone(),
-        config,
-        None,
-        StatusCode::OK,
-        version,
-    )
-    .await
+    deploy_record(s, st.record.name.clone(), config, None, version).await
 }
 
-/// With `expected` (the version a read-modify-write request read), refused with 409 if the
-/// function changed meanwhile: two updates from the same state do not both land.
-async fn deploy(
-    s: &AppState,
-    name: String,
-    config: FunctionConfig,
-    code: Option<ember_node::StoredCode>,
-    status: StatusCode,
-    expected: Option<u64>,
-) -> Result<Response, LambdaError> {
-    deploy_record(s, name.clone(), config, code, expected).await?;
-    Ok((status, axum::Json(configuration(s, &s.node.get(&name)?))).into_response())
-}
-
-/// [`deploy`], returning the record it made.
+/// Deploys `config` (and `code`, if new) as `name`, in a task of its own so that a client
+/// that goes away does not leave half a deploy. With `expected` (the version a
+/// read-modify-write request read), refused with 409 if the function changed meanwhile: two
+/// updates from the same state do not both land.
 async fn deploy_record(
     s: &AppState,
     name: String,
@@ -905,7 +884,8 @@ async fn update_configuration(
     if let Some(l) = req.layers {
         config.layers = layers::given(l)?;
     }
-    redeploy(&s, &st, config).await
+    let rec = redeploy(&s, &st, config).await?;
+    Ok(axum::Json(configuration(&s, &s.node.get(&rec.name)?)).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -401,7 +401,7 @@ pub struct InvalidFunction {
     pub rule: String,
 }
 
-fn invalid(
+pub(crate) fn invalid(
     field: &'static str,
     value: impl Into<String>,
     rule: impl Into<String>,
@@ -417,12 +417,7 @@ fn invalid(
 /// names). Names are case-sensitive; they name directories and cgroups, which take them as
 /// they are.
 pub fn validate_name(name: &str) -> Result<(), InvalidFunction> {
-    let b = name.as_bytes();
-    let ok = !b.is_empty()
-        && b.len() <= 64
-        && b.iter()
-            .all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
-    if ok {
+    if lambda_name(name, 64) {
         Ok(())
     } else {
         Err(invalid(
@@ -431,6 +426,14 @@ pub fn validate_name(name: &str) -> Result<(), InvalidFunction> {
             "must match [A-Za-z0-9_-]{1,64}: letters, digits, '-' and '_', at most 64",
         ))
     }
+}
+
+/// Whether `s` is 1 to `max` of `[A-Za-z0-9_-]`: Lambda's rule for the names of functions,
+/// aliases and layers.
+pub(crate) fn lambda_name(s: &str, max: usize) -> bool {
+    (1..=max).contains(&s.len())
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
 }
 
 fn is_js_identifier(s: &str) -> bool {

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::function::{ACCOUNT, InvalidFunction, REGION};
+use crate::function::{ACCOUNT, InvalidFunction, REGION, invalid, lambda_name};
 
 /// At most this many layers per function, as Lambda.
 pub const MAX_LAYERS: usize = 5;
@@ -48,21 +48,9 @@ pub fn layer_version_arn(name: &str, version: u64) -> String {
     format!("{}:{version}", layer_arn(name))
 }
 
-fn invalid(field: &'static str, value: &str, rule: &str) -> InvalidFunction {
-    InvalidFunction {
-        field,
-        value: value.to_string(),
-        rule: rule.to_string(),
-    }
-}
-
 /// Lambda's rule for layer names: 1 to 140 of `[A-Za-z0-9_-]`.
 pub fn validate_layer_name(name: &str) -> Result<(), InvalidFunction> {
-    if (1..=140).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if lambda_name(name, 140) {
         Ok(())
     } else {
         Err(invalid(
@@ -83,7 +71,7 @@ pub fn parse_layer_ref(r: &str) -> Result<(String, u64), InvalidFunction> {
                 invalid(
                     "Layers",
                     r,
-                    &format!(
+                    format!(
                         "names a layer of another account or region: this node serves the \
                          layers published to it ({}), so publish the layer's zip here with \
                          publish-layer-version",
@@ -118,7 +106,7 @@ pub fn validate_layers(layers: &[String]) -> Result<(), InvalidFunction> {
     if layers.len() > MAX_LAYERS {
         return Err(invalid(
             "Layers",
-            &layers.len().to_string(),
+            layers.len().to_string(),
             "a function may have at most 5 layers",
         ));
     }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub use ember_runtime::lambda_env::split_qualified;
 
-use crate::function::{InvalidFunction, LATEST};
+use crate::function::{InvalidFunction, LATEST, invalid, lambda_name};
 
 /// The node's name for version `n` of `function`.
 pub fn qualified(function: &str, n: u64) -> String {
@@ -46,21 +46,9 @@ impl Alias {
     }
 }
 
-fn invalid(field: &'static str, value: &str, rule: &str) -> InvalidFunction {
-    InvalidFunction {
-        field,
-        value: value.to_string(),
-        rule: rule.to_string(),
-    }
-}
-
 /// Lambda's rule for alias names: 1 to 128 of `[A-Za-z0-9_-]`, not all digits (a version).
 pub fn validate_alias_name(name: &str) -> Result<(), InvalidFunction> {
-    let ok = (1..=128).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        && !name.bytes().all(|b| b.is_ascii_digit());
+    let ok = lambda_name(name, 128) && !name.bytes().all(|b| b.is_ascii_digit());
     if ok {
         Ok(())
     } else {

@@ -91,28 +91,25 @@ async fn set(
     check_qualifier(q)?;
     let st = latest_of(s, raw)?;
     let req: Request = json_body(&bytes)?;
+    // Put starts from nothing, Update from what there is; either takes what the request names.
     let mut e = match (replace, &st.record.config.event_invoke) {
         (false, Some(e)) => e.clone(),
         _ => EventInvoke::default(),
     };
-    if replace || req.maximum_retry_attempts.is_some() {
-        e.max_retries = req.maximum_retry_attempts;
+    if let Some(r) = req.maximum_retry_attempts {
+        e.max_retries = Some(r);
     }
-    if replace || req.maximum_event_age_in_seconds.is_some() {
-        e.max_age_s = req.maximum_event_age_in_seconds;
+    if let Some(a) = req.maximum_event_age_in_seconds {
+        e.max_age_s = Some(a);
     }
     if let Some(d) = req.destination_config {
-        let given =
-            |d: Option<Destination>| d.and_then(|d| d.destination).filter(|d| !d.is_empty());
-        if replace || d.on_success.is_some() {
-            e.on_success = given(d.on_success);
+        let given = |d: Destination| d.destination.filter(|d| !d.is_empty());
+        if let Some(x) = d.on_success {
+            e.on_success = given(x);
         }
-        if replace || d.on_failure.is_some() {
-            e.on_failure = given(d.on_failure);
+        if let Some(x) = d.on_failure {
+            e.on_failure = given(x);
         }
-    } else if replace {
-        e.on_success = None;
-        e.on_failure = None;
     }
     e.updated_at = now_secs();
     e.validate()
@@ -160,14 +157,10 @@ pub(super) async fn update(
 }
 
 fn none_yet(name: &str) -> LambdaError {
-    LambdaError::new(
-        StatusCode::NOT_FOUND,
-        "ResourceNotFoundException",
-        format!(
-            "The function {}:{LATEST} doesn't have an EventInvokeConfig",
-            function_arn(name)
-        ),
-    )
+    LambdaError::missing(format!(
+        "The function {}:{LATEST} doesn't have an EventInvokeConfig",
+        function_arn(name)
+    ))
 }
 
 /// `GET .../event-invoke-config`: GetFunctionEventInvokeConfig.

@@ -134,15 +134,11 @@ pub(super) async fn add(
     let stmt = statement(&name, &req)?;
     let mut config = st.record.config.clone();
     if config.policy.iter().any(|p| p["Sid"] == stmt["Sid"]) {
-        return Err(LambdaError::new(
-            StatusCode::CONFLICT,
-            "ResourceConflictException",
-            format!(
-                "The statement id ({}) provided already exists. Please provide a new statement \
+        return Err(LambdaError::conflict(format!(
+            "The statement id ({}) provided already exists. Please provide a new statement \
                  id, or remove the existing statement.",
-                req.statement_id
-            ),
-        ));
+            req.statement_id
+        )));
     }
     config.policy.push(stmt.clone());
     if document(&config.policy).to_string().len() > MAX_POLICY {
@@ -179,9 +175,7 @@ pub(super) async fn get(
     let st = latest_of(&s, &raw)?;
     let c = &st.record.config;
     if c.policy.is_empty() {
-        return Err(LambdaError::new(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFoundException",
+        return Err(LambdaError::missing(
             "The resource you requested does not exist.",
         ));
     }
@@ -214,11 +208,9 @@ pub(super) async fn remove(
     let before = config.policy.len();
     config.policy.retain(|p| p["Sid"] != sid.as_str());
     if config.policy.len() == before {
-        return Err(LambdaError::new(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFoundException",
-            format!("Statement {sid} is not found in resource policy."),
-        ));
+        return Err(LambdaError::missing(format!(
+            "Statement {sid} is not found in resource policy."
+        )));
     }
     redeploy(&s, &st, config).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

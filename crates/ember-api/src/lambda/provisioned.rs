@@ -124,7 +124,7 @@ pub(super) async fn get(
         let st = latest_of(&s, &raw)?;
         let mut configs = Vec::new();
         for v in s.node.versions(&st.record.name)? {
-            if split_qualified(&v.record.name).1.is_some() && v.min_instances > 0 {
+            if split_qualified(&v.record.name).1.is_some() && v.record.config.min_instances > 0 {
                 configs.push(shown(&s, &v.record.name)?);
             }
         }
@@ -152,14 +152,10 @@ pub(super) async fn delete(
 ) -> Result<Response, LambdaError> {
     let internal = version_of(&s, &raw, &q)?;
     if s.node.min_instances(&internal)?.0 == 0 {
-        return Err(LambdaError::new(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFoundException",
-            format!(
-                "No Provisioned Concurrency Config found for this function: {}",
-                function_arn(&internal)
-            ),
-        ));
+        return Err(LambdaError::missing(format!(
+            "No Provisioned Concurrency Config found for this function: {}",
+            function_arn(&internal)
+        )));
     }
     s.node.set_min_instances(&internal, 0).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

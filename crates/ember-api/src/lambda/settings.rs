@@ -415,7 +415,11 @@ pub(super) async fn account_settings(State(s): State<AppState>) -> Result<Respon
     // Functions, not their published versions (which share their code).
     let functions: Vec<_> = functions
         .into_iter()
-        .filter(|f| !f.record.name.contains(':'))
+        .filter(|f| {
+            ember_node::versions::split_qualified(&f.record.name)
+                .1
+                .is_none()
+        })
         .collect();
     let code: u64 = functions.iter().map(|f| f.record.code_size).sum();
     Ok(axum::Json(serde_json::json!({

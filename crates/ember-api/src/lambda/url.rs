@@ -165,10 +165,11 @@ fn check(u: &FunctionUrl) -> Result<(), LambdaError> {
     if !matches!(u.auth_type.as_str(), "NONE" | "AWS_IAM") {
         return Err(LambdaError::invalid("AuthType must be NONE or AWS_IAM"));
     }
-    if u.invoke_mode.as_deref().is_some_and(|m| m != "BUFFERED") {
-        return Err(LambdaError::invalid(
-            "InvokeMode RESPONSE_STREAM is not supported: Ember answers BUFFERED",
-        ));
+    if let Some(m) = u.invoke_mode.as_deref().filter(|m| *m != "BUFFERED") {
+        return Err(LambdaError::invalid(format!(
+            "InvokeMode {m:?} is not supported: Ember answers BUFFERED only (a function's \
+             result is handed over whole)"
+        )));
     }
     if let Some(c) = u.cors.as_ref().filter(|c| !c.is_null()) {
         Cors::parse(c).map_err(LambdaError::invalid)?;
@@ -239,11 +240,9 @@ fn description(host: &str, st: &FunctionStatus, u: &FunctionUrl) -> serde_json::
 }
 
 fn not_found(name: &str) -> LambdaError {
-    LambdaError::new(
-        StatusCode::NOT_FOUND,
-        "ResourceNotFoundException",
-        format!("The resource you requested does not exist: function {name} has no URL"),
-    )
+    LambdaError::missing(format!(
+        "The resource you requested does not exist: function {name} has no URL"
+    ))
 }
 
 async fn set(
@@ -258,11 +257,9 @@ async fn set(
     let st = latest_of(s, raw)?;
     let name = st.record.name.clone();
     if create && st.record.config.url.is_some() {
-        return Err(LambdaError::new(
-            StatusCode::CONFLICT,
-            "ResourceConflictException",
-            format!("Failed to create function url config for function {name}: one exists"),
-        ));
+        return Err(LambdaError::conflict(format!(
+            "Failed to create function url config for function {name}: one exists"
+        )));
     }
     if !create && st.record.config.url.is_none() {
         return Err(not_found(&name));

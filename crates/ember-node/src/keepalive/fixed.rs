@@ -19,6 +19,10 @@ impl KeepAlive for Fixed {
         "fixed"
     }
 
+    fn learns(&self) -> bool {
+        false
+    }
+
     fn observe(&self, _function: &str, _idle: Duration) {}
 
     fn windows(&self, _function: &str) -> Windows {

@@ -54,6 +54,11 @@ pub enum Basis {
 /// A keep-alive policy.
 pub trait KeepAlive: Send + Sync {
     fn name(&self) -> &'static str;
+    /// Whether it decides from idle times (`observe`) and may pre-warm: when not, the node
+    /// keeps no per-invocation bookkeeping for it.
+    fn learns(&self) -> bool {
+        true
+    }
     /// `function` was idle for `idle`: from the end of an invocation to the start of the
     /// next, with none busy between.
     fn observe(&self, function: &str, idle: Duration);

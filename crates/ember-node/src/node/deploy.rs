@@ -37,8 +37,6 @@ pub struct FunctionStatus {
     /// Its function snapshot is being taken (a version just published is Pending until
     /// then).
     pub snapshotting: bool,
-    /// Instances kept ready now (its `min_instances`, as changed since its deploy).
-    pub min_instances: u32,
     /// Its keep-alive and pre-warm windows now (the node's keep-alive policy's).
     pub keep_alive: crate::keepalive::Windows,
     /// The node's keep-alive policy.
@@ -398,8 +396,11 @@ pub(in crate::node) async fn precompile(python: &std::path::Path, dir: &std::pat
 }
 
 pub(in crate::node) fn status(node: &Node, d: &Deployed) -> FunctionStatus {
+    let mut record = d.record.clone();
+    // As changed since its deploy (provisioned concurrency is set in place).
+    record.config.min_instances = d.min_instances.load(Ordering::SeqCst);
     FunctionStatus {
-        record: d.record.clone(),
+        record,
         installed: d.env.installed.clone(),
         imports: d.env.imports.clone(),
         python: d.env.python(),
@@ -409,7 +410,6 @@ pub(in crate::node) fn status(node: &Node, d: &Deployed) -> FunctionStatus {
         requests_waiting: d.pool.waiting(),
         start_ms: d.start_costs.averages(),
         snapshotting: d.snapshotting.load(Ordering::SeqCst),
-        min_instances: d.min_instances.load(Ordering::SeqCst),
         keep_alive: node.keep_alive.windows(&d.record.name),
         keep_alive_policy: node.keep_alive.name(),
     }

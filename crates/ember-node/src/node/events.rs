@@ -74,7 +74,10 @@ fn error_doc(outcome: &InvokeOutcome) -> serde_json::Value {
             "Sandbox.Timedout",
             format!("Task timed out after {:.2} seconds", d.as_secs_f64()),
         ),
-        InvokeOutcome::Limit(r) => doc("Runtime.ExitError", format!("the sandbox's limit: {r:?}")),
+        InvokeOutcome::Limit(r) => doc(
+            "Runtime.ExitError",
+            format!("the sandbox stopped it: {}", r.as_str()),
+        ),
         InvokeOutcome::Crashed(m) | InvokeOutcome::StartFailed(m) => {
             doc("Runtime.ExitError", m.clone())
         }
@@ -221,15 +224,15 @@ impl Node {
             attempts,
             why,
         };
-        // Where the record of what became of it goes, and the record.
-        let mut dest: Option<(&Option<String>, serde_json::Value)> = None;
+        // Where the record of what became of it goes, and the record: made only when the
+        // function has a destination for it.
+        let mut dest: Option<(&str, serde_json::Value)> = None;
         let fate = match after {
             After::Done(result) => {
-                let result = serde_json::from_slice(&result).unwrap_or(serde_json::Value::Null);
-                dest = Some((
-                    &own.on_success,
-                    record(&ev, "Success", failed, Some(result), false),
-                ));
+                dest = own.on_success.as_deref().map(|to| {
+                    let result = serde_json::from_slice(&result).unwrap_or(serde_json::Value::Null);
+                    (to, record(&ev, "Success", failed, Some(result), false))
+                });
                 Fate::Done
             }
             After::Gone => Fate::Dropped("its function was deleted".to_string()),
@@ -247,10 +250,10 @@ impl Node {
                         format!("{label}, and it is {age:?} old (at most {max_age:?})"),
                     ),
                 };
-                dest = Some((
-                    &own.on_failure,
-                    record(&ev, condition, failed, Some(doc), true),
-                ));
+                dest = own
+                    .on_failure
+                    .as_deref()
+                    .map(|to| (to, record(&ev, condition, failed, Some(doc), true)));
                 Fate::Dropped(why)
             }
             After::NotRun(msg) if age < max_age => {
@@ -258,12 +261,14 @@ impl Node {
                 retry(backoff, ev.attempts, msg)
             }
             After::NotRun(msg) => {
-                let r = record(&ev, "EventAgeExceeded", ev.attempts, None, false);
-                dest = Some((&own.on_failure, r));
+                dest = own.on_failure.as_deref().map(|to| {
+                    let r = record(&ev, "EventAgeExceeded", ev.attempts, None, false);
+                    (to, r)
+                });
                 Fate::Dropped(format!("it could not run for {age:?}: {msg}"))
             }
         };
-        if let Some((Some(to), r)) = dest {
+        if let Some((to, r)) = dest {
             self.deliver(&ev, to, r).await;
         }
         let reg = self.registry.clone();

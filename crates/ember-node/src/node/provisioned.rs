@@ -15,7 +15,6 @@ use std::sync::atomic::Ordering;
 use super::invoke::StartCx;
 use super::ladder::{self, Climbed, Rung};
 use super::{Deployed, Node, NodeError, Timing, blocking};
-use crate::function::InvalidFunction;
 use crate::live::Live;
 use crate::versions::split_qualified;
 
@@ -26,24 +25,10 @@ impl Node {
         let gate = self.deploy_gate(split_qualified(name).0);
         let _held = gate.lock().await;
         let d = self.deployed(name)?;
-        let mut wanted = d.record.config.clone();
-        wanted.min_instances = n;
-        if n > 0 {
-            wanted.validate()?;
-        }
-        if n > d.record.config.max_instances {
-            return Err(NodeError::Invalid(InvalidFunction {
-                field: "min_instances",
-                value: n.to_string(),
-                rule: format!(
-                    "must be at most the function's instance limit ({}, its reserved \
-                     concurrency)",
-                    d.record.config.max_instances
-                ),
-            }));
-        }
         let mut rec = d.record.clone();
         rec.config.min_instances = n;
+        // At most its instance limit, and not for one-request instances.
+        rec.config.validate()?;
         let reg = self.registry.clone();
         blocking(move || Ok(reg.put(&rec)?)).await?;
         d.min_instances.store(n, Ordering::SeqCst);
@@ -125,6 +110,9 @@ impl Node {
     /// the instance that served is not kept: one is started again when the next invocation
     /// is due (`prewarm_due`). True when it should be stopped now.
     pub(in crate::node) fn invocation_ended(&self, d: &Deployed) -> bool {
+        if !self.keep_alive.learns() {
+            return false;
+        }
         *d.last_end.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
         d.min_instances.load(Ordering::SeqCst) == 0
             && !self.keep_alive.windows(&d.record.name).prewarm.is_zero()
@@ -133,6 +121,9 @@ impl Node {
     /// Notes the start of an invocation of `d`: when none of its instances was busy, the
     /// time since the last one ended is an idle time for its keep-alive policy.
     pub(in crate::node) fn invocation_started(&self, d: &Deployed) {
+        if !self.keep_alive.learns() {
+            return;
+        }
         let busy = d
             .pool
             .live()
@@ -183,10 +174,5 @@ impl Node {
                 Err(why) => tracing::warn!(function = %d.record.name, "pre-warming failed: {why}"),
             }
         });
-    }
-
-    /// `name`'s keep-alive and pre-warm windows now.
-    pub fn keep_alive_windows(&self, name: &str) -> crate::keepalive::Windows {
-        self.keep_alive.windows(name)
     }
 }
