@@ -997,16 +997,16 @@ impl Sandbox {
     /// [`Sandbox::add_read_only`], each host directory at the path inside given with it (as
     /// [`InstanceSpec::bound_at`] would have).
     pub fn add_read_only_at(&self, dirs: &[(PathBuf, PathBuf)]) -> Result<(), SandboxError> {
-        // Nothing to bind: no thread entering the instance's namespace for it.
-        if dirs.is_empty() {
-            return Ok(());
-        }
         let Some(first) = &self.first else {
             return Err(SandboxError::Io {
                 path: PathBuf::from("the sandbox's first process"),
                 source: std::io::Error::other("not pinned (Sandbox::pin_first)"),
             });
         };
+        // Nothing to bind: no thread entering the instance's namespace for it.
+        if dirs.is_empty() {
+            return Ok(());
+        }
         let c = |d: &Path| {
             CString::new(d.as_os_str().as_bytes())
                 .map_err(|_| SandboxError::BadPath(d.to_path_buf()))
