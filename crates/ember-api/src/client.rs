@@ -306,6 +306,23 @@ impl Client {
         }
     }
 
+    /// `{"instances": [{"instance", "function", "state", "bytes", ...}], "hibernated_bytes",
+    /// "hibernated_budget_bytes"}`: every instance, or `function`'s.
+    pub async fn instances(
+        &self,
+        function: Option<&str>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let path = match function {
+            Some(f) => {
+                let f = reqwest::Url::parse_with_params("http://x/", [("function", f)])
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                format!("/v1/instances?{}", f.query().unwrap_or_default())
+            }
+            None => "/v1/instances".to_string(),
+        };
+        self.json(self.req(reqwest::Method::GET, &path)).await
+    }
+
     /// `{"snapshots": [...], "cache": {"mode", "eviction", "disk_bytes", "disk_budget_bytes",
     /// "memory_bytes", "memory_budget_bytes"}}`, and in remote mode `"store": [...]` (the
     /// snapshots only the snapshot store holds) or `"store_error"`.

@@ -49,6 +49,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/functions/{name}/logs", get(logs))
         .route("/v1/images", get(list_images).post(build_image))
         .route("/v1/images/{id}", delete(remove_image))
+        .route("/v1/instances", get(list_instances))
         .route("/v1/snapshots", get(list_snapshots))
         .route("/v1/snapshots/{id}", delete(remove_snapshot))
         .route("/metrics", get(metrics))
@@ -215,6 +216,29 @@ async fn stop_instances(
 ) -> Result<Response, ApiError> {
     let stopped = s.node.stop_instances(&name).await?;
     Ok(axum::Json(StopResult { stopped }).into_response())
+}
+
+#[derive(Deserialize)]
+struct InstancesQuery {
+    function: Option<String>,
+}
+
+/// Every instance (of `?function=` only): warm, busy, hibernating or hibernated, with the
+/// bytes it holds; and the hibernated instances' disk use against its budget.
+async fn list_instances(
+    State(s): State<AppState>,
+    Query(q): Query<InstancesQuery>,
+) -> Result<Response, ApiError> {
+    if let Some(f) = &q.function {
+        s.node.get(f)?;
+    }
+    let (bytes, budget) = s.node.hibernated_bytes();
+    Ok(axum::Json(serde_json::json!({
+        "instances": s.node.instances(q.function.as_deref()),
+        "hibernated_bytes": bytes,
+        "hibernated_budget_bytes": budget,
+    }))
+    .into_response())
 }
 
 #[derive(Deserialize)]

@@ -162,6 +162,8 @@ pub struct NodeConfig {
     /// The histogram policy's bin width (a minute, as the paper; less to replay a trace
     /// compressed in time).
     pub keep_alive_bin: Duration,
+    /// Idle instances whose keep-alive ran out are hibernated (docs/node.md).
+    pub hibernate: HibernateConfig,
     /// Requests that may wait per function when all its instances are busy.
     pub queue_depth: usize,
     /// How long a request waits in the queue before it is throttled.
@@ -202,6 +204,27 @@ pub struct NodeConfig {
     pub templates: bool,
 }
 
+/// Hibernated instances (the Knix swap tier): an idle instance whose keep-alive ran out is
+/// dumped to local disk as a layer over what it was restored from, and restored lazily
+/// from there, with its warm state, by the next request that finds no warm instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HibernateConfig {
+    /// How long a hibernated instance is kept (the fixed policy's, and the histogram
+    /// policy's fallback); zero: idle instances are stopped, never hibernated.
+    pub keep: Duration,
+    /// Disk budget of the hibernated instances; past it, the oldest are removed.
+    pub disk_bytes: u64,
+}
+
+impl Default for HibernateConfig {
+    fn default() -> Self {
+        HibernateConfig {
+            keep: Duration::from_secs(3600),
+            disk_bytes: 2048 << 20,
+        }
+    }
+}
+
 /// The queue of asynchronous (`Event`) invocations, retried as Lambda retries them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventConfig {
@@ -235,6 +258,7 @@ impl Default for NodeConfig {
             keep_alive: Duration::from_secs(600),
             keep_alive_policy: crate::keepalive::PolicyKind::Fixed,
             keep_alive_bin: Duration::from_secs(60),
+            hibernate: HibernateConfig::default(),
             queue_depth: 100,
             queue_timeout: Duration::from_secs(10),
             init_timeout: Duration::from_secs(60),

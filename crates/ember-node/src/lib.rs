@@ -6,6 +6,7 @@ pub mod code;
 pub mod config;
 pub mod envs;
 pub mod function;
+pub mod hibernated;
 pub mod images;
 pub mod keepalive;
 pub mod layers;
@@ -22,13 +23,13 @@ mod sys;
 pub mod versions;
 
 pub use config::{
-    AutoImages, EventConfig, Eviction, ImageConfig, NodeConfig, Policy, SnapshotConfig,
-    SnapshotMode,
+    AutoImages, EventConfig, Eviction, HibernateConfig, ImageConfig, NodeConfig, Policy,
+    SnapshotConfig, SnapshotMode,
 };
 pub use function::{FunctionConfig, FunctionRecord, InvalidFunction, Runtime, SnapshotPoint};
 pub use node::{
-    AliasChange, FunctionStatus, Invocation, InvokeOptions, InvokeOutcome, LayerMeta, Node,
-    NodeError, NodeErrorKind, SnapshotUsage, StartPath, StoredCode, StoredSnapshot, Timing,
-    error_chain,
+    AliasChange, FunctionStatus, InstanceState, InstanceStatus, Invocation, InvokeOptions,
+    InvokeOutcome, LayerMeta, Node, NodeError, NodeErrorKind, SnapshotUsage, StartPath, StoredCode,
+    StoredSnapshot, Timing, error_chain,
 };
 pub use snapshots::{SnapshotError, SnapshotInfo, SnapshotStatus, SnapshotStore};

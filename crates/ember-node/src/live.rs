@@ -149,6 +149,11 @@ pub struct Live {
     /// Restored lazily from the snapshot store: its page server may fail at a page the
     /// store cannot give (the invocation then runs again: node/invoke.rs).
     pub from_store: bool,
+    /// Its page server reads a source that may fail at a page (the snapshot store, a
+    /// hibernated instance's file): a request it fails runs again on another instance.
+    pub pages_may_fail: bool,
+    /// Why its page server failed, once it finished so (its source failed a page).
+    pub page_failed: Option<String>,
 }
 
 impl Live {
@@ -165,6 +170,8 @@ impl Live {
             holds: None,
             records: None,
             from_store: false,
+            pages_may_fail: false,
+            page_failed: None,
         }
     }
 

@@ -19,6 +19,15 @@ struct Idle {
     generation: u64,
 }
 
+/// What [`Pool::expire`] took out of the pool.
+#[derive(Default)]
+pub struct Expired {
+    /// Past their keep-alive.
+    pub expired: Vec<Live>,
+    /// Dead, or of an older generation: only to be stopped.
+    pub gone: Vec<Live>,
+}
+
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
     /// Instances started ahead of demand and stopped before their first instruction (a
@@ -142,31 +151,43 @@ impl Pool {
         self.flush()
     }
 
-    /// Idle instances unused for longer than `keep_alive`, or left from an older generation;
-    /// of the current generation's, the `keep` most recently used stay whatever their age
-    /// (instances kept ready).
-    pub fn expire(&self, keep_alive: Duration, keep: usize) -> Vec<Live> {
+    /// Idle instances unused for longer than `keep_alive` (`expired`), or left from an
+    /// older generation or dead (`gone`); of the current generation's, the `keep` most
+    /// recently used stay whatever their age (instances kept ready).
+    pub fn expire(&self, keep_alive: Duration, keep: usize) -> Expired {
         let generation = self.generation();
         let mut idle = self.idle();
         let mut protected = keep;
-        let (mut kept, mut old) = (Vec::new(), Vec::new());
+        let mut kept = Vec::new();
+        let mut out = Expired::default();
         // Most recently used first (`take_idle` takes from the end).
         for mut i in idle.drain(..).rev() {
             // One that died while idle goes, kept ready or not (a fill replaces it).
             if i.generation != generation || i.inst.is_gone() {
-                old.push(i.inst);
+                out.gone.push(i.inst);
             } else if protected > 0 {
                 protected -= 1;
                 kept.push(i);
             } else if i.since.elapsed() >= keep_alive {
-                old.push(i.inst);
+                out.expired.push(i.inst);
             } else {
                 kept.push(i);
             }
         }
         kept.reverse();
         *idle = kept;
-        old
+        out
+    }
+
+    /// The ids of the idle instances, and of the pre-started ones.
+    pub fn idle_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .idle()
+            .iter()
+            .map(|i| i.inst.id().to_string())
+            .collect();
+        ids.extend(self.parked().iter().map(|l| l.id().to_string()));
+        ids
     }
 
     pub fn idle_count(&self) -> usize {

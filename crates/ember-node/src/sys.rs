@@ -130,3 +130,24 @@ pub fn resolves_beneath(root: &impl AsFd, rel: &Path) -> io::Result<()> {
         .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
     openat2(root, rel, how).map(drop).map_err(io::Error::from)
 }
+
+/// Process `pid`'s proportional and resident set sizes in bytes, from
+/// `/proc/PID/smaps_rollup` (a kernel file: nothing a tenant controls), when it is alive.
+pub fn process_memory(pid: u32) -> (Option<u64>, Option<u64>) {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else {
+        return (None, None);
+    };
+    (rollup_kib(&text, "Pss:"), rollup_kib(&text, "Rss:"))
+}
+
+/// The value of field `name` (in kB) of an smaps_rollup text, in bytes.
+fn rollup_kib(text: &str, name: &str) -> Option<u64> {
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(name))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib << 10)
+}

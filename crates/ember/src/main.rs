@@ -45,6 +45,8 @@ enum Command {
     Image(commands::image::Args),
     /// Function snapshots (the node's local snapshot cache): list and remove them
     Snapshot(commands::snapshot::Args),
+    /// Instances: list them, warm, busy or hibernated, with the bytes each holds
+    Instances(commands::instances::Args),
 }
 
 fn init_tracing(format: &str) {
@@ -75,6 +77,7 @@ async fn main() -> std::process::ExitCode {
         Command::Snap(a) => commands::snap::run(a).await,
         Command::Image(a) => commands::image::run(a).await,
         Command::Snapshot(a) => commands::snapshot::run(a).await,
+        Command::Instances(a) => commands::instances::run(a).await,
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -11,6 +11,9 @@
 //! keep_alive = "10m"
 //! keep_alive_policy = "fixed" # fixed | histogram (per-function windows from idle times)
 //! keep_alive_bin = "60s"    # the histogram policy's bin (240 of them)
+//! hibernate = "1h"          # idle instances past their keep-alive are hibernated to disk
+//!                           # for this long ("off": stopped instead)
+//! hibernate_disk_mb = 2048  # disk budget of hibernated instances (oldest removed past it)
 //! queue_depth = 100
 //! queue_timeout = "10s"
 //! init_timeout = "60s"
@@ -89,6 +92,15 @@ pub struct DaemonArgs {
     /// The histogram policy's bin width (240 bins) [default: 60s]
     #[arg(long, env = "EMBER_KEEP_ALIVE_BIN")]
     pub keep_alive_bin: Option<String>,
+    /// Hibernate idle instances whose keep-alive ran out, to local disk, for this long (woken
+    /// with their warm state by the next request that finds none warm), e.g. 1h, 30m; off
+    /// stops them instead [default: 1h]
+    #[arg(long, env = "EMBER_HIBERNATE")]
+    pub hibernate: Option<String>,
+    /// Disk budget of hibernated instances, in MiB; past it the oldest are removed
+    /// [default: 2048]
+    #[arg(long, env = "EMBER_HIBERNATE_DISK_MB")]
+    pub hibernate_disk_mb: Option<u64>,
     /// Requests that may queue per function when all its instances are busy [default: 100]
     #[arg(long, env = "EMBER_QUEUE_DEPTH")]
     pub queue_depth: Option<usize>,
@@ -242,6 +254,8 @@ struct FileSettings {
     keep_alive: Option<String>,
     keep_alive_policy: Option<String>,
     keep_alive_bin: Option<String>,
+    hibernate: Option<String>,
+    hibernate_disk_mb: Option<u64>,
     queue_depth: Option<usize>,
     queue_timeout: Option<String>,
     init_timeout: Option<String>,
@@ -380,6 +394,16 @@ impl DaemonArgs {
                 self.keep_alive_bin.or(file.keep_alive_bin),
                 d.keep_alive_bin,
             )?,
+            hibernate: ember_node::HibernateConfig {
+                keep: match self.hibernate.or(file.hibernate).as_deref() {
+                    Some("off") => Duration::ZERO,
+                    v => duration("hibernate", v.map(String::from), d.hibernate.keep)?,
+                },
+                disk_bytes: self
+                    .hibernate_disk_mb
+                    .or(file.hibernate_disk_mb)
+                    .map_or(d.hibernate.disk_bytes, |mb| mb << 20),
+            },
             queue_depth: self
                 .queue_depth
                 .or(file.queue_depth)

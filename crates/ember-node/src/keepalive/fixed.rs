@@ -1,4 +1,5 @@
-//! The fixed policy: every idle instance kept for the node's keep-alive; none pre-warmed.
+//! The fixed policy: every idle instance kept for the node's keep-alive, then hibernated
+//! for the node's hibernation window (or stopped, when it is zero); none pre-warmed.
 
 use std::time::Duration;
 
@@ -6,11 +7,15 @@ use super::{Basis, KeepAlive, Windows};
 
 pub struct Fixed {
     keep_alive: Duration,
+    hibernate: Duration,
 }
 
 impl Fixed {
-    pub fn new(keep_alive: Duration) -> Fixed {
-        Fixed { keep_alive }
+    pub fn new(keep_alive: Duration, hibernate: Duration) -> Fixed {
+        Fixed {
+            keep_alive,
+            hibernate,
+        }
     }
 }
 
@@ -29,6 +34,7 @@ impl KeepAlive for Fixed {
         Windows {
             prewarm: Duration::ZERO,
             keep_alive: self.keep_alive,
+            hibernate: self.hibernate,
             basis: Basis::Fixed,
         }
     }

@@ -11,6 +11,12 @@
 //!   show a pattern: coefficient of variation under 2), the fixed keep-alive applies. The
 //!   paper's time-series forecast (ARIMA) for functions idle past the range is not done:
 //!   they fall back too.
+//!
+//! With hibernation on, an instance is hibernated rather than stopped: when its keep-alive
+//! window ends, and at the end of an invocation when a pre-warm window applies (the
+//! pre-warm then wakes it, its warm state intact, instead of starting a new one). It stays
+//! hibernated for the node's hibernation window, which covers the idle times past the
+//! histogram's 99th percentile (the late arrivals a stop would have cold-booted).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -69,14 +75,16 @@ impl Idle {
 
 pub struct Histogram {
     fallback: Duration,
+    hibernate: Duration,
     bin: Duration,
     idle: Mutex<HashMap<String, Idle>>,
 }
 
 impl Histogram {
-    pub fn new(fallback: Duration, bin: Duration) -> Histogram {
+    pub fn new(fallback: Duration, hibernate: Duration, bin: Duration) -> Histogram {
         Histogram {
             fallback,
+            hibernate,
             bin: bin.max(Duration::from_millis(1)),
             idle: Mutex::new(HashMap::new()),
         }
@@ -86,6 +94,7 @@ impl Histogram {
         Windows {
             prewarm: Duration::ZERO,
             keep_alive: self.fallback,
+            hibernate: self.hibernate,
             basis: Basis::Fallback { samples, why },
         }
     }
@@ -132,6 +141,7 @@ impl KeepAlive for Histogram {
         Windows {
             prewarm,
             keep_alive: until.saturating_sub(prewarm).max(self.bin),
+            hibernate: self.hibernate,
             basis: Basis::Histogram { samples },
         }
     }
@@ -152,7 +162,7 @@ mod tests {
 
     #[test]
     fn a_regular_function_is_prewarmed_before_it_comes_and_kept_until_it_is_late() {
-        let p = Histogram::new(Duration::from_secs(600), MIN);
+        let p = Histogram::new(Duration::from_secs(600), Duration::ZERO, MIN);
         // Invoked every 30 minutes, give or take a minute.
         for i in 0..40 {
             p.observe("cron", MIN * (29 + i % 3));
@@ -166,7 +176,7 @@ mod tests {
 
     #[test]
     fn a_busy_function_is_kept_warm_and_briefly() {
-        let p = Histogram::new(Duration::from_secs(600), MIN);
+        let p = Histogram::new(Duration::from_secs(600), Duration::ZERO, MIN);
         for _ in 0..100 {
             p.observe("hot", Duration::from_secs(5));
         }
@@ -180,7 +190,7 @@ mod tests {
 
     #[test]
     fn without_a_pattern_the_fixed_keep_alive_applies() {
-        let p = Histogram::new(Duration::from_secs(600), MIN);
+        let p = Histogram::new(Duration::from_secs(600), Duration::ZERO, MIN);
         let w = p.windows("new");
         assert!(matches!(w.basis, Basis::Fallback { samples: 0, .. }));
         for i in 0..5 {

@@ -8,11 +8,18 @@
 //! | `histogram.rs` | Shahrad et al.'s hybrid histogram policy ("Serverless in the Wild", ATC 2020): per-function windows from the percentiles of its idle times, the fixed policy as the fallback |
 //!
 //! ```text
-//! invocation ends            -> the end noted; prewarm > 0: the instance stops now
+//! invocation ends            -> the end noted; prewarm > 0: the instance is hibernated
+//!                               now (stopped when `hibernate` is zero)
 //! next invocation starts     -> idle time (from the last end, with none busy) observed
-//! keep-alive tick            -> idle instances past `keep_alive` stop; prewarm > 0 and
-//!                               `prewarm` since the last end: one instance started ahead
+//! keep-alive tick            -> idle instances past `keep_alive` are hibernated for
+//!                               `hibernate` (stopped when it is zero); hibernated ones past
+//!                               it are removed; prewarm > 0 and `prewarm` since the last
+//!                               end: one instance started ahead (a hibernated one woken
+//!                               first)
 //! ```
+//!
+//! Each policy so decides, per function and at each moment, between keeping an instance
+//! (warm), hibernating it and stopping it.
 
 mod fixed;
 mod histogram;
@@ -32,6 +39,10 @@ pub struct Windows {
     /// How long an idle instance is kept (from its last use, or from its pre-warm).
     #[serde(serialize_with = "secs")]
     pub keep_alive: Duration,
+    /// How long an instance whose keep-alive ran out is kept hibernated on disk (woken by
+    /// the next request, or by the next pre-warm); zero: it is stopped instead.
+    #[serde(serialize_with = "secs")]
+    pub hibernate: Duration,
     /// What the windows come from.
     pub basis: Basis,
 }
@@ -94,12 +105,18 @@ impl PolicyKind {
         }
     }
 
-    /// The policy, with the node's fixed `keep_alive` and (for the histogram) its bin
-    /// width (a minute in the paper; less to replay a trace compressed in time).
-    pub fn make(self, keep_alive: Duration, bin: Duration) -> Box<dyn KeepAlive> {
+    /// The policy, with the node's fixed `keep_alive` and `hibernate` windows and (for the
+    /// histogram) its bin width (a minute in the paper; less to replay a trace compressed
+    /// in time).
+    pub fn make(
+        self,
+        keep_alive: Duration,
+        hibernate: Duration,
+        bin: Duration,
+    ) -> Box<dyn KeepAlive> {
         match self {
-            PolicyKind::Fixed => Box::new(Fixed::new(keep_alive)),
-            PolicyKind::Histogram => Box::new(Histogram::new(keep_alive, bin)),
+            PolicyKind::Fixed => Box::new(Fixed::new(keep_alive, hibernate)),
+            PolicyKind::Histogram => Box::new(Histogram::new(keep_alive, hibernate, bin)),
         }
     }
 }

@@ -29,6 +29,8 @@ pub struct FunctionStatus {
     /// Instances started ahead of demand (native functions' pre-made sandboxes), among the
     /// live ones.
     pub instances_prestarted: usize,
+    /// Hibernated on local disk (woken by the next request that finds none warm).
+    pub instances_hibernated: usize,
     /// Requests queued for a free instance right now.
     pub requests_waiting: usize,
     /// Moving average of each start path's time before the handler runs, ms (this
@@ -276,6 +278,7 @@ impl Node {
         for old in &gone {
             self.discard_all(old, old.pool.retire(), "function deleted");
             self.keep_alive.forget(&old.record.name);
+            self.forget_hibernated(&old.record.name, None);
         }
         self.logs.remove(name);
         let (store, me) = (self.snapshots.clone(), self.me.clone());
@@ -306,7 +309,13 @@ impl Node {
         // An operator asking for fresh starts gets one now, not after a crash-loop window.
         d.crash_loop.started();
         let idle = d.pool.flush();
-        let n = idle.len();
+        // Its hibernated instances go too: the next invocation starts afresh.
+        let set = self.hibernated.clone();
+        let fname = d.record.name.clone();
+        let hibernated = tokio::task::spawn_blocking(move || set.remove_function(&fname, None))
+            .await
+            .map_or(0, |v| v.len());
+        let n = idle.len() + hibernated;
         let gone: Vec<_> = idle
             .into_iter()
             .filter_map(|i| self.stop(&d, i, "stopped on request"))
@@ -407,6 +416,7 @@ pub(in crate::node) fn status(node: &Node, d: &Deployed) -> FunctionStatus {
         instances_live: d.pool.live().load(Ordering::SeqCst),
         instances_idle: d.pool.idle_count(),
         instances_prestarted: d.pool.parked_count(),
+        instances_hibernated: node.hibernated_count(d),
         requests_waiting: d.pool.waiting(),
         start_ms: d.start_costs.averages(),
         snapshotting: d.snapshotting.load(Ordering::SeqCst),

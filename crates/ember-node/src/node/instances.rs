@@ -42,6 +42,10 @@ impl Node {
             format!("instance stopped: {why}").as_bytes(),
         );
         tracing::debug!(function = %name, instance = inst.id(), why, "instance stopped");
+        d.members
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(inst.id());
         d.pool.live().fetch_sub(1, Ordering::SeqCst);
         self.metrics
             .instances
@@ -183,7 +187,7 @@ impl Node {
             inst.kill();
             return Err("its first process is not in its cgroup".into());
         };
-        self.count_started(d);
+        self.count_started(d, &id, inst.pid());
         let mut live = Live::new(Proc::Native(inst), sandbox);
         live.parked = Some(pid);
         Ok(live)
@@ -216,9 +220,16 @@ impl Node {
         Ok((inst, pid))
     }
 
-    /// Counts a new live instance of `d` (the pool's count and the gauge; [`Node::stop`]
-    /// takes it back).
-    pub(in crate::node) fn count_started(&self, d: &Deployed) {
+    /// Counts a new live instance of `d`, `id` with host pid `pid` (the pool's count, its
+    /// members and the gauge; [`Node::stop`] takes it back).
+    pub(in crate::node) fn count_started(&self, d: &Deployed, id: &str, pid: u32) {
+        d.members.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id.to_string(),
+            Member {
+                pid,
+                since: super::now_secs(),
+            },
+        );
         d.pool.live().fetch_add(1, Ordering::SeqCst);
         self.metrics
             .instances
@@ -278,4 +289,117 @@ pub(in crate::node) fn instance_id(function: &str) -> String {
         "{function}-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     )
+}
+
+/// A live instance as listings show it.
+pub(in crate::node) struct Member {
+    pub pid: u32,
+    pub since: u64,
+}
+
+/// Where an instance stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceState {
+    /// Idle in memory, ready for the next request.
+    Warm,
+    /// Serving a request (or being started, or snapshotted).
+    Busy,
+    /// Being dumped to disk.
+    Hibernating,
+    /// On local disk, its memory freed.
+    Hibernated,
+    /// Started ahead and stopped before its first instruction (a native function's).
+    Prestarted,
+}
+
+/// One instance of a function, in memory or hibernated (`GET /v1/instances`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstanceStatus {
+    pub instance: String,
+    pub function: String,
+    pub state: InstanceState,
+    /// Memory it holds (its processes' proportional set size) or, hibernated, its dump's
+    /// bytes on disk.
+    pub bytes: u64,
+    /// Its resident set, in memory (pages shared with other instances counted whole).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Seconds since the epoch: when it started, or was hibernated.
+    pub since: u64,
+    /// Hibernated: what its dump is a layer over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_over: Option<String>,
+}
+
+impl Node {
+    /// Every instance on this node (of `function` only, when given): warm, busy,
+    /// hibernating or hibernated, with the bytes each holds.
+    pub fn instances(&self, function: Option<&str>) -> Vec<InstanceStatus> {
+        let all: Vec<Arc<Deployed>> = self
+            .read_functions()
+            .values()
+            .filter(|d| function.is_none_or(|f| d.record.name == f))
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for d in all {
+            let idle: std::collections::HashSet<String> = d.pool.idle_ids().into_iter().collect();
+            let prestarted = d.pool.parked_count() > 0;
+            let members: Vec<(String, u32, u64)> = d
+                .members
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(id, m)| (id.clone(), m.pid, m.since))
+                .collect();
+            for (id, pid, since) in members {
+                let state = if self.is_hibernating(&id) {
+                    InstanceState::Hibernating
+                } else if idle.contains(&id) {
+                    match prestarted && d.record.config.runtime.one_request_per_instance() {
+                        true => InstanceState::Prestarted,
+                        false => InstanceState::Warm,
+                    }
+                } else {
+                    InstanceState::Busy
+                };
+                let (pss, rss) = crate::sys::process_memory(pid);
+                out.push(InstanceStatus {
+                    instance: id,
+                    function: d.record.name.clone(),
+                    state,
+                    bytes: pss.unwrap_or(0),
+                    rss_bytes: rss,
+                    pid: Some(pid),
+                    since,
+                    layer_over: None,
+                });
+            }
+        }
+        for e in self.hibernated.list() {
+            if function.is_some_and(|f| e.function != f) {
+                continue;
+            }
+            out.push(InstanceStatus {
+                instance: e.instance.clone(),
+                function: e.function.clone(),
+                state: InstanceState::Hibernated,
+                bytes: e.bytes,
+                rss_bytes: None,
+                pid: None,
+                since: e.at_unix,
+                layer_over: Some(e.origin.describe()),
+            });
+        }
+        out.sort_by(|a, b| (&a.function, &a.instance).cmp(&(&b.function, &b.instance)));
+        out
+    }
+
+    /// Bytes of hibernated instances on disk, and the budget.
+    pub fn hibernated_bytes(&self) -> (u64, u64) {
+        (self.hibernated.bytes(), self.hibernated.budget())
+    }
 }

@@ -22,6 +22,28 @@ impl Node {
     /// Adds what the page server of a restored instance did since the last report to the
     /// node's counters.
     pub(in crate::node) fn report_pages(&self, live: &mut Live) {
+        self.report_server(live);
+        // A finished page server's source may keep what it read (a file's chunks): the
+        // process has every page, so it goes, its failure kept for `page_unavailable` (not
+        // while its working set is to be recorded from it).
+        if live.records.is_none()
+            && live.pages.as_ref().is_some_and(|s| s.is_finished())
+            && let Some(Err(e)) = live.pages.take().map(|s| s.wait())
+        {
+            let why = error_chain(&e);
+            match e {
+                ember_snap::lazy::ServeError::Source { .. } if live.pages_may_fail => {
+                    live.page_failed = Some(why);
+                }
+                _ => tracing::warn!(
+                    instance = live.id(),
+                    "the page server of a restored instance failed: {why}"
+                ),
+            }
+        }
+    }
+
+    fn report_server(&self, live: &mut Live) {
         let (Some(server), Some(image)) = (&live.pages, &live.image) else {
             return;
         };
@@ -243,9 +265,16 @@ impl Node {
                     // Off the request path: the answer goes now, the instance is dumped, then
                     // stopped (its before-snapshot hooks ran in it); it holds its permit.
                     self.snapshot_after_first_invoke(d, inst, permit, generation, timing.init());
-                } else if self.invocation_ended(d) {
-                    // Its keep-alive policy pre-warms one for the next invocation instead.
-                    self.discard(d, inst, "stopped until its next pre-warm");
+                } else if let Some(w) = self.invocation_ended(d) {
+                    // Its keep-alive policy pre-warms one for the next invocation instead:
+                    // this one, hibernated until then (or stopped).
+                    let d = d.clone();
+                    self.hibernate_or_stop(
+                        &d,
+                        inst,
+                        w.hibernate,
+                        "stopped until its next pre-warm",
+                    );
                 } else if let Some(stale) = d.pool.put_back(inst, generation) {
                     self.discard(d, stale, "stopped while busy");
                 }
@@ -380,10 +409,11 @@ pub(in crate::node) async fn watched(
 }
 
 /// The rungs of the ladder, in the order they are tried.
-fn rungs<'r, 'c>() -> [&'r (dyn Rung<StartCx<'c>, Live> + 'r); 5] {
+fn rungs<'r, 'c>() -> [&'r (dyn Rung<StartCx<'c>, Live> + 'r); 6] {
     [
         &ladder::warm::Warm,
         &ladder::premade::Premade,
+        &ladder::hibernated::Hibernated,
         &ladder::function_snapshot::FunctionSnapshot,
         &ladder::image::Image,
         &ladder::cold_boot::ColdBoot,
@@ -409,6 +439,7 @@ impl Climber for StartCx<'_> {
         }
         let instead = match then {
             StartPath::Warm => "a warm instance",
+            StartPath::Hibernated => "a hibernated instance",
             StartPath::FunctionSnapshot => "a function snapshot",
             StartPath::Image => "an image",
             StartPath::ColdBoot => "cold boot",

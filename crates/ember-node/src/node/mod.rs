@@ -54,6 +54,7 @@ mod deploy;
 mod error;
 mod events;
 mod fetch;
+mod hibernate;
 mod image_build;
 mod instances;
 mod invocation;
@@ -78,6 +79,7 @@ pub use deploy::{FunctionStatus, StoredCode};
 pub use ember_snap::error_chain;
 pub use error::{NodeError, NodeErrorKind};
 use instances::instance_id;
+pub use instances::{InstanceState, InstanceStatus};
 pub use invocation::{Invocation, InvokeOptions, InvokeOutcome, Timing};
 pub use ladder::StartPath;
 pub use layers::LayerMeta;
@@ -109,6 +111,8 @@ struct Deployed {
     last_end: Mutex<Option<Instant>>,
     /// The end after which an instance was pre-warmed (one pre-warm per idle period).
     prewarmed_for: Mutex<Option<Instant>>,
+    /// Its live instances by id: their host pid and when they started (listings).
+    members: Mutex<HashMap<String, instances::Member>>,
 }
 
 impl Deployed {
@@ -181,6 +185,12 @@ pub struct Node {
     stopping: std::sync::atomic::AtomicBool,
     /// Decides each function's keep-alive and pre-warm windows.
     keep_alive: Box<dyn crate::keepalive::KeepAlive>,
+    /// Hibernated instances on local disk.
+    hibernated: Arc<crate::hibernated::HibernatedSet>,
+    /// Instances being hibernated (listings).
+    hibernating: Mutex<HashSet<String>>,
+    /// Hibernations run one at a time (a dump takes a core).
+    hibernations: tokio::sync::Semaphore,
     _home: FileLock,
 }
 
@@ -297,9 +307,14 @@ impl Node {
             }
             _ => None,
         };
-        let keep_alive = cfg
-            .keep_alive_policy
-            .make(cfg.keep_alive, cfg.keep_alive_bin);
+        let keep_alive =
+            cfg.keep_alive_policy
+                .make(cfg.keep_alive, cfg.hibernate.keep, cfg.keep_alive_bin);
+        let hibernated = crate::hibernated::HibernatedSet::open(
+            home.join("hibernated"),
+            cfg.hibernate.disk_bytes,
+        )
+        .map_err(|e| NodeError::Config(format!("hibernated instances: {}", error_chain(&e))))?;
         let node = Arc::new_cyclic(|me| Node {
             remote,
             spawner: spawner::Spawner::new(SPAWNER_THREADS),
@@ -333,6 +348,9 @@ impl Node {
             deploying: Mutex::new(HashMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
             keep_alive,
+            hibernated: Arc::new(hibernated),
+            hibernating: Mutex::new(HashSet::new()),
+            hibernations: tokio::sync::Semaphore::new(1),
             _home: home_lock,
         });
         node.load().await?;
@@ -448,6 +466,7 @@ impl Node {
             provisioning: std::sync::atomic::AtomicBool::new(false),
             last_end: Mutex::new(None),
             prewarmed_for: Mutex::new(None),
+            members: Mutex::new(HashMap::new()),
             record: rec,
             env,
         });
@@ -467,6 +486,7 @@ impl Node {
         self.fill(&deployed);
         if let Some(old) = old {
             self.discard_all(&old, old.pool.retire(), "replaced by a new version");
+            self.forget_hibernated(&old.record.name, Some(hibernate::deploy_of(&deployed)));
         }
     }
 
@@ -532,6 +552,9 @@ impl Node {
         if let Some(boxes) = &self.sandboxes {
             boxes.remove_all().await;
         }
+        // Hibernated instances do not outlive the daemon (the next one empties the set too).
+        let set = self.hibernated.clone();
+        let _ = tokio::task::spawn_blocking(move || set.clear()).await;
     }
 
     /// In `snapshots = "remote"` mode, uploads set `kind/id` (the files of `dir`) to the
@@ -615,11 +638,22 @@ impl Node {
             let live = d.pool.live().load(Ordering::SeqCst);
             let busy = live.saturating_sub(d.pool.idle_count());
             let w = self.keep_alive.windows(&d.record.name);
-            let old = d.pool.expire(w.keep_alive, min.saturating_sub(busy));
-            self.discard_all(&d, old, "idle past the keep-alive time");
+            // Kept ready in memory unless they would be hibernated (then kept ready there).
+            let hibernates = self.hibernates(&d) && !w.hibernate.is_zero();
+            let keep = if hibernates {
+                0
+            } else {
+                min.saturating_sub(busy)
+            };
+            let out = d.pool.expire(w.keep_alive, keep);
+            self.discard_all(&d, out.gone, "found dead, or of an earlier generation");
+            for live in out.expired {
+                self.hibernate_or_stop(&d, live, w.hibernate, "idle past the keep-alive time");
+            }
             self.fill(&d);
             self.prewarm_due(&d, &w, live);
         }
+        self.expire_hibernated();
     }
 }
 

@@ -4,9 +4,13 @@
 //! keep-alive never stops them below the number.
 //!
 //! ```text
-//! deploy / publish / set / every keep-alive tick: live < min? -> one fill at a time per
-//!     function: start one (snapshot, image or cold boot) -> idle in the pool -> again
-//! expire: the min - busy most recently used idle instances stay, whatever their age
+//! deploy / publish / set / every keep-alive tick: live + hibernated < min? -> one fill at
+//!     a time per function: start one (snapshot, image or cold boot) -> idle in the pool
+//!     -> again
+//! expire: without hibernation, the min - busy most recently used idle instances stay,
+//!     whatever their age; with it, they are hibernated past the keep-alive like any
+//!     other, and the min - live newest hibernated ones stay whatever their age (a burst
+//!     wakes them)
 //! ```
 
 use std::sync::Arc;
@@ -61,12 +65,12 @@ impl Node {
                 let want = d.min_instances.load(Ordering::SeqCst) as usize;
                 if d.pool.is_retired()
                     || node.stopping.load(Ordering::SeqCst)
-                    || d.pool.live().load(Ordering::SeqCst) >= want
+                    || d.pool.live().load(Ordering::SeqCst) + node.hibernated_count(&d) >= want
                 {
                     break;
                 }
                 let generation = d.pool.generation();
-                match node.start_ready(&d).await {
+                match node.start_ready(&d, false).await {
                     Ok(live) => {
                         if let Some(late) = d.pool.put_back(live, generation) {
                             node.discard(&d, late, "its function was replaced");
@@ -85,20 +89,24 @@ impl Node {
         });
     }
 
-    /// One instance of `d` from the rungs below warm, not serving a request.
-    async fn start_ready(&self, d: &Arc<Deployed>) -> Result<Live, String> {
+    /// One instance of `d` from the rungs below warm, not serving a request; with `wake`, a
+    /// hibernated one first (a pre-warm; a fill of those kept ready counts them as ready
+    /// already).
+    async fn start_ready(&self, d: &Arc<Deployed>, wake: bool) -> Result<Live, String> {
         let mut cx = StartCx {
             node: self,
             d,
             timing: Timing::default(),
             background: false,
         };
-        let rungs: [&dyn Rung<StartCx<'_>, Live>; 3] = [
+        let all: [&dyn Rung<StartCx<'_>, Live>; 4] = [
+            &ladder::hibernated::Hibernated,
             &ladder::function_snapshot::FunctionSnapshot,
             &ladder::image::Image,
             &ladder::cold_boot::ColdBoot,
         ];
-        match ladder::climb(&rungs, &mut cx).await {
+        let rungs = if wake { &all[..] } else { &all[1..] };
+        match ladder::climb(rungs, &mut cx).await {
             Climbed::Started { inst, .. } => Ok(inst),
             Climbed::Ended { outcome, .. } => Err(outcome.label().to_string()),
         }
@@ -107,15 +115,19 @@ impl Node {
 
 impl Node {
     /// Notes the end of an invocation of `d` (for its idle times); with a pre-warm window
-    /// the instance that served is not kept: one is started again when the next invocation
-    /// is due (`prewarm_due`). True when it should be stopped now.
-    pub(in crate::node) fn invocation_ended(&self, d: &Deployed) -> bool {
+    /// the instance that served is not kept: it is hibernated (or stopped) and woken (or
+    /// another started) when the next invocation is due (`prewarm_due`). The windows when
+    /// it should leave the pool now.
+    pub(in crate::node) fn invocation_ended(
+        &self,
+        d: &Deployed,
+    ) -> Option<crate::keepalive::Windows> {
         if !self.keep_alive.learns() {
-            return false;
+            return None;
         }
         *d.last_end.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
-        d.min_instances.load(Ordering::SeqCst) == 0
-            && !self.keep_alive.windows(&d.record.name).prewarm.is_zero()
+        let w = self.keep_alive.windows(&d.record.name);
+        (d.min_instances.load(Ordering::SeqCst) == 0 && !w.prewarm.is_zero()).then_some(w)
     }
 
     /// Notes the start of an invocation of `d`: when none of its instances was busy, the
@@ -165,7 +177,7 @@ impl Node {
         self.spawn_background(async move {
             let Some(node) = me.upgrade() else { return };
             let generation = d.pool.generation();
-            match node.start_ready(&d).await {
+            match node.start_ready(&d, true).await {
                 Ok(live) => {
                     if let Some(late) = d.pool.put_back(live, generation) {
                         node.discard(&d, late, "its function was replaced");

@@ -313,7 +313,7 @@ impl Node {
         how: &str,
         init: Duration,
     ) {
-        self.count_started(d);
+        self.count_started(d, &spec.instance_id, live.inst.pid());
         let text = format!(
             "instance started ({how}, sandboxed, pid {}) in {:.1} ms",
             live.inst.pid(),
@@ -338,10 +338,14 @@ pub(in crate::node) fn server_failure(live: &mut Live) -> Option<String> {
 
 /// Why `live`'s process was killed by its page server, when that is what ended it: a page
 /// could not be had at its source (the snapshot store failed after a lazy restore's working
-/// set arrived). The server ends once the process is gone: waited for briefly.
+/// set arrived, a hibernated instance's file failed its checks). The server ends once the
+/// process is gone: waited for briefly.
 pub(in crate::node) async fn page_unavailable(live: &mut Live) -> Option<String> {
-    if !live.from_store {
+    if !live.pages_may_fail {
         return None;
+    }
+    if let Some(why) = live.page_failed.take() {
+        return Some(why);
     }
     let t0 = Instant::now();
     while !live.pages.as_ref()?.is_finished() {

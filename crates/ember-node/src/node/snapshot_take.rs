@@ -91,6 +91,44 @@ pub enum TakeError {
     Store(#[from] crate::snapshots::SnapshotError),
 }
 
+/// Dumps `live`'s process (stopped at its snapshot point) into `out`: a layer over `parent`,
+/// the image it was restored from, or whole. The pages a lazy restore has not installed yet
+/// are read through its page server: the instance's own, lent to the blocking task and
+/// given back.
+pub(in crate::node) async fn dump_instance(
+    live: &mut Live,
+    out: std::path::PathBuf,
+    parent: Option<Arc<LoadedImage>>,
+) -> Result<ember_snap::DumpStats, TakeError> {
+    let pid = live
+        .sandbox
+        .as_ref()
+        .and_then(|s| s.first_process())
+        .or_else(|| i32::try_from(live.inst.pid()).ok())
+        .ok_or(TakeError::Gone)?;
+    let server = live.pages.take();
+    let joined = tokio::task::spawn_blocking(move || {
+        let lineage = Lineage {
+            parent: parent.as_deref(),
+            server: server.as_ref(),
+        };
+        let opts = DumpOptions {
+            inherited: INHERITED.to_vec(),
+            ..DumpOptions::default()
+        };
+        let r = ember_snap::dump_restored(pid, &out, &opts, lineage);
+        (server, r)
+    })
+    .await;
+    match joined {
+        Ok((server, r)) => {
+            live.pages = server;
+            r.map_err(TakeError::Dump)
+        }
+        Err(e) => Err(TakeError::Task(e.to_string())),
+    }
+}
+
 /// Clears a function's "snapshot being taken" mark when the take ends, however it ends.
 struct Taking(Arc<Deployed>);
 
@@ -377,38 +415,9 @@ impl Node {
         let id = snapshot_id(&rec.name, &key);
         let store_key = Some(self.snapshot_store_key(d, parent.as_ref().map(|(p, _)| p)));
         let staged = self.snapshots.staging(&id);
-        let pid = live
-            .sandbox
-            .as_ref()
-            .and_then(|s| s.first_process())
-            .or_else(|| i32::try_from(live.inst.pid()).ok())
-            .ok_or(TakeError::Gone)?;
         let t0 = Instant::now();
-        // The dump reads pages a lazy restore has not installed yet through its page server:
-        // the instance's own, lent to the blocking task and given back.
-        let server = live.pages.take();
         let image: Option<Arc<LoadedImage>> = parent.as_ref().map(|(_, i)| i.clone());
-        let out = staged.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let lineage = Lineage {
-                parent: image.as_deref(),
-                server: server.as_ref(),
-            };
-            let opts = DumpOptions {
-                inherited: INHERITED.to_vec(),
-                ..DumpOptions::default()
-            };
-            let r = ember_snap::dump_restored(pid, &out, &opts, lineage);
-            (server, r)
-        })
-        .await;
-        let stats = match joined {
-            Ok((server, r)) => {
-                live.pages = server;
-                r.map_err(TakeError::Dump)
-            }
-            Err(e) => Err(TakeError::Task(e.to_string())),
-        };
+        let stats = dump_instance(live, staged.clone(), image).await;
         let stats = match stats {
             Ok(s) => s,
             Err(e) => {

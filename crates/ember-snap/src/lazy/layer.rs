@@ -30,6 +30,51 @@ pub trait ChunkFetch: Send + Sync {
     fn fetch(&self, chunks: &[u64]) -> Result<Vec<Vec<u8>>, String>;
 }
 
+/// A layer's own page file on local disk, as a [`ChunkFetch`] (a hibernated instance's):
+/// its header checked against the layer's metadata at open, each chunk read when asked for
+/// (the [`LayerSource`] checks it). The file stays open: the layer's directory may be
+/// removed once this is made, and its blocks are freed when the source is dropped.
+pub struct LayerFile {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    count: u64,
+}
+
+impl LayerFile {
+    /// Opens the page file of the layer in `dir` whose stored metadata is `own`.
+    pub fn open(dir: &std::path::Path, own: &Meta) -> Result<LayerFile, crate::ImageError> {
+        let (file, path) = crate::image::format::open_pages(dir, own)?;
+        Ok(LayerFile {
+            file,
+            path,
+            count: own.pages.count,
+        })
+    }
+}
+
+impl ChunkFetch for LayerFile {
+    fn describe(&self) -> String {
+        format!("file {}", self.path.display())
+    }
+
+    fn fetch(&self, chunks: &[u64]) -> Result<Vec<Vec<u8>>, String> {
+        use std::os::unix::fs::FileExt;
+        chunks
+            .iter()
+            .map(|&c| {
+                let mut buf = vec![0u8; chunk_bytes(self.count, c) as usize];
+                if buf.is_empty() {
+                    return Err(format!("chunk {c} is past the page file's end"));
+                }
+                self.file
+                    .read_exact_at(&mut buf, PAGE * (1 + c * CHUNK_PAGES))
+                    .map_err(|e| format!("reading chunk {c}: {e}"))?;
+                Ok(buf)
+            })
+            .collect()
+    }
+}
+
 /// A layer's pages: its own fetched on demand and checked, its parent's from memory.
 pub struct LayerSource {
     own: Meta,

@@ -27,7 +27,7 @@ pub mod source;
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use layer::{ChunkFetch, LayerSource};
+pub use layer::{ChunkFetch, LayerFile, LayerSource};
 pub use remote::RemoteSource;
 pub use server::{PageServer, PendingPages, ServeError};
 pub(crate) use server::{ServerConfig, Victim, spawn};

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod deploy;
 pub mod image;
+pub mod instances;
 pub mod invoke;
 pub mod logs;
 pub mod ls;

@@ -36,8 +36,15 @@ pub enum Cmd {
 
 const MIB: f64 = 1048576.0;
 
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// How long ago `then` (seconds since the epoch) was, e.g. `42s ago`, `-` for never.
-fn ago(then: Option<u64>, now: u64) -> String {
+pub fn ago(then: Option<u64>, now: u64) -> String {
     let Some(then) = then else {
         return "-".into();
     };
@@ -120,10 +127,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                print!("{}", table(&v, now));
+                print!("{}", table(&v, now_secs()));
             }
         }
         Cmd::Rm { id, store, client } => {

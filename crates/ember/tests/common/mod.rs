@@ -77,6 +77,10 @@ impl Daemon {
         if !args.iter().any(|a| a.starts_with("--snapshot")) {
             cmd.args(["--snapshots", "off"]);
         }
+        // So do hibernated instances (an idle instance past its keep-alive is hibernated).
+        if !args.iter().any(|a| a.starts_with("--hibernate")) {
+            cmd.args(["--hibernate", "off"]);
+        }
         // Standby instances change an image start's phases and add restores of their own.
         if !args.iter().any(|a| a == "--standby") {
             cmd.args(["--standby", "0"]);

@@ -79,7 +79,7 @@ impl Node {
         };
         let outcome = match started {
             Ok(inst) => {
-                self.count_started(d);
+                self.count_started(d, inst.id(), inst.pid());
                 // A native instance's whole life is one request: its start is not news.
                 if !rec.config.runtime.one_request_per_instance() {
                     note(format!(

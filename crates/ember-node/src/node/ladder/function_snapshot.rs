@@ -199,7 +199,8 @@ impl Node {
                 why,
             })
         };
-        let (mut spec, sees, parent_image) = self.snapshot_instance(d, parent.as_ref())?;
+        let (mut spec, sees, parent_image) =
+            self.snapshot_instance(d, parent.as_ref().map(|p| p.id.as_str()))?;
         let layer = match &h.loaded {
             Some(l) => l.clone(),
             None => {
@@ -298,7 +299,8 @@ impl Node {
     ) -> Result<Live, Blame> {
         let d: &Deployed = cx.d;
         let rec = &d.record;
-        let (mut spec, sees, _) = self.snapshot_instance(d, parent.as_ref())?;
+        let (mut spec, sees, _) =
+            self.snapshot_instance(d, parent.as_ref().map(|p| p.id.as_str()))?;
         let pages = Pages {
             image: l.layer,
             source: l.source,
@@ -326,6 +328,7 @@ impl Node {
             .instrument(span)
             .await?;
         live.from_store = true;
+        live.pages_may_fail = true;
         cx.timing.sandbox = Some(sandbox);
         cx.timing.restore = Some(restore);
         let how = format!(
@@ -336,21 +339,21 @@ impl Node {
             .await
     }
 
-    /// What an instance restored from a snapshot of `d` over `parent` starts with: its spec
+    /// What an instance restored from a snapshot of `d` over `image` starts with: its spec
     /// (the interpreter and packages the snapshot was taken with: its image's, or the
     /// function's own), what its sandbox shows it, and the image, checked out.
-    fn snapshot_instance(
+    pub(in crate::node) fn snapshot_instance(
         &self,
         d: &Deployed,
-        parent: Option<&Parent>,
+        image: Option<&str>,
     ) -> Result<(StartSpec, Sees, Option<Checkout>), RungError> {
-        let (python, env_dir, co) = match parent {
-            Some(p) => {
+        let (python, env_dir, co) = match image {
+            Some(id) => {
                 let co = self
                     .images
-                    .checkout(&p.id)
+                    .checkout(id)
                     .map_err(|source| RungError::Checkout {
-                        id: p.id.clone(),
+                        id: id.to_string(),
                         source,
                     })?;
                 (co.python.clone(), co.env_dir.clone(), Some(co))

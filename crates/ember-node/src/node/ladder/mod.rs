@@ -1,7 +1,8 @@
 //! The start ladder: the rungs an invocation tries, in order, until one gives it an instance.
 //!
 //! ```text
-//! warm -> pre-made -> | crash-loop gate | -> dependency image -> cold boot
+//! warm -> pre-made -> | crash-loop gate | -> hibernated -> function snapshot
+//!      -> dependency image -> cold boot
 //! ```
 //!
 //! Each rung is one file behind [`Rung`]. A rung's attempt comes to one of four things
@@ -26,6 +27,7 @@ use super::InvokeOutcome;
 
 pub(super) mod cold_boot;
 pub(super) mod function_snapshot;
+pub(super) mod hibernated;
 pub(super) mod image;
 pub(super) mod premade;
 pub(super) mod warm;
@@ -34,6 +36,8 @@ pub(super) mod warm;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartPath {
     Warm,
+    /// A hibernated instance of the function, woken from local disk.
+    Hibernated,
     /// Restored from the function's own snapshot (a layer over its image, or whole).
     FunctionSnapshot,
     /// Restored from a dependency image.
@@ -46,6 +50,7 @@ impl StartPath {
     pub fn as_str(self) -> &'static str {
         match self {
             StartPath::Warm => "warm",
+            StartPath::Hibernated => "hibernated",
             StartPath::FunctionSnapshot => "function-snapshot",
             StartPath::Image => "image",
             StartPath::ColdBoot => "cold-boot",
@@ -80,6 +85,8 @@ pub enum RungError {
     InitTimeout(u64),
     #[error("function snapshot {id} cannot be used: {why}")]
     Snapshot { id: String, why: String },
+    #[error("hibernated instance {id} cannot be woken: {why}")]
+    Hibernated { id: String, why: String },
     #[error("its stopped executable could not be continued")]
     Resume,
 }
