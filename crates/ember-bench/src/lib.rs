@@ -3,6 +3,7 @@
 
 pub mod driver;
 pub mod images;
+pub mod knix;
 pub mod lambda;
 pub mod plot;
 pub mod report;

@@ -153,10 +153,39 @@ pub struct PolicyResult {
     /// Idle instances' memory (their `memory_mb`) over the replay, GB-seconds of replay
     /// time (times the compression for trace time).
     pub idle_gb_s: f64,
+    /// Hibernated instances' bytes on disk over the replay, GB-seconds of replay time.
+    pub disk_gb_s: f64,
     pub replay_s: f64,
     /// The keep-alive window the daemon gave a function before any idle time (the fixed
     /// policy's, the histogram's fallback), seconds of replay time.
     pub keep_alive_s: f64,
+}
+
+/// A compared setting of `ember bench trace`: a keep-alive policy, with hibernation
+/// (`histogram+hibernate`) or without (`fixed`: idle instances stopped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    pub policy: String,
+    pub hibernate: bool,
+}
+
+impl Setting {
+    /// `fixed`, `histogram`, `fixed+hibernate` or `histogram+hibernate`.
+    pub fn parse(s: &str) -> Result<Setting, String> {
+        let (policy, hibernate) = match s.strip_suffix("+hibernate") {
+            Some(p) => (p, true),
+            None => (s, false),
+        };
+        match policy {
+            "fixed" | "histogram" => Ok(Setting {
+                policy: policy.to_string(),
+                hibernate,
+            }),
+            _ => Err(format!(
+                "{s:?} is not a setting: write fixed, histogram, fixed+hibernate or                  histogram+hibernate"
+            )),
+        }
+    }
 }
 
 impl PolicyResult {
@@ -201,6 +230,20 @@ pub fn write_svg(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_name_a_policy_and_whether_it_hibernates() {
+        assert_eq!(
+            Setting::parse("histogram+hibernate").unwrap(),
+            Setting {
+                policy: "histogram".into(),
+                hibernate: true
+            }
+        );
+        assert!(!Setting::parse("fixed").unwrap().hibernate);
+        assert!(Setting::parse("lru+hibernate").is_err());
+        assert!(Setting::parse("fixed+swap").is_err());
+    }
 
     #[test]
     fn traces_are_reproducible_and_have_their_shapes() {

@@ -214,6 +214,10 @@ pub struct HibernateConfig {
     pub keep: Duration,
     /// Disk budget of the hibernated instances; past it, the oldest are removed.
     pub disk_bytes: u64,
+    /// While the machine's available memory is under this percentage of its total, the
+    /// least recently used idle instance is hibernated whatever its keep-alive, one at a
+    /// time (0: never).
+    pub pressure_percent: u8,
 }
 
 impl Default for HibernateConfig {
@@ -221,6 +225,7 @@ impl Default for HibernateConfig {
         HibernateConfig {
             keep: Duration::from_secs(3600),
             disk_bytes: 2048 << 20,
+            pressure_percent: 10,
         }
     }
 }

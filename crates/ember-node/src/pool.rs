@@ -179,6 +179,17 @@ impl Pool {
         out
     }
 
+    /// When the least recently used idle instance was last used.
+    pub fn oldest_idle(&self) -> Option<Instant> {
+        self.idle().first().map(|i| i.since)
+    }
+
+    /// The least recently used idle instance, out of the pool.
+    pub fn take_oldest(&self) -> Option<Live> {
+        let mut idle = self.idle();
+        (!idle.is_empty()).then(|| idle.remove(0).inst)
+    }
+
     /// The ids of the idle instances, and of the pre-started ones.
     pub fn idle_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self

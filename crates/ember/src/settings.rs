@@ -14,6 +14,8 @@
 //! hibernate = "1h"          # idle instances past their keep-alive are hibernated to disk
 //!                           # for this long ("off": stopped instead)
 //! hibernate_disk_mb = 2048  # disk budget of hibernated instances (oldest removed past it)
+//! memory_pressure_percent = 10 # available memory under this % of the total: idle
+//!                           # instances hibernated, least recently used first (0: never)
 //! queue_depth = 100
 //! queue_timeout = "10s"
 //! init_timeout = "60s"
@@ -101,6 +103,11 @@ pub struct DaemonArgs {
     /// [default: 2048]
     #[arg(long, env = "EMBER_HIBERNATE_DISK_MB")]
     pub hibernate_disk_mb: Option<u64>,
+    /// While the machine's available memory is under this percentage of its total, idle
+    /// instances are hibernated, least recently used first, whatever their keep-alive (0:
+    /// never) [default: 10]
+    #[arg(long, env = "EMBER_MEMORY_PRESSURE_PERCENT")]
+    pub memory_pressure_percent: Option<u8>,
     /// Requests that may queue per function when all its instances are busy [default: 100]
     #[arg(long, env = "EMBER_QUEUE_DEPTH")]
     pub queue_depth: Option<usize>,
@@ -256,6 +263,7 @@ struct FileSettings {
     keep_alive_bin: Option<String>,
     hibernate: Option<String>,
     hibernate_disk_mb: Option<u64>,
+    memory_pressure_percent: Option<u8>,
     queue_depth: Option<usize>,
     queue_timeout: Option<String>,
     init_timeout: Option<String>,
@@ -403,6 +411,10 @@ impl DaemonArgs {
                     .hibernate_disk_mb
                     .or(file.hibernate_disk_mb)
                     .map_or(d.hibernate.disk_bytes, |mb| mb << 20),
+                pressure_percent: self
+                    .memory_pressure_percent
+                    .or(file.memory_pressure_percent)
+                    .unwrap_or(d.hibernate.pressure_percent),
             },
             queue_depth: self
                 .queue_depth
@@ -471,6 +483,9 @@ impl DaemonArgs {
                 .or(file.max_deploy_bytes)
                 .unwrap_or(a.max_deploy_bytes),
         };
+        if node.hibernate.pressure_percent > 100 {
+            bail!("memory_pressure_percent must be from 0 to 100");
+        }
         if node.keep_alive.is_zero() {
             bail!("keep_alive must be more than zero");
         }

@@ -320,13 +320,23 @@ fn bench_trace_replays_a_trace_per_keep_alive_policy() {
     );
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("cold-boot%") && stdout.contains("histogram"),
+        stdout.contains("cold-boot%")
+            && stdout.contains("hibernated%")
+            && stdout.contains("histogram+hibernate"),
         "{stdout}"
     );
     let doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&out_json).unwrap()).unwrap();
     let results = doc["results"].as_array().unwrap();
-    assert_eq!(results.len(), 2);
+    let names: Vec<&str> = results
+        .iter()
+        .map(|r| r["policy"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["fixed", "fixed+hibernate", "histogram+hibernate"],
+        "the default settings"
+    );
     for r in results {
         // 10 trace-minutes at 300x: the fixed window (and the histogram's fallback) was
         // given to the daemon, not the bench's default hour.
@@ -334,6 +344,10 @@ fn bench_trace_replays_a_trace_per_keep_alive_policy() {
         // Idle memory stays under every function's instance idle all the replay.
         let bound = 10.0 * 0.125 * r["replay_s"].as_f64().unwrap();
         assert!(r["idle_gb_s"].as_f64().unwrap() < bound, "{r}");
+        // Without hibernation nothing is kept on disk.
+        if r["policy"] == "fixed" {
+            assert_eq!(r["disk_gb_s"], 0.0, "{r}");
+        }
         assert!(!r["calls"].as_array().unwrap().is_empty(), "{r}");
     }
     for r in results {

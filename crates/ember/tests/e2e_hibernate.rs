@@ -289,11 +289,47 @@ async fn a_dump_over_the_disk_budget_stops_the_instance_instead() {
     assert!(eventually(Duration::from_secs(10), || {
         d.instance_pids().is_empty()
     }));
-    d.assert_logged("big", &["not hibernated: the dump takes"]);
+    d.assert_logged(
+        "big",
+        &[
+            "not hibernated: the dump takes",
+            "stopped instead of hibernated from now on",
+        ],
+    );
     assert!(hibernated(&d, "big").is_empty());
     let r = d.invoke("big", "{}").await;
     assert_eq!(
         (r.start.as_str(), &r.body["count"]),
         ("cold-boot", &json!(1))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_pressure_hibernates_idle_instances_before_their_keep_alive() {
+    if !need_sandbox() {
+        return;
+    }
+    let home = tempfile::tempdir().unwrap();
+    // Available memory is always under 100% of the total: always under pressure.
+    let d = Daemon::start(
+        home.path(),
+        &[
+            "--keep-alive",
+            "1h",
+            "--hibernate",
+            "1h",
+            "--memory-pressure-percent",
+            "100",
+        ],
+    );
+    d.deploy_ok("pressed", json!({"handler": "main.handler"}), &py(STATEFUL))
+        .await;
+    let r = d.invoke("pressed", "{}").await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    wait_hibernated(&d, "pressed", 1);
+    let r = d.invoke("pressed", "{}").await;
+    assert_eq!(
+        (r.start.as_str(), &r.body["count"]),
+        ("hibernated", &json!(2))
     );
 }

@@ -53,11 +53,24 @@ pub enum HibernateError {
     Superseded,
 }
 
+impl HibernateError {
+    /// Whether every instance of the same deploy would fail the same way (its threads, its
+    /// snapshot point, a dump it refuses, a size over the whole budget).
+    fn lasts(&self) -> bool {
+        matches!(
+            self,
+            HibernateError::Take(TakeError::Threads(_) | TakeError::Point(_) | TakeError::Dump(_))
+                | HibernateError::Set(HibernatedError::TooLarge { .. })
+        )
+    }
+}
+
 impl Node {
     /// Whether `d`'s idle instances are hibernated rather than stopped on this node.
     pub(in crate::node) fn hibernates(&self, d: &Deployed) -> bool {
         let c = &d.record.config;
         !self.cfg.hibernate.keep.is_zero()
+            && !d.hibernate_refused.load(Ordering::SeqCst)
             && self.sandboxes.is_some()
             && c.runtime.restorable()
             && c.snapshot != SnapshotPoint::Off
@@ -111,9 +124,19 @@ impl Node {
                         node.discard(&d, live, "hibernated");
                     }
                     Err(e) => {
-                        let msg = format!("not hibernated: {}", error_chain(&e));
+                        let mut msg = format!("not hibernated: {}", error_chain(&e));
+                        // What would fail again for every instance of this deploy: its
+                        // instances are stopped from now on, not dumped in vain.
+                        if e.lasts() && !d.hibernate_refused.swap(true, Ordering::SeqCst) {
+                            msg.push_str(
+                                "; this version's instances are stopped instead of \
+                                 hibernated from now on",
+                            );
+                        }
                         tracing::info!(function = %d.record.name, instance = %id, "{msg}");
-                        node.discard(&d, live, &msg);
+                        node.logs
+                            .append(&d.record.name, &id, "event", msg.as_bytes());
+                        node.discard(&d, live, "not hibernated");
                     }
                 }
             }
@@ -270,7 +293,14 @@ impl Node {
         };
         let t0 = Instant::now();
         let parent = self.origin_pages(&e.origin).await;
-        let (mut spec, sees, _) = self.snapshot_instance(d, e.origin.image())?;
+        let (mut spec, sees, _) = match self.snapshot_instance(d, e.origin.image()) {
+            Ok(s) => s,
+            Err(err) => {
+                let set = self.hibernated.clone();
+                tokio::task::spawn_blocking(move || set.discard(&e));
+                return Err(err.into());
+            }
+        };
         let dir = e.dir.clone();
         let set = self.hibernated.clone();
         let e2 = e.clone();
@@ -317,6 +347,39 @@ impl Node {
         );
         self.restored_started(d, &spec, &live, &how, cx.timing.init());
         Ok(live)
+    }
+
+    /// Under memory pressure (the machine's available memory under
+    /// `--memory-pressure-percent` of its total), hibernates the least recently used idle
+    /// instance of the functions that hibernate, whatever its keep-alive: one at a time,
+    /// the next once it is done.
+    pub(in crate::node) fn relieve_memory_pressure(&self) {
+        let pct = u64::from(self.cfg.hibernate.pressure_percent);
+        if pct == 0
+            || !self
+                .hibernating
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+            || super::available_percent().is_none_or(|a| a >= pct)
+        {
+            return;
+        }
+        let oldest = self
+            .read_functions()
+            .values()
+            .filter(|d| self.hibernates(d))
+            .filter_map(|d| Some((d.pool.oldest_idle()?, d.clone())))
+            .min_by_key(|(since, _)| *since);
+        let Some((_, d)) = oldest else { return };
+        let w = self.keep_alive.windows(&d.record.name);
+        if w.hibernate.is_zero() {
+            return;
+        }
+        if let Some(live) = d.pool.take_oldest() {
+            tracing::info!(function = %d.record.name, instance = live.id(), "memory pressure: an idle instance is hibernated");
+            self.hibernate_or_stop(&d, live, w.hibernate, "memory pressure");
+        }
     }
 
     /// Removes hibernated instances past their window, but for those kept ready.

@@ -113,6 +113,9 @@ struct Deployed {
     prewarmed_for: Mutex<Option<Instant>>,
     /// Its live instances by id: their host pid and when they started (listings).
     members: Mutex<HashMap<String, instances::Member>>,
+    /// Hibernating its instances failed in a way that would repeat (hibernate.rs): they are
+    /// stopped instead.
+    hibernate_refused: std::sync::atomic::AtomicBool,
 }
 
 impl Deployed {
@@ -467,6 +470,7 @@ impl Node {
             last_end: Mutex::new(None),
             prewarmed_for: Mutex::new(None),
             members: Mutex::new(HashMap::new()),
+            hibernate_refused: std::sync::atomic::AtomicBool::new(false),
             record: rec,
             env,
         });
@@ -654,18 +658,31 @@ impl Node {
             self.prewarm_due(&d, &w, live);
         }
         self.expire_hibernated();
+        self.relieve_memory_pressure();
     }
 }
 
 /// `MemTotal` of a `/proc/meminfo` text, in KiB.
 fn mem_total_kib(meminfo: &str) -> Option<u64> {
+    meminfo_kib(meminfo, "MemTotal:")
+}
+
+/// Field `name` of a `/proc/meminfo` text, in KiB.
+fn meminfo_kib(meminfo: &str, name: &str) -> Option<u64> {
     meminfo
         .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .find_map(|l| l.strip_prefix(name))?
         .split_whitespace()
         .next()?
         .parse()
         .ok()
+}
+
+/// The machine's available memory in percent of its total.
+fn available_percent() -> Option<u64> {
+    let t = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let (avail, total) = (meminfo_kib(&t, "MemAvailable:")?, mem_total_kib(&t)?);
+    Some(avail * 100 / total.max(1))
 }
 
 /// Takes the home's lock. A daemon killed a moment ago (a crash, `kill -9`, then a restart by a
@@ -735,8 +752,9 @@ fn collector(
 async fn reaper(node: Weak<Node>) {
     let period = match node.upgrade() {
         // Often enough for the histogram policy's windows too (a bin's quarter).
+        // At least every second: memory pressure is looked at as often.
         Some(n) => (n.cfg.keep_alive.min(n.cfg.keep_alive_bin) / 4)
-            .clamp(Duration::from_millis(100), Duration::from_secs(10)),
+            .clamp(Duration::from_millis(100), Duration::from_secs(1)),
         None => return,
     };
     loop {

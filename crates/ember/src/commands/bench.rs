@@ -44,9 +44,14 @@ pub enum Experiment {
     Vhive,
     /// An Azure-Functions-like trace of --functions functions (periodic, bursty, rare) over
     /// --minutes minutes, replayed --compression times faster against one daemon per
-    /// keep-alive policy (--keep-alive-policies): share of starts per rung, p50/p99 latency,
-    /// idle memory-time
+    /// keep-alive setting (--keep-alive-policies): share of starts per rung, p50/p99 latency,
+    /// idle memory-time and hibernated disk-time
     Trace,
+    /// Knix's swap tier: N instances of a function (--workloads, numpy) kept ready (--pools
+    /// N=1,10,50,100) in memory, hibernated to disk, and in memory pushed to the kernel's swap
+    /// (a swap file of its own, when the machine allows one) (--knix-modes): memory held
+    /// (PSS, swap, disk) and the latency of a burst of N requests (needs root)
+    Knix,
 }
 
 #[derive(Debug, clap::Args)]
@@ -125,9 +130,21 @@ pub struct Args {
     /// 60/compression seconds; the policies' windows shrink alike)
     #[arg(long, default_value_t = 60)]
     pub compression: u32,
-    /// trace: the keep-alive policies compared, one daemon each (fixed: 10 trace-minutes)
-    #[arg(long, value_delimiter = ',', default_value = "fixed,histogram")]
+    /// trace: the keep-alive settings compared, one daemon each: a policy (fixed: 10
+    /// trace-minutes; histogram), idle instances stopped, or with +hibernate hibernated for
+    /// a trace-hour
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "fixed,fixed+hibernate,histogram+hibernate"
+    )]
     pub keep_alive_policies: Vec<String>,
+    /// knix: the pool sizes N (instances kept ready, and requests in the burst)
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50,100")]
+    pub pools: Vec<usize>,
+    /// knix: where the N instances are kept, one daemon each: memory, hibernated, swap
+    #[arg(long, value_delimiter = ',', default_value = "memory,hibernated,swap")]
+    pub knix_modes: Vec<String>,
     /// snapshot-cache: measured requests per policy
     #[arg(long, default_value_t = 300)]
     pub requests: usize,
@@ -293,6 +310,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Experiment::SnapshotCache => return snapshot_cache(args).await,
         Experiment::Vhive => return vhive(args).await,
         Experiment::Trace => return trace(args).await,
+        Experiment::Knix => return knix(args).await,
         Experiment::Invoke => {}
     }
     let started = now_unix();
@@ -977,9 +995,12 @@ async fn trace(args: Args) -> anyhow::Result<()> {
         "--compression above 600 makes a trace minute shorter than the histogram policy's \
          smallest bin (100 ms)"
     );
-    for p in &args.keep_alive_policies {
-        ember_node::keepalive::PolicyKind::parse(p).map_err(anyhow::Error::msg)?;
-    }
+    let settings = args
+        .keep_alive_policies
+        .iter()
+        .map(|p| tr::Setting::parse(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
     let started = now_unix();
     let minute = Duration::from_secs(60) / args.compression;
     let fns = tr::generate(args.functions, args.minutes, args.seed);
@@ -997,12 +1018,17 @@ async fn trace(args: Args) -> anyhow::Result<()> {
     );
     let zip = tr::handler_zip().context("building the trace functions' zip")?;
     let mut results = Vec::new();
-    for policy in &args.keep_alive_policies {
+    for (policy, setting) in args.keep_alive_policies.iter().zip(&settings) {
         let extra = DaemonArgs {
             // The fixed policy's 10 minutes, and the histogram's minute bins, in replay time.
             keep_alive: Some(format!("{}ms", (minute * 10).as_millis())),
-            keep_alive_policy: Some(policy.clone()),
+            keep_alive_policy: Some(setting.policy.clone()),
             keep_alive_bin: Some(format!("{}ms", minute.as_millis())),
+            // A trace-hour hibernated, or stopped at once.
+            hibernate: Some(match setting.hibernate {
+                true => format!("{}ms", (minute * 60).as_millis()),
+                false => "off".into(),
+            }),
             ..Default::default()
         };
         let (client, embedded) = target(&args, "ember-bench-trace-", extra).await?;
@@ -1021,15 +1047,18 @@ async fn trace(args: Args) -> anyhow::Result<()> {
             .as_f64()
             .unwrap_or(0.0);
         let client = std::sync::Arc::new(client);
-        // Idle instances' memory, sampled while the trace plays; failed samples counted.
+        // Idle instances' memory and hibernated ones' disk, sampled while the trace plays;
+        // failed samples counted.
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let sampler = {
             let (client, done) = (client.clone(), done.clone());
             tokio::spawn(async move {
-                let (mut gb_s, mut failed, mut last) = (0.0, 0usize, Instant::now());
+                let (mut gb_s, mut disk_gb_s, mut failed) = (0.0, 0.0, 0usize);
+                let mut last = Instant::now();
                 while !done.load(std::sync::atomic::Ordering::SeqCst) {
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    let Ok(list) = client.list().await else {
+                    let (Ok(list), Ok(inst)) = (client.list().await, client.instances(None).await)
+                    else {
                         failed += 1;
                         continue;
                     };
@@ -1040,10 +1069,13 @@ async fn trace(args: Args) -> anyhow::Result<()> {
                                 * f["memory_mb"].as_f64().unwrap_or(0.0)
                         })
                         .sum();
-                    gb_s += idle_mb / 1024.0 * last.elapsed().as_secs_f64();
+                    let disk_gb = inst["hibernated_bytes"].as_f64().unwrap_or(0.0) / 1e9;
+                    let dt = last.elapsed().as_secs_f64();
+                    gb_s += idle_mb / 1024.0 * dt;
+                    disk_gb_s += disk_gb * dt;
                     last = Instant::now();
                 }
-                (gb_s, failed)
+                (gb_s, disk_gb_s, failed)
             })
         };
         let t0 = tokio::time::Instant::now();
@@ -1074,7 +1106,7 @@ async fn trace(args: Args) -> anyhow::Result<()> {
         }
         let replay_s = t0.elapsed().as_secs_f64();
         done.store(true, std::sync::atomic::Ordering::SeqCst);
-        let (idle_gb_s, sample_failures) = sampler.await?;
+        let (idle_gb_s, disk_gb_s, sample_failures) = sampler.await?;
         if sample_failures > 0 {
             eprintln!(
                 "{policy}: {sample_failures} idle-memory samples failed (their intervals are \
@@ -1086,6 +1118,7 @@ async fn trace(args: Args) -> anyhow::Result<()> {
             policy: policy.clone(),
             calls,
             idle_gb_s,
+            disk_gb_s,
             replay_s,
             keep_alive_s,
         });
@@ -1094,30 +1127,34 @@ async fn trace(args: Args) -> anyhow::Result<()> {
         }
     }
     println!(
-        "{:<10} {:>6} {:>7} {:>9} {:>7} {:>10} {:>9} {:>9} {:>12}",
+        "{:<20} {:>6} {:>7} {:>11} {:>9} {:>7} {:>10} {:>9} {:>9} {:>10} {:>10}",
         "policy",
         "calls",
         "warm%",
+        "hibernated%",
         "snapshot%",
         "image%",
         "cold-boot%",
         "p50 ms",
         "p99 ms",
-        "idle GB-s"
+        "idle GB-s",
+        "disk GB-s"
     );
     for r in &results {
         let l = r.latency();
         println!(
-            "{:<10} {:>6} {:>7.1} {:>9.1} {:>7.1} {:>10.1} {:>9.1} {:>9.1} {:>12.2}",
+            "{:<20} {:>6} {:>7.1} {:>11.1} {:>9.1} {:>7.1} {:>10.1} {:>9.1} {:>9.1} {:>10.2} {:>10.3}",
             r.policy,
             r.calls.len(),
             r.share("warm"),
+            r.share("hibernated"),
             r.share("function-snapshot"),
             r.share("image"),
             r.share("cold-boot"),
             l.p50_ms,
             l.p99_ms,
-            r.idle_gb_s
+            r.idle_gb_s,
+            r.disk_gb_s
         );
     }
     let errors: usize = results
@@ -1159,5 +1196,204 @@ async fn trace(args: Args) -> anyhow::Result<()> {
     let (json, svg) = save(args.out.clone(), "trace", started, &doc)?;
     tr::write_svg(&rows, &args.keep_alive_policies, &svg)?;
     eprintln!("wrote {} and {}", json.display(), svg.display());
+    Ok(())
+}
+
+/// `ember bench knix`: per mode a daemon of its own, per pool size N the function deployed
+/// anew with `min_instances` N; once the N are ready (warm, hibernated, or warm and pushed
+/// to swap), what they hold is read and a burst of N requests is timed.
+async fn knix(args: Args) -> anyhow::Result<()> {
+    use ember_bench::knix::{self as kx, Mode};
+    use std::time::{Duration, Instant};
+    anyhow::ensure!(
+        args.url.is_none(),
+        "bench knix starts a daemon per mode; it does not take --url"
+    );
+    anyhow::ensure!(
+        !args.pools.is_empty() && args.pools.iter().all(|&n| (1..=1000).contains(&n)),
+        "--pools takes sizes from 1 to 1000"
+    );
+    let modes = args
+        .knix_modes
+        .iter()
+        .map(|m| Mode::parse(m))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let started = now_unix();
+    let name = args.workloads.first().map_or("numpy", String::as_str);
+    let w = workloads::load(name)?.deployed_as("knix".into());
+    let mut samples = Vec::new();
+    let mut skipped = Vec::new();
+    for mode in modes {
+        if mode == Mode::Swap
+            && let Some(why) = kx::swap_unavailable()
+        {
+            eprintln!("knix: swap mode skipped: {why}");
+            skipped.push(serde_json::json!({"mode": "swap", "why": why}));
+            continue;
+        }
+        let hibernated = mode == Mode::Hibernated;
+        let extra = DaemonArgs {
+            // Hibernated a second after they are made; else kept in memory.
+            keep_alive: Some(if hibernated { "1s" } else { "1h" }.into()),
+            hibernate: Some(if hibernated { "1h" } else { "off" }.into()),
+            // Only the instances kept ready hold memory: none made ahead besides.
+            standby: Some(0),
+            ..Default::default()
+        };
+        let (client, embedded) = target(&args, "ember-bench-knix-", extra).await?;
+        // Its image first, so that every instance comes from it.
+        driver::deploy(&client, &w, &|l| eprintln!("{l}")).await?;
+        let first = client.invoke("knix", b"{}".to_vec()).await?;
+        anyhow::ensure!(
+            first.status == 200,
+            "the first invocation failed: {:?}",
+            first.error
+        );
+        let t0 = Instant::now();
+        while client.images().await?["images"].as_array().is_none_or(|a| {
+            !a.iter()
+                .any(|i| i["healthy"] == true && i["functions"].as_u64() >= Some(1))
+        }) {
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(args.snapshot_wait),
+                "no image was built for {name} within {} s",
+                args.snapshot_wait
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for &n in &args.pools {
+            let mut manifest = w.manifest.clone();
+            manifest.max_instances = Some(manifest.max_instances.unwrap_or(10).max(n as u32));
+            let mut body = manifest.deploy_body(&w.zip)?;
+            body["min_instances"] = n.into();
+            client.deploy("knix", &body, &mut |_| {}).await?;
+            let t0 = Instant::now();
+            let limit = Duration::from_secs(120 + 3 * n as u64);
+            let ready = loop {
+                let v = client.instances(Some("knix")).await?;
+                let states: Vec<&str> = v["instances"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|i| i["state"].as_str()).collect())
+                    .unwrap_or_default();
+                let count = |s: &str| states.iter().filter(|x| **x == s).count();
+                let done = match hibernated {
+                    true => count("hibernated") >= n && states.len() == count("hibernated"),
+                    false => count("warm") >= n,
+                };
+                if done {
+                    break v;
+                }
+                anyhow::ensure!(
+                    t0.elapsed() < limit,
+                    "{} of {n} instances ready after {} s: {states:?}",
+                    if hibernated {
+                        count("hibernated")
+                    } else {
+                        count("warm")
+                    },
+                    limit.as_secs()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let ready_s = t0.elapsed().as_secs_f64();
+            let pids: Vec<u32> = ready["instances"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|i| i["pid"].as_u64())
+                        .map(|p| p as u32)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let rss: u64 = pids
+                .iter()
+                .filter_map(|&p| ember_bench::stats::rss_pss_kib(p as i32))
+                .map(|(r, _)| r << 10)
+                .sum();
+            let swap_file = match mode {
+                Mode::Swap => {
+                    let path =
+                        std::env::temp_dir().join(format!("ember-bench-knix-{started}.swap"));
+                    let f =
+                        kx::SwapFile::enable(&path, rss + rss / 2).map_err(anyhow::Error::msg)?;
+                    for &p in &pids {
+                        kx::page_out(p).map_err(anyhow::Error::msg)?;
+                    }
+                    Some(f)
+                }
+                _ => None,
+            };
+            let (mut pss_bytes, mut rss_bytes, mut swap_bytes) = (0, 0, 0);
+            for &p in &pids {
+                if let Some((r, pss)) = ember_bench::stats::rss_pss_kib(p as i32) {
+                    pss_bytes += pss << 10;
+                    rss_bytes += r << 10;
+                }
+                swap_bytes += kx::swapped_bytes(p);
+            }
+            let disk_bytes = client.instances(Some("knix")).await?["hibernated_bytes"]
+                .as_u64()
+                .unwrap_or(0);
+            let daemon_rss_bytes = ember_bench::stats::rss_pss_kib(std::process::id() as i32)
+                .map_or(0, |(r, _)| r << 10);
+            // The burst: N at once.
+            let client2 = std::sync::Arc::new(client.clone());
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..n {
+                let c = client2.clone();
+                set.spawn(async move {
+                    let t = Instant::now();
+                    let r = c.invoke("knix", b"{}".to_vec()).await;
+                    (t.elapsed().as_secs_f64() * 1e3, r)
+                });
+            }
+            let (mut ms, mut starts, mut errors) =
+                (Vec::new(), std::collections::BTreeMap::new(), 0);
+            while let Some(j) = set.join_next().await {
+                let (t, r) = j?;
+                ms.push(t);
+                match r {
+                    Ok(r) if r.status == 200 => *starts.entry(r.start).or_insert(0) += 1,
+                    _ => errors += 1,
+                }
+            }
+            drop(swap_file);
+            let s = kx::Sample {
+                mode,
+                n,
+                ready_s,
+                pss_bytes,
+                rss_bytes,
+                swap_bytes,
+                disk_bytes,
+                daemon_rss_bytes,
+                burst: ember_bench::stats::summarize(&ms),
+                starts,
+                errors,
+            };
+            eprint!("{}", kx::table(std::slice::from_ref(&s)));
+            samples.push(s);
+        }
+        if let Some((running, _home)) = embedded {
+            running.stop().await?;
+        }
+    }
+    print!("{}", kx::table(&samples));
+    let doc = serde_json::json!({
+        "started_unix": started,
+        "workload": name,
+        "pools": args.pools,
+        "skipped": skipped,
+        "samples": samples,
+    });
+    let (json, svg) = save(args.out.clone(), "knix", started, &doc)?;
+    let mem = kx::write_svgs(&samples, &svg)?;
+    eprintln!(
+        "wrote {}, {} and {}",
+        json.display(),
+        svg.display(),
+        mem.display()
+    );
     Ok(())
 }
