@@ -233,8 +233,13 @@ async fn list_instances(
         s.node.get(f)?;
     }
     let (bytes, budget) = s.node.hibernated_bytes();
+    // Each instance's memory is read from /proc (its page tables walked): off the runtime.
+    let node = s.node.clone();
+    let instances = tokio::task::spawn_blocking(move || node.instances(q.function.as_deref()))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string()))?;
     Ok(axum::Json(serde_json::json!({
-        "instances": s.node.instances(q.function.as_deref()),
+        "instances": instances,
         "hibernated_bytes": bytes,
         "hibernated_budget_bytes": budget,
     }))

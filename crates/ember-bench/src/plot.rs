@@ -74,6 +74,7 @@ pub(crate) fn latency_chart<'a, 'b>(
     workloads: &[&str],
     lo: f64,
     hi: f64,
+    y_desc: &str,
 ) -> Result<LatencyChart<'a, 'b>, String> {
     let n = workloads.len() as f64;
     let mut chart = ChartBuilder::on(root)
@@ -95,7 +96,7 @@ pub(crate) fn latency_chart<'a, 'b>(
                 String::new()
             }
         })
-        .y_desc("latency (ms)")
+        .y_desc(y_desc)
         .draw()
         .map_err(|e| e.to_string())?;
     Ok(chart)
@@ -106,6 +107,18 @@ pub fn bars_svg(
     rows: &[Row],
     series: &[(&str, RGBColor)],
     title: &str,
+    path: &Path,
+) -> Result<(), PlotError> {
+    bars_svg_of(rows, series, title, "latency (ms)", path)
+}
+
+/// [`bars_svg`] of another quantity than latency, named by `y_desc` (its rows' `p50_ms` is
+/// the bar, `p99_ms` the whisker's end).
+pub fn bars_svg_of(
+    rows: &[Row],
+    series: &[(&str, RGBColor)],
+    title: &str,
+    y_desc: &str,
     path: &Path,
 ) -> Result<(), PlotError> {
     let err = |e: &dyn std::fmt::Display| PlotError {
@@ -122,7 +135,8 @@ pub fn bars_svg(
     let (lo, hi) = (lo / 2.0, hi * 2.0);
     let root = SVGBackend::new(path, (960, 540)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let mut chart = latency_chart(&root, title, 20, &workloads, lo, hi).map_err(|e| err(&e))?;
+    let mut chart =
+        latency_chart(&root, title, 20, &workloads, lo, hi, y_desc).map_err(|e| err(&e))?;
     let width = 0.8 / series.len() as f64;
     for (j, &(name, color)) in series.iter().enumerate() {
         let rows: Vec<_> = rows.iter().filter(|r| r.path == name).collect();

@@ -182,7 +182,8 @@ impl Setting {
                 hibernate,
             }),
             _ => Err(format!(
-                "{s:?} is not a setting: write fixed, histogram, fixed+hibernate or                  histogram+hibernate"
+                "{s:?} is not a setting: write fixed, histogram, fixed+hibernate or \
+                 histogram+hibernate"
             )),
         }
     }

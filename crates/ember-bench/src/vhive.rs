@@ -451,7 +451,8 @@ pub fn write_svg(rows: &[Row], path: &Path) -> Result<(), crate::plot::PlotError
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let title = "ember bench vhive: cold start by snapshot mode (box p25-p75, median, whiskers min-p99), ms";
     let mut chart =
-        crate::plot::latency_chart(&root, title, 16, &workloads, lo, hi).map_err(|e| err(&e))?;
+        crate::plot::latency_chart(&root, title, 16, &workloads, lo, hi, "latency (ms)")
+            .map_err(|e| err(&e))?;
     let colors = [
         RGBColor(0xe3, 0x4a, 0x33),
         RGBColor(0x2b, 0x8c, 0xbe),

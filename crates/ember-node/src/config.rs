@@ -218,6 +218,10 @@ pub struct HibernateConfig {
     /// least recently used idle instance is hibernated whatever its keep-alive, one at a
     /// time (0: never).
     pub pressure_percent: u8,
+    /// How a hibernated instance's pages reach it when it is woken: bulk or lazy (from its
+    /// file as it touches them, each chunk checked; bulk then the rest in the background),
+    /// or eager (its dump read and checked whole, every page installed before it runs).
+    pub policy: Policy,
 }
 
 impl Default for HibernateConfig {
@@ -226,6 +230,7 @@ impl Default for HibernateConfig {
             keep: Duration::from_secs(3600),
             disk_bytes: 2048 << 20,
             pressure_percent: 10,
+            policy: Policy::Bulk,
         }
     }
 }

@@ -55,9 +55,9 @@ pub struct Entry {
     pub instance: String,
     /// The function (or published version) it is an instance of.
     pub function: String,
-    /// Which deploy of it: the version and creation time of its record. A hibernated
-    /// instance of an earlier deploy never serves a later one.
-    pub deploy: (u64, u64),
+    /// Which deploy of it (the node numbers each function version it installs): a
+    /// hibernated instance of an earlier deploy never serves a later one.
+    pub deploy: u64,
     pub origin: Origin,
     /// Bytes on disk.
     pub bytes: u64,
@@ -191,7 +191,7 @@ impl HibernatedSet {
 
     /// The newest hibernated instance of `function`'s deploy `deploy`, out of the set (its
     /// files stay until the caller removes them with [`HibernatedSet::discard`]).
-    pub fn take(&self, function: &str, deploy: (u64, u64)) -> Option<Entry> {
+    pub fn take(&self, function: &str, deploy: u64) -> Option<Entry> {
         let mut inner = self.lock();
         let i = inner
             .entries
@@ -240,7 +240,7 @@ impl HibernatedSet {
 
     /// Removes every hibernated instance of `function` whose deploy is not `keep`
     /// (all of them when `None`). Blocking.
-    pub fn remove_function(&self, function: &str, keep: Option<(u64, u64)>) -> Vec<Entry> {
+    pub fn remove_function(&self, function: &str, keep: Option<u64>) -> Vec<Entry> {
         let out: Vec<Entry> = {
             let mut inner = self.lock();
             let (gone, kept): (Vec<Entry>, Vec<Entry>) = inner
@@ -259,8 +259,11 @@ impl HibernatedSet {
 
     /// Removes every entry. Blocking.
     pub fn clear(&self) {
-        let all = std::mem::take(&mut self.lock().entries);
-        self.lock().bytes = 0;
+        let all = {
+            let mut inner = self.lock();
+            inner.bytes = 0;
+            std::mem::take(&mut inner.entries)
+        };
         for e in &all {
             remove_files(e);
         }
@@ -272,12 +275,22 @@ impl HibernatedSet {
     }
 
     /// How many hibernated instances `function`'s deploy `deploy` has.
-    pub fn count(&self, function: &str, deploy: (u64, u64)) -> usize {
+    pub fn count(&self, function: &str, deploy: u64) -> usize {
         self.lock()
             .entries
             .iter()
             .filter(|e| e.function == function && e.deploy == deploy)
             .count()
+    }
+
+    /// Bytes on disk of `function`'s hibernated instances.
+    pub fn function_bytes(&self, function: &str) -> u64 {
+        self.lock()
+            .entries
+            .iter()
+            .filter(|e| e.function == function)
+            .map(|e| e.bytes)
+            .sum()
     }
 
     /// Bytes on disk, all entries.
@@ -323,7 +336,7 @@ mod tests {
         Entry {
             instance: id.into(),
             function: f.into(),
-            deploy: (1, 1),
+            deploy: 1,
             origin: Origin::Whole,
             bytes: 0,
             pages: 0,
@@ -352,8 +365,8 @@ mod tests {
         assert!(!evicted[0].dir.exists(), "its files are removed");
         assert!(set.bytes() <= set.budget());
         // Newest first, of the right deploy only.
-        assert_eq!(set.take("a", (1, 1)).unwrap().instance, "a-2");
-        assert!(set.take("a", (2, 1)).is_none());
+        assert_eq!(set.take("a", 1).unwrap().instance, "a-2");
+        assert!(set.take("a", 2).is_none());
         // One larger than the whole budget is refused, its staging removed.
         let e = entry(&set, "c-0", "c", 4096 * 16, hour);
         assert!(matches!(
@@ -379,7 +392,7 @@ mod tests {
         let left: Vec<_> = set.list().into_iter().map(|e| e.instance).collect();
         assert_eq!(left, ["a-2", "b-0"]);
         assert_eq!(set.remove_function("a", None).len(), 1);
-        assert_eq!(set.count("b", (1, 1)), 1);
+        assert_eq!(set.count("b", 1), 1);
     }
 
     #[test]

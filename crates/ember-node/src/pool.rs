@@ -184,10 +184,22 @@ impl Pool {
         self.idle().first().map(|i| i.since)
     }
 
-    /// The least recently used idle instance, out of the pool.
+    /// The least recently used idle instance of the current generation that is alive, out
+    /// of the pool.
     pub fn take_oldest(&self) -> Option<Live> {
+        let generation = self.generation();
         let mut idle = self.idle();
-        (!idle.is_empty()).then(|| idle.remove(0).inst)
+        let i = idle
+            .iter_mut()
+            .position(|i| i.generation == generation && !i.inst.is_gone())?;
+        Some(idle.remove(i).inst)
+    }
+
+    /// Calls `f` on every idle instance, in the pool.
+    pub fn for_each_idle(&self, mut f: impl FnMut(&mut Live)) {
+        for i in self.idle().iter_mut() {
+            f(&mut i.inst);
+        }
     }
 
     /// The ids of the idle instances, and of the pre-started ones.

@@ -14,6 +14,7 @@
 //! hibernate = "1h"          # idle instances past their keep-alive are hibernated to disk
 //!                           # for this long ("off": stopped instead)
 //! hibernate_disk_mb = 2048  # disk budget of hibernated instances (oldest removed past it)
+//! hibernate_policy = "bulk" # how a woken instance's pages come: bulk | lazy | eager
 //! memory_pressure_percent = 10 # available memory under this % of the total: idle
 //!                           # instances hibernated, least recently used first (0: never)
 //! queue_depth = 100
@@ -103,6 +104,12 @@ pub struct DaemonArgs {
     /// [default: 2048]
     #[arg(long, env = "EMBER_HIBERNATE_DISK_MB")]
     pub hibernate_disk_mb: Option<u64>,
+    /// How a woken hibernated instance's pages reach it: bulk or lazy (from its file as it
+    /// touches them, each chunk checked; bulk then the rest in the background), or eager
+    /// (its dump read and checked whole, every page installed before it runs)
+    /// [default: bulk]
+    #[arg(long, env = "EMBER_HIBERNATE_POLICY")]
+    pub hibernate_policy: Option<String>,
     /// While the machine's available memory is under this percentage of its total, idle
     /// instances are hibernated, least recently used first, whatever their keep-alive (0:
     /// never) [default: 10]
@@ -264,6 +271,7 @@ struct FileSettings {
     hibernate: Option<String>,
     hibernate_disk_mb: Option<u64>,
     memory_pressure_percent: Option<u8>,
+    hibernate_policy: Option<String>,
     queue_depth: Option<usize>,
     queue_timeout: Option<String>,
     init_timeout: Option<String>,
@@ -415,6 +423,15 @@ impl DaemonArgs {
                     .memory_pressure_percent
                     .or(file.memory_pressure_percent)
                     .unwrap_or(d.hibernate.pressure_percent),
+                policy: match self.hibernate_policy.or(file.hibernate_policy) {
+                    None => d.hibernate.policy,
+                    Some(p) => match p.parse().map_err(anyhow::Error::msg)? {
+                        p @ (Policy::Eager | Policy::Lazy | Policy::Bulk) => p,
+                        _ => bail!(
+                            "hibernate_policy {p} cannot wake a hibernated instance; use bulk, lazy or eager"
+                        ),
+                    },
+                },
             },
             queue_depth: self
                 .queue_depth

@@ -211,6 +211,14 @@ async fn an_idle_instance_is_hibernated_and_woken_with_its_warm_state() {
     );
     assert!(!dir.exists(), "the broken dump is removed");
 
+    // Stopping its instances on request removes the hibernated ones too.
+    wait_hibernated(&d, "stateful", 1);
+    d.stop_instances("stateful").await;
+    assert!(hibernated(&d, "stateful").is_empty());
+    let r = d.invoke("stateful", "{}").await;
+    assert_ne!(r.start, "hibernated", "{}", r.raw);
+    assert_eq!(r.body["count"], json!(1));
+
     // A new deploy: the earlier deploy's hibernated instances never serve it.
     wait_hibernated(&d, "stateful", 1);
     let code = format!("{STATEFUL}\nVERSION = 2\n");
@@ -320,6 +328,9 @@ async fn memory_pressure_hibernates_idle_instances_before_their_keep_alive() {
             "1h",
             "--memory-pressure-percent",
             "100",
+            // The other tests wake with the default (bulk); this one reads the dump whole.
+            "--hibernate-policy",
+            "eager",
         ],
     );
     d.deploy_ok("pressed", json!({"handler": "main.handler"}), &py(STATEFUL))

@@ -31,6 +31,8 @@ pub struct FunctionStatus {
     pub instances_prestarted: usize,
     /// Hibernated on local disk (woken by the next request that finds none warm).
     pub instances_hibernated: usize,
+    /// Their dumps' bytes on disk.
+    pub hibernated_bytes: u64,
     /// Requests queued for a free instance right now.
     pub requests_waiting: usize,
     /// Moving average of each start path's time before the handler runs, ms (this
@@ -417,6 +419,7 @@ pub(in crate::node) fn status(node: &Node, d: &Deployed) -> FunctionStatus {
         instances_idle: d.pool.idle_count(),
         instances_prestarted: d.pool.parked_count(),
         instances_hibernated: node.hibernated_count(d),
+        hibernated_bytes: node.hibernated.function_bytes(&d.record.name),
         requests_waiting: d.pool.waiting(),
         start_ms: d.start_costs.averages(),
         snapshotting: d.snapshotting.load(Ordering::SeqCst),

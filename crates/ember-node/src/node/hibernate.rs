@@ -57,10 +57,19 @@ impl HibernateError {
     /// Whether every instance of the same deploy would fail the same way (its threads, its
     /// snapshot point, a dump it refuses, a size over the whole budget).
     fn lasts(&self) -> bool {
+        use ember_snap::DumpError as D;
         matches!(
             self,
-            HibernateError::Take(TakeError::Threads(_) | TakeError::Point(_) | TakeError::Dump(_))
-                | HibernateError::Set(HibernatedError::TooLarge { .. })
+            HibernateError::Take(
+                TakeError::Threads(_)
+                    | TakeError::Dump(
+                        D::MultiThreaded { .. }
+                            | D::Vma { .. }
+                            | D::Fd { .. }
+                            | D::Path { .. }
+                            | D::Cwd { .. }
+                    )
+            ) | HibernateError::Set(HibernatedError::TooLarge { .. })
         )
     }
 }
@@ -68,27 +77,35 @@ impl HibernateError {
 impl Node {
     /// Whether `d`'s idle instances are hibernated rather than stopped on this node.
     pub(in crate::node) fn hibernates(&self, d: &Deployed) -> bool {
+        self.can_hibernate(d) && !d.hibernate_refused.load(Ordering::SeqCst)
+    }
+
+    /// Whether `d`'s instances can be hibernated on this node (and its hibernated ones
+    /// woken, even once its new ones are stopped instead).
+    pub(in crate::node) fn can_hibernate(&self, d: &Deployed) -> bool {
         let c = &d.record.config;
         !self.cfg.hibernate.keep.is_zero()
-            && !d.hibernate_refused.load(Ordering::SeqCst)
             && self.sandboxes.is_some()
             && c.runtime.restorable()
             && c.snapshot != SnapshotPoint::Off
             && !d.record.cold_only()
     }
 
-    /// Hibernates `live` (out of its pool) for `window` in the background; stops it
-    /// (`why`) when `d`'s instances are not hibernated or `window` is zero.
+    /// Hibernates `live` (out of its pool, of its pool's `generation`) for `window` in the
+    /// background; stops it (`why`) when `d`'s instances are not hibernated, `window` is
+    /// zero, or the pool was flushed since (its instances stopped on request).
     pub(in crate::node) fn hibernate_or_stop(
         &self,
         d: &Arc<Deployed>,
         live: Live,
         window: Duration,
         why: &str,
+        generation: u64,
     ) {
         if window.is_zero()
             || !self.hibernates(d)
             || live.parked.is_some()
+            || generation != d.pool.generation()
             || self.stopping.load(Ordering::SeqCst)
         {
             self.discard(d, live, why);
@@ -99,6 +116,7 @@ impl Node {
             return;
         };
         self.hibernating_mark(live.id(), true);
+        d.hibernating.fetch_add(1, Ordering::SeqCst);
         let d = d.clone();
         let span = info_span!("hibernate", function = %d.record.name, instance = %live.id());
         self.spawn_background(
@@ -106,8 +124,15 @@ impl Node {
                 let _one = node.hibernations.acquire().await;
                 let mut live = live;
                 let id = live.id().to_string();
-                let done = node.hibernate_now(&d, &mut live, window).await;
+                let done = node.hibernate_now(&d, &mut live, window, generation).await;
+                // Stopped first: it is never listed both live and hibernated.
+                let stopped = match &done {
+                    Ok(_) => "hibernated",
+                    Err(_) => "not hibernated",
+                };
+                node.discard(&d, live, stopped);
                 node.hibernating_mark(&id, false);
+                d.hibernating.fetch_sub(1, Ordering::SeqCst);
                 match done {
                     Ok(e) => {
                         let msg = format!(
@@ -121,7 +146,6 @@ impl Node {
                         );
                         node.logs
                             .append(&d.record.name, &id, "event", msg.as_bytes());
-                        node.discard(&d, live, "hibernated");
                     }
                     Err(e) => {
                         let mut msg = format!("not hibernated: {}", error_chain(&e));
@@ -136,7 +160,6 @@ impl Node {
                         tracing::info!(function = %d.record.name, instance = %id, "{msg}");
                         node.logs
                             .append(&d.record.name, &id, "event", msg.as_bytes());
-                        node.discard(&d, live, "not hibernated");
                     }
                 }
             }
@@ -167,7 +190,10 @@ impl Node {
         d: &Arc<Deployed>,
         live: &mut Live,
         window: Duration,
+        generation: u64,
     ) -> Result<Entry, HibernateError> {
+        // Still its function's current deploy, and not flushed since it left the pool.
+        let current = || self.is_current(d) && d.pool.generation() == generation;
         let origin = match (&live.snapshot, &live.image) {
             (Some(id), image) => Origin::Snapshot {
                 id: id.clone(),
@@ -176,9 +202,9 @@ impl Node {
             (None, Some(image)) => Origin::Image(image.clone()),
             (None, None) => Origin::Whole,
         };
-        if live.from_store {
+        if live.from_store && live.pages.as_ref().is_some_and(|s| !s.is_finished()) {
             return Err(HibernateError::Origin(
-                "its function snapshot is still being fetched from the snapshot store".into(),
+                "its pages are still coming from the snapshot store".into(),
             ));
         }
         let parent = self.origin_pages(&origin).await?;
@@ -191,7 +217,7 @@ impl Node {
             }
             Ok(Ok(_)) => {}
         }
-        if !self.is_current(d) {
+        if !current() {
             return Err(HibernateError::Superseded);
         }
         let staged = self.hibernated.staging(live.id());
@@ -203,6 +229,10 @@ impl Node {
                 return Err(e.into());
             }
         };
+        if !current() {
+            let _ = std::fs::remove_dir_all(&staged);
+            return Err(HibernateError::Superseded);
+        }
         let entry = Entry {
             instance: live.id().to_string(),
             function: d.record.name.clone(),
@@ -231,8 +261,8 @@ impl Node {
                 b"hibernated instance removed: the hibernation disk budget is full",
             );
         }
-        // Replaced or deleted while it was dumped: it must not outlive its deploy.
-        if !self.is_current(d) {
+        // Replaced, deleted or flushed meanwhile: it must not outlive that.
+        if !current() {
             let (set, id) = (self.hibernated.clone(), entry2.instance.clone());
             let _ = tokio::task::spawn_blocking(move || set.remove(&id)).await;
             return Err(HibernateError::Superseded);
@@ -306,10 +336,11 @@ impl Node {
         let e2 = e.clone();
         // Its files opened, then removed: the restore reads the page file it holds open,
         // whose blocks are freed once the page server has every page.
+        let policy = self.cfg.hibernate.policy;
         let opened = tokio::task::spawn_blocking(move || {
             let pages = parent
                 .map_err(|e| error_chain(&e))
-                .and_then(|parent| open_pages(&dir, parent));
+                .and_then(|parent| open_pages(&dir, parent, policy));
             set.discard(&e2);
             pages
         })
@@ -326,14 +357,14 @@ impl Node {
             restore,
             ..
         } = self
-            .restore_instance(&mut spec, sees, &hid, &opened, Policy::Bulk, sink, pooled)
+            .restore_instance(&mut spec, sees, &hid, &opened, policy, sink, pooled)
             .instrument(span)
             .await?;
         cx.timing.sandbox = Some(sandbox);
         cx.timing.restore = Some(restore);
         let (mut live, t) = self.init_restored_instance(d, live, &spec).await?;
         // A page of its file that fails its check kills it: the request runs again.
-        live.pages_may_fail = true;
+        live.pages_may_fail = policy != Policy::Eager;
         cx.timing.hook = Some(t.hook + t.after_restore);
         live.image = e.origin.image().map(String::from);
         live.snapshot = match &e.origin {
@@ -376,9 +407,10 @@ impl Node {
         if w.hibernate.is_zero() {
             return;
         }
+        let generation = d.pool.generation();
         if let Some(live) = d.pool.take_oldest() {
             tracing::info!(function = %d.record.name, instance = live.id(), "memory pressure: an idle instance is hibernated");
-            self.hibernate_or_stop(&d, live, w.hibernate, "memory pressure");
+            self.hibernate_or_stop(&d, live, w.hibernate, "memory pressure", generation);
         }
     }
 
@@ -412,7 +444,7 @@ impl Node {
 
     /// Removes the hibernated instances of `d`'s function that are not of its current deploy
     /// (all of them once it is deleted), in the background.
-    pub(in crate::node) fn forget_hibernated(&self, name: &str, keep: Option<(u64, u64)>) {
+    pub(in crate::node) fn forget_hibernated(&self, name: &str, keep: Option<u64>) {
         let set = self.hibernated.clone();
         let name = name.to_string();
         tokio::task::spawn_blocking(move || set.remove_function(&name, keep));
@@ -425,13 +457,26 @@ impl Node {
 }
 
 /// Which deploy of its function `d` is (what a hibernated instance must match).
-pub(in crate::node) fn deploy_of(d: &Deployed) -> (u64, u64) {
-    (d.record.version, d.record.created_at)
+pub(in crate::node) fn deploy_of(d: &Deployed) -> u64 {
+    d.deploy_id
 }
 
-/// A hibernated dump in `dir` opened for a lazy restore: a layer over `parent` (its own
+/// A hibernated dump in `dir` opened for its restore: eager, read whole and checked (a
+/// layer flattened over `parent`); else for a lazy one, a layer over `parent` (its own
 /// pages from its file, the parent's from memory), or a whole image read from its file.
-fn open_pages(dir: &std::path::Path, parent: Option<Arc<LoadedImage>>) -> Result<Pages, String> {
+fn open_pages(
+    dir: &std::path::Path,
+    parent: Option<Arc<LoadedImage>>,
+    policy: Policy,
+) -> Result<Pages, String> {
+    if policy == Policy::Eager {
+        let loaded = match parent {
+            Some(p) => LoadedImage::load_with_parent(dir, &p),
+            None => LoadedImage::load(dir),
+        }
+        .map_err(|e| error_chain(&e))?;
+        return Ok(Pages::in_memory(Arc::new(loaded), None));
+    }
     match parent {
         Some(parent) => {
             let (layer, lp) = LoadedImage::open_layer(dir, &parent).map_err(|e| error_chain(&e))?;

@@ -379,8 +379,11 @@ impl Node {
                 });
             }
         }
+        let live: std::collections::HashSet<String> =
+            out.iter().map(|i| i.instance.clone()).collect();
         for e in self.hibernated.list() {
-            if function.is_some_and(|f| e.function != f) {
+            // Dumped, not stopped yet: listed once, as hibernating.
+            if function.is_some_and(|f| e.function != f) || live.contains(&e.instance) {
                 continue;
             }
             out.push(InstanceStatus {

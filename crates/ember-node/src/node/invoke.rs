@@ -23,24 +23,7 @@ impl Node {
     /// node's counters.
     pub(in crate::node) fn report_pages(&self, live: &mut Live) {
         self.report_server(live);
-        // A finished page server's source may keep what it read (a file's chunks): the
-        // process has every page, so it goes, its failure kept for `page_unavailable` (not
-        // while its working set is to be recorded from it).
-        if live.records.is_none()
-            && live.pages.as_ref().is_some_and(|s| s.is_finished())
-            && let Some(Err(e)) = live.pages.take().map(|s| s.wait())
-        {
-            let why = error_chain(&e);
-            match e {
-                ember_snap::lazy::ServeError::Source { .. } if live.pages_may_fail => {
-                    live.page_failed = Some(why);
-                }
-                _ => tracing::warn!(
-                    instance = live.id(),
-                    "the page server of a restored instance failed: {why}"
-                ),
-            }
-        }
+        release_finished_server(live);
     }
 
     fn report_server(&self, live: &mut Live) {
@@ -188,7 +171,10 @@ impl Node {
                 && let Some(why) = super::restore::page_unavailable(&mut inst).await
             {
                 again = false;
-                if let Some(id) = &inst.snapshot {
+                // The store's snapshot is at fault, not a hibernated instance's own file.
+                if start != StartPath::Hibernated
+                    && let Some(id) = &inst.snapshot
+                {
                     self.lazy_sets.forget(id);
                 }
                 self.discard(d, inst, &why);
@@ -268,13 +254,8 @@ impl Node {
                 } else if let Some(w) = self.invocation_ended(d) {
                     // Its keep-alive policy pre-warms one for the next invocation instead:
                     // this one, hibernated until then (or stopped).
-                    let d = d.clone();
-                    self.hibernate_or_stop(
-                        &d,
-                        inst,
-                        w.hibernate,
-                        "stopped until its next pre-warm",
-                    );
+                    let why = "stopped until its next pre-warm";
+                    self.hibernate_or_stop(d, inst, w.hibernate, why, generation);
                 } else if let Some(stale) = d.pool.put_back(inst, generation) {
                     self.discard(d, stale, "stopped while busy");
                 }
@@ -296,7 +277,10 @@ impl Node {
             }
         };
         timing.total = t0.elapsed();
-        if matches!(start, StartPath::Image | StartPath::FunctionSnapshot) {
+        if matches!(
+            start,
+            StartPath::Image | StartPath::FunctionSnapshot | StartPath::Hibernated
+        ) {
             // Tops the standby instances and parked sandboxes up once this request is
             // answered: a refill forks and restores, which would slow the start it follows.
             self.standby_refill();
@@ -404,6 +388,27 @@ pub(in crate::node) async fn watched(
                     return Ran::Limit(reason);
                 }
             }
+        }
+    }
+}
+
+/// Lets a finished page server go: its source may keep what it read (a file's chunks), and
+/// the process has every page. Its failure is kept for `page_unavailable`; nothing is let go
+/// while the instance's working set is to be recorded from it.
+pub(in crate::node) fn release_finished_server(live: &mut Live) {
+    if live.records.is_none()
+        && live.pages.as_ref().is_some_and(|s| s.is_finished())
+        && let Some(Err(e)) = live.pages.take().map(|s| s.wait())
+    {
+        let why = error_chain(&e);
+        match e {
+            ember_snap::lazy::ServeError::Source { .. } if live.pages_may_fail => {
+                live.page_failed = Some(why);
+            }
+            _ => tracing::warn!(
+                instance = live.id(),
+                "the page server of a restored instance failed: {why}"
+            ),
         }
     }
 }

@@ -116,7 +116,16 @@ struct Deployed {
     /// Hibernating its instances failed in a way that would repeat (hibernate.rs): they are
     /// stopped instead.
     hibernate_refused: std::sync::atomic::AtomicBool,
+    /// Its instances being hibernated now (counted live, busy with nothing).
+    hibernating: std::sync::atomic::AtomicUsize,
+    /// Its hibernated instances being woken now (out of the set, not yet live).
+    waking: std::sync::atomic::AtomicUsize,
+    /// This install's number, unique in the daemon: what its hibernated instances belong to.
+    deploy_id: u64,
 }
+
+/// The number of the next function version installed (see `Deployed::deploy_id`).
+static NEXT_DEPLOY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Deployed {
     /// The size of its instances' /tmp: its own, or the node's.
@@ -471,6 +480,9 @@ impl Node {
             prewarmed_for: Mutex::new(None),
             members: Mutex::new(HashMap::new()),
             hibernate_refused: std::sync::atomic::AtomicBool::new(false),
+            hibernating: std::sync::atomic::AtomicUsize::new(0),
+            waking: std::sync::atomic::AtomicUsize::new(0),
+            deploy_id: NEXT_DEPLOY.fetch_add(1, Ordering::SeqCst),
             record: rec,
             env,
         });
@@ -651,9 +663,13 @@ impl Node {
             };
             let out = d.pool.expire(w.keep_alive, keep);
             self.discard_all(&d, out.gone, "found dead, or of an earlier generation");
+            let generation = d.pool.generation();
             for live in out.expired {
-                self.hibernate_or_stop(&d, live, w.hibernate, "idle past the keep-alive time");
+                let why = "idle past the keep-alive time";
+                self.hibernate_or_stop(&d, live, w.hibernate, why, generation);
             }
+            // Finished page servers of idle instances let go of what they read.
+            d.pool.for_each_idle(invoke::release_finished_server);
             self.fill(&d);
             self.prewarm_due(&d, &w, live);
         }

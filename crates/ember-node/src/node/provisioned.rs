@@ -65,7 +65,10 @@ impl Node {
                 let want = d.min_instances.load(Ordering::SeqCst) as usize;
                 if d.pool.is_retired()
                     || node.stopping.load(Ordering::SeqCst)
-                    || d.pool.live().load(Ordering::SeqCst) + node.hibernated_count(&d) >= want
+                    || d.pool.live().load(Ordering::SeqCst)
+                        + node.hibernated_count(&d)
+                        + d.waking.load(Ordering::SeqCst)
+                        >= want
                 {
                     break;
                 }
@@ -136,11 +139,13 @@ impl Node {
         if !self.keep_alive.learns() {
             return;
         }
+        // Those being hibernated serve nothing.
         let busy = d
             .pool
             .live()
             .load(Ordering::SeqCst)
-            .saturating_sub(d.pool.idle_count());
+            .saturating_sub(d.pool.idle_count())
+            .saturating_sub(d.hibernating.load(Ordering::SeqCst));
         let last = *d.last_end.lock().unwrap_or_else(|p| p.into_inner());
         if busy == 0
             && let Some(end) = last

@@ -1057,8 +1057,7 @@ async fn trace(args: Args) -> anyhow::Result<()> {
                 let mut last = Instant::now();
                 while !done.load(std::sync::atomic::Ordering::SeqCst) {
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    let (Ok(list), Ok(inst)) = (client.list().await, client.instances(None).await)
-                    else {
+                    let Ok(list) = client.list().await else {
                         failed += 1;
                         continue;
                     };
@@ -1069,7 +1068,11 @@ async fn trace(args: Args) -> anyhow::Result<()> {
                                 * f["memory_mb"].as_f64().unwrap_or(0.0)
                         })
                         .sum();
-                    let disk_gb = inst["hibernated_bytes"].as_f64().unwrap_or(0.0) / 1e9;
+                    let disk_gb = list
+                        .iter()
+                        .map(|f| f["hibernated_bytes"].as_f64().unwrap_or(0.0))
+                        .sum::<f64>()
+                        / 1e9;
                     let dt = last.elapsed().as_secs_f64();
                     gb_s += idle_mb / 1024.0 * dt;
                     disk_gb_s += disk_gb * dt;

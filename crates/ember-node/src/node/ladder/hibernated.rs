@@ -11,6 +11,8 @@
 //! fails its checks, a restore error) falls through to the function snapshot; the
 //! hibernated instance is gone either way (it was taken out of the set).
 
+use std::sync::atomic::Ordering;
+
 use super::{Attempt, AttemptFuture, Rung, StartPath};
 use crate::live::Live;
 use crate::node::hibernate::deploy_of;
@@ -33,14 +35,20 @@ impl<'c> Rung<StartCx<'c>, Live> for Hibernated {
     fn attempt<'a>(&'a self, cx: &'a mut StartCx<'c>) -> AttemptFuture<'a, Live> {
         Box::pin(async move {
             let (node, d) = (cx.node, cx.d);
-            if cx.background || !node.hibernates(d) {
+            if cx.background || !node.can_hibernate(d) {
                 return Attempt::Skipped;
             }
+            // Counted as waking until it is live (or failed): a fill of the instances kept
+            // ready must not start one for it meanwhile.
+            d.waking.fetch_add(1, Ordering::SeqCst);
             let Some(entry) = node.hibernated.take(&d.record.name, deploy_of(d)) else {
+                d.waking.fetch_sub(1, Ordering::SeqCst);
                 return Attempt::Skipped;
             };
             let what = format!("hibernated instance {}", entry.instance);
-            match node.wake(cx, entry).await {
+            let woken = node.wake(cx, entry).await;
+            d.waking.fetch_sub(1, Ordering::SeqCst);
+            match woken {
                 Ok(live) => Attempt::Started(live),
                 Err(Blame::Function(outcome)) => Attempt::Ended(outcome),
                 Err(Blame::Snapshot(error)) => Attempt::Failed { what, error },
