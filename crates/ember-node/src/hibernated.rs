@@ -211,62 +211,59 @@ impl HibernatedSet {
     /// the `ready(function)` newest stay whatever their age (instances kept ready).
     /// Blocking.
     pub fn expire(&self, now: Instant, ready: impl Fn(&str) -> usize) -> Vec<Entry> {
-        let out = {
-            let mut inner = self.lock();
-            let mut kept_ready: std::collections::HashMap<String, usize> = Default::default();
-            let mut keep = vec![true; inner.entries.len()];
-            for (i, e) in inner.entries.iter().enumerate().rev() {
-                let n = kept_ready.entry(e.function.clone()).or_default();
+        self.remove_where(|entries| {
+            let mut kept_ready: std::collections::HashMap<&str, usize> = Default::default();
+            let mut leaves = vec![false; entries.len()];
+            for (i, e) in entries.iter().enumerate().rev() {
+                let n = kept_ready.entry(e.function.as_str()).or_default();
                 if *n < ready(&e.function) {
                     *n += 1;
-                } else if now >= e.until {
-                    keep[i] = false;
+                } else {
+                    leaves[i] = now >= e.until;
                 }
             }
-            let mut out = Vec::new();
-            let mut kept = Vec::new();
-            for (e, k) in inner.entries.drain(..).zip(keep) {
-                if k { kept.push(e) } else { out.push(e) }
-            }
-            inner.entries = kept;
-            inner.bytes = inner.entries.iter().map(|e| e.bytes).sum();
-            out
-        };
-        for e in &out {
-            remove_files(e);
-        }
-        out
+            leaves
+        })
     }
 
     /// Removes every hibernated instance of `function` whose deploy is not `keep`
     /// (all of them when `None`). Blocking.
     pub fn remove_function(&self, function: &str, keep: Option<u64>) -> Vec<Entry> {
-        let out: Vec<Entry> = {
+        self.remove_where(|entries| {
+            entries
+                .iter()
+                .map(|e| e.function == function && Some(e.deploy) != keep)
+                .collect()
+        })
+    }
+
+    /// Removes every entry. Blocking.
+    pub fn clear(&self) {
+        self.remove_where(|entries| vec![true; entries.len()]);
+    }
+
+    /// Takes the entries `pick` marks (given all of them, oldest first, under the set's
+    /// lock) out of the set and removes their files. Blocking.
+    fn remove_where(&self, pick: impl FnOnce(&[Entry]) -> Vec<bool>) -> Vec<Entry> {
+        let out = {
             let mut inner = self.lock();
-            let (gone, kept): (Vec<Entry>, Vec<Entry>) = inner
-                .entries
-                .drain(..)
-                .partition(|e| e.function == function && Some(e.deploy) != keep);
+            let leaves = pick(&inner.entries);
+            let all = std::mem::take(&mut inner.entries);
+            let (mut gone, mut kept) = (Vec::new(), Vec::new());
+            for (i, e) in all.into_iter().enumerate() {
+                match leaves.get(i).copied().unwrap_or(false) {
+                    true => gone.push(e),
+                    false => kept.push(e),
+                }
+            }
+            inner.bytes = kept.iter().map(|e| e.bytes).sum();
             inner.entries = kept;
-            inner.bytes = inner.entries.iter().map(|e| e.bytes).sum();
             gone
         };
         for e in &out {
             remove_files(e);
         }
         out
-    }
-
-    /// Removes every entry. Blocking.
-    pub fn clear(&self) {
-        let all = {
-            let mut inner = self.lock();
-            inner.bytes = 0;
-            std::mem::take(&mut inner.entries)
-        };
-        for e in &all {
-            remove_files(e);
-        }
     }
 
     /// Every hibernated instance, oldest first.
