@@ -135,12 +135,14 @@ impl HibernatedSet {
     }
 
     /// Adds the dump in `staged` as `entry` (its `bytes` counted here, its `dir` set), then
-    /// evicts the oldest until the set fits its budget; gives back its bytes and those
-    /// evicted (their files removed). Blocking.
+    /// evicts the oldest until the set fits its budget, those kept ready last (of each
+    /// function's, the `ready(function)` newest); gives back its bytes and those evicted
+    /// (their files removed). Blocking.
     pub fn add(
         &self,
         staged: &Path,
         mut entry: Entry,
+        ready: impl Fn(&str) -> usize,
     ) -> Result<(u64, Vec<Entry>), HibernatedError> {
         let bytes = dir_bytes(staged);
         if bytes > self.budget {
@@ -164,7 +166,9 @@ impl HibernatedSet {
             inner.entries.push(entry);
             let mut out = Vec::new();
             while inner.bytes > self.budget && !inner.entries.is_empty() {
-                let e = inner.entries.remove(0);
+                let spared = kept_ready(&inner.entries, &ready);
+                let i = (0..inner.entries.len()).find(|&i| !spared[i]).unwrap_or(0);
+                let e = inner.entries.remove(i);
                 inner.bytes -= e.bytes;
                 out.push(e);
             }
@@ -212,17 +216,12 @@ impl HibernatedSet {
     /// Blocking.
     pub fn expire(&self, now: Instant, ready: impl Fn(&str) -> usize) -> Vec<Entry> {
         self.remove_where(|entries| {
-            let mut kept_ready: std::collections::HashMap<&str, usize> = Default::default();
-            let mut leaves = vec![false; entries.len()];
-            for (i, e) in entries.iter().enumerate().rev() {
-                let n = kept_ready.entry(e.function.as_str()).or_default();
-                if *n < ready(&e.function) {
-                    *n += 1;
-                } else {
-                    leaves[i] = now >= e.until;
-                }
-            }
-            leaves
+            let spared = kept_ready(entries, &ready);
+            entries
+                .iter()
+                .zip(spared)
+                .map(|(e, spared)| !spared && now >= e.until)
+                .collect()
         })
     }
 
@@ -296,6 +295,21 @@ impl HibernatedSet {
     }
 }
 
+/// Which of `entries` (oldest first) are kept ready: of each function's, the
+/// `ready(function)` newest.
+fn kept_ready(entries: &[Entry], ready: &impl Fn(&str) -> usize) -> Vec<bool> {
+    let mut seen: std::collections::HashMap<&str, usize> = Default::default();
+    let mut out = vec![false; entries.len()];
+    for (i, e) in entries.iter().enumerate().rev() {
+        let n = seen.entry(e.function.as_str()).or_default();
+        if *n < ready(&e.function) {
+            *n += 1;
+            out[i] = true;
+        }
+    }
+    out
+}
+
 /// Its window from now.
 pub fn until(window: Duration) -> Instant {
     Instant::now() + window
@@ -352,11 +366,16 @@ mod tests {
         let hour = Duration::from_secs(3600);
         for i in 0..3 {
             let e = entry(&set, &format!("a-{i}"), "a", 4096 * 4, hour);
-            assert!(set.add(&set.staging(&e.instance), e).unwrap().1.is_empty());
+            assert!(
+                set.add(&set.staging(&e.instance), e, |_| 0)
+                    .unwrap()
+                    .1
+                    .is_empty()
+            );
         }
         assert_eq!(set.list().len(), 3);
         let e = entry(&set, "b-0", "b", 4096 * 4, hour);
-        let (_, evicted) = set.add(&set.staging("b-0"), e).unwrap();
+        let (_, evicted) = set.add(&set.staging("b-0"), e, |_| 0).unwrap();
         assert_eq!(evicted.len(), 1);
         assert_eq!(evicted[0].instance, "a-0");
         assert!(!evicted[0].dir.exists(), "its files are removed");
@@ -367,10 +386,25 @@ mod tests {
         // One larger than the whole budget is refused, its staging removed.
         let e = entry(&set, "c-0", "c", 4096 * 16, hour);
         assert!(matches!(
-            set.add(&set.staging("c-0"), e),
+            set.add(&set.staging("c-0"), e, |_| 0),
             Err(HibernatedError::TooLarge { .. })
         ));
         assert!(!set.staging("c-0").exists());
+    }
+
+    #[test]
+    fn eviction_takes_those_kept_ready_last() {
+        let t = tempfile::tempdir().unwrap();
+        let set = HibernatedSet::open(t.path().join("h"), 2 * 4096 * 4).unwrap();
+        let hour = Duration::from_secs(3600);
+        // The oldest is function a's one instance kept ready: b's older one goes instead.
+        for (id, f) in [("a-0", "a"), ("b-0", "b"), ("b-1", "b")] {
+            let e = entry(&set, id, f, 4096 * 4, hour);
+            set.add(&set.staging(id), e, |f| usize::from(f == "a"))
+                .unwrap();
+        }
+        let left: Vec<_> = set.list().into_iter().map(|e| e.instance).collect();
+        assert_eq!(left, ["a-0", "b-1"]);
     }
 
     #[test]
@@ -379,10 +413,10 @@ mod tests {
         let set = HibernatedSet::open(t.path().join("h"), 1 << 30).unwrap();
         for i in 0..3 {
             let e = entry(&set, &format!("a-{i}"), "a", 4096, Duration::ZERO);
-            set.add(&set.staging(&e.instance), e).unwrap();
+            set.add(&set.staging(&e.instance), e, |_| 0).unwrap();
         }
         let e = entry(&set, "b-0", "b", 4096, Duration::from_secs(3600));
-        set.add(&set.staging("b-0"), e).unwrap();
+        set.add(&set.staging("b-0"), e, |_| 0).unwrap();
         let gone = set.expire(Instant::now(), |f| if f == "a" { 1 } else { 0 });
         let names: Vec<_> = gone.iter().map(|e| e.instance.as_str()).collect();
         assert_eq!(names, ["a-0", "a-1"]);

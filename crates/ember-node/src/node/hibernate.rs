@@ -248,9 +248,12 @@ impl Node {
         };
         let set = self.hibernated.clone();
         let mut entry2 = entry.clone();
-        let added = tokio::task::spawn_blocking(move || set.add(&staged, entry))
-            .await
-            .map_err(|e| TakeError::Task(e.to_string()))?;
+        let ready = self.ready_wanted();
+        let added = tokio::task::spawn_blocking(move || {
+            set.add(&staged, entry, |f| ready.get(f).copied().unwrap_or(0))
+        })
+        .await
+        .map_err(|e| TakeError::Task(e.to_string()))?;
         let (bytes, evicted) = added?;
         entry2.bytes = bytes;
         for e in evicted {
@@ -419,15 +422,7 @@ impl Node {
         if self.hibernated.list().is_empty() {
             return;
         }
-        let ready: std::collections::HashMap<String, usize> = self
-            .read_functions()
-            .values()
-            .map(|d| {
-                let min = d.min_instances.load(Ordering::SeqCst) as usize;
-                let live = d.pool.live().load(Ordering::SeqCst);
-                (d.record.name.clone(), min.saturating_sub(live))
-            })
-            .collect();
+        let ready = self.ready_wanted();
         let set = self.hibernated.clone();
         let logs = self.logs.clone();
         tokio::task::spawn_blocking(move || {
@@ -440,6 +435,24 @@ impl Node {
                 );
             }
         });
+    }
+
+    /// Per function, how many of its hibernated instances are kept ready: those its
+    /// `min_instances` wants beyond its live ones (not counting those being hibernated).
+    fn ready_wanted(&self) -> std::collections::HashMap<String, usize> {
+        self.read_functions()
+            .values()
+            .map(|d| {
+                let min = d.min_instances.load(Ordering::SeqCst) as usize;
+                // Those being hibernated are about to be hibernated ones.
+                let live = d
+                    .pool
+                    .live()
+                    .load(Ordering::SeqCst)
+                    .saturating_sub(d.hibernating.load(Ordering::SeqCst));
+                (d.record.name.clone(), min.saturating_sub(live))
+            })
+            .collect()
     }
 
     /// Removes the hibernated instances of `d`'s function that are not of its current deploy
