@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! invoke (invoke.rs): lookup -> admit (queue or 429) -> the ladder (ladder/): warm ->
-//!           pre-made -> | crash-loop gate | -> dependency image -> cold boot
-//!         -> run -> put back
+//!           pre-made -> | crash-loop gate | -> hibernated -> function snapshot ->
+//!           dependency image -> cold boot
+//!         -> run -> put back (or hibernate: hibernate.rs)
 //! deploy (deploy.rs): check -> code (staged, content-addressed) -> environment -> registry
 //!           txn -> new pool -> (images on deploy) an image for its package set, in the
 //!           background (image_build.rs)
@@ -18,7 +19,9 @@
 //! | `bundled.rs` | a code's `requirements.txt`, and bundled packages built for another Python |
 //! | `invoke.rs` | one invocation: admission, the ladder, the run, the answer |
 //! | `ladder/` | the start ladder: one file per rung behind one trait |
-//! | `instances.rs` | an instance's sandbox, spec, pre-made sandboxes, stopping |
+//! | `instances.rs` | an instance's sandbox, spec, pre-made sandboxes, stopping; the instance listing |
+//! | `hibernate.rs` | hibernating idle instances to disk and waking them (the Knix tier) |
+//! | `provisioned.rs` | instances kept ready (`min_instances`) and pre-warms |
 //! | `restore.rs` | a restore into a fresh sandbox (images and their test restores) |
 //! | `standby.rs` | image instances restored ahead of demand, taken by the image rung |
 //! | `templates.rs` | images restored once and parked; their standbys forked from them |
