@@ -96,7 +96,7 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.contains("hibernated") && t.contains("disk") && t.contains("60s ago"),
+            t.contains("hibernated") && t.contains("disk") && t.contains("1m ago"),
             "{t}"
         );
         assert!(t.contains("function snapshot s1"), "{t}");
