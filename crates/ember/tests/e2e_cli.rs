@@ -228,18 +228,20 @@ async fn the_snapshot_point_and_the_snapshot_cache_through_the_cli() {
     );
     let ls = d.cli(&["ls"]);
     assert!(ls.ok, "{}", ls.stderr);
+    // The SNAPSHOT column: where its header starts.
+    let header = ls.stdout.lines().next().unwrap_or_default();
+    let at = header.find("SNAPSHOT").expect("a SNAPSHOT column");
     let point = |name: &str| {
         let line = ls
             .stdout
             .lines()
             .find(|l| l.starts_with(&format!("{name} ")))
             .unwrap_or_else(|| panic!("{name} not listed: {}", ls.stdout));
-        line.split_whitespace()
-            .nth(6)
+        line.get(at..)
+            .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_default()
             .to_string()
     };
-    assert!(ls.stdout.lines().next().unwrap().contains("SNAPSHOT"));
     assert_eq!(point("snap-off"), "off", "{}", ls.stdout);
     assert_eq!(point("snap-vhive"), "after-first-invoke", "{}", ls.stdout);
     let shown = d.get_json("/v1/functions/snap-off").await;
