@@ -17,7 +17,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// What a hibernated instance's memory is a layer over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,11 +310,6 @@ fn kept_ready(entries: &[Entry], ready: &impl Fn(&str) -> usize) -> Vec<bool> {
     out
 }
 
-/// Its window from now.
-pub fn until(window: Duration) -> Instant {
-    Instant::now() + window
-}
-
 fn remove_files(e: &Entry) {
     if let Err(err) = std::fs::remove_dir_all(&e.dir)
         && err.kind() != std::io::ErrorKind::NotFound
@@ -339,6 +334,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn entry(set: &HibernatedSet, id: &str, f: &str, bytes: usize, window: Duration) -> Entry {
         let staged = set.staging(id);
@@ -354,7 +350,7 @@ mod tests {
             dump_ms: 0.0,
             at: Instant::now(),
             at_unix: 0,
-            until: until(window),
+            until: Instant::now() + window,
             dir: PathBuf::new(),
         }
     }

@@ -243,7 +243,7 @@ impl Node {
             dump_ms: t0.elapsed().as_secs_f64() * 1e3,
             at: Instant::now(),
             at_unix: now_secs(),
-            until: crate::hibernated::until(window),
+            until: Instant::now() + window,
             dir: PathBuf::new(),
         };
         let set = self.hibernated.clone();
