@@ -20,6 +20,29 @@ use std::time::Duration;
 use ember_node::Node;
 
 pub use error::ApiError;
+pub use routes::parse_deploy;
+
+/// Whether `headers` carry `Authorization: Bearer <token>` (compared in constant time).
+pub fn bearer_ok(headers: &axum::http::HeaderMap, token: &str) -> bool {
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    given
+        .strip_prefix(b"Bearer ")
+        .is_some_and(|t| routes::same_secret(t, token.as_bytes()))
+}
+
+/// Serves any `app` (the cluster gateway's) on `listener` with the API's connection limits
+/// (head, body and idle timeouts, a connection cap) until `shutdown` resolves.
+pub async fn serve_app(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: ConnectionLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    server::serve(listener, app, limits, shutdown).await
+}
 
 /// Limits and access settings of the API.
 #[derive(Debug, Clone)]
@@ -30,6 +53,10 @@ pub struct ApiConfig {
     pub max_event_bytes: usize,
     /// Largest deploy request accepted (the zip travels base64-encoded inside it).
     pub max_deploy_bytes: usize,
+    /// The node is a cluster's (`ember serve --cluster`): its functions come from the
+    /// cluster's definitions, so deploys and deletes here are refused (409, sent to the
+    /// gateway instead).
+    pub cluster_member: bool,
 }
 
 impl Default for ApiConfig {
@@ -39,6 +66,7 @@ impl Default for ApiConfig {
             max_event_bytes: 6 * 1024 * 1024,
             // Lambda's request cap for CreateFunction (a 50 MB zip, base64, in JSON).
             max_deploy_bytes: 70_167_211,
+            cluster_member: false,
         }
     }
 }

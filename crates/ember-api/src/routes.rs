@@ -67,7 +67,7 @@ pub(crate) fn router(state: AppState) -> Router {
 }
 
 /// Compares without an early exit, so response time does not reveal the token.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -206,6 +206,7 @@ async fn describe(
 }
 
 async fn remove(State(s): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    refuse_in_cluster(&s)?;
     s.node.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -271,7 +272,23 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 /// Parses a deploy body: the function's configuration plus an optional `code_zip`.
-fn parse_deploy(body: &[u8]) -> Result<(FunctionConfig, Option<Vec<u8>>), ApiError> {
+/// A cluster's node takes its functions from the cluster's definitions (etcd): changing
+/// them here would last only until the node next reconciles.
+fn refuse_in_cluster(s: &AppState) -> Result<(), ApiError> {
+    if s.cfg.cluster_member {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "ClusterManaged",
+            "this node belongs to a cluster: deploy and delete functions through the \
+             cluster's gateway (ember gateway), which every node follows",
+        ));
+    }
+    Ok(())
+}
+
+/// A deploy request's body (`PUT /v1/functions/{name}`): the function's configuration and
+/// its zip, decoded (`code_zip`, optional on update).
+pub fn parse_deploy(body: &[u8]) -> Result<(FunctionConfig, Option<Vec<u8>>), ApiError> {
     let mut doc: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body)
         .map_err(|e| {
             ApiError::bad_request(
@@ -318,6 +335,7 @@ async fn deploy(
     body: Body,
 ) -> Result<Response, ApiError> {
     validate_name(&name).map_err(|e| ApiError::bad_request("InvalidFunction", e.to_string()))?;
+    refuse_in_cluster(&s)?;
     let bytes = read_body(&s, &headers, body, s.cfg.max_deploy_bytes, "deploy request").await?;
     let (config, zip) = parse_deploy(&bytes)?;
     drop(bytes);

@@ -28,8 +28,8 @@ pub use config::{
 };
 pub use function::{FunctionConfig, FunctionRecord, InvalidFunction, Runtime, SnapshotPoint};
 pub use node::{
-    AliasChange, FunctionStatus, InstanceState, InstanceStatus, Invocation, InvokeOptions,
-    InvokeOutcome, LayerMeta, Node, NodeError, NodeErrorKind, SnapshotUsage, StartPath, StoredCode,
-    StoredSnapshot, Timing, error_chain,
+    AliasChange, FunctionHoldings, FunctionStatus, Holdings, InstanceState, InstanceStatus,
+    Invocation, InvokeOptions, InvokeOutcome, LayerMeta, Load, Node, NodeError, NodeErrorKind,
+    SnapshotUsage, StartPath, StoredCode, StoredSnapshot, Timing, error_chain,
 };
 pub use snapshots::{SnapshotError, SnapshotInfo, SnapshotStatus, SnapshotStore};

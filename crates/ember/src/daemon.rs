@@ -10,6 +10,7 @@ use crate::settings::Settings;
 
 pub struct Running {
     pub addr: SocketAddr,
+    pub node: std::sync::Arc<Node>,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -64,7 +65,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             let _ = stopped.await;
         },
     ));
-    Ok(Running { addr, stop, task })
+    Ok(Running {
+        addr,
+        node,
+        stop,
+        task,
+    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -23,8 +23,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the single-node platform (API on 127.0.0.1:8080 by default)
+    /// Run a node: the single-node platform (API on 127.0.0.1:8080 by default), or with
+    /// --cluster one node of a cluster
     Serve(commands::serve::Args),
+    /// Run a cluster's gateway: the API front end that stores deploys in etcd and the S3
+    /// store and places invocations on the nodes
+    Gateway(commands::gateway::Args),
     /// Serve, deploy the examples, invoke each cold and warm, then keep serving
     Up(commands::up::Args),
     /// Create or update a function from a directory or a zip file
@@ -67,6 +71,7 @@ async fn main() -> std::process::ExitCode {
     init_tracing(&cli.log_format);
     let r = match cli.command {
         Command::Serve(a) => commands::serve::run(a).await,
+        Command::Gateway(a) => commands::gateway::run(a).await,
         Command::Up(a) => commands::up::run(a).await,
         Command::Deploy(a) => commands::deploy::run(a).await,
         Command::Invoke(a) => commands::invoke::run(a).await,

@@ -490,6 +490,7 @@ impl DaemonArgs {
             snapshots,
         };
         let api = ApiConfig {
+            cluster_member: false,
             token: self.token.or(file.token).filter(|t| !t.is_empty()),
             max_event_bytes: self
                 .max_event_bytes

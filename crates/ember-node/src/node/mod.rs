@@ -21,6 +21,7 @@
 //! | `ladder/` | the start ladder: one file per rung behind one trait |
 //! | `instances.rs` | an instance's sandbox, spec, pre-made sandboxes, stopping; the instance listing |
 //! | `hibernate.rs` | hibernating idle instances to disk and waking them (the Knix tier) |
+//! | `holdings.rs` | what the node holds per function, and its load (a cluster's placement) |
 //! | `provisioned.rs` | instances kept ready (`min_instances`) and pre-warms |
 //! | `restore.rs` | a restore into a fresh sandbox (images and their test restores) |
 //! | `standby.rs` | image instances restored ahead of demand, taken by the image rung |
@@ -58,6 +59,7 @@ mod error;
 mod events;
 mod fetch;
 mod hibernate;
+mod holdings;
 mod image_build;
 mod instances;
 mod invocation;
@@ -81,6 +83,7 @@ use deploy::precompile;
 pub use deploy::{FunctionStatus, StoredCode};
 pub use ember_snap::error_chain;
 pub use error::{NodeError, NodeErrorKind};
+pub use holdings::{FunctionHoldings, Holdings, Load};
 use instances::instance_id;
 pub use instances::{InstanceState, InstanceStatus};
 pub use invocation::{Invocation, InvokeOptions, InvokeOutcome, Timing};

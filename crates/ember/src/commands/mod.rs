@@ -1,7 +1,9 @@
 //! One module per CLI verb.
 
 pub mod bench;
+pub mod cluster;
 pub mod deploy;
+pub mod gateway;
 pub mod image;
 pub mod instances;
 pub mod invoke;

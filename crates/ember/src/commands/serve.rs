@@ -1,5 +1,12 @@
-//! `ember serve`: run the single-node platform until Ctrl-C or SIGTERM.
+//! `ember serve`: run a node until Ctrl-C or SIGTERM: the single-node platform, or with
+//! `--cluster` one node of a cluster (it joins etcd, follows the cluster's functions and
+//! publishes what it holds; see docs/cluster.md).
 
+use anyhow::Context;
+use ember_cluster::member::{Member, MemberConfig};
+use ember_node::SnapshotMode;
+
+use super::cluster::EtcdArgs;
 use crate::daemon;
 use crate::settings::DaemonArgs;
 
@@ -7,18 +14,72 @@ use crate::settings::DaemonArgs;
 pub struct Args {
     #[command(flatten)]
     pub daemon: DaemonArgs,
+    /// Join a cluster: etcd's client URLs, comma-separated. The node then serves the
+    /// cluster's functions (deployed through `ember gateway`) and keeps code and snapshots in
+    /// the S3 store (EMBER_S3_*; snapshots = "remote")
+    #[arg(long, env = "EMBER_CLUSTER")]
+    pub cluster: Option<String>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// This node's name in the cluster, unique (a Kubernetes node's name when nodes run as
+    /// pods) [default: the host name]
+    #[arg(long, env = "EMBER_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The URL gateways reach this node's API at; without it --listen must be a routable
+    /// address [default: http://<--listen>]
+    #[arg(long, env = "EMBER_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "ember-node".to_string())
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let settings = args.daemon.resolve()?;
+    let mut settings = args.daemon.resolve()?;
+    if args.cluster.is_some() {
+        settings.node.snapshots.mode = SnapshotMode::Remote;
+        settings.node.store = ember_store::S3Config::from_env()?;
+        settings.api.cluster_member = true;
+    }
     let home = settings.node.home.clone();
     let running = daemon::start(settings).await?;
+    // First: scripts and tests read the URL off this line.
     println!(
         "ember listening on {} (home {})",
         running.url(),
         home.display()
     );
+    let member = match &args.cluster {
+        None => None,
+        Some(list) => {
+            let (client, keys, code) =
+                super::cluster::open(list, &args.etcd, &home.join("cluster-staging")).await?;
+            let url = match args.advertise_url {
+                Some(u) => u,
+                None if running.addr.ip().is_unspecified() => anyhow::bail!(
+                    "--listen {} is every address: give the one gateways reach with \
+                     --advertise-url",
+                    running.addr
+                ),
+                None => running.url(),
+            };
+            let id = args.node_name.unwrap_or_else(host_name);
+            ember_node::function::validate_name(&id)
+                .with_context(|| format!("--node-name {id:?}"))?;
+            tracing::info!("node {id} joining the cluster at {list}; gateways reach it at {url}");
+            let cfg = MemberConfig::new(keys, id, url);
+            Some(Member::start(client, running.node.clone(), code, cfg))
+        }
+    };
     daemon::signalled().await;
     tracing::info!("shutting down");
+    if let Some(m) = member {
+        m.leave().await;
+    }
     running.stop().await
 }

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
+pub mod netns;
+
 pub const EMBER: &str = env!("CARGO_BIN_EXE_ember");
 
 pub fn examples() -> PathBuf {

@@ -1,0 +1,293 @@
+//! An invocation through the gateway: placed (the policy orders the nodes that serve the
+//! function's current definition), then forwarded to the first node's `/v1` API.
+//!
+//! A node that refuses the request before running it (the connection refused, 429: its
+//! queue for the function is full, 503: busy or stopping, 404: it has not deployed the
+//! function yet) is skipped for the next one. A node that took the request and then failed
+//! to answer is not: the request may have run there, and running it again could run it
+//! twice; the client gets 502 `NodeLost` and decides.
+//!
+//! The response carries the node's (status, headers, body) plus `Ember-Node` (which node
+//! served it) and `Ember-Placement` (`<tier>;us=<µs the placement took>;tried=<n>`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ember_api::ApiError;
+use futures::StreamExt;
+
+use super::Gateway;
+use crate::placement::{Candidate, Tier};
+
+/// Which node served the request.
+pub const NODE_HEADER: &str = "ember-node";
+/// How it was placed: `<tier>;us=<placement µs>;tried=<nodes tried>`.
+pub const PLACEMENT_HEADER: &str = "ember-placement";
+
+/// A request body must arrive within this (plus a second per 64 KiB).
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads a body of at most `limit` bytes (413 beyond; 408 when it trickles).
+pub(super) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    what: &str,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLarge",
+            format!("the {what} is larger than the limit of {limit} bytes"),
+        )
+    };
+    if headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > limit as u64)
+    {
+        return Err(too_large());
+    }
+    let started = tokio::time::Instant::now();
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    loop {
+        let granted = BODY_TIMEOUT + Duration::from_secs((buf.len() / (64 << 10)) as u64);
+        let next = tokio::time::timeout_at(started + granted, stream.next())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "RequestTimeout",
+                    format!("the {what} did not arrive in time"),
+                )
+            })?;
+        match next {
+            None => return Ok(Bytes::from(buf)),
+            Some(Err(e)) => {
+                return Err(ApiError::bad_request(
+                    "BadRequest",
+                    format!("reading the {what}: {e}"),
+                ));
+            }
+            Some(Ok(chunk)) => {
+                if buf.len() + chunk.len() > limit {
+                    return Err(too_large());
+                }
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+/// Request headers not passed to the node: hop-by-hop ones, and those the gateway sets.
+fn passed(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+            | "authorization"
+    )
+}
+
+/// One request of this gateway running on a node (counted for placement while it runs).
+struct Running<'g> {
+    g: &'g Gateway,
+    key: (String, String),
+}
+
+impl<'g> Running<'g> {
+    fn new(g: &'g Gateway, node: &str, function: &str) -> Running<'g> {
+        let key = (node.to_string(), function.to_string());
+        *g.own
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.clone())
+            .or_default() += 1;
+        Running { g, key }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut own = self.g.own.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = own.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                own.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// A node tried, and what ranked it.
+struct Choice {
+    id: String,
+    url: String,
+    tier: Tier,
+}
+
+impl Gateway {
+    /// The nodes that serve `function` at `revision`, best first, and how long ordering
+    /// them took.
+    fn place(&self, function: &str, revision: i64) -> (Vec<Choice>, Duration) {
+        let started = Instant::now();
+        let records = self.records();
+        let own = self.own.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let node_own = |id: &str| -> u32 {
+            own.iter()
+                .filter(|((n, _), _)| n == id)
+                .map(|(_, c)| *c)
+                .sum()
+        };
+        let mut candidates: Vec<Candidate<'_>> = records
+            .values()
+            .filter(|r| r.serves(function, revision) && self.reachable(&r.id))
+            .map(|r| Candidate {
+                id: &r.id,
+                holdings: r.holdings.functions.get(function),
+                in_flight: r.holdings.load.in_flight + node_own(&r.id),
+                memory_mb: r.holdings.load.memory_mb,
+                own_in_flight: own
+                    .get(&(r.id.clone(), function.to_string()))
+                    .copied()
+                    .unwrap_or(0),
+            })
+            .collect();
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        self.cfg.placement.rank(function, &mut candidates, turn);
+        let chosen = candidates
+            .iter()
+            .filter_map(|c| {
+                records.get(c.id).map(|r| Choice {
+                    id: r.id.clone(),
+                    url: r.url.clone(),
+                    tier: Tier::of(c),
+                })
+            })
+            .collect();
+        (chosen, started.elapsed())
+    }
+}
+
+pub(super) async fn invoke(
+    State(g): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (def, entry) = g.definition(&name)?;
+    let event = read_body(&headers, body, g.cfg.max_event_bytes, "event").await?;
+    let (choices, took) = g.place(&name, entry.mod_revision);
+    if choices.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NoNodeReady",
+            format!(
+                "no node serves version {} of {name:?} now ({} nodes in the cluster; GET \
+                 /v1/functions/{name} shows each one's state)",
+                entry.version,
+                g.records().len()
+            ),
+        ));
+    }
+    let timeout = Duration::from_secs(u64::from(def.config.timeout_s) + 60);
+    let mut refused: Option<Response> = None;
+    for (i, c) in choices.iter().enumerate() {
+        let _running = Running::new(&g, &c.id, &name);
+        let mut req = g
+            .http
+            .post(format!(
+                "{}/v1/functions/{name}/invoke",
+                c.url.trim_end_matches('/')
+            ))
+            .timeout(timeout)
+            .body(event.clone());
+        for (k, v) in &headers {
+            if passed(k) {
+                req = req.header(k, v);
+            }
+        }
+        if let Some(t) = &g.cfg.node_token {
+            req = req.bearer_auth(t);
+        }
+        let placement = format!(
+            "{};us={};tried={}",
+            c.tier.as_str(),
+            took.as_micros(),
+            i + 1
+        );
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) if e.is_connect() => {
+                tracing::warn!(node = %c.id, "node refused the connection: trying the next ({e})");
+                g.mark_unreachable(&c.id);
+                continue;
+            }
+            Err(e) => return Err(lost(&c.id, &e)),
+        };
+        let status = resp.status();
+        let not_started = matches!(
+            status,
+            reqwest::StatusCode::TOO_MANY_REQUESTS
+                | reqwest::StatusCode::SERVICE_UNAVAILABLE
+                | reqwest::StatusCode::NOT_FOUND
+        );
+        let mut out = Response::builder().status(status.as_u16());
+        for (k, v) in resp.headers() {
+            if passed(k) && k != header::CONNECTION {
+                out = out.header(k, v);
+            }
+        }
+        let body = resp.bytes().await.map_err(|e| lost(&c.id, &e))?;
+        let mut out = out
+            .body(Body::from(body))
+            .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response());
+        let h = out.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&c.id) {
+            h.insert(NODE_HEADER, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&placement) {
+            h.insert(PLACEMENT_HEADER, v);
+        }
+        if not_started && i + 1 < choices.len() {
+            tracing::debug!(node = %c.id, %status, "the node did not run it: trying the next");
+            refused = Some(out);
+            continue;
+        }
+        return Ok(out);
+    }
+    Ok(refused.unwrap_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NoNodeReady",
+            format!("every node that serves {name:?} refused the connection: try again"),
+        )
+        .into_response()
+    }))
+}
+
+fn lost(node: &str, e: &reqwest::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "NodeLost",
+        format!(
+            "node {node} took the request and then stopped answering ({e}): it may have run; \
+             the gateway does not retry it, so that it cannot run twice"
+        ),
+    )
+}

@@ -1,0 +1,393 @@
+//! A node's side of the cluster (`ember serve --cluster`): it registers under a lease,
+//! publishes its record (its deployments, holdings and load: `record.rs`) whenever it
+//! changes, and follows the function definitions: deploys what etcd defines (the code
+//! fetched from the S3 store) and deletes what it no longer does.
+//!
+//! ```text
+//! register: lease (TTL) -> claim <prefix>/nodes/<id> (only if free, or ours) -> keep alive
+//! publish:  every 250 ms, the record if it changed (every 10 s anyway)
+//! follow:   mirror of <prefix>/functions/ -> each definition not deployed at its revision:
+//!           code from the store -> node deploy (at most 4 at once) -> its outcome published
+//! ```
+//!
+//! When etcd cannot be reached the node goes on serving what it has; it registers again
+//! (a new lease) and catches up with the definitions once etcd answers. It never deletes
+//! a function because of a listing it did not complete.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ember_node::Node;
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
+use tokio::sync::Notify;
+
+use crate::code::CodeStore;
+use crate::defs::FunctionDef;
+use crate::etcd::{Keys, Mirror, View};
+use crate::record::{Deployment, NodeRecord, RECORD_FORMAT};
+
+/// How a node joins the cluster.
+#[derive(Debug, Clone)]
+pub struct MemberConfig {
+    pub keys: Keys,
+    /// Its name in the cluster: unique; a Kubernetes node's name when it runs as a pod.
+    pub id: String,
+    /// Its API as gateways reach it.
+    pub url: String,
+    /// The lease's time to live: a node silent this long is out of placement.
+    pub lease_ttl: Duration,
+    /// How often the record is compared with the last published one.
+    pub publish_every: Duration,
+}
+
+impl MemberConfig {
+    pub fn new(keys: Keys, id: String, url: String) -> MemberConfig {
+        MemberConfig {
+            keys,
+            id,
+            url,
+            lease_ttl: Duration::from_secs(5),
+            publish_every: Duration::from_millis(250),
+        }
+    }
+}
+
+/// Deploys run at once at most.
+const DEPLOYS: usize = 4;
+/// A record unchanged this long is published again anyway.
+const REPUBLISH: Duration = Duration::from_secs(10);
+
+/// The running member; [`Member::leave`] revokes its lease (gateways drop the node at once).
+pub struct Member {
+    client: Client,
+    lease: Arc<Mutex<Option<i64>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+struct Shared {
+    node: Arc<Node>,
+    code: Arc<CodeStore>,
+    cfg: MemberConfig,
+    started_at: u64,
+    deployed: Mutex<BTreeMap<String, Deployment>>,
+    /// Names being deployed now.
+    deploying: Mutex<HashSet<String>>,
+    /// A deploy ended: reconcile again.
+    deploy_ended: Notify,
+}
+
+impl Member {
+    /// Joins the cluster through `client` (made by [`crate::etcd::connect`]).
+    pub fn start(
+        client: Client,
+        node: Arc<Node>,
+        code: Arc<CodeStore>,
+        cfg: MemberConfig,
+    ) -> Member {
+        let shared = Arc::new(Shared {
+            node,
+            code,
+            started_at: crate::now_secs(),
+            deployed: Mutex::new(BTreeMap::new()),
+            deploying: Mutex::new(HashSet::new()),
+            deploy_ended: Notify::new(),
+            cfg,
+        });
+        let lease = Arc::new(Mutex::new(None));
+        let defs = Mirror::start(client.clone(), shared.cfg.keys.functions());
+        let tasks = vec![
+            tokio::spawn(register(client.clone(), shared.clone(), lease.clone())),
+            tokio::spawn(follow(defs, shared)),
+        ];
+        Member {
+            client,
+            lease,
+            tasks,
+        }
+    }
+
+    /// Leaves the cluster: stops publishing and revokes the lease, so that the node's
+    /// record goes at once (within 2 s; else it expires with its lease).
+    pub async fn leave(mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let lease = *self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = lease {
+            let revoke = self.client.lease_revoke(id);
+            if let Err(e) = tokio::time::timeout(Duration::from_secs(2), revoke)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(etcd_client::Error::LeaseKeepAliveError("timed out".into()))
+                })
+            {
+                tracing::warn!("revoking the node's lease failed ({e}): it expires by itself");
+            }
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Shared {
+    fn record(&self) -> NodeRecord {
+        NodeRecord {
+            format: RECORD_FORMAT,
+            id: self.cfg.id.clone(),
+            url: self.cfg.url.clone(),
+            started_at: self.started_at,
+            deployed: self
+                .deployed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            holdings: self.node.holdings(),
+        }
+    }
+
+    fn set_deployed(&self, name: &str, d: Option<Deployment>) {
+        let mut map = self.deployed.lock().unwrap_or_else(|p| p.into_inner());
+        match d {
+            Some(d) => map.insert(name.to_string(), d),
+            None => map.remove(name),
+        };
+    }
+}
+
+/// Registers, keeps the lease alive and publishes the record; registers again (a new
+/// lease) after any failure.
+async fn register(mut client: Client, s: Arc<Shared>, lease: Arc<Mutex<Option<i64>>>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match registered(&mut client, &s, &lease).await {
+            Ok(()) => backoff = Duration::from_millis(200),
+            Err(e) => {
+                tracing::warn!("cluster membership ({}): {e}; registering again", s.cfg.id);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn registered(
+    client: &mut Client,
+    s: &Shared,
+    lease: &Mutex<Option<i64>>,
+) -> Result<(), String> {
+    let ttl = i64::try_from(s.cfg.lease_ttl.as_secs().max(1)).unwrap_or(5);
+    let id = client
+        .lease_grant(ttl, None)
+        .await
+        .map_err(|e| format!("granting a lease: {e}"))?
+        .id();
+    *lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+    let key = s.cfg.keys.node(&s.cfg.id);
+    // Claim the key: free, or held by no live lease but ours.
+    let mut record = s.record();
+    let claim = Txn::new()
+        .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(
+            key.as_str(),
+            record.encode(),
+            Some(PutOptions::new().with_lease(id)),
+        )]);
+    let claimed = client
+        .txn(claim)
+        .await
+        .map_err(|e| format!("claiming {key}: {e}"))?
+        .succeeded();
+    if !claimed {
+        let _ = client.lease_revoke(id).await;
+        return Err(format!(
+            "{key} is held by another live lease: another node runs under the name {:?} (give \
+             each node its own --node-name), or this node's previous run, whose lease expires \
+             within {ttl} s",
+            s.cfg.id
+        ));
+    }
+    tracing::info!(node = %s.cfg.id, lease = id, "joined the cluster");
+    let (mut keeper, mut acks) = client
+        .lease_keep_alive(id)
+        .await
+        .map_err(|e| format!("keeping the lease alive: {e}"))?;
+    let mut beat = tokio::time::interval(s.cfg.lease_ttl / 3);
+    let mut publish = tokio::time::interval(s.cfg.publish_every);
+    let mut last_ack = Instant::now();
+    let mut last_put = Instant::now();
+    loop {
+        tokio::select! {
+            _ = beat.tick() => {
+                keeper.keep_alive().await.map_err(|e| format!("keeping the lease alive: {e}"))?;
+                if last_ack.elapsed() > s.cfg.lease_ttl {
+                    return Err("the lease was not renewed within its TTL".into());
+                }
+            }
+            ack = acks.message() => match ack {
+                Ok(Some(a)) if a.ttl() > 0 => last_ack = Instant::now(),
+                Ok(Some(_)) => return Err("the lease expired".into()),
+                Ok(None) => return Err("the lease's stream ended".into()),
+                Err(e) => return Err(format!("keeping the lease alive: {e}")),
+            },
+            _ = publish.tick() => {
+                let now = s.record();
+                if now != record || last_put.elapsed() > REPUBLISH {
+                    // Only while the key is still ours (a lease gone deletes it).
+                    let put = Txn::new()
+                        .when([Compare::lease(key.as_str(), CompareOp::Equal, id)])
+                        .and_then([TxnOp::put(
+                            key.as_str(),
+                            now.encode(),
+                            Some(PutOptions::new().with_lease(id)),
+                        )]);
+                    let ok = client
+                        .txn(put)
+                        .await
+                        .map_err(|e| format!("publishing the record: {e}"))?
+                        .succeeded();
+                    if !ok {
+                        return Err(format!("{key} is no longer held by this node's lease"));
+                    }
+                    record = now;
+                    last_put = Instant::now();
+                }
+            }
+        }
+    }
+}
+
+/// Follows the definitions: reconciles on every change, when a deploy ends, and every 30 s.
+async fn follow(mut defs: Mirror, s: Arc<Shared>) {
+    loop {
+        reconcile(&defs.view(), &s);
+        tokio::select! {
+            alive = defs.changed() => if !alive { return },
+            () = s.deploy_ended.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+    }
+}
+
+fn reconcile(view: &View, s: &Arc<Shared>) {
+    if !view.live {
+        // Not listed yet, or etcd unreachable: keep what is deployed.
+        return;
+    }
+    for (name, entry) in &view.entries {
+        let done = s
+            .deployed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .is_some_and(|d| d.revision == entry.mod_revision);
+        if done {
+            continue;
+        }
+        let def = match FunctionDef::decode(name, &entry.value) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("not deploying {name}: {e}");
+                s.set_deployed(
+                    name,
+                    Some(Deployment {
+                        revision: entry.mod_revision,
+                        error: Some(e.to_string()),
+                    }),
+                );
+                continue;
+            }
+        };
+        if !s
+            .deploying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone())
+        {
+            continue;
+        }
+        if s.deploying.lock().unwrap_or_else(|p| p.into_inner()).len() > DEPLOYS {
+            s.deploying
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(name);
+            // Picked up when one of those ends.
+            continue;
+        }
+        let (s, name, revision) = (s.clone(), name.clone(), entry.mod_revision);
+        tokio::spawn(async move {
+            let error = deploy(&s, &def).await.err();
+            if let Some(e) = &error {
+                tracing::warn!(function = %name, revision, "deploying the cluster's definition failed: {e}");
+            } else {
+                tracing::info!(function = %name, revision, "deployed the cluster's definition");
+            }
+            s.set_deployed(&name, Some(Deployment { revision, error }));
+            s.deploying
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
+            s.deploy_ended.notify_one();
+        });
+    }
+    // What the cluster no longer defines.
+    for status in s.node.list() {
+        let name = status.record.name;
+        if name.contains(':') || view.entries.contains_key(&name) {
+            continue;
+        }
+        if !s
+            .deploying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone())
+        {
+            continue;
+        }
+        let s = s.clone();
+        tokio::spawn(async move {
+            match s.node.delete(&name).await {
+                Ok(()) => {
+                    tracing::info!(function = %name, "deleted: the cluster no longer defines it")
+                }
+                Err(e) => {
+                    tracing::warn!(function = %name, "deleting a function the cluster no longer defines: {e}")
+                }
+            }
+            s.set_deployed(&name, None);
+            s.deploying
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
+            s.deploy_ended.notify_one();
+        });
+    }
+}
+
+/// Deploys `def` here, unless this node already serves exactly it (a restart).
+async fn deploy(s: &Shared, def: &FunctionDef) -> Result<(), String> {
+    if let Ok(have) = s.node.get(&def.name)
+        && have.record.config == def.config
+        && have.record.code_sha256 == def.code.sha256
+        && have.record.code_size == def.code.size
+    {
+        return Ok(());
+    }
+    let zip = s
+        .code
+        .get(&def.code)
+        .await
+        .map_err(|e| format!("fetching its code: {e}"))?;
+    let stored = s.node.store_code(zip).await.map_err(|e| e.to_string())?;
+    s.node
+        .deploy(&def.name, def.config.clone(), Some(stored), &|_| {})
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,140 @@
+//! What a node publishes under its lease (`<prefix>/nodes/<id>`), as JSON: where its API is,
+//! which definitions it has deployed, what it holds per function, and its load. Placement
+//! reads nothing else.
+
+use std::collections::BTreeMap;
+
+use ember_node::Holdings;
+use serde::{Deserialize, Serialize};
+
+/// A record larger than this is refused (a node with thousands of functions stays far
+/// below: a function's holdings are about 150 bytes).
+pub const MAX_RECORD_BYTES: usize = 512 << 10;
+
+/// Format of the record; a node that reads a newer one ignores the node, loudly.
+pub const RECORD_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub format: u32,
+    /// Its name in the cluster (`--node-name`).
+    pub id: String,
+    /// Its API, as the gateways reach it (`--advertise-url`).
+    pub url: String,
+    /// Unix seconds when this run of the node started.
+    pub started_at: u64,
+    /// Each function's definition as this node has deployed it (or failed to).
+    pub deployed: BTreeMap<String, Deployment>,
+    /// What it holds per function, and its load.
+    pub holdings: Holdings,
+}
+
+/// One definition as a node took it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// The definition's etcd revision (`mod_revision`) the node deployed or tried.
+    pub revision: i64,
+    /// Why its deploy failed here; none: it serves that revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("the record of node {key} is {0} bytes, over the cap of {MAX_RECORD_BYTES}", key = .1)]
+    TooLarge(usize, String),
+    #[error("the record of node {key} is not a node record: {why}")]
+    Invalid { key: String, why: String },
+    #[error(
+        "node {key} publishes record format {format}, newer than this binary's {RECORD_FORMAT}: \
+         upgrade this gateway"
+    )]
+    Newer { key: String, format: u32 },
+}
+
+impl NodeRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decodes the record stored under `key` (its node's id), checked: its size, its
+    /// format, and that it names itself as the key does.
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<NodeRecord, RecordError> {
+        if bytes.len() > MAX_RECORD_BYTES {
+            return Err(RecordError::TooLarge(bytes.len(), key.to_string()));
+        }
+        let r: NodeRecord = serde_json::from_slice(bytes).map_err(|e| RecordError::Invalid {
+            key: key.to_string(),
+            why: e.to_string(),
+        })?;
+        if r.format > RECORD_FORMAT {
+            return Err(RecordError::Newer {
+                key: key.to_string(),
+                format: r.format,
+            });
+        }
+        if r.id != key {
+            return Err(RecordError::Invalid {
+                key: key.to_string(),
+                why: format!("it names itself {:?}", r.id),
+            });
+        }
+        Ok(r)
+    }
+
+    /// Whether the node serves revision `revision` of `function` (deployed without error).
+    pub fn serves(&self, function: &str, revision: i64) -> bool {
+        self.deployed
+            .get(function)
+            .is_some_and(|d| d.revision == revision && d.error.is_none())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> NodeRecord {
+        NodeRecord {
+            format: RECORD_FORMAT,
+            id: "n1".into(),
+            url: "http://10.0.0.1:8080".into(),
+            started_at: 1,
+            deployed: BTreeMap::from([(
+                "f".to_string(),
+                Deployment {
+                    revision: 7,
+                    error: None,
+                },
+            )]),
+            holdings: Holdings::default(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_checks() {
+        let r = record();
+        assert_eq!(NodeRecord::decode("n1", &r.encode()).unwrap(), r);
+        assert!(r.serves("f", 7));
+        assert!(!r.serves("f", 8));
+        assert!(matches!(
+            NodeRecord::decode("n2", &r.encode()),
+            Err(RecordError::Invalid { .. })
+        ));
+        let mut newer = record();
+        newer.format = RECORD_FORMAT + 1;
+        assert!(matches!(
+            NodeRecord::decode("n1", &newer.encode()),
+            Err(RecordError::Newer { .. })
+        ));
+        assert!(matches!(
+            NodeRecord::decode("n1", b"{\"id\": 3"),
+            Err(RecordError::Invalid { .. })
+        ));
+        let big = vec![b' '; MAX_RECORD_BYTES + 1];
+        assert!(matches!(
+            NodeRecord::decode("n1", &big),
+            Err(RecordError::TooLarge(..))
+        ));
+    }
+}

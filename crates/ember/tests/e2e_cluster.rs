@@ -1,0 +1,493 @@
+//! Privileged, with the etcd and the S3 server the test script starts on loopback: a
+//! cluster of three nodes, each `ember serve --cluster` in a network namespace of its own
+//! (its own address on a bridge, as separate hosts would be), and a gateway in the root
+//! namespace. The nodes reach etcd and the store through forwarders on the bridge.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::netns::{Net, Proxy, netns_available};
+use common::{EMBER, py, shared_envs};
+use serde_json::{Value, json};
+
+const NODES: usize = 3;
+
+/// What the test script started; `None` (and why) without it.
+fn services(test: &str) -> Option<(String, Vec<(String, String)>)> {
+    if !netns_available() {
+        return None;
+    }
+    let (Ok(etcd), Ok(s3)) = (
+        std::env::var("EMBER_TEST_ETCD"),
+        std::env::var("EMBER_TEST_S3_ENDPOINT"),
+    ) else {
+        eprintln!(
+            "{test}: skipped: EMBER_TEST_ETCD or EMBER_TEST_S3_ENDPOINT is unset (./scripts/test \
+             starts etcd and Garage and sets them)"
+        );
+        return None;
+    };
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    Some((
+        etcd,
+        vec![
+            ("EMBER_S3_ENDPOINT".into(), s3),
+            ("EMBER_S3_BUCKET".into(), var("EMBER_TEST_S3_BUCKET")),
+            ("EMBER_S3_REGION".into(), var("EMBER_TEST_S3_REGION")),
+            (
+                "EMBER_S3_PREFIX".into(),
+                format!("cluster-{test}-{}", std::process::id()),
+            ),
+            (
+                "AWS_ACCESS_KEY_ID".into(),
+                var("EMBER_TEST_S3_AWS_ACCESS_KEY_ID"),
+            ),
+            (
+                "AWS_SECRET_ACCESS_KEY".into(),
+                var("EMBER_TEST_S3_AWS_SECRET_ACCESS_KEY"),
+            ),
+        ],
+    ))
+}
+
+/// The first line `child` prints; the rest of its output is read (and dropped) by a thread,
+/// so that it never writes to a closed pipe.
+fn first_line(child: &mut Child) -> String {
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    line
+}
+
+fn addr_of(url: &str) -> std::net::SocketAddr {
+    url.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
+}
+
+struct Cluster {
+    net: Net,
+    etcd: Proxy,
+    _s3: Proxy,
+    etcd_url: String,
+    prefix: String,
+    /// The store's variables as the gateway uses them (loopback).
+    store: Vec<(String, String)>,
+    /// As the nodes use them (through the bridge).
+    node_store: Vec<(String, String)>,
+    homes: Vec<tempfile::TempDir>,
+    nodes: Vec<Option<Child>>,
+    gateway: Option<Child>,
+    gateway_url: String,
+    staging: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    async fn start(test: &str, placement: &str) -> Option<Cluster> {
+        let (etcd_url, store) = services(test)?;
+        let net = Net::new(NODES).expect("make the hosts");
+        let etcd = net.proxy(addr_of(&etcd_url)).await.expect("etcd forwarder");
+        let s3_addr = addr_of(&store[0].1);
+        let s3 = net.proxy(s3_addr).await.expect("store forwarder");
+        let mut node_store = store.clone();
+        node_store[0].1 = format!("http://{}", s3.addr());
+        let mut c = Cluster {
+            net,
+            etcd,
+            _s3: s3,
+            etcd_url,
+            prefix: format!("/ember-test/{test}-{}", std::process::id()),
+            store,
+            node_store,
+            homes: Vec::new(),
+            nodes: Vec::new(),
+            gateway: None,
+            gateway_url: String::new(),
+            staging: tempfile::tempdir().unwrap(),
+            http: reqwest::Client::new(),
+        };
+        for i in 0..NODES {
+            c.homes.push(tempfile::tempdir().unwrap());
+            let child = c.start_node(i);
+            c.nodes.push(Some(child));
+        }
+        c.start_gateway(placement);
+        c.wait_nodes(NODES).await;
+        Some(c)
+    }
+
+    fn node_url(&self, i: usize) -> String {
+        format!("http://{}:8080", self.net.host_ip(i))
+    }
+
+    fn start_node(&self, i: usize) -> Child {
+        let mut cmd = self.net.command(i, EMBER);
+        cmd.arg("serve")
+            .arg("--home")
+            .arg(self.homes[i].path())
+            .args(["--listen", &format!("{}:8080", self.net.host_ip(i))])
+            .args(["--cluster", &format!("http://{}", self.etcd.addr())])
+            .args(["--cluster-prefix", &self.prefix])
+            .args(["--node-name", &format!("n{i}")])
+            .arg("--envs-dir")
+            .arg(shared_envs())
+            .args(["--images", "off", "--hibernate", "off", "--standby", "0"])
+            .arg("--fixed-ladder")
+            .env_remove("EMBER_TOKEN")
+            .env("EMBER_LOG", "warn")
+            .envs(self.node_store.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("start a node");
+        let line = first_line(&mut child);
+        assert!(line.contains("listening"), "node {i} printed {line:?}");
+        child
+    }
+
+    fn start_gateway(&mut self, placement: &str) {
+        let mut child = std::process::Command::new(EMBER)
+            .arg("gateway")
+            .args(["--cluster", &self.etcd_url])
+            .args(["--cluster-prefix", &self.prefix])
+            .args(["--listen", "127.0.0.1:0", "--placement", placement])
+            .arg("--staging")
+            .arg(self.staging.path())
+            .env_remove("EMBER_TOKEN")
+            .env("EMBER_LOG", "warn")
+            .envs(self.store.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the gateway");
+        let line = first_line(&mut child);
+        self.gateway_url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("the gateway printed {line:?}"))
+            .to_string();
+        self.gateway = Some(child);
+    }
+
+    async fn get(&self, url: &str) -> Value {
+        let r = self.http.get(url).send().await.unwrap();
+        r.json().await.unwrap_or_default()
+    }
+
+    /// The nodes the gateway sees.
+    async fn nodes(&self) -> Vec<Value> {
+        let v = self
+            .get(&format!("{}/v1/cluster/nodes", self.gateway_url))
+            .await;
+        v["nodes"].as_array().cloned().unwrap_or_default()
+    }
+
+    async fn wait_nodes(&self, n: usize) {
+        let t0 = Instant::now();
+        while self.nodes().await.len() != n {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "the gateway sees {:?}, not {n} nodes",
+                self.nodes().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `f` holds of the node records the gateway sees.
+    async fn wait_records(&self, what: &str, f: impl Fn(&[Value]) -> bool) {
+        let t0 = Instant::now();
+        loop {
+            let nodes = self.nodes().await;
+            if f(&nodes) {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(90),
+                "{what}: never so; the nodes: {nodes:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn deploy(&self, name: &str, config: Value, zip: &[u8]) -> (u16, Value) {
+        let mut body = config;
+        body["code_zip"] = json!(base64::engine::general_purpose::STANDARD.encode(zip));
+        let r = self
+            .http
+            .put(format!("{}/v1/functions/{name}", self.gateway_url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or_default())
+    }
+
+    /// Invokes through the gateway: (status, node, placement, start, body).
+    async fn invoke(&self, name: &str, event: Value) -> Served {
+        self.invoke_at(&self.gateway_url, name, event).await
+    }
+
+    async fn invoke_at(&self, base: &str, name: &str, event: Value) -> Served {
+        let r = self
+            .http
+            .post(format!("{base}/v1/functions/{name}/invoke"))
+            .json(&event)
+            .send()
+            .await
+            .unwrap();
+        let h = |n: &str| {
+            r.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let (status, node, placement, start) = (
+            r.status().as_u16(),
+            h("ember-node"),
+            h("ember-placement"),
+            h("ember-start"),
+        );
+        let raw = r.text().await.unwrap();
+        Served {
+            status,
+            node,
+            placement,
+            start,
+            body: serde_json::from_str(&raw).unwrap_or(Value::String(raw)),
+        }
+    }
+
+    fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self
+            .nodes
+            .iter_mut()
+            .chain(std::iter::once(&mut self.gateway))
+        {
+            if let Some(mut c) = c.take() {
+                let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                let t0 = Instant::now();
+                while t0.elapsed() < Duration::from_secs(10) {
+                    if let Ok(Some(_)) = c.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Served {
+    status: u16,
+    node: String,
+    placement: String,
+    start: String,
+    body: Value,
+}
+
+const HELLO: &str = "import os\n\ndef handler(event, context):\n    return {'hi': event.get('who'), 'pid': os.getpid()}\n";
+
+fn by_id<'a>(nodes: &'a [Value], id: &str) -> Option<&'a Value> {
+    nodes.iter().find(|n| n["id"] == id)
+}
+
+/// A deploy through the gateway reaches every node; each serves the function; the
+/// least-loaded gateway spreads cold starts over all of them; a node refuses deploys of
+/// its own; a delete through the gateway reaches every node.
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_once_serve_everywhere() {
+    let Some(c) = Cluster::start("everywhere", "least-loaded").await else {
+        return;
+    };
+    let (status, doc) = c
+        .deploy("hello", json!({"handler": "main.handler"}), &py(HELLO))
+        .await;
+    assert_eq!(status, 201, "{doc}");
+    assert_eq!(doc["nodes_waited"], 3, "{doc}");
+    for i in 0..NODES {
+        assert_eq!(doc["nodes"][format!("n{i}")], "ready", "{doc}");
+        let r = c
+            .invoke_at(&c.node_url(i), "hello", json!({"who": i}))
+            .await;
+        assert_eq!(r.status, 200, "node {i}: {r:?}");
+        assert_eq!(r.body["hi"], i, "{r:?}");
+    }
+    // Those direct invocations left one idle instance on each node: stop them, so the
+    // gateway's starts are cold and spread by load.
+    for i in 0..NODES {
+        let r = c
+            .http
+            .delete(format!("{}/v1/functions/hello/instances", c.node_url(i)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    c.wait_records("no idle instances", |nodes| {
+        nodes
+            .iter()
+            .all(|n| n["holdings"]["functions"]["hello"]["live"] == 0)
+    })
+    .await;
+    let mut seen = std::collections::BTreeSet::new();
+    for k in 0..6 {
+        let r = c.invoke("hello", json!({"who": k})).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body["hi"], k);
+        assert!(r.placement.contains("us="), "{r:?}");
+        seen.insert(r.node.clone());
+        if seen.len() == NODES {
+            break;
+        }
+        // The node publishes its new instance within a quarter second.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+    assert_eq!(seen.len(), NODES, "least-loaded used only {seen:?}");
+
+    // The CLI deploys and invokes through the gateway as through a node.
+    let dir = common::examples().join("helloworld");
+    let out = common::cli_at(
+        &c.gateway_url,
+        &["deploy", dir.to_str().unwrap(), "--name", "viacli"],
+    );
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stdout.starts_with("created viacli version 1"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stderr.contains("node n2: ready"), "{}", out.stderr);
+    let out = common::cli_at(&c.gateway_url, &["invoke", "viacli"]);
+    assert!(out.ok, "{}", out.stderr);
+
+    // A node of a cluster takes no deploy of its own.
+    let r = c
+        .http
+        .put(format!("{}/v1/functions/other", c.node_url(0)))
+        .json(&json!({"handler": "main.handler",
+            "code_zip": base64::engine::general_purpose::STANDARD.encode(py(HELLO))}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "ClusterManaged", "{body}");
+
+    let listed = c.get(&format!("{}/v1/functions", c.gateway_url)).await;
+    assert_eq!(listed["functions"][0]["name"], "hello", "{listed}");
+    assert_eq!(listed["functions"][0]["version"], 1, "{listed}");
+    assert_eq!(listed["functions"][1]["name"], "viacli", "{listed}");
+
+    let r = c
+        .http
+        .delete(format!("{}/v1/functions/hello", c.gateway_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let t0 = Instant::now();
+    for i in 0..NODES {
+        loop {
+            let r = c
+                .http
+                .get(format!("{}/v1/functions/hello", c.node_url(i)))
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 404 {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "node {i} kept it");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let r = c.invoke("hello", json!({})).await;
+    assert_eq!(r.status, 404, "{r:?}");
+}
+
+/// Snapshot-aware placement: a start goes where the function's snapshot is cached, then
+/// where its warm instance is; with that node killed (kill -9), requests go to the others
+/// and none is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn placement_follows_the_snapshot_and_survives_a_kill() {
+    if !common::need_sandbox() {
+        return;
+    }
+    let Some(mut c) = Cluster::start("snapshot", "snapshot-aware").await else {
+        return;
+    };
+    let (status, doc) = c
+        .deploy("hello", json!({"handler": "main.handler"}), &py(HELLO))
+        .await;
+    assert_eq!(status, 201, "{doc}");
+    let first = c.invoke("hello", json!({"who": "a"})).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.start, "cold-boot", "{first:?}");
+    let holder = first.node.clone();
+    // Its snapshot is taken after the init, in the background.
+    c.wait_records("the snapshot cached", |nodes| {
+        by_id(nodes, &holder)
+            .is_some_and(|n| n["holdings"]["functions"]["hello"]["snapshot"] == true)
+    })
+    .await;
+    let i: usize = holder[1..].parse().unwrap();
+    let r = c
+        .http
+        .delete(format!("{}/v1/functions/hello/instances", c.node_url(i)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    c.wait_records("no idle instance", |nodes| {
+        by_id(nodes, &holder).is_some_and(|n| n["holdings"]["functions"]["hello"]["idle"] == 0)
+    })
+    .await;
+    let snap = c.invoke("hello", json!({"who": "b"})).await;
+    assert_eq!(snap.status, 200, "{snap:?}");
+    assert_eq!(snap.node, holder, "{snap:?}");
+    assert!(snap.placement.starts_with("snapshot;"), "{snap:?}");
+    assert_eq!(snap.start, "function-snapshot", "{snap:?}");
+    c.wait_records("a warm instance", |nodes| {
+        by_id(nodes, &holder).is_some_and(|n| n["holdings"]["functions"]["hello"]["idle"] == 1)
+    })
+    .await;
+    let warm = c.invoke("hello", json!({"who": "c"})).await;
+    assert_eq!(warm.node, holder, "{warm:?}");
+    assert!(warm.placement.starts_with("warm;"), "{warm:?}");
+    assert_eq!(warm.start, "warm", "{warm:?}");
+
+    // The holder dies: its lease still runs for seconds, but requests go elsewhere.
+    c.kill9(i);
+    for k in 0..5 {
+        let r = c.invoke("hello", json!({"who": k})).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_ne!(r.node, holder, "{r:?}");
+        assert_eq!(r.body["hi"], k);
+    }
+    // And it leaves placement once its lease expires.
+    c.wait_records("the killed node gone", |nodes| {
+        nodes.len() == NODES - 1 && by_id(nodes, &holder).is_none()
+    })
+    .await;
+}
