@@ -1057,6 +1057,7 @@ async fn invoke_as(
                 request_id: None,
                 no_queue: true,
                 client_context,
+                running: None,
             };
             // In a task of its own: a caller that goes away does not cancel the invocation.
             let inv = tokio::spawn(async move { node.invoke_with(&name, &event, opts).await })

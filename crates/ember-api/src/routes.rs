@@ -482,6 +482,12 @@ async fn invoke(
     let bytes = read_body(&s, &headers, body, s.cfg.max_event_bytes, "event").await?;
     let event = crate::event::check(bytes)
         .map_err(|e| ApiError::bad_request("InvalidJson", e.to_string()))?;
+    if headers
+        .get(crate::types::forwarded::REQUEST)
+        .is_some_and(|v| v == "1")
+    {
+        return Ok(invoke_reporting_start(&s, name, event));
+    }
     // In a task of its own: a caller that goes away does not cancel the invocation, whose
     // instance then goes back to the pool (or is stopped) as usual.
     let node = s.node.clone();
@@ -489,6 +495,64 @@ async fn invoke(
         .await
         .map_err(|e| task_failed("the invocation", e))??;
     Ok(invocation_response(inv))
+}
+
+/// A gateway's invoke (see [`crate::types::forwarded`]): `started` once the handler is
+/// about to run, then the answer framed.
+fn invoke_reporting_start(s: &AppState, name: String, event: Bytes) -> Response {
+    use crate::types::forwarded::{ANSWER, AnswerHead, CONTENT_TYPE, STARTED};
+    let (running, mut ran) = tokio::sync::watch::channel(false);
+    let opts = ember_node::InvokeOptions {
+        running: Some(std::sync::Arc::new(running)),
+        ..Default::default()
+    };
+    let node = s.node.clone();
+    let mut task = tokio::spawn(async move { node.invoke_with(&name, &event, opts).await });
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Bytes, std::io::Error>>();
+    tokio::spawn(async move {
+        let mut watching = true;
+        let result = loop {
+            tokio::select! {
+                r = &mut task => break r,
+                changed = ran.changed(), if watching => match changed {
+                    Ok(()) if *ran.borrow() => {
+                        watching = false;
+                        let _ = tx.send(Ok(Bytes::from_static(STARTED)));
+                    }
+                    Ok(()) => {}
+                    Err(_) => watching = false,
+                },
+            }
+        };
+        let resp = match result {
+            Ok(Ok(inv)) => invocation_response(inv),
+            Ok(Err(e)) => ApiError::from(e).into_response(),
+            Err(e) => task_failed("the invocation", e).into_response(),
+        };
+        let (parts, body) = resp.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .unwrap_or_default();
+        let head = AnswerHead {
+            status: parts.status.as_u16(),
+            headers: parts
+                .headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+                .collect(),
+            len: body.len() as u64,
+        };
+        let mut line = ANSWER.to_vec();
+        line.extend(serde_json::to_vec(&head).unwrap_or_default());
+        line.push(b'\n');
+        let _ = tx.send(Ok(Bytes::from(line)));
+        let _ = tx.send(Ok(body));
+    });
+    (
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        Body::from_stream(UnboundedReceiverStream::new(rx)),
+    )
+        .into_response()
 }
 
 fn invocation_response(mut inv: Invocation) -> Response {

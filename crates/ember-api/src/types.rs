@@ -23,6 +23,31 @@ pub mod headers {
     pub const ERROR: &str = "ember-error";
 }
 
+/// A cluster gateway's invoke of a node: with the request header [`forwarded::REQUEST`]
+/// set to `1`, the node answers 200 at once with a stream ([`forwarded::CONTENT_TYPE`]):
+/// `started\n` when the handler is about to run (absent if it never does), then
+/// `answer <AnswerHead as JSON>\n` and the answer's body, `len` bytes: the status, headers
+/// and body the plain invoke would have answered. A stream that ends before its answer tells
+/// the gateway whether the request may have run (after `started`) or not (before: it may go
+/// to another node).
+pub mod forwarded {
+    use serde::{Deserialize, Serialize};
+
+    pub const REQUEST: &str = "ember-report-start";
+    pub const CONTENT_TYPE: &str = "application/vnd.ember.invocation";
+    pub const STARTED: &[u8] = b"started\n";
+    pub const ANSWER: &[u8] = b"answer ";
+    /// An answer's head line is never longer.
+    pub const MAX_HEAD_BYTES: usize = 64 << 10;
+
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct AnswerHead {
+        pub status: u16,
+        pub headers: Vec<(String, String)>,
+        pub len: u64,
+    }
+}
+
 /// The `error` member of every error response.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ErrorBody {

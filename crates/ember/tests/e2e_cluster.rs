@@ -201,7 +201,7 @@ impl Cluster {
     }
 
     /// Waits until `f` holds of the node records the gateway sees.
-    async fn wait_records(&self, what: &str, f: impl Fn(&[Value]) -> bool) {
+    async fn wait_records(&self, what: &str, mut f: impl FnMut(&[Value]) -> bool) {
         let t0 = Instant::now();
         loop {
             let nodes = self.nodes().await;
@@ -490,4 +490,91 @@ async fn placement_follows_the_snapshot_and_survives_a_kill() {
         nodes.len() == NODES - 1 && by_id(nodes, &holder).is_none()
     })
     .await;
+}
+
+const SLOW: &str = "import time\n\ndef handler(event, context):\n    time.sleep(event['sleep'])\n    return {'who': event['who']}\n";
+
+/// kill -9 of a node under load: the request its instance was running is answered 502
+/// `NodeLost` (it may have run: not run again), the ones queued there go to other nodes and
+/// are answered; none is lost, none runs twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_killed_under_load_hands_on_what_it_had_not_started() {
+    if !common::need_sandbox() {
+        return;
+    }
+    let Some(mut c) = Cluster::start("killed", "snapshot-aware").await else {
+        return;
+    };
+    // One instance per node: a second request there waits in its queue.
+    let (status, doc) = c
+        .deploy(
+            "slow",
+            json!({"handler": "main.handler", "max_instances": 1, "snapshot": "off"}),
+            &py(SLOW),
+        )
+        .await;
+    assert_eq!(status, 201, "{doc}");
+    let requests: Vec<_> = (0..6)
+        .map(|k| {
+            let (http, url) = (c.http.clone(), c.gateway_url.clone());
+            tokio::spawn(async move {
+                let r = http
+                    .post(format!("{url}/v1/functions/slow/invoke"))
+                    .json(&json!({"who": k, "sleep": 2}))
+                    .send()
+                    .await
+                    .unwrap();
+                let h = |n: &str| {
+                    r.headers()
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                let (status, node, placement) =
+                    (r.status().as_u16(), h("ember-node"), h("ember-placement"));
+                let body: Value = r.json().await.unwrap_or_default();
+                (k, status, node, placement, body)
+            })
+        })
+        .collect();
+    // The node with a request running and one queued.
+    let mut victim = String::new();
+    c.wait_records("a node with a queued request", |nodes| {
+        match nodes
+            .iter()
+            .find(|n| n["holdings"]["load"]["in_flight"].as_u64() >= Some(2))
+        {
+            Some(n) => {
+                victim = n["id"].as_str().unwrap().to_string();
+                true
+            }
+            None => false,
+        }
+    })
+    .await;
+    // Its first request is running (past its cold start) by now.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    c.kill9(victim[1..].parse().unwrap());
+    let mut lost = 0;
+    let mut handed_on = 0;
+    for r in requests {
+        let (k, status, node, placement, body) = r.await.unwrap();
+        match status {
+            200 => {
+                assert_eq!(body["who"], k, "{body}");
+                assert_ne!(node, victim, "answered by the killed node? {placement}");
+                if !placement.ends_with("tried=1") {
+                    handed_on += 1;
+                }
+            }
+            502 => {
+                assert_eq!(body["error"]["code"], "NodeLost", "{body}");
+                lost += 1;
+            }
+            other => panic!("request {k}: {other} {body}"),
+        }
+    }
+    assert_eq!(lost, 1, "one request was running on the killed node");
+    assert!(handed_on >= 1, "the queued request went elsewhere");
 }

@@ -573,6 +573,7 @@ async fn serve_inner(s: &AppState, req: Request) -> Result<Response, LambdaError
         request_id: Some(request_id),
         no_queue: true,
         client_context: None,
+        running: None,
     };
     let node = s.node.clone();
     let mut inv = tokio::spawn(async move { node.invoke_with(&name, &event, opts).await })

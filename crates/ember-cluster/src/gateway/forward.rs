@@ -1,11 +1,14 @@
 //! An invocation through the gateway: placed (the policy orders the nodes that serve the
 //! function's current definition), then forwarded to the first node's `/v1` API.
 //!
-//! A node that refuses the request before running it (the connection refused, 429: its
-//! queue for the function is full, 503: busy or stopping, 404: it has not deployed the
-//! function yet) is skipped for the next one. A node that took the request and then failed
-//! to answer is not: the request may have run there, and running it again could run it
-//! twice; the client gets 502 `NodeLost` and decides.
+//! The node reports when the handler is about to run (`ember_api::types::forwarded`: it
+//! answers at once with a stream, `started` then the answer). A request a node did not run
+//! goes to the next node in the placement's order: the connection refused, the stream
+//! broken before `started` (the node died while the request waited in its queue or its
+//! instance was starting), or a refusal before it ran (429: its queue for the function is
+//! full; 503: busy or stopping; 404: it has not deployed the function yet). A request whose
+//! handler had started when the node stopped answering is not: it may have run, and running
+//! it again could run it twice; the client gets 502 `NodeLost` and decides.
 //!
 //! The response carries the node's (status, headers, body) plus `Ember-Node` (which node
 //! served it) and `Ember-Placement` (`<tier>;us=<µs the placement took>;tried=<n>`).
@@ -19,6 +22,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ember_api::ApiError;
+use ember_api::types::forwarded;
 use futures::StreamExt;
 
 use super::Gateway;
@@ -216,6 +220,7 @@ pub(super) async fn invoke(
                 c.url.trim_end_matches('/')
             ))
             .timeout(timeout)
+            .header(forwarded::REQUEST, "1")
             .body(event.clone());
         for (k, v) in &headers {
             if passed(k) {
@@ -231,32 +236,17 @@ pub(super) async fn invoke(
             took.as_micros(),
             i + 1
         );
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) if e.is_connect() => {
-                tracing::warn!(node = %c.id, "node refused the connection: trying the next ({e})");
+        let answer = match attempt(req).await {
+            Attempt::Answered { answer, started } => (answer, started),
+            Attempt::NotStarted(why) => {
+                tracing::warn!(node = %c.id, "the node did not run the request ({why}): trying the next");
                 g.mark_unreachable(&c.id);
                 continue;
             }
-            Err(e) => return Err(lost(&c.id, &e)),
+            Attempt::Lost(why) => return Err(lost(&c.id, &why)),
         };
-        let status = resp.status();
-        let not_started = matches!(
-            status,
-            reqwest::StatusCode::TOO_MANY_REQUESTS
-                | reqwest::StatusCode::SERVICE_UNAVAILABLE
-                | reqwest::StatusCode::NOT_FOUND
-        );
-        let mut out = Response::builder().status(status.as_u16());
-        for (k, v) in resp.headers() {
-            if passed(k) && k != header::CONNECTION {
-                out = out.header(k, v);
-            }
-        }
-        let body = resp.bytes().await.map_err(|e| lost(&c.id, &e))?;
-        let mut out = out
-            .body(Body::from(body))
-            .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response());
+        let (mut out, started) = answer;
+        let status = out.status();
         let h = out.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&c.id) {
             h.insert(NODE_HEADER, v);
@@ -264,6 +254,15 @@ pub(super) async fn invoke(
         if let Ok(v) = HeaderValue::from_str(&placement) {
             h.insert(PLACEMENT_HEADER, v);
         }
+        // Refusals before the handler ran: the queue full (429), the node busy or stopping
+        // (503), the function not deployed there yet (404).
+        let not_started = !started
+            && matches!(
+                status,
+                StatusCode::TOO_MANY_REQUESTS
+                    | StatusCode::SERVICE_UNAVAILABLE
+                    | StatusCode::NOT_FOUND
+            );
         if not_started && i + 1 < choices.len() {
             tracing::debug!(node = %c.id, %status, "the node did not run it: trying the next");
             refused = Some(out);
@@ -275,13 +274,117 @@ pub(super) async fn invoke(
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "NoNodeReady",
-            format!("every node that serves {name:?} refused the connection: try again"),
+            format!("every node that serves {name:?} failed before running it: try again"),
         )
         .into_response()
     }))
 }
 
-fn lost(node: &str, e: &reqwest::Error) -> ApiError {
+/// How one node took a forwarded request.
+enum Attempt {
+    /// Its answer, and whether the handler had started.
+    Answered { answer: Response, started: bool },
+    /// It failed before the handler ran: the request may go to another node.
+    NotStarted(String),
+    /// It failed after the handler started: the request may have run.
+    Lost(String),
+}
+
+/// Sends `req` to a node and reads the framed answer (see `ember_api::types::forwarded`).
+async fn attempt(req: reqwest::RequestBuilder) -> Attempt {
+    let mut resp = match req.send().await {
+        Ok(r) => r,
+        // Never sent: refused, unreachable.
+        Err(e) if e.is_connect() => return Attempt::NotStarted(e.to_string()),
+        // Sent, and no head came back: the node answers its head as soon as it has the
+        // request, so this is rare, and the request may have started.
+        Err(e) => return Attempt::Lost(format!("no answer to the request: {e}")),
+    };
+    let framed = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v == forwarded::CONTENT_TYPE);
+    if !framed {
+        // Refused before the invocation (by the node's API: a token, a limit): as is.
+        let status = resp.status().as_u16();
+        let mut out = Response::builder().status(status);
+        for (k, v) in resp.headers() {
+            if passed(k) {
+                out = out.header(k, v);
+            }
+        }
+        return match resp.bytes().await {
+            Ok(body) => Attempt::Answered {
+                answer: out
+                    .body(Body::from(body))
+                    .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response()),
+                started: false,
+            },
+            Err(e) => Attempt::NotStarted(format!("its answer broke off: {e}")),
+        };
+    }
+    let mut buf: Vec<u8> = Vec::new();
+    let mut started = false;
+    let mut head: Option<(forwarded::AnswerHead, usize)> = None;
+    loop {
+        if !started && buf.starts_with(forwarded::STARTED) {
+            started = true;
+            buf.drain(..forwarded::STARTED.len());
+        }
+        if head.is_none()
+            && buf.starts_with(forwarded::ANSWER)
+            && let Some(nl) = buf.iter().position(|&b| b == b'\n')
+        {
+            match serde_json::from_slice::<forwarded::AnswerHead>(&buf[forwarded::ANSWER.len()..nl])
+            {
+                Ok(h) => {
+                    head = Some((h, nl + 1));
+                }
+                Err(e) => return broken(started, format!("a bad answer head: {e}")),
+            }
+        }
+        if let Some((h, at)) = &head
+            && (buf.len() - at) as u64 >= h.len
+        {
+            let body = buf.split_off(*at);
+            if body.len() as u64 != h.len {
+                return broken(started, "more bytes than its answer holds".into());
+            }
+            let mut out = Response::builder().status(h.status);
+            for (k, v) in &h.headers {
+                if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::from_str(v))
+                    && passed(&k)
+                {
+                    out = out.header(k, v);
+                }
+            }
+            return Attempt::Answered {
+                answer: out
+                    .body(Body::from(body))
+                    .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response()),
+                started,
+            };
+        }
+        if head.is_none() && buf.len() > forwarded::MAX_HEAD_BYTES {
+            return broken(started, "an answer head over its cap".into());
+        }
+        match resp.chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+            Ok(None) => return broken(started, "its answer ended early".into()),
+            Err(e) => return broken(started, format!("its answer broke off: {e}")),
+        }
+    }
+}
+
+fn broken(started: bool, why: String) -> Attempt {
+    if started {
+        Attempt::Lost(why)
+    } else {
+        Attempt::NotStarted(why)
+    }
+}
+
+fn lost(node: &str, e: &str) -> ApiError {
     ApiError::new(
         StatusCode::BAD_GATEWAY,
         "NodeLost",

@@ -185,6 +185,7 @@ impl Node {
             request_id: Some(ev.id.clone()),
             no_queue: false,
             client_context: None,
+            running: None,
         };
         match self.invoke_with(&ev.function, &ev.payload, opts).await {
             Ok(inv) => match inv.outcome {

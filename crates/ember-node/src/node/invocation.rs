@@ -221,4 +221,8 @@ pub struct InvokeOptions {
     /// The caller's client context (a JSON object: the Invoke API's `X-Amz-Client-Context`),
     /// handed to the handler.
     pub client_context: Option<serde_json::Value>,
+    /// Set to true when the handler is about to run (the request admitted, an instance
+    /// started): before it, the request has run nothing and may go elsewhere (a cluster's
+    /// gateway retries it on another node if this one dies).
+    pub running: Option<std::sync::Arc<tokio::sync::watch::Sender<bool>>>,
 }

@@ -156,6 +156,9 @@ impl Node {
                 }
             }
             let imported = inst.inst.take_imported();
+            if let Some(r) = &opts.running {
+                r.send_replace(true);
+            }
             let ran = watched(
                 &mut inst,
                 &request_id,
