@@ -75,8 +75,8 @@ struct Cluster {
     net: Net,
     etcd: Proxy,
     _s3: Proxy,
-    etcd_url: String,
     prefix: String,
+    placement: String,
     /// The store's variables as the gateway uses them (loopback).
     store: Vec<(String, String)>,
     /// As the nodes use them (through the bridge).
@@ -91,6 +91,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start(test: &str, placement: &str) -> Option<Cluster> {
+        Self::start_nodes(test, placement, NODES).await
+    }
+
+    /// A cluster with `running` of its hosts' nodes started (the others: [`Cluster::start_late`]).
+    async fn start_nodes(test: &str, placement: &str, running: usize) -> Option<Cluster> {
         let (etcd_url, store) = services(test)?;
         let net = Net::new(NODES).expect("make the hosts");
         let etcd = net.proxy(addr_of(&etcd_url)).await.expect("etcd forwarder");
@@ -102,7 +107,7 @@ impl Cluster {
             net,
             etcd,
             _s3: s3,
-            etcd_url,
+            placement: String::new(),
             prefix: format!("/ember-test/{test}-{}", std::process::id()),
             store,
             node_store,
@@ -115,12 +120,30 @@ impl Cluster {
         };
         for i in 0..NODES {
             c.homes.push(tempfile::tempdir().unwrap());
-            let child = c.start_node(i);
-            c.nodes.push(Some(child));
+            let child = (i < running).then(|| c.start_node(i));
+            c.nodes.push(child);
         }
-        c.start_gateway(placement);
-        c.wait_nodes(NODES).await;
+        c.placement = placement.to_string();
+        c.start_gateway();
+        c.wait_nodes(running).await;
         Some(c)
+    }
+
+    /// Starts node `i`, not started with the others.
+    async fn start_late(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none());
+        let n = self.nodes.iter().filter(|c| c.is_some()).count();
+        self.nodes[i] = Some(self.start_node(i));
+        self.wait_nodes(n + 1).await;
+    }
+
+    /// kill -9 of the gateway, and a new one in its place.
+    fn restart_gateway(&mut self) {
+        if let Some(mut g) = self.gateway.take() {
+            let _ = g.kill();
+            let _ = g.wait();
+        }
+        self.start_gateway();
     }
 
     fn node_url(&self, i: usize) -> String {
@@ -151,12 +174,14 @@ impl Cluster {
         child
     }
 
-    fn start_gateway(&mut self, placement: &str) {
+    fn start_gateway(&mut self) {
+        let placement = self.placement.clone();
+        // Through the forwarder too, so that a test can cut etcd off from everyone.
         let mut child = std::process::Command::new(EMBER)
             .arg("gateway")
-            .args(["--cluster", &self.etcd_url])
+            .args(["--cluster", &format!("http://{}", self.etcd.addr())])
             .args(["--cluster-prefix", &self.prefix])
-            .args(["--listen", "127.0.0.1:0", "--placement", placement])
+            .args(["--listen", "127.0.0.1:0", "--placement", &placement])
             .arg("--staging")
             .arg(self.staging.path())
             .env_remove("EMBER_TOKEN")
@@ -577,4 +602,104 @@ async fn a_node_killed_under_load_hands_on_what_it_had_not_started() {
     }
     assert_eq!(lost, 1, "one request was running on the killed node");
     assert!(handed_on >= 1, "the queued request went elsewhere");
+}
+
+/// etcd cut off from every node and the gateway for seconds (longer than the nodes' leases):
+/// invocations go on; a deploy is refused as unavailable; once etcd answers, the nodes
+/// register again and take the next deploy. Then the gateway is killed and replaced: it
+/// lost nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_briefly_unreachable_and_a_gateway_restarted() {
+    let Some(mut c) = Cluster::start("outage", "snapshot-aware").await else {
+        return;
+    };
+    let v1 = "def handler(event, context):\n    return {'v': 1}\n";
+    let v2 = "def handler(event, context):\n    return {'v': 2}\n";
+    let config = json!({"handler": "main.handler"});
+    let (status, doc) = c.deploy("f", config.clone(), &py(v1)).await;
+    assert_eq!(status, 201, "{doc}");
+
+    c.etcd.cut();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(7) {
+        let r = c.invoke("f", json!({})).await;
+        assert_eq!(r.status, 200, "while etcd is unreachable: {r:?}");
+        assert_eq!(r.body["v"], 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (status, doc) = c.deploy("f", config.clone(), &py(v2)).await;
+    assert_eq!(status, 503, "{doc}");
+    assert_eq!(doc["error"]["code"], "ClusterUnavailable", "{doc}");
+    let health = c.get(&format!("{}/v1/health", c.gateway_url)).await;
+    assert_eq!(health["etcd"], "unreachable", "{health}");
+    c.etcd.restore();
+
+    c.wait_records("every node back", |nodes| nodes.len() == NODES)
+        .await;
+    let (status, doc) = c.deploy("f", config.clone(), &py(v2)).await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["nodes_waited"], 3, "{doc}");
+    assert_eq!(doc["version"], 2, "{doc}");
+    for i in 0..NODES {
+        let r = c.invoke_at(&c.node_url(i), "f", json!({})).await;
+        assert_eq!(r.body["v"], 2, "node {i}: {r:?}");
+    }
+
+    c.restart_gateway();
+    c.wait_nodes(NODES).await;
+    let listed = c.get(&format!("{}/v1/functions", c.gateway_url)).await;
+    assert_eq!(listed["functions"][0]["version"], 2, "{listed}");
+    let r = c.invoke("f", json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["v"], 2);
+}
+
+/// A node that joins after the deploy and after another node took the function's snapshot
+/// deploys the function from the cluster's definition (its code from the store) and restores
+/// the snapshot the store holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_node_deploys_and_restores_from_the_store() {
+    if !common::need_sandbox() {
+        return;
+    }
+    let Some(mut c) = Cluster::start_nodes("late", "snapshot-aware", 2).await else {
+        return;
+    };
+    let (status, doc) = c
+        .deploy("hello", json!({"handler": "main.handler"}), &py(HELLO))
+        .await;
+    assert_eq!(status, 201, "{doc}");
+    assert_eq!(doc["nodes_waited"], 2, "{doc}");
+    let first = c.invoke("hello", json!({"who": 1})).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    let i: usize = first.node[1..].parse().unwrap();
+    // Its snapshot, taken after the init, uploaded in the background.
+    let t0 = Instant::now();
+    loop {
+        let v = c.get(&format!("{}/v1/snapshots", c.node_url(i))).await;
+        if v["snapshots"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|s| s["remote"] == "stored"))
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "never uploaded: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.start_late(2).await;
+    c.wait_records("the late node serves it", |nodes| {
+        by_id(nodes, "n2").is_some_and(|n| {
+            n["deployed"]["hello"]["error"].is_null() && n["deployed"]["hello"]["revision"].is_i64()
+        })
+    })
+    .await;
+    let r = c
+        .invoke_at(&c.node_url(2), "hello", json!({"who": 2}))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.start, "function-snapshot", "{r:?}");
+    assert_eq!(r.body["hi"], 2);
 }
