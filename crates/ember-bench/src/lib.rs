@@ -1,6 +1,7 @@
 //! `ember bench`: workloads (the examples), a load driver over HTTP, order statistics and
 //! reports (a table on the terminal, an SVG plot, raw samples as JSON for later experiments).
 
+pub mod cluster;
 pub mod driver;
 pub mod images;
 pub mod knix;

@@ -390,6 +390,7 @@ impl Gateway {
             .get(key.as_str(), None)
             .await
             .map_err(|e| etcd_failed("reading the definition", e))?;
+        let previous_version = previous.kvs().first().map_or(0, |kv| kv.version());
         let previous = previous
             .kvs()
             .first()
@@ -481,16 +482,12 @@ impl Gateway {
                 ),
             ));
         }
-        let (def, entry) = self.definition(name).unwrap_or_else(|_| {
-            (
-                def.clone(),
-                Entry {
-                    value: Vec::new(),
-                    mod_revision: revision,
-                    version: 1,
-                },
-            )
-        });
+        // As written (the mirror may not have seen it yet).
+        let entry = Entry {
+            value: Vec::new(),
+            mod_revision: revision,
+            version: previous_version + 1,
+        };
         let mut doc = self.describe_def(&def, &entry);
         if let Some(o) = doc.as_object_mut() {
             o.insert("nodes_waited".into(), json!(outcome.len()));

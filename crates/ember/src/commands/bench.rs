@@ -52,6 +52,12 @@ pub enum Experiment {
     /// (a swap file of its own, when the machine allows one) (--knix-modes): memory held
     /// (PSS, swap, disk) and the latency of a burst of N requests (needs root)
     Knix,
+    /// vHive's placement (its Fig. 6.3-6.5): the trace (--functions, --minutes,
+    /// --compression) replayed through a cluster's gateway once per placement policy
+    /// (--placements), each on --nodes nodes of its own on one etcd (--etcd) and the S3
+    /// store (EMBER_S3_*); cold-start latency as box and violin plots, the placement's own
+    /// time, and the gateway's requests per second against a node's (needs root)
+    Cluster,
 }
 
 #[derive(Debug, clap::Args)]
@@ -139,6 +145,25 @@ pub struct Args {
         default_value = "fixed,fixed+hibernate,histogram+hibernate"
     )]
     pub keep_alive_policies: Vec<String>,
+    /// cluster: nodes per cluster
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// cluster: the placement policies compared, one cluster each
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "least-loaded,snapshot-aware"
+    )]
+    pub placements: Vec<String>,
+    /// cluster: etcd's client URL [default: an etcd started for the run from /usr/bin/etcd]
+    #[arg(long)]
+    pub etcd: Option<String>,
+    /// cluster: clients of the closed loops that measure requests per second
+    #[arg(long, default_value_t = 16)]
+    pub rps_clients: usize,
+    /// cluster: seconds of closed loop per target, gateway and node (0 skips it)
+    #[arg(long, default_value_t = 6.0)]
+    pub rps_seconds: f64,
     /// knix: the pool sizes N (instances kept ready, and requests in the burst)
     #[arg(long, value_delimiter = ',', default_value = "1,10,50,100")]
     pub pools: Vec<usize>,
@@ -278,7 +303,7 @@ async fn remove_own(client: &Client, names: &[String]) {
 
 /// Writes a run's JSON to `out` (default `bench-results/<kind>-<time>.json`), creating its
 /// directory; returns it and the path of the plot beside it.
-fn save(
+pub(super) fn save(
     out: Option<PathBuf>,
     kind: &str,
     started: u64,
@@ -294,7 +319,7 @@ fn save(
 }
 
 /// Seconds since the epoch: names a run's result files.
-fn now_unix() -> u64 {
+pub(super) fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -311,6 +336,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Experiment::Vhive => return vhive(args).await,
         Experiment::Trace => return trace(args).await,
         Experiment::Knix => return knix(args).await,
+        Experiment::Cluster => return super::bench_cluster::run(args).await,
         Experiment::Invoke => {}
     }
     let started = now_unix();

@@ -1,6 +1,7 @@
 //! One module per CLI verb.
 
 pub mod bench;
+pub mod bench_cluster;
 pub mod cluster;
 pub mod deploy;
 pub mod gateway;
