@@ -1048,6 +1048,28 @@ async fn invoke_as(
             }
             Ok(resp)
         }
+        InvocationType::RequestResponse
+            if !streamed
+                && headers
+                    .get(crate::types::forwarded::REQUEST)
+                    .is_some_and(|v| v == "1") =>
+        {
+            // A cluster gateway's: it learns when the handler starts (`types::forwarded`).
+            let node = s.node.clone();
+            Ok(crate::routes::framed(move |running| async move {
+                let opts = InvokeOptions {
+                    tail,
+                    request_id: None,
+                    no_queue: true,
+                    client_context,
+                    running: Some(running),
+                };
+                match node.invoke_with(&name, &event, opts).await {
+                    Ok(inv) => invocation_response(inv, &version).into_response(),
+                    Err(e) => LambdaError::from(e).into_response(),
+                }
+            }))
+        }
         InvocationType::RequestResponse => {
             let node = s.node.clone();
             // Lambda answers a synchronous call over the function's concurrency with 429 at

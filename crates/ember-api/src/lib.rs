@@ -22,15 +22,19 @@ use ember_node::Node;
 pub use error::ApiError;
 pub use routes::parse_deploy;
 
-/// Whether `headers` carry `Authorization: Bearer <token>` (compared in constant time).
+/// Whether `headers` carry `Authorization: Bearer <token>`, or (a Lambda client's signed
+/// request) a SigV4 signature whose access key id is the token; compared in constant time
+/// (the signature itself is not checked, as on a node).
 pub fn bearer_ok(headers: &axum::http::HeaderMap, token: &str) -> bool {
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    given
-        .strip_prefix(b"Bearer ")
-        .is_some_and(|t| routes::same_secret(t, token.as_bytes()))
+    let t = match given.strip_prefix(b"Bearer ") {
+        Some(t) => t,
+        None => lambda::sigv4_key_id(given).unwrap_or_default(),
+    };
+    routes::same_secret(t, token.as_bytes())
 }
 
 /// Serves any `app` (the cluster gateway's) on `listener` with the API's connection limits

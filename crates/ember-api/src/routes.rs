@@ -500,14 +500,34 @@ async fn invoke(
 /// A gateway's invoke (see [`crate::types::forwarded`]): `started` once the handler is
 /// about to run, then the answer framed.
 fn invoke_reporting_start(s: &AppState, name: String, event: Bytes) -> Response {
+    let node = s.node.clone();
+    framed(move |running| async move {
+        let opts = ember_node::InvokeOptions {
+            running: Some(running),
+            ..Default::default()
+        };
+        // In a task of its own: a caller that goes away does not cancel the invocation.
+        match tokio::spawn(async move { node.invoke_with(&name, &event, opts).await }).await {
+            Ok(Ok(inv)) => invocation_response(inv),
+            Ok(Err(e)) => ApiError::from(e).into_response(),
+            Err(e) => task_failed("the invocation", e).into_response(),
+        }
+    })
+}
+
+/// Answers at once with the framed stream of [`crate::types::forwarded`]: `started` when the
+/// flag `answer` is given turns true (the handler is about to run), then the response
+/// `answer` makes, framed. `answer` runs in a task of its own (a gateway that goes away does
+/// not cancel it).
+pub(crate) fn framed<F>(
+    answer: impl FnOnce(std::sync::Arc<tokio::sync::watch::Sender<bool>>) -> F,
+) -> Response
+where
+    F: std::future::Future<Output = Response> + Send + 'static,
+{
     use crate::types::forwarded::{ANSWER, AnswerHead, CONTENT_TYPE, STARTED};
     let (running, mut ran) = tokio::sync::watch::channel(false);
-    let opts = ember_node::InvokeOptions {
-        running: Some(std::sync::Arc::new(running)),
-        ..Default::default()
-    };
-    let node = s.node.clone();
-    let mut task = tokio::spawn(async move { node.invoke_with(&name, &event, opts).await });
+    let mut task = tokio::spawn(answer(std::sync::Arc::new(running)));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Bytes, std::io::Error>>();
     tokio::spawn(async move {
         let mut watching = true;
@@ -525,8 +545,7 @@ fn invoke_reporting_start(s: &AppState, name: String, event: Bytes) -> Response 
             }
         };
         let resp = match result {
-            Ok(Ok(inv)) => invocation_response(inv),
-            Ok(Err(e)) => ApiError::from(e).into_response(),
+            Ok(r) => r,
             Err(e) => task_failed("the invocation", e).into_response(),
         };
         let (parts, body) = resp.into_parts();

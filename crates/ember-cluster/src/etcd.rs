@@ -7,6 +7,8 @@
 //! |---|---|---|
 //! | `<prefix>/nodes/<node>` | [`crate::record::NodeRecord`] JSON, under the node's lease | the node |
 //! | `<prefix>/functions/<name>` | [`crate::defs::FunctionDef`] JSON | a gateway |
+//! | `<prefix>/events/<id>` | an Event invocation queued (`gateway/events.rs`) | a gateway |
+//! | `<prefix>/event-claims/<id>` | the gateway running it, under that gateway's lease | a gateway |
 //!
 //! A [`Mirror`] holds one prefix in memory: listed, then followed by a watch from the next
 //! revision; when etcd cannot be reached it keeps what it had (nodes go on serving, the
@@ -71,6 +73,24 @@ impl Keys {
 
     pub fn function(&self, name: &str) -> String {
         format!("{}{name}", self.functions())
+    }
+
+    /// Event invocations queued by gateways.
+    pub fn events(&self) -> String {
+        format!("{}/events/", self.prefix)
+    }
+
+    pub fn event(&self, id: &str) -> String {
+        format!("{}{id}", self.events())
+    }
+
+    /// Which gateway runs an event now (a key under that gateway's lease).
+    pub fn claims(&self) -> String {
+        format!("{}/event-claims/", self.prefix)
+    }
+
+    pub fn claim(&self, id: &str) -> String {
+        format!("{}{id}", self.claims())
     }
 }
 

@@ -186,6 +186,8 @@ impl Cluster {
             .arg(self.staging.path())
             .env_remove("EMBER_TOKEN")
             .env("EMBER_LOG", "warn")
+            // An Event whose node died runs again a second later.
+            .env("EMBER_EVENT_RETRY_DELAY", "1s")
             .envs(self.store.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -768,4 +770,94 @@ async fn bench_cluster_runs_and_reports() {
     assert!(t.iter().all(|t| t["requests"].as_u64() > Some(0)), "{doc}");
     let svg = std::fs::read_to_string(out.with_extension("svg")).unwrap();
     assert!(svg.contains("snapshot-aware: cold"), "the plot");
+}
+
+/// Event invocations through the gateway's Lambda API are queued in etcd and run on the
+/// nodes; with a node killed while it runs one, every event still completes (the one it was
+/// running, again elsewhere: at least once), and none is dropped. RequestResponse through
+/// the Lambda API answers as Lambda does.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_complete_when_a_node_is_killed() {
+    if !common::need_sandbox() {
+        return;
+    }
+    let Some(mut c) = Cluster::start("events", "snapshot-aware").await else {
+        return;
+    };
+    let (status, doc) = c
+        .deploy(
+            "slow",
+            json!({"handler": "main.handler", "max_instances": 1, "snapshot": "off"}),
+            &py(SLOW),
+        )
+        .await;
+    assert_eq!(status, 201, "{doc}");
+    let lambda = format!("{}/2015-03-31/functions/slow/invocations", c.gateway_url);
+    let r = c
+        .http
+        .post(&lambda)
+        .json(&json!({"who": "rr", "sleep": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("ember-node"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["who"], "rr");
+    let r = c
+        .http
+        .post(format!(
+            "{}/2015-03-31/functions/nope/invocations",
+            c.gateway_url
+        ))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["x-amzn-errortype"], "ResourceNotFoundException");
+
+    let events = 6;
+    for k in 0..events {
+        let r = c
+            .http
+            .post(&lambda)
+            .header("x-amz-invocation-type", "Event")
+            .json(&json!({"who": k, "sleep": 2}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        assert!(r.headers().contains_key("x-amzn-requestid"));
+    }
+    // A node running one of them.
+    let mut victim = String::new();
+    c.wait_records("a node running an event", |nodes| {
+        match nodes
+            .iter()
+            .find(|n| n["holdings"]["load"]["in_flight"].as_u64() >= Some(1))
+        {
+            Some(n) => {
+                victim = n["id"].as_str().unwrap().to_string();
+                true
+            }
+            None => false,
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.kill9(victim[1..].parse().unwrap());
+    let t0 = Instant::now();
+    let stats = loop {
+        let s = c.get(&format!("{}/v1/cluster/events", c.gateway_url)).await;
+        if s["queued"] == 0 {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(90), "{s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(stats["done"], events, "{stats}");
+    assert_eq!(stats["dropped"], 0, "{stats}");
+    // The killed node's event went back to the queue and ran again elsewhere.
+    assert!(stats["retried"].as_u64() >= Some(1), "{stats}");
 }

@@ -194,90 +194,120 @@ pub(super) async fn invoke(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (def, entry) = g.definition(&name)?;
+    g.definition(&name)?;
     let event = read_body(&headers, body, g.cfg.max_event_bytes, "event").await?;
-    let (choices, took) = g.place(&name, entry.mod_revision);
-    if choices.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "NoNodeReady",
-            format!(
-                "no node serves version {} of {name:?} now ({} nodes in the cluster; GET \
-                 /v1/functions/{name} shows each one's state)",
-                entry.version,
-                g.records().len()
-            ),
-        ));
+    g.forward(
+        &name,
+        &format!("/v1/functions/{name}/invoke"),
+        &headers,
+        event,
+    )
+    .await
+}
+
+impl Gateway {
+    /// Places a start of `name` and forwards a POST of `event` to `path` on the node (the
+    /// next one when a node did not run it): the node's answer, with where it was placed.
+    pub(super) async fn forward(
+        &self,
+        name: &str,
+        path: &str,
+        headers: &HeaderMap,
+        event: Bytes,
+    ) -> Result<Response, ApiError> {
+        let (def, entry) = self.definition(name)?;
+        self.forward_def(&def, &entry, path, headers, event).await
     }
-    let timeout = Duration::from_secs(u64::from(def.config.timeout_s) + 60);
-    let mut refused: Option<Response> = None;
-    for (i, c) in choices.iter().enumerate() {
-        let _running = Running::new(&g, &c.id, &name);
-        let mut req = g
-            .http
-            .post(format!(
-                "{}/v1/functions/{name}/invoke",
-                c.url.trim_end_matches('/')
-            ))
-            .timeout(timeout)
-            .header(forwarded::REQUEST, "1")
-            .body(event.clone());
-        for (k, v) in &headers {
-            if passed(k) {
-                req = req.header(k, v);
+
+    async fn forward_def(
+        &self,
+        def: &crate::defs::FunctionDef,
+        entry: &crate::etcd::Entry,
+        path: &str,
+        headers: &HeaderMap,
+        event: Bytes,
+    ) -> Result<Response, ApiError> {
+        let (g, name) = (self, def.name.as_str());
+        let (choices, took) = g.place(name, entry.mod_revision);
+        if choices.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NoNodeReady",
+                format!(
+                    "no node serves version {} of {name:?} now ({} nodes in the cluster; GET \
+                 /v1/functions/{name} shows each one's state)",
+                    entry.version,
+                    g.records().len()
+                ),
+            ));
+        }
+        let timeout = Duration::from_secs(u64::from(def.config.timeout_s) + 60);
+        let mut refused: Option<Response> = None;
+        for (i, c) in choices.iter().enumerate() {
+            let _running = Running::new(g, &c.id, name);
+            let mut req = g
+                .http
+                .post(format!("{}{path}", c.url.trim_end_matches('/')))
+                .timeout(timeout)
+                .header(forwarded::REQUEST, "1")
+                .body(event.clone());
+            for (k, v) in headers {
+                if passed(k) {
+                    req = req.header(k, v);
+                }
             }
-        }
-        if let Some(t) = &g.cfg.node_token {
-            req = req.bearer_auth(t);
-        }
-        let placement = format!(
-            "{};us={};tried={}",
-            c.tier.as_str(),
-            took.as_micros(),
-            i + 1
-        );
-        let answer = match attempt(req).await {
-            Attempt::Answered { answer, started } => (answer, started),
-            Attempt::NotStarted(why) => {
-                tracing::warn!(node = %c.id, "the node did not run the request ({why}): trying the next");
-                g.mark_unreachable(&c.id);
+            if let Some(t) = &g.cfg.node_token {
+                req = req.bearer_auth(t);
+            }
+            let placement = format!(
+                "{};us={};tried={}",
+                c.tier.as_str(),
+                took.as_micros(),
+                i + 1
+            );
+            let answer = match attempt(req).await {
+                Attempt::Answered { answer, started } => (answer, started),
+                Attempt::NotStarted(why) => {
+                    tracing::warn!(node = %c.id, "the node did not run the request ({why}): trying the next");
+                    g.mark_unreachable(&c.id);
+                    continue;
+                }
+                Attempt::Lost(why) => return Err(lost(&c.id, &why)),
+            };
+            let (mut out, started) = answer;
+            let status = out.status();
+            let h = out.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&c.id) {
+                h.insert(NODE_HEADER, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&placement) {
+                h.insert(PLACEMENT_HEADER, v);
+            }
+            // Refusals before the handler ran: the queue full (429), the node busy or stopping
+            // (503), the function not deployed there yet (404).
+            let not_started = !started
+                && matches!(
+                    status,
+                    StatusCode::TOO_MANY_REQUESTS
+                        | StatusCode::SERVICE_UNAVAILABLE
+                        | StatusCode::NOT_FOUND
+                );
+            if not_started && i + 1 < choices.len() {
+                tracing::debug!(node = %c.id, %status, "the node did not run it: trying the next");
+                refused = Some(out);
                 continue;
             }
-            Attempt::Lost(why) => return Err(lost(&c.id, &why)),
-        };
-        let (mut out, started) = answer;
-        let status = out.status();
-        let h = out.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&c.id) {
-            h.insert(NODE_HEADER, v);
+            return Ok(out);
         }
-        if let Ok(v) = HeaderValue::from_str(&placement) {
-            h.insert(PLACEMENT_HEADER, v);
-        }
-        // Refusals before the handler ran: the queue full (429), the node busy or stopping
-        // (503), the function not deployed there yet (404).
-        let not_started = !started
-            && matches!(
-                status,
-                StatusCode::TOO_MANY_REQUESTS
-                    | StatusCode::SERVICE_UNAVAILABLE
-                    | StatusCode::NOT_FOUND
-            );
-        if not_started && i + 1 < choices.len() {
-            tracing::debug!(node = %c.id, %status, "the node did not run it: trying the next");
-            refused = Some(out);
-            continue;
-        }
-        return Ok(out);
+        Ok(refused.unwrap_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NoNodeReady",
+                format!("every node that serves {name:?} failed before running it: try again"),
+            )
+            .into_response()
+        }))
     }
-    Ok(refused.unwrap_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "NoNodeReady",
-            format!("every node that serves {name:?} failed before running it: try again"),
-        )
-        .into_response()
-    }))
 }
 
 /// How one node took a forwarded request.

@@ -10,11 +10,17 @@
 //! | GET, DELETE | /v1/functions/{name} | describe, delete (every node follows) |
 //! | POST | /v1/functions/{name}/invoke | placed, then forwarded to the node (`forward.rs`) |
 //! | GET | /v1/cluster/nodes | the nodes in placement: records, holdings, load |
+//! | GET | /v1/cluster/events | the Event queue: queued, running; this gateway's done, put back, dropped |
+//! | POST | /2015-03-31/functions/{name}/invocations | Lambda's Invoke: RequestResponse forwarded, Event queued in etcd (`events.rs`), DryRun (`lambda.rs`) |
 //!
 //! Kubernetes' scheduler-extender `prioritize` is served on a listener of its own
 //! ([`Gateway::extender_router`]): kube-scheduler sends no token.
 
+mod events;
 mod forward;
+mod lambda;
+
+pub use events::MAX_EVENT_PAYLOAD;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicUsize;
@@ -51,6 +57,10 @@ pub struct GatewayConfig {
     pub deploy_wait: Duration,
     pub max_event_bytes: usize,
     pub max_deploy_bytes: usize,
+    /// Before an Event whose function failed runs again (times its attempts).
+    pub event_retry_delay: Duration,
+    /// An Event that could not run this long is dropped.
+    pub event_max_age: Duration,
 }
 
 pub struct Gateway {
@@ -67,6 +77,7 @@ pub struct Gateway {
     /// Nodes that refused a connection lately: out of placement until then.
     unreachable: Mutex<HashMap<String, Instant>>,
     turn: AtomicUsize,
+    events: events::EventStats,
 }
 
 /// How long a node that refused a connection stays out of placement (its lease may still
@@ -94,7 +105,7 @@ impl Gateway {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| format!("making the HTTP client: {e}"))?;
-        Ok(Arc::new(Gateway {
+        let gateway = Arc::new(Gateway {
             etcd,
             cfg,
             nodes,
@@ -105,7 +116,10 @@ impl Gateway {
             own: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(HashMap::new()),
             turn: AtomicUsize::new(0),
-        }))
+            events: events::EventStats::default(),
+        });
+        gateway.start_events();
+        Ok(gateway)
     }
 
     /// The API's routes.
@@ -119,6 +133,11 @@ impl Gateway {
             )
             .route("/v1/functions/{name}/invoke", post(forward::invoke))
             .route("/v1/cluster/nodes", get(nodes))
+            .route("/v1/cluster/events", get(event_stats))
+            .route(
+                "/2015-03-31/functions/{name}/invocations",
+                post(lambda::invoke),
+            )
             .fallback(|| async {
                 ApiError::new(
                     StatusCode::NOT_FOUND,
@@ -267,6 +286,35 @@ async fn nodes(State(g): State<Arc<Gateway>>) -> Response {
     axum::Json(json!({"nodes": nodes, "placement": g.cfg.placement.name()})).into_response()
 }
 
+async fn event_stats(State(g): State<Arc<Gateway>>) -> Result<Response, ApiError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut etcd = g.etcd.clone();
+    let count = |r: etcd_client::GetResponse| r.count();
+    let opts = || {
+        Some(
+            etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_count_only(),
+        )
+    };
+    let queued = etcd
+        .get(g.cfg.keys.events(), opts())
+        .await
+        .map_err(|e| etcd_failed("counting the events", e))?;
+    let claimed = etcd
+        .get(g.cfg.keys.claims(), opts())
+        .await
+        .map_err(|e| etcd_failed("counting the events", e))?;
+    Ok(axum::Json(json!({
+        "queued": count(queued),
+        "running": count(claimed),
+        "done": g.events.done.load(Relaxed),
+        "retried": g.events.retried.load(Relaxed),
+        "dropped": g.events.dropped.load(Relaxed),
+    }))
+    .into_response())
+}
+
 async fn list(State(g): State<Arc<Gateway>>) -> Response {
     let view = g.defs.view();
     let functions: Vec<serde_json::Value> = view
@@ -291,7 +339,7 @@ async fn describe(
     Ok(axum::Json(g.describe_def(&def, &entry)).into_response())
 }
 
-fn etcd_failed(what: &str, e: etcd_client::Error) -> ApiError {
+pub(super) fn etcd_failed(what: &str, e: etcd_client::Error) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "ClusterUnavailable",

@@ -39,6 +39,13 @@ pub struct Args {
     /// How long a deploy waits for every node to deploy it
     #[arg(long, env = "EMBER_DEPLOY_WAIT", default_value = "10m")]
     pub deploy_wait: String,
+    /// Before an Event invocation whose function failed runs again (twice as long before
+    /// its third attempt)
+    #[arg(long, env = "EMBER_EVENT_RETRY_DELAY", default_value = "60s")]
+    pub event_retry_delay: String,
+    /// How long an Event invocation that cannot run (no node, throttled) is retried
+    #[arg(long, env = "EMBER_EVENT_MAX_AGE", default_value = "6h")]
+    pub event_max_age: String,
     /// Where deployed zips are staged on their way to the store
     #[arg(
         long,
@@ -65,6 +72,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         deploy_wait,
         max_event_bytes: api.max_event_bytes,
         max_deploy_bytes: api.max_deploy_bytes,
+        event_retry_delay: humantime::parse_duration(&args.event_retry_delay).with_context(
+            || {
+                format!(
+                    "--event-retry-delay {:?} is not a duration",
+                    args.event_retry_delay
+                )
+            },
+        )?,
+        event_max_age: humantime::parse_duration(&args.event_max_age).with_context(|| {
+            format!("--event-max-age {:?} is not a duration", args.event_max_age)
+        })?,
     };
     let gateway = Gateway::start(client, code, cfg)
         .await
