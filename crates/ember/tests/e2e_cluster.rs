@@ -391,6 +391,20 @@ async fn deploy_once_serve_everywhere() {
         tokio::time::sleep(Duration::from_millis(800)).await;
     }
     assert_eq!(seen.len(), NODES, "least-loaded used only {seen:?}");
+    // `ember ls` through the gateway: the cluster's instances, summed over the nodes.
+    c.wait_records("three live instances", |nodes| {
+        nodes
+            .iter()
+            .all(|n| n["holdings"]["functions"]["hello"]["live"] == 1)
+    })
+    .await;
+    let described = c
+        .get(&format!("{}/v1/functions/hello", c.gateway_url))
+        .await;
+    assert_eq!(described["instances_live"], 3, "{described}");
+    let out = common::cli_at(&c.gateway_url, &["ls"]);
+    assert!(out.ok, "{}", out.stderr);
+    assert!(out.stdout.contains("hello"), "{}", out.stdout);
 
     // The CLI deploys and invokes through the gateway as through a node.
     let dir = common::examples().join("helloworld");

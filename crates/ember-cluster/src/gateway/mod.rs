@@ -119,6 +119,14 @@ impl Gateway {
             events: events::EventStats::default(),
         });
         gateway.start_events();
+        // The records decoded as they change, off the requests' path.
+        let (weak, mut nodes) = (Arc::downgrade(&gateway), gateway.nodes.clone());
+        tokio::spawn(async move {
+            while nodes.changed().await {
+                let Some(g) = weak.upgrade() else { return };
+                g.records();
+            }
+        });
         Ok(gateway)
     }
 
@@ -158,7 +166,9 @@ impl Gateway {
             .with_state(self.clone())
     }
 
-    /// The nodes in the cluster now (records that do not decode are left out, logged).
+    /// The nodes in the cluster now (records that do not decode are left out, logged):
+    /// decoded once per change of the nodes' keys (by a task that follows them, or here if
+    /// a request comes first).
     pub fn records(&self) -> Arc<BTreeMap<String, NodeRecord>> {
         let view = self.nodes.view();
         let mut cached = self.decoded.lock().unwrap_or_else(|p| p.into_inner());
@@ -196,6 +206,14 @@ impl Gateway {
     /// A definition as the API shows it: its fields, version, and its state on each node.
     fn describe_def(&self, def: &FunctionDef, entry: &Entry) -> serde_json::Value {
         let records = self.records();
+        let sum = |f: fn(&ember_node::FunctionHoldings) -> u32| -> u64 {
+            records
+                .values()
+                .filter_map(|r| r.holdings.functions.get(&def.name))
+                .map(|h| u64::from(f(h)))
+                .sum()
+        };
+        let (live, idle, hibernated) = (sum(|h| h.live), sum(|h| h.idle), sum(|h| h.hibernated));
         let nodes: BTreeMap<&str, String> = records
             .values()
             .map(|r| {
@@ -221,6 +239,10 @@ impl Gateway {
             o.insert("created_at".into(), json!(def.created_at));
             o.insert("updated_at".into(), json!(def.updated_at));
             o.insert("nodes".into(), json!(nodes));
+            // The cluster's, summed over the nodes' last records.
+            o.insert("instances_live".into(), json!(live));
+            o.insert("instances_idle".into(), json!(idle));
+            o.insert("instances_hibernated".into(), json!(hibernated));
         }
         doc
     }
