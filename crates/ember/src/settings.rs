@@ -568,10 +568,15 @@ mod tests {
     /// Each flag of `ember serve` with the default its help states (`[default: X]` in its
     /// text, or clap's own), `None` when it states none.
     fn help_defaults() -> BTreeMap<String, Option<String>> {
+        help_defaults_of("serve")
+    }
+
+    /// Each flag of `ember <sub>` and the default its help states.
+    fn help_defaults_of(sub: &str) -> BTreeMap<String, Option<String>> {
         use clap::CommandFactory;
         let mut cli = crate::Cli::command();
         cli.build();
-        let serve = cli.find_subcommand("serve").unwrap();
+        let serve = cli.find_subcommand(sub).unwrap();
         let mut m = BTreeMap::new();
         for a in serve.get_arguments() {
             let Some(long) = a.get_long() else { continue };
@@ -706,6 +711,45 @@ mod tests {
             };
             if let Some(stated) = stated {
                 assert_eq!(row, &stated, "{flag}: README.md and --help disagree");
+            }
+        }
+    }
+
+    /// docs/cluster.md's settings table has a row for every flag of `ember gateway`, with the
+    /// default its help states.
+    #[test]
+    fn the_cluster_doc_has_every_gateway_flag_and_its_default() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/cluster.md"
+        ))
+        .unwrap();
+        let mut rows = BTreeMap::new();
+        for line in doc.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = line.split(" | ").collect();
+            let default = cells.get(2).copied().unwrap_or_default().replace('`', "");
+            let first = cells[0].trim_start_matches("| ").replace('`', "");
+            // `gateway --x` rows, and the flags both roles share (`--x`).
+            let flag = match first.strip_prefix("gateway ") {
+                Some(f) => f.to_string(),
+                None if first.starts_with("--") => first.clone(),
+                None => continue,
+            };
+            rows.insert(flag, default);
+        }
+        for (flag, stated) in help_defaults_of("gateway") {
+            // Every command's own (the README's table has --log-format).
+            if flag == "--help" || flag == "--log-format" {
+                continue;
+            }
+            let Some(row) = rows.get(&flag) else {
+                panic!("docs/cluster.md's settings table has no row for gateway {flag}");
+            };
+            if let Some(stated) = stated {
+                assert_eq!(
+                    row, &stated,
+                    "gateway {flag}: docs/cluster.md and --help disagree"
+                );
             }
         }
     }
