@@ -192,18 +192,10 @@ async fn registered(
     let key = s.cfg.keys.node(&s.cfg.id);
     // Claim the key: free, or held by no live lease but ours.
     let mut record = s.record();
-    let claim = Txn::new()
-        .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(
-            key.as_str(),
-            record.encode(),
-            Some(PutOptions::new().with_lease(id)),
-        )]);
-    let claimed = client
-        .txn(claim)
+    let free = Compare::version(key.as_str(), CompareOp::Equal, 0);
+    let claimed = put_if(client, free, &key, &record, id)
         .await
-        .map_err(|e| format!("claiming {key}: {e}"))?
-        .succeeded();
+        .map_err(|e| format!("claiming {key}: {e}"))?;
     if !claimed {
         let _ = client.lease_revoke(id).await;
         return Err(format!(
@@ -240,18 +232,10 @@ async fn registered(
                 let now = s.record();
                 if now != record || last_put.elapsed() > REPUBLISH {
                     // Only while the key is still ours (a lease gone deletes it).
-                    let put = Txn::new()
-                        .when([Compare::lease(key.as_str(), CompareOp::Equal, id)])
-                        .and_then([TxnOp::put(
-                            key.as_str(),
-                            now.encode(),
-                            Some(PutOptions::new().with_lease(id)),
-                        )]);
-                    let ok = client
-                        .txn(put)
+                    let ours = Compare::lease(key.as_str(), CompareOp::Equal, id);
+                    let ok = put_if(client, ours, &key, &now, id)
                         .await
-                        .map_err(|e| format!("publishing the record: {e}"))?
-                        .succeeded();
+                        .map_err(|e| format!("publishing the record: {e}"))?;
                     if !ok {
                         return Err(format!("{key} is no longer held by this node's lease"));
                     }
@@ -261,6 +245,22 @@ async fn registered(
             }
         }
     }
+}
+
+/// Puts `record` at `key` under `lease` if `when` holds; whether it did.
+async fn put_if(
+    client: &mut Client,
+    when: Compare,
+    key: &str,
+    record: &NodeRecord,
+    lease: i64,
+) -> Result<bool, etcd_client::Error> {
+    let txn = Txn::new().when([when]).and_then([TxnOp::put(
+        key,
+        record.encode(),
+        Some(PutOptions::new().with_lease(lease)),
+    )]);
+    Ok(client.txn(txn).await?.succeeded())
 }
 
 /// Follows the definitions: reconciles on every change, when a deploy ends, and every 30 s.

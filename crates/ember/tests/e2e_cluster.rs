@@ -533,6 +533,38 @@ async fn placement_follows_the_snapshot_and_survives_a_kill() {
     .await;
 }
 
+/// `slow` (sleeps `event.sleep` s), one instance per node: a second request there waits in
+/// its queue.
+async fn deploy_slow(c: &Cluster) {
+    let (status, doc) = c
+        .deploy(
+            "slow",
+            json!({"handler": "main.handler", "max_instances": 1, "snapshot": "off"}),
+            &py(SLOW),
+        )
+        .await;
+    assert_eq!(status, 201, "{doc}");
+}
+
+/// The first node seen with at least `n` requests in flight.
+async fn busy_node(c: &Cluster, n: u64) -> String {
+    let mut victim = String::new();
+    c.wait_records("a busy node", |nodes| {
+        match nodes
+            .iter()
+            .find(|r| r["holdings"]["load"]["in_flight"].as_u64() >= Some(n))
+        {
+            Some(r) => {
+                victim = r["id"].as_str().unwrap().to_string();
+                true
+            }
+            None => false,
+        }
+    })
+    .await;
+    victim
+}
+
 const SLOW: &str = "import time\n\ndef handler(event, context):\n    time.sleep(event['sleep'])\n    return {'who': event['who']}\n";
 
 /// kill -9 of a node under load: the request its instance was running is answered 502
@@ -546,15 +578,7 @@ async fn a_node_killed_under_load_hands_on_what_it_had_not_started() {
     let Some(mut c) = Cluster::start("killed", "snapshot-aware").await else {
         return;
     };
-    // One instance per node: a second request there waits in its queue.
-    let (status, doc) = c
-        .deploy(
-            "slow",
-            json!({"handler": "main.handler", "max_instances": 1, "snapshot": "off"}),
-            &py(SLOW),
-        )
-        .await;
-    assert_eq!(status, 201, "{doc}");
+    deploy_slow(&c).await;
     let requests: Vec<_> = (0..6)
         .map(|k| {
             let (http, url) = (c.http.clone(), c.gateway_url.clone());
@@ -580,20 +604,7 @@ async fn a_node_killed_under_load_hands_on_what_it_had_not_started() {
         })
         .collect();
     // The node with a request running and one queued.
-    let mut victim = String::new();
-    c.wait_records("a node with a queued request", |nodes| {
-        match nodes
-            .iter()
-            .find(|n| n["holdings"]["load"]["in_flight"].as_u64() >= Some(2))
-        {
-            Some(n) => {
-                victim = n["id"].as_str().unwrap().to_string();
-                true
-            }
-            None => false,
-        }
-    })
-    .await;
+    let victim = busy_node(&c, 2).await;
     // Its first request is running (past its cold start) by now.
     tokio::time::sleep(Duration::from_millis(700)).await;
     c.kill9(victim[1..].parse().unwrap());
@@ -798,14 +809,7 @@ async fn events_complete_when_a_node_is_killed() {
     let Some(mut c) = Cluster::start("events", "snapshot-aware").await else {
         return;
     };
-    let (status, doc) = c
-        .deploy(
-            "slow",
-            json!({"handler": "main.handler", "max_instances": 1, "snapshot": "off"}),
-            &py(SLOW),
-        )
-        .await;
-    assert_eq!(status, 201, "{doc}");
+    deploy_slow(&c).await;
     let lambda = format!("{}/2015-03-31/functions/slow/invocations", c.gateway_url);
     let r = c
         .http
@@ -845,20 +849,7 @@ async fn events_complete_when_a_node_is_killed() {
         assert!(r.headers().contains_key("x-amzn-requestid"));
     }
     // A node running one of them.
-    let mut victim = String::new();
-    c.wait_records("a node running an event", |nodes| {
-        match nodes
-            .iter()
-            .find(|n| n["holdings"]["load"]["in_flight"].as_u64() >= Some(1))
-        {
-            Some(n) => {
-                victim = n["id"].as_str().unwrap().to_string();
-                true
-            }
-            None => false,
-        }
-    })
-    .await;
+    let victim = busy_node(&c, 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     c.kill9(victim[1..].parse().unwrap());
     let t0 = Instant::now();
