@@ -183,6 +183,27 @@ const API_VERSIONS: [&str; 11] = [
     "/2021-11-15/",
 ];
 
+/// On a cluster's node, a Lambda call that would change what the node serves (anything
+/// but a read, an invocation or a function URL): refused, as `/v1`'s deploys are, since the
+/// node's functions are the cluster's.
+pub(crate) fn refused_in_cluster(method: &axum::http::Method, path: &str) -> Option<Response> {
+    let invocation = path.ends_with("/invocations")
+        || path.ends_with("/response-streaming-invocations")
+        || path.starts_with(url::PREFIX);
+    if method == axum::http::Method::GET || invocation || !is_lambda_path(path) {
+        return None;
+    }
+    Some(
+        LambdaError::new(
+            StatusCode::CONFLICT,
+            "ResourceConflictException",
+            "this node belongs to a cluster: change functions through the cluster's gateway \
+             (ember gateway), which every node follows",
+        )
+        .into_response(),
+    )
+}
+
 /// Whether `path` is the Lambda API's (or a function URL's): its clients sign with SigV4
 /// and read Lambda's errors.
 pub(crate) fn is_lambda_path(path: &str) -> bool {

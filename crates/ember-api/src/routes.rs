@@ -101,6 +101,11 @@ async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
             .into_response();
         }
     }
+    if s.cfg.cluster_member
+        && let Some(refused) = crate::lambda::refused_in_cluster(req.method(), req.uri().path())
+    {
+        return refused;
+    }
     next.run(req).await
 }
 
@@ -544,6 +549,11 @@ where
                 },
             }
         };
+        // A handler that started and ended before this loop saw the flag: `started` still
+        // comes first.
+        if watching && *ran.borrow() {
+            let _ = tx.send(Ok(Bytes::from_static(STARTED)));
+        }
         let resp = match result {
             Ok(r) => r,
             Err(e) => task_failed("the invocation", e).into_response(),

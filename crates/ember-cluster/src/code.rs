@@ -64,9 +64,10 @@ pub enum CodeError {
     #[error("writing the code to a staging file {path}: {source}")]
     Staging {
         path: PathBuf,
-        #[source]
         source: std::io::Error,
     },
+    #[error("the staging directory {path}: {why} (give another with --staging)")]
+    StagingDir { path: PathBuf, why: String },
 }
 
 pub struct CodeStore {
@@ -81,9 +82,9 @@ impl CodeStore {
     /// way up.
     pub fn open(cfg: &S3Config, staging: PathBuf) -> Result<CodeStore, CodeError> {
         let backend = S3::open(cfg).map_err(|e| CodeError::Store(e.to_string()))?;
-        std::fs::create_dir_all(&staging).map_err(|source| CodeError::Staging {
+        private_dir(&staging).map_err(|e| CodeError::StagingDir {
             path: staging.clone(),
-            source,
+            why: e.to_string(),
         })?;
         Ok(CodeStore {
             repo: Repo::new(Arc::new(backend)),
@@ -169,6 +170,28 @@ impl CodeStore {
         }
         Ok(bytes)
     }
+}
+
+/// Makes `dir` (if missing) a directory of this user's alone (mode 700), and refuses one
+/// that is a link or another user's: a zip staged there goes to the store under its digest,
+/// and another user able to write there could swap it on its way.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let m = std::fs::symlink_metadata(dir)?;
+    if !m.is_dir() || m.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(std::io::Error::other(
+            "it is not a directory of this user's (or it is a link)",
+        ));
+    }
+    if m.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,10 +4,12 @@
 //! fetched from the S3 store) and deletes what it no longer does.
 //!
 //! ```text
-//! register: lease (TTL) -> claim <prefix>/nodes/<id> (only if free, or ours) -> keep alive
+//! register: lease (TTL) -> claim <prefix>/nodes/<id> (only if free, or under this node's
+//!           previous lease) -> keep alive
 //! publish:  every 250 ms, the record if it changed (every 10 s anyway)
 //! follow:   mirror of <prefix>/functions/ -> each definition not deployed at its revision:
 //!           code from the store -> node deploy (at most 4 at once) -> its outcome published
+//!           (a failed one tried again after 30 s, 1 min, ... 16 min)
 //! ```
 //!
 //! When etcd cannot be reached the node goes on serving what it has; it registers again
@@ -75,6 +77,8 @@ struct Shared {
     deploying: Mutex<HashSet<String>>,
     /// A deploy ended: reconcile again.
     deploy_ended: Notify,
+    /// Definitions whose deploy failed here: (revision, failures, when to try again).
+    failed: Mutex<std::collections::HashMap<String, (i64, u32, Instant)>>,
 }
 
 impl Member {
@@ -92,6 +96,7 @@ impl Member {
             deployed: Mutex::new(BTreeMap::new()),
             deploying: Mutex::new(HashSet::new()),
             deploy_ended: Notify::new(),
+            failed: Mutex::new(std::collections::HashMap::new()),
             cfg,
         });
         let lease = Arc::new(Mutex::new(None));
@@ -165,8 +170,11 @@ impl Shared {
 /// lease) after any failure.
 async fn register(mut client: Client, s: Arc<Shared>, lease: Arc<Mutex<Option<i64>>>) {
     let mut backoff = Duration::from_millis(200);
+    // The lease the node's key was last claimed under: a new run of `registered` (after
+    // etcd failed for less than the TTL) takes the key over from it.
+    let mut previous: Option<i64> = None;
     loop {
-        match registered(&mut client, &s, &lease).await {
+        match registered(&mut client, &s, &lease, &mut previous).await {
             Ok(()) => backoff = Duration::from_millis(200),
             Err(e) => {
                 tracing::warn!("cluster membership ({}): {e}; registering again", s.cfg.id);
@@ -181,6 +189,7 @@ async fn registered(
     client: &mut Client,
     s: &Shared,
     lease: &Mutex<Option<i64>>,
+    previous: &mut Option<i64>,
 ) -> Result<(), String> {
     let ttl = i64::try_from(s.cfg.lease_ttl.as_secs().max(1)).unwrap_or(5);
     let id = client
@@ -188,14 +197,28 @@ async fn registered(
         .await
         .map_err(|e| format!("granting a lease: {e}"))?
         .id();
-    *lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
     let key = s.cfg.keys.node(&s.cfg.id);
-    // Claim the key: free, or held by no live lease but ours.
+    // Claim the key: free, or still under this node's previous lease.
     let mut record = s.record();
     let free = Compare::version(key.as_str(), CompareOp::Equal, 0);
-    let claimed = put_if(client, free, &key, &record, id)
+    let mut claimed = put_if(client, free, &key, &record, id)
         .await
         .map_err(|e| format!("claiming {key}: {e}"))?;
+    if !claimed && let Some(old) = *previous {
+        let ours = Compare::lease(key.as_str(), CompareOp::Equal, old);
+        claimed = put_if(client, ours, &key, &record, id)
+            .await
+            .map_err(|e| format!("claiming {key}: {e}"))?;
+    }
+    if claimed {
+        *lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+        if let Some(old) = previous.replace(id)
+            && old != id
+        {
+            // The key is under the new lease now: the old one holds nothing.
+            let _ = client.lease_revoke(old).await;
+        }
+    }
     if !claimed {
         let _ = client.lease_revoke(id).await;
         return Err(format!(
@@ -287,7 +310,14 @@ fn reconcile(view: &View, s: &Arc<Shared>) {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .is_some_and(|d| d.revision == entry.mod_revision);
-        if done {
+        // A failed deploy is tried again, later and later (the store was down, say).
+        let retry = s
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .is_some_and(|(rev, _, at)| *rev == entry.mod_revision && *at <= Instant::now());
+        if done && !retry {
             continue;
         }
         let def = match FunctionDef::decode(name, &entry.value) {
@@ -323,6 +353,23 @@ fn reconcile(view: &View, s: &Arc<Shared>) {
         let (s, name, revision) = (s.clone(), name.clone(), entry.mod_revision);
         tokio::spawn(async move {
             let error = deploy(&s, &def).await.err();
+            {
+                let mut failed = s.failed.lock().unwrap_or_else(|p| p.into_inner());
+                match &error {
+                    None => {
+                        failed.remove(&name);
+                    }
+                    Some(_) => {
+                        let n = match failed.get(&name) {
+                            Some((rev, n, _)) if *rev == revision => n.saturating_add(1),
+                            _ => 1,
+                        };
+                        // 30 s, 1 min, 2 min, ... 16 min.
+                        let wait = Duration::from_secs(30) * (1u32 << (n - 1).min(5));
+                        failed.insert(name.clone(), (revision, n, Instant::now() + wait));
+                    }
+                }
+            }
             if let Some(e) = &error {
                 tracing::warn!(function = %name, revision, "deploying the cluster's definition failed: {e}");
             } else {
@@ -336,7 +383,23 @@ fn reconcile(view: &View, s: &Arc<Shared>) {
             s.deploy_ended.notify_one();
         });
     }
-    // What the cluster no longer defines.
+    // What the cluster no longer defines: forgotten, and deleted where deployed.
+    {
+        let deploying = s
+            .deploying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let keep = |n: &String| view.entries.contains_key(n) || deploying.contains(n);
+        s.deployed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|n, _| keep(n));
+        s.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|n, _| keep(n));
+    }
     for status in s.node.list() {
         let name = status.record.name;
         if name.contains(':') || view.entries.contains_key(&name) {

@@ -14,6 +14,18 @@ pub const MAX_RECORD_BYTES: usize = 512 << 10;
 /// Format of the record; a node that reads a newer one ignores the node, loudly.
 pub const RECORD_FORMAT: u32 = 1;
 
+/// Whether `id` may name a node: a host name or a Kubernetes node name (a DNS subdomain:
+/// letters, digits, `-`, `.`, `_`; at most 253; beginning and ending with a letter or digit).
+pub fn valid_node_id(id: &str) -> bool {
+    let ends = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    (1..=253).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        && ends(id.chars().next())
+        && ends(id.chars().last())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
     pub format: u32,
@@ -73,10 +85,26 @@ impl NodeRecord {
                 format: r.format,
             });
         }
-        if r.id != key {
+        if r.id != key || !valid_node_id(key) {
             return Err(RecordError::Invalid {
                 key: key.to_string(),
                 why: format!("it names itself {:?}", r.id),
+            });
+        }
+        // The gateway sends requests (and the nodes' token) there: an http(s) base URL.
+        let host = r
+            .url
+            .strip_prefix("http://")
+            .or_else(|| r.url.strip_prefix("https://"));
+        if !host.is_some_and(|h| {
+            !h.is_empty()
+                && h.len() <= 300
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._:[]/".contains(c))
+        }) {
+            return Err(RecordError::Invalid {
+                key: key.to_string(),
+                why: format!("its URL {:?} is not an http(s) base URL", r.url),
             });
         }
         Ok(r)
@@ -131,6 +159,11 @@ mod tests {
             NodeRecord::decode("n1", b"{\"id\": 3"),
             Err(RecordError::Invalid { .. })
         ));
+        let mut bad_url = record();
+        bad_url.url = "file:///etc/passwd".into();
+        assert!(NodeRecord::decode("n1", &bad_url.encode()).is_err());
+        assert!(valid_node_id("ip-10-0-0-1.ec2.internal"));
+        assert!(!valid_node_id("a/b") && !valid_node_id("-a") && !valid_node_id(""));
         let big = vec![b' '; MAX_RECORD_BYTES + 1];
         assert!(matches!(
             NodeRecord::decode("n1", &big),

@@ -434,6 +434,26 @@ async fn deploy_once_serve_everywhere() {
     assert_eq!(r.status(), 409);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "ClusterManaged", "{body}");
+    // Nor one through Lambda's API (its invocations stay open).
+    let r = c
+        .http
+        .delete(format!("{}/2015-03-31/functions/hello", c.node_url(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.headers()["x-amzn-errortype"], "ResourceConflictException");
+    let r = c
+        .http
+        .post(format!(
+            "{}/2015-03-31/functions/hello/invocations",
+            c.node_url(0)
+        ))
+        .json(&json!({"who": "lambda"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 
     let listed = c.get(&format!("{}/v1/functions", c.gateway_url)).await;
     assert_eq!(listed["functions"][0]["name"], "hello", "{listed}");

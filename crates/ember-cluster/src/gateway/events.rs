@@ -3,13 +3,14 @@
 //! whichever gateway claims each first.
 //!
 //! ```text
-//! Invoke (Event) -> <prefix>/events/<id> (JSON, at most 256 KiB of payload) -> 202
+//! Invoke (Event) -> <prefix>/events/<id> (JSON, at most 256 KiB of payload; 429 past
+//!                   10,000 queued or 256 MiB) -> 202
 //! any gateway: due, unclaimed? -> claim <prefix>/event-claims/<id> under its own lease
 //!   -> placed and forwarded like a request (forward.rs)
 //!   ok                                -> event and claim deleted
 //!   the function failed, or the node  -> retried after retry_delay x attempts, up to 3
 //!   died after the handler started      attempts; then dropped (logged)
-//!   could not run (no node, throttled) -> retried with a growing backoff (1 s .. 5 min)
+//!   could not run (no node, throttled) -> retried with a growing backoff (2 s .. 5 min)
 //!                                        until max_age; then dropped
 //!   the function is gone              -> dropped
 //! ```
@@ -40,6 +41,10 @@ const ATTEMPTS: u32 = 3;
 const DISPATCHES: usize = 32;
 /// The claims' lease.
 const CLAIM_TTL: i64 = 5;
+/// Events queued in the cluster at most, and their bytes in etcd: past either, an Event is
+/// refused (429) rather than fill etcd's database.
+const MAX_QUEUED: usize = 10_000;
+const MAX_QUEUED_BYTES: usize = 256 << 20;
 const EVENT_FORMAT: u32 = 1;
 
 fn now_ms() -> u64 {
@@ -103,6 +108,23 @@ impl Gateway {
                 format!("an Event's payload is at most {MAX_EVENT_PAYLOAD} bytes"),
             ));
         }
+        // The queue lives in etcd, whose whole database is capped (2 GiB by default).
+        let (queued, bytes) = {
+            let view = self.event_queue.view();
+            let bytes: usize = view.entries.values().map(|e| e.value.len()).sum();
+            (view.entries.len(), bytes)
+        };
+        if queued >= MAX_QUEUED || bytes + payload.len() * 2 > MAX_QUEUED_BYTES {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                format!(
+                    "the cluster's Event queue is full ({queued} events, {} MiB): try again \
+                     later",
+                    bytes >> 20
+                ),
+            ));
+        }
         let now = now_ms();
         let id = format!("{now:013}-{:016x}", rand_u64());
         let ev = QueuedEvent {
@@ -143,7 +165,7 @@ fn rand_u64() -> u64 {
 }
 
 async fn dispatcher(g: Arc<Gateway>) {
-    let mut events = Mirror::start(g.etcd.clone(), g.cfg.keys.events());
+    let mut events = g.event_queue.clone();
     let claims = Mirror::start(g.etcd.clone(), g.cfg.keys.claims());
     let running: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut lease: Option<i64> = None;
@@ -173,37 +195,43 @@ async fn dispatcher(g: Arc<Gateway>) {
             }
         }
         let Some(lease) = lease else { continue };
-        let claimed = claims.view();
-        let now = now_ms();
-        for (id, entry) in &view.entries {
-            if running.lock().unwrap_or_else(|p| p.into_inner()).len() >= DISPATCHES {
-                break;
-            }
-            if claimed.entries.contains_key(id)
-                || running
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .contains(id)
-            {
-                continue;
-            }
-            let Some(ev) = QueuedEvent::decode(id, &entry.value) else {
-                tracing::warn!("dropping {id} from the event queue: not an event");
-                let _ = g.etcd.clone().delete(g.cfg.keys.event(id), None).await;
-                continue;
-            };
-            if ev.not_before_ms > now {
-                continue;
-            }
+        // The due events, picked before any await (a view held across one would make the
+        // mirror copy its whole map at its next change).
+        let (due, bad) = {
+            let claimed = claims.view();
+            let running = running.lock().unwrap_or_else(|p| p.into_inner());
+            let room = DISPATCHES.saturating_sub(running.len());
+            let now = now_ms();
+            let mut bad = Vec::new();
+            let due: Vec<(String, i64, QueuedEvent)> = view
+                .entries
+                .iter()
+                .filter(|(id, _)| !claimed.entries.contains_key(*id) && !running.contains(*id))
+                .filter_map(|(id, entry)| match QueuedEvent::decode(id, &entry.value) {
+                    Some(ev) => {
+                        (ev.not_before_ms <= now).then(|| (id.clone(), entry.mod_revision, ev))
+                    }
+                    None => {
+                        bad.push(id.clone());
+                        None
+                    }
+                })
+                .take(room)
+                .collect();
+            (due, bad)
+        };
+        drop(view);
+        for id in bad {
+            tracing::warn!("dropping {id} from the event queue: not an event");
+            let _ = g.etcd.clone().delete(g.cfg.keys.event(&id), None).await;
+        }
+        for (id, revision, ev) in due {
+            let id = &id;
             let claim = g.cfg.keys.claim(id);
             let txn = Txn::new()
                 .when([
                     Compare::version(claim.as_str(), CompareOp::Equal, 0),
-                    Compare::mod_revision(
-                        g.cfg.keys.event(id),
-                        CompareOp::Equal,
-                        entry.mod_revision,
-                    ),
+                    Compare::mod_revision(g.cfg.keys.event(id), CompareOp::Equal, revision),
                 ])
                 .and_then([TxnOp::put(
                     claim.as_str(),
@@ -222,9 +250,9 @@ async fn dispatcher(g: Arc<Gateway>) {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(id.clone());
-            let (g, running, revision) = (g.clone(), running.clone(), entry.mod_revision);
+            let (g, running) = (g.clone(), running.clone());
             tokio::spawn(async move {
-                let after = attempt(&g, &ev).await;
+                let after = attempt(&g, &ev, revision).await;
                 settle(&g, ev.clone(), revision, lease, after).await;
                 running
                     .lock()
@@ -251,14 +279,20 @@ async fn keep_alive(mut etcd: etcd_client::Client, lease: i64) {
     }
 }
 
-async fn attempt(g: &Gateway, ev: &QueuedEvent) -> After {
+async fn attempt(g: &Gateway, ev: &QueuedEvent, revision: i64) -> After {
     let Ok(payload) =
         base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &ev.payload)
     else {
         return After::Gone;
     };
     if g.definition(&ev.function).is_err() {
-        return After::Gone;
+        // Gone only if the definitions as seen are at least as new as the event: a view not
+        // listed yet, or behind, may lack a function that exists.
+        let defs = g.defs.view();
+        return match defs.live && defs.revision >= revision {
+            true => After::Gone,
+            false => After::NotRun("the gateway has not seen the function's definition yet".into()),
+        };
     }
     let path = format!("/v1/functions/{}/invoke", ev.function);
     match g
@@ -285,7 +319,7 @@ async fn attempt(g: &Gateway, ev: &QueuedEvent) -> After {
             }
         }
         Err(e) if e.body.code == "NodeLost" => After::Failed(e.body.message),
-        Err(e) if e.status == StatusCode::NOT_FOUND => After::Gone,
+        Err(e) if e.status == StatusCode::NOT_FOUND => After::NotRun(e.body.message),
         Err(e) => After::NotRun(e.body.message),
     }
 }
@@ -308,7 +342,7 @@ async fn settle(g: &Gateway, mut ev: QueuedEvent, revision: i64, lease: i64, aft
             None
         }
         After::Failed(why) => {
-            ev.attempts += 1;
+            ev.attempts = ev.attempts.saturating_add(1);
             if ev.attempts >= ATTEMPTS || age >= g.cfg.event_max_age {
                 drop_it(format!("{why}, at attempt {}", ev.attempts));
                 None
@@ -326,9 +360,12 @@ async fn settle(g: &Gateway, mut ev: QueuedEvent, revision: i64, lease: i64, aft
                 None
             } else {
                 g.events.retried.fetch_add(1, Ordering::Relaxed);
-                ev.not_run += 1;
-                let wait =
-                    Duration::from_secs(1 << ev.not_run.min(8)).min(Duration::from_secs(300));
+                ev.not_run = ev.not_run.saturating_add(1);
+                // 2 s, 4 s, ... 256 s, then 5 min.
+                let wait = match ev.not_run {
+                    n @ 1..=8 => Duration::from_secs(1 << n),
+                    _ => Duration::from_secs(300),
+                };
                 ev.not_before_ms = now_ms() + wait.as_millis() as u64;
                 ev.last_error = Some(why);
                 Some(ev)

@@ -33,6 +33,10 @@ pub const NODE_HEADER: &str = "ember-node";
 /// How it was placed: `<tier>;us=<placement µs>;tried=<nodes tried>`.
 pub const PLACEMENT_HEADER: &str = "ember-placement";
 
+/// A node's answer larger than this is refused (Lambda's 6 MB response, its error document
+/// and headers fit far below).
+const MAX_ANSWER_BYTES: u64 = 32 << 20;
+
 /// A request body must arrive within this (plus a second per 64 KiB).
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -164,7 +168,7 @@ impl Gateway {
             .map(|r| Candidate {
                 id: &r.id,
                 holdings: r.holdings.functions.get(function),
-                in_flight: r.holdings.load.in_flight + node_own(&r.id),
+                in_flight: r.holdings.load.in_flight.saturating_add(node_own(&r.id)),
                 memory_mb: r.holdings.load.memory_mb,
                 own_in_flight: own
                     .get(&(r.id.clone(), function.to_string()))
@@ -367,7 +371,15 @@ async fn attempt(req: reqwest::RequestBuilder) -> Attempt {
         {
             match serde_json::from_slice::<forwarded::AnswerHead>(&buf[forwarded::ANSWER.len()..nl])
             {
+                Ok(h) if h.len > MAX_ANSWER_BYTES => {
+                    return broken(true, format!("an answer of {} bytes, over the cap", h.len));
+                }
                 Ok(h) => {
+                    // An answer other than a refusal before the run: the handler may have
+                    // run, whether or not `started` came first.
+                    if !matches!(h.status, 429 | 503 | 404) {
+                        started = true;
+                    }
                     head = Some((h, nl + 1));
                 }
                 Err(e) => return broken(started, format!("a bad answer head: {e}")),
@@ -401,6 +413,8 @@ async fn attempt(req: reqwest::RequestBuilder) -> Attempt {
         match resp.chunk().await {
             Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
             Ok(None) => return broken(started, "its answer ended early".into()),
+            // A deadline passed: the node may be slow, not gone, and may still run it.
+            Err(e) if e.is_timeout() => return Attempt::Lost(format!("no answer in time: {e}")),
             Err(e) => return broken(started, format!("its answer broke off: {e}")),
         }
     }

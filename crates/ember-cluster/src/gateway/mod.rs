@@ -78,6 +78,8 @@ pub struct Gateway {
     unreachable: Mutex<HashMap<String, Instant>>,
     turn: AtomicUsize,
     events: events::EventStats,
+    /// The Event queue (`<prefix>/events/`).
+    event_queue: Mirror,
 }
 
 /// How long a node that refused a connection stays out of placement (its lease may still
@@ -105,6 +107,7 @@ impl Gateway {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| format!("making the HTTP client: {e}"))?;
+        let event_queue = Mirror::start(etcd.clone(), cfg.keys.events());
         let gateway = Arc::new(Gateway {
             etcd,
             cfg,
@@ -117,8 +120,10 @@ impl Gateway {
             unreachable: Mutex::new(HashMap::new()),
             turn: AtomicUsize::new(0),
             events: events::EventStats::default(),
+            event_queue,
         });
         gateway.start_events();
+        tokio::spawn(compact(gateway.etcd.clone()));
         // The records decoded as they change, off the requests' path.
         let (weak, mut nodes) = (Arc::downgrade(&gateway), gateway.nodes.clone());
         tokio::spawn(async move {
@@ -248,10 +253,10 @@ impl Gateway {
     }
 
     fn mark_unreachable(&self, node: &str) {
-        self.unreachable
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(node.to_string(), Instant::now() + UNREACHABLE_FOR);
+        let mut u = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        u.retain(|_, until| *until > now);
+        u.insert(node.to_string(), now + UNREACHABLE_FOR);
     }
 
     fn reachable(&self, node: &str) -> bool {
@@ -263,6 +268,30 @@ impl Gateway {
                 true
             }
             None => true,
+        }
+    }
+}
+
+/// Revisions of etcd's history kept: every record a node publishes is one, and etcd keeps
+/// them all until compacted (its database would fill its quota in hours).
+const KEEP_REVISIONS: i64 = 10_000;
+
+/// Compacts etcd's history every 5 minutes, keeping the last [`KEEP_REVISIONS`] (any
+/// gateway may; a compaction already done is refused, harmlessly).
+async fn compact(mut etcd: Client) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        let Ok(status) = etcd.status().await else {
+            continue;
+        };
+        let Some(rev) = status.header().map(|h| h.revision() - KEEP_REVISIONS) else {
+            continue;
+        };
+        if rev > 0 {
+            match etcd.compact(rev, None).await {
+                Ok(_) => tracing::debug!("compacted etcd's history to revision {rev}"),
+                Err(e) => tracing::debug!("compacting etcd's history to {rev}: {e}"),
+            }
         }
     }
 }

@@ -2,7 +2,6 @@
 //! `--cluster` one node of a cluster (it joins etcd, follows the cluster's functions and
 //! publishes what it holds; see docs/cluster.md).
 
-use anyhow::Context;
 use ember_cluster::member::{Member, MemberConfig};
 use ember_node::SnapshotMode;
 
@@ -69,8 +68,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 None => running.url(),
             };
             let id = args.node_name.unwrap_or_else(host_name);
-            ember_node::function::validate_name(&id)
-                .with_context(|| format!("--node-name {id:?}"))?;
+            anyhow::ensure!(
+                ember_cluster::record::valid_node_id(&id),
+                "--node-name {id:?} is not a node name: letters, digits, '-', '.' and '_', at \
+                 most 253, beginning and ending with a letter or a digit (a host name)"
+            );
             tracing::info!("node {id} joining the cluster at {list}; gateways reach it at {url}");
             let cfg = MemberConfig::new(keys, id, url);
             Some(Member::start(client, running.node.clone(), code, cfg))
