@@ -585,7 +585,7 @@ async fn busy_node(c: &Cluster, n: u64) -> String {
     victim
 }
 
-const SLOW: &str = "import time\n\ndef handler(event, context):\n    time.sleep(event['sleep'])\n    return {'who': event['who']}\n";
+const SLOW: &str = "import time\n\ndef handler(event, context):\n    print('running', event['who'], flush=True)\n    time.sleep(event['sleep'])\n    return {'who': event['who']}\n";
 
 /// kill -9 of a node under load: the request its instance was running is answered 502
 /// `NodeLost` (it may have run: not run again), the ones queued there go to other nodes and
@@ -625,9 +625,29 @@ async fn a_node_killed_under_load_hands_on_what_it_had_not_started() {
         .collect();
     // The node with a request running and one queued.
     let victim = busy_node(&c, 2).await;
-    // Its first request is running (past its cold start) by now.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    c.kill9(victim[1..].parse().unwrap());
+    // Its first request's handler is running (it said so in the node's log).
+    let i: usize = victim[1..].parse().unwrap();
+    let t0 = Instant::now();
+    loop {
+        let log = c
+            .http
+            .get(format!("{}/v1/functions/slow/logs?lines=50", c.node_url(i)))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if log.contains("running") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no handler ran: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.kill9(i);
     let mut lost = 0;
     let mut handed_on = 0;
     for r in requests {
