@@ -261,6 +261,16 @@ impl LambdaError {
     }
 }
 
+/// An error as Lambda's API answers it (`x-amzn-ErrorType`, `{"Type", "message"}`), for
+/// a front end that serves Lambda's API on a node's behalf (a cluster's gateway).
+pub fn error_response(
+    status: StatusCode,
+    error_type: &'static str,
+    message: impl Into<String>,
+) -> Response {
+    LambdaError::new(status, error_type, message).into_response()
+}
+
 impl IntoResponse for LambdaError {
     fn into_response(self) -> Response {
         let kind = if self.status.is_server_error() {

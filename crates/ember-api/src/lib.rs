@@ -3,6 +3,7 @@
 //! Beside `/v1`, the same router serves Lambda's API (`/2015-03-31/functions/...`, see
 //! `lambda.rs`) on the same node.
 
+mod body;
 pub mod client;
 mod error;
 mod event;
@@ -19,7 +20,9 @@ use std::time::Duration;
 
 use ember_node::Node;
 
+pub use body::BodyReader;
 pub use error::ApiError;
+pub use lambda::error_response as lambda_error;
 pub use routes::parse_deploy;
 
 /// Whether `headers` carry `Authorization: Bearer <token>`, or (a Lambda client's signed
@@ -116,18 +119,14 @@ impl Default for ConnectionLimits {
 pub(crate) struct AppState {
     pub node: Arc<Node>,
     pub cfg: Arc<ApiConfig>,
-    pub limits: ConnectionLimits,
-    /// `limits.max_buffered_body_bytes`, in KiB, less what bodies being received hold.
-    pub body_budget: Arc<tokio::sync::Semaphore>,
+    pub bodies: BodyReader,
 }
 
 pub fn router(node: Arc<Node>, cfg: ApiConfig, limits: ConnectionLimits) -> axum::Router {
-    let kib = (limits.max_buffered_body_bytes / 1024).min(tokio::sync::Semaphore::MAX_PERMITS);
     routes::router(AppState {
         node,
         cfg: Arc::new(cfg),
-        limits,
-        body_budget: Arc::new(tokio::sync::Semaphore::new(kib)),
+        bodies: BodyReader::new(limits),
     })
 }
 

@@ -15,8 +15,6 @@
 //! | DELETE | /v1/snapshots/{id}[?store=true] | remove a function snapshot (with `store`, its set in the snapshot store too; `id` may be a store key) |
 //! | GET | /metrics | Prometheus text |
 
-use std::time::Duration;
-
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
@@ -29,11 +27,10 @@ use ember_node::function::validate_name;
 use ember_node::{FunctionConfig, Invocation, InvokeOutcome};
 use ember_sandbox::LimitReason;
 use serde::Deserialize;
-use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::AppState;
-use crate::error::{ApiError, error_chain};
+use crate::error::ApiError;
 use crate::types::{DeployEvent, DeployResult, ErrorBody, StopResult, headers as h};
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -109,14 +106,7 @@ async fn auth(State(s): State<AppState>, req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-/// Body bytes a client is granted one more second of `body_timeout` for.
-const BODY_BYTES_PER_EXTRA_SECOND: usize = 64 << 10;
-
-/// Reads a body of at most `limit` bytes; more is refused with 413 before it is buffered.
-/// The body must arrive within the body timeout, plus a second per 64 KiB received: a
-/// client that trickles it in gets 408 (and the connection closes), so it cannot hold the
-/// buffer for long. While it arrives it holds its size of the bodies' budget: past the
-/// budget, 503.
+/// Reads a request's body within the API's limits ([`crate::BodyReader`]).
 pub(crate) async fn read_body(
     s: &AppState,
     headers: &HeaderMap,
@@ -124,75 +114,7 @@ pub(crate) async fn read_body(
     limit: usize,
     what: &str,
 ) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "PayloadTooLarge",
-            format!("the {what} is larger than the limit of {limit} bytes"),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let started = tokio::time::Instant::now();
-    let mut stream = body.into_data_stream();
-    let mut buf = Vec::new();
-    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
-    loop {
-        let granted = s.limits.body_timeout
-            + Duration::from_secs((buf.len() / BODY_BYTES_PER_EXTRA_SECOND) as u64);
-        let next = tokio::time::timeout_at(started + granted, stream.next())
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "RequestTimeout",
-                    format!(
-                        "the {what} did not arrive within {} s ({} bytes came); send it \
-                         faster or smaller",
-                        granted.as_secs(),
-                        buf.len()
-                    ),
-                )
-            })?;
-        match next {
-            None => return Ok(Bytes::from(buf)),
-            Some(Ok(chunk)) if buf.len() + chunk.len() > limit => return Err(too_large()),
-            Some(Ok(chunk)) => {
-                let kib = u32::try_from(chunk.len().div_ceil(1024)).unwrap_or(u32::MAX);
-                let more = s
-                    .body_budget
-                    .clone()
-                    .try_acquire_many_owned(kib)
-                    .map_err(|_| {
-                        ApiError::new(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "ServerBusy",
-                            format!(
-                                "the daemon is receiving {} MiB of request bodies at once, its \
-                             limit; retry shortly",
-                                s.limits.max_buffered_body_bytes >> 20
-                            ),
-                        )
-                    })?;
-                match &mut held {
-                    Some(h) => h.merge(more),
-                    None => held = Some(more),
-                }
-                buf.extend_from_slice(&chunk);
-            }
-            Some(Err(e)) => {
-                return Err(ApiError::bad_request(
-                    "BadBody",
-                    format!("reading the request body failed: {}", error_chain(&e)),
-                ));
-            }
-        }
-    }
+    s.bodies.read(headers, body, limit, what).await
 }
 
 async fn health() -> impl IntoResponse {

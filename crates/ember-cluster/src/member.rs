@@ -157,6 +157,41 @@ impl Shared {
         }
     }
 
+    /// Marks `name` as being deployed or deleted here; false when it already is, or when
+    /// `cap` changes run already.
+    fn begin(&self, name: &str, cap: Option<usize>) -> bool {
+        let mut d = self.deploying.lock().unwrap_or_else(|p| p.into_inner());
+        if d.contains(name) || cap.is_some_and(|c| d.len() >= c) {
+            return false;
+        }
+        d.insert(name.to_string())
+    }
+
+    /// `name`'s change ended: the definitions are reconciled again.
+    fn end(&self, name: &str) {
+        self.deploying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        self.deploy_ended.notify_one();
+    }
+
+    /// Counts a failed deploy of `name` at `revision` (and when to try it again: 30 s, 1 min,
+    /// ... 16 min), or forgets its failures once it deployed.
+    fn note_failure(&self, name: &str, revision: i64, failed: bool) {
+        let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if !failed {
+            f.remove(name);
+            return;
+        }
+        let n = match f.get(name) {
+            Some((rev, n, _)) if *rev == revision => n.saturating_add(1),
+            _ => 1,
+        };
+        let wait = Duration::from_secs(30) * (1u32 << (n - 1).min(5));
+        f.insert(name.to_string(), (revision, n, Instant::now() + wait));
+    }
+
     fn set_deployed(&self, name: &str, d: Option<Deployment>) {
         let mut map = self.deployed.lock().unwrap_or_else(|p| p.into_inner());
         match d {
@@ -334,53 +369,21 @@ fn reconcile(view: &View, s: &Arc<Shared>) {
                 continue;
             }
         };
-        if !s
-            .deploying
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.clone())
-        {
-            continue;
-        }
-        if s.deploying.lock().unwrap_or_else(|p| p.into_inner()).len() > DEPLOYS {
-            s.deploying
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(name);
-            // Picked up when one of those ends.
+        // Picked up again when one of the deploys running ends.
+        if !s.begin(name, Some(DEPLOYS)) {
             continue;
         }
         let (s, name, revision) = (s.clone(), name.clone(), entry.mod_revision);
         tokio::spawn(async move {
             let error = deploy(&s, &def).await.err();
-            {
-                let mut failed = s.failed.lock().unwrap_or_else(|p| p.into_inner());
-                match &error {
-                    None => {
-                        failed.remove(&name);
-                    }
-                    Some(_) => {
-                        let n = match failed.get(&name) {
-                            Some((rev, n, _)) if *rev == revision => n.saturating_add(1),
-                            _ => 1,
-                        };
-                        // 30 s, 1 min, 2 min, ... 16 min.
-                        let wait = Duration::from_secs(30) * (1u32 << (n - 1).min(5));
-                        failed.insert(name.clone(), (revision, n, Instant::now() + wait));
-                    }
-                }
-            }
+            s.note_failure(&name, revision, error.is_some());
             if let Some(e) = &error {
                 tracing::warn!(function = %name, revision, "deploying the cluster's definition failed: {e}");
             } else {
                 tracing::info!(function = %name, revision, "deployed the cluster's definition");
             }
             s.set_deployed(&name, Some(Deployment { revision, error }));
-            s.deploying
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&name);
-            s.deploy_ended.notify_one();
+            s.end(&name);
         });
     }
     // What the cluster no longer defines: forgotten, and deleted where deployed.
@@ -405,12 +408,7 @@ fn reconcile(view: &View, s: &Arc<Shared>) {
         if name.contains(':') || view.entries.contains_key(&name) {
             continue;
         }
-        if !s
-            .deploying
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.clone())
-        {
+        if !s.begin(&name, None) {
             continue;
         }
         let s = s.clone();
@@ -424,11 +422,7 @@ fn reconcile(view: &View, s: &Arc<Shared>) {
                 }
             }
             s.set_deployed(&name, None);
-            s.deploying
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&name);
-            s.deploy_ended.notify_one();
+            s.end(&name);
         });
     }
 }

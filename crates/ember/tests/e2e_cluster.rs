@@ -262,34 +262,8 @@ impl Cluster {
     }
 
     async fn invoke_at(&self, base: &str, name: &str, event: Value) -> Served {
-        let r = self
-            .http
-            .post(format!("{base}/v1/functions/{name}/invoke"))
-            .json(&event)
-            .send()
-            .await
-            .unwrap();
-        let h = |n: &str| {
-            r.headers()
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string()
-        };
-        let (status, node, placement, start) = (
-            r.status().as_u16(),
-            h("ember-node"),
-            h("ember-placement"),
-            h("ember-start"),
-        );
-        let raw = r.text().await.unwrap();
-        Served {
-            status,
-            node,
-            placement,
-            start,
-            body: serde_json::from_str(&raw).unwrap_or(Value::String(raw)),
-        }
+        let url = format!("{base}/v1/functions/{name}/invoke");
+        served(&self.http, &url, &event).await
     }
 
     fn kill9(&mut self, i: usize) {
@@ -321,6 +295,32 @@ impl Drop for Cluster {
                 let _ = c.wait();
             }
         }
+    }
+}
+
+/// POSTs `event` to the invoke route `url`: what came back.
+async fn served(http: &reqwest::Client, url: &str, event: &Value) -> Served {
+    let r = http.post(url).json(event).send().await.unwrap();
+    let h = |n: &str| {
+        r.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (status, node, placement, start) = (
+        r.status().as_u16(),
+        h("ember-node"),
+        h("ember-placement"),
+        h("ember-start"),
+    );
+    let raw = r.text().await.unwrap();
+    Served {
+        status,
+        node,
+        placement,
+        start,
+        body: serde_json::from_str(&raw).unwrap_or(Value::String(raw)),
     }
 }
 
@@ -601,26 +601,11 @@ async fn a_node_killed_under_load_hands_on_what_it_had_not_started() {
     deploy_slow(&c).await;
     let requests: Vec<_> = (0..6)
         .map(|k| {
-            let (http, url) = (c.http.clone(), c.gateway_url.clone());
-            tokio::spawn(async move {
-                let r = http
-                    .post(format!("{url}/v1/functions/slow/invoke"))
-                    .json(&json!({"who": k, "sleep": 2}))
-                    .send()
-                    .await
-                    .unwrap();
-                let h = |n: &str| {
-                    r.headers()
-                        .get(n)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_string()
-                };
-                let (status, node, placement) =
-                    (r.status().as_u16(), h("ember-node"), h("ember-placement"));
-                let body: Value = r.json().await.unwrap_or_default();
-                (k, status, node, placement, body)
-            })
+            let http = c.http.clone();
+            let url = format!("{}/v1/functions/slow/invoke", c.gateway_url);
+            tokio::spawn(
+                async move { (k, served(&http, &url, &json!({"who": k, "sleep": 2})).await) },
+            )
         })
         .collect();
     // The node with a request running and one queued.
@@ -651,7 +636,16 @@ async fn a_node_killed_under_load_hands_on_what_it_had_not_started() {
     let mut lost = 0;
     let mut handed_on = 0;
     for r in requests {
-        let (k, status, node, placement, body) = r.await.unwrap();
+        let (
+            k,
+            Served {
+                status,
+                node,
+                placement,
+                body,
+                ..
+            },
+        ) = r.await.unwrap();
         match status {
             200 => {
                 assert_eq!(body["who"], k, "{body}");

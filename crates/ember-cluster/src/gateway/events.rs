@@ -126,7 +126,8 @@ impl Gateway {
             ));
         }
         let now = now_ms();
-        let id = format!("{now:013}-{:016x}", rand_u64());
+        // Time first: the queue, listed in key order, runs the oldest first.
+        let id = format!("{now:013}-{}", uuid::Uuid::new_v4().simple());
         let ev = QueuedEvent {
             format: EVENT_FORMAT,
             id: id.clone(),
@@ -155,13 +156,6 @@ impl Gateway {
         let g = self.clone();
         tokio::spawn(async move { dispatcher(g).await });
     }
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(now_ms());
-    h.finish()
 }
 
 async fn dispatcher(g: Arc<Gateway>) {
@@ -285,7 +279,7 @@ async fn attempt(g: &Gateway, ev: &QueuedEvent, revision: i64) -> After {
     else {
         return After::Gone;
     };
-    if g.definition(&ev.function).is_err() {
+    let Ok((def, entry)) = g.definition(&ev.function) else {
         // Gone only if the definitions as seen are at least as new as the event: a view not
         // listed yet, or behind, may lack a function that exists.
         let defs = g.defs.view();
@@ -293,10 +287,10 @@ async fn attempt(g: &Gateway, ev: &QueuedEvent, revision: i64) -> After {
             true => After::Gone,
             false => After::NotRun("the gateway has not seen the function's definition yet".into()),
         };
-    }
+    };
     let path = format!("/v1/functions/{}/invoke", ev.function);
     match g
-        .forward(&ev.function, &path, &HeaderMap::new(), Bytes::from(payload))
+        .forward(&def, &entry, &path, &HeaderMap::new(), Bytes::from(payload))
         .await
     {
         Ok(resp) => {

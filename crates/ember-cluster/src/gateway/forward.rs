@@ -13,6 +13,7 @@
 //! The response carries the node's (status, headers, body) plus `Ember-Node` (which node
 //! served it) and `Ember-Placement` (`<tier>;us=<µs the placement took>;tried=<n>`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -23,7 +24,6 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ember_api::ApiError;
 use ember_api::types::forwarded;
-use futures::StreamExt;
 
 use super::Gateway;
 use crate::placement::{Candidate, Tier};
@@ -36,63 +36,6 @@ pub const PLACEMENT_HEADER: &str = "ember-placement";
 /// A node's answer larger than this is refused (Lambda's 6 MB response, its error document
 /// and headers fit far below).
 const MAX_ANSWER_BYTES: u64 = 32 << 20;
-
-/// A request body must arrive within this (plus a second per 64 KiB).
-const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Reads a body of at most `limit` bytes (413 beyond; 408 when it trickles).
-pub(super) async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-    what: &str,
-) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "PayloadTooLarge",
-            format!("the {what} is larger than the limit of {limit} bytes"),
-        )
-    };
-    if headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > limit as u64)
-    {
-        return Err(too_large());
-    }
-    let started = tokio::time::Instant::now();
-    let mut stream = body.into_data_stream();
-    let mut buf = Vec::new();
-    loop {
-        let granted = BODY_TIMEOUT + Duration::from_secs((buf.len() / (64 << 10)) as u64);
-        let next = tokio::time::timeout_at(started + granted, stream.next())
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "RequestTimeout",
-                    format!("the {what} did not arrive in time"),
-                )
-            })?;
-        match next {
-            None => return Ok(Bytes::from(buf)),
-            Some(Err(e)) => {
-                return Err(ApiError::bad_request(
-                    "BadRequest",
-                    format!("reading the {what}: {e}"),
-                ));
-            }
-            Some(Ok(chunk)) => {
-                if buf.len() + chunk.len() > limit {
-                    return Err(too_large());
-                }
-                buf.extend_from_slice(&chunk);
-            }
-        }
-    }
-}
 
 /// Request headers not passed to the node: hop-by-hop ones, and those the gateway sets.
 fn passed(name: &HeaderName) -> bool {
@@ -155,25 +98,27 @@ impl Gateway {
     fn place(&self, function: &str, revision: i64) -> (Vec<Choice>, Duration) {
         let started = Instant::now();
         let records = self.records();
-        let own = self.own.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let node_own = |id: &str| -> u32 {
-            own.iter()
-                .filter(|((n, _), _)| n == id)
-                .map(|(_, c)| *c)
-                .sum()
-        };
+        // This gateway's requests running per node: all of them, and this function's.
+        let mut own: HashMap<String, (u32, u32)> = HashMap::new();
+        for ((node, f), n) in self.own.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let e = own.entry(node.clone()).or_default();
+            e.0 = e.0.saturating_add(*n);
+            if f == function {
+                e.1 = e.1.saturating_add(*n);
+            }
+        }
         let mut candidates: Vec<Candidate<'_>> = records
             .values()
             .filter(|r| r.serves(function, revision) && self.reachable(&r.id))
-            .map(|r| Candidate {
-                id: &r.id,
-                holdings: r.holdings.functions.get(function),
-                in_flight: r.holdings.load.in_flight.saturating_add(node_own(&r.id)),
-                memory_mb: r.holdings.load.memory_mb,
-                own_in_flight: own
-                    .get(&(r.id.clone(), function.to_string()))
-                    .copied()
-                    .unwrap_or(0),
+            .map(|r| {
+                let (node_own, function_own) = own.get(&r.id).copied().unwrap_or_default();
+                Candidate {
+                    id: &r.id,
+                    holdings: r.holdings.functions.get(function),
+                    in_flight: r.holdings.load.in_flight.saturating_add(node_own),
+                    memory_mb: r.holdings.load.memory_mb,
+                    own_in_flight: function_own,
+                }
             })
             .collect();
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
@@ -198,32 +143,20 @@ pub(super) async fn invoke(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    g.definition(&name)?;
-    let event = read_body(&headers, body, g.cfg.max_event_bytes, "event").await?;
-    g.forward(
-        &name,
-        &format!("/v1/functions/{name}/invoke"),
-        &headers,
-        event,
-    )
-    .await
+    let (def, entry) = g.definition(&name)?;
+    let event = g
+        .bodies
+        .read(&headers, body, g.cfg.max_event_bytes, "event")
+        .await?;
+    let path = format!("/v1/functions/{name}/invoke");
+    g.forward(&def, &entry, &path, &headers, event).await
 }
 
 impl Gateway {
-    /// Places a start of `name` and forwards a POST of `event` to `path` on the node (the
-    /// next one when a node did not run it): the node's answer, with where it was placed.
+    /// Places a start of `def` (its etcd `entry`: the revision nodes must serve) and forwards
+    /// a POST of `event` to `path` on the node (the next one when a node did not run it): the
+    /// node's answer, with where it was placed.
     pub(super) async fn forward(
-        &self,
-        name: &str,
-        path: &str,
-        headers: &HeaderMap,
-        event: Bytes,
-    ) -> Result<Response, ApiError> {
-        let (def, entry) = self.definition(name)?;
-        self.forward_def(&def, &entry, path, headers, event).await
-    }
-
-    async fn forward_def(
         &self,
         def: &crate::defs::FunctionDef,
         entry: &crate::etcd::Entry,

@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use ember_api::ApiError;
+use ember_api::{ApiError, lambda_error};
 use serde::Deserialize;
 
 use super::Gateway;
@@ -21,16 +21,7 @@ pub(super) struct QualifierQuery {
     qualifier: Option<String>,
 }
 
-/// An error as Lambda's API answers it.
-fn lambda_error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
-    let body = serde_json::json!({"Type": "User", "message": message.into()});
-    let mut resp = (status, axum::Json(body)).into_response();
-    if let Ok(v) = HeaderValue::from_str(kind) {
-        resp.headers_mut().insert("x-amzn-errortype", v);
-    }
-    resp
-}
-
+/// An error of the gateway's own, in Lambda's shape.
 fn from_api(e: ApiError) -> Response {
     let kind = match e.status {
         StatusCode::NOT_FOUND => "ResourceNotFoundException",
@@ -70,13 +61,16 @@ pub(super) async fn invoke(
             format!("Function not found: {name}:{q} (a cluster serves $LATEST only)"),
         );
     }
-    if let Err(e) = g.definition(&name) {
-        return lambda_error(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFoundException",
-            e.body.message,
-        );
-    }
+    let (def, entry) = match g.definition(&name) {
+        Ok(d) => d,
+        Err(e) => {
+            return lambda_error(
+                StatusCode::NOT_FOUND,
+                "ResourceNotFoundException",
+                e.body.message,
+            );
+        }
+    };
     let kind = headers
         .get("x-amz-invocation-type")
         .and_then(|v| v.to_str().ok())
@@ -86,7 +80,7 @@ pub(super) async fn invoke(
         "Event" => super::MAX_EVENT_PAYLOAD,
         _ => g.cfg.max_event_bytes,
     };
-    let payload = match super::forward::read_body(&headers, body, limit, "Invoke payload").await {
+    let payload = match g.bodies.read(&headers, body, limit, "Invoke payload").await {
         Ok(p) => p,
         Err(e) => return from_api(e),
     };
@@ -111,7 +105,7 @@ pub(super) async fn invoke(
         },
         "RequestResponse" => {
             let path = format!("/2015-03-31/functions/{name}/invocations");
-            match g.forward(&name, &path, &headers, payload).await {
+            match g.forward(&def, &entry, &path, &headers, payload).await {
                 Ok(resp) => resp,
                 Err(e) => from_api(e),
             }

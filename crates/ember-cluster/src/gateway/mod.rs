@@ -57,6 +57,8 @@ pub struct GatewayConfig {
     pub deploy_wait: Duration,
     pub max_event_bytes: usize,
     pub max_deploy_bytes: usize,
+    /// Its API's connection limits (the body timeout and buffered-bytes budget among them).
+    pub limits: ember_api::ConnectionLimits,
     /// Before an Event whose function failed runs again (times its attempts).
     pub event_retry_delay: Duration,
     /// An Event that could not run this long is dropped.
@@ -77,6 +79,8 @@ pub struct Gateway {
     /// Nodes that refused a connection lately: out of placement until then.
     unreachable: Mutex<HashMap<String, Instant>>,
     turn: AtomicUsize,
+    /// Reads request bodies within the limits.
+    bodies: ember_api::BodyReader,
     events: events::EventStats,
     /// The Event queue (`<prefix>/events/`).
     event_queue: Mirror,
@@ -108,6 +112,7 @@ impl Gateway {
             .build()
             .map_err(|e| format!("making the HTTP client: {e}"))?;
         let event_queue = Mirror::start(etcd.clone(), cfg.keys.events());
+        let bodies = ember_api::BodyReader::new(cfg.limits);
         let gateway = Arc::new(Gateway {
             etcd,
             cfg,
@@ -119,6 +124,7 @@ impl Gateway {
             own: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(HashMap::new()),
             turn: AtomicUsize::new(0),
+            bodies,
             events: events::EventStats::default(),
             event_queue,
         });
@@ -429,8 +435,10 @@ async fn deploy(
 ) -> Result<Response, ApiError> {
     ember_node::function::validate_name(&name)
         .map_err(|e| ApiError::bad_request("InvalidFunction", e.to_string()))?;
-    let bytes =
-        forward::read_body(&headers, body, g.cfg.max_deploy_bytes, "deploy request").await?;
+    let bytes = g
+        .bodies
+        .read(&headers, body, g.cfg.max_deploy_bytes, "deploy request")
+        .await?;
     let streaming = headers
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())

@@ -53,9 +53,9 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let pid = self.child.id() as i32;
-        // SAFETY: kill(2) on our own child's pid, which we have not waited for yet.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        // Our own child, not waited for yet: its pid is still its own.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(15) {
             if let Ok(Some(_)) = self.child.try_wait() {

@@ -35,18 +35,23 @@ pub fn endpoints(list: &str) -> anyhow::Result<Vec<String>> {
     Ok(v)
 }
 
-/// etcd's client, the keys, and the code store (`EMBER_S3_*`, staging under `staging`).
+/// The S3 store a cluster keeps its code and snapshots in (`EMBER_S3_*`): required.
+pub fn store() -> anyhow::Result<ember_store::S3Config> {
+    ember_store::S3Config::from_env()?.context(
+        "a cluster keeps its code and snapshots in an S3 store: set EMBER_S3_ENDPOINT, \
+         EMBER_S3_BUCKET, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (docs/store.md)",
+    )
+}
+
+/// etcd's client, the keys, and the code store in `s3` (staging under `staging`).
 pub async fn open(
     list: &str,
     args: &EtcdArgs,
+    s3: &ember_store::S3Config,
     staging: &Path,
 ) -> anyhow::Result<(etcd_client::Client, Keys, Arc<CodeStore>)> {
     let keys = Keys::new(&args.cluster_prefix)?;
-    let s3 = ember_store::S3Config::from_env()?.context(
-        "a cluster keeps its code and snapshots in an S3 store: set EMBER_S3_ENDPOINT, \
-         EMBER_S3_BUCKET, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (docs/store.md)",
-    )?;
-    let code = CodeStore::open(&s3, staging.to_path_buf())?;
+    let code = CodeStore::open(s3, staging.to_path_buf())?;
     let client = ember_cluster::etcd::connect(&endpoints(list)?).await?;
     Ok((client, keys, Arc::new(code)))
 }

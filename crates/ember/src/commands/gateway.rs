@@ -60,10 +60,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ember_cluster::placement::by_name(&args.placement).map_err(anyhow::Error::msg)?;
     let deploy_wait: Duration = humantime::parse_duration(&args.deploy_wait)
         .with_context(|| format!("--deploy-wait {:?} is not a duration", args.deploy_wait))?;
-    let (client, keys, code) =
-        super::cluster::open(&args.cluster, &args.etcd, &args.staging).await?;
+    let (client, keys, code) = super::cluster::open(
+        &args.cluster,
+        &args.etcd,
+        &super::cluster::store()?,
+        &args.staging,
+    )
+    .await?;
     let token = args.token.filter(|t| !t.is_empty());
     let api = ApiConfig::default();
+    let limits = ConnectionLimits::default();
     let cfg = GatewayConfig {
         keys,
         placement,
@@ -72,6 +78,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         deploy_wait,
         max_event_bytes: api.max_event_bytes,
         max_deploy_bytes: api.max_deploy_bytes,
+        limits,
         event_retry_delay: humantime::parse_duration(&args.event_retry_delay).with_context(
             || {
                 format!(
@@ -91,7 +98,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {} (use --listen)", args.listen))?;
     let addr = listener.local_addr()?;
-    let limits = ConnectionLimits::default();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let api_task = tokio::spawn(ember_api::serve_app(
         listener,

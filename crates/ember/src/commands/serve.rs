@@ -40,11 +40,23 @@ fn host_name() -> String {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut settings = args.daemon.resolve()?;
-    if args.cluster.is_some() {
-        settings.node.snapshots.mode = SnapshotMode::Remote;
-        settings.node.store = ember_store::S3Config::from_env()?;
-        settings.api.cluster_member = true;
-    }
+    // Checked before the node starts: a bad name fails at once.
+    let id = args.node_name.clone().unwrap_or_else(host_name);
+    anyhow::ensure!(
+        args.cluster.is_none() || ember_cluster::record::valid_node_id(&id),
+        "--node-name {id:?} is not a node name: letters, digits, '-', '.' and '_', at most 253, \
+         beginning and ending with a letter or a digit (a host name)"
+    );
+    let s3 = match &args.cluster {
+        Some(_) => {
+            let s3 = super::cluster::store()?;
+            settings.node.snapshots.mode = SnapshotMode::Remote;
+            settings.node.store = Some(s3.clone());
+            settings.api.cluster_member = true;
+            Some(s3)
+        }
+        None => None,
+    };
     let home = settings.node.home.clone();
     let running = daemon::start(settings).await?;
     // First: scripts and tests read the URL off this line.
@@ -53,11 +65,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         running.url(),
         home.display()
     );
-    let member = match &args.cluster {
-        None => None,
-        Some(list) => {
-            let (client, keys, code) =
-                super::cluster::open(list, &args.etcd, &home.join("cluster-staging")).await?;
+    let member = match (&args.cluster, &s3) {
+        (Some(list), Some(s3)) => {
+            let staging = home.join("cluster-staging");
+            let (client, keys, code) = super::cluster::open(list, &args.etcd, s3, &staging).await?;
             let url = match args.advertise_url {
                 Some(u) => u,
                 None if running.addr.ip().is_unspecified() => anyhow::bail!(
@@ -67,16 +78,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 ),
                 None => running.url(),
             };
-            let id = args.node_name.unwrap_or_else(host_name);
-            anyhow::ensure!(
-                ember_cluster::record::valid_node_id(&id),
-                "--node-name {id:?} is not a node name: letters, digits, '-', '.' and '_', at \
-                 most 253, beginning and ending with a letter or a digit (a host name)"
-            );
             tracing::info!("node {id} joining the cluster at {list}; gateways reach it at {url}");
             let cfg = MemberConfig::new(keys, id, url);
             Some(Member::start(client, running.node.clone(), code, cfg))
         }
+        _ => None,
     };
     daemon::signalled().await;
     tracing::info!("shutting down");
