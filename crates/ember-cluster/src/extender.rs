@@ -107,6 +107,7 @@ fn score(tier: Tier) -> i64 {
         Tier::Hibernated => 8,
         Tier::Snapshot => 6,
         Tier::Image => 4,
+        Tier::Pool => 3,
         Tier::Nothing => 2,
     }
 }
@@ -124,6 +125,7 @@ pub fn prioritize(
         ));
     }
     let function = args.function();
+    let pool = function.is_some_and(|f| crate::placement::pool_has_image(records.values(), f));
     Ok(names
         .into_iter()
         .map(|host| {
@@ -134,6 +136,7 @@ pub fn prioritize(
                     in_flight: r.holdings.load.in_flight,
                     memory_mb: r.holdings.load.memory_mb,
                     own_in_flight: 0,
+                    pool_has_image: pool,
                 })),
                 _ => 0,
             };
@@ -166,6 +169,7 @@ mod tests {
                 started_at: 0,
                 deployed: BTreeMap::new(),
                 holdings,
+                pages: None,
             },
         )
     }

@@ -10,6 +10,9 @@
 //! follow:   mirror of <prefix>/functions/ -> each definition not deployed at its revision:
 //!           code from the store -> node deploy (at most 4 at once) -> its outcome published
 //!           (a failed one tried again after 30 s, 1 min, ... 16 min)
+//! pool:     mirror of <prefix>/nodes/ -> which other nodes' page servers hold which image
+//!           in memory (the node's `PagePeers`); this node's page server and its images in
+//!           the record
 //! ```
 //!
 //! When etcd cannot be reached the node goes on serving what it has; it registers again
@@ -20,14 +23,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ember_node::Node;
+use ember_node::{Node, PagePeers};
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use tokio::sync::Notify;
 
 use crate::code::CodeStore;
 use crate::defs::FunctionDef;
 use crate::etcd::{Keys, Mirror, View};
-use crate::record::{Deployment, NodeRecord, RECORD_FORMAT};
+use crate::record::{Deployment, NodeRecord, PageServerRecord, RECORD_FORMAT};
 
 /// How a node joins the cluster.
 #[derive(Debug, Clone)]
@@ -41,6 +44,10 @@ pub struct MemberConfig {
     pub lease_ttl: Duration,
     /// How often the record is compared with the last published one.
     pub publish_every: Duration,
+    /// Its image page server (`ip:port`), if it runs one.
+    pub page_server: Option<String>,
+    /// The token the cluster's page servers want (the nodes' API token).
+    pub page_token: String,
 }
 
 impl MemberConfig {
@@ -51,6 +58,8 @@ impl MemberConfig {
             url,
             lease_ttl: Duration::from_secs(5),
             publish_every: Duration::from_millis(250),
+            page_server: None,
+            page_token: String::new(),
         }
     }
 }
@@ -101,6 +110,14 @@ impl Member {
         });
         let lease = Arc::new(Mutex::new(None));
         let defs = Mirror::start(client.clone(), shared.cfg.keys.functions());
+        let peers = ClusterPeers {
+            nodes: Mirror::start(client.clone(), shared.cfg.keys.nodes()),
+            me: shared.cfg.id.clone(),
+            decoded: Mutex::new((-1, Arc::new(BTreeMap::new()))),
+        };
+        shared
+            .node
+            .join_page_pool(Arc::new(peers), shared.cfg.page_token.clone());
         let tasks = vec![
             tokio::spawn(register(client.clone(), shared.clone(), lease.clone())),
             tokio::spawn(follow(defs, shared)),
@@ -154,6 +171,10 @@ impl Shared {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
             holdings: self.node.holdings(),
+            pages: self.cfg.page_server.as_ref().map(|addr| PageServerRecord {
+                addr: addr.clone(),
+                images: self.node.images_in_memory(),
+            }),
         }
     }
 
@@ -198,6 +219,41 @@ impl Shared {
             Some(d) => map.insert(name.to_string(), d),
             None => map.remove(name),
         };
+    }
+}
+
+/// The other nodes as the node's image pool sees them: which page servers hold which image
+/// in memory, from their records (decoded once per change of the nodes' keys).
+struct ClusterPeers {
+    nodes: Mirror,
+    me: String,
+    /// The page servers by image, at a revision of the nodes' keys.
+    decoded: Mutex<(i64, Arc<ServersByImage>)>,
+}
+
+/// Page servers (`ip:port`) by image id.
+type ServersByImage = BTreeMap<String, Vec<String>>;
+
+impl PagePeers for ClusterPeers {
+    fn holding(&self, id: &str) -> Vec<String> {
+        let view = self.nodes.view();
+        let mut cached = self.decoded.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.0 != view.revision || cached.0 < 0 {
+            let mut by_image = ServersByImage::new();
+            for (node, e) in view.entries.iter().filter(|(n, _)| **n != self.me) {
+                // A record that does not decode is left out (gateways log it).
+                let Ok(r) = NodeRecord::decode(node, &e.value) else {
+                    continue;
+                };
+                if let Some(p) = r.pages {
+                    for image in p.images {
+                        by_image.entry(image).or_default().push(p.addr.clone());
+                    }
+                }
+            }
+            *cached = (view.revision, Arc::new(by_image));
+        }
+        cached.1.get(id).cloned().unwrap_or_default()
     }
 }
 

@@ -39,7 +39,22 @@ pub struct NodeRecord {
     pub deployed: BTreeMap<String, Deployment>,
     /// What it holds per function, and its load.
     pub holdings: Holdings,
+    /// Its image page server, and the images it serves (those in its memory pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages: Option<PageServerRecord>,
 }
+
+/// A node's image page server (WarmSwap's pool), as other nodes reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageServerRecord {
+    /// `ip:port`.
+    pub addr: String,
+    /// The ids of the images in its memory pool.
+    pub images: Vec<String>,
+}
+
+/// Images a record may name as served at most.
+pub const MAX_SERVED_IMAGES: usize = 4096;
 
 /// One definition as a node took it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,7 +122,32 @@ impl NodeRecord {
                 why: format!("its URL {:?} is not an http(s) base URL", r.url),
             });
         }
+        if let Some(p) = &r.pages {
+            let addr_ok = p.addr.parse::<std::net::SocketAddr>().is_ok();
+            let ids_ok = p.images.len() <= MAX_SERVED_IMAGES
+                && p.images.iter().all(|i| {
+                    (1..=128).contains(&i.len())
+                        && i.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            if !addr_ok || !ids_ok {
+                return Err(RecordError::Invalid {
+                    key: key.to_string(),
+                    why: format!(
+                        "its page server {:?} is not an ip:port, or its image ids are not ids",
+                        p.addr
+                    ),
+                });
+            }
+        }
         Ok(r)
+    }
+
+    /// The page server of a node holding image `id` in memory, if this one does.
+    pub fn serves_image(&self, id: &str) -> Option<&str> {
+        self.pages
+            .as_ref()
+            .filter(|p| p.images.iter().any(|i| i == id))
+            .map(|p| p.addr.as_str())
     }
 
     /// Whether the node serves revision `revision` of `function` (deployed without error).
@@ -136,6 +176,10 @@ mod tests {
                 },
             )]),
             holdings: Holdings::default(),
+            pages: Some(PageServerRecord {
+                addr: "10.0.0.1:7070".into(),
+                images: vec!["img-0123456789ab".into()],
+            }),
         }
     }
 
@@ -162,6 +206,25 @@ mod tests {
         let mut bad_url = record();
         bad_url.url = "file:///etc/passwd".into();
         assert!(NodeRecord::decode("n1", &bad_url.encode()).is_err());
+        assert_eq!(r.serves_image("img-0123456789ab"), Some("10.0.0.1:7070"));
+        assert_eq!(r.serves_image("img-other"), None);
+        // A page server that is not an ip:port (a name would be resolved by every node), or
+        // an image id that is not one, and the record is refused.
+        for (addr, image) in [("evil.example:80", "img-1"), ("10.0.0.1:7070", "../x")] {
+            let mut bad = record();
+            bad.pages = Some(PageServerRecord {
+                addr: addr.into(),
+                images: vec![image.into()],
+            });
+            assert!(
+                NodeRecord::decode("n1", &bad.encode()).is_err(),
+                "{addr} {image}"
+            );
+        }
+        // An older node's record, without a page server, still reads.
+        let mut old = record();
+        old.pages = None;
+        assert_eq!(NodeRecord::decode("n1", &old.encode()).unwrap().pages, None);
         assert!(valid_node_id("ip-10-0-0-1.ec2.internal"));
         assert!(!valid_node_id("a/b") && !valid_node_id("-a") && !valid_node_id(""));
         let big = vec![b' '; MAX_RECORD_BYTES + 1];

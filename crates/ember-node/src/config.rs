@@ -30,6 +30,46 @@ pub struct ImageConfig {
     pub build_memory_mb: u32,
     /// Failed restores in a row after which an image stops being used until rebuilt.
     pub failures_unhealthy: u32,
+    /// In a cluster: how an image this node has no copy of is used (WarmSwap's pool).
+    pub pool: PoolMode,
+}
+
+/// How a cluster node uses a dependency image it has no copy of while other nodes hold it
+/// (WarmSwap's remote pool): its pages from their memory, or from the snapshot store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PoolMode {
+    /// Not used before this node has its own copy (fetched whole, or built).
+    #[default]
+    Off,
+    /// Restored lazily from the pool at once, while a copy of its own is fetched.
+    Copy,
+    /// Restored from the pool, with no copy of its own while another node holds it in
+    /// memory (WarmSwap's remote pool: memory spent on one node, not on every node).
+    Pool,
+}
+
+impl std::str::FromStr for PoolMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PoolMode, String> {
+        match s {
+            "off" => Ok(PoolMode::Off),
+            "copy" => Ok(PoolMode::Copy),
+            "pool" => Ok(PoolMode::Pool),
+            _ => Err(format!(
+                "unknown image pool mode {s:?}: use copy, pool or off"
+            )),
+        }
+    }
+}
+
+impl PoolMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PoolMode::Off => "off",
+            PoolMode::Copy => "copy",
+            PoolMode::Pool => "pool",
+        }
+    }
 }
 
 impl Default for ImageConfig {
@@ -40,6 +80,7 @@ impl Default for ImageConfig {
             policy: Policy::Eager,
             build_memory_mb: 2048,
             failures_unhealthy: 3,
+            pool: PoolMode::Off,
         }
     }
 }

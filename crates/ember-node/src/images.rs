@@ -10,7 +10,12 @@
 //!               else       -> pages from the file (checked per chunk), and a load into the
 //!                             pool in the background when it fits (least recently used
 //!                             images leave the pool to make room)
+//! checkout_pooled(id): an image this node has no copy of (a cluster's): its metadata here,
+//!               its pages from other nodes' memory or the snapshot store (`PoolSource`)
 //! ```
+//!
+//! A pooled image is matched only by [`ImageStore::find_pooled`]: snapshots, standbys and
+//! templates are made over images this node holds. A copy of its own, once added, replaces it.
 //!
 //! Eviction only drops the pool's reference: instances restored lazily keep reading pages
 //! from their copy until they end, so an evicted image still counts against the budget
@@ -22,7 +27,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use ember_snap::LoadedImage;
-use ember_snap::lazy::{FileSource, PageSource};
+use ember_snap::lazy::{FileSource, PageSource, PoolSource};
 use serde::{Deserialize, Serialize};
 
 /// Largest `image.json` read back.
@@ -98,6 +103,8 @@ pub struct ImageInfo {
 pub enum Location {
     Memory,
     Disk,
+    /// Not on this node: its pages from other nodes' memory or the snapshot store.
+    Pool,
 }
 
 /// An image as `ember image ls` shows it.
@@ -124,6 +131,16 @@ pub struct ImageStatus {
     /// In the snapshot store (`snapshots = "remote"`): `uploading`, `stored` or `failed:
     /// <why>`; `None` when this node has not uploaded it (filled in by the node).
     pub remote: Option<String>,
+    /// A pooled image's places and the chunks each gave (checked) so far.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pool: Vec<PoolPlace>,
+}
+
+/// One place a pooled image's pages come from.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolPlace {
+    pub place: String,
+    pub chunks: u64,
 }
 
 impl Location {
@@ -131,6 +148,7 @@ impl Location {
         match self {
             Location::Memory => "memory",
             Location::Disk => "disk",
+            Location::Pool => "pool",
         }
     }
 }
@@ -168,6 +186,8 @@ pub struct Checkout {
     /// The image is not in memory and would fit: load it (blocking) with
     /// [`ImageStore::load`].
     pub load_after: bool,
+    /// A pooled image's source ([`Location::Pool`]).
+    pool: Option<Arc<PoolSource>>,
 }
 
 impl Checkout {
@@ -178,15 +198,23 @@ impl Checkout {
 
     /// The pages for the restore. In memory: the pool's copy. On disk: the whole image read
     /// and checked now when `whole` (an eager restore needs every page), else a file source
-    /// that reads and checks each chunk as the page server asks for it. Blocking.
+    /// that reads and checks each chunk as the page server asks for it. Pooled: the pool's
+    /// source (never whole: restore it lazily). Blocking.
     pub fn pages(&self, whole: bool) -> Result<Pages, ImageError> {
         let ws = self.working_set.clone();
+        if let Some(pool) = &self.pool {
+            return Ok(Pages {
+                source: pool.clone(),
+                image: self.image.clone(),
+                working_set: ws,
+            });
+        }
         Ok(match self.location {
             Location::Memory => Pages::in_memory(self.image.clone(), ws),
             Location::Disk if whole => {
                 Pages::in_memory(Arc::new(LoadedImage::load(&self.image.dir)?), ws)
             }
-            Location::Disk => Pages {
+            Location::Disk | Location::Pool => Pages {
                 source: Arc::new(FileSource::open(&self.image.dir, &self.image.meta)?),
                 image: self.image.clone(),
                 working_set: ws,
@@ -206,6 +234,8 @@ struct Entry {
     failures: u32,
     unhealthy: bool,
     last_error: Option<String>,
+    /// Not this node's: where its pages come from, and the directory of its metadata.
+    pooled: Option<(Arc<PoolSource>, PathBuf)>,
 }
 
 #[derive(Default)]
@@ -319,9 +349,95 @@ impl ImageStore {
                 failures: 0,
                 unhealthy: missing_env.is_some(),
                 last_error: missing_env,
+                pooled: None,
             },
         );
         Ok(id)
+    }
+
+    /// Offers image `info.id`, whose metadata (and working set) is in `dir` and whose pages
+    /// come from `source`, as a pooled image, unless this node has one of that id already
+    /// (then `dir` is removed). `dir` is the store's until the entry goes.
+    pub fn add_pooled(
+        &self,
+        dir: &Path,
+        info: &ImageInfo,
+        source: Arc<PoolSource>,
+    ) -> Result<bool, ImageError> {
+        if self.lock().entries.contains_key(&info.id) {
+            let _ = std::fs::remove_dir_all(dir);
+            return Ok(false);
+        }
+        write_info(dir, info)?;
+        let opened = Arc::new(LoadedImage::open(dir)?);
+        if opened.meta.id != source.meta().id {
+            let _ = std::fs::remove_dir_all(dir);
+            return Err(ImageError::Io {
+                what: "matching the pool's source to",
+                path: dir.to_path_buf(),
+                source: std::io::Error::other("the source serves another image"),
+            });
+        }
+        let working_set = ember_snap::image::read_working_set(dir, &opened.meta)?.map(Arc::new);
+        let mut inner = self.lock();
+        if inner.entries.contains_key(&info.id) {
+            drop(inner);
+            let _ = std::fs::remove_dir_all(dir);
+            return Ok(false);
+        }
+        inner.entries.insert(
+            info.id.clone(),
+            Entry {
+                info: info.clone(),
+                opened,
+                loaded: None,
+                working_set,
+                last_used: Instant::now(),
+                restores: 0,
+                failures: 0,
+                unhealthy: false,
+                last_error: None,
+                pooled: Some((source, dir.to_path_buf())),
+            },
+        );
+        Ok(true)
+    }
+
+    /// Whether image `id` is a pooled one here.
+    pub fn is_pooled(&self, id: &str) -> bool {
+        self.lock()
+            .entries
+            .get(id)
+            .is_some_and(|e| e.pooled.is_some())
+    }
+
+    /// The ids of the images whose pages are in this node's memory pool (what it serves to
+    /// other nodes).
+    pub fn in_memory(&self) -> Vec<String> {
+        self.lock()
+            .entries
+            .iter()
+            .filter(|(_, e)| e.loaded.is_some())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Whether image `id`'s pages are in the memory pool.
+    pub fn is_in_memory(&self, id: &str) -> bool {
+        self.lock()
+            .entries
+            .get(id)
+            .is_some_and(|e| e.loaded.is_some())
+    }
+
+    /// The in-memory copy of the image whose metadata names itself `meta_id`.
+    pub fn loaded_by_meta(&self, meta_id: &[u8; 16]) -> Option<Arc<LoadedImage>> {
+        self.lock()
+            .entries
+            .values()
+            .filter_map(|e| e.loaded.as_ref())
+            .find(|l| &l.meta.id == meta_id)
+            .cloned()
     }
 
     /// Puts a built and verified image (in `staged`, with its `image.json`) in place,
@@ -341,8 +457,8 @@ impl ImageStore {
         std::fs::rename(staged, &dst).map_err(io("moving into place", staged))?;
         {
             let mut inner = self.lock();
-            if let Some(l) = inner.entries.remove(&info.id).and_then(|old| old.loaded) {
-                inner.draining.push(Arc::downgrade(&l));
+            if let Some(old) = inner.entries.remove(&info.id) {
+                drop_entry(&mut inner, old);
             }
         }
         self.insert(&dst)?;
@@ -356,8 +472,10 @@ impl ImageStore {
             let Some(entry) = inner.entries.remove(id) else {
                 return Err(ImageError::NotFound(id.to_string()));
             };
-            if let Some(l) = entry.loaded {
-                inner.draining.push(Arc::downgrade(&l));
+            let pooled = entry.pooled.is_some();
+            drop_entry(&mut inner, entry);
+            if pooled {
+                return Ok(());
             }
         }
         let dir = self.path(id);
@@ -374,7 +492,9 @@ impl ImageStore {
             .values()
             .map(|e| ImageStatus {
                 info: e.info.clone(),
-                location: if e.loaded.is_some() {
+                location: if e.pooled.is_some() {
+                    Location::Pool
+                } else if e.loaded.is_some() {
                     Location::Memory
                 } else {
                     Location::Disk
@@ -388,6 +508,12 @@ impl ImageStore {
                 template: None,
                 imports_pending: 0,
                 remote: None,
+                pool: e.pooled.as_ref().map_or_else(Vec::new, |(p, _)| {
+                    p.given()
+                        .into_iter()
+                        .map(|(place, chunks)| PoolPlace { place, chunks })
+                        .collect()
+                }),
             })
             .collect()
     }
@@ -405,11 +531,29 @@ impl ImageStore {
         installed: &BTreeMap<String, String>,
         memory_bytes: u64,
     ) -> Result<String, NoImage> {
+        self.find_where(installed, memory_bytes, false)
+    }
+
+    /// As [`ImageStore::find`], among the pooled images (those this node has no copy of).
+    pub fn find_pooled(
+        &self,
+        installed: &BTreeMap<String, String>,
+        memory_bytes: u64,
+    ) -> Result<String, NoImage> {
+        self.find_where(installed, memory_bytes, true)
+    }
+
+    fn find_where(
+        &self,
+        installed: &BTreeMap<String, String>,
+        memory_bytes: u64,
+        pooled: bool,
+    ) -> Result<String, NoImage> {
         let inner = self.lock();
         let candidates = inner
             .entries
             .values()
-            .filter(|e| !e.unhealthy)
+            .filter(|e| !e.unhealthy && e.pooled.is_some() == pooled)
             .map(|e| &e.info);
         choose(candidates, installed, memory_bytes).map(|i| i.id.clone())
     }
@@ -419,18 +563,31 @@ impl ImageStore {
         self.lock().entries.get(id).map(|e| e.info.imports.clone())
     }
 
-    /// Whether the package environment `env_key` has its own image.
+    /// Whether the package environment `env_key` has its own image (a copy on this node).
     pub fn has_image_for(&self, env_key: &str) -> bool {
-        self.lock().entries.contains_key(&image_id(env_key))
+        self.lock()
+            .entries
+            .get(&image_id(env_key))
+            .is_some_and(|e| e.pooled.is_none())
     }
 
     /// Takes what a restore of `id` needs, preferring the in-memory copy.
     pub fn checkout(&self, id: &str) -> Result<Checkout, ImageError> {
+        self.checkout_where(id, false)
+    }
+
+    /// Takes what a restore of the pooled image `id` needs: its pages from the pool.
+    pub fn checkout_pooled(&self, id: &str) -> Result<Checkout, ImageError> {
+        self.checkout_where(id, true)
+    }
+
+    fn checkout_where(&self, id: &str, pooled: bool) -> Result<Checkout, ImageError> {
         let mut inner = self.lock();
         let budget = self.budget;
         let e = inner
             .entries
             .get_mut(id)
+            .filter(|e| e.pooled.is_some() == pooled)
             .ok_or_else(|| ImageError::NotFound(id.to_string()))?;
         e.last_used = Instant::now();
         e.restores += 1;
@@ -442,7 +599,12 @@ impl ImageStore {
             python: e.info.python.clone(),
             env_dir: e.info.env_dir.clone(),
             load_after: false,
+            pool: e.pooled.as_ref().map(|(p, _)| p.clone()),
         };
+        if co.pool.is_some() {
+            co.location = Location::Pool;
+            return Ok(co);
+        }
         match &e.loaded {
             Some(l) => {
                 co.image = l.clone();
@@ -462,6 +624,7 @@ impl ImageStore {
         let e = inner
             .entries
             .get(id)
+            .filter(|e| e.pooled.is_none())
             .ok_or_else(|| ImageError::NotFound(id.to_string()))?;
         let (image, location) = match &e.loaded {
             Some(l) => (l.clone(), Location::Memory),
@@ -475,6 +638,7 @@ impl ImageStore {
             python: e.info.python.clone(),
             env_dir: e.info.env_dir.clone(),
             load_after: false,
+            pool: None,
         })
     }
 
@@ -484,7 +648,7 @@ impl ImageStore {
     pub fn load(&self, id: &str) -> bool {
         let (dir, want) = {
             let mut inner = self.lock();
-            let Some(e) = inner.entries.get(id) else {
+            let Some(e) = inner.entries.get(id).filter(|e| e.pooled.is_none()) else {
                 return false;
             };
             if e.loaded.is_some() || inner.loading.contains(id) {
@@ -563,6 +727,17 @@ impl ImageStore {
 /// The id of the image built from package environment `env_key`: one image per environment.
 pub fn image_id(env_key: &str) -> String {
     format!("img-{}", &env_key[..env_key.len().min(12)])
+}
+
+/// An entry that left the catalog: its in-memory copy drains (instances may still read it),
+/// a pooled one's metadata directory goes.
+fn drop_entry(inner: &mut Inner, e: Entry) {
+    if let Some(l) = e.loaded {
+        inner.draining.push(Arc::downgrade(&l));
+    }
+    if let Some((_, dir)) = e.pooled {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 fn resident(inner: &mut Inner) -> u64 {

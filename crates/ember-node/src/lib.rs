@@ -14,6 +14,7 @@ mod live;
 pub mod logs;
 pub mod metrics;
 mod node;
+pub mod peers;
 mod pool;
 mod ratelimit;
 pub mod registry;
@@ -23,7 +24,7 @@ mod sys;
 pub mod versions;
 
 pub use config::{
-    AutoImages, EventConfig, Eviction, HibernateConfig, ImageConfig, NodeConfig, Policy,
+    AutoImages, EventConfig, Eviction, HibernateConfig, ImageConfig, NodeConfig, Policy, PoolMode,
     SnapshotConfig, SnapshotMode,
 };
 pub use function::{FunctionConfig, FunctionRecord, InvalidFunction, Runtime, SnapshotPoint};
@@ -32,4 +33,5 @@ pub use node::{
     Invocation, InvokeOptions, InvokeOutcome, LayerMeta, Load, Node, NodeError, NodeErrorKind,
     SnapshotUsage, StartPath, StoredCode, StoredSnapshot, Timing, error_chain,
 };
+pub use peers::PagePeers;
 pub use snapshots::{SnapshotError, SnapshotInfo, SnapshotStatus, SnapshotStore};

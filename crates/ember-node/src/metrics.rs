@@ -15,6 +15,7 @@
 //! | `ember_image_page_bytes_fetched_total` (bytes read from the page source for them) | image |
 //! | `ember_image_page_fault_blocked_seconds_total` (time instances waited on faults) | image |
 //! | `ember_image_memory_bytes` (gauge: image pages in memory) | |
+//! | `ember_page_server_chunks_total` (image chunks this node's page server sent to other nodes, in a cluster) | |
 //! | `ember_rung_skips_total` (a rung not tried: it measured slower than another way of starting the function) | function, rung |
 //! | `ember_standby_ready` (gauge: instances made ahead of images, `image`, and of function snapshots, `snapshot`; parked sandboxes, `sandbox`) | kind |
 //! | `ember_standby_takes_total` (a start looked for one: hit, miss, unusable; `forked`: none was ready, forked on the path) | kind, result |
@@ -234,6 +235,7 @@ pub struct Metrics {
     pub page_bytes_fetched: Family<ImageLabels, Counter>,
     pub page_fault_blocked: Family<ImageLabels, Counter<f64, AtomicU64>>,
     pub image_memory: Gauge,
+    pub page_server_chunks: Counter,
     /// Standbys ready now, by kind (set at each scrape).
     pub standby_ready: Family<KindLabels, Gauge>,
     pub standby_takes: Family<TakeLabels, Counter>,
@@ -347,6 +349,12 @@ impl Default for Metrics {
             "Bytes of image pages in memory",
             image_memory.clone(),
         );
+        let page_server_chunks = Counter::default();
+        registry.register(
+            "page_server_chunks",
+            "Image chunks this node's page server sent to other nodes",
+            page_server_chunks.clone(),
+        );
         let standby_ready = Family::<KindLabels, Gauge>::default();
         registry.register(
             "standby_ready",
@@ -381,6 +389,7 @@ impl Default for Metrics {
             page_bytes_fetched,
             page_fault_blocked,
             image_memory,
+            page_server_chunks,
             events,
             events_queued,
             registry,

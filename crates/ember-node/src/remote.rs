@@ -622,11 +622,14 @@ const CHUNKS_DEADLINE: Duration = Duration::from_secs(10);
 /// Chunks fetched at once for one call.
 const CHUNKS_IN_FLIGHT: usize = 16;
 
-/// A layer's own chunks (ember-snap's hashed unit) for a lazy restore, read from its page
-/// file in the store until the whole file is here ([`StoreChunks::now_local`]), then from it.
+/// A layer's own chunks (ember-snap's hashed unit), or a pooled image's, for a lazy
+/// restore, read from its page file in the store until the whole file is here
+/// ([`StoreChunks::now_local`]), then from it.
 /// Called from page-server threads, outside the runtime: each call blocks on it.
 pub struct StoreChunks {
     remote: Arc<Remote>,
+    /// `snapshot` or `image`.
+    kind: &'static str,
     set: String,
     file: FileEntry,
     /// Stored pages of the layer.
@@ -640,9 +643,10 @@ pub struct StoreChunks {
 }
 
 impl StoreChunks {
-    /// The chunks of `file` (a layer's page file in set `set`, `pages` stored pages).
+    /// The chunks of `file` (the page file of set `<kind>/<set>`, `pages` stored pages).
     pub fn new(
         remote: Arc<Remote>,
+        kind: &'static str,
         set: &str,
         file: FileEntry,
         pages: u64,
@@ -650,6 +654,7 @@ impl StoreChunks {
     ) -> StoreChunks {
         StoreChunks {
             remote,
+            kind,
             set: set.to_string(),
             file,
             pages,
@@ -696,8 +701,8 @@ impl StoreChunks {
 impl ember_snap::lazy::ChunkFetch for StoreChunks {
     fn describe(&self) -> String {
         format!(
-            "snapshot store {} (set snapshot/{})",
-            self.remote.describe, self.set
+            "snapshot store {} (set {}/{})",
+            self.remote.describe, self.kind, self.set
         )
     }
 
@@ -727,7 +732,7 @@ impl ember_snap::lazy::ChunkFetch for StoreChunks {
             out.push(data);
         }
         let kind = KindLabels {
-            kind: "snapshot".into(),
+            kind: self.kind.into(),
         };
         self.remote
             .metrics

@@ -197,3 +197,72 @@ fn a_hostile_page_server_gets_its_process_killed_and_named() {
         std::mem::forget(r);
     }
 }
+
+/// WarmSwap's pool: a source that tries several places. A peer that gives bad chunks is
+/// passed over for the next place (here the image's own page file), and nothing it gave is
+/// installed; a good peer (a lookup server, as a node runs) serves everything itself.
+#[test]
+fn a_pool_source_passes_over_a_hostile_peer_and_restores_right() {
+    if !privileged("a_pool_source_passes_over_a_hostile_peer_and_restores_right") {
+        return;
+    }
+    use ember_snap::lazy::{ChunkFetch, LayerFile, PoolSource};
+    use std::collections::HashMap;
+    use std::sync::atomic::AtomicU64;
+    let dir = tmp();
+    let img = memory_image(dir.path());
+    let meta_only = LoadedImage::open(&img.dir).unwrap();
+    for how in [Hostile::Garbage, Hostile::WrongHash, Hostile::Disconnect] {
+        let bad = Arc::new(AtomicBool::new(true));
+        let addr = hostile_server(img.clone(), how, bad);
+        let peer = RemoteSource::connect(&addr, TOKEN, &meta_only.meta).unwrap();
+        let file = LayerFile::open(&img.dir, &meta_only.meta).unwrap();
+        let places: Vec<Arc<dyn ChunkFetch>> = vec![Arc::new(peer), Arc::new(file)];
+        let pool = Arc::new(PoolSource::new(meta_only.meta.clone(), places));
+        let opts = RestoreOptions {
+            policy: Policy::Lazy,
+            source: Some(pool.clone() as Arc<dyn PageSource>),
+            ..RestoreOptions::default()
+        };
+        let (mut r, server) = common::restore_served(&meta_only, &opts);
+        assert_eq!(r.ask("ping"), format!("pong {}", r.tid), "{how:?}");
+        assert_eq!(r.ask("grow"), "grow True", "{how:?}");
+        drop(r);
+        server.wait().unwrap();
+        let given = pool.given();
+        assert_eq!(given[0].1, 0, "{how:?}: {given:?}");
+        assert!(given[1].1 > 0, "{how:?}: {given:?}");
+    }
+
+    // A page server as a node runs it: images looked up at each connection.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let served = Arc::new(AtomicU64::new(0));
+    let images: HashMap<[u8; 16], Arc<LoadedImage>> =
+        [(img.meta.id, img.clone())].into_iter().collect();
+    let counted = served.clone();
+    let counted = Arc::new(move |n: u64| {
+        counted.fetch_add(n, Ordering::SeqCst);
+    });
+    std::thread::spawn(move || {
+        remote::serve_lookup(listener, TOKEN.into(), Arc::new(images), counted)
+    });
+    let peer = RemoteSource::connect(&addr, TOKEN, &meta_only.meta).unwrap();
+    let pool = Arc::new(PoolSource::new(
+        meta_only.meta.clone(),
+        vec![Arc::new(peer) as Arc<dyn ChunkFetch>],
+    ));
+    let opts = RestoreOptions {
+        policy: Policy::Lazy,
+        source: Some(pool.clone() as Arc<dyn PageSource>),
+        ..RestoreOptions::default()
+    };
+    let (mut r, server) = common::restore_served(&meta_only, &opts);
+    assert_eq!(r.ask("ping"), format!("pong {}", r.tid));
+    assert_eq!(r.ask("fork"), "fork 0");
+    drop(r);
+    server.wait().unwrap();
+    let from_peer = pool.given()[0].1;
+    assert!(from_peer > 0 && from_peer == pool.kept());
+    assert_eq!(served.load(Ordering::SeqCst), from_peer);
+}

@@ -82,6 +82,10 @@ struct Cluster {
     /// As the nodes use them (through the bridge).
     node_store: Vec<(String, String)>,
     homes: Vec<tempfile::TempDir>,
+    /// `--images` of every node (`off` unless a test needs images).
+    images: String,
+    /// Flags of a node's own, given before it starts.
+    node_args: Vec<Vec<String>>,
     nodes: Vec<Option<Child>>,
     gateway: Option<Child>,
     gateway_url: String,
@@ -96,8 +100,18 @@ impl Cluster {
 
     /// A cluster with `running` of its hosts' nodes started (the others: [`Cluster::start_late`]).
     async fn start_nodes(test: &str, placement: &str, running: usize) -> Option<Cluster> {
+        Self::start_with(test, placement, (running, NODES), "off").await
+    }
+
+    /// [`Cluster::start_nodes`] on `hosts` hosts, the nodes with `--images images`.
+    async fn start_with(
+        test: &str,
+        placement: &str,
+        (running, hosts): (usize, usize),
+        images: &str,
+    ) -> Option<Cluster> {
         let (etcd_url, store) = services(test)?;
-        let net = Net::new(NODES).expect("make the hosts");
+        let net = Net::new(hosts).expect("make the hosts");
         let etcd = net.proxy(addr_of(&etcd_url)).await.expect("etcd forwarder");
         let s3_addr = addr_of(&store[0].1);
         let s3 = net.proxy(s3_addr).await.expect("store forwarder");
@@ -112,13 +126,15 @@ impl Cluster {
             store,
             node_store,
             homes: Vec::new(),
+            images: images.to_string(),
+            node_args: vec![Vec::new(); hosts],
             nodes: Vec::new(),
             gateway: None,
             gateway_url: String::new(),
             staging: tempfile::tempdir().unwrap(),
             http: reqwest::Client::new(),
         };
-        for i in 0..NODES {
+        for i in 0..hosts {
             c.homes.push(tempfile::tempdir().unwrap());
             let child = (i < running).then(|| c.start_node(i));
             c.nodes.push(child);
@@ -161,8 +177,10 @@ impl Cluster {
             .args(["--node-name", &format!("n{i}")])
             .arg("--envs-dir")
             .arg(shared_envs())
-            .args(["--images", "off", "--hibernate", "off", "--standby", "0"])
+            .args(["--images", &self.images])
+            .args(["--hibernate", "off", "--standby", "0"])
             .arg("--fixed-ladder")
+            .args(&self.node_args[i])
             .env_remove("EMBER_TOKEN")
             .env("EMBER_LOG", "warn")
             .envs(self.node_store.iter().map(|(k, v)| (k, v)))
@@ -772,6 +790,146 @@ async fn a_late_node_deploys_and_restores_from_the_store() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.start, "function-snapshot", "{r:?}");
     assert_eq!(r.body["hi"], 2);
+}
+
+/// This node's images as `GET /v1/images` lists them.
+async fn images_of(c: &Cluster, i: usize) -> Vec<Value> {
+    let v = c.get(&format!("{}/v1/images", c.node_url(i))).await;
+    v["images"].as_array().cloned().unwrap_or_default()
+}
+
+/// Chunks the pooled image `img` got from the place whose description starts with `place`.
+fn given(img: &Value, place: &str) -> u64 {
+    img["pool"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["place"].as_str().is_some_and(|s| s.starts_with(place)))
+        .filter_map(|p| p["chunks"].as_u64())
+        .sum()
+}
+
+/// A handler that walks every object the interpreter holds (the image's heap, frozen out
+/// of the collector's sight at the dump: unfrozen first), and so touches pages a first
+/// request does not.
+const WALKER: &str = "import gc\n\ndef handler(event, context):\n    if event.get('walk'):\n        gc.unfreeze()\n        n = len(gc.get_objects())\n        gc.collect()\n    else:\n        n = 0\n    return {'hi': event.get('who'), 'objects': n}\n";
+
+/// WarmSwap's remote pool. Two nodes hold the function's image in memory. A third joins
+/// late in the default mode (`copy`) and ends with a copy of its own. A fourth joins in
+/// `--image-pool pool` mode: it makes no copy, and restores the image lazily from the
+/// memory of the nodes that hold it (their page servers), every chunk checked against the
+/// store's metadata. With those nodes killed, the chunks it still lacks come from the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn late_nodes_restore_an_image_from_the_pool() {
+    if !common::need_sandbox() {
+        return;
+    }
+    let Some(mut c) = Cluster::start_with("pool", "snapshot-aware", (2, 4), "on-deploy").await
+    else {
+        return;
+    };
+    let config = json!({"handler": "main.handler", "snapshot": "off"});
+    let (status, doc) = c.deploy("walker", config, &py(WALKER)).await;
+    assert_eq!(status, 201, "{doc}");
+    let in_memory = |nodes: &[Value], id: &str| {
+        by_id(nodes, id).is_some_and(|n| {
+            let h = &n["holdings"]["functions"]["walker"];
+            h["image"] == true && h["image_memory"] == true
+        })
+    };
+    // Both nodes build (or fetch) the image, hold it in memory, and one uploads it.
+    c.wait_records("the image in both nodes' memory", |nodes| {
+        in_memory(nodes, "n0") && in_memory(nodes, "n1")
+    })
+    .await;
+    let t0 = Instant::now();
+    'stored: loop {
+        for i in 0..2 {
+            if images_of(&c, i)
+                .await
+                .iter()
+                .any(|img| img["remote"] == "stored")
+            {
+                break 'stored;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "the image never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The default: served from the pool at once, and a copy of its own in the end.
+    c.start_late(2).await;
+    c.wait_records("the third node's own copy", |nodes| in_memory(nodes, "n2"))
+        .await;
+    let images = images_of(&c, 2).await;
+    assert_eq!(images.len(), 1, "{images:#?}");
+    assert_eq!(images[0]["location"], "memory", "{images:#?}");
+    let r = c
+        .invoke_at(&c.node_url(2), "walker", json!({"who": 0}))
+        .await;
+    assert_eq!((r.status, r.start.as_str()), (200, "image"), "{r:?}");
+
+    c.node_args[3] = vec!["--image-pool".into(), "pool".into()];
+    c.start_late(3).await;
+    c.wait_records(
+        "the fourth node restores the image from the pool",
+        |nodes| {
+            by_id(nodes, "n3").is_some_and(|n| {
+                let h = &n["holdings"]["functions"]["walker"];
+                h["image_pooled"] == true && h["image"] == false
+            })
+        },
+    )
+    .await;
+    let r = c
+        .invoke_at(&c.node_url(3), "walker", json!({"who": 1}))
+        .await;
+    assert_eq!((r.status, r.start.as_str()), (200, "image"), "{r:?}");
+    assert_eq!(r.body["hi"], 1);
+    let images = images_of(&c, 3).await;
+    assert_eq!(images.len(), 1, "{images:#?}");
+    assert_eq!(images[0]["location"], "pool", "{images:#?}");
+    let from_peers = given(&images[0], "peers");
+    assert!(from_peers > 0, "{images:#?}");
+    assert_eq!(given(&images[0], "snapshot store"), 0, "{images:#?}");
+    let mut served = 0;
+    for i in 0..3 {
+        let text = c
+            .http
+            .get(format!("{}/metrics", c.node_url(i)))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        served += common::metric(&text, "ember_page_server_chunks_total");
+    }
+    assert_eq!(served, from_peers);
+
+    // Every holder dies. A new instance walks the whole heap: what the pool has not given
+    // yet comes from the store, checked the same way, and the node still has no copy.
+    for i in 0..3 {
+        c.kill9(i);
+    }
+    let r = c
+        .http
+        .delete(format!("{}/v1/functions/walker/instances", c.node_url(3)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .invoke_at(&c.node_url(3), "walker", json!({"who": 2, "walk": true}))
+        .await;
+    assert_eq!((r.status, r.start.as_str()), (200, "image"), "{r:?}");
+    assert!(r.body["objects"].as_u64().unwrap_or(0) > 1000, "{r:?}");
+    let images = images_of(&c, 3).await;
+    assert_eq!(images[0]["location"], "pool", "{images:#?}");
+    assert!(given(&images[0], "snapshot store") > 0, "{images:#?}");
 }
 
 /// `ember bench cluster` end to end, small: both placements replayed through their own

@@ -107,6 +107,7 @@ impl Gateway {
                 e.1 = e.1.saturating_add(*n);
             }
         }
+        let pool = crate::placement::pool_has_image(records.values(), function);
         let mut candidates: Vec<Candidate<'_>> = records
             .values()
             .filter(|r| r.serves(function, revision) && self.reachable(&r.id))
@@ -118,6 +119,7 @@ impl Gateway {
                     in_flight: r.holdings.load.in_flight.saturating_add(node_own),
                     memory_mb: r.holdings.load.memory_mb,
                     own_in_flight: function_own,
+                    pool_has_image: pool,
                 }
             })
             .collect();

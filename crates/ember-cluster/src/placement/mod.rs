@@ -5,7 +5,7 @@
 //!
 //! | policy | file | order |
 //! |---|---|---|
-//! | `snapshot-aware` (default) | `snapshot_aware.rs` | an idle warm instance, then a hibernated one, the function snapshot, the dependency image, nothing; ties by load |
+//! | `snapshot-aware` (default) | `snapshot_aware.rs` | an idle warm instance, then a hibernated one, the function snapshot, the dependency image, the image from another node's memory (the pool), nothing; ties by load |
 //! | `least-loaded` | `least_loaded.rs` | by load alone (Kubernetes' default scheduler, for comparison) |
 
 mod least_loaded;
@@ -30,6 +30,9 @@ pub struct Candidate<'a> {
     /// Of this gateway's requests now running there, those of this function: each may hold
     /// one of the idle instances the node last published.
     pub own_in_flight: u32,
+    /// Some node holds the function's dependency image in memory: a node that restores it
+    /// from the cluster's pool gets its pages from there.
+    pub pool_has_image: bool,
 }
 
 impl Candidate<'_> {
@@ -46,6 +49,8 @@ pub enum Tier {
     Hibernated,
     Snapshot,
     Image,
+    /// The image from another node's memory (WarmSwap's pool).
+    Pool,
     Nothing,
 }
 
@@ -62,6 +67,8 @@ impl Tier {
             Tier::Snapshot
         } else if h.image {
             Tier::Image
+        } else if h.image_pooled && c.pool_has_image {
+            Tier::Pool
         } else {
             Tier::Nothing
         }
@@ -73,9 +80,24 @@ impl Tier {
             Tier::Hibernated => "hibernated",
             Tier::Snapshot => "snapshot",
             Tier::Image => "image",
+            Tier::Pool => "pool",
             Tier::Nothing => "nothing",
         }
     }
+}
+
+/// Whether any node in `records` holds `function`'s dependency image in memory (what
+/// [`Candidate::pool_has_image`] says).
+pub fn pool_has_image<'a>(
+    records: impl IntoIterator<Item = &'a crate::record::NodeRecord>,
+    function: &str,
+) -> bool {
+    records.into_iter().any(|r| {
+        r.holdings
+            .functions
+            .get(function)
+            .is_some_and(|h| h.image_memory)
+    })
 }
 
 /// A placement policy.

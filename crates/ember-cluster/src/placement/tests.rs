@@ -10,6 +10,7 @@ fn h(idle: u32, hibernated: u32, snapshot: bool, image: bool) -> FunctionHolding
         hibernated,
         snapshot,
         image,
+        ..FunctionHoldings::default()
     }
 }
 
@@ -20,6 +21,7 @@ fn cand<'a>(id: &'a str, h: Option<&'a FunctionHoldings>, in_flight: u32) -> Can
         in_flight,
         memory_mb: 0,
         own_in_flight: 0,
+        pool_has_image: false,
     }
 }
 
@@ -54,6 +56,36 @@ fn snapshot_aware_orders_by_tier_then_load() {
     LeastLoaded.rank("f", &mut nodes, 0);
     assert_eq!(ids(&nodes)[..3], ["img", "none", "unknown"]);
     assert_eq!(ids(&nodes).last().unwrap(), "warm");
+}
+
+/// A node that restores the image from another node's memory ranks under one that has the
+/// image, over one with nothing; without a node holding the image in memory it has nothing.
+#[test]
+fn the_pool_tier_needs_a_node_with_the_image_in_memory() {
+    let img = FunctionHoldings {
+        image_memory: true,
+        ..h(0, 0, false, true)
+    };
+    let pooled = FunctionHoldings {
+        image_pooled: true,
+        ..h(0, 0, false, false)
+    };
+    let none = h(0, 0, false, false);
+    let records: Vec<crate::record::NodeRecord> = Vec::new();
+    assert!(!pool_has_image(&records, "f"));
+    let mut nodes = vec![
+        cand("none", Some(&none), 0),
+        cand("pooled", Some(&pooled), 3),
+        cand("img", Some(&img), 9),
+    ];
+    for c in &mut nodes {
+        c.pool_has_image = true;
+    }
+    SnapshotAware.rank("f", &mut nodes, 0);
+    assert_eq!(ids(&nodes), ["img", "pooled", "none"]);
+    assert_eq!(Tier::of(&nodes[1]).as_str(), "pool");
+    nodes[1].pool_has_image = false;
+    assert_eq!(Tier::of(&nodes[1]), Tier::Nothing);
 }
 
 #[test]

@@ -146,6 +146,23 @@ impl Node {
         })
         .await
         .map_err(|e| e.to_string())??;
+        self.make_image_ours(env, id, &mut info)?;
+        self.verify_image(env, id, Arc::new(img))
+            .await
+            .map_err(|why| format!("its test restore here failed: {why}"))?;
+        Ok(info)
+    }
+
+    /// `info`, the description of image `id` another node made, made this node's: checked
+    /// to be of `env` (the same packages' versions) and this node's bootstrap, its
+    /// environment this node's copy of it (the sandbox shows it at the same paths on every
+    /// node).
+    pub(in crate::node) fn make_image_ours(
+        &self,
+        env: &PackageEnv,
+        id: &str,
+        info: &mut ImageInfo,
+    ) -> Result<(), String> {
         if info.id != id || info.env_key != env.key {
             return Err(format!(
                 "it describes image {} of environment {}, not {id} of {}",
@@ -164,14 +181,9 @@ impl Node {
                 super::runtime_of(&self.bootstrap)
             ));
         }
-        // Its files are this node's copies of the environment's (the sandbox shows them at
-        // the same paths on every node).
         info.env_dir = env.dir.clone();
         info.python = env.python();
-        self.verify_image(env, id, Arc::new(img))
-            .await
-            .map_err(|why| format!("its test restore here failed: {why}"))?;
-        Ok(info)
+        Ok(())
     }
 
     /// `d`'s function snapshot over `parent` (key `key` on this node) from the snapshot
@@ -485,6 +497,7 @@ impl Node {
         let (parent_img, layer, lp, packed, ws) = opened;
         let chunks = Arc::new(crate::remote::StoreChunks::new(
             remote,
+            "snapshot",
             store_key,
             pages_file,
             lp.own.pages.count,

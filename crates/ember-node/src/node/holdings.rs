@@ -25,6 +25,13 @@ pub struct FunctionHoldings {
     pub snapshot: bool,
     /// The dependency image its starts would be restored from is here.
     pub image: bool,
+    /// That image is in this node's memory pool: other nodes restore from it.
+    #[serde(default)]
+    pub image_memory: bool,
+    /// No image here, but one in the cluster's pool this node restores from (its pages
+    /// from other nodes' memory, or the store).
+    #[serde(default)]
+    pub image_pooled: bool,
 }
 
 /// The node's load.
@@ -61,6 +68,7 @@ impl Node {
             }
             let live = d.pool.live().load(Ordering::SeqCst);
             let idle = d.pool.idle_count();
+            let image = self.image_serving(d);
             let snapshot = self.snapshots_on(d) && {
                 let parent = self.snapshot_parent(d);
                 let key = self.snapshot_key(d, parent.as_ref());
@@ -74,7 +82,11 @@ impl Node {
                     live: count(live),
                     hibernated: count(self.hibernated_count(d)),
                     snapshot,
-                    image: self.image_serving(d).is_some(),
+                    image: image.is_some(),
+                    image_memory: image
+                        .as_ref()
+                        .is_some_and(|id| self.images.is_in_memory(id)),
+                    image_pooled: image.is_none() && self.image_pooled(d).is_some(),
                 },
             );
             let busy = live.saturating_sub(idle) + d.pool.waiting();

@@ -440,6 +440,14 @@ impl Node {
                 if node.images.has_image_for(&env.key) {
                     continue;
                 }
+                // In a cluster, the pool's copy serves at once; in pool mode it is the only
+                // one while another node holds the image in memory.
+                if node.image_to_pool(&env).await
+                    && node.cfg.images.pool == crate::PoolMode::Pool
+                    && node.pool_holds(&image_id(&env.key))
+                {
+                    continue;
+                }
                 // Failures are logged by the build itself.
                 let _ = node.build_image_for(&env).await;
             }

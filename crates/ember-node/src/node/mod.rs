@@ -61,6 +61,7 @@ mod fetch;
 mod hibernate;
 mod holdings;
 mod image_build;
+mod image_pool;
 mod instances;
 mod invocation;
 mod invoke;
@@ -209,6 +210,9 @@ pub struct Node {
     hibernating: Mutex<HashSet<String>>,
     /// Hibernations run one at a time (a dump takes a core).
     hibernations: tokio::sync::Semaphore,
+    /// In a cluster: the other nodes whose memory serves images, and their page servers'
+    /// token ([`Node::join_page_pool`]).
+    page_peers: std::sync::OnceLock<(Arc<dyn crate::PagePeers>, String)>,
     _home: FileLock,
 }
 
@@ -369,6 +373,7 @@ impl Node {
             hibernated: Arc::new(hibernated),
             hibernating: Mutex::new(HashSet::new()),
             hibernations: tokio::sync::Semaphore::new(1),
+            page_peers: std::sync::OnceLock::new(),
             _home: home_lock,
         });
         node.load().await?;

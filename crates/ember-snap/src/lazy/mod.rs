@@ -20,6 +20,7 @@
 
 pub mod layer;
 pub mod pending;
+pub mod pool;
 pub mod remote;
 mod server;
 pub mod source;
@@ -28,7 +29,8 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use layer::{ChunkFetch, LayerFile, LayerSource};
-pub use remote::RemoteSource;
+pub use pool::PoolSource;
+pub use remote::{ImageLookup, RemoteSource};
 pub use server::{PageServer, PendingPages, ServeError};
 pub(crate) use server::{ServerConfig, Victim, spawn};
 pub use source::FileSource;

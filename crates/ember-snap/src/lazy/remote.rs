@@ -22,6 +22,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -143,6 +144,26 @@ impl RemoteSource {
     }
 }
 
+/// The server's chunks, checked here too, for a source that tries several places
+/// ([`super::PoolSource`]).
+impl super::ChunkFetch for RemoteSource {
+    fn describe(&self) -> String {
+        PageSource::describe(self)
+    }
+
+    fn fetch(&self, chunks: &[u64]) -> Result<Vec<Vec<u8>>, String> {
+        let mut out = Vec::with_capacity(chunks.len());
+        for batch in chunks.chunks(MAX_BATCH) {
+            out.extend(
+                RemoteSource::fetch(self, batch)?
+                    .into_iter()
+                    .map(|(_, d)| d.to_vec()),
+            );
+        }
+        Ok(out)
+    }
+}
+
 impl PageSource for RemoteSource {
     fn describe(&self) -> String {
         format!("page server {}", self.addr)
@@ -198,6 +219,26 @@ impl PageSource for RemoteSource {
     }
 }
 
+/// Which images a page server serves, looked up by id at each connection (a node's pool
+/// changes while it serves).
+pub trait ImageLookup: Send + Sync {
+    /// The in-memory copy of image `id` (its pages loaded and checked), if served now.
+    fn image(&self, id: &[u8; 16]) -> Option<Arc<LoadedImage>>;
+}
+
+impl ImageLookup for HashMap<[u8; 16], Arc<LoadedImage>> {
+    fn image(&self, id: &[u8; 16]) -> Option<Arc<LoadedImage>> {
+        self.get(id).filter(|i| i.is_loaded()).cloned()
+    }
+}
+
+/// Connections served at once at most; one more is closed at once (each holds a thread).
+pub const MAX_CONNECTIONS: usize = 256;
+/// A client must say who it is within this.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection idle this long between requests is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Serves `images` (by id) to clients that present `token`, one thread per connection,
 /// until the listener fails.
 pub fn serve(
@@ -205,19 +246,54 @@ pub fn serve(
     token: String,
     images: Vec<Arc<LoadedImage>>,
 ) -> std::io::Result<()> {
-    let images: Arc<HashMap<[u8; 16], Arc<LoadedImage>>> =
-        Arc::new(images.into_iter().map(|i| (i.meta.id, i)).collect());
+    let images: HashMap<[u8; 16], Arc<LoadedImage>> =
+        images.into_iter().map(|i| (i.meta.id, i)).collect();
+    serve_lookup(listener, token, Arc::new(images), Arc::new(|_| {}))
+}
+
+/// Serves the images `images` finds to clients that present `token`, one thread per
+/// connection (at most [`MAX_CONNECTIONS`]), until the listener fails; tells `served` how
+/// many chunks each reply sent.
+pub fn serve_lookup(
+    listener: TcpListener,
+    token: String,
+    images: Arc<dyn ImageLookup>,
+    served: Arc<dyn Fn(u64) + Send + Sync>,
+) -> std::io::Result<()> {
     let token = Arc::new(token);
+    let open = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
-        let conn = conn?;
-        let (images, token) = (images.clone(), token.clone());
-        std::thread::Builder::new()
+        let conn = match conn {
+            Ok(c) => c,
+            // A client that went away before it was accepted, or descriptors running out for
+            // a moment: the listener itself is fine.
+            Err(e) if e.kind() != std::io::ErrorKind::InvalidInput => {
+                tracing::debug!(error = %e, "page server: accepting a connection failed");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if open.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            open.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!(
+                "page server: {MAX_CONNECTIONS} connections open already; one more closed"
+            );
+            continue;
+        }
+        let (images, token, served, open) =
+            (images.clone(), token.clone(), served.clone(), open.clone());
+        let spawned = std::thread::Builder::new()
             .name("ember-page-serve".into())
             .spawn(move || {
-                if let Err(e) = serve_one(conn, &token, &images) {
+                if let Err(e) = serve_one(conn, &token, images.as_ref(), served.as_ref()) {
                     tracing::debug!(error = %e, "page server connection ended");
                 }
-            })?;
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "page server: no thread for a connection");
+        }
     }
     Ok(())
 }
@@ -225,10 +301,12 @@ pub fn serve(
 fn serve_one(
     mut s: TcpStream,
     token: &str,
-    images: &HashMap<[u8; 16], Arc<LoadedImage>>,
+    images: &dyn ImageLookup,
+    served: &(dyn Fn(u64) + Send + Sync),
 ) -> std::io::Result<()> {
     s.set_nodelay(true)?;
-    s.set_read_timeout(Some(Duration::from_secs(600)))?;
+    s.set_read_timeout(Some(HELLO_TIMEOUT))?;
+    s.set_write_timeout(Some(REPLY_TIMEOUT * 5))?;
     let mut head = [0u8; 10];
     s.read_exact(&mut head)?;
     let tlen = u16::from_le_bytes([head[8], head[9]]) as usize;
@@ -242,9 +320,10 @@ fn serve_one(
     if !eq_const(&tok, token.as_bytes()) {
         return refuse(&mut s, "bad token");
     }
-    let Some(img) = images.get(&id) else {
+    let Some(img) = images.image(&id) else {
         return refuse(&mut s, "no such image here");
     };
+    s.set_read_timeout(Some(IDLE_TIMEOUT))?;
     let mut ok = vec![0u8];
     ok.extend_from_slice(&img.meta.pages.count.to_le_bytes());
     ok.extend_from_slice(&(img.meta.pages.chunks.len() as u32).to_le_bytes());
@@ -277,6 +356,7 @@ fn serve_one(
             reply.extend_from_slice(bytes);
         }
         s.write_all(&reply)?;
+        served(n as u64);
     }
 }
 

@@ -2,8 +2,11 @@
 //! `--cluster` one node of a cluster (it joins etcd, follows the cluster's functions and
 //! publishes what it holds; see docs/cluster.md).
 
+use anyhow::Context;
 use ember_cluster::member::{Member, MemberConfig};
-use ember_node::SnapshotMode;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use ember_node::{PoolMode, SnapshotMode};
 
 use super::cluster::EtcdArgs;
 use crate::daemon;
@@ -28,6 +31,57 @@ pub struct Args {
     /// address [default: http://<--listen>]
     #[arg(long, env = "EMBER_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
+    /// In a cluster, where this node serves the dependency images in its memory to the other
+    /// nodes (IP:PORT, or off); clients present the node's --token [default: the advertise
+    /// URL's address, a free port]
+    #[arg(long, env = "EMBER_PAGE_SERVER")]
+    pub page_server: Option<String>,
+    /// In a cluster, how this node uses an image it has no copy of while another node holds
+    /// it: copy (restored lazily from that node's memory, or the store, while its own copy is
+    /// fetched), pool (no copy of its own: WarmSwap's remote pool) or off (its own copy
+    /// first) [default: copy]
+    #[arg(long, env = "EMBER_IMAGE_POOL")]
+    pub image_pool: Option<String>,
+}
+
+/// Where the page server listens: `flag` (IP:PORT, or off), else the address of `url`'s
+/// host on a free port.
+fn page_server_addr(flag: Option<&str>, url: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if flag == Some("off") {
+        return Ok(None);
+    }
+    let addr = match flag {
+        Some(a) => a
+            .parse::<SocketAddr>()
+            .map_err(|_| anyhow::anyhow!("--page-server {a:?} is not IP:PORT (or off)"))?,
+        None => {
+            let authority = url
+                .split_once("://")
+                .map_or(url, |(_, rest)| rest)
+                .split('/')
+                .next()
+                .unwrap_or_default();
+            let host = match authority.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or_default(),
+                None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+            };
+            (host, 0)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "the advertise URL {url:?} names no address for the page server: give \
+                         one with --page-server IP:PORT"
+                    )
+                })?
+        }
+    };
+    anyhow::ensure!(
+        !addr.ip().is_unspecified(),
+        "--page-server {addr} is every address: give the one other nodes reach"
+    );
+    Ok(Some(addr))
 }
 
 fn host_name() -> String {
@@ -51,6 +105,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(_) => {
             let s3 = super::cluster::store()?;
             settings.node.snapshots.mode = SnapshotMode::Remote;
+            settings.node.images.pool = match args.image_pool.as_deref() {
+                Some(m) => m
+                    .parse::<PoolMode>()
+                    .map_err(|e| anyhow::anyhow!("--image-pool: {e}"))?,
+                None => PoolMode::Copy,
+            };
             settings.node.store = Some(s3.clone());
             settings.api.cluster_member = true;
             Some(s3)
@@ -58,6 +118,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let home = settings.node.home.clone();
+    let token = settings.api.token.clone().unwrap_or_default();
     let running = daemon::start(settings).await?;
     // First: scripts and tests read the URL off this line.
     println!(
@@ -78,8 +139,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 ),
                 None => running.url(),
             };
+            let mut cfg = MemberConfig::new(keys, id.clone(), url.clone());
+            if let Some(addr) = page_server_addr(args.page_server.as_deref(), &url)? {
+                let listener = std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("the page server cannot listen on {addr}"))?;
+                let bound = listener.local_addr()?;
+                running.node.serve_pages(listener, token.clone());
+                tracing::info!("serving images in memory to the cluster's nodes on {bound}");
+                cfg.page_server = Some(bound.to_string());
+            }
+            cfg.page_token = token;
             tracing::info!("node {id} joining the cluster at {list}; gateways reach it at {url}");
-            let cfg = MemberConfig::new(keys, id, url);
             Some(Member::start(client, running.node.clone(), code, cfg))
         }
         _ => None,

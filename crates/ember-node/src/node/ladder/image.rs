@@ -44,13 +44,13 @@ impl<'c> Rung<StartCx<'c>, Live> for Image {
                 return Attempt::Skipped;
             }
             let chosen = match cx.background {
-                true => cx.node.image_serving(cx.d),
+                true => cx.node.image_serving(cx.d).map(|id| (id, false)),
                 false => cx.node.image_for(cx.d),
             };
-            let Some(id) = chosen else {
+            let Some((id, pooled)) = chosen else {
                 return Attempt::Skipped;
             };
-            match cx.node.image_start(cx, &id).await {
+            match cx.node.image_start(cx, &id, pooled).await {
                 Ok(live) => Attempt::Started(live),
                 Err(Blame::Function(outcome)) => Attempt::Ended(outcome),
                 Err(Blame::Snapshot(error)) => {
@@ -66,25 +66,37 @@ impl<'c> Rung<StartCx<'c>, Live> for Image {
 }
 
 impl Node {
-    /// An instance of `cx.d` restored from image `id`.
-    async fn image_start(&self, cx: &mut StartCx<'_>, id: &str) -> Result<Live, Blame> {
+    /// An instance of `cx.d` restored from image `id` (`pooled`: one this node has no copy
+    /// of, its pages from the cluster's pool).
+    async fn image_start(
+        &self,
+        cx: &mut StartCx<'_>,
+        id: &str,
+        pooled: bool,
+    ) -> Result<Live, Blame> {
         let d = cx.d;
         let rec = &d.record;
         // A snapshot's take (a background start) restores its own: standbys are for requests.
         if !cx.background
+            && !pooled
             && (self.standby_serves(d) || self.templates_serve(d))
             && let Some(live) = self.standby_start(cx, id).await?
         {
             return Ok(live);
         }
-        let co = self
-            .images
-            .checkout(id)
-            .map_err(|source| RungError::Checkout {
-                id: id.to_string(),
-                source,
-            })?;
-        let policy = self.cfg.images.policy;
+        let co = match pooled {
+            true => self.images.checkout_pooled(id),
+            false => self.images.checkout(id),
+        }
+        .map_err(|source| RungError::Checkout {
+            id: id.to_string(),
+            source,
+        })?;
+        // A pooled image's pages are elsewhere: its working set first, the rest on fault.
+        let policy = match self.cfg.images.policy {
+            Policy::Eager | Policy::Mapped if pooled => Policy::Prefetch,
+            p => p,
+        };
         let whole = policy == Policy::Eager;
         let taken = co.clone();
         let pages = match tokio::task::spawn_blocking(move || taken.pages(whole)).await {
@@ -115,14 +127,14 @@ impl Node {
         };
         let sink = self.logs.sink(&rec.name);
         let span = info_span!("start.image", instance = %spec.instance_id, image = id);
-        let pooled = !cx.background && self.standby_serves(d);
+        let standby = !cx.background && self.standby_serves(d);
         let Restored {
             live,
             sandbox,
             restore,
             ..
         } = self
-            .restore_instance(&mut spec, sees, id, &pages, policy, sink, pooled)
+            .restore_instance(&mut spec, sees, id, &pages, policy, sink, standby)
             .instrument(span)
             .await?;
         let (mut live, t) = self.init_restored_instance(d, live, &spec).await?;
@@ -131,7 +143,10 @@ impl Node {
         timing.restore = Some(restore);
         timing.hook = Some(t.hook);
         timing.import_handler = Some(t.import_handler);
-        live.image = Some(id.to_string());
+        // Hibernation and snapshots layer over images this node holds; an instance whose
+        // pages still come from elsewhere is not hibernated.
+        live.image = (!pooled).then(|| id.to_string());
+        live.from_store |= pooled;
         self.images.succeeded(id);
         let how = format!("image {id} from {}, {policy}", co.location.as_str());
         self.restored_started(d, &spec, &live, &how, timing.init());
@@ -156,14 +171,20 @@ impl Node {
         }
     }
 
-    /// The image that should serve `d`, if images may; counts why not otherwise.
-    fn image_for(&self, d: &Deployed) -> Option<String> {
+    /// The image that should serve `d`, if images may, and whether it is a pooled one;
+    /// counts why none otherwise.
+    fn image_for(&self, d: &Deployed) -> Option<(String, bool)> {
         let reason = match self.image_choice(d) {
-            Ok(id) => return Some(id),
+            Ok(id) => return Some((id, false)),
             // Other runtimes always start from their code: no reason to count.
             Err("not-python") => return None,
             Err(reason) => reason,
         };
+        if reason == "no-image"
+            && let Some(id) = self.image_pooled(d)
+        {
+            return Some((id, true));
+        }
         self.metrics
             .cold_boot_reasons
             .get_or_create(&crate::metrics::ReasonLabels {
