@@ -50,6 +50,50 @@ impl ClusterCall {
     }
 }
 
+/// WarmSwap's remote pool (its Fig. 5): first starts of a function from its dependency
+/// image, on the node that holds the image in memory (`local`), on a fresh node that restores
+/// it from that node's memory (`pool`), and a cold boot on the holder (`cold-boot`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolRun {
+    pub workload: String,
+    /// The image's pages.
+    pub image_pages: u64,
+    pub starts: Vec<PoolStart>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStart {
+    pub round: usize,
+    /// `local`, `pool` or `cold-boot`.
+    pub kind: String,
+    /// The rung it started on (`Ember-Start`), or `error`.
+    pub start: String,
+    pub latency_ms: f64,
+    /// For `pool`: chunks the holder's page server gave.
+    pub chunks_from_peers: u64,
+}
+
+impl PoolRun {
+    /// The latencies of the starts of `kind` that started as they should.
+    pub fn latency(&self, kind: &str) -> Summary {
+        let ms: Vec<f64> = self
+            .starts
+            .iter()
+            .filter(|s| s.kind == kind && s.start != "error")
+            .map(|s| s.latency_ms)
+            .collect();
+        summarize(&ms)
+    }
+
+    /// Starts of `kind` that did not start as `want`.
+    pub fn wrong(&self, kind: &str, want: &str) -> usize {
+        self.starts
+            .iter()
+            .filter(|s| s.kind == kind && s.start != want)
+            .count()
+    }
+}
+
 /// One placement policy's replay.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlacementRun {

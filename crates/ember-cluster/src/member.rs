@@ -46,8 +46,8 @@ pub struct MemberConfig {
     pub publish_every: Duration,
     /// Its image page server (`ip:port`), if it runs one.
     pub page_server: Option<String>,
-    /// The token the cluster's page servers want (the nodes' API token).
-    pub page_token: String,
+    /// The nodes' API token (the page servers' is derived from it).
+    pub api_token: String,
 }
 
 impl MemberConfig {
@@ -59,7 +59,7 @@ impl MemberConfig {
             lease_ttl: Duration::from_secs(5),
             publish_every: Duration::from_millis(250),
             page_server: None,
-            page_token: String::new(),
+            api_token: String::new(),
         }
     }
 }
@@ -117,7 +117,7 @@ impl Member {
         };
         shared
             .node
-            .join_page_pool(Arc::new(peers), shared.cfg.page_token.clone());
+            .join_page_pool(Arc::new(peers), &shared.cfg.api_token);
         let tasks = vec![
             tokio::spawn(register(client.clone(), shared.clone(), lease.clone())),
             tokio::spawn(follow(defs, shared)),

@@ -127,7 +127,8 @@ impl NodeRecord {
             let ids_ok = p.images.len() <= MAX_SERVED_IMAGES
                 && p.images.iter().all(|i| {
                     (1..=128).contains(&i.len())
-                        && i.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                        && i.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-/".contains(c))
                 });
             if !addr_ok || !ids_ok {
                 return Err(RecordError::Invalid {
@@ -210,7 +211,7 @@ mod tests {
         assert_eq!(r.serves_image("img-other"), None);
         // A page server that is not an ip:port (a name would be resolved by every node), or
         // an image id that is not one, and the record is refused.
-        for (addr, image) in [("evil.example:80", "img-1"), ("10.0.0.1:7070", "../x")] {
+        for (addr, image) in [("evil.example:80", "img-1"), ("10.0.0.1:7070", "../x y")] {
             let mut bad = record();
             bad.pages = Some(PageServerRecord {
                 addr: addr.into(),

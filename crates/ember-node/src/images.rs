@@ -337,7 +337,12 @@ impl ImageStore {
         if let Some(why) = &missing_env {
             tracing::error!(image = %id, "image is not usable: {why}; rebuild it");
         }
-        self.lock().entries.insert(
+        let mut inner = self.lock();
+        // A pooled image offered meanwhile: this copy replaces it.
+        if let Some(old) = inner.entries.remove(&id) {
+            drop_entry(&mut inner, old);
+        }
+        inner.entries.insert(
             id.clone(),
             Entry {
                 info,
@@ -403,22 +408,32 @@ impl ImageStore {
         Ok(true)
     }
 
-    /// Whether image `id` is a pooled one here.
-    pub fn is_pooled(&self, id: &str) -> bool {
+    /// Whether image `id` is a pooled one here, and healthy (`Some(false)`: it failed
+    /// its restores).
+    pub fn pooled_health(&self, id: &str) -> Option<bool> {
         self.lock()
             .entries
             .get(id)
-            .is_some_and(|e| e.pooled.is_some())
+            .filter(|e| e.pooled.is_some())
+            .map(|e| !e.unhealthy)
     }
 
-    /// The ids of the images whose pages are in this node's memory pool (what it serves to
-    /// other nodes).
-    pub fn in_memory(&self) -> Vec<String> {
+    /// The metadata id of pooled image `id` (what the nodes holding it serve it by).
+    pub fn pooled_meta_id(&self, id: &str) -> Option<[u8; 16]> {
+        self.lock()
+            .entries
+            .get(id)
+            .and_then(|e| e.pooled.as_ref())
+            .map(|(p, _)| p.meta().id)
+    }
+
+    /// The images whose pages are in this node's memory pool (what it serves to other
+    /// nodes): their ids and their metadata's.
+    pub fn in_memory(&self) -> Vec<(String, [u8; 16])> {
         self.lock()
             .entries
             .iter()
-            .filter(|(_, e)| e.loaded.is_some())
-            .map(|(id, _)| id.clone())
+            .filter_map(|(id, e)| e.loaded.as_ref().map(|l| (id.clone(), l.meta.id)))
             .collect()
     }
 
@@ -558,9 +573,14 @@ impl ImageStore {
         choose(candidates, installed, memory_bytes).map(|i| i.id.clone())
     }
 
-    /// The modules image `id` preloads, if it exists.
+    /// The modules image `id` preloads, if this node has it (a pooled image learns nothing:
+    /// it is another node's).
     pub fn imports_of(&self, id: &str) -> Option<Vec<String>> {
-        self.lock().entries.get(id).map(|e| e.info.imports.clone())
+        self.lock()
+            .entries
+            .get(id)
+            .filter(|e| e.pooled.is_none())
+            .map(|e| e.info.imports.clone())
     }
 
     /// Whether the package environment `env_key` has its own image (a copy on this node).

@@ -146,12 +146,12 @@ pub struct Live {
     pub holds: Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>,
     /// Restored lazily to record its function snapshot's working set (node/working_set.rs).
     pub records: Option<crate::node::working_set::Claim>,
-    /// Restored lazily from the snapshot store or the cluster's image pool: its page server
-    /// may fail at a page neither can give (the invocation then runs again:
-    /// node/invoke.rs), and it is not hibernated while pages are still coming.
+    /// Restored lazily from the snapshot store or the cluster's image pool: it is not
+    /// hibernated while pages are still coming.
     pub from_store: bool,
     /// Its page server reads a source that may fail at a page (the snapshot store, a
-    /// hibernated instance's file): a request it fails runs again on another instance.
+    /// hibernated instance's file, the cluster's image pool): a request it fails runs again
+    /// on another instance.
     pub pages_may_fail: bool,
     /// Why its page server failed, once it finished so (its source failed a page).
     pub page_failed: Option<String>,

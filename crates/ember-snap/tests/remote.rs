@@ -96,6 +96,8 @@ enum Hostile {
     Short,
     WrongHash,
     Disconnect,
+    /// The right bytes, one every 100 ms.
+    Trickle,
 }
 
 /// A page server that answers right until `bad` is set, then misbehaves in `how`.
@@ -153,6 +155,13 @@ fn hostile_conn(
                     reply[last] ^= 1;
                 }
                 Hostile::Disconnect => return Ok(()),
+                Hostile::Trickle => {
+                    for b in &reply {
+                        s.write_all(std::slice::from_ref(b))?;
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    return Ok(());
+                }
             }
             s.write_all(&reply)?;
             return Ok(()); // and hang up
@@ -196,6 +205,31 @@ fn a_hostile_page_server_gets_its_process_killed_and_named() {
         assert_eq!(common::wait_signal(r.pid), libc::SIGKILL, "{how:?}");
         std::mem::forget(r);
     }
+}
+
+/// A server that answers one byte at a time cannot hold a page up past the reply deadline
+/// (a timeout per read would let it stretch one chunk over hours).
+#[test]
+fn a_trickling_page_server_meets_the_reply_deadline() {
+    if !privileged("a_trickling_page_server_meets_the_reply_deadline") {
+        return;
+    }
+    let dir = tmp();
+    let img = memory_image(dir.path());
+    let addr = hostile_server(
+        img.clone(),
+        Hostile::Trickle,
+        Arc::new(AtomicBool::new(true)),
+    );
+    let meta_only = LoadedImage::open(&img.dir).unwrap();
+    let src = RemoteSource::connect(&addr, TOKEN, &meta_only.meta).unwrap();
+    let t0 = Instant::now();
+    let e = src.pages(0, 1).unwrap_err();
+    assert!(
+        t0.elapsed() < remote::REPLY_TIMEOUT + Duration::from_secs(1),
+        "{e}"
+    );
+    assert!(e.to_string().contains(&addr), "{e}");
 }
 
 /// WarmSwap's pool: a source that tries several places. A peer that gives bad chunks is

@@ -954,6 +954,7 @@ async fn bench_cluster_runs_and_reports() {
             "--rps-clients",
             "2",
         ])
+        .args(["--pool-rounds", "2", "--pool-workload", "helloworld"])
         .args(["--etcd", &etcd])
         .arg("--envs-dir")
         .arg(shared_envs())
@@ -987,6 +988,21 @@ async fn bench_cluster_runs_and_reports() {
     assert!(t.iter().all(|t| t["requests"].as_u64() > Some(0)), "{doc}");
     let svg = std::fs::read_to_string(out.with_extension("svg")).unwrap();
     assert!(svg.contains("snapshot-aware: cold"), "the plot");
+    // The image pool's rounds: every start as it should be, the fresh nodes' pages from p0.
+    assert!(stdout.contains("pool vs local"), "{stdout}");
+    let starts = doc["pool"]["starts"].as_array().unwrap();
+    assert_eq!(starts.len(), 6, "{doc}");
+    for s in starts {
+        let want = if s["kind"] == "cold-boot" {
+            "cold-boot"
+        } else {
+            "image"
+        };
+        assert_eq!(s["start"], want, "{s}");
+        if s["kind"] == "pool" {
+            assert!(s["chunks_from_peers"].as_u64() > Some(0), "{s}");
+        }
+    }
 }
 
 /// Event invocations through the gateway's Lambda API are queued in etcd and run on the

@@ -143,12 +143,23 @@ impl CodeStore {
         fs::create_dir(&stage.0).map_err(io_err(&stage.0))?;
         archive::unpack(zip, &stage.0, self.limits)?;
         let hash = tree_hash(&stage.0)?;
-        let dest = self.path(&hash);
-        if !dest.exists() {
-            fs::rename(&stage.0, &dest).map_err(io_err(&dest))?;
-            fsync_dir(&self.root)?;
-        }
+        self.put_in_place(&stage.0, &hash)?;
         Ok(hash)
+    }
+
+    /// Moves the staged tree `stage` in place as tree `hash`, unless it is there already. Two
+    /// stores of the same code at once (two functions deployed together) race to the rename:
+    /// the loser finds the winner's tree, which is the same content, and is done.
+    fn put_in_place(&self, stage: &Path, hash: &str) -> Result<(), CodeError> {
+        let dest = self.path(hash);
+        if dest.exists() {
+            return Ok(());
+        }
+        match fs::rename(stage, &dest) {
+            Ok(()) => fsync_dir(&self.root),
+            Err(_) if dest.is_dir() => Ok(()),
+            Err(e) => Err(io_err(&dest)(e)),
+        }
     }
 
     /// Merges the stored trees `hashes` into one, later ones over earlier ones (a file a
@@ -169,11 +180,7 @@ impl CodeStore {
             });
         }
         let hash = tree_hash(&stage.0)?;
-        let dest = self.path(&hash);
-        if !dest.exists() {
-            fs::rename(&stage.0, &dest).map_err(io_err(&dest))?;
-            fsync_dir(&self.root)?;
-        }
+        self.put_in_place(&stage.0, &hash)?;
         Ok(hash)
     }
 
@@ -379,6 +386,31 @@ mod tests {
         assert!(staging_is_empty(&s));
         let other = zip_of(&[("main.py", 0o644, b"changed")]);
         assert_ne!(s.add_zip(&other).unwrap(), h1);
+    }
+
+    /// Two functions deployed at once with the same code store the same tree at once: both
+    /// stores succeed, whichever renames first (it once failed with "Directory not empty").
+    #[test]
+    fn the_same_code_stored_at_once_is_stored_once() {
+        let (_d, s) = store();
+        let files: Vec<(String, u32, Vec<u8>)> = (0..200)
+            .map(|i| (format!("m{i}.py"), 0o644, vec![b'x'; 512]))
+            .collect();
+        let entries: Vec<(&str, u32, &[u8])> = files
+            .iter()
+            .map(|(n, m, b)| (n.as_str(), *m, b.as_slice()))
+            .collect();
+        let z = zip_of(&entries);
+        for _ in 0..20 {
+            let hashes: Vec<String> = std::thread::scope(|t| {
+                let a = t.spawn(|| s.add_zip(&z));
+                let b = t.spawn(|| s.add_zip(&z));
+                [a, b].map(|h| h.join().unwrap().unwrap()).to_vec()
+            });
+            assert_eq!(hashes[0], hashes[1]);
+            fs::remove_dir_all(s.path(&hashes[0])).unwrap();
+        }
+        assert!(staging_is_empty(&s));
     }
 
     #[test]

@@ -25,7 +25,8 @@ pub struct FunctionHoldings {
     pub snapshot: bool,
     /// The dependency image its starts would be restored from is here.
     pub image: bool,
-    /// That image is in this node's memory pool: other nodes restore from it.
+    /// That image is in this node's memory pool, and its page server serves it: other
+    /// nodes restore from it.
     #[serde(default)]
     pub image_memory: bool,
     /// No image here, but one in the cluster's pool this node restores from (its pages
@@ -83,9 +84,10 @@ impl Node {
                     hibernated: count(self.hibernated_count(d)),
                     snapshot,
                     image: image.is_some(),
-                    image_memory: image
-                        .as_ref()
-                        .is_some_and(|id| self.images.is_in_memory(id)),
+                    image_memory: self.serves_pages()
+                        && image
+                            .as_ref()
+                            .is_some_and(|id| self.images.is_in_memory(id)),
                     image_pooled: image.is_none() && self.image_pooled(d).is_some(),
                 },
             );

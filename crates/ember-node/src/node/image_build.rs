@@ -429,6 +429,7 @@ impl Node {
         }
         self.spawn_background(async move {
             let _one = node.auto_builds.acquire().await;
+            node.wait_for_pool().await;
             for packages in sets {
                 let env = match node.envs.ensure(&packages, &|_| {}).await {
                     Ok(e) => e,

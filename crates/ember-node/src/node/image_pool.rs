@@ -22,7 +22,7 @@ use super::{Deployed, Node, error_chain};
 use crate::PoolMode;
 use crate::envs::PackageEnv;
 use crate::images::{ImageStore, image_id};
-use crate::peers::{PagePeers, PeerChunks};
+use crate::peers::{PagePeers, PeerChunks, page_token, pool_key};
 
 /// The page server's view of the node's memory pool.
 struct PoolLookup(Arc<ImageStore>);
@@ -35,14 +35,19 @@ impl ImageLookup for PoolLookup {
 
 impl Node {
     /// Joins a cluster's image pool: `peers` says which other nodes hold an image in
-    /// memory, and `token` is what their page servers want. Once only.
-    pub fn join_page_pool(&self, peers: Arc<dyn PagePeers>, token: String) {
-        let _ = self.page_peers.set((peers, token));
+    /// memory; their page servers want the token derived from `api_token`, the nodes' API
+    /// token ([`page_token`]). Once only.
+    pub fn join_page_pool(&self, peers: Arc<dyn PagePeers>, api_token: &str) {
+        let _ = self.page_peers.set((peers, page_token(api_token)));
     }
 
     /// Serves the images in this node's memory pool to the cluster's other nodes on
-    /// `listener`, to clients that present `token`, on a thread of its own.
-    pub fn serve_pages(&self, listener: std::net::TcpListener, token: String) {
+    /// `listener`, to clients that present the token derived from `api_token`, on a thread
+    /// of its own.
+    pub fn serve_pages(&self, listener: std::net::TcpListener, api_token: &str) {
+        let token = page_token(api_token);
+        self.serving_pages
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let lookup = Arc::new(PoolLookup(self.images.clone()));
         let counter = self.metrics.page_server_chunks.clone();
         let served = Arc::new(move |n: u64| {
@@ -62,16 +67,43 @@ impl Node {
         }
     }
 
-    /// The images in this node's memory pool (what its page server serves).
+    /// The images this node's page server serves (those in its memory pool), by
+    /// [`pool_key`]; none without a page server.
     pub fn images_in_memory(&self) -> Vec<String> {
-        self.images.in_memory()
+        if !self.serves_pages() {
+            return Vec::new();
+        }
+        self.images
+            .in_memory()
+            .iter()
+            .map(|(id, meta)| pool_key(id, meta))
+            .collect()
     }
 
-    /// Whether another node holds image `id` in memory now.
+    pub(in crate::node) fn serves_pages(&self) -> bool {
+        self.serving_pages.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether another node holds pooled image `id` in memory now.
     pub(in crate::node) fn pool_holds(&self, id: &str) -> bool {
+        let Some(meta) = self.images.pooled_meta_id(id) else {
+            return false;
+        };
         self.page_peers
             .get()
-            .is_some_and(|(p, _)| !p.holding(id).is_empty())
+            .is_some_and(|(p, _)| !p.holding(&pool_key(id, &meta)).is_empty())
+    }
+
+    /// Waits (up to 10 s) for a cluster node to join the pool, so that the builds it starts
+    /// with use it: the node starts before it joins.
+    pub(in crate::node) async fn wait_for_pool(&self) {
+        if self.cfg.images.pool == PoolMode::Off || self.remote.is_none() {
+            return;
+        }
+        let t0 = std::time::Instant::now();
+        while self.page_peers.get().is_none() && t0.elapsed() < std::time::Duration::from_secs(10) {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// The pooled image that serves `d` now, if any.
@@ -96,8 +128,14 @@ impl Node {
         if self.cfg.images.pool == PoolMode::Off || self.images.has_image_for(&env.key) {
             return false;
         }
-        if self.images.is_pooled(&id) {
-            return true;
+        match self.images.pooled_health(&id) {
+            Some(true) => return true,
+            // Its restores failed: this node gets its own copy instead.
+            Some(false) => {
+                let _ = self.images.remove(&id);
+                return false;
+            }
+            None => {}
         }
         let staged = self.images.staging(&id);
         let offered = async {

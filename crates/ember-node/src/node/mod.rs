@@ -213,6 +213,8 @@ pub struct Node {
     /// In a cluster: the other nodes whose memory serves images, and their page servers'
     /// token ([`Node::join_page_pool`]).
     page_peers: std::sync::OnceLock<(Arc<dyn crate::PagePeers>, String)>,
+    /// Its page server runs ([`Node::serve_pages`]).
+    serving_pages: std::sync::atomic::AtomicBool,
     _home: FileLock,
 }
 
@@ -374,6 +376,7 @@ impl Node {
             hibernating: Mutex::new(HashSet::new()),
             hibernations: tokio::sync::Semaphore::new(1),
             page_peers: std::sync::OnceLock::new(),
+            serving_pages: std::sync::atomic::AtomicBool::new(false),
             _home: home_lock,
         });
         node.load().await?;

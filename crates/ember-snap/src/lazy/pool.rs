@@ -4,9 +4,9 @@
 //! own metadata before any page of it is returned, then kept for every later request.
 //!
 //! ```text
-//! pages(first, n) -> the chunks they need, kept? else fetched in one call from the place
-//!     that answered last; an error, a short answer or a chunk that fails its hash: the
-//!     same chunks from the next place (each tried once per call) -> the pages
+//! pages(first, n) -> the chunks they need, kept? else fetched in one call from the first
+//!     place; an error, a short answer or a chunk that fails its hash: the same chunks from
+//!     the next place (each tried once per call) -> the pages
 //! ```
 //!
 //! A place that gives a bad chunk is no better than one that is down: what it gave is
@@ -15,7 +15,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::source::ChunkCache;
 use super::{ChunkFetch, PageSource, SourceError};
@@ -29,8 +29,6 @@ pub struct PoolSource {
     places: Vec<Arc<dyn ChunkFetch>>,
     /// Chunks each place gave (checked), in `places` order.
     given: Vec<AtomicU64>,
-    /// The place that answered last: asked first.
-    first: AtomicUsize,
     cache: ChunkCache,
 }
 
@@ -42,7 +40,6 @@ impl PoolSource {
             given: places.iter().map(|_| AtomicU64::new(0)).collect(),
             meta,
             places,
-            first: AtomicUsize::new(0),
             cache: ChunkCache::new(),
         }
     }
@@ -67,8 +64,8 @@ impl PoolSource {
             .count() as u64
     }
 
-    /// Fetches `chunks` (none kept yet) from the first place that gives them all, checked,
-    /// and keeps them.
+    /// Fetches `chunks` (none kept yet) from the first place, in order, that gives them all,
+    /// checked, and keeps them.
     fn get(&self, chunks: &[u64]) -> Result<(), String> {
         if chunks.is_empty() {
             return Ok(());
@@ -76,19 +73,14 @@ impl PoolSource {
         if self.places.is_empty() {
             return Err("the image has no source of pages".into());
         }
-        let n = self.places.len();
-        let start = self.first.load(Ordering::Relaxed) % n;
         let mut why = Vec::new();
-        for k in 0..n {
-            let i = (start + k) % n;
-            let place = &self.places[i];
+        for (place, given) in self.places.iter().zip(&self.given) {
             match self.checked(place.as_ref(), chunks) {
                 Ok(got) => {
                     for (&c, d) in chunks.iter().zip(got) {
                         self.cache.put(c, d.into());
                     }
-                    self.given[i].fetch_add(chunks.len() as u64, Ordering::Relaxed);
-                    self.first.store(i, Ordering::Relaxed);
+                    given.fetch_add(chunks.len() as u64, Ordering::Relaxed);
                     return Ok(());
                 }
                 Err(e) => why.push(format!("{}: {e}", place.describe())),

@@ -15,8 +15,9 @@
 //!
 //! The server needs no trust from the client: every chunk is checked against the hashes in
 //! the client's own copy of the image's metadata before any of it is installed, and a bad
-//! chunk, a short or garbled reply, a disconnection or a timeout (2 s per reply; 1 s to
-//! connect) is an error naming the server. The token is compared in constant time.
+//! chunk, a short or garbled reply, a disconnection or a timeout (2 s for each request's
+//! whole reply, however the server trickles it; 1 s to connect) is an error naming the
+//! server. The token is compared in constant time; a client must say who it is within 5 s.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -24,7 +25,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::source::ChunkCache;
 use super::{PageSource, SourceError};
@@ -79,18 +80,19 @@ impl RemoteSource {
         hello.extend_from_slice(&meta.id);
         s.write_all(&hello)
             .map_err(|e| err(format!("hello: {e}")))?;
+        let deadline = Instant::now() + REPLY_TIMEOUT;
         let mut status = [0u8; 1];
-        s.read_exact(&mut status)
+        read_by(&mut s, &mut status, deadline)
             .map_err(|e| err(format!("no answer to hello: {e}")))?;
         if status[0] != 0 {
             let mut len = [0u8; 2];
-            s.read_exact(&mut len).map_err(|e| err(e.to_string()))?;
+            read_by(&mut s, &mut len, deadline).map_err(|e| err(e.to_string()))?;
             let mut msg = vec![0u8; u16::from_le_bytes(len) as usize];
-            s.read_exact(&mut msg).map_err(|e| err(e.to_string()))?;
+            read_by(&mut s, &mut msg, deadline).map_err(|e| err(e.to_string()))?;
             return Err(err(format!("refused: {}", String::from_utf8_lossy(&msg))));
         }
         let mut counts = [0u8; 12];
-        s.read_exact(&mut counts).map_err(|e| err(e.to_string()))?;
+        read_by(&mut s, &mut counts, deadline).map_err(|e| err(e.to_string()))?;
         let pages = u64::from_le_bytes(counts[..8].try_into().unwrap_or_default());
         let chunks = u32::from_le_bytes(counts[8..].try_into().unwrap_or_default());
         if pages != meta.pages.count || chunks as usize != meta.pages.chunks.len() {
@@ -119,10 +121,11 @@ impl RemoteSource {
             req.extend_from_slice(&(c as u32).to_le_bytes());
         }
         conn.write_all(&req).map_err(|e| format!("request: {e}"))?;
+        let deadline = Instant::now() + REPLY_TIMEOUT;
         let mut out = Vec::with_capacity(chunks.len());
         for &c in chunks {
             let mut head = [0u8; 8];
-            conn.read_exact(&mut head)
+            read_by(&mut conn, &mut head, deadline)
                 .map_err(|e| format!("reply for chunk {c}: {e}"))?;
             let got = u32::from_le_bytes(head[..4].try_into().unwrap_or_default());
             let len = u32::from_le_bytes(head[4..].try_into().unwrap_or_default());
@@ -133,7 +136,7 @@ impl RemoteSource {
                 ));
             }
             let mut data = vec![0u8; len as usize];
-            conn.read_exact(&mut data)
+            read_by(&mut conn, &mut data, deadline)
                 .map_err(|e| format!("chunk {c} cut short: {e}"))?;
             if !chunk_ok(&self.meta, c, &data) {
                 return Err(chunk_failed(c));
@@ -305,18 +308,18 @@ fn serve_one(
     served: &(dyn Fn(u64) + Send + Sync),
 ) -> std::io::Result<()> {
     s.set_nodelay(true)?;
-    s.set_read_timeout(Some(HELLO_TIMEOUT))?;
     s.set_write_timeout(Some(REPLY_TIMEOUT * 5))?;
+    let hello_by = Instant::now() + HELLO_TIMEOUT;
     let mut head = [0u8; 10];
-    s.read_exact(&mut head)?;
+    read_by(&mut s, &mut head, hello_by)?;
     let tlen = u16::from_le_bytes([head[8], head[9]]) as usize;
     if head[..8] != MAGIC || tlen > MAX_TOKEN {
         return refuse(&mut s, "not an Ember page-server client");
     }
     let mut tok = vec![0u8; tlen];
-    s.read_exact(&mut tok)?;
+    read_by(&mut s, &mut tok, hello_by)?;
     let mut id = [0u8; 16];
-    s.read_exact(&mut id)?;
+    read_by(&mut s, &mut id, hello_by)?;
     if !eq_const(&tok, token.as_bytes()) {
         return refuse(&mut s, "bad token");
     }
@@ -358,6 +361,29 @@ fn serve_one(
         s.write_all(&reply)?;
         served(n as u64);
     }
+}
+
+/// Reads `buf` whole from `s` before `deadline`: each read waits at most what is left, so a
+/// peer that trickles bytes cannot stretch a reply (or a hello) past it.
+fn read_by(s: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> std::io::Result<()> {
+    let mut off = 0;
+    while off < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no whole answer in time",
+            ));
+        }
+        s.set_read_timeout(Some(left))?;
+        match s.read(&mut buf[off..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => off += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn refuse(s: &mut TcpStream, why: &str) -> std::io::Result<()> {

@@ -164,6 +164,13 @@ pub struct Args {
     /// cluster: seconds of closed loop per target, gateway and node (0 skips it)
     #[arg(long, default_value_t = 6.0)]
     pub rps_seconds: f64,
+    /// cluster: rounds of the image pool's first starts (local image, from another node's
+    /// memory, cold boot), each on a fresh node (0 skips it)
+    #[arg(long, default_value_t = 5)]
+    pub pool_rounds: usize,
+    /// cluster: the workload (an example with packages) of the image pool's rounds
+    #[arg(long, default_value = "numpy")]
+    pub pool_workload: String,
     /// knix: the pool sizes N (instances kept ready, and requests in the burst)
     #[arg(long, value_delimiter = ',', default_value = "1,10,50,100")]
     pub pools: Vec<usize>,

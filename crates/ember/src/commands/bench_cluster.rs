@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use ember_bench::cluster::{ClusterCall, PlacementRun, Throughput};
+use ember_bench::cluster::{ClusterCall, PlacementRun, PoolRun, PoolStart, Throughput};
 use ember_bench::trace as tr;
 use serde_json::{Value, json};
 
@@ -134,6 +134,68 @@ struct Cluster {
     _homes: Vec<tempfile::TempDir>,
 }
 
+/// Where a cluster of the run keeps its state: etcd, its prefix there, its prefix in the
+/// store.
+struct Place<'a> {
+    etcd: &'a str,
+    prefix: &'a str,
+    s3_prefix: &'a str,
+}
+
+/// Starts node `name` of the cluster at `at` (a home of its own) with `flags`: the process,
+/// its URL and its home.
+fn start_node(
+    args: &Args,
+    at: &Place<'_>,
+    name: &str,
+    flags: &[&str],
+) -> anyhow::Result<(Proc, String, tempfile::TempDir)> {
+    let home = tempfile::Builder::new()
+        .prefix("ember-bench-cluster-")
+        .tempdir()?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("serve")
+        .arg("--home")
+        .arg(home.path())
+        .args(["--listen", "127.0.0.1:0", "--cluster", at.etcd])
+        .args(["--cluster-prefix", at.prefix, "--node-name", name])
+        .arg("--envs-dir")
+        .arg(std::path::absolute(&args.envs_dir)?)
+        .args(flags)
+        .env("EMBER_S3_PREFIX", at.s3_prefix)
+        .env("EMBER_LOG", "warn");
+    if args.no_sandbox {
+        cmd.arg("--no-sandbox");
+    }
+    let (p, url) = Proc::start(cmd, &format!("node {name}"))?;
+    Ok((p, url, home))
+}
+
+/// Starts a gateway of the cluster at `at`: the process, its URL and its staging directory.
+fn start_gateway(
+    at: &Place<'_>,
+    placement: &str,
+) -> anyhow::Result<(Proc, String, tempfile::TempDir)> {
+    let staging = tempfile::Builder::new()
+        .prefix("ember-bench-gateway-")
+        .tempdir()?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args([
+        "gateway",
+        "--cluster",
+        at.etcd,
+        "--cluster-prefix",
+        at.prefix,
+    ])
+    .args(["--listen", "127.0.0.1:0", "--placement", placement])
+    .arg("--staging")
+    .arg(staging.path())
+    .env("EMBER_S3_PREFIX", at.s3_prefix)
+    .env("EMBER_LOG", "warn");
+    let (gateway, url) = Proc::start(cmd, "the gateway")?;
+    Ok((gateway, url, staging))
+}
+
 /// Starts the nodes and the gateway of `placement`'s cluster.
 async fn start_cluster(
     args: &Args,
@@ -144,46 +206,30 @@ async fn start_cluster(
     keep_alive: Duration,
     http: &reqwest::Client,
 ) -> anyhow::Result<Cluster> {
-    let exe = std::env::current_exe()?;
-    let envs = std::path::absolute(&args.envs_dir)?;
     let mut homes = Vec::new();
     let mut nodes = Vec::new();
     let mut urls = Vec::new();
+    let keep = format!("{}ms", keep_alive.as_millis());
+    let flags = [
+        "--keep-alive",
+        &keep,
+        "--images",
+        "off",
+        "--hibernate",
+        "off",
+    ];
+    let at = Place {
+        etcd,
+        prefix,
+        s3_prefix,
+    };
     for i in 0..args.nodes {
-        let home = tempfile::Builder::new()
-            .prefix("ember-bench-cluster-")
-            .tempdir()?;
-        let mut cmd = Command::new(&exe);
-        cmd.arg("serve")
-            .arg("--home")
-            .arg(home.path())
-            .args(["--listen", "127.0.0.1:0", "--cluster", etcd])
-            .args(["--cluster-prefix", prefix, "--node-name", &format!("b{i}")])
-            .arg("--envs-dir")
-            .arg(&envs)
-            .args(["--keep-alive", &format!("{}ms", keep_alive.as_millis())])
-            .args(["--images", "off", "--hibernate", "off"])
-            .env("EMBER_S3_PREFIX", s3_prefix)
-            .env("EMBER_LOG", "warn");
-        if args.no_sandbox {
-            cmd.arg("--no-sandbox");
-        }
-        let (p, url) = Proc::start(cmd, &format!("node b{i}"))?;
+        let (p, url, home) = start_node(args, &at, &format!("b{i}"), &flags)?;
         nodes.push(p);
         urls.push(url);
         homes.push(home);
     }
-    let staging = tempfile::Builder::new()
-        .prefix("ember-bench-gateway-")
-        .tempdir()?;
-    let mut cmd = Command::new(&exe);
-    cmd.args(["gateway", "--cluster", etcd, "--cluster-prefix", prefix])
-        .args(["--listen", "127.0.0.1:0", "--placement", placement])
-        .arg("--staging")
-        .arg(staging.path())
-        .env("EMBER_S3_PREFIX", s3_prefix)
-        .env("EMBER_LOG", "warn");
-    let (gateway, gurl) = Proc::start(cmd, "the gateway")?;
+    let (gateway, gurl, staging) = start_gateway(&at, placement)?;
     homes.push(staging);
     let t0 = Instant::now();
     loop {
@@ -380,7 +426,196 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             throughput = rps(&args, &cluster, &zip, &http).await?;
         }
     }
-    report(&args, started, &fns, &runs, &throughput)
+    let pooled = pool(&args, &etcd, started, &store.prefix, &http).await?;
+    report(&args, started, &fns, &runs, &throughput, pooled.as_ref())
+}
+
+/// Waits until `f` holds of `url`'s JSON, up to `limit`.
+async fn wait_json(
+    http: &reqwest::Client,
+    url: &str,
+    limit: Duration,
+    what: &str,
+    f: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let t0 = Instant::now();
+    loop {
+        let v: Value = match http.get(url).send().await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => Value::Null,
+        };
+        if f(&v) {
+            return Ok(v);
+        }
+        if t0.elapsed() > limit {
+            bail!("{what}: not within {} s ({url}: {v})", limit.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The image pool's first starts ([`ember_bench::cluster::PoolRun`]): a cluster of its own
+/// whose node p0 builds the workload's image and holds it in memory; per round, a start on
+/// p0 from its image, a cold boot on p0, and the first start of a fresh node (q<round>,
+/// `--image-pool pool`) that restores the image from p0's memory. Standbys and templates are
+/// off, so that every image start is a restore.
+async fn pool(
+    args: &Args,
+    etcd: &str,
+    started: u64,
+    store_prefix: &str,
+    http: &reqwest::Client,
+) -> anyhow::Result<Option<PoolRun>> {
+    if args.pool_rounds == 0 {
+        return Ok(None);
+    }
+    let w = ember_bench::workloads::load(&args.pool_workload)?;
+    let (prefix, s3_prefix) = (
+        format!("/ember-bench/{started}-pool"),
+        format!("{store_prefix}bench-cluster-{started}-pool/"),
+    );
+    let at = Place {
+        etcd,
+        prefix: &prefix,
+        s3_prefix: &s3_prefix,
+    };
+    let flags = [
+        "--images",
+        "on-deploy",
+        "--hibernate",
+        "off",
+        "--standby",
+        "0",
+        "--no-templates",
+        "--fixed-ladder",
+    ];
+    let (_p0, holder, _home) = start_node(args, &at, "p0", &flags)?;
+    let (_gateway, gateway, _staging) = start_gateway(&at, "snapshot-aware")?;
+    let nodes = format!("{gateway}/v1/cluster/nodes");
+    let one = |v: &Value| v["nodes"].as_array().is_some_and(|n| n.len() == 1);
+    wait_json(http, &nodes, Duration::from_secs(60), "node p0 joins", one).await?;
+    let client = ember_api::client::Client::new(&gateway, None);
+    let mut body = w
+        .manifest
+        .deploy_body(&w.zip)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", w.name))?;
+    body["snapshot"] = json!("off");
+    client.deploy("pool", &body, &mut |_| {}).await?;
+    body["images"] = json!(false);
+    client.deploy("pool-cold", &body, &mut |_| {}).await?;
+    eprintln!(
+        "bench cluster: image pool, {}: waiting for p0's image (built, in memory, stored)",
+        w.name
+    );
+    let images = wait_json(
+        http,
+        &format!("{holder}/v1/images"),
+        Duration::from_secs(900),
+        "p0's image in memory and in the store",
+        |v| {
+            v["images"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|i| i["location"] == "memory" && i["remote"] == "stored")
+            })
+        },
+    )
+    .await?;
+    let image_pages = images["images"][0]["pages"].as_u64().unwrap_or(0);
+    let event = w.manifest.bench_event();
+    let mut starts = Vec::new();
+    for round in 0..args.pool_rounds {
+        for (kind, function) in [("local", "pool"), ("cold-boot", "pool-cold")] {
+            let r = http
+                .delete(format!("{holder}/v1/functions/{function}/instances"))
+                .send()
+                .await?;
+            anyhow::ensure!(
+                r.status().is_success(),
+                "stopping p0's instances: {}",
+                r.status()
+            );
+            let (start, latency_ms) = first_start(http, &holder, function, &event).await;
+            starts.push(PoolStart {
+                round,
+                kind: kind.into(),
+                start,
+                latency_ms,
+                chunks_from_peers: 0,
+            });
+        }
+        let name = format!("q{round}");
+        let pool_flags = [&flags[..], &["--image-pool", "pool"]].concat();
+        let (node, url, home) = start_node(args, &at, &name, &pool_flags)?;
+        let list = format!("{url}/v1/images");
+        let pooled = |v: &Value| {
+            v["images"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|i| i["location"] == "pool"))
+        };
+        wait_json(
+            http,
+            &list,
+            Duration::from_secs(300),
+            "a pooled image",
+            pooled,
+        )
+        .await?;
+        let (start, latency_ms) = first_start(http, &url, "pool", &event).await;
+        let v: Value = http.get(&list).send().await?.json().await?;
+        let chunks_from_peers = v["images"][0]["pool"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["place"].as_str().is_some_and(|s| s.starts_with("peers")))
+            .filter_map(|p| p["chunks"].as_u64())
+            .sum();
+        starts.push(PoolStart {
+            round,
+            kind: "pool".into(),
+            start,
+            latency_ms,
+            chunks_from_peers,
+        });
+        drop(node);
+        drop(home);
+    }
+    Ok(Some(PoolRun {
+        workload: w.name.clone(),
+        image_pages,
+        starts,
+    }))
+}
+
+/// One invocation of `function` on the node at `url`, timed: its start (`Ember-Start`, or
+/// `error`) and milliseconds.
+async fn first_start(
+    http: &reqwest::Client,
+    url: &str,
+    function: &str,
+    event: &[u8],
+) -> (String, f64) {
+    let t = Instant::now();
+    let r = http
+        .post(format!("{url}/v1/functions/{function}/invoke"))
+        .body(event.to_vec())
+        .send()
+        .await;
+    let start = match r {
+        Ok(r) if r.status() == 200 => {
+            let s = r
+                .headers()
+                .get("ember-start")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("error")
+                .to_string();
+            match r.bytes().await {
+                Ok(_) => s,
+                Err(_) => "error".into(),
+            }
+        }
+        _ => "error".into(),
+    };
+    (start, t.elapsed().as_secs_f64() * 1e3)
 }
 
 /// The gateway against one node, the same warm function, interleaved rounds.
@@ -457,6 +692,7 @@ fn report(
     fns: &[tr::TraceFn],
     runs: &[PlacementRun],
     throughput: &[Throughput],
+    pooled: Option<&PoolRun>,
 ) -> anyhow::Result<()> {
     println!(
         "{:<15} {:>6} {:>6} {:>7} {:>9} {:>10} {:>7} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8}",
@@ -511,6 +747,37 @@ fn report(
             t.target, t.clients, t.seconds, t.rps, t.latency.p50_ms, t.latency.p99_ms, t.errors
         );
     }
+    if let Some(p) = pooled {
+        println!(
+            "image pool ({}, {} pages), first starts: {:<10} {:>3} {:>9} {:>9} {:>6}",
+            p.workload, p.image_pages, "kind", "n", "p50 ms", "p99 ms", "wrong"
+        );
+        for (kind, want) in [
+            ("local", "image"),
+            ("pool", "image"),
+            ("cold-boot", "cold-boot"),
+        ] {
+            let l = p.latency(kind);
+            println!(
+                "{:<10} {:>3} {:>9.1} {:>9.1} {:>6}",
+                kind,
+                l.count,
+                l.p50_ms,
+                l.p99_ms,
+                p.wrong(kind, want)
+            );
+        }
+        let (local, from_pool, cold) = (
+            p.latency("local"),
+            p.latency("pool"),
+            p.latency("cold-boot"),
+        );
+        println!(
+            "pool vs local p50 {:.2}x; cold boot vs pool p50 {:.2}x",
+            from_pool.p50_ms / local.p50_ms,
+            cold.p50_ms / from_pool.p50_ms
+        );
+    }
     let doc = json!({
         "started_unix": started,
         "nodes": args.nodes,
@@ -521,9 +788,17 @@ fn report(
         "trace": fns,
         "runs": runs,
         "throughput": throughput,
+        "pool": pooled,
     });
     let (json_path, svg): (PathBuf, PathBuf) =
         super::bench::save(args.out.clone(), "cluster", started, &doc)?;
+    if runs.iter().all(|r| r.calls.is_empty()) {
+        eprintln!(
+            "wrote {} (the trace had no invocations: no plot)",
+            json_path.display()
+        );
+        return Ok(());
+    }
     ember_bench::cluster::write_svg(runs, &svg)?;
     eprintln!("wrote {} and {}", json_path.display(), svg.display());
     Ok(())

@@ -32,8 +32,8 @@ pub struct Args {
     #[arg(long, env = "EMBER_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
     /// In a cluster, where this node serves the dependency images in its memory to the other
-    /// nodes (IP:PORT, or off); clients present the node's --token [default: the advertise
-    /// URL's address, a free port]
+    /// nodes (IP:PORT, or off); clients present a token derived from --token [default: the
+    /// advertise URL's address, a free port]
     #[arg(long, env = "EMBER_PAGE_SERVER")]
     pub page_server: Option<String>,
     /// In a cluster, how this node uses an image it has no copy of while another node holds
@@ -140,15 +140,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 None => running.url(),
             };
             let mut cfg = MemberConfig::new(keys, id.clone(), url.clone());
-            if let Some(addr) = page_server_addr(args.page_server.as_deref(), &url)? {
-                let listener = std::net::TcpListener::bind(addr)
-                    .with_context(|| format!("the page server cannot listen on {addr}"))?;
-                let bound = listener.local_addr()?;
-                running.node.serve_pages(listener, token.clone());
-                tracing::info!("serving images in memory to the cluster's nodes on {bound}");
-                cfg.page_server = Some(bound.to_string());
+            // A page server asked for must start; the default one (the advertise URL's
+            // address, which may not be this machine's: NAT, a load balancer) may not.
+            let listener = page_server_addr(args.page_server.as_deref(), &url).and_then(|a| {
+                a.map(|addr| {
+                    std::net::TcpListener::bind(addr)
+                        .with_context(|| format!("the page server cannot listen on {addr}"))
+                })
+                .transpose()
+            });
+            match listener {
+                Ok(Some(listener)) => {
+                    let bound = listener.local_addr()?;
+                    running.node.serve_pages(listener, &token);
+                    tracing::info!("serving images in memory to the cluster's nodes on {bound}");
+                    cfg.page_server = Some(bound.to_string());
+                }
+                Ok(None) => {}
+                Err(e) if args.page_server.is_none() => tracing::warn!(
+                    "no image page server ({e:#}): other nodes do not restore images from this \
+                     one's memory; give --page-server IP:PORT"
+                ),
+                Err(e) => return Err(e),
             }
-            cfg.page_token = token;
+            cfg.api_token = token;
             tracing::info!("node {id} joining the cluster at {list}; gateways reach it at {url}");
             Some(Member::start(client, running.node.clone(), code, cfg))
         }

@@ -147,6 +147,7 @@ impl Node {
         // pages still come from elsewhere is not hibernated.
         live.image = (!pooled).then(|| id.to_string());
         live.from_store |= pooled;
+        live.pages_may_fail |= pooled;
         self.images.succeeded(id);
         let how = format!("image {id} from {}, {policy}", co.location.as_str());
         self.restored_started(d, &spec, &live, &how, timing.init());
