@@ -238,6 +238,30 @@ struct Entry {
     pooled: Option<(Arc<PoolSource>, PathBuf)>,
 }
 
+impl Entry {
+    /// A catalog entry, not in the pool yet; unhealthy with `broken` (why).
+    fn new(
+        info: ImageInfo,
+        opened: Arc<LoadedImage>,
+        working_set: Option<Arc<Vec<u64>>>,
+        broken: Option<String>,
+        pooled: Option<(Arc<PoolSource>, PathBuf)>,
+    ) -> Entry {
+        Entry {
+            info,
+            opened,
+            loaded: None,
+            working_set,
+            last_used: Instant::now(),
+            restores: 0,
+            failures: 0,
+            unhealthy: broken.is_some(),
+            last_error: broken,
+            pooled,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     entries: BTreeMap<String, Entry>,
@@ -344,18 +368,7 @@ impl ImageStore {
         }
         inner.entries.insert(
             id.clone(),
-            Entry {
-                info,
-                opened,
-                loaded: None,
-                working_set,
-                last_used: Instant::now(),
-                restores: 0,
-                failures: 0,
-                unhealthy: missing_env.is_some(),
-                last_error: missing_env,
-                pooled: None,
-            },
+            Entry::new(info, opened, working_set, missing_env, None),
         );
         Ok(id)
     }
@@ -390,20 +403,10 @@ impl ImageStore {
             let _ = std::fs::remove_dir_all(dir);
             return Ok(false);
         }
+        let pooled = Some((source, dir.to_path_buf()));
         inner.entries.insert(
             info.id.clone(),
-            Entry {
-                info: info.clone(),
-                opened,
-                loaded: None,
-                working_set,
-                last_used: Instant::now(),
-                restores: 0,
-                failures: 0,
-                unhealthy: false,
-                last_error: None,
-                pooled: Some((source, dir.to_path_buf())),
-            },
+            Entry::new(info.clone(), opened, working_set, None, pooled),
         );
         Ok(true)
     }

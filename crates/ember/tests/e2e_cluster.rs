@@ -225,6 +225,11 @@ impl Cluster {
         r.json().await.unwrap_or_default()
     }
 
+    async fn text(&self, url: &str) -> String {
+        let r = self.http.get(url).send().await.unwrap();
+        r.text().await.unwrap()
+    }
+
     /// The nodes the gateway sees.
     async fn nodes(&self) -> Vec<Value> {
         let v = self
@@ -633,14 +638,11 @@ async fn a_node_killed_under_load_hands_on_what_it_had_not_started() {
     let t0 = Instant::now();
     loop {
         let log = c
-            .http
-            .get(format!("{}/v1/functions/slow/logs?lines=50", c.node_url(i)))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+            .text(&format!(
+                "{}/v1/functions/slow/logs?lines=50",
+                c.node_url(i)
+            ))
+            .await;
         if log.contains("running") {
             break;
         }
@@ -897,15 +899,7 @@ async fn late_nodes_restore_an_image_from_the_pool() {
     assert_eq!(given(&images[0], "snapshot store"), 0, "{images:#?}");
     let mut served = 0;
     for i in 0..3 {
-        let text = c
-            .http
-            .get(format!("{}/metrics", c.node_url(i)))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = c.text(&format!("{}/metrics", c.node_url(i))).await;
         served += common::metric(&text, "ember_page_server_chunks_total");
     }
     assert_eq!(served, from_peers);
