@@ -71,6 +71,8 @@ pub struct PoolStart {
     pub latency_ms: f64,
     /// For `pool`: chunks the holder's page server gave.
     pub chunks_from_peers: u64,
+    /// Its phases as the node timed them (`Ember-Timing`).
+    pub timing: String,
 }
 
 impl PoolRun {

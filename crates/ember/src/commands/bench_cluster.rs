@@ -534,13 +534,14 @@ async fn pool(
                 "stopping p0's instances: {}",
                 r.status()
             );
-            let (start, latency_ms) = first_start(http, &holder, function, &event).await;
+            let (start, latency_ms, timing) = first_start(http, &holder, function, &event).await;
             starts.push(PoolStart {
                 round,
                 kind: kind.into(),
                 start,
                 latency_ms,
                 chunks_from_peers: 0,
+                timing,
             });
         }
         let name = format!("q{round}");
@@ -560,7 +561,7 @@ async fn pool(
             pooled,
         )
         .await?;
-        let (start, latency_ms) = first_start(http, &url, "pool", &event).await;
+        let (start, latency_ms, timing) = first_start(http, &url, "pool", &event).await;
         let v: Value = http.get(&list).send().await?.json().await?;
         let chunks_from_peers = v["images"][0]["pool"]
             .as_array()
@@ -575,6 +576,7 @@ async fn pool(
             start,
             latency_ms,
             chunks_from_peers,
+            timing,
         });
         drop(node);
         drop(home);
@@ -587,35 +589,37 @@ async fn pool(
 }
 
 /// One invocation of `function` on the node at `url`, timed: its start (`Ember-Start`, or
-/// `error`) and milliseconds.
+/// `error`), milliseconds, and the node's `Ember-Timing`.
 async fn first_start(
     http: &reqwest::Client,
     url: &str,
     function: &str,
     event: &[u8],
-) -> (String, f64) {
+) -> (String, f64, String) {
     let t = Instant::now();
     let r = http
         .post(format!("{url}/v1/functions/{function}/invoke"))
         .body(event.to_vec())
         .send()
         .await;
-    let start = match r {
+    let (start, timing) = match r {
         Ok(r) if r.status() == 200 => {
-            let s = r
-                .headers()
-                .get("ember-start")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("error")
-                .to_string();
+            let h = |n: &str| {
+                r.headers()
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let (s, timing) = (h("ember-start"), h("ember-timing"));
             match r.bytes().await {
-                Ok(_) => s,
-                Err(_) => "error".into(),
+                Ok(_) if !s.is_empty() => (s, timing),
+                _ => ("error".into(), timing),
             }
         }
-        _ => "error".into(),
+        _ => ("error".into(), String::new()),
     };
-    (start, t.elapsed().as_secs_f64() * 1e3)
+    (start, t.elapsed().as_secs_f64() * 1e3, timing)
 }
 
 /// The gateway against one node, the same warm function, interleaved rounds.
