@@ -52,7 +52,8 @@ impl ClusterCall {
 
 /// WarmSwap's remote pool (its Fig. 5): first starts of a function from its dependency
 /// image, on the node that holds the image in memory (`local`), on a fresh node that restores
-/// it from that node's memory (`pool`), and a cold boot on the holder (`cold-boot`).
+/// it from that node's memory (`pool`), on a fresh node from its own copy (`fresh-local`: the
+/// same new process, the pages here), and a cold boot on the holder (`cold-boot`).
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolRun {
     pub workload: String,
@@ -64,7 +65,7 @@ pub struct PoolRun {
 #[derive(Debug, Clone, Serialize)]
 pub struct PoolStart {
     pub round: usize,
-    /// `local`, `pool` or `cold-boot`.
+    /// `local`, `fresh-local`, `pool` or `cold-boot`.
     pub kind: String,
     /// The rung it started on (`Ember-Start`), or `error`.
     pub start: String,

@@ -985,7 +985,7 @@ async fn bench_cluster_runs_and_reports() {
     // The image pool's rounds: every start as it should be, the fresh nodes' pages from p0.
     assert!(stdout.contains("pool vs local"), "{stdout}");
     let starts = doc["pool"]["starts"].as_array().unwrap();
-    assert_eq!(starts.len(), 6, "{doc}");
+    assert_eq!(starts.len(), 8, "{doc}");
     for s in starts {
         let want = if s["kind"] == "cold-boot" {
             "cold-boot"

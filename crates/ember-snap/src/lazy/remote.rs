@@ -112,6 +112,13 @@ impl RemoteSource {
 
     /// Asks for `chunks` in one request and checks each reply.
     fn fetch(&self, chunks: &[u64]) -> Result<Vec<Chunk>, String> {
+        let got = self.fetch_raw(chunks, true)?;
+        Ok(got.into_iter().map(|(c, d)| (c, d.into())).collect())
+    }
+
+    /// Asks for `chunks` in one request: each reply's framing checked (which chunk, its
+    /// size), its bytes against the image's hashes too with `check`.
+    fn fetch_raw(&self, chunks: &[u64], check: bool) -> Result<Vec<(u64, Vec<u8>)>, String> {
         let mut conn = self
             .conn
             .lock()
@@ -138,17 +145,18 @@ impl RemoteSource {
             let mut data = vec![0u8; len as usize];
             read_by(&mut conn, &mut data, deadline)
                 .map_err(|e| format!("chunk {c} cut short: {e}"))?;
-            if !chunk_ok(&self.meta, c, &data) {
+            if check && !chunk_ok(&self.meta, c, &data) {
                 return Err(chunk_failed(c));
             }
-            out.push((c, data.into()));
+            out.push((c, data));
         }
         Ok(out)
     }
 }
 
-/// The server's chunks, checked here too, for a source that tries several places
-/// ([`super::PoolSource`]).
+/// The server's chunks for a source that tries several places ([`super::PoolSource`]):
+/// framed right, their bytes unchecked here, as [`super::ChunkFetch`] says (the caller
+/// checks each against the image's hashes before it keeps it: once, not twice).
 impl super::ChunkFetch for RemoteSource {
     fn describe(&self) -> String {
         PageSource::describe(self)
@@ -157,11 +165,7 @@ impl super::ChunkFetch for RemoteSource {
     fn fetch(&self, chunks: &[u64]) -> Result<Vec<Vec<u8>>, String> {
         let mut out = Vec::with_capacity(chunks.len());
         for batch in chunks.chunks(MAX_BATCH) {
-            out.extend(
-                RemoteSource::fetch(self, batch)?
-                    .into_iter()
-                    .map(|(_, d)| d.to_vec()),
-            );
+            out.extend(self.fetch_raw(batch, false)?.into_iter().map(|(_, d)| d));
         }
         Ok(out)
     }
