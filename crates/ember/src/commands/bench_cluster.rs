@@ -256,6 +256,15 @@ async fn start_cluster(
     })
 }
 
+/// Response header `name`, or empty.
+fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// One invocation through the gateway, as the run records it.
 async fn call(http: &reqwest::Client, url: &str, function: usize, shape: tr::Shape) -> ClusterCall {
     let t = Instant::now();
@@ -271,13 +280,7 @@ async fn call(http: &reqwest::Client, url: &str, function: usize, shape: tr::Sha
         tried: 0,
     };
     if let Ok(r) = r {
-        let h = |n: &str| {
-            r.headers()
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string()
-        };
+        let h = |n: &str| header(&r, n);
         let ok = r.status() == 200;
         (c.tier, c.placement_us, c.tried) = ClusterCall::parse_placement(&h("ember-placement"));
         c.node = h("ember-node");
@@ -610,14 +613,7 @@ async fn first_start(
         .await;
     let (start, timing) = match r {
         Ok(r) if r.status() == 200 => {
-            let h = |n: &str| {
-                r.headers()
-                    .get(n)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            let (s, timing) = (h("ember-start"), h("ember-timing"));
+            let (s, timing) = (header(&r, "ember-start"), header(&r, "ember-timing"));
             match r.bytes().await {
                 Ok(_) if !s.is_empty() => (s, timing),
                 _ => ("error".into(), timing),
