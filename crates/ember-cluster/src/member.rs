@@ -113,7 +113,7 @@ impl Member {
         let peers = ClusterPeers {
             nodes: Mirror::start(client.clone(), shared.cfg.keys.nodes()),
             me: shared.cfg.id.clone(),
-            decoded: Mutex::new((-1, Arc::new(BTreeMap::new()))),
+            decoded: Mutex::new((-1, Arc::new(Vec::new()))),
         };
         shared
             .node
@@ -222,38 +222,34 @@ impl Shared {
     }
 }
 
-/// The other nodes as the node's image pool sees them: which page servers hold which image
-/// in memory, from their records (decoded once per change of the nodes' keys).
+/// The other nodes as the node's image pool sees them: their records (decoded once per
+/// change of the nodes' keys), which say which page servers hold which image in memory.
 struct ClusterPeers {
     nodes: Mirror,
     me: String,
-    /// The page servers by image, at a revision of the nodes' keys.
-    decoded: Mutex<(i64, Arc<ServersByImage>)>,
+    /// The other nodes' records, at a revision of the nodes' keys.
+    decoded: Mutex<(i64, Arc<Vec<NodeRecord>>)>,
 }
 
-/// Page servers (`ip:port`) by image id.
-type ServersByImage = BTreeMap<String, Vec<String>>;
-
 impl PagePeers for ClusterPeers {
-    fn holding(&self, id: &str) -> Vec<String> {
+    fn holding(&self, key: &str) -> Vec<String> {
         let view = self.nodes.view();
         let mut cached = self.decoded.lock().unwrap_or_else(|p| p.into_inner());
-        if cached.0 != view.revision || cached.0 < 0 {
-            let mut by_image = ServersByImage::new();
-            for (node, e) in view.entries.iter().filter(|(n, _)| **n != self.me) {
-                // A record that does not decode is left out (gateways log it).
-                let Ok(r) = NodeRecord::decode(node, &e.value) else {
-                    continue;
-                };
-                if let Some(p) = r.pages {
-                    for image in p.images {
-                        by_image.entry(image).or_default().push(p.addr.clone());
-                    }
-                }
-            }
-            *cached = (view.revision, Arc::new(by_image));
+        if cached.0 != view.revision {
+            // A record that does not decode is left out (gateways log it).
+            let others = view
+                .entries
+                .iter()
+                .filter(|(n, _)| **n != self.me)
+                .filter_map(|(n, e)| NodeRecord::decode(n, &e.value).ok())
+                .collect();
+            *cached = (view.revision, Arc::new(others));
         }
-        cached.1.get(id).cloned().unwrap_or_default()
+        cached
+            .1
+            .iter()
+            .filter_map(|r| r.serves_image(key).map(str::to_string))
+            .collect()
     }
 }
 

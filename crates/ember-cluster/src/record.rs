@@ -143,11 +143,12 @@ impl NodeRecord {
         Ok(r)
     }
 
-    /// The page server of a node holding image `id` in memory, if this one does.
-    pub fn serves_image(&self, id: &str) -> Option<&str> {
+    /// This node's page server, if it holds image `key` (`<image id>/<metadata id>`) in
+    /// memory.
+    pub fn serves_image(&self, key: &str) -> Option<&str> {
         self.pages
             .as_ref()
-            .filter(|p| p.images.iter().any(|i| i == id))
+            .filter(|p| p.images.iter().any(|i| i == key))
             .map(|p| p.addr.as_str())
     }
 

@@ -324,13 +324,7 @@ impl Drop for Cluster {
 /// POSTs `event` to the invoke route `url`: what came back.
 async fn served(http: &reqwest::Client, url: &str, event: &Value) -> Served {
     let r = http.post(url).json(event).send().await.unwrap();
-    let h = |n: &str| {
-        r.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
-    };
+    let h = |n: &str| common::header(&r, n);
     let (status, node, placement, start) = (
         r.status().as_u16(),
         h("ember-node"),

@@ -55,20 +55,11 @@ fn page_server_addr(flag: Option<&str>, url: &str) -> anyhow::Result<Option<Sock
             .parse::<SocketAddr>()
             .map_err(|_| anyhow::anyhow!("--page-server {a:?} is not IP:PORT (or off)"))?,
         None => {
-            let authority = url
-                .split_once("://")
-                .map_or(url, |(_, rest)| rest)
-                .split('/')
-                .next()
-                .unwrap_or_default();
-            let host = match authority.strip_prefix('[') {
-                Some(v6) => v6.split(']').next().unwrap_or_default(),
-                None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-            };
-            (host, 0)
-                .to_socket_addrs()
+            // The URL's host (an IPv6 one without its brackets), resolved.
+            let host = reqwest::Url::parse(url)
                 .ok()
-                .and_then(|mut a| a.next())
+                .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()));
+            host.and_then(|h| (h.as_str(), 0).to_socket_addrs().ok()?.next())
                 .ok_or_else(|| {
                     anyhow::anyhow!(
                         "the advertise URL {url:?} names no address for the page server: give \

@@ -346,15 +346,18 @@ pub struct Invoked {
     pub raw: String,
 }
 
+/// Response header `name`, or empty.
+pub fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
 impl Invoked {
     pub async fn from(r: reqwest::Response) -> Invoked {
-        let h = |n: &str| {
-            r.headers()
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string()
-        };
+        let h = |n: &str| header(&r, n);
         let (status, start, timing, error) = (
             r.status().as_u16(),
             h("ember-start"),
